@@ -1,0 +1,1 @@
+"""Benchmark suite comparing volley with Ray, Dask, joblib and the standard library."""

@@ -1,0 +1,414 @@
+"""Runs the volley benchmark suite against its peers, prints a markdown table, writes RESULTS.md.
+
+Usage: python benchmarks/run.py [--runs 3] [--only a,b,...] [--systems volley,ray,...] [--quick]
+
+Every (benchmark, system) cell runs in its own fresh interpreter (python -m benchmarks.cell),
+repeated --runs times; the table shows the median. A system's interpreter is sys.executable
+unless VOLLEY_BENCH_PYTHON_<SYSTEM> (e.g. VOLLEY_BENCH_PYTHON_VOLLEY) names another one.
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
+common = importlib.import_module("benchmarks.common")
+
+SYSTEMS = ("volley", "ray", "dask", "joblib", "mp", "cf")
+# (column label, system, function suffix): "mp.map" is multiprocessing's Pool.map(chunksize=1).
+COLUMNS = (
+    ("volley", "volley", ""),
+    ("ray", "ray", ""),
+    ("dask", "dask", ""),
+    ("joblib", "joblib", ""),
+    ("mp", "mp", ""),
+    ("mp.map", "mp", "map"),
+    ("cf", "cf", ""),
+)
+
+
+@dataclass
+class Row:
+    letter: str
+    title: str
+    unit: str  # "s", "speedup" or "MiB"
+    higher_is_better: bool
+    target: str
+    met: object  # (volley_value, {column: ratio}) -> bool | None
+
+
+def _at_least(ratios: dict, column: str, bound: float) -> bool | None:
+    return None if ratios.get(column) is None else ratios[column] >= bound
+
+
+def _all(*checks) -> bool | None:
+    return None if None in checks else all(checks)
+
+
+def rows(sizes: dict) -> list[Row]:
+    s = sizes
+    return [
+        Row("a", "init + first result, fresh interpreter", "s", False, "<= 1/30 of ray",
+            lambda v, r: _at_least(r, "ray", 30)),
+        Row("b", f"{s['tasks']:,} no-op tasks, one submit per call, then gather", "s", False,
+            ">= 40x ray throughput and >= mp.map",
+            lambda v, r: _all(_at_least(r, "ray", 40), _at_least(r, "mp.map", 1))),
+        Row("c", f"{s['round_trips']:,} sequential submit-then-get round trips", "s", False,
+            "<= 1/30 of ray and below cf",
+            lambda v, r: _all(_at_least(r, "ray", 30), None if r.get("cf") is None
+                              else r["cf"] > 1)),
+        Row("f", f"speedup, {s['cpu_tasks']} CPU tasks of ~{s['cpu_task_s']} s on 2 workers "
+            "vs serial", "speedup", True, ">= 1.95x", lambda v, r: v >= 1.95),
+        Row("g", f"{s['leaves']:,}-leaf tree reduction ({2 * s['leaves'] - 1:,} tasks, "
+            "refs as arguments)", "s", False, ">= 20x faster than ray",
+            lambda v, r: _at_least(r, "ray", 20)),
+        Row("h", "idle memory of the process tree after init, 2 workers", "MiB", False,
+            "<= 1/8 of ray", lambda v, r: _at_least(r, "ray", 8)),
+    ]  # fmt: skip
+
+
+@dataclass
+class Cell:
+    status: str = "ok"  # ok | na | error | none (not part of this column)
+    values: list = field(default_factory=list)
+    extras: list = field(default_factory=list)
+    note: str = ""
+    system_wide: bool = False  # the note is about the system, not this row
+
+    @property
+    def median(self):
+        return statistics.median(self.values) if self.values else None
+
+
+def python_for(system: str) -> str:
+    return os.environ.get(f"VOLLEY_BENCH_PYTHON_{system.upper()}", sys.executable)
+
+
+def call_cell(system: str, args: list[str], env: dict, timeout: float) -> dict:
+    """Runs `python -m benchmarks.cell ...` in its own session; kills whatever it leaves behind."""
+    with tempfile.TemporaryDirectory(prefix="volley-bench-") as tmp:
+        out, log = Path(tmp, "result.json"), Path(tmp, "log.txt")
+        cmd = [python_for(system), "-m", "benchmarks.cell", *args, str(out)]
+        try:
+            with log.open("wb") as log_file:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+        except OSError as e:
+            return {"error": f"cannot start {cmd[0]}: {e}"}
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc.pid)
+            proc.wait()
+            return {"error": f"timed out after {timeout:.0f} s"}
+        finally:
+            _kill_session(proc.pid)
+        if out.exists():
+            return json.loads(out.read_text())
+        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        return {"error": f"exit status {proc.returncode}: {tail[-1] if tail else 'no output'}"}
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILLs every process left in the cell's session (some libraries regroup workers)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue
+
+
+def measure(row: Row, system: str, func: str, info: dict, args, env) -> Cell:
+    if "error" in info:
+        return Cell("error", note=info["error"], system_wide=True)
+    if not info["installed"]:
+        return Cell("na", note=f"not installed in {info['executable']}", system_wide=True)
+    if func not in info["functions"]:
+        reason = info["na"].get(row.letter) if not func.endswith("_map") else None
+        return Cell("na", note=reason) if reason else Cell("none")
+    cell = Cell()
+    for i in range(args.runs):
+        result = call_cell(system, ["run", system, func], env, args.timeout)
+        label = f"[{row.letter}] {system}:{func} run {i + 1}/{args.runs}"
+        if "value" not in result:
+            reason = result.get("na") or result.get("error", "no result")
+            print(f"{label}: {reason}", file=sys.stderr)
+            if "traceback" in result:
+                print(result["traceback"], file=sys.stderr)
+            if cell.values:  # keep the runs that worked, say what happened to the rest
+                cell.note = f"{len(cell.values)} of {args.runs} runs; then: {reason}"
+                return cell
+            return Cell("na" if "na" in result else "error", note=reason)
+        cell.values.append(result.pop("value"))
+        cell.extras.append(result)
+        print(f"{label}: {fmt(cell.values[-1], row.unit)}", file=sys.stderr)
+        time.sleep(0.5)  # let the previous cell's processes finish dying on a 2-core machine
+    return cell
+
+
+def fmt(value, unit: str) -> str:
+    if value is None:
+        return ""
+    if unit == "s" and value < 1:
+        return f"{value * 1000:.3g} ms"
+    if unit == "speedup":
+        return f"{value:.2f}x"
+    number = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{number}x" if unit == "x" else f"{number} {unit}"
+
+
+def ratio(row: Row, volley, peer):
+    if volley is None or peer is None or volley <= 0 or peer <= 0:
+        return None
+    return volley / peer if row.higher_is_better else peer / volley
+
+
+class Notes:
+    """Numbered footnotes, one per distinct text."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        text = " ".join(text.split())[:400]
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+
+def cell_text(cell: Cell, row: Row, label: str, notes: Notes) -> str:
+    if cell.status == "none":
+        return "-"
+    if cell.status in ("na", "error"):
+        word = "n/a" if cell.status == "na" else "error"
+        where = label if cell.system_wide else f"{label}, {row.letter}"
+        return f"{word} {notes.mark(f'{where}: {cell.note}')}"
+    text = fmt(cell.median, row.unit)
+    return f"{text} {notes.mark(f'{label}, {row.letter}: {cell.note}')}" if cell.note else text
+
+
+def summary_table(table_rows, columns, results, notes: Notes) -> str:
+    labels = [label for label, _, _ in columns]
+    peers = [label for label in labels if label != "volley"]
+    with_volley = "volley" in labels
+    head = ["benchmark", *labels]
+    if with_volley:
+        head += [f"volley vs {p}" for p in peers]
+    head += ["target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table_rows:
+        line = [f"({row.letter}) {row.title}{_unit_note(row, results, labels)}"]
+        line += [cell_text(results[row.letter, label], row, label, notes) for label in labels]
+        volley = results[row.letter, "volley"].median if with_volley else None
+        ratios = {p: ratio(row, volley, results[row.letter, p].median) for p in peers}
+        if with_volley:
+            line += [f"{fmt(ratios[p], 'x')}" if ratios[p] is not None else "" for p in peers]
+        met = row.met(volley, ratios) if volley is not None else None
+        line += [row.target, {True: "met", False: "NOT met", None: "?"}[met]]
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def _unit_note(row: Row, results, labels) -> str:
+    if row.letter != "h":
+        return ""
+    metrics = {e.get("metric", "?") for label in labels for e in results[row.letter, label].extras}
+    return f" ({'/'.join(sorted(metrics)) or 'PSS'})"
+
+
+def detail_table(table_rows, columns, results) -> str:
+    lines = [
+        "| benchmark | system | median | min | max | runs | details (per run) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in table_rows:
+        for label, _, _ in columns:
+            cell = results[row.letter, label]
+            if not cell.values:
+                continue
+            details = "; ".join(
+                ", ".join(f"{k}={_short(v)}" for k, v in extra.items()) for extra in cell.extras
+            )
+            lines.append(
+                f"| {row.letter} | {label} | {fmt(cell.median, row.unit)} | "
+                f"{fmt(min(cell.values), row.unit)} | {fmt(max(cell.values), row.unit)} | "
+                f"{len(cell.values)} | {details} |"
+            )
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def machine() -> str:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{mem_kb / 1024**2:.1f} GiB RAM"
+    except OSError:
+        mem = "RAM unknown"
+    return f"nproc {os.cpu_count()}, CPU {model}, {mem}, {platform.platform()}"
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def versions_table(infos: dict) -> str:
+    lines = ["| system | Python | packages | notes | interpreter |", "|---|---|---|---|---|"]
+    for system, info in infos.items():
+        if "error" in info:
+            lines.append(f"| {system} | | | error: {info['error']} | {python_for(system)} |")
+            continue
+        pkgs = ", ".join(f"{k} {v or 'not installed'}" for k, v in info["versions"].items())
+        lines.append(
+            f"| {system} | {info['python']} | {pkgs or 'stdlib'} | {info['describe']} | "
+            f"{info['executable']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=None, help="runs per cell (default 3, 1 if --quick)")
+    p.add_argument("--only", default="a,b,c,f,g,h", help="benchmark letters, comma-separated")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="systems, comma-separated")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per cell run")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = p.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    args.systems = [x.strip() for x in args.systems.split(",") if x.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    sizes = common.sizes(args.quick)
+    table_rows = [row for row in rows(sizes) if row.letter in args.only]
+    columns = [col for col in COLUMNS if col[1] in args.systems]
+    spin_n = common.calibrate_spin(sizes["cpu_task_s"]) if "f" in args.only else 0
+    ceiling = common.parallel_ceiling(spin_n) if spin_n else None
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        VOLLEY_BENCH_QUICK="1" if args.quick else "0",
+        VOLLEY_BENCH_SPIN_N=str(spin_n),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    load_before = _loadavg()
+    infos = {system: call_cell(system, ["info", system], env, 120) for system in args.systems}
+    results = {}
+    for row in table_rows:
+        for label, system, suffix in columns:
+            func = f"{row.letter}_{suffix}" if suffix else row.letter
+            results[row.letter, label] = measure(row, system, func, infos[system], args, env)
+
+    notes = Notes()
+    table = summary_table(table_rows, columns, results, notes)
+    footnotes = "\n".join(f"[{i}] {text}  " for i, text in enumerate(notes.texts, 1))
+    print(table)
+    if footnotes:
+        print("\n" + footnotes)
+    command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    args.output.write_text(
+        REPORT.format(
+            date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            machine=machine(),
+            load=f"{load_before} before, {_loadavg()} after",
+            command=command,
+            runs=args.runs,
+            timeout=args.timeout,
+            settle=sizes["settle_s"],
+            spin_note=SPIN_NOTE.format(spin_n=spin_n, ceiling=ceiling) if spin_n else "",
+            versions=versions_table(infos),
+            table=table,
+            footnotes=footnotes or "(none)",
+            detail=detail_table(table_rows, columns, results),
+        )
+    )
+    print(f"\nwritten to {args.output}", file=sys.stderr)
+
+
+SPIN_NOTE = """ (f) work per task: spin({spin_n:,}); two bare forked
+  processes reach a speedup of {ceiling:.2f}x over serial on the same work on this machine (the
+  practical ceiling for every system in row f)."""
+
+REPORT = """# volley benchmark results
+
+- Date: {date}
+- Machine: {machine}
+- Command: `{command}`
+- Load average (1/5/15 min): {load} (other work on the machine skews the figures)
+- Each cell: a fresh interpreter per run, {runs} run(s), median shown; timeout {timeout:.0f} s.
+- All systems use 2 worker processes.{spin_note}
+
+{versions}
+
+## Summary
+
+Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is better**
+(X's time or memory / volley's; for (f), volley's speedup / X's). "mp" is
+`multiprocessing.Pool.apply_async`/`apply`; "mp.map" is `Pool.map(chunksize=1)`; "cf" is
+`concurrent.futures.ProcessPoolExecutor`; "-" means the column does not apply to that row.
+
+{table}
+
+{footnotes}
+
+## How each row is measured
+
+- (a) In a fresh interpreter, from just before the library import to the first result of a
+  trivial task: import + init + first task (mp: `Pool` creation + first `apply`; cf: executor
+  creation + first `submit().result()`; joblib: import + first `Parallel` call; dask: import +
+  `LocalCluster`/`Client` creation + first `submit` result). Interpreter start-up is excluded.
+- (b), (c), (f), (g): after init and a warm-up (a few no-op tasks on both workers and one call of
+  each function used), so worker start-up and function export are not timed.
+- (b) One submit per task (volley/ray `.remote`, dask `client.submit(pure=False)`, mp
+  `apply_async`, cf `submit`), then one gather; joblib runs one `Parallel` over the delayed
+  no-ops (its own auto-batching); mp.map is `Pool.map(noop, range(n), chunksize=1)`.
+- (f) Serial time is the same 8 spins run in the driver before init; speedup = serial / parallel,
+  2.0 is the ideal with 2 workers.
+- (g) All leaves are submitted, then each level of `add(left, right)` with the previous level's
+  references as arguments; only the root is fetched (and checked).
+- (h) After init and warm-up, a {settle}-s pause, then the sum of PSS
+  (`/proc/<pid>/smaps_rollup`) over the driver and all its descendant processes; PSS splits
+  shared pages between the processes that share them, so forked workers are not double counted
+  (RSS from `/proc/<pid>/status` only where PSS is unreadable; the row label says which).
+
+## Detail
+
+{detail}
+"""
+
+if __name__ == "__main__":
+    main()

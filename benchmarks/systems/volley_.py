@@ -1,0 +1,84 @@
+"""volley: @volley.remote tasks and volley.get, after volley.init(num_cpus=2)."""
+
+import time
+from contextlib import contextmanager
+
+from benchmarks import common
+
+LIBRARIES = ("volley",)
+DISTRIBUTIONS = ("volley",)
+
+
+@contextmanager
+def session():
+    import volley
+
+    volley.init(num_cpus=common.WORKERS, log_to_driver=False)
+    try:
+        yield volley
+    finally:
+        volley.shutdown()
+
+
+def warm(volley, *calls):
+    """Starts both workers and ships each function once, outside the timed region."""
+    noop = volley.remote(common.noop)
+    volley.get([noop.remote() for _ in range(4 * common.WORKERS)])
+    for fn, args in calls:
+        volley.get(fn.remote(*args))
+
+
+def a():
+    t0 = time.perf_counter()
+    with session() as volley:
+        volley.get(volley.remote(common.noop).remote())
+        return time.perf_counter() - t0
+
+
+def b():
+    n = common.SIZES["tasks"]
+    with session() as volley:
+        noop = volley.remote(common.noop)
+        warm(volley)
+        t0 = time.perf_counter()
+        refs = [noop.remote() for _ in range(n)]
+        common.check_count(volley.get(refs), n)
+        return time.perf_counter() - t0
+
+
+def c():
+    with session() as volley:
+        noop = volley.remote(common.noop)
+        warm(volley)
+        t0 = time.perf_counter()
+        for _ in range(common.SIZES["round_trips"]):
+            volley.get(noop.remote())
+        return time.perf_counter() - t0
+
+
+def f():
+    n = common.spin_n()
+    serial = common.serial_cpu_time(n)
+    with session() as volley:
+        spin = volley.remote(common.spin)
+        warm(volley, (spin, (1,)))
+        t0 = time.perf_counter()
+        volley.get([spin.remote(n) for _ in range(common.SIZES["cpu_tasks"])])
+        return common.speedup(serial, time.perf_counter() - t0)
+
+
+def g():
+    with session() as volley:
+        leaf, add = volley.remote(common.leaf), volley.remote(common.add)
+        warm(volley, (leaf, (0,)), (add, (1, 2)))
+        t0 = time.perf_counter()
+        total = volley.get(common.tree_reduce(leaf.remote, add.remote))
+        elapsed = time.perf_counter() - t0
+        common.check_tree(total)
+        return elapsed
+
+
+def h():
+    with session() as volley:
+        warm(volley)
+        return common.idle_memory()

@@ -1,0 +1,165 @@
+//! Length-prefixed framing over any blocking byte stream.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes. The reader refuses frames
+//! larger than [`MAX_FRAME_SIZE`] before allocating, so a hostile or broken peer cannot make us
+//! allocate gigabytes by sending a large length.
+
+use std::io::{self, Read, Write};
+
+use crate::ProtoError;
+
+/// The largest frame accepted. Objects above the store threshold travel through shared memory,
+/// so inline frames stay far below this.
+pub const MAX_FRAME_SIZE: usize = 1 << 30;
+
+/// Writes one frame. Header and payload go out in a single `write_all` of a contiguous buffer
+/// when the payload is small, so a frame costs one system call.
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError> {
+    if payload.len() > MAX_FRAME_SIZE {
+        return Err(ProtoError::FrameTooLarge { size: payload.len(), max: MAX_FRAME_SIZE });
+    }
+    let len = (payload.len() as u32).to_be_bytes();
+    if payload.len() <= 64 * 1024 {
+        let mut buf = Vec::with_capacity(4 + payload.len());
+        buf.extend_from_slice(&len);
+        buf.extend_from_slice(payload);
+        w.write_all(&buf)?;
+    } else {
+        w.write_all(&len)?;
+        w.write_all(payload)?;
+    }
+    Ok(())
+}
+
+/// Reads one frame with a fresh allocation. `Err(Closed)` on a clean end of stream between frames.
+pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
+    let mut reader = FrameReader::new(r);
+    reader.next_frame().map(|f| f.to_vec())
+}
+
+/// A buffered frame reader: one `read` system call usually brings in several small frames, which
+/// are then handed out without further calls. This is what makes pipelined tasks cheap.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: vec![0; 64 * 1024], start: 0, end: 0 }
+    }
+
+    /// Returns the next frame's payload, borrowed from the internal buffer until the next call.
+    pub fn next_frame(&mut self) -> Result<&[u8], ProtoError> {
+        self.fill_at_least(4, true)?;
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&self.buf[self.start..self.start + 4]);
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len > MAX_FRAME_SIZE {
+            return Err(ProtoError::FrameTooLarge { size: len, max: MAX_FRAME_SIZE });
+        }
+        self.fill_at_least(4 + len, false)?;
+        let begin = self.start + 4;
+        self.start = begin + len;
+        Ok(&self.buf[begin..begin + len])
+    }
+
+    fn fill_at_least(&mut self, n: usize, at_boundary: bool) -> Result<(), ProtoError> {
+        if self.end - self.start >= n {
+            return Ok(());
+        }
+        // Compact, then grow if the frame does not fit.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < n {
+            self.buf.resize(n.next_power_of_two(), 0);
+        }
+        while self.end < n {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    return Err(if at_boundary && self.end == 0 {
+                        ProtoError::Closed
+                    } else {
+                        ProtoError::Io(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed in the middle of a frame",
+                        ))
+                    });
+                }
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Give back memory after an unusually large frame.
+        if self.buf.len() > (1 << 24) && n <= (1 << 16) {
+            self.buf.truncate(1 << 16);
+            self.buf.shrink_to_fit();
+        }
+        Ok(())
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrip_several_frames() {
+        let mut wire = Vec::new();
+        for p in [&b"a"[..], b"", b"hello world"] {
+            write_frame(&mut wire, p).expect("write");
+        }
+        let mut r = FrameReader::new(&wire[..]);
+        assert_eq!(r.next_frame().expect("1"), b"a");
+        assert_eq!(r.next_frame().expect("2"), b"");
+        assert_eq!(r.next_frame().expect("3"), b"hello world");
+        assert!(matches!(r.next_frame(), Err(ProtoError::Closed)));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating() {
+        let wire = u32::MAX.to_be_bytes();
+        let mut r = FrameReader::new(&wire[..]);
+        assert!(matches!(r.next_frame(), Err(ProtoError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error_not_a_clean_close() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"0123456789").expect("write");
+        wire.truncate(8);
+        let mut r = FrameReader::new(&wire[..]);
+        assert!(matches!(r.next_frame(), Err(ProtoError::Io(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_frames_roundtrip(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..4096), 0..6)) {
+            let mut wire = Vec::new();
+            for f in &frames { write_frame(&mut wire, f).expect("write"); }
+            let mut r = FrameReader::new(&wire[..]);
+            for f in &frames { prop_assert_eq!(r.next_frame().expect("read"), &f[..]); }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut r = FrameReader::new(&bytes[..]);
+            while let Ok(frame) = r.next_frame() {
+                let _ = crate::decode::<crate::WorkerToNode>(frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Identifiers of tasks, objects, functions and workers.
+//!
+//! Ids are made locally, without asking anyone: a task id is a random per-process prefix and a
+//! counter, so any process (driver or worker) can name the results of the tasks it submits the
+//! moment it submits them.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// A task, unique across the cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u128);
+
+/// An object: the `index`-th return of a task (1-based), or a `put` (index 0).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId {
+    pub task: TaskId,
+    pub index: u32,
+}
+
+/// A pickled function, named by a hash of its bytes so it is shipped to each worker only once.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FunctionId(pub [u8; 16]);
+
+/// A worker process of one node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct WorkerId(pub u32);
+
+impl ObjectId {
+    pub const BYTES: usize = 20;
+
+    pub fn for_return(task: TaskId, index: u32) -> Self {
+        ObjectId { task, index }
+    }
+
+    pub fn to_bytes(self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[..16].copy_from_slice(&self.task.0.to_be_bytes());
+        out[16..].copy_from_slice(&self.index.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::BYTES {
+            return None;
+        }
+        let task = u128::from_be_bytes(b[..16].try_into().ok()?);
+        let index = u32::from_be_bytes(b[16..].try_into().ok()?);
+        Some(ObjectId { task: TaskId(task), index })
+    }
+
+    pub fn hex(self) -> String {
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Task({:032x})", self.0)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Object({:032x}.{})", self.task.0, self.index)
+    }
+}
+
+impl fmt::Debug for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Function(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Makes task ids for one process: a random 64-bit prefix and a counter.
+pub struct IdGenerator {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl IdGenerator {
+    pub fn new() -> Self {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        IdGenerator { prefix: h.finish(), counter: AtomicU64::new(1) }
+    }
+
+    pub fn next_task(&self) -> TaskId {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        TaskId(((self.prefix as u128) << 64) | n as u128)
+    }
+}
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_id_bytes_roundtrip() {
+        let g = IdGenerator::new();
+        let id = ObjectId::for_return(g.next_task(), 3);
+        assert_eq!(ObjectId::from_bytes(&id.to_bytes()), Some(id));
+        assert_eq!(ObjectId::from_bytes(&[1, 2, 3]), None);
+        assert_eq!(id.hex().len(), 40);
+    }
+
+    #[test]
+    fn generators_in_one_process_do_not_collide() {
+        let a = IdGenerator::new();
+        let b = IdGenerator::new();
+        assert_ne!(a.next_task(), b.next_task());
+    }
+}

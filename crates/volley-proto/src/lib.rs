@@ -1,0 +1,20 @@
+//! volley's wire protocol.
+//!
+//! Every connection between volley processes carries length-prefixed frames (a 4-byte big-endian
+//! length, then the payload, the same layout as tokio-util's `LengthDelimitedCodec`). A payload is a
+//! postcard-encoded serde enum; object bytes travel as opaque byte strings inside it, never encoded
+//! element by element. The first frame each way is a [`Hello`] carrying the protocol version, so a
+//! peer speaking another version is turned away before anything else is read.
+
+mod error;
+mod frame;
+mod ids;
+mod messages;
+
+pub use error::ProtoError;
+pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE};
+pub use ids::{FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
+pub use messages::{
+    decode, encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Hello, NodeToWorker, ObjectData, TaskOptions,
+    ObjectResult, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION,
+};

@@ -1,0 +1,273 @@
+//! The messages exchanged between a node and its worker processes (and, later, remote drivers).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
+
+/// Bumped whenever a message changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame on every connection, both ways.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hello {
+    pub version: u32,
+    pub worker_id: WorkerId,
+    pub pid: u32,
+}
+
+/// A serialised Python value: a pickle (protocol 5) stream, its out-of-band buffers, and the ids
+/// of the `ObjectRef`s pickled inside it (which this value keeps alive while it exists).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ObjectData {
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    pub buffers: Vec<serde_bytes::ByteBuf>,
+    pub contained: Vec<ObjectId>,
+}
+
+impl ObjectData {
+    pub fn size(&self) -> usize {
+        self.data.len() + self.buffers.iter().map(|b| b.len()).sum::<usize>()
+    }
+}
+
+/// Why an object holds an error instead of a value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The task raised; `exception` holds the pickled exception when it could be pickled.
+    TaskException,
+    /// The worker running the task died and no retries were left.
+    WorkerCrashed,
+    /// The task was cancelled.
+    Cancelled,
+    /// The task's result could not be pickled, or its arguments could not be unpickled.
+    Serialization,
+    /// The node shut down before the task finished.
+    NodeShutdown,
+    /// No node can ever satisfy the task's resource request.
+    Unschedulable,
+    /// The object is unknown here (freed, or never existed).
+    ObjectLost,
+    /// Worker processes could not be started.
+    WorkerStartFailed,
+}
+
+/// An error stored in place of an object's value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorPayload {
+    pub kind: ErrorKind,
+    pub task_name: String,
+    pub message: String,
+    pub traceback: String,
+    pub exception: Option<serde_bytes::ByteBuf>,
+    pub pid: u32,
+}
+
+/// Per-task options that the scheduler and the worker act on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskOptions {
+    /// CPUs held while the task runs, in thousandths of a CPU.
+    pub cpu_milli: u32,
+    /// Retries after a worker crash; negative means unlimited.
+    pub max_retries: i32,
+    /// Also retry when the task raises a Python exception.
+    pub retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions { cpu_milli: 1000, max_retries: 3, retry_exceptions: false }
+    }
+}
+
+/// Everything needed to run a task, as submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskSpec {
+    pub task_id: TaskId,
+    pub function: FunctionId,
+    pub name: String,
+    /// The pickled `(args, kwargs)`; top-level refs were replaced by placeholders for `deps`.
+    pub args: ObjectData,
+    /// Objects whose values replace the placeholders, in order. The task waits for them.
+    pub deps: Vec<ObjectId>,
+    pub num_returns: u32,
+    pub options: TaskOptions,
+}
+
+impl TaskSpec {
+    pub fn return_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        (1..=self.num_returns).map(|i| ObjectId::for_return(self.task_id, i))
+    }
+}
+
+/// What a worker reports for a finished task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum TaskResult {
+    /// One value per declared return.
+    Ok(Vec<ObjectData>),
+    /// The task failed; `retryable` says whether the task's options allow another attempt.
+    Err { error: ErrorPayload, retryable: bool },
+}
+
+/// A resolved object: its value or the error stored in its place.
+pub type ObjectResult = Result<ObjectData, ErrorPayload>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum NodeToWorker {
+    /// Run a task. `function` is included the first time this worker sees it.
+    Execute {
+        spec: TaskSpec,
+        function: Option<serde_bytes::ByteBuf>,
+        deps: Vec<ObjectData>,
+    },
+    /// Give back these tasks if they have not started; answered by `Returned`.
+    Revoke { tasks: Vec<TaskId> },
+    /// Interrupt this task if it is running.
+    Cancel { task: TaskId },
+    /// Values for a `Get`, in request order.
+    GetReply { req: u64, values: Vec<ObjectResult> },
+    /// The ready subset for a `Wait` (or for a cancelled `Get`/`Wait`).
+    WaitReply { req: u64, ready: Vec<ObjectId> },
+    /// Watched objects that became ready.
+    Ready { ids: Vec<ObjectId> },
+    /// Exit now.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum WorkerToNode {
+    Done { task: TaskId, result: TaskResult },
+    Returned { tasks: Vec<TaskId> },
+    Submit { spec: TaskSpec },
+    RegisterFunction { id: FunctionId, bytes: serde_bytes::ByteBuf },
+    Put { id: ObjectId, data: ObjectData },
+    /// Block until all `ids` are ready, then answer `GetReply`. The worker's CPU is lent out
+    /// meanwhile.
+    Get { req: u64, ids: Vec<ObjectId> },
+    /// Block until `num_returns` of `ids` are ready, then answer `WaitReply`.
+    Wait { req: u64, ids: Vec<ObjectId>, num_returns: u32 },
+    /// Stop waiting on request `req`; the node answers with a `WaitReply` unless it already replied.
+    CancelRequest { req: u64 },
+    /// Send `Ready` for each of these once it is ready (without blocking the worker).
+    Watch { ids: Vec<ObjectId> },
+    IncRef { ids: Vec<ObjectId> },
+    DecRef { ids: Vec<ObjectId> },
+    Cancel { id: ObjectId, force: bool },
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    Ok(postcard::to_stdvec(msg)?)
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ProtoError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IdGenerator;
+
+    #[test]
+    fn messages_roundtrip() {
+        let g = IdGenerator::new();
+        let spec = TaskSpec {
+            task_id: g.next_task(),
+            function: FunctionId([7; 16]),
+            name: "f".into(),
+            args: ObjectData {
+                data: vec![1, 2, 3],
+                buffers: vec![serde_bytes::ByteBuf::from(vec![9; 1000])],
+                contained: vec![],
+            },
+            deps: vec![ObjectId::for_return(g.next_task(), 1)],
+            num_returns: 2,
+            options: TaskOptions::default(),
+        };
+        let msg = WorkerToNode::Submit { spec: spec.clone() };
+        let back: WorkerToNode = decode(&encode(&msg).expect("encode")).expect("decode");
+        assert_eq!(back, msg);
+        assert_eq!(spec.return_ids().count(), 2);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode::<NodeToWorker>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}
+
+/// Borrowed mirror of the first [`NodeToWorker`] variants, so large messages are encoded straight
+/// from the node's shared (`Arc`) copies without cloning their bytes first. Variant order must
+/// match [`NodeToWorker`]; the test below checks that both encode alike.
+#[derive(Serialize)]
+enum NodeToWorkerRef<'a> {
+    Execute {
+        spec: &'a TaskSpec,
+        function: Option<&'a serde_bytes::Bytes>,
+        deps: &'a [&'a ObjectData],
+    },
+    #[allow(dead_code)]
+    Revoke,
+    #[allow(dead_code)]
+    Cancel,
+    GetReply {
+        req: u64,
+        values: &'a [Result<&'a ObjectData, &'a ErrorPayload>],
+    },
+}
+
+/// Encodes `NodeToWorker::Execute` from borrowed parts.
+pub fn encode_execute(
+    spec: &TaskSpec,
+    function: Option<&[u8]>,
+    deps: &[&ObjectData],
+) -> Result<Vec<u8>, ProtoError> {
+    let msg = NodeToWorkerRef::Execute { spec, function: function.map(serde_bytes::Bytes::new), deps };
+    Ok(postcard::to_stdvec(&msg)?)
+}
+
+/// Encodes `NodeToWorker::GetReply` from borrowed values.
+pub fn encode_get_reply(
+    req: u64,
+    values: &[Result<&ObjectData, &ErrorPayload>],
+) -> Result<Vec<u8>, ProtoError> {
+    Ok(postcard::to_stdvec(&NodeToWorkerRef::GetReply { req, values })?)
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_encodings_match_owned_ones() {
+        let spec = TaskSpec {
+            task_id: TaskId(5),
+            function: FunctionId([1; 16]),
+            name: "g".into(),
+            args: ObjectData::default(),
+            deps: vec![],
+            num_returns: 1,
+            options: TaskOptions::default(),
+        };
+        let dep = ObjectData { data: vec![4, 5], buffers: vec![], contained: vec![] };
+        let bytes = encode_execute(&spec, Some(b"fn"), &[&dep]).expect("encode");
+        let owned = NodeToWorker::Execute {
+            spec,
+            function: Some(serde_bytes::ByteBuf::from(b"fn".to_vec())),
+            deps: vec![dep.clone()],
+        };
+        assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
+
+        let err = ErrorPayload {
+            kind: ErrorKind::Cancelled,
+            task_name: "t".into(),
+            message: "m".into(),
+            traceback: String::new(),
+            exception: None,
+            pid: 1,
+        };
+        let bytes = encode_get_reply(9, &[Ok(&dep), Err(&err)]).expect("encode");
+        let owned = NodeToWorker::GetReply { req: 9, values: vec![Ok(dep), Err(err)] };
+        assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
+    }
+}

@@ -1,0 +1,1038 @@
+//! The scheduler's state and its event handlers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use volley_proto::{
+    ErrorKind, ErrorPayload, FunctionId, NodeToWorker, ObjectData, ObjectId, TaskId, TaskResult,
+    TaskSpec, WorkerId,
+};
+
+/// Tuning knobs of one node's scheduler.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// CPUs of this node, in thousandths.
+    pub cpu_total_milli: u32,
+    /// Tasks queued behind a running one on a worker, at most, when every CPU is busy.
+    pub pipeline_depth: usize,
+    /// Worker processes at most, blocked ones included.
+    pub max_workers: usize,
+    /// Extra workers (beyond one per CPU) idle this long are stopped.
+    pub idle_worker_timeout_ms: u64,
+    /// Workers that die before they connect, in a row, before queued tasks are failed.
+    pub max_start_failures: u32,
+}
+
+impl Config {
+    pub fn with_cpus(cpus: f64) -> Self {
+        Config {
+            cpu_total_milli: (cpus * 1000.0).round() as u32,
+            pipeline_depth: 8,
+            max_workers: 1024,
+            idle_worker_timeout_ms: 2000,
+            max_start_failures: 5,
+        }
+    }
+
+    fn target_workers(&self) -> usize {
+        (self.cpu_total_milli as usize).div_ceil(1000).max(1)
+    }
+}
+
+pub type WaiterId = u64;
+
+/// Who waits on a `get`/`wait`: a thread of this process, or a worker's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOwner {
+    Local,
+    Worker { worker: WorkerId, req: u64 },
+}
+
+/// Who holds references: this process (the driver), or a worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Local,
+    Worker(WorkerId),
+}
+
+/// How a worker process ended, in words for error messages.
+#[derive(Debug, Clone)]
+pub struct WorkerExit(pub String);
+
+/// The state of an object as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub enum ObjectState {
+    Pending,
+    Ready(Arc<ObjectData>),
+    Failed(Arc<ErrorPayload>),
+}
+
+/// What the caller must do after an event.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a task to a worker (with the function's bytes the first time that worker needs it).
+    Execute {
+        worker: WorkerId,
+        spec: Arc<TaskSpec>,
+        function: Option<Arc<[u8]>>,
+        deps: Vec<Arc<ObjectData>>,
+    },
+    /// Send a small control message.
+    Send { worker: WorkerId, msg: NodeToWorker },
+    /// Answer a worker's `Get`.
+    GetReply {
+        worker: WorkerId,
+        req: u64,
+        values: Vec<Result<Arc<ObjectData>, Arc<ErrorPayload>>>,
+    },
+    /// A local waiter is satisfied.
+    WakeLocal { waiter: WaiterId },
+    /// A locally watched object is ready.
+    LocalReady { id: ObjectId },
+    /// Start a worker process with this id.
+    Spawn { worker: WorkerId },
+    /// Kill this worker process at once (SIGKILL).
+    Kill { worker: WorkerId },
+}
+
+struct ObjectEntry {
+    state: ObjectState,
+    refs: u32,
+    waiters: Vec<WaiterId>,
+    dependents: Vec<TaskId>,
+    watchers: Vec<Holder>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    WaitingDeps(usize),
+    Queued,
+    Assigned(WorkerId),
+}
+
+struct TaskEntry {
+    spec: Arc<TaskSpec>,
+    state: TaskState,
+    attempts: u32,
+    /// `Some(force)` once cancelled.
+    cancel: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerState {
+    Starting,
+    Alive,
+    Retiring,
+}
+
+struct WorkerEntry {
+    state: WorkerState,
+    pid: u32,
+    /// Tasks sent to this worker, in the order it runs them; the head is running.
+    queue: VecDeque<TaskId>,
+    /// CPU held by the head task (counted in `cpu_used` unless the worker is blocked).
+    cpu_held: u32,
+    /// Nested blocking requests in progress; a blocked worker lends its CPU.
+    blocked: u32,
+    revoke_outstanding: bool,
+    known_functions: HashSet<FunctionId>,
+    /// References this process holds, released if it dies.
+    held: HashMap<ObjectId, u32>,
+    requests: HashMap<u64, WaiterId>,
+    idle_since: u64,
+}
+
+impl WorkerEntry {
+    fn is_idle(&self) -> bool {
+        self.state == WorkerState::Alive && self.queue.is_empty() && self.blocked == 0
+    }
+}
+
+struct Waiter {
+    owner: WaitOwner,
+    ids: Vec<ObjectId>,
+    remaining: usize,
+    fetch: bool,
+}
+
+/// Counts for status displays and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub workers_alive: usize,
+    pub workers_starting: usize,
+    pub workers_blocked: usize,
+    pub tasks_waiting: usize,
+    pub tasks_queued: usize,
+    pub tasks_assigned: usize,
+    pub objects: usize,
+    pub cpu_used_milli: u32,
+}
+
+/// One node's scheduler. See the crate documentation.
+pub struct Scheduler {
+    cfg: Config,
+    objects: HashMap<ObjectId, ObjectEntry>,
+    tasks: HashMap<TaskId, TaskEntry>,
+    ready: VecDeque<TaskId>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    functions: HashMap<FunctionId, Arc<[u8]>>,
+    waiters: HashMap<WaiterId, Waiter>,
+    next_waiter: WaiterId,
+    next_worker: u32,
+    cpu_used: u32,
+    start_failures: u32,
+    last_start_failure: String,
+    now_ms: u64,
+}
+
+fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
+    Arc::new(ErrorPayload {
+        kind,
+        task_name: task_name.to_string(),
+        message,
+        traceback: String::new(),
+        exception: None,
+        pid: 0,
+    })
+}
+
+impl Scheduler {
+    pub fn new(cfg: Config) -> Self {
+        Scheduler {
+            cfg,
+            objects: HashMap::new(),
+            tasks: HashMap::new(),
+            ready: VecDeque::new(),
+            workers: HashMap::new(),
+            functions: HashMap::new(),
+            waiters: HashMap::new(),
+            next_waiter: 1,
+            next_worker: 1,
+            cpu_used: 0,
+            start_failures: 0,
+            last_start_failure: String::new(),
+            now_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    // ----------------------------------------------------------------- workers
+
+    /// Starts the initial pool: one worker per CPU, spawned together.
+    pub fn start(&mut self, out: &mut Vec<Action>) {
+        for _ in 0..self.cfg.target_workers() {
+            self.spawn(out);
+        }
+    }
+
+    fn spawn(&mut self, out: &mut Vec<Action>) {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                state: WorkerState::Starting,
+                pid: 0,
+                queue: VecDeque::new(),
+                cpu_held: 0,
+                blocked: 0,
+                revoke_outstanding: false,
+                known_functions: HashSet::new(),
+                held: HashMap::new(),
+                requests: HashMap::new(),
+                idle_since: self.now_ms,
+            },
+        );
+        out.push(Action::Spawn { worker: id });
+    }
+
+    /// A spawned worker connected and said hello. Returns false for an unknown worker.
+    pub fn worker_connected(&mut self, id: WorkerId, pid: u32, out: &mut Vec<Action>) -> bool {
+        let Some(w) = self.workers.get_mut(&id) else { return false };
+        if w.state != WorkerState::Starting {
+            return false;
+        }
+        w.state = WorkerState::Alive;
+        w.pid = pid;
+        w.idle_since = self.now_ms;
+        self.start_failures = 0;
+        self.schedule(out);
+        true
+    }
+
+    pub fn worker_pid(&self, id: WorkerId) -> Option<u32> {
+        self.workers.get(&id).map(|w| w.pid).filter(|&p| p != 0)
+    }
+
+    /// Ids and pids of live workers.
+    pub fn worker_pids(&self) -> Vec<(WorkerId, u32)> {
+        let mut v: Vec<_> =
+            self.workers.iter().filter(|(_, w)| w.pid != 0).map(|(id, w)| (*id, w.pid)).collect();
+        v.sort();
+        v
+    }
+
+    /// A worker process ended (or could not be started). Its running task is retried or failed;
+    /// tasks queued behind it go back to the queue; its references are released.
+    pub fn worker_died(&mut self, id: WorkerId, exit: WorkerExit, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.remove(&id) else { return };
+        if w.blocked == 0 {
+            self.cpu_used -= w.cpu_held;
+        }
+        for waiter in w.requests.values() {
+            self.waiters.remove(waiter);
+        }
+        let mut requeue = Vec::new();
+        for (i, tid) in w.queue.iter().enumerate() {
+            let Some(task) = self.tasks.get_mut(tid) else { continue };
+            let name = task.spec.name.clone();
+            if task.cancel.is_some() {
+                let msg = format!("task '{name}' was cancelled");
+                self.fail_task(*tid, error(ErrorKind::Cancelled, &name, msg), out);
+            } else if i > 0 {
+                requeue.push(*tid);
+            } else if retries_left(task) {
+                task.attempts += 1;
+                requeue.push(*tid);
+            } else {
+                let max = task.spec.options.max_retries;
+                let msg = format!(
+                    "the worker process (pid {}) running task '{name}' died ({}); \
+                     it was tried {} time(s) and max_retries={max} allows no more",
+                    w.pid,
+                    exit.0,
+                    task.attempts + 1
+                );
+                let mut err = error(ErrorKind::WorkerCrashed, &name, msg);
+                Arc::make_mut(&mut err).pid = w.pid;
+                self.fail_task(*tid, err, out);
+            }
+        }
+        for tid in requeue.into_iter().rev() {
+            if let Some(task) = self.tasks.get_mut(&tid) {
+                task.state = TaskState::Queued;
+                self.ready.push_front(tid);
+            }
+        }
+        for (oid, n) in w.held {
+            for _ in 0..n {
+                self.decref_one(oid, out);
+            }
+        }
+        if w.state == WorkerState::Starting {
+            self.start_failures += 1;
+            self.last_start_failure = exit.0;
+            if self.start_failures >= self.cfg.max_start_failures {
+                self.fail_all_queued(out);
+                return;
+            }
+        }
+        self.schedule(out);
+    }
+
+    fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
+        let queued: Vec<TaskId> = self.ready.drain(..).collect();
+        for tid in queued {
+            let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
+            let msg = format!(
+                "worker processes fail to start ({} attempts in a row): {}",
+                self.start_failures, self.last_start_failure
+            );
+            self.fail_task(tid, error(ErrorKind::WorkerStartFailed, &name, msg), out);
+        }
+        self.start_failures = 0;
+    }
+
+    /// Advances the clock: extra idle workers are stopped after a while.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.now_ms = now_ms;
+        let target = self.cfg.target_workers();
+        let mut active = self
+            .workers
+            .values()
+            .filter(|w| w.state != WorkerState::Retiring && w.blocked == 0)
+            .count();
+        if active <= target {
+            return;
+        }
+        let mut idle: Vec<(u64, WorkerId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.is_idle() && now_ms - w.idle_since >= self.cfg.idle_worker_timeout_ms)
+            .map(|(id, w)| (w.idle_since, *id))
+            .collect();
+        idle.sort();
+        for (_, id) in idle {
+            if active <= target {
+                break;
+            }
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.state = WorkerState::Retiring;
+                out.push(Action::Send { worker: id, msg: NodeToWorker::Shutdown });
+                active -= 1;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ submission
+
+    pub fn register_function(&mut self, id: FunctionId, bytes: Arc<[u8]>) {
+        self.functions.entry(id).or_insert(bytes);
+    }
+
+    pub fn has_function(&self, id: &FunctionId) -> bool {
+        self.functions.contains_key(id)
+    }
+
+    /// A task is submitted by `holder`, who holds one reference to each of its returns.
+    pub fn submit(&mut self, holder: Holder, spec: TaskSpec, out: &mut Vec<Action>) {
+        let tid = spec.task_id;
+        let spec = Arc::new(spec);
+        for rid in spec.return_ids() {
+            self.objects.insert(
+                rid,
+                ObjectEntry {
+                    state: ObjectState::Pending,
+                    refs: 0,
+                    waiters: Vec::new(),
+                    dependents: Vec::new(),
+                    watchers: Vec::new(),
+                },
+            );
+            self.incref(holder, &[rid]);
+        }
+        for oid in spec.args.contained.iter().chain(spec.deps.iter()) {
+            self.incref_one(*oid);
+        }
+        self.tasks.insert(
+            tid,
+            TaskEntry { spec: spec.clone(), state: TaskState::WaitingDeps(0), attempts: 0, cancel: None },
+        );
+        if spec.options.cpu_milli > self.cfg.cpu_total_milli {
+            let msg = format!(
+                "task '{}' needs {} CPUs but this node has only {}; it can never run",
+                spec.name,
+                spec.options.cpu_milli as f64 / 1000.0,
+                self.cfg.cpu_total_milli as f64 / 1000.0
+            );
+            self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
+            return;
+        }
+        if !self.functions.contains_key(&spec.function) {
+            let msg = format!("task '{}' names a function this node does not know", spec.name);
+            self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
+            return;
+        }
+        let mut pending = 0;
+        for dep in &spec.deps {
+            match self.objects.get_mut(dep) {
+                None => {
+                    let msg = format!("argument {dep:?} of task '{}' no longer exists", spec.name);
+                    self.fail_task(tid, error(ErrorKind::ObjectLost, &spec.name, msg), out);
+                    return;
+                }
+                Some(o) => match &o.state {
+                    ObjectState::Ready(_) => {}
+                    ObjectState::Failed(e) => {
+                        let e = e.clone();
+                        self.fail_task(tid, e, out);
+                        return;
+                    }
+                    ObjectState::Pending => {
+                        pending += 1;
+                        o.dependents.push(tid);
+                    }
+                },
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            if pending == 0 {
+                t.state = TaskState::Queued;
+                self.ready.push_back(tid);
+                self.schedule(out);
+            } else {
+                t.state = TaskState::WaitingDeps(pending);
+            }
+        }
+    }
+
+    /// `holder` stores a value under a fresh id and holds one reference to it.
+    pub fn put(&mut self, holder: Holder, id: ObjectId, data: ObjectData, out: &mut Vec<Action>) {
+        self.objects.insert(
+            id,
+            ObjectEntry {
+                state: ObjectState::Pending,
+                refs: 0,
+                waiters: Vec::new(),
+                dependents: Vec::new(),
+                watchers: Vec::new(),
+            },
+        );
+        self.incref(holder, &[id]);
+        self.object_ready(id, Arc::new(data), out);
+    }
+
+    // ------------------------------------------------------------ dispatch
+
+    fn schedule(&mut self, out: &mut Vec<Action>) {
+        while let Some(&tid) = self.ready.front() {
+            let Some(task) = self.tasks.get(&tid) else {
+                self.ready.pop_front();
+                continue;
+            };
+            let cpu = task.spec.options.cpu_milli;
+            if self.cpu_used + cpu <= self.cfg.cpu_total_milli {
+                if let Some(w) = self.idle_worker() {
+                    self.ready.pop_front();
+                    self.assign(w, tid, out);
+                    continue;
+                }
+                // CPU is free but no worker is: workers are starting, or busy ones are blocked and
+                // lent their CPU. Make sure enough are coming rather than pipelining.
+                self.ensure_workers(out);
+                break;
+            }
+            match self.pipeline_target(cpu) {
+                Some(w) => {
+                    self.ready.pop_front();
+                    self.assign(w, tid, out);
+                }
+                None => break,
+            }
+        }
+        if self.ready.is_empty() {
+            self.steal(out);
+        }
+    }
+
+    fn idle_worker(&self) -> Option<WorkerId> {
+        // Lowest id first keeps the choice deterministic.
+        self.workers.iter().filter(|(_, w)| w.is_idle()).map(|(id, _)| *id).min()
+    }
+
+    fn pipeline_target(&self, cpu: u32) -> Option<WorkerId> {
+        if cpu == 0 || self.cfg.pipeline_depth == 0 {
+            return None;
+        }
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                w.state == WorkerState::Alive
+                    && w.blocked == 0
+                    && !w.queue.is_empty()
+                    && w.queue.len() <= self.cfg.pipeline_depth
+                    && w.cpu_held == cpu
+            })
+            .map(|(id, w)| (w.queue.len(), *id))
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    fn ensure_workers(&mut self, out: &mut Vec<Action>) {
+        let starting = self.workers.values().filter(|w| w.state == WorkerState::Starting).count();
+        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
+        let wanted = free_cpus.min(self.ready.len());
+        let mut n = starting;
+        while n < wanted && self.workers.len() < self.cfg.max_workers {
+            self.spawn(out);
+            n += 1;
+        }
+    }
+
+    fn assign(&mut self, wid: WorkerId, tid: TaskId, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        let Some(w) = self.workers.get_mut(&wid) else { return };
+        task.state = TaskState::Assigned(wid);
+        let spec = task.spec.clone();
+        w.queue.push_back(tid);
+        if w.queue.len() == 1 {
+            w.cpu_held = spec.options.cpu_milli;
+            self.cpu_used += w.cpu_held;
+        }
+        let function = if w.known_functions.insert(spec.function) {
+            self.functions.get(&spec.function).cloned()
+        } else {
+            None
+        };
+        let deps = spec
+            .deps
+            .iter()
+            .filter_map(|d| match self.objects.get(d).map(|o| &o.state) {
+                Some(ObjectState::Ready(v)) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        out.push(Action::Execute { worker: wid, spec, function, deps });
+    }
+
+    /// An idle worker takes back half of the tasks pipelined behind the busiest worker.
+    fn steal(&mut self, out: &mut Vec<Action>) {
+        let idle = self.workers.values().filter(|w| w.is_idle()).count();
+        for _ in 0..idle {
+            let victim = self
+                .workers
+                .iter()
+                .filter(|(_, w)| !w.revoke_outstanding && w.queue.len() > 1 && w.blocked == 0)
+                .map(|(id, w)| (w.queue.len(), std::cmp::Reverse(*id)))
+                .max()
+                .map(|(_, std::cmp::Reverse(id))| id);
+            let Some(vid) = victim else { return };
+            let Some(v) = self.workers.get_mut(&vid) else { return };
+            let waiting = v.queue.len() - 1;
+            let take = waiting.div_ceil(2);
+            let tasks: Vec<TaskId> = v.queue.iter().skip(v.queue.len() - take).copied().collect();
+            v.revoke_outstanding = true;
+            out.push(Action::Send { worker: vid, msg: NodeToWorker::Revoke { tasks } });
+        }
+    }
+
+    /// A worker gave back tasks it had not started.
+    pub fn tasks_returned(&mut self, wid: WorkerId, tasks: &[TaskId], out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&wid) else { return };
+        w.revoke_outstanding = false;
+        let mut back = Vec::new();
+        for tid in tasks {
+            if let Some(pos) = w.queue.iter().position(|t| t == tid) {
+                if pos == 0 {
+                    // The head is running by our own account; a worker never returns it.
+                    continue;
+                }
+                w.queue.remove(pos);
+                back.push(*tid);
+            }
+        }
+        for tid in back.into_iter().rev() {
+            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            if task.cancel.is_some() {
+                let name = task.spec.name.clone();
+                let msg = format!("task '{name}' was cancelled");
+                self.fail_task(tid, error(ErrorKind::Cancelled, &name, msg), out);
+            } else {
+                task.state = TaskState::Queued;
+                self.ready.push_front(tid);
+            }
+        }
+        self.schedule(out);
+    }
+
+    // ------------------------------------------------------------ completion
+
+    /// A worker finished a task.
+    pub fn task_done(&mut self, wid: WorkerId, tid: TaskId, result: TaskResult, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&wid) else { return };
+        let Some(pos) = w.queue.iter().position(|t| *t == tid) else { return };
+        w.queue.remove(pos);
+        if pos == 0 {
+            let next = w.queue.front().and_then(|t| self.tasks.get(t)).map(|t| t.spec.options.cpu_milli);
+            let new_held = next.unwrap_or(0);
+            if w.blocked == 0 {
+                self.cpu_used = self.cpu_used - w.cpu_held + new_held;
+            }
+            w.cpu_held = new_held;
+        }
+        if w.queue.is_empty() {
+            w.idle_since = self.now_ms;
+        }
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            self.schedule(out);
+            return;
+        };
+        let name = task.spec.name.clone();
+        match result {
+            TaskResult::Ok(values) if values.len() == task.spec.num_returns as usize => {
+                let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+                for (id, v) in ids.into_iter().zip(values) {
+                    self.object_ready(id, Arc::new(v), out);
+                }
+                self.finish_task(tid, out);
+            }
+            TaskResult::Ok(values) => {
+                let msg = format!(
+                    "task '{name}' declared num_returns={} but produced {} values",
+                    task.spec.num_returns,
+                    values.len()
+                );
+                self.fail_task(tid, error(ErrorKind::TaskException, &name, msg), out);
+            }
+            TaskResult::Err { error: e, retryable } => {
+                if task.cancel.is_some() {
+                    let msg = format!("task '{name}' was cancelled");
+                    let mut err = error(ErrorKind::Cancelled, &name, msg);
+                    Arc::make_mut(&mut err).traceback = e.traceback;
+                    self.fail_task(tid, err, out);
+                } else if retryable && retries_left(task) {
+                    task.attempts += 1;
+                    task.state = TaskState::Queued;
+                    self.ready.push_back(tid);
+                } else {
+                    self.fail_task(tid, Arc::new(e), out);
+                }
+            }
+        }
+        self.schedule(out);
+    }
+
+    fn object_ready(&mut self, id: ObjectId, value: Arc<ObjectData>, out: &mut Vec<Action>) {
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        if o.refs == 0 {
+            // Nobody holds a reference any more: drop the value at once.
+            self.objects.remove(&id);
+            return;
+        }
+        o.state = ObjectState::Ready(value.clone());
+        let waiters = std::mem::take(&mut o.waiters);
+        let dependents = std::mem::take(&mut o.dependents);
+        let watchers = std::mem::take(&mut o.watchers);
+        for c in &value.contained {
+            self.incref_one(*c);
+        }
+        self.notify(id, waiters, watchers, out);
+        for tid in dependents {
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            if let TaskState::WaitingDeps(n) = &mut t.state {
+                *n -= 1;
+                if *n == 0 {
+                    t.state = TaskState::Queued;
+                    self.ready.push_back(tid);
+                }
+            }
+        }
+    }
+
+    fn object_failed(&mut self, id: ObjectId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        if o.refs == 0 {
+            self.objects.remove(&id);
+            return;
+        }
+        o.state = ObjectState::Failed(err.clone());
+        let waiters = std::mem::take(&mut o.waiters);
+        let dependents = std::mem::take(&mut o.dependents);
+        let watchers = std::mem::take(&mut o.watchers);
+        self.notify(id, waiters, watchers, out);
+        for tid in dependents {
+            if matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::WaitingDeps(_))) {
+                self.fail_task(tid, err.clone(), out);
+            }
+        }
+    }
+
+    fn notify(&mut self, id: ObjectId, waiters: Vec<WaiterId>, watchers: Vec<Holder>, out: &mut Vec<Action>) {
+        for wid in waiters {
+            let done = match self.waiters.get_mut(&wid) {
+                Some(w) => {
+                    w.remaining = w.remaining.saturating_sub(1);
+                    w.remaining == 0
+                }
+                None => false,
+            };
+            if done {
+                self.complete_waiter(wid, out);
+            }
+        }
+        for h in watchers {
+            match h {
+                Holder::Local => out.push(Action::LocalReady { id }),
+                Holder::Worker(worker) => {
+                    if self.workers.contains_key(&worker) {
+                        out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: vec![id] } });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fails a task that has not produced its results: its returns hold `err`, its dependents
+    /// fail alike, and its argument references are released.
+    fn fail_task(&mut self, tid: TaskId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        if task.state == TaskState::Queued {
+            if let Some(pos) = self.ready.iter().position(|t| *t == tid) {
+                self.ready.remove(pos);
+            }
+        }
+        let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+        for id in ids {
+            self.object_failed(id, err.clone(), out);
+        }
+        self.finish_task(tid, out);
+    }
+
+    fn finish_task(&mut self, tid: TaskId, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.remove(&tid) else { return };
+        for oid in task.spec.args.contained.iter().chain(task.spec.deps.iter()) {
+            self.decref_one(*oid, out);
+        }
+    }
+
+    // ------------------------------------------------------------ waiting
+
+    /// Registers a wait for `needed` of `ids` (all of them with `usize::MAX`). A worker owner is
+    /// answered with a message (values if `fetch`); a local one with `WakeLocal`. A worker that
+    /// must wait lends its CPU until the wait ends.
+    pub fn add_waiter(
+        &mut self,
+        owner: WaitOwner,
+        ids: &[ObjectId],
+        needed: usize,
+        fetch: bool,
+        out: &mut Vec<Action>,
+    ) -> WaiterId {
+        let wid = self.next_waiter;
+        self.next_waiter += 1;
+        let mut distinct: Vec<ObjectId> = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let ready = distinct.iter().filter(|id| self.is_ready(id)).count();
+        let needed = needed.min(distinct.len());
+        let remaining = needed.saturating_sub(ready);
+        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch });
+        if remaining == 0 {
+            self.complete_waiter(wid, out);
+            return wid;
+        }
+        for id in &distinct {
+            if let Some(o) = self.objects.get_mut(id) {
+                if matches!(o.state, ObjectState::Pending) {
+                    o.waiters.push(wid);
+                }
+            }
+        }
+        if let WaitOwner::Worker { worker, req } = owner {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.requests.insert(req, wid);
+                w.blocked += 1;
+                if w.blocked == 1 {
+                    self.cpu_used -= w.cpu_held;
+                    // Tasks pipelined behind the blocked one must not wait for it.
+                    if w.queue.len() > 1 {
+                        let tasks: Vec<TaskId> = w.queue.iter().skip(1).copied().collect();
+                        w.revoke_outstanding = true;
+                        out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
+                    }
+                }
+            }
+            self.schedule(out);
+        }
+        wid
+    }
+
+    fn complete_waiter(&mut self, wid: WaiterId, out: &mut Vec<Action>) {
+        let Some(w) = self.waiters.remove(&wid) else { return };
+        match w.owner {
+            WaitOwner::Local => out.push(Action::WakeLocal { waiter: wid }),
+            WaitOwner::Worker { worker, req } => {
+                self.unblock(worker, req);
+                if w.fetch {
+                    let values = w.ids.iter().map(|id| self.result_of(id)).collect();
+                    out.push(Action::GetReply { worker, req, values });
+                } else {
+                    let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
+                    out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
+                }
+            }
+        }
+    }
+
+    fn unblock(&mut self, worker: WorkerId, req: u64) {
+        if let Some(wk) = self.workers.get_mut(&worker) {
+            if wk.requests.remove(&req).is_some() && wk.blocked > 0 {
+                wk.blocked -= 1;
+                if wk.blocked == 0 {
+                    // Take the CPU back, even if that over-commits for a moment: the lent-out
+                    // work finishes and the balance returns.
+                    self.cpu_used += wk.cpu_held;
+                }
+            }
+        }
+    }
+
+    /// Abandons a local waiter (timeout or interrupt).
+    pub fn remove_local_waiter(&mut self, wid: WaiterId) {
+        self.waiters.remove(&wid);
+    }
+
+    /// A worker stops waiting on request `req`: it is answered with the ready subset, unless it
+    /// was answered already.
+    pub fn cancel_request(&mut self, worker: WorkerId, req: u64, out: &mut Vec<Action>) {
+        let Some(wid) = self.workers.get(&worker).and_then(|w| w.requests.get(&req)).copied() else {
+            return;
+        };
+        let Some(w) = self.waiters.remove(&wid) else { return };
+        self.unblock(worker, req);
+        let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
+        out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
+        self.schedule(out);
+    }
+
+    /// Asks to be told (`LocalReady` or a `Ready` message) when each of `ids` is ready.
+    pub fn watch(&mut self, holder: Holder, ids: &[ObjectId], out: &mut Vec<Action>) {
+        let mut now = Vec::new();
+        for id in ids {
+            match self.objects.get_mut(id) {
+                Some(o) if matches!(o.state, ObjectState::Pending) => o.watchers.push(holder),
+                _ => now.push(*id),
+            }
+        }
+        if now.is_empty() {
+            return;
+        }
+        match holder {
+            Holder::Local => out.extend(now.into_iter().map(|id| Action::LocalReady { id })),
+            Holder::Worker(worker) => {
+                out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: now } })
+            }
+        }
+    }
+
+    /// True once the object has a value or an error (or is unknown, which `result_of` reports).
+    pub fn is_ready(&self, id: &ObjectId) -> bool {
+        !matches!(self.objects.get(id).map(|o| &o.state), Some(ObjectState::Pending))
+    }
+
+    /// The value or error of a ready object.
+    pub fn result_of(&self, id: &ObjectId) -> Result<Arc<ObjectData>, Arc<ErrorPayload>> {
+        match self.objects.get(id).map(|o| &o.state) {
+            Some(ObjectState::Ready(v)) => Ok(v.clone()),
+            Some(ObjectState::Failed(e)) => Err(e.clone()),
+            Some(ObjectState::Pending) => {
+                Err(error(ErrorKind::ObjectLost, "", format!("object {id:?} is not ready")))
+            }
+            None => Err(error(
+                ErrorKind::ObjectLost,
+                "",
+                format!("object {id:?} does not exist (it was freed, or never created here)"),
+            )),
+        }
+    }
+
+    pub fn object_state(&self, id: &ObjectId) -> Option<&ObjectState> {
+        self.objects.get(id).map(|o| &o.state)
+    }
+
+    // ------------------------------------------------------------ cancellation
+
+    /// Cancels the task that produces `id`. Queued tasks fail at once; a running one is
+    /// interrupted (`force`: its worker is killed).
+    pub fn cancel(&mut self, id: ObjectId, force: bool, out: &mut Vec<Action>) {
+        let tid = id.task;
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        let name = task.spec.name.clone();
+        match task.state {
+            TaskState::WaitingDeps(_) | TaskState::Queued => {
+                let msg = format!("task '{name}' was cancelled before it ran");
+                self.fail_task(tid, error(ErrorKind::Cancelled, &name, msg), out);
+            }
+            TaskState::Assigned(wid) => {
+                task.cancel = Some(force);
+                let Some(w) = self.workers.get_mut(&wid) else { return };
+                if w.queue.front() == Some(&tid) {
+                    if force {
+                        out.push(Action::Kill { worker: wid });
+                    } else {
+                        out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: tid } });
+                    }
+                } else {
+                    out.push(Action::Send { worker: wid, msg: NodeToWorker::Revoke { tasks: vec![tid] } });
+                }
+            }
+        }
+        self.schedule(out);
+    }
+
+    // ------------------------------------------------------------ references
+
+    pub fn incref(&mut self, holder: Holder, ids: &[ObjectId]) {
+        for id in ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                o.refs += 1;
+                if let Holder::Worker(w) = holder {
+                    if let Some(w) = self.workers.get_mut(&w) {
+                        *w.held.entry(*id).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn decref(&mut self, holder: Holder, ids: &[ObjectId], out: &mut Vec<Action>) {
+        for id in ids {
+            if let Holder::Worker(w) = holder {
+                let Some(w) = self.workers.get_mut(&w) else { continue };
+                match w.held.get_mut(id) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    Some(_) => {
+                        w.held.remove(id);
+                    }
+                    None => continue, // Not ours to release.
+                }
+            }
+            self.decref_one(*id, out);
+        }
+    }
+
+    fn incref_one(&mut self, id: ObjectId) {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.refs += 1;
+        }
+    }
+
+    fn decref_one(&mut self, id: ObjectId, _out: &mut Vec<Action>) {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(o) = self.objects.get_mut(&id) else { continue };
+            o.refs = o.refs.saturating_sub(1);
+            if o.refs > 0 {
+                continue;
+            }
+            match &o.state {
+                // The producing task still runs; its result is dropped when it arrives.
+                ObjectState::Pending => {}
+                ObjectState::Ready(v) => {
+                    work.extend(v.contained.iter().copied());
+                    self.objects.remove(&id);
+                }
+                ObjectState::Failed(_) => {
+                    self.objects.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats { objects: self.objects.len(), cpu_used_milli: self.cpu_used, ..Default::default() };
+        for w in self.workers.values() {
+            match w.state {
+                WorkerState::Starting => s.workers_starting += 1,
+                _ => s.workers_alive += 1,
+            }
+            if w.blocked > 0 {
+                s.workers_blocked += 1;
+            }
+        }
+        for t in self.tasks.values() {
+            match t.state {
+                TaskState::WaitingDeps(_) => s.tasks_waiting += 1,
+                TaskState::Queued => s.tasks_queued += 1,
+                TaskState::Assigned(_) => s.tasks_assigned += 1,
+            }
+        }
+        s
+    }
+
+    /// Ids of every worker, for shutdown.
+    pub fn worker_ids(&self) -> Vec<WorkerId> {
+        self.workers.keys().copied().collect()
+    }
+}
+
+fn retries_left(task: &TaskEntry) -> bool {
+    let max = task.spec.options.max_retries;
+    max < 0 || task.attempts < max as u32
+}
+
+#[cfg(test)]
+mod tests;

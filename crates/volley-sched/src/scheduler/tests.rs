@@ -1,0 +1,369 @@
+//! Event-by-event tests of the scheduler's decisions.
+
+use super::*;
+use volley_proto::{IdGenerator, TaskOptions};
+
+struct Harness {
+    s: Scheduler,
+    ids: IdGenerator,
+    out: Vec<Action>,
+}
+
+const F: FunctionId = FunctionId([1; 16]);
+
+impl Harness {
+    fn new(cpus: f64) -> Self {
+        let mut s = Scheduler::new(Config::with_cpus(cpus));
+        s.register_function(F, Arc::from(&b"fn"[..]));
+        Harness { s, ids: IdGenerator::new(), out: Vec::new() }
+    }
+
+    /// Starts the pool and connects every spawned worker.
+    fn started(cpus: f64) -> Self {
+        let mut h = Harness::new(cpus);
+        h.s.start(&mut h.out);
+        h.connect_spawned();
+        h
+    }
+
+    fn connect_spawned(&mut self) -> Vec<WorkerId> {
+        let spawned: Vec<WorkerId> = self
+            .out
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::Spawn { worker } => Some(worker),
+                _ => None,
+            })
+            .collect();
+        for w in &spawned {
+            assert!(self.s.worker_connected(*w, 1000 + w.0, &mut self.out));
+        }
+        spawned
+    }
+
+    fn spec(&self, deps: Vec<ObjectId>, opts: TaskOptions) -> TaskSpec {
+        TaskSpec {
+            task_id: self.ids.next_task(),
+            function: F,
+            name: "t".into(),
+            args: ObjectData::default(),
+            deps,
+            num_returns: 1,
+            options: opts,
+        }
+    }
+
+    fn submit(&mut self, deps: Vec<ObjectId>) -> ObjectId {
+        self.submit_opts(deps, TaskOptions::default())
+    }
+
+    fn submit_opts(&mut self, deps: Vec<ObjectId>, opts: TaskOptions) -> ObjectId {
+        let spec = self.spec(deps, opts);
+        let id = ObjectId::for_return(spec.task_id, 1);
+        self.s.submit(Holder::Local, spec, &mut self.out);
+        id
+    }
+
+    /// (worker, task) pairs sent since the last call.
+    fn executed(&mut self) -> Vec<(WorkerId, TaskId)> {
+        let mut v = Vec::new();
+        self.out.retain(|a| match a {
+            Action::Execute { worker, spec, .. } => {
+                v.push((*worker, spec.task_id));
+                false
+            }
+            _ => true,
+        });
+        v
+    }
+
+    fn done(&mut self, w: WorkerId, t: TaskId, byte: u8) {
+        let v = ObjectData { data: vec![byte], ..Default::default() };
+        self.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut self.out);
+    }
+
+    fn value(&self, id: ObjectId) -> Option<u8> {
+        match self.s.object_state(&id) {
+            Some(ObjectState::Ready(v)) => v.data.first().copied(),
+            _ => None,
+        }
+    }
+
+    fn error_kind(&self, id: ObjectId) -> Option<ErrorKind> {
+        match self.s.object_state(&id) {
+            Some(ObjectState::Failed(e)) => Some(e.kind),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn start_spawns_one_worker_per_cpu() {
+    let mut h = Harness::new(3.0);
+    h.s.start(&mut h.out);
+    assert_eq!(h.connect_spawned().len(), 3);
+}
+
+#[test]
+fn tasks_go_to_idle_workers_before_any_pipelining() {
+    let mut h = Harness::started(2.0);
+    h.submit(vec![]);
+    h.submit(vec![]);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 2);
+    assert_ne!(ex[0].0, ex[1].0, "second task must go to the idle worker");
+    // Third task: every CPU busy, so it is pipelined behind one of them.
+    h.submit(vec![]);
+    assert_eq!(h.executed().len(), 1);
+    assert_eq!(h.s.stats().cpu_used_milli, 2000);
+}
+
+#[test]
+fn pipelining_is_bounded_per_worker() {
+    let mut h = Harness::started(1.0);
+    for _ in 0..20 {
+        h.submit(vec![]);
+    }
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1 + h.s.config().pipeline_depth);
+    assert_eq!(h.s.stats().tasks_queued, 20 - ex.len());
+}
+
+#[test]
+fn finished_worker_steals_tasks_pipelined_behind_a_long_one() {
+    let mut h = Harness::started(2.0);
+    for _ in 0..6 {
+        h.submit(vec![]);
+    }
+    let ex = h.executed();
+    let (w1, long) = ex[0];
+    let w2 = ex[1].0;
+    // w2 finishes everything it was given.
+    for (w, t) in ex.iter().filter(|(w, _)| *w == w2) {
+        h.done(*w, *t, 0);
+    }
+    let revoke = h.out.iter().find_map(|a| match a {
+        Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w1 => Some(tasks.clone()),
+        _ => None,
+    });
+    let tasks = revoke.expect("the idle worker must steal from the busy one");
+    assert!(!tasks.contains(&long), "the running task is never revoked");
+    h.out.clear();
+    h.s.tasks_returned(w1, &tasks, &mut h.out);
+    let ex = h.executed();
+    assert!(!ex.is_empty() && ex.iter().all(|(w, _)| *w == w2));
+}
+
+#[test]
+fn dependencies_wait_in_the_scheduler_and_values_are_shipped() {
+    let mut h = Harness::started(1.0);
+    let a = h.submit(vec![]);
+    let b = h.submit(vec![a]);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1, "b must not be dispatched before a is done");
+    h.done(ex[0].0, ex[0].1, 7);
+    let deps = h.out.iter().find_map(|x| match x {
+        Action::Execute { spec, deps, .. } if spec.task_id == b.task => Some(deps.clone()),
+        _ => None,
+    });
+    assert_eq!(deps.expect("b dispatched")[0].data, vec![7]);
+}
+
+#[test]
+fn failed_dependency_fails_dependents_without_running_them() {
+    let mut h = Harness::started(1.0);
+    let a = h.submit(vec![]);
+    let b = h.submit(vec![a]);
+    let c = h.submit(vec![b]);
+    let ex = h.executed();
+    let err = ErrorPayload {
+        kind: ErrorKind::TaskException,
+        task_name: "a".into(),
+        message: "boom".into(),
+        traceback: String::new(),
+        exception: None,
+        pid: 1,
+    };
+    h.s.task_done(ex[0].0, ex[0].1, TaskResult::Err { error: err, retryable: false }, &mut h.out);
+    assert!(h.executed().is_empty());
+    for id in [a, b, c] {
+        assert_eq!(h.error_kind(id), Some(ErrorKind::TaskException));
+    }
+}
+
+#[test]
+fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
+    let mut h = Harness::started(1.0);
+    let opts = TaskOptions { max_retries: 1, ..Default::default() };
+    let a = h.submit_opts(vec![], opts.clone());
+    let b = h.submit_opts(vec![], opts);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 2);
+    let w = ex[0].0;
+    h.s.worker_died(w, WorkerExit("killed by signal 9".into()), &mut h.out);
+    let w2 = h.connect_spawned()[0];
+    let ex = h.executed();
+    assert_eq!(ex.iter().map(|e| e.1).collect::<Vec<_>>(), vec![a.task, b.task]);
+    // Second crash of a: no retries left; b (queued behind) still retried for free.
+    h.s.worker_died(w2, WorkerExit("exit code 1".into()), &mut h.out);
+    assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerCrashed));
+    let w3 = h.connect_spawned()[0];
+    let ex = h.executed();
+    assert_eq!(ex, vec![(w3, b.task)]);
+    h.done(w3, b.task, 3);
+    assert_eq!(h.value(b), Some(3));
+}
+
+#[test]
+fn blocked_worker_lends_its_cpu_and_gets_a_helper() {
+    let mut h = Harness::started(1.0);
+    let outer = h.submit(vec![]);
+    let ex = h.executed();
+    let w = ex[0].0;
+    // The outer task submits an inner one and waits for it.
+    let inner_spec = h.spec(vec![], TaskOptions::default());
+    let inner = ObjectId::for_return(inner_spec.task_id, 1);
+    h.s.submit(Holder::Worker(w), inner_spec, &mut h.out);
+    // Every CPU is busy, so the inner task is pipelined behind the outer one...
+    assert_eq!(h.executed(), vec![(w, inner.task)]);
+    h.s.add_waiter(WaitOwner::Worker { worker: w, req: 1 }, &[inner], usize::MAX, true, &mut h.out);
+    assert_eq!(h.s.stats().cpu_used_milli, 0);
+    // ...and revoked when the outer one blocks on it.
+    let revoked = h.out.iter().find_map(|a| match a {
+        Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w => Some(tasks.clone()),
+        _ => None,
+    });
+    assert_eq!(revoked, Some(vec![inner.task]));
+    h.s.tasks_returned(w, &[inner.task], &mut h.out);
+    let helper = h.connect_spawned();
+    assert_eq!(helper.len(), 1);
+    let ex = h.executed();
+    assert_eq!(ex, vec![(helper[0], inner.task)]);
+    h.done(helper[0], inner.task, 5);
+    let replied = h.out.iter().any(|a| matches!(a, Action::GetReply { worker, req: 1, .. } if *worker == w));
+    assert!(replied);
+    assert_eq!(h.s.stats().cpu_used_milli, 1000);
+    h.done(w, outer.task, 1);
+    assert_eq!(h.value(outer), Some(1));
+}
+
+#[test]
+fn references_free_objects_and_their_contents() {
+    let mut h = Harness::started(1.0);
+    let inner = ObjectId::for_return(h.ids.next_task(), 0);
+    h.s.put(Holder::Local, inner, ObjectData::default(), &mut h.out);
+    let outer = ObjectId::for_return(h.ids.next_task(), 0);
+    let data = ObjectData { contained: vec![inner], ..Default::default() };
+    h.s.put(Holder::Local, outer, data, &mut h.out);
+    h.s.decref(Holder::Local, &[inner], &mut h.out);
+    assert!(h.s.object_state(&inner).is_some(), "still held by outer's contents");
+    h.s.decref(Holder::Local, &[outer], &mut h.out);
+    assert!(h.s.object_state(&inner).is_none());
+    assert!(h.s.object_state(&outer).is_none());
+    assert_eq!(h.s.stats().objects, 0);
+}
+
+#[test]
+fn cancel_queued_and_running_tasks() {
+    let mut h = Harness::started(1.0);
+    let a = h.submit(vec![]);
+    let dep = h.submit(vec![a]);
+    let ex = h.executed();
+    h.s.cancel(dep, false, &mut h.out);
+    assert_eq!(h.error_kind(dep), Some(ErrorKind::Cancelled));
+    h.s.cancel(a, true, &mut h.out);
+    assert!(h.out.iter().any(|x| matches!(x, Action::Kill { worker } if *worker == ex[0].0)));
+    h.s.worker_died(ex[0].0, WorkerExit("killed".into()), &mut h.out);
+    assert_eq!(h.error_kind(a), Some(ErrorKind::Cancelled));
+}
+
+#[test]
+fn impossible_cpu_request_fails_at_once() {
+    let mut h = Harness::started(2.0);
+    let a = h.submit_opts(vec![], TaskOptions { cpu_milli: 3000, ..Default::default() });
+    assert_eq!(h.error_kind(a), Some(ErrorKind::Unschedulable));
+}
+
+#[test]
+fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
+    let mut h = Harness::new(1.0);
+    h.s.start(&mut h.out);
+    let a = h.submit(vec![]);
+    for _ in 0..10 {
+        let spawned: Vec<WorkerId> = h
+            .out
+            .drain(..)
+            .filter_map(|x| match x {
+                Action::Spawn { worker } => Some(worker),
+                _ => None,
+            })
+            .collect();
+        for w in spawned {
+            h.s.worker_died(w, WorkerExit("exec failed".into()), &mut h.out);
+        }
+    }
+    assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever order tasks finish and workers die in, every submitted task ends with a value
+        /// or an error, CPU accounting returns to zero, and nothing is left behind.
+        #[test]
+        fn every_task_ends_and_accounting_balances(ops in proptest::collection::vec(0u8..4, 1..60)) {
+            let mut h = Harness::started(2.0);
+            let mut ids = Vec::new();
+            for op in ops {
+                match op {
+                    0 | 1 => ids.push(h.submit(vec![])),
+                    2 => {
+                        let ex: Vec<_> = h.out.iter().filter_map(|a| match a {
+                            Action::Execute { worker, spec, .. } => Some((*worker, spec.task_id)),
+                            _ => None,
+                        }).collect();
+                        h.out.clear();
+                        for (w, t) in ex { h.done(w, t, 1); }
+                    }
+                    _ => {
+                        if let Some((w, _)) = h.s.worker_pids().first().copied() {
+                            h.s.worker_died(w, WorkerExit("killed".into()), &mut h.out);
+                        }
+                    }
+                }
+                h.connect_spawned_keep();
+            }
+            // Drain: finish whatever is dispatched until nothing is left.
+            for _ in 0..500 {
+                h.connect_spawned_keep();
+                let ex = h.executed();
+                if ex.is_empty() { break; }
+                for (w, t) in ex { h.done(w, t, 1); }
+            }
+            for id in &ids {
+                prop_assert!(h.s.is_ready(id));
+            }
+            prop_assert_eq!(h.s.stats().cpu_used_milli, 0);
+            prop_assert_eq!(h.s.stats().tasks_assigned + h.s.stats().tasks_queued, 0);
+        }
+    }
+
+    impl Harness {
+        fn connect_spawned_keep(&mut self) {
+            let spawned: Vec<WorkerId> = self
+                .out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Spawn { worker } => Some(*worker),
+                    _ => None,
+                })
+                .collect();
+            self.out.retain(|a| !matches!(a, Action::Spawn { .. }));
+            for w in spawned {
+                self.s.worker_connected(w, 1000 + w.0, &mut self.out);
+            }
+        }
+    }
+}
