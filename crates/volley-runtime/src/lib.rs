@@ -1,0 +1,35 @@
+//! volley's node runtime: the glue between the sans-IO scheduler and the operating system.
+//!
+//! - [`Node`] runs inside the driver by default: it owns the scheduler, listens on a Unix socket
+//!   for its worker processes, spawns and supervises them, and serves the driver's calls directly
+//!   (no socket between the driver and its own node).
+//! - [`WorkerConn`] is the other end: a worker process's connection to its node, with a reader
+//!   thread that queues tasks, answers revocations and routes replies, so the worker's main thread
+//!   only ever runs user code or waits with the GIL released.
+//!
+//! Blocking calls take a `check` callback, run every few milliseconds while waiting, so the
+//! binding layer can turn a pending Ctrl-C into `KeyboardInterrupt` without this crate knowing
+//! anything of Python.
+
+mod error;
+mod node;
+mod outbox;
+mod supervisor;
+mod worker_conn;
+
+pub use error::RuntimeError;
+pub use node::{Node, NodeConfig};
+pub use worker_conn::{CurrentTask, ExecuteMsg, WorkerConn};
+
+/// How often a blocked call wakes up to run its `check` callback.
+pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Outcome of a blocking wait that gave up.
+#[derive(Debug)]
+pub enum WaitError<E> {
+    Timeout,
+    /// The `check` callback failed (e.g. a pending KeyboardInterrupt).
+    Interrupted(E),
+    /// The node is gone.
+    Closed,
+}

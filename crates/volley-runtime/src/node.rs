@@ -1,0 +1,582 @@
+//! The node: scheduler + worker connections + the driver's direct entry points.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use volley_proto::{
+    decode, encode, encode_execute, encode_get_reply, ErrorPayload, FrameReader, FunctionId, Hello,
+    NodeToWorker, ObjectData, ObjectId, ProtoError, TaskSpec, WorkerId, WorkerToNode,
+    PROTOCOL_VERSION,
+};
+use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, WorkerExit};
+
+use crate::outbox::Outbox;
+use crate::supervisor::{self, SpawnSpec, SupCmd};
+use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub num_cpus: f64,
+    /// The Python interpreter that runs workers, and its arguments (`-m volley._worker`).
+    pub python: String,
+    pub worker_args: Vec<String>,
+    /// Extra environment for workers.
+    pub env: Vec<(String, String)>,
+    /// Workers inherit the driver's stdout/stderr (true) or write to /dev/null.
+    pub log_to_driver: bool,
+    pub pipeline_depth: usize,
+    pub idle_worker_timeout_ms: u64,
+}
+
+/// A value or error, shared with the node's copy.
+pub type SharedResult = Result<Arc<ObjectData>, Arc<ErrorPayload>>;
+
+#[derive(Default)]
+struct Slot {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+struct State {
+    sched: Scheduler,
+    conns: HashMap<WorkerId, Arc<Outbox>>,
+    local: HashMap<WaiterId, Arc<Slot>>,
+}
+
+/// A worker's life as seen by the two threads that watch it: its death is reported to the
+/// scheduler once it has exited *and* every frame it sent has been read, so a result it sent just
+/// before dying is never mistaken for a crash.
+#[derive(Default)]
+struct Life {
+    exit: Option<String>,
+    connected: bool,
+    reader_done: bool,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    ready: Mutex<VecDeque<ObjectId>>,
+    ready_cv: Condvar,
+    lives: Mutex<HashMap<WorkerId, Life>>,
+    sup: Mutex<Sender<SupCmd>>,
+    pub(crate) socket_name: String,
+    pub(crate) token: String,
+    closed: AtomicBool,
+    started: Instant,
+}
+
+/// Work to do after the state lock is released.
+#[derive(Default)]
+struct Deferred {
+    flush: Vec<Arc<Outbox>>,
+    wake: Vec<Arc<Slot>>,
+    ready: Vec<ObjectId>,
+    sup: Vec<SupCmd>,
+}
+
+impl Shared {
+    /// Runs `f` on the state, routes the actions it produced, and carries them out once the lock
+    /// is released.
+    fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
+        let mut out = Vec::new();
+        let mut d = Deferred::default();
+        let r = {
+            let mut st = self.state.lock();
+            let r = f(&mut st, &mut out);
+            route(&mut st, out, &mut d);
+            r
+        };
+        self.carry_out(d);
+        r
+    }
+
+    fn carry_out(&self, d: Deferred) {
+        let mut seen = HashSet::new();
+        for o in d.flush {
+            if seen.insert(Arc::as_ptr(&o)) {
+                // A failed write means the worker is gone; its reader notices and reports it.
+                let _ = o.flush();
+            }
+        }
+        for s in d.wake {
+            *s.done.lock() = true;
+            s.cv.notify_all();
+        }
+        if !d.ready.is_empty() {
+            self.ready.lock().extend(d.ready);
+            self.ready_cv.notify_all();
+        }
+        if !d.sup.is_empty() {
+            let tx = self.sup.lock();
+            for c in d.sup {
+                let _ = tx.send(c);
+            }
+        }
+    }
+
+    pub(crate) fn tick(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.with(|st, out| st.sched.tick(now, out));
+    }
+
+    /// Called by the supervisor when a worker process has been reaped.
+    pub(crate) fn worker_exited(&self, id: WorkerId, how: String) {
+        let report = {
+            let mut lives = self.lives.lock();
+            let life = lives.entry(id).or_default();
+            life.exit = Some(how.clone());
+            !life.connected || life.reader_done
+        };
+        if report {
+            self.report_death(id, how);
+        }
+    }
+
+    fn reader_finished(&self, id: WorkerId) {
+        let exit = {
+            let mut lives = self.lives.lock();
+            let life = lives.entry(id).or_default();
+            life.reader_done = true;
+            life.exit.clone()
+        };
+        self.with(|st, _| {
+            if let Some(c) = st.conns.remove(&id) {
+                c.shutdown();
+            }
+        });
+        match exit {
+            Some(how) => self.report_death(id, how),
+            // Make sure the process is really gone; its reaping reports the death.
+            None => {
+                let _ = self.sup.lock().send(SupCmd::Kill(id));
+            }
+        }
+    }
+
+    fn report_death(&self, id: WorkerId, how: String) {
+        self.lives.lock().remove(&id);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.with(|st, out| {
+            st.conns.remove(&id);
+            st.sched.worker_died(id, WorkerExit(how), out)
+        });
+    }
+}
+
+fn route(st: &mut State, out: Vec<Action>, d: &mut Deferred) {
+    for a in out {
+        let (worker, bytes) = match a {
+            Action::Execute { worker, spec, function, deps } => {
+                let deps: Vec<&ObjectData> = deps.iter().map(|d| d.as_ref()).collect();
+                (worker, encode_execute(&spec, function.as_deref(), &deps))
+            }
+            Action::Send { worker, msg } => (worker, encode(&msg)),
+            Action::GetReply { worker, req, values } => {
+                let vals: Vec<Result<&ObjectData, &ErrorPayload>> =
+                    values.iter().map(|v| v.as_ref().map(|x| x.as_ref()).map_err(|e| e.as_ref())).collect();
+                (worker, encode_get_reply(req, &vals))
+            }
+            Action::WakeLocal { waiter } => {
+                if let Some(s) = st.local.remove(&waiter) {
+                    d.wake.push(s);
+                }
+                continue;
+            }
+            Action::LocalReady { id } => {
+                d.ready.push(id);
+                continue;
+            }
+            Action::Spawn { worker } => {
+                d.sup.push(SupCmd::Spawn(worker));
+                continue;
+            }
+            Action::Kill { worker } => {
+                d.sup.push(SupCmd::Kill(worker));
+                continue;
+            }
+        };
+        let Some(conn) = st.conns.get(&worker) else { continue };
+        match bytes {
+            Ok(b) => {
+                conn.push(&b);
+                d.flush.push(conn.clone());
+            }
+            Err(e) => eprintln!("volley: could not encode a message for worker {}: {e}", worker.0),
+        }
+    }
+}
+
+/// A node running inside this process. See the crate documentation.
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_ok();
+    if !ok {
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in buf.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(Instant::now().elapsed().as_nanos());
+            let v = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Node {
+    /// Starts the node: binds its socket, starts its threads and spawns one worker per CPU (in
+    /// parallel, without waiting for them).
+    pub fn start(cfg: NodeConfig) -> Result<Node, RuntimeError> {
+        let socket_name = format!("volley-{}-{}", std::process::id(), random_hex(8));
+        // An abstract socket: nothing on the filesystem to clean up, even after a SIGKILL.
+        let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
+        let listener = UnixListener::bind_addr(&addr)?;
+        let mut sc = Config::with_cpus(cfg.num_cpus);
+        sc.pipeline_depth = cfg.pipeline_depth;
+        sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { sched: Scheduler::new(sc), conns: HashMap::new(), local: HashMap::new() }),
+            ready: Mutex::new(VecDeque::new()),
+            ready_cv: Condvar::new(),
+            lives: Mutex::new(HashMap::new()),
+            sup: Mutex::new(tx),
+            socket_name,
+            token: random_hex(16),
+            closed: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        let spec = SpawnSpec {
+            python: cfg.python,
+            args: cfg.worker_args,
+            env: cfg.env,
+            log_to_driver: cfg.log_to_driver,
+        };
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("volley-supervisor".into())
+                .spawn(move || supervisor::run(s, spec, rx))?,
+        );
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new().name("volley-accept".into()).spawn(move || accept_loop(s, listener))?,
+        );
+        shared.with(|st, out| st.sched.start(out));
+        Ok(Node { shared, threads: Mutex::new(threads) })
+    }
+
+    pub fn register_function(&self, id: FunctionId, bytes: &[u8]) {
+        let mut st = self.shared.state.lock();
+        if !st.sched.has_function(&id) {
+            st.sched.register_function(id, Arc::from(bytes));
+        }
+    }
+
+    pub fn has_function(&self, id: &FunctionId) -> bool {
+        self.shared.state.lock().sched.has_function(id)
+    }
+
+    /// Submits a task; the driver holds one reference to each return.
+    pub fn submit(&self, spec: TaskSpec) {
+        self.shared.with(|st, out| st.sched.submit(Holder::Local, spec, out));
+    }
+
+    pub fn put(&self, id: ObjectId, data: ObjectData) {
+        self.shared.with(|st, out| st.sched.put(Holder::Local, id, data, out));
+    }
+
+    pub fn incref(&self, ids: &[ObjectId]) {
+        self.shared.state.lock().sched.incref(Holder::Local, ids);
+    }
+
+    pub fn decref(&self, ids: &[ObjectId]) {
+        self.shared.with(|st, out| st.sched.decref(Holder::Local, ids, out));
+    }
+
+    pub fn cancel(&self, id: ObjectId, force: bool) {
+        self.shared.with(|st, out| st.sched.cancel(id, force, out));
+    }
+
+    /// Blocks until every object in `ids` is ready and returns their values or errors.
+    pub fn get<E>(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Vec<SharedResult>, WaitError<E>> {
+        self.block_on(ids, usize::MAX, true, timeout, check)?;
+        let st = self.shared.state.lock();
+        Ok(ids.iter().map(|id| st.sched.result_of(id)).collect())
+    }
+
+    /// Blocks until `num` of `ids` are ready (or the timeout passes); returns readiness per id.
+    pub fn wait<E>(
+        &self,
+        ids: &[ObjectId],
+        num: usize,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Vec<bool>, WaitError<E>> {
+        match self.block_on(ids, num, false, timeout, check) {
+            Ok(()) | Err(WaitError::Timeout) => {}
+            Err(e) => return Err(e),
+        }
+        let st = self.shared.state.lock();
+        Ok(ids.iter().map(|id| st.sched.is_ready(id)).collect())
+    }
+
+    fn block_on<E>(
+        &self,
+        ids: &[ObjectId],
+        num: usize,
+        fetch: bool,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), WaitError<E>> {
+        let slot = Arc::new(Slot::default());
+        let (wid, now) = self.shared.with(|st, out| {
+            let wid = st.sched.add_waiter(WaitOwner::Local, ids, num, fetch, out);
+            let before = out.len();
+            out.retain(|a| !matches!(a, Action::WakeLocal { waiter } if *waiter == wid));
+            let now = out.len() < before;
+            if !now {
+                st.local.insert(wid, slot.clone());
+            }
+            (wid, now)
+        });
+        if now {
+            return Ok(());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let abandon = |shared: &Shared| {
+            shared.with(|st, _| {
+                st.sched.remove_local_waiter(wid);
+                st.local.remove(&wid);
+            })
+        };
+        loop {
+            {
+                let mut done = slot.done.lock();
+                if *done {
+                    return Ok(());
+                }
+                let mut step = CHECK_INTERVAL;
+                if let Some(d) = deadline {
+                    step = step.min(d.saturating_duration_since(Instant::now()));
+                }
+                slot.cv.wait_for(&mut done, step);
+                if *done {
+                    return Ok(());
+                }
+            }
+            if let Err(e) = check() {
+                abandon(&self.shared);
+                return Err(WaitError::Interrupted(e));
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(WaitError::Closed);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                abandon(&self.shared);
+                // It may have completed just now.
+                return if *slot.done.lock() { Ok(()) } else { Err(WaitError::Timeout) };
+            }
+        }
+    }
+
+    /// Asks for `next_ready` to report each of `ids` once it is ready.
+    pub fn watch(&self, ids: &[ObjectId]) {
+        self.shared.with(|st, out| st.sched.watch(Holder::Local, ids, out));
+    }
+
+    /// Objects watched with [`Node::watch`] that became ready; waits up to `timeout` for one.
+    pub fn next_ready(&self, timeout: Duration) -> Vec<ObjectId> {
+        let mut q = self.shared.ready.lock();
+        if q.is_empty() && !self.shared.closed.load(Ordering::Acquire) {
+            self.shared.ready_cv.wait_for(&mut q, timeout);
+        }
+        q.drain(..).collect()
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.state.lock().sched.worker_pids().into_iter().map(|(_, p)| p).collect()
+    }
+
+    pub fn stats(&self) -> volley_sched::Stats {
+        self.shared.state.lock().sched.stats()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops every worker (politely, then with SIGKILL after `grace`) and every thread.
+    pub fn shutdown(&self, grace: Duration) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let bye = encode(&NodeToWorker::Shutdown).unwrap_or_default();
+        let conns: Vec<Arc<Outbox>> = self.shared.state.lock().conns.values().cloned().collect();
+        for c in &conns {
+            let _ = c.send(&bye);
+        }
+        let _ = self.shared.sup.lock().send(SupCmd::Stop(grace));
+        // Wake the accept loop so it sees `closed`.
+        if let Ok(addr) = SocketAddr::from_abstract_name(self.shared.socket_name.as_bytes()) {
+            let _ = UnixStream::connect_addr(&addr);
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        for c in &conns {
+            c.shutdown();
+        }
+        self.shared.ready_cv.notify_all();
+        let mut st = self.shared.state.lock();
+        for s in st.local.values() {
+            s.cv.notify_all();
+        }
+        st.conns.clear();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_millis(500));
+    }
+}
+
+fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    for stream in listener.incoming() {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("volley-conn".into()).spawn(move || serve_worker(s, stream));
+        if let Err(e) = spawned {
+            eprintln!("volley: could not start a connection thread: {e}");
+        }
+    }
+}
+
+fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let frame = volley_proto::read_frame(stream).map_err(|e| e.to_string())?;
+    let (hello, token): (Hello, String) = decode(&frame).map_err(|e| e.to_string())?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version }.to_string());
+    }
+    if !constant_time_eq(token.as_bytes(), shared.token.as_bytes()) {
+        return Err("wrong session token".into());
+    }
+    {
+        let mut lives = shared.lives.lock();
+        let life = lives.entry(hello.worker_id).or_default();
+        if life.exit.is_some() || life.connected {
+            return Err(format!("worker {} is not expected", hello.worker_id.0));
+        }
+        life.connected = true;
+    }
+    let reply = Hello { version: PROTOCOL_VERSION, worker_id: hello.worker_id, pid: std::process::id() };
+    let bytes = encode(&reply).map_err(|e| e.to_string())?;
+    volley_proto::write_frame(stream, &bytes).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok(hello)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
+    if shared.closed.load(Ordering::Acquire) {
+        return;
+    }
+    let hello = match handshake(&shared, &mut stream) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("volley: refused a connection to the node: {e}");
+            return;
+        }
+    };
+    let wid = hello.worker_id;
+    let outbox = match stream.try_clone().and_then(Outbox::new) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            eprintln!("volley: worker {} connection failed: {e}", wid.0);
+            shared.reader_finished(wid);
+            return;
+        }
+    };
+    let known = shared.with(|st, out| {
+        st.conns.insert(wid, outbox);
+        st.sched.worker_connected(wid, hello.pid, out)
+    });
+    if known {
+        let mut reader = FrameReader::new(&stream);
+        loop {
+            let msg = match reader.next_frame() {
+                Ok(frame) => decode::<WorkerToNode>(frame),
+                Err(ProtoError::Closed) => break,
+                Err(e) => Err(e),
+            };
+            match msg {
+                Ok(m) => handle(&shared, wid, m),
+                Err(e) => {
+                    if !shared.closed.load(Ordering::Acquire) {
+                        eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    shared.reader_finished(wid);
+}
+
+fn handle(shared: &Shared, w: WorkerId, msg: WorkerToNode) {
+    let h = Holder::Worker(w);
+    shared.with(|st, out| {
+        let s = &mut st.sched;
+        match msg {
+            WorkerToNode::Done { task, result } => s.task_done(w, task, result, out),
+            WorkerToNode::Returned { tasks } => s.tasks_returned(w, &tasks, out),
+            WorkerToNode::Submit { spec } => s.submit(h, spec, out),
+            WorkerToNode::RegisterFunction { id, bytes } => {
+                if !s.has_function(&id) {
+                    s.register_function(id, Arc::from(bytes.into_vec()));
+                }
+            }
+            WorkerToNode::Put { id, data } => s.put(h, id, data, out),
+            WorkerToNode::Get { req, ids } => {
+                s.add_waiter(WaitOwner::Worker { worker: w, req }, &ids, usize::MAX, true, out);
+            }
+            WorkerToNode::Wait { req, ids, num_returns } => {
+                s.add_waiter(WaitOwner::Worker { worker: w, req }, &ids, num_returns as usize, false, out);
+            }
+            WorkerToNode::CancelRequest { req } => s.cancel_request(w, req, out),
+            WorkerToNode::Watch { ids } => s.watch(h, &ids, out),
+            WorkerToNode::IncRef { ids } => s.incref(h, &ids),
+            WorkerToNode::DecRef { ids } => s.decref(h, &ids, out),
+            WorkerToNode::Cancel { id, force } => s.cancel(id, force, out),
+        }
+    });
+}
