@@ -31,10 +31,32 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError>
     Ok(())
 }
 
-/// Reads one frame with a fresh allocation. `Err(Closed)` on a clean end of stream between frames.
+/// Reads exactly one frame, and not a byte more (so it is safe for a handshake, before a
+/// buffered [`FrameReader`] takes over the stream). `Err(Closed)` on a clean end of stream.
 pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
-    let mut reader = FrameReader::new(r);
-    reader.next_frame().map(|f| f.to_vec())
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(ProtoError::Closed),
+            Ok(0) => {
+                return Err(ProtoError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a frame",
+                )))
+            }
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_SIZE {
+        return Err(ProtoError::FrameTooLarge { size: len, max: MAX_FRAME_SIZE });
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
 }
 
 /// A buffered frame reader: one `read` system call usually brings in several small frames, which
@@ -125,6 +147,17 @@ mod tests {
         assert_eq!(r.next_frame().expect("2"), b"");
         assert_eq!(r.next_frame().expect("3"), b"hello world");
         assert!(matches!(r.next_frame(), Err(ProtoError::Closed)));
+    }
+
+    #[test]
+    fn read_frame_leaves_the_next_frame_in_the_stream() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"hello").expect("write");
+        write_frame(&mut wire, b"next").expect("write");
+        let mut cursor = std::io::Cursor::new(wire);
+        assert_eq!(read_frame(&mut cursor).expect("1"), b"hello");
+        let mut r = FrameReader::new(cursor);
+        assert_eq!(r.next_frame().expect("2"), b"next");
     }
 
     #[test]

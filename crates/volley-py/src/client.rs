@@ -1,0 +1,216 @@
+//! This process's handle on volley: the embedded node (in a driver) or the connection to the node
+//! (in a worker), plus the process-local reference table.
+//!
+//! Every `ObjectRef` alive in this process counts once in the local table; the node hears about an
+//! id only when this process's count goes from 0 to 1 or back to 0, so passing refs around in
+//! Python costs no messages.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use volley_proto::{ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec, WorkerToNode};
+use volley_runtime::{Node, WaitError, WorkerConn};
+
+pub enum Backend {
+    Node(Node),
+    Worker(Arc<WorkerConn>),
+}
+
+pub struct Client {
+    pub backend: Backend,
+    refs: Mutex<HashMap<ObjectId, u32>>,
+    /// Functions already registered with the node (workers register before submitting).
+    sent_functions: Mutex<HashSet<FunctionId>>,
+    ids: volley_proto::IdGenerator,
+}
+
+static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
+
+pub fn install(backend: Backend) -> Arc<Client> {
+    let c = Arc::new(Client {
+        backend,
+        refs: Mutex::new(HashMap::new()),
+        sent_functions: Mutex::new(HashSet::new()),
+        ids: volley_proto::IdGenerator::new(),
+    });
+    *CLIENT.write() = Some(c.clone());
+    c
+}
+
+pub fn current() -> Option<Arc<Client>> {
+    CLIENT.read().clone()
+}
+
+pub fn take() -> Option<Arc<Client>> {
+    CLIENT.write().take()
+}
+
+pub type SharedResult = Result<Arc<ObjectData>, Arc<ErrorPayload>>;
+
+impl Client {
+    pub fn next_task_id(&self) -> volley_proto::TaskId {
+        match &self.backend {
+            Backend::Node(_) => self.ids.next_task(),
+            Backend::Worker(w) => w.ids.next_task(),
+        }
+    }
+
+    /// Counts one more local reference; tells the node on the first one unless the node counted
+    /// it already (the returns of a task we submit, a value we put).
+    pub fn hold(&self, id: ObjectId, counted_by_node: bool) {
+        let first = {
+            let mut refs = self.refs.lock();
+            let n = refs.entry(id).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first && !counted_by_node {
+            match &self.backend {
+                Backend::Node(n) => n.incref(&[id]),
+                Backend::Worker(w) => {
+                    let _ = w.send(&WorkerToNode::IncRef { ids: vec![id] });
+                }
+            }
+        }
+    }
+
+    pub fn release(&self, id: ObjectId) {
+        let last = {
+            let mut refs = self.refs.lock();
+            match refs.get_mut(&id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    refs.remove(&id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            match &self.backend {
+                Backend::Node(n) => {
+                    if !n.is_closed() {
+                        n.decref(&[id])
+                    }
+                }
+                Backend::Worker(w) => {
+                    let _ = w.send(&WorkerToNode::DecRef { ids: vec![id] });
+                }
+            }
+        }
+    }
+
+    pub fn register_function(&self, id: FunctionId, bytes: &[u8]) -> Result<(), String> {
+        if !self.sent_functions.lock().insert(id) {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Node(n) => {
+                n.register_function(id, bytes);
+                Ok(())
+            }
+            Backend::Worker(w) => w
+                .send(&WorkerToNode::RegisterFunction { id, bytes: serde_bytes::ByteBuf::from(bytes.to_vec()) })
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn is_registered(&self, id: &FunctionId) -> bool {
+        self.sent_functions.lock().contains(id)
+    }
+
+    pub fn submit(&self, spec: TaskSpec) -> Result<(), String> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.submit(spec);
+                Ok(())
+            }
+            Backend::Worker(w) => w.send(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn put(&self, id: ObjectId, data: ObjectData) -> Result<(), String> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.put(id, data);
+                Ok(())
+            }
+            Backend::Worker(w) => w.send(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn get<E>(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Vec<SharedResult>, WaitError<E>> {
+        match &self.backend {
+            Backend::Node(n) => n.get(ids, timeout, check),
+            Backend::Worker(w) => {
+                let reply = w.request(|req| WorkerToNode::Get { req, ids: ids.to_vec() }, timeout, check)?;
+                match reply {
+                    volley_proto::NodeToWorker::GetReply { values, .. } => Ok(values
+                        .into_iter()
+                        .map(|v| v.map(Arc::new).map_err(Arc::new))
+                        .collect()),
+                    _ => Err(WaitError::Timeout),
+                }
+            }
+        }
+    }
+
+    pub fn wait<E>(
+        &self,
+        ids: &[ObjectId],
+        num: usize,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<Vec<bool>, WaitError<E>> {
+        match &self.backend {
+            Backend::Node(n) => n.wait(ids, num, timeout, check),
+            Backend::Worker(w) => {
+                let build = |req| WorkerToNode::Wait { req, ids: ids.to_vec(), num_returns: num as u32 };
+                match w.request(build, timeout, check)? {
+                    volley_proto::NodeToWorker::WaitReply { ready, .. } => {
+                        let ready: HashSet<ObjectId> = ready.into_iter().collect();
+                        Ok(ids.iter().map(|id| ready.contains(id)).collect())
+                    }
+                    _ => Err(WaitError::Closed),
+                }
+            }
+        }
+    }
+
+    pub fn cancel(&self, id: ObjectId, force: bool) -> Result<(), String> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.cancel(id, force);
+                Ok(())
+            }
+            Backend::Worker(w) => w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn watch(&self, ids: &[ObjectId]) -> Result<(), String> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.watch(ids);
+                Ok(())
+            }
+            Backend::Worker(w) => w.send(&WorkerToNode::Watch { ids: ids.to_vec() }).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn next_ready(&self, timeout: Duration) -> Vec<ObjectId> {
+        match &self.backend {
+            Backend::Node(n) => n.next_ready(timeout),
+            Backend::Worker(w) => w.next_ready(timeout),
+        }
+    }
+}

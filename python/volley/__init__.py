@@ -1,0 +1,59 @@
+"""volley: parallel and distributed computing for Python, with its engine in Rust.
+
+>>> import volley
+>>> @volley.remote
+... def square(x):
+...     return x * x
+>>> volley.get([square.remote(i) for i in range(4)])
+[0, 1, 4, 9]
+"""
+
+from ._api import (
+    Context,
+    RemoteFunction,
+    cancel,
+    get,
+    init,
+    is_initialized,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from ._core import ObjectRef
+from .exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+    UnschedulableError,
+    VolleyError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "remote",
+    "get",
+    "put",
+    "wait",
+    "cancel",
+    "ObjectRef",
+    "RemoteFunction",
+    "Context",
+    "VolleyError",
+    "TaskError",
+    "WorkerCrashedError",
+    "SerializationError",
+    "GetTimeoutError",
+    "TaskCancelledError",
+    "ObjectLostError",
+    "UnschedulableError",
+    "WorkerStartError",
+]

@@ -1,0 +1,412 @@
+"""The core API: init/shutdown, remote functions, and get/put/wait/cancel."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import inspect
+import os
+import sys
+import threading
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from . import _core
+from ._core import ObjectRef
+from ._serialization import Dep, describe_unpicklable, dumps, unpack
+from .exceptions import GetTimeoutError, SerializationError
+
+_lock = threading.RLock()
+_generation = 0  # bumped by every init/connect; remote functions re-register when it changes
+_atexit_registered = False
+
+_EMPTY_ARGS = dumps(((), {}))
+
+_TASK_OPTIONS = {"num_cpus", "num_returns", "max_retries", "retry_exceptions", "name"}
+
+
+class Context:
+    """What ``init`` returns: use it in a ``with`` block to shut volley down on exit.
+
+    >>> with volley.init(num_cpus=2):
+    ...     volley.get(volley.put(1))
+    1
+    """
+
+    def __init__(self, num_cpus: float):
+        self.num_cpus = num_cpus
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutdown()
+
+    def __repr__(self) -> str:
+        return f"volley.Context(num_cpus={self.num_cpus})"
+
+
+def _default_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def init(
+    num_cpus: float | None = None,
+    *,
+    log_to_driver: bool = True,
+    ignore_reinit_error: bool = False,
+    pipeline_depth: int = 8,
+    idle_worker_timeout: float = 2.0,
+) -> Context:
+    """Starts volley in this process: a node on Rust threads and one worker process per CPU.
+
+    Args:
+        num_cpus: CPUs to schedule (default: the cores this process may use). One worker
+            process is started per CPU, in parallel; ``init`` does not wait for them.
+        log_to_driver: print workers' stdout/stderr here, each line prefixed with
+            ``(task_name pid=N)``.
+        ignore_reinit_error: return quietly if volley is already running.
+        pipeline_depth: tasks queued behind a running one on a worker when every CPU is busy.
+        idle_worker_timeout: seconds before extra workers (started while others were blocked
+            in ``get``) are stopped.
+
+    The first ``.remote()`` call runs ``init()`` with defaults if you have not.
+
+    >>> ctx = volley.init(num_cpus=2)
+    >>> volley.is_initialized()
+    True
+    >>> volley.shutdown()
+    """
+    global _generation, _atexit_registered
+    with _lock:
+        if _core.mode() is not None:
+            if ignore_reinit_error or _core.mode() == "worker":
+                return Context(num_cpus or 0)
+            raise RuntimeError(
+                "volley is already initialised; call volley.shutdown() first "
+                "(or pass ignore_reinit_error=True)"
+            )
+        cpus = _default_cpus() if num_cpus is None else num_cpus
+        if not isinstance(cpus, (int, float)) or cpus <= 0:
+            raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
+        if pipeline_depth < 0:
+            raise ValueError("pipeline_depth must be >= 0")
+        env = [("VOLLEY_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
+        _core.start_node(
+            float(cpus),
+            sys.executable,
+            ["-m", "volley._worker"],
+            env,
+            bool(log_to_driver),
+            int(pipeline_depth),
+            int(idle_worker_timeout * 1000),
+        )
+        _generation += 1
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return Context(cpus)
+
+
+def shutdown() -> None:
+    """Stops the workers and the node. Safe to call twice; ``init`` may be called again after.
+
+    >>> volley.shutdown()
+    >>> volley.is_initialized()
+    False
+    """
+    with _lock:
+        if _core.mode() != "driver":
+            return
+        from . import _futures
+
+        _core.shutdown(1.0)
+        _futures.fail_pending()
+
+
+def is_initialized() -> bool:
+    """True once ``init`` ran (or inside a worker).
+
+    >>> volley.is_initialized()
+    False
+    """
+    return _core.mode() is not None
+
+
+def _ensure_init() -> None:
+    if _core.mode() is None:
+        init()
+
+
+def _mark_worker_connected() -> None:
+    global _generation
+    _generation += 1
+
+
+def _check_options(options: dict) -> dict:
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_TASK_OPTIONS)}")
+    n = options.get("num_returns", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_returns must be an int >= 1, not {n!r}")
+    c = options.get("num_cpus", 1)
+    if not isinstance(c, (int, float)) or c < 0:
+        raise ValueError(f"num_cpus must be a number >= 0, not {c!r}")
+    r = options.get("max_retries", 3)
+    if not isinstance(r, int) or r < -1:
+        raise ValueError(f"max_retries must be an int >= -1 (-1: unlimited), not {r!r}")
+    name = options.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError("name must be a string")
+    return options
+
+
+class RemoteFunction:
+    """A function that runs as a task in a worker process; made by ``@volley.remote``.
+
+    ``f.remote(*args, **kwargs)`` submits a call and returns an ``ObjectRef`` at once (a list of
+    refs when ``num_returns > 1``). Top-level ``ObjectRef`` arguments are replaced by their values
+    before the call; the task waits for them in the scheduler, not in a worker.
+
+    >>> @volley.remote
+    ... def add(a, b):
+    ...     return a + b
+    >>> volley.get(add.remote(1, add.remote(2, 3)))
+    6
+    """
+
+    def __init__(self, fn: Callable, options: dict):
+        self._fn = fn
+        self._options = _check_options(dict(options))
+        self._name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "task")
+        self._pickled: tuple[bytes, bytes] | None = None
+        self._registered_generation = -1
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"remote function '{self._name}' cannot be called directly; "
+            f"use {self._name}.remote(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<volley.RemoteFunction {self._name}>"
+
+    def options(self, **options: Any) -> _Bound:
+        """The same function with some options overridden for the calls made through it.
+
+        >>> a, b = divmod_task.options(num_returns=2).remote(7, 2)
+        """
+        merged = dict(self._options)
+        merged.update(options)
+        return _Bound(self, _check_options(merged))
+
+    def remote(self, *args: Any, **kwargs: Any):
+        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``)."""
+        return self._submit(args, kwargs, self._options)
+
+    def _function_id(self, name: str) -> bytes:
+        if self._pickled is None:
+            try:
+                data = cloudpickle.dumps(self._fn, protocol=5)
+            except Exception as e:
+                raise SerializationError(
+                    f"could not serialize function '{name}': {type(e).__name__}: {e}"
+                ) from e
+            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
+        fid, data = self._pickled
+        if self._registered_generation != _generation:
+            _core.register_function(fid, data)
+            self._registered_generation = _generation
+        return fid
+
+    def _submit(self, args: tuple, kwargs: dict, opts: dict):
+        _ensure_init()
+        name = opts.get("name") or self._name
+        fid = self._function_id(name)
+        deps: list[ObjectRef] = []
+        if args or kwargs:
+            if any(type(a) is ObjectRef for a in args):
+                args = tuple(_dep(a, deps) for a in args)
+            if any(type(v) is ObjectRef for v in kwargs.values()):
+                kwargs = {k: _dep(v, deps) for k, v in kwargs.items()}
+            try:
+                data, buffers, contained = dumps((args, kwargs))
+            except Exception as e:
+                msg = describe_unpicklable(args, kwargs, f"task '{name}'", e)
+                raise SerializationError(msg) from e
+        else:
+            data, buffers, contained = _EMPTY_ARGS
+        n = opts.get("num_returns", 1)
+        refs = _core.submit(
+            fid,
+            name,
+            data,
+            buffers,
+            contained,
+            deps,
+            n,
+            float(opts.get("num_cpus", 1)),
+            opts.get("max_retries", 3),
+            bool(opts.get("retry_exceptions", False)),
+        )
+        return refs[0] if n == 1 else refs
+
+
+def _dep(value: Any, deps: list) -> Any:
+    if type(value) is ObjectRef:
+        deps.append(value)
+        return Dep(len(deps) - 1)
+    return value
+
+
+class _Bound:
+    """A remote function with options fixed by ``.options(...)``."""
+
+    def __init__(self, rf: RemoteFunction, options: dict):
+        self._rf = rf
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any):
+        return self._rf._submit(args, kwargs, self._options)
+
+    def options(self, **options: Any) -> _Bound:
+        merged = dict(self._options)
+        merged.update(options)
+        return _Bound(self._rf, _check_options(merged))
+
+
+def remote(*args: Any, **options: Any):
+    """Makes a function run remotely: ``@volley.remote`` or ``@volley.remote(num_cpus=2, ...)``.
+
+    Options: ``num_cpus`` (CPUs held while it runs, default 1), ``num_returns`` (default 1),
+    ``max_retries`` (retries after its worker dies, default 3, -1 for unlimited),
+    ``retry_exceptions`` (also retry when it raises), ``name`` (shown in logs and errors).
+
+    >>> @volley.remote(num_returns=2)
+    ... def split(x):
+    ...     return x, -x
+    >>> a, b = split.remote(3)
+    >>> volley.get([a, b])
+    [3, -3]
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @volley.remote or @volley.remote(option=value, ...)")
+    _check_options(options)
+    return lambda obj: _make_remote(obj, options)
+
+
+def _make_remote(obj: Any, options: dict) -> RemoteFunction:
+    if inspect.isclass(obj):
+        raise TypeError(
+            f"volley.remote on a class ({obj.__name__}) makes an actor, which this version of "
+            "volley does not support yet; decorate functions instead"
+        )
+    return RemoteFunction(obj, options)
+
+
+def _refs_list(refs: Any, what: str) -> list[ObjectRef]:
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"{what} takes an ObjectRef or a list of them, not {type(refs).__name__}")
+    for r in refs:
+        if type(r) is not ObjectRef:
+            raise TypeError(f"{what} takes ObjectRefs, but got a {type(r).__name__}")
+    return list(refs)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Waits for refs and returns their values (a list for a list).
+
+    Raises the task's error (``TaskError``, ``WorkerCrashedError``, ``TaskCancelledError``, ...)
+    and ``GetTimeoutError`` after ``timeout`` seconds. Ctrl-C interrupts the wait at once.
+
+    >>> volley.get([volley.put("a"), volley.put("b")])
+    ['a', 'b']
+    """
+    if type(refs) is ObjectRef:
+        return get([refs], timeout=timeout)[0]
+    refs = _refs_list(refs, "get")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    if not refs:
+        return []
+    try:
+        results = _core.get(refs, timeout)
+    except TimeoutError:
+        raise GetTimeoutError(
+            f"get timed out after {timeout} s waiting for {len(refs)} object(s)"
+        ) from None
+    return [unpack(r) for r in results]
+
+
+def put(value: Any) -> ObjectRef:
+    """Stores a value and returns a ref to it, to pass to many tasks without re-sending it.
+
+    >>> ref = volley.put([1, 2, 3])
+    >>> volley.get(ref)
+    [1, 2, 3]
+    """
+    if type(value) is ObjectRef:
+        raise TypeError("put() takes a value, not an ObjectRef")
+    _ensure_init()
+    try:
+        data, buffers, contained = dumps(value)
+    except Exception as e:
+        raise SerializationError(
+            f"could not serialize the value given to put() (a {type(value).__qualname__}): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return _core.put(data, buffers, contained)
+
+
+def wait(
+    refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Waits until ``num_returns`` refs are ready or ``timeout`` seconds pass.
+
+    Returns ``(ready, not_ready)``, each in the order given; ``ready`` holds at most
+    ``num_returns`` refs.
+
+    >>> ready, rest = volley.wait([fast.remote(), slow.remote()], num_returns=1)
+    """
+    refs = _refs_list(refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same ObjectRef twice")
+    if not isinstance(num_returns, int) or not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 0 and {len(refs)}, not {num_returns!r}")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    if not refs:
+        return [], []
+    flags = _core.wait(refs, num_returns, timeout)
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
+    for r, ok in zip(refs, flags):
+        (ready if ok and len(ready) < max(num_returns, 1) else not_ready).append(r)
+    return ready, not_ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+    """Cancels the task behind ``ref``; its ``get`` then raises ``TaskCancelledError``.
+
+    A task still waiting is dropped. A running task gets a ``KeyboardInterrupt``; with
+    ``force=True`` its worker process is killed instead (and replaced). A finished task is left
+    alone.
+
+    >>> ref = sleepy.remote(60)
+    >>> volley.cancel(ref)
+    """
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
+    _core.cancel(ref, force)

@@ -1,0 +1,66 @@
+"""``ref.future()`` and ``await ref``: one background thread completes futures as refs finish."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+from . import _core
+from .exceptions import VolleyError
+
+_lock = threading.Lock()
+_pending: dict[bytes, list[tuple[concurrent.futures.Future, object]]] = {}
+_thread: threading.Thread | None = None
+
+
+def future_of(ref) -> concurrent.futures.Future:
+    """A ``concurrent.futures.Future`` completed with ``ref``'s value or error."""
+    global _thread
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    with _lock:
+        _pending.setdefault(ref.binary(), []).append((fut, ref))
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_complete_loop, name="volley-futures", daemon=True)
+            _thread.start()
+    _core.watch([ref])
+    return fut
+
+
+def await_ref(ref):
+    """Implements ``await ref``."""
+    return asyncio.wrap_future(future_of(ref)).__await__()
+
+
+def _complete_loop() -> None:
+    from ._api import get
+
+    while True:
+        with _lock:
+            if not _pending:
+                global _thread
+                _thread = None
+                return
+        if _core.mode() is None:
+            fail_pending()
+            return
+        for key in _core.next_ready(0.2):
+            with _lock:
+                entries = _pending.pop(key, [])
+            for fut, ref in entries:
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(get(ref))
+                except BaseException as e:  # the task's own error, delivered to the future
+                    fut.set_exception(e)
+
+
+def fail_pending() -> None:
+    """Fails futures still waiting when volley shuts down."""
+    with _lock:
+        entries = [e for v in _pending.values() for e in v]
+        _pending.clear()
+    for fut, _ in entries:
+        if fut.set_running_or_notify_cancel():
+            fut.set_exception(VolleyError("volley shut down before the object was ready"))

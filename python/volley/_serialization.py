@@ -1,0 +1,130 @@
+"""How values cross process boundaries: cloudpickle with pickle protocol 5 and out-of-band buffers.
+
+Refs pickled inside a value are recorded so the value keeps them alive. Top-level ref arguments of
+a task are replaced by placeholders that the worker fills with the refs' values before the call.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+
+from . import _core
+from .exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    SerializationError,
+    TaskCancelledError,
+    UnschedulableError,
+    VolleyError,
+    WorkerCrashedError,
+    WorkerStartError,
+    task_error,
+)
+
+_local = threading.local()
+
+
+class Dep:
+    """Stands in for the i-th top-level ref argument of a task."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+    def __reduce__(self):
+        return (_resolve_dep, (self.i,))
+
+
+def _resolve_dep(i: int) -> Any:
+    return _local.deps[i]
+
+
+def dumps(obj: Any) -> tuple[bytes, list, list]:
+    """Pickles ``obj``: (stream, out-of-band buffers, ids of refs inside it)."""
+    buffers: list = []
+    _core.begin_capture()
+    try:
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    finally:
+        contained = _core.end_capture()
+    return data, [b.raw() for b in buffers], contained
+
+
+def loads(data: bytes, buffers: list, deps: list | None = None) -> Any:
+    """Unpickles a value; ``deps`` fill the placeholders of top-level ref arguments."""
+    if deps is None:
+        return pickle.loads(data, buffers=buffers)
+    _local.deps = deps
+    try:
+        return pickle.loads(data, buffers=buffers)
+    finally:
+        _local.deps = None
+
+
+def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseException) -> str:
+    """Names the argument that could not be pickled."""
+    culprit = None
+    for i, a in enumerate(args):
+        try:
+            cloudpickle.dumps(a, protocol=5)
+        except Exception:
+            culprit = f"argument {i} (a {type(a).__module__}.{type(a).__qualname__})"
+            break
+    else:
+        for k, v in kwargs.items():
+            try:
+                cloudpickle.dumps(v, protocol=5)
+            except Exception:
+                culprit = f"keyword argument '{k}' (a {type(v).__module__}.{type(v).__qualname__})"
+                break
+    culprit = culprit or "the arguments"
+    return f"could not serialize {culprit} of {what}: {type(error).__name__}: {error}"
+
+
+# Error kinds, as numbered by the engine.
+TASK_EXCEPTION, WORKER_CRASHED, CANCELLED, SERIALIZATION = 0, 1, 2, 3
+NODE_SHUTDOWN, UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED = 4, 5, 6, 7
+
+
+def to_exception(result: tuple) -> BaseException:
+    """Turns an error result from the engine into the exception ``get`` raises."""
+    _, kind, task_name, message, tb, exc_bytes, pid = result
+    if kind == TASK_EXCEPTION:
+        cause = None
+        if exc_bytes is not None:
+            try:
+                cause = pickle.loads(exc_bytes)
+            except Exception:
+                cause = None
+        if cause is None:
+            text = f"task '{task_name}' (pid {pid}) raised {message}\n\nRemote traceback:\n{tb}"
+            return task_error(None, task_name, tb, pid, text)
+        return task_error(cause, task_name, tb, pid)
+    classes = {
+        WORKER_CRASHED: WorkerCrashedError,
+        CANCELLED: TaskCancelledError,
+        SERIALIZATION: SerializationError,
+        UNSCHEDULABLE: UnschedulableError,
+        OBJECT_LOST: ObjectLostError,
+        WORKER_START_FAILED: WorkerStartError,
+    }
+    cls = classes.get(kind, VolleyError)
+    text = message
+    if tb and kind == SERIALIZATION:
+        text += f"\n\nRemote traceback:\n{tb}"
+    return cls(text)
+
+
+def unpack(result: tuple) -> Any:
+    """The value of one engine result, or raise its error."""
+    if result[0]:
+        return loads(result[1], result[2])
+    raise to_exception(result)
+
+
+__all__ = ["Dep", "dumps", "loads", "unpack", "to_exception", "GetTimeoutError"]

@@ -1,0 +1,154 @@
+"""The errors volley raises; each names the task and says what happened."""
+
+from __future__ import annotations
+
+__all__ = [
+    "VolleyError",
+    "TaskError",
+    "WorkerCrashedError",
+    "SerializationError",
+    "GetTimeoutError",
+    "TaskCancelledError",
+    "ObjectLostError",
+    "UnschedulableError",
+    "WorkerStartError",
+]
+
+
+class VolleyError(Exception):
+    """Base class of every volley error.
+
+    >>> issubclass(volley.GetTimeoutError, volley.VolleyError)
+    True
+    """
+
+
+class TaskError(VolleyError):
+    """A task raised an exception.
+
+    The instance raised by ``volley.get`` is *also* an instance of the original exception's class,
+    so ``except ValueError`` catches a task's ``ValueError``; ``str()`` includes the remote
+    traceback. The original exception is in ``.cause``.
+
+    >>> @volley.remote
+    ... def bad():
+    ...     raise ValueError("no")
+    >>> try:
+    ...     volley.get(bad.remote())
+    ... except ValueError as e:
+    ...     assert isinstance(e, volley.TaskError)
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        cause: BaseException | None = None,
+        task_name: str = "",
+        remote_traceback: str = "",
+        pid: int = 0,
+    ):
+        super().__init__(message)
+        self._message = message
+        self.cause = cause
+        self.task_name = task_name
+        self.remote_traceback = remote_traceback
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return self._message
+
+    def __reduce__(self):
+        return (
+            _rebuild_task_error,
+            (self.cause, self.task_name, self.remote_traceback, self.pid, self._message),
+        )
+
+
+class WorkerCrashedError(VolleyError):
+    """The worker process running a task died (and no retries were left)."""
+
+
+class SerializationError(VolleyError):
+    """An argument, function or result could not be pickled or unpickled."""
+
+
+class GetTimeoutError(VolleyError, TimeoutError):
+    """``get`` gave up after its ``timeout``."""
+
+
+class TaskCancelledError(VolleyError):
+    """The task was cancelled with ``volley.cancel``."""
+
+
+class ObjectLostError(VolleyError):
+    """The object no longer exists."""
+
+
+class UnschedulableError(VolleyError):
+    """No node can ever satisfy the task's resource request."""
+
+
+class WorkerStartError(VolleyError):
+    """Worker processes could not be started."""
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _dual_class(cls: type) -> type | None:
+    """``TaskError(cls)``: a subclass of both ``TaskError`` and ``cls``, made once per class."""
+    if cls in _dual_classes:
+        return _dual_classes[cls]
+    try:
+        dual = type(
+            f"TaskError({cls.__name__})",
+            (TaskError, cls),
+            {"__module__": cls.__module__, "__str__": TaskError.__str__},
+        )
+    except TypeError:
+        dual = None
+    _dual_classes[cls] = dual
+    return dual
+
+
+def task_error(
+    cause: BaseException | None,
+    task_name: str,
+    remote_traceback: str,
+    pid: int,
+    message: str | None = None,
+) -> TaskError:
+    """Builds the error ``get`` raises for a task that raised ``cause``."""
+    if message is None:
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else "an exception"
+        message = f"task '{task_name}' (pid {pid}) raised {what}\n\nRemote traceback:\n"
+        message += remote_traceback
+    if isinstance(cause, TaskError):
+        return cause
+    dual = _dual_class(type(cause)) if isinstance(cause, Exception) else None
+    if dual is None:
+        return TaskError(
+            message, cause=cause, task_name=task_name, remote_traceback=remote_traceback, pid=pid
+        )
+    try:
+        err = type(cause).__new__(dual, *cause.args)
+    except Exception:
+        return TaskError(
+            message, cause=cause, task_name=task_name, remote_traceback=remote_traceback, pid=pid
+        )
+    err.args = cause.args
+    try:
+        err.__dict__.update(getattr(cause, "__dict__", {}))
+    except (AttributeError, TypeError):
+        pass
+    err._message = message
+    err.cause = cause
+    err.task_name = task_name
+    err.remote_traceback = remote_traceback
+    err.pid = pid
+    return err
+
+
+def _rebuild_task_error(cause, task_name, remote_traceback, pid, message):
+    return task_error(cause, task_name, remote_traceback, pid, message)
