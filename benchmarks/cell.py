@@ -3,6 +3,8 @@
 Usage: python -m benchmarks.cell info SYSTEM OUT | python -m benchmarks.cell run SYSTEM FUNC OUT
 """
 
+from __future__ import annotations
+
 import importlib
 import importlib.metadata
 import importlib.util

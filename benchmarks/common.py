@@ -1,5 +1,7 @@
 """Workloads, problem sizes and measurement helpers shared by every system module."""
 
+from __future__ import annotations
+
 import os
 import time
 
@@ -70,17 +72,19 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
+def best_of(fn, repeat: int = 2) -> float:
+    """Shortest of `repeat` timed calls of fn(): (f) uses it on both sides to damp noise."""
+    return min(_timed(fn) for _ in range(repeat))
+
+
 def serial_cpu_time(n: int) -> float:
     """Driver-only time of the (f) workload, the baseline of the speedup."""
-    t0 = time.perf_counter()
-    for _ in range(SIZES["cpu_tasks"]):
-        spin(n)
-    return time.perf_counter() - t0
+    return best_of(lambda: [spin(n) for _ in range(SIZES["cpu_tasks"])])
 
 
 def parallel_ceiling(n: int) -> float:
     """Speedup of two bare forked processes over serial on the (f) work: the machine's limit."""
-    serial = serial_cpu_time(n)
+    serial = sum(_timed(spin, n) for _ in range(SIZES["cpu_tasks"]))
     half = SIZES["cpu_tasks"] // WORKERS
     t0 = time.perf_counter()
     pids = []

@@ -7,6 +7,8 @@ repeated --runs times; the table shows the median. A system's interpreter is sys
 unless VOLLEY_BENCH_PYTHON_<SYSTEM> (e.g. VOLLEY_BENCH_PYTHON_VOLLEY) names another one.
 """
 
+from __future__ import annotations
+
 import argparse
 import datetime
 import importlib
@@ -342,7 +344,7 @@ def main(argv=None) -> None:
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
     args.output.write_text(
         REPORT.format(
-            date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             machine=machine(),
             load=f"{load_before} before, {_loadavg()} after",
             command=command,
@@ -397,7 +399,7 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   `apply_async`, cf `submit`), then one gather; joblib runs one `Parallel` over the delayed
   no-ops (its own auto-batching); mp.map is `Pool.map(noop, range(n), chunksize=1)`.
 - (f) Serial time is the same 8 spins run in the driver before init; speedup = serial / parallel,
-  2.0 is the ideal with 2 workers.
+  each side the best of 2 timings; 2.0 is the ideal with 2 workers.
 - (g) All leaves are submitted, then each level of `add(left, right)` with the previous level's
   references as arguments; only the root is fetched (and checked).
 - (h) After init and warm-up, a {settle}-s pause, then the sum of PSS

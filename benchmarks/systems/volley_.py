@@ -62,9 +62,10 @@ def f():
     with session() as volley:
         spin = volley.remote(common.spin)
         warm(volley, (spin, (1,)))
-        t0 = time.perf_counter()
-        volley.get([spin.remote(n) for _ in range(common.SIZES["cpu_tasks"])])
-        return common.speedup(serial, time.perf_counter() - t0)
+        parallel = common.best_of(
+            lambda: volley.get([spin.remote(n) for _ in range(common.SIZES["cpu_tasks"])])
+        )
+        return common.speedup(serial, parallel)
 
 
 def g():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 import sys
 import traceback
 
@@ -143,6 +144,9 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
 
 
 def main() -> None:
+    # Cancelling a task interrupts it with SIGINT; make sure that raises KeyboardInterrupt even
+    # if this process inherited SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     paths = [p for p in os.environ.get("VOLLEY_SYS_PATH", "").split(os.pathsep) if p]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
     from . import _api, _core

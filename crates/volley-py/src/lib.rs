@@ -129,12 +129,19 @@ fn start_node(
     Ok(())
 }
 
-/// Connects this worker process to its node.
+static MAIN_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Connects this worker process to its node. Call it from the main thread: a cancelled task is
+/// interrupted there.
 #[pyfunction]
 fn connect_worker(py: Python<'_>, socket: String, worker_id: u32, token: String) -> PyResult<()> {
+    // A real SIGINT to the main thread: it both wakes a blocking system call (a `sleep`, a
+    // socket read) and makes Python raise KeyboardInterrupt there.
+    MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, std::sync::atomic::Ordering::Release);
     fn interrupt() {
-        // SAFETY: async-signal-safe, callable from any thread without the GIL.
-        unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+        let main = MAIN_THREAD.load(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: `main` is this process's main thread, which lives as long as the process.
+        unsafe { libc::pthread_kill(main as libc::pthread_t, libc::SIGINT) };
     }
     let conn = py.detach(|| WorkerConn::connect(&socket, WorkerId(worker_id), &token, interrupt)).map_err(to_err)?;
     client::install(Backend::Worker(conn));

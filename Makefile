@@ -1,0 +1,76 @@
+# volley: every target sets itself up from a bare machine (Python 3.11 with pip, a Rust toolchain).
+#   make demo   - build, then run examples/demo.py on the embedded default
+#   make test   - build, then cargo test and pytest
+#   make bench  - side-by-side benchmark against Ray, Dask, joblib, multiprocessing (own venv)
+#   make lint   - cargo fmt/clippy and ruff
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+BUILT := $(VENV)/.volley-built
+BENCH_VENV := .venv-bench
+BENCH_DEPS := $(BENCH_VENV)/.deps-installed
+RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml
+PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
+
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: all demo test test-rust test-python bench lint fmt build clean
+
+all: build
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): pyproject.toml | $(VPY)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy ruff
+	touch $@
+
+$(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml
+	$(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+build: $(BUILT)
+
+demo: build
+	$(VPY) examples/demo.py
+
+test-rust:
+	cargo test --workspace --exclude volley-py
+
+test-python: build
+	$(VPY) -m pytest tests
+
+test: build test-rust test-python
+
+lint: $(DEPS)
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff format --check python tests benchmarks examples
+
+fmt: $(DEPS)
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benchmarks examples
+	$(VENV)/bin/ruff check --fix python tests benchmarks examples
+
+$(BENCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+
+$(BENCH_DEPS): benchmarks/requirements.txt | $(BENCH_VENV)/bin/python
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(DEPS) $(BENCH_DEPS)
+	rm -rf target/wheels
+	$(VENV)/bin/maturin build --release --quiet --out target/wheels
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
+	$(BENCH_VENV)/bin/python -m pip install --quiet "cloudpickle>=2.2"
+	$(BENCH_VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf target $(VENV) $(BENCH_VENV) python/volley/*.so
