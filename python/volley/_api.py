@@ -15,7 +15,7 @@ import cloudpickle
 
 from . import _core
 from ._core import ObjectRef
-from ._serialization import Dep, describe_unpicklable, dumps, unpack
+from ._serialization import Dep, describe_unpicklable, dumps, dumps_args, unpack
 from .exceptions import GetTimeoutError, SerializationError
 
 _lock = threading.RLock()
@@ -237,7 +237,7 @@ class RemoteFunction:
             if any(type(v) is ObjectRef for v in kwargs.values()):
                 kwargs = {k: _dep(v, deps) for k, v in kwargs.items()}
             try:
-                data, buffers, contained = dumps((args, kwargs))
+                data, buffers, contained = dumps_args(args, kwargs)
             except Exception as e:
                 msg = describe_unpicklable(args, kwargs, f"task '{name}'", e)
                 raise SerializationError(msg) from e

@@ -60,6 +60,10 @@ class _PrefixedStream(io.TextIOBase):
             pass
 
 
+_stdout = _PrefixedStream(1)
+_stderr = _PrefixedStream(2)
+
+
 def _format_exception(e: BaseException) -> str:
     tb = e.__traceback__
     # Drop this module's own frame: the user's code starts below it.
@@ -113,8 +117,10 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
             _pickled_exception(e),
         )
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        if _stdout._buf:
+            _stdout.flush()
+        if _stderr._buf:
+            _stderr.flush()
         _current_name = None
     del args, kwargs
     if num_returns == 1:
@@ -163,8 +169,8 @@ def main() -> None:
         # The node went away before this worker connected (shutdown while starting).
         sys.exit(1)
     _api._mark_worker_connected()
-    sys.stdout = _PrefixedStream(1)
-    sys.stderr = _PrefixedStream(2)
+    sys.stdout = _stdout
+    sys.stderr = _stderr
     try:
         _core.worker_main(execute)
     except KeyboardInterrupt:

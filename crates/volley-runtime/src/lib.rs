@@ -33,3 +33,22 @@ pub enum WaitError<E> {
     /// The node is gone.
     Closed,
 }
+
+/// How long a thread about to wait for a message spins first.
+pub const SPIN: std::time::Duration = std::time::Duration::from_micros(150);
+
+/// Spins until `ready()` or `limit` passes; true if it became ready.
+pub(crate) fn spin_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
+}

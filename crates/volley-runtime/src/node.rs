@@ -20,7 +20,7 @@ use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, Worke
 
 use crate::outbox::Outbox;
 use crate::supervisor::{self, SpawnSpec, SupCmd};
-use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
+use crate::{spin_until, RuntimeError, WaitError, CHECK_INTERVAL, SPIN};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub type SharedResult = Result<Arc<ObjectData>, Arc<ErrorPayload>>;
 struct Slot {
     done: Mutex<bool>,
     cv: Condvar,
+    /// Mirrors `done` for the lock-free spin before parking.
+    flag: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -108,6 +110,7 @@ impl Shared {
             }
         }
         for s in d.wake {
+            s.flag.store(true, Ordering::Release);
             *s.done.lock() = true;
             s.cv.notify_all();
         }
@@ -365,6 +368,11 @@ impl Node {
             return Ok(());
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // A short result usually arrives within a few tens of microseconds; spinning that long
+        // saves the wake-up of a parked thread, which costs as much again on a small VM.
+        if spin_until(SPIN, || slot.flag.load(Ordering::Acquire)) {
+            return Ok(());
+        }
         let abandon = |shared: &Shared| {
             shared.with(|st, _| {
                 st.sched.remove_local_waiter(wid);
