@@ -593,17 +593,16 @@ impl Scheduler {
     pub fn tasks_returned(&mut self, wid: WorkerId, tasks: &[TaskId], out: &mut Vec<Action>) {
         let Some(w) = self.workers.get_mut(&wid) else { return };
         w.revoke_outstanding = false;
+        // The worker's word is final: it had not started these, even one we took for running
+        // because the task before it finished while the revoke was on its way.
         let mut back = Vec::new();
         for tid in tasks {
             if let Some(pos) = w.queue.iter().position(|t| t == tid) {
-                if pos == 0 {
-                    // The head is running by our own account; a worker never returns it.
-                    continue;
-                }
                 w.queue.remove(pos);
                 back.push(*tid);
             }
         }
+        self.refresh_head_cpu(wid);
         for tid in back.into_iter().rev() {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.cancel.is_some() {
@@ -618,6 +617,19 @@ impl Scheduler {
         self.schedule(out);
     }
 
+    /// Re-derives the CPU a worker holds from the task now at the head of its queue.
+    fn refresh_head_cpu(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else { return };
+        let held = w.queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.spec.options.cpu_milli);
+        if w.blocked == 0 {
+            self.cpu_used = self.cpu_used - w.cpu_held + held;
+        }
+        w.cpu_held = held;
+        if w.queue.is_empty() {
+            w.idle_since = self.now_ms;
+        }
+    }
+
     // ------------------------------------------------------------ completion
 
     /// A worker finished a task.
@@ -625,17 +637,7 @@ impl Scheduler {
         let Some(w) = self.workers.get_mut(&wid) else { return };
         let Some(pos) = w.queue.iter().position(|t| *t == tid) else { return };
         w.queue.remove(pos);
-        if pos == 0 {
-            let next = w.queue.front().and_then(|t| self.tasks.get(t)).map(|t| t.spec.options.cpu_milli);
-            let new_held = next.unwrap_or(0);
-            if w.blocked == 0 {
-                self.cpu_used = self.cpu_used - w.cpu_held + new_held;
-            }
-            w.cpu_held = new_held;
-        }
-        if w.queue.is_empty() {
-            w.idle_since = self.now_ms;
-        }
+        self.refresh_head_cpu(wid);
         let Some(task) = self.tasks.get_mut(&tid) else {
             self.schedule(out);
             return;

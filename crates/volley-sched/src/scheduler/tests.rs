@@ -155,6 +155,43 @@ fn finished_worker_steals_tasks_pipelined_behind_a_long_one() {
 }
 
 #[test]
+fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
+    let mut h = Harness::started(2.0);
+    for _ in 0..4 {
+        h.submit(vec![]);
+    }
+    let ex = h.executed();
+    let w1 = ex[0].0;
+    let w1_tasks: Vec<TaskId> = ex.iter().filter(|(w, _)| *w == w1).map(|(_, t)| *t).collect();
+    let w2 = ex.iter().find(|(w, _)| *w != w1).expect("two workers").0;
+    for (w, t) in ex.iter().filter(|(w, _)| *w == w2) {
+        h.done(*w, *t, 0);
+    }
+    let revoked = h
+        .out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w1 => Some(tasks.clone()),
+            _ => None,
+        })
+        .expect("steal");
+    h.out.clear();
+    // The running task finishes before the worker answers the revoke...
+    h.done(w1, w1_tasks[0], 0);
+    // ...so the revoked task is now at the head of w1's queue in the scheduler's view.
+    h.s.tasks_returned(w1, &revoked, &mut h.out);
+    let ex = h.executed();
+    for t in &revoked {
+        assert!(ex.iter().any(|(_, x)| x == t), "returned task {t:?} must be dispatched again");
+    }
+    for (w, t) in ex {
+        h.done(w, t, 1);
+    }
+    assert_eq!(h.s.stats().tasks_assigned + h.s.stats().tasks_queued, 0);
+    assert_eq!(h.s.stats().cpu_used_milli, 0);
+}
+
+#[test]
 fn dependencies_wait_in_the_scheduler_and_values_are_shipped() {
     let mut h = Harness::started(1.0);
     let a = h.submit(vec![]);
