@@ -76,7 +76,11 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { cpu_milli: 1000, max_retries: 3, retry_exceptions: false }
+        TaskOptions {
+            cpu_milli: 1000,
+            max_retries: 3,
+            retry_exceptions: false,
+        }
     }
 }
 
@@ -106,7 +110,10 @@ pub enum TaskResult {
     /// One value per declared return.
     Ok(Vec<ObjectData>),
     /// The task failed; `retryable` says whether the task's options allow another attempt.
-    Err { error: ErrorPayload, retryable: bool },
+    Err {
+        error: ErrorPayload,
+        retryable: bool,
+    },
 }
 
 /// A resolved object: its value or the error stored in its place.
@@ -136,23 +143,54 @@ pub enum NodeToWorker {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum WorkerToNode {
-    Done { task: TaskId, result: TaskResult },
-    Returned { tasks: Vec<TaskId> },
-    Submit { spec: TaskSpec },
-    RegisterFunction { id: FunctionId, bytes: serde_bytes::ByteBuf },
-    Put { id: ObjectId, data: ObjectData },
+    Done {
+        task: TaskId,
+        result: TaskResult,
+    },
+    Returned {
+        tasks: Vec<TaskId>,
+    },
+    Submit {
+        spec: TaskSpec,
+    },
+    RegisterFunction {
+        id: FunctionId,
+        bytes: serde_bytes::ByteBuf,
+    },
+    Put {
+        id: ObjectId,
+        data: ObjectData,
+    },
     /// Block until all `ids` are ready, then answer `GetReply`. The worker's CPU is lent out
     /// meanwhile.
-    Get { req: u64, ids: Vec<ObjectId> },
+    Get {
+        req: u64,
+        ids: Vec<ObjectId>,
+    },
     /// Block until `num_returns` of `ids` are ready, then answer `WaitReply`.
-    Wait { req: u64, ids: Vec<ObjectId>, num_returns: u32 },
+    Wait {
+        req: u64,
+        ids: Vec<ObjectId>,
+        num_returns: u32,
+    },
     /// Stop waiting on request `req`; the node answers with a `WaitReply` unless it already replied.
-    CancelRequest { req: u64 },
+    CancelRequest {
+        req: u64,
+    },
     /// Send `Ready` for each of these once it is ready (without blocking the worker).
-    Watch { ids: Vec<ObjectId> },
-    IncRef { ids: Vec<ObjectId> },
-    DecRef { ids: Vec<ObjectId> },
-    Cancel { id: ObjectId, force: bool },
+    Watch {
+        ids: Vec<ObjectId>,
+    },
+    IncRef {
+        ids: Vec<ObjectId>,
+    },
+    DecRef {
+        ids: Vec<ObjectId>,
+    },
+    Cancel {
+        id: ObjectId,
+        force: bool,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
@@ -222,7 +260,11 @@ pub fn encode_execute(
     function: Option<&[u8]>,
     deps: &[&ObjectData],
 ) -> Result<Vec<u8>, ProtoError> {
-    let msg = NodeToWorkerRef::Execute { spec, function: function.map(serde_bytes::Bytes::new), deps };
+    let msg = NodeToWorkerRef::Execute {
+        spec,
+        function: function.map(serde_bytes::Bytes::new),
+        deps,
+    };
     Ok(postcard::to_stdvec(&msg)?)
 }
 
@@ -231,7 +273,10 @@ pub fn encode_get_reply(
     req: u64,
     values: &[Result<&ObjectData, &ErrorPayload>],
 ) -> Result<Vec<u8>, ProtoError> {
-    Ok(postcard::to_stdvec(&NodeToWorkerRef::GetReply { req, values })?)
+    Ok(postcard::to_stdvec(&NodeToWorkerRef::GetReply {
+        req,
+        values,
+    })?)
 }
 
 #[cfg(test)]
@@ -249,7 +294,11 @@ mod mirror_tests {
             num_returns: 1,
             options: TaskOptions::default(),
         };
-        let dep = ObjectData { data: vec![4, 5], buffers: vec![], contained: vec![] };
+        let dep = ObjectData {
+            data: vec![4, 5],
+            buffers: vec![],
+            contained: vec![],
+        };
         let bytes = encode_execute(&spec, Some(b"fn"), &[&dep]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,
@@ -267,7 +316,10 @@ mod mirror_tests {
             pid: 1,
         };
         let bytes = encode_get_reply(9, &[Ok(&dep), Err(&err)]).expect("encode");
-        let owned = NodeToWorker::GetReply { req: 9, values: vec![Ok(dep), Err(err)] };
+        let owned = NodeToWorker::GetReply {
+            req: 9,
+            values: vec![Ok(dep), Err(err)],
+        };
         assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
     }
 }

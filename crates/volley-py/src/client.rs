@@ -115,7 +115,10 @@ impl Client {
                 Ok(())
             }
             Backend::Worker(w) => w
-                .send(&WorkerToNode::RegisterFunction { id, bytes: serde_bytes::ByteBuf::from(bytes.to_vec()) })
+                .send(&WorkerToNode::RegisterFunction {
+                    id,
+                    bytes: serde_bytes::ByteBuf::from(bytes.to_vec()),
+                })
                 .map_err(|e| e.to_string()),
         }
     }
@@ -130,7 +133,9 @@ impl Client {
                 n.submit(spec);
                 Ok(())
             }
-            Backend::Worker(w) => w.send(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string()),
+            Backend::Worker(w) => w
+                .send(&WorkerToNode::Submit { spec })
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -140,7 +145,9 @@ impl Client {
                 n.put(id, data);
                 Ok(())
             }
-            Backend::Worker(w) => w.send(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string()),
+            Backend::Worker(w) => w
+                .send(&WorkerToNode::Put { id, data })
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -153,7 +160,14 @@ impl Client {
         match &self.backend {
             Backend::Node(n) => n.get(ids, timeout, check),
             Backend::Worker(w) => {
-                let reply = w.request(|req| WorkerToNode::Get { req, ids: ids.to_vec() }, timeout, check)?;
+                let reply = w.request(
+                    |req| WorkerToNode::Get {
+                        req,
+                        ids: ids.to_vec(),
+                    },
+                    timeout,
+                    check,
+                )?;
                 match reply {
                     volley_proto::NodeToWorker::GetReply { values, .. } => Ok(values
                         .into_iter()
@@ -175,7 +189,11 @@ impl Client {
         match &self.backend {
             Backend::Node(n) => n.wait(ids, num, timeout, check),
             Backend::Worker(w) => {
-                let build = |req| WorkerToNode::Wait { req, ids: ids.to_vec(), num_returns: num as u32 };
+                let build = |req| WorkerToNode::Wait {
+                    req,
+                    ids: ids.to_vec(),
+                    num_returns: num as u32,
+                };
                 match w.request(build, timeout, check)? {
                     volley_proto::NodeToWorker::WaitReply { ready, .. } => {
                         let ready: HashSet<ObjectId> = ready.into_iter().collect();
@@ -193,7 +211,9 @@ impl Client {
                 n.cancel(id, force);
                 Ok(())
             }
-            Backend::Worker(w) => w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string()),
+            Backend::Worker(w) => w
+                .send(&WorkerToNode::Cancel { id, force })
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -203,7 +223,9 @@ impl Client {
                 n.watch(ids);
                 Ok(())
             }
-            Backend::Worker(w) => w.send(&WorkerToNode::Watch { ids: ids.to_vec() }).map_err(|e| e.to_string()),
+            Backend::Worker(w) => w
+                .send(&WorkerToNode::Watch { ids: ids.to_vec() })
+                .map_err(|e| e.to_string()),
         }
     }
 

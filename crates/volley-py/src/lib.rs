@@ -14,14 +14,18 @@ use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_bytes::ByteBuf;
-use volley_proto::{ErrorKind, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskOptions, TaskResult, TaskSpec, WorkerId};
+use volley_proto::{
+    ErrorKind, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskOptions, TaskResult, TaskSpec,
+    WorkerId,
+};
 use volley_runtime::{Node, NodeConfig, WaitError, WorkerConn};
 
 use client::{Backend, Client, SharedResult};
 use object_ref::{id_from_bytes, ObjectRef};
 
 fn client() -> PyResult<Arc<Client>> {
-    client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised; call volley.init()"))
+    client::current()
+        .ok_or_else(|| PyRuntimeError::new_err("volley is not initialised; call volley.init()"))
 }
 
 fn to_err<E: std::fmt::Display>(e: E) -> PyErr {
@@ -29,19 +33,33 @@ fn to_err<E: std::fmt::Display>(e: E) -> PyErr {
 }
 
 fn function_id(b: &[u8]) -> PyResult<FunctionId> {
-    let arr: [u8; 16] = b.try_into().map_err(|_| PyValueError::new_err("a function id is 16 bytes"))?;
+    let arr: [u8; 16] = b
+        .try_into()
+        .map_err(|_| PyValueError::new_err("a function id is 16 bytes"))?;
     Ok(FunctionId(arr))
 }
 
 /// Copies a pickle stream and its out-of-band buffers into an `ObjectData`.
-fn object_data(py: Python<'_>, data: &[u8], buffers: &Bound<'_, PyList>, contained: Vec<Vec<u8>>) -> PyResult<ObjectData> {
+fn object_data(
+    py: Python<'_>,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<Vec<u8>>,
+) -> PyResult<ObjectData> {
     let mut bufs = Vec::with_capacity(buffers.len());
     for b in buffers.iter() {
         let buf = pyo3::buffer::PyBuffer::<u8>::get(&b)?;
         bufs.push(ByteBuf::from(buf.to_vec(py)?));
     }
-    let contained = contained.iter().map(|c| id_from_bytes(c)).collect::<PyResult<Vec<_>>>()?;
-    Ok(ObjectData { data: data.to_vec(), buffers: bufs, contained })
+    let contained = contained
+        .iter()
+        .map(|c| id_from_bytes(c))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(ObjectData {
+        data: data.to_vec(),
+        buffers: bufs,
+        contained,
+    })
 }
 
 fn kind_code(k: ErrorKind) -> u8 {
@@ -68,7 +86,13 @@ fn kind_from_code(c: u8) -> ErrorKind {
 
 fn value_to_py<'py>(py: Python<'py>, v: &ObjectData) -> PyResult<Bound<'py, PyTuple>> {
     let bufs: Vec<Bound<'py, PyBytes>> = v.buffers.iter().map(|b| PyBytes::new(py, b)).collect();
-    PyTuple::new(py, [PyBytes::new(py, &v.data).into_any(), PyList::new(py, bufs)?.into_any()])
+    PyTuple::new(
+        py,
+        [
+            PyBytes::new(py, &v.data).into_any(),
+            PyList::new(py, bufs)?.into_any(),
+        ],
+    )
 }
 
 /// `(True, data, buffers)` for a value, `(False, kind, task, message, traceback, exc, pid)` for an
@@ -77,7 +101,9 @@ fn result_to_py<'py>(py: Python<'py>, r: &SharedResult) -> PyResult<Bound<'py, P
     match r {
         Ok(v) => {
             let t = value_to_py(py, v)?;
-            Ok((true, t.get_item(0)?, t.get_item(1)?).into_pyobject(py)?.into_any())
+            Ok((true, t.get_item(0)?, t.get_item(1)?)
+                .into_pyobject(py)?
+                .into_any())
         }
         Err(e) => error_to_py(py, e),
     }
@@ -85,7 +111,15 @@ fn result_to_py<'py>(py: Python<'py>, r: &SharedResult) -> PyResult<Bound<'py, P
 
 fn error_to_py<'py>(py: Python<'py>, e: &ErrorPayload) -> PyResult<Bound<'py, PyAny>> {
     let exc = e.exception.as_ref().map(|b| PyBytes::new(py, b));
-    Ok((false, kind_code(e.kind), &e.task_name, &e.message, &e.traceback, exc, e.pid)
+    Ok((
+        false,
+        kind_code(e.kind),
+        &e.task_name,
+        &e.message,
+        &e.traceback,
+        exc,
+        e.pid,
+    )
         .into_pyobject(py)?
         .into_any())
 }
@@ -123,7 +157,15 @@ fn start_node(
     if client::current().is_some() {
         return Err(PyRuntimeError::new_err("volley is already initialised"));
     }
-    let cfg = NodeConfig { num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms };
+    let cfg = NodeConfig {
+        num_cpus,
+        python,
+        worker_args,
+        env,
+        log_to_driver,
+        pipeline_depth,
+        idle_worker_timeout_ms,
+    };
     let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
     client::install(Backend::Node(node));
     Ok(())
@@ -137,13 +179,18 @@ static MAIN_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 fn connect_worker(py: Python<'_>, socket: String, worker_id: u32, token: String) -> PyResult<()> {
     // A real SIGINT to the main thread: it both wakes a blocking system call (a `sleep`, a
     // socket read) and makes Python raise KeyboardInterrupt there.
-    MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, std::sync::atomic::Ordering::Release);
+    MAIN_THREAD.store(
+        unsafe { libc::pthread_self() } as u64,
+        std::sync::atomic::Ordering::Release,
+    );
     fn interrupt() {
         let main = MAIN_THREAD.load(std::sync::atomic::Ordering::Acquire);
         // SAFETY: `main` is this process's main thread, which lives as long as the process.
         unsafe { libc::pthread_kill(main as libc::pthread_t, libc::SIGINT) };
     }
-    let conn = py.detach(|| WorkerConn::connect(&socket, WorkerId(worker_id), &token, interrupt)).map_err(to_err)?;
+    let conn = py
+        .detach(|| WorkerConn::connect(&socket, WorkerId(worker_id), &token, interrupt))
+        .map_err(to_err)?;
     client::install(Backend::Worker(conn));
     Ok(())
 }
@@ -209,16 +256,28 @@ fn submit(
         args: object_data(py, data, buffers, contained)?,
         deps: ids_of(&deps),
         num_returns,
-        options: TaskOptions { cpu_milli: (num_cpus * 1000.0).round() as u32, max_retries, retry_exceptions },
+        options: TaskOptions {
+            cpu_milli: (num_cpus * 1000.0).round() as u32,
+            max_retries,
+            retry_exceptions,
+        },
     };
-    let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
+    let returns: Vec<ObjectRef> = spec
+        .return_ids()
+        .map(|id| ObjectRef::new(id, true))
+        .collect();
     py.detach(|| c.submit(spec)).map_err(to_err)?;
     Ok(returns)
 }
 
 /// Stores a value and returns a ref to it.
 #[pyfunction]
-fn put(py: Python<'_>, data: &[u8], buffers: &Bound<'_, PyList>, contained: Vec<Vec<u8>>) -> PyResult<ObjectRef> {
+fn put(
+    py: Python<'_>,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<Vec<u8>>,
+) -> PyResult<ObjectRef> {
     let c = client()?;
     let obj = object_data(py, data, buffers, contained)?;
     let id = ObjectId::for_return(c.next_task_id(), 0);
@@ -230,22 +289,34 @@ fn put(py: Python<'_>, data: &[u8], buffers: &Bound<'_, PyList>, contained: Vec<
 /// Waits for every ref and returns one result tuple per ref (see `result_to_py`).
 #[pyfunction]
 #[pyo3(signature = (refs, timeout = None))]
-fn get<'py>(py: Python<'py>, refs: Vec<PyRef<'py, ObjectRef>>, timeout: Option<f64>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+fn get<'py>(
+    py: Python<'py>,
+    refs: Vec<PyRef<'py, ObjectRef>>,
+    timeout: Option<f64>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let c = client()?;
     let ids = ids_of(&refs);
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    let results = py.detach(|| c.get(&ids, timeout, check_signals)).map_err(wait_err)?;
+    let results = py
+        .detach(|| c.get(&ids, timeout, check_signals))
+        .map_err(wait_err)?;
     results.iter().map(|r| result_to_py(py, r)).collect()
 }
 
 /// Waits until `num_returns` refs are ready or the timeout passes; readiness per ref.
 #[pyfunction]
 #[pyo3(signature = (refs, num_returns, timeout = None))]
-fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<bool>> {
+fn wait(
+    py: Python<'_>,
+    refs: Vec<PyRef<'_, ObjectRef>>,
+    num_returns: usize,
+    timeout: Option<f64>,
+) -> PyResult<Vec<bool>> {
     let c = client()?;
     let ids = ids_of(&refs);
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    py.detach(|| c.wait(&ids, num_returns, timeout, check_signals)).map_err(wait_err)
+    py.detach(|| c.wait(&ids, num_returns, timeout, check_signals))
+        .map_err(wait_err)
 }
 
 #[pyfunction]
@@ -267,9 +338,14 @@ fn watch(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<()> {
 /// Ids (bytes) of watched refs that became ready; waits up to `timeout` seconds for one.
 #[pyfunction]
 fn next_ready(py: Python<'_>, timeout: f64) -> PyResult<Vec<Bound<'_, PyBytes>>> {
-    let Some(c) = client::current() else { return Ok(Vec::new()) };
+    let Some(c) = client::current() else {
+        return Ok(Vec::new());
+    };
     let ids = py.detach(|| c.next_ready(Duration::from_secs_f64(timeout.max(0.0))));
-    Ok(ids.iter().map(|id| PyBytes::new(py, &id.to_bytes())).collect())
+    Ok(ids
+        .iter()
+        .map(|id| PyBytes::new(py, &id.to_bytes()))
+        .collect())
 }
 
 /// Pids of this node's worker processes (driver only).
@@ -300,17 +376,23 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
 }
 
 /// Parses the handler's answer into a task result.
-fn parse_result(py: Python<'_>, ans: &Bound<'_, PyAny>, retry_exceptions: bool) -> PyResult<TaskResult> {
+fn parse_result(
+    py: Python<'_>,
+    ans: &Bound<'_, PyAny>,
+    retry_exceptions: bool,
+) -> PyResult<TaskResult> {
     let (ok, payload): (bool, Bound<'_, PyAny>) = ans.extract()?;
     if ok {
         let mut values = Vec::new();
         for item in payload.try_iter()? {
-            let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) = item?.extract()?;
+            let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
+                item?.extract()?;
             values.push(object_data(py, &data, &buffers, contained)?);
         }
         Ok(TaskResult::Ok(values))
     } else {
-        let (code, message, traceback, exc): (u8, String, String, Option<Vec<u8>>) = payload.extract()?;
+        let (code, message, traceback, exc): (u8, String, String, Option<Vec<u8>>) =
+            payload.extract()?;
         let kind = kind_from_code(code);
         let error = ErrorPayload {
             kind,
@@ -320,7 +402,10 @@ fn parse_result(py: Python<'_>, ans: &Bound<'_, PyAny>, retry_exceptions: bool) 
             exception: exc.map(ByteBuf::from),
             pid: std::process::id(),
         };
-        Ok(TaskResult::Err { error, retryable: retry_exceptions && kind == ErrorKind::TaskException })
+        Ok(TaskResult::Err {
+            error,
+            retryable: retry_exceptions && kind == ErrorKind::TaskException,
+        })
     }
 }
 
@@ -330,7 +415,9 @@ fn parse_result(py: Python<'_>, ans: &Bound<'_, PyAny>, retry_exceptions: bool) 
 fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
     let c = client()?;
     let Backend::Worker(conn) = &c.backend else {
-        return Err(PyRuntimeError::new_err("worker_main runs in worker processes only"));
+        return Err(PyRuntimeError::new_err(
+            "worker_main runs in worker processes only",
+        ));
     };
     let conn = conn.clone();
     while let Some(task) = py.detach(|| conn.next_task()) {
@@ -365,7 +452,10 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 retryable: false,
             });
         let result = match result {
-            TaskResult::Err { mut error, retryable } => {
+            TaskResult::Err {
+                mut error,
+                retryable,
+            } => {
                 error.task_name = spec.name.clone();
                 TaskResult::Err { error, retryable }
             }
@@ -375,7 +465,10 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             // A cancel's interrupt may still be pending; it must not hit the next task.
             let _ = py.check_signals();
         }
-        let done = volley_proto::WorkerToNode::Done { task: spec.task_id, result };
+        let done = volley_proto::WorkerToNode::Done {
+            task: spec.task_id,
+            result,
+        };
         if conn.send(&done).is_err() {
             break;
         }

@@ -38,7 +38,9 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>) {
                 Ok(child) => {
                     children.insert(id, child);
                 }
-                Err(e) => shared.worker_exited(id, format!("could not start `{}`: {e}", spec.python)),
+                Err(e) => {
+                    shared.worker_exited(id, format!("could not start `{}`: {e}", spec.python))
+                }
             },
             Ok(SupCmd::Kill(id)) => {
                 if let Some(c) = children.get_mut(&id) {

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    decode, encode, ErrorKind, ErrorPayload, FrameReader, Hello, IdGenerator, NodeToWorker, ObjectData, ObjectId,
-    ProtoError, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    decode, encode, ErrorKind, ErrorPayload, FrameReader, Hello, IdGenerator, NodeToWorker,
+    ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode,
+    PROTOCOL_VERSION,
 };
 
 use crate::outbox::Outbox;
@@ -67,15 +68,27 @@ impl WorkerConn {
     ) -> Result<Arc<WorkerConn>, RuntimeError> {
         let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
         let mut stream = UnixStream::connect_addr(&addr)?;
-        let hello = Hello { version: PROTOCOL_VERSION, worker_id, pid: std::process::id() };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            worker_id,
+            pid: std::process::id(),
+        };
         volley_proto::write_frame(&mut stream, &encode(&(hello, token.to_string()))?)?;
         let reply: Hello = match volley_proto::read_frame(&mut stream) {
             Ok(frame) => decode(&frame)?,
-            Err(ProtoError::Closed) => return Err(RuntimeError::Refused("the node closed the connection".into())),
+            Err(ProtoError::Closed) => {
+                return Err(RuntimeError::Refused(
+                    "the node closed the connection".into(),
+                ))
+            }
             Err(e) => return Err(e.into()),
         };
         if reply.version != PROTOCOL_VERSION {
-            return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: reply.version }.into());
+            return Err(ProtoError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: reply.version,
+            }
+            .into());
         }
         let conn = Arc::new(WorkerConn {
             out: Outbox::new(stream.try_clone()?)?,
@@ -87,7 +100,9 @@ impl WorkerConn {
             interrupt,
         });
         let c = conn.clone();
-        std::thread::Builder::new().name("volley-reader".into()).spawn(move || c.read_loop(stream))?;
+        std::thread::Builder::new()
+            .name("volley-reader".into())
+            .spawn(move || c.read_loop(stream))?;
         Ok(conn)
     }
 
@@ -101,8 +116,16 @@ impl WorkerConn {
             let Ok(msg) = msg else { break };
             let mut inner = self.inner.lock();
             match msg {
-                NodeToWorker::Execute { spec, function, deps } => {
-                    inner.tasks.push_back(ExecuteMsg { spec, function: function.map(|f| f.into_vec()), deps });
+                NodeToWorker::Execute {
+                    spec,
+                    function,
+                    deps,
+                } => {
+                    inner.tasks.push_back(ExecuteMsg {
+                        spec,
+                        function: function.map(|f| f.into_vec()),
+                        deps,
+                    });
                 }
                 NodeToWorker::Revoke { tasks } => {
                     let wanted: HashSet<TaskId> = tasks.into_iter().collect();
@@ -122,19 +145,27 @@ impl WorkerConn {
                     if inner.current == Some(task) && !inner.interrupted {
                         inner.interrupted = true;
                         (self.interrupt)();
-                    } else if let Some(pos) = inner.tasks.iter().position(|t| t.spec.task_id == task) {
+                    } else if let Some(pos) =
+                        inner.tasks.iter().position(|t| t.spec.task_id == task)
+                    {
                         let t = inner.tasks.remove(pos);
                         drop(inner);
                         if let Some(t) = t {
                             let error = ErrorPayload {
                                 kind: ErrorKind::Cancelled,
                                 task_name: t.spec.name.clone(),
-                                message: format!("task '{}' was cancelled before it ran", t.spec.name),
+                                message: format!(
+                                    "task '{}' was cancelled before it ran",
+                                    t.spec.name
+                                ),
                                 traceback: String::new(),
                                 exception: None,
                                 pid: std::process::id(),
                             };
-                            let result = TaskResult::Err { error, retryable: false };
+                            let result = TaskResult::Err {
+                                error,
+                                retryable: false,
+                            };
                             let _ = self.send(&WorkerToNode::Done { task, result });
                         }
                         continue;
@@ -187,7 +218,9 @@ impl WorkerConn {
     pub fn finish_task(&self) -> CurrentTask {
         let mut inner = self.inner.lock();
         inner.current = None;
-        CurrentTask { interrupted: std::mem::take(&mut inner.interrupted) }
+        CurrentTask {
+            interrupted: std::mem::take(&mut inner.interrupted),
+        }
     }
 
     /// Sends a request built with a fresh request id and waits for its reply. On timeout the
@@ -227,7 +260,8 @@ impl WorkerConn {
             }
             if !cancelled && deadline.is_some_and(|d| Instant::now() >= d) {
                 cancelled = true;
-                self.send(&WorkerToNode::CancelRequest { req }).map_err(|_| WaitError::Closed)?;
+                self.send(&WorkerToNode::CancelRequest { req })
+                    .map_err(|_| WaitError::Closed)?;
             }
         }
     }

@@ -251,7 +251,9 @@ impl Scheduler {
 
     /// A spawned worker connected and said hello. Returns false for an unknown worker.
     pub fn worker_connected(&mut self, id: WorkerId, pid: u32, out: &mut Vec<Action>) -> bool {
-        let Some(w) = self.workers.get_mut(&id) else { return false };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return false;
+        };
         if w.state != WorkerState::Starting {
             return false;
         }
@@ -269,8 +271,12 @@ impl Scheduler {
 
     /// Ids and pids of live workers.
     pub fn worker_pids(&self) -> Vec<(WorkerId, u32)> {
-        let mut v: Vec<_> =
-            self.workers.iter().filter(|(_, w)| w.pid != 0).map(|(id, w)| (*id, w.pid)).collect();
+        let mut v: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.pid != 0)
+            .map(|(id, w)| (*id, w.pid))
+            .collect();
         v.sort();
         v
     }
@@ -278,7 +284,9 @@ impl Scheduler {
     /// A worker process ended (or could not be started). Its running task is retried or failed;
     /// tasks queued behind it go back to the queue; its references are released.
     pub fn worker_died(&mut self, id: WorkerId, exit: WorkerExit, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.remove(&id) else { return };
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
         if w.blocked == 0 {
             self.cpu_used -= w.cpu_held;
         }
@@ -287,7 +295,9 @@ impl Scheduler {
         }
         let mut requeue = Vec::new();
         for (i, tid) in w.queue.iter().enumerate() {
-            let Some(task) = self.tasks.get_mut(tid) else { continue };
+            let Some(task) = self.tasks.get_mut(tid) else {
+                continue;
+            };
             let name = task.spec.name.clone();
             if task.cancel.is_some() {
                 let msg = format!("task '{name}' was cancelled");
@@ -336,7 +346,11 @@ impl Scheduler {
     fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
         let queued: Vec<TaskId> = self.ready.drain(..).collect();
         for tid in queued {
-            let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
+            let name = self
+                .tasks
+                .get(&tid)
+                .map(|t| t.spec.name.clone())
+                .unwrap_or_default();
             let msg = format!(
                 "worker processes fail to start ({} attempts in a row): {}",
                 self.start_failures, self.last_start_failure
@@ -361,7 +375,9 @@ impl Scheduler {
         let mut idle: Vec<(u64, WorkerId)> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.is_idle() && now_ms - w.idle_since >= self.cfg.idle_worker_timeout_ms)
+            .filter(|(_, w)| {
+                w.is_idle() && now_ms - w.idle_since >= self.cfg.idle_worker_timeout_ms
+            })
             .map(|(id, w)| (w.idle_since, *id))
             .collect();
         idle.sort();
@@ -371,7 +387,10 @@ impl Scheduler {
             }
             if let Some(w) = self.workers.get_mut(&id) {
                 w.state = WorkerState::Retiring;
-                out.push(Action::Send { worker: id, msg: NodeToWorker::Shutdown });
+                out.push(Action::Send {
+                    worker: id,
+                    msg: NodeToWorker::Shutdown,
+                });
                 active -= 1;
             }
         }
@@ -409,7 +428,12 @@ impl Scheduler {
         }
         self.tasks.insert(
             tid,
-            TaskEntry { spec: spec.clone(), state: TaskState::WaitingDeps(0), attempts: 0, cancel: None },
+            TaskEntry {
+                spec: spec.clone(),
+                state: TaskState::WaitingDeps(0),
+                attempts: 0,
+                cancel: None,
+            },
         );
         if spec.options.cpu_milli > self.cfg.cpu_total_milli {
             let msg = format!(
@@ -422,7 +446,10 @@ impl Scheduler {
             return;
         }
         if !self.functions.contains_key(&spec.function) {
-            let msg = format!("task '{}' names a function this node does not know", spec.name);
+            let msg = format!(
+                "task '{}' names a function this node does not know",
+                spec.name
+            );
             self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
             return;
         }
@@ -510,7 +537,11 @@ impl Scheduler {
 
     fn idle_worker(&self) -> Option<WorkerId> {
         // Lowest id first keeps the choice deterministic.
-        self.workers.iter().filter(|(_, w)| w.is_idle()).map(|(id, _)| *id).min()
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.is_idle())
+            .map(|(id, _)| *id)
+            .min()
     }
 
     fn pipeline_target(&self, cpu: u32) -> Option<WorkerId> {
@@ -532,8 +563,14 @@ impl Scheduler {
     }
 
     fn ensure_workers(&mut self, out: &mut Vec<Action>) {
-        let starting = self.workers.values().filter(|w| w.state == WorkerState::Starting).count();
-        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
+        let starting = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Starting)
+            .count();
+        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize)
+            .div_ceil(1000)
+            .max(1);
         let wanted = free_cpus.min(self.ready.len());
         let mut n = starting;
         while n < wanted && self.workers.len() < self.cfg.max_workers {
@@ -543,8 +580,12 @@ impl Scheduler {
     }
 
     fn assign(&mut self, wid: WorkerId, tid: TaskId, out: &mut Vec<Action>) {
-        let Some(task) = self.tasks.get_mut(&tid) else { return };
-        let Some(w) = self.workers.get_mut(&wid) else { return };
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
         task.state = TaskState::Assigned(wid);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
@@ -565,7 +606,12 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        out.push(Action::Execute { worker: wid, spec, function, deps });
+        out.push(Action::Execute {
+            worker: wid,
+            spec,
+            function,
+            deps,
+        });
     }
 
     /// An idle worker takes back half of the tasks pipelined behind the busiest worker.
@@ -580,18 +626,25 @@ impl Scheduler {
                 .max()
                 .map(|(_, std::cmp::Reverse(id))| id);
             let Some(vid) = victim else { return };
-            let Some(v) = self.workers.get_mut(&vid) else { return };
+            let Some(v) = self.workers.get_mut(&vid) else {
+                return;
+            };
             let waiting = v.queue.len() - 1;
             let take = waiting.div_ceil(2);
             let tasks: Vec<TaskId> = v.queue.iter().skip(v.queue.len() - take).copied().collect();
             v.revoke_outstanding = true;
-            out.push(Action::Send { worker: vid, msg: NodeToWorker::Revoke { tasks } });
+            out.push(Action::Send {
+                worker: vid,
+                msg: NodeToWorker::Revoke { tasks },
+            });
         }
     }
 
     /// A worker gave back tasks it had not started.
     pub fn tasks_returned(&mut self, wid: WorkerId, tasks: &[TaskId], out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&wid) else { return };
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
         w.revoke_outstanding = false;
         // The worker's word is final: it had not started these, even one we took for running
         // because the task before it finished while the revoke was on its way.
@@ -604,7 +657,9 @@ impl Scheduler {
         }
         self.refresh_head_cpu(wid);
         for tid in back.into_iter().rev() {
-            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            let Some(task) = self.tasks.get_mut(&tid) else {
+                continue;
+            };
             if task.cancel.is_some() {
                 let name = task.spec.name.clone();
                 let msg = format!("task '{name}' was cancelled");
@@ -619,8 +674,14 @@ impl Scheduler {
 
     /// Re-derives the CPU a worker holds from the task now at the head of its queue.
     fn refresh_head_cpu(&mut self, wid: WorkerId) {
-        let Some(w) = self.workers.get_mut(&wid) else { return };
-        let held = w.queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.spec.options.cpu_milli);
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let held = w
+            .queue
+            .front()
+            .and_then(|t| self.tasks.get(t))
+            .map_or(0, |t| t.spec.options.cpu_milli);
         if w.blocked == 0 {
             self.cpu_used = self.cpu_used - w.cpu_held + held;
         }
@@ -633,9 +694,19 @@ impl Scheduler {
     // ------------------------------------------------------------ completion
 
     /// A worker finished a task.
-    pub fn task_done(&mut self, wid: WorkerId, tid: TaskId, result: TaskResult, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&wid) else { return };
-        let Some(pos) = w.queue.iter().position(|t| *t == tid) else { return };
+    pub fn task_done(
+        &mut self,
+        wid: WorkerId,
+        tid: TaskId,
+        result: TaskResult,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let Some(pos) = w.queue.iter().position(|t| *t == tid) else {
+            return;
+        };
         w.queue.remove(pos);
         self.refresh_head_cpu(wid);
         let Some(task) = self.tasks.get_mut(&tid) else {
@@ -659,7 +730,10 @@ impl Scheduler {
                 );
                 self.fail_task(tid, error(ErrorKind::TaskException, &name, msg), out);
             }
-            TaskResult::Err { error: e, retryable } => {
+            TaskResult::Err {
+                error: e,
+                retryable,
+            } => {
                 if task.cancel.is_some() {
                     let msg = format!("task '{name}' was cancelled");
                     let mut err = error(ErrorKind::Cancelled, &name, msg);
@@ -678,7 +752,9 @@ impl Scheduler {
     }
 
     fn object_ready(&mut self, id: ObjectId, value: Arc<ObjectData>, out: &mut Vec<Action>) {
-        let Some(o) = self.objects.get_mut(&id) else { return };
+        let Some(o) = self.objects.get_mut(&id) else {
+            return;
+        };
         if o.refs == 0 {
             // Nobody holds a reference any more: drop the value at once.
             self.objects.remove(&id);
@@ -693,7 +769,9 @@ impl Scheduler {
         }
         self.notify(id, waiters, watchers, out);
         for tid in dependents {
-            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            let Some(t) = self.tasks.get_mut(&tid) else {
+                continue;
+            };
             if let TaskState::WaitingDeps(n) = &mut t.state {
                 *n -= 1;
                 if *n == 0 {
@@ -705,7 +783,9 @@ impl Scheduler {
     }
 
     fn object_failed(&mut self, id: ObjectId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
-        let Some(o) = self.objects.get_mut(&id) else { return };
+        let Some(o) = self.objects.get_mut(&id) else {
+            return;
+        };
         if o.refs == 0 {
             self.objects.remove(&id);
             return;
@@ -716,13 +796,22 @@ impl Scheduler {
         let watchers = std::mem::take(&mut o.watchers);
         self.notify(id, waiters, watchers, out);
         for tid in dependents {
-            if matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::WaitingDeps(_))) {
+            if matches!(
+                self.tasks.get(&tid).map(|t| t.state),
+                Some(TaskState::WaitingDeps(_))
+            ) {
                 self.fail_task(tid, err.clone(), out);
             }
         }
     }
 
-    fn notify(&mut self, id: ObjectId, waiters: Vec<WaiterId>, watchers: Vec<Holder>, out: &mut Vec<Action>) {
+    fn notify(
+        &mut self,
+        id: ObjectId,
+        waiters: Vec<WaiterId>,
+        watchers: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) {
         for wid in waiters {
             let done = match self.waiters.get_mut(&wid) {
                 Some(w) => {
@@ -740,7 +829,10 @@ impl Scheduler {
                 Holder::Local => out.push(Action::LocalReady { id }),
                 Holder::Worker(worker) => {
                     if self.workers.contains_key(&worker) {
-                        out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: vec![id] } });
+                        out.push(Action::Send {
+                            worker,
+                            msg: NodeToWorker::Ready { ids: vec![id] },
+                        });
                     }
                 }
             }
@@ -750,7 +842,9 @@ impl Scheduler {
     /// Fails a task that has not produced its results: its returns hold `err`, its dependents
     /// fail alike, and its argument references are released.
     fn fail_task(&mut self, tid: TaskId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
-        let Some(task) = self.tasks.get(&tid) else { return };
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
         if task.state == TaskState::Queued {
             if let Some(pos) = self.ready.iter().position(|t| *t == tid) {
                 self.ready.remove(pos);
@@ -764,7 +858,9 @@ impl Scheduler {
     }
 
     fn finish_task(&mut self, tid: TaskId, out: &mut Vec<Action>) {
-        let Some(task) = self.tasks.remove(&tid) else { return };
+        let Some(task) = self.tasks.remove(&tid) else {
+            return;
+        };
         for oid in task.spec.args.contained.iter().chain(task.spec.deps.iter()) {
             self.decref_one(*oid, out);
         }
@@ -791,7 +887,15 @@ impl Scheduler {
         let ready = distinct.iter().filter(|id| self.is_ready(id)).count();
         let needed = needed.min(distinct.len());
         let remaining = needed.saturating_sub(ready);
-        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch });
+        self.waiters.insert(
+            wid,
+            Waiter {
+                owner,
+                ids: ids.to_vec(),
+                remaining,
+                fetch,
+            },
+        );
         if remaining == 0 {
             self.complete_waiter(wid, out);
             return wid;
@@ -813,7 +917,10 @@ impl Scheduler {
                     if w.queue.len() > 1 {
                         let tasks: Vec<TaskId> = w.queue.iter().skip(1).copied().collect();
                         w.revoke_outstanding = true;
-                        out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
+                        out.push(Action::Send {
+                            worker,
+                            msg: NodeToWorker::Revoke { tasks },
+                        });
                     }
                 }
             }
@@ -823,17 +930,31 @@ impl Scheduler {
     }
 
     fn complete_waiter(&mut self, wid: WaiterId, out: &mut Vec<Action>) {
-        let Some(w) = self.waiters.remove(&wid) else { return };
+        let Some(w) = self.waiters.remove(&wid) else {
+            return;
+        };
         match w.owner {
             WaitOwner::Local => out.push(Action::WakeLocal { waiter: wid }),
             WaitOwner::Worker { worker, req } => {
                 self.unblock(worker, req);
                 if w.fetch {
                     let values = w.ids.iter().map(|id| self.result_of(id)).collect();
-                    out.push(Action::GetReply { worker, req, values });
+                    out.push(Action::GetReply {
+                        worker,
+                        req,
+                        values,
+                    });
                 } else {
-                    let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
-                    out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
+                    let ready = w
+                        .ids
+                        .iter()
+                        .filter(|id| self.is_ready(id))
+                        .copied()
+                        .collect();
+                    out.push(Action::Send {
+                        worker,
+                        msg: NodeToWorker::WaitReply { req, ready },
+                    });
                 }
             }
         }
@@ -860,13 +981,28 @@ impl Scheduler {
     /// A worker stops waiting on request `req`: it is answered with the ready subset, unless it
     /// was answered already.
     pub fn cancel_request(&mut self, worker: WorkerId, req: u64, out: &mut Vec<Action>) {
-        let Some(wid) = self.workers.get(&worker).and_then(|w| w.requests.get(&req)).copied() else {
+        let Some(wid) = self
+            .workers
+            .get(&worker)
+            .and_then(|w| w.requests.get(&req))
+            .copied()
+        else {
             return;
         };
-        let Some(w) = self.waiters.remove(&wid) else { return };
+        let Some(w) = self.waiters.remove(&wid) else {
+            return;
+        };
         self.unblock(worker, req);
-        let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
-        out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
+        let ready = w
+            .ids
+            .iter()
+            .filter(|id| self.is_ready(id))
+            .copied()
+            .collect();
+        out.push(Action::Send {
+            worker,
+            msg: NodeToWorker::WaitReply { req, ready },
+        });
         self.schedule(out);
     }
 
@@ -884,15 +1020,19 @@ impl Scheduler {
         }
         match holder {
             Holder::Local => out.extend(now.into_iter().map(|id| Action::LocalReady { id })),
-            Holder::Worker(worker) => {
-                out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: now } })
-            }
+            Holder::Worker(worker) => out.push(Action::Send {
+                worker,
+                msg: NodeToWorker::Ready { ids: now },
+            }),
         }
     }
 
     /// True once the object has a value or an error (or is unknown, which `result_of` reports).
     pub fn is_ready(&self, id: &ObjectId) -> bool {
-        !matches!(self.objects.get(id).map(|o| &o.state), Some(ObjectState::Pending))
+        !matches!(
+            self.objects.get(id).map(|o| &o.state),
+            Some(ObjectState::Pending)
+        )
     }
 
     /// The value or error of a ready object.
@@ -900,9 +1040,11 @@ impl Scheduler {
         match self.objects.get(id).map(|o| &o.state) {
             Some(ObjectState::Ready(v)) => Ok(v.clone()),
             Some(ObjectState::Failed(e)) => Err(e.clone()),
-            Some(ObjectState::Pending) => {
-                Err(error(ErrorKind::ObjectLost, "", format!("object {id:?} is not ready")))
-            }
+            Some(ObjectState::Pending) => Err(error(
+                ErrorKind::ObjectLost,
+                "",
+                format!("object {id:?} is not ready"),
+            )),
             None => Err(error(
                 ErrorKind::ObjectLost,
                 "",
@@ -921,7 +1063,9 @@ impl Scheduler {
     /// interrupted (`force`: its worker is killed).
     pub fn cancel(&mut self, id: ObjectId, force: bool, out: &mut Vec<Action>) {
         let tid = id.task;
-        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
         let name = task.spec.name.clone();
         match task.state {
             TaskState::WaitingDeps(_) | TaskState::Queued => {
@@ -930,15 +1074,23 @@ impl Scheduler {
             }
             TaskState::Assigned(wid) => {
                 task.cancel = Some(force);
-                let Some(w) = self.workers.get_mut(&wid) else { return };
+                let Some(w) = self.workers.get_mut(&wid) else {
+                    return;
+                };
                 if w.queue.front() == Some(&tid) {
                     if force {
                         out.push(Action::Kill { worker: wid });
                     } else {
-                        out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: tid } });
+                        out.push(Action::Send {
+                            worker: wid,
+                            msg: NodeToWorker::Cancel { task: tid },
+                        });
                     }
                 } else {
-                    out.push(Action::Send { worker: wid, msg: NodeToWorker::Revoke { tasks: vec![tid] } });
+                    out.push(Action::Send {
+                        worker: wid,
+                        msg: NodeToWorker::Revoke { tasks: vec![tid] },
+                    });
                 }
             }
         }
@@ -963,7 +1115,9 @@ impl Scheduler {
     pub fn decref(&mut self, holder: Holder, ids: &[ObjectId], out: &mut Vec<Action>) {
         for id in ids {
             if let Holder::Worker(w) = holder {
-                let Some(w) = self.workers.get_mut(&w) else { continue };
+                let Some(w) = self.workers.get_mut(&w) else {
+                    continue;
+                };
                 match w.held.get_mut(id) {
                     Some(n) if *n > 1 => *n -= 1,
                     Some(_) => {
@@ -985,7 +1139,9 @@ impl Scheduler {
     fn decref_one(&mut self, id: ObjectId, _out: &mut Vec<Action>) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            let Some(o) = self.objects.get_mut(&id) else { continue };
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
             o.refs = o.refs.saturating_sub(1);
             if o.refs > 0 {
                 continue;
@@ -1005,7 +1161,11 @@ impl Scheduler {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = Stats { objects: self.objects.len(), cpu_used_milli: self.cpu_used, ..Default::default() };
+        let mut s = Stats {
+            objects: self.objects.len(),
+            cpu_used_milli: self.cpu_used,
+            ..Default::default()
+        };
         for w in self.workers.values() {
             match w.state {
                 WorkerState::Starting => s.workers_starting += 1,
