@@ -335,12 +335,30 @@ impl Scheduler {
         if w.state == WorkerState::Starting {
             self.start_failures += 1;
             self.last_start_failure = exit.0;
-            if self.start_failures >= self.cfg.max_start_failures {
-                self.fail_all_queued(out);
-                return;
-            }
+        }
+        if w.state != WorkerState::Retiring {
+            self.top_up(out);
         }
         self.schedule(out);
+    }
+
+    fn spawn_allowed(&self) -> bool {
+        self.start_failures < self.cfg.max_start_failures
+    }
+
+    /// Replaces dead workers so the pool keeps one worker per CPU.
+    fn top_up(&mut self, out: &mut Vec<Action>) {
+        if !self.spawn_allowed() {
+            return;
+        }
+        let active = self
+            .workers
+            .values()
+            .filter(|w| w.state != WorkerState::Retiring && w.blocked == 0)
+            .count();
+        for _ in active..self.cfg.target_workers() {
+            self.spawn(out);
+        }
     }
 
     fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
@@ -357,7 +375,6 @@ impl Scheduler {
             );
             self.fail_task(tid, error(ErrorKind::WorkerStartFailed, &name, msg), out);
         }
-        self.start_failures = 0;
     }
 
     /// Advances the clock: extra idle workers are stopped after a while.
@@ -563,6 +580,14 @@ impl Scheduler {
     }
 
     fn ensure_workers(&mut self, out: &mut Vec<Action>) {
+        if !self.spawn_allowed() {
+            // Workers keep dying before they connect: fail the queue rather than hang.
+            let alive = self.workers.values().any(|w| w.state == WorkerState::Alive);
+            if !alive {
+                self.fail_all_queued(out);
+            }
+            return;
+        }
         let starting = self
             .workers
             .values()

@@ -371,6 +371,15 @@ fn cancel_queued_and_running_tasks() {
 }
 
 #[test]
+fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
+    let mut h = Harness::started(2.0);
+    let (w, _) = h.s.worker_pids()[0];
+    h.s.worker_died(w, WorkerExit("killed by signal 9".into()), &mut h.out);
+    assert_eq!(h.connect_spawned().len(), 1);
+    assert_eq!(h.s.stats().workers_alive, 2);
+}
+
+#[test]
 fn impossible_cpu_request_fails_at_once() {
     let mut h = Harness::started(2.0);
     let a = h.submit_opts(
@@ -402,6 +411,9 @@ fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
         }
     }
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
+    // Later tasks fail at once too, instead of waiting for workers that never come.
+    let b = h.submit(vec![]);
+    assert_eq!(h.error_kind(b), Some(ErrorKind::WorkerStartFailed));
 }
 
 mod properties {
