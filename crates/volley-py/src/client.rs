@@ -24,6 +24,10 @@ pub struct Client {
     /// Functions already registered with the node (workers register before submitting).
     sent_functions: Mutex<HashSet<FunctionId>>,
     ids: volley_proto::IdGenerator,
+    /// A worker's releases, sent after its next `Done` (or before it blocks): a ref inside a
+    /// task's result is dropped before the result is sent, and the node must see the result
+    /// (which keeps the ref alive) first.
+    deferred_decrefs: Mutex<Vec<ObjectId>>,
 }
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
@@ -34,6 +38,7 @@ pub fn install(backend: Backend) -> Arc<Client> {
         refs: Mutex::new(HashMap::new()),
         sent_functions: Mutex::new(HashSet::new()),
         ids: volley_proto::IdGenerator::new(),
+        deferred_decrefs: Mutex::new(Vec::new()),
     });
     *CLIENT.write() = Some(c.clone());
     c
@@ -98,9 +103,17 @@ impl Client {
                         n.decref(&[id])
                     }
                 }
-                Backend::Worker(w) => {
-                    let _ = w.send(&WorkerToNode::DecRef { ids: vec![id] });
-                }
+                Backend::Worker(_) => self.deferred_decrefs.lock().push(id),
+            }
+        }
+    }
+
+    /// Sends a worker's deferred releases.
+    pub fn flush_decrefs(&self) {
+        if let Backend::Worker(w) = &self.backend {
+            let ids = std::mem::take(&mut *self.deferred_decrefs.lock());
+            if !ids.is_empty() {
+                let _ = w.send(&WorkerToNode::DecRef { ids });
             }
         }
     }
@@ -189,6 +202,7 @@ impl Client {
         match &self.backend {
             Backend::Node(n) => n.wait(ids, num, timeout, check),
             Backend::Worker(w) => {
+                self.flush_decrefs();
                 let build = |req| WorkerToNode::Wait {
                     req,
                     ids: ids.to_vec(),

@@ -472,6 +472,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         if conn.send(&done).is_err() {
             break;
         }
+        c.flush_decrefs();
     }
     Ok(())
 }
