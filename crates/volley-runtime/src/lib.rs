@@ -12,6 +12,7 @@
 //! anything of Python.
 
 mod error;
+mod logs;
 mod node;
 mod outbox;
 mod supervisor;

@@ -18,6 +18,7 @@ use volley_proto::{
 };
 use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, WorkerExit};
 
+use crate::logs;
 use crate::outbox::Outbox;
 use crate::supervisor::{self, SpawnSpec, SupCmd};
 use crate::{spin_until, RuntimeError, WaitError, CHECK_INTERVAL, SPIN};
@@ -293,11 +294,17 @@ impl Node {
             log_to_driver: cfg.log_to_driver,
         };
         let mut threads = Vec::new();
+        let (log_tx, log_rx, log_wake) = logs::channel()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("volley-logs".into())
+                .spawn(move || logs::run(log_rx, log_wake))?,
+        );
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("volley-supervisor".into())
-                .spawn(move || supervisor::run(s, spec, rx))?,
+                .spawn(move || supervisor::run(s, spec, rx, log_tx))?,
         );
         let s = shared.clone();
         threads.push(

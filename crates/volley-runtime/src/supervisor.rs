@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use volley_proto::WorkerId;
 
+use crate::logs::{LogCmd, LogSender};
 use crate::node::Shared;
 
 pub(crate) enum SupCmd {
@@ -29,13 +30,19 @@ pub(crate) struct SpawnSpec {
     pub log_to_driver: bool,
 }
 
-pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>) {
+pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, logs: LogSender) {
     let mut children: HashMap<WorkerId, Child> = HashMap::new();
     let mut last_tick = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(SupCmd::Spawn(id)) => match spawn(&shared, &spec, id) {
-                Ok(child) => {
+                Ok(mut child) => {
+                    if let Some(out) = child.stdout.take() {
+                        logs.send(LogCmd::Add(out.into(), 1));
+                    }
+                    if let Some(err) = child.stderr.take() {
+                        logs.send(LogCmd::Add(err.into(), 2));
+                    }
                     children.insert(id, child);
                 }
                 Err(e) => {
@@ -59,6 +66,7 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>) {
                 for (_, mut c) in children.drain() {
                     let _ = c.wait();
                 }
+                logs.send(LogCmd::Stop(Duration::from_millis(500)));
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -113,7 +121,9 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
         .env("VOLLEY_SESSION_TOKEN", &shared.token)
         .env("VOLLEY_WORKER_ID", id.0.to_string())
         .stdin(Stdio::null());
-    if !spec.log_to_driver {
+    if spec.log_to_driver {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     let parent = std::process::id() as libc::pid_t;

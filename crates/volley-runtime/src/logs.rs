@@ -1,0 +1,153 @@
+//! Forwarding of worker output to the driver.
+//!
+//! Workers write to pipes; one thread polls them all and copies whole lines to this process's
+//! own stdout and stderr (file descriptors 1 and 2, whatever they point to *now*, so a later
+//! redirection in the driver, such as pytest's capture, is honoured). Workers prefix each line
+//! with their task's name and pid themselves.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+pub(crate) enum LogCmd {
+    /// Forward everything read from this pipe to file descriptor `target` (1 or 2).
+    Add(OwnedFd, RawFd),
+    /// Finish: forward what is still coming for up to this long, then stop.
+    Stop(Duration),
+}
+
+/// The sending side: a channel plus a pipe that wakes the poll loop.
+pub(crate) struct LogSender {
+    tx: Sender<LogCmd>,
+    wake: OwnedFd,
+}
+
+impl LogSender {
+    pub fn send(&self, cmd: LogCmd) {
+        if self.tx.send(cmd).is_ok() {
+            // SAFETY: writing one byte from a valid buffer to a pipe we own.
+            unsafe { libc::write(self.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
+    }
+}
+
+pub(crate) fn channel() -> std::io::Result<(LogSender, Receiver<LogCmd>, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills both descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    Ok((LogSender { tx, wake: write }, rx, read))
+}
+
+struct Source {
+    fd: OwnedFd,
+    target: RawFd,
+    partial: Vec<u8>,
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid slice for the duration of the call.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n > 0 {
+            buf = &buf[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            return; // The driver's stdout is gone; drop the output rather than block.
+        }
+    }
+}
+
+/// Reads what is available; returns false at end of file.
+fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
+    // SAFETY: reading into a valid buffer from a descriptor we own.
+    let n = unsafe { libc::read(src.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error().kind();
+        return matches!(
+            e,
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+        );
+    }
+    if n == 0 {
+        if !src.partial.is_empty() {
+            src.partial.push(b'\n');
+            write_all(src.target, &src.partial);
+            src.partial.clear();
+        }
+        return false;
+    }
+    let data = &buf[..n as usize];
+    match data.iter().rposition(|&b| b == b'\n') {
+        Some(last) => {
+            src.partial.extend_from_slice(&data[..=last]);
+            write_all(src.target, &src.partial);
+            src.partial.clear();
+            src.partial.extend_from_slice(&data[last + 1..]);
+        }
+        None => src.partial.extend_from_slice(data),
+    }
+    true
+}
+
+pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
+    let mut sources: Vec<Source> = Vec::new();
+    let mut stop_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                LogCmd::Add(fd, target) => sources.push(Source {
+                    fd,
+                    target,
+                    partial: Vec::new(),
+                }),
+                LogCmd::Stop(grace) => stop_at = Some(Instant::now() + grace),
+            }
+        }
+        if let Some(t) = stop_at {
+            if sources.is_empty() || Instant::now() >= t {
+                return;
+            }
+        }
+        let mut pfds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
+            .chain(sources.iter().map(|s| s.fd.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = if stop_at.is_some() { 20 } else { -1 };
+        // SAFETY: `pfds` is a valid array of pollfd for the call's duration.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n <= 0 {
+            continue;
+        }
+        if pfds[0].revents != 0 {
+            let mut sink = [0u8; 64];
+            // SAFETY: draining the non-blocking wake pipe into a local buffer.
+            while unsafe { libc::read(wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0
+            {
+            }
+        }
+        let mut i = 0;
+        let mut k = 1;
+        while i < sources.len() {
+            let ready = pfds[k].revents != 0;
+            k += 1;
+            if ready && !pump(&mut sources[i], &mut buf) {
+                sources.swap_remove(i);
+                // Keep `k` aligned with `i` after the swap: re-poll next round instead.
+                break;
+            }
+            i += 1;
+        }
+    }
+}
