@@ -101,14 +101,20 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
     let mut stop_at: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Ok(cmd) = rx.try_recv() {
-            match cmd {
-                LogCmd::Add(fd, target) => sources.push(Source {
+        loop {
+            match rx.try_recv() {
+                Ok(LogCmd::Add(fd, target)) => sources.push(Source {
                     fd,
                     target,
                     partial: Vec::new(),
                 }),
-                LogCmd::Stop(grace) => stop_at = Some(Instant::now() + grace),
+                Ok(LogCmd::Stop(grace)) => stop_at = Some(Instant::now() + grace),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                // The supervisor is gone (its closed wake pipe woke us): finish up.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    stop_at.get_or_insert_with(|| Instant::now() + Duration::from_millis(500));
+                    break;
+                }
             }
         }
         if let Some(t) = stop_at {
