@@ -189,6 +189,12 @@ class RemoteFunction:
         self._registered_generation = -1
         functools.update_wrapper(self, fn)
 
+    def __getstate__(self) -> dict:
+        # Registration is per process: a copy pickled into a task registers itself again there.
+        state = self.__dict__.copy()
+        state["_registered_generation"] = -1
+        return state
+
     def __call__(self, *args, **kwargs):
         raise TypeError(
             f"remote function '{self._name}' cannot be called directly; "
@@ -383,17 +389,17 @@ def wait(
     refs = _refs_list(refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same ObjectRef twice")
-    if not isinstance(num_returns, int) or not 0 <= num_returns <= len(refs):
-        raise ValueError(f"num_returns must be between 0 and {len(refs)}, not {num_returns!r}")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0")
     if not refs:
         return [], []
+    if not isinstance(num_returns, int) or not 1 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 1 and {len(refs)}, not {num_returns!r}")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0")
     flags = _core.wait(refs, num_returns, timeout)
     ready: list[ObjectRef] = []
     not_ready: list[ObjectRef] = []
     for r, ok in zip(refs, flags):
-        (ready if ok and len(ready) < max(num_returns, 1) else not_ready).append(r)
+        (ready if ok and len(ready) < num_returns else not_ready).append(r)
     return ready, not_ready
 
 
