@@ -90,3 +90,23 @@ def test_a_wrong_session_token_is_refused(node, capfd):
     s.close()
     assert volley.get(one.remote()) == 1
     assert "wrong session token" in capfd.readouterr().err
+
+
+def test_shutdown_leaves_no_socket_and_no_files():
+    import os
+    import tempfile
+
+    before_tmp = set(os.listdir(tempfile.gettempdir()))
+    before_shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    volley.init(num_cpus=1)
+    assert volley.get(one.remote()) == 1
+    assert node_socket_name()  # listening while running
+    volley.shutdown()
+    with open("/proc/net/unix") as f:
+        assert f"@volley-{os.getpid()}-" not in f.read()
+    # Only names that could be ours: other programs may use /tmp meanwhile.
+    new_tmp = set(os.listdir(tempfile.gettempdir())) - before_tmp
+    assert {n for n in new_tmp if "volley" in n} == set()
+    if os.path.isdir("/dev/shm"):
+        new_shm = set(os.listdir("/dev/shm")) - before_shm
+        assert {n for n in new_shm if "volley" in n} == set()
