@@ -87,8 +87,6 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
     ``(False, (kind, message, traceback, pickled_exception))``."""
     global _current_name
-    from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
-
     fn = _functions.get(fid)
     if fn is None:
         if fbytes is None:
@@ -100,8 +98,12 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
             return False, (SERIALIZATION, msg, _format_exception(e), None)
         _functions[fid] = fn
     try:
-        dep_values = [loads(d, b) for d, b in deps]
-        args, kwargs = loads(data, buffers, dep_values)
+        if data == _EMPTY_ARGS:
+            args, kwargs = (), {}
+        elif deps:
+            args, kwargs = loads(data, buffers, [loads(d, b) for d, b in deps])
+        else:
+            args, kwargs = pickle.loads(data, buffers=buffers)
     except BaseException as e:
         msg = f"could not deserialize the arguments of task '{name}': {type(e).__name__}: {e}"
         return False, (SERIALIZATION, msg, _format_exception(e), None)
@@ -149,6 +151,14 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
     return True, out
 
 
+def _late_imports() -> None:
+    """Imports that need the package (and the driver's sys.path) in place."""
+    global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS
+    from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
+
+    _EMPTY_ARGS = dumps(((), {}))[0]
+
+
 def main() -> None:
     # Cancelling a task interrupts it with SIGINT; make sure that raises KeyboardInterrupt even
     # if this process inherited SIGINT ignored.
@@ -169,6 +179,7 @@ def main() -> None:
         # The node went away before this worker connected (shutdown while starting).
         sys.exit(1)
     _api._mark_worker_connected()
+    _late_imports()
     sys.stdout = _stdout
     sys.stderr = _stderr
     try:
