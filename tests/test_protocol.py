@@ -104,9 +104,10 @@ def test_shutdown_leaves_no_socket_and_no_files():
     volley.shutdown()
     with open("/proc/net/unix") as f:
         assert f"@volley-{os.getpid()}-" not in f.read()
-    # Only names that could be ours: other programs may use /tmp meanwhile.
+    # Only names that could be this process's: other programs may use /tmp meanwhile.
+    mine = f"volley-{os.getpid()}"
     new_tmp = set(os.listdir(tempfile.gettempdir())) - before_tmp
-    assert {n for n in new_tmp if "volley" in n} == set()
+    assert {n for n in new_tmp if mine in n} == set()
     if os.path.isdir("/dev/shm"):
         new_shm = set(os.listdir("/dev/shm")) - before_shm
-        assert {n for n in new_shm if "volley" in n} == set()
+        assert {n for n in new_shm if mine in n} == set()

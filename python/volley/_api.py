@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
-import inspect
 import os
 import sys
 import threading
-from typing import Any, Callable, Sequence
-
-import cloudpickle
 
 from . import _core
 from ._core import ObjectRef
-from ._serialization import Dep, describe_unpicklable, dumps, dumps_args, unpack
+from ._serialization import EMPTY_ARGS, Dep, describe_unpicklable, dumps, dumps_args, unpack
 from .exceptions import GetTimeoutError, SerializationError
+
+TYPE_CHECKING = False  # without importing typing, a slow import
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
 
 _lock = threading.RLock()
 _generation = 0  # bumped by every init/connect; remote functions re-register when it changes
 _atexit_registered = False
 
-_EMPTY_ARGS = dumps(((), {}))
+_EMPTY_ARGS = (EMPTY_ARGS, [], [])
 
 _TASK_OPTIONS = {"num_cpus", "num_returns", "max_retries", "retry_exceptions", "name"}
 
@@ -96,11 +95,14 @@ def init(
             raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
         if pipeline_depth < 0:
             raise ValueError("pipeline_depth must be >= 0")
-        env = [("VOLLEY_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
+        # Workers skip `site` (-S) and get this process's sys.path instead: a faster start, and
+        # the same modules importable as here.
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
         _core.start_node(
             float(cpus),
             sys.executable,
-            ["-m", "volley._worker"],
+            ["-S", "-m", "volley._worker"],
             env,
             bool(log_to_driver),
             int(pipeline_depth),
@@ -219,6 +221,10 @@ class RemoteFunction:
 
     def _function_id(self, name: str) -> bytes:
         if self._pickled is None:
+            import hashlib
+
+            import cloudpickle
+
             try:
                 data = cloudpickle.dumps(self._fn, protocol=5)
             except Exception as e:
@@ -311,7 +317,7 @@ def remote(*args: Any, **options: Any):
 
 
 def _make_remote(obj: Any, options: dict) -> RemoteFunction:
-    if inspect.isclass(obj):
+    if isinstance(obj, type):
         raise TypeError(
             f"volley.remote on a class ({obj.__name__}) makes an actor, which this version of "
             "volley does not support yet; decorate functions instead"

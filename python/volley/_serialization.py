@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-from typing import Any
-
-import cloudpickle
 
 from . import _core
 from .exceptions import (
@@ -24,6 +21,10 @@ from .exceptions import (
     WorkerStartError,
     task_error,
 )
+
+TYPE_CHECKING = False  # without importing typing, a slow import
+if TYPE_CHECKING:
+    from typing import Any
 
 _local = threading.local()
 
@@ -44,6 +45,9 @@ def _resolve_dep(i: int) -> Any:
     return _local.deps[i]
 
 
+#: The pickled ``(args, kwargs)`` of a call without arguments.
+EMPTY_ARGS = pickle.dumps(((), {}), 5)
+
 _SIMPLE = frozenset({int, float, str, bool, type(None)})
 _dumps_plain = pickle.dumps
 
@@ -53,6 +57,8 @@ def dumps(obj: Any) -> tuple[bytes, list, list]:
     if type(obj) in _SIMPLE:
         # Nothing cloudpickle adds is needed for a scalar; the C pickler is several times faster.
         return _dumps_plain(obj, 5), [], []
+    import cloudpickle  # imported on first use: it is a large import, and plain data skips it
+
     buffers: list = []
     _core.begin_capture()
     try:
@@ -87,6 +93,8 @@ def loads(data: bytes, buffers: list, deps: list | None = None) -> Any:
 
 def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseException) -> str:
     """Names the argument that could not be pickled."""
+    import cloudpickle
+
     culprit = None
     for i, a in enumerate(args):
         try:

@@ -12,7 +12,6 @@ import os
 import pickle
 import signal
 import sys
-import traceback
 
 _pid = os.getpid()
 _current_name: str | None = None
@@ -65,6 +64,8 @@ _stderr = _PrefixedStream(2)
 
 
 def _format_exception(e: BaseException) -> str:
+    import traceback
+
     tb = e.__traceback__
     # Drop this module's own frame: the user's code starts below it.
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -154,9 +155,8 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
 def _late_imports() -> None:
     """Imports that need the package (and the driver's sys.path) in place."""
     global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS
+    from ._serialization import EMPTY_ARGS as _EMPTY_ARGS
     from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
-
-    _EMPTY_ARGS = dumps(((), {}))[0]
 
 
 def main() -> None:
