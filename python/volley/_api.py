@@ -97,7 +97,8 @@ def init(
             raise ValueError("pipeline_depth must be >= 0")
         # Workers skip `site` (-S) and get this process's sys.path instead: a faster start, and
         # the same modules importable as here.
-        path = os.pathsep.join(p for p in sys.path if p)
+        # ("" in sys.path means the current directory, as for `python -c` or a REPL.)
+        path = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
         _core.start_node(
             float(cpus),
