@@ -55,7 +55,7 @@ def add(a: int, b: int) -> int:
 
 def calibrate_spin(seconds: float) -> int:
     """Iteration count that makes spin() take about `seconds` on this machine."""
-    n = 200_000
+    n = 1_000_000
     best = min(_timed(spin, n) for _ in range(5))
     return max(1, int(n * seconds / best))
 
@@ -84,20 +84,20 @@ def serial_cpu_time(n: int) -> float:
 
 def parallel_ceiling(n: int) -> float:
     """Speedup of two bare forked processes over serial on the (f) work: the machine's limit."""
-    serial = sum(_timed(spin, n) for _ in range(SIZES["cpu_tasks"]))
-    half = SIZES["cpu_tasks"] // WORKERS
-    t0 = time.perf_counter()
+    return serial_cpu_time(n) / best_of(lambda: _forked_spins(n))
+
+
+def _forked_spins(n: int) -> None:
     pids = []
     for _ in range(WORKERS):
         pid = os.fork()
         if pid == 0:
-            for _ in range(half):
+            for _ in range(SIZES["cpu_tasks"] // WORKERS):
                 spin(n)
             os._exit(0)
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
-    return serial / (time.perf_counter() - t0)
 
 
 def speedup(serial_s: float, parallel_s: float) -> dict:

@@ -245,9 +245,8 @@ def detail_table(table_rows, columns, results) -> str:
             cell = results[row.letter, label]
             if not cell.values:
                 continue
-            details = "; ".join(
-                ", ".join(f"{k}={_short(v)}" for k, v in extra.items()) for extra in cell.extras
-            )
+            per_run = [", ".join(f"{k}={_short(v)}" for k, v in e.items()) for e in cell.extras]
+            details = "; ".join(per_run) if any(per_run) else ""
             lines.append(
                 f"| {row.letter} | {label} | {fmt(cell.median, row.unit)} | "
                 f"{fmt(min(cell.values), row.unit)} | {fmt(max(cell.values), row.unit)} | "
