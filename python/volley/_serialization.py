@@ -68,9 +68,13 @@ def dumps(obj: Any) -> tuple[bytes, list, list]:
     return data, [b.raw() for b in buffers], contained
 
 
+# Placeholders are module-level and pickle by reference, so the plain pickler handles them too.
+_SIMPLE_ARGS = _SIMPLE | {Dep}
+
+
 def dumps_args(args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
-    """Pickles a task's ``(args, kwargs)``; scalar-only arguments take the fast path."""
-    simple = _SIMPLE
+    """Pickles a task's ``(args, kwargs)``; scalars and ref placeholders take the fast path."""
+    simple = _SIMPLE_ARGS
     for a in args:
         if type(a) not in simple:
             return dumps((args, kwargs))
