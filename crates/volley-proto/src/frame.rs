@@ -16,10 +16,7 @@ pub const MAX_FRAME_SIZE: usize = 1 << 30;
 /// when the payload is small, so a frame costs one system call.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError> {
     if payload.len() > MAX_FRAME_SIZE {
-        return Err(ProtoError::FrameTooLarge {
-            size: payload.len(),
-            max: MAX_FRAME_SIZE,
-        });
+        return Err(ProtoError::FrameTooLarge { size: payload.len(), max: MAX_FRAME_SIZE });
     }
     let len = (payload.len() as u32).to_be_bytes();
     if payload.len() <= 64 * 1024 {
@@ -55,10 +52,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME_SIZE {
-        return Err(ProtoError::FrameTooLarge {
-            size: len,
-            max: MAX_FRAME_SIZE,
-        });
+        return Err(ProtoError::FrameTooLarge { size: len, max: MAX_FRAME_SIZE });
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)?;
@@ -76,12 +70,7 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
-        }
+        FrameReader { inner, buf: vec![0; 64 * 1024], start: 0, end: 0 }
     }
 
     /// Returns the next frame's payload, borrowed from the internal buffer until the next call.
@@ -91,10 +80,7 @@ impl<R: Read> FrameReader<R> {
         len_bytes.copy_from_slice(&self.buf[self.start..self.start + 4]);
         let len = u32::from_be_bytes(len_bytes) as usize;
         if len > MAX_FRAME_SIZE {
-            return Err(ProtoError::FrameTooLarge {
-                size: len,
-                max: MAX_FRAME_SIZE,
-            });
+            return Err(ProtoError::FrameTooLarge { size: len, max: MAX_FRAME_SIZE });
         }
         self.fill_at_least(4 + len, false)?;
         let begin = self.start + 4;
@@ -178,10 +164,7 @@ mod tests {
     fn oversized_length_is_refused_without_allocating() {
         let wire = u32::MAX.to_be_bytes();
         let mut r = FrameReader::new(&wire[..]);
-        assert!(matches!(
-            r.next_frame(),
-            Err(ProtoError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(r.next_frame(), Err(ProtoError::FrameTooLarge { .. })));
     }
 
     #[test]

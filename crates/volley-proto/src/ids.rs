@@ -50,10 +50,7 @@ impl ObjectId {
         }
         let task = u128::from_be_bytes(b[..16].try_into().ok()?);
         let index = u32::from_be_bytes(b[16..].try_into().ok()?);
-        Some(ObjectId {
-            task: TaskId(task),
-            index,
-        })
+        Some(ObjectId { task: TaskId(task), index })
     }
 
     pub fn hex(self) -> String {
@@ -93,10 +90,7 @@ impl IdGenerator {
     pub fn new() -> Self {
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        IdGenerator {
-            prefix: h.finish(),
-            counter: AtomicU64::new(1),
-        }
+        IdGenerator { prefix: h.finish(), counter: AtomicU64::new(1) }
     }
 
     pub fn next_task(&self) -> TaskId {

@@ -76,11 +76,7 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions {
-            cpu_milli: 1000,
-            max_retries: 3,
-            retry_exceptions: false,
-        }
+        TaskOptions { cpu_milli: 1000, max_retries: 3, retry_exceptions: false }
     }
 }
 
@@ -110,10 +106,7 @@ pub enum TaskResult {
     /// One value per declared return.
     Ok(Vec<ObjectData>),
     /// The task failed; `retryable` says whether the task's options allow another attempt.
-    Err {
-        error: ErrorPayload,
-        retryable: bool,
-    },
+    Err { error: ErrorPayload, retryable: bool },
 }
 
 /// A resolved object: its value or the error stored in its place.
@@ -122,11 +115,7 @@ pub type ObjectResult = Result<ObjectData, ErrorPayload>;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum NodeToWorker {
     /// Run a task. `function` is included the first time this worker sees it.
-    Execute {
-        spec: TaskSpec,
-        function: Option<serde_bytes::ByteBuf>,
-        deps: Vec<ObjectData>,
-    },
+    Execute { spec: TaskSpec, function: Option<serde_bytes::ByteBuf>, deps: Vec<ObjectData> },
     /// Give back these tasks if they have not started; answered by `Returned`.
     Revoke { tasks: Vec<TaskId> },
     /// Interrupt this task if it is running.
@@ -260,11 +249,8 @@ pub fn encode_execute(
     function: Option<&[u8]>,
     deps: &[&ObjectData],
 ) -> Result<Vec<u8>, ProtoError> {
-    let msg = NodeToWorkerRef::Execute {
-        spec,
-        function: function.map(serde_bytes::Bytes::new),
-        deps,
-    };
+    let msg =
+        NodeToWorkerRef::Execute { spec, function: function.map(serde_bytes::Bytes::new), deps };
     Ok(postcard::to_stdvec(&msg)?)
 }
 
@@ -273,10 +259,7 @@ pub fn encode_get_reply(
     req: u64,
     values: &[Result<&ObjectData, &ErrorPayload>],
 ) -> Result<Vec<u8>, ProtoError> {
-    Ok(postcard::to_stdvec(&NodeToWorkerRef::GetReply {
-        req,
-        values,
-    })?)
+    Ok(postcard::to_stdvec(&NodeToWorkerRef::GetReply { req, values })?)
 }
 
 #[cfg(test)]
@@ -294,11 +277,7 @@ mod mirror_tests {
             num_returns: 1,
             options: TaskOptions::default(),
         };
-        let dep = ObjectData {
-            data: vec![4, 5],
-            buffers: vec![],
-            contained: vec![],
-        };
+        let dep = ObjectData { data: vec![4, 5], buffers: vec![], contained: vec![] };
         let bytes = encode_execute(&spec, Some(b"fn"), &[&dep]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,
@@ -316,10 +295,7 @@ mod mirror_tests {
             pid: 1,
         };
         let bytes = encode_get_reply(9, &[Ok(&dep), Err(&err)]).expect("encode");
-        let owned = NodeToWorker::GetReply {
-            req: 9,
-            values: vec![Ok(dep), Err(err)],
-        };
+        let owned = NodeToWorker::GetReply { req: 9, values: vec![Ok(dep), Err(err)] };
         assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
     }
 }

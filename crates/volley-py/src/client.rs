@@ -146,9 +146,7 @@ impl Client {
                 n.submit(spec);
                 Ok(())
             }
-            Backend::Worker(w) => w
-                .send(&WorkerToNode::Submit { spec })
-                .map_err(|e| e.to_string()),
+            Backend::Worker(w) => w.send(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string()),
         }
     }
 
@@ -158,9 +156,9 @@ impl Client {
                 n.put(id, data);
                 Ok(())
             }
-            Backend::Worker(w) => w
-                .send(&WorkerToNode::Put { id, data })
-                .map_err(|e| e.to_string()),
+            Backend::Worker(w) => {
+                w.send(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -173,19 +171,12 @@ impl Client {
         match &self.backend {
             Backend::Node(n) => n.get(ids, timeout, check),
             Backend::Worker(w) => {
-                let reply = w.request(
-                    |req| WorkerToNode::Get {
-                        req,
-                        ids: ids.to_vec(),
-                    },
-                    timeout,
-                    check,
-                )?;
+                let reply =
+                    w.request(|req| WorkerToNode::Get { req, ids: ids.to_vec() }, timeout, check)?;
                 match reply {
-                    volley_proto::NodeToWorker::GetReply { values, .. } => Ok(values
-                        .into_iter()
-                        .map(|v| v.map(Arc::new).map_err(Arc::new))
-                        .collect()),
+                    volley_proto::NodeToWorker::GetReply { values, .. } => {
+                        Ok(values.into_iter().map(|v| v.map(Arc::new).map_err(Arc::new)).collect())
+                    }
                     _ => Err(WaitError::Timeout),
                 }
             }
@@ -203,11 +194,8 @@ impl Client {
             Backend::Node(n) => n.wait(ids, num, timeout, check),
             Backend::Worker(w) => {
                 self.flush_decrefs();
-                let build = |req| WorkerToNode::Wait {
-                    req,
-                    ids: ids.to_vec(),
-                    num_returns: num as u32,
-                };
+                let build =
+                    |req| WorkerToNode::Wait { req, ids: ids.to_vec(), num_returns: num as u32 };
                 match w.request(build, timeout, check)? {
                     volley_proto::NodeToWorker::WaitReply { ready, .. } => {
                         let ready: HashSet<ObjectId> = ready.into_iter().collect();
@@ -225,9 +213,9 @@ impl Client {
                 n.cancel(id, force);
                 Ok(())
             }
-            Backend::Worker(w) => w
-                .send(&WorkerToNode::Cancel { id, force })
-                .map_err(|e| e.to_string()),
+            Backend::Worker(w) => {
+                w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -237,9 +225,9 @@ impl Client {
                 n.watch(ids);
                 Ok(())
             }
-            Backend::Worker(w) => w
-                .send(&WorkerToNode::Watch { ids: ids.to_vec() })
-                .map_err(|e| e.to_string()),
+            Backend::Worker(w) => {
+                w.send(&WorkerToNode::Watch { ids: ids.to_vec() }).map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -33,9 +33,8 @@ fn to_err<E: std::fmt::Display>(e: E) -> PyErr {
 }
 
 fn function_id(b: &[u8]) -> PyResult<FunctionId> {
-    let arr: [u8; 16] = b
-        .try_into()
-        .map_err(|_| PyValueError::new_err("a function id is 16 bytes"))?;
+    let arr: [u8; 16] =
+        b.try_into().map_err(|_| PyValueError::new_err("a function id is 16 bytes"))?;
     Ok(FunctionId(arr))
 }
 
@@ -51,15 +50,8 @@ fn object_data(
         let buf = pyo3::buffer::PyBuffer::<u8>::get(&b)?;
         bufs.push(ByteBuf::from(buf.to_vec(py)?));
     }
-    let contained = contained
-        .iter()
-        .map(|c| id_from_bytes(c))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(ObjectData {
-        data: data.to_vec(),
-        buffers: bufs,
-        contained,
-    })
+    let contained = contained.iter().map(|c| id_from_bytes(c)).collect::<PyResult<Vec<_>>>()?;
+    Ok(ObjectData { data: data.to_vec(), buffers: bufs, contained })
 }
 
 fn kind_code(k: ErrorKind) -> u8 {
@@ -86,13 +78,7 @@ fn kind_from_code(c: u8) -> ErrorKind {
 
 fn value_to_py<'py>(py: Python<'py>, v: &ObjectData) -> PyResult<Bound<'py, PyTuple>> {
     let bufs: Vec<Bound<'py, PyBytes>> = v.buffers.iter().map(|b| PyBytes::new(py, b)).collect();
-    PyTuple::new(
-        py,
-        [
-            PyBytes::new(py, &v.data).into_any(),
-            PyList::new(py, bufs)?.into_any(),
-        ],
-    )
+    PyTuple::new(py, [PyBytes::new(py, &v.data).into_any(), PyList::new(py, bufs)?.into_any()])
 }
 
 /// `(True, data, buffers)` for a value, `(False, kind, task, message, traceback, exc, pid)` for an
@@ -101,9 +87,7 @@ fn result_to_py<'py>(py: Python<'py>, r: &SharedResult) -> PyResult<Bound<'py, P
     match r {
         Ok(v) => {
             let t = value_to_py(py, v)?;
-            Ok((true, t.get_item(0)?, t.get_item(1)?)
-                .into_pyobject(py)?
-                .into_any())
+            Ok((true, t.get_item(0)?, t.get_item(1)?).into_pyobject(py)?.into_any())
         }
         Err(e) => error_to_py(py, e),
     }
@@ -111,15 +95,7 @@ fn result_to_py<'py>(py: Python<'py>, r: &SharedResult) -> PyResult<Bound<'py, P
 
 fn error_to_py<'py>(py: Python<'py>, e: &ErrorPayload) -> PyResult<Bound<'py, PyAny>> {
     let exc = e.exception.as_ref().map(|b| PyBytes::new(py, b));
-    Ok((
-        false,
-        kind_code(e.kind),
-        &e.task_name,
-        &e.message,
-        &e.traceback,
-        exc,
-        e.pid,
-    )
+    Ok((false, kind_code(e.kind), &e.task_name, &e.message, &e.traceback, exc, e.pid)
         .into_pyobject(py)?
         .into_any())
 }
@@ -179,10 +155,7 @@ static MAIN_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 fn connect_worker(py: Python<'_>, socket: String, worker_id: u32, token: String) -> PyResult<()> {
     // A real SIGINT to the main thread: it both wakes a blocking system call (a `sleep`, a
     // socket read) and makes Python raise KeyboardInterrupt there.
-    MAIN_THREAD.store(
-        unsafe { libc::pthread_self() } as u64,
-        std::sync::atomic::Ordering::Release,
-    );
+    MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, std::sync::atomic::Ordering::Release);
     fn interrupt() {
         let main = MAIN_THREAD.load(std::sync::atomic::Ordering::Acquire);
         // SAFETY: `main` is this process's main thread, which lives as long as the process.
@@ -262,10 +235,7 @@ fn submit(
             retry_exceptions,
         },
     };
-    let returns: Vec<ObjectRef> = spec
-        .return_ids()
-        .map(|id| ObjectRef::new(id, true))
-        .collect();
+    let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     py.detach(|| c.submit(spec)).map_err(to_err)?;
     Ok(returns)
 }
@@ -297,9 +267,7 @@ fn get<'py>(
     let c = client()?;
     let ids = ids_of(&refs);
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    let results = py
-        .detach(|| c.get(&ids, timeout, check_signals))
-        .map_err(wait_err)?;
+    let results = py.detach(|| c.get(&ids, timeout, check_signals)).map_err(wait_err)?;
     results.iter().map(|r| result_to_py(py, r)).collect()
 }
 
@@ -315,8 +283,7 @@ fn wait(
     let c = client()?;
     let ids = ids_of(&refs);
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    py.detach(|| c.wait(&ids, num_returns, timeout, check_signals))
-        .map_err(wait_err)
+    py.detach(|| c.wait(&ids, num_returns, timeout, check_signals)).map_err(wait_err)
 }
 
 #[pyfunction]
@@ -342,10 +309,7 @@ fn next_ready(py: Python<'_>, timeout: f64) -> PyResult<Vec<Bound<'_, PyBytes>>>
         return Ok(Vec::new());
     };
     let ids = py.detach(|| c.next_ready(Duration::from_secs_f64(timeout.max(0.0))));
-    Ok(ids
-        .iter()
-        .map(|id| PyBytes::new(py, &id.to_bytes()))
-        .collect())
+    Ok(ids.iter().map(|id| PyBytes::new(py, &id.to_bytes())).collect())
 }
 
 /// Pids of this node's worker processes (driver only).
@@ -415,13 +379,15 @@ fn parse_result(
 fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
     let c = client()?;
     let Backend::Worker(conn) = &c.backend else {
-        return Err(PyRuntimeError::new_err(
-            "worker_main runs in worker processes only",
-        ));
+        return Err(PyRuntimeError::new_err("worker_main runs in worker processes only"));
     };
     let conn = conn.clone();
+    let mut loaded = std::collections::HashSet::new();
     while let Some(task) = py.detach(|| conn.next_task()) {
         let spec = &task.spec;
+        // The handler caches loaded functions: it needs the bytes only the first time.
+        let function_bytes =
+            if loaded.insert(spec.function) { conn.function(&spec.function) } else { None };
         let deps = PyList::empty(py);
         for d in &task.deps {
             deps.append(value_to_py(py, d)?)?;
@@ -430,7 +396,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         let call = (
             &spec.name,
             PyBytes::new(py, &spec.function.0),
-            task.function.as_ref().map(|f| PyBytes::new(py, f)),
+            function_bytes.as_ref().map(|f| PyBytes::new(py, f)),
             args.get_item(0)?,
             args.get_item(1)?,
             deps,
@@ -452,10 +418,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 retryable: false,
             });
         let result = match result {
-            TaskResult::Err {
-                mut error,
-                retryable,
-            } => {
+            TaskResult::Err { mut error, retryable } => {
                 error.task_name = spec.name.clone();
                 TaskResult::Err { error, retryable }
             }
@@ -465,10 +428,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             // A cancel's interrupt may still be pending; it must not hit the next task.
             let _ = py.check_signals();
         }
-        let done = volley_proto::WorkerToNode::Done {
-            task: spec.task_id,
-            result,
-        };
+        let done = volley_proto::WorkerToNode::Done { task: spec.task_id, result };
         if conn.send(&done).is_err() {
             break;
         }

@@ -60,9 +60,7 @@ impl ObjectRef {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other
-            .cast::<ObjectRef>()
-            .is_ok_and(|o| o.get().id == self.id)
+        other.cast::<ObjectRef>().is_ok_and(|o| o.get().id == self.id)
     }
 
     fn __repr__(&self) -> String {
@@ -93,17 +91,11 @@ impl ObjectRef {
 
     /// A `concurrent.futures.Future` completed with the value (or the error) of this ref.
     fn future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("volley._futures")?
-            .getattr("future_of")?
-            .call1((slf,))
+        slf.py().import("volley._futures")?.getattr("future_of")?.call1((slf,))
     }
 
     fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("volley._futures")?
-            .getattr("await_ref")?
-            .call1((slf,))
+        slf.py().import("volley._futures")?.getattr("await_ref")?.call1((slf,))
     }
 }
 
@@ -127,7 +119,5 @@ pub fn begin_capture() {
 #[pyfunction]
 pub fn end_capture(py: Python<'_>) -> Vec<Bound<'_, PyBytes>> {
     let ids = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    ids.iter()
-        .map(|id| PyBytes::new(py, &id.to_bytes()))
-        .collect()
+    ids.iter().map(|id| PyBytes::new(py, &id.to_bytes())).collect()
 }

@@ -70,10 +70,7 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     let n = unsafe { libc::read(src.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         let e = std::io::Error::last_os_error().kind();
-        return matches!(
-            e,
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-        );
+        return matches!(e, std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock);
     }
     if n == 0 {
         if !src.partial.is_empty() {
@@ -103,11 +100,9 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
     loop {
         loop {
             match rx.try_recv() {
-                Ok(LogCmd::Add(fd, target)) => sources.push(Source {
-                    fd,
-                    target,
-                    partial: Vec::new(),
-                }),
+                Ok(LogCmd::Add(fd, target)) => {
+                    sources.push(Source { fd, target, partial: Vec::new() })
+                }
                 Ok(LogCmd::Stop(grace)) => stop_at = Some(Instant::now() + grace),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 // The supervisor is gone (its closed wake pipe woke us): finish up.
@@ -124,11 +119,7 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
         }
         let mut pfds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
             .chain(sources.iter().map(|s| s.fd.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let timeout = if stop_at.is_some() { 20 } else { -1 };
         // SAFETY: `pfds` is a valid array of pollfd for the call's duration.

@@ -181,21 +181,12 @@ impl Shared {
 fn route(st: &mut State, out: Vec<Action>, d: &mut Deferred) {
     for a in out {
         let (worker, bytes) = match a {
-            Action::Execute {
-                worker,
-                spec,
-                function,
-                deps,
-            } => {
+            Action::Execute { worker, spec, function, deps } => {
                 let deps: Vec<&ObjectData> = deps.iter().map(|d| d.as_ref()).collect();
                 (worker, encode_execute(&spec, function.as_deref(), &deps))
             }
             Action::Send { worker, msg } => (worker, encode(&msg)),
-            Action::GetReply {
-                worker,
-                req,
-                values,
-            } => {
+            Action::GetReply { worker, req, values } => {
                 let vals: Vec<Result<&ObjectData, &ErrorPayload>> = values
                     .iter()
                     .map(|v| v.as_ref().map(|x| x.as_ref()).map_err(|e| e.as_ref()))
@@ -229,10 +220,7 @@ fn route(st: &mut State, out: Vec<Action>, d: &mut Deferred) {
                 conn.push(&b);
                 d.flush.push(conn.clone());
             }
-            Err(e) => eprintln!(
-                "volley: could not encode a message for worker {}: {e}",
-                worker.0
-            ),
+            Err(e) => eprintln!("volley: could not encode a message for worker {}: {e}", worker.0),
         }
     }
 }
@@ -245,9 +233,7 @@ pub struct Node {
 
 fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_ok();
     if !ok {
         use std::hash::{BuildHasher, Hasher};
         for chunk in buf.chunks_mut(8) {
@@ -313,10 +299,7 @@ impl Node {
                 .spawn(move || accept_loop(s, listener))?,
         );
         shared.with(|st, out| st.sched.start(out));
-        Ok(Node {
-            shared,
-            threads: Mutex::new(threads),
-        })
+        Ok(Node { shared, threads: Mutex::new(threads) })
     }
 
     pub fn register_function(&self, id: FunctionId, bytes: &[u8]) {
@@ -332,13 +315,11 @@ impl Node {
 
     /// Submits a task; the driver holds one reference to each return.
     pub fn submit(&self, spec: TaskSpec) {
-        self.shared
-            .with(|st, out| st.sched.submit(Holder::Local, spec, out));
+        self.shared.with(|st, out| st.sched.submit(Holder::Local, spec, out));
     }
 
     pub fn put(&self, id: ObjectId, data: ObjectData) {
-        self.shared
-            .with(|st, out| st.sched.put(Holder::Local, id, data, out));
+        self.shared.with(|st, out| st.sched.put(Holder::Local, id, data, out));
     }
 
     pub fn incref(&self, ids: &[ObjectId]) {
@@ -346,8 +327,7 @@ impl Node {
     }
 
     pub fn decref(&self, ids: &[ObjectId]) {
-        self.shared
-            .with(|st, out| st.sched.decref(Holder::Local, ids, out));
+        self.shared.with(|st, out| st.sched.decref(Holder::Local, ids, out));
     }
 
     pub fn cancel(&self, id: ObjectId, force: bool) {
@@ -441,19 +421,14 @@ impl Node {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 abandon(&self.shared);
                 // It may have completed just now.
-                return if *slot.done.lock() {
-                    Ok(())
-                } else {
-                    Err(WaitError::Timeout)
-                };
+                return if *slot.done.lock() { Ok(()) } else { Err(WaitError::Timeout) };
             }
         }
     }
 
     /// Asks for `next_ready` to report each of `ids` once it is ready.
     pub fn watch(&self, ids: &[ObjectId]) {
-        self.shared
-            .with(|st, out| st.sched.watch(Holder::Local, ids, out));
+        self.shared.with(|st, out| st.sched.watch(Holder::Local, ids, out));
     }
 
     /// Objects watched with [`Node::watch`] that became ready; waits up to `timeout` for one.
@@ -466,14 +441,7 @@ impl Node {
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.shared
-            .state
-            .lock()
-            .sched
-            .worker_pids()
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
+        self.shared.state.lock().sched.worker_pids().into_iter().map(|(_, p)| p).collect()
     }
 
     pub fn stats(&self) -> volley_sched::Stats {
@@ -537,17 +505,12 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 }
 
 fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let frame = volley_proto::read_frame(stream).map_err(|e| e.to_string())?;
     let (hello, token): (Hello, String) = decode(&frame).map_err(|e| e.to_string())?;
     if hello.version != PROTOCOL_VERSION {
-        return Err(ProtoError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: hello.version,
-        }
-        .to_string());
+        return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version }
+            .to_string());
     }
     if !constant_time_eq(token.as_bytes(), shared.token.as_bytes()) {
         return Err("wrong session token".into());
@@ -560,11 +523,8 @@ fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> 
         }
         life.connected = true;
     }
-    let reply = Hello {
-        version: PROTOCOL_VERSION,
-        worker_id: hello.worker_id,
-        pid: std::process::id(),
-    };
+    let reply =
+        Hello { version: PROTOCOL_VERSION, worker_id: hello.worker_id, pid: std::process::id() };
     let bytes = encode(&reply).map_err(|e| e.to_string())?;
     volley_proto::write_frame(stream, &bytes).map_err(|e| e.to_string())?;
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
@@ -636,19 +596,9 @@ fn handle(shared: &Shared, w: WorkerId, msg: WorkerToNode) {
             }
             WorkerToNode::Put { id, data } => s.put(h, id, data, out),
             WorkerToNode::Get { req, ids } => {
-                s.add_waiter(
-                    WaitOwner::Worker { worker: w, req },
-                    &ids,
-                    usize::MAX,
-                    true,
-                    out,
-                );
+                s.add_waiter(WaitOwner::Worker { worker: w, req }, &ids, usize::MAX, true, out);
             }
-            WorkerToNode::Wait {
-                req,
-                ids,
-                num_returns,
-            } => {
+            WorkerToNode::Wait { req, ids, num_returns } => {
                 s.add_waiter(
                     WaitOwner::Worker { worker: w, req },
                     &ids,

@@ -21,11 +21,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(stream: UnixStream) -> std::io::Result<Self> {
         let raw = stream.try_clone()?;
-        Ok(Outbox {
-            pending: Mutex::new(Vec::new()),
-            stream: Mutex::new(stream),
-            raw,
-        })
+        Ok(Outbox { pending: Mutex::new(Vec::new()), stream: Mutex::new(stream), raw })
     }
 
     /// Appends one frame; call [`Outbox::flush`] afterwards (outside any big lock).

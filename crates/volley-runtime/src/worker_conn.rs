@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    decode, encode, ErrorKind, ErrorPayload, FrameReader, Hello, IdGenerator, NodeToWorker,
-    ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode,
-    PROTOCOL_VERSION,
+    decode, encode, ErrorKind, ErrorPayload, FrameReader, FunctionId, Hello, IdGenerator,
+    NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId,
+    WorkerToNode, PROTOCOL_VERSION,
 };
 
 use crate::outbox::Outbox;
@@ -26,13 +26,16 @@ use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
 /// A task as received from the node.
 pub struct ExecuteMsg {
     pub spec: TaskSpec,
-    pub function: Option<Vec<u8>>,
     pub deps: Vec<ObjectData>,
 }
 
 #[derive(Default)]
 struct Inner {
     tasks: VecDeque<ExecuteMsg>,
+    /// Function bytes as they arrive. The node sends a function once per worker, with the
+    /// first task that needs it; that task may be revoked before it runs, so the bytes are kept
+    /// here rather than with the task.
+    functions: HashMap<FunctionId, Arc<[u8]>>,
     replies: HashMap<u64, NodeToWorker>,
     ready: VecDeque<ObjectId>,
     current: Option<TaskId>,
@@ -68,18 +71,12 @@ impl WorkerConn {
     ) -> Result<Arc<WorkerConn>, RuntimeError> {
         let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
         let mut stream = UnixStream::connect_addr(&addr)?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            worker_id,
-            pid: std::process::id(),
-        };
+        let hello = Hello { version: PROTOCOL_VERSION, worker_id, pid: std::process::id() };
         volley_proto::write_frame(&mut stream, &encode(&(hello, token.to_string()))?)?;
         let reply: Hello = match volley_proto::read_frame(&mut stream) {
             Ok(frame) => decode(&frame)?,
             Err(ProtoError::Closed) => {
-                return Err(RuntimeError::Refused(
-                    "the node closed the connection".into(),
-                ))
+                return Err(RuntimeError::Refused("the node closed the connection".into()))
             }
             Err(e) => return Err(e.into()),
         };
@@ -116,16 +113,11 @@ impl WorkerConn {
             let Ok(msg) = msg else { break };
             let mut inner = self.inner.lock();
             match msg {
-                NodeToWorker::Execute {
-                    spec,
-                    function,
-                    deps,
-                } => {
-                    inner.tasks.push_back(ExecuteMsg {
-                        spec,
-                        function: function.map(|f| f.into_vec()),
-                        deps,
-                    });
+                NodeToWorker::Execute { spec, function, deps } => {
+                    if let Some(f) = function {
+                        inner.functions.insert(spec.function, Arc::from(f.into_vec()));
+                    }
+                    inner.tasks.push_back(ExecuteMsg { spec, deps });
                 }
                 NodeToWorker::Revoke { tasks } => {
                     let wanted: HashSet<TaskId> = tasks.into_iter().collect();
@@ -162,10 +154,7 @@ impl WorkerConn {
                                 exception: None,
                                 pid: std::process::id(),
                             };
-                            let result = TaskResult::Err {
-                                error,
-                                retryable: false,
-                            };
+                            let result = TaskResult::Err { error, retryable: false };
                             let _ = self.send(&WorkerToNode::Done { task, result });
                         }
                         continue;
@@ -218,9 +207,7 @@ impl WorkerConn {
     pub fn finish_task(&self) -> CurrentTask {
         let mut inner = self.inner.lock();
         inner.current = None;
-        CurrentTask {
-            interrupted: std::mem::take(&mut inner.interrupted),
-        }
+        CurrentTask { interrupted: std::mem::take(&mut inner.interrupted) }
     }
 
     /// Sends a request built with a fresh request id and waits for its reply. On timeout the
@@ -260,10 +247,14 @@ impl WorkerConn {
             }
             if !cancelled && deadline.is_some_and(|d| Instant::now() >= d) {
                 cancelled = true;
-                self.send(&WorkerToNode::CancelRequest { req })
-                    .map_err(|_| WaitError::Closed)?;
+                self.send(&WorkerToNode::CancelRequest { req }).map_err(|_| WaitError::Closed)?;
             }
         }
+    }
+
+    /// The bytes of a function the node has sent to this worker.
+    pub fn function(&self, id: &FunctionId) -> Option<Arc<[u8]>> {
+        self.inner.lock().functions.get(id).cloned()
     }
 
     /// Watched objects that became ready; waits up to `timeout` for one.

@@ -80,11 +80,7 @@ pub enum Action {
     /// Send a small control message.
     Send { worker: WorkerId, msg: NodeToWorker },
     /// Answer a worker's `Get`.
-    GetReply {
-        worker: WorkerId,
-        req: u64,
-        values: Vec<Result<Arc<ObjectData>, Arc<ErrorPayload>>>,
-    },
+    GetReply { worker: WorkerId, req: u64, values: Vec<Result<Arc<ObjectData>, Arc<ErrorPayload>>> },
     /// A local waiter is satisfied.
     WakeLocal { waiter: WaiterId },
     /// A locally watched object is ready.
@@ -271,12 +267,8 @@ impl Scheduler {
 
     /// Ids and pids of live workers.
     pub fn worker_pids(&self) -> Vec<(WorkerId, u32)> {
-        let mut v: Vec<_> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.pid != 0)
-            .map(|(id, w)| (*id, w.pid))
-            .collect();
+        let mut v: Vec<_> =
+            self.workers.iter().filter(|(_, w)| w.pid != 0).map(|(id, w)| (*id, w.pid)).collect();
         v.sort();
         v
     }
@@ -364,11 +356,7 @@ impl Scheduler {
     fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
         let queued: Vec<TaskId> = self.ready.drain(..).collect();
         for tid in queued {
-            let name = self
-                .tasks
-                .get(&tid)
-                .map(|t| t.spec.name.clone())
-                .unwrap_or_default();
+            let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
             let msg = format!(
                 "worker processes fail to start ({} attempts in a row): {}",
                 self.start_failures, self.last_start_failure
@@ -404,10 +392,7 @@ impl Scheduler {
             }
             if let Some(w) = self.workers.get_mut(&id) {
                 w.state = WorkerState::Retiring;
-                out.push(Action::Send {
-                    worker: id,
-                    msg: NodeToWorker::Shutdown,
-                });
+                out.push(Action::Send { worker: id, msg: NodeToWorker::Shutdown });
                 active -= 1;
             }
         }
@@ -463,10 +448,7 @@ impl Scheduler {
             return;
         }
         if !self.functions.contains_key(&spec.function) {
-            let msg = format!(
-                "task '{}' names a function this node does not know",
-                spec.name
-            );
+            let msg = format!("task '{}' names a function this node does not know", spec.name);
             self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
             return;
         }
@@ -554,11 +536,7 @@ impl Scheduler {
 
     fn idle_worker(&self) -> Option<WorkerId> {
         // Lowest id first keeps the choice deterministic.
-        self.workers
-            .iter()
-            .filter(|(_, w)| w.is_idle())
-            .map(|(id, _)| *id)
-            .min()
+        self.workers.iter().filter(|(_, w)| w.is_idle()).map(|(id, _)| *id).min()
     }
 
     fn pipeline_target(&self, cpu: u32) -> Option<WorkerId> {
@@ -588,14 +566,8 @@ impl Scheduler {
             }
             return;
         }
-        let starting = self
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Starting)
-            .count();
-        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize)
-            .div_ceil(1000)
-            .max(1);
+        let starting = self.workers.values().filter(|w| w.state == WorkerState::Starting).count();
+        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
         let wanted = free_cpus.min(self.ready.len());
         let mut n = starting;
         while n < wanted && self.workers.len() < self.cfg.max_workers {
@@ -631,12 +603,7 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        out.push(Action::Execute {
-            worker: wid,
-            spec,
-            function,
-            deps,
-        });
+        out.push(Action::Execute { worker: wid, spec, function, deps });
     }
 
     /// An idle worker takes back half of the tasks pipelined behind the busiest worker.
@@ -658,10 +625,7 @@ impl Scheduler {
             let take = waiting.div_ceil(2);
             let tasks: Vec<TaskId> = v.queue.iter().skip(v.queue.len() - take).copied().collect();
             v.revoke_outstanding = true;
-            out.push(Action::Send {
-                worker: vid,
-                msg: NodeToWorker::Revoke { tasks },
-            });
+            out.push(Action::Send { worker: vid, msg: NodeToWorker::Revoke { tasks } });
         }
     }
 
@@ -702,11 +666,8 @@ impl Scheduler {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        let held = w
-            .queue
-            .front()
-            .and_then(|t| self.tasks.get(t))
-            .map_or(0, |t| t.spec.options.cpu_milli);
+        let held =
+            w.queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.spec.options.cpu_milli);
         if w.blocked == 0 {
             self.cpu_used = self.cpu_used - w.cpu_held + held;
         }
@@ -755,10 +716,7 @@ impl Scheduler {
                 );
                 self.fail_task(tid, error(ErrorKind::TaskException, &name, msg), out);
             }
-            TaskResult::Err {
-                error: e,
-                retryable,
-            } => {
+            TaskResult::Err { error: e, retryable } => {
                 if task.cancel.is_some() {
                     let msg = format!("task '{name}' was cancelled");
                     let mut err = error(ErrorKind::Cancelled, &name, msg);
@@ -821,10 +779,7 @@ impl Scheduler {
         let watchers = std::mem::take(&mut o.watchers);
         self.notify(id, waiters, watchers, out);
         for tid in dependents {
-            if matches!(
-                self.tasks.get(&tid).map(|t| t.state),
-                Some(TaskState::WaitingDeps(_))
-            ) {
+            if matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::WaitingDeps(_))) {
                 self.fail_task(tid, err.clone(), out);
             }
         }
@@ -912,15 +867,7 @@ impl Scheduler {
         let ready = distinct.iter().filter(|id| self.is_ready(id)).count();
         let needed = needed.min(distinct.len());
         let remaining = needed.saturating_sub(ready);
-        self.waiters.insert(
-            wid,
-            Waiter {
-                owner,
-                ids: ids.to_vec(),
-                remaining,
-                fetch,
-            },
-        );
+        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch });
         if remaining == 0 {
             self.complete_waiter(wid, out);
             return wid;
@@ -942,10 +889,7 @@ impl Scheduler {
                     if w.queue.len() > 1 {
                         let tasks: Vec<TaskId> = w.queue.iter().skip(1).copied().collect();
                         w.revoke_outstanding = true;
-                        out.push(Action::Send {
-                            worker,
-                            msg: NodeToWorker::Revoke { tasks },
-                        });
+                        out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
                     }
                 }
             }
@@ -964,22 +908,10 @@ impl Scheduler {
                 self.unblock(worker, req);
                 if w.fetch {
                     let values = w.ids.iter().map(|id| self.result_of(id)).collect();
-                    out.push(Action::GetReply {
-                        worker,
-                        req,
-                        values,
-                    });
+                    out.push(Action::GetReply { worker, req, values });
                 } else {
-                    let ready = w
-                        .ids
-                        .iter()
-                        .filter(|id| self.is_ready(id))
-                        .copied()
-                        .collect();
-                    out.push(Action::Send {
-                        worker,
-                        msg: NodeToWorker::WaitReply { req, ready },
-                    });
+                    let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
+                    out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
                 }
             }
         }
@@ -1006,11 +938,7 @@ impl Scheduler {
     /// A worker stops waiting on request `req`: it is answered with the ready subset, unless it
     /// was answered already.
     pub fn cancel_request(&mut self, worker: WorkerId, req: u64, out: &mut Vec<Action>) {
-        let Some(wid) = self
-            .workers
-            .get(&worker)
-            .and_then(|w| w.requests.get(&req))
-            .copied()
+        let Some(wid) = self.workers.get(&worker).and_then(|w| w.requests.get(&req)).copied()
         else {
             return;
         };
@@ -1018,16 +946,8 @@ impl Scheduler {
             return;
         };
         self.unblock(worker, req);
-        let ready = w
-            .ids
-            .iter()
-            .filter(|id| self.is_ready(id))
-            .copied()
-            .collect();
-        out.push(Action::Send {
-            worker,
-            msg: NodeToWorker::WaitReply { req, ready },
-        });
+        let ready = w.ids.iter().filter(|id| self.is_ready(id)).copied().collect();
+        out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
         self.schedule(out);
     }
 
@@ -1045,19 +965,15 @@ impl Scheduler {
         }
         match holder {
             Holder::Local => out.extend(now.into_iter().map(|id| Action::LocalReady { id })),
-            Holder::Worker(worker) => out.push(Action::Send {
-                worker,
-                msg: NodeToWorker::Ready { ids: now },
-            }),
+            Holder::Worker(worker) => {
+                out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: now } })
+            }
         }
     }
 
     /// True once the object has a value or an error (or is unknown, which `result_of` reports).
     pub fn is_ready(&self, id: &ObjectId) -> bool {
-        !matches!(
-            self.objects.get(id).map(|o| &o.state),
-            Some(ObjectState::Pending)
-        )
+        !matches!(self.objects.get(id).map(|o| &o.state), Some(ObjectState::Pending))
     }
 
     /// The value or error of a ready object.
@@ -1065,11 +981,9 @@ impl Scheduler {
         match self.objects.get(id).map(|o| &o.state) {
             Some(ObjectState::Ready(v)) => Ok(v.clone()),
             Some(ObjectState::Failed(e)) => Err(e.clone()),
-            Some(ObjectState::Pending) => Err(error(
-                ErrorKind::ObjectLost,
-                "",
-                format!("object {id:?} is not ready"),
-            )),
+            Some(ObjectState::Pending) => {
+                Err(error(ErrorKind::ObjectLost, "", format!("object {id:?} is not ready")))
+            }
             None => Err(error(
                 ErrorKind::ObjectLost,
                 "",

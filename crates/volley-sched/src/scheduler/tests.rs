@@ -15,11 +15,7 @@ impl Harness {
     fn new(cpus: f64) -> Self {
         let mut s = Scheduler::new(Config::with_cpus(cpus));
         s.register_function(F, Arc::from(&b"fn"[..]));
-        Harness {
-            s,
-            ids: IdGenerator::new(),
-            out: Vec::new(),
-        }
+        Harness { s, ids: IdGenerator::new(), out: Vec::new() }
     }
 
     /// Starts the pool and connects every spawned worker.
@@ -82,12 +78,8 @@ impl Harness {
     }
 
     fn done(&mut self, w: WorkerId, t: TaskId, byte: u8) {
-        let v = ObjectData {
-            data: vec![byte],
-            ..Default::default()
-        };
-        self.s
-            .task_done(w, t, TaskResult::Ok(vec![v]), &mut self.out);
+        let v = ObjectData { data: vec![byte], ..Default::default() };
+        self.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut self.out);
     }
 
     fn value(&self, id: ObjectId) -> Option<u8> {
@@ -151,10 +143,9 @@ fn finished_worker_steals_tasks_pipelined_behind_a_long_one() {
         h.done(*w, *t, 0);
     }
     let revoke = h.out.iter().find_map(|a| match a {
-        Action::Send {
-            worker,
-            msg: NodeToWorker::Revoke { tasks },
-        } if *worker == w1 => Some(tasks.clone()),
+        Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w1 => {
+            Some(tasks.clone())
+        }
         _ => None,
     });
     let tasks = revoke.expect("the idle worker must steal from the busy one");
@@ -173,11 +164,7 @@ fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
     }
     let ex = h.executed();
     let w1 = ex[0].0;
-    let w1_tasks: Vec<TaskId> = ex
-        .iter()
-        .filter(|(w, _)| *w == w1)
-        .map(|(_, t)| *t)
-        .collect();
+    let w1_tasks: Vec<TaskId> = ex.iter().filter(|(w, _)| *w == w1).map(|(_, t)| *t).collect();
     let w2 = ex.iter().find(|(w, _)| *w != w1).expect("two workers").0;
     for (w, t) in ex.iter().filter(|(w, _)| *w == w2) {
         h.done(*w, *t, 0);
@@ -186,10 +173,9 @@ fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
         .out
         .iter()
         .find_map(|a| match a {
-            Action::Send {
-                worker,
-                msg: NodeToWorker::Revoke { tasks },
-            } if *worker == w1 => Some(tasks.clone()),
+            Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w1 => {
+                Some(tasks.clone())
+            }
             _ => None,
         })
         .expect("steal");
@@ -200,10 +186,7 @@ fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
     h.s.tasks_returned(w1, &revoked, &mut h.out);
     let ex = h.executed();
     for t in &revoked {
-        assert!(
-            ex.iter().any(|(_, x)| x == t),
-            "returned task {t:?} must be dispatched again"
-        );
+        assert!(ex.iter().any(|(_, x)| x == t), "returned task {t:?} must be dispatched again");
     }
     for (w, t) in ex {
         h.done(w, t, 1);
@@ -242,15 +225,7 @@ fn failed_dependency_fails_dependents_without_running_them() {
         exception: None,
         pid: 1,
     };
-    h.s.task_done(
-        ex[0].0,
-        ex[0].1,
-        TaskResult::Err {
-            error: err,
-            retryable: false,
-        },
-        &mut h.out,
-    );
+    h.s.task_done(ex[0].0, ex[0].1, TaskResult::Err { error: err, retryable: false }, &mut h.out);
     assert!(h.executed().is_empty());
     for id in [a, b, c] {
         assert_eq!(h.error_kind(id), Some(ErrorKind::TaskException));
@@ -260,10 +235,7 @@ fn failed_dependency_fails_dependents_without_running_them() {
 #[test]
 fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
     let mut h = Harness::started(1.0);
-    let opts = TaskOptions {
-        max_retries: 1,
-        ..Default::default()
-    };
+    let opts = TaskOptions { max_retries: 1, ..Default::default() };
     let a = h.submit_opts(vec![], opts.clone());
     let b = h.submit_opts(vec![], opts);
     let ex = h.executed();
@@ -272,10 +244,7 @@ fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
     h.s.worker_died(w, WorkerExit("killed by signal 9".into()), &mut h.out);
     let w2 = h.connect_spawned()[0];
     let ex = h.executed();
-    assert_eq!(
-        ex.iter().map(|e| e.1).collect::<Vec<_>>(),
-        vec![a.task, b.task]
-    );
+    assert_eq!(ex.iter().map(|e| e.1).collect::<Vec<_>>(), vec![a.task, b.task]);
     // Second crash of a: no retries left; b (queued behind) still retried for free.
     h.s.worker_died(w2, WorkerExit("exit code 1".into()), &mut h.out);
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerCrashed));
@@ -298,20 +267,13 @@ fn blocked_worker_lends_its_cpu_and_gets_a_helper() {
     h.s.submit(Holder::Worker(w), inner_spec, &mut h.out);
     // Every CPU is busy, so the inner task is pipelined behind the outer one...
     assert_eq!(h.executed(), vec![(w, inner.task)]);
-    h.s.add_waiter(
-        WaitOwner::Worker { worker: w, req: 1 },
-        &[inner],
-        usize::MAX,
-        true,
-        &mut h.out,
-    );
+    h.s.add_waiter(WaitOwner::Worker { worker: w, req: 1 }, &[inner], usize::MAX, true, &mut h.out);
     assert_eq!(h.s.stats().cpu_used_milli, 0);
     // ...and revoked when the outer one blocks on it.
     let revoked = h.out.iter().find_map(|a| match a {
-        Action::Send {
-            worker,
-            msg: NodeToWorker::Revoke { tasks },
-        } if *worker == w => Some(tasks.clone()),
+        Action::Send { worker, msg: NodeToWorker::Revoke { tasks } } if *worker == w => {
+            Some(tasks.clone())
+        }
         _ => None,
     });
     assert_eq!(revoked, Some(vec![inner.task]));
@@ -321,10 +283,8 @@ fn blocked_worker_lends_its_cpu_and_gets_a_helper() {
     let ex = h.executed();
     assert_eq!(ex, vec![(helper[0], inner.task)]);
     h.done(helper[0], inner.task, 5);
-    let replied = h
-        .out
-        .iter()
-        .any(|a| matches!(a, Action::GetReply { worker, req: 1, .. } if *worker == w));
+    let replied =
+        h.out.iter().any(|a| matches!(a, Action::GetReply { worker, req: 1, .. } if *worker == w));
     assert!(replied);
     assert_eq!(h.s.stats().cpu_used_milli, 1000);
     h.done(w, outer.task, 1);
@@ -337,16 +297,10 @@ fn references_free_objects_and_their_contents() {
     let inner = ObjectId::for_return(h.ids.next_task(), 0);
     h.s.put(Holder::Local, inner, ObjectData::default(), &mut h.out);
     let outer = ObjectId::for_return(h.ids.next_task(), 0);
-    let data = ObjectData {
-        contained: vec![inner],
-        ..Default::default()
-    };
+    let data = ObjectData { contained: vec![inner], ..Default::default() };
     h.s.put(Holder::Local, outer, data, &mut h.out);
     h.s.decref(Holder::Local, &[inner], &mut h.out);
-    assert!(
-        h.s.object_state(&inner).is_some(),
-        "still held by outer's contents"
-    );
+    assert!(h.s.object_state(&inner).is_some(), "still held by outer's contents");
     h.s.decref(Holder::Local, &[outer], &mut h.out);
     assert!(h.s.object_state(&inner).is_none());
     assert!(h.s.object_state(&outer).is_none());
@@ -362,10 +316,7 @@ fn cancel_queued_and_running_tasks() {
     h.s.cancel(dep, false, &mut h.out);
     assert_eq!(h.error_kind(dep), Some(ErrorKind::Cancelled));
     h.s.cancel(a, true, &mut h.out);
-    assert!(h
-        .out
-        .iter()
-        .any(|x| matches!(x, Action::Kill { worker } if *worker == ex[0].0)));
+    assert!(h.out.iter().any(|x| matches!(x, Action::Kill { worker } if *worker == ex[0].0)));
     h.s.worker_died(ex[0].0, WorkerExit("killed".into()), &mut h.out);
     assert_eq!(h.error_kind(a), Some(ErrorKind::Cancelled));
 }
@@ -382,13 +333,7 @@ fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
 #[test]
 fn impossible_cpu_request_fails_at_once() {
     let mut h = Harness::started(2.0);
-    let a = h.submit_opts(
-        vec![],
-        TaskOptions {
-            cpu_milli: 3000,
-            ..Default::default()
-        },
-    );
+    let a = h.submit_opts(vec![], TaskOptions { cpu_milli: 3000, ..Default::default() });
     assert_eq!(h.error_kind(a), Some(ErrorKind::Unschedulable));
 }
 
