@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
+
 import volley
 
 # Per-test hang protection: a SIGALRM that fails the test, then a hard exit with a

@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+
 import volley
 
 pytestmark = pytest.mark.usefixtures("volley_shared")

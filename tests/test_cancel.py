@@ -9,8 +9,6 @@ import signal
 import time
 
 import pytest
-import volley
-
 from conftest import (
     DRIVER_PRELUDE,
     is_running,
@@ -22,6 +20,8 @@ from conftest import (
     worker_pids,
     write_script,
 )
+
+import volley
 
 pytestmark = pytest.mark.usefixtures("volley_2cpu")
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 import volley
 
 pytestmark = pytest.mark.usefixtures("volley_shared")

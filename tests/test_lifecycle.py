@@ -11,8 +11,6 @@ import sys
 import time
 
 import pytest
-import volley
-
 from conftest import (
     DRIVER_PRELUDE,
     driver_env,
@@ -26,6 +24,8 @@ from conftest import (
     worker_pids,
     write_script,
 )
+
+import volley
 
 pytestmark = pytest.mark.usefixtures("no_volley")
 

@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-import volley
-
 from conftest import poll
+
+import volley
 
 
 class Output:

@@ -8,9 +8,9 @@ import pickle
 import time
 
 import pytest
-import volley
-
 from conftest import proc_cmdline, proc_ppid, worker_pids
+
+import volley
 
 pytestmark = pytest.mark.usefixtures("volley_shared")
 
@@ -342,6 +342,20 @@ def test_many_concurrent_nested_submitters():
     assert volley.get(refs) == [20] * 8
 
 
+def test_concurrent_nested_submitters_of_a_new_function():
+    # Neither function has been submitted before: the first submissions of ``leaf`` come from
+    # several workers at once, none from the driver.
+    @volley.remote
+    def leaf(x):
+        return x + 1
+
+    @volley.remote
+    def submitter(n):
+        return sum(volley.get([leaf.remote(i) for i in range(n)]))
+
+    assert volley.get([submitter.remote(5) for _ in range(8)], timeout=60) == [15] * 8
+
+
 def test_recursion_depth_50_on_two_cpus_does_not_deadlock():
     assert volley.get(depth.remote(50), timeout=120) == 50
 
@@ -616,7 +630,9 @@ def test_long_sleep_does_not_hold_tiny_tasks_hostage():
 
 
 def test_workers_are_reused_children_of_the_driver():
-    pids = volley.get([getpid.remote() for _ in range(40)])
+    # Enough tasks to see reuse even if extra workers (started for tasks blocked in get by an
+    # earlier test) have not been retired yet.
+    pids = volley.get([getpid.remote() for _ in range(300)])
     assert len(set(pids)) < len(pids), "workers were not reused"
     for pid in set(pids):
         assert pid != os.getpid()
