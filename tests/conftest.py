@@ -11,18 +11,20 @@ volley_shared    a ``volley.init(num_cpus=2)`` shared by the tests of one module
                  if a test in between shut it down), shut down when the module ends.
 no_volley        makes sure volley is not initialised before the test and shuts it down after.
 
-Slow stress tests are marked ``@pytest.mark.slow`` and skipped unless ``--runslow`` is
-given (or ``VOLLEY_RUN_SLOW=1``, or ``-m`` selects them explicitly).
+Slow stress tests are marked ``@pytest.mark.slow``; pyproject.toml deselects them by default
+(``-m 'not slow'``), ``pytest -m slow`` runs them.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,27 +44,9 @@ WORKER_MODULE = b"volley._worker"
 # --------------------------------------------------------------------------- pytest hooks
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--runslow", action="store_true", default=False, help="also run @pytest.mark.slow tests"
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "slow: slow stress test, skipped unless --runslow (or VOLLEY_RUN_SLOW=1)"
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--runslow") or os.environ.get("VOLLEY_RUN_SLOW") == "1":
-        return
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip_slow = pytest.mark.skip(reason="slow test: use --runslow to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
+    # Also declared in pyproject.toml, whose addopts deselect slow tests ("-m 'not slow'").
+    config.addinivalue_line("markers", "slow: slow stress test (run them with -m slow)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -154,47 +138,102 @@ def driver_env() -> dict[str, str]:
 
 
 def start_driver(script: Path, **kwargs) -> subprocess.Popen:
-    """Start ``script`` with this interpreter as a separate driver process."""
-    return subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=driver_env(),
-        cwd=str(script.parent),
-        **kwargs,
-    )
+    """Start ``script`` with this interpreter as a separate driver process.
+
+    Its stdout is a pipe (read it with ``read_line_with_prefix``/``finish_driver``); its
+    stderr goes to a file next to the script (``driver_stderr``), so that nothing can block
+    on a pipe that a leftover worker still holds open.
+    """
+    err_path = script.with_suffix(".stderr")
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=driver_env(),
+            cwd=str(script.parent),
+            **kwargs,
+        )
+    proc._volley_stderr_path = err_path
+    return proc
+
+
+def driver_stderr(proc: subprocess.Popen) -> str:
+    path = getattr(proc, "_volley_stderr_path", None)
+    return path.read_text() if path is not None and path.exists() else ""
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def _stdout_lines(proc: subprocess.Popen) -> queue.Queue:
+    """A queue fed with ``proc``'s stdout lines by a reader thread (None at EOF).
+
+    A thread, not select(): select() on the pipe does not see lines already sitting in the
+    text wrapper's buffer.
+    """
+    lines = getattr(proc, "_volley_lines", None)
+    if lines is None:
+        lines = queue.Queue()
+
+        def pump():
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        proc._volley_lines = lines
+        proc._volley_seen = []
+    return lines
 
 
 def read_line_with_prefix(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
     """Read stdout lines of ``proc`` until one starts with ``prefix``; returns the rest.
 
-    Fails the test (with the driver's stderr) if the driver exits or ``timeout`` passes.
+    Fails the test (with the driver's output) if the driver exits or ``timeout`` passes.
     """
-    import selectors
-
+    lines = _stdout_lines(proc)
+    seen = proc._volley_seen
     deadline = time.monotonic() + timeout
-    seen = []
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.1):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-    finally:
-        sel.unregister(proc.stdout)
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            lines.put(None)  # keep EOF visible to later calls
+            break
+        seen.append(line)
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    kill_driver(proc)
     pytest.fail(
-        f"driver did not print {prefix!r} (rc={proc.returncode})\n"
-        f"stdout:\n{''.join(seen)}\nstderr:\n{err}"
+        f"driver did not print {prefix!r} within {timeout} s (rc={proc.returncode})\n"
+        f"stdout:\n{''.join(seen)}\nstderr:\n{driver_stderr(proc)}"
     )
+
+
+def finish_driver(proc: subprocess.Popen, timeout: float = 60.0) -> tuple[str, str]:
+    """Wait for ``proc`` to exit; returns (stdout not read yet, stderr)."""
+    lines = _stdout_lines(proc)
+    proc.wait(timeout=timeout)
+    out = []
+    while True:
+        try:
+            # The pipe closes when the driver exits (unless a leftover worker holds it).
+            line = lines.get(timeout=5)
+        except queue.Empty:
+            break
+        if line is None:
+            lines.put(None)
+            break
+        out.append(line)
+    return "".join(out), driver_stderr(proc)
 
 
 # Small script fragment for subprocess drivers: lists the driver's worker pids via /proc.
@@ -225,8 +264,15 @@ def my_worker_pids():
 
 
 @pytest.fixture(autouse=True)
-def _hang_guard():
-    """Fail a test that hangs instead of hanging the whole suite."""
+def _hang_guard(request):
+    """Fail a test that hangs instead of hanging the whole suite.
+
+    Only when pytest-timeout is not installed (pyproject.toml configures it): both would use
+    SIGALRM.
+    """
+    if request.config.pluginmanager.hasplugin("timeout"):
+        yield
+        return
 
     def on_alarm(signum, frame):
         pytest.fail(f"test did not finish within {TEST_SOFT_TIMEOUT_S} s (hang?)", pytrace=True)

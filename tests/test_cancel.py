@@ -11,7 +11,9 @@ import time
 import pytest
 from conftest import (
     DRIVER_PRELUDE,
+    finish_driver,
     is_running,
+    kill_driver,
     poll,
     proc_ppid,
     read_line_with_prefix,
@@ -248,14 +250,12 @@ def test_ctrl_c_interrupts_get_promptly(tmp_path):
         caught = float(read_line_with_prefix(proc, "CAUGHT ", timeout=30))
         elapsed = caught - sent
         assert elapsed < 0.5, f"KeyboardInterrupt took {elapsed:.3f} s"
-        out, err = proc.communicate(timeout=60)
+        out, err = finish_driver(proc, timeout=60)
         assert proc.returncode == 0, err
         assert "EXITING" in out
         assert not wait_all_gone(pids, timeout=5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
+        kill_driver(proc)
         for pid in pids:
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ import pytest
 from conftest import (
     DRIVER_PRELUDE,
     is_running,
+    kill_driver,
     poll,
     proc_ppid,
     read_line_with_prefix,
@@ -250,6 +251,56 @@ def test_busy_worker_killed_from_outside_task_is_retried(tmp_path):
     assert pids[0] == victim and pids[1] != victim
 
 
+# --------------------------------------------------------------------------- chaos
+
+
+@volley.remote(max_retries=20)
+def chaos_leaf(i):
+    time.sleep(0.005)
+    return i
+
+
+@volley.remote(max_retries=20)
+def chaos_add(a, b):
+    time.sleep(0.002)
+    return a + b
+
+
+def run_chaos(leaves, kills):
+    """A tree reduction while workers are SIGKILLed from outside; the sum must be exact."""
+    refs = [chaos_leaf.remote(i) for i in range(leaves)]
+    level = refs
+    while len(level) > 1:
+        nxt = [chaos_add.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    killed = set()
+    for _ in range(kills):
+        victims = worker_pids() - killed
+        if not victims or volley.wait([level[0]], num_returns=1, timeout=0)[0]:
+            break
+        victim = min(victims)
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+        time.sleep(0.05)
+    assert volley.get(level[0], timeout=120) == sum(range(leaves))
+    return killed
+
+
+def test_tree_reduction_survives_killed_workers():
+    killed = run_chaos(leaves=200, kills=3)
+    assert killed, "no worker was killed: the graph finished before the first kill"
+    assert not killed & worker_pids()
+    assert volley.get(chaos_add.remote(1, 2), timeout=60) == 3
+
+
+@pytest.mark.slow
+def test_tree_reduction_survives_many_killed_workers():
+    run_chaos(leaves=4096, kills=40)
+    assert volley.get([chaos_leaf.remote(i) for i in range(100)], timeout=60) == list(range(100))
+
+
 # --------------------------------------------------------------------------- driver death
 
 KILLED_DRIVER_SCRIPT = (
@@ -303,11 +354,7 @@ def test_workers_exit_when_driver_is_sigkilled(tmp_path, busy):
         left = wait_all_gone(pids, timeout=5)
         assert not left, f"workers {left} outlived their SIGKILLed driver"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        kill_driver(proc)
         for pid in pids:
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
-        proc.stdout.close()
-        proc.stderr.close()

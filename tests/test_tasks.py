@@ -446,6 +446,19 @@ def test_large_bytes_returned_from_task():
     assert out[:512] == bytes(range(256)) * 2
 
 
+@pytest.mark.slow
+def test_100_mb_bytes_round_trip():
+    payload = os.urandom(1024 * 1024) * 100
+    ref = volley.put(payload)
+    assert volley.get(echo.remote(ref), timeout=120) == payload
+
+
+@pytest.mark.slow
+def test_ten_thousand_tiny_tasks():
+    refs = [tiny.remote(i) for i in range(10_000)]
+    assert volley.get(refs, timeout=240) == [2 * i for i in range(10_000)]
+
+
 def test_numpy_array_round_trip():
     np = pytest.importorskip("numpy")
     arr = np.arange(200_000, dtype=np.float64).reshape(400, 500)
