@@ -35,8 +35,15 @@ pub enum WaitError<E> {
     Closed,
 }
 
-/// How long a thread about to wait for a message spins first.
-pub const SPIN: std::time::Duration = std::time::Duration::from_micros(150);
+/// How long a driver thread about to wait for a result spins first (`VOLLEY_SPIN_US`, default
+/// 150 µs; 0 turns it off).
+pub(crate) fn spin_time() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("VOLLEY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
+        std::time::Duration::from_micros(us)
+    })
+}
 
 /// Spins until `ready()` or `limit` passes; true if it became ready.
 pub(crate) fn spin_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {

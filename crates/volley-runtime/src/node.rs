@@ -21,7 +21,7 @@ use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, Worke
 use crate::logs;
 use crate::outbox::Outbox;
 use crate::supervisor::{self, SpawnSpec, SupCmd};
-use crate::{spin_until, RuntimeError, WaitError, CHECK_INTERVAL, SPIN};
+use crate::{spin_time, spin_until, RuntimeError, WaitError, CHECK_INTERVAL};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -387,7 +387,7 @@ impl Node {
         let deadline = timeout.map(|t| Instant::now() + t);
         // A short result usually arrives within a few tens of microseconds; spinning that long
         // saves the wake-up of a parked thread, which costs as much again on a small VM.
-        if spin_until(SPIN, || slot.flag.load(Ordering::Acquire)) {
+        if spin_until(spin_time(), || slot.flag.load(Ordering::Acquire)) {
             return Ok(());
         }
         let abandon = |shared: &Shared| {
