@@ -117,9 +117,9 @@ def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseExcept
     return f"could not serialize {culprit} of {what}: {type(error).__name__}: {error}"
 
 
-# Error kinds, as numbered by the engine.
+# Error kinds, as numbered by the engine (`kind_code` in crates/volley-py/src/lib.rs).
 TASK_EXCEPTION, WORKER_CRASHED, CANCELLED, SERIALIZATION = 0, 1, 2, 3
-NODE_SHUTDOWN, UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED = 4, 5, 6, 7
+UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED = 5, 6, 7
 
 
 def to_exception(result: tuple) -> BaseException:

@@ -42,8 +42,6 @@ pub enum ErrorKind {
     Cancelled,
     /// The task's result could not be pickled, or its arguments could not be unpickled.
     Serialization,
-    /// The node shut down before the task finished.
-    NodeShutdown,
     /// No node can ever satisfy the task's resource request.
     Unschedulable,
     /// The object is unknown here (freed, or never existed).

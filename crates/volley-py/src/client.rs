@@ -136,10 +136,6 @@ impl Client {
         }
     }
 
-    pub fn is_registered(&self, id: &FunctionId) -> bool {
-        self.sent_functions.lock().contains(id)
-    }
-
     pub fn submit(&self, spec: TaskSpec) -> Result<(), String> {
         match &self.backend {
             Backend::Node(n) => {

@@ -60,7 +60,6 @@ fn kind_code(k: ErrorKind) -> u8 {
         ErrorKind::WorkerCrashed => 1,
         ErrorKind::Cancelled => 2,
         ErrorKind::Serialization => 3,
-        ErrorKind::NodeShutdown => 4,
         ErrorKind::Unschedulable => 5,
         ErrorKind::ObjectLost => 6,
         ErrorKind::WorkerStartFailed => 7,
@@ -186,11 +185,6 @@ fn mode() -> Option<&'static str> {
         Backend::Node(_) => "driver",
         Backend::Worker(_) => "worker",
     })
-}
-
-#[pyfunction]
-fn is_function_registered(fid: &[u8]) -> PyResult<bool> {
-    Ok(client()?.is_registered(&function_id(fid)?))
 }
 
 #[pyfunction]
@@ -447,7 +441,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect_worker, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(mode, m)?)?;
-    m.add_function(wrap_pyfunction!(is_function_registered, m)?)?;
     m.add_function(wrap_pyfunction!(register_function, m)?)?;
     m.add_function(wrap_pyfunction!(submit, m)?)?;
     m.add_function(wrap_pyfunction!(put, m)?)?;

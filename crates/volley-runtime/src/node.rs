@@ -309,10 +309,6 @@ impl Node {
         }
     }
 
-    pub fn has_function(&self, id: &FunctionId) -> bool {
-        self.shared.state.lock().sched.has_function(id)
-    }
-
     /// Submits a task; the driver holds one reference to each return.
     pub fn submit(&self, spec: TaskSpec) {
         self.shared.with(|st, out| st.sched.submit(Holder::Local, spec, out));

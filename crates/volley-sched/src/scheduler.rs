@@ -261,10 +261,6 @@ impl Scheduler {
         true
     }
 
-    pub fn worker_pid(&self, id: WorkerId) -> Option<u32> {
-        self.workers.get(&id).map(|w| w.pid).filter(|&p| p != 0)
-    }
-
     /// Ids and pids of live workers.
     pub fn worker_pids(&self) -> Vec<(WorkerId, u32)> {
         let mut v: Vec<_> =
@@ -1122,11 +1118,6 @@ impl Scheduler {
             }
         }
         s
-    }
-
-    /// Ids of every worker, for shutdown.
-    pub fn worker_ids(&self) -> Vec<WorkerId> {
-        self.workers.keys().copied().collect()
     }
 }
 
