@@ -12,6 +12,9 @@ use crate::ProtoError;
 /// so inline frames stay far below this.
 pub const MAX_FRAME_SIZE: usize = 1 << 30;
 
+/// The largest handshake frame accepted: a hello is a few dozen bytes.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+
 /// Writes one frame. Header and payload go out in a single `write_all` of a contiguous buffer
 /// when the payload is small, so a frame costs one system call.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError> {
@@ -31,9 +34,10 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError>
     Ok(())
 }
 
-/// Reads exactly one frame, and not a byte more (so it is safe for a handshake, before a
-/// buffered [`FrameReader`] takes over the stream). `Err(Closed)` on a clean end of stream.
-pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
+/// Reads exactly one frame of at most `max` bytes, and not a byte more (so it is safe for a
+/// handshake, before a buffered [`FrameReader`] takes over the stream). `Err(Closed)` on a clean
+/// end of stream.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtoError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -51,8 +55,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtoError> {
         }
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_SIZE {
-        return Err(ProtoError::FrameTooLarge { size: len, max: MAX_FRAME_SIZE });
+    let max = max.min(MAX_FRAME_SIZE);
+    if len > max {
+        return Err(ProtoError::FrameTooLarge { size: len, max });
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)?;
@@ -98,10 +103,13 @@ impl<R: Read> FrameReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < n {
-            self.buf.resize(n.next_power_of_two(), 0);
-        }
         while self.end < n {
+            if self.end == self.buf.len() {
+                // Grow only as bytes arrive (doubling, never past what the frame needs): a peer
+                // that announces a huge frame and sends nothing costs us nothing.
+                let grown = (self.buf.len() * 2).min(n.next_power_of_two()).max(self.end + 1);
+                self.buf.resize(grown, 0);
+            }
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     return Err(if at_boundary && self.end == 0 {
@@ -155,9 +163,22 @@ mod tests {
         write_frame(&mut wire, b"hello").expect("write");
         write_frame(&mut wire, b"next").expect("write");
         let mut cursor = std::io::Cursor::new(wire);
-        assert_eq!(read_frame(&mut cursor).expect("1"), b"hello");
+        assert_eq!(read_frame(&mut cursor, 64).expect("1"), b"hello");
+        let mut big = Vec::new();
+        write_frame(&mut big, &[0; 100]).expect("write");
+        let err = read_frame(&mut &big[..], 64);
+        assert!(matches!(err, Err(ProtoError::FrameTooLarge { size: 100, max: 64 })));
         let mut r = FrameReader::new(cursor);
         assert_eq!(r.next_frame().expect("2"), b"next");
+    }
+
+    #[test]
+    fn an_announced_large_frame_allocates_only_what_arrives() {
+        let mut wire = (512u32 << 20).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[7; 100]);
+        let mut r = FrameReader::new(&wire[..]);
+        assert!(matches!(r.next_frame(), Err(ProtoError::Io(_))));
+        assert!(r.buf.len() <= 128 * 1024, "buffer grew to {} bytes", r.buf.len());
     }
 
     #[test]

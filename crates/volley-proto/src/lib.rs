@@ -12,7 +12,7 @@ mod ids;
 mod messages;
 
 pub use error::ProtoError;
-pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE};
+pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
 pub use ids::{FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
     decode, encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Hello, NodeToWorker,

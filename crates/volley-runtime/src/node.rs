@@ -502,7 +502,8 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 
 fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let frame = volley_proto::read_frame(stream).map_err(|e| e.to_string())?;
+    let frame = volley_proto::read_frame(stream, volley_proto::MAX_HANDSHAKE_FRAME)
+        .map_err(|e| e.to_string())?;
     let (hello, token): (Hello, String) = decode(&frame).map_err(|e| e.to_string())?;
     if hello.version != PROTOCOL_VERSION {
         return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version }

@@ -73,13 +73,14 @@ impl WorkerConn {
         let mut stream = UnixStream::connect_addr(&addr)?;
         let hello = Hello { version: PROTOCOL_VERSION, worker_id, pid: std::process::id() };
         volley_proto::write_frame(&mut stream, &encode(&(hello, token.to_string()))?)?;
-        let reply: Hello = match volley_proto::read_frame(&mut stream) {
-            Ok(frame) => decode(&frame)?,
-            Err(ProtoError::Closed) => {
-                return Err(RuntimeError::Refused("the node closed the connection".into()))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let reply: Hello =
+            match volley_proto::read_frame(&mut stream, volley_proto::MAX_HANDSHAKE_FRAME) {
+                Ok(frame) => decode(&frame)?,
+                Err(ProtoError::Closed) => {
+                    return Err(RuntimeError::Refused("the node closed the connection".into()))
+                }
+                Err(e) => return Err(e.into()),
+            };
         if reply.version != PROTOCOL_VERSION {
             return Err(ProtoError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
