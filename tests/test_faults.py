@@ -276,10 +276,16 @@ def run_chaos(leaves, kills):
             nxt.append(level[-1])
         level = nxt
     killed = set()
-    for _ in range(kills):
-        victims = worker_pids() - killed
-        if not victims or volley.wait([level[0]], num_returns=1, timeout=0)[0]:
+    deadline = time.monotonic() + 60
+    while len(killed) < kills and time.monotonic() < deadline:
+        if volley.wait([level[0]], num_returns=1, timeout=0)[0]:
             break
+        victims = worker_pids() - killed
+        if not victims:
+            # Replacements are still starting: between fork and exec a worker's command line is
+            # still its parent's, so it is not listed yet.
+            time.sleep(0.01)
+            continue
         victim = min(victims)
         os.kill(victim, signal.SIGKILL)
         killed.add(victim)
