@@ -15,6 +15,7 @@ from ._api import (
     get,
     init,
     is_initialized,
+    object_store_stats,
     put,
     remote,
     shutdown,
@@ -24,6 +25,7 @@ from ._core import ObjectRef
 from .exceptions import (
     GetTimeoutError,
     ObjectLostError,
+    ObjectStoreFullError,
     SerializationError,
     TaskCancelledError,
     TaskError,
@@ -44,6 +46,7 @@ __all__ = [
     "put",
     "wait",
     "cancel",
+    "object_store_stats",
     "ObjectRef",
     "RemoteFunction",
     "Context",
@@ -56,4 +59,5 @@ __all__ = [
     "ObjectLostError",
     "UnschedulableError",
     "WorkerStartError",
+    "ObjectStoreFullError",
 ]

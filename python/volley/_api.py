@@ -54,6 +54,19 @@ def _default_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _default_store_memory() -> int:
+    """30% of this machine's memory (or of the cgroup's limit, if lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return max(64 << 20, int(total * 0.3))
+
+
 def init(
     num_cpus: float | None = None,
     *,
@@ -61,6 +74,9 @@ def init(
     ignore_reinit_error: bool = False,
     pipeline_depth: int = 8,
     idle_worker_timeout: float = 2.0,
+    object_store_memory: int | None = None,
+    object_spill_dir: str | os.PathLike | None = None,
+    inline_threshold: int = 100 * 1024,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
 
@@ -73,6 +89,13 @@ def init(
         pipeline_depth: tasks queued behind a running one on a worker when every CPU is busy.
         idle_worker_timeout: seconds before extra workers (started while others were blocked
             in ``get``) are stopped.
+        object_store_memory: bytes of shared memory for large objects (default: 30% of the
+            machine's memory). Pages are taken as objects are written, not up front. When it is
+            full, the least recently used objects that nobody is reading spill to disk.
+        object_spill_dir: where spilled objects go (default: the temporary directory). Spill
+            files have no name: they vanish when freed, or when volley's processes die.
+        inline_threshold: values whose pickled size (stream and buffers) is at least this many
+            bytes go to the shared-memory store; smaller ones travel inside messages.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -95,6 +118,17 @@ def init(
             raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
         if pipeline_depth < 0:
             raise ValueError("pipeline_depth must be >= 0")
+        store = _default_store_memory() if object_store_memory is None else object_store_memory
+        if not isinstance(store, int) or store < 4096:
+            raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
+        if not isinstance(inline_threshold, int) or inline_threshold < 0:
+            raise ValueError(f"inline_threshold must be >= 0, not {inline_threshold!r}")
+        if object_spill_dir is None:
+            import tempfile
+
+            spill_dir = tempfile.gettempdir()
+        else:
+            spill_dir = os.fspath(object_spill_dir)
         # Workers skip `site` (-S) and get this process's sys.path instead: a faster start, and
         # the same modules importable as here.
         # ("" in sys.path means the current directory, as for `python -c` or a REPL.)
@@ -108,6 +142,9 @@ def init(
             bool(log_to_driver),
             int(pipeline_depth),
             int(idle_worker_timeout * 1000),
+            int(store),
+            spill_dir,
+            int(inline_threshold),
         )
         _generation += 1
         if not _atexit_registered:
@@ -378,6 +415,26 @@ def put(value: Any) -> ObjectRef:
             f"{type(e).__name__}: {e}"
         ) from e
     return _core.put(data, buffers, contained)
+
+
+def object_store_stats(objects: bool = False) -> dict:
+    """Counters of this node's shared-memory object store (in the driver).
+
+    Keys: ``capacity``, ``used`` (bytes allocated), ``pinned`` (bytes that cannot be spilled:
+    being read through live views, or being written), ``objects``, ``objects_in_memory``,
+    ``objects_spilled``, ``spilled_bytes``, ``spill_count``/``spill_bytes_total`` and
+    ``restore_count``/``restore_bytes_total`` since start, ``spill_dir``, ``inline_threshold``.
+    With ``objects=True``, ``object_list`` has one dict per stored value (``object`` id,
+    ``size``, ``spilled``, ``leases``, ...). Values smaller than the inline threshold are not in
+    the store and not counted.
+
+    >>> import numpy as np
+    >>> ref = volley.put(np.zeros(1_000_000))
+    >>> volley.object_store_stats()["objects"]
+    1
+    """
+    _ensure_init()
+    return _core.store_stats(objects)
 
 
 def wait(

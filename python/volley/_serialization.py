@@ -13,6 +13,7 @@ from . import _core
 from .exceptions import (
     GetTimeoutError,
     ObjectLostError,
+    ObjectStoreFullError,
     SerializationError,
     TaskCancelledError,
     UnschedulableError,
@@ -52,17 +53,65 @@ _SIMPLE = frozenset({int, float, str, bool, type(None)})
 _dumps_plain = pickle.dumps
 
 
+#: bytes, bytearray and memoryview objects at least this large travel as out-of-band buffers
+#: (straight into the object store when large) instead of inside the pickle stream.
+OUT_OF_BAND_MIN = 4096
+
+
+def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple) -> memoryview:
+    view = memoryview(buf)
+    if fmt == "B" and len(shape) == 1:
+        return view
+    return view.cast("B").cast(fmt, shape)
+
+
+_pickler_class = None
+
+
+def _pickler() -> type:
+    """cloudpickle's pickler, also sending large bytes-like objects out of band."""
+    global _pickler_class
+    if _pickler_class is None:
+        import io
+
+        import cloudpickle
+
+        PickleBuffer = pickle.PickleBuffer
+
+        class Pickler(cloudpickle.Pickler):
+            def reducer_override(self, obj):
+                t = type(obj)
+                if t is bytes or t is bytearray:
+                    if len(obj) >= OUT_OF_BAND_MIN:
+                        # Rebuilt with one copy out of the buffer: the type is kept.
+                        return t, (PickleBuffer(obj),)
+                elif t is memoryview:
+                    if obj.nbytes >= OUT_OF_BAND_MIN:
+                        # A memoryview comes back as a read-only view of the stored bytes.
+                        src = obj if obj.contiguous else memoryview(obj.tobytes())
+                        return _rebuild_memoryview, (PickleBuffer(src), obj.format, obj.shape)
+                return super().reducer_override(obj)
+
+        def dumps(obj, buffer_callback):
+            f = io.BytesIO()
+            Pickler(f, protocol=5, buffer_callback=buffer_callback).dump(obj)
+            return f.getvalue()
+
+        _pickler_class = dumps
+    return _pickler_class
+
+
 def dumps(obj: Any) -> tuple[bytes, list, list]:
     """Pickles ``obj``: (stream, out-of-band buffers, ids of refs inside it)."""
     if type(obj) in _SIMPLE:
         # Nothing cloudpickle adds is needed for a scalar; the C pickler is several times faster.
         return _dumps_plain(obj, 5), [], []
-    import cloudpickle  # imported on first use: it is a large import, and plain data skips it
+    pickle_to_bytes = _pickler()  # cloudpickle is imported on first use: plain data skips it
 
     buffers: list = []
     _core.begin_capture()
     try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        data = pickle_to_bytes(obj, buffers.append)
     finally:
         contained = _core.end_capture()
     return data, [b.raw() for b in buffers], contained
@@ -119,7 +168,7 @@ def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseExcept
 
 # Error kinds, as numbered by the engine (`kind_code` in crates/volley-py/src/lib.rs).
 TASK_EXCEPTION, WORKER_CRASHED, CANCELLED, SERIALIZATION = 0, 1, 2, 3
-UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED = 5, 6, 7
+UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED, OBJECT_STORE_FULL = 5, 6, 7, 8
 
 
 def to_exception(result: tuple) -> BaseException:
@@ -143,6 +192,7 @@ def to_exception(result: tuple) -> BaseException:
         UNSCHEDULABLE: UnschedulableError,
         OBJECT_LOST: ObjectLostError,
         WORKER_START_FAILED: WorkerStartError,
+        OBJECT_STORE_FULL: ObjectStoreFullError,
     }
     cls = classes.get(kind, VolleyError)
     text = message

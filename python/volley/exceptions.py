@@ -12,6 +12,7 @@ __all__ = [
     "ObjectLostError",
     "UnschedulableError",
     "WorkerStartError",
+    "ObjectStoreFullError",
 ]
 
 
@@ -91,6 +92,15 @@ class UnschedulableError(VolleyError):
 
 class WorkerStartError(VolleyError):
     """Worker processes could not be started."""
+
+
+class ObjectStoreFullError(VolleyError, MemoryError):
+    """The shared-memory object store has no room for a value, even after spilling to disk.
+
+    The message gives the value's size, the store's capacity, and how much of it is pinned (read
+    by live views such as numpy arrays from ``get``, or being written). Drop views you no longer
+    need, or start volley with a larger ``object_store_memory``.
+    """
 
 
 _dual_classes: dict[type, type] = {}

@@ -15,6 +15,7 @@ pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
 pub use ids::{FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
-    decode, encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Hello, NodeToWorker,
-    ObjectData, ObjectResult, TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION,
+    decode, encode, encode_execute, encode_get_reply, shm_layout, ErrorKind, ErrorPayload, Hello,
+    Keep, NodeToWorker, ObjectData, ObjectResult, ShmLoc, TaskOptions, TaskResult, TaskSpec,
+    WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -17,17 +17,87 @@ pub struct Hello {
 
 /// A serialised Python value: a pickle (protocol 5) stream, its out-of-band buffers, and the ids
 /// of the `ObjectRef`s pickled inside it (which this value keeps alive while it exists).
+///
+/// A small value carries its bytes in `data` and `buffers`. A large one lives in the node's
+/// shared-memory store: `shm` says where, and `data`/`buffers` are empty.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ObjectData {
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub buffers: Vec<serde_bytes::ByteBuf>,
     pub contained: Vec<ObjectId>,
+    pub shm: Option<ShmLoc>,
+    /// Keeps the store's copy of a large value allocated while this value exists. Set by the
+    /// node, never sent.
+    #[serde(skip)]
+    pub keep: Keep,
 }
 
 impl ObjectData {
+    /// An inline value.
+    pub fn inline(
+        data: Vec<u8>,
+        buffers: Vec<serde_bytes::ByteBuf>,
+        contained: Vec<ObjectId>,
+    ) -> Self {
+        ObjectData { data, buffers, contained, shm: None, keep: Keep::default() }
+    }
+
+    /// Bytes of the value (pickle stream and buffers), wherever they live.
     pub fn size(&self) -> usize {
-        self.data.len() + self.buffers.iter().map(|b| b.len()).sum::<usize>()
+        match &self.shm {
+            Some(loc) => loc.size as usize,
+            None => self.data.len() + self.buffers.iter().map(|b| b.len()).sum::<usize>(),
+        }
+    }
+}
+
+/// Where a large value lies in the node's shared-memory store, and how its bytes are laid out
+/// there: the pickle stream at `offset`, then each buffer at the next multiple of
+/// [`SHM_BUFFER_ALIGN`] (see [`shm_layout`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShmLoc {
+    /// The store's handle for the segment.
+    pub seg: u64,
+    /// Byte offset of the segment in the store's memory (valid in the message that carries it:
+    /// a spilled and restored segment moves).
+    pub offset: u64,
+    pub size: u64,
+    pub data_len: u64,
+    pub buffer_lens: Vec<u64>,
+}
+
+/// Buffers inside a stored value start at multiples of this, which suits any numpy dtype and
+/// SIMD loads.
+pub const SHM_BUFFER_ALIGN: u64 = 64;
+
+/// Offsets (relative to the segment) of each buffer after a pickle stream of `data_len` bytes,
+/// and the total size.
+pub fn shm_layout(data_len: u64, buffer_lens: &[u64]) -> (Vec<u64>, u64) {
+    let mut at = data_len;
+    let mut offsets = Vec::with_capacity(buffer_lens.len());
+    for len in buffer_lens {
+        at = at.div_ceil(SHM_BUFFER_ALIGN) * SHM_BUFFER_ALIGN;
+        offsets.push(at);
+        at += len;
+    }
+    (offsets, at)
+}
+
+/// An opaque guard held alongside a value (see [`ObjectData::keep`]). Two values compare equal
+/// whatever their guards.
+#[derive(Clone, Default)]
+pub struct Keep(pub Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl PartialEq for Keep {
+    fn eq(&self, _: &Keep) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Keep(held)" } else { "Keep(none)" })
     }
 }
 
@@ -48,6 +118,8 @@ pub enum ErrorKind {
     ObjectLost,
     /// Worker processes could not be started.
     WorkerStartFailed,
+    /// The shared-memory object store had no room, even after spilling.
+    ObjectStoreFull,
 }
 
 /// An error stored in place of an object's value.
@@ -110,6 +182,8 @@ pub enum TaskResult {
 /// A resolved object: its value or the error stored in its place.
 pub type ObjectResult = Result<ObjectData, ErrorPayload>;
 
+// Execute is the common message; boxing it would cost an allocation per task for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum NodeToWorker {
     /// Run a task. `function` is included the first time this worker sees it.
@@ -126,6 +200,8 @@ pub enum NodeToWorker {
     Ready { ids: Vec<ObjectId> },
     /// Exit now.
     Shutdown,
+    /// Answers `Alloc`: the new segment's handle and offset, or why there is no room.
+    AllocReply { req: u64, result: Result<(u64, u64), String> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -178,6 +254,17 @@ pub enum WorkerToNode {
         id: ObjectId,
         force: bool,
     },
+    /// Reserve `size` bytes in the store for a value this worker is about to write; answered by
+    /// `AllocReply`. The segment is the worker's until a `Done`, `Put` or `Submit` names it.
+    Alloc {
+        req: u64,
+        size: u64,
+    },
+    /// This worker no longer reads these segments (its views are gone), or gives up segments it
+    /// allocated and never used.
+    Release {
+        segs: Vec<u64>,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
@@ -200,11 +287,11 @@ mod tests {
             task_id: g.next_task(),
             function: FunctionId([7; 16]),
             name: "f".into(),
-            args: ObjectData {
-                data: vec![1, 2, 3],
-                buffers: vec![serde_bytes::ByteBuf::from(vec![9; 1000])],
-                contained: vec![],
-            },
+            args: ObjectData::inline(
+                vec![1, 2, 3],
+                vec![serde_bytes::ByteBuf::from(vec![9; 1000])],
+                vec![],
+            ),
             deps: vec![ObjectId::for_return(g.next_task(), 1)],
             num_returns: 2,
             options: TaskOptions::default(),
@@ -275,7 +362,9 @@ mod mirror_tests {
             num_returns: 1,
             options: TaskOptions::default(),
         };
-        let dep = ObjectData { data: vec![4, 5], buffers: vec![], contained: vec![] };
+        let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
+        dep.shm =
+            Some(ShmLoc { seg: 3, offset: 4096, size: 10, data_len: 2, buffer_lens: vec![8] });
         let bytes = encode_execute(&spec, Some(b"fn"), &[&dep]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,
@@ -295,5 +384,20 @@ mod mirror_tests {
         let bytes = encode_get_reply(9, &[Ok(&dep), Err(&err)]).expect("encode");
         let owned = NodeToWorker::GetReply { req: 9, values: vec![Ok(dep), Err(err)] };
         assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_do_not_overlap() {
+        let (offs, total) = shm_layout(5, &[3, 0, 100]);
+        assert_eq!(offs, vec![64, 128, 128]);
+        assert_eq!(total, 228);
+        let (offs, total) = shm_layout(0, &[]);
+        assert!(offs.is_empty());
+        assert_eq!(total, 0);
     }
 }

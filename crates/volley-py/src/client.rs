@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use volley_proto::{ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec, WorkerToNode};
-use volley_runtime::{Node, WaitError, WorkerConn};
+use volley_runtime::{Node, Received, Reply, View, WaitError, WorkerConn};
+
+use crate::store::Mapped;
 
 pub enum Backend {
     Node(Node),
@@ -20,6 +22,8 @@ pub enum Backend {
 
 pub struct Client {
     pub backend: Backend,
+    /// Values of at least this many bytes go to the object store.
+    pub inline_threshold: u64,
     refs: Mutex<HashMap<ObjectId, u32>>,
     /// Functions already registered with the node (workers register before submitting).
     sent_functions: Mutex<HashSet<FunctionId>>,
@@ -32,9 +36,10 @@ pub struct Client {
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
 
-pub fn install(backend: Backend) -> Arc<Client> {
+pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
     let c = Arc::new(Client {
         backend,
+        inline_threshold,
         refs: Mutex::new(HashMap::new()),
         sent_functions: Mutex::new(HashSet::new()),
         ids: volley_proto::IdGenerator::new(),
@@ -53,6 +58,36 @@ pub fn take() -> Option<Arc<Client>> {
 }
 
 pub type SharedResult = Result<Arc<ObjectData>, Arc<ErrorPayload>>;
+
+/// A fetched value, with its mapping when it lives in the store.
+pub type Loaded = Result<(Arc<ObjectData>, Option<Mapped>), Arc<ErrorPayload>>;
+
+fn unavailable(kind: volley_proto::ErrorKind, message: String) -> Arc<ErrorPayload> {
+    Arc::new(ErrorPayload {
+        kind,
+        task_name: String::new(),
+        message,
+        traceback: String::new(),
+        exception: None,
+        pid: std::process::id(),
+    })
+}
+
+/// Converts a value received by a worker, mapping it if it lives in the store.
+pub fn load_received(r: Received) -> Loaded {
+    match r.view {
+        View::Inline => Ok((Arc::new(r.data), None)),
+        View::Shm(lease) => {
+            lease.prefault();
+            let m = Mapped { ptr: lease.ptr() as usize, len: lease.len(), guard: lease };
+            Ok((Arc::new(r.data), Some(m)))
+        }
+        View::Unavailable(why) => Err(unavailable(
+            volley_proto::ErrorKind::ObjectStoreFull,
+            format!("a stored object could not be read: {why}"),
+        )),
+    }
+}
 
 impl Client {
     pub fn next_task_id(&self) -> volley_proto::TaskId {
@@ -158,21 +193,33 @@ impl Client {
         }
     }
 
+    /// Whether large values can go to a shared-memory store from this process.
+    pub fn has_store(&self) -> bool {
+        match &self.backend {
+            Backend::Node(_) => true,
+            Backend::Worker(w) => w.arena().is_some(),
+        }
+    }
+
     pub fn get<E>(
         &self,
         ids: &[ObjectId],
         timeout: Option<Duration>,
         check: impl FnMut() -> Result<(), E>,
-    ) -> Result<Vec<SharedResult>, WaitError<E>> {
+    ) -> Result<Vec<Loaded>, WaitError<E>> {
         match &self.backend {
-            Backend::Node(n) => n.get(ids, timeout, check),
+            Backend::Node(n) => {
+                let values = n.get(ids, timeout, check)?;
+                Ok(values.into_iter().map(|v| load_local(n, v)).collect())
+            }
             Backend::Worker(w) => {
                 let reply =
                     w.request(|req| WorkerToNode::Get { req, ids: ids.to_vec() }, timeout, check)?;
                 match reply {
-                    volley_proto::NodeToWorker::GetReply { values, .. } => {
-                        Ok(values.into_iter().map(|v| v.map(Arc::new).map_err(Arc::new)).collect())
-                    }
+                    Reply::Get(values) => Ok(values
+                        .into_iter()
+                        .map(|v| v.map_err(Arc::new).and_then(load_received))
+                        .collect()),
                     _ => Err(WaitError::Timeout),
                 }
             }
@@ -193,7 +240,7 @@ impl Client {
                 let build =
                     |req| WorkerToNode::Wait { req, ids: ids.to_vec(), num_returns: num as u32 };
                 match w.request(build, timeout, check)? {
-                    volley_proto::NodeToWorker::WaitReply { ready, .. } => {
+                    Reply::Wait(ready) => {
                         let ready: HashSet<ObjectId> = ready.into_iter().collect();
                         Ok(ids.iter().map(|id| ready.contains(id)).collect())
                     }
@@ -232,5 +279,21 @@ impl Client {
             Backend::Node(n) => n.next_ready(timeout),
             Backend::Worker(w) => w.next_ready(timeout),
         }
+    }
+}
+
+/// Maps a value the driver's own node holds (leasing it from the store if it lives there).
+pub fn load_local(n: &Node, v: SharedResult) -> Loaded {
+    let v = v?;
+    let Some(loc) = &v.shm else { return Ok((v, None)) };
+    match n.store().lease_local(loc.seg) {
+        Ok(lease) => {
+            let m = Mapped { ptr: lease.ptr() as usize, len: lease.len(), guard: Arc::new(lease) };
+            Ok((v, Some(m)))
+        }
+        Err(e) => Err(unavailable(
+            volley_proto::ErrorKind::ObjectStoreFull,
+            format!("a stored object could not be read: {e}"),
+        )),
     }
 }

@@ -6,22 +6,23 @@
 
 mod client;
 mod object_ref;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 use serde_bytes::ByteBuf;
 use volley_proto::{
-    ErrorKind, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskOptions, TaskResult, TaskSpec,
-    WorkerId,
+    ErrorKind, ErrorPayload, FunctionId, ObjectId, TaskOptions, TaskResult, TaskSpec, WorkerId,
 };
 use volley_runtime::{Node, NodeConfig, WaitError, WorkerConn};
 
-use client::{Backend, Client, SharedResult};
+use client::{Backend, Client, Loaded};
 use object_ref::{id_from_bytes, ObjectRef};
+use store::{is_store_full, object_data, store_full, value_to_py};
 
 fn client() -> PyResult<Arc<Client>> {
     client::current()
@@ -38,20 +39,8 @@ fn function_id(b: &[u8]) -> PyResult<FunctionId> {
     Ok(FunctionId(arr))
 }
 
-/// Copies a pickle stream and its out-of-band buffers into an `ObjectData`.
-fn object_data(
-    py: Python<'_>,
-    data: &[u8],
-    buffers: &Bound<'_, PyList>,
-    contained: Vec<Vec<u8>>,
-) -> PyResult<ObjectData> {
-    let mut bufs = Vec::with_capacity(buffers.len());
-    for b in buffers.iter() {
-        let buf = pyo3::buffer::PyBuffer::<u8>::get(&b)?;
-        bufs.push(ByteBuf::from(buf.to_vec(py)?));
-    }
-    let contained = contained.iter().map(|c| id_from_bytes(c)).collect::<PyResult<Vec<_>>>()?;
-    Ok(ObjectData { data: data.to_vec(), buffers: bufs, contained })
+fn ids_from(contained: Vec<Vec<u8>>) -> PyResult<Vec<ObjectId>> {
+    contained.iter().map(|c| id_from_bytes(c)).collect()
 }
 
 fn kind_code(k: ErrorKind) -> u8 {
@@ -63,6 +52,7 @@ fn kind_code(k: ErrorKind) -> u8 {
         ErrorKind::Unschedulable => 5,
         ErrorKind::ObjectLost => 6,
         ErrorKind::WorkerStartFailed => 7,
+        ErrorKind::ObjectStoreFull => 8,
     }
 }
 
@@ -71,22 +61,18 @@ fn kind_from_code(c: u8) -> ErrorKind {
         1 => ErrorKind::WorkerCrashed,
         2 => ErrorKind::Cancelled,
         3 => ErrorKind::Serialization,
+        8 => ErrorKind::ObjectStoreFull,
         _ => ErrorKind::TaskException,
     }
 }
 
-fn value_to_py<'py>(py: Python<'py>, v: &ObjectData) -> PyResult<Bound<'py, PyTuple>> {
-    let bufs: Vec<Bound<'py, PyBytes>> = v.buffers.iter().map(|b| PyBytes::new(py, b)).collect();
-    PyTuple::new(py, [PyBytes::new(py, &v.data).into_any(), PyList::new(py, bufs)?.into_any()])
-}
-
 /// `(True, data, buffers)` for a value, `(False, kind, task, message, traceback, exc, pid)` for an
 /// error.
-fn result_to_py<'py>(py: Python<'py>, r: &SharedResult) -> PyResult<Bound<'py, PyAny>> {
+fn result_to_py<'py>(py: Python<'py>, r: &Loaded) -> PyResult<Bound<'py, PyAny>> {
     match r {
-        Ok(v) => {
-            let t = value_to_py(py, v)?;
-            Ok((true, t.get_item(0)?, t.get_item(1)?).into_pyobject(py)?.into_any())
+        Ok((v, mapped)) => {
+            let (data, bufs) = value_to_py(py, v, mapped.as_ref())?;
+            Ok((true, data, bufs).into_pyobject(py)?.into_any())
         }
         Err(e) => error_to_py(py, e),
     }
@@ -117,7 +103,7 @@ fn check_signals() -> PyResult<()> {
 
 /// Starts the embedded node with its workers.
 #[pyfunction]
-#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms))]
+#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold))]
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     py: Python<'_>,
@@ -128,6 +114,9 @@ fn start_node(
     log_to_driver: bool,
     pipeline_depth: usize,
     idle_worker_timeout_ms: u64,
+    object_store_memory: u64,
+    spill_dir: std::path::PathBuf,
+    inline_threshold: u64,
 ) -> PyResult<()> {
     if client::current().is_some() {
         return Err(PyRuntimeError::new_err("volley is already initialised"));
@@ -140,9 +129,12 @@ fn start_node(
         log_to_driver,
         pipeline_depth,
         idle_worker_timeout_ms,
+        object_store_memory,
+        spill_dir,
+        inline_threshold,
     };
     let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
-    client::install(Backend::Node(node));
+    client::install(Backend::Node(node), inline_threshold);
     Ok(())
 }
 
@@ -160,10 +152,14 @@ fn connect_worker(py: Python<'_>, socket: String, worker_id: u32, token: String)
         // SAFETY: `main` is this process's main thread, which lives as long as the process.
         unsafe { libc::pthread_kill(main as libc::pthread_t, libc::SIGINT) };
     }
+    let store = std::env::var("VOLLEY_STORE").ok().filter(|s| !s.is_empty());
     let conn = py
-        .detach(|| WorkerConn::connect(&socket, WorkerId(worker_id), &token, interrupt))
+        .detach(|| {
+            WorkerConn::connect(&socket, WorkerId(worker_id), &token, store.as_deref(), interrupt)
+        })
         .map_err(to_err)?;
-    client::install(Backend::Worker(conn));
+    let threshold = conn.inline_threshold;
+    client::install(Backend::Worker(conn), threshold);
     Ok(())
 }
 
@@ -216,11 +212,12 @@ fn submit(
         return Err(PyValueError::new_err("num_cpus must be between 0 and 1e6"));
     }
     let task_id = c.next_task_id();
+    let args = object_data(py, &c, data, buffers, ids_from(contained)?, None)?;
     let spec = TaskSpec {
         task_id,
         function: function_id(fid)?,
         name,
-        args: object_data(py, data, buffers, contained)?,
+        args: args.data,
         deps: ids_of(&deps),
         num_returns,
         options: TaskOptions {
@@ -243,8 +240,8 @@ fn put(
     contained: Vec<Vec<u8>>,
 ) -> PyResult<ObjectRef> {
     let c = client()?;
-    let obj = object_data(py, data, buffers, contained)?;
     let id = ObjectId::for_return(c.next_task_id(), 0);
+    let obj = object_data(py, &c, data, buffers, ids_from(contained)?, Some(id))?.data;
     let r = ObjectRef::new(id, true);
     py.detach(|| c.put(id, obj)).map_err(to_err)?;
     Ok(r)
@@ -333,19 +330,73 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     Ok(d)
 }
 
+/// The object store's counters (driver only), and with `objects=True` one entry per stored value.
+#[pyfunction]
+#[pyo3(signature = (objects = false))]
+fn store_stats(py: Python<'_>, objects: bool) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let d = pyo3::types::PyDict::new(py);
+    let Backend::Node(n) = &client()?.backend else {
+        return Ok(d);
+    };
+    let s = n.store().stats();
+    d.set_item("capacity", s.capacity)?;
+    d.set_item("used", s.used)?;
+    d.set_item("pinned", s.pinned)?;
+    d.set_item("objects", s.objects)?;
+    d.set_item("objects_in_memory", s.objects_in_memory)?;
+    d.set_item("objects_spilled", s.objects_spilled)?;
+    d.set_item("spilled_bytes", s.spilled_bytes)?;
+    d.set_item("spill_count", s.spill_count)?;
+    d.set_item("spill_bytes_total", s.spill_bytes_total)?;
+    d.set_item("restore_count", s.restore_count)?;
+    d.set_item("restore_bytes_total", s.restore_bytes_total)?;
+    d.set_item("spill_dir", s.spill_dir)?;
+    d.set_item("inline_threshold", client()?.inline_threshold)?;
+    if objects {
+        let list = PyList::empty(py);
+        for o in n.store().objects() {
+            let e = pyo3::types::PyDict::new(py);
+            e.set_item("segment", o.seg)?;
+            e.set_item("object", o.object.map(|id| id.hex()))?;
+            e.set_item("size", o.size)?;
+            e.set_item("spilled", o.spilled)?;
+            e.set_item("leases", o.leases)?;
+            e.set_item("writing", o.writing)?;
+            e.set_item("freed", o.freed)?;
+            list.append(e)?;
+        }
+        d.set_item("object_list", list)?;
+    }
+    Ok(d)
+}
+
 /// Parses the handler's answer into a task result.
 fn parse_result(
     py: Python<'_>,
+    c: &Client,
     ans: &Bound<'_, PyAny>,
     retry_exceptions: bool,
 ) -> PyResult<TaskResult> {
     let (ok, payload): (bool, Bound<'_, PyAny>) = ans.extract()?;
     if ok {
         let mut values = Vec::new();
-        for item in payload.try_iter()? {
-            let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
-                item?.extract()?;
-            values.push(object_data(py, &data, &buffers, contained)?);
+        let mut written = Vec::new();
+        let mut all = || -> PyResult<()> {
+            for item in payload.try_iter()? {
+                let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
+                    item?.extract()?;
+                let w = object_data(py, c, &data, &buffers, ids_from(contained)?, None)?;
+                written.extend(w.pending_seg);
+                values.push(w.data);
+            }
+            Ok(())
+        };
+        if let Err(e) = all() {
+            // Segments already written for earlier returns are not sent: give them back.
+            if let Backend::Worker(w) = &c.backend {
+                w.release_segments(written);
+            }
+            return Err(e);
         }
         Ok(TaskResult::Ok(values))
     } else {
@@ -382,35 +433,62 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         // The handler caches loaded functions: it needs the bytes only the first time.
         let function_bytes =
             if loaded.insert(spec.function) { conn.function(&spec.function) } else { None };
-        let deps = PyList::empty(py);
-        for d in &task.deps {
-            deps.append(value_to_py(py, d)?)?;
-        }
-        let args = value_to_py(py, &spec.args)?;
-        let call = (
-            &spec.name,
-            PyBytes::new(py, &spec.function.0),
-            function_bytes.as_ref().map(|f| PyBytes::new(py, f)),
-            args.get_item(0)?,
-            args.get_item(1)?,
-            deps,
-            spec.num_returns,
-            spec.task_id.0.to_string(),
-        );
-        let result = handler
-            .call1(call)
-            .and_then(|ans| parse_result(py, &ans, spec.options.retry_exceptions))
-            .unwrap_or_else(|e| TaskResult::Err {
+        let run = || -> PyResult<TaskResult> {
+            let deps = PyList::empty(py);
+            for d in task.deps {
+                match py.detach(|| client::load_received(d)) {
+                    Ok((v, mapped)) => deps.append(value_to_py(py, &v, mapped.as_ref())?)?,
+                    Err(e) => return Err(store_full(py, e.message.clone())),
+                }
+            }
+            let args_view = match &task.args {
+                volley_runtime::View::Inline => None,
+                volley_runtime::View::Shm(l) => {
+                    py.detach(|| l.prefault());
+                    Some(store::Mapped { ptr: l.ptr() as usize, len: l.len(), guard: l.clone() })
+                }
+                volley_runtime::View::Unavailable(why) => {
+                    return Err(store_full(
+                        py,
+                        format!("the task's arguments could not be read from the store: {why}"),
+                    ))
+                }
+            };
+            let (args_data, args_bufs) = value_to_py(py, &spec.args, args_view.as_ref())?;
+            let call = (
+                &spec.name,
+                PyBytes::new(py, &spec.function.0),
+                function_bytes.as_ref().map(|f| PyBytes::new(py, f)),
+                args_data,
+                args_bufs,
+                deps,
+                spec.num_returns,
+                spec.task_id.0.to_string(),
+            );
+            let ans = handler.call1(call)?;
+            parse_result(py, &c, &ans, spec.options.retry_exceptions)
+        };
+        let result = run().unwrap_or_else(|e| {
+            let (kind, message) = if is_store_full(py, &e) {
+                (ErrorKind::ObjectStoreFull, e.value(py).to_string())
+            } else {
+                (
+                    ErrorKind::TaskException,
+                    format!("volley's worker failed to run task '{}': {e}", spec.name),
+                )
+            };
+            TaskResult::Err {
                 error: ErrorPayload {
-                    kind: ErrorKind::TaskException,
+                    kind,
                     task_name: spec.name.clone(),
-                    message: format!("volley's worker failed to run task '{}': {e}", spec.name),
+                    message,
                     traceback: String::new(),
                     exception: None,
                     pid: std::process::id(),
                 },
                 retryable: false,
-            });
+            }
+        });
         let result = match result {
             TaskResult::Err { mut error, retryable } => {
                 error.task_name = spec.name.clone();
@@ -451,6 +529,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(next_ready, m)?)?;
     m.add_function(wrap_pyfunction!(worker_pids, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(store_stats, m)?)?;
+    m.add_class::<store::ShmBuffer>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())

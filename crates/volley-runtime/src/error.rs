@@ -8,6 +8,8 @@ pub enum RuntimeError {
     Proto(#[from] volley_proto::ProtoError),
     #[error("the node refused this worker: {0}")]
     Refused(String),
+    #[error(transparent)]
+    Store(#[from] volley_store::StoreError),
     #[error("the node has shut down")]
     Closed,
 }

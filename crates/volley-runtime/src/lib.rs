@@ -20,7 +20,8 @@ mod worker_conn;
 
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
-pub use worker_conn::{CurrentTask, ExecuteMsg, WorkerConn};
+pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
+pub use worker_conn::{CurrentTask, ExecuteMsg, Received, Reply, ShmLease, View, WorkerConn};
 
 /// How often a blocked call wakes up to run its `check` callback.
 pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);

@@ -1,5 +1,6 @@
 //! The node: scheduler + worker connections + the driver's direct entry points.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
@@ -12,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    decode, encode, encode_execute, encode_get_reply, ErrorPayload, FrameReader, FunctionId, Hello,
-    NodeToWorker, ObjectData, ObjectId, ProtoError, TaskSpec, WorkerId, WorkerToNode,
-    PROTOCOL_VERSION,
+    decode, encode, encode_execute, encode_get_reply, shm_layout, ErrorKind, ErrorPayload,
+    FrameReader, FunctionId, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError,
+    TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
 use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, WorkerExit};
+use volley_store::{Owner, Store};
 
 use crate::logs;
 use crate::outbox::Outbox;
@@ -36,6 +38,12 @@ pub struct NodeConfig {
     pub log_to_driver: bool,
     pub pipeline_depth: usize,
     pub idle_worker_timeout_ms: u64,
+    /// Bytes of shared memory for large objects.
+    pub object_store_memory: u64,
+    /// Where objects spill when the store is full.
+    pub spill_dir: std::path::PathBuf,
+    /// Values of at least this many bytes go to the store; smaller ones travel inline.
+    pub inline_threshold: u64,
 }
 
 /// A value or error, shared with the node's copy.
@@ -73,6 +81,9 @@ pub(crate) struct Shared {
     sup: Mutex<Sender<SupCmd>>,
     pub(crate) socket_name: String,
     pub(crate) token: String,
+    /// `VOLLEY_STORE` for workers: where to map the store, its size, the inline threshold.
+    pub(crate) store_env: String,
+    store: Arc<Store>,
     closed: AtomicBool,
     started: Instant,
 }
@@ -95,7 +106,7 @@ impl Shared {
         let r = {
             let mut st = self.state.lock();
             let r = f(&mut st, &mut out);
-            route(&mut st, out, &mut d);
+            route(&mut st, &self.store, out, &mut d);
             r
         };
         self.carry_out(d);
@@ -175,19 +186,117 @@ impl Shared {
             st.conns.remove(&id);
             st.sched.worker_died(id, WorkerExit(how), out)
         });
+        // Its views and unfinished writes die with it.
+        self.store.owner_gone(Owner::Worker(id));
     }
 }
 
-fn route(st: &mut State, out: Vec<Action>, d: &mut Deferred) {
+/// Pins a stored value for `worker` and gives the copy to send, with the segment's current offset.
+/// If it cannot be brought back into memory, its bytes go inline instead; `Err` if even that
+/// fails.
+fn lease_for<'a>(
+    store: &Store,
+    worker: WorkerId,
+    v: &'a ObjectData,
+) -> Result<Cow<'a, ObjectData>, volley_store::StoreError> {
+    let Some(loc) = &v.shm else { return Ok(Cow::Borrowed(v)) };
+    let mut copy = ObjectData {
+        data: Vec::new(),
+        buffers: Vec::new(),
+        contained: v.contained.clone(),
+        shm: None,
+        keep: Keep::default(),
+    };
+    match store.lease(loc.seg, Owner::Worker(worker)) {
+        Ok(offset) => {
+            let mut loc = loc.clone();
+            loc.offset = offset;
+            copy.shm = Some(loc);
+        }
+        Err(_) => {
+            let bytes = store.read_copy(loc.seg)?;
+            let (offsets, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+            if (total as usize) > bytes.len() {
+                return Err(volley_store::StoreError::Unknown(loc.seg));
+            }
+            copy.data = bytes[..loc.data_len as usize].to_vec();
+            copy.buffers = offsets
+                .iter()
+                .zip(&loc.buffer_lens)
+                .map(|(o, l)| serde_bytes::ByteBuf::from(&bytes[*o as usize..(o + l) as usize]))
+                .collect();
+        }
+    }
+    Ok(Cow::Owned(copy))
+}
+
+/// A value the worker will find unreadable (an offset outside the store), with the reason in
+/// its pickle stream's place; used only if a stored value could not be read at all.
+fn unreadable(v: &ObjectData, why: &str) -> ObjectData {
+    let mut loc = v.shm.clone().unwrap_or_default();
+    loc.offset = u64::MAX;
+    ObjectData {
+        data: why.as_bytes().to_vec(),
+        buffers: Vec::new(),
+        contained: v.contained.clone(),
+        shm: Some(loc),
+        keep: Keep::default(),
+    }
+}
+
+fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
     for a in out {
+        let worker = match &a {
+            Action::Execute { worker, .. }
+            | Action::Send { worker, .. }
+            | Action::GetReply { worker, .. } => Some(*worker),
+            _ => None,
+        };
+        let conn = worker.and_then(|w| st.conns.get(&w).cloned());
+        if worker.is_some() && conn.is_none() {
+            continue; // Gone; its death is being reported.
+        }
         let (worker, bytes) = match a {
             Action::Execute { worker, spec, function, deps } => {
+                let fix = |v: &ObjectData| -> ObjectData {
+                    match lease_for(store, worker, v) {
+                        Ok(c) => c.into_owned(),
+                        Err(e) => unreadable(v, &e.to_string()),
+                    }
+                };
+                let spec: Cow<TaskSpec> = if spec.args.shm.is_some() {
+                    let mut s = (*spec).clone();
+                    s.args = fix(&spec.args);
+                    Cow::Owned(s)
+                } else {
+                    Cow::Borrowed(&*spec)
+                };
+                let deps: Vec<Cow<ObjectData>> = deps
+                    .iter()
+                    .map(|v| if v.shm.is_some() { Cow::Owned(fix(v)) } else { Cow::Borrowed(&**v) })
+                    .collect();
                 let deps: Vec<&ObjectData> = deps.iter().map(|d| d.as_ref()).collect();
                 (worker, encode_execute(&spec, function.as_deref(), &deps))
             }
             Action::Send { worker, msg } => (worker, encode(&msg)),
             Action::GetReply { worker, req, values } => {
-                let vals: Vec<Result<&ObjectData, &ErrorPayload>> = values
+                let fixed: Vec<Result<Cow<ObjectData>, Cow<ErrorPayload>>> = values
+                    .iter()
+                    .map(|v| match v {
+                        Ok(x) => lease_for(store, worker, x).map_err(|e| {
+                            Cow::Owned(ErrorPayload {
+                                kind: ErrorKind::ObjectStoreFull,
+                                task_name: String::new(),
+                                message: format!("could not read a stored object: {e}"),
+                                traceback: String::new(),
+                                exception: None,
+                                pid: std::process::id(),
+                            })
+                        }),
+                        Err(e) => Err(Cow::Borrowed(&**e)),
+                    })
+                    .collect();
+                let vals: Vec<Result<&ObjectData, &ErrorPayload>> = fixed
                     .iter()
                     .map(|v| v.as_ref().map(|x| x.as_ref()).map_err(|e| e.as_ref()))
                     .collect();
@@ -212,13 +321,11 @@ fn route(st: &mut State, out: Vec<Action>, d: &mut Deferred) {
                 continue;
             }
         };
-        let Some(conn) = st.conns.get(&worker) else {
-            continue;
-        };
+        let Some(conn) = conn else { continue };
         match bytes {
             Ok(b) => {
                 conn.push(&b);
-                d.flush.push(conn.clone());
+                d.flush.push(conn);
             }
             Err(e) => eprintln!("volley: could not encode a message for worker {}: {e}", worker.0),
         }
@@ -258,6 +365,9 @@ impl Node {
         sc.pipeline_depth = cfg.pipeline_depth;
         sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
         let (tx, rx) = mpsc::channel();
+        let store = Store::create(cfg.object_store_memory, &cfg.spill_dir)?;
+        let store_env =
+            format!("{}:{}:{}", store.arena().path(), store.capacity(), cfg.inline_threshold);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 sched: Scheduler::new(sc),
@@ -270,6 +380,8 @@ impl Node {
             sup: Mutex::new(tx),
             socket_name,
             token: random_hex(16),
+            store_env,
+            store,
             closed: AtomicBool::new(false),
             started: Instant::now(),
         });
@@ -300,6 +412,11 @@ impl Node {
         );
         shared.with(|st, out| st.sched.start(out));
         Ok(Node { shared, threads: Mutex::new(threads) })
+    }
+
+    /// The node's shared-memory object store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
     }
 
     pub fn register_function(&self, id: FunctionId, bytes: &[u8]) {
@@ -564,8 +681,8 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
                 Err(ProtoError::Closed) => break,
                 Err(e) => Err(e),
             };
-            match msg {
-                Ok(m) => handle(&shared, wid, m),
+            match msg.map_err(|e| e.to_string()).and_then(|m| handle(&shared, wid, m)) {
+                Ok(()) => {}
                 Err(e) => {
                     if !shared.closed.load(Ordering::Acquire) {
                         eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
@@ -578,8 +695,57 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
     shared.reader_finished(wid);
 }
 
-fn handle(shared: &Shared, w: WorkerId, msg: WorkerToNode) {
+/// Adopts a value a worker wrote into the store: the segment becomes a stored value, kept while
+/// `v` (or a clone) exists.
+fn seal(
+    shared: &Shared,
+    w: WorkerId,
+    v: &mut ObjectData,
+    object: Option<ObjectId>,
+) -> Result<(), String> {
+    let Some(loc) = &v.shm else { return Ok(()) };
+    let (_, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+    if total != loc.size {
+        return Err(format!("segment {} has a layout of {total} bytes, not {}", loc.seg, loc.size));
+    }
+    let sealed = shared
+        .store
+        .seal(Owner::Worker(w), loc.seg, loc.size, object)
+        .map_err(|e| e.to_string())?;
+    v.keep = Keep(Some(sealed));
+    Ok(())
+}
+
+/// Handles one message from worker `w`; an `Err` is a protocol violation that ends the
+/// connection.
+fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), String> {
     let h = Holder::Worker(w);
+    match &mut msg {
+        WorkerToNode::Done { task, result: TaskResult::Ok(values) } => {
+            for (i, v) in values.iter_mut().enumerate() {
+                seal(shared, w, v, Some(ObjectId::for_return(*task, i as u32 + 1)))?;
+            }
+        }
+        WorkerToNode::Put { id, data } => seal(shared, w, data, Some(*id))?,
+        WorkerToNode::Submit { spec } => seal(shared, w, &mut spec.args, None)?,
+        WorkerToNode::Alloc { req, size } => {
+            let result = shared.store.alloc(Owner::Worker(w), *size).map_err(|e| e.to_string());
+            let reply = encode(&NodeToWorker::AllocReply { req: *req, result })
+                .map_err(|e| e.to_string())?;
+            let conn = shared.state.lock().conns.get(&w).cloned();
+            if let Some(c) = conn {
+                let _ = c.send(&reply);
+            }
+            return Ok(());
+        }
+        WorkerToNode::Release { segs } => {
+            for seg in segs.iter() {
+                shared.store.release(*seg, Owner::Worker(w));
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     shared.with(|st, out| {
         let s = &mut st.sched;
         match msg {
@@ -609,6 +775,8 @@ fn handle(shared: &Shared, w: WorkerId, msg: WorkerToNode) {
             WorkerToNode::IncRef { ids } => s.incref(h, &ids),
             WorkerToNode::DecRef { ids } => s.decref(h, &ids, out),
             WorkerToNode::Cancel { id, force } => s.cancel(id, force, out),
+            WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}
         }
     });
+    Ok(())
 }

@@ -120,6 +120,7 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
         .env("VOLLEY_NODE_SOCKET", &shared.socket_name)
         .env("VOLLEY_SESSION_TOKEN", &shared.token)
         .env("VOLLEY_WORKER_ID", id.0.to_string())
+        .env("VOLLEY_STORE", &shared.store_env)
         .stdin(Stdio::null());
     if spec.log_to_driver {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -20,13 +20,72 @@ use volley_proto::{
     WorkerToNode, PROTOCOL_VERSION,
 };
 
+use volley_store::Arena;
+
 use crate::outbox::Outbox;
 use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
+
+/// A value as received from the node: inline bytes, or a view into the node's store that this
+/// worker holds a lease on until the `Received` (and every clone of its `view`) is dropped.
+pub struct Received {
+    pub data: ObjectData,
+    pub view: View,
+}
+
+pub enum View {
+    Inline,
+    Shm(Arc<ShmLease>),
+    /// The node could not provide the value; the reason.
+    Unavailable(String),
+}
+
+/// This worker's lease on a stored value; dropping it tells the node.
+pub struct ShmLease {
+    out: Arc<Outbox>,
+    arena: Arc<Arena>,
+    seg: u64,
+    offset: u64,
+    size: u64,
+}
+
+impl ShmLease {
+    pub fn ptr(&self) -> *const u8 {
+        self.arena.ptr(self.offset, self.size).unwrap_or(std::ptr::null_mut())
+    }
+    pub fn len(&self) -> usize {
+        self.size as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+    /// Maps the page tables of the whole value at once, before it is read.
+    pub fn prefault(&self) {
+        self.arena.prefault(self.offset, self.size);
+    }
+}
+
+impl Drop for ShmLease {
+    fn drop(&mut self) {
+        if let Ok(b) = encode(&WorkerToNode::Release { segs: vec![self.seg] }) {
+            let _ = self.out.send(&b);
+        }
+    }
+}
 
 /// A task as received from the node.
 pub struct ExecuteMsg {
     pub spec: TaskSpec,
-    pub deps: Vec<ObjectData>,
+    /// The view behind `spec.args` when the arguments are large.
+    pub args: View,
+    pub deps: Vec<Received>,
+}
+
+/// A reply to one of this worker's requests.
+pub enum Reply {
+    Get(Vec<Result<Received, ErrorPayload>>),
+    Wait(Vec<ObjectId>),
+    /// A segment's handle and offset, or why there is none.
+    Alloc(Result<(u64, u64), String>),
 }
 
 #[derive(Default)]
@@ -36,7 +95,10 @@ struct Inner {
     /// first task that needs it; that task may be revoked before it runs, so the bytes are kept
     /// here rather than with the task.
     functions: HashMap<FunctionId, Arc<[u8]>>,
-    replies: HashMap<u64, NodeToWorker>,
+    replies: HashMap<u64, Reply>,
+    /// Requests whose caller stopped waiting: their replies are dropped on arrival (releasing
+    /// any leases they carry).
+    abandoned: HashSet<u64>,
     ready: VecDeque<ObjectId>,
     current: Option<TaskId>,
     interrupted: bool,
@@ -51,7 +113,11 @@ pub struct CurrentTask {
 }
 
 pub struct WorkerConn {
-    out: Outbox,
+    out: Arc<Outbox>,
+    /// This process's mapping of the node's object store, if it has one.
+    arena: Option<Arc<Arena>>,
+    /// Values of at least this many bytes go to the store.
+    pub inline_threshold: u64,
     inner: Mutex<Inner>,
     cv: Condvar,
     next_req: AtomicU64,
@@ -67,8 +133,27 @@ impl WorkerConn {
         socket_name: &str,
         worker_id: WorkerId,
         token: &str,
+        store: Option<&str>,
         interrupt: fn(),
     ) -> Result<Arc<WorkerConn>, RuntimeError> {
+        // `VOLLEY_STORE`: "PATH:CAPACITY:INLINE_THRESHOLD".
+        let (arena, inline_threshold) = match store {
+            Some(spec) => {
+                let mut parts = spec.rsplitn(3, ':');
+                let threshold = parts.next().and_then(|t| t.parse().ok());
+                let cap = parts.next().and_then(|c| c.parse().ok());
+                let path = parts.next();
+                match (path, cap, threshold) {
+                    (Some(p), Some(c), Some(t)) => (Some(Arc::new(Arena::open(p, c)?)), t),
+                    _ => {
+                        return Err(RuntimeError::Refused(format!(
+                            "malformed object store address {spec:?}"
+                        )))
+                    }
+                }
+            }
+            None => (None, u64::MAX),
+        };
         let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
         let mut stream = UnixStream::connect_addr(&addr)?;
         let hello = Hello { version: PROTOCOL_VERSION, worker_id, pid: std::process::id() };
@@ -89,7 +174,9 @@ impl WorkerConn {
             .into());
         }
         let conn = Arc::new(WorkerConn {
-            out: Outbox::new(stream.try_clone()?)?,
+            out: Arc::new(Outbox::new(stream.try_clone()?)?),
+            arena,
+            inline_threshold,
             inner: Mutex::new(Inner::default()),
             cv: Condvar::new(),
             next_req: AtomicU64::new(1),
@@ -118,7 +205,9 @@ impl WorkerConn {
                     if let Some(f) = function {
                         inner.functions.insert(spec.function, Arc::from(f.into_vec()));
                     }
-                    inner.tasks.push_back(ExecuteMsg { spec, deps });
+                    let args = self.view_of(&spec.args);
+                    let deps = deps.into_iter().map(|d| self.receive(d)).collect();
+                    inner.tasks.push_back(ExecuteMsg { spec, args, deps });
                 }
                 NodeToWorker::Revoke { tasks } => {
                     let wanted: HashSet<TaskId> = tasks.into_iter().collect();
@@ -161,8 +250,32 @@ impl WorkerConn {
                         continue;
                     }
                 }
-                NodeToWorker::GetReply { req, .. } | NodeToWorker::WaitReply { req, .. } => {
-                    inner.replies.insert(req, msg);
+                NodeToWorker::GetReply { req, values } => {
+                    let values = values.into_iter().map(|v| v.map(|d| self.receive(d))).collect();
+                    let reply = Reply::Get(values);
+                    if !inner.abandoned.remove(&req) {
+                        inner.replies.insert(req, reply);
+                    } else {
+                        drop(inner);
+                        drop(reply); // Releases its leases (sends messages): outside the lock.
+                        continue;
+                    }
+                }
+                NodeToWorker::WaitReply { req, ready } => {
+                    if !inner.abandoned.remove(&req) {
+                        inner.replies.insert(req, Reply::Wait(ready));
+                    }
+                }
+                NodeToWorker::AllocReply { req, result } => {
+                    if inner.abandoned.remove(&req) {
+                        if let Ok((seg, _)) = result {
+                            drop(inner);
+                            let _ = self.send(&WorkerToNode::Release { segs: vec![seg] });
+                            continue;
+                        }
+                    } else {
+                        inner.replies.insert(req, Reply::Alloc(result));
+                    }
                 }
                 NodeToWorker::Ready { ids } => inner.ready.extend(ids),
                 NodeToWorker::Shutdown => inner.shutdown = true,
@@ -219,7 +332,7 @@ impl WorkerConn {
         build: impl FnOnce(u64) -> WorkerToNode,
         timeout: Option<Duration>,
         mut check: impl FnMut() -> Result<(), E>,
-    ) -> Result<NodeToWorker, WaitError<E>> {
+    ) -> Result<Reply, WaitError<E>> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         self.send(&build(req)).map_err(|_| WaitError::Closed)?;
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -243,6 +356,15 @@ impl WorkerConn {
                 }
             }
             if let Err(e) = check() {
+                {
+                    let mut inner = self.inner.lock();
+                    if let Some(r) = inner.replies.remove(&req) {
+                        drop(inner);
+                        drop(r);
+                    } else {
+                        inner.abandoned.insert(req);
+                    }
+                }
                 let _ = self.send(&WorkerToNode::CancelRequest { req });
                 return Err(WaitError::Interrupted(e));
             }
@@ -250,6 +372,66 @@ impl WorkerConn {
                 cancelled = true;
                 self.send(&WorkerToNode::CancelRequest { req }).map_err(|_| WaitError::Closed)?;
             }
+        }
+    }
+
+    /// Wraps a value from the node, taking over the lease the node registered for it.
+    fn receive(&self, data: ObjectData) -> Received {
+        let view = self.view_of(&data);
+        Received { data, view }
+    }
+
+    fn view_of(&self, data: &ObjectData) -> View {
+        let Some(loc) = &data.shm else { return View::Inline };
+        if loc.offset == u64::MAX {
+            // The node could not read it; it sent the reason instead (and holds no lease).
+            return View::Unavailable(String::from_utf8_lossy(&data.data).into_owned());
+        }
+        let lease = |arena: &Arc<Arena>| {
+            Arc::new(ShmLease {
+                out: self.out.clone(),
+                arena: arena.clone(),
+                seg: loc.seg,
+                offset: loc.offset,
+                size: loc.size,
+            })
+        };
+        match &self.arena {
+            Some(a) if a.ptr(loc.offset, loc.size).is_some() => View::Shm(lease(a)),
+            Some(a) => {
+                drop(lease(a)); // Still release the node's lease.
+                View::Unavailable(format!(
+                    "segment {} at {}+{} lies outside the store",
+                    loc.seg, loc.offset, loc.size
+                ))
+            }
+            None => View::Unavailable("this worker has no object store mapped".into()),
+        }
+    }
+
+    /// This process's mapping of the store, if any.
+    pub fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena.as_ref()
+    }
+
+    /// Reserves `size` bytes in the store for a value this worker writes; returns the segment's
+    /// handle and offset. The segment is released if the worker never names it in a message.
+    pub fn alloc(&self, size: u64) -> Result<(u64, u64), String> {
+        if self.arena.is_none() {
+            return Err("this worker has no object store mapped".into());
+        }
+        let never = || Ok::<(), ()>(());
+        match self.request(|req| WorkerToNode::Alloc { req, size }, None, never) {
+            Ok(Reply::Alloc(r)) => r,
+            Ok(_) => Err("unexpected reply to an allocation".into()),
+            Err(_) => Err("the node has shut down".into()),
+        }
+    }
+
+    /// Gives back segments this worker allocated and will not send.
+    pub fn release_segments(&self, segs: Vec<u64>) {
+        if !segs.is_empty() {
+            let _ = self.send(&WorkerToNode::Release { segs });
         }
     }
 

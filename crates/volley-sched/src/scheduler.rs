@@ -69,6 +69,9 @@ pub enum ObjectState {
 
 /// What the caller must do after an event.
 #[derive(Debug)]
+// `Send` carries small control messages, but its type can hold an `Execute`; boxing would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Send a task to a worker (with the function's bytes the first time that worker needs it).
     Execute {

@@ -1,0 +1,231 @@
+//! Values in and out of the shared-memory store, as Python sees them.
+//!
+//! Writing: a value's pickle stream and out-of-band buffers are copied once, straight from the
+//! Python buffers into a store segment (the GIL released during the copy). Reading: the segment
+//! is exposed through a read-only [`ShmBuffer`]; the pickle stream and each buffer are
+//! `memoryview` slices of it, so numpy arrays rebuilt from them are views of shared memory. The
+//! buffer holds the lease that keeps the segment in place; the lease goes when the last view
+//! does.
+
+use std::any::Any;
+use std::os::raw::c_int;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyBufferError, PyRuntimeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyType};
+use serde_bytes::ByteBuf;
+use volley_proto::{shm_layout, Keep, ObjectData, ObjectId, ShmLoc};
+use volley_runtime::Owner;
+
+use crate::client::{Backend, Client};
+
+/// Bytes of a stored value mapped into this process, and what keeps them there.
+#[derive(Clone)]
+pub struct Mapped {
+    pub ptr: usize,
+    pub len: usize,
+    pub guard: Arc<dyn Any + Send + Sync>,
+}
+
+/// Read-only memory of one stored value (see the module docs).
+#[pyclass(module = "volley._core", frozen)]
+pub struct ShmBuffer {
+    ptr: usize,
+    len: usize,
+    _guard: Arc<dyn Any + Send + Sync>,
+}
+
+#[pymethods]
+impl ShmBuffer {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        // SAFETY: `view` comes from Python's buffer machinery; the memory stays mapped while
+        // this object (which the view references) lives. Read-only: a writable request fails.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                me.ptr as *mut std::ffi::c_void,
+                me.len as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::take(slf.py())
+                .unwrap_or_else(|| PyBufferError::new_err("shared memory is read-only")));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// Address of the first byte in this process (for tests and diagnostics).
+    #[getter]
+    fn address(&self) -> usize {
+        self.ptr
+    }
+}
+
+/// `ObjectStoreFullError(msg)`.
+pub fn store_full(py: Python<'_>, msg: String) -> PyErr {
+    let cls = py
+        .import("volley.exceptions")
+        .and_then(|m| m.getattr("ObjectStoreFullError"))
+        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+    match cls {
+        Ok(c) => PyErr::from_type(c, msg),
+        Err(e) => e,
+    }
+}
+
+/// True if `e` is an `ObjectStoreFullError`.
+pub fn is_store_full(py: Python<'_>, e: &PyErr) -> bool {
+    e.get_type(py).name().map(|n| n == "ObjectStoreFullError").unwrap_or(false)
+}
+
+/// A pickled value ready to hand to the engine, with the store segment it was written into (if
+/// any) that a worker must release should the value never be sent.
+pub struct Written {
+    pub data: ObjectData,
+    pub pending_seg: Option<u64>,
+}
+
+struct Src {
+    ptr: usize,
+    len: usize,
+}
+
+/// Builds an `ObjectData` from a pickle stream and its out-of-band buffers: inline if small,
+/// else copied once into the store. `object` names it in the store's listing.
+pub fn object_data(
+    py: Python<'_>,
+    c: &Client,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<ObjectId>,
+    object: Option<ObjectId>,
+) -> PyResult<Written> {
+    let mut views = Vec::with_capacity(buffers.len());
+    for b in buffers.iter() {
+        views.push(pyo3::buffer::PyBuffer::<u8>::get(&b)?);
+    }
+    let total_inline: usize = data.len() + views.iter().map(|v| v.len_bytes()).sum::<usize>();
+    let contiguous = views.iter().all(|v| v.is_c_contiguous());
+    if (total_inline as u64) < c.inline_threshold || !contiguous || !c.has_store() {
+        let mut bufs = Vec::with_capacity(views.len());
+        for v in &views {
+            bufs.push(ByteBuf::from(v.to_vec(py)?));
+        }
+        return Ok(Written {
+            data: ObjectData::inline(data.to_vec(), bufs, contained),
+            pending_seg: None,
+        });
+    }
+    let buffer_lens: Vec<u64> = views.iter().map(|v| v.len_bytes() as u64).collect();
+    let (offsets, size) = shm_layout(data.len() as u64, &buffer_lens);
+    let srcs: Vec<Src> =
+        views.iter().map(|v| Src { ptr: v.buf_ptr() as usize, len: v.len_bytes() }).collect();
+    let data_src = Src { ptr: data.as_ptr() as usize, len: data.len() };
+    let copy = |dst: usize| {
+        // SAFETY: `dst` is a fresh segment of `size` bytes in our mapping; the sources are
+        // Python buffers kept exported (and so alive) by `views` and `data` for this call.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data_src.ptr as *const u8, dst as *mut u8, data_src.len);
+            for (s, off) in srcs.iter().zip(&offsets) {
+                std::ptr::copy_nonoverlapping(
+                    s.ptr as *const u8,
+                    (dst + *off as usize) as *mut u8,
+                    s.len,
+                );
+            }
+        }
+    };
+    let loc = |seg, offset| ShmLoc {
+        seg,
+        offset,
+        size,
+        data_len: data.len() as u64,
+        buffer_lens: buffer_lens.clone(),
+    };
+    match &c.backend {
+        Backend::Node(n) => {
+            let store = n.store().clone();
+            let (seg, offset) = py
+                .detach(|| -> Result<(u64, u64), String> {
+                    let (seg, offset) =
+                        store.alloc(Owner::Local, size).map_err(|e| e.to_string())?;
+                    let dst = store.arena().ptr(offset, size).ok_or("segment out of range")?;
+                    copy(dst as usize);
+                    store.arena().mark_populated(offset, size);
+                    Ok((seg, offset))
+                })
+                .map_err(|e| store_full(py, e))?;
+            let sealed = store
+                .seal(Owner::Local, seg, size, object)
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let mut d = ObjectData::inline(Vec::new(), Vec::new(), contained);
+            d.shm = Some(loc(seg, offset));
+            d.keep = Keep(Some(sealed));
+            Ok(Written { data: d, pending_seg: None })
+        }
+        Backend::Worker(w) => {
+            let (seg, offset) = py
+                .detach(|| -> Result<(u64, u64), String> {
+                    let (seg, offset) = w.alloc(size)?;
+                    let arena = w.arena().ok_or("no object store")?;
+                    let Some(dst) = arena.ptr(offset, size) else {
+                        w.release_segments(vec![seg]);
+                        return Err("the node gave a segment outside the store".into());
+                    };
+                    copy(dst as usize);
+                    arena.mark_populated(offset, size);
+                    Ok((seg, offset))
+                })
+                .map_err(|e| store_full(py, e))?;
+            let mut d = ObjectData::inline(Vec::new(), Vec::new(), contained);
+            d.shm = Some(loc(seg, offset));
+            Ok(Written { data: d, pending_seg: Some(seg) })
+        }
+    }
+}
+
+/// `(data, [buffers])` for a value: bytes objects when inline, read-only memoryviews into shared
+/// memory when mapped.
+pub fn value_to_py<'py>(
+    py: Python<'py>,
+    v: &ObjectData,
+    mapped: Option<&Mapped>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+    let (Some(loc), Some(m)) = (&v.shm, mapped) else {
+        let bufs: Vec<Bound<'py, PyBytes>> =
+            v.buffers.iter().map(|b| PyBytes::new(py, b)).collect();
+        return Ok((PyBytes::new(py, &v.data).into_any(), PyList::new(py, bufs)?));
+    };
+    let (offsets, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+    if total as usize > m.len {
+        return Err(PyRuntimeError::new_err("a stored value's layout exceeds its segment"));
+    }
+    let owner = Bound::new(py, ShmBuffer { ptr: m.ptr, len: m.len, _guard: m.guard.clone() })?;
+    let whole = PyMemoryView::from(owner.as_any())?;
+    let slice = |start: u64, len: u64| -> PyResult<Bound<'py, PyAny>> {
+        let s = PySlice::new(py, start as isize, (start + len) as isize, 1);
+        whole.get_item(s)
+    };
+    let data = slice(0, loc.data_len)?;
+    let list = PyList::empty(py);
+    for (off, len) in offsets.iter().zip(&loc.buffer_lens) {
+        list.append(slice(*off, *len)?)?;
+    }
+    Ok((data, list))
+}

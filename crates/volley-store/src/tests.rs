@@ -1,0 +1,166 @@
+use super::*;
+
+const MB: u64 = 1 << 20;
+
+fn store(cap: u64) -> (Arc<Store>, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    (Store::create(cap, dir.path()).expect("store"), dir)
+}
+
+/// A throwaway directory (no external crate needed).
+mod tempdir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "volley-store-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).expect("mkdir");
+            Dir(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn write(s: &Store, off: u64, bytes: &[u8]) {
+    let p = s.arena().ptr(off, bytes.len() as u64).expect("in range");
+    // SAFETY: test writes its own fresh segment.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+}
+
+fn put(s: &Arc<Store>, fill: u8, size: u64) -> Arc<Sealed> {
+    let (seg, off) = s.alloc(Owner::Local, size).expect("alloc");
+    write(s, off, &vec![fill; size as usize]);
+    s.seal(Owner::Local, seg, size, None).expect("seal")
+}
+
+#[test]
+fn freed_when_the_last_holder_goes() {
+    let (s, _d) = store(8 * MB);
+    let a = put(&s, 1, MB);
+    assert_eq!(s.stats().used, MB);
+    drop(a);
+    assert_eq!(s.stats().used, 0);
+    assert_eq!(s.stats().objects, 0);
+}
+
+#[test]
+fn leased_segments_outlive_their_value() {
+    let (s, _d) = store(8 * MB);
+    let a = put(&s, 7, MB);
+    let lease = s.lease_local(a.seg()).expect("lease");
+    drop(a);
+    // Still allocated: a view reads it.
+    assert_eq!(s.stats().used, MB);
+    // SAFETY: the lease keeps the range valid.
+    let first = unsafe { *lease.ptr() };
+    assert_eq!(first, 7);
+    drop(lease);
+    assert_eq!(s.stats().used, 0);
+}
+
+#[test]
+fn spills_least_recently_used_and_restores_on_lease() {
+    let (s, d) = store(4 * MB);
+    let a = put(&s, 1, 2 * MB);
+    let b = put(&s, 2, 2 * MB);
+    // Touch `a` so `b` is the least recently used.
+    s.release(a.seg(), Owner::Local);
+    s.lease(a.seg(), Owner::Local).expect("lease a");
+    s.release(a.seg(), Owner::Local);
+    let c = put(&s, 3, 2 * MB);
+    let st = s.stats();
+    assert_eq!(st.objects_spilled, 1);
+    assert_eq!(st.spill_count, 1);
+    // The spill file has no name.
+    assert_eq!(std::fs::read_dir(d.path()).expect("ls").count(), 0);
+    // Reading `b` brings it back (spilling another) with its bytes intact.
+    let lb = s.lease_local(b.seg()).expect("restore b");
+    // SAFETY: the lease keeps the range valid.
+    let bytes = unsafe { std::slice::from_raw_parts(lb.ptr(), lb.len()) };
+    assert!(bytes.iter().all(|&x| x == 2));
+    assert_eq!(s.stats().restore_count, 1);
+    drop(lb);
+    drop((a, b, c));
+    let st = s.stats();
+    assert_eq!((st.used, st.objects, st.spilled_bytes), (0, 0, 0));
+}
+
+#[test]
+fn full_when_everything_is_pinned() {
+    let (s, _d) = store(4 * MB);
+    let a = put(&s, 1, 3 * MB);
+    let _l = s.lease_local(a.seg()).expect("lease");
+    let err = s.alloc(Owner::Local, 2 * MB).expect_err("must not fit");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Full { .. }), "{msg}");
+    assert!(msg.contains("2.0 MiB") && msg.contains("4.0 MiB"), "{msg}");
+    let err = s.alloc(Owner::Local, 5 * MB).expect_err("too large");
+    assert!(matches!(err, StoreError::TooLarge { .. }));
+}
+
+#[test]
+fn a_dead_writer_and_its_leases_leave_nothing() {
+    let (s, _d) = store(8 * MB);
+    let w = Owner::Worker(WorkerId(3));
+    let (_seg, _) = s.alloc(w, MB).expect("alloc");
+    let a = put(&s, 1, MB);
+    s.lease(a.seg(), w).expect("lease");
+    s.lease(a.seg(), w).expect("lease twice");
+    drop(a);
+    assert_eq!(s.stats().used, 2 * MB);
+    s.owner_gone(w);
+    assert_eq!(s.stats().used, 0);
+    assert!(s.objects().is_empty());
+}
+
+#[test]
+fn seal_checks_the_writer() {
+    let (s, _d) = store(8 * MB);
+    let (seg, _) = s.alloc(Owner::Worker(WorkerId(1)), MB).expect("alloc");
+    assert!(s.seal(Owner::Worker(WorkerId(2)), seg, MB, None).is_err());
+    assert!(s.seal(Owner::Worker(WorkerId(1)), seg, MB + 1, None).is_err());
+    assert!(s.seal(Owner::Worker(WorkerId(1)), 999, MB, None).is_err());
+    let sealed = s.seal(Owner::Worker(WorkerId(1)), seg, MB, None).expect("seal");
+    drop(sealed);
+    assert_eq!(s.stats().used, 0);
+}
+
+#[test]
+fn another_mapping_sees_the_same_bytes() {
+    let (s, _d) = store(2 * MB);
+    let a = put(&s, 9, 1000);
+    let other = Arena::open(s.arena().path(), s.capacity()).expect("open by path");
+    let off = s.lease(a.seg(), Owner::Local).expect("lease");
+    let p = other.ptr(off, 1000).expect("range");
+    // SAFETY: leased segment inside the second mapping.
+    assert_eq!(unsafe { *p.add(999) }, 9);
+    assert!(other.ptr(s.capacity(), 1).is_none());
+}
+
+#[test]
+fn populated_ranges_are_tracked() {
+    let (s, _d) = store(64 * PAGE);
+    let a = s.arena();
+    assert_eq!(a.claim_unpopulated(2 * PAGE, 4 * PAGE), vec![(2 * PAGE, 4 * PAGE)]);
+    assert_eq!(a.claim_unpopulated(8 * PAGE, 9 * PAGE), vec![(8 * PAGE, 9 * PAGE)]);
+    assert_eq!(
+        a.claim_unpopulated(0, 10 * PAGE),
+        vec![(0, 2 * PAGE), (4 * PAGE, 8 * PAGE), (9 * PAGE, 10 * PAGE)]
+    );
+    assert!(a.claim_unpopulated(PAGE, 10 * PAGE).is_empty());
+    assert_eq!(a.populated.lock().len(), 1);
+    a.mark_populated(PAGE / 2, 20 * PAGE);
+    assert_eq!(a.claim_unpopulated(20 * PAGE, 21 * PAGE), vec![(20 * PAGE, 21 * PAGE)]);
+}
