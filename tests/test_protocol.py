@@ -69,7 +69,7 @@ def test_bad_frames_are_refused_and_the_node_keeps_serving(node, payload, capfd)
 
 
 def test_a_wrong_session_token_is_refused(node, capfd):
-    # A well-formed hello (postcard: version=PROTOCOL_VERSION, worker id=1, pid, token string) with a bad token.
+    # A well-formed hello (postcard: version, worker id=1, pid, token string) with a bad token.
     version, worker, pid = volley._core.PROTOCOL_VERSION, 1, 12345
     token = b"0" * 32
 
