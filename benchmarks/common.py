@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import time
 
 WORKERS = 2  # every system gets two worker processes (num_cpus=2)
@@ -21,6 +23,12 @@ def sizes(quick: bool) -> dict:
         "cpu_task_s": 0.05 if quick else 0.25,  # (f)
         "leaves": 512 if quick else 4_096,  # (g)
         "settle_s": 0.5 if quick else 2.0,  # (h)
+        "object_mib": 100,  # (i), (j), (k), (k0), (l), and each object of (n)
+        "gets": 20,  # (j): gets per run, the median is reported
+        "readers": 10,  # (m)
+        "readers_mib": 128 if quick else 1024,  # (m)
+        "spill_objects": 9,  # (n)
+        "spill_store_mib": 300,  # (n): object store capacity, a third of what (n) puts
     }
 
 
@@ -48,6 +56,138 @@ def leaf(i: int) -> int:
 
 def add(a: int, b: int) -> int:
     return a + b
+
+
+def array_sum(x) -> float:
+    """(k), (l): reads every element of the array it is given."""
+    return float(x.sum())
+
+
+def sample_sum(x) -> tuple:
+    """(m): sums one element in 4096 (every 8th page of float64s, not CPU bound) and reports
+    this process's VmRSS in MiB at the end of the task, while it still holds the array."""
+    return float(x[::4096].sum()), vmrss_mib()
+
+
+def shm_sum(spec) -> float:
+    """(k) for multiprocessing.shared_memory: attach by name, sum, detach."""
+    return _with_shm(spec, array_sum)
+
+
+def shm_sample_sum(spec) -> tuple:
+    """(m) for multiprocessing.shared_memory."""
+    return _with_shm(spec, sample_sum)
+
+
+def _with_shm(spec, fn):
+    import numpy as np
+
+    name, shape, dtype = spec
+    shm = attach_shm(name)
+    try:
+        x = np.ndarray(shape, dtype, buffer=shm.buf)
+        try:
+            return fn(x)
+        finally:
+            del x  # the view must go before close()
+    finally:
+        shm.close()
+
+
+# --- object-store helpers, (i)-(n) ---
+
+
+def big_array(mib: int | None = None):
+    """The stored object of (i)-(m): `mib` MiB of float64 (default SIZES["object_mib"])."""
+    import numpy as np
+
+    mib = SIZES["object_mib"] if mib is None else mib
+    return np.random.default_rng(0).random(mib * 2**20 // 8)
+
+
+def check_sum(value: float, arr) -> None:
+    expected = float(arr.sum())
+    if abs(value - expected) > 1e-6 * abs(expected):
+        raise RuntimeError(f"task returned {value}, expected {expected}")
+
+
+def median_time(fn, repeat: int) -> float:
+    """Median of `repeat` timed calls of fn(): for (j), where one call is a few microseconds
+    and a single timing would be mostly timer and scheduling noise."""
+    import statistics
+
+    return statistics.median(_timed(fn) for _ in range(repeat))
+
+
+def local_sum() -> dict:
+    """(k0): arr.sum() in the driver on the (k) array, after one untimed sum (the baseline
+    for (k); the same code for every system)."""
+    arr = big_array()
+    arr.sum()
+    t0 = time.perf_counter()
+    arr.sum()
+    return {"value": time.perf_counter() - t0}
+
+
+def vmrss_mib() -> float:
+    """This process's VmRSS in MiB (for a zero-copy reader: only the touched pages of the
+    shared mapping count, plus the process's own memory)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def readers_result(elapsed: float, results: list, x_sample_sum: float) -> dict:
+    """(m): checks the 10 readers' sums; the value is the time, rss_mib the largest VmRSS."""
+    check_count(results, SIZES["readers"])
+    for value, _ in results:
+        if abs(value - x_sample_sum) > 1e-6 * abs(x_sample_sum):
+            raise RuntimeError(f"reader returned {value}, expected {x_sample_sum}")
+    return {"value": elapsed, "rss_mib": max(rss for _, rss in results)}
+
+
+def spill_arrays() -> list:
+    """(n): distinct SIZES["object_mib"] arrays, the i-th full of the value i."""
+    import numpy as np
+
+    n = SIZES["object_mib"] * 2**20 // 8
+    return [np.full(n, i, dtype=np.float64) for i in range(SIZES["spill_objects"])]
+
+
+def check_spilled(i: int, x) -> None:
+    if x[0] != i or x[-1] != i:
+        raise RuntimeError(f"object {i} came back as {x[0]}..{x[-1]}")
+
+
+def shm_dir() -> str:
+    """Where joblib's auto-memmapping puts large arrays (joblib._memmapping_reducer
+    ._get_temp_dir): $JOBLIB_TEMP_FOLDER, else /dev/shm if it has more than 2 GB free, else
+    the temporary directory."""
+    folder = os.environ.get("JOBLIB_TEMP_FOLDER")
+    if folder:
+        return folder
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bsize * st.f_bavail > int(2e9) and os.access("/dev/shm", os.W_OK):
+            return "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def attach_shm(name: str):
+    """Opens an existing SharedMemory without handing it to this process's resource tracker:
+    the creator owns (and unlinks) it. Before 3.13 attaching registers it, and a tracker of a
+    process that exits would unlink it under everyone else (CPython gh-82300)."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    shm = shared_memory.SharedMemory(name=name)
+    resource_tracker.unregister(shm._name, "shared_memory")
+    return shm
 
 
 # --- helpers ---

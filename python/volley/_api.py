@@ -378,8 +378,17 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     Raises the task's error (``TaskError``, ``WorkerCrashedError``, ``TaskCancelledError``, ...)
     and ``GetTimeoutError`` after ``timeout`` seconds. Ctrl-C interrupts the wait at once.
 
+    Large values come from the shared-memory store without a copy: numpy arrays (also inside
+    dicts, lists and DataFrames) and memoryviews are **read-only** views of it. Writing raises
+    numpy's ``ValueError: assignment destination is read-only``; ``arr.copy()`` gives a private,
+    writable copy. The memory stays valid as long as a view of it lives.
+
     >>> volley.get([volley.put("a"), volley.put("b")])
     ['a', 'b']
+    >>> import numpy as np
+    >>> x = volley.get(volley.put(np.arange(1_000_000)))
+    >>> x.flags.writeable, x.copy().flags.writeable
+    (False, True)
     """
     if type(refs) is ObjectRef:
         return get([refs], timeout=timeout)[0]
@@ -399,6 +408,11 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
 
 def put(value: Any) -> ObjectRef:
     """Stores a value and returns a ref to it, to pass to many tasks without re-sending it.
+
+    A value of ``inline_threshold`` bytes or more (see ``init``) is written into the node's
+    shared-memory store with one copy; tasks and ``get`` then read it in place. Raises
+    ``SerializationError`` if it cannot be pickled, and ``ObjectStoreFullError`` if the store
+    has no room even after spilling.
 
     >>> ref = volley.put([1, 2, 3])
     >>> volley.get(ref)
