@@ -358,6 +358,16 @@ def test_spilling_round_trips_three_times_the_store(small_store):
     assert spill_fds(small_store) == [] and list(small_store.iterdir()) == []
 
 
+def test_getting_more_than_the_store_holds_at_once_still_works(small_store):
+    n = 16 * MiB // 8
+    refs = [volley.put(np.full(n, i, dtype=np.float64)) for i in range(6)]  # 96 MiB
+    views = volley.get(refs)  # cannot all be mapped at once: the rest are copied out of disk
+    assert [(v[0], v[-1]) for v in views] == [(i, i) for i in range(6)]
+    assert sum(in_store(address(v)) for v in views) >= 1
+    del views, refs
+    store_settles(objects=0, used=0, spilled_bytes=0)
+
+
 def test_an_object_larger_than_the_store_fails_at_once(small_store):
     with pytest.raises(ObjectStoreFullError, match=r"100\.0 MiB.*larger than the whole"):
         volley.put(np.zeros(100 * MiB // 8))
@@ -536,3 +546,54 @@ def test_memory_is_shared_not_copied_per_reader(volley_shared):
     # The store keeps freed pages for reuse, so growth is at most one array (plus slack), and
     # certainly not eight.
     assert grown < 2 * size, f"shared memory grew by {grown / MiB:.0f} MiB for 8 readers"
+
+
+# ----------------------------------------------------------------- stress
+
+
+@volley.remote(max_retries=-1)
+def produce(i, n):
+    import numpy as np
+
+    return np.full(n, i, dtype=np.float64)
+
+
+@volley.remote(max_retries=-1)
+def consume(refs):
+    import volley
+
+    return sum(float(volley.get(r)[-1]) for r in refs)
+
+
+def _churn(rounds: int, kills: int) -> None:
+    n = 2 * MiB // 8
+    rng = np.random.default_rng(7)
+    for _ in range(rounds):
+        produced = [produce.remote(i, n) for i in range(24)]  # 48 MiB of results: spills
+        groups = [produced[i : i + 4] for i in range(0, 24, 4)]
+        sums = [consume.remote(g) for g in groups]
+        for _ in range(kills):
+            pids = volley._core.worker_pids()
+            if pids:
+                try:
+                    os.kill(int(rng.choice(pids)), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        assert volley.get(sums) == [float(sum(range(i, i + 4))) for i in range(0, 24, 4)]
+        got = volley.get(produced)
+        assert [int(x[0]) for x in got] == list(range(24))
+        del got, produced, groups, sums
+    store_settles(objects=0, used=0, pinned=0, spilled_bytes=0)
+
+
+def test_churn_with_spilling_and_kills(no_volley, tmp_path):
+    volley.init(num_cpus=2, object_store_memory=40 * MiB, object_spill_dir=tmp_path)
+    _churn(rounds=2, kills=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_churn_with_spilling_and_kills_long(no_volley, tmp_path):
+    volley.init(num_cpus=2, object_store_memory=40 * MiB, object_spill_dir=tmp_path)
+    _churn(rounds=15, kills=2)
+    assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,22 @@ impl ObjectData {
         ObjectData { data, buffers, contained, shm: None, keep: Keep::default() }
     }
 
+    /// The inline form of a stored value, from a copy of its segment's bytes; `None` if the
+    /// bytes are shorter than the layout says.
+    pub fn from_segment(loc: &ShmLoc, bytes: &[u8], contained: Vec<ObjectId>) -> Option<Self> {
+        let (offsets, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+        if total as usize > bytes.len() {
+            return None;
+        }
+        let data = bytes[..loc.data_len as usize].to_vec();
+        let buffers = offsets
+            .iter()
+            .zip(&loc.buffer_lens)
+            .map(|(o, l)| serde_bytes::ByteBuf::from(&bytes[*o as usize..(o + l) as usize]))
+            .collect();
+        Some(ObjectData::inline(data, buffers, contained))
+    }
+
     /// Bytes of the value (pickle stream and buffers), wherever they live.
     pub fn size(&self) -> usize {
         match &self.shm {

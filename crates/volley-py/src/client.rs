@@ -282,7 +282,9 @@ impl Client {
     }
 }
 
-/// Maps a value the driver's own node holds (leasing it from the store if it lives there).
+/// Maps a value the driver's own node holds (leasing it from the store if it lives there). If it
+/// cannot be brought back into memory (the store is full of objects being read), its bytes are
+/// copied out of the spill file instead: slower, but nothing fails that could be served.
 pub fn load_local(n: &Node, v: SharedResult) -> Loaded {
     let v = v?;
     let Some(loc) = &v.shm else { return Ok((v, None)) };
@@ -291,9 +293,19 @@ pub fn load_local(n: &Node, v: SharedResult) -> Loaded {
             let m = Mapped { ptr: lease.ptr() as usize, len: lease.len(), guard: Arc::new(lease) };
             Ok((v, Some(m)))
         }
-        Err(e) => Err(unavailable(
-            volley_proto::ErrorKind::ObjectStoreFull,
-            format!("a stored object could not be read: {e}"),
-        )),
+        Err(first) => {
+            let copy = n
+                .store()
+                .read_copy(loc.seg)
+                .ok()
+                .and_then(|bytes| ObjectData::from_segment(loc, &bytes, v.contained.clone()));
+            match copy {
+                Some(c) => Ok((Arc::new(c), None)),
+                None => Err(unavailable(
+                    volley_proto::ErrorKind::ObjectStoreFull,
+                    format!("a stored object could not be read: {first}"),
+                )),
+            }
+        }
     }
 }

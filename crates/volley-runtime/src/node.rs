@@ -215,16 +215,8 @@ fn lease_for<'a>(
         }
         Err(_) => {
             let bytes = store.read_copy(loc.seg)?;
-            let (offsets, total) = shm_layout(loc.data_len, &loc.buffer_lens);
-            if (total as usize) > bytes.len() {
-                return Err(volley_store::StoreError::Unknown(loc.seg));
-            }
-            copy.data = bytes[..loc.data_len as usize].to_vec();
-            copy.buffers = offsets
-                .iter()
-                .zip(&loc.buffer_lens)
-                .map(|(o, l)| serde_bytes::ByteBuf::from(&bytes[*o as usize..(o + l) as usize]))
-                .collect();
+            copy = ObjectData::from_segment(loc, &bytes, v.contained.clone())
+                .ok_or(volley_store::StoreError::Unknown(loc.seg))?;
         }
     }
     Ok(Cow::Owned(copy))
