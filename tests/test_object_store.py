@@ -122,6 +122,13 @@ def test_bytes_bytearray_and_memoryview(volley_shared):
     shaped = memoryview(np.arange(60_000, dtype=np.int32).reshape(300, 200))
     back = volley.get(volley.put(shaped))
     assert back.format == "i" and back.shape == (300, 200) and back.tolist() == shaped.tolist()
+    fortran = memoryview(np.asfortranarray(np.arange(60_000, dtype=np.float64).reshape(300, 200)))
+    back = volley.get(volley.put(fortran))
+    assert back.shape == (300, 200) and back.tolist() == fortran.tolist()
+    small = volley.get(volley.put(memoryview(b"abc")))
+    assert type(small) is memoryview and small == b"abc"  # same type whatever the size
+    swapped = memoryview(np.arange(20_000, dtype=">f8"))  # a format cast() cannot rebuild
+    assert bytes(volley.get(volley.put(swapped))) == swapped.tobytes()
 
 
 def test_containers_of_arrays_are_views_each(volley_shared):

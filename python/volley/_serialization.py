@@ -53,9 +53,12 @@ _SIMPLE = frozenset({int, float, str, bool, type(None)})
 _dumps_plain = pickle.dumps
 
 
-#: bytes, bytearray and memoryview objects at least this large travel as out-of-band buffers
+#: A top-level bytes or bytearray value at least this large travels as an out-of-band buffer
 #: (straight into the object store when large) instead of inside the pickle stream.
 OUT_OF_BAND_MIN = 4096
+
+# Formats a memoryview can be cast back to (native, one item per character).
+_CASTABLE = frozenset("bBhHiIlLqQnNfdc?e")
 
 
 def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple) -> memoryview:
@@ -65,11 +68,24 @@ def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple) -> memoryview:
     return view.cast("B").cast(fmt, shape)
 
 
+class _OutOfBand:
+    """Wraps a top-level bytes/bytearray so its payload is pickled out of band (the C pickler
+    writes exact bytes and bytearray in-band before any hook runs)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        return type(self.obj), (pickle.PickleBuffer(self.obj),)
+
+
 _pickler_class = None
 
 
-def _pickler() -> type:
-    """cloudpickle's pickler, also sending large bytes-like objects out of band."""
+def _pickler() -> Any:
+    """cloudpickle's pickler, also pickling memoryviews (as out-of-band buffers)."""
     global _pickler_class
     if _pickler_class is None:
         import io
@@ -80,16 +96,11 @@ def _pickler() -> type:
 
         class Pickler(cloudpickle.Pickler):
             def reducer_override(self, obj):
-                t = type(obj)
-                if t is bytes or t is bytearray:
-                    if len(obj) >= OUT_OF_BAND_MIN:
-                        # Rebuilt with one copy out of the buffer: the type is kept.
-                        return t, (PickleBuffer(obj),)
-                elif t is memoryview:
-                    if obj.nbytes >= OUT_OF_BAND_MIN:
-                        # A memoryview comes back as a read-only view of the stored bytes.
-                        src = obj if obj.contiguous else memoryview(obj.tobytes())
-                        return _rebuild_memoryview, (PickleBuffer(src), obj.format, obj.shape)
+                if type(obj) is memoryview and obj.format in _CASTABLE:
+                    # Comes back as a read-only view of the stored bytes (C order, same
+                    # format and shape), at any size.
+                    src = obj if obj.c_contiguous else memoryview(obj.tobytes())
+                    return _rebuild_memoryview, (PickleBuffer(src), obj.format, obj.shape)
                 return super().reducer_override(obj)
 
         def dumps(obj, buffer_callback):
@@ -106,6 +117,11 @@ def dumps(obj: Any) -> tuple[bytes, list, list]:
     if type(obj) in _SIMPLE:
         # Nothing cloudpickle adds is needed for a scalar; the C pickler is several times faster.
         return _dumps_plain(obj, 5), [], []
+    t = type(obj)
+    if (t is bytes or t is bytearray) and len(obj) >= OUT_OF_BAND_MIN:
+        buffers: list = []
+        data = _dumps_plain(_OutOfBand(obj), 5, buffer_callback=buffers.append)
+        return data, [b.raw() for b in buffers], []
     pickle_to_bytes = _pickler()  # cloudpickle is imported on first use: plain data skips it
 
     buffers: list = []

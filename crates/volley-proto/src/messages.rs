@@ -93,9 +93,10 @@ pub fn shm_layout(data_len: u64, buffer_lens: &[u64]) -> (Vec<u64>, u64) {
     let mut at = data_len;
     let mut offsets = Vec::with_capacity(buffer_lens.len());
     for len in buffer_lens {
-        at = at.div_ceil(SHM_BUFFER_ALIGN) * SHM_BUFFER_ALIGN;
+        // Saturating: a layout from a confused peer ends at u64::MAX and fits nothing.
+        at = at.div_ceil(SHM_BUFFER_ALIGN).saturating_mul(SHM_BUFFER_ALIGN);
         offsets.push(at);
-        at += len;
+        at = at.saturating_add(*len);
     }
     (offsets, at)
 }

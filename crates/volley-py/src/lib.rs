@@ -211,11 +211,13 @@ fn submit(
     if !(0.0..=1e6).contains(&num_cpus) {
         return Err(PyValueError::new_err("num_cpus must be between 0 and 1e6"));
     }
+    let function = function_id(fid)?;
+    let contained = ids_from(contained)?;
     let task_id = c.next_task_id();
-    let args = object_data(py, &c, data, buffers, ids_from(contained)?, None)?;
+    let args = object_data(py, &c, data, buffers, contained, None)?;
     let spec = TaskSpec {
         task_id,
-        function: function_id(fid)?,
+        function,
         name,
         args: args.data,
         deps: ids_of(&deps),

@@ -165,15 +165,19 @@ pub fn object_data(
                 .detach(|| -> Result<(u64, u64), String> {
                     let (seg, offset) =
                         store.alloc(Owner::Local, size).map_err(|e| e.to_string())?;
-                    let dst = store.arena().ptr(offset, size).ok_or("segment out of range")?;
+                    let Some(dst) = store.arena().ptr(offset, size) else {
+                        store.release(seg, Owner::Local);
+                        return Err("segment out of range".into());
+                    };
                     copy(dst as usize);
                     store.arena().mark_populated(offset, size);
                     Ok((seg, offset))
                 })
                 .map_err(|e| store_full(py, e))?;
-            let sealed = store
-                .seal(Owner::Local, seg, size, object)
-                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let sealed = store.seal(Owner::Local, seg, size, object).map_err(|e| {
+                store.release(seg, Owner::Local);
+                PyRuntimeError::new_err(e.to_string())
+            })?;
             let mut d = ObjectData::inline(Vec::new(), Vec::new(), contained);
             d.shm = Some(loc(seg, offset));
             d.keep = Keep(Some(sealed));

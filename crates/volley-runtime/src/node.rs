@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) token: String,
     /// `VOLLEY_STORE` for workers: where to map the store, its size, the inline threshold.
     pub(crate) store_env: String,
+    /// The store's memfd, inherited by workers.
+    pub(crate) store_fd: i32,
     store: Arc<Store>,
     closed: AtomicBool,
     started: Instant,
@@ -191,6 +193,10 @@ impl Shared {
     }
 }
 
+/// The largest stored value sent inline when it cannot be mapped (frames stay far below the
+/// frame size limit; larger ones fail with `ObjectStoreFull`).
+const MAX_INLINE_FALLBACK: u64 = 64 << 20;
+
 /// Pins a stored value for `worker` and gives the copy to send, with the segment's current offset.
 /// If it cannot be brought back into memory, its bytes go inline instead; `Err` if even that
 /// fails.
@@ -213,6 +219,7 @@ fn lease_for<'a>(
             loc.offset = offset;
             copy.shm = Some(loc);
         }
+        Err(e) if loc.size > MAX_INLINE_FALLBACK => return Err(e),
         Err(_) => {
             let bytes = store.read_copy(loc.seg)?;
             copy = ObjectData::from_segment(loc, &bytes, v.contained.clone())
@@ -358,8 +365,9 @@ impl Node {
         sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
         let (tx, rx) = mpsc::channel();
         let store = Store::create(cfg.object_store_memory, &cfg.spill_dir)?;
+        let store_fd = store.arena().raw_fd();
         let store_env =
-            format!("{}:{}:{}", store.arena().path(), store.capacity(), cfg.inline_threshold);
+            format!("/proc/self/fd/{store_fd}:{}:{}", store.capacity(), cfg.inline_threshold);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 sched: Scheduler::new(sc),
@@ -373,6 +381,7 @@ impl Node {
             socket_name,
             token: random_hex(16),
             store_env,
+            store_fd,
             store,
             closed: AtomicBool::new(false),
             started: Instant::now(),

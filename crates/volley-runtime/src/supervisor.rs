@@ -128,9 +128,15 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     let parent = std::process::id() as libc::pid_t;
+    let store_fd = shared.store_fd;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The worker inherits the store's memfd (close-on-exec is cleared in the child only),
+            // and maps it through /proc/self/fd: no permission on the driver's /proc needed.
+            if libc::fcntl(store_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             // Own session: a Ctrl-C in the driver's terminal is the driver's, not the workers'.
             libc::setsid();
             // Die with the driver, even if it is SIGKILLed.

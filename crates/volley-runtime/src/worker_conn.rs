@@ -199,27 +199,49 @@ impl WorkerConn {
                 Err(e) => Err(e),
             };
             let Ok(msg) = msg else { break };
-            let mut inner = self.inner.lock();
-            match msg {
+            // Views are built before taking the lock: building one may send a message.
+            let msg = match msg {
                 NodeToWorker::Execute { spec, function, deps } => {
+                    let args = self.view_of(&spec.args);
+                    let deps: Vec<Received> = deps.into_iter().map(|d| self.receive(d)).collect();
+                    let mut inner = self.inner.lock();
                     if let Some(f) = function {
                         inner.functions.insert(spec.function, Arc::from(f.into_vec()));
                     }
-                    let args = self.view_of(&spec.args);
-                    let deps = deps.into_iter().map(|d| self.receive(d)).collect();
                     inner.tasks.push_back(ExecuteMsg { spec, args, deps });
+                    drop(inner);
+                    self.cv.notify_all();
+                    continue;
                 }
+                NodeToWorker::GetReply { req, values } => {
+                    let values: Vec<Result<Received, ErrorPayload>> =
+                        values.into_iter().map(|v| v.map(|d| self.receive(d))).collect();
+                    let mut inner = self.inner.lock();
+                    if !inner.abandoned.remove(&req) {
+                        inner.replies.insert(req, Reply::Get(values));
+                        drop(inner);
+                        self.cv.notify_all();
+                    } else {
+                        drop(inner);
+                        drop(values); // Releases its leases.
+                    }
+                    continue;
+                }
+                other => other,
+            };
+            let mut inner = self.inner.lock();
+            match msg {
+                NodeToWorker::Execute { .. } | NodeToWorker::GetReply { .. } => {}
                 NodeToWorker::Revoke { tasks } => {
                     let wanted: HashSet<TaskId> = tasks.into_iter().collect();
-                    let mut returned = Vec::new();
-                    inner.tasks.retain(|t| {
-                        let r = wanted.contains(&t.spec.task_id);
-                        if r {
-                            returned.push(t.spec.task_id);
-                        }
-                        !r
-                    });
+                    let (gone, kept): (VecDeque<ExecuteMsg>, VecDeque<ExecuteMsg>) =
+                        std::mem::take(&mut inner.tasks)
+                            .into_iter()
+                            .partition(|t| wanted.contains(&t.spec.task_id));
+                    inner.tasks = kept;
                     drop(inner);
+                    let returned: Vec<TaskId> = gone.iter().map(|t| t.spec.task_id).collect();
+                    drop(gone); // Releases their leases: outside the lock.
                     let _ = self.send(&WorkerToNode::Returned { tasks: returned });
                     continue;
                 }
@@ -247,17 +269,6 @@ impl WorkerConn {
                             let result = TaskResult::Err { error, retryable: false };
                             let _ = self.send(&WorkerToNode::Done { task, result });
                         }
-                        continue;
-                    }
-                }
-                NodeToWorker::GetReply { req, values } => {
-                    let values = values.into_iter().map(|v| v.map(|d| self.receive(d))).collect();
-                    let reply = Reply::Get(values);
-                    if !inner.abandoned.remove(&req) {
-                        inner.replies.insert(req, reply);
-                    } else {
-                        drop(inner);
-                        drop(reply); // Releases its leases (sends messages): outside the lock.
                         continue;
                     }
                 }
@@ -405,7 +416,10 @@ impl WorkerConn {
                     loc.seg, loc.offset, loc.size
                 ))
             }
-            None => View::Unavailable("this worker has no object store mapped".into()),
+            None => {
+                let _ = self.send(&WorkerToNode::Release { segs: vec![loc.seg] });
+                View::Unavailable("this worker has no object store mapped".into())
+            }
         }
     }
 

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Every allocation starts on, and is rounded up to, a page.
 pub const PAGE: u64 = 4096;
 
+/// `n` rounded up to whole pages (at least one); saturates instead of overflowing.
 pub fn round_up(n: u64) -> u64 {
-    n.div_ceil(PAGE).max(1) * PAGE
+    n.div_ceil(PAGE).max(1).saturating_mul(PAGE)
 }
 
 #[derive(Debug)]

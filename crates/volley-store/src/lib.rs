@@ -122,6 +122,12 @@ impl Arena {
         &self.path
     }
 
+    /// The memfd's descriptor in the process that created it.
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self._file.as_raw_fd()
+    }
+
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -377,6 +383,9 @@ impl Store {
     /// Reserves a segment of `size` bytes for `owner` to write, spilling other values if needed.
     /// Returns its handle and offset.
     pub fn alloc(&self, owner: Owner, size: u64) -> Result<(u64, u64), StoreError> {
+        if size == 0 || size > self.arena.capacity {
+            return Err(StoreError::TooLarge { requested: size, capacity: self.arena.capacity });
+        }
         let mut inner = self.inner.lock();
         let offset = self.make_room(&mut inner, size, None)?;
         let seg = inner.next_seg;

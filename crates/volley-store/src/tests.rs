@@ -108,6 +108,10 @@ fn full_when_everything_is_pinned() {
     assert!(msg.contains("2.0 MiB") && msg.contains("4.0 MiB"), "{msg}");
     let err = s.alloc(Owner::Local, 5 * MB).expect_err("too large");
     assert!(matches!(err, StoreError::TooLarge { .. }));
+    // Sizes from a confused or hostile peer are refused, not wrapped around.
+    assert!(s.alloc(Owner::Local, u64::MAX - 100).is_err());
+    assert!(s.alloc(Owner::Local, 0).is_err());
+    assert_eq!(round_up(u64::MAX), u64::MAX); // saturates
 }
 
 #[test]
