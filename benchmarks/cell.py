@@ -15,7 +15,7 @@ import traceback
 
 from benchmarks.common import NotApplicable
 
-FUNCS = ("a", "b", "b_map", "c", "f", "g", "h")
+FUNCS = ("a", "b", "b_map", "c", "f", "g", "h", "i", "j", "k", "k0", "l", "m", "n")
 
 
 def load(system: str):

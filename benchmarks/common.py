@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 WORKERS = 2  # every system gets two worker processes (num_cpus=2)
 
@@ -65,8 +66,8 @@ def array_sum(x) -> float:
 
 def sample_sum(x) -> tuple:
     """(m): sums one element in 4096 (every 8th page of float64s, not CPU bound) and reports
-    this process's VmRSS in MiB at the end of the task, while it still holds the array."""
-    return float(x[::4096].sum()), vmrss_mib()
+    this process's (VmRSS, RssAnon) in MiB at the end of the task, while it holds the array."""
+    return float(x[::4096].sum()), *rss_mib()
 
 
 def shm_sum(spec) -> float:
@@ -105,18 +106,33 @@ def big_array(mib: int | None = None):
     return np.random.default_rng(0).random(mib * 2**20 // 8)
 
 
-def check_sum(value: float, arr) -> None:
-    expected = float(arr.sum())
-    if abs(value - expected) > 1e-6 * abs(expected):
+def check_close(value: float, expected: float) -> None:
+    if abs(value - expected) > 1e-9 * max(1.0, abs(expected)):
         raise RuntimeError(f"task returned {value}, expected {expected}")
 
 
-def median_time(fn, repeat: int) -> float:
-    """Median of `repeat` timed calls of fn(): for (j), where one call is a few microseconds
-    and a single timing would be mostly timer and scheduling noise."""
+def median_get(get, expected) -> dict:
+    """(j): times SIZES["gets"] calls of get() and reports their median (min and max as
+    details): one get is a few microseconds for a zero-copy store, so a single timing would be
+    mostly timer and scheduling noise. Each result is checked, then dropped, outside the timed
+    region. `expected` is array_facts() of the stored array."""
     import statistics
 
-    return statistics.median(_timed(fn) for _ in range(repeat))
+    shape, last = expected
+    times = []
+    for _ in range(SIZES["gets"]):
+        t0 = time.perf_counter()
+        x = get()
+        times.append(time.perf_counter() - t0)
+        if x.shape != shape or x[-1] != last:
+            raise RuntimeError(f"get returned shape {x.shape}, last {x[-1]}")
+        del x
+    return {"value": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def array_facts(arr) -> tuple:
+    """What (j) checks each get against."""
+    return arr.shape, float(arr[-1])
 
 
 def local_sum() -> dict:
@@ -129,23 +145,30 @@ def local_sum() -> dict:
     return {"value": time.perf_counter() - t0}
 
 
-def vmrss_mib() -> float:
-    """This process's VmRSS in MiB (for a zero-copy reader: only the touched pages of the
-    shared mapping count, plus the process's own memory)."""
+def rss_mib() -> tuple:
+    """This process's (VmRSS, RssAnon) in MiB from /proc/self/status. VmRSS counts the mapped
+    pages of a shared mapping too (for a zero-copy reader, those it touched and their resident
+    neighbours); RssAnon only the process's private memory, such as a copy of the array."""
+    kb = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                kb[key] = int(rest.split()[0])
+    return kb.get("VmRSS", 0) / 1024, kb.get("RssAnon", 0) / 1024
 
 
-def readers_result(elapsed: float, results: list, x_sample_sum: float) -> dict:
-    """(m): checks the 10 readers' sums; the value is the time, rss_mib the largest VmRSS."""
+def readers_result(elapsed: float, results: list, expected: float) -> dict:
+    """(m): checks the readers' sums; the value is the time, rss_mib the largest VmRSS of a
+    reader, anon_mib the largest RssAnon."""
     check_count(results, SIZES["readers"])
-    for value, _ in results:
-        if abs(value - x_sample_sum) > 1e-6 * abs(x_sample_sum):
-            raise RuntimeError(f"reader returned {value}, expected {x_sample_sum}")
-    return {"value": elapsed, "rss_mib": max(rss for _, rss in results)}
+    for value, _, _ in results:
+        check_close(value, expected)
+    return {
+        "value": elapsed,
+        "rss_mib": max(rss for _, rss, _ in results),
+        "anon_mib": max(anon for _, _, anon in results),
+    }
 
 
 def spill_arrays() -> list:
@@ -188,6 +211,37 @@ def attach_shm(name: str):
     shm = shared_memory.SharedMemory(name=name)
     resource_tracker.unregister(shm._name, "shared_memory")
     return shm
+
+
+def shm_put(arr):
+    """multiprocessing.shared_memory's "put": a new segment of arr.nbytes, arr copied in."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    shm = shared_memory.SharedMemory(create=True, size=arr.nbytes)
+    view = np.ndarray(arr.shape, arr.dtype, buffer=shm.buf)
+    view[:] = arr
+    del view  # the view must go before close()
+    return shm
+
+
+def shm_free(shm) -> None:
+    shm.close()
+    shm.unlink()
+
+
+@contextmanager
+def shared_copy(arr):
+    """A shm_put() of arr for the length of the block; yields the (name, shape, dtype) that
+    shm_sum() and shm_sample_sum() take."""
+    shm = shm_put(arr)
+    spec = shm.name, arr.shape, arr.dtype.str
+    del arr  # the caller may drop its array now
+    try:
+        yield spec
+    finally:
+        shm_free(shm)
 
 
 # --- helpers ---

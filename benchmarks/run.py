@@ -46,10 +46,13 @@ COLUMNS = (
 class Row:
     letter: str
     title: str
-    unit: str  # "s", "speedup" or "MiB"
+    unit: str  # "s", "speedup", "MiB" or "MiB/s"
     higher_is_better: bool
-    target: str
-    met: object  # (volley_value, {column: ratio}) -> bool | None
+    target: str = ""  # "" for rows without a target
+    met: object = None  # (volley_value, {column: ratio}) -> bool | None
+    # A derived row is not run: its value is derive(value, details) of each run of `source`.
+    source: str = ""
+    derive: object = None
 
 
 def _at_least(ratios: dict, column: str, bound: float) -> bool | None:
@@ -60,8 +63,13 @@ def _all(*checks) -> bool | None:
     return None if None in checks else all(checks)
 
 
+def _size(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
 def rows(sizes: dict) -> list[Row]:
     s = sizes
+    obj, spill = _size(s["object_mib"]), s["spill_objects"] * s["object_mib"]
     return [
         Row("a", "init + first result, fresh interpreter", "s", False, "<= 1/30 of ray",
             lambda v, r: _at_least(r, "ray", 30)),
@@ -79,6 +87,21 @@ def rows(sizes: dict) -> list[Row]:
             lambda v, r: _at_least(r, "ray", 20)),
         Row("h", "idle memory of the process tree after init, 2 workers", "MiB", False,
             "<= 1/8 of ray", lambda v, r: _at_least(r, "ray", 8)),
+        Row("i", f"put {obj} (float64 array) where other processes can read it", "s", False),
+        Row("j", f"get {obj} back in the driver as a readable array (median of "
+            f"{s['gets']} gets)", "s", False),
+        Row("k", f"sum of the stored {obj} in one task (given its ref/handle)", "s", False),
+        Row("k0", f"baseline for (k): arr.sum() of {obj} in the driver", "s", False),
+        Row("l", f"sum of {obj} in one task, the array passed directly as the argument",
+            "s", False),
+        Row("m", f"{s['readers']} tasks each sampling one stored {_size(s['readers_mib'])} "
+            "array, all gathered", "s", False),
+        Row("m-rss", "(m): largest worker VmRSS at the end of a reader task", "MiB", False,
+            source="m", derive=lambda v, e: e.get("rss_mib")),
+        Row("n", f"spill: put {s['spill_objects']} x {obj} into a "
+            f"{_size(s['spill_store_mib'])} store, then get each back", "s", False),
+        Row("n-rate", f"(n) as a rate: 2 x {_size(spill)} written and read / time", "MiB/s",
+            True, source="n", derive=lambda v, e: 2 * spill / v),
     ]  # fmt: skip
 
 
@@ -165,9 +188,19 @@ def measure(row: Row, system: str, func: str, info: dict, args, env) -> Cell:
     return cell
 
 
+def derived(row: Row, source: Cell) -> Cell:
+    """The cell of a derived row: row.derive applied to each run of the source row's cell."""
+    if source.status != "ok":
+        return Cell(source.status, note=source.note, system_wide=source.system_wide)
+    values = [row.derive(v, e) for v, e in zip(source.values, source.extras)]
+    return Cell(values=[v for v in values if v is not None], note=source.note)
+
+
 def fmt(value, unit: str) -> str:
     if value is None:
         return ""
+    if unit == "s" and value < 1e-3:
+        return f"{value * 1e6:.3g} µs"
     if unit == "s" and value < 1:
         return f"{value * 1000:.3g} ms"
     if unit == "speedup":
@@ -200,7 +233,7 @@ def cell_text(cell: Cell, row: Row, label: str, notes: Notes) -> str:
         return "-"
     if cell.status in ("na", "error"):
         word = "n/a" if cell.status == "na" else "error"
-        where = label if cell.system_wide else f"{label}, {row.letter}"
+        where = label if cell.system_wide else f"{label}, {row.source or row.letter}"
         return f"{word} {notes.mark(f'{where}: {cell.note}')}"
     text = fmt(cell.median, row.unit)
     return f"{text} {notes.mark(f'{label}, {row.letter}: {cell.note}')}" if cell.note else text
@@ -222,8 +255,11 @@ def summary_table(table_rows, columns, results, notes: Notes) -> str:
         ratios = {p: ratio(row, volley, results[row.letter, p].median) for p in peers}
         if with_volley:
             line += [f"{fmt(ratios[p], 'x')}" if ratios[p] is not None else "" for p in peers]
-        met = row.met(volley, ratios) if volley is not None else None
-        line += [row.target, {True: "met", False: "NOT met", None: "?"}[met]]
+        if row.met is None:
+            line += ["-", "-"]
+        else:
+            met = row.met(volley, ratios) if volley is not None else None
+            line += [row.target, {True: "met", False: "NOT met", None: "?"}[met]]
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 
@@ -297,7 +333,11 @@ def versions_table(infos: dict) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=None, help="runs per cell (default 3, 1 if --quick)")
-    p.add_argument("--only", default="a,b,c,f,g,h", help="benchmark letters, comma-separated")
+    p.add_argument(
+        "--only",
+        default=",".join(row.letter for row in rows(common.sizes(False))),
+        help="benchmark letters, comma-separated (default: all)",
+    )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="systems, comma-separated")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--timeout", type=float, default=300, help="seconds per cell run")
@@ -315,7 +355,10 @@ def parse_args(argv):
 def main(argv=None) -> None:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     sizes = common.sizes(args.quick)
-    table_rows = [row for row in rows(sizes) if row.letter in args.only]
+    all_rows = rows(sizes)
+    table_rows = [row for row in all_rows if row.letter in args.only]
+    # a derived row needs its source measured, shown or not
+    needed = {row.letter for row in table_rows} | {row.source for row in table_rows if row.source}
     columns = [col for col in COLUMNS if col[1] in args.systems]
     spin_n = common.calibrate_spin(sizes["cpu_task_s"]) if "f" in args.only else 0
     ceiling = common.parallel_ceiling(spin_n) if spin_n else None
@@ -329,8 +372,13 @@ def main(argv=None) -> None:
     load_before = _loadavg()
     infos = {system: call_cell(system, ["info", system], env, 120) for system in args.systems}
     results = {}
-    for row in table_rows:
+    for row in all_rows:
+        if row.letter not in needed:
+            continue
         for label, system, suffix in columns:
+            if row.source:
+                results[row.letter, label] = derived(row, results[row.source, label])
+                continue
             func = f"{row.letter}_{suffix}" if suffix else row.letter
             results[row.letter, label] = measure(row, system, func, infos[system], args, env)
 
@@ -350,6 +398,12 @@ def main(argv=None) -> None:
             runs=args.runs,
             timeout=args.timeout,
             settle=sizes["settle_s"],
+            gets=sizes["gets"],
+            readers=sizes["readers"],
+            spill_store=sizes["spill_store_mib"],
+            spill_objects=sizes["spill_objects"],
+            object_mib=sizes["object_mib"],
+            spill_total=sizes["spill_objects"] * sizes["object_mib"],
             spin_note=SPIN_NOTE.format(spin_n=spin_n, ceiling=ceiling) if spin_n else "",
             versions=versions_table(infos),
             table=table,
@@ -405,6 +459,38 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   (`/proc/<pid>/smaps_rollup`) over the driver and all its descendant processes; PSS splits
   shared pages between the processes that share them, so forked workers are not double counted
   (RSS from `/proc/<pid>/status` only where PSS is unreadable; the row label says which).
+- (i)-(n) object store. The object is `np.random.default_rng(0).random(...)` (float64), made
+  before the timed region. "Put" is `volley.put` / `ray.put` / dask `client.scatter` (one
+  worker holds it) / joblib `joblib.dump` to a file in the folder joblib's auto-memmapping uses
+  (/dev/shm when it has room) plus `joblib.load(mmap_mode="r")` / mp: a new
+  `multiprocessing.shared_memory.SharedMemory` of the array's size with the array copied in;
+  cf has no store (its tasks use shared_memory in (k) and (m)). After init, a warm-up.
+- (i) One put, after two untimed put-and-drop rounds (a store in steady state); dask's timed
+  scatter uses its default `hash=True` (the array is tokenized), the warm-ups `hash=False`.
+- (j) Median of {gets} gets in one run (one get is microseconds: a single timing would be noise):
+  `volley.get` / `ray.get` (zero-copy read-only views), dask `client.gather` (a copy over TCP),
+  `joblib.load(mmap_mode="r")`, mp: attach the segment by name and wrap it in an `np.ndarray`.
+- (k) A task returns `float(x.sum())` given the stored object (ref, future, memmap, or
+  shared-memory name); two untimed calls first (numpy imported, data mapped), then one timed.
+  (k0) is `arr.sum()` in the driver (after one untimed sum), the same code in every column:
+  (k) / (k0) is the price of running the sum in a task.
+- (l) As (k) with the array itself as the argument: `f.remote(arr)` (an implicit put),
+  `client.submit(f, arr)` (through the scheduler), mp `apply` / cf `submit` (pickled through a
+  pipe), a fresh `joblib.Parallel(n_jobs=2)([delayed(f)(arr)])` (auto-memmap: hash, dump,
+  load, delete); one identical untimed call first.
+- (m) The array is put once (untimed); then {readers} tasks each return
+  `float(x[::4096].sum())` (one float64 in 4096: every 8th page, not CPU bound) and are
+  gathered. (m-rss) is the largest VmRSS (`/proc/self/status`) of a worker at the end of a
+  reader task: for the zero-copy systems it counts only the pages of the shared mapping that
+  the task touched (the kernel maps resident neighbours of each faulting page too, so a sampled
+  read can map most of the array) plus the worker's own memory; for dask, the worker's own
+  copy of the array. The details give `anon_mib`, the largest RssAnon (private memory only:
+  a copy of the array shows there, a shared mapping does not).
+- (n) volley and ray only, each with a {spill_store}-MiB object store and a fresh spill
+  directory: put {spill_objects} distinct {object_mib}-MiB arrays (array i full of i), keeping
+  every ref, then get each back, check its first and last element, and drop it; (n-rate) is
+  the nominal rate 2 x {spill_total} MiB (put, then got) / that time. The details give what
+  the store did: volley's spill and restore counts, the number of files in ray's spill folder.
 
 ## Detail
 

@@ -1,1 +1,2 @@
-"""One module per compared system, each exposing the same benchmark functions a, b, c, f, g, h."""
+"""One module per compared system, each exposing the same benchmark functions a, b, c, f, g, h
+and, for the object store, i, j, k, k0, l, m, n (a missing one is listed in NOT_APPLICABLE)."""

@@ -7,6 +7,10 @@ from benchmarks import common
 
 LIBRARIES = ("dask", "distributed")
 DISTRIBUTIONS = ("dask", "distributed")
+NOT_APPLICABLE = {
+    "n": "no object store of a set capacity: workers spill by the memory of the whole worker "
+    "process (memory_limit fractions), which is not the same measurement",
+}
 
 
 @contextmanager
@@ -92,3 +96,97 @@ def h():
     with session() as client:
         warm(client)
         return common.idle_memory()
+
+
+# --- object store, (i)-(m): client.scatter puts the array in one worker's memory ---
+
+
+def i():
+    """One client.scatter(arr) (default hash=True: the array is tokenized for its key, as a
+    user would see), after two untimed scatter+del pairs with hash=False (fresh keys, so the
+    timed one cannot find its key already there)."""
+    arr = common.big_array()
+    with session() as client:
+        warm(client)
+        for _ in range(2):
+            future = client.scatter(arr, hash=False)
+            del future
+        t0 = time.perf_counter()
+        future = client.scatter(arr)
+        elapsed = time.perf_counter() - t0
+        del future
+        return elapsed
+
+
+def j():
+    """client.gather(future): the array comes back from the worker over TCP (a copy)."""
+    arr = common.big_array()
+    with session() as client:
+        warm(client)
+        future = client.scatter(arr)
+        facts = common.array_facts(arr)
+        del arr
+        return common.median_get(lambda: client.gather(future), facts)
+
+
+def k():
+    """client.submit(f, future): runs where the data is (locality); two untimed calls first,
+    then one timed call."""
+    arr = common.big_array()
+    expected = float(arr.sum())
+    with session() as client:
+        warm(client)
+        future = client.scatter(arr)
+        del arr
+        client.gather(
+            [client.submit(common.array_sum, future, pure=False) for _ in range(common.WORKERS)]
+        )
+        t0 = time.perf_counter()
+        value = client.submit(common.array_sum, future, pure=False).result()
+        elapsed = time.perf_counter() - t0
+        common.check_close(value, expected)
+        return elapsed
+
+
+k0 = common.local_sum
+
+
+def l():  # noqa: E743 -- the benchmark's letter
+    """client.submit(f, arr): the array travels inside the task, through the scheduler (dask
+    warns and suggests scatter); one identical untimed call first."""
+    arr = common.big_array()
+    expected = float(arr.sum())
+    with session() as client:
+        warm(client)
+        client.submit(common.array_sum, arr, pure=False).result()
+        t0 = time.perf_counter()
+        value = client.submit(common.array_sum, arr, pure=False).result()
+        elapsed = time.perf_counter() - t0
+        common.check_close(value, expected)
+        return elapsed
+
+
+def m():
+    """The readers take the future of one scatter (untimed): the worker that does not hold
+    the array fetches a copy from the one that does, inside the timed region."""
+    import numpy as np
+
+    with session() as client:
+        warm(client)
+        small = np.ones(8192)
+        client.gather(
+            [client.submit(common.sample_sum, small, pure=False) for _ in range(common.WORKERS)]
+        )
+        arr = common.big_array(common.SIZES["readers_mib"])
+        expected = float(arr[::4096].sum())
+        future = client.scatter(arr)
+        del arr
+        t0 = time.perf_counter()
+        results = client.gather(
+            [
+                client.submit(common.sample_sum, future, pure=False)
+                for _ in range(common.SIZES["readers"])
+            ]
+        )
+        elapsed = time.perf_counter() - t0
+        return common.readers_result(elapsed, results, expected)

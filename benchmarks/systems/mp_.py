@@ -8,7 +8,10 @@ from benchmarks import common
 
 LIBRARIES = ()
 DISTRIBUTIONS = ()
-NOT_APPLICABLE = {"g": "Pool tasks cannot take pending results as arguments"}
+NOT_APPLICABLE = {
+    "g": "Pool tasks cannot take pending results as arguments",
+    "n": "multiprocessing.shared_memory has no capacity and no spilling",
+}
 
 
 def describe() -> str:
@@ -81,3 +84,103 @@ def h():
     with session() as pool:
         warm(pool)
         return common.idle_memory()
+
+
+# --- object store, (i)-(m): multiprocessing.shared_memory is the honest equivalent. Its
+# "put" creates a SharedMemory segment of the array's size and copies the array in; readers
+# attach by name and wrap the buffer in an np.ndarray (zero-copy). The segment is created
+# before the Pool forks, so the workers share the driver's resource tracker. ---
+
+
+def i():
+    """One SharedMemory(create=True) + copy-in, after two untimed create+copy+unlink rounds;
+    each put is a new segment, so its pages are always fresh."""
+    arr = common.big_array()
+    for _ in range(2):
+        common.shm_free(common.shm_put(arr))
+    t0 = time.perf_counter()
+    shm = common.shm_put(arr)
+    elapsed = time.perf_counter() - t0
+    common.shm_free(shm)
+    return elapsed
+
+
+def j():
+    """Attach to the segment by name, as a reader that has only the name, and wrap it in an
+    np.ndarray (zero-copy); the attachments are closed after the timing."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    import numpy as np
+
+    arr = common.big_array()
+    facts = common.array_facts(arr)
+    shape, dtype = arr.shape, arr.dtype
+    attached = []
+
+    def get():
+        shm = shared_memory.SharedMemory(name=name)
+        attached.append(shm)
+        return np.ndarray(shape, dtype, buffer=shm.buf)
+
+    with common.shared_copy(arr) as (name, _, _):
+        del arr
+        try:
+            return common.median_get(get, facts)
+        finally:
+            for shm in attached:
+                shm.close()
+                resource_tracker.unregister(shm._name, "shared_memory")  # the creator unlinks
+
+
+def k():
+    """pool.apply(f, (name,)): the task attaches by name; two untimed tasks first."""
+    arr = common.big_array()
+    expected = float(arr.sum())
+    segment = common.shared_copy(arr)
+    del arr  # before the workers fork: they would count the driver's pages in their RSS
+    with segment as spec, session() as pool:
+        warm(pool)
+        pool.map(common.shm_sum, [spec] * common.WORKERS, chunksize=1)
+        t0 = time.perf_counter()
+        value = pool.apply(common.shm_sum, (spec,))
+        elapsed = time.perf_counter() - t0
+        common.check_close(value, expected)
+        return elapsed
+
+
+k0 = common.local_sum
+
+
+def l():  # noqa: E743 -- the benchmark's letter
+    """pool.apply(f, (arr,)): the array is pickled through the pool's pipe; one identical
+    untimed call first."""
+    arr = common.big_array()
+    expected = float(arr.sum())
+    with session() as pool:
+        warm(pool)
+        pool.apply(common.array_sum, (arr,))
+        t0 = time.perf_counter()
+        value = pool.apply(common.array_sum, (arr,))
+        elapsed = time.perf_counter() - t0
+        common.check_close(value, expected)
+        return elapsed
+
+
+def m():
+    """apply_async per reader with the segment's name; one shm_put (untimed) of the array."""
+    import numpy as np
+
+    arr = common.big_array(common.SIZES["readers_mib"])
+    expected = float(arr[::4096].sum())
+    segment = common.shared_copy(arr)
+    del arr  # before the workers fork: they would count the driver's pages in their RSS
+    with segment as spec, session() as pool:
+        warm(pool)
+        pool.map(common.sample_sum, [np.ones(8192)] * common.WORKERS, chunksize=1)
+        t0 = time.perf_counter()
+        pending = [
+            pool.apply_async(common.shm_sample_sum, (spec,)) for _ in range(common.SIZES["readers"])
+        ]
+        results = [p.get() for p in pending]
+        elapsed = time.perf_counter() - t0
+        return common.readers_result(elapsed, results, expected)
