@@ -78,7 +78,6 @@ pub fn load_received(r: Received) -> Loaded {
     match r.view {
         View::Inline => Ok((Arc::new(r.data), None)),
         View::Shm(lease) => {
-            lease.prefault();
             let m = Mapped { ptr: lease.ptr() as usize, len: lease.len(), guard: lease };
             Ok((Arc::new(r.data), Some(m)))
         }

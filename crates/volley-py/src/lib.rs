@@ -446,7 +446,6 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             let args_view = match &task.args {
                 volley_runtime::View::Inline => None,
                 volley_runtime::View::Shm(l) => {
-                    py.detach(|| l.prefault());
                     Some(store::Mapped { ptr: l.ptr() as usize, len: l.len(), guard: l.clone() })
                 }
                 volley_runtime::View::Unavailable(why) => {

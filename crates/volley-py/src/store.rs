@@ -170,7 +170,6 @@ pub fn object_data(
                         return Err("segment out of range".into());
                     };
                     copy(dst as usize);
-                    store.arena().mark_populated(offset, size);
                     Ok((seg, offset))
                 })
                 .map_err(|e| store_full(py, e))?;
@@ -193,7 +192,6 @@ pub fn object_data(
                         return Err("the node gave a segment outside the store".into());
                     };
                     copy(dst as usize);
-                    arena.mark_populated(offset, size);
                     Ok((seg, offset))
                 })
                 .map_err(|e| store_full(py, e))?;

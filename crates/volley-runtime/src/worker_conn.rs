@@ -58,10 +58,6 @@ impl ShmLease {
     pub fn is_empty(&self) -> bool {
         self.size == 0
     }
-    /// Maps the page tables of the whole value at once, before it is read.
-    pub fn prefault(&self) {
-        self.arena.prefault(self.offset, self.size);
-    }
 }
 
 impl Drop for ShmLease {

@@ -76,9 +76,6 @@ pub struct Arena {
     map: MmapRaw,
     capacity: u64,
     path: String,
-    /// Page ranges whose page tables this process has already filled (start -> end). The store
-    /// never gives pages back to the kernel, so once mapped they stay mapped.
-    populated: Mutex<std::collections::BTreeMap<u64, u64>>,
     _file: File,
 }
 
@@ -114,7 +111,7 @@ impl Arena {
 
     fn map(file: File, capacity: u64, path: String) -> Result<Arena, StoreError> {
         let map = MmapOptions::new().len(capacity as usize).map_raw(&file)?;
-        Ok(Arena { map, capacity, path, populated: Mutex::new(Default::default()), _file: file })
+        Ok(Arena { map, capacity, path, _file: file })
     }
 
     /// Where another process of this node opens the store.
@@ -141,66 +138,6 @@ impl Arena {
         }
         // SAFETY: `offset` is inside the mapping (checked above).
         Some(unsafe { self.map.as_mut_ptr().add(offset as usize) })
-    }
-
-    /// Maps the page tables of a range about to be read in one system call, instead of one
-    /// fault per few pages; ranges this process mapped before are skipped. Only a hint: errors
-    /// are ignored.
-    pub fn prefault(&self, offset: u64, len: u64) {
-        let start = offset / PAGE * PAGE;
-        let end = (offset + len).div_ceil(PAGE) * PAGE;
-        for (a, b) in self.claim_unpopulated(start, end.min(self.capacity)) {
-            if let Some(p) = self.ptr(a, b - a) {
-                // SAFETY: the range lies inside our mapping; the advice changes no contents.
-                let _ = unsafe {
-                    rustix::mm::madvise(
-                        p as *mut std::ffi::c_void,
-                        (b - a) as usize,
-                        rustix::mm::Advice::LinuxPopulateRead,
-                    )
-                };
-            }
-        }
-    }
-
-    /// Records that this process touched `[offset, offset + len)` (it wrote there).
-    pub fn mark_populated(&self, offset: u64, len: u64) {
-        // Only whole pages inside the range count.
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = (offset + len) / PAGE * PAGE;
-        if start < end {
-            self.claim_unpopulated(start, end);
-        }
-    }
-
-    /// Marks `[start, end)` populated and returns the parts that were not.
-    fn claim_unpopulated(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let mut set = self.populated.lock();
-        let mut gaps = Vec::new();
-        let mut at = start;
-        let mut lo = start;
-        let mut hi = end;
-        // Intervals that overlap or touch [start, end).
-        let touching: Vec<(u64, u64)> = set
-            .range(..=end)
-            .rev()
-            .take_while(|(_, e)| **e >= start)
-            .map(|(s, e)| (*s, *e))
-            .collect();
-        for &(s, e) in touching.iter().rev() {
-            if s > at {
-                gaps.push((at, s.min(end)));
-            }
-            at = at.max(e);
-            lo = lo.min(s);
-            hi = hi.max(e);
-            set.remove(&s);
-        }
-        if at < end {
-            gaps.push((at, end));
-        }
-        set.insert(lo, hi);
-        gaps
     }
 }
 
@@ -449,7 +386,6 @@ impl Store {
     pub fn lease_local(self: &Arc<Self>, seg: u64) -> Result<Lease, StoreError> {
         let offset = self.lease(seg, Owner::Local)?;
         let size = self.inner.lock().entries.get(&seg).map(|e| e.size).unwrap_or(0);
-        self.arena.prefault(offset, size);
         Ok(Lease { store: self.clone(), seg, offset, size })
     }
 
@@ -605,7 +541,6 @@ impl Store {
             return Err(StoreError::Spill { dir: self.spill_dir.clone(), source: err });
         }
         e.place = Place::Mem(off);
-        self.arena.mark_populated(off, size);
         inner.stats.restore_count += 1;
         inner.stats.restore_bytes_total += size;
         Ok(off)

@@ -152,19 +152,3 @@ fn another_mapping_sees_the_same_bytes() {
     assert_eq!(unsafe { *p.add(999) }, 9);
     assert!(other.ptr(s.capacity(), 1).is_none());
 }
-
-#[test]
-fn populated_ranges_are_tracked() {
-    let (s, _d) = store(64 * PAGE);
-    let a = s.arena();
-    assert_eq!(a.claim_unpopulated(2 * PAGE, 4 * PAGE), vec![(2 * PAGE, 4 * PAGE)]);
-    assert_eq!(a.claim_unpopulated(8 * PAGE, 9 * PAGE), vec![(8 * PAGE, 9 * PAGE)]);
-    assert_eq!(
-        a.claim_unpopulated(0, 10 * PAGE),
-        vec![(0, 2 * PAGE), (4 * PAGE, 8 * PAGE), (9 * PAGE, 10 * PAGE)]
-    );
-    assert!(a.claim_unpopulated(PAGE, 10 * PAGE).is_empty());
-    assert_eq!(a.populated.lock().len(), 1);
-    a.mark_populated(PAGE / 2, 20 * PAGE);
-    assert_eq!(a.claim_unpopulated(20 * PAGE, 21 * PAGE), vec![(20 * PAGE, 21 * PAGE)]);
-}
