@@ -4,6 +4,7 @@ import time
 from contextlib import contextmanager
 
 from benchmarks import common
+from benchmarks.systems import _ref_api
 
 LIBRARIES = ("volley",)
 DISTRIBUTIONS = ("volley",)
@@ -90,85 +91,26 @@ def h():
 
 
 def i():
-    """One put, after two untimed put+del pairs so that the timed one sees a store in steady
-    state (its pages already touched once and freed, as in a running program)."""
-    arr = common.big_array()
-    with session() as volley:
-        warm(volley)
-        for _ in range(2):
-            ref = volley.put(arr)
-            del ref
-        t0 = time.perf_counter()
-        ref = volley.put(arr)
-        elapsed = time.perf_counter() - t0
-        del ref
-        return elapsed
+    return _ref_api.i(session, warm)
 
 
 def j():
-    """volley.get of a stored array: a read-only zero-copy view of the shared memory."""
-    arr = common.big_array()
-    with session() as volley:
-        warm(volley)
-        ref = volley.put(arr)
-        facts = common.array_facts(arr)
-        del arr
-        return common.median_get(lambda: volley.get(ref), facts)
+    return _ref_api.j(session, warm)
 
 
 def k():
-    """sum(x) in a task given the ref; two untimed calls first (numpy imported and the data
-    mapped in the workers), then one timed call."""
-    arr = common.big_array()
-    expected = float(arr.sum())
-    with session() as volley:
-        task = volley.remote(common.array_sum)
-        warm(volley)
-        ref = volley.put(arr)
-        del arr
-        volley.get([task.remote(ref) for _ in range(common.WORKERS)])
-        t0 = time.perf_counter()
-        value = volley.get(task.remote(ref))
-        elapsed = time.perf_counter() - t0
-        common.check_close(value, expected)
-        return elapsed
+    return _ref_api.k(session, warm)
 
 
 k0 = common.local_sum
 
 
 def l():  # noqa: E743 -- the benchmark's letter
-    """task.remote(arr): the implicit put of the argument is timed; one identical untimed call
-    first."""
-    arr = common.big_array()
-    expected = float(arr.sum())
-    with session() as volley:
-        task = volley.remote(common.array_sum)
-        warm(volley)
-        volley.get(task.remote(arr))
-        t0 = time.perf_counter()
-        value = volley.get(task.remote(arr))
-        elapsed = time.perf_counter() - t0
-        common.check_close(value, expected)
-        return elapsed
+    return _ref_api.l(session, warm)
 
 
 def m():
-    """The readers take the ref of one put (untimed) of the large array."""
-    import numpy as np
-
-    with session() as volley:
-        task = volley.remote(common.sample_sum)
-        warm(volley)
-        volley.get([task.remote(np.ones(8192)) for _ in range(common.WORKERS)])
-        arr = common.big_array(common.SIZES["readers_mib"])
-        expected = float(arr[::4096].sum())
-        ref = volley.put(arr)
-        del arr
-        t0 = time.perf_counter()
-        results = volley.get([task.remote(ref) for _ in range(common.SIZES["readers"])])
-        elapsed = time.perf_counter() - t0
-        return common.readers_result(elapsed, results, expected)
+    return _ref_api.m(session, warm)
 
 
 def n():
