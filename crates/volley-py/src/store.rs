@@ -69,12 +69,6 @@ impl ShmBuffer {
     fn __len__(&self) -> usize {
         self.len
     }
-
-    /// Address of the first byte in this process (for tests and diagnostics).
-    #[getter]
-    fn address(&self) -> usize {
-        self.ptr
-    }
 }
 
 /// `ObjectStoreFullError(msg)`.

@@ -366,6 +366,11 @@ impl Store {
     /// Pins a sealed segment for `owner` to read (reading it back from disk if it was spilled)
     /// and returns its current offset.
     pub fn lease(&self, seg: u64, owner: Owner) -> Result<u64, StoreError> {
+        self.lease_sized(seg, owner).map(|(offset, _)| offset)
+    }
+
+    /// [`Store::lease`], also returning the segment's size.
+    fn lease_sized(&self, seg: u64, owner: Owner) -> Result<(u64, u64), StoreError> {
         let mut inner = self.inner.lock();
         let e = inner.entries.get(&seg).ok_or(StoreError::Unknown(seg))?;
         let size = e.size;
@@ -379,13 +384,12 @@ impl Store {
             *e.leases.entry(owner).or_insert(0) += 1;
             e.last_used = now;
         }
-        Ok(offset)
+        Ok((offset, size))
     }
 
     /// A lease for a reader in this process.
     pub fn lease_local(self: &Arc<Self>, seg: u64) -> Result<Lease, StoreError> {
-        let offset = self.lease(seg, Owner::Local)?;
-        let size = self.inner.lock().entries.get(&seg).map(|e| e.size).unwrap_or(0);
+        let (offset, size) = self.lease_sized(seg, Owner::Local)?;
         Ok(Lease { store: self.clone(), seg, offset, size })
     }
 
