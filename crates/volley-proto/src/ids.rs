@@ -22,6 +22,24 @@ pub struct ObjectId {
     pub index: u32,
 }
 
+/// An actor, named by the id of the task that created it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ActorId(pub TaskId);
+
+impl ActorId {
+    /// The object that stands for the actor: ready once its `__init__` has run, and referenced
+    /// by every handle (the actor is stopped when none is left, unless it is named or detached).
+    pub fn object(self) -> ObjectId {
+        ObjectId::for_return(self.0, 1)
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Actor({:032x})", self.0 .0)
+    }
+}
+
 /// A pickled function, named by a hash of its bytes so it is shipped to each worker only once.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunctionId(pub [u8; 16]);

@@ -13,9 +13,10 @@ mod messages;
 
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
-pub use ids::{FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
-    decode, encode, encode_execute, encode_get_reply, shm_layout, ErrorKind, ErrorPayload, Hello,
-    Keep, NodeToWorker, ObjectData, ObjectResult, ShmLoc, TaskOptions, TaskResult, TaskSpec,
-    WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
+    decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,
+    ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload, Hello, Keep, NodeToWorker,
+    ObjectData, ObjectResult, ShmLoc, TaskOptions, TaskResult, TaskSpec, WorkerToNode,
+    PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
+use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +137,12 @@ pub enum ErrorKind {
     WorkerStartFailed,
     /// The shared-memory object store had no room, even after spilling.
     ObjectStoreFull,
+    /// An actor's `__init__` raised; `exception` holds the pickled exception.
+    ActorCreation,
+    /// The actor's process died (or it was killed) and the call cannot run.
+    ActorDied,
+    /// A streaming task ended before producing this item (never shown to users).
+    EndOfStream,
 }
 
 /// An error stored in place of an object's value.
@@ -159,12 +165,62 @@ pub struct TaskOptions {
     pub max_retries: i32,
     /// Also retry when the task raises a Python exception.
     pub retry_exceptions: bool,
+    /// The task is a generator: each item it yields becomes an object of its own (returns 2,
+    /// 3, ...), sent as it is made; return 1 holds the count of items (or the task's error).
+    pub streaming: bool,
+    /// Other resources held while it runs (for an actor: for its lifetime), in thousandths:
+    /// `"GPU"` and custom names.
+    pub resources: Vec<(String, u64)>,
 }
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { cpu_milli: 1000, max_retries: 3, retry_exceptions: false }
+        TaskOptions {
+            cpu_milli: 1000,
+            max_retries: 3,
+            retry_exceptions: false,
+            streaming: false,
+            resources: Vec::new(),
+        }
     }
+}
+
+/// How an actor is run and kept alive; set when it is created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ActorOptions {
+    /// The class's name, for messages.
+    pub class_name: String,
+    /// Times the actor is recreated after its process dies; negative means unlimited.
+    pub max_restarts: i32,
+    /// Times a call in flight when the process died is run again; negative means unlimited.
+    pub max_task_retries: i32,
+    /// Calls run at once (threads, or coroutines for an async actor).
+    pub max_concurrency: u32,
+    pub is_async: bool,
+    /// A name makes the actor findable (and keeps it alive until killed or shutdown).
+    pub name: Option<String>,
+    pub namespace: String,
+    /// Lives until killed, whatever happens to the handles and their driver.
+    pub detached: bool,
+    /// With a name that is taken: return that actor instead of failing.
+    pub get_if_exists: bool,
+    /// Opaque to the engine: what a caller needs to build a handle (method table, ...).
+    #[serde(with = "serde_bytes")]
+    pub meta: Vec<u8>,
+}
+
+/// What a task is: a plain function call, the creation of an actor, or a call of one of an
+/// actor's methods.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum ActorPart {
+    #[default]
+    None,
+    /// The task's function is the class; running it makes the instance. Its id is the actor's.
+    Create(Box<ActorOptions>),
+    Call {
+        actor: ActorId,
+        method: String,
+    },
 }
 
 /// Everything needed to run a task, as submitted.
@@ -179,6 +235,7 @@ pub struct TaskSpec {
     pub deps: Vec<ObjectId>,
     pub num_returns: u32,
     pub options: TaskOptions,
+    pub actor: ActorPart,
 }
 
 impl TaskSpec {
@@ -219,6 +276,54 @@ pub enum NodeToWorker {
     Shutdown,
     /// Answers `Alloc`: the new segment's handle and offset, or why there is no room.
     AllocReply { req: u64, result: Result<(u64, u64), String> },
+    /// Answers `Actor`.
+    ActorReply { req: u64, answer: ActorAnswer },
+}
+
+/// Requests about actors that need an answer (from a worker; a driver calls its node directly).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ActorRequest {
+    /// Create an actor (`spec.actor` is `Create`); answered `Found` (with `get_if_exists`, maybe
+    /// an existing actor) or `Error`.
+    Create(TaskSpec),
+    /// Find a named actor; answered `Found` or `NotFound`.
+    Lookup { name: String, namespace: String },
+    /// Kill an actor's process; answered `Done`.
+    Kill { actor: ActorId, no_restart: bool },
+    /// Answered `State`.
+    State { actor: ActorId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ActorAnswer {
+    /// The actor and its handle metadata; `created` is false for an existing one.
+    Found {
+        actor: ActorId,
+        #[serde(with = "serde_bytes")]
+        meta: Vec<u8>,
+        created: bool,
+    },
+    NotFound,
+    Error(String),
+    Done,
+    State(ActorInfo),
+}
+
+/// An actor's state, for users and tests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ActorInfo {
+    /// `PENDING` (waiting for its arguments or resources), `STARTING`, `ALIVE`, `RESTARTING`,
+    /// `DEAD`.
+    pub state: String,
+    pub restarts: u32,
+    pub pid: u32,
+    pub class_name: String,
+    pub name: Option<String>,
+    pub namespace: String,
+    /// Why it died, if it did.
+    pub death: Option<String>,
+    /// Calls queued or running.
+    pub pending_calls: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -282,6 +387,28 @@ pub enum WorkerToNode {
     Release {
         segs: Vec<u64>,
     },
+    /// An actor request, answered by `ActorReply`.
+    Actor {
+        req: u64,
+        request: ActorRequest,
+    },
+    /// The `index`-th object (2, 3, ...) of streaming task `task`.
+    Yield {
+        task: TaskId,
+        index: u32,
+        data: ObjectData,
+    },
+    /// Wait for the `item` of a streaming task (this worker is its caller); answered by a
+    /// `WaitReply` naming the item, or naming nothing if the stream ended before it.
+    StreamNext {
+        req: u64,
+        item: ObjectId,
+    },
+    /// This worker will not take the items of streaming task `task` from `from` on.
+    StreamRelease {
+        task: TaskId,
+        from: u32,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
@@ -312,6 +439,7 @@ mod tests {
             deps: vec![ObjectId::for_return(g.next_task(), 1)],
             num_returns: 2,
             options: TaskOptions::default(),
+            actor: ActorPart::None,
         };
         let msg = WorkerToNode::Submit { spec: spec.clone() };
         let back: WorkerToNode = decode(&encode(&msg).expect("encode")).expect("decode");
@@ -378,6 +506,7 @@ mod mirror_tests {
             deps: vec![],
             num_returns: 1,
             options: TaskOptions::default(),
+            actor: ActorPart::Call { actor: ActorId(TaskId(9)), method: "m".into() },
         };
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
         dep.shm =

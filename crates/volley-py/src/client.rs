@@ -10,8 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use volley_proto::{ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec, WorkerToNode};
+use volley_proto::{
+    ActorAnswer, ActorRequest, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec,
+    WorkerToNode,
+};
 use volley_runtime::{Node, Received, Reply, View, WaitError, WorkerConn};
+use volley_sched::StreamStep;
 
 use crate::store::Mapped;
 
@@ -257,6 +261,55 @@ impl Client {
             }
             Backend::Worker(w) => {
                 w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Creates, finds, kills or describes an actor.
+    pub fn actor(&self, request: ActorRequest) -> Result<ActorAnswer, String> {
+        match &self.backend {
+            Backend::Node(n) => Ok(n.actor(request)),
+            Backend::Worker(w) => {
+                let never = || Ok::<(), ()>(());
+                match w.request(|req| WorkerToNode::Actor { req, request }, None, never) {
+                    Ok(Reply::Actor(a)) => Ok(a),
+                    Ok(_) => Err("unexpected reply to an actor request".into()),
+                    Err(_) => Err("volley has shut down".into()),
+                }
+            }
+        }
+    }
+
+    /// Waits for the next item of a stream this process called.
+    pub fn stream_next<E>(
+        &self,
+        item: ObjectId,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<StreamStep, WaitError<E>> {
+        match &self.backend {
+            Backend::Node(n) => n.stream_next(item, None, check),
+            Backend::Worker(w) => {
+                self.flush_decrefs();
+                match w.request(|req| WorkerToNode::StreamNext { req, item }, None, check)? {
+                    Reply::Wait(ready) if ready.contains(&item) => {
+                        Ok(StreamStep::Item { failed: false })
+                    }
+                    Reply::Wait(_) => Ok(StreamStep::End),
+                    _ => Err(WaitError::Closed),
+                }
+            }
+        }
+    }
+
+    pub fn stream_release(&self, task: volley_proto::TaskId, from: u32) {
+        match &self.backend {
+            Backend::Node(n) => {
+                if !n.is_closed() {
+                    n.stream_release(task, from)
+                }
+            }
+            Backend::Worker(w) => {
+                let _ = w.send(&WorkerToNode::StreamRelease { task, from });
             }
         }
     }

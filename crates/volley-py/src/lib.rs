@@ -16,9 +16,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use serde_bytes::ByteBuf;
 use volley_proto::{
-    ErrorKind, ErrorPayload, FunctionId, ObjectId, TaskOptions, TaskResult, TaskSpec, WorkerId,
+    ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
+    FunctionId, ObjectId, TaskId, TaskOptions, TaskResult, TaskSpec, WorkerId, WorkerToNode,
 };
 use volley_runtime::{Node, NodeConfig, WaitError, WorkerConn};
+use volley_sched::StreamStep;
 
 use client::{Backend, Client, Loaded};
 use object_ref::{id_from_bytes, ObjectRef};
@@ -53,6 +55,9 @@ fn kind_code(k: ErrorKind) -> u8 {
         ErrorKind::ObjectLost => 6,
         ErrorKind::WorkerStartFailed => 7,
         ErrorKind::ObjectStoreFull => 8,
+        ErrorKind::ActorCreation => 9,
+        ErrorKind::ActorDied => 10,
+        ErrorKind::EndOfStream => 11,
     }
 }
 
@@ -62,6 +67,8 @@ fn kind_from_code(c: u8) -> ErrorKind {
         2 => ErrorKind::Cancelled,
         3 => ErrorKind::Serialization,
         8 => ErrorKind::ObjectStoreFull,
+        9 => ErrorKind::ActorCreation,
+        10 => ErrorKind::ActorDied,
         _ => ErrorKind::TaskException,
     }
 }
@@ -103,7 +110,7 @@ fn check_signals() -> PyResult<()> {
 
 /// Starts the embedded node with its workers.
 #[pyfunction]
-#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold))]
+#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     py: Python<'_>,
@@ -117,7 +124,9 @@ fn start_node(
     object_store_memory: u64,
     spill_dir: std::path::PathBuf,
     inline_threshold: u64,
+    resources: Vec<(String, f64)>,
 ) -> PyResult<()> {
+    let resources = milli_resources(resources)?;
     if client::current().is_some() {
         return Err(PyRuntimeError::new_err("volley is already initialised"));
     }
@@ -132,6 +141,7 @@ fn start_node(
         object_store_memory,
         spill_dir,
         inline_threshold,
+        resources,
     };
     let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
     client::install(Backend::Node(node), inline_threshold);
@@ -190,9 +200,33 @@ fn register_function(py: Python<'_>, fid: &[u8], data: &[u8]) -> PyResult<()> {
     py.detach(|| c.register_function(id, data)).map_err(to_err)
 }
 
+/// Resource amounts in thousandths, checked; zero amounts are dropped.
+fn milli_resources(res: Vec<(String, f64)>) -> PyResult<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for (k, v) in res {
+        if !(0.0..=1e12).contains(&v) {
+            return Err(PyValueError::new_err(format!(
+                "resource '{k}' must be a number between 0 and 1e12, not {v}"
+            )));
+        }
+        let m = (v * 1000.0).round() as u64;
+        if m > 0 {
+            out.push((k, m));
+        }
+    }
+    Ok(out)
+}
+
+fn cpu_milli(num_cpus: f64) -> PyResult<u32> {
+    if !(0.0..=1e6).contains(&num_cpus) {
+        return Err(PyValueError::new_err("num_cpus must be between 0 and 1e6"));
+    }
+    Ok((num_cpus * 1000.0).round() as u32)
+}
+
 /// Submits a task and returns refs to its results.
 #[pyfunction]
-#[pyo3(signature = (fid, name, data, buffers, contained, deps, num_returns, num_cpus, max_retries, retry_exceptions))]
+#[pyo3(signature = (fid, name, data, buffers, contained, deps, num_returns, num_cpus, max_retries, retry_exceptions, streaming = false, resources = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn submit(
     py: Python<'_>,
@@ -206,11 +240,12 @@ fn submit(
     num_cpus: f64,
     max_retries: i32,
     retry_exceptions: bool,
+    streaming: bool,
+    resources: Vec<(String, f64)>,
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
-    if !(0.0..=1e6).contains(&num_cpus) {
-        return Err(PyValueError::new_err("num_cpus must be between 0 and 1e6"));
-    }
+    let cpu_milli = cpu_milli(num_cpus)?;
+    let resources = milli_resources(resources)?;
     let function = function_id(fid)?;
     let contained = ids_from(contained)?;
     let task_id = c.next_task_id();
@@ -222,15 +257,243 @@ fn submit(
         args: args.data,
         deps: ids_of(&deps),
         num_returns,
-        options: TaskOptions {
-            cpu_milli: (num_cpus * 1000.0).round() as u32,
-            max_retries,
-            retry_exceptions,
-        },
+        options: TaskOptions { cpu_milli, max_retries, retry_exceptions, streaming, resources },
+        actor: ActorPart::None,
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     py.detach(|| c.submit(spec)).map_err(to_err)?;
     Ok(returns)
+}
+
+fn actor_of(r: &ObjectRef) -> ActorId {
+    ActorId(r.id.task)
+}
+
+fn actor_answer(py: Python<'_>, c: &Client, request: ActorRequest) -> PyResult<ActorAnswer> {
+    py.detach(|| c.actor(request)).map_err(to_err)
+}
+
+/// Creates an actor (or, with `get_if_exists`, finds the one of that name). Returns the
+/// actor's ref (held by the new handle), its handle metadata, and whether it was created.
+#[pyfunction]
+#[pyo3(signature = (fid, class_name, data, buffers, contained, deps, num_cpus, resources, max_restarts, max_task_retries, max_concurrency, is_async, name, namespace, detached, get_if_exists, meta))]
+#[allow(clippy::too_many_arguments)]
+fn create_actor<'py>(
+    py: Python<'py>,
+    fid: &[u8],
+    class_name: String,
+    data: &[u8],
+    buffers: &Bound<'py, PyList>,
+    contained: Vec<Vec<u8>>,
+    deps: Vec<PyRef<'py, ObjectRef>>,
+    num_cpus: f64,
+    resources: Vec<(String, f64)>,
+    max_restarts: i32,
+    max_task_retries: i32,
+    max_concurrency: u32,
+    is_async: bool,
+    name: Option<String>,
+    namespace: String,
+    detached: bool,
+    get_if_exists: bool,
+    meta: Vec<u8>,
+) -> PyResult<(ObjectRef, Bound<'py, PyBytes>, bool)> {
+    let c = client()?;
+    let cpu_milli = cpu_milli(num_cpus)?;
+    let resources = milli_resources(resources)?;
+    let function = function_id(fid)?;
+    let args = object_data(py, &c, data, buffers, ids_from(contained)?, None)?;
+    let spec = TaskSpec {
+        task_id: c.next_task_id(),
+        function,
+        name: class_name.clone(),
+        args: args.data,
+        deps: ids_of(&deps),
+        num_returns: 1,
+        options: TaskOptions {
+            cpu_milli,
+            max_retries: 0,
+            retry_exceptions: false,
+            streaming: false,
+            resources,
+        },
+        actor: ActorPart::Create(Box::new(ActorOptions {
+            class_name,
+            max_restarts,
+            max_task_retries,
+            max_concurrency,
+            is_async,
+            name,
+            namespace,
+            detached,
+            get_if_exists,
+            meta,
+        })),
+    };
+    match actor_answer(py, &c, ActorRequest::Create(spec))? {
+        ActorAnswer::Found { actor, meta, created } => {
+            Ok((ObjectRef::new(actor.object(), true), PyBytes::new(py, &meta), created))
+        }
+        ActorAnswer::Error(e) => Err(PyValueError::new_err(e)),
+        other => Err(PyRuntimeError::new_err(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Submits a call of an actor's method; returns refs to its results.
+#[pyfunction]
+#[pyo3(signature = (actor, method, name, data, buffers, contained, deps, num_returns, streaming))]
+#[allow(clippy::too_many_arguments)]
+fn submit_actor_call(
+    py: Python<'_>,
+    actor: PyRef<'_, ObjectRef>,
+    method: String,
+    name: String,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<Vec<u8>>,
+    deps: Vec<PyRef<'_, ObjectRef>>,
+    num_returns: u32,
+    streaming: bool,
+) -> PyResult<Vec<ObjectRef>> {
+    let c = client()?;
+    let contained = ids_from(contained)?;
+    let args = object_data(py, &c, data, buffers, contained, None)?;
+    let spec = TaskSpec {
+        task_id: c.next_task_id(),
+        function: FunctionId([0; 16]),
+        name,
+        args: args.data,
+        deps: ids_of(&deps),
+        num_returns,
+        options: TaskOptions {
+            cpu_milli: 0,
+            max_retries: 0,
+            retry_exceptions: false,
+            streaming,
+            resources: Vec::new(),
+        },
+        actor: ActorPart::Call { actor: actor_of(&actor), method },
+    };
+    let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
+    py.detach(|| c.submit(spec)).map_err(to_err)?;
+    Ok(returns)
+}
+
+/// A named actor's ref (held by the new handle) and handle metadata, or None.
+#[pyfunction]
+fn get_actor<'py>(
+    py: Python<'py>,
+    name: String,
+    namespace: String,
+) -> PyResult<Option<(ObjectRef, Bound<'py, PyBytes>)>> {
+    let c = client()?;
+    match actor_answer(py, &c, ActorRequest::Lookup { name, namespace })? {
+        ActorAnswer::Found { actor, meta, .. } => {
+            Ok(Some((ObjectRef::new(actor.object(), true), PyBytes::new(py, &meta))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Kills an actor's process.
+#[pyfunction]
+fn kill_actor(py: Python<'_>, actor: PyRef<'_, ObjectRef>, no_restart: bool) -> PyResult<()> {
+    let c = client()?;
+    let request = ActorRequest::Kill { actor: actor_of(&actor), no_restart };
+    actor_answer(py, &c, request).map(|_| ())
+}
+
+/// An actor's state as a dict, or None if it is gone.
+#[pyfunction]
+fn actor_state<'py>(
+    py: Python<'py>,
+    actor: PyRef<'py, ObjectRef>,
+) -> PyResult<Option<Bound<'py, pyo3::types::PyDict>>> {
+    let c = client()?;
+    let ActorAnswer::State(info) =
+        actor_answer(py, &c, ActorRequest::State { actor: actor_of(&actor) })?
+    else {
+        return Ok(None);
+    };
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("state", info.state)?;
+    d.set_item("restarts", info.restarts)?;
+    d.set_item("pid", if info.pid == 0 { None } else { Some(info.pid) })?;
+    d.set_item("class_name", info.class_name)?;
+    d.set_item("name", info.name)?;
+    d.set_item("namespace", info.namespace)?;
+    d.set_item("death_cause", info.death)?;
+    d.set_item("pending_calls", info.pending_calls)?;
+    Ok(Some(d))
+}
+
+/// The next item of a stream (`end` is the stream's end ref), or None when it has ended.
+#[pyfunction]
+fn stream_next(
+    py: Python<'_>,
+    end: PyRef<'_, ObjectRef>,
+    index: u32,
+) -> PyResult<Option<ObjectRef>> {
+    let c = client()?;
+    let item = ObjectId::for_return(end.id.task, index);
+    let step = py.detach(|| c.stream_next(item, check_signals)).map_err(wait_err)?;
+    Ok(match step {
+        StreamStep::Item { .. } => Some(ObjectRef::new(item, true)),
+        StreamStep::End => None,
+    })
+}
+
+/// Gives back the items of a stream from `from` on (the caller will not take them).
+#[pyfunction]
+fn stream_release(py: Python<'_>, end: PyRef<'_, ObjectRef>, from: u32) {
+    if let Some(c) = client::current() {
+        let task = end.id.task;
+        py.detach(|| c.stream_release(task, from));
+    }
+}
+
+/// In a worker running a streaming task: sends item `index` (2, 3, ...) of task `task_id`.
+#[pyfunction]
+fn stream_yield(
+    py: Python<'_>,
+    task_id: u128,
+    index: u32,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<Vec<u8>>,
+) -> PyResult<()> {
+    let c = client()?;
+    let Backend::Worker(w) = &c.backend else {
+        return Err(PyRuntimeError::new_err("stream_yield runs in worker processes only"));
+    };
+    let id = ObjectId::for_return(TaskId(task_id), index);
+    let written = object_data(py, &c, data, buffers, ids_from(contained)?, Some(id))?;
+    let msg = WorkerToNode::Yield { task: TaskId(task_id), index, data: written.data };
+    if let Err(e) = py.detach(|| w.send(&msg)) {
+        w.release_segments(written.pending_seg.into_iter().collect());
+        return Err(to_err(e));
+    }
+    Ok(())
+}
+
+/// In a worker: reports the result of a task whose handler returned None (it ran on another
+/// thread, or as a coroutine). `ans` is what the handler would have returned.
+#[pyfunction]
+fn complete_task(
+    py: Python<'_>,
+    task_id: u128,
+    name: String,
+    ans: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let c = client()?;
+    let Backend::Worker(conn) = &c.backend else {
+        return Err(PyRuntimeError::new_err("complete_task runs in worker processes only"));
+    };
+    let result = finish_result(py, &name, parse_result(py, &c, &ans, false));
+    let done = WorkerToNode::Done { task: TaskId(task_id), result };
+    py.detach(|| conn.send(&done)).map_err(to_err)?;
+    c.flush_decrefs();
+    Ok(())
 }
 
 /// Stores a value and returns a ref to it.
@@ -435,7 +698,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         // The handler caches loaded functions: it needs the bytes only the first time.
         let function_bytes =
             if loaded.insert(spec.function) { conn.function(&spec.function) } else { None };
-        let run = || -> PyResult<TaskResult> {
+        let run = || -> PyResult<Option<TaskResult>> {
             let deps = PyList::empty(py);
             for d in task.deps {
                 match py.detach(|| client::load_received(d)) {
@@ -456,6 +719,13 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 }
             };
             let (args_data, args_bufs) = value_to_py(py, &spec.args, args_view.as_ref())?;
+            let actor = match &spec.actor {
+                ActorPart::None => py.None().into_bound(py),
+                ActorPart::Create(o) => {
+                    ("create", o.max_concurrency, o.is_async).into_pyobject(py)?.into_any()
+                }
+                ActorPart::Call { method, .. } => ("call", method).into_pyobject(py)?.into_any(),
+            };
             let call = (
                 &spec.name,
                 PyBytes::new(py, &spec.function.0),
@@ -464,39 +734,27 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 args_bufs,
                 deps,
                 spec.num_returns,
-                spec.task_id.0.to_string(),
+                spec.task_id.0,
+                actor,
+                spec.options.streaming,
             );
             let ans = handler.call1(call)?;
-            parse_result(py, &c, &ans, spec.options.retry_exceptions)
-        };
-        let result = run().unwrap_or_else(|e| {
-            let (kind, message) = if is_store_full(py, &e) {
-                (ErrorKind::ObjectStoreFull, e.value(py).to_string())
-            } else {
-                (
-                    ErrorKind::TaskException,
-                    format!("volley's worker failed to run task '{}': {e}", spec.name),
-                )
-            };
-            TaskResult::Err {
-                error: ErrorPayload {
-                    kind,
-                    task_name: spec.name.clone(),
-                    message,
-                    traceback: String::new(),
-                    exception: None,
-                    pid: std::process::id(),
-                },
-                retryable: false,
+            if ans.is_none() {
+                return Ok(None); // Deferred: reported by `complete_task`.
             }
-        });
-        let result = match result {
-            TaskResult::Err { mut error, retryable } => {
-                error.task_name = spec.name.clone();
-                TaskResult::Err { error, retryable }
-            }
-            ok => ok,
+            parse_result(py, &c, &ans, spec.options.retry_exceptions).map(Some)
         };
+        let result = match run() {
+            Ok(None) => {
+                if conn.finish_task().interrupted {
+                    let _ = py.check_signals();
+                }
+                continue;
+            }
+            Ok(Some(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
+        let result = finish_result(py, &spec.name, result);
         if conn.finish_task().interrupted {
             // A cancel's interrupt may still be pending; it must not hit the next task.
             let _ = py.check_signals();
@@ -508,6 +766,36 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         c.flush_decrefs();
     }
     Ok(())
+}
+
+/// A task's outcome, with an engine-side failure (a result too large for the store, ...) turned
+/// into the task's error, named after the task.
+fn finish_result(py: Python<'_>, name: &str, result: PyResult<TaskResult>) -> TaskResult {
+    let result = result.unwrap_or_else(|e| {
+        let (kind, message) = if is_store_full(py, &e) {
+            (ErrorKind::ObjectStoreFull, e.value(py).to_string())
+        } else {
+            (ErrorKind::TaskException, format!("volley's worker failed to run task '{name}': {e}"))
+        };
+        TaskResult::Err {
+            error: ErrorPayload {
+                kind,
+                task_name: name.to_string(),
+                message,
+                traceback: String::new(),
+                exception: None,
+                pid: std::process::id(),
+            },
+            retryable: false,
+        }
+    });
+    match result {
+        TaskResult::Err { mut error, retryable } => {
+            error.task_name = name.to_string();
+            TaskResult::Err { error, retryable }
+        }
+        ok => ok,
+    }
 }
 
 #[pymodule]
@@ -533,6 +821,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
+    m.add_function(wrap_pyfunction!(create_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
+    m.add_function(wrap_pyfunction!(get_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(kill_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(actor_state, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_next, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_release, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_yield, m)?)?;
+    m.add_function(wrap_pyfunction!(complete_task, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())
 }

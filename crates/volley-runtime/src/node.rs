@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    decode, encode, encode_execute, encode_get_reply, shm_layout, ErrorKind, ErrorPayload,
-    FrameReader, FunctionId, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError,
-    TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorRequest,
+    ErrorKind, ErrorPayload, FrameReader, FunctionId, Hello, Keep, NodeToWorker, ObjectData,
+    ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
-use volley_sched::{Action, Config, Holder, Scheduler, WaitOwner, WaiterId, WorkerExit};
+use volley_sched::{
+    Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId, WorkerExit,
+};
 use volley_store::{Owner, Store};
 
 use crate::logs;
@@ -44,6 +46,8 @@ pub struct NodeConfig {
     pub spill_dir: std::path::PathBuf,
     /// Values of at least this many bytes go to the store; smaller ones travel inline.
     pub inline_threshold: u64,
+    /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
+    pub resources: Vec<(String, u64)>,
 }
 
 /// A value or error, shared with the node's copy.
@@ -97,6 +101,7 @@ struct Deferred {
     wake: Vec<Arc<Slot>>,
     ready: Vec<ObjectId>,
     sup: Vec<SupCmd>,
+    logs: Vec<String>,
 }
 
 impl Shared {
@@ -137,6 +142,9 @@ impl Shared {
             for c in d.sup {
                 let _ = tx.send(c);
             }
+        }
+        for line in d.logs {
+            eprintln!("{line}");
         }
     }
 
@@ -319,6 +327,10 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
                 d.sup.push(SupCmd::Kill(worker));
                 continue;
             }
+            Action::Log(line) => {
+                d.logs.push(line);
+                continue;
+            }
         };
         let Some(conn) = conn else { continue };
         match bytes {
@@ -361,6 +373,7 @@ impl Node {
         let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
         let listener = UnixListener::bind_addr(&addr)?;
         let mut sc = Config::with_cpus(cfg.num_cpus);
+        sc.resources = cfg.resources.iter().cloned().collect();
         sc.pipeline_depth = cfg.pipeline_depth;
         sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
         let (tx, rx) = mpsc::channel();
@@ -448,6 +461,34 @@ impl Node {
         self.shared.with(|st, out| st.sched.cancel(id, force, out));
     }
 
+    /// Creates, finds, kills or describes an actor for this process.
+    pub fn actor(&self, request: ActorRequest) -> ActorAnswer {
+        self.shared.with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out))
+    }
+
+    /// Waits for `item` of a stream this process is the caller of (see `Scheduler::stream_next`).
+    pub fn stream_next<E>(
+        &self,
+        item: ObjectId,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<StreamStep, WaitError<E>> {
+        let ended = self.block_with(
+            |st, out| st.sched.stream_next(Holder::Local, WaitOwner::Local, item, out),
+            timeout,
+            check,
+        )?;
+        if ended {
+            return Ok(StreamStep::End);
+        }
+        Ok(self.shared.with(|st, out| st.sched.stream_take(Holder::Local, item, out)))
+    }
+
+    /// Gives back the items of a stream from `from` on.
+    pub fn stream_release(&self, task: TaskId, from: u32) {
+        self.shared.with(|st, out| st.sched.stream_release(Holder::Local, task, from, out));
+    }
+
     /// Blocks until every object in `ids` is ready and returns their values or errors.
     pub fn get<E>(
         &self,
@@ -482,27 +523,42 @@ impl Node {
         num: usize,
         fetch: bool,
         timeout: Option<Duration>,
-        mut check: impl FnMut() -> Result<(), E>,
+        check: impl FnMut() -> Result<(), E>,
     ) -> Result<(), WaitError<E>> {
+        let register = |st: &mut State, out: &mut Vec<Action>| {
+            Some(st.sched.add_waiter(WaitOwner::Local, ids, num, fetch, out))
+        };
+        self.block_with(register, timeout, check).map(|_| ())
+    }
+
+    /// Registers a local waiter with `register` and blocks until it is woken. `Ok(true)` if
+    /// `register` registered nothing.
+    fn block_with<E>(
+        &self,
+        register: impl FnOnce(&mut State, &mut Vec<Action>) -> Option<WaiterId>,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<bool, WaitError<E>> {
         let slot = Arc::new(Slot::default());
         let (wid, now) = self.shared.with(|st, out| {
-            let wid = st.sched.add_waiter(WaitOwner::Local, ids, num, fetch, out);
+            let Some(wid) = register(st, out) else { return (None, true) };
             let before = out.len();
             out.retain(|a| !matches!(a, Action::WakeLocal { waiter } if *waiter == wid));
             let now = out.len() < before;
             if !now {
                 st.local.insert(wid, slot.clone());
             }
-            (wid, now)
+            (Some(wid), now)
         });
+        let Some(wid) = wid else { return Ok(true) };
         if now {
-            return Ok(());
+            return Ok(false);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         // A short result usually arrives within a few tens of microseconds; spinning that long
         // saves the wake-up of a parked thread, which costs as much again on a small VM.
         if spin_until(spin_time(), || slot.flag.load(Ordering::Acquire)) {
-            return Ok(());
+            return Ok(false);
         }
         let abandon = |shared: &Shared| {
             shared.with(|st, _| {
@@ -514,7 +570,7 @@ impl Node {
             {
                 let mut done = slot.done.lock();
                 if *done {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let mut step = CHECK_INTERVAL;
                 if let Some(d) = deadline {
@@ -522,7 +578,7 @@ impl Node {
                 }
                 slot.cv.wait_for(&mut done, step);
                 if *done {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             if let Err(e) = check() {
@@ -535,7 +591,7 @@ impl Node {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 abandon(&self.shared);
                 // It may have completed just now.
-                return if *slot.done.lock() { Ok(()) } else { Err(WaitError::Timeout) };
+                return if *slot.done.lock() { Ok(false) } else { Err(WaitError::Timeout) };
             }
         }
     }
@@ -728,6 +784,9 @@ fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), Str
             }
         }
         WorkerToNode::Put { id, data } => seal(shared, w, data, Some(*id))?,
+        WorkerToNode::Yield { task, index, data } => {
+            seal(shared, w, data, Some(ObjectId::for_return(*task, *index)))?
+        }
         WorkerToNode::Submit { spec } => seal(shared, w, &mut spec.args, None)?,
         WorkerToNode::Alloc { req, size } => {
             let result = shared.store.alloc(Owner::Worker(w), *size).map_err(|e| e.to_string());
@@ -776,8 +835,55 @@ fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), Str
             WorkerToNode::IncRef { ids } => s.incref(h, &ids),
             WorkerToNode::DecRef { ids } => s.decref(h, &ids, out),
             WorkerToNode::Cancel { id, force } => s.cancel(id, force, out),
+            WorkerToNode::Actor { req, request } => {
+                let answer = actor_request(s, h, request, out);
+                out.push(Action::Send { worker: w, msg: NodeToWorker::ActorReply { req, answer } });
+            }
+            WorkerToNode::Yield { task, index, data } => s.stream_item(w, task, index, data, out),
+            WorkerToNode::StreamNext { req, item } => {
+                if s.stream_next(h, WaitOwner::Worker { worker: w, req }, item, out).is_none() {
+                    let msg = NodeToWorker::WaitReply { req, ready: Vec::new() };
+                    out.push(Action::Send { worker: w, msg });
+                }
+            }
+            WorkerToNode::StreamRelease { task, from } => s.stream_release(h, task, from, out),
             WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}
         }
     });
     Ok(())
+}
+
+/// Carries out an actor request from `holder`.
+fn actor_request(
+    s: &mut Scheduler,
+    holder: Holder,
+    request: ActorRequest,
+    out: &mut Vec<Action>,
+) -> ActorAnswer {
+    match request {
+        ActorRequest::Create(spec) => match s.create_actor(holder, spec, out) {
+            Ok((actor, created)) => {
+                let meta = s.actor_meta(actor).unwrap_or_default();
+                ActorAnswer::Found { actor, meta, created }
+            }
+            Err(e) => ActorAnswer::Error(e.to_string()),
+        },
+        ActorRequest::Lookup { name, namespace } => match s.lookup_actor(&name, &namespace) {
+            Some((actor, meta)) => {
+                // The caller's new handle holds a reference, counted here so the actor cannot
+                // vanish between the answer and the handle.
+                s.incref(holder, &[actor.object()]);
+                ActorAnswer::Found { actor, meta, created: false }
+            }
+            None => ActorAnswer::NotFound,
+        },
+        ActorRequest::Kill { actor, no_restart } => {
+            s.kill_actor(actor, no_restart, out);
+            ActorAnswer::Done
+        }
+        ActorRequest::State { actor } => match s.actor_info(actor) {
+            Some(info) => ActorAnswer::State(info),
+            None => ActorAnswer::NotFound,
+        },
+    }
 }

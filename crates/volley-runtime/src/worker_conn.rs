@@ -82,6 +82,7 @@ pub enum Reply {
     Wait(Vec<ObjectId>),
     /// A segment's handle and offset, or why there is none.
     Alloc(Result<(u64, u64), String>),
+    Actor(volley_proto::ActorAnswer),
 }
 
 #[derive(Default)]
@@ -282,6 +283,11 @@ impl WorkerConn {
                         }
                     } else {
                         inner.replies.insert(req, Reply::Alloc(result));
+                    }
+                }
+                NodeToWorker::ActorReply { req, answer } => {
+                    if !inner.abandoned.remove(&req) {
+                        inner.replies.insert(req, Reply::Actor(answer));
                     }
                 }
                 NodeToWorker::Ready { ids } => inner.ready.extend(ids),

@@ -22,5 +22,6 @@
 mod scheduler;
 
 pub use scheduler::{
-    Action, Config, Holder, ObjectState, Scheduler, Stats, WaitOwner, WaiterId, WorkerExit,
+    Action, ActorError, Config, Holder, ObjectState, Scheduler, Stats, StreamStep, WaitOwner,
+    WaiterId, WorkerExit,
 };

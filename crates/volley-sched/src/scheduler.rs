@@ -4,9 +4,17 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use volley_proto::{
-    ErrorKind, ErrorPayload, FunctionId, NodeToWorker, ObjectData, ObjectId, TaskId, TaskResult,
-    TaskSpec, WorkerId,
+    ActorId, ActorPart, ErrorKind, ErrorPayload, FunctionId, NodeToWorker, ObjectData, ObjectId,
+    TaskId, TaskResult, TaskSpec, WorkerId,
 };
+
+mod actors;
+mod streams;
+
+use actors::ActorEntry;
+pub use actors::ActorError;
+use streams::StreamState;
+pub use streams::StreamStep;
 
 /// Tuning knobs of one node's scheduler.
 #[derive(Debug, Clone)]
@@ -21,6 +29,8 @@ pub struct Config {
     pub idle_worker_timeout_ms: u64,
     /// Workers that die before they connect, in a row, before queued tasks are failed.
     pub max_start_failures: u32,
+    /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
+    pub resources: HashMap<String, u64>,
 }
 
 impl Config {
@@ -31,6 +41,7 @@ impl Config {
             max_workers: 1024,
             idle_worker_timeout_ms: 2000,
             max_start_failures: 5,
+            resources: HashMap::new(),
         }
     }
 
@@ -49,7 +60,7 @@ pub enum WaitOwner {
 }
 
 /// Who holds references: this process (the driver), or a worker process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Holder {
     Local,
     Worker(WorkerId),
@@ -92,6 +103,8 @@ pub enum Action {
     Spawn { worker: WorkerId },
     /// Kill this worker process at once (SIGKILL).
     Kill { worker: WorkerId },
+    /// Something the user should see in the driver's log (an actor restarted, ...).
+    Log(String),
 }
 
 struct ObjectEntry {
@@ -115,6 +128,8 @@ struct TaskEntry {
     attempts: u32,
     /// `Some(force)` once cancelled.
     cancel: Option<bool>,
+    /// Who submitted it (actor calls keep each caller's order).
+    caller: Holder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +154,23 @@ struct WorkerEntry {
     held: HashMap<ObjectId, u32>,
     requests: HashMap<u64, WaiterId>,
     idle_since: u64,
+    /// Resources other than CPU held by the head task.
+    res_held: Vec<(String, u64)>,
+    /// The actor this worker was started for; it never runs pool tasks.
+    actor: Option<ActorId>,
 }
 
 impl WorkerEntry {
     fn is_idle(&self) -> bool {
-        self.state == WorkerState::Alive && self.queue.is_empty() && self.blocked == 0
+        self.state == WorkerState::Alive
+            && self.queue.is_empty()
+            && self.blocked == 0
+            && self.actor.is_none()
+    }
+
+    /// A pool worker that counts towards the one-per-CPU target.
+    fn is_active_pool(&self) -> bool {
+        self.state != WorkerState::Retiring && self.blocked == 0 && self.actor.is_none()
     }
 }
 
@@ -152,6 +179,8 @@ struct Waiter {
     ids: Vec<ObjectId>,
     remaining: usize,
     fetch: bool,
+    /// A streaming caller's wait for one item (see `streams`).
+    stream: bool,
 }
 
 /// Counts for status displays and tests.
@@ -165,6 +194,7 @@ pub struct Stats {
     pub tasks_assigned: usize,
     pub objects: usize,
     pub cpu_used_milli: u32,
+    pub actors: usize,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -182,6 +212,14 @@ pub struct Scheduler {
     start_failures: u32,
     last_start_failure: String,
     now_ms: u64,
+    /// Resources other than CPU in use, in thousandths.
+    res_used: HashMap<String, u64>,
+    actors: HashMap<ActorId, ActorEntry>,
+    /// (namespace, name) of named actors.
+    names: HashMap<(String, String), ActorId>,
+    /// Actors ready to start, waiting for resources, in creation order.
+    pending_actors: VecDeque<ActorId>,
+    streams: HashMap<TaskId, StreamState>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -211,6 +249,11 @@ impl Scheduler {
             start_failures: 0,
             last_start_failure: String::new(),
             now_ms: 0,
+            res_used: HashMap::new(),
+            actors: HashMap::new(),
+            names: HashMap::new(),
+            pending_actors: VecDeque::new(),
+            streams: HashMap::new(),
         }
     }
 
@@ -228,6 +271,10 @@ impl Scheduler {
     }
 
     fn spawn(&mut self, out: &mut Vec<Action>) {
+        self.spawn_for(None, out);
+    }
+
+    fn spawn_for(&mut self, actor: Option<ActorId>, out: &mut Vec<Action>) -> WorkerId {
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
         self.workers.insert(
@@ -243,9 +290,12 @@ impl Scheduler {
                 held: HashMap::new(),
                 requests: HashMap::new(),
                 idle_since: self.now_ms,
+                res_held: Vec::new(),
+                actor,
             },
         );
         out.push(Action::Spawn { worker: id });
+        id
     }
 
     /// A spawned worker connected and said hello. Returns false for an unknown worker.
@@ -259,7 +309,11 @@ impl Scheduler {
         w.state = WorkerState::Alive;
         w.pid = pid;
         w.idle_since = self.now_ms;
+        let actor = w.actor;
         self.start_failures = 0;
+        if let Some(aid) = actor {
+            self.actor_worker_connected(aid, id, pid, out);
+        }
         self.schedule(out);
         true
     }
@@ -281,8 +335,23 @@ impl Scheduler {
         if w.blocked == 0 {
             self.cpu_used -= w.cpu_held;
         }
+        self.release_res(&w.res_held);
         for waiter in w.requests.values() {
             self.waiters.remove(waiter);
+        }
+        if let Some(aid) = w.actor {
+            for (oid, n) in &w.held {
+                for _ in 0..*n {
+                    self.decref_one(*oid, out);
+                }
+            }
+            if w.state == WorkerState::Starting {
+                self.start_failures += 1;
+                self.last_start_failure = exit.0.clone();
+            }
+            self.actor_worker_died(aid, id, w.pid, w.queue, exit, out);
+            self.schedule(out);
+            return;
         }
         let mut requeue = Vec::new();
         for (i, tid) in w.queue.iter().enumerate() {
@@ -342,11 +411,7 @@ impl Scheduler {
         if !self.spawn_allowed() {
             return;
         }
-        let active = self
-            .workers
-            .values()
-            .filter(|w| w.state != WorkerState::Retiring && w.blocked == 0)
-            .count();
+        let active = self.workers.values().filter(|w| w.is_active_pool()).count();
         for _ in active..self.cfg.target_workers() {
             self.spawn(out);
         }
@@ -368,11 +433,7 @@ impl Scheduler {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         self.now_ms = now_ms;
         let target = self.cfg.target_workers();
-        let mut active = self
-            .workers
-            .values()
-            .filter(|w| w.state != WorkerState::Retiring && w.blocked == 0)
-            .count();
+        let mut active = self.workers.values().filter(|w| w.is_active_pool()).count();
         if active <= target {
             return;
         }
@@ -409,6 +470,46 @@ impl Scheduler {
 
     /// A task is submitted by `holder`, who holds one reference to each of its returns.
     pub fn submit(&mut self, holder: Holder, spec: TaskSpec, out: &mut Vec<Action>) {
+        if let ActorPart::Create(_) = spec.actor {
+            // Actors are created with `create_actor`, which answers; a plain submit of one is a
+            // confused peer: fail it like an unknown function.
+            let name = spec.name.clone();
+            let tid = spec.task_id;
+            self.insert_task(holder, spec);
+            let msg = format!("actor '{name}' must be created with create_actor");
+            self.fail_task(tid, error(ErrorKind::Serialization, &name, msg), out);
+            return;
+        }
+        let tid = spec.task_id;
+        let streaming = spec.options.streaming;
+        let spec = self.insert_task(holder, spec);
+        if streaming {
+            self.streams.insert(tid, StreamState::new(holder));
+        }
+        if let ActorPart::Call { actor, .. } = &spec.actor {
+            if let Err(e) = self.actor_accepts(*actor, &spec.name) {
+                self.fail_task(tid, e, out);
+                return;
+            }
+            if let Some(a) = self.actors.get_mut(actor) {
+                a.callers.entry(holder).or_default().push_back(tid);
+            }
+        } else {
+            if let Some(msg) = self.unschedulable(&spec) {
+                self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
+                return;
+            }
+            if !self.functions.contains_key(&spec.function) {
+                let msg = format!("task '{}' names a function this node does not know", spec.name);
+                self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
+                return;
+            }
+        }
+        self.resolve_deps(tid, out);
+    }
+
+    /// Records a task and its references: the returns (held by `holder`) and its arguments.
+    fn insert_task(&mut self, holder: Holder, spec: TaskSpec) -> Arc<TaskSpec> {
         let tid = spec.task_id;
         let spec = Arc::new(spec);
         for rid in spec.return_ids() {
@@ -434,23 +535,69 @@ impl Scheduler {
                 state: TaskState::WaitingDeps(0),
                 attempts: 0,
                 cancel: None,
+                caller: holder,
             },
         );
+        spec
+    }
+
+    /// Why a task or actor can never run here (it asks for more than the node has), if so.
+    fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
+        let what = match &spec.actor {
+            ActorPart::Create(_) => "actor",
+            _ => "task",
+        };
         if spec.options.cpu_milli > self.cfg.cpu_total_milli {
-            let msg = format!(
-                "task '{}' needs {} CPUs but this node has only {}; it can never run",
+            return Some(format!(
+                "{what} '{}' needs {} CPUs but this node has only {}; it can never run",
                 spec.name,
                 spec.options.cpu_milli as f64 / 1000.0,
                 self.cfg.cpu_total_milli as f64 / 1000.0
-            );
-            self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
-            return;
+            ));
         }
-        if !self.functions.contains_key(&spec.function) {
-            let msg = format!("task '{}' names a function this node does not know", spec.name);
-            self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
-            return;
+        for (r, amount) in &spec.options.resources {
+            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
+            if *amount > total {
+                return Some(format!(
+                    "{what} '{}' needs {} {r} but this node has {}; it can never run",
+                    spec.name,
+                    *amount as f64 / 1000.0,
+                    total as f64 / 1000.0
+                ));
+            }
         }
+        None
+    }
+
+    /// Whether `cpu` and `res` are free now.
+    fn fits(&self, cpu: u32, res: &[(String, u64)]) -> bool {
+        self.cpu_used + cpu <= self.cfg.cpu_total_milli
+            && res.iter().all(|(r, a)| {
+                let used = self.res_used.get(r).copied().unwrap_or(0);
+                used + a <= self.cfg.resources.get(r).copied().unwrap_or(0)
+            })
+    }
+
+    fn acquire_res(&mut self, res: &[(String, u64)]) {
+        for (r, a) in res {
+            *self.res_used.entry(r.clone()).or_insert(0) += a;
+        }
+    }
+
+    fn release_res(&mut self, res: &[(String, u64)]) {
+        for (r, a) in res {
+            if let Some(u) = self.res_used.get_mut(r) {
+                *u = u.saturating_sub(*a);
+            }
+        }
+    }
+
+    /// Counts a new task's pending dependencies; it becomes runnable once they are all ready, and
+    /// fails if one failed.
+    fn resolve_deps(&mut self, tid: TaskId, out: &mut Vec<Action>) {
+        let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else {
+            return;
+        };
         let mut pending = 0;
         for dep in &spec.deps {
             match self.objects.get_mut(dep) {
@@ -475,11 +622,35 @@ impl Scheduler {
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             if pending == 0 {
-                t.state = TaskState::Queued;
-                self.ready.push_back(tid);
+                self.make_runnable(tid, out);
                 self.schedule(out);
             } else {
                 t.state = TaskState::WaitingDeps(pending);
+            }
+        }
+    }
+
+    /// A task's dependencies are ready: queue it where its kind runs.
+    fn make_runnable(&mut self, tid: TaskId, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.state = TaskState::Queued;
+        match &t.spec.actor {
+            ActorPart::None => self.ready.push_back(tid),
+            ActorPart::Create(_) => {
+                // The actor keeps the spec (to restart it); the task entry is made again each
+                // time the creation runs.
+                self.tasks.remove(&tid);
+                let aid = ActorId(tid);
+                if let Some(a) = self.actors.get_mut(&aid) {
+                    a.runnable = true;
+                    self.pending_actors.push_back(aid);
+                }
+            }
+            ActorPart::Call { actor, .. } => {
+                let aid = *actor;
+                self.dispatch_actor(aid, out);
             }
         }
     }
@@ -503,13 +674,17 @@ impl Scheduler {
     // ------------------------------------------------------------ dispatch
 
     fn schedule(&mut self, out: &mut Vec<Action>) {
+        if !self.pending_actors.is_empty() {
+            self.start_actors(out);
+        }
         while let Some(&tid) = self.ready.front() {
             let Some(task) = self.tasks.get(&tid) else {
                 self.ready.pop_front();
                 continue;
             };
             let cpu = task.spec.options.cpu_milli;
-            if self.cpu_used + cpu <= self.cfg.cpu_total_milli {
+            let plain = task.spec.options.resources.is_empty();
+            if self.fits(cpu, &task.spec.options.resources) {
                 if let Some(w) = self.idle_worker() {
                     self.ready.pop_front();
                     self.assign(w, tid, out);
@@ -520,7 +695,7 @@ impl Scheduler {
                 self.ensure_workers(out);
                 break;
             }
-            match self.pipeline_target(cpu) {
+            match self.pipeline_target(cpu).filter(|_| plain) {
                 Some(w) => {
                     self.ready.pop_front();
                     self.assign(w, tid, out);
@@ -546,6 +721,8 @@ impl Scheduler {
             .iter()
             .filter(|(_, w)| {
                 w.state == WorkerState::Alive
+                    && w.actor.is_none()
+                    && w.res_held.is_empty()
                     && w.blocked == 0
                     && !w.queue.is_empty()
                     && w.queue.len() <= self.cfg.pipeline_depth
@@ -559,13 +736,18 @@ impl Scheduler {
     fn ensure_workers(&mut self, out: &mut Vec<Action>) {
         if !self.spawn_allowed() {
             // Workers keep dying before they connect: fail the queue rather than hang.
-            let alive = self.workers.values().any(|w| w.state == WorkerState::Alive);
+            let alive =
+                self.workers.values().any(|w| w.state == WorkerState::Alive && w.actor.is_none());
             if !alive {
                 self.fail_all_queued(out);
             }
             return;
         }
-        let starting = self.workers.values().filter(|w| w.state == WorkerState::Starting).count();
+        let starting = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Starting && w.actor.is_none())
+            .count();
         let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
         let wanted = free_cpus.min(self.ready.len());
         let mut n = starting;
@@ -585,10 +767,17 @@ impl Scheduler {
         task.state = TaskState::Assigned(wid);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
-        if w.queue.len() == 1 {
+        if w.queue.len() == 1 && w.actor.is_none() {
             w.cpu_held = spec.options.cpu_milli;
             self.cpu_used += w.cpu_held;
+            if !spec.options.resources.is_empty() {
+                w.res_held = spec.options.resources.clone();
+                self.acquire_res(&spec.options.resources);
+            }
         }
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
         let function = if w.known_functions.insert(spec.function) {
             self.functions.get(&spec.function).cloned()
         } else {
@@ -612,7 +801,12 @@ impl Scheduler {
             let victim = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.revoke_outstanding && w.queue.len() > 1 && w.blocked == 0)
+                .filter(|(_, w)| {
+                    !w.revoke_outstanding
+                        && w.queue.len() > 1
+                        && w.blocked == 0
+                        && w.actor.is_none()
+                })
                 .map(|(id, w)| (w.queue.len(), std::cmp::Reverse(*id)))
                 .max()
                 .map(|(_, std::cmp::Reverse(id))| id);
@@ -652,6 +846,13 @@ impl Scheduler {
                 let name = task.spec.name.clone();
                 let msg = format!("task '{name}' was cancelled");
                 self.fail_task(tid, error(ErrorKind::Cancelled, &name, msg), out);
+            } else if let ActorPart::Call { actor, .. } = &task.spec.actor {
+                let (aid, caller) = (*actor, task.caller);
+                task.state = TaskState::Queued;
+                if let Some(a) = self.actors.get_mut(&aid) {
+                    a.callers.entry(caller).or_default().push_front(tid);
+                }
+                self.dispatch_actor(aid, out);
             } else {
                 task.state = TaskState::Queued;
                 self.ready.push_front(tid);
@@ -665,15 +866,22 @@ impl Scheduler {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        let held =
-            w.queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.spec.options.cpu_milli);
+        if w.queue.is_empty() {
+            w.idle_since = self.now_ms;
+        }
+        if w.actor.is_some() {
+            return; // The actor holds its resources, not its calls.
+        }
+        let head = w.queue.front().and_then(|t| self.tasks.get(t));
+        let held = head.map_or(0, |t| t.spec.options.cpu_milli);
+        let res = head.map(|t| t.spec.options.resources.clone()).unwrap_or_default();
         if w.blocked == 0 {
             self.cpu_used = self.cpu_used - w.cpu_held + held;
         }
         w.cpu_held = held;
-        if w.queue.is_empty() {
-            w.idle_since = self.now_ms;
-        }
+        let old = std::mem::replace(&mut w.res_held, res.clone());
+        self.release_res(&old);
+        self.acquire_res(&res);
     }
 
     // ------------------------------------------------------------ completion
@@ -698,13 +906,24 @@ impl Scheduler {
             self.schedule(out);
             return;
         };
+        if let ActorPart::Create(_) = task.spec.actor {
+            self.tasks.remove(&tid);
+            self.actor_created(ActorId(tid), wid, result, out);
+            self.schedule(out);
+            return;
+        }
         let name = task.spec.name.clone();
+        let call_of = match &task.spec.actor {
+            ActorPart::Call { actor, .. } => Some(*actor),
+            _ => None,
+        };
         match result {
             TaskResult::Ok(values) if values.len() == task.spec.num_returns as usize => {
                 let ids: Vec<ObjectId> = task.spec.return_ids().collect();
                 for (id, v) in ids.into_iter().zip(values) {
                     self.object_ready(id, Arc::new(v), out);
                 }
+                self.stream_finished(tid, None, out);
                 self.finish_task(tid, out);
             }
             TaskResult::Ok(values) => {
@@ -721,7 +940,7 @@ impl Scheduler {
                     let mut err = error(ErrorKind::Cancelled, &name, msg);
                     Arc::make_mut(&mut err).traceback = e.traceback;
                     self.fail_task(tid, err, out);
-                } else if retryable && retries_left(task) {
+                } else if retryable && retries_left(task) && call_of.is_none() {
                     task.attempts += 1;
                     task.state = TaskState::Queued;
                     self.ready.push_back(tid);
@@ -729,6 +948,9 @@ impl Scheduler {
                     self.fail_task(tid, Arc::new(e), out);
                 }
             }
+        }
+        if let Some(aid) = call_of {
+            self.actor_call_finished(aid, out);
         }
         self.schedule(out);
     }
@@ -757,8 +979,7 @@ impl Scheduler {
             if let TaskState::WaitingDeps(n) = &mut t.state {
                 *n -= 1;
                 if *n == 0 {
-                    t.state = TaskState::Queued;
-                    self.ready.push_back(tid);
+                    self.make_runnable(tid, out);
                 }
             }
         }
@@ -824,23 +1045,54 @@ impl Scheduler {
         let Some(task) = self.tasks.get(&tid) else {
             return;
         };
-        if task.state == TaskState::Queued {
-            if let Some(pos) = self.ready.iter().position(|t| *t == tid) {
-                self.ready.remove(pos);
+        let mut call_of = None;
+        let create_of = matches!(task.spec.actor, ActorPart::Create(_)).then_some(ActorId(tid));
+        match (&task.spec.actor, task.state) {
+            (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {
+                let (aid, caller) = (*actor, task.caller);
+                if let Some(q) = self.actors.get_mut(&aid).and_then(|a| a.callers.get_mut(&caller))
+                {
+                    if let Some(pos) = q.iter().position(|t| *t == tid) {
+                        q.remove(pos);
+                    }
+                }
+                call_of = Some(aid);
             }
+            (ActorPart::None, TaskState::Queued) => {
+                if let Some(pos) = self.ready.iter().position(|t| *t == tid) {
+                    self.ready.remove(pos);
+                }
+            }
+            _ => {}
         }
         let ids: Vec<ObjectId> = task.spec.return_ids().collect();
         for id in ids {
             self.object_failed(id, err.clone(), out);
         }
+        self.stream_finished(tid, Some(err.clone()), out);
         self.finish_task(tid, out);
+        if let Some(aid) = create_of {
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.args_released = true; // By `finish_task`, just now.
+            }
+            self.actor_dead(aid, err, out);
+        }
+        if let Some(aid) = call_of {
+            // The next call of that caller may be runnable now.
+            self.dispatch_actor(aid, out);
+            self.actor_call_finished(aid, out);
+        }
     }
 
     fn finish_task(&mut self, tid: TaskId, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.remove(&tid) else {
             return;
         };
-        for oid in task.spec.args.contained.iter().chain(task.spec.deps.iter()) {
+        self.release_args(&task.spec, out);
+    }
+
+    fn release_args(&mut self, spec: &TaskSpec, out: &mut Vec<Action>) {
+        for oid in spec.args.contained.iter().chain(spec.deps.iter()) {
             self.decref_one(*oid, out);
         }
     }
@@ -858,6 +1110,18 @@ impl Scheduler {
         fetch: bool,
         out: &mut Vec<Action>,
     ) -> WaiterId {
+        self.add_waiter_inner(owner, ids, needed, fetch, false, out)
+    }
+
+    fn add_waiter_inner(
+        &mut self,
+        owner: WaitOwner,
+        ids: &[ObjectId],
+        needed: usize,
+        fetch: bool,
+        stream: bool,
+        out: &mut Vec<Action>,
+    ) -> WaiterId {
         let wid = self.next_waiter;
         self.next_waiter += 1;
         let mut distinct: Vec<ObjectId> = ids.to_vec();
@@ -866,7 +1130,7 @@ impl Scheduler {
         let ready = distinct.iter().filter(|id| self.is_ready(id)).count();
         let needed = needed.min(distinct.len());
         let remaining = needed.saturating_sub(ready);
-        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch });
+        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch, stream });
         if remaining == 0 {
             self.complete_waiter(wid, out);
             return wid;
@@ -882,7 +1146,7 @@ impl Scheduler {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.requests.insert(req, wid);
                 w.blocked += 1;
-                if w.blocked == 1 {
+                if w.blocked == 1 && w.actor.is_none() {
                     self.cpu_used -= w.cpu_held;
                     // Tasks pipelined behind the blocked one must not wait for it.
                     if w.queue.len() > 1 {
@@ -905,7 +1169,10 @@ impl Scheduler {
             WaitOwner::Local => out.push(Action::WakeLocal { waiter: wid }),
             WaitOwner::Worker { worker, req } => {
                 self.unblock(worker, req);
-                if w.fetch {
+                if w.stream {
+                    let ready = self.stream_reply(Holder::Worker(worker), &w.ids);
+                    out.push(Action::Send { worker, msg: NodeToWorker::WaitReply { req, ready } });
+                } else if w.fetch {
                     let values = w.ids.iter().map(|id| self.result_of(id)).collect();
                     out.push(Action::GetReply { worker, req, values });
                 } else {
@@ -920,7 +1187,7 @@ impl Scheduler {
         if let Some(wk) = self.workers.get_mut(&worker) {
             if wk.requests.remove(&req).is_some() && wk.blocked > 0 {
                 wk.blocked -= 1;
-                if wk.blocked == 0 {
+                if wk.blocked == 0 && wk.actor.is_none() {
                     // Take the CPU back, even if that over-commits for a moment: the lent-out
                     // work finishes and the balance returns.
                     self.cpu_used += wk.cpu_held;
@@ -1015,7 +1282,11 @@ impl Scheduler {
                 let Some(w) = self.workers.get_mut(&wid) else {
                     return;
                 };
-                if w.queue.front() == Some(&tid) {
+                if w.actor.is_some() {
+                    // The actor process knows which calls it has started; killing it for one
+                    // call would lose its state, so `force` does not apply.
+                    out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: tid } });
+                } else if w.queue.front() == Some(&tid) {
                     if force {
                         out.push(Action::Kill { worker: wid });
                     } else {
@@ -1074,7 +1345,7 @@ impl Scheduler {
         }
     }
 
-    fn decref_one(&mut self, id: ObjectId, _out: &mut Vec<Action>) {
+    fn decref_one(&mut self, id: ObjectId, out: &mut Vec<Action>) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
             let Some(o) = self.objects.get_mut(&id) else {
@@ -1084,6 +1355,16 @@ impl Scheduler {
             if o.refs > 0 {
                 continue;
             }
+            if id.index == 1 && self.actors.contains_key(&ActorId(id.task)) {
+                self.actor_unreferenced(ActorId(id.task), out);
+                let Some(o) = self.objects.get(&id) else { continue };
+                if o.refs > 0 {
+                    continue;
+                }
+            }
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
             match &o.state {
                 // The producing task still runs; its result is dropped when it arrives.
                 ObjectState::Pending => {}
@@ -1102,6 +1383,7 @@ impl Scheduler {
         let mut s = Stats {
             objects: self.objects.len(),
             cpu_used_milli: self.cpu_used,
+            actors: self.actors.len(),
             ..Default::default()
         };
         for w in self.workers.values() {

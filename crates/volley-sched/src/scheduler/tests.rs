@@ -50,6 +50,7 @@ impl Harness {
             deps,
             num_returns: 1,
             options: opts,
+            actor: ActorPart::None,
         }
     }
 

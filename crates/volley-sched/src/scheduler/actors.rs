@@ -1,0 +1,620 @@
+//! Actors: a class instance living in a dedicated worker process.
+//!
+//! An actor is created like a task whose function is the class. Once its dependencies are ready
+//! and its resources free, it gets a worker of its own (never used for pool tasks) and holds its
+//! resources until it dies for good. The creation's return object stands for the actor: every
+//! handle holds a reference to it, so when the last handle (in any process) is gone and no call
+//! is pending, the actor is stopped; a name or `detached` holds one more reference.
+//!
+//! Calls are queued per caller, in submission order; the head of a caller's queue goes to the
+//! actor's process once its arguments are ready, so one caller's calls arrive in order while
+//! different callers interleave. When the process dies, the actor is recreated (`__init__` again,
+//! with the same arguments) up to `max_restarts` times and calls in flight are sent again up to
+//! `max_task_retries` times; otherwise they fail with `ActorDied`.
+
+use super::*;
+use volley_proto::{ActorInfo, ActorOptions};
+
+/// Why an actor could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActorError {
+    #[error("an actor named '{name}' already exists in namespace '{namespace}'")]
+    NameTaken { name: String, namespace: String },
+    #[error("{0}")]
+    Unschedulable(String),
+    #[error("actor class '{0}' was not registered with this node")]
+    UnknownClass(String),
+    #[error("not an actor creation")]
+    NotACreation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Life {
+    /// Waiting for its arguments or its resources.
+    Pending,
+    /// Its process is starting or running `__init__`.
+    Starting,
+    Alive,
+    /// Its process died; a new one is starting.
+    Restarting,
+    Dead,
+}
+
+pub(super) struct ActorEntry {
+    pub(super) create: Arc<TaskSpec>,
+    pub(super) caller: Holder,
+    pub(super) life: Life,
+    /// Its arguments are ready (it is in `pending_actors` or started).
+    pub(super) runnable: bool,
+    pub(super) worker: Option<WorkerId>,
+    pub(super) pid: u32,
+    pub(super) holds_resources: bool,
+    pub(super) restarts: u32,
+    /// Calls not yet sent to the process, per caller, in submission order.
+    pub(super) callers: HashMap<Holder, VecDeque<TaskId>>,
+    pub(super) death: Option<Arc<ErrorPayload>>,
+    /// `volley.kill` was called: `Some(no_restart)`.
+    pub(super) kill_requested: Option<bool>,
+    /// No handle is left anywhere.
+    pub(super) unreferenced: bool,
+    /// Being stopped because no handle is left; removed once its process is gone.
+    pub(super) stopping: bool,
+    pub(super) args_released: bool,
+}
+
+fn opts(spec: &TaskSpec) -> &ActorOptions {
+    static DEFAULT: std::sync::OnceLock<ActorOptions> = std::sync::OnceLock::new();
+    match &spec.actor {
+        ActorPart::Create(o) => o,
+        _ => DEFAULT.get_or_init(ActorOptions::default),
+    }
+}
+
+fn limit(n: i32) -> String {
+    if n < 0 {
+        "unlimited".into()
+    } else {
+        n.to_string()
+    }
+}
+
+impl ActorEntry {
+    fn opts(&self) -> &ActorOptions {
+        opts(&self.create)
+    }
+
+    fn class(&self) -> &str {
+        &self.opts().class_name
+    }
+
+    fn keeps_itself(&self) -> bool {
+        self.opts().name.is_some() || self.opts().detached
+    }
+
+    fn idle(&self, workers: &HashMap<WorkerId, WorkerEntry>) -> bool {
+        self.callers.values().all(|q| q.is_empty())
+            && self.worker.and_then(|w| workers.get(&w)).is_none_or(|w| w.queue.is_empty())
+    }
+}
+
+impl Scheduler {
+    /// Creates an actor from `spec` (its `actor` is `Create`); `holder` gets a reference to the
+    /// actor's object. With a name that is taken and `get_if_exists`, returns that actor
+    /// (`false`: not created).
+    pub fn create_actor(
+        &mut self,
+        holder: Holder,
+        spec: TaskSpec,
+        out: &mut Vec<Action>,
+    ) -> Result<(ActorId, bool), ActorError> {
+        let ActorPart::Create(o) = &spec.actor else {
+            return Err(ActorError::NotACreation);
+        };
+        if let Some(name) = &o.name {
+            let key = (o.namespace.clone(), name.clone());
+            if let Some(existing) = self.names.get(&key).copied() {
+                if o.get_if_exists {
+                    self.incref(holder, &[existing.object()]);
+                    return Ok((existing, false));
+                }
+                return Err(ActorError::NameTaken {
+                    name: name.clone(),
+                    namespace: o.namespace.clone(),
+                });
+            }
+        }
+        if let Some(msg) = self.unschedulable(&spec) {
+            return Err(ActorError::Unschedulable(msg));
+        }
+        if !self.functions.contains_key(&spec.function) {
+            return Err(ActorError::UnknownClass(o.class_name.clone()));
+        }
+        let aid = ActorId(spec.task_id);
+        let name = o.name.clone().map(|n| (o.namespace.clone(), n));
+        let keep = name.is_some() || o.detached;
+        let spec = self.insert_task(holder, spec);
+        if keep {
+            self.incref_one(aid.object());
+        }
+        if let Some(key) = name {
+            self.names.insert(key, aid);
+        }
+        self.actors.insert(
+            aid,
+            ActorEntry {
+                create: spec,
+                caller: holder,
+                life: Life::Pending,
+                runnable: false,
+                worker: None,
+                pid: 0,
+                holds_resources: false,
+                restarts: 0,
+                callers: HashMap::new(),
+                death: None,
+                kill_requested: None,
+                unreferenced: false,
+                stopping: false,
+                args_released: false,
+            },
+        );
+        self.resolve_deps(aid.0, out);
+        Ok((aid, true))
+    }
+
+    /// The handle metadata the actor was created with.
+    pub fn actor_meta(&self, aid: ActorId) -> Option<Vec<u8>> {
+        self.actors.get(&aid).map(|a| a.opts().meta.clone())
+    }
+
+    /// A live named actor and its handle metadata.
+    pub fn lookup_actor(&self, name: &str, namespace: &str) -> Option<(ActorId, Vec<u8>)> {
+        let aid = *self.names.get(&(namespace.to_string(), name.to_string()))?;
+        let a = self.actors.get(&aid)?;
+        (a.life != Life::Dead).then(|| (aid, a.opts().meta.clone()))
+    }
+
+    /// State of an actor, for users.
+    pub fn actor_info(&self, aid: ActorId) -> Option<ActorInfo> {
+        let a = self.actors.get(&aid)?;
+        let state = match a.life {
+            Life::Pending => "PENDING",
+            Life::Starting => "STARTING",
+            Life::Alive => "ALIVE",
+            Life::Restarting => "RESTARTING",
+            Life::Dead => "DEAD",
+        };
+        let queued: usize = a.callers.values().map(|q| q.len()).sum();
+        let running = a.worker.and_then(|w| self.workers.get(&w)).map_or(0, |w| w.queue.len());
+        Some(ActorInfo {
+            state: state.into(),
+            restarts: a.restarts,
+            pid: if a.life == Life::Dead { 0 } else { a.pid },
+            class_name: a.class().to_string(),
+            name: a.opts().name.clone(),
+            namespace: a.opts().namespace.clone(),
+            death: a.death.as_ref().map(|e| e.message.clone()),
+            pending_calls: (queued + running) as u32,
+        })
+    }
+
+    /// Kills the actor's process (SIGKILL). With `no_restart` it dies for good; otherwise it is
+    /// restarted if `max_restarts` allows.
+    pub fn kill_actor(&mut self, aid: ActorId, no_restart: bool, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        if a.life == Life::Dead {
+            return;
+        }
+        a.kill_requested = Some(no_restart);
+        match a.worker {
+            Some(w) => out.push(Action::Kill { worker: w }),
+            None if no_restart => {
+                let msg = format!("actor '{}' was killed with volley.kill()", a.class());
+                let err = error(ErrorKind::ActorDied, a.class(), msg);
+                self.actor_dead(aid, err, out);
+            }
+            None => {}
+        }
+    }
+
+    /// Whether a call may be queued on `aid`: the error it fails with otherwise.
+    pub(super) fn actor_accepts(&self, aid: ActorId, call: &str) -> Result<(), Arc<ErrorPayload>> {
+        match self.actors.get(&aid) {
+            None => Err(error(
+                ErrorKind::ActorDied,
+                call,
+                format!(
+                    "call '{call}' names an actor that no longer exists (it was killed, or every \
+                     handle to it was dropped)"
+                ),
+            )),
+            Some(a) => match &a.death {
+                Some(e) if a.life == Life::Dead => {
+                    let mut e = (**e).clone();
+                    e.task_name = call.to_string();
+                    Err(Arc::new(e))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Starts actors whose resources are free, in creation order.
+    pub(super) fn start_actors(&mut self, out: &mut Vec<Action>) {
+        let mut waiting = VecDeque::new();
+        while let Some(aid) = self.pending_actors.pop_front() {
+            let Some(a) = self.actors.get(&aid) else { continue };
+            if a.life != Life::Pending || a.stopping {
+                continue;
+            }
+            let cpu = a.create.options.cpu_milli;
+            let res = a.create.options.resources.clone();
+            if !self.fits(cpu, &res) {
+                waiting.push_back(aid);
+                continue;
+            }
+            self.cpu_used += cpu;
+            self.acquire_res(&res);
+            let w = self.spawn_for(Some(aid), out);
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.holds_resources = true;
+                a.life = Life::Starting;
+                a.worker = Some(w);
+            }
+        }
+        self.pending_actors = waiting;
+    }
+
+    /// The actor's new process connected: run `__init__` there.
+    pub(super) fn actor_worker_connected(
+        &mut self,
+        aid: ActorId,
+        wid: WorkerId,
+        pid: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            out.push(Action::Kill { worker: wid });
+            return;
+        };
+        if a.worker != Some(wid) || a.life == Life::Dead {
+            out.push(Action::Kill { worker: wid });
+            return;
+        }
+        a.pid = pid;
+        let entry = TaskEntry {
+            spec: a.create.clone(),
+            state: TaskState::Queued,
+            attempts: a.restarts,
+            cancel: None,
+            caller: a.caller,
+        };
+        self.tasks.insert(aid.0, entry);
+        self.assign(wid, aid.0, out);
+    }
+
+    /// Sends the runnable heads of the callers' queues to the actor's process.
+    pub(super) fn dispatch_actor(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let tasks = &self.tasks;
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        let Some(w) = a.worker.filter(|_| a.life == Life::Alive) else {
+            return;
+        };
+        let mut todo = Vec::new();
+        for q in a.callers.values_mut() {
+            while let Some(t) = q.front() {
+                match tasks.get(t).map(|t| t.state) {
+                    Some(TaskState::Queued) => todo.push(q.pop_front()),
+                    None => {
+                        q.pop_front();
+                    }
+                    Some(_) => break,
+                }
+            }
+        }
+        for t in todo.into_iter().flatten() {
+            self.assign(w, t, out);
+        }
+    }
+
+    /// `__init__` finished (`Ok`) or raised.
+    pub(super) fn actor_created(
+        &mut self,
+        aid: ActorId,
+        wid: WorkerId,
+        result: TaskResult,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        if a.worker != Some(wid) || a.stopping || a.life == Life::Dead {
+            return;
+        }
+        match result {
+            TaskResult::Ok(mut values) if values.len() == 1 => {
+                a.life = Life::Alive;
+                let restarted = a.restarts;
+                if restarted > 0 {
+                    let msg = format!(
+                        "volley: actor '{}' was restarted (restart {} of {}, new pid {})",
+                        a.class(),
+                        restarted,
+                        limit(a.opts().max_restarts),
+                        a.pid
+                    );
+                    out.push(Action::Log(msg));
+                }
+                let obj = aid.object();
+                if matches!(self.objects.get(&obj).map(|o| &o.state), Some(ObjectState::Pending)) {
+                    let v = values.pop().unwrap_or_default();
+                    self.object_ready(obj, Arc::new(v), out);
+                }
+                self.dispatch_actor(aid, out);
+            }
+            TaskResult::Ok(_) => {
+                let msg = format!("actor '{}': __init__ returned a malformed result", a.class());
+                let err = error(ErrorKind::ActorCreation, a.class(), msg);
+                self.actor_dead(aid, err, out);
+            }
+            TaskResult::Err { mut error, .. } => {
+                if error.kind == ErrorKind::TaskException {
+                    error.kind = ErrorKind::ActorCreation;
+                }
+                error.task_name = format!("{}.__init__", a.class());
+                self.actor_dead(aid, Arc::new(error), out);
+            }
+        }
+    }
+
+    /// A call of `aid` finished: an actor nobody can call any more stops once idle.
+    pub(super) fn actor_call_finished(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get(&aid) else {
+            return;
+        };
+        if a.unreferenced && !a.keeps_itself() && a.idle(&self.workers) {
+            self.stop_actor(aid, out);
+        }
+    }
+
+    /// The last handle to the actor is gone.
+    pub(super) fn actor_unreferenced(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        a.unreferenced = true;
+        if a.life == Life::Dead {
+            if a.worker.is_none() {
+                self.actors.remove(&aid);
+            }
+            return;
+        }
+        if a.idle(&self.workers) {
+            self.stop_actor(aid, out);
+        }
+    }
+
+    /// Stops an actor nobody can call: politely if its process is up, at once otherwise.
+    fn stop_actor(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        if a.stopping {
+            return;
+        }
+        a.stopping = true;
+        match a.worker {
+            Some(w) => {
+                let up = self.workers.get(&w).is_some_and(|w| w.state == WorkerState::Alive);
+                if up && a.life == Life::Alive {
+                    out.push(Action::Send { worker: w, msg: NodeToWorker::Shutdown });
+                } else {
+                    out.push(Action::Kill { worker: w });
+                }
+            }
+            None => self.remove_actor(aid, out),
+        }
+    }
+
+    /// Forgets an actor for good: its resources, arguments and name.
+    fn remove_actor(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.remove(&aid) else {
+            return;
+        };
+        self.pending_actors.retain(|x| *x != aid);
+        if a.holds_resources {
+            self.cpu_used -= a.create.options.cpu_milli;
+            self.release_res(&a.create.options.resources);
+        }
+        if !a.args_released {
+            self.release_args(&a.create, out);
+        }
+        self.tasks.remove(&aid.0);
+    }
+
+    /// The actor's process is gone (`queue`: the calls it had been sent).
+    pub(super) fn actor_worker_died(
+        &mut self,
+        aid: ActorId,
+        wid: WorkerId,
+        pid: u32,
+        queue: VecDeque<TaskId>,
+        exit: WorkerExit,
+        out: &mut Vec<Action>,
+    ) {
+        if self.tasks.get(&aid.0).is_some_and(|t| t.state == TaskState::Assigned(wid)) {
+            self.tasks.remove(&aid.0);
+        }
+        let calls: Vec<TaskId> = queue.into_iter().filter(|t| *t != aid.0).collect();
+        let spawn_allowed = self.spawn_allowed();
+        let Some(a) = self.actors.get_mut(&aid) else {
+            let err = error(ErrorKind::ActorDied, "", "the actor no longer exists".into());
+            for t in calls {
+                self.fail_call(t, err.clone(), out);
+            }
+            return;
+        };
+        if a.worker != Some(wid) || a.life == Life::Dead {
+            let err = a.death.clone().unwrap_or_else(|| {
+                error(ErrorKind::ActorDied, "", "the actor's process died".into())
+            });
+            if a.worker == Some(wid) {
+                a.worker = None;
+                if a.unreferenced {
+                    self.actors.remove(&aid);
+                }
+            }
+            for t in calls {
+                self.fail_call(t, err.clone(), out);
+            }
+            return;
+        }
+        a.worker = None;
+        if a.stopping {
+            self.remove_actor(aid, out);
+            let err = error(ErrorKind::ActorDied, "", "the actor was stopped".into());
+            for t in calls {
+                self.fail_call(t, err.clone(), out);
+            }
+            return;
+        }
+        let killed = a.kill_requested.take();
+        let o = a.opts();
+        let (max_restarts, max_retries) = (o.max_restarts, o.max_task_retries);
+        let class = a.class().to_string();
+        let restarts_left = max_restarts < 0 || a.restarts < max_restarts as u32;
+        let can_restart = killed != Some(true) && restarts_left && spawn_allowed;
+        if !can_restart {
+            let msg = match killed {
+                Some(true) => format!("actor '{class}' was killed with volley.kill()"),
+                _ => format!(
+                    "actor '{class}' died: its process (pid {pid}) {}; max_restarts={} allows no \
+                     more restarts (it was restarted {} time(s))",
+                    exit.0,
+                    limit(max_restarts),
+                    a.restarts
+                ),
+            };
+            if killed.is_none() {
+                out.push(Action::Log(format!("volley: {msg}")));
+            }
+            let mut err = error(ErrorKind::ActorDied, &class, msg);
+            Arc::make_mut(&mut err).pid = pid;
+            for t in calls {
+                self.fail_call(t, err.clone(), out);
+            }
+            self.actor_dead(aid, err, out);
+            return;
+        }
+        a.restarts += 1;
+        a.life = Life::Restarting;
+        let restart = a.restarts;
+        out.push(Action::Log(format!(
+            "volley: actor '{class}' died (pid {pid} {}); restarting it (restart {restart} of {})",
+            exit.0,
+            limit(max_restarts)
+        )));
+        let mut again = Vec::new();
+        for t in calls {
+            let Some(task) = self.tasks.get_mut(&t) else { continue };
+            if task.cancel.is_some() {
+                let name = task.spec.name.clone();
+                let msg = format!("task '{name}' was cancelled");
+                self.fail_call(t, error(ErrorKind::Cancelled, &name, msg), out);
+            } else if max_retries < 0 || task.attempts < max_retries as u32 {
+                task.attempts += 1;
+                task.state = TaskState::Queued;
+                again.push((t, task.caller));
+            } else {
+                let name = task.spec.name.clone();
+                let msg = format!(
+                    "actor '{class}' died (pid {pid} {}) while running call '{name}'; the actor \
+                     is restarting, but max_task_retries={} allows no retry of this call",
+                    exit.0,
+                    limit(max_retries)
+                );
+                let mut err = error(ErrorKind::ActorDied, &name, msg);
+                Arc::make_mut(&mut err).pid = pid;
+                self.fail_call(t, err, out);
+            }
+        }
+        let new = self.spawn_for(Some(aid), out);
+        if let Some(a) = self.actors.get_mut(&aid) {
+            for (t, caller) in again.into_iter().rev() {
+                a.callers.entry(caller).or_default().push_front(t);
+            }
+            a.worker = Some(new);
+        }
+    }
+
+    /// Fails a call that was sent to the actor's process.
+    fn fail_call(&mut self, tid: TaskId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
+        let Some(name) = self.tasks.get(&tid).map(|t| t.spec.name.clone()) else {
+            return;
+        };
+        let err = if err.task_name == name {
+            err
+        } else {
+            let mut e = (*err).clone();
+            e.task_name = name;
+            Arc::new(e)
+        };
+        self.fail_task(tid, err, out);
+    }
+
+    /// The actor is dead for good: every queued call and every later one fails with `err`.
+    pub(super) fn actor_dead(
+        &mut self,
+        aid: ActorId,
+        err: Arc<ErrorPayload>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        if a.life == Life::Dead {
+            return;
+        }
+        a.life = Life::Dead;
+        a.death = Some(err.clone());
+        let calls: Vec<TaskId> = a.callers.drain().flat_map(|(_, q)| q).collect();
+        let holds = std::mem::take(&mut a.holds_resources);
+        let release_args = !std::mem::replace(&mut a.args_released, true);
+        let create = a.create.clone();
+        let keeps = a.keeps_itself();
+        let name = a.opts().name.clone().map(|n| (a.opts().namespace.clone(), n));
+        if let Some(w) = a.worker {
+            if self.workers.contains_key(&w) {
+                out.push(Action::Kill { worker: w });
+            }
+        }
+        self.pending_actors.retain(|x| *x != aid);
+        if holds {
+            self.cpu_used -= create.options.cpu_milli;
+            self.release_res(&create.options.resources);
+        }
+        for t in calls {
+            self.fail_call(t, err.clone(), out);
+        }
+        let obj = aid.object();
+        if matches!(self.objects.get(&obj).map(|o| &o.state), Some(ObjectState::Pending)) {
+            self.object_failed(obj, err.clone(), out);
+        }
+        if release_args {
+            self.release_args(&create, out);
+        }
+        if let Some(key) = name {
+            if self.names.get(&key) == Some(&aid) {
+                self.names.remove(&key);
+            }
+        }
+        if keeps {
+            // The name's (or detachment's) own reference.
+            self.decref_one(obj, out);
+        }
+    }
+}
