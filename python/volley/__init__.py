@@ -8,6 +8,15 @@
 [0, 1, 4, 9]
 """
 
+from ._actor import (
+    ActorClass,
+    ActorHandle,
+    ObjectRefGenerator,
+    actor_state,
+    get_actor,
+    kill,
+    method,
+)
 from ._api import (
     Context,
     RemoteFunction,
@@ -23,6 +32,8 @@ from ._api import (
 )
 from ._core import ObjectRef
 from .exceptions import (
+    ActorCreationError,
+    ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
     ObjectStoreFullError,
@@ -47,6 +58,15 @@ __all__ = [
     "wait",
     "cancel",
     "object_store_stats",
+    "get_actor",
+    "kill",
+    "method",
+    "actor_state",
+    "ActorClass",
+    "ActorHandle",
+    "ObjectRefGenerator",
+    "ActorCreationError",
+    "ActorDiedError",
     "ObjectRef",
     "RemoteFunction",
     "Context",

@@ -23,7 +23,15 @@ _atexit_registered = False
 
 _EMPTY_ARGS = (EMPTY_ARGS, [], [])
 
-_TASK_OPTIONS = {"num_cpus", "num_returns", "max_retries", "retry_exceptions", "name"}
+_TASK_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "num_returns",
+    "max_retries",
+    "retry_exceptions",
+    "name",
+}
 
 
 class Context:
@@ -54,6 +62,45 @@ def _default_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _default_gpus() -> int:
+    """NVIDIA GPUs of this machine (as the driver lists them), or those CUDA_VISIBLE_DEVICES
+    names."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def _check_resources(resources: Any, where: str) -> dict:
+    if not isinstance(resources, dict):
+        raise TypeError(f"{where}: resources must be a dict of name -> amount")
+    out = {}
+    for k, v in resources.items():
+        if not isinstance(k, str) or k in ("CPU", "GPU"):
+            raise ValueError(
+                f"{where}: resource names are strings other than 'CPU' and 'GPU' "
+                f"(use num_cpus/num_gpus), not {k!r}"
+            )
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{where}: resource '{k}' must be a number >= 0, not {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def _resource_list(opts: dict, where: str) -> list:
+    """``[(name, amount)]`` of the non-CPU resources in task or actor options."""
+    res = _check_resources(opts.get("resources") or {}, where)
+    g = opts.get("num_gpus") or 0
+    if not isinstance(g, (int, float)) or g < 0:
+        raise ValueError(f"num_gpus must be a number >= 0, not {g!r}")
+    if g:
+        res["GPU"] = float(g)
+    return sorted(res.items())
+
+
 def _default_store_memory() -> int:
     """30% of this machine's memory (or of the cgroup's limit, if lower)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -77,6 +124,8 @@ def init(
     object_store_memory: int | None = None,
     object_spill_dir: str | os.PathLike | None = None,
     inline_threshold: int = 100 * 1024,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
 
@@ -96,6 +145,9 @@ def init(
             files have no name: they vanish when freed, or when volley's processes die.
         inline_threshold: values whose pickled size (stream and buffers) is at least this many
             bytes go to the shared-memory store; smaller ones travel inside messages.
+        num_gpus: GPUs to schedule (default: the NVIDIA GPUs this machine has).
+        resources: custom resources and their amounts, e.g. ``{"disk": 2}``; tasks and actors
+            asking for them (``resources={"disk": 1}``) wait until they are free.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -123,6 +175,12 @@ def init(
             raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
         if not isinstance(inline_threshold, int) or inline_threshold < 0:
             raise ValueError(f"inline_threshold must be >= 0, not {inline_threshold!r}")
+        gpus = _default_gpus() if num_gpus is None else num_gpus
+        if not isinstance(gpus, (int, float)) or gpus < 0:
+            raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
+        custom = _check_resources(resources or {}, "init")
+        if gpus:
+            custom["GPU"] = float(gpus)
         if object_spill_dir is None:
             import tempfile
 
@@ -145,6 +203,7 @@ def init(
             int(store),
             spill_dir,
             int(inline_threshold),
+            sorted(custom.items()),
         )
         _generation += 1
         if not _atexit_registered:
@@ -193,8 +252,9 @@ def _check_options(options: dict) -> dict:
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_TASK_OPTIONS)}")
     n = options.get("num_returns", 1)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_returns must be an int >= 1, not {n!r}")
+    if n != "streaming" and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"num_returns must be an int >= 1 or 'streaming', not {n!r}")
+    _resource_list(options, "remote")
     c = options.get("num_cpus", 1)
     if not isinstance(c, (int, float)) or c < 0:
         raise ValueError(f"num_cpus must be a number >= 0, not {c!r}")
@@ -207,7 +267,35 @@ def _check_options(options: dict) -> dict:
     return options
 
 
-class RemoteFunction:
+class _Shipped:
+    """Something pickled once and registered with the node under a hash of its bytes (a
+    function, or an actor class); ``_fn`` is the object."""
+
+    _fn: Any
+    _pickled: tuple[bytes, bytes] | None
+    _registered_generation: int
+
+    def _function_id(self, name: str) -> bytes:
+        if self._pickled is None:
+            import hashlib
+
+            import cloudpickle
+
+            try:
+                data = cloudpickle.dumps(self._fn, protocol=5)
+            except Exception as e:
+                raise SerializationError(
+                    f"could not serialize function '{name}': {type(e).__name__}: {e}"
+                ) from e
+            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
+        fid, data = self._pickled
+        if self._registered_generation != _generation:
+            _core.register_function(fid, data)
+            self._registered_generation = _generation
+        return fid
+
+
+class RemoteFunction(_Shipped):
     """A function that runs as a task in a worker process; made by ``@volley.remote``.
 
     ``f.remote(*args, **kwargs)`` submits a call and returns an ``ObjectRef`` at once (a list of
@@ -257,25 +345,6 @@ class RemoteFunction:
         """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``)."""
         return self._submit(args, kwargs, self._options)
 
-    def _function_id(self, name: str) -> bytes:
-        if self._pickled is None:
-            import hashlib
-
-            import cloudpickle
-
-            try:
-                data = cloudpickle.dumps(self._fn, protocol=5)
-            except Exception as e:
-                raise SerializationError(
-                    f"could not serialize function '{name}': {type(e).__name__}: {e}"
-                ) from e
-            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
-        fid, data = self._pickled
-        if self._registered_generation != _generation:
-            _core.register_function(fid, data)
-            self._registered_generation = _generation
-        return fid
-
     def _submit(self, args: tuple, kwargs: dict, opts: dict):
         _ensure_init()
         name = opts.get("name") or self._name
@@ -294,6 +363,7 @@ class RemoteFunction:
         else:
             data, buffers, contained = _EMPTY_ARGS
         n = opts.get("num_returns", 1)
+        streaming = n == "streaming"
         refs = _core.submit(
             fid,
             name,
@@ -301,11 +371,17 @@ class RemoteFunction:
             buffers,
             contained,
             deps,
-            n,
+            1 if streaming else n,
             float(opts.get("num_cpus", 1)),
             opts.get("max_retries", 3),
             bool(opts.get("retry_exceptions", False)),
+            streaming,
+            _resource_list(opts, name) if "resources" in opts or "num_gpus" in opts else [],
         )
+        if streaming:
+            from ._actor import ObjectRefGenerator
+
+            return ObjectRefGenerator(refs[0])
         return refs[0] if n == 1 else refs
 
 
@@ -335,9 +411,15 @@ class _Bound:
 def remote(*args: Any, **options: Any):
     """Makes a function run remotely: ``@volley.remote`` or ``@volley.remote(num_cpus=2, ...)``.
 
-    Options: ``num_cpus`` (CPUs held while it runs, default 1), ``num_returns`` (default 1),
-    ``max_retries`` (retries after its worker dies, default 3, -1 for unlimited),
-    ``retry_exceptions`` (also retry when it raises), ``name`` (shown in logs and errors).
+    Options: ``num_cpus`` (CPUs held while it runs, default 1), ``num_gpus``, ``resources``
+    (custom resources, ``{"name": amount}``), ``num_returns`` (default 1; ``"streaming"`` for
+    a generator whose items come back one by one as refs), ``max_retries`` (retries after its
+    worker dies, default 3, -1 for unlimited), ``retry_exceptions`` (also retry when it raises),
+    ``name`` (shown in logs and errors).
+
+    On a class, it makes an actor (see ``volley.ActorClass``): ``Cls.remote(...)`` starts an
+    instance in a process of its own and returns a handle whose methods are called with
+    ``handle.method.remote(...)``.
 
     >>> @volley.remote(num_returns=2)
     ... def split(x):
@@ -350,17 +432,15 @@ def remote(*args: Any, **options: Any):
         return _make_remote(args[0], {})
     if args:
         raise TypeError("use @volley.remote or @volley.remote(option=value, ...)")
-    _check_options(options)
     return lambda obj: _make_remote(obj, options)
 
 
-def _make_remote(obj: Any, options: dict) -> RemoteFunction:
+def _make_remote(obj: Any, options: dict):
     if isinstance(obj, type):
-        raise TypeError(
-            f"volley.remote on a class ({obj.__name__}) makes an actor, which this version of "
-            "volley does not support yet; decorate functions instead"
-        )
-    return RemoteFunction(obj, options)
+        from ._actor import ActorClass
+
+        return ActorClass(obj, options)
+    return RemoteFunction(obj, _check_options(options))
 
 
 def _refs_list(refs: Any, what: str) -> list[ObjectRef]:

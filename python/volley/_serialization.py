@@ -11,6 +11,8 @@ import threading
 
 from . import _core
 from .exceptions import (
+    ActorCreationError,
+    ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
     ObjectStoreFullError,
@@ -185,6 +187,7 @@ def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseExcept
 # Error kinds, as numbered by the engine (`kind_code` in crates/volley-py/src/lib.rs).
 TASK_EXCEPTION, WORKER_CRASHED, CANCELLED, SERIALIZATION = 0, 1, 2, 3
 UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED, OBJECT_STORE_FULL = 5, 6, 7, 8
+ACTOR_CREATION, ACTOR_DIED = 9, 10
 
 
 def to_exception(result: tuple) -> BaseException:
@@ -201,6 +204,20 @@ def to_exception(result: tuple) -> BaseException:
             text = f"task '{task_name}' (pid {pid}) raised {message}\n\nRemote traceback:\n{tb}"
             return task_error(None, task_name, tb, pid, text)
         return task_error(cause, task_name, tb, pid)
+    if kind == ACTOR_CREATION:
+        cause = None
+        if exc_bytes is not None:
+            try:
+                cause = pickle.loads(exc_bytes)
+            except Exception:
+                cause = None
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else message
+        text = f"actor creation '{task_name}' (pid {pid}) raised {what}"
+        if tb:
+            text += f"\n\nRemote traceback:\n{tb}"
+        return ActorCreationError(
+            text, cause=cause, task_name=task_name, remote_traceback=tb, pid=pid
+        )
     classes = {
         WORKER_CRASHED: WorkerCrashedError,
         CANCELLED: TaskCancelledError,
@@ -209,6 +226,7 @@ def to_exception(result: tuple) -> BaseException:
         OBJECT_LOST: ObjectLostError,
         WORKER_START_FAILED: WorkerStartError,
         OBJECT_STORE_FULL: ObjectStoreFullError,
+        ACTOR_DIED: ActorDiedError,
     }
     cls = classes.get(kind, VolleyError)
     text = message

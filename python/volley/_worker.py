@@ -15,6 +15,7 @@ import sys
 
 _pid = os.getpid()
 _current_name: str | None = None
+_default_name = "worker"  # an actor's process uses its class's name
 _functions: dict[bytes, object] = {}
 
 
@@ -51,7 +52,7 @@ class _PrefixedStream(io.TextIOBase):
             self._emit(lines)
 
     def _emit(self, lines: list[str]) -> None:
-        prefix = f"({_current_name or 'worker'} pid={_pid}) "
+        prefix = f"({_current_name or _default_name} pid={_pid}) "
         data = "".join(f"{prefix}{line}\n" for line in lines).encode("utf-8", "replace")
         try:
             os.write(self._fd, data)
@@ -84,48 +85,50 @@ def _pickled_exception(e: BaseException) -> bytes | None:
         return None
 
 
-def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
-    """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
-    ``(False, (kind, message, traceback, pickled_exception))``."""
-    global _current_name
+def _load_function(name, fid, fbytes):
+    """The function (or actor class) ``fid``: ``(fn, None)`` or ``(None, error)``."""
     fn = _functions.get(fid)
-    if fn is None:
-        if fbytes is None:
-            return False, (SERIALIZATION, f"the function of task '{name}' was never sent", "", None)
-        try:
-            fn = pickle.loads(fbytes)
-        except BaseException as e:
-            msg = f"could not load the function of task '{name}': {type(e).__name__}: {e}"
-            return False, (SERIALIZATION, msg, _format_exception(e), None)
-        _functions[fid] = fn
+    if fn is not None:
+        return fn, None
+    if fbytes is None:
+        return None, (SERIALIZATION, f"the function of task '{name}' was never sent", "", None)
+    try:
+        fn = pickle.loads(fbytes)
+    except BaseException as e:
+        msg = f"could not load the function of task '{name}': {type(e).__name__}: {e}"
+        return None, (SERIALIZATION, msg, _format_exception(e), None)
+    _functions[fid] = fn
+    return fn, None
+
+
+def _load_args(name, data, buffers, deps):
+    """``(args, kwargs, None)`` or ``(None, None, error)``."""
     try:
         if data == _EMPTY_ARGS:
-            args, kwargs = (), {}
-        elif deps:
+            return (), {}, None
+        if deps:
             args, kwargs = loads(data, buffers, [loads(d, b) for d, b in deps])
         else:
             args, kwargs = pickle.loads(data, buffers=buffers)
+        return args, kwargs, None
     except BaseException as e:
         msg = f"could not deserialize the arguments of task '{name}': {type(e).__name__}: {e}"
-        return False, (SERIALIZATION, msg, _format_exception(e), None)
-    _current_name = name
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as e:
-        del args, kwargs
-        return False, (
-            TASK_EXCEPTION,
-            f"{type(e).__name__}: {e}",
-            _format_exception(e),
-            _pickled_exception(e),
-        )
-    finally:
-        if _stdout._buf:
-            _stdout.flush()
-        if _stderr._buf:
-            _stderr.flush()
-        _current_name = None
-    del args, kwargs
+        return None, None, (SERIALIZATION, msg, _format_exception(e), None)
+
+
+def _raised(e: BaseException):
+    return False, (TASK_EXCEPTION, f"{type(e).__name__}: {e}", _format_exception(e), _pickled_exception(e))
+
+
+def _flush_output() -> None:
+    if _stdout._buf:
+        _stdout.flush()
+    if _stderr._buf:
+        _stderr.flush()
+
+
+def _results(name, result, num_returns):
+    """Serializes a call's result as its declared returns."""
     if num_returns == 1:
         values = [result]
     else:
@@ -152,9 +155,201 @@ def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id):
     return True, out
 
 
+def _yield_item(name, task_id, index, item):
+    try:
+        data, buffers, contained = dumps(item)
+    except Exception as e:
+        raise _ItemError(
+            f"could not serialize item {index - 2} yielded by task '{name}' "
+            f"(a {type(item).__qualname__}): {type(e).__name__}: {e}"
+        ) from e
+    _core.stream_yield(task_id, index, data, buffers, contained)
+
+
+class _ItemError(Exception):
+    pass
+
+
+def _stream(name, task_id, gen):
+    """Sends each item of a generator as it comes; the answer is the number of items."""
+    if not hasattr(gen, "__next__"):
+        msg = f"TypeError: task '{name}' is streaming but returned a {type(gen).__name__}"
+        return False, (TASK_EXCEPTION, msg, "", _pickled_exception(TypeError(msg)))
+    n = 0
+    try:
+        for item in gen:
+            _yield_item(name, task_id, n + 2, item)
+            n += 1
+    except _ItemError as e:
+        return False, (SERIALIZATION, str(e), _format_exception(e), None)
+    except BaseException as e:
+        return _raised(e)
+    return True, [dumps(n)]
+
+
+def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
+    """Calls ``fn`` and serializes what it returns (or yields, or raises)."""
+    global _current_name
+    _current_name = name
+    try:
+        result = fn(*args, **kwargs)
+        if streaming:
+            return _stream(name, task_id, result)
+    except BaseException as e:
+        return _raised(e)
+    finally:
+        _flush_output()
+        _current_name = None
+    return _results(name, result, num_returns)
+
+
+def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming):
+    """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
+    ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
+    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
+    if actor is not None:
+        if actor[0] == "call":
+            return _actor_call(name, actor[1], data, buffers, deps, num_returns, task_id, streaming)
+        return _actor_create(name, fid, fbytes, data, buffers, deps, actor[1], actor[2])
+    fn, err = _load_function(name, fid, fbytes)
+    if err is not None:
+        return False, err
+    args, kwargs, err = _load_args(name, data, buffers, deps)
+    if err is not None:
+        return False, err
+    return _call(name, fn, args, kwargs, num_returns, streaming, task_id)
+
+
+# ---------------------------------------------------------------------------------------- actors
+
+_actor = None
+_actor_mode = None  # "sync", "threaded" or "async"
+_executor = None
+_loop = None
+_semaphore = None
+_running: set = set()
+
+
+def _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_async):
+    """Runs the class's ``__init__`` in this (dedicated) process."""
+    global _actor, _actor_mode, _executor, _loop, _default_name
+    cls, err = _load_function(name, fid, fbytes)
+    if err is not None:
+        return False, err
+    args, kwargs, err = _load_args(name, data, buffers, deps)
+    if err is not None:
+        return False, err
+    _default_name = name
+    if is_async:
+        import asyncio
+        import threading
+
+        _loop = asyncio.new_event_loop()
+        threading.Thread(target=_loop.run_forever, name="volley-actor-loop", daemon=True).start()
+        _actor_mode = "async"
+        _set_semaphore(max_concurrency)
+    elif max_concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="volley-actor")
+        _actor_mode = "threaded"
+    else:
+        _actor_mode = "sync"
+    try:
+        _actor = cls(*args, **kwargs)
+    except BaseException as e:
+        _flush_output()
+        return _raised(e)
+    _flush_output()
+    return True, [dumps(None)]
+
+
+def _set_semaphore(n):
+    import asyncio
+
+    async def make():
+        global _semaphore
+        _semaphore = asyncio.Semaphore(n)
+
+    asyncio.run_coroutine_threadsafe(make(), _loop).result()
+
+
+def _actor_call(name, method_name, data, buffers, deps, num_returns, task_id, streaming):
+    method = getattr(_actor, method_name, None)
+    if method is None:
+        e = AttributeError(f"'{type(_actor).__name__}' object has no attribute '{method_name}'")
+        return False, (TASK_EXCEPTION, f"AttributeError: {e}", "", _pickled_exception(e))
+    args, kwargs, err = _load_args(name, data, buffers, deps)
+    if err is not None:
+        return False, err
+    if _actor_mode == "sync":
+        return _call(name, method, args, kwargs, num_returns, streaming, task_id)
+    if _actor_mode == "threaded":
+        _executor.submit(_run_deferred, name, method, args, kwargs, num_returns, streaming, task_id)
+        return None
+    _loop.call_soon_threadsafe(
+        _start_coroutine, name, method, args, kwargs, num_returns, streaming, task_id
+    )
+    return None
+
+
+def _complete(task_id, name, ans) -> None:
+    try:
+        _core.complete_task(task_id, name, ans)
+    except Exception as e:  # the node is gone: nothing to report to
+        print(f"volley: could not report the result of '{name}': {e}", file=sys.stderr)
+
+
+def _run_deferred(name, method, args, kwargs, num_returns, streaming, task_id) -> None:
+    _complete(task_id, name, _call(name, method, args, kwargs, num_returns, streaming, task_id))
+
+
+def _start_coroutine(*call) -> None:
+    t = _loop.create_task(_run_async(*call))
+    _running.add(t)
+    t.add_done_callback(_running.discard)
+
+
+async def _run_async(name, method, args, kwargs, num_returns, streaming, task_id) -> None:
+    import inspect
+
+    async with _semaphore:
+        try:
+            result = method(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if streaming and hasattr(result, "__anext__"):
+                ans = await _stream_async(name, task_id, result)
+            elif streaming:
+                ans = _stream(name, task_id, result)
+            else:
+                ans = None
+        except BaseException as e:
+            ans = _raised(e)
+        finally:
+            _flush_output()
+        if ans is None:
+            ans = _results(name, result, num_returns)
+    _complete(task_id, name, ans)
+
+
+async def _stream_async(name, task_id, agen):
+    n = 0
+    try:
+        async for item in agen:
+            _yield_item(name, task_id, n + 2, item)
+            n += 1
+    except _ItemError as e:
+        return False, (SERIALIZATION, str(e), _format_exception(e), None)
+    except BaseException as e:
+        return _raised(e)
+    return True, [dumps(n)]
+
+
 def _late_imports() -> None:
     """Imports that need the package (and the driver's sys.path) in place."""
-    global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS
+    global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS, _core
+    from . import _core
     from ._serialization import EMPTY_ARGS as _EMPTY_ARGS
     from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
 
@@ -186,6 +381,10 @@ def main() -> None:
         _core.worker_main(execute)
     except KeyboardInterrupt:
         pass
+    if _actor_mode in ("threaded", "async"):
+        # Calls still running on other threads must not hold the process up.
+        _flush_output()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ __all__ = [
     "UnschedulableError",
     "WorkerStartError",
     "ObjectStoreFullError",
+    "ActorCreationError",
+    "ActorDiedError",
 ]
 
 
@@ -100,6 +102,46 @@ class ObjectStoreFullError(VolleyError, MemoryError):
     The message gives the value's size, the store's capacity, and how much of it is pinned (read
     by live views such as numpy arrays from ``get``, or being written). Drop views you no longer
     need, or start volley with a larger ``object_store_memory``.
+    """
+
+
+class ActorCreationError(TaskError):
+    """An actor's ``__init__`` raised: every call on its handles raises this.
+
+    The original exception is in ``.cause`` and the remote traceback in ``.remote_traceback``
+    (both are in the message too).
+
+    >>> @volley.remote
+    ... class Bad:
+    ...     def __init__(self):
+    ...         raise ValueError("no config")
+    ...     def ping(self):
+    ...         return 1
+    >>> try:
+    ...     volley.get(Bad.remote().ping.remote())
+    ... except volley.ActorCreationError as e:
+    ...     assert isinstance(e.cause, ValueError)
+    """
+
+    def __reduce__(self):
+        return (
+            _rebuild_creation_error,
+            (self.cause, self.task_name, self.remote_traceback, self.pid, self._message),
+        )
+
+
+def _rebuild_creation_error(cause, task_name, remote_traceback, pid, message):
+    return ActorCreationError(
+        message, cause=cause, task_name=task_name, remote_traceback=remote_traceback, pid=pid
+    )
+
+
+class ActorDiedError(VolleyError):
+    """The actor's process died (or it was killed) and the call could not run or finish.
+
+    Raised for calls in flight when the process died (unless ``max_task_retries`` allows
+    another try on the restarted actor), and for every call once no restart is left
+    (``max_restarts``) or after ``volley.kill(handle)``.
     """
 
 
