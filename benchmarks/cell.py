@@ -15,7 +15,9 @@ import traceback
 
 from benchmarks.common import NotApplicable
 
-FUNCS = ("a", "b", "b_map", "c", "f", "g", "h", "i", "j", "k", "k0", "l", "m", "n")
+FUNCS = ("a", "b", "b_map", "c", "f", "g", "h")
+FUNCS += ("i", "j", "k", "k0", "l", "m", "n")  # object store
+FUNCS += ("o", "p", "q", "r", "s")  # actors
 
 
 def load(system: str):

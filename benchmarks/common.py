@@ -30,6 +30,15 @@ def sizes(quick: bool) -> dict:
         "readers_mib": 128 if quick else 1024,  # (m)
         "spill_objects": 9,  # (n)
         "spill_store_mib": 300,  # (n): object store capacity, a third of what (n) puts
+        "actor_calls": 1_000 if quick else 10_000,  # (o)
+        "actor_round_trips": 100 if quick else 1_000,  # (p)
+        "actor_arg_calls": 20 if quick else 200,  # (q)
+        "actor_arg_mib": 1,  # (q): the array passed to each call
+        "callers": 8,  # (r): caller tasks
+        "caller_actors": 8,  # (r): actors every caller calls
+        "caller_calls": 20 if quick else 200,  # (r): calls per caller
+        "actors_created": 200 if quick else 1_000,  # (s)
+        "actor_wave": 100,  # (s): actors alive at once
     }
 
 
@@ -93,6 +102,35 @@ def _with_shm(spec, fn):
             del x  # the view must go before close()
     finally:
         shm.close()
+
+
+class Pinger:
+    """(o)-(s): the actor class (made remote by each system: `lib.remote(Pinger)`)."""
+
+    def ping(self) -> int:
+        """The trivial method."""
+        return 1
+
+    def total(self, x) -> float:
+        """(q): reads every element of the array it is given."""
+        return float(x.sum())
+
+
+def actor_caller(lib_name: str, actors: list, calls: int) -> int:
+    """(r): a task that makes `calls` ping() calls round-robin over the actor handles it is
+    given, all submitted before one get; returns the sum of the replies (= calls)."""
+    import importlib
+
+    lib = importlib.import_module(lib_name)
+    refs = [actors[i % len(actors)].ping.remote() for i in range(calls)]
+    return sum(lib.get(refs))
+
+
+def check_replies(replies: list, n: int) -> None:
+    """(o)-(s): n replies of ping(), each 1."""
+    check_count(replies, n)
+    if sum(replies) != n:
+        raise RuntimeError(f"replies sum to {sum(replies)}, expected {n}")
 
 
 # --- object-store helpers, (i)-(n) ---

@@ -102,6 +102,20 @@ def rows(sizes: dict) -> list[Row]:
             f"{_size(s['spill_store_mib'])} store, then get each back", "s", False),
         Row("n-rate", f"(n) as a rate: 2 x {_size(spill)} written and read / time", "MiB/s",
             True, source="n", derive=lambda v, e: 2 * spill / v),
+        Row("o", f"{s['actor_calls']:,} calls on one actor, submitted without waiting, then "
+            "gathered", "s", False, "<= 1/20 of ray", lambda v, r: _at_least(r, "ray", 20)),
+        Row("p", f"{s['actor_round_trips']:,} sequential actor call round trips", "s", False,
+            "<= 1/15 of ray", lambda v, r: _at_least(r, "ray", 15)),
+        Row("q", f"{s['actor_arg_calls']} actor calls, each passed a "
+            f"{_size(s['actor_arg_mib'])} float64 array, then gathered", "s", False),
+        Row("r", f"{s['callers']} tasks x {s['caller_actors']} actors: each task makes "
+            f"{s['caller_calls']} calls round-robin over all the actors, then gets them", "s",
+            False),
+        Row("s", f"create {s['actors_created']:,} actors in waves of {s['actor_wave']} "
+            "(create, call once, kill)", "s", False),
+        Row("s-rate", "(s) as a rate: actors created, started and killed / time", "actors/s",
+            True, ">= 5x ray's rate", lambda v, r: _at_least(r, "ray", 5), source="s",
+            derive=lambda v, e: e.get("actors", s["actors_created"]) / v),
     ]  # fmt: skip
 
 
@@ -404,6 +418,7 @@ def main(argv=None) -> None:
             spill_objects=sizes["spill_objects"],
             object_mib=sizes["object_mib"],
             spill_total=sizes["spill_objects"] * sizes["object_mib"],
+            **{k: sizes[k] for k in ACTOR_SIZES},
             spin_note=SPIN_NOTE.format(spin_n=spin_n, ceiling=ceiling) if spin_n else "",
             versions=versions_table(infos),
             table=table,
@@ -413,6 +428,18 @@ def main(argv=None) -> None:
     )
     print(f"\nwritten to {args.output}", file=sys.stderr)
 
+
+ACTOR_SIZES = (
+    "actor_calls",
+    "actor_round_trips",
+    "actor_arg_calls",
+    "actor_arg_mib",
+    "callers",
+    "caller_actors",
+    "caller_calls",
+    "actors_created",
+    "actor_wave",
+)
 
 SPIN_NOTE = """ (f) work per task: spin({spin_n:,}); two bare forked
   processes reach a speedup of {ceiling:.2f}x over serial on the same work on this machine (the
@@ -491,6 +518,26 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   every ref, then get each back, check its first and last element, and drop it; (n-rate) is
   the nominal rate 2 x {spill_total} MiB (put, then got) / that time. The details give what
   the store did: volley's spill and restore counts, the number of files in ray's spill folder.
+- (o)-(s) actors, volley and ray only (the other systems have no actors). The same code for
+  both (`benchmarks/systems/_actor_api.py`): the actor class is `lib.remote(Pinger)` with
+  `.options(num_cpus=0)` stated (both systems' lifetime default; Ray's default actor would
+  also need a free CPU to be placed); `ping()` returns 1. After init and the usual warm-up,
+  each row starts its actors and calls each once before the timed region.
+- (o) {actor_calls:,} `ping.remote()` calls on one actor, submitted back to back, then one get
+  of the list of refs (the details give the submit time alone).
+- (p) {actor_round_trips:,} times `get(actor.ping.remote())`.
+- (q) {actor_arg_calls} calls of `actor.total.remote(arr)` (returns `float(arr.sum())`) with
+  the same {actor_arg_mib}-MiB float64 array, all submitted, then gathered; one identical
+  untimed call first.
+- (r) {callers} tasks (default num_cpus=1: a task blocked in get lends its CPU, in both
+  systems), each given the handles of the same {caller_actors} actors, each submitting
+  {caller_calls} `ping.remote()` calls round-robin over them and then getting them; the time
+  from submitting the tasks to getting their results. Two untimed rounds of the callers with
+  1 and {caller_actors} calls each run first (the task shipped, handles unpickled in the
+  workers, the extra workers started).
+- (s) Waves of {actor_wave}: create {actor_wave} actors, one `ping` on each (all gathered:
+  every actor started and answered), then `kill` each; repeated to {actors_created:,} actors.
+  One actor created, called and killed before the timed region. (s-rate) is actors / time.
 
 ## Detail
 

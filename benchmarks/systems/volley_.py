@@ -4,7 +4,7 @@ import time
 from contextlib import contextmanager
 
 from benchmarks import common
-from benchmarks.systems import _ref_api
+from benchmarks.systems import _actor_api, _ref_api
 
 LIBRARIES = ("volley",)
 DISTRIBUTIONS = ("volley",)
@@ -140,3 +140,26 @@ def n():
             }
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+# --- actors, (o)-(s): lib.remote(cls), .options(num_cpus=0).remote(), handle.method.remote ---
+
+
+def o():
+    return _actor_api.o(session, warm)
+
+
+def p():
+    return _actor_api.p(session, warm)
+
+
+def q():
+    return _actor_api.q(session, warm)
+
+
+def r():
+    return _actor_api.r(session, warm)
+
+
+def s():
+    return _actor_api.s(session, warm)

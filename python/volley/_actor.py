@@ -283,7 +283,7 @@ class ActorHandle:
             raise AttributeError(
                 f"actor class '{meta['class_name']}' has no method '{name}'"
             )
-        m = ActorMethod(self, name, n)
+        m = ActorMethod(self._actor_ref, f"{meta['class_name']}.{name}", name, n)
         self.__dict__[name] = m  # the next lookup finds it without coming here
         return m
 
@@ -304,13 +304,15 @@ class ActorMethod:
     """``handle.method``: ``.remote(*args)`` calls it; ``.options(num_returns=...)`` overrides
     how many values it returns for the calls made through it."""
 
-    __slots__ = ("_handle", "_method", "_num_returns", "_display")
+    # It holds the actor's ref, not the handle: the handle caches its methods, and a cycle
+    # would keep the actor alive until the garbage collector ran.
+    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display")
 
-    def __init__(self, handle: ActorHandle, method: str, num_returns: int | str):
-        self._handle = handle
+    def __init__(self, actor_ref: ObjectRef, display: str, method: str, num_returns: int | str):
+        self._actor_ref = actor_ref
         self._method = method
         self._num_returns = num_returns
-        self._display = f"{handle._meta['class_name']}.{method}"
+        self._display = display
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -321,7 +323,7 @@ class ActorMethod:
     def options(self, *, num_returns: int | str | None = None) -> ActorMethod:
         n = self._num_returns if num_returns is None else num_returns
         _check_num_returns(n)
-        return ActorMethod(self._handle, self._method, n)
+        return ActorMethod(self._actor_ref, self._display, self._method, n)
 
     def remote(self, *args: Any, **kwargs: Any):
         """Submits the call; returns an ``ObjectRef`` (a list for ``num_returns > 1``, an
@@ -334,7 +336,7 @@ class ActorMethod:
         n = self._num_returns
         streaming = n == "streaming"
         refs = _core.submit_actor_call(
-            self._handle._actor_ref,
+            self._actor_ref,
             self._method,
             self._display,
             data,

@@ -736,6 +736,8 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
             let msg = match reader.next_frame() {
                 Ok(frame) => decode::<WorkerToNode>(frame),
                 Err(ProtoError::Closed) => break,
+                // A killed worker's socket may be reset rather than closed.
+                Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(e) => Err(e),
             };
             match msg.map_err(|e| e.to_string()).and_then(|m| handle(&shared, wid, m)) {

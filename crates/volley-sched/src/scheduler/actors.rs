@@ -208,14 +208,18 @@ impl Scheduler {
             return;
         }
         a.kill_requested = Some(no_restart);
-        match a.worker {
-            Some(w) => out.push(Action::Kill { worker: w }),
-            None if no_restart => {
-                let msg = format!("actor '{}' was killed with volley.kill()", a.class());
-                let err = error(ErrorKind::ActorDied, a.class(), msg);
-                self.actor_dead(aid, err, out);
+        if let Some(w) = a.worker {
+            out.push(Action::Kill { worker: w });
+            // Nothing more goes to the doomed process.
+            if a.life == Life::Alive {
+                a.life = Life::Restarting;
             }
-            None => {}
+        }
+        if no_restart {
+            // Dead from now on: later calls fail at once, calls in flight when it exits.
+            let msg = format!("actor '{}' was killed with volley.kill()", a.class());
+            let err = error(ErrorKind::ActorDied, a.class(), msg);
+            self.actor_dead(aid, err, out);
         }
     }
 
