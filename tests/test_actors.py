@@ -451,8 +451,7 @@ def test_streaming_method_yields_refs_as_items_are_made(tmp_path):
         def items(self, n, path):
             yield "first"
             wait_file(path)
-            for i in range(n):
-                yield i
+            yield from range(n)
 
     s = Source.remote()
     gen = s.items.remote(3, gate)
@@ -553,7 +552,7 @@ def test_no_restarts_left_fails_every_call_promptly():
 
 def test_restarts_run_out():
     c = Counter.options(max_restarts=2).remote()
-    for i in range(3):
+    for _ in range(3):
         pid = volley.get(c.pid.remote(), timeout=30)
         os.kill(pid, signal.SIGKILL)
         assert poll(lambda p=pid: volley.actor_state(c)["pid"] != p, timeout=10)

@@ -280,9 +280,7 @@ class ActorHandle:
             raise AttributeError(name)
         n = meta["methods"].get(name)
         if n is None:
-            raise AttributeError(
-                f"actor class '{meta['class_name']}' has no method '{name}'"
-            )
+            raise AttributeError(f"actor class '{meta['class_name']}' has no method '{name}'")
         m = ActorMethod(self._actor_ref, f"{meta['class_name']}.{name}", name, n)
         self.__dict__[name] = m  # the next lookup finds it without coming here
         return m

@@ -117,7 +117,12 @@ def _load_args(name, data, buffers, deps):
 
 
 def _raised(e: BaseException):
-    return False, (TASK_EXCEPTION, f"{type(e).__name__}: {e}", _format_exception(e), _pickled_exception(e))
+    return False, (
+        TASK_EXCEPTION,
+        f"{type(e).__name__}: {e}",
+        _format_exception(e),
+        _pickled_exception(e),
+    )
 
 
 def _flush_output() -> None:

@@ -285,7 +285,7 @@ pub enum NodeToWorker {
 pub enum ActorRequest {
     /// Create an actor (`spec.actor` is `Create`); answered `Found` (with `get_if_exists`, maybe
     /// an existing actor) or `Error`.
-    Create(TaskSpec),
+    Create(Box<TaskSpec>),
     /// Find a named actor; answered `Found` or `NotFound`.
     Lookup { name: String, namespace: String },
     /// Kill an actor's process; answered `Done`.

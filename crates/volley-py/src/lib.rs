@@ -330,7 +330,7 @@ fn create_actor<'py>(
             meta,
         })),
     };
-    match actor_answer(py, &c, ActorRequest::Create(spec))? {
+    match actor_answer(py, &c, ActorRequest::Create(Box::new(spec)))? {
         ActorAnswer::Found { actor, meta, created } => {
             Ok((ObjectRef::new(actor.object(), true), PyBytes::new(py, &meta), created))
         }

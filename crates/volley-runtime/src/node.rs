@@ -863,7 +863,7 @@ fn actor_request(
     out: &mut Vec<Action>,
 ) -> ActorAnswer {
     match request {
-        ActorRequest::Create(spec) => match s.create_actor(holder, spec, out) {
+        ActorRequest::Create(spec) => match s.create_actor(holder, *spec, out) {
             Ok((actor, created)) => {
                 let meta = s.actor_meta(actor).unwrap_or_default();
                 ActorAnswer::Found { actor, meta, created }
