@@ -1413,3 +1413,6 @@ fn retries_left(task: &TaskEntry) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod actor_tests;
