@@ -54,7 +54,8 @@ impl H {
                 ..Default::default()
             })),
         };
-        let (aid, created) = self.s.create_actor(Holder::Local, spec, &mut self.out).unwrap();
+        let (aid, created) =
+            self.s.create_actor(Holder::Local, spec, &mut self.out).expect("created");
         assert!(created);
         aid
     }
