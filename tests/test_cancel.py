@@ -210,6 +210,9 @@ def test_force_cancel_does_not_disturb_other_running_task(tmp_path):
 CTRL_C_SCRIPT = (
     DRIVER_PRELUDE
     + """
+import signal
+# A driver started from a process that ignores SIGINT would inherit that; Ctrl-C must work here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 volley.init(num_cpus=2)
 
 @volley.remote
