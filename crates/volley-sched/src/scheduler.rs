@@ -657,16 +657,7 @@ impl Scheduler {
 
     /// `holder` stores a value under a fresh id and holds one reference to it.
     pub fn put(&mut self, holder: Holder, id: ObjectId, data: ObjectData, out: &mut Vec<Action>) {
-        self.objects.insert(
-            id,
-            ObjectEntry {
-                state: ObjectState::Pending,
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            },
-        );
+        self.new_object(id);
         self.incref(holder, &[id]);
         self.object_ready(id, Arc::new(data), out);
     }
