@@ -77,7 +77,7 @@ impl Scheduler {
         }
     }
 
-    fn new_object(&mut self, id: ObjectId) {
+    pub(super) fn new_object(&mut self, id: ObjectId) {
         self.objects.insert(
             id,
             ObjectEntry {
