@@ -78,6 +78,18 @@ impl<R: Read> FrameReader<R> {
         FrameReader { inner, buf: vec![0; 64 * 1024], start: 0, end: 0 }
     }
 
+    /// Whether a whole frame is already buffered, so [`FrameReader::next_frame`] returns without
+    /// reading (lets a reader handle all the frames one read brought in as a batch).
+    pub fn has_buffered_frame(&self) -> bool {
+        let avail = self.end - self.start;
+        if avail < 4 {
+            return false;
+        }
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&self.buf[self.start..self.start + 4]);
+        avail - 4 >= u32::from_be_bytes(len_bytes) as usize
+    }
+
     /// Returns the next frame's payload, borrowed from the internal buffer until the next call.
     pub fn next_frame(&mut self) -> Result<&[u8], ProtoError> {
         self.fill_at_least(4, true)?;

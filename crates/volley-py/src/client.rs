@@ -151,7 +151,7 @@ impl Client {
         if let Backend::Worker(w) = &self.backend {
             let ids = std::mem::take(&mut *self.deferred_decrefs.lock());
             if !ids.is_empty() {
-                let _ = w.send(&WorkerToNode::DecRef { ids });
+                let _ = w.send_soon(&WorkerToNode::DecRef { ids });
             }
         }
     }
@@ -180,7 +180,9 @@ impl Client {
                 n.submit(spec);
                 Ok(())
             }
-            Backend::Worker(w) => w.send(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string()),
+            Backend::Worker(w) => {
+                w.send_soon(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -191,7 +193,7 @@ impl Client {
                 Ok(())
             }
             Backend::Worker(w) => {
-                w.send(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string())
+                w.send_soon(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string())
             }
         }
     }

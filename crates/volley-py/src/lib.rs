@@ -469,7 +469,7 @@ fn stream_yield(
     let id = ObjectId::for_return(TaskId(task_id), index);
     let written = object_data(py, &c, data, buffers, ids_from(contained)?, Some(id))?;
     let msg = WorkerToNode::Yield { task: TaskId(task_id), index, data: written.data };
-    if let Err(e) = py.detach(|| w.send(&msg)) {
+    if let Err(e) = py.detach(|| w.send_soon(&msg)) {
         w.release_segments(written.pending_seg.into_iter().collect());
         return Err(to_err(e));
     }
@@ -491,7 +491,7 @@ fn complete_task(
     };
     let result = finish_result(py, &name, parse_result(py, &c, &ans, false));
     let done = WorkerToNode::Done { task: TaskId(task_id), result };
-    py.detach(|| conn.send(&done)).map_err(to_err)?;
+    py.detach(|| conn.send_soon(&done)).map_err(to_err)?;
     c.flush_decrefs();
     Ok(())
 }
@@ -760,11 +760,12 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             let _ = py.check_signals();
         }
         let done = volley_proto::WorkerToNode::Done { task: spec.task_id, result };
-        if conn.send(&done).is_err() {
+        if conn.send_soon(&done).is_err() {
             break;
         }
         c.flush_decrefs();
     }
+    let _ = conn.flush();
     Ok(())
 }
 

@@ -125,7 +125,7 @@ impl Shared {
         for o in d.flush {
             if seen.insert(Arc::as_ptr(&o)) {
                 // A failed write means the worker is gone; its reader notices and reports it.
-                let _ = o.flush();
+                let _ = o.flush_soon();
             }
         }
         for s in d.wake {
@@ -554,6 +554,8 @@ impl Node {
         if now {
             return Ok(false);
         }
+        // What we wait for may depend on a frame still queued for the flusher thread.
+        crate::outbox::flush_queued();
         let deadline = timeout.map(|t| Instant::now() + t);
         // A short result usually arrives within a few tens of microseconds; spinning that long
         // saves the wake-up of a parked thread, which costs as much again on a small VM.
@@ -603,6 +605,7 @@ impl Node {
 
     /// Objects watched with [`Node::watch`] that became ready; waits up to `timeout` for one.
     pub fn next_ready(&self, timeout: Duration) -> Vec<ObjectId> {
+        crate::outbox::flush_queued();
         let mut q = self.shared.ready.lock();
         if q.is_empty() && !self.shared.closed.load(Ordering::Acquire) {
             self.shared.ready_cv.wait_for(&mut q, timeout);
@@ -732,22 +735,57 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
     });
     if known {
         let mut reader = FrameReader::new(&stream);
+        let mut batch = Vec::new();
         loop {
-            let msg = match reader.next_frame() {
-                Ok(frame) => decode::<WorkerToNode>(frame),
-                Err(ProtoError::Closed) => break,
-                // A killed worker's socket may be reset rather than closed.
-                Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                Err(e) => Err(e),
-            };
-            match msg.map_err(|e| e.to_string()).and_then(|m| handle(&shared, wid, m)) {
-                Ok(()) => {}
-                Err(e) => {
-                    if !shared.closed.load(Ordering::Acquire) {
-                        eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
+            // Every frame one read brought in is handled under one lock of the state: a burst of
+            // results costs one lock, not one each.
+            let mut failed = None;
+            let mut closed = false;
+            loop {
+                let msg = match reader.next_frame() {
+                    Ok(frame) => decode::<WorkerToNode>(frame),
+                    Err(ProtoError::Closed) => {
+                        closed = true;
+                        break;
                     }
+                    // A killed worker's socket may be reset rather than closed.
+                    Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        closed = true;
+                        break;
+                    }
+                    Err(e) => Err(e),
+                };
+                match msg.map_err(|e| e.to_string()).and_then(|m| prepare(&shared, wid, m)) {
+                    Ok(Some(m)) => batch.push(m),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH || !reader.has_buffered_frame() {
                     break;
                 }
+            }
+            if !batch.is_empty() {
+                shared.with(|st, out| {
+                    for m in batch.drain(..) {
+                        apply(&mut st.sched, wid, m, out);
+                    }
+                });
+            }
+            if !reader.has_buffered_frame() {
+                // About to block in a read: what the batch sent out in a burst goes now.
+                crate::outbox::flush_queued();
+            }
+            if let Some(e) = failed {
+                if !shared.closed.load(Ordering::Acquire) {
+                    eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
+                }
+                break;
+            }
+            if closed {
+                break;
             }
         }
     }
@@ -775,10 +813,17 @@ fn seal(
     Ok(())
 }
 
-/// Handles one message from worker `w`; an `Err` is a protocol violation that ends the
-/// connection.
-fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), String> {
-    let h = Holder::Worker(w);
+/// The most frames from one worker handled under one lock of the state.
+const MAX_BATCH: usize = 256;
+
+/// Does the part of handling worker `w`'s message that needs no scheduler (adopting stored
+/// values, allocations, releases); gives back the message if the scheduler must see it. An `Err`
+/// is a protocol violation that ends the connection.
+fn prepare(
+    shared: &Shared,
+    w: WorkerId,
+    mut msg: WorkerToNode,
+) -> Result<Option<WorkerToNode>, String> {
     match &mut msg {
         WorkerToNode::Done { task, result: TaskResult::Ok(values) } => {
             for (i, v) in values.iter_mut().enumerate() {
@@ -798,18 +843,23 @@ fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), Str
             if let Some(c) = conn {
                 let _ = c.send(&reply);
             }
-            return Ok(());
+            return Ok(None);
         }
         WorkerToNode::Release { segs } => {
             for seg in segs.iter() {
                 shared.store.release(*seg, Owner::Worker(w));
             }
-            return Ok(());
+            return Ok(None);
         }
         _ => {}
     }
-    shared.with(|st, out| {
-        let s = &mut st.sched;
+    Ok(Some(msg))
+}
+
+/// The scheduler's part of handling worker `w`'s message.
+fn apply(s: &mut Scheduler, w: WorkerId, msg: WorkerToNode, out: &mut Vec<Action>) {
+    let h = Holder::Worker(w);
+    {
         match msg {
             WorkerToNode::Done { task, result } => s.task_done(w, task, result, out),
             WorkerToNode::Returned { tasks } => s.tasks_returned(w, &tasks, out),
@@ -851,8 +901,7 @@ fn handle(shared: &Shared, w: WorkerId, mut msg: WorkerToNode) -> Result<(), Str
             WorkerToNode::StreamRelease { task, from } => s.stream_release(h, task, from, out),
             WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}
         }
-    });
-    Ok(())
+    }
 }
 
 /// Carries out an actor request from `holder`.

@@ -2,17 +2,47 @@
 //!
 //! Messages are appended (already framed) to the outbox while the node's state lock is held, so
 //! their order on the wire is the order the scheduler decided them in; they are written after the
-//! lock is released, so a slow reader never stalls the scheduler. Whoever flushes writes everything
-//! pending in one system call, which batches pipelined tasks for free.
+//! lock is released, so a slow reader never stalls the scheduler. Whoever writes takes everything
+//! pending, so frames that pile up go out in one system call.
+//!
+//! [`Outbox::flush_soon`] adapts to the traffic. A frame on a quiet connection is written at once,
+//! so a lone call or a round trip pays nothing extra. During a burst (frames less than [`BURST`]
+//! apart) frames are left pending and written [`BATCH_FRAMES`] at a time; whatever is left when
+//! the burst stops is written by whoever is about to wait ([`flush_queued`]: a `get`, a worker
+//! out of tasks, a reader about to block), or else by this process's flusher thread at most
+//! [`FLUSH_DELAY`] later. A burst of 10,000 calls thus costs a few hundred writes and as many
+//! wake-ups of the peer instead of 10,000 of each.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use volley_proto::ProtoError;
 
+/// Frames closer together than this are a burst.
+pub const BURST: Duration = Duration::from_micros(15);
+/// During a burst, pending frames are written once there are this many...
+pub const BATCH_FRAMES: usize = 32;
+/// ...or this many bytes.
+pub const BATCH_BYTES: usize = 64 << 10;
+/// How long the flusher thread lets frames of a burst gather before it writes them.
+pub const FLUSH_DELAY: Duration = Duration::from_micros(100);
+
+struct Pending {
+    buf: Vec<u8>,
+    frames: usize,
+    /// Handed to the flusher thread, which will write `buf` if nobody does first.
+    queued: bool,
+    /// When the previous frame was pushed.
+    last_push: Instant,
+    /// Whether the latest frame came within [`BURST`] of the one before.
+    burst: bool,
+}
+
 pub struct Outbox {
-    pending: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
     stream: Mutex<UnixStream>,
     /// A second handle, so `shutdown` never waits behind a blocked writer.
     raw: UnixStream,
@@ -21,38 +51,218 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(stream: UnixStream) -> std::io::Result<Self> {
         let raw = stream.try_clone()?;
-        Ok(Outbox { pending: Mutex::new(Vec::new()), stream: Mutex::new(stream), raw })
+        let pending = Pending {
+            buf: Vec::new(),
+            frames: 0,
+            queued: false,
+            // Long ago: the first frame is never taken for part of a burst.
+            last_push: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+            burst: false,
+        };
+        Ok(Outbox { pending: Mutex::new(pending), stream: Mutex::new(stream), raw })
     }
 
-    /// Appends one frame; call [`Outbox::flush`] afterwards (outside any big lock).
+    /// Appends one frame; call [`Outbox::flush`] or [`Outbox::flush_soon`] afterwards (outside
+    /// any big lock).
     pub fn push(&self, payload: &[u8]) {
+        let now = Instant::now();
         let mut p = self.pending.lock();
-        p.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        p.extend_from_slice(payload);
+        p.buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        p.buf.extend_from_slice(payload);
+        p.frames += 1;
+        p.burst = now.saturating_duration_since(p.last_push) < burst();
+        p.last_push = now;
     }
 
+    /// Writes everything pending now.
     pub fn flush(&self) -> Result<(), ProtoError> {
         let mut stream = self.stream.lock();
-        let bytes = std::mem::take(&mut *self.pending.lock());
+        let bytes = {
+            let mut p = self.pending.lock();
+            p.queued = false;
+            p.frames = 0;
+            std::mem::take(&mut p.buf)
+        };
         if bytes.is_empty() {
             return Ok(());
         }
-        stream.write_all(&bytes)?;
-        Ok(())
+        Ok(stream.write_all(&bytes)?)
     }
 
-    pub fn send(&self, payload: &[u8]) -> Result<(), ProtoError> {
-        if payload.len() > volley_proto::MAX_FRAME_SIZE {
-            return Err(ProtoError::FrameTooLarge {
-                size: payload.len(),
-                max: volley_proto::MAX_FRAME_SIZE,
-            });
+    /// Writes what is pending now, unless a burst is under way and the batch is still small:
+    /// then it stays pending (see the module's documentation).
+    pub fn flush_soon(self: &Arc<Self>) -> Result<(), ProtoError> {
+        {
+            let mut p = self.pending.lock();
+            if p.buf.is_empty() {
+                return Ok(());
+            }
+            let small = p.frames < BATCH_FRAMES && p.buf.len() < BATCH_BYTES;
+            if p.burst && small {
+                if p.queued {
+                    return Ok(());
+                }
+                if let Some(f) = flusher() {
+                    p.queued = true;
+                    drop(p);
+                    f.enqueue(self.clone());
+                    return Ok(());
+                }
+            }
         }
+        self.flush()
+    }
+
+    /// Appends one frame and writes it now (with anything pending before it).
+    pub fn send(&self, payload: &[u8]) -> Result<(), ProtoError> {
+        check_size(payload)?;
         self.push(payload);
         self.flush()
     }
 
+    /// Appends one frame and writes it now, or soon during a burst (see [`Outbox::flush_soon`]).
+    pub fn send_soon(self: &Arc<Self>, payload: &[u8]) -> Result<(), ProtoError> {
+        check_size(payload)?;
+        self.push(payload);
+        self.flush_soon()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.raw.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn burst() -> Duration {
+    static B: OnceLock<Duration> = OnceLock::new();
+    *B.get_or_init(|| {
+        std::env::var("VOLLEY_BURST_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+            .unwrap_or(BURST)
+    })
+}
+
+fn check_size(payload: &[u8]) -> Result<(), ProtoError> {
+    if payload.len() > volley_proto::MAX_FRAME_SIZE {
+        return Err(ProtoError::FrameTooLarge {
+            size: payload.len(),
+            max: volley_proto::MAX_FRAME_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// The process's flusher thread: writes the outboxes [`Outbox::flush_soon`] queued.
+struct Flusher {
+    queue: Mutex<Vec<Arc<Outbox>>>,
+    cv: Condvar,
+}
+
+impl Flusher {
+    fn enqueue(&self, o: Arc<Outbox>) {
+        let mut q = self.queue.lock();
+        let was_empty = q.is_empty();
+        q.push(o);
+        drop(q);
+        if was_empty {
+            self.cv.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut q = self.queue.lock();
+                while q.is_empty() {
+                    self.cv.wait(&mut q);
+                }
+            }
+            // Let the burst add to the batch (or someone about to wait write it).
+            std::thread::sleep(FLUSH_DELAY);
+            let batch = std::mem::take(&mut *self.queue.lock());
+            for o in batch {
+                // A failed write means the peer is gone; its reader notices and reports it.
+                let _ = o.flush();
+            }
+        }
+    }
+}
+
+/// The flusher, started on first use; `None` if no thread could be started.
+fn flusher() -> Option<&'static Arc<Flusher>> {
+    static FLUSHER: OnceLock<Option<Arc<Flusher>>> = OnceLock::new();
+    FLUSHER
+        .get_or_init(|| {
+            let f = Arc::new(Flusher { queue: Mutex::new(Vec::new()), cv: Condvar::new() });
+            let g = f.clone();
+            let spawned =
+                std::thread::Builder::new().name("volley-flush".into()).spawn(move || g.run());
+            spawned.ok().map(|_| f)
+        })
+        .as_ref()
+}
+
+/// Writes, in the calling thread, every outbox queued for the flusher thread. Call it before
+/// waiting for an answer to something just sent.
+pub fn flush_queued() {
+    let Some(f) = flusher() else { return };
+    let batch = std::mem::take(&mut *f.queue.lock());
+    for o in batch {
+        let _ = o.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use volley_proto::FrameReader;
+
+    fn pair() -> (Arc<Outbox>, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        (Arc::new(Outbox::new(a).expect("outbox")), b)
+    }
+
+    #[test]
+    fn a_lone_frame_is_written_at_once() {
+        let (out, mut peer) = pair();
+        out.send_soon(b"hello").expect("send");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 16];
+        let n = peer.read(&mut buf).expect("the frame is there without waiting");
+        assert_eq!(&buf[..n], b"\0\0\0\x05hello");
+    }
+
+    #[test]
+    fn a_burst_arrives_whole_and_in_order() {
+        let (out, peer) = pair();
+        let reader = std::thread::spawn(move || {
+            let mut r = FrameReader::new(&peer);
+            (0..5000u32)
+                .map(|_| u32::from_be_bytes(r.next_frame().expect("frame").try_into().expect("4")))
+                .collect::<Vec<_>>()
+        });
+        for i in 0..5000u32 {
+            out.send_soon(&i.to_be_bytes()).expect("send");
+        }
+        // No flush: the tail of the burst is the flusher thread's to write.
+        assert_eq!(reader.join().expect("reader"), (0..5000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_batch_goes_in_one_write() {
+        let (out, mut peer) = pair();
+        for i in 0..(BATCH_FRAMES as u32 - 1) {
+            out.push(&i.to_be_bytes());
+        }
+        // The next frame comes right after the previous ones: pending, not written.
+        out.send_soon(b"last").expect("send");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let mut buf = vec![0u8; 4096];
+        let n = peer.read(&mut buf).expect("a full batch is written at once");
+        assert_eq!(n, (BATCH_FRAMES - 1) * 8 + 8);
     }
 }

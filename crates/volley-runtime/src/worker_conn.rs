@@ -313,9 +313,26 @@ impl WorkerConn {
         Ok(self.out.send(&encode(msg)?)?)
     }
 
+    /// Like [`WorkerConn::send`], but during a burst of messages the write is batched with the
+    /// ones that follow (see [`Outbox::flush_soon`]). For messages nobody waits on here.
+    pub fn send_soon(&self, msg: &WorkerToNode) -> Result<(), RuntimeError> {
+        Ok(self.out.send_soon(&encode(msg)?)?)
+    }
+
+    /// Writes every message still pending.
+    pub fn flush(&self) -> Result<(), RuntimeError> {
+        Ok(self.out.flush()?)
+    }
+
     /// Waits for the next task; `None` when told to shut down.
     pub fn next_task(&self) -> Option<ExecuteMsg> {
         let mut inner = self.inner.lock();
+        if inner.tasks.is_empty() {
+            // Out of work: the results of a burst still pending go out now.
+            drop(inner);
+            crate::outbox::flush_queued();
+            inner = self.inner.lock();
+        }
         loop {
             if inner.shutdown || inner.closed {
                 return None;
