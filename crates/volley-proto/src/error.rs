@@ -13,6 +13,8 @@ pub enum ProtoError {
     VersionMismatch { ours: u32, theirs: u32 },
     #[error("unexpected message during handshake: {0}")]
     Handshake(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("connection closed")]
     Closed,
 }

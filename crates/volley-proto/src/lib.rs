@@ -6,11 +6,13 @@
 //! element by element. The first frame each way is a [`Hello`] carrying the protocol version, so a
 //! peer speaking another version is turned away before anything else is read.
 
+mod cluster;
 mod error;
 mod frame;
 mod ids;
 mod messages;
 
+pub use cluster::{authenticate_client, authenticate_server, NodeId, NodeInfo, PeerMsg};
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
 pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};

@@ -4,15 +4,18 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use volley_proto::{
-    ActorId, ActorPart, ErrorKind, ErrorPayload, FunctionId, NodeToWorker, ObjectData, ObjectId,
-    TaskId, TaskResult, TaskSpec, WorkerId,
+    ActorId, ActorPart, ErrorKind, ErrorPayload, FunctionId, NodeId, NodeToWorker, ObjectData,
+    ObjectId, TaskId, TaskResult, TaskSpec, WorkerId,
 };
 
 mod actors;
+mod peers;
 mod streams;
 
 use actors::ActorEntry;
 pub use actors::ActorError;
+pub use peers::PeerView;
+use peers::{FromPeer, PeerEntry};
 use streams::StreamState;
 pub use streams::StreamStep;
 
@@ -64,6 +67,8 @@ pub enum WaitOwner {
 pub enum Holder {
     Local,
     Worker(WorkerId),
+    /// Another node of the cluster, for a task it sent here.
+    Peer(NodeId),
 }
 
 /// How a worker process ended, in words for error messages.
@@ -105,6 +110,22 @@ pub enum Action {
     Kill { worker: WorkerId },
     /// Something the user should see in the driver's log (an actor restarted, ...).
     Log(String),
+    /// Send a task to another node, with the values it needs (see `peers`).
+    Spill {
+        peer: NodeId,
+        spec: Arc<TaskSpec>,
+        function: Option<Arc<[u8]>>,
+        objects: Vec<(ObjectId, Arc<ObjectData>)>,
+    },
+    /// Tell `peer` how the task it sent here ended.
+    PeerDone {
+        peer: NodeId,
+        task: TaskId,
+        result: Result<Vec<Arc<ObjectData>>, Arc<ErrorPayload>>,
+        objects: Vec<(ObjectId, Arc<ObjectData>)>,
+    },
+    /// Ask `peer` to cancel a task this node sent it.
+    PeerCancel { peer: NodeId, task: TaskId, force: bool },
 }
 
 struct ObjectEntry {
@@ -120,6 +141,8 @@ enum TaskState {
     WaitingDeps(usize),
     Queued,
     Assigned(WorkerId),
+    /// Sent to another node.
+    Remote(NodeId),
 }
 
 struct TaskEntry {
@@ -195,6 +218,8 @@ pub struct Stats {
     pub objects: usize,
     pub cpu_used_milli: u32,
     pub actors: usize,
+    /// Tasks sent to other nodes, still running there.
+    pub tasks_remote: usize,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -220,6 +245,10 @@ pub struct Scheduler {
     /// Actors ready to start, waiting for resources, in creation order.
     pending_actors: VecDeque<ActorId>,
     streams: HashMap<TaskId, StreamState>,
+    /// The other nodes of the cluster (empty on a lone node).
+    peers: std::collections::BTreeMap<NodeId, PeerEntry>,
+    /// Tasks other nodes sent here.
+    from_peer: HashMap<TaskId, FromPeer>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -254,6 +283,8 @@ impl Scheduler {
             names: HashMap::new(),
             pending_actors: VecDeque::new(),
             streams: HashMap::new(),
+            peers: std::collections::BTreeMap::new(),
+            from_peer: HashMap::new(),
         }
     }
 
@@ -543,6 +574,9 @@ impl Scheduler {
 
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
+        if self.peer_could_run(spec) && matches!(spec.actor, ActorPart::None) {
+            return None;
+        }
         let what = match &spec.actor {
             ActorPart::Create(_) => "actor",
             _ => "task",
@@ -685,6 +719,10 @@ impl Scheduler {
                 // lent their CPU. Make sure enough are coming rather than pipelining.
                 self.ensure_workers(out);
                 break;
+            }
+            if self.try_spill(tid, out) {
+                self.ready.pop_front();
+                continue;
             }
             match self.pipeline_target(cpu).filter(|_| plain) {
                 Some(w) => {
@@ -893,16 +931,21 @@ impl Scheduler {
         };
         w.queue.remove(pos);
         self.refresh_head_cpu(wid);
-        let Some(task) = self.tasks.get_mut(&tid) else {
-            self.schedule(out);
-            return;
-        };
-        if let ActorPart::Create(_) = task.spec.actor {
+        if let Some(ActorPart::Create(_)) = self.tasks.get(&tid).map(|t| &t.spec.actor) {
             self.tasks.remove(&tid);
             self.actor_created(ActorId(tid), wid, result, out);
             self.schedule(out);
             return;
         }
+        self.task_result(tid, result, out);
+        self.schedule(out);
+    }
+
+    /// A task (not an actor's creation) ended with `result`, here or on a peer.
+    fn task_result(&mut self, tid: TaskId, result: TaskResult, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
         let name = task.spec.name.clone();
         let call_of = match &task.spec.actor {
             ActorPart::Call { actor, .. } => Some(*actor),
@@ -910,10 +953,12 @@ impl Scheduler {
         };
         match result {
             TaskResult::Ok(values) if values.len() == task.spec.num_returns as usize => {
-                let ids: Vec<ObjectId> = task.spec.return_ids().collect();
-                for (id, v) in ids.into_iter().zip(values) {
-                    self.object_ready(id, Arc::new(v), out);
+                let spec = task.spec.clone();
+                let values: Vec<Arc<ObjectData>> = values.into_iter().map(Arc::new).collect();
+                for (id, v) in spec.return_ids().zip(values.iter()) {
+                    self.object_ready(id, v.clone(), out);
                 }
+                self.report_to_peer(tid, &spec, Ok(values), out);
                 self.stream_finished(tid, None, out);
                 self.finish_task(tid, out);
             }
@@ -943,7 +988,6 @@ impl Scheduler {
         if let Some(aid) = call_of {
             self.actor_call_finished(aid, out);
         }
-        self.schedule(out);
     }
 
     fn object_ready(&mut self, id: ObjectId, value: Arc<ObjectData>, out: &mut Vec<Action>) {
@@ -1018,6 +1062,7 @@ impl Scheduler {
         for h in watchers {
             match h {
                 Holder::Local => out.push(Action::LocalReady { id }),
+                Holder::Peer(_) => {}
                 Holder::Worker(worker) => {
                     if self.workers.contains_key(&worker) {
                         out.push(Action::Send {
@@ -1056,10 +1101,11 @@ impl Scheduler {
             }
             _ => {}
         }
-        let ids: Vec<ObjectId> = task.spec.return_ids().collect();
-        for id in ids {
+        let spec = task.spec.clone();
+        for id in spec.return_ids() {
             self.object_failed(id, err.clone(), out);
         }
+        self.report_to_peer(tid, &spec, Err(err.clone()), out);
         self.stream_finished(tid, Some(err.clone()), out);
         self.finish_task(tid, out);
         if let Some(aid) = create_of {
@@ -1222,6 +1268,7 @@ impl Scheduler {
         }
         match holder {
             Holder::Local => out.extend(now.into_iter().map(|id| Action::LocalReady { id })),
+            Holder::Peer(_) => {}
             Holder::Worker(worker) => {
                 out.push(Action::Send { worker, msg: NodeToWorker::Ready { ids: now } })
             }
@@ -1267,6 +1314,10 @@ impl Scheduler {
             TaskState::WaitingDeps(_) | TaskState::Queued => {
                 let msg = format!("task '{name}' was cancelled before it ran");
                 self.fail_task(tid, error(ErrorKind::Cancelled, &name, msg), out);
+            }
+            TaskState::Remote(peer) => {
+                task.cancel = Some(force);
+                out.push(Action::PeerCancel { peer, task: tid, force });
             }
             TaskState::Assigned(wid) => {
                 task.cancel = Some(force);
@@ -1391,6 +1442,7 @@ impl Scheduler {
                 TaskState::WaitingDeps(_) => s.tasks_waiting += 1,
                 TaskState::Queued => s.tasks_queued += 1,
                 TaskState::Assigned(_) => s.tasks_assigned += 1,
+                TaskState::Remote(_) => s.tasks_remote += 1,
             }
         }
         s

@@ -424,3 +424,115 @@ mod properties {
         }
     }
 }
+
+// ------------------------------------------------------------------------------ peers
+
+fn peer(id: u32, cpus: u32) -> PeerView {
+    PeerView {
+        id: NodeId(id),
+        cpu_total_milli: cpus * 1000,
+        cpu_free_milli: cpus * 1000,
+        resources: Vec::new(),
+        driver: false,
+    }
+}
+
+impl Harness {
+    fn spilled(&mut self) -> Vec<(NodeId, TaskId, usize)> {
+        let mut v = Vec::new();
+        self.out.retain(|a| match a {
+            Action::Spill { peer, spec, objects, .. } => {
+                v.push((*peer, spec.task_id, objects.len()));
+                false
+            }
+            _ => true,
+        });
+        v
+    }
+}
+
+#[test]
+fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
+    let mut h = Harness::started(1.0);
+    h.s.set_peers(vec![peer(7, 2)], &mut h.out);
+    let dep = ObjectId::for_return(h.ids.next_task(), 1);
+    h.s.put(Holder::Local, dep, ObjectData::inline(vec![1], Vec::new(), Vec::new()), &mut h.out);
+    let refs: Vec<ObjectId> = (0..12).map(|_| h.submit(vec![dep])).collect();
+    assert_eq!(h.executed().len(), 9, "one runs here, eight queue behind it");
+    let spilled = h.spilled();
+    assert_eq!(spilled.len(), 2, "two go to the peer's two CPUs: {spilled:?}");
+    assert!(spilled.iter().all(|(p, _, objects)| *p == NodeId(7) && *objects == 1));
+    // The peer finishes one: its result is here, and the last task goes there.
+    let (_, tid, _) = spilled[0];
+    let value = ObjectData::inline(vec![42], Vec::new(), Vec::new());
+    h.s.peer_done(NodeId(7), tid, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
+    assert!(matches!(h.s.object_state(&ObjectId::for_return(tid, 1)), Some(ObjectState::Ready(_))));
+    assert_eq!(h.spilled().len(), 1);
+    assert_eq!(h.s.stats().tasks_remote, 2);
+    assert!(refs.contains(&ObjectId::for_return(tid, 1)));
+}
+
+#[test]
+fn a_dead_peers_tasks_are_retried_or_fail() {
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
+    let retried =
+        h.submit_opts(Vec::new(), TaskOptions { max_retries: 1, ..TaskOptions::default() });
+    let failed =
+        h.submit_opts(Vec::new(), TaskOptions { max_retries: 0, ..TaskOptions::default() });
+    let spilled = h.spilled();
+    assert_eq!(spilled.len(), 2);
+    let on = |id: ObjectId| spilled.iter().find(|s| s.1 == id.task).map(|s| s.0);
+    assert_ne!(on(retried), on(failed), "one per peer");
+    // Both peers die; then a new one joins.
+    h.s.peer_gone(NodeId(1), "killed", &mut h.out);
+    h.s.peer_gone(NodeId(2), "killed", &mut h.out);
+    assert!(
+        matches!(h.s.object_state(&failed), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::WorkerCrashed)
+    );
+    assert!(matches!(h.s.object_state(&retried), Some(ObjectState::Pending)));
+    h.s.set_peers(vec![peer(3, 1)], &mut h.out);
+    assert_eq!(
+        h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        vec![(NodeId(3), retried.task)]
+    );
+}
+
+#[test]
+fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
+    let mut h = Harness::started(1.0);
+    let arg = ObjectId::for_return(h.ids.next_task(), 1);
+    let spec = h.spec(vec![arg], TaskOptions::default());
+    let tid = spec.task_id;
+    let objects = vec![(arg, ObjectData::inline(vec![5], Vec::new(), Vec::new()))];
+    h.s.accept_peer_task(NodeId(9), spec, None, objects, &mut h.out);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1);
+    let value = ObjectData::inline(vec![6], Vec::new(), Vec::new());
+    h.s.task_done(ex[0].0, tid, TaskResult::Ok(vec![value]), &mut h.out);
+    let done: Vec<_> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerDone { peer, task, result: Ok(v), .. } => {
+                Some((*peer, *task, v[0].data.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![(NodeId(9), tid, vec![6])]);
+    assert_eq!(h.s.stats().objects, 0, "the argument and the result are freed here");
+}
+
+#[test]
+fn tasks_are_unschedulable_only_if_no_node_could_run_them() {
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 4)], &mut h.out);
+    let ok = h.submit_opts(Vec::new(), TaskOptions { cpu_milli: 4000, ..TaskOptions::default() });
+    let never =
+        h.submit_opts(Vec::new(), TaskOptions { cpu_milli: 8000, ..TaskOptions::default() });
+    assert!(matches!(h.s.object_state(&ok), Some(ObjectState::Pending)));
+    assert!(
+        matches!(h.s.object_state(&never), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::Unschedulable)
+    );
+}

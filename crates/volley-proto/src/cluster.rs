@@ -1,0 +1,229 @@
+//! Messages between nodes of a cluster, and the authentication every TCP connection starts with.
+//!
+//! A connection opens with a challenge-response over the cluster token, both ways, before any
+//! other frame is read (see [`authenticate_client`] and [`authenticate_server`]): each side sends a
+//! fresh random nonce and proves it holds the token with an HMAC-SHA256 over both nonces and its
+//! role. The token itself never crosses the wire, a recorded exchange cannot be replayed (the
+//! other side's nonce is new each time), and nothing from an unauthenticated peer is decoded
+//! beyond these small fixed-size frames.
+
+use std::io::{Read, Write};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::{
+    decode, encode, read_frame, write_frame, ObjectData, ProtoError, TaskId, TaskResult, TaskSpec,
+    MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION,
+};
+
+/// A node of the cluster, numbered by the head in joining order (a node that comes back gets a
+/// new number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u32);
+
+/// A node as the head describes it to the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Where the node accepts connections from other nodes (`host:port`).
+    pub addr: String,
+    pub cpu_total_milli: u32,
+    pub cpu_free_milli: u32,
+    /// Other resources (`GPU`, custom), in thousandths: total, free.
+    pub resources: Vec<(String, u64, u64)>,
+    pub workers: u32,
+    pub store_used: u64,
+    pub store_capacity: u64,
+    /// Tasks queued on it that no node can run now.
+    pub tasks_waiting: u32,
+    /// A driver's node: it joins to send work, and runs none of the cluster's.
+    pub driver: bool,
+    pub pid: u32,
+}
+
+/// Frames between nodes (after authentication).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// To the head: a node joins (or a driver's node, which takes no work) and says where others
+    /// reach it. Answered with `Welcome`.
+    Join {
+        info: NodeInfo,
+    },
+    Welcome {
+        id: NodeId,
+    },
+    /// To the head, periodically: this node's load. Answered with `View`.
+    Heartbeat {
+        info: NodeInfo,
+    },
+    /// The cluster as the head sees it: every live node.
+    View {
+        nodes: Vec<NodeInfo>,
+    },
+    /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
+    /// pickled inside them), so the receiver needs nothing else; `function` is the function's
+    /// bytes, the first time the receiver needs it.
+    Task {
+        spec: TaskSpec,
+        function: Option<serde_bytes::ByteBuf>,
+        objects: Vec<(crate::ObjectId, ObjectData)>,
+    },
+    /// A task sent with `Task` ended; `objects` are values the results refer to.
+    Done {
+        task: TaskId,
+        result: TaskResult,
+        objects: Vec<(crate::ObjectId, ObjectData)>,
+    },
+    /// Cancel a task sent with `Task`.
+    Cancel {
+        task: TaskId,
+        force: bool,
+    },
+    /// Stop this node (`volley stop`).
+    Stop,
+    /// Sent instead of an answer when a request cannot be served.
+    Refused {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Challenge {
+    version: u32,
+    nonce: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    version: u32,
+    nonce: [u8; 32],
+    mac: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Verdict {
+    Accepted { mac: Vec<u8> },
+    Rejected { reason: String },
+}
+
+fn mac(
+    token: &[u8],
+    role: &[u8],
+    first: &[u8; 32],
+    second: &[u8; 32],
+) -> Result<Vec<u8>, ProtoError> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(token)
+        .map_err(|_| ProtoError::Auth("the cluster token is empty".into()))?;
+    m.update(role);
+    m.update(first);
+    m.update(second);
+    Ok(m.finalize().into_bytes().to_vec())
+}
+
+fn verify(token: &[u8], role: &[u8], first: &[u8; 32], second: &[u8; 32], tag: &[u8]) -> bool {
+    let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(token) else { return false };
+    m.update(role);
+    m.update(first);
+    m.update(second);
+    m.verify_slice(tag).is_ok()
+}
+
+fn nonce() -> Result<[u8; 32], ProtoError> {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).map_err(|e| ProtoError::Auth(format!("no randomness: {e}")))?;
+    Ok(n)
+}
+
+fn read_small<T: for<'de> Deserialize<'de>>(s: &mut impl Read) -> Result<T, ProtoError> {
+    let frame = read_frame(s, MAX_HANDSHAKE_FRAME)?;
+    decode(&frame)
+}
+
+/// The connecting side: proves it holds `token`, and checks that the server does too.
+pub fn authenticate_client<S: Read + Write>(s: &mut S, token: &[u8]) -> Result<(), ProtoError> {
+    let ch: Challenge = read_small(s)?;
+    if ch.version != PROTOCOL_VERSION {
+        return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: ch.version });
+    }
+    let ours = nonce()?;
+    let tag = mac(token, b"volley-client", &ch.nonce, &ours)?;
+    write_frame(s, &encode(&Response { version: PROTOCOL_VERSION, nonce: ours, mac: tag })?)?;
+    match read_small::<Verdict>(s)? {
+        Verdict::Accepted { mac } if verify(token, b"volley-server", &ours, &ch.nonce, &mac) => {
+            Ok(())
+        }
+        Verdict::Accepted { .. } => {
+            Err(ProtoError::Auth("the server does not hold this cluster's token".into()))
+        }
+        Verdict::Rejected { reason } => Err(ProtoError::Auth(reason)),
+    }
+}
+
+/// The accepting side: challenges the peer; `Err` (after telling the peer why) unless it proves
+/// it holds `token`.
+pub fn authenticate_server<S: Read + Write>(s: &mut S, token: &[u8]) -> Result<(), ProtoError> {
+    let ours = nonce()?;
+    write_frame(s, &encode(&Challenge { version: PROTOCOL_VERSION, nonce: ours })?)?;
+    let resp: Response = read_small(s)?;
+    if resp.version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} is not this node's {PROTOCOL_VERSION}; run the same volley \
+             version everywhere",
+            resp.version
+        );
+        let _ = write_frame(s, &encode(&Verdict::Rejected { reason })?);
+        return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: resp.version });
+    }
+    if !verify(token, b"volley-client", &ours, &resp.nonce, &resp.mac) {
+        let reason = "authentication failed: wrong cluster token (see VOLLEY_TOKEN or the \
+                      token file `volley start --head` wrote)"
+            .to_string();
+        let _ = write_frame(s, &encode(&Verdict::Rejected { reason })?);
+        return Err(ProtoError::Auth("the peer gave a wrong cluster token".into()));
+    }
+    let tag = mac(token, b"volley-server", &resp.nonce, &ours)?;
+    write_frame(s, &encode(&Verdict::Accepted { mac: tag })?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn run(
+        client_token: &'static [u8],
+        server_token: &'static [u8],
+    ) -> (Result<(), ProtoError>, Result<(), ProtoError>) {
+        let (mut a, mut b) = UnixStream::pair().expect("pair");
+        let server = std::thread::spawn(move || authenticate_server(&mut b, server_token));
+        let c = authenticate_client(&mut a, client_token);
+        (c, server.join().expect("server"))
+    }
+
+    #[test]
+    fn same_token_is_accepted_both_ways() {
+        let (c, s) = run(b"secret", b"secret");
+        assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
+    }
+
+    #[test]
+    fn wrong_token_is_refused_with_a_reason() {
+        let (c, s) = run(b"guess", b"secret");
+        let msg = c.expect_err("client must fail").to_string();
+        assert!(msg.contains("wrong cluster token"), "{msg}");
+        assert!(matches!(s, Err(ProtoError::Auth(_))));
+    }
+
+    #[test]
+    fn garbage_instead_of_a_response_is_an_error() {
+        let (mut a, mut b) = UnixStream::pair().expect("pair");
+        let server = std::thread::spawn(move || authenticate_server(&mut b, b"secret"));
+        let _ = read_frame(&mut a, MAX_HANDSHAKE_FRAME).expect("challenge");
+        a.write_all(&[0xff; 64]).expect("write");
+        drop(a);
+        assert!(server.join().expect("server").is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! Other nodes of a cluster: spilling tasks to them, and running tasks they sent.
+//!
+//! A node runs a task itself while it has the resources free; otherwise it sends it to a peer
+//! with room (as the cluster view from the head reports it, less what this node has sent there
+//! since). The task travels with the values of its arguments and of the refs pickled inside them
+//! (`Action::Spill`), so the peer needs nothing else; its results come back with `peer_done`.
+//! A task sent by a peer runs here like any other, held by `Holder::Peer`; when it ends, its
+//! results go back (`Action::PeerDone`) and everything it held here is released. Tasks a peer
+//! sent are never passed on again, so work cannot bounce between nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use volley_proto::{
+    ActorPart, ErrorKind, ErrorPayload, FunctionId, NodeId, ObjectData, ObjectId, TaskId,
+    TaskResult, TaskSpec,
+};
+
+use super::{error, retries_left, Action, Holder, ObjectEntry, ObjectState, Scheduler, TaskState};
+
+/// A peer as the cluster view describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub cpu_total_milli: u32,
+    pub cpu_free_milli: u32,
+    /// Other resources: name, total, free (thousandths).
+    pub resources: Vec<(String, u64, u64)>,
+    /// A driver's node: it runs nobody else's tasks.
+    pub driver: bool,
+}
+
+pub(super) struct PeerEntry {
+    view: PeerView,
+    /// Tasks this node sent there and still waits for, with the CPU each needs.
+    inflight: HashMap<TaskId, u32>,
+    known_functions: HashSet<FunctionId>,
+}
+
+impl PeerEntry {
+    fn inflight_cpu(&self) -> u32 {
+        self.inflight.values().sum()
+    }
+}
+
+/// What a task sent by a peer holds here until it ends.
+pub(super) struct FromPeer {
+    peer: NodeId,
+    /// Values the peer sent with it.
+    objects: Vec<ObjectId>,
+}
+
+/// Where a spilled task's values are gathered: at most this many nested refs deep.
+const MAX_SHIP_DEPTH: usize = 16;
+
+impl Scheduler {
+    /// Replaces the view of the other nodes. Peers missing from it are gone: their tasks are
+    /// retried elsewhere or fail.
+    pub fn set_peers(&mut self, view: Vec<PeerView>, out: &mut Vec<Action>) {
+        let listed: HashSet<NodeId> = view.iter().map(|p| p.id).collect();
+        let gone: Vec<NodeId> =
+            self.peers.keys().filter(|id| !listed.contains(id)).copied().collect();
+        for id in gone {
+            self.peer_gone(id, "it left the cluster view (no heartbeat)", out);
+        }
+        for v in view {
+            match self.peers.get_mut(&v.id) {
+                Some(p) => p.view = v,
+                None => {
+                    let entry = PeerEntry {
+                        view: v.clone(),
+                        inflight: HashMap::new(),
+                        known_functions: HashSet::new(),
+                    };
+                    self.peers.insert(v.id, entry);
+                }
+            }
+        }
+        self.schedule(out);
+    }
+
+    /// A peer died (its connection broke, or the head declared it dead): the tasks it was running
+    /// for us are retried (here or on another peer) if their retries allow, else they fail.
+    pub fn peer_gone(&mut self, id: NodeId, why: &str, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.remove(&id) else { return };
+        let mut tasks: Vec<TaskId> = p.inflight.keys().copied().collect();
+        tasks.sort();
+        for tid in tasks {
+            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            if task.cancel.is_none() && retries_left(task) {
+                task.attempts += 1;
+                task.state = TaskState::Queued;
+                self.ready.push_front(tid);
+            } else {
+                let name = task.spec.name.clone();
+                let msg = format!("node {} died while running task '{name}': {why}", id.0);
+                self.fail_task(tid, error(ErrorKind::WorkerCrashed, &name, msg), out);
+            }
+        }
+        // Tasks it sent us: nobody waits for their results any more.
+        let theirs: Vec<TaskId> =
+            self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
+        for tid in theirs {
+            if let Some(f) = self.from_peer.remove(&tid) {
+                self.release_from_peer(tid, f, out);
+            }
+            self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
+        }
+        self.schedule(out);
+    }
+
+    /// Whether any peer could ever run `spec` (for `unschedulable`).
+    pub(super) fn peer_could_run(&self, spec: &TaskSpec) -> bool {
+        self.peers.values().any(|p| fits_total(&p.view, spec))
+    }
+
+    /// Sends the task at the front of the ready queue to a peer with room, if it may go and one
+    /// has room; true if it went.
+    pub(super) fn try_spill(&mut self, tid: TaskId, out: &mut Vec<Action>) -> bool {
+        if self.peers.is_empty() {
+            return false;
+        }
+        let Some(task) = self.tasks.get(&tid) else { return false };
+        let spec = task.spec.clone();
+        if matches!(task.caller, Holder::Peer(_))
+            || !matches!(spec.actor, ActorPart::None)
+            || spec.options.streaming
+        {
+            return false;
+        }
+        let cpu = spec.options.cpu_milli;
+        // The least loaded peer (by what this node has sent there) that has room for it.
+        let target = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.view.driver && fits_total(&p.view, &spec))
+            .filter(|(_, p)| p.inflight_cpu() + cpu <= p.view.cpu_total_milli)
+            .map(|(id, p)| {
+                let load =
+                    u64::from(p.inflight_cpu()) * 1000 / u64::from(p.view.cpu_total_milli.max(1));
+                (load, std::cmp::Reverse(p.view.cpu_free_milli), *id)
+            })
+            .min()
+            .map(|(_, _, id)| id);
+        let Some(peer) = target else { return false };
+        let Some(objects) = self.gather(&spec) else { return false };
+        let Some(p) = self.peers.get_mut(&peer) else { return false };
+        let function = if p.known_functions.insert(spec.function) {
+            self.functions.get(&spec.function).cloned()
+        } else {
+            None
+        };
+        p.inflight.insert(tid, cpu);
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.state = TaskState::Remote(peer);
+        }
+        out.push(Action::Spill { peer, spec, function, objects });
+        true
+    }
+
+    /// The values a spilled task needs: its dependencies and every ref pickled inside its
+    /// arguments, transitively. `None` if one is not ready here yet.
+    fn gather(&self, spec: &TaskSpec) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<(ObjectId, usize)> =
+            spec.deps.iter().chain(spec.args.contained.iter()).map(|id| (*id, 0)).collect();
+        let mut objects = Vec::new();
+        while let Some((id, depth)) = todo.pop() {
+            if !seen.insert(id) || depth > MAX_SHIP_DEPTH {
+                continue;
+            }
+            match self.objects.get(&id).map(|o| &o.state) {
+                Some(ObjectState::Ready(v)) => {
+                    todo.extend(v.contained.iter().map(|c| (*c, depth + 1)));
+                    objects.push((id, v.clone()));
+                }
+                // A failed dependency fails the task before it is runnable; a failed or
+                // unknown nested ref is the task's to find out.
+                Some(ObjectState::Failed(_)) | None => {}
+                Some(ObjectState::Pending) => return None,
+            }
+        }
+        Some(objects)
+    }
+
+    /// A task this node sent to `peer` ended there.
+    pub fn peer_done(
+        &mut self,
+        peer: NodeId,
+        tid: TaskId,
+        result: TaskResult,
+        objects: Vec<(ObjectId, ObjectData)>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.inflight.remove(&tid).is_none() {
+            return;
+        }
+        if !matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::Remote(_))) {
+            return;
+        }
+        self.adopt(objects);
+        self.task_result(tid, result, out);
+        self.schedule(out);
+    }
+
+    /// Values that arrived from a peer become objects here, unless they already are. They are
+    /// held by whatever holds the value that names them (`object_ready` counts that).
+    fn adopt(&mut self, objects: Vec<(ObjectId, ObjectData)>) {
+        for (id, data) in objects {
+            self.objects.entry(id).or_insert_with(|| ObjectEntry {
+                state: ObjectState::Ready(Arc::new(data)),
+                refs: 0,
+                waiters: Vec::new(),
+                dependents: Vec::new(),
+                watchers: Vec::new(),
+            });
+        }
+    }
+
+    /// Runs a task `peer` sent; its results go back with `Action::PeerDone`.
+    pub fn accept_peer_task(
+        &mut self,
+        peer: NodeId,
+        spec: TaskSpec,
+        function: Option<Arc<[u8]>>,
+        objects: Vec<(ObjectId, ObjectData)>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(f) = function {
+            self.register_function(spec.function, f);
+        }
+        let ids: Vec<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
+        let holder = Holder::Peer(peer);
+        for (id, data) in objects {
+            if !self.objects.contains_key(&id) {
+                self.new_object(id);
+                self.incref(holder, &[id]);
+                self.object_ready(id, Arc::new(data), out);
+            } else {
+                self.incref(holder, &[id]);
+            }
+        }
+        let tid = spec.task_id;
+        self.from_peer.insert(tid, FromPeer { peer, objects: ids });
+        self.submit(holder, spec, out);
+    }
+
+    /// Called when a task's outcome is known: if a peer sent it, its results go back and what it
+    /// held here is released.
+    pub(super) fn report_to_peer(
+        &mut self,
+        tid: TaskId,
+        spec: &TaskSpec,
+        result: Result<Vec<Arc<ObjectData>>, Arc<ErrorPayload>>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(f) = self.from_peer.remove(&tid) else { return };
+        let mut objects = Vec::new();
+        if let Ok(values) = &result {
+            let mut seen = HashSet::new();
+            let mut todo: Vec<ObjectId> = values.iter().flat_map(|v| v.contained.clone()).collect();
+            while let Some(id) = todo.pop() {
+                if !seen.insert(id) || seen.len() > 4096 {
+                    continue;
+                }
+                if let Some(ObjectState::Ready(v)) = self.objects.get(&id).map(|o| &o.state) {
+                    todo.extend(v.contained.iter().copied());
+                    objects.push((id, v.clone()));
+                }
+            }
+        }
+        out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects });
+        let returns: Vec<ObjectId> = spec.return_ids().collect();
+        self.decref(Holder::Peer(f.peer), &returns, out);
+        self.release_from_peer(tid, f, out);
+    }
+
+    fn release_from_peer(&mut self, _tid: TaskId, f: FromPeer, out: &mut Vec<Action>) {
+        self.decref(Holder::Peer(f.peer), &f.objects, out);
+    }
+}
+
+/// Whether the peer has, in total, what the task asks for.
+fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
+    spec.options.cpu_milli <= v.cpu_total_milli
+        && spec
+            .options
+            .resources
+            .iter()
+            .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
+}
