@@ -24,6 +24,7 @@ from ._api import (
     get,
     init,
     is_initialized,
+    nodes,
     object_store_stats,
     put,
     remote,

@@ -126,8 +126,12 @@ def init(
     inline_threshold: int = 100 * 1024,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
+    address: str | None = None,
+    token: str | None = None,
+    _daemon: dict | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
+    With ``address``, connects to a running cluster instead and runs tasks on its nodes.
 
     Args:
         num_cpus: CPUs to schedule (default: the cores this process may use). One worker
@@ -148,6 +152,12 @@ def init(
         num_gpus: GPUs to schedule (default: the NVIDIA GPUs this machine has).
         resources: custom resources and their amounts, e.g. ``{"disk": 2}``; tasks and actors
             asking for them (``resources={"disk": 1}``) wait until they are free.
+        address: ``"HOST:PORT"`` of a cluster's head (``volley start --head``), or ``"auto"``
+            for the one started on this machine. Tasks then run on the cluster's nodes; this
+            process runs none itself (``num_cpus`` defaults to 0 here). Actors, for now, run on
+            this machine.
+        token: the cluster's token (default: ``VOLLEY_TOKEN``, else the token file the head
+            wrote on this machine). A wrong one raises ``ConnectionError``.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -165,8 +175,15 @@ def init(
                 "volley is already initialised; call volley.shutdown() first "
                 "(or pass ignore_reinit_error=True)"
             )
+        joining = None
+        if address is not None:
+            from . import _cluster
+
+            joining = (_cluster.resolve_address(address), _cluster.resolve_token(token))
         cpus = _default_cpus() if num_cpus is None else num_cpus
-        if not isinstance(cpus, (int, float)) or cpus <= 0:
+        if joining is not None and num_cpus is None:
+            cpus = 0
+        if not isinstance(cpus, (int, float)) or cpus < 0 or (cpus == 0 and joining is None):
             raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
         if pipeline_depth < 0:
             raise ValueError("pipeline_depth must be >= 0")
@@ -192,6 +209,8 @@ def init(
         # ("" in sys.path means the current directory, as for `python -c` or a REPL.)
         path = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
+        if _daemon is not None:
+            env.append(("VOLLEY_NODE_ADDRESS", _daemon["listen"]))
         _core.start_node(
             float(cpus),
             sys.executable,
@@ -205,6 +224,21 @@ def init(
             int(inline_threshold),
             sorted(custom.items()),
         )
+        try:
+            if joining is not None:
+                _core.join_cluster(None, joining[0], joining[1], True)
+            elif _daemon is not None:
+                _daemon["joined"] = _core.join_cluster(
+                    _daemon["listen"],
+                    _daemon.get("head"),
+                    _daemon["token"],
+                    False,
+                    _daemon.get("heartbeat_ms", 500),
+                    _daemon.get("dead_after_ms", 10_000),
+                )
+        except BaseException:
+            _core.shutdown(0.5)
+            raise
         _generation += 1
         if not _atexit_registered:
             atexit.register(shutdown)
@@ -226,6 +260,18 @@ def shutdown() -> None:
 
         _core.shutdown(1.0)
         _futures.fail_pending()
+
+
+def nodes() -> list[dict]:
+    """The cluster's nodes as this process last heard from the head (every second or so): a
+    dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
+    ``workers``, ``store_used``, ``tasks_waiting``, ``driver``. Empty outside a cluster.
+
+    >>> volley.init(address="auto")  # doctest: +SKIP
+    >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
+    ['127.0.0.1:6380', '127.0.0.2:6380']
+    """
+    return list(_core.cluster_nodes())
 
 
 def is_initialized() -> bool:

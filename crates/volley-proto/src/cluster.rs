@@ -81,8 +81,10 @@ pub enum PeerMsg {
         task: TaskId,
         force: bool,
     },
-    /// Stop this node (`volley stop`).
-    Stop,
+    /// First frame on a connection a node opens to send tasks: who it is.
+    Hello {
+        id: NodeId,
+    },
     /// Sent instead of an answer when a request cannot be served.
     Refused {
         reason: String,

@@ -5,6 +5,7 @@
 //! touched while the engine works.
 
 mod client;
+mod cluster;
 mod object_ref;
 mod store;
 
@@ -831,6 +832,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stream_release, m)?)?;
     m.add_function(wrap_pyfunction!(stream_yield, m)?)?;
     m.add_function(wrap_pyfunction!(complete_task, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::join_cluster, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::cluster_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::query_cluster, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! binding layer can turn a pending Ctrl-C into `KeyboardInterrupt` without this crate knowing
 //! anything of Python.
 
+mod cluster;
 mod error;
 mod logs;
 mod node;
@@ -18,6 +19,7 @@ mod outbox;
 mod supervisor;
 mod worker_conn;
 
+pub use cluster::{cluster_view, ClusterConfig};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};

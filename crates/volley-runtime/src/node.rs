@@ -61,8 +61,8 @@ struct Slot {
     flag: std::sync::atomic::AtomicBool,
 }
 
-struct State {
-    sched: Scheduler,
+pub(crate) struct State {
+    pub(crate) sched: Scheduler,
     conns: HashMap<WorkerId, Arc<Outbox>>,
     local: HashMap<WaiterId, Arc<Slot>>,
 }
@@ -78,7 +78,7 @@ struct Life {
 }
 
 pub(crate) struct Shared {
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
     ready: Mutex<VecDeque<ObjectId>>,
     ready_cv: Condvar,
     lives: Mutex<HashMap<WorkerId, Life>>,
@@ -89,9 +89,10 @@ pub(crate) struct Shared {
     pub(crate) store_env: String,
     /// The store's memfd, inherited by workers.
     pub(crate) store_fd: i32,
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     closed: AtomicBool,
     started: Instant,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Work to do after the state lock is released.
@@ -102,12 +103,14 @@ struct Deferred {
     ready: Vec<ObjectId>,
     sup: Vec<SupCmd>,
     logs: Vec<String>,
+    /// Messages for other nodes.
+    peer: Vec<Action>,
 }
 
 impl Shared {
     /// Runs `f` on the state, routes the actions it produced, and carries them out once the lock
     /// is released.
-    fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
         let mut out = Vec::new();
         let mut d = Deferred::default();
         let r = {
@@ -145,6 +148,13 @@ impl Shared {
         }
         for line in d.logs {
             eprintln!("{line}");
+        }
+        if !d.peer.is_empty() {
+            if let Some(c) = self.cluster.get() {
+                for a in d.peer {
+                    c.dispatch(a);
+                }
+            }
         }
     }
 
@@ -331,6 +341,10 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
                 d.logs.push(line);
                 continue;
             }
+            a @ (Action::Spill { .. } | Action::PeerDone { .. } | Action::PeerCancel { .. }) => {
+                d.peer.push(a);
+                continue;
+            }
         };
         let Some(conn) = conn else { continue };
         match bytes {
@@ -398,6 +412,7 @@ impl Node {
             store,
             closed: AtomicBool::new(false),
             started: Instant::now(),
+            cluster: std::sync::OnceLock::new(),
         });
         let spec = SpawnSpec {
             python: cfg.python,
@@ -426,6 +441,23 @@ impl Node {
         );
         shared.with(|st, out| st.sched.start(out));
         Ok(Node { shared, threads: Mutex::new(threads) })
+    }
+
+    /// Makes this node part of a cluster (see [`crate::ClusterConfig`]); returns once it knows
+    /// the cluster's view. Gives this node's id and the address it accepts peers on.
+    pub fn join_cluster(&self, cfg: crate::ClusterConfig) -> Result<(u32, String), RuntimeError> {
+        if self.shared.cluster.get().is_some() {
+            return Err(RuntimeError::Refused("this node is already in a cluster".into()));
+        }
+        let c = crate::cluster::Cluster::start(self.shared.clone(), cfg)?;
+        let r = (c.node_id().0, c.addr().to_string());
+        let _ = self.shared.cluster.set(c);
+        Ok(r)
+    }
+
+    /// The cluster as this node last heard it (empty outside a cluster).
+    pub fn cluster_view(&self) -> Vec<volley_proto::NodeInfo> {
+        self.shared.cluster.get().map(|c| c.view()).unwrap_or_default()
     }
 
     /// The node's shared-memory object store.
@@ -629,6 +661,9 @@ impl Node {
     pub fn shutdown(&self, grace: Duration) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(c) = self.shared.cluster.get() {
+            c.close();
         }
         let bye = encode(&NodeToWorker::Shutdown).unwrap_or_default();
         let conns: Vec<Arc<Outbox>> = self.shared.state.lock().conns.values().cloned().collect();

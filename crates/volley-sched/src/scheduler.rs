@@ -292,6 +292,21 @@ impl Scheduler {
         &self.cfg
     }
 
+    /// Resources other than CPU: name, total, free (thousandths).
+    pub fn resource_usage(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = self
+            .cfg
+            .resources
+            .iter()
+            .map(|(r, total)| {
+                let used = self.res_used.get(r).copied().unwrap_or(0);
+                (r.clone(), *total, total.saturating_sub(used))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     // ----------------------------------------------------------------- workers
 
     /// Starts the initial pool: one worker per CPU, spawned together.

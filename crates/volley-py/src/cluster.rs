@@ -1,0 +1,84 @@
+//! Bindings for clusters: joining one, and looking at it.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use volley_proto::NodeInfo;
+use volley_runtime::{ClusterConfig, RuntimeError};
+
+use crate::client::{self, Backend};
+
+fn conn_err(e: RuntimeError) -> PyErr {
+    PyConnectionError::new_err(e.to_string())
+}
+
+fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("node_id", n.id.0)?;
+    d.set_item("address", &n.addr)?;
+    d.set_item("num_cpus", f64::from(n.cpu_total_milli) / 1000.0)?;
+    d.set_item("cpus_free", f64::from(n.cpu_free_milli) / 1000.0)?;
+    let res = PyDict::new(py);
+    for (r, total, free) in &n.resources {
+        res.set_item(r, (*total as f64 / 1000.0, *free as f64 / 1000.0))?;
+    }
+    d.set_item("resources", res)?;
+    d.set_item("workers", n.workers)?;
+    d.set_item("store_used", n.store_used)?;
+    d.set_item("store_capacity", n.store_capacity)?;
+    d.set_item("tasks_waiting", n.tasks_waiting)?;
+    d.set_item("driver", n.driver)?;
+    d.set_item("pid", n.pid)?;
+    Ok(d)
+}
+
+/// Makes this process's node part of a cluster: the head (`head=None`) or a member joining the
+/// head at `head`. Returns (node id, address it accepts peers on).
+#[pyfunction]
+#[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000))]
+pub fn join_cluster(
+    py: Python<'_>,
+    listen: Option<String>,
+    head: Option<String>,
+    token: String,
+    driver: bool,
+    heartbeat_ms: u64,
+    dead_after_ms: u64,
+) -> PyResult<(u32, String)> {
+    let c =
+        client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
+    let Backend::Node(n) = &c.backend else {
+        return Err(PyRuntimeError::new_err("only a driver or a node daemon joins a cluster"));
+    };
+    let cfg = ClusterConfig {
+        listen,
+        head,
+        token: token.into_bytes(),
+        driver,
+        heartbeat: Duration::from_millis(heartbeat_ms.max(10)),
+        dead_after: Duration::from_millis(dead_after_ms.max(100)),
+    };
+    py.detach(|| n.join_cluster(cfg)).map_err(conn_err)
+}
+
+/// The cluster as this process's node last heard it, a dict per node.
+#[pyfunction]
+pub fn cluster_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let Some(c) = client::current() else { return Ok(Vec::new()) };
+    let Backend::Node(n) = &c.backend else { return Ok(Vec::new()) };
+    n.cluster_view().iter().map(|i| info_dict(py, i)).collect()
+}
+
+/// Asks the head at `address` for the cluster's nodes (for `volley status`).
+#[pyfunction]
+pub fn query_cluster<'py>(
+    py: Python<'py>,
+    address: String,
+    token: String,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let nodes =
+        py.detach(|| volley_runtime::cluster_view(&address, token.as_bytes())).map_err(conn_err)?;
+    nodes.iter().map(|i| info_dict(py, i)).collect()
+}

@@ -1,0 +1,680 @@
+//! A node's part in a cluster: TCP to the head and to the other nodes.
+//!
+//! - Every TCP connection authenticates first ([`volley_proto::authenticate_server`]); a peer that
+//!   fails is logged and dropped, and nothing it sent is decoded beyond the handshake.
+//! - The head keeps the membership: nodes `Join`, then send a `Heartbeat` with their load every
+//!   `heartbeat` and get the cluster `View` back. A node not heard from for `dead_after` (or whose
+//!   connection to the head breaks) leaves the view; the others then retry or fail the tasks it
+//!   ran for them. The head is a node like the others and takes work too.
+//! - The scheduler decides what to send where (`Action::Spill`); a link per peer carries those
+//!   tasks, with their values, on a connection this node opens, and the results come back on it.
+//!   Values are copied out of the store by the link's writer thread, so a large argument never
+//!   holds up the caller or the scheduler.
+//! - A malformed or oversized frame ends that connection only.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use volley_proto::{
+    authenticate_client, authenticate_server, decode, encode, write_frame, FrameReader, NodeId,
+    NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, TaskResult, TaskSpec,
+};
+use volley_sched::{Action, PeerView};
+
+use crate::node::Shared;
+use crate::RuntimeError;
+
+/// How this node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where to accept other nodes (`host:port`; port 0 picks one). `None` for a driver's node,
+    /// which only sends work.
+    pub listen: Option<String>,
+    /// The head's address; `None` if this node is the head.
+    pub head: Option<String>,
+    pub token: Vec<u8>,
+    /// A driver's node: it runs none of the cluster's tasks.
+    pub driver: bool,
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is dead.
+    pub dead_after: Duration,
+}
+
+/// How long the handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Cluster {
+    shared: Arc<Shared>,
+    cfg: ClusterConfig,
+    /// Where this node accepts peers, as bound.
+    addr: String,
+    me: Mutex<NodeId>,
+    view: Mutex<Vec<NodeInfo>>,
+    /// Connections this node opened to send tasks, by peer.
+    links: Mutex<HashMap<NodeId, Sender<Action>>>,
+    /// Connections peers opened to send tasks here: results go back on them.
+    incoming: Mutex<HashMap<NodeId, Sender<Action>>>,
+    /// The head's table of members (on the head only).
+    members: Option<Mutex<Members>>,
+    closed: AtomicBool,
+}
+
+struct Members {
+    next: u32,
+    nodes: HashMap<NodeId, (NodeInfo, Instant)>,
+}
+
+fn proto(e: ProtoError) -> RuntimeError {
+    RuntimeError::Proto(e)
+}
+
+fn connect(addr: &str, token: &[u8]) -> Result<TcpStream, RuntimeError> {
+    let sa = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| RuntimeError::Refused(format!("cannot resolve {addr}")))?;
+    let mut s = TcpStream::connect_timeout(&sa, HANDSHAKE_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    authenticate_client(&mut s, token).map_err(|e| match e {
+        ProtoError::Auth(why) => RuntimeError::Refused(format!("{addr}: {why}")),
+        e => RuntimeError::Refused(format!("{addr}: handshake failed: {e}")),
+    })?;
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+fn send(s: &mut TcpStream, msg: &PeerMsg) -> Result<(), RuntimeError> {
+    Ok(write_frame(s, &encode(msg).map_err(proto)?).map_err(proto)?)
+}
+
+fn recv(r: &mut FrameReader<&TcpStream>) -> Result<PeerMsg, ProtoError> {
+    decode(r.next_frame()?)
+}
+
+impl Cluster {
+    /// Joins (or, without a head address, starts) the cluster. Returns once this node knows the
+    /// cluster's view.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        cfg: ClusterConfig,
+    ) -> Result<Arc<Cluster>, RuntimeError> {
+        let listener = match &cfg.listen {
+            Some(a) => Some(TcpListener::bind(a)?),
+            None => None,
+        };
+        let addr = match &listener {
+            Some(l) => l.local_addr()?.to_string(),
+            None => String::new(),
+        };
+        let head = cfg.head.is_none();
+        let c = Arc::new(Cluster {
+            shared,
+            addr,
+            me: Mutex::new(NodeId(1)),
+            view: Mutex::new(Vec::new()),
+            links: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
+            members: head.then(|| Mutex::new(Members { next: 2, nodes: HashMap::new() })),
+            closed: AtomicBool::new(false),
+            cfg,
+        });
+        if let Some(l) = listener {
+            let c2 = c.clone();
+            std::thread::Builder::new().name("volley-tcp-accept".into()).spawn(move || {
+                for s in l.incoming() {
+                    if c2.closed.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(s) = s else { continue };
+                    let c3 = c2.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("volley-tcp-peer".into())
+                        .spawn(move || c3.serve(s));
+                }
+            })?;
+        }
+        if head {
+            let me = c.info(NodeId(1));
+            if let Some(m) = &c.members {
+                m.lock().nodes.insert(NodeId(1), (me, Instant::now()));
+            }
+            c.head_tick();
+            let c2 = c.clone();
+            std::thread::Builder::new().name("volley-head".into()).spawn(move || {
+                while !c2.closed.load(Ordering::Acquire) {
+                    std::thread::sleep(c2.cfg.heartbeat);
+                    c2.head_tick();
+                }
+            })?;
+        } else {
+            let (stream, id) = c.join()?;
+            *c.me.lock() = id;
+            let c2 = c.clone();
+            std::thread::Builder::new()
+                .name("volley-heartbeat".into())
+                .spawn(move || c2.heartbeat_loop(stream))?;
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(crate) fn node_id(&self) -> NodeId {
+        *self.me.lock()
+    }
+
+    pub(crate) fn view(&self) -> Vec<NodeInfo> {
+        self.view.lock().clone()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.links.lock().clear();
+        self.incoming.lock().clear();
+        if self.cfg.listen.is_some() {
+            // Wake the accept loop so it sees `closed`.
+            if let Some(a) = self.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                let _ = TcpStream::connect_timeout(&a, Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// This node's description, for the head.
+    fn info(&self, id: NodeId) -> NodeInfo {
+        let st = self.shared.state.lock();
+        let stats = st.sched.stats();
+        let total = st.sched.config().cpu_total_milli;
+        let resources = st.sched.resource_usage();
+        drop(st);
+        let store = self.shared.store.stats();
+        NodeInfo {
+            id,
+            addr: self.addr.clone(),
+            cpu_total_milli: total,
+            cpu_free_milli: total.saturating_sub(stats.cpu_used_milli),
+            resources,
+            workers: (stats.workers_alive + stats.workers_starting) as u32,
+            store_used: store.used,
+            store_capacity: store.capacity,
+            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
+            driver: self.cfg.driver,
+            pid: std::process::id(),
+        }
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    fn join(&self) -> Result<(TcpStream, NodeId), RuntimeError> {
+        let head = self.cfg.head.clone().unwrap_or_default();
+        let mut s = connect(&head, &self.cfg.token)?;
+        send(&mut s, &PeerMsg::Join { info: self.info(NodeId(0)) })?;
+        let rs = s.try_clone()?;
+        let mut r = FrameReader::new(&rs);
+        let id = match recv(&mut r).map_err(proto)? {
+            PeerMsg::Welcome { id } => id,
+            PeerMsg::Refused { reason } => return Err(RuntimeError::Refused(reason)),
+            other => return Err(RuntimeError::Refused(format!("unexpected answer {other:?}"))),
+        };
+        *self.me.lock() = id;
+        self.beat(&mut s, &mut r)?;
+        drop(r);
+        Ok((s, id))
+    }
+
+    /// One heartbeat: our load out, the view back.
+    fn beat(&self, s: &mut TcpStream, r: &mut FrameReader<&TcpStream>) -> Result<(), RuntimeError> {
+        let me = self.node_id();
+        send(s, &PeerMsg::Heartbeat { info: self.info(me) })?;
+        match recv(r).map_err(proto)? {
+            PeerMsg::View { nodes } => {
+                self.set_view(nodes);
+                Ok(())
+            }
+            other => Err(RuntimeError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn heartbeat_loop(self: Arc<Self>, mut s: TcpStream) {
+        while !self.closed.load(Ordering::Acquire) {
+            std::thread::sleep(self.cfg.heartbeat);
+            let alive = {
+                let s2 = match s.try_clone() {
+                    Ok(x) => x,
+                    Err(_) => break,
+                };
+                let mut r = FrameReader::new(&s2);
+                self.beat(&mut s, &mut r).is_ok()
+            };
+            if alive || self.closed.load(Ordering::Acquire) {
+                continue;
+            }
+            // The head is gone: keep the last view, and join again when it is back.
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if self.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Ok((s2, _)) = self.join() {
+                    s = s2;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The head's periodic work: refresh its own entry, drop members not heard from, and tell
+    /// its scheduler.
+    fn head_tick(&self) {
+        let Some(m) = &self.members else { return };
+        let me = self.info(NodeId(1));
+        let nodes = {
+            let mut m = m.lock();
+            m.nodes.insert(NodeId(1), (me, Instant::now()));
+            let dead_after = self.cfg.dead_after;
+            let dead: Vec<NodeId> = m
+                .nodes
+                .iter()
+                .filter(|(_, (_, seen))| seen.elapsed() > dead_after)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in dead {
+                if let Some((info, _)) = m.nodes.remove(&id) {
+                    eprintln!(
+                        "volley: node {} ({}) missed its heartbeats for {:?}: declared dead",
+                        id.0, info.addr, dead_after
+                    );
+                }
+            }
+            let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();
+            v.sort_by_key(|i| i.id);
+            v
+        };
+        self.set_view(nodes);
+    }
+
+    fn set_view(&self, nodes: Vec<NodeInfo>) {
+        let me = self.node_id();
+        let peers: Vec<PeerView> = nodes
+            .iter()
+            .filter(|n| n.id != me)
+            .map(|n| PeerView {
+                id: n.id,
+                cpu_total_milli: n.cpu_total_milli,
+                cpu_free_milli: n.cpu_free_milli,
+                resources: n.resources.clone(),
+                driver: n.driver,
+            })
+            .collect();
+        *self.view.lock() = nodes;
+        self.shared.with(|st, out| st.sched.set_peers(peers, out));
+    }
+
+    fn member_joined(&self, mut info: NodeInfo) -> NodeId {
+        let Some(m) = &self.members else { return NodeId(0) };
+        let mut m = m.lock();
+        let id = NodeId(m.next);
+        m.next += 1;
+        info.id = id;
+        eprintln!(
+            "volley: node {} joined from {}{}",
+            id.0,
+            info.addr,
+            if info.driver { " (driver)" } else { "" }
+        );
+        m.nodes.insert(id, (info, Instant::now()));
+        id
+    }
+
+    fn member_view(&self, id: NodeId, info: Option<NodeInfo>) -> Vec<NodeInfo> {
+        let Some(m) = &self.members else { return Vec::new() };
+        let mut m = m.lock();
+        if let Some(mut info) = info {
+            info.id = id;
+            m.nodes.insert(id, (info, Instant::now()));
+        }
+        let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    fn member_left(&self, id: NodeId) {
+        if let Some(m) = &self.members {
+            if let Some((info, _)) = m.lock().nodes.remove(&id) {
+                eprintln!("volley: node {} ({}) disconnected", id.0, info.addr);
+            }
+        }
+        self.head_tick();
+    }
+
+    // ------------------------------------------------------------------ serving peers
+
+    fn serve(self: Arc<Self>, mut s: TcpStream) {
+        let who = s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = authenticate_server(&mut s, &self.cfg.token) {
+            if !matches!(e, ProtoError::Closed) {
+                eprintln!("volley: refused a connection from {who}: {e}");
+            }
+            return;
+        }
+        let _ = s.set_read_timeout(None);
+        let Ok(rs) = s.try_clone() else { return };
+        let mut r = FrameReader::new(&rs);
+        let first = match recv(&mut r) {
+            Ok(m) => m,
+            Err(ProtoError::Closed) => return,
+            Err(e) => {
+                eprintln!("volley: dropping the connection from {who}: {e}");
+                return;
+            }
+        };
+        match first {
+            PeerMsg::Join { info } if self.members.is_some() => {
+                let id = self.member_joined(info);
+                if send(&mut s, &PeerMsg::Welcome { id }).is_err() {
+                    return self.member_left(id);
+                }
+                loop {
+                    match recv(&mut r) {
+                        Ok(PeerMsg::Heartbeat { info }) => {
+                            let nodes = self.member_view(id, Some(info));
+                            if send(&mut s, &PeerMsg::View { nodes }).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(other) => {
+                            eprintln!(
+                                "volley: node {} sent {other:?} on its head connection; dropped",
+                                id.0
+                            );
+                            break;
+                        }
+                        Err(ProtoError::Closed) => break,
+                        Err(e) => {
+                            eprintln!("volley: dropping node {}'s head connection: {e}", id.0);
+                            break;
+                        }
+                    }
+                }
+                self.member_left(id);
+            }
+            PeerMsg::Heartbeat { .. } if self.members.is_some() => {
+                // `volley status`: one look at the view.
+                let nodes = self.member_view(NodeId(0), None);
+                let _ = send(&mut s, &PeerMsg::View { nodes });
+            }
+            PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),
+            other => {
+                let reason = format!("unexpected first message {}", msg_name(&other));
+                eprintln!("volley: dropping the connection from {who}: {reason}");
+                let _ = send(&mut s, &PeerMsg::Refused { reason });
+            }
+        }
+    }
+
+    /// A peer sends tasks on this connection; their results go back on it.
+    fn serve_tasks(
+        self: &Arc<Self>,
+        peer: NodeId,
+        s: TcpStream,
+        mut r: FrameReader<&TcpStream>,
+        who: &str,
+    ) {
+        let tx = self.writer(peer, s, false);
+        self.incoming.lock().insert(peer, tx);
+        loop {
+            match recv(&mut r) {
+                Ok(PeerMsg::Task { spec, function, objects }) => {
+                    let function = function.map(|f| Arc::from(f.into_vec()));
+                    self.shared.with(|st, out| {
+                        st.sched.accept_peer_task(peer, spec, function, objects, out)
+                    });
+                }
+                Ok(PeerMsg::Cancel { task, force }) => {
+                    let id = ObjectId::for_return(task, 1);
+                    self.shared.with(|st, out| st.sched.cancel(id, force, out));
+                }
+                Ok(other) => {
+                    eprintln!(
+                        "volley: node {} ({who}) sent {}; connection dropped",
+                        peer.0,
+                        msg_name(&other)
+                    );
+                    break;
+                }
+                Err(ProtoError::Closed) => break,
+                Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => {
+                    eprintln!("volley: dropping node {}'s connection ({who}): {e}", peer.0);
+                    break;
+                }
+            }
+        }
+        self.incoming.lock().remove(&peer);
+        if !self.closed.load(Ordering::Acquire) {
+            self.shared.with(|st, out| st.sched.peer_gone(peer, "its connection closed", out));
+        }
+    }
+
+    // ------------------------------------------------------------------ sending
+
+    /// Carries out a scheduler action meant for a peer (called outside the state lock).
+    pub(crate) fn dispatch(self: &Arc<Self>, a: Action) {
+        let (peer, outgoing) = match &a {
+            Action::Spill { peer, .. } | Action::PeerCancel { peer, .. } => (*peer, true),
+            Action::PeerDone { peer, .. } => (*peer, false),
+            _ => return,
+        };
+        let tx = if outgoing {
+            let existing = self.links.lock().get(&peer).cloned();
+            match existing {
+                Some(tx) => Some(tx),
+                None => self.open_link(peer),
+            }
+        } else {
+            self.incoming.lock().get(&peer).cloned()
+        };
+        match tx {
+            Some(tx) => {
+                if tx.send(a).is_err() && outgoing {
+                    self.link_broke(peer, "its connection closed");
+                }
+            }
+            None if outgoing => self.link_broke(peer, "it could not be reached"),
+            None => {} // The peer that sent the task is gone; nobody wants the result.
+        }
+    }
+
+    fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<Sender<Action>> {
+        let addr = self.view.lock().iter().find(|n| n.id == peer).map(|n| n.addr.clone())?;
+        let mut s = match connect(&addr, &self.cfg.token) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("volley: cannot reach node {} at {addr}: {e}", peer.0);
+                return None;
+            }
+        };
+        if send(&mut s, &PeerMsg::Hello { id: self.node_id() }).is_err() {
+            return None;
+        }
+        let rs = s.try_clone().ok()?;
+        let tx = self.writer(peer, s, true);
+        self.links.lock().insert(peer, tx.clone());
+        let c = self.clone();
+        let _ = std::thread::Builder::new().name("volley-tcp-link".into()).spawn(move || {
+            let mut r = FrameReader::new(&rs);
+            let why = loop {
+                match recv(&mut r) {
+                    Ok(PeerMsg::Done { task, result, objects }) => {
+                        c.shared
+                            .with(|st, out| st.sched.peer_done(peer, task, result, objects, out));
+                    }
+                    Ok(other) => break format!("it sent {}", msg_name(&other)),
+                    Err(ProtoError::Closed) => break "its connection closed".to_string(),
+                    Err(e) => break format!("its connection failed: {e}"),
+                }
+            };
+            c.link_broke(peer, &why);
+        });
+        Some(tx)
+    }
+
+    fn link_broke(&self, peer: NodeId, why: &str) {
+        self.links.lock().remove(&peer);
+        if !self.closed.load(Ordering::Acquire) {
+            self.shared.with(|st, out| st.sched.peer_gone(peer, why, out));
+        }
+    }
+
+    /// A writer thread for one connection: values are copied out of the store there.
+    fn writer(self: &Arc<Self>, peer: NodeId, mut s: TcpStream, outgoing: bool) -> Sender<Action> {
+        let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
+        let c = self.clone();
+        let _ = std::thread::Builder::new().name("volley-tcp-write".into()).spawn(move || {
+            for a in rx {
+                let Some(msg) = c.to_msg(a) else { continue };
+                let ok = match encode(&msg) {
+                    Ok(b) => write_frame(&mut s, &b).is_ok() && s.flush().is_ok(),
+                    Err(e) => {
+                        eprintln!("volley: could not encode a message for node {}: {e}", peer.0);
+                        true
+                    }
+                };
+                if !ok {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    if outgoing {
+                        c.link_broke(peer, "writing to it failed");
+                    }
+                    break;
+                }
+            }
+        });
+        tx
+    }
+
+    fn to_msg(&self, a: Action) -> Option<PeerMsg> {
+        match a {
+            Action::Spill { peer, spec, function, objects } => {
+                let mut spec: TaskSpec = (*spec).clone();
+                let objects = match self.inline_all(&objects).and_then(|o| {
+                    spec.args = self.inline(&spec.args)?;
+                    Ok(o)
+                }) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let result = TaskResult::Err {
+                            error: volley_proto::ErrorPayload {
+                                kind: volley_proto::ErrorKind::ObjectLost,
+                                task_name: spec.name.clone(),
+                                message: format!(
+                                    "an argument could not be read to send it to node {}: {e}",
+                                    peer.0
+                                ),
+                                traceback: String::new(),
+                                exception: None,
+                                pid: std::process::id(),
+                            },
+                            retryable: false,
+                        };
+                        let tid = spec.task_id;
+                        self.shared
+                            .with(|st, out| st.sched.peer_done(peer, tid, result, Vec::new(), out));
+                        return None;
+                    }
+                };
+                let function = function.map(|f| serde_bytes::ByteBuf::from(f.to_vec()));
+                Some(PeerMsg::Task { spec, function, objects })
+            }
+            Action::PeerDone { task, result, objects, .. } => {
+                let inlined = result.map_err(|e| (*e).clone()).and_then(|vs| {
+                    vs.iter().map(|v| self.inline(v)).collect::<Result<Vec<_>, String>>().map_err(
+                        |why| volley_proto::ErrorPayload {
+                            kind: volley_proto::ErrorKind::ObjectLost,
+                            task_name: String::new(),
+                            message: format!("the result could not be read to send it back: {why}"),
+                            traceback: String::new(),
+                            exception: None,
+                            pid: std::process::id(),
+                        },
+                    )
+                });
+                let result = match inlined {
+                    Ok(vs) => TaskResult::Ok(vs),
+                    Err(error) => TaskResult::Err { error, retryable: false },
+                };
+                let objects = self.inline_all(&objects).unwrap_or_default();
+                Some(PeerMsg::Done { task, result, objects })
+            }
+            Action::PeerCancel { task, force, .. } => Some(PeerMsg::Cancel { task, force }),
+            _ => None,
+        }
+    }
+
+    fn inline_all(
+        &self,
+        objects: &[(ObjectId, Arc<ObjectData>)],
+    ) -> Result<Vec<(ObjectId, ObjectData)>, String> {
+        objects.iter().map(|(id, v)| Ok((*id, self.inline(v)?))).collect()
+    }
+
+    /// The value with its bytes inline (copied out of the store if it lives there).
+    fn inline(&self, v: &ObjectData) -> Result<ObjectData, String> {
+        let Some(loc) = &v.shm else {
+            return Ok(ObjectData::inline(v.data.clone(), v.buffers.clone(), v.contained.clone()));
+        };
+        let bytes = self.shared.store.read_copy(loc.seg).map_err(|e| e.to_string())?;
+        ObjectData::from_segment(loc, &bytes, v.contained.clone())
+            .ok_or_else(|| format!("segment {} is shorter than its layout", loc.seg))
+    }
+}
+
+fn msg_name(m: &PeerMsg) -> &'static str {
+    match m {
+        PeerMsg::Join { .. } => "Join",
+        PeerMsg::Welcome { .. } => "Welcome",
+        PeerMsg::Heartbeat { .. } => "Heartbeat",
+        PeerMsg::View { .. } => "View",
+        PeerMsg::Hello { .. } => "Hello",
+        PeerMsg::Task { .. } => "Task",
+        PeerMsg::Done { .. } => "Done",
+        PeerMsg::Cancel { .. } => "Cancel",
+        PeerMsg::Refused { .. } => "Refused",
+    }
+}
+
+/// Asks the head at `addr` for the cluster's view (`volley status`).
+pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeError> {
+    let mut s = connect(addr, token)?;
+    let dummy = NodeInfo {
+        id: NodeId(0),
+        addr: String::new(),
+        cpu_total_milli: 0,
+        cpu_free_milli: 0,
+        resources: Vec::new(),
+        workers: 0,
+        store_used: 0,
+        store_capacity: 0,
+        tasks_waiting: 0,
+        driver: true,
+        pid: std::process::id(),
+    };
+    send(&mut s, &PeerMsg::Heartbeat { info: dummy })?;
+    let mut r = FrameReader::new(&s);
+    match recv(&mut r).map_err(proto)? {
+        PeerMsg::View { nodes } => Ok(nodes),
+        other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
