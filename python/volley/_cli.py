@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=float, default=None)
     s.add_argument("--resources", default=None, help='custom resources as JSON: {"disk": 2}')
     s.add_argument("--object-store-memory", type=int, default=None)
-    s.add_argument("--token", default=None, help="cluster token (default: generated / VOLLEY_TOKEN)")
+    s.add_argument(
+        "--token", default=None, help="cluster token (default: generated / VOLLEY_TOKEN)"
+    )
     s.add_argument("--block", action="store_true", help="stay in the foreground")
     s.add_argument("--heartbeat-ms", type=int, default=500)
     s.add_argument(
@@ -129,7 +131,10 @@ def _start(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "volley._cli", *sys.argv[1:], "--block"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     deadline = time.monotonic() + 30
@@ -163,9 +168,7 @@ def _status(args: argparse.Namespace) -> int:
     for n in nodes:
         kind = "driver" if n["driver"] else ("head" if n["node_id"] == 1 else "node")
         used = n["num_cpus"] - n["cpus_free"]
-        res = "".join(
-            f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(n["resources"].items())
-        )
+        res = "".join(f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(n["resources"].items()))
         store = f"{n['store_used'] / 2**20:.1f}/{n['store_capacity'] / 2**20:.0f} MiB"
         waiting = f", {n['tasks_waiting']} task(s) waiting" if n["tasks_waiting"] else ""
         print(

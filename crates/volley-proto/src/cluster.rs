@@ -43,7 +43,9 @@ pub struct NodeInfo {
     pub pid: u32,
 }
 
-/// Frames between nodes (after authentication).
+/// Frames between nodes (after authentication). `Task` is the common one; boxing it would cost
+/// an allocation per task for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerMsg {
     /// To the head: a node joins (or a driver's node, which takes no work) and says where others

@@ -91,7 +91,7 @@ fn connect(addr: &str, token: &[u8]) -> Result<TcpStream, RuntimeError> {
 }
 
 fn send(s: &mut TcpStream, msg: &PeerMsg) -> Result<(), RuntimeError> {
-    Ok(write_frame(s, &encode(msg).map_err(proto)?).map_err(proto)?)
+    write_frame(s, &encode(msg).map_err(proto)?).map_err(proto)
 }
 
 fn recv(r: &mut FrameReader<&TcpStream>) -> Result<PeerMsg, ProtoError> {
@@ -487,14 +487,12 @@ impl Cluster {
         } else {
             self.incoming.lock().get(&peer).cloned()
         };
-        match tx {
-            Some(tx) => {
-                if tx.send(a).is_err() && outgoing {
-                    self.link_broke(peer, "its connection closed");
-                }
-            }
-            None if outgoing => self.link_broke(peer, "it could not be reached"),
-            None => {} // The peer that sent the task is gone; nobody wants the result.
+        // Without a connection to the peer that sent a task, nobody wants its result.
+        let sent = tx.map(|tx| tx.send(a).is_ok());
+        if outgoing && sent != Some(true) {
+            let why =
+                if sent.is_none() { "it could not be reached" } else { "its connection closed" };
+            self.link_broke(peer, why);
         }
     }
 

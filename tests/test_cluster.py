@@ -1,0 +1,259 @@
+"""A real cluster on this machine: a head and nodes started with the `volley` command as separate
+daemons on 127.0.0.x addresses, each with its own object store and workers, joined over
+authenticated TCP; a driver connects with `volley.init(address=...)`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import volley
+
+HEARTBEAT_MS = 100
+DEAD_AFTER_MS = 1500
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, tmp: Path, token: str = "test-token-0123456789"):
+        self.session = tmp / "session"
+        self.token = token
+        self.env = dict(os.environ, VOLLEY_SESSION_DIR=str(self.session))
+        self.env.pop("VOLLEY_TOKEN", None)
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        self.tmp = tmp
+        self.head = f"127.0.0.1:{_free_port('127.0.0.1')}"
+
+    def start(self, head: bool, host: str, cpus: float = 1, extra: tuple = ()) -> str:
+        port = self.head.split(":")[1] if head else str(_free_port(host))
+        role = ["--head"] if head else ["--address", self.head]
+        argv = [
+            sys.executable, "-m", "volley._cli", "start", *role, "--host", host, "--port", port,
+            "--num-cpus", str(cpus), "--token", self.token, "--block",
+            "--heartbeat-ms", str(HEARTBEAT_MS), "--dead-after-ms", str(DEAD_AFTER_MS),
+            "--object-store-memory", str(256 << 20), *extra,
+        ]  # fmt: skip
+        log = self.tmp / f"node-{len(self.procs)}.log"
+        out = open(log, "wb")
+        p = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        out.close()
+        self.procs.append(p)
+        self.logs.append(log)
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text(errors="replace"):
+            assert p.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "node did not start"
+            time.sleep(0.05)
+        return f"{host}:{port}"
+
+    def kill(self, index: int) -> None:
+        """SIGKILL a node's daemon and its workers."""
+        os.killpg(self.procs[index].pid, signal.SIGKILL)
+        self.procs[index].wait()
+
+    def log(self, index: int) -> str:
+        return self.logs[index].read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _wait_nodes(n: int, timeout: float = 15) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [x for x in volley.nodes() if not x["driver"]]
+        if len(nodes) == n or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    volley.shutdown()
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c.addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2"), c.start(False, "127.0.0.3")]
+    volley.init(address=c.head, token=c.token)
+    assert len(_wait_nodes(3)) == 3
+    yield c
+    volley.shutdown()
+    c.stop()
+
+
+@volley.remote
+def where(delay: float = 0.0) -> str:
+    time.sleep(delay)
+    return os.environ["VOLLEY_NODE_ADDRESS"]
+
+
+def test_tasks_run_on_every_node(cluster):
+    # Three 1-CPU nodes, tasks that take a while: they must spread over all of them.
+    seen = volley.get([where.remote(0.3) for _ in range(6)])
+    assert set(seen) == set(cluster.addrs)
+    assert os.environ.get("VOLLEY_NODE_ADDRESS") is None  # the driver ran none
+
+
+def test_large_arrays_travel_both_ways(cluster):
+    @volley.remote
+    def scale(a, k):
+        return a * k, float(a.sum())
+
+    arr = np.arange(1 << 19, dtype=np.float64)  # 4 MiB: through the stores on both sides
+    ref = volley.put(arr)
+    out = volley.get([scale.remote(ref, k) for k in range(1, 5)])
+    for k, (scaled, total) in enumerate(out, start=1):
+        assert total == float(arr.sum())
+        assert np.array_equal(scaled, arr * k)
+
+
+def test_refs_inside_arguments_and_nested_tasks(cluster):
+    @volley.remote
+    def total(refs):
+        return sum(volley.get(refs))
+
+    @volley.remote
+    def fib(n):
+        if n < 2:
+            return n
+        return sum(volley.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+    refs = [volley.put(i) for i in range(10)]
+    assert volley.get(total.remote(refs)) == 45
+    assert volley.get(fib.remote(7)) == 13
+
+
+def test_task_errors_keep_their_type(cluster):
+    @volley.remote
+    def boom():
+        raise KeyError("far away")
+
+    with pytest.raises(volley.TaskError) as e:
+        volley.get(boom.remote())
+    assert isinstance(e.value, KeyError)
+    assert "far away" in str(e.value)
+
+
+def test_a_task_no_node_can_run_fails_at_once(cluster):
+    @volley.remote(num_cpus=8)
+    def huge():
+        return 1
+
+    with pytest.raises(volley.UnschedulableError):
+        volley.get(huge.remote(), timeout=10)
+
+
+def test_status_lists_the_nodes(cluster):
+    out = subprocess.run(
+        [sys.executable, "-m", "volley._cli", "status", "--address", cluster.head,
+         "--token", cluster.token],
+        env=cluster.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for a in cluster.addrs:
+        assert a in out.stdout
+    assert "3 node(s)" in out.stdout
+
+
+def test_a_wrong_token_is_refused_clearly(cluster):
+    code = (
+        "import volley\n"
+        "try:\n"
+        f"    volley.init(address={cluster.head!r}, token='not-the-token')\n"
+        "except ConnectionError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=30
+    )
+    assert "REFUSED" in out.stdout and "wrong cluster token" in out.stdout, out
+    assert "refused a connection" in cluster.log(0)
+    assert volley.get(where.remote()) in cluster.addrs  # the cluster serves on
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # the wrong protocol
+        b"\xff\xff\xff\xff" + b"\x00" * 64,  # a frame claiming 4 GiB
+        b"\x00\x00\x00\x05abc",  # truncated
+        os.urandom(4096),
+    ],
+)
+def test_garbage_on_every_port_closes_only_that_connection(cluster, payload):
+    for addr in cluster.addrs:
+        host, port = addr.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.recv(4096)  # the challenge
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(4096):  # the node closes its end
+                    pass
+            except OSError:  # reset, or already closed
+                pass
+    assert set(volley.get([where.remote(0.3) for _ in range(6)])) == set(cluster.addrs)
+
+
+def test_unauthenticated_peers_cannot_join(cluster):
+    # Right protocol, no token: a fresh node with a wrong token exits with a clear message.
+    bad = Cluster(cluster.tmp, token="wrong-token-wrong-token")
+    bad.head = cluster.head
+    with pytest.raises(AssertionError, match="wrong cluster token"):
+        bad.start(False, "127.0.0.4")
+    bad.stop()
+    assert len([n for n in volley.nodes() if not n["driver"]]) == 3
+
+
+def test_a_killed_node_is_declared_dead_and_its_tasks_retried(tmp_path):
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2")]
+        c.start(False, "127.0.0.3")
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        refs = [where.options(max_retries=3).remote(1.0) for _ in range(6)]
+        time.sleep(0.4)  # they are running everywhere now
+        c.kill(2)
+        t0 = time.monotonic()
+        results = volley.get(refs, timeout=60)
+        assert set(results) <= set(addrs), results  # all finished on the survivors
+        assert len(_wait_nodes(2, timeout=DEAD_AFTER_MS / 1000 + 5)) == 2
+        assert time.monotonic() - t0 < 30
+        # A task that may not be retried fails with a clear error instead.
+        doomed = [where.options(max_retries=0).remote(2.0) for _ in range(4)]
+        time.sleep(0.4)
+        c.kill(1)
+        outcomes = []
+        for r in doomed:
+            try:
+                outcomes.append(volley.get(r, timeout=60))
+            except volley.WorkerCrashedError as e:
+                assert "died" in str(e)
+                outcomes.append("lost")
+        assert "lost" in outcomes and addrs[0] in outcomes
+    finally:
+        volley.shutdown()
+        c.stop()
