@@ -138,8 +138,9 @@ impl<R: Read> FrameReader<R> {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Give back memory after an unusually large frame.
-        if self.buf.len() > (1 << 24) && n <= (1 << 16) {
+        // Give back memory after an unusually large frame (keeping what is buffered: a read may
+        // have brought in much of the next frame already).
+        if self.buf.len() > (1 << 24) && n <= (1 << 16) && self.end <= (1 << 16) {
             self.buf.truncate(1 << 16);
             self.buf.shrink_to_fit();
         }
@@ -155,6 +156,43 @@ impl<R: Read> FrameReader<R> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Hands out the bytes in reads that end where `cuts` say.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        cuts: Vec<usize>,
+    }
+
+    impl Read for Chunked {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let limit =
+                self.cuts.iter().copied().find(|c| *c > self.pos).unwrap_or(self.data.len());
+            let n = buf.len().min(limit - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_small_frame_after_a_large_one_keeps_the_bytes_read_past_it() {
+        // A 20 MiB frame grows the buffer; the small frame after it arrives in one read with 1 MiB
+        // of the next frame, which must survive the buffer shrinking back.
+        let sizes = [20 << 20, 10, 3 << 20, 7];
+        let mut wire = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            write_frame(&mut wire, &vec![i as u8; *n]).expect("write");
+        }
+        let first = 4 + sizes[0];
+        let mut r =
+            FrameReader::new(Chunked { data: wire, pos: 0, cuts: vec![first, first + (1 << 20)] });
+        for (i, n) in sizes.iter().enumerate() {
+            let f = r.next_frame().expect("frame");
+            assert_eq!(f.len(), *n);
+            assert!(f.iter().all(|b| *b == i as u8));
+        }
+    }
 
     #[test]
     fn roundtrip_several_frames() {
