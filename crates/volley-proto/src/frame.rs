@@ -147,6 +147,29 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
+    /// Reads exactly `dst.len()` raw bytes that follow the last frame (bytes already buffered
+    /// first, then straight from the reader into `dst`, without going through the buffer).
+    pub fn read_raw(&mut self, dst: &mut [u8]) -> Result<(), ProtoError> {
+        let buffered = (self.end - self.start).min(dst.len());
+        dst[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.start += buffered;
+        let mut got = buffered;
+        while got < dst.len() {
+            match self.inner.read(&mut dst[got..]) {
+                Ok(0) => {
+                    return Err(ProtoError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a value",
+                    )))
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use volley_proto::{
-    authenticate_client, authenticate_server, decode, encode, write_frame, FrameReader, NodeId,
-    NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, TaskResult, TaskSpec,
+    authenticate_client, authenticate_server, decode, encode, shm_layout, write_frame, FrameReader,
+    Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, ShmLoc, TaskResult,
+    TaskSpec,
 };
 use volley_sched::{Action, PeerView};
+use volley_store::{Lease, Owner};
 
 use crate::node::Shared;
 use crate::RuntimeError;
@@ -436,7 +438,11 @@ impl Cluster {
         let tx = self.writer(peer, s, false);
         self.incoming.lock().insert(peer, tx);
         loop {
-            match recv(&mut r) {
+            let msg = recv(&mut r).and_then(|mut m| {
+                self.receive_bulk(&mut r, &mut m)?;
+                Ok(m)
+            });
+            match msg {
                 Ok(PeerMsg::Task { spec, function, objects }) => {
                     let function = function.map(|f| Arc::from(f.into_vec()));
                     self.shared.with(|st, out| {
@@ -515,7 +521,11 @@ impl Cluster {
         let _ = std::thread::Builder::new().name("volley-tcp-link".into()).spawn(move || {
             let mut r = FrameReader::new(&rs);
             let why = loop {
-                match recv(&mut r) {
+                let msg = recv(&mut r).and_then(|mut m| {
+                    c.receive_bulk(&mut r, &mut m)?;
+                    Ok(m)
+                });
+                match msg {
                     Ok(PeerMsg::Done { task, result, objects }) => {
                         c.shared
                             .with(|st, out| st.sched.peer_done(peer, task, result, objects, out));
@@ -542,17 +552,39 @@ impl Cluster {
         let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
         let c = self.clone();
         let _ = std::thread::Builder::new().name("volley-tcp-write".into()).spawn(move || {
-            for a in rx {
-                let Some(msg) = c.to_msg(a) else { continue };
-                let ok = match encode(&msg) {
-                    Ok(b) => write_frame(&mut s, &b).is_ok() && s.flush().is_ok(),
-                    Err(e) => {
-                        eprintln!("volley: could not encode a message for node {}: {e}", peer.0);
-                        true
+            let raw = s.try_clone();
+            let mut w = std::io::BufWriter::with_capacity(256 << 10, &mut s);
+            let mut next = rx.recv().ok();
+            while let Some(a) = next.take() {
+                let mut ok = true;
+                if let Some((msg, leases)) = c.to_msg(a) {
+                    ok = match encode(&msg) {
+                        // The frame, then the stored values' bytes straight from the store.
+                        Ok(b) => {
+                            write_frame(&mut w, &b).is_ok()
+                                && leases.iter().all(|l| w.write_all(lease_bytes(l)).is_ok())
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "volley: could not encode a message for node {}: {e}",
+                                peer.0
+                            );
+                            true
+                        }
+                    };
+                }
+                // Messages queued meanwhile go out in the same write.
+                next = match rx.try_recv() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        ok = ok && w.flush().is_ok();
+                        rx.recv().ok()
                     }
                 };
                 if !ok {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    if let Ok(r) = &raw {
+                        let _ = r.shutdown(std::net::Shutdown::Both);
+                    }
                     if outgoing {
                         c.link_broke(peer, "writing to it failed");
                     }
@@ -563,30 +595,26 @@ impl Cluster {
         tx
     }
 
-    fn to_msg(&self, a: Action) -> Option<PeerMsg> {
+    /// The message for an action, and the leases on the stored values whose bytes follow it (in
+    /// the order [`bulk_values`] lists them).
+    fn to_msg(&self, a: Action) -> Option<(PeerMsg, Vec<Lease>)> {
+        let mut leases = Vec::new();
         match a {
             Action::Spill { peer, spec, function, objects } => {
                 let mut spec: TaskSpec = (*spec).clone();
-                let objects = match self.inline_all(&objects).and_then(|o| {
-                    spec.args = self.inline(&spec.args)?;
-                    Ok(o)
-                }) {
+                let prepared = self.prepare(&spec.args, &mut leases).and_then(|args| {
+                    spec.args = args;
+                    self.prepare_all(&objects, &mut leases)
+                });
+                let objects = match prepared {
                     Ok(o) => o,
                     Err(e) => {
-                        let result = TaskResult::Err {
-                            error: volley_proto::ErrorPayload {
-                                kind: volley_proto::ErrorKind::ObjectLost,
-                                task_name: spec.name.clone(),
-                                message: format!(
-                                    "an argument could not be read to send it to node {}: {e}",
-                                    peer.0
-                                ),
-                                traceback: String::new(),
-                                exception: None,
-                                pid: std::process::id(),
-                            },
-                            retryable: false,
-                        };
+                        let message = format!(
+                            "an argument could not be read to send it to node {}: {e}",
+                            peer.0
+                        );
+                        let result =
+                            TaskResult::Err { error: lost(&spec.name, message), retryable: false };
                         let tid = spec.task_id;
                         self.shared
                             .with(|st, out| st.sched.peer_done(peer, tid, result, Vec::new(), out));
@@ -594,48 +622,147 @@ impl Cluster {
                     }
                 };
                 let function = function.map(|f| serde_bytes::ByteBuf::from(f.to_vec()));
-                Some(PeerMsg::Task { spec, function, objects })
+                Some((PeerMsg::Task { spec, function, objects }, leases))
             }
             Action::PeerDone { task, result, objects, .. } => {
-                let inlined = result.map_err(|e| (*e).clone()).and_then(|vs| {
-                    vs.iter().map(|v| self.inline(v)).collect::<Result<Vec<_>, String>>().map_err(
-                        |why| volley_proto::ErrorPayload {
-                            kind: volley_proto::ErrorKind::ObjectLost,
-                            task_name: String::new(),
-                            message: format!("the result could not be read to send it back: {why}"),
-                            traceback: String::new(),
-                            exception: None,
-                            pid: std::process::id(),
-                        },
-                    )
+                let prepared = result.map_err(|e| (*e).clone()).and_then(|vs| {
+                    let vs: Result<Vec<_>, String> =
+                        vs.iter().map(|v| self.prepare(v, &mut leases)).collect();
+                    vs.map_err(|why| {
+                        lost("", format!("the result could not be read to send it back: {why}"))
+                    })
                 });
-                let result = match inlined {
+                let result = match prepared {
                     Ok(vs) => TaskResult::Ok(vs),
-                    Err(error) => TaskResult::Err { error, retryable: false },
+                    Err(error) => {
+                        leases.clear();
+                        TaskResult::Err { error, retryable: false }
+                    }
                 };
-                let objects = self.inline_all(&objects).unwrap_or_default();
-                Some(PeerMsg::Done { task, result, objects })
+                let mut extra = Vec::new();
+                let objects = match self.prepare_all(&objects, &mut extra) {
+                    Ok(o) => {
+                        leases.extend(extra);
+                        o
+                    }
+                    Err(_) => Vec::new(),
+                };
+                Some((PeerMsg::Done { task, result, objects }, leases))
             }
-            Action::PeerCancel { task, force, .. } => Some(PeerMsg::Cancel { task, force }),
+            Action::PeerCancel { task, force, .. } => {
+                Some((PeerMsg::Cancel { task, force }, leases))
+            }
             _ => None,
         }
     }
 
-    fn inline_all(
+    fn prepare_all(
         &self,
         objects: &[(ObjectId, Arc<ObjectData>)],
+        leases: &mut Vec<Lease>,
     ) -> Result<Vec<(ObjectId, ObjectData)>, String> {
-        objects.iter().map(|(id, v)| Ok((*id, self.inline(v)?))).collect()
+        objects.iter().map(|(id, v)| Ok((*id, self.prepare(v, leases)?))).collect()
     }
 
-    /// The value with its bytes inline (copied out of the store if it lives there).
-    fn inline(&self, v: &ObjectData) -> Result<ObjectData, String> {
+    /// The value as sent: a small one inline; a stored one as its layout, its bytes to follow
+    /// the frame (pinned by a lease until written).
+    fn prepare(&self, v: &ObjectData, leases: &mut Vec<Lease>) -> Result<ObjectData, String> {
         let Some(loc) = &v.shm else {
             return Ok(ObjectData::inline(v.data.clone(), v.buffers.clone(), v.contained.clone()));
         };
-        let bytes = self.shared.store.read_copy(loc.seg).map_err(|e| e.to_string())?;
-        ObjectData::from_segment(loc, &bytes, v.contained.clone())
-            .ok_or_else(|| format!("segment {} is shorter than its layout", loc.seg))
+        let lease = self.shared.store.lease_local(loc.seg).map_err(|e| e.to_string())?;
+        if lease.len() as u64 != loc.size || lease.ptr().is_null() {
+            return Err(format!("segment {} is not the size its layout says", loc.seg));
+        }
+        leases.push(lease);
+        let mut sent = ObjectData::inline(Vec::new(), Vec::new(), v.contained.clone());
+        sent.shm = Some(loc.clone());
+        Ok(sent)
+    }
+
+    /// Reads the bytes that follow a message for its stored values, straight into this node's
+    /// store (or inline if the store has no room).
+    fn receive_bulk(
+        &self,
+        r: &mut FrameReader<&TcpStream>,
+        msg: &mut PeerMsg,
+    ) -> Result<(), ProtoError> {
+        let store = &self.shared.store;
+        for v in bulk_values(msg) {
+            let Some(loc) = v.shm.clone() else { continue };
+            let (_, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+            if total != loc.size || loc.size == 0 {
+                return Err(ProtoError::Handshake(format!(
+                    "a value of {} bytes with a layout of {total}",
+                    loc.size
+                )));
+            }
+            match store.alloc(Owner::Local, loc.size) {
+                Ok((seg, offset)) => {
+                    let Some(ptr) = store.arena().ptr(offset, loc.size) else {
+                        store.release(seg, Owner::Local);
+                        return Err(ProtoError::Handshake("allocation outside the store".into()));
+                    };
+                    // SAFETY: the segment was just allocated for us alone and lies inside the
+                    // mapping; nothing reads it before it is sealed below.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr, loc.size as usize) };
+                    if let Err(e) = r.read_raw(dst) {
+                        store.release(seg, Owner::Local);
+                        return Err(e);
+                    }
+                    let sealed = store
+                        .seal(Owner::Local, seg, loc.size, None)
+                        .map_err(|e| ProtoError::Handshake(e.to_string()))?;
+                    v.shm = Some(ShmLoc { seg, offset, ..loc });
+                    v.keep = Keep(Some(sealed));
+                }
+                Err(_) if loc.size as usize <= volley_proto::MAX_FRAME_SIZE => {
+                    let mut buf = vec![0u8; loc.size as usize];
+                    r.read_raw(&mut buf)?;
+                    *v = ObjectData::from_segment(&loc, &buf, v.contained.clone()).ok_or_else(
+                        || ProtoError::Handshake("value shorter than its layout".into()),
+                    )?;
+                }
+                Err(e) => return Err(ProtoError::Handshake(format!("no room for a value: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values of a message whose bytes follow it, in order.
+fn bulk_values(msg: &mut PeerMsg) -> Vec<&mut ObjectData> {
+    let mut v: Vec<&mut ObjectData> = Vec::new();
+    match msg {
+        PeerMsg::Task { spec, objects, .. } => {
+            v.push(&mut spec.args);
+            v.extend(objects.iter_mut().map(|(_, o)| o));
+        }
+        PeerMsg::Done { result, objects, .. } => {
+            if let TaskResult::Ok(vs) = result {
+                v.extend(vs.iter_mut());
+            }
+            v.extend(objects.iter_mut().map(|(_, o)| o));
+        }
+        _ => {}
+    }
+    v.retain(|o| o.shm.is_some());
+    v
+}
+
+fn lease_bytes(l: &Lease) -> &[u8] {
+    // SAFETY: the lease pins the segment in memory, read-only, for as long as it lives.
+    unsafe { std::slice::from_raw_parts(l.ptr(), l.len()) }
+}
+
+fn lost(task: &str, message: String) -> volley_proto::ErrorPayload {
+    volley_proto::ErrorPayload {
+        kind: volley_proto::ErrorKind::ObjectLost,
+        task_name: task.to_string(),
+        message,
+        traceback: String::new(),
+        exception: None,
+        pid: std::process::id(),
     }
 }
 

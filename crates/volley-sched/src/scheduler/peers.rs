@@ -50,6 +50,10 @@ pub(super) struct FromPeer {
     objects: Vec<ObjectId>,
 }
 
+/// Tasks in flight to a peer, at most, per CPU it has: one running and the rest queued there, so
+/// the peer never waits for the next task's round trip.
+const PEER_DEPTH: u32 = 4;
+
 /// Where a spilled task's values are gathered: at most this many nested refs deep.
 const MAX_SHIP_DEPTH: usize = 16;
 
@@ -134,7 +138,7 @@ impl Scheduler {
             .peers
             .iter()
             .filter(|(_, p)| !p.view.driver && fits_total(&p.view, &spec))
-            .filter(|(_, p)| p.inflight_cpu() + cpu <= p.view.cpu_total_milli)
+            .filter(|(_, p)| p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH)
             .map(|(id, p)| {
                 let load =
                     u64::from(p.inflight_cpu()) * 1000 / u64::from(p.view.cpu_total_milli.max(1));

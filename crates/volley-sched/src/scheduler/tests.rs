@@ -457,10 +457,10 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
     h.s.set_peers(vec![peer(7, 2)], &mut h.out);
     let dep = ObjectId::for_return(h.ids.next_task(), 1);
     h.s.put(Holder::Local, dep, ObjectData::inline(vec![1], Vec::new(), Vec::new()), &mut h.out);
-    let refs: Vec<ObjectId> = (0..12).map(|_| h.submit(vec![dep])).collect();
+    let refs: Vec<ObjectId> = (0..20).map(|_| h.submit(vec![dep])).collect();
     assert_eq!(h.executed().len(), 9, "one runs here, eight queue behind it");
     let spilled = h.spilled();
-    assert_eq!(spilled.len(), 2, "two go to the peer's two CPUs: {spilled:?}");
+    assert_eq!(spilled.len(), 8, "PEER_DEPTH per CPU of the peer: {spilled:?}");
     assert!(spilled.iter().all(|(p, _, objects)| *p == NodeId(7) && *objects == 1));
     // The peer finishes one: its result is here, and the last task goes there.
     let (_, tid, _) = spilled[0];
@@ -468,7 +468,7 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
     h.s.peer_done(NodeId(7), tid, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
     assert!(matches!(h.s.object_state(&ObjectId::for_return(tid, 1)), Some(ObjectState::Ready(_))));
     assert_eq!(h.spilled().len(), 1);
-    assert_eq!(h.s.stats().tasks_remote, 2);
+    assert_eq!(h.s.stats().tasks_remote, 8);
     assert!(refs.contains(&ObjectId::for_return(tid, 1)));
 }
 
@@ -476,8 +476,9 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
 fn a_dead_peers_tasks_are_retried_or_fail() {
     let mut h = Harness::new(0.0);
     h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
+    // Retried when its peer dies (onto the other one), and again when that one dies.
     let retried =
-        h.submit_opts(Vec::new(), TaskOptions { max_retries: 1, ..TaskOptions::default() });
+        h.submit_opts(Vec::new(), TaskOptions { max_retries: 2, ..TaskOptions::default() });
     let failed =
         h.submit_opts(Vec::new(), TaskOptions { max_retries: 0, ..TaskOptions::default() });
     let spilled = h.spilled();
@@ -491,6 +492,10 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
         matches!(h.s.object_state(&failed), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::WorkerCrashed)
     );
     assert!(matches!(h.s.object_state(&retried), Some(ObjectState::Pending)));
+    assert_eq!(
+        h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        vec![(NodeId(2), retried.task)]
+    );
     h.s.set_peers(vec![peer(3, 1)], &mut h.out);
     assert_eq!(
         h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
