@@ -41,6 +41,11 @@ def sizes(quick: bool) -> dict:
         # cell timeout; 5 runs would take half an hour)
         "actors_created": 100 if quick else 300,
         "actor_wave": 100,  # (s): actors alive at once
+        "transfer_mib": 100,  # (u)
+        "transfer_big_mib": 256 if quick else 1024,  # (u1)
+        "broadcast_mib": 200,  # (v)
+        "broadcast_nodes": 3,  # (v)
+        "node_store_mib": 2048 if not quick else 1024,  # (t)-(v): each node's object store
     }
 
 

@@ -116,6 +116,20 @@ def rows(sizes: dict) -> list[Row]:
         Row("s-rate", "(s) as a rate: actors created, started and killed / time", "actors/s",
             True, ">= 5x ray's rate", lambda v, r: _at_least(r, "ray", 5), source="s",
             derive=lambda v, e: e.get("actors", s["actors_created"]) / v),
+        Row("t", f"{s['tasks']:,} no-op tasks run on another node (cluster: the driver's head "
+            f"has 0 CPUs, one {common.WORKERS}-CPU node), then gathered", "s", False,
+            "within 2x of (b)"),
+        Row("u", f"transfer: a task on another node reads a {_size(s['transfer_mib'])} array "
+            "put by the driver", "s", False),
+        Row("u-rate", "(u) as a rate", "MiB/s", True, ">= 1 GB/s and >= 2x ray",
+            lambda v, r: _all(v * 2**20 >= 1e9, _at_least(r, "ray", 2)), source="u",
+            derive=lambda v, e: s["transfer_mib"] / v),
+        Row("u1", f"(u) with {_size(s['transfer_big_mib'])}", "s", False),
+        Row("u1-rate", "(u1) as a rate", "MiB/s", True, ">= 1 GB/s and >= 2x ray",
+            lambda v, r: _all(v * 2**20 >= 1e9, _at_least(r, "ray", 2)), source="u1",
+            derive=lambda v, e: s["transfer_big_mib"] / v),
+        Row("v", f"broadcast: one {_size(s['broadcast_mib'])} array read by a task on each of "
+            f"{s['broadcast_nodes']} nodes", "s", False),
     ]  # fmt: skip
 
 

@@ -4,7 +4,7 @@ import time
 from contextlib import contextmanager
 
 from benchmarks import common
-from benchmarks.systems import _actor_api, _ref_api
+from benchmarks.systems import _actor_api, _cluster_api, _ref_api
 
 LIBRARIES = ("ray",)
 DISTRIBUTIONS = ("ray",)
@@ -165,3 +165,46 @@ def r():
 
 def s():
     return _actor_api.s(session, warm)
+
+
+@contextmanager
+def cluster(node_cpus):
+    """ray.cluster_utils.Cluster on this machine: a head with 0 CPUs (the driver attaches to it)
+    and one raylet per entry of node_cpus, each with its own object store."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    store = common.SIZES["node_store_mib"] << 20
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": store, "include_dashboard": False},
+    )
+    try:
+        for cpus in node_cpus:
+            c.add_node(num_cpus=cpus, object_store_memory=store)
+        ray.init(address=c.address, log_to_driver=False)
+        c.wait_for_nodes()
+        yield ray
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _spread(lib, fn):
+    return fn.options(scheduling_strategy="SPREAD")
+
+
+def t():
+    return _cluster_api.t(cluster, _spread)
+
+
+def u():
+    return _cluster_api.u(cluster, _spread)
+
+
+def u1():
+    return _cluster_api.u1(cluster, _spread)
+
+
+def v():
+    return _cluster_api.v(cluster, _spread)

@@ -4,7 +4,7 @@ import time
 from contextlib import contextmanager
 
 from benchmarks import common
-from benchmarks.systems import _actor_api, _ref_api
+from benchmarks.systems import _actor_api, _cluster_api, _ref_api
 
 LIBRARIES = ("volley",)
 DISTRIBUTIONS = ("volley",)
@@ -163,3 +163,81 @@ def r():
 
 def s():
     return _actor_api.s(session, warm)
+
+
+@contextmanager
+def cluster(node_cpus):
+    """A head with 0 CPUs and one node per entry of node_cpus, each a `volley start --block`
+    daemon on its own 127.0.0.x address; the driver joins with init(address=...)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import volley
+
+    def free_port(host):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+
+    session_dir = tempfile.mkdtemp(prefix="volley-bench-")
+    env = dict(os.environ, VOLLEY_SESSION_DIR=session_dir)
+    token = "bench-token"
+    head = f"127.0.0.1:{free_port('127.0.0.1')}"
+    store = str(common.SIZES["node_store_mib"] << 20)
+    procs = []
+    try:
+        for i, cpus in enumerate([0, *node_cpus]):
+            host = f"127.0.0.{i + 1}"
+            port = head.split(":")[1] if i == 0 else str(free_port(host))
+            role = ["--head"] if i == 0 else ["--address", head]
+            argv = [sys.executable, "-m", "volley._cli", "start", *role, "--host", host,
+                    "--port", port, "--num-cpus", str(cpus), "--token", token, "--block",
+                    "--object-store-memory", store]  # fmt: skip
+            p = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+            procs.append(p)
+            line = p.stdout.readline().decode()
+            if "listening on" not in line:
+                raise RuntimeError(f"volley node did not start: {line}")
+        volley.init(address=head, token=token, log_to_driver=False)
+        deadline = time.monotonic() + 30
+        while len([n for n in volley.nodes() if n["num_cpus"] > 0]) < len(node_cpus):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nodes did not join")
+            time.sleep(0.05)
+        yield volley
+    finally:
+        volley.shutdown()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _spread(lib, fn):
+    return fn  # volley places each task on the least loaded node
+
+
+def t():
+    return _cluster_api.t(cluster, _spread)
+
+
+def u():
+    return _cluster_api.u(cluster, _spread)
+
+
+def u1():
+    return _cluster_api.u1(cluster, _spread)
+
+
+def v():
+    return _cluster_api.v(cluster, _spread)

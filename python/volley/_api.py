@@ -183,7 +183,8 @@ def init(
         cpus = _default_cpus() if num_cpus is None else num_cpus
         if joining is not None and num_cpus is None:
             cpus = 0
-        if not isinstance(cpus, (int, float)) or cpus < 0 or (cpus == 0 and joining is None):
+        clustered = joining is not None or _daemon is not None
+        if not isinstance(cpus, (int, float)) or cpus < 0 or (cpus == 0 and not clustered):
             raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
         if pipeline_depth < 0:
             raise ValueError("pipeline_depth must be >= 0")

@@ -703,6 +703,7 @@ impl Cluster {
                         store.release(seg, Owner::Local);
                         return Err(ProtoError::Handshake("allocation outside the store".into()));
                     };
+                    store.arena().populate(offset, loc.size);
                     // SAFETY: the segment was just allocated for us alone and lies inside the
                     // mapping; nothing reads it before it is sealed below.
                     let dst = unsafe { std::slice::from_raw_parts_mut(ptr, loc.size as usize) };
