@@ -53,6 +53,7 @@ __all__ = [
     "init",
     "shutdown",
     "is_initialized",
+    "nodes",
     "remote",
     "get",
     "put",
