@@ -91,15 +91,25 @@ def _wait_nodes(n: int, timeout: float = 15) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster_daemons(tmp_path_factory):
     volley.shutdown()
     c = Cluster(tmp_path_factory.mktemp("cluster"))
     c.addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2"), c.start(False, "127.0.0.3")]
-    volley.init(address=c.head, token=c.token)
-    assert len(_wait_nodes(3)) == 3
     yield c
     volley.shutdown()
     c.stop()
+
+
+@pytest.fixture
+def cluster(cluster_daemons):
+    """The module's 3-node cluster, with this process connected to it as a driver (again, if a
+    test in between shut the connection down)."""
+    c = cluster_daemons
+    if not volley.is_initialized() or not volley.nodes():
+        volley.shutdown()
+        volley.init(address=c.head, token=c.token)
+    assert len(_wait_nodes(3)) == 3
+    return c
 
 
 @volley.remote
@@ -257,3 +267,102 @@ def test_a_killed_node_is_declared_dead_and_its_tasks_retried(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+@volley.remote
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def incr(self, k=1):
+        self.n += k
+        return self.n
+
+    def where(self):
+        return os.environ["VOLLEY_NODE_ADDRESS"], os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return stat[0] != "Z"
+
+
+def test_actors_are_placed_on_the_nodes_and_keep_order(cluster):
+    actors = [Counter.remote(100 * i) for i in range(3)]
+    places = volley.get([a.where.remote() for a in actors])
+    assert {addr for addr, _ in places} == set(cluster.addrs)  # one per node
+    assert volley.get([a.incr.remote(5) for a in actors]) == [5, 105, 205]
+    refs = [actors[0].incr.remote() for _ in range(200)]
+    assert volley.get(refs) == list(range(6, 206))  # in submission order, state kept
+    assert volley.actor_state(actors[0])["state"] == "ALIVE"
+    volley.kill(actors[1])
+    with pytest.raises(volley.ActorDiedError):
+        volley.get(actors[1].incr.remote())
+
+    @volley.remote
+    class Broken:
+        def __init__(self):
+            raise ValueError("no init")
+
+        def f(self):
+            return 1
+
+    with pytest.raises(volley.ActorCreationError) as e:
+        volley.get(Broken.remote().f.remote())
+    assert isinstance(e.value.cause, ValueError)
+
+
+def test_an_actor_is_restarted_on_another_node_when_its_node_dies(tmp_path):
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1")
+        second = c.start(False, "127.0.0.2")
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(2)) == 2
+        # Two actors: one lands on each node (the least loaded first).
+        a = Counter.options(max_restarts=1, max_task_retries=1).remote(0)
+        b = Counter.options(max_restarts=0).remote(0)
+        where = dict(zip("ab", volley.get([a.where.remote(), b.where.remote()])))
+        on_second = [k for k, (addr, _) in where.items() if addr == second]
+        assert len(on_second) == 1
+        victim = {"a": a, "b": b}[on_second[0]]
+        volley.get(victim.incr.remote(10))
+        c.kill(1)
+        if on_second[0] == "a":
+            # Restarted elsewhere: __init__ again (state lost), later calls work.
+            assert volley.get(a.incr.remote(1), timeout=30) == 1
+            assert volley.get(a.where.remote())[0] != second
+            assert volley.actor_state(a)["restarts"] == 1
+        else:
+            with pytest.raises(volley.ActorDiedError, match="died"):
+                volley.get(b.incr.remote(1), timeout=30)
+    finally:
+        volley.shutdown()
+        c.stop()
+
+
+def test_actors_end_when_their_driver_exits(cluster):
+    code = (
+        "import os, volley\n"
+        f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
+        "@volley.remote\n"
+        "class A:\n"
+        "    def pid(self):\n"
+        "        return os.getpid()\n"
+        "actors = [A.remote() for _ in range(3)]\n"
+        "print('PIDS', *volley.get([a.pid.remote() for a in actors]), flush=True)\n"
+        "os._exit(0)\n"  # no shutdown: the nodes notice the connection close
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=60
+    )
+    pids = [int(p) for p in out.stdout.split("PIDS")[1].split()]
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)

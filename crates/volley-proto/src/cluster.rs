@@ -87,6 +87,15 @@ pub enum PeerMsg {
     Hello {
         id: NodeId,
     },
+    /// The sender dropped its references to these (actors the receiver hosts for it).
+    Release {
+        ids: Vec<crate::ObjectId>,
+    },
+    /// `volley.kill` of an actor the receiver hosts for the sender.
+    Kill {
+        actor: crate::ActorId,
+        no_restart: bool,
+    },
     /// Sent instead of an answer when a request cannot be served.
     Refused {
         reason: String,

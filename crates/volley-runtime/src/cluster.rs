@@ -116,6 +116,9 @@ impl Cluster {
             None => String::new(),
         };
         let head = cfg.head.is_none();
+        if cfg.driver {
+            shared.state.lock().sched.set_prefer_peers(true);
+        }
         let c = Arc::new(Cluster {
             shared,
             addr,
@@ -453,6 +456,12 @@ impl Cluster {
                     let id = ObjectId::for_return(task, 1);
                     self.shared.with(|st, out| st.sched.cancel(id, force, out));
                 }
+                Ok(PeerMsg::Release { ids }) => {
+                    self.shared.with(|st, out| st.sched.peer_release(peer, &ids, out));
+                }
+                Ok(PeerMsg::Kill { actor, no_restart }) => {
+                    self.shared.with(|st, out| st.sched.kill_actor(actor, no_restart, out));
+                }
                 Ok(other) => {
                     eprintln!(
                         "volley: node {} ({who}) sent {}; connection dropped",
@@ -480,7 +489,10 @@ impl Cluster {
     /// Carries out a scheduler action meant for a peer (called outside the state lock).
     pub(crate) fn dispatch(self: &Arc<Self>, a: Action) {
         let (peer, outgoing) = match &a {
-            Action::Spill { peer, .. } | Action::PeerCancel { peer, .. } => (*peer, true),
+            Action::Spill { peer, .. }
+            | Action::PeerCancel { peer, .. }
+            | Action::PeerRelease { peer, .. }
+            | Action::PeerKill { peer, .. } => (*peer, true),
             Action::PeerDone { peer, .. } => (*peer, false),
             _ => return,
         };
@@ -778,6 +790,8 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Done { .. } => "Done",
         PeerMsg::Cancel { .. } => "Cancel",
         PeerMsg::Refused { .. } => "Refused",
+        PeerMsg::Release { .. } => "Release",
+        PeerMsg::Kill { .. } => "Kill",
     }
 }
 

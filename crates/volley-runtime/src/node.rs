@@ -341,7 +341,11 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
                 d.logs.push(line);
                 continue;
             }
-            a @ (Action::Spill { .. } | Action::PeerDone { .. } | Action::PeerCancel { .. }) => {
+            a @ (Action::Spill { .. }
+            | Action::PeerDone { .. }
+            | Action::PeerCancel { .. }
+            | Action::PeerRelease { .. }
+            | Action::PeerKill { .. }) => {
                 d.peer.push(a);
                 continue;
             }

@@ -10,6 +10,7 @@ use volley_proto::{
 
 mod actors;
 mod peers;
+mod remote_actors;
 mod streams;
 
 use actors::ActorEntry;
@@ -126,6 +127,10 @@ pub enum Action {
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },
+    /// Tell `peer` this node dropped its references to these (actors it hosts for us).
+    PeerRelease { peer: NodeId, ids: Vec<ObjectId> },
+    /// Forward `volley.kill` to the peer hosting the actor.
+    PeerKill { peer: NodeId, actor: ActorId, no_restart: bool },
 }
 
 struct ObjectEntry {
@@ -249,6 +254,10 @@ pub struct Scheduler {
     peers: std::collections::BTreeMap<NodeId, PeerEntry>,
     /// Tasks other nodes sent here.
     from_peer: HashMap<TaskId, FromPeer>,
+    /// A driver's node: actors go to peers.
+    prefer_peers: bool,
+    /// References peers hold on actors they had created here.
+    peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -285,6 +294,8 @@ impl Scheduler {
             streams: HashMap::new(),
             peers: std::collections::BTreeMap::new(),
             from_peer: HashMap::new(),
+            prefer_peers: false,
+            peer_actor_refs: HashMap::new(),
         }
     }
 
@@ -589,7 +600,12 @@ impl Scheduler {
 
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
-        if self.peer_could_run(spec) && matches!(spec.actor, ActorPart::None) {
+        let placeable = match spec.actor {
+            ActorPart::None => true,
+            ActorPart::Create(_) => self.prefer_peers,
+            ActorPart::Call { .. } => false,
+        };
+        if placeable && self.peer_could_run(spec) {
             return None;
         }
         let what = match &spec.actor {

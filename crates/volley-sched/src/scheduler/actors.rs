@@ -60,6 +60,8 @@ pub(super) struct ActorEntry {
     /// Being stopped because no handle is left; removed once its process is gone.
     pub(super) stopping: bool,
     pub(super) args_released: bool,
+    /// The peer node it runs on, if not here (see `remote_actors`).
+    pub(super) remote: Option<NodeId>,
 }
 
 fn opts(spec: &TaskSpec) -> &ActorOptions {
@@ -70,7 +72,7 @@ fn opts(spec: &TaskSpec) -> &ActorOptions {
     }
 }
 
-fn limit(n: i32) -> String {
+pub(super) fn limit(n: i32) -> String {
     if n < 0 {
         "unlimited".into()
     } else {
@@ -79,11 +81,11 @@ fn limit(n: i32) -> String {
 }
 
 impl ActorEntry {
-    fn opts(&self) -> &ActorOptions {
+    pub(super) fn opts(&self) -> &ActorOptions {
         opts(&self.create)
     }
 
-    fn class(&self) -> &str {
+    pub(super) fn class(&self) -> &str {
         &self.opts().class_name
     }
 
@@ -156,6 +158,7 @@ impl Scheduler {
                 unreferenced: false,
                 stopping: false,
                 args_released: false,
+                remote: None,
             },
         );
         self.resolve_deps(aid.0, out);
@@ -208,6 +211,10 @@ impl Scheduler {
             return;
         }
         a.kill_requested = Some(no_restart);
+        if let Some(peer) = a.remote {
+            out.push(Action::PeerKill { peer, actor: aid, no_restart });
+            a.kill_requested = None; // The peer restarts it (or not); we hear only of its death.
+        }
         if let Some(w) = a.worker {
             out.push(Action::Kill { worker: w });
             // Nothing more goes to the doomed process.
@@ -251,6 +258,10 @@ impl Scheduler {
         while let Some(aid) = self.pending_actors.pop_front() {
             let Some(a) = self.actors.get(&aid) else { continue };
             if a.life != Life::Pending || a.stopping {
+                continue;
+            }
+            if let Some(peer) = self.actor_peer(&a.create) {
+                self.start_remote_actor(aid, peer, out);
                 continue;
             }
             let cpu = a.create.options.cpu_milli;
@@ -305,6 +316,9 @@ impl Scheduler {
         let Some(a) = self.actors.get_mut(&aid) else {
             return;
         };
+        if let Some(peer) = a.remote.filter(|_| a.life == Life::Alive) {
+            return self.dispatch_remote(aid, peer, out);
+        }
         let Some(w) = a.worker.filter(|_| a.life == Life::Alive) else {
             return;
         };
@@ -373,6 +387,7 @@ impl Scheduler {
                 self.actor_dead(aid, Arc::new(error), out);
             }
         }
+        self.report_creation(aid, out);
     }
 
     /// A call of `aid` finished: an actor nobody can call any more stops once idle.
@@ -420,7 +435,12 @@ impl Scheduler {
                     out.push(Action::Kill { worker: w });
                 }
             }
-            None => self.remove_actor(aid, out),
+            None => {
+                if let Some(peer) = a.remote {
+                    out.push(Action::PeerRelease { peer, ids: vec![aid.object()] });
+                }
+                self.remove_actor(aid, out)
+            }
         }
     }
 
@@ -556,7 +576,7 @@ impl Scheduler {
     }
 
     /// Fails a call that was sent to the actor's process.
-    fn fail_call(&mut self, tid: TaskId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
+    pub(super) fn fail_call(&mut self, tid: TaskId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
         let Some(name) = self.tasks.get(&tid).map(|t| t.spec.name.clone()) else {
             return;
         };
@@ -596,6 +616,9 @@ impl Scheduler {
                 out.push(Action::Kill { worker: w });
             }
         }
+        if let Some(peer) = a.remote {
+            out.push(Action::PeerKill { peer, actor: aid, no_restart: true });
+        }
         self.pending_actors.retain(|x| *x != aid);
         if holds {
             self.cpu_used -= create.options.cpu_milli;
@@ -620,5 +643,6 @@ impl Scheduler {
             // The name's (or detachment's) own reference.
             self.decref_one(obj, out);
         }
+        self.report_creation(aid, out);
     }
 }

@@ -16,7 +16,9 @@ use volley_proto::{
     TaskResult, TaskSpec,
 };
 
-use super::{error, retries_left, Action, Holder, ObjectEntry, ObjectState, Scheduler, TaskState};
+use super::{
+    error, retries_left, Action, ActorId, Holder, ObjectEntry, ObjectState, Scheduler, TaskState,
+};
 
 /// A peer as the cluster view describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,9 +33,9 @@ pub struct PeerView {
 }
 
 pub(super) struct PeerEntry {
-    view: PeerView,
+    pub(super) view: PeerView,
     /// Tasks this node sent there and still waits for, with the CPU each needs.
-    inflight: HashMap<TaskId, u32>,
+    pub(super) inflight: HashMap<TaskId, u32>,
     known_functions: HashSet<FunctionId>,
 }
 
@@ -45,7 +47,7 @@ impl PeerEntry {
 
 /// What a task sent by a peer holds here until it ends.
 pub(super) struct FromPeer {
-    peer: NodeId,
+    pub(super) peer: NodeId,
     /// Values the peer sent with it.
     objects: Vec<ObjectId>,
 }
@@ -89,6 +91,11 @@ impl Scheduler {
         let Some(p) = self.peers.remove(&id) else { return };
         let mut tasks: Vec<TaskId> = p.inflight.keys().copied().collect();
         tasks.sort();
+        let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) = tasks.into_iter().partition(|t| {
+            self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
+        });
+        self.remote_actors_lost(id, calls, why, out);
+        self.drop_peer_actor_refs(id, out);
         for tid in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.cancel.is_none() && retries_left(task) {
@@ -106,7 +113,7 @@ impl Scheduler {
             self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
         for tid in theirs {
             if let Some(f) = self.from_peer.remove(&tid) {
-                self.release_from_peer(tid, f, out);
+                self.release_from_peer(f, out);
             }
             self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
         }
@@ -149,42 +156,33 @@ impl Scheduler {
         let Some(peer) = target else { return false };
         let Some(objects) = self.gather(&spec) else { return false };
         let Some(p) = self.peers.get_mut(&peer) else { return false };
-        let function = if p.known_functions.insert(spec.function) {
-            self.functions.get(&spec.function).cloned()
-        } else {
-            None
-        };
         p.inflight.insert(tid, cpu);
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
         }
-        out.push(Action::Spill { peer, spec, function, objects });
+        self.spill_to(peer, spec, objects, out);
         true
     }
 
     /// The values a spilled task needs: its dependencies and every ref pickled inside its
     /// arguments, transitively. `None` if one is not ready here yet.
-    fn gather(&self, spec: &TaskSpec) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
-        let mut seen = HashSet::new();
-        let mut todo: Vec<(ObjectId, usize)> =
-            spec.deps.iter().chain(spec.args.contained.iter()).map(|id| (*id, 0)).collect();
-        let mut objects = Vec::new();
-        while let Some((id, depth)) = todo.pop() {
-            if !seen.insert(id) || depth > MAX_SHIP_DEPTH {
-                continue;
-            }
-            match self.objects.get(&id).map(|o| &o.state) {
-                Some(ObjectState::Ready(v)) => {
-                    todo.extend(v.contained.iter().map(|c| (*c, depth + 1)));
-                    objects.push((id, v.clone()));
-                }
-                // A failed dependency fails the task before it is runnable; a failed or
-                // unknown nested ref is the task's to find out.
-                Some(ObjectState::Failed(_)) | None => {}
-                Some(ObjectState::Pending) => return None,
-            }
-        }
-        Some(objects)
+    pub(super) fn gather(&self, spec: &TaskSpec) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
+        gather_objects(&self.objects, spec)
+    }
+
+    /// Sends `spec` to `peer` with `objects` (and the function's bytes the first time).
+    pub(super) fn spill_to(
+        &mut self,
+        peer: NodeId,
+        spec: Arc<TaskSpec>,
+        objects: Vec<(ObjectId, Arc<ObjectData>)>,
+        out: &mut Vec<Action>,
+    ) {
+        let calls = matches!(spec.actor, ActorPart::Call { .. });
+        let first = !calls
+            && self.peers.get_mut(&peer).is_some_and(|p| p.known_functions.insert(spec.function));
+        let function = if first { self.functions.get(&spec.function).cloned() } else { None };
+        out.push(Action::Spill { peer, spec, function, objects });
     }
 
     /// A task this node sent to `peer` ended there.
@@ -196,6 +194,12 @@ impl Scheduler {
         objects: Vec<(ObjectId, ObjectData)>,
         out: &mut Vec<Action>,
     ) {
+        if self.actors.get(&ActorId(tid)).is_some_and(|a| a.remote == Some(peer)) {
+            self.adopt(objects);
+            self.remote_actor_created(ActorId(tid), peer, result, out);
+            self.schedule(out);
+            return;
+        }
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if p.inflight.remove(&tid).is_none() {
             return;
@@ -247,7 +251,11 @@ impl Scheduler {
         }
         let tid = spec.task_id;
         self.from_peer.insert(tid, FromPeer { peer, objects: ids });
-        self.submit(holder, spec, out);
+        if matches!(spec.actor, ActorPart::Create(_)) {
+            self.accept_peer_actor(peer, spec, out);
+        } else {
+            self.submit(holder, spec, out);
+        }
     }
 
     /// Called when a task's outcome is known: if a peer sent it, its results go back and what it
@@ -277,20 +285,47 @@ impl Scheduler {
         out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects });
         let returns: Vec<ObjectId> = spec.return_ids().collect();
         self.decref(Holder::Peer(f.peer), &returns, out);
-        self.release_from_peer(tid, f, out);
+        self.release_from_peer(f, out);
     }
 
-    fn release_from_peer(&mut self, _tid: TaskId, f: FromPeer, out: &mut Vec<Action>) {
+    pub(super) fn release_from_peer(&mut self, f: FromPeer, out: &mut Vec<Action>) {
         self.decref(Holder::Peer(f.peer), &f.objects, out);
     }
 }
 
 /// Whether the peer has, in total, what the task asks for.
-fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
+pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
     spec.options.cpu_milli <= v.cpu_total_milli
         && spec
             .options
             .resources
             .iter()
             .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
+}
+
+/// The values a task needs (see `Scheduler::gather`).
+pub(super) fn gather_objects(
+    table: &HashMap<ObjectId, ObjectEntry>,
+    spec: &TaskSpec,
+) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<(ObjectId, usize)> =
+        spec.deps.iter().chain(spec.args.contained.iter()).map(|id| (*id, 0)).collect();
+    let mut objects = Vec::new();
+    while let Some((id, depth)) = todo.pop() {
+        if !seen.insert(id) || depth > MAX_SHIP_DEPTH {
+            continue;
+        }
+        match table.get(&id).map(|o| &o.state) {
+            Some(ObjectState::Ready(v)) => {
+                todo.extend(v.contained.iter().map(|c| (*c, depth + 1)));
+                objects.push((id, v.clone()));
+            }
+            // A failed dependency fails the task before it is runnable; a failed or unknown
+            // nested ref is the task's to find out.
+            Some(ObjectState::Failed(_)) | None => {}
+            Some(ObjectState::Pending) => return None,
+        }
+    }
+    Some(objects)
 }

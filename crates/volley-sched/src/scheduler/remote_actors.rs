@@ -1,0 +1,297 @@
+//! Actors on other nodes.
+//!
+//! A driver's node (one that prefers its peers, see `Scheduler::set_prefer_peers`) places each
+//! actor on a peer: the one hosting the fewest of its actors among those that could ever hold
+//! it. The creation travels like a task (`Action::Spill`); the peer creates the actor there, held
+//! by `Holder::Peer`, and reports once `__init__` ended. Calls then go to the peer in each
+//! caller's order, on one connection, so they arrive in that order; the peer queues and runs them
+//! like local ones and sends each result back. When the last handle here is gone the peer is told
+//! to drop its reference (`PeerRelease`), and `volley.kill` is forwarded (`PeerKill`).
+//!
+//! If the peer dies, the actor is started again elsewhere while `max_restarts` allows; calls it
+//! had been sent are sent again within `max_task_retries`, or fail with `ActorDied`. A peer that
+//! loses the node that created an actor drops that node's references (a detached or named actor
+//! keeps living).
+
+use super::actors::Life;
+use super::*;
+
+impl Scheduler {
+    /// A driver's node places actors (and nothing runs here unless no peer can).
+    pub fn set_prefer_peers(&mut self, yes: bool) {
+        self.prefer_peers = yes;
+    }
+
+    /// The peer an actor should start on, if it should start on one.
+    pub(super) fn actor_peer(&self, spec: &TaskSpec) -> Option<NodeId> {
+        if !self.prefer_peers {
+            return None;
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .map(|(id, p)| {
+                let hosted = self.actors.values().filter(|a| a.remote == Some(*id)).count();
+                (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
+            })
+            .min()
+            .map(|(_, _, id)| id)
+    }
+
+    pub(super) fn start_remote_actor(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get(&aid) else { return };
+        let spec = a.create.clone();
+        let Some(objects) = self.gather(&spec) else {
+            self.pending_actors.push_back(aid);
+            return;
+        };
+        if let Some(a) = self.actors.get_mut(&aid) {
+            a.life = Life::Starting;
+            a.remote = Some(peer);
+        }
+        self.spill_to(peer, spec, objects, out);
+    }
+
+    /// Sends the runnable heads of the callers' queues to the peer that hosts the actor.
+    pub(super) fn dispatch_remote(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
+        let mut todo = Vec::new();
+        if let Some(a) = self.actors.get_mut(&aid) {
+            for q in a.callers.values_mut() {
+                while let Some(t) = q.front().copied() {
+                    match self.tasks.get(&t).map(|t| (t.state, t.spec.clone())) {
+                        Some((TaskState::Queued, spec)) => {
+                            let Some(objects) = gather_from(&self.objects, &spec) else { break };
+                            q.pop_front();
+                            todo.push((t, spec, objects));
+                        }
+                        None => {
+                            q.pop_front();
+                        }
+                        Some(_) => break,
+                    }
+                }
+            }
+        }
+        for (t, spec, objects) in todo {
+            if let Some(task) = self.tasks.get_mut(&t) {
+                task.state = TaskState::Remote(peer);
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.inflight.insert(t, 0);
+            }
+            self.spill_to(peer, spec, objects, out);
+        }
+    }
+
+    /// A peer says how the creation of an actor it hosts for us ended.
+    pub(super) fn remote_actor_created(
+        &mut self,
+        aid: ActorId,
+        peer: NodeId,
+        result: TaskResult,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.actors.get_mut(&aid) else {
+            // Dropped meanwhile: the peer may let it go.
+            out.push(Action::PeerRelease { peer, ids: vec![aid.object()] });
+            return;
+        };
+        if a.remote != Some(peer) || a.life == Life::Dead {
+            return;
+        }
+        match result {
+            TaskResult::Ok(mut values) if values.len() == 1 => {
+                a.life = Life::Alive;
+                if a.restarts > 0 {
+                    let msg = format!(
+                        "volley: actor '{}' was restarted on node {} (restart {} of {})",
+                        a.class(),
+                        peer.0,
+                        a.restarts,
+                        actors::limit(a.opts().max_restarts)
+                    );
+                    out.push(Action::Log(msg));
+                }
+                let obj = aid.object();
+                if matches!(self.objects.get(&obj).map(|o| &o.state), Some(ObjectState::Pending)) {
+                    let v = values.pop().unwrap_or_default();
+                    self.object_ready(obj, Arc::new(v), out);
+                }
+                if a_unreferenced(self, aid) {
+                    self.actor_unreferenced(aid, out);
+                }
+                self.dispatch_actor(aid, out);
+            }
+            TaskResult::Ok(_) => {
+                let class =
+                    self.actors.get(&aid).map(|a| a.class().to_string()).unwrap_or_default();
+                let msg = format!("actor '{class}': __init__ returned a malformed result");
+                self.actor_dead(aid, error(ErrorKind::ActorCreation, &class, msg), out);
+            }
+            TaskResult::Err { error: e, .. } => self.actor_dead(aid, Arc::new(e), out),
+        }
+    }
+
+    /// The peer hosting some of our actors died: start them elsewhere if their restarts allow,
+    /// and send their calls again if theirs do.
+    pub(super) fn remote_actors_lost(
+        &mut self,
+        peer: NodeId,
+        calls: Vec<TaskId>,
+        why: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let mut lost: Vec<ActorId> =
+            self.actors.iter().filter(|(_, a)| a.remote == Some(peer)).map(|(id, _)| *id).collect();
+        lost.sort();
+        for aid in lost {
+            let Some(a) = self.actors.get_mut(&aid) else { continue };
+            a.remote = None;
+            if a.life == Life::Dead {
+                continue;
+            }
+            if a.stopping {
+                self.actors.remove(&aid);
+                continue;
+            }
+            let o = a.opts();
+            let class = a.class().to_string();
+            let max_restarts = o.max_restarts;
+            if max_restarts >= 0 && a.restarts >= max_restarts as u32 {
+                let msg = format!(
+                    "actor '{class}' died: node {} {why}; max_restarts={} allows no more \
+                     restarts (it was restarted {} time(s))",
+                    peer.0,
+                    actors::limit(max_restarts),
+                    a.restarts
+                );
+                out.push(Action::Log(format!("volley: {msg}")));
+                self.actor_dead(aid, error(ErrorKind::ActorDied, &class, msg), out);
+                continue;
+            }
+            a.restarts += 1;
+            a.life = Life::Pending;
+            out.push(Action::Log(format!(
+                "volley: actor '{class}' lost with node {} ({why}); restarting it (restart {} of {})",
+                peer.0,
+                a.restarts,
+                actors::limit(max_restarts)
+            )));
+            self.pending_actors.push_back(aid);
+        }
+        // Calls that were on their way or running there.
+        let mut again: Vec<(ActorId, TaskId, Holder)> = Vec::new();
+        for t in calls {
+            let Some(task) = self.tasks.get_mut(&t) else { continue };
+            let ActorPart::Call { actor, .. } = task.spec.actor else { continue };
+            let retries = self.actors.get(&actor).map(|a| a.opts().max_task_retries);
+            let alive = self.actors.get(&actor).is_some_and(|a| a.life != Life::Dead);
+            match retries {
+                Some(r)
+                    if alive && task.cancel.is_none() && (r < 0 || task.attempts < r as u32) =>
+                {
+                    task.attempts += 1;
+                    task.state = TaskState::Queued;
+                    again.push((actor, t, task.caller));
+                }
+                _ => {
+                    let name = task.spec.name.clone();
+                    let msg = format!(
+                        "node {} {why} while running call '{name}'; max_task_retries allows no \
+                         retry of it",
+                        peer.0
+                    );
+                    self.fail_call(t, error(ErrorKind::ActorDied, &name, msg), out);
+                }
+            }
+        }
+        for (aid, t, caller) in again.into_iter().rev() {
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.callers.entry(caller).or_default().push_front(t);
+            }
+        }
+        self.start_actors(out);
+    }
+
+    // ------------------------------------------------------------ hosting for a peer
+
+    /// Creates an actor a peer asked for; answered once `__init__` ends (`report_creation`).
+    pub(super) fn accept_peer_actor(
+        &mut self,
+        peer: NodeId,
+        spec: TaskSpec,
+        out: &mut Vec<Action>,
+    ) {
+        let tid = spec.task_id;
+        let name = spec.name.clone();
+        match self.create_actor(Holder::Peer(peer), spec, out) {
+            Ok((aid, _)) => {
+                self.peer_actor_refs.entry(peer).or_default().push(aid.object());
+            }
+            Err(e) => {
+                let err = error(ErrorKind::ActorCreation, &name, e.to_string());
+                if let Some(f) = self.from_peer.remove(&tid) {
+                    out.push(Action::PeerDone {
+                        peer,
+                        task: tid,
+                        result: Err(err),
+                        objects: Vec::new(),
+                    });
+                    self.release_from_peer(f, out);
+                }
+            }
+        }
+    }
+
+    /// If a peer asked for this actor and has not heard how its creation went, tells it.
+    pub(super) fn report_creation(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        if !self.from_peer.contains_key(&aid.0) {
+            return;
+        }
+        let result = match self.actors.get(&aid).map(|a| (a.life, a.death.clone())) {
+            Some((Life::Alive, _)) => match self.objects.get(&aid.object()).map(|o| &o.state) {
+                Some(ObjectState::Ready(v)) => Ok(vec![v.clone()]),
+                _ => return,
+            },
+            Some((Life::Dead, Some(e))) => Err(e),
+            None => Err(error(ErrorKind::ActorDied, "", "the actor no longer exists".into())),
+            _ => return,
+        };
+        if let Some(f) = self.from_peer.remove(&aid.0) {
+            out.push(Action::PeerDone { peer: f.peer, task: aid.0, result, objects: Vec::new() });
+            self.release_from_peer(f, out);
+        }
+    }
+
+    /// A peer dropped its handles on actors it had us create.
+    pub fn peer_release(&mut self, peer: NodeId, ids: &[ObjectId], out: &mut Vec<Action>) {
+        let mut released = Vec::new();
+        if let Some(refs) = self.peer_actor_refs.get_mut(&peer) {
+            for id in ids {
+                if let Some(pos) = refs.iter().position(|r| r == id) {
+                    refs.remove(pos);
+                    released.push(*id);
+                }
+            }
+        }
+        self.decref(Holder::Peer(peer), &released, out);
+    }
+
+    /// The references a gone peer held on actors here.
+    pub(super) fn drop_peer_actor_refs(&mut self, peer: NodeId, out: &mut Vec<Action>) {
+        let refs = self.peer_actor_refs.remove(&peer).unwrap_or_default();
+        self.decref(Holder::Peer(peer), &refs, out);
+    }
+}
+
+fn a_unreferenced(s: &Scheduler, aid: ActorId) -> bool {
+    s.actors.get(&aid).is_some_and(|a| a.unreferenced)
+}
+
+/// `Scheduler::gather` over a borrowed object table (for use while an actor is borrowed).
+fn gather_from(
+    objects: &HashMap<ObjectId, ObjectEntry>,
+    spec: &TaskSpec,
+) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
+    peers::gather_objects(objects, spec)
+}
