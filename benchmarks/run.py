@@ -453,6 +453,12 @@ ACTOR_SIZES = (
     "caller_calls",
     "actors_created",
     "actor_wave",
+    # clusters
+    "tasks",
+    "node_store_mib",
+    "transfer_mib",
+    "transfer_big_mib",
+    "broadcast_mib",
 )
 
 SPIN_NOTE = """ (f) work per task: spin({spin_n:,}); two bare forked
@@ -555,6 +561,21 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   {actors_created:,} actors rather than 1,000: Ray starts about 3 actors/s on 2 cores (its
   worker start-up concurrency is the CPU count), so 1,000 took it 324 s in one run (volley
   30 s), past the {timeout:.0f}-s cell timeout.
+- (t)-(v) clusters, volley and ray only, the same code for both
+  (`benchmarks/systems/_cluster_api.py`), each system started as a cluster on loopback: a head
+  with 0 CPUs that the driver attaches to, and worker nodes with their own object stores
+  ({node_store_mib}-MiB each): volley as `volley start --block` daemons on 127.0.0.x joined
+  with `init(address=...)`, Ray as `ray.cluster_utils.Cluster` (one raylet per node). Cluster
+  start-up is not timed.
+- (t) One 2-CPU node: after 16 warm-up tasks, {tasks:,} no-op tasks submitted, then gathered;
+  every task runs on the other node. Compare with (b) for the single-node figure.
+- (u), (u1) One 1-CPU node: the driver puts a {transfer_mib}-MiB (u1: {transfer_big_mib}-MiB)
+  float64 array; the timed region is `get(nbytes.remote(ref))` with `nbytes` returning
+  `a.nbytes` on the other node (its worker started and the function shipped beforehand).
+  (u-rate), (u1-rate): size / time, including the task's round trip.
+- (v) Three 1-CPU nodes: one {broadcast_mib}-MiB array put by the driver, read by one task on
+  each node (Ray: `scheduling_strategy="SPREAD"`; volley places each task on the least loaded
+  node), all gathered.
 
 ## Detail
 
