@@ -603,3 +603,35 @@ time.sleep(60)
     finally:
         kill_driver(proc)
     assert wait_all_gone(pids, timeout=10) == set()
+
+
+# ------------------------------------------------------------------------------------------- GPUs
+
+
+def test_tasks_and_actors_see_only_the_gpus_they_hold(no_volley, monkeypatch):
+    # Two fake GPUs: the node hands out their indices in CUDA_VISIBLE_DEVICES.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    volley.init(num_cpus=4, num_gpus=2)
+
+    def visible():
+        time.sleep(0.3)  # overlap: GPUs are held at the same time
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    whole = volley.remote(num_gpus=1)(visible)
+    half = volley.remote(num_gpus=0.5)(visible)
+    plain = volley.remote(visible)
+    assert sorted(volley.get([whole.remote() for _ in range(2)])) == ["0", "1"]
+    assert sorted(volley.get([half.remote() for _ in range(4)])) == ["0", "0", "1", "1"]
+    assert set(volley.get([plain.remote() for _ in range(4)])) == {None}  # no GPU, none shown
+
+    @volley.remote(num_gpus=2)
+    class Trainer:
+        def devices(self):
+            return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    t = Trainer.remote()
+    assert volley.get(t.devices.remote()) == "0,1"
+    blocked = whole.remote()  # both GPUs are the actor's for its life
+    assert volley.wait([blocked], timeout=0.5)[0] == []
+    volley.kill(t)
+    assert volley.get(blocked, timeout=30) in ("0", "1")

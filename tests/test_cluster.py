@@ -5,6 +5,7 @@ authenticated TCP; a driver connects with `volley.init(address=...)`."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,7 +95,11 @@ def _wait_nodes(n: int, timeout: float = 15) -> list[dict]:
 def cluster_daemons(tmp_path_factory):
     volley.shutdown()
     c = Cluster(tmp_path_factory.mktemp("cluster"))
-    c.addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2"), c.start(False, "127.0.0.3")]
+    c.addrs = [
+        c.start(True, "127.0.0.1"),
+        c.start(False, "127.0.0.2"),
+        c.start(False, "127.0.0.3", extra=("--num-gpus", "2")),  # two fake GPUs
+    ]
     yield c
     volley.shutdown()
     c.stop()
@@ -174,6 +179,19 @@ def test_a_task_no_node_can_run_fails_at_once(cluster):
         volley.get(huge.remote(), timeout=10)
 
 
+def test_gpu_tasks_go_to_the_node_with_gpus_and_see_theirs(cluster):
+    @volley.remote(num_gpus=1, num_cpus=0)  # the node has one CPU: let both run at once
+    def gpu_task():
+        time.sleep(0.3)
+        return os.environ["VOLLEY_NODE_ADDRESS"], os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    out = volley.get([gpu_task.remote() for _ in range(2)])
+    assert {addr for addr, _ in out} == {cluster.addrs[2]}
+    assert sorted(dev for _, dev in out) == ["0", "1"]
+    with pytest.raises(volley.UnschedulableError):
+        volley.get(gpu_task.options(num_gpus=3).remote(), timeout=10)
+
+
 def test_status_lists_the_nodes(cluster):
     out = subprocess.run(
         [sys.executable, "-m", "volley._cli", "status", "--address", cluster.head,
@@ -184,6 +202,7 @@ def test_status_lists_the_nodes(cluster):
     for a in cluster.addrs:
         assert a in out.stdout
     assert "3 node(s)" in out.stdout
+    assert re.search(r"GPU [0-2]/2", out.stdout)  # used/total (in use a moment ago, perhaps)
 
 
 def test_a_wrong_token_is_refused_clearly(cluster):

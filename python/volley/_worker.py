@@ -208,10 +208,26 @@ def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
     return _results(name, result, num_returns)
 
 
-def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming):
+_ORIGINAL_CUDA = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _set_gpus(gpus) -> None:
+    """``CUDA_VISIBLE_DEVICES`` names the GPUs the node gave this task (or actor), so CUDA
+    libraries see those and no others; a task without GPUs gets the worker's original value."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+    elif _ORIGINAL_CUDA is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = _ORIGINAL_CUDA
+
+
+def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, gpus):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
     ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
     elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
+    if actor is None or actor[0] == "create":
+        _set_gpus(gpus)  # an actor's calls run with what its creation was given
     if actor is not None:
         if actor[0] == "call":
             return _actor_call(name, actor[1], data, buffers, deps, num_returns, task_id, streaming)

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -261,7 +261,13 @@ pub type ObjectResult = Result<ObjectData, ErrorPayload>;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum NodeToWorker {
     /// Run a task. `function` is included the first time this worker sees it.
-    Execute { spec: TaskSpec, function: Option<serde_bytes::ByteBuf>, deps: Vec<ObjectData> },
+    /// `gpus`: the GPUs (indices on this node) the task may use.
+    Execute {
+        spec: TaskSpec,
+        function: Option<serde_bytes::ByteBuf>,
+        deps: Vec<ObjectData>,
+        gpus: Vec<u32>,
+    },
     /// Give back these tasks if they have not started; answered by `Returned`.
     Revoke { tasks: Vec<TaskId> },
     /// Interrupt this task if it is running.
@@ -462,6 +468,7 @@ enum NodeToWorkerRef<'a> {
         spec: &'a TaskSpec,
         function: Option<&'a serde_bytes::Bytes>,
         deps: &'a [&'a ObjectData],
+        gpus: &'a [u32],
     },
     #[allow(dead_code)]
     Revoke,
@@ -478,9 +485,10 @@ pub fn encode_execute(
     spec: &TaskSpec,
     function: Option<&[u8]>,
     deps: &[&ObjectData],
+    gpus: &[u32],
 ) -> Result<Vec<u8>, ProtoError> {
-    let msg =
-        NodeToWorkerRef::Execute { spec, function: function.map(serde_bytes::Bytes::new), deps };
+    let function = function.map(serde_bytes::Bytes::new);
+    let msg = NodeToWorkerRef::Execute { spec, function, deps, gpus };
     Ok(postcard::to_stdvec(&msg)?)
 }
 
@@ -511,11 +519,12 @@ mod mirror_tests {
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
         dep.shm =
             Some(ShmLoc { seg: 3, offset: 4096, size: 10, data_len: 2, buffer_lens: vec![8] });
-        let bytes = encode_execute(&spec, Some(b"fn"), &[&dep]).expect("encode");
+        let bytes = encode_execute(&spec, Some(b"fn"), &[&dep], &[1, 3]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,
             function: Some(serde_bytes::ByteBuf::from(b"fn".to_vec())),
             deps: vec![dep.clone()],
+            gpus: vec![1, 3],
         };
         assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
 

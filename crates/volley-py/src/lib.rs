@@ -738,6 +738,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 spec.task_id.0,
                 actor,
                 spec.options.streaming,
+                task.gpus.clone(),
             );
             let ans = handler.call1(call)?;
             if ans.is_none() {

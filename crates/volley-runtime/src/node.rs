@@ -274,7 +274,7 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             continue; // Gone; its death is being reported.
         }
         let (worker, bytes) = match a {
-            Action::Execute { worker, spec, function, deps } => {
+            Action::Execute { worker, spec, function, deps, gpus } => {
                 let fix = |v: &ObjectData| -> ObjectData {
                     match lease_for(store, worker, v) {
                         Ok(c) => c.into_owned(),
@@ -293,7 +293,7 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
                     .map(|v| if v.shm.is_some() { Cow::Owned(fix(v)) } else { Cow::Borrowed(&**v) })
                     .collect();
                 let deps: Vec<&ObjectData> = deps.iter().map(|d| d.as_ref()).collect();
-                (worker, encode_execute(&spec, function.as_deref(), &deps))
+                (worker, encode_execute(&spec, function.as_deref(), &deps, &gpus))
             }
             Action::Send { worker, msg } => (worker, encode(&msg)),
             Action::GetReply { worker, req, values } => {

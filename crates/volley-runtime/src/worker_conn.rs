@@ -74,6 +74,8 @@ pub struct ExecuteMsg {
     /// The view behind `spec.args` when the arguments are large.
     pub args: View,
     pub deps: Vec<Received>,
+    /// The GPUs (indices) the task may use.
+    pub gpus: Vec<u32>,
 }
 
 /// A reply to one of this worker's requests.
@@ -198,14 +200,14 @@ impl WorkerConn {
             let Ok(msg) = msg else { break };
             // Views are built before taking the lock: building one may send a message.
             let msg = match msg {
-                NodeToWorker::Execute { spec, function, deps } => {
+                NodeToWorker::Execute { spec, function, deps, gpus } => {
                     let args = self.view_of(&spec.args);
                     let deps: Vec<Received> = deps.into_iter().map(|d| self.receive(d)).collect();
                     let mut inner = self.inner.lock();
                     if let Some(f) = function {
                         inner.functions.insert(spec.function, Arc::from(f.into_vec()));
                     }
-                    inner.tasks.push_back(ExecuteMsg { spec, args, deps });
+                    inner.tasks.push_back(ExecuteMsg { spec, args, deps, gpus });
                     drop(inner);
                     self.cv.notify_all();
                     continue;

@@ -96,6 +96,8 @@ pub enum Action {
         spec: Arc<TaskSpec>,
         function: Option<Arc<[u8]>>,
         deps: Vec<Arc<ObjectData>>,
+        /// The GPUs (indices) the task may use: the worker sets `CUDA_VISIBLE_DEVICES` to them.
+        gpus: Vec<u32>,
     },
     /// Send a small control message.
     Send { worker: WorkerId, msg: NodeToWorker },
@@ -184,6 +186,8 @@ struct WorkerEntry {
     idle_since: u64,
     /// Resources other than CPU held by the head task.
     res_held: Vec<(String, u64)>,
+    /// The GPUs (indices) among them.
+    gpus: Vec<u32>,
     /// The actor this worker was started for; it never runs pool tasks.
     actor: Option<ActorId>,
 }
@@ -258,6 +262,8 @@ pub struct Scheduler {
     prefer_peers: bool,
     /// References peers hold on actors they had created here.
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
+    /// Per GPU (by index): thousandths in use.
+    gpu_used: Vec<u32>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -273,6 +279,7 @@ fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload>
 
 impl Scheduler {
     pub fn new(cfg: Config) -> Self {
+        let gpus = cfg.resources.get("GPU").copied().unwrap_or(0);
         Scheduler {
             cfg,
             objects: HashMap::new(),
@@ -296,6 +303,7 @@ impl Scheduler {
             from_peer: HashMap::new(),
             prefer_peers: false,
             peer_actor_refs: HashMap::new(),
+            gpu_used: vec![0; (gpus / 1000) as usize],
         }
     }
 
@@ -348,6 +356,7 @@ impl Scheduler {
                 requests: HashMap::new(),
                 idle_since: self.now_ms,
                 res_held: Vec::new(),
+                gpus: Vec::new(),
                 actor,
             },
         );
@@ -392,7 +401,7 @@ impl Scheduler {
         if w.blocked == 0 {
             self.cpu_used -= w.cpu_held;
         }
-        self.release_res(&w.res_held);
+        self.release_res(&w.res_held, &w.gpus);
         for waiter in w.requests.values() {
             self.waiters.remove(waiter);
         }
@@ -643,17 +652,61 @@ impl Scheduler {
             })
     }
 
-    fn acquire_res(&mut self, res: &[(String, u64)]) {
+    /// Takes `res`; gives the GPUs (indices) picked for its `GPU` amount.
+    fn acquire_res(&mut self, res: &[(String, u64)]) -> Vec<u32> {
+        let mut gpus = Vec::new();
         for (r, a) in res {
             *self.res_used.entry(r.clone()).or_insert(0) += a;
+            if r == "GPU" {
+                gpus = self.take_gpus(*a);
+            }
         }
+        gpus
     }
 
-    fn release_res(&mut self, res: &[(String, u64)]) {
+    fn release_res(&mut self, res: &[(String, u64)], gpus: &[u32]) {
         for (r, a) in res {
             if let Some(u) = self.res_used.get_mut(r) {
                 *u = u.saturating_sub(*a);
             }
+            if r == "GPU" {
+                let each = if *a >= 1000 { 1000 } else { *a as u32 };
+                for g in gpus {
+                    if let Some(u) = self.gpu_used.get_mut(*g as usize) {
+                        *u = u.saturating_sub(each);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whole GPUs for an amount of one or more (the lowest free indices), or the fullest GPU
+    /// with room for a fraction of one.
+    fn take_gpus(&mut self, amount: u64) -> Vec<u32> {
+        if amount == 0 || self.gpu_used.is_empty() {
+            return Vec::new();
+        }
+        if amount >= 1000 {
+            let want = amount.div_ceil(1000) as usize;
+            let free: Vec<u32> = (0..self.gpu_used.len() as u32)
+                .filter(|g| self.gpu_used[*g as usize] == 0)
+                .take(want)
+                .collect();
+            for g in &free {
+                self.gpu_used[*g as usize] = 1000;
+            }
+            return free;
+        }
+        let a = amount as u32;
+        let best = (0..self.gpu_used.len())
+            .filter(|g| self.gpu_used[*g] + a <= 1000)
+            .max_by_key(|g| (self.gpu_used[*g], std::cmp::Reverse(*g)));
+        match best {
+            Some(g) => {
+                self.gpu_used[g] += a;
+                vec![g as u32]
+            }
+            None => Vec::new(),
         }
     }
 
@@ -832,11 +885,19 @@ impl Scheduler {
             self.cpu_used += w.cpu_held;
             if !spec.options.resources.is_empty() {
                 w.res_held = spec.options.resources.clone();
-                self.acquire_res(&spec.options.resources);
+                let gpus = self.acquire_res(&spec.options.resources);
+                if let Some(w) = self.workers.get_mut(&wid) {
+                    w.gpus = gpus;
+                }
             }
         }
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
+        };
+        let gpus = match w.actor {
+            Some(aid) => self.actors.get(&aid).map(|a| a.gpus.clone()).unwrap_or_default(),
+            None if w.queue.len() == 1 => w.gpus.clone(),
+            None => Vec::new(), // Pipelined tasks ask for no GPUs.
         };
         let function = if w.known_functions.insert(spec.function) {
             self.functions.get(&spec.function).cloned()
@@ -851,7 +912,7 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        out.push(Action::Execute { worker: wid, spec, function, deps });
+        out.push(Action::Execute { worker: wid, spec, function, deps, gpus });
     }
 
     /// An idle worker takes back half of the tasks pipelined behind the busiest worker.
@@ -940,8 +1001,12 @@ impl Scheduler {
         }
         w.cpu_held = held;
         let old = std::mem::replace(&mut w.res_held, res.clone());
-        self.release_res(&old);
-        self.acquire_res(&res);
+        let old_gpus = std::mem::take(&mut w.gpus);
+        self.release_res(&old, &old_gpus);
+        let gpus = self.acquire_res(&res);
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.gpus = gpus;
+        }
     }
 
     // ------------------------------------------------------------ completion

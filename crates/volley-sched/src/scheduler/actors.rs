@@ -62,6 +62,8 @@ pub(super) struct ActorEntry {
     pub(super) args_released: bool,
     /// The peer node it runs on, if not here (see `remote_actors`).
     pub(super) remote: Option<NodeId>,
+    /// The GPUs (indices) it holds.
+    pub(super) gpus: Vec<u32>,
 }
 
 fn opts(spec: &TaskSpec) -> &ActorOptions {
@@ -159,6 +161,7 @@ impl Scheduler {
                 stopping: false,
                 args_released: false,
                 remote: None,
+                gpus: Vec::new(),
             },
         );
         self.resolve_deps(aid.0, out);
@@ -271,9 +274,10 @@ impl Scheduler {
                 continue;
             }
             self.cpu_used += cpu;
-            self.acquire_res(&res);
+            let gpus = self.acquire_res(&res);
             let w = self.spawn_for(Some(aid), out);
             if let Some(a) = self.actors.get_mut(&aid) {
+                a.gpus = gpus;
                 a.holds_resources = true;
                 a.life = Life::Starting;
                 a.worker = Some(w);
@@ -452,7 +456,7 @@ impl Scheduler {
         self.pending_actors.retain(|x| *x != aid);
         if a.holds_resources {
             self.cpu_used -= a.create.options.cpu_milli;
-            self.release_res(&a.create.options.resources);
+            self.release_res(&a.create.options.resources, &a.gpus);
         }
         if !a.args_released {
             self.release_args(&a.create, out);
@@ -607,6 +611,7 @@ impl Scheduler {
         a.death = Some(err.clone());
         let calls: Vec<TaskId> = a.callers.drain().flat_map(|(_, q)| q).collect();
         let holds = std::mem::take(&mut a.holds_resources);
+        let gpus = std::mem::take(&mut a.gpus);
         let release_args = !std::mem::replace(&mut a.args_released, true);
         let create = a.create.clone();
         let keeps = a.keeps_itself();
@@ -622,7 +627,7 @@ impl Scheduler {
         self.pending_actors.retain(|x| *x != aid);
         if holds {
             self.cpu_used -= create.options.cpu_milli;
-            self.release_res(&create.options.resources);
+            self.release_res(&create.options.resources, &gpus);
         }
         for t in calls {
             self.fail_call(t, err.clone(), out);
