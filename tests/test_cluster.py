@@ -50,8 +50,10 @@ class Cluster:
         ]  # fmt: skip
         log = self.tmp / f"node-{len(self.procs)}.log"
         out = open(log, "wb")
+        # Each node its own package cache, as if on its own machine.
+        env = dict(self.env, VOLLEY_PACKAGES_DIR=str(self.tmp / f"packages-{len(self.procs)}"))
         p = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         out.close()
         self.procs.append(p)
@@ -385,3 +387,44 @@ def test_actors_end_when_their_driver_exits(cluster):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+def test_runtime_env_ships_the_drivers_code_and_files_to_every_node(cluster, tmp_path):
+    # A module and a data file that exist only in the driver's directory.
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "helper_only_here.py").write_text("def triple(x):\n    return 3 * x\n")
+    (project / "pkg" / "__init__.py").write_text("NAME = 'pkg'\n")
+    (project / "settings.txt").write_text("from the driver\n")
+    code = (
+        "import os, volley\n"
+        f"volley.init(address={cluster.head!r}, token={cluster.token!r},\n"
+        "            runtime_env={'working_dir': '.', 'env_vars': {'JOB_FLAG': 'yes'}})\n"
+        "@volley.remote\n"
+        "def job(x):\n"
+        "    import helper_only_here, pkg\n"
+        "    return (os.environ['VOLLEY_NODE_ADDRESS'], helper_only_here.triple(x), pkg.NAME,\n"
+        "            open('settings.txt').read().strip(), os.environ.get('JOB_FLAG'))\n"
+        "@volley.remote\n"
+        "def outer():\n"
+        "    return volley.get(job.remote(5))[1]\n"  # nested: the same environment
+        "@volley.remote\n"
+        "class Holder:\n"
+        "    def get(self):\n"
+        "        import helper_only_here\n"
+        "        return helper_only_here.triple(7)\n"
+        "import time\n"
+        "out = volley.get([job.options(num_cpus=0.5).remote(i) for i in range(12)])\n"
+        "print('NODES', len({o[0] for o in out}))\n"
+        "print('VALUES', sorted({o[1:] for o in out if o[1] == 3}))\n"
+        "print('NESTED', volley.get(outer.remote()))\n"
+        "print('ACTOR', volley.get(Holder.remote().get.remote()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=cluster.env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "NODES 3" in out.stdout, out.stdout  # it ran on every node
+    assert "VALUES [(3, 'pkg', 'from the driver', 'yes')]" in out.stdout
+    assert "NESTED 15" in out.stdout and "ACTOR 21" in out.stdout

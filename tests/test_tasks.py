@@ -653,3 +653,23 @@ def test_workers_are_reused_children_of_the_driver():
         cmd = proc_cmdline(pid)
         assert b"-m" in cmd and b"volley._worker" in cmd, cmd
     assert set(pids) <= worker_pids()
+
+
+def test_runtime_env_on_one_machine(no_volley, tmp_path):
+    (tmp_path / "local_helper_mod.py").write_text("VALUE = 41\n")
+    (tmp_path / "note.txt").write_text("hi")
+    with pytest.raises(ValueError, match="unknown key"):
+        volley.init(num_cpus=2, runtime_env={"pip": ["numpy"]})
+    with pytest.raises(ValueError, match="not a directory"):
+        volley.init(num_cpus=2, runtime_env={"working_dir": str(tmp_path / "missing")})
+    volley.init(
+        num_cpus=2, runtime_env={"working_dir": str(tmp_path), "env_vars": {"RT_FLAG": "1"}}
+    )
+
+    @volley.remote
+    def probe():
+        import local_helper_mod
+
+        return local_helper_mod.VALUE + 1, open("note.txt").read(), os.environ.get("RT_FLAG")
+
+    assert volley.get([probe.remote() for _ in range(4)]) == [(42, "hi", "1")] * 4

@@ -128,6 +128,7 @@ def init(
     resources: dict[str, float] | None = None,
     address: str | None = None,
     token: str | None = None,
+    runtime_env: dict | None = None,
     _daemon: dict | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
@@ -158,6 +159,11 @@ def init(
             this machine.
         token: the cluster's token (default: ``VOLLEY_TOKEN``, else the token file the head
             wrote on this machine). A wrong one raises ``ConnectionError``.
+        runtime_env: what every task and actor of this driver runs in, on every node:
+            ``{"working_dir": "path", "py_modules": [module or path, ...], "env_vars":
+            {"NAME": "value"}}``. ``working_dir`` is packed (without ``__pycache__``, ``.git``,
+            ``.venv``; 512 MiB at most) and unpacked on each node, where tasks run in it with it
+            first on ``sys.path``: they import the driver's own modules and read its files.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -197,6 +203,11 @@ def init(
         if not isinstance(gpus, (int, float)) or gpus < 0:
             raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
         custom = _check_resources(resources or {}, "init")
+        env_desc, env_packages = None, {}
+        if runtime_env:
+            from . import _runtime_env
+
+            env_desc, env_packages = _runtime_env.build(runtime_env)
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -226,6 +237,10 @@ def init(
             sorted(custom.items()),
         )
         try:
+            if env_desc is not None:
+                for h, data in env_packages.items():
+                    _core.register_package(h, data)
+                _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
                 _core.join_cluster(None, joining[0], joining[1], True)
             elif _daemon is not None:

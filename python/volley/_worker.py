@@ -222,12 +222,34 @@ def _set_gpus(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = _ORIGINAL_CUDA
 
 
-def execute(name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, gpus):
+_runtime_env = None  # the module, imported with the first task that has a runtime_env
+
+
+def _apply_env(env) -> None:
+    global _runtime_env
+    if env is None and _runtime_env is None:
+        return
+    if _runtime_env is None:
+        from . import _runtime_env as module
+
+        _runtime_env = module
+    _runtime_env.apply(env)
+
+
+def execute(
+    name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, gpus, env
+):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
     ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
     elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
     if actor is None or actor[0] == "create":
-        _set_gpus(gpus)  # an actor's calls run with what its creation was given
+        # An actor's calls run with what its creation was given.
+        _set_gpus(gpus)
+        try:
+            _apply_env(env)
+        except BaseException as e:
+            msg = f"task '{name}': its runtime_env could not be set up: {type(e).__name__}: {e}"
+            return False, (TASK_EXCEPTION, msg, _format_exception(e), _pickled_exception(e))
     if actor is not None:
         if actor[0] == "call":
             return _actor_call(name, actor[1], data, buffers, deps, num_returns, task_id, streaming)

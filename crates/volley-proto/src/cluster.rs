@@ -71,6 +71,8 @@ pub enum PeerMsg {
         spec: TaskSpec,
         function: Option<serde_bytes::ByteBuf>,
         objects: Vec<(crate::ObjectId, ObjectData)>,
+        /// Runtime-environment packages (hash, zip) the receiver has not had yet.
+        packages: Vec<(String, serde_bytes::ByteBuf)>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
     Done {

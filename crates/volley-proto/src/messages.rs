@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,6 +171,17 @@ pub struct TaskOptions {
     /// Other resources held while it runs (for an actor: for its lifetime), in thousandths:
     /// `"GPU"` and custom names.
     pub resources: Vec<(String, u64)>,
+    /// The runtime environment to run it in (the driver's `runtime_env`), if any.
+    pub runtime_env: Option<RuntimeEnv>,
+}
+
+/// A job's runtime environment as its tasks carry it: a description for the worker (JSON, read
+/// only by Python) and the content hashes of the packages (zip files of directories) it names,
+/// which travel to a node with the first task that needs them there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeEnv {
+    pub json: String,
+    pub packages: Vec<String>,
 }
 
 impl Default for TaskOptions {
@@ -181,6 +192,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             streaming: false,
             resources: Vec::new(),
+            runtime_env: None,
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Client {
     /// task's result is dropped before the result is sent, and the node must see the result
     /// (which keeps the ref alive) first.
     deferred_decrefs: Mutex<Vec<ObjectId>>,
+    /// The runtime environment new tasks run in: the driver's, or in a worker the running
+    /// task's (so nested tasks inherit it).
+    runtime_env: Mutex<Option<volley_proto::RuntimeEnv>>,
 }
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
@@ -48,6 +51,7 @@ pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
         sent_functions: Mutex::new(HashSet::new()),
         ids: volley_proto::IdGenerator::new(),
         deferred_decrefs: Mutex::new(Vec::new()),
+        runtime_env: Mutex::new(None),
     });
     *CLIENT.write() = Some(c.clone());
     c
@@ -93,6 +97,14 @@ pub fn load_received(r: Received) -> Loaded {
 }
 
 impl Client {
+    pub fn runtime_env(&self) -> Option<volley_proto::RuntimeEnv> {
+        self.runtime_env.lock().clone()
+    }
+
+    pub fn set_runtime_env(&self, env: Option<volley_proto::RuntimeEnv>) {
+        *self.runtime_env.lock() = env;
+    }
+
     pub fn next_task_id(&self) -> volley_proto::TaskId {
         match &self.backend {
             Backend::Node(_) => self.ids.next_task(),

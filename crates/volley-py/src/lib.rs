@@ -258,7 +258,14 @@ fn submit(
         args: args.data,
         deps: ids_of(&deps),
         num_returns,
-        options: TaskOptions { cpu_milli, max_retries, retry_exceptions, streaming, resources },
+        options: TaskOptions {
+            cpu_milli,
+            max_retries,
+            retry_exceptions,
+            streaming,
+            resources,
+            runtime_env: c.runtime_env(),
+        },
         actor: ActorPart::None,
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
@@ -317,6 +324,7 @@ fn create_actor<'py>(
             retry_exceptions: false,
             streaming: false,
             resources,
+            runtime_env: c.runtime_env(),
         },
         actor: ActorPart::Create(Box::new(ActorOptions {
             class_name,
@@ -372,6 +380,7 @@ fn submit_actor_call(
             retry_exceptions: false,
             streaming,
             resources: Vec::new(),
+            runtime_env: None, // The actor runs in the environment it was created in.
         },
         actor: ActorPart::Call { actor: actor_of(&actor), method },
     };
@@ -494,6 +503,30 @@ fn complete_task(
     let done = WorkerToNode::Done { task: TaskId(task_id), result };
     py.detach(|| conn.send_soon(&done)).map_err(to_err)?;
     c.flush_decrefs();
+    Ok(())
+}
+
+/// Sets the runtime environment of the tasks and actors this process submits from now on:
+/// `json` for the workers, `packages` the hashes of the packages it names (registered first with
+/// `register_package`). `None` clears it.
+#[pyfunction]
+#[pyo3(signature = (json, packages = Vec::new()))]
+fn set_runtime_env(json: Option<String>, packages: Vec<String>) -> PyResult<()> {
+    let c = client()?;
+    c.set_runtime_env(json.map(|json| volley_proto::RuntimeEnv { json, packages }));
+    Ok(())
+}
+
+/// Hands a runtime-environment package (a zip, named by its content hash) to this process's
+/// node, which passes it on to the nodes that run tasks needing it.
+#[pyfunction]
+fn register_package(py: Python<'_>, hash: String, data: &[u8]) -> PyResult<()> {
+    let c = client()?;
+    let Backend::Node(n) = &c.backend else {
+        return Err(PyRuntimeError::new_err("runtime_env packages are registered by the driver"));
+    };
+    let data = data.to_vec();
+    py.detach(|| n.register_package(hash, data));
     Ok(())
 }
 
@@ -739,7 +772,10 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 actor,
                 spec.options.streaming,
                 task.gpus.clone(),
+                spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
             );
+            // Tasks this one submits run in its environment.
+            c.set_runtime_env(spec.options.runtime_env.clone());
             let ans = handler.call1(call)?;
             if ans.is_none() {
                 return Ok(None); // Deferred: reported by `complete_task`.
@@ -834,6 +870,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stream_yield, m)?)?;
     m.add_function(wrap_pyfunction!(complete_task, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::join_cluster, m)?)?;
+    m.add_function(wrap_pyfunction!(set_runtime_env, m)?)?;
+    m.add_function(wrap_pyfunction!(register_package, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::cluster_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::query_cluster, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;

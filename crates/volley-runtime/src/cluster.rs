@@ -446,7 +446,10 @@ impl Cluster {
                 Ok(m)
             });
             match msg {
-                Ok(PeerMsg::Task { spec, function, objects }) => {
+                Ok(PeerMsg::Task { spec, function, objects, packages }) => {
+                    for (hash, bytes) in packages {
+                        self.shared.register_package(hash, bytes.into_vec());
+                    }
                     let function = function.map(|f| Arc::from(f.into_vec()));
                     self.shared.with(|st, out| {
                         st.sched.accept_peer_task(peer, spec, function, objects, out)
@@ -612,7 +615,7 @@ impl Cluster {
     fn to_msg(&self, a: Action) -> Option<(PeerMsg, Vec<Lease>)> {
         let mut leases = Vec::new();
         match a {
-            Action::Spill { peer, spec, function, objects } => {
+            Action::Spill { peer, spec, function, objects, packages } => {
                 let mut spec: TaskSpec = (*spec).clone();
                 let prepared = self.prepare(&spec.args, &mut leases).and_then(|args| {
                     spec.args = args;
@@ -634,7 +637,11 @@ impl Cluster {
                     }
                 };
                 let function = function.map(|f| serde_bytes::ByteBuf::from(f.to_vec()));
-                Some((PeerMsg::Task { spec, function, objects }, leases))
+                let packages = packages
+                    .into_iter()
+                    .map(|(h, b)| (h, serde_bytes::ByteBuf::from(b.to_vec())))
+                    .collect();
+                Some((PeerMsg::Task { spec, function, objects, packages }, leases))
             }
             Action::PeerDone { task, result, objects, .. } => {
                 let prepared = result.map_err(|e| (*e).clone()).and_then(|vs| {

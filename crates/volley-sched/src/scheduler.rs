@@ -119,6 +119,8 @@ pub enum Action {
         spec: Arc<TaskSpec>,
         function: Option<Arc<[u8]>>,
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
+        /// Runtime-environment packages the peer has not had yet.
+        packages: Vec<(String, Arc<[u8]>)>,
     },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {
@@ -264,6 +266,8 @@ pub struct Scheduler {
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
     /// Per GPU (by index): thousandths in use.
     gpu_used: Vec<u32>,
+    /// Runtime-environment packages by content hash (see `TaskOptions::runtime_env`).
+    packages: HashMap<String, Arc<[u8]>>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -304,6 +308,7 @@ impl Scheduler {
             prefer_peers: false,
             peer_actor_refs: HashMap::new(),
             gpu_used: vec![0; (gpus / 1000) as usize],
+            packages: HashMap::new(),
         }
     }
 
@@ -528,6 +533,15 @@ impl Scheduler {
 
     pub fn register_function(&mut self, id: FunctionId, bytes: Arc<[u8]>) {
         self.functions.entry(id).or_insert(bytes);
+    }
+
+    /// Records a runtime-environment package (a zip), to send to peers with tasks that need it.
+    pub fn register_package(&mut self, hash: String, bytes: Arc<[u8]>) {
+        self.packages.entry(hash).or_insert(bytes);
+    }
+
+    pub fn has_package(&self, hash: &str) -> bool {
+        self.packages.contains_key(hash)
     }
 
     pub fn has_function(&self, id: &FunctionId) -> bool {

@@ -37,6 +37,7 @@ pub(super) struct PeerEntry {
     /// Tasks this node sent there and still waits for, with the CPU each needs.
     pub(super) inflight: HashMap<TaskId, u32>,
     known_functions: HashSet<FunctionId>,
+    known_packages: HashSet<String>,
 }
 
 impl PeerEntry {
@@ -77,6 +78,7 @@ impl Scheduler {
                         view: v.clone(),
                         inflight: HashMap::new(),
                         known_functions: HashSet::new(),
+                        known_packages: HashSet::new(),
                     };
                     self.peers.insert(v.id, entry);
                 }
@@ -182,7 +184,17 @@ impl Scheduler {
         let first = !calls
             && self.peers.get_mut(&peer).is_some_and(|p| p.known_functions.insert(spec.function));
         let function = if first { self.functions.get(&spec.function).cloned() } else { None };
-        out.push(Action::Spill { peer, spec, function, objects });
+        let mut packages = Vec::new();
+        if let (Some(env), Some(p)) = (&spec.options.runtime_env, self.peers.get_mut(&peer)) {
+            for h in &env.packages {
+                if let Some(bytes) = self.packages.get(h) {
+                    if p.known_packages.insert(h.clone()) {
+                        packages.push((h.clone(), bytes.clone()));
+                    }
+                }
+            }
+        }
+        out.push(Action::Spill { peer, spec, function, objects, packages });
     }
 
     /// A task this node sent to `peer` ended there.

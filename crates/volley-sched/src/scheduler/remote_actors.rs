@@ -159,8 +159,8 @@ impl Scheduler {
             let max_restarts = o.max_restarts;
             if max_restarts >= 0 && a.restarts >= max_restarts as u32 {
                 let msg = format!(
-                    "actor '{class}' died: node {} {why}; max_restarts={} allows no more \
-                     restarts (it was restarted {} time(s))",
+                    "actor '{class}' died: node {} died ({why}); max_restarts={} allows no \
+                     more restarts (it was restarted {} time(s))",
                     peer.0,
                     actors::limit(max_restarts),
                     a.restarts
@@ -172,7 +172,7 @@ impl Scheduler {
             a.restarts += 1;
             a.life = Life::Pending;
             out.push(Action::Log(format!(
-                "volley: actor '{class}' lost with node {} ({why}); restarting it (restart {} of {})",
+                "volley: actor '{class}' died with node {} ({why}); restarting it (restart {} of {})",
                 peer.0,
                 a.restarts,
                 actors::limit(max_restarts)
@@ -197,8 +197,8 @@ impl Scheduler {
                 _ => {
                     let name = task.spec.name.clone();
                     let msg = format!(
-                        "node {} {why} while running call '{name}'; max_task_retries allows no \
-                         retry of it",
+                        "actor call '{name}' failed: node {} died ({why}) while running it; \
+                         max_task_retries allows no retry of it",
                         peer.0
                     );
                     self.fail_call(t, error(ErrorKind::ActorDied, &name, msg), out);

@@ -1,0 +1,199 @@
+"""``runtime_env``: the driver's code, files and environment variables, on every node.
+
+The driver packs ``working_dir`` and each of ``py_modules`` into a zip named by the hash of its
+contents and gives it to its node, which sends it to another node with the first task that
+needs it there; each node keeps it as ``<packages dir>/<hash>.zip`` (``VOLLEY_PACKAGES_DIR``).
+A worker unpacks it once (into ``<packages dir>/<hash>/``), then, for each task of that
+environment, runs in the unpacked ``working_dir`` (its current directory, and first on
+``sys.path``), with the ``py_modules`` importable and ``env_vars`` set. A worker that next runs
+a task of another environment (or none) undoes all of it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+KEYS = ("working_dir", "py_modules", "env_vars")
+# Directories and files never packed.
+_SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules", ".mypy_cache"}
+MAX_PACKAGE_BYTES = 512 << 20
+
+
+def _zip_dir(root: Path, prefix: str = "") -> bytes:
+    """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
+    buf = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            for name in sorted(filenames):
+                if name.endswith((".pyc", ".pyo")):
+                    continue
+                path = Path(dirpath) / name
+                if not path.is_file():
+                    continue
+                rel = path.relative_to(root).as_posix()
+                data = path.read_bytes()
+                total += len(data)
+                if total > MAX_PACKAGE_BYTES:
+                    raise ValueError(
+                        f"runtime_env: {root} holds more than {MAX_PACKAGE_BYTES >> 20} MiB; "
+                        "ship large data with volley.put instead"
+                    )
+                info = zipfile.ZipInfo(prefix + rel, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = (path.stat().st_mode & 0o777) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, data)
+    return buf.getvalue()
+
+
+def _module_path(m) -> Path:
+    if isinstance(m, types.ModuleType):
+        files = getattr(m, "__path__", None)
+        p = Path(list(files)[0]) if files else Path(m.__file__ or "")
+    else:
+        p = Path(os.fspath(m))
+    p = p.resolve()
+    if not p.exists():
+        raise ValueError(f"runtime_env: py_modules entry {m!r} does not exist")
+    return p
+
+
+def build(runtime_env: dict) -> tuple[str, dict[str, bytes]]:
+    """Checks ``runtime_env`` and packs it: (the description workers read, {hash: zip})."""
+    if not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
+    unknown = set(runtime_env) - set(KEYS)
+    if unknown:
+        raise ValueError(f"runtime_env: unknown key(s) {sorted(unknown)}; known: {list(KEYS)}")
+    packages: dict[str, bytes] = {}
+
+    def add(data: bytes) -> str:
+        h = hashlib.sha256(data).hexdigest()[:32]
+        packages[h] = data
+        return h
+
+    desc: dict = {"working_dir": None, "py_modules": [], "env_vars": {}}
+    wd = runtime_env.get("working_dir")
+    if wd is not None:
+        root = Path(os.fspath(wd)).resolve()
+        if not root.is_dir():
+            raise ValueError(f"runtime_env: working_dir {wd!r} is not a directory")
+        desc["working_dir"] = add(_zip_dir(root))
+    for m in runtime_env.get("py_modules") or []:
+        p = _module_path(m)
+        if p.is_dir():
+            data = _zip_dir(p, prefix=p.name + "/")
+        else:
+            data = _zip_single(p)
+        desc["py_modules"].append(add(data))
+    env_vars = runtime_env.get("env_vars") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise TypeError("runtime_env: env_vars must map str to str")
+    desc["env_vars"] = dict(sorted(env_vars.items()))
+    return json.dumps(desc, sort_keys=True), packages
+
+
+def _zip_single(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        info = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------- in workers
+
+_current: str | None = None
+_undo: list = []
+
+
+def _packages_dir() -> Path:
+    d = os.environ.get("VOLLEY_PACKAGES_DIR")
+    if d:
+        return Path(d)
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"volley-packages-{os.getuid()}"
+
+
+def _unpacked(h: str) -> Path:
+    """``<packages dir>/<hash>/``, unpacked from its zip the first time (atomically)."""
+    base = _packages_dir()
+    target = base / h
+    if target.is_dir():
+        return target
+    archive = base / f"{h}.zip"
+    if not archive.is_file():
+        raise RuntimeError(f"runtime_env package {h} has not reached this node ({archive})")
+    tmp = base / f".{h}.{os.getpid()}.unpacking"
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            dest = (tmp / info.filename).resolve()
+            if not str(dest).startswith(str(tmp.resolve())):
+                raise RuntimeError(f"runtime_env package {h}: unsafe path {info.filename!r}")
+        z.extractall(tmp)
+        for info in z.infolist():
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(tmp / info.filename, mode)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another worker won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def apply(desc: str | None) -> None:
+    """Makes this worker run in the environment ``desc`` (from ``build``), undoing the last."""
+    global _current
+    if desc == _current:
+        return
+    while _undo:
+        _undo.pop()()
+    _current = None
+    if desc is None:
+        return
+    d = json.loads(desc)
+    for h in reversed(d.get("py_modules") or []):
+        _push_path(str(_unpacked(h)))
+    if d.get("working_dir"):
+        wd = str(_unpacked(d["working_dir"]))
+        _push_path(wd)
+        old = os.getcwd()
+        os.chdir(wd)
+        _undo.append(lambda: os.chdir(old))
+    for k, v in (d.get("env_vars") or {}).items():
+        before = os.environ.get(k)
+        os.environ[k] = v
+        _undo.append(lambda k=k, before=before: _restore_env(k, before))
+    _current = desc
+
+
+def _push_path(p: str) -> None:
+    sys.path.insert(0, p)
+
+    def undo():
+        try:
+            sys.path.remove(p)
+        except ValueError:
+            pass
+
+    _undo.append(undo)
+
+
+def _restore_env(k: str, before: str | None) -> None:
+    if before is None:
+        os.environ.pop(k, None)
+    else:
+        os.environ[k] = before
