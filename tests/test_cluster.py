@@ -428,3 +428,22 @@ def test_runtime_env_ships_the_drivers_code_and_files_to_every_node(cluster, tmp
     assert "NODES 3" in out.stdout, out.stdout  # it ran on every node
     assert "VALUES [(3, 'pkg', 'from the driver', 'yes')]" in out.stdout
     assert "NESTED 15" in out.stdout and "ACTOR 21" in out.stdout
+
+
+def test_scheduling_strategies(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    # SPREAD: short tasks that would all fit on one node still go to every node.
+    spread = where.options(scheduling_strategy="SPREAD", num_cpus=0.25)
+    assert set(volley.get([spread.remote(0.2) for _ in range(6)])) == set(cluster.addrs)
+    # Node affinity: every task on the chosen node, even with others idle.
+    target = cluster.addrs[1]
+    pinned = where.options(scheduling_strategy=volley.NodeAffinitySchedulingStrategy(nodes[target]))
+    assert set(volley.get([pinned.remote(0.05) for _ in range(6)])) == {target}
+    # Hard affinity to a node that does not exist fails; soft runs anywhere.
+    missing = volley.NodeAffinitySchedulingStrategy(999)
+    with pytest.raises(volley.UnschedulableError, match="not in the cluster"):
+        volley.get(where.options(scheduling_strategy=missing).remote(), timeout=10)
+    soft = volley.NodeAffinitySchedulingStrategy(999, soft=True)
+    assert volley.get(where.options(scheduling_strategy=soft).remote()) in cluster.addrs
+    with pytest.raises(ValueError, match="scheduling_strategy"):
+        where.options(scheduling_strategy="PACK")

@@ -19,6 +19,7 @@ from ._actor import (
 )
 from ._api import (
     Context,
+    NodeAffinitySchedulingStrategy,
     RemoteFunction,
     cancel,
     get,
@@ -54,6 +55,7 @@ __all__ = [
     "shutdown",
     "is_initialized",
     "nodes",
+    "NodeAffinitySchedulingStrategy",
     "remote",
     "get",
     "put",

@@ -31,7 +31,43 @@ _TASK_OPTIONS = {
     "max_retries",
     "retry_exceptions",
     "name",
+    "scheduling_strategy",
 }
+
+
+class NodeAffinitySchedulingStrategy:
+    """Run a task on one node of the cluster (``node_id`` as ``volley.nodes()`` lists it).
+
+    With ``soft=False`` the task waits for that node (and fails with ``UnschedulableError`` if
+    it is not in the cluster); with ``soft=True`` it runs there if it can, else anywhere.
+
+    >>> box = next(n["node_id"] for n in volley.nodes() if "GPU" in n["resources"])
+    >>> f.options(scheduling_strategy=NodeAffinitySchedulingStrategy(box)).remote()
+    """
+
+    def __init__(self, node_id: int, soft: bool = False):
+        if not isinstance(node_id, int) or node_id < 0:
+            raise ValueError(f"node_id must be a node's id from volley.nodes(), not {node_id!r}")
+        self.node_id = node_id
+        self.soft = bool(soft)
+
+    def __repr__(self) -> str:
+        return f"NodeAffinitySchedulingStrategy({self.node_id}, soft={self.soft})"
+
+
+def _strategy(options: dict):
+    """``scheduling_strategy`` as ``_core.submit`` takes it: (kind, node, soft) or None."""
+    s = options.get("scheduling_strategy")
+    if s is None or s == "DEFAULT":
+        return None
+    if s == "SPREAD":
+        return ("SPREAD", 0, False)
+    if isinstance(s, NodeAffinitySchedulingStrategy):
+        return ("NODE", s.node_id, s.soft)
+    raise ValueError(
+        "scheduling_strategy must be 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy, "
+        f"not {s!r}"
+    )
 
 
 class Context:
@@ -326,6 +362,7 @@ def _check_options(options: dict) -> dict:
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError("name must be a string")
+    _strategy(options)
     return options
 
 
@@ -439,6 +476,7 @@ class RemoteFunction(_Shipped):
             bool(opts.get("retry_exceptions", False)),
             streaming,
             _resource_list(opts, name) if "resources" in opts or "num_gpus" in opts else [],
+            _strategy(opts),
         )
         if streaming:
             from ._actor import ObjectRefGenerator

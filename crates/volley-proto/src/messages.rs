@@ -173,6 +173,20 @@ pub struct TaskOptions {
     pub resources: Vec<(String, u64)>,
     /// The runtime environment to run it in (the driver's `runtime_env`), if any.
     pub runtime_env: Option<RuntimeEnv>,
+    /// Where in a cluster it may run.
+    pub strategy: Strategy,
+}
+
+/// Where in a cluster a task may run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Here while this node has room, else the least loaded node with room.
+    #[default]
+    Default,
+    /// The least loaded of this node and the others, each task anew.
+    Spread,
+    /// On this node (by its cluster id) only; `soft`: there if it can, else as by default.
+    Node { id: u32, soft: bool },
 }
 
 /// A job's runtime environment as its tasks carry it: a description for the worker (JSON, read
@@ -193,6 +207,7 @@ impl Default for TaskOptions {
             streaming: false,
             resources: Vec::new(),
             runtime_env: None,
+            strategy: Strategy::Default,
         }
     }
 }
@@ -344,6 +359,9 @@ pub struct ActorInfo {
     pub pending_calls: u32,
 }
 
+/// `Submit` (a whole `TaskSpec`) is as common as `Done`; boxing it would cost an allocation per
+/// task for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum WorkerToNode {
     Done {

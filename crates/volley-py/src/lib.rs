@@ -227,7 +227,7 @@ fn cpu_milli(num_cpus: f64) -> PyResult<u32> {
 
 /// Submits a task and returns refs to its results.
 #[pyfunction]
-#[pyo3(signature = (fid, name, data, buffers, contained, deps, num_returns, num_cpus, max_retries, retry_exceptions, streaming = false, resources = Vec::new()))]
+#[pyo3(signature = (fid, name, data, buffers, contained, deps, num_returns, num_cpus, max_retries, retry_exceptions, streaming = false, resources = Vec::new(), strategy = None))]
 #[allow(clippy::too_many_arguments)]
 fn submit(
     py: Python<'_>,
@@ -243,8 +243,18 @@ fn submit(
     retry_exceptions: bool,
     streaming: bool,
     resources: Vec<(String, f64)>,
+    strategy: Option<(String, u32, bool)>,
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
+    let strategy = match strategy {
+        None => volley_proto::Strategy::Default,
+        Some((kind, id, soft)) => match kind.as_str() {
+            "DEFAULT" => volley_proto::Strategy::Default,
+            "SPREAD" => volley_proto::Strategy::Spread,
+            "NODE" => volley_proto::Strategy::Node { id, soft },
+            other => return Err(PyValueError::new_err(format!("unknown strategy {other:?}"))),
+        },
+    };
     let cpu_milli = cpu_milli(num_cpus)?;
     let resources = milli_resources(resources)?;
     let function = function_id(fid)?;
@@ -265,6 +275,7 @@ fn submit(
             streaming,
             resources,
             runtime_env: c.runtime_env(),
+            strategy,
         },
         actor: ActorPart::None,
     };
@@ -325,6 +336,7 @@ fn create_actor<'py>(
             streaming: false,
             resources,
             runtime_env: c.runtime_env(),
+            strategy: volley_proto::Strategy::Default,
         },
         actor: ActorPart::Create(Box::new(ActorOptions {
             class_name,
@@ -381,6 +393,7 @@ fn submit_actor_call(
             streaming,
             resources: Vec::new(),
             runtime_env: None, // The actor runs in the environment it was created in.
+            strategy: volley_proto::Strategy::Default,
         },
         actor: ActorPart::Call { actor: actor_of(&actor), method },
     };

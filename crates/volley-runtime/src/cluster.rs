@@ -146,6 +146,7 @@ impl Cluster {
             })?;
         }
         if head {
+            c.shared.state.lock().sched.set_node_id(NodeId(1));
             let me = c.info(NodeId(1));
             if let Some(m) = &c.members {
                 m.lock().nodes.insert(NodeId(1), (me, Instant::now()));
@@ -161,6 +162,7 @@ impl Cluster {
         } else {
             let (stream, id) = c.join()?;
             *c.me.lock() = id;
+            c.shared.state.lock().sched.set_node_id(id);
             let c2 = c.clone();
             std::thread::Builder::new()
                 .name("volley-heartbeat".into())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use volley_proto::{
     ActorId, ActorPart, ErrorKind, ErrorPayload, FunctionId, NodeId, NodeToWorker, ObjectData,
-    ObjectId, TaskId, TaskResult, TaskSpec, WorkerId,
+    ObjectId, Strategy, TaskId, TaskResult, TaskSpec, WorkerId,
 };
 
 mod actors;
@@ -262,6 +262,8 @@ pub struct Scheduler {
     from_peer: HashMap<TaskId, FromPeer>,
     /// A driver's node: actors go to peers.
     prefer_peers: bool,
+    /// This node's id in its cluster.
+    node_id: Option<NodeId>,
     /// References peers hold on actors they had created here.
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
     /// Per GPU (by index): thousandths in use.
@@ -306,6 +308,7 @@ impl Scheduler {
             peers: std::collections::BTreeMap::new(),
             from_peer: HashMap::new(),
             prefer_peers: false,
+            node_id: None,
             peer_actor_refs: HashMap::new(),
             gpu_used: vec![0; (gpus / 1000) as usize],
             packages: HashMap::new(),
@@ -623,6 +626,15 @@ impl Scheduler {
 
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
+        if let Strategy::Node { id, soft: false } = spec.options.strategy {
+            let known = Some(NodeId(id)) == self.node_id || self.peers.contains_key(&NodeId(id));
+            if !known {
+                return Some(format!(
+                    "task '{}' must run on node {id}, which is not in the cluster",
+                    spec.name
+                ));
+            }
+        }
         let placeable = match spec.actor {
             ActorPart::None => true,
             ActorPart::Create(_) => self.prefer_peers,
@@ -800,12 +812,42 @@ impl Scheduler {
         if !self.pending_actors.is_empty() {
             self.start_actors(out);
         }
+        // Tasks that must wait for one particular node, set aside so they do not hold up the
+        // rest, then put back in order.
+        let mut parked = Vec::new();
         while let Some(&tid) = self.ready.front() {
             let Some(task) = self.tasks.get(&tid) else {
                 self.ready.pop_front();
                 continue;
             };
             let cpu = task.spec.options.cpu_milli;
+            let mut may_spill = true;
+            match task.spec.options.strategy {
+                Strategy::Node { id, .. } if Some(NodeId(id)) == self.node_id => may_spill = false,
+                Strategy::Node { id, soft } => {
+                    let peer = NodeId(id);
+                    if self.try_spill_to(tid, peer, out) {
+                        self.ready.pop_front();
+                        continue;
+                    }
+                    if !soft {
+                        self.ready.pop_front();
+                        parked.push(tid);
+                        continue;
+                    }
+                }
+                Strategy::Spread if self.spread_to_peer(cpu) => {
+                    if self.try_spill(tid, out) {
+                        self.ready.pop_front();
+                        continue;
+                    }
+                }
+                Strategy::Spread | Strategy::Default => {}
+            }
+            let Some(task) = self.tasks.get(&tid) else {
+                self.ready.pop_front();
+                continue;
+            };
             let plain = task.spec.options.resources.is_empty();
             if self.fits(cpu, &task.spec.options.resources) {
                 if let Some(w) = self.idle_worker() {
@@ -818,7 +860,7 @@ impl Scheduler {
                 self.ensure_workers(out);
                 break;
             }
-            if self.try_spill(tid, out) {
+            if may_spill && self.try_spill(tid, out) {
                 self.ready.pop_front();
                 continue;
             }
@@ -829,6 +871,9 @@ impl Scheduler {
                 }
                 None => break,
             }
+        }
+        for tid in parked.into_iter().rev() {
+            self.ready.push_front(tid);
         }
         if self.ready.is_empty() {
             self.steal(out);

@@ -122,6 +122,55 @@ impl Scheduler {
         self.schedule(out);
     }
 
+    /// Tells the scheduler its node's id in the cluster (for node affinity).
+    pub fn set_node_id(&mut self, id: NodeId) {
+        self.node_id = Some(id);
+    }
+
+    /// For `SPREAD`: whether some peer is less loaded (by what runs there for us) than this node.
+    pub(super) fn spread_to_peer(&self, cpu: u32) -> bool {
+        let total = self.cfg.cpu_total_milli;
+        let here = if total == 0 || self.cpu_used + cpu > total {
+            u64::MAX
+        } else {
+            u64::from(self.cpu_used) * 1000 / u64::from(total)
+        };
+        self.peers.values().any(|p| {
+            !p.view.driver
+                && p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH
+                && u64::from(p.inflight_cpu()) * 1000 / u64::from(p.view.cpu_total_milli.max(1))
+                    < here
+        })
+    }
+
+    /// Sends the task to `peer` if it has room; true if it went.
+    pub(super) fn try_spill_to(
+        &mut self,
+        tid: TaskId,
+        peer: NodeId,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(task) = self.tasks.get(&tid) else { return false };
+        let spec = task.spec.clone();
+        let cpu = spec.options.cpu_milli;
+        let room = self.peers.get(&peer).is_some_and(|p| {
+            fits_total(&p.view, &spec)
+                && p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH
+        });
+        if !room || matches!(task.caller, Holder::Peer(_)) || spec.options.streaming {
+            return false;
+        }
+        let Some(objects) = self.gather(&spec) else { return false };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.inflight.insert(tid, cpu);
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.state = TaskState::Remote(peer);
+        }
+        self.spill_to(peer, spec, objects, out);
+        true
+    }
+
     /// Whether any peer could ever run `spec` (for `unschedulable`).
     pub(super) fn peer_could_run(&self, spec: &TaskSpec) -> bool {
         self.peers.values().any(|p| fits_total(&p.view, spec))

@@ -541,3 +541,22 @@ fn tasks_are_unschedulable_only_if_no_node_could_run_them() {
         matches!(h.s.object_state(&never), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::Unschedulable)
     );
 }
+
+#[test]
+fn a_task_waiting_for_its_node_does_not_hold_up_the_others() {
+    let mut h = Harness::new(0.0);
+    h.s.set_node_id(NodeId(1));
+    h.s.set_peers(vec![peer(2, 1), peer(3, 1)], &mut h.out);
+    let on2 =
+        TaskOptions { strategy: Strategy::Node { id: 2, soft: false }, ..TaskOptions::default() };
+    // Node 2 takes PEER_DEPTH of them; the next waits for it, and a plain task goes past it.
+    let pinned: Vec<ObjectId> = (0..5).map(|_| h.submit_opts(Vec::new(), on2.clone())).collect();
+    let plain = h.submit(Vec::new());
+    let spilled = h.spilled();
+    assert_eq!(spilled.iter().filter(|s| s.0 == NodeId(2)).count(), 4);
+    assert!(spilled.contains(&(NodeId(3), plain.task, 0)));
+    // When node 2 finishes one, the waiting one goes there, not to idle node 3.
+    let value = ObjectData::inline(vec![1], Vec::new(), Vec::new());
+    h.s.peer_done(NodeId(2), pinned[0].task, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
+    assert_eq!(h.spilled(), vec![(NodeId(2), pinned[4].task, 0)]);
+}
