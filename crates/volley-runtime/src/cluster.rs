@@ -442,30 +442,27 @@ impl Cluster {
     ) {
         let tx = self.writer(peer, s, false);
         self.incoming.lock().insert(peer, tx);
+        // Every message one read brought in is handled under one lock of the state.
+        let mut batch = Vec::new();
         loop {
             let msg = recv(&mut r).and_then(|mut m| {
                 self.receive_bulk(&mut r, &mut m)?;
                 Ok(m)
             });
-            match msg {
+            let stop = match msg {
                 Ok(PeerMsg::Task { spec, function, objects, packages }) => {
                     for (hash, bytes) in packages {
                         self.shared.register_package(hash, bytes.into_vec());
                     }
-                    let function = function.map(|f| Arc::from(f.into_vec()));
-                    self.shared.with(|st, out| {
-                        st.sched.accept_peer_task(peer, spec, function, objects, out)
-                    });
+                    let packages = Vec::new();
+                    batch.push(PeerMsg::Task { spec, function, objects, packages });
+                    false
                 }
-                Ok(PeerMsg::Cancel { task, force }) => {
-                    let id = ObjectId::for_return(task, 1);
-                    self.shared.with(|st, out| st.sched.cancel(id, force, out));
-                }
-                Ok(PeerMsg::Release { ids }) => {
-                    self.shared.with(|st, out| st.sched.peer_release(peer, &ids, out));
-                }
-                Ok(PeerMsg::Kill { actor, no_restart }) => {
-                    self.shared.with(|st, out| st.sched.kill_actor(actor, no_restart, out));
+                Ok(
+                    m @ (PeerMsg::Cancel { .. } | PeerMsg::Release { .. } | PeerMsg::Kill { .. }),
+                ) => {
+                    batch.push(m);
+                    false
                 }
                 Ok(other) => {
                     eprintln!(
@@ -473,14 +470,24 @@ impl Cluster {
                         peer.0,
                         msg_name(&other)
                     );
-                    break;
+                    true
                 }
-                Err(ProtoError::Closed) => break,
-                Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(ProtoError::Closed) => true,
+                Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
                 Err(e) => {
                     eprintln!("volley: dropping node {}'s connection ({who}): {e}", peer.0);
-                    break;
+                    true
                 }
+            };
+            if stop || batch.len() >= 256 || !r.has_buffered_frame() {
+                self.shared.with(|st, out| {
+                    for m in batch.drain(..) {
+                        apply_peer_msg(&mut st.sched, peer, m, out);
+                    }
+                });
+            }
+            if stop {
+                break;
             }
         }
         self.incoming.lock().remove(&peer);
@@ -537,19 +544,31 @@ impl Cluster {
         let c = self.clone();
         let _ = std::thread::Builder::new().name("volley-tcp-link".into()).spawn(move || {
             let mut r = FrameReader::new(&rs);
+            let mut batch = Vec::new();
             let why = loop {
                 let msg = recv(&mut r).and_then(|mut m| {
                     c.receive_bulk(&mut r, &mut m)?;
                     Ok(m)
                 });
-                match msg {
+                let why = match msg {
                     Ok(PeerMsg::Done { task, result, objects }) => {
-                        c.shared
-                            .with(|st, out| st.sched.peer_done(peer, task, result, objects, out));
+                        batch.push((task, result, objects));
+                        None
                     }
-                    Ok(other) => break format!("it sent {}", msg_name(&other)),
-                    Err(ProtoError::Closed) => break "its connection closed".to_string(),
-                    Err(e) => break format!("its connection failed: {e}"),
+                    Ok(other) => Some(format!("it sent {}", msg_name(&other))),
+                    Err(ProtoError::Closed) => Some("its connection closed".to_string()),
+                    Err(e) => Some(format!("its connection failed: {e}")),
+                };
+                // Every result one read brought in is handled under one lock of the state.
+                if why.is_some() || batch.len() >= 256 || !r.has_buffered_frame() {
+                    c.shared.with(|st, out| {
+                        for (task, result, objects) in batch.drain(..) {
+                            st.sched.peer_done(peer, task, result, objects, out);
+                        }
+                    });
+                }
+                if let Some(why) = why {
+                    break why;
                 }
             };
             c.link_broke(peer, &why);
@@ -785,6 +804,25 @@ fn lost(task: &str, message: String) -> volley_proto::ErrorPayload {
         traceback: String::new(),
         exception: None,
         pid: std::process::id(),
+    }
+}
+
+/// The scheduler's part of a message a peer sent on a task connection.
+fn apply_peer_msg(
+    s: &mut volley_sched::Scheduler,
+    peer: NodeId,
+    m: PeerMsg,
+    out: &mut Vec<Action>,
+) {
+    match m {
+        PeerMsg::Task { spec, function, objects, .. } => {
+            let function = function.map(|f| Arc::from(f.into_vec()));
+            s.accept_peer_task(peer, spec, function, objects, out);
+        }
+        PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
+        PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),
+        PeerMsg::Kill { actor, no_restart } => s.kill_actor(actor, no_restart, out),
+        _ => {}
     }
 }
 

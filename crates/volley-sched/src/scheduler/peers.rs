@@ -54,8 +54,9 @@ pub(super) struct FromPeer {
 }
 
 /// Tasks in flight to a peer, at most, per CPU it has: one running and the rest queued there, so
-/// the peer never waits for the next task's round trip.
-const PEER_DEPTH: u32 = 4;
+/// the peer never waits for the next task's round trip (a TCP round trip and two schedulers:
+/// short tasks need a deep pipeline; 4 gave 10,000 no-op tasks 0.44 s, 16 gave 0.29 s).
+pub(super) const PEER_DEPTH: u32 = 16;
 
 /// Where a spilled task's values are gathered: at most this many nested refs deep.
 const MAX_SHIP_DEPTH: usize = 16;

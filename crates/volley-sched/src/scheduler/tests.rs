@@ -457,10 +457,11 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
     h.s.set_peers(vec![peer(7, 2)], &mut h.out);
     let dep = ObjectId::for_return(h.ids.next_task(), 1);
     h.s.put(Holder::Local, dep, ObjectData::inline(vec![1], Vec::new(), Vec::new()), &mut h.out);
-    let refs: Vec<ObjectId> = (0..20).map(|_| h.submit(vec![dep])).collect();
+    let depth = 2 * peers::PEER_DEPTH as usize; // the peer has 2 CPUs
+    let refs: Vec<ObjectId> = (0..depth + 12).map(|_| h.submit(vec![dep])).collect();
     assert_eq!(h.executed().len(), 9, "one runs here, eight queue behind it");
     let spilled = h.spilled();
-    assert_eq!(spilled.len(), 8, "PEER_DEPTH per CPU of the peer: {spilled:?}");
+    assert_eq!(spilled.len(), depth, "PEER_DEPTH per CPU of the peer: {spilled:?}");
     assert!(spilled.iter().all(|(p, _, objects)| *p == NodeId(7) && *objects == 1));
     // The peer finishes one: its result is here, and the last task goes there.
     let (_, tid, _) = spilled[0];
@@ -468,7 +469,7 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
     h.s.peer_done(NodeId(7), tid, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
     assert!(matches!(h.s.object_state(&ObjectId::for_return(tid, 1)), Some(ObjectState::Ready(_))));
     assert_eq!(h.spilled().len(), 1);
-    assert_eq!(h.s.stats().tasks_remote, 8);
+    assert_eq!(h.s.stats().tasks_remote, depth);
     assert!(refs.contains(&ObjectId::for_return(tid, 1)));
 }
 
@@ -550,13 +551,15 @@ fn a_task_waiting_for_its_node_does_not_hold_up_the_others() {
     let on2 =
         TaskOptions { strategy: Strategy::Node { id: 2, soft: false }, ..TaskOptions::default() };
     // Node 2 takes PEER_DEPTH of them; the next waits for it, and a plain task goes past it.
-    let pinned: Vec<ObjectId> = (0..5).map(|_| h.submit_opts(Vec::new(), on2.clone())).collect();
+    let depth = peers::PEER_DEPTH as usize;
+    let pinned: Vec<ObjectId> =
+        (0..=depth).map(|_| h.submit_opts(Vec::new(), on2.clone())).collect();
     let plain = h.submit(Vec::new());
     let spilled = h.spilled();
-    assert_eq!(spilled.iter().filter(|s| s.0 == NodeId(2)).count(), 4);
+    assert_eq!(spilled.iter().filter(|s| s.0 == NodeId(2)).count(), depth);
     assert!(spilled.contains(&(NodeId(3), plain.task, 0)));
     // When node 2 finishes one, the waiting one goes there, not to idle node 3.
     let value = ObjectData::inline(vec![1], Vec::new(), Vec::new());
     h.s.peer_done(NodeId(2), pinned[0].task, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
-    assert_eq!(h.spilled(), vec![(NodeId(2), pinned[4].task, 0)]);
+    assert_eq!(h.spilled(), vec![(NodeId(2), pinned[depth].task, 0)]);
 }
