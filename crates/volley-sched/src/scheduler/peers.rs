@@ -44,6 +44,14 @@ impl PeerEntry {
     fn inflight_cpu(&self) -> u32 {
         self.inflight.values().sum()
     }
+
+    /// Whether it takes work and has room for `spec` now (counting what we sent there).
+    fn has_room(&self, spec: &TaskSpec) -> bool {
+        !self.view.driver
+            && fits_total(&self.view, spec)
+            && self.inflight_cpu() + spec.options.cpu_milli
+                <= self.view.cpu_total_milli * PEER_DEPTH
+    }
 }
 
 /// What a task sent by a peer holds here until it ends.
@@ -144,7 +152,8 @@ impl Scheduler {
         })
     }
 
-    /// Sends the task to `peer` if it has room; true if it went.
+    /// Sends the task to `peer` if it may go (a plain task, not one a peer sent us) and the peer
+    /// has room; true if it went.
     pub(super) fn try_spill_to(
         &mut self,
         tid: TaskId,
@@ -153,17 +162,16 @@ impl Scheduler {
     ) -> bool {
         let Some(task) = self.tasks.get(&tid) else { return false };
         let spec = task.spec.clone();
-        let cpu = spec.options.cpu_milli;
-        let room = self.peers.get(&peer).is_some_and(|p| {
-            fits_total(&p.view, &spec)
-                && p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH
-        });
-        if !room || matches!(task.caller, Holder::Peer(_)) || spec.options.streaming {
+        if matches!(task.caller, Holder::Peer(_))
+            || !matches!(spec.actor, ActorPart::None)
+            || spec.options.streaming
+            || !self.peers.get(&peer).is_some_and(|p| p.has_room(&spec))
+        {
             return false;
         }
         let Some(objects) = self.gather(&spec) else { return false };
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.inflight.insert(tid, cpu);
+            p.inflight.insert(tid, spec.options.cpu_milli);
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
@@ -183,21 +191,12 @@ impl Scheduler {
         if self.peers.is_empty() {
             return false;
         }
-        let Some(task) = self.tasks.get(&tid) else { return false };
-        let spec = task.spec.clone();
-        if matches!(task.caller, Holder::Peer(_))
-            || !matches!(spec.actor, ActorPart::None)
-            || spec.options.streaming
-        {
-            return false;
-        }
-        let cpu = spec.options.cpu_milli;
+        let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else { return false };
         // The least loaded peer (by what this node has sent there) that has room for it.
         let target = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.view.driver && fits_total(&p.view, &spec))
-            .filter(|(_, p)| p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH)
+            .filter(|(_, p)| p.has_room(&spec))
             .map(|(id, p)| {
                 let load =
                     u64::from(p.inflight_cpu()) * 1000 / u64::from(p.view.cpu_total_milli.max(1));
@@ -205,15 +204,7 @@ impl Scheduler {
             })
             .min()
             .map(|(_, _, id)| id);
-        let Some(peer) = target else { return false };
-        let Some(objects) = self.gather(&spec) else { return false };
-        let Some(p) = self.peers.get_mut(&peer) else { return false };
-        p.inflight.insert(tid, cpu);
-        if let Some(t) = self.tasks.get_mut(&tid) {
-            t.state = TaskState::Remote(peer);
-        }
-        self.spill_to(peer, spec, objects, out);
-        true
+        target.is_some_and(|peer| self.try_spill_to(tid, peer, out))
     }
 
     /// The values a spilled task needs: its dependencies and every ref pickled inside its
