@@ -447,3 +447,21 @@ def test_scheduling_strategies(cluster):
     assert volley.get(where.options(scheduling_strategy=soft).remote()) in cluster.addrs
     with pytest.raises(ValueError, match="scheduling_strategy"):
         where.options(scheduling_strategy="PACK")
+
+
+def test_actor_handles_passed_to_tasks_on_other_nodes(cluster):
+    counter = Counter.remote(0)
+    home = volley.get(counter.where.remote())[0]
+
+    @volley.remote(num_cpus=0.5)
+    def bump(handle, n):
+        # Runs on any node; its calls go to the actor's node, in this task's order.
+        refs = [handle.incr.remote() for _ in range(n)]
+        return os.environ["VOLLEY_NODE_ADDRESS"], volley.get(refs)
+
+    out = volley.get([bump.remote(counter, 10) for _ in range(6)])
+    assert len({node for node, _ in out} - {home}) >= 1  # some ran away from the actor
+    for _, values in out:
+        assert values == sorted(values)  # each caller's calls in its order
+    assert sorted(v for _, values in out for v in values) == list(range(1, 61))
+    assert volley.get(counter.incr.remote()) == 61

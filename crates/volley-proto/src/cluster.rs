@@ -73,6 +73,8 @@ pub enum PeerMsg {
         objects: Vec<(crate::ObjectId, ObjectData)>,
         /// Runtime-environment packages (hash, zip) the receiver has not had yet.
         packages: Vec<(String, serde_bytes::ByteBuf)>,
+        /// Where the actors whose handles it carries live: (actor, node, class name).
+        routes: Vec<(crate::ActorId, NodeId, String)>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
     Done {

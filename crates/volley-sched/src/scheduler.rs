@@ -121,6 +121,8 @@ pub enum Action {
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
         /// Runtime-environment packages the peer has not had yet.
         packages: Vec<(String, Arc<[u8]>)>,
+        /// Where the actors whose handles it carries live (see `remote_actors`).
+        routes: Vec<(ActorId, NodeId, String)>,
     },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {

@@ -64,6 +64,9 @@ pub(super) struct ActorEntry {
     pub(super) remote: Option<NodeId>,
     /// The GPUs (indices) it holds.
     pub(super) gpus: Vec<u32>,
+    /// Only a route to an actor another node created (see `remote_actors`): calls go to
+    /// `remote`, nothing else does.
+    pub(super) proxy: bool,
 }
 
 fn opts(spec: &TaskSpec) -> &ActorOptions {
@@ -162,6 +165,7 @@ impl Scheduler {
                 args_released: false,
                 remote: None,
                 gpus: Vec::new(),
+                proxy: false,
             },
         );
         self.resolve_deps(aid.0, out);
@@ -440,7 +444,7 @@ impl Scheduler {
                 }
             }
             None => {
-                if let Some(peer) = a.remote {
+                if let Some(peer) = a.remote.filter(|_| !a.proxy) {
                     out.push(Action::PeerRelease { peer, ids: vec![aid.object()] });
                 }
                 self.remove_actor(aid, out)
@@ -621,7 +625,7 @@ impl Scheduler {
                 out.push(Action::Kill { worker: w });
             }
         }
-        if let Some(peer) = a.remote {
+        if let Some(peer) = a.remote.filter(|_| !a.proxy) {
             out.push(Action::PeerKill { peer, actor: aid, no_restart: true });
         }
         self.pending_actors.retain(|x| *x != aid);

@@ -235,7 +235,8 @@ impl Scheduler {
                 }
             }
         }
-        out.push(Action::Spill { peer, spec, function, objects, packages });
+        let routes = self.routes_for(&objects);
+        out.push(Action::Spill { peer, spec, function, objects, packages, routes });
     }
 
     /// A task this node sent to `peer` ended there.
@@ -286,8 +287,10 @@ impl Scheduler {
         spec: TaskSpec,
         function: Option<Arc<[u8]>>,
         objects: Vec<(ObjectId, ObjectData)>,
+        routes: Vec<(ActorId, NodeId, String)>,
         out: &mut Vec<Action>,
     ) {
+        self.add_routes(routes);
         if let Some(f) = function {
             self.register_function(spec.function, f);
         }

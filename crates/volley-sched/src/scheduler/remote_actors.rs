@@ -146,6 +146,13 @@ impl Scheduler {
         lost.sort();
         for aid in lost {
             let Some(a) = self.actors.get_mut(&aid) else { continue };
+            if a.proxy {
+                // Its creator restarts it, if anyone; this node cannot know where.
+                let class = a.class().to_string();
+                let msg = format!("actor '{class}' died: node {} died ({why})", peer.0);
+                self.actor_dead(aid, error(ErrorKind::ActorDied, &class, msg), out);
+                continue;
+            }
             a.remote = None;
             if a.life == Life::Dead {
                 continue;
@@ -211,6 +218,75 @@ impl Scheduler {
             }
         }
         self.start_actors(out);
+    }
+
+    /// Where the actors named among `objects` (by their handles' refs) live, for a peer that
+    /// will run a task holding those handles.
+    pub(super) fn routes_for(
+        &self,
+        objects: &[(ObjectId, Arc<ObjectData>)],
+    ) -> Vec<(ActorId, NodeId, String)> {
+        let mut routes = Vec::new();
+        for (id, _) in objects {
+            if id.index != 1 {
+                continue;
+            }
+            let aid = ActorId(id.task);
+            let Some(a) = self.actors.get(&aid) else { continue };
+            let node = match (a.remote, self.node_id) {
+                (Some(p), _) => p,
+                (None, Some(me)) if a.worker.is_some() => me,
+                _ => continue,
+            };
+            routes.push((aid, node, a.class().to_string()));
+        }
+        routes
+    }
+
+    /// Learns where actors live whose handles a peer's task carries: calls made here go there.
+    pub(super) fn add_routes(&mut self, routes: Vec<(ActorId, NodeId, String)>) {
+        for (aid, node, class) in routes {
+            if Some(node) == self.node_id || self.actors.contains_key(&aid) {
+                continue;
+            }
+            let opts = volley_proto::ActorOptions {
+                class_name: class.clone(),
+                namespace: String::new(),
+                ..Default::default()
+            };
+            let create = TaskSpec {
+                task_id: aid.0,
+                function: FunctionId([0; 16]),
+                name: class,
+                args: ObjectData::default(),
+                deps: Vec::new(),
+                num_returns: 1,
+                options: volley_proto::TaskOptions { cpu_milli: 0, ..Default::default() },
+                actor: ActorPart::Create(Box::new(opts)),
+            };
+            self.actors.insert(
+                aid,
+                actors::ActorEntry {
+                    create: Arc::new(create),
+                    caller: Holder::Local,
+                    life: Life::Alive,
+                    runnable: true,
+                    worker: None,
+                    pid: 0,
+                    holds_resources: false,
+                    restarts: 0,
+                    callers: HashMap::new(),
+                    death: None,
+                    kill_requested: None,
+                    unreferenced: false,
+                    stopping: false,
+                    args_released: true,
+                    remote: Some(node),
+                    gpus: Vec::new(),
+                    proxy: true,
+                },
+            );
+        }
     }
 
     // ------------------------------------------------------------ hosting for a peer
