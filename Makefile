@@ -17,7 +17,7 @@ PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all demo test test-rust test-python bench lint fmt build clean
+.PHONY: test-cluster all demo test test-rust test-python bench lint fmt build clean
 
 all: build
 
@@ -45,6 +45,13 @@ test-python: build
 	$(VPY) -m pytest tests
 
 test: build test-rust test-python
+
+# The end-to-end tests that use the shared 2-CPU fixtures, run against a real cluster (a head and
+# two 1-CPU nodes on 127.0.0.x) instead of an embedded node. Not part of `make test` yet: see the
+# latest note for which tests still fail there.
+test-cluster: build
+	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest tests/test_tasks.py tests/test_errors.py \
+		tests/test_async.py tests/test_actors.py
 
 lint: $(DEPS)
 	cargo fmt --all -- --check

@@ -302,11 +302,84 @@ def no_volley():
     _ensure_down()
 
 
+# VOLLEY_TEST_CLUSTER=1 runs the tests that use `volley_2cpu`/`volley_shared` against a real
+# cluster instead: a head with no CPUs and two 1-CPU nodes (`volley start` daemons on 127.0.0.x),
+# the test process joining it as a driver (`make test-cluster`).
+CLUSTER_MODE = os.environ.get("VOLLEY_TEST_CLUSTER") == "1"
+_cluster_info: dict = {}
+
+
+def _start_test_cluster(tmp: Path) -> dict:
+    import socket
+
+    def free_port(host):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+
+    token = "suite-token-0123456789"
+    env = dict(os.environ, VOLLEY_SESSION_DIR=str(tmp / "session"))
+    head = f"127.0.0.1:{free_port('127.0.0.1')}"
+    procs = []
+    for i, cpus in enumerate([0, 1, 1]):
+        host = f"127.0.0.{i + 1}"
+        port = head.split(":")[1] if i == 0 else str(free_port(host))
+        role = ["--head"] if i == 0 else ["--address", head]
+        log = open(tmp / f"node-{i}.log", "wb")
+        argv = [sys.executable, "-m", "volley._cli", "start", *role, "--host", host,
+                "--port", port, "--num-cpus", str(cpus), "--token", token, "--block",
+                "--heartbeat-ms", "100", "--dead-after-ms", "2000"]  # fmt: skip
+        p = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(
+                env, VOLLEY_PACKAGES_DIR=str(tmp / f"packages-{i}")
+            ), start_new_session=True,
+        )  # fmt: skip
+        procs.append(p)
+        deadline = time.monotonic() + 30
+        while "listening on" not in (tmp / f"node-{i}.log").read_text(errors="replace"):
+            assert p.poll() is None and time.monotonic() < deadline, "test cluster failed"
+            time.sleep(0.05)
+    return {"head": head, "token": token, "procs": procs}
+
+
+def _init_2cpu() -> None:
+    if not CLUSTER_MODE:
+        volley.init(num_cpus=2)
+        return
+    # The test modules (their functions and exception classes) must import on every node.
+    here = str(Path(__file__).parent)
+    volley.init(
+        address=_cluster_info["head"],
+        token=_cluster_info["token"],
+        runtime_env={"working_dir": here},
+    )
+    deadline = time.monotonic() + 15
+    while sum(n["num_cpus"] for n in volley.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_cluster(tmp_path_factory):
+    if not CLUSTER_MODE:
+        yield
+        return
+    _cluster_info.update(_start_test_cluster(tmp_path_factory.mktemp("suite-cluster")))
+    yield
+    _ensure_down()
+    for p in _cluster_info["procs"]:
+        p.send_signal(signal.SIGTERM)
+    for p in _cluster_info["procs"]:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def volley_2cpu():
     """A fresh 2-CPU volley for this test only."""
     _ensure_down()
-    volley.init(num_cpus=2)
+    _init_2cpu()
     yield
     _ensure_down()
 
@@ -321,7 +394,7 @@ def _volley_module_scope():
 def volley_shared(_volley_module_scope):
     """A 2-CPU volley shared by the tests of one module (for tests that leave the pool intact)."""
     if not volley.is_initialized():
-        volley.init(num_cpus=2)
+        _init_2cpu()
     yield
 
 
