@@ -323,6 +323,11 @@ def test_actors_are_placed_on_the_nodes_and_keep_order(cluster):
     volley.kill(actors[1])
     with pytest.raises(volley.ActorDiedError):
         volley.get(actors[1].incr.remote())
+    killed_pid = places[1][1]
+    deadline = time.monotonic() + 10  # the kill reached the actor's node
+    while _alive(killed_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(killed_pid)
 
     @volley.remote
     class Broken:
@@ -465,3 +470,36 @@ def test_actor_handles_passed_to_tasks_on_other_nodes(cluster):
         assert values == sorted(values)  # each caller's calls in its order
     assert sorted(v for _, values in out for v in values) == list(range(1, 61))
     assert volley.get(counter.incr.remote()) == 61
+
+
+def test_refs_made_on_another_node_and_returned(cluster):
+    @volley.remote
+    def add(a, b):
+        time.sleep(0.2)  # still running when `produce` returns its ref
+        return a + b
+
+    @volley.remote
+    def fails():
+        time.sleep(0.2)
+        raise ValueError("made far away")
+
+    @volley.remote
+    def produce():
+        return [add.remote(1, 2), fails.remote()]
+
+    inner, bad = volley.get(produce.remote())
+    assert volley.get(add.remote(inner, 10)) == 13  # used as an argument here
+    assert volley.get(inner) == 3
+    with pytest.raises(volley.TaskError, match="made far away"):
+        volley.get(bad)
+
+
+def test_an_actor_on_another_node_stops_when_its_last_handle_goes(cluster):
+    a = Counter.remote(0)
+    addr, pid = volley.get(a.where.remote())
+    assert addr in cluster.addrs
+    del a  # the release reaches the actor's node, which stops it
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

@@ -82,6 +82,12 @@ pub enum PeerMsg {
         result: TaskResult,
         objects: Vec<(crate::ObjectId, ObjectData)>,
     },
+    /// An object a `Done` (or an earlier `Object`) named that was still being made then.
+    Object {
+        id: crate::ObjectId,
+        result: Result<ObjectData, crate::ErrorPayload>,
+        objects: Vec<(crate::ObjectId, ObjectData)>,
+    },
     /// Cancel a task sent with `Task`.
     Cancel {
         task: TaskId,

@@ -505,7 +505,7 @@ impl Cluster {
             | Action::PeerCancel { peer, .. }
             | Action::PeerRelease { peer, .. }
             | Action::PeerKill { peer, .. } => (*peer, true),
-            Action::PeerDone { peer, .. } => (*peer, false),
+            Action::PeerDone { peer, .. } | Action::PeerObject { peer, .. } => (*peer, false),
             _ => return,
         };
         let tx = if outgoing {
@@ -551,8 +551,8 @@ impl Cluster {
                     Ok(m)
                 });
                 let why = match msg {
-                    Ok(PeerMsg::Done { task, result, objects }) => {
-                        batch.push((task, result, objects));
+                    Ok(m @ (PeerMsg::Done { .. } | PeerMsg::Object { .. })) => {
+                        batch.push(m);
                         None
                     }
                     Ok(other) => Some(format!("it sent {}", msg_name(&other))),
@@ -562,8 +562,16 @@ impl Cluster {
                 // Every result one read brought in is handled under one lock of the state.
                 if why.is_some() || batch.len() >= 256 || !r.has_buffered_frame() {
                     c.shared.with(|st, out| {
-                        for (task, result, objects) in batch.drain(..) {
-                            st.sched.peer_done(peer, task, result, objects, out);
+                        for m in batch.drain(..) {
+                            match m {
+                                PeerMsg::Done { task, result, objects } => {
+                                    st.sched.peer_done(peer, task, result, objects, out)
+                                }
+                                PeerMsg::Object { id, result, objects } => {
+                                    st.sched.peer_object(id, result, objects, out)
+                                }
+                                _ => {}
+                            }
                         }
                     });
                 }
@@ -692,7 +700,39 @@ impl Cluster {
             Action::PeerCancel { task, force, .. } => {
                 Some((PeerMsg::Cancel { task, force }, leases))
             }
-            _ => None,
+            Action::PeerRelease { ids, .. } => Some((PeerMsg::Release { ids }, leases)),
+            Action::PeerKill { actor, no_restart, .. } => {
+                Some((PeerMsg::Kill { actor, no_restart }, leases))
+            }
+            Action::PeerObject { id, result, objects, .. } => {
+                let result = match result {
+                    Ok(v) => self.prepare(&v, &mut leases).map_err(|why| {
+                        lost("", format!("the object could not be read to send it on: {why}"))
+                    }),
+                    Err(e) => Err((*e).clone()),
+                };
+                if result.is_err() {
+                    leases.clear();
+                }
+                let mut extra = Vec::new();
+                let objects = match self.prepare_all(&objects, &mut extra) {
+                    Ok(o) => {
+                        leases.extend(extra);
+                        o
+                    }
+                    Err(_) => Vec::new(),
+                };
+                Some((PeerMsg::Object { id, result, objects }, leases))
+            }
+            // Not for peers (`dispatch` only passes the ones above).
+            Action::Execute { .. }
+            | Action::Send { .. }
+            | Action::GetReply { .. }
+            | Action::WakeLocal { .. }
+            | Action::LocalReady { .. }
+            | Action::Spawn { .. }
+            | Action::Kill { .. }
+            | Action::Log(_) => None,
         }
     }
 
@@ -785,6 +825,12 @@ fn bulk_values(msg: &mut PeerMsg) -> Vec<&mut ObjectData> {
             }
             v.extend(objects.iter_mut().map(|(_, o)| o));
         }
+        PeerMsg::Object { result, objects, .. } => {
+            if let Ok(o) = result {
+                v.push(o);
+            }
+            v.extend(objects.iter_mut().map(|(_, o)| o));
+        }
         _ => {}
     }
     v.retain(|o| o.shm.is_some());
@@ -838,6 +884,7 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Cancel { .. } => "Cancel",
         PeerMsg::Refused { .. } => "Refused",
         PeerMsg::Release { .. } => "Release",
+        PeerMsg::Object { .. } => "Object",
         PeerMsg::Kill { .. } => "Kill",
     }
 }

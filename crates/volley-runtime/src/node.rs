@@ -387,7 +387,8 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerDone { .. }
             | Action::PeerCancel { .. }
             | Action::PeerRelease { .. }
-            | Action::PeerKill { .. }) => {
+            | Action::PeerKill { .. }
+            | Action::PeerObject { .. }) => {
                 d.peer.push(a);
                 continue;
             }

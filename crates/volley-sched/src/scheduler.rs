@@ -133,6 +133,13 @@ pub enum Action {
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },
+    /// Send `peer` an object a result it got earlier refers to, now that it is ready (or failed).
+    PeerObject {
+        peer: NodeId,
+        id: ObjectId,
+        result: Result<Arc<ObjectData>, Arc<ErrorPayload>>,
+        objects: Vec<(ObjectId, Arc<ObjectData>)>,
+    },
     /// Tell `peer` this node dropped its references to these (actors it hosts for us).
     PeerRelease { peer: NodeId, ids: Vec<ObjectId> },
     /// Forward `volley.kill` to the peer hosting the actor.
@@ -1219,7 +1226,7 @@ impl Scheduler {
         for h in watchers {
             match h {
                 Holder::Local => out.push(Action::LocalReady { id }),
-                Holder::Peer(_) => {}
+                Holder::Peer(peer) => self.forward_object(peer, id, out),
                 Holder::Worker(worker) => {
                     if self.workers.contains_key(&worker) {
                         out.push(Action::Send {

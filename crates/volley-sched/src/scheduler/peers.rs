@@ -262,6 +262,10 @@ impl Scheduler {
             return;
         }
         self.adopt(objects);
+        if let TaskResult::Ok(values) = &result {
+            let named: Vec<ObjectId> = values.iter().flat_map(|v| v.contained.clone()).collect();
+            self.placeholders(&named);
+        }
         self.task_result(tid, result, out);
         self.schedule(out);
     }
@@ -269,7 +273,9 @@ impl Scheduler {
     /// Values that arrived from a peer become objects here, unless they already are. They are
     /// held by whatever holds the value that names them (`object_ready` counts that).
     fn adopt(&mut self, objects: Vec<(ObjectId, ObjectData)>) {
+        let mut named = Vec::new();
         for (id, data) in objects {
+            named.extend(data.contained.iter().copied());
             self.objects.entry(id).or_insert_with(|| ObjectEntry {
                 state: ObjectState::Ready(Arc::new(data)),
                 refs: 0,
@@ -278,6 +284,7 @@ impl Scheduler {
                 watchers: Vec::new(),
             });
         }
+        self.placeholders(&named);
     }
 
     /// Runs a task `peer` sent; its results go back with `Action::PeerDone`.
@@ -324,24 +331,114 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let Some(f) = self.from_peer.remove(&tid) else { return };
-        let mut objects = Vec::new();
-        if let Ok(values) = &result {
-            let mut seen = HashSet::new();
-            let mut todo: Vec<ObjectId> = values.iter().flat_map(|v| v.contained.clone()).collect();
-            while let Some(id) = todo.pop() {
-                if !seen.insert(id) || seen.len() > 4096 {
-                    continue;
-                }
-                if let Some(ObjectState::Ready(v)) = self.objects.get(&id).map(|o| &o.state) {
-                    todo.extend(v.contained.iter().copied());
-                    objects.push((id, v.clone()));
-                }
+        let mut failed = Vec::new();
+        let objects = match &result {
+            Ok(values) => {
+                let contained = values.iter().flat_map(|v| v.contained.iter().copied()).collect();
+                self.ship_contained(f.peer, contained, &mut failed)
             }
-        }
+            Err(_) => Vec::new(),
+        };
         out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects });
+        out.extend(failed);
         let returns: Vec<ObjectId> = spec.return_ids().collect();
         self.decref(Holder::Peer(f.peer), &returns, out);
         self.release_from_peer(f, out);
+    }
+
+    /// The objects (transitively) named by `ids` for a peer that gets a value containing them:
+    /// the ready ones to send along; each pending one is watched for `peer` and sent when it is
+    /// ready (`forward_object`), held here until then.
+    /// Failed or unknown ones go to `failed`, to send (after the value naming them) as errors.
+    fn ship_contained(
+        &mut self,
+        peer: NodeId,
+        ids: Vec<ObjectId>,
+        failed: &mut Vec<Action>,
+    ) -> Vec<(ObjectId, Arc<ObjectData>)> {
+        let mut objects = Vec::new();
+        let mut seen = HashSet::new();
+        let mut todo = ids;
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) || seen.len() > 4096 {
+                continue;
+            }
+            let pending = match self.objects.get_mut(&id) {
+                Some(o) => match &o.state {
+                    ObjectState::Ready(v) => {
+                        todo.extend(v.contained.iter().copied());
+                        objects.push((id, v.clone()));
+                        false
+                    }
+                    ObjectState::Pending => {
+                        o.watchers.push(Holder::Peer(peer));
+                        true
+                    }
+                    ObjectState::Failed(e) => {
+                        let result = Err(e.clone());
+                        failed.push(Action::PeerObject { peer, id, result, objects: Vec::new() });
+                        false
+                    }
+                },
+                None => {
+                    let msg = format!("object {id:?} no longer exists on the node it came from");
+                    let result = Err(error(ErrorKind::ObjectLost, "", msg));
+                    failed.push(Action::PeerObject { peer, id, result, objects: Vec::new() });
+                    false
+                }
+            };
+            if pending {
+                self.incref(Holder::Peer(peer), &[id]);
+            }
+        }
+        objects
+    }
+
+    /// A pending object a peer was sent a reference to is ready (or failed): send it on.
+    pub(super) fn forward_object(&mut self, peer: NodeId, id: ObjectId, out: &mut Vec<Action>) {
+        let result = match self.objects.get(&id).map(|o| &o.state) {
+            Some(ObjectState::Ready(v)) => Ok(v.clone()),
+            Some(ObjectState::Failed(e)) => Err(e.clone()),
+            _ => return,
+        };
+        let contained = result.as_ref().map(|v| v.contained.clone()).unwrap_or_default();
+        let mut failed = Vec::new();
+        let objects = self.ship_contained(peer, contained, &mut failed);
+        out.push(Action::PeerObject { peer, id, result, objects });
+        out.extend(failed);
+        self.decref(Holder::Peer(peer), &[id], out);
+    }
+
+    /// An object this node holds a placeholder for arrived from `peer` (see `forward_object`).
+    pub fn peer_object(
+        &mut self,
+        id: ObjectId,
+        result: Result<ObjectData, ErrorPayload>,
+        objects: Vec<(ObjectId, ObjectData)>,
+        out: &mut Vec<Action>,
+    ) {
+        self.adopt(objects);
+        if !matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjectState::Pending)) {
+            return;
+        }
+        match result {
+            Ok(v) => {
+                self.placeholders(&v.contained);
+                self.object_ready(id, Arc::new(v), out);
+            }
+            Err(e) => self.object_failed(id, Arc::new(e), out),
+        }
+        self.schedule(out);
+    }
+
+    /// Pending entries for refs named in a value from a peer that this node has not got: the
+    /// peer sends each once it is ready.
+    fn placeholders(&mut self, ids: &[ObjectId]) {
+        for id in ids {
+            if !self.objects.contains_key(id) {
+                self.new_object(*id);
+            }
+        }
     }
 
     pub(super) fn release_from_peer(&mut self, f: FromPeer, out: &mut Vec<Action>) {
