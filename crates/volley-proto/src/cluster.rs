@@ -88,6 +88,14 @@ pub enum PeerMsg {
         result: Result<ObjectData, crate::ErrorPayload>,
         objects: Vec<(crate::ObjectId, ObjectData)>,
     },
+    /// How an actor the receiver had created here is now: its pid, restarts here, its death.
+    ActorState {
+        actor: crate::ActorId,
+        pid: u32,
+        restarts: u32,
+        death: Option<crate::ErrorPayload>,
+        log: Option<String>,
+    },
     /// Cancel a task sent with `Task`.
     Cancel {
         task: TaskId,

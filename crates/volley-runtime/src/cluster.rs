@@ -26,7 +26,7 @@ use volley_proto::{
     Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, ShmLoc, TaskResult,
     TaskSpec,
 };
-use volley_sched::{Action, PeerView};
+use volley_sched::{Action, ActorReport, PeerView};
 use volley_store::{Lease, Owner};
 
 use crate::node::Shared;
@@ -505,7 +505,9 @@ impl Cluster {
             | Action::PeerCancel { peer, .. }
             | Action::PeerRelease { peer, .. }
             | Action::PeerKill { peer, .. } => (*peer, true),
-            Action::PeerDone { peer, .. } | Action::PeerObject { peer, .. } => (*peer, false),
+            Action::PeerDone { peer, .. }
+            | Action::PeerObject { peer, .. }
+            | Action::PeerActorState { peer, .. } => (*peer, false),
             _ => return,
         };
         let tx = if outgoing {
@@ -551,7 +553,11 @@ impl Cluster {
                     Ok(m)
                 });
                 let why = match msg {
-                    Ok(m @ (PeerMsg::Done { .. } | PeerMsg::Object { .. })) => {
+                    Ok(
+                        m @ (PeerMsg::Done { .. }
+                        | PeerMsg::Object { .. }
+                        | PeerMsg::ActorState { .. }),
+                    ) => {
                         batch.push(m);
                         None
                     }
@@ -569,6 +575,10 @@ impl Cluster {
                                 }
                                 PeerMsg::Object { id, result, objects } => {
                                     st.sched.peer_object(id, result, objects, out)
+                                }
+                                PeerMsg::ActorState { actor, pid, restarts, death, log } => {
+                                    let report = ActorReport { pid, restarts, death, log };
+                                    st.sched.peer_actor_state(peer, actor, report, out)
                                 }
                                 _ => {}
                             }
@@ -723,6 +733,10 @@ impl Cluster {
                     Err(_) => Vec::new(),
                 };
                 Some((PeerMsg::Object { id, result, objects }, leases))
+            }
+            Action::PeerActorState { actor, pid, restarts, death, log, .. } => {
+                let death = death.map(|e| (*e).clone());
+                Some((PeerMsg::ActorState { actor, pid, restarts, death, log }, leases))
             }
             // Not for peers (`dispatch` only passes the ones above).
             Action::Execute { .. }
@@ -885,6 +899,7 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Refused { .. } => "Refused",
         PeerMsg::Release { .. } => "Release",
         PeerMsg::Object { .. } => "Object",
+        PeerMsg::ActorState { .. } => "ActorState",
         PeerMsg::Kill { .. } => "Kill",
     }
 }

@@ -388,7 +388,8 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerCancel { .. }
             | Action::PeerRelease { .. }
             | Action::PeerKill { .. }
-            | Action::PeerObject { .. }) => {
+            | Action::PeerObject { .. }
+            | Action::PeerActorState { .. }) => {
                 d.peer.push(a);
                 continue;
             }

@@ -22,6 +22,6 @@
 mod scheduler;
 
 pub use scheduler::{
-    Action, ActorError, Config, Holder, ObjectState, PeerView, Scheduler, Stats, StreamStep,
-    WaitOwner, WaiterId, WorkerExit,
+    Action, ActorError, ActorReport, Config, Holder, ObjectState, PeerView, Scheduler, Stats,
+    StreamStep, WaitOwner, WaiterId, WorkerExit,
 };

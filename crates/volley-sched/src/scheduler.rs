@@ -17,6 +17,7 @@ use actors::ActorEntry;
 pub use actors::ActorError;
 pub use peers::PeerView;
 use peers::{FromPeer, PeerEntry};
+pub use remote_actors::ActorReport;
 use streams::StreamState;
 pub use streams::StreamStep;
 
@@ -133,6 +134,15 @@ pub enum Action {
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },
+    /// Tell the node that had an actor created here how it is (see `remote_actors`).
+    PeerActorState {
+        peer: NodeId,
+        actor: ActorId,
+        pid: u32,
+        restarts: u32,
+        death: Option<Arc<ErrorPayload>>,
+        log: Option<String>,
+    },
     /// Send `peer` an object a result it got earlier refers to, now that it is ready (or failed).
     PeerObject {
         peer: NodeId,

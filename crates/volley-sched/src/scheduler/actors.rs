@@ -67,6 +67,8 @@ pub(super) struct ActorEntry {
     /// Only a route to an actor another node created (see `remote_actors`): calls go to
     /// `remote`, nothing else does.
     pub(super) proxy: bool,
+    /// Restarts on the node that hosts it (reported by that node).
+    pub(super) peer_restarts: u32,
 }
 
 fn opts(spec: &TaskSpec) -> &ActorOptions {
@@ -166,6 +168,7 @@ impl Scheduler {
                 remote: None,
                 gpus: Vec::new(),
                 proxy: false,
+                peer_restarts: 0,
             },
         );
         self.resolve_deps(aid.0, out);
@@ -198,7 +201,7 @@ impl Scheduler {
         let running = a.worker.and_then(|w| self.workers.get(&w)).map_or(0, |w| w.queue.len());
         Some(ActorInfo {
             state: state.into(),
-            restarts: a.restarts,
+            restarts: a.restarts + a.peer_restarts,
             pid: if a.life == Life::Dead { 0 } else { a.pid },
             class_name: a.class().to_string(),
             name: a.opts().name.clone(),
@@ -375,6 +378,7 @@ impl Scheduler {
                     );
                     out.push(Action::Log(msg));
                 }
+                self.tell_creator(aid, None, out);
                 let obj = aid.object();
                 if matches!(self.objects.get(&obj).map(|o| &o.state), Some(ObjectState::Pending)) {
                     let v = values.pop().unwrap_or_default();
@@ -531,8 +535,9 @@ impl Scheduler {
                     a.restarts
                 ),
             };
-            if killed.is_none() {
-                out.push(Action::Log(format!("volley: {msg}")));
+            let log = killed.is_none().then(|| format!("volley: {msg}"));
+            if let Some(l) = &log {
+                out.push(Action::Log(l.clone()));
             }
             let mut err = error(ErrorKind::ActorDied, &class, msg);
             Arc::make_mut(&mut err).pid = pid;
@@ -540,16 +545,21 @@ impl Scheduler {
                 self.fail_call(t, err.clone(), out);
             }
             self.actor_dead(aid, err, out);
+            if log.is_some() {
+                self.tell_creator(aid, log, out);
+            }
             return;
         }
         a.restarts += 1;
         a.life = Life::Restarting;
         let restart = a.restarts;
-        out.push(Action::Log(format!(
+        let log = format!(
             "volley: actor '{class}' died (pid {pid} {}); restarting it (restart {restart} of {})",
             exit.0,
             limit(max_restarts)
-        )));
+        );
+        out.push(Action::Log(log.clone()));
+        self.tell_creator(aid, Some(log), out);
         let mut again = Vec::new();
         for t in calls {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
@@ -653,5 +663,6 @@ impl Scheduler {
             self.decref_one(obj, out);
         }
         self.report_creation(aid, out);
+        self.tell_creator(aid, None, out);
     }
 }

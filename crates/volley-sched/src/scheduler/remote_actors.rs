@@ -14,6 +14,17 @@
 //! keeps living).
 
 use super::actors::Life;
+
+/// How an actor is, as the node hosting it reports it to the node that created it.
+#[derive(Debug, Clone)]
+pub struct ActorReport {
+    pub pid: u32,
+    /// Restarts on the hosting node.
+    pub restarts: u32,
+    pub death: Option<ErrorPayload>,
+    /// A line for the creator's log (a restart, a death).
+    pub log: Option<String>,
+}
 use super::*;
 
 impl Scheduler {
@@ -284,6 +295,7 @@ impl Scheduler {
                     remote: Some(node),
                     gpus: Vec::new(),
                     proxy: true,
+                    peer_restarts: 0,
                 },
             );
         }
@@ -336,6 +348,47 @@ impl Scheduler {
         if let Some(f) = self.from_peer.remove(&aid.0) {
             out.push(Action::PeerDone { peer: f.peer, task: aid.0, result, objects: Vec::new() });
             self.release_from_peer(f, out);
+        }
+    }
+
+    /// Tells the node that had us create `aid` how it is now (pid, restarts, death), with a line
+    /// for its log.
+    pub(super) fn tell_creator(
+        &mut self,
+        aid: ActorId,
+        log: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.actors.get(&aid) else { return };
+        let Holder::Peer(peer) = a.caller else { return };
+        if a.proxy {
+            return;
+        }
+        let death = if a.life == Life::Dead { a.death.clone() } else { None };
+        let (pid, restarts) = (a.pid, a.restarts);
+        out.push(Action::PeerActorState { peer, actor: aid, pid, restarts, death, log });
+    }
+
+    /// The node hosting an actor we created says how it is.
+    pub fn peer_actor_state(
+        &mut self,
+        peer: NodeId,
+        aid: ActorId,
+        report: ActorReport,
+        out: &mut Vec<Action>,
+    ) {
+        let ActorReport { pid, restarts, death, log } = report;
+        let Some(a) = self.actors.get_mut(&aid) else { return };
+        if a.remote != Some(peer) || a.proxy {
+            return;
+        }
+        a.pid = pid;
+        a.peer_restarts = restarts;
+        if let Some(l) = log {
+            out.push(Action::Log(format!("{l} [on node {}]", peer.0)));
+        }
+        if let Some(e) = death {
+            self.actor_dead(aid, Arc::new(e), out);
         }
     }
 
