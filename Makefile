@@ -47,8 +47,8 @@ test-python: build
 test: build test-rust test-python
 
 # The end-to-end tests that use the shared 2-CPU fixtures, run against a real cluster (a head and
-# two 1-CPU nodes on 127.0.0.x) instead of an embedded node. Not part of `make test` yet: 150 pass,
-# 15 fail there (the latest note lists them).
+# two 1-CPU nodes on 127.0.0.x) instead of an embedded node. Not part of `make test` yet: 155 pass,
+# 10 fail there (the latest note lists them).
 test-cluster: build
 	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest tests/test_tasks.py tests/test_errors.py \
 		tests/test_async.py tests/test_actors.py

@@ -503,3 +503,17 @@ def test_an_actor_on_another_node_stops_when_its_last_handle_goes(cluster):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+def test_restarts_on_the_hosting_node_are_reported_to_the_driver(cluster, capfd):
+    a = Counter.options(max_restarts=1).remote(5)
+    _, pid = volley.get(a.where.remote())
+    assert volley.actor_state(a)["pid"] == pid
+    os.kill(pid, signal.SIGKILL)  # its node restarts it in place
+    deadline = time.monotonic() + 15
+    while volley.actor_state(a)["restarts"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert volley.actor_state(a)["restarts"] == 1
+    assert volley.get(a.incr.remote(), timeout=30) == 6  # __init__(5) ran again
+    assert volley.actor_state(a)["pid"] not in (pid, None)
+    assert "restarting it (restart 1 of 1)" in capfd.readouterr().err
