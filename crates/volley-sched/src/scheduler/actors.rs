@@ -88,6 +88,30 @@ pub(super) fn limit(n: i32) -> String {
 }
 
 impl ActorEntry {
+    /// A new actor from its creation spec, waiting for its arguments.
+    pub(super) fn new(create: Arc<TaskSpec>, caller: Holder) -> Self {
+        ActorEntry {
+            create,
+            caller,
+            life: Life::Pending,
+            runnable: false,
+            worker: None,
+            pid: 0,
+            holds_resources: false,
+            restarts: 0,
+            callers: HashMap::new(),
+            death: None,
+            kill_requested: None,
+            unreferenced: false,
+            stopping: false,
+            args_released: false,
+            remote: None,
+            gpus: Vec::new(),
+            proxy: false,
+            peer_restarts: 0,
+        }
+    }
+
     pub(super) fn opts(&self) -> &ActorOptions {
         opts(&self.create)
     }
@@ -148,29 +172,7 @@ impl Scheduler {
         if let Some(key) = name {
             self.names.insert(key, aid);
         }
-        self.actors.insert(
-            aid,
-            ActorEntry {
-                create: spec,
-                caller: holder,
-                life: Life::Pending,
-                runnable: false,
-                worker: None,
-                pid: 0,
-                holds_resources: false,
-                restarts: 0,
-                callers: HashMap::new(),
-                death: None,
-                kill_requested: None,
-                unreferenced: false,
-                stopping: false,
-                args_released: false,
-                remote: None,
-                gpus: Vec::new(),
-                proxy: false,
-                peer_restarts: 0,
-            },
-        );
+        self.actors.insert(aid, ActorEntry::new(spec, holder));
         self.resolve_deps(aid.0, out);
         Ok((aid, true))
     }

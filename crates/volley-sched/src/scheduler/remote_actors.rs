@@ -275,29 +275,13 @@ impl Scheduler {
                 options: volley_proto::TaskOptions { cpu_milli: 0, ..Default::default() },
                 actor: ActorPart::Create(Box::new(opts)),
             };
-            self.actors.insert(
-                aid,
-                actors::ActorEntry {
-                    create: Arc::new(create),
-                    caller: Holder::Local,
-                    life: Life::Alive,
-                    runnable: true,
-                    worker: None,
-                    pid: 0,
-                    holds_resources: false,
-                    restarts: 0,
-                    callers: HashMap::new(),
-                    death: None,
-                    kill_requested: None,
-                    unreferenced: false,
-                    stopping: false,
-                    args_released: true,
-                    remote: Some(node),
-                    gpus: Vec::new(),
-                    proxy: true,
-                    peer_restarts: 0,
-                },
-            );
+            let mut entry = actors::ActorEntry::new(Arc::new(create), Holder::Local);
+            entry.life = Life::Alive;
+            entry.runnable = true;
+            entry.args_released = true; // It has none here.
+            entry.remote = Some(node);
+            entry.proxy = true;
+            self.actors.insert(aid, entry);
         }
     }
 
