@@ -811,7 +811,14 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             let _ = py.check_signals();
         }
         let done = volley_proto::WorkerToNode::Done { task: spec.task_id, result };
-        if conn.send_soon(&done).is_err() {
+        // A pool task's completion is what lets the node feed this worker's pipeline: it goes at
+        // once. An actor's calls queue here without limit, so their results may go in batches.
+        let sent = if matches!(spec.actor, ActorPart::Call { .. }) {
+            conn.send_soon(&done)
+        } else {
+            conn.send(&done)
+        };
+        if sent.is_err() {
             break;
         }
         c.flush_decrefs();
