@@ -33,6 +33,13 @@ from ._api import (
     wait,
 )
 from ._core import ObjectRef
+from ._placement import (
+    PlacementGroup,
+    PlacementGroupSchedulingStrategy,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,
@@ -56,6 +63,11 @@ __all__ = [
     "is_initialized",
     "nodes",
     "NodeAffinitySchedulingStrategy",
+    "PlacementGroup",
+    "PlacementGroupSchedulingStrategy",
+    "placement_group",
+    "placement_group_table",
+    "remove_placement_group",
     "remote",
     "get",
     "put",

@@ -31,6 +31,7 @@ _ACTOR_OPTIONS = {
     "namespace",
     "lifetime",
     "get_if_exists",
+    "scheduling_strategy",
 }
 
 #: Named actors live in this namespace unless told otherwise.
@@ -92,6 +93,12 @@ def _check_actor_options(options: dict) -> dict:
     if options.get("get_if_exists") and not options.get("name"):
         raise ValueError("get_if_exists=True needs a name")
     _api._resource_list(options, "actor")
+    if isinstance(options.get("scheduling_strategy"), _api.NodeAffinitySchedulingStrategy):
+        raise ValueError(
+            "actors take scheduling_strategy 'DEFAULT', 'SPREAD' or a "
+            "PlacementGroupSchedulingStrategy; NodeAffinitySchedulingStrategy is for tasks"
+        )
+    _api._strategy(options)
     return options
 
 
@@ -203,6 +210,7 @@ class ActorClass:
         data, buffers, contained = _pack_args(args, kwargs, deps, f"actor '{name}'")
         mc = opts.get("max_concurrency") or (1000 if meta["async"] else 1)
         namespace = opts.get("namespace") or DEFAULT_NAMESPACE
+        cpus, resources = _api._requests(opts, 0, f"actor '{name}'")
         ref, meta_bytes, _created = _core.create_actor(
             fid,
             name,
@@ -210,8 +218,8 @@ class ActorClass:
             buffers,
             contained,
             deps,
-            float(opts.get("num_cpus", 0)),
-            _api._resource_list(opts, name),
+            cpus,
+            resources,
             opts.get("max_restarts", 0),
             opts.get("max_task_retries", 0),
             mc,

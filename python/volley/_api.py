@@ -64,10 +64,27 @@ def _strategy(options: dict):
         return ("SPREAD", 0, False)
     if isinstance(s, NodeAffinitySchedulingStrategy):
         return ("NODE", s.node_id, s.soft)
+    from ._placement import PlacementGroupSchedulingStrategy
+
+    if isinstance(s, PlacementGroupSchedulingStrategy):
+        return None  # Expressed through the bundle's resources (see _placement.bundle_request).
     raise ValueError(
-        "scheduling_strategy must be 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy, "
-        f"not {s!r}"
+        "scheduling_strategy must be 'DEFAULT', 'SPREAD', a NodeAffinitySchedulingStrategy or a "
+        f"PlacementGroupSchedulingStrategy, not {s!r}"
     )
+
+
+def _requests(opts: dict, default_cpus: float, where: str) -> tuple[float, list]:
+    """(num_cpus, [(resource, amount)]) a task or actor asks for, in its placement group's
+    bundle if its scheduling strategy names one."""
+    cpus = float(opts.get("num_cpus", default_cpus))
+    res = _resource_list(opts, where) if "resources" in opts or "num_gpus" in opts else []
+    s = opts.get("scheduling_strategy")
+    if s is not None and not isinstance(s, (str, NodeAffinitySchedulingStrategy)):
+        from ._placement import bundle_request
+
+        return 0.0, bundle_request(s, cpus, res, where)
+    return cpus, res
 
 
 class Context:
@@ -463,6 +480,7 @@ class RemoteFunction(_Shipped):
             data, buffers, contained = _EMPTY_ARGS
         n = opts.get("num_returns", 1)
         streaming = n == "streaming"
+        cpus, resources = _requests(opts, 1, f"task '{name}'")
         refs = _core.submit(
             fid,
             name,
@@ -471,11 +489,11 @@ class RemoteFunction(_Shipped):
             contained,
             deps,
             1 if streaming else n,
-            float(opts.get("num_cpus", 1)),
+            cpus,
             opts.get("max_retries", 3),
             bool(opts.get("retry_exceptions", False)),
             streaming,
-            _resource_list(opts, name) if "resources" in opts or "num_gpus" in opts else [],
+            resources,
             _strategy(opts),
         )
         if streaming:

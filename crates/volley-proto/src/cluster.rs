@@ -114,6 +114,24 @@ pub enum PeerMsg {
         actor: crate::ActorId,
         no_restart: bool,
     },
+    /// Reserve bundles (index, resources in thousandths) of the sender's placement group `pg`.
+    /// Answered `Reserved` on the same connection.
+    Reserve {
+        pg: String,
+        bundles: Vec<(u32, Vec<(String, u64)>)>,
+    },
+    /// Whether every bundle of a `Reserve` is now held (all or none).
+    Reserved {
+        pg: String,
+        bundles: Vec<u32>,
+        ok: bool,
+    },
+    /// Release the bundles of `pg` reserved for the sender; with `remove`, the group is gone:
+    /// what runs in it is stopped and what waits for it fails.
+    PgRelease {
+        pg: String,
+        remove: bool,
+    },
     /// Sent instead of an answer when a request cannot be served.
     Refused {
         reason: String,

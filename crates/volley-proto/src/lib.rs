@@ -19,6 +19,6 @@ pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
     decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,
     ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload, Hello, Keep, NodeToWorker,
-    ObjectData, ObjectResult, RuntimeEnv, ShmLoc, Strategy, TaskOptions, TaskResult, TaskSpec,
-    WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
+    ObjectData, ObjectResult, PgInfo, PgSpec, PgStrategy, RuntimeEnv, ShmLoc, Strategy,
+    TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };

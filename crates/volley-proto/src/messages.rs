@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -325,6 +325,57 @@ pub enum ActorRequest {
     Kill { actor: ActorId, no_restart: bool },
     /// Answered `State`.
     State { actor: ActorId },
+    /// Reserve a placement group's bundles (see [`PgSpec`]); answered `Done` (its `ready` object
+    /// becomes ready once every bundle is reserved) or `Error`.
+    PgCreate(PgSpec),
+    /// Release a placement group; answered `Done`.
+    PgRemove { pg: String },
+    /// Answered `Pgs`.
+    PgTable,
+}
+
+/// How a placement group's bundles are placed on nodes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PgStrategy {
+    /// As few nodes as possible (one if it fits).
+    Pack,
+    /// As many nodes as possible.
+    Spread,
+    /// All bundles on one node, or wait.
+    StrictPack,
+    /// Each bundle on a different node, or wait.
+    StrictSpread,
+}
+
+/// A placement group to create: bundles of resources reserved together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PgSpec {
+    /// Unique id, chosen by the creator; resource names `pg:<id>:<bundle>:<name>` and
+    /// `pg:<id>:<name>` stand for what the bundles reserve.
+    pub id: String,
+    pub name: String,
+    /// Per bundle: (resource, thousandths); `CPU` is one of the names.
+    pub bundles: Vec<Vec<(String, u64)>>,
+    pub strategy: PgStrategy,
+    /// Becomes `value` once every bundle is reserved (fails if the group can never be placed,
+    /// or is removed first). Held by the creator.
+    pub ready: ObjectId,
+    pub value: ObjectData,
+}
+
+/// A placement group as `placement_group_table` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PgInfo {
+    pub id: String,
+    pub name: String,
+    /// `PENDING`, `CREATED`, `RESCHEDULING` (a node holding bundles died), `REMOVED`, `FAILED`.
+    pub state: String,
+    pub strategy: PgStrategy,
+    pub bundles: Vec<Vec<(String, u64)>>,
+    /// The node holding each bundle, once reserved.
+    pub nodes: Vec<Option<u32>>,
+    /// Why it cannot be placed, if it is waiting or failed.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -340,6 +391,7 @@ pub enum ActorAnswer {
     Error(String),
     Done,
     State(ActorInfo),
+    Pgs(Vec<PgInfo>),
 }
 
 /// An actor's state, for users and tests.

@@ -18,7 +18,8 @@ use pyo3::types::{PyBytes, PyList};
 use serde_bytes::ByteBuf;
 use volley_proto::{
     ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
-    FunctionId, ObjectId, TaskId, TaskOptions, TaskResult, TaskSpec, WorkerId, WorkerToNode,
+    FunctionId, ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions, TaskResult,
+    TaskSpec, WorkerId, WorkerToNode,
 };
 use volley_runtime::{Node, NodeConfig, WaitError, WorkerConn};
 use volley_sched::StreamStep;
@@ -424,6 +425,81 @@ fn kill_actor(py: Python<'_>, actor: PyRef<'_, ObjectRef>, no_restart: bool) -> 
     let c = client()?;
     let request = ActorRequest::Kill { actor: actor_of(&actor), no_restart };
     actor_answer(py, &c, request).map(|_| ())
+}
+
+/// Creates a placement group: `bundles` are lists of (resource, amount) with `CPU` among the
+/// names; `strategy` is PACK, SPREAD, STRICT_PACK or STRICT_SPREAD; `value` (pickled) is what
+/// the returned ref holds once every bundle is reserved.
+#[pyfunction]
+fn pg_create(
+    py: Python<'_>,
+    id: String,
+    name: String,
+    bundles: Vec<Vec<(String, f64)>>,
+    strategy: &str,
+    value: Vec<u8>,
+) -> PyResult<ObjectRef> {
+    let strategy = match strategy {
+        "PACK" => PgStrategy::Pack,
+        "SPREAD" => PgStrategy::Spread,
+        "STRICT_PACK" => PgStrategy::StrictPack,
+        "STRICT_SPREAD" => PgStrategy::StrictSpread,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, not {other:?}"
+            )))
+        }
+    };
+    let bundles = bundles.into_iter().map(milli_resources).collect::<PyResult<Vec<_>>>()?;
+    let c = client()?;
+    let ready = ObjectId::for_return(c.next_task_id(), 0);
+    let value = ObjectData::inline(value, Vec::new(), Vec::new());
+    let spec = PgSpec { id, name, bundles, strategy, ready, value };
+    match actor_answer(py, &c, ActorRequest::PgCreate(spec))? {
+        ActorAnswer::Done => Ok(ObjectRef::new(ready, true)),
+        ActorAnswer::Error(e) => Err(PyValueError::new_err(e)),
+        other => Err(PyRuntimeError::new_err(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Removes a placement group (releases its bundles everywhere).
+#[pyfunction]
+fn pg_remove(py: Python<'_>, id: String) -> PyResult<()> {
+    let c = client()?;
+    actor_answer(py, &c, ActorRequest::PgRemove { pg: id }).map(|_| ())
+}
+
+/// The placement groups this process's node created, a dict each.
+#[pyfunction]
+fn pg_table(py: Python<'_>) -> PyResult<Vec<Bound<'_, pyo3::types::PyDict>>> {
+    let c = client()?;
+    let ActorAnswer::Pgs(pgs) = actor_answer(py, &c, ActorRequest::PgTable)? else {
+        return Ok(Vec::new());
+    };
+    pgs.into_iter()
+        .map(|p| {
+            let d = pyo3::types::PyDict::new(py);
+            d.set_item("placement_group_id", p.id)?;
+            d.set_item("name", p.name)?;
+            d.set_item("state", p.state)?;
+            let strategy = match p.strategy {
+                PgStrategy::Pack => "PACK",
+                PgStrategy::Spread => "SPREAD",
+                PgStrategy::StrictPack => "STRICT_PACK",
+                PgStrategy::StrictSpread => "STRICT_SPREAD",
+            };
+            d.set_item("strategy", strategy)?;
+            let bundles: Vec<Vec<(String, f64)>> = p
+                .bundles
+                .into_iter()
+                .map(|b| b.into_iter().map(|(r, a)| (r, a as f64 / 1000.0)).collect())
+                .collect();
+            d.set_item("bundles", bundles)?;
+            d.set_item("bundles_to_node_id", p.nodes)?;
+            d.set_item("reason", p.reason)?;
+            Ok(d)
+        })
+        .collect()
 }
 
 /// An actor's state as a dict, or None if it is gone.
@@ -884,6 +960,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
     m.add_function(wrap_pyfunction!(get_actor, m)?)?;
     m.add_function(wrap_pyfunction!(kill_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_create, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_remove, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_table, m)?)?;
     m.add_function(wrap_pyfunction!(actor_state, m)?)?;
     m.add_function(wrap_pyfunction!(stream_next, m)?)?;
     m.add_function(wrap_pyfunction!(stream_release, m)?)?;

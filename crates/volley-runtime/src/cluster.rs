@@ -459,7 +459,11 @@ impl Cluster {
                     false
                 }
                 Ok(
-                    m @ (PeerMsg::Cancel { .. } | PeerMsg::Release { .. } | PeerMsg::Kill { .. }),
+                    m @ (PeerMsg::Cancel { .. }
+                    | PeerMsg::Release { .. }
+                    | PeerMsg::Kill { .. }
+                    | PeerMsg::Reserve { .. }
+                    | PeerMsg::PgRelease { .. }),
                 ) => {
                     batch.push(m);
                     false
@@ -504,8 +508,11 @@ impl Cluster {
             Action::Spill { peer, .. }
             | Action::PeerCancel { peer, .. }
             | Action::PeerRelease { peer, .. }
-            | Action::PeerKill { peer, .. } => (*peer, true),
+            | Action::PeerKill { peer, .. }
+            | Action::PeerReserve { peer, .. }
+            | Action::PeerPgRelease { peer, .. } => (*peer, true),
             Action::PeerDone { peer, .. }
+            | Action::PeerReserved { peer, .. }
             | Action::PeerObject { peer, .. }
             | Action::PeerActorState { peer, .. } => (*peer, false),
             _ => return,
@@ -556,7 +563,8 @@ impl Cluster {
                     Ok(
                         m @ (PeerMsg::Done { .. }
                         | PeerMsg::Object { .. }
-                        | PeerMsg::ActorState { .. }),
+                        | PeerMsg::ActorState { .. }
+                        | PeerMsg::Reserved { .. }),
                     ) => {
                         batch.push(m);
                         None
@@ -575,6 +583,9 @@ impl Cluster {
                                 }
                                 PeerMsg::Object { id, result, objects } => {
                                     st.sched.peer_object(id, result, objects, out)
+                                }
+                                PeerMsg::Reserved { pg, bundles, ok } => {
+                                    st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
                                 }
                                 PeerMsg::ActorState { actor, pid, restarts, death, log } => {
                                     let report = ActorReport { pid, restarts, death, log };
@@ -713,6 +724,15 @@ impl Cluster {
             Action::PeerRelease { ids, .. } => Some((PeerMsg::Release { ids }, leases)),
             Action::PeerKill { actor, no_restart, .. } => {
                 Some((PeerMsg::Kill { actor, no_restart }, leases))
+            }
+            Action::PeerReserve { pg, bundles, .. } => {
+                Some((PeerMsg::Reserve { pg, bundles }, leases))
+            }
+            Action::PeerReserved { pg, bundles, ok, .. } => {
+                Some((PeerMsg::Reserved { pg, bundles, ok }, leases))
+            }
+            Action::PeerPgRelease { pg, remove, .. } => {
+                Some((PeerMsg::PgRelease { pg, remove }, leases))
             }
             Action::PeerObject { id, result, objects, .. } => {
                 let result = match result {
@@ -882,6 +902,12 @@ fn apply_peer_msg(
         PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
         PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),
         PeerMsg::Kill { actor, no_restart } => s.kill_actor(actor, no_restart, out),
+        PeerMsg::Reserve { pg, bundles } => {
+            let ok = s.reserve_here(Some(peer), &pg, &bundles);
+            let bundles = bundles.iter().map(|(i, _)| *i).collect();
+            out.push(Action::PeerReserved { peer, pg, bundles, ok });
+        }
+        PeerMsg::PgRelease { pg, remove } => s.release_pg(&pg, remove, out),
         _ => {}
     }
 }
@@ -901,6 +927,9 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Object { .. } => "Object",
         PeerMsg::ActorState { .. } => "ActorState",
         PeerMsg::Kill { .. } => "Kill",
+        PeerMsg::Reserve { .. } => "Reserve",
+        PeerMsg::Reserved { .. } => "Reserved",
+        PeerMsg::PgRelease { .. } => "PgRelease",
     }
 }
 

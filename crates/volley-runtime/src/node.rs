@@ -388,6 +388,9 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerCancel { .. }
             | Action::PeerRelease { .. }
             | Action::PeerKill { .. }
+            | Action::PeerReserve { .. }
+            | Action::PeerReserved { .. }
+            | Action::PeerPgRelease { .. }
             | Action::PeerObject { .. }
             | Action::PeerActorState { .. }) => {
                 d.peer.push(a);
@@ -1024,5 +1027,14 @@ fn actor_request(
             Some(info) => ActorAnswer::State(info),
             None => ActorAnswer::NotFound,
         },
+        ActorRequest::PgCreate(spec) => match s.create_pg(holder, spec, out) {
+            Ok(()) => ActorAnswer::Done,
+            Err(e) => ActorAnswer::Error(e),
+        },
+        ActorRequest::PgRemove { pg } => {
+            s.remove_pg(&pg, out);
+            ActorAnswer::Done
+        }
+        ActorRequest::PgTable => ActorAnswer::Pgs(s.pg_table()),
     }
 }

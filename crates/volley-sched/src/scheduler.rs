@@ -10,6 +10,7 @@ use volley_proto::{
 
 mod actors;
 mod peers;
+mod placement;
 mod remote_actors;
 mod streams;
 
@@ -154,6 +155,12 @@ pub enum Action {
     PeerRelease { peer: NodeId, ids: Vec<ObjectId> },
     /// Forward `volley.kill` to the peer hosting the actor.
     PeerKill { peer: NodeId, actor: ActorId, no_restart: bool },
+    /// Ask `peer` to reserve bundles of our placement group `pg` (see `placement`).
+    PeerReserve { peer: NodeId, pg: String, bundles: Vec<(u32, Vec<(String, u64)>)> },
+    /// Answer a peer's `PeerReserve`.
+    PeerReserved { peer: NodeId, pg: String, bundles: Vec<u32>, ok: bool },
+    /// Tell `peer` to release what it holds of our placement group `pg`.
+    PeerPgRelease { peer: NodeId, pg: String, remove: bool },
 }
 
 struct ObjectEntry {
@@ -258,6 +265,8 @@ pub struct Scheduler {
     objects: HashMap<ObjectId, ObjectEntry>,
     tasks: HashMap<TaskId, TaskEntry>,
     ready: VecDeque<TaskId>,
+    /// Runnable tasks that ask for resources other than CPU, or for no CPU.
+    side_ready: VecDeque<TaskId>,
     workers: HashMap<WorkerId, WorkerEntry>,
     functions: HashMap<FunctionId, Arc<[u8]>>,
     waiters: HashMap<WaiterId, Waiter>,
@@ -289,6 +298,12 @@ pub struct Scheduler {
     gpu_used: Vec<u32>,
     /// Runtime-environment packages by content hash (see `TaskOptions::runtime_env`).
     packages: HashMap<String, Arc<[u8]>>,
+    /// Placement groups this node created.
+    pgs: HashMap<String, placement::PgEntry>,
+    /// Placement-group bundles held on this node.
+    reservations: HashMap<String, placement::Reservation>,
+    /// Placement groups removed (tasks waiting for them fail).
+    removed_pgs: HashSet<String>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -310,6 +325,7 @@ impl Scheduler {
             objects: HashMap::new(),
             tasks: HashMap::new(),
             ready: VecDeque::new(),
+            side_ready: VecDeque::new(),
             workers: HashMap::new(),
             functions: HashMap::new(),
             waiters: HashMap::new(),
@@ -331,6 +347,9 @@ impl Scheduler {
             peer_actor_refs: HashMap::new(),
             gpu_used: vec![0; (gpus / 1000) as usize],
             packages: HashMap::new(),
+            pgs: HashMap::new(),
+            reservations: HashMap::new(),
+            removed_pgs: HashSet::new(),
         }
     }
 
@@ -477,7 +496,7 @@ impl Scheduler {
         for tid in requeue.into_iter().rev() {
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.state = TaskState::Queued;
-                self.ready.push_front(tid);
+                self.enqueue(tid, true);
             }
         }
         for (oid, n) in w.held {
@@ -511,7 +530,8 @@ impl Scheduler {
     }
 
     fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
-        let queued: Vec<TaskId> = self.ready.drain(..).collect();
+        let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
+        queued.extend(self.side_ready.drain(..));
         for tid in queued {
             let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
             let msg = format!(
@@ -675,6 +695,9 @@ impl Scheduler {
             ));
         }
         for (r, amount) in &spec.options.resources {
+            if r.starts_with(placement::PG_PREFIX) {
+                continue; // The group's bundles may not be placed yet.
+            }
             let total = self.cfg.resources.get(r).copied().unwrap_or(0);
             if *amount > total {
                 return Some(format!(
@@ -704,6 +727,10 @@ impl Scheduler {
             *self.res_used.entry(r.clone()).or_insert(0) += a;
             if r == "GPU" {
                 gpus = self.take_gpus(*a);
+            } else if gpus.is_empty() {
+                if let Some(g) = self.bundle_gpus(r, *a) {
+                    gpus = g;
+                }
             }
         }
         gpus
@@ -800,7 +827,7 @@ impl Scheduler {
         };
         t.state = TaskState::Queued;
         match &t.spec.actor {
-            ActorPart::None => self.ready.push_back(tid),
+            ActorPart::None => self.enqueue(tid, false),
             ActorPart::Create(_) => {
                 // The actor keeps the spec (to restart it); the task entry is made again each
                 // time the creation runs.
@@ -828,49 +855,123 @@ impl Scheduler {
     // ------------------------------------------------------------ dispatch
 
     fn schedule(&mut self, out: &mut Vec<Action>) {
+        if !self.pgs.is_empty() {
+            self.place_pgs(out);
+        }
         if !self.pending_actors.is_empty() {
             self.start_actors(out);
         }
+        // Tasks asking for other resources (or no CPU) first, from their own queue: they must
+        // not wait behind plain tasks for CPUs they do not need. One that waits for CPUs holds
+        // the plain tasks back, as the head of a single queue would.
+        let cpu_short = !self.side_ready.is_empty() && self.schedule_queue(true, out);
+        if !cpu_short {
+            self.schedule_queue(false, out);
+        }
+        if self.ready.is_empty() && self.side_ready.is_empty() {
+            self.steal(out);
+        }
+    }
+
+    fn queue(&mut self, side: bool) -> &mut VecDeque<TaskId> {
+        if side {
+            &mut self.side_ready
+        } else {
+            &mut self.ready
+        }
+    }
+
+    /// Puts a runnable task in its ready queue (see `schedule`).
+    fn enqueue(&mut self, tid: TaskId, front: bool) {
+        let side = self
+            .tasks
+            .get(&tid)
+            .is_some_and(|t| t.spec.options.cpu_milli == 0 || !t.spec.options.resources.is_empty());
+        let q = self.queue(side);
+        if front {
+            q.push_front(tid);
+        } else {
+            q.push_back(tid);
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.ready.len() + self.side_ready.len()
+    }
+
+    /// Dispatches the runnable tasks of one queue; true if one waits for CPUs.
+    fn schedule_queue(&mut self, side: bool, out: &mut Vec<Action>) -> bool {
+        let mut cpu_short = false;
         // Tasks that must wait for one particular node, set aside so they do not hold up the
         // rest, then put back in order.
         let mut parked = Vec::new();
-        while let Some(&tid) = self.ready.front() {
+        while let Some(&tid) = self.queue(side).front() {
             let Some(task) = self.tasks.get(&tid) else {
-                self.ready.pop_front();
+                self.queue(side).pop_front();
                 continue;
             };
             let cpu = task.spec.options.cpu_milli;
+            if cpu_short && cpu > 0 {
+                // An earlier one waits for CPUs: it goes first.
+                self.queue(side).pop_front();
+                parked.push(tid);
+                continue;
+            }
             let mut may_spill = true;
             match task.spec.options.strategy {
                 Strategy::Node { id, .. } if Some(NodeId(id)) == self.node_id => may_spill = false,
                 Strategy::Node { id, soft } => {
                     let peer = NodeId(id);
                     if self.try_spill_to(tid, peer, out) {
-                        self.ready.pop_front();
+                        self.queue(side).pop_front();
                         continue;
                     }
                     if !soft {
-                        self.ready.pop_front();
+                        self.queue(side).pop_front();
                         parked.push(tid);
                         continue;
                     }
                 }
                 Strategy::Spread if self.spread_to_peer(cpu) => {
                     if self.try_spill(tid, out) {
-                        self.ready.pop_front();
+                        self.queue(side).pop_front();
                         continue;
                     }
                 }
                 Strategy::Spread | Strategy::Default => {}
             }
             let Some(task) = self.tasks.get(&tid) else {
-                self.ready.pop_front();
+                self.queue(side).pop_front();
+                continue;
+            };
+            if placement::pg_of(&task.spec).is_some() {
+                let name = task.spec.name.clone();
+                let from_peer = matches!(task.caller, Holder::Peer(_));
+                if let Some(why) = self.pg_removed(&task.spec) {
+                    self.queue(side).pop_front();
+                    self.fail_task(tid, error(ErrorKind::Unschedulable, &name, why), out);
+                    continue;
+                }
+                if !self.holds_pg_resources(&task.spec) {
+                    // Its bundle is on another node, or not placed yet.
+                    self.queue(side).pop_front();
+                    if from_peer {
+                        let why = format!("'{name}' was sent to a node that holds no bundle of its placement group");
+                        self.fail_task(tid, error(ErrorKind::Unschedulable, &name, why), out);
+                    } else if !self.try_spill(tid, out) {
+                        parked.push(tid);
+                    }
+                    continue;
+                }
+            }
+            let Some(task) = self.tasks.get(&tid) else {
+                self.queue(side).pop_front();
                 continue;
             };
             let plain = task.spec.options.resources.is_empty();
             if self.fits(cpu, &task.spec.options.resources) {
                 if let Some(w) = self.idle_worker() {
-                    self.ready.pop_front();
+                    self.queue(side).pop_front();
                     self.assign(w, tid, out);
                     continue;
                 }
@@ -880,23 +981,30 @@ impl Scheduler {
                 break;
             }
             if may_spill && self.try_spill(tid, out) {
-                self.ready.pop_front();
+                self.queue(side).pop_front();
                 continue;
             }
             match self.pipeline_target(cpu).filter(|_| plain) {
                 Some(w) => {
-                    self.ready.pop_front();
+                    self.queue(side).pop_front();
                     self.assign(w, tid, out);
                 }
-                None => break,
+                None if side => {
+                    // Tasks behind it may want other resources, or none: on to them.
+                    cpu_short |= self.cpu_used + cpu > self.cfg.cpu_total_milli;
+                    self.queue(side).pop_front();
+                    parked.push(tid);
+                }
+                None => {
+                    cpu_short = true;
+                    break;
+                }
             }
         }
         for tid in parked.into_iter().rev() {
-            self.ready.push_front(tid);
+            self.queue(side).push_front(tid);
         }
-        if self.ready.is_empty() {
-            self.steal(out);
-        }
+        cpu_short
     }
 
     fn idle_worker(&self) -> Option<WorkerId> {
@@ -940,7 +1048,7 @@ impl Scheduler {
             .filter(|w| w.state == WorkerState::Starting && w.actor.is_none())
             .count();
         let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
-        let wanted = free_cpus.min(self.ready.len());
+        let wanted = free_cpus.min(self.queued());
         let mut n = starting;
         while n < wanted && self.workers.len() < self.cfg.max_workers {
             self.spawn(out);
@@ -1054,7 +1162,7 @@ impl Scheduler {
                 self.dispatch_actor(aid, out);
             } else {
                 task.state = TaskState::Queued;
-                self.ready.push_front(tid);
+                self.enqueue(tid, true);
             }
         }
         self.schedule(out);
@@ -1153,7 +1261,7 @@ impl Scheduler {
                 } else if retryable && retries_left(task) && call_of.is_none() {
                     task.attempts += 1;
                     task.state = TaskState::Queued;
-                    self.ready.push_back(tid);
+                    self.enqueue(tid, false);
                 } else {
                     self.fail_task(tid, Arc::new(e), out);
                 }
@@ -1269,8 +1377,10 @@ impl Scheduler {
                 call_of = Some(aid);
             }
             (ActorPart::None, TaskState::Queued) => {
-                if let Some(pos) = self.ready.iter().position(|t| *t == tid) {
-                    self.ready.remove(pos);
+                for q in [&mut self.ready, &mut self.side_ready] {
+                    if let Some(pos) = q.iter().position(|t| *t == tid) {
+                        q.remove(pos);
+                    }
                 }
             }
             _ => {}

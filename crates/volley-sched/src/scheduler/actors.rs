@@ -216,6 +216,17 @@ impl Scheduler {
     /// Kills the actor's process (SIGKILL). With `no_restart` it dies for good; otherwise it is
     /// restarted if `max_restarts` allows.
     pub fn kill_actor(&mut self, aid: ActorId, no_restart: bool, out: &mut Vec<Action>) {
+        self.kill_actor_for(aid, no_restart, "it was killed with volley.kill()", out);
+    }
+
+    /// Kills an actor's process; `why` tells callers why it is dead (with `no_restart`).
+    pub(super) fn kill_actor_for(
+        &mut self,
+        aid: ActorId,
+        no_restart: bool,
+        why: &str,
+        out: &mut Vec<Action>,
+    ) {
         let Some(a) = self.actors.get_mut(&aid) else {
             return;
         };
@@ -236,7 +247,7 @@ impl Scheduler {
         }
         if no_restart {
             // Dead from now on: later calls fail at once, calls in flight when it exits.
-            let msg = format!("actor '{}' was killed with volley.kill()", a.class());
+            let msg = format!("actor '{}' is dead: {why}", a.class());
             let err = error(ErrorKind::ActorDied, a.class(), msg);
             self.actor_dead(aid, err, out);
         }
@@ -270,6 +281,11 @@ impl Scheduler {
         while let Some(aid) = self.pending_actors.pop_front() {
             let Some(a) = self.actors.get(&aid) else { continue };
             if a.life != Life::Pending || a.stopping {
+                continue;
+            }
+            if let Some(why) = self.pg_removed(&a.create) {
+                let err = error(ErrorKind::ActorCreation, a.class(), why);
+                self.actor_dead(aid, err, out);
                 continue;
             }
             if let Some(peer) = self.actor_peer(&a.create) {

@@ -93,6 +93,9 @@ impl Scheduler {
                 }
             }
         }
+        if !self.pgs.is_empty() {
+            self.pgs_after_view(out);
+        }
         self.schedule(out);
     }
 
@@ -107,12 +110,13 @@ impl Scheduler {
         });
         self.remote_actors_lost(id, calls, why, out);
         self.drop_peer_actor_refs(id, out);
+        self.pgs_peer_gone(id, out);
         for tid in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.cancel.is_none() && retries_left(task) {
                 task.attempts += 1;
                 task.state = TaskState::Queued;
-                self.ready.push_front(tid);
+                self.enqueue(tid, true);
             } else {
                 let name = task.spec.name.clone();
                 let msg = format!("node {} died while running task '{name}': {why}", id.0);

@@ -35,7 +35,9 @@ impl Scheduler {
 
     /// The peer an actor should start on, if it should start on one.
     pub(super) fn actor_peer(&self, spec: &TaskSpec) -> Option<NodeId> {
-        if !self.prefer_peers {
+        // In a placement group's bundle on another node: it goes there.
+        let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
+        if !self.prefer_peers && !elsewhere {
             return None;
         }
         self.peers
