@@ -38,6 +38,11 @@ class Cluster:
         self.logs: list[Path] = []
         self.tmp = tmp
         self.head = f"127.0.0.1:{_free_port('127.0.0.1')}"
+        self.started: list[str] = []
+
+    def addrs_index(self, addr: str) -> int:
+        """The index (for ``kill``) of the node started at ``addr``."""
+        return self.started.index(addr)
 
     def start(self, head: bool, host: str, cpus: float = 1, extra: tuple = ()) -> str:
         port = self.head.split(":")[1] if head else str(_free_port(host))
@@ -58,6 +63,7 @@ class Cluster:
         out.close()
         self.procs.append(p)
         self.logs.append(log)
+        self.started.append(f"{host}:{port}")
         deadline = time.monotonic() + 30
         while "listening on" not in log.read_text(errors="replace"):
             assert p.poll() is None, log.read_text()
@@ -517,3 +523,118 @@ def test_restarts_on_the_hosting_node_are_reported_to_the_driver(cluster, capfd)
     assert volley.get(a.incr.remote(), timeout=30) == 6  # __init__(5) ran again
     assert volley.actor_state(a)["pid"] not in (pid, None)
     assert "restarting it (restart 1 of 1)" in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ placement groups
+
+InBundle = volley.PlacementGroupSchedulingStrategy
+
+
+def _node_addrs() -> dict[int, str]:
+    return {n["node_id"]: n["address"] for n in volley.nodes() if not n["driver"]}
+
+
+def test_placement_groups_across_nodes(cluster):
+    addr_of = _node_addrs()
+    # STRICT_SPREAD: one bundle per node; each bundle's tasks run on its node.
+    pg = volley.placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD", name="gang")
+    assert pg.wait(20)
+    row = volley.placement_group_table(pg)
+    assert row["state"] == "CREATED"
+    nodes = row["bundles_to_node_id"]
+    assert len(set(nodes)) == 3
+    ran = volley.get([where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(3)])
+    assert ran == [addr_of[n] for n in nodes]
+    # Every CPU is reserved: a fourth bundle waits; a plain task waits too.
+    more = volley.placement_group([{"CPU": 1}])
+    assert not more.wait(0.5)
+    plain = where.remote()
+    assert volley.wait([plain], timeout=0.3)[0] == []
+    # Actors go into bundles on other nodes too.
+    actors = [
+        Counter.options(scheduling_strategy=InBundle(pg, i), num_cpus=1).remote(i) for i in range(3)
+    ]
+    placed = volley.get([a.where.remote() for a in actors], timeout=30)
+    assert [addr for addr, _ in placed] == [addr_of[n] for n in nodes]
+    volley.remove_placement_group(pg)
+    for a in actors:
+        with pytest.raises(volley.ActorDiedError, match="placement group was removed"):
+            volley.get(a.incr.remote(), timeout=20)
+    assert more.wait(20)  # the released CPUs went to the waiting group...
+    assert volley.get(plain, timeout=20) in cluster.addrs  # ...and to the plain task
+    volley.remove_placement_group(more)
+    # Four bundles that need a node each cannot exist on three nodes.
+    with pytest.raises(volley.UnschedulableError, match="STRICT_SPREAD"):
+        volley.placement_group([{"CPU": 0.5}] * 4, strategy="STRICT_SPREAD").wait(10)
+
+
+def test_strict_pack_and_gpu_bundles_across_nodes(cluster):
+    addr_of = _node_addrs()
+    # Only the third node has GPUs: both bundles go there, each with its own GPU.
+    pg = volley.placement_group([{"CPU": 0.5, "GPU": 1}] * 2, strategy="STRICT_PACK")
+    assert pg.wait(20)
+    nodes = volley.placement_group_table(pg)["bundles_to_node_id"]
+    assert nodes[0] == nodes[1] and addr_of[nodes[0]] == cluster.addrs[2]
+
+    @volley.remote(num_cpus=0.5, num_gpus=1)
+    def gpu_env():
+        return os.environ["VOLLEY_NODE_ADDRESS"], os.environ["CUDA_VISIBLE_DEVICES"]
+
+    out = volley.get([gpu_env.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)])
+    assert {a for a, _ in out} == {cluster.addrs[2]}
+    assert sorted(d for _, d in out) == ["0", "1"]
+    # A task in a bundle submits into the group too, from its own node.
+
+    @volley.remote(num_cpus=0)
+    def nested(group):
+        s = InBundle(group, 1)
+        return volley.get(gpu_env.options(scheduling_strategy=s).remote())
+
+    assert volley.get(nested.remote(pg), timeout=20)[0] == cluster.addrs[2]
+    volley.remove_placement_group(pg)
+
+
+def test_bundles_on_a_dead_node_are_placed_again_and_groups_die_with_their_driver(tmp_path):
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1")
+        c.start(False, "127.0.0.2")
+        c.start(False, "127.0.0.3")
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        addr_of = _node_addrs()
+        pg = volley.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+        assert pg.wait(20)
+        nodes = volley.placement_group_table(pg)["bundles_to_node_id"]
+        # Kill a node holding a bundle (not the head).
+        victim = next(n for n in nodes if addr_of[n] != c.head)
+        c.kill(c.addrs_index(addr_of[victim]))
+        deadline = time.monotonic() + 30
+        while True:
+            row = volley.placement_group_table(pg)
+            if row["state"] == "CREATED" and victim not in row["bundles_to_node_id"]:
+                break
+            assert time.monotonic() < deadline, row
+            time.sleep(0.1)
+        assert len(set(row["bundles_to_node_id"])) == 2
+        survivors = set(row["bundles_to_node_id"])
+        ran = volley.get([where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)], timeout=30)
+        assert {addr_of[n] for n in survivors} == set(ran)
+        # A driver that exits takes its groups with it: the CPUs come back.
+        volley.remove_placement_group(pg)
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "import volley\n"
+             f"volley.init(address={c.head!r}, token={c.token!r})\n"
+             "pg = volley.placement_group([{'CPU': 1}, {'CPU': 1}], strategy='STRICT_SPREAD')\n"
+             "assert pg.wait(20)\n"
+             "print('held', flush=True)\n"],
+            env=c.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "held" in other.stdout, other.stderr
+        again = volley.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+        assert again.wait(20)
+    finally:
+        volley.shutdown()
+        c.stop()
