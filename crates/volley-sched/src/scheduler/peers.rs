@@ -102,15 +102,33 @@ impl Scheduler {
     /// A peer died (its connection broke, or the head declared it dead): the tasks it was running
     /// for us are retried (here or on another peer) if their retries allow, else they fail.
     pub fn peer_gone(&mut self, id: NodeId, why: &str, out: &mut Vec<Action>) {
-        let Some(p) = self.peers.remove(&id) else { return };
+        // What it holds here is dropped even if it never made it into our view (a short-lived
+        // driver can come and go between two views).
+        if let Some(p) = self.peers.remove(&id) {
+            self.peer_tasks_lost(id, p, why, out);
+        }
+        self.drop_peer_actor_refs(id, out);
+        self.pgs_peer_gone(id, out);
+        // Tasks it sent us: nobody waits for their results any more.
+        let theirs: Vec<TaskId> =
+            self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
+        for tid in theirs {
+            if let Some(f) = self.from_peer.remove(&tid) {
+                self.release_from_peer(f, out);
+            }
+            self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
+        }
+        self.schedule(out);
+    }
+
+    /// Retries (or fails) the tasks and actor calls a dead peer was running for us.
+    fn peer_tasks_lost(&mut self, id: NodeId, p: PeerEntry, why: &str, out: &mut Vec<Action>) {
         let mut tasks: Vec<TaskId> = p.inflight.keys().copied().collect();
         tasks.sort();
         let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) = tasks.into_iter().partition(|t| {
             self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
         });
         self.remote_actors_lost(id, calls, why, out);
-        self.drop_peer_actor_refs(id, out);
-        self.pgs_peer_gone(id, out);
         for tid in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.cancel.is_none() && retries_left(task) {
@@ -123,16 +141,6 @@ impl Scheduler {
                 self.fail_task(tid, error(ErrorKind::WorkerCrashed, &name, msg), out);
             }
         }
-        // Tasks it sent us: nobody waits for their results any more.
-        let theirs: Vec<TaskId> =
-            self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
-        for tid in theirs {
-            if let Some(f) = self.from_peer.remove(&tid) {
-                self.release_from_peer(f, out);
-            }
-            self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
-        }
-        self.schedule(out);
     }
 
     /// Tells the scheduler its node's id in the cluster (for node affinity).
