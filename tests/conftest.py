@@ -47,6 +47,17 @@ WORKER_MODULE = b"volley._worker"
 def pytest_configure(config: pytest.Config) -> None:
     # Also declared in pyproject.toml, whose addopts deselect slow tests ("-m 'not slow'").
     config.addinivalue_line("markers", "slow: slow stress test (run them with -m slow)")
+    config.addinivalue_line(
+        "markers",
+        "one_node(why): the test's premise holds on one machine only (one node with 2 CPUs, "
+        "workers that are the driver's children); skipped against a cluster (make test-cluster)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    mark = item.get_closest_marker("one_node")
+    if mark is not None and CLUSTER_MODE:
+        pytest.skip(f"one machine only: {mark.args[0] if mark.args else ''}")
 
 
 # --------------------------------------------------------------------------- helpers

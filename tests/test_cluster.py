@@ -638,3 +638,26 @@ def test_bundles_on_a_dead_node_are_placed_again_and_groups_die_with_their_drive
     finally:
         volley.shutdown()
         c.stop()
+
+
+def test_calls_to_actors_on_other_nodes_carry_refs_still_being_made(cluster):
+    @volley.remote
+    def slow(x):
+        time.sleep(0.5)
+        return x
+
+    @volley.remote
+    class Hub:
+        def total(self, xs):
+            return sum(volley.get(xs))
+
+        async def poke(self, other):
+            return await other.incr.remote(5)
+
+    hub = Hub.remote()
+    # Refs inside the arguments, not ready when the call is made: the call waits for them.
+    assert volley.get(hub.total.remote([slow.remote(i) for i in range(4)]), timeout=30) == 6
+    # A handle to an actor still starting: the call goes with where it lives.
+    fresh = Counter.remote(0)
+    assert volley.get(hub.poke.remote(fresh), timeout=30) == 5
+    assert volley.get(fresh.incr.remote(1), timeout=30) == 6

@@ -268,6 +268,7 @@ def test_num_returns_refs_can_feed_other_tasks():
     assert volley.get(add.remote(q, r)) == 14 + 2
 
 
+@pytest.mark.one_node("a 2-CPU task needs a node with 2 CPUs; the test cluster has two 1-CPU nodes")
 def test_task_with_num_cpus_equal_to_cluster_never_overlaps(tmp_path):
     refs = [concurrency_probe_2cpu.remote(str(tmp_path), i, 0.05) for i in range(6)]
     assert volley.get(refs) == [1] * 6
@@ -642,6 +643,7 @@ def test_long_sleep_does_not_hold_tiny_tasks_hostage():
 # --------------------------------------------------------------------------- worker pool
 
 
+@pytest.mark.one_node("in a cluster, workers are the node daemons' children")
 def test_workers_are_reused_children_of_the_driver():
     # Enough tasks to see reuse even if extra workers (started for tasks blocked in get by an
     # earlier test) have not been retired yet.

@@ -304,6 +304,9 @@ pub struct Scheduler {
     reservations: HashMap<String, placement::Reservation>,
     /// Placement groups removed (tasks waiting for them fail).
     removed_pgs: HashSet<String>,
+    /// Actors with a call held back for a ref in its arguments still being made (to go to a
+    /// peer, a call carries the values of those refs): dispatched again once it is ready.
+    gather_waits: HashMap<ObjectId, Vec<ActorId>>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -350,6 +353,7 @@ impl Scheduler {
             pgs: HashMap::new(),
             reservations: HashMap::new(),
             removed_pgs: HashSet::new(),
+            gather_waits: HashMap::new(),
         }
     }
 
@@ -1300,6 +1304,19 @@ impl Scheduler {
                 }
             }
         }
+        self.wake_gather(id, out);
+    }
+
+    /// Dispatches again the actor calls held back for `id` (see `gather_waits`).
+    fn wake_gather(&mut self, id: ObjectId, out: &mut Vec<Action>) {
+        if self.gather_waits.is_empty() {
+            return;
+        }
+        if let Some(actors) = self.gather_waits.remove(&id) {
+            for a in actors {
+                self.dispatch_actor(a, out);
+            }
+        }
     }
 
     fn object_failed(&mut self, id: ObjectId, err: Arc<ErrorPayload>, out: &mut Vec<Action>) {
@@ -1320,6 +1337,7 @@ impl Scheduler {
                 self.fail_task(tid, err.clone(), out);
             }
         }
+        self.wake_gather(id, out);
     }
 
     fn notify(

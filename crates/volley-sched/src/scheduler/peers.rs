@@ -222,7 +222,20 @@ impl Scheduler {
     /// The values a spilled task needs: its dependencies and every ref pickled inside its
     /// arguments, transitively. `None` if one is not ready here yet.
     pub(super) fn gather(&self, spec: &TaskSpec) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
-        gather_objects(&self.objects, spec)
+        match gather_objects(&self.objects, spec, &|id| self.located_actor(id)) {
+            Ok(objects) => Some(objects),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether `id` is the object of an actor whose node is known (a handle to it can travel
+    /// before the actor is ready: the route is what the receiver needs).
+    pub(super) fn located_actor(&self, id: &ObjectId) -> bool {
+        id.index == 1
+            && self
+                .actors
+                .get(&ActorId(id.task))
+                .is_some_and(|a| a.remote.is_some() || a.worker.is_some())
     }
 
     /// Sends `spec` to `peer` with `objects` (and the function's bytes the first time).
@@ -247,7 +260,7 @@ impl Scheduler {
                 }
             }
         }
-        let routes = self.routes_for(&objects);
+        let routes = self.routes_for(&spec, &objects);
         out.push(Action::Spill { peer, spec, function, objects, packages, routes });
     }
 
@@ -468,11 +481,13 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
             .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
 }
 
-/// The values a task needs (see `Scheduler::gather`).
+/// The values a task needs (see `Scheduler::gather`), or the first one still being made.
+/// `skip` says which pending ones may stay behind.
 pub(super) fn gather_objects(
     table: &HashMap<ObjectId, ObjectEntry>,
     spec: &TaskSpec,
-) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
+    skip: &dyn Fn(&ObjectId) -> bool,
+) -> Result<Vec<(ObjectId, Arc<ObjectData>)>, ObjectId> {
     let mut seen = HashSet::new();
     let mut todo: Vec<(ObjectId, usize)> =
         spec.deps.iter().chain(spec.args.contained.iter()).map(|id| (*id, 0)).collect();
@@ -489,8 +504,9 @@ pub(super) fn gather_objects(
             // A failed dependency fails the task before it is runnable; a failed or unknown
             // nested ref is the task's to find out.
             Some(ObjectState::Failed(_)) | None => {}
-            Some(ObjectState::Pending) => return None,
+            Some(ObjectState::Pending) if skip(&id) => {}
+            Some(ObjectState::Pending) => return Err(id),
         }
     }
-    Some(objects)
+    Ok(objects)
 }

@@ -68,22 +68,37 @@ impl Scheduler {
     /// Sends the runnable heads of the callers' queues to the peer that hosts the actor.
     pub(super) fn dispatch_remote(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
         let mut todo = Vec::new();
-        if let Some(a) = self.actors.get_mut(&aid) {
-            for q in a.callers.values_mut() {
-                while let Some(t) = q.front().copied() {
-                    match self.tasks.get(&t).map(|t| (t.state, t.spec.clone())) {
-                        Some((TaskState::Queued, spec)) => {
-                            let Some(objects) = gather_from(&self.objects, &spec) else { break };
-                            q.pop_front();
-                            todo.push((t, spec, objects));
+        let Some(mut callers) = self.actors.get_mut(&aid).map(|a| std::mem::take(&mut a.callers))
+        else {
+            return;
+        };
+        for q in callers.values_mut() {
+            while let Some(t) = q.front().copied() {
+                match self.tasks.get(&t).map(|t| (t.state, t.spec.clone())) {
+                    Some((TaskState::Queued, spec)) => {
+                        let skip = |id: &ObjectId| self.located_actor(id);
+                        match peers::gather_objects(&self.objects, &spec, &skip) {
+                            Ok(objects) => {
+                                q.pop_front();
+                                todo.push((t, spec, objects));
+                            }
+                            Err(pending) => {
+                                // A ref inside its arguments is still being made: try again
+                                // when it is ready.
+                                self.gather_waits.entry(pending).or_default().push(aid);
+                                break;
+                            }
                         }
-                        None => {
-                            q.pop_front();
-                        }
-                        Some(_) => break,
                     }
+                    None => {
+                        q.pop_front();
+                    }
+                    Some(_) => break,
                 }
             }
+        }
+        if let Some(a) = self.actors.get_mut(&aid) {
+            a.callers = callers;
         }
         for (t, spec, objects) in todo {
             if let Some(task) = self.tasks.get_mut(&t) {
@@ -237,11 +252,15 @@ impl Scheduler {
     /// will run a task holding those handles.
     pub(super) fn routes_for(
         &self,
+        spec: &TaskSpec,
         objects: &[(ObjectId, Arc<ObjectData>)],
     ) -> Vec<(ActorId, NodeId, String)> {
         let mut routes = Vec::new();
-        for (id, _) in objects {
-            if id.index != 1 {
+        let mut seen = std::collections::HashSet::new();
+        // Handles of actors not ready yet travel without their value (see `located_actor`).
+        let ids = objects.iter().map(|(id, _)| id).chain(&spec.args.contained).chain(&spec.deps);
+        for id in ids {
+            if id.index != 1 || !seen.insert(*id) {
                 continue;
             }
             let aid = ActorId(id.task);
@@ -401,12 +420,4 @@ impl Scheduler {
 
 fn a_unreferenced(s: &Scheduler, aid: ActorId) -> bool {
     s.actors.get(&aid).is_some_and(|a| a.unreferenced)
-}
-
-/// `Scheduler::gather` over a borrowed object table (for use while an actor is borrowed).
-fn gather_from(
-    objects: &HashMap<ObjectId, ObjectEntry>,
-    spec: &TaskSpec,
-) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
-    peers::gather_objects(objects, spec)
 }
