@@ -177,6 +177,20 @@ def test_task_errors_keep_their_type(cluster):
     assert isinstance(e.value, KeyError)
     assert "far away" in str(e.value)
 
+    @volley.remote
+    def inspect(refs):
+        try:
+            volley.get(refs[0])
+        except KeyError as err:
+            return os.environ["VOLLEY_NODE_ADDRESS"], str(err)
+        return None
+
+    # A failed ref inside the arguments of a task on another node holds the original error.
+    failed = boom.remote()
+    volley.wait([failed])
+    out = volley.get([inspect.remote([failed]) for _ in range(3)])
+    assert all(o is not None and "far away" in o[1] for o in out)
+
 
 def test_a_task_no_node_can_run_fails_at_once(cluster):
     @volley.remote(num_cpus=8)

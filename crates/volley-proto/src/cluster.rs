@@ -75,6 +75,8 @@ pub enum PeerMsg {
         packages: Vec<(String, serde_bytes::ByteBuf)>,
         /// Where the actors whose handles it carries live: (actor, node, class name).
         routes: Vec<(crate::ActorId, NodeId, String)>,
+        /// Refs inside its arguments whose tasks failed: the errors they hold.
+        errors: Vec<(crate::ObjectId, crate::ErrorPayload)>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
     Done {

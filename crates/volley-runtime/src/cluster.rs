@@ -450,12 +450,12 @@ impl Cluster {
                 Ok(m)
             });
             let stop = match msg {
-                Ok(PeerMsg::Task { spec, function, objects, packages, routes }) => {
+                Ok(PeerMsg::Task { spec, function, objects, packages, routes, errors }) => {
                     for (hash, bytes) in packages {
                         self.shared.register_package(hash, bytes.into_vec());
                     }
                     let packages = Vec::new();
-                    batch.push(PeerMsg::Task { spec, function, objects, packages, routes });
+                    batch.push(PeerMsg::Task { spec, function, objects, packages, routes, errors });
                     false
                 }
                 Ok(
@@ -665,7 +665,7 @@ impl Cluster {
     fn to_msg(&self, a: Action) -> Option<(PeerMsg, Vec<Lease>)> {
         let mut leases = Vec::new();
         match a {
-            Action::Spill { peer, spec, function, objects, packages, routes } => {
+            Action::Spill { peer, spec, function, objects, packages, routes, errors } => {
                 let mut spec: TaskSpec = (*spec).clone();
                 let prepared = self.prepare(&spec.args, &mut leases).and_then(|args| {
                     spec.args = args;
@@ -691,7 +691,9 @@ impl Cluster {
                     .into_iter()
                     .map(|(h, b)| (h, serde_bytes::ByteBuf::from(b.to_vec())))
                     .collect();
-                Some((PeerMsg::Task { spec, function, objects, packages, routes }, leases))
+                let errors = errors.into_iter().map(|(id, e)| (id, (*e).clone())).collect();
+                let msg = PeerMsg::Task { spec, function, objects, packages, routes, errors };
+                Some((msg, leases))
             }
             Action::PeerDone { task, result, objects, .. } => {
                 let prepared = result.map_err(|e| (*e).clone()).and_then(|vs| {
@@ -895,9 +897,9 @@ fn apply_peer_msg(
     out: &mut Vec<Action>,
 ) {
     match m {
-        PeerMsg::Task { spec, function, objects, routes, .. } => {
+        PeerMsg::Task { spec, function, objects, routes, errors, .. } => {
             let function = function.map(|f| Arc::from(f.into_vec()));
-            s.accept_peer_task(peer, spec, function, objects, routes, out);
+            s.accept_peer_task(peer, spec, function, objects, routes, errors, out);
         }
         PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
         PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),

@@ -125,6 +125,8 @@ pub enum Action {
         packages: Vec<(String, Arc<[u8]>)>,
         /// Where the actors whose handles it carries live (see `remote_actors`).
         routes: Vec<(ActorId, NodeId, String)>,
+        /// Refs inside its arguments that hold errors, with them.
+        errors: Vec<(ObjectId, Arc<ErrorPayload>)>,
     },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {

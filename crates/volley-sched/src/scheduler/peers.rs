@@ -261,7 +261,29 @@ impl Scheduler {
             }
         }
         let routes = self.routes_for(&spec, &objects);
-        out.push(Action::Spill { peer, spec, function, objects, packages, routes });
+        let errors = self.failed_refs(&spec, &objects);
+        out.push(Action::Spill { peer, spec, function, objects, packages, routes, errors });
+    }
+
+    /// The refs inside a task's arguments (and inside the values going with it) that hold
+    /// errors: they go along, so the task sees the error rather than a lost object.
+    fn failed_refs(
+        &self,
+        spec: &TaskSpec,
+        objects: &[(ObjectId, Arc<ObjectData>)],
+    ) -> Vec<(ObjectId, Arc<ErrorPayload>)> {
+        let nested = objects.iter().flat_map(|(_, v)| v.contained.iter());
+        let mut seen = HashSet::new();
+        spec.args
+            .contained
+            .iter()
+            .chain(nested)
+            .filter(|id| seen.insert(**id))
+            .filter_map(|id| match self.objects.get(id).map(|o| &o.state) {
+                Some(ObjectState::Failed(e)) => Some((*id, e.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A task this node sent to `peer` ended there.
@@ -320,14 +342,25 @@ impl Scheduler {
         function: Option<Arc<[u8]>>,
         objects: Vec<(ObjectId, ObjectData)>,
         routes: Vec<(ActorId, NodeId, String)>,
+        errors: Vec<(ObjectId, ErrorPayload)>,
         out: &mut Vec<Action>,
     ) {
         self.add_routes(routes);
         if let Some(f) = function {
             self.register_function(spec.function, f);
         }
-        let ids: Vec<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
+        let mut ids: Vec<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
         let holder = Holder::Peer(peer);
+        for (id, err) in errors {
+            if !self.objects.contains_key(&id) {
+                self.new_object(id);
+                self.incref(holder, &[id]);
+                self.object_failed(id, Arc::new(err), out);
+            } else {
+                self.incref(holder, &[id]);
+            }
+            ids.push(id);
+        }
         for (id, data) in objects {
             if !self.objects.contains_key(&id) {
                 self.new_object(id);

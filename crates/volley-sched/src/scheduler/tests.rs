@@ -511,7 +511,7 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
     let spec = h.spec(vec![arg], TaskOptions::default());
     let tid = spec.task_id;
     let objects = vec![(arg, ObjectData::inline(vec![5], Vec::new(), Vec::new()))];
-    h.s.accept_peer_task(NodeId(9), spec, None, objects, Vec::new(), &mut h.out);
+    h.s.accept_peer_task(NodeId(9), spec, None, objects, Vec::new(), Vec::new(), &mut h.out);
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
     let value = ObjectData::inline(vec![6], Vec::new(), Vec::new());
