@@ -675,3 +675,45 @@ def test_calls_to_actors_on_other_nodes_carry_refs_still_being_made(cluster):
     fresh = Counter.remote(0)
     assert volley.get(hub.poke.remote(fresh), timeout=30) == 5
     assert volley.get(fresh.incr.remote(1), timeout=30) == 6
+
+
+def test_streams_from_other_nodes(cluster):
+    @volley.remote(num_returns="streaming")
+    def chunks(n, size):
+        for i in range(n):
+            yield os.environ["VOLLEY_NODE_ADDRESS"], np.full(size, i, dtype=np.int64)
+        raise ValueError("ran dry")
+
+    # Streaming tasks run on the nodes (the driver has no CPUs); items of store size travel.
+    gens = [chunks.remote(3, 200_000) for _ in range(3)]
+    seen = set()
+    for g in gens:
+        got = []
+        with pytest.raises(ValueError, match="ran dry"):
+            for ref in g:
+                addr, arr = volley.get(ref)
+                seen.add(addr)
+                got.append(int(arr[0]))
+                assert arr.shape == (200_000,) and (arr == arr[0]).all()
+        assert got == [0, 1, 2]
+    assert seen <= set(cluster.addrs) and len(seen) >= 2
+
+    @volley.remote
+    class Source:
+        @volley.method(num_returns="streaming")
+        def count(self, n):
+            for i in range(n):
+                yield i, os.environ["VOLLEY_NODE_ADDRESS"]
+
+    sources = [Source.remote() for _ in range(3)]
+    places = set()
+    for s in sources:
+        items = [volley.get(r) for r in s.count.remote(50)]
+        assert [i for i, _ in items] == list(range(50))
+        places.update(addr for _, addr in items)
+    assert len(places) >= 2
+    # An abandoned stream does not disturb the next one.
+    g = sources[0].count.remote(1000)
+    assert volley.get(next(iter(g)))[0] == 0
+    del g
+    assert [volley.get(r)[0] for r in sources[0].count.remote(3)] == [0, 1, 2]

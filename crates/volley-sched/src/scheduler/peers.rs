@@ -176,7 +176,6 @@ impl Scheduler {
         let spec = task.spec.clone();
         if matches!(task.caller, Holder::Peer(_))
             || !matches!(spec.actor, ActorPart::None)
-            || spec.options.streaming
             || !self.peers.get(&peer).is_some_and(|p| p.has_room(&spec))
         {
             return false;
@@ -408,7 +407,7 @@ impl Scheduler {
     /// the ready ones to send along; each pending one is watched for `peer` and sent when it is
     /// ready (`forward_object`), held here until then.
     /// Failed or unknown ones go to `failed`, to send (after the value naming them) as errors.
-    fn ship_contained(
+    pub(super) fn ship_contained(
         &mut self,
         peer: NodeId,
         ids: Vec<ObjectId>,
@@ -476,6 +475,12 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         self.adopt(objects);
+        if id.index >= 2 && self.streams.contains_key(&id.task) {
+            if let Ok(v) = result {
+                self.peer_stream_item(id, v, out);
+            }
+            return;
+        }
         if !matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjectState::Pending)) {
             return;
         }
@@ -491,7 +496,7 @@ impl Scheduler {
 
     /// Pending entries for refs named in a value from a peer that this node has not got: the
     /// peer sends each once it is ready.
-    fn placeholders(&mut self, ids: &[ObjectId]) {
+    pub(super) fn placeholders(&mut self, ids: &[ObjectId]) {
         for id in ids {
             if !self.objects.contains_key(id) {
                 self.new_object(*id);

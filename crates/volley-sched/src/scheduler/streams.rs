@@ -49,6 +49,25 @@ fn end_of_stream(task: &str) -> Arc<ErrorPayload> {
 }
 
 impl Scheduler {
+    /// An item of a stream this node called, made on the node that runs the task.
+    pub(super) fn peer_stream_item(
+        &mut self,
+        id: ObjectId,
+        data: ObjectData,
+        out: &mut Vec<Action>,
+    ) {
+        let running =
+            self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)));
+        let Some(s) = self.streams.get_mut(&id.task) else { return };
+        if !running || s.released_from.is_some_and(|f| id.index >= f) {
+            return;
+        }
+        s.produced = s.produced.max(id.index);
+        let caller = s.caller;
+        self.placeholders(&data.contained);
+        self.stream_item_made(id, caller, data, out);
+    }
+
     /// Worker `w`, running streaming task `task`, made its item `index`.
     pub fn stream_item(
         &mut self,
@@ -66,6 +85,25 @@ impl Scheduler {
         s.produced = s.produced.max(index);
         let caller = s.caller;
         let id = ObjectId::for_return(task, index);
+        if let Holder::Peer(peer) = caller {
+            // The caller is on another node: the item goes there (with what it refers to).
+            let mut failed = Vec::new();
+            let objects = self.ship_contained(peer, data.contained.clone(), &mut failed);
+            out.push(Action::PeerObject { peer, id, result: Ok(Arc::new(data)), objects });
+            out.extend(failed);
+            return;
+        }
+        self.stream_item_made(id, caller, data, out);
+    }
+
+    /// Item `id` of a stream called by `caller` is here.
+    fn stream_item_made(
+        &mut self,
+        id: ObjectId,
+        caller: Holder,
+        data: ObjectData,
+        out: &mut Vec<Action>,
+    ) {
         match self.objects.get(&id).map(|o| &o.state) {
             Some(ObjectState::Pending) => self.object_ready(id, Arc::new(data), out),
             Some(_) => {} // Made again by a retry: the first one stands.
@@ -169,6 +207,11 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let Some(s) = self.streams.get_mut(&tid) else { return };
+        if matches!(s.caller, Holder::Peer(_)) {
+            // Its caller's node keeps the stream's state; it learns the end from the result.
+            self.streams.remove(&tid);
+            return;
+        }
         s.finished = true;
         s.error = err.clone();
         let (from, to) = (s.produced + 1, s.declared);
