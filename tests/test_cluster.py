@@ -717,3 +717,27 @@ def test_streams_from_other_nodes(cluster):
     assert volley.get(next(iter(g)))[0] == 0
     del g
     assert [volley.get(r)[0] for r in sources[0].count.remote(3)] == [0, 1, 2]
+
+
+def test_short_tasks_queued_behind_a_long_one_on_a_node_move_to_idle_nodes(cluster, tmp_path):
+    @volley.remote
+    def hold(path):
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return "released"
+
+    @volley.remote
+    def tiny(i):
+        return i
+
+    release = str(tmp_path / "release")
+    long_ref = hold.remote(release)
+    try:
+        refs = [tiny.remote(i) for i in range(300)]
+        ready, not_ready = volley.wait(refs, num_returns=len(refs), timeout=30)
+        assert not_ready == [], f"{len(not_ready)} tasks stuck behind the long one"
+        assert volley.get(refs) == list(range(300))
+        assert volley.wait([long_ref], timeout=0)[0] == []
+    finally:
+        open(release, "w").close()
+    assert volley.get(long_ref, timeout=30) == "released"

@@ -134,6 +134,15 @@ pub enum PeerMsg {
         pg: String,
         remove: bool,
     },
+    /// Give back up to `max` of the sender's tasks that have not started here (other nodes have
+    /// room for them). Answered `Returned` on the same connection.
+    Steal {
+        max: u32,
+    },
+    /// Tasks given back (they will not run here), possibly none.
+    Returned {
+        tasks: Vec<TaskId>,
+    },
     /// Sent instead of an answer when a request cannot be served.
     Refused {
         reason: String,

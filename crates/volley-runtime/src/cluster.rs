@@ -463,7 +463,8 @@ impl Cluster {
                     | PeerMsg::Release { .. }
                     | PeerMsg::Kill { .. }
                     | PeerMsg::Reserve { .. }
-                    | PeerMsg::PgRelease { .. }),
+                    | PeerMsg::PgRelease { .. }
+                    | PeerMsg::Steal { .. }),
                 ) => {
                     batch.push(m);
                     false
@@ -510,9 +511,11 @@ impl Cluster {
             | Action::PeerRelease { peer, .. }
             | Action::PeerKill { peer, .. }
             | Action::PeerReserve { peer, .. }
-            | Action::PeerPgRelease { peer, .. } => (*peer, true),
+            | Action::PeerPgRelease { peer, .. }
+            | Action::PeerSteal { peer, .. } => (*peer, true),
             Action::PeerDone { peer, .. }
             | Action::PeerReserved { peer, .. }
+            | Action::PeerReturned { peer, .. }
             | Action::PeerObject { peer, .. }
             | Action::PeerActorState { peer, .. } => (*peer, false),
             _ => return,
@@ -564,7 +567,8 @@ impl Cluster {
                         m @ (PeerMsg::Done { .. }
                         | PeerMsg::Object { .. }
                         | PeerMsg::ActorState { .. }
-                        | PeerMsg::Reserved { .. }),
+                        | PeerMsg::Reserved { .. }
+                        | PeerMsg::Returned { .. }),
                     ) => {
                         batch.push(m);
                         None
@@ -583,6 +587,9 @@ impl Cluster {
                                 }
                                 PeerMsg::Object { id, result, objects } => {
                                     st.sched.peer_object(id, result, objects, out)
+                                }
+                                PeerMsg::Returned { tasks } => {
+                                    st.sched.peer_returned(peer, &tasks, out)
                                 }
                                 PeerMsg::Reserved { pg, bundles, ok } => {
                                     st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
@@ -736,6 +743,8 @@ impl Cluster {
             Action::PeerPgRelease { pg, remove, .. } => {
                 Some((PeerMsg::PgRelease { pg, remove }, leases))
             }
+            Action::PeerSteal { max, .. } => Some((PeerMsg::Steal { max }, leases)),
+            Action::PeerReturned { tasks, .. } => Some((PeerMsg::Returned { tasks }, leases)),
             Action::PeerObject { id, result, objects, .. } => {
                 let result = match result {
                     Ok(v) => self.prepare(&v, &mut leases).map_err(|why| {
@@ -910,6 +919,7 @@ fn apply_peer_msg(
             out.push(Action::PeerReserved { peer, pg, bundles, ok });
         }
         PeerMsg::PgRelease { pg, remove } => s.release_pg(&pg, remove, out),
+        PeerMsg::Steal { max } => s.peer_steal(peer, max, out),
         _ => {}
     }
 }
@@ -932,6 +942,8 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Reserve { .. } => "Reserve",
         PeerMsg::Reserved { .. } => "Reserved",
         PeerMsg::PgRelease { .. } => "PgRelease",
+        PeerMsg::Steal { .. } => "Steal",
+        PeerMsg::Returned { .. } => "Returned",
     }
 }
 

@@ -391,6 +391,8 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerReserve { .. }
             | Action::PeerReserved { .. }
             | Action::PeerPgRelease { .. }
+            | Action::PeerSteal { .. }
+            | Action::PeerReturned { .. }
             | Action::PeerObject { .. }
             | Action::PeerActorState { .. }) => {
                 d.peer.push(a);

@@ -163,6 +163,10 @@ pub enum Action {
     PeerReserved { peer: NodeId, pg: String, bundles: Vec<u32>, ok: bool },
     /// Tell `peer` to release what it holds of our placement group `pg`.
     PeerPgRelease { peer: NodeId, pg: String, remove: bool },
+    /// Ask `peer` to give back up to `max` of our tasks it has not started.
+    PeerSteal { peer: NodeId, max: u32 },
+    /// Give `peer` back tasks it sent that will not run here.
+    PeerReturned { peer: NodeId, tasks: Vec<TaskId> },
 }
 
 struct ObjectEntry {
@@ -306,6 +310,9 @@ pub struct Scheduler {
     reservations: HashMap<String, placement::Reservation>,
     /// Placement groups removed (tasks waiting for them fail).
     removed_pgs: HashSet<String>,
+    /// Tasks of peers this node asked its workers to give back, to return them to those peers
+    /// (see `peer_steal`).
+    revoked_for_peer: HashSet<TaskId>,
     /// Actors with a call held back for a ref in its arguments still being made (to go to a
     /// peer, a call carries the values of those refs): dispatched again once it is ready.
     gather_waits: HashMap<ObjectId, Vec<ActorId>>,
@@ -356,6 +363,7 @@ impl Scheduler {
             reservations: HashMap::new(),
             removed_pgs: HashSet::new(),
             gather_waits: HashMap::new(),
+            revoked_for_peer: HashSet::new(),
         }
     }
 
@@ -876,6 +884,9 @@ impl Scheduler {
         }
         if self.ready.is_empty() && self.side_ready.is_empty() {
             self.steal(out);
+            if !self.peers.is_empty() {
+                self.steal_from_peers(out);
+            }
         }
     }
 
@@ -1151,6 +1162,9 @@ impl Scheduler {
             }
         }
         self.refresh_head_cpu(wid);
+        if !self.revoked_for_peer.is_empty() {
+            back = self.return_revoked_to_peers(back, out);
+        }
         for tid in back.into_iter().rev() {
             let Some(task) = self.tasks.get_mut(&tid) else {
                 continue;

@@ -18,6 +18,7 @@ use volley_proto::{
 
 use super::{
     error, retries_left, Action, ActorId, Holder, ObjectEntry, ObjectState, Scheduler, TaskState,
+    WorkerId,
 };
 
 /// A peer as the cluster view describes it.
@@ -38,6 +39,8 @@ pub(super) struct PeerEntry {
     pub(super) inflight: HashMap<TaskId, u32>,
     known_functions: HashSet<FunctionId>,
     known_packages: HashSet<String>,
+    /// A `PeerSteal` to it is unanswered.
+    stealing: bool,
 }
 
 impl PeerEntry {
@@ -88,6 +91,7 @@ impl Scheduler {
                         inflight: HashMap::new(),
                         known_functions: HashSet::new(),
                         known_packages: HashSet::new(),
+                        stealing: false,
                     };
                     self.peers.insert(v.id, entry);
                 }
@@ -141,6 +145,161 @@ impl Scheduler {
                 self.fail_task(tid, error(ErrorKind::WorkerCrashed, &name, msg), out);
             }
         }
+    }
+
+    // ------------------------------------------------------------ work stealing across nodes
+    //
+    // A node sends each peer up to `PEER_DEPTH` tasks per CPU, so a peer whose CPU is taken by a
+    // long task may hold short ones queued behind it while other nodes are idle. When this node
+    // has nothing left to send and some node has room, it asks the peer holding the most of its
+    // tasks beyond that peer's CPUs to give half of them back (`PeerSteal`); the peer returns
+    // those not started (from its queue at once, those pipelined to a busy worker once the
+    // worker gives them up) and they are scheduled again here.
+
+    /// Asks a peer to give back queued tasks, if another node has room for them.
+    pub(super) fn steal_from_peers(&mut self, out: &mut Vec<Action>) {
+        let local_room =
+            self.idle_worker().is_some() && self.cpu_used + 1000 <= self.cfg.cpu_total_milli;
+        let peer_room = self.peers.values().any(|p| {
+            !p.view.driver && !p.stealing && p.inflight_cpu() + 1000 <= p.view.cpu_total_milli
+        });
+        if !local_room && !peer_room {
+            return;
+        }
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.stealing && !p.view.driver)
+            .filter_map(|(id, p)| {
+                let excess = p.inflight_cpu().saturating_sub(p.view.cpu_total_milli.max(1000));
+                (excess >= 1000).then_some((excess, *id))
+            })
+            .max();
+        let Some((excess, id)) = victim else { return };
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.stealing = true;
+        }
+        let max = (excess / 1000).div_ceil(2).max(1);
+        out.push(Action::PeerSteal { peer: id, max });
+    }
+
+    /// `origin` asks for up to `max` of its tasks back (see `steal_from_peers`).
+    pub fn peer_steal(&mut self, origin: NodeId, max: u32, out: &mut Vec<Action>) {
+        let max = max as usize;
+        let tasks = &self.tasks;
+        let theirs = |t: &TaskId| {
+            tasks.get(t).is_some_and(|t| {
+                t.caller == Holder::Peer(origin)
+                    && matches!(t.spec.actor, ActorPart::None)
+                    && !t.spec.options.streaming
+            })
+        };
+        // The newest queued ones first.
+        let mut back: Vec<TaskId> = Vec::new();
+        for q in [&self.ready, &self.side_ready] {
+            back.extend(q.iter().rev().filter(|t| theirs(t)).take(max - back.len()));
+        }
+        // Then those pipelined behind a running task on a worker.
+        let mut revokes = Vec::new();
+        let mut wanted = max - back.len();
+        let mut wids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        wids.sort();
+        for wid in wids {
+            if wanted == 0 {
+                break;
+            }
+            let Some(w) = self.workers.get(&wid) else { continue };
+            if w.actor.is_some() || w.revoke_outstanding || w.queue.len() < 2 {
+                continue;
+            }
+            let take: Vec<TaskId> =
+                w.queue.iter().skip(1).rev().filter(|t| theirs(t)).take(wanted).copied().collect();
+            if !take.is_empty() {
+                wanted -= take.len();
+                revokes.push((wid, take));
+            }
+        }
+        let gone: HashSet<TaskId> = back.iter().copied().collect();
+        self.ready.retain(|t| !gone.contains(t));
+        self.side_ready.retain(|t| !gone.contains(t));
+        for (wid, tasks) in revokes {
+            if let Some(w) = self.workers.get_mut(&wid) {
+                w.revoke_outstanding = true;
+            }
+            self.revoked_for_peer.extend(tasks.iter().copied());
+            out.push(Action::Send {
+                worker: wid,
+                msg: volley_proto::NodeToWorker::Revoke { tasks },
+            });
+        }
+        for t in &back {
+            self.forget_peer_task(*t, out);
+        }
+        out.push(Action::PeerReturned { peer: origin, tasks: back });
+    }
+
+    /// Of tasks a worker gave back, those taken back for their peers go to them; the rest are
+    /// returned.
+    pub(super) fn return_revoked_to_peers(
+        &mut self,
+        back: Vec<TaskId>,
+        out: &mut Vec<Action>,
+    ) -> Vec<TaskId> {
+        let mut keep = Vec::new();
+        let mut by_peer: std::collections::BTreeMap<NodeId, Vec<TaskId>> = Default::default();
+        for t in back {
+            if self.revoked_for_peer.remove(&t) {
+                if let Some(Holder::Peer(p)) = self.tasks.get(&t).map(|t| t.caller) {
+                    by_peer.entry(p).or_default().push(t);
+                    continue;
+                }
+            }
+            keep.push(t);
+        }
+        for (peer, tasks) in by_peer {
+            for t in &tasks {
+                self.forget_peer_task(*t, out);
+            }
+            out.push(Action::PeerReturned { peer, tasks });
+        }
+        let tasks = &self.tasks;
+        self.revoked_for_peer.retain(|t| tasks.contains_key(t));
+        keep
+    }
+
+    /// Drops a task a peer sent, which will not run here.
+    fn forget_peer_task(&mut self, tid: TaskId, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        let (spec, holder) = (task.spec.clone(), task.caller);
+        self.finish_task(tid, out);
+        let returns: Vec<ObjectId> = spec.return_ids().collect();
+        self.decref(holder, &returns, out);
+        for r in returns {
+            if self.objects.get(&r).is_some_and(|o| o.refs == 0) {
+                self.objects.remove(&r);
+            }
+        }
+        if let Some(f) = self.from_peer.remove(&tid) {
+            self.release_from_peer(f, out);
+        }
+    }
+
+    /// `peer` gave back tasks this node sent it: they are scheduled again.
+    pub fn peer_returned(&mut self, peer: NodeId, tasks: &[TaskId], out: &mut Vec<Action>) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stealing = false;
+            for t in tasks {
+                p.inflight.remove(t);
+            }
+        }
+        for t in tasks.iter().rev() {
+            let Some(task) = self.tasks.get_mut(t) else { continue };
+            if task.state == TaskState::Remote(peer) {
+                task.state = TaskState::Queued;
+                self.enqueue(*t, true);
+            }
+        }
+        self.schedule(out);
     }
 
     /// Tells the scheduler its node's id in the cluster (for node affinity).

@@ -563,3 +563,123 @@ fn a_task_waiting_for_its_node_does_not_hold_up_the_others() {
     h.s.peer_done(NodeId(2), pinned[0].task, TaskResult::Ok(vec![value]), Vec::new(), &mut h.out);
     assert_eq!(h.spilled(), vec![(NodeId(2), pinned[depth].task, 0)]);
 }
+
+#[test]
+fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
+    let mut h = Harness::new(0.0); // a driver's node: everything goes to peers
+    h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
+    let n = 2 * peers::PEER_DEPTH as usize;
+    let refs: Vec<ObjectId> = (0..n).map(|_| h.submit(Vec::new())).collect();
+    let spilled = h.spilled();
+    assert_eq!(spilled.len(), n);
+    // Peer 2 finishes all of its tasks; peer 1 is stuck on its first.
+    let value = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
+    for (p, t, _) in spilled.iter().filter(|s| s.0 == NodeId(2)) {
+        h.s.peer_done(*p, *t, value(), Vec::new(), &mut h.out);
+    }
+    let steals: Vec<_> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerSteal { peer, max } => Some((*peer, *max)),
+            _ => None,
+        })
+        .collect();
+    let half = (peers::PEER_DEPTH as u32 - 1).div_ceil(2);
+    assert_eq!(steals, vec![(NodeId(1), half)], "asked once, for half of what waits there");
+    // Peer 1 gives back the newest ones; they go to peer 2.
+    let back: Vec<TaskId> = spilled
+        .iter()
+        .filter(|s| s.0 == NodeId(1))
+        .map(|s| s.1)
+        .rev()
+        .take(half as usize)
+        .collect();
+    h.out.clear();
+    h.s.peer_returned(NodeId(1), &back, &mut h.out);
+    let again = h.spilled();
+    assert_eq!(again.len(), back.len());
+    assert!(again.iter().all(|(p, t, _)| *p == NodeId(2) && back.contains(t)));
+    assert!(refs.iter().all(|r| matches!(h.s.object_state(r), Some(_))));
+}
+
+#[test]
+fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
+    let mut h = Harness::started(1.0);
+    let mut tids = Vec::new();
+    for _ in 0..12 {
+        let spec = h.spec(Vec::new(), TaskOptions::default());
+        tids.push(spec.task_id);
+        h.s.accept_peer_task(NodeId(9), spec, None, Vec::new(), Vec::new(), Vec::new(), &mut h.out);
+    }
+    let ex = h.executed();
+    assert_eq!(ex.len(), 9, "one running, eight pipelined behind it, three queued");
+    h.out.clear();
+    h.s.peer_steal(NodeId(9), 5, &mut h.out);
+    let returned: Vec<TaskId> = h
+        .out
+        .iter()
+        .flat_map(|a| match a {
+            Action::PeerReturned { peer, tasks } if *peer == NodeId(9) => tasks.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(returned, vec![tids[11], tids[10], tids[9]], "the queued ones at once");
+    let revoke: Vec<TaskId> = h
+        .out
+        .iter()
+        .flat_map(|a| match a {
+            Action::Send { msg: NodeToWorker::Revoke { tasks }, .. } => tasks.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(revoke, vec![tids[8], tids[7]], "then the newest pipelined ones");
+    // The worker had started neither... except it gives back only one.
+    h.out.clear();
+    h.s.tasks_returned(ex[0].0, &[tids[8]], &mut h.out);
+    assert!(h.out.iter().any(|a| matches!(a,
+        Action::PeerReturned { peer, tasks } if *peer == NodeId(9) && tasks == &vec![tids[8]])));
+    assert_eq!(h.s.stats().objects, 8, "the four returned tasks' results are gone here");
+}
+
+#[test]
+fn placement_group_bundles_are_reserved_and_used() {
+    use volley_proto::{PgSpec, PgStrategy};
+    let mut h = Harness::started(2.0);
+    let ready = ObjectId::for_return(h.ids.next_task(), 0);
+    let spec = PgSpec {
+        id: "g1".into(),
+        name: String::new(),
+        bundles: vec![vec![("CPU".into(), 1000)], vec![("CPU".into(), 1000)]],
+        strategy: PgStrategy::Pack,
+        ready,
+        value: ObjectData::inline(vec![7], Vec::new(), Vec::new()),
+    };
+    h.s.create_pg(Holder::Local, spec, &mut h.out).expect("valid");
+    assert_eq!(h.value(ready), Some(7));
+    // Both CPUs are reserved: a plain task waits, one in bundle 0 runs.
+    let plain = h.submit(Vec::new());
+    assert!(h.executed().is_empty());
+    let res = vec![
+        ("pg:g1:0:CPU".to_string(), 1000),
+        ("pg:g1:0:bundle".to_string(), 1),
+        ("pg:g1:CPU".to_string(), 1000),
+        ("pg:g1:bundle".to_string(), 1),
+    ];
+    let inside = h.submit_opts(
+        Vec::new(),
+        TaskOptions { cpu_milli: 0, resources: res.clone(), ..TaskOptions::default() },
+    );
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].1, inside.task);
+    // Removal frees the CPUs (the plain task runs) and fails what still asks for the group.
+    h.s.remove_pg("g1", &mut h.out);
+    assert!(h.out.iter().any(|a| matches!(a, Action::Kill { worker } if *worker == ex[0].0)));
+    let later = h.submit_opts(
+        Vec::new(),
+        TaskOptions { cpu_milli: 0, resources: res, ..TaskOptions::default() },
+    );
+    assert_eq!(h.error_kind(later), Some(ErrorKind::Unschedulable));
+    assert!(h.executed().iter().any(|(_, t)| *t == plain.task));
+}
