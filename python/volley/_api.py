@@ -295,7 +295,7 @@ def init(
                     _core.register_package(h, data)
                 _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
-                _core.join_cluster(None, joining[0], joining[1], True)
+                _core.join_cluster(None, joining[0], joining[1], True, logs=bool(log_to_driver))
             elif _daemon is not None:
                 _daemon["joined"] = _core.join_cluster(
                     _daemon["listen"],

@@ -143,6 +143,13 @@ pub enum PeerMsg {
     Returned {
         tasks: Vec<TaskId>,
     },
+    /// From a driver's node: send this node's worker output here (as `Log`).
+    SubscribeLogs,
+    /// Worker output: whole lines, for file descriptor `fd` (1 or 2) of the driver.
+    Log {
+        fd: u8,
+        lines: serde_bytes::ByteBuf,
+    },
     /// Sent instead of an answer when a request cannot be served.
     Refused {
         reason: String,

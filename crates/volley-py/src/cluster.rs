@@ -37,7 +37,7 @@ fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>>
 /// Makes this process's node part of a cluster: the head (`head=None`) or a member joining the
 /// head at `head`. Returns (node id, address it accepts peers on).
 #[pyfunction]
-#[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000))]
+#[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000, logs = true))]
 pub fn join_cluster(
     py: Python<'_>,
     listen: Option<String>,
@@ -46,6 +46,7 @@ pub fn join_cluster(
     driver: bool,
     heartbeat_ms: u64,
     dead_after_ms: u64,
+    logs: bool,
 ) -> PyResult<(u32, String)> {
     let c =
         client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
@@ -59,6 +60,7 @@ pub fn join_cluster(
         driver,
         heartbeat: Duration::from_millis(heartbeat_ms.max(10)),
         dead_after: Duration::from_millis(dead_after_ms.max(100)),
+        logs,
     };
     py.detach(|| n.join_cluster(cfg)).map_err(conn_err)
 }

@@ -46,6 +46,8 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// A node not heard from for this long is dead.
     pub dead_after: Duration,
+    /// A driver's node: print the output of the workers of every node here.
+    pub logs: bool,
 }
 
 /// How long the handshake may take before the connection is dropped.
@@ -65,6 +67,13 @@ pub(crate) struct Cluster {
     /// The head's table of members (on the head only).
     members: Option<Mutex<Members>>,
     closed: AtomicBool,
+    /// Drivers' nodes that asked for this node's worker output.
+    log_subscribers: Mutex<std::collections::HashSet<NodeId>>,
+    /// (A driver's node) nodes asked for their worker output.
+    log_sources: Mutex<std::collections::HashSet<NodeId>>,
+    /// Every open connection to a peer, to shut down on `close` (their reader threads end then).
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    next_socket: std::sync::atomic::AtomicU64,
 }
 
 struct Members {
@@ -128,8 +137,21 @@ impl Cluster {
             incoming: Mutex::new(HashMap::new()),
             members: head.then(|| Mutex::new(Members { next: 2, nodes: HashMap::new() })),
             closed: AtomicBool::new(false),
+            log_subscribers: Mutex::new(Default::default()),
+            log_sources: Mutex::new(Default::default()),
+            sockets: Mutex::new(HashMap::new()),
+            next_socket: std::sync::atomic::AtomicU64::new(0),
             cfg,
         });
+        if !c.cfg.driver {
+            // Worker output also goes to the drivers that asked for it.
+            let weak = Arc::downgrade(&c);
+            crate::logs::set_forward(Some(Arc::new(move |fd, lines: &[u8]| {
+                if let Some(c) = weak.upgrade() {
+                    c.forward_log(fd, lines);
+                }
+            })));
+        }
         if let Some(l) = listener {
             let c2 = c.clone();
             std::thread::Builder::new().name("volley-tcp-accept".into()).spawn(move || {
@@ -163,6 +185,7 @@ impl Cluster {
             let (stream, id) = c.join()?;
             *c.me.lock() = id;
             c.shared.state.lock().sched.set_node_id(id);
+            c.subscribe_logs();
             let c2 = c.clone();
             std::thread::Builder::new()
                 .name("volley-heartbeat".into())
@@ -183,8 +206,45 @@ impl Cluster {
         self.view.lock().clone()
     }
 
+    /// Sends worker output lines to the drivers' nodes that asked for them.
+    fn forward_log(&self, fd: std::os::fd::RawFd, lines: &[u8]) {
+        let subscribers: Vec<NodeId> = self.log_subscribers.lock().iter().copied().collect();
+        if subscribers.is_empty() || !(fd == 1 || fd == 2) {
+            return;
+        }
+        let incoming = self.incoming.lock();
+        for peer in subscribers {
+            if let Some(tx) = incoming.get(&peer) {
+                let _ = tx.send(Action::PeerLog { peer, fd: fd as u8, lines: lines.to_vec() });
+            }
+        }
+    }
+
+    /// (A driver's node) asks every other node for its workers' output, once per connection.
+    fn subscribe_logs(self: &Arc<Self>) {
+        if !self.cfg.driver || !self.cfg.logs || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let me = self.node_id();
+        let new: Vec<NodeId> = {
+            let view: Vec<NodeId> =
+                self.view.lock().iter().filter(|n| n.id != me && !n.driver).map(|n| n.id).collect();
+            let mut sources = self.log_sources.lock();
+            view.into_iter().filter(|id| sources.insert(*id)).collect()
+        };
+        for peer in new {
+            self.dispatch(Action::PeerLog { peer, fd: 0, lines: Vec::new() });
+        }
+    }
+
     pub(crate) fn close(&self) {
+        if !self.cfg.driver {
+            crate::logs::set_forward(None);
+        }
         self.closed.store(true, Ordering::Release);
+        for (_, s) in self.sockets.lock().drain() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         self.links.lock().clear();
         self.incoming.lock().clear();
         if self.cfg.listen.is_some() {
@@ -261,6 +321,7 @@ impl Cluster {
                 let mut r = FrameReader::new(&s2);
                 self.beat(&mut s, &mut r).is_ok()
             };
+            self.subscribe_logs();
             if alive || self.closed.load(Ordering::Acquire) {
                 continue;
             }
@@ -458,6 +519,10 @@ impl Cluster {
                     batch.push(PeerMsg::Task { spec, function, objects, packages, routes, errors });
                     false
                 }
+                Ok(PeerMsg::SubscribeLogs) => {
+                    self.log_subscribers.lock().insert(peer);
+                    false
+                }
                 Ok(
                     m @ (PeerMsg::Cancel { .. }
                     | PeerMsg::Release { .. }
@@ -496,6 +561,7 @@ impl Cluster {
             }
         }
         self.incoming.lock().remove(&peer);
+        self.log_subscribers.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, "its connection closed", out));
         }
@@ -513,6 +579,7 @@ impl Cluster {
             | Action::PeerReserve { peer, .. }
             | Action::PeerPgRelease { peer, .. }
             | Action::PeerSteal { peer, .. } => (*peer, true),
+            Action::PeerLog { peer, fd, .. } => (*peer, *fd == 0),
             Action::PeerDone { peer, .. }
             | Action::PeerReserved { peer, .. }
             | Action::PeerReturned { peer, .. }
@@ -563,6 +630,10 @@ impl Cluster {
                     Ok(m)
                 });
                 let why = match msg {
+                    Ok(PeerMsg::Log { fd, lines }) => {
+                        crate::logs::write_lines(i32::from(fd), &lines);
+                        None
+                    }
                     Ok(
                         m @ (PeerMsg::Done { .. }
                         | PeerMsg::Object { .. }
@@ -614,6 +685,7 @@ impl Cluster {
 
     fn link_broke(&self, peer: NodeId, why: &str) {
         self.links.lock().remove(&peer);
+        self.log_sources.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, why, out));
         }
@@ -623,6 +695,10 @@ impl Cluster {
     fn writer(self: &Arc<Self>, peer: NodeId, mut s: TcpStream, outgoing: bool) -> Sender<Action> {
         let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
         let c = self.clone();
+        let key = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        if let Ok(k) = s.try_clone() {
+            self.sockets.lock().insert(key, k);
+        }
         let _ = std::thread::Builder::new().name("volley-tcp-write".into()).spawn(move || {
             let raw = s.try_clone();
             let mut w = std::io::BufWriter::with_capacity(256 << 10, &mut s);
@@ -662,6 +738,10 @@ impl Cluster {
                     }
                     break;
                 }
+            }
+            // Nothing more goes out on it: the reader ends too.
+            if let Some(s) = c.sockets.lock().remove(&key) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
             }
         });
         tx
@@ -745,6 +825,10 @@ impl Cluster {
             }
             Action::PeerSteal { max, .. } => Some((PeerMsg::Steal { max }, leases)),
             Action::PeerReturned { tasks, .. } => Some((PeerMsg::Returned { tasks }, leases)),
+            Action::PeerLog { fd: 0, .. } => Some((PeerMsg::SubscribeLogs, leases)),
+            Action::PeerLog { fd, lines, .. } => {
+                Some((PeerMsg::Log { fd, lines: serde_bytes::ByteBuf::from(lines) }, leases))
+            }
             Action::PeerObject { id, result, objects, .. } => {
                 let result = match result {
                     Ok(v) => self.prepare(&v, &mut leases).map_err(|why| {
@@ -944,6 +1028,8 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::PgRelease { .. } => "PgRelease",
         PeerMsg::Steal { .. } => "Steal",
         PeerMsg::Returned { .. } => "Returned",
+        PeerMsg::SubscribeLogs => "SubscribeLogs",
+        PeerMsg::Log { .. } => "Log",
     }
 }
 

@@ -7,7 +7,34 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where worker output also goes (to drivers on other nodes of a cluster), besides this
+/// process's stdout and stderr: called with the target descriptor and whole lines.
+pub(crate) type Forward = Arc<dyn Fn(RawFd, &[u8]) + Send + Sync>;
+
+static FORWARD: parking_lot::Mutex<Option<Forward>> = parking_lot::Mutex::new(None);
+
+/// Sends worker output to `f` too (`None`: stop).
+pub(crate) fn set_forward(f: Option<Forward>) {
+    *FORWARD.lock() = f;
+}
+
+/// Copies lines to `fd` of this process (the driver's side of `Forward`).
+pub(crate) fn write_lines(fd: RawFd, lines: &[u8]) {
+    if fd == 1 || fd == 2 {
+        write_all(fd, lines);
+    }
+}
+
+fn emit(target: RawFd, lines: &[u8]) {
+    write_all(target, lines);
+    let f = FORWARD.lock().clone();
+    if let Some(f) = f {
+        f(target, lines);
+    }
+}
 
 pub(crate) enum LogCmd {
     /// Forward everything read from this pipe to file descriptor `target` (1 or 2).
@@ -75,7 +102,7 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     if n == 0 {
         if !src.partial.is_empty() {
             src.partial.push(b'\n');
-            write_all(src.target, &src.partial);
+            emit(src.target, &src.partial);
             src.partial.clear();
         }
         return false;
@@ -84,7 +111,7 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     match data.iter().rposition(|&b| b == b'\n') {
         Some(last) => {
             src.partial.extend_from_slice(&data[..=last]);
-            write_all(src.target, &src.partial);
+            emit(src.target, &src.partial);
             src.partial.clear();
             src.partial.extend_from_slice(&data[last + 1..]);
         }

@@ -393,6 +393,7 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerPgRelease { .. }
             | Action::PeerSteal { .. }
             | Action::PeerReturned { .. }
+            | Action::PeerLog { .. }
             | Action::PeerObject { .. }
             | Action::PeerActorState { .. }) => {
                 d.peer.push(a);

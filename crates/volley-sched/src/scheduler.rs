@@ -167,6 +167,9 @@ pub enum Action {
     PeerSteal { peer: NodeId, max: u32 },
     /// Give `peer` back tasks it sent that will not run here.
     PeerReturned { peer: NodeId, tasks: Vec<TaskId> },
+    /// Not the scheduler's: carries a line of worker output to a driver's node (`peer`), or
+    /// (`fd` 0) asks `peer` for its workers' output, over the cluster's connections.
+    PeerLog { peer: NodeId, fd: u8, lines: Vec<u8> },
 }
 
 struct ObjectEntry {
