@@ -741,3 +741,28 @@ def test_short_tasks_queued_behind_a_long_one_on_a_node_move_to_idle_nodes(clust
     finally:
         open(release, "w").close()
     assert volley.get(long_ref, timeout=30) == "released"
+
+
+def test_cancel_running_tasks_on_other_nodes(cluster):
+    @volley.remote(max_retries=0)
+    def nap(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    # Interrupt: the task's sleep ends with the cancellation; its worker lives on.
+    refs = [nap.remote(30) for _ in range(3)]
+    time.sleep(1.0)
+    for r in refs:
+        volley.cancel(r)
+    for r in refs:
+        with pytest.raises(volley.TaskCancelledError):
+            volley.get(r, timeout=20)
+    # Force: the worker process is killed.
+    pids = volley.get([nap.remote(0.01) for _ in range(6)])
+    doomed = nap.remote(30)
+    time.sleep(1.0)
+    volley.cancel(doomed, force=True)
+    with pytest.raises((volley.TaskCancelledError, volley.WorkerCrashedError)):
+        volley.get(doomed, timeout=20)
+    assert volley.get(nap.remote(0), timeout=20) > 0
+    assert len(set(pids)) >= 2

@@ -299,6 +299,7 @@ def slow_sum(x, delay):
     return float(x.sum())
 
 
+@pytest.mark.one_node("a 2-CPU task needs a node with 2 CPUs; the test cluster has two 1-CPU nodes")
 def test_pending_tasks_keep_their_arguments(volley_shared):
     base = store_settles(pinned=0)
     ref = volley.put(np.ones(1_000_000))
@@ -433,6 +434,7 @@ def hold_view_and_wait(x, path):
     return float(view.sum())
 
 
+@pytest.mark.one_node("reads the driver's store stats while the reader runs on another node")
 def test_a_killed_reader_releases_its_views(volley_2cpu, tmp_path):
     keep = volley.put(np.ones(2_000_000))
     other = volley.put(np.full(2_000_000, 7.0))

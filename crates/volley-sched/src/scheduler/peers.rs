@@ -190,6 +190,7 @@ impl Scheduler {
         let theirs = |t: &TaskId| {
             tasks.get(t).is_some_and(|t| {
                 t.caller == Holder::Peer(origin)
+                    && t.cancel.is_none()
                     && matches!(t.spec.actor, ActorPart::None)
                     && !t.spec.options.streaming
             })
@@ -294,8 +295,15 @@ impl Scheduler {
         }
         for t in tasks.iter().rev() {
             let Some(task) = self.tasks.get_mut(t) else { continue };
-            if task.state == TaskState::Remote(peer) {
-                task.state = TaskState::Queued;
+            if task.state != TaskState::Remote(peer) {
+                continue;
+            }
+            task.state = TaskState::Queued;
+            if task.cancel.is_some() {
+                let name = task.spec.name.clone();
+                let msg = format!("task '{name}' was cancelled before it ran");
+                self.fail_task(*t, error(ErrorKind::Cancelled, &name, msg), out);
+            } else {
                 self.enqueue(*t, true);
             }
         }
