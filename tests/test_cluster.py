@@ -766,3 +766,39 @@ def test_cancel_running_tasks_on_other_nodes(cluster):
         volley.get(doomed, timeout=20)
     assert volley.get(nap.remote(0), timeout=20) > 0
     assert len(set(pids)) >= 2
+
+
+def _status_text(cluster) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "volley._cli", "status", "--address", cluster.head,
+         "--token", cluster.token],
+        env=cluster.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_status_says_what_waits_and_why(cluster):
+    holder = volley.placement_group([{"GPU": 2, "CPU": 0.5}], name="all-gpus")
+    assert holder.wait(20)
+    waiting_group = volley.placement_group([{"GPU": 1}], name="later")
+
+    @volley.remote(num_gpus=1, num_cpus=0)
+    def gpu_work():
+        return os.environ["CUDA_VISIBLE_DEVICES"]
+
+    refs = [gpu_work.remote() for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while True:
+        text = _status_text(cluster)
+        if "placement group 'later'" in text and "gpu_work'" in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    assert "waiting for resources" in text
+    assert re.search(r"2 x task '\S*gpu_work': waiting for 0 CPU, 1 GPU", text), text
+    assert "1 placement-group bundle(s)" in text
+    volley.remove_placement_group(holder)
+    assert sorted(volley.get(refs, timeout=30)) in (["0", "1"], ["0", "0"], ["1", "1"])
+    assert waiting_group.wait(20)
+    volley.remove_placement_group(waiting_group)

@@ -168,7 +168,15 @@ def _status(args: argparse.Namespace) -> int:
     for n in nodes:
         kind = "driver" if n["driver"] else ("head" if n["node_id"] == 1 else "node")
         used = n["num_cpus"] - n["cpus_free"]
-        res = "".join(f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(n["resources"].items()))
+        plain = {r: v for r, v in n["resources"].items() if not r.startswith("pg:")}
+        res = "".join(f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(plain.items()))
+        # Placement-group bundles appear as resources of their own: count the bundles.
+        bundles = sum(
+            1 for r in n["resources"] if r.startswith("pg:") and r.count(":") == 3
+            and r.endswith(":bundle")
+        )  # fmt: skip
+        if bundles:
+            res += f", {bundles} placement-group bundle(s)"
         store = f"{n['store_used'] / 2**20:.1f}/{n['store_capacity'] / 2**20:.0f} MiB"
         waiting = f", {n['tasks_waiting']} task(s) waiting" if n["tasks_waiting"] else ""
         print(
@@ -176,6 +184,8 @@ def _status(args: argparse.Namespace) -> int:
             f"CPU {used:g}/{n['num_cpus']:g}{res}, {n['workers']} worker(s), "
             f"store {store}{waiting}"
         )
+        for line in n.get("waiting", []):
+            print(f"    {line}")
     return 0
 
 

@@ -38,6 +38,8 @@ pub struct NodeInfo {
     pub store_capacity: u64,
     /// Tasks queued on it that no node can run now.
     pub tasks_waiting: u32,
+    /// What waits there and why, a line each (the most common first, a few at most).
+    pub waiting: Vec<String>,
     /// A driver's node: it joins to send work, and runs none of the cluster's.
     pub driver: bool,
     pub pid: u32,

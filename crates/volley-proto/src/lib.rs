@@ -9,6 +9,8 @@
 mod cluster;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod ids;
 mod messages;
 

@@ -261,6 +261,7 @@ impl Cluster {
         let stats = st.sched.stats();
         let total = st.sched.config().cpu_total_milli;
         let resources = st.sched.resource_usage();
+        let waiting = st.sched.waiting_reasons(8);
         drop(st);
         let store = self.shared.store.stats();
         NodeInfo {
@@ -273,6 +274,7 @@ impl Cluster {
             store_used: store.used,
             store_capacity: store.capacity,
             tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
+            waiting,
             driver: self.cfg.driver,
             pid: std::process::id(),
         }
@@ -1046,6 +1048,7 @@ pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeEr
         store_used: 0,
         store_capacity: 0,
         tasks_waiting: 0,
+        waiting: Vec::new(),
         driver: true,
         pid: std::process::id(),
     };

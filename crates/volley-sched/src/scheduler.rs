@@ -1742,6 +1742,51 @@ impl Scheduler {
         }
     }
 
+    /// What waits on this node and why, a line per kind (most common first), at most `limit`:
+    /// tasks waiting for their arguments or for resources, actors waiting for resources,
+    /// placement groups waiting for room.
+    pub fn waiting_reasons(&self, limit: usize) -> Vec<String> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for t in self.tasks.values() {
+            let why = match t.state {
+                TaskState::WaitingDeps(n) => format!("waiting for {n} argument(s) to be made"),
+                TaskState::Queued if !matches!(t.spec.actor, ActorPart::None) => continue,
+                TaskState::Queued => {
+                    let mut need = format!("{} CPU", t.spec.options.cpu_milli as f64 / 1000.0);
+                    for (r, a) in &t.spec.options.resources {
+                        if !r.starts_with(placement::PG_PREFIX) {
+                            need.push_str(&format!(", {} {r}", *a as f64 / 1000.0));
+                        } else if r.ends_with(":bundle") && r.matches(':').count() == 3 {
+                            need.push_str(&format!(", its bundle ({r})"));
+                        }
+                    }
+                    format!("waiting for {need}")
+                }
+                _ => continue,
+            };
+            *counts.entry(format!("task '{}': {why}", t.spec.name)).or_insert(0) += 1;
+        }
+        for aid in &self.pending_actors {
+            if let Some(a) = self.actors.get(aid) {
+                let o = &a.create.options;
+                let mut need = format!("{} CPU", o.cpu_milli as f64 / 1000.0);
+                for (r, amount) in &o.resources {
+                    if !r.starts_with(placement::PG_PREFIX) {
+                        need.push_str(&format!(", {} {r}", *amount as f64 / 1000.0));
+                    }
+                }
+                *counts.entry(format!("actor '{}': waiting for {need}", a.class())).or_insert(0) +=
+                    1;
+            }
+        }
+        let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
+        lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<String> = self.pgs_waiting();
+        out.extend(lines.into_iter().map(|(n, l)| if n > 1 { format!("{n} x {l}") } else { l }));
+        out.truncate(limit);
+        out
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = Stats {
             objects: self.objects.len(),

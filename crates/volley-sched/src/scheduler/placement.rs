@@ -698,9 +698,16 @@ impl Scheduler {
         v
     }
 
-    /// Groups waiting for resources (for the node's status).
-    pub fn pgs_waiting(&self) -> usize {
-        self.pgs.values().filter(|e| e.state == PgState::Pending).count()
+    /// Why groups wait, a line each (for `waiting_reasons`).
+    pub(super) fn pgs_waiting(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .pgs
+            .values()
+            .filter(|e| e.state == PgState::Pending)
+            .map(|e| format!("placement group {}: {}", e.label(), e.reason))
+            .collect();
+        v.sort();
+        v
     }
 }
 
