@@ -17,7 +17,12 @@ PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: test-cluster all demo test test-rust test-python bench lint fmt build clean
+fuzz:
+	cargo install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz run frames -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run handshake -- -max_total_time=60
+
+.PHONY: fuzz test-cluster all demo test test-rust test-python bench lint fmt build clean
 
 all: build
 
