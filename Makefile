@@ -3,6 +3,7 @@
 #   make test   - build, then cargo test and pytest
 #   make bench  - side-by-side benchmark against Ray, Dask, joblib, multiprocessing (own venv)
 #   make lint   - cargo fmt/clippy and ruff
+#   make fuzz   - a minute of each cargo-fuzz target (frames, handshake; needs nightly)
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,11 +17,6 @@ PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-
-fuzz:
-	cargo install cargo-fuzz --locked
-	cd fuzz && cargo +nightly fuzz run frames -- -max_total_time=60
-	cd fuzz && cargo +nightly fuzz run handshake -- -max_total_time=60
 
 .PHONY: fuzz test-cluster all demo test test-rust test-python bench lint fmt build clean
 
@@ -58,6 +54,12 @@ CLUSTER_SUITE = tests/test_tasks.py tests/test_errors.py tests/test_async.py tes
 	tests/test_cancel.py tests/test_object_store.py tests/test_faults.py tests/test_logging.py
 test-cluster: build
 	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest $(CLUSTER_SUITE)
+
+# Needs a nightly toolchain (cargo-fuzz, libFuzzer); not part of make test.
+fuzz:
+	cargo install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz run frames -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run handshake -- -max_total_time=60
 
 lint: $(DEPS)
 	cargo fmt --all -- --check
