@@ -802,3 +802,53 @@ def test_status_says_what_waits_and_why(cluster):
     assert sorted(volley.get(refs, timeout=30)) in (["0", "1"], ["0", "0"], ["1", "1"])
     assert waiting_group.wait(20)
     volley.remove_placement_group(waiting_group)
+
+
+def _poll_actor(name: str, present: bool, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            h = volley.get_actor(name)
+            if present:
+                return h
+        except ValueError:
+            if not present:
+                return None
+        assert time.monotonic() < deadline, f"{name}: expected present={present}"
+        time.sleep(0.05)
+
+
+def test_named_actors_are_found_from_other_drivers(cluster, tmp_path):
+    script = tmp_path / "other.py"
+    script.write_text(
+        "import os, volley\n"
+        f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
+        "@volley.remote\n"
+        "class Box:\n"
+        "    def __init__(self): self.items = []\n"
+        "    def add(self, x): self.items.append(x); return len(self.items)\n"
+        "    def all(self): return self.items, os.environ['VOLLEY_NODE_ADDRESS']\n"
+        "keep = Box.options(name='registry', lifetime='detached').remote()\n"
+        "temp = Box.options(name='scratch').remote()\n"
+        "volley.get([keep.add.remote('from the first driver'), temp.add.remote(1)])\n"
+        "print('made', flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], env=cluster.env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert "made" in out.stdout, out.stderr
+    # The detached one outlives its driver and is found by name from this one.
+    registry = _poll_actor("registry", present=True)
+    assert volley.get(registry.add.remote("from the second"), timeout=20) == 2
+    items, addr = volley.get(registry.all.remote(), timeout=20)
+    assert items == ["from the first driver", "from the second"] and addr in cluster.addrs
+    # The other one ended with its driver.
+    _poll_actor("scratch", present=False)
+    # Names are the cluster's: taken here too; get_if_exists gives the existing one.
+    with pytest.raises(ValueError, match="registry"):
+        Counter.options(name="registry").remote(0)
+    same = Counter.options(name="registry", get_if_exists=True).remote(0)
+    assert volley.get(same.all.remote(), timeout=20)[0] == items
+    volley.kill(registry)
+    _poll_actor("registry", present=False)

@@ -40,9 +40,25 @@ pub struct NodeInfo {
     pub tasks_waiting: u32,
     /// What waits there and why, a line each (the most common first, a few at most).
     pub waiting: Vec<String>,
+    /// Named actors it hosts: the cluster's directory of names is every node's list.
+    pub named: Vec<NamedActor>,
     /// A driver's node: it joins to send work, and runs none of the cluster's.
     pub driver: bool,
     pub pid: u32,
+}
+
+/// A named actor as the cluster's directory lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedActor {
+    pub namespace: String,
+    pub name: String,
+    pub actor: crate::ActorId,
+    /// The node it runs on.
+    pub node: NodeId,
+    pub class: String,
+    /// Its handles' metadata (methods, how many values each returns).
+    #[serde(with = "serde_bytes")]
+    pub meta: Vec<u8>,
 }
 
 /// Frames between nodes (after authentication). `Task` is the common one; boxing it would cost

@@ -83,7 +83,8 @@ mod tests {
 
     #[test]
     fn real_messages_with_flipped_bytes_never_panic() {
-        let msg = PeerMsg::Reserve { pg: "g".into(), bundles: vec![(0, vec![("CPU".into(), 1000)])] };
+        let msg =
+            PeerMsg::Reserve { pg: "g".into(), bundles: vec![(0, vec![("CPU".into(), 1000)])] };
         let bytes = encode(&msg).expect("encode");
         for i in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xff] {

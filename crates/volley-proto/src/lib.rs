@@ -14,7 +14,9 @@ pub mod fuzz;
 mod ids;
 mod messages;
 
-pub use cluster::{authenticate_client, authenticate_server, NodeId, NodeInfo, PeerMsg};
+pub use cluster::{
+    authenticate_client, authenticate_server, NamedActor, NodeId, NodeInfo, PeerMsg,
+};
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
 pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};

@@ -262,6 +262,7 @@ impl Cluster {
         let total = st.sched.config().cpu_total_milli;
         let resources = st.sched.resource_usage();
         let waiting = st.sched.waiting_reasons(8);
+        let named = st.sched.named_actors();
         drop(st);
         let store = self.shared.store.stats();
         NodeInfo {
@@ -275,6 +276,7 @@ impl Cluster {
             store_capacity: store.capacity,
             tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
             waiting,
+            named,
             driver: self.cfg.driver,
             pid: std::process::id(),
         }
@@ -382,6 +384,7 @@ impl Cluster {
                 cpu_free_milli: n.cpu_free_milli,
                 resources: n.resources.clone(),
                 driver: n.driver,
+                named: n.named.clone(),
             })
             .collect();
         *self.view.lock() = nodes;
@@ -1049,6 +1052,7 @@ pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeEr
         store_capacity: 0,
         tasks_waiting: 0,
         waiting: Vec::new(),
+        named: Vec::new(),
         driver: true,
         pid: std::process::id(),
     };

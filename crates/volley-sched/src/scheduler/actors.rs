@@ -145,8 +145,17 @@ impl Scheduler {
         };
         if let Some(name) = &o.name {
             let key = (o.namespace.clone(), name.clone());
-            if let Some(existing) = self.names.get(&key).copied() {
+            let local = self.names.get(&key).copied();
+            // Another node's actor of that name (a creation a peer sent was checked there).
+            let remote = match (local, holder) {
+                (None, Holder::Local | Holder::Worker(_)) => self.cluster_named(&o.namespace, name),
+                _ => None,
+            };
+            if let Some(existing) = local.or(remote.as_ref().map(|r| r.actor)) {
                 if o.get_if_exists {
+                    if let Some(r) = remote {
+                        self.add_named_route(&r);
+                    }
                     self.incref(holder, &[existing.object()]);
                     return Ok((existing, false));
                 }
@@ -182,11 +191,60 @@ impl Scheduler {
         self.actors.get(&aid).map(|a| a.opts().meta.clone())
     }
 
-    /// A live named actor and its handle metadata.
-    pub fn lookup_actor(&self, name: &str, namespace: &str) -> Option<(ActorId, Vec<u8>)> {
-        let aid = *self.names.get(&(namespace.to_string(), name.to_string()))?;
-        let a = self.actors.get(&aid)?;
-        (a.life != Life::Dead).then(|| (aid, a.opts().meta.clone()))
+    /// A live named actor and its handle metadata: one of this node's, else one another node
+    /// of the cluster hosts (calls made here then go there).
+    pub fn lookup_actor(&mut self, name: &str, namespace: &str) -> Option<(ActorId, Vec<u8>)> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(aid) = self.names.get(&key).copied() {
+            if let Some(a) = self.actors.get(&aid).filter(|a| a.life != Life::Dead) {
+                return Some((aid, a.opts().meta.clone()));
+            }
+        }
+        let n = self.cluster_named(namespace, name)?;
+        self.add_named_route(&n);
+        Some((n.actor, n.meta))
+    }
+
+    /// A proxy entry for a named actor another node hosts (with its handles' metadata).
+    fn add_named_route(&mut self, n: &volley_proto::NamedActor) {
+        self.add_routes(vec![(n.actor, n.node, n.class.clone())]);
+        if let Some(a) = self.actors.get_mut(&n.actor).filter(|a| a.proxy) {
+            if let ActorPart::Create(o) = &mut Arc::make_mut(&mut a.create).actor {
+                o.meta = n.meta.clone();
+            }
+        }
+    }
+
+    /// A named actor the cluster's directory lists (the earliest node's, if two claim a name).
+    fn cluster_named(&self, namespace: &str, name: &str) -> Option<volley_proto::NamedActor> {
+        self.peers
+            .values()
+            .flat_map(|p| p.view.named.iter())
+            .find(|n| n.name == name && n.namespace == namespace)
+            .cloned()
+    }
+
+    /// Named actors this node hosts (for the cluster's directory).
+    pub fn named_actors(&self) -> Vec<volley_proto::NamedActor> {
+        let node = self.node_id.unwrap_or(NodeId(0));
+        let mut v: Vec<volley_proto::NamedActor> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| !a.proxy && a.remote.is_none() && a.life != Life::Dead)
+            .filter_map(|(aid, a)| {
+                let o = a.opts();
+                Some(volley_proto::NamedActor {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone()?,
+                    actor: *aid,
+                    node,
+                    class: o.class_name.clone(),
+                    meta: o.meta.clone(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
     }
 
     /// State of an actor, for users.

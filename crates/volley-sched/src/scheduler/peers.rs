@@ -31,6 +31,8 @@ pub struct PeerView {
     pub resources: Vec<(String, u64, u64)>,
     /// A driver's node: it runs nobody else's tasks.
     pub driver: bool,
+    /// Named actors it hosts.
+    pub named: Vec<volley_proto::NamedActor>,
 }
 
 pub(super) struct PeerEntry {

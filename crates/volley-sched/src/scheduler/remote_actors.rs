@@ -415,6 +415,23 @@ impl Scheduler {
     pub(super) fn drop_peer_actor_refs(&mut self, peer: NodeId, out: &mut Vec<Action>) {
         let refs = self.peer_actor_refs.remove(&peer).unwrap_or_default();
         self.decref(Holder::Peer(peer), &refs, out);
+        // Named actors it created live on here only if detached (a name alone holds them).
+        let mut doomed: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| {
+                a.caller == Holder::Peer(peer)
+                    && !a.proxy
+                    && a.life != Life::Dead
+                    && a.opts().name.is_some()
+                    && !a.opts().detached
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        doomed.sort();
+        for aid in doomed {
+            self.kill_actor_for(aid, true, "the node that created it left the cluster", out);
+        }
     }
 }
 

@@ -434,6 +434,7 @@ fn peer(id: u32, cpus: u32) -> PeerView {
         cpu_free_milli: cpus * 1000,
         resources: Vec::new(),
         driver: false,
+        named: Vec::new(),
     }
 }
 
