@@ -239,5 +239,13 @@ def u1():
     return _cluster_api.u1(cluster, _spread)
 
 
+def uw():
+    return _cluster_api.uw(cluster, _spread)
+
+
+def u1w():
+    return _cluster_api.u1w(cluster, _spread)
+
+
 def v():
     return _cluster_api.v(cluster, _spread)
