@@ -852,3 +852,37 @@ def test_named_actors_are_found_from_other_drivers(cluster, tmp_path):
     assert volley.get(same.all.remote(), timeout=20)[0] == items
     volley.kill(registry)
     _poll_actor("registry", present=False)
+
+
+def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
+    @volley.remote
+    def head_of(a, i):
+        return float(a[i])
+
+    target = next(n for n in volley.nodes() if n["address"] == cluster.addrs[1])
+    pin = volley.NodeAffinitySchedulingStrategy(target["node_id"])
+    size = 32 << 20
+    arr = np.arange(size // 8, dtype=np.float64)
+    ref = volley.put(arr)
+    time.sleep(0.3)  # a heartbeat: the byte counts in the view are fresh
+
+    def received() -> int:
+        return next(n for n in volley.nodes() if n["node_id"] == target["node_id"])[
+            "bytes_received"
+        ]
+
+    before = received()
+    assert volley.get([head_of.options(scheduling_strategy=pin).remote(ref, i) for i in range(8)]) == [
+        float(i) for i in range(8)
+    ]
+    assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref, 9)) == 9.0
+    deadline = time.monotonic() + 5
+    while received() - before < size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    moved = received() - before
+    assert size <= moved < 2 * size, f"{moved} bytes for 9 tasks on one {size}-byte value"
+    # Once the driver drops it, the node lets its copy go (and a new value travels again).
+    del ref
+    ref2 = volley.put(arr + 1)
+    assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref2, 0)) == 1.0

@@ -42,6 +42,8 @@ pub struct NodeInfo {
     pub waiting: Vec<String>,
     /// Named actors it hosts: the cluster's directory of names is every node's list.
     pub named: Vec<NamedActor>,
+    /// Bytes of stored values it has received from other nodes, in all.
+    pub bytes_received: u64,
     /// A driver's node: it joins to send work, and runs none of the cluster's.
     pub driver: bool,
     pub pid: u32,
@@ -95,6 +97,9 @@ pub enum PeerMsg {
         routes: Vec<(crate::ActorId, NodeId, String)>,
         /// Refs inside its arguments whose tasks failed: the errors they hold.
         errors: Vec<(crate::ObjectId, crate::ErrorPayload)>,
+        /// Values it needs that the receiver keeps a copy of from an earlier `Task` (kept until
+        /// the sender's `Release` names them).
+        cached: Vec<crate::ObjectId>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
     Done {

@@ -74,6 +74,8 @@ pub(crate) struct Cluster {
     /// Every open connection to a peer, to shut down on `close` (their reader threads end then).
     sockets: Mutex<HashMap<u64, TcpStream>>,
     next_socket: std::sync::atomic::AtomicU64,
+    /// Bytes of stored values received from peers.
+    bytes_received: std::sync::atomic::AtomicU64,
 }
 
 struct Members {
@@ -141,6 +143,7 @@ impl Cluster {
             log_sources: Mutex::new(Default::default()),
             sockets: Mutex::new(HashMap::new()),
             next_socket: std::sync::atomic::AtomicU64::new(0),
+            bytes_received: std::sync::atomic::AtomicU64::new(0),
             cfg,
         });
         if !c.cfg.driver {
@@ -277,6 +280,7 @@ impl Cluster {
             tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
             waiting,
             named,
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
             driver: self.cfg.driver,
             pid: std::process::id(),
         }
@@ -516,12 +520,20 @@ impl Cluster {
                 Ok(m)
             });
             let stop = match msg {
-                Ok(PeerMsg::Task { spec, function, objects, packages, routes, errors }) => {
+                Ok(PeerMsg::Task { spec, function, objects, packages, routes, errors, cached }) => {
                     for (hash, bytes) in packages {
                         self.shared.register_package(hash, bytes.into_vec());
                     }
                     let packages = Vec::new();
-                    batch.push(PeerMsg::Task { spec, function, objects, packages, routes, errors });
+                    batch.push(PeerMsg::Task {
+                        spec,
+                        function,
+                        objects,
+                        packages,
+                        routes,
+                        errors,
+                        cached,
+                    });
                     false
                 }
                 Ok(PeerMsg::SubscribeLogs) => {
@@ -757,7 +769,7 @@ impl Cluster {
     fn to_msg(&self, a: Action) -> Option<(PeerMsg, Vec<Lease>)> {
         let mut leases = Vec::new();
         match a {
-            Action::Spill { peer, spec, function, objects, packages, routes, errors } => {
+            Action::Spill { peer, spec, function, objects, packages, routes, errors, cached } => {
                 let mut spec: TaskSpec = (*spec).clone();
                 let prepared = self.prepare(&spec.args, &mut leases).and_then(|args| {
                     spec.args = args;
@@ -784,7 +796,8 @@ impl Cluster {
                     .map(|(h, b)| (h, serde_bytes::ByteBuf::from(b.to_vec())))
                     .collect();
                 let errors = errors.into_iter().map(|(id, e)| (id, (*e).clone())).collect();
-                let msg = PeerMsg::Task { spec, function, objects, packages, routes, errors };
+                let msg =
+                    PeerMsg::Task { spec, function, objects, packages, routes, errors, cached };
                 Some((msg, leases))
             }
             Action::PeerDone { task, result, objects, .. } => {
@@ -905,6 +918,7 @@ impl Cluster {
         for v in bulk_values(msg) {
             let Some(loc) = v.shm.clone() else { continue };
             let (_, total) = shm_layout(loc.data_len, &loc.buffer_lens);
+            self.bytes_received.fetch_add(loc.size, Ordering::Relaxed);
             if total != loc.size || loc.size == 0 {
                 return Err(ProtoError::Handshake(format!(
                     "a value of {} bytes with a layout of {total}",
@@ -995,9 +1009,9 @@ fn apply_peer_msg(
     out: &mut Vec<Action>,
 ) {
     match m {
-        PeerMsg::Task { spec, function, objects, routes, errors, .. } => {
+        PeerMsg::Task { spec, function, objects, routes, errors, cached, .. } => {
             let function = function.map(|f| Arc::from(f.into_vec()));
-            s.accept_peer_task(peer, spec, function, objects, routes, errors, out);
+            s.accept_peer_task(peer, spec, function, objects, routes, errors, cached, out);
         }
         PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
         PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),
@@ -1053,6 +1067,7 @@ pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeEr
         tasks_waiting: 0,
         waiting: Vec::new(),
         named: Vec::new(),
+        bytes_received: 0,
         driver: true,
         pid: std::process::id(),
     };

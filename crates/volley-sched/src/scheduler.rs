@@ -127,6 +127,8 @@ pub enum Action {
         routes: Vec<(ActorId, NodeId, String)>,
         /// Refs inside its arguments that hold errors, with them.
         errors: Vec<(ObjectId, Arc<ErrorPayload>)>,
+        /// Values it needs that the peer has a copy of already (see `PeerEntry::copies`).
+        cached: Vec<ObjectId>,
     },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {
@@ -316,6 +318,9 @@ pub struct Scheduler {
     /// Tasks of peers this node asked its workers to give back, to return them to those peers
     /// (see `peer_steal`).
     revoked_for_peer: HashSet<TaskId>,
+    /// Copies of large values peers sent with tasks, kept here until the peer lets them go
+    /// (see `PeerEntry::copies`).
+    peer_copies: HashMap<NodeId, HashSet<ObjectId>>,
     /// Actors with a call held back for a ref in its arguments still being made (to go to a
     /// peer, a call carries the values of those refs): dispatched again once it is ready.
     gather_waits: HashMap<ObjectId, Vec<ActorId>>,
@@ -367,6 +372,7 @@ impl Scheduler {
             removed_pgs: HashSet::new(),
             gather_waits: HashMap::new(),
             revoked_for_peer: HashSet::new(),
+            peer_copies: HashMap::new(),
         }
     }
 
@@ -1733,7 +1739,11 @@ impl Scheduler {
                 ObjectState::Pending => {}
                 ObjectState::Ready(v) => {
                     work.extend(v.contained.iter().copied());
+                    let copied = v.shm.is_some();
                     self.objects.remove(&id);
+                    if copied && !self.peers.is_empty() {
+                        self.drop_copies(id, out);
+                    }
                 }
                 ObjectState::Failed(_) => {
                     self.objects.remove(&id);

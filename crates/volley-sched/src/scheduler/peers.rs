@@ -43,6 +43,10 @@ pub(super) struct PeerEntry {
     known_packages: HashSet<String>,
     /// A `PeerSteal` to it is unanswered.
     stealing: bool,
+    /// Large values (in shared memory) it has a copy of from us: later tasks that need them
+    /// go without them. It keeps each until we free ours (`PeerRelease`), so a value used by
+    /// many tasks there crosses the network once.
+    copies: HashSet<ObjectId>,
 }
 
 impl PeerEntry {
@@ -94,6 +98,7 @@ impl Scheduler {
                         known_functions: HashSet::new(),
                         known_packages: HashSet::new(),
                         stealing: false,
+                        copies: HashSet::new(),
                     };
                     self.peers.insert(v.id, entry);
                 }
@@ -114,6 +119,7 @@ impl Scheduler {
             self.peer_tasks_lost(id, p, why, out);
         }
         self.drop_peer_actor_refs(id, out);
+        self.release_copies(id, None, out);
         self.pgs_peer_gone(id, out);
         // Tasks it sent us: nobody waits for their results any more.
         let theirs: Vec<TaskId> =
@@ -430,7 +436,64 @@ impl Scheduler {
         }
         let routes = self.routes_for(&spec, &objects);
         let errors = self.failed_refs(&spec, &objects);
-        out.push(Action::Spill { peer, spec, function, objects, packages, routes, errors });
+        let mut cached = Vec::new();
+        let mut objects = objects;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            objects.retain(|(id, v)| {
+                if v.shm.is_none() {
+                    return true; // Small values travel inline each time.
+                }
+                if p.copies.contains(id) {
+                    cached.push(*id);
+                    return false;
+                }
+                p.copies.insert(*id);
+                true
+            });
+        }
+        out.push(Action::Spill { peer, spec, function, objects, packages, routes, errors, cached });
+    }
+
+    /// A large value was freed here: the peers keeping a copy of it may let it go.
+    pub(super) fn drop_copies(&mut self, id: ObjectId, out: &mut Vec<Action>) {
+        for (peer, p) in self.peers.iter_mut() {
+            if p.copies.remove(&id) {
+                out.push(Action::PeerRelease { peer: *peer, ids: vec![id] });
+            }
+        }
+    }
+
+    /// Values `peer` sent with a task that this node keeps a copy of (see `PeerEntry::copies`).
+    fn keep_copies(&mut self, peer: NodeId, ids: &[ObjectId]) {
+        let mut keep = Vec::new();
+        for id in ids {
+            let large = self
+                .objects
+                .get(id)
+                .is_some_and(|o| matches!(&o.state, ObjectState::Ready(v) if v.shm.is_some()));
+            if large && self.peer_copies.entry(peer).or_default().insert(*id) {
+                keep.push(*id);
+            }
+        }
+        self.incref(Holder::Peer(peer), &keep);
+    }
+
+    /// The peer's copies kept here go (it let them go, or it is gone).
+    pub(super) fn release_copies(
+        &mut self,
+        peer: NodeId,
+        ids: Option<&[ObjectId]>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(set) = self.peer_copies.get_mut(&peer) else { return };
+        let gone: Vec<ObjectId> = match ids {
+            Some(ids) => ids.iter().filter(|id| set.remove(id)).copied().collect(),
+            None => set.drain().collect(),
+        };
+        if set.is_empty() {
+            self.peer_copies.remove(&peer);
+        }
+        self.decref(Holder::Peer(peer), &gone, out);
     }
 
     /// The refs inside a task's arguments (and inside the values going with it) that hold
@@ -511,6 +574,7 @@ impl Scheduler {
         objects: Vec<(ObjectId, ObjectData)>,
         routes: Vec<(ActorId, NodeId, String)>,
         errors: Vec<(ObjectId, ErrorPayload)>,
+        cached: Vec<ObjectId>,
         out: &mut Vec<Action>,
     ) {
         self.add_routes(routes);
@@ -519,6 +583,22 @@ impl Scheduler {
         }
         let mut ids: Vec<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
         let holder = Holder::Peer(peer);
+        let fresh: Vec<ObjectId> = ids.clone();
+        if let Some(id) = cached.iter().find(|id| !self.objects.contains_key(id)) {
+            // The copy was let go before this task arrived: it cannot run here.
+            let name = spec.name.clone();
+            let msg = format!("a value task '{name}' needs ({id:?}) was no longer kept here");
+            let err = error(ErrorKind::ObjectLost, &name, msg);
+            out.push(Action::PeerDone {
+                peer,
+                task: spec.task_id,
+                result: Err(err),
+                objects: Vec::new(),
+            });
+            return;
+        }
+        self.incref(holder, &cached);
+        ids.extend(cached.iter().copied());
         for (id, err) in errors {
             if !self.objects.contains_key(&id) {
                 self.new_object(id);
@@ -538,6 +618,7 @@ impl Scheduler {
                 self.incref(holder, &[id]);
             }
         }
+        self.keep_copies(peer, &fresh);
         let tid = spec.task_id;
         self.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {

@@ -399,6 +399,7 @@ impl Scheduler {
 
     /// A peer dropped its handles on actors it had us create.
     pub fn peer_release(&mut self, peer: NodeId, ids: &[ObjectId], out: &mut Vec<Action>) {
+        self.release_copies(peer, Some(ids), out);
         let mut released = Vec::new();
         if let Some(refs) = self.peer_actor_refs.get_mut(&peer) {
             for id in ids {

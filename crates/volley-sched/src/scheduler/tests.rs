@@ -512,7 +512,7 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
     let spec = h.spec(vec![arg], TaskOptions::default());
     let tid = spec.task_id;
     let objects = vec![(arg, ObjectData::inline(vec![5], Vec::new(), Vec::new()))];
-    h.s.accept_peer_task(NodeId(9), spec, None, objects, Vec::new(), Vec::new(), &mut h.out);
+    h.s.accept_peer_task(NodeId(9), spec, None, objects, vec![], vec![], vec![], &mut h.out);
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
     let value = ObjectData::inline(vec![6], Vec::new(), Vec::new());
@@ -611,7 +611,7 @@ fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
     for _ in 0..12 {
         let spec = h.spec(Vec::new(), TaskOptions::default());
         tids.push(spec.task_id);
-        h.s.accept_peer_task(NodeId(9), spec, None, Vec::new(), Vec::new(), Vec::new(), &mut h.out);
+        h.s.accept_peer_task(NodeId(9), spec, None, vec![], vec![], vec![], vec![], &mut h.out);
     }
     let ex = h.executed();
     assert_eq!(ex.len(), 9, "one running, eight pipelined behind it, three queued");
@@ -683,4 +683,63 @@ fn placement_group_bundles_are_reserved_and_used() {
     );
     assert_eq!(h.error_kind(later), Some(ErrorKind::Unschedulable));
     assert!(h.executed().iter().any(|(_, t)| *t == plain.task));
+}
+
+#[test]
+fn a_large_value_goes_to_a_peer_once_and_is_let_go_with_ours() {
+    use volley_proto::ShmLoc;
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 1)], &mut h.out);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
+    let value = ObjectData { shm: Some(shm), ..Default::default() };
+    h.s.put(Holder::Local, big, value, &mut h.out);
+    let refs: Vec<ObjectId> = (0..3).map(|_| h.submit(vec![big])).collect();
+    let sent: Vec<(usize, Vec<ObjectId>)> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spill { objects, cached, .. } => Some((objects.len(), cached.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![(1, vec![]), (0, vec![big]), (0, vec![big])], "sent once");
+    // Once every task is done and we drop ours, the peer is told to let its copy go.
+    let done = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
+    for r in &refs {
+        h.s.peer_done(NodeId(1), r.task, done(), Vec::new(), &mut h.out);
+    }
+    h.out.clear();
+    h.s.decref(Holder::Local, &[big], &mut h.out);
+    assert!(h.out.iter().any(
+        |a| matches!(a, Action::PeerRelease { peer, ids } if *peer == NodeId(1) && ids == &vec![big])
+    ));
+}
+
+#[test]
+fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
+    use volley_proto::ShmLoc;
+    let mut h = Harness::started(1.0);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
+    let value = ObjectData { shm: Some(shm), ..Default::default() };
+    let first = h.spec(vec![big], TaskOptions::default());
+    let second = h.spec(vec![big], TaskOptions::default());
+    let (t1, t2) = (first.task_id, second.task_id);
+    let objects = vec![(big, value)];
+    h.s.accept_peer_task(NodeId(9), first, None, objects, vec![], vec![], vec![], &mut h.out);
+    let w = h.executed()[0].0;
+    h.s.task_done(w, t1, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.is_ready(&big), "kept after the task");
+    h.s.accept_peer_task(NodeId(9), second, None, vec![], vec![], vec![], vec![big], &mut h.out);
+    assert_eq!(h.executed().len(), 1, "runs with the kept copy");
+    h.s.task_done(w, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    h.s.peer_release(NodeId(9), &[big], &mut h.out);
+    assert!(h.s.object_state(&big).is_none(), "let go");
+    // A task naming a copy that is gone fails instead of waiting forever.
+    let third = h.spec(vec![big], TaskOptions::default());
+    let t3 = third.task_id;
+    h.s.accept_peer_task(NodeId(9), third, None, vec![], vec![], vec![], vec![big], &mut h.out);
+    assert!(h.out.iter().any(|a| matches!(a,
+        Action::PeerDone { task, result: Err(e), .. } if *task == t3 && e.kind == ErrorKind::ObjectLost)));
 }
