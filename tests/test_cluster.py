@@ -886,3 +886,37 @@ def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
     del ref
     ref2 = volley.put(arr + 1)
     assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref2, 0)) == 1.0
+
+
+def test_the_head_dies_and_comes_back(tmp_path):
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        head = c.start(True, "127.0.0.1")
+        others = [c.start(False, "127.0.0.2"), c.start(False, "127.0.0.3")]
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        refs = [where.options(max_retries=3).remote(0.5) for _ in range(12)]
+        time.sleep(0.3)
+        c.kill(0)  # the head, with its tasks
+        # The job finishes on the other nodes, and new work goes there meanwhile.
+        assert set(volley.get(refs, timeout=60)) <= set(others)
+        assert set(volley.get([where.remote(0.1) for _ in range(6)], timeout=60)) <= set(others)
+        # A head started again at the same address: the nodes and the driver join it again.
+        c.start(True, "127.0.0.1")
+        time.sleep(1.5)  # the nodes and the driver try to join again every 0.5 s
+        deadline = time.monotonic() + 20
+        while {n["address"] for n in volley.nodes() if not n["driver"]} != {head, *others}:
+            assert time.monotonic() < deadline, volley.nodes()
+            time.sleep(0.1)
+        # Nodes rejoin one by one (a link opened before its node rejoined is cut then, and its
+        # tasks retried): within a few rounds every node runs tasks again.
+        seen: set = set()
+        for _ in range(10):
+            seen |= set(volley.get([where.remote(0.2) for _ in range(9)], timeout=60))
+            if seen == {head, *others}:
+                break
+        assert seen == {head, *others}
+    finally:
+        volley.shutdown()
+        c.stop()

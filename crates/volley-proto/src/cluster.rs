@@ -70,20 +70,17 @@ pub struct NamedActor {
 pub enum PeerMsg {
     /// To the head: a node joins (or a driver's node, which takes no work) and says where others
     /// reach it. Answered with `Welcome`.
-    Join {
-        info: NodeInfo,
-    },
+    Join { info: NodeInfo },
     Welcome {
         id: NodeId,
+        /// Chosen at random when the head starts: a node that joins a head with another epoch
+        /// (it restarted) forgets every peer, since node ids start over.
+        epoch: u64,
     },
     /// To the head, periodically: this node's load. Answered with `View`.
-    Heartbeat {
-        info: NodeInfo,
-    },
+    Heartbeat { info: NodeInfo },
     /// The cluster as the head sees it: every live node.
-    View {
-        nodes: Vec<NodeInfo>,
-    },
+    View { nodes: Vec<NodeInfo> },
     /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
     /// pickled inside them), so the receiver needs nothing else; `function` is the function's
     /// bytes, the first time the receiver needs it.
@@ -102,11 +99,7 @@ pub enum PeerMsg {
         cached: Vec<crate::ObjectId>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
-    Done {
-        task: TaskId,
-        result: TaskResult,
-        objects: Vec<(crate::ObjectId, ObjectData)>,
-    },
+    Done { task: TaskId, result: TaskResult, objects: Vec<(crate::ObjectId, ObjectData)> },
     /// An object a `Done` (or an earlier `Object`) named that was still being made then.
     Object {
         id: crate::ObjectId,
@@ -122,61 +115,32 @@ pub enum PeerMsg {
         log: Option<String>,
     },
     /// Cancel a task sent with `Task`.
-    Cancel {
-        task: TaskId,
-        force: bool,
-    },
+    Cancel { task: TaskId, force: bool },
     /// First frame on a connection a node opens to send tasks: who it is.
-    Hello {
-        id: NodeId,
-    },
+    Hello { id: NodeId },
     /// The sender dropped its references to these (actors the receiver hosts for it).
-    Release {
-        ids: Vec<crate::ObjectId>,
-    },
+    Release { ids: Vec<crate::ObjectId> },
     /// `volley.kill` of an actor the receiver hosts for the sender.
-    Kill {
-        actor: crate::ActorId,
-        no_restart: bool,
-    },
+    Kill { actor: crate::ActorId, no_restart: bool },
     /// Reserve bundles (index, resources in thousandths) of the sender's placement group `pg`.
     /// Answered `Reserved` on the same connection.
-    Reserve {
-        pg: String,
-        bundles: Vec<(u32, Vec<(String, u64)>)>,
-    },
+    Reserve { pg: String, bundles: Vec<(u32, Vec<(String, u64)>)> },
     /// Whether every bundle of a `Reserve` is now held (all or none).
-    Reserved {
-        pg: String,
-        bundles: Vec<u32>,
-        ok: bool,
-    },
+    Reserved { pg: String, bundles: Vec<u32>, ok: bool },
     /// Release the bundles of `pg` reserved for the sender; with `remove`, the group is gone:
     /// what runs in it is stopped and what waits for it fails.
-    PgRelease {
-        pg: String,
-        remove: bool,
-    },
+    PgRelease { pg: String, remove: bool },
     /// Give back up to `max` of the sender's tasks that have not started here (other nodes have
     /// room for them). Answered `Returned` on the same connection.
-    Steal {
-        max: u32,
-    },
+    Steal { max: u32 },
     /// Tasks given back (they will not run here), possibly none.
-    Returned {
-        tasks: Vec<TaskId>,
-    },
+    Returned { tasks: Vec<TaskId> },
     /// From a driver's node: send this node's worker output here (as `Log`).
     SubscribeLogs,
     /// Worker output: whole lines, for file descriptor `fd` (1 or 2) of the driver.
-    Log {
-        fd: u8,
-        lines: serde_bytes::ByteBuf,
-    },
+    Log { fd: u8, lines: serde_bytes::ByteBuf },
     /// Sent instead of an answer when a request cannot be served.
-    Refused {
-        reason: String,
-    },
+    Refused { reason: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -76,6 +76,8 @@ pub(crate) struct Cluster {
     next_socket: std::sync::atomic::AtomicU64,
     /// Bytes of stored values received from peers.
     bytes_received: std::sync::atomic::AtomicU64,
+    /// The head's epoch (see `PeerMsg::Welcome`); the head's own on the head.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 struct Members {
@@ -144,6 +146,7 @@ impl Cluster {
             sockets: Mutex::new(HashMap::new()),
             next_socket: std::sync::atomic::AtomicU64::new(0),
             bytes_received: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
             cfg,
         });
         if !c.cfg.driver {
@@ -295,14 +298,38 @@ impl Cluster {
         let rs = s.try_clone()?;
         let mut r = FrameReader::new(&rs);
         let id = match recv(&mut r).map_err(proto)? {
-            PeerMsg::Welcome { id } => id,
+            PeerMsg::Welcome { id, epoch } => {
+                let before = self.epoch.swap(epoch, Ordering::AcqRel);
+                if before != 0 && before != epoch {
+                    self.forget_peers();
+                }
+                id
+            }
             PeerMsg::Refused { reason } => return Err(RuntimeError::Refused(reason)),
             other => return Err(RuntimeError::Refused(format!("unexpected answer {other:?}"))),
         };
         *self.me.lock() = id;
+        self.shared.state.lock().sched.set_node_id(id);
         self.beat(&mut s, &mut r)?;
         drop(r);
         Ok((s, id))
+    }
+
+    /// The head restarted and node ids start over: every peer this node knew is gone (its
+    /// tasks are retried, its connections closed) before the new view comes in.
+    fn forget_peers(&self) {
+        let me = self.node_id();
+        let known: Vec<NodeId> =
+            self.view.lock().drain(..).map(|n| n.id).filter(|id| *id != me).collect();
+        for (_, s) in self.sockets.lock().drain() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.links.lock().clear();
+        self.incoming.lock().clear();
+        self.log_sources.lock().clear();
+        self.log_subscribers.lock().clear();
+        self.shared
+            .with(|st, out| st.sched.peers_reset(&known, "the cluster's head restarted", out));
     }
 
     /// One heartbeat: our load out, the view back.
@@ -461,7 +488,8 @@ impl Cluster {
         match first {
             PeerMsg::Join { info } if self.members.is_some() => {
                 let id = self.member_joined(info);
-                if send(&mut s, &PeerMsg::Welcome { id }).is_err() {
+                let epoch = self.epoch.load(Ordering::Acquire);
+                if send(&mut s, &PeerMsg::Welcome { id, epoch }).is_err() {
                     return self.member_left(id);
                 }
                 loop {
@@ -510,6 +538,7 @@ impl Cluster {
         mut r: FrameReader<&TcpStream>,
         who: &str,
     ) {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let tx = self.writer(peer, s, false);
         self.incoming.lock().insert(peer, tx);
         // Every message one read brought in is handled under one lock of the state.
@@ -577,6 +606,9 @@ impl Cluster {
                 break;
             }
         }
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return; // The head restarted meanwhile: `forget_peers` did the rest.
+        }
         self.incoming.lock().remove(&peer);
         self.log_subscribers.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
@@ -623,6 +655,7 @@ impl Cluster {
     }
 
     fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<Sender<Action>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let addr = self.view.lock().iter().find(|n| n.id == peer).map(|n| n.addr.clone())?;
         let mut s = match connect(&addr, &self.cfg.token) {
             Ok(s) => s,
@@ -695,7 +728,9 @@ impl Cluster {
                     break why;
                 }
             };
-            c.link_broke(peer, &why);
+            if c.epoch.load(Ordering::Acquire) == epoch {
+                c.link_broke(peer, &why);
+            }
         });
         Some(tx)
     }
@@ -1077,4 +1112,14 @@ pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeEr
         PeerMsg::View { nodes } => Ok(nodes),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
     }
+}
+
+/// A random epoch for a head (see `PeerMsg::Welcome`), never 0.
+fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    }
+    u64::from_le_bytes(b).max(1)
 }

@@ -113,10 +113,23 @@ impl Scheduler {
     /// A peer died (its connection broke, or the head declared it dead): the tasks it was running
     /// for us are retried (here or on another peer) if their retries allow, else they fail.
     pub fn peer_gone(&mut self, id: NodeId, why: &str, out: &mut Vec<Action>) {
+        self.peer_lost(id, why, true, out);
+    }
+
+    /// This node's cluster started over (its head restarted): every peer is forgotten, and
+    /// the tasks they ran for us are sent again without using up their retries (no task
+    /// failed).
+    pub fn peers_reset(&mut self, ids: &[NodeId], why: &str, out: &mut Vec<Action>) {
+        for id in ids {
+            self.peer_lost(*id, why, false, out);
+        }
+    }
+
+    fn peer_lost(&mut self, id: NodeId, why: &str, counted: bool, out: &mut Vec<Action>) {
         // What it holds here is dropped even if it never made it into our view (a short-lived
         // driver can come and go between two views).
         if let Some(p) = self.peers.remove(&id) {
-            self.peer_tasks_lost(id, p, why, out);
+            self.peer_tasks_lost(id, p, why, counted, out);
         }
         self.drop_peer_actor_refs(id, out);
         self.release_copies(id, None, out);
@@ -134,7 +147,14 @@ impl Scheduler {
     }
 
     /// Retries (or fails) the tasks and actor calls a dead peer was running for us.
-    fn peer_tasks_lost(&mut self, id: NodeId, p: PeerEntry, why: &str, out: &mut Vec<Action>) {
+    fn peer_tasks_lost(
+        &mut self,
+        id: NodeId,
+        p: PeerEntry,
+        why: &str,
+        counted: bool,
+        out: &mut Vec<Action>,
+    ) {
         let mut tasks: Vec<TaskId> = p.inflight.keys().copied().collect();
         tasks.sort();
         let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) = tasks.into_iter().partition(|t| {
@@ -143,8 +163,10 @@ impl Scheduler {
         self.remote_actors_lost(id, calls, why, out);
         for tid in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
-            if task.cancel.is_none() && retries_left(task) {
-                task.attempts += 1;
+            if task.cancel.is_none() && (!counted || retries_left(task)) {
+                if counted {
+                    task.attempts += 1;
+                }
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
             } else {
