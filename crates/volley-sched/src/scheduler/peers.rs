@@ -402,6 +402,12 @@ impl Scheduler {
             return false;
         }
         let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else { return false };
+        // A peer already keeping copies of its large arguments, if it can start it now.
+        if let Some(peer) = self.peer_with_args(&spec) {
+            if self.try_spill_to(tid, peer, out) {
+                return true;
+            }
+        }
         // The least loaded peer (by what this node has sent there) that has room for it.
         let target = self
             .peers
@@ -415,6 +421,37 @@ impl Scheduler {
             .min()
             .map(|(_, _, id)| id);
         target.is_some_and(|peer| self.try_spill_to(tid, peer, out))
+    }
+
+    /// The peer with a free CPU for `spec` that keeps copies of the most bytes of its large
+    /// arguments (see `PeerEntry::copies`), if any keeps some.
+    fn peer_with_args(&self, spec: &TaskSpec) -> Option<NodeId> {
+        let large: Vec<(ObjectId, u64)> = spec
+            .deps
+            .iter()
+            .chain(spec.args.contained.iter())
+            .filter_map(|id| match self.objects.get(id).map(|o| &o.state) {
+                Some(ObjectState::Ready(v)) => v.shm.as_ref().map(|s| (*id, s.size)),
+                _ => None,
+            })
+            .collect();
+        if large.is_empty() {
+            return None;
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.has_room(spec)
+                    && p.inflight_cpu() + spec.options.cpu_milli <= p.view.cpu_total_milli
+            })
+            .map(|(id, p)| {
+                let held: u64 =
+                    large.iter().filter(|(o, _)| p.copies.contains(o)).map(|(_, n)| n).sum();
+                (held, std::cmp::Reverse(*id))
+            })
+            .filter(|(held, _)| *held > 0)
+            .max()
+            .map(|(_, std::cmp::Reverse(id))| id)
     }
 
     /// The values a spilled task needs: its dependencies and every ref pickled inside its

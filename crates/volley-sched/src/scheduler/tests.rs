@@ -743,3 +743,23 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     assert!(h.out.iter().any(|a| matches!(a,
         Action::PeerDone { task, result: Err(e), .. } if *task == t3 && e.kind == ErrorKind::ObjectLost)));
 }
+
+#[test]
+fn a_task_goes_where_its_large_argument_already_is_when_that_node_has_a_free_cpu() {
+    use volley_proto::ShmLoc;
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 2), peer(2, 2)], &mut h.out);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
+    h.s.put(Holder::Local, big, ObjectData { shm: Some(shm), ..Default::default() }, &mut h.out);
+    let first = h.submit(vec![big]);
+    let to = |h: &mut Harness| h.spilled().into_iter().map(|s| s.0).collect::<Vec<_>>();
+    let holder = to(&mut h)[0];
+    // Plain tasks would alternate between the two; those needing `big` follow it while the
+    // node holding it has a free CPU.
+    let _ = h.submit(vec![big]);
+    assert_eq!(to(&mut h), vec![holder]);
+    let _ = h.submit(vec![big]);
+    assert_ne!(to(&mut h), vec![holder], "its CPUs are taken: least loaded again");
+    assert!(matches!(h.s.object_state(&first), Some(ObjectState::Pending)));
+}
