@@ -408,7 +408,9 @@ def test_actor_processes_end_with_shutdown():
 # -------------------------------------------------------------------------------------- resources
 
 
-@pytest.mark.one_node("a 2-CPU actor needs a node with 2 CPUs; the test cluster has two 1-CPU nodes")
+@pytest.mark.one_node(
+    "a 2-CPU actor needs a node with 2 CPUs; the test cluster has two 1-CPU nodes"
+)
 def test_actor_holds_its_cpus_for_its_lifetime():
     big = Counter.options(num_cpus=2).remote()
     volley.get(big.incr.remote())

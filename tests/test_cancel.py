@@ -159,7 +159,10 @@ def test_cancel_finished_task_keeps_its_value():
 # --------------------------------------------------------------------------- running
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes' (test_cluster.py cancels running tasks on other nodes)")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes' "
+    "(test_cluster.py cancels running tasks on other nodes)"
+)
 def test_cancel_running_sleep_interrupts_it(tmp_path):
     starts = tmp_path / "starts"
     starts.mkdir()
@@ -175,7 +178,10 @@ def test_cancel_running_sleep_interrupts_it(tmp_path):
     assert proc_ppid(pid) in (os.getpid(), None)
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes' (test_cluster.py cancels running tasks on other nodes)")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes' "
+    "(test_cluster.py cancels running tasks on other nodes)"
+)
 def test_force_cancel_running_task_kills_its_worker(tmp_path):
     starts = tmp_path / "starts"
     starts.mkdir()

@@ -557,7 +557,9 @@ def test_placement_groups_across_nodes(cluster):
     assert row["state"] == "CREATED"
     nodes = row["bundles_to_node_id"]
     assert len(set(nodes)) == 3
-    ran = volley.get([where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(3)])
+    ran = volley.get(
+        [where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(3)]
+    )
     assert ran == [addr_of[n] for n in nodes]
     # Every CPU is reserved: a fourth bundle waits; a plain task waits too.
     more = volley.placement_group([{"CPU": 1}])
@@ -594,7 +596,9 @@ def test_strict_pack_and_gpu_bundles_across_nodes(cluster):
     def gpu_env():
         return os.environ["VOLLEY_NODE_ADDRESS"], os.environ["CUDA_VISIBLE_DEVICES"]
 
-    out = volley.get([gpu_env.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)])
+    out = volley.get(
+        [gpu_env.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)]
+    )
     assert {a for a, _ in out} == {cluster.addrs[2]}
     assert sorted(d for _, d in out) == ["0", "1"]
     # A task in a bundle submits into the group too, from its own node.
@@ -633,7 +637,10 @@ def test_bundles_on_a_dead_node_are_placed_again_and_groups_die_with_their_drive
             time.sleep(0.1)
         assert len(set(row["bundles_to_node_id"])) == 2
         survivors = set(row["bundles_to_node_id"])
-        ran = volley.get([where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)], timeout=30)
+        ran = volley.get(
+            [where.options(scheduling_strategy=InBundle(pg, i)).remote() for i in range(2)],
+            timeout=30,
+        )
         assert {addr_of[n] for n in survivors} == set(ran)
         # A driver that exits takes its groups with it: the CPUs come back.
         volley.remove_placement_group(pg)
@@ -872,9 +879,9 @@ def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
         ]
 
     before = received()
-    assert volley.get([head_of.options(scheduling_strategy=pin).remote(ref, i) for i in range(8)]) == [
-        float(i) for i in range(8)
-    ]
+    assert volley.get(
+        [head_of.options(scheduling_strategy=pin).remote(ref, i) for i in range(8)]
+    ) == [float(i) for i in range(8)]
     assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref, 9)) == 9.0
     deadline = time.monotonic() + 5
     while received() - before < size and time.monotonic() < deadline:

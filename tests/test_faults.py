@@ -201,7 +201,9 @@ def test_crash_in_nested_task_surfaces_in_parent():
     assert "inner_crash" in str(info.value)
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes'")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes'"
+)
 def test_crash_does_not_disturb_task_on_other_worker(tmp_path):
     release = tmp_path / "release"
     survivor = wait_for_file.remote(str(release))
@@ -216,7 +218,9 @@ def test_crash_does_not_disturb_task_on_other_worker(tmp_path):
 # --------------------------------------------------------------------------- replacement
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes'")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes'"
+)
 def test_crashed_worker_is_replaced(tmp_path):
     before = both_worker_pids(tmp_path / "b1")
     with pytest.raises(volley.WorkerCrashedError):
@@ -230,7 +234,9 @@ def test_crashed_worker_is_replaced(tmp_path):
     assert poll(lambda: len(worker_pids()) == 2), worker_pids()
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes'")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes'"
+)
 def test_idle_worker_killed_from_outside_is_replaced(tmp_path):
     before = both_worker_pids(tmp_path / "b1")
     victim = min(before)
@@ -243,7 +249,9 @@ def test_idle_worker_killed_from_outside_is_replaced(tmp_path):
     assert poll(lambda: len(worker_pids()) == 2), worker_pids()
 
 
-@pytest.mark.one_node("checks that workers are the driver's children; in a cluster they are the nodes'")
+@pytest.mark.one_node(
+    "checks that workers are the driver's children; in a cluster they are the nodes'"
+)
 def test_busy_worker_killed_from_outside_task_is_retried(tmp_path):
     ref = block_first_attempt.remote(tmp_path)
     assert poll(lambda: (tmp_path / "attempt-1").exists(), timeout=30)

@@ -56,7 +56,9 @@ def test_one_task_at_a_time_per_one_cpu_bundle(two_cpus):
         time.sleep(delay)
         return t0, time.monotonic()
 
-    spans = volley.get([span.options(scheduling_strategy=InBundle(pg, 0)).remote(0.2) for _ in range(3)])
+    spans = volley.get(
+        [span.options(scheduling_strategy=InBundle(pg, 0)).remote(0.2) for _ in range(3)]
+    )
     spans.sort()
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end - 0.01  # never two at once in one CPU

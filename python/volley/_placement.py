@@ -127,7 +127,9 @@ def _check_bundles(bundles: Any) -> list[dict[str, float]]:
     out = []
     for i, b in enumerate(bundles):
         if not isinstance(b, dict) or not b:
-            raise ValueError(f"bundle {i} must be a non-empty dict of resource -> amount, not {b!r}")
+            raise ValueError(
+                f"bundle {i} must be a non-empty dict of resource -> amount, not {b!r}"
+            )
         clean = {}
         for k, v in b.items():
             if not isinstance(k, str) or not k or ":" in k:
@@ -171,9 +173,7 @@ def placement_group(
     data, buffers, contained = dumps(PlacementGroup(pg_id, clean, strategy, name))
     if buffers or contained:
         raise RuntimeError("a placement group pickled with out-of-band parts")
-    ref = _core.pg_create(
-        pg_id, name, [sorted(b.items()) for b in clean], strategy, bytes(data)
-    )
+    ref = _core.pg_create(pg_id, name, [sorted(b.items()) for b in clean], strategy, bytes(data))
     return PlacementGroup(pg_id, clean, strategy, name, ref)
 
 

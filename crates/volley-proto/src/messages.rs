@@ -327,7 +327,7 @@ pub enum ActorRequest {
     State { actor: ActorId },
     /// Reserve a placement group's bundles (see [`PgSpec`]); answered `Done` (its `ready` object
     /// becomes ready once every bundle is reserved) or `Error`.
-    PgCreate(PgSpec),
+    PgCreate(Box<PgSpec>),
     /// Release a placement group; answered `Done`.
     PgRemove { pg: String },
     /// Answered `Pgs`.

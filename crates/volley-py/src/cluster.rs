@@ -40,6 +40,7 @@ fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>>
 /// head at `head`. Returns (node id, address it accepts peers on).
 #[pyfunction]
 #[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000, logs = true))]
+#[allow(clippy::too_many_arguments)]
 pub fn join_cluster(
     py: Python<'_>,
     listen: Option<String>,

@@ -455,7 +455,7 @@ fn pg_create(
     let ready = ObjectId::for_return(c.next_task_id(), 0);
     let value = ObjectData::inline(value, Vec::new(), Vec::new());
     let spec = PgSpec { id, name, bundles, strategy, ready, value };
-    match actor_answer(py, &c, ActorRequest::PgCreate(spec))? {
+    match actor_answer(py, &c, ActorRequest::PgCreate(Box::new(spec)))? {
         ActorAnswer::Done => Ok(ObjectRef::new(ready, true)),
         ActorAnswer::Error(e) => Err(PyValueError::new_err(e)),
         other => Err(PyRuntimeError::new_err(format!("unexpected answer {other:?}"))),

@@ -1030,7 +1030,7 @@ fn actor_request(
             Some(info) => ActorAnswer::State(info),
             None => ActorAnswer::NotFound,
         },
-        ActorRequest::PgCreate(spec) => match s.create_pg(holder, spec, out) {
+        ActorRequest::PgCreate(spec) => match s.create_pg(holder, *spec, out) {
             Ok(()) => ActorAnswer::Done,
             Err(e) => ActorAnswer::Error(e),
         },

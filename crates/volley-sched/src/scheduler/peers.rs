@@ -457,10 +457,7 @@ impl Scheduler {
     /// The values a spilled task needs: its dependencies and every ref pickled inside its
     /// arguments, transitively. `None` if one is not ready here yet.
     pub(super) fn gather(&self, spec: &TaskSpec) -> Option<Vec<(ObjectId, Arc<ObjectData>)>> {
-        match gather_objects(&self.objects, spec, &|id| self.located_actor(id)) {
-            Ok(objects) => Some(objects),
-            Err(_) => None,
-        }
+        gather_objects(&self.objects, spec, &|id| self.located_actor(id)).ok()
     }
 
     /// Whether `id` is the object of an actor whose node is known (a handle to it can travel
@@ -626,7 +623,9 @@ impl Scheduler {
         self.placeholders(&named);
     }
 
-    /// Runs a task `peer` sent; its results go back with `Action::PeerDone`.
+    /// Runs a task `peer` sent; its results go back with `Action::PeerDone`. (The arguments are
+    /// the parts of `PeerMsg::Task`.)
+    #[allow(clippy::too_many_arguments)]
     pub fn accept_peer_task(
         &mut self,
         peer: NodeId,

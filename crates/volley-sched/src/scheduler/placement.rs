@@ -25,6 +25,11 @@ use volley_proto::{ErrorKind, NodeId, ObjectData, PgInfo, PgSpec, PgStrategy, Ta
 
 use super::{error, Action, Holder, ObjectEntry, ObjectState, Scheduler};
 
+/// A bundle's resources: (name, thousandths), `CPU` among the names.
+type Bundle = Vec<(String, u64)>;
+/// Bundles of one group with their indices.
+type IndexedBundles = Vec<(u32, Bundle)>;
+
 /// Resource names a placement group's bundles add start with this.
 pub(super) const PG_PREFIX: &str = "pg:";
 /// The marker resource of a bundle; a task in it takes `MARKER_TAKE` of the `MARKER_AMOUNT`.
@@ -60,7 +65,7 @@ pub(super) struct Reservation {
     /// Who created the group: `None` for this node.
     creator: Option<NodeId>,
     /// (index, resources, GPU indices taken).
-    bundles: Vec<(u32, Vec<(String, u64)>, Vec<u32>)>,
+    bundles: Vec<(u32, Bundle, Vec<u32>)>,
 }
 
 /// A node as placement sees it: its total and free resources (`CPU` among them).
@@ -382,7 +387,7 @@ impl Scheduler {
                     c.take(&demand_of([&bundles[*i as usize]]));
                 }
             }
-            let mut by_node: BTreeMap<NodeId, Vec<(u32, Vec<(String, u64)>)>> = BTreeMap::new();
+            let mut by_node: BTreeMap<NodeId, IndexedBundles> = BTreeMap::new();
             for (i, n) in placement {
                 by_node.entry(n).or_default().push((i, bundles[i as usize].clone()));
             }
@@ -484,12 +489,12 @@ impl Scheduler {
     /// After a new cluster view: keeps bundles we know peers hold in their views, and tries the
     /// groups that were waiting for it.
     pub(super) fn pgs_after_view(&mut self, out: &mut Vec<Action>) {
-        let mut known: Vec<(NodeId, String, Vec<(u32, Vec<(String, u64)>)>)> = Vec::new();
+        let mut known: Vec<(NodeId, String, IndexedBundles)> = Vec::new();
         for (id, e) in &self.pgs {
             if matches!(e.state, PgState::Removed | PgState::Failed) {
                 continue;
             }
-            let mut by_node: BTreeMap<NodeId, Vec<(u32, Vec<(String, u64)>)>> = BTreeMap::new();
+            let mut by_node: BTreeMap<NodeId, IndexedBundles> = BTreeMap::new();
             for (i, n) in e.nodes.iter().enumerate() {
                 if let Some(n) = n {
                     by_node.entry(*n).or_default().push((i as u32, e.spec.bundles[i].clone()));

@@ -586,7 +586,7 @@ fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
             _ => None,
         })
         .collect();
-    let half = (peers::PEER_DEPTH as u32 - 1).div_ceil(2);
+    let half = (peers::PEER_DEPTH - 1).div_ceil(2);
     assert_eq!(steals, vec![(NodeId(1), half)], "asked once, for half of what waits there");
     // Peer 1 gives back the newest ones; they go to peer 2.
     let back: Vec<TaskId> = spilled
@@ -601,7 +601,7 @@ fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
     let again = h.spilled();
     assert_eq!(again.len(), back.len());
     assert!(again.iter().all(|(p, t, _)| *p == NodeId(2) && back.contains(t)));
-    assert!(refs.iter().all(|r| matches!(h.s.object_state(r), Some(_))));
+    assert!(refs.iter().all(|r| h.s.object_state(r).is_some()));
 }
 
 #[test]
