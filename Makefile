@@ -1,6 +1,7 @@
 # volley: every target sets itself up from a bare machine (Python 3.11 with pip, a Rust toolchain).
 #   make demo   - build, then run examples/demo.py on the embedded default
-#   make test   - build, then cargo test and pytest
+#   make test   - build, then cargo test and pytest (then the shared-fixture suites again against
+#                 a 3-node cluster on 127.0.0.x: make test-cluster)
 #   make bench  - side-by-side benchmark against Ray, Dask, joblib, multiprocessing (own venv)
 #   make lint   - cargo fmt/clippy and ruff
 #   make fuzz   - a minute of each cargo-fuzz target (frames, handshake; needs nightly)
