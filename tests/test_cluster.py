@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -924,6 +925,69 @@ def test_the_head_dies_and_comes_back(tmp_path):
             if seen == {head, *others}:
                 break
         assert seen == {head, *others}
+    finally:
+        volley.shutdown()
+        c.stop()
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    out = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=volley-cluster"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_tls_on_every_connection(tmp_path):
+    volley.shutdown()
+    cert, key = _self_signed(tmp_path)
+    c = Cluster(tmp_path)
+    tls = ("--tls-cert", cert, "--tls-key", key)
+    try:
+        c.start(True, "127.0.0.1", extra=tls)
+        second = c.start(False, "127.0.0.2", extra=tls)
+        # Without the certificate a driver cannot connect (and the nodes keep serving).
+        with pytest.raises(ConnectionError, match="VOLLEY_TLS_CERT"):
+            volley.init(address=c.head, token=c.token)
+        volley.shutdown()
+        # Another certificate is not the cluster's.
+        (tmp_path / "other").mkdir()
+        other_cert, _ = _self_signed(tmp_path / "other")
+        with pytest.raises(ConnectionError, match="TLS handshake failed"):
+            volley.init(address=c.head, token=c.token, tls_cert=other_cert)
+        volley.shutdown()
+        volley.init(address=c.head, token=c.token, tls_cert=cert)
+        assert len(_wait_nodes(2)) == 2
+
+        @volley.remote
+        def echo(a):
+            return a * 2, os.environ["VOLLEY_NODE_ADDRESS"]
+
+        big = np.arange(4_000_000, dtype=np.float64)  # 32 MB each way, encrypted
+        out = volley.get([echo.remote(big) for _ in range(4)], timeout=60)
+        assert {addr for _, addr in out} == {c.head, second}
+        assert all(np.array_equal(a, big * 2) for a, _ in out)
+        status = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "status", "--address", c.head,
+             "--token", c.token, "--tls-cert", cert],
+            env=c.env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 0 and second in status.stdout, status.stderr
+        # Plain bytes on a TLS port: that connection ends, the cluster goes on.
+        with socket.create_connection(("127.0.0.2", int(second.split(":")[1])), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 100)
+            s.settimeout(5)
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+        assert volley.get(echo.remote(np.ones(3)), timeout=30)[0].tolist() == [2.0, 2.0, 2.0]
     finally:
         volley.shutdown()
         c.stop()

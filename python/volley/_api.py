@@ -108,6 +108,12 @@ class Context:
         return f"volley.Context(num_cpus={self.num_cpus})"
 
 
+def _resolve_tls_cert(cert: str | None) -> str | None:
+    from . import _cluster
+
+    return _cluster.resolve_tls_cert(cert)
+
+
 def _default_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -182,6 +188,7 @@ def init(
     address: str | None = None,
     token: str | None = None,
     runtime_env: dict | None = None,
+    tls_cert: str | None = None,
     _daemon: dict | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
@@ -217,6 +224,9 @@ def init(
             {"NAME": "value"}}``. ``working_dir`` is packed (without ``__pycache__``, ``.git``,
             ``.venv``; 512 MiB at most) and unpacked on each node, where tasks run in it with it
             first on ``sys.path``: they import the driver's own modules and read its files.
+        tls_cert: with ``address``, the certificate (PEM) of a cluster started with
+            ``--tls-cert``; default ``VOLLEY_TLS_CERT``, or the one the head on this machine
+            uses. The driver trusts exactly that certificate.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -295,7 +305,14 @@ def init(
                     _core.register_package(h, data)
                 _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
-                _core.join_cluster(None, joining[0], joining[1], True, logs=bool(log_to_driver))
+                _core.join_cluster(
+                    None,
+                    joining[0],
+                    joining[1],
+                    True,
+                    logs=bool(log_to_driver),
+                    tls_cert=_resolve_tls_cert(tls_cert),
+                )
             elif _daemon is not None:
                 _daemon["joined"] = _core.join_cluster(
                     _daemon["listen"],
@@ -304,6 +321,8 @@ def init(
                     False,
                     _daemon.get("heartbeat_ms", 500),
                     _daemon.get("dead_after_ms", 10_000),
+                    tls_cert=_daemon.get("tls_cert"),
+                    tls_key=_daemon.get("tls_key"),
                 )
         except BaseException:
             _core.shutdown(0.5)

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--token", default=None, help="cluster token (default: generated / VOLLEY_TOKEN)"
     )
+    s.add_argument(
+        "--tls-cert",
+        default=None,
+        help="TLS on every connection: the cluster's certificate, PEM (or VOLLEY_TLS_CERT); "
+        "every node uses the same one, drivers trust exactly it",
+    )
+    s.add_argument("--tls-key", default=None, help="its private key, PEM (or VOLLEY_TLS_KEY)")
     s.add_argument("--block", action="store_true", help="stay in the foreground")
     s.add_argument("--heartbeat-ms", type=int, default=500)
     s.add_argument(
@@ -46,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print the cluster's nodes")
     st.add_argument("--address", default="auto")
     st.add_argument("--token", default=None)
+    st.add_argument("--tls-cert", default=None, help="the cluster's TLS certificate, if any")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop this machine's volley nodes")
     return p
@@ -74,7 +82,18 @@ def _run_node(args: argparse.Namespace) -> int:
         token = _cluster.resolve_token(args.token)
         head = _cluster.resolve_address(args.address)
     resources = json.loads(args.resources) if args.resources else None
+    tls_cert = (
+        _cluster.resolve_tls_cert(args.tls_cert)
+        if not args.head
+        else (args.tls_cert or os.environ.get("VOLLEY_TLS_CERT"))
+    )
+    tls_key = args.tls_key or os.environ.get("VOLLEY_TLS_KEY")
+    if bool(tls_cert) != bool(tls_key):
+        print("volley: --tls-cert and --tls-key go together", file=sys.stderr, flush=True)
+        return 2
     daemon = {
+        "tls_cert": os.path.abspath(tls_cert) if tls_cert else None,
+        "tls_key": os.path.abspath(tls_key) if tls_key else None,
         "listen": listen,
         "head": head,
         "token": token,
@@ -92,7 +111,7 @@ def _run_node(args: argparse.Namespace) -> int:
             _daemon=daemon,
             **kwargs,
         )
-    except (ConnectionError, OSError) as e:
+    except (ConnectionError, OSError, ValueError) as e:
         print(f"volley: could not start the node: {e}", file=sys.stderr, flush=True)
         return 1
     node_id, addr = daemon["joined"]
@@ -100,6 +119,7 @@ def _run_node(args: argparse.Namespace) -> int:
     if args.head:
         _cluster.write_private(sess / "token", token)
         _cluster.write_private(sess / "address", addr)
+        _cluster.write_private(sess / "tls_cert", daemon["tls_cert"] or "")
     record = _cluster.record_node(
         {"pid": os.getpid(), "node_id": node_id, "address": addr, "head": bool(args.head)}
     )
@@ -157,7 +177,9 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         addr = _cluster.resolve_address(args.address)
-        nodes = _core.query_cluster(addr, _cluster.resolve_token(args.token))
+        nodes = _core.query_cluster(
+            addr, _cluster.resolve_token(args.token), _cluster.resolve_tls_cert(args.tls_cert)
+        )
     except ConnectionError as e:
         print(f"volley: {e}", file=sys.stderr)
         return 1

@@ -51,6 +51,20 @@ def resolve_token(token: str | None) -> str:
         ) from None
 
 
+def resolve_tls_cert(cert: str | None) -> str | None:
+    """The cluster's TLS certificate (PEM path), if it uses TLS: the argument, else
+    ``VOLLEY_TLS_CERT``, else the one ``volley start --head --tls-cert`` recorded here."""
+    if cert:
+        return cert
+    env = os.environ.get("VOLLEY_TLS_CERT")
+    if env:
+        return env
+    try:
+        return (session_dir() / "tls_cert").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def resolve_address(address: str) -> str:
     """``host:port`` of the head; ``"auto"`` reads the one ``volley start --head`` recorded."""
     if address != "auto":

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use volley_proto::NodeInfo;
-use volley_runtime::{ClusterConfig, RuntimeError};
+use volley_runtime::{ClusterConfig, RuntimeError, TlsConfig};
 
 use crate::client::{self, Backend};
 
@@ -36,10 +36,27 @@ fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>>
     Ok(d)
 }
 
+/// The TLS settings from a certificate and (to accept connections) key, PEM files.
+fn load_tls(
+    cert: Option<String>,
+    key: Option<String>,
+) -> PyResult<Option<std::sync::Arc<TlsConfig>>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(PyValueError::new_err("a TLS key needs its certificate")),
+        (Some(c), k) => {
+            let key = k.as_deref().map(std::path::Path::new);
+            TlsConfig::load(std::path::Path::new(&c), key)
+                .map(|t| Some(std::sync::Arc::new(t)))
+                .map_err(|e| PyValueError::new_err(e.to_string()))
+        }
+    }
+}
+
 /// Makes this process's node part of a cluster: the head (`head=None`) or a member joining the
 /// head at `head`. Returns (node id, address it accepts peers on).
 #[pyfunction]
-#[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000, logs = true))]
+#[pyo3(signature = (listen, head, token, driver, heartbeat_ms = 500, dead_after_ms = 10_000, logs = true, tls_cert = None, tls_key = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn join_cluster(
     py: Python<'_>,
@@ -50,7 +67,10 @@ pub fn join_cluster(
     heartbeat_ms: u64,
     dead_after_ms: u64,
     logs: bool,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 ) -> PyResult<(u32, String)> {
+    let tls = load_tls(tls_cert, tls_key)?;
     let c =
         client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
     let Backend::Node(n) = &c.backend else {
@@ -64,6 +84,7 @@ pub fn join_cluster(
         heartbeat: Duration::from_millis(heartbeat_ms.max(10)),
         dead_after: Duration::from_millis(dead_after_ms.max(100)),
         logs,
+        tls,
     };
     py.detach(|| n.join_cluster(cfg)).map_err(conn_err)
 }
@@ -78,12 +99,16 @@ pub fn cluster_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 
 /// Asks the head at `address` for the cluster's nodes (for `volley status`).
 #[pyfunction]
+#[pyo3(signature = (address, token, tls_cert = None))]
 pub fn query_cluster<'py>(
     py: Python<'py>,
     address: String,
     token: String,
+    tls_cert: Option<String>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let nodes =
-        py.detach(|| volley_runtime::cluster_view(&address, token.as_bytes())).map_err(conn_err)?;
+    let tls = load_tls(tls_cert, None)?;
+    let nodes = py
+        .detach(|| volley_runtime::cluster_view(&address, token.as_bytes(), tls.as_deref()))
+        .map_err(conn_err)?;
     nodes.iter().map(|i| info_dict(py, i)).collect()
 }

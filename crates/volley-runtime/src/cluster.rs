@@ -30,6 +30,7 @@ use volley_sched::{Action, ActorReport, PeerView};
 use volley_store::{Lease, Owner};
 
 use crate::node::Shared;
+use crate::tls::{Conn, TlsConfig};
 use crate::RuntimeError;
 
 /// How this node takes part in a cluster.
@@ -48,6 +49,8 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// A driver's node: print the output of the workers of every node here.
     pub logs: bool,
+    /// TLS on every connection (nodes need the key to accept; see `tls`).
+    pub tls: Option<Arc<TlsConfig>>,
 }
 
 /// How long the handshake may take before the connection is dropped.
@@ -72,7 +75,7 @@ pub(crate) struct Cluster {
     /// (A driver's node) nodes asked for their worker output.
     log_sources: Mutex<std::collections::HashSet<NodeId>>,
     /// Every open connection to a peer, to shut down on `close` (their reader threads end then).
-    sockets: Mutex<HashMap<u64, TcpStream>>,
+    sockets: Mutex<HashMap<u64, Conn>>,
     next_socket: std::sync::atomic::AtomicU64,
     /// Bytes of stored values received from peers.
     bytes_received: std::sync::atomic::AtomicU64,
@@ -89,27 +92,52 @@ fn proto(e: ProtoError) -> RuntimeError {
     RuntimeError::Proto(e)
 }
 
-fn connect(addr: &str, token: &[u8]) -> Result<TcpStream, RuntimeError> {
+fn connect(addr: &str, token: &[u8], tls: Option<&TlsConfig>) -> Result<Conn, RuntimeError> {
     let sa = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| RuntimeError::Refused(format!("cannot resolve {addr}")))?;
-    let mut s = TcpStream::connect_timeout(&sa, HANDSHAKE_TIMEOUT)?;
-    s.set_nodelay(true)?;
+    let tcp = TcpStream::connect_timeout(&sa, HANDSHAKE_TIMEOUT)?;
+    tcp.set_nodelay(true)?;
+    let mut s = match tls {
+        Some(t) => crate::tls::client(tcp, t)?,
+        None => Conn::Tcp(tcp),
+    };
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     authenticate_client(&mut s, token).map_err(|e| match e {
-        ProtoError::Auth(why) => RuntimeError::Refused(format!("{addr}: {why}")),
-        e => RuntimeError::Refused(format!("{addr}: handshake failed: {e}")),
+        ProtoError::Auth(why) => RuntimeError::Connect(format!("{addr}: {why}")),
+        ProtoError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            let hint = if tls.is_some() {
+                "is the cluster using TLS? start it with --tls-cert/--tls-key"
+            } else {
+                "if the cluster uses TLS, pass its certificate (tls_cert=, --tls-cert or \
+                 VOLLEY_TLS_CERT)"
+            };
+            RuntimeError::Connect(format!(
+                "{addr}: no answer to the handshake within {} s ({hint})",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        }
+        e if tls.is_some() => RuntimeError::Connect(format!(
+            "{addr}: the TLS handshake failed ({e}): is this the cluster's certificate, and \
+             does the cluster use TLS?"
+        )),
+        e => RuntimeError::Connect(format!("{addr}: handshake failed: {e}")),
     })?;
     s.set_read_timeout(None)?;
     Ok(s)
 }
 
-fn send(s: &mut TcpStream, msg: &PeerMsg) -> Result<(), RuntimeError> {
+fn send(s: &mut Conn, msg: &PeerMsg) -> Result<(), RuntimeError> {
     write_frame(s, &encode(msg).map_err(proto)?).map_err(proto)
 }
 
-fn recv(r: &mut FrameReader<&TcpStream>) -> Result<PeerMsg, ProtoError> {
+fn recv(r: &mut FrameReader<&Conn>) -> Result<PeerMsg, ProtoError> {
     decode(r.next_frame()?)
 }
 
@@ -291,9 +319,9 @@ impl Cluster {
 
     // ------------------------------------------------------------------ membership
 
-    fn join(&self) -> Result<(TcpStream, NodeId), RuntimeError> {
+    fn join(&self) -> Result<(Conn, NodeId), RuntimeError> {
         let head = self.cfg.head.clone().unwrap_or_default();
-        let mut s = connect(&head, &self.cfg.token)?;
+        let mut s = connect(&head, &self.cfg.token, self.cfg.tls.as_deref())?;
         send(&mut s, &PeerMsg::Join { info: self.info(NodeId(0)) })?;
         let rs = s.try_clone()?;
         let mut r = FrameReader::new(&rs);
@@ -333,7 +361,7 @@ impl Cluster {
     }
 
     /// One heartbeat: our load out, the view back.
-    fn beat(&self, s: &mut TcpStream, r: &mut FrameReader<&TcpStream>) -> Result<(), RuntimeError> {
+    fn beat(&self, s: &mut Conn, r: &mut FrameReader<&Conn>) -> Result<(), RuntimeError> {
         let me = self.node_id();
         send(s, &PeerMsg::Heartbeat { info: self.info(me) })?;
         match recv(r).map_err(proto)? {
@@ -345,7 +373,7 @@ impl Cluster {
         }
     }
 
-    fn heartbeat_loop(self: Arc<Self>, mut s: TcpStream) {
+    fn heartbeat_loop(self: Arc<Self>, mut s: Conn) {
         while !self.closed.load(Ordering::Acquire) {
             std::thread::sleep(self.cfg.heartbeat);
             let alive = {
@@ -461,9 +489,19 @@ impl Cluster {
 
     // ------------------------------------------------------------------ serving peers
 
-    fn serve(self: Arc<Self>, mut s: TcpStream) {
-        let who = s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        let _ = s.set_nodelay(true);
+    fn serve(self: Arc<Self>, tcp: TcpStream) {
+        let who = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let _ = tcp.set_nodelay(true);
+        let mut s = match self.cfg.tls.as_deref() {
+            Some(t) => match crate::tls::server(tcp, t) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("volley: no TLS for the connection from {who}: {e}");
+                    return;
+                }
+            },
+            None => Conn::Tcp(tcp),
+        };
         let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
         if self.closed.load(Ordering::Acquire) {
             return;
@@ -531,13 +569,7 @@ impl Cluster {
     }
 
     /// A peer sends tasks on this connection; their results go back on it.
-    fn serve_tasks(
-        self: &Arc<Self>,
-        peer: NodeId,
-        s: TcpStream,
-        mut r: FrameReader<&TcpStream>,
-        who: &str,
-    ) {
+    fn serve_tasks(self: &Arc<Self>, peer: NodeId, s: Conn, mut r: FrameReader<&Conn>, who: &str) {
         let epoch = self.epoch.load(Ordering::Acquire);
         let tx = self.writer(peer, s, false);
         self.incoming.lock().insert(peer, tx);
@@ -657,7 +689,7 @@ impl Cluster {
     fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<Sender<Action>> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let addr = self.view.lock().iter().find(|n| n.id == peer).map(|n| n.addr.clone())?;
-        let mut s = match connect(&addr, &self.cfg.token) {
+        let mut s = match connect(&addr, &self.cfg.token, self.cfg.tls.as_deref()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("volley: cannot reach node {} at {addr}: {e}", peer.0);
@@ -744,7 +776,7 @@ impl Cluster {
     }
 
     /// A writer thread for one connection: values are copied out of the store there.
-    fn writer(self: &Arc<Self>, peer: NodeId, mut s: TcpStream, outgoing: bool) -> Sender<Action> {
+    fn writer(self: &Arc<Self>, peer: NodeId, mut s: Conn, outgoing: bool) -> Sender<Action> {
         let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
         let c = self.clone();
         let key = self.next_socket.fetch_add(1, Ordering::Relaxed);
@@ -946,7 +978,7 @@ impl Cluster {
     /// store (or inline if the store has no room).
     fn receive_bulk(
         &self,
-        r: &mut FrameReader<&TcpStream>,
+        r: &mut FrameReader<&Conn>,
         msg: &mut PeerMsg,
     ) -> Result<(), ProtoError> {
         let store = &self.shared.store;
@@ -1088,8 +1120,12 @@ fn msg_name(m: &PeerMsg) -> &'static str {
 }
 
 /// Asks the head at `addr` for the cluster's view (`volley status`).
-pub fn cluster_view(addr: &str, token: &[u8]) -> Result<Vec<NodeInfo>, RuntimeError> {
-    let mut s = connect(addr, token)?;
+pub fn cluster_view(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+) -> Result<Vec<NodeInfo>, RuntimeError> {
+    let mut s = connect(addr, token, tls)?;
     let dummy = NodeInfo {
         id: NodeId(0),
         addr: String::new(),

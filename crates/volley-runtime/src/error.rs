@@ -12,4 +12,9 @@ pub enum RuntimeError {
     Store(#[from] volley_store::StoreError),
     #[error("the node has shut down")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Connecting to another node failed (the message says why).
+    #[error("{0}")]
+    Connect(String),
 }

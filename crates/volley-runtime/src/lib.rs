@@ -17,11 +17,13 @@ mod logs;
 mod node;
 mod outbox;
 mod supervisor;
+mod tls;
 mod worker_conn;
 
 pub use cluster::{cluster_view, ClusterConfig};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
+pub use tls::TlsConfig;
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
 pub use worker_conn::{CurrentTask, ExecuteMsg, Received, Reply, ShmLease, View, WorkerConn};
 
