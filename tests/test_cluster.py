@@ -216,16 +216,11 @@ def test_gpu_tasks_go_to_the_node_with_gpus_and_see_theirs(cluster):
 
 
 def test_status_lists_the_nodes(cluster):
-    out = subprocess.run(
-        [sys.executable, "-m", "volley._cli", "status", "--address", cluster.head,
-         "--token", cluster.token],
-        env=cluster.env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    text = _status_text(cluster)
     for a in cluster.addrs:
-        assert a in out.stdout
-    assert "3 node(s)" in out.stdout
-    assert re.search(r"GPU [0-2]/2", out.stdout)  # used/total (in use a moment ago, perhaps)
+        assert a in text
+    assert "3 node(s)" in text
+    assert re.search(r"GPU [0-2]/2", text)  # used/total (in use a moment ago, perhaps)
 
 
 def test_a_wrong_token_is_refused_clearly(cluster):

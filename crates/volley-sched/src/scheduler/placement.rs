@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use volley_proto::{ErrorKind, NodeId, ObjectData, PgInfo, PgSpec, PgStrategy, TaskSpec};
 
-use super::{error, Action, Holder, ObjectEntry, ObjectState, Scheduler};
+use super::{error, Action, Holder, ObjectState, Scheduler};
 
 /// A bundle's resources: (name, thousandths), `CPU` among the names.
 type Bundle = Vec<(String, u64)>;
@@ -309,16 +309,7 @@ impl Scheduler {
         if spec.id.is_empty() || spec.id.contains(':') || self.pgs.contains_key(&spec.id) {
             return Err(format!("placement group id {:?} is invalid or taken", spec.id));
         }
-        self.objects.insert(
-            spec.ready,
-            ObjectEntry {
-                state: ObjectState::Pending,
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            },
-        );
+        self.new_object(spec.ready);
         self.incref(holder, &[spec.ready]);
         let n = spec.bundles.len();
         let all: Vec<u32> = (0..n as u32).collect();
