@@ -34,35 +34,34 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+def _setting(given: str | None, env: str, file: str) -> str | None:
+    """A cluster setting: ``given``, else environment variable ``env``, else what the head on
+    this machine recorded in the session dir's ``file`` (None if none of them says)."""
+    if given:
+        return given
+    if os.environ.get(env):
+        return os.environ[env]
+    try:
+        return (session_dir() / file).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def resolve_token(token: str | None) -> str:
     """The cluster token: the argument, else ``VOLLEY_TOKEN``, else the session's token file."""
-    if token:
-        return token
-    env = os.environ.get("VOLLEY_TOKEN")
-    if env:
-        return env
-    path = session_dir() / "token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
+    found = _setting(token, "VOLLEY_TOKEN", "token")
+    if found is None:
         raise ConnectionError(
             f"no cluster token: pass token=..., set VOLLEY_TOKEN, or start the head on this "
-            f"machine (`volley start --head` writes {path})"
-        ) from None
+            f"machine (`volley start --head` writes {session_dir() / 'token'})"
+        )
+    return found
 
 
 def resolve_tls_cert(cert: str | None) -> str | None:
     """The cluster's TLS certificate (PEM path), if it uses TLS: the argument, else
     ``VOLLEY_TLS_CERT``, else the one ``volley start --head --tls-cert`` recorded here."""
-    if cert:
-        return cert
-    env = os.environ.get("VOLLEY_TLS_CERT")
-    if env:
-        return env
-    try:
-        return (session_dir() / "tls_cert").read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    return _setting(cert, "VOLLEY_TLS_CERT", "tls_cert")
 
 
 def resolve_address(address: str) -> str:
@@ -71,17 +70,14 @@ def resolve_address(address: str) -> str:
         if ":" not in address:
             return f"{address}:{DEFAULT_PORT}"
         return address
-    env = os.environ.get("VOLLEY_ADDRESS")
-    if env:
-        return env
-    path = session_dir() / "address"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
+    found = _setting(None, "VOLLEY_ADDRESS", "address")
+    if found is None:
         raise ConnectionError(
-            f"address='auto' but no cluster runs on this machine ({path} is missing); "
-            "start one with `volley start --head`, or pass address='HOST:PORT'"
-        ) from None
+            f"address='auto' but no cluster runs on this machine "
+            f"({session_dir() / 'address'} is missing); start one with `volley start --head`, "
+            "or pass address='HOST:PORT'"
+        )
+    return found
 
 
 def record_node(info: dict) -> Path:

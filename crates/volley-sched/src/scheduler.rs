@@ -313,6 +313,8 @@ pub struct Scheduler {
     pgs: HashMap<String, placement::PgEntry>,
     /// Placement-group bundles held on this node.
     reservations: HashMap<String, placement::Reservation>,
+    /// Placement groups waiting for bundles to be placed (in id order).
+    pending_pgs: std::collections::BTreeSet<String>,
     /// Placement groups removed (tasks waiting for them fail).
     removed_pgs: HashSet<String>,
     /// Tasks of peers this node asked its workers to give back, to return them to those peers
@@ -369,6 +371,7 @@ impl Scheduler {
             packages: HashMap::new(),
             pgs: HashMap::new(),
             reservations: HashMap::new(),
+            pending_pgs: Default::default(),
             removed_pgs: HashSet::new(),
             gather_waits: HashMap::new(),
             revoked_for_peer: HashSet::new(),
@@ -878,7 +881,7 @@ impl Scheduler {
     // ------------------------------------------------------------ dispatch
 
     fn schedule(&mut self, out: &mut Vec<Action>) {
-        if !self.pgs.is_empty() {
+        if !self.pending_pgs.is_empty() {
             self.place_pgs(out);
         }
         if !self.pending_actors.is_empty() {
@@ -1756,37 +1759,38 @@ impl Scheduler {
     /// tasks waiting for their arguments or for resources, actors waiting for resources,
     /// placement groups waiting for room.
     pub fn waiting_reasons(&self, limit: usize) -> Vec<String> {
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        // Grouped by what they wait for first; a line is written once per group (a heartbeat
+        // must not format a string per queued task).
+        type Key<'a> = (&'a str, Option<usize>, u32, &'a [(String, u64)]);
+        let mut groups: HashMap<Key<'_>, usize> = HashMap::new();
         for t in self.tasks.values() {
-            let why = match t.state {
-                TaskState::WaitingDeps(n) => format!("waiting for {n} argument(s) to be made"),
-                TaskState::Queued if !matches!(t.spec.actor, ActorPart::None) => continue,
-                TaskState::Queued => {
-                    let mut need = format!("{} CPU", t.spec.options.cpu_milli as f64 / 1000.0);
-                    for (r, a) in &t.spec.options.resources {
-                        if !r.starts_with(placement::PG_PREFIX) {
-                            need.push_str(&format!(", {} {r}", *a as f64 / 1000.0));
-                        } else if r.ends_with(":bundle") && r.matches(':').count() == 3 {
-                            need.push_str(&format!(", its bundle ({r})"));
-                        }
-                    }
-                    format!("waiting for {need}")
+            let o = &t.spec.options;
+            let key: Key<'_> = match t.state {
+                TaskState::WaitingDeps(n) => (&t.spec.name, Some(n), 0, &[]),
+                TaskState::Queued if matches!(t.spec.actor, ActorPart::None) => {
+                    (&t.spec.name, None, o.cpu_milli, &o.resources)
                 }
                 _ => continue,
             };
-            *counts.entry(format!("task '{}': {why}", t.spec.name)).or_insert(0) += 1;
+            *groups.entry(key).or_insert(0) += 1;
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for ((name, deps, cpu, res), n) in groups {
+            let why = match deps {
+                Some(d) => format!("waiting for {d} argument(s) to be made"),
+                None => format!("waiting for {}", demand_text(cpu, res)),
+            };
+            *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
         }
         for aid in &self.pending_actors {
             if let Some(a) = self.actors.get(aid) {
                 let o = &a.create.options;
-                let mut need = format!("{} CPU", o.cpu_milli as f64 / 1000.0);
-                for (r, amount) in &o.resources {
-                    if !r.starts_with(placement::PG_PREFIX) {
-                        need.push_str(&format!(", {} {r}", *amount as f64 / 1000.0));
-                    }
-                }
-                *counts.entry(format!("actor '{}': waiting for {need}", a.class())).or_insert(0) +=
-                    1;
+                let line = format!(
+                    "actor '{}': waiting for {}",
+                    a.class(),
+                    demand_text(o.cpu_milli, &o.resources)
+                );
+                *counts.entry(line).or_insert(0) += 1;
             }
         }
         let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
@@ -1823,6 +1827,19 @@ impl Scheduler {
         }
         s
     }
+}
+
+/// "1 CPU, 2 GPU" for a request (placement-group resources named by their bundle).
+fn demand_text(cpu_milli: u32, resources: &[(String, u64)]) -> String {
+    let mut need = format!("{} CPU", cpu_milli as f64 / 1000.0);
+    for (r, a) in resources {
+        if !r.starts_with(placement::PG_PREFIX) {
+            need.push_str(&format!(", {} {r}", *a as f64 / 1000.0));
+        } else if r.ends_with(":bundle") && r.matches(':').count() == 3 {
+            need.push_str(&format!(", its bundle ({r})"));
+        }
+    }
+    need
 }
 
 fn retries_left(task: &TaskEntry) -> bool {

@@ -38,7 +38,9 @@ pub struct PeerView {
 pub(super) struct PeerEntry {
     pub(super) view: PeerView,
     /// Tasks this node sent there and still waits for, with the CPU each needs.
-    pub(super) inflight: HashMap<TaskId, u32>,
+    inflight: HashMap<TaskId, u32>,
+    /// The sum of `inflight`'s CPUs, kept as it changes (it is read for every spilled task).
+    inflight_cpu: u32,
     known_functions: HashSet<FunctionId>,
     known_packages: HashSet<String>,
     /// A `PeerSteal` to it is unanswered.
@@ -51,7 +53,26 @@ pub(super) struct PeerEntry {
 
 impl PeerEntry {
     fn inflight_cpu(&self) -> u32 {
-        self.inflight.values().sum()
+        self.inflight_cpu
+    }
+
+    /// Counts a task sent there (`cpu` it needs).
+    pub(super) fn sent(&mut self, tid: TaskId, cpu: u32) {
+        if let Some(old) = self.inflight.insert(tid, cpu) {
+            self.inflight_cpu -= old;
+        }
+        self.inflight_cpu += cpu;
+    }
+
+    /// A task sent there is back (done, or given back); false if it was not in flight.
+    pub(super) fn back(&mut self, tid: &TaskId) -> bool {
+        match self.inflight.remove(tid) {
+            Some(cpu) => {
+                self.inflight_cpu -= cpu;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether it takes work and has room for `spec` now (counting what we sent there).
@@ -97,6 +118,7 @@ impl Scheduler {
                     let entry = PeerEntry {
                         view: v.clone(),
                         inflight: HashMap::new(),
+                        inflight_cpu: 0,
                         known_functions: HashSet::new(),
                         known_packages: HashSet::new(),
                         stealing: false,
@@ -322,7 +344,7 @@ impl Scheduler {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stealing = false;
             for t in tasks {
-                p.inflight.remove(t);
+                p.back(t);
             }
         }
         for t in tasks.iter().rev() {
@@ -381,7 +403,7 @@ impl Scheduler {
         }
         let Some(objects) = self.gather(&spec) else { return false };
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.inflight.insert(tid, spec.options.cpu_milli);
+            p.sent(tid, spec.options.cpu_milli);
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
@@ -591,7 +613,7 @@ impl Scheduler {
             return;
         }
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if p.inflight.remove(&tid).is_none() {
+        if !p.back(&tid) {
             return;
         }
         if !matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::Remote(_))) {
@@ -659,21 +681,17 @@ impl Scheduler {
         }
         self.incref(holder, &cached);
         ids.extend(cached.iter().copied());
-        for (id, err) in errors {
+        ids.extend(errors.iter().map(|(id, _)| *id));
+        let values = objects.into_iter().map(|(id, v)| (id, Ok(v)));
+        for (id, value) in values.chain(errors.into_iter().map(|(id, e)| (id, Err(e)))) {
+            // Held for the task; the value (or error) if this node has none yet.
             if !self.objects.contains_key(&id) {
                 self.new_object(id);
                 self.incref(holder, &[id]);
-                self.object_failed(id, Arc::new(err), out);
-            } else {
-                self.incref(holder, &[id]);
-            }
-            ids.push(id);
-        }
-        for (id, data) in objects {
-            if !self.objects.contains_key(&id) {
-                self.new_object(id);
-                self.incref(holder, &[id]);
-                self.object_ready(id, Arc::new(data), out);
+                match value {
+                    Ok(v) => self.object_ready(id, Arc::new(v), out),
+                    Err(e) => self.object_failed(id, Arc::new(e), out),
+                }
             } else {
                 self.incref(holder, &[id]);
             }

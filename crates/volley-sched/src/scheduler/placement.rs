@@ -338,6 +338,7 @@ impl Scheduler {
             self.object_failed(ready, error(ErrorKind::Unschedulable, "placement_group", msg), out);
             return Ok(());
         }
+        self.pending_pgs.insert(id.clone());
         self.pgs.insert(id, entry);
         self.schedule(out);
         Ok(())
@@ -345,16 +346,16 @@ impl Scheduler {
 
     /// Tries to place the bundles of pending groups that nothing is in flight for.
     pub(super) fn place_pgs(&mut self, out: &mut Vec<Action>) {
-        let mut ids: Vec<String> = self
-            .pgs
+        let pgs = &self.pgs;
+        let ids: Vec<String> = self
+            .pending_pgs
             .iter()
-            .filter(|(_, e)| e.state == PgState::Pending && e.asked.is_empty() && !e.wait_view)
-            .map(|(id, _)| id.clone())
+            .filter(|id| pgs.get(*id).is_some_and(|e| e.asked.is_empty() && !e.wait_view))
+            .cloned()
             .collect();
         if ids.is_empty() {
             return;
         }
-        ids.sort();
         let mut caps = self.capacities();
         for id in ids {
             let Some(e) = self.pgs.get(&id) else { continue };
@@ -410,6 +411,7 @@ impl Scheduler {
             return;
         }
         if e.nodes.iter().all(Option::is_some) {
+            self.pending_pgs.remove(id);
             e.state = PgState::Created;
             e.rescheduling = false;
             e.reason.clear();
@@ -601,6 +603,7 @@ impl Scheduler {
         }
         e.state = PgState::Removed;
         e.reason.clear();
+        self.pending_pgs.remove(pg);
         let ready = e.spec.ready;
         let name = e.label();
         for peer in self.peers.keys() {
@@ -623,7 +626,7 @@ impl Scheduler {
         for pg in theirs {
             self.release_pg(&pg, true, out);
         }
-        for e in self.pgs.values_mut() {
+        for (pg, e) in self.pgs.iter_mut() {
             if matches!(e.state, PgState::Removed | PgState::Failed) {
                 continue;
             }
@@ -638,6 +641,7 @@ impl Scheduler {
             if lost {
                 e.rescheduling = e.state == PgState::Created || e.rescheduling;
                 e.state = PgState::Pending;
+                self.pending_pgs.insert(pg.clone());
             }
         }
         self.place_pgs(out);

@@ -105,7 +105,7 @@ impl Scheduler {
                 task.state = TaskState::Remote(peer);
             }
             if let Some(p) = self.peers.get_mut(&peer) {
-                p.inflight.insert(t, 0);
+                p.sent(t, 0);
             }
             self.spill_to(peer, spec, objects, out);
         }
