@@ -18,6 +18,10 @@ use crate::{
     MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION,
 };
 
+/// The most bytes one `PeerMsg::Chunk` carries: a large value goes out in pieces, so other
+/// messages on the same connection (tasks, results, other values) pass between them.
+pub const MAX_CHUNK: u64 = 8 << 20;
+
 /// A node of the cluster, numbered by the head in joining order (a node that comes back gets a
 /// new number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -97,6 +101,11 @@ pub enum PeerMsg {
         /// Values it needs that the receiver keeps a copy of from an earlier `Task` (kept until
         /// the sender's `Release` names them).
         cached: Vec<crate::ObjectId>,
+        /// Large values it needs that the receiver pulls (`Fetch`): their layout (`shm`, with no
+        /// bytes) and a node that may serve them besides the sender (a relay holding a copy, so
+        /// a value sent to many nodes does not leave the sender once per node). The receiver
+        /// keeps what it pulls as a copy, like the values in `objects`.
+        fetch: Vec<(crate::ObjectId, ObjectData, Option<NodeId>)>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
     Done { task: TaskId, result: TaskResult, objects: Vec<(crate::ObjectId, ObjectData)> },
@@ -139,6 +148,13 @@ pub enum PeerMsg {
     SubscribeLogs,
     /// Worker output: whole lines, for file descriptor `fd` (1 or 2) of the driver.
     Log { fd: u8, lines: serde_bytes::ByteBuf },
+    /// Send the stored value `id` on this connection, in `Chunk`s (the sender pulls it for a
+    /// task; see `Task::fetch`). Answered by `Chunk`s, or `NoObject`.
+    Fetch { id: crate::ObjectId },
+    /// `len` bytes (at most [`MAX_CHUNK`]) of the value `id`, from `offset`, follow this frame.
+    Chunk { id: crate::ObjectId, offset: u64, len: u64 },
+    /// A `Fetch` this node cannot serve (it does not hold the value): try another node.
+    NoObject { id: crate::ObjectId, reason: String },
     /// Sent instead of an answer when a request cannot be served.
     Refused { reason: String },
 }

@@ -29,6 +29,8 @@ use volley_proto::{
 use volley_sched::{Action, ActorReport, PeerView};
 use volley_store::{Lease, Owner};
 
+mod pull;
+
 use crate::node::Shared;
 use crate::tls::{Conn, TlsConfig};
 use crate::RuntimeError;
@@ -81,6 +83,8 @@ pub(crate) struct Cluster {
     bytes_received: std::sync::atomic::AtomicU64,
     /// The head's epoch (see `PeerMsg::Welcome`); the head's own on the head.
     epoch: std::sync::atomic::AtomicU64,
+    /// Large values being pulled here (see `pull`).
+    pulls: Mutex<HashMap<ObjectId, pull::Pulling>>,
 }
 
 struct Members {
@@ -175,6 +179,7 @@ impl Cluster {
             next_socket: std::sync::atomic::AtomicU64::new(0),
             bytes_received: std::sync::atomic::AtomicU64::new(0),
             epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
+            pulls: Mutex::new(HashMap::new()),
             cfg,
         });
         if !c.cfg.driver {
@@ -576,12 +581,19 @@ impl Cluster {
         // Every message one read brought in is handled under one lock of the state.
         let mut batch = Vec::new();
         loop {
-            let msg = recv(&mut r).and_then(|mut m| {
-                self.receive_bulk(&mut r, &mut m)?;
-                Ok(m)
-            });
+            let msg = self.receive(&mut r, (peer, false));
             let stop = match msg {
-                Ok(PeerMsg::Task { spec, function, objects, packages, routes, errors, cached }) => {
+                Ok(None) => false,
+                Ok(Some(PeerMsg::Task {
+                    spec,
+                    function,
+                    objects,
+                    packages,
+                    routes,
+                    errors,
+                    cached,
+                    fetch,
+                })) => {
                     for (hash, bytes) in packages {
                         self.shared.register_package(hash, bytes.into_vec());
                     }
@@ -594,25 +606,28 @@ impl Cluster {
                         routes,
                         errors,
                         cached,
+                        fetch,
                     });
                     false
                 }
-                Ok(PeerMsg::SubscribeLogs) => {
+                Ok(Some(PeerMsg::SubscribeLogs)) => {
                     self.log_subscribers.lock().insert(peer);
                     false
                 }
-                Ok(
+                Ok(Some(
                     m @ (PeerMsg::Cancel { .. }
                     | PeerMsg::Release { .. }
                     | PeerMsg::Kill { .. }
                     | PeerMsg::Reserve { .. }
                     | PeerMsg::PgRelease { .. }
-                    | PeerMsg::Steal { .. }),
-                ) => {
+                    | PeerMsg::Steal { .. }
+                    | PeerMsg::Fetch { .. }
+                    | PeerMsg::Object { .. }),
+                )) => {
                     batch.push(m);
                     false
                 }
-                Ok(other) => {
+                Ok(Some(other)) => {
                     eprintln!(
                         "volley: node {} ({who}) sent {}; connection dropped",
                         peer.0,
@@ -638,6 +653,7 @@ impl Cluster {
                 break;
             }
         }
+        self.side_closed((peer, false));
         if self.epoch.load(Ordering::Acquire) != epoch {
             return; // The head restarted meanwhile: `forget_peers` did the rest.
         }
@@ -652,6 +668,9 @@ impl Cluster {
 
     /// Carries out a scheduler action meant for a peer (called outside the state lock).
     pub(crate) fn dispatch(self: &Arc<Self>, a: Action) {
+        if let Action::Pull { origin, id, value, relay } = &a {
+            return self.start_pull(*origin, *id, value, *relay);
+        }
         let (peer, outgoing) = match &a {
             Action::Spill { peer, .. }
             | Action::PeerCancel { peer, .. }
@@ -661,6 +680,9 @@ impl Cluster {
             | Action::PeerPgRelease { peer, .. }
             | Action::PeerSteal { peer, .. } => (*peer, true),
             Action::PeerLog { peer, fd, .. } => (*peer, *fd == 0),
+            Action::PeerServe { peer, link, .. } | Action::PeerFetch { peer, link, .. } => {
+                (*peer, *link)
+            }
             Action::PeerDone { peer, .. }
             | Action::PeerReserved { peer, .. }
             | Action::PeerReturned { peer, .. }
@@ -707,26 +729,24 @@ impl Cluster {
             let mut r = FrameReader::new(&rs);
             let mut batch = Vec::new();
             let why = loop {
-                let msg = recv(&mut r).and_then(|mut m| {
-                    c.receive_bulk(&mut r, &mut m)?;
-                    Ok(m)
-                });
-                let why = match msg {
-                    Ok(PeerMsg::Log { fd, lines }) => {
+                let why = match c.receive(&mut r, (peer, true)) {
+                    Ok(None) => None,
+                    Ok(Some(PeerMsg::Log { fd, lines })) => {
                         crate::logs::write_lines(i32::from(fd), &lines);
                         None
                     }
-                    Ok(
+                    Ok(Some(
                         m @ (PeerMsg::Done { .. }
                         | PeerMsg::Object { .. }
                         | PeerMsg::ActorState { .. }
                         | PeerMsg::Reserved { .. }
-                        | PeerMsg::Returned { .. }),
-                    ) => {
+                        | PeerMsg::Returned { .. }
+                        | PeerMsg::Fetch { .. }),
+                    )) => {
                         batch.push(m);
                         None
                     }
-                    Ok(other) => Some(format!("it sent {}", msg_name(&other))),
+                    Ok(Some(other)) => Some(format!("it sent {}", msg_name(&other))),
                     Err(ProtoError::Closed) => Some("its connection closed".to_string()),
                     Err(e) => Some(format!("its connection failed: {e}")),
                 };
@@ -744,6 +764,7 @@ impl Cluster {
                                 PeerMsg::Returned { tasks } => {
                                     st.sched.peer_returned(peer, &tasks, out)
                                 }
+                                PeerMsg::Fetch { id } => st.sched.peer_fetch(peer, id, true, out),
                                 PeerMsg::Reserved { pg, bundles, ok } => {
                                     st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
                                 }
@@ -760,6 +781,7 @@ impl Cluster {
                     break why;
                 }
             };
+            c.side_closed((peer, true));
             if c.epoch.load(Ordering::Acquire) == epoch {
                 c.link_broke(peer, &why);
             }
@@ -786,40 +808,44 @@ impl Cluster {
         let _ = std::thread::Builder::new().name("volley-tcp-write".into()).spawn(move || {
             let raw = s.try_clone();
             let mut w = std::io::BufWriter::with_capacity(256 << 10, &mut s);
-            let mut next = rx.recv().ok();
-            while let Some(a) = next.take() {
-                let mut ok = true;
-                if let Some((msg, leases)) = c.to_msg(a) {
-                    ok = match encode(&msg) {
-                        // The frame, then the stored values' bytes straight from the store.
-                        Ok(b) => {
-                            write_frame(&mut w, &b).is_ok()
-                                && leases.iter().all(|l| w.write_all(lease_bytes(l)).is_ok())
+            // Values peers pull from here, a chunk each in turn between the other messages.
+            let mut serving = std::collections::VecDeque::new();
+            loop {
+                // Messages queued meanwhile go out in the same write; with nothing queued and
+                // nothing to serve, what is written is flushed and the thread waits.
+                let next = match rx.try_recv() {
+                    Ok(a) => Some(a),
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) if serving.is_empty() => {
+                        if w.flush().is_err() {
+                            c.writer_failed(peer, outgoing, &raw);
+                            break;
                         }
-                        Err(e) => {
-                            eprintln!(
-                                "volley: could not encode a message for node {}: {e}",
-                                peer.0
-                            );
+                        match rx.recv() {
+                            Ok(a) => Some(a),
+                            Err(_) => break,
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => None,
+                };
+                let ok = match next {
+                    Some(Action::PeerServe { id, value, .. }) => match c.serve_start(id, value) {
+                        Ok(v) => {
+                            serving.push_back(v);
                             true
                         }
-                    };
-                }
-                // Messages queued meanwhile go out in the same write.
-                next = match rx.try_recv() {
-                    Ok(a) => Some(a),
-                    Err(_) => {
-                        ok = ok && w.flush().is_ok();
-                        rx.recv().ok()
-                    }
+                        Err(reason) => {
+                            c.write_msg(&mut w, peer, PeerMsg::NoObject { id, reason }, &[])
+                        }
+                    },
+                    Some(a) => match c.to_msg(a) {
+                        Some((msg, leases)) => c.write_msg(&mut w, peer, msg, &leases),
+                        None => true,
+                    },
+                    None => pull::write_chunk(&mut w, &mut serving).is_ok(),
                 };
                 if !ok {
-                    if let Ok(r) = &raw {
-                        let _ = r.shutdown(std::net::Shutdown::Both);
-                    }
-                    if outgoing {
-                        c.link_broke(peer, "writing to it failed");
-                    }
+                    c.writer_failed(peer, outgoing, &raw);
                     break;
                 }
             }
@@ -831,12 +857,68 @@ impl Cluster {
         tx
     }
 
+    /// Writes a message and then the stored values' bytes straight from the store; false if
+    /// the connection failed.
+    fn write_msg(&self, w: &mut impl Write, peer: NodeId, msg: PeerMsg, leases: &[Lease]) -> bool {
+        match encode(&msg) {
+            Ok(b) => {
+                write_frame(w, &b).is_ok()
+                    && leases.iter().all(|l| w.write_all(lease_bytes(l)).is_ok())
+            }
+            Err(e) => {
+                eprintln!("volley: could not encode a message for node {}: {e}", peer.0);
+                true
+            }
+        }
+    }
+
+    fn writer_failed(&self, peer: NodeId, outgoing: bool, raw: &std::io::Result<Conn>) {
+        if let Ok(r) = raw {
+            let _ = r.shutdown(std::net::Shutdown::Both);
+        }
+        if outgoing {
+            self.link_broke(peer, "writing to it failed");
+        }
+    }
+
+    /// The next message from a peer on `side`, with the bytes of stored values that follow it
+    /// read into the store; `None` if it was handled here (a chunk of a value being pulled, a
+    /// refusal to serve one), or a pulled value complete (as an `Object`).
+    fn receive(
+        self: &Arc<Self>,
+        r: &mut FrameReader<&Conn>,
+        side: pull::Side,
+    ) -> Result<Option<PeerMsg>, ProtoError> {
+        let mut m = recv(r)?;
+        match m {
+            PeerMsg::Chunk { id, offset, len } => self.receive_chunk(r, side, id, offset, len),
+            PeerMsg::NoObject { id, reason } => {
+                self.pull_refused(side, id, &reason);
+                Ok(None)
+            }
+            _ => {
+                self.receive_bulk(r, &mut m)?;
+                Ok(Some(m))
+            }
+        }
+    }
+
     /// The message for an action, and the leases on the stored values whose bytes follow it (in
     /// the order [`bulk_values`] lists them).
     fn to_msg(&self, a: Action) -> Option<(PeerMsg, Vec<Lease>)> {
         let mut leases = Vec::new();
         match a {
-            Action::Spill { peer, spec, function, objects, packages, routes, errors, cached } => {
+            Action::Spill {
+                peer,
+                spec,
+                function,
+                objects,
+                packages,
+                routes,
+                errors,
+                cached,
+                fetch,
+            } => {
                 let mut spec: TaskSpec = (*spec).clone();
                 let prepared = self.prepare(&spec.args, &mut leases).and_then(|args| {
                     spec.args = args;
@@ -863,8 +945,26 @@ impl Cluster {
                     .map(|(h, b)| (h, serde_bytes::ByteBuf::from(b.to_vec())))
                     .collect();
                 let errors = errors.into_iter().map(|(id, e)| (id, (*e).clone())).collect();
-                let msg =
-                    PeerMsg::Task { spec, function, objects, packages, routes, errors, cached };
+                // Pulled by the peer: the layout goes, not the bytes.
+                let fetch = fetch
+                    .into_iter()
+                    .map(|(id, v, relay)| {
+                        let mut layout =
+                            ObjectData::inline(Vec::new(), Vec::new(), v.contained.clone());
+                        layout.shm = v.shm.clone();
+                        (id, layout, relay)
+                    })
+                    .collect();
+                let msg = PeerMsg::Task {
+                    spec,
+                    function,
+                    objects,
+                    packages,
+                    routes,
+                    errors,
+                    cached,
+                    fetch,
+                };
                 Some((msg, leases))
             }
             Action::PeerDone { task, result, objects, .. } => {
@@ -909,6 +1009,7 @@ impl Cluster {
                 Some((PeerMsg::PgRelease { pg, remove }, leases))
             }
             Action::PeerSteal { max, .. } => Some((PeerMsg::Steal { max }, leases)),
+            Action::PeerFetch { id, .. } => Some((PeerMsg::Fetch { id }, leases)),
             Action::PeerReturned { tasks, .. } => Some((PeerMsg::Returned { tasks }, leases)),
             Action::PeerLog { fd: 0, .. } => Some((PeerMsg::SubscribeLogs, leases)),
             Action::PeerLog { fd, lines, .. } => {
@@ -946,6 +1047,8 @@ impl Cluster {
             | Action::LocalReady { .. }
             | Action::Spawn { .. }
             | Action::Kill { .. }
+            | Action::Pull { .. }
+            | Action::PeerServe { .. }
             | Action::Log(_) => None,
         }
     }
@@ -1076,10 +1179,12 @@ fn apply_peer_msg(
     out: &mut Vec<Action>,
 ) {
     match m {
-        PeerMsg::Task { spec, function, objects, routes, errors, cached, .. } => {
+        PeerMsg::Task { spec, function, objects, routes, errors, cached, fetch, .. } => {
             let function = function.map(|f| Arc::from(f.into_vec()));
-            s.accept_peer_task(peer, spec, function, objects, routes, errors, cached, out);
+            s.accept_peer_task(peer, spec, function, objects, routes, errors, cached, fetch, out);
         }
+        PeerMsg::Fetch { id } => s.peer_fetch(peer, id, false, out),
+        PeerMsg::Object { id, result, objects } => s.peer_object(id, result, objects, out),
         PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
         PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),
         PeerMsg::Kill { actor, no_restart } => s.kill_actor(actor, no_restart, out),
@@ -1116,6 +1221,9 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Returned { .. } => "Returned",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
+        PeerMsg::Fetch { .. } => "Fetch",
+        PeerMsg::Chunk { .. } => "Chunk",
+        PeerMsg::NoObject { .. } => "NoObject",
     }
 }
 

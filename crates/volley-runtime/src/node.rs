@@ -395,7 +395,10 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerReturned { .. }
             | Action::PeerLog { .. }
             | Action::PeerObject { .. }
-            | Action::PeerActorState { .. }) => {
+            | Action::PeerActorState { .. }
+            | Action::Pull { .. }
+            | Action::PeerServe { .. }
+            | Action::PeerFetch { .. }) => {
                 d.peer.push(a);
                 continue;
             }

@@ -129,7 +129,20 @@ pub enum Action {
         errors: Vec<(ObjectId, Arc<ErrorPayload>)>,
         /// Values it needs that the peer has a copy of already (see `PeerEntry::copies`).
         cached: Vec<ObjectId>,
+        /// Large values it needs that the peer pulls, with a relay that may serve them too
+        /// (see `peers`, "pulling large values").
+        fetch: Vec<(ObjectId, Arc<ObjectData>, Option<NodeId>)>,
     },
+    /// Pull a large value a task from `origin` needs into this node's store: from `relay`
+    /// first if there is one, else (or if it cannot serve it) from `origin`. The runtime
+    /// reports the outcome with `peer_object`. `value` is its layout, without bytes.
+    Pull { origin: NodeId, id: ObjectId, value: Arc<ObjectData>, relay: Option<NodeId> },
+    /// Send a value `peer` asked for (`peer_fetch`) in chunks, or why it cannot be; on the
+    /// connection this node opened to it (`link`) or the one it opened here.
+    PeerServe { peer: NodeId, id: ObjectId, value: Result<Arc<ObjectData>, String>, link: bool },
+    /// Not the scheduler's: asks `peer` for a value (`PeerMsg::Fetch`) on the connection this
+    /// node opened to it (`link`) or the one it opened here.
+    PeerFetch { peer: NodeId, id: ObjectId, link: bool },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {
         peer: NodeId,
@@ -326,6 +339,11 @@ pub struct Scheduler {
     /// Actors with a call held back for a ref in its arguments still being made (to go to a
     /// peer, a call carries the values of those refs): dispatched again once it is ready.
     gather_waits: HashMap<ObjectId, Vec<ActorId>>,
+    /// Large values peers are pulling from this node, by the node serving each pull (`None`:
+    /// this one), to spread the pulls of one value over the nodes holding it.
+    fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
+    /// Peers that asked for a value this node is still pulling itself: served once it is here.
+    serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -376,6 +394,8 @@ impl Scheduler {
             gather_waits: HashMap::new(),
             revoked_for_peer: HashSet::new(),
             peer_copies: HashMap::new(),
+            fanout: HashMap::new(),
+            serve_waits: HashMap::new(),
         }
     }
 
@@ -1311,6 +1331,9 @@ impl Scheduler {
         if o.refs == 0 {
             // Nobody holds a reference any more: drop the value at once.
             self.objects.remove(&id);
+            if !self.serve_waits.is_empty() {
+                self.serve_waiting(id, out);
+            }
             return;
         }
         o.state = ObjectState::Ready(value.clone());
@@ -1321,6 +1344,9 @@ impl Scheduler {
             self.incref_one(*c);
         }
         self.notify(id, waiters, watchers, out);
+        if !self.serve_waits.is_empty() {
+            self.serve_waiting(id, out);
+        }
         for tid in dependents {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
@@ -1353,6 +1379,9 @@ impl Scheduler {
         };
         if o.refs == 0 {
             self.objects.remove(&id);
+            if !self.serve_waits.is_empty() {
+                self.serve_waiting(id, out);
+            }
             return;
         }
         o.state = ObjectState::Failed(err.clone());
@@ -1360,6 +1389,9 @@ impl Scheduler {
         let dependents = std::mem::take(&mut o.dependents);
         let watchers = std::mem::take(&mut o.watchers);
         self.notify(id, waiters, watchers, out);
+        if !self.serve_waits.is_empty() {
+            self.serve_waiting(id, out);
+        }
         for tid in dependents {
             if matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::WaitingDeps(_))) {
                 self.fail_task(tid, err.clone(), out);

@@ -2,8 +2,9 @@
 //!
 //! A node runs a task itself while it has the resources free; otherwise it sends it to a peer
 //! with room (as the cluster view from the head reports it, less what this node has sent there
-//! since). The task travels with the values of its arguments and of the refs pickled inside them
-//! (`Action::Spill`), so the peer needs nothing else; its results come back with `peer_done`.
+//! since). The task travels with the small values of its arguments and of the refs pickled
+//! inside them (`Action::Spill`); the peer pulls the large ones it has no copy of (see "pulling
+//! large values" below). Its results come back with `peer_done`.
 //! A task sent by a peer runs here like any other, held by `Holder::Peer`; when it ends, its
 //! results go back (`Action::PeerDone`) and everything it held here is released. Tasks a peer
 //! sent are never passed on again, so work cannot bounce between nodes.
@@ -97,6 +98,10 @@ pub(super) struct FromPeer {
 /// gave 10,000 no-op tasks 0.44 s, 16 gave 0.32-0.36 s, 64 gave 0.19-0.26 s, 256 gave 0.17-0.20
 /// s). Short tasks queued behind a long one there come back by stealing (`steal_from_peers`).
 pub(super) const PEER_DEPTH: u32 = 64;
+
+/// How many pulls of one value a node holding it serves before the next holder takes over (see
+/// `pick_relay`).
+const FANOUT: u32 = 2;
 
 /// Where a spilled task's values are gathered: at most this many nested refs deep.
 const MAX_SHIP_DEPTH: usize = 16;
@@ -517,25 +522,91 @@ impl Scheduler {
         let routes = self.routes_for(&spec, &objects);
         let errors = self.failed_refs(&spec, &objects);
         let mut cached = Vec::new();
-        let mut objects = objects;
-        if let Some(p) = self.peers.get_mut(&peer) {
-            objects.retain(|(id, v)| {
-                if v.shm.is_none() {
-                    return true; // Small values travel inline each time.
-                }
-                if p.copies.contains(id) {
-                    cached.push(*id);
-                    return false;
-                }
-                p.copies.insert(*id);
-                true
-            });
+        let mut fetch = Vec::new();
+        // Small values travel inline each time; large ones are pulled by the peer, once.
+        let (large, objects): (Vec<_>, Vec<_>) =
+            objects.into_iter().partition(|(_, v)| v.shm.is_some());
+        for (id, v) in large {
+            let Some(p) = self.peers.get_mut(&peer) else { break };
+            if !p.copies.insert(id) {
+                cached.push(id);
+                continue;
+            }
+            let relay = self.pick_relay(peer, id);
+            fetch.push((id, v, relay));
         }
-        out.push(Action::Spill { peer, spec, function, objects, packages, routes, errors, cached });
+        out.push(Action::Spill {
+            peer,
+            spec,
+            function,
+            objects,
+            packages,
+            routes,
+            errors,
+            cached,
+            fetch,
+        });
+    }
+
+    // ------------------------------------------------------------ pulling large values
+    //
+    // A task's large arguments do not travel with it: the peer pulls each one it has no copy of
+    // (`Action::Pull`) from this node, or from a relay, a peer this node sent it to before that
+    // keeps a copy. Each node holding the value serves at most as many pulls as the others
+    // (this node first among equals), so sending a value to n nodes takes it out of this node's
+    // uplink about twice and spreads the rest over the nodes that got it: a tree of fan-out
+    // two. A relay still pulling it itself serves once its copy is whole (`serve_waits`); one
+    // that cannot serve it sends the puller back to this node. Concurrent pulls of one value on
+    // a node are one pull: tasks that need it wait for the pending object.
+
+    /// Which node serves `target`'s pull of `id`: `None` for this one, else a relay. The first
+    /// holder (this node, then relays by node id) serving fewer than `FANOUT` pulls; once all
+    /// serve that many, the one serving fewest.
+    fn pick_relay(&mut self, target: NodeId, id: ObjectId) -> Option<NodeId> {
+        let counts = self.fanout.entry(id).or_default();
+        let relays = self
+            .peers
+            .iter()
+            .filter(|(n, p)| **n != target && !p.view.driver && p.copies.contains(&id))
+            .map(|(n, _)| Some(*n));
+        let candidates: Vec<(u32, Option<NodeId>)> = std::iter::once(None)
+            .chain(relays)
+            .map(|c| (counts.get(&c).copied().unwrap_or(0), c))
+            .collect();
+        let choice = match candidates.iter().find(|(c, _)| *c < FANOUT) {
+            Some((_, choice)) => *choice,
+            None => candidates.iter().min_by_key(|(c, _)| *c).and_then(|(_, n)| *n),
+        };
+        *counts.entry(choice).or_default() += 1;
+        choice
+    }
+
+    /// `peer` asks for the value `id` (it is pulling it): served from the store if it is here,
+    /// once it is if this node is still pulling it, else refused so the peer asks elsewhere.
+    pub fn peer_fetch(&mut self, peer: NodeId, id: ObjectId, link: bool, out: &mut Vec<Action>) {
+        let value = match self.objects.get(&id).map(|o| &o.state) {
+            Some(ObjectState::Ready(v)) if v.shm.is_some() => Ok(v.clone()),
+            Some(ObjectState::Pending) => {
+                self.serve_waits.entry(id).or_default().push((peer, link));
+                return;
+            }
+            Some(ObjectState::Ready(_)) => Err("its copy here is not in the store".to_string()),
+            Some(ObjectState::Failed(e)) => Err(format!("it failed here: {}", e.message)),
+            None => Err("this node does not hold it".to_string()),
+        };
+        out.push(Action::PeerServe { peer, id, value, link });
+    }
+
+    /// The value peers wait for (`peer_fetch`) is here, failed or gone: they get an answer.
+    pub(super) fn serve_waiting(&mut self, id: ObjectId, out: &mut Vec<Action>) {
+        for (peer, link) in self.serve_waits.remove(&id).unwrap_or_default() {
+            self.peer_fetch(peer, id, link, out);
+        }
     }
 
     /// A large value was freed here: the peers keeping a copy of it may let it go.
     pub(super) fn drop_copies(&mut self, id: ObjectId, out: &mut Vec<Action>) {
+        self.fanout.remove(&id);
         for (peer, p) in self.peers.iter_mut() {
             if p.copies.remove(&id) {
                 out.push(Action::PeerRelease { peer: *peer, ids: vec![id] });
@@ -657,6 +728,7 @@ impl Scheduler {
         routes: Vec<(ActorId, NodeId, String)>,
         errors: Vec<(ObjectId, ErrorPayload)>,
         cached: Vec<ObjectId>,
+        fetch: Vec<(ObjectId, ObjectData, Option<NodeId>)>,
         out: &mut Vec<Action>,
     ) {
         self.add_routes(routes);
@@ -697,6 +769,19 @@ impl Scheduler {
             }
         }
         self.keep_copies(peer, &fresh);
+        for (id, layout, relay) in fetch {
+            // Held for the task, and kept as a copy; pulled unless here or on its way already.
+            ids.push(id);
+            if !self.objects.contains_key(&id) {
+                self.new_object(id);
+                let value = Arc::new(layout);
+                out.push(Action::Pull { origin: peer, id, value, relay });
+            }
+            self.incref(holder, &[id]);
+            if self.peer_copies.entry(peer).or_default().insert(id) {
+                self.incref(holder, &[id]);
+            }
+        }
         let tid = spec.task_id;
         self.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {

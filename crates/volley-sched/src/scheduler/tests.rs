@@ -512,7 +512,17 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
     let spec = h.spec(vec![arg], TaskOptions::default());
     let tid = spec.task_id;
     let objects = vec![(arg, ObjectData::inline(vec![5], Vec::new(), Vec::new()))];
-    h.s.accept_peer_task(NodeId(9), spec, None, objects, vec![], vec![], vec![], &mut h.out);
+    h.s.accept_peer_task(
+        NodeId(9),
+        spec,
+        None,
+        objects,
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        &mut h.out,
+    );
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
     let value = ObjectData::inline(vec![6], Vec::new(), Vec::new());
@@ -611,7 +621,17 @@ fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
     for _ in 0..12 {
         let spec = h.spec(Vec::new(), TaskOptions::default());
         tids.push(spec.task_id);
-        h.s.accept_peer_task(NodeId(9), spec, None, vec![], vec![], vec![], vec![], &mut h.out);
+        h.s.accept_peer_task(
+            NodeId(9),
+            spec,
+            None,
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            &mut h.out,
+        );
     }
     let ex = h.executed();
     assert_eq!(ex.len(), 9, "one running, eight pipelined behind it, three queued");
@@ -695,15 +715,17 @@ fn a_large_value_goes_to_a_peer_once_and_is_let_go_with_ours() {
     let value = ObjectData { shm: Some(shm), ..Default::default() };
     h.s.put(Holder::Local, big, value, &mut h.out);
     let refs: Vec<ObjectId> = (0..3).map(|_| h.submit(vec![big])).collect();
-    let sent: Vec<(usize, Vec<ObjectId>)> = h
+    let sent: Vec<(usize, usize, Vec<ObjectId>)> = h
         .out
         .iter()
         .filter_map(|a| match a {
-            Action::Spill { objects, cached, .. } => Some((objects.len(), cached.clone())),
+            Action::Spill { objects, cached, fetch, .. } => {
+                Some((objects.len(), fetch.len(), cached.clone()))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(sent, vec![(1, vec![]), (0, vec![big]), (0, vec![big])], "sent once");
+    assert_eq!(sent, vec![(0, 1, vec![]), (0, 0, vec![big]), (0, 0, vec![big])], "pulled once");
     // Once every task is done and we drop ours, the peer is told to let its copy go.
     let done = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
     for r in &refs {
@@ -727,11 +749,31 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     let second = h.spec(vec![big], TaskOptions::default());
     let (t1, t2) = (first.task_id, second.task_id);
     let objects = vec![(big, value)];
-    h.s.accept_peer_task(NodeId(9), first, None, objects, vec![], vec![], vec![], &mut h.out);
+    h.s.accept_peer_task(
+        NodeId(9),
+        first,
+        None,
+        objects,
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        &mut h.out,
+    );
     let w = h.executed()[0].0;
     h.s.task_done(w, t1, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
     assert!(h.s.is_ready(&big), "kept after the task");
-    h.s.accept_peer_task(NodeId(9), second, None, vec![], vec![], vec![], vec![big], &mut h.out);
+    h.s.accept_peer_task(
+        NodeId(9),
+        second,
+        None,
+        vec![],
+        vec![],
+        vec![],
+        vec![big],
+        vec![],
+        &mut h.out,
+    );
     assert_eq!(h.executed().len(), 1, "runs with the kept copy");
     h.s.task_done(w, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
     h.s.peer_release(NodeId(9), &[big], &mut h.out);
@@ -739,7 +781,17 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     // A task naming a copy that is gone fails instead of waiting forever.
     let third = h.spec(vec![big], TaskOptions::default());
     let t3 = third.task_id;
-    h.s.accept_peer_task(NodeId(9), third, None, vec![], vec![], vec![], vec![big], &mut h.out);
+    h.s.accept_peer_task(
+        NodeId(9),
+        third,
+        None,
+        vec![],
+        vec![],
+        vec![],
+        vec![big],
+        vec![],
+        &mut h.out,
+    );
     assert!(h.out.iter().any(|a| matches!(a,
         Action::PeerDone { task, result: Err(e), .. } if *task == t3 && e.kind == ErrorKind::ObjectLost)));
 }
@@ -762,4 +814,90 @@ fn a_task_goes_where_its_large_argument_already_is_when_that_node_has_a_free_cpu
     let _ = h.submit(vec![big]);
     assert_ne!(to(&mut h), vec![holder], "its CPUs are taken: least loaded again");
     assert!(matches!(h.s.object_state(&first), Some(ObjectState::Pending)));
+}
+
+#[test]
+fn a_value_sent_to_many_peers_is_pulled_down_a_tree() {
+    use volley_proto::ShmLoc;
+    let mut h = Harness::new(0.0);
+    h.s.set_peers((1..=7).map(|n| peer(n, 1)).collect(), &mut h.out);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
+    h.s.put(Holder::Local, big, ObjectData { shm: Some(shm), ..Default::default() }, &mut h.out);
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    for _ in 0..7 {
+        let _ = h.submit_opts(vec![big], spread());
+    }
+    let pulls: Vec<(NodeId, Option<NodeId>)> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spill { peer, fetch, .. } => Some((*peer, fetch[0].2)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pulls.len(), 7, "one task per node: {pulls:?}");
+    // This node serves two; every node that got it serves at most two more.
+    let mut served: HashMap<Option<NodeId>, u32> = HashMap::new();
+    for (to, from) in &pulls {
+        *served.entry(*from).or_default() += 1;
+        if let Some(relay) = from {
+            let got = pulls.iter().position(|(n, _)| n == relay);
+            let me = pulls.iter().position(|(n, _)| n == to);
+            assert!(got < me, "a relay got it before: {pulls:?}");
+        }
+    }
+    assert_eq!(served.get(&None), Some(&2), "{pulls:?}");
+    assert!(served.values().all(|n| *n <= 2), "{pulls:?}");
+}
+
+#[test]
+fn a_pull_is_served_from_the_store_or_once_the_copy_here_is_whole() {
+    use volley_proto::ShmLoc;
+    let mut h = Harness::started(1.0);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
+    let layout = ObjectData { shm: Some(shm), ..Default::default() };
+    // A peer's task needs `big`: this node pulls it from that peer, once for two tasks.
+    let first = h.spec(vec![big], TaskOptions::default());
+    let second = h.spec(vec![big], TaskOptions::default());
+    let fetch = || vec![(big, layout.clone(), None)];
+    h.s.accept_peer_task(
+        NodeId(9),
+        first,
+        None,
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        fetch(),
+        &mut h.out,
+    );
+    h.s.accept_peer_task(
+        NodeId(9),
+        second,
+        None,
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        fetch(),
+        &mut h.out,
+    );
+    let pulls = h.out.iter().filter(|a| matches!(a, Action::Pull { id, .. } if *id == big)).count();
+    assert_eq!(pulls, 1, "two tasks, one pull");
+    assert!(h.executed().is_empty(), "they wait for it");
+    // Another peer asks this node for it meanwhile: answered once it is here.
+    h.s.peer_fetch(NodeId(5), big, false, &mut h.out);
+    assert!(!h.out.iter().any(|a| matches!(a, Action::PeerServe { .. })));
+    let arrived = ObjectData { shm: layout.shm.clone(), ..Default::default() };
+    h.s.peer_object(big, Ok(arrived), Vec::new(), &mut h.out);
+    assert!(h.out.iter().any(|a| matches!(a,
+        Action::PeerServe { peer, value: Ok(_), link: false, .. } if *peer == NodeId(5))));
+    assert_eq!(h.executed().len(), 2, "both run now (one queued behind the other)");
+    // A value this node does not hold is refused, so the asker goes elsewhere.
+    let other = ObjectId::for_return(h.ids.next_task(), 1);
+    h.s.peer_fetch(NodeId(5), other, true, &mut h.out);
+    assert!(h.out.iter().any(|a| matches!(a,
+        Action::PeerServe { id, value: Err(_), link: true, .. } if *id == other)));
 }

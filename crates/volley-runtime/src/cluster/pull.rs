@@ -1,0 +1,289 @@
+//! Pulling large values from other nodes, in chunks, straight into this node's store.
+//!
+//! A task from a peer names the large values it needs that this node has no copy of
+//! (`PeerMsg::Task::fetch`, the scheduler's `Action::Pull`). For each, this node reserves the
+//! whole segment in its store, then asks a node holding it (`PeerMsg::Fetch`): the relay the
+//! sender named, else the sender itself. The holder answers with `PeerMsg::Chunk`s of at most
+//! [`MAX_CHUNK`] bytes, in order, which are read from the socket straight into the segment; a
+//! holder's writer takes turns between the values it serves and the other messages on the
+//! connection. When the last chunk is in, the segment is sealed and the scheduler gets the value
+//! (`peer_object`), so the tasks waiting for it run. A holder that refuses (`NoObject`) or whose
+//! connection breaks sends the pull to the next source; with none left the value fails with
+//! `ObjectLost`, and the tasks that need it with it.
+//!
+//! Fetches travel on connections that already exist where they can: the sender's own
+//! connection to this node for the sender (a driver accepts none), this node's link for a relay
+//! (relays take tasks, so they listen). The answer comes back on the connection the request
+//! came on.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use volley_proto::{
+    encode, shm_layout, write_frame, FrameReader, Keep, NodeId, ObjectData, ObjectId, PeerMsg,
+    ProtoError, ShmLoc, MAX_CHUNK,
+};
+use volley_sched::Action;
+use volley_store::{Lease, Owner};
+
+use super::{lease_bytes, lost, Cluster};
+use crate::tls::Conn;
+
+/// A connection as one side sees it: the peer, and whether this node opened it (its link).
+pub(super) type Side = (NodeId, bool);
+
+/// A value being pulled here.
+pub(super) struct Pulling {
+    layout: ShmLoc,
+    contained: Vec<ObjectId>,
+    dest: Dest,
+    /// Bytes in so far (chunks come in order).
+    received: u64,
+    /// Asked now, and where to ask if it fails.
+    source: Side,
+    fallback: Option<Side>,
+}
+
+enum Dest {
+    /// A segment of this node's store (its id, offset in the arena).
+    Store { seg: u64, offset: u64 },
+    /// No room in the store: a heap buffer, the value kept inline.
+    Heap(Vec<u8>),
+}
+
+/// A value this node serves to a peer, in chunks (see [`Cluster::serve_start`]).
+pub(super) struct Serving {
+    id: ObjectId,
+    lease: Lease,
+    pos: u64,
+}
+
+impl Cluster {
+    /// Starts pulling `id` (see the module's notes); `value` is its layout.
+    pub(super) fn start_pull(
+        self: &Arc<Self>,
+        origin: NodeId,
+        id: ObjectId,
+        value: &ObjectData,
+        relay: Option<NodeId>,
+    ) {
+        if self.pulls.lock().contains_key(&id) {
+            return; // Already on its way.
+        }
+        let Some(layout) = value.shm.clone() else {
+            return self.pulled(id, Err(format!("node {} sent no layout for it", origin.0)));
+        };
+        let (_, total) = shm_layout(layout.data_len, &layout.buffer_lens);
+        if total != layout.size || layout.size == 0 {
+            let why = format!("a value of {} bytes with a layout of {total}", layout.size);
+            return self.pulled(id, Err(why));
+        }
+        let store = &self.shared.store;
+        let dest = match store.alloc(Owner::Local, layout.size) {
+            Ok((seg, offset)) => {
+                store.arena().populate(offset, layout.size);
+                Dest::Store { seg, offset }
+            }
+            Err(_) if layout.size as usize <= volley_proto::MAX_FRAME_SIZE => {
+                Dest::Heap(vec![0u8; layout.size as usize])
+            }
+            Err(e) => {
+                let why = format!("this node's object store has no room for it: {e}");
+                return self.pulled(id, Err(why));
+            }
+        };
+        let origin_side = (origin, false);
+        let (source, fallback) = match relay {
+            Some(r) if r != self.node_id() => ((r, true), Some(origin_side)),
+            _ => (origin_side, None),
+        };
+        let contained = value.contained.clone();
+        let p = Pulling { layout, contained, dest, received: 0, source, fallback };
+        self.pulls.lock().insert(id, p);
+        self.ask(id, source);
+    }
+
+    /// Sends the `Fetch` for `id` to `source`; on to the next source if it cannot go.
+    fn ask(self: &Arc<Self>, id: ObjectId, source: Side) {
+        let (peer, link) = source;
+        let tx = if link {
+            let existing = self.links.lock().get(&peer).cloned();
+            existing.or_else(|| self.open_link(peer))
+        } else {
+            self.incoming.lock().get(&peer).cloned()
+        };
+        let sent = tx.is_some_and(|tx| tx.send(Action::PeerFetch { peer, id, link }).is_ok());
+        if !sent {
+            self.source_failed(id, source, &format!("node {} cannot be reached", peer.0));
+        }
+    }
+
+    /// `source` cannot serve `id`: the next source is asked, or the pull fails.
+    fn source_failed(self: &Arc<Self>, id: ObjectId, source: Side, why: &str) {
+        let next = {
+            let mut pulls = self.pulls.lock();
+            let Some(p) = pulls.get_mut(&id) else { return };
+            if p.source != source {
+                return;
+            }
+            match p.fallback.take() {
+                Some(next) => {
+                    p.source = next;
+                    p.received = 0;
+                    Some(next)
+                }
+                None => None,
+            }
+        };
+        match next {
+            Some(next) => self.ask(id, next),
+            None => {
+                let why = format!("pulling it from node {} failed: {why}", source.0 .0);
+                self.fail_pull(id, why);
+            }
+        }
+    }
+
+    fn fail_pull(&self, id: ObjectId, why: String) {
+        if let Some(p) = self.pulls.lock().remove(&id) {
+            if let Dest::Store { seg, .. } = p.dest {
+                self.shared.store.release(seg, Owner::Local);
+            }
+        }
+        self.pulled(id, Err(why));
+    }
+
+    /// The outcome of a pull goes to the scheduler.
+    fn pulled(&self, id: ObjectId, result: Result<ObjectData, String>) {
+        let result = result.map_err(|why| {
+            let message = format!("a value a task needs could not be brought here: {why}");
+            lost("", message)
+        });
+        self.shared.with(|st, out| st.sched.peer_object(id, result, Vec::new(), out));
+    }
+
+    /// A connection ended: pulls waiting on it go to their next source.
+    pub(super) fn side_closed(self: &Arc<Self>, side: Side) {
+        let ids: Vec<ObjectId> =
+            self.pulls.lock().iter().filter(|(_, p)| p.source == side).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.source_failed(id, side, "its connection closed");
+        }
+    }
+
+    /// `NoObject` from `side`.
+    pub(super) fn pull_refused(self: &Arc<Self>, side: Side, id: ObjectId, reason: &str) {
+        self.source_failed(id, side, reason);
+    }
+
+    /// Reads the bytes of a `Chunk` from `side` into the value's segment. Returns the value
+    /// once its last chunk is in (as the `Object` message the scheduler takes).
+    pub(super) fn receive_chunk(
+        &self,
+        r: &mut FrameReader<&Conn>,
+        side: Side,
+        id: ObjectId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<PeerMsg>, ProtoError> {
+        if len == 0 || len > MAX_CHUNK {
+            return Err(ProtoError::Handshake(format!("a chunk of {len} bytes")));
+        }
+        let dst = {
+            let mut pulls = self.pulls.lock();
+            match pulls.get_mut(&id) {
+                Some(p) if p.source == side => {
+                    if offset != p.received || offset + len > p.layout.size {
+                        return Err(ProtoError::Handshake(format!(
+                            "a chunk at {offset} (+{len}) of a value of {} bytes, {} in",
+                            p.layout.size, p.received
+                        )));
+                    }
+                    match &mut p.dest {
+                        Dest::Store { offset: base, .. } => {
+                            self.shared.store.arena().ptr(*base + offset, len)
+                        }
+                        Dest::Heap(buf) => Some(buf[offset as usize..].as_mut_ptr()),
+                    }
+                }
+                _ => None,
+            }
+        };
+        let Some(dst) = dst else {
+            // Not (or no longer) pulled from there: the bytes are read and dropped.
+            let mut scratch = vec![0u8; len as usize];
+            r.read_raw(&mut scratch)?;
+            return Ok(None);
+        };
+        // SAFETY: the range lies inside the segment (or buffer) reserved for this pull, which
+        // only this connection's reader writes (chunks come from the current source alone) and
+        // nothing reads before the pull ends; it is freed only by this reader or once this
+        // source is no longer the current one.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
+        r.read_raw(dst)?;
+        self.bytes_received.fetch_add(len, Ordering::Relaxed);
+        let done = {
+            let mut pulls = self.pulls.lock();
+            let Some(p) = pulls.get_mut(&id) else { return Ok(None) };
+            p.received += len;
+            if p.received < p.layout.size {
+                return Ok(None);
+            }
+            pulls.remove(&id)
+        };
+        let Some(p) = done else { return Ok(None) };
+        let value = match p.dest {
+            Dest::Store { seg, offset } => {
+                let sealed = self
+                    .shared
+                    .store
+                    .seal(Owner::Local, seg, p.layout.size, None)
+                    .map_err(|e| ProtoError::Handshake(e.to_string()))?;
+                let mut v = ObjectData::inline(Vec::new(), Vec::new(), p.contained);
+                v.shm = Some(ShmLoc { seg, offset, ..p.layout });
+                v.keep = Keep(Some(sealed));
+                v
+            }
+            Dest::Heap(buf) => ObjectData::from_segment(&p.layout, &buf, p.contained)
+                .ok_or_else(|| ProtoError::Handshake("value shorter than its layout".into()))?,
+        };
+        Ok(Some(PeerMsg::Object { id, result: Ok(value), objects: Vec::new() }))
+    }
+
+    /// Begins serving a value a peer asked for: a lease keeps it in memory until the last chunk
+    /// is written. `Err` is the reason to send back instead.
+    pub(super) fn serve_start(
+        &self,
+        id: ObjectId,
+        value: Result<Arc<ObjectData>, String>,
+    ) -> Result<Serving, String> {
+        let v = value?;
+        let loc = v.shm.as_ref().ok_or("it is not in this node's store")?;
+        let lease = self.shared.store.lease_local(loc.seg).map_err(|e| e.to_string())?;
+        if lease.len() as u64 != loc.size || loc.size == 0 || lease.ptr().is_null() {
+            return Err(format!("segment {} is not the size its layout says", loc.seg));
+        }
+        Ok(Serving { id, lease, pos: 0 })
+    }
+}
+
+/// Writes the next chunk of the value served longest ago and puts it back in line if more
+/// remains (values served at once take turns, a chunk each).
+pub(super) fn write_chunk(
+    w: &mut impl Write,
+    serving: &mut VecDeque<Serving>,
+) -> Result<(), ProtoError> {
+    let Some(mut s) = serving.pop_front() else { return Ok(()) };
+    let bytes = lease_bytes(&s.lease);
+    let len = MAX_CHUNK.min(bytes.len() as u64 - s.pos);
+    let msg = PeerMsg::Chunk { id: s.id, offset: s.pos, len };
+    write_frame(w, &encode(&msg)?)?;
+    w.write_all(&bytes[s.pos as usize..(s.pos + len) as usize])?;
+    s.pos += len;
+    if s.pos < bytes.len() as u64 {
+        serving.push_back(s);
+    }
+    Ok(())
+}
