@@ -891,6 +891,80 @@ def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
     assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref2, 0)) == 1.0
 
 
+def test_a_value_sent_to_every_node_leaves_the_driver_twice(cluster):
+    """Broadcast: the nodes that got a value serve it to the next ones (a tree of fan-out two),
+    so the driver's uplink carries it twice however many nodes need it."""
+
+    @volley.remote
+    def total(a):
+        return float(a.sum())
+
+    ids = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    pin = [volley.NodeAffinitySchedulingStrategy(ids[a]) for a in cluster.addrs]
+    size = 24 << 20
+    arr = np.ones(size // 8, dtype=np.float64)
+    ref = volley.put(arr)
+    time.sleep(0.3)  # a heartbeat: the byte counts in the view are fresh
+
+    def counts() -> dict:
+        return {n["address"]: (n["bytes_received"], n["bytes_served"]) for n in volley.nodes()}
+
+    before = counts()
+    # The first node gets it from the driver; then two more pull it at once: one from the
+    # driver, one from the first node.
+    assert volley.get(total.options(scheduling_strategy=pin[0]).remote(ref)) == size / 8
+    rest = [total.options(scheduling_strategy=p).remote(ref) for p in pin[1:]]
+    assert volley.get(rest) == [size / 8] * 2
+    deadline = time.monotonic() + 5
+    while True:
+        after = counts()
+        got = {a: after[a][0] - before[a][0] for a in cluster.addrs}
+        served = {a: after[a][1] - before.get(a, (0, 0))[1] for a in after}
+        if all(g >= size for g in got.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    one = got[cluster.addrs[0]]  # the value as stored: the array and its pickle's header
+    assert size <= one < size + 4096 and got == dict.fromkeys(cluster.addrs, one), got
+    driver = [a for a in after if a not in cluster.addrs]
+    assert sum(served[a] for a in driver) == 2 * one, served
+    assert served[cluster.addrs[0]] == one, served
+
+
+def test_a_pull_from_a_relay_that_hangs_goes_back_to_the_driver(tmp_path):
+    """A node that holds a copy is frozen (SIGSTOP) just as another node is told to pull the
+    value from it: once the head declares it dead, the pull goes to the driver instead."""
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2")]
+        addrs.append(c.start(False, "127.0.0.3"))
+        volley.init(address=c.head, token=c.token)
+        ids = {n["address"]: n["node_id"] for n in _wait_nodes(3)}
+        pin = {a: volley.NodeAffinitySchedulingStrategy(ids[a]) for a in addrs}
+
+        @volley.remote
+        def total(a):
+            return float(a.sum())
+
+        arr = np.ones(3 << 20, dtype=np.float64)
+        ref = volley.put(arr)
+        # The relay-to-be (node 2) gets its copy first; the driver then serves node 3, and
+        # the head is sent to the first holder by node id: the relay, now frozen.
+        on = lambda a: total.options(scheduling_strategy=pin[a]).remote(ref)  # noqa: E731
+        assert volley.get(on(addrs[1])) == arr.size
+        os.killpg(c.procs[1].pid, signal.SIGSTOP)
+        refs = [on(addrs[2]), on(addrs[0])]
+        assert volley.get(refs, timeout=30) == [arr.size] * 2
+        assert "declared dead" in c.log(0)
+        time.sleep(0.3)  # a heartbeat: the byte counts in the view are fresh
+        served = {n["address"]: n["bytes_served"] for n in volley.nodes()}
+        assert served[""] >= 3 * arr.nbytes, served  # the driver: all three in the end
+    finally:
+        os.killpg(c.procs[1].pid, signal.SIGKILL)
+        volley.shutdown()
+        c.stop()
+
+
 def test_the_head_dies_and_comes_back(tmp_path):
     volley.shutdown()
     c = Cluster(tmp_path)

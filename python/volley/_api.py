@@ -353,7 +353,9 @@ def shutdown() -> None:
 def nodes() -> list[dict]:
     """The cluster's nodes as this process last heard from the head (every second or so): a
     dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
-    ``workers``, ``store_used``, ``tasks_waiting``, ``driver``. Empty outside a cluster.
+    ``workers``, ``store_used``, ``tasks_waiting``, ``driver``, and the bytes of stored values
+    it has pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
+    Empty outside a cluster.
 
     >>> volley.init(address="auto")  # doctest: +SKIP
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP

@@ -48,6 +48,8 @@ pub struct NodeInfo {
     pub named: Vec<NamedActor>,
     /// Bytes of stored values it has received from other nodes, in all.
     pub bytes_received: u64,
+    /// Bytes of stored values it has served to other nodes pulling them, in all.
+    pub bytes_served: u64,
     /// A driver's node: it joins to send work, and runs none of the cluster's.
     pub driver: bool,
     pub pid: u32,

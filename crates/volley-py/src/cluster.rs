@@ -31,6 +31,7 @@ fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>>
     d.set_item("tasks_waiting", n.tasks_waiting)?;
     d.set_item("waiting", &n.waiting)?;
     d.set_item("bytes_received", n.bytes_received)?;
+    d.set_item("bytes_served", n.bytes_served)?;
     d.set_item("driver", n.driver)?;
     d.set_item("pid", n.pid)?;
     Ok(d)

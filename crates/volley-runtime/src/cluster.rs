@@ -81,6 +81,8 @@ pub(crate) struct Cluster {
     next_socket: std::sync::atomic::AtomicU64,
     /// Bytes of stored values received from peers.
     bytes_received: std::sync::atomic::AtomicU64,
+    /// Bytes of stored values served to peers pulling them.
+    bytes_served: std::sync::atomic::AtomicU64,
     /// The head's epoch (see `PeerMsg::Welcome`); the head's own on the head.
     epoch: std::sync::atomic::AtomicU64,
     /// Large values being pulled here (see `pull`).
@@ -178,6 +180,7 @@ impl Cluster {
             sockets: Mutex::new(HashMap::new()),
             next_socket: std::sync::atomic::AtomicU64::new(0),
             bytes_received: std::sync::atomic::AtomicU64::new(0),
+            bytes_served: std::sync::atomic::AtomicU64::new(0),
             epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
             pulls: Mutex::new(HashMap::new()),
             cfg,
@@ -317,6 +320,7 @@ impl Cluster {
             waiting,
             named,
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
             driver: self.cfg.driver,
             pid: std::process::id(),
         }
@@ -324,7 +328,7 @@ impl Cluster {
 
     // ------------------------------------------------------------------ membership
 
-    fn join(&self) -> Result<(Conn, NodeId), RuntimeError> {
+    fn join(self: &Arc<Self>) -> Result<(Conn, NodeId), RuntimeError> {
         let head = self.cfg.head.clone().unwrap_or_default();
         let mut s = connect(&head, &self.cfg.token, self.cfg.tls.as_deref())?;
         send(&mut s, &PeerMsg::Join { info: self.info(NodeId(0)) })?;
@@ -366,7 +370,7 @@ impl Cluster {
     }
 
     /// One heartbeat: our load out, the view back.
-    fn beat(&self, s: &mut Conn, r: &mut FrameReader<&Conn>) -> Result<(), RuntimeError> {
+    fn beat(self: &Arc<Self>, s: &mut Conn, r: &mut FrameReader<&Conn>) -> Result<(), RuntimeError> {
         let me = self.node_id();
         send(s, &PeerMsg::Heartbeat { info: self.info(me) })?;
         match recv(r).map_err(proto)? {
@@ -409,7 +413,7 @@ impl Cluster {
 
     /// The head's periodic work: refresh its own entry, drop members not heard from, and tell
     /// its scheduler.
-    fn head_tick(&self) {
+    fn head_tick(self: &Arc<Self>) {
         let Some(m) = &self.members else { return };
         let me = self.info(NodeId(1));
         let nodes = {
@@ -437,7 +441,7 @@ impl Cluster {
         self.set_view(nodes);
     }
 
-    fn set_view(&self, nodes: Vec<NodeInfo>) {
+    fn set_view(self: &Arc<Self>, nodes: Vec<NodeInfo>) {
         let me = self.node_id();
         let peers: Vec<PeerView> = nodes
             .iter()
@@ -451,8 +455,12 @@ impl Cluster {
                 named: n.named.clone(),
             })
             .collect();
+        let live = nodes.iter().map(|n| n.id).collect();
         *self.view.lock() = nodes;
         self.shared.with(|st, out| st.sched.set_peers(peers, out));
+        if !self.pulls.lock().is_empty() {
+            self.sources_left(&live);
+        }
     }
 
     fn member_joined(&self, mut info: NodeInfo) -> NodeId {
@@ -483,7 +491,7 @@ impl Cluster {
         v
     }
 
-    fn member_left(&self, id: NodeId) {
+    fn member_left(self: &Arc<Self>, id: NodeId) {
         if let Some(m) = &self.members {
             if let Some((info, _)) = m.lock().nodes.remove(&id) {
                 eprintln!("volley: node {} ({}) disconnected", id.0, info.addr);
@@ -842,7 +850,13 @@ impl Cluster {
                         Some((msg, leases)) => c.write_msg(&mut w, peer, msg, &leases),
                         None => true,
                     },
-                    None => pull::write_chunk(&mut w, &mut serving).is_ok(),
+                    None => match pull::write_chunk(&mut w, &mut serving) {
+                        Ok(n) => {
+                            c.bytes_served.fetch_add(n, Ordering::Relaxed);
+                            true
+                        }
+                        Err(_) => false,
+                    },
                 };
                 if !ok {
                     c.writer_failed(peer, outgoing, &raw);
@@ -1247,6 +1261,7 @@ pub fn cluster_view(
         waiting: Vec::new(),
         named: Vec::new(),
         bytes_received: 0,
+        bytes_served: 0,
         driver: true,
         pid: std::process::id(),
     };

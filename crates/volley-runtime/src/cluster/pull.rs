@@ -16,7 +16,7 @@
 //! (relays take tasks, so they listen). The answer comes back on the connection the request
 //! came on.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,18 +105,46 @@ impl Cluster {
         self.ask(id, source);
     }
 
-    /// Sends the `Fetch` for `id` to `source`; on to the next source if it cannot go.
+    /// Sends the `Fetch` for `id` to `source`; on to the next source if it cannot go. A link
+    /// to a relay is opened on a thread of its own: a relay that hangs holds up only this pull,
+    /// until the head declares it dead (`sources_left`).
     fn ask(self: &Arc<Self>, id: ObjectId, source: Side) {
         let (peer, link) = source;
         let tx = if link {
-            let existing = self.links.lock().get(&peer).cloned();
-            existing.or_else(|| self.open_link(peer))
+            self.links.lock().get(&peer).cloned()
         } else {
             self.incoming.lock().get(&peer).cloned()
         };
-        let sent = tx.is_some_and(|tx| tx.send(Action::PeerFetch { peer, id, link }).is_ok());
-        if !sent {
-            self.source_failed(id, source, &format!("node {} cannot be reached", peer.0));
+        let send = move |c: &Arc<Cluster>, tx: Option<std::sync::mpsc::Sender<Action>>| {
+            let sent = tx.is_some_and(|tx| tx.send(Action::PeerFetch { peer, id, link }).is_ok());
+            if !sent {
+                c.source_failed(id, source, &format!("node {} cannot be reached", peer.0));
+            }
+        };
+        if tx.is_some() || !link {
+            return send(self, tx);
+        }
+        let c = self.clone();
+        let spawned = std::thread::Builder::new().name("volley-tcp-open".into()).spawn(move || {
+            let tx = c.open_link(peer);
+            send(&c, tx);
+        });
+        if spawned.is_err() {
+            self.source_failed(id, source, "no thread to reach it");
+        }
+    }
+
+    /// The cluster's view changed: pulls from nodes no longer in it go to their next source.
+    pub(super) fn sources_left(self: &Arc<Self>, live: &HashSet<NodeId>) {
+        let gone: Vec<(ObjectId, Side)> = self
+            .pulls
+            .lock()
+            .iter()
+            .filter(|(_, p)| !live.contains(&p.source.0))
+            .map(|(id, p)| (*id, p.source))
+            .collect();
+        for (id, side) in gone {
+            self.source_failed(id, side, "it left the cluster");
         }
     }
 
@@ -270,12 +298,12 @@ impl Cluster {
 }
 
 /// Writes the next chunk of the value served longest ago and puts it back in line if more
-/// remains (values served at once take turns, a chunk each).
+/// remains (values served at once take turns, a chunk each). Returns the bytes written.
 pub(super) fn write_chunk(
     w: &mut impl Write,
     serving: &mut VecDeque<Serving>,
-) -> Result<(), ProtoError> {
-    let Some(mut s) = serving.pop_front() else { return Ok(()) };
+) -> Result<u64, ProtoError> {
+    let Some(mut s) = serving.pop_front() else { return Ok(0) };
     let bytes = lease_bytes(&s.lease);
     let len = MAX_CHUNK.min(bytes.len() as u64 - s.pos);
     let msg = PeerMsg::Chunk { id: s.id, offset: s.pos, len };
@@ -285,5 +313,5 @@ pub(super) fn write_chunk(
     if s.pos < bytes.len() as u64 {
         serving.push_back(s);
     }
-    Ok(())
+    Ok(len)
 }
