@@ -470,6 +470,29 @@ def test_scheduling_strategies(cluster):
         where.options(scheduling_strategy="PACK")
 
 
+def test_actors_with_node_affinity_and_spread(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    # Hard affinity: each actor on the node it names.
+    for addr in cluster.addrs:
+        pin = volley.NodeAffinitySchedulingStrategy(nodes[addr])
+        a = Counter.options(scheduling_strategy=pin, num_cpus=0).remote(0)
+        assert volley.get(a.where.remote())[0] == addr
+        volley.kill(a)
+    # Hard affinity to a node that does not exist is refused (like any actor no node can
+    # host); soft starts anywhere.
+    with pytest.raises(ValueError, match="not in the cluster"):
+        Counter.options(scheduling_strategy=volley.NodeAffinitySchedulingStrategy(999)).remote(0)
+    soft = volley.NodeAffinitySchedulingStrategy(999, soft=True)
+    a = Counter.options(scheduling_strategy=soft, num_cpus=0).remote(0)
+    assert volley.get(a.where.remote())[0] in cluster.addrs
+    volley.kill(a)
+    # SPREAD: one actor per node.
+    spread = [Counter.options(scheduling_strategy="SPREAD", num_cpus=0).remote(0) for _ in range(3)]
+    assert {volley.get(a.where.remote())[0] for a in spread} == set(cluster.addrs)
+    for a in spread:
+        volley.kill(a)
+
+
 def test_actor_handles_passed_to_tasks_on_other_nodes(cluster):
     counter = Counter.remote(0)
     home = volley.get(counter.where.remote())[0]

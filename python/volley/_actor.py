@@ -93,11 +93,6 @@ def _check_actor_options(options: dict) -> dict:
     if options.get("get_if_exists") and not options.get("name"):
         raise ValueError("get_if_exists=True needs a name")
     _api._resource_list(options, "actor")
-    if isinstance(options.get("scheduling_strategy"), _api.NodeAffinitySchedulingStrategy):
-        raise ValueError(
-            "actors take scheduling_strategy 'DEFAULT', 'SPREAD' or a "
-            "PlacementGroupSchedulingStrategy; NodeAffinitySchedulingStrategy is for tasks"
-        )
     _api._strategy(options)
     return options
 
@@ -229,6 +224,7 @@ class ActorClass:
             opts.get("lifetime") == "detached",
             bool(opts.get("get_if_exists", False)),
             meta_bytes,
+            _api._strategy(opts),
         )
         return ActorHandle(ref, meta_bytes)
 

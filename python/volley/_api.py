@@ -36,10 +36,13 @@ _TASK_OPTIONS = {
 
 
 class NodeAffinitySchedulingStrategy:
-    """Run a task on one node of the cluster (``node_id`` as ``volley.nodes()`` lists it).
+    """Run a task, or start an actor, on one node of the cluster (``node_id`` as
+    ``volley.nodes()`` lists it).
 
-    With ``soft=False`` the task waits for that node (and fails with ``UnschedulableError`` if
-    it is not in the cluster); with ``soft=True`` it runs there if it can, else anywhere.
+    With ``soft=False`` a task waits for that node (and fails with ``UnschedulableError`` if it
+    is not in the cluster; an actor's creation raises ``ValueError``, and an actor whose node
+    died is not restarted elsewhere); with ``soft=True`` it runs there if it can, else
+    anywhere.
 
     >>> box = next(n["node_id"] for n in volley.nodes() if "GPU" in n["resources"])
     >>> f.options(scheduling_strategy=NodeAffinitySchedulingStrategy(box)).remote()

@@ -247,15 +247,7 @@ fn submit(
     strategy: Option<(String, u32, bool)>,
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
-    let strategy = match strategy {
-        None => volley_proto::Strategy::Default,
-        Some((kind, id, soft)) => match kind.as_str() {
-            "DEFAULT" => volley_proto::Strategy::Default,
-            "SPREAD" => volley_proto::Strategy::Spread,
-            "NODE" => volley_proto::Strategy::Node { id, soft },
-            other => return Err(PyValueError::new_err(format!("unknown strategy {other:?}"))),
-        },
-    };
+    let strategy = strategy_of(strategy)?;
     let cpu_milli = cpu_milli(num_cpus)?;
     let resources = milli_resources(resources)?;
     let function = function_id(fid)?;
@@ -293,10 +285,23 @@ fn actor_answer(py: Python<'_>, c: &Client, request: ActorRequest) -> PyResult<A
     py.detach(|| c.actor(request)).map_err(to_err)
 }
 
+/// A scheduling strategy as the Python layer passes it: (kind, node, soft), or `None`.
+fn strategy_of(s: Option<(String, u32, bool)>) -> PyResult<volley_proto::Strategy> {
+    Ok(match s {
+        None => volley_proto::Strategy::Default,
+        Some((kind, id, soft)) => match kind.as_str() {
+            "DEFAULT" => volley_proto::Strategy::Default,
+            "SPREAD" => volley_proto::Strategy::Spread,
+            "NODE" => volley_proto::Strategy::Node { id, soft },
+            other => return Err(PyValueError::new_err(format!("unknown strategy {other:?}"))),
+        },
+    })
+}
+
 /// Creates an actor (or, with `get_if_exists`, finds the one of that name). Returns the
 /// actor's ref (held by the new handle), its handle metadata, and whether it was created.
 #[pyfunction]
-#[pyo3(signature = (fid, class_name, data, buffers, contained, deps, num_cpus, resources, max_restarts, max_task_retries, max_concurrency, is_async, name, namespace, detached, get_if_exists, meta))]
+#[pyo3(signature = (fid, class_name, data, buffers, contained, deps, num_cpus, resources, max_restarts, max_task_retries, max_concurrency, is_async, name, namespace, detached, get_if_exists, meta, strategy=None))]
 #[allow(clippy::too_many_arguments)]
 fn create_actor<'py>(
     py: Python<'py>,
@@ -317,8 +322,10 @@ fn create_actor<'py>(
     detached: bool,
     get_if_exists: bool,
     meta: Vec<u8>,
+    strategy: Option<(String, u32, bool)>,
 ) -> PyResult<(ObjectRef, Bound<'py, PyBytes>, bool)> {
     let c = client()?;
+    let strategy = strategy_of(strategy)?;
     let cpu_milli = cpu_milli(num_cpus)?;
     let resources = milli_resources(resources)?;
     let function = function_id(fid)?;
@@ -337,7 +344,7 @@ fn create_actor<'py>(
             streaming: false,
             resources,
             runtime_env: c.runtime_env(),
-            strategy: volley_proto::Strategy::Default,
+            strategy,
         },
         actor: ActorPart::Create(Box::new(ActorOptions {
             class_name,

@@ -370,7 +370,11 @@ impl Cluster {
     }
 
     /// One heartbeat: our load out, the view back.
-    fn beat(self: &Arc<Self>, s: &mut Conn, r: &mut FrameReader<&Conn>) -> Result<(), RuntimeError> {
+    fn beat(
+        self: &Arc<Self>,
+        s: &mut Conn,
+        r: &mut FrameReader<&Conn>,
+    ) -> Result<(), RuntimeError> {
         let me = self.node_id();
         send(s, &PeerMsg::Heartbeat { info: self.info(me) })?;
         match recv(r).map_err(proto)? {

@@ -12,6 +12,7 @@
 //! with the same arguments) up to `max_restarts` times and calls in flight are sent again up to
 //! `max_task_retries` times; otherwise they fail with `ActorDied`.
 
+use super::remote_actors::Affinity;
 use super::*;
 use volley_proto::{ActorInfo, ActorOptions};
 
@@ -346,9 +347,26 @@ impl Scheduler {
                 self.actor_dead(aid, err, out);
                 continue;
             }
-            if let Some(peer) = self.actor_peer(&a.create) {
-                self.start_remote_actor(aid, peer, out);
-                continue;
+            // An actor a peer sent starts here: work never moves on from the node it was sent to.
+            let placed = matches!(a.caller, Holder::Peer(_));
+            let affinity = if placed { Affinity::Here } else { self.actor_affinity(&a.create) };
+            match affinity {
+                Affinity::Peer(peer) => {
+                    self.start_remote_actor(aid, peer, out);
+                    continue;
+                }
+                Affinity::Impossible(why) => {
+                    let err = error(ErrorKind::ActorCreation, a.class(), why);
+                    self.actor_dead(aid, err, out);
+                    continue;
+                }
+                Affinity::Here => {}
+                Affinity::Any => {
+                    if let Some(peer) = self.actor_peer(&a.create) {
+                        self.start_remote_actor(aid, peer, out);
+                        continue;
+                    }
+                }
             }
             let cpu = a.create.options.cpu_milli;
             let res = a.create.options.resources.clone();

@@ -14,6 +14,7 @@
 //! keeps living).
 
 use super::actors::Life;
+use volley_proto::Strategy;
 
 /// How an actor is, as the node hosting it reports it to the node that created it.
 #[derive(Debug, Clone)]
@@ -27,28 +28,68 @@ pub struct ActorReport {
 }
 use super::*;
 
+/// Where node affinity puts an actor (see `actor_affinity`).
+pub(super) enum Affinity {
+    /// No affinity (or a soft one that cannot be met): the usual placement.
+    Any,
+    Here,
+    Peer(NodeId),
+    Impossible(String),
+}
+
 impl Scheduler {
     /// A driver's node places actors (and nothing runs here unless no peer can).
     pub fn set_prefer_peers(&mut self, yes: bool) {
         self.prefer_peers = yes;
     }
 
+    /// Where node affinity puts an actor: on the node it names if that node can host it; else
+    /// anywhere (soft) or nowhere (hard, a clear error).
+    pub(super) fn actor_affinity(&self, spec: &TaskSpec) -> Affinity {
+        let Strategy::Node { id, soft } = spec.options.strategy else { return Affinity::Any };
+        let target = NodeId(id);
+        if Some(target) == self.node_id {
+            return Affinity::Here;
+        }
+        match self.peers.get(&target) {
+            Some(p) if !p.view.driver && peers::fits_total(&p.view, spec) => Affinity::Peer(target),
+            _ if soft => Affinity::Any,
+            Some(_) => Affinity::Impossible(format!(
+                "actor '{}' must run on node {id}, which cannot host it (a driver, or without the \
+                 resources it asks for)",
+                spec.name
+            )),
+            None => Affinity::Impossible(format!(
+                "actor '{}' must run on node {id}, which is not in the cluster",
+                spec.name
+            )),
+        }
+    }
+
     /// The peer an actor should start on, if it should start on one.
     pub(super) fn actor_peer(&self, spec: &TaskSpec) -> Option<NodeId> {
         // In a placement group's bundle on another node: it goes there.
         let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
-        if !self.prefer_peers && !elsewhere {
+        let spread = matches!(spec.options.strategy, Strategy::Spread);
+        if !self.prefer_peers && !elsewhere && !spread {
             return None;
         }
-        self.peers
+        let best = self
+            .peers
             .iter()
             .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
             .map(|(id, p)| {
                 let hosted = self.actors.values().filter(|a| a.remote == Some(*id)).count();
                 (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
             })
-            .min()
-            .map(|(_, _, id)| id)
+            .min();
+        if spread && !self.prefer_peers && !elsewhere {
+            // SPREAD from a node that runs actors itself: a peer only if it hosts fewer of ours
+            // than this node hosts.
+            let here = self.actors.values().filter(|a| a.worker.is_some() && !a.proxy).count();
+            return best.filter(|(hosted, _, _)| *hosted < here).map(|(_, _, id)| id);
+        }
+        best.map(|(_, _, id)| id)
     }
 
     pub(super) fn start_remote_actor(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
