@@ -33,6 +33,8 @@ from ._api import (
     wait,
 )
 from ._core import ObjectRef
+from ._map import map, starmap
+from ._progress import progress
 from ._placement import (
     PlacementGroup,
     PlacementGroupSchedulingStrategy,
@@ -73,6 +75,9 @@ __all__ = [
     "put",
     "wait",
     "cancel",
+    "map",
+    "starmap",
+    "progress",
     "object_store_stats",
     "get_actor",
     "kill",

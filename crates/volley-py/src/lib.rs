@@ -721,6 +721,7 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         d.set_item("tasks_assigned", s.tasks_assigned)?;
         d.set_item("objects", s.objects)?;
         d.set_item("cpu_used", s.cpu_used_milli as f64 / 1000.0)?;
+        d.set_item("cpu_total", s.cpu_total_milli as f64 / 1000.0)?;
     }
     Ok(d)
 }

@@ -278,6 +278,8 @@ pub struct Stats {
     pub tasks_assigned: usize,
     pub objects: usize,
     pub cpu_used_milli: u32,
+    /// The CPUs this node schedules, in thousandths.
+    pub cpu_total_milli: u32,
     pub actors: usize,
     /// Tasks sent to other nodes, still running there.
     pub tasks_remote: usize,
@@ -1837,6 +1839,7 @@ impl Scheduler {
         let mut s = Stats {
             objects: self.objects.len(),
             cpu_used_milli: self.cpu_used,
+            cpu_total_milli: self.cfg.cpu_total_milli,
             actors: self.actors.len(),
             ..Default::default()
         };

@@ -1,0 +1,303 @@
+"""``volley.map`` and ``volley.starmap``: a lazy parallel ``map`` over any iterables.
+
+Items go to workers in chunks, each chunk one task. With ``chunksize="auto"`` the first chunks
+are small and the size then follows the measured time per item, so a chunk holds about
+``_TARGET_CHUNK_S`` of work: a million no-ops travel in a few hundred tasks (the cost is
+pickling), while slow items go one by one (no worker waits behind another's long chunk). At most
+a few chunks per CPU are in flight, so an endless iterable is read only as fast as it is
+consumed. The other adapters (``volley.futures``, ``volley.multiprocessing``, ``volley.joblib``)
+run their chunks with the same task, ``_run_chunk``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from ._api import RemoteFunction, _Bound, cancel, get, put, remote, wait
+from ._core import ObjectRef
+
+# How long a chunk should take to run, once the time per item is known.
+_TARGET_CHUNK_S = 0.02
+# The most items in one chunk.
+_MAX_CHUNK = 65536
+# Chunks in flight per CPU.
+_WINDOW_PER_CPU = 3
+
+
+def _traceback_text(e: BaseException) -> str:
+    import traceback
+
+    tb = e.__traceback__
+    # Start at the user's function: drop the frame of the chunk runner.
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
+
+
+def capture_error(e: BaseException, name: str) -> BaseException:
+    """The error ``get`` would raise had the task itself raised ``e`` (the same class as ``e``,
+    with the remote traceback), made in the worker so that it can travel as a value."""
+    import pickle
+
+    from .exceptions import task_error
+
+    tb = _traceback_text(e)
+    err = task_error(e, name, tb, os.getpid())
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        text = f"task '{name}' (pid {os.getpid()}) raised {type(e).__name__}: {e}"
+        return task_error(None, name, tb, os.getpid(), f"{text}\n\nRemote traceback:\n{tb}")
+
+
+def run_items(fn: Callable, items: list, star: bool, name: str) -> tuple[list, float, Any]:
+    """Calls ``fn`` on each item (``fn(*item)`` with ``star``): ``(results, seconds, error)``;
+    on the first item that raises, the results before it and that item's error."""
+    t0 = time.perf_counter()
+    out = []
+    append = out.append
+    try:
+        if star:
+            for item in items:
+                append(fn(*item))
+        else:
+            for item in items:
+                append(fn(item))
+    except Exception as e:
+        return out, time.perf_counter() - t0, capture_error(e, name)
+    return out, time.perf_counter() - t0, None
+
+
+def _run_chunk(fn: Callable, items: list, star: bool, name: str) -> tuple[list, float, Any]:
+    return run_items(fn, items, star, name)
+
+
+run_chunk = remote(_run_chunk)
+
+
+def total_cpus() -> int:
+    """CPUs of the cluster (or of this machine, inside a task)."""
+    from . import _core
+    from ._api import nodes
+
+    ns = [n for n in nodes() if not n["driver"]] if _core.mode() == "driver" else []
+    if ns:
+        return max(1, int(sum(n["num_cpus"] for n in ns)))
+    if _core.mode() == "driver":
+        total = _core.stats().get("cpu_total")
+        if total:
+            return max(1, int(total))
+    return os.cpu_count() or 1
+
+
+def _task_of(fn: Any) -> tuple[Callable, Any, str]:
+    """(the Python function, the remote function to run chunks with, a name) for ``fn``: a
+    ``@volley.remote`` function keeps its options (CPUs, resources, retries)."""
+    if isinstance(fn, RemoteFunction):
+        return fn._fn, run_chunk.options(**fn._options), fn._name
+    if isinstance(fn, _Bound):
+        return fn._rf._fn, run_chunk.options(**fn._options), fn._rf._name
+    if not callable(fn):
+        raise TypeError(f"map needs a callable, not {type(fn).__name__}")
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "map"
+    return fn, run_chunk, name
+
+
+class _Sizer:
+    """Chunk sizes: fixed, or ``auto`` (ramping up from 1, then following the time per
+    item)."""
+
+    def __init__(self, chunksize: Any, total: int | None, cpus: int):
+        if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be 'auto' or an int >= 1, not {chunksize!r}")
+        self.fixed = None if chunksize == "auto" else chunksize
+        self.total = total
+        self.cpus = cpus
+        self.per_item: float | None = None
+        self.next = 1
+
+    def size(self, remaining: int | None) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        n = self.next
+        if self.per_item is not None:
+            n = int(_TARGET_CHUNK_S / max(self.per_item, 1e-9))
+        if remaining is not None:
+            # Leave work for every CPU at the end: no chunk bigger than a share of the rest.
+            n = min(n, max(1, remaining // (2 * self.cpus)))
+        return max(1, min(n, _MAX_CHUNK))
+
+    def measured(self, items: int, seconds: float) -> None:
+        if self.fixed is not None or items == 0:
+            return
+        per = seconds / items
+        self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+        self.next = min(self.next * 4, _MAX_CHUNK)
+
+
+def _length(iterables: tuple) -> int | None:
+    try:
+        return min(len(it) for it in iterables)
+    except TypeError:
+        return None
+
+
+class MapIterator(Iterator):
+    """What ``volley.map`` returns: an iterator over the results; work starts at once.
+
+    ``close()`` (or dropping it) cancels the chunks still running.
+    """
+
+    def __init__(
+        self,
+        fn: Any,
+        items: Iterator,
+        star: bool,
+        total: int | None,
+        ordered: bool,
+        chunksize: Any,
+        progress: Any,
+        window: int | None = None,
+    ):
+        self._fn, self._task, self._name = _task_of(fn)
+        cpus = total_cpus()
+        self._sizer = _Sizer(chunksize, total, cpus)
+        self._items = items
+        self._star = star
+        self._remaining = total
+        self._ordered = ordered
+        self._window = window or max(4, _WINDOW_PER_CPU * cpus)
+        self._inflight: collections.OrderedDict[ObjectRef, int] = collections.OrderedDict()
+        self._ready: collections.deque = collections.deque()
+        self._error: BaseException | None = None
+        self._exhausted = False
+        self._closed = False
+        self._fn_ref = put(self._fn)
+        self._bar = None
+        if progress:
+            from ._progress import Bar
+
+            desc = progress if isinstance(progress, str) else self._name
+            self._bar = Bar(total, desc)
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._inflight) < self._window:
+            n = self._sizer.size(self._remaining)
+            chunk = list(itertools.islice(self._items, n))
+            if len(chunk) < n:
+                self._exhausted = True
+            if not chunk:
+                break
+            if self._remaining is not None:
+                self._remaining -= len(chunk)
+            ref = self._task.remote(self._fn_ref, chunk, self._star, self._name)
+            self._inflight[ref] = len(chunk)
+
+    def _collect(self, ref: ObjectRef) -> None:
+        n = self._inflight.pop(ref)
+        try:
+            results, seconds, error = get(ref)
+        except BaseException as e:  # the chunk itself failed (a worker died, cancelled)
+            results, seconds, error = [], 0.0, e
+        self._sizer.measured(len(results) + (error is not None), seconds)
+        self._ready.extend(results)
+        if self._bar is not None:
+            self._bar.update(len(results) if error is None else n)
+        if error is not None and self._error is None:
+            self._error = error
+            self._stop()
+
+    def _stop(self) -> None:
+        self._exhausted = True
+        for r in list(self._inflight):
+            try:
+                cancel(r)
+            except Exception:
+                pass
+        self._inflight.clear()
+
+    def __next__(self) -> Any:
+        while not self._ready:
+            if self._error is not None:
+                err, self._error = self._error, None
+                self.close()
+                raise err
+            if not self._inflight:
+                self.close()
+                raise StopIteration
+            if self._ordered:
+                ref = next(iter(self._inflight))
+            else:
+                ready, _ = wait(list(self._inflight), num_returns=1)
+                ref = ready[0]
+            self._collect(ref)
+            self._fill()
+        return self._ready.popleft()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+        if self._bar is not None:
+            self._bar.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def map(
+    fn: Callable,
+    *iterables: Iterable,
+    ordered: bool = True,
+    chunksize: int | str = "auto",
+    progress: bool | str = False,
+) -> MapIterator:
+    """Applies ``fn`` to every item of ``iterables`` in parallel; a lazy iterator over the
+    results, like ``multiprocessing.Pool.imap`` (``map(fn, a, b)`` calls ``fn(a[i], b[i])`` and
+    stops at the shortest).
+
+    Work starts at once and runs ahead of the consumer by a few chunks per CPU. With
+    ``ordered=False`` results come as they finish. ``chunksize="auto"`` sizes chunks from the
+    measured time per item; an int fixes it. A ``@volley.remote`` function keeps its options
+    (``num_cpus``, ``resources``, ``max_retries``). ``progress=True`` (or a label) shows a
+    progress bar. If ``fn`` raises, the results before that item are yielded, then its
+    exception is raised (the same class, with the remote traceback) and the rest is cancelled.
+
+    >>> list(volley.map(lambda x: x * x, range(5)))
+    [0, 1, 4, 9, 16]
+    >>> sorted(volley.map(pow, [2, 3], [5, 2], ordered=False))
+    [9, 32]
+    """
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    total = _length(iterables)
+    if len(iterables) == 1:
+        return MapIterator(fn, iter(iterables[0]), False, total, ordered, chunksize, progress)
+    return MapIterator(fn, zip(*iterables), True, total, ordered, chunksize, progress)
+
+
+def starmap(
+    fn: Callable,
+    iterable: Iterable,
+    *,
+    ordered: bool = True,
+    chunksize: int | str = "auto",
+    progress: bool | str = False,
+) -> MapIterator:
+    """Like :func:`map`, with each item a tuple of arguments: ``fn(*item)``.
+
+    >>> list(volley.starmap(pow, [(2, 5), (3, 2)]))
+    [32, 9]
+    """
+    total = _length((iterable,))
+    return MapIterator(fn, iter(iterable), True, total, ordered, chunksize, progress)
