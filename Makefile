@@ -29,6 +29,8 @@ $(VPY):
 $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
+	# The libraries the adapters plug into (volley.joblib, volley.dask) and their real users.
+	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm
 	touch $@
 
 $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml

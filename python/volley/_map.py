@@ -150,7 +150,8 @@ def _length(iterables: tuple) -> int | None:
 class MapIterator(Iterator):
     """What ``volley.map`` returns: an iterator over the results; work starts at once.
 
-    ``close()`` (or dropping it) cancels the chunks still running.
+    ``close()`` (or dropping it) cancels the chunks still running; ``tasks`` counts the chunks
+    submitted so far (each one task).
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class MapIterator(Iterator):
         self._error: BaseException | None = None
         self._exhausted = False
         self._closed = False
+        self.tasks = 0
         self._fn_ref = put(self._fn)
         self._bar = None
         if progress:
@@ -198,6 +200,7 @@ class MapIterator(Iterator):
                 self._remaining -= len(chunk)
             ref = self._task.remote(self._fn_ref, chunk, self._star, self._name)
             self._inflight[ref] = len(chunk)
+            self.tasks += 1
 
     def _collect(self, ref: ObjectRef) -> None:
         n = self._inflight.pop(ref)

@@ -156,7 +156,7 @@ class Executor(cf.Executor):
         except TypeError:
             return _Caller(self._call, fn)
         if rf is None:
-            rf = _api.remote(fn, **self._options) if self._options else _api.remote(fn)
+            rf = _api.remote(**self._options)(fn) if self._options else _api.remote(fn)
             if not isinstance(rf, _api.RemoteFunction):
                 return _Caller(self._call, fn)  # a class: called, not made an actor
             self._functions[fn] = rf

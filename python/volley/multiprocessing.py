@@ -146,7 +146,8 @@ class Pool:
         cpus = total_cpus()
         self._processes = processes or cpus
         # Each process holds its share of the CPUs, so that more processes than CPUs start.
-        self._cpus = min(1.0, cpus / self._processes)
+        # (In thousandths, rounded down: three processes on 2 CPUs take 0.666 each.)
+        self._cpus = min(1.0, (cpus * 1000 // self._processes) / 1000)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._maxtasks = maxtasksperchild

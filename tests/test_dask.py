@@ -1,0 +1,76 @@
+"""volley.dask.get: Dask graphs on volley give what Dask's own schedulers give."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import pytest
+
+import volley
+
+dask = pytest.importorskip("dask")
+import dask.array as da  # noqa: E402
+import dask.bag as db  # noqa: E402
+
+import volley.dask  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("volley_shared")
+
+
+def test_dask_array_matches_the_sync_scheduler():
+    x = da.random.RandomState(0).random((600, 600), chunks=(150, 150))
+    y = (x + x.T).mean(axis=0) - x.std()
+    np.testing.assert_allclose(y.compute(scheduler=volley.dask.get), y.compute(scheduler="sync"))
+    big = da.ones((2000, 2000), chunks=(1000, 1000))  # 8-MiB blocks through the store
+    assert float((big * 2).sum().compute(scheduler=volley.dask.get)) == 8_000_000
+
+
+def test_dask_bag_and_dataframe_match_the_sync_scheduler():
+    bag = db.from_sequence(range(1000), npartitions=8).map(lambda v: v * 3).filter(
+        lambda v: v % 2 == 0
+    )
+    assert bag.sum().compute(scheduler=volley.dask.get) == bag.sum().compute(scheduler="sync")
+    assert bag.frequencies().compute(scheduler=volley.dask.get) == bag.frequencies().compute(
+        scheduler="sync"
+    )
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    df = pd.DataFrame({"k": np.arange(2000) % 7, "v": np.arange(2000.0)})
+    ddf = dd.from_pandas(df, npartitions=5)
+    q = ddf[ddf.v > 100].groupby("k").v.agg(["mean", "count"])
+    pd.testing.assert_frame_equal(
+        q.compute(scheduler=volley.dask.get), q.compute(scheduler="sync")
+    )
+
+
+def test_config_set_and_raw_graphs_with_nested_keys():
+    with dask.config.set(scheduler=volley.dask.get):
+        assert float(da.ones(1000, chunks=100).sum().compute()) == 1000.0
+    dsk = {"a": 1, "b": (operator.add, "a", 2), "c": (operator.mul, "b", 10), "unused": (len, 5)}
+    assert volley.dask.get(dsk, ["c", ["b", "a"]]) == [30, [3, 1]]
+    assert volley.dask.get(dsk, "c") == 30  # "unused" is never run (it would raise)
+    with pytest.raises(KeyError, match="not in the graph"):
+        volley.dask.get(dsk, "zzz")
+
+
+def explode(v):
+    raise ValueError(f"bad value {v}")
+
+
+def test_an_exception_is_raised_at_compute():
+    dsk = {"a": 1, "b": (explode, "a"), "c": (operator.add, "b", 1)}
+    with pytest.raises(ValueError, match="bad value 1") as info:
+        volley.dask.get(dsk, "c")
+    assert isinstance(info.value, volley.TaskError)
+    assert "explode" in info.value.remote_traceback
+    delayed = dask.delayed(explode)(2)
+    with pytest.raises(ValueError, match="bad value 2"):
+        delayed.compute(scheduler=volley.dask.get)
+
+
+def test_a_tree_reduction():
+    leaves = [dask.delayed(operator.add)(i, 1) for i in range(256)]
+    while len(leaves) > 1:
+        leaves = [dask.delayed(operator.add)(a, b) for a, b in zip(leaves[::2], leaves[1::2])]
+    assert leaves[0].compute(scheduler=volley.dask.get) == sum(range(1, 257))
