@@ -46,6 +46,14 @@ def sizes(quick: bool) -> dict:
         "broadcast_mib": 200,  # (v)
         "broadcast_nodes": 3,  # (v)
         "node_store_mib": 2048 if not quick else 1024,  # (t)-(v): each node's object store
+        "jl_tasks": 1_000 if quick else 10_000,  # (w): joblib tiny calls
+        "jl_arrays": 8,  # (x): joblib calls, each given the same array
+        "jl_array_mib": 100,  # (x)
+        "map_items": 100_000 if quick else 1_000_000,  # (y): no-op items
+        "map_cpu_items": 32,  # (ya): CPU-bound items
+        "map_cpu_n": 200_000 if quick else 1_000_000,  # (ya): spin(n) per item
+        "ex_tasks": 1_000 if quick else 10_000,  # (z): executor submits
+        "ex_round_trips": 100 if quick else 1_000,  # (za)
     }
 
 
@@ -341,6 +349,13 @@ def _forked_spins(n: int) -> None:
 
 def speedup(serial_s: float, parallel_s: float) -> dict:
     return {"value": serial_s / parallel_s, "serial_s": serial_s, "parallel_s": parallel_s}
+
+
+def dask_tree():
+    """(dg): the (g) tree as a Dask graph of delayed leaf/add calls (built, not computed)."""
+    import dask
+
+    return tree_reduce(dask.delayed(leaf), dask.delayed(add))
 
 
 def tree_reduce(submit_leaf, submit_add):

@@ -39,6 +39,7 @@ COLUMNS = (
     ("mp", "mp", ""),
     ("mp.map", "mp", "map"),
     ("cf", "cf", ""),
+    ("dask.thr", "dask", "threaded"),
 )
 
 
@@ -138,6 +139,23 @@ def rows(sizes: dict) -> list[Row]:
             derive=lambda v, e: s["transfer_big_mib"] / v),
         Row("v", f"broadcast: one {_size(s['broadcast_mib'])} array read by a task on each of "
             f"{s['broadcast_nodes']} nodes", "s", False),
+        Row("w", f"joblib Parallel(n_jobs=2), {s['jl_tasks']:,} tiny calls (auto-batching; "
+            "volley: the volley backend, joblib: loky)", "s", False),
+        Row("x", f"joblib Parallel(n_jobs=2), {s['jl_arrays']} calls each given the same "
+            f"{_size(s['jl_array_mib'])} array, summing it", "s", False, ">= 3x faster than loky",
+            lambda v, r: _at_least(r, "joblib", 3)),
+        Row("y", f"map over {s['map_items']:,} no-op items (volley.map vs Pool.map)", "s",
+            False, "within 1.2x of Pool.map", lambda v, r: _at_least(r, "mp", 1 / 1.2)),
+        Row("ya", f"map over {s['map_cpu_items']} CPU-bound items (spin({s['map_cpu_n']:,}))",
+            "s", False),
+        Row("z", f"Executor: {s['ex_tasks']:,} submits, then every result (volley.futures vs "
+            "ProcessPoolExecutor)", "s", False),
+        Row("za", f"Executor: {s['ex_round_trips']:,} sequential submit().result()", "s", False),
+        Row("dg", f"Dask: the (g) {s['leaves']:,}-leaf tree as dask.delayed, .compute() "
+            "(volley.dask.get vs distributed, and Dask threaded)", "s", False,
+            ">= 10x distributed and faster than threaded",
+            lambda v, r: _all(_at_least(r, "dask", 10), None if r.get("dask.thr") is None
+                              else r["dask.thr"] > 1)),
     ]  # fmt: skip
 
 
@@ -202,7 +220,7 @@ def measure(row: Row, system: str, func: str, info: dict, args, env) -> Cell:
     if not info["installed"]:
         return Cell("na", note=f"not installed in {info['executable']}", system_wide=True)
     if func not in info["functions"]:
-        reason = info["na"].get(row.letter) if not func.endswith("_map") else None
+        reason = info["na"].get(row.letter) if func == row.letter else None
         return Cell("na", note=reason) if reason else Cell("none")
     cell = Cell()
     for i in range(args.runs):
@@ -588,6 +606,14 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
 - (v) Three 1-CPU nodes: one {broadcast_mib}-MiB array put by the driver, read by one task on
   each node (Ray: `scheduling_strategy="SPREAD"`; volley places each task on the least loaded
   node), all gathered.
+- (w)-(dg) The adapters, on 2 CPUs, each after a warm-up call outside the timed region. (w),
+  (x): `Parallel(n_jobs=2)` with joblib's defaults (auto-batching; loky memmaps arrays above
+  1 MB into a temporary folder), the volley column under `parallel_config(backend="volley")`.
+  (y), (ya): `list(volley.map(f, items))` vs `Pool(2).map(f, items)` (default chunksize).
+  (z), (za): `volley.futures.Executor()` vs `ProcessPoolExecutor(2)`. (dg): the (g) tree built
+  with `dask.delayed` outside the timed region, then `.compute()` with `volley.dask.get`, with a
+  2-worker `distributed` client (dask column) and with `scheduler="threads"` (dask.thr column,
+  2 threads).
 
 ## Detail
 

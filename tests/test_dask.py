@@ -27,8 +27,10 @@ def test_dask_array_matches_the_sync_scheduler():
 
 
 def test_dask_bag_and_dataframe_match_the_sync_scheduler():
-    bag = db.from_sequence(range(1000), npartitions=8).map(lambda v: v * 3).filter(
-        lambda v: v % 2 == 0
+    bag = (
+        db.from_sequence(range(1000), npartitions=8)
+        .map(lambda v: v * 3)
+        .filter(lambda v: v % 2 == 0)
     )
     assert bag.sum().compute(scheduler=volley.dask.get) == bag.sum().compute(scheduler="sync")
     assert bag.frequencies().compute(scheduler=volley.dask.get) == bag.frequencies().compute(
@@ -39,9 +41,7 @@ def test_dask_bag_and_dataframe_match_the_sync_scheduler():
     df = pd.DataFrame({"k": np.arange(2000) % 7, "v": np.arange(2000.0)})
     ddf = dd.from_pandas(df, npartitions=5)
     q = ddf[ddf.v > 100].groupby("k").v.agg(["mean", "count"])
-    pd.testing.assert_frame_equal(
-        q.compute(scheduler=volley.dask.get), q.compute(scheduler="sync")
-    )
+    pd.testing.assert_frame_equal(q.compute(scheduler=volley.dask.get), q.compute(scheduler="sync"))
 
 
 def test_config_set_and_raw_graphs_with_nested_keys():
@@ -74,3 +74,18 @@ def test_a_tree_reduction():
     while len(leaves) > 1:
         leaves = [dask.delayed(operator.add)(a, b) for a, b in zip(leaves[::2], leaves[1::2])]
     assert leaves[0].compute(scheduler=volley.dask.get) == sum(range(1, 257))
+
+
+def die_once(x, marker):
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 1
+
+
+def test_a_killed_worker_is_retried(tmp_path):
+    dsk = {"a": 1, "b": (die_once, "a", str(tmp_path / "m")), "c": (operator.mul, "b", 5)}
+    assert volley.dask.get(dsk, "c") == 10

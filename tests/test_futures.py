@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import threading
 import time
 
@@ -114,3 +113,22 @@ def test_task_options_apply_to_every_call():
     with Executor(num_cpus=2) as ex:
         # Each call holds both CPUs: they run one after the other, all correctly.
         assert sorted(ex.map(slow_square, range(3))) == [0, 1, 4]
+
+
+def die_once(x, marker):
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_a_killed_worker_is_retried_then_reported(tmp_path):
+    with Executor() as ex:
+        assert ex.submit(die_once, 5, str(tmp_path / "m")).result(timeout=60) == 5
+    with Executor(max_retries=0) as ex:
+        f = ex.submit(die_once, 5, str(tmp_path / "n"))
+        with pytest.raises(volley.WorkerCrashedError):
+            f.result(timeout=60)

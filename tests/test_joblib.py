@@ -10,8 +10,9 @@ import pytest
 import volley
 
 joblib = pytest.importorskip("joblib")
-import volley.joblib  # noqa: E402  (registers the backend)
 from joblib import Parallel, delayed, parallel_config  # noqa: E402
+
+import volley.joblib  # noqa: E402, F401  (registers the backend)
 
 pytestmark = pytest.mark.usefixtures("volley_shared")
 
@@ -108,3 +109,21 @@ def test_scikit_learn_gives_the_same_results_as_with_loky():
         expected = (search(), cv())
     with parallel_config(backend="volley"):
         assert (search(), cv()) == expected
+
+
+def die_once(x, marker):
+    import os
+    import signal
+
+    if x == 2 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_a_killed_worker_is_retried(tmp_path):
+    marker = str(tmp_path / "m")
+    with parallel_config(backend="volley", n_jobs=2):
+        assert Parallel(batch_size=1)(delayed(die_once)(i, marker) for i in range(5)) == [
+            0, 1, 2, 3, 4
+        ]  # fmt: skip

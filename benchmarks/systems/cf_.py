@@ -137,3 +137,24 @@ def m():
         results = [fut.result() for fut in futures]
         elapsed = time.perf_counter() - t0
         return common.readers_result(elapsed, results, expected)
+
+
+def z():
+    n = common.SIZES["ex_tasks"]
+    with session() as executor:
+        warm(executor)
+        t0 = time.perf_counter()
+        futures = [executor.submit(common.noop) for _ in range(n)]
+        out = [f.result() for f in futures]
+        elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def za():
+    with session() as executor:
+        warm(executor)
+        t0 = time.perf_counter()
+        for _ in range(common.SIZES["ex_round_trips"]):
+            executor.submit(common.noop).result()
+        return time.perf_counter() - t0

@@ -190,3 +190,27 @@ def m():
         )
         elapsed = time.perf_counter() - t0
         return common.readers_result(elapsed, results, expected)
+
+
+def dg():
+    """(dg): the (g) tree as dask.delayed, computed on the distributed client."""
+    with session() as client:
+        warm(client)
+        common.dask_tree().compute()  # the client is the default scheduler now
+        root = common.dask_tree()
+        t0 = time.perf_counter()
+        total = root.compute()
+        elapsed = time.perf_counter() - t0
+    common.check_tree(total)
+    return elapsed
+
+
+def dg_threaded():
+    """(dg) with Dask's threaded scheduler, two threads."""
+    common.dask_tree().compute(scheduler="threads", num_workers=common.WORKERS)
+    root = common.dask_tree()
+    t0 = time.perf_counter()
+    total = root.compute(scheduler="threads", num_workers=common.WORKERS)
+    elapsed = time.perf_counter() - t0
+    common.check_tree(total)
+    return elapsed

@@ -189,3 +189,34 @@ def m():
         elapsed = time.perf_counter() - t0
         del mapped
         return common.readers_result(elapsed, results, expected)
+
+
+def w():
+    """(w): tiny calls with joblib's auto-batching on loky."""
+    from joblib import Parallel, delayed
+
+    n = common.SIZES["jl_tasks"]
+    with Parallel(n_jobs=common.WORKERS) as parallel:
+        warm(parallel, delayed)
+    t0 = time.perf_counter()
+    out = Parallel(n_jobs=common.WORKERS)(delayed(common.noop)(i) for i in range(n))
+    elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def x():
+    """(x): the same large array to every call (loky memmaps it into a temporary folder)."""
+    import numpy as np
+    from joblib import Parallel, delayed
+
+    arr = np.ones(common.SIZES["jl_array_mib"] * 2**20 // 8)
+    k = common.SIZES["jl_arrays"]
+    with Parallel(n_jobs=common.WORKERS) as parallel:
+        warm(parallel, delayed)
+    t0 = time.perf_counter()
+    out = Parallel(n_jobs=common.WORKERS)(delayed(common.array_sum)(arr) for _ in range(k))
+    elapsed = time.perf_counter() - t0
+    if out != [float(arr.size)] * k:
+        raise RuntimeError("wrong sums")
+    return elapsed

@@ -184,3 +184,26 @@ def m():
         results = [p.get() for p in pending]
         elapsed = time.perf_counter() - t0
         return common.readers_result(elapsed, results, expected)
+
+
+def y():
+    """(y): Pool.map with its default chunksize."""
+    n = common.SIZES["map_items"]
+    with session() as pool:
+        warm(pool)
+        t0 = time.perf_counter()
+        out = pool.map(common.noop, range(n))
+        elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def ya():
+    items = [common.SIZES["map_cpu_n"]] * common.SIZES["map_cpu_items"]
+    with session() as pool:
+        warm(pool)
+        t0 = time.perf_counter()
+        out = pool.map(common.spin, items)
+        elapsed = time.perf_counter() - t0
+    common.check_count(out, len(items))
+    return elapsed

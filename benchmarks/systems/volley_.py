@@ -249,3 +249,110 @@ def u1w():
 
 def v():
     return _cluster_api.v(cluster, _spread)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def w():
+    import joblib
+
+    import volley.joblib  # noqa: F401  (registers the backend)
+
+    n = common.SIZES["jl_tasks"]
+    with session():
+        with joblib.parallel_config(backend="volley"):
+            joblib.Parallel(n_jobs=common.WORKERS)(joblib.delayed(common.noop)() for _ in range(8))
+            t0 = time.perf_counter()
+            out = joblib.Parallel(n_jobs=common.WORKERS)(
+                joblib.delayed(common.noop)(i) for i in range(n)
+            )
+            elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def x():
+    import joblib
+    import numpy as np
+
+    import volley.joblib  # noqa: F401
+
+    arr = np.ones(common.SIZES["jl_array_mib"] * 2**20 // 8)
+    k = common.SIZES["jl_arrays"]
+    with session():
+        with joblib.parallel_config(backend="volley"):
+            joblib.Parallel(n_jobs=common.WORKERS)(joblib.delayed(common.noop)() for _ in range(8))
+            t0 = time.perf_counter()
+            out = joblib.Parallel(n_jobs=common.WORKERS)(
+                joblib.delayed(common.array_sum)(arr) for _ in range(k)
+            )
+            elapsed = time.perf_counter() - t0
+    if out != [float(arr.size)] * k:
+        raise RuntimeError("wrong sums")
+    return elapsed
+
+
+def y():
+    n = common.SIZES["map_items"]
+    with session() as volley:
+        warm(volley)
+        t0 = time.perf_counter()
+        out = list(volley.map(common.noop, range(n)))
+        elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def ya():
+    items = [common.SIZES["map_cpu_n"]] * common.SIZES["map_cpu_items"]
+    with session() as volley:
+        warm(volley)
+        t0 = time.perf_counter()
+        out = list(volley.map(common.spin, items))
+        elapsed = time.perf_counter() - t0
+    common.check_count(out, len(items))
+    return elapsed
+
+
+def z():
+    from volley.futures import Executor
+
+    n = common.SIZES["ex_tasks"]
+    with session() as volley:
+        warm(volley)
+        with Executor() as ex:
+            ex.submit(common.noop).result()
+            t0 = time.perf_counter()
+            futures = [ex.submit(common.noop) for _ in range(n)]
+            out = [f.result() for f in futures]
+            elapsed = time.perf_counter() - t0
+    common.check_count(out, n)
+    return elapsed
+
+
+def za():
+    from volley.futures import Executor
+
+    with session() as volley:
+        warm(volley)
+        with Executor() as ex:
+            ex.submit(common.noop).result()
+            t0 = time.perf_counter()
+            for _ in range(common.SIZES["ex_round_trips"]):
+                ex.submit(common.noop).result()
+            return time.perf_counter() - t0
+
+
+def dg():
+    import volley.dask
+
+    with session() as volley:
+        warm(volley)
+        common.dask_tree().compute(scheduler=volley.dask.get)  # ships the functions
+        root = common.dask_tree()
+        t0 = time.perf_counter()
+        total = root.compute(scheduler=volley.dask.get)
+        elapsed = time.perf_counter() - t0
+    common.check_tree(total)
+    return elapsed

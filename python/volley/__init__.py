@@ -34,7 +34,6 @@ from ._api import (
 )
 from ._core import ObjectRef
 from ._map import map, starmap
-from ._progress import progress
 from ._placement import (
     PlacementGroup,
     PlacementGroupSchedulingStrategy,
@@ -42,6 +41,7 @@ from ._placement import (
     placement_group_table,
     remove_placement_group,
 )
+from ._progress import progress
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,

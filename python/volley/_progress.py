@@ -34,7 +34,9 @@ class Bar:
         except ImportError:
             tqdm = None
         if tqdm is not None:
-            self._tqdm = tqdm(total=total, desc=desc or None, file=self._file, mininterval=_REDRAW_S)
+            self._tqdm = tqdm(
+                total=total, desc=desc or None, file=self._file, mininterval=_REDRAW_S
+            )
 
     def update(self, n: int = 1) -> None:
         if n <= 0 or self._closed:

@@ -84,7 +84,6 @@ def _submit_graph(dsk: Mapping, roots: list, options: dict) -> dict:
     """Submits the nodes of a converted graph that ``roots`` need; returns
     ``{key: ObjectRef}``."""
     from dask._task_spec import Alias, DataNode
-
     from dask.utils import key_split
 
     runs: dict = {}  # one remote function per node name, for logs and errors

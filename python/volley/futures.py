@@ -251,4 +251,3 @@ def _chunk_results(futures: list, deadline: float | None) -> Iterator:
         yield from results
         if error is not None:
             raise error
-

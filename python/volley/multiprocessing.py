@@ -165,9 +165,7 @@ class Pool:
         return f"<volley.multiprocessing.Pool state={self._state} pool_size={self._processes}>"
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     # ------------------------------------------------------------------ dispatching
 
@@ -188,7 +186,8 @@ class Pool:
         with self._lock:
             for slot in self._slots:
                 while self._queue and slot.outstanding < 2 and not slot.retiring:
-                    if self._maxtasks is not None and slot.done + slot.outstanding >= self._maxtasks:
+                    limit = self._maxtasks
+                    if limit is not None and slot.done + slot.outstanding >= limit:
                         break
                     job = self._queue.popleft()
                     slot.outstanding += 1
@@ -274,9 +273,7 @@ class Pool:
         fn, _, name = _task_of(func)
         chunks, _ = self._chunks(iterable, chunksize)
         result = MapResult(len(chunks), callback, error_callback)
-        self._submit(
-            [_Job("run", (fn, c, star, name), result, i) for i, c in enumerate(chunks)]
-        )
+        self._submit([_Job("run", (fn, c, star, name), result, i) for i, c in enumerate(chunks)])
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -514,10 +511,11 @@ class _IterResult(Iterator):
                 if self._total is not None and self._taken >= self._total:
                     raise StopIteration
                 want = self._next if self._ordered else None
-                ok = self._cond.wait_for(
-                    lambda: (want in self._chunks) if want is not None else bool(self._order),
-                    timeout,
-                )
+
+                def arrived(want: int | None = want) -> bool:
+                    return (want in self._chunks) if want is not None else bool(self._order)
+
+                ok = self._cond.wait_for(arrived, timeout)
                 if not ok:
                     raise TimeoutError
                 index = want if want is not None else self._order.popleft()
