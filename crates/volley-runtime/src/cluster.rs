@@ -66,9 +66,13 @@ pub(crate) struct Cluster {
     me: Mutex<NodeId>,
     view: Mutex<Vec<NodeInfo>>,
     /// Connections this node opened to send tasks, by peer.
-    links: Mutex<HashMap<NodeId, Sender<Action>>>,
+    links: Mutex<HashMap<NodeId, (u64, Sender<Action>)>>,
+    /// One lock per peer while a link to it is being opened (so two threads never open two).
+    opening: Mutex<HashMap<NodeId, Arc<Mutex<()>>>>,
     /// Connections peers opened to send tasks here: results go back on them.
-    incoming: Mutex<HashMap<NodeId, Sender<Action>>>,
+    /// (Both maps: the connection's number, to tell a connection from the one replacing it.)
+    incoming: Mutex<HashMap<NodeId, (u64, Sender<Action>)>>,
+    next_conn: std::sync::atomic::AtomicU64,
     /// The head's table of members (on the head only).
     members: Option<Mutex<Members>>,
     closed: AtomicBool,
@@ -172,7 +176,9 @@ impl Cluster {
             me: Mutex::new(NodeId(1)),
             view: Mutex::new(Vec::new()),
             links: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
+            next_conn: std::sync::atomic::AtomicU64::new(1),
             members: head.then(|| Mutex::new(Members { next: 2, nodes: HashMap::new() })),
             closed: AtomicBool::new(false),
             log_subscribers: Mutex::new(Default::default()),
@@ -256,7 +262,7 @@ impl Cluster {
         }
         let incoming = self.incoming.lock();
         for peer in subscribers {
-            if let Some(tx) = incoming.get(&peer) {
+            if let Some((_, tx)) = incoming.get(&peer) {
                 let _ = tx.send(Action::PeerLog { peer, fd: fd as u8, lines: lines.to_vec() });
             }
         }
@@ -588,8 +594,9 @@ impl Cluster {
     /// A peer sends tasks on this connection; their results go back on it.
     fn serve_tasks(self: &Arc<Self>, peer: NodeId, s: Conn, mut r: FrameReader<&Conn>, who: &str) {
         let epoch = self.epoch.load(Ordering::Acquire);
-        let tx = self.writer(peer, s, false);
-        self.incoming.lock().insert(peer, tx);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let tx = self.writer(peer, s, false, conn);
+        self.incoming.lock().insert(peer, (conn, tx));
         // Every message one read brought in is handled under one lock of the state.
         let mut batch = Vec::new();
         loop {
@@ -665,11 +672,17 @@ impl Cluster {
                 break;
             }
         }
+        {
+            let mut incoming = self.incoming.lock();
+            if incoming.get(&peer).is_some_and(|(c, _)| *c != conn) {
+                return; // The peer opened another connection since: it is not gone.
+            }
+            incoming.remove(&peer);
+        }
         self.side_closed((peer, false));
         if self.epoch.load(Ordering::Acquire) != epoch {
             return; // The head restarted meanwhile: `forget_peers` did the rest.
         }
-        self.incoming.lock().remove(&peer);
         self.log_subscribers.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, "its connection closed", out));
@@ -702,25 +715,37 @@ impl Cluster {
             | Action::PeerActorState { peer, .. } => (*peer, false),
             _ => return,
         };
-        let tx = if outgoing {
-            let existing = self.links.lock().get(&peer).cloned();
-            match existing {
-                Some(tx) => Some(tx),
-                None => self.open_link(peer),
-            }
-        } else {
-            self.incoming.lock().get(&peer).cloned()
-        };
+        let tx = if outgoing { self.link_to(peer) } else { self.incoming_from(peer) };
         // Without a connection to the peer that sent a task, nobody wants its result.
-        let sent = tx.map(|tx| tx.send(a).is_ok());
-        if outgoing && sent != Some(true) {
-            let why =
-                if sent.is_none() { "it could not be reached" } else { "its connection closed" };
-            self.link_broke(peer, why);
+        let sent = tx.map(|(conn, tx)| (conn, tx.send(a).is_ok()));
+        if outgoing {
+            match sent {
+                None => self.link_broke(peer, "it could not be reached", None),
+                Some((conn, false)) => self.link_broke(peer, "its connection closed", Some(conn)),
+                Some((_, true)) => {}
+            }
         }
     }
 
-    fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<Sender<Action>> {
+    /// The connection this node opened to `peer`, opened now if there is none.
+    fn link_to(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+        if let Some(l) = self.links.lock().get(&peer).cloned() {
+            return Some(l);
+        }
+        let gate = self.opening.lock().entry(peer).or_default().clone();
+        let _opening = gate.lock();
+        if let Some(l) = self.links.lock().get(&peer).cloned() {
+            return Some(l); // Another thread opened it meanwhile.
+        }
+        self.open_link(peer)
+    }
+
+    /// The connection `peer` opened to this node, if any.
+    fn incoming_from(&self, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+        self.incoming.lock().get(&peer).cloned()
+    }
+
+    fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Action>)> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let addr = self.view.lock().iter().find(|n| n.id == peer).map(|n| n.addr.clone())?;
         let mut s = match connect(&addr, &self.cfg.token, self.cfg.tls.as_deref()) {
@@ -734,8 +759,9 @@ impl Cluster {
             return None;
         }
         let rs = s.try_clone().ok()?;
-        let tx = self.writer(peer, s, true);
-        self.links.lock().insert(peer, tx.clone());
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let tx = self.writer(peer, s, true, conn);
+        self.links.lock().insert(peer, (conn, tx.clone()));
         let c = self.clone();
         let _ = std::thread::Builder::new().name("volley-tcp-link".into()).spawn(move || {
             let mut r = FrameReader::new(&rs);
@@ -793,16 +819,29 @@ impl Cluster {
                     break why;
                 }
             };
-            c.side_closed((peer, true));
+            let current = c.links.lock().get(&peer).map(|(k, _)| *k);
+            if current.is_none_or(|k| k == conn) {
+                c.side_closed((peer, true));
+            }
             if c.epoch.load(Ordering::Acquire) == epoch {
-                c.link_broke(peer, &why);
+                c.link_broke(peer, &why, Some(conn));
             }
         });
-        Some(tx)
+        Some((conn, tx))
     }
 
-    fn link_broke(&self, peer: NodeId, why: &str) {
-        self.links.lock().remove(&peer);
+    /// The link to `peer` (connection `conn`, or whichever it has) broke: the peer is gone,
+    /// unless that link was replaced by a newer one.
+    fn link_broke(&self, peer: NodeId, why: &str, conn: Option<u64>) {
+        {
+            let mut links = self.links.lock();
+            if let (Some(conn), Some((current, _))) = (conn, links.get(&peer)) {
+                if *current != conn {
+                    return;
+                }
+            }
+            links.remove(&peer);
+        }
         self.log_sources.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, why, out));
@@ -810,7 +849,13 @@ impl Cluster {
     }
 
     /// A writer thread for one connection: values are copied out of the store there.
-    fn writer(self: &Arc<Self>, peer: NodeId, mut s: Conn, outgoing: bool) -> Sender<Action> {
+    fn writer(
+        self: &Arc<Self>,
+        peer: NodeId,
+        mut s: Conn,
+        outgoing: bool,
+        conn: u64,
+    ) -> Sender<Action> {
         let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
         let c = self.clone();
         let key = self.next_socket.fetch_add(1, Ordering::Relaxed);
@@ -830,7 +875,7 @@ impl Cluster {
                     Err(mpsc::TryRecvError::Disconnected) => break,
                     Err(mpsc::TryRecvError::Empty) if serving.is_empty() => {
                         if w.flush().is_err() {
-                            c.writer_failed(peer, outgoing, &raw);
+                            c.writer_failed(peer, outgoing, conn, &raw);
                             break;
                         }
                         match rx.recv() {
@@ -863,7 +908,7 @@ impl Cluster {
                     },
                 };
                 if !ok {
-                    c.writer_failed(peer, outgoing, &raw);
+                    c.writer_failed(peer, outgoing, conn, &raw);
                     break;
                 }
             }
@@ -890,12 +935,12 @@ impl Cluster {
         }
     }
 
-    fn writer_failed(&self, peer: NodeId, outgoing: bool, raw: &std::io::Result<Conn>) {
+    fn writer_failed(&self, peer: NodeId, outgoing: bool, conn: u64, raw: &std::io::Result<Conn>) {
         if let Ok(r) = raw {
             let _ = r.shutdown(std::net::Shutdown::Both);
         }
         if outgoing {
-            self.link_broke(peer, "writing to it failed");
+            self.link_broke(peer, "writing to it failed", Some(conn));
         }
     }
 

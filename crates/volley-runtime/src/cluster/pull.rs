@@ -110,13 +110,11 @@ impl Cluster {
     /// until the head declares it dead (`sources_left`).
     fn ask(self: &Arc<Self>, id: ObjectId, source: Side) {
         let (peer, link) = source;
-        let tx = if link {
-            self.links.lock().get(&peer).cloned()
-        } else {
-            self.incoming.lock().get(&peer).cloned()
-        };
-        let send = move |c: &Arc<Cluster>, tx: Option<std::sync::mpsc::Sender<Action>>| {
-            let sent = tx.is_some_and(|tx| tx.send(Action::PeerFetch { peer, id, link }).is_ok());
+        let tx =
+            if link { self.links.lock().get(&peer).cloned() } else { self.incoming_from(peer) };
+        let send = move |c: &Arc<Cluster>, tx: Option<(u64, std::sync::mpsc::Sender<Action>)>| {
+            let msg = Action::PeerFetch { peer, id, link };
+            let sent = tx.is_some_and(|(_, tx)| tx.send(msg).is_ok());
             if !sent {
                 c.source_failed(id, source, &format!("node {} cannot be reached", peer.0));
             }
@@ -126,7 +124,7 @@ impl Cluster {
         }
         let c = self.clone();
         let spawned = std::thread::Builder::new().name("volley-tcp-open".into()).spawn(move || {
-            let tx = c.open_link(peer);
+            let tx = c.link_to(peer);
             send(&c, tx);
         });
         if spawned.is_err() {
