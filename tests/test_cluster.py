@@ -880,6 +880,20 @@ def test_named_actors_are_found_from_other_drivers(cluster, tmp_path):
     _poll_actor("registry", present=False)
 
 
+def _settled(read, timeout: float = 10.0):
+    """``read()`` once two reads a few heartbeats apart agree (the view is fresh and nothing
+    is moving)."""
+    last = read()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
     @volley.remote
     def head_of(a, i):
@@ -890,14 +904,13 @@ def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
     size = 32 << 20
     arr = np.arange(size // 8, dtype=np.float64)
     ref = volley.put(arr)
-    time.sleep(0.3)  # a heartbeat: the byte counts in the view are fresh
 
     def received() -> int:
         return next(n for n in volley.nodes() if n["node_id"] == target["node_id"])[
             "bytes_received"
         ]
 
-    before = received()
+    before = _settled(received)
     assert volley.get(
         [head_of.options(scheduling_strategy=pin).remote(ref, i) for i in range(8)]
     ) == [float(i) for i in range(8)]
@@ -927,12 +940,11 @@ def test_a_value_sent_to_every_node_leaves_the_driver_twice(cluster):
     size = 24 << 20
     arr = np.ones(size // 8, dtype=np.float64)
     ref = volley.put(arr)
-    time.sleep(0.3)  # a heartbeat: the byte counts in the view are fresh
 
     def counts() -> dict:
         return {n["address"]: (n["bytes_received"], n["bytes_served"]) for n in volley.nodes()}
 
-    before = counts()
+    before = _settled(counts)
     # The first node gets it from the driver; then two more pull it at once: one from the
     # driver, one from the first node.
     assert volley.get(total.options(scheduling_strategy=pin[0]).remote(ref)) == size / 8

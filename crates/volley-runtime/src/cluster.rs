@@ -465,12 +465,31 @@ impl Cluster {
                 named: n.named.clone(),
             })
             .collect();
-        let live = nodes.iter().map(|n| n.id).collect();
-        *self.view.lock() = nodes;
+        let live: std::collections::HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let left: Vec<NodeId> = {
+            let mut view = self.view.lock();
+            let left = view.iter().map(|n| n.id).filter(|id| !live.contains(id)).collect();
+            *view = nodes;
+            left
+        };
         self.shared.with(|st, out| st.sched.set_peers(peers, out));
+        for peer in left {
+            self.cut_off(peer);
+        }
         if !self.pulls.lock().is_empty() {
             self.sources_left(&live);
         }
+    }
+
+    /// A peer left the cluster's view (the head declared it dead): its tasks here were dropped
+    /// and ours there retried, so its connections are closed. If it is alive after all (a
+    /// heartbeat late under load), it sees them close and retries what it had sent here,
+    /// instead of waiting forever for results this node no longer owes it.
+    fn cut_off(&self, peer: NodeId) {
+        let link = self.links.lock().remove(&peer);
+        let incoming = self.incoming.lock().remove(&peer);
+        // Their writers end with their last sender, and shut their sockets down.
+        drop((link, incoming));
     }
 
     fn member_joined(&self, mut info: NodeInfo) -> NodeId {
