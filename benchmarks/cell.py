@@ -19,7 +19,7 @@ FUNCS = ("a", "b", "b_map", "c", "f", "g", "h")
 FUNCS += ("i", "j", "k", "k0", "l", "m", "n")  # object store
 FUNCS += ("o", "p", "q", "r", "s")  # actors
 FUNCS += ("t", "u", "u1", "uw", "u1w", "v")  # clusters
-FUNCS += ("w", "x", "y", "ya", "z", "za", "dg", "dg_threaded")  # adapters
+FUNCS += ("w", "x", "xw", "y", "ya", "z", "za", "dg", "dg_threaded")  # adapters
 
 
 def load(system: str):

@@ -144,6 +144,8 @@ def rows(sizes: dict) -> list[Row]:
         Row("x", f"joblib Parallel(n_jobs=2), {s['jl_arrays']} calls each given the same "
             f"{_size(s['jl_array_mib'])} array, summing it", "s", False, ">= 3x faster than loky",
             lambda v, r: _at_least(r, "joblib", 3)),
+        Row("xw", "(x) warm: after one untimed call with another array of that size", "s",
+            False, ">= 3x faster than loky", lambda v, r: _at_least(r, "joblib", 3)),
         Row("y", f"map over {s['map_items']:,} no-op items (volley.map vs Pool.map)", "s",
             False, "within 1.2x of Pool.map", lambda v, r: _at_least(r, "mp", 1 / 1.2)),
         Row("ya", f"map over {s['map_cpu_items']} CPU-bound items (spin({s['map_cpu_n']:,}))",
@@ -609,6 +611,8 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
 - (w)-(dg) The adapters, on 2 CPUs, each after a warm-up call outside the timed region. (w),
   (x): `Parallel(n_jobs=2)` with joblib's defaults (auto-batching; loky memmaps arrays above
   1 MB into a temporary folder), the volley column under `parallel_config(backend="volley")`.
+  (xw): (x) after one untimed call of the same kind with `arr + 1` and a 0.5-s pause (both
+  stores, volley's and loky's temporary folder, reuse memory already touched once).
   (y), (ya): `list(volley.map(f, items))` vs `Pool(2).map(f, items)` (default chunksize).
   (z), (za): `volley.futures.Executor()` vs `ProcessPoolExecutor(2)`. (dg): the (g) tree built
   with `dask.delayed` outside the timed region, then `.compute()` with `volley.dask.get`, with a

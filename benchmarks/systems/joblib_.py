@@ -205,7 +205,7 @@ def w():
     return elapsed
 
 
-def x():
+def x(warm_same: bool = False):
     """(x): the same large array to every call (loky memmaps it into a temporary folder)."""
     import numpy as np
     from joblib import Parallel, delayed
@@ -214,9 +214,17 @@ def x():
     k = common.SIZES["jl_arrays"]
     with Parallel(n_jobs=common.WORKERS) as parallel:
         warm(parallel, delayed)
+    if warm_same:
+        Parallel(n_jobs=common.WORKERS)(delayed(common.array_sum)(arr + 1) for _ in range(k))
+        time.sleep(0.5)
     t0 = time.perf_counter()
     out = Parallel(n_jobs=common.WORKERS)(delayed(common.array_sum)(arr) for _ in range(k))
     elapsed = time.perf_counter() - t0
     if out != [float(arr.size)] * k:
         raise RuntimeError("wrong sums")
     return elapsed
+
+
+def xw():
+    """(xw): (x) after one untimed call with another array of the same size."""
+    return x(warm_same=True)

@@ -272,7 +272,7 @@ def w():
     return elapsed
 
 
-def x():
+def x(warm_same: bool = False):
     import joblib
     import numpy as np
 
@@ -283,6 +283,11 @@ def x():
     with session():
         with joblib.parallel_config(backend="volley"):
             joblib.Parallel(n_jobs=common.WORKERS)(joblib.delayed(common.noop)() for _ in range(8))
+            if warm_same:
+                joblib.Parallel(n_jobs=common.WORKERS)(
+                    joblib.delayed(common.array_sum)(arr + 1) for _ in range(k)
+                )
+                time.sleep(0.5)
             t0 = time.perf_counter()
             out = joblib.Parallel(n_jobs=common.WORKERS)(
                 joblib.delayed(common.array_sum)(arr) for _ in range(k)
@@ -291,6 +296,10 @@ def x():
     if out != [float(arr.size)] * k:
         raise RuntimeError("wrong sums")
     return elapsed
+
+
+def xw():
+    return x(warm_same=True)
 
 
 def y():

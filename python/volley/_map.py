@@ -178,6 +178,7 @@ class MapIterator(Iterator):
         self._error: BaseException | None = None
         self._exhausted = False
         self._closed = False
+        self._gen = self._results()
         self.tasks = 0
         self._fn_ref = put(self._fn)
         self._bar = None
@@ -209,7 +210,8 @@ class MapIterator(Iterator):
         except BaseException as e:  # the chunk itself failed (a worker died, cancelled)
             results, seconds, error = [], 0.0, e
         self._sizer.measured(len(results) + (error is not None), seconds)
-        self._ready.extend(results)
+        if results:
+            self._ready.append(results)
         if self._bar is not None:
             self._bar.update(len(results) if error is None else n)
         if error is not None and self._error is None:
@@ -225,15 +227,18 @@ class MapIterator(Iterator):
                 pass
         self._inflight.clear()
 
-    def __next__(self) -> Any:
-        while not self._ready:
+    def _chunks(self) -> Iterator[list]:
+        """The result lists of the chunks, in the order they are to be yielded."""
+        while True:
+            while self._ready:
+                yield self._ready.popleft()
             if self._error is not None:
                 err, self._error = self._error, None
                 self.close()
                 raise err
             if not self._inflight:
                 self.close()
-                raise StopIteration
+                return
             if self._ordered:
                 ref = next(iter(self._inflight))
             else:
@@ -241,7 +246,16 @@ class MapIterator(Iterator):
                 ref = ready[0]
             self._collect(ref)
             self._fill()
-        return self._ready.popleft()
+
+    def _results(self) -> Iterator:
+        for chunk in self._chunks():
+            yield from chunk  # item by item in C: no Python call per result
+
+    def __iter__(self) -> Iterator:
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(self._gen)
 
     def close(self) -> None:
         if self._closed:
