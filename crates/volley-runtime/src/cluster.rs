@@ -622,30 +622,13 @@ impl Cluster {
             let msg = self.receive(&mut r, (peer, false));
             let stop = match msg {
                 Ok(None) => false,
-                Ok(Some(PeerMsg::Task {
-                    spec,
-                    function,
-                    objects,
-                    packages,
-                    routes,
-                    errors,
-                    cached,
-                    fetch,
-                })) => {
-                    for (hash, bytes) in packages {
-                        self.shared.register_package(hash, bytes.into_vec());
+                Ok(Some(mut m @ PeerMsg::Task { .. })) => {
+                    if let PeerMsg::Task { packages, .. } = &mut m {
+                        for (hash, bytes) in packages.drain(..) {
+                            self.shared.register_package(hash, bytes.into_vec());
+                        }
                     }
-                    let packages = Vec::new();
-                    batch.push(PeerMsg::Task {
-                        spec,
-                        function,
-                        objects,
-                        packages,
-                        routes,
-                        errors,
-                        cached,
-                        fetch,
-                    });
+                    batch.push(m);
                     false
                 }
                 Ok(Some(PeerMsg::SubscribeLogs)) => {
