@@ -26,10 +26,11 @@ all: build
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
+# The second install: the libraries the adapters plug into (volley.joblib, volley.dask) and
+# their real users in the tests (scikit-learn, DEAP), and tqdm for progress bars.
 $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
-	# The libraries the adapters plug into (volley.joblib, volley.dask) and their real users.
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm
 	touch $@
 

@@ -1099,3 +1099,31 @@ def test_tls_on_every_connection(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+@pytest.mark.slow
+def test_nested_tasks_across_nodes_again_and_again(tmp_path):
+    """Stress (``-m slow``): nested tasks spread over three nodes, 30 times with a fresh driver
+    each time. Under load a heartbeat can come late enough for the head to declare a live
+    node or driver dead; its peers then cut it off and it retries, so no run hangs."""
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1")
+        c.start(False, "127.0.0.2")
+        c.start(False, "127.0.0.3")
+        for _ in range(30):
+            volley.init(address=c.head, token=c.token)
+            assert len(_wait_nodes(3)) == 3
+
+            @volley.remote(max_retries=-1)
+            def fib(n):
+                if n < 2:
+                    return n
+                return sum(volley.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+            assert volley.get(fib.remote(7), timeout=60) == 13
+            volley.shutdown()
+    finally:
+        volley.shutdown()
+        c.stop()
