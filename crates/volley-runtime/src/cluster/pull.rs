@@ -44,6 +44,14 @@ pub(super) struct Pulling {
     /// Asked now, and where to ask if it fails.
     source: Side,
     fallback: Option<Side>,
+    /// Bumped when the pull moves to another source: bytes a reader was writing for an
+    /// earlier one are not counted.
+    attempt: u32,
+    /// Readers writing a chunk into `dest` now (two just after a switch of source): it is not
+    /// freed meanwhile.
+    writers: u32,
+    /// The pull failed while readers were writing: the last of them ends it.
+    failed: Option<String>,
 }
 
 enum Dest {
@@ -100,7 +108,17 @@ impl Cluster {
             _ => (origin_side, None),
         };
         let contained = value.contained.clone();
-        let p = Pulling { layout, contained, dest, received: 0, source, fallback };
+        let p = Pulling {
+            layout,
+            contained,
+            dest,
+            received: 0,
+            source,
+            fallback,
+            attempt: 0,
+            writers: 0,
+            failed: None,
+        };
         self.pulls.lock().insert(id, p);
         self.ask(id, source);
     }
@@ -158,6 +176,7 @@ impl Cluster {
                 Some(next) => {
                     p.source = next;
                     p.received = 0;
+                    p.attempt += 1;
                     Some(next)
                 }
                 None => None,
@@ -173,12 +192,23 @@ impl Cluster {
     }
 
     fn fail_pull(&self, id: ObjectId, why: String) {
-        if let Some(p) = self.pulls.lock().remove(&id) {
-            if let Dest::Store { seg, .. } = p.dest {
-                self.shared.store.release(seg, Owner::Local);
+        let removed = {
+            let mut pulls = self.pulls.lock();
+            if let Some(p) = pulls.get_mut(&id).filter(|p| p.writers > 0) {
+                // Readers are writing into its segment: the last frees it and reports.
+                p.failed = Some(why);
+                return;
             }
-        }
+            pulls.remove(&id)
+        };
+        self.free(removed);
         self.pulled(id, Err(why));
+    }
+
+    fn free(&self, p: Option<Pulling>) {
+        if let Some(Pulling { dest: Dest::Store { seg, .. }, .. }) = p {
+            self.shared.store.release(seg, Owner::Local);
+        }
     }
 
     /// The outcome of a pull goes to the scheduler.
@@ -220,45 +250,67 @@ impl Cluster {
         let dst = {
             let mut pulls = self.pulls.lock();
             match pulls.get_mut(&id) {
-                Some(p) if p.source == side => {
+                Some(p) if p.source == side && p.failed.is_none() => {
                     if offset != p.received || offset + len > p.layout.size {
                         return Err(ProtoError::Handshake(format!(
                             "a chunk at {offset} (+{len}) of a value of {} bytes, {} in",
                             p.layout.size, p.received
                         )));
                     }
-                    match &mut p.dest {
+                    let ptr = match &mut p.dest {
                         Dest::Store { offset: base, .. } => {
                             self.shared.store.arena().ptr(*base + offset, len)
                         }
                         Dest::Heap(buf) => Some(buf[offset as usize..].as_mut_ptr()),
+                    };
+                    if ptr.is_some() {
+                        p.writers += 1;
                     }
+                    ptr.map(|ptr| (ptr, p.attempt))
                 }
                 _ => None,
             }
         };
-        let Some(dst) = dst else {
+        let Some((dst, attempt)) = dst else {
             // Not (or no longer) pulled from there: the bytes are read and dropped.
             let mut scratch = vec![0u8; len as usize];
             r.read_raw(&mut scratch)?;
             return Ok(None);
         };
         // SAFETY: the range lies inside the segment (or buffer) reserved for this pull, which
-        // only this connection's reader writes (chunks come from the current source alone) and
-        // nothing reads before the pull ends; it is freed only by this reader or once this
-        // source is no longer the current one.
+        // stays allocated while it has writers (a failure meanwhile leaves the freeing to the
+        // last of them, below); nothing reads it before the pull ends. Another source's reader may write
+        // the same bytes of the same value at the same time after a switch: equal bytes.
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
-        r.read_raw(dst)?;
-        self.bytes_received.fetch_add(len, Ordering::Relaxed);
-        let done = {
+        let read = r.read_raw(dst);
+        let (done, failed) = {
             let mut pulls = self.pulls.lock();
-            let Some(p) = pulls.get_mut(&id) else { return Ok(None) };
-            p.received += len;
-            if p.received < p.layout.size {
-                return Ok(None);
+            let Some(p) = pulls.get_mut(&id) else { return read.map(|_| None) };
+            p.writers -= 1;
+            if p.failed.is_some() && p.writers > 0 {
+                (None, None) // The last writer ends it.
+            } else if p.failed.is_some() {
+                let p = pulls.remove(&id);
+                let why = p.as_ref().and_then(|p| p.failed.clone()).unwrap_or_default();
+                (p, Some(why))
+            } else if read.is_err() || p.attempt != attempt {
+                (None, None) // This source is done for (its reader ends) or was replaced.
+            } else {
+                p.received += len;
+                if p.received < p.layout.size {
+                    (None, None)
+                } else {
+                    (pulls.remove(&id), None)
+                }
             }
-            pulls.remove(&id)
         };
+        if let Some(why) = failed {
+            self.free(done);
+            self.pulled(id, Err(why));
+            return read.map(|_| None);
+        }
+        read?;
+        self.bytes_received.fetch_add(len, Ordering::Relaxed);
         let Some(p) = done else { return Ok(None) };
         let value = match p.dest {
             Dest::Store { seg, offset } => {
