@@ -137,7 +137,21 @@ fn connect(addr: &str, token: &[u8], tls: Option<&TlsConfig>) -> Result<Conn, Ru
             "{addr}: the TLS handshake failed ({e}): is this the cluster's certificate, and \
              does the cluster use TLS?"
         )),
-        e => RuntimeError::Connect(format!("{addr}: handshake failed: {e}")),
+        // A TLS server answers a plaintext hello with a TLS record (an alert), which reads
+        // as a huge length prefix: 0x14..=0x17 content type, then major version 3.
+        ProtoError::FrameTooLarge { size, .. }
+            if (0x14..=0x17).contains(&(size >> 24)) && (size >> 16) & 0xff == 3 =>
+        {
+            RuntimeError::Connect(format!(
+                "{addr}: the cluster answered with TLS: pass its certificate (tls_cert=, \
+                 --tls-cert or VOLLEY_TLS_CERT)"
+            ))
+        }
+        // Closed or reset before the challenge: a TLS server drops a plaintext peer too.
+        e => RuntimeError::Connect(format!(
+            "{addr}: handshake failed: {e} (if the cluster uses TLS, pass its certificate: \
+             tls_cert=, --tls-cert or VOLLEY_TLS_CERT)"
+        )),
     })?;
     s.set_read_timeout(None)?;
     Ok(s)

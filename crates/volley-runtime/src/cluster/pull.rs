@@ -91,7 +91,18 @@ impl Cluster {
         let store = &self.shared.store;
         let dest = match store.alloc(Owner::Local, layout.size) {
             Ok((seg, offset)) => {
-                store.arena().populate(offset, layout.size);
+                // Backing the pages (the kernel zeroes them) overlaps with the transfer; the
+                // reader faults in what it reaches first. Populating never changes contents,
+                // so it is harmless even if the segment is freed meanwhile.
+                let (store, size) = (store.clone(), layout.size);
+                let spawned = size >= 32 << 20
+                    && std::thread::Builder::new()
+                        .name("volley-populate".into())
+                        .spawn(move || store.arena().populate_parallel(offset, size))
+                        .is_ok();
+                if !spawned {
+                    self.shared.store.arena().populate(offset, layout.size);
+                }
                 Dest::Store { seg, offset }
             }
             Err(_) if layout.size as usize <= volley_proto::MAX_FRAME_SIZE => {
