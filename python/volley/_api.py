@@ -710,6 +710,11 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     ``force=True`` its worker process is killed instead (and replaced). A finished task is left
     alone.
 
+    In a cluster the request travels to the node that holds the task, so ``cancel`` returns
+    before it arrives there: a task that node starts meanwhile is interrupted as a running one.
+    Once ``ref`` is ready (``wait``) and ``get`` raises ``TaskCancelledError``, the task has
+    not run and never will.
+
     >>> ref = sleepy.remote(60)
     >>> volley.cancel(ref)
     """
