@@ -139,14 +139,28 @@ def dumps(obj: Any) -> tuple[bytes, list, list]:
 _SIMPLE_ARGS = _SIMPLE | {Dep}
 
 
+def _plain_arg(v: Any, depth: int = 2) -> bool:
+    """Whether the C pickler alone pickles ``v`` as well as cloudpickle would: scalars, ref
+    placeholders, small bytes, and short tuples of those (two levels: Dask's keys)."""
+    t = type(v)
+    if t in _SIMPLE_ARGS:
+        return True
+    if t is bytes:
+        return len(v) < OUT_OF_BAND_MIN
+    if t is tuple and depth > 0 and len(v) <= 64:
+        return all(_plain_arg(x, depth - 1) for x in v)
+    return False
+
+
 def dumps_args(args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
-    """Pickles a task's ``(args, kwargs)``; scalars and ref placeholders take the fast path."""
+    """Pickles a task's ``(args, kwargs)``; scalars, ref placeholders, small bytes and short
+    tuples of them take the fast path."""
     simple = _SIMPLE_ARGS
     for a in args:
-        if type(a) not in simple:
+        if type(a) not in simple and not _plain_arg(a):
             return dumps((args, kwargs))
     for v in kwargs.values():
-        if type(v) not in simple:
+        if type(v) not in simple and not _plain_arg(v):
             return dumps((args, kwargs))
     return _dumps_plain((args, kwargs), 5), [], []
 

@@ -57,6 +57,8 @@ pub struct ClusterConfig {
 
 /// How long the handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A heartbeat (or its thread's wake-up) this late is reported on stderr.
+const SLOW_BEAT: Duration = Duration::from_millis(500);
 
 pub(crate) struct Cluster {
     shared: Arc<Shared>,
@@ -294,8 +296,19 @@ impl Cluster {
             let mut sources = self.log_sources.lock();
             view.into_iter().filter(|id| sources.insert(*id)).collect()
         };
-        for peer in new {
-            self.dispatch(Action::PeerLog { peer, fd: 0, lines: Vec::new() });
+        if new.is_empty() {
+            return;
+        }
+        // Opening the links can wait for a slow peer's handshake: not on the heartbeat thread.
+        let c = self.clone();
+        let subscribe = move || {
+            for peer in new {
+                c.dispatch(Action::PeerLog { peer, fd: 0, lines: Vec::new() });
+            }
+        };
+        let spawned = std::thread::Builder::new().name("volley-logsub".into()).spawn(subscribe);
+        if let Err(e) = spawned {
+            eprintln!("volley: could not subscribe to the new nodes' logs: {e}");
         }
     }
 
@@ -396,19 +409,37 @@ impl Cluster {
         r: &mut FrameReader<&Conn>,
     ) -> Result<(), RuntimeError> {
         let me = self.node_id();
-        send(s, &PeerMsg::Heartbeat { info: self.info(me) })?;
-        match recv(r).map_err(proto)? {
-            PeerMsg::View { nodes } => {
-                self.set_view(nodes);
-                Ok(())
-            }
-            other => Err(RuntimeError::Refused(format!("unexpected answer {other:?}"))),
+        let start = Instant::now();
+        let info = self.info(me);
+        let built = start.elapsed();
+        send(s, &PeerMsg::Heartbeat { info })?;
+        let answer = recv(r).map_err(proto)?;
+        let answered = start.elapsed();
+        let PeerMsg::View { nodes } = answer else {
+            return Err(RuntimeError::Refused(format!("unexpected answer {answer:?}")));
+        };
+        self.set_view(nodes);
+        // A late heartbeat can get a live node declared dead: say where the time went.
+        let took = start.elapsed();
+        if took >= SLOW_BEAT.max(self.cfg.heartbeat * 5) {
+            eprintln!(
+                "volley: a heartbeat took {took:?}: {built:?} to read this node's load, {:?} \
+                 for the head's answer, {:?} to take in the view",
+                answered - built,
+                took - answered
+            );
         }
+        Ok(())
     }
 
     fn heartbeat_loop(self: Arc<Self>, mut s: Conn) {
         while !self.closed.load(Ordering::Acquire) {
+            let asleep = Instant::now();
             std::thread::sleep(self.cfg.heartbeat);
+            let overslept = asleep.elapsed().saturating_sub(self.cfg.heartbeat);
+            if overslept >= SLOW_BEAT {
+                eprintln!("volley: the heartbeat thread woke {overslept:?} late (CPU starved?)");
+            }
             let alive = {
                 let s2 = match s.try_clone() {
                     Ok(x) => x,
@@ -527,6 +558,13 @@ impl Cluster {
         let mut m = m.lock();
         if let Some(mut info) = info {
             info.id = id;
+            let gap = m.nodes.get(&id).map(|(_, seen)| seen.elapsed());
+            if let Some(gap) = gap.filter(|g| *g >= self.cfg.dead_after / 2) {
+                eprintln!(
+                    "volley: node {} ({}) was silent for {gap:?} (declared dead after {:?})",
+                    id.0, info.addr, self.cfg.dead_after
+                );
+            }
             m.nodes.insert(id, (info, Instant::now()));
         }
         let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();

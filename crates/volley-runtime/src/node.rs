@@ -115,8 +115,10 @@ impl Shared {
         let mut d = Deferred::default();
         let r = {
             let mut st = self.state.lock();
+            let held = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
+            slow_lock(held.elapsed());
             r
         };
         self.carry_out(d);
@@ -300,6 +302,17 @@ fn unreadable(v: &ObjectData, why: &str) -> ObjectData {
         contained: v.contained.clone(),
         shm: Some(loc),
         keep: Keep::default(),
+    }
+}
+
+/// Holding the state lock this long delays everything, heartbeats included (a node whose
+/// heartbeats stop is declared dead): said on stderr with where it was held, to find out why.
+const SLOW_LOCK: Duration = Duration::from_millis(500);
+
+fn slow_lock(held: Duration) {
+    if held >= SLOW_LOCK {
+        let at = std::backtrace::Backtrace::force_capture();
+        eprintln!("volley: the node's state lock was held for {held:?} by\n{at}");
     }
 }
 
