@@ -249,7 +249,7 @@ impl Cluster {
             let (stream, id) = c.join()?;
             *c.me.lock() = id;
             c.shared.state.lock().sched.set_node_id(id);
-            c.subscribe_logs();
+            c.subscribe_logs(false);
             let c2 = c.clone();
             std::thread::Builder::new()
                 .name("volley-heartbeat".into())
@@ -284,8 +284,9 @@ impl Cluster {
         }
     }
 
-    /// (A driver's node) asks every other node for its workers' output, once per connection.
-    fn subscribe_logs(self: &Arc<Self>) {
+    /// (A driver's node) asks every other node for its workers' output, once per connection;
+    /// `on_the_side`: from a thread of its own (the heartbeat thread must not wait on links).
+    fn subscribe_logs(self: &Arc<Self>, on_the_side: bool) {
         if !self.cfg.driver || !self.cfg.logs || self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -299,13 +300,19 @@ impl Cluster {
         if new.is_empty() {
             return;
         }
-        // Opening the links can wait for a slow peer's handshake: not on the heartbeat thread.
         let c = self.clone();
         let subscribe = move || {
             for peer in new {
+                if c.closed.load(Ordering::Acquire) {
+                    return;
+                }
                 c.dispatch(Action::PeerLog { peer, fd: 0, lines: Vec::new() });
             }
         };
+        if !on_the_side {
+            return subscribe(); // When joining: `init` returns with every node's output on.
+        }
+        // Opening the links can wait for a slow peer's handshake: not on the heartbeat thread.
         let spawned = std::thread::Builder::new().name("volley-logsub".into()).spawn(subscribe);
         if let Err(e) = spawned {
             eprintln!("volley: could not subscribe to the new nodes' logs: {e}");
@@ -448,7 +455,7 @@ impl Cluster {
                 let mut r = FrameReader::new(&s2);
                 self.beat(&mut s, &mut r).is_ok()
             };
-            self.subscribe_logs();
+            self.subscribe_logs(true);
             if alive || self.closed.load(Ordering::Acquire) {
                 continue;
             }
@@ -800,6 +807,9 @@ impl Cluster {
     }
 
     fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         let epoch = self.epoch.load(Ordering::Acquire);
         let addr = self.view.lock().iter().find(|n| n.id == peer).map(|n| n.addr.clone())?;
         let mut s = match connect(&addr, &self.cfg.token, self.cfg.tls.as_deref()) {
@@ -815,7 +825,16 @@ impl Cluster {
         let rs = s.try_clone().ok()?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let tx = self.writer(peer, s, true, conn);
-        self.links.lock().insert(peer, (conn, tx.clone()));
+        {
+            // `close` sets `closed`, then shuts every socket and clears the links: a link
+            // opened meanwhile (by a thread that started before) must not outlive it.
+            let mut links = self.links.lock();
+            if self.closed.load(Ordering::Acquire) {
+                let _ = rs.shutdown(std::net::Shutdown::Both);
+                return None;
+            }
+            links.insert(peer, (conn, tx.clone()));
+        }
         let c = self.clone();
         let _ = std::thread::Builder::new().name("volley-tcp-link".into()).spawn(move || {
             let mut r = FrameReader::new(&rs);
