@@ -112,9 +112,9 @@ def test_cancel_many_queued_tasks(tmp_path):
     queued = [touch.remote(str(m), i) for i, m in enumerate(markers)]
     for ref in queued:
         volley.cancel(ref)
-    # In a cluster a cancel reaches the node holding the task after `cancel` returns; once the
-    # refs are ready the cancelled tasks can no longer start, whatever frees a CPU.
-    ready, _ = volley.wait(queued, num_returns=len(queued), timeout=30)
+    # `cancel` returned: each queued task is cancelled already (in a cluster too, where the
+    # request had to reach the node holding the task), so freeing the CPUs starts none.
+    ready, _ = volley.wait(queued, num_returns=len(queued), timeout=0)
     assert len(ready) == len(queued)
     open(release, "w").close()
     for ref in queued:
@@ -145,7 +145,6 @@ def test_dependent_of_cancelled_task_is_cancelled_too(tmp_path):
     first = touch.remote(str(tmp_path / "first"), 1)
     second = touch.remote(str(tmp_path / "second"), first)
     volley.cancel(first)
-    assert volley.wait([first], timeout=30)[0] == [first]
     open(release, "w").close()
     with pytest.raises(volley.TaskCancelledError):
         volley.get(second, timeout=30)

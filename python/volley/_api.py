@@ -703,6 +703,10 @@ def wait(
     return ready, not_ready
 
 
+#: How long ``cancel`` waits for a task on another node to be cancelled there.
+CANCEL_WAIT_S = 2.0
+
+
 def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     """Cancels the task behind ``ref``; its ``get`` then raises ``TaskCancelledError``.
 
@@ -710,14 +714,21 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     ``force=True`` its worker process is killed instead (and replaced). A finished task is left
     alone.
 
-    In a cluster the request travels to the node that holds the task, so ``cancel`` returns
-    before it arrives there: a task that node starts meanwhile is interrupted as a running one.
-    Once ``ref`` is ready (``wait``) and ``get`` raises ``TaskCancelledError``, the task has
-    not run and never will.
+    When the task was sent to another node (or ``cancel`` is called inside a task), the
+    request travels there: ``cancel`` waits until the task's ref is ready, up to
+    ``CANCEL_WAIT_S`` (2 s), so that a task queued there does not start after ``cancel``
+    returns. A running task that ignores the interrupt for longer finishes cancelling later.
 
     >>> ref = sleepy.remote(60)
     >>> volley.cancel(ref)
     """
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
+    if _core.cancel(ref, force):
+        wait([ref], timeout=CANCEL_WAIT_S)
+
+
+def _cancel_soon(ref: ObjectRef, force: bool = False) -> None:
+    """``cancel`` without waiting for a task on another node to be cancelled there (the
+    adapters stopping work nobody waits for)."""
     _core.cancel(ref, force)

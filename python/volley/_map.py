@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from ._api import RemoteFunction, _Bound, cancel, get, put, remote, wait
+from ._api import RemoteFunction, _Bound, _cancel_soon, get, put, remote, wait
 from ._core import ObjectRef
 
 # How long a chunk should take to run, once the time per item is known.
@@ -222,7 +222,7 @@ class MapIterator(Iterator):
         self._exhausted = True
         for r in list(self._inflight):
             try:
-                cancel(r)
+                _cancel_soon(r)
             except Exception:
                 pass
         self._inflight.clear()

@@ -155,7 +155,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
             self._pending.clear()
         for ref in pending:
             try:
-                _api.cancel(ref)
+                _api._cancel_soon(ref)
             except Exception:
                 pass
 

@@ -267,14 +267,13 @@ impl Client {
         }
     }
 
-    pub fn cancel(&self, id: ObjectId, force: bool) -> Result<(), String> {
+    /// Cancels the task behind `id`; true if the request is on its way to another node.
+    pub fn cancel(&self, id: ObjectId, force: bool) -> Result<bool, String> {
         match &self.backend {
-            Backend::Node(n) => {
-                n.cancel(id, force);
-                Ok(())
-            }
+            Backend::Node(n) => Ok(n.cancel(id, force)),
             Backend::Worker(w) => {
-                w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string())
+                w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string())?;
+                Ok(true) // Its node acts on it after this returns.
             }
         }
     }

@@ -674,7 +674,7 @@ fn wait(
 
 #[pyfunction]
 #[pyo3(signature = (r, force = false))]
-fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<()> {
+fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool> {
     let c = client()?;
     let id = r.id;
     py.detach(|| c.cancel(id, force)).map_err(to_err)

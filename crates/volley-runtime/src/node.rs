@@ -564,8 +564,14 @@ impl Node {
         self.shared.with(|st, out| st.sched.decref(Holder::Local, ids, out));
     }
 
-    pub fn cancel(&self, id: ObjectId, force: bool) {
-        self.shared.with(|st, out| st.sched.cancel(id, force, out));
+    /// Cancels the task behind `id`; true if the request went to the node running it (it
+    /// takes effect when that node has it).
+    pub fn cancel(&self, id: ObjectId, force: bool) -> bool {
+        self.shared.with(|st, out| {
+            let elsewhere = st.sched.runs_elsewhere(id);
+            st.sched.cancel(id, force, out);
+            elsewhere
+        })
     }
 
     /// Creates, finds, kills or describes an actor for this process.

@@ -1668,6 +1668,11 @@ impl Scheduler {
 
     /// Cancels the task that produces `id`. Queued tasks fail at once; a running one is
     /// interrupted (`force`: its worker is killed).
+    /// Whether the task behind `id` was sent to another node (a cancel goes there).
+    pub fn runs_elsewhere(&self, id: ObjectId) -> bool {
+        self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)))
+    }
+
     pub fn cancel(&mut self, id: ObjectId, force: bool, out: &mut Vec<Action>) {
         let tid = id.task;
         let Some(task) = self.tasks.get_mut(&tid) else {
