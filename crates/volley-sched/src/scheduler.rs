@@ -314,6 +314,10 @@ pub struct Scheduler {
     peers: std::collections::BTreeMap<NodeId, PeerEntry>,
     /// Tasks other nodes sent here.
     from_peer: HashMap<TaskId, FromPeer>,
+    /// Tasks a peer sent again while their earlier attempt, orphaned when that peer was
+    /// thought gone, still runs here: accepted once it has ended (`ended_reruns`).
+    reruns: HashMap<TaskId, Box<peers::PeerTask>>,
+    ended_reruns: Vec<TaskId>,
     /// A driver's node: actors go to peers.
     prefer_peers: bool,
     /// This node's id in its cluster.
@@ -384,6 +388,8 @@ impl Scheduler {
             streams: HashMap::new(),
             peers: std::collections::BTreeMap::new(),
             from_peer: HashMap::new(),
+            reruns: HashMap::new(),
+            ended_reruns: Vec::new(),
             prefer_peers: false,
             node_id: None,
             peer_actor_refs: HashMap::new(),
@@ -903,6 +909,15 @@ impl Scheduler {
     // ------------------------------------------------------------ dispatch
 
     fn schedule(&mut self, out: &mut Vec<Action>) {
+        while let Some(tid) = self.ended_reruns.pop() {
+            if let Some(t) = self.reruns.remove(&tid) {
+                let t = *t;
+                self.accept_peer_task(
+                    t.peer, t.spec, t.function, t.objects, t.routes, t.errors, t.cached, t.fetch,
+                    out,
+                );
+            }
+        }
         if !self.pending_pgs.is_empty() {
             self.place_pgs(out);
         }
@@ -1490,6 +1505,9 @@ impl Scheduler {
             return;
         };
         self.release_args(&task.spec, out);
+        if self.reruns.contains_key(&tid) {
+            self.ended_reruns.push(tid); // Accepted by the next `schedule`.
+        }
     }
 
     fn release_args(&mut self, spec: &TaskSpec, out: &mut Vec<Action>) {

@@ -85,6 +85,18 @@ impl PeerEntry {
     }
 }
 
+/// The parts of a task a peer sent, kept until it can be accepted (`Scheduler::reruns`).
+pub(super) struct PeerTask {
+    pub(super) peer: NodeId,
+    pub(super) spec: TaskSpec,
+    pub(super) function: Option<Arc<[u8]>>,
+    pub(super) objects: Vec<(ObjectId, ObjectData)>,
+    pub(super) routes: Vec<(ActorId, NodeId, String)>,
+    pub(super) errors: Vec<(ObjectId, ErrorPayload)>,
+    pub(super) cached: Vec<ObjectId>,
+    pub(super) fetch: Vec<(ObjectId, ObjectData, Option<NodeId>)>,
+}
+
 /// What a task sent by a peer holds here until it ends.
 pub(super) struct FromPeer {
     pub(super) peer: NodeId,
@@ -163,6 +175,7 @@ impl Scheduler {
         self.drop_peer_actor_refs(id, out);
         self.release_copies(id, None, out);
         self.pgs_peer_gone(id, out);
+        self.reruns.retain(|_, t| t.peer != id);
         // Tasks it sent us: nobody waits for their results any more.
         let theirs: Vec<TaskId> =
             self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
@@ -731,6 +744,14 @@ impl Scheduler {
         fetch: Vec<(ObjectId, ObjectData, Option<NodeId>)>,
         out: &mut Vec<Action>,
     ) {
+        let tid = spec.task_id;
+        if self.tasks.contains_key(&tid) && !self.from_peer.contains_key(&tid) {
+            // Sent again (the peer retried it after we dropped it, thinking the peer gone)
+            // while the attempt we cancelled still runs: its outcome must not answer this one.
+            let t = PeerTask { peer, spec, function, objects, routes, errors, cached, fetch };
+            self.reruns.insert(tid, Box::new(t));
+            return;
+        }
         self.add_routes(routes);
         if let Some(f) = function {
             self.register_function(spec.function, f);
@@ -782,7 +803,6 @@ impl Scheduler {
                 self.incref(holder, &[id]);
             }
         }
-        let tid = spec.task_id;
         self.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {
             self.accept_peer_actor(peer, spec, out);

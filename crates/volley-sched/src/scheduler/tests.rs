@@ -542,6 +542,69 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
 }
 
 #[test]
+fn a_task_sent_again_while_its_orphaned_attempt_runs_waits_for_it() {
+    // The peer was thought gone (its attempt here cancelled while running), came back and sent
+    // the same task again: the old attempt's outcome must not answer the new one.
+    let mut h = Harness::started(1.0);
+    let spec = h.spec(vec![], TaskOptions::default());
+    let tid = spec.task_id;
+    let send = |h: &mut Harness, spec: TaskSpec| {
+        h.s.accept_peer_task(
+            NodeId(9),
+            spec,
+            None,
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            &mut h.out,
+        )
+    };
+    send(&mut h, spec.clone());
+    let first = h.executed();
+    assert_eq!(first.len(), 1);
+    h.s.peer_gone(NodeId(9), "missed its heartbeats", &mut h.out);
+    h.out.clear();
+    send(&mut h, spec);
+    assert!(h.executed().is_empty(), "not started while the old attempt runs");
+    let interrupted = ErrorPayload {
+        kind: ErrorKind::TaskException,
+        task_name: "t".into(),
+        message: "KeyboardInterrupt".into(),
+        traceback: String::new(),
+        exception: None,
+        pid: 1,
+    };
+    h.s.task_done(
+        first[0].0,
+        tid,
+        TaskResult::Err { error: interrupted, retryable: false },
+        &mut h.out,
+    );
+    assert!(
+        !h.out.iter().any(|a| matches!(a, Action::PeerDone { .. })),
+        "the orphaned attempt's outcome goes nowhere: {:?}",
+        h.out
+    );
+    let second = h.executed();
+    assert_eq!(second.len(), 1, "the new attempt starts once the old one ended");
+    let value = ObjectData::inline(vec![7], Vec::new(), Vec::new());
+    h.s.task_done(second[0].0, tid, TaskResult::Ok(vec![value]), &mut h.out);
+    let done: Vec<_> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerDone { peer, task, result: Ok(v), .. } => {
+                Some((*peer, *task, v[0].data.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![(NodeId(9), tid, vec![7])]);
+}
+
+#[test]
 fn tasks_are_unschedulable_only_if_no_node_could_run_them() {
     let mut h = Harness::new(0.0);
     h.s.set_peers(vec![peer(1, 4)], &mut h.out);
