@@ -311,6 +311,21 @@ def test_ref_nested_in_list_stays_a_ref():
     assert volley.get(get_items.remote([inner, put_ref, 3])) == [2, "x", 3]
 
 
+def test_tuples_and_small_bytes_arguments_round_trip():
+    # Short tuples of scalars and small bytes take the C pickler's path; a tuple holding a ref
+    # does not (the ref still travels as a ref, kept alive for the task).
+    @volley.remote
+    def describe(key, blob, pair=(None,), big=b""):
+        ref = isinstance(pair[0], volley.ObjectRef)
+        return key, blob, ref, volley.get(pair[0]) if ref else pair[0], len(big)
+
+    key, blob = ("k", 1, (2.5, None)), b"\x00\x01" * 50
+    assert volley.get(describe.remote(key, blob)) == (key, blob, False, None, 0)
+    inner = add.remote(2, 3)
+    got = volley.get(describe.remote(key, blob, (inner, "x"), b"y" * 10_000))
+    assert got == (key, blob, True, 5, 10_000)
+
+
 def test_ref_nested_in_dict_stays_a_ref():
     ref = volley.put(41)
 
