@@ -113,14 +113,14 @@ impl Shared {
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
         let mut out = Vec::new();
         let mut d = Deferred::default();
-        let r = {
+        let (r, held) = {
             let mut st = self.state.lock();
-            let held = Instant::now();
+            let since = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
-            slow_lock(held.elapsed());
-            r
+            (r, since.elapsed())
         };
+        slow_lock(held); // Outside the lock: a backtrace takes a while to print.
         self.carry_out(d);
         r
     }
