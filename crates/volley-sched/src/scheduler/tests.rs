@@ -439,6 +439,19 @@ fn peer(id: u32, cpus: u32) -> PeerView {
 }
 
 impl Harness {
+    /// (peer, task, first value's bytes) of each successful `PeerDone` so far.
+    fn peer_results(&self) -> Vec<(NodeId, TaskId, Vec<u8>)> {
+        self.out
+            .iter()
+            .filter_map(|a| match a {
+                Action::PeerDone { peer, task, result: Ok(v), .. } => {
+                    Some((*peer, *task, v[0].data.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn spilled(&mut self) -> Vec<(NodeId, TaskId, usize)> {
         let mut v = Vec::new();
         self.out.retain(|a| match a {
@@ -527,16 +540,7 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
     assert_eq!(ex.len(), 1);
     let value = ObjectData::inline(vec![6], Vec::new(), Vec::new());
     h.s.task_done(ex[0].0, tid, TaskResult::Ok(vec![value]), &mut h.out);
-    let done: Vec<_> = h
-        .out
-        .iter()
-        .filter_map(|a| match a {
-            Action::PeerDone { peer, task, result: Ok(v), .. } => {
-                Some((*peer, *task, v[0].data.clone()))
-            }
-            _ => None,
-        })
-        .collect();
+    let done = h.peer_results();
     assert_eq!(done, vec![(NodeId(9), tid, vec![6])]);
     assert_eq!(h.s.stats().objects, 0, "the argument and the result are freed here");
 }
@@ -591,16 +595,7 @@ fn a_task_sent_again_while_its_orphaned_attempt_runs_waits_for_it() {
     assert_eq!(second.len(), 1, "the new attempt starts once the old one ended");
     let value = ObjectData::inline(vec![7], Vec::new(), Vec::new());
     h.s.task_done(second[0].0, tid, TaskResult::Ok(vec![value]), &mut h.out);
-    let done: Vec<_> = h
-        .out
-        .iter()
-        .filter_map(|a| match a {
-            Action::PeerDone { peer, task, result: Ok(v), .. } => {
-                Some((*peer, *task, v[0].data.clone()))
-            }
-            _ => None,
-        })
-        .collect();
+    let done = h.peer_results();
     assert_eq!(done, vec![(NodeId(9), tid, vec![7])]);
 }
 
