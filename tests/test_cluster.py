@@ -152,6 +152,26 @@ def test_large_arrays_travel_both_ways(cluster):
         assert np.array_equal(scaled, arr * k)
 
 
+def test_a_value_of_many_chunks_arrives_intact_on_each_node(cluster):
+    """A value pulled in several chunks (8 MiB each, the last one short), spliced from the
+    socket into the receiving node's store: every byte must be where it was on the driver."""
+    import hashlib
+
+    @volley.remote
+    def digest(a):
+        return hashlib.sha256(a).hexdigest(), a.nbytes
+
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, size=(20 << 20) + 4099, dtype=np.uint8)  # not page-aligned
+    want = (hashlib.sha256(arr).hexdigest(), arr.nbytes)
+    ref = volley.put(arr)
+    ids = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    on = [volley.NodeAffinitySchedulingStrategy(ids[a]) for a in cluster.addrs]
+    assert volley.get([digest.options(scheduling_strategy=s).remote(ref) for s in on]) == [
+        want
+    ] * len(on)
+
+
 def test_refs_inside_arguments_and_nested_tasks(cluster):
     @volley.remote
     def total(refs):

@@ -147,13 +147,20 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
-    /// Reads exactly `dst.len()` raw bytes that follow the last frame (bytes already buffered
-    /// first, then straight from the reader into `dst`, without going through the buffer).
-    pub fn read_raw(&mut self, dst: &mut [u8]) -> Result<(), ProtoError> {
+    /// Copies into `dst` as many of the raw bytes that follow the last frame as are already
+    /// buffered, at most `dst.len()`; returns how many. The rest are still on the reader (for a
+    /// caller that moves them by other means, such as `splice`).
+    pub fn take_buffered(&mut self, dst: &mut [u8]) -> usize {
         let buffered = (self.end - self.start).min(dst.len());
         dst[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
-        let mut got = buffered;
+        buffered
+    }
+
+    /// Reads exactly `dst.len()` raw bytes that follow the last frame (bytes already buffered
+    /// first, then straight from the reader into `dst`, without going through the buffer).
+    pub fn read_raw(&mut self, dst: &mut [u8]) -> Result<(), ProtoError> {
+        let mut got = self.take_buffered(dst);
         while got < dst.len() {
             match self.inner.read(&mut dst[got..]) {
                 Ok(0) => {

@@ -152,6 +152,15 @@ impl Conn {
         }
     }
 
+    /// The socket, when bytes arrive on it as they were sent (no TLS in between).
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Conn::Tcp(s) => Some(s.as_fd()),
+            Conn::Local(_) => None,
+        }
+    }
+
     pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.set_read_timeout(t),

@@ -152,3 +152,63 @@ fn another_mapping_sees_the_same_bytes() {
     assert_eq!(unsafe { *p.add(999) }, 9);
     assert!(other.ptr(s.capacity(), 1).is_none());
 }
+
+/// Reads `len` bytes of the store at `off` through the mapping.
+fn read(s: &Store, off: u64, len: usize) -> Vec<u8> {
+    let p = s.arena().ptr(off, len as u64).expect("in range");
+    // SAFETY: the range is inside the mapping; nobody writes it meanwhile.
+    unsafe { std::slice::from_raw_parts(p, len) }.to_vec()
+}
+
+/// A loopback TCP connection whose far end sends `bytes` and then closes.
+fn sender(bytes: Vec<u8>) -> std::net::TcpStream {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(&bytes).expect("send");
+    });
+    l.accept().expect("accept").0
+}
+
+#[test]
+fn fill_from_a_socket_lands_in_the_mapping_and_nowhere_else() {
+    use std::os::fd::AsFd;
+    let (s, _d) = store(16 * MB);
+    // Not page-aligned, several pipe-fulls, a partial page at each end.
+    let (off, len) = (3 * 4096 + 100, 5 * MB + 7);
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    write(&s, off - 10, &[0xAA; 10]);
+    write(&s, off + len, &[0xBB; 10]);
+    let sock = sender(data.clone());
+    s.arena().fill_from(sock.as_fd(), off, len).expect("fill");
+    assert!(read(&s, off, len as usize) == data, "the bytes in the store differ from those sent");
+    assert_eq!(read(&s, off - 10, 10), vec![0xAA; 10]);
+    assert_eq!(read(&s, off + len, 10), vec![0xBB; 10]);
+}
+
+#[test]
+fn fill_from_a_socket_that_closes_early_fails_and_the_next_fill_works() {
+    use std::os::fd::AsFd;
+    let (s, _d) = store(16 * MB);
+    let short = sender(vec![1u8; 3 * MB as usize]);
+    let e = s.arena().fill_from(short.as_fd(), 0, 4 * MB).expect_err("closed early");
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    // The same thread's pipe may have held bytes of the failed fill: none may leak into this one.
+    let data: Vec<u8> = (0..2 * MB).map(|i| (i % 13) as u8).collect();
+    let sock = sender(data.clone());
+    s.arena().fill_from(sock.as_fd(), 8 * MB, 2 * MB).expect("fill");
+    assert!(read(&s, 8 * MB, 2 * MB as usize) == data);
+}
+
+#[test]
+fn fill_from_refuses_a_range_outside_the_store() {
+    use std::os::fd::AsFd;
+    let (s, _d) = store(4 * MB);
+    let sock = sender(vec![0u8; 16]);
+    let e = s.arena().fill_from(sock.as_fd(), 4 * MB - 8, 16).expect_err("outside");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    let e = s.arena().fill_from(sock.as_fd(), u64::MAX - 4, 16).expect_err("overflow");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}

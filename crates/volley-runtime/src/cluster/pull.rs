@@ -4,9 +4,10 @@
 //! (`PeerMsg::Task::fetch`, the scheduler's `Action::Pull`). For each, this node reserves the
 //! whole segment in its store, then asks a node holding it (`PeerMsg::Fetch`): the relay the
 //! sender named, else the sender itself. The holder answers with `PeerMsg::Chunk`s of at most
-//! [`MAX_CHUNK`] bytes, in order, which are read from the socket straight into the segment; a
-//! holder's writer takes turns between the values it serves and the other messages on the
-//! connection. When the last chunk is in, the segment is sealed and the scheduler gets the value
+//! [`MAX_CHUNK`] bytes, in order, which go from the socket straight into the segment (spliced
+//! into the store's memfd without TLS, so the kernel creates its pages filled instead of zeroing
+//! them first; read into the mapping through TLS); a holder's writer takes turns between the
+//! values it serves and the other messages on the connection. When the last chunk is in, the segment is sealed and the scheduler gets the value
 //! (`peer_object`), so the tasks waiting for it run. A holder that refuses (`NoObject`) or whose
 //! connection breaks sends the pull to the next source; with none left the value fails with
 //! `ObjectLost`, and the tasks that need it with it.
@@ -90,10 +91,16 @@ impl Cluster {
         }
         let store = &self.shared.store;
         let dest = match store.alloc(Owner::Local, layout.size) {
+            Ok((seg, offset)) if self.cfg.tls.is_none() => {
+                // The chunks are spliced from the socket into the store's memory, which creates
+                // its pages already filled (`receive_chunk`): nothing to back beforehand.
+                Dest::Store { seg, offset }
+            }
             Ok((seg, offset)) => {
-                // Backing the pages (the kernel zeroes them) overlaps with the transfer; the
-                // reader faults in what it reaches first. Populating never changes contents,
-                // so it is harmless even if the segment is freed meanwhile.
+                // Through TLS the chunks are read into the mapping, whose fresh pages the kernel
+                // zeroes as it backs them. Backing them overlaps with the transfer; the reader
+                // faults in what it reaches first. Populating never changes contents, so it is
+                // harmless even if the segment is freed meanwhile.
                 let (store, size) = (store.clone(), layout.size);
                 let spawned = size >= 32 << 20
                     && std::thread::Builder::new()
@@ -268,21 +275,22 @@ impl Cluster {
                             p.layout.size, p.received
                         )));
                     }
-                    let ptr = match &mut p.dest {
-                        Dest::Store { offset: base, .. } => {
-                            self.shared.store.arena().ptr(*base + offset, len)
-                        }
-                        Dest::Heap(buf) => Some(buf[offset as usize..].as_mut_ptr()),
+                    let (ptr, at) = match &mut p.dest {
+                        Dest::Store { offset: base, .. } => (
+                            self.shared.store.arena().ptr(*base + offset, len),
+                            Some(*base + offset),
+                        ),
+                        Dest::Heap(buf) => (Some(buf[offset as usize..].as_mut_ptr()), None),
                     };
                     if ptr.is_some() {
                         p.writers += 1;
                     }
-                    ptr.map(|ptr| (ptr, p.attempt))
+                    ptr.map(|ptr| (ptr, at, p.attempt))
                 }
                 _ => None,
             }
         };
-        let Some((dst, attempt)) = dst else {
+        let Some((dst, store_at, attempt)) = dst else {
             // Not (or no longer) pulled from there: the bytes are read and dropped.
             let mut scratch = vec![0u8; len as usize];
             r.read_raw(&mut scratch)?;
@@ -293,7 +301,16 @@ impl Cluster {
         // last of them, below); nothing reads it before the pull ends. Another source's reader may write
         // the same bytes of the same value at the same time after a switch: equal bytes.
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
-        let read = r.read_raw(dst);
+        let conn: &Conn = r.get_ref();
+        let read = match (store_at, conn.tcp_fd()) {
+            // Straight from the socket into the store's pages (see `Arena::fill_from`), after
+            // what the reader has buffered already.
+            (Some(at), Some(fd)) => {
+                let n = r.take_buffered(dst) as u64;
+                self.shared.store.arena().fill_from(fd, at + n, len - n).map_err(ProtoError::from)
+            }
+            _ => r.read_raw(dst),
+        };
         let (done, failed) = {
             let mut pulls = self.pulls.lock();
             let Some(p) = pulls.get_mut(&id) else { return read.map(|_| None) };
