@@ -18,10 +18,11 @@
 //! with the last process that has them open, even after a SIGKILL.
 
 mod alloc;
+mod splice;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -187,85 +188,7 @@ impl Arena {
                 format!("{len} bytes at {offset} do not fit in a store of {}", self.capacity),
             ));
         }
-        PIPE.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let pipe = match slot.take() {
-                Some(p) => p,
-                None => Pipe::new()?,
-            };
-            pipe.splice(src, &self._file, offset, len)?;
-            // Kept only when it is empty: after an error it may still hold bytes.
-            *slot = Some(pipe);
-            Ok(())
-        })
-    }
-}
-
-/// A pipe that bytes go through on their way from a socket into the store (`splice` needs one
-/// end of each call to be a pipe); one per thread, reused.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    /// Bytes it holds at most.
-    capacity: usize,
-}
-
-thread_local! {
-    static PIPE: std::cell::RefCell<Option<Pipe>> = const { std::cell::RefCell::new(None) };
-}
-
-impl Pipe {
-    fn new() -> std::io::Result<Pipe> {
-        use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags};
-        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
-        // Larger than the default 64 KiB means fewer calls; the limit for users without
-        // privileges is 1 MiB unless the system says otherwise.
-        let capacity =
-            fcntl_setpipe_size(&write, 1 << 20).or_else(|_| fcntl_getpipe_size(&write))?;
-        Ok(Pipe { read, write, capacity: capacity.max(4096) })
-    }
-
-    /// Moves `len` bytes from `src` into `file` at `offset`, a pipe-full at a time.
-    fn splice(
-        &self,
-        src: BorrowedFd<'_>,
-        file: &File,
-        offset: u64,
-        len: u64,
-    ) -> std::io::Result<()> {
-        use rustix::pipe::{splice, SpliceFlags};
-        let retry = |f: &mut dyn FnMut() -> rustix::io::Result<usize>| loop {
-            match f() {
-                Err(rustix::io::Errno::INTR) => continue,
-                r => return r.map_err(std::io::Error::from),
-            }
-        };
-        let mut done = 0u64;
-        while done < len {
-            let want = ((len - done) as usize).min(self.capacity);
-            let flags = SpliceFlags::MOVE | SpliceFlags::MORE;
-            let got = retry(&mut || splice(src, None, &self.write, None, want, flags))?;
-            if got == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed in the middle of a value",
-                ));
-            }
-            let mut moved = 0usize;
-            while moved < got {
-                let mut at = offset + done + moved as u64;
-                let left = got - moved;
-                let n = retry(&mut || {
-                    splice(&self.read, None, file, Some(&mut at), left, SpliceFlags::MOVE)
-                })?;
-                if n == 0 {
-                    return Err(std::io::Error::other("the store's memory took no bytes"));
-                }
-                moved += n;
-            }
-            done += got as u64;
-        }
-        Ok(())
+        splice::fill(&self._file, src, offset, len)
     }
 }
 

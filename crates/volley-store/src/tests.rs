@@ -212,3 +212,15 @@ fn fill_from_refuses_a_range_outside_the_store() {
     let e = s.arena().fill_from(sock.as_fd(), u64::MAX - 4, 16).expect_err("overflow");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[test]
+fn fill_from_a_socket_of_a_pipe_full_and_a_bit() {
+    use std::os::fd::AsFd;
+    let (s, _d) = store(4 * MB);
+    // A whole pipe-full (1 MiB), then a piece that ends one byte into a page.
+    let len = 3 * MB / 2 + 1;
+    let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    let sock = sender(data.clone());
+    s.arena().fill_from(sock.as_fd(), 4096, len).expect("fill");
+    assert!(read(&s, 4096, len as usize) == data);
+}
