@@ -216,7 +216,8 @@ def _kill_session(sid: int) -> None:
             continue
 
 
-def measure(row: Row, system: str, func: str, info: dict, args, env) -> Cell:
+def not_runnable(row: Row, func: str, info: dict) -> Cell | None:
+    """The cell to show when `func` cannot run for this system at all, else None."""
     if "error" in info:
         return Cell("error", note=info["error"], system_wide=True)
     if not info["installed"]:
@@ -224,24 +225,36 @@ def measure(row: Row, system: str, func: str, info: dict, args, env) -> Cell:
     if func not in info["functions"]:
         reason = info["na"].get(row.letter) if func == row.letter else None
         return Cell("na", note=reason) if reason else Cell("none")
-    cell = Cell()
+    return None
+
+
+def measure(row: Row, cells: dict, jobs: dict, args, env) -> None:
+    """Runs each system's cell of `row` `args.runs` times, alternating between the systems (run
+    1 of each, then run 2 of each, ...): a drift in the machine's state over the minutes a row
+    takes (load, memory the host has at hand) then touches every column alike. `jobs` maps a
+    column's label to (system, function); `cells` gets each column's Cell."""
+    for label in jobs:
+        cells[label] = Cell()
     for i in range(args.runs):
-        result = call_cell(system, ["run", system, func], env, args.timeout)
-        label = f"[{row.letter}] {system}:{func} run {i + 1}/{args.runs}"
-        if "value" not in result:
-            reason = result.get("na") or result.get("error", "no result")
-            print(f"{label}: {reason}", file=sys.stderr)
-            if "traceback" in result:
-                print(result["traceback"], file=sys.stderr)
-            if cell.values:  # keep the runs that worked, say what happened to the rest
-                cell.note = f"{len(cell.values)} of {args.runs} runs; then: {reason}"
-                return cell
-            return Cell("na" if "na" in result else "error", note=reason)
-        cell.values.append(result.pop("value"))
-        cell.extras.append(result)
-        print(f"{label}: {fmt(cell.values[-1], row.unit)}", file=sys.stderr)
-        time.sleep(0.5)  # let the previous cell's processes finish dying on a 2-core machine
-    return cell
+        for label, (system, func) in list(jobs.items()):
+            cell = cells[label]
+            result = call_cell(system, ["run", system, func], env, args.timeout)
+            tag = f"[{row.letter}] {system}:{func} run {i + 1}/{args.runs}"
+            if "value" not in result:
+                reason = result.get("na") or result.get("error", "no result")
+                print(f"{tag}: {reason}", file=sys.stderr)
+                if "traceback" in result:
+                    print(result["traceback"], file=sys.stderr)
+                if cell.values:  # keep the runs that worked, say what happened to the rest
+                    cell.note = f"{len(cell.values)} of {args.runs} runs; then: {reason}"
+                else:
+                    cells[label] = Cell("na" if "na" in result else "error", note=reason)
+                del jobs[label]
+                continue
+            cell.values.append(result.pop("value"))
+            cell.extras.append(result)
+            print(f"{tag}: {fmt(cell.values[-1], row.unit)}", file=sys.stderr)
+            time.sleep(0.5)  # let the previous cell's processes finish dying on a 2-core machine
 
 
 def derived(row: Row, source: Cell) -> Cell:
@@ -431,12 +444,20 @@ def main(argv=None) -> None:
     for row in all_rows:
         if row.letter not in needed:
             continue
+        cells, jobs = {}, {}
         for label, system, suffix in columns:
             if row.source:
-                results[row.letter, label] = derived(row, results[row.source, label])
+                cells[label] = derived(row, results[row.source, label])
                 continue
             func = f"{row.letter}_{suffix}" if suffix else row.letter
-            results[row.letter, label] = measure(row, system, func, infos[system], args, env)
+            cell = not_runnable(row, func, infos[system])
+            if cell is not None:
+                cells[label] = cell
+            else:
+                jobs[label] = (system, func)
+        measure(row, cells, jobs, args, env)
+        for label, *_ in columns:
+            results[row.letter, label] = cells[label]
 
     notes = Notes()
     table = summary_table(table_rows, columns, results, notes)
@@ -500,6 +521,7 @@ REPORT = """# volley benchmark results
 - Command: `{command}`
 - Load average (1/5/15 min): {load} (other work on the machine skews the figures)
 - Each cell: a fresh interpreter per run, {runs} run(s), median shown; timeout {timeout:.0f} s.
+  The runs of a row alternate between the systems (run 1 of each, then run 2, ...).
 - All systems use 2 worker processes.{spin_note}
 
 {versions}
@@ -601,8 +623,10 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   float64 array; the timed region is `get(nbytes.remote(ref))` with `nbytes` returning
   `a.nbytes` on the other node (its worker started and the function shipped beforehand).
   (u-rate), (u1-rate): size / time, including the task's round trip. Both stores start cold:
-  the receiver's fresh pages are zeroed by the kernel on first touch (64% of the receiving
-  node's time for 1 GiB on this VM, `perf`), which costs more than the copy.
+  the receiver writes into memory it never used. On this VM the host backs such memory page
+  by page on first touch, at a cost that changes from minute to minute (volley's 1-GiB pull:
+  0.47-0.55 s in one 7-run series, 0.76-1.65 s in the one before it, `perf` showing the copy
+  into fresh pages as nearly all of the receiver's time in the slow ones).
 - (uw), (u1w): the same after one untimed transfer of the same size and a 0.5-s pause, so both
   stores reuse memory already in use once (the steady state of a long job).
 - (v) Three 1-CPU nodes: one {broadcast_mib}-MiB array put by the driver, read by one task on

@@ -152,14 +152,19 @@ def test_large_arrays_travel_both_ways(cluster):
         assert np.array_equal(scaled, arr * k)
 
 
-def test_a_value_of_many_chunks_arrives_intact_on_each_node(cluster):
+def test_a_value_of_many_chunks_arrives_intact_on_each_node_and_back(cluster):
     """A value pulled in several chunks (8 MiB each, the last one short), spliced from the
-    socket into the receiving node's store: every byte must be where it was on the driver."""
+    socket into the receiving node's store: every byte must be where it was on the driver. A
+    large result comes back to the driver's store the same way."""
     import hashlib
 
     @volley.remote
     def digest(a):
         return hashlib.sha256(a).hexdigest(), a.nbytes
+
+    @volley.remote
+    def reverse(a):
+        return a[::-1].copy()
 
     rng = np.random.default_rng(5)
     arr = rng.integers(0, 256, size=(20 << 20) + 4099, dtype=np.uint8)  # not page-aligned
@@ -170,6 +175,8 @@ def test_a_value_of_many_chunks_arrives_intact_on_each_node(cluster):
     assert volley.get([digest.options(scheduling_strategy=s).remote(ref) for s in on]) == [
         want
     ] * len(on)
+    back = volley.get(reverse.options(scheduling_strategy=on[1]).remote(ref))
+    assert np.array_equal(back, arr[::-1])
 
 
 def test_refs_inside_arguments_and_nested_tasks(cluster):

@@ -1237,11 +1237,26 @@ impl Cluster {
                         store.release(seg, Owner::Local);
                         return Err(ProtoError::Handshake("allocation outside the store".into()));
                     };
-                    store.arena().populate(offset, loc.size);
                     // SAFETY: the segment was just allocated for us alone and lies inside the
                     // mapping; nothing reads it before it is sealed below.
                     let dst = unsafe { std::slice::from_raw_parts_mut(ptr, loc.size as usize) };
-                    if let Err(e) = r.read_raw(dst) {
+                    let conn: &Conn = r.get_ref();
+                    let read = match conn.tcp_fd() {
+                        // Spliced into the store: its fresh pages are created filled, not
+                        // zeroed first (see `Arena::fill_from`).
+                        Some(fd) => {
+                            let n = r.take_buffered(dst) as u64;
+                            store
+                                .arena()
+                                .fill_from(fd, offset + n, loc.size - n)
+                                .map_err(Into::into)
+                        }
+                        None => {
+                            store.arena().populate(offset, loc.size);
+                            r.read_raw(dst)
+                        }
+                    };
+                    if let Err(e) = read {
                         store.release(seg, Owner::Local);
                         return Err(e);
                     }
