@@ -27,7 +27,7 @@ use volley_proto::{
     TaskSpec,
 };
 use volley_sched::{Action, ActorReport, PeerView};
-use volley_store::{Lease, Owner};
+use volley_store::{Arena, Lease, Owner};
 
 mod pull;
 
@@ -1240,22 +1240,7 @@ impl Cluster {
                     // SAFETY: the segment was just allocated for us alone and lies inside the
                     // mapping; nothing reads it before it is sealed below.
                     let dst = unsafe { std::slice::from_raw_parts_mut(ptr, loc.size as usize) };
-                    let conn: &Conn = r.get_ref();
-                    let read = match conn.tcp_fd() {
-                        // Spliced into the store: its fresh pages are created filled, not
-                        // zeroed first (see `Arena::fill_from`).
-                        Some(fd) => {
-                            let n = r.take_buffered(dst) as u64;
-                            store
-                                .arena()
-                                .fill_from(fd, offset + n, loc.size - n)
-                                .map_err(Into::into)
-                        }
-                        None => {
-                            store.arena().populate(offset, loc.size);
-                            r.read_raw(dst)
-                        }
-                    };
+                    let read = read_into_store(r, store.arena(), offset, dst, true);
                     if let Err(e) = read {
                         store.release(seg, Owner::Local);
                         return Err(e);
@@ -1277,6 +1262,32 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads the raw bytes that follow the last frame into the store at `at`, `dst` being that range
+/// of the mapping. Without TLS they are spliced from the socket into the store's memfd, which
+/// creates fresh pages filled instead of zeroed first (`Arena::fill_from`); through TLS they are
+/// read into the mapping, its pages backed first if `populate` says so.
+fn read_into_store(
+    r: &mut FrameReader<&Conn>,
+    arena: &Arena,
+    at: u64,
+    dst: &mut [u8],
+    populate: bool,
+) -> Result<(), ProtoError> {
+    let conn: &Conn = r.get_ref();
+    match conn.tcp_fd() {
+        Some(fd) => {
+            let n = r.take_buffered(dst) as u64;
+            arena.fill_from(fd, at + n, dst.len() as u64 - n).map_err(ProtoError::from)
+        }
+        None => {
+            if populate {
+                arena.populate(at, dst.len() as u64);
+            }
+            r.read_raw(dst)
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use volley_proto::{
 use volley_sched::Action;
 use volley_store::{Lease, Owner};
 
-use super::{lease_bytes, lost, Cluster};
+use super::{lease_bytes, lost, read_into_store, Cluster};
 use crate::tls::Conn;
 
 /// A connection as one side sees it: the peer, and whether this node opened it (its link).
@@ -301,15 +301,10 @@ impl Cluster {
         // last of them, below); nothing reads it before the pull ends. Another source's reader may write
         // the same bytes of the same value at the same time after a switch: equal bytes.
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, len as usize) };
-        let conn: &Conn = r.get_ref();
-        let read = match (store_at, conn.tcp_fd()) {
-            // Straight from the socket into the store's pages (see `Arena::fill_from`), after
-            // what the reader has buffered already.
-            (Some(at), Some(fd)) => {
-                let n = r.take_buffered(dst) as u64;
-                self.shared.store.arena().fill_from(fd, at + n, len - n).map_err(ProtoError::from)
-            }
-            _ => r.read_raw(dst),
+        let read = match store_at {
+            // (Its pages were populated at the start if they are read into the mapping.)
+            Some(at) => read_into_store(r, self.shared.store.arena(), at, dst, false),
+            None => r.read_raw(dst),
         };
         let (done, failed) = {
             let mut pulls = self.pulls.lock();
