@@ -222,6 +222,41 @@ def _set_gpus(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = _ORIGINAL_CUDA
 
 
+# Numeric libraries (OpenBLAS, MKL, OpenMP, numexpr) start one thread per core by default: in
+# every worker, so N workers on N cores would run N x N threads that fight for the cores. As in
+# Ray and Dask, a worker's libraries get as many threads as its task (or actor) holds CPUs, at
+# least one. Not if the node's environment sets any of these itself: then that is the user's
+# choice, left alone.
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+_manage_threads = not any(v in os.environ for v in _THREAD_VARS)
+_threads = 1
+if _manage_threads:
+    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))  # read as each library loads
+
+
+def _set_threads(cpu_milli: int) -> None:
+    """The thread count for the task about to run: its whole CPUs, at least 1. Libraries that
+    load later read the variables; those already loaded are limited through ``threadpoolctl``
+    when it is installed."""
+    global _threads
+    n = max(1, cpu_milli // 1000)
+    if not _manage_threads or n == _threads:
+        return
+    _threads = n
+    os.environ.update(dict.fromkeys(_THREAD_VARS, str(n)))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n)
+
+
 _runtime_env = None  # the module, imported with the first task that has a runtime_env
 
 
@@ -237,14 +272,17 @@ def _apply_env(env) -> None:
 
 
 def execute(
-    name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, gpus, env
+    name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, held, env
 ):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
     ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
-    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
+    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``.
+    ``held``: what the node gave it, ``(gpu indices, CPUs in thousandths)``."""
     if actor is None or actor[0] == "create":
         # An actor's calls run with what its creation was given.
+        gpus, cpu_milli = held
         _set_gpus(gpus)
+        _set_threads(cpu_milli)
         try:
             _apply_env(env)
         except BaseException as e:

@@ -868,7 +868,7 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 spec.task_id.0,
                 actor,
                 spec.options.streaming,
-                task.gpus.clone(),
+                (task.gpus.clone(), spec.options.cpu_milli),
                 spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
             );
             // Tasks this one submits run in its environment.
