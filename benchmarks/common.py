@@ -22,6 +22,9 @@ def sizes(quick: bool) -> dict:
         "round_trips": 100 if quick else 1_000,  # (c)
         "cpu_tasks": 8,  # (f)
         "cpu_task_s": 0.05 if quick else 0.25,  # (f)
+        "blas_tasks": 8,  # (fb)
+        "blas_n": 200 if quick else 600,  # (fb): matrix side
+        "blas_products": 30,  # (fb): products per task
         "leaves": 512 if quick else 4_096,  # (g)
         "settle_s": 0.5 if quick else 2.0,  # (h)
         "object_mib": 100,  # (i), (j), (k), (k0), (l), and each object of (n)
@@ -73,6 +76,25 @@ def spin(n: int) -> int:
     for i in range(n):
         x += i
     return x
+
+
+def matmul_chain(seed: int) -> float:
+    """(fb): SIZES["blas_products"] products of a random square float64 matrix with itself
+    (numpy's BLAS, which is multi-threaded unless told otherwise), normalised after each."""
+    import numpy as np
+
+    a = np.random.default_rng(seed).random((SIZES["blas_n"], SIZES["blas_n"]))
+    for _ in range(SIZES["blas_products"]):
+        a = a @ a
+        a /= np.abs(a).max()
+    return float(a[0, 0])
+
+
+def check_matmuls(results: list) -> None:
+    """(fb): one finite float per task."""
+    n = SIZES["blas_tasks"]
+    if len(results) != n or not all(isinstance(x, float) and x == x for x in results):
+        raise AssertionError(f"expected {n} floats, got {results!r}")
 
 
 def leaf(i: int) -> int:

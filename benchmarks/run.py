@@ -83,6 +83,9 @@ def rows(sizes: dict) -> list[Row]:
                               else r["cf"] > 1)),
         Row("f", f"speedup, {s['cpu_tasks']} CPU tasks of ~{s['cpu_task_s']} s on 2 workers "
             "vs serial", "speedup", True, ">= 1.95x", lambda v, r: v >= 1.95),
+        Row("fb", f"{s['blas_tasks']} tasks of {s['blas_products']} products of "
+            f"{s['blas_n']}x{s['blas_n']} float64 matrices (numpy's BLAS) on 2 workers",
+            "s", False),
         Row("g", f"{s['leaves']:,}-leaf tree reduction ({2 * s['leaves'] - 1:,} tasks, "
             "refs as arguments)", "s", False, ">= 20x faster than ray",
             lambda v, r: _at_least(r, "ray", 20)),
@@ -508,6 +511,8 @@ ACTOR_SIZES = (
     "transfer_mib",
     "transfer_big_mib",
     "broadcast_mib",
+    # numeric libraries' threads
+    "blas_tasks",
 )
 
 SPIN_NOTE = """ (f) work per task: spin({spin_n:,}); two bare forked
@@ -550,6 +555,11 @@ Times are wall-clock; "volley vs X" is oriented so that **> 1 means volley is be
   no-ops (its own auto-batching); mp.map is `Pool.map(noop, range(n), chunksize=1)`.
 - (f) Serial time is the same 8 spins run in the driver before init; speedup = serial / parallel,
   each side the best of 2 timings; 2.0 is the ideal with 2 workers.
+- (fb) After init and one task per worker (numpy and its BLAS library loaded there), all
+  {blas_tasks} tasks submitted, then gathered. Each system keeps its own policy for the threads
+  of numeric libraries in workers: volley gives them as many as the task holds CPUs (one here);
+  Ray, Dask and joblib document similar limits; `multiprocessing` and `concurrent.futures`
+  leave the libraries' default, one thread per core in every worker.
 - (g) All leaves are submitted, then each level of `add(left, right)` with the previous level's
   references as arguments; only the root is fetched (and checked).
 - (h) After init and warm-up, a {settle}-s pause, then the sum of PSS

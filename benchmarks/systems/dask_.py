@@ -78,6 +78,22 @@ def f():
         return common.speedup(serial, parallel)
 
 
+def fb():
+    n = common.SIZES["blas_tasks"]
+    with session() as client:
+
+        def run(k):
+            futures = [client.submit(common.matmul_chain, i, pure=False) for i in range(k)]
+            return client.gather(futures)
+
+        run(common.WORKERS)  # BLAS loaded in each worker
+        t0 = time.perf_counter()
+        out = run(n)
+        elapsed = time.perf_counter() - t0
+        common.check_matmuls(out)
+        return elapsed
+
+
 def g():
     with session() as client:
         warm(client, (common.leaf, (0,)), (common.add, (1, 2)))

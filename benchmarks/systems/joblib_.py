@@ -69,6 +69,19 @@ def f():
         return common.speedup(serial, elapsed)
 
 
+def fb():
+    from joblib import Parallel, delayed
+
+    n = common.SIZES["blas_tasks"]
+    with Parallel(n_jobs=common.WORKERS) as parallel:
+        parallel(delayed(common.matmul_chain)(i) for i in range(common.WORKERS))
+        t0 = time.perf_counter()
+        out = parallel(delayed(common.matmul_chain)(i) for i in range(n))
+        elapsed = time.perf_counter() - t0
+        common.check_matmuls(list(out))
+        return elapsed
+
+
 def h():
     from joblib import Parallel, delayed
 
