@@ -15,7 +15,7 @@ import traceback
 
 from benchmarks.common import NotApplicable
 
-FUNCS = ("a", "b", "b_map", "c", "f", "g", "h")
+FUNCS = ("a", "b", "b_map", "c", "f", "fb", "g", "h")
 FUNCS += ("i", "j", "k", "k0", "l", "m", "n")  # object store
 FUNCS += ("o", "p", "q", "r", "s")  # actors
 FUNCS += ("t", "u", "u1", "uw", "u1w", "v")  # clusters
