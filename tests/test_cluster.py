@@ -954,6 +954,42 @@ def test_a_large_value_crosses_to_a_node_once_for_many_tasks(cluster):
     assert volley.get(head_of.options(scheduling_strategy=pin).remote(ref2, 0)) == 1.0
 
 
+def test_a_task_on_a_large_result_runs_where_the_result_was_made(cluster):
+    """A node keeps a copy of a large result it sent back: a later task that needs it goes
+    there (it has a free CPU) and runs on that copy, without moving the bytes again. The copy
+    goes when the driver drops the value."""
+
+    @volley.remote
+    def make(n):
+        return np.arange(n, dtype=np.float64)
+
+    @volley.remote
+    def total(a):
+        return os.environ["VOLLEY_NODE_ADDRESS"], float(a.sum())
+
+    node = {n["address"]: n for n in volley.nodes() if not n["driver"]}[cluster.addrs[1]]
+    pin = volley.NodeAffinitySchedulingStrategy(node["node_id"])
+    n = 4 << 20  # 32 MiB
+
+    def node_view() -> tuple:
+        me = next(x for x in volley.nodes() if x["node_id"] == node["node_id"])
+        return me["bytes_received"], me["store_used"]
+
+    ref = make.options(scheduling_strategy=pin).remote(n)
+    volley.wait([ref])
+    received, _ = _settled(node_view)
+    assert volley.get(total.remote(ref)) == (cluster.addrs[1], float(n * (n - 1) // 2))
+    time.sleep(0.3)
+    assert node_view()[0] == received, "the value was sent to the node that made it"
+    _, used = node_view()
+    assert used >= 8 * n, "the node keeps its copy while the driver holds the value"
+    del ref
+    deadline = time.monotonic() + 5
+    while node_view()[1] > used - 8 * n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node_view()[1] <= used - 8 * n, "the copy goes with the driver's value"
+
+
 def test_a_value_sent_to_every_node_leaves_the_driver_twice(cluster):
     """Broadcast: the nodes that got a value serve it to the next ones (a tree of fan-out two),
     so the driver's uplink carries it twice however many nodes need it."""

@@ -110,7 +110,15 @@ pub enum PeerMsg {
         fetch: Vec<(crate::ObjectId, ObjectData, Option<NodeId>)>,
     },
     /// A task sent with `Task` ended; `objects` are values the results refer to.
-    Done { task: TaskId, result: TaskResult, objects: Vec<(crate::ObjectId, ObjectData)> },
+    Done {
+        task: TaskId,
+        result: TaskResult,
+        objects: Vec<(crate::ObjectId, ObjectData)>,
+        /// Large results the sender keeps a copy of for the receiver, as it keeps the values a
+        /// `Task` brings (until the receiver's `Release`): later tasks that need them can run
+        /// there without a transfer, or pull them from there.
+        kept: Vec<crate::ObjectId>,
+    },
     /// An object a `Done` (or an earlier `Object`) named that was still being made then.
     Object {
         id: crate::ObjectId,

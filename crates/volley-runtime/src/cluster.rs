@@ -866,8 +866,9 @@ impl Cluster {
                     c.shared.with(|st, out| {
                         for m in batch.drain(..) {
                             match m {
-                                PeerMsg::Done { task, result, objects } => {
-                                    st.sched.peer_done(peer, task, result, objects, out)
+                                PeerMsg::Done { task, result, objects, kept } => {
+                                    st.sched.peer_done(peer, task, result, objects, out);
+                                    st.sched.peer_kept(peer, kept, out);
                                 }
                                 PeerMsg::Object { id, result, objects } => {
                                     st.sched.peer_object(id, result, objects, out)
@@ -1103,7 +1104,7 @@ impl Cluster {
                 };
                 Some((msg, leases))
             }
-            Action::PeerDone { task, result, objects, .. } => {
+            Action::PeerDone { task, result, objects, kept, .. } => {
                 let prepared = result.map_err(|e| (*e).clone()).and_then(|vs| {
                     let vs: Result<Vec<_>, String> =
                         vs.iter().map(|v| self.prepare(v, &mut leases)).collect();
@@ -1126,7 +1127,7 @@ impl Cluster {
                     }
                     Err(_) => Vec::new(),
                 };
-                Some((PeerMsg::Done { task, result, objects }, leases))
+                Some((PeerMsg::Done { task, result, objects, kept }, leases))
             }
             Action::PeerCancel { task, force, .. } => {
                 Some((PeerMsg::Cancel { task, force }, leases))

@@ -149,6 +149,8 @@ pub enum Action {
         task: TaskId,
         result: Result<Vec<Arc<ObjectData>>, Arc<ErrorPayload>>,
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
+        /// Large results this node keeps a copy of for the peer (`PeerMsg::Done::kept`).
+        kept: Vec<ObjectId>,
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },

@@ -712,6 +712,30 @@ impl Scheduler {
         self.schedule(out);
     }
 
+    /// `peer` keeps copies of these large results of a task it ran for this node
+    /// (`PeerMsg::Done::kept`): later tasks that need them may go there (`peer_with_args`), and
+    /// other nodes may pull them from there (`pick_relay`). Those this node does not hold (any
+    /// more) are let go at once. Called after `peer_done` of the same message.
+    pub fn peer_kept(&mut self, peer: NodeId, ids: Vec<ObjectId>, out: &mut Vec<Action>) {
+        let mut release = Vec::new();
+        for id in ids {
+            let held = matches!(
+                self.objects.get(&id).map(|o| &o.state),
+                Some(ObjectState::Ready(v)) if v.shm.is_some()
+            );
+            match self.peers.get_mut(&peer) {
+                Some(p) if held => {
+                    p.copies.insert(id);
+                }
+                Some(_) => release.push(id),
+                None => return, // Gone: its copies went with it.
+            }
+        }
+        if !release.is_empty() {
+            out.push(Action::PeerRelease { peer, ids: release });
+        }
+    }
+
     /// Values that arrived from a peer become objects here, unless they already are. They are
     /// held by whatever holds the value that names them (`object_ready` counts that).
     fn adopt(&mut self, objects: Vec<(ObjectId, ObjectData)>) {
@@ -769,6 +793,7 @@ impl Scheduler {
                 task: spec.task_id,
                 result: Err(err),
                 objects: Vec::new(),
+                kept: Vec::new(),
             });
             return;
         }
@@ -829,10 +854,25 @@ impl Scheduler {
             }
             Err(_) => Vec::new(),
         };
-        out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects });
-        out.extend(failed);
+        // Large results stay here as copies kept for the peer (held as the peer's until its
+        // `Release`, like the values its tasks bring): its later tasks that need them can run
+        // here without a transfer (`peer_with_args` there), and other nodes can pull them from
+        // here. The other results are let go.
         let returns: Vec<ObjectId> = spec.return_ids().collect();
-        self.decref(Holder::Peer(f.peer), &returns, out);
+        let large = match &result {
+            Ok(values) => returns.iter().zip(values).filter(|(_, v)| v.shm.is_some()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let kept: Vec<ObjectId> = large
+            .into_iter()
+            .map(|(id, _)| *id)
+            .filter(|id| self.objects.contains_key(id))
+            .filter(|id| self.peer_copies.entry(f.peer).or_default().insert(*id))
+            .collect();
+        let released: Vec<ObjectId> = returns.into_iter().filter(|id| !kept.contains(id)).collect();
+        out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects, kept });
+        out.extend(failed);
+        self.decref(Holder::Peer(f.peer), &released, out);
         self.release_from_peer(f, out);
     }
 

@@ -370,6 +370,7 @@ impl Scheduler {
                         task: tid,
                         result: Err(err),
                         objects: Vec::new(),
+                        kept: Vec::new(),
                     });
                     self.release_from_peer(f, out);
                 }
@@ -392,7 +393,13 @@ impl Scheduler {
             _ => return,
         };
         if let Some(f) = self.from_peer.remove(&aid.0) {
-            out.push(Action::PeerDone { peer: f.peer, task: aid.0, result, objects: Vec::new() });
+            out.push(Action::PeerDone {
+                peer: f.peer,
+                task: aid.0,
+                result,
+                objects: Vec::new(),
+                kept: Vec::new(),
+            });
             self.release_from_peer(f, out);
         }
     }

@@ -959,3 +959,90 @@ fn a_pull_is_served_from_the_store_or_once_the_copy_here_is_whole() {
     assert!(h.out.iter().any(|a| matches!(a,
         Action::PeerServe { id, value: Err(_), link: true, .. } if *id == other)));
 }
+
+fn large_value() -> ObjectData {
+    use volley_proto::ShmLoc;
+    let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
+    ObjectData { shm: Some(shm), ..Default::default() }
+}
+
+#[test]
+fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
+    let mut h = Harness::started(1.0);
+    let (big_task, small_task) =
+        (h.spec(vec![], TaskOptions::default()), h.spec(vec![], TaskOptions::default()));
+    let (t1, t2) = (big_task.task_id, small_task.task_id);
+    let (big, small) = (ObjectId::for_return(t1, 1), ObjectId::for_return(t2, 1));
+    for spec in [big_task, small_task] {
+        let peer = NodeId(9);
+        h.s.accept_peer_task(peer, spec, None, vec![], vec![], vec![], vec![], vec![], &mut h.out);
+    }
+    let ran = h.executed();
+    h.s.task_done(ran[0].0, t1, TaskResult::Ok(vec![large_value()]), &mut h.out);
+    h.s.task_done(ran[1].0, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    let kept: Vec<(TaskId, Vec<ObjectId>)> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerDone { task, kept, .. } => Some((*task, kept.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept, vec![(t1, vec![big]), (t2, vec![])]);
+    assert!(h.s.is_ready(&big), "the large result is kept");
+    assert!(h.s.object_state(&small).is_none(), "the small one is not");
+    // A later task of the peer's that needs it runs with the copy kept here.
+    let next = h.spec(vec![big], TaskOptions::default());
+    let t3 = next.task_id;
+    h.s.accept_peer_task(
+        NodeId(9),
+        next,
+        None,
+        vec![],
+        vec![],
+        vec![],
+        vec![big],
+        vec![],
+        &mut h.out,
+    );
+    let w = h.executed()[0].0;
+    h.s.task_done(w, t3, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.is_ready(&big));
+    h.s.peer_release(NodeId(9), &[big], &mut h.out);
+    assert!(h.s.object_state(&big).is_none(), "let go with the peer's release");
+}
+
+#[test]
+fn a_task_needing_a_result_a_peer_kept_goes_to_that_peer_without_the_bytes() {
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
+    let made = h.submit(vec![]);
+    let spilled_to = |h: &Harness, t: TaskId| {
+        h.out.iter().find_map(|a| match a {
+            Action::Spill { peer, spec, cached, fetch, .. } if spec.task_id == t => {
+                Some((*peer, cached.clone(), fetch.len()))
+            }
+            _ => None,
+        })
+    };
+    let (maker, _, _) = spilled_to(&h, made.task).expect("spilled");
+    h.s.peer_done(maker, made.task, TaskResult::Ok(vec![large_value()]), Vec::new(), &mut h.out);
+    h.s.peer_kept(maker, vec![made], &mut h.out);
+    h.out.clear();
+    let uses = h.submit(vec![made]);
+    assert_eq!(spilled_to(&h, uses.task), Some((maker, vec![made], 0)), "there, nothing pulled");
+    // A kept id this node no longer holds is let go at once; ours dropped, the copy too.
+    let unknown = ObjectId::for_return(h.ids.next_task(), 1);
+    h.out.clear();
+    h.s.peer_kept(maker, vec![unknown], &mut h.out);
+    assert!(h.out.iter().any(
+        |a| matches!(a, Action::PeerRelease { peer, ids } if *peer == maker && ids == &vec![unknown])
+    ));
+    let done = TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
+    h.s.peer_done(maker, uses.task, done, Vec::new(), &mut h.out);
+    h.out.clear();
+    h.s.decref(Holder::Local, &[made], &mut h.out);
+    assert!(h.out.iter().any(
+        |a| matches!(a, Action::PeerRelease { peer, ids } if *peer == maker && ids == &vec![made])
+    ));
+}
