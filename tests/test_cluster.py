@@ -988,6 +988,14 @@ def test_a_task_on_a_large_result_runs_where_the_result_was_made(cluster):
     while node_view()[1] > used - 8 * n and time.monotonic() < deadline:
         time.sleep(0.05)
     assert node_view()[1] <= used - 8 * n, "the copy goes with the driver's value"
+    # A result that takes more than half of the node's store (256 MiB) is not kept there.
+    _, before = _settled(node_view)
+    big = make.options(scheduling_strategy=pin).remote(17 << 20)  # 136 MiB
+    volley.wait([big])
+    _, after = _settled(node_view)
+    assert after < before + (8 << 20), f"kept: {before} -> {after} bytes in the node's store"
+    assert volley.get(total.options(scheduling_strategy=pin).remote(big))[0] == cluster.addrs[1]
+    del big
 
 
 def test_a_value_sent_to_every_node_leaves_the_driver_twice(cluster):

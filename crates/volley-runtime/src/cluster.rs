@@ -1104,7 +1104,14 @@ impl Cluster {
                 };
                 Some((msg, leases))
             }
-            Action::PeerDone { task, result, objects, kept, .. } => {
+            Action::PeerDone { peer, task, result, objects, mut kept } => {
+                // Copies of large results are kept while the store has room to spare: past half
+                // of it they would only be spilled to disk for tasks that may never come.
+                let store = &self.shared.store;
+                if !kept.is_empty() && store.used() > store.capacity() / 2 {
+                    let ids = std::mem::take(&mut kept);
+                    self.shared.with(|st, out| st.sched.peer_release(peer, &ids, out));
+                }
                 let prepared = result.map_err(|e| (*e).clone()).and_then(|vs| {
                     let vs: Result<Vec<_>, String> =
                         vs.iter().map(|v| self.prepare(v, &mut leases)).collect();

@@ -601,6 +601,12 @@ impl Store {
         Ok(off)
     }
 
+    /// Bytes of store memory allocated now (`Stats::used`, without the rest of the count).
+    pub fn used(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner.alloc.capacity() - inner.alloc.free_bytes()
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.inner.lock();
         let mut s = inner.stats.clone();
