@@ -1,6 +1,6 @@
-"""The object-store rows (i)-(m) for systems with the `put` / `get` / `remote` API (volley and
-Ray): each function takes the system's `session` context manager (yielding the library) and its
-`warm` helper, so both run exactly the same code."""
+"""The object-store rows (i)-(m), and (fb), for systems with the `put` / `get` / `remote` API
+(volley and Ray): each function takes the system's `session` context manager (yielding the
+library) and, where it needs one, its `warm` helper, so both run exactly the same code."""
 
 import time
 
@@ -84,3 +84,17 @@ def m(session, warm):
         results = lib.get([task.remote(ref) for _ in range(common.SIZES["readers"])])
         elapsed = time.perf_counter() - t0
         return common.readers_result(elapsed, results, expected)
+
+
+def fb(session):
+    """Matrix-product tasks (numpy's BLAS), all submitted, then gathered; one per worker first,
+    so that the library is loaded there."""
+    n = common.SIZES["blas_tasks"]
+    with session() as lib:
+        mm = lib.remote(common.matmul_chain)
+        lib.get([mm.remote(i) for i in range(common.WORKERS)])
+        t0 = time.perf_counter()
+        out = lib.get([mm.remote(i) for i in range(n)])
+        elapsed = time.perf_counter() - t0
+        common.check_matmuls(out)
+        return elapsed

@@ -71,15 +71,7 @@ def f():
 
 
 def fb():
-    n = common.SIZES["blas_tasks"]
-    with session() as ray:
-        mm = ray.remote(common.matmul_chain)
-        ray.get([mm.remote(i) for i in range(common.WORKERS)])  # BLAS loaded in each worker
-        t0 = time.perf_counter()
-        out = ray.get([mm.remote(i) for i in range(n)])
-        elapsed = time.perf_counter() - t0
-        common.check_matmuls(out)
-        return elapsed
+    return _ref_api.fb(session)
 
 
 def g():
