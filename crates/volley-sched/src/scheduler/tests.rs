@@ -54,6 +54,13 @@ impl Harness {
         }
     }
 
+    /// `peer` sends `spec`, naming `cached` as values this node keeps for it (no others).
+    fn sent_by(&mut self, peer: NodeId, spec: TaskSpec, cached: Vec<ObjectId>) {
+        let (objects, routes, errors, fetch) = (vec![], vec![], vec![], vec![]);
+        let out = &mut self.out;
+        self.s.accept_peer_task(peer, spec, None, objects, routes, errors, cached, fetch, out);
+    }
+
     fn submit(&mut self, deps: Vec<ObjectId>) -> ObjectId {
         self.submit_opts(deps, TaskOptions::default())
     }
@@ -679,17 +686,7 @@ fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
     for _ in 0..12 {
         let spec = h.spec(Vec::new(), TaskOptions::default());
         tids.push(spec.task_id);
-        h.s.accept_peer_task(
-            NodeId(9),
-            spec,
-            None,
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            &mut h.out,
-        );
+        h.sent_by(NodeId(9), spec, vec![]);
     }
     let ex = h.executed();
     assert_eq!(ex.len(), 9, "one running, eight pipelined behind it, three queued");
@@ -821,17 +818,7 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     let w = h.executed()[0].0;
     h.s.task_done(w, t1, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
     assert!(h.s.is_ready(&big), "kept after the task");
-    h.s.accept_peer_task(
-        NodeId(9),
-        second,
-        None,
-        vec![],
-        vec![],
-        vec![],
-        vec![big],
-        vec![],
-        &mut h.out,
-    );
+    h.sent_by(NodeId(9), second, vec![big]);
     assert_eq!(h.executed().len(), 1, "runs with the kept copy");
     h.s.task_done(w, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
     h.s.peer_release(NodeId(9), &[big], &mut h.out);
@@ -839,17 +826,7 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     // A task naming a copy that is gone fails instead of waiting forever.
     let third = h.spec(vec![big], TaskOptions::default());
     let t3 = third.task_id;
-    h.s.accept_peer_task(
-        NodeId(9),
-        third,
-        None,
-        vec![],
-        vec![],
-        vec![],
-        vec![big],
-        vec![],
-        &mut h.out,
-    );
+    h.sent_by(NodeId(9), third, vec![big]);
     assert!(h.out.iter().any(|a| matches!(a,
         Action::PeerDone { task, result: Err(e), .. } if *task == t3 && e.kind == ErrorKind::ObjectLost)));
 }
@@ -974,8 +951,7 @@ fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
     let (t1, t2) = (big_task.task_id, small_task.task_id);
     let (big, small) = (ObjectId::for_return(t1, 1), ObjectId::for_return(t2, 1));
     for spec in [big_task, small_task] {
-        let peer = NodeId(9);
-        h.s.accept_peer_task(peer, spec, None, vec![], vec![], vec![], vec![], vec![], &mut h.out);
+        h.sent_by(NodeId(9), spec, vec![]);
     }
     let ran = h.executed();
     h.s.task_done(ran[0].0, t1, TaskResult::Ok(vec![large_value()]), &mut h.out);
@@ -994,17 +970,7 @@ fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
     // A later task of the peer's that needs it runs with the copy kept here.
     let next = h.spec(vec![big], TaskOptions::default());
     let t3 = next.task_id;
-    h.s.accept_peer_task(
-        NodeId(9),
-        next,
-        None,
-        vec![],
-        vec![],
-        vec![],
-        vec![big],
-        vec![],
-        &mut h.out,
-    );
+    h.sent_by(NodeId(9), next, vec![big]);
     let w = h.executed()[0].0;
     h.s.task_done(w, t3, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
     assert!(h.s.is_ready(&big));
