@@ -7,10 +7,11 @@
 //! [`MAX_CHUNK`] bytes, in order, which go from the socket straight into the segment (spliced
 //! into the store's memfd without TLS, so the kernel creates its pages filled instead of zeroing
 //! them first; read into the mapping through TLS); a holder's writer takes turns between the
-//! values it serves and the other messages on the connection. When the last chunk is in, the segment is sealed and the scheduler gets the value
-//! (`peer_object`), so the tasks waiting for it run. A holder that refuses (`NoObject`) or whose
-//! connection breaks sends the pull to the next source; with none left the value fails with
-//! `ObjectLost`, and the tasks that need it with it.
+//! values it serves and the other messages on the connection. When the last chunk is in, the
+//! segment is sealed and the scheduler gets the value (`peer_object`), so the tasks waiting for
+//! it run. A holder that refuses (`NoObject`) or whose connection breaks sends the pull to the
+//! next source; with none left the value fails with `ObjectLost`, and the tasks that need it
+//! with it.
 //!
 //! Fetches travel on connections that already exist where they can: the sender's own
 //! connection to this node for the sender (a driver accepts none), this node's link for a relay

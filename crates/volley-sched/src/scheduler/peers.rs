@@ -859,14 +859,12 @@ impl Scheduler {
         // here without a transfer (`peer_with_args` there), and other nodes can pull them from
         // here. The other results are let go.
         let returns: Vec<ObjectId> = spec.return_ids().collect();
-        let large = match &result {
-            Ok(values) => returns.iter().zip(values).filter(|(_, v)| v.shm.is_some()).collect(),
-            Err(_) => Vec::new(),
-        };
-        let kept: Vec<ObjectId> = large
-            .into_iter()
+        let values: &[Arc<ObjectData>] = result.as_deref().unwrap_or_default();
+        let kept: Vec<ObjectId> = returns
+            .iter()
+            .zip(values)
+            .filter(|(id, v)| v.shm.is_some() && self.objects.contains_key(id))
             .map(|(id, _)| *id)
-            .filter(|id| self.objects.contains_key(id))
             .filter(|id| self.peer_copies.entry(f.peer).or_default().insert(*id))
             .collect();
         let released: Vec<ObjectId> = returns.into_iter().filter(|id| !kept.contains(id)).collect();
