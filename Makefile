@@ -55,7 +55,9 @@ test: build test-rust test-python test-cluster
 # head with no CPUs and two 1-CPU nodes on 127.0.0.x, the test process a driver) instead of an
 # embedded node. Tests whose premise is one machine are marked `one_node` and skipped there.
 CLUSTER_SUITE = tests/test_tasks.py tests/test_errors.py tests/test_async.py tests/test_actors.py \
-	tests/test_cancel.py tests/test_object_store.py tests/test_faults.py tests/test_logging.py
+	tests/test_cancel.py tests/test_object_store.py tests/test_faults.py tests/test_logging.py \
+	tests/test_map.py tests/test_futures.py tests/test_multiprocessing.py tests/test_joblib.py \
+	tests/test_dask.py tests/test_deap.py
 test-cluster: build
 	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest $(CLUSTER_SUITE)
 

@@ -357,12 +357,19 @@ def _init_2cpu() -> None:
     if not CLUSTER_MODE:
         volley.init(num_cpus=2)
         return
-    # The test modules (their functions and exception classes) must import on every node.
-    here = str(Path(__file__).parent)
+    # The test modules (their functions and exception classes) must import on every node, and
+    # so must the examples some of them import.
+    here = Path(__file__).parent
+    examples = here.parent / "examples"
+    shipped = [
+        m
+        for m in list(sys.modules.values())
+        if Path(getattr(m, "__file__", None) or "/").resolve().parent == examples
+    ]
     volley.init(
         address=_cluster_info["head"],
         token=_cluster_info["token"],
-        runtime_env={"working_dir": here},
+        runtime_env={"working_dir": str(here), "py_modules": shipped},
     )
     deadline = time.monotonic() + 15
     while sum(n["num_cpus"] for n in volley.nodes()) < 2 and time.monotonic() < deadline:

@@ -95,6 +95,35 @@ def total_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def cpu_share(processes: int) -> float:
+    """The CPUs each of ``processes`` equal workers may hold so that all of them start at once.
+
+    At most one CPU each. Shares are packed node by node, so three processes on two 1-CPU
+    nodes get 0.5 each (two fit on one node, one on the other), not 0.666 (one per node).
+
+    >>> cpu_share(4)  # doctest: +SKIP
+    0.5
+    """
+    from . import _core
+    from ._api import nodes
+
+    per_node = []
+    if _core.mode() == "driver":
+        per_node = [round(n["num_cpus"] * 1000) for n in nodes() if not n["driver"]]
+    if not any(per_node):
+        per_node = [total_cpus() * 1000]
+    best = 0  # when even a thousandth each is too much: no CPU held, all start
+    for c in per_node:
+        for k in range(1, processes + 1):
+            s = min(1000, c // k)  # k processes on this node
+            if s <= best:
+                break
+            if sum(n // s for n in per_node) >= processes:
+                best = s
+                break
+    return best / 1000
+
+
 def _task_of(fn: Any) -> tuple[Callable, Any, str]:
     """(the Python function, the remote function to run chunks with, a name) for ``fn``: a
     ``@volley.remote`` function keeps its options (CPUs, resources, retries)."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _api
 from ._actor import kill
-from ._map import _task_of, run_items, total_cpus
+from ._map import _task_of, cpu_share, run_items, total_cpus
 
 __all__ = ["Pool", "TimeoutError", "cpu_count"]
 
@@ -143,11 +143,10 @@ class Pool:
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         _api._ensure_init()
-        cpus = total_cpus()
-        self._processes = processes or cpus
+        self._processes = processes or total_cpus()
         # Each process holds its share of the CPUs, so that more processes than CPUs start.
-        # (In thousandths, rounded down: three processes on 2 CPUs take 0.666 each.)
-        self._cpus = min(1.0, (cpus * 1000 // self._processes) / 1000)
+        # (In thousandths, rounded down: three processes on one 2-CPU node take 0.666 each.)
+        self._cpus = cpu_share(self._processes)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._maxtasks = maxtasksperchild

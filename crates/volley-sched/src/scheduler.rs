@@ -742,29 +742,65 @@ impl Scheduler {
             ActorPart::Create(_) => "actor",
             _ => "task",
         };
-        if spec.options.cpu_milli > self.cfg.cpu_total_milli {
+        // Where it could have gone to another node, the message speaks of the whole cluster and
+        // of the most any one node has.
+        let cluster = placeable && !self.peers.is_empty();
+        let place = if cluster { "no node in the cluster has more than" } else { "this node has" };
+        let cpus = self
+            .peers
+            .values()
+            .filter(|p| cluster && !p.view.driver)
+            .map(|p| p.view.cpu_total_milli)
+            .fold(self.cfg.cpu_total_milli, u32::max);
+        if spec.options.cpu_milli > cpus {
             return Some(format!(
-                "{what} '{}' needs {} CPUs but this node has only {}; it can never run",
+                "{what} '{}' needs {} CPUs but {place} {}; it can never run",
                 spec.name,
-                spec.options.cpu_milli as f64 / 1000.0,
-                self.cfg.cpu_total_milli as f64 / 1000.0
+                milli(spec.options.cpu_milli.into()),
+                milli(cpus.into())
             ));
         }
+        let mut fits_here = spec.options.cpu_milli <= self.cfg.cpu_total_milli;
         for (r, amount) in &spec.options.resources {
             if r.starts_with(placement::PG_PREFIX) {
                 continue; // The group's bundles may not be placed yet.
             }
-            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
+            let here = self.cfg.resources.get(r).copied().unwrap_or(0);
+            fits_here &= *amount <= here;
+            let total = self
+                .peers
+                .values()
+                .filter(|p| cluster && !p.view.driver)
+                .flat_map(|p| p.view.resources.iter())
+                .filter(|(name, _, _)| name == r)
+                .map(|(_, total, _)| *total)
+                .fold(here, u64::max);
             if *amount > total {
                 return Some(format!(
-                    "{what} '{}' needs {} {r} but this node has {}; it can never run",
+                    "{what} '{}' needs {} {r} but {place} {}; it can never run",
                     spec.name,
-                    *amount as f64 / 1000.0,
-                    total as f64 / 1000.0
+                    milli(*amount),
+                    milli(total)
                 ));
             }
         }
-        None
+        // Each amount is on some node, but no one node has all of them.
+        (cluster && !fits_here).then(|| {
+            let mut needs = vec![format!("{} CPUs", milli(spec.options.cpu_milli.into()))];
+            needs.extend(
+                spec.options
+                    .resources
+                    .iter()
+                    .filter(|(r, _)| !r.starts_with(placement::PG_PREFIX))
+                    .map(|(r, a)| format!("{} {r}", milli(*a))),
+            );
+            format!(
+                "{what} '{}' needs {} on one node, and no node in the cluster has all of \
+                 them; it can never run",
+                spec.name,
+                needs.join(" and ")
+            )
+        })
     }
 
     /// Whether `cpu` and `res` are free now.
@@ -1905,6 +1941,11 @@ fn demand_text(cpu_milli: u32, resources: &[(String, u64)]) -> String {
 fn retries_left(task: &TaskEntry) -> bool {
     let max = task.spec.options.max_retries;
     max < 0 || task.attempts < max as u32
+}
+
+/// An amount in thousandths as the user wrote it: `1500` is "1.5", `2000` is "2".
+fn milli(amount: u64) -> String {
+    format!("{}", amount as f64 / 1000.0)
 }
 
 #[cfg(test)]

@@ -495,6 +495,40 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
 }
 
 #[test]
+fn a_task_no_node_can_run_says_what_the_cluster_has() {
+    let mut h = Harness::new(0.0);
+    let mut gpu_node = peer(1, 1);
+    gpu_node.resources = vec![("GPU".to_string(), 1000, 1000)];
+    h.s.set_peers(vec![gpu_node, peer(2, 2)], &mut h.out);
+    let message = |h: &Harness, id: ObjectId| match h.s.object_state(&id) {
+        Some(ObjectState::Failed(e)) if e.kind == ErrorKind::Unschedulable => e.message.clone(),
+        other => panic!("not unschedulable: {other:?}"),
+    };
+    let gpu = |cpus: u32, gpus: u64| TaskOptions {
+        cpu_milli: cpus,
+        resources: vec![("GPU".to_string(), gpus)],
+        ..TaskOptions::default()
+    };
+    let big = h.submit_opts(vec![], TaskOptions { cpu_milli: 3000, ..Default::default() });
+    assert!(message(&h, big).contains("needs 3 CPUs but no node in the cluster has more than 2"));
+    let gpus = h.submit_opts(vec![], gpu(1000, 1500));
+    assert!(message(&h, gpus).contains("needs 1.5 GPU but no node in the cluster has more than 1"));
+    // 2 CPUs are on one node and a GPU on another, but no node has both.
+    let both = h.submit_opts(vec![], gpu(2000, 1000));
+    assert!(
+        message(&h, both).contains("needs 2 CPUs and 1 GPU on one node"),
+        "{}",
+        message(&h, both)
+    );
+    // What one node can hold goes there.
+    let fits = h.submit_opts(vec![], gpu(1000, 1000));
+    assert_eq!(
+        h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        [(NodeId(1), fits.task)]
+    );
+}
+
+#[test]
 fn a_dead_peers_tasks_are_retried_or_fail() {
     let mut h = Harness::new(0.0);
     h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
