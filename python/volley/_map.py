@@ -80,14 +80,23 @@ def _run_chunk(fn: Callable, items: list, star: bool, name: str) -> tuple[list, 
 run_chunk = remote(_run_chunk)
 
 
-def total_cpus() -> int:
-    """CPUs of the cluster (or of this machine, inside a task)."""
+def _node_cpus() -> list[float]:
+    """CPUs of each node that runs tasks, seen from a driver (empty inside a task)."""
     from . import _core
     from ._api import nodes
 
-    ns = [n for n in nodes() if not n["driver"]] if _core.mode() == "driver" else []
+    if _core.mode() != "driver":
+        return []
+    return [n["num_cpus"] for n in nodes() if not n["driver"]]
+
+
+def total_cpus() -> int:
+    """CPUs of the cluster (or of this machine, inside a task)."""
+    from . import _core
+
+    ns = _node_cpus()
     if ns:
-        return max(1, int(sum(n["num_cpus"] for n in ns)))
+        return max(1, int(sum(ns)))
     if _core.mode() == "driver":
         total = _core.stats().get("cpu_total")
         if total:
@@ -104,12 +113,7 @@ def cpu_share(processes: int) -> float:
     >>> cpu_share(4)  # doctest: +SKIP
     0.5
     """
-    from . import _core
-    from ._api import nodes
-
-    per_node = []
-    if _core.mode() == "driver":
-        per_node = [round(n["num_cpus"] * 1000) for n in nodes() if not n["driver"]]
+    per_node = [round(c * 1000) for c in _node_cpus()]
     if not any(per_node):
         per_node = [total_cpus() * 1000]
     best = 0  # when even a thousandth each is too much: no CPU held, all start
