@@ -192,6 +192,7 @@ def init(
     token: str | None = None,
     runtime_env: dict | None = None,
     tls_cert: str | None = None,
+    max_workers: int = 1024,
     _daemon: dict | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
@@ -230,6 +231,10 @@ def init(
         tls_cert: with ``address``, the certificate (PEM) of a cluster started with
             ``--tls-cert``; default ``VOLLEY_TLS_CERT``, or the one the head on this machine
             uses. The driver trusts exactly that certificate.
+        max_workers: worker processes this node runs at most, actors and workers blocked in
+            ``get`` included. A task blocked in ``get`` lends its CPU to a new worker, so nested
+            tasks need one worker per level: a task that finds all ``max_workers`` blocked, with
+            nothing left running that could free one, fails with ``UnschedulableError``.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
@@ -260,6 +265,8 @@ def init(
             raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
         if pipeline_depth < 0:
             raise ValueError("pipeline_depth must be >= 0")
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
         store = _default_store_memory() if object_store_memory is None else object_store_memory
         if not isinstance(store, int) or store < 4096:
             raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
@@ -301,6 +308,7 @@ def init(
             spill_dir,
             int(inline_threshold),
             sorted(custom.items()),
+            max_workers,
         )
         try:
             if env_desc is not None:

@@ -24,6 +24,11 @@ def start_node(
     log_to_driver: bool,
     pipeline_depth: int,
     idle_worker_timeout_ms: int,
+    object_store_memory: int,
+    spill_dir: str,
+    inline_threshold: int,
+    resources: list[tuple[str, float]] = ...,
+    max_workers: int = 1024,
 ) -> None: ...
 def connect_worker(socket: str, worker_id: int, token: str) -> None: ...
 def shutdown(grace: float = 1.0) -> None: ...

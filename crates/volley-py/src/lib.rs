@@ -112,7 +112,7 @@ fn check_signals() -> PyResult<()> {
 
 /// Starts the embedded node with its workers.
 #[pyfunction]
-#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new()))]
+#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new(), max_workers = 1024))]
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     py: Python<'_>,
@@ -127,6 +127,7 @@ fn start_node(
     spill_dir: std::path::PathBuf,
     inline_threshold: u64,
     resources: Vec<(String, f64)>,
+    max_workers: usize,
 ) -> PyResult<()> {
     let resources = milli_resources(resources)?;
     if client::current().is_some() {
@@ -144,6 +145,7 @@ fn start_node(
         spill_dir,
         inline_threshold,
         resources,
+        max_workers,
     };
     let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
     client::install(Backend::Node(node), inline_threshold);

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub inline_threshold: u64,
     /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
     pub resources: Vec<(String, u64)>,
+    /// Worker processes at most, blocked ones and actors included.
+    pub max_workers: usize,
 }
 
 /// A value or error, shared with the node's copy.
@@ -72,7 +74,7 @@ pub(crate) struct State {
 /// before dying is never mistaken for a crash.
 #[derive(Default)]
 struct Life {
-    exit: Option<String>,
+    exit: Option<WorkerExit>,
     connected: bool,
     reader_done: bool,
 }
@@ -179,7 +181,7 @@ impl Shared {
     }
 
     /// Called by the supervisor when a worker process has been reaped.
-    pub(crate) fn worker_exited(&self, id: WorkerId, how: String) {
+    pub(crate) fn worker_exited(&self, id: WorkerId, how: WorkerExit) {
         let report = {
             let mut lives = self.lives.lock();
             let life = lives.entry(id).or_default();
@@ -212,14 +214,14 @@ impl Shared {
         }
     }
 
-    fn report_death(&self, id: WorkerId, how: String) {
+    fn report_death(&self, id: WorkerId, how: WorkerExit) {
         self.lives.lock().remove(&id);
         if self.closed.load(Ordering::Acquire) {
             return;
         }
         self.with(|st, out| {
             st.conns.remove(&id);
-            st.sched.worker_died(id, WorkerExit(how), out)
+            st.sched.worker_died(id, how, out)
         });
         // Its views and unfinished writes die with it.
         self.store.owner_gone(Owner::Worker(id));
@@ -460,6 +462,7 @@ impl Node {
         sc.resources = cfg.resources.iter().cloned().collect();
         sc.pipeline_depth = cfg.pipeline_depth;
         sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
+        sc.max_workers = cfg.max_workers.max(1);
         let (tx, rx) = mpsc::channel();
         let store = Store::create(cfg.object_store_memory, &cfg.spill_dir)?;
         let store_fd = store.arena().raw_fd();

@@ -3,6 +3,12 @@
 //! All workers are forked from this one long-lived thread: Linux's parent-death signal fires when
 //! the *thread* that forked a child exits, so spawning from short-lived threads would kill workers
 //! early. The thread also polls for exited children and drives the scheduler's clock.
+//!
+//! Each worker leads a process group of its own (`setsid`), which the processes its tasks start
+//! (a `subprocess`, an `os.fork()` copy) join. When a worker ends, whether it exited, was killed
+//! or was stopped, the rest of its group is killed too, so nothing a task started outlives its
+//! worker. A task that means to leave a daemon behind starts it in a session of its own
+//! (`start_new_session=True`).
 
 use std::collections::HashMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -12,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use volley_proto::WorkerId;
+use volley_sched::WorkerExit;
 
 use crate::logs::{LogCmd, LogSender};
 use crate::node::Shared;
@@ -46,12 +53,14 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
                     children.insert(id, child);
                 }
                 Err(e) => {
-                    shared.worker_exited(id, format!("could not start `{}`: {e}", spec.python))
+                    let how = format!("could not start `{}`: {e}", spec.python);
+                    shared.worker_exited(id, WorkerExit::failed(how))
                 }
             },
             Ok(SupCmd::Kill(id)) => {
                 if let Some(c) = children.get_mut(&id) {
                     let _ = c.kill();
+                    end_group(c);
                 }
             }
             Ok(SupCmd::Stop(grace)) => {
@@ -62,6 +71,7 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
                 }
                 for c in children.values_mut() {
                     let _ = c.kill();
+                    end_group(c);
                 }
                 for (_, mut c) in children.drain() {
                     let _ = c.wait();
@@ -81,21 +91,58 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
 }
 
 fn reap(shared: &Shared, children: &mut HashMap<WorkerId, Child>) {
-    let exited: Vec<(WorkerId, ExitStatus)> = children
-        .iter_mut()
-        .filter_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s)))
-        .collect();
-    for (id, status) in exited {
-        children.remove(&id);
-        shared.worker_exited(id, describe(status));
+    let exited: Vec<WorkerId> =
+        children.iter().filter(|(_, c)| has_exited(c)).map(|(id, _)| *id).collect();
+    for id in exited {
+        let Some(mut c) = children.remove(&id) else { continue };
+        // Before reaping: while the worker is a zombie its pid, which names the group, cannot
+        // be taken by another process.
+        end_group(&c);
+        match c.wait() {
+            Ok(status) => shared.worker_exited(id, describe(status)),
+            Err(e) => shared.worker_exited(id, WorkerExit::failed(format!("ended ({e})"))),
+        }
     }
 }
 
-fn describe(status: ExitStatus) -> String {
+/// Whether `c` has exited, without reaping it.
+fn has_exited(c: &Child) -> bool {
+    // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child waitable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            c.id() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        r == 0 && info.si_pid() != 0
+    }
+}
+
+/// Kills what is left of the worker's process group: the processes its tasks started.
+fn end_group(c: &Child) {
+    // SAFETY: a plain syscall. The group is named by the worker's pid (it called setsid), which
+    // stays ours until `c` is reaped.
+    unsafe {
+        libc::killpg(c.id() as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+fn describe(status: ExitStatus) -> WorkerExit {
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
-        _ => "ended".to_string(),
+        (Some(code), _) => WorkerExit::failed(format!("exit code {code}")),
+        (None, Some(sig)) => {
+            let how = format!("killed by signal {sig} ({})", signal_name(sig));
+            // Signals someone sends; a crash (SIGSEGV, SIGABRT, ...) is the worker's own failure.
+            let sent = [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+            if sent.contains(&sig) {
+                WorkerExit::killed(how)
+            } else {
+                WorkerExit::failed(how)
+            }
+        }
+        _ => WorkerExit::failed("ended"),
     }
 }
 

@@ -74,9 +74,26 @@ pub enum Holder {
     Peer(NodeId),
 }
 
-/// How a worker process ended, in words for error messages.
+/// How a worker process ended: in words for error messages, and whether it was killed by a
+/// signal someone sent it. A worker killed before it connected did not fail to start: it is
+/// replaced, and does not count toward `Config::max_start_failures`.
 #[derive(Debug, Clone)]
-pub struct WorkerExit(pub String);
+pub struct WorkerExit {
+    pub how: String,
+    pub killed: bool,
+}
+
+impl WorkerExit {
+    /// It exited, crashed, or could not be started.
+    pub fn failed(how: impl Into<String>) -> Self {
+        WorkerExit { how: how.into(), killed: false }
+    }
+
+    /// A signal sent from outside ended it (SIGKILL, SIGTERM, ...).
+    pub fn killed(how: impl Into<String>) -> Self {
+        WorkerExit { how: how.into(), killed: true }
+    }
+}
 
 /// The state of an object as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -301,8 +318,15 @@ pub struct Scheduler {
     next_waiter: WaiterId,
     next_worker: u32,
     cpu_used: u32,
+    /// Workers that failed to start (not killed from outside), in a row.
     start_failures: u32,
     last_start_failure: String,
+    /// Workers that died before they connected, for any reason, in a row: spawns back off.
+    early_deaths: u32,
+    /// No pool worker is spawned before this (the back-off after early deaths).
+    spawn_after_ms: u64,
+    /// While workers fail to start, one is tried again at this time (to recover once they can).
+    next_probe_ms: u64,
     now_ms: u64,
     /// Resources other than CPU in use, in thousandths.
     res_used: HashMap<String, u64>,
@@ -382,6 +406,9 @@ impl Scheduler {
             cpu_used: 0,
             start_failures: 0,
             last_start_failure: String::new(),
+            early_deaths: 0,
+            spawn_after_ms: 0,
+            next_probe_ms: 0,
             now_ms: 0,
             res_used: HashMap::new(),
             actors: HashMap::new(),
@@ -478,9 +505,15 @@ impl Scheduler {
         w.pid = pid;
         w.idle_since = self.now_ms;
         let actor = w.actor;
+        let recovered = self.start_failures > 0 || self.early_deaths > 0;
         self.start_failures = 0;
+        self.early_deaths = 0;
+        self.spawn_after_ms = 0;
         if let Some(aid) = actor {
             self.actor_worker_connected(aid, id, pid, out);
+        }
+        if recovered {
+            self.top_up(out);
         }
         self.schedule(out);
         true
@@ -514,8 +547,7 @@ impl Scheduler {
                 }
             }
             if w.state == WorkerState::Starting {
-                self.start_failures += 1;
-                self.last_start_failure = exit.0.clone();
+                self.died_before_connecting(&exit);
             }
             self.actor_worker_died(aid, id, w.pid, w.queue, exit, out);
             self.schedule(out);
@@ -541,7 +573,7 @@ impl Scheduler {
                     "the worker process (pid {}) running task '{name}' died ({}); \
                      it was tried {} time(s) and max_retries={max} allows no more",
                     w.pid,
-                    exit.0,
+                    exit.how,
                     task.attempts + 1
                 );
                 let mut err = error(ErrorKind::WorkerCrashed, &name, msg);
@@ -561,8 +593,7 @@ impl Scheduler {
             }
         }
         if w.state == WorkerState::Starting {
-            self.start_failures += 1;
-            self.last_start_failure = exit.0;
+            self.died_before_connecting(&exit);
         }
         if w.state != WorkerState::Retiring {
             self.top_up(out);
@@ -570,8 +601,47 @@ impl Scheduler {
         self.schedule(out);
     }
 
+    /// A worker died before it connected. Killed from outside, it is only replaced; otherwise it
+    /// counts as a failure to start. Either way, after a few in a row the next spawns back off
+    /// (50 ms doubling to 1 s), so a broken start does not become a fork loop.
+    fn died_before_connecting(&mut self, exit: &WorkerExit) {
+        if !exit.killed {
+            self.start_failures += 1;
+            self.last_start_failure = exit.how.clone();
+        }
+        self.early_deaths += 1;
+        if self.early_deaths > 2 {
+            let delay = (50u64 << (self.early_deaths - 3).min(5)).min(1000);
+            self.spawn_after_ms = self.now_ms + delay;
+        }
+    }
+
+    /// Workers fail to start: queued tasks fail, and only probes are spawned.
+    fn starts_failing(&self) -> bool {
+        self.start_failures >= self.cfg.max_start_failures
+    }
+
     fn spawn_allowed(&self) -> bool {
-        self.start_failures < self.cfg.max_start_failures
+        !self.starts_failing() && self.now_ms >= self.spawn_after_ms
+    }
+
+    /// Spawns held back by `spawn_after_ms` or by failing starts, once their time has come.
+    fn spawn_when_due(&mut self, out: &mut Vec<Action>) {
+        if self.starts_failing() {
+            let starting = self
+                .workers
+                .values()
+                .any(|w| w.state == WorkerState::Starting && w.actor.is_none());
+            if !starting && self.now_ms >= self.next_probe_ms {
+                // One worker at a time, every 2 s: once one connects, the pool is refilled.
+                self.next_probe_ms = self.now_ms + 2000;
+                self.spawn(out);
+            }
+        } else if self.spawn_after_ms != 0 && self.now_ms >= self.spawn_after_ms {
+            self.spawn_after_ms = 0;
+            self.top_up(out);
+            self.schedule(out);
+        }
     }
 
     /// Replaces dead workers so the pool keeps one worker per CPU.
@@ -601,6 +671,7 @@ impl Scheduler {
     /// Advances the clock: extra idle workers are stopped after a while.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         self.now_ms = now_ms;
+        self.spawn_when_due(out);
         let target = self.cfg.target_workers();
         let mut active = self.workers.values().filter(|w| w.is_active_pool()).count();
         if active <= target {
@@ -1137,14 +1208,17 @@ impl Scheduler {
     }
 
     fn ensure_workers(&mut self, out: &mut Vec<Action>) {
-        if !self.spawn_allowed() {
-            // Workers keep dying before they connect: fail the queue rather than hang.
+        if self.starts_failing() {
+            // Workers cannot start: fail the queue rather than hang.
             let alive =
                 self.workers.values().any(|w| w.state == WorkerState::Alive && w.actor.is_none());
             if !alive {
                 self.fail_all_queued(out);
             }
             return;
+        }
+        if !self.spawn_allowed() {
+            return; // Backing off; `tick` spawns when it is time.
         }
         let starting = self
             .workers
@@ -1157,6 +1231,39 @@ impl Scheduler {
         while n < wanted && self.workers.len() < self.cfg.max_workers {
             self.spawn(out);
             n += 1;
+        }
+        if n == 0 && self.stuck_at_worker_cap() {
+            self.fail_queued_at_cap(out);
+        }
+    }
+
+    /// Every worker process this node may run exists, and nothing can ever free one: each pool
+    /// worker is blocked in `get`/`wait`, no actor is working, no task runs on another node.
+    /// Nested tasks deeper than `max_workers` end here; waiting would never end.
+    fn stuck_at_worker_cap(&self) -> bool {
+        if self.workers.len() < self.cfg.max_workers || !self.peers.is_empty() {
+            return false;
+        }
+        let progress = self.workers.values().any(|w| match w.actor {
+            None => w.blocked == 0,
+            Some(_) => w.state == WorkerState::Starting || (w.blocked == 0 && !w.queue.is_empty()),
+        });
+        !progress && !self.tasks.values().any(|t| matches!(t.state, TaskState::Remote(_)))
+    }
+
+    fn fail_queued_at_cap(&mut self, out: &mut Vec<Action>) {
+        let max = self.cfg.max_workers;
+        let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
+        queued.extend(self.side_ready.drain(..));
+        for tid in queued {
+            let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
+            let msg = format!(
+                "task '{name}' cannot start: all {max} worker processes this node may run \
+                 (max_workers) are blocked in get() or wait() on other tasks, so none is left \
+                 to run it. Nested tasks more than {max} levels deep need a higher cap: \
+                 volley.init(max_workers=N)"
+            );
+            self.fail_task(tid, error(ErrorKind::Unschedulable, &name, msg), out);
         }
     }
 

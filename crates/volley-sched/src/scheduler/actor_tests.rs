@@ -168,7 +168,7 @@ fn actor_holds_its_cpus_and_creation_waits_for_them() {
     assert!(h.connect_spawned().is_empty(), "no room for the second actor yet");
     h.s.kill_actor(a, true, &mut h.out);
     let wa = h.killed()[0];
-    h.s.worker_died(wa, WorkerExit("killed".into()), &mut h.out);
+    h.s.worker_died(wa, WorkerExit::killed("killed"), &mut h.out);
     assert_eq!(h.s.actor_info(a).map(|i| i.state), Some("DEAD".into()));
     h.bring_up(b);
     assert_eq!(h.s.stats().cpu_used_milli, 1000);
@@ -182,12 +182,12 @@ fn a_dead_actor_is_restarted_and_calls_in_flight_are_retried_within_limits() {
     let c1 = h.call(Holder::Local, aid, vec![]);
     let c2 = h.call(Holder::Local, aid, vec![]);
     assert_eq!(h.executed().len(), 2);
-    h.s.worker_died(w, WorkerExit("SIGKILL".into()), &mut h.out);
+    h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
     assert_eq!(h.s.actor_info(aid).map(|i| (i.state, i.restarts)), Some(("RESTARTING".into(), 1)));
     let w2 = h.bring_up(aid);
     assert_eq!(h.executed(), vec![(w2, c1), (w2, c2)], "retried, in order");
     // Second death: no restarts left; the calls had their one retry.
-    h.s.worker_died(w2, WorkerExit("SIGKILL".into()), &mut h.out);
+    h.s.worker_died(w2, WorkerExit::killed("SIGKILL"), &mut h.out);
     assert_eq!(h.error_kind(c1), Some(ErrorKind::ActorDied));
     assert_eq!(h.error_kind(c2), Some(ErrorKind::ActorDied));
     let late = h.call(Holder::Local, aid, vec![]);
@@ -228,7 +228,7 @@ fn an_actor_without_handles_stops_once_its_calls_are_done() {
     assert!(h.out.iter().any(
         |a| matches!(a, Action::Send { worker, msg: NodeToWorker::Shutdown } if *worker == w)
     ));
-    h.s.worker_died(w, WorkerExit("exit 0".into()), &mut h.out);
+    h.s.worker_died(w, WorkerExit::failed("exit 0"), &mut h.out);
     assert_eq!(h.s.stats().actors, 0);
 }
 
@@ -262,4 +262,35 @@ fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
     assert_eq!(h.s.stream_take(Holder::Local, item(3), &mut h.out), StreamStep::End);
     assert!(h.s.object_state(&item(3)).is_none(), "the end marker was freed");
     assert!(h.s.stream_next(Holder::Local, WaitOwner::Local, item(4), &mut h.out).is_none());
+}
+
+#[test]
+fn only_the_running_call_is_charged_when_the_actor_dies_the_queued_ones_go_again() {
+    let mut h = H::new(2.0);
+    let aid = h.create(0, 1, 0); // max_task_retries=0
+    let w = h.bring_up(aid);
+    let calls: Vec<TaskId> = (0..5).map(|_| h.call(Holder::Local, aid, vec![])).collect();
+    assert_eq!(h.executed().len(), 5);
+    h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
+    // The first call was running: with no retries it fails. The other four never started.
+    assert_eq!(h.error_kind(calls[0]), Some(ErrorKind::ActorDied));
+    let w2 = h.bring_up(aid);
+    let again: Vec<TaskId> = h.executed().into_iter().map(|(_, t)| t).collect();
+    assert_eq!(again, calls[1..].to_vec(), "resent to the restarted actor, in order");
+    for t in &calls[1..] {
+        h.done(w2, *t);
+        assert_eq!(h.error_kind(*t), None);
+    }
+}
+
+#[test]
+fn queued_calls_fail_when_the_actor_cannot_be_restarted() {
+    let mut h = H::new(2.0);
+    let aid = h.create(0, 0, 0);
+    let w = h.bring_up(aid);
+    let calls: Vec<TaskId> = (0..3).map(|_| h.call(Holder::Local, aid, vec![])).collect();
+    h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
+    for t in calls {
+        assert_eq!(h.error_kind(t), Some(ErrorKind::ActorDied), "no place left to run it");
+    }
 }

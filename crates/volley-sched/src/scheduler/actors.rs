@@ -580,7 +580,7 @@ impl Scheduler {
             self.tasks.remove(&aid.0);
         }
         let calls: Vec<TaskId> = queue.into_iter().filter(|t| *t != aid.0).collect();
-        let spawn_allowed = self.spawn_allowed();
+        let spawn_allowed = !self.starts_failing();
         let Some(a) = self.actors.get_mut(&aid) else {
             let err = error(ErrorKind::ActorDied, "", "the actor no longer exists".into());
             for t in calls {
@@ -615,6 +615,9 @@ impl Scheduler {
         let killed = a.kill_requested.take();
         let o = a.opts();
         let (max_restarts, max_retries) = (o.max_restarts, o.max_task_retries);
+        // The process runs its oldest calls (up to its concurrency); the rest were only waiting
+        // in it, and go to the restarted actor without using a retry.
+        let running = o.max_concurrency.max(1) as usize;
         let class = a.class().to_string();
         let restarts_left = max_restarts < 0 || a.restarts < max_restarts as u32;
         let can_restart = killed != Some(true) && restarts_left && spawn_allowed;
@@ -624,7 +627,7 @@ impl Scheduler {
                 _ => format!(
                     "actor '{class}' died: its process (pid {pid}) {}; max_restarts={} allows no \
                      more restarts (it was restarted {} time(s))",
-                    exit.0,
+                    exit.how,
                     limit(max_restarts),
                     a.restarts
                 ),
@@ -649,18 +652,21 @@ impl Scheduler {
         let restart = a.restarts;
         let log = format!(
             "volley: actor '{class}' died (pid {pid} {}); restarting it (restart {restart} of {})",
-            exit.0,
+            exit.how,
             limit(max_restarts)
         );
         out.push(Action::Log(log.clone()));
         self.tell_creator(aid, Some(log), out);
         let mut again = Vec::new();
-        for t in calls {
+        for (i, t) in calls.into_iter().enumerate() {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
             if task.cancel.is_some() {
                 let name = task.spec.name.clone();
                 let msg = format!("task '{name}' was cancelled");
                 self.fail_call(t, error(ErrorKind::Cancelled, &name, msg), out);
+            } else if i >= running {
+                task.state = TaskState::Queued;
+                again.push((t, task.caller));
             } else if max_retries < 0 || task.attempts < max_retries as u32 {
                 task.attempts += 1;
                 task.state = TaskState::Queued;
@@ -670,7 +676,7 @@ impl Scheduler {
                 let msg = format!(
                     "actor '{class}' died (pid {pid} {}) while running call '{name}'; the actor \
                      is restarting, but max_task_retries={} allows no retry of this call",
-                    exit.0,
+                    exit.how,
                     limit(max_retries)
                 );
                 let mut err = error(ErrorKind::ActorDied, &name, msg);

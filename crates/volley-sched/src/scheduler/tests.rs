@@ -249,12 +249,12 @@ fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
     let ex = h.executed();
     assert_eq!(ex.len(), 2);
     let w = ex[0].0;
-    h.s.worker_died(w, WorkerExit("killed by signal 9".into()), &mut h.out);
+    h.s.worker_died(w, WorkerExit::killed("killed by signal 9"), &mut h.out);
     let w2 = h.connect_spawned()[0];
     let ex = h.executed();
     assert_eq!(ex.iter().map(|e| e.1).collect::<Vec<_>>(), vec![a.task, b.task]);
     // Second crash of a: no retries left; b (queued behind) still retried for free.
-    h.s.worker_died(w2, WorkerExit("exit code 1".into()), &mut h.out);
+    h.s.worker_died(w2, WorkerExit::failed("exit code 1"), &mut h.out);
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerCrashed));
     let w3 = h.connect_spawned()[0];
     let ex = h.executed();
@@ -325,7 +325,7 @@ fn cancel_queued_and_running_tasks() {
     assert_eq!(h.error_kind(dep), Some(ErrorKind::Cancelled));
     h.s.cancel(a, true, &mut h.out);
     assert!(h.out.iter().any(|x| matches!(x, Action::Kill { worker } if *worker == ex[0].0)));
-    h.s.worker_died(ex[0].0, WorkerExit("killed".into()), &mut h.out);
+    h.s.worker_died(ex[0].0, WorkerExit::killed("killed"), &mut h.out);
     assert_eq!(h.error_kind(a), Some(ErrorKind::Cancelled));
 }
 
@@ -333,7 +333,7 @@ fn cancel_queued_and_running_tasks() {
 fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
     let mut h = Harness::started(2.0);
     let (w, _) = h.s.worker_pids()[0];
-    h.s.worker_died(w, WorkerExit("killed by signal 9".into()), &mut h.out);
+    h.s.worker_died(w, WorkerExit::killed("killed by signal 9"), &mut h.out);
     assert_eq!(h.connect_spawned().len(), 1);
     assert_eq!(h.s.stats().workers_alive, 2);
 }
@@ -350,7 +350,8 @@ fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
     let mut h = Harness::new(1.0);
     h.s.start(&mut h.out);
     let a = h.submit(vec![]);
-    for _ in 0..10 {
+    for i in 0..20 {
+        h.s.tick(i * 1000, &mut h.out); // Past each back-off.
         let spawned: Vec<WorkerId> = h
             .out
             .drain(..)
@@ -360,13 +361,148 @@ fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
             })
             .collect();
         for w in spawned {
-            h.s.worker_died(w, WorkerExit("exec failed".into()), &mut h.out);
+            h.s.worker_died(w, WorkerExit::failed("exec failed"), &mut h.out);
         }
     }
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
     // Later tasks fail at once too, instead of waiting for workers that never come.
     let b = h.submit(vec![]);
     assert_eq!(h.error_kind(b), Some(ErrorKind::WorkerStartFailed));
+}
+
+#[test]
+fn a_nested_task_past_the_worker_cap_fails_naming_the_cap_instead_of_waiting() {
+    let mut cfg = Config::with_cpus(1.0);
+    cfg.max_workers = 2;
+    let mut h = Harness { s: Scheduler::new(cfg), ids: IdGenerator::new(), out: Vec::new() };
+    h.s.register_function(F, Arc::from(&b"fn"[..]));
+    h.s.start(&mut h.out);
+    h.connect_spawned();
+    // Each level runs on a worker, submits the next and blocks on it.
+    let mut levels = vec![h.submit(vec![])];
+    let mut ex = h.executed();
+    let mut answered = false;
+    for req in 1..=2 {
+        let w = ex[0].0;
+        let spec = h.spec(vec![], TaskOptions::default());
+        let next = ObjectId::for_return(spec.task_id, 1);
+        h.s.submit(Holder::Worker(w), spec, &mut h.out);
+        h.s.add_waiter(WaitOwner::Worker { worker: w, req }, &[next], usize::MAX, true, &mut h.out);
+        h.s.tasks_returned(w, &[next.task], &mut h.out);
+        answered = h.out.iter().any(|a| matches!(a, Action::GetReply { req: 2, .. }));
+        levels.push(next);
+        h.connect_spawned();
+        ex = h.executed();
+        if req == 1 {
+            assert_eq!(ex.len(), 1, "a second worker runs level 1");
+        }
+    }
+    // Level 2 has no worker to run on, and none can come: it fails at once, saying why.
+    match h.s.object_state(&levels[2]) {
+        Some(ObjectState::Failed(e)) => {
+            assert_eq!(e.kind, ErrorKind::Unschedulable);
+            assert!(e.message.contains("max_workers") && e.message.contains("all 2"), "{}", e.message);
+        }
+        other => panic!("level 2 is {other:?}"),
+    }
+    // The level waiting on it is answered (with the error), so the chain unwinds.
+    assert!(answered);
+}
+
+/// Spawn actions since the last call.
+fn spawned(h: &mut Harness) -> Vec<WorkerId> {
+    let mut v = Vec::new();
+    h.out.retain(|a| match a {
+        Action::Spawn { worker } => {
+            v.push(*worker);
+            false
+        }
+        _ => true,
+    });
+    v
+}
+
+#[test]
+fn workers_killed_before_they_connect_are_replaced_without_failing_tasks() {
+    let mut h = Harness::new(1.0);
+    h.s.start(&mut h.out);
+    let a = h.submit(vec![]);
+    let mut now = 0;
+    // Far more kills than max_start_failures: each is replaced (after a back-off).
+    for _ in 0..20 {
+        let mut w = spawned(&mut h);
+        while w.is_empty() {
+            now += 100;
+            h.s.tick(now, &mut h.out);
+            w = spawned(&mut h);
+            assert!(now < 60_000, "no worker is started again");
+        }
+        for w in w {
+            h.s.worker_died(w, WorkerExit::killed("killed by signal 9 (SIGKILL)"), &mut h.out);
+        }
+    }
+    assert_eq!(h.error_kind(a), None, "a kill from outside is not a failure to start");
+    let mut w = spawned(&mut h);
+    while w.is_empty() {
+        now += 100;
+        h.s.tick(now, &mut h.out);
+        w = spawned(&mut h);
+        assert!(now < 60_000, "no worker is started again");
+    }
+    assert!(h.s.worker_connected(w[0], 77, &mut h.out));
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1);
+    h.done(ex[0].0, ex[0].1, 9);
+    assert_eq!(h.value(a), Some(9));
+}
+
+#[test]
+fn spawns_back_off_while_workers_keep_dying_before_they_connect() {
+    let mut h = Harness::new(1.0);
+    h.s.start(&mut h.out);
+    h.submit(vec![]);
+    let mut total = 0;
+    // Within one second of the scheduler's clock, ten kills in a row get far fewer spawns
+    // than an immediate replacement each would.
+    for t in 0..10 {
+        for w in spawned(&mut h) {
+            total += 1;
+            h.s.worker_died(w, WorkerExit::killed("killed"), &mut h.out);
+        }
+        h.s.tick(t * 100, &mut h.out);
+    }
+    assert!((3..=8).contains(&total), "{total} spawns");
+}
+
+#[test]
+fn workers_that_fail_to_start_are_tried_again_and_the_node_recovers() {
+    let mut h = Harness::new(1.0);
+    h.s.start(&mut h.out);
+    let a = h.submit(vec![]);
+    let mut now = 0;
+    while h.error_kind(a).is_none() {
+        for w in spawned(&mut h) {
+            h.s.worker_died(w, WorkerExit::failed("exit code 1"), &mut h.out);
+        }
+        now += 100;
+        h.s.tick(now, &mut h.out);
+        assert!(now < 60_000, "the queue never failed");
+    }
+    assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
+    // The interpreter is mended: the next probe connects, and tasks run again.
+    let mut w = spawned(&mut h);
+    while w.is_empty() {
+        now += 100;
+        h.s.tick(now, &mut h.out);
+        w = spawned(&mut h);
+        assert!(now < 60_000, "no worker is started again");
+    }
+    assert!(h.s.worker_connected(w[0], 78, &mut h.out));
+    let b = h.submit(vec![]);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 1);
+    h.done(ex[0].0, ex[0].1, 4);
+    assert_eq!(h.value(b), Some(4));
 }
 
 mod properties {
@@ -393,7 +529,7 @@ mod properties {
                     }
                     _ => {
                         if let Some((w, _)) = h.s.worker_pids().first().copied() {
-                            h.s.worker_died(w, WorkerExit("killed".into()), &mut h.out);
+                            h.s.worker_died(w, WorkerExit::killed("killed"), &mut h.out);
                         }
                     }
                 }
