@@ -38,8 +38,10 @@ pub struct PeerView {
 
 pub(super) struct PeerEntry {
     pub(super) view: PeerView,
-    /// Tasks this node sent there and still waits for, with the CPU each needs.
-    inflight: HashMap<TaskId, u32>,
+    /// Tasks this node sent there and still waits for, with the CPU each needs and the order
+    /// they were sent in.
+    inflight: HashMap<TaskId, (u32, u64)>,
+    sent_seq: u64,
     /// The sum of `inflight`'s CPUs, kept as it changes (it is read for every spilled task).
     inflight_cpu: u32,
     known_functions: HashSet<FunctionId>,
@@ -59,7 +61,8 @@ impl PeerEntry {
 
     /// Counts a task sent there (`cpu` it needs).
     pub(super) fn sent(&mut self, tid: TaskId, cpu: u32) {
-        if let Some(old) = self.inflight.insert(tid, cpu) {
+        self.sent_seq += 1;
+        if let Some((old, _)) = self.inflight.insert(tid, (cpu, self.sent_seq)) {
             self.inflight_cpu -= old;
         }
         self.inflight_cpu += cpu;
@@ -68,7 +71,7 @@ impl PeerEntry {
     /// A task sent there is back (done, or given back); false if it was not in flight.
     pub(super) fn back(&mut self, tid: &TaskId) -> bool {
         match self.inflight.remove(tid) {
-            Some(cpu) => {
+            Some((cpu, _)) => {
                 self.inflight_cpu -= cpu;
                 true
             }
@@ -135,6 +138,7 @@ impl Scheduler {
                     let entry = PeerEntry {
                         view: v.clone(),
                         inflight: HashMap::new(),
+                        sent_seq: 0,
                         inflight_cpu: 0,
                         known_functions: HashSet::new(),
                         known_packages: HashSet::new(),
@@ -197,16 +201,27 @@ impl Scheduler {
         counted: bool,
         out: &mut Vec<Action>,
     ) {
-        let mut tasks: Vec<TaskId> = p.inflight.keys().copied().collect();
-        tasks.sort();
-        let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) = tasks.into_iter().partition(|t| {
-            self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
-        });
+        let mut sent: Vec<(u64, TaskId)> =
+            p.inflight.iter().map(|(tid, (_, seq))| (*seq, *tid)).collect();
+        sent.sort();
+        let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) =
+            sent.into_iter().map(|(_, tid)| tid).partition(|t| {
+                self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
+            });
         self.remote_actors_lost(id, calls, why, out);
+        // Up to PEER_DEPTH tasks per CPU wait there behind the running ones. The peer runs
+        // them in the order they came, so the oldest ones, as many as its CPUs hold, may have
+        // been running: only those use a retry. The rest never started, and go again free.
+        let mut running_cpu = 0u32;
+        let cpus = p.view.cpu_total_milli.max(1000);
         for tid in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
-            if task.cancel.is_none() && (!counted || retries_left(task)) {
-                if counted {
+            let charged = counted && running_cpu < cpus;
+            if charged {
+                running_cpu += task.spec.options.cpu_milli.max(1);
+            }
+            if task.cancel.is_none() && (!charged || retries_left(task)) {
+                if charged {
                     task.attempts += 1;
                 }
                 task.state = TaskState::Queued;

@@ -696,6 +696,26 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
 }
 
 #[test]
+fn only_the_tasks_a_dead_peer_could_have_been_running_use_a_retry() {
+    let mut h = Harness::new(0.0);
+    h.s.set_peers(vec![peer(1, 1)], &mut h.out);
+    let no_retries = TaskOptions { max_retries: 0, ..TaskOptions::default() };
+    let ids: Vec<ObjectId> = (0..10).map(|_| h.submit_opts(Vec::new(), no_retries.clone())).collect();
+    assert_eq!(h.spilled().len(), 10, "one running there, nine queued behind it");
+    h.s.peer_gone(NodeId(1), "killed", &mut h.out);
+    // The first one sent to the 1-CPU node may have been running: it fails. The nine others
+    // never started there: they wait for a place to run, their retries untouched.
+    assert!(
+        matches!(h.s.object_state(&ids[0]), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::WorkerCrashed)
+    );
+    for id in &ids[1..] {
+        assert!(matches!(h.s.object_state(id), Some(ObjectState::Pending)));
+    }
+    h.s.set_peers(vec![peer(2, 1)], &mut h.out);
+    assert_eq!(h.spilled().len(), 9);
+}
+
+#[test]
 fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
     let mut h = Harness::started(1.0);
     let arg = ObjectId::for_return(h.ids.next_task(), 1);
