@@ -160,6 +160,8 @@ def _print_tls_howto(addr: str, cert: str | None, key: str | None) -> None:
 def _run_node(args: argparse.Namespace) -> int:
     import volley
 
+    _cluster.session_dir(create=True)  # an unsafe one is refused before anything starts
+
     port = args.port if args.port is not None else (_cluster.DEFAULT_PORT if args.head else 0)
     if port == 0:
         port = _free_port(args.host)
