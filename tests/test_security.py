@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,19 @@ def _volley(
     )
     if check_rc is not None:
         assert out.returncode == check_rc, (out.stdout, out.stderr)
+    return out
+
+
+def _start_refused(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Runs a ``volley start`` that must be refused; a daemon it started anyway is killed."""
+    try:
+        out = _volley(env, *args, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the node started (and ran until killed)")
+    started = re.search(r"running in the background \(pid (\d+)\)", out.stdout)
+    if started:
+        os.kill(int(started.group(1)), signal.SIGKILL)
+    assert out.returncode == 1, (out.stdout, out.stderr)
     return out
 
 
@@ -120,13 +134,16 @@ def test_head_does_not_write_its_token_into_a_directory_someone_else_made(attack
     session = shared_tmp / "session"
     _as_attacker(attacker, PREAMBLE, session=str(session))
     port = _free_port()
-    out = _volley(_env(session), "start", "--head", "--port", str(port), check_rc=1)
-    assert f"refusing to use {session}" in out.stderr
-    assert f"is owned by uid {attacker[0]}" in out.stderr
-    assert "VOLLEY_SESSION_DIR" in out.stderr  # what to do
-    assert os.listdir(session) == []  # no token, no log: nothing for the attacker to read
-    with pytest.raises(ConnectionRefusedError):  # and no head started
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # In the foreground (a head that did start would be ended by the timeout) and as users run
+    # it, in the background.
+    for how in (["--block"], []):
+        out = _start_refused(_env(session), "start", "--head", "--port", str(port), *how)
+        assert f"refusing to use {session}" in out.stderr
+        assert f"is owned by uid {attacker[0]}" in out.stderr
+        assert "VOLLEY_SESSION_DIR" in out.stderr  # what to do
+        assert os.listdir(session) == []  # no token, no log: nothing for the attacker to read
+        with pytest.raises(ConnectionRefusedError):  # and no head started
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_stop_does_not_signal_a_pid_planted_in_someone_elses_directory(attacker, shared_tmp):
@@ -170,7 +187,7 @@ for name in ("address", "token", "tls_cert"):
         session=str(session),
         target=str(precious),
     )
-    out = _volley(_env(session), "start", "--head", "--port", str(_free_port()), check_rc=1)
+    out = _start_refused(_env(session), "start", "--head", "--port", str(_free_port()), "--block")
     assert f"refusing to use {session}" in out.stderr
     assert precious.read_text() == "root's data\n"
 
