@@ -137,8 +137,13 @@ def _generated_tls(
         from . import _core
 
         cert_pem, key_pem = _core.self_signed_cert()
-        _runtime_dir.create_file(gen_key, key_pem, 0o600)
-        _runtime_dir.create_file(gen_cert, cert_pem, 0o600)
+        try:
+            _runtime_dir.create_file(gen_key, key_pem, 0o600)
+            _runtime_dir.create_file(gen_cert, cert_pem, 0o600)
+        except FileExistsError:
+            raise ValueError(
+                f"another `volley start --head --tls` is generating {gen_cert}; start again"
+            ) from None
     return str(gen_cert), str(gen_key)
 
 
