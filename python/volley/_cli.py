@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from . import _cluster
+from . import _cluster, _runtime_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "every node uses the same one, drivers trust exactly it",
     )
     s.add_argument("--tls-key", default=None, help="its private key, PEM (or VOLLEY_TLS_KEY)")
+    s.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS with a self-signed certificate kept in the session directory (the head "
+        "generates it once; a node on the same machine uses it)",
+    )
     s.add_argument("--block", action="store_true", help="stay in the foreground")
     s.add_argument("--heartbeat-ms", type=int, default=500)
     s.add_argument(
@@ -68,8 +75,97 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback one (127.x, ::1)."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos
+    )
+
+
+def _warn_plaintext(host: str) -> None:
+    """Warns on stderr (the terminal of ``volley start`` and the node's log) when a daemon
+    accepts connections from the network without TLS."""
+    if _is_loopback(host):
+        return
+    print(
+        f"volley: warning: listening on {host} without TLS: after the token handshake, frames "
+        "are not encrypted nor integrity-protected, so anyone on the network path can read "
+        "them or inject pickles (code that runs on the cluster). Turn TLS on with "
+        "`volley start --head --tls` (or --tls-cert/--tls-key on every node).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+GENERATED_CERT = "cluster-cert.pem"
+GENERATED_KEY = "cluster-key.pem"
+
+
+def _generated_tls(
+    args: argparse.Namespace, cert: str | None, key: str | None
+) -> tuple[str | None, str | None]:
+    """The TLS certificate and key of ``volley start --tls``: the pair generated in the session
+    directory (made by the head the first time, reused after). A node without ``--tls`` whose
+    certificate is that generated one (found through the session directory) gets its key too."""
+    sess = _cluster.session_dir()
+    gen_cert, gen_key = sess / GENERATED_CERT, sess / GENERATED_KEY
+    if not args.tls:
+        same = cert and os.path.abspath(cert) == os.path.abspath(gen_cert)
+        if same and not key and gen_key.exists():
+            return cert, str(gen_key)
+        return cert, key
+    if args.tls_cert or args.tls_key:
+        raise ValueError("--tls generates a certificate; it does not go with --tls-cert/--tls-key")
+    sess = _cluster.session_dir(create=True)
+    have = _runtime_dir.read_file(gen_cert) is not None
+    if have != (_runtime_dir.read_file(gen_key) is not None):
+        raise ValueError(f"only one of {gen_cert} and {gen_key} exists; remove it to start over")
+    if not have:
+        if not args.head:
+            raise ValueError(
+                f"--tls on a node uses the certificate `volley start --head --tls` generated in "
+                f"{sess}, and there is none; copy the head's cluster-cert.pem and "
+                "cluster-key.pem here and pass --tls-cert/--tls-key"
+            )
+        from . import _core
+
+        cert_pem, key_pem = _core.self_signed_cert()
+        try:
+            _runtime_dir.create_file(gen_key, key_pem, 0o600)
+            _runtime_dir.create_file(gen_cert, cert_pem, 0o600)
+        except FileExistsError:
+            raise ValueError(
+                f"another `volley start --head --tls` is generating {gen_cert}; start again"
+            ) from None
+    return str(gen_cert), str(gen_key)
+
+
+def _print_tls_howto(addr: str, cert: str | None, key: str | None) -> None:
+    host, _, port = addr.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        addr = f"<this machine's address>:{port}"
+    print(
+        f"volley: TLS with the self-signed certificate {cert}\n"
+        f"volley:   other machines: copy {cert} and {key} there (privately: the key lets its "
+        f"holder act as a node), then `volley start --address {addr} --tls-cert cluster-cert.pem "
+        f"--tls-key cluster-key.pem`\n"
+        f"volley:   drivers elsewhere: volley.init(address={addr!r}, tls_cert='cluster-cert.pem') "
+        "(or VOLLEY_TLS_CERT); on this machine they find it in the session directory",
+        flush=True,
+    )
+
+
 def _run_node(args: argparse.Namespace) -> int:
     import volley
+
+    _cluster.session_dir(create=True)  # an unsafe one is refused before anything starts
 
     port = args.port if args.port is not None else (_cluster.DEFAULT_PORT if args.head else 0)
     if port == 0:
@@ -88,9 +184,16 @@ def _run_node(args: argparse.Namespace) -> int:
         else (args.tls_cert or os.environ.get("VOLLEY_TLS_CERT"))
     )
     tls_key = args.tls_key or os.environ.get("VOLLEY_TLS_KEY")
+    try:
+        tls_cert, tls_key = _generated_tls(args, tls_cert, tls_key)
+    except ValueError as e:
+        print(f"volley: {e}", file=sys.stderr, flush=True)
+        return 2
     if bool(tls_cert) != bool(tls_key):
         print("volley: --tls-cert and --tls-key go together", file=sys.stderr, flush=True)
         return 2
+    if not tls_cert:
+        _warn_plaintext(args.host)
     daemon = {
         "tls_cert": os.path.abspath(tls_cert) if tls_cert else None,
         "tls_key": os.path.abspath(tls_key) if tls_key else None,
@@ -115,7 +218,9 @@ def _run_node(args: argparse.Namespace) -> int:
         print(f"volley: could not start the node: {e}", file=sys.stderr, flush=True)
         return 1
     node_id, addr = daemon["joined"]
-    sess = _cluster.session_dir()
+    sess = _cluster.session_dir(create=True)
+    if args.head and args.tls:
+        _print_tls_howto(addr, tls_cert, tls_key)
     if args.head:
         _cluster.write_private(sess / "token", token)
         _cluster.write_private(sess / "address", addr)
@@ -145,11 +250,11 @@ def _run_node(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     if args.block:
         return _run_node(args)
-    logs = _cluster.session_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logs = _cluster.private_subdir("logs")
     log = logs / f"node-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     argv = [sys.executable, "-m", "volley._cli", *sys.argv[1:], "--block"]
-    with open(log, "wb") as out:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(
             argv,
             stdout=out,
@@ -161,7 +266,11 @@ def _start(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         if "listening on" in text:
-            print(text.strip().splitlines()[-1])
+            # What the node said while starting: warnings to stderr, the rest (its address,
+            # how to join with TLS) to stdout.
+            for line in text.strip().splitlines():
+                warning = line.startswith("volley: warning")
+                print(line, file=sys.stderr if warning else sys.stdout)
             print(f"volley: running in the background (pid {proc.pid}); log: {log}")
             return 0
         if proc.poll() is not None:
@@ -212,35 +321,55 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    """Stops the nodes recorded in the session directory: only a pid that is still the process
+    the record names is signalled; a record of a node that is gone is dropped."""
     nodes = _cluster.recorded_nodes()
     if not nodes:
         print("volley: no volley nodes run on this machine")
         return 0
+    live, stale = [], []
     for n in nodes:
+        (live if _cluster.is_recorded_process(n) else stale).append(n)
+    for n in stale:
+        Path(n["record"]).unlink(missing_ok=True)
+    for n in live:
         try:
             os.kill(n["pid"], signal.SIGTERM)
         except ProcessLookupError:
-            (_cluster.session_dir() / "nodes" / f"{n['pid']}.json").unlink(missing_ok=True)
+            pass
     deadline = time.monotonic() + 10
-    for n in nodes:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(n["pid"], 0)
-            except ProcessLookupError:
-                break
+    killed = 0
+    for n in live:
+        while time.monotonic() < deadline and _cluster.is_recorded_process(n):
             time.sleep(0.05)
-        else:
+        # Checked again right before the signal: the pid may have been freed meanwhile.
+        if _cluster.is_recorded_process(n):
             try:
                 os.kill(n["pid"], signal.SIGKILL)
+                killed += 1
             except ProcessLookupError:
                 pass
-    print(f"volley: stopped {len(nodes)} node(s)")
+        Path(n["record"]).unlink(missing_ok=True)
+    msg = f"volley: stopped {len(live)} node(s)"
+    if killed:
+        msg += f" ({killed} did not exit on SIGTERM within 10 s and got SIGKILL)"
+    if stale:
+        pids = ", ".join(str(n["pid"]) for n in stale)
+        msg += (
+            f"; dropped {len(stale)} stale record(s) (pid {pids}: no longer a volley node, "
+            "not signalled)"
+        )
+    print(msg)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
+    try:
+        return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
+    except _runtime_dir.RuntimeDirError as e:
+        print(f"volley: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

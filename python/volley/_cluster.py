@@ -1,9 +1,12 @@
 """Cluster plumbing shared by ``volley.init(address=...)`` and the ``volley`` command: where a
 machine's cluster session lives, its token, and the head's address.
 
-The session directory (``$VOLLEY_SESSION_DIR``, default ``/tmp/volley-<uid>``) holds, for the
-cluster started on this machine: ``token`` (mode 0600), ``address`` (the head's ``host:port``),
-``nodes/<pid>.json`` (one per daemon, removed when it stops) and ``logs/``.
+The session directory (this user's runtime directory, see ``_runtime_dir``: ``$VOLLEY_SESSION_DIR``,
+else ``$XDG_RUNTIME_DIR/volley``, else ``/tmp/volley-<uid>``; mode 0700, refused when someone else
+could have made it) holds, for the cluster started on this machine: ``token``, ``address`` (the
+head's ``host:port``), ``nodes/<pid>.json`` (one per daemon, removed when it stops), ``logs/``,
+``packages/`` (runtime_env packages) and, after ``volley start --head --tls``, the generated
+``cluster-cert.pem`` and ``cluster-key.pem``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ import os
 import secrets
 from pathlib import Path
 
+from . import _runtime_dir
+
 DEFAULT_PORT = 6380
 
 
-def session_dir() -> Path:
-    d = os.environ.get("VOLLEY_SESSION_DIR") or f"/tmp/volley-{os.getuid()}"
-    return Path(d)
+def session_dir(create: bool = False) -> Path:
+    """The session directory; with ``create``, made (or checked: ``RuntimeDirError``) first."""
+    d = _runtime_dir.runtime_dir()
+    return _runtime_dir.ensure_private_dir(d) if create else d
+
+
+def private_subdir(name: str) -> Path:
+    """``<session dir>/<name>/``, created or checked like the session directory."""
+    return _runtime_dir.ensure_private_dir(session_dir(create=True) / name)
 
 
 def new_token() -> str:
@@ -26,12 +37,19 @@ def new_token() -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Writes ``text`` to a file only this user can read."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+    """Writes ``text`` to a file only this user can read, in a checked private directory
+    (atomically, never through a symlink)."""
+    _runtime_dir.ensure_private_dir(path.parent)
+    _runtime_dir.write_file(path, text)
+
+
+def read_private(path: Path) -> str | None:
+    """The text of ``path`` in a private directory (None if either is missing); raises
+    ``RuntimeDirError`` if the directory is not safe or the file is a symlink."""
+    if not _runtime_dir.check_private_dir(path.parent):
+        return None
+    data = _runtime_dir.read_file(path)
+    return None if data is None else data.decode(errors="replace")
 
 
 def _setting(given: str | None, env: str, file: str) -> str | None:
@@ -41,10 +59,7 @@ def _setting(given: str | None, env: str, file: str) -> str | None:
         return given
     if os.environ.get(env):
         return os.environ[env]
-    try:
-        return (session_dir() / file).read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    return (read_private(session_dir() / file) or "").strip() or None
 
 
 def resolve_token(token: str | None) -> str:
@@ -80,18 +95,61 @@ def resolve_address(address: str) -> str:
     return found
 
 
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of ``/proc/<pid>/stat``),
+    None if there is no such process (or only its zombie). With the pid it names one process:
+    a pid is reused, the pair is not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")".
+    fields = text[text.rfind(b")") + 2 :].split()
+    try:
+        return None if fields[0] == b"Z" else int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def record_node(info: dict) -> Path:
-    path = session_dir() / "nodes" / f"{os.getpid()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps(info))
+    """Records this daemon (``info`` plus its pid's start time) for ``volley stop``."""
+    path = private_subdir("nodes") / f"{os.getpid()}.json"
+    info = dict(info, start_time=process_start_time(os.getpid()))
+    _runtime_dir.write_file(path, json.dumps(info))
     return path
 
 
 def recorded_nodes() -> list[dict]:
+    """The node records of this machine's session, each with ``record`` (its file's path)."""
+    nodes = session_dir() / "nodes"
+    if not _runtime_dir.check_private_dir(session_dir()) or not (
+        _runtime_dir.check_private_dir(nodes)
+    ):
+        return []
     out = []
-    for p in sorted((session_dir() / "nodes").glob("*.json")):
+    for p in sorted(nodes.glob("*.json")):
         try:
-            out.append(json.loads(p.read_text()))
+            info = json.loads(_runtime_dir.read_file(p) or b"")
+            if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+                raise ValueError("no pid")
         except (OSError, ValueError):
             continue
+        info["record"] = str(p)
+        out.append(info)
     return out
+
+
+def is_recorded_process(info: dict) -> bool:
+    """Whether the process a node record names is still that node: its pid runs and started
+    when the record says (a pid freed by a dead node may now be any other process). A record
+    without a start time (from an older volley) needs a ``volley._cli start`` command line."""
+    started = info.get("start_time")
+    if started is not None:
+        return process_start_time(info["pid"]) == started
+    try:
+        with open(f"/proc/{info['pid']}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"volley._cli" in argv and b"start" in argv

@@ -2,8 +2,11 @@
 
 The driver packs ``working_dir`` and each of ``py_modules`` into a zip named by the hash of its
 contents and gives it to its node, which sends it to another node with the first task that
-needs it there; each node keeps it as ``<packages dir>/<hash>.zip`` (``VOLLEY_PACKAGES_DIR``).
-A worker unpacks it once (into ``<packages dir>/<hash>/``), then, for each task of that
+needs it there; each node keeps it as ``<packages dir>/<hash>.zip`` (``VOLLEY_PACKAGES_DIR``,
+else ``packages/`` in this user's runtime directory: a private directory, checked as
+``_runtime_dir`` says, so nobody else can swap what is in it). A node refuses a zip whose
+SHA-256 does not start with its name, and a worker checks it again before it unpacks it once
+(into ``<packages dir>/<hash>/``), then, for each task of that
 environment, runs in the unpacked ``working_dir`` (its current directory, and first on
 ``sys.path``), with the ``py_modules`` importable and ``env_vars`` set. A worker that next runs
 a task of another environment (or none) undoes all of it first.
@@ -117,25 +120,35 @@ _undo: list = []
 
 
 def _packages_dir() -> Path:
+    """The packages directory (the same as the node's, ``rundir.rs``), checked private."""
+    from . import _runtime_dir
+
     d = os.environ.get("VOLLEY_PACKAGES_DIR")
     if d:
-        return Path(d)
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / f"volley-packages-{os.getuid()}"
+        return _runtime_dir.ensure_private_dir(Path(d))
+    root = _runtime_dir.ensure_private_dir(_runtime_dir.runtime_dir())
+    return _runtime_dir.ensure_private_dir(root / "packages")
 
 
 def _unpacked(h: str) -> Path:
-    """``<packages dir>/<hash>/``, unpacked from its zip the first time (atomically)."""
+    """``<packages dir>/<hash>/``, unpacked from its zip the first time (atomically), after
+    checking that the zip is the package ``h`` names."""
+    from . import _runtime_dir
+
     base = _packages_dir()
     target = base / h
     if target.is_dir():
         return target
     archive = base / f"{h}.zip"
-    if not archive.is_file():
+    data = _runtime_dir.read_file(archive)
+    if data is None:
         raise RuntimeError(f"runtime_env package {h} has not reached this node ({archive})")
+    if len(h) < 32 or not hashlib.sha256(data).hexdigest().startswith(h):
+        raise RuntimeError(
+            f"runtime_env package {h}: {archive} does not match its hash; refusing to run it"
+        )
     tmp = base / f".{h}.{os.getpid()}.unpacking"
-    with zipfile.ZipFile(archive) as z:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             dest = (tmp / info.filename).resolve()
             if not str(dest).startswith(str(tmp.resolve())):

@@ -113,3 +113,10 @@ pub fn query_cluster<'py>(
         .map_err(conn_err)?;
     nodes.iter().map(|i| info_dict(py, i)).collect()
 }
+
+/// A new self-signed certificate and key for the cluster, `(cert_pem, key_pem)` (for
+/// `volley start --head --tls`, which writes them into the session directory).
+#[pyfunction]
+pub fn self_signed_cert() -> PyResult<(String, String)> {
+    volley_runtime::self_signed_cert().map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}

@@ -624,8 +624,7 @@ fn register_package(py: Python<'_>, hash: String, data: &[u8]) -> PyResult<()> {
         return Err(PyRuntimeError::new_err("runtime_env packages are registered by the driver"));
     };
     let data = data.to_vec();
-    py.detach(|| n.register_package(hash, data));
-    Ok(())
+    py.detach(|| n.register_package(hash, data)).map_err(to_err)
 }
 
 /// Stores a value and returns a ref to it.
@@ -983,6 +982,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register_package, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::cluster_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::query_cluster, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::self_signed_cert, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())
 }

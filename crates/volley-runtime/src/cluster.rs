@@ -684,7 +684,9 @@ impl Cluster {
                 Ok(Some(mut m @ PeerMsg::Task { .. })) => {
                     if let PeerMsg::Task { packages, .. } = &mut m {
                         for (hash, bytes) in packages.drain(..) {
-                            self.shared.register_package(hash, bytes.into_vec());
+                            if let Err(e) = self.shared.register_package(hash, bytes.into_vec()) {
+                                eprintln!("volley: node {}: {e}", peer.0);
+                            }
                         }
                     }
                     batch.push(m);

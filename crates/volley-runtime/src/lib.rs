@@ -16,6 +16,7 @@ mod error;
 mod logs;
 mod node;
 mod outbox;
+mod rundir;
 mod supervisor;
 mod tls;
 mod worker_conn;
@@ -23,7 +24,7 @@ mod worker_conn;
 pub use cluster::{cluster_view, ClusterConfig};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
-pub use tls::TlsConfig;
+pub use tls::{self_signed_cert, TlsConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
 pub use worker_conn::{CurrentTask, ExecuteMsg, Received, Reply, ShmLease, View, WorkerConn};
 

@@ -164,15 +164,20 @@ impl Shared {
 
     /// Keeps a runtime-environment package: in the scheduler (to pass on to peers) and as
     /// `<packages dir>/<hash>.zip` for this node's workers to unpack.
-    pub(crate) fn register_package(&self, hash: String, bytes: Vec<u8>) {
-        if !valid_hash(&hash) {
-            eprintln!("volley: ignored a runtime_env package with a malformed name");
-            return;
+    /// A package whose bytes do not hash to its name is refused (so a peer cannot swap the code
+    /// of a known package), as is one that cannot be stored safely.
+    pub(crate) fn register_package(&self, hash: String, bytes: Vec<u8>) -> std::io::Result<()> {
+        if !valid_hash(&hash) || !crate::rundir::package_matches(&hash, &bytes) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("runtime_env package {hash:.40}: its content does not match its hash"),
+            ));
         }
-        if let Err(e) = write_package(&hash, &bytes) {
-            eprintln!("volley: could not store runtime_env package {hash}: {e}");
-        }
+        crate::rundir::write_package(&hash, &bytes).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("could not store runtime_env package: {e}"))
+        })?;
         self.state.lock().sched.register_package(hash, Arc::from(bytes));
+        Ok(())
     }
 
     pub(crate) fn tick(&self) {
@@ -228,33 +233,8 @@ impl Shared {
     }
 }
 
-/// Where runtime-environment packages are kept on this machine (`VOLLEY_PACKAGES_DIR`, which
-/// workers inherit; by default `volley-packages-<uid>` in the temporary directory).
-pub fn packages_dir() -> std::path::PathBuf {
-    match std::env::var_os("VOLLEY_PACKAGES_DIR") {
-        Some(d) if !d.is_empty() => d.into(),
-        // SAFETY: getuid has no preconditions and cannot fail.
-        _ => std::env::temp_dir().join(format!("volley-packages-{}", unsafe { libc::getuid() })),
-    }
-}
-
 fn valid_hash(h: &str) -> bool {
     !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Writes `<packages dir>/<hash>.zip` unless it is there (atomically: a temporary name, then a
-/// rename, so a worker never sees half a file).
-fn write_package(hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = packages_dir();
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-    let path = dir.join(format!("{hash}.zip"));
-    if path.exists() {
-        return Ok(());
-    }
-    let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, &path)
 }
 
 /// The largest stored value sent inline when it cannot be mapped (frames stay far below the
@@ -529,8 +509,8 @@ impl Node {
     }
 
     /// Registers a runtime-environment package (see `TaskOptions::runtime_env`).
-    pub fn register_package(&self, hash: String, bytes: Vec<u8>) {
-        self.shared.register_package(hash, bytes);
+    pub fn register_package(&self, hash: String, bytes: Vec<u8>) -> Result<(), RuntimeError> {
+        Ok(self.shared.register_package(hash, bytes)?)
     }
 
     /// The cluster as this node last heard it (empty outside a cluster).

@@ -27,6 +27,15 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 
 use crate::RuntimeError;
 
+/// A new self-signed certificate and its private key (ECDSA P-256), both PEM, for
+/// `volley start --head --tls`: the connecting side pins the certificate byte for byte, so no
+/// CA nor host name is involved and the same pair serves every machine of the cluster.
+pub fn self_signed_cert() -> Result<(String, String), RuntimeError> {
+    let made = rcgen::generate_simple_self_signed(vec!["volley-cluster".to_string()])
+        .map_err(|e| tls_err("generating a certificate", e))?;
+    Ok((made.cert.pem(), made.key_pair.serialize_pem()))
+}
+
 /// The TLS settings of a node or driver.
 pub struct TlsConfig {
     /// To accept connections (a node that listens): needs the key.
