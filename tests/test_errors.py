@@ -465,6 +465,22 @@ def test_wrong_arguments_raise_type_error_at_remote():
     assert volley.get(flexible.remote(1, 2, 3, key=4, z=5)) == (1, 2, (3,), 4, {"z": 5})
 
 
+@volley.remote
+def call_inside(fn, *args):
+    """Calls a remote function from inside a task (where it arrived pickled)."""
+    try:
+        return volley.get(fn.remote(*args))
+    except TypeError as e:
+        return f"TypeError: {e}"
+
+
+def test_wrong_arguments_raise_at_remote_inside_a_task_too():
+    assert volley.get(call_inside.remote(two_args, 1, 2)) == 3
+    assert volley.get(call_inside.remote(two_args, 1)) == (
+        "TypeError: two_args() missing 1 required positional argument: 'b'"
+    )
+
+
 def test_signature_check_never_refuses_a_valid_call():
     # A wrapper that passes arguments itself: checked against (*args, **kwargs), not the
     # wrapped function's signature.

@@ -22,7 +22,17 @@ _generation = 0  # bumped by every init/connect; remote functions re-register wh
 _atexit_registered = False
 
 _EMPTY_ARGS = (EMPTY_ARGS, [], [])
-_UNSET: Any = object()  # a cached value not computed yet
+
+
+class _Unset:
+    """A cached value not computed yet; pickles as a reference, so it is the same object in
+    every process."""
+
+    def __reduce__(self) -> str:
+        return "_UNSET"
+
+
+_UNSET: Any = _Unset()
 
 _TASK_OPTIONS = {
     "num_cpus",
