@@ -205,7 +205,8 @@ class ActorClass:
         """Starts an actor (in a new process) and returns its handle at once.
 
         ``__init__`` runs in the actor's process; if it raises, every call on the handle raises
-        ``ActorCreationError``. Arguments may be ``ObjectRef``s, resolved before ``__init__``.
+        ``ActorCreationError``. Arguments may be ``ObjectRef``s, resolved before ``__init__``;
+        arguments that do not fit ``__init__`` raise ``TypeError`` here, at once.
         """
         return self._create(args, kwargs, self._options)
 
@@ -381,7 +382,8 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any):
         """Submits the call; returns an ``ObjectRef`` (a list for ``num_returns > 1``, an
-        ``ObjectRefGenerator`` for a streaming method)."""
+        ``ObjectRefGenerator`` for a streaming method). Arguments that do not fit the method's
+        signature raise ``TypeError`` here, at once."""
         if self._check is not None:
             _check_call(self._check, args, kwargs)
         deps: list[ObjectRef] = []

@@ -529,7 +529,11 @@ class RemoteFunction(_Shipped):
         return _Bound(self, _check_options(merged))
 
     def remote(self, *args: Any, **kwargs: Any):
-        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``)."""
+        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``).
+
+        Arguments that do not fit the function's signature raise ``TypeError`` here, before
+        anything is submitted; unpicklable ones raise ``SerializationError``.
+        """
         return self._submit(args, kwargs, self._options)
 
     def _submit(self, args: tuple, kwargs: dict, opts: dict):
