@@ -4,6 +4,7 @@ retry_exceptions."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -341,6 +342,179 @@ def test_pool_works_after_serialization_errors():
         with pytest.raises(volley.SerializationError):
             identity.remote(threading.Lock())
     assert volley.get(identity.remote("still fine")) == "still fine"
+
+
+def test_unpicklable_function_names_what_it_captures():
+    lock = threading.Lock()
+
+    def helper():
+        return lock
+
+    @volley.remote
+    def uses_lock():
+        with lock:
+            return 1
+
+    @volley.remote
+    def via_helper():
+        return helper()
+
+    with pytest.raises(volley.SerializationError) as info:
+        uses_lock.remote()
+    assert (
+        "function 'test_unpicklable_function_names_what_it_captures.<locals>.uses_lock' "
+        "captures 'lock' (a _thread.lock): TypeError: cannot pickle" in str(info.value)
+    )
+    # Through a nested function, and when the function itself is put or passed.
+    with pytest.raises(volley.SerializationError) as info:
+        via_helper.remote()
+    assert "which captures 'lock' (a _thread.lock)" in str(info.value)
+    with pytest.raises(volley.SerializationError) as info:
+        volley.put(uses_lock._fn)
+    assert "captures 'lock' (a _thread.lock)" in str(info.value)
+    assert "the value given to put()" not in str(info.value)
+    with pytest.raises(volley.SerializationError) as info:
+        identity.remote(helper)
+    assert "argument 0 (function" in str(info.value)
+    assert "which captures 'lock' (a _thread.lock)" in str(info.value)
+
+
+def test_unpicklable_actor_class_names_what_it_captures():
+    lock = threading.Lock()
+
+    @volley.remote
+    class Guarded:
+        def __init__(self):
+            self.guard = lock
+
+    with pytest.raises(volley.SerializationError) as info:
+        Guarded.remote()
+    text = str(info.value)
+    assert "class 'test_unpicklable_actor_class_names_what_it_captures.<locals>.Guarded'" in text
+    assert "method '__init__', which captures 'lock' (a _thread.lock)" in text
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+@volley.remote
+def two_args(a, b):
+    return a + b
+
+
+@volley.remote
+def flexible(a, b=1, *rest, key, **extra):
+    return a, b, rest, key, extra
+
+
+def injects_first(fn):
+    """A decorator that passes an argument itself: the wrapper's (*args, **kwargs) is what
+    callers call, whatever ``__wrapped__`` says."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn("injected", *args, **kwargs)
+
+    return wrapper
+
+
+@volley.remote
+@injects_first
+def tagged(tag, x):
+    return f"{tag}:{x}"
+
+
+@volley.remote
+class Adder:
+    def __init__(self, start, *, step=1):
+        self.n = start
+        self.step = step
+
+    def add(self, x, y=0):
+        self.n += x + y
+        return self.n
+
+    @staticmethod
+    def pure(x):
+        return x
+
+    @classmethod
+    def name(cls, suffix):
+        return cls.__name__ + suffix
+
+
+def test_wrong_arguments_raise_type_error_at_remote():
+    objects = volley.object_store_stats()["objects"]
+    big = bytes(1 << 20)  # would be written to the store if the call went ahead
+    cases = [
+        (lambda: two_args.remote(big), "two_args() missing 1 required positional argument: 'b'"),
+        (lambda: two_args.remote(1, 2, 3), "two_args() takes 2 positional arguments but 3"),
+        (lambda: two_args.remote(1, c=big), "two_args() got an unexpected keyword argument 'c'"),
+        (lambda: two_args.options(num_cpus=1).remote(), "missing 2 required positional"),
+        (lambda: flexible.remote(1), "flexible() missing 1 required keyword-only argument"),
+    ]
+    for call, message in cases:
+        with pytest.raises(TypeError) as info:
+            call()
+        assert message in str(info.value)
+        assert not isinstance(info.value, volley.TaskError)  # raised here, not by a task
+    # Nothing was submitted or stored.
+    assert volley.object_store_stats()["objects"] == objects
+    # Valid calls still work, including every kind of parameter.
+    assert volley.get(two_args.remote(1, b=2)) == 3
+    assert volley.get(flexible.remote(1, 2, 3, key=4, z=5)) == (1, 2, (3,), 4, {"z": 5})
+
+
+@volley.remote
+def call_inside(fn, *args):
+    """Calls a remote function from inside a task (where it arrived pickled)."""
+    try:
+        return volley.get(fn.remote(*args))
+    except TypeError as e:
+        return f"TypeError: {e}"
+
+
+def test_wrong_arguments_raise_at_remote_inside_a_task_too():
+    assert volley.get(call_inside.remote(two_args, 1, 2)) == 3
+    assert volley.get(call_inside.remote(two_args, 1)) == (
+        "TypeError: two_args() missing 1 required positional argument: 'b'"
+    )
+
+
+def test_signature_check_never_refuses_a_valid_call():
+    # A wrapper that passes arguments itself: checked against (*args, **kwargs), not the
+    # wrapped function's signature.
+    assert volley.get(tagged.remote(1)) == "injected:1"
+    # Builtins: with a signature inspect can read (len), and without one (max): unchecked.
+    assert volley.get(volley.remote(len).remote([1, 2])) == 2
+    with pytest.raises(TypeError, match=r"len\(\) takes 1 positional argument but 2"):
+        volley.remote(len).remote([1], [2])
+    assert volley.get(volley.remote(max).remote(3, 9, 4)) == 9
+
+
+def test_wrong_arguments_to_an_actor_raise_at_remote():
+    with pytest.raises(TypeError, match=r"Adder\(\) missing 1 required positional argument"):
+        Adder.remote()
+    with pytest.raises(TypeError, match=r"Adder\(\) got an unexpected keyword argument 'stp'"):
+        Adder.options(max_restarts=0).remote(1, stp=2)
+    a = Adder.remote(10, step=2)
+    for call, message in [
+        (lambda: a.add.remote(), "Adder.add() missing 1 required positional argument: 'x'"),
+        (lambda: a.add.remote(1, 2, 3), "Adder.add() takes from 1 to 2 positional arguments"),
+        (lambda: a.pure.remote(1, 2), "Adder.pure() takes 1 positional argument but 2"),
+        (lambda: a.name.remote(), "Adder.name() missing 1 required positional argument"),
+        (lambda: a.add.options(num_returns=1).remote(y=1), "missing 1 required positional"),
+    ]:
+        with pytest.raises(TypeError) as info:
+            call()
+        assert message in str(info.value)
+    # The handle still works, and so does a copy of it made in another process.
+    assert volley.get(a.add.remote(1, y=2)) == 13
+    assert volley.get(a.pure.remote(7)) == 7
+    assert volley.get(a.name.remote("!")) == "Adder!"
+    assert volley.get(identity.remote(a)).add.remote is not None
+    with pytest.raises(TypeError, match="missing 1 required positional argument"):
+        volley.get(identity.remote(a)).add.remote()
 
 
 # --------------------------------------------------------------------------- timeouts

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from conftest import poll
+from conftest import driver_env, poll, write_script
 
 import volley
 
@@ -169,3 +171,106 @@ def test_log_to_driver_false_suppresses_worker_output(output):
     assert "should stay silent" not in output.out + output.err
     assert "also silent" not in output.out + output.err
     volley.shutdown()
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def run_driver(tmp_path, body: str, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Runs ``body`` as a driver with its own session directory; (the process, that dir)."""
+    session = tmp_path / "session"
+    script = write_script(tmp_path, body)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**driver_env(), "VOLLEY_SESSION_DIR": str(session), **env},
+    )
+    return proc, session
+
+
+DIAGNOSED_DRIVER = """
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def inc(x):
+    return x + 1
+
+assert volley.get([inc.remote(i) for i in range(10)]) == list(range(1, 11))
+print("log:", volley._core.diagnostics_file())
+volley.shutdown()
+"""
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_node_diagnostics_go_to_a_log_file_not_the_terminal(tmp_path):
+    # The hook makes every use of the node's state lock "slow": a backtrace is written (at
+    # most one per 10 s), as a state lock really held for seconds would write one.
+    proc, session = run_driver(tmp_path, DIAGNOSED_DRIVER, VOLLEY_TEST_SLOW_LOCK_MS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert "state lock" not in proc.stderr and "backtrace" not in proc.stderr.lower()
+    assert proc.stderr.strip() == ""
+    logs = session / "logs"
+    files = list(logs.iterdir())
+    assert [str(f) for f in files] == [proc.stdout.split("log: ")[1].strip()]
+    text = files[0].read_text()
+    assert re.match(
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} WARN\] volley: the node's state lock was "
+        r"held for ",
+        text,
+    ), text[:300]
+    assert text.count("state lock was held") == 1  # rate-limited
+    assert os.stat(files[0]).st_mode & 0o777 == 0o600
+    assert os.stat(logs).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_a_driver_without_diagnostics_writes_no_log_file(tmp_path):
+    proc, session = run_driver(tmp_path, DIAGNOSED_DRIVER)
+    assert proc.returncode == 0, proc.stderr
+    assert "log: None" in proc.stdout
+    assert not (session / "logs").exists()
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_diagnostics_are_not_written_into_a_log_dir_others_can_enter(tmp_path):
+    logs = tmp_path / "session" / "logs"
+    logs.mkdir(parents=True)
+    os.chmod(logs, 0o777)
+    proc, _ = run_driver(tmp_path, DIAGNOSED_DRIVER, VOLLEY_TEST_SLOW_LOCK_MS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert list(logs.iterdir()) == []
+    # Said once, then the diagnostic goes to stderr rather than being lost.
+    assert f"cannot write diagnostics to {logs}" in proc.stderr
+    assert "mode 0700" in proc.stderr
+    assert "state lock was held" in proc.stderr
+
+
+LARGE_FUNCTION_DRIVER = """
+import volley
+volley.init(num_cpus=1)
+table = bytes(range(256)) * (48 * 1024)  # 12 MiB, captured by the function
+
+@volley.remote
+def lookup(i):
+    return table[i]
+
+assert volley.get([lookup.remote(i) for i in range(3)]) == [0, 1, 2]
+assert volley.get(lookup.remote(5)) == 5
+volley.shutdown()
+"""
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_a_large_function_warns_once_on_the_terminal(tmp_path):
+    proc, _ = run_driver(tmp_path, LARGE_FUNCTION_DRIVER)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "when pickled" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert (
+        "driver.py:10: UserWarning: function 'lookup' is 13 MB when pickled (it captures "
+        "'table', 13 MB): put large data with volley.put and pass the ref"
+    ) in warnings[0]

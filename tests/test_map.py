@@ -101,6 +101,44 @@ def test_bad_input_is_refused_clearly():
         volley.map(lambda x: lock, range(3))
 
 
+@volley.remote
+class Accumulator:
+    """Keeps a running total: map's calls must reach this one actor, in order."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, x, times=1):
+        if x == "bad":
+            raise ValueError("a bad item")
+        self.total += x * times
+        return self.total
+
+    @volley.method(num_returns=2)
+    def pair(self, x):
+        return x, x
+
+
+def test_map_over_an_actor_method_calls_that_actor():
+    acc = Accumulator.remote()
+    assert list(volley.map(acc.add, [1, 2, 3, 4])) == [1, 3, 6, 10]
+    assert list(volley.map(acc.add, [1, 1], [10, 100])) == [20, 120]  # add(x, times)
+    assert list(volley.starmap(acc.add, [(1, 5)])) == [125]
+    assert sorted(volley.map(acc.add, [0, 0], ordered=False)) == [125, 125]
+    # An item that raises surfaces as the task's error, after the results before it.
+    got = []
+    with pytest.raises(ValueError, match="a bad item") as info:
+        for v in volley.map(acc.add, [1, "bad", 1]):
+            got.append(v)
+    assert got == [126] and isinstance(info.value, volley.TaskError)
+    # Arguments that do not fit fail at once, at the call, not in the actor.
+    with pytest.raises(TypeError, match=r"Accumulator.add\(\) takes from 1 to 2 positional"):
+        volley.map(acc.add, [1], [2], [3])
+    # A method returning two values per call cannot be mapped: said at once.
+    with pytest.raises(TypeError, match="'Accumulator.pair' has num_returns=2"):
+        volley.map(acc.pair, [1, 2])
+
+
 def die_once(x, marker):
     if x == 3 and not os.path.exists(marker):
         open(marker, "w").close()

@@ -14,6 +14,7 @@ import pickle
 from . import _api, _core
 from ._core import ObjectRef
 from ._serialization import describe_unpicklable, dumps_args
+from ._signature import Shape, shape_of, stub
 from .exceptions import SerializationError
 
 TYPE_CHECKING = False
@@ -118,6 +119,23 @@ def _method_table(cls: type) -> tuple[dict, bool]:
     return methods, is_async
 
 
+def _method_shapes(cls: type, methods: dict) -> dict[str, Shape | None]:
+    """The parameters callers pass to each method (without ``self``/``cls``), to check calls
+    at ``.remote()``; None where they cannot be read."""
+    out: dict[str, Shape | None] = {}
+    for name in methods:
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, staticmethod):
+            out[name] = shape_of(attr.__func__)
+        elif isinstance(attr, classmethod):
+            out[name] = shape_of(attr.__func__, drop_first=True)
+        elif inspect.isfunction(attr):
+            out[name] = shape_of(attr, drop_first=True)
+        else:
+            out[name] = None
+    return out
+
+
 class ActorClass:
     """A class made remote with ``@volley.remote``: ``Cls.remote(*args)`` starts an actor.
 
@@ -149,6 +167,7 @@ class ActorClass:
         self._shipped._pickled = None
         self._shipped._registered_generation = -1
         self._meta: tuple[bytes, dict] | None = None
+        self._check: Any = _api._UNSET  # the stub checking __init__'s arguments
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -170,6 +189,7 @@ class ActorClass:
         shipped._pickled = self._shipped._pickled
         shipped._registered_generation = -1
         state["_shipped"] = shipped
+        state["_check"] = _api._UNSET
         return state
 
     def options(self, **options: Any) -> _BoundActorClass:
@@ -185,20 +205,31 @@ class ActorClass:
         """Starts an actor (in a new process) and returns its handle at once.
 
         ``__init__`` runs in the actor's process; if it raises, every call on the handle raises
-        ``ActorCreationError``. Arguments may be ``ObjectRef``s, resolved before ``__init__``.
+        ``ActorCreationError``. Arguments may be ``ObjectRef``s, resolved before ``__init__``;
+        arguments that do not fit ``__init__`` raise ``TypeError`` here, at once.
         """
         return self._create(args, kwargs, self._options)
 
     def _handle_meta(self) -> tuple[bytes, dict]:
         if self._meta is None:
             methods, is_async = _method_table(self._cls)
-            meta = {"class_name": self._cls.__qualname__, "methods": methods, "async": is_async}
+            meta = {
+                "class_name": self._cls.__qualname__,
+                "methods": methods,
+                "async": is_async,
+                "shapes": _method_shapes(self._cls, methods),
+            }
             self._meta = (pickle.dumps(meta, 5), meta)
         return self._meta
 
     def _create(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
-        _api._ensure_init()
         name = self._cls.__qualname__
+        check = self._check
+        if check is _api._UNSET:
+            check = self._check = stub(name, shape_of(self._cls))
+        if check is not None:
+            _check_call(check, args, kwargs)
+        _api._ensure_init()
         fid = self._shipped._function_id(name)
         meta_bytes, meta = self._handle_meta()
         deps: list[ObjectRef] = []
@@ -245,6 +276,14 @@ class _BoundActorClass:
         return _BoundActorClass(self._ac, _check_actor_options(merged))
 
 
+def _check_call(check: Callable, args: tuple, kwargs: dict) -> None:
+    """A wrong call raises Python's ``TypeError`` here, before anything is submitted."""
+    try:
+        check(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(str(e)) from None
+
+
 def _pack_args(args: tuple, kwargs: dict, deps: list, what: str) -> tuple:
     if not args and not kwargs:
         return _EMPTY
@@ -285,7 +324,9 @@ class ActorHandle:
         n = meta["methods"].get(name)
         if n is None:
             raise AttributeError(f"actor class '{meta['class_name']}' has no method '{name}'")
-        m = ActorMethod(self._actor_ref, f"{meta['class_name']}.{name}", name, n)
+        display = f"{meta['class_name']}.{name}"
+        check = stub(display, meta.get("shapes", {}).get(name))
+        m = ActorMethod(self._actor_ref, display, name, n, check)
         self.__dict__[name] = m  # the next lookup finds it without coming here
         return m
 
@@ -308,13 +349,21 @@ class ActorMethod:
 
     # It holds the actor's ref, not the handle: the handle caches its methods, and a cycle
     # would keep the actor alive until the garbage collector ran.
-    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display")
+    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display", "_check")
 
-    def __init__(self, actor_ref: ObjectRef, display: str, method: str, num_returns: int | str):
+    def __init__(
+        self,
+        actor_ref: ObjectRef,
+        display: str,
+        method: str,
+        num_returns: int | str,
+        check: Callable | None = None,
+    ):
         self._actor_ref = actor_ref
         self._method = method
         self._num_returns = num_returns
         self._display = display
+        self._check = check  # the stub checking the arguments (None: unchecked)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -322,14 +371,21 @@ class ActorMethod:
             f"use .{self._method}.remote(...)"
         )
 
+    def __reduce__(self):
+        # Without the stub: it is made again from the handle's metadata where it is needed.
+        return (ActorMethod, (self._actor_ref, self._display, self._method, self._num_returns))
+
     def options(self, *, num_returns: int | str | None = None) -> ActorMethod:
         n = self._num_returns if num_returns is None else num_returns
         _check_num_returns(n)
-        return ActorMethod(self._actor_ref, self._display, self._method, n)
+        return ActorMethod(self._actor_ref, self._display, self._method, n, self._check)
 
     def remote(self, *args: Any, **kwargs: Any):
         """Submits the call; returns an ``ObjectRef`` (a list for ``num_returns > 1``, an
-        ``ObjectRefGenerator`` for a streaming method)."""
+        ``ObjectRefGenerator`` for a streaming method). Arguments that do not fit the method's
+        signature raise ``TypeError`` here, at once."""
+        if self._check is not None:
+            _check_call(self._check, args, kwargs)
         deps: list[ObjectRef] = []
         if args or kwargs:
             data, buffers, contained = _pack_args(args, kwargs, deps, f"call '{self._display}'")

@@ -23,6 +23,17 @@ _atexit_registered = False
 
 _EMPTY_ARGS = (EMPTY_ARGS, [], [])
 
+
+class _Unset:
+    """A cached value not computed yet; pickles as a reference, so it is the same object in
+    every process."""
+
+    def __reduce__(self) -> str:
+        return "_UNSET"
+
+
+_UNSET: Any = _Unset()
+
 _TASK_OPTIONS = {
     "num_cpus",
     "num_gpus",
@@ -296,6 +307,11 @@ def init(
         env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
         if _daemon is not None:
             env.append(("VOLLEY_NODE_ADDRESS", _daemon["listen"]))
+        # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
+        # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
+        from . import _cluster
+
+        _core.set_diagnostics_dir(None if _daemon else str(_cluster.session_dir() / "logs"))
         _core.start_node(
             float(cpus),
             sys.executable,
@@ -415,6 +431,33 @@ def _check_options(options: dict) -> dict:
     return options
 
 
+#: A function (or actor class) this large when pickled gets a warning: it is sent to every
+#: worker that runs it, and it usually closes over data that should be passed with put.
+LARGE_FUNCTION_WARNING = 10 << 20
+
+
+def _warn_large(fn: Any, size: int) -> None:
+    """Warns (once per function: it is pickled once) that ``fn`` is large when pickled, naming
+    the biggest value it captures when one can be found cheaply."""
+    import warnings
+
+    from ._serialization import _references, _what
+
+    biggest, biggest_size = None, 0
+    for how, v in _references(fn):
+        n = getattr(v, "nbytes", None)
+        if not isinstance(n, int):
+            n = len(v) if isinstance(v, (bytes, bytearray, str)) else 0
+        if n > biggest_size:
+            biggest, biggest_size = how, n
+    captured = f" (it {biggest}, {biggest_size / 1e6:.0f} MB)" if biggest_size > size // 2 else ""
+    warnings.warn(
+        f"{_what(fn)} is {size / 1e6:.0f} MB when pickled{captured}: put large data with "
+        "volley.put and pass the ref",
+        stacklevel=5,  # the caller's .remote() (-> _submit -> _function_id -> here)
+    )
+
+
 class _Shipped:
     """Something pickled once and registered with the node under a hash of its bytes (a
     function, or an actor class); ``_fn`` is the object."""
@@ -432,9 +475,11 @@ class _Shipped:
             try:
                 data = cloudpickle.dumps(self._fn, protocol=5)
             except Exception as e:
-                raise SerializationError(
-                    f"could not serialize function '{name}': {type(e).__name__}: {e}"
-                ) from e
+                from ._serialization import describe_unpicklable_code
+
+                raise SerializationError(describe_unpicklable_code(self._fn, e)) from e
+            if len(data) >= LARGE_FUNCTION_WARNING:
+                _warn_large(self._fn, len(data))
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         fid, data = self._pickled
         if self._registered_generation != _generation:
@@ -463,12 +508,14 @@ class RemoteFunction(_Shipped):
         self._name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "task")
         self._pickled: tuple[bytes, bytes] | None = None
         self._registered_generation = -1
+        self._check: Any = _UNSET  # the signature stub, made at the first call
         functools.update_wrapper(self, fn)
 
     def __getstate__(self) -> dict:
         # Registration is per process: a copy pickled into a task registers itself again there.
         state = self.__dict__.copy()
         state["_registered_generation"] = -1
+        state["_check"] = _UNSET  # a stub is made where it is used
         return state
 
     def __call__(self, *args, **kwargs):
@@ -490,10 +537,26 @@ class RemoteFunction(_Shipped):
         return _Bound(self, _check_options(merged))
 
     def remote(self, *args: Any, **kwargs: Any):
-        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``)."""
+        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``).
+
+        Arguments that do not fit the function's signature raise ``TypeError`` here, before
+        anything is submitted; unpicklable ones raise ``SerializationError``.
+        """
         return self._submit(args, kwargs, self._options)
 
     def _submit(self, args: tuple, kwargs: dict, opts: dict):
+        check = self._check
+        if check is not None:
+            if check is _UNSET:
+                from ._signature import checker
+
+                check = self._check = checker(self._fn, self._name)
+            if check is not None:
+                # A wrong call fails here, before anything is submitted or stored.
+                try:
+                    check(*args, **kwargs)
+                except TypeError as e:
+                    raise TypeError(str(e)) from None
         _ensure_init()
         name = opts.get("name") or self._name
         fid = self._function_id(name)
@@ -654,6 +717,10 @@ def put(value: Any) -> ObjectRef:
     try:
         data, buffers, contained = dumps(value)
     except Exception as e:
+        if callable(value) and hasattr(value, "__qualname__"):  # a function or class
+            from ._serialization import describe_unpicklable_code
+
+            raise SerializationError(describe_unpicklable_code(value, e)) from e
         raise SerializationError(
             f"could not serialize the value given to put() (a {type(value).__qualname__}): "
             f"{type(e).__name__}: {e}"

@@ -141,6 +141,21 @@ def _task_of(fn: Any) -> tuple[Callable, Any, str]:
     return fn, run_chunk, name
 
 
+def _actor_method(fn: Any) -> Any:
+    """``fn`` if it is an actor method (``handle.method``), else None; one that does not return
+    exactly one value is refused here, at once."""
+    from ._actor import ActorMethod
+
+    if not isinstance(fn, ActorMethod):
+        return None
+    if fn._num_returns != 1:
+        raise TypeError(
+            f"map needs an actor method that returns one value per call; "
+            f"'{fn._display}' has num_returns={fn._num_returns!r}"
+        )
+    return fn
+
+
 class _Sizer:
     """Chunk sizes: fixed, or ``auto`` (ramping up from 1, then following the time per
     item)."""
@@ -198,7 +213,14 @@ class MapIterator(Iterator):
         progress: Any,
         window: int | None = None,
     ):
-        self._fn, self._task, self._name = _task_of(fn)
+        # An actor method runs in its actor: one call per item (the actor serialises them
+        # anyway), results in order as for a function.
+        self._actor = _actor_method(fn)
+        if self._actor is not None:
+            self._fn, self._task, self._name = fn, None, self._actor._display
+            chunksize = 1
+        else:
+            self._fn, self._task, self._name = _task_of(fn)
         cpus = total_cpus()
         self._sizer = _Sizer(chunksize, total, cpus)
         self._items = items
@@ -213,7 +235,7 @@ class MapIterator(Iterator):
         self._closed = False
         self._gen = self._results()
         self.tasks = 0
-        self._fn_ref = put(self._fn)
+        self._fn_ref = None if self._actor is not None else put(self._fn)
         self._bar = None
         if progress:
             from ._progress import Bar
@@ -232,14 +254,21 @@ class MapIterator(Iterator):
                 break
             if self._remaining is not None:
                 self._remaining -= len(chunk)
-            ref = self._task.remote(self._fn_ref, chunk, self._star, self._name)
+            if self._actor is not None:
+                item = chunk[0]
+                ref = self._actor.remote(*item) if self._star else self._actor.remote(item)
+            else:
+                ref = self._task.remote(self._fn_ref, chunk, self._star, self._name)
             self._inflight[ref] = len(chunk)
             self.tasks += 1
 
     def _collect(self, ref: ObjectRef) -> None:
         n = self._inflight.pop(ref)
         try:
-            results, seconds, error = get(ref)
+            if self._actor is not None:
+                results, seconds, error = [get(ref)], 0.0, None
+            else:
+                results, seconds, error = get(ref)
         except BaseException as e:  # the chunk itself failed (a worker died, cancelled)
             results, seconds, error = [], 0.0, e
         self._sizer.measured(len(results) + (error is not None), seconds)
@@ -319,7 +348,8 @@ def map(
     Work starts at once and runs ahead of the consumer by a few chunks per CPU. With
     ``ordered=False`` results come as they finish. ``chunksize="auto"`` sizes chunks from the
     measured time per item; an int fixes it. A ``@volley.remote`` function keeps its options
-    (``num_cpus``, ``resources``, ``max_retries``). ``progress=True`` (or a label) shows a
+    (``num_cpus``, ``resources``, ``max_retries``). An actor method (``handle.method``) works
+    too: each item is one call on that actor. ``progress=True`` (or a label) shows a
     progress bar. If ``fn`` raises, the results before that item are yielded, then its
     exception is raised (the same class, with the remote traceback) and the rest is cancelled.
 

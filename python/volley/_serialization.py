@@ -158,11 +158,28 @@ def dumps_args(args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
     simple = _SIMPLE_ARGS
     for a in args:
         if type(a) not in simple and not _plain_arg(a):
-            return dumps((args, kwargs))
+            return dumps(_out_of_band_args(args, kwargs))
     for v in kwargs.values():
         if type(v) not in simple and not _plain_arg(v):
-            return dumps((args, kwargs))
+            return dumps(_out_of_band_args(args, kwargs))
     return _dumps_plain((args, kwargs), 5), [], []
+
+
+def _large_bytes(v: Any) -> bool:
+    t = type(v)
+    return (t is bytes or t is bytearray) and len(v) >= OUT_OF_BAND_MIN
+
+
+def _out_of_band_args(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with each large bytes/bytearray argument wrapped to travel out of
+    band: pickled in-band, a 1 GiB argument was copied into the pickle stream (which grows by
+    reallocation) and then into the store, three times its size in memory; out of band it is
+    copied once, straight into the store."""
+    if any(_large_bytes(a) for a in args):
+        args = tuple(_OutOfBand(a) if _large_bytes(a) else a for a in args)
+    if any(_large_bytes(v) for v in kwargs.values()):
+        kwargs = {k: _OutOfBand(v) if _large_bytes(v) else v for k, v in kwargs.items()}
+    return args, kwargs
 
 
 def loads(data: bytes, buffers: list, deps: list | None = None) -> Any:
@@ -177,7 +194,8 @@ def loads(data: bytes, buffers: list, deps: list | None = None) -> Any:
 
 
 def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseException) -> str:
-    """Names the argument that could not be pickled."""
+    """Names the argument that could not be pickled (and, for a function or class, what in it
+    could not be)."""
     import cloudpickle
 
     culprit = None
@@ -185,17 +203,114 @@ def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseExcept
         try:
             cloudpickle.dumps(a, protocol=5)
         except Exception:
-            culprit = f"argument {i} (a {type(a).__module__}.{type(a).__qualname__})"
+            culprit = f"argument {i} ({_what(a)}{_inside(a)})"
             break
     else:
         for k, v in kwargs.items():
             try:
                 cloudpickle.dumps(v, protocol=5)
             except Exception:
-                culprit = f"keyword argument '{k}' (a {type(v).__module__}.{type(v).__qualname__})"
+                culprit = f"keyword argument '{k}' ({_what(v)}{_inside(v)})"
                 break
     culprit = culprit or "the arguments"
     return f"could not serialize {culprit} of {what}: {type(error).__name__}: {error}"
+
+
+def describe_unpicklable_code(obj: Any, error: BaseException) -> str:
+    """Why a function or class could not be pickled, naming what it captures that cannot be:
+    "function 'f' captures 'lock' (a _thread.lock): TypeError: ..."."""
+    chain = _culprit(obj, set())
+    cause = f"{type(error).__name__}: {error}"
+    if chain is None:
+        return f"could not serialize {_what(obj)}: {cause}"
+    return f"{_what(obj)} {chain}: {cause}"
+
+
+def _type_name(v: Any) -> str:
+    t = type(v)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _what(v: Any) -> str:
+    """A value as error messages name it: "function 'f'", "class 'C'", "a _thread.lock"."""
+    import types
+
+    if isinstance(v, types.FunctionType):
+        return f"function '{v.__qualname__}'"
+    if isinstance(v, type):
+        return f"class '{v.__qualname__}'"
+    return f"a {_type_name(v)}"
+
+
+def _inside(v: Any) -> str:
+    """ ", which captures 'x' (a T)" for a function or class whose capture cannot be pickled."""
+    chain = _culprit(v, set())
+    return f", which {chain}" if chain else ""
+
+
+def _references(obj: Any) -> list[tuple[str, Any]]:
+    """What pickling a function or class by value takes along, each with how it is held:
+    closure variables, the globals its code names (nested functions' too), defaults; for a
+    class its attributes, its methods' references, and its bases."""
+    import types
+
+    out: list[tuple[str, Any]] = []
+    if isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                out.append((f"captures '{name}'", cell.cell_contents))
+            except ValueError:  # an empty cell
+                pass
+        g = obj.__globals__
+        seen: set[str] = set()
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            for n in c.co_names:
+                if n in g and n not in seen:
+                    seen.add(n)
+                    out.append((f"captures '{n}'", g[n]))
+            stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+        defaults = obj.__defaults__ or ()
+        names = code.co_varnames[code.co_argcount - len(defaults) : code.co_argcount]
+        for name, d in zip(names, defaults):
+            out.append((f"has a default for '{name}'", d))
+        for name, d in (obj.__kwdefaults__ or {}).items():
+            out.append((f"has a default for '{name}'", d))
+    elif isinstance(obj, type):
+        for k, v in vars(obj).items():
+            if k in ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"):
+                continue
+            if isinstance(v, (staticmethod, classmethod)):
+                v = v.__func__
+            if isinstance(v, property):
+                v = v.fget
+            if isinstance(v, types.FunctionType):
+                out.extend((f"has method '{k}', which {how}", x) for how, x in _references(v))
+            else:
+                out.append((f"has attribute '{k}'", v))
+        out.extend(("has base class", b) for b in obj.__bases__ if b is not object)
+    return out
+
+
+def _culprit(obj: Any, seen: set) -> str | None:
+    """How ``obj`` (a function or class) holds the first value in it that cannot be pickled:
+    "captures 'lock' (a _thread.lock)", through nested functions; None if none is found."""
+    import cloudpickle
+
+    if id(obj) in seen:
+        return None
+    seen.add(id(obj))
+    for how, v in _references(obj):
+        try:
+            cloudpickle.dumps(v, protocol=5)
+        except Exception:
+            deeper = _culprit(v, seen)
+            if how == "has base class":
+                return f"has base {_what(v)}" + (f", which {deeper}" if deeper else "")
+            return f"{how} ({_what(v)})" + (f", which {deeper}" if deeper else "")
+    return None
 
 
 # Error kinds, as numbered by the engine (`kind_code` in crates/volley-py/src/lib.rs).

@@ -615,6 +615,20 @@ fn set_runtime_env(json: Option<String>, packages: Vec<String>) -> PyResult<()> 
     Ok(())
 }
 
+/// Where the node's developer diagnostics go: a file of this driver's own in `path`, created
+/// when the first is written; None: stderr (a daemon's stderr is its log file).
+#[pyfunction]
+#[pyo3(signature = (path = None))]
+fn set_diagnostics_dir(path: Option<String>) {
+    volley_runtime::set_diagnostics_dir(path.map(std::path::PathBuf::from));
+}
+
+/// The file the node's diagnostics went to, once one was written there.
+#[pyfunction]
+fn diagnostics_file() -> Option<String> {
+    volley_runtime::diagnostics_file().map(|p| p.to_string_lossy().into_owned())
+}
+
 /// Hands a runtime-environment package (a zip, named by its content hash) to this process's
 /// node, which passes it on to the nodes that run tasks needing it.
 #[pyfunction]
@@ -980,6 +994,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::join_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(set_runtime_env, m)?)?;
     m.add_function(wrap_pyfunction!(register_package, m)?)?;
+    m.add_function(wrap_pyfunction!(set_diagnostics_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnostics_file, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::cluster_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::query_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::self_signed_cert, m)?)?;

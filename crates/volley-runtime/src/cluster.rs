@@ -429,8 +429,8 @@ impl Cluster {
         // A late heartbeat can get a live node declared dead: say where the time went.
         let took = start.elapsed();
         if took >= SLOW_BEAT.max(self.cfg.heartbeat * 5) {
-            eprintln!(
-                "volley: a heartbeat took {took:?}: {built:?} to read this node's load, {:?} \
+            crate::diag::warn!(
+                "a heartbeat took {took:?}: {built:?} to read this node's load, {:?} \
                  for the head's answer, {:?} to take in the view",
                 answered - built,
                 took - answered
@@ -445,7 +445,7 @@ impl Cluster {
             std::thread::sleep(self.cfg.heartbeat);
             let overslept = asleep.elapsed().saturating_sub(self.cfg.heartbeat);
             if overslept >= SLOW_BEAT {
-                eprintln!("volley: the heartbeat thread woke {overslept:?} late (CPU starved?)");
+                crate::diag::warn!("the heartbeat thread woke {overslept:?} late (CPU starved?)");
             }
             let alive = {
                 let s2 = match s.try_clone() {
@@ -567,9 +567,11 @@ impl Cluster {
             info.id = id;
             let gap = m.nodes.get(&id).map(|(_, seen)| seen.elapsed());
             if let Some(gap) = gap.filter(|g| *g >= self.cfg.dead_after / 2) {
-                eprintln!(
-                    "volley: node {} ({}) was silent for {gap:?} (declared dead after {:?})",
-                    id.0, info.addr, self.cfg.dead_after
+                crate::diag::warn!(
+                    "node {} ({}) was silent for {gap:?} (declared dead after {:?})",
+                    id.0,
+                    info.addr,
+                    self.cfg.dead_after
                 );
             }
             m.nodes.insert(id, (info, Instant::now()));

@@ -12,6 +12,7 @@
 //! anything of Python.
 
 mod cluster;
+mod diag;
 mod error;
 mod logs;
 mod node;
@@ -22,6 +23,7 @@ mod tls;
 mod worker_conn;
 
 pub use cluster::{cluster_view, ClusterConfig};
+pub use diag::{log_file as diagnostics_file, set_log_dir as set_diagnostics_dir};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
 pub use tls::{self_signed_cert, TlsConfig};

@@ -288,14 +288,44 @@ fn unreadable(v: &ObjectData, why: &str) -> ObjectData {
 }
 
 /// Holding the state lock this long delays everything, heartbeats included (a node whose
-/// heartbeats stop is declared dead): said on stderr with where it was held, to find out why.
+/// heartbeats stop is declared dead): logged with where it was held, to find out why.
 const SLOW_LOCK: Duration = Duration::from_millis(500);
 
+/// At most one backtrace this often: a node that keeps holding its lock long would otherwise
+/// spend its time writing them.
+const SLOW_LOCK_EVERY: Duration = Duration::from_secs(10);
+
+/// `SLOW_LOCK`, or `VOLLEY_TEST_SLOW_LOCK_MS` (tests: makes every lock use slow enough).
+fn slow_lock_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("VOLLEY_TEST_SLOW_LOCK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(SLOW_LOCK, Duration::from_millis)
+    })
+}
+
 fn slow_lock(held: Duration) {
-    if held >= SLOW_LOCK {
-        let at = std::backtrace::Backtrace::force_capture();
-        eprintln!("volley: the node's state lock was held for {held:?} by\n{at}");
+    if held < slow_lock_limit() {
+        return;
     }
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    {
+        let mut last = LAST.lock();
+        if last.is_some_and(|t| t.elapsed() < SLOW_LOCK_EVERY) {
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    let skipped = SKIPPED.swap(0, Ordering::Relaxed);
+    let at = std::backtrace::Backtrace::force_capture();
+    crate::diag::warn!(
+        "the node's state lock was held for {held:?} ({skipped} more slow holds since the \
+         last report) by\n{at}"
+    );
 }
 
 fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
