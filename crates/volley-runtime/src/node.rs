@@ -845,7 +845,9 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
     let hello = match handshake(&shared, &mut stream) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("volley: refused a connection to the node: {e}");
+            // A worker killed while it connected, or a local process without the token: for
+            // the node's log, not the user's terminal.
+            crate::diag::warn!("refused a connection to the node: {e}");
             return;
         }
     };
