@@ -401,7 +401,11 @@ fn a_nested_task_past_the_worker_cap_fails_naming_the_cap_instead_of_waiting() {
     match h.s.object_state(&levels[2]) {
         Some(ObjectState::Failed(e)) => {
             assert_eq!(e.kind, ErrorKind::Unschedulable);
-            assert!(e.message.contains("max_workers") && e.message.contains("all 2"), "{}", e.message);
+            assert!(
+                e.message.contains("max_workers") && e.message.contains("all 2"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("level 2 is {other:?}"),
     }
@@ -700,7 +704,8 @@ fn only_the_tasks_a_dead_peer_could_have_been_running_use_a_retry() {
     let mut h = Harness::new(0.0);
     h.s.set_peers(vec![peer(1, 1)], &mut h.out);
     let no_retries = TaskOptions { max_retries: 0, ..TaskOptions::default() };
-    let ids: Vec<ObjectId> = (0..10).map(|_| h.submit_opts(Vec::new(), no_retries.clone())).collect();
+    let ids: Vec<ObjectId> =
+        (0..10).map(|_| h.submit_opts(Vec::new(), no_retries.clone())).collect();
     assert_eq!(h.spilled().len(), 10, "one running there, nine queued behind it");
     h.s.peer_gone(NodeId(1), "killed", &mut h.out);
     // The first one sent to the 1-CPU node may have been running: it fails. The nine others
