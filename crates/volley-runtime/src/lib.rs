@@ -20,7 +20,7 @@ mod supervisor;
 mod tls;
 mod worker_conn;
 
-pub use cluster::{cluster_view, ClusterConfig};
+pub use cluster::{cluster_status, cluster_view, ClusterConfig};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};
 pub use tls::TlsConfig;
