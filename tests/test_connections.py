@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,10 +116,10 @@ def daemons(tmp_path):
 
 
 class Drip:
-    """``n`` TCP connections to ``addr`` that each send one byte every ``every`` seconds and never
-    authenticate; closed by ``close`` (a connection the daemon closed is left alone)."""
+    """``n`` TCP connections to ``addr`` that each send ``first``, then one byte every ``every``
+    seconds, and never authenticate; closed by ``close``."""
 
-    def __init__(self, addr: str, n: int, every: float = 2.0):
+    def __init__(self, addr: str, n: int, every: float = 2.0, first: bytes = b""):
         host, port = addr.rsplit(":", 1)
         self.socks: list[socket.socket] = []
         for _ in range(n):
@@ -129,6 +130,8 @@ class Drip:
             except OSError:
                 s.close()
                 continue
+            if first:
+                s.sendall(first)
             s.setblocking(False)
             self.socks.append(s)
         self.every = every
@@ -143,6 +146,19 @@ class Drip:
                     s.send(b"\0")
                 except OSError:
                     pass
+
+    def still_open(self) -> int:
+        """How many of the connections the daemon has not closed yet."""
+        n = 0
+        for s in self.socks:
+            try:
+                while s.recv(65536):  # what the daemon sent (its challenge)
+                    pass
+            except BlockingIOError:
+                n += 1  # open, nothing more to read
+            except OSError:
+                pass  # reset
+        return n
 
     def close(self) -> None:
         self.stopped.set()
@@ -171,28 +187,53 @@ def _square(x: int) -> int:
     return x * x
 
 
-def test_slow_unauthenticated_connections_cost_bounded_threads_and_lock_nobody_out(daemons):
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    out = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=volley-cluster"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_slow_unauthenticated_connections_cost_bounded_threads_and_lock_nobody_out(
+    daemons, tmp_path, tls
+):
     token = "drip-test-token-0123456789"
-    head = daemons.start(daemons.argv(True, "127.0.0.1", ("--token", token)))
+    extra: tuple = ("--token", token)
+    first = b""
+    if tls:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs openssl to make a certificate")
+        cert, key = _self_signed(tmp_path)
+        extra += ("--tls-cert", cert, "--tls-key", key)
+        first = b"\x16\x03\x01\x02\x00"  # a TLS record of 512 bytes, to come a byte at a time
+    head = daemons.start(daemons.argv(True, "127.0.0.1", extra))
     pid = daemons.procs[head].pid
-    drip = Drip(daemons.head, 400)
+    drip = Drip(daemons.head, 400 if not tls else 200, first=first)
     try:
-        assert len(drip.socks) >= 300, len(drip.socks)
-        # Each would hold a thread (and a descriptor) for as long as it drips.
+        assert len(drip.socks) >= (300 if not tls else 150), len(drip.socks)
+        # Each would hold a thread or four (and a descriptor) for as long as it drips.
         time.sleep(3)
         assert _threads(pid) < 100 and _fds(pid) < 100, (_threads(pid), _fds(pid))
         # A node joins and a driver runs tasks on it while the drip goes on.
         t0 = time.monotonic()
-        daemons.start(daemons.argv(False, "127.0.0.2", ("--token", token)), timeout=20)
-        volley.init(address=daemons.head, token=token)
+        daemons.start(daemons.argv(False, "127.0.0.2", extra), timeout=20)
+        volley.init(address=daemons.head, token=token, tls_cert=cert if tls else None)
         assert volley.get([_square.remote(i) for i in range(20)], timeout=30) == [
             i * i for i in range(20)
         ]
         assert time.monotonic() - t0 < 20
         assert len([n for n in volley.nodes() if not n["driver"]]) == 2
         assert _threads(pid) < 100 and _fds(pid) < 100, (_threads(pid), _fds(pid))
-        assert "dropped" in daemons.log(head)  # said once, not once per connection
-        assert daemons.log(head).count("dropped") < 10
+        # A byte every 2 s does not stretch the handshake past its deadline (5 s).
+        assert poll(lambda: drip.still_open() == 0, timeout=15), drip.still_open()
+        log = daemons.log(head)
+        assert "dropped" in log and log.count("dropped") < 10  # said now and then, not each time
     finally:
         drip.close()
 

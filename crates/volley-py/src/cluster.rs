@@ -114,6 +114,8 @@ pub fn query_cluster<'py>(
     nodes.iter().map(|i| info_dict(py, i)).collect()
 }
 
+type Dicts<'py> = Vec<Bound<'py, PyDict>>;
+
 /// Asks the head at `address` for the cluster's nodes and the handshakes it refused lately (a
 /// wrong token, another version: nodes or drivers locked out, e.g. after the head was restarted
 /// with another token), for `volley status`.
@@ -124,7 +126,7 @@ pub fn query_cluster_status<'py>(
     address: String,
     token: String,
     tls_cert: Option<String>,
-) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<Bound<'py, PyDict>>)> {
+) -> PyResult<(Dicts<'py>, Dicts<'py>)> {
     let tls = load_tls(tls_cert, None)?;
     let (nodes, refused) = py
         .detach(|| volley_runtime::cluster_status(&address, token.as_bytes(), tls.as_deref()))

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use volley_proto::{
     authenticate_client, authenticate_server, decode, encode, shm_layout, write_frame, FrameReader,
-    Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, Refusal, ShmLoc,
-    TaskResult, TaskSpec,
+    Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, Refusal, ShmLoc, TaskResult,
+    TaskSpec,
 };
 use volley_sched::{Action, ActorReport, PeerView};
 use volley_store::{Arena, Lease, Owner};
@@ -693,6 +693,7 @@ impl Cluster {
     /// those still in their handshake).
     fn accept_loop(self: Arc<Self>, l: TcpListener) {
         let mut backoff = Duration::ZERO;
+        let mut said: (u64, Option<Instant>) = (0, None); // failures not reported, when last
         loop {
             let accepted = l.accept();
             if self.closed.load(Ordering::Acquire) {
@@ -725,8 +726,13 @@ impl Cluster {
             if is_exhausted(&e) {
                 self.drop_oldest_pending();
             }
-            if backoff.is_zero() {
-                eprintln!("volley: accepting connections failed ({e}); backing off");
+            said.0 += 1;
+            if said.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                eprintln!(
+                    "volley: accepting a connection failed {} time(s) ({e}); backing off",
+                    said.0
+                );
+                said = (0, Some(Instant::now()));
             }
             backoff = (backoff * 2).clamp(Duration::from_millis(5), ACCEPT_BACKOFF_MAX);
             std::thread::sleep(backoff);
@@ -780,8 +786,8 @@ impl Cluster {
         d.0 += n;
         if d.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             eprintln!(
-                "volley: dropped {} connection(s) that did not authenticate in time (at most {} \
-                 wait at once, {} s each)",
+                "volley: dropped {} connection(s) that did not authenticate (closed, too slow, \
+                 or pushed out by newer ones: at most {} wait at once, {} s each)",
                 d.0,
                 MAX_PENDING,
                 HANDSHAKE_DEADLINE.as_secs()
@@ -862,23 +868,30 @@ impl Cluster {
             Ok(session) if kept => session,
             Ok(_) | Err(ProtoError::Closed) => return,
             Err(e) => {
-                let slow = matches!(&e, ProtoError::Io(io) if matches!(
+                use std::io::ErrorKind as K;
+                // Too slow, or gone: counted, and reported now and then.
+                let quiet = matches!(&e, ProtoError::Io(io) if matches!(
                     io.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    K::WouldBlock | K::TimedOut | K::ConnectionReset | K::ConnectionAborted
+                        | K::BrokenPipe | K::UnexpectedEof
                 ));
-                if slow || !kept {
+                if quiet || !kept {
                     self.note_dropped(u64::from(kept));
                     return;
                 }
-                let count = match (&e, &peer) {
+                match (&e, &peer) {
                     (ProtoError::Auth(_) | ProtoError::VersionMismatch { .. }, Ok(a)) => {
-                        self.note_refused(a, e.to_string())
+                        // A refused node retries twice a second: its first tries are enough.
+                        let count = self.note_refused(a, e.to_string());
+                        if count <= 3 || count.is_multiple_of(100) {
+                            eprintln!(
+                                "volley: refused a connection from {who}: {e} ({count} from \
+                                 {} so far)",
+                                a.ip()
+                            );
+                        }
                     }
-                    _ => 1,
-                };
-                // A refused node retries twice a second: its first tries are enough to log.
-                if count <= 3 || count % 100 == 0 {
-                    eprintln!("volley: refused a connection from {who}: {e} ({count} so far)");
+                    _ => eprintln!("volley: refused a connection from {who}: {e}"),
                 }
                 return;
             }
@@ -1744,4 +1757,37 @@ fn new_epoch() -> u64 {
         return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
     }
     u64::from_le_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that sends a byte every 100 ms never runs out a per-read timeout; the handshake's
+    /// one deadline ends it all the same.
+    #[test]
+    fn a_dripping_peer_cannot_stretch_the_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            // A frame's length, then its bytes one at a time (until the server hangs up).
+            let _ = s.write_all(&[0, 0, 0, 64]);
+            for _ in 0..64 {
+                std::thread::sleep(Duration::from_millis(100));
+                if s.write_all(&[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tcp, _) = l.accept().expect("accept");
+        let start = Instant::now();
+        let mut io = Deadline { tcp: &tcp, until: start + Duration::from_millis(500) };
+        let r = authenticate_server(&mut io, b"token");
+        let took = start.elapsed();
+        assert!(r.is_err(), "{r:?}");
+        assert!(took < Duration::from_secs(2), "the handshake took {took:?}");
+        drop(tcp);
+        client.join().expect("client");
+    }
 }

@@ -276,7 +276,7 @@ fn pump(tcp: TcpStream, conn: rustls::Connection) -> io::Result<Conn> {
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let hello = take_tls(&mut session.lock())?; // A client's hello.
-    // What a session accepted on the caller's thread already decrypted goes first.
+                                                // What a session accepted on the caller's thread already decrypted goes first.
     let early = {
         let mut c = session.lock();
         let mut early = Vec::new();
