@@ -238,15 +238,20 @@ def test_slow_unauthenticated_connections_cost_bounded_threads_and_lock_nobody_o
         drip.close()
 
 
-def test_more_slow_connections_than_descriptors_do_not_make_the_head_spin(daemons):
+@pytest.mark.parametrize(
+    "fds, conns",
+    [(40, 150), pytest.param(1024, 1100, marks=pytest.mark.slow)],  # the numbers
+    ids=["40-fds", "1024-fds"],
+)
+def test_more_slow_connections_than_descriptors_do_not_make_the_head_spin(daemons, fds, conns):
     token = "drip-test-token-0123456789"
 
     def few_fds():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
 
     head = daemons.start(daemons.argv(True, "127.0.0.1", ("--token", token)), preexec=few_fds)
     pid = daemons.procs[head].pid
-    drip = Drip(daemons.head, 150)
+    drip = Drip(daemons.head, conns)
     try:
         # Out of descriptors, accept fails at once: the head must wait, not retry in a loop.
         before = _cpu_seconds(pid)
@@ -255,7 +260,14 @@ def test_more_slow_connections_than_descriptors_do_not_make_the_head_spin(daemon
         assert used < 0.8, f"the head used {used:.2f} s of CPU in 3 s"
         daemons.start(daemons.argv(False, "127.0.0.2", ("--token", token)), timeout=20)
         assert poll(lambda: "node 2 joined" in daemons.log(head), timeout=10), daemons.log(head)
+        status = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "status", "--address", daemons.head,
+             "--token", token],
+            env=daemons.env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 0 and "2 node(s)" in status.stdout, status
         assert daemons.procs[head].poll() is None
+        assert _threads(pid) < 100, _threads(pid)
     finally:
         drip.close()
 

@@ -112,6 +112,8 @@ pub(crate) struct Cluster {
     pulls: Mutex<HashMap<ObjectId, pull::Pulling>>,
     /// Connections accepted and still in their handshake, oldest first.
     pending: Mutex<Pending>,
+    /// How many of those at most (see `pending_cap`).
+    pending_cap: usize,
     /// Handshakes refused lately (a wrong token, another version), for `volley status`.
     refused: Mutex<VecDeque<(Refusal, Instant)>>,
     /// Dropped handshakes (too slow, evicted) not yet reported, and when that was last done.
@@ -276,6 +278,7 @@ impl Cluster {
             epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
             pulls: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
+            pending_cap: pending_cap(),
             refused: Mutex::new(VecDeque::new()),
             dropped: Mutex::new((0, None)),
             cfg,
@@ -739,12 +742,12 @@ impl Cluster {
         }
     }
 
-    /// Registers a connection in its handshake, dropping the oldest ones beyond [`MAX_PENDING`].
+    /// Registers a connection in its handshake, dropping the oldest ones beyond the cap.
     fn admit(&self, tcp: Arc<TcpStream>) -> u64 {
         let mut dropped = 0;
         let id = {
             let mut p = self.pending.lock();
-            while p.conns.len() >= MAX_PENDING {
+            while p.conns.len() >= self.pending_cap {
                 if let Some((_, old)) = p.conns.pop_front() {
                     let _ = old.shutdown(std::net::Shutdown::Both);
                     dropped += 1;
@@ -757,6 +760,23 @@ impl Cluster {
         };
         self.note_dropped(dropped);
         id
+    }
+
+    /// Runs `f`, which needs descriptors, again while there are none: an authenticated peer goes
+    /// before connections still in their handshake, the oldest of which is dropped each time to
+    /// make room (its thread closes it at once).
+    fn with_room<T>(&self, mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut tries = 0;
+        loop {
+            match f() {
+                Err(e) if is_exhausted(&e) && tries < 20 => {
+                    self.drop_oldest_pending();
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Ends the oldest connection in its handshake (its thread sees it closed).
@@ -789,7 +809,7 @@ impl Cluster {
                 "volley: dropped {} connection(s) that did not authenticate (closed, too slow, \
                  or pushed out by newer ones: at most {} wait at once, {} s each)",
                 d.0,
-                MAX_PENDING,
+                self.pending_cap,
                 HANDSHAKE_DEADLINE.as_secs()
             );
             *d = (0, Some(Instant::now()));
@@ -913,7 +933,7 @@ impl Cluster {
         // The first message, within what is left of the deadline (it comes at once).
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        let Ok(rs) = s.try_clone() else { return };
+        let Ok(rs) = self.with_room(|| s.try_clone()) else { return };
         let mut r = FrameReader::new(&rs);
         let first = match recv(&mut r) {
             Ok(m) => m,
@@ -1738,6 +1758,18 @@ pub fn cluster_status(
         PeerMsg::View { nodes, refused } => Ok((nodes, refused)),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
     }
+}
+
+/// At most [`MAX_PENDING`] connections in their handshake, and at most a quarter of the
+/// descriptors this process may open: a flood of them leaves room for the node's own work.
+fn pending_cap() -> usize {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+    if !ok || r.rlim_cur == libc::RLIM_INFINITY {
+        return MAX_PENDING;
+    }
+    usize::try_from(r.rlim_cur / 4).unwrap_or(MAX_PENDING).clamp(4, MAX_PENDING)
 }
 
 /// An `accept` (or thread start) that failed for want of descriptors, threads or memory: it
