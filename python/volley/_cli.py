@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resources", default=None, help='custom resources as JSON: {"disk": 2}')
     s.add_argument("--object-store-memory", type=int, default=None)
     s.add_argument(
-        "--token", default=None, help="cluster token (default: generated / VOLLEY_TOKEN)"
+        "--token",
+        default=None,
+        help="cluster token (default: VOLLEY_TOKEN, else the session's token file, so a "
+        "restarted head keeps its cluster, else a new one)",
     )
     s.add_argument(
         "--tls-cert",
