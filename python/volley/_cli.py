@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resources", default=None, help='custom resources as JSON: {"disk": 2}')
     s.add_argument("--object-store-memory", type=int, default=None)
     s.add_argument(
-        "--token", default=None, help="cluster token (default: generated / VOLLEY_TOKEN)"
+        "--token",
+        default=None,
+        help="cluster token (default: VOLLEY_TOKEN, else the session's token file, so a "
+        "restarted head keeps its cluster, else a new one)",
     )
     s.add_argument(
         "--tls-cert",
@@ -172,7 +175,11 @@ def _run_node(args: argparse.Namespace) -> int:
         port = _free_port(args.host)
     listen = f"{args.host}:{port}"
     if args.head:
-        token = args.token or os.environ.get("VOLLEY_TOKEN") or _cluster.new_token()
+        # A head restarted in the same session keeps its token: the nodes and drivers that
+        # survived it rejoin with the one they have.
+        token = (
+            args.token or _cluster._setting(None, "VOLLEY_TOKEN", "token") or _cluster.new_token()
+        )
         head = None
     else:
         token = _cluster.resolve_token(args.token)
@@ -286,7 +293,7 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         addr = _cluster.resolve_address(args.address)
-        nodes = _core.query_cluster(
+        nodes, refused = _core.query_cluster_status(
             addr, _cluster.resolve_token(args.token), _cluster.resolve_tls_cert(args.tls_cert)
         )
     except ConnectionError as e:
@@ -317,6 +324,11 @@ def _status(args: argparse.Namespace) -> int:
         )
         for line in n.get("waiting", []):
             print(f"    {line}")
+    for r in refused:
+        print(
+            f"  refused {r['peer']}: {r['reason']} ({r['count']} time(s), last "
+            f"{r['last_seconds_ago']:.0f} s ago)"
+        )
     return 0
 
 

@@ -55,6 +55,21 @@ pub struct NodeInfo {
     pub pid: u32,
 }
 
+/// Connections the head refused at the handshake (a wrong token, another protocol version),
+/// grouped by peer address and reason, so `volley status` can show a node or driver locked out
+/// of the cluster (e.g. after the head was restarted with another token). The head cannot tell
+/// which node it was: nothing an unauthenticated peer says is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The peer's IP address.
+    pub peer: String,
+    pub reason: String,
+    /// Connections refused so far.
+    pub count: u32,
+    /// How long ago the last one was, in milliseconds.
+    pub last_ms_ago: u64,
+}
+
 /// A named actor as the cluster's directory lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedActor {
@@ -85,8 +100,9 @@ pub enum PeerMsg {
     },
     /// To the head, periodically: this node's load. Answered with `View`.
     Heartbeat { info: NodeInfo },
-    /// The cluster as the head sees it: every live node.
-    View { nodes: Vec<NodeInfo> },
+    /// The cluster as the head sees it: every live node, and (for `volley status`; empty in the
+    /// answers to members' heartbeats) the connections it recently refused.
+    View { nodes: Vec<NodeInfo>, refused: Vec<Refusal> },
     /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
     /// pickled inside them), so the receiver needs nothing else; `function` is the function's
     /// bytes, the first time the receiver needs it.

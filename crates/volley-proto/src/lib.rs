@@ -15,7 +15,8 @@ mod ids;
 mod messages;
 
 pub use cluster::{
-    authenticate_client, authenticate_server, NamedActor, NodeId, NodeInfo, PeerMsg, MAX_CHUNK,
+    authenticate_client, authenticate_server, NamedActor, NodeId, NodeInfo, PeerMsg, Refusal,
+    MAX_CHUNK,
 };
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};

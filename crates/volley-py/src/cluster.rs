@@ -120,3 +120,35 @@ pub fn query_cluster<'py>(
 pub fn self_signed_cert() -> PyResult<(String, String)> {
     volley_runtime::self_signed_cert().map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
+
+type Dicts<'py> = Vec<Bound<'py, PyDict>>;
+
+/// Asks the head at `address` for the cluster's nodes and the handshakes it refused lately (a
+/// wrong token, another version: nodes or drivers locked out, e.g. after the head was restarted
+/// with another token), for `volley status`.
+#[pyfunction]
+#[pyo3(signature = (address, token, tls_cert = None))]
+pub fn query_cluster_status<'py>(
+    py: Python<'py>,
+    address: String,
+    token: String,
+    tls_cert: Option<String>,
+) -> PyResult<(Dicts<'py>, Dicts<'py>)> {
+    let tls = load_tls(tls_cert, None)?;
+    let (nodes, refused) = py
+        .detach(|| volley_runtime::cluster_status(&address, token.as_bytes(), tls.as_deref()))
+        .map_err(conn_err)?;
+    let nodes = nodes.iter().map(|i| info_dict(py, i)).collect::<PyResult<_>>()?;
+    let refused = refused
+        .iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("peer", &r.peer)?;
+            d.set_item("reason", &r.reason)?;
+            d.set_item("count", r.count)?;
+            d.set_item("last_seconds_ago", r.last_ms_ago as f64 / 1000.0)?;
+            Ok(d)
+        })
+        .collect::<PyResult<_>>()?;
+    Ok((nodes, refused))
+}

@@ -11,9 +11,15 @@
 //!   Values are copied out of the store by the link's writer thread, so a large argument never
 //!   holds up the caller or the scheduler.
 //! - A malformed or oversized frame ends that connection only.
+//! - A connection that has not authenticated is bounded in time and number: its whole handshake
+//!   (TLS, token, first message) must end within [`HANDSHAKE_DEADLINE`], at most [`MAX_PENDING`]
+//!   are in their handshake at once (a new one drops the oldest), and out of descriptors the
+//!   accept loop backs off instead of spinning. Slow or idle peers that never authenticate thus
+//!   cost a bounded number of threads and descriptors, and nodes and `volley status` still get
+//!   in.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use volley_proto::{
     authenticate_client, authenticate_server, decode, encode, shm_layout, write_frame, FrameReader,
-    Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, ShmLoc, TaskResult,
+    Keep, NodeId, NodeInfo, ObjectData, ObjectId, PeerMsg, ProtoError, Refusal, ShmLoc, TaskResult,
     TaskSpec,
 };
 use volley_sched::{Action, ActorReport, PeerView};
@@ -55,8 +61,19 @@ pub struct ClusterConfig {
     pub tls: Option<Arc<TlsConfig>>,
 }
 
-/// How long the handshake may take before the connection is dropped.
+/// How long the connecting side waits for each answer of the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The accepting side's limit for a connection's whole handshake (TLS, token, first message),
+/// however slowly its bytes come: a peer that drips a byte at a time is dropped after it.
+pub(crate) const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections in their handshake at once: one more drops the oldest of them, so peers that
+/// never authenticate hold a bounded number of threads and descriptors.
+pub(crate) const MAX_PENDING: usize = 32;
+/// Refused handshakes the head remembers (by peer address and reason) for `volley status`.
+const MAX_REFUSALS: usize = 16;
+/// The longest the accept loop waits after a failed `accept` (out of descriptors), doubling from
+/// a few milliseconds.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// A heartbeat (or its thread's wake-up) this late is reported on stderr.
 const SLOW_BEAT: Duration = Duration::from_millis(500);
 
@@ -93,6 +110,60 @@ pub(crate) struct Cluster {
     epoch: std::sync::atomic::AtomicU64,
     /// Large values being pulled here (see `pull`).
     pulls: Mutex<HashMap<ObjectId, pull::Pulling>>,
+    /// Connections accepted and still in their handshake, oldest first.
+    pending: Mutex<Pending>,
+    /// How many of those at most (see `pending_cap`).
+    pending_cap: usize,
+    /// Handshakes refused lately (a wrong token, another version), for `volley status`.
+    refused: Mutex<VecDeque<(Refusal, Instant)>>,
+    /// Dropped handshakes (too slow, evicted) not yet reported, and when that was last done.
+    dropped: Mutex<(u64, Option<Instant>)>,
+}
+
+/// Connections in their handshake: each entry shares its socket with the thread serving it, so
+/// dropping the entry's connection (`shutdown`) ends that thread's blocking read at once.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    conns: VecDeque<(u64, Arc<TcpStream>)>,
+}
+
+/// A connection's socket during its handshake: each read and write waits only for what is left
+/// of one deadline, so a peer sending a byte now and then cannot stretch the handshake.
+struct Deadline<'a> {
+    tcp: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake took too long",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        (&*self.tcp).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        (&*self.tcp).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Members {
@@ -117,7 +188,8 @@ fn connect(addr: &str, token: &[u8], tls: Option<&TlsConfig>) -> Result<Conn, Ru
     };
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     authenticate_client(&mut s, token).map_err(|e| match e {
-        ProtoError::Auth(why) => RuntimeError::Connect(format!("{addr}: {why}")),
+        ProtoError::Auth(why) => RuntimeError::Rejected(format!("{addr}: {why}")),
+        e @ ProtoError::VersionMismatch { .. } => RuntimeError::Rejected(format!("{addr}: {e}")),
         ProtoError::Io(e)
             if matches!(
                 e.kind(),
@@ -205,6 +277,10 @@ impl Cluster {
             bytes_served: std::sync::atomic::AtomicU64::new(0),
             epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
             pulls: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            pending_cap: pending_cap(),
+            refused: Mutex::new(VecDeque::new()),
+            dropped: Mutex::new((0, None)),
             cfg,
         });
         if !c.cfg.driver {
@@ -218,18 +294,9 @@ impl Cluster {
         }
         if let Some(l) = listener {
             let c2 = c.clone();
-            std::thread::Builder::new().name("volley-tcp-accept".into()).spawn(move || {
-                for s in l.incoming() {
-                    if c2.closed.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let Ok(s) = s else { continue };
-                    let c3 = c2.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("volley-tcp-peer".into())
-                        .spawn(move || c3.serve(s));
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("volley-tcp-accept".into())
+                .spawn(move || c2.accept_loop(l))?;
         }
         if head {
             c.shared.state.lock().sched.set_node_id(NodeId(1));
@@ -327,6 +394,9 @@ impl Cluster {
         for (_, s) in self.sockets.lock().drain() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+        for (_, s) in self.pending.lock().conns.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         self.links.lock().clear();
         self.incoming.lock().clear();
         if self.cfg.listen.is_some() {
@@ -422,7 +492,7 @@ impl Cluster {
         send(s, &PeerMsg::Heartbeat { info })?;
         let answer = recv(r).map_err(proto)?;
         let answered = start.elapsed();
-        let PeerMsg::View { nodes } = answer else {
+        let PeerMsg::View { nodes, .. } = answer else {
             return Err(RuntimeError::Refused(format!("unexpected answer {answer:?}")));
         };
         self.set_view(nodes);
@@ -460,17 +530,49 @@ impl Cluster {
                 continue;
             }
             // The head is gone: keep the last view, and join again when it is back.
+            let mut refused: Option<String> = None;
             loop {
                 std::thread::sleep(Duration::from_millis(500));
                 if self.closed.load(Ordering::Acquire) {
                     return;
                 }
-                if let Ok((s2, _)) = self.join() {
-                    s = s2;
-                    break;
+                match self.join() {
+                    Ok((s2, _)) => {
+                        if refused.is_some() {
+                            eprintln!("volley: rejoined the cluster's head");
+                        }
+                        s = s2;
+                        break;
+                    }
+                    // Refused, not unreachable: say so once (per reason), where the user of
+                    // this node or driver looks, instead of retrying in silence.
+                    Err(RuntimeError::Rejected(why) | RuntimeError::Refused(why)) => {
+                        if refused.as_deref() != Some(why.as_str()) {
+                            self.report_refused(&why);
+                            refused = Some(why);
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
         }
+    }
+
+    /// The head refused this node's re-join (it was restarted with another token, or runs
+    /// another version): this node works with the peers it still reaches, and nothing new.
+    fn report_refused(&self, why: &str) {
+        let head = self.cfg.head.as_deref().unwrap_or("?");
+        let what = if self.cfg.driver {
+            "this driver: its tasks run only on the nodes it still reaches, and no node \
+             that joins from now on"
+        } else {
+            "this node: it takes no work from the rest of the cluster"
+        };
+        eprintln!(
+            "volley: the cluster's head at {head} refused to take back {what} ({why}). Was the \
+             head restarted with another token? Restart it with the cluster's token (the \
+             session directory's token file, --token or VOLLEY_TOKEN); this keeps trying."
+        );
     }
 
     /// The head's periodic work: refresh its own entry, drop members not heard from, and tell
@@ -592,11 +694,236 @@ impl Cluster {
 
     // ------------------------------------------------------------------ serving peers
 
-    fn serve(self: Arc<Self>, tcp: TcpStream) {
-        let who = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    /// Accepts peers, each served on a thread of its own (see [`MAX_PENDING`] for the bound on
+    /// those still in their handshake).
+    fn accept_loop(self: Arc<Self>, l: TcpListener) {
+        let mut backoff = Duration::ZERO;
+        let mut said: (u64, Option<Instant>) = (0, None); // failures not reported, when last
+        loop {
+            let accepted = l.accept();
+            if self.closed.load(Ordering::Acquire) {
+                break;
+            }
+            let failed = match accepted {
+                Ok((tcp, _)) => {
+                    let tcp = Arc::new(tcp);
+                    let id = self.admit(tcp.clone());
+                    let c = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("volley-tcp-peer".into())
+                        .spawn(move || c.serve(tcp, id));
+                    match spawned {
+                        Ok(_) => None,
+                        Err(e) => {
+                            self.finish_pending(id);
+                            Some(e)
+                        }
+                    }
+                }
+                Err(e) => Some(e),
+            };
+            let Some(e) = failed else {
+                backoff = Duration::ZERO;
+                continue;
+            };
+            // Out of descriptors (or threads, or memory), accepting again at once fails again
+            // with a core spinning: free the oldest handshake's, and wait, longer each time.
+            if is_exhausted(&e) {
+                self.drop_oldest_pending();
+            }
+            said.0 += 1;
+            if said.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                eprintln!(
+                    "volley: accepting a connection failed {} time(s) ({e}); backing off",
+                    said.0
+                );
+                said = (0, Some(Instant::now()));
+            }
+            backoff = (backoff * 2).clamp(Duration::from_millis(5), ACCEPT_BACKOFF_MAX);
+            std::thread::sleep(backoff);
+        }
+    }
+
+    /// Registers a connection in its handshake, dropping the oldest ones beyond the cap.
+    fn admit(&self, tcp: Arc<TcpStream>) -> u64 {
+        let mut dropped = 0;
+        let id = {
+            let mut p = self.pending.lock();
+            while p.conns.len() >= self.pending_cap {
+                if let Some((_, old)) = p.conns.pop_front() {
+                    let _ = old.shutdown(std::net::Shutdown::Both);
+                    dropped += 1;
+                }
+            }
+            let id = p.next;
+            p.next += 1;
+            p.conns.push_back((id, tcp));
+            id
+        };
+        self.note_dropped(dropped);
+        id
+    }
+
+    /// Runs `f`, which needs descriptors, again while there are none: an authenticated peer goes
+    /// before connections still in their handshake, the oldest of which is dropped each time to
+    /// make room (its thread closes it at once).
+    fn with_room<T>(&self, mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut tries = 0;
+        loop {
+            match f() {
+                Err(e) if is_exhausted(&e) && tries < 20 => {
+                    self.drop_oldest_pending();
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Ends the oldest connection in its handshake (its thread sees it closed).
+    fn drop_oldest_pending(&self) {
+        let old = self.pending.lock().conns.pop_front();
+        if let Some((_, old)) = old {
+            let _ = old.shutdown(std::net::Shutdown::Both);
+            self.note_dropped(1);
+        }
+    }
+
+    /// The handshake of connection `id` ended; false if it had been dropped meanwhile.
+    fn finish_pending(&self, id: u64) -> bool {
+        let mut p = self.pending.lock();
+        let Some(at) = p.conns.iter().position(|(k, _)| *k == id) else { return false };
+        p.conns.remove(at);
+        true
+    }
+
+    /// Counts handshakes dropped (too slow, or pushed out by newer ones) and says so on stderr
+    /// at most every few seconds: a flood of them must not flood the log too.
+    fn note_dropped(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut d = self.dropped.lock();
+        d.0 += n;
+        if d.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            eprintln!(
+                "volley: dropped {} connection(s) that did not authenticate (closed, too slow, \
+                 or pushed out by newer ones: at most {} wait at once, {} s each)",
+                d.0,
+                self.pending_cap,
+                HANDSHAKE_DEADLINE.as_secs()
+            );
+            *d = (0, Some(Instant::now()));
+        }
+    }
+
+    /// Remembers a refused handshake for `volley status`, by peer address and reason; returns
+    /// how many of those there were.
+    fn note_refused(&self, who: &std::net::SocketAddr, reason: String) -> u32 {
+        let peer = who.ip().to_string();
+        let mut r = self.refused.lock();
+        if let Some(at) = r.iter().position(|(x, _)| x.peer == peer && x.reason == reason) {
+            if let Some((mut x, _)) = r.remove(at) {
+                x.count = x.count.saturating_add(1);
+                let count = x.count;
+                r.push_back((x, Instant::now()));
+                return count;
+            }
+        }
+        if r.len() >= MAX_REFUSALS {
+            r.pop_front();
+        }
+        r.push_back((Refusal { peer, reason, count: 1, last_ms_ago: 0 }, Instant::now()));
+        1
+    }
+
+    /// The refused handshakes remembered, the latest first.
+    fn refusals(&self) -> Vec<Refusal> {
+        let r = self.refused.lock();
+        r.iter()
+            .rev()
+            .map(|(x, at)| Refusal { last_ms_ago: at.elapsed().as_millis() as u64, ..x.clone() })
+            .collect()
+    }
+
+    /// The accepting side's handshake, within `deadline`: TLS (if the cluster uses it), then
+    /// the token. Returns the TLS session, if any, to carry the connection from then on.
+    fn handshake(
+        &self,
+        tcp: &TcpStream,
+        deadline: Instant,
+    ) -> Result<Option<crate::tls::Accepted>, ProtoError> {
+        let mut io = Deadline { tcp, until: deadline };
+        match self.cfg.tls.as_deref() {
+            Some(t) => {
+                let mut session = crate::tls::accept(&mut io, t).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        ProtoError::Io(e)
+                    }
+                    std::io::ErrorKind::UnexpectedEof => ProtoError::Closed,
+                    _ => ProtoError::Handshake(format!("no TLS for the connection: {e}")),
+                })?;
+                authenticate_server(&mut session.stream(&mut io), &self.cfg.token)?;
+                Ok(Some(session))
+            }
+            None => {
+                authenticate_server(&mut io, &self.cfg.token)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn serve(self: Arc<Self>, tcp: Arc<TcpStream>, pending: u64) {
+        let peer = tcp.peer_addr();
+        let who = peer.as_ref().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         let _ = tcp.set_nodelay(true);
-        let mut s = match self.cfg.tls.as_deref() {
-            Some(t) => match crate::tls::server(tcp, t) {
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+        let shaken = if self.closed.load(Ordering::Acquire) {
+            Err(ProtoError::Closed)
+        } else {
+            self.handshake(&tcp, deadline)
+        };
+        // Dropped meanwhile (pushed out by newer connections): its socket is shut down.
+        let kept = self.finish_pending(pending);
+        let session = match shaken {
+            Ok(session) if kept => session,
+            Ok(_) | Err(ProtoError::Closed) => return,
+            Err(e) => {
+                use std::io::ErrorKind as K;
+                // Too slow, or gone: counted, and reported now and then.
+                let quiet = matches!(&e, ProtoError::Io(io) if matches!(
+                    io.kind(),
+                    K::WouldBlock | K::TimedOut | K::ConnectionReset | K::ConnectionAborted
+                        | K::BrokenPipe | K::UnexpectedEof
+                ));
+                if quiet || !kept {
+                    self.note_dropped(u64::from(kept));
+                    return;
+                }
+                match (&e, &peer) {
+                    (ProtoError::Auth(_) | ProtoError::VersionMismatch { .. }, Ok(a)) => {
+                        // A refused node retries twice a second: its first tries are enough.
+                        let count = self.note_refused(a, e.to_string());
+                        if count <= 3 || count.is_multiple_of(100) {
+                            eprintln!(
+                                "volley: refused a connection from {who}: {e} ({count} from \
+                                 {} so far)",
+                                a.ip()
+                            );
+                        }
+                    }
+                    _ => eprintln!("volley: refused a connection from {who}: {e}"),
+                }
+                return;
+            }
+        };
+        // The only other holder of the socket, the pending entry, is gone.
+        let Ok(tcp) = Arc::try_unwrap(tcp) else { return };
+        let _ = tcp.set_read_timeout(None);
+        let _ = tcp.set_write_timeout(None);
+        let mut s = match session {
+            Some(t) => match t.into_conn(tcp) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("volley: no TLS for the connection from {who}: {e}");
@@ -605,18 +932,10 @@ impl Cluster {
             },
             None => Conn::Tcp(tcp),
         };
-        let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = authenticate_server(&mut s, &self.cfg.token) {
-            if !matches!(e, ProtoError::Closed) {
-                eprintln!("volley: refused a connection from {who}: {e}");
-            }
-            return;
-        }
-        let _ = s.set_read_timeout(None);
-        let Ok(rs) = s.try_clone() else { return };
+        // The first message, within what is left of the deadline (it comes at once).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let Ok(rs) = self.with_room(|| s.try_clone()) else { return };
         let mut r = FrameReader::new(&rs);
         let first = match recv(&mut r) {
             Ok(m) => m,
@@ -626,6 +945,7 @@ impl Cluster {
                 return;
             }
         };
+        let _ = s.set_read_timeout(None);
         match first {
             PeerMsg::Join { info } if self.members.is_some() => {
                 let id = self.member_joined(info);
@@ -637,7 +957,8 @@ impl Cluster {
                     match recv(&mut r) {
                         Ok(PeerMsg::Heartbeat { info }) => {
                             let nodes = self.member_view(id, Some(info));
-                            if send(&mut s, &PeerMsg::View { nodes }).is_err() {
+                            let view = PeerMsg::View { nodes, refused: Vec::new() };
+                            if send(&mut s, &view).is_err() {
                                 break;
                             }
                         }
@@ -660,7 +981,7 @@ impl Cluster {
             PeerMsg::Heartbeat { .. } if self.members.is_some() => {
                 // `volley status`: one look at the view.
                 let nodes = self.member_view(NodeId(0), None);
-                let _ = send(&mut s, &PeerMsg::View { nodes });
+                let _ = send(&mut s, &PeerMsg::View { nodes, refused: self.refusals() });
             }
             PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),
             other => {
@@ -1407,6 +1728,16 @@ pub fn cluster_view(
     token: &[u8],
     tls: Option<&TlsConfig>,
 ) -> Result<Vec<NodeInfo>, RuntimeError> {
+    cluster_status(addr, token, tls).map(|(nodes, _)| nodes)
+}
+
+/// Asks the head at `addr` for the cluster's view and the handshakes it refused lately (`volley
+/// status`).
+pub fn cluster_status(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+) -> Result<(Vec<NodeInfo>, Vec<Refusal>), RuntimeError> {
     let mut s = connect(addr, token, tls)?;
     let dummy = NodeInfo {
         id: NodeId(0),
@@ -1428,9 +1759,30 @@ pub fn cluster_view(
     send(&mut s, &PeerMsg::Heartbeat { info: dummy })?;
     let mut r = FrameReader::new(&s);
     match recv(&mut r).map_err(proto)? {
-        PeerMsg::View { nodes } => Ok(nodes),
+        PeerMsg::View { nodes, refused } => Ok((nodes, refused)),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
     }
+}
+
+/// At most [`MAX_PENDING`] connections in their handshake, and at most a quarter of the
+/// descriptors this process may open: a flood of them leaves room for the node's own work.
+fn pending_cap() -> usize {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+    if !ok || r.rlim_cur == libc::RLIM_INFINITY {
+        return MAX_PENDING;
+    }
+    usize::try_from(r.rlim_cur / 4).unwrap_or(MAX_PENDING).clamp(4, MAX_PENDING)
+}
+
+/// An `accept` (or thread start) that failed for want of descriptors, threads or memory: it
+/// fails again until something is freed.
+fn is_exhausted(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 /// A random epoch for a head (see `PeerMsg::Welcome`), never 0.
@@ -1441,4 +1793,37 @@ fn new_epoch() -> u64 {
         return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
     }
     u64::from_le_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that sends a byte every 100 ms never runs out a per-read timeout; the handshake's
+    /// one deadline ends it all the same.
+    #[test]
+    fn a_dripping_peer_cannot_stretch_the_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            // A frame's length, then its bytes one at a time (until the server hangs up).
+            let _ = s.write_all(&[0, 0, 0, 64]);
+            for _ in 0..64 {
+                std::thread::sleep(Duration::from_millis(100));
+                if s.write_all(&[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tcp, _) = l.accept().expect("accept");
+        let start = Instant::now();
+        let mut io = Deadline { tcp: &tcp, until: start + Duration::from_millis(500) };
+        let r = authenticate_server(&mut io, b"token");
+        let took = start.elapsed();
+        assert!(r.is_err(), "{r:?}");
+        assert!(took < Duration::from_secs(2), "the handshake took {took:?}");
+        drop(tcp);
+        client.join().expect("client");
+    }
 }

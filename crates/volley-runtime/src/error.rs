@@ -14,6 +14,10 @@ pub enum RuntimeError {
     Closed,
     #[error("TLS: {0}")]
     Tls(String),
+    /// The other side refused this process's token or protocol version (the message says why):
+    /// trying again does not help, unlike a `Connect` error.
+    #[error("{0}")]
+    Rejected(String),
     /// Connecting to another node failed (the message says why).
     #[error("{0}")]
     Connect(String),

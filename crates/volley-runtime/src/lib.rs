@@ -22,7 +22,7 @@ mod supervisor;
 mod tls;
 mod worker_conn;
 
-pub use cluster::{cluster_view, ClusterConfig};
+pub use cluster::{cluster_status, cluster_view, ClusterConfig};
 pub use diag::{log_file as diagnostics_file, set_log_dir as set_diagnostics_dir};
 pub use error::RuntimeError;
 pub use node::{Node, NodeConfig};

@@ -791,11 +791,22 @@ impl Drop for Node {
 }
 
 fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let mut backoff = Duration::ZERO;
     for stream in listener.incoming() {
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(s) => s,
+            // Out of descriptors, accepting again at once fails again with a core spinning:
+            // wait, longer each time (5 ms to 0.5 s), for some to be freed.
+            Err(_) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_millis(500));
+                std::thread::sleep(backoff);
+                continue;
+            }
+        };
+        backoff = Duration::ZERO;
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("volley-conn".into())

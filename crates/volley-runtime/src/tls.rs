@@ -4,7 +4,9 @@
 //! own handle on the socket), which a TLS session cannot be split into. So a TLS connection is
 //! carried by two pump threads between the TCP socket and one end of a local socketpair; the
 //! cluster code works on the other end as on a plain socket. The token handshake
-//! (`authenticate_client/server`) runs inside the encrypted channel as before.
+//! (`authenticate_client/server`) runs inside the encrypted channel as before; on the accepting
+//! side, the TLS and token handshakes run on the accepting thread, and the pumps start only for
+//! a peer that passed both ([`accept`]).
 //!
 //! Nodes share one certificate and key (a self-signed one is fine). A connecting side trusts
 //! exactly that certificate (pinned byte for byte), not a CA chain nor a host name, so the
@@ -223,13 +225,39 @@ pub(crate) fn client(tcp: TcpStream, cfg: &TlsConfig) -> io::Result<Conn> {
     pump(tcp, rustls::Connection::Client(conn))
 }
 
-/// The accepting side's TLS over `tcp` (an error if this node has no key).
-pub(crate) fn server(tcp: TcpStream, cfg: &TlsConfig) -> io::Result<Conn> {
+/// A TLS session whose handshake the accepting side finished on its own thread ([`accept`]);
+/// no pump thread exists for it until [`Accepted::into_conn`].
+pub(crate) struct Accepted(rustls::ServerConnection);
+
+/// The accepting side's TLS handshake, on the calling thread over `io` (the socket, which the
+/// caller reads within the handshake's deadline). The pump threads start only once the peer has
+/// also proved it holds the token (over [`Accepted::stream`]): an unauthenticated peer costs no
+/// thread beyond the one accepting it. An error if this node has no key.
+pub(crate) fn accept(io: &mut (impl Read + Write), cfg: &TlsConfig) -> io::Result<Accepted> {
     let Some(server) = &cfg.server else {
         return Err(io::Error::other("this node has no TLS key to accept connections with"));
     };
-    let conn = rustls::ServerConnection::new(server.clone()).map_err(io::Error::other)?;
-    pump(tcp, rustls::Connection::Server(conn))
+    let mut conn = rustls::ServerConnection::new(server.clone()).map_err(io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(io)?;
+    }
+    Ok(Accepted(conn))
+}
+
+impl Accepted {
+    /// The encrypted channel over `io`, read and written on the calling thread (for the token
+    /// handshake).
+    pub(crate) fn stream<'a, S: Read + Write>(
+        &'a mut self,
+        io: &'a mut S,
+    ) -> rustls::Stream<'a, rustls::ServerConnection, S> {
+        rustls::Stream::new(&mut self.0, io)
+    }
+
+    /// Starts the pump threads over `tcp` (the socket `accept` ran on); returns the local end.
+    pub(crate) fn into_conn(self, tcp: TcpStream) -> io::Result<Conn> {
+        pump(tcp, rustls::Connection::Server(self.0))
+    }
 }
 
 /// What the session has to send now (taken while holding the session's lock, so records go to
@@ -257,6 +285,22 @@ fn pump(tcp: TcpStream, conn: rustls::Connection) -> io::Result<Conn> {
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let hello = take_tls(&mut session.lock())?; // A client's hello.
+                                                // What a session accepted on the caller's thread already decrypted goes first.
+    let early = {
+        let mut c = session.lock();
+        let mut early = Vec::new();
+        let mut plain = [0u8; 16 << 10];
+        while let Ok(k) = c.reader().read(&mut plain) {
+            if k == 0 {
+                break;
+            }
+            early.extend_from_slice(&plain[..k]);
+        }
+        early
+    };
+    if !early.is_empty() {
+        (&theirs).write_all(&early)?;
+    }
     if !hello.is_empty() {
         queued.fetch_add(hello.len(), Ordering::AcqRel);
         let _ = tx.send(hello);
