@@ -1,0 +1,530 @@
+//! Why a task or an actor cannot start: what it asks for that is not free here, and who holds
+//! it ("1 CPU: all 2 CPUs are held by actor 'A' (2 of them)").
+//!
+//! Kept apart from the scheduling code (as HyperQueue keeps its `explain.rs`): it only reads the
+//! scheduler's state. Three readers use it: the wait notice a `tick` logs once per function or
+//! actor class that has waited longer than `Config::wait_notice_ms`, the message of a `get` that
+//! timed out (`explain_wait`), and the lines of `volley status` (`waiting_reasons`). Nothing here
+//! runs per task on the submit or dispatch paths: a tick looks at the heads of the ready queues
+//! only.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+
+/// What the wait notices have said already: one notice per task name or actor class for the
+/// node's lifetime, so a program that keeps a queue waits is told once, not every tick.
+#[derive(Default)]
+pub(super) struct Notices {
+    tasks: HashSet<String>,
+    actors: HashSet<String>,
+    /// When `tick` first saw each waiting actor (actors keep no queue time of their own).
+    actor_since: HashMap<ActorId, u64>,
+}
+
+/// Queued tasks (from the head of each ready queue) and pending actors a tick looks at: the
+/// oldest are at the heads, and a bound keeps a tick cheap however long the queues are.
+const SCAN: usize = 32;
+
+/// Holders named in one explanation, at most (then "and N more").
+const MAX_HOLDERS: usize = 5;
+
+impl Scheduler {
+    /// Logs a notice for each task name and actor class (not said before) that has waited at
+    /// least `wait_notice_ms` for resources. Called by `tick`.
+    pub(super) fn wait_notices(&mut self, out: &mut Vec<Action>) {
+        let delay = self.cfg.wait_notice_ms;
+        if delay == 0 {
+            return;
+        }
+        let now = self.now_ms;
+        let mut due: Vec<(TaskId, u64)> = Vec::new();
+        for tid in self.ready.iter().take(SCAN).chain(self.side_ready.iter().take(SCAN)) {
+            let Some(t) = self.tasks.get(tid) else { continue };
+            let waited = now.saturating_sub(t.queued_at);
+            if t.state == TaskState::Queued
+                && waited >= delay
+                && !self.notices.tasks.contains(t.spec.name.as_str())
+            {
+                due.push((*tid, waited));
+            }
+        }
+        for (tid, waited) in due {
+            let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else { continue };
+            if self.notices.tasks.insert(spec.name.clone()) {
+                let why = self.why_queued(&spec);
+                out.push(Action::Log(format!(
+                    "volley: task '{}' has waited {} s for {why}",
+                    spec.name,
+                    waited / 1000
+                )));
+            }
+        }
+        // Actors: remember when each was first seen pending, forget those that left.
+        let pending: Vec<ActorId> = self.pending_actors.iter().take(SCAN).copied().collect();
+        self.notices.actor_since.retain(|a, _| pending.contains(a));
+        for aid in pending {
+            let since = *self.notices.actor_since.entry(aid).or_insert(now);
+            let Some(a) = self.actors.get(&aid) else { continue };
+            if now.saturating_sub(since) < delay || self.notices.actors.contains(a.class()) {
+                continue;
+            }
+            let (class, spec) = (a.class().to_string(), a.create.clone());
+            let why = self.why_queued(&spec);
+            out.push(Action::Log(format!(
+                "volley: actor '{class}' has waited {} s to start, for {why}",
+                now.saturating_sub(since) / 1000
+            )));
+            self.notices.actors.insert(class);
+        }
+    }
+
+    /// Why the task behind `id` has not given its value yet, if it is still waiting here to
+    /// start (for a `get` that timed out). `None` if it runs, ran, or is not known here.
+    pub fn explain_wait(&self, id: ObjectId) -> Option<String> {
+        if let Some(a) = self.actors.get(&ActorId(id.task)) {
+            if self.pending_actors.contains(&ActorId(id.task)) {
+                let why = self.why_queued(&a.create);
+                return Some(format!("actor '{}' has not started: it waits for {why}", a.class()));
+            }
+        }
+        let t = self.tasks.get(&id.task)?;
+        let name = &t.spec.name;
+        match t.state {
+            TaskState::WaitingDeps(n) => {
+                Some(format!("task '{name}' waits for {n} of its arguments to be made"))
+            }
+            TaskState::Queued => match &t.spec.actor {
+                ActorPart::Call { actor, .. } => {
+                    let a = self.actors.get(actor)?;
+                    if !self.pending_actors.contains(actor) {
+                        return None;
+                    }
+                    let why = self.why_queued(&a.create);
+                    Some(format!(
+                        "call '{name}' waits for its actor '{}', which has not started: it \
+                         waits for {why}",
+                        a.class()
+                    ))
+                }
+                _ => Some(format!(
+                    "task '{name}' is queued, waiting for {}",
+                    self.why_queued(&t.spec)
+                )),
+            },
+            TaskState::Assigned(_) | TaskState::Remote(_) => None,
+        }
+    }
+
+    /// "1 CPU: all 2 CPUs are held by actor 'A' (2 of them)" for a task or actor creation that
+    /// waits to start here.
+    pub(super) fn why_queued(&self, spec: &TaskSpec) -> String {
+        let o = &spec.options;
+        let need = self.demand(o.cpu_milli, &o.resources);
+        if let Some(pg) = placement::pg_of(spec) {
+            if !self.holds_pg_resources(spec) {
+                let state = match self.pgs.get(pg) {
+                    Some(e) if !e.reason.is_empty() => format!(" ({})", e.reason),
+                    _ => String::new(),
+                };
+                return format!(
+                    "{need}: its placement group {} is not placed on this node{state}",
+                    self.pg_label(pg)
+                );
+            }
+        }
+        let short = self.shortfall(o.cpu_milli, &o.resources);
+        if !short.is_empty() {
+            return format!("{need}: {}", short.join("; "));
+        }
+        let starting = self.workers.values().any(|w| w.state == WorkerState::Starting);
+        if starting {
+            format!("{need}: they are free, and a worker process is starting")
+        } else {
+            format!("{need}: they are free, and it is next in line")
+        }
+    }
+
+    /// What of `cpu` and `res` is not free now, a phrase each, with who holds it.
+    pub(super) fn shortfall(&self, cpu: u32, res: &[(String, u64)]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut said: HashSet<(&str, &str)> = HashSet::new();
+        let total = self.cfg.cpu_total_milli;
+        if cpu > 0 && self.cpu_used + cpu > total {
+            let free = total.saturating_sub(self.cpu_used);
+            out.push(held_text(
+                "CPU",
+                u64::from(free),
+                u64::from(total),
+                &self.holders(&Held::Cpu),
+            ));
+        }
+        for (r, a) in res {
+            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
+            let used = self.res_used.get(r).copied().unwrap_or(0);
+            if used + a <= total {
+                continue;
+            }
+            let free = total.saturating_sub(used);
+            let holders = self.holders(&Held::Res(r));
+            let what = match r.strip_prefix(placement::PG_PREFIX) {
+                Some(rest) => {
+                    let pg = rest.split(':').next().unwrap_or_default();
+                    let name = rest.rsplit(':').next().unwrap_or_default();
+                    // The bundle marker (every task in a bundle takes a sliver of it) says
+                    // nothing; a name short both in the bundle and in the group, once.
+                    if name == "bundle" || !said.insert((pg, name)) {
+                        continue;
+                    }
+                    format!("{name} of placement group {}", self.pg_label(pg))
+                }
+                None => r.clone(),
+            };
+            out.push(held_text(&what, free, total, &holders));
+        }
+        out
+    }
+
+    /// ": all 2 CPUs are held by actor 'A'" after what a line of `waiting_reasons` waits for,
+    /// or nothing if it is free.
+    pub(super) fn held_by(&self, cpu: u32, res: &[(String, u64)]) -> String {
+        let short = self.shortfall(cpu, res);
+        if short.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", short.join("; "))
+        }
+    }
+
+    /// Who holds CPUs (or resource `r`) here: "actor 'A' (2 of them)", "placement group 'p'
+    /// (id)", "task 'f' (3 running)", largest holders first.
+    fn holders(&self, what: &Held<'_>) -> Vec<String> {
+        // (kind order, label) -> (count, amount)
+        let mut by: BTreeMap<(u8, String), (usize, u64)> = BTreeMap::new();
+        let mut add = |kind: u8, label: String, amount: u64| {
+            if amount > 0 {
+                let e = by.entry((kind, label)).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += amount;
+            }
+        };
+        let amount_in = |res: &[(String, u64)], cpu: u32| -> u64 {
+            match what {
+                Held::Cpu => u64::from(cpu),
+                Held::Res(r) => res.iter().filter(|(n, _)| n == r).map(|(_, a)| *a).sum(),
+            }
+        };
+        for a in self.actors.values() {
+            if a.holds_resources && a.remote.is_none() {
+                let o = &a.create.options;
+                add(0, a.class().to_string(), amount_in(&o.resources, o.cpu_milli));
+            }
+        }
+        for (pg, r) in &self.reservations {
+            let amount: u64 = r
+                .bundles
+                .iter()
+                .flat_map(|(_, b, _)| b.iter())
+                .filter(|(n, _)| match what {
+                    Held::Cpu => n == "CPU",
+                    Held::Res(r) => n == r,
+                })
+                .map(|(_, a)| *a)
+                .sum();
+            add(1, self.pg_label(pg), amount);
+        }
+        for w in self.workers.values() {
+            if w.actor.is_some() || w.blocked > 0 {
+                continue;
+            }
+            let Some(head) = w.queue.front().and_then(|t| self.tasks.get(t)) else { continue };
+            add(2, head.spec.name.clone(), amount_in(&w.res_held, w.cpu_held));
+        }
+        let mut list: Vec<((u8, String), (usize, u64))> = by.into_iter().collect();
+        list.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+        list.into_iter()
+            .map(|((kind, label), (n, _))| match kind {
+                0 if n > 1 => format!("actor '{label}' ({n} of them)"),
+                0 => format!("actor '{label}'"),
+                1 => format!("placement group {label}"),
+                _ if n > 1 => format!("task '{label}' ({n} running)"),
+                _ => format!("task '{label}'"),
+            })
+            .collect()
+    }
+
+    /// "1 CPU", "0.5 CPU and 1 GPU", "1 CPU of placement group 'p' (id)": what a task asks
+    /// for.
+    fn demand(&self, cpu_milli: u32, resources: &[(String, u64)]) -> String {
+        let mut parts = Vec::new();
+        if cpu_milli > 0 {
+            parts.push(format!("{} CPU", milli(cpu_milli.into())));
+        }
+        for (r, a) in resources {
+            match r.strip_prefix(placement::PG_PREFIX) {
+                None => parts.push(format!("{} {r}", milli(*a))),
+                // Each amount of a group's resource is asked for as `pg:P:NAME` (and also as
+                // `pg:P:i:NAME` for bundle i): the first says it once.
+                Some(rest) => {
+                    if let Some((pg, name)) = rest.split_once(':') {
+                        if !name.contains(':') && name != "bundle" {
+                            let label = self.pg_label(pg);
+                            parts.push(format!("{} {name} of placement group {label}", milli(*a)));
+                        }
+                    }
+                }
+            }
+        }
+        if parts.is_empty() {
+            return "a free slot".into();
+        }
+        parts.join(" and ")
+    }
+
+    /// How messages name a placement group: "'name' (id)" if this node created it with a name.
+    fn pg_label(&self, pg: &str) -> String {
+        self.pgs.get(pg).map(|e| e.label()).unwrap_or_else(|| pg.to_string())
+    }
+}
+
+/// What a holder holds: CPUs, or one named resource.
+enum Held<'a> {
+    Cpu,
+    Res(&'a str),
+}
+
+/// "all 2 CPUs are held by actor 'A' (2 of them)", "0.5 of 2 GPU are free; the rest is held by
+/// task 'g'".
+fn held_text(what: &str, free: u64, total: u64, holders: &[String]) -> String {
+    let by = if holders.is_empty() {
+        String::new()
+    } else {
+        let mut names: Vec<String> = holders.iter().take(MAX_HOLDERS).cloned().collect();
+        if holders.len() > MAX_HOLDERS {
+            names.push(format!("{} more", holders.len() - MAX_HOLDERS));
+        }
+        let last = names.pop().unwrap_or_default();
+        let list = if names.is_empty() { last } else { format!("{} and {last}", names.join(", ")) };
+        format!(" by {list}")
+    };
+    let plural = if what == "CPU" && total != 1000 { "CPUs" } else { what };
+    if total == 0 {
+        format!("this node has no {what}")
+    } else if free == 0 && total == 1000 {
+        format!("the one {what} is held{by}")
+    } else if free == 0 {
+        format!("all {} {plural} are held{by}", milli(total))
+    } else {
+        format!("only {} of {} {plural} free; the rest held{by}", milli(free), milli(total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Driven event by event, like `scheduler::tests`.
+
+    use super::*;
+    use volley_proto::{ActorOptions, IdGenerator, PgSpec, PgStrategy, TaskOptions};
+
+    const F: FunctionId = FunctionId([1; 16]);
+    const CLASS: FunctionId = FunctionId([2; 16]);
+
+    struct H {
+        s: Scheduler,
+        ids: IdGenerator,
+        out: Vec<Action>,
+    }
+
+    impl H {
+        /// A node with `cpus` CPUs (and `res`), its pool started and connected.
+        fn new(cpus: f64, res: &[(&str, u64)]) -> Self {
+            let mut cfg = Config::with_cpus(cpus);
+            cfg.resources = res.iter().map(|(r, a)| (r.to_string(), *a)).collect();
+            let mut s = Scheduler::new(cfg);
+            s.register_function(F, Arc::from(&b"fn"[..]));
+            s.register_function(CLASS, Arc::from(&b"cls"[..]));
+            let mut h = H { s, ids: IdGenerator::new(), out: Vec::new() };
+            h.s.start(&mut h.out);
+            h.connect_spawned();
+            h
+        }
+
+        fn connect_spawned(&mut self) {
+            let spawned: Vec<WorkerId> = self
+                .out
+                .drain(..)
+                .filter_map(|a| match a {
+                    Action::Spawn { worker } => Some(worker),
+                    _ => None,
+                })
+                .collect();
+            for w in spawned {
+                self.s.worker_connected(w, 1000 + w.0, &mut self.out);
+            }
+            self.out.clear();
+        }
+
+        fn submit(&mut self, name: &str, opts: TaskOptions) -> ObjectId {
+            let spec = TaskSpec {
+                task_id: self.ids.next_task(),
+                function: F,
+                name: name.into(),
+                args: ObjectData::default(),
+                deps: vec![],
+                num_returns: 1,
+                options: opts,
+                actor: ActorPart::None,
+            };
+            let id = ObjectId::for_return(spec.task_id, 1);
+            self.s.submit(Holder::Local, spec, &mut self.out);
+            id
+        }
+
+        fn cpu_task(&mut self, name: &str) -> ObjectId {
+            self.submit(name, TaskOptions { cpu_milli: 1000, ..Default::default() })
+        }
+
+        fn actor(&mut self, class: &str, cpu_milli: u32) -> ActorId {
+            let spec = TaskSpec {
+                task_id: self.ids.next_task(),
+                function: CLASS,
+                name: class.into(),
+                args: ObjectData::default(),
+                deps: vec![],
+                num_returns: 1,
+                options: TaskOptions { cpu_milli, ..Default::default() },
+                actor: ActorPart::Create(Box::new(ActorOptions {
+                    class_name: class.into(),
+                    max_concurrency: 1,
+                    ..Default::default()
+                })),
+            };
+            let (aid, _) = self.s.create_actor(Holder::Local, spec, &mut self.out).expect("ok");
+            aid
+        }
+
+        /// Advances the clock to `ms`; the notices it logged.
+        fn tick(&mut self, ms: u64) -> Vec<String> {
+            self.out.clear();
+            self.s.tick(ms, &mut self.out);
+            self.out
+                .drain(..)
+                .filter_map(|a| match a {
+                    Action::Log(l) => Some(l),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_task_behind_two_actors_is_noticed_once_naming_them() {
+        let mut h = H::new(2.0, &[]);
+        h.actor("Counter", 1000);
+        h.actor("Counter", 1000);
+        let f = h.cpu_task("f");
+        let also = h.cpu_task("f");
+        assert_eq!(h.s.stats().tasks_queued, 2);
+        assert!(h.tick(9_000).is_empty(), "not before the delay");
+        let said = h.tick(10_000);
+        assert_eq!(
+            said,
+            vec!["volley: task 'f' has waited 10 s for 1 CPU: all 2 CPUs are held by actor \
+                  'Counter' (2 of them)"
+                .to_string()]
+        );
+        assert!(h.tick(20_000).is_empty(), "said once, not every tick");
+        h.cpu_task("f");
+        assert!(h.tick(40_000).is_empty(), "once per function, not per task");
+        let why = h.s.explain_wait(f).expect("queued");
+        assert!(why.contains("task 'f' is queued"), "{why}");
+        assert!(why.contains("all 2 CPUs are held by actor 'Counter' (2 of them)"), "{why}");
+        assert!(h.s.explain_wait(also).is_some());
+        // Another function waiting is said once too.
+        h.cpu_task("g");
+        assert!(h.tick(45_000).is_empty(), "g has waited 5 s only");
+        let said = h.tick(56_000);
+        assert_eq!(said.len(), 1);
+        assert!(said[0].starts_with("volley: task 'g' has waited 16 s for 1 CPU"), "{said:?}");
+    }
+
+    #[test]
+    fn a_placement_group_holding_the_cpus_is_named() {
+        let mut h = H::new(2.0, &[]);
+        let ready = ObjectId::for_return(h.ids.next_task(), 0);
+        let spec = PgSpec {
+            id: "6f1c".into(),
+            name: "gang".into(),
+            bundles: vec![vec![("CPU".into(), 1000)], vec![("CPU".into(), 500)]],
+            strategy: PgStrategy::Pack,
+            ready,
+            value: ObjectData::default(),
+        };
+        h.s.create_pg(Holder::Local, spec, &mut h.out).expect("valid");
+        h.actor("A", 500);
+        let f = h.cpu_task("f");
+        let why = h.s.explain_wait(f).expect("queued");
+        assert!(
+            why.ends_with(
+                "1 CPU: all 2 CPUs are held by placement group 'gang' (6f1c) and actor 'A'"
+            ),
+            "{why}"
+        );
+        let lines = h.s.waiting_reasons(8);
+        assert!(
+            lines.iter().any(|l| l.contains("task 'f': waiting for 1 CPU: all 2 CPUs")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn running_tasks_and_partly_free_resources_are_described() {
+        let mut h = H::new(2.0, &[("disk", 3000)]);
+        let disk = |a: u64| TaskOptions {
+            cpu_milli: 0,
+            resources: vec![("disk".into(), a)],
+            ..Default::default()
+        };
+        h.submit("copy", disk(1000));
+        h.submit("copy", disk(1000));
+        let big = h.submit("big", disk(2000));
+        let why = h.s.explain_wait(big).expect("queued");
+        assert!(
+            why.ends_with(
+                "2 disk: only 1 of 3 disk free; the rest held by task 'copy' (2 running)"
+            ),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn an_actor_that_cannot_start_is_noticed_with_its_class() {
+        let mut h = H::new(1.0, &[]);
+        h.actor("Holder", 1000);
+        let waiting = h.actor("Late", 1000);
+        assert!(h.tick(1_000).is_empty());
+        let said = h.tick(12_000);
+        assert_eq!(
+            said,
+            vec!["volley: actor 'Late' has waited 11 s to start, for 1 CPU: the one CPU is held \
+                  by actor 'Holder'"
+                .to_string()]
+        );
+        assert!(h.tick(30_000).is_empty());
+        let why = h.s.explain_wait(waiting.object()).expect("pending");
+        assert!(why.starts_with("actor 'Late' has not started: it waits for 1 CPU"), "{why}");
+    }
+
+    #[test]
+    fn no_notice_when_disabled_or_when_the_task_runs() {
+        let mut h = H::new(1.0, &[]);
+        h.s.cfg.wait_notice_ms = 0;
+        h.actor("A", 1000);
+        h.cpu_task("f");
+        assert!(h.tick(60_000).is_empty());
+        let mut h = H::new(1.0, &[]);
+        let f = h.cpu_task("f");
+        assert!(h.tick(60_000).is_empty(), "it runs");
+        assert_eq!(h.s.explain_wait(f), None);
+    }
+}
