@@ -231,6 +231,11 @@ def init(
             ``--tls-cert``; default ``VOLLEY_TLS_CERT``, or the one the head on this machine
             uses. The driver trusts exactly that certificate.
 
+    A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
+    gets one line on stderr per function or actor class, saying what it waits for and who holds
+    it: ``volley: task 'f' has waited 10 s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of
+    them)``.
+
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
     >>> ctx = volley.init(num_cpus=2)
@@ -269,6 +274,7 @@ def init(
         if not isinstance(gpus, (int, float)) or gpus < 0:
             raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
         custom = _check_resources(resources or {}, "init")
+        notice_ms = _wait_notice_ms()
         env_desc, env_packages = None, {}
         if runtime_env:
             from . import _runtime_env
@@ -301,6 +307,7 @@ def init(
             spill_dir,
             int(inline_threshold),
             sorted(custom.items()),
+            wait_notice_ms=notice_ms,
         )
         try:
             if env_desc is not None:
@@ -335,6 +342,20 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         return Context(cpus)
+
+
+def _wait_notice_ms() -> int:
+    """``VOLLEY_WAIT_NOTICE_S`` (seconds, default 10; 0 turns the notices off) in ms."""
+    text = os.environ.get("VOLLEY_WAIT_NOTICE_S", "").strip()
+    if not text:
+        return 10_000
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise ValueError(f"VOLLEY_WAIT_NOTICE_S must be a number of seconds >= 0, not {text!r}")
+    return int(seconds * 1000)
 
 
 def shutdown() -> None:
@@ -598,7 +619,8 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     """Waits for refs and returns their values (a list for a list).
 
     Raises the task's error (``TaskError``, ``WorkerCrashedError``, ``TaskCancelledError``, ...)
-    and ``GetTimeoutError`` after ``timeout`` seconds. Ctrl-C interrupts the wait at once.
+    and ``GetTimeoutError`` after ``timeout`` seconds; its message says why a task that has not
+    started yet waits (what it asks for, and who holds it). Ctrl-C interrupts the wait at once.
 
     Large values come from the shared-memory store without a copy: numpy arrays (also inside
     dicts, lists and DataFrames) and memoryviews are **read-only** views of it. Writing raises
@@ -622,8 +644,9 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     try:
         results = _core.get(refs, timeout)
     except TimeoutError:
+        why = "".join(f"; {line}" for line in _core.explain_wait(refs))
         raise GetTimeoutError(
-            f"get timed out after {timeout} s waiting for {len(refs)} object(s)"
+            f"get timed out after {timeout} s waiting for {len(refs)} object(s){why}"
         ) from None
     return [unpack(r) for r in results]
 

@@ -13,6 +13,7 @@
 
 mod cluster;
 mod error;
+mod local_status;
 mod logs;
 mod node;
 mod outbox;
@@ -22,6 +23,7 @@ mod worker_conn;
 
 pub use cluster::{cluster_view, ClusterConfig};
 pub use error::RuntimeError;
+pub use local_status::{local_nodes, query_local};
 pub use node::{Node, NodeConfig};
 pub use tls::TlsConfig;
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
