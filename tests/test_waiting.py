@@ -4,6 +4,7 @@ or class), the message of ``GetTimeoutError``, and ``volley status`` on one mach
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -207,3 +208,43 @@ sys.stdin.readline()
         proc.stdin.close()
     _, err = finish_driver(proc)
     assert proc.returncode == 0, err
+
+
+def test_in_a_cluster_the_node_that_queues_the_task_tells_the_driver(tmp_path):
+    from test_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    c.env["VOLLEY_WAIT_NOTICE_S"] = "1"
+    try:
+        c.start(True, "127.0.0.1", cpus=2)
+        script = write_script(
+            tmp_path,
+            ACTORS_HOLD_THE_CPUS.replace(
+                "volley.init(num_cpus=2)", f"volley.init(address={c.head!r}, token={c.token!r})"
+            )
+            + """
+ref = f.remote(1)
+try:
+    volley.get(ref, timeout=3)
+    print("NO TIMEOUT")
+except volley.GetTimeoutError as e:
+    print("TIMEOUT", e)
+volley.kill(actors[0])
+print("RESULT", volley.get(ref, timeout=60))
+""",
+        )
+        proc = start_driver(script)
+        timeout = read_line_with_prefix(proc, "TIMEOUT ")
+        assert "task 'f' was sent to node 1" in timeout, timeout
+        assert read_line_with_prefix(proc, "RESULT ") == "10"
+        _, err = finish_driver(proc)
+        assert proc.returncode == 0, err
+        notices = _notices(err)
+        assert len(notices) == 1, err
+        assert re.fullmatch(
+            r"volley: task 'f' has waited \d+ s on node 1 for 1 CPU: all 2 CPUs are held by "
+            r"actor 'Counter' \(2 of them\)",
+            notices[0],
+        ), notices
+    finally:
+        c.stop()

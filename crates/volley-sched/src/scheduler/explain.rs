@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::*;
 
-/// What the wait notices have said already: one notice per task name or actor class for the
-/// node's lifetime, so a program that keeps a queue waits is told once, not every tick.
+/// What the wait notices have said already: one notice per task name or actor class (and per
+/// driver, for work other nodes sent) for the node's lifetime, so a program whose queue keeps
+/// waiting is told once, not every tick.
 #[derive(Default)]
 pub(super) struct Notices {
-    tasks: HashSet<String>,
-    actors: HashSet<String>,
+    tasks: HashMap<Holder, HashSet<String>>,
+    actors: HashMap<Holder, HashSet<String>>,
     /// When `tick` first saw each waiting actor (actors keep no queue time of their own).
     actor_since: HashMap<ActorId, u64>,
 }
@@ -42,22 +43,29 @@ impl Scheduler {
         for tid in self.ready.iter().take(SCAN).chain(self.side_ready.iter().take(SCAN)) {
             let Some(t) = self.tasks.get(tid) else { continue };
             let waited = now.saturating_sub(t.queued_at);
+            let said = self.notices.tasks.get(&audience(t.caller));
             if t.state == TaskState::Queued
                 && waited >= delay
-                && !self.notices.tasks.contains(t.spec.name.as_str())
+                && !said.is_some_and(|s| s.contains(t.spec.name.as_str()))
             {
                 due.push((*tid, waited));
             }
         }
         for (tid, waited) in due {
-            let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else { continue };
-            if self.notices.tasks.insert(spec.name.clone()) {
-                let why = self.why_queued(&spec);
-                out.push(Action::Log(format!(
-                    "volley: task '{}' has waited {} s for {why}",
+            let Some((spec, caller)) =
+                self.tasks.get(&tid).map(|t| (t.spec.clone(), audience(t.caller)))
+            else {
+                continue;
+            };
+            if self.notices.tasks.entry(caller).or_default().insert(spec.name.clone()) {
+                let line = format!(
+                    "volley: task '{}' has waited {} s{} for {}",
                     spec.name,
-                    waited / 1000
-                )));
+                    waited / 1000,
+                    self.on_node(),
+                    self.why_queued(&spec)
+                );
+                self.notice(caller, line, out);
             }
         }
         // Actors: remember when each was first seen pending, forget those that left.
@@ -66,16 +74,39 @@ impl Scheduler {
         for aid in pending {
             let since = *self.notices.actor_since.entry(aid).or_insert(now);
             let Some(a) = self.actors.get(&aid) else { continue };
-            if now.saturating_sub(since) < delay || self.notices.actors.contains(a.class()) {
+            let said = self.notices.actors.get(&audience(a.caller));
+            if now.saturating_sub(since) < delay || said.is_some_and(|s| s.contains(a.class())) {
                 continue;
             }
-            let (class, spec) = (a.class().to_string(), a.create.clone());
-            let why = self.why_queued(&spec);
-            out.push(Action::Log(format!(
-                "volley: actor '{class}' has waited {} s to start, for {why}",
-                now.saturating_sub(since) / 1000
-            )));
-            self.notices.actors.insert(class);
+            let (class, spec, caller) =
+                (a.class().to_string(), a.create.clone(), audience(a.caller));
+            let line = format!(
+                "volley: actor '{class}' has waited {} s{} to start, for {}",
+                now.saturating_sub(since) / 1000,
+                self.on_node(),
+                self.why_queued(&spec)
+            );
+            self.notice(caller, line, out);
+            self.notices.actors.entry(caller).or_default().insert(class);
+        }
+    }
+
+    /// " on node 3" in a cluster (a notice may be printed far from the node it is about).
+    fn on_node(&self) -> String {
+        match self.node_id {
+            Some(id) if !self.peers.is_empty() => format!(" on node {}", id.0),
+            _ => String::new(),
+        }
+    }
+
+    /// Says `line` where the driver of the work sees it: on this process's stderr, or sent to
+    /// the node that sent the work here, which prints it as it prints its workers' output.
+    fn notice(&self, caller: Holder, line: String, out: &mut Vec<Action>) {
+        match caller {
+            Holder::Peer(origin) => {
+                out.push(Action::PeerLog { peer: origin, fd: 2, lines: format!("{line}\n").into() })
+            }
+            Holder::Local | Holder::Worker(_) => out.push(Action::Log(line)),
         }
     }
 
@@ -112,7 +143,11 @@ impl Scheduler {
                     self.why_queued(&t.spec)
                 )),
             },
-            TaskState::Assigned(_) | TaskState::Remote(_) => None,
+            // Whether it waits there is that node's to say (its notice comes here).
+            TaskState::Remote(n) => {
+                Some(format!("task '{name}' was sent to node {}, and has not finished there", n.0))
+            }
+            TaskState::Assigned(_) => None,
         }
     }
 
@@ -133,7 +168,21 @@ impl Scheduler {
                 );
             }
         }
-        let short = self.shortfall(o.cpu_milli, &o.resources);
+        let mut short = self.shortfall(o.cpu_milli, &o.resources);
+        // Work another node sent never moves on; this node's own may go to another node.
+        let caller = match spec.actor {
+            ActorPart::Create(_) => self.actors.get(&ActorId(spec.task_id)).map(|a| a.caller),
+            _ => self.tasks.get(&spec.task_id).map(|t| t.caller),
+        };
+        let placeable = !matches!(caller, Some(Holder::Peer(_)))
+            && match spec.actor {
+                ActorPart::None => true,
+                ActorPart::Create(_) => self.prefer_peers,
+                ActorPart::Call { .. } => false,
+            };
+        if !short.is_empty() && placeable && self.peers.values().any(|p| !p.view.driver) {
+            short.push(self.cluster_room());
+        }
         if !short.is_empty() {
             return format!("{need}: {}", short.join("; "));
         }
@@ -143,6 +192,31 @@ impl Scheduler {
         } else {
             format!("{need}: they are free, and it is next in line")
         }
+    }
+
+    /// "no other node has room now (node 2: 0 of 1 CPU free, ...)" for work that could have
+    /// gone to another node.
+    fn cluster_room(&self) -> String {
+        let mut nodes: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| !p.view.driver)
+            .map(|p| {
+                let v = &p.view;
+                format!(
+                    "node {}: {} of {} CPU free",
+                    v.id.0,
+                    milli(v.cpu_free_milli.into()),
+                    milli(v.cpu_total_milli.into())
+                )
+            })
+            .collect();
+        let more = nodes.len().saturating_sub(MAX_HOLDERS);
+        nodes.truncate(MAX_HOLDERS);
+        if more > 0 {
+            nodes.push(format!("{more} more"));
+        }
+        format!("no other node of the cluster has room now ({})", nodes.join(", "))
     }
 
     /// What of `cpu` and `res` is not free now, a phrase each, with who holds it.
@@ -284,6 +358,15 @@ impl Scheduler {
     /// How messages name a placement group: "'name' (id)" if this node created it with a name.
     fn pg_label(&self, pg: &str) -> String {
         self.pgs.get(pg).map(|e| e.label()).unwrap_or_else(|| pg.to_string())
+    }
+}
+
+/// Whom a notice about work from `h` is for: the node's own driver (its workers' tasks
+/// included) or the node that sent it.
+fn audience(h: Holder) -> Holder {
+    match h {
+        Holder::Worker(_) => Holder::Local,
+        other => other,
     }
 }
 
@@ -526,5 +609,77 @@ mod tests {
         let f = h.cpu_task("f");
         assert!(h.tick(60_000).is_empty(), "it runs");
         assert_eq!(h.s.explain_wait(f), None);
+    }
+
+    fn peer(id: u32, cpus: u32, free: u32, driver: bool) -> PeerView {
+        PeerView {
+            id: NodeId(id),
+            cpu_total_milli: cpus * 1000,
+            cpu_free_milli: free * 1000,
+            resources: Vec::new(),
+            driver,
+            named: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn work_a_peer_sent_is_noticed_to_that_peer_naming_this_node() {
+        let mut h = H::new(1.0, &[]);
+        h.s.set_node_id(NodeId(2));
+        h.s.set_peers(vec![peer(1, 0, 0, true)], &mut h.out);
+        h.actor("A", 1000);
+        let spec = TaskSpec {
+            task_id: h.ids.next_task(),
+            function: F,
+            name: "f".into(),
+            args: ObjectData::default(),
+            deps: vec![],
+            num_returns: 1,
+            options: TaskOptions { cpu_milli: 1000, ..Default::default() },
+            actor: ActorPart::None,
+        };
+        let (objects, routes, errors, cached, fetch) = (vec![], vec![], vec![], vec![], vec![]);
+        let out = &mut h.out;
+        h.s.accept_peer_task(NodeId(1), spec, None, objects, routes, errors, cached, fetch, out);
+        h.out.clear();
+        h.s.tick(10_000, &mut h.out);
+        let sent: Vec<(NodeId, u8, String)> = h
+            .out
+            .iter()
+            .filter_map(|a| match a {
+                Action::PeerLog { peer, fd, lines } => {
+                    Some((*peer, *fd, String::from_utf8_lossy(lines).into_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(
+                NodeId(1),
+                2,
+                "volley: task 'f' has waited 10 s on node 2 for 1 CPU: the one CPU is held by \
+                 actor 'A'\n"
+                    .to_string()
+            )]
+        );
+        assert!(!h.out.iter().any(|a| matches!(a, Action::Log(_))), "not printed here");
+    }
+
+    #[test]
+    fn a_drivers_node_says_no_node_of_the_cluster_has_room() {
+        let mut h = H::new(0.0, &[]);
+        h.s.set_node_id(NodeId(4));
+        h.s.set_peers(vec![peer(1, 0, 0, false), peer(2, 1, 0, false)], &mut h.out);
+        // Node 2 takes PEER_DEPTH tasks per CPU; the next one waits here.
+        let refs: Vec<ObjectId> = (0..=super::peers::PEER_DEPTH).map(|_| h.cpu_task("f")).collect();
+        let why = h.s.explain_wait(refs[refs.len() - 1]).expect("queued here");
+        assert!(
+            why.ends_with(
+                "1 CPU: this node has no CPU; no other node of the cluster has room now (node 1: \
+                 0 of 0 CPU free, node 2: 0 of 1 CPU free)"
+            ),
+            "{why}"
+        );
     }
 }
