@@ -4,7 +4,9 @@ or class), the message of ``GetTimeoutError``, and ``volley status`` on one mach
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -248,3 +250,66 @@ print("RESULT", volley.get(ref, timeout=60))
         ), notices
     finally:
         c.stop()
+
+
+# Sends a status query (one frame) to the abstract socket argv[1]; prints the answer's length,
+# or "closed" if the node closed the connection without one.
+RAW_STATUS_QUERY = """
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect("\\0" + sys.argv[1])
+req = b"\\xffvolley-status\\xff"
+s.sendall(struct.pack(">I", len(req)) + req)
+head = s.recv(4)
+print(struct.unpack(">I", head)[0] if len(head) == 4 else "closed")
+"""
+
+
+def _python_for_nobody() -> str | None:
+    """An interpreter user ``nobody`` may run (this one may live under /root)."""
+    for exe in (sys.executable, shutil.which("python3") or "", "/usr/bin/python3"):
+        try:
+            ok = subprocess.run(
+                [exe, "-I", "-S", "-c", "pass"], user=65534, group=65534, cwd="/",
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+        except OSError:
+            continue
+        if ok.returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to ask as another user")
+def test_another_user_gets_no_status_from_a_drivers_node(tmp_path):
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no interpreter that user nobody may run")
+    script = write_script(
+        tmp_path,
+        """
+import sys
+import volley
+volley.init(num_cpus=1)
+print("UP", flush=True)
+sys.stdin.readline()
+""",
+    )
+    proc = start_driver(script, stdin=subprocess.PIPE)
+    try:
+        read_line_with_prefix(proc, "UP")
+        listed = json.loads(_status("--json").stdout)
+        name = next(n["socket"] for n in listed if n["pid"] == proc.pid)
+        ask = [python, "-I", "-S", "-c", RAW_STATUS_QUERY, name]
+        mine = subprocess.run(ask, capture_output=True, text=True, timeout=30)
+        assert int(mine.stdout) > 0, mine.stderr
+        theirs = subprocess.run(
+            ask, capture_output=True, text=True, timeout=30, user=65534, group=65534, cwd="/"
+        )
+        assert theirs.stdout.strip() == "closed", (theirs.stdout, theirs.stderr)
+    finally:
+        proc.stdin.close()
+    _, err = finish_driver(proc)
+    assert proc.returncode == 0, err
+    assert "a status query came from another user" in err

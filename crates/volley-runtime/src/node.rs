@@ -197,7 +197,8 @@ impl Shared {
             workers: (stats.workers_alive + stats.workers_starting) as u32,
             store_used: store.used,
             store_capacity: store.capacity,
-            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
+            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
+                as u32,
             waiting,
             named: Vec::new(),
             bytes_received: 0,

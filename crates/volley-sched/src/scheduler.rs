@@ -292,6 +292,8 @@ pub struct Stats {
     pub actors: usize,
     /// Tasks sent to other nodes, still running there.
     pub tasks_remote: usize,
+    /// Tasks sent to a worker behind the one it runs (also in `tasks_assigned`): they wait.
+    pub tasks_pipelined: usize,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -1902,6 +1904,7 @@ impl Scheduler {
                 *counts.entry(line).or_insert(0) += 1;
             }
         }
+        self.pipelined_reasons(&mut counts);
         let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
         lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut out: Vec<String> = self.pgs_waiting();
@@ -1922,6 +1925,9 @@ impl Scheduler {
             match w.state {
                 WorkerState::Starting => s.workers_starting += 1,
                 _ => s.workers_alive += 1,
+            }
+            if w.actor.is_none() {
+                s.tasks_pipelined += w.queue.len().saturating_sub(1);
             }
             if w.blocked > 0 {
                 s.workers_blocked += 1;

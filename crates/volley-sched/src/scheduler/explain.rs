@@ -259,6 +259,21 @@ impl Scheduler {
         out
     }
 
+    /// Adds a line per task name for tasks pipelined on a worker behind the one it runs (for
+    /// `waiting_reasons`): they wait too, though not for free resources.
+    pub(super) fn pipelined_reasons(&self, counts: &mut HashMap<String, usize>) {
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for w in self.workers.values().filter(|w| w.actor.is_none()) {
+            for t in w.queue.iter().skip(1).filter_map(|t| self.tasks.get(t)) {
+                *by_name.entry(&t.spec.name).or_insert(0) += 1;
+            }
+        }
+        for (name, n) in by_name {
+            let line = format!("task '{name}': queued on a worker behind the task it runs");
+            *counts.entry(line).or_insert(0) += n;
+        }
+    }
+
     /// ": all 2 CPUs are held by actor 'A'" after what a line of `waiting_reasons` waits for,
     /// or nothing if it is free.
     pub(super) fn held_by(&self, cpu: u32, res: &[(String, u64)]) -> String {
@@ -680,6 +695,20 @@ mod tests {
                  0 of 0 CPU free, node 2: 0 of 1 CPU free)"
             ),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn tasks_pipelined_behind_a_running_one_count_as_waiting() {
+        let mut h = H::new(1.0, &[]);
+        for _ in 0..3 {
+            h.cpu_task("f");
+        }
+        let s = h.s.stats();
+        assert_eq!((s.tasks_assigned, s.tasks_pipelined, s.tasks_queued), (3, 2, 0));
+        assert_eq!(
+            h.s.waiting_reasons(8),
+            vec!["2 x task 'f': queued on a worker behind the task it runs".to_string()]
         );
     }
 }
