@@ -377,9 +377,11 @@ def shutdown() -> None:
 def nodes() -> list[dict]:
     """The cluster's nodes as this process last heard from the head (every second or so): a
     dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
-    ``workers``, ``store_used``, ``tasks_waiting``, ``driver``, and the bytes of stored values
-    it has pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
-    Empty outside a cluster.
+    ``workers``, ``store_used``, ``tasks_waiting`` (tasks not started: waiting for arguments,
+    for resources, or queued on a worker behind a running task) with ``waiting`` (what they wait
+    for and who holds it, a line per kind), ``driver``, and the bytes of stored values it has
+    pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
+    Empty outside a cluster (``volley status`` shows a driver's own node too).
 
     >>> volley.init(address="auto")  # doctest: +SKIP
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
