@@ -47,6 +47,7 @@ impl Scheduler {
             if t.state == TaskState::Queued
                 && waited >= delay
                 && !said.is_some_and(|s| s.contains(t.spec.name.as_str()))
+                && self.stuck(&t.spec)
             {
                 due.push((*tid, waited));
             }
@@ -75,7 +76,10 @@ impl Scheduler {
             let since = *self.notices.actor_since.entry(aid).or_insert(now);
             let Some(a) = self.actors.get(&aid) else { continue };
             let said = self.notices.actors.get(&audience(a.caller));
-            if now.saturating_sub(since) < delay || said.is_some_and(|s| s.contains(a.class())) {
+            if now.saturating_sub(since) < delay
+                || said.is_some_and(|s| s.contains(a.class()))
+                || !self.stuck(&a.create)
+            {
                 continue;
             }
             let (class, spec, caller) =
@@ -169,18 +173,7 @@ impl Scheduler {
             }
         }
         let mut short = self.shortfall(o.cpu_milli, &o.resources);
-        // Work another node sent never moves on; this node's own may go to another node.
-        let caller = match spec.actor {
-            ActorPart::Create(_) => self.actors.get(&ActorId(spec.task_id)).map(|a| a.caller),
-            _ => self.tasks.get(&spec.task_id).map(|t| t.caller),
-        };
-        let placeable = !matches!(caller, Some(Holder::Peer(_)))
-            && match spec.actor {
-                ActorPart::None => true,
-                ActorPart::Create(_) => self.prefer_peers,
-                ActorPart::Call { .. } => false,
-            };
-        if !short.is_empty() && placeable && self.peers.values().any(|p| !p.view.driver) {
+        if !short.is_empty() && self.may_move(spec) {
             short.push(self.cluster_room());
         }
         if !short.is_empty() {
@@ -192,6 +185,63 @@ impl Scheduler {
         } else {
             format!("{need}: they are free, and it is next in line")
         }
+    }
+
+    /// Whether `spec` may still go to another node (this node's own work, in a cluster with
+    /// nodes that run work): work a peer sent never moves on.
+    fn may_move(&self, spec: &TaskSpec) -> bool {
+        let caller = match spec.actor {
+            ActorPart::Create(_) => self.actors.get(&ActorId(spec.task_id)).map(|a| a.caller),
+            _ => self.tasks.get(&spec.task_id).map(|t| t.caller),
+        };
+        let placeable = match spec.actor {
+            ActorPart::None => true,
+            ActorPart::Create(_) => self.prefer_peers,
+            ActorPart::Call { .. } => false,
+        };
+        placeable
+            && !matches!(caller, Some(Holder::Peer(_)))
+            && self.peers.values().any(|p| !p.view.driver)
+    }
+
+    /// Whether waiting `spec` is stuck rather than in line, and worth a notice: an actor or a
+    /// placement group holds some of what it needs, or it is free and yet does not start. A
+    /// queue behind running tasks moves as they end (a long `map` is not news), and work that
+    /// may go to another node is explained by the node it goes to.
+    fn stuck(&self, spec: &TaskSpec) -> bool {
+        if self.may_move(spec) {
+            return false;
+        }
+        if placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec) {
+            return true; // Its group is not placed here (yet).
+        }
+        let o = &spec.options;
+        let mut short: Vec<Held<'_>> = Vec::new();
+        if o.cpu_milli > 0 && self.cpu_used + o.cpu_milli > self.cfg.cpu_total_milli {
+            short.push(Held::Cpu);
+        }
+        for (r, a) in &o.resources {
+            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
+            if self.res_used.get(r).copied().unwrap_or(0) + a > total {
+                short.push(Held::Res(r));
+            }
+        }
+        short.is_empty() || short.iter().any(|h| self.held_beyond_tasks(h))
+    }
+
+    /// Whether an actor or a placement group holds some of `what` here.
+    fn held_beyond_tasks(&self, what: &Held<'_>) -> bool {
+        let holds = |cpu: u32, res: &[(String, u64)]| match what {
+            Held::Cpu => cpu > 0,
+            Held::Res(r) => res.iter().any(|(n, a)| n == r && *a > 0),
+        };
+        self.actors.values().any(|a| {
+            let o = &a.create.options;
+            a.holds_resources && a.remote.is_none() && holds(o.cpu_milli, &o.resources)
+        }) || self.reservations.values().flat_map(|r| r.bundles.iter()).any(|(_, b, _)| {
+            let cpu = b.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a).sum::<u64>();
+            holds(u32::try_from(cpu).unwrap_or(u32::MAX), b)
+        })
     }
 
     /// "no other node has room now (node 2: 0 of 1 CPU free, ...)" for work that could have
@@ -611,6 +661,23 @@ mod tests {
         assert!(h.tick(30_000).is_empty());
         let why = h.s.explain_wait(waiting.object()).expect("pending");
         assert!(why.starts_with("actor 'Late' has not started: it waits for 1 CPU"), "{why}");
+    }
+
+    #[test]
+    fn a_queue_behind_running_tasks_is_in_line_not_stuck() {
+        let mut h = H::new(1.0, &[]);
+        h.s.cfg.pipeline_depth = 0;
+        h.cpu_task("f");
+        let queued = h.cpu_task("f");
+        assert!(h.tick(60_000).is_empty(), "it starts when the running one ends");
+        let why = h.s.explain_wait(queued).expect("queued");
+        assert!(why.ends_with("1 CPU: the one CPU is held by task 'f'"), "{why}");
+        // An actor taking the CPU meanwhile makes it stuck.
+        h.s.cfg.cpu_total_milli = 2000;
+        h.actor("A", 1000);
+        let said = h.tick(70_000);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("all 2 CPUs are held by actor 'A' and task 'f'"), "{said:?}");
     }
 
     #[test]
