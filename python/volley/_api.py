@@ -232,9 +232,9 @@ def init(
             uses. The driver trusts exactly that certificate.
 
     A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
-    gets one line on stderr per function or actor class, saying what it waits for and who holds
-    it: ``volley: task 'f' has waited 10 s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of
-    them)``.
+    because actors or placement groups hold what it needs gets one line on stderr per function
+    or actor class, saying what it waits for and who holds it: ``volley: task 'f' has waited 10
+    s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of them)``.
 
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 

@@ -48,8 +48,8 @@ pub struct NodeConfig {
     pub inline_threshold: u64,
     /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
     pub resources: Vec<(String, u64)>,
-    /// A task or actor that waits this long to start gets a line on stderr saying why (once
-    /// per function or class); 0: never.
+    /// A task or actor stuck this long (actors or placement groups hold what it needs) gets a
+    /// line on stderr saying why, once per function or class; 0: never.
     pub wait_notice_ms: u64,
 }
 

@@ -38,8 +38,8 @@ pub struct Config {
     pub max_start_failures: u32,
     /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
     pub resources: HashMap<String, u64>,
-    /// A task or actor queued this long for resources gets a notice saying why, once per
-    /// function or class (`Action::Log`); 0: never.
+    /// A task or actor stuck this long (an actor or placement group holds what it needs) gets a
+    /// notice saying why, once per function or class (see `explain`); 0: never.
     pub wait_notice_ms: u64,
 }
 

@@ -151,7 +151,14 @@ impl Scheduler {
             TaskState::Remote(n) => {
                 Some(format!("task '{name}' was sent to node {}, and has not finished there", n.0))
             }
-            TaskState::Assigned(_) => None,
+            TaskState::Assigned(w) => {
+                let head = self.workers.get(&w)?.queue.front()?;
+                let running = self.tasks.get(head).filter(|_| *head != id.task)?;
+                Some(format!(
+                    "task '{name}' is queued on a worker behind task '{}', which runs",
+                    running.spec.name
+                ))
+            }
         }
     }
 
@@ -777,5 +784,8 @@ mod tests {
             h.s.waiting_reasons(8),
             vec!["2 x task 'f': queued on a worker behind the task it runs".to_string()]
         );
+        let (_, behind) = (h.cpu_task("g"), h.cpu_task("g"));
+        let why = h.s.explain_wait(behind).expect("pipelined");
+        assert_eq!(why, "task 'g' is queued on a worker behind task 'f', which runs");
     }
 }
