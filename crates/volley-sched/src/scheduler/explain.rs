@@ -40,15 +40,18 @@ impl Scheduler {
         }
         let now = self.now_ms;
         let mut due: Vec<(TaskId, u64)> = Vec::new();
+        // Each name is judged once a tick (a long queue is mostly one function).
+        let mut judged: Vec<(Holder, &str)> = Vec::new();
         for tid in self.ready.iter().take(SCAN).chain(self.side_ready.iter().take(SCAN)) {
             let Some(t) = self.tasks.get(tid) else { continue };
             let waited = now.saturating_sub(t.queued_at);
-            let said = self.notices.tasks.get(&audience(t.caller));
-            if t.state == TaskState::Queued
-                && waited >= delay
-                && !said.is_some_and(|s| s.contains(t.spec.name.as_str()))
-                && self.stuck(&t.spec)
-            {
+            let (who, name) = (audience(t.caller), t.spec.name.as_str());
+            if t.state != TaskState::Queued || waited < delay || judged.contains(&(who, name)) {
+                continue;
+            }
+            judged.push((who, name));
+            let said = self.notices.tasks.get(&who);
+            if !said.is_some_and(|s| s.contains(name)) && self.stuck(&t.spec) {
                 due.push((*tid, waited));
             }
         }
@@ -72,14 +75,19 @@ impl Scheduler {
         // Actors: remember when each was first seen pending, forget those that left.
         let pending: Vec<ActorId> = self.pending_actors.iter().take(SCAN).copied().collect();
         self.notices.actor_since.retain(|a, _| pending.contains(a));
+        let mut judged: Vec<(Holder, String)> = Vec::new();
         for aid in pending {
             let since = *self.notices.actor_since.entry(aid).or_insert(now);
             let Some(a) = self.actors.get(&aid) else { continue };
-            let said = self.notices.actors.get(&audience(a.caller));
+            let who = audience(a.caller);
             if now.saturating_sub(since) < delay
-                || said.is_some_and(|s| s.contains(a.class()))
-                || !self.stuck(&a.create)
+                || judged.iter().any(|(h, c)| *h == who && c == a.class())
             {
+                continue;
+            }
+            judged.push((who, a.class().to_string()));
+            let said = self.notices.actors.get(&who);
+            if said.is_some_and(|s| s.contains(a.class())) || !self.stuck(&a.create) {
                 continue;
             }
             let (class, spec, caller) =
