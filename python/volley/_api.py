@@ -247,6 +247,11 @@ def init(
             tasks need one worker per level: a task that finds all ``max_workers`` blocked, with
             nothing left running that could free one, fails with ``UnschedulableError``.
 
+    A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
+    because actors or placement groups hold what it needs gets one line on stderr per function
+    or actor class, saying what it waits for and who holds it: ``volley: task 'f' has waited 10
+    s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of them)``.
+
     The first ``.remote()`` call runs ``init()`` with defaults if you have not.
 
     >>> ctx = volley.init(num_cpus=2)
@@ -287,6 +292,7 @@ def init(
         if not isinstance(gpus, (int, float)) or gpus < 0:
             raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
         custom = _check_resources(resources or {}, "init")
+        notice_ms = _wait_notice_ms()
         env_desc, env_packages = None, {}
         if runtime_env:
             from . import _runtime_env
@@ -324,7 +330,8 @@ def init(
             spill_dir,
             int(inline_threshold),
             sorted(custom.items()),
-            max_workers,
+            max_workers=max_workers,
+            wait_notice_ms=notice_ms,
         )
         try:
             if env_desc is not None:
@@ -361,6 +368,20 @@ def init(
         return Context(cpus)
 
 
+def _wait_notice_ms() -> int:
+    """``VOLLEY_WAIT_NOTICE_S`` (seconds, default 10; 0 turns the notices off) in ms."""
+    text = os.environ.get("VOLLEY_WAIT_NOTICE_S", "").strip()
+    if not text:
+        return 10_000
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise ValueError(f"VOLLEY_WAIT_NOTICE_S must be a number of seconds >= 0, not {text!r}")
+    return int(seconds * 1000)
+
+
 def shutdown() -> None:
     """Stops the workers and the node. Safe to call twice; ``init`` may be called again after.
 
@@ -380,9 +401,11 @@ def shutdown() -> None:
 def nodes() -> list[dict]:
     """The cluster's nodes as this process last heard from the head (every second or so): a
     dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
-    ``workers``, ``store_used``, ``tasks_waiting``, ``driver``, and the bytes of stored values
-    it has pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
-    Empty outside a cluster.
+    ``workers``, ``store_used``, ``tasks_waiting`` (tasks not started: waiting for arguments,
+    for resources, or queued on a worker behind a running task) with ``waiting`` (what they wait
+    for and who holds it, a line per kind), ``driver``, and the bytes of stored values it has
+    pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
+    Empty outside a cluster (``volley status`` shows a driver's own node too).
 
     >>> volley.init(address="auto")  # doctest: +SKIP
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
@@ -669,7 +692,8 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     """Waits for refs and returns their values (a list for a list).
 
     Raises the task's error (``TaskError``, ``WorkerCrashedError``, ``TaskCancelledError``, ...)
-    and ``GetTimeoutError`` after ``timeout`` seconds. Ctrl-C interrupts the wait at once.
+    and ``GetTimeoutError`` after ``timeout`` seconds; its message says why a task that has not
+    started yet waits (what it asks for, and who holds it). Ctrl-C interrupts the wait at once.
 
     Large values come from the shared-memory store without a copy: numpy arrays (also inside
     dicts, lists and DataFrames) and memoryviews are **read-only** views of it. Writing raises
@@ -693,8 +717,9 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     try:
         results = _core.get(refs, timeout)
     except TimeoutError:
+        why = "".join(f"; {line}" for line in _core.explain_wait(refs))
         raise GetTimeoutError(
-            f"get timed out after {timeout} s waiting for {len(refs)} object(s)"
+            f"get timed out after {timeout} s waiting for {len(refs)} object(s){why}"
         ) from None
     return [unpack(r) for r in results]
 

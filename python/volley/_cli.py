@@ -2,11 +2,14 @@
 
     volley start --head [--host 127.0.0.1] [--port 6380] [--num-cpus N] [--block]
     volley start --address HOST:PORT [--host 127.0.0.2] [--port 0] [--block]
-    volley status [--address HOST:PORT]
+    volley status [--address HOST:PORT] [--json]
     volley stop
 
 Without ``--block``, ``start`` runs the node in the background (its log goes to the session
 directory's ``logs/``), waits until it has joined, prints its address and returns.
+
+``status`` prints the cluster's nodes, and the drivers on this machine that run their own node
+(``volley.init()`` without an address): what each uses and what waits there, and why.
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--dead-after-ms", type=int, default=10_000, help="declare a silent node dead after this"
     )
-    st = sub.add_parser("status", help="print the cluster's nodes")
+    st = sub.add_parser(
+        "status", help="print the cluster's nodes and this machine's drivers, with what waits"
+    )
     st.add_argument("--address", default="auto")
     st.add_argument("--token", default=None)
     st.add_argument("--tls-cert", default=None, help="the cluster's TLS certificate, if any")
@@ -291,45 +296,62 @@ def _start(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from . import _core
 
+    # Drivers running their own node (``volley.init()`` without an address) have no cluster to
+    # ask; each answers on its Unix socket. Nodes in a cluster are shown by the head instead.
+    local = [n for n in _core.local_nodes() if n["node_id"] == 0]
+    addr, nodes, refused = None, [], []
     try:
         addr = _cluster.resolve_address(args.address)
         nodes, refused = _core.query_cluster_status(
             addr, _cluster.resolve_token(args.token), _cluster.resolve_tls_cert(args.tls_cert)
         )
     except ConnectionError as e:
-        print(f"volley: {e}", file=sys.stderr)
-        return 1
+        if args.address != "auto" or not local:
+            print(f"volley: {e}", file=sys.stderr)
+            if not local:
+                print("volley: no volley driver runs on this machine either", file=sys.stderr)
+            return 1
+        addr = None
     if args.json:
-        print(json.dumps(nodes, indent=2))
+        print(json.dumps([*nodes, *local], indent=2))
         return 0
-    print(f"cluster at {addr}: {sum(1 for n in nodes if not n['driver'])} node(s)")
-    for n in nodes:
-        kind = "driver" if n["driver"] else ("head" if n["node_id"] == 1 else "node")
-        used = n["num_cpus"] - n["cpus_free"]
-        plain = {r: v for r, v in n["resources"].items() if not r.startswith("pg:")}
-        res = "".join(f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(plain.items()))
-        # Placement-group bundles appear as resources of their own: count the bundles.
-        bundles = sum(
-            1 for r in n["resources"] if r.startswith("pg:") and r.count(":") == 3
-            and r.endswith(":bundle")
-        )  # fmt: skip
-        if bundles:
-            res += f", {bundles} placement-group bundle(s)"
-        store = f"{n['store_used'] / 2**20:.1f}/{n['store_capacity'] / 2**20:.0f} MiB"
-        waiting = f", {n['tasks_waiting']} task(s) waiting" if n["tasks_waiting"] else ""
-        print(
-            f"  node {n['node_id']} ({kind}) {n['address'] or '-'} pid {n['pid']}: "
-            f"CPU {used:g}/{n['num_cpus']:g}{res}, {n['workers']} worker(s), "
-            f"store {store}{waiting}"
-        )
-        for line in n.get("waiting", []):
-            print(f"    {line}")
-    for r in refused:
-        print(
-            f"  refused {r['peer']}: {r['reason']} ({r['count']} time(s), last "
-            f"{r['last_seconds_ago']:.0f} s ago)"
-        )
+    if addr is not None:
+        print(f"cluster at {addr}: {sum(1 for n in nodes if not n['driver'])} node(s)")
+        for n in nodes:
+            kind = "driver" if n["driver"] else ("head" if n["node_id"] == 1 else "node")
+            _print_node(f"node {n['node_id']} ({kind}) {n['address'] or '-'}", n)
+        for r in refused:
+            print(
+                f"  refused {r['peer']}: {r['reason']} ({r['count']} time(s), last "
+                f"{r['last_seconds_ago']:.0f} s ago)"
+            )
+    if local:
+        print(f"{len(local)} driver(s) on this machine with their own node (not in a cluster)")
+        for n in local:
+            _print_node("driver", n)
     return 0
+
+
+def _print_node(title: str, n: dict) -> None:
+    """A node's line (resources in use, workers, store, tasks waiting) and what waits there."""
+    used = n["num_cpus"] - n["cpus_free"]
+    plain = {r: v for r, v in n["resources"].items() if not r.startswith("pg:")}
+    res = "".join(f", {r} {t - f:g}/{t:g}" for r, (t, f) in sorted(plain.items()))
+    # Placement-group bundles appear as resources of their own: count the bundles.
+    bundles = sum(
+        1 for r in n["resources"] if r.startswith("pg:") and r.count(":") == 3
+        and r.endswith(":bundle")
+    )  # fmt: skip
+    if bundles:
+        res += f", {bundles} placement-group bundle(s)"
+    store = f"{n['store_used'] / 2**20:.1f}/{n['store_capacity'] / 2**20:.0f} MiB"
+    waiting = f", {n['tasks_waiting']} task(s) waiting" if n["tasks_waiting"] else ""
+    print(
+        f"  {title} pid {n['pid']}: CPU {used:g}/{n['num_cpus']:g}{res}, "
+        f"{n['workers']} worker(s), store {store}{waiting}"
+    )
+    for line in n.get("waiting", []):
+        print(f"    {line}")
 
 
 def _stop(args: argparse.Namespace) -> int:

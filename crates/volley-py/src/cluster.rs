@@ -152,3 +152,24 @@ pub fn query_cluster_status<'py>(
         .collect::<PyResult<_>>()?;
     Ok((nodes, refused))
 }
+
+/// The volley nodes of this user running on this machine, each as `query_cluster` describes a
+/// node plus its `socket`; asked over their Unix sockets (see `volley_runtime::query_local`).
+/// A node that does not answer (it is stopping, or another user's) is left out.
+#[pyfunction]
+pub fn local_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let found = py.detach(|| {
+        volley_runtime::local_nodes()
+            .into_iter()
+            .filter_map(|(_, name)| volley_runtime::query_local(&name).ok().map(|i| (name, i)))
+            .collect::<Vec<_>>()
+    });
+    found
+        .iter()
+        .map(|(name, i)| {
+            let d = info_dict(py, i)?;
+            d.set_item("socket", name)?;
+            Ok(d)
+        })
+        .collect()
+}

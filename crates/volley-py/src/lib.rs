@@ -112,7 +112,7 @@ fn check_signals() -> PyResult<()> {
 
 /// Starts the embedded node with its workers.
 #[pyfunction]
-#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new(), max_workers = 1024))]
+#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new(), max_workers = 1024, wait_notice_ms = 10_000))]
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     py: Python<'_>,
@@ -128,6 +128,7 @@ fn start_node(
     inline_threshold: u64,
     resources: Vec<(String, f64)>,
     max_workers: usize,
+    wait_notice_ms: u64,
 ) -> PyResult<()> {
     let resources = milli_resources(resources)?;
     if client::current().is_some() {
@@ -146,6 +147,7 @@ fn start_node(
         inline_threshold,
         resources,
         max_workers,
+        wait_notice_ms,
     };
     let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
     client::install(Backend::Node(node), inline_threshold);
@@ -672,6 +674,16 @@ fn get<'py>(
     results.iter().map(|r| result_to_py(py, r)).collect()
 }
 
+/// Why the tasks behind `refs` have not started, a line each for those still waiting on this
+/// node (at most 3); empty in a worker.
+#[pyfunction]
+fn explain_wait(refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<Vec<String>> {
+    match &client()?.backend {
+        Backend::Node(n) => Ok(n.explain_wait(&ids_of(&refs), 3)),
+        Backend::Worker(_) => Ok(Vec::new()),
+    }
+}
+
 /// Waits until `num_returns` refs are ready or the timeout passes; readiness per ref.
 #[pyfunction]
 #[pyo3(signature = (refs, num_returns, timeout = None))]
@@ -971,6 +983,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(put, m)?)?;
     m.add_function(wrap_pyfunction!(get, m)?)?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
+    m.add_function(wrap_pyfunction!(explain_wait, m)?)?;
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(watch, m)?)?;
     m.add_function(wrap_pyfunction!(next_ready, m)?)?;
@@ -1000,6 +1013,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::query_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::self_signed_cert, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::query_cluster_status, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())
 }

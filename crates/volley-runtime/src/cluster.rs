@@ -426,7 +426,8 @@ impl Cluster {
             workers: (stats.workers_alive + stats.workers_starting) as u32,
             store_used: store.used,
             store_capacity: store.capacity,
-            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting) as u32,
+            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
+                as u32,
             waiting,
             named,
             bytes_received: self.bytes_received.load(Ordering::Relaxed),

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub resources: Vec<(String, u64)>,
     /// Worker processes at most, blocked ones and actors included.
     pub max_workers: usize,
+    /// A task or actor stuck this long (actors or placement groups hold what it needs) gets a
+    /// line on stderr saying why, once per function or class; 0: never.
+    pub wait_notice_ms: u64,
 }
 
 /// A value or error, shared with the node's copy.
@@ -178,6 +181,38 @@ impl Shared {
         })?;
         self.state.lock().sched.register_package(hash, Arc::from(bytes));
         Ok(())
+    }
+
+    /// This node as `volley status` shows it (see `local_status`).
+    pub(crate) fn local_info(&self) -> volley_proto::NodeInfo {
+        let (id, addr) = match self.cluster.get() {
+            Some(c) => (c.node_id(), c.addr().to_string()),
+            None => (volley_proto::NodeId(0), String::new()),
+        };
+        let st = self.state.lock();
+        let stats = st.sched.stats();
+        let resources = st.sched.resource_usage();
+        let waiting = st.sched.waiting_reasons(8);
+        drop(st);
+        let store = self.store.stats();
+        volley_proto::NodeInfo {
+            id,
+            addr,
+            cpu_total_milli: stats.cpu_total_milli,
+            cpu_free_milli: stats.cpu_total_milli.saturating_sub(stats.cpu_used_milli),
+            resources,
+            workers: (stats.workers_alive + stats.workers_starting) as u32,
+            store_used: store.used,
+            store_capacity: store.capacity,
+            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
+                as u32,
+            waiting,
+            named: Vec::new(),
+            bytes_received: 0,
+            bytes_served: 0,
+            driver: self.cluster.get().is_none(),
+            pid: std::process::id(),
+        }
     }
 
     pub(crate) fn tick(&self) {
@@ -473,6 +508,7 @@ impl Node {
         sc.pipeline_depth = cfg.pipeline_depth;
         sc.idle_worker_timeout_ms = cfg.idle_worker_timeout_ms;
         sc.max_workers = cfg.max_workers.max(1);
+        sc.wait_notice_ms = cfg.wait_notice_ms;
         let (tx, rx) = mpsc::channel();
         let store = Store::create(cfg.object_store_memory, &cfg.spill_dir)?;
         let store_fd = store.arena().raw_fd();
@@ -747,6 +783,24 @@ impl Node {
         self.shared.state.lock().sched.stats()
     }
 
+    /// Why the tasks behind `ids` have not started, a line each for those still waiting here
+    /// (for the message of a `get` that timed out); at most `limit` distinct lines.
+    pub fn explain_wait(&self, ids: &[ObjectId], limit: usize) -> Vec<String> {
+        let st = self.shared.state.lock();
+        let mut lines: Vec<String> = Vec::new();
+        for id in ids {
+            if lines.len() >= limit {
+                break;
+            }
+            if let Some(l) = st.sched.explain_wait(*id) {
+                if !lines.contains(&l) {
+                    lines.push(l);
+                }
+            }
+        }
+        lines
+    }
+
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
@@ -817,10 +871,15 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> {
+/// A worker's handshake (`Some`), or a status query from `volley status`, answered (`None`).
+fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Option<Hello>, String> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let frame = volley_proto::read_frame(stream, volley_proto::MAX_HANDSHAKE_FRAME)
         .map_err(|e| e.to_string())?;
+    if frame == crate::local_status::REQUEST {
+        crate::local_status::answer(shared, stream)?;
+        return Ok(None);
+    }
     let (hello, token): (Hello, String) = decode(&frame).map_err(|e| e.to_string())?;
     if hello.version != PROTOCOL_VERSION {
         return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version }
@@ -842,7 +901,7 @@ fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Hello, String> 
     let bytes = encode(&reply).map_err(|e| e.to_string())?;
     volley_proto::write_frame(stream, &bytes).map_err(|e| e.to_string())?;
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-    Ok(hello)
+    Ok(Some(hello))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -854,7 +913,8 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
         return;
     }
     let hello = match handshake(&shared, &mut stream) {
-        Ok(h) => h,
+        Ok(Some(h)) => h,
+        Ok(None) => return,
         Err(e) => {
             // A worker killed while it connected, or a local process without the token: for
             // the node's log, not the user's terminal.

@@ -9,6 +9,7 @@ use volley_proto::{
 };
 
 mod actors;
+mod explain;
 mod peers;
 mod placement;
 mod remote_actors;
@@ -37,6 +38,9 @@ pub struct Config {
     pub max_start_failures: u32,
     /// Resources other than CPUs (`"GPU"`, custom names), in thousandths.
     pub resources: HashMap<String, u64>,
+    /// A task or actor stuck this long (an actor or placement group holds what it needs) gets a
+    /// notice saying why, once per function or class (see `explain`); 0: never.
+    pub wait_notice_ms: u64,
 }
 
 impl Config {
@@ -48,6 +52,7 @@ impl Config {
             idle_worker_timeout_ms: 2000,
             max_start_failures: 5,
             resources: HashMap::new(),
+            wait_notice_ms: 10_000,
         }
     }
 
@@ -231,6 +236,8 @@ struct TaskEntry {
     cancel: Option<bool>,
     /// Who submitted it (actor calls keep each caller's order).
     caller: Holder,
+    /// When it last went into a ready queue (the clock of the last `tick`), for wait notices.
+    queued_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +309,8 @@ pub struct Stats {
     pub actors: usize,
     /// Tasks sent to other nodes, still running there.
     pub tasks_remote: usize,
+    /// Tasks sent to a worker behind the one it runs (also in `tasks_assigned`): they wait.
+    pub tasks_pipelined: usize,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -376,6 +385,8 @@ pub struct Scheduler {
     fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
     /// Peers that asked for a value this node is still pulling itself: served once it is here.
     serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
+    /// What the wait notices have said already (see `explain`).
+    notices: explain::Notices,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -433,6 +444,7 @@ impl Scheduler {
             peer_copies: HashMap::new(),
             fanout: HashMap::new(),
             serve_waits: HashMap::new(),
+            notices: Default::default(),
         }
     }
 
@@ -672,6 +684,7 @@ impl Scheduler {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         self.now_ms = now_ms;
         self.spawn_when_due(out);
+        self.wait_notices(out);
         let target = self.cfg.target_workers();
         let mut active = self.workers.values().filter(|w| w.is_active_pool()).count();
         if active <= target {
@@ -785,6 +798,7 @@ impl Scheduler {
                 attempts: 0,
                 cancel: None,
                 caller: holder,
+                queued_at: 0,
             },
         );
         spec
@@ -1058,10 +1072,11 @@ impl Scheduler {
 
     /// Puts a runnable task in its ready queue (see `schedule`).
     fn enqueue(&mut self, tid: TaskId, front: bool) {
-        let side = self
-            .tasks
-            .get(&tid)
-            .is_some_and(|t| t.spec.options.cpu_milli == 0 || !t.spec.options.resources.is_empty());
+        let now = self.now_ms;
+        let side = self.tasks.get_mut(&tid).is_some_and(|t| {
+            t.queued_at = now;
+            t.spec.options.cpu_milli == 0 || !t.spec.options.resources.is_empty()
+        });
         let q = self.queue(side);
         if front {
             q.push_front(tid);
@@ -1980,7 +1995,7 @@ impl Scheduler {
         for ((name, deps, cpu, res), n) in groups {
             let why = match deps {
                 Some(d) => format!("waiting for {d} argument(s) to be made"),
-                None => format!("waiting for {}", demand_text(cpu, res)),
+                None => format!("waiting for {}{}", demand_text(cpu, res), self.held_by(cpu, res)),
             };
             *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
         }
@@ -1988,13 +2003,15 @@ impl Scheduler {
             if let Some(a) = self.actors.get(aid) {
                 let o = &a.create.options;
                 let line = format!(
-                    "actor '{}': waiting for {}",
+                    "actor '{}': waiting for {}{}",
                     a.class(),
-                    demand_text(o.cpu_milli, &o.resources)
+                    demand_text(o.cpu_milli, &o.resources),
+                    self.held_by(o.cpu_milli, &o.resources)
                 );
                 *counts.entry(line).or_insert(0) += 1;
             }
         }
+        self.pipelined_reasons(&mut counts);
         let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
         lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut out: Vec<String> = self.pgs_waiting();
@@ -2015,6 +2032,9 @@ impl Scheduler {
             match w.state {
                 WorkerState::Starting => s.workers_starting += 1,
                 _ => s.workers_alive += 1,
+            }
+            if w.actor.is_none() {
+                s.tasks_pipelined += w.queue.len().saturating_sub(1);
             }
             if w.blocked > 0 {
                 s.workers_blocked += 1;

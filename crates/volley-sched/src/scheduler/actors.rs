@@ -410,6 +410,7 @@ impl Scheduler {
             attempts: a.restarts,
             cancel: None,
             caller: a.caller,
+            queued_at: 0,
         };
         self.tasks.insert(aid.0, entry);
         self.assign(wid, aid.0, out);

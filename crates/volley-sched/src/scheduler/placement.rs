@@ -57,7 +57,7 @@ pub(super) struct PgEntry {
     wait_view: bool,
     /// It was created once and lost bundles with a node.
     rescheduling: bool,
-    reason: String,
+    pub(super) reason: String,
 }
 
 /// Bundles held on this node.
@@ -65,7 +65,7 @@ pub(super) struct Reservation {
     /// Who created the group: `None` for this node.
     creator: Option<NodeId>,
     /// (index, resources, GPU indices taken).
-    bundles: Vec<(u32, Bundle, Vec<u32>)>,
+    pub(super) bundles: Vec<(u32, Bundle, Vec<u32>)>,
 }
 
 /// A node as placement sees it: its total and free resources (`CPU` among them).
@@ -217,7 +217,7 @@ fn plan(
 
 impl PgEntry {
     /// How messages name the group: its name, else its id.
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         if self.spec.name.is_empty() {
             self.spec.id.clone()
         } else {

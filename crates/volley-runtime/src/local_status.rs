@@ -1,0 +1,107 @@
+//! `volley status` on one machine: a node running inside a driver (no TCP address, no cluster)
+//! answers a status query on the abstract Unix socket its workers connect to.
+//!
+//! A query is one frame, [`REQUEST`], in place of a worker's handshake; the node answers with
+//! its `NodeInfo` (postcard) and closes the connection. An abstract socket has no file
+//! permissions, so both ends check the other's user with `SO_PEERCRED`: only a process of the
+//! node's own user may ask, and the asker trusts only a node of its own user. Nodes are found by
+//! their socket names in `/proc/net/unix` (`volley-<pid>-<16 hex digits>`), so nothing is
+//! written to disk and nothing is left behind when a driver is killed.
+
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::time::Duration;
+
+use volley_proto::{decode, encode, read_frame, write_frame, NodeInfo};
+
+use crate::node::Shared;
+use crate::RuntimeError;
+
+/// The first frame of a status query. A worker's first frame is a postcard `(Hello, token)`,
+/// which never equals these bytes (its token alone is longer).
+pub(crate) const REQUEST: &[u8] = b"\xffvolley-status\xff";
+
+/// The largest answer read (a `NodeInfo` is a few KiB at most).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// How long either end waits for the other.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The user id of the process at the other end of `s`.
+fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the fd is open for
+    // the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+fn my_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Answers a status query on `stream` (its `REQUEST` frame read already), if it comes from a
+/// process of this user.
+pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream) -> Result<(), String> {
+    let uid = peer_uid(stream).map_err(|e| e.to_string())?;
+    if uid != my_uid() {
+        return Err(format!("a status query came from another user (uid {uid})"));
+    }
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    let bytes = encode(&shared.local_info()).map_err(|e| e.to_string())?;
+    write_frame(stream, &bytes).map_err(|e| e.to_string())
+}
+
+/// Asks the node listening on the abstract socket `name` (see [`local_nodes`]) how it is.
+pub fn query_local(name: &str) -> Result<NodeInfo, RuntimeError> {
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+    let mut s = UnixStream::connect_addr(&addr)?;
+    let uid = peer_uid(&s)?;
+    if uid != my_uid() {
+        return Err(RuntimeError::Refused(format!("socket {name} belongs to another user")));
+    }
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    write_frame(&mut s, REQUEST)?;
+    let frame = read_frame(&mut s, MAX_ANSWER)?;
+    Ok(decode(&frame)?)
+}
+
+/// The volley nodes listening on this machine, any user's: (pid, socket name), by pid.
+pub fn local_nodes() -> Vec<(u32, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else { return Vec::new() };
+    let mut out: Vec<(u32, String)> = Vec::new();
+    for line in text.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path; abstract names start with '@'.
+        let Some(name) = line.split_whitespace().nth(7).and_then(|p| p.strip_prefix('@')) else {
+            continue;
+        };
+        let Some((pid, hex)) = name.strip_prefix("volley-").and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // The listening socket and each accepted connection all show the name.
+        if !out.iter().any(|(_, n)| n == name) {
+            out.push((pid, name.to_string()));
+        }
+    }
+    out.sort();
+    out
+}
