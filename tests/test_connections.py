@@ -21,17 +21,9 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_env, finish_driver, poll, read_line_with_prefix
+from test_cluster import DEAD_AFTER_MS, HEARTBEAT_MS, _free_port
 
 import volley
-
-HEARTBEAT_MS = 100
-DEAD_AFTER_MS = 1500
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Daemons:

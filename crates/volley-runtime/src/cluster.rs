@@ -408,32 +408,11 @@ impl Cluster {
     }
 
     /// This node's description, for the head.
-    fn info(&self, id: NodeId) -> NodeInfo {
-        let st = self.shared.state.lock();
-        let stats = st.sched.stats();
-        let total = st.sched.config().cpu_total_milli;
-        let resources = st.sched.resource_usage();
-        let waiting = st.sched.waiting_reasons(8);
-        let named = st.sched.named_actors();
-        drop(st);
-        let store = self.shared.store.stats();
+    pub(crate) fn info(&self, id: NodeId) -> NodeInfo {
         NodeInfo {
-            id,
-            addr: self.addr.clone(),
-            cpu_total_milli: total,
-            cpu_free_milli: total.saturating_sub(stats.cpu_used_milli),
-            resources,
-            workers: (stats.workers_alive + stats.workers_starting) as u32,
-            store_used: store.used,
-            store_capacity: store.capacity,
-            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
-                as u32,
-            waiting,
-            named,
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
-            driver: self.cfg.driver,
-            pid: std::process::id(),
+            ..self.shared.node_info(id, self.addr.clone(), self.cfg.driver)
         }
     }
 

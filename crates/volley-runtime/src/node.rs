@@ -185,14 +185,25 @@ impl Shared {
 
     /// This node as `volley status` shows it (see `local_status`).
     pub(crate) fn local_info(&self) -> volley_proto::NodeInfo {
-        let (id, addr) = match self.cluster.get() {
-            Some(c) => (c.node_id(), c.addr().to_string()),
-            None => (volley_proto::NodeId(0), String::new()),
-        };
+        match self.cluster.get() {
+            Some(c) => c.info(c.node_id()),
+            None => self.node_info(volley_proto::NodeId(0), String::new(), true),
+        }
+    }
+
+    /// This node as `volley status` and the cluster's view describe it (the cluster adds its
+    /// byte counters).
+    pub(crate) fn node_info(
+        &self,
+        id: volley_proto::NodeId,
+        addr: String,
+        driver: bool,
+    ) -> volley_proto::NodeInfo {
         let st = self.state.lock();
         let stats = st.sched.stats();
         let resources = st.sched.resource_usage();
         let waiting = st.sched.waiting_reasons(8);
+        let named = st.sched.named_actors();
         drop(st);
         let store = self.store.stats();
         volley_proto::NodeInfo {
@@ -207,10 +218,10 @@ impl Shared {
             tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
                 as u32,
             waiting,
-            named: Vec::new(),
+            named,
             bytes_received: 0,
             bytes_served: 0,
-            driver: self.cluster.get().is_none(),
+            driver,
             pid: std::process::id(),
         }
     }

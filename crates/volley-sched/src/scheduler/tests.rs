@@ -426,6 +426,19 @@ fn spawned(h: &mut Harness) -> Vec<WorkerId> {
     v
 }
 
+/// Advances the clock (`now`, ms) until workers are spawned again; returns them.
+fn next_spawns(h: &mut Harness, now: &mut u64) -> Vec<WorkerId> {
+    loop {
+        let w = spawned(h);
+        if !w.is_empty() {
+            return w;
+        }
+        *now += 100;
+        assert!(*now < 60_000, "no worker is started again");
+        h.s.tick(*now, &mut h.out);
+    }
+}
+
 #[test]
 fn workers_killed_before_they_connect_are_replaced_without_failing_tasks() {
     let mut h = Harness::new(1.0);
@@ -434,25 +447,12 @@ fn workers_killed_before_they_connect_are_replaced_without_failing_tasks() {
     let mut now = 0;
     // Far more kills than max_start_failures: each is replaced (after a back-off).
     for _ in 0..20 {
-        let mut w = spawned(&mut h);
-        while w.is_empty() {
-            now += 100;
-            h.s.tick(now, &mut h.out);
-            w = spawned(&mut h);
-            assert!(now < 60_000, "no worker is started again");
-        }
-        for w in w {
+        for w in next_spawns(&mut h, &mut now) {
             h.s.worker_died(w, WorkerExit::killed("killed by signal 9 (SIGKILL)"), &mut h.out);
         }
     }
     assert_eq!(h.error_kind(a), None, "a kill from outside is not a failure to start");
-    let mut w = spawned(&mut h);
-    while w.is_empty() {
-        now += 100;
-        h.s.tick(now, &mut h.out);
-        w = spawned(&mut h);
-        assert!(now < 60_000, "no worker is started again");
-    }
+    let w = next_spawns(&mut h, &mut now);
     assert!(h.s.worker_connected(w[0], 77, &mut h.out));
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
@@ -494,13 +494,7 @@ fn workers_that_fail_to_start_are_tried_again_and_the_node_recovers() {
     }
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
     // The interpreter is mended: the next probe connects, and tasks run again.
-    let mut w = spawned(&mut h);
-    while w.is_empty() {
-        now += 100;
-        h.s.tick(now, &mut h.out);
-        w = spawned(&mut h);
-        assert!(now < 60_000, "no worker is started again");
-    }
+    let w = next_spawns(&mut h, &mut now);
     assert!(h.s.worker_connected(w[0], 78, &mut h.out));
     let b = h.submit(vec![]);
     let ex = h.executed();
