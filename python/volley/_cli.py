@@ -240,6 +240,12 @@ def _run_node(args: argparse.Namespace) -> int:
     record = _cluster.record_node(
         {"pid": os.getpid(), "node_id": node_id, "address": addr, "head": bool(args.head)}
     )
+    if args.head:
+        print(
+            f"volley: the cluster's token is in {sess / 'token'}; the other machines need it "
+            "(VOLLEY_TOKEN or --token)",
+            flush=True,
+        )
     print(f"volley: node {node_id} listening on {addr}", flush=True)
     done = {"stop": False}
 
