@@ -252,3 +252,41 @@ def test_calls_queued_on_a_killed_actor_run_on_its_restart_only_the_running_one_
     restart = next(i for i in range(1, len(values)) if values[i] <= values[i - 1])
     assert values[:restart] == list(range(1, restart + 1))
     assert values[restart:] == list(range(1, len(values) - restart + 1))
+
+
+@volley.remote(max_retries=0)
+def slow_where(i):
+    time.sleep(0.2)
+    return i, os.environ.get("VOLLEY_NODE_ADDRESS", "")
+
+
+def test_a_dead_nodes_queued_tasks_run_elsewhere_without_using_a_retry(no_volley, tmp_path):
+    from test_cluster import Cluster, _wait_nodes
+
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1", cpus=0)
+        survivor = c.start(False, "127.0.0.2")
+        doomed = c.start(False, "127.0.0.3")
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        # 30 tasks that may not be retried: each 1-CPU node runs one and holds the rest queued.
+        refs = [slow_where.remote(i) for i in range(30)]
+        poll(lambda: len(volley.wait(refs, num_returns=30, timeout=0)[0]) >= 2, timeout=30)
+        c.kill(c.addrs_index(doomed))
+        done, lost = [], 0
+        for r in refs:
+            try:
+                done.append(volley.get(r, timeout=60))
+            except volley.WorkerCrashedError as e:
+                assert "died while running" in str(e)
+                lost += 1
+        # Only the task the dead node was running (its one CPU) is lost; the ones queued
+        # there ran on the survivor.
+        assert lost <= 1, lost
+        assert len(done) >= 29
+        assert sorted(i for i, _ in done) == sorted({i for i, _ in done})
+        assert {w for _, w in done} <= {survivor, doomed}
+    finally:
+        volley.shutdown()
+        c.stop()
