@@ -1075,6 +1075,7 @@ impl Cluster {
                 (*peer, *link)
             }
             Action::PeerDone { peer, .. }
+            | Action::PeerStarted { peer, .. }
             | Action::PeerReserved { peer, .. }
             | Action::PeerReturned { peer, .. }
             | Action::PeerObject { peer, .. }
@@ -1157,6 +1158,7 @@ impl Cluster {
                         | PeerMsg::ActorState { .. }
                         | PeerMsg::Reserved { .. }
                         | PeerMsg::Returned { .. }
+                        | PeerMsg::Started { .. }
                         | PeerMsg::Fetch { .. }),
                     )) => {
                         batch.push(m);
@@ -1181,6 +1183,7 @@ impl Cluster {
                                 PeerMsg::Returned { tasks } => {
                                     st.sched.peer_returned(peer, &tasks, out)
                                 }
+                                PeerMsg::Started { task } => st.sched.peer_started(peer, task),
                                 PeerMsg::Fetch { id } => st.sched.peer_fetch(peer, id, true, out),
                                 PeerMsg::Reserved { pg, bundles, ok } => {
                                     st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
@@ -1460,6 +1463,7 @@ impl Cluster {
             Action::PeerSteal { max, .. } => Some((PeerMsg::Steal { max }, leases)),
             Action::PeerFetch { id, .. } => Some((PeerMsg::Fetch { id }, leases)),
             Action::PeerReturned { tasks, .. } => Some((PeerMsg::Returned { tasks }, leases)),
+            Action::PeerStarted { task, .. } => Some((PeerMsg::Started { task }, leases)),
             Action::PeerLog { fd: 0, .. } => Some((PeerMsg::SubscribeLogs, leases)),
             Action::PeerLog { fd, lines, .. } => {
                 Some((PeerMsg::Log { fd, lines: serde_bytes::ByteBuf::from(lines) }, leases))
@@ -1694,6 +1698,7 @@ fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::PgRelease { .. } => "PgRelease",
         PeerMsg::Steal { .. } => "Steal",
         PeerMsg::Returned { .. } => "Returned",
+        PeerMsg::Started { .. } => "Started",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
         PeerMsg::Fetch { .. } => "Fetch",

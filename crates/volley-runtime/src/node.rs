@@ -464,6 +464,7 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerPgRelease { .. }
             | Action::PeerSteal { .. }
             | Action::PeerReturned { .. }
+            | Action::PeerStarted { .. }
             | Action::PeerLog { .. }
             | Action::PeerObject { .. }
             | Action::PeerActorState { .. }

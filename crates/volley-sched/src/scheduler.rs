@@ -206,6 +206,8 @@ pub enum Action {
     PeerSteal { peer: NodeId, max: u32 },
     /// Give `peer` back tasks it sent that will not run here.
     PeerReturned { peer: NodeId, tasks: Vec<TaskId> },
+    /// Tell `peer` a task it sent has started running here.
+    PeerStarted { peer: NodeId, task: TaskId },
     /// Not the scheduler's: carries a line of worker output to a driver's node (`peer`), or
     /// (`fd` 0) asks `peer` for its workers' output, over the cluster's connections.
     PeerLog { peer: NodeId, fd: u8, lines: Vec<u8> },
@@ -1292,7 +1294,8 @@ impl Scheduler {
         task.state = TaskState::Assigned(wid);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
-        if w.queue.len() == 1 && w.actor.is_none() {
+        let runs_now = w.queue.len() == 1 && w.actor.is_none();
+        if runs_now {
             w.cpu_held = spec.options.cpu_milli;
             self.cpu_used += w.cpu_held;
             if !spec.options.resources.is_empty() {
@@ -1302,6 +1305,7 @@ impl Scheduler {
                     w.gpus = gpus;
                 }
             }
+            self.head_started(wid, out);
         }
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
@@ -1441,7 +1445,11 @@ impl Scheduler {
             return;
         };
         w.queue.remove(pos);
+        let next_runs = pos == 0 && w.actor.is_none();
         self.refresh_head_cpu(wid);
+        if next_runs {
+            self.head_started(wid, out);
+        }
         if let Some(ActorPart::Create(_)) = self.tasks.get(&tid).map(|t| &t.spec.actor) {
             self.tasks.remove(&tid);
             self.actor_created(ActorId(tid), wid, result, out);
@@ -1450,6 +1458,20 @@ impl Scheduler {
         }
         self.task_result(tid, result, out);
         self.schedule(out);
+    }
+
+    /// The task at the head of worker `wid`'s queue has started: a peer that sent it is told,
+    /// so that if this node dies only the tasks it really started use a retry there.
+    fn head_started(&mut self, wid: WorkerId, out: &mut Vec<Action>) {
+        if self.from_peer.is_empty() {
+            return; // No peer's task here (always so on a lone node): nothing to look up.
+        }
+        let head = self.workers.get(&wid).and_then(|w| w.queue.front()).copied();
+        if let Some(peer) = head.and_then(|t| self.from_peer.get(&t)).map(|f| f.peer) {
+            if let Some(task) = head {
+                out.push(Action::PeerStarted { peer, task });
+            }
+        }
     }
 
     /// A task (not an actor's creation) ended with `result`, here or on a peer.

@@ -38,10 +38,9 @@ pub struct PeerView {
 
 pub(super) struct PeerEntry {
     pub(super) view: PeerView,
-    /// Tasks this node sent there and still waits for, with the CPU each needs and the order
-    /// they were sent in.
-    inflight: HashMap<TaskId, (u32, u64)>,
-    sent_seq: u64,
+    /// Tasks this node sent there and still waits for, with the CPU each needs and whether
+    /// the peer said it started it (`PeerMsg::Started`).
+    inflight: HashMap<TaskId, (u32, bool)>,
     /// The sum of `inflight`'s CPUs, kept as it changes (it is read for every spilled task).
     inflight_cpu: u32,
     known_functions: HashSet<FunctionId>,
@@ -61,11 +60,17 @@ impl PeerEntry {
 
     /// Counts a task sent there (`cpu` it needs).
     pub(super) fn sent(&mut self, tid: TaskId, cpu: u32) {
-        self.sent_seq += 1;
-        if let Some((old, _)) = self.inflight.insert(tid, (cpu, self.sent_seq)) {
+        if let Some((old, _)) = self.inflight.insert(tid, (cpu, false)) {
             self.inflight_cpu -= old;
         }
         self.inflight_cpu += cpu;
+    }
+
+    /// The peer started running a task we sent it.
+    fn started(&mut self, tid: &TaskId) {
+        if let Some((_, started)) = self.inflight.get_mut(tid) {
+            *started = true;
+        }
     }
 
     /// A task sent there is back (done, or given back); false if it was not in flight.
@@ -138,7 +143,6 @@ impl Scheduler {
                     let entry = PeerEntry {
                         view: v.clone(),
                         inflight: HashMap::new(),
-                        sent_seq: 0,
                         inflight_cpu: 0,
                         known_functions: HashSet::new(),
                         known_packages: HashSet::new(),
@@ -201,25 +205,19 @@ impl Scheduler {
         counted: bool,
         out: &mut Vec<Action>,
     ) {
-        let mut sent: Vec<(u64, TaskId)> =
-            p.inflight.iter().map(|(tid, (_, seq))| (*seq, *tid)).collect();
+        let mut sent: Vec<(TaskId, bool)> =
+            p.inflight.iter().map(|(tid, (_, started))| (*tid, *started)).collect();
         sent.sort();
-        let (calls, tasks): (Vec<TaskId>, Vec<TaskId>) =
-            sent.into_iter().map(|(_, tid)| tid).partition(|t| {
+        let (calls, tasks): (Vec<(TaskId, bool)>, Vec<(TaskId, bool)>) =
+            sent.into_iter().partition(|(t, _)| {
                 self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
             });
-        self.remote_actors_lost(id, calls, why, out);
-        // Up to PEER_DEPTH tasks per CPU wait there behind the running ones. The peer runs
-        // them in the order they came, so the oldest ones, as many as its CPUs hold, may have
-        // been running: only those use a retry. The rest never started, and go again free.
-        let mut running_cpu = 0u32;
-        let cpus = p.view.cpu_total_milli.max(1000);
-        for tid in tasks {
+        self.remote_actors_lost(id, calls.into_iter().map(|(t, _)| t).collect(), why, out);
+        // Up to PEER_DEPTH tasks per CPU wait there behind the running ones: only those the
+        // peer said it started use a retry. The rest never ran, and go again as they are.
+        for (tid, started) in tasks {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
-            let charged = counted && running_cpu < cpus;
-            if charged {
-                running_cpu += task.spec.options.cpu_milli.max(1);
-            }
+            let charged = counted && started;
             if task.cancel.is_none() && (!charged || retries_left(task)) {
                 if charged {
                     task.attempts += 1;
@@ -398,6 +396,13 @@ impl Scheduler {
     }
 
     /// Tells the scheduler its node's id in the cluster (for node affinity).
+    /// `peer` started running a task this node sent it (`PeerMsg::Started`).
+    pub fn peer_started(&mut self, peer: NodeId, task: TaskId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.started(&task);
+        }
+    }
+
     pub fn set_node_id(&mut self, id: NodeId) {
         self.node_id = Some(id);
     }

@@ -675,6 +675,9 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
     assert_eq!(spilled.len(), 2);
     let on = |id: ObjectId| spilled.iter().find(|s| s.1 == id.task).map(|s| s.0);
     assert_ne!(on(retried), on(failed), "one per peer");
+    for (peer, task, _) in &spilled {
+        h.s.peer_started(*peer, *task); // Both were running there.
+    }
     // Both peers die; then a new one joins.
     h.s.peer_gone(NodeId(1), "killed", &mut h.out);
     h.s.peer_gone(NodeId(2), "killed", &mut h.out);
@@ -694,16 +697,17 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
 }
 
 #[test]
-fn only_the_tasks_a_dead_peer_could_have_been_running_use_a_retry() {
+fn only_the_tasks_a_dead_peer_started_use_a_retry() {
     let mut h = Harness::new(0.0);
     h.s.set_peers(vec![peer(1, 1)], &mut h.out);
     let no_retries = TaskOptions { max_retries: 0, ..TaskOptions::default() };
     let ids: Vec<ObjectId> =
         (0..10).map(|_| h.submit_opts(Vec::new(), no_retries.clone())).collect();
     assert_eq!(h.spilled().len(), 10, "one running there, nine queued behind it");
+    h.s.peer_started(NodeId(1), ids[0].task);
     h.s.peer_gone(NodeId(1), "killed", &mut h.out);
-    // The first one sent to the 1-CPU node may have been running: it fails. The nine others
-    // never started there: they wait for a place to run, their retries untouched.
+    // The one the 1-CPU node said it started fails (no retries). The nine others never
+    // started there: they wait for a place to run, their retries untouched.
     assert!(
         matches!(h.s.object_state(&ids[0]), Some(ObjectState::Failed(e)) if e.kind == ErrorKind::WorkerCrashed)
     );
@@ -712,6 +716,32 @@ fn only_the_tasks_a_dead_peer_could_have_been_running_use_a_retry() {
     }
     h.s.set_peers(vec![peer(2, 1)], &mut h.out);
     assert_eq!(h.spilled().len(), 9);
+}
+
+#[test]
+fn a_peers_task_is_reported_started_when_a_worker_starts_it_not_while_queued() {
+    let mut h = Harness::started(1.0);
+    let started = |h: &Harness| -> Vec<TaskId> {
+        h.out
+            .iter()
+            .filter_map(|a| match a {
+                Action::PeerStarted { peer, task } if *peer == NodeId(5) => Some(*task),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = h.spec(vec![], TaskOptions::default());
+    let second = h.spec(vec![], TaskOptions::default());
+    let (t1, t2) = (first.task_id, second.task_id);
+    h.sent_by(NodeId(5), first, vec![]);
+    h.sent_by(NodeId(5), second, vec![]);
+    // One CPU: the first runs, the second is pipelined behind it on the same worker.
+    let ex = h.executed();
+    assert_eq!(ex.len(), 2);
+    assert_eq!(started(&h), vec![t1]);
+    h.out.clear();
+    h.done(ex[0].0, t1, 1);
+    assert_eq!(started(&h), vec![t2], "reported once it is the one running");
 }
 
 #[test]
