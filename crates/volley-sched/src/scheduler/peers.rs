@@ -208,11 +208,13 @@ impl Scheduler {
         let mut sent: Vec<(TaskId, bool)> =
             p.inflight.iter().map(|(tid, (_, started))| (*tid, *started)).collect();
         sent.sort();
-        let (calls, tasks): (Vec<(TaskId, bool)>, Vec<(TaskId, bool)>) =
-            sent.into_iter().partition(|(t, _)| {
-                self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
-            });
-        self.remote_actors_lost(id, calls.into_iter().map(|(t, _)| t).collect(), why, out);
+        let is_call = |t: &TaskId| {
+            self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
+        };
+        let calls: Vec<TaskId> = sent.iter().map(|(t, _)| *t).filter(is_call).collect();
+        sent.retain(|(t, _)| !is_call(t));
+        let tasks = sent;
+        self.remote_actors_lost(id, calls, why, out);
         // Up to PEER_DEPTH tasks per CPU wait there behind the running ones: only those the
         // peer said it started use a retry. The rest never ran, and go again as they are.
         for (tid, started) in tasks {
