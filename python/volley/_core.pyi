@@ -70,3 +70,64 @@ def diagnostics_file() -> str | None: ...
 def query_cluster_status(
     address: str, token: str, tls_cert: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+
+class ShmBuffer:
+    """Read-only memory of one stored value (supports the buffer protocol)."""
+
+def create_actor(
+    fid: bytes,
+    class_name: str,
+    data: bytes,
+    buffers: list[Any],
+    contained: list[bytes],
+    deps: list[ObjectRef],
+    num_cpus: float,
+    resources: list[tuple[str, float]],
+    max_restarts: int,
+    max_task_retries: int,
+    max_concurrency: int,
+    is_async: bool,
+    name: str | None,
+    namespace: str,
+    detached: bool,
+    get_if_exists: bool,
+    meta: bytes,
+    strategy: tuple[str, int, bool] | None = None,
+) -> tuple[ObjectRef, bytes, bool]: ...
+def submit_actor_call(
+    actor: ObjectRef,
+    method: str,
+    name: str,
+    data: bytes,
+    buffers: list[Any],
+    contained: list[bytes],
+    deps: list[ObjectRef],
+    num_returns: int,
+    streaming: bool,
+) -> list[ObjectRef]: ...
+def get_actor(name: str, namespace: str) -> tuple[ObjectRef, bytes] | None: ...
+def kill_actor(actor: ObjectRef, no_restart: bool) -> None: ...
+def actor_state(actor: ObjectRef) -> dict[str, Any] | None: ...
+def stream_next(end: ObjectRef, index: int) -> ObjectRef | None: ...
+def stream_release(end: ObjectRef, from_: int) -> None: ...
+def stream_yield(
+    task_id: int, index: int, data: bytes, buffers: list[Any], contained: list[bytes]
+) -> None: ...
+def complete_task(task_id: int, name: str, ans: Any) -> None: ...
+def set_runtime_env(json: str | None, packages: list[str] = ...) -> None: ...
+def store_stats(objects: bool = False) -> dict[str, Any]: ...
+def join_cluster(
+    listen: str | None,
+    head: str | None,
+    token: str,
+    driver: bool,
+    heartbeat_ms: int = 500,
+    dead_after_ms: int = 10000,
+    logs: bool = True,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> tuple[int, str]: ...
+def cluster_nodes() -> list[dict[str, Any]]: ...
+def query_cluster(
+    address: str, token: str, tls_cert: str | None = None
+) -> list[dict[str, Any]]: ...
