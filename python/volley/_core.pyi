@@ -46,6 +46,9 @@ def submit(
     num_cpus: float,
     max_retries: int,
     retry_exceptions: bool,
+    streaming: bool = False,
+    resources: list[tuple[str, float]] = ...,
+    strategy: tuple[str, int, bool] | None = None,
 ) -> list[ObjectRef]: ...
 def put(data: bytes, buffers: list[Any], contained: list[bytes]) -> ObjectRef: ...
 def get(refs: list[ObjectRef], timeout: float | None = None) -> list[tuple[Any, ...]]: ...
