@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_env, finish_driver, poll, read_line_with_prefix
-from test_cluster import DEAD_AFTER_MS, HEARTBEAT_MS, _free_port
+from test_cluster import DEAD_AFTER_MS, HEARTBEAT_MS, _free_port, _self_signed
 
 import volley
 
@@ -177,18 +177,6 @@ def _cpu_seconds(pid: int) -> float:
 @volley.remote
 def _square(x: int) -> int:
     return x * x
-
-
-def _self_signed(tmp: Path) -> tuple[str, str]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    out = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=volley-cluster"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return str(cert), str(key)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
