@@ -515,6 +515,10 @@ def test_wrong_arguments_to_an_actor_raise_at_remote():
     assert volley.get(identity.remote(a)).add.remote is not None
     with pytest.raises(TypeError, match="missing 1 required positional argument"):
         volley.get(identity.remote(a)).add.remote()
+    # A method on its own, pickled into a task and back, still checks its calls.
+    with pytest.raises(TypeError, match=r"Adder.add\(\) missing 1 required positional"):
+        volley.get(identity.remote(a.add)).remote()
+    assert volley.get(volley.get(identity.remote(a.pure)).remote(5)) == 5
 
 
 # --------------------------------------------------------------------------- timeouts

@@ -245,7 +245,7 @@ def test_diagnostics_are_not_written_into_a_log_dir_others_can_enter(tmp_path):
     assert list(logs.iterdir()) == []
     # Said once, then the diagnostic goes to stderr rather than being lost.
     assert f"cannot write diagnostics to {logs}" in proc.stderr
-    assert "mode 0700" in proc.stderr
+    assert "need 700" in proc.stderr
     assert "state lock was held" in proc.stderr
 
 

@@ -325,8 +325,7 @@ class ActorHandle:
         if n is None:
             raise AttributeError(f"actor class '{meta['class_name']}' has no method '{name}'")
         display = f"{meta['class_name']}.{name}"
-        check = stub(display, meta.get("shapes", {}).get(name))
-        m = ActorMethod(self._actor_ref, display, name, n, check)
+        m = ActorMethod(self._actor_ref, display, name, n, meta.get("shapes", {}).get(name))
         self.__dict__[name] = m  # the next lookup finds it without coming here
         return m
 
@@ -349,7 +348,7 @@ class ActorMethod:
 
     # It holds the actor's ref, not the handle: the handle caches its methods, and a cycle
     # would keep the actor alive until the garbage collector ran.
-    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display", "_check")
+    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display", "_shape", "_check")
 
     def __init__(
         self,
@@ -357,13 +356,14 @@ class ActorMethod:
         display: str,
         method: str,
         num_returns: int | str,
-        check: Callable | None = None,
+        shape: Shape | None = None,
     ):
         self._actor_ref = actor_ref
         self._method = method
         self._num_returns = num_returns
         self._display = display
-        self._check = check  # the stub checking the arguments (None: unchecked)
+        self._shape = shape  # the method's parameters (None: calls are not checked)
+        self._check = stub(display, shape)  # cached per (name, shape)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -372,13 +372,14 @@ class ActorMethod:
         )
 
     def __reduce__(self):
-        # Without the stub: it is made again from the handle's metadata where it is needed.
-        return (ActorMethod, (self._actor_ref, self._display, self._method, self._num_returns))
+        # The shape travels; the checking stub is made again from it where it lands.
+        args = (self._actor_ref, self._display, self._method, self._num_returns, self._shape)
+        return (ActorMethod, args)
 
     def options(self, *, num_returns: int | str | None = None) -> ActorMethod:
         n = self._num_returns if num_returns is None else num_returns
         _check_num_returns(n)
-        return ActorMethod(self._actor_ref, self._display, self._method, n, self._check)
+        return ActorMethod(self._actor_ref, self._display, self._method, n, self._shape)
 
     def remote(self, *args: Any, **kwargs: Any):
         """Submits the call; returns an ``ObjectRef`` (a list for ``num_returns > 1``, an

@@ -146,6 +146,7 @@ def _generated_tls(
 
         cert_pem, key_pem = _core.self_signed_cert()
         try:
+            # The certificate last: a node on this machine takes the pair once it is there.
             _runtime_dir.create_file(gen_key, key_pem, 0o600)
             _runtime_dir.create_file(gen_cert, cert_pem, 0o600)
         except FileExistsError:

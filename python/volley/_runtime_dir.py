@@ -101,13 +101,19 @@ def write_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
 
 
 def create_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Creates ``path`` with ``data``; fails with ``FileExistsError`` if anything has the name
-    (a symlink included)."""
+    """Creates ``path`` with ``data``, whole or not at all: written to a fresh temporary file,
+    then linked to its name, which fails with ``FileExistsError`` if anything has the name (a
+    symlink included). A reader never sees it half written."""
     if isinstance(data, str):
         data = data.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.link(tmp, path, follow_symlinks=False)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_file(path: Path) -> bytes | None:

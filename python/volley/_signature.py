@@ -97,12 +97,3 @@ def stub(name: str, shape: Shape | None) -> Callable | None:
 def checker(fn: Any, name: str) -> Callable | None:
     """The stub checking calls of ``fn`` (None when its signature cannot be read)."""
     return stub(name, shape_of(fn))
-
-
-def check(stub_fn: Callable, args: tuple, kwargs: dict) -> None:
-    """Raises ``TypeError`` (Python's message, without the stub's frame) if the call does not
-    fit."""
-    try:
-        stub_fn(*args, **kwargs)
-    except TypeError as e:
-        raise TypeError(str(e)) from None

@@ -170,9 +170,6 @@ pub enum PeerMsg {
     Steal { max: u32 },
     /// Tasks given back (they will not run here), possibly none.
     Returned { tasks: Vec<TaskId> },
-    /// A task sent with `Task` started running here (it was queued until now). If this node
-    /// dies, only the tasks it started use a retry; the others go elsewhere as they are.
-    Started { task: TaskId },
     /// From a driver's node: send this node's worker output here (as `Log`).
     SubscribeLogs,
     /// Worker output: whole lines, for file descriptor `fd` (1 or 2) of the driver.
@@ -186,6 +183,10 @@ pub enum PeerMsg {
     NoObject { id: crate::ObjectId, reason: String },
     /// Sent instead of an answer when a request cannot be served.
     Refused { reason: String },
+    // New variants go last: postcard names a variant by its index.
+    /// A task sent with `Task` started running here (it was queued until now). If this node
+    /// dies, only the tasks it started use a retry; the others go elsewhere as they are.
+    Started { task: TaskId },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -881,19 +881,25 @@ impl Cluster {
                     self.note_dropped(u64::from(kept));
                     return;
                 }
-                match (&e, &peer) {
-                    (ProtoError::Auth(_) | ProtoError::VersionMismatch { .. }, Ok(a)) => {
-                        // A refused node retries twice a second: its first tries are enough.
-                        let count = self.note_refused(a, e.to_string());
-                        if count <= 3 || count.is_multiple_of(100) {
-                            eprintln!(
-                                "volley: refused a connection from {who}: {e} ({count} from \
-                                 {} so far)",
-                                a.ip()
-                            );
-                        }
-                    }
-                    _ => eprintln!("volley: refused a connection from {who}: {e}"),
+                let Ok(a) = &peer else {
+                    self.note_dropped(1);
+                    return;
+                };
+                // Counted per address and reason, and said only for the first few and then
+                // every hundredth: a refused node retries twice a second, and whoever can
+                // connect must not be able to fill the log.
+                let reason = match &e {
+                    ProtoError::Auth(_) | ProtoError::VersionMismatch { .. } => e.to_string(),
+                    _ => "did not complete the handshake (garbage, another protocol, or TLS on \
+                          one side only)"
+                        .to_string(),
+                };
+                let count = self.note_refused(a, reason);
+                if count <= 3 || count % 100 == 0 {
+                    eprintln!(
+                        "volley: refused a connection from {who}: {e} ({count} from {} so far)",
+                        a.ip()
+                    );
                 }
                 return;
             }

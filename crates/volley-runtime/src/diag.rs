@@ -12,7 +12,7 @@ use std::fs::{DirBuilder, File};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,7 +97,12 @@ pub(crate) use diag_warn as warn;
 /// we checked, so a link or a file planted by someone else is never written through.
 fn open_log(dir: &Path) -> std::io::Result<(File, PathBuf)> {
     // An existing directory is fine here: it is checked below.
-    let _ = DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    // The session directory above it is ours and private too (made so if missing): in a
+    // shared /tmp, someone else could have made it first, and then swap what is inside.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::rundir::ensure_private_dir(parent)?;
+    }
+    let _ = DirBuilder::new().mode(0o700).create(dir);
     let cdir = CString::new(dir.as_os_str().as_bytes())?;
     // SAFETY: a valid NUL-terminated path; the descriptor is owned by `d` below.
     let fd = unsafe {
@@ -111,16 +116,8 @@ fn open_log(dir: &Path) -> std::io::Result<(File, PathBuf)> {
     }
     // SAFETY: `fd` was just opened and nothing else owns it.
     let d = unsafe { File::from_raw_fd(fd) };
-    let meta = d.metadata()?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me || meta.mode() & 0o077 != 0 {
-        return Err(std::io::Error::other(format!(
-            "the directory belongs to uid {} with mode {:o}; it must be ours (uid {me}) and \
-             mode 0700",
-            meta.uid(),
-            meta.mode() & 0o7777
-        )));
+    if let Some(why) = crate::rundir::not_private(&d.metadata()?) {
+        return Err(std::io::Error::other(format!("{} {why}", dir.display())));
     }
     let pid = std::process::id();
     for n in 0..100 {
@@ -185,6 +182,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use std::time::Duration;
 
     #[test]

@@ -8,9 +8,8 @@
 //! their socket names in `/proc/net/unix` (`volley-<pid>-<16 hex digits>`), so nothing is
 //! written to disk and nothing is left behind when a driver is killed.
 
-use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use volley_proto::{decode, encode, read_frame, write_frame, NodeInfo};
@@ -49,6 +48,16 @@ fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// The uid of the process at the other end of `s` when it is not this user (`u32::MAX` when it
+/// cannot be told): `None` for one of ours.
+pub(crate) fn foreign_uid(s: &UnixStream) -> Option<u32> {
+    match peer_uid(s) {
+        Ok(uid) if uid == my_uid() => None,
+        Ok(uid) => Some(uid),
+        Err(_) => Some(u32::MAX),
+    }
+}
+
 fn my_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -68,8 +77,7 @@ pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream) -> Result<(), Str
 
 /// Asks the node listening on the abstract socket `name` (see [`local_nodes`]) how it is.
 pub fn query_local(name: &str) -> Result<NodeInfo, RuntimeError> {
-    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
-    let mut s = UnixStream::connect_addr(&addr)?;
+    let mut s = connect_now(name)?;
     let uid = peer_uid(&s)?;
     if uid != my_uid() {
         return Err(RuntimeError::Refused(format!("socket {name} belongs to another user")));
@@ -79,6 +87,43 @@ pub fn query_local(name: &str) -> Result<NodeInfo, RuntimeError> {
     write_frame(&mut s, REQUEST)?;
     let frame = read_frame(&mut s, MAX_ANSWER)?;
     Ok(decode(&frame)?)
+}
+
+/// Connects to the abstract socket `name` without waiting: anyone may create a socket of that
+/// name and let its backlog fill, and a blocking connect would then wait forever.
+fn connect_now(name: &str) -> std::io::Result<UnixStream> {
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = name.as_bytes();
+    if bytes.len() + 1 > addr.sun_path.len() {
+        return Err(std::io::Error::other("socket name too long"));
+    }
+    // An abstract name: a NUL, then the name (not NUL-terminated).
+    for (dst, src) in addr.sun_path[1..].iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len()) as libc::socklen_t;
+    // SAFETY: plain system calls on a descriptor owned by `s` as soon as it exists; `addr` is
+    // valid for `len` bytes.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = UnixStream::from_raw_fd(fd);
+        let rc = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+        if rc != 0 {
+            // EAGAIN: its backlog is full (a Unix socket never answers EINPROGRESS).
+            return Err(std::io::Error::last_os_error());
+        }
+        s.set_nonblocking(false)?;
+        Ok(s)
+    }
 }
 
 /// The volley nodes listening on this machine, any user's: (pid, socket name), by pid.

@@ -856,6 +856,9 @@ impl Drop for Node {
     }
 }
 
+/// Connections to the node's socket refused because another user made them.
+static FOREIGN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     let mut backoff = Duration::ZERO;
     for stream in listener.incoming() {
@@ -873,6 +876,18 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             }
         };
         backoff = Duration::ZERO;
+        // The socket is abstract: any local user may connect. Only this user's processes (its
+        // workers, `volley status`) may talk to the node; another user's connection is closed
+        // before a thread or a read is spent on it, and counted in the node's log.
+        if let Some(uid) = crate::local_status::foreign_uid(&stream) {
+            let n = FOREIGN.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 3 || n % 100 == 0 {
+                crate::diag::warn!(
+                    "refused a connection to the node from another user (uid {uid}; {n} so far)"
+                );
+            }
+            continue;
+        }
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("volley-conn".into())

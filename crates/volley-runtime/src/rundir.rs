@@ -19,7 +19,7 @@ fn uid() -> u32 {
 }
 
 /// What is wrong with a directory's `symlink_metadata` (None: a real directory only we can use).
-fn not_private(md: &fs::Metadata) -> Option<String> {
+pub(crate) fn not_private(md: &fs::Metadata) -> Option<String> {
     let ft = md.file_type();
     if ft.is_symlink() {
         return Some("is a symlink".into());

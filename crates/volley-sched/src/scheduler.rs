@@ -1255,30 +1255,49 @@ impl Scheduler {
     }
 
     /// Every worker process this node may run exists, and nothing can ever free one: each pool
-    /// worker is blocked in `get`/`wait`, no actor is working, no task runs on another node.
-    /// Nested tasks deeper than `max_workers` end here; waiting would never end.
+    /// worker (there is at least one) is blocked in `get`/`wait`, no actor is working, no task
+    /// runs on another node. Nested tasks deeper than `max_workers` end here; waiting would
+    /// never end. (Slots all held by actors are not this: the wait notice explains those. A
+    /// `get` with a timeout counts as blocked too, though it might have given up later.)
     fn stuck_at_worker_cap(&self) -> bool {
         if self.workers.len() < self.cfg.max_workers || !self.peers.is_empty() {
             return false;
         }
-        let progress = self.workers.values().any(|w| match w.actor {
-            None => w.blocked == 0,
-            Some(_) => w.state == WorkerState::Starting || (w.blocked == 0 && !w.queue.is_empty()),
-        });
-        !progress && !self.tasks.values().any(|t| matches!(t.state, TaskState::Remote(_)))
+        let mut blocked = 0;
+        for w in self.workers.values() {
+            let progress = match w.actor {
+                None if w.blocked > 0 => {
+                    blocked += 1;
+                    false
+                }
+                None => true,
+                Some(_) => {
+                    w.state == WorkerState::Starting || (w.blocked == 0 && !w.queue.is_empty())
+                }
+            };
+            if progress {
+                return false;
+            }
+        }
+        blocked > 0 && !self.tasks.values().any(|t| matches!(t.state, TaskState::Remote(_)))
     }
 
     fn fail_queued_at_cap(&mut self, out: &mut Vec<Action>) {
         let max = self.cfg.max_workers;
+        let actors = self.workers.values().filter(|w| w.actor.is_some()).count();
+        let held = match actors {
+            0 => String::new(),
+            n => format!(" ({n} of them by actors)"),
+        };
         let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
         queued.extend(self.side_ready.drain(..));
         for tid in queued {
             let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
             let msg = format!(
                 "task '{name}' cannot start: all {max} worker processes this node may run \
-                 (max_workers) are blocked in get() or wait() on other tasks, so none is left \
-                 to run it. Nested tasks more than {max} levels deep need a higher cap: \
-                 volley.init(max_workers=N)"
+                 (max_workers) are taken{held}, the others by tasks blocked in get() or wait() \
+                 on other tasks, so none is left to run it. Nested tasks more than {max} levels \
+                 deep need a higher cap: volley.init(max_workers=N)"
             );
             self.fail_task(tid, error(ErrorKind::Unschedulable, &name, msg), out);
         }
@@ -2013,11 +2032,17 @@ impl Scheduler {
             };
             *groups.entry(key).or_insert(0) += 1;
         }
+        // Who holds what a demand needs takes a walk over the actors, groups and workers: once
+        // per distinct demand, however many tasks and actors wait for it.
+        let mut holders: HashMap<(u32, Vec<(String, u64)>), String> = HashMap::new();
+        let mut held_by = |cpu: u32, res: &[(String, u64)]| -> String {
+            holders.entry((cpu, res.to_vec())).or_insert_with(|| self.held_by(cpu, res)).clone()
+        };
         let mut counts: HashMap<String, usize> = HashMap::new();
         for ((name, deps, cpu, res), n) in groups {
             let why = match deps {
                 Some(d) => format!("waiting for {d} argument(s) to be made"),
-                None => format!("waiting for {}{}", demand_text(cpu, res), self.held_by(cpu, res)),
+                None => format!("waiting for {}{}", demand_text(cpu, res), held_by(cpu, res)),
             };
             *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
         }
@@ -2028,7 +2053,7 @@ impl Scheduler {
                     "actor '{}': waiting for {}{}",
                     a.class(),
                     demand_text(o.cpu_milli, &o.resources),
-                    self.held_by(o.cpu_milli, &o.resources)
+                    held_by(o.cpu_milli, &o.resources)
                 );
                 *counts.entry(line).or_insert(0) += 1;
             }

@@ -23,6 +23,14 @@ pub(super) struct Notices {
     actor_since: HashMap<ActorId, u64>,
 }
 
+impl Notices {
+    /// Forgets what was said to a peer that is gone (a daemon outlives many drivers).
+    pub(super) fn forget(&mut self, who: Holder) {
+        self.tasks.remove(&who);
+        self.actors.remove(&who);
+    }
+}
+
 /// Queued tasks (from the head of each ready queue) and pending actors a tick looks at: the
 /// oldest are at the heads, and a bound keeps a tick cheap however long the queues are.
 const SCAN: usize = 32;

@@ -181,6 +181,7 @@ impl Scheduler {
             self.peer_tasks_lost(id, p, why, counted, out);
         }
         self.drop_peer_actor_refs(id, out);
+        self.notices.forget(Holder::Peer(id));
         self.release_copies(id, None, out);
         self.pgs_peer_gone(id, out);
         self.reruns.retain(|_, t| t.peer != id);
@@ -397,7 +398,6 @@ impl Scheduler {
         self.schedule(out);
     }
 
-    /// Tells the scheduler its node's id in the cluster (for node affinity).
     /// `peer` started running a task this node sent it (`PeerMsg::Started`).
     pub fn peer_started(&mut self, peer: NodeId, task: TaskId) {
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -405,6 +405,7 @@ impl Scheduler {
         }
     }
 
+    /// Tells the scheduler its node's id in the cluster (for node affinity).
     pub fn set_node_id(&mut self, id: NodeId) {
         self.node_id = Some(id);
     }
