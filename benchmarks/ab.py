@@ -1,0 +1,101 @@
+"""Per-task cost of two volley builds, side by side: rows (b), (c), (o), (p) of the suite, each
+measured in fresh driver processes of each build, alternated (A, B, A, B, ...).
+
+Usage: python benchmarks/ab.py PYTHON_A PYTHON_B [--rounds 7]
+
+Each PYTHON is an interpreter with a volley build installed (e.g. a venv with the wheel of an
+older commit, and .venv/bin/python). Each process warms up, then times every row 7 times and
+reports its medians; the table gives, per build, the median of those over the rounds, and the
+range. Used for the before/after figures in RESULTS.md (issue 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+ONE_PROCESS = r"""
+import json, statistics, time
+import volley
+
+volley.init(num_cpus=2)
+
+@volley.remote
+def noop():
+    return None
+
+@volley.remote
+class A:
+    def m(self):
+        return None
+
+a = A.remote()
+volley.get(a.m.remote())
+
+def b():
+    t = time.perf_counter(); volley.get([noop.remote() for _ in range(10_000)])
+    return time.perf_counter() - t
+
+def c():
+    t = time.perf_counter()
+    for _ in range(1000):
+        volley.get(noop.remote())
+    return time.perf_counter() - t
+
+def o():
+    t = time.perf_counter(); volley.get([a.m.remote() for _ in range(10_000)])
+    return time.perf_counter() - t
+
+def p():
+    t = time.perf_counter()
+    for _ in range(1000):
+        volley.get(a.m.remote())
+    return time.perf_counter() - t
+
+rows = {"b": b, "c": c, "o": o, "p": p}
+for f in rows.values():
+    f()
+times = {k: [] for k in rows}
+for _ in range(7):
+    for k, f in rows.items():
+        times[k].append(f())
+print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+volley.shutdown()
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    runs: dict[str, list[dict]] = {args.a: [], args.b: []}
+    for i in range(args.rounds):
+        for py in (args.a, args.b):
+            out = subprocess.run(
+                [py, "-c", ONE_PROCESS], capture_output=True, text=True, timeout=300, cwd="/"
+            )
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr)
+                return 1
+            runs[py].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {i + 1} {py}: {runs[py][-1]}", file=sys.stderr)
+    print("| row | A | B | B/A |")
+    print("|---|---|---|---|")
+    for row in "bcop":
+        a = [r[row] * 1e3 for r in runs[args.a]]
+        b = [r[row] * 1e3 for r in runs[args.b]]
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(
+            f"| ({row}) | {ma:.1f} ms ({min(a):.0f}-{max(a):.0f}) | "
+            f"{mb:.1f} ms ({min(b):.0f}-{max(b):.0f}) | {mb / ma:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
