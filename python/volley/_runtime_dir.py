@@ -84,9 +84,9 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Replaces ``path`` atomically with ``data``: written to a fresh temporary file next to it
-    (created exclusively, never through a symlink), then renamed onto it."""
+def _written_aside(path: Path, data: str | bytes, mode: int) -> Path:
+    """A fresh temporary file next to ``path`` (created exclusively, never through a symlink)
+    holding ``data``."""
     if isinstance(data, str):
         data = data.encode()
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -94,6 +94,16 @@ def write_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Replaces ``path`` atomically with ``data``: written aside, then renamed onto it."""
+    tmp = _written_aside(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -101,16 +111,11 @@ def write_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
 
 
 def create_file(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Creates ``path`` with ``data``, whole or not at all: written to a fresh temporary file,
-    then linked to its name, which fails with ``FileExistsError`` if anything has the name (a
-    symlink included). A reader never sees it half written."""
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    """Creates ``path`` with ``data``, whole or not at all: written aside, then linked to its
+    name, which fails with ``FileExistsError`` if anything has the name (a symlink included).
+    A reader never sees it half written."""
+    tmp = _written_aside(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
         os.link(tmp, path, follow_symlinks=False)
     finally:
         tmp.unlink(missing_ok=True)
