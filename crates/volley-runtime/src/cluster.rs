@@ -895,7 +895,7 @@ impl Cluster {
                         .to_string(),
                 };
                 let count = self.note_refused(a, reason);
-                if count <= 3 || count % 100 == 0 {
+                if count <= 3 || count.is_multiple_of(100) {
                     eprintln!(
                         "volley: refused a connection from {who}: {e} ({count} from {} so far)",
                         a.ip()

@@ -881,7 +881,7 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         // before a thread or a read is spent on it, and counted in the node's log.
         if let Some(uid) = crate::local_status::foreign_uid(&stream) {
             let n = FOREIGN.fetch_add(1, Ordering::Relaxed) + 1;
-            if n <= 3 || n % 100 == 0 {
+            if n <= 3 || n.is_multiple_of(100) {
                 crate::diag::warn!(
                     "refused a connection to the node from another user (uid {uid}; {n} so far)"
                 );
