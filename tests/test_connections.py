@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,21 +20,17 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_env, finish_driver, poll, read_line_with_prefix
-from test_cluster import DEAD_AFTER_MS, HEARTBEAT_MS, _free_port, _self_signed
+from test_cluster import DEAD_AFTER_MS, HEARTBEAT_MS, Cluster, _free_port, _self_signed
 
 import volley
 
 
-class Daemons:
-    """`volley start ... --block` daemons of one session directory under ``tmp``."""
+class Daemons(Cluster):
+    """`volley start ... --block` daemons of one session directory under ``tmp``, started from
+    whole command lines (no token unless one is given; a file-descriptor limit if asked)."""
 
     def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.env = dict(os.environ, VOLLEY_SESSION_DIR=str(tmp / "session"))
-        self.env.pop("VOLLEY_TOKEN", None)
-        self.head = f"127.0.0.1:{_free_port('127.0.0.1')}"
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
+        super().__init__(tmp)
         self.addrs: list[str] = []
 
     def argv(self, head: bool, host: str, extra: tuple = ()) -> list[str]:
@@ -48,7 +43,7 @@ class Daemons:
             *extra,
         ]  # fmt: skip
 
-    def start(self, argv: list[str], preexec=None, timeout: float = 30) -> int:
+    def launch(self, argv: list[str], preexec=None, timeout: float = 30) -> int:
         """Starts a daemon; returns its index once it listens."""
         log = self.tmp / f"daemon-{len(self.procs)}.log"
         with open(log, "wb") as out:
@@ -70,13 +65,6 @@ class Daemons:
         self.addrs.append(log.read_text().split("listening on ", 1)[1].split()[0])
         return len(self.procs) - 1
 
-    def log(self, i: int) -> str:
-        return self.logs[i].read_text(errors="replace")
-
-    def kill(self, i: int) -> None:
-        os.killpg(self.procs[i].pid, signal.SIGKILL)
-        self.procs[i].wait()
-
     def status(self) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "volley._cli", "status", "--address", self.head],
@@ -85,17 +73,6 @@ class Daemons:
             text=True,
             timeout=30,
         )
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 @pytest.fixture
@@ -192,7 +169,7 @@ def test_slow_unauthenticated_connections_cost_bounded_threads_and_lock_nobody_o
         cert, key = _self_signed(tmp_path)
         extra += ("--tls-cert", cert, "--tls-key", key)
         first = b"\x16\x03\x01\x02\x00"  # a TLS record of 512 bytes, to come a byte at a time
-    head = daemons.start(daemons.argv(True, "127.0.0.1", extra))
+    head = daemons.launch(daemons.argv(True, "127.0.0.1", extra))
     pid = daemons.procs[head].pid
     drip = Drip(daemons.head, 400 if not tls else 200, first=first)
     try:
@@ -202,7 +179,7 @@ def test_slow_unauthenticated_connections_cost_bounded_threads_and_lock_nobody_o
         assert _threads(pid) < 100 and _fds(pid) < 100, (_threads(pid), _fds(pid))
         # A node joins and a driver runs tasks on it while the drip goes on.
         t0 = time.monotonic()
-        daemons.start(daemons.argv(False, "127.0.0.2", extra), timeout=20)
+        daemons.launch(daemons.argv(False, "127.0.0.2", extra), timeout=20)
         volley.init(address=daemons.head, token=token, tls_cert=cert if tls else None)
         assert volley.get([_square.remote(i) for i in range(20)], timeout=30) == [
             i * i for i in range(20)
@@ -229,7 +206,7 @@ def test_more_slow_connections_than_descriptors_do_not_make_the_head_spin(daemon
     def few_fds():
         resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
 
-    head = daemons.start(daemons.argv(True, "127.0.0.1", ("--token", token)), preexec=few_fds)
+    head = daemons.launch(daemons.argv(True, "127.0.0.1", ("--token", token)), preexec=few_fds)
     pid = daemons.procs[head].pid
     drip = Drip(daemons.head, conns)
     try:
@@ -238,7 +215,7 @@ def test_more_slow_connections_than_descriptors_do_not_make_the_head_spin(daemon
         time.sleep(3)
         used = _cpu_seconds(pid) - before
         assert used < 0.8, f"the head used {used:.2f} s of CPU in 3 s"
-        daemons.start(daemons.argv(False, "127.0.0.2", ("--token", token)), timeout=20)
+        daemons.launch(daemons.argv(False, "127.0.0.2", ("--token", token)), timeout=20)
         assert poll(lambda: "node 2 joined" in daemons.log(head), timeout=10), daemons.log(head)
         status = subprocess.run(
             [sys.executable, "-m", "volley._cli", "status", "--address", daemons.head,
@@ -300,16 +277,16 @@ def _driver(daemons: Daemons, tmp: Path, body: str) -> subprocess.Popen:
 def test_a_head_restarted_with_the_same_command_keeps_the_cluster_together(daemons, tmp_path):
     # No --token and no VOLLEY_TOKEN: the head makes one, the nodes read it from the session.
     head_argv = daemons.argv(True, "127.0.0.1")
-    head = daemons.start(head_argv)
-    daemons.start(daemons.argv(False, "127.0.0.2"))
-    daemons.start(daemons.argv(False, "127.0.0.3"))
+    head = daemons.launch(head_argv)
+    daemons.launch(daemons.argv(False, "127.0.0.2"))
+    daemons.launch(daemons.argv(False, "127.0.0.3"))
     token = (tmp_path / "session" / "token").read_text()
     proc = _driver(daemons, tmp_path, DRIVER.format(head=daemons.head))
     try:
         read_line_with_prefix(proc, "SUBMITTED")
         time.sleep(0.5)  # the job is under way on the three nodes
         daemons.kill(head)
-        again = daemons.start(head_argv)
+        again = daemons.launch(head_argv)
         assert (tmp_path / "session" / "token").read_text() == token
         proc.stdin.write(f"{daemons.procs[again].pid}\n")
         proc.stdin.flush()
@@ -344,14 +321,14 @@ time.sleep(120)
 
 def test_a_refused_rejoin_is_reported_to_the_driver_and_by_status(daemons, tmp_path):
     head_argv = daemons.argv(True, "127.0.0.1")
-    head = daemons.start(head_argv)
-    node = daemons.start(daemons.argv(False, "127.0.0.2"))
+    head = daemons.launch(head_argv)
+    node = daemons.launch(daemons.argv(False, "127.0.0.2"))
     proc = _driver(daemons, tmp_path, REFUSED_DRIVER.format(head=daemons.head))
     try:
         read_line_with_prefix(proc, "READY")
         daemons.kill(head)
         # Restarted with another token: the node and the driver cannot rejoin.
-        daemons.start([*head_argv, "--token", "another-token-0123456789"])
+        daemons.launch([*head_argv, "--token", "another-token-0123456789"])
         err = tmp_path / "driver.stderr"
         said = poll(lambda: "refused to take back this driver" in err.read_text(), timeout=20)
         assert said, err.read_text()
