@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "VolleyError",
     "TaskError",
@@ -72,8 +74,15 @@ class WorkerCrashedError(VolleyError):
     """The worker process running a task died (and no retries were left)."""
 
 
-class SerializationError(VolleyError):
-    """An argument, function or result could not be pickled or unpickled."""
+class SerializationError(VolleyError, pickle.PicklingError):
+    """An argument, function or result could not be pickled or unpickled.
+
+    It is also a ``pickle.PicklingError``, as the standard library's pools raise for an argument
+    that cannot be pickled.
+
+    >>> issubclass(volley.SerializationError, pickle.PicklingError)
+    True
+    """
 
 
 class GetTimeoutError(VolleyError, TimeoutError):
@@ -204,3 +213,31 @@ def task_error(
 
 def _rebuild_task_error(cause, task_name, remote_traceback, pid, message):
     return task_error(cause, task_name, remote_traceback, pid, message)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, chained as its ``__cause__``."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def original_error(e: BaseException, traceback_class: type = RemoteTraceback) -> BaseException:
+    """The exception a task raised, of its own class, as the standard library's pools re-raise
+    it: ``type(err) is ValueError`` holds, and the remote traceback is its ``__cause__`` (an
+    instance of ``traceback_class``, which takes the traceback text). Anything that is not a
+    task's error with a known cause is returned unchanged.
+
+    >>> err = task_error(ValueError("no"), "f", "Traceback ...", 1)
+    >>> type(original_error(err)) is ValueError, "Traceback" in str(original_error(err).__cause__)
+    (True, True)
+    """
+    if not isinstance(e, TaskError) or isinstance(e, ActorCreationError) or e.cause is None:
+        return e
+    cause = e.cause
+    cause.__cause__ = traceback_class('\n"""\n' + e.remote_traceback.rstrip("\n") + '\n"""')
+    return cause
