@@ -99,6 +99,10 @@ cpython.assert_python_ok = _assert_python_ok_on_volley
 INTERNALS = "tests ProcessPoolExecutor's internals"
 SKIPS = {
     "ProcessPoolShutdownTest": {
+        "test_interpreter_shutdown": "design difference: a worker's output comes to the "
+        "driver's stdout with a '(task pid=N) ' prefix on each line (volley.init's "
+        "log_to_driver), so the script prints '(sleep_and_print pid=N) apple', not 'apple' "
+        "(tests/test_executor_exit.py checks that the call finishes at exit)",
         "test_processes_terminate": f"{INTERNALS}: executor._processes (its process table)",
         "test_context_manager_shutdown": f"{INTERNALS}: executor._processes; also names "
         "concurrent.futures.ProcessPoolExecutor itself",
@@ -116,6 +120,10 @@ SKIPS = {
         "test_idle_process_reuse_multiple": f"{INTERNALS}: counts executor._processes",
         "test_max_tasks_per_child": f"{INTERNALS}: counts executor._processes "
         "(tests/test_executor_compat.py checks the worker pids the same way)",
+        "test_traceback": "design difference: the call is a classmethod of the test class, "
+        "which cloudpickle sends by value, without its file name, so the remote traceback has "
+        "no source lines (it has the frames and the error; a module-level function's has its "
+        "lines: tests/test_futures.py)",
     },
     "ExecutorDeadlockTest": {
         "test_shutdown_deadlock_pickle": f"{INTERNALS}: joins executor._executor_manager_thread",
@@ -154,6 +162,32 @@ def _volley_class(name: str) -> type:
 for _name in _CLASSES:
     globals()["Volley" + _name] = _volley_class(_name)
 del _name
+
+
+def _workers_share_the_authkey() -> bool:
+    import multiprocessing
+
+    @volley.remote
+    def authkey() -> bytes:
+        return bytes(multiprocessing.current_process().authkey)
+
+    return volley.get(authkey.remote()) == bytes(multiprocessing.current_process().authkey)
+
+
+_gced = VolleyProcessPoolExecutorTest.test_ressources_gced_in_workers  # noqa: F821
+
+
+def _test_ressources_gced_in_workers(self):
+    # It passes a multiprocessing.Manager proxy to a worker: that needs the driver's authkey
+    # in the workers (issue 16, bug 2, fixed on its own branch).
+    if not _workers_share_the_authkey():
+        pytest.xfail("volley's workers do not have the driver's authkey (issue 16, bug 2)")
+    _gced(self)
+
+
+VolleyProcessPoolExecutorTest.test_ressources_gced_in_workers = (  # noqa: F821
+    _test_ressources_gced_in_workers
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
