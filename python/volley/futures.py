@@ -25,8 +25,10 @@ import concurrent.futures as cf
 import concurrent.futures.process as cfp
 import logging
 import multiprocessing
+import sys
 import threading
 import time
+import types
 import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator
@@ -138,6 +140,7 @@ class _Future(cf.Future):
     directly when the call is running (no hop through the thread that completes futures)."""
 
     _ref: Any = None
+    _executor: Any = staticmethod(lambda: None)  # a weak reference to its executor
 
     def _settle(self, value: Any, error: BaseException | None) -> None:
         with self._condition:
@@ -162,7 +165,11 @@ class _Future(cf.Future):
         except KeyboardInterrupt:
             raise  # Ctrl-C while waiting here (a task's own comes as a TaskError)
         except BaseException as e:  # the call's own error
-            self._settle(None, _stdlib_error(e))
+            err = _stdlib_error(e)
+            self._settle(None, err)
+            executor = self._executor()
+            if executor is not None:
+                executor._check_broken(err)
         else:
             self._settle(value, None)
 
@@ -173,6 +180,23 @@ class _Future(cf.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_volley(timeout)
         return super().exception(timeout)
+
+
+_PLAIN_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
+_MAX_FUNCTIONS = 256
+
+
+def _held_by_its_module(fn: Any) -> bool:
+    """Whether ``fn`` is a plain function found under its own name in its module."""
+    if type(fn) not in _PLAIN_FUNCTIONS:
+        return False
+    obj = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", "")
+    if obj is None or "<" in qualname:
+        return False
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
 
 
 class _Slot:
@@ -294,6 +318,7 @@ class Executor(cf.Executor):
         self._queue: collections.deque = collections.deque()
         self._running: dict[Any, _Future] = {}
         self._slots: list[_Slot] = []
+        self._functions: dict[Callable, Any] = {}  # see _remote_function
         self._shutdown = False
         self._broken: str | bool = False
         self._idle = threading.Condition(self._lock)
@@ -346,6 +371,7 @@ class Executor(cf.Executor):
                 if slot is not None:
                     slot.busy = True
                 fut._ref = ref
+                fut._executor = weakref.ref(self)
                 self._running[ref] = fut
                 started.append((ref, slot))
         for ref, slot in started:
@@ -368,6 +394,10 @@ class Executor(cf.Executor):
         return slot
 
     def _start(self, slot: _Slot | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if slot is None and self._init is None:
+            rf = self._remote_function(fn)
+            if rf is not None:  # args and kwargs as they are: submit(f, self=1) is f(self=1)
+                return rf._submit(args, kwargs, rf._options)
         call = (self._token, self._init, fn, args, kwargs)
         if slot is not None:
             return slot.handle.call.remote(*call)
@@ -376,6 +406,20 @@ class Executor(cf.Executor):
             name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
             opts = dict(opts, name=name if isinstance(name, str) else type(fn).__name__)
         return _call._submit(call, {}, opts)
+
+    def _remote_function(self, fn: Callable) -> Any:
+        """A remote function made once for ``fn`` (so it is pickled and shipped once), for a
+        function its module holds anyway (``pow``, ``module.f``): keeping it costs nothing.
+        None for anything else (a lambda, a closure, a bound method, a callable object), which
+        goes with each call and is dropped with it."""
+        rf = self._functions.get(fn) if type(fn) in _PLAIN_FUNCTIONS else None
+        if rf is None and _held_by_its_module(fn):
+            rf = _api.remote(**self._options)(fn) if self._options else _api.remote(fn)
+            rf._check = None  # a wrong call fails its future, as with ProcessPoolExecutor
+            if len(self._functions) >= _MAX_FUNCTIONS:
+                self._functions.pop(next(iter(self._functions)))
+            self._functions[fn] = rf
+        return rf
 
     def _finished(self, ref: Any, slot: _Slot | None, vf: cf.Future) -> None:
         e = vf.exception()
@@ -396,14 +440,18 @@ class Executor(cf.Executor):
             _kill(retire)
         if fut is not None:
             fut._settle(vf.result() if e is None else None, err)
-        if isinstance(err, BrokenProcessPool) and isinstance(err.__cause__, _InitializerFailed):
-            self._break(str(err))
+        self._check_broken(err)
         del fut, vf, e, err
         self._dispatch()
         with self._lock:
             reap = self._shutdown and not self._running and not self._queue
         if reap:
             self._reap_slots()
+
+    def _check_broken(self, err: BaseException | None) -> None:
+        """Breaks the executor if ``err`` (a call's) says its initializer raised."""
+        if isinstance(err, BrokenProcessPool) and isinstance(err.__cause__, _InitializerFailed):
+            self._break(str(err))
 
     def _break(self, reason: str) -> None:
         """The executor is broken (its initializer raised): every pending call fails."""
