@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import unittest
@@ -200,3 +201,4 @@ def _volley_with_the_module_importable():
     yield
     volley.shutdown()
     sys.path.remove(_DIR)
+    shutil.rmtree(_DIR, ignore_errors=True)
