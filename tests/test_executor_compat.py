@@ -245,3 +245,18 @@ def test_a_worker_crash_raises_broken_process_pool_which_is_also_worker_crashed_
         with pytest.raises(cfp.BrokenProcessPool):
             ex.submit(die).result(timeout=60)
         assert ex.submit(pow, 2, 3).result(timeout=60) == 8
+
+
+class WithClassMethod:
+    @classmethod
+    def fail(cls) -> None:
+        raise RuntimeError(cls.__name__)  # a classmethod's line
+
+
+def test_a_classmethod_travels_by_reference_with_its_source_lines():
+    # As the standard library's pickle sends it (cloudpickle would send its code by value,
+    # without a file name: no source lines in the remote traceback).
+    with Executor() as ex:
+        e = ex.submit(WithClassMethod.fail).exception(timeout=60)
+    assert type(e) is RuntimeError and e.args == ("WithClassMethod",)
+    assert "raise RuntimeError(cls.__name__)  # a classmethod's line" in e.__cause__.tb

@@ -199,6 +199,34 @@ def _held_by_its_module(fn: Any) -> bool:
     return obj is fn
 
 
+class _ClassMethod:
+    """``cls.name`` looked up where it is called: a classmethod travels by reference (its
+    class's), as the standard library's pickle sends it, not by value as cloudpickle would (a
+    copy of its module's globals, and no source lines in its traceback)."""
+
+    __slots__ = ("cls", "name")
+
+    def __init__(self, cls: type, name: str):
+        self.cls, self.name = cls, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.cls, self.name)(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return (_ClassMethod, (self.cls, self.name))
+
+
+def _by_reference(fn: Any) -> Any:
+    """``fn``, or a :class:`_ClassMethod` for a classmethod found under its name."""
+    if type(fn) is types.MethodType and isinstance(fn.__self__, type):
+        try:
+            if getattr(fn.__self__, fn.__name__) == fn:
+                return _ClassMethod(fn.__self__, fn.__name__)
+        except Exception:  # an odd class: send it as it is
+            pass
+    return fn
+
+
 class _Slot:
     """A process of an executor with ``max_tasks_per_child``: its actor and its count."""
 
@@ -398,13 +426,13 @@ class Executor(cf.Executor):
             rf = self._remote_function(fn)
             if rf is not None:  # args and kwargs as they are: submit(f, self=1) is f(self=1)
                 return rf._submit(args, kwargs, rf._options)
-        call = (self._token, self._init, fn, args, kwargs)
-        if slot is not None:
-            return slot.handle.call.remote(*call)
         opts = self._options
         if "name" not in opts:
             name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
             opts = dict(opts, name=name if isinstance(name, str) else type(fn).__name__)
+        call = (self._token, self._init, _by_reference(fn), args, kwargs)
+        if slot is not None:
+            return slot.handle.call.remote(*call)
         return _call._submit(call, {}, opts)
 
     def _remote_function(self, fn: Callable) -> Any:

@@ -20,6 +20,7 @@ documented design differences (docs/compatibility.md).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -62,12 +63,19 @@ if SOURCE is None:
         allow_module_level=True,
     )
 
-# A folder of our own with the module under a name the workers can import.
-_DIR = tempfile.mkdtemp(prefix="volley-cpython-futures-")
-os.symlink(SOURCE, os.path.join(_DIR, MODULE + ".py"))
-sys.path.insert(0, _DIR)
-cpython = importlib.import_module(MODULE)
-sys.path.remove(_DIR)  # put back (for the workers) while this module's tests run
+_spec = importlib.util.find_spec(MODULE)
+if _spec is not None and _spec.origin:
+    # In a worker (which imports this module for the test classes, sent by reference): the
+    # folder is on its sys.path already.
+    _DIR = os.path.dirname(_spec.origin)
+    cpython = importlib.import_module(MODULE)
+else:
+    # A folder of our own with the module under a name the workers can import.
+    _DIR = tempfile.mkdtemp(prefix="volley-cpython-futures-")
+    os.symlink(SOURCE, os.path.join(_DIR, MODULE + ".py"))
+    sys.path.insert(0, _DIR)
+    cpython = importlib.import_module(MODULE)
+    sys.path.remove(_DIR)  # put back (for the workers) while this module's tests run
 
 
 class ProcessPoolExecutor(volley.futures.Executor):
@@ -121,10 +129,6 @@ SKIPS = {
         "test_idle_process_reuse_multiple": f"{INTERNALS}: counts executor._processes",
         "test_max_tasks_per_child": f"{INTERNALS}: counts executor._processes "
         "(tests/test_executor_compat.py checks the worker pids the same way)",
-        "test_traceback": "design difference: the call is a classmethod of the test class, "
-        "which cloudpickle sends by value, without its file name, so the remote traceback has "
-        "no source lines (it has the frames and the error; a module-level function's has its "
-        "lines: tests/test_futures.py)",
     },
     "ExecutorDeadlockTest": {
         "test_shutdown_deadlock_pickle": f"{INTERNALS}: joins executor._executor_manager_thread",
