@@ -266,3 +266,25 @@ def interrupt(x):
 def test_keyboard_interrupt_in_a_task_is_raised_as_itself():
     with pytest.raises(KeyboardInterrupt):
         Parallel(n_jobs=2, backend="volley")(delayed(interrupt)(i) for i in range(2))
+
+
+def nap_then_touch(path: str) -> None:
+    time.sleep(3)
+    with open(path, "w"):
+        pass
+
+
+def test_dropping_a_generator_stops_its_batches(tmp_path):
+    # An interrupt could miss a batch that was just starting (it then ran on for its whole
+    # duration, holding its CPU): abort kills the workers of the running batches, as loky does.
+    for trial in range(20):
+        g = Parallel(n_jobs=2, backend="volley", return_as="generator")(
+            delayed(nap_then_touch)(str(tmp_path / f"{trial}-{i}")) for i in range(4)
+        )
+        # Rebinding g drops the first generator: joblib aborts its call.
+        g = Parallel(n_jobs=2, backend="volley", return_as="generator")(
+            delayed(square)(i) for i in range(4)
+        )
+        assert list(g) == [0, 1, 4, 9]
+    time.sleep(4)
+    assert list(tmp_path.iterdir()) == []

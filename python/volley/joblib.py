@@ -96,6 +96,11 @@ def _run_initializer(init: tuple[str, Callable, tuple]) -> None:
 @_api.remote(max_retries=3)
 def _run_batch(batch: Any, init: tuple[str, Callable, tuple] | None = None) -> Any:
     if init is not None:
+        # Imported here, not named as a global: loading this function in a worker imports
+        # nothing, so it is quick (a cancel that interrupts a worker while it loads a task's
+        # function leaves that worker unable to run the function: "was never sent").
+        from volley.joblib import _run_initializer
+
         _run_initializer(init)
     return batch()
 
@@ -210,12 +215,15 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancels the batches still pending (after an error, a timeout, or when a generator
+        is dropped). Running ones lose their worker process, as loky kills its workers on
+        abort: an interrupt can miss a batch that is just starting, which then runs on."""
         with self._lock:
             pending = list(self._pending)
             self._pending.clear()
         for ref in pending:
             try:
-                _api._cancel_soon(ref)
+                _api._cancel_soon(ref, force=True)
             except Exception:
                 pass
 

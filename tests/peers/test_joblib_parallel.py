@@ -84,9 +84,7 @@ _SKIP: dict[str, str] = {
     "test_cpu_count": _INTERNALS,
     "test_effective_n_jobs": _INTERNALS,
     "test_effective_n_jobs_None": _INTERNALS + " (the default backend's n_jobs)",
-    "test_main_thread_renamed_no_warning": _OTHER_BACKEND,
     "test_globals_update_at_each_parallel_call": _OTHER_BACKEND + " (loky's cloudpickle)",
-    "test_lambda_expression": _OTHER_BACKEND,
     "test_nested_backend_in_sequential": _INTERNALS + " (joblib's own backends in sequential)",
     "test_error_capture": _INTERNALS + " (asserts on the pool objects of loky/multiprocessing,"
     " _pool/_workers; the errors themselves: test_error_capture_on_volley below)",
@@ -118,6 +116,7 @@ _UNDER_VOLLEY: set[str] = {
     "test_dispatch_race_condition",
     "test_parallel_with_exhausted_iterator",
     "test_parallel_return_order_with_return_as_generator_parameter",
+    "test_backend_hinting_always_running",
 }
 
 
@@ -134,6 +133,12 @@ def _volley_marks(marks: list) -> list | None:
         if len(names_list) == 1 and names_list[0] in _OUTER | _INNER:
             new = _OUTER_VALUES if names_list[0] in _OUTER else _INNER_VALUES
             out.append(pytest.mark.parametrize(names, new))
+            swapped = True
+        elif names_list[0] in _OUTER:
+            # Rows (backend, expectations...): volley expects what threading does (each call
+            # has its own workers, not a shared executor as loky's).
+            rows = [("volley", *row[1:]) for row in m.args[1] if row[0] == "threading"]
+            out.append(pytest.mark.parametrize(names, rows))
             swapped = True
         else:
             out.append(m)
@@ -212,6 +217,17 @@ def _needs_manager_proxies():
     yield
 
 
+def _skipped(name: str, reason: str) -> Callable:
+    """One skipped test for the peer's test ``name`` (not one per parametrisation)."""
+
+    def test() -> None:
+        pass
+
+    test.__name__ = name
+    test.pytestmark = [pytest.mark.skip(reason=reason)]
+    return test
+
+
 def _collect() -> dict[str, Callable]:
     tests: dict[str, Callable] = {}
     for name, f in vars(peer).items():
@@ -219,7 +235,7 @@ def _collect() -> dict[str, Callable]:
             continue
         marks = list(getattr(f, "pytestmark", []))
         if name in _SKIP:
-            tests[name] = _copy(f, [*marks, pytest.mark.skip(reason=_SKIP[name])])
+            tests[name] = _skipped(name, _SKIP[name])
             continue
         swapped = _volley_marks(marks)
         if name in _MANAGER_PROXIES:
@@ -231,9 +247,7 @@ def _collect() -> dict[str, Callable]:
         elif name in _UNDER_VOLLEY:
             tests[name] = _wrapped(f, lambda: parallel_config(backend="volley"))
         else:
-            tests[name] = _copy(
-                f, [*marks, pytest.mark.skip(reason=_INTERNALS + " (takes no backend)")]
-            )
+            tests[name] = _skipped(name, _INTERNALS + " (takes no backend)")
     return tests
 
 
