@@ -229,7 +229,6 @@ def inits_seen(directory: str, tag: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith(f"{tag}-{os.getpid()}-"))
 
 
-@pytest.mark.one_node("the initializer writes files the driver reads")
 def test_initializer_runs_once_per_worker_before_its_first_task(tmp_path):
     # Before: initializer and initargs were accepted and silently ignored.
     d = str(tmp_path)
