@@ -14,9 +14,11 @@ Run: ``.venv/bin/python -m pytest tests/peers/test_joblib_parallel.py``
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from typing import Any, Callable
 
+import cloudpickle
 import pytest
 
 joblib = pytest.importorskip("joblib")
@@ -30,6 +32,10 @@ import volley  # noqa: E402
 import volley.joblib  # noqa: E402, F401  (registers the backend)
 
 pytestmark = [pytest.mark.usefixtures("volley_shared"), pytest.mark.timeout(60)]
+
+# This module's own task functions travel by value: on a test cluster (VOLLEY_TEST_CLUSTER=1)
+# the nodes cannot import it.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # The argument names through which test_parallel.py chooses backends.
 _OUTER = {"backend", "parent_backend", "outer_backend"}
@@ -189,10 +195,6 @@ def _scripts_import_volley():
         peer.check_subprocess_call = _peer_check_subprocess_call
 
 
-def _proxy_len(d: Any) -> int:
-    return len(d)
-
-
 _manager_proxies_work: bool | None = None
 
 
@@ -206,7 +208,7 @@ def _needs_manager_proxies():
         with multiprocessing.Manager() as m:
             d = m.dict()
             try:
-                volley.get(volley.remote(_proxy_len).remote(d), timeout=30)
+                volley.get(volley.remote(len).remote(d), timeout=30)
                 _manager_proxies_work = True
             except Exception as e:
                 if "AuthenticationError" not in repr(e) + str(e):
