@@ -276,7 +276,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         try:
             return future.result()
         except TaskError as e:
-            if isinstance(e.cause, Exception):
+            if e.cause is None or isinstance(e.cause, Exception):
                 raise  # a TaskError that is also of the task's exception class
             # KeyboardInterrupt, SystemExit: raised as themselves, as loky does.
             err = original_error(e)
