@@ -48,7 +48,9 @@ def test_config_set_and_raw_graphs_with_nested_keys():
     with dask.config.set(scheduler=volley.dask.get):
         assert float(da.ones(1000, chunks=100).sum().compute()) == 1000.0
     dsk = {"a": 1, "b": (operator.add, "a", 2), "c": (operator.mul, "b", 10), "unused": (len, 5)}
-    assert volley.dask.get(dsk, ["c", ["b", "a"]]) == [30, [3, 1]]
+    # Tuples for lists, as Dask's own schedulers (dask.local.nested_get).
+    assert volley.dask.get(dsk, ["c", ["b", "a"]]) == (30, (3, 1))
+    assert volley.dask.get(dsk, ["c", ["b", "a"]]) == dask.get(dsk, ["c", ["b", "a"]])
     assert volley.dask.get(dsk, "c") == 30  # "unused" is never run (it would raise)
     with pytest.raises(KeyError, match="not in the graph"):
         volley.dask.get(dsk, "zzz")
@@ -89,3 +91,74 @@ def die_once(x, marker):
 def test_a_killed_worker_is_retried(tmp_path):
     dsk = {"a": 1, "b": (die_once, "a", str(tmp_path / "m")), "c": (operator.mul, "b", 5)}
     assert volley.dask.get(dsk, "c") == 10
+
+
+# ------------------------------------------------------------------ as Dask's schedulers (bug 14)
+
+
+def test_a_missing_dependency_is_a_value_error_as_in_dask():
+    # Before: KeyError. Dask's schedulers raise ValueError("Missing dependency ...").
+    from dask._task_spec import Task, TaskRef
+
+    dsk = {"y": Task("y", operator.add, TaskRef("x"), 1)}
+    with pytest.raises(ValueError, match="Missing dependency 'x'"):
+        volley.dask.get(dsk, "y")
+    assert volley.dask.get(dsk, "y", cache={"x": 1}) == 2  # cache= supplies it, as in Dask
+    assert volley.dask.get({"y": (operator.add, "x", 1)}, "y", cache={"x": 1}) == 2
+
+
+def test_callbacks_are_called_as_dask_local_calls_them():
+    # Before: none of them was called.
+    from dask.callbacks import Callback
+
+    calls: list = []
+    dsk = {"a": 1, "b": (operator.add, "a", 2), "c": (operator.mul, "b", 10), "d": (len, "zz")}
+
+    class Recorder(Callback):
+        def _start(self, dsk):
+            calls.append(("start", sorted(dsk)))
+
+        def _start_state(self, dsk, state):
+            calls.append(("start_state", sorted(state["ready"]), sorted(state["cache"])))
+
+        def _pretask(self, key, dsk, state):
+            calls.append(("pretask", key, key in state["running"]))
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            calls.append(("posttask", key, result, key in state["finished"]))
+
+        def _finish(self, dsk, state, errored):
+            calls.append(("finish", sorted(state["finished"]), errored))
+
+    with Recorder():
+        assert volley.dask.get(dsk, "c") == 30
+    assert calls == [
+        ("start", ["a", "b", "c", "d"]),
+        ("start_state", ["b"], ["a"]),
+        ("pretask", "b", True),
+        ("posttask", "b", 3, True),
+        ("pretask", "c", True),
+        ("posttask", "c", 30, True),
+        ("finish", ["b", "c"], False),
+    ]
+    calls.clear()
+    with pytest.raises(ValueError, match="bad value"):
+        volley.dask.get({"a": 1, "b": (explode, "a")}, "b", callbacks=[Recorder()])
+    assert calls[-1] == ("finish", [], True)
+
+
+def test_the_progress_bar_shows(capsys):
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar():
+        assert float(da.ones(1000, chunks=100).sum().compute(scheduler=volley.dask.get)) == 1000
+    assert "100% Completed" in capsys.readouterr().out
+
+
+def interrupt(x):
+    raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_in_a_node_is_raised_as_itself():
+    with pytest.raises(KeyboardInterrupt):
+        volley.dask.get({"a": 1, "b": (interrupt, "a")}, "b")

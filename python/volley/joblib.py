@@ -17,7 +17,12 @@ After::
 - Large numpy arguments are put in the object store once per ``Parallel`` call and reach the
   workers without a copy (read-only, as loky's memmaps are): no temporary files.
 - A ``Parallel`` inside a task runs on volley too; a task waiting for its inner calls lends its
-  CPU to them, so nesting cannot deadlock.
+  CPU to them, so nesting cannot deadlock. One level only: a ``Parallel`` inside those inner
+  tasks runs sequentially in its task (joblib's rule for loky is threads, then sequential), so
+  a function that calls ``Parallel`` on itself ends in ``RecursionError``, as with loky, not
+  in one worker process per call.
+- ``initializer`` and ``initargs`` (of ``Parallel`` or ``parallel_config``) run once in each
+  worker process before the first batch of that ``Parallel`` call it runs.
 - ``verbose > 0`` shows a volley progress bar (instead of joblib's text lines).
 - On a cluster (``volley.init(address=...)``), the batches run on every node.
 """
@@ -27,21 +32,39 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
+import uuid
+from typing import Any, Callable
 
 from joblib.parallel import (
     AutoBatchingMixin,
     ParallelBackendBase,
+    SequentialBackend,
     register_parallel_backend,
 )
 
 from . import _api, _core
 from ._map import total_cpus
+from .exceptions import TaskError, original_error
 
 __all__ = ["VolleyBackend", "register"]
 
 # numpy arguments at least this large go through the object store once per Parallel call.
 _SHARE_BYTES = 1 << 20
+
+# Nesting levels that run on volley: the outer call's tasks (level 0) and the calls made inside
+# them (level 1). Deeper calls run sequentially in their task: a recursive Parallel ends in
+# RecursionError, never in a worker process per call.
+MAX_VOLLEY_NESTING_LEVEL = 1
+
+# The keyword arguments joblib's Parallel and parallel_config hand to a backend. Memmapping
+# settings are for loky's temporary files (volley shares large arrays through its store);
+# context is a multiprocessing start method (volley starts its own workers).
+_KNOWN_KWARGS = {"max_nbytes", "temp_folder", "mmap_mode", "prefer", "require", "verbose"}
+_KNOWN_KWARGS |= {"initializer", "initargs", "context"}
+
+# Per worker process: the Parallel calls whose initializer has run here (oldest first, bounded).
+_initialized: dict[str, None] = {}
+_init_lock = threading.Lock()
 
 
 def _fetch(ref: Any) -> Any:
@@ -58,8 +81,27 @@ class _Shared:
         return (_fetch, (self.ref,))
 
 
+def _run_initializer(init: tuple[str, Callable, tuple]) -> None:
+    """Runs a Parallel call's initializer in this process unless it ran here already."""
+    token, initializer, initargs = init
+    with _init_lock:
+        if token in _initialized:
+            return
+        initializer(*initargs)
+        _initialized[token] = None
+        while len(_initialized) > 4096:
+            del _initialized[next(iter(_initialized))]
+
+
 @_api.remote(max_retries=3)
-def _run_batch(batch: Any) -> Any:
+def _run_batch(batch: Any, init: tuple[str, Callable, tuple] | None = None) -> Any:
+    if init is not None:
+        # Imported here, not named as a global: loading this function in a worker imports
+        # nothing, so it is quick (a cancel that interrupts a worker while it loads a task's
+        # function leaves that worker unable to run the function: "was never sent").
+        from volley.joblib import _run_initializer
+
+        _run_initializer(init)
     return batch()
 
 
@@ -90,6 +132,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         self._shared: dict[int, tuple[Any, Any]] = {}
         self._bar = None
         self._verbose = None
+        self._init: tuple[str, Callable, tuple] | None = None
         self.parallel = None
 
     def __getstate__(self) -> dict:
@@ -98,10 +141,12 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         return {"nesting_level": self.nesting_level, "backend_kwargs": self.backend_kwargs}
 
     def __setstate__(self, state: dict) -> None:
+        # AutoBatchingMixin.__init__ runs ParallelBackendBase.__init__, which resets the
+        # nesting level: set the state after it.
+        AutoBatchingMixin.__init__(self)
         self.nesting_level = state["nesting_level"]
         self.backend_kwargs = state["backend_kwargs"]
         self.inner_max_num_threads = None
-        AutoBatchingMixin.__init__(self)
         self._init_state()
 
     # ------------------------------------------------------------------ sizing
@@ -117,12 +162,32 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         return n_jobs
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
+        """Starts volley if needed; takes ``initializer``/``initargs`` for this call. Raises
+        ``TypeError`` for keyword arguments joblib's backends do not take."""
+        kwargs = {**self.backend_kwargs, **backend_kwargs}
+        unknown = sorted(set(kwargs) - _KNOWN_KWARGS)
+        if unknown:
+            raise TypeError(f"the volley joblib backend takes no argument {', '.join(unknown)}")
+        initializer, initargs = kwargs.get("initializer"), kwargs.get("initargs") or ()
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if not isinstance(initargs, (tuple, list)):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        n = self.effective_n_jobs(n_jobs)
         _api._ensure_init()
         self.parallel = parallel
-        return self.effective_n_jobs(n_jobs)
+        self._init = None
+        if initializer is not None:
+            self._init = (uuid.uuid4().hex, initializer, tuple(initargs))
+        return n
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
-        return VolleyBackend(nesting_level=(self.nesting_level or 0) + 1), None
+        """The backend of a ``Parallel`` inside this one's tasks: volley one level deep, then
+        joblib's ``SequentialBackend`` (which keeps the nesting level)."""
+        level = (self.nesting_level or 0) + 1
+        if level > MAX_VOLLEY_NESTING_LEVEL:
+            return SequentialBackend(nesting_level=level), None
+        return VolleyBackend(nesting_level=level), None
 
     # ------------------------------------------------------------------ a call
 
@@ -150,12 +215,15 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancels the batches still pending (after an error, a timeout, or when a generator
+        is dropped). Running ones lose their worker process, as loky kills its workers on
+        abort: an interrupt can miss a batch that is just starting, which then runs on."""
         with self._lock:
             pending = list(self._pending)
             self._pending.clear()
         for ref in pending:
             try:
-                _api._cancel_soon(ref)
+                _api._cancel_soon(ref, force=True)
             except Exception:
                 pass
 
@@ -187,7 +255,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def submit(self, func: Any, callback: Any = None) -> Any:
         self._share_large_arrays(func)
-        ref = _run_batch.remote(func)
+        ref = _run_batch.remote(func, self._init)
         with self._lock:
             self._pending[ref] = None
         fut = ref.future()
@@ -205,7 +273,14 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         return fut
 
     def retrieve_result_callback(self, future: Any) -> Any:
-        return future.result()
+        try:
+            return future.result()
+        except TaskError as e:
+            if e.cause is None or isinstance(e.cause, Exception):
+                raise  # a TaskError that is also of the task's exception class
+            # KeyboardInterrupt, SystemExit: raised as themselves, as loky does.
+            err = original_error(e)
+            raise err from err.__cause__
 
     @contextlib.contextmanager
     def retrieval_context(self):
