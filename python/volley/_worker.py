@@ -132,10 +132,24 @@ def _flush_output() -> None:
         _stderr.flush()
 
 
+_GeneratorType = type(x for x in ())
+
+
 def _results(name, result, num_returns):
     """Serializes a call's result as its declared returns."""
-    if num_returns == 1:
+    if num_returns == 1 and type(result) is not _GeneratorType:
         values = [result]
+    elif type(result) is _GeneratorType:  # with num_returns=N it yields N values, as Ray's do
+        try:
+            values = list(result)
+        except BaseException as e:
+            return _raised(e)
+        if len(values) != num_returns:
+            msg = (
+                f"ValueError: task '{name}' has num_returns={num_returns} but its generator "
+                f"yielded {len(values)} values"
+            )
+            return False, (TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
     else:
         try:
             values = list(result)
