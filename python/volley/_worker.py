@@ -223,11 +223,14 @@ def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
 
 
 _ORIGINAL_CUDA = os.environ.get("CUDA_VISIBLE_DEVICES")
+_gpu_ids: list[int] = []  # the GPUs the node gave the running task (or this actor)
 
 
 def _set_gpus(gpus) -> None:
     """``CUDA_VISIBLE_DEVICES`` names the GPUs the node gave this task (or actor), so CUDA
     libraries see those and no others; a task without GPUs gets the worker's original value."""
+    global _gpu_ids
+    _gpu_ids = [int(g) for g in gpus] if gpus else []
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     elif _ORIGINAL_CUDA is None:
