@@ -456,6 +456,9 @@ def main() -> None:
     # Cancelling a task interrupts it with SIGINT; make sure that raises KeyboardInterrupt even
     # if this process inherited SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Run as `python -m volley._worker`, this module is __main__: `volley._worker` names it too,
+    # so that code importing it (get_gpu_ids) sees this process's state, not a fresh copy.
+    sys.modules.setdefault("volley._worker", sys.modules[__name__])
     paths = [p for p in os.environ.get("VOLLEY_SYS_PATH", "").split(os.pathsep) if p]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
     from . import _api, _core
