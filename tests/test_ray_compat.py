@@ -267,8 +267,7 @@ def test_a_generator_actor_method_streams(ray_2cpu):
     @ray.remote
     class Source:
         def items(self, n):
-            for i in range(n):
-                yield i
+            yield from range(n)
 
     s = Source.remote()
     gen = s.items.remote(3)
