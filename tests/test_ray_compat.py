@@ -236,6 +236,54 @@ def test_a_generator_task_streams_by_default(ray_2cpu, tmp_path):
     assert [ray.get(r) for r in gen] == [1, 2]
 
 
+@ray.remote
+def produce_after(n, go):
+    """Yields 0, then waits for the file ``go`` before the rest."""
+    for i in range(n):
+        yield i
+        if i == 0:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def test_wait_takes_a_streaming_generator(ray_2cpu, tmp_path):
+    # Ray's generator page: ray.wait([gen]) is ready once the next item is.
+    go = tmp_path / "go"
+    gen = produce_after.remote(3, str(go))
+    ready, rest = ray.wait([gen], timeout=30)
+    assert ready == [gen] and rest == []
+    assert ray.get(next(gen)) == 0
+    ready, rest = ray.wait([gen], timeout=0.2)  # item 1 waits for go
+    assert ready == [] and rest == [gen]
+    ref = ray.put("x")
+    ready, rest = ray.wait([gen, ref], num_returns=1, timeout=30)
+    assert ready == [ref] and rest == [gen]
+    go.touch()
+    ready, rest = ray.wait([gen, ref], num_returns=2, timeout=30)
+    assert ready == [gen, ref]
+    assert [ray.get(r) for r in gen] == [1, 2]
+    ready, _ = ray.wait([gen], timeout=30)  # ended: ready, and next() stops at once
+    assert ready == [gen]
+    with pytest.raises(StopIteration):
+        next(gen)
+    with pytest.raises(TypeError, match="ObjectRefGenerator"):
+        ray.wait([gen, 1])
+
+
+def test_async_for_over_a_streaming_generator_ends(ray_2cpu, tmp_path):
+    import asyncio
+
+    go = tmp_path / "go"
+    go.touch()
+
+    async def consume():
+        return [await ref async for ref in produce_after.remote(3, str(go))]
+
+    # It used to hang: StopIteration cannot cross an executor's future.
+    assert asyncio.run(asyncio.wait_for(consume(), 30)) == [0, 1, 2]
+
+
 def test_a_generator_with_num_returns_keeps_ray_s_meaning(ray_2cpu):
     @ray.remote
     def gen(n):

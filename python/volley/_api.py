@@ -807,8 +807,17 @@ def wait(
     ``fetch_local=False`` a ref is ready as soon as its value exists anywhere in the cluster,
     and nothing is pulled.
 
+    ``refs`` may also hold ``ObjectRefGenerator``s (a streaming task's), as in Ray: one is
+    ready once its next item is (``next`` then returns that item's ref at once), or once the
+    stream has ended (``next`` raises ``StopIteration``).
+
     >>> ready, rest = volley.wait([fast.remote(), slow.remote()], num_returns=1)
     """
+    if isinstance(refs, (list, tuple)) and any(type(r) is not ObjectRef for r in refs):
+        from ._actor import ObjectRefGenerator
+
+        if any(isinstance(r, ObjectRefGenerator) for r in refs):
+            return _wait_streams(list(refs), num_returns, timeout, fetch_local)
     refs = _refs_list(refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same ObjectRef twice")
@@ -831,6 +840,59 @@ def wait(
         if len(local) < len(ready):
             ready, not_ready = [r for r in refs if r in local], [r for r in refs if r not in local]
     return ready, not_ready
+
+
+def _wait_streams(
+    items: list, num_returns: int, timeout: float | None, fetch_local: bool
+) -> tuple[list, list]:
+    """``wait`` over refs and ``ObjectRefGenerator``s: a generator is ready once its next
+    step (an item, or the end) is there, fetched by a thread of its own."""
+    from concurrent.futures import FIRST_COMPLETED
+    from concurrent.futures import wait as wait_futures
+
+    from ._actor import ObjectRefGenerator
+
+    for r in items:
+        if type(r) is not ObjectRef and not isinstance(r, ObjectRefGenerator):
+            raise TypeError(
+                f"wait takes ObjectRefs and ObjectRefGenerators, but got a {type(r).__name__}"
+            )
+    if len(set(items)) != len(items):
+        raise ValueError("wait() got the same ObjectRef (or ObjectRefGenerator) twice")
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"fetch_local must be True or False, not {fetch_local!r}")
+    if not isinstance(num_returns, int) or not 1 <= num_returns <= len(items):
+        raise ValueError(f"num_returns must be between 1 and {len(items)}, not {num_returns!r}")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    refs = [r for r in items if type(r) is ObjectRef]
+    gens = [g for g in items if type(g) is not ObjectRef]
+    while True:
+        flags = dict(zip(refs, _core.wait(refs, len(refs), 0.0))) if refs else {}
+        ready_gens = {id(g) for g in gens if g._is_ready()}
+        count = sum(flags.values()) + len(ready_gens)
+        left = None if deadline is None else deadline - time.monotonic()
+        if count >= num_returns or (left is not None and left <= 0):
+            break
+        pending_gens = [g._ahead for g in gens if id(g) not in ready_gens]
+        pending_refs = [r for r in refs if not flags[r]]
+        if not pending_gens:  # only refs can make up the rest: the engine waits for them
+            _core.wait(pending_refs, num_returns - count, left)
+        elif not pending_refs:
+            wait_futures(pending_gens, timeout=left, return_when=FIRST_COMPLETED)
+        else:  # both: no single call waits for either; look again every 20 ms
+            _core.wait(pending_refs, 1, 0.02 if left is None else min(0.02, left))
+    ready: list = []
+    for r in items:
+        ok = flags.get(r, False) if type(r) is ObjectRef else id(r) in ready_gens
+        if ok and len(ready) < num_returns:
+            ready.append(r)
+    if fetch_local and _may_be_remote():
+        plain = [r for r in ready if type(r) is ObjectRef]
+        local = _fetch(plain, deadline) if plain else set()
+        ready = [r for r in ready if type(r) is not ObjectRef or r in local]
+    return ready, [r for r in items if not any(r is x for x in ready)]
 
 
 def _may_be_remote() -> bool:

@@ -13,14 +13,11 @@ if TYPE_CHECKING:
 
 
 def _own_node() -> dict[str, Any]:
-    """The info dict of the node this process belongs to: its own (a driver) or its parent's
-    (a worker). Nodes on this machine are found through their sockets; the one whose pid is
-    ours (or our parent's) is ours."""
-    want = os.getppid() if _core.mode() == "worker" else os.getpid()
-    for n in _core.local_nodes():
-        if n.get("pid") == want:
-            return n
-    raise RuntimeError("volley could not find this process's node (is it shutting down?)")
+    """The info dict of the node this process belongs to: its own (a driver), or its node's
+    (a worker, which asks it over the node's socket)."""
+    if _core.mode() == "worker":
+        return _core.node_info(os.environ["VOLLEY_NODE_SOCKET"])
+    return _core.node_info()
 
 
 def _nodes(what: str) -> list[dict[str, Any]]:
