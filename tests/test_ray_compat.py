@@ -453,6 +453,19 @@ def test_ray_util_import_paths():
     assert ray.util.ActorPool is ActorPool
 
 
+def test_ray_names_volley_lacks_fail_saying_so():
+    with pytest.raises(AttributeError, match="no volley counterpart.*memory monitor"):
+        ray.exceptions.OutOfMemoryError  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'Nonsense'"):
+        ray.exceptions.Nonsense  # noqa: B018
+    with pytest.raises(AttributeError, match="issue 18"):
+        ray.timeline  # noqa: B018
+    with pytest.raises(AttributeError, match="issue 18"):
+        ray.get_runtime_context().get_job_id()
+    with pytest.raises(ImportError, match="issue 20"):
+        from volley.util.queue import Queue  # noqa: F401
+
+
 # -------------------------------------------------------------------------- in a cluster
 
 

@@ -121,3 +121,17 @@ __all__ = [
     "exceptions",
     "util",
 ]
+
+
+#: Ray's top-level names that come with a later issue.
+_LATER = {
+    "timeline": "issue 18 (observability)",
+}
+
+
+def __getattr__(name: str):
+    """Ray's names volley does not have yet fail with a message that says when they come."""
+    when = _LATER.get(name)
+    if when is None:
+        raise AttributeError(f"module 'volley' has no attribute {name!r}")
+    raise AttributeError(f"Ray's ray.{name} is not in volley yet: it comes with {when}")

@@ -28,7 +28,7 @@ def _nodes(what: str) -> list[dict[str, Any]]:
     if nodes:
         return nodes
     own = _own_node()
-    if _core.mode() == "worker" and own.get("address"):
+    if _core.mode() == "worker" and own["node_id"] != 0:  # 0: a node on its own
         raise RuntimeError(
             f"{what}() inside a task or actor on a cluster's node is not supported yet: "
             "its worker sees its own node only; call it in the driver"
@@ -119,8 +119,39 @@ class RuntimeContext:
         """The context as a dict (Ray's deprecated ``RuntimeContext.get()``): ``node_id``."""
         return {"node_id": self.get_node_id()}
 
+    def __getattr__(self, name: str) -> Any:
+        if name in _LATER:
+            raise AttributeError(
+                f"Ray's RuntimeContext.{name} is not in volley yet (it comes with issue 18, "
+                "observability); see docs/from-ray.md"
+            )
+        raise AttributeError(f"'RuntimeContext' object has no attribute {name!r}")
+
     def __repr__(self) -> str:
         return f"volley.RuntimeContext(mode={_core.mode()!r})"
+
+
+#: Ray's RuntimeContext members that come later.
+_LATER = {
+    "get_job_id",
+    "get_task_id",
+    "get_actor_id",
+    "get_worker_id",
+    "get_assigned_resources",
+    "get_namespace",
+    "get_actor_name",
+    "get_task_name",
+    "get_task_function_name",
+    "get_placement_group_id",
+    "get_runtime_env_string",
+    "current_actor",
+    "was_current_actor_reconstructed",
+    "job_id",
+    "node_id",
+    "task_id",
+    "actor_id",
+    "namespace",
+}
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -291,3 +291,41 @@ RayActorError = ActorError
 TaskUnschedulableError = UnschedulableError
 # Same names in Ray and volley (the classes above): GetTimeoutError, TaskCancelledError,
 # ObjectLostError, WorkerCrashedError, ObjectStoreFullError, ActorDiedError.
+
+#: Ray's exceptions that volley has no counterpart for (it never raises them), and why.
+_NOT_IN_VOLLEY = {
+    "ActorUnschedulableError": "an actor no node can hold raises ValueError at .remote()",
+    "ActorUnavailableError": "volley has no such transient actor state",
+    "AsyncioActorExit": "volley has no exit_actor()",
+    "LocalRayletDiedError": "volley has no raylet",
+    "TaskPlacementGroupRemoved": "volley raises UnschedulableError naming the removed group",
+    "ActorPlacementGroupRemoved": "volley raises ActorDiedError naming the removed group",
+    "OutOfDiskError": "spilling that fails raises ObjectStoreFullError",
+    "OutOfMemoryError": "volley has no memory monitor that kills tasks",
+    "ObjectFetchTimedOutError": "volley has no fetch timeout",
+    "OwnerDiedError": "volley has no such error",
+    "PendingCallsLimitExceeded": "volley has no max_pending_calls",
+    "PlasmaObjectNotAvailable": "volley has no plasma store",
+    "ObjectReconstructionFailedError": "an object volley cannot get back is ObjectLostError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError": "volley raises ObjectLostError",
+    "ObjectReconstructionFailedLineageEvictedError": "volley raises ObjectLostError",
+    "RayChannelError": "channels come with issue 20",
+    "RayChannelTimeoutError": "channels come with issue 20",
+    "RayCgraphCapacityExceeded": "volley has no compiled graphs",
+    "RuntimeEnvSetupError": "a runtime_env that cannot be set up fails its task with a TaskError",
+    "CrossLanguageError": "volley is Python only",
+    "RaySystemError": "volley has no such error",
+    "NodeDiedError": "a dead node's tasks are retried elsewhere (max_retries)",
+    "UnserializableException": "a task error that cannot be pickled comes back as a TaskError",
+    "AuthenticationError": "a wrong cluster token raises ConnectionError",
+}
+
+
+def __getattr__(name: str):
+    """Ray's exception names without a volley counterpart fail with a message that says so."""
+    why = _NOT_IN_VOLLEY.get(name)
+    if why is None:
+        raise AttributeError(f"module 'volley.exceptions' has no attribute {name!r}")
+    raise AttributeError(
+        f"Ray's exceptions.{name} has no volley counterpart ({why}); see docs/from-ray.md"
+    )
