@@ -903,19 +903,23 @@ def _may_be_remote() -> bool:
 
 def _fetch(refs: list[ObjectRef], deadline: float | None) -> set[ObjectRef]:
     """Brings the values of finished refs to this node (as ``get`` does, without unpickling
-    them); returns the refs whose values are here by ``deadline``."""
-    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    them); returns the refs whose values are here by ``deadline``. A ref whose value is an
+    error (a lost object, ...) counts as here: ``get`` raises that error at once."""
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     try:
-        _core.get(refs, left)
+        _core.get(refs, left())
         return set(refs)
     except TimeoutError:
-        pass
+        timed_out = True
     except Exception:
-        pass  # an error value (a lost object...) is ready: get raises it; see each one below
+        timed_out = False  # one of them is an error: look at each
     here = set()
     for r in refs:
         try:
-            _core.get([r], 0.0)
+            _core.get([r], 0.0 if timed_out else left())
         except TimeoutError:
             continue
         except Exception:
