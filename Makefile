@@ -32,6 +32,12 @@ $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm
+	@# CPython's test_concurrent_futures for tests/peers/test_cpython_futures.py: Debian ships it
+	@# apart from the interpreter (the harness skips, saying so, where it cannot be installed).
+	@test -f /usr/lib/python3.11/test/test_concurrent_futures.py || ! command -v apt-get >/dev/null \
+		|| apt-get install -y -q libpython3.11-testsuite >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q libpython3.11-testsuite >/dev/null) \
+		|| echo "note: could not install libpython3.11-testsuite (CPython's test_concurrent_futures)"
 	touch $@
 
 $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml

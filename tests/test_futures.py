@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process as cfp
 import threading
 import time
 
@@ -55,7 +56,11 @@ def test_exceptions_follow_the_stdlib():
     with Executor() as ex:
         f = ex.submit(boom, "nope")
         e = f.exception(timeout=30)
-        assert isinstance(e, KeyError) and isinstance(e, volley.TaskError)
+        # The task's own exception, as ProcessPoolExecutor gives it: its class, its args, and
+        # the remote traceback as its __cause__.
+        assert type(e) is KeyError and e.args == ("nope",)
+        assert type(e.__cause__) is cfp._RemoteTraceback
+        assert "raise KeyError(msg)" in e.__cause__.tb
         with pytest.raises(KeyError, match="nope"):
             f.result()
         it = ex.map(boom, ["a"])

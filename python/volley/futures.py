@@ -11,26 +11,128 @@ After::
 Every call is a volley task, so it runs on any core of the machine or of the cluster, and large
 arguments and results go through the shared-memory object store. Futures are real
 ``concurrent.futures.Future`` objects: ``as_completed``, ``wait`` and callbacks from the
-standard library work with them.
+standard library work with them. Errors are the standard library's: a call's exception comes
+back with its own class (the remote traceback is its ``__cause__``, a
+``concurrent.futures.process._RemoteTraceback``), and a call whose worker died raises
+:class:`BrokenProcessPool` (a ``concurrent.futures.process.BrokenProcessPool`` that is also a
+``volley.WorkerCrashedError``).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import concurrent.futures.process as cfp
+import logging
+import multiprocessing
+import sys
 import threading
 import time
+import types
+import uuid
+import weakref
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _api
 from ._map import _task_of, total_cpus
+from .exceptions import (
+    ActorDiedError,
+    SerializationError,
+    TaskError,
+    VolleyError,
+    WorkerCrashedError,
+    original_error,
+)
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "BrokenProcessPool"]
 
 
-@_api.remote
-def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+class BrokenProcessPool(WorkerCrashedError, cfp.BrokenProcessPool):
+    """A call could not run or finish because its worker process died, could not load its
+    arguments, or the executor is broken (its ``initializer`` raised).
+
+    It is both the standard library's ``BrokenProcessPool`` (so ``except BrokenExecutor``
+    works, as ``ProcessPoolExecutor`` documents) and volley's own ``WorkerCrashedError``; the
+    error volley reported is its ``__cause__``.
+
+    >>> issubclass(BrokenProcessPool, cf.BrokenExecutor)
+    True
+    """
+
+
+# ---------------------------------------------------------------------------- in the worker
+
+#: The executors (by token) whose initializer has run in this process. A worker process is
+#: shared by every executor (and every task), so each executor's initializer runs once in each
+#: process, before that executor's first call there.
+_initialized: set[str] = set()
+
+
+class _InitializerFailed(Exception):
+    """Raised in a worker whose run of the executor's ``initializer`` raised."""
+
+
+def _run(token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """A call of the executor: its initializer first if this process has not run it yet."""
+    if init is not None and token not in _initialized:
+        initializer, initargs = init
+        try:
+            initializer(*initargs)
+        except BaseException as e:
+            # What ProcessPoolExecutor's worker logs before it exits.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
+            raise _InitializerFailed(
+                f"the executor's initializer raised {type(e).__name__}: {e}"
+            ) from None
+        _initialized.add(token)
     return fn(*args, **kwargs)
+
+
+_call = _api.remote(_run)
+
+
+class _Process:
+    """One of the processes of an executor with ``max_tasks_per_child`` (a volley actor)."""
+
+    def call(self, token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        return _run(token, init, fn, args, kwargs)
+
+
+_ProcessActor = _api.remote(_Process)
+
+
+# ---------------------------------------------------------------------------- in the driver
+
+
+def _broken(message: str, cause: BaseException | None) -> BrokenProcessPool:
+    err = BrokenProcessPool(message)
+    err.__cause__ = cause
+    return err
+
+
+def _stdlib_error(e: BaseException) -> BaseException:
+    """The error ``ProcessPoolExecutor`` reports for what volley raised for a call."""
+    if isinstance(e, (BrokenProcessPool, cf.CancelledError, cf.TimeoutError)):
+        return e
+    if isinstance(e, TaskError):
+        err = original_error(e, cfp._RemoteTraceback)
+        if isinstance(err, _InitializerFailed):
+            return _broken(f"A process in the process pool could not start: {err}", err)
+        return err
+    if isinstance(e, (WorkerCrashedError, ActorDiedError)):
+        return _broken(f"A process in the process pool was terminated abruptly: {e}", e)
+    if isinstance(e, SerializationError) and str(e).startswith(
+        ("could not deserialize the arguments", "could not load the function")
+    ):
+        # The worker could not load the call (ProcessPoolExecutor's worker dies of it).
+        return _broken(f"A process in the process pool could not load the call: {e}", e)
+    if type(e) is VolleyError or not isinstance(e, VolleyError):
+        # volley shut down; or the result could not be unpickled here (ProcessPoolExecutor's
+        # result thread dies of it).
+        return _broken(f"A call's result could not be received: {type(e).__name__}: {e}", e)
+    return e
 
 
 class _Future(cf.Future):
@@ -38,6 +140,7 @@ class _Future(cf.Future):
     directly when the call is running (no hop through the thread that completes futures)."""
 
     _ref: Any = None
+    _executor: Any = staticmethod(lambda: None)  # a weak reference to its executor
 
     def _settle(self, value: Any, error: BaseException | None) -> None:
         with self._condition:
@@ -59,8 +162,14 @@ class _Future(cf.Future):
             value = _api.get(ref, timeout=timeout)
         except _api.GetTimeoutError:
             raise cf.TimeoutError() from None
+        except KeyboardInterrupt:
+            raise  # Ctrl-C while waiting here (a task's own comes as a TaskError)
         except BaseException as e:  # the call's own error
-            self._settle(None, e)
+            err = _stdlib_error(e)
+            self._settle(None, err)
+            executor = self._executor()
+            if executor is not None:
+                executor._check_broken(err)
         else:
             self._settle(value, None)
 
@@ -73,15 +182,118 @@ class _Future(cf.Future):
         return super().exception(timeout)
 
 
+_PLAIN_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
+_MAX_FUNCTIONS = 256
+
+
+def _held_by_its_module(fn: Any) -> bool:
+    """Whether ``fn`` is a plain function found under its own name in its module."""
+    if type(fn) not in _PLAIN_FUNCTIONS:
+        return False
+    obj = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", "")
+    if obj is None or "<" in qualname:
+        return False
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
+
+
+class _ClassMethod:
+    """``cls.name`` looked up where it is called: a classmethod travels by reference (its
+    class's), as the standard library's pickle sends it, not by value as cloudpickle would (a
+    copy of its module's globals, and no source lines in its traceback)."""
+
+    __slots__ = ("cls", "name")
+
+    def __init__(self, cls: type, name: str):
+        self.cls, self.name = cls, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.cls, self.name)(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return (_ClassMethod, (self.cls, self.name))
+
+
+def _by_reference(fn: Any) -> Any:
+    """``fn``, or a :class:`_ClassMethod` for a classmethod found under its name."""
+    if type(fn) is types.MethodType and isinstance(fn.__self__, type):
+        try:
+            if getattr(fn.__self__, fn.__name__) == fn:
+                return _ClassMethod(fn.__self__, fn.__name__)
+        except Exception:  # an odd class: send it as it is
+            pass
+    return fn
+
+
+class _Slot:
+    """A process of an executor with ``max_tasks_per_child``: its actor and its count."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.busy = False
+        self.done = 0
+
+
+# Interpreter exit: like the standard library, wait for the calls submitted to every executor
+# before anything else shuts down (threading's exit hooks run before atexit's, and volley's own
+# shutdown is an atexit handler), and refuse new calls from then on.
+_executors: weakref.WeakSet = weakref.WeakSet()
+_exiting = False
+_exit_hook = False
+_exit_lock = threading.Lock()
+
+
+def _python_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_executors):
+        ex._wait_idle()
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook, _exiting
+    with _exit_lock:
+        if _exit_hook:
+            return
+        try:
+            threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+        except RuntimeError:  # "can't register atexit after shutdown"
+            _exiting = True
+        _exit_hook = True
+
+
 class Executor(cf.Executor):
-    """Runs calls as volley tasks: ``submit``, ``map``, ``shutdown``, a context manager.
+    """Runs calls as volley tasks: ``submit``, ``map``, ``shutdown``, a context manager; the
+    arguments of ``concurrent.futures.ProcessPoolExecutor``.
 
     ``max_workers`` bounds how many calls are handed to volley at once (default: four per CPU
     of the cluster, so workers never wait for the next call); calls beyond it wait here, where
-    ``Future.cancel()`` can still cancel them. As with
-    ``ProcessPoolExecutor``, a call that has been handed to a worker is running and can no
-    longer be cancelled. Task options (``num_cpus``, ``num_gpus``, ``resources``,
-    ``max_retries``) apply to every call.
+    ``Future.cancel()`` can still cancel them. As with ``ProcessPoolExecutor``, a call that has
+    been handed to a worker is running and can no longer be cancelled.
+
+    ``initializer(*initargs)`` runs once in each worker process before the first call of this
+    executor there (worker processes are shared with other volley work, so it runs in each
+    process that gets one of its calls). If it raises, the executor is broken, as
+    ``ProcessPoolExecutor`` is: the pending calls and every later ``submit`` raise
+    :class:`BrokenProcessPool`. ``initargs`` are pickled once, when the executor is made (a
+    ``multiprocessing.Queue``, which can only be inherited by a process at its start, cannot be
+    among them: use a ``multiprocessing.Manager().Queue()``).
+
+    ``max_tasks_per_child`` gives the executor processes of its own (up to ``max_workers``,
+    default one per CPU), each replaced by a fresh one after that many calls.
+
+    ``mp_context`` is accepted and kept for code that passes it: volley's workers are fresh
+    interpreters it starts itself (as with the ``"spawn"`` start method) whatever the context,
+    on this machine or on other nodes of the cluster; they are never forked from this process.
+
+    Task options (``num_cpus``, ``num_gpus``, ``resources``, ``max_retries``) apply to every
+    call. A call whose worker dies is retried (``max_retries``, default 3) before it raises
+    :class:`BrokenProcessPool`; other calls are not affected and the executor stays usable.
+
+    At interpreter exit, submitted calls finish before volley shuts down (as with
+    ``ProcessPoolExecutor``); a ``submit`` from an ``atexit`` handler raises ``RuntimeError``.
 
     >>> from volley.futures import Executor
     >>> with Executor() as ex:
@@ -90,19 +302,55 @@ class Executor(cf.Executor):
     1024 [1, 2]
     """
 
-    def __init__(self, max_workers: int | None = None, **options: Any):
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        **options: Any,
+    ):
+        if max_workers is not None and (
+            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers <= 0
+        ):
             raise ValueError("max_workers must be greater than 0")
-        _api._ensure_init()
-        self._max_workers = max_workers or 4 * total_cpus()
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if mp_context is not None and not hasattr(mp_context, "get_start_method"):
+            raise TypeError(
+                f"mp_context must be a multiprocessing context, not {type(mp_context).__name__}"
+            )
         self._options = _api._check_options(dict(options)) if options else {}
-        self._call = _call.options(**self._options) if options else _call
+        _api._ensure_init()
+        _register_exit_hook()
+        if max_workers is None:
+            max_workers = total_cpus() if max_tasks_per_child else 4 * total_cpus()
+        self._max_workers = max_workers
+        self._mp_context = mp_context or multiprocessing.get_context("spawn")
+        self._max_tasks = max_tasks_per_child
+        self._token = uuid.uuid4().hex
+        self._init: Any = None
+        if initializer is not None:
+            # Pickled once (a SerializationError here, at once, if it cannot be).
+            self._init = _api.put((initializer, initargs))
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
-        self._running: dict[Any, cf.Future] = {}
+        self._running: dict[Any, _Future] = {}
+        self._slots: list[_Slot] = []
+        self._functions: dict[Callable, Any] = {}  # see _remote_function
         self._shutdown = False
+        self._broken: str | bool = False
         self._idle = threading.Condition(self._lock)
-        self._functions: dict[Any, Any] = {}
+        _executors.add(self)
 
     # ------------------------------------------------------------------ submit
 
@@ -112,55 +360,146 @@ class Executor(cf.Executor):
         >>> ex.submit(sum, [1, 2, 3]).result()
         6
         """
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable, not {type(fn).__name__}")
         fut = _Future()
         with self._lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._queue.append((fut, fn, args, kwargs))
         self._dispatch()
         return fut
 
     def _dispatch(self) -> None:
         """Hands queued calls to volley while fewer than ``max_workers`` run."""
-        while True:
-            with self._lock:
-                if not self._queue or len(self._running) >= self._max_workers:
-                    return
+        started = []
+        with self._lock:
+            while self._queue and not self._broken:
+                slot = None
+                if self._max_tasks is not None:
+                    slot = self._free_slot()
+                    if slot is None:
+                        break
+                elif len(self._running) >= self._max_workers:
+                    break
                 fut, fn, args, kwargs = self._queue.popleft()
                 if not fut.set_running_or_notify_cancel():
                     continue  # Cancelled while it waited here.
                 try:
-                    ref = self._remote(fn).remote(*args, **kwargs)
+                    ref = self._start(slot, fn, args, kwargs)
                 except BaseException as e:  # unpicklable arguments: the caller's future says so
                     fut.set_exception(e)
                     continue
+                finally:
+                    del fn, args, kwargs  # nothing here keeps a call's objects alive
+                if slot is not None:
+                    slot.busy = True
                 fut._ref = ref
+                fut._executor = weakref.ref(self)
                 self._running[ref] = fut
-            ref.future().add_done_callback(lambda vf, ref=ref: self._finished(ref, vf))
+                started.append((ref, slot))
+        for ref, slot in started:
+            ref.future().add_done_callback(
+                lambda vf, ref=ref, slot=slot: self._finished(ref, slot, vf)
+            )
 
-    def _finished(self, ref: Any, vf: cf.Future) -> None:
-        with self._lock:
-            fut = self._running.pop(ref, None)
-            if not self._running and not self._queue:
-                self._idle.notify_all()
-        if fut is not None:
-            e = vf.exception()
-            fut._settle(vf.result() if e is None else None, e)
-        self._dispatch()
+    def _free_slot(self) -> _Slot | None:
+        """An idle process of this executor (made if fewer than ``max_workers`` exist)."""
+        for slot in self._slots:
+            if not slot.busy:
+                return slot
+        if len(self._slots) >= self._max_workers:
+            return None
+        opts = {
+            k: v for k, v in self._options.items() if k in ("num_cpus", "num_gpus", "resources")
+        }
+        slot = _Slot(_ProcessActor.options(max_restarts=0, **opts).remote())
+        self._slots.append(slot)
+        return slot
 
-    def _remote(self, fn: Callable) -> Any:
-        """The remote function for ``fn``: made once per function (shipped to the workers
-        once), or the generic caller for what cannot be a dict key."""
-        try:
-            rf = self._functions.get(fn)
-        except TypeError:
-            return _Caller(self._call, fn)
-        if rf is None:
+    def _start(self, slot: _Slot | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if slot is None and self._init is None:
+            rf = self._remote_function(fn)
+            if rf is not None:  # args and kwargs as they are: submit(f, self=1) is f(self=1)
+                return rf._submit(args, kwargs, rf._options)
+        opts = self._options
+        if "name" not in opts:
+            name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+            opts = dict(opts, name=name if isinstance(name, str) else type(fn).__name__)
+        call = (self._token, self._init, _by_reference(fn), args, kwargs)
+        if slot is not None:
+            return slot.handle.call.remote(*call)
+        return _call._submit(call, {}, opts)
+
+    def _remote_function(self, fn: Callable) -> Any:
+        """A remote function made once for ``fn`` (so it is pickled and shipped once), for a
+        function its module holds anyway (``pow``, ``module.f``): keeping it costs nothing.
+        None for anything else (a lambda, a closure, a bound method, a callable object), which
+        goes with each call and is dropped with it."""
+        rf = self._functions.get(fn) if type(fn) in _PLAIN_FUNCTIONS else None
+        if rf is None and _held_by_its_module(fn):
             rf = _api.remote(**self._options)(fn) if self._options else _api.remote(fn)
-            if not isinstance(rf, _api.RemoteFunction):
-                return _Caller(self._call, fn)  # a class: called, not made an actor
+            rf._check = None  # a wrong call fails its future, as with ProcessPoolExecutor
+            if len(self._functions) >= _MAX_FUNCTIONS:
+                self._functions.pop(next(iter(self._functions)))
             self._functions[fn] = rf
         return rf
+
+    def _finished(self, ref: Any, slot: _Slot | None, vf: cf.Future) -> None:
+        e = vf.exception()
+        err = None if e is None else _stdlib_error(e)
+        retire = None
+        with self._lock:
+            fut = self._running.pop(ref, None)
+            if slot is not None:
+                slot.busy = False
+                slot.done += 1
+                died = isinstance(e, (WorkerCrashedError, ActorDiedError))
+                if (died or slot.done >= self._max_tasks) and slot in self._slots:
+                    self._slots.remove(slot)
+                    retire = slot
+            if not self._running and not self._queue:
+                self._idle.notify_all()
+        if retire is not None:
+            _kill(retire)
+        if fut is not None:
+            fut._settle(vf.result() if e is None else None, err)
+        self._check_broken(err)
+        del fut, vf, e, err
+        self._dispatch()
+        with self._lock:
+            reap = self._shutdown and not self._running and not self._queue
+        if reap:
+            self._reap_slots()
+
+    def _check_broken(self, err: BaseException | None) -> None:
+        """Breaks the executor if ``err`` (a call's) says its initializer raised."""
+        if isinstance(err, BrokenProcessPool) and isinstance(err.__cause__, _InitializerFailed):
+            self._break(str(err))
+
+    def _break(self, reason: str) -> None:
+        """The executor is broken (its initializer raised): every pending call fails."""
+        with self._lock:
+            if self._broken:
+                return
+            self._broken = reason
+            pending = [f for f, *_ in self._queue] + list(self._running.values())
+            self._queue.clear()
+            self._running.clear()
+            self._idle.notify_all()
+        for f in pending:
+            f._settle(None, BrokenProcessPool(reason))
+        self._reap_slots()
+
+    def _reap_slots(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            _kill(slot)
 
     # ------------------------------------------------------------------ map
 
@@ -176,7 +515,7 @@ class Executor(cf.Executor):
         The iterables are read at once (as ``concurrent.futures`` does). ``chunksize`` items go
         to a worker together. If a call raises, its exception is raised when the iterator
         reaches its value; ``timeout`` (seconds from this call) raises ``TimeoutError`` for a
-        result not ready in time.
+        result not ready in time. The iterator keeps no result it has returned.
 
         >>> list(ex.map(pow, [2, 3], [5, 2]))
         [32, 9]
@@ -190,14 +529,20 @@ class Executor(cf.Executor):
         fn, _, name = _task_of(fn)
         items = list(zip(*iterables))
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
+        del items
         futures = [self.submit(_chunk_in_worker, fn, c, name) for c in chunks]
         return _chunk_results(futures, deadline)
 
     # ------------------------------------------------------------------ shutdown
 
+    def _wait_idle(self) -> None:
+        with self._lock:
+            while self._running or self._queue:
+                self._idle.wait(0.1)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls after this. ``cancel_futures`` cancels the calls still waiting here;
-        ``wait`` blocks until the others are done.
+        ``wait`` blocks until the others are done. The calls left run to the end either way.
 
         >>> ex.shutdown(wait=True)
         """
@@ -206,22 +551,26 @@ class Executor(cf.Executor):
             dropped = list(self._queue) if cancel_futures else []
             if cancel_futures:
                 self._queue.clear()
+            idle = not self._running and not self._queue
+            if idle:
+                self._idle.notify_all()
         for fut, *_ in dropped:
             fut.cancel()
+        del dropped
         if wait:
-            with self._lock:
-                while self._running or self._queue:
-                    self._idle.wait(0.1)
+            self._wait_idle()
+            self._reap_slots()
+        elif idle:
+            self._reap_slots()
 
 
-class _Caller:
-    """Calls ``fn`` through the generic ``_call`` task."""
+def _kill(slot: _Slot) -> None:
+    from ._actor import kill
 
-    def __init__(self, call: Any, fn: Callable):
-        self.call, self.fn = call, fn
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self.call.remote(self.fn, args, kwargs)
+    try:
+        kill(slot.handle)
+    except Exception:  # volley already shut down: the process is gone with it
+        pass
 
 
 def _chunk_in_worker(fn: Callable, items: list, name: str) -> tuple[list, Any]:
@@ -231,23 +580,30 @@ def _chunk_in_worker(fn: Callable, items: list, name: str) -> tuple[list, Any]:
     return results, error
 
 
+def _result_of(futures: list, deadline: float | None) -> Any:
+    """The result of the next future (popped: the list no longer keeps it)."""
+    f = futures.pop()
+    try:
+        return f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    finally:
+        f.cancel()  # on a timeout: the call is not wanted any more
+        del f
+
+
 def _results(futures: list, deadline: float | None) -> Iterator:
     try:
         futures.reverse()
         while futures:
-            f = futures.pop()
-            if deadline is None:
-                yield f.result()
-            else:
-                yield f.result(max(0.0, deadline - time.monotonic()))
+            yield _result_of(futures, deadline)
     finally:
         for f in futures:
             f.cancel()
 
 
 def _chunk_results(futures: list, deadline: float | None) -> Iterator:
-    for part in _results(futures, deadline):
-        results, error = part
-        yield from results
+    for results, error in _results(futures, deadline):
+        results.reverse()
+        while results:
+            yield results.pop()
         if error is not None:
-            raise error
+            raise _stdlib_error(error)
