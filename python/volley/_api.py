@@ -892,7 +892,8 @@ def _wait_streams(
         plain = [r for r in ready if type(r) is ObjectRef]
         local = _fetch(plain, deadline) if plain else set()
         ready = [r for r in ready if type(r) is not ObjectRef or r in local]
-    return ready, [r for r in items if not any(r is x for x in ready)]
+    taken = {id(r) for r in ready}
+    return ready, [r for r in items if id(r) not in taken]
 
 
 def _may_be_remote() -> bool:
