@@ -453,6 +453,19 @@ def test_ray_util_import_paths():
     assert ray.util.ActorPool is ActorPool
 
 
+def test_ray_util_joblib_and_multiprocessing(ray_2cpu):
+    import joblib
+
+    from volley.util.joblib import register_ray
+    from volley.util.multiprocessing import Pool
+
+    register_ray()
+    with joblib.parallel_backend("ray"):
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+    with Pool(2) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
 def test_ray_names_volley_lacks_fail_saying_so():
     with pytest.raises(AttributeError, match="no volley counterpart.*memory monitor"):
         ray.exceptions.OutOfMemoryError  # noqa: B018
