@@ -453,6 +453,36 @@ def test_ray_util_import_paths():
     assert ray.util.ActorPool is ActorPool
 
 
+def test_ray_util_as_completed_and_map_unordered(ray_2cpu):
+    refs = [slow_square.remote(x, 0.1 * x) for x in [3, 1, 2]]
+    assert sorted(ray.util.as_completed(refs, chunk_size=2)) == [1, 4, 9]
+    assert list(ray.util.as_completed(refs, yield_obj_refs=True)) == refs  # all ready: in order
+    assert sorted(ray.util.map_unordered(slow_square, range(5), chunk_size=1)) == [0, 1, 4, 9, 16]
+
+    taken = []
+
+    def items():
+        for i in range(10):
+            taken.append(i)
+            yield i
+
+    results = ray.util.map_unordered(slow_square, items(), backpressure_size=2, chunk_size=1)
+    first = next(results)
+    assert first in (0, 1) and len(taken) == 3  # two in flight, then the third read
+    assert sorted([first, *results]) == [i * i for i in range(10)]
+
+    @ray.remote
+    def fails(x):
+        raise ValueError(f"item {x}")
+
+    with pytest.raises(ValueError, match="item 0"):
+        list(ray.util.as_completed([fails.remote(0)]))
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(ray.util.as_completed(refs, chunk_size=0))
+    with pytest.raises(TypeError, match="remote function"):
+        list(ray.util.map_unordered(abs, [1]))
+
+
 def test_ray_util_joblib_and_multiprocessing(ray_2cpu):
     import joblib
 

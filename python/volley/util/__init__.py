@@ -2,6 +2,7 @@
 
 - ``ActorPool`` (``volley.util.ActorPool``): a fixed set of actors that take work as they
   become free.
+- ``as_completed(refs)`` and ``map_unordered(fn, items)``: results as they finish.
 - ``placement_group``, ``remove_placement_group``, ``placement_group_table``,
   ``PlacementGroup``, as ``volley.placement_group`` and friends (also importable from
   ``volley.util.placement_group``).
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 from .actor_pool import ActorPool
+from .helpers import as_completed, map_unordered
 from .placement_group import (
     PlacementGroup,
     placement_group,
@@ -27,6 +29,8 @@ from .placement_group import (
 
 __all__ = [
     "ActorPool",
+    "as_completed",
+    "map_unordered",
     "PlacementGroup",
     "placement_group",
     "placement_group_table",
