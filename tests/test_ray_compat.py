@@ -451,6 +451,12 @@ def test_ray_util_import_paths():
     assert NodeAffinitySchedulingStrategy is ray.NodeAffinitySchedulingStrategy
     assert PlacementGroupSchedulingStrategy is ray.PlacementGroupSchedulingStrategy
     assert ray.util.ActorPool is ActorPool
+    from volley.actor import ActorHandle
+    from volley.util.actor_pool import ActorPool as FromModule
+
+    assert ActorHandle is ray.ActorHandle and FromModule is ActorPool
+    with pytest.raises(AttributeError, match="exit_actor.*not in volley yet"):
+        ray.actor.exit_actor()
 
 
 def test_ray_util_as_completed_and_map_unordered(ray_2cpu):

@@ -12,7 +12,7 @@ Programs written for Ray run with ``import volley as ray`` where volley has the 
 streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
-from . import exceptions, util
+from . import actor, exceptions, util
 from ._actor import (
     ActorClass,
     ActorHandle,
@@ -118,6 +118,7 @@ __all__ = [
     "get_gpu_ids",
     "get_runtime_context",
     "RuntimeContext",
+    "actor",
     "exceptions",
     "util",
 ]
