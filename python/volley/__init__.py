@@ -6,8 +6,13 @@
 ...     return x * x
 >>> volley.get([square.remote(i) for i in range(4)])
 [0, 1, 4, 9]
+
+Programs written for Ray run with ``import volley as ray`` where volley has the same feature
+(``ray.exceptions``, ``ray.util.ActorPool``, ``ray.wait(fetch_local=...)``, generator tasks
+streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
+from . import actor, exceptions, util
 from ._actor import (
     ActorClass,
     ActorHandle,
@@ -42,6 +47,13 @@ from ._placement import (
     remove_placement_group,
 )
 from ._progress import progress
+from ._runtime_context import (
+    RuntimeContext,
+    available_resources,
+    cluster_resources,
+    get_gpu_ids,
+    get_runtime_context,
+)
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,
@@ -101,4 +113,26 @@ __all__ = [
     "UnschedulableError",
     "WorkerStartError",
     "ObjectStoreFullError",
+    "cluster_resources",
+    "available_resources",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "RuntimeContext",
+    "actor",
+    "exceptions",
+    "util",
 ]
+
+
+#: Ray's top-level names that come with a later issue.
+_LATER = {
+    "timeline": "issue 18 (observability)",
+}
+
+
+def __getattr__(name: str):
+    """Ray's names volley does not have yet fail with a message that says when they come."""
+    when = _LATER.get(name)
+    if when is None:
+        raise AttributeError(f"module 'volley' has no attribute {name!r}")
+    raise AttributeError(f"Ray's ray.{name} is not in volley yet: it comes with {when}")

@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import threading
+import time
 
 from . import _core
 from ._core import ObjectRef
@@ -532,6 +533,9 @@ class RemoteFunction(_Shipped):
         self._pickled: tuple[bytes, bytes] | None = None
         self._registered_generation = -1
         self._check: Any = _UNSET  # the signature stub, made at the first call
+        # A generator function streams its items unless num_returns says otherwise (as Ray's
+        # tasks do since Ray 2.8).
+        self._default_returns: int | str = "streaming" if _is_generator(fn) else 1
         functools.update_wrapper(self, fn)
 
     def __getstate__(self) -> dict:
@@ -596,7 +600,7 @@ class RemoteFunction(_Shipped):
                 raise SerializationError(msg) from e
         else:
             data, buffers, contained = _EMPTY_ARGS
-        n = opts.get("num_returns", 1)
+        n = opts.get("num_returns", self._default_returns)
         streaming = n == "streaming"
         cpus, resources = _requests(opts, 1, f"task '{name}'")
         refs = _core.submit(
@@ -619,6 +623,13 @@ class RemoteFunction(_Shipped):
 
             return ObjectRefGenerator(refs[0])
         return refs[0] if n == 1 else refs
+
+
+def _is_generator(fn: Any) -> bool:
+    """Whether ``fn`` is a generator function (``def f(): yield``)."""
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
 
 
 def _dep(value: Any, deps: list) -> Any:
@@ -649,7 +660,9 @@ def remote(*args: Any, **options: Any):
 
     Options: ``num_cpus`` (CPUs held while it runs, default 1), ``num_gpus``, ``resources``
     (custom resources, ``{"name": amount}``), ``num_returns`` (default 1; ``"streaming"`` for
-    a generator whose items come back one by one as refs), ``max_retries`` (retries after its
+    a generator whose items come back one by one as refs, the default for a generator function:
+    ``.remote()`` then returns an ``ObjectRefGenerator``; an int N makes a generator function
+    yield exactly N values, each its own ref), ``max_retries`` (retries after its
     worker dies, default 3, -1 for unlimited), ``retry_exceptions`` (also retry when it raises),
     ``name`` (shown in logs and errors).
 
@@ -778,29 +791,142 @@ def wait(
     *,
     num_returns: int = 1,
     timeout: float | None = None,
+    fetch_local: bool = True,
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Waits until ``num_returns`` refs are ready or ``timeout`` seconds pass.
 
     Returns ``(ready, not_ready)``, each in the order given; ``ready`` holds at most
-    ``num_returns`` refs.
+    ``num_returns`` refs. A ref is ready once its task finished (a task that raised is ready:
+    ``get`` raises its error).
+
+    ``fetch_local`` (default True, as in Ray): a ready ref's value is also on this node, so
+    ``get`` on it returns without a transfer. On one machine every finished value is already
+    local (in this node's memory or shared-memory store), so it changes nothing there. In a
+    cluster, a value made on another node is pulled here before its ref counts as ready (a ref
+    whose pull has not finished within ``timeout`` is in ``not_ready``). With
+    ``fetch_local=False`` a ref is ready as soon as its value exists anywhere in the cluster,
+    and nothing is pulled.
+
+    ``refs`` may also hold ``ObjectRefGenerator``s (a streaming task's), as in Ray: one is
+    ready once its next item is (``next`` then returns that item's ref at once), or once the
+    stream has ended (``next`` raises ``StopIteration``).
 
     >>> ready, rest = volley.wait([fast.remote(), slow.remote()], num_returns=1)
     """
+    if isinstance(refs, (list, tuple)) and any(type(r) is not ObjectRef for r in refs):
+        from ._actor import ObjectRefGenerator
+
+        if any(isinstance(r, ObjectRefGenerator) for r in refs):
+            return _wait_streams(list(refs), num_returns, timeout, fetch_local)
     refs = _refs_list(refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same ObjectRef twice")
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"fetch_local must be True or False, not {fetch_local!r}")
     if not refs:
         return [], []
     if not isinstance(num_returns, int) or not 1 <= num_returns <= len(refs):
         raise ValueError(f"num_returns must be between 1 and {len(refs)}, not {num_returns!r}")
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0")
+    deadline = None if timeout is None else time.monotonic() + timeout
     flags = _core.wait(refs, num_returns, timeout)
     ready: list[ObjectRef] = []
     not_ready: list[ObjectRef] = []
     for r, ok in zip(refs, flags):
         (ready if ok and len(ready) < num_returns else not_ready).append(r)
+    if fetch_local and ready and _may_be_remote():
+        local = _fetch(ready, deadline)
+        if len(local) < len(ready):
+            ready, not_ready = [r for r in refs if r in local], [r for r in refs if r not in local]
     return ready, not_ready
+
+
+def _wait_streams(
+    items: list, num_returns: int, timeout: float | None, fetch_local: bool
+) -> tuple[list, list]:
+    """``wait`` over refs and ``ObjectRefGenerator``s: a generator is ready once its next
+    step (an item, or the end) is there, fetched by a thread of its own."""
+    from concurrent.futures import FIRST_COMPLETED
+    from concurrent.futures import wait as wait_futures
+
+    from ._actor import ObjectRefGenerator
+
+    for r in items:
+        if type(r) is not ObjectRef and not isinstance(r, ObjectRefGenerator):
+            raise TypeError(
+                f"wait takes ObjectRefs and ObjectRefGenerators, but got a {type(r).__name__}"
+            )
+    if len(set(items)) != len(items):
+        raise ValueError("wait() got the same ObjectRef (or ObjectRefGenerator) twice")
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"fetch_local must be True or False, not {fetch_local!r}")
+    if not isinstance(num_returns, int) or not 1 <= num_returns <= len(items):
+        raise ValueError(f"num_returns must be between 1 and {len(items)}, not {num_returns!r}")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    refs = [r for r in items if type(r) is ObjectRef]
+    gens = [g for g in items if type(g) is not ObjectRef]
+    while True:
+        flags = dict(zip(refs, _core.wait(refs, len(refs), 0.0))) if refs else {}
+        ready_gens = {id(g) for g in gens if g._is_ready()}
+        count = sum(flags.values()) + len(ready_gens)
+        left = None if deadline is None else deadline - time.monotonic()
+        if count >= num_returns or (left is not None and left <= 0):
+            break
+        pending_gens = [g._ahead for g in gens if id(g) not in ready_gens]
+        pending_refs = [r for r in refs if not flags[r]]
+        if not pending_gens:  # only refs can make up the rest: the engine waits for them
+            _core.wait(pending_refs, num_returns - count, left)
+        elif not pending_refs:
+            wait_futures(pending_gens, timeout=left, return_when=FIRST_COMPLETED)
+        else:  # both: no single call waits for either; look again every 20 ms
+            _core.wait(pending_refs, 1, 0.02 if left is None else min(0.02, left))
+    ready: list = []
+    for r in items:
+        ok = flags.get(r, False) if type(r) is ObjectRef else id(r) in ready_gens
+        if ok and len(ready) < num_returns:
+            ready.append(r)
+    if fetch_local and _may_be_remote():
+        plain = [r for r in ready if type(r) is ObjectRef]
+        local = _fetch(plain, deadline) if plain else set()
+        ready = [r for r in ready if type(r) is not ObjectRef or r in local]
+    taken = {id(r) for r in ready}
+    return ready, [r for r in items if id(r) not in taken]
+
+
+def _may_be_remote() -> bool:
+    """Whether a finished value may live on another node: in a cluster's driver, or in a
+    worker (whose node may be part of a cluster)."""
+    return _core.mode() == "worker" or bool(_core.cluster_nodes())
+
+
+def _fetch(refs: list[ObjectRef], deadline: float | None) -> set[ObjectRef]:
+    """Brings the values of finished refs to this node (as ``get`` does, without unpickling
+    them); returns the refs whose values are here by ``deadline``. A ref whose value is an
+    error (a lost object, ...) counts as here: ``get`` raises that error at once."""
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    try:
+        _core.get(refs, left())
+        return set(refs)
+    except TimeoutError:
+        timed_out = True
+    except Exception:
+        timed_out = False  # one of them is an error: look at each
+    here = set()
+    for r in refs:
+        try:
+            _core.get([r], 0.0 if timed_out else left())
+        except TimeoutError:
+            continue
+        except Exception:
+            pass
+        here.add(r)
+    return here
 
 
 #: How long ``cancel`` waits for a task on another node to be cancelled there.
@@ -825,7 +951,7 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
     if _core.cancel(ref, force):
-        wait([ref], timeout=CANCEL_WAIT_S)
+        wait([ref], timeout=CANCEL_WAIT_S, fetch_local=False)
 
 
 def _cancel_soon(ref: ObjectRef, force: bool = False) -> None:

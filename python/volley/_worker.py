@@ -132,10 +132,24 @@ def _flush_output() -> None:
         _stderr.flush()
 
 
+_GeneratorType = type(x for x in ())
+
+
 def _results(name, result, num_returns):
     """Serializes a call's result as its declared returns."""
-    if num_returns == 1:
+    if num_returns == 1 and type(result) is not _GeneratorType:
         values = [result]
+    elif type(result) is _GeneratorType:  # with num_returns=N it yields N values, as Ray's do
+        try:
+            values = list(result)
+        except BaseException as e:
+            return _raised(e)
+        if len(values) != num_returns:
+            msg = (
+                f"ValueError: task '{name}' has num_returns={num_returns} but its generator "
+                f"yielded {len(values)} values"
+            )
+            return False, (TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
     else:
         try:
             values = list(result)
@@ -209,11 +223,14 @@ def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
 
 
 _ORIGINAL_CUDA = os.environ.get("CUDA_VISIBLE_DEVICES")
+_gpu_ids: list[int] = []  # the GPUs the node gave the running task (or this actor)
 
 
 def _set_gpus(gpus) -> None:
     """``CUDA_VISIBLE_DEVICES`` names the GPUs the node gave this task (or actor), so CUDA
     libraries see those and no others; a task without GPUs gets the worker's original value."""
+    global _gpu_ids
+    _gpu_ids = [int(g) for g in gpus] if gpus else []
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     elif _ORIGINAL_CUDA is None:
@@ -439,6 +456,9 @@ def main() -> None:
     # Cancelling a task interrupts it with SIGINT; make sure that raises KeyboardInterrupt even
     # if this process inherited SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Run as `python -m volley._worker`, this module is __main__: `volley._worker` names it too,
+    # so that code importing it (get_gpu_ids) sees this process's state, not a fresh copy.
+    sys.modules.setdefault("volley._worker", sys.modules[__name__])
     paths = [p for p in os.environ.get("VOLLEY_SYS_PATH", "").split(os.pathsep) if p]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
     from . import _api, _core

@@ -17,6 +17,12 @@ __all__ = [
     "ObjectStoreFullError",
     "ActorCreationError",
     "ActorDiedError",
+    "ActorError",
+    # Ray's names (see docs/from-ray.md)
+    "RayError",
+    "RayTaskError",
+    "RayActorError",
+    "TaskUnschedulableError",
 ]
 
 
@@ -62,6 +68,22 @@ class TaskError(VolleyError):
 
     def __str__(self) -> str:
         return self._message
+
+    @property
+    def function_name(self) -> str:
+        """Ray's name for ``task_name``."""
+        return self.task_name
+
+    @property
+    def traceback_str(self) -> str:
+        """Ray's name for ``remote_traceback``."""
+        return self.remote_traceback
+
+    def as_instanceof_cause(self) -> TaskError:
+        """Ray's ``RayTaskError.as_instanceof_cause()``: the error as an instance of both
+        ``TaskError`` and the cause's class. Errors ``volley.get`` raises already are both, so
+        this returns ``self``."""
+        return self
 
     def __reduce__(self):
         return (
@@ -114,11 +136,28 @@ class ObjectStoreFullError(VolleyError, MemoryError):
     """
 
 
-class ActorCreationError(TaskError):
+class ActorError(VolleyError):
+    """An actor call could not run because of the actor itself: its process died, it was
+    killed, or its ``__init__`` raised (``ActorDiedError``, ``ActorCreationError``).
+    Ray's ``RayActorError`` is this class.
+    """
+
+
+class ActorDiedError(ActorError):
+    """The actor's process died (or it was killed) and the call could not run or finish.
+
+    Raised for calls in flight when the process died (unless ``max_task_retries`` allows
+    another try on the restarted actor), and for every call once no restart is left
+    (``max_restarts``) or after ``volley.kill(handle)``.
+    """
+
+
+class ActorCreationError(TaskError, ActorDiedError):
     """An actor's ``__init__`` raised: every call on its handles raises this.
 
     The original exception is in ``.cause`` and the remote traceback in ``.remote_traceback``
-    (both are in the message too).
+    (both are in the message too). The actor is dead: this is also an ``ActorDiedError`` (as
+    Ray reports an actor whose creation failed), and a ``TaskError`` (its ``__init__`` raised).
 
     >>> @volley.remote
     ... class Bad:
@@ -143,15 +182,6 @@ def _rebuild_creation_error(cause, task_name, remote_traceback, pid, message):
     return ActorCreationError(
         message, cause=cause, task_name=task_name, remote_traceback=remote_traceback, pid=pid
     )
-
-
-class ActorDiedError(VolleyError):
-    """The actor's process died (or it was killed) and the call could not run or finish.
-
-    Raised for calls in flight when the process died (unless ``max_task_retries`` allows
-    another try on the restarted actor), and for every call once no restart is left
-    (``max_restarts``) or after ``volley.kill(handle)``.
-    """
 
 
 _dual_classes: dict[type, type] = {}
@@ -241,3 +271,61 @@ def original_error(e: BaseException, traceback_class: type = RemoteTraceback) ->
     cause = e.cause
     cause.__cause__ = traceback_class('\n"""\n' + e.remote_traceback.rstrip("\n") + '\n"""')
     return cause
+
+
+# -------------------------------------------------------------------------------- Ray's names
+# ``import volley as ray`` programs catch volley's errors by Ray's names. Each is volley's own
+# class (the same object), so ``except ray.exceptions.RayTaskError`` catches what volley raises
+# where Ray would raise that. Ray's names with no volley counterpart are not defined (see
+# docs/from-ray.md for the list).
+
+#: Ray's base class of its errors: ``VolleyError``.
+RayError = VolleyError
+#: A task (or actor method) raised: ``TaskError``. Like Ray's, the error ``get`` raises is also
+#: an instance of the task's own exception class.
+RayTaskError = TaskError
+#: An actor call failed because of the actor (died, killed, or its ``__init__`` raised):
+#: ``ActorError``, the base of ``ActorDiedError`` and ``ActorCreationError``.
+RayActorError = ActorError
+#: A task that no node can ever run: ``UnschedulableError``.
+TaskUnschedulableError = UnschedulableError
+# Same names in Ray and volley (the classes above): GetTimeoutError, TaskCancelledError,
+# ObjectLostError, WorkerCrashedError, ObjectStoreFullError, ActorDiedError.
+
+#: Ray's exceptions that volley has no counterpart for (it never raises them), and why.
+_NOT_IN_VOLLEY = {
+    "ActorUnschedulableError": "an actor no node can hold raises ValueError at .remote()",
+    "ActorUnavailableError": "volley has no such transient actor state",
+    "AsyncioActorExit": "volley has no exit_actor()",
+    "LocalRayletDiedError": "volley has no raylet",
+    "TaskPlacementGroupRemoved": "volley raises UnschedulableError naming the removed group",
+    "ActorPlacementGroupRemoved": "volley raises ActorDiedError naming the removed group",
+    "OutOfDiskError": "spilling that fails raises ObjectStoreFullError",
+    "OutOfMemoryError": "volley has no memory monitor that kills tasks",
+    "ObjectFetchTimedOutError": "volley has no fetch timeout",
+    "OwnerDiedError": "volley has no such error",
+    "PendingCallsLimitExceeded": "volley has no max_pending_calls",
+    "PlasmaObjectNotAvailable": "volley has no plasma store",
+    "ObjectReconstructionFailedError": "an object volley cannot get back is ObjectLostError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError": "volley raises ObjectLostError",
+    "ObjectReconstructionFailedLineageEvictedError": "volley raises ObjectLostError",
+    "RayChannelError": "channels come with issue 20",
+    "RayChannelTimeoutError": "channels come with issue 20",
+    "RayCgraphCapacityExceeded": "volley has no compiled graphs",
+    "RuntimeEnvSetupError": "a runtime_env that cannot be set up fails its task with a TaskError",
+    "CrossLanguageError": "volley is Python only",
+    "RaySystemError": "volley has no such error",
+    "NodeDiedError": "a dead node's tasks are retried elsewhere (max_retries)",
+    "UnserializableException": "a task error that cannot be pickled comes back as a TaskError",
+    "AuthenticationError": "a wrong cluster token raises ConnectionError",
+}
+
+
+def __getattr__(name: str):
+    """Ray's exception names without a volley counterpart fail with a message that says so."""
+    why = _NOT_IN_VOLLEY.get(name)
+    if why is None:
+        raise AttributeError(f"module 'volley.exceptions' has no attribute {name!r}")
+    raise AttributeError(
+        f"Ray's exceptions.{name} has no volley counterpart ({why}); see docs/from-ray.md"
+    )

@@ -98,6 +98,27 @@ pub fn cluster_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     n.cluster_view().iter().map(|i| info_dict(py, i)).collect()
 }
 
+/// This process's node, described as `local_nodes` does: a driver's own node, or (in a
+/// worker, with `socket` its node's socket name) the node the worker belongs to.
+#[pyfunction]
+#[pyo3(signature = (socket = None))]
+pub fn node_info(py: Python<'_>, socket: Option<String>) -> PyResult<Bound<'_, PyDict>> {
+    let info = match socket {
+        Some(name) => py.detach(|| volley_runtime::query_local(&name)).map_err(conn_err)?,
+        None => {
+            let c = client::current()
+                .ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
+            match &c.backend {
+                Backend::Node(n) => n.local_info(),
+                Backend::Worker(_) => {
+                    return Err(PyValueError::new_err("in a worker, name its node's socket"));
+                }
+            }
+        }
+    };
+    info_dict(py, &info)
+}
+
 /// Asks the head at `address` for the cluster's nodes (for `volley status`).
 #[pyfunction]
 #[pyo3(signature = (address, token, tls_cert = None))]

@@ -1014,6 +1014,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::self_signed_cert, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::query_cluster_status, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     Ok(())
 }

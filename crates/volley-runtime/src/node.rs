@@ -592,6 +592,11 @@ impl Node {
     }
 
     /// The cluster as this node last heard it (empty outside a cluster).
+    /// This node as `volley status` shows it (its id in the cluster, or 0 on its own).
+    pub fn local_info(&self) -> volley_proto::NodeInfo {
+        self.shared.local_info()
+    }
+
     pub fn cluster_view(&self) -> Vec<volley_proto::NodeInfo> {
         self.shared.cluster.get().map(|c| c.view()).unwrap_or_default()
     }

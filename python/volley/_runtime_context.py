@@ -1,0 +1,163 @@
+"""What a program can ask about where it runs, with Ray's names: ``cluster_resources``,
+``available_resources``, ``get_gpu_ids`` and ``get_runtime_context``."""
+
+from __future__ import annotations
+
+import os
+
+from . import _api, _core
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _own_node() -> dict[str, Any]:
+    """The info dict of the node this process belongs to: its own (a driver), or its node's
+    (a worker, which asks it over the node's socket)."""
+    if _core.mode() == "worker":
+        return _core.node_info(os.environ["VOLLEY_NODE_SOCKET"])
+    return _core.node_info()
+
+
+def _nodes(what: str) -> list[dict[str, Any]]:
+    """The nodes whose resources ``what`` sums: the cluster's (as this driver last heard from
+    the head), or this node alone."""
+    _api._ensure_init()
+    nodes = list(_core.cluster_nodes())
+    if nodes:
+        return nodes
+    own = _own_node()
+    if _core.mode() == "worker" and own["node_id"] != 0:  # 0: a node on its own
+        raise RuntimeError(
+            f"{what}() inside a task or actor on a cluster's node is not supported yet: "
+            "its worker sees its own node only; call it in the driver"
+        )
+    return [own]
+
+
+def _resources(free: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+
+    def add(key: str, amount: float) -> None:
+        out[key] = out.get(key, 0.0) + float(amount)
+
+    for n in _nodes("available_resources" if free else "cluster_resources"):
+        add("CPU", n["cpus_free"] if free else n["num_cpus"])
+        for name, (total, available) in sorted(n.get("resources", {}).items()):
+            add(name, available if free else total)
+        capacity = n.get("store_capacity", 0)
+        add("object_store_memory", capacity - n.get("store_used", 0) if free else capacity)
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    """The resources of the whole cluster (of this node outside a cluster), as Ray's
+    ``ray.cluster_resources()``: ``{"CPU": 8.0, "GPU": 1.0, "object_store_memory": bytes,
+    "<custom>": amount}``. Ray's ``memory`` and ``node:<ip>`` keys are not reported.
+
+    In a cluster this is what the driver last heard from the head (every second or so). Inside
+    a task or actor on a cluster's node it raises ``RuntimeError`` (call it in the driver).
+
+    >>> volley.init(num_cpus=2, resources={"disk": 1})
+    >>> volley.cluster_resources()["CPU"], volley.cluster_resources()["disk"]
+    (2.0, 1.0)
+    """
+    return _resources(free=False)
+
+
+def available_resources() -> dict[str, float]:
+    """The resources free now, with the keys of ``cluster_resources()`` (Ray's
+    ``ray.available_resources()``). CPUs lent by a task blocked in ``get`` count as free.
+
+    >>> volley.available_resources()["CPU"]
+    2.0
+    """
+    return _resources(free=True)
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPUs the node gave the task (or actor) running here, as Ray's
+    ``ray.get_gpu_ids()``: a list of device numbers, the ones ``CUDA_VISIBLE_DEVICES`` names
+    while it runs. Empty in the driver (as in Ray) and in a task that asked for no GPU.
+
+    >>> @volley.remote(num_gpus=1)
+    ... def which():
+    ...     return volley.get_gpu_ids()
+    >>> volley.get(which.remote())
+    [0]
+    """
+    if _core.mode() != "worker":
+        return []
+    from . import _worker
+
+    return list(_worker._gpu_ids)
+
+
+class RuntimeContext:
+    """What ``get_runtime_context()`` returns (Ray's ``ray.runtime_context.RuntimeContext``),
+    with the methods volley can answer with real data. Ray's ``get_job_id``, ``get_task_id``,
+    ``get_actor_id``, ``get_worker_id`` and ``get_assigned_resources`` are not there yet (see
+    docs/from-ray.md)."""
+
+    def get_node_id(self) -> int:
+        """The id of this process's node, as ``volley.nodes()`` lists it and
+        ``NodeAffinitySchedulingStrategy`` takes it (an int; Ray's is a hex string).
+
+        >>> volley.get_runtime_context().get_node_id()
+        0
+        """
+        _api._ensure_init()
+        return int(_own_node()["node_id"])
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """``{"GPU": [ids as strings]}``: the GPUs given to the task running here (Ray's
+        shape; empty in the driver)."""
+        return {"GPU": [str(g) for g in get_gpu_ids()]}
+
+    def get(self) -> dict[str, Any]:
+        """The context as a dict (Ray's deprecated ``RuntimeContext.get()``): ``node_id``."""
+        return {"node_id": self.get_node_id()}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _LATER:
+            raise AttributeError(
+                f"Ray's RuntimeContext.{name} is not in volley yet (it comes with issue 18, "
+                "observability); see docs/from-ray.md"
+            )
+        raise AttributeError(f"'RuntimeContext' object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"volley.RuntimeContext(mode={_core.mode()!r})"
+
+
+#: Ray's RuntimeContext members that come later.
+_LATER = {
+    "get_job_id",
+    "get_task_id",
+    "get_actor_id",
+    "get_worker_id",
+    "get_assigned_resources",
+    "get_namespace",
+    "get_actor_name",
+    "get_task_name",
+    "get_task_function_name",
+    "get_placement_group_id",
+    "get_runtime_env_string",
+    "current_actor",
+    "was_current_actor_reconstructed",
+    "job_id",
+    "node_id",
+    "task_id",
+    "actor_id",
+    "namespace",
+}
+
+
+def get_runtime_context() -> RuntimeContext:
+    """The runtime context of this process (Ray's ``ray.get_runtime_context()``).
+
+    >>> volley.get_runtime_context().get_node_id()
+    0
+    """
+    return RuntimeContext()

@@ -1,0 +1,38 @@
+"""Ray's ``ray.util`` names, for programs written with ``import volley as ray``.
+
+- ``ActorPool`` (``volley.util.ActorPool``): a fixed set of actors that take work as they
+  become free.
+- ``as_completed(refs)`` and ``map_unordered(fn, items)``: results as they finish.
+- ``placement_group``, ``remove_placement_group``, ``placement_group_table``,
+  ``PlacementGroup``, as ``volley.placement_group`` and friends (also importable from
+  ``volley.util.placement_group``).
+- ``volley.util.scheduling_strategies``: ``PlacementGroupSchedulingStrategy`` and
+  ``NodeAffinitySchedulingStrategy``.
+- ``volley.util.multiprocessing.Pool`` (``volley.multiprocessing.Pool``) and
+  ``volley.util.joblib.register_ray`` (joblib's ``"ray"`` backend runs on volley).
+
+``ray.util.queue`` and ``ray.util.timeline`` are not here yet: see docs/from-ray.md.
+
+>>> from volley.util import ActorPool
+"""
+
+from __future__ import annotations
+
+from .actor_pool import ActorPool
+from .helpers import as_completed, map_unordered
+from .placement_group import (
+    PlacementGroup,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+
+__all__ = [
+    "ActorPool",
+    "as_completed",
+    "map_unordered",
+    "PlacementGroup",
+    "placement_group",
+    "placement_group_table",
+    "remove_placement_group",
+]

@@ -1,0 +1,221 @@
+"""``ActorPool``: a fixed set of actors that take work as they become free (Ray's
+``ray.util.ActorPool``, with the same methods and behaviour)."""
+
+from __future__ import annotations
+
+from .._actor import ActorHandle
+from .._api import get, wait
+from .._core import ObjectRef
+from ..exceptions import GetTimeoutError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Iterator
+
+_TIMED_OUT = "timed out waiting for a result"
+
+
+class ActorPool:
+    """Spreads calls over a fixed list of actors, one call per actor at a time.
+
+    ``fn(actor, value)`` makes each call and returns its ``ObjectRef`` (or a list of refs, for
+    a method with several returns). Values submitted while every actor is busy wait in the pool
+    and go to the first actor whose result is taken with ``get_next``/``get_next_unordered``.
+
+    >>> @volley.remote
+    ... class Doubler:
+    ...     def double(self, v):
+    ...         return 2 * v
+    >>> pool = ActorPool([Doubler.remote(), Doubler.remote()])
+    >>> list(pool.map(lambda a, v: a.double.remote(v), [1, 2, 3, 4]))
+    [2, 4, 6, 8]
+    """
+
+    def __init__(self, actors: list[ActorHandle]):
+        actors = list(actors)
+        for a in actors:
+            if not isinstance(a, ActorHandle):
+                raise TypeError(f"ActorPool takes actor handles, not {type(a).__name__}")
+        self._idle: list[ActorHandle] = actors
+        self._running: dict[Any, tuple[int, ActorHandle]] = {}  # key -> (index, actor)
+        self._by_index: dict[int, Any] = {}  # index -> what fn returned
+        self._next_index = 0  # the index of the next call made
+        self._next_return = 0  # the index get_next returns next
+        self._queued: list[tuple[Callable, Any]] = []
+
+    def map(self, fn: Callable[[ActorHandle, Any], Any], values: Iterable[Any]) -> Iterator[Any]:
+        """Calls ``fn(actor, v)`` for every value; yields the results in the order of
+        ``values``. Results not taken from an earlier ``map`` or ``submit`` are dropped first.
+
+        >>> list(pool.map(lambda a, v: a.double.remote(v), [1, 2]))
+        [2, 4]
+        """
+        self._drop_pending()
+        for v in values:
+            self.submit(fn, v)
+
+        def results() -> Iterator[Any]:
+            while self.has_next():
+                yield self.get_next()
+
+        return results()
+
+    def map_unordered(
+        self, fn: Callable[[ActorHandle, Any], Any], values: Iterable[Any]
+    ) -> Iterator[Any]:
+        """As ``map``, but yields each result as soon as it is ready.
+
+        >>> sorted(pool.map_unordered(lambda a, v: a.double.remote(v), [1, 2]))
+        [2, 4]
+        """
+        self._drop_pending()
+        for v in values:
+            self.submit(fn, v)
+
+        def results() -> Iterator[Any]:
+            while self.has_next():
+                yield self.get_next_unordered()
+
+        return results()
+
+    def _drop_pending(self) -> None:
+        """Forgets the results of calls not taken yet (as Ray's ``map`` does), waiting for
+        the calls still running so that their actors are free again."""
+        while self.has_next():
+            try:
+                self.get_next(timeout=0, ignore_if_timedout=True)
+            except TimeoutError:
+                pass
+            except Exception:
+                pass  # a call that raised: its error is dropped with its result
+
+    def submit(self, fn: Callable[[ActorHandle, Any], Any], value: Any) -> None:
+        """Calls ``fn(actor, value)`` on an idle actor, or queues it until one is free.
+
+        >>> pool.submit(lambda a, v: a.double.remote(v), 1)
+        >>> pool.get_next()
+        2
+        """
+        if not callable(fn):
+            raise TypeError(f"submit takes a function (actor, value) -> ObjectRef, not {fn!r}")
+        if not self._idle:
+            self._queued.append((fn, value))
+            return
+        actor = self._idle.pop()
+        try:
+            out = fn(actor, value)
+            key = _key(out)
+        except BaseException:
+            self._idle.append(actor)
+            raise
+        self._running[key] = (self._next_index, actor)
+        self._by_index[self._next_index] = out
+        self._next_index += 1
+
+    def has_next(self) -> bool:
+        """Whether results are left to take (calls running, done, or queued).
+
+        >>> pool.has_next()
+        False
+        """
+        return bool(self._running)
+
+    def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
+        """The next result, in the order of submission.
+
+        Raises ``StopIteration`` when nothing is left, ``TimeoutError`` (a
+        ``volley.GetTimeoutError``) when the result is not ready within ``timeout`` seconds
+        (with ``ignore_if_timedout=True`` that call's result is dropped and its actor taken
+        back), the call's error if it raised, and ``ValueError`` after
+        ``get_next_unordered`` took results out of order.
+        """
+        if not self.has_next():
+            raise StopIteration("No more results to get")
+        if self._next_return >= self._next_index or self._next_return not in self._by_index:
+            raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
+        out = self._by_index[self._next_return]
+        timed_out = False
+        if timeout is not None:
+            ready, _ = wait([_first(out)], timeout=timeout)
+            if not ready:
+                if not ignore_if_timedout:
+                    raise GetTimeoutError(_TIMED_OUT)
+                timed_out = True
+        del self._by_index[self._next_return]
+        self._next_return += 1
+        _, actor = self._running.pop(_key(out))
+        self._give_back(actor)
+        if timed_out:
+            raise GetTimeoutError(f"{_TIMED_OUT}; the call behind {out!r} is dropped")
+        return get(out)
+
+    def get_next_unordered(
+        self, timeout: float | None = None, ignore_if_timedout: bool = False
+    ) -> Any:
+        """The next result to be ready, whatever its order of submission.
+
+        Raises ``StopIteration`` when nothing is left, ``TimeoutError`` (a
+        ``volley.GetTimeoutError``) when no result is ready within ``timeout`` seconds (no
+        call is dropped then: which one would be is not defined; ``ignore_if_timedout`` is
+        accepted for Ray's signature), and the call's error if it raised.
+        """
+        if not self.has_next():
+            raise StopIteration("No more results to get")
+        keys = list(self._running)
+        ready, _ = wait([_first(k) for k in keys], num_returns=1, timeout=timeout)
+        if not ready:
+            raise GetTimeoutError(_TIMED_OUT)
+        key = keys[[_first(k) for k in keys].index(ready[0])]
+        index, actor = self._running.pop(key)
+        out = self._by_index.pop(index)
+        self._next_return = max(self._next_return, index + 1)
+        self._give_back(actor)
+        return get(out)
+
+    def _give_back(self, actor: ActorHandle) -> None:
+        self._idle.append(actor)
+        if self._queued:
+            self.submit(*self._queued.pop(0))
+
+    def has_free(self) -> bool:
+        """Whether an actor is idle (and no value waits for one).
+
+        >>> pool.has_free()
+        True
+        """
+        return bool(self._idle) and not self._queued
+
+    def pop_idle(self) -> ActorHandle | None:
+        """Takes an idle actor out of the pool (None if none is free).
+
+        >>> a = pool.pop_idle()
+        >>> pool.push(a)
+        """
+        return self._idle.pop() if self.has_free() else None
+
+    def push(self, actor: ActorHandle) -> None:
+        """Adds an actor to the pool (it takes a queued value at once, if one waits).
+        ``ValueError`` if it is in the pool already."""
+        if not isinstance(actor, ActorHandle):
+            raise TypeError(f"push takes an actor handle, not {type(actor).__name__}")
+        busy = [a for _, a in self._running.values()]
+        if actor in self._idle or actor in busy:
+            raise ValueError("Actor already belongs to current ActorPool")
+        self._give_back(actor)
+
+
+def _key(out: Any) -> Any:
+    """A dict key for what ``fn`` returned: the ref, or the tuple of a list of refs."""
+    if type(out) is ObjectRef:
+        return out
+    if isinstance(out, (list, tuple)) and out and all(type(r) is ObjectRef for r in out):
+        return tuple(out)
+    raise TypeError(
+        "the function given to ActorPool must return the ObjectRef of an actor call "
+        f"(e.g. lambda actor, v: actor.method.remote(v)), not {type(out).__name__}"
+    )
+
+
+def _first(out: Any) -> ObjectRef:
+    """The ref to wait on: the returns of one call are ready together."""
+    return out if type(out) is ObjectRef else out[0]
