@@ -274,3 +274,74 @@ def test_ctrl_c_interrupts_get_promptly(tmp_path):
         for pid in pids:
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.one_node("the driver's own workers, on one node with 2 CPUs")
+def test_cancelling_tasks_just_sent_interrupts_every_one(tmp_path):
+    # Four 30-s tasks on two workers (two pipelined behind the two that start), cancelled at
+    # once: a task the worker took up while its cancel (a revoke, as it was still queued) was
+    # on the way must be interrupted too, not left to run its 30 s.
+    script = write_script(
+        tmp_path,
+        """
+        import time, volley
+        volley.init(num_cpus=2)
+        nap = volley.remote(lambda s: time.sleep(s) or s)
+        volley.get([nap.remote(0.01) for _ in range(4)])
+        for t in range(25):
+            refs = [nap.remote(30) for _ in range(4)]
+            for r in refs:
+                volley.cancel(r)
+            ready, rest = volley.wait(refs, num_returns=4, timeout=10)
+            assert not rest, f"round {t}: {len(rest)} cancelled task(s) still running"
+            for r in refs:
+                try:
+                    volley.get(r)
+                except volley.TaskCancelledError:
+                    pass
+        print("ok")
+        """,
+    )
+    out, err = finish_driver(start_driver(script), timeout=120)
+    assert "ok" in out, err
+
+
+def test_a_function_whose_first_load_failed_loads_for_the_next_task(tmp_path):
+    # One worker: the function's bytes go to it with the first task only. A first load that
+    # fails (as when a cancel's interrupt lands while it imports) must not leave the worker
+    # unable to run the function ("was never sent").
+    script = write_script(
+        tmp_path,
+        """
+        import os, volley
+
+        MARK = os.path.join(os.getcwd(), "loaded-once")
+
+        def _build():
+            if not os.path.exists(MARK):
+                open(MARK, "w").close()
+                raise RuntimeError("first load fails")
+            return lambda x: x + 1
+
+        class Flaky:
+            def __reduce__(self):
+                return (_build, ())
+
+        HELPER = Flaky()
+
+        @volley.remote
+        def f(x):
+            return HELPER(x)  # Loading f builds HELPER (it travels with f).
+
+        volley.init(num_cpus=1)
+        try:
+            volley.get(f.remote(1))
+        except volley.SerializationError as e:
+            assert "first load fails" in str(e), e
+        else:
+            raise AssertionError("the first load should have failed")
+        print("second", volley.get(f.remote(2)))
+        """,
+    )
+    out, err = finish_driver(start_driver(script), timeout=60)
+    assert "second 3" in out, err

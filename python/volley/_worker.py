@@ -17,6 +17,8 @@ _pid = os.getpid()
 _current_name: str | None = None
 _default_name = "worker"  # an actor's process uses its class's name
 _functions: dict[bytes, object] = {}
+# The bytes of functions whose first load failed, for the next task of the same function.
+_unloaded: dict[bytes, bytes] = {}
 
 
 class _PrefixedStream(io.TextIOBase):
@@ -91,12 +93,19 @@ def _load_function(name, fid, fbytes):
     if fn is not None:
         return fn, None
     if fbytes is None:
-        return None, (SERIALIZATION, f"the function of task '{name}' was never sent", "", None)
+        # The node sends a function's bytes with its first task only; kept when that first
+        # load failed (a cancel's interrupt while importing), so that the next task tries again.
+        fbytes = _unloaded.get(fid)
+        if fbytes is None:
+            msg = f"the function of task '{name}' was never sent"
+            return None, (SERIALIZATION, msg, "", None)
     try:
         fn = pickle.loads(fbytes)
     except BaseException as e:
+        _unloaded[fid] = fbytes
         msg = f"could not load the function of task '{name}': {type(e).__name__}: {e}"
         return None, (SERIALIZATION, msg, _format_exception(e), None)
+    _unloaded.pop(fid, None)
     _functions[fid] = fn
     return fn, None
 

@@ -1468,6 +1468,7 @@ impl Scheduler {
         self.refresh_head_cpu(wid);
         if next_runs {
             self.head_started(wid, out);
+            self.cancel_started_head(wid, out);
         }
         if let Some(ActorPart::Create(_)) = self.tasks.get(&tid).map(|t| &t.spec.actor) {
             self.tasks.remove(&tid);
@@ -1477,6 +1478,24 @@ impl Scheduler {
         }
         self.task_result(tid, result, out);
         self.schedule(out);
+    }
+
+    /// The task now at the head of worker `wid`'s queue was cancelled while it waited behind
+    /// another: the cancel sent a `Revoke`, but the worker may have started it before the revoke
+    /// arrived (the task before it finished meanwhile). Interrupt it (or, with `force`, kill the
+    /// worker) as a cancel of a running task does; a worker that did give it back ignores this.
+    fn cancel_started_head(&mut self, wid: WorkerId, out: &mut Vec<Action>) {
+        let Some(head) = self.workers.get(&wid).and_then(|w| w.queue.front()).copied() else {
+            return;
+        };
+        let Some(force) = self.tasks.get(&head).and_then(|t| t.cancel) else {
+            return;
+        };
+        if force {
+            out.push(Action::Kill { worker: wid });
+        } else {
+            out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: head } });
+        }
     }
 
     /// The task at the head of worker `wid`'s queue has started: a peer that sent it is told,

@@ -330,6 +330,48 @@ fn cancel_queued_and_running_tasks() {
 }
 
 #[test]
+fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
+    let mut h = Harness::started(1.0);
+    let a = h.submit(vec![]);
+    let b = h.submit(vec![]); // Pipelined behind `a` on the one worker.
+    let ex = h.executed();
+    assert_eq!(ex.len(), 2, "both sent to the worker: {ex:?}");
+    let w = ex[0].0;
+    h.out.clear();
+    h.s.cancel(b, false, &mut h.out);
+    assert!(h
+        .out
+        .iter()
+        .any(|x| matches!(x, Action::Send { msg: NodeToWorker::Revoke { .. }, .. })));
+    // The worker finished `a` and started `b` before the revoke arrived.
+    h.out.clear();
+    h.s.task_done(w, a.task, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(
+        h.out
+            .iter()
+            .any(|x| matches!(x, Action::Send { worker, msg: NodeToWorker::Cancel { task } }
+            if *worker == w && *task == b.task)),
+        "the started task is interrupted: {:?}",
+        h.out
+    );
+    // Its answer to the revoke: it had nothing left to give back.
+    h.s.tasks_returned(w, &[], &mut h.out);
+    let error = TaskResult::Err {
+        error: ErrorPayload {
+            kind: ErrorKind::TaskException,
+            task_name: "b".into(),
+            message: "KeyboardInterrupt".into(),
+            traceback: String::new(),
+            exception: None,
+            pid: 1,
+        },
+        retryable: false,
+    };
+    h.s.task_done(w, b.task, error, &mut h.out);
+    assert_eq!(h.error_kind(b), Some(ErrorKind::Cancelled));
+}
+
+#[test]
 fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
     let mut h = Harness::started(2.0);
     let (w, _) = h.s.worker_pids()[0];
