@@ -190,6 +190,18 @@ _chunk_task = remote(max_retries=0)(_pool_chunk)
 # ------------------------------------------------------------------ in the driver
 
 
+class _ByAttribute:
+    """Travels as ``getattr(owner, name)``, as the standard pickler sends a method bound to a
+    class: its function then runs from its module's source (tracebacks show the lines), not
+    from a by-value copy."""
+
+    def __init__(self, owner: Any, name: str):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self) -> tuple:
+        return getattr, (self.owner, self.name)
+
+
 class _Source:
     """The work of one call (``apply``, ``map``, ``imap``...), handed out chunk by chunk."""
 
@@ -212,6 +224,7 @@ class _Source:
         self.chunks = chunks
         self.lazy = lazy
         self.taken = 0
+        self.total: int | None = None  # chunks, when known
 
     def result(self) -> Any:
         return self._result()
@@ -293,6 +306,8 @@ class Pool:
             name = name or "pool task"
         else:
             raise TypeError(f"Pool needs a callable, not {type(func).__name__}")
+        if isinstance(fn, types.MethodType) and isinstance(fn.__self__, type):
+            fn = _ByAttribute(fn.__self__, fn.__name__)
         opts.pop("max_retries", None)
         opts.pop("retry_exceptions", None)
         opts.setdefault("num_cpus", self._cpus)
@@ -362,6 +377,11 @@ class Pool:
                 result._expect(src.taken)
             return
         src.taken += 1
+        if src.total is not None and src.taken >= src.total:
+            # The last chunk of a map: forget the call (and its input) now.
+            with self._cond:
+                if src in self._sources:
+                    self._sources.remove(src)
         result = src.result()
         if result is None:
             return
@@ -439,8 +459,9 @@ class Pool:
         task, fn, name = self._task_for(func)
         result = ApplyResult(1, callback, error_callback, single=True)
         work = (tuple(args), dict(kwds or {}))
-        chunks = iter([(0, work, None)])
-        self._add(_Source(result, task, fn, name, False, True, chunks, lazy=False))
+        src = _Source(result, task, fn, name, False, True, iter([(0, work, None)]), lazy=False)
+        src.total = 1
+        self._add(src)
         return result
 
     def _map_async(
@@ -467,8 +488,10 @@ class Pool:
         del items
         result = MapResult(len(chunks), callback, error_callback)
         fn_ref = put(fn) if len(chunks) > 1 else fn
-        feed = ((i, c, None) for i, c in enumerate(chunks))
-        self._add(_Source(result, task, fn_ref, name, star, False, feed, lazy=False))
+        src = _Source(result, task, fn_ref, name, star, False, _chunks_of(chunks), lazy=False)
+        src.total = len(chunks)
+        del chunks
+        self._add(src)
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -595,6 +618,13 @@ class Pool:
                 self.terminate()
             except Exception:
                 pass
+
+
+def _chunks_of(chunks: list) -> Iterator[tuple[int, Any, None]]:
+    """``(index, items, None)`` per chunk, each let go once handed out."""
+    chunks.reverse()
+    for i in range(len(chunks)):
+        yield i, chunks.pop(), None
 
 
 def _read_chunks(iterable: Iterable, chunksize: int) -> Iterator[tuple[int, Any, Any]]:
