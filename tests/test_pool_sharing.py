@@ -14,6 +14,8 @@ import itertools
 import multiprocessing.pool as mp_pool
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 
@@ -70,12 +72,37 @@ def test_two_pools_mapping_at_the_same_time_both_finish():
         assert rb.get(timeout=60) == [i * i for i in range(6)]
 
 
+def interval(s):
+    t0 = time.time()
+    time.sleep(s)
+    return t0, time.time()
+
+
 def test_a_pool_keeps_at_most_processes_chunks_in_flight():
-    with Pool(1) as p:
-        # One process: the chunks run one after the other, in the same order.
-        r = p.map_async(pid_after, [0.05] * 4, chunksize=1)
-        assert len(r.get(timeout=60)) == 4
-        assert len(p._inflight) == 0
+    with Pool(2) as p:
+        spans = sorted(p.map(interval, [0.1] * 8, chunksize=1))
+    # At every chunk's start, at most 2 chunks (it and one other) were running.
+    for start, _ in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+
+
+_INITS: dict = {}
+
+
+def count_init(token):
+    _INITS[token] = _INITS.get(token, 0) + 1
+
+
+def inits_seen(token):
+    return os.getpid(), _INITS.get(token)
+
+
+def test_the_initializer_runs_once_per_process_and_pool():
+    with Pool(2, initializer=count_init, initargs=("a",)) as a:
+        seen = a.map(inits_seen, ["a"] * 20, chunksize=1)
+    assert {n for _, n in seen} == {1}  # each process ran it once, before its first chunk
+    with Pool(2, initializer=count_init, initargs=("b",)) as b:
+        assert {n for _, n in b.map(inits_seen, ["b"] * 6, chunksize=1)} == {1}
 
 
 # --------------------------------------------------------------------------- bug 3
@@ -234,6 +261,31 @@ def test_an_argument_that_cannot_be_pickled_is_a_pickling_error():
         with pytest.raises(pickle.PicklingError):
             p.apply(square, (threading.Lock(),))
         assert p.map(square, [2]) == [4]
+
+
+def test_a_pool_left_open_in_a_global_at_exit_does_not_hang(tmp_path):
+    # CPython's test_worker_finalization_via_atexit_handler_of_multiprocessing, with volley's
+    # Pool (the peer suite skips the original: it runs the stdlib's Pool).
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from volley.multiprocessing import Pool\n"
+        "problem = None\n"
+        "class A:\n"
+        "    def __init__(self):\n"
+        "        self.pool = Pool(processes=1)\n"
+        "def test():\n"
+        "    global problem\n"
+        "    problem = A()\n"
+        "    problem.pool.map(float, tuple(range(10)))\n"
+        "if __name__ == '__main__':\n"
+        "    test()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
 
 
 def returns_a_lock():
