@@ -348,13 +348,14 @@ class Pool:
         while True:
             with self._cond:
                 while True:
+                    # (_pick first: it forgets the imaps nobody reads, which may leave none.)
+                    src = self._pick() if self._state != "TERMINATE" else None
+                    if src is not None:
+                        break
                     if self._state == "TERMINATE" or not self._sources:
                         self._feeder = None
                         self._cond.notify_all()
                         return
-                    src = self._pick()
-                    if src is not None:
-                        break
                     self._cond.wait()
                 self._starting += 1
             try:
@@ -669,8 +670,13 @@ def _submit_error(e: BaseException) -> BaseException:
 
 def _pool_error(e: BaseException) -> BaseException:
     """What a pool call raises for a chunk's error ``e``."""
-    if isinstance(e, SerializationError) and not isinstance(e, TaskError):
-        # The chunk ran, but its results could not be sent back.
+    if (
+        isinstance(e, SerializationError)
+        and not isinstance(e, TaskError)
+        and "could not serialize the result" in str(e)
+    ):
+        # The chunk ran, but its results could not be sent back (the worker's message says
+        # which value): multiprocessing's error for that.
         return _mp_pool.MaybeEncodingError(e, "the results of the chunk")
     return original_error(e, _mp_pool.RemoteTraceback)
 

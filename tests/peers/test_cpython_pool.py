@@ -28,7 +28,13 @@ cpython = pytest.importorskip(
     "test._test_multiprocessing", reason="CPython's test package is not installed"
 )
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.timeout(60),
+    # The test classes travel to the workers (``p.apply(self._test_traceback)``) by reference,
+    # as ``test_cpython_pool``: importable by this machine's workers, not by a cluster's nodes
+    # (there tests/ is the working_dir, where this file is ``peers.test_cpython_pool``).
+    pytest.mark.one_node("the test classes are importable by this machine's workers only"),
+]
 
 VolleyPool = volley.multiprocessing.Pool
 
