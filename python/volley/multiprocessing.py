@@ -129,6 +129,19 @@ def _remote_error(e: BaseException, name: str) -> BaseException:
     import pickle
 
     tb = _traceback_text(e)
+    # Start at the user's function: drop the frames of the chunk runner (this file).
+    lines = tb.splitlines(keepends=True)
+    here = f'  File "{__file__}"'
+    keep, skip = [], False
+    for line in lines:
+        if line.startswith(here):
+            skip = True
+            continue
+        if skip and line.startswith("    "):
+            continue
+        skip = False
+        keep.append(line)
+    tb = "".join(keep)
     err = task_error(e, name, tb, os.getpid())
     try:
         pickle.loads(pickle.dumps(err))
@@ -180,7 +193,10 @@ def _pool_chunk(
         state.tasks += 1
         if state.tasks >= maxtasks:
             _pools.pop(pool_id, None)
-            _core.retire_worker()
+            try:
+                _core.retire_worker()  # exits after sending this result
+            except RuntimeError:
+                pass  # not in a worker process (cannot happen for a task)
     return out, error
 
 
@@ -308,8 +324,8 @@ class Pool:
             raise TypeError(f"Pool needs a callable, not {type(func).__name__}")
         if isinstance(fn, types.MethodType) and isinstance(fn.__self__, type):
             fn = _ByAttribute(fn.__self__, fn.__name__)
-        opts.pop("max_retries", None)
-        opts.pop("retry_exceptions", None)
+        for key in ("max_retries", "retry_exceptions", "num_returns"):
+            opts.pop(key, None)  # a chunk is one call that returns one value, never retried
         opts.setdefault("num_cpus", self._cpus)
         return _chunk_task.options(**opts), fn, name
 
