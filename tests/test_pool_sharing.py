@@ -14,6 +14,7 @@ import itertools
 import multiprocessing.pool as mp_pool
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -122,6 +123,26 @@ def test_maxtasksperchild_retires_the_process_after_n_chunks_of_the_pool():
     with Pool(1, maxtasksperchild=1) as p:
         pids = [p.apply(pid_after, (0,)) for _ in range(4)]
     assert len(set(pids)) == 4  # each process ran one chunk of this pool, then left
+
+
+def deaf_sleep(s):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminate()'s interrupt is not heard
+    time.sleep(s)
+    return s
+
+
+def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
+    p = Pool(2)
+    deaf = p.apply_async(deaf_sleep, (600,))
+    r = p.map_async(sleepy_square, range(100), chunksize=1)
+    time.sleep(1.0)  # the deaf chunk is running
+    p.terminate()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(45), "join() after terminate() hung"
+    for res in (r, deaf):
+        with pytest.raises(volley.VolleyError):
+            res.get(timeout=10)
 
 
 # --------------------------------------------------------------------------- bug 9

@@ -73,6 +73,9 @@ TimeoutError = _mp.TimeoutError
 # Chunks an imap may run ahead of its consumer, per pool process (at least _MIN_AHEAD).
 _AHEAD_PER_PROCESS = 2
 _MIN_AHEAD = 8
+# How long join() after terminate() lets running chunks stop on their interrupt before their
+# processes are killed.
+_TERMINATE_GRACE_S = 2.0
 # Pools a worker process remembers (initializer run, namespace); the oldest is forgotten first
 # (its initializer runs again if that pool comes back).
 _MAX_POOLS_PER_PROCESS = 32
@@ -205,6 +208,8 @@ _chunk_task = remote(max_retries=0)(_pool_chunk)
 
 # ------------------------------------------------------------------ in the driver
 
+_here = threading.local()
+
 
 class _ByAttribute:
     """Travels as ``getattr(owner, name)``, as the standard pickler sends a method bound to a
@@ -241,6 +246,8 @@ class _Source:
         self.lazy = lazy
         self.taken = 0
         self.total: int | None = None  # chunks, when known
+        self.busy = False  # a thread is taking its next chunk
+        self.cheap = not lazy  # its next chunk is quick to take (no user code reads the input)
 
     def result(self) -> Any:
         return self._result()
@@ -345,18 +352,33 @@ class Pool:
             self._cond.notify_all()
 
     def _pick(self) -> _Source | None:
-        """The oldest call that may hand out a chunk now (the lock is held)."""
+        """The oldest call that may hand out a chunk now, marked busy (the lock is held)."""
         if len(self._inflight) + self._starting >= self._processes:
             return None
-        for src in list(self._sources):
+        found, dead = None, []
+        for src in self._sources:
+            if src.busy:  # another thread is taking its next chunk
+                continue
             result = src.result()
             if result is None:  # an imap nobody reads any more
-                self._sources.remove(src)
+                dead.append(src)
                 continue
             if src.lazy and self._state == "RUN" and src.taken - result._taken >= self._ahead:
                 continue
-            return src
-        return None
+            found = src
+            break
+        for src in dead:
+            self._sources.remove(src)
+        if found is not None:
+            found.busy = True
+            self._starting += 1
+        return found
+
+    def _handed_out(self, src: _Source) -> None:
+        with self._cond:
+            src.busy = False
+            self._starting -= 1
+            self._cond.notify_all()
 
     def _feed(self) -> None:
         """The feeder thread: hands out chunks, at most ``processes`` in flight; it ends when
@@ -373,13 +395,10 @@ class Pool:
                         self._cond.notify_all()
                         return
                     self._cond.wait()
-                self._starting += 1
             try:
                 self._hand_out(src)
             finally:
-                with self._cond:
-                    self._starting -= 1
-                    self._cond.notify_all()
+                self._handed_out(src)
 
     def _hand_out(self, src: _Source) -> None:
         """Takes the next chunk of ``src`` (reading its input, outside the lock) and submits it."""
@@ -446,7 +465,23 @@ class Pool:
         finally:
             with self._cond:
                 self._inflight.pop(ref, None)
+                # The next chunk of a map or apply (or an imap of a list) goes out from here at
+                # once: taking it is cheap. An imap's input may be slow: the feeder thread reads it.
+                src = None
+                if self._state != "TERMINATE" and not getattr(_here, "handing_out", False):
+                    src = self._pick()
+                    if src is not None and not src.cheap:
+                        src.busy = False
+                        self._starting -= 1
+                        src = None
                 self._cond.notify_all()
+        if src is not None:
+            _here.handing_out = True  # a chunk done at once calls back here: no recursion
+            try:
+                self._hand_out(src)
+            finally:
+                _here.handing_out = False
+                self._handed_out(src)
 
     # ------------------------------------------------------------------ the API
 
@@ -578,7 +613,9 @@ class Pool:
         result = _IterResult(ordered, self._wake)
         chunks = _read_chunks(iterable, chunksize)
         fn_ref = put(fn)
-        self._add(_Source(result, task, fn_ref, name, False, False, chunks, True, self._wake))
+        src = _Source(result, task, fn_ref, name, False, False, chunks, True, self._wake)
+        src.cheap = type(iterable) in (list, tuple, range)
+        self._add(src)
         return result
 
     def close(self) -> None:
@@ -611,15 +648,29 @@ class Pool:
         """Waits for the pool's work to end (after :meth:`close` or :meth:`terminate`)."""
         if self._state == "RUN":
             raise ValueError("Pool is still running")
-        with self._cond:
-            self._cond.wait_for(
-                lambda: (
-                    not self._sources
-                    and not self._inflight
-                    and not self._starting
-                    and self._feeder is None
-                )
+
+        def ended() -> bool:
+            return (
+                not self._sources
+                and not self._inflight
+                and not self._starting
+                and self._feeder is None
             )
+
+        with self._cond:
+            if self._state != "TERMINATE" or self._cond.wait_for(ended, _TERMINATE_GRACE_S):
+                self._cond.wait_for(ended)
+                return
+            stuck = list(self._inflight)
+        # Chunks that ignore the interrupt of terminate(): their processes are killed (and
+        # replaced), as multiprocessing's terminate() kills its processes.
+        for ref in stuck:
+            try:
+                _cancel_soon(ref, force=True)
+            except Exception:
+                pass
+        with self._cond:
+            self._cond.wait_for(ended)
 
     def __enter__(self) -> Pool:
         self._check_running()
