@@ -626,13 +626,16 @@ class Pool:
             self._cond.notify_all()
 
     def terminate(self) -> None:
-        """Stops at once: queued chunks are dropped (their calls fail), running ones are
-        cancelled."""
+        """Stops at once: every call not finished fails (``volley.VolleyError``); queued chunks
+        are dropped, running ones are interrupted (see :meth:`join`)."""
         with self._cond:
             self._state = "TERMINATE"
             dropped = list(self._sources)
             self._sources.clear()
             running = list(self._inflight)
+            # Calls with chunks running fail now too: what their cancelled chunks report (a
+            # KeyboardInterrupt, say) is not their outcome.
+            dropped += [src for src, _ in self._inflight.values() if src not in dropped]
             self._cond.notify_all()
         for ref in running:
             try:
@@ -645,7 +648,8 @@ class Pool:
                 result._fail(VolleyError("the pool was terminated"))
 
     def join(self) -> None:
-        """Waits for the pool's work to end (after :meth:`close` or :meth:`terminate`)."""
+        """Waits for the pool's work to end (after :meth:`close` or :meth:`terminate`; after
+        ``terminate``, chunks still running after 2 s have their processes killed)."""
         if self._state == "RUN":
             raise ValueError("Pool is still running")
 
