@@ -106,6 +106,18 @@ def test_the_initializer_runs_once_per_process_and_pool():
         assert {n for _, n in b.map(inits_seen, ["b"] * 6, chunksize=1)} == {1}
 
 
+@volley.remote
+def uses_a_pool(n):
+    with Pool(2) as p:
+        return sum(p.map(square, range(n), chunksize=1)), sorted(p.imap_unordered(square, [1, 2]))
+
+
+def test_tasks_filling_every_cpu_can_each_use_a_pool():
+    # Each task waits for its pool's chunks: waiting lends its CPU to them, as get() does.
+    refs = [uses_a_pool.remote(n) for n in (5, 6, 7)]
+    assert volley.get(refs, timeout=60) == [(30, [1, 4]), (55, [1, 4]), (91, [1, 4])]
+
+
 # --------------------------------------------------------------------------- bug 3
 
 

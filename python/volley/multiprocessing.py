@@ -50,6 +50,7 @@ workers, so ``os.getpid()`` in a task does not tell the pool's processes apart f
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import multiprocessing as _mp
 import multiprocessing.pool as _mp_pool
@@ -347,6 +348,35 @@ class Pool:
                 self._feeder.start()
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def _lending(self) -> Iterator[None]:
+        """While the caller waits for a result: inside a task, a thread waits in volley on the
+        pool's running chunks, so the task's CPU is lent to them (a task that waits for its
+        pool while every CPU runs such a task would otherwise wait forever)."""
+        if _core.mode() != "worker":
+            yield
+            return
+        stop = threading.Event()
+
+        def lend() -> None:
+            while not stop.is_set():
+                with self._cond:
+                    refs = list(self._inflight)
+                if refs:
+                    try:
+                        _api.wait(refs, num_returns=len(refs), timeout=0.05)
+                    except Exception:
+                        pass
+                stop.wait(0.002)
+
+        t = threading.Thread(target=lend, name="volley-pool-lend", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
     def _wake(self, *_: Any) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -510,6 +540,7 @@ class Pool:
         self._check_running()
         task, fn, name = self._task_for(func)
         result = ApplyResult(1, callback, error_callback, single=True)
+        result._lending = self._lending
         work = (tuple(args), dict(kwds or {}))
         src = _Source(result, task, fn, name, False, True, iter([(0, work, None)]), lazy=False)
         src.total = 1
@@ -539,6 +570,7 @@ class Pool:
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
         del items
         result = MapResult(len(chunks), callback, error_callback)
+        result._lending = self._lending
         fn_ref = put(fn) if len(chunks) > 1 else fn
         src = _Source(result, task, fn_ref, name, star, False, _chunks_of(chunks), lazy=False)
         src.total = len(chunks)
@@ -611,6 +643,7 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         task, fn, name = self._task_for(func)
         result = _IterResult(ordered, self._wake)
+        result._lending = self._lending
         chunks = _read_chunks(iterable, chunksize)
         fn_ref = put(fn)
         src = _Source(result, task, fn_ref, name, False, False, chunks, True, self._wake)
@@ -755,6 +788,9 @@ def _pool_error(e: BaseException) -> BaseException:
 class ApplyResult:
     """The result of ``apply_async`` (and the base of :class:`MapResult`)."""
 
+    # Its pool's: waiting inside a task lends the task's CPU to the pool's chunks.
+    _lending: Callable[[], Any] = contextlib.nullcontext
+
     def __init__(
         self,
         parts: int,
@@ -825,11 +861,14 @@ class ApplyResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until it has finished, or ``timeout`` seconds."""
-        self._event.wait(timeout)
+        if not self._event.is_set():
+            with self._lending():
+                self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """Its value: raises the call's exception, or ``multiprocessing.TimeoutError``."""
-        if not self._event.wait(timeout):
+        self.wait(timeout)
+        if not self._event.is_set():
             raise TimeoutError
         if self._error is not None:
             raise self._error
@@ -845,6 +884,8 @@ class MapResult(ApplyResult):
 
 class _IterResult(Iterator):
     """What ``imap``/``imap_unordered`` return."""
+
+    _lending: Callable[[], Any] = contextlib.nullcontext
 
     def __init__(self, ordered: bool, wake: Callable[[], None]):
         self._ordered = ordered
@@ -893,8 +934,10 @@ class _IterResult(Iterator):
                         return True
                     return (want in self._chunks) if want is not None else bool(self._order)
 
-                if not self._cond.wait_for(arrived, timeout):
-                    raise TimeoutError
+                if not arrived():
+                    with self._lending():
+                        if not self._cond.wait_for(arrived, timeout):
+                            raise TimeoutError
                 if self._total is not None and self._taken >= self._total:
                     raise StopIteration
                 index = want if want is not None else self._order.popleft()
