@@ -18,6 +18,9 @@ pool and ``@remote`` tasks and a ``volley.futures.Executor``, share the CPUs and
 progress. (The earlier design, one actor per pool process holding its CPU for the pool's whole
 life, made everything else wait while a pool was open.)
 
+A pool also works inside a task: waiting for its results lends the task's CPU to the pool's
+chunks (a thread waits in volley on them), as ``volley.get`` does.
+
 What a pool process means for the script stays as in ``multiprocessing``:
 
 - ``initializer(*initargs)`` runs once per (worker process, pool), the first time a chunk of
