@@ -462,6 +462,9 @@ class Pool:
             if src.lazy:
                 result._expect(src.taken)
             return
+        if self._state == "TERMINATE":  # terminate() came while this chunk was being taken
+            result._fail(VolleyError("the pool was terminated"))
+            return
         try:
             ref = src.task.remote(
                 self._id,
@@ -477,9 +480,11 @@ class Pool:
             result._part(index, [], _submit_error(e))
             return
         with self._cond:
-            if self._state == "TERMINATE":
-                _cancel_soon(ref)
+            terminated = self._state == "TERMINATE"
             self._inflight[ref] = (src, index)  # not the result: an imap's is held weakly
+        if terminated:  # terminate() came while it was being submitted
+            result._fail(VolleyError("the pool was terminated"))
+            _cancel_soon(ref)
         ref.future().add_done_callback(lambda f, r=ref: self._finished(r, f))
 
     def _finished(self, ref: Any, f: Any) -> None:
