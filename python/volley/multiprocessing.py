@@ -8,32 +8,81 @@ After::
 
     from volley.multiprocessing import Pool
 
-Each of the pool's processes is a volley actor (a worker process of its own, on any node of the
-cluster) that ran ``initializer(*initargs)`` when it started. Work goes to them in chunks, a
-process taking the next chunk when it has finished one, as in ``multiprocessing``. Differences a
-script may notice: callbacks run in a volley thread rather than the pool's result thread, and a
-worker process that dies makes the calls it was running fail with ``volley.ActorDiedError``
-(``multiprocessing`` hangs) while the pool starts a replacement.
+How it works, and why. A pool's work runs as ordinary volley tasks, one task per chunk, on the
+worker processes that every other task uses (on any node of the cluster). A chunk holds its
+share of a CPU only while it runs (``cpu_share(processes)``: one CPU each, or less when there are
+more processes than CPUs so that ``processes`` chunks can still run at once). The pool's own
+feeder thread keeps at most ``processes`` chunks in flight and hands out the rest as chunks
+finish, oldest call first. So an open pool holds nothing while it is idle, and two pools, or a
+pool and ``@remote`` tasks and a ``volley.futures.Executor``, share the CPUs and all make
+progress. (The earlier design, one actor per pool process holding its CPU for the pool's whole
+life, made everything else wait while a pool was open.)
+
+A pool also works inside a task: waiting for its results lends the task's CPU to the pool's
+chunks (a thread waits in volley on them), as ``volley.get`` does.
+
+What a pool process means for the script stays as in ``multiprocessing``:
+
+- ``initializer(*initargs)`` runs once per (worker process, pool), the first time a chunk of
+  that pool lands in that process (a per-process registry keyed by the pool's id), before the
+  chunk. The script's own (``__main__``) functions of one pool share their globals in that
+  process as they do after a fork, so what the initializer sets is seen by the functions that
+  run later; each pool has its own namespace.
+- ``maxtasksperchild=N``: after the N-th chunk of the pool in a worker process, that process
+  retires: it sends the chunk's result, then exits cleanly; the node gives it no more work, takes
+  back what was queued behind it (no retry used) and starts a replacement (``_core.
+  retire_worker``).
+- Errors: ``get()`` raises the task's exception with its own class (``type(e) is ValueError``),
+  the remote traceback as its ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``), as the
+  standard library does. ``SystemExit`` and ``KeyboardInterrupt`` raised by a task come back the
+  same way (``multiprocessing``'s pool loses the task and its ``get()`` hangs; volley reports it
+  as ``concurrent.futures.ProcessPoolExecutor`` does). An argument that cannot be pickled fails
+  the call with a ``volley.SerializationError`` (a ``pickle.PicklingError``) that is also of the
+  class of the pickling error itself; a result that cannot be sent back is a
+  ``multiprocessing.pool.MaybeEncodingError``.
+- ``imap``/``imap_unordered`` read their input lazily, a bounded number of chunks ahead of the
+  consumer (all of it once the pool is closed, so ``join`` finishes), and an error raised by the
+  input comes out of ``next()`` at its place.
+
+Differences a script may notice: callbacks run in a volley thread rather than the pool's result
+thread; a worker process that dies makes the call it was running fail with
+``volley.WorkerCrashedError`` (``multiprocessing`` hangs); pool processes are volley's shared
+workers, so ``os.getpid()`` in a task does not tell the pool's processes apart from other work's.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import multiprocessing as _mp
-import os
+import multiprocessing.pool as _mp_pool
 import sys
 import threading
 import types
+import uuid
+import warnings
+import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _api
-from ._actor import kill
-from ._map import _task_of, cpu_share, run_items, total_cpus
+from . import _api, _core
+from ._api import RemoteFunction, _Bound, _cancel_soon, put, remote
+from ._map import _traceback_text, cpu_share, total_cpus
+from .exceptions import SerializationError, TaskError, VolleyError, original_error, task_error
 
 __all__ = ["Pool", "TimeoutError", "cpu_count"]
 
 TimeoutError = _mp.TimeoutError
+
+# Chunks an imap may run ahead of its consumer, per pool process (at least _MIN_AHEAD).
+_AHEAD_PER_PROCESS = 2
+_MIN_AHEAD = 8
+# How long join() after terminate() lets running chunks stop on their interrupt before their
+# processes are killed.
+_TERMINATE_GRACE_S = 2.0
+# Pools a worker process remembers (initializer run, namespace); the oldest is forgotten first
+# (its initializer runs again if that pool comes back).
+_MAX_POOLS_PER_PROCESS = 32
 
 
 def cpu_count() -> int:
@@ -41,90 +90,188 @@ def cpu_count() -> int:
     return total_cpus()
 
 
-# The globals of the script's (``__main__``'s) functions in a pool process. Such functions
-# travel by value, each with its own copy of the globals it uses; rebinding them to one
-# namespace makes them share globals as they do in a forked process (what an initializer
-# sets is seen by the functions that run later).
-_main_globals: dict = {}
+# ------------------------------------------------------------------ in the worker process
 
 
-def _shared_globals(fn: Any) -> Any:
+class _PoolState:
+    """What a worker process keeps for one pool: the namespace its ``__main__`` functions
+    share, and how many of its chunks ran here."""
+
+    __slots__ = ("globals", "tasks")
+
+    def __init__(self) -> None:
+        self.globals: dict = {}
+        self.tasks = 0
+
+
+# pool id -> its state in this process; present once the pool's initializer has run here.
+_pools: collections.OrderedDict[str, _PoolState] = collections.OrderedDict()
+
+
+def _shared_globals(fn: Any, namespace: dict) -> Any:
+    """``fn`` rebound to ``namespace`` if it is a function of the script (``__main__``) that
+    travelled by value, so that the pool's functions share globals as after a fork."""
     if (
         not isinstance(fn, types.FunctionType)
         or fn.__module__ != "__main__"
-        or fn.__globals__ is _main_globals
+        or fn.__globals__ is namespace
     ):
         return fn
     main = sys.modules.get("__main__")
     if main is not None and fn.__globals__ is getattr(main, "__dict__", None):
-        return fn  # The worker's own __main__: nothing to share.
+        return fn  # The worker's own __main__ (the driver's, inline): nothing to share.
     for k, v in fn.__globals__.items():
-        _main_globals.setdefault(k, v)
-    new = types.FunctionType(
-        fn.__code__, _main_globals, fn.__name__, fn.__defaults__, fn.__closure__
-    )
+        namespace.setdefault(k, v)
+    new = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
     new.__kwdefaults__ = fn.__kwdefaults__
     new.__qualname__ = fn.__qualname__
     new.__dict__.update(fn.__dict__)
     return new
 
 
-class _PoolProcess:
-    """One of a pool's processes (a volley actor)."""
+def _remote_error(e: BaseException, name: str) -> BaseException:
+    """``e`` as a value that travels back: a ``TaskError`` of ``e``'s class with the remote
+    traceback (``SystemExit`` and ``KeyboardInterrupt`` too)."""
+    import os
+    import pickle
 
-    def __init__(self, initializer: Callable | None, initargs: tuple):
-        if initializer is not None:
-            _shared_globals(initializer)(*initargs)
-
-    def run(self, fn: Callable, items: list, star: bool, name: str) -> tuple:
-        return run_items(_shared_globals(fn), items, star, name)
-
-    def call(self, fn: Callable, args: tuple, kwds: dict, name: str) -> tuple:
-        from ._map import capture_error
-
-        try:
-            return [_shared_globals(fn)(*args, **kwds)], 0.0, None
-        except Exception as e:
-            return [], 0.0, capture_error(e, name)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-_PoolActor = _api.remote(_PoolProcess)
-
-
-class _Slot:
-    """A pool process and what it runs now."""
-
-    def __init__(self, handle: Any):
-        self.handle = handle
-        self.outstanding = 0
-        self.done = 0
-        self.retiring = False
+    tb = _traceback_text(e)
+    # Start at the user's function: drop the frames of the chunk runner (this file).
+    lines = tb.splitlines(keepends=True)
+    here = f'  File "{__file__}"'
+    keep, skip = [], False
+    for line in lines:
+        if line.startswith(here):
+            skip = True
+            continue
+        if skip and line.startswith("    "):
+            continue
+        skip = False
+        keep.append(line)
+    tb = "".join(keep)
+    err = task_error(e, name, tb, os.getpid())
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        text = f"task '{name}' (pid {os.getpid()}) raised {type(e).__name__}: {e}"
+        return task_error(None, name, tb, os.getpid(), f"{text}\n\nRemote traceback:\n{tb}")
 
 
-class _Job:
-    """A batch of work for one call of the pool process: ``run`` (a chunk) or ``call``."""
+def _pool_chunk(
+    pool_id: str,
+    init: tuple,
+    maxtasks: int | None,
+    fn: Callable,
+    work: Any,
+    star: bool,
+    call: bool,
+    name: str,
+) -> tuple[list, BaseException | None]:
+    """Runs one chunk of a pool (or one ``apply``) in a worker: ``(results, error)``, the
+    results before the first item that raised and that item's error."""
+    state = _pools.get(pool_id)
+    out: list = []
+    try:
+        if state is None:
+            state = _PoolState()
+            initializer, initargs = init
+            if initializer is not None:
+                _shared_globals(initializer, state.globals)(*initargs)
+            _pools[pool_id] = state
+            while len(_pools) > _MAX_POOLS_PER_PROCESS:
+                _pools.popitem(last=False)
+        else:
+            _pools.move_to_end(pool_id)
+        f = _shared_globals(fn, state.globals)
+        if call:
+            args, kwds = work
+            out.append(f(*args, **kwds))
+        elif star:
+            for item in work:
+                out.append(f(*item))
+        else:
+            for item in work:
+                out.append(f(item))
+        error = None
+    except BaseException as e:  # SystemExit and KeyboardInterrupt come back too
+        error = _remote_error(e, name)
+    if state is not None and maxtasks is not None:
+        state.tasks += 1
+        if state.tasks >= maxtasks:
+            _pools.pop(pool_id, None)
+            try:
+                _core.retire_worker()  # exits after sending this result
+            except RuntimeError:
+                pass  # not in a worker process (cannot happen for a task)
+    return out, error
 
-    __slots__ = ("method", "args", "result", "index")
 
-    def __init__(self, method: str, args: tuple, result: Any, index: int):
-        self.method, self.args, self.result, self.index = method, args, result, index
+_chunk_task = remote(max_retries=0)(_pool_chunk)
+
+
+# ------------------------------------------------------------------ in the driver
+
+_here = threading.local()
+
+
+class _ByAttribute:
+    """Travels as ``getattr(owner, name)``, as the standard pickler sends a method bound to a
+    class: its function then runs from its module's source (tracebacks show the lines), not
+    from a by-value copy."""
+
+    def __init__(self, owner: Any, name: str):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self) -> tuple:
+        return getattr, (self.owner, self.name)
+
+
+class _Source:
+    """The work of one call (``apply``, ``map``, ``imap``...), handed out chunk by chunk."""
+
+    def __init__(
+        self,
+        result: Any,
+        task: Any,
+        fn: Any,
+        name: str,
+        star: bool,
+        call: bool,
+        chunks: Iterator[tuple[int, Any, BaseException | None]],
+        lazy: bool,
+        wake: Callable[..., None] | None = None,
+    ):
+        # An imap's result is held weakly: once its consumer drops it, reading stops (and the
+        # feeder wakes to forget it).
+        self._result = weakref.ref(result, wake) if lazy else (lambda r=result: r)
+        self.task, self.fn, self.name, self.star, self.call = task, fn, name, star, call
+        self.chunks = chunks
+        self.lazy = lazy
+        self.taken = 0
+        self.total: int | None = None  # chunks, when known
+        self.busy = False  # a thread is taking its next chunk
+        self.cheap = not lazy  # its next chunk is quick to take (no user code reads the input)
+
+    def result(self) -> Any:
+        return self._result()
 
 
 class Pool:
-    """A drop-in for ``multiprocessing.Pool`` whose processes are volley workers.
+    """A drop-in for ``multiprocessing.Pool`` whose work runs as volley tasks.
 
-    ``processes`` defaults to the cluster's CPUs (more processes than CPUs share them);
-    ``maxtasksperchild`` replaces a process after that many tasks (chunks);
-    ``context`` is accepted and ignored.
+    ``processes`` (default: the cluster's CPUs) is how many chunks run at once;
+    ``initializer(*initargs)`` runs once in each worker process before the pool's first chunk
+    there; ``maxtasksperchild`` retires a worker process after that many of the pool's chunks;
+    ``context`` is accepted and ignored. An idle pool holds no CPU.
 
     >>> from volley.multiprocessing import Pool
     >>> with Pool(2) as p:
     ...     p.map(abs, [-1, -2, 3])
     [1, 2, 3]
     """
+
+    _state = "INIT"
 
     def __init__(
         self,
@@ -139,26 +286,26 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if maxtasksperchild is not None and (
-            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+            type(maxtasksperchild) is not int or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         _api._ensure_init()
         self._processes = processes or total_cpus()
-        # Each process holds its share of the CPUs, so that more processes than CPUs start.
-        # (In thousandths, rounded down: three processes on one 2-CPU node take 0.666 each.)
+        # Each running chunk holds its share of the CPUs, so that `processes` chunks fit at
+        # once even when there are more processes than CPUs (in thousandths, rounded down).
         self._cpus = cpu_share(self._processes)
-        self._initializer = initializer
-        self._initargs = tuple(initargs)
+        self._id = uuid.uuid4().hex
+        self._init_ref = put((initializer, tuple(initargs)))
         self._maxtasks = maxtasksperchild
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._ahead = max(_MIN_AHEAD, _AHEAD_PER_PROCESS * self._processes)
+        # Reentrant: a dropped imap result wakes the feeder from a weakref callback, which may
+        # run in any thread, even one holding the lock.
+        self._cond = threading.Condition(threading.RLock())
+        self._sources: collections.deque[_Source] = collections.deque()
+        self._inflight: dict[Any, tuple[_Source, int]] = {}  # ref -> (its call, chunk index)
+        self._starting = 0  # slots taken by the feeder for a chunk not yet submitted
+        self._feeder: threading.Thread | None = None
         self._state = "RUN"
-        self._slots = [self._new_slot() for _ in range(self._processes)]
-
-    def _new_slot(self) -> _Slot:
-        actor = _PoolActor.options(num_cpus=self._cpus, max_restarts=3)
-        return _Slot(actor.remote(self._initializer, self._initargs))
 
     def __repr__(self) -> str:
         return f"<volley.multiprocessing.Pool state={self._state} pool_size={self._processes}>"
@@ -172,52 +319,207 @@ class Pool:
         if self._state != "RUN":
             raise ValueError("Pool not running")
 
-    def _submit(self, jobs: list[_Job]) -> None:
-        with self._lock:
-            self._check_running()
-            self._queue.extend(jobs)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Gives queued jobs to processes with fewer than two outstanding (one running, one
-        ready to go)."""
-        started = []
-        with self._lock:
-            for slot in self._slots:
-                while self._queue and slot.outstanding < 2 and not slot.retiring:
-                    limit = self._maxtasks
-                    if limit is not None and slot.done + slot.outstanding >= limit:
-                        break
-                    job = self._queue.popleft()
-                    slot.outstanding += 1
-                    ref = getattr(slot.handle, job.method).remote(*job.args)
-                    started.append((slot, job, ref))
-        for slot, job, ref in started:
-            ref.future().add_done_callback(lambda f, s=slot, j=job: self._finished(s, j, f))
-
-    def _finished(self, slot: _Slot, job: _Job, f: Any) -> None:
-        error = f.exception()
-        if error is None:
-            results, _, error = f.result()
+    def _task_for(self, func: Any) -> tuple[Any, Callable, str]:
+        """(the remote function running the chunks, the Python function, its name): a
+        ``@volley.remote`` function keeps its options (resources, CPUs...)."""
+        opts: dict = {}
+        if isinstance(func, RemoteFunction):
+            fn, name, opts = func._fn, func._name, dict(func._options)
+        elif isinstance(func, _Bound):
+            fn, name, opts = func._rf._fn, func._rf._name, dict(func._options)
+        elif callable(func):
+            fn = func
+            name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+            name = name or "pool task"
         else:
-            results = []
-        retire = None
-        with self._lock:
-            slot.outstanding -= 1
-            slot.done += 1
-            if self._maxtasks is not None and slot.done >= self._maxtasks:
-                slot.retiring = True
-            if slot.retiring and slot.outstanding == 0 and slot in self._slots:
-                retire = slot
-                if self._state == "RUN":
-                    self._slots[self._slots.index(slot)] = self._new_slot()
-                else:
-                    self._slots.remove(slot)
-            self._changed.notify_all()
-        if retire is not None:
-            kill(retire.handle)
-        job.result._part(job.index, results, error)
-        self._dispatch()
+            raise TypeError(f"Pool needs a callable, not {type(func).__name__}")
+        if isinstance(fn, types.MethodType) and isinstance(fn.__self__, type):
+            fn = _ByAttribute(fn.__self__, fn.__name__)
+        for key in ("max_retries", "retry_exceptions", "num_returns"):
+            opts.pop(key, None)  # a chunk is one call that returns one value, never retried
+        opts.setdefault("num_cpus", self._cpus)
+        return _chunk_task.options(**opts), fn, name
+
+    def _add(self, source: _Source) -> None:
+        with self._cond:
+            self._check_running()
+            self._sources.append(source)
+            if self._feeder is None:
+                self._feeder = threading.Thread(
+                    target=self._feed, name="volley-pool-feeder", daemon=True
+                )
+                self._feeder.start()
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def _lending(self) -> Iterator[None]:
+        """While the caller waits for a result: inside a task, a thread waits in volley on the
+        pool's running chunks, so the task's CPU is lent to them (a task that waits for its
+        pool while every CPU runs such a task would otherwise wait forever)."""
+        if _core.mode() != "worker":
+            yield
+            return
+        stop = threading.Event()
+
+        def lend() -> None:
+            while not stop.is_set():
+                with self._cond:
+                    refs = list(self._inflight)
+                if refs:
+                    try:
+                        _api.wait(refs, num_returns=len(refs), timeout=0.05)
+                    except Exception:
+                        pass
+                stop.wait(0.002)
+
+        t = threading.Thread(target=lend, name="volley-pool-lend", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
+    def _wake(self, *_: Any) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _pick(self) -> _Source | None:
+        """The oldest call that may hand out a chunk now, marked busy (the lock is held)."""
+        if len(self._inflight) + self._starting >= self._processes:
+            return None
+        found, dead = None, []
+        for src in self._sources:
+            if src.busy:  # another thread is taking its next chunk
+                continue
+            result = src.result()
+            if result is None:  # an imap nobody reads any more
+                dead.append(src)
+                continue
+            if src.lazy and self._state == "RUN" and src.taken - result._taken >= self._ahead:
+                continue
+            found = src
+            break
+        for src in dead:
+            self._sources.remove(src)
+        if found is not None:
+            found.busy = True
+            self._starting += 1
+        return found
+
+    def _handed_out(self, src: _Source) -> None:
+        with self._cond:
+            src.busy = False
+            self._starting -= 1
+            self._cond.notify_all()
+
+    def _feed(self) -> None:
+        """The feeder thread: hands out chunks, at most ``processes`` in flight; it ends when
+        no call has work left (and starts again with the next call)."""
+        while True:
+            with self._cond:
+                while True:
+                    # (_pick first: it forgets the imaps nobody reads, which may leave none.)
+                    src = self._pick() if self._state != "TERMINATE" else None
+                    if src is not None:
+                        break
+                    if self._state == "TERMINATE" or not self._sources:
+                        self._feeder = None
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait()
+            try:
+                self._hand_out(src)
+            finally:
+                self._handed_out(src)
+
+    def _hand_out(self, src: _Source) -> None:
+        """Takes the next chunk of ``src`` (reading its input, outside the lock) and submits it."""
+        try:
+            index, work, error = next(src.chunks)
+        except StopIteration:
+            with self._cond:
+                if src in self._sources:
+                    self._sources.remove(src)
+            result = src.result()
+            if result is not None and src.lazy:
+                result._expect(src.taken)
+            return
+        src.taken += 1
+        if src.total is not None and src.taken >= src.total:
+            # The last chunk of a map: forget the call (and its input) now.
+            with self._cond:
+                if src in self._sources:
+                    self._sources.remove(src)
+        result = src.result()
+        if result is None:
+            return
+        if error is not None:  # the input raised: that chunk is this error, and the call ends
+            with self._cond:
+                if src in self._sources:
+                    self._sources.remove(src)
+            result._part(index, [], error)
+            if src.lazy:
+                result._expect(src.taken)
+            return
+        if self._state == "TERMINATE":  # terminate() came while this chunk was being taken
+            result._fail(VolleyError("the pool was terminated"))
+            return
+        try:
+            ref = src.task.remote(
+                self._id,
+                self._init_ref,
+                self._maxtasks,
+                src.fn,
+                work,
+                src.star,
+                src.call,
+                src.name,
+            )
+        except BaseException as e:
+            result._part(index, [], _submit_error(e))
+            return
+        with self._cond:
+            terminated = self._state == "TERMINATE"
+            self._inflight[ref] = (src, index)  # not the result: an imap's is held weakly
+        if terminated:  # terminate() came while it was being submitted
+            result._fail(VolleyError("the pool was terminated"))
+            _cancel_soon(ref)
+        ref.future().add_done_callback(lambda f, r=ref: self._finished(r, f))
+
+    def _finished(self, ref: Any, f: Any) -> None:
+        with self._cond:
+            src, index = self._inflight.get(ref, (None, 0))
+        result = src.result() if src is not None else None
+        try:
+            results, error = f.result()
+        except BaseException as e:  # the chunk itself failed: a crash, a cancel, pickling...
+            results, error = [], e
+        if error is not None:
+            error = _pool_error(error)
+        try:
+            if result is not None:
+                result._part(index, results, error)
+        finally:
+            with self._cond:
+                self._inflight.pop(ref, None)
+                # The next chunk of a map or apply (or an imap of a list) goes out from here at
+                # once: taking it is cheap. An imap's input may be slow: the feeder thread reads it.
+                src = None
+                if self._state != "TERMINATE" and not getattr(_here, "handing_out", False):
+                    src = self._pick()
+                    if src is not None and not src.cheap:
+                        src.busy = False
+                        self._starting -= 1
+                        src = None
+                self._cond.notify_all()
+        if src is not None:
+            _here.handing_out = True  # a chunk done at once calls back here: no recursion
+            try:
+                self._hand_out(src)
+            finally:
+                _here.handing_out = False
+                self._handed_out(src)
 
     # ------------------------------------------------------------------ the API
 
@@ -244,20 +546,14 @@ class Pool:
         32
         """
         self._check_running()
-        fn, _, name = _task_of(func)
+        task, fn, name = self._task_for(func)
         result = ApplyResult(1, callback, error_callback, single=True)
-        self._submit([_Job("call", (fn, tuple(args), dict(kwds or {}), name), result, 0)])
+        result._lending = self._lending
+        work = (tuple(args), dict(kwds or {}))
+        src = _Source(result, task, fn, name, False, True, iter([(0, work, None)]), lazy=False)
+        src.total = 1
+        self._add(src)
         return result
-
-    def _chunks(self, iterable: Iterable, chunksize: int | None) -> tuple[list[list], int]:
-        items = list(iterable)
-        if chunksize is None:
-            chunksize, extra = divmod(len(items), self._processes * 4)
-            if extra:
-                chunksize += 1
-        if not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-        return [items[i : i + chunksize] for i in range(0, len(items), chunksize)], len(items)
 
     def _map_async(
         self,
@@ -269,10 +565,25 @@ class Pool:
         error_callback: Callable | None,
     ) -> MapResult:
         self._check_running()
-        fn, _, name = _task_of(func)
-        chunks, _ = self._chunks(iterable, chunksize)
+        task, fn, name = self._task_for(func)
+        items = list(iterable)  # as in multiprocessing: the input is read here, at the call
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            if extra:
+                chunksize += 1
+        elif not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        if not items:
+            return MapResult(0, callback, error_callback)
+        chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
+        del items
         result = MapResult(len(chunks), callback, error_callback)
-        self._submit([_Job("run", (fn, c, star, name), result, i) for i, c in enumerate(chunks)])
+        result._lending = self._lending
+        fn_ref = put(fn) if len(chunks) > 1 else fn
+        src = _Source(result, task, fn_ref, name, star, False, _chunks_of(chunks), lazy=False)
+        src.total = len(chunks)
+        del chunks
+        self._add(src)
         return result
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
@@ -318,7 +629,8 @@ class Pool:
         return self._map_async(func, iterable, True, chunksize, callback, error_callback)
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
-        """An iterator over ``func(x)`` for ``x`` in ``iterable``, in order.
+        """An iterator over ``func(x)`` for ``x`` in ``iterable``, in order. The input is read
+        lazily, a few chunks ahead of the consumer; an error it raises comes out of ``next()``.
 
         >>> list(p.imap(abs, [-1, 2]))
         [1, 2]
@@ -337,50 +649,73 @@ class Pool:
         self._check_running()
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        fn, _, name = _task_of(func)
-        result = _IterResult(ordered)
-        it = iter(iterable)
-        jobs = []
-        for i in itertools.count():
-            chunk = list(itertools.islice(it, chunksize))
-            if not chunk:
-                break
-            jobs.append(_Job("run", (fn, chunk, False, name), result, i))
-        result._expect(len(jobs))
-        self._submit(jobs)
+        task, fn, name = self._task_for(func)
+        result = _IterResult(ordered, self._wake)
+        result._lending = self._lending
+        chunks = _read_chunks(iterable, chunksize)
+        fn_ref = put(fn)
+        src = _Source(result, task, fn_ref, name, False, False, chunks, True, self._wake)
+        src.cheap = type(iterable) in (list, tuple, range)
+        self._add(src)
         return result
 
     def close(self) -> None:
-        """No more work: the processes exit once what was submitted is done."""
-        with self._lock:
+        """No more work: what was submitted still runs (all of an imap's input is read)."""
+        with self._cond:
             if self._state == "RUN":
                 self._state = "CLOSE"
+            self._cond.notify_all()
 
     def terminate(self) -> None:
-        """Stops the processes at once; work not finished fails."""
-        with self._lock:
+        """Stops at once: every call not finished fails (``volley.VolleyError``); queued chunks
+        are dropped, running ones are interrupted (see :meth:`join`)."""
+        with self._cond:
             self._state = "TERMINATE"
-            dropped = list(self._queue)
-            self._queue.clear()
-            slots, self._slots = self._slots, []
-            self._changed.notify_all()
-        for slot in slots:
-            kill(slot.handle)
-        from .exceptions import VolleyError
-
-        for job in dropped:
-            job.result._part(job.index, [], VolleyError("the pool was terminated"))
+            dropped = list(self._sources)
+            self._sources.clear()
+            running = list(self._inflight)
+            # Calls with chunks running fail now too: what their cancelled chunks report (a
+            # KeyboardInterrupt, say) is not their outcome.
+            dropped += [src for src, _ in self._inflight.values() if src not in dropped]
+            self._cond.notify_all()
+        for ref in running:
+            try:
+                _cancel_soon(ref)
+            except Exception:
+                pass
+        for src in dropped:
+            result = src.result()
+            if result is not None:
+                result._fail(VolleyError("the pool was terminated"))
 
     def join(self) -> None:
-        """Waits for the processes to exit (after :meth:`close` or :meth:`terminate`)."""
+        """Waits for the pool's work to end (after :meth:`close` or :meth:`terminate`; after
+        ``terminate``, chunks still running after 2 s have their processes killed)."""
         if self._state == "RUN":
             raise ValueError("Pool is still running")
-        with self._lock:
-            while self._queue or any(s.outstanding for s in self._slots):
-                self._changed.wait(0.1)
-            slots, self._slots = self._slots, []
-        for slot in slots:
-            kill(slot.handle)
+
+        def ended() -> bool:
+            return (
+                not self._sources
+                and not self._inflight
+                and not self._starting
+                and self._feeder is None
+            )
+
+        with self._cond:
+            if self._state != "TERMINATE" or self._cond.wait_for(ended, _TERMINATE_GRACE_S):
+                self._cond.wait_for(ended)
+                return
+            stuck = list(self._inflight)
+        # Chunks that ignore the interrupt of terminate(): their processes are killed (and
+        # replaced), as multiprocessing's terminate() kills its processes.
+        for ref in stuck:
+            try:
+                _cancel_soon(ref, force=True)
+            except Exception:
+                pass
+        with self._cond:
+            self._cond.wait_for(ended)
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -389,16 +724,80 @@ class Pool:
     def __exit__(self, *exc: Any) -> None:
         self.terminate()
 
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) == "RUN" and getattr(self, "_slots", None):
+    def __del__(self, _warn: Callable = warnings.warn) -> None:
+        if self._state == "RUN":
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
             try:
                 self.terminate()
             except Exception:
                 pass
 
 
+def _chunks_of(chunks: list) -> Iterator[tuple[int, Any, None]]:
+    """``(index, items, None)`` per chunk, each let go once handed out."""
+    chunks.reverse()
+    for i in range(len(chunks)):
+        yield i, chunks.pop(), None
+
+
+def _read_chunks(iterable: Iterable, chunksize: int) -> Iterator[tuple[int, Any, Any]]:
+    """``(index, items, None)`` per chunk of ``iterable``, read as they are asked for; an error
+    of the input becomes ``(index, None, error)`` and ends it."""
+    try:
+        it = iter(iterable)
+    except Exception as e:
+        yield 0, None, e
+        return
+    for i in itertools.count():
+        try:
+            chunk = list(itertools.islice(it, chunksize))
+        except Exception as e:
+            yield i, None, e
+            return
+        if not chunk:
+            return
+        yield i, chunk, None
+
+
+def _submit_error(e: BaseException) -> BaseException:
+    """An error submitting a chunk: a pickling failure is a ``SerializationError`` (a
+    ``pickle.PicklingError``) that is also of the class of what failed (as the standard
+    library's pool raises that)."""
+    cause = e.__cause__
+    if isinstance(e, SerializationError) and isinstance(cause, Exception):
+        if isinstance(cause, SerializationError):
+            return e
+        try:
+            cls = type(
+                f"SerializationError({type(cause).__name__})", (SerializationError, type(cause)), {}
+            )
+            err = cls.__new__(cls, *cause.args)
+            err.args = (str(e),)
+            err.__cause__ = cause
+            return err
+        except TypeError:
+            return e
+    return e
+
+
+def _pool_error(e: BaseException) -> BaseException:
+    """What a pool call raises for a chunk's error ``e``."""
+    if (
+        isinstance(e, SerializationError)
+        and not isinstance(e, TaskError)
+        and "could not serialize the result" in str(e)
+    ):
+        # The chunk ran, but its results could not be sent back (the worker's message says
+        # which value): multiprocessing's error for that.
+        return _mp_pool.MaybeEncodingError(e, "the results of the chunk")
+    return original_error(e, _mp_pool.RemoteTraceback)
+
+
 class ApplyResult:
     """The result of ``apply_async`` (and the base of :class:`MapResult`)."""
+
+    # Its pool's: waiting inside a task lends the task's CPU to the pool's chunks.
+    _lending: Callable[[], Any] = contextlib.nullcontext
 
     def __init__(
         self,
@@ -420,15 +819,25 @@ class ApplyResult:
 
     def _part(self, index: int, results: list, error: BaseException | None) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._event.is_set() or self._left == 0:
                 return
             if error is not None and self._error is None:
                 self._error = error
             self._parts[index] = results
             self._left -= 1
             done = self._left == 0 or error is not None
+            if done:
+                self._left = 0
         if done:
             self._finish()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._event.is_set() or self._left == 0:
+                return
+            self._error = error
+            self._left = 0
+        self._finish()
 
     def _finish(self) -> None:
         # Callbacks first, then waiters wake (as in multiprocessing).
@@ -460,15 +869,21 @@ class ApplyResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until it has finished, or ``timeout`` seconds."""
-        self._event.wait(timeout)
+        if not self._event.is_set():
+            with self._lending():
+                self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """Its value: raises the call's exception, or ``multiprocessing.TimeoutError``."""
-        if not self._event.wait(timeout):
+        self.wait(timeout)
+        if not self._event.is_set():
             raise TimeoutError
         if self._error is not None:
             raise self._error
         return self._value()
+
+
+AsyncResult = ApplyResult
 
 
 class MapResult(ApplyResult):
@@ -478,14 +893,17 @@ class MapResult(ApplyResult):
 class _IterResult(Iterator):
     """What ``imap``/``imap_unordered`` return."""
 
-    def __init__(self, ordered: bool):
+    _lending: Callable[[], Any] = contextlib.nullcontext
+
+    def __init__(self, ordered: bool, wake: Callable[[], None]):
         self._ordered = ordered
+        self._wake = wake
         self._cond = threading.Condition()
         self._chunks: dict[int, tuple[list, BaseException | None]] = {}
         self._order: collections.deque[int] = collections.deque()
         self._next = 0
         self._total: int | None = None
-        self._taken = 0
+        self._taken = 0  # chunks handed to the consumer
         self._buffer: collections.deque = collections.deque()
 
     def _expect(self, n: int) -> None:
@@ -497,6 +915,14 @@ class _IterResult(Iterator):
         with self._cond:
             self._chunks[index] = (results, error)
             self._order.append(index)
+            self._cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            index = max([self._next - 1, *self._chunks, *self._order]) + 1
+            self._chunks[index] = ([], error)
+            self._order.append(index)
+            self._total = index + 1 if self._ordered else len(self._chunks) + self._taken
             self._cond.notify_all()
 
     def __next__(self) -> Any:
@@ -512,17 +938,23 @@ class _IterResult(Iterator):
                 want = self._next if self._ordered else None
 
                 def arrived(want: int | None = want) -> bool:
+                    if self._total is not None and self._taken >= self._total:
+                        return True
                     return (want in self._chunks) if want is not None else bool(self._order)
 
-                ok = self._cond.wait_for(arrived, timeout)
-                if not ok:
-                    raise TimeoutError
+                if not arrived():
+                    with self._lending():
+                        if not self._cond.wait_for(arrived, timeout):
+                            raise TimeoutError
+                if self._total is not None and self._taken >= self._total:
+                    raise StopIteration
                 index = want if want is not None else self._order.popleft()
                 if want is not None:
                     self._order.remove(index)
                     self._next += 1
                 results, error = self._chunks.pop(index)
                 self._taken += 1
+            self._wake()  # the pool may read further ahead now
             self._buffer.extend((True, v) for v in results)
             if error is not None:
                 self._buffer.append((False, error))
@@ -530,3 +962,6 @@ class _IterResult(Iterator):
         if not ok:
             raise value
         return value
+
+
+IMapIterator = _IterResult

@@ -497,6 +497,10 @@ pub enum WorkerToNode {
         task: TaskId,
         from: u32,
     },
+    /// This worker exits after the result it just sent (a task asked it to: a pool's
+    /// `maxtasksperchild`): give it no more tasks and take back those queued behind; its exit is
+    /// not a crash.
+    Retire,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {

@@ -190,6 +190,23 @@ fn shutdown(py: Python<'_>, grace: f64) {
     }
 }
 
+/// Set by `retire_worker`: the worker exits once the task running now has sent its result.
+static RETIRE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by a task (not an actor's): this worker process exits cleanly once the task has
+/// returned and its result is sent; the node takes back what was queued behind it and starts
+/// a replacement (a pool's `maxtasksperchild`).
+#[pyfunction]
+fn retire_worker() -> PyResult<()> {
+    match client::current().map(|c| matches!(c.backend, Backend::Worker(_))) {
+        Some(true) => {
+            RETIRE.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        _ => Err(PyRuntimeError::new_err("retire_worker is for tasks running in a worker")),
+    }
+}
+
 /// "driver", "worker", or None when not initialised.
 #[pyfunction]
 fn mode() -> Option<&'static str> {
@@ -933,6 +950,13 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
             break;
         }
         c.flush_decrefs();
+        if RETIRE.swap(false, std::sync::atomic::Ordering::SeqCst)
+            && matches!(spec.actor, ActorPart::None)
+        {
+            // An actor's process is the actor: only a plain task's worker retires.
+            let _ = conn.send(&volley_proto::WorkerToNode::Retire);
+            break;
+        }
     }
     let _ = conn.flush();
     Ok(())
@@ -978,6 +1002,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect_worker, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(mode, m)?)?;
+    m.add_function(wrap_pyfunction!(retire_worker, m)?)?;
     m.add_function(wrap_pyfunction!(register_function, m)?)?;
     m.add_function(wrap_pyfunction!(submit, m)?)?;
     m.add_function(wrap_pyfunction!(put, m)?)?;

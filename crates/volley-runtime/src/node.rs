@@ -1133,6 +1133,7 @@ fn apply(s: &mut Scheduler, w: WorkerId, msg: WorkerToNode, out: &mut Vec<Action
                 }
             }
             WorkerToNode::StreamRelease { task, from } => s.stream_release(h, task, from, out),
+            WorkerToNode::Retire => s.worker_retiring(w, out),
             WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}
         }
     }

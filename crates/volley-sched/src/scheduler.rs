@@ -615,6 +615,23 @@ impl Scheduler {
         self.schedule(out);
     }
 
+    /// A worker said it exits after its current task (see `WorkerToNode::Retire`): it gets no
+    /// more tasks, those queued behind go back to the queue with no attempt used, and a
+    /// replacement starts. Its exit then is that of a retiring worker, not a crash.
+    pub fn worker_retiring(&mut self, id: WorkerId, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state != WorkerState::Alive || w.actor.is_some() {
+            return;
+        }
+        w.state = WorkerState::Retiring;
+        let queued: Vec<TaskId> = w.queue.iter().copied().collect();
+        self.tasks_returned(id, &queued, out);
+        self.top_up(out);
+        self.schedule(out);
+    }
+
     /// A worker died before it connected. Killed from outside, it is only replaced; otherwise it
     /// counts as a failure to start. Either way, after a few in a row the next spawns back off
     /// (50 ms doubling to 1 s), so a broken start does not become a fork loop.

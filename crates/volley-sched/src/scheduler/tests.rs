@@ -372,6 +372,30 @@ fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
 }
 
 #[test]
+fn a_retiring_worker_gives_back_its_queue_for_free_and_is_replaced_once() {
+    let mut h = Harness::started(1.0);
+    let opts = TaskOptions { max_retries: 0, ..Default::default() };
+    let a = h.submit_opts(vec![], opts.clone());
+    let b = h.submit_opts(vec![], opts);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 2, "b is pipelined behind a");
+    let w = ex[0].0;
+    // a's task asked its worker to retire (a pool's maxtasksperchild): its result, then Retire.
+    h.done(w, a.task, 1);
+    h.s.worker_retiring(w, &mut h.out);
+    assert!(h.executed().is_empty(), "no more work for a retiring worker");
+    let new = h.connect_spawned();
+    assert_eq!(new.len(), 1, "a replacement starts at once");
+    assert_eq!(h.executed(), vec![(new[0], b.task)]);
+    // Its exit is no crash: nothing fails, nothing more is spawned.
+    h.s.worker_died(w, WorkerExit::failed("exit code 0"), &mut h.out);
+    assert!(h.connect_spawned().is_empty());
+    h.done(new[0], b.task, 2);
+    assert_eq!((h.value(a), h.value(b)), (Some(1), Some(2)), "b used no retry (it has none)");
+    assert_eq!(h.s.stats().workers_alive, 1);
+}
+
+#[test]
 fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
     let mut h = Harness::started(2.0);
     let (w, _) = h.s.worker_pids()[0];

@@ -1,0 +1,337 @@
+"""volley.multiprocessing.Pool: bugs of issue 16 (1, 3, 9, 10, 13), each against real workers.
+
+1. an open pool shares the CPUs (idle, it holds none; two pools map at the same time);
+3. ``maxtasksperchild`` then ``close()``: ``join()`` returns with every result;
+9. empty inputs give empty results;
+10. ``imap`` reads its input lazily and reports the input's errors at ``next()``;
+13. errors keep their class (remote traceback as ``__cause__``), ``SystemExit`` in a task comes
+    back, an argument that cannot be pickled is a ``pickle.PicklingError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing.pool as mp_pool
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import volley
+from volley.futures import Executor
+from volley.multiprocessing import Pool
+
+pytestmark = pytest.mark.usefixtures("volley_shared")
+
+
+def square(x):
+    return x * x
+
+
+def pid_after(s):
+    time.sleep(s)
+    return os.getpid()
+
+
+def sleepy_square(x):
+    time.sleep(0.3)
+    return x * x
+
+
+@volley.remote
+def remote_square(x):
+    return x * x
+
+
+# --------------------------------------------------------------------------- bug 1
+
+
+def test_an_idle_open_pool_lets_tasks_another_pool_and_an_executor_run():
+    # The node has 2 CPUs; a pool of 2 (or 4) used to hold both for its whole life.
+    with Pool(2) as idle, Pool(4) as idle_too:
+        assert idle.map(square, range(4)) == [0, 1, 4, 9]  # used once, then idle
+        assert idle_too.apply(square, (3,)) == 9
+        assert volley.get([remote_square.remote(i) for i in range(6)], timeout=60) == [
+            i * i for i in range(6)
+        ]
+        with Pool(2) as second:
+            assert second.map_async(square, range(10)).get(timeout=60) == [i * i for i in range(10)]
+        with Executor(max_workers=2) as ex:
+            assert list(ex.map(square, range(5), timeout=60)) == [0, 1, 4, 9, 16]
+
+
+def test_two_pools_mapping_at_the_same_time_both_finish():
+    with Pool(2) as a, Pool(2) as b:
+        ra = a.map_async(sleepy_square, range(6), chunksize=1)
+        rb = b.map_async(sleepy_square, range(6), chunksize=1)
+        assert ra.get(timeout=60) == [i * i for i in range(6)]
+        assert rb.get(timeout=60) == [i * i for i in range(6)]
+
+
+def interval(s):
+    t0 = time.time()
+    time.sleep(s)
+    return t0, time.time()
+
+
+def test_a_pool_keeps_at_most_processes_chunks_in_flight():
+    with Pool(2) as p:
+        spans = sorted(p.map(interval, [0.1] * 8, chunksize=1))
+    # At every chunk's start, at most 2 chunks (it and one other) were running.
+    for start, _ in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+
+
+_INITS: dict = {}
+
+
+def count_init(token):
+    _INITS[token] = _INITS.get(token, 0) + 1
+
+
+def inits_seen(token):
+    return os.getpid(), _INITS.get(token)
+
+
+def test_the_initializer_runs_once_per_process_and_pool():
+    with Pool(2, initializer=count_init, initargs=("a",)) as a:
+        seen = a.map(inits_seen, ["a"] * 20, chunksize=1)
+    assert {n for _, n in seen} == {1}  # each process ran it once, before its first chunk
+    with Pool(2, initializer=count_init, initargs=("b",)) as b:
+        assert {n for _, n in b.map(inits_seen, ["b"] * 6, chunksize=1)} == {1}
+
+
+@volley.remote
+def uses_a_pool(n):
+    with Pool(2) as p:
+        return sum(p.map(square, range(n), chunksize=1)), sorted(p.imap_unordered(square, [1, 2]))
+
+
+def test_tasks_filling_every_cpu_can_each_use_a_pool():
+    # Each task waits for its pool's chunks: waiting lends its CPU to them, as get() does.
+    refs = [uses_a_pool.remote(n) for n in (5, 6, 7)]
+    assert volley.get(refs, timeout=60) == [(30, [1, 4]), (55, [1, 4]), (91, [1, 4])]
+
+
+# --------------------------------------------------------------------------- bug 3
+
+
+def test_maxtasksperchild_then_close_join_returns_every_result():
+    p = Pool(3, maxtasksperchild=1)
+    results = [p.apply_async(sleepy_square, (i,)) for i in range(6)]
+    p.close()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(60), "join() hung: work queued behind retiring processes was lost"
+    assert [r.get(timeout=0) for r in results] == [i * i for i in range(6)]
+
+
+def test_maxtasksperchild_retires_the_process_after_n_chunks_of_the_pool():
+    with Pool(1, maxtasksperchild=1) as p:
+        pids = [p.apply(pid_after, (0,)) for _ in range(4)]
+    assert len(set(pids)) == 4  # each process ran one chunk of this pool, then left
+
+
+def deaf_sleep(s):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminate()'s interrupt is not heard
+    time.sleep(s)
+    return s
+
+
+def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
+    p = Pool(2)
+    deaf = p.apply_async(deaf_sleep, (600,))
+    running = p.apply_async(time.sleep, (600,))
+    r = p.map_async(sleepy_square, range(100), chunksize=1)
+    time.sleep(1.0)  # deaf and running are running, the map waits
+    p.terminate()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(45), "join() after terminate() hung"
+    # Every call fails as terminated (not with the KeyboardInterrupt that stopped its chunk).
+    for res in (r, deaf, running):
+        with pytest.raises(volley.VolleyError, match="terminated"):
+            res.get(timeout=10)
+
+
+# --------------------------------------------------------------------------- bug 9
+
+
+def test_empty_inputs_give_empty_results():
+    with Pool(2) as p:
+        assert p.map(square, []) == []
+        assert p.map_async(square, []).get(timeout=10) == []
+        assert p.starmap(pow, []) == []
+        assert p.starmap_async(pow, []).get(timeout=10) == []
+        assert list(p.imap(square, [])) == []
+        assert list(p.imap_unordered(square, [])) == []
+        with pytest.raises(ValueError, match="Chunksize"):
+            p.map(square, [1], chunksize=0)
+
+
+# --------------------------------------------------------------------------- bug 10
+
+
+def _slow_numbers(n, every, read):
+    for i in range(n):
+        time.sleep(every)
+        read.append(i)
+        yield i
+
+
+def test_imap_yields_before_its_input_is_exhausted():
+    read: list[int] = []
+    with Pool(2) as p:
+        it = p.imap(square, _slow_numbers(20, 0.05, read))
+        assert next(it) == 0
+        # The first result came while most of the input was still unread.
+        assert len(read) < 20
+        assert list(it) == [i * i for i in range(1, 20)]
+
+
+def test_imap_over_an_endless_input_and_read_ahead_is_bounded():
+    with Pool(2) as p:
+        counter = itertools.count()
+        it = p.imap(square, counter)
+        assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+        time.sleep(0.3)
+        # Bounded read-ahead: the pool stopped reading a few chunks ahead of the consumer.
+        assert next(counter) < 100
+        uit = p.imap_unordered(square, itertools.count(), chunksize=3)
+        assert len({next(uit) for _ in range(10)}) == 10
+
+
+class InputBroke(ValueError):
+    pass
+
+
+def _breaks_at(n):
+    yield from range(n)
+    raise InputBroke("the input broke")
+
+
+def test_an_input_error_surfaces_at_next_not_at_the_imap_call():
+    with Pool(2) as p:
+        it = p.imap(square, _breaks_at(3))  # no error here
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(InputBroke):
+            next(it)
+        it = p.imap_unordered(square, _breaks_at(0))
+        with pytest.raises(InputBroke):
+            next(it)
+
+
+def test_an_imap_dropped_unread_does_not_hold_up_join():
+    p = Pool(2)
+    it = p.imap(square, itertools.count())
+    assert next(it) == 0
+    del it
+    p.close()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(60)
+
+
+# --------------------------------------------------------------------------- bug 13
+
+
+def raises_value_error(x):
+    raise ValueError(f"bad {x}")
+
+
+def exits(code):
+    raise SystemExit(code)
+
+
+def interrupted(_):
+    raise KeyboardInterrupt
+
+
+def test_errors_keep_their_own_class_with_the_remote_traceback_as_cause():
+    with Pool(2) as p:
+        with pytest.raises(ValueError) as info:
+            p.apply(raises_value_error, (1,))
+        assert type(info.value) is ValueError and info.value.args == ("bad 1",)
+        cause = info.value.__cause__
+        assert type(cause) is mp_pool.RemoteTraceback
+        assert "raises_value_error" in cause.tb
+        with pytest.raises(ValueError) as info:
+            p.map(raises_value_error, range(3))
+        assert type(info.value) is ValueError
+        got = []
+        r = p.apply_async(raises_value_error, (2,), error_callback=got.append)
+        with pytest.raises(ValueError):
+            r.get(timeout=30)
+        assert type(got[0]) is ValueError
+
+
+def test_system_exit_and_keyboard_interrupt_in_a_task_come_back_not_hang():
+    # multiprocessing's Pool loses the task (its get() hangs); volley re-raises them as
+    # concurrent.futures.ProcessPoolExecutor does, with the remote traceback as the cause.
+    with Pool(1) as p:
+        with pytest.raises(SystemExit) as info:
+            p.apply_async(exits, (3,)).get(timeout=30)
+        assert type(info.value) is SystemExit and info.value.code == 3
+        assert isinstance(info.value.__cause__, mp_pool.RemoteTraceback)
+        with pytest.raises(KeyboardInterrupt):
+            p.map_async(interrupted, [1]).get(timeout=30)
+        assert p.map(square, range(3)) == [0, 1, 4]  # the pool goes on
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle")
+
+
+def test_an_argument_that_cannot_be_pickled_is_a_pickling_error():
+    with Pool(2) as p:
+        with pytest.raises(pickle.PicklingError) as info:
+            p.map(square, [Unpicklable()] * 3)
+        assert isinstance(info.value, RuntimeError)  # the stdlib raises the pickler's error
+        with pytest.raises(pickle.PicklingError):
+            p.apply(square, (threading.Lock(),))
+        assert p.map(square, [2]) == [4]
+
+
+def test_a_pool_left_open_in_a_global_at_exit_does_not_hang(tmp_path):
+    # CPython's test_worker_finalization_via_atexit_handler_of_multiprocessing, with volley's
+    # Pool (the peer suite skips the original: it runs the stdlib's Pool).
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from volley.multiprocessing import Pool\n"
+        "problem = None\n"
+        "class A:\n"
+        "    def __init__(self):\n"
+        "        self.pool = Pool(processes=1)\n"
+        "def test():\n"
+        "    global problem\n"
+        "    problem = A()\n"
+        "    problem.pool.map(float, tuple(range(10)))\n"
+        "if __name__ == '__main__':\n"
+        "    test()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+
+
+def returns_a_lock():
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_be_sent_back_is_a_maybe_encoding_error():
+    with Pool(2) as p:
+        got = []
+        r = p.apply_async(returns_a_lock, error_callback=got.append)
+        with pytest.raises(mp_pool.MaybeEncodingError):
+            r.get(timeout=30)
+        assert isinstance(got[0], mp_pool.MaybeEncodingError)
+        assert p.apply(square, (3,)) == 9
