@@ -102,8 +102,8 @@ fn wait_err(e: WaitError<PyErr>) -> PyErr {
     }
 }
 
-fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> Vec<ObjectId> {
-    refs.iter().map(|r| r.id).collect()
+fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> PyResult<Vec<ObjectId>> {
+    refs.iter().map(|r| r.check_not_inherited().map(|()| r.id)).collect()
 }
 
 fn check_signals() -> PyResult<()> {
@@ -190,13 +190,17 @@ fn shutdown(py: Python<'_>, grace: f64) {
     }
 }
 
+/// In a child just forked: forgets the parent's volley (its node, connection, threads) without
+/// touching it; returns what the parent was ("driver", "worker") or None.
+#[pyfunction]
+fn after_fork_in_child() -> Option<&'static str> {
+    client::after_fork_in_child()
+}
+
 /// "driver", "worker", or None when not initialised.
 #[pyfunction]
 fn mode() -> Option<&'static str> {
-    client::current().map(|c| match c.backend {
-        Backend::Node(_) => "driver",
-        Backend::Worker(_) => "worker",
-    })
+    client::current().map(|c| c.mode())
 }
 
 #[pyfunction]
@@ -263,7 +267,7 @@ fn submit(
         function,
         name,
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns,
         options: TaskOptions {
             cpu_milli,
@@ -339,7 +343,7 @@ fn create_actor<'py>(
         function,
         name: class_name.clone(),
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns: 1,
         options: TaskOptions {
             cpu_milli,
@@ -396,7 +400,7 @@ fn submit_actor_call(
         function: FunctionId([0; 16]),
         name,
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns,
         options: TaskOptions {
             cpu_milli: 0,
@@ -668,7 +672,7 @@ fn get<'py>(
     timeout: Option<f64>,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     let results = py.detach(|| c.get(&ids, timeout, check_signals)).map_err(wait_err)?;
     results.iter().map(|r| result_to_py(py, r)).collect()
@@ -679,7 +683,7 @@ fn get<'py>(
 #[pyfunction]
 fn explain_wait(refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<Vec<String>> {
     match &client()?.backend {
-        Backend::Node(n) => Ok(n.explain_wait(&ids_of(&refs), 3)),
+        Backend::Node(n) => Ok(n.explain_wait(&ids_of(&refs)?, 3)),
         Backend::Worker(_) => Ok(Vec::new()),
     }
 }
@@ -694,7 +698,7 @@ fn wait(
     timeout: Option<f64>,
 ) -> PyResult<Vec<bool>> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     py.detach(|| c.wait(&ids, num_returns, timeout, check_signals)).map_err(wait_err)
 }
@@ -703,6 +707,7 @@ fn wait(
 #[pyo3(signature = (r, force = false))]
 fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool> {
     let c = client()?;
+    r.check_not_inherited()?;
     let id = r.id;
     py.detach(|| c.cancel(id, force)).map_err(to_err)
 }
@@ -711,7 +716,7 @@ fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool
 #[pyfunction]
 fn watch(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<()> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     py.detach(|| c.watch(&ids)).map_err(to_err)
 }
 
@@ -1006,6 +1011,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(complete_task, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::join_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(set_runtime_env, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(register_package, m)?)?;
     m.add_function(wrap_pyfunction!(set_diagnostics_dir, m)?)?;
     m.add_function(wrap_pyfunction!(diagnostics_file, m)?)?;

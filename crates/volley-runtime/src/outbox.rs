@@ -15,6 +15,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -191,18 +192,58 @@ impl Flusher {
     }
 }
 
+/// The flusher (leaked: it lives as long as the process), or null before its first use.
+static FLUSHER: AtomicPtr<Flusher> = AtomicPtr::new(std::ptr::null_mut());
+/// Held while the flusher starts.
+static FLUSHER_START: Mutex<()> = Mutex::new(());
+/// No thread could be started: outboxes are then written at once.
+static FLUSHER_FAILED: AtomicBool = AtomicBool::new(false);
+
 /// The flusher, started on first use; `None` if no thread could be started.
-fn flusher() -> Option<&'static Arc<Flusher>> {
-    static FLUSHER: OnceLock<Option<Arc<Flusher>>> = OnceLock::new();
-    FLUSHER
-        .get_or_init(|| {
-            let f = Arc::new(Flusher { queue: Mutex::new(Vec::new()), cv: Condvar::new() });
-            let g = f.clone();
-            let spawned =
-                std::thread::Builder::new().name("volley-flush".into()).spawn(move || g.run());
-            spawned.ok().map(|_| f)
-        })
-        .as_ref()
+fn flusher() -> Option<&'static Flusher> {
+    let p = FLUSHER.load(Ordering::Acquire);
+    if p.is_null() {
+        return start_flusher();
+    }
+    // SAFETY: a non-null pointer is a leaked `Box<Flusher>`, never freed.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+fn start_flusher() -> Option<&'static Flusher> {
+    let _starting = FLUSHER_START.lock();
+    let p = FLUSHER.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: as in `flusher`.
+        return Some(unsafe { &*p });
+    }
+    if FLUSHER_FAILED.load(Ordering::Acquire) {
+        return None;
+    }
+    let f: &'static Flusher =
+        Box::leak(Box::new(Flusher { queue: Mutex::new(Vec::new()), cv: Condvar::new() }));
+    match std::thread::Builder::new().name("volley-flush".into()).spawn(move || f.run()) {
+        Ok(_) => {
+            FLUSHER.store(f as *const Flusher as *mut Flusher, Ordering::Release);
+            Some(f)
+        }
+        Err(_) => {
+            FLUSHER_FAILED.store(true, Ordering::Release);
+            None
+        }
+    }
+}
+
+/// In a child just forked: the flusher thread did not survive the fork, so the next burst
+/// starts one of this process's own (the parent's flusher and its queue are left as they are).
+pub(crate) fn after_fork_in_child() {
+    if FLUSHER_START.is_locked() {
+        // SAFETY: only the forking thread exists in the child, and it does not hold the lock:
+        // the thread that held it is gone.
+        unsafe { FLUSHER_START.force_unlock() };
+    }
+    FLUSHER.store(std::ptr::null_mut(), Ordering::Release);
+    FLUSHER_FAILED.store(false, Ordering::Release);
 }
 
 /// Writes, in the calling thread, every outbox queued for the flusher thread. Call it before
