@@ -400,6 +400,10 @@ def _init(args: dict, ignore_reinit_error: bool, _daemon: dict | None, auto: boo
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+        # What the first calls import, imported now: a module that one thread is importing
+        # while another forks stays locked for ever in the child (see test_fork).
+        import cloudpickle  # noqa: F401
+
         _init_args = None if _daemon is not None else args
         _auto_started_by = threading.current_thread().name if auto else None
         _forked_from = None
