@@ -144,6 +144,7 @@ def test_executor_workers_use_proxies(volley_shared, manager):
 
 DRIVER = """
 import json, multiprocessing, os, sys
+from multiprocessing.managers import SyncManager
 import volley
 from volley import NodeAffinitySchedulingStrategy as On
 
@@ -154,7 +155,7 @@ def job(d, tag, i):
     return i
 
 if __name__ == "__main__":
-    with multiprocessing.Manager() as m:
+    with {manager} as m:
         d = m.dict()
         volley.init(address={head!r}, token={token!r})
         nodes = [n["node_id"] for n in volley.nodes() if not n["driver"]]
@@ -184,9 +185,12 @@ def test_two_drivers_of_different_keys_share_a_3_node_cluster(tmp_path: Path):
         c.start(False, "127.0.0.2")
         c.start(False, "127.0.0.3")
         procs = []
-        for tag in ("a", "b"):
+        # One Manager on a Unix socket (the default), one on TCP 127.0.0.1.
+        managers = {"a": "multiprocessing.Manager()", "b": 'SyncManager(("127.0.0.1", 0))'}
+        for tag, manager in managers.items():
             script = tmp_path / f"driver_{tag}.py"
-            script.write_text(textwrap.dedent(DRIVER.format(head=c.head, token=c.token, tag=tag)))
+            text = DRIVER.format(head=c.head, token=c.token, tag=tag, manager=manager)
+            script.write_text(textwrap.dedent(text))
             err = open(tmp_path / f"driver_{tag}.stderr", "w")
             p = subprocess.Popen(
                 [sys.executable, str(script)],

@@ -260,7 +260,18 @@ def init(
     or actor class, saying what it waits for and who holds it: ``volley: task 'f' has waited 10
     s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of them)``.
 
-    The first ``.remote()`` call runs ``init()`` with defaults if you have not.
+    The first ``.remote()`` call (or ``put``, an actor, a ``Pool``...) runs ``init()`` with
+    defaults if you have not; when several threads make their first call at once, one starts
+    volley and the others wait for it. An ``init()`` after such an automatic start raises
+    ``RuntimeError`` saying so.
+
+    Tasks and actors run with this process's ``multiprocessing`` authkey (as it is when
+    ``init`` runs), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
+
+    In a process forked from this one (``os.fork``, the ``fork`` start method), volley starts
+    afresh at the child's first call, with these arguments (a cluster driver's child connects
+    again); the parent's ``ObjectRef``s cannot be read there. A child of a worker process raises
+    ``RuntimeError`` at its first call. See ``docs/processes.md``.
 
     >>> ctx = volley.init(num_cpus=2)
     >>> volley.is_initialized()
