@@ -271,3 +271,26 @@ def test_forked_child_in_process(volley_2cpu):
     os.waitpid(child, 0)
     assert got == "42"
     assert volley.get(add.remote(2, 3)) == 5
+
+
+def test_a_child_forked_in_a_task_that_returns_ends_without_touching_the_worker(tmp_path):
+    # The child does not call os._exit: it returns from the task into the worker's loop, whose
+    # connection is the parent's. It must end there, its result never sent.
+    r = run(
+        tmp_path,
+        """
+@volley.remote
+def forks_and_returns():
+    child = os.fork()
+    if child == 0:
+        return "from the child"
+    _, status = os.waitpid(child, 0)
+    return ["from the parent", os.waitstatus_to_exitcode(status)]
+
+volley.init(num_cpus=1)
+first = volley.get(forks_and_returns.remote(), timeout=60)
+later = volley.get([sq.remote(i) for i in range(20)], timeout=60)
+print("RESULT", json.dumps({"first": first, "later": later}), flush=True)
+""",
+    )
+    assert r == {"first": ["from the parent", 0], "later": [i * i for i in range(20)]}
