@@ -106,6 +106,21 @@ class Recorder:
         return x
 
 
+@volley.remote
+class Submitter:
+    def run(self, q, d, ns, i):
+        # A task submitted from an actor's method runs with the actor's driver's key too.
+        return volley.get(fill.remote(q, d, ns, i))
+
+
+def test_tasks_an_actor_submits_carry_the_key(volley_shared, manager):
+    q, d, ns = manager.Queue(), manager.dict(), manager.Namespace()
+    s = Submitter.remote()
+    assert volley.get([s.run.remote(q, d, ns, i) for i in range(3)], timeout=60) == [0, 1, 2]
+    assert drain(q, 3) == [0, 1, 2]
+    volley.kill(s)
+
+
 def test_an_actor_uses_proxies(volley_shared, manager):
     q, d = manager.Queue(), manager.dict()
     r = Recorder.remote(q)

@@ -903,8 +903,11 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 (task.gpus.clone(), spec.options.cpu_milli),
                 spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
             );
-            // Tasks this one submits run in its environment.
-            c.set_runtime_env(spec.options.runtime_env.clone());
+            // Tasks this one submits run in its environment; an actor's method calls carry
+            // none, and run in (and submit tasks in) the one the actor was created in.
+            if !matches!(spec.actor, ActorPart::Call { .. }) {
+                c.set_runtime_env(spec.options.runtime_env.clone());
+            }
             let ans = handler.call1(call)?;
             if ans.is_none() {
                 return Ok(None); // Deferred: reported by `complete_task`.
