@@ -294,3 +294,26 @@ print("RESULT", json.dumps({"first": first, "later": later}), flush=True)
 """,
     )
     assert r == {"first": ["from the parent", 0], "later": [i * i for i in range(20)]}
+
+
+def test_joblib_multiprocessing_backend_nesting_volley(tmp_path):
+    # joblib's "multiprocessing" backend forks its workers; each uses volley, started by a
+    # first call with no init arguments in the parent: one CPU each, not every core.
+    r = run(
+        tmp_path,
+        """
+import joblib
+
+def job(x):
+    workers = set(volley.get([pid.remote() for _ in range(6)], timeout=60))
+    return [volley.get(sq.remote(x), timeout=60), len(workers)]
+
+if __name__ == "__main__":
+    assert volley.get(sq.remote(2)) == 4  # volley started by a first call
+    parallel = joblib.Parallel(n_jobs=2, backend="multiprocessing")
+    got = parallel(joblib.delayed(job)(x) for x in range(4))
+    after = volley.get(sq.remote(9), timeout=60)
+    print("RESULT", json.dumps({"got": got, "after": after}), flush=True)
+""",
+    )
+    assert r == {"got": [[x * x, 1] for x in range(4)], "after": 81}

@@ -269,9 +269,10 @@ def init(
     ``init`` runs), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
 
     In a process forked from this one (``os.fork``, the ``fork`` start method), volley starts
-    afresh at the child's first call, with these arguments (a cluster driver's child connects
-    again); the parent's ``ObjectRef``s cannot be read there. A child of a worker process raises
-    ``RuntimeError`` at its first call. See ``docs/processes.md``.
+    afresh at the child's first call, with these arguments (``num_cpus`` 1 if it is not given
+    here; a cluster driver's child connects again); the parent's ``ObjectRef``s cannot be read
+    there. A child of a worker process raises ``RuntimeError`` at its first call. See
+    ``docs/processes.md``.
 
     >>> ctx = volley.init(num_cpus=2)
     >>> volley.is_initialized()
@@ -529,7 +530,12 @@ def _init_forked_child() -> None:
             f"pid {os.getpid()}, forked from pid {os.getppid()}); start the child with the "
             "'spawn' start method"
         )
-    _init(dict(_init_args), False, None, auto=True)
+    args = dict(_init_args)
+    if args.get("address") is None and args.get("num_cpus") is None:
+        # A forked child is usually one of many siblings (a fork Pool, joblib's multiprocessing
+        # backend): each taking every core would start siblings x cores workers.
+        args["num_cpus"] = 1
+    _init(args, False, None, auto=True)
 
 
 def _after_fork_in_child() -> None:
