@@ -85,11 +85,14 @@ small = volley.put(41)
 big = volley.put(np.arange(1_000_000))  # in the shared-memory store
 held = volley.get(big)  # a mapping of the parent's store, inherited by the child
 parent_workers = set(volley.get([pid.remote() for _ in range(4)]))
+assert sq.remote(6).future().result(timeout=60) == 36  # the parent's futures thread runs
+
 
 def child():
     assert volley.is_initialized() is False  # the parent's volley is not this process's
     out = {"value": volley.get(sq.remote(4), timeout=60)}
     out["workers"] = volley.get([pid.remote() for _ in range(4)], timeout=60)
+    out["future"] = sq.remote(7).future().result(timeout=60)
     out["held_sum"] = int(held.sum())  # the parent's values already read stay readable
     try:
         volley.get(small, timeout=10)
@@ -114,6 +117,7 @@ print("RESULT", json.dumps({
     assert r["code"] == 0, r
     child = r["child"]
     assert child["value"] == 16
+    assert child["future"] == 49
     assert not set(child["workers"]) & set(r["parent_workers"])  # workers of its own
     assert child["held_sum"] == sum(range(1_000_000))
     assert "forked" in child["inherited"], child["inherited"]

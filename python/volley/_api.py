@@ -557,12 +557,13 @@ def _after_fork_in_child() -> None:
             _forked_from = "cluster"
     else:
         _forked_from = "worker"
-    from . import _futures
-
-    # Futures of the parent's refs are the parent's; its completing thread is gone.
-    _futures._lock = threading.Lock()
-    _futures._pending.clear()
-    _futures._thread = None
+    # Futures of the parent's refs are the parent's; its completing thread is gone. (Nothing
+    # is imported here: a module another thread was importing at the fork is locked here.)
+    futures = sys.modules.get(__package__ + "._futures")
+    if futures is not None:
+        futures._lock = threading.Lock()
+        futures._pending.clear()
+        futures._thread = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
