@@ -267,6 +267,48 @@ mod tests {
         (Arc::new(Outbox::new(a).expect("outbox")), b)
     }
 
+    /// A burst's tail, left to the flusher thread, arrives in a forked child too: the parent's
+    /// flusher thread did not survive the fork, and the child starts its own.
+    #[test]
+    fn a_forked_child_gets_a_flusher_of_its_own() {
+        let (warm, _peer) = pair();
+        warm.send_soon(b"x").expect("send"); // the parent's flusher exists from here on
+        for i in 0..64u32 {
+            warm.send_soon(&i.to_be_bytes()).expect("send");
+        }
+        // SAFETY: the child only runs the code below and ends with `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: a watchdog, then this process's own state; nothing of the parent's is used.
+            unsafe { libc::alarm(20) };
+            crate::after_fork_in_child();
+            let (out, peer) = pair();
+            let reader = std::thread::spawn(move || {
+                let mut r = FrameReader::new(&peer);
+                (0..5000u32).all(|i| {
+                    r.next_frame().ok().and_then(|f| f.try_into().ok()).map(u32::from_be_bytes)
+                        == Some(i)
+                })
+            });
+            for i in 0..5000u32 {
+                if out.send_soon(&i.to_be_bytes()).is_err() {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(2) };
+                }
+            }
+            let ok = reader.join().unwrap_or(false);
+            // SAFETY: as above.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `child` is our child; `status` is a valid pointer.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(libc::WIFEXITED(status), "the child was killed (hung?): status {status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
+
     #[test]
     fn a_lone_frame_is_written_at_once() {
         let (out, mut peer) = pair();
