@@ -190,13 +190,6 @@ fn shutdown(py: Python<'_>, grace: f64) {
     }
 }
 
-/// In a child just forked: forgets the parent's volley (its node, connection, threads) without
-/// touching it; returns what the parent was ("driver", "worker") or None.
-#[pyfunction]
-fn after_fork_in_child() -> Option<&'static str> {
-    client::after_fork_in_child()
-}
-
 /// "driver", "worker", or None when not initialised.
 #[pyfunction]
 fn mode() -> Option<&'static str> {
@@ -619,6 +612,13 @@ fn set_runtime_env(json: Option<String>, packages: Vec<String>) -> PyResult<()> 
     let c = client()?;
     c.set_runtime_env(json.map(|json| volley_proto::RuntimeEnv { json, packages }));
     Ok(())
+}
+
+/// In a child just forked: forgets the parent's volley (its node, connection, threads) without
+/// touching it; returns what the parent was ("driver", "worker") or None.
+#[pyfunction]
+fn after_fork_in_child() -> Option<&'static str> {
+    client::after_fork_in_child()
 }
 
 /// Where the node's developer diagnostics go: a file of this driver's own in `path`, created
