@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 _lock = threading.RLock()
 _generation = 0  # bumped by every init/connect; remote functions re-register when it changes
 _atexit_registered = False
+# True once init has finished (or this worker has connected); False again after shutdown.
+# `_ensure_init` reads it without the lock: the fast path of every first-call check.
+_ready = False
+_init_args: dict | None = None  # the running (or last) init's arguments, for a forked child
+_auto_started_by: str | None = None  # the thread whose first call started volley, if one did
+# In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
+# "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
+_forked_from: str | None = None
 
 _EMPTY_ARGS = (EMPTY_ARGS, [], [])
 
@@ -253,18 +261,57 @@ def init(
     or actor class, saying what it waits for and who holds it: ``volley: task 'f' has waited 10
     s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of them)``.
 
-    The first ``.remote()`` call runs ``init()`` with defaults if you have not.
+    The first ``.remote()`` call (or ``put``, an actor, a ``Pool``...) runs ``init()`` with
+    defaults if you have not; when several threads make their first call at once, one starts
+    volley and the others wait for it. An ``init()`` after such an automatic start raises
+    ``RuntimeError`` saying so.
+
+    Tasks and actors run with this process's ``multiprocessing`` authkey (as it is when
+    ``init`` runs), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
+
+    In a process forked from this one (``os.fork``, the ``fork`` start method), volley starts
+    afresh at the child's first call, with these arguments (``num_cpus`` 1 if it is not given
+    here; a cluster driver's child connects again); the parent's ``ObjectRef``s cannot be read
+    there. A child of a worker process raises ``RuntimeError`` at its first call. See
+    ``docs/processes.md``.
 
     >>> ctx = volley.init(num_cpus=2)
     >>> volley.is_initialized()
     True
     >>> volley.shutdown()
     """
-    global _generation, _atexit_registered
+    args = {k: v for k, v in locals().items() if k not in ("ignore_reinit_error", "_daemon")}
+    return _init(args, ignore_reinit_error, _daemon, auto=False)
+
+
+def _init(args: dict, ignore_reinit_error: bool, _daemon: dict | None, auto: bool) -> Context:
+    """``init``, under the lock; ``auto``: the first volley call of some thread started it."""
+    global _generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
+    num_cpus = args["num_cpus"]
+    log_to_driver = args["log_to_driver"]
+    pipeline_depth = args["pipeline_depth"]
+    idle_worker_timeout = args["idle_worker_timeout"]
+    object_store_memory = args["object_store_memory"]
+    object_spill_dir = args["object_spill_dir"]
+    inline_threshold = args["inline_threshold"]
+    num_gpus = args["num_gpus"]
+    resources = args["resources"]
+    address = args["address"]
+    token = args["token"]
+    runtime_env = args["runtime_env"]
+    tls_cert = args["tls_cert"]
+    max_workers = args["max_workers"]
     with _lock:
         if _core.mode() is not None:
             if ignore_reinit_error or _core.mode() == "worker":
                 return Context(num_cpus or 0)
+            if _auto_started_by is not None:
+                raise RuntimeError(
+                    "volley is already initialised: the first volley call (in thread "
+                    f"{_auto_started_by!r}) started it with default settings before this "
+                    "init() ran; call volley.init() before any other volley call, or "
+                    "volley.shutdown() first (or pass ignore_reinit_error=True)"
+                )
             raise RuntimeError(
                 "volley is already initialised; call volley.shutdown() first "
                 "(or pass ignore_reinit_error=True)"
@@ -294,11 +341,12 @@ def init(
             raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
         custom = _check_resources(resources or {}, "init")
         notice_ms = _wait_notice_ms()
-        env_desc, env_packages = None, {}
-        if runtime_env:
-            from . import _runtime_env
+        from . import _runtime_env
 
-            env_desc, env_packages = _runtime_env.build(runtime_env)
+        # Every task and actor carries the environment, and with it this process's
+        # multiprocessing authkey: multiprocessing.Manager proxies passed to tasks then work
+        # (see _runtime_env).
+        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey())
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -335,10 +383,9 @@ def init(
             wait_notice_ms=notice_ms,
         )
         try:
-            if env_desc is not None:
-                for h, data in env_packages.items():
-                    _core.register_package(h, data)
-                _core.set_runtime_env(env_desc, sorted(env_packages))
+            for h, data in env_packages.items():
+                _core.register_package(h, data)
+            _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
                 _core.join_cluster(
                     None,
@@ -366,7 +413,27 @@ def init(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+        # What the first calls import, imported now: a module that one thread is importing
+        # while another forks stays locked for ever in the child (see test_fork).
+        import cloudpickle  # noqa: F401
+
+        _init_args = None if _daemon is not None else args
+        _auto_started_by = threading.current_thread().name if auto else None
+        _forked_from = None
+        _ready = True
         return Context(cpus)
+
+
+def _authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey (what its ``Manager`` servers accept)."""
+    from multiprocessing import process
+
+    return bytes(process.current_process().authkey)
+
+
+# init's arguments as a first call that starts volley passes them: the defaults.
+_INIT_DEFAULTS: dict = {"num_cpus": None, **(init.__kwdefaults__ or {})}
+del _INIT_DEFAULTS["ignore_reinit_error"], _INIT_DEFAULTS["_daemon"]
 
 
 def _wait_notice_ms() -> int:
@@ -390,11 +457,14 @@ def shutdown() -> None:
     >>> volley.is_initialized()
     False
     """
+    global _ready, _auto_started_by
     with _lock:
         if _core.mode() != "driver":
             return
         from . import _futures
 
+        _ready = False
+        _auto_started_by = None
         _core.shutdown(1.0)
         _futures.fail_pending()
 
@@ -425,13 +495,85 @@ def is_initialized() -> bool:
 
 
 def _ensure_init() -> None:
-    if _core.mode() is None:
-        init()
+    """Starts volley with defaults unless it runs (the first call of any thread does this)."""
+    if not _ready:
+        _auto_init()
+
+
+def _auto_init() -> None:
+    # Several threads may make their first call at once: one starts volley, under the lock;
+    # the others wait for the lock, then find it running.
+    with _lock:
+        if _ready:
+            return
+        if _forked_from is not None:
+            _init_forked_child()
+            return
+        if _core.mode() is None:
+            _init(dict(_INIT_DEFAULTS), False, None, auto=True)
+
+
+def _init_forked_child() -> None:
+    """The first volley call in a child forked from a process that ran volley: starts the
+    child's own volley with the parent's ``init`` arguments (a cluster driver's child connects to
+    the cluster again), or raises if the child cannot have one."""
+    was = _forked_from
+    if was == "worker":
+        raise RuntimeError(
+            f"volley cannot be used in a process forked from a volley worker (this is pid "
+            f"{os.getpid()}, forked from pid {os.getppid()}): the worker's connection to its "
+            "node belongs to the parent. Start the child with the 'spawn' or 'forkserver' "
+            "multiprocessing start method, or submit volley tasks instead of forking"
+        )
+    if was == "daemon" or _init_args is None:
+        raise RuntimeError(
+            f"volley cannot be used in a process forked from a volley node daemon (this is "
+            f"pid {os.getpid()}, forked from pid {os.getppid()}); start the child with the "
+            "'spawn' start method"
+        )
+    args = dict(_init_args)
+    if args.get("address") is None and args.get("num_cpus") is None:
+        # A forked child is usually one of many siblings (a fork Pool, joblib's multiprocessing
+        # backend): each taking every core would start siblings x cores workers.
+        args["num_cpus"] = 1
+    _init(args, False, None, auto=True)
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: the parent's volley (its node's threads,
+    its sockets, its shared memory) is not this process's. Forget it without touching it; the
+    child's first volley call starts a volley of its own (see ``_init_forked_child``)."""
+    global _lock, _ready, _generation, _forked_from, _auto_started_by
+    _lock = threading.RLock()  # a thread of the parent may have held it
+    was = _core.after_fork_in_child()
+    if was is None:
+        return
+    _ready = False
+    _auto_started_by = None
+    _generation += 1  # remote functions register again, with the child's node
+    if was == "driver":
+        args = _init_args or {}
+        _forked_from = "daemon" if _init_args is None else "driver"
+        if args.get("address") is not None:
+            _forked_from = "cluster"
+    else:
+        _forked_from = "worker"
+    # Futures of the parent's refs are the parent's; its completing thread is gone. (Nothing
+    # is imported here: a module another thread was importing at the fork is locked here.)
+    futures = sys.modules.get(__package__ + "._futures")
+    if futures is not None:
+        futures._lock = threading.Lock()
+        futures._pending.clear()
+        futures._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _mark_worker_connected() -> None:
-    global _generation
+    global _generation, _ready
     _generation += 1
+    _ready = True
 
 
 def _check_options(options: dict) -> dict:

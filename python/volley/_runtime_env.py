@@ -10,6 +10,12 @@ SHA-256 does not start with its name, and a worker checks it again before it unp
 environment, runs in the unpacked ``working_dir`` (its current directory, and first on
 ``sys.path``), with the ``py_modules`` importable and ``env_vars`` set. A worker that next runs
 a task of another environment (or none) undoes all of it first.
+
+Every driver's environment also holds its ``multiprocessing`` authkey (even without a
+``runtime_env``): its tasks run with ``multiprocessing.current_process().authkey`` set to it, on
+every node, so the driver's ``Manager`` proxies work in them. The key travels inside the tasks
+only (over the worker's socket and the cluster's token-checked links, TLS when the cluster uses
+it); it is never put on a command line, in an environment variable or in a file.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import json
 import os
 import sys
 import types
-import zipfile
 from pathlib import Path
 
 KEYS = ("working_dir", "py_modules", "env_vars")
@@ -31,6 +36,8 @@ MAX_PACKAGE_BYTES = 512 << 20
 
 def _zip_dir(root: Path, prefix: str = "") -> bytes:
     """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
+    import zipfile
+
     buf = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
@@ -69,8 +76,12 @@ def _module_path(m) -> Path:
     return p
 
 
-def build(runtime_env: dict) -> tuple[str, dict[str, bytes]]:
-    """Checks ``runtime_env`` and packs it: (the description workers read, {hash: zip})."""
+def build(runtime_env: dict, authkey: bytes | None = None) -> tuple[str, dict[str, bytes]]:
+    """Checks ``runtime_env`` and packs it: (the description workers read, {hash: zip}).
+
+    ``authkey``: the driver's ``multiprocessing`` authkey, which its tasks run with (see
+    ``apply``). The description travels only inside tasks, over the node's authenticated
+    links, and is never written to a file, a command line or an environment variable."""
     if not isinstance(runtime_env, dict):
         raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
     unknown = set(runtime_env) - set(KEYS)
@@ -101,10 +112,14 @@ def build(runtime_env: dict) -> tuple[str, dict[str, bytes]]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
         raise TypeError("runtime_env: env_vars must map str to str")
     desc["env_vars"] = dict(sorted(env_vars.items()))
+    if authkey is not None:
+        desc["authkey"] = authkey.hex()
     return json.dumps(desc, sort_keys=True), packages
 
 
 def _zip_single(path: Path) -> bytes:
+    import zipfile
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         info = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -148,6 +163,8 @@ def _unpacked(h: str) -> Path:
             f"runtime_env package {h}: {archive} does not match its hash; refusing to run it"
         )
     tmp = base / f".{h}.{os.getpid()}.unpacking"
+    import zipfile
+
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             dest = (tmp / info.filename).resolve()
@@ -190,7 +207,23 @@ def apply(desc: str | None) -> None:
         before = os.environ.get(k)
         os.environ[k] = v
         _undo.append(lambda k=k, before=before: _restore_env(k, before))
+    if d.get("authkey"):
+        _set_authkey(bytes.fromhex(d["authkey"]))
     _current = desc
+
+
+def _set_authkey(key: bytes) -> None:
+    """Runs this worker's tasks with their driver's ``multiprocessing`` authkey, so that the
+    ``Manager`` proxies they receive can reach their servers (and processes they start inherit
+    it, as children of the driver would)."""
+    from multiprocessing import process
+
+    proc = process.current_process()
+    before = proc.authkey
+    if bytes(before) == key:
+        return
+    proc.authkey = key
+    _undo.append(lambda: setattr(proc, "authkey", before))
 
 
 def _push_path(p: str) -> None:

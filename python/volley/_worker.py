@@ -297,7 +297,29 @@ def _apply_env(env) -> None:
     _runtime_env.apply(env)
 
 
-def execute(
+def execute(*call):
+    """Runs one task (see ``_execute``). In a process that a task forked and that returns here
+    instead of exiting, ends that process: the loop it would return to is its parent's, and so
+    is the connection the result would go back on."""
+    ans = None
+    try:
+        ans = _execute(*call)
+        return ans
+    finally:
+        if os.getpid() != _pid:
+            _exit_forked_child(ans)
+
+
+def _exit_forked_child(ans) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0 if ans is not None and ans[0] else 1)
+
+
+def _execute(
     name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, held, env
 ):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or

@@ -6,6 +6,7 @@
 //! Python costs no messages.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,9 +40,44 @@ pub struct Client {
     /// The runtime environment new tasks run in: the driver's, or in a worker the running
     /// task's (so nested tasks inherit it).
     runtime_env: Mutex<Option<volley_proto::RuntimeEnv>>,
+    /// The fork generation it was installed in (see [`fork_generation`]).
+    generation: u64,
 }
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
+
+/// How many forks separate this process from the one that loaded this module (counted by
+/// [`after_fork_in_child`]). A client, or a stored value's mapping, made in an earlier
+/// generation is the parent's: its threads are gone, its sockets are the parent's, and the
+/// child must neither use nor drop it (a drop would write to, or close, the parent's links).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+pub fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
+/// In the child just forked: forgets the parent's client without dropping it (see
+/// [`FORK_GENERATION`]), and the rest of the engine's process state (see
+/// `volley_runtime::after_fork_in_child`). Returns what the parent was: "driver", "worker" or
+/// None.
+pub fn after_fork_in_child() -> Option<&'static str> {
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
+    // Only the forking thread survives a fork; it holds no lock of ours (it was running
+    // Python), so a lock held now was held by a thread that is gone and never lets go.
+    if CLIENT.is_locked_exclusive() {
+        // SAFETY: its holder does not exist in this process.
+        unsafe { CLIENT.force_unlock_write() };
+    }
+    while CLIENT.is_locked() {
+        // SAFETY: as above: each is the shared lock of a thread that is gone.
+        unsafe { CLIENT.force_unlock_read() };
+    }
+    let inherited = CLIENT.write().take();
+    let was = inherited.as_ref().map(|c| c.mode());
+    std::mem::forget(inherited);
+    volley_runtime::after_fork_in_child();
+    was
+}
 
 pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
     let c = Arc::new(Client {
@@ -52,6 +88,7 @@ pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
         ids: volley_proto::IdGenerator::new(),
         deferred_decrefs: Mutex::new(Vec::new()),
         runtime_env: Mutex::new(None),
+        generation: fork_generation(),
     });
     *CLIENT.write() = Some(c.clone());
     c
@@ -97,6 +134,19 @@ pub fn load_received(r: Received) -> Loaded {
 }
 
 impl Client {
+    /// "driver" (it runs a node) or "worker".
+    pub fn mode(&self) -> &'static str {
+        match self.backend {
+            Backend::Node(_) => "driver",
+            Backend::Worker(_) => "worker",
+        }
+    }
+
+    /// True in a process forked from the one that made this client (see [`FORK_GENERATION`]).
+    pub fn is_foreign(&self) -> bool {
+        self.generation != fork_generation()
+    }
+
     pub fn runtime_env(&self) -> Option<volley_proto::RuntimeEnv> {
         self.runtime_env.lock().clone()
     }

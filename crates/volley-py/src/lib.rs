@@ -102,8 +102,8 @@ fn wait_err(e: WaitError<PyErr>) -> PyErr {
     }
 }
 
-fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> Vec<ObjectId> {
-    refs.iter().map(|r| r.id).collect()
+fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> PyResult<Vec<ObjectId>> {
+    refs.iter().map(|r| r.check_not_inherited().map(|()| r.id)).collect()
 }
 
 fn check_signals() -> PyResult<()> {
@@ -210,10 +210,7 @@ fn retire_worker() -> PyResult<()> {
 /// "driver", "worker", or None when not initialised.
 #[pyfunction]
 fn mode() -> Option<&'static str> {
-    client::current().map(|c| match c.backend {
-        Backend::Node(_) => "driver",
-        Backend::Worker(_) => "worker",
-    })
+    client::current().map(|c| c.mode())
 }
 
 #[pyfunction]
@@ -280,7 +277,7 @@ fn submit(
         function,
         name,
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns,
         options: TaskOptions {
             cpu_milli,
@@ -356,7 +353,7 @@ fn create_actor<'py>(
         function,
         name: class_name.clone(),
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns: 1,
         options: TaskOptions {
             cpu_milli,
@@ -413,7 +410,7 @@ fn submit_actor_call(
         function: FunctionId([0; 16]),
         name,
         args: args.data,
-        deps: ids_of(&deps),
+        deps: ids_of(&deps)?,
         num_returns,
         options: TaskOptions {
             cpu_milli: 0,
@@ -634,6 +631,13 @@ fn set_runtime_env(json: Option<String>, packages: Vec<String>) -> PyResult<()> 
     Ok(())
 }
 
+/// In a child just forked: forgets the parent's volley (its node, connection, threads) without
+/// touching it; returns what the parent was ("driver", "worker") or None.
+#[pyfunction]
+fn after_fork_in_child() -> Option<&'static str> {
+    client::after_fork_in_child()
+}
+
 /// Where the node's developer diagnostics go: a file of this driver's own in `path`, created
 /// when the first is written; None: stderr (a daemon's stderr is its log file).
 #[pyfunction]
@@ -685,7 +689,7 @@ fn get<'py>(
     timeout: Option<f64>,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     let results = py.detach(|| c.get(&ids, timeout, check_signals)).map_err(wait_err)?;
     results.iter().map(|r| result_to_py(py, r)).collect()
@@ -696,7 +700,7 @@ fn get<'py>(
 #[pyfunction]
 fn explain_wait(refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<Vec<String>> {
     match &client()?.backend {
-        Backend::Node(n) => Ok(n.explain_wait(&ids_of(&refs), 3)),
+        Backend::Node(n) => Ok(n.explain_wait(&ids_of(&refs)?, 3)),
         Backend::Worker(_) => Ok(Vec::new()),
     }
 }
@@ -711,7 +715,7 @@ fn wait(
     timeout: Option<f64>,
 ) -> PyResult<Vec<bool>> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     py.detach(|| c.wait(&ids, num_returns, timeout, check_signals)).map_err(wait_err)
 }
@@ -720,6 +724,7 @@ fn wait(
 #[pyo3(signature = (r, force = false))]
 fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool> {
     let c = client()?;
+    r.check_not_inherited()?;
     let id = r.id;
     py.detach(|| c.cancel(id, force)).map_err(to_err)
 }
@@ -728,7 +733,7 @@ fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool
 #[pyfunction]
 fn watch(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<()> {
     let c = client()?;
-    let ids = ids_of(&refs);
+    let ids = ids_of(&refs)?;
     py.detach(|| c.watch(&ids)).map_err(to_err)
 }
 
@@ -915,8 +920,11 @@ fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
                 (task.gpus.clone(), spec.options.cpu_milli),
                 spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
             );
-            // Tasks this one submits run in its environment.
-            c.set_runtime_env(spec.options.runtime_env.clone());
+            // Tasks this one submits run in its environment; an actor's method calls carry
+            // none, and run in (and submit tasks in) the one the actor was created in.
+            if !matches!(spec.actor, ActorPart::Call { .. }) {
+                c.set_runtime_env(spec.options.runtime_env.clone());
+            }
             let ans = handler.call1(call)?;
             if ans.is_none() {
                 return Ok(None); // Deferred: reported by `complete_task`.
@@ -1031,6 +1039,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(complete_task, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::join_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(set_runtime_env, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(register_package, m)?)?;
     m.add_function(wrap_pyfunction!(set_diagnostics_dir, m)?)?;
     m.add_function(wrap_pyfunction!(diagnostics_file, m)?)?;

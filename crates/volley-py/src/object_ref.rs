@@ -41,12 +41,32 @@ impl ObjectRef {
         }
         ObjectRef { id, client }
     }
+
+    /// An error if this ref was inherited from the process this one was forked from: its value
+    /// lives in the parent's volley, which this process cannot reach.
+    pub fn check_not_inherited(&self) -> PyResult<()> {
+        match &self.client {
+            Some(c) if c.is_foreign() => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "ObjectRef({}) belongs to the volley of the process this one was forked from; a \
+                 forked child runs a volley of its own and cannot read its parent's objects \
+                 (pass the value itself, or use volley's own Pool or the 'spawn' start method)",
+                self.id.hex()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Drop for ObjectRef {
     fn drop(&mut self) {
-        if let Some(c) = &self.client {
-            c.release(self.id);
+        if let Some(c) = self.client.take() {
+            if c.is_foreign() {
+                // The parent's: its count is the parent's business, and its client is never
+                // dropped here.
+                std::mem::forget(c);
+            } else {
+                c.release(self.id);
+            }
         }
     }
 }

@@ -34,7 +34,20 @@ pub struct Mapped {
 pub struct ShmBuffer {
     ptr: usize,
     len: usize,
-    _guard: Arc<dyn Any + Send + Sync>,
+    guard: std::mem::ManuallyDrop<Arc<dyn Any + Send + Sync>>,
+    /// The fork generation it was made in (see `client::fork_generation`).
+    generation: u64,
+}
+
+impl Drop for ShmBuffer {
+    fn drop(&mut self) {
+        // In a forked child the guard is the parent's pin on the segment: releasing it would
+        // write to the parent's node. The child's copy of the mapping goes with the process.
+        if self.generation == crate::client::fork_generation() {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.guard) };
+        }
+    }
 }
 
 #[pymethods]
@@ -243,7 +256,15 @@ pub fn value_to_py<'py>(
     if total as usize > m.len {
         return Err(PyRuntimeError::new_err("a stored value's layout exceeds its segment"));
     }
-    let owner = Bound::new(py, ShmBuffer { ptr: m.ptr, len: m.len, _guard: m.guard.clone() })?;
+    let owner = Bound::new(
+        py,
+        ShmBuffer {
+            ptr: m.ptr,
+            len: m.len,
+            guard: std::mem::ManuallyDrop::new(m.guard.clone()),
+            generation: crate::client::fork_generation(),
+        },
+    )?;
     let whole = PyMemoryView::from(owner.as_any())?;
     let slice = |start: u64, len: u64| -> PyResult<Bound<'py, PyAny>> {
         let s = PySlice::new(py, start as isize, (start + len) as isize, 1);

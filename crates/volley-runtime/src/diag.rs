@@ -27,6 +27,15 @@ enum Sink {
 
 static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 
+/// In a child just forked: frees the sink's lock if a thread that did not survive the fork
+/// held it.
+pub(crate) fn after_fork_in_child() {
+    if SINK.is_locked() {
+        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
+        unsafe { SINK.force_unlock() };
+    }
+}
+
 /// How serious a diagnostic is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Level {

@@ -32,6 +32,19 @@ pub use tls::{self_signed_cert, TlsConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
 pub use worker_conn::{CurrentTask, ExecuteMsg, Received, Reply, ShmLease, View, WorkerConn};
 
+/// Call in a child process just forked from one that ran volley, in the forking thread, before
+/// anything else of volley's: forgets what belonged to the parent and did not survive the fork
+/// (threads, locks they held, the parent's output forwarding, this thread's splice pipe)
+/// without touching it, so that a node of the child's own can start. What the parent's node
+/// holds (its sockets, its shared memory) must be leaked by the caller, never dropped: dropping
+/// it would close or write the parent's connections.
+pub fn after_fork_in_child() {
+    outbox::after_fork_in_child();
+    logs::after_fork_in_child();
+    diag::after_fork_in_child();
+    volley_store::after_fork_in_child();
+}
+
 /// How often a blocked call wakes up to run its `check` callback.
 pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 

@@ -16,6 +16,16 @@ pub(crate) type Forward = Arc<dyn Fn(RawFd, &[u8]) + Send + Sync>;
 
 static FORWARD: parking_lot::Mutex<Option<Forward>> = parking_lot::Mutex::new(None);
 
+/// In a child just forked: forgets (without running it) the parent's forwarding, which writes
+/// to the parent's cluster links.
+pub(crate) fn after_fork_in_child() {
+    if FORWARD.is_locked() {
+        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
+        unsafe { FORWARD.force_unlock() };
+    }
+    std::mem::forget(FORWARD.lock().take());
+}
+
 /// Sends worker output to `f` too (`None`: stop).
 pub(crate) fn set_forward(f: Option<Forward>) {
     *FORWARD.lock() = f;

@@ -15,6 +15,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -191,18 +192,58 @@ impl Flusher {
     }
 }
 
+/// The flusher (leaked: it lives as long as the process), or null before its first use.
+static FLUSHER: AtomicPtr<Flusher> = AtomicPtr::new(std::ptr::null_mut());
+/// Held while the flusher starts.
+static FLUSHER_START: Mutex<()> = Mutex::new(());
+/// No thread could be started: outboxes are then written at once.
+static FLUSHER_FAILED: AtomicBool = AtomicBool::new(false);
+
 /// The flusher, started on first use; `None` if no thread could be started.
-fn flusher() -> Option<&'static Arc<Flusher>> {
-    static FLUSHER: OnceLock<Option<Arc<Flusher>>> = OnceLock::new();
-    FLUSHER
-        .get_or_init(|| {
-            let f = Arc::new(Flusher { queue: Mutex::new(Vec::new()), cv: Condvar::new() });
-            let g = f.clone();
-            let spawned =
-                std::thread::Builder::new().name("volley-flush".into()).spawn(move || g.run());
-            spawned.ok().map(|_| f)
-        })
-        .as_ref()
+fn flusher() -> Option<&'static Flusher> {
+    let p = FLUSHER.load(Ordering::Acquire);
+    if p.is_null() {
+        return start_flusher();
+    }
+    // SAFETY: a non-null pointer is a leaked `Box<Flusher>`, never freed.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+fn start_flusher() -> Option<&'static Flusher> {
+    let _starting = FLUSHER_START.lock();
+    let p = FLUSHER.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: as in `flusher`.
+        return Some(unsafe { &*p });
+    }
+    if FLUSHER_FAILED.load(Ordering::Acquire) {
+        return None;
+    }
+    let f: &'static Flusher =
+        Box::leak(Box::new(Flusher { queue: Mutex::new(Vec::new()), cv: Condvar::new() }));
+    match std::thread::Builder::new().name("volley-flush".into()).spawn(move || f.run()) {
+        Ok(_) => {
+            FLUSHER.store(f as *const Flusher as *mut Flusher, Ordering::Release);
+            Some(f)
+        }
+        Err(_) => {
+            FLUSHER_FAILED.store(true, Ordering::Release);
+            None
+        }
+    }
+}
+
+/// In a child just forked: the flusher thread did not survive the fork, so the next burst
+/// starts one of this process's own (the parent's flusher and its queue are left as they are).
+pub(crate) fn after_fork_in_child() {
+    if FLUSHER_START.is_locked() {
+        // SAFETY: only the forking thread exists in the child, and it does not hold the lock:
+        // the thread that held it is gone.
+        unsafe { FLUSHER_START.force_unlock() };
+    }
+    FLUSHER.store(std::ptr::null_mut(), Ordering::Release);
+    FLUSHER_FAILED.store(false, Ordering::Release);
 }
 
 /// Writes, in the calling thread, every outbox queued for the flusher thread. Call it before
@@ -224,6 +265,48 @@ mod tests {
     fn pair() -> (Arc<Outbox>, UnixStream) {
         let (a, b) = UnixStream::pair().expect("socketpair");
         (Arc::new(Outbox::new(a).expect("outbox")), b)
+    }
+
+    /// A burst's tail, left to the flusher thread, arrives in a forked child too: the parent's
+    /// flusher thread did not survive the fork, and the child starts its own.
+    #[test]
+    fn a_forked_child_gets_a_flusher_of_its_own() {
+        let (warm, _peer) = pair();
+        warm.send_soon(b"x").expect("send"); // the parent's flusher exists from here on
+        for i in 0..64u32 {
+            warm.send_soon(&i.to_be_bytes()).expect("send");
+        }
+        // SAFETY: the child only runs the code below and ends with `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: a watchdog, then this process's own state; nothing of the parent's is used.
+            unsafe { libc::alarm(20) };
+            crate::after_fork_in_child();
+            let (out, peer) = pair();
+            let reader = std::thread::spawn(move || {
+                let mut r = FrameReader::new(&peer);
+                (0..5000u32).all(|i| {
+                    r.next_frame().ok().and_then(|f| f.try_into().ok()).map(u32::from_be_bytes)
+                        == Some(i)
+                })
+            });
+            for i in 0..5000u32 {
+                if out.send_soon(&i.to_be_bytes()).is_err() {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(2) };
+                }
+            }
+            let ok = reader.join().unwrap_or(false);
+            // SAFETY: as above.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `child` is our child; `status` is a valid pointer.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(libc::WIFEXITED(status), "the child was killed (hung?): status {status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0);
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+/// In a child just forked, in the forking thread: drops this thread's splice pipe, which the
+/// parent's same thread goes on using (closing the child's copies leaves the parent's open).
+pub fn after_fork_in_child() {
+    splice::forget_thread_pipe();
+}
+
 /// Formats a byte count for people.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

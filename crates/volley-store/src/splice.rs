@@ -29,6 +29,11 @@ thread_local! {
     static POOL: RefCell<Option<Pipe>> = const { RefCell::new(None) };
 }
 
+/// Drops this thread's pipe (see `after_fork_in_child`).
+pub(crate) fn forget_thread_pipe() {
+    let _ = POOL.try_with(|p| p.borrow_mut().take());
+}
+
 /// Retries `f` while it is interrupted by a signal.
 fn retry(mut f: impl FnMut() -> rustix::io::Result<usize>) -> io::Result<usize> {
     loop {
