@@ -169,32 +169,6 @@ for _name in _CLASSES:
 del _name
 
 
-def _workers_share_the_authkey() -> bool:
-    import multiprocessing
-
-    @volley.remote
-    def authkey() -> bytes:
-        return bytes(multiprocessing.current_process().authkey)
-
-    return volley.get(authkey.remote()) == bytes(multiprocessing.current_process().authkey)
-
-
-_gced = VolleyProcessPoolExecutorTest.test_ressources_gced_in_workers  # noqa: F821
-
-
-def _test_ressources_gced_in_workers(self):
-    # It passes a multiprocessing.Manager proxy to a worker: that needs the driver's authkey
-    # in the workers (issue 16, bug 2, fixed on its own branch).
-    if not _workers_share_the_authkey():
-        pytest.xfail("volley's workers do not have the driver's authkey (issue 16, bug 2)")
-    _gced(self)
-
-
-VolleyProcessPoolExecutorTest.test_ressources_gced_in_workers = (  # noqa: F821
-    _test_ressources_gced_in_workers
-)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _volley_with_the_module_importable():
     """volley started with the module's folder on sys.path (the workers get the driver's)."""

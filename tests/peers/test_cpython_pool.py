@@ -128,7 +128,5 @@ class TestStdinBadfiledescriptor(cpython.TestStdinBadfiledescriptor):
     # Only the pool's test: a Pool used in a child process started by multiprocessing.
     test_queue_in_process = None
     test_flushing = None
-    # Uses volley's Pool in a fork-started child of this (volley-running) process: that hangs
-    # until issue 16's bug 4 (fork safety) is fixed, on another branch. Remove this skip once
-    # it has landed: the test then passes (or the child fails at once with a clear error).
-    test_pool_in_process = _skip("waits for issue 16 bug 4: volley in a fork-started child")
+    # test_pool_in_process: volley's Pool in a fork-started child of this volley process (the
+    # child starts a volley of its own: docs/processes.md).

@@ -101,8 +101,8 @@ _SKIP: dict[str, str] = {
     " through volley's object store as read-only numpy arrays, not as np.memmap files",
 }
 
-# Tests whose tasks take multiprocessing.Manager proxies: they need workers that hold the
-# driver's authkey (issue 16, bug 2); where volley's workers do not, they are expected to fail.
+# Tests whose tasks take multiprocessing.Manager proxies (workers run with the driver's
+# authkey: docs/processes.md), run with the marks they have, backend swapped or not.
 _MANAGER_PROXIES = {
     "test_dispatch_multiprocessing",
     "test_initializer_context",
@@ -195,30 +195,6 @@ def _scripts_import_volley():
         peer.check_subprocess_call = _peer_check_subprocess_call
 
 
-_manager_proxies_work: bool | None = None
-
-
-@contextlib.contextmanager
-def _needs_manager_proxies():
-    """xfails the test where a volley task cannot use a multiprocessing.Manager proxy."""
-    global _manager_proxies_work
-    if _manager_proxies_work is None:
-        import multiprocessing
-
-        with multiprocessing.Manager() as m:
-            d = m.dict()
-            try:
-                volley.get(volley.remote(len).remote(d), timeout=30)
-                _manager_proxies_work = True
-            except Exception as e:
-                if "AuthenticationError" not in repr(e) + str(e):
-                    raise
-                _manager_proxies_work = False
-    if not _manager_proxies_work:
-        pytest.xfail("volley workers lack the driver's authkey for Manager proxies (bug 2)")
-    yield
-
-
 def _skipped(name: str, reason: str) -> Callable:
     """One skipped test for the peer's test ``name`` (not one per parametrisation)."""
 
@@ -241,7 +217,7 @@ def _collect() -> dict[str, Callable]:
             continue
         swapped = _volley_marks(marks)
         if name in _MANAGER_PROXIES:
-            tests[name] = _wrapped(f, _needs_manager_proxies, swapped)
+            tests[name] = _wrapped(f, contextlib.nullcontext, swapped)
         elif name in _SCRIPTS:
             tests[name] = _wrapped(f, _scripts_import_volley, swapped)
         elif swapped is not None:
