@@ -433,7 +433,12 @@ impl Cluster {
                 id
             }
             PeerMsg::Refused { reason } => return Err(RuntimeError::Refused(reason)),
-            other => return Err(RuntimeError::Refused(format!("unexpected answer {other:?}"))),
+            other => {
+                return Err(RuntimeError::Refused(format!(
+                    "unexpected answer {}",
+                    msg_name(&other)
+                )))
+            }
         };
         *self.me.lock() = id;
         self.shared.state.lock().sched.set_node_id(id);
@@ -473,7 +478,7 @@ impl Cluster {
         let answer = recv(r).map_err(proto)?;
         let answered = start.elapsed();
         let PeerMsg::View { nodes, .. } = answer else {
-            return Err(RuntimeError::Refused(format!("unexpected answer {answer:?}")));
+            return Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&answer))));
         };
         self.set_view(nodes);
         // A late heartbeat can get a live node declared dead: say where the time went.
@@ -950,8 +955,9 @@ impl Cluster {
                         }
                         Ok(other) => {
                             eprintln!(
-                                "volley: node {} sent {other:?} on its head connection; dropped",
-                                id.0
+                                "volley: node {} sent {} on its head connection; dropped",
+                                id.0,
+                                msg_name(&other)
                             );
                             break;
                         }
