@@ -1,7 +1,12 @@
 """Per-task cost of two volley builds, side by side: rows (b), (c), (o), (p) of the suite, each
 measured in fresh driver processes of each build, alternated (A, B, A, B, ...).
 
-Usage: python benchmarks/ab.py PYTHON_A PYTHON_B [--rounds 7]
+Usage: python benchmarks/ab.py PYTHON_A PYTHON_B [--rounds 7] [--adapters]
+
+With ``--adapters``, the rows are the drop-ins' instead (issue 16): ``pm`` Pool(2).map over
+100,000 no-op items, ``pi`` Pool(2).imap over 2,000 items one at a time, ``pa`` 500 sequential
+``Pool.apply``, ``z`` 10,000 ``Executor.submit`` then every result, ``za`` 1,000 sequential
+``submit().result()``, ``w`` joblib ``Parallel(n_jobs=2)`` over 10,000 no-op calls (volley backend).
 
 Each PYTHON is an interpreter with a volley build installed (e.g. a venv with the wheel of an
 older commit, and .venv/bin/python). Each process warms up, then times every row 7 times and
@@ -67,17 +72,87 @@ volley.shutdown()
 """
 
 
+ADAPTERS = r"""
+import json, statistics, time
+import joblib
+import volley
+import volley.joblib
+from volley.futures import Executor
+from volley.multiprocessing import Pool
+
+volley.init(num_cpus=2)
+
+def noop(x=None):
+    return x
+
+pool = Pool(2)
+ex = Executor()
+
+def pm():
+    t = time.perf_counter(); pool.map(noop, range(100_000))
+    return time.perf_counter() - t
+
+def pi():
+    t = time.perf_counter(); list(pool.imap(noop, range(2000)))
+    return time.perf_counter() - t
+
+def pa():
+    t = time.perf_counter()
+    for i in range(500):
+        pool.apply(noop, (i,))
+    return time.perf_counter() - t
+
+def z():
+    t = time.perf_counter()
+    fs = [ex.submit(noop, i) for i in range(10_000)]
+    [f.result() for f in fs]
+    return time.perf_counter() - t
+
+def za():
+    t = time.perf_counter()
+    for i in range(1000):
+        ex.submit(noop, i).result()
+    return time.perf_counter() - t
+
+def w():
+    t = time.perf_counter()
+    with joblib.parallel_config(backend="volley", n_jobs=2):
+        joblib.Parallel()(joblib.delayed(noop)(i) for i in range(10_000))
+    return time.perf_counter() - t
+
+rows = {"pm": pm, "pi": pi, "pa": pa, "z": z, "za": za, "w": w}
+for f in rows.values():
+    f()
+times = {k: [] for k in rows}
+for _ in range(5):
+    for k, f in rows.items():
+        times[k].append(f())
+print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+pool.close(); pool.join(); ex.shutdown()
+volley.shutdown()
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--adapters", action="store_true", help="the drop-ins' rows")
     args = ap.parse_args()
+    program, names = (
+        (ADAPTERS, ["pm", "pi", "pa", "z", "za", "w"])
+        if args.adapters
+        else (
+            ONE_PROCESS,
+            list("bcop"),
+        )
+    )
     runs: dict[str, list[dict]] = {args.a: [], args.b: []}
     for i in range(args.rounds):
         for py in (args.a, args.b):
             out = subprocess.run(
-                [py, "-c", ONE_PROCESS], capture_output=True, text=True, timeout=300, cwd="/"
+                [py, "-c", program], capture_output=True, text=True, timeout=300, cwd="/"
             )
             if out.returncode != 0:
                 sys.stderr.write(out.stderr)
@@ -86,7 +161,7 @@ def main() -> int:
             print(f"round {i + 1} {py}: {runs[py][-1]}", file=sys.stderr)
     print("| row | A | B | B/A |")
     print("|---|---|---|---|")
-    for row in "bcop":
+    for row in names:
         a = [r[row] * 1e3 for r in runs[args.a]]
         b = [r[row] * 1e3 for r in runs[args.b]]
         ma, mb = statistics.median(a), statistics.median(b)
