@@ -85,22 +85,27 @@ volley.init(num_cpus=2)
 def noop(x=None):
     return x
 
-pool = Pool(2)
 ex = Executor()
 
+# Each pool row opens its pool outside the timed region and closes it after: before issue 16 an
+# open pool held every CPU, so the Executor and joblib rows would wait for ever beside one.
+def with_pool(body):
+    pool = Pool(2)
+    pool.map(noop, range(4))
+    t = time.perf_counter()
+    body(pool)
+    took = time.perf_counter() - t
+    pool.close(); pool.join()
+    return took
+
 def pm():
-    t = time.perf_counter(); pool.map(noop, range(100_000))
-    return time.perf_counter() - t
+    return with_pool(lambda pool: pool.map(noop, range(100_000)))
 
 def pi():
-    t = time.perf_counter(); list(pool.imap(noop, range(2000)))
-    return time.perf_counter() - t
+    return with_pool(lambda pool: list(pool.imap(noop, range(2000))))
 
 def pa():
-    t = time.perf_counter()
-    for i in range(500):
-        pool.apply(noop, (i,))
-    return time.perf_counter() - t
+    return with_pool(lambda pool: [pool.apply(noop, (i,)) for i in range(500)])
 
 def z():
     t = time.perf_counter()
@@ -128,7 +133,7 @@ for _ in range(5):
     for k, f in rows.items():
         times[k].append(f())
 print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
-pool.close(); pool.join(); ex.shutdown()
+ex.shutdown()
 volley.shutdown()
 """
 

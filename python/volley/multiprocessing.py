@@ -344,7 +344,16 @@ class Pool:
         with self._cond:
             self._check_running()
             self._sources.append(source)
-            if self._feeder is None:
+        # The chunks of an apply or a map go out from the caller's thread while there is room:
+        # a call then costs no hop through the feeder thread (nor, for a lone apply, that
+        # thread's start). Their later chunks go out as chunks finish (`_finished`). The feeder
+        # thread serves the imaps: their input may run user code, and their consumer's reading
+        # is what lets the next chunks go.
+        if not source.lazy:
+            self._hand_out_cheap()
+        with self._cond:
+            feeder_needed = any(src.lazy or not src.cheap for src in self._sources)
+            if feeder_needed and self._feeder is None and self._state != "TERMINATE":
                 self._feeder = threading.Thread(
                     target=self._feed, name="volley-pool-feeder", daemon=True
                 )
@@ -503,18 +512,28 @@ class Pool:
         finally:
             with self._cond:
                 self._inflight.pop(ref, None)
-                # The next chunk of a map or apply (or an imap of a list) goes out from here at
-                # once: taking it is cheap. An imap's input may be slow: the feeder thread reads it.
-                src = None
-                if self._state != "TERMINATE" and not getattr(_here, "handing_out", False):
-                    src = self._pick()
-                    if src is not None and not src.cheap:
-                        src.busy = False
-                        self._starting -= 1
-                        src = None
                 self._cond.notify_all()
-        if src is not None:
-            _here.handing_out = True  # a chunk done at once calls back here: no recursion
+            # The next chunk of a map or apply (or an imap of a list) goes out from here at
+            # once: taking it is cheap. An imap's input may be slow: the feeder thread reads it.
+            self._hand_out_cheap()
+
+    def _hand_out_cheap(self) -> None:
+        """Hands out chunks that are cheap to take from this thread while there is room. A
+        chunk that finishes at once calls back into ``_finished`` in this thread: that call
+        hands out nothing, and this loop goes on instead (no recursion, no chunk left behind)."""
+        if getattr(_here, "handing_out", False):
+            return
+        while True:
+            with self._cond:
+                src = self._pick() if self._state != "TERMINATE" else None
+                if src is not None and not src.cheap:
+                    src.busy = False
+                    self._starting -= 1
+                    self._cond.notify_all()  # the feeder's to take
+                    src = None
+            if src is None:
+                return
+            _here.handing_out = True
             try:
                 self._hand_out(src)
             finally:
