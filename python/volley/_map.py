@@ -5,15 +5,19 @@ are small and the size then follows the measured time per item, so a chunk holds
 ``_TARGET_CHUNK_S`` of work: a million no-ops travel in a few hundred tasks (the cost is
 pickling), while slow items go one by one (no worker waits behind another's long chunk). At most
 a few chunks per CPU are in flight, so an endless iterable is read only as fast as it is
-consumed. The other adapters (``volley.futures``, ``volley.multiprocessing``, ``volley.joblib``)
-run their chunks with the same task, ``_run_chunk``.
+consumed. ``volley.joblib`` runs its batches with the same chunk runner (``run_items``);
+``volley.multiprocessing`` has a chunk task of its own (a pool's initializer and
+``maxtasksperchild`` go with it). Both report errors with ``capture_error`` and lend a waiting
+task's CPU with ``lending_cpu``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -38,14 +42,16 @@ def _traceback_text(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, tb))
 
 
-def capture_error(e: BaseException, name: str) -> BaseException:
+def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseException:
     """The error ``get`` would raise had the task itself raised ``e`` (the same class as ``e``,
-    with the remote traceback), made in the worker so that it can travel as a value."""
+    with the remote traceback ``tb``, by default ``e``'s from the user's function on), made in
+    the worker so that it can travel as a value."""
     import pickle
 
     from .exceptions import task_error
 
-    tb = _traceback_text(e)
+    if tb is None:
+        tb = _traceback_text(e)
     err = task_error(e, name, tb, os.getpid())
     try:
         pickle.loads(pickle.dumps(err))
@@ -381,3 +387,35 @@ def starmap(
     """
     total = _length((iterable,))
     return MapIterator(fn, iter(iterable), True, total, ordered, chunksize, progress)
+
+
+@contextlib.contextmanager
+def lending_cpu(running: Callable[[], list], name: str) -> Iterator[None]:
+    """While the caller (an adapter inside a task) waits for its own inner calls by other means
+    than ``volley.get``: a thread blocks in volley on ``running()``'s refs meanwhile, so that
+    the task's CPU is lent to them, as ``get`` lends it (without it, outer calls holding every
+    CPU would wait for ever for inner ones). Outside a task it does nothing."""
+    from . import _core
+
+    if _core.mode() != "worker":
+        yield
+        return
+    stop = threading.Event()
+
+    def lend() -> None:
+        while not stop.is_set():
+            refs = running()
+            if refs:
+                try:
+                    wait(refs, num_returns=1, timeout=0.05)
+                except Exception:
+                    pass
+            stop.wait(0.002)
+
+    t = threading.Thread(target=lend, name=name, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from typing import Any, Callable
 
@@ -42,8 +41,8 @@ from joblib.parallel import (
     register_parallel_backend,
 )
 
-from . import _api, _core
-from ._map import total_cpus
+from . import _api
+from ._map import lending_cpu, total_cpus
 from .exceptions import TaskError, original_error
 
 __all__ = ["VolleyBackend", "register"]
@@ -282,35 +281,15 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
             err = original_error(e)
             raise err from err.__cause__
 
-    @contextlib.contextmanager
-    def retrieval_context(self):
-        """Inside a task, joblib waits for the inner calls by polling: a thread blocks in volley
-        on them meanwhile, so the task's CPU is lent to them (no deadlock when every CPU runs
-        an outer call)."""
-        if _core.mode() != "worker":
-            yield
-            return
-        stop = threading.Event()
+    def retrieval_context(self) -> contextlib.AbstractContextManager:
+        """Inside a task, joblib waits for the inner calls by polling: the task's CPU is lent
+        to them meanwhile (no deadlock when every CPU runs an outer call)."""
 
-        def lend() -> None:
-            while not stop.is_set():
-                with self._lock:
-                    refs = list(self._pending)
-                if not refs:
-                    time.sleep(0.002)
-                    continue
-                try:
-                    _api.wait(refs, num_returns=1, timeout=0.05)
-                except Exception:
-                    time.sleep(0.002)
+        def running() -> list:
+            with self._lock:
+                return list(self._pending)
 
-        t = threading.Thread(target=lend, name="volley-joblib-lend", daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
+        return lending_cpu(running, "volley-joblib-lend")
 
 
 def register() -> None:

@@ -67,8 +67,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _api, _core
 from ._api import RemoteFunction, _Bound, _cancel_soon, put, remote
-from ._map import _traceback_text, cpu_share, total_cpus
-from .exceptions import SerializationError, TaskError, VolleyError, original_error, task_error
+from ._map import _traceback_text, capture_error, cpu_share, lending_cpu, total_cpus
+from .exceptions import SerializationError, TaskError, VolleyError, original_error
 
 __all__ = ["Pool", "TimeoutError", "cpu_count"]
 
@@ -131,16 +131,11 @@ def _shared_globals(fn: Any, namespace: dict) -> Any:
 
 def _remote_error(e: BaseException, name: str) -> BaseException:
     """``e`` as a value that travels back: a ``TaskError`` of ``e``'s class with the remote
-    traceback (``SystemExit`` and ``KeyboardInterrupt`` too)."""
-    import os
-    import pickle
-
-    tb = _traceback_text(e)
-    # Start at the user's function: drop the frames of the chunk runner (this file).
-    lines = tb.splitlines(keepends=True)
+    traceback (``SystemExit`` and ``KeyboardInterrupt`` too), from the user's function on."""
+    # Drop the frames of the chunk runner (this file).
     here = f'  File "{__file__}"'
     keep, skip = [], False
-    for line in lines:
+    for line in _traceback_text(e).splitlines(keepends=True):
         if line.startswith(here):
             skip = True
             continue
@@ -148,14 +143,7 @@ def _remote_error(e: BaseException, name: str) -> BaseException:
             continue
         skip = False
         keep.append(line)
-    tb = "".join(keep)
-    err = task_error(e, name, tb, os.getpid())
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        text = f"task '{name}' (pid {os.getpid()}) raised {type(e).__name__}: {e}"
-        return task_error(None, name, tb, os.getpid(), f"{text}\n\nRemote traceback:\n{tb}")
+    return capture_error(e, name, "".join(keep))
 
 
 def _pool_chunk(
@@ -360,34 +348,16 @@ class Pool:
                 self._feeder.start()
             self._cond.notify_all()
 
-    @contextlib.contextmanager
-    def _lending(self) -> Iterator[None]:
-        """While the caller waits for a result: inside a task, a thread waits in volley on the
-        pool's running chunks, so the task's CPU is lent to them (a task that waits for its
-        pool while every CPU runs such a task would otherwise wait forever)."""
-        if _core.mode() != "worker":
-            yield
-            return
-        stop = threading.Event()
+    def _lending(self) -> contextlib.AbstractContextManager:
+        """While the caller waits for a result: inside a task, the task's CPU is lent to the
+        pool's running chunks (a task that waits for its pool while every CPU runs such a task
+        would otherwise wait forever)."""
 
-        def lend() -> None:
-            while not stop.is_set():
-                with self._cond:
-                    refs = list(self._inflight)
-                if refs:
-                    try:
-                        _api.wait(refs, num_returns=len(refs), timeout=0.05)
-                    except Exception:
-                        pass
-                stop.wait(0.002)
+        def running() -> list:
+            with self._cond:
+                return list(self._inflight)
 
-        t = threading.Thread(target=lend, name="volley-pool-lend", daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
+        return lending_cpu(running, "volley-pool-lend")
 
     def _wake(self, *_: Any) -> None:
         with self._cond:
