@@ -907,17 +907,20 @@ def test_named_actors_are_found_from_other_drivers(cluster, tmp_path):
     _poll_actor("registry", present=False)
 
 
-def _settled(read, timeout: float = 10.0):
-    """``read()`` once two reads a few heartbeats apart agree (the view is fresh and nothing
-    is moving)."""
+def _settled(read, timeout: float = 15.0, quiet: float = 1.5):
+    """``read()`` once it has not changed for ``quiet`` seconds: many heartbeats, so the view
+    is fresh and nothing is moving (two reads 0.3 s apart were fooled by a transfer counted
+    0.4 s late)."""
     last = read()
-    deadline = time.monotonic() + timeout
+    since = time.monotonic()
+    deadline = since + timeout
     while time.monotonic() < deadline:
-        time.sleep(0.3)
+        time.sleep(0.1)
         now = read()
-        if now == last:
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
             return now
-        last = now
     return last
 
 
@@ -975,6 +978,9 @@ def test_a_task_on_a_large_result_runs_where_the_result_was_made(cluster):
         me = next(x for x in volley.nodes() if x["node_id"] == node["node_id"])
         return me["bytes_received"], me["store_used"]
 
+    # The node's counters first settle: a transfer from an earlier test can still be counted
+    # a moment after that test ended (seen: 0.4 s), and must not count as this test's.
+    _settled(node_view)
     ref = make.options(scheduling_strategy=pin).remote(n)
     volley.wait([ref])
     received, _ = _settled(node_view)
