@@ -19,6 +19,7 @@ import types
 from typing import Any, Callable
 
 import pytest
+from _peer_tools import skipped
 
 dask = pytest.importorskip("dask")
 import dask.diagnostics.tests.test_progress as peer_progress  # noqa: E402
@@ -120,24 +121,13 @@ def _on_volley(f: Callable) -> Callable:
     return test
 
 
-def _skipped(name: str, reason: str) -> Callable:
-    """One skipped test for the peer's test ``name`` (not one per parametrisation)."""
-
-    def test() -> None:
-        pass
-
-    test.__name__ = name
-    test.pytestmark = [pytest.mark.skip(reason=reason)]
-    return test
-
-
 def _collect() -> dict[str, Callable]:
     tests: dict[str, Callable] = {}
     for module in (peer_local, peer_threaded, peer_callbacks, peer_progress):
         for name, f in vars(module).items():
             if not name.startswith("test_") or not isinstance(f, types.FunctionType):
                 continue
-            t = _on_volley(f) if name not in _SKIP else _skipped(name, _SKIP[name])
+            t = _on_volley(f) if name not in _SKIP else skipped(name, _SKIP[name])
             tests[f"{name}__{module.__name__.rsplit('.', 1)[1]}"] = t
     return tests
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import cloudpickle
 import pytest
+from _peer_tools import skipped
 
 joblib = pytest.importorskip("joblib")
 if tuple(int(p) for p in joblib.__version__.split(".")[:2]) < (1, 6):
@@ -195,17 +196,6 @@ def _scripts_import_volley():
         peer.check_subprocess_call = _peer_check_subprocess_call
 
 
-def _skipped(name: str, reason: str) -> Callable:
-    """One skipped test for the peer's test ``name`` (not one per parametrisation)."""
-
-    def test() -> None:
-        pass
-
-    test.__name__ = name
-    test.pytestmark = [pytest.mark.skip(reason=reason)]
-    return test
-
-
 def _collect() -> dict[str, Callable]:
     tests: dict[str, Callable] = {}
     for name, f in vars(peer).items():
@@ -213,7 +203,7 @@ def _collect() -> dict[str, Callable]:
             continue
         marks = list(getattr(f, "pytestmark", []))
         if name in _SKIP:
-            tests[name] = _skipped(name, _SKIP[name])
+            tests[name] = skipped(name, _SKIP[name])
             continue
         swapped = _volley_marks(marks)
         if name in _MANAGER_PROXIES:
@@ -225,7 +215,7 @@ def _collect() -> dict[str, Callable]:
         elif name in _UNDER_VOLLEY:
             tests[name] = _wrapped(f, lambda: parallel_config(backend="volley"))
         else:
-            tests[name] = _skipped(name, _INTERNALS + " (takes no backend)")
+            tests[name] = skipped(name, _INTERNALS + " (takes no backend)")
     return tests
 
 
