@@ -50,15 +50,7 @@ class ActorPool:
         >>> list(pool.map(lambda a, v: a.double.remote(v), [1, 2]))
         [2, 4]
         """
-        self._drop_pending()
-        for v in values:
-            self.submit(fn, v)
-
-        def results() -> Iterator[Any]:
-            while self.has_next():
-                yield self.get_next()
-
-        return results()
+        return self._submit_all(fn, values, self.get_next)
 
     def map_unordered(
         self, fn: Callable[[ActorHandle, Any], Any], values: Iterable[Any]
@@ -68,13 +60,20 @@ class ActorPool:
         >>> sorted(pool.map_unordered(lambda a, v: a.double.remote(v), [1, 2]))
         [2, 4]
         """
+        return self._submit_all(fn, values, self.get_next_unordered)
+
+    def _submit_all(
+        self, fn: Callable[[ActorHandle, Any], Any], values: Iterable[Any], take: Callable
+    ) -> Iterator[Any]:
+        """``map``'s and ``map_unordered``'s common part: submits every value (after dropping
+        the results not taken yet), then yields ``take()`` while results are left."""
         self._drop_pending()
         for v in values:
             self.submit(fn, v)
 
         def results() -> Iterator[Any]:
             while self.has_next():
-                yield self.get_next_unordered()
+                yield take()
 
         return results()
 
