@@ -310,7 +310,8 @@ class MapIterator(Iterator):
             if self._ordered:
                 ref = next(iter(self._inflight))
             else:
-                ready, _ = wait(list(self._inflight), num_returns=1)
+                # _collect's get fetches the value: wait's fetch would move it twice.
+                ready, _ = wait(list(self._inflight), num_returns=1, fetch_local=False)
                 ref = ready[0]
             self._collect(ref)
             self._fill()
@@ -407,7 +408,8 @@ def lending_cpu(running: Callable[[], list], name: str) -> Iterator[None]:
             refs = running()
             if refs:
                 try:
-                    wait(refs, num_returns=1, timeout=0.05)
+                    # Blocking is the point here, not the values (the caller gets them).
+                    wait(refs, num_returns=1, timeout=0.05, fetch_local=False)
                 except Exception:
                     pass
             stop.wait(0.002)

@@ -98,9 +98,11 @@ def progress(refs: Sequence[Any], desc: str = "", *, file: Any = None) -> list:
     pending = list(dict.fromkeys(refs))
     with Bar(len(pending), desc, file=file) as bar:
         while pending:
-            ready, pending = wait(pending, num_returns=len(pending), timeout=_REDRAW_S)
+            ready, pending = wait(
+                pending, num_returns=len(pending), timeout=_REDRAW_S, fetch_local=False
+            )
             if not ready and pending:
                 # Nothing finished within the redraw interval: wait for at least one.
-                ready, pending = wait(pending, num_returns=1)
+                ready, pending = wait(pending, num_returns=1, fetch_local=False)
             bar.update(len(ready))
     return refs

@@ -135,7 +135,7 @@ class ActorPool:
         out = self._by_index[self._next_return]
         timed_out = False
         if timeout is not None:
-            ready, _ = wait([_first(out)], timeout=timeout)
+            ready, _ = wait([_first(out)], timeout=timeout, fetch_local=False)
             if not ready:
                 if not ignore_if_timedout:
                     raise GetTimeoutError(_TIMED_OUT)
@@ -161,7 +161,9 @@ class ActorPool:
         if not self.has_next():
             raise StopIteration("No more results to get")
         keys = list(self._running)
-        ready, _ = wait([_first(k) for k in keys], num_returns=1, timeout=timeout)
+        ready, _ = wait(
+            [_first(k) for k in keys], num_returns=1, timeout=timeout, fetch_local=False
+        )
         if not ready:
             raise GetTimeoutError(_TIMED_OUT)
         key = keys[[_first(k) for k in keys].index(ready[0])]
