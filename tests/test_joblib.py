@@ -239,11 +239,15 @@ def test_initializer_runs_once_per_worker_before_its_first_task(tmp_path):
         delayed(inits_seen)(d, "b") for _ in range(20)
     )
     assert all(len(s) == 1 for s in seen), seen
-    # A second Parallel call runs its initializer again in workers that ran the first.
+    first_pids = {s[0].split("-")[1] for s in seen}
+    # A second Parallel call runs its initializer again in workers that ran the first (and
+    # once in a worker the first call did not use: the pool may hand the call another one).
     seen = Parallel(n_jobs=2, backend="volley", initializer=record_init, initargs=(d, "b"))(
         delayed(inits_seen)(d, "b") for _ in range(20)
     )
-    assert all(len(s) == 2 for s in seen), seen
+    for s in seen:
+        assert len(s) == (2 if s[0].split("-")[1] in first_pids else 1), seen
+    assert any(s[0].split("-")[1] in first_pids for s in seen), seen
     assert len(list(Path(d).iterdir())) >= 3
 
 
