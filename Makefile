@@ -40,7 +40,10 @@ $(DEPS): pyproject.toml | $(VPY)
 		|| echo "note: could not install libpython3.11-testsuite (CPython's test_concurrent_futures)"
 	touch $@
 
+# The extension is built for the stable ABI (_core.abi3.so); a per-version build left from
+# before would shadow it, so it goes.
 $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml
+	rm -f python/volley/_core.cpython-*.so
 	$(VENV)/bin/maturin develop --release --quiet
 	touch $@
 
