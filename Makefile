@@ -3,7 +3,7 @@
 #   make test   - build, then cargo test and pytest (then the shared-fixture suites again against
 #                 a 3-node cluster on 127.0.0.x: make test-cluster, then the wheel's smoke tests
 #                 in a fresh venv: make test-wheel)
-#   make wheel  - the release wheel (abi3, manylinux2014, stripped) in target/wheels;
+#   make wheel  - the release wheel (abi3, manylinux2014, stripped) in dist/;
 #                 PROFILE=profiling keeps debug info (line tables) for profilers
 #   make bench  - side-by-side benchmark against Ray, Dask, joblib, multiprocessing (own venv)
 #   make lint   - cargo fmt/clippy and ruff
@@ -16,8 +16,10 @@ DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.volley-built
 BENCH_VENV := .venv-bench
 BENCH_DEPS := $(BENCH_VENV)/.deps-installed
-ZIG := $(VENV)/.ziglang-installed
+WHEEL_TOOLS := $(VENV)/.wheel-tools-installed
 PROFILE ?= release
+# Not target/wheels: `pip install .` leaves its own (unaudited) wheel there.
+WHEEL_DIR := dist
 RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml
 PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 
@@ -65,22 +67,23 @@ build-profiling: $(DEPS)
 
 # zig links the wheel against glibc 2.17 (whatever this machine's glibc), for the manylinux2014
 # tag; maturin's audit checks the result. Its build goes to target/x86_64-unknown-linux-gnu/,
-# beside the `make build` one, so neither rebuilds the other.
-$(ZIG): | $(VPY)
-	$(VPY) -m pip install --quiet "ziglang>=0.17,<0.18"
+# beside the `make build` one, so neither rebuilds the other. Only the tools the wheel needs
+# (not the test dependencies): `make wheel` is for users too.
+$(WHEEL_TOOLS): | $(VPY)
+	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "ziglang>=0.17,<0.18"
 	touch $@
 
-wheel: $(DEPS) $(ZIG)
-	rm -rf target/wheels
+wheel: $(WHEEL_TOOLS)
+	rm -rf $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --profile $(PROFILE) --zig --compatibility manylinux2014 \
-		--quiet --out target/wheels
+		--quiet --out $(WHEEL_DIR)
 
 # The wheel, installed with pytest and numpy into a fresh venv in a fresh directory outside the
 # tree (so `import volley` cannot find python/volley), runs tests/smoke there.
 test-wheel: wheel
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT \
 		&& $(PYTHON) -m venv "$$d/venv" \
-		&& "$$d/venv/bin/python" -m pip install --quiet target/wheels/*.whl pytest pytest-timeout numpy \
+		&& "$$d/venv/bin/python" -m pip install --quiet $(WHEEL_DIR)/*.whl pytest pytest-timeout numpy \
 		&& cp tests/smoke/*.py "$$d/" && cd "$$d" \
 		&& env -u VIRTUAL_ENV PATH="$$d/venv/bin:$$PATH" VOLLEY_SMOKE_VENV="$$d/venv" \
 			"$$d/venv/bin/python" -m pytest -q -p no:cacheprovider .
@@ -135,9 +138,9 @@ $(BENCH_DEPS): benchmarks/requirements.txt | $(BENCH_VENV)/bin/python
 bench: $(DEPS) $(BENCH_DEPS) wheel
 	@# The distribution was called `volley` before it became `volley-compute`.
 	$(BENCH_VENV)/bin/python -m pip uninstall --quiet --yes volley 2>/dev/null || true
-	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
 	$(BENCH_VENV)/bin/python -m pip install --quiet "cloudpickle>=2.2"
 	$(BENCH_VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf target $(VENV) $(BENCH_VENV) python/volley/*.so
+	rm -rf target $(WHEEL_DIR) $(VENV) $(BENCH_VENV) python/volley/*.so
