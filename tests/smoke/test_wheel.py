@@ -26,6 +26,8 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def running():
+    if volley.is_initialized():  # left by a module before, in the source tree's own suite
+        volley.shutdown()
     volley.init(num_cpus=2)
     yield
     volley.shutdown()
