@@ -7,7 +7,7 @@ from benchmarks import common
 from benchmarks.systems import _actor_api, _cluster_api, _ref_api
 
 LIBRARIES = ("volley",)
-DISTRIBUTIONS = ("volley",)
+DISTRIBUTIONS = ("volley-compute",)
 
 
 @contextmanager

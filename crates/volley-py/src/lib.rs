@@ -4,6 +4,7 @@
 //! every few milliseconds to let Python raise a pending `KeyboardInterrupt`; no Python object is
 //! touched while the engine works.
 
+mod buffer;
 mod client;
 mod cluster;
 mod object_ref;
