@@ -13,32 +13,12 @@ streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and wh
 """
 
 from . import actor, exceptions, util
-from ._actor import (
-    ActorClass,
-    ActorHandle,
-    ObjectRefGenerator,
-    actor_state,
-    get_actor,
-    kill,
-    method,
-)
-from ._api import (
-    Context,
-    NodeAffinitySchedulingStrategy,
-    RemoteFunction,
-    cancel,
-    get,
-    init,
-    is_initialized,
-    nodes,
-    object_store_stats,
-    put,
-    remote,
-    shutdown,
-    wait,
-)
+from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import ObjectRef
+from ._generator import ObjectRefGenerator
 from ._map import map, starmap
+from ._objects import cancel, get, object_store_stats, put, wait
+from ._options import NodeAffinitySchedulingStrategy
 from ._placement import (
     PlacementGroup,
     PlacementGroupSchedulingStrategy,
@@ -47,6 +27,8 @@ from ._placement import (
     remove_placement_group,
 )
 from ._progress import progress
+from ._remote import remote
+from ._remote_function import RemoteFunction
 from ._runtime_context import (
     RuntimeContext,
     available_resources,
@@ -54,6 +36,7 @@ from ._runtime_context import (
     get_gpu_ids,
     get_runtime_context,
 )
+from ._session import Context, init, is_initialized, nodes, shutdown
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,

@@ -17,12 +17,20 @@ import collections
 import contextlib
 import itertools
 import os
+import pickle
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from ._api import RemoteFunction, _Bound, _cancel_soon, get, put, remote, wait
+from . import _core
+from ._actor import ActorMethod
 from ._core import ObjectRef
+from ._objects import cancel_soon, get, put, wait
+from ._progress import Bar
+from ._remote import remote
+from ._remote_function import BoundRemoteFunction, RemoteFunction
+from ._session import nodes
+from .exceptions import task_error
 
 # How long a chunk should take to run, once the time per item is known.
 _TARGET_CHUNK_S = 0.02
@@ -32,8 +40,10 @@ _MAX_CHUNK = 65536
 _WINDOW_PER_CPU = 3
 
 
-def _traceback_text(e: BaseException) -> str:
-    import traceback
+def traceback_text(e: BaseException) -> str:
+    """``e``'s traceback as text, from the user's function on (the chunk runner's frame left
+    out)."""
+    import traceback  # only on an error: `import volley` stays fast without it
 
     tb = e.__traceback__
     # Start at the user's function: drop the frame of the chunk runner.
@@ -46,12 +56,8 @@ def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseExc
     """The error ``get`` would raise had the task itself raised ``e`` (the same class as ``e``,
     with the remote traceback ``tb``, by default ``e``'s from the user's function on), made in
     the worker so that it can travel as a value."""
-    import pickle
-
-    from .exceptions import task_error
-
     if tb is None:
-        tb = _traceback_text(e)
+        tb = traceback_text(e)
     err = task_error(e, name, tb, os.getpid())
     try:
         pickle.loads(pickle.dumps(err))
@@ -88,9 +94,6 @@ run_chunk = remote(_run_chunk)
 
 def _node_cpus() -> list[float]:
     """CPUs of each node that runs tasks, seen from a driver (empty inside a task)."""
-    from . import _core
-    from ._api import nodes
-
     if _core.mode() != "driver":
         return []
     return [n["num_cpus"] for n in nodes() if not n["driver"]]
@@ -98,8 +101,6 @@ def _node_cpus() -> list[float]:
 
 def total_cpus() -> int:
     """CPUs of the cluster (or of this machine, inside a task)."""
-    from . import _core
-
     ns = _node_cpus()
     if ns:
         return max(1, int(sum(ns)))
@@ -139,7 +140,7 @@ def _task_of(fn: Any) -> tuple[Callable, Any, str]:
     ``@volley.remote`` function keeps its options (CPUs, resources, retries)."""
     if isinstance(fn, RemoteFunction):
         return fn._fn, run_chunk.options(**fn._options), fn._name
-    if isinstance(fn, _Bound):
+    if isinstance(fn, BoundRemoteFunction):
         return fn._rf._fn, run_chunk.options(**fn._options), fn._rf._name
     if not callable(fn):
         raise TypeError(f"map needs a callable, not {type(fn).__name__}")
@@ -150,8 +151,6 @@ def _task_of(fn: Any) -> tuple[Callable, Any, str]:
 def _actor_method(fn: Any) -> Any:
     """``fn`` if it is an actor method (``handle.method``), else None; one that does not return
     exactly one value is refused here, at once."""
-    from ._actor import ActorMethod
-
     if not isinstance(fn, ActorMethod):
         return None
     if fn._num_returns != 1:
@@ -244,8 +243,6 @@ class MapIterator(Iterator):
         self._fn_ref = None if self._actor is not None else put(self._fn)
         self._bar = None
         if progress:
-            from ._progress import Bar
-
             desc = progress if isinstance(progress, str) else self._name
             self._bar = Bar(total, desc)
         self._fill()
@@ -290,7 +287,7 @@ class MapIterator(Iterator):
         self._exhausted = True
         for r in list(self._inflight):
             try:
-                _cancel_soon(r)
+                cancel_soon(r)
             except Exception:
                 pass
         self._inflight.clear()
@@ -396,8 +393,6 @@ def lending_cpu(running: Callable[[], list], name: str) -> Iterator[None]:
     than ``volley.get``: a thread blocks in volley on ``running()``'s refs meanwhile, so that
     the task's CPU is lent to them, as ``get`` lends it (without it, outer calls holding every
     CPU would wait for ever for inner ones). Outside a task it does nothing."""
-    from . import _core
-
     if _core.mode() != "worker":
         yield
         return

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import uuid
 
-from . import _api, _core
+from . import _core
+from ._objects import get
 from ._serialization import dumps
+from ._session import ensure_init
 from .exceptions import GetTimeoutError
 
 TYPE_CHECKING = False
@@ -74,7 +76,7 @@ class PlacementGroup:
         Raises ``UnschedulableError`` if the group can never be placed or was removed.
         """
         try:
-            _api.get(self.ready(), timeout=timeout_seconds)
+            get(self.ready(), timeout=timeout_seconds)
         except GetTimeoutError:
             return False
         return True
@@ -163,7 +165,7 @@ def placement_group(
     >>> volley.get(pg.ready(), timeout=60)  # doctest: +ELLIPSIS
     PlacementGroup(...)
     """
-    _api._ensure_init()
+    ensure_init()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if not isinstance(name, str):
@@ -185,7 +187,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
     """
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"expected a PlacementGroup, not {placement_group!r}")
-    _api._ensure_init()
+    ensure_init()
     _core.pg_remove(placement_group.id)
 
 
@@ -197,7 +199,7 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     >>> volley.placement_group_table(pg)["state"]
     'CREATED'
     """
-    _api._ensure_init()
+    ensure_init()
     table = {d["placement_group_id"]: d for d in _core.pg_table()}
     if placement_group is None:
         return table

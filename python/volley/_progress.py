@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from ._objects import wait
+
 _REDRAW_S = 0.1
 
 
@@ -92,7 +94,6 @@ def progress(refs: Sequence[Any], desc: str = "", *, file: Any = None) -> list:
     >>> volley.get(volley.progress(refs, desc="squares"))[:3]  # doctest: +SKIP
     [0, 1, 4]
     """
-    from ._api import wait
 
     refs = list(refs)
     pending = list(dict.fromkeys(refs))

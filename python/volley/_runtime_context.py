@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from . import _api, _core
+from . import _core
+from ._session import ensure_init
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def _own_node() -> dict[str, Any]:
 def _nodes(what: str) -> list[dict[str, Any]]:
     """The nodes whose resources ``what`` sums: the cluster's (as this driver last heard from
     the head), or this node alone."""
-    _api._ensure_init()
+    ensure_init()
     nodes = list(_core.cluster_nodes())
     if nodes:
         return nodes
@@ -89,6 +90,8 @@ def get_gpu_ids() -> list[int]:
     """
     if _core.mode() != "worker":
         return []
+    # The worker's own module (its __main__, registered under this name): only a worker has
+    # one worth reading, and importing it in a driver would be a waste.
     from . import _worker
 
     return list(_worker._gpu_ids)
@@ -107,7 +110,7 @@ class RuntimeContext:
         >>> volley.get_runtime_context().get_node_id()
         0
         """
-        _api._ensure_init()
+        ensure_init()
         return int(_own_node()["node_id"])
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from .._actor import ActorHandle
-from .._api import get, wait
 from .._core import ObjectRef
+from .._objects import get, wait
 from ..exceptions import GetTimeoutError
 
 TYPE_CHECKING = False

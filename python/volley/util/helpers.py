@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._api import get, wait
+from .._objects import get, wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ supported (see docs/from-ray.md)."""
 
 from __future__ import annotations
 
-from .._api import NodeAffinitySchedulingStrategy
+from .._options import NodeAffinitySchedulingStrategy
 from .._placement import PlacementGroupSchedulingStrategy
 
 __all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]
