@@ -12,7 +12,7 @@ Programs written for Ray run with ``import volley as ray`` where volley has the 
 streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
-from . import actor, exceptions, util
+from . import actor, exceptions
 from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import ObjectRef
 from ._generator import ObjectRefGenerator
@@ -51,6 +51,10 @@ from .exceptions import (
     WorkerCrashedError,
     WorkerStartError,
 )
+
+# isort: split
+# volley.util hands the names above on under Ray's import paths: it is imported after them.
+from . import util
 
 __version__ = "0.1.0"
 

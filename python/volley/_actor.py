@@ -201,6 +201,8 @@ class ActorClass:
         """The same class with some options overridden for the actors made through it.
 
         >>> c = Counter.options(name="global", max_restarts=2).remote()
+        >>> volley.get(c.incr.remote())
+        1
         """
         merged = dict(self._options)
         merged.update(options)
@@ -424,7 +426,7 @@ def _handle_of(actor: Any, what: str) -> ActorHandle:
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the live actor called ``name``; ``ValueError`` if there is none.
 
-    >>> Counter.options(name="hits").remote()
+    >>> hits = Counter.options(name="hits").remote()
     >>> volley.get(volley.get_actor("hits").incr.remote())
     1
     """
@@ -444,7 +446,11 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     ``ActorDiedError``. With ``no_restart=False`` the actor is restarted if its
     ``max_restarts`` allows.
 
+    >>> c = Counter.remote()
     >>> volley.kill(c)
+    >>> volley.get(c.incr.remote())
+    Traceback (most recent call last):
+    volley.exceptions.ActorDiedError: ...
     """
     _core.kill_actor(_handle_of(actor, "kill")._actor_ref, bool(no_restart))
 
@@ -454,6 +460,9 @@ def actor_state(actor: ActorHandle) -> dict | None:
     ``DEAD``), ``restarts``, ``pid``, ``class_name``, ``name``, ``namespace``,
     ``death_cause`` and ``pending_calls``; None once it is forgotten.
 
+    >>> c = Counter.remote()
+    >>> volley.get(c.incr.remote())
+    1
     >>> volley.actor_state(c)["state"]
     'ALIVE'
     """

@@ -42,7 +42,14 @@ _WINDOW_PER_CPU = 3
 
 def traceback_text(e: BaseException) -> str:
     """``e``'s traceback as text, from the user's function on (the chunk runner's frame left
-    out)."""
+    out).
+
+    >>> try:
+    ...     1 / 0
+    ... except ZeroDivisionError as e:
+    ...     print(library.traceback_text(e).splitlines()[-1])
+    ZeroDivisionError: division by zero
+    """
     import traceback  # only on an error: `import volley` stays fast without it
 
     tb = e.__traceback__
@@ -55,7 +62,12 @@ def traceback_text(e: BaseException) -> str:
 def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseException:
     """The error ``get`` would raise had the task itself raised ``e`` (the same class as ``e``,
     with the remote traceback ``tb``, by default ``e``'s from the user's function on), made in
-    the worker so that it can travel as a value."""
+    the worker so that it can travel as a value.
+
+    >>> err = library.capture_error(KeyError("k"), "lookup")
+    >>> isinstance(err, KeyError), isinstance(err, volley.TaskError)
+    (True, True)
+    """
     if tb is None:
         tb = traceback_text(e)
     err = task_error(e, name, tb, os.getpid())
@@ -69,7 +81,12 @@ def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseExc
 
 def run_items(fn: Callable, items: list, star: bool, name: str) -> tuple[list, float, Any]:
     """Calls ``fn`` on each item (``fn(*item)`` with ``star``): ``(results, seconds, error)``;
-    on the first item that raises, the results before it and that item's error."""
+    on the first item that raises, the results before it and that item's error.
+
+    >>> results, seconds, error = library.run_items(pow, [(2, 3), (3, 2)], True, "pow")
+    >>> results, error
+    ([8, 9], None)
+    """
     t0 = time.perf_counter()
     out = []
     append = out.append
@@ -100,7 +117,14 @@ def _node_cpus() -> list[float]:
 
 
 def total_cpus() -> int:
-    """CPUs of the cluster (or of this machine, inside a task)."""
+    """CPUs of the cluster (or of this machine, inside a task).
+
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> library.total_cpus()
+    2
+    >>> volley.shutdown()
+    """
     ns = _node_cpus()
     if ns:
         return max(1, int(sum(ns)))
@@ -117,8 +141,11 @@ def cpu_share(processes: int) -> float:
     At most one CPU each. Shares are packed node by node, so three processes on two 1-CPU
     nodes get 0.5 each (two fit on one node, one on the other), not 0.666 (one per node).
 
-    >>> cpu_share(4)  # doctest: +SKIP
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> library.cpu_share(4)
     0.5
+    >>> volley.shutdown()
     """
     per_node = [round(c * 1000) for c in _node_cpus()]
     if not any(per_node):
@@ -392,7 +419,12 @@ def lending_cpu(running: Callable[[], list], name: str) -> Iterator[None]:
     """While the caller (an adapter inside a task) waits for its own inner calls by other means
     than ``volley.get``: a thread blocks in volley on ``running()``'s refs meanwhile, so that
     the task's CPU is lent to them, as ``get`` lends it (without it, outer calls holding every
-    CPU would wait for ever for inner ones). Outside a task it does nothing."""
+    CPU would wait for ever for inner ones). Outside a task it does nothing.
+
+    >>> pending = []  # the refs the caller waits for, by its own means
+    >>> with library.lending_cpu(lambda: pending, "my-lib-lend"):
+    ...     pass  # wait for them here
+    """
     if _core.mode() != "worker":
         yield
         return

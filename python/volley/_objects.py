@@ -133,7 +133,14 @@ def wait(
     ready once its next item is (``next`` then returns that item's ref at once), or once the
     stream has ended (``next`` raises ``StopIteration``).
 
-    >>> ready, rest = volley.wait([fast.remote(), slow.remote()], num_returns=1)
+    >>> @volley.remote
+    ... def after(seconds):
+    ...     import time
+    ...     time.sleep(seconds)
+    ...     return seconds
+    >>> ready, rest = volley.wait([after.remote(0), after.remote(3)], num_returns=1)
+    >>> volley.get(ready), len(rest)
+    ([0], 1)
     """
     if isinstance(refs, (list, tuple)) and any(type(r) is not ObjectRef for r in refs):
         if any(isinstance(r, ObjectRefGenerator) for r in refs):
@@ -264,8 +271,15 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     ``CANCEL_WAIT_S`` (2 s), so that a task queued there does not start after ``cancel``
     returns. A running task that ignores the interrupt for longer finishes cancelling later.
 
+    >>> @volley.remote
+    ... def sleepy(seconds):
+    ...     import time
+    ...     time.sleep(seconds)
     >>> ref = sleepy.remote(60)
     >>> volley.cancel(ref)
+    >>> volley.get(ref)
+    Traceback (most recent call last):
+    volley.exceptions.TaskCancelledError: ...
     """
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}")
@@ -275,5 +289,15 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
 
 def cancel_soon(ref: ObjectRef, force: bool = False) -> None:
     """``cancel`` without waiting for a task on another node to be cancelled there (the
-    adapters stopping work nobody waits for)."""
+    adapters stopping work nobody waits for).
+
+    >>> @volley.remote
+    ... def nap():
+    ...     import time; time.sleep(60)
+    >>> ref = nap.remote()
+    >>> library.cancel_soon(ref, force=True)
+    >>> volley.get(ref)
+    Traceback (most recent call last):
+    volley.exceptions.TaskCancelledError: ...
+    """
     _core.cancel(ref, force)

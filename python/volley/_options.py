@@ -27,8 +27,13 @@ class NodeAffinitySchedulingStrategy:
     died is not restarted elsewhere); with ``soft=True`` it runs there if it can, else
     anywhere.
 
-    >>> box = next(n["node_id"] for n in volley.nodes() if "GPU" in n["resources"])
-    >>> f.options(scheduling_strategy=NodeAffinitySchedulingStrategy(box)).remote()
+    >>> @volley.remote
+    ... def where():
+    ...     return volley.get_runtime_context().get_node_id()
+    >>> box = 0  # a node_id from volley.nodes() (e.g. the one with a GPU)
+    >>> s = NodeAffinitySchedulingStrategy(box, soft=True)  # there if it can, else anywhere
+    >>> volley.get(where.options(scheduling_strategy=s).remote())
+    0
     """
 
     def __init__(self, node_id: int, soft: bool = False):
@@ -71,7 +76,14 @@ def requests(opts: dict, default_cpus: float, where: str) -> tuple[float, list]:
 
 def check_options(options: dict) -> dict:
     """``options`` (of ``@volley.remote(...)`` or ``.options(...)``) if they are valid task
-    options; raises ``TypeError``/``ValueError`` naming the first that is not."""
+    options; raises ``TypeError``/``ValueError`` naming the first that is not.
+
+    >>> library.check_options({"num_cpus": 2, "max_retries": 0})
+    {'num_cpus': 2, 'max_retries': 0}
+    >>> library.check_options({"num_cpu": 2})
+    Traceback (most recent call last):
+    TypeError: unknown option(s) ['num_cpu']; known: [...]
+    """
     unknown = set(options) - TASK_OPTIONS
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(TASK_OPTIONS)}")

@@ -139,7 +139,12 @@ class RemoteFunction(Shipped):
     def options(self, **options: Any) -> BoundRemoteFunction:
         """The same function with some options overridden for the calls made through it.
 
-        >>> a, b = divmod_task.options(num_returns=2).remote(7, 2)
+        >>> @volley.remote
+        ... def divide(a, b):
+        ...     return divmod(a, b)
+        >>> q, r = divide.options(num_returns=2).remote(7, 2)
+        >>> volley.get([q, r])
+        [3, 1]
         """
         merged = dict(self._options)
         merged.update(options)

@@ -61,8 +61,10 @@ def cluster_resources() -> dict[str, float]:
     a task or actor on a cluster's node it raises ``RuntimeError`` (call it in the driver).
 
     >>> volley.init(num_cpus=2, resources={"disk": 1})
+    volley.Context(num_cpus=2)
     >>> volley.cluster_resources()["CPU"], volley.cluster_resources()["disk"]
     (2.0, 1.0)
+    >>> volley.shutdown()
     """
     return _resources(free=False)
 
@@ -71,8 +73,11 @@ def available_resources() -> dict[str, float]:
     """The resources free now, with the keys of ``cluster_resources()`` (Ray's
     ``ray.available_resources()``). CPUs lent by a task blocked in ``get`` count as free.
 
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
     >>> volley.available_resources()["CPU"]
     2.0
+    >>> volley.shutdown()
     """
     return _resources(free=True)
 
@@ -85,7 +90,7 @@ def get_gpu_ids() -> list[int]:
     >>> @volley.remote(num_gpus=1)
     ... def which():
     ...     return volley.get_gpu_ids()
-    >>> volley.get(which.remote())
+    >>> volley.get(which.remote())  # doctest: +SKIP
     [0]
     """
     if _core.mode() != "worker":

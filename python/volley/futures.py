@@ -358,6 +358,7 @@ class Executor(cf.Executor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         """Schedules ``fn(*args, **kwargs)``; returns its ``Future``.
 
+        >>> ex = Executor(max_workers=2)
         >>> ex.submit(sum, [1, 2, 3]).result()
         6
         """

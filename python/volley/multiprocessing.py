@@ -516,6 +516,7 @@ class Pool:
     def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None) -> Any:
         """``func(*args, **kwds)`` in a pool process; waits for it.
 
+        >>> p = Pool(2)
         >>> p.apply(pow, (2, 5))
         32
         """
@@ -632,6 +633,7 @@ class Pool:
 
         >>> sorted(p.imap_unordered(abs, [-1, 2]))
         [1, 2]
+        >>> p.terminate()
         """
         return self._imap(func, iterable, chunksize, ordered=False)
 
