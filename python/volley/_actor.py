@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from typing import Generic, TypeVar
 
 from . import _core
 from ._core import ObjectRef
@@ -25,6 +26,10 @@ from .exceptions import SerializationError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
+
+#: The class ``@volley.remote`` made an actor class of (for a type checker: ``A.remote()`` is an
+#: ``ActorHandle[A]``).
+T = TypeVar("T")
 
 _ACTOR_OPTIONS = {
     "num_cpus",
@@ -141,7 +146,7 @@ def _method_shapes(cls: type, methods: dict) -> dict[str, Shape | None]:
     return out
 
 
-class ActorClass:
+class ActorClass(Generic[T]):
     """A class made remote with ``@volley.remote``: ``Cls.remote(*args)`` starts an actor.
 
     Options (on the decorator or ``Cls.options(...)``): ``num_cpus`` (held for the actor's
@@ -164,7 +169,7 @@ class ActorClass:
     [11, 12, 13]
     """
 
-    def __init__(self, cls: type, options: dict):
+    def __init__(self, cls: type[T], options: dict):
         self._cls = cls
         self._options = _check_actor_options(dict(options))
         self._shipped = Shipped()
@@ -197,7 +202,7 @@ class ActorClass:
         state["_check"] = UNSET
         return state
 
-    def options(self, **options: Any) -> _BoundActorClass:
+    def options(self, **options: Any) -> _BoundActorClass[T]:
         """The same class with some options overridden for the actors made through it.
 
         >>> c = Counter.options(name="global", max_restarts=2).remote()
@@ -208,7 +213,7 @@ class ActorClass:
         merged.update(options)
         return _BoundActorClass(self, _check_actor_options(merged))
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Starts an actor (in a new process) and returns its handle at once.
 
         ``__init__`` runs in the actor's process; if it raises, every call on the handle raises
@@ -229,7 +234,7 @@ class ActorClass:
             self._meta = (pickle.dumps(meta, 5), meta)
         return self._meta
 
-    def _create(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
+    def _create(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle[T]:
         name = self._cls.__qualname__
         check = self._check
         if check is UNSET:
@@ -267,17 +272,17 @@ class ActorClass:
         return ActorHandle(ref, meta_bytes)
 
 
-class _BoundActorClass:
+class _BoundActorClass(Generic[T]):
     """An actor class with options fixed by ``.options(...)``."""
 
-    def __init__(self, ac: ActorClass, options: dict):
+    def __init__(self, ac: ActorClass[T], options: dict):
         self._ac = ac
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         return self._ac._create(args, kwargs, self._options)
 
-    def options(self, **options: Any) -> _BoundActorClass:
+    def options(self, **options: Any) -> _BoundActorClass[T]:
         merged = dict(self._options)
         merged.update(options)
         return _BoundActorClass(self._ac, _check_actor_options(merged))
@@ -304,7 +309,7 @@ def _pack_args(args: tuple, kwargs: dict, deps: list, what: str) -> tuple:
         raise SerializationError(describe_unpicklable(args, kwargs, what, e)) from e
 
 
-class ActorHandle:
+class ActorHandle(Generic[T]):
     """A handle on an actor: ``handle.method.remote(...)`` calls a method and returns an
     ``ObjectRef``. Handles pickle: pass them to tasks and other actors, which can call them.
 

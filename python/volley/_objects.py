@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TypeVar, overload
 
 from . import _core
 from ._core import ObjectRef
@@ -11,9 +12,12 @@ from ._serialization import describe_unpicklable_code, dumps, unpack
 from ._session import ensure_init
 from .exceptions import GetTimeoutError, SerializationError
 
-TYPE_CHECKING = False  # without importing typing, a slow import
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
+
+#: A value's type, for a type checker: ``get(ObjectRef[R])`` is an ``R``.
+R = TypeVar("R")
 
 
 def _refs_list(refs: Any, what: str) -> list[ObjectRef]:
@@ -25,6 +29,10 @@ def _refs_list(refs: Any, what: str) -> list[ObjectRef]:
     return list(refs)
 
 
+@overload
+def get(refs: ObjectRef[R], *, timeout: float | None = None) -> R: ...
+@overload
+def get(refs: Sequence[ObjectRef[R]], *, timeout: float | None = None) -> list[R]: ...
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
     """Waits for refs and returns their values (a list for a list).
 
@@ -61,7 +69,7 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     return [unpack(r) for r in results]
 
 
-def put(value: Any) -> ObjectRef:
+def put(value: R) -> ObjectRef[R]:
     """Stores a value and returns a ref to it, to pass to many tasks without re-sending it.
 
     A value of ``inline_threshold`` bytes or more (see ``init``) is written into the node's
@@ -109,12 +117,12 @@ def object_store_stats(objects: bool = False) -> dict:
 
 
 def wait(
-    refs: Sequence[ObjectRef],
+    refs: Sequence[ObjectRef[R]],
     *,
     num_returns: int = 1,
     timeout: float | None = None,
     fetch_local: bool = True,
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]]:
     """Waits until ``num_returns`` refs are ready or ``timeout`` seconds pass.
 
     Returns ``(ready, not_ready)``, each in the order given; ``ready`` holds at most

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+from typing import TypeVar, overload
+
 from ._actor import ActorClass
 from ._options import check_options
-from ._remote_function import RemoteFunction
+from ._remote_function import P, R, RemoteFunction
 
-TYPE_CHECKING = False  # without importing typing, a slow import
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable, Protocol
+
+    class _Decorator(Protocol):
+        """What ``@volley.remote(option=...)`` returns: a decorator keeping the types."""
+
+        @overload
+        def __call__(self, obj: type[T], /) -> ActorClass[T]: ...
+        @overload
+        def __call__(self, obj: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
 
-def remote(*args: Any, **options: Any):
+T = TypeVar("T")
+
+
+@overload
+def remote(obj: type[T], /) -> ActorClass[T]: ...
+@overload
+def remote(obj: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(
+    *,
+    num_cpus: float = ...,
+    num_gpus: float = ...,
+    resources: dict[str, float] = ...,
+    num_returns: int | str = ...,
+    max_retries: int = ...,
+    retry_exceptions: bool = ...,
+    name: str = ...,
+    scheduling_strategy: Any = ...,
+    **actor_options: Any,
+) -> _Decorator: ...
+def remote(*args: Any, **options: Any) -> Any:
     """Makes a function run remotely: ``@volley.remote`` or ``@volley.remote(num_cpus=2, ...)``.
 
     Options: ``num_cpus`` (CPUs held while it runs, default 1), ``num_gpus``, ``resources``
@@ -40,7 +70,7 @@ def remote(*args: Any, **options: Any):
     return lambda obj: _make_remote(obj, options)
 
 
-def _make_remote(obj: Any, options: dict):
+def _make_remote(obj: Any, options: dict) -> Any:
     if isinstance(obj, type):
         return ActorClass(obj, options)
     return RemoteFunction(obj, check_options(options))

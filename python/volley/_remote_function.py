@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
+from typing import Generic, TypeVar
 
 from . import _core, _session
 from ._core import ObjectRef
@@ -23,9 +25,21 @@ from ._session import ensure_init
 from ._signature import checker
 from .exceptions import SerializationError
 
-TYPE_CHECKING = False  # without importing typing, a slow import
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
+
+    # Only a type checker reads this import (its stubs come with it): no runtime dependency.
+    from typing_extensions import ParamSpec
+elif sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # Python 3.9 has no ParamSpec; at run time Generic only needs a type variable.
+    ParamSpec = TypeVar
+
+#: The parameters and the return type of the function ``@volley.remote`` made remote: a type
+#: checker sees ``f.remote(...)`` take the function's arguments and give ``ObjectRef[R]``.
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: No arguments, packed as ``_core.submit`` takes them (data, buffers, contained refs).
 EMPTY_PACKED = (EMPTY_ARGS, [], [])
@@ -94,7 +108,7 @@ class Shipped:
         return fid
 
 
-class RemoteFunction(Shipped):
+class RemoteFunction(Shipped, Generic[P, R]):
     """A function that runs as a task in a worker process; made by ``@volley.remote``.
 
     ``f.remote(*args, **kwargs)`` submits a call and returns an ``ObjectRef`` at once (a list of
@@ -108,7 +122,7 @@ class RemoteFunction(Shipped):
     6
     """
 
-    def __init__(self, fn: Callable, options: dict):
+    def __init__(self, fn: Callable[P, R], options: dict):
         self._fn = fn
         self._options = check_options(dict(options))
         self._name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "task")
@@ -136,7 +150,7 @@ class RemoteFunction(Shipped):
     def __repr__(self) -> str:
         return f"<volley.RemoteFunction {self._name}>"
 
-    def options(self, **options: Any) -> BoundRemoteFunction:
+    def options(self, **options: Any) -> BoundRemoteFunction[P, R]:
         """The same function with some options overridden for the calls made through it.
 
         >>> @volley.remote
@@ -150,15 +164,17 @@ class RemoteFunction(Shipped):
         merged.update(options)
         return BoundRemoteFunction(self, check_options(merged))
 
-    def remote(self, *args: Any, **kwargs: Any):
-        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``).
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
+        """Submits a call; returns an ``ObjectRef`` (or a list of them for ``num_returns > 1``,
+        an ``ObjectRefGenerator`` for a streaming generator: a type checker sees the common
+        case).
 
         Arguments that do not fit the function's signature raise ``TypeError`` here, before
         anything is submitted; unpicklable ones raise ``SerializationError``.
         """
         return self._submit(args, kwargs, self._options)
 
-    def _submit(self, args: tuple, kwargs: dict, opts: dict):
+    def _submit(self, args: tuple, kwargs: dict, opts: dict) -> Any:
         check = self._check
         if check is not None:
             if check is UNSET:
@@ -222,17 +238,17 @@ def as_dep(value: Any, deps: list) -> Any:
     return value
 
 
-class BoundRemoteFunction:
+class BoundRemoteFunction(Generic[P, R]):
     """A remote function with options fixed by ``.options(...)``."""
 
-    def __init__(self, rf: RemoteFunction, options: dict):
+    def __init__(self, rf: RemoteFunction[P, R], options: dict):
         self._rf = rf
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any):
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         return self._rf._submit(args, kwargs, self._options)
 
-    def options(self, **options: Any) -> BoundRemoteFunction:
+    def options(self, **options: Any) -> BoundRemoteFunction[P, R]:
         merged = dict(self._options)
         merged.update(options)
         return BoundRemoteFunction(self._rf, check_options(merged))
