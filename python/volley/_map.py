@@ -28,7 +28,7 @@ from ._core import ObjectRef
 from ._objects import cancel_soon, get, put, wait
 from ._progress import Bar
 from ._remote import remote
-from ._remote_function import BoundRemoteFunction, RemoteFunction
+from ._remote_function import unwrap
 from ._session import nodes
 from .exceptions import task_error
 
@@ -165,14 +165,10 @@ def cpu_share(processes: int) -> float:
 def _task_of(fn: Any) -> tuple[Callable, Any, str]:
     """(the Python function, the remote function to run chunks with, a name) for ``fn``: a
     ``@volley.remote`` function keeps its options (CPUs, resources, retries)."""
-    if isinstance(fn, RemoteFunction):
-        return fn._fn, run_chunk.options(**fn._options), fn._name
-    if isinstance(fn, BoundRemoteFunction):
-        return fn._rf._fn, run_chunk.options(**fn._options), fn._rf._name
     if not callable(fn):
         raise TypeError(f"map needs a callable, not {type(fn).__name__}")
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "map"
-    return fn, run_chunk, name
+    fn, options, name = unwrap(fn, "map")
+    return fn, run_chunk.options(**options) if options else run_chunk, name
 
 
 def _actor_method(fn: Any) -> Any:

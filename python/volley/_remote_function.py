@@ -252,3 +252,17 @@ class BoundRemoteFunction(Generic[P, R]):
         merged = dict(self._options)
         merged.update(options)
         return BoundRemoteFunction(self._rf, check_options(merged))
+
+
+def unwrap(fn: Any, default_name: str) -> tuple[Callable, dict, str]:
+    """``(function, options, name)`` of a remote function (or its ``.options(...)``), or of a
+    plain callable (no options; ``default_name`` if it has no name): see
+    ``volley.library.unwrap_remote``."""
+    if isinstance(fn, RemoteFunction):
+        return fn._fn, dict(fn._options), fn._name
+    if isinstance(fn, BoundRemoteFunction):
+        return fn._rf._fn, dict(fn._options), fn._rf._name
+    if not callable(fn):
+        raise TypeError(f"a callable is needed, not {type(fn).__name__}")
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or default_name
+    return fn, {}, name

@@ -33,6 +33,8 @@ import pickle
 import queue
 from typing import Any, Mapping
 
+import cloudpickle
+
 from . import get as get_values
 from . import put, remote
 from .exceptions import TaskError, original_error
@@ -55,8 +57,6 @@ def _dumps(node: Any) -> bytes:
             return data
     except Exception:
         pass
-    import cloudpickle
-
     return cloudpickle.dumps(node, protocol=5)
 
 

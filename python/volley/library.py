@@ -21,7 +21,7 @@ from ._map import capture_error, cpu_share, lending_cpu, run_items, total_cpus, 
 from ._objects import cancel_soon, may_be_remote
 from ._options import check_options
 from ._progress import Bar as ProgressBar
-from ._remote_function import BoundRemoteFunction, RemoteFunction
+from ._remote_function import unwrap
 from ._session import ensure_init
 
 TYPE_CHECKING = False  # without importing typing, a slow import
@@ -112,11 +112,4 @@ def unwrap_remote(fn: Any, default_name: str = "task") -> tuple[Callable, dict, 
     >>> f(4), options, name
     (8, {'num_cpus': 2}, 'double')
     """
-    if isinstance(fn, RemoteFunction):
-        return fn._fn, dict(fn._options), fn._name
-    if isinstance(fn, BoundRemoteFunction):
-        return fn._rf._fn, dict(fn._options), fn._rf._name
-    if not callable(fn):
-        raise TypeError(f"a callable is needed, not {type(fn).__name__}")
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or default_name
-    return fn, {}, name
+    return unwrap(fn, default_name)
