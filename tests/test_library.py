@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import time
 from pathlib import Path
 
@@ -178,3 +179,23 @@ def test_run_items_and_capture_error():
     _, _, error = library.run_items(_add, [(1, None)], True, "add")
     assert isinstance(error, TypeError) and isinstance(error, volley.TaskError)
     assert "_add" in library.traceback_text(error.__cause__ or error) or "add" in str(error)
+
+
+def test_no_public_function_has_a_private_parameter():
+    """``init`` had ``_daemon`` for the CLI (which now has ``_session.start_daemon``): no public
+    function or method takes a parameter that users must not pass."""
+    modules = [volley, library, volley.util]
+    found = []
+    for module in modules:
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            members = [obj] + [m for _, m in inspect.getmembers(obj) if inspect.isfunction(m)]
+            for f in members:
+                if not callable(f):
+                    continue
+                try:
+                    params = inspect.signature(f).parameters
+                except (TypeError, ValueError):
+                    continue
+                found += [f"{name}: {p}" for p in params if p.startswith("_")]
+    assert found == []
