@@ -40,6 +40,7 @@ $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm
+	$(VPY) -m pip install --quiet "mypy>=1.11"
 	@# CPython's test_concurrent_futures for tests/peers/test_cpython_futures.py: Debian ships it
 	@# apart from the interpreter (the harness skips, saying so, where it cannot be installed).
 	@test -f /usr/lib/python3.11/test/test_concurrent_futures.py || ! command -v apt-get >/dev/null \
@@ -121,6 +122,13 @@ lint: $(DEPS)
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
+	$(MAKE) stubtest
+
+# The stub of the Rust extension (python/volley/_core.pyi) against the built module: a missing or
+# extra export, or a parameter that differs, fails.
+.PHONY: stubtest
+stubtest: build
+	$(VPY) -m mypy.stubtest volley._core --allowlist python/stubtest-allowlist.txt
 
 fmt: $(DEPS)
 	cargo fmt --all

@@ -12,33 +12,13 @@ Programs written for Ray run with ``import volley as ray`` where volley has the 
 streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
-from . import actor, exceptions, util
-from ._actor import (
-    ActorClass,
-    ActorHandle,
-    ObjectRefGenerator,
-    actor_state,
-    get_actor,
-    kill,
-    method,
-)
-from ._api import (
-    Context,
-    NodeAffinitySchedulingStrategy,
-    RemoteFunction,
-    cancel,
-    get,
-    init,
-    is_initialized,
-    nodes,
-    object_store_stats,
-    put,
-    remote,
-    shutdown,
-    wait,
-)
+from . import actor, exceptions
+from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import ObjectRef
+from ._generator import ObjectRefGenerator
 from ._map import map, starmap
+from ._objects import cancel, get, object_store_stats, put, wait
+from ._options import NodeAffinitySchedulingStrategy
 from ._placement import (
     PlacementGroup,
     PlacementGroupSchedulingStrategy,
@@ -47,6 +27,8 @@ from ._placement import (
     remove_placement_group,
 )
 from ._progress import progress
+from ._remote import remote
+from ._remote_function import RemoteFunction
 from ._runtime_context import (
     RuntimeContext,
     available_resources,
@@ -54,6 +36,7 @@ from ._runtime_context import (
     get_gpu_ids,
     get_runtime_context,
 )
+from ._session import Context, init, is_initialized, nodes, shutdown
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,
@@ -68,6 +51,10 @@ from .exceptions import (
     WorkerCrashedError,
     WorkerStartError,
 )
+
+# isort: split
+# volley.util hands the names above on under Ray's import paths: it is imported after them.
+from . import util
 
 __version__ = "0.1.0"
 

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import threading
+from typing import Generic, TypeVar
 
-from . import _api, _core
+from . import _core
 from ._core import ObjectRef
+from ._generator import ObjectRefGenerator
+from ._options import requests, strategy
+from ._remote_function import EMPTY_PACKED, UNSET, Shipped, as_dep
+from ._resources import resource_list
 from ._serialization import describe_unpicklable, dumps_args
+from ._session import ensure_init
 from ._signature import Shape, shape_of, stub
 from .exceptions import SerializationError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from concurrent.futures import Future
     from typing import Any, Callable
+
+#: The class ``@volley.remote`` made an actor class of (for a type checker: ``A.remote()`` is an
+#: ``ActorHandle[A]``).
+T = TypeVar("T")
 
 _ACTOR_OPTIONS = {
     "num_cpus",
@@ -40,7 +48,7 @@ _ACTOR_OPTIONS = {
 #: Named actors live in this namespace unless told otherwise.
 DEFAULT_NAMESPACE = "default"
 
-_EMPTY = _api._EMPTY_ARGS
+_EMPTY = EMPTY_PACKED
 
 
 def method(*, num_returns: int | str = 1) -> Callable:
@@ -95,8 +103,8 @@ def _check_actor_options(options: dict) -> dict:
         raise ValueError(f"lifetime must be None or 'detached', not {lifetime!r}")
     if options.get("get_if_exists") and not options.get("name"):
         raise ValueError("get_if_exists=True needs a name")
-    _api._resource_list(options, "actor")
-    _api._strategy(options)
+    resource_list(options, "actor")
+    strategy(options)
     return options
 
 
@@ -138,7 +146,7 @@ def _method_shapes(cls: type, methods: dict) -> dict[str, Shape | None]:
     return out
 
 
-class ActorClass:
+class ActorClass(Generic[T]):
     """A class made remote with ``@volley.remote``: ``Cls.remote(*args)`` starts an actor.
 
     Options (on the decorator or ``Cls.options(...)``): ``num_cpus`` (held for the actor's
@@ -161,15 +169,15 @@ class ActorClass:
     [11, 12, 13]
     """
 
-    def __init__(self, cls: type, options: dict):
+    def __init__(self, cls: type[T], options: dict):
         self._cls = cls
         self._options = _check_actor_options(dict(options))
-        self._shipped = _api._Shipped()
+        self._shipped = Shipped()
         self._shipped._fn = cls
         self._shipped._pickled = None
         self._shipped._registered_generation = -1
         self._meta: tuple[bytes, dict] | None = None
-        self._check: Any = _api._UNSET  # the stub checking __init__'s arguments
+        self._check: Any = UNSET  # the stub checking __init__'s arguments
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -186,24 +194,26 @@ class ActorClass:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        shipped = _api._Shipped()
+        shipped = Shipped()
         shipped._fn = self._cls
         shipped._pickled = self._shipped._pickled
         shipped._registered_generation = -1
         state["_shipped"] = shipped
-        state["_check"] = _api._UNSET
+        state["_check"] = UNSET
         return state
 
-    def options(self, **options: Any) -> _BoundActorClass:
+    def options(self, **options: Any) -> _BoundActorClass[T]:
         """The same class with some options overridden for the actors made through it.
 
         >>> c = Counter.options(name="global", max_restarts=2).remote()
+        >>> volley.get(c.incr.remote())
+        1
         """
         merged = dict(self._options)
         merged.update(options)
         return _BoundActorClass(self, _check_actor_options(merged))
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Starts an actor (in a new process) and returns its handle at once.
 
         ``__init__`` runs in the actor's process; if it raises, every call on the handle raises
@@ -224,21 +234,21 @@ class ActorClass:
             self._meta = (pickle.dumps(meta, 5), meta)
         return self._meta
 
-    def _create(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
+    def _create(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle[T]:
         name = self._cls.__qualname__
         check = self._check
-        if check is _api._UNSET:
+        if check is UNSET:
             check = self._check = stub(name, shape_of(self._cls))
         if check is not None:
             _check_call(check, args, kwargs)
-        _api._ensure_init()
+        ensure_init()
         fid = self._shipped._function_id(name)
         meta_bytes, meta = self._handle_meta()
         deps: list[ObjectRef] = []
         data, buffers, contained = _pack_args(args, kwargs, deps, f"actor '{name}'")
         mc = opts.get("max_concurrency") or (1000 if meta["async"] else 1)
         namespace = opts.get("namespace") or DEFAULT_NAMESPACE
-        cpus, resources = _api._requests(opts, 0, f"actor '{name}'")
+        cpus, resources = requests(opts, 0, f"actor '{name}'")
         ref, meta_bytes, _created = _core.create_actor(
             fid,
             name,
@@ -257,22 +267,22 @@ class ActorClass:
             opts.get("lifetime") == "detached",
             bool(opts.get("get_if_exists", False)),
             meta_bytes,
-            _api._strategy(opts),
+            strategy(opts),
         )
         return ActorHandle(ref, meta_bytes)
 
 
-class _BoundActorClass:
+class _BoundActorClass(Generic[T]):
     """An actor class with options fixed by ``.options(...)``."""
 
-    def __init__(self, ac: ActorClass, options: dict):
+    def __init__(self, ac: ActorClass[T], options: dict):
         self._ac = ac
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         return self._ac._create(args, kwargs, self._options)
 
-    def options(self, **options: Any) -> _BoundActorClass:
+    def options(self, **options: Any) -> _BoundActorClass[T]:
         merged = dict(self._options)
         merged.update(options)
         return _BoundActorClass(self._ac, _check_actor_options(merged))
@@ -290,16 +300,16 @@ def _pack_args(args: tuple, kwargs: dict, deps: list, what: str) -> tuple:
     if not args and not kwargs:
         return _EMPTY
     if any(type(a) is ObjectRef for a in args):
-        args = tuple(_api._dep(a, deps) for a in args)
+        args = tuple(as_dep(a, deps) for a in args)
     if any(type(v) is ObjectRef for v in kwargs.values()):
-        kwargs = {k: _api._dep(v, deps) for k, v in kwargs.items()}
+        kwargs = {k: as_dep(v, deps) for k, v in kwargs.items()}
     try:
         return dumps_args(args, kwargs)
     except Exception as e:
         raise SerializationError(describe_unpicklable(args, kwargs, what, e)) from e
 
 
-class ActorHandle:
+class ActorHandle(Generic[T]):
     """A handle on an actor: ``handle.method.remote(...)`` calls a method and returns an
     ``ObjectRef``. Handles pickle: pass them to tasks and other actors, which can call them.
 
@@ -412,106 +422,6 @@ class ActorMethod:
         return refs[0] if n == 1 else refs
 
 
-class ObjectRefGenerator:
-    """The refs of a streaming call's items, in order, as the generator yields them.
-
-    Iterate it (``for ref in gen``, or ``async for`` in asyncio) and ``volley.get`` each ref.
-    If the generator raised, the ref after its last item raises that error on ``get``.
-    ``completed()`` is a ref to the number of items (or the error). ``volley.wait`` takes it
-    too (as Ray's does): it is ready once its next item is (or the stream has ended, when
-    ``next`` raises ``StopIteration``).
-
-    >>> @volley.remote
-    ... def countdown(n):
-    ...     for i in range(n, 0, -1):
-    ...         yield i
-    >>> [volley.get(r) for r in countdown.remote(3)]
-    [3, 2, 1]
-    """
-
-    def __init__(self, end: ObjectRef):
-        self._end = end
-        self._next = 2
-        self._done = False
-        # The next step (the item's ref, or None at the end) being fetched by a thread, for
-        # `wait` and `async for`: they must not block on it.
-        self._ahead: Future | None = None
-
-    def __iter__(self) -> ObjectRefGenerator:
-        return self
-
-    def _step(self) -> ObjectRef | None:
-        """Blocks until the next item is there (its ref) or the stream has ended (None)."""
-        ref = _core.stream_next(self._end, self._next)
-        if ref is not None:
-            self._next += 1
-        return ref
-
-    def _fetch_ahead(self) -> Future:
-        """The next step, fetched by a thread of its own (started once per step)."""
-        if self._ahead is None:
-            from concurrent.futures import Future
-
-            fut: Future = Future()
-
-            def run() -> None:
-                try:
-                    fut.set_result(self._step())
-                except BaseException as e:
-                    fut.set_exception(e)
-
-            self._ahead = fut
-            threading.Thread(target=run, name="volley-stream-next", daemon=True).start()
-        return self._ahead
-
-    def _is_ready(self) -> bool:
-        """Whether ``next`` would return (or raise) at once; starts fetching the next step."""
-        return self._done or self._fetch_ahead().done()
-
-    def __next__(self) -> ObjectRef:
-        if self._done:
-            raise StopIteration
-        if self._ahead is not None:
-            ref = self._ahead.result()
-            self._ahead = None
-        else:
-            ref = self._step()
-        if ref is None:
-            self._done = True
-            raise StopIteration
-        return ref
-
-    def __aiter__(self) -> ObjectRefGenerator:
-        return self
-
-    async def __anext__(self) -> ObjectRef:
-        import asyncio
-
-        if self._done:
-            raise StopAsyncIteration
-        # Shielded: a cancelled `await` leaves the step to the next __anext__, item and all.
-        ref = await asyncio.shield(asyncio.wrap_future(self._fetch_ahead()))
-        self._ahead = None
-        if ref is None:
-            self._done = True
-            raise StopAsyncIteration
-        return ref
-
-    def completed(self) -> ObjectRef:
-        """A ref to the number of items, ready once the generator has finished."""
-        return self._end
-
-    def __del__(self) -> None:
-        if not self._done:
-            try:
-                _core.stream_release(self._end, self._next)
-            except Exception:
-                pass
-
-    def __repr__(self) -> str:
-        return f"ObjectRefGenerator({self._end.hex()[:32]}, next item {self._next - 2})"
-
-
 def _handle_of(actor: Any, what: str) -> ActorHandle:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"{what} takes an ActorHandle, not {type(actor).__name__}")
@@ -521,13 +431,13 @@ def _handle_of(actor: Any, what: str) -> ActorHandle:
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the live actor called ``name``; ``ValueError`` if there is none.
 
-    >>> Counter.options(name="hits").remote()
+    >>> hits = Counter.options(name="hits").remote()
     >>> volley.get(volley.get_actor("hits").incr.remote())
     1
     """
     if not isinstance(name, str) or not name:
         raise TypeError("get_actor takes a non-empty actor name")
-    _api._ensure_init()
+    ensure_init()
     ns = namespace or DEFAULT_NAMESPACE
     found = _core.get_actor(name, ns)
     if found is None:
@@ -541,7 +451,11 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     ``ActorDiedError``. With ``no_restart=False`` the actor is restarted if its
     ``max_restarts`` allows.
 
+    >>> c = Counter.remote()
     >>> volley.kill(c)
+    >>> volley.get(c.incr.remote())
+    Traceback (most recent call last):
+    volley.exceptions.ActorDiedError: ...
     """
     _core.kill_actor(_handle_of(actor, "kill")._actor_ref, bool(no_restart))
 
@@ -551,6 +465,9 @@ def actor_state(actor: ActorHandle) -> dict | None:
     ``DEAD``), ``restarts``, ``pid``, ``class_name``, ``name``, ``namespace``,
     ``death_cause`` and ``pending_calls``; None once it is forgotten.
 
+    >>> c = Counter.remote()
+    >>> volley.get(c.incr.remote())
+    1
     >>> volley.actor_state(c)["state"]
     'ALIVE'
     """

@@ -15,15 +15,17 @@ directory's ``logs/``), waits until it has joined, prints its address and return
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import _cluster, _runtime_dir
+from . import _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +78,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _free_port(host: str) -> int:
     """A port free on ``host`` now (so the node's workers can be told its address up front)."""
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -85,9 +85,6 @@ def _free_port(host: str) -> int:
 
 def _is_loopback(host: str) -> bool:
     """Whether every address ``host`` stands for is a loopback one (127.x, ::1)."""
-    import ipaddress
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError:
@@ -142,8 +139,6 @@ def _generated_tls(
                 f"{sess}, and there is none; copy the head's cluster-cert.pem and "
                 "cluster-key.pem here and pass --tls-cert/--tls-key"
             )
-        from . import _core
-
         cert_pem, key_pem = _core.self_signed_cert()
         try:
             # The certificate last: a node on this machine takes the pair once it is there.
@@ -172,8 +167,6 @@ def _print_tls_howto(addr: str, cert: str | None, key: str | None) -> None:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    import volley
-
     _cluster.session_dir(create=True)  # an unsafe one is refused before anything starts
 
     port = args.port if args.port is not None else (_cluster.DEFAULT_PORT if args.head else 0)
@@ -220,17 +213,16 @@ def _run_node(args: argparse.Namespace) -> int:
     if args.object_store_memory:
         kwargs["object_store_memory"] = args.object_store_memory
     try:
-        volley.init(
+        node_id, addr = _session.start_daemon(
+            daemon,
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
             resources=resources,
-            _daemon=daemon,
             **kwargs,
         )
     except (ConnectionError, OSError, ValueError) as e:
         print(f"volley: could not start the node: {e}", file=sys.stderr, flush=True)
         return 1
-    node_id, addr = daemon["joined"]
     sess = _cluster.session_dir(create=True)
     if args.head and args.tls:
         _print_tls_howto(addr, tls_cert, tls_key)
@@ -259,7 +251,7 @@ def _run_node(args: argparse.Namespace) -> int:
         while not done["stop"]:
             time.sleep(0.2)
     finally:
-        volley.shutdown()
+        _session.shutdown()
         record.unlink(missing_ok=True)
         if args.head:
             (sess / "address").unlink(missing_ok=True)
@@ -301,8 +293,6 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import _core
-
     # Drivers running their own node (``volley.init()`` without an address) have no cluster to
     # ask; each answers on its Unix socket. Nodes in a cluster are shown by the head instead.
     local = [n for n in _core.local_nodes() if n["node_id"] == 0]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 
-from . import _core
+from . import _core, _session
+from ._objects import get
 from .exceptions import VolleyError
 
 _lock = threading.Lock()
@@ -33,8 +35,6 @@ def await_ref(ref):
 
 
 def _complete_loop() -> None:
-    from ._api import get
-
     while True:
         with _lock:
             if not _pending:
@@ -64,3 +64,16 @@ def fail_pending() -> None:
     for fut, _ in entries:
         if fut.set_running_or_notify_cancel():
             fut.set_exception(VolleyError("volley shut down before the object was ready"))
+
+
+def _after_fork_in_child() -> None:
+    """Futures of the parent's refs are the parent's, and its completing thread is gone. (Nothing
+    is imported here: a module another thread was importing at the fork is locked here.)"""
+    global _lock, _thread
+    _lock = threading.Lock()
+    _pending.clear()
+    _thread = None
+
+
+_session.at_shutdown(fail_pending)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -17,12 +17,20 @@ import collections
 import contextlib
 import itertools
 import os
+import pickle
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from ._api import RemoteFunction, _Bound, _cancel_soon, get, put, remote, wait
+from . import _core
+from ._actor import ActorMethod
 from ._core import ObjectRef
+from ._objects import cancel_soon, get, put, wait
+from ._progress import Bar
+from ._remote import remote
+from ._remote_function import unwrap
+from ._session import nodes
+from .exceptions import task_error
 
 # How long a chunk should take to run, once the time per item is known.
 _TARGET_CHUNK_S = 0.02
@@ -32,8 +40,17 @@ _MAX_CHUNK = 65536
 _WINDOW_PER_CPU = 3
 
 
-def _traceback_text(e: BaseException) -> str:
-    import traceback
+def traceback_text(e: BaseException) -> str:
+    """``e``'s traceback as text, from the user's function on (the chunk runner's frame left
+    out).
+
+    >>> try:
+    ...     1 / 0
+    ... except ZeroDivisionError as e:
+    ...     print(library.traceback_text(e).splitlines()[-1])
+    ZeroDivisionError: division by zero
+    """
+    import traceback  # only on an error: `import volley` stays fast without it
 
     tb = e.__traceback__
     # Start at the user's function: drop the frame of the chunk runner.
@@ -45,13 +62,14 @@ def _traceback_text(e: BaseException) -> str:
 def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseException:
     """The error ``get`` would raise had the task itself raised ``e`` (the same class as ``e``,
     with the remote traceback ``tb``, by default ``e``'s from the user's function on), made in
-    the worker so that it can travel as a value."""
-    import pickle
+    the worker so that it can travel as a value.
 
-    from .exceptions import task_error
-
+    >>> err = library.capture_error(KeyError("k"), "lookup")
+    >>> isinstance(err, KeyError), isinstance(err, volley.TaskError)
+    (True, True)
+    """
     if tb is None:
-        tb = _traceback_text(e)
+        tb = traceback_text(e)
     err = task_error(e, name, tb, os.getpid())
     try:
         pickle.loads(pickle.dumps(err))
@@ -63,7 +81,12 @@ def capture_error(e: BaseException, name: str, tb: str | None = None) -> BaseExc
 
 def run_items(fn: Callable, items: list, star: bool, name: str) -> tuple[list, float, Any]:
     """Calls ``fn`` on each item (``fn(*item)`` with ``star``): ``(results, seconds, error)``;
-    on the first item that raises, the results before it and that item's error."""
+    on the first item that raises, the results before it and that item's error.
+
+    >>> results, seconds, error = library.run_items(pow, [(2, 3), (3, 2)], True, "pow")
+    >>> results, error
+    ([8, 9], None)
+    """
     t0 = time.perf_counter()
     out = []
     append = out.append
@@ -88,18 +111,20 @@ run_chunk = remote(_run_chunk)
 
 def _node_cpus() -> list[float]:
     """CPUs of each node that runs tasks, seen from a driver (empty inside a task)."""
-    from . import _core
-    from ._api import nodes
-
     if _core.mode() != "driver":
         return []
     return [n["num_cpus"] for n in nodes() if not n["driver"]]
 
 
 def total_cpus() -> int:
-    """CPUs of the cluster (or of this machine, inside a task)."""
-    from . import _core
+    """CPUs of the cluster (or of this machine, inside a task).
 
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> library.total_cpus()
+    2
+    >>> volley.shutdown()
+    """
     ns = _node_cpus()
     if ns:
         return max(1, int(sum(ns)))
@@ -116,8 +141,11 @@ def cpu_share(processes: int) -> float:
     At most one CPU each. Shares are packed node by node, so three processes on two 1-CPU
     nodes get 0.5 each (two fit on one node, one on the other), not 0.666 (one per node).
 
-    >>> cpu_share(4)  # doctest: +SKIP
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> library.cpu_share(4)
     0.5
+    >>> volley.shutdown()
     """
     per_node = [round(c * 1000) for c in _node_cpus()]
     if not any(per_node):
@@ -137,21 +165,15 @@ def cpu_share(processes: int) -> float:
 def _task_of(fn: Any) -> tuple[Callable, Any, str]:
     """(the Python function, the remote function to run chunks with, a name) for ``fn``: a
     ``@volley.remote`` function keeps its options (CPUs, resources, retries)."""
-    if isinstance(fn, RemoteFunction):
-        return fn._fn, run_chunk.options(**fn._options), fn._name
-    if isinstance(fn, _Bound):
-        return fn._rf._fn, run_chunk.options(**fn._options), fn._rf._name
     if not callable(fn):
         raise TypeError(f"map needs a callable, not {type(fn).__name__}")
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "map"
-    return fn, run_chunk, name
+    fn, options, name = unwrap(fn, "map")
+    return fn, run_chunk.options(**options) if options else run_chunk, name
 
 
 def _actor_method(fn: Any) -> Any:
     """``fn`` if it is an actor method (``handle.method``), else None; one that does not return
     exactly one value is refused here, at once."""
-    from ._actor import ActorMethod
-
     if not isinstance(fn, ActorMethod):
         return None
     if fn._num_returns != 1:
@@ -244,8 +266,6 @@ class MapIterator(Iterator):
         self._fn_ref = None if self._actor is not None else put(self._fn)
         self._bar = None
         if progress:
-            from ._progress import Bar
-
             desc = progress if isinstance(progress, str) else self._name
             self._bar = Bar(total, desc)
         self._fill()
@@ -290,7 +310,7 @@ class MapIterator(Iterator):
         self._exhausted = True
         for r in list(self._inflight):
             try:
-                _cancel_soon(r)
+                cancel_soon(r)
             except Exception:
                 pass
         self._inflight.clear()
@@ -395,9 +415,12 @@ def lending_cpu(running: Callable[[], list], name: str) -> Iterator[None]:
     """While the caller (an adapter inside a task) waits for its own inner calls by other means
     than ``volley.get``: a thread blocks in volley on ``running()``'s refs meanwhile, so that
     the task's CPU is lent to them, as ``get`` lends it (without it, outer calls holding every
-    CPU would wait for ever for inner ones). Outside a task it does nothing."""
-    from . import _core
+    CPU would wait for ever for inner ones). Outside a task it does nothing.
 
+    >>> pending = []  # the refs the caller waits for, by its own means
+    >>> with library.lending_cpu(lambda: pending, "my-lib-lend"):
+    ...     pass  # wait for them here
+    """
     if _core.mode() != "worker":
         yield
         return

@@ -8,7 +8,11 @@ reserved rather than the node's free resources.
 >>> pg = volley.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="SPREAD")
 >>> volley.get(pg.ready())  # doctest: +ELLIPSIS
 PlacementGroup(...)
->>> f.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
+>>> @volley.remote
+... def f():
+...     return "in bundle 0"
+>>> volley.get(f.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote())
+'in bundle 0'
 >>> volley.remove_placement_group(pg)
 """
 
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import uuid
 
-from . import _api, _core
+from . import _core
+from ._objects import get
 from ._serialization import dumps
+from ._session import ensure_init
 from .exceptions import GetTimeoutError
 
 TYPE_CHECKING = False
@@ -40,6 +46,7 @@ class PlacementGroup:
     True
     >>> pg.bundle_count
     1
+    >>> volley.remove_placement_group(pg)
     """
 
     def __init__(
@@ -74,7 +81,7 @@ class PlacementGroup:
         Raises ``UnschedulableError`` if the group can never be placed or was removed.
         """
         try:
-            _api.get(self.ready(), timeout=timeout_seconds)
+            get(self.ready(), timeout=timeout_seconds)
         except GetTimeoutError:
             return False
         return True
@@ -98,8 +105,17 @@ class PlacementGroupSchedulingStrategy:
     one (``-1``, the default: any bundle with room). What it asks for (``num_cpus``,
     ``num_gpus``, ``resources``) comes out of the bundle's reservation, and must fit in it.
 
+    >>> @volley.remote
+    ... class Trainer:
+    ...     def fit(self):
+    ...         return "fitted"
+    >>> pg = volley.placement_group([{"CPU": 1}, {"CPU": 1}])
     >>> s = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1)
-    >>> Trainer.options(scheduling_strategy=s, num_gpus=1).remote()
+    >>> trainer = Trainer.options(scheduling_strategy=s, num_cpus=1).remote()
+    >>> volley.get(trainer.fit.remote())
+    'fitted'
+    >>> volley.kill(trainer)
+    >>> volley.remove_placement_group(pg)
     """
 
     def __init__(self, placement_group: PlacementGroup, placement_group_bundle_index: int = -1):
@@ -159,11 +175,14 @@ def placement_group(
     ``ready()`` with ``UnschedulableError``. Remove it with :func:`remove_placement_group`; it is
     removed when its creator's driver exits.
 
+    In a cluster with two GPU nodes:
+
     >>> pg = volley.placement_group([{"CPU": 1, "GPU": 1}] * 2, strategy="STRICT_SPREAD")
-    >>> volley.get(pg.ready(), timeout=60)  # doctest: +ELLIPSIS
+    ... # doctest: +SKIP
+    >>> volley.get(pg.ready(), timeout=60)  # doctest: +SKIP
     PlacementGroup(...)
     """
-    _api._ensure_init()
+    ensure_init()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if not isinstance(name, str):
@@ -181,11 +200,14 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Releases the group's bundles on every node. Tasks and actors running in it are stopped,
     those waiting for it fail with ``UnschedulableError`` (actors: ``ActorCreationError``).
 
+    >>> pg = volley.placement_group([{"CPU": 1}])
     >>> volley.remove_placement_group(pg)
+    >>> volley.placement_group_table(pg)["state"]
+    'REMOVED'
     """
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"expected a PlacementGroup, not {placement_group!r}")
-    _api._ensure_init()
+    ensure_init()
     _core.pg_remove(placement_group.id)
 
 
@@ -194,10 +216,14 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     "bundles_to_node_id", "name", "reason"}}``, or one group's dict. ``state`` is ``PENDING``,
     ``CREATED``, ``RESCHEDULING`` (a node holding bundles died), ``REMOVED`` or ``FAILED``.
 
+    >>> pg = volley.placement_group([{"CPU": 1}])
+    >>> pg.wait(10)
+    True
     >>> volley.placement_group_table(pg)["state"]
     'CREATED'
+    >>> volley.remove_placement_group(pg)
     """
-    _api._ensure_init()
+    ensure_init()
     table = {d["placement_group_id"]: d for d in _core.pg_table()}
     if placement_group is None:
         return table

@@ -10,14 +10,20 @@ import sys
 import time
 from typing import Any, Sequence
 
+from ._objects import wait
+
 _REDRAW_S = 0.1
 
 
 class Bar:
     """A progress bar over ``total`` items (``None``: unknown).
 
-    >>> bar = Bar(3, "squares")  # doctest: +SKIP
-    >>> bar.update(3); bar.close()  # doctest: +SKIP
+    >>> import io
+    >>> bar = library.ProgressBar(3, "squares", file=io.StringIO())
+    >>> bar.update(3)
+    >>> bar.close()
+    >>> bar.n
+    3
     """
 
     def __init__(self, total: int | None, desc: str = "", file: Any = None):
@@ -88,11 +94,13 @@ def progress(refs: Sequence[Any], desc: str = "", *, file: Any = None) -> list:
 
     Errors are not raised here: ``volley.get`` on the refs raises them as usual.
 
+    >>> @volley.remote
+    ... def square(x):
+    ...     return x * x
     >>> refs = [square.remote(i) for i in range(100)]
-    >>> volley.get(volley.progress(refs, desc="squares"))[:3]  # doctest: +SKIP
+    >>> volley.get(volley.progress(refs, desc="squares"))[:3]
     [0, 1, 4]
     """
-    from ._api import wait
 
     refs = list(refs)
     pending = list(dict.fromkeys(refs))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from . import _api, _core
+from . import _core
+from ._session import ensure_init
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def _own_node() -> dict[str, Any]:
 def _nodes(what: str) -> list[dict[str, Any]]:
     """The nodes whose resources ``what`` sums: the cluster's (as this driver last heard from
     the head), or this node alone."""
-    _api._ensure_init()
+    ensure_init()
     nodes = list(_core.cluster_nodes())
     if nodes:
         return nodes
@@ -60,8 +61,10 @@ def cluster_resources() -> dict[str, float]:
     a task or actor on a cluster's node it raises ``RuntimeError`` (call it in the driver).
 
     >>> volley.init(num_cpus=2, resources={"disk": 1})
+    volley.Context(num_cpus=2)
     >>> volley.cluster_resources()["CPU"], volley.cluster_resources()["disk"]
     (2.0, 1.0)
+    >>> volley.shutdown()
     """
     return _resources(free=False)
 
@@ -70,8 +73,11 @@ def available_resources() -> dict[str, float]:
     """The resources free now, with the keys of ``cluster_resources()`` (Ray's
     ``ray.available_resources()``). CPUs lent by a task blocked in ``get`` count as free.
 
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
     >>> volley.available_resources()["CPU"]
     2.0
+    >>> volley.shutdown()
     """
     return _resources(free=True)
 
@@ -84,11 +90,13 @@ def get_gpu_ids() -> list[int]:
     >>> @volley.remote(num_gpus=1)
     ... def which():
     ...     return volley.get_gpu_ids()
-    >>> volley.get(which.remote())
+    >>> volley.get(which.remote())  # doctest: +SKIP
     [0]
     """
     if _core.mode() != "worker":
         return []
+    # The worker's own module (its __main__, registered under this name): only a worker has
+    # one worth reading, and importing it in a driver would be a waste.
     from . import _worker
 
     return list(_worker._gpu_ids)
@@ -107,7 +115,7 @@ class RuntimeContext:
         >>> volley.get_runtime_context().get_node_id()
         0
         """
-        _api._ensure_init()
+        ensure_init()
         return int(_own_node()["node_id"])
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:

@@ -24,9 +24,14 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import types
+import zipfile
+from multiprocessing import process
 from pathlib import Path
+
+from . import _runtime_dir
 
 KEYS = ("working_dir", "py_modules", "env_vars")
 # Directories and files never packed.
@@ -36,8 +41,6 @@ MAX_PACKAGE_BYTES = 512 << 20
 
 def _zip_dir(root: Path, prefix: str = "") -> bytes:
     """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
-    import zipfile
-
     buf = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
@@ -118,8 +121,6 @@ def build(runtime_env: dict, authkey: bytes | None = None) -> tuple[str, dict[st
 
 
 def _zip_single(path: Path) -> bytes:
-    import zipfile
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         info = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -136,8 +137,6 @@ _undo: list = []
 
 def _packages_dir() -> Path:
     """The packages directory (the same as the node's, ``rundir.rs``), checked private."""
-    from . import _runtime_dir
-
     d = os.environ.get("VOLLEY_PACKAGES_DIR")
     if d:
         return _runtime_dir.ensure_private_dir(Path(d))
@@ -148,8 +147,6 @@ def _packages_dir() -> Path:
 def _unpacked(h: str) -> Path:
     """``<packages dir>/<hash>/``, unpacked from its zip the first time (atomically), after
     checking that the zip is the package ``h`` names."""
-    from . import _runtime_dir
-
     base = _packages_dir()
     target = base / h
     if target.is_dir():
@@ -163,8 +160,6 @@ def _unpacked(h: str) -> Path:
             f"runtime_env package {h}: {archive} does not match its hash; refusing to run it"
         )
     tmp = base / f".{h}.{os.getpid()}.unpacking"
-    import zipfile
-
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             dest = (tmp / info.filename).resolve()
@@ -178,8 +173,6 @@ def _unpacked(h: str) -> Path:
     try:
         os.rename(tmp, target)
     except OSError:  # another worker won the race
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -216,8 +209,6 @@ def _set_authkey(key: bytes) -> None:
     """Runs this worker's tasks with their driver's ``multiprocessing`` authkey, so that the
     ``Manager`` proxies they receive can reach their servers (and processes they start inherit
     it, as children of the driver would)."""
-    from multiprocessing import process
-
     proc = process.current_process()
     before = proc.authkey
     if bytes(before) == key:

@@ -6,8 +6,10 @@ a task are replaced by placeholders that the worker fills with the refs' values 
 
 from __future__ import annotations
 
+import io
 import pickle
 import threading
+import types
 
 from . import _core
 from .exceptions import (
@@ -90,8 +92,8 @@ def _pickler() -> Any:
     """cloudpickle's pickler, also pickling memoryviews (as out-of-band buffers)."""
     global _pickler_class
     if _pickler_class is None:
-        import io
-
+        # cloudpickle is imported at the first pickling, not with volley: `import volley`
+        # stays fast (every worker imports it).
         import cloudpickle
 
         PickleBuffer = pickle.PickleBuffer
@@ -196,7 +198,7 @@ def loads(data: bytes, buffers: list, deps: list | None = None) -> Any:
 def describe_unpicklable(args: tuple, kwargs: dict, what: str, error: BaseException) -> str:
     """Names the argument that could not be pickled (and, for a function or class, what in it
     could not be)."""
-    import cloudpickle
+    import cloudpickle  # an error's path: loaded already by the pickling that failed
 
     culprit = None
     for i, a in enumerate(args):
@@ -233,8 +235,6 @@ def _type_name(v: Any) -> str:
 
 def _what(v: Any) -> str:
     """A value as error messages name it: "function 'f'", "class 'C'", "a _thread.lock"."""
-    import types
-
     if isinstance(v, types.FunctionType):
         return f"function '{v.__qualname__}'"
     if isinstance(v, type):
@@ -252,8 +252,6 @@ def _references(obj: Any) -> list[tuple[str, Any]]:
     """What pickling a function or class by value takes along, each with how it is held:
     closure variables, the globals its code names (nested functions' too), defaults; for a
     class its attributes, its methods' references, and its bases."""
-    import types
-
     out: list[tuple[str, Any]] = []
     if isinstance(obj, types.FunctionType):
         code = obj.__code__
@@ -297,7 +295,7 @@ def _references(obj: Any) -> list[tuple[str, Any]]:
 def _culprit(obj: Any, seen: set) -> str | None:
     """How ``obj`` (a function or class) holds the first value in it that cannot be pickled:
     "captures 'lock' (a _thread.lock)", through nested functions; None if none is found."""
-    import cloudpickle
+    import cloudpickle  # an error's path: loaded already by the pickling that failed
 
     if id(obj) in seen:
         return None

@@ -492,7 +492,7 @@ def main() -> None:
     sys.modules.setdefault("volley._worker", sys.modules[__name__])
     paths = [p for p in os.environ.get("VOLLEY_SYS_PATH", "").split(os.pathsep) if p]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
-    from . import _api, _core
+    from . import _core, _session
 
     try:
         _core.connect_worker(
@@ -505,7 +505,7 @@ def main() -> None:
     except RuntimeError:
         # The node went away before this worker connected (shutdown while starting).
         sys.exit(1)
-    _api._mark_worker_connected()
+    _session.mark_worker_connected()
     _late_imports()
     sys.stdout = _stdout
     sys.stderr = _stderr

@@ -33,8 +33,12 @@ import pickle
 import queue
 from typing import Any, Mapping
 
-from . import _api
+import cloudpickle
+
+from . import get as get_values
+from . import put, remote
 from .exceptions import TaskError, original_error
+from .library import init_if_needed
 
 __all__ = ["get"]
 
@@ -53,12 +57,10 @@ def _dumps(node: Any) -> bytes:
             return data
     except Exception:
         pass
-    import cloudpickle
-
     return cloudpickle.dumps(node, protocol=5)
 
 
-_run = _api.remote(max_retries=3)(_run_node)
+_run = remote(max_retries=3)(_run_node)
 
 
 def _topological(dsk: Mapping, roots: list) -> list:
@@ -105,7 +107,7 @@ def _submit_graph(dsk: Mapping, roots: list, options: dict) -> dict:
                 refs[key] = refs[target]
                 continue
         if isinstance(node, DataNode):
-            refs[key] = _api.put(node.value)
+            refs[key] = put(node.value)
             continue
         deps = tuple(node.dependencies)
         name = key_split(key)
@@ -208,7 +210,7 @@ def get(
     from dask._task_spec import DataNode, convert_legacy_graph
     from dask.callbacks import local_callbacks, normalize_callback
 
-    _api._ensure_init()
+    init_if_needed()
     options = dict(volley_options or {})
     if cache is None:
         cache = config.get("cache", None) or {}
@@ -235,7 +237,7 @@ def get(
             try:
                 if active:
                     _run_with_callbacks(graph, wanted, refs, cache, active, state)
-                values = dict(zip(wanted, _api.get([refs[k] for k in wanted])))
+                values = dict(zip(wanted, get_values([refs[k] for k in wanted])))
             except TaskError as e:
                 if e.cause is None or isinstance(e.cause, Exception):
                     raise  # a TaskError that is also of the node's exception class

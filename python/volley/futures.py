@@ -33,16 +33,17 @@ import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _api
-from ._map import _task_of, total_cpus
+from . import get, kill, put, remote
 from .exceptions import (
     ActorDiedError,
+    GetTimeoutError,
     SerializationError,
     TaskError,
     VolleyError,
     WorkerCrashedError,
     original_error,
 )
+from .library import check_options, init_if_needed, run_items, total_cpus, unwrap_remote
 
 __all__ = ["Executor", "BrokenProcessPool"]
 
@@ -90,7 +91,7 @@ def _run(token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict
     return fn(*args, **kwargs)
 
 
-_call = _api.remote(_run)
+_call = remote(_run)
 
 
 class _Process:
@@ -100,7 +101,7 @@ class _Process:
         return _run(token, init, fn, args, kwargs)
 
 
-_ProcessActor = _api.remote(_Process)
+_ProcessActor = remote(_Process)
 
 
 # ---------------------------------------------------------------------------- in the driver
@@ -159,8 +160,8 @@ class _Future(cf.Future):
         if ref is None or self.done() or not self.running():
             return
         try:
-            value = _api.get(ref, timeout=timeout)
-        except _api.GetTimeoutError:
+            value = get(ref, timeout=timeout)
+        except GetTimeoutError:
             raise cf.TimeoutError() from None
         except KeyboardInterrupt:
             raise  # Ctrl-C while waiting here (a task's own comes as a TaskError)
@@ -329,8 +330,8 @@ class Executor(cf.Executor):
             raise TypeError(
                 f"mp_context must be a multiprocessing context, not {type(mp_context).__name__}"
             )
-        self._options = _api._check_options(dict(options)) if options else {}
-        _api._ensure_init()
+        self._options = check_options(dict(options)) if options else {}
+        init_if_needed()
         _register_exit_hook()
         if max_workers is None:
             max_workers = total_cpus() if max_tasks_per_child else 4 * total_cpus()
@@ -341,7 +342,7 @@ class Executor(cf.Executor):
         self._init: Any = None
         if initializer is not None:
             # Pickled once (a SerializationError here, at once, if it cannot be).
-            self._init = _api.put((initializer, initargs))
+            self._init = put((initializer, initargs))
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
         self._running: dict[Any, _Future] = {}
@@ -357,6 +358,7 @@ class Executor(cf.Executor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         """Schedules ``fn(*args, **kwargs)``; returns its ``Future``.
 
+        >>> ex = Executor(max_workers=2)
         >>> ex.submit(sum, [1, 2, 3]).result()
         6
         """
@@ -442,7 +444,7 @@ class Executor(cf.Executor):
         goes with each call and is dropped with it."""
         rf = self._functions.get(fn) if type(fn) in _PLAIN_FUNCTIONS else None
         if rf is None and _held_by_its_module(fn):
-            rf = _api.remote(**self._options)(fn) if self._options else _api.remote(fn)
+            rf = remote(**self._options)(fn) if self._options else remote(fn)
             rf._check = None  # a wrong call fails its future, as with ProcessPoolExecutor
             if len(self._functions) >= _MAX_FUNCTIONS:
                 self._functions.pop(next(iter(self._functions)))
@@ -526,7 +528,7 @@ class Executor(cf.Executor):
         if chunksize == 1:
             futures = [self.submit(fn, *args) for args in zip(*iterables)]
             return _results(futures, deadline)
-        fn, _, name = _task_of(fn)
+        fn, _, name = unwrap_remote(fn, "map")
         items = list(zip(*iterables))
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
         del items
@@ -565,8 +567,6 @@ class Executor(cf.Executor):
 
 
 def _kill(slot: _Slot) -> None:
-    from ._actor import kill
-
     try:
         kill(slot.handle)
     except Exception:  # volley already shut down: the process is gone with it
@@ -574,8 +574,6 @@ def _kill(slot: _Slot) -> None:
 
 
 def _chunk_in_worker(fn: Callable, items: list, name: str) -> tuple[list, Any]:
-    from ._map import run_items
-
     results, _, error = run_items(fn, items, True, name)
     return results, error
 

@@ -41,9 +41,9 @@ from joblib.parallel import (
     register_parallel_backend,
 )
 
-from . import _api
-from ._map import lending_cpu, total_cpus
+from . import get, put, remote
 from .exceptions import TaskError, original_error
+from .library import ProgressBar, cancel_soon, init_if_needed, lending_cpu, total_cpus
 
 __all__ = ["VolleyBackend", "register"]
 
@@ -67,7 +67,7 @@ _init_lock = threading.Lock()
 
 
 def _fetch(ref: Any) -> Any:
-    return _api.get(ref)
+    return get(ref)
 
 
 class _Shared:
@@ -92,7 +92,7 @@ def _run_initializer(init: tuple[str, Callable, tuple]) -> None:
             del _initialized[next(iter(_initialized))]
 
 
-@_api.remote(max_retries=3)
+@remote(max_retries=3)
 def _run_batch(batch: Any, init: tuple[str, Callable, tuple] | None = None) -> Any:
     if init is not None:
         # Imported here, not named as a global: loading this function in a worker imports
@@ -173,7 +173,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         if not isinstance(initargs, (tuple, list)):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         n = self.effective_n_jobs(n_jobs)
-        _api._ensure_init()
+        init_if_needed()
         self.parallel = parallel
         self._init = None
         if initializer is not None:
@@ -194,11 +194,9 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
         p = self.parallel
         verbose = getattr(p, "verbose", 0) or 0
         if 0 < verbose < 10 and self.nesting_level in (None, 0):
-            from ._progress import Bar
-
             # Our bar replaces joblib's progress lines for this call.
             self._verbose, p.verbose = verbose, 0
-            self._bar = Bar(None, "joblib")
+            self._bar = ProgressBar(None, "joblib")
 
     def stop_call(self) -> None:
         if self._bar is not None:
@@ -222,7 +220,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
             self._pending.clear()
         for ref in pending:
             try:
-                _api._cancel_soon(ref, force=True)
+                cancel_soon(ref, force=True)
             except Exception:
                 pass
 
@@ -242,7 +240,7 @@ class VolleyBackend(AutoBatchingMixin, ParallelBackendBase):
             if type(v) is np.ndarray and v.nbytes >= _SHARE_BYTES and v.dtype != object:
                 hit = self._shared.get(id(v))
                 if hit is None or hit[0] is not v:
-                    hit = (v, _Shared(_api.put(v)))
+                    hit = (v, _Shared(put(v)))
                     self._shared[id(v)] = hit
                 return hit[1]
             return v

@@ -65,10 +65,19 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _api, _core
-from ._api import RemoteFunction, _Bound, _cancel_soon, put, remote
-from ._map import _traceback_text, capture_error, cpu_share, lending_cpu, total_cpus
+from . import put, remote
 from .exceptions import SerializationError, TaskError, VolleyError, original_error
+from .library import (
+    cancel_soon,
+    capture_error,
+    cpu_share,
+    init_if_needed,
+    lending_cpu,
+    retire_worker,
+    total_cpus,
+    traceback_text,
+    unwrap_remote,
+)
 
 __all__ = ["Pool", "TimeoutError", "cpu_count"]
 
@@ -135,7 +144,7 @@ def _remote_error(e: BaseException, name: str) -> BaseException:
     # Drop the frames of the chunk runner (this file).
     here = f'  File "{__file__}"'
     keep, skip = [], False
-    for line in _traceback_text(e).splitlines(keepends=True):
+    for line in traceback_text(e).splitlines(keepends=True):
         if line.startswith(here):
             skip = True
             continue
@@ -189,7 +198,7 @@ def _pool_chunk(
         if state.tasks >= maxtasks:
             _pools.pop(pool_id, None)
             try:
-                _core.retire_worker()  # exits after sending this result
+                retire_worker()  # exits after sending this result
             except RuntimeError:
                 pass  # not in a worker process (cannot happen for a task)
     return out, error
@@ -277,7 +286,7 @@ class Pool:
             type(maxtasksperchild) is not int or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
-        _api._ensure_init()
+        init_if_needed()
         self._processes = processes or total_cpus()
         # Each running chunk holds its share of the CPUs, so that `processes` chunks fit at
         # once even when there are more processes than CPUs (in thousandths, rounded down).
@@ -310,17 +319,9 @@ class Pool:
     def _task_for(self, func: Any) -> tuple[Any, Callable, str]:
         """(the remote function running the chunks, the Python function, its name): a
         ``@volley.remote`` function keeps its options (resources, CPUs...)."""
-        opts: dict = {}
-        if isinstance(func, RemoteFunction):
-            fn, name, opts = func._fn, func._name, dict(func._options)
-        elif isinstance(func, _Bound):
-            fn, name, opts = func._rf._fn, func._rf._name, dict(func._options)
-        elif callable(func):
-            fn = func
-            name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-            name = name or "pool task"
-        else:
+        if not callable(func):
             raise TypeError(f"Pool needs a callable, not {type(func).__name__}")
+        fn, opts, name = unwrap_remote(func, "pool task")
         if isinstance(fn, types.MethodType) and isinstance(fn.__self__, type):
             fn = _ByAttribute(fn.__self__, fn.__name__)
         for key in ("max_retries", "retry_exceptions", "num_returns"):
@@ -463,7 +464,7 @@ class Pool:
             self._inflight[ref] = (src, index)  # not the result: an imap's is held weakly
         if terminated:  # terminate() came while it was being submitted
             result._fail(VolleyError("the pool was terminated"))
-            _cancel_soon(ref)
+            cancel_soon(ref)
         ref.future().add_done_callback(lambda f, r=ref: self._finished(r, f))
 
     def _finished(self, ref: Any, f: Any) -> None:
@@ -515,6 +516,7 @@ class Pool:
     def apply(self, func: Callable, args: tuple = (), kwds: dict | None = None) -> Any:
         """``func(*args, **kwds)`` in a pool process; waits for it.
 
+        >>> p = Pool(2)
         >>> p.apply(pow, (2, 5))
         32
         """
@@ -631,6 +633,7 @@ class Pool:
 
         >>> sorted(p.imap_unordered(abs, [-1, 2]))
         [1, 2]
+        >>> p.terminate()
         """
         return self._imap(func, iterable, chunksize, ordered=False)
 
@@ -669,7 +672,7 @@ class Pool:
             self._cond.notify_all()
         for ref in running:
             try:
-                _cancel_soon(ref)
+                cancel_soon(ref)
             except Exception:
                 pass
         for src in dropped:
@@ -700,7 +703,7 @@ class Pool:
         # replaced), as multiprocessing's terminate() kills its processes.
         for ref in stuck:
             try:
-                _cancel_soon(ref, force=True)
+                cancel_soon(ref, force=True)
             except Exception:
                 pass
         with self._cond:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from .._actor import ActorHandle
-from .._api import get, wait
-from .._core import ObjectRef
+from .. import ActorHandle, ObjectRef, get, wait
 from ..exceptions import GetTimeoutError
 
 TYPE_CHECKING = False

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .._api import get, wait
+from .. import get, wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable, Iterator, Sequence
 
-    from .._core import ObjectRef
+    from .. import ObjectRef
 
 
 def _check_chunk(chunk_size: Any) -> None:
@@ -36,9 +36,14 @@ def as_completed(
     yields the refs instead; other keyword arguments (``timeout``, ``fetch_local``) go to
     ``volley.wait``. A task's error is raised when its batch comes.
 
-    >>> refs = [sleep_then_return.remote(x) for x in [3, 1, 2]]
+    >>> @volley.remote
+    ... def sleep_then_return(x):
+    ...     import time
+    ...     time.sleep(x / 2)
+    ...     return x
+    >>> refs = [sleep_then_return.remote(x) for x in [4, 1, 2]]
     >>> list(as_completed(refs, chunk_size=1))
-    [1, 2, 3]
+    [1, 2, 4]
     """
     _check_chunk(chunk_size)
     pending = list(refs)
@@ -62,6 +67,9 @@ def map_unordered(
     are taken. ``chunk_size``, ``yield_obj_refs`` and the other keyword arguments are as for
     ``as_completed``.
 
+    >>> @volley.remote
+    ... def square(x):
+    ...     return x * x
     >>> sorted(map_unordered(square, range(4)))
     [0, 1, 4, 9]
     """

@@ -3,7 +3,7 @@ path (``from volley.util.placement_group import placement_group``)."""
 
 from __future__ import annotations
 
-from .._placement import (
+from .. import (
     PlacementGroup,
     placement_group,
     placement_group_table,

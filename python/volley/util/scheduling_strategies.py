@@ -6,7 +6,6 @@ supported (see docs/from-ray.md)."""
 
 from __future__ import annotations
 
-from .._api import NodeAffinitySchedulingStrategy
-from .._placement import PlacementGroupSchedulingStrategy
+from .. import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 __all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

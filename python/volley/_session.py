@@ -1,0 +1,472 @@
+"""The session: volley started in this process (``init``, ``shutdown``, the automatic start at
+the first call, a forked child's fresh start) and what it knows of the cluster (``nodes``)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+
+from . import _core
+from ._resources import check_resources
+
+TYPE_CHECKING = False  # without importing typing, a slow import
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+_lock = threading.RLock()
+generation = 0  # bumped by every init/connect; remote functions re-register when it changes
+_atexit_registered = False
+# True once init has finished (or this worker has connected); False again after shutdown.
+# `ensure_init` reads it without the lock: the fast path of every first-call check.
+_ready = False
+_init_args: dict | None = None  # the running (or last) init's arguments, for a forked child
+_auto_started_by: str | None = None  # the thread whose first call started volley, if one did
+# In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
+# "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
+_forked_from: str | None = None
+# Called (in order) by shutdown, after the node has stopped: see at_shutdown.
+_shutdown_hooks: list[Callable[[], None]] = []
+
+
+class Context:
+    """What ``init`` returns: use it in a ``with`` block to shut volley down on exit.
+
+    >>> with volley.init(num_cpus=2):
+    ...     volley.get(volley.put(1))
+    1
+    """
+
+    def __init__(self, num_cpus: float):
+        self.num_cpus = num_cpus
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutdown()
+
+    def __repr__(self) -> str:
+        return f"volley.Context(num_cpus={self.num_cpus})"
+
+
+def _default_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _default_gpus() -> int:
+    """NVIDIA GPUs of this machine (as the driver lists them), or those CUDA_VISIBLE_DEVICES
+    names."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def _default_store_memory() -> int:
+    """30% of this machine's memory (or of the cgroup's limit, if lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return max(64 << 20, int(total * 0.3))
+
+
+def init(
+    num_cpus: float | None = None,
+    *,
+    log_to_driver: bool = True,
+    ignore_reinit_error: bool = False,
+    pipeline_depth: int = 8,
+    idle_worker_timeout: float = 2.0,
+    object_store_memory: int | None = None,
+    object_spill_dir: str | os.PathLike | None = None,
+    inline_threshold: int = 100 * 1024,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    address: str | None = None,
+    token: str | None = None,
+    runtime_env: dict | None = None,
+    tls_cert: str | None = None,
+    max_workers: int = 1024,
+) -> Context:
+    """Starts volley in this process: a node on Rust threads and one worker process per CPU.
+    With ``address``, connects to a running cluster instead and runs tasks on its nodes.
+
+    Args:
+        num_cpus: CPUs to schedule (default: the cores this process may use). One worker
+            process is started per CPU, in parallel; ``init`` does not wait for them.
+        log_to_driver: print workers' stdout/stderr here, each line prefixed with
+            ``(task_name pid=N)``.
+        ignore_reinit_error: return quietly if volley is already running.
+        pipeline_depth: tasks queued behind a running one on a worker when every CPU is busy.
+        idle_worker_timeout: seconds before extra workers (started while others were blocked
+            in ``get``) are stopped.
+        object_store_memory: bytes of shared memory for large objects (default: 30% of the
+            machine's memory). Pages are taken as objects are written, not up front. When it is
+            full, the least recently used objects that nobody is reading spill to disk.
+        object_spill_dir: where spilled objects go (default: the temporary directory). Spill
+            files have no name: they vanish when freed, or when volley's processes die.
+        inline_threshold: values whose pickled size (stream and buffers) is at least this many
+            bytes go to the shared-memory store; smaller ones travel inside messages.
+        num_gpus: GPUs to schedule (default: the NVIDIA GPUs this machine has).
+        resources: custom resources and their amounts, e.g. ``{"disk": 2}``; tasks and actors
+            asking for them (``resources={"disk": 1}``) wait until they are free.
+        address: ``"HOST:PORT"`` of a cluster's head (``volley start --head``), or ``"auto"``
+            for the one started on this machine. Tasks then run on the cluster's nodes; this
+            process runs none itself (``num_cpus`` defaults to 0 here). Actors, for now, run on
+            this machine.
+        token: the cluster's token (default: ``VOLLEY_TOKEN``, else the token file the head
+            wrote on this machine). A wrong one raises ``ConnectionError``.
+        runtime_env: what every task and actor of this driver runs in, on every node:
+            ``{"working_dir": "path", "py_modules": [module or path, ...], "env_vars":
+            {"NAME": "value"}}``. ``working_dir`` is packed (without ``__pycache__``, ``.git``,
+            ``.venv``; 512 MiB at most) and unpacked on each node, where tasks run in it with it
+            first on ``sys.path``: they import the driver's own modules and read its files.
+        tls_cert: with ``address``, the certificate (PEM) of a cluster started with
+            ``--tls-cert``; default ``VOLLEY_TLS_CERT``, or the one the head on this machine
+            uses. The driver trusts exactly that certificate.
+        max_workers: worker processes this node runs at most, actors and workers blocked in
+            ``get`` included. A task blocked in ``get`` lends its CPU to a new worker, so nested
+            tasks need one worker per level: a task that finds all ``max_workers`` blocked, with
+            nothing left running that could free one, fails with ``UnschedulableError``.
+
+    A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
+    because actors or placement groups hold what it needs gets one line on stderr per function
+    or actor class, saying what it waits for and who holds it: ``volley: task 'f' has waited 10
+    s for 1 CPU: all 2 CPUs are held by actor 'A' (2 of them)``.
+
+    The first ``.remote()`` call (or ``put``, an actor, a ``Pool``...) runs ``init()`` with
+    defaults if you have not; when several threads make their first call at once, one starts
+    volley and the others wait for it. An ``init()`` after such an automatic start raises
+    ``RuntimeError`` saying so.
+
+    Tasks and actors run with this process's ``multiprocessing`` authkey (as it is when
+    ``init`` runs), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
+
+    In a process forked from this one (``os.fork``, the ``fork`` start method), volley starts
+    afresh at the child's first call, with these arguments (``num_cpus`` 1 if it is not given
+    here; a cluster driver's child connects again); the parent's ``ObjectRef``s cannot be read
+    there. A child of a worker process raises ``RuntimeError`` at its first call. See
+    ``docs/processes.md``.
+
+    >>> ctx = volley.init(num_cpus=2)
+    >>> volley.is_initialized()
+    True
+    >>> volley.shutdown()
+    """
+    args = {k: v for k, v in locals().items() if k != "ignore_reinit_error"}
+    return _init(args, ignore_reinit_error, None, auto=False)
+
+
+def start_daemon(daemon: dict, **init_args: Any) -> tuple[int, str]:
+    """Runs this process as a cluster node (``volley start``; the CLI's entry, not for users):
+    ``init`` with ``init_args``, listening on ``daemon["listen"]`` and joining
+    ``daemon["head"]`` (None: this node is the head) with ``daemon["token"]`` (and
+    ``heartbeat_ms``, ``dead_after_ms``, ``tls_cert``, ``tls_key``). Returns the node's id and
+    the address it listens on."""
+    args = {**_INIT_DEFAULTS, **init_args}
+    _init(args, False, daemon, auto=False)
+    return daemon["joined"]
+
+
+def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool) -> Context:
+    """``init``, under the lock; ``auto``: the first volley call of some thread started it;
+    ``daemon``: this process is a cluster node (see ``start_daemon``)."""
+    # Only a driver or a node daemon runs these (a worker never calls init): imported here,
+    # `import volley` stays fast in every worker process.
+    import tempfile
+
+    from . import _cluster, _runtime_env
+
+    global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
+    num_cpus = args["num_cpus"]
+    log_to_driver = args["log_to_driver"]
+    pipeline_depth = args["pipeline_depth"]
+    idle_worker_timeout = args["idle_worker_timeout"]
+    object_store_memory = args["object_store_memory"]
+    object_spill_dir = args["object_spill_dir"]
+    inline_threshold = args["inline_threshold"]
+    num_gpus = args["num_gpus"]
+    resources = args["resources"]
+    address = args["address"]
+    token = args["token"]
+    runtime_env = args["runtime_env"]
+    tls_cert = args["tls_cert"]
+    max_workers = args["max_workers"]
+    with _lock:
+        if _core.mode() is not None:
+            if ignore_reinit_error or _core.mode() == "worker":
+                return Context(num_cpus or 0)
+            if _auto_started_by is not None:
+                raise RuntimeError(
+                    "volley is already initialised: the first volley call (in thread "
+                    f"{_auto_started_by!r}) started it with default settings before this "
+                    "init() ran; call volley.init() before any other volley call, or "
+                    "volley.shutdown() first (or pass ignore_reinit_error=True)"
+                )
+            raise RuntimeError(
+                "volley is already initialised; call volley.shutdown() first "
+                "(or pass ignore_reinit_error=True)"
+            )
+        joining = None
+        if address is not None:
+            joining = (_cluster.resolve_address(address), _cluster.resolve_token(token))
+        cpus = _default_cpus() if num_cpus is None else num_cpus
+        if joining is not None and num_cpus is None:
+            cpus = 0
+        clustered = joining is not None or daemon is not None
+        if not isinstance(cpus, (int, float)) or cpus < 0 or (cpus == 0 and not clustered):
+            raise ValueError(f"num_cpus must be a positive number, not {num_cpus!r}")
+        if pipeline_depth < 0:
+            raise ValueError("pipeline_depth must be >= 0")
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
+        store = _default_store_memory() if object_store_memory is None else object_store_memory
+        if not isinstance(store, int) or store < 4096:
+            raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
+        if not isinstance(inline_threshold, int) or inline_threshold < 0:
+            raise ValueError(f"inline_threshold must be >= 0, not {inline_threshold!r}")
+        gpus = _default_gpus() if num_gpus is None else num_gpus
+        if not isinstance(gpus, (int, float)) or gpus < 0:
+            raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
+        custom = check_resources(resources or {}, "init")
+        notice_ms = _wait_notice_ms()
+        # Every task and actor carries the environment, and with it this process's
+        # multiprocessing authkey: multiprocessing.Manager proxies passed to tasks then work
+        # (see _runtime_env).
+        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey())
+        if gpus:
+            custom["GPU"] = float(gpus)
+        if object_spill_dir is None:
+            spill_dir = tempfile.gettempdir()
+        else:
+            spill_dir = os.fspath(object_spill_dir)
+        # Workers skip `site` (-S) and get this process's sys.path instead: a faster start, and
+        # the same modules importable as here.
+        # ("" in sys.path means the current directory, as for `python -c` or a REPL.)
+        path = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
+        if daemon is not None:
+            env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
+        # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
+        # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
+        _core.set_diagnostics_dir(None if daemon else str(_cluster.session_dir() / "logs"))
+        _core.start_node(
+            float(cpus),
+            sys.executable,
+            ["-S", "-m", "volley._worker"],
+            env,
+            bool(log_to_driver),
+            int(pipeline_depth),
+            int(idle_worker_timeout * 1000),
+            int(store),
+            spill_dir,
+            int(inline_threshold),
+            sorted(custom.items()),
+            max_workers=max_workers,
+            wait_notice_ms=notice_ms,
+        )
+        try:
+            for h, data in env_packages.items():
+                _core.register_package(h, data)
+            _core.set_runtime_env(env_desc, sorted(env_packages))
+            if joining is not None:
+                _core.join_cluster(
+                    None,
+                    joining[0],
+                    joining[1],
+                    True,
+                    logs=bool(log_to_driver),
+                    tls_cert=_cluster.resolve_tls_cert(tls_cert),
+                )
+            elif daemon is not None:
+                daemon["joined"] = _core.join_cluster(
+                    daemon["listen"],
+                    daemon.get("head"),
+                    daemon["token"],
+                    False,
+                    daemon.get("heartbeat_ms", 500),
+                    daemon.get("dead_after_ms", 10_000),
+                    tls_cert=daemon.get("tls_cert"),
+                    tls_key=daemon.get("tls_key"),
+                )
+        except BaseException:
+            _core.shutdown(0.5)
+            raise
+        generation += 1
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        # What the first calls import, imported now (not with volley, whose import stays fast
+        # without it): a module that one thread is importing while another forks stays locked
+        # for ever in the child (see test_fork).
+        import cloudpickle  # noqa: F401
+
+        _init_args = None if daemon is not None else args
+        _auto_started_by = threading.current_thread().name if auto else None
+        _forked_from = None
+        _ready = True
+        return Context(cpus)
+
+
+def _authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey (what its ``Manager`` servers accept)."""
+    from multiprocessing import process  # only a driver needs it: `import volley` stays fast
+
+    return bytes(process.current_process().authkey)
+
+
+# init's arguments as a first call that starts volley passes them: the defaults.
+_INIT_DEFAULTS: dict = {"num_cpus": None, **(init.__kwdefaults__ or {})}
+del _INIT_DEFAULTS["ignore_reinit_error"]
+
+
+def _wait_notice_ms() -> int:
+    """``VOLLEY_WAIT_NOTICE_S`` (seconds, default 10; 0 turns the notices off) in ms."""
+    text = os.environ.get("VOLLEY_WAIT_NOTICE_S", "").strip()
+    if not text:
+        return 10_000
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:
+        raise ValueError(f"VOLLEY_WAIT_NOTICE_S must be a number of seconds >= 0, not {text!r}")
+    return int(seconds * 1000)
+
+
+def shutdown() -> None:
+    """Stops the workers and the node. Safe to call twice; ``init`` may be called again after.
+
+    >>> volley.shutdown()
+    >>> volley.is_initialized()
+    False
+    """
+    global _ready, _auto_started_by
+    with _lock:
+        if _core.mode() != "driver":
+            return
+        _ready = False
+        _auto_started_by = None
+        _core.shutdown(1.0)
+        for hook in _shutdown_hooks:
+            hook()
+
+
+def at_shutdown(hook: Callable[[], None]) -> None:
+    """Has ``shutdown`` call ``hook`` after the node has stopped (``ref.future()``'s futures
+    fail then), in this process only."""
+    _shutdown_hooks.append(hook)
+
+
+def nodes() -> list[dict]:
+    """The cluster's nodes as this process last heard from the head (every second or so): a
+    dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
+    ``workers``, ``store_used``, ``tasks_waiting`` (tasks not started: waiting for arguments,
+    for resources, or queued on a worker behind a running task) with ``waiting`` (what they wait
+    for and who holds it, a line per kind), ``driver``, and the bytes of stored values it has
+    pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
+    Empty outside a cluster (``volley status`` shows a driver's own node too).
+
+    >>> volley.init(address="auto")  # doctest: +SKIP
+    >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
+    ['127.0.0.1:6380', '127.0.0.2:6380']
+    """
+    return list(_core.cluster_nodes())
+
+
+def is_initialized() -> bool:
+    """True once ``init`` ran (or inside a worker).
+
+    >>> volley.is_initialized()
+    False
+    """
+    return _core.mode() is not None
+
+
+def ensure_init() -> None:
+    """Starts volley with defaults unless it runs (the first call of any thread does this)."""
+    if not _ready:
+        _auto_init()
+
+
+def _auto_init() -> None:
+    # Several threads may make their first call at once: one starts volley, under the lock;
+    # the others wait for the lock, then find it running.
+    with _lock:
+        if _ready:
+            return
+        if _forked_from is not None:
+            _init_forked_child()
+            return
+        if _core.mode() is None:
+            _init(dict(_INIT_DEFAULTS), False, None, auto=True)
+
+
+def _init_forked_child() -> None:
+    """The first volley call in a child forked from a process that ran volley: starts the
+    child's own volley with the parent's ``init`` arguments (a cluster driver's child connects to
+    the cluster again), or raises if the child cannot have one."""
+    was = _forked_from
+    if was == "worker":
+        raise RuntimeError(
+            f"volley cannot be used in a process forked from a volley worker (this is pid "
+            f"{os.getpid()}, forked from pid {os.getppid()}): the worker's connection to its "
+            "node belongs to the parent. Start the child with the 'spawn' or 'forkserver' "
+            "multiprocessing start method, or submit volley tasks instead of forking"
+        )
+    if was == "daemon" or _init_args is None:
+        raise RuntimeError(
+            f"volley cannot be used in a process forked from a volley node daemon (this is "
+            f"pid {os.getpid()}, forked from pid {os.getppid()}); start the child with the "
+            "'spawn' start method"
+        )
+    args = dict(_init_args)
+    if args.get("address") is None and args.get("num_cpus") is None:
+        # A forked child is usually one of many siblings (a fork Pool, joblib's multiprocessing
+        # backend): each taking every core would start siblings x cores workers.
+        args["num_cpus"] = 1
+    _init(args, False, None, auto=True)
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: the parent's volley (its node's threads,
+    its sockets, its shared memory) is not this process's. Forget it without touching it; the
+    child's first volley call starts a volley of its own (see ``_init_forked_child``)."""
+    global _lock, _ready, generation, _forked_from, _auto_started_by
+    _lock = threading.RLock()  # a thread of the parent may have held it
+    was = _core.after_fork_in_child()
+    if was is None:
+        return
+    _ready = False
+    _auto_started_by = None
+    generation += 1  # remote functions register again, with the child's node
+    if was == "driver":
+        args = _init_args or {}
+        _forked_from = "daemon" if _init_args is None else "driver"
+        if args.get("address") is not None:
+            _forked_from = "cluster"
+    else:
+        _forked_from = "worker"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def mark_worker_connected() -> None:
+    """This process is a worker that has connected to its node: volley calls in tasks use it."""
+    global generation, _ready
+    generation += 1
+    _ready = True
