@@ -2163,3 +2163,6 @@ mod tests;
 
 #[cfg(test)]
 mod actor_tests;
+
+#[cfg(test)]
+mod perf;
