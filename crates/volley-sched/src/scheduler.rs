@@ -2159,6 +2159,9 @@ fn milli(amount: u64) -> String {
 }
 
 #[cfg(test)]
+mod harness;
+
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -494,134 +494,44 @@ fn held_text(what: &str, free: u64, total: u64, holders: &[String]) -> String {
 mod tests {
     //! Driven event by event, like `scheduler::tests`.
 
+    use super::super::harness::{peer_view, F, H};
     use super::*;
-    use volley_proto::{ActorOptions, IdGenerator, PgSpec, PgStrategy, TaskOptions};
-
-    const F: FunctionId = FunctionId([1; 16]);
-    const CLASS: FunctionId = FunctionId([2; 16]);
-
-    struct H {
-        s: Scheduler,
-        ids: IdGenerator,
-        out: Vec<Action>,
-    }
-
-    impl H {
-        /// A node with `cpus` CPUs (and `res`), its pool started and connected.
-        fn new(cpus: f64, res: &[(&str, u64)]) -> Self {
-            let mut cfg = Config::with_cpus(cpus);
-            cfg.resources = res.iter().map(|(r, a)| (r.to_string(), *a)).collect();
-            let mut s = Scheduler::new(cfg);
-            s.register_function(F, Arc::from(&b"fn"[..]));
-            s.register_function(CLASS, Arc::from(&b"cls"[..]));
-            let mut h = H { s, ids: IdGenerator::new(), out: Vec::new() };
-            h.s.start(&mut h.out);
-            h.connect_spawned();
-            h
-        }
-
-        fn connect_spawned(&mut self) {
-            let spawned: Vec<WorkerId> = self
-                .out
-                .drain(..)
-                .filter_map(|a| match a {
-                    Action::Spawn { worker } => Some(worker),
-                    _ => None,
-                })
-                .collect();
-            for w in spawned {
-                self.s.worker_connected(w, 1000 + w.0, &mut self.out);
-            }
-            self.out.clear();
-        }
-
-        fn submit(&mut self, name: &str, opts: TaskOptions) -> ObjectId {
-            let spec = TaskSpec {
-                task_id: self.ids.next_task(),
-                function: F,
-                name: name.into(),
-                args: ObjectData::default(),
-                deps: vec![],
-                num_returns: 1,
-                options: opts,
-                actor: ActorPart::None,
-            };
-            let id = ObjectId::for_return(spec.task_id, 1);
-            self.s.submit(Holder::Local, spec, &mut self.out);
-            id
-        }
-
-        fn cpu_task(&mut self, name: &str) -> ObjectId {
-            self.submit(name, TaskOptions { cpu_milli: 1000, ..Default::default() })
-        }
-
-        fn actor(&mut self, class: &str, cpu_milli: u32) -> ActorId {
-            let spec = TaskSpec {
-                task_id: self.ids.next_task(),
-                function: CLASS,
-                name: class.into(),
-                args: ObjectData::default(),
-                deps: vec![],
-                num_returns: 1,
-                options: TaskOptions { cpu_milli, ..Default::default() },
-                actor: ActorPart::Create(Box::new(ActorOptions {
-                    class_name: class.into(),
-                    max_concurrency: 1,
-                    ..Default::default()
-                })),
-            };
-            let (aid, _) = self.s.create_actor(Holder::Local, spec, &mut self.out).expect("ok");
-            aid
-        }
-
-        /// Advances the clock to `ms`; the notices it logged.
-        fn tick(&mut self, ms: u64) -> Vec<String> {
-            self.out.clear();
-            self.s.tick(ms, &mut self.out);
-            self.out
-                .drain(..)
-                .filter_map(|a| match a {
-                    Action::Log(l) => Some(l),
-                    _ => None,
-                })
-                .collect()
-        }
-    }
+    use volley_proto::{PgSpec, PgStrategy, TaskOptions};
 
     #[test]
     fn a_task_behind_two_actors_is_noticed_once_naming_them() {
-        let mut h = H::new(2.0, &[]);
+        let mut h = H::with_resources(2.0, &[]);
         h.actor("Counter", 1000);
         h.actor("Counter", 1000);
         let f = h.cpu_task("f");
         let also = h.cpu_task("f");
         assert_eq!(h.s.stats().tasks_queued, 2);
-        assert!(h.tick(9_000).is_empty(), "not before the delay");
-        let said = h.tick(10_000);
+        assert!(h.tick_logs(9_000).is_empty(), "not before the delay");
+        let said = h.tick_logs(10_000);
         assert_eq!(
             said,
             vec!["volley: task 'f' has waited 10 s for 1 CPU: all 2 CPUs are held by actor \
                   'Counter' (2 of them)"
                 .to_string()]
         );
-        assert!(h.tick(20_000).is_empty(), "said once, not every tick");
+        assert!(h.tick_logs(20_000).is_empty(), "said once, not every tick");
         h.cpu_task("f");
-        assert!(h.tick(40_000).is_empty(), "once per function, not per task");
+        assert!(h.tick_logs(40_000).is_empty(), "once per function, not per task");
         let why = h.s.explain_wait(f).expect("queued");
         assert!(why.contains("task 'f' is queued"), "{why}");
         assert!(why.contains("all 2 CPUs are held by actor 'Counter' (2 of them)"), "{why}");
         assert!(h.s.explain_wait(also).is_some());
         // Another function waiting is said once too.
         h.cpu_task("g");
-        assert!(h.tick(45_000).is_empty(), "g has waited 5 s only");
-        let said = h.tick(56_000);
+        assert!(h.tick_logs(45_000).is_empty(), "g has waited 5 s only");
+        let said = h.tick_logs(56_000);
         assert_eq!(said.len(), 1);
         assert!(said[0].starts_with("volley: task 'g' has waited 16 s for 1 CPU"), "{said:?}");
     }
 
     #[test]
     fn a_placement_group_holding_the_cpus_is_named() {
-        let mut h = H::new(2.0, &[]);
+        let mut h = H::with_resources(2.0, &[]);
         let ready = ObjectId::for_return(h.ids.next_task(), 0);
         let spec = PgSpec {
             id: "6f1c".into(),
@@ -650,15 +560,15 @@ mod tests {
 
     #[test]
     fn running_tasks_and_partly_free_resources_are_described() {
-        let mut h = H::new(2.0, &[("disk", 3000)]);
+        let mut h = H::with_resources(2.0, &[("disk", 3000)]);
         let disk = |a: u64| TaskOptions {
             cpu_milli: 0,
             resources: vec![("disk".into(), a)],
             ..Default::default()
         };
-        h.submit("copy", disk(1000));
-        h.submit("copy", disk(1000));
-        let big = h.submit("big", disk(2000));
+        h.submit_named("copy", disk(1000));
+        h.submit_named("copy", disk(1000));
+        let big = h.submit_named("big", disk(2000));
         let why = h.s.explain_wait(big).expect("queued");
         assert!(
             why.ends_with(
@@ -670,68 +580,57 @@ mod tests {
 
     #[test]
     fn an_actor_that_cannot_start_is_noticed_with_its_class() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.actor("Holder", 1000);
         let waiting = h.actor("Late", 1000);
-        assert!(h.tick(1_000).is_empty());
-        let said = h.tick(12_000);
+        assert!(h.tick_logs(1_000).is_empty());
+        let said = h.tick_logs(12_000);
         assert_eq!(
             said,
             vec!["volley: actor 'Late' has waited 11 s to start, for 1 CPU: the one CPU is held \
                   by actor 'Holder'"
                 .to_string()]
         );
-        assert!(h.tick(30_000).is_empty());
+        assert!(h.tick_logs(30_000).is_empty());
         let why = h.s.explain_wait(waiting.object()).expect("pending");
         assert!(why.starts_with("actor 'Late' has not started: it waits for 1 CPU"), "{why}");
     }
 
     #[test]
     fn a_queue_behind_running_tasks_is_in_line_not_stuck() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.cfg.pipeline_depth = 0;
         h.cpu_task("f");
         let queued = h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty(), "it starts when the running one ends");
+        assert!(h.tick_logs(60_000).is_empty(), "it starts when the running one ends");
         let why = h.s.explain_wait(queued).expect("queued");
         assert!(why.ends_with("1 CPU: the one CPU is held by task 'f'"), "{why}");
         // An actor taking the CPU meanwhile makes it stuck.
         h.s.cfg.cpu_total_milli = 2000;
         h.actor("A", 1000);
-        let said = h.tick(70_000);
+        let said = h.tick_logs(70_000);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("all 2 CPUs are held by actor 'A' and task 'f'"), "{said:?}");
     }
 
     #[test]
     fn no_notice_when_disabled_or_when_the_task_runs() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.cfg.wait_notice_ms = 0;
         h.actor("A", 1000);
         h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty());
-        let mut h = H::new(1.0, &[]);
+        assert!(h.tick_logs(60_000).is_empty());
+        let mut h = H::with_resources(1.0, &[]);
         let f = h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty(), "it runs");
+        assert!(h.tick_logs(60_000).is_empty(), "it runs");
         assert_eq!(h.s.explain_wait(f), None);
-    }
-
-    fn peer(id: u32, cpus: u32, free: u32, driver: bool) -> PeerView {
-        PeerView {
-            id: NodeId(id),
-            cpu_total_milli: cpus * 1000,
-            cpu_free_milli: free * 1000,
-            resources: Vec::new(),
-            driver,
-            named: Vec::new(),
-        }
     }
 
     #[test]
     fn work_a_peer_sent_is_noticed_to_that_peer_naming_this_node() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.set_node_id(NodeId(2));
-        h.s.set_peers(vec![peer(1, 0, 0, true)], &mut h.out);
+        h.s.set_peers(vec![peer_view(1, 0, 0, true)], &mut h.out);
         h.actor("A", 1000);
         let spec = TaskSpec {
             task_id: h.ids.next_task(),
@@ -773,9 +672,9 @@ mod tests {
 
     #[test]
     fn a_drivers_node_says_no_node_of_the_cluster_has_room() {
-        let mut h = H::new(0.0, &[]);
+        let mut h = H::with_resources(0.0, &[]);
         h.s.set_node_id(NodeId(4));
-        h.s.set_peers(vec![peer(1, 0, 0, false), peer(2, 1, 0, false)], &mut h.out);
+        h.s.set_peers(vec![peer_view(1, 0, 0, false), peer_view(2, 1, 0, false)], &mut h.out);
         // Node 2 takes PEER_DEPTH tasks per CPU; the next one waits here.
         let refs: Vec<ObjectId> = (0..=super::peers::PEER_DEPTH).map(|_| h.cpu_task("f")).collect();
         let why = h.s.explain_wait(refs[refs.len() - 1]).expect("queued here");
@@ -790,7 +689,7 @@ mod tests {
 
     #[test]
     fn tasks_pipelined_behind_a_running_one_count_as_waiting() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         for _ in 0..3 {
             h.cpu_task("f");
         }
