@@ -13,6 +13,7 @@ mod explain;
 mod peers;
 mod placement;
 mod remote_actors;
+mod resources;
 mod streams;
 
 use actors::ActorEntry;
@@ -20,6 +21,7 @@ pub use actors::ActorError;
 pub use peers::PeerView;
 use peers::{FromPeer, PeerEntry};
 pub use remote_actors::ActorReport;
+use resources::Resources;
 use streams::StreamState;
 pub use streams::StreamStep;
 
@@ -328,7 +330,6 @@ pub struct Scheduler {
     waiters: HashMap<WaiterId, Waiter>,
     next_waiter: WaiterId,
     next_worker: u32,
-    cpu_used: u32,
     /// Workers that failed to start (not killed from outside), in a row.
     start_failures: u32,
     last_start_failure: String,
@@ -339,8 +340,8 @@ pub struct Scheduler {
     /// While workers fail to start, one is tried again at this time (to recover once they can).
     next_probe_ms: u64,
     now_ms: u64,
-    /// Resources other than CPU in use, in thousandths.
-    res_used: HashMap<String, u64>,
+    /// CPUs, GPUs and custom resources: totals and use.
+    res: Resources,
     actors: HashMap<ActorId, ActorEntry>,
     /// (namespace, name) of named actors.
     names: HashMap<(String, String), ActorId>,
@@ -361,8 +362,6 @@ pub struct Scheduler {
     node_id: Option<NodeId>,
     /// References peers hold on actors they had created here.
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
-    /// Per GPU (by index): thousandths in use.
-    gpu_used: Vec<u32>,
     /// Runtime-environment packages by content hash (see `TaskOptions::runtime_env`).
     packages: HashMap<String, Arc<[u8]>>,
     /// Placement groups this node created.
@@ -404,9 +403,10 @@ fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload>
 
 impl Scheduler {
     pub fn new(cfg: Config) -> Self {
-        let gpus = cfg.resources.get("GPU").copied().unwrap_or(0);
+        let res = Resources::new(cfg.cpu_total_milli, cfg.resources.clone());
         Scheduler {
             cfg,
+            res,
             objects: HashMap::new(),
             tasks: HashMap::new(),
             ready: VecDeque::new(),
@@ -416,14 +416,12 @@ impl Scheduler {
             waiters: HashMap::new(),
             next_waiter: 1,
             next_worker: 1,
-            cpu_used: 0,
             start_failures: 0,
             last_start_failure: String::new(),
             early_deaths: 0,
             spawn_after_ms: 0,
             next_probe_ms: 0,
             now_ms: 0,
-            res_used: HashMap::new(),
             actors: HashMap::new(),
             names: HashMap::new(),
             pending_actors: VecDeque::new(),
@@ -435,7 +433,6 @@ impl Scheduler {
             prefer_peers: false,
             node_id: None,
             peer_actor_refs: HashMap::new(),
-            gpu_used: vec![0; (gpus / 1000) as usize],
             packages: HashMap::new(),
             pgs: HashMap::new(),
             reservations: HashMap::new(),
@@ -456,17 +453,7 @@ impl Scheduler {
 
     /// Resources other than CPU: name, total, free (thousandths).
     pub fn resource_usage(&self) -> Vec<(String, u64, u64)> {
-        let mut v: Vec<(String, u64, u64)> = self
-            .cfg
-            .resources
-            .iter()
-            .map(|(r, total)| {
-                let used = self.res_used.get(r).copied().unwrap_or(0);
-                (r.clone(), *total, total.saturating_sub(used))
-            })
-            .collect();
-        v.sort();
-        v
+        self.res.usage()
     }
 
     // ----------------------------------------------------------------- workers
@@ -548,7 +535,7 @@ impl Scheduler {
             return;
         };
         if w.blocked == 0 {
-            self.cpu_used -= w.cpu_held;
+            self.res.give_cpu(w.cpu_held);
         }
         self.release_res(&w.res_held, &w.gpus);
         for waiter in w.requests.values() {
@@ -855,7 +842,7 @@ impl Scheduler {
             .values()
             .filter(|p| cluster && !p.view.driver)
             .map(|p| p.view.cpu_total_milli)
-            .fold(self.cfg.cpu_total_milli, u32::max);
+            .fold(self.res.cpu_total(), u32::max);
         if spec.options.cpu_milli > cpus {
             return Some(format!(
                 "{what} '{}' needs {} CPUs but {place} {}; it can never run",
@@ -864,12 +851,12 @@ impl Scheduler {
                 milli(cpus.into())
             ));
         }
-        let mut fits_here = spec.options.cpu_milli <= self.cfg.cpu_total_milli;
+        let mut fits_here = spec.options.cpu_milli <= self.res.cpu_total();
         for (r, amount) in &spec.options.resources {
             if r.starts_with(placement::PG_PREFIX) {
                 continue; // The group's bundles may not be placed yet.
             }
-            let here = self.cfg.resources.get(r).copied().unwrap_or(0);
+            let here = self.res.total(r);
             fits_here &= *amount <= here;
             let total = self
                 .peers
@@ -907,75 +894,14 @@ impl Scheduler {
         })
     }
 
-    /// Whether `cpu` and `res` are free now.
-    fn fits(&self, cpu: u32, res: &[(String, u64)]) -> bool {
-        self.cpu_used + cpu <= self.cfg.cpu_total_milli
-            && res.iter().all(|(r, a)| {
-                let used = self.res_used.get(r).copied().unwrap_or(0);
-                used + a <= self.cfg.resources.get(r).copied().unwrap_or(0)
-            })
-    }
-
-    /// Takes `res`; gives the GPUs (indices) picked for its `GPU` amount.
+    /// Takes `res` for a task or actor; gives the GPUs (indices) picked for it.
     fn acquire_res(&mut self, res: &[(String, u64)]) -> Vec<u32> {
-        let mut gpus = Vec::new();
-        for (r, a) in res {
-            *self.res_used.entry(r.clone()).or_insert(0) += a;
-            if r == "GPU" {
-                gpus = self.take_gpus(*a);
-            } else if gpus.is_empty() {
-                if let Some(g) = self.bundle_gpus(r, *a) {
-                    gpus = g;
-                }
-            }
-        }
-        gpus
+        let reservations = &self.reservations;
+        self.res.acquire(res, |r, a| placement::bundle_gpus(reservations, r, a))
     }
 
     fn release_res(&mut self, res: &[(String, u64)], gpus: &[u32]) {
-        for (r, a) in res {
-            if let Some(u) = self.res_used.get_mut(r) {
-                *u = u.saturating_sub(*a);
-            }
-            if r == "GPU" {
-                let each = if *a >= 1000 { 1000 } else { *a as u32 };
-                for g in gpus {
-                    if let Some(u) = self.gpu_used.get_mut(*g as usize) {
-                        *u = u.saturating_sub(each);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whole GPUs for an amount of one or more (the lowest free indices), or the fullest GPU
-    /// with room for a fraction of one.
-    fn take_gpus(&mut self, amount: u64) -> Vec<u32> {
-        if amount == 0 || self.gpu_used.is_empty() {
-            return Vec::new();
-        }
-        if amount >= 1000 {
-            let want = amount.div_ceil(1000) as usize;
-            let free: Vec<u32> = (0..self.gpu_used.len() as u32)
-                .filter(|g| self.gpu_used[*g as usize] == 0)
-                .take(want)
-                .collect();
-            for g in &free {
-                self.gpu_used[*g as usize] = 1000;
-            }
-            return free;
-        }
-        let a = amount as u32;
-        let best = (0..self.gpu_used.len())
-            .filter(|g| self.gpu_used[*g] + a <= 1000)
-            .max_by_key(|g| (self.gpu_used[*g], std::cmp::Reverse(*g)));
-        match best {
-            Some(g) => {
-                self.gpu_used[g] += a;
-                vec![g as u32]
-            }
-            None => Vec::new(),
-        }
+        self.res.release(res, gpus);
     }
 
     /// Counts a new task's pending dependencies; it becomes runnable once they are all ready, and
@@ -1178,7 +1104,7 @@ impl Scheduler {
                 continue;
             };
             let plain = task.spec.options.resources.is_empty();
-            if self.fits(cpu, &task.spec.options.resources) {
+            if self.res.fits(cpu, &task.spec.options.resources) {
                 if let Some(w) = self.idle_worker() {
                     self.queue(side).pop_front();
                     self.assign(w, tid, out);
@@ -1200,7 +1126,7 @@ impl Scheduler {
                 }
                 None if side => {
                     // Tasks behind it may want other resources, or none: on to them.
-                    cpu_short |= self.cpu_used + cpu > self.cfg.cpu_total_milli;
+                    cpu_short |= self.res.cpu_short(cpu);
                     self.queue(side).pop_front();
                     parked.push(tid);
                 }
@@ -1259,7 +1185,7 @@ impl Scheduler {
             .values()
             .filter(|w| w.state == WorkerState::Starting && w.actor.is_none())
             .count();
-        let free_cpus = ((self.cfg.cpu_total_milli - self.cpu_used) as usize).div_ceil(1000).max(1);
+        let free_cpus = (self.res.cpu_free() as usize).div_ceil(1000).max(1);
         let wanted = free_cpus.min(self.queued());
         let mut n = starting;
         while n < wanted && self.workers.len() < self.cfg.max_workers {
@@ -1333,7 +1259,7 @@ impl Scheduler {
         let runs_now = w.queue.len() == 1 && w.actor.is_none();
         if runs_now {
             w.cpu_held = spec.options.cpu_milli;
-            self.cpu_used += w.cpu_held;
+            self.res.take_cpu(w.cpu_held);
             if !spec.options.resources.is_empty() {
                 w.res_held = spec.options.resources.clone();
                 let gpus = self.acquire_res(&spec.options.resources);
@@ -1452,7 +1378,8 @@ impl Scheduler {
         let held = head.map_or(0, |t| t.spec.options.cpu_milli);
         let res = head.map(|t| t.spec.options.resources.clone()).unwrap_or_default();
         if w.blocked == 0 {
-            self.cpu_used = self.cpu_used - w.cpu_held + held;
+            self.res.give_cpu(w.cpu_held);
+            self.res.take_cpu(held);
         }
         w.cpu_held = held;
         let old = std::mem::replace(&mut w.res_held, res.clone());
@@ -1803,7 +1730,7 @@ impl Scheduler {
                 w.requests.insert(req, wid);
                 w.blocked += 1;
                 if w.blocked == 1 && w.actor.is_none() {
-                    self.cpu_used -= w.cpu_held;
+                    self.res.give_cpu(w.cpu_held);
                     // Tasks pipelined behind the blocked one must not wait for it.
                     if w.queue.len() > 1 {
                         let tasks: Vec<TaskId> = w.queue.iter().skip(1).copied().collect();
@@ -1846,7 +1773,7 @@ impl Scheduler {
                 if wk.blocked == 0 && wk.actor.is_none() {
                     // Take the CPU back, even if that over-commits for a moment: the lent-out
                     // work finishes and the balance returns.
-                    self.cpu_used += wk.cpu_held;
+                    self.res.take_cpu(wk.cpu_held);
                 }
             }
         }
@@ -2106,8 +2033,8 @@ impl Scheduler {
     pub fn stats(&self) -> Stats {
         let mut s = Stats {
             objects: self.objects.len(),
-            cpu_used_milli: self.cpu_used,
-            cpu_total_milli: self.cfg.cpu_total_milli,
+            cpu_used_milli: self.res.cpu_used(),
+            cpu_total_milli: self.res.cpu_total(),
             actors: self.actors.len(),
             ..Default::default()
         };

@@ -370,11 +370,11 @@ impl Scheduler {
             }
             let cpu = a.create.options.cpu_milli;
             let res = a.create.options.resources.clone();
-            if !self.fits(cpu, &res) {
+            if !self.res.fits(cpu, &res) {
                 waiting.push_back(aid);
                 continue;
             }
-            self.cpu_used += cpu;
+            self.res.take_cpu(cpu);
             let gpus = self.acquire_res(&res);
             let w = self.spawn_for(Some(aid), out);
             if let Some(a) = self.actors.get_mut(&aid) {
@@ -558,7 +558,7 @@ impl Scheduler {
         };
         self.pending_actors.retain(|x| *x != aid);
         if a.holds_resources {
-            self.cpu_used -= a.create.options.cpu_milli;
+            self.res.give_cpu(a.create.options.cpu_milli);
             self.release_res(&a.create.options.resources, &a.gpus);
         }
         if !a.args_released {
@@ -741,7 +741,7 @@ impl Scheduler {
         }
         self.pending_actors.retain(|x| *x != aid);
         if holds {
-            self.cpu_used -= create.options.cpu_milli;
+            self.res.give_cpu(create.options.cpu_milli);
             self.release_res(&create.options.resources, &gpus);
         }
         for t in calls {

@@ -240,12 +240,11 @@ impl Scheduler {
         }
         let o = &spec.options;
         let mut short: Vec<Held<'_>> = Vec::new();
-        if o.cpu_milli > 0 && self.cpu_used + o.cpu_milli > self.cfg.cpu_total_milli {
+        if o.cpu_milli > 0 && self.res.cpu_short(o.cpu_milli) {
             short.push(Held::Cpu);
         }
         for (r, a) in &o.resources {
-            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
-            if self.res_used.get(r).copied().unwrap_or(0) + a > total {
+            if self.res.used(r) + a > self.res.total(r) {
                 short.push(Held::Res(r));
             }
         }
@@ -296,9 +295,9 @@ impl Scheduler {
     pub(super) fn shortfall(&self, cpu: u32, res: &[(String, u64)]) -> Vec<String> {
         let mut out = Vec::new();
         let mut said: HashSet<(&str, &str)> = HashSet::new();
-        let total = self.cfg.cpu_total_milli;
-        if cpu > 0 && self.cpu_used + cpu > total {
-            let free = total.saturating_sub(self.cpu_used);
+        let total = self.res.cpu_total();
+        if cpu > 0 && self.res.cpu_short(cpu) {
+            let free = self.res.cpu_free();
             out.push(held_text(
                 "CPU",
                 u64::from(free),
@@ -307,8 +306,8 @@ impl Scheduler {
             ));
         }
         for (r, a) in res {
-            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
-            let used = self.res_used.get(r).copied().unwrap_or(0);
+            let total = self.res.total(r);
+            let used = self.res.used(r);
             if used + a <= total {
                 continue;
             }
@@ -606,7 +605,7 @@ mod tests {
         let why = h.s.explain_wait(queued).expect("queued");
         assert!(why.ends_with("1 CPU: the one CPU is held by task 'f'"), "{why}");
         // An actor taking the CPU meanwhile makes it stuck.
-        h.s.cfg.cpu_total_milli = 2000;
+        h.s.res.set_cpu_total(2000);
         h.actor("A", 1000);
         let said = h.tick_logs(70_000);
         assert_eq!(said.len(), 1, "{said:?}");

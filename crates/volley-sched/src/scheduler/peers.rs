@@ -246,8 +246,7 @@ impl Scheduler {
 
     /// Asks a peer to give back queued tasks, if another node has room for them.
     pub(super) fn steal_from_peers(&mut self, out: &mut Vec<Action>) {
-        let local_room =
-            self.idle_worker().is_some() && self.cpu_used + 1000 <= self.cfg.cpu_total_milli;
+        let local_room = self.idle_worker().is_some() && !self.res.cpu_short(1000);
         let peer_room = self.peers.values().any(|p| {
             !p.view.driver && !p.stealing && p.inflight_cpu() + 1000 <= p.view.cpu_total_milli
         });
@@ -412,11 +411,11 @@ impl Scheduler {
 
     /// For `SPREAD`: whether some peer is less loaded (by what runs there for us) than this node.
     pub(super) fn spread_to_peer(&self, cpu: u32) -> bool {
-        let total = self.cfg.cpu_total_milli;
-        let here = if total == 0 || self.cpu_used + cpu > total {
+        let total = self.res.cpu_total();
+        let here = if total == 0 || self.res.cpu_short(cpu) {
             u64::MAX
         } else {
-            u64::from(self.cpu_used) * 1000 / u64::from(total)
+            u64::from(self.res.cpu_used()) * 1000 / u64::from(total)
         };
         self.peers.values().any(|p| {
             !p.view.driver

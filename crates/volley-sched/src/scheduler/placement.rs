@@ -256,11 +256,8 @@ impl Scheduler {
         if !self.prefer_peers {
             let mut total: HashMap<String, u64> = HashMap::new();
             let mut free: HashMap<String, u64> = HashMap::new();
-            total.insert("CPU".into(), u64::from(self.cfg.cpu_total_milli));
-            free.insert(
-                "CPU".into(),
-                u64::from(self.cfg.cpu_total_milli.saturating_sub(self.cpu_used)),
-            );
+            total.insert("CPU".into(), u64::from(self.res.cpu_total()));
+            free.insert("CPU".into(), u64::from(self.res.cpu_free()));
             for (r, t, f) in self.resource_usage() {
                 if !r.starts_with(PG_PREFIX) {
                     total.insert(r.clone(), t);
@@ -518,21 +515,11 @@ impl Scheduler {
         let cpu = whole.get("CPU").copied().unwrap_or(0);
         let other: Vec<(String, u64)> =
             whole.iter().filter(|(r, _)| *r != "CPU").map(|(r, a)| (r.clone(), *a)).collect();
-        if cpu > u64::from(u32::MAX) || !self.fits(cpu as u32, &other) {
+        if cpu > u64::from(u32::MAX) || !self.res.fits(cpu as u32, &other) {
             return false;
         }
         for (i, b) in bundles {
-            let mut gpus = Vec::new();
-            for (r, a) in b {
-                if r == "CPU" {
-                    self.cpu_used += *a as u32;
-                } else {
-                    *self.res_used.entry(r.clone()).or_insert(0) += a;
-                    if r == "GPU" {
-                        gpus = self.take_gpus(*a);
-                    }
-                }
-            }
+            let gpus = self.res.reserve_bundle(b);
             let r = self
                 .reservations
                 .entry(pg.to_string())
@@ -540,7 +527,7 @@ impl Scheduler {
             r.bundles.push((*i, b.clone(), gpus));
         }
         for (name, amount) in bundle_resources(pg, bundles) {
-            *self.cfg.resources.entry(name).or_insert(0) += amount;
+            self.res.add_total(name, amount);
         }
         true
     }
@@ -550,18 +537,11 @@ impl Scheduler {
     pub fn release_pg(&mut self, pg: &str, remove: bool, out: &mut Vec<Action>) {
         if let Some(r) = self.reservations.remove(pg) {
             for (_, b, gpus) in r.bundles {
-                for (res, a) in &b {
-                    if res == "CPU" {
-                        self.cpu_used = self.cpu_used.saturating_sub(*a as u32);
-                    } else {
-                        self.release_res(&[(res.clone(), *a)], &gpus);
-                    }
-                }
+                self.res.release_bundle(&b, &gpus);
             }
         }
         let prefix = format!("{PG_PREFIX}{pg}:");
-        self.cfg.resources.retain(|r, _| !r.starts_with(&prefix));
-        self.res_used.retain(|r, _| !r.starts_with(&prefix));
+        self.res.remove_prefixed(&prefix);
         if remove {
             self.removed_pgs.insert(pg.to_string());
             let uses = |res: &[(String, u64)]| res.iter().any(|(r, _)| r.starts_with(&prefix));
@@ -658,25 +638,8 @@ impl Scheduler {
     /// Whether this node holds (in total) what `spec` asks of placement-group resources.
     pub(super) fn holds_pg_resources(&self, spec: &TaskSpec) -> bool {
         spec.options.resources.iter().all(|(r, a)| {
-            !r.starts_with(PG_PREFIX) || self.cfg.resources.get(r).is_some_and(|t| t >= a)
+            !r.starts_with(PG_PREFIX) || self.res.totals().get(r).is_some_and(|t| t >= a)
         })
-    }
-
-    /// The GPUs of the bundle behind a placement-group GPU resource (`pg:P:i:GPU`, or
-    /// `pg:P:GPU` for any bundle of P here).
-    pub(super) fn bundle_gpus(&self, res: &str, amount: u64) -> Option<Vec<u32>> {
-        let rest = res.strip_prefix(PG_PREFIX)?.strip_suffix(":GPU")?;
-        let mut parts = rest.split(':');
-        let pg = parts.next()?;
-        let index: Option<u32> = parts.next().and_then(|i| i.parse().ok());
-        let r = self.reservations.get(pg)?;
-        let gpus = r
-            .bundles
-            .iter()
-            .find(|(i, _, g)| !g.is_empty() && index.is_none_or(|x| x == *i))
-            .map(|(_, _, g)| g)?;
-        let want = (amount.div_ceil(1000) as usize).max(1);
-        Some(gpus.iter().take(want).copied().collect())
     }
 
     /// Every group this node created, for `placement_group_table`.
@@ -721,4 +684,25 @@ fn bundle_resources(pg: &str, bundles: &[(u32, Vec<(String, u64)>)]) -> Vec<(Str
         }
     }
     out.into_iter().collect()
+}
+
+/// The GPUs of the bundle behind a placement-group GPU resource (`pg:P:i:GPU`, or
+/// `pg:P:GPU` for any bundle of P here), among the bundles `reservations` holds.
+pub(super) fn bundle_gpus(
+    reservations: &HashMap<String, Reservation>,
+    res: &str,
+    amount: u64,
+) -> Option<Vec<u32>> {
+    let rest = res.strip_prefix(PG_PREFIX)?.strip_suffix(":GPU")?;
+    let mut parts = rest.split(':');
+    let pg = parts.next()?;
+    let index: Option<u32> = parts.next().and_then(|i| i.parse().ok());
+    let r = reservations.get(pg)?;
+    let gpus = r
+        .bundles
+        .iter()
+        .find(|(i, _, g)| !g.is_empty() && index.is_none_or(|x| x == *i))
+        .map(|(_, _, g)| g)?;
+    let want = (amount.div_ceil(1000) as usize).max(1);
+    Some(gpus.iter().take(want).copied().collect())
 }
