@@ -15,6 +15,7 @@ mod placement;
 mod remote_actors;
 mod resources;
 mod streams;
+mod workers;
 
 use actors::ActorEntry;
 pub use actors::ActorError;
@@ -24,6 +25,7 @@ pub use remote_actors::ActorReport;
 use resources::Resources;
 use streams::StreamState;
 pub use streams::StreamStep;
+use workers::{WorkerState, Workers};
 
 /// Tuning knobs of one node's scheduler.
 #[derive(Debug, Clone)]
@@ -244,50 +246,6 @@ struct TaskEntry {
     queued_at: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WorkerState {
-    Starting,
-    Alive,
-    Retiring,
-}
-
-struct WorkerEntry {
-    state: WorkerState,
-    pid: u32,
-    /// Tasks sent to this worker, in the order it runs them; the head is running.
-    queue: VecDeque<TaskId>,
-    /// CPU held by the head task (counted in `cpu_used` unless the worker is blocked).
-    cpu_held: u32,
-    /// Nested blocking requests in progress; a blocked worker lends its CPU.
-    blocked: u32,
-    revoke_outstanding: bool,
-    known_functions: HashSet<FunctionId>,
-    /// References this process holds, released if it dies.
-    held: HashMap<ObjectId, u32>,
-    requests: HashMap<u64, WaiterId>,
-    idle_since: u64,
-    /// Resources other than CPU held by the head task.
-    res_held: Vec<(String, u64)>,
-    /// The GPUs (indices) among them.
-    gpus: Vec<u32>,
-    /// The actor this worker was started for; it never runs pool tasks.
-    actor: Option<ActorId>,
-}
-
-impl WorkerEntry {
-    fn is_idle(&self) -> bool {
-        self.state == WorkerState::Alive
-            && self.queue.is_empty()
-            && self.blocked == 0
-            && self.actor.is_none()
-    }
-
-    /// A pool worker that counts towards the one-per-CPU target.
-    fn is_active_pool(&self) -> bool {
-        self.state != WorkerState::Retiring && self.blocked == 0 && self.actor.is_none()
-    }
-}
-
 struct Waiter {
     owner: WaitOwner,
     ids: Vec<ObjectId>,
@@ -325,20 +283,11 @@ pub struct Scheduler {
     ready: VecDeque<TaskId>,
     /// Runnable tasks that ask for resources other than CPU, or for no CPU.
     side_ready: VecDeque<TaskId>,
-    workers: HashMap<WorkerId, WorkerEntry>,
+    /// The worker processes, and the spawn back-off.
+    workers: Workers,
     functions: HashMap<FunctionId, Arc<[u8]>>,
     waiters: HashMap<WaiterId, Waiter>,
     next_waiter: WaiterId,
-    next_worker: u32,
-    /// Workers that failed to start (not killed from outside), in a row.
-    start_failures: u32,
-    last_start_failure: String,
-    /// Workers that died before they connected, for any reason, in a row: spawns back off.
-    early_deaths: u32,
-    /// No pool worker is spawned before this (the back-off after early deaths).
-    spawn_after_ms: u64,
-    /// While workers fail to start, one is tried again at this time (to recover once they can).
-    next_probe_ms: u64,
     now_ms: u64,
     /// CPUs, GPUs and custom resources: totals and use.
     res: Resources,
@@ -411,16 +360,10 @@ impl Scheduler {
             tasks: HashMap::new(),
             ready: VecDeque::new(),
             side_ready: VecDeque::new(),
-            workers: HashMap::new(),
+            workers: Workers::new(),
             functions: HashMap::new(),
             waiters: HashMap::new(),
             next_waiter: 1,
-            next_worker: 1,
-            start_failures: 0,
-            last_start_failure: String::new(),
-            early_deaths: 0,
-            spawn_after_ms: 0,
-            next_probe_ms: 0,
             now_ms: 0,
             actors: HashMap::new(),
             names: HashMap::new(),
@@ -470,26 +413,7 @@ impl Scheduler {
     }
 
     fn spawn_for(&mut self, actor: Option<ActorId>, out: &mut Vec<Action>) -> WorkerId {
-        let id = WorkerId(self.next_worker);
-        self.next_worker += 1;
-        self.workers.insert(
-            id,
-            WorkerEntry {
-                state: WorkerState::Starting,
-                pid: 0,
-                queue: VecDeque::new(),
-                cpu_held: 0,
-                blocked: 0,
-                revoke_outstanding: false,
-                known_functions: HashSet::new(),
-                held: HashMap::new(),
-                requests: HashMap::new(),
-                idle_since: self.now_ms,
-                res_held: Vec::new(),
-                gpus: Vec::new(),
-                actor,
-            },
-        );
+        let id = self.workers.add(actor, self.now_ms);
         out.push(Action::Spawn { worker: id });
         id
     }
@@ -506,10 +430,7 @@ impl Scheduler {
         w.pid = pid;
         w.idle_since = self.now_ms;
         let actor = w.actor;
-        let recovered = self.start_failures > 0 || self.early_deaths > 0;
-        self.start_failures = 0;
-        self.early_deaths = 0;
-        self.spawn_after_ms = 0;
+        let recovered = self.workers.start_succeeded();
         if let Some(aid) = actor {
             self.actor_worker_connected(aid, id, pid, out);
         }
@@ -522,10 +443,7 @@ impl Scheduler {
 
     /// Ids and pids of live workers.
     pub fn worker_pids(&self) -> Vec<(WorkerId, u32)> {
-        let mut v: Vec<_> =
-            self.workers.iter().filter(|(_, w)| w.pid != 0).map(|(id, w)| (*id, w.pid)).collect();
-        v.sort();
-        v
+        self.workers.pids()
     }
 
     /// A worker process ended (or could not be started). Its running task is retried or failed;
@@ -619,44 +537,28 @@ impl Scheduler {
         self.schedule(out);
     }
 
-    /// A worker died before it connected. Killed from outside, it is only replaced; otherwise it
-    /// counts as a failure to start. Either way, after a few in a row the next spawns back off
-    /// (50 ms doubling to 1 s), so a broken start does not become a fork loop.
+    /// A worker died before it connected: counted by the spawn back-off (see `Workers`).
     fn died_before_connecting(&mut self, exit: &WorkerExit) {
-        if !exit.killed {
-            self.start_failures += 1;
-            self.last_start_failure = exit.how.clone();
-        }
-        self.early_deaths += 1;
-        if self.early_deaths > 2 {
-            let delay = (50u64 << (self.early_deaths - 3).min(5)).min(1000);
-            self.spawn_after_ms = self.now_ms + delay;
-        }
+        self.workers.died_before_connecting(exit, self.now_ms);
     }
 
     /// Workers fail to start: queued tasks fail, and only probes are spawned.
     fn starts_failing(&self) -> bool {
-        self.start_failures >= self.cfg.max_start_failures
+        self.workers.starts_failing(self.cfg.max_start_failures)
     }
 
     fn spawn_allowed(&self) -> bool {
-        !self.starts_failing() && self.now_ms >= self.spawn_after_ms
+        self.workers.spawn_allowed(self.now_ms, self.cfg.max_start_failures)
     }
 
-    /// Spawns held back by `spawn_after_ms` or by failing starts, once their time has come.
+    /// Spawns held back by the back-off or by failing starts, once their time has come.
     fn spawn_when_due(&mut self, out: &mut Vec<Action>) {
         if self.starts_failing() {
-            let starting = self
-                .workers
-                .values()
-                .any(|w| w.state == WorkerState::Starting && w.actor.is_none());
-            if !starting && self.now_ms >= self.next_probe_ms {
-                // One worker at a time, every 2 s: once one connects, the pool is refilled.
-                self.next_probe_ms = self.now_ms + 2000;
+            if self.workers.probe_due(self.now_ms) {
+                // Once one connects, the pool is refilled.
                 self.spawn(out);
             }
-        } else if self.spawn_after_ms != 0 && self.now_ms >= self.spawn_after_ms {
-            self.spawn_after_ms = 0;
+        } else if self.workers.backoff_ended(self.now_ms) {
             self.top_up(out);
             self.schedule(out);
         }
@@ -667,8 +569,7 @@ impl Scheduler {
         if !self.spawn_allowed() {
             return;
         }
-        let active = self.workers.values().filter(|w| w.is_active_pool()).count();
-        for _ in active..self.cfg.target_workers() {
+        for _ in self.workers.active_pool()..self.cfg.target_workers() {
             self.spawn(out);
         }
     }
@@ -678,10 +579,8 @@ impl Scheduler {
         queued.extend(self.side_ready.drain(..));
         for tid in queued {
             let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
-            let msg = format!(
-                "worker processes fail to start ({} attempts in a row): {}",
-                self.start_failures, self.last_start_failure
-            );
+            let (n, how) = self.workers.start_failure();
+            let msg = format!("worker processes fail to start ({n} attempts in a row): {how}");
             self.fail_task(tid, error(ErrorKind::WorkerStartFailed, &name, msg), out);
         }
     }
@@ -692,7 +591,7 @@ impl Scheduler {
         self.spawn_when_due(out);
         self.wait_notices(out);
         let target = self.cfg.target_workers();
-        let mut active = self.workers.values().filter(|w| w.is_active_pool()).count();
+        let mut active = self.workers.active_pool();
         if active <= target {
             return;
         }
@@ -1143,36 +1042,17 @@ impl Scheduler {
     }
 
     fn idle_worker(&self) -> Option<WorkerId> {
-        // Lowest id first keeps the choice deterministic.
-        self.workers.iter().filter(|(_, w)| w.is_idle()).map(|(id, _)| *id).min()
+        self.workers.idle_worker()
     }
 
     fn pipeline_target(&self, cpu: u32) -> Option<WorkerId> {
-        if cpu == 0 || self.cfg.pipeline_depth == 0 {
-            return None;
-        }
-        self.workers
-            .iter()
-            .filter(|(_, w)| {
-                w.state == WorkerState::Alive
-                    && w.actor.is_none()
-                    && w.res_held.is_empty()
-                    && w.blocked == 0
-                    && !w.queue.is_empty()
-                    && w.queue.len() <= self.cfg.pipeline_depth
-                    && w.cpu_held == cpu
-            })
-            .map(|(id, w)| (w.queue.len(), *id))
-            .min()
-            .map(|(_, id)| id)
+        self.workers.pipeline_target(cpu, self.cfg.pipeline_depth)
     }
 
     fn ensure_workers(&mut self, out: &mut Vec<Action>) {
         if self.starts_failing() {
             // Workers cannot start: fail the queue rather than hang.
-            let alive =
-                self.workers.values().any(|w| w.state == WorkerState::Alive && w.actor.is_none());
-            if !alive {
+            if !self.workers.any_alive_pool() {
                 self.fail_all_queued(out);
             }
             return;
@@ -1180,11 +1060,7 @@ impl Scheduler {
         if !self.spawn_allowed() {
             return; // Backing off; `tick` spawns when it is time.
         }
-        let starting = self
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Starting && w.actor.is_none())
-            .count();
+        let starting = self.workers.starting_pool();
         let free_cpus = (self.res.cpu_free() as usize).div_ceil(1000).max(1);
         let wanted = free_cpus.min(self.queued());
         let mut n = starting;
@@ -1295,21 +1171,8 @@ impl Scheduler {
 
     /// An idle worker takes back half of the tasks pipelined behind the busiest worker.
     fn steal(&mut self, out: &mut Vec<Action>) {
-        let idle = self.workers.values().filter(|w| w.is_idle()).count();
-        for _ in 0..idle {
-            let victim = self
-                .workers
-                .iter()
-                .filter(|(_, w)| {
-                    !w.revoke_outstanding
-                        && w.queue.len() > 1
-                        && w.blocked == 0
-                        && w.actor.is_none()
-                })
-                .map(|(id, w)| (w.queue.len(), std::cmp::Reverse(*id)))
-                .max()
-                .map(|(_, std::cmp::Reverse(id))| id);
-            let Some(vid) = victim else { return };
+        for _ in 0..self.workers.idle_count() {
+            let Some(vid) = self.workers.steal_victim() else { return };
             let Some(v) = self.workers.get_mut(&vid) else {
                 return;
             };

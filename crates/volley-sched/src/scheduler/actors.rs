@@ -13,6 +13,7 @@
 //! `max_task_retries` times; otherwise they fail with `ActorDied`.
 
 use super::remote_actors::Affinity;
+use super::workers::Workers;
 use super::*;
 use volley_proto::{ActorInfo, ActorOptions};
 
@@ -125,7 +126,7 @@ impl ActorEntry {
         self.opts().name.is_some() || self.opts().detached
     }
 
-    fn idle(&self, workers: &HashMap<WorkerId, WorkerEntry>) -> bool {
+    fn idle(&self, workers: &Workers) -> bool {
         self.callers.values().all(|q| q.is_empty())
             && self.worker.and_then(|w| workers.get(&w)).is_none_or(|w| w.queue.is_empty())
     }
