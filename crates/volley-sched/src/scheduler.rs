@@ -10,6 +10,7 @@ use volley_proto::{
 
 mod actors;
 mod explain;
+mod objects;
 mod peers;
 mod placement;
 mod remote_actors;
@@ -19,6 +20,7 @@ mod workers;
 
 use actors::ActorEntry;
 pub use actors::ActorError;
+use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::{FromPeer, PeerEntry};
 pub use remote_actors::ActorReport;
@@ -217,14 +219,6 @@ pub enum Action {
     PeerLog { peer: NodeId, fd: u8, lines: Vec<u8> },
 }
 
-struct ObjectEntry {
-    state: ObjectState,
-    refs: u32,
-    waiters: Vec<WaiterId>,
-    dependents: Vec<TaskId>,
-    watchers: Vec<Holder>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TaskState {
     WaitingDeps(usize),
@@ -244,15 +238,6 @@ struct TaskEntry {
     caller: Holder,
     /// When it last went into a ready queue (the clock of the last `tick`), for wait notices.
     queued_at: u64,
-}
-
-struct Waiter {
-    owner: WaitOwner,
-    ids: Vec<ObjectId>,
-    remaining: usize,
-    fetch: bool,
-    /// A streaming caller's wait for one item (see `streams`).
-    stream: bool,
 }
 
 /// Counts for status displays and tests.
@@ -278,7 +263,8 @@ pub struct Stats {
 /// One node's scheduler. See the crate documentation.
 pub struct Scheduler {
     cfg: Config,
-    objects: HashMap<ObjectId, ObjectEntry>,
+    /// Objects: states, references, who waits on each.
+    objects: Objects,
     tasks: HashMap<TaskId, TaskEntry>,
     ready: VecDeque<TaskId>,
     /// Runnable tasks that ask for resources other than CPU, or for no CPU.
@@ -286,8 +272,8 @@ pub struct Scheduler {
     /// The worker processes, and the spawn back-off.
     workers: Workers,
     functions: HashMap<FunctionId, Arc<[u8]>>,
-    waiters: HashMap<WaiterId, Waiter>,
-    next_waiter: WaiterId,
+    /// `get`/`wait` calls in progress.
+    waiters: Waiters,
     now_ms: u64,
     /// CPUs, GPUs and custom resources: totals and use.
     res: Resources,
@@ -356,14 +342,13 @@ impl Scheduler {
         Scheduler {
             cfg,
             res,
-            objects: HashMap::new(),
+            objects: Objects::default(),
             tasks: HashMap::new(),
             ready: VecDeque::new(),
             side_ready: VecDeque::new(),
             workers: Workers::new(),
             functions: HashMap::new(),
-            waiters: HashMap::new(),
-            next_waiter: 1,
+            waiters: Waiters::default(),
             now_ms: 0,
             actors: HashMap::new(),
             names: HashMap::new(),
@@ -680,16 +665,7 @@ impl Scheduler {
         let tid = spec.task_id;
         let spec = Arc::new(spec);
         for rid in spec.return_ids() {
-            self.objects.insert(
-                rid,
-                ObjectEntry {
-                    state: ObjectState::Pending,
-                    refs: 0,
-                    waiters: Vec::new(),
-                    dependents: Vec::new(),
-                    watchers: Vec::new(),
-                },
-            );
+            self.objects.insert_pending(rid);
             self.incref(holder, &[rid]);
         }
         for oid in spec.args.contained.iter().chain(spec.deps.iter()) {
@@ -1452,14 +1428,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         for wid in waiters {
-            let done = match self.waiters.get_mut(&wid) {
-                Some(w) => {
-                    w.remaining = w.remaining.saturating_sub(1);
-                    w.remaining == 0
-                }
-                None => false,
-            };
-            if done {
+            if self.waiters.one_ready(wid) {
                 self.complete_waiter(wid, out);
             }
         }
@@ -1568,15 +1537,13 @@ impl Scheduler {
         stream: bool,
         out: &mut Vec<Action>,
     ) -> WaiterId {
-        let wid = self.next_waiter;
-        self.next_waiter += 1;
         let mut distinct: Vec<ObjectId> = ids.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
         let ready = distinct.iter().filter(|id| self.is_ready(id)).count();
         let needed = needed.min(distinct.len());
         let remaining = needed.saturating_sub(ready);
-        self.waiters.insert(wid, Waiter { owner, ids: ids.to_vec(), remaining, fetch, stream });
+        let wid = self.waiters.add(Waiter { owner, ids: ids.to_vec(), remaining, fetch, stream });
         if remaining == 0 {
             self.complete_waiter(wid, out);
             return wid;
@@ -1686,27 +1653,16 @@ impl Scheduler {
 
     /// True once the object has a value or an error (or is unknown, which `result_of` reports).
     pub fn is_ready(&self, id: &ObjectId) -> bool {
-        !matches!(self.objects.get(id).map(|o| &o.state), Some(ObjectState::Pending))
+        self.objects.is_ready(id)
     }
 
     /// The value or error of a ready object.
     pub fn result_of(&self, id: &ObjectId) -> Result<Arc<ObjectData>, Arc<ErrorPayload>> {
-        match self.objects.get(id).map(|o| &o.state) {
-            Some(ObjectState::Ready(v)) => Ok(v.clone()),
-            Some(ObjectState::Failed(e)) => Err(e.clone()),
-            Some(ObjectState::Pending) => {
-                Err(error(ErrorKind::ObjectLost, "", format!("object {id:?} is not ready")))
-            }
-            None => Err(error(
-                ErrorKind::ObjectLost,
-                "",
-                format!("object {id:?} does not exist (it was freed, or never created here)"),
-            )),
-        }
+        self.objects.result_of(id)
     }
 
     pub fn object_state(&self, id: &ObjectId) -> Option<&ObjectState> {
-        self.objects.get(id).map(|o| &o.state)
+        self.objects.state(id)
     }
 
     // ------------------------------------------------------------ cancellation
@@ -1796,9 +1752,7 @@ impl Scheduler {
     }
 
     fn incref_one(&mut self, id: ObjectId) {
-        if let Some(o) = self.objects.get_mut(&id) {
-            o.refs += 1;
-        }
+        self.objects.incref(&id);
     }
 
     fn decref_one(&mut self, id: ObjectId, out: &mut Vec<Action>) {

@@ -23,16 +23,8 @@ fn a_callers_later_call_waits_for_an_earlier_one_with_a_pending_dependency() {
     let aid = h.create(0, 0, 0);
     let w = h.bring_up(aid);
     let dep = ObjectId::for_return(h.ids.next_task(), 0);
-    h.s.objects.insert(
-        dep,
-        ObjectEntry {
-            state: ObjectState::Pending,
-            refs: 1,
-            waiters: vec![],
-            dependents: vec![],
-            watchers: vec![],
-        },
-    );
+    h.s.objects.insert_pending(dep);
+    h.s.objects.incref(&dep);
     let first = h.call(Holder::Local, aid, vec![dep]);
     let second = h.call(Holder::Local, aid, vec![]);
     let other = h.call(Holder::Worker(WorkerId(1)), aid, vec![]);

@@ -18,8 +18,7 @@ use volley_proto::{
 };
 
 use super::{
-    error, retries_left, Action, ActorId, Holder, ObjectEntry, ObjectState, Scheduler, TaskState,
-    WorkerId,
+    error, retries_left, Action, ActorId, Holder, ObjectState, Scheduler, TaskState, WorkerId,
 };
 
 /// A peer as the cluster view describes it.
@@ -764,13 +763,7 @@ impl Scheduler {
         let mut named = Vec::new();
         for (id, data) in objects {
             named.extend(data.contained.iter().copied());
-            self.objects.entry(id).or_insert_with(|| ObjectEntry {
-                state: ObjectState::Ready(Arc::new(data)),
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            });
+            self.objects.insert_ready_if_new(id, Arc::new(data));
         }
         self.placeholders(&named);
     }
@@ -1015,7 +1008,7 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
 /// The values a task needs (see `Scheduler::gather`), or the first one still being made.
 /// `skip` says which pending ones may stay behind.
 pub(super) fn gather_objects(
-    table: &HashMap<ObjectId, ObjectEntry>,
+    table: &super::objects::Objects,
     spec: &TaskSpec,
     skip: &dyn Fn(&ObjectId) -> bool,
 ) -> Result<Vec<(ObjectId, Arc<ObjectData>)>, ObjectId> {

@@ -116,16 +116,7 @@ impl Scheduler {
     }
 
     pub(super) fn new_object(&mut self, id: ObjectId) {
-        self.objects.insert(
-            id,
-            ObjectEntry {
-                state: ObjectState::Pending,
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            },
-        );
+        self.objects.insert_pending(id);
     }
 
     /// `holder` asks for `item` of a stream: registers a waiter for it (`owner` is answered as
