@@ -16,6 +16,7 @@ mod placement;
 mod remote_actors;
 mod resources;
 mod streams;
+mod tasks;
 mod workers;
 
 use actors::ActorEntry;
@@ -27,6 +28,7 @@ pub use remote_actors::ActorReport;
 use resources::Resources;
 use streams::StreamState;
 pub use streams::StreamStep;
+use tasks::{TaskEntry, TaskState, Tasks};
 use workers::{WorkerState, Workers};
 
 /// Tuning knobs of one node's scheduler.
@@ -219,27 +221,6 @@ pub enum Action {
     PeerLog { peer: NodeId, fd: u8, lines: Vec<u8> },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TaskState {
-    WaitingDeps(usize),
-    Queued,
-    Assigned(WorkerId),
-    /// Sent to another node.
-    Remote(NodeId),
-}
-
-struct TaskEntry {
-    spec: Arc<TaskSpec>,
-    state: TaskState,
-    attempts: u32,
-    /// `Some(force)` once cancelled.
-    cancel: Option<bool>,
-    /// Who submitted it (actor calls keep each caller's order).
-    caller: Holder,
-    /// When it last went into a ready queue (the clock of the last `tick`), for wait notices.
-    queued_at: u64,
-}
-
 /// Counts for status displays and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -265,10 +246,8 @@ pub struct Scheduler {
     cfg: Config,
     /// Objects: states, references, who waits on each.
     objects: Objects,
-    tasks: HashMap<TaskId, TaskEntry>,
-    ready: VecDeque<TaskId>,
-    /// Runnable tasks that ask for resources other than CPU, or for no CPU.
-    side_ready: VecDeque<TaskId>,
+    /// Tasks, and the ready queues of runnable pool tasks.
+    tasks: Tasks,
     /// The worker processes, and the spawn back-off.
     workers: Workers,
     functions: HashMap<FunctionId, Arc<[u8]>>,
@@ -343,9 +322,7 @@ impl Scheduler {
             cfg,
             res,
             objects: Objects::default(),
-            tasks: HashMap::new(),
-            ready: VecDeque::new(),
-            side_ready: VecDeque::new(),
+            tasks: Tasks::default(),
             workers: Workers::new(),
             functions: HashMap::new(),
             waiters: Waiters::default(),
@@ -560,8 +537,7 @@ impl Scheduler {
     }
 
     fn fail_all_queued(&mut self, out: &mut Vec<Action>) {
-        let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
-        queued.extend(self.side_ready.drain(..));
+        let queued = self.tasks.drain_queued();
         for tid in queued {
             let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
             let (n, how) = self.workers.start_failure();
@@ -671,17 +647,7 @@ impl Scheduler {
         for oid in spec.args.contained.iter().chain(spec.deps.iter()) {
             self.incref_one(*oid);
         }
-        self.tasks.insert(
-            tid,
-            TaskEntry {
-                spec: spec.clone(),
-                state: TaskState::WaitingDeps(0),
-                attempts: 0,
-                cancel: None,
-                caller: holder,
-                queued_at: 0,
-            },
-        );
+        self.tasks.insert(tid, TaskEntry::new(spec.clone(), holder));
         spec
     }
 
@@ -870,11 +836,11 @@ impl Scheduler {
         // Tasks asking for other resources (or no CPU) first, from their own queue: they must
         // not wait behind plain tasks for CPUs they do not need. One that waits for CPUs holds
         // the plain tasks back, as the head of a single queue would.
-        let cpu_short = !self.side_ready.is_empty() && self.schedule_queue(true, out);
+        let cpu_short = !self.queue(true).is_empty() && self.schedule_queue(true, out);
         if !cpu_short {
             self.schedule_queue(false, out);
         }
-        if self.ready.is_empty() && self.side_ready.is_empty() {
+        if self.tasks.queued() == 0 {
             self.steal(out);
             if !self.peers.is_empty() {
                 self.steal_from_peers(out);
@@ -883,30 +849,16 @@ impl Scheduler {
     }
 
     fn queue(&mut self, side: bool) -> &mut VecDeque<TaskId> {
-        if side {
-            &mut self.side_ready
-        } else {
-            &mut self.ready
-        }
+        self.tasks.queue(side)
     }
 
     /// Puts a runnable task in its ready queue (see `schedule`).
     fn enqueue(&mut self, tid: TaskId, front: bool) {
-        let now = self.now_ms;
-        let side = self.tasks.get_mut(&tid).is_some_and(|t| {
-            t.queued_at = now;
-            t.spec.options.cpu_milli == 0 || !t.spec.options.resources.is_empty()
-        });
-        let q = self.queue(side);
-        if front {
-            q.push_front(tid);
-        } else {
-            q.push_back(tid);
-        }
+        self.tasks.enqueue(tid, front, self.now_ms);
     }
 
     fn queued(&self) -> usize {
-        self.ready.len() + self.side_ready.len()
+        self.tasks.queued()
     }
 
     /// Dispatches the runnable tasks of one queue; true if one waits for CPUs.
@@ -1084,8 +1036,7 @@ impl Scheduler {
             0 => String::new(),
             n => format!(" ({n} of them by actors)"),
         };
-        let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
-        queued.extend(self.side_ready.drain(..));
+        let queued = self.tasks.drain_queued();
         for tid in queued {
             let name = self.tasks.get(&tid).map(|t| t.spec.name.clone()).unwrap_or_default();
             let msg = format!(
@@ -1455,8 +1406,9 @@ impl Scheduler {
             return;
         };
         let mut call_of = None;
-        let create_of = matches!(task.spec.actor, ActorPart::Create(_)).then_some(ActorId(tid));
-        match (&task.spec.actor, task.state) {
+        let spec = task.spec.clone();
+        let create_of = matches!(spec.actor, ActorPart::Create(_)).then_some(ActorId(tid));
+        match (&spec.actor, task.state) {
             (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {
                 let (aid, caller) = (*actor, task.caller);
                 if let Some(q) = self.actors.get_mut(&aid).and_then(|a| a.callers.get_mut(&caller))
@@ -1468,15 +1420,10 @@ impl Scheduler {
                 call_of = Some(aid);
             }
             (ActorPart::None, TaskState::Queued) => {
-                for q in [&mut self.ready, &mut self.side_ready] {
-                    if let Some(pos) = q.iter().position(|t| *t == tid) {
-                        q.remove(pos);
-                    }
-                }
+                self.tasks.unqueue(tid);
             }
             _ => {}
         }
-        let spec = task.spec.clone();
         for id in spec.return_ids() {
             self.object_failed(id, err.clone(), out);
         }
@@ -1893,8 +1840,7 @@ fn demand_text(cpu_milli: u32, resources: &[(String, u64)]) -> String {
 }
 
 fn retries_left(task: &TaskEntry) -> bool {
-    let max = task.spec.options.max_retries;
-    max < 0 || task.attempts < max as u32
+    task.retries_left()
 }
 
 /// An amount in thousandths as the user wrote it: `1500` is "1.5", `2000` is "2".

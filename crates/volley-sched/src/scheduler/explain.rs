@@ -50,7 +50,8 @@ impl Scheduler {
         let mut due: Vec<(TaskId, u64)> = Vec::new();
         // Each name is judged once a tick (a long queue is mostly one function).
         let mut judged: Vec<(Holder, &str)> = Vec::new();
-        for tid in self.ready.iter().take(SCAN).chain(self.side_ready.iter().take(SCAN)) {
+        let [ready, side_ready] = self.tasks.queues();
+        for tid in ready.iter().take(SCAN).chain(side_ready.iter().take(SCAN)) {
             let Some(t) = self.tasks.get(tid) else { continue };
             let waited = now.saturating_sub(t.queued_at);
             let (who, name) = (audience(t.caller), t.spec.name.as_str());

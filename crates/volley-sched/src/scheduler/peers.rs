@@ -283,7 +283,7 @@ impl Scheduler {
         };
         // The newest queued ones first.
         let mut back: Vec<TaskId> = Vec::new();
-        for q in [&self.ready, &self.side_ready] {
+        for q in self.tasks.queues() {
             back.extend(q.iter().rev().filter(|t| theirs(t)).take(max - back.len()));
         }
         // Then those pipelined behind a running task on a worker.
@@ -307,8 +307,7 @@ impl Scheduler {
             }
         }
         let gone: HashSet<TaskId> = back.iter().copied().collect();
-        self.ready.retain(|t| !gone.contains(t));
-        self.side_ready.retain(|t| !gone.contains(t));
+        self.tasks.retain_queued(|t| !gone.contains(t));
         for (wid, tasks) in revokes {
             if let Some(w) = self.workers.get_mut(&wid) {
                 w.revoke_outstanding = true;
