@@ -9,6 +9,7 @@ use volley_proto::{
 };
 
 mod actors;
+mod code;
 mod explain;
 mod objects;
 mod peers;
@@ -21,6 +22,7 @@ mod workers;
 
 use actors::ActorEntry;
 pub use actors::ActorError;
+use code::Code;
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::{FromPeer, PeerEntry};
@@ -250,7 +252,8 @@ pub struct Scheduler {
     tasks: Tasks,
     /// The worker processes, and the spawn back-off.
     workers: Workers,
-    functions: HashMap<FunctionId, Arc<[u8]>>,
+    /// Functions and runtime-environment packages.
+    code: Code,
     /// `get`/`wait` calls in progress.
     waiters: Waiters,
     now_ms: u64,
@@ -276,8 +279,6 @@ pub struct Scheduler {
     node_id: Option<NodeId>,
     /// References peers hold on actors they had created here.
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
-    /// Runtime-environment packages by content hash (see `TaskOptions::runtime_env`).
-    packages: HashMap<String, Arc<[u8]>>,
     /// Placement groups this node created.
     pgs: HashMap<String, placement::PgEntry>,
     /// Placement-group bundles held on this node.
@@ -324,7 +325,7 @@ impl Scheduler {
             objects: Objects::default(),
             tasks: Tasks::default(),
             workers: Workers::new(),
-            functions: HashMap::new(),
+            code: Code::default(),
             waiters: Waiters::default(),
             now_ms: 0,
             actors: HashMap::new(),
@@ -338,7 +339,6 @@ impl Scheduler {
             prefer_peers: false,
             node_id: None,
             peer_actor_refs: HashMap::new(),
-            packages: HashMap::new(),
             pgs: HashMap::new(),
             reservations: HashMap::new(),
             pending_pgs: Default::default(),
@@ -580,20 +580,20 @@ impl Scheduler {
     // ------------------------------------------------------------ submission
 
     pub fn register_function(&mut self, id: FunctionId, bytes: Arc<[u8]>) {
-        self.functions.entry(id).or_insert(bytes);
+        self.code.add_function(id, bytes);
     }
 
     /// Records a runtime-environment package (a zip), to send to peers with tasks that need it.
     pub fn register_package(&mut self, hash: String, bytes: Arc<[u8]>) {
-        self.packages.entry(hash).or_insert(bytes);
+        self.code.add_package(hash, bytes);
     }
 
     pub fn has_package(&self, hash: &str) -> bool {
-        self.packages.contains_key(hash)
+        self.code.has_package(hash)
     }
 
     pub fn has_function(&self, id: &FunctionId) -> bool {
-        self.functions.contains_key(id)
+        self.code.has_function(id)
     }
 
     /// A task is submitted by `holder`, who holds one reference to each of its returns.
@@ -627,7 +627,7 @@ impl Scheduler {
                 self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
                 return;
             }
-            if !self.functions.contains_key(&spec.function) {
+            if !self.code.has_function(&spec.function) {
                 let msg = format!("task '{}' names a function this node does not know", spec.name);
                 self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
                 return;
@@ -1081,7 +1081,7 @@ impl Scheduler {
             None => Vec::new(), // Pipelined tasks ask for no GPUs.
         };
         let function = if w.known_functions.insert(spec.function) {
-            self.functions.get(&spec.function).cloned()
+            self.code.function(&spec.function).cloned()
         } else {
             None
         };

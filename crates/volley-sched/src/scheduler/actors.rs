@@ -170,7 +170,7 @@ impl Scheduler {
         if let Some(msg) = self.unschedulable(&spec) {
             return Err(ActorError::Unschedulable(msg));
         }
-        if !self.functions.contains_key(&spec.function) {
+        if !self.code.has_function(&spec.function) {
             return Err(ActorError::UnknownClass(o.class_name.clone()));
         }
         let aid = ActorId(spec.task_id);

@@ -541,11 +541,11 @@ impl Scheduler {
         let calls = matches!(spec.actor, ActorPart::Call { .. });
         let first = !calls
             && self.peers.get_mut(&peer).is_some_and(|p| p.known_functions.insert(spec.function));
-        let function = if first { self.functions.get(&spec.function).cloned() } else { None };
+        let function = if first { self.code.function(&spec.function).cloned() } else { None };
         let mut packages = Vec::new();
         if let (Some(env), Some(p)) = (&spec.options.runtime_env, self.peers.get_mut(&peer)) {
             for h in &env.packages {
-                if let Some(bytes) = self.packages.get(h) {
+                if let Some(bytes) = self.code.package(h) {
                     if p.known_packages.insert(h.clone()) {
                         packages.push((h.clone(), bytes.clone()));
                     }
