@@ -20,8 +20,8 @@ mod streams;
 mod tasks;
 mod workers;
 
-use actors::ActorEntry;
 pub use actors::ActorError;
+use actors::Actors;
 use code::Code;
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
@@ -259,11 +259,8 @@ pub struct Scheduler {
     now_ms: u64,
     /// CPUs, GPUs and custom resources: totals and use.
     res: Resources,
-    actors: HashMap<ActorId, ActorEntry>,
-    /// (namespace, name) of named actors.
-    names: HashMap<(String, String), ActorId>,
-    /// Actors ready to start, waiting for resources, in creation order.
-    pending_actors: VecDeque<ActorId>,
+    /// Actors, their names and start queue.
+    actors: Actors,
     streams: HashMap<TaskId, StreamState>,
     /// The other nodes of the cluster (empty on a lone node).
     peers: std::collections::BTreeMap<NodeId, PeerEntry>,
@@ -293,9 +290,6 @@ pub struct Scheduler {
     /// Copies of large values peers sent with tasks, kept here until the peer lets them go
     /// (see `PeerEntry::copies`).
     peer_copies: HashMap<NodeId, HashSet<ObjectId>>,
-    /// Actors with a call held back for a ref in its arguments still being made (to go to a
-    /// peer, a call carries the values of those refs): dispatched again once it is ready.
-    gather_waits: HashMap<ObjectId, Vec<ActorId>>,
     /// Large values peers are pulling from this node, by the node serving each pull (`None`:
     /// this one), to spread the pulls of one value over the nodes holding it.
     fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
@@ -328,9 +322,7 @@ impl Scheduler {
             code: Code::default(),
             waiters: Waiters::default(),
             now_ms: 0,
-            actors: HashMap::new(),
-            names: HashMap::new(),
-            pending_actors: VecDeque::new(),
+            actors: Actors::default(),
             streams: HashMap::new(),
             peers: std::collections::BTreeMap::new(),
             from_peer: HashMap::new(),
@@ -343,7 +335,6 @@ impl Scheduler {
             reservations: HashMap::new(),
             pending_pgs: Default::default(),
             removed_pgs: HashSet::new(),
-            gather_waits: HashMap::new(),
             revoked_for_peer: HashSet::new(),
             peer_copies: HashMap::new(),
             fanout: HashMap::new(),
@@ -798,7 +789,7 @@ impl Scheduler {
                 let aid = ActorId(tid);
                 if let Some(a) = self.actors.get_mut(&aid) {
                     a.runnable = true;
-                    self.pending_actors.push_back(aid);
+                    self.actors.push_pending(aid);
                 }
             }
             ActorPart::Call { actor, .. } => {
@@ -830,7 +821,7 @@ impl Scheduler {
         if !self.pending_pgs.is_empty() {
             self.place_pgs(out);
         }
-        if !self.pending_actors.is_empty() {
+        if !self.actors.no_pending() {
             self.start_actors(out);
         }
         // Tasks asking for other resources (or no CPU) first, from their own queue: they must
@@ -1334,10 +1325,7 @@ impl Scheduler {
 
     /// Dispatches again the actor calls held back for `id` (see `gather_waits`).
     fn wake_gather(&mut self, id: ObjectId, out: &mut Vec<Action>) {
-        if self.gather_waits.is_empty() {
-            return;
-        }
-        if let Some(actors) = self.gather_waits.remove(&id) {
+        if let Some(actors) = self.actors.take_gather(&id) {
             for a in actors {
                 self.dispatch_actor(a, out);
             }
@@ -1773,7 +1761,7 @@ impl Scheduler {
             };
             *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
         }
-        for aid in &self.pending_actors {
+        for aid in self.actors.pending() {
             if let Some(a) = self.actors.get(aid) {
                 let o = &a.create.options;
                 let line = format!(

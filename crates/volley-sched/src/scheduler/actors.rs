@@ -132,6 +132,116 @@ impl ActorEntry {
     }
 }
 
+/// The actors this node knows (its own, those it hosts for peers, routes to others'), with
+/// their names, those waiting to start, and calls held back for an argument being made.
+#[derive(Default)]
+pub(super) struct Actors {
+    map: HashMap<ActorId, ActorEntry>,
+    /// (namespace, name) of named actors.
+    names: HashMap<(String, String), ActorId>,
+    /// Actors ready to start, waiting for resources, in creation order.
+    pending: VecDeque<ActorId>,
+    /// Actors with a call held back for a ref in its arguments still being made (to go to a
+    /// peer, a call carries the values of those refs): dispatched again once it is ready.
+    gather_waits: HashMap<ObjectId, Vec<ActorId>>,
+}
+
+impl Actors {
+    pub(super) fn get(&self, aid: &ActorId) -> Option<&ActorEntry> {
+        self.map.get(aid)
+    }
+
+    pub(super) fn get_mut(&mut self, aid: &ActorId) -> Option<&mut ActorEntry> {
+        self.map.get_mut(aid)
+    }
+
+    pub(super) fn contains_key(&self, aid: &ActorId) -> bool {
+        self.map.contains_key(aid)
+    }
+
+    pub(super) fn insert(&mut self, aid: ActorId, a: ActorEntry) {
+        self.map.insert(aid, a);
+    }
+
+    /// Forgets an actor (its name and place in the start queue are dropped separately, by
+    /// `unname` and `unpend`, when it dies).
+    pub(super) fn remove(&mut self, aid: &ActorId) -> Option<ActorEntry> {
+        self.map.remove(aid)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ActorId, &ActorEntry)> {
+        self.map.iter()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &ActorEntry> {
+        self.map.values()
+    }
+
+    /// The actor of this node named `key` (namespace, name), if any.
+    pub(super) fn named(&self, key: &(String, String)) -> Option<ActorId> {
+        self.names.get(key).copied()
+    }
+
+    pub(super) fn name(&mut self, key: (String, String), aid: ActorId) {
+        self.names.insert(key, aid);
+    }
+
+    /// Drops the name `key` if it still names `aid` (a new actor may have taken it since).
+    pub(super) fn unname(&mut self, key: &(String, String), aid: ActorId) {
+        if self.names.get(key) == Some(&aid) {
+            self.names.remove(key);
+        }
+    }
+
+    /// Queues an actor to start once its resources are free.
+    pub(super) fn push_pending(&mut self, aid: ActorId) {
+        self.pending.push_back(aid);
+    }
+
+    pub(super) fn pop_pending(&mut self) -> Option<ActorId> {
+        self.pending.pop_front()
+    }
+
+    /// Replaces the start queue (with those still waiting after a pass over it).
+    pub(super) fn set_pending(&mut self, waiting: VecDeque<ActorId>) {
+        self.pending = waiting;
+    }
+
+    pub(super) fn no_pending(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub(super) fn is_pending(&self, aid: &ActorId) -> bool {
+        self.pending.contains(aid)
+    }
+
+    /// Actors waiting to start, in creation order.
+    pub(super) fn pending(&self) -> impl Iterator<Item = &ActorId> {
+        self.pending.iter()
+    }
+
+    pub(super) fn unpend(&mut self, aid: ActorId) {
+        self.pending.retain(|x| *x != aid);
+    }
+
+    /// `aid` holds a call back until `id` is made.
+    pub(super) fn wait_gather(&mut self, id: ObjectId, aid: ActorId) {
+        self.gather_waits.entry(id).or_default().push(aid);
+    }
+
+    /// The actors that held a call back for `id`, now that it is made.
+    pub(super) fn take_gather(&mut self, id: &ObjectId) -> Option<Vec<ActorId>> {
+        if self.gather_waits.is_empty() {
+            return None;
+        }
+        self.gather_waits.remove(id)
+    }
+}
+
 impl Scheduler {
     /// Creates an actor from `spec` (its `actor` is `Create`); `holder` gets a reference to the
     /// actor's object. With a name that is taken and `get_if_exists`, returns that actor
@@ -147,7 +257,7 @@ impl Scheduler {
         };
         if let Some(name) = &o.name {
             let key = (o.namespace.clone(), name.clone());
-            let local = self.names.get(&key).copied();
+            let local = self.actors.named(&key);
             // Another node's actor of that name (a creation a peer sent was checked there).
             let remote = match (local, holder) {
                 (None, Holder::Local | Holder::Worker(_)) => self.cluster_named(&o.namespace, name),
@@ -181,7 +291,7 @@ impl Scheduler {
             self.incref_one(aid.object());
         }
         if let Some(key) = name {
-            self.names.insert(key, aid);
+            self.actors.name(key, aid);
         }
         self.actors.insert(aid, ActorEntry::new(spec, holder));
         self.resolve_deps(aid.0, out);
@@ -197,7 +307,7 @@ impl Scheduler {
     /// of the cluster hosts (calls made here then go there).
     pub fn lookup_actor(&mut self, name: &str, namespace: &str) -> Option<(ActorId, Vec<u8>)> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some(aid) = self.names.get(&key).copied() {
+        if let Some(aid) = self.actors.named(&key) {
             if let Some(a) = self.actors.get(&aid).filter(|a| a.life != Life::Dead) {
                 return Some((aid, a.opts().meta.clone()));
             }
@@ -338,7 +448,7 @@ impl Scheduler {
     /// Starts actors whose resources are free, in creation order.
     pub(super) fn start_actors(&mut self, out: &mut Vec<Action>) {
         let mut waiting = VecDeque::new();
-        while let Some(aid) = self.pending_actors.pop_front() {
+        while let Some(aid) = self.actors.pop_pending() {
             let Some(a) = self.actors.get(&aid) else { continue };
             if a.life != Life::Pending || a.stopping {
                 continue;
@@ -385,7 +495,7 @@ impl Scheduler {
                 a.worker = Some(w);
             }
         }
-        self.pending_actors = waiting;
+        self.actors.set_pending(waiting);
     }
 
     /// The actor's new process connected: run `__init__` there.
@@ -557,7 +667,7 @@ impl Scheduler {
         let Some(a) = self.actors.remove(&aid) else {
             return;
         };
-        self.pending_actors.retain(|x| *x != aid);
+        self.actors.unpend(aid);
         if a.holds_resources {
             self.res.give_cpu(a.create.options.cpu_milli);
             self.release_res(&a.create.options.resources, &a.gpus);
@@ -740,7 +850,7 @@ impl Scheduler {
         if let Some(peer) = a.remote.filter(|_| !a.proxy) {
             out.push(Action::PeerKill { peer, actor: aid, no_restart: true });
         }
-        self.pending_actors.retain(|x| *x != aid);
+        self.actors.unpend(aid);
         if holds {
             self.res.give_cpu(create.options.cpu_milli);
             self.release_res(&create.options.resources, &gpus);
@@ -756,9 +866,7 @@ impl Scheduler {
             self.release_args(&create, out);
         }
         if let Some(key) = name {
-            if self.names.get(&key) == Some(&aid) {
-                self.names.remove(&key);
-            }
+            self.actors.unname(&key, aid);
         }
         if keeps {
             // The name's (or detachment's) own reference.
@@ -766,5 +874,60 @@ impl Scheduler {
         }
         self.report_creation(aid, out);
         self.tell_creator(aid, None, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ActorEntry {
+        let spec = TaskSpec {
+            task_id: TaskId(1),
+            function: FunctionId([2; 16]),
+            name: "A".into(),
+            args: ObjectData::default(),
+            deps: vec![],
+            num_returns: 1,
+            options: Default::default(),
+            actor: ActorPart::Create(Box::default()),
+        };
+        ActorEntry::new(Arc::new(spec), Holder::Local)
+    }
+
+    #[test]
+    fn a_name_is_dropped_only_by_the_actor_it_names() {
+        let mut a = Actors::default();
+        let (old, new) = (ActorId(TaskId(1)), ActorId(TaskId(2)));
+        let key = ("ns".to_string(), "n".to_string());
+        a.name(key.clone(), old);
+        a.name(key.clone(), new);
+        a.unname(&key, old);
+        assert_eq!(a.named(&key), Some(new), "a newer actor took the name");
+        a.unname(&key, new);
+        assert_eq!(a.named(&key), None);
+    }
+
+    #[test]
+    fn the_start_queue_keeps_creation_order_and_calls_held_back_are_taken_once() {
+        let mut a = Actors::default();
+        let ids: Vec<ActorId> = (1..=3).map(|n| ActorId(TaskId(n))).collect();
+        for id in &ids {
+            a.insert(*id, entry());
+            a.push_pending(*id);
+        }
+        a.unpend(ids[1]);
+        assert!(a.is_pending(&ids[0]) && !a.is_pending(&ids[1]));
+        assert_eq!(a.pending().copied().collect::<Vec<_>>(), vec![ids[0], ids[2]]);
+        assert_eq!(a.pop_pending(), Some(ids[0]));
+        a.set_pending(VecDeque::new());
+        assert!(a.no_pending());
+        assert_eq!(a.len(), 3, "leaving the start queue does not forget the actor");
+        let made = ObjectId::for_return(TaskId(9), 1);
+        assert_eq!(a.take_gather(&made), None);
+        a.wait_gather(made, ids[0]);
+        a.wait_gather(made, ids[2]);
+        assert_eq!(a.take_gather(&made), Some(vec![ids[0], ids[2]]));
+        assert_eq!(a.take_gather(&made), None);
     }
 }

@@ -82,7 +82,7 @@ impl Scheduler {
             }
         }
         // Actors: remember when each was first seen pending, forget those that left.
-        let pending: Vec<ActorId> = self.pending_actors.iter().take(SCAN).copied().collect();
+        let pending: Vec<ActorId> = self.actors.pending().take(SCAN).copied().collect();
         self.notices.actor_since.retain(|a, _| pending.contains(a));
         let mut judged: Vec<(Holder, String)> = Vec::new();
         for aid in pending {
@@ -135,7 +135,7 @@ impl Scheduler {
     /// start (for a `get` that timed out). `None` if it runs, ran, or is not known here.
     pub fn explain_wait(&self, id: ObjectId) -> Option<String> {
         if let Some(a) = self.actors.get(&ActorId(id.task)) {
-            if self.pending_actors.contains(&ActorId(id.task)) {
+            if self.actors.is_pending(&ActorId(id.task)) {
                 let why = self.why_queued(&a.create);
                 return Some(format!("actor '{}' has not started: it waits for {why}", a.class()));
             }
@@ -149,7 +149,7 @@ impl Scheduler {
             TaskState::Queued => match &t.spec.actor {
                 ActorPart::Call { actor, .. } => {
                     let a = self.actors.get(actor)?;
-                    if !self.pending_actors.contains(actor) {
+                    if !self.actors.is_pending(actor) {
                         return None;
                     }
                     let why = self.why_queued(&a.create);

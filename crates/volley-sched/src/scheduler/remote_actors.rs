@@ -96,7 +96,7 @@ impl Scheduler {
         let Some(a) = self.actors.get(&aid) else { return };
         let spec = a.create.clone();
         let Some(objects) = self.gather(&spec) else {
-            self.pending_actors.push_back(aid);
+            self.actors.push_pending(aid);
             return;
         };
         if let Some(a) = self.actors.get_mut(&aid) {
@@ -126,7 +126,7 @@ impl Scheduler {
                             Err(pending) => {
                                 // A ref inside its arguments is still being made: try again
                                 // when it is ready.
-                                self.gather_waits.entry(pending).or_default().push(aid);
+                                self.actors.wait_gather(pending, aid);
                                 break;
                             }
                         }
@@ -253,7 +253,7 @@ impl Scheduler {
                 a.restarts,
                 actors::limit(max_restarts)
             )));
-            self.pending_actors.push_back(aid);
+            self.actors.push_pending(aid);
         }
         // Calls that were on their way or running there.
         let mut again: Vec<(ActorId, TaskId, Holder)> = Vec::new();
