@@ -276,14 +276,8 @@ pub struct Scheduler {
     node_id: Option<NodeId>,
     /// References peers hold on actors they had created here.
     peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
-    /// Placement groups this node created.
-    pgs: HashMap<String, placement::PgEntry>,
-    /// Placement-group bundles held on this node.
-    reservations: HashMap<String, placement::Reservation>,
-    /// Placement groups waiting for bundles to be placed (in id order).
-    pending_pgs: std::collections::BTreeSet<String>,
-    /// Placement groups removed (tasks waiting for them fail).
-    removed_pgs: HashSet<String>,
+    /// Placement groups: those made here, bundles held here.
+    placement: placement::Placement,
     /// Tasks of peers this node asked its workers to give back, to return them to those peers
     /// (see `peer_steal`).
     revoked_for_peer: HashSet<TaskId>,
@@ -331,10 +325,7 @@ impl Scheduler {
             prefer_peers: false,
             node_id: None,
             peer_actor_refs: HashMap::new(),
-            pgs: HashMap::new(),
-            reservations: HashMap::new(),
-            pending_pgs: Default::default(),
-            removed_pgs: HashSet::new(),
+            placement: Default::default(),
             revoked_for_peer: HashSet::new(),
             peer_copies: HashMap::new(),
             fanout: HashMap::new(),
@@ -728,8 +719,8 @@ impl Scheduler {
 
     /// Takes `res` for a task or actor; gives the GPUs (indices) picked for it.
     fn acquire_res(&mut self, res: &[(String, u64)]) -> Vec<u32> {
-        let reservations = &self.reservations;
-        self.res.acquire(res, |r, a| placement::bundle_gpus(reservations, r, a))
+        let placement = &self.placement;
+        self.res.acquire(res, |r, a| placement.bundle_gpus(r, a))
     }
 
     fn release_res(&mut self, res: &[(String, u64)], gpus: &[u32]) {
@@ -818,7 +809,7 @@ impl Scheduler {
                 );
             }
         }
-        if !self.pending_pgs.is_empty() {
+        if self.placement.has_pending() {
             self.place_pgs(out);
         }
         if !self.actors.no_pending() {

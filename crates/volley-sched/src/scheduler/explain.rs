@@ -186,8 +186,8 @@ impl Scheduler {
         let need = self.demand(o.cpu_milli, &o.resources);
         if let Some(pg) = placement::pg_of(spec) {
             if !self.holds_pg_resources(spec) {
-                let state = match self.pgs.get(pg) {
-                    Some(e) if !e.reason.is_empty() => format!(" ({})", e.reason),
+                let state = match self.placement.reason(pg) {
+                    Some(r) if !r.is_empty() => format!(" ({r})"),
                     _ => String::new(),
                 };
                 return format!(
@@ -261,7 +261,7 @@ impl Scheduler {
         self.actors.values().any(|a| {
             let o = &a.create.options;
             a.holds_resources && a.remote.is_none() && holds(o.cpu_milli, &o.resources)
-        }) || self.reservations.values().flat_map(|r| r.bundles.iter()).any(|(_, b, _)| {
+        }) || self.placement.held_bundles().flat_map(|(_, b)| b.iter()).any(|(_, b, _)| {
             let cpu = b.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a).sum::<u64>();
             holds(u32::try_from(cpu).unwrap_or(u32::MAX), b)
         })
@@ -382,9 +382,8 @@ impl Scheduler {
                 add(0, a.class().to_string(), amount_in(&o.resources, o.cpu_milli));
             }
         }
-        for (pg, r) in &self.reservations {
-            let amount: u64 = r
-                .bundles
+        for (pg, bundles) in self.placement.held_bundles() {
+            let amount: u64 = bundles
                 .iter()
                 .flat_map(|(_, b, _)| b.iter())
                 .filter(|(n, _)| match what {
@@ -445,7 +444,7 @@ impl Scheduler {
 
     /// How messages name a placement group: "'name' (id)" if this node created it with a name.
     fn pg_label(&self, pg: &str) -> String {
-        self.pgs.get(pg).map(|e| e.label()).unwrap_or_else(|| pg.to_string())
+        self.placement.label(pg)
     }
 }
 

@@ -152,7 +152,7 @@ impl Scheduler {
                 }
             }
         }
-        if !self.pgs.is_empty() {
+        if !self.placement.is_empty() {
             self.pgs_after_view(out);
         }
         self.schedule(out);
