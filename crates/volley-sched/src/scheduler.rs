@@ -1,6 +1,6 @@
 //! The scheduler's state and its event handlers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use volley_proto::{
@@ -25,7 +25,7 @@ use actors::Actors;
 use code::Code;
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
-use peers::{FromPeer, PeerEntry};
+use peers::Peers;
 pub use remote_actors::ActorReport;
 use resources::Resources;
 use streams::StreamState;
@@ -262,33 +262,10 @@ pub struct Scheduler {
     /// Actors, their names and start queue.
     actors: Actors,
     streams: HashMap<TaskId, StreamState>,
-    /// The other nodes of the cluster (empty on a lone node).
-    peers: std::collections::BTreeMap<NodeId, PeerEntry>,
-    /// Tasks other nodes sent here.
-    from_peer: HashMap<TaskId, FromPeer>,
-    /// Tasks a peer sent again while their earlier attempt, orphaned when that peer was
-    /// thought gone, still runs here: accepted once it has ended (`ended_reruns`).
-    reruns: HashMap<TaskId, Box<peers::PeerTask>>,
-    ended_reruns: Vec<TaskId>,
-    /// A driver's node: actors go to peers.
-    prefer_peers: bool,
-    /// This node's id in its cluster.
-    node_id: Option<NodeId>,
-    /// References peers hold on actors they had created here.
-    peer_actor_refs: HashMap<NodeId, Vec<ObjectId>>,
+    /// The other nodes of the cluster, and what this node does for them.
+    peers: Peers,
     /// Placement groups: those made here, bundles held here.
     placement: placement::Placement,
-    /// Tasks of peers this node asked its workers to give back, to return them to those peers
-    /// (see `peer_steal`).
-    revoked_for_peer: HashSet<TaskId>,
-    /// Copies of large values peers sent with tasks, kept here until the peer lets them go
-    /// (see `PeerEntry::copies`).
-    peer_copies: HashMap<NodeId, HashSet<ObjectId>>,
-    /// Large values peers are pulling from this node, by the node serving each pull (`None`:
-    /// this one), to spread the pulls of one value over the nodes holding it.
-    fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
-    /// Peers that asked for a value this node is still pulling itself: served once it is here.
-    serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
     /// What the wait notices have said already (see `explain`).
     notices: explain::Notices,
 }
@@ -318,18 +295,8 @@ impl Scheduler {
             now_ms: 0,
             actors: Actors::default(),
             streams: HashMap::new(),
-            peers: std::collections::BTreeMap::new(),
-            from_peer: HashMap::new(),
-            reruns: HashMap::new(),
-            ended_reruns: Vec::new(),
-            prefer_peers: false,
-            node_id: None,
-            peer_actor_refs: HashMap::new(),
+            peers: Peers::default(),
             placement: Default::default(),
-            revoked_for_peer: HashSet::new(),
-            peer_copies: HashMap::new(),
-            fanout: HashMap::new(),
-            serve_waits: HashMap::new(),
             notices: Default::default(),
         }
     }
@@ -636,7 +603,8 @@ impl Scheduler {
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
         if let Strategy::Node { id, soft: false } = spec.options.strategy {
-            let known = Some(NodeId(id)) == self.node_id || self.peers.contains_key(&NodeId(id));
+            let known =
+                Some(NodeId(id)) == self.peers.node_id() || self.peers.contains_key(&NodeId(id));
             if !known {
                 return Some(format!(
                     "task '{}' must run on node {id}, which is not in the cluster",
@@ -646,7 +614,7 @@ impl Scheduler {
         }
         let placeable = match spec.actor {
             ActorPart::None => true,
-            ActorPart::Create(_) => self.prefer_peers,
+            ActorPart::Create(_) => self.peers.prefer_peers(),
             ActorPart::Call { .. } => false,
         };
         if placeable && self.peer_could_run(spec) {
@@ -800,14 +768,10 @@ impl Scheduler {
     // ------------------------------------------------------------ dispatch
 
     fn schedule(&mut self, out: &mut Vec<Action>) {
-        while let Some(tid) = self.ended_reruns.pop() {
-            if let Some(t) = self.reruns.remove(&tid) {
-                let t = *t;
-                self.accept_peer_task(
-                    t.peer, t.spec, t.function, t.objects, t.routes, t.errors, t.cached, t.fetch,
-                    out,
-                );
-            }
+        while let Some(t) = self.peers.next_ended_rerun() {
+            self.accept_peer_task(
+                t.peer, t.spec, t.function, t.objects, t.routes, t.errors, t.cached, t.fetch, out,
+            );
         }
         if self.placement.has_pending() {
             self.place_pgs(out);
@@ -863,7 +827,9 @@ impl Scheduler {
             }
             let mut may_spill = true;
             match task.spec.options.strategy {
-                Strategy::Node { id, .. } if Some(NodeId(id)) == self.node_id => may_spill = false,
+                Strategy::Node { id, .. } if Some(NodeId(id)) == self.peers.node_id() => {
+                    may_spill = false
+                }
                 Strategy::Node { id, soft } => {
                     let peer = NodeId(id);
                     if self.try_spill_to(tid, peer, out) {
@@ -1109,7 +1075,7 @@ impl Scheduler {
             }
         }
         self.refresh_head_cpu(wid);
-        if !self.revoked_for_peer.is_empty() {
+        if self.peers.has_revoked() {
             back = self.return_revoked_to_peers(back, out);
         }
         for tid in back.into_iter().rev() {
@@ -1217,11 +1183,11 @@ impl Scheduler {
     /// The task at the head of worker `wid`'s queue has started: a peer that sent it is told,
     /// so that if this node dies only the tasks it really started use a retry there.
     fn head_started(&mut self, wid: WorkerId, out: &mut Vec<Action>) {
-        if self.from_peer.is_empty() {
+        if !self.peers.has_tasks_from_peers() {
             return; // No peer's task here (always so on a lone node): nothing to look up.
         }
         let head = self.workers.get(&wid).and_then(|w| w.queue.front()).copied();
-        if let Some(peer) = head.and_then(|t| self.from_peer.get(&t)).map(|f| f.peer) {
+        if let Some(peer) = head.and_then(|t| self.peers.sender_of(&t)) {
             if let Some(task) = head {
                 out.push(Action::PeerStarted { peer, task });
             }
@@ -1284,7 +1250,7 @@ impl Scheduler {
         if o.refs == 0 {
             // Nobody holds a reference any more: drop the value at once.
             self.objects.remove(&id);
-            if !self.serve_waits.is_empty() {
+            if self.peers.has_serve_waits() {
                 self.serve_waiting(id, out);
             }
             return;
@@ -1297,7 +1263,7 @@ impl Scheduler {
             self.incref_one(*c);
         }
         self.notify(id, waiters, watchers, out);
-        if !self.serve_waits.is_empty() {
+        if self.peers.has_serve_waits() {
             self.serve_waiting(id, out);
         }
         for tid in dependents {
@@ -1329,7 +1295,7 @@ impl Scheduler {
         };
         if o.refs == 0 {
             self.objects.remove(&id);
-            if !self.serve_waits.is_empty() {
+            if self.peers.has_serve_waits() {
                 self.serve_waiting(id, out);
             }
             return;
@@ -1339,7 +1305,7 @@ impl Scheduler {
         let dependents = std::mem::take(&mut o.dependents);
         let watchers = std::mem::take(&mut o.watchers);
         self.notify(id, waiters, watchers, out);
-        if !self.serve_waits.is_empty() {
+        if self.peers.has_serve_waits() {
             self.serve_waiting(id, out);
         }
         for tid in dependents {
@@ -1427,9 +1393,7 @@ impl Scheduler {
             return;
         };
         self.release_args(&task.spec, out);
-        if self.reruns.contains_key(&tid) {
-            self.ended_reruns.push(tid); // Accepted by the next `schedule`.
-        }
+        self.peers.task_ended(tid);
     }
 
     fn release_args(&mut self, spec: &TaskSpec, out: &mut Vec<Action>) {

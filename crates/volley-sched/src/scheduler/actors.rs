@@ -338,7 +338,7 @@ impl Scheduler {
 
     /// Named actors this node hosts (for the cluster's directory).
     pub fn named_actors(&self) -> Vec<volley_proto::NamedActor> {
-        let node = self.node_id.unwrap_or(NodeId(0));
+        let node = self.peers.node_id().unwrap_or(NodeId(0));
         let mut v: Vec<volley_proto::NamedActor> = self
             .actors
             .iter()

@@ -114,7 +114,7 @@ impl Scheduler {
 
     /// " on node 3" in a cluster (a notice may be printed far from the node it is about).
     fn on_node(&self) -> String {
-        match self.node_id {
+        match self.peers.node_id() {
             Some(id) if !self.peers.is_empty() => format!(" on node {}", id.0),
             _ => String::new(),
         }
@@ -220,7 +220,7 @@ impl Scheduler {
         };
         let placeable = match spec.actor {
             ActorPart::None => true,
-            ActorPart::Create(_) => self.prefer_peers,
+            ActorPart::Create(_) => self.peers.prefer_peers(),
             ActorPart::Call { .. } => false,
         };
         placeable

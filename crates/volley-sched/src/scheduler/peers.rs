@@ -9,7 +9,7 @@
 //! results go back (`Action::PeerDone`) and everything it held here is released. Tasks a peer
 //! sent are never passed on again, so work cannot bounce between nodes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use volley_proto::{
@@ -125,6 +125,145 @@ const FANOUT: u32 = 2;
 /// Where a spilled task's values are gathered: at most this many nested refs deep.
 const MAX_SHIP_DEPTH: usize = 16;
 
+/// The cluster as a part of the scheduler: the other nodes (`PeerEntry`), this node's id and
+/// role, the tasks peers sent here, copies of values kept for peers, and the pulls this node
+/// serves. Its fields are this module's; the other parts ask through the methods below.
+#[derive(Default)]
+pub(super) struct Peers {
+    /// The other nodes of the cluster (empty on a lone node).
+    nodes: BTreeMap<NodeId, PeerEntry>,
+    /// Tasks other nodes sent here.
+    from_peer: HashMap<TaskId, FromPeer>,
+    /// Tasks a peer sent again while their earlier attempt, orphaned when that peer was
+    /// thought gone, still runs here: accepted once it has ended (`ended_reruns`).
+    reruns: HashMap<TaskId, Box<PeerTask>>,
+    ended_reruns: Vec<TaskId>,
+    /// A driver's node: actors go to peers.
+    prefer_peers: bool,
+    /// This node's id in its cluster.
+    node_id: Option<NodeId>,
+    /// References peers hold on actors they had created here.
+    actor_refs: HashMap<NodeId, Vec<ObjectId>>,
+    /// Tasks of peers this node asked its workers to give back, to return them to those peers
+    /// (see `peer_steal`).
+    revoked_for_peer: HashSet<TaskId>,
+    /// Copies of large values peers sent with tasks, kept here until the peer lets them go
+    /// (see `PeerEntry::copies`).
+    copies: HashMap<NodeId, HashSet<ObjectId>>,
+    /// Large values peers are pulling from this node, by the node serving each pull (`None`:
+    /// this one), to spread the pulls of one value over the nodes holding it.
+    fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
+    /// Peers that asked for a value this node is still pulling itself: served once it is here.
+    serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
+}
+
+impl Peers {
+    /// Whether this node is alone (no other node in its view).
+    pub(super) fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub(super) fn contains_key(&self, id: &NodeId) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    pub(super) fn get(&self, id: &NodeId) -> Option<&PeerEntry> {
+        self.nodes.get(id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &NodeId) -> Option<&mut PeerEntry> {
+        self.nodes.get_mut(id)
+    }
+
+    /// The other nodes, by id.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeId, &PeerEntry)> {
+        self.nodes.iter()
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes.keys()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &PeerEntry> {
+        self.nodes.values()
+    }
+
+    /// This node's id in its cluster, once it has one.
+    pub(super) fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+    }
+
+    /// A driver's node: its actors go to peers.
+    pub(super) fn prefer_peers(&self) -> bool {
+        self.prefer_peers
+    }
+
+    pub(super) fn set_prefer_peers(&mut self, yes: bool) {
+        self.prefer_peers = yes;
+    }
+
+    /// Whether a task a peer sent is here (always false on a lone node: checked per task).
+    pub(super) fn has_tasks_from_peers(&self) -> bool {
+        !self.from_peer.is_empty()
+    }
+
+    /// The peer that sent task `tid`, if one did.
+    pub(super) fn sender_of(&self, tid: &TaskId) -> Option<NodeId> {
+        self.from_peer.get(tid).map(|f| f.peer)
+    }
+
+    pub(super) fn is_from_peer(&self, tid: &TaskId) -> bool {
+        self.from_peer.contains_key(tid)
+    }
+
+    /// Forgets that a peer sent `tid`; what it held here.
+    pub(super) fn take_from_peer(&mut self, tid: &TaskId) -> Option<FromPeer> {
+        self.from_peer.remove(tid)
+    }
+
+    /// Task `tid` ended: a rerun of it a peer sent meanwhile may be accepted now.
+    pub(super) fn task_ended(&mut self, tid: TaskId) {
+        if self.reruns.contains_key(&tid) {
+            self.ended_reruns.push(tid); // Accepted by the next `schedule`.
+        }
+    }
+
+    /// The next rerun whose earlier attempt has ended, to accept now.
+    pub(super) fn next_ended_rerun(&mut self) -> Option<PeerTask> {
+        while let Some(tid) = self.ended_reruns.pop() {
+            if let Some(t) = self.reruns.remove(&tid) {
+                return Some(*t);
+            }
+        }
+        None
+    }
+
+    /// Whether tasks were revoked from workers to give back to peers.
+    pub(super) fn has_revoked(&self) -> bool {
+        !self.revoked_for_peer.is_empty()
+    }
+
+    /// Whether a peer waits for a value this node is still pulling.
+    pub(super) fn has_serve_waits(&self) -> bool {
+        !self.serve_waits.is_empty()
+    }
+
+    /// `peer` holds a reference to an actor it had created here (its object `obj`).
+    pub(super) fn hold_actor_ref(&mut self, peer: NodeId, obj: ObjectId) {
+        self.actor_refs.entry(peer).or_default().push(obj);
+    }
+
+    /// The references `peer` holds on actors here.
+    pub(super) fn actor_refs_mut(&mut self, peer: &NodeId) -> Option<&mut Vec<ObjectId>> {
+        self.actor_refs.get_mut(peer)
+    }
+
+    /// Takes every reference `peer` holds on actors here (it is gone).
+    pub(super) fn take_actor_refs(&mut self, peer: &NodeId) -> Vec<ObjectId> {
+        self.actor_refs.remove(peer).unwrap_or_default()
+    }
+}
+
 impl Scheduler {
     /// Replaces the view of the other nodes. Peers missing from it are gone: their tasks are
     /// retried elsewhere or fail.
@@ -148,7 +287,7 @@ impl Scheduler {
                         stealing: false,
                         copies: HashSet::new(),
                     };
-                    self.peers.insert(v.id, entry);
+                    self.peers.nodes.insert(v.id, entry);
                 }
             }
         }
@@ -176,19 +315,19 @@ impl Scheduler {
     fn peer_lost(&mut self, id: NodeId, why: &str, counted: bool, out: &mut Vec<Action>) {
         // What it holds here is dropped even if it never made it into our view (a short-lived
         // driver can come and go between two views).
-        if let Some(p) = self.peers.remove(&id) {
+        if let Some(p) = self.peers.nodes.remove(&id) {
             self.peer_tasks_lost(id, p, why, counted, out);
         }
         self.drop_peer_actor_refs(id, out);
         self.notices.forget(Holder::Peer(id));
         self.release_copies(id, None, out);
         self.pgs_peer_gone(id, out);
-        self.reruns.retain(|_, t| t.peer != id);
+        self.peers.reruns.retain(|_, t| t.peer != id);
         // Tasks it sent us: nobody waits for their results any more.
         let theirs: Vec<TaskId> =
-            self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
+            self.peers.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
         for tid in theirs {
-            if let Some(f) = self.from_peer.remove(&tid) {
+            if let Some(f) = self.peers.from_peer.remove(&tid) {
                 self.release_from_peer(f, out);
             }
             self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
@@ -312,7 +451,7 @@ impl Scheduler {
             if let Some(w) = self.workers.get_mut(&wid) {
                 w.revoke_outstanding = true;
             }
-            self.revoked_for_peer.extend(tasks.iter().copied());
+            self.peers.revoked_for_peer.extend(tasks.iter().copied());
             out.push(Action::Send {
                 worker: wid,
                 msg: volley_proto::NodeToWorker::Revoke { tasks },
@@ -334,7 +473,7 @@ impl Scheduler {
         let mut keep = Vec::new();
         let mut by_peer: std::collections::BTreeMap<NodeId, Vec<TaskId>> = Default::default();
         for t in back {
-            if self.revoked_for_peer.remove(&t) {
+            if self.peers.revoked_for_peer.remove(&t) {
                 if let Some(Holder::Peer(p)) = self.tasks.get(&t).map(|t| t.caller) {
                     by_peer.entry(p).or_default().push(t);
                     continue;
@@ -349,7 +488,7 @@ impl Scheduler {
             out.push(Action::PeerReturned { peer, tasks });
         }
         let tasks = &self.tasks;
-        self.revoked_for_peer.retain(|t| tasks.contains_key(t));
+        self.peers.revoked_for_peer.retain(|t| tasks.contains_key(t));
         keep
     }
 
@@ -365,7 +504,7 @@ impl Scheduler {
                 self.objects.remove(&r);
             }
         }
-        if let Some(f) = self.from_peer.remove(&tid) {
+        if let Some(f) = self.peers.from_peer.remove(&tid) {
             self.release_from_peer(f, out);
         }
     }
@@ -404,7 +543,7 @@ impl Scheduler {
 
     /// Tells the scheduler its node's id in the cluster (for node affinity).
     pub fn set_node_id(&mut self, id: NodeId) {
-        self.node_id = Some(id);
+        self.peers.node_id = Some(id);
     }
 
     /// For `SPREAD`: whether some peer is less loaded (by what runs there for us) than this node.
@@ -596,9 +735,10 @@ impl Scheduler {
     /// holder (this node, then relays by node id) serving fewer than `FANOUT` pulls; once all
     /// serve that many, the one serving fewest.
     fn pick_relay(&mut self, target: NodeId, id: ObjectId) -> Option<NodeId> {
-        let counts = self.fanout.entry(id).or_default();
+        let counts = self.peers.fanout.entry(id).or_default();
         let relays = self
             .peers
+            .nodes
             .iter()
             .filter(|(n, p)| **n != target && !p.view.driver && p.copies.contains(&id))
             .map(|(n, _)| Some(*n));
@@ -620,7 +760,7 @@ impl Scheduler {
         let value = match self.objects.get(&id).map(|o| &o.state) {
             Some(ObjectState::Ready(v)) if v.shm.is_some() => Ok(v.clone()),
             Some(ObjectState::Pending) => {
-                self.serve_waits.entry(id).or_default().push((peer, link));
+                self.peers.serve_waits.entry(id).or_default().push((peer, link));
                 return;
             }
             Some(ObjectState::Ready(_)) => Err("its copy here is not in the store".to_string()),
@@ -632,15 +772,15 @@ impl Scheduler {
 
     /// The value peers wait for (`peer_fetch`) is here, failed or gone: they get an answer.
     pub(super) fn serve_waiting(&mut self, id: ObjectId, out: &mut Vec<Action>) {
-        for (peer, link) in self.serve_waits.remove(&id).unwrap_or_default() {
+        for (peer, link) in self.peers.serve_waits.remove(&id).unwrap_or_default() {
             self.peer_fetch(peer, id, link, out);
         }
     }
 
     /// A large value was freed here: the peers keeping a copy of it may let it go.
     pub(super) fn drop_copies(&mut self, id: ObjectId, out: &mut Vec<Action>) {
-        self.fanout.remove(&id);
-        for (peer, p) in self.peers.iter_mut() {
+        self.peers.fanout.remove(&id);
+        for (peer, p) in self.peers.nodes.iter_mut() {
             if p.copies.remove(&id) {
                 out.push(Action::PeerRelease { peer: *peer, ids: vec![id] });
             }
@@ -655,7 +795,7 @@ impl Scheduler {
                 .objects
                 .get(id)
                 .is_some_and(|o| matches!(&o.state, ObjectState::Ready(v) if v.shm.is_some()));
-            if large && self.peer_copies.entry(peer).or_default().insert(*id) {
+            if large && self.peers.copies.entry(peer).or_default().insert(*id) {
                 keep.push(*id);
             }
         }
@@ -669,13 +809,13 @@ impl Scheduler {
         ids: Option<&[ObjectId]>,
         out: &mut Vec<Action>,
     ) {
-        let Some(set) = self.peer_copies.get_mut(&peer) else { return };
+        let Some(set) = self.peers.copies.get_mut(&peer) else { return };
         let gone: Vec<ObjectId> = match ids {
             Some(ids) => ids.iter().filter(|id| set.remove(id)).copied().collect(),
             None => set.drain().collect(),
         };
         if set.is_empty() {
-            self.peer_copies.remove(&peer);
+            self.peers.copies.remove(&peer);
         }
         self.decref(Holder::Peer(peer), &gone, out);
     }
@@ -783,11 +923,11 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let tid = spec.task_id;
-        if self.tasks.contains_key(&tid) && !self.from_peer.contains_key(&tid) {
+        if self.tasks.contains_key(&tid) && !self.peers.from_peer.contains_key(&tid) {
             // Sent again (the peer retried it after we dropped it, thinking the peer gone)
             // while the attempt we cancelled still runs: its outcome must not answer this one.
             let t = PeerTask { peer, spec, function, objects, routes, errors, cached, fetch };
-            self.reruns.insert(tid, Box::new(t));
+            self.peers.reruns.insert(tid, Box::new(t));
             return;
         }
         self.add_routes(routes);
@@ -838,11 +978,11 @@ impl Scheduler {
                 out.push(Action::Pull { origin: peer, id, value, relay });
             }
             self.incref(holder, &[id]);
-            if self.peer_copies.entry(peer).or_default().insert(id) {
+            if self.peers.copies.entry(peer).or_default().insert(id) {
                 self.incref(holder, &[id]);
             }
         }
-        self.from_peer.insert(tid, FromPeer { peer, objects: ids });
+        self.peers.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {
             self.accept_peer_actor(peer, spec, out);
         } else {
@@ -859,7 +999,7 @@ impl Scheduler {
         result: Result<Vec<Arc<ObjectData>>, Arc<ErrorPayload>>,
         out: &mut Vec<Action>,
     ) {
-        let Some(f) = self.from_peer.remove(&tid) else { return };
+        let Some(f) = self.peers.from_peer.remove(&tid) else { return };
         let mut failed = Vec::new();
         let objects = match &result {
             Ok(values) => {
@@ -879,7 +1019,7 @@ impl Scheduler {
             .zip(values)
             .filter(|(id, v)| v.shm.is_some() && self.objects.contains_key(id))
             .map(|(id, _)| *id)
-            .filter(|id| self.peer_copies.entry(f.peer).or_default().insert(*id))
+            .filter(|id| self.peers.copies.entry(f.peer).or_default().insert(*id))
             .collect();
         let released: Vec<ObjectId> = returns.into_iter().filter(|id| !kept.contains(id)).collect();
         out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects, kept });
@@ -1032,4 +1172,53 @@ pub(super) fn gather_objects(
         }
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rerun(n: u128) -> Box<PeerTask> {
+        let spec = TaskSpec {
+            task_id: TaskId(n),
+            function: FunctionId([1; 16]),
+            name: "t".into(),
+            args: ObjectData::default(),
+            deps: vec![],
+            num_returns: 1,
+            options: Default::default(),
+            actor: ActorPart::None,
+        };
+        let (objects, routes, errors, cached, fetch) = (vec![], vec![], vec![], vec![], vec![]);
+        let peer = NodeId(2);
+        Box::new(PeerTask { peer, spec, function: None, objects, routes, errors, cached, fetch })
+    }
+
+    #[test]
+    fn a_rerun_is_handed_back_once_the_attempt_before_it_ended() {
+        let mut p = Peers::default();
+        p.reruns.insert(TaskId(1), rerun(1));
+        assert!(p.next_ended_rerun().is_none(), "the earlier attempt still runs");
+        p.task_ended(TaskId(5)); // No rerun waits for it.
+        p.task_ended(TaskId(1));
+        assert_eq!(p.next_ended_rerun().map(|t| t.spec.task_id), Some(TaskId(1)));
+        assert!(p.next_ended_rerun().is_none());
+    }
+
+    #[test]
+    fn tasks_and_actor_references_of_peers_are_tracked_per_peer() {
+        let mut p = Peers::default();
+        assert!(!p.has_tasks_from_peers() && p.is_empty() && p.node_id().is_none());
+        p.from_peer.insert(TaskId(1), FromPeer { peer: NodeId(3), objects: vec![] });
+        assert!(p.has_tasks_from_peers() && p.is_from_peer(&TaskId(1)));
+        assert_eq!(p.sender_of(&TaskId(1)), Some(NodeId(3)));
+        assert_eq!(p.take_from_peer(&TaskId(1)).map(|f| f.peer), Some(NodeId(3)));
+        assert!(!p.has_tasks_from_peers());
+        let obj = ObjectId::for_return(TaskId(7), 1);
+        p.hold_actor_ref(NodeId(3), obj);
+        p.hold_actor_ref(NodeId(3), obj);
+        assert_eq!(p.actor_refs_mut(&NodeId(3)).map(|v| v.len()), Some(2));
+        assert_eq!(p.take_actor_refs(&NodeId(3)), vec![obj, obj]);
+        assert!(p.take_actor_refs(&NodeId(3)).is_empty());
+    }
 }

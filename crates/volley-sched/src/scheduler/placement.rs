@@ -296,13 +296,13 @@ fn state_name(e: &PgEntry) -> &'static str {
 
 impl Scheduler {
     fn here(&self) -> NodeId {
-        self.node_id.unwrap_or(NodeId(0))
+        self.peers.node_id().unwrap_or(NodeId(0))
     }
 
     /// Every node that may hold bundles, this one first, with what it has.
     fn capacities(&self) -> Vec<Capacity> {
         let mut caps = Vec::new();
-        if !self.prefer_peers {
+        if !self.peers.prefer_peers() {
             let mut total: HashMap<String, u64> = HashMap::new();
             let mut free: HashMap<String, u64> = HashMap::new();
             total.insert("CPU".into(), u64::from(self.res.cpu_total()));
@@ -315,7 +315,7 @@ impl Scheduler {
             }
             caps.push(Capacity { node: self.here(), total, free });
         }
-        for (id, p) in &self.peers {
+        for (id, p) in self.peers.iter() {
             if p.view.driver {
                 continue;
             }
