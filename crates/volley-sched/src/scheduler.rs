@@ -28,8 +28,8 @@ pub use peers::PeerView;
 use peers::Peers;
 pub use remote_actors::ActorReport;
 use resources::Resources;
-use streams::StreamState;
 pub use streams::StreamStep;
+use streams::Streams;
 use tasks::{TaskEntry, TaskState, Tasks};
 use workers::{WorkerState, Workers};
 
@@ -261,7 +261,7 @@ pub struct Scheduler {
     res: Resources,
     /// Actors, their names and start queue.
     actors: Actors,
-    streams: HashMap<TaskId, StreamState>,
+    streams: Streams,
     /// The other nodes of the cluster, and what this node does for them.
     peers: Peers,
     /// Placement groups: those made here, bundles held here.
@@ -294,7 +294,7 @@ impl Scheduler {
             waiters: Waiters::default(),
             now_ms: 0,
             actors: Actors::default(),
-            streams: HashMap::new(),
+            streams: Streams::default(),
             peers: Peers::default(),
             placement: Default::default(),
             notices: Default::default(),
@@ -561,7 +561,7 @@ impl Scheduler {
         let streaming = spec.options.streaming;
         let spec = self.insert_task(holder, spec);
         if streaming {
-            self.streams.insert(tid, StreamState::new(holder));
+            self.streams.start(tid, holder);
         }
         if let ActorPart::Call { actor, .. } = &spec.actor {
             if let Err(e) = self.actor_accepts(*actor, &spec.name) {
