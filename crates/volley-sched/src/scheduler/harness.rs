@@ -70,7 +70,7 @@ impl H {
     pub(super) fn connect_spawned_keep(&mut self) -> Vec<WorkerId> {
         let spawned = self.spawned();
         for w in &spawned {
-            self.s.worker_connected(*w, 1000 + w.0, &mut self.out);
+            assert!(self.s.worker_connected(*w, 1000 + w.0, &mut self.out));
         }
         spawned
     }
