@@ -1451,13 +1451,11 @@ impl Scheduler {
         }
         if let WaitOwner::Worker { worker, req } = owner {
             if let Some(w) = self.workers.get_mut(&worker) {
-                w.requests.insert(req, wid);
-                w.blocked += 1;
-                if w.blocked == 1 && w.actor.is_none() {
+                if w.block(req, wid) {
                     self.res.give_cpu(w.cpu_held);
                     // Tasks pipelined behind the blocked one must not wait for it.
                     if w.queue.len() > 1 {
-                        let tasks: Vec<TaskId> = w.queue.iter().skip(1).copied().collect();
+                        let tasks = w.pipelined();
                         w.revoke_outstanding = true;
                         out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
                     }
@@ -1492,13 +1490,10 @@ impl Scheduler {
 
     fn unblock(&mut self, worker: WorkerId, req: u64) {
         if let Some(wk) = self.workers.get_mut(&worker) {
-            if wk.requests.remove(&req).is_some() && wk.blocked > 0 {
-                wk.blocked -= 1;
-                if wk.blocked == 0 && wk.actor.is_none() {
-                    // Take the CPU back, even if that over-commits for a moment: the lent-out
-                    // work finishes and the balance returns.
-                    self.res.take_cpu(wk.cpu_held);
-                }
+            if wk.unblock(req) {
+                // Take the CPU back, even if that over-commits for a moment: the lent-out
+                // work finishes and the balance returns.
+                self.res.take_cpu(wk.cpu_held);
             }
         }
     }
@@ -1620,7 +1615,7 @@ impl Scheduler {
                 o.refs += 1;
                 if let Holder::Worker(w) = holder {
                     if let Some(w) = self.workers.get_mut(&w) {
-                        *w.held.entry(*id).or_insert(0) += 1;
+                        w.hold(*id);
                     }
                 }
             }
@@ -1633,12 +1628,8 @@ impl Scheduler {
                 let Some(w) = self.workers.get_mut(&w) else {
                     continue;
                 };
-                match w.held.get_mut(id) {
-                    Some(n) if *n > 1 => *n -= 1,
-                    Some(_) => {
-                        w.held.remove(id);
-                    }
-                    None => continue, // Not ours to release.
+                if !w.release(id) {
+                    continue; // Not ours to release.
                 }
             }
             self.decref_one(*id, out);

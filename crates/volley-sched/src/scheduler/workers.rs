@@ -52,6 +52,46 @@ impl WorkerEntry {
     pub(super) fn is_active_pool(&self) -> bool {
         self.state != WorkerState::Retiring && self.blocked == 0 && self.actor.is_none()
     }
+
+    /// The process holds one more reference to `id` (released for it if it dies).
+    pub(super) fn hold(&mut self, id: ObjectId) {
+        *self.held.entry(id).or_insert(0) += 1;
+    }
+
+    /// The process drops a reference to `id`; false if it held none (not its to release).
+    pub(super) fn release(&mut self, id: &ObjectId) -> bool {
+        match self.held.get_mut(id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.held.remove(id);
+            }
+            None => return false,
+        }
+        true
+    }
+
+    /// The process blocks in request `req` (answered through `waiter`). True if a pool worker
+    /// was not blocked before: it now lends the CPU its task holds.
+    pub(super) fn block(&mut self, req: u64, waiter: WaiterId) -> bool {
+        self.requests.insert(req, waiter);
+        self.blocked += 1;
+        self.blocked == 1 && self.actor.is_none()
+    }
+
+    /// Request `req` was answered or given up. True if a pool worker is no longer blocked: it
+    /// takes back the CPU its task holds.
+    pub(super) fn unblock(&mut self, req: u64) -> bool {
+        if self.requests.remove(&req).is_none() || self.blocked == 0 {
+            return false;
+        }
+        self.blocked -= 1;
+        self.blocked == 0 && self.actor.is_none()
+    }
+
+    /// The tasks queued behind the running one.
+    pub(super) fn pipelined(&self) -> Vec<TaskId> {
+        self.queue.iter().skip(1).copied().collect()
+    }
 }
 
 /// Every worker process of the node, and the spawn back-off.
@@ -345,5 +385,36 @@ mod tests {
         assert!(ws.start_succeeded());
         assert!(!ws.start_succeeded());
         assert!(ws.spawn_allowed(0, 3));
+    }
+
+    #[test]
+    fn a_worker_lends_its_cpu_on_its_first_block_and_takes_it_back_on_its_last() {
+        let mut ws = Workers::new();
+        let (pool, actor) = (alive(&mut ws, None), alive(&mut ws, Some(ActorId(TaskId(7)))));
+        let w = ws.get_mut(&pool).expect("pool");
+        assert!(w.block(1, 10), "first block: lend");
+        assert!(!w.block(2, 11), "nested: already lent");
+        assert!(!w.unblock(3), "an unknown request changes nothing");
+        assert!(!w.unblock(1));
+        assert!(w.unblock(2), "last one: take the CPU back");
+        assert!(!w.unblock(2), "answered once");
+        assert_eq!(w.blocked, 0);
+        let a = ws.get_mut(&actor).expect("actor");
+        assert!(!a.block(1, 12) && !a.unblock(1), "an actor holds its resources, blocked or not");
+    }
+
+    #[test]
+    fn a_worker_releases_only_references_it_holds() {
+        let mut ws = Workers::new();
+        let id = alive(&mut ws, None);
+        let w = ws.get_mut(&id).expect("w");
+        let obj = ObjectId::for_return(TaskId(3), 1);
+        w.hold(obj);
+        w.hold(obj);
+        assert!(w.release(&obj) && w.release(&obj));
+        assert!(!w.release(&obj), "not its to release");
+        assert!(w.held.is_empty());
+        w.queue.extend([TaskId(1), TaskId(2), TaskId(3)]);
+        assert_eq!(w.pipelined(), vec![TaskId(2), TaskId(3)]);
     }
 }
