@@ -573,7 +573,7 @@ impl Scheduler {
                 return;
             }
             if let Some(a) = self.actors.get_mut(actor) {
-                a.callers.entry(holder).or_default().push_back(tid);
+                a.queue_call(holder, tid);
             }
         } else {
             if let Some(msg) = self.unschedulable(&spec) {
@@ -1094,7 +1094,7 @@ impl Scheduler {
                 let (aid, caller) = (*actor, task.caller);
                 task.state = TaskState::Queued;
                 if let Some(a) = self.actors.get_mut(&aid) {
-                    a.callers.entry(caller).or_default().push_front(tid);
+                    a.requeue_call(caller, tid);
                 }
                 self.dispatch_actor(aid, out);
             } else {
@@ -1360,11 +1360,8 @@ impl Scheduler {
         match (&spec.actor, task.state) {
             (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {
                 let (aid, caller) = (*actor, task.caller);
-                if let Some(q) = self.actors.get_mut(&aid).and_then(|a| a.callers.get_mut(&caller))
-                {
-                    if let Some(pos) = q.iter().position(|t| *t == tid) {
-                        q.remove(pos);
-                    }
+                if let Some(a) = self.actors.get_mut(&aid) {
+                    a.drop_call(caller, tid);
                 }
                 call_of = Some(aid);
             }

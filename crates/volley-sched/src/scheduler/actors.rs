@@ -122,6 +122,26 @@ impl ActorEntry {
         &self.opts().class_name
     }
 
+    /// `caller` made call `tid`: it goes after that caller's earlier calls.
+    pub(super) fn queue_call(&mut self, caller: Holder, tid: TaskId) {
+        self.callers.entry(caller).or_default().push_back(tid);
+    }
+
+    /// Call `tid` of `caller` goes back to the head of that caller's queue (it was given back
+    /// unstarted, or is sent again).
+    pub(super) fn requeue_call(&mut self, caller: Holder, tid: TaskId) {
+        self.callers.entry(caller).or_default().push_front(tid);
+    }
+
+    /// Takes call `tid` of `caller` out of its queue (it failed before it was sent).
+    pub(super) fn drop_call(&mut self, caller: Holder, tid: TaskId) {
+        if let Some(q) = self.callers.get_mut(&caller) {
+            if let Some(pos) = q.iter().position(|t| *t == tid) {
+                q.remove(pos);
+            }
+        }
+    }
+
     fn keeps_itself(&self) -> bool {
         self.opts().name.is_some() || self.opts().detached
     }
@@ -799,7 +819,7 @@ impl Scheduler {
         let new = self.spawn_for(Some(aid), out);
         if let Some(a) = self.actors.get_mut(&aid) {
             for (t, caller) in again.into_iter().rev() {
-                a.callers.entry(caller).or_default().push_front(t);
+                a.requeue_call(caller, t);
             }
             a.worker = Some(new);
         }
@@ -929,5 +949,20 @@ mod tests {
         a.wait_gather(made, ids[2]);
         assert_eq!(a.take_gather(&made), Some(vec![ids[0], ids[2]]));
         assert_eq!(a.take_gather(&made), None);
+    }
+
+    #[test]
+    fn each_callers_calls_keep_their_order() {
+        let mut a = entry();
+        let (x, y) = (Holder::Local, Holder::Worker(WorkerId(4)));
+        for (who, n) in [(x, 1), (y, 2), (x, 3)] {
+            a.queue_call(who, TaskId(n));
+        }
+        a.requeue_call(x, TaskId(9));
+        a.drop_call(x, TaskId(1));
+        a.drop_call(y, TaskId(1)); // Not y's: nothing changes.
+        let q = |h: &Holder| a.callers.get(h).map(|q| q.iter().map(|t| t.0).collect::<Vec<_>>());
+        assert_eq!(q(&x), Some(vec![9, 3]));
+        assert_eq!(q(&y), Some(vec![2]));
     }
 }

@@ -283,7 +283,7 @@ impl Scheduler {
         }
         for (aid, t, caller) in again.into_iter().rev() {
             if let Some(a) = self.actors.get_mut(&aid) {
-                a.callers.entry(caller).or_default().push_front(t);
+                a.requeue_call(caller, t);
             }
         }
         self.start_actors(out);
