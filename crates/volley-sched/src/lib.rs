@@ -35,9 +35,11 @@
 //! | `Code` | `scheduler/code.rs` | functions and runtime-environment packages |
 //!
 //! `Scheduler` (`scheduler.rs`) is the coordinator: it owns the parts, takes each event, and holds
-//! the logic that spans parts (dispatch, completion, failure, reference release); the logic of
-//! actors, peers, remote actors, placement and streams that spans parts lives in an
-//! `impl Scheduler` block in that part's module, and `explain.rs` only reads them all. A part
+//! the logic that spans parts, by topic: `dispatch.rs` (where a runnable task goes),
+//! `completion.rs` (what a task's end or failure changes), `waits.rs` (`get`/`wait` and
+//! watches), and in `scheduler.rs` itself the worker, submission, cancellation and reference
+//! events. The logic of actors, peers, remote actors, placement and streams that spans parts lives
+//! in an `impl Scheduler` block in that part's module, and `explain.rs` only reads them all. A part
 //! never reaches into another's fields. The records a part hands out (`WorkerEntry`,
 //! `TaskEntry`, `ObjectEntry`, `ActorEntry`) are plain data the coordinator updates in place.
 //! Tests drive the whole `Scheduler` event by event through one harness

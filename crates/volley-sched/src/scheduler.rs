@@ -1,6 +1,7 @@
 //! The coordinator: `Scheduler` owns the parts (see the crate documentation), takes each event
 //! and dispatches it, and holds the decisions that span parts: where a runnable task goes
-//! (`schedule`), what a finished or failed task changes, and what a released reference frees.
+//! (`dispatch`), what a finished or failed task changes (`completion`), who waits (`waits`), and
+//! (here) what a released reference frees.
 //! The parts live in the submodules; the event methods (`submit`, `task_done`, `worker_died`,
 //! ...), `Action`, `Config` and `Stats` stay here because they are the crate's interface.
 
