@@ -39,6 +39,60 @@ const SCAN: usize = 32;
 const MAX_HOLDERS: usize = 5;
 
 impl Scheduler {
+    /// What waits on this node and why, a line per kind (most common first), at most `limit`:
+    /// tasks waiting for their arguments or for resources, actors waiting for resources,
+    /// placement groups waiting for room.
+    pub fn waiting_reasons(&self, limit: usize) -> Vec<String> {
+        // Grouped by what they wait for first; a line is written once per group (a heartbeat
+        // must not format a string per queued task).
+        type Key<'a> = (&'a str, Option<usize>, u32, &'a [(String, u64)]);
+        let mut groups: HashMap<Key<'_>, usize> = HashMap::new();
+        for t in self.tasks.values() {
+            let o = &t.spec.options;
+            let key: Key<'_> = match t.state {
+                TaskState::WaitingDeps(n) => (&t.spec.name, Some(n), 0, &[]),
+                TaskState::Queued if matches!(t.spec.actor, ActorPart::None) => {
+                    (&t.spec.name, None, o.cpu_milli, &o.resources)
+                }
+                _ => continue,
+            };
+            *groups.entry(key).or_insert(0) += 1;
+        }
+        // Who holds what a demand needs takes a walk over the actors, groups and workers: once
+        // per distinct demand, however many tasks and actors wait for it.
+        let mut holders: HashMap<(u32, Vec<(String, u64)>), String> = HashMap::new();
+        let mut held_by = |cpu: u32, res: &[(String, u64)]| -> String {
+            holders.entry((cpu, res.to_vec())).or_insert_with(|| self.held_by(cpu, res)).clone()
+        };
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for ((name, deps, cpu, res), n) in groups {
+            let why = match deps {
+                Some(d) => format!("waiting for {d} argument(s) to be made"),
+                None => format!("waiting for {}{}", demand_text(cpu, res), held_by(cpu, res)),
+            };
+            *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
+        }
+        for aid in self.actors.pending() {
+            if let Some(a) = self.actors.get(aid) {
+                let o = &a.create.options;
+                let line = format!(
+                    "actor '{}': waiting for {}{}",
+                    a.class(),
+                    demand_text(o.cpu_milli, &o.resources),
+                    held_by(o.cpu_milli, &o.resources)
+                );
+                *counts.entry(line).or_insert(0) += 1;
+            }
+        }
+        self.pipelined_reasons(&mut counts);
+        let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
+        lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<String> = self.pgs_waiting();
+        out.extend(lines.into_iter().map(|(n, l)| if n > 1 { format!("{n} x {l}") } else { l }));
+        out.truncate(limit);
+        out
+    }
+
     /// Logs a notice for each task name and actor class (not said before) that has waited at
     /// least `wait_notice_ms` for resources. Called by `tick`.
     pub(super) fn wait_notices(&mut self, out: &mut Vec<Action>) {
@@ -487,6 +541,19 @@ fn held_text(what: &str, free: u64, total: u64, holders: &[String]) -> String {
     } else {
         format!("only {} of {} {plural} free; the rest held{by}", milli(free), milli(total))
     }
+}
+
+/// "1 CPU, 2 GPU" for a request (placement-group resources named by their bundle).
+fn demand_text(cpu_milli: u32, resources: &[(String, u64)]) -> String {
+    let mut need = format!("{} CPU", cpu_milli as f64 / 1000.0);
+    for (r, a) in resources {
+        if !r.starts_with(placement::PG_PREFIX) {
+            need.push_str(&format!(", {} {r}", *a as f64 / 1000.0));
+        } else if r.ends_with(":bundle") && r.matches(':').count() == 3 {
+            need.push_str(&format!(", its bundle ({r})"));
+        }
+    }
+    need
 }
 
 #[cfg(test)]
