@@ -32,7 +32,7 @@
 //! | `Peers` | `scheduler/peers.rs` | the other nodes, this node's id and role, tasks peers sent, copies kept and pulls served for them |
 //! | `Placement` | `scheduler/placement.rs` | placement groups made here, bundles held here, pending and removed groups |
 //! | `Streams` | `scheduler/streams.rs` | per streaming task, what was made and what was asked for |
-//! | `Code` | `scheduler/code.rs` | functions and runtime-environment packages |
+//! | `Registry` | `scheduler/code.rs` | functions and runtime-environment packages (one registry each) |
 //!
 //! `Scheduler` (`scheduler.rs`) is the coordinator: it owns the parts, takes each event, and holds
 //! the logic that spans parts, by topic: `dispatch.rs` (where a runnable task goes),

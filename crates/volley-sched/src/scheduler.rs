@@ -13,6 +13,52 @@ use volley_proto::{
     ObjectId, Strategy, TaskId, TaskResult, TaskSpec, WorkerId,
 };
 
+/// The access a part gives to its table of records (objects, tasks, workers, actors, peers),
+/// written once for all of them: lookups, and `get_mut`/`remove` for the coordinator's updates.
+/// Adding a record goes through the part's own methods, which keep its invariants.
+macro_rules! table_access {
+    ($part:ident . $field:ident : $k:ty => $v:ty) => {
+        #[allow(dead_code)] // Each part uses the accessors it needs.
+        impl $part {
+            pub(super) fn get(&self, k: &$k) -> Option<&$v> {
+                self.$field.get(k)
+            }
+
+            pub(super) fn get_mut(&mut self, k: &$k) -> Option<&mut $v> {
+                self.$field.get_mut(k)
+            }
+
+            pub(super) fn contains_key(&self, k: &$k) -> bool {
+                self.$field.contains_key(k)
+            }
+
+            pub(super) fn remove(&mut self, k: &$k) -> Option<$v> {
+                self.$field.remove(k)
+            }
+
+            pub(super) fn len(&self) -> usize {
+                self.$field.len()
+            }
+
+            pub(super) fn is_empty(&self) -> bool {
+                self.$field.is_empty()
+            }
+
+            pub(super) fn iter(&self) -> impl Iterator<Item = (&$k, &$v)> {
+                self.$field.iter()
+            }
+
+            pub(super) fn keys(&self) -> impl Iterator<Item = &$k> {
+                self.$field.keys()
+            }
+
+            pub(super) fn values(&self) -> impl Iterator<Item = &$v> {
+                self.$field.values()
+            }
+        }
+    };
+}
+
 mod actors;
 mod code;
 mod completion;
@@ -30,7 +76,7 @@ mod workers;
 
 pub use actors::ActorError;
 use actors::Actors;
-use code::Code;
+use code::Registry;
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::Peers;
@@ -260,8 +306,10 @@ pub struct Scheduler {
     tasks: Tasks,
     /// The worker processes, and the spawn back-off.
     workers: Workers,
-    /// Functions and runtime-environment packages.
-    code: Code,
+    /// Functions (and actor classes) by id.
+    functions: Registry<FunctionId>,
+    /// Runtime-environment packages by content hash (see `TaskOptions::runtime_env`).
+    packages: Registry<String>,
     /// `get`/`wait` calls in progress.
     waiters: Waiters,
     now_ms: u64,
@@ -298,7 +346,8 @@ impl Scheduler {
             objects: Objects::default(),
             tasks: Tasks::default(),
             workers: Workers::new(),
-            code: Code::default(),
+            functions: Registry::default(),
+            packages: Registry::default(),
             waiters: Waiters::default(),
             now_ms: 0,
             actors: Actors::default(),
@@ -537,20 +586,20 @@ impl Scheduler {
     // ------------------------------------------------------------ submission
 
     pub fn register_function(&mut self, id: FunctionId, bytes: Arc<[u8]>) {
-        self.code.add_function(id, bytes);
+        self.functions.add(id, bytes);
     }
 
     /// Records a runtime-environment package (a zip), to send to peers with tasks that need it.
     pub fn register_package(&mut self, hash: String, bytes: Arc<[u8]>) {
-        self.code.add_package(hash, bytes);
+        self.packages.add(hash, bytes);
     }
 
     pub fn has_package(&self, hash: &str) -> bool {
-        self.code.has_package(hash)
+        self.packages.contains(hash)
     }
 
     pub fn has_function(&self, id: &FunctionId) -> bool {
-        self.code.has_function(id)
+        self.functions.contains(id)
     }
 
     /// A task is submitted by `holder`, who holds one reference to each of its returns.
@@ -584,7 +633,7 @@ impl Scheduler {
                 self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
                 return;
             }
-            if !self.code.has_function(&spec.function) {
+            if !self.functions.contains(&spec.function) {
                 let msg = format!("task '{}' names a function this node does not know", spec.name);
                 self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
                 return;

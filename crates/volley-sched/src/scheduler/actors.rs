@@ -166,39 +166,13 @@ pub(super) struct Actors {
     gather_waits: HashMap<ObjectId, Vec<ActorId>>,
 }
 
+// `remove` forgets an actor; its name and place in the start queue are dropped when it dies
+// (`unname`, `unpend`).
+table_access!(Actors.map: ActorId => ActorEntry);
+
 impl Actors {
-    pub(super) fn get(&self, aid: &ActorId) -> Option<&ActorEntry> {
-        self.map.get(aid)
-    }
-
-    pub(super) fn get_mut(&mut self, aid: &ActorId) -> Option<&mut ActorEntry> {
-        self.map.get_mut(aid)
-    }
-
-    pub(super) fn contains_key(&self, aid: &ActorId) -> bool {
-        self.map.contains_key(aid)
-    }
-
     pub(super) fn insert(&mut self, aid: ActorId, a: ActorEntry) {
         self.map.insert(aid, a);
-    }
-
-    /// Forgets an actor (its name and place in the start queue are dropped separately, by
-    /// `unname` and `unpend`, when it dies).
-    pub(super) fn remove(&mut self, aid: &ActorId) -> Option<ActorEntry> {
-        self.map.remove(aid)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&ActorId, &ActorEntry)> {
-        self.map.iter()
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &ActorEntry> {
-        self.map.values()
     }
 
     /// The actor of this node named `key` (namespace, name), if any.
@@ -300,7 +274,7 @@ impl Scheduler {
         if let Some(msg) = self.unschedulable(&spec) {
             return Err(ActorError::Unschedulable(msg));
         }
-        if !self.code.has_function(&spec.function) {
+        if !self.functions.contains(&spec.function) {
             return Err(ActorError::UnknownClass(o.class_name.clone()));
         }
         let aid = ActorId(spec.task_id);
@@ -899,19 +873,12 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use super::super::harness::task_spec;
     use super::*;
 
     fn entry() -> ActorEntry {
-        let spec = TaskSpec {
-            task_id: TaskId(1),
-            function: FunctionId([2; 16]),
-            name: "A".into(),
-            args: ObjectData::default(),
-            deps: vec![],
-            num_returns: 1,
-            options: Default::default(),
-            actor: ActorPart::Create(Box::default()),
-        };
+        let actor = ActorPart::Create(Box::default());
+        let spec = task_spec(TaskId(1), FunctionId([2; 16]), "A", Default::default(), actor);
         ActorEntry::new(Arc::new(spec), Holder::Local)
     }
 

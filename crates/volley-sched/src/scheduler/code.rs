@@ -1,62 +1,62 @@
-//! The code this node can run, as a part of the scheduler: functions (and actor classes) by id,
-//! and runtime-environment packages by content hash. Each is registered once and sent to a worker
-//! or a peer the first time it needs it; nothing here is ever replaced.
+//! The code this node can run, as a part of the scheduler: a `Registry` of bytes by key, one for
+//! functions (and actor classes) by id, one for runtime-environment packages by content hash.
+//! Each is registered once and sent to a worker or a peer the first time it needs it; nothing
+//! here is ever replaced.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 
-use volley_proto::FunctionId;
-
-#[derive(Default)]
-pub(super) struct Code {
-    functions: HashMap<FunctionId, Arc<[u8]>>,
-    /// Runtime-environment packages (zips) by content hash (see `TaskOptions::runtime_env`).
-    packages: HashMap<String, Arc<[u8]>>,
+/// Bytes by key; the first registration of a key stands.
+pub(super) struct Registry<K> {
+    map: HashMap<K, Arc<[u8]>>,
 }
 
-impl Code {
-    /// Records a function's bytes; the first registration of an id stands.
-    pub(super) fn add_function(&mut self, id: FunctionId, bytes: Arc<[u8]>) {
-        self.functions.entry(id).or_insert(bytes);
+impl<K> Default for Registry<K> {
+    fn default() -> Self {
+        Registry { map: HashMap::new() }
+    }
+}
+
+impl<K: Eq + Hash> Registry<K> {
+    /// Records `bytes` under `key`, unless the key has some already.
+    pub(super) fn add(&mut self, key: K, bytes: Arc<[u8]>) {
+        self.map.entry(key).or_insert(bytes);
     }
 
-    pub(super) fn function(&self, id: &FunctionId) -> Option<&Arc<[u8]>> {
-        self.functions.get(id)
+    pub(super) fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<&Arc<[u8]>>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get(key)
     }
 
-    pub(super) fn has_function(&self, id: &FunctionId) -> bool {
-        self.functions.contains_key(id)
-    }
-
-    /// Records a package; the first registration of a hash stands.
-    pub(super) fn add_package(&mut self, hash: String, bytes: Arc<[u8]>) {
-        self.packages.entry(hash).or_insert(bytes);
-    }
-
-    pub(super) fn package(&self, hash: &str) -> Option<&Arc<[u8]>> {
-        self.packages.get(hash)
-    }
-
-    pub(super) fn has_package(&self, hash: &str) -> bool {
-        self.packages.contains_key(hash)
+    pub(super) fn contains<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.map.contains_key(key)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use volley_proto::FunctionId;
 
     #[test]
     fn the_first_registration_stands() {
-        let mut c = Code::default();
+        let mut functions = Registry::default();
         let f = FunctionId([3; 16]);
-        assert!(!c.has_function(&f));
-        c.add_function(f, Arc::from(&b"one"[..]));
-        c.add_function(f, Arc::from(&b"two"[..]));
-        assert_eq!(c.function(&f).map(|b| &b[..]), Some(&b"one"[..]));
-        c.add_package("h".into(), Arc::from(&b"zip"[..]));
-        c.add_package("h".into(), Arc::from(&b"other"[..]));
-        assert!(c.has_package("h") && !c.has_package("g"));
-        assert_eq!(c.package("h").map(|b| &b[..]), Some(&b"zip"[..]));
+        assert!(!functions.contains(&f));
+        functions.add(f, Arc::from(&b"one"[..]));
+        functions.add(f, Arc::from(&b"two"[..]));
+        assert_eq!(functions.get(&f).map(|b| &b[..]), Some(&b"one"[..]));
+        let mut packages: Registry<String> = Registry::default();
+        packages.add("h".into(), Arc::from(&b"zip"[..]));
+        packages.add("h".into(), Arc::from(&b"other"[..]));
+        assert!(packages.contains("h") && !packages.contains("g"));
+        assert_eq!(packages.get("h").map(|b| &b[..]), Some(&b"zip"[..]));
     }
 }

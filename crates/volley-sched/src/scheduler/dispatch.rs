@@ -272,7 +272,7 @@ impl Scheduler {
             None => Vec::new(), // Pipelined tasks ask for no GPUs.
         };
         let function = if w.known_functions.insert(spec.function) {
-            self.code.function(&spec.function).cloned()
+            self.functions.get(&spec.function).cloned()
         } else {
             None
         };

@@ -102,16 +102,9 @@ impl H {
     }
 
     pub(super) fn spec(&self, deps: Vec<ObjectId>, opts: TaskOptions) -> TaskSpec {
-        TaskSpec {
-            task_id: self.ids.next_task(),
-            function: F,
-            name: "t".into(),
-            args: ObjectData::default(),
-            deps,
-            num_returns: 1,
-            options: opts,
-            actor: ActorPart::None,
-        }
+        let mut spec = task_spec(self.ids.next_task(), F, "t", opts, ActorPart::None);
+        spec.deps = deps;
+        spec
     }
 
     /// `peer` sends `spec`, naming `cached` as values this node keeps for it (no others).
@@ -174,22 +167,15 @@ impl H {
         max_restarts: i32,
         max_task_retries: i32,
     ) -> TaskSpec {
-        TaskSpec {
-            task_id: self.ids.next_task(),
-            function: CLASS,
-            name: class.into(),
-            args: ObjectData::default(),
-            deps: vec![],
-            num_returns: 1,
-            options: TaskOptions { cpu_milli, ..Default::default() },
-            actor: ActorPart::Create(Box::new(ActorOptions {
-                class_name: class.into(),
-                max_restarts,
-                max_task_retries,
-                max_concurrency: 1,
-                ..Default::default()
-            })),
-        }
+        let options = TaskOptions { cpu_milli, ..Default::default() };
+        let actor = ActorPart::Create(Box::new(ActorOptions {
+            class_name: class.into(),
+            max_restarts,
+            max_task_retries,
+            max_concurrency: 1,
+            ..Default::default()
+        }));
+        task_spec(self.ids.next_task(), CLASS, class, options, actor)
     }
 
     /// Connects the actor's new worker and finishes `__init__`; returns the worker.
@@ -204,16 +190,10 @@ impl H {
 
     /// `holder` calls method "m" of actor `aid`.
     pub(super) fn call(&mut self, holder: Holder, aid: ActorId, deps: Vec<ObjectId>) -> TaskId {
-        let spec = TaskSpec {
-            task_id: self.ids.next_task(),
-            function: FunctionId([0; 16]),
-            name: "A.m".into(),
-            args: ObjectData::default(),
-            deps,
-            num_returns: 1,
-            options: TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() },
-            actor: ActorPart::Call { actor: aid, method: "m".into() },
-        };
+        let options = TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() };
+        let actor = ActorPart::Call { actor: aid, method: "m".into() };
+        let mut spec = task_spec(self.ids.next_task(), FunctionId([0; 16]), "A.m", options, actor);
+        spec.deps = deps;
         let tid = spec.task_id;
         self.s.submit(holder, spec, &mut self.out);
         tid
@@ -305,6 +285,26 @@ impl H {
             _ => true,
         });
         v
+    }
+}
+
+/// The spec of task `task_id`: `function` (named `name`) with no arguments and one return.
+pub(super) fn task_spec(
+    task_id: TaskId,
+    function: FunctionId,
+    name: &str,
+    options: TaskOptions,
+    actor: ActorPart,
+) -> TaskSpec {
+    TaskSpec {
+        task_id,
+        function,
+        name: name.into(),
+        args: ObjectData::default(),
+        deps: vec![],
+        num_returns: 1,
+        options,
+        actor,
     }
 }
 

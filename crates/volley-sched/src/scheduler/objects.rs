@@ -38,6 +38,8 @@ pub(super) struct Objects {
     map: HashMap<ObjectId, ObjectEntry>,
 }
 
+table_access!(Objects.map: ObjectId => ObjectEntry);
+
 impl Objects {
     /// Records `id` as pending (replacing what was known of it).
     pub(super) fn insert_pending(&mut self, id: ObjectId) {
@@ -47,26 +49,6 @@ impl Objects {
     /// Records `id` with a value, unless it is known already.
     pub(super) fn insert_ready_if_new(&mut self, id: ObjectId, value: Arc<ObjectData>) {
         self.map.entry(id).or_insert_with(|| ObjectEntry::new(ObjectState::Ready(value)));
-    }
-
-    pub(super) fn get(&self, id: &ObjectId) -> Option<&ObjectEntry> {
-        self.map.get(id)
-    }
-
-    pub(super) fn get_mut(&mut self, id: &ObjectId) -> Option<&mut ObjectEntry> {
-        self.map.get_mut(id)
-    }
-
-    pub(super) fn contains_key(&self, id: &ObjectId) -> bool {
-        self.map.contains_key(id)
-    }
-
-    pub(super) fn remove(&mut self, id: &ObjectId) -> Option<ObjectEntry> {
-        self.map.remove(id)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.map.len()
     }
 
     /// Adds a reference to `id`, if it exists; whether it does.

@@ -157,37 +157,9 @@ pub(super) struct Peers {
     serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
 }
 
+table_access!(Peers.nodes: NodeId => PeerEntry);
+
 impl Peers {
-    /// Whether this node is alone (no other node in its view).
-    pub(super) fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    pub(super) fn contains_key(&self, id: &NodeId) -> bool {
-        self.nodes.contains_key(id)
-    }
-
-    pub(super) fn get(&self, id: &NodeId) -> Option<&PeerEntry> {
-        self.nodes.get(id)
-    }
-
-    pub(super) fn get_mut(&mut self, id: &NodeId) -> Option<&mut PeerEntry> {
-        self.nodes.get_mut(id)
-    }
-
-    /// The other nodes, by id.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeId, &PeerEntry)> {
-        self.nodes.iter()
-    }
-
-    pub(super) fn keys(&self) -> impl Iterator<Item = &NodeId> {
-        self.nodes.keys()
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &PeerEntry> {
-        self.nodes.values()
-    }
-
     /// This node's id in its cluster, once it has one.
     pub(super) fn node_id(&self) -> Option<NodeId> {
         self.node_id
@@ -680,11 +652,11 @@ impl Scheduler {
         let calls = matches!(spec.actor, ActorPart::Call { .. });
         let first = !calls
             && self.peers.get_mut(&peer).is_some_and(|p| p.known_functions.insert(spec.function));
-        let function = if first { self.code.function(&spec.function).cloned() } else { None };
+        let function = if first { self.functions.get(&spec.function).cloned() } else { None };
         let mut packages = Vec::new();
         if let (Some(env), Some(p)) = (&spec.options.runtime_env, self.peers.get_mut(&peer)) {
             for h in &env.packages {
-                if let Some(bytes) = self.code.package(h) {
+                if let Some(bytes) = self.packages.get(h) {
                     if p.known_packages.insert(h.clone()) {
                         packages.push((h.clone(), bytes.clone()));
                     }
@@ -1176,19 +1148,12 @@ pub(super) fn gather_objects(
 
 #[cfg(test)]
 mod tests {
+    use super::super::harness::task_spec;
     use super::*;
 
     fn rerun(n: u128) -> Box<PeerTask> {
-        let spec = TaskSpec {
-            task_id: TaskId(n),
-            function: FunctionId([1; 16]),
-            name: "t".into(),
-            args: ObjectData::default(),
-            deps: vec![],
-            num_returns: 1,
-            options: Default::default(),
-            actor: ActorPart::None,
-        };
+        let options = Default::default();
+        let spec = task_spec(TaskId(n), FunctionId([1; 16]), "t", options, ActorPart::None);
         let (objects, routes, errors, cached, fetch) = (vec![], vec![], vec![], vec![], vec![]);
         let peer = NodeId(2);
         Box::new(PeerTask { peer, spec, function: None, objects, routes, errors, cached, fetch })

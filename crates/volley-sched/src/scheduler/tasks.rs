@@ -66,30 +66,12 @@ pub(super) struct Tasks {
     side_ready: VecDeque<TaskId>,
 }
 
+// `remove` forgets a task, not its place in a ready queue (see `unqueue`).
+table_access!(Tasks.map: TaskId => TaskEntry);
+
 impl Tasks {
     pub(super) fn insert(&mut self, tid: TaskId, task: TaskEntry) {
         self.map.insert(tid, task);
-    }
-
-    pub(super) fn get(&self, tid: &TaskId) -> Option<&TaskEntry> {
-        self.map.get(tid)
-    }
-
-    pub(super) fn get_mut(&mut self, tid: &TaskId) -> Option<&mut TaskEntry> {
-        self.map.get_mut(tid)
-    }
-
-    pub(super) fn contains_key(&self, tid: &TaskId) -> bool {
-        self.map.contains_key(tid)
-    }
-
-    /// Forgets a task (not its place in a ready queue: see `unqueue`).
-    pub(super) fn remove(&mut self, tid: &TaskId) -> Option<TaskEntry> {
-        self.map.remove(tid)
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.map.values()
     }
 
     /// Puts a runnable task in its ready queue (at the `front`: it was there before), stamped
@@ -151,21 +133,14 @@ impl Tasks {
 
 #[cfg(test)]
 mod tests {
+    use super::super::harness::task_spec;
     use super::*;
-    use volley_proto::{ActorPart, FunctionId, ObjectData, TaskOptions};
+    use volley_proto::{ActorPart, FunctionId, TaskOptions};
 
     fn task(n: u128, cpu_milli: u32, gpu: bool, max_retries: i32) -> (TaskId, TaskEntry) {
         let resources = if gpu { vec![("GPU".to_string(), 1000)] } else { vec![] };
-        let spec = TaskSpec {
-            task_id: TaskId(n),
-            function: FunctionId([1; 16]),
-            name: "t".into(),
-            args: ObjectData::default(),
-            deps: vec![],
-            num_returns: 1,
-            options: TaskOptions { cpu_milli, resources, max_retries, ..Default::default() },
-            actor: ActorPart::None,
-        };
+        let options = TaskOptions { cpu_milli, resources, max_retries, ..Default::default() };
+        let spec = task_spec(TaskId(n), FunctionId([1; 16]), "t", options, ActorPart::None);
         (TaskId(n), TaskEntry::new(Arc::new(spec), Holder::Local))
     }
 

@@ -109,6 +109,8 @@ pub(super) struct Workers {
     next_probe_ms: u64,
 }
 
+table_access!(Workers.map: WorkerId => WorkerEntry);
+
 impl Workers {
     pub(super) fn new() -> Self {
         Workers {
@@ -145,38 +147,6 @@ impl Workers {
             },
         );
         id
-    }
-
-    pub(super) fn get(&self, id: &WorkerId) -> Option<&WorkerEntry> {
-        self.map.get(id)
-    }
-
-    pub(super) fn get_mut(&mut self, id: &WorkerId) -> Option<&mut WorkerEntry> {
-        self.map.get_mut(id)
-    }
-
-    pub(super) fn contains_key(&self, id: &WorkerId) -> bool {
-        self.map.contains_key(id)
-    }
-
-    pub(super) fn remove(&mut self, id: &WorkerId) -> Option<WorkerEntry> {
-        self.map.remove(id)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&WorkerId, &WorkerEntry)> {
-        self.map.iter()
-    }
-
-    pub(super) fn keys(&self) -> impl Iterator<Item = &WorkerId> {
-        self.map.keys()
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &WorkerEntry> {
-        self.map.values()
     }
 
     /// The idle pool worker with the lowest id (lowest first keeps the choice deterministic).
