@@ -52,14 +52,7 @@ impl H {
 
     /// Connects the workers spawned since the last call; every other action in `out` is dropped.
     pub(super) fn connect_spawned(&mut self) -> Vec<WorkerId> {
-        let spawned: Vec<WorkerId> = self
-            .out
-            .drain(..)
-            .filter_map(|a| match a {
-                Action::Spawn { worker } => Some(worker),
-                _ => None,
-            })
-            .collect();
+        let spawned = self.drain_spawned();
         for w in &spawned {
             assert!(self.s.worker_connected(*w, 1000 + w.0, &mut self.out));
         }
@@ -73,6 +66,17 @@ impl H {
             assert!(self.s.worker_connected(*w, 1000 + w.0, &mut self.out));
         }
         spawned
+    }
+
+    /// Spawn actions since the last call; `out` is emptied.
+    pub(super) fn drain_spawned(&mut self) -> Vec<WorkerId> {
+        self.out
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::Spawn { worker } => Some(worker),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Spawn actions since the last call (taken out of `out`).

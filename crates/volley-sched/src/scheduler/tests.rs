@@ -317,15 +317,7 @@ fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
     let a = h.submit(vec![]);
     for i in 0..20 {
         h.s.tick(i * 1000, &mut h.out); // Past each back-off.
-        let spawned: Vec<WorkerId> = h
-            .out
-            .drain(..)
-            .filter_map(|x| match x {
-                Action::Spawn { worker } => Some(worker),
-                _ => None,
-            })
-            .collect();
-        for w in spawned {
+        for w in h.drain_spawned() {
             h.s.worker_died(w, WorkerExit::failed("exec failed"), &mut h.out);
         }
     }
