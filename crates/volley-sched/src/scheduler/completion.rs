@@ -3,6 +3,7 @@
 //! watchers are told, a peer that sent the task gets its results, and what the task held is
 //! released. A task that failed and may run again goes back to its ready queue.
 
+use super::objects::Settled;
 use super::*;
 
 impl Scheduler {
@@ -124,21 +125,12 @@ impl Scheduler {
         value: Arc<ObjectData>,
         out: &mut Vec<Action>,
     ) {
-        let Some(o) = self.objects.get_mut(&id) else {
+        // Nobody holding a reference any more, the value is dropped at once.
+        let Some((waiters, dependents, watchers)) =
+            self.settle(id, || ObjectState::Ready(value.clone()), out)
+        else {
             return;
         };
-        if o.refs == 0 {
-            // Nobody holds a reference any more: drop the value at once.
-            self.objects.remove(&id);
-            if self.peers.has_serve_waits() {
-                self.serve_waiting(id, out);
-            }
-            return;
-        }
-        o.state = ObjectState::Ready(value.clone());
-        let waiters = std::mem::take(&mut o.waiters);
-        let dependents = std::mem::take(&mut o.dependents);
-        let watchers = std::mem::take(&mut o.watchers);
         for c in &value.contained {
             self.incref_one(*c);
         }
@@ -160,6 +152,29 @@ impl Scheduler {
         self.wake_gather(id, out);
     }
 
+    /// Gives object `id` its state (see `Objects::settle`): who waited for it, or `None` if it
+    /// is unknown or was dropped (nobody references it). Peers waiting for it are served either
+    /// way.
+    fn settle(
+        &mut self,
+        id: ObjectId,
+        state: impl FnOnce() -> ObjectState,
+        out: &mut Vec<Action>,
+    ) -> Option<(Vec<WaiterId>, Vec<TaskId>, Vec<Holder>)> {
+        match self.objects.settle(&id, state) {
+            Settled::Unknown => None,
+            Settled::Dropped => {
+                if self.peers.has_serve_waits() {
+                    self.serve_waiting(id, out);
+                }
+                None
+            }
+            Settled::Kept { waiters, dependents, watchers } => {
+                Some((waiters, dependents, watchers))
+            }
+        }
+    }
+
     /// Dispatches again the actor calls held back for `id` (see `gather_waits`).
     pub(super) fn wake_gather(&mut self, id: ObjectId, out: &mut Vec<Action>) {
         if let Some(actors) = self.actors.take_gather(&id) {
@@ -175,20 +190,11 @@ impl Scheduler {
         err: Arc<ErrorPayload>,
         out: &mut Vec<Action>,
     ) {
-        let Some(o) = self.objects.get_mut(&id) else {
+        let Some((waiters, dependents, watchers)) =
+            self.settle(id, || ObjectState::Failed(err.clone()), out)
+        else {
             return;
         };
-        if o.refs == 0 {
-            self.objects.remove(&id);
-            if self.peers.has_serve_waits() {
-                self.serve_waiting(id, out);
-            }
-            return;
-        }
-        o.state = ObjectState::Failed(err.clone());
-        let waiters = std::mem::take(&mut o.waiters);
-        let dependents = std::mem::take(&mut o.dependents);
-        let watchers = std::mem::take(&mut o.watchers);
         self.notify(id, waiters, watchers, out);
         if self.peers.has_serve_waits() {
             self.serve_waiting(id, out);

@@ -32,6 +32,16 @@ impl ObjectEntry {
     }
 }
 
+/// What giving an object its final state found (see `Objects::settle`).
+pub(super) enum Settled {
+    /// The object is not known (freed already).
+    Unknown,
+    /// Nobody references it any more: it is dropped, its state with it.
+    Dropped,
+    /// It has its state now; these waited for it, and are the caller's to tell.
+    Kept { waiters: Vec<WaiterId>, dependents: Vec<TaskId>, watchers: Vec<Holder> },
+}
+
 /// Every object this node knows.
 #[derive(Default)]
 pub(super) struct Objects {
@@ -59,6 +69,24 @@ impl Objects {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Gives object `id` its value or error (`state`, made only if it is kept), and hands back
+    /// who waited for it; an object nobody references any more is dropped instead.
+    pub(super) fn settle(&mut self, id: &ObjectId, state: impl FnOnce() -> ObjectState) -> Settled {
+        let Some(o) = self.map.get_mut(id) else {
+            return Settled::Unknown;
+        };
+        if o.refs == 0 {
+            self.map.remove(id);
+            return Settled::Dropped;
+        }
+        o.state = state();
+        Settled::Kept {
+            waiters: std::mem::take(&mut o.waiters),
+            dependents: std::mem::take(&mut o.dependents),
+            watchers: std::mem::take(&mut o.watchers),
         }
     }
 
@@ -179,5 +207,33 @@ mod tests {
         assert!(!ws.one_ready(two) && ws.one_ready(two));
         assert!(ws.remove(&one).is_some() && ws.remove(&one).is_none());
         assert!(!ws.one_ready(one), "a removed waiter is never done");
+    }
+
+    #[test]
+    fn settling_hands_back_who_waited_or_drops_an_object_nobody_references() {
+        let mut o = Objects::default();
+        let (kept, dropped) = (oid(1), oid(2));
+        o.insert_pending(kept);
+        o.insert_pending(dropped);
+        o.incref(&kept);
+        if let Some(e) = o.get_mut(&kept) {
+            e.waiters.push(7);
+            e.dependents.push(TaskId(8));
+            e.watchers.push(Holder::Local);
+        }
+        let ready = || ObjectState::Ready(Arc::new(ObjectData::default()));
+        match o.settle(&kept, ready) {
+            Settled::Kept { waiters, dependents, watchers } => {
+                assert_eq!(
+                    (waiters, dependents, watchers),
+                    (vec![7], vec![TaskId(8)], vec![Holder::Local])
+                );
+            }
+            _ => panic!("kept"),
+        }
+        assert!(o.is_ready(&kept) && o.result_of(&kept).is_ok());
+        assert!(matches!(o.settle(&dropped, ready), Settled::Dropped));
+        assert!(!o.contains_key(&dropped));
+        assert!(matches!(o.settle(&dropped, ready), Settled::Unknown));
     }
 }
