@@ -18,6 +18,32 @@
 //!   requeued without using a retry.
 //! - **Lifetimes**: objects are reference counted (references held by processes, by pending tasks'
 //!   arguments and by other objects' contents) and freed at zero.
+//!
+//! How it is built: the state is split into typed parts, each a struct in its own module whose
+//! fields are private to that module and whose methods keep its invariants:
+//!
+//! | part | module | holds |
+//! |---|---|---|
+//! | `Objects`, `Waiters` | `scheduler/objects.rs` | object states, reference counts, who waits on each; `get`/`wait` calls in progress |
+//! | `Tasks` | `scheduler/tasks.rs` | every task (spec, state, attempts, caller) and the two ready queues |
+//! | `Workers` | `scheduler/workers.rs` | worker processes, their ids, the spawn back-off; which is idle, which to pipeline behind or steal from |
+//! | `Resources` | `scheduler/resources.rs` | CPUs, custom resources and GPU indices: totals and use |
+//! | `Actors` | `scheduler/actors.rs` | actors, their names, the start queue, calls held back for an argument |
+//! | `Peers` | `scheduler/peers.rs` | the other nodes, this node's id and role, tasks peers sent, copies kept and pulls served for them |
+//! | `Placement` | `scheduler/placement.rs` | placement groups made here, bundles held here, pending and removed groups |
+//! | `Streams` | `scheduler/streams.rs` | per streaming task, what was made and what was asked for |
+//! | `Registry` | `scheduler/code.rs` | functions and runtime-environment packages (one registry each) |
+//!
+//! `Scheduler` (`scheduler.rs`) is the coordinator: it owns the parts, takes each event, and holds
+//! the logic that spans parts, by topic: `dispatch.rs` (where a runnable task goes),
+//! `completion.rs` (what a task's end or failure changes), `waits.rs` (`get`/`wait` and
+//! watches), and in `scheduler.rs` itself the worker, submission, cancellation and reference
+//! events. The logic of actors, peers, remote actors, placement and streams that spans parts lives
+//! in an `impl Scheduler` block in that part's module, and `explain.rs` only reads them all. A part
+//! never reaches into another's fields. The records a part hands out (`WorkerEntry`,
+//! `TaskEntry`, `ObjectEntry`, `ActorEntry`) are plain data the coordinator updates in place.
+//! Tests drive the whole `Scheduler` event by event through one harness
+//! (`scheduler/harness.rs`); each part also has unit tests of its own.
 
 mod scheduler;
 

@@ -1,129 +1,12 @@
 //! Event-by-event tests of actors and streams in the scheduler.
 
+use super::harness::*;
 use super::*;
-use volley_proto::{ActorOptions, IdGenerator, TaskOptions};
-
-const CLASS: FunctionId = FunctionId([2; 16]);
-
-struct H {
-    s: Scheduler,
-    ids: IdGenerator,
-    out: Vec<Action>,
-}
-
-impl H {
-    fn new(cpus: f64) -> Self {
-        let mut s = Scheduler::new(Config::with_cpus(cpus));
-        s.register_function(CLASS, Arc::from(&b"cls"[..]));
-        let mut h = H { s, ids: IdGenerator::new(), out: Vec::new() };
-        h.s.start(&mut h.out);
-        h.connect_spawned();
-        h.out.clear();
-        h
-    }
-
-    fn connect_spawned(&mut self) -> Vec<WorkerId> {
-        let mut spawned = Vec::new();
-        self.out.retain(|a| match a {
-            Action::Spawn { worker } => {
-                spawned.push(*worker);
-                false
-            }
-            _ => true,
-        });
-        for w in &spawned {
-            assert!(self.s.worker_connected(*w, 5000 + w.0, &mut self.out));
-        }
-        spawned
-    }
-
-    fn create(&mut self, cpu_milli: u32, max_restarts: i32, max_task_retries: i32) -> ActorId {
-        let spec = TaskSpec {
-            task_id: self.ids.next_task(),
-            function: CLASS,
-            name: "A".into(),
-            args: ObjectData::default(),
-            deps: vec![],
-            num_returns: 1,
-            options: TaskOptions { cpu_milli, ..Default::default() },
-            actor: ActorPart::Create(Box::new(ActorOptions {
-                class_name: "A".into(),
-                max_restarts,
-                max_task_retries,
-                max_concurrency: 1,
-                ..Default::default()
-            })),
-        };
-        let (aid, created) =
-            self.s.create_actor(Holder::Local, spec, &mut self.out).expect("created");
-        assert!(created);
-        aid
-    }
-
-    /// Connects the actor's new worker and finishes `__init__`; returns the worker.
-    fn bring_up(&mut self, aid: ActorId) -> WorkerId {
-        let w = self.connect_spawned();
-        assert_eq!(w.len(), 1);
-        let ex = self.executed();
-        assert_eq!(ex, vec![(w[0], aid.0)]);
-        self.done(w[0], aid.0);
-        w[0]
-    }
-
-    fn call(&mut self, holder: Holder, aid: ActorId, deps: Vec<ObjectId>) -> TaskId {
-        let spec = TaskSpec {
-            task_id: self.ids.next_task(),
-            function: FunctionId([0; 16]),
-            name: "A.m".into(),
-            args: ObjectData::default(),
-            deps,
-            num_returns: 1,
-            options: TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() },
-            actor: ActorPart::Call { actor: aid, method: "m".into() },
-        };
-        let tid = spec.task_id;
-        self.s.submit(holder, spec, &mut self.out);
-        tid
-    }
-
-    fn executed(&mut self) -> Vec<(WorkerId, TaskId)> {
-        let mut v = Vec::new();
-        self.out.retain(|a| match a {
-            Action::Execute { worker, spec, .. } => {
-                v.push((*worker, spec.task_id));
-                false
-            }
-            _ => true,
-        });
-        v
-    }
-
-    fn done(&mut self, w: WorkerId, t: TaskId) {
-        let v = ObjectData { data: vec![1], ..Default::default() };
-        self.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut self.out);
-    }
-
-    fn error_kind(&self, t: TaskId) -> Option<ErrorKind> {
-        match self.s.object_state(&ObjectId::for_return(t, 1)) {
-            Some(ObjectState::Failed(e)) => Some(e.kind),
-            _ => None,
-        }
-    }
-
-    fn killed(&mut self) -> Vec<WorkerId> {
-        self.out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Kill { worker } => Some(*worker),
-                _ => None,
-            })
-            .collect()
-    }
-}
+use volley_proto::TaskOptions;
 
 #[test]
 fn calls_wait_for_the_actor_then_go_in_order_to_its_own_worker() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 0, 0);
     let calls: Vec<TaskId> = (0..3).map(|_| h.call(Holder::Local, aid, vec![])).collect();
     assert!(h.executed().is_empty(), "nothing runs before __init__ is done");
@@ -136,20 +19,12 @@ fn calls_wait_for_the_actor_then_go_in_order_to_its_own_worker() {
 
 #[test]
 fn a_callers_later_call_waits_for_an_earlier_one_with_a_pending_dependency() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 0, 0);
     let w = h.bring_up(aid);
     let dep = ObjectId::for_return(h.ids.next_task(), 0);
-    h.s.objects.insert(
-        dep,
-        ObjectEntry {
-            state: ObjectState::Pending,
-            refs: 1,
-            waiters: vec![],
-            dependents: vec![],
-            watchers: vec![],
-        },
-    );
+    h.s.objects.insert_pending(dep);
+    h.s.objects.incref(&dep);
     let first = h.call(Holder::Local, aid, vec![dep]);
     let second = h.call(Holder::Local, aid, vec![]);
     let other = h.call(Holder::Worker(WorkerId(1)), aid, vec![]);
@@ -160,12 +35,12 @@ fn a_callers_later_call_waits_for_an_earlier_one_with_a_pending_dependency() {
 
 #[test]
 fn actor_holds_its_cpus_and_creation_waits_for_them() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let a = h.create(2000, 0, 0);
     h.bring_up(a);
     assert_eq!(h.s.stats().cpu_used_milli, 2000);
     let b = h.create(1000, 0, 0);
-    assert!(h.connect_spawned().is_empty(), "no room for the second actor yet");
+    assert!(h.connect_spawned_keep().is_empty(), "no room for the second actor yet");
     h.s.kill_actor(a, true, &mut h.out);
     let wa = h.killed()[0];
     h.s.worker_died(wa, WorkerExit::killed("killed"), &mut h.out);
@@ -176,7 +51,7 @@ fn actor_holds_its_cpus_and_creation_waits_for_them() {
 
 #[test]
 fn a_dead_actor_is_restarted_and_calls_in_flight_are_retried_within_limits() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 1, 1);
     let w = h.bring_up(aid);
     let c1 = h.call(Holder::Local, aid, vec![]);
@@ -188,18 +63,18 @@ fn a_dead_actor_is_restarted_and_calls_in_flight_are_retried_within_limits() {
     assert_eq!(h.executed(), vec![(w2, c1), (w2, c2)], "retried, in order");
     // Second death: no restarts left; the calls had their one retry.
     h.s.worker_died(w2, WorkerExit::killed("SIGKILL"), &mut h.out);
-    assert_eq!(h.error_kind(c1), Some(ErrorKind::ActorDied));
-    assert_eq!(h.error_kind(c2), Some(ErrorKind::ActorDied));
+    assert_eq!(h.task_error(c1), Some(ErrorKind::ActorDied));
+    assert_eq!(h.task_error(c2), Some(ErrorKind::ActorDied));
     let late = h.call(Holder::Local, aid, vec![]);
-    assert_eq!(h.error_kind(late), Some(ErrorKind::ActorDied));
+    assert_eq!(h.task_error(late), Some(ErrorKind::ActorDied));
 }
 
 #[test]
 fn init_failure_fails_the_actor_and_every_call() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 3, 0);
     let call = h.call(Holder::Local, aid, vec![]);
-    let w = h.connect_spawned()[0];
+    let w = h.connect_spawned_keep()[0];
     h.executed();
     let error = ErrorPayload {
         kind: ErrorKind::TaskException,
@@ -210,21 +85,21 @@ fn init_failure_fails_the_actor_and_every_call() {
         pid: 1,
     };
     h.s.task_done(w, aid.0, TaskResult::Err { error, retryable: false }, &mut h.out);
-    assert_eq!(h.error_kind(call), Some(ErrorKind::ActorCreation));
-    assert_eq!(h.error_kind(aid.0), Some(ErrorKind::ActorCreation));
+    assert_eq!(h.task_error(call), Some(ErrorKind::ActorCreation));
+    assert_eq!(h.task_error(aid.0), Some(ErrorKind::ActorCreation));
     assert_eq!(h.killed(), vec![w]);
 }
 
 #[test]
 fn an_actor_without_handles_stops_once_its_calls_are_done() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 0, 0);
     let w = h.bring_up(aid);
     let call = h.call(Holder::Local, aid, vec![]);
     h.executed();
     h.s.decref(Holder::Local, &[aid.object()], &mut h.out);
     assert!(!h.out.iter().any(|a| matches!(a, Action::Send { msg: NodeToWorker::Shutdown, .. })));
-    h.done(w, call);
+    h.done(w, call, 1);
     assert!(h.out.iter().any(
         |a| matches!(a, Action::Send { worker, msg: NodeToWorker::Shutdown } if *worker == w)
     ));
@@ -234,7 +109,7 @@ fn an_actor_without_handles_stops_once_its_calls_are_done() {
 
 #[test]
 fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
-    let mut h = H::new(1.0);
+    let mut h = H::started(1.0);
     let spec = TaskSpec {
         task_id: h.ids.next_task(),
         function: CLASS,
@@ -258,7 +133,7 @@ fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
     // Ask for item 3 before it exists, then the generator ends without it.
     assert!(h.s.stream_next(Holder::Local, WaitOwner::Local, item(3), &mut h.out).is_some());
     assert!(!h.s.is_ready(&item(3)));
-    h.done(w, tid);
+    h.done(w, tid, 1);
     assert_eq!(h.s.stream_take(Holder::Local, item(3), &mut h.out), StreamStep::End);
     assert!(h.s.object_state(&item(3)).is_none(), "the end marker was freed");
     assert!(h.s.stream_next(Holder::Local, WaitOwner::Local, item(4), &mut h.out).is_none());
@@ -266,31 +141,31 @@ fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
 
 #[test]
 fn only_the_running_call_is_charged_when_the_actor_dies_the_queued_ones_go_again() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 1, 0); // max_task_retries=0
     let w = h.bring_up(aid);
     let calls: Vec<TaskId> = (0..5).map(|_| h.call(Holder::Local, aid, vec![])).collect();
     assert_eq!(h.executed().len(), 5);
     h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
     // The first call was running: with no retries it fails. The other four never started.
-    assert_eq!(h.error_kind(calls[0]), Some(ErrorKind::ActorDied));
+    assert_eq!(h.task_error(calls[0]), Some(ErrorKind::ActorDied));
     let w2 = h.bring_up(aid);
     let again: Vec<TaskId> = h.executed().into_iter().map(|(_, t)| t).collect();
     assert_eq!(again, calls[1..].to_vec(), "resent to the restarted actor, in order");
     for t in &calls[1..] {
-        h.done(w2, *t);
-        assert_eq!(h.error_kind(*t), None);
+        h.done(w2, *t, 1);
+        assert_eq!(h.task_error(*t), None);
     }
 }
 
 #[test]
 fn queued_calls_fail_when_the_actor_cannot_be_restarted() {
-    let mut h = H::new(2.0);
+    let mut h = H::started(2.0);
     let aid = h.create(0, 0, 0);
     let w = h.bring_up(aid);
     let calls: Vec<TaskId> = (0..3).map(|_| h.call(Holder::Local, aid, vec![])).collect();
     h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
     for t in calls {
-        assert_eq!(h.error_kind(t), Some(ErrorKind::ActorDied), "no place left to run it");
+        assert_eq!(h.task_error(t), Some(ErrorKind::ActorDied), "no place left to run it");
     }
 }

@@ -13,6 +13,7 @@
 //! `max_task_retries` times; otherwise they fail with `ActorDied`.
 
 use super::remote_actors::Affinity;
+use super::workers::Workers;
 use super::*;
 use volley_proto::{ActorInfo, ActorOptions};
 
@@ -121,13 +122,117 @@ impl ActorEntry {
         &self.opts().class_name
     }
 
+    /// `caller` made call `tid`: it goes after that caller's earlier calls.
+    pub(super) fn queue_call(&mut self, caller: Holder, tid: TaskId) {
+        self.callers.entry(caller).or_default().push_back(tid);
+    }
+
+    /// Call `tid` of `caller` goes back to the head of that caller's queue (it was given back
+    /// unstarted, or is sent again).
+    pub(super) fn requeue_call(&mut self, caller: Holder, tid: TaskId) {
+        self.callers.entry(caller).or_default().push_front(tid);
+    }
+
+    /// Takes call `tid` of `caller` out of its queue (it failed before it was sent).
+    pub(super) fn drop_call(&mut self, caller: Holder, tid: TaskId) {
+        if let Some(q) = self.callers.get_mut(&caller) {
+            if let Some(pos) = q.iter().position(|t| *t == tid) {
+                q.remove(pos);
+            }
+        }
+    }
+
     fn keeps_itself(&self) -> bool {
         self.opts().name.is_some() || self.opts().detached
     }
 
-    fn idle(&self, workers: &HashMap<WorkerId, WorkerEntry>) -> bool {
+    fn idle(&self, workers: &Workers) -> bool {
         self.callers.values().all(|q| q.is_empty())
             && self.worker.and_then(|w| workers.get(&w)).is_none_or(|w| w.queue.is_empty())
+    }
+}
+
+/// The actors this node knows (its own, those it hosts for peers, routes to others'), with
+/// their names, those waiting to start, and calls held back for an argument being made.
+#[derive(Default)]
+pub(super) struct Actors {
+    map: HashMap<ActorId, ActorEntry>,
+    /// (namespace, name) of named actors.
+    names: HashMap<(String, String), ActorId>,
+    /// Actors ready to start, waiting for resources, in creation order.
+    pending: VecDeque<ActorId>,
+    /// Actors with a call held back for a ref in its arguments still being made (to go to a
+    /// peer, a call carries the values of those refs): dispatched again once it is ready.
+    gather_waits: HashMap<ObjectId, Vec<ActorId>>,
+}
+
+// `remove` forgets an actor; its name and place in the start queue are dropped when it dies
+// (`unname`, `unpend`).
+table_access!(Actors.map: ActorId => ActorEntry);
+
+impl Actors {
+    pub(super) fn insert(&mut self, aid: ActorId, a: ActorEntry) {
+        self.map.insert(aid, a);
+    }
+
+    /// The actor of this node named `key` (namespace, name), if any.
+    pub(super) fn named(&self, key: &(String, String)) -> Option<ActorId> {
+        self.names.get(key).copied()
+    }
+
+    pub(super) fn name(&mut self, key: (String, String), aid: ActorId) {
+        self.names.insert(key, aid);
+    }
+
+    /// Drops the name `key` if it still names `aid` (a new actor may have taken it since).
+    pub(super) fn unname(&mut self, key: &(String, String), aid: ActorId) {
+        if self.names.get(key) == Some(&aid) {
+            self.names.remove(key);
+        }
+    }
+
+    /// Queues an actor to start once its resources are free.
+    pub(super) fn push_pending(&mut self, aid: ActorId) {
+        self.pending.push_back(aid);
+    }
+
+    pub(super) fn pop_pending(&mut self) -> Option<ActorId> {
+        self.pending.pop_front()
+    }
+
+    /// Replaces the start queue (with those still waiting after a pass over it).
+    pub(super) fn set_pending(&mut self, waiting: VecDeque<ActorId>) {
+        self.pending = waiting;
+    }
+
+    pub(super) fn no_pending(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub(super) fn is_pending(&self, aid: &ActorId) -> bool {
+        self.pending.contains(aid)
+    }
+
+    /// Actors waiting to start, in creation order.
+    pub(super) fn pending(&self) -> impl Iterator<Item = &ActorId> {
+        self.pending.iter()
+    }
+
+    pub(super) fn unpend(&mut self, aid: ActorId) {
+        self.pending.retain(|x| *x != aid);
+    }
+
+    /// `aid` holds a call back until `id` is made.
+    pub(super) fn wait_gather(&mut self, id: ObjectId, aid: ActorId) {
+        self.gather_waits.entry(id).or_default().push(aid);
+    }
+
+    /// The actors that held a call back for `id`, now that it is made.
+    pub(super) fn take_gather(&mut self, id: &ObjectId) -> Option<Vec<ActorId>> {
+        if self.gather_waits.is_empty() {
+            return None;
+        }
+        self.gather_waits.remove(id)
     }
 }
 
@@ -146,7 +251,7 @@ impl Scheduler {
         };
         if let Some(name) = &o.name {
             let key = (o.namespace.clone(), name.clone());
-            let local = self.names.get(&key).copied();
+            let local = self.actors.named(&key);
             // Another node's actor of that name (a creation a peer sent was checked there).
             let remote = match (local, holder) {
                 (None, Holder::Local | Holder::Worker(_)) => self.cluster_named(&o.namespace, name),
@@ -169,7 +274,7 @@ impl Scheduler {
         if let Some(msg) = self.unschedulable(&spec) {
             return Err(ActorError::Unschedulable(msg));
         }
-        if !self.functions.contains_key(&spec.function) {
+        if !self.functions.contains(&spec.function) {
             return Err(ActorError::UnknownClass(o.class_name.clone()));
         }
         let aid = ActorId(spec.task_id);
@@ -180,7 +285,7 @@ impl Scheduler {
             self.incref_one(aid.object());
         }
         if let Some(key) = name {
-            self.names.insert(key, aid);
+            self.actors.name(key, aid);
         }
         self.actors.insert(aid, ActorEntry::new(spec, holder));
         self.resolve_deps(aid.0, out);
@@ -196,7 +301,7 @@ impl Scheduler {
     /// of the cluster hosts (calls made here then go there).
     pub fn lookup_actor(&mut self, name: &str, namespace: &str) -> Option<(ActorId, Vec<u8>)> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some(aid) = self.names.get(&key).copied() {
+        if let Some(aid) = self.actors.named(&key) {
             if let Some(a) = self.actors.get(&aid).filter(|a| a.life != Life::Dead) {
                 return Some((aid, a.opts().meta.clone()));
             }
@@ -227,7 +332,7 @@ impl Scheduler {
 
     /// Named actors this node hosts (for the cluster's directory).
     pub fn named_actors(&self) -> Vec<volley_proto::NamedActor> {
-        let node = self.node_id.unwrap_or(NodeId(0));
+        let node = self.peers.node_id().unwrap_or(NodeId(0));
         let mut v: Vec<volley_proto::NamedActor> = self
             .actors
             .iter()
@@ -337,7 +442,7 @@ impl Scheduler {
     /// Starts actors whose resources are free, in creation order.
     pub(super) fn start_actors(&mut self, out: &mut Vec<Action>) {
         let mut waiting = VecDeque::new();
-        while let Some(aid) = self.pending_actors.pop_front() {
+        while let Some(aid) = self.actors.pop_pending() {
             let Some(a) = self.actors.get(&aid) else { continue };
             if a.life != Life::Pending || a.stopping {
                 continue;
@@ -370,11 +475,11 @@ impl Scheduler {
             }
             let cpu = a.create.options.cpu_milli;
             let res = a.create.options.resources.clone();
-            if !self.fits(cpu, &res) {
+            if !self.res.fits(cpu, &res) {
                 waiting.push_back(aid);
                 continue;
             }
-            self.cpu_used += cpu;
+            self.res.take_cpu(cpu);
             let gpus = self.acquire_res(&res);
             let w = self.spawn_for(Some(aid), out);
             if let Some(a) = self.actors.get_mut(&aid) {
@@ -384,7 +489,7 @@ impl Scheduler {
                 a.worker = Some(w);
             }
         }
-        self.pending_actors = waiting;
+        self.actors.set_pending(waiting);
     }
 
     /// The actor's new process connected: run `__init__` there.
@@ -556,9 +661,9 @@ impl Scheduler {
         let Some(a) = self.actors.remove(&aid) else {
             return;
         };
-        self.pending_actors.retain(|x| *x != aid);
+        self.actors.unpend(aid);
         if a.holds_resources {
-            self.cpu_used -= a.create.options.cpu_milli;
+            self.res.give_cpu(a.create.options.cpu_milli);
             self.release_res(&a.create.options.resources, &a.gpus);
         }
         if !a.args_released {
@@ -688,7 +793,7 @@ impl Scheduler {
         let new = self.spawn_for(Some(aid), out);
         if let Some(a) = self.actors.get_mut(&aid) {
             for (t, caller) in again.into_iter().rev() {
-                a.callers.entry(caller).or_default().push_front(t);
+                a.requeue_call(caller, t);
             }
             a.worker = Some(new);
         }
@@ -739,9 +844,9 @@ impl Scheduler {
         if let Some(peer) = a.remote.filter(|_| !a.proxy) {
             out.push(Action::PeerKill { peer, actor: aid, no_restart: true });
         }
-        self.pending_actors.retain(|x| *x != aid);
+        self.actors.unpend(aid);
         if holds {
-            self.cpu_used -= create.options.cpu_milli;
+            self.res.give_cpu(create.options.cpu_milli);
             self.release_res(&create.options.resources, &gpus);
         }
         for t in calls {
@@ -755,9 +860,7 @@ impl Scheduler {
             self.release_args(&create, out);
         }
         if let Some(key) = name {
-            if self.names.get(&key) == Some(&aid) {
-                self.names.remove(&key);
-            }
+            self.actors.unname(&key, aid);
         }
         if keeps {
             // The name's (or detachment's) own reference.
@@ -765,5 +868,68 @@ impl Scheduler {
         }
         self.report_creation(aid, out);
         self.tell_creator(aid, None, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::task_spec;
+    use super::*;
+
+    fn entry() -> ActorEntry {
+        let actor = ActorPart::Create(Box::default());
+        let spec = task_spec(TaskId(1), FunctionId([2; 16]), "A", Default::default(), actor);
+        ActorEntry::new(Arc::new(spec), Holder::Local)
+    }
+
+    #[test]
+    fn a_name_is_dropped_only_by_the_actor_it_names() {
+        let mut a = Actors::default();
+        let (old, new) = (ActorId(TaskId(1)), ActorId(TaskId(2)));
+        let key = ("ns".to_string(), "n".to_string());
+        a.name(key.clone(), old);
+        a.name(key.clone(), new);
+        a.unname(&key, old);
+        assert_eq!(a.named(&key), Some(new), "a newer actor took the name");
+        a.unname(&key, new);
+        assert_eq!(a.named(&key), None);
+    }
+
+    #[test]
+    fn the_start_queue_keeps_creation_order_and_calls_held_back_are_taken_once() {
+        let mut a = Actors::default();
+        let ids: Vec<ActorId> = (1..=3).map(|n| ActorId(TaskId(n))).collect();
+        for id in &ids {
+            a.insert(*id, entry());
+            a.push_pending(*id);
+        }
+        a.unpend(ids[1]);
+        assert!(a.is_pending(&ids[0]) && !a.is_pending(&ids[1]));
+        assert_eq!(a.pending().copied().collect::<Vec<_>>(), vec![ids[0], ids[2]]);
+        assert_eq!(a.pop_pending(), Some(ids[0]));
+        a.set_pending(VecDeque::new());
+        assert!(a.no_pending());
+        assert_eq!(a.len(), 3, "leaving the start queue does not forget the actor");
+        let made = ObjectId::for_return(TaskId(9), 1);
+        assert_eq!(a.take_gather(&made), None);
+        a.wait_gather(made, ids[0]);
+        a.wait_gather(made, ids[2]);
+        assert_eq!(a.take_gather(&made), Some(vec![ids[0], ids[2]]));
+        assert_eq!(a.take_gather(&made), None);
+    }
+
+    #[test]
+    fn each_callers_calls_keep_their_order() {
+        let mut a = entry();
+        let (x, y) = (Holder::Local, Holder::Worker(WorkerId(4)));
+        for (who, n) in [(x, 1), (y, 2), (x, 3)] {
+            a.queue_call(who, TaskId(n));
+        }
+        a.requeue_call(x, TaskId(9));
+        a.drop_call(x, TaskId(1));
+        a.drop_call(y, TaskId(1)); // Not y's: nothing changes.
+        let q = |h: &Holder| a.callers.get(h).map(|q| q.iter().map(|t| t.0).collect::<Vec<_>>());
+        assert_eq!(q(&x), Some(vec![9, 3]));
+        assert_eq!(q(&y), Some(vec![2]));
     }
 }

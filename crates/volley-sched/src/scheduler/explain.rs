@@ -39,6 +39,60 @@ const SCAN: usize = 32;
 const MAX_HOLDERS: usize = 5;
 
 impl Scheduler {
+    /// What waits on this node and why, a line per kind (most common first), at most `limit`:
+    /// tasks waiting for their arguments or for resources, actors waiting for resources,
+    /// placement groups waiting for room.
+    pub fn waiting_reasons(&self, limit: usize) -> Vec<String> {
+        // Grouped by what they wait for first; a line is written once per group (a heartbeat
+        // must not format a string per queued task).
+        type Key<'a> = (&'a str, Option<usize>, u32, &'a [(String, u64)]);
+        let mut groups: HashMap<Key<'_>, usize> = HashMap::new();
+        for t in self.tasks.values() {
+            let o = &t.spec.options;
+            let key: Key<'_> = match t.state {
+                TaskState::WaitingDeps(n) => (&t.spec.name, Some(n), 0, &[]),
+                TaskState::Queued if matches!(t.spec.actor, ActorPart::None) => {
+                    (&t.spec.name, None, o.cpu_milli, &o.resources)
+                }
+                _ => continue,
+            };
+            *groups.entry(key).or_insert(0) += 1;
+        }
+        // Who holds what a demand needs takes a walk over the actors, groups and workers: once
+        // per distinct demand, however many tasks and actors wait for it.
+        let mut holders: HashMap<(u32, Vec<(String, u64)>), String> = HashMap::new();
+        let mut held_by = |cpu: u32, res: &[(String, u64)]| -> String {
+            holders.entry((cpu, res.to_vec())).or_insert_with(|| self.held_by(cpu, res)).clone()
+        };
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for ((name, deps, cpu, res), n) in groups {
+            let why = match deps {
+                Some(d) => format!("waiting for {d} argument(s) to be made"),
+                None => format!("waiting for {}{}", demand_text(cpu, res), held_by(cpu, res)),
+            };
+            *counts.entry(format!("task '{name}': {why}")).or_insert(0) += n;
+        }
+        for aid in self.actors.pending() {
+            if let Some(a) = self.actors.get(aid) {
+                let o = &a.create.options;
+                let line = format!(
+                    "actor '{}': waiting for {}{}",
+                    a.class(),
+                    demand_text(o.cpu_milli, &o.resources),
+                    held_by(o.cpu_milli, &o.resources)
+                );
+                *counts.entry(line).or_insert(0) += 1;
+            }
+        }
+        self.pipelined_reasons(&mut counts);
+        let mut lines: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
+        lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<String> = self.pgs_waiting();
+        out.extend(lines.into_iter().map(|(n, l)| if n > 1 { format!("{n} x {l}") } else { l }));
+        out.truncate(limit);
+        out
+    }
+
     /// Logs a notice for each task name and actor class (not said before) that has waited at
     /// least `wait_notice_ms` for resources. Called by `tick`.
     pub(super) fn wait_notices(&mut self, out: &mut Vec<Action>) {
@@ -50,7 +104,8 @@ impl Scheduler {
         let mut due: Vec<(TaskId, u64)> = Vec::new();
         // Each name is judged once a tick (a long queue is mostly one function).
         let mut judged: Vec<(Holder, &str)> = Vec::new();
-        for tid in self.ready.iter().take(SCAN).chain(self.side_ready.iter().take(SCAN)) {
+        let [ready, side_ready] = self.tasks.queues();
+        for tid in ready.iter().take(SCAN).chain(side_ready.iter().take(SCAN)) {
             let Some(t) = self.tasks.get(tid) else { continue };
             let waited = now.saturating_sub(t.queued_at);
             let (who, name) = (audience(t.caller), t.spec.name.as_str());
@@ -81,7 +136,7 @@ impl Scheduler {
             }
         }
         // Actors: remember when each was first seen pending, forget those that left.
-        let pending: Vec<ActorId> = self.pending_actors.iter().take(SCAN).copied().collect();
+        let pending: Vec<ActorId> = self.actors.pending().take(SCAN).copied().collect();
         self.notices.actor_since.retain(|a, _| pending.contains(a));
         let mut judged: Vec<(Holder, String)> = Vec::new();
         for aid in pending {
@@ -113,7 +168,7 @@ impl Scheduler {
 
     /// " on node 3" in a cluster (a notice may be printed far from the node it is about).
     fn on_node(&self) -> String {
-        match self.node_id {
+        match self.peers.node_id() {
             Some(id) if !self.peers.is_empty() => format!(" on node {}", id.0),
             _ => String::new(),
         }
@@ -134,7 +189,7 @@ impl Scheduler {
     /// start (for a `get` that timed out). `None` if it runs, ran, or is not known here.
     pub fn explain_wait(&self, id: ObjectId) -> Option<String> {
         if let Some(a) = self.actors.get(&ActorId(id.task)) {
-            if self.pending_actors.contains(&ActorId(id.task)) {
+            if self.actors.is_pending(&ActorId(id.task)) {
                 let why = self.why_queued(&a.create);
                 return Some(format!("actor '{}' has not started: it waits for {why}", a.class()));
             }
@@ -148,7 +203,7 @@ impl Scheduler {
             TaskState::Queued => match &t.spec.actor {
                 ActorPart::Call { actor, .. } => {
                     let a = self.actors.get(actor)?;
-                    if !self.pending_actors.contains(actor) {
+                    if !self.actors.is_pending(actor) {
                         return None;
                     }
                     let why = self.why_queued(&a.create);
@@ -185,8 +240,8 @@ impl Scheduler {
         let need = self.demand(o.cpu_milli, &o.resources);
         if let Some(pg) = placement::pg_of(spec) {
             if !self.holds_pg_resources(spec) {
-                let state = match self.pgs.get(pg) {
-                    Some(e) if !e.reason.is_empty() => format!(" ({})", e.reason),
+                let state = match self.placement.reason(pg) {
+                    Some(r) if !r.is_empty() => format!(" ({r})"),
                     _ => String::new(),
                 };
                 return format!(
@@ -219,7 +274,7 @@ impl Scheduler {
         };
         let placeable = match spec.actor {
             ActorPart::None => true,
-            ActorPart::Create(_) => self.prefer_peers,
+            ActorPart::Create(_) => self.peers.prefer_peers(),
             ActorPart::Call { .. } => false,
         };
         placeable
@@ -240,12 +295,11 @@ impl Scheduler {
         }
         let o = &spec.options;
         let mut short: Vec<Held<'_>> = Vec::new();
-        if o.cpu_milli > 0 && self.cpu_used + o.cpu_milli > self.cfg.cpu_total_milli {
+        if o.cpu_milli > 0 && self.res.cpu_short(o.cpu_milli) {
             short.push(Held::Cpu);
         }
         for (r, a) in &o.resources {
-            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
-            if self.res_used.get(r).copied().unwrap_or(0) + a > total {
+            if self.res.used(r) + a > self.res.total(r) {
                 short.push(Held::Res(r));
             }
         }
@@ -261,7 +315,7 @@ impl Scheduler {
         self.actors.values().any(|a| {
             let o = &a.create.options;
             a.holds_resources && a.remote.is_none() && holds(o.cpu_milli, &o.resources)
-        }) || self.reservations.values().flat_map(|r| r.bundles.iter()).any(|(_, b, _)| {
+        }) || self.placement.held_bundles().flat_map(|(_, b)| b.iter()).any(|(_, b, _)| {
             let cpu = b.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a).sum::<u64>();
             holds(u32::try_from(cpu).unwrap_or(u32::MAX), b)
         })
@@ -296,9 +350,9 @@ impl Scheduler {
     pub(super) fn shortfall(&self, cpu: u32, res: &[(String, u64)]) -> Vec<String> {
         let mut out = Vec::new();
         let mut said: HashSet<(&str, &str)> = HashSet::new();
-        let total = self.cfg.cpu_total_milli;
-        if cpu > 0 && self.cpu_used + cpu > total {
-            let free = total.saturating_sub(self.cpu_used);
+        let total = self.res.cpu_total();
+        if cpu > 0 && self.res.cpu_short(cpu) {
+            let free = self.res.cpu_free();
             out.push(held_text(
                 "CPU",
                 u64::from(free),
@@ -307,8 +361,8 @@ impl Scheduler {
             ));
         }
         for (r, a) in res {
-            let total = self.cfg.resources.get(r).copied().unwrap_or(0);
-            let used = self.res_used.get(r).copied().unwrap_or(0);
+            let total = self.res.total(r);
+            let used = self.res.used(r);
             if used + a <= total {
                 continue;
             }
@@ -382,9 +436,8 @@ impl Scheduler {
                 add(0, a.class().to_string(), amount_in(&o.resources, o.cpu_milli));
             }
         }
-        for (pg, r) in &self.reservations {
-            let amount: u64 = r
-                .bundles
+        for (pg, bundles) in self.placement.held_bundles() {
+            let amount: u64 = bundles
                 .iter()
                 .flat_map(|(_, b, _)| b.iter())
                 .filter(|(n, _)| match what {
@@ -445,7 +498,7 @@ impl Scheduler {
 
     /// How messages name a placement group: "'name' (id)" if this node created it with a name.
     fn pg_label(&self, pg: &str) -> String {
-        self.pgs.get(pg).map(|e| e.label()).unwrap_or_else(|| pg.to_string())
+        self.placement.label(pg)
     }
 }
 
@@ -490,138 +543,61 @@ fn held_text(what: &str, free: u64, total: u64, holders: &[String]) -> String {
     }
 }
 
+/// "1 CPU, 2 GPU" for a request (placement-group resources named by their bundle).
+fn demand_text(cpu_milli: u32, resources: &[(String, u64)]) -> String {
+    let mut need = format!("{} CPU", cpu_milli as f64 / 1000.0);
+    for (r, a) in resources {
+        if !r.starts_with(placement::PG_PREFIX) {
+            need.push_str(&format!(", {} {r}", *a as f64 / 1000.0));
+        } else if r.ends_with(":bundle") && r.matches(':').count() == 3 {
+            need.push_str(&format!(", its bundle ({r})"));
+        }
+    }
+    need
+}
+
 #[cfg(test)]
 mod tests {
     //! Driven event by event, like `scheduler::tests`.
 
+    use super::super::harness::{peer_view, F, H};
     use super::*;
-    use volley_proto::{ActorOptions, IdGenerator, PgSpec, PgStrategy, TaskOptions};
-
-    const F: FunctionId = FunctionId([1; 16]);
-    const CLASS: FunctionId = FunctionId([2; 16]);
-
-    struct H {
-        s: Scheduler,
-        ids: IdGenerator,
-        out: Vec<Action>,
-    }
-
-    impl H {
-        /// A node with `cpus` CPUs (and `res`), its pool started and connected.
-        fn new(cpus: f64, res: &[(&str, u64)]) -> Self {
-            let mut cfg = Config::with_cpus(cpus);
-            cfg.resources = res.iter().map(|(r, a)| (r.to_string(), *a)).collect();
-            let mut s = Scheduler::new(cfg);
-            s.register_function(F, Arc::from(&b"fn"[..]));
-            s.register_function(CLASS, Arc::from(&b"cls"[..]));
-            let mut h = H { s, ids: IdGenerator::new(), out: Vec::new() };
-            h.s.start(&mut h.out);
-            h.connect_spawned();
-            h
-        }
-
-        fn connect_spawned(&mut self) {
-            let spawned: Vec<WorkerId> = self
-                .out
-                .drain(..)
-                .filter_map(|a| match a {
-                    Action::Spawn { worker } => Some(worker),
-                    _ => None,
-                })
-                .collect();
-            for w in spawned {
-                self.s.worker_connected(w, 1000 + w.0, &mut self.out);
-            }
-            self.out.clear();
-        }
-
-        fn submit(&mut self, name: &str, opts: TaskOptions) -> ObjectId {
-            let spec = TaskSpec {
-                task_id: self.ids.next_task(),
-                function: F,
-                name: name.into(),
-                args: ObjectData::default(),
-                deps: vec![],
-                num_returns: 1,
-                options: opts,
-                actor: ActorPart::None,
-            };
-            let id = ObjectId::for_return(spec.task_id, 1);
-            self.s.submit(Holder::Local, spec, &mut self.out);
-            id
-        }
-
-        fn cpu_task(&mut self, name: &str) -> ObjectId {
-            self.submit(name, TaskOptions { cpu_milli: 1000, ..Default::default() })
-        }
-
-        fn actor(&mut self, class: &str, cpu_milli: u32) -> ActorId {
-            let spec = TaskSpec {
-                task_id: self.ids.next_task(),
-                function: CLASS,
-                name: class.into(),
-                args: ObjectData::default(),
-                deps: vec![],
-                num_returns: 1,
-                options: TaskOptions { cpu_milli, ..Default::default() },
-                actor: ActorPart::Create(Box::new(ActorOptions {
-                    class_name: class.into(),
-                    max_concurrency: 1,
-                    ..Default::default()
-                })),
-            };
-            let (aid, _) = self.s.create_actor(Holder::Local, spec, &mut self.out).expect("ok");
-            aid
-        }
-
-        /// Advances the clock to `ms`; the notices it logged.
-        fn tick(&mut self, ms: u64) -> Vec<String> {
-            self.out.clear();
-            self.s.tick(ms, &mut self.out);
-            self.out
-                .drain(..)
-                .filter_map(|a| match a {
-                    Action::Log(l) => Some(l),
-                    _ => None,
-                })
-                .collect()
-        }
-    }
+    use volley_proto::{PgSpec, PgStrategy, TaskOptions};
 
     #[test]
     fn a_task_behind_two_actors_is_noticed_once_naming_them() {
-        let mut h = H::new(2.0, &[]);
+        let mut h = H::with_resources(2.0, &[]);
         h.actor("Counter", 1000);
         h.actor("Counter", 1000);
         let f = h.cpu_task("f");
         let also = h.cpu_task("f");
         assert_eq!(h.s.stats().tasks_queued, 2);
-        assert!(h.tick(9_000).is_empty(), "not before the delay");
-        let said = h.tick(10_000);
+        assert!(h.tick_logs(9_000).is_empty(), "not before the delay");
+        let said = h.tick_logs(10_000);
         assert_eq!(
             said,
             vec!["volley: task 'f' has waited 10 s for 1 CPU: all 2 CPUs are held by actor \
                   'Counter' (2 of them)"
                 .to_string()]
         );
-        assert!(h.tick(20_000).is_empty(), "said once, not every tick");
+        assert!(h.tick_logs(20_000).is_empty(), "said once, not every tick");
         h.cpu_task("f");
-        assert!(h.tick(40_000).is_empty(), "once per function, not per task");
+        assert!(h.tick_logs(40_000).is_empty(), "once per function, not per task");
         let why = h.s.explain_wait(f).expect("queued");
         assert!(why.contains("task 'f' is queued"), "{why}");
         assert!(why.contains("all 2 CPUs are held by actor 'Counter' (2 of them)"), "{why}");
         assert!(h.s.explain_wait(also).is_some());
         // Another function waiting is said once too.
         h.cpu_task("g");
-        assert!(h.tick(45_000).is_empty(), "g has waited 5 s only");
-        let said = h.tick(56_000);
+        assert!(h.tick_logs(45_000).is_empty(), "g has waited 5 s only");
+        let said = h.tick_logs(56_000);
         assert_eq!(said.len(), 1);
         assert!(said[0].starts_with("volley: task 'g' has waited 16 s for 1 CPU"), "{said:?}");
     }
 
     #[test]
     fn a_placement_group_holding_the_cpus_is_named() {
-        let mut h = H::new(2.0, &[]);
+        let mut h = H::with_resources(2.0, &[]);
         let ready = ObjectId::for_return(h.ids.next_task(), 0);
         let spec = PgSpec {
             id: "6f1c".into(),
@@ -650,15 +626,15 @@ mod tests {
 
     #[test]
     fn running_tasks_and_partly_free_resources_are_described() {
-        let mut h = H::new(2.0, &[("disk", 3000)]);
+        let mut h = H::with_resources(2.0, &[("disk", 3000)]);
         let disk = |a: u64| TaskOptions {
             cpu_milli: 0,
             resources: vec![("disk".into(), a)],
             ..Default::default()
         };
-        h.submit("copy", disk(1000));
-        h.submit("copy", disk(1000));
-        let big = h.submit("big", disk(2000));
+        h.submit_named("copy", disk(1000));
+        h.submit_named("copy", disk(1000));
+        let big = h.submit_named("big", disk(2000));
         let why = h.s.explain_wait(big).expect("queued");
         assert!(
             why.ends_with(
@@ -670,68 +646,57 @@ mod tests {
 
     #[test]
     fn an_actor_that_cannot_start_is_noticed_with_its_class() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.actor("Holder", 1000);
         let waiting = h.actor("Late", 1000);
-        assert!(h.tick(1_000).is_empty());
-        let said = h.tick(12_000);
+        assert!(h.tick_logs(1_000).is_empty());
+        let said = h.tick_logs(12_000);
         assert_eq!(
             said,
             vec!["volley: actor 'Late' has waited 11 s to start, for 1 CPU: the one CPU is held \
                   by actor 'Holder'"
                 .to_string()]
         );
-        assert!(h.tick(30_000).is_empty());
+        assert!(h.tick_logs(30_000).is_empty());
         let why = h.s.explain_wait(waiting.object()).expect("pending");
         assert!(why.starts_with("actor 'Late' has not started: it waits for 1 CPU"), "{why}");
     }
 
     #[test]
     fn a_queue_behind_running_tasks_is_in_line_not_stuck() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.cfg.pipeline_depth = 0;
         h.cpu_task("f");
         let queued = h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty(), "it starts when the running one ends");
+        assert!(h.tick_logs(60_000).is_empty(), "it starts when the running one ends");
         let why = h.s.explain_wait(queued).expect("queued");
         assert!(why.ends_with("1 CPU: the one CPU is held by task 'f'"), "{why}");
         // An actor taking the CPU meanwhile makes it stuck.
-        h.s.cfg.cpu_total_milli = 2000;
+        h.s.res.set_cpu_total(2000);
         h.actor("A", 1000);
-        let said = h.tick(70_000);
+        let said = h.tick_logs(70_000);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("all 2 CPUs are held by actor 'A' and task 'f'"), "{said:?}");
     }
 
     #[test]
     fn no_notice_when_disabled_or_when_the_task_runs() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.cfg.wait_notice_ms = 0;
         h.actor("A", 1000);
         h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty());
-        let mut h = H::new(1.0, &[]);
+        assert!(h.tick_logs(60_000).is_empty());
+        let mut h = H::with_resources(1.0, &[]);
         let f = h.cpu_task("f");
-        assert!(h.tick(60_000).is_empty(), "it runs");
+        assert!(h.tick_logs(60_000).is_empty(), "it runs");
         assert_eq!(h.s.explain_wait(f), None);
-    }
-
-    fn peer(id: u32, cpus: u32, free: u32, driver: bool) -> PeerView {
-        PeerView {
-            id: NodeId(id),
-            cpu_total_milli: cpus * 1000,
-            cpu_free_milli: free * 1000,
-            resources: Vec::new(),
-            driver,
-            named: Vec::new(),
-        }
     }
 
     #[test]
     fn work_a_peer_sent_is_noticed_to_that_peer_naming_this_node() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         h.s.set_node_id(NodeId(2));
-        h.s.set_peers(vec![peer(1, 0, 0, true)], &mut h.out);
+        h.s.set_peers(vec![peer_view(1, 0, 0, true)], &mut h.out);
         h.actor("A", 1000);
         let spec = TaskSpec {
             task_id: h.ids.next_task(),
@@ -773,9 +738,9 @@ mod tests {
 
     #[test]
     fn a_drivers_node_says_no_node_of_the_cluster_has_room() {
-        let mut h = H::new(0.0, &[]);
+        let mut h = H::with_resources(0.0, &[]);
         h.s.set_node_id(NodeId(4));
-        h.s.set_peers(vec![peer(1, 0, 0, false), peer(2, 1, 0, false)], &mut h.out);
+        h.s.set_peers(vec![peer_view(1, 0, 0, false), peer_view(2, 1, 0, false)], &mut h.out);
         // Node 2 takes PEER_DEPTH tasks per CPU; the next one waits here.
         let refs: Vec<ObjectId> = (0..=super::peers::PEER_DEPTH).map(|_| h.cpu_task("f")).collect();
         let why = h.s.explain_wait(refs[refs.len() - 1]).expect("queued here");
@@ -790,7 +755,7 @@ mod tests {
 
     #[test]
     fn tasks_pipelined_behind_a_running_one_count_as_waiting() {
-        let mut h = H::new(1.0, &[]);
+        let mut h = H::with_resources(1.0, &[]);
         for _ in 0..3 {
             h.cpu_task("f");
         }

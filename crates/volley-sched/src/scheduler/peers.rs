@@ -9,7 +9,7 @@
 //! results go back (`Action::PeerDone`) and everything it held here is released. Tasks a peer
 //! sent are never passed on again, so work cannot bounce between nodes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use volley_proto::{
@@ -18,8 +18,7 @@ use volley_proto::{
 };
 
 use super::{
-    error, retries_left, Action, ActorId, Holder, ObjectEntry, ObjectState, Scheduler, TaskState,
-    WorkerId,
+    error, retries_left, Action, ActorId, Holder, ObjectState, Scheduler, TaskState, WorkerId,
 };
 
 /// A peer as the cluster view describes it.
@@ -126,6 +125,117 @@ const FANOUT: u32 = 2;
 /// Where a spilled task's values are gathered: at most this many nested refs deep.
 const MAX_SHIP_DEPTH: usize = 16;
 
+/// The cluster as a part of the scheduler: the other nodes (`PeerEntry`), this node's id and
+/// role, the tasks peers sent here, copies of values kept for peers, and the pulls this node
+/// serves. Its fields are this module's; the other parts ask through the methods below.
+#[derive(Default)]
+pub(super) struct Peers {
+    /// The other nodes of the cluster (empty on a lone node).
+    nodes: BTreeMap<NodeId, PeerEntry>,
+    /// Tasks other nodes sent here.
+    from_peer: HashMap<TaskId, FromPeer>,
+    /// Tasks a peer sent again while their earlier attempt, orphaned when that peer was
+    /// thought gone, still runs here: accepted once it has ended (`ended_reruns`).
+    reruns: HashMap<TaskId, Box<PeerTask>>,
+    ended_reruns: Vec<TaskId>,
+    /// A driver's node: actors go to peers.
+    prefer_peers: bool,
+    /// This node's id in its cluster.
+    node_id: Option<NodeId>,
+    /// References peers hold on actors they had created here.
+    actor_refs: HashMap<NodeId, Vec<ObjectId>>,
+    /// Tasks of peers this node asked its workers to give back, to return them to those peers
+    /// (see `peer_steal`).
+    revoked_for_peer: HashSet<TaskId>,
+    /// Copies of large values peers sent with tasks, kept here until the peer lets them go
+    /// (see `PeerEntry::copies`).
+    copies: HashMap<NodeId, HashSet<ObjectId>>,
+    /// Large values peers are pulling from this node, by the node serving each pull (`None`:
+    /// this one), to spread the pulls of one value over the nodes holding it.
+    fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
+    /// Peers that asked for a value this node is still pulling itself: served once it is here.
+    serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
+}
+
+table_access!(Peers.nodes: NodeId => PeerEntry);
+
+impl Peers {
+    /// This node's id in its cluster, once it has one.
+    pub(super) fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+    }
+
+    /// A driver's node: its actors go to peers.
+    pub(super) fn prefer_peers(&self) -> bool {
+        self.prefer_peers
+    }
+
+    pub(super) fn set_prefer_peers(&mut self, yes: bool) {
+        self.prefer_peers = yes;
+    }
+
+    /// Whether a task a peer sent is here (always false on a lone node: checked per task).
+    pub(super) fn has_tasks_from_peers(&self) -> bool {
+        !self.from_peer.is_empty()
+    }
+
+    /// The peer that sent task `tid`, if one did.
+    pub(super) fn sender_of(&self, tid: &TaskId) -> Option<NodeId> {
+        self.from_peer.get(tid).map(|f| f.peer)
+    }
+
+    pub(super) fn is_from_peer(&self, tid: &TaskId) -> bool {
+        self.from_peer.contains_key(tid)
+    }
+
+    /// Forgets that a peer sent `tid`; what it held here.
+    pub(super) fn take_from_peer(&mut self, tid: &TaskId) -> Option<FromPeer> {
+        self.from_peer.remove(tid)
+    }
+
+    /// Task `tid` ended: a rerun of it a peer sent meanwhile may be accepted now.
+    pub(super) fn task_ended(&mut self, tid: TaskId) {
+        if self.reruns.contains_key(&tid) {
+            self.ended_reruns.push(tid); // Accepted by the next `schedule`.
+        }
+    }
+
+    /// The next rerun whose earlier attempt has ended, to accept now.
+    pub(super) fn next_ended_rerun(&mut self) -> Option<PeerTask> {
+        while let Some(tid) = self.ended_reruns.pop() {
+            if let Some(t) = self.reruns.remove(&tid) {
+                return Some(*t);
+            }
+        }
+        None
+    }
+
+    /// Whether tasks were revoked from workers to give back to peers.
+    pub(super) fn has_revoked(&self) -> bool {
+        !self.revoked_for_peer.is_empty()
+    }
+
+    /// Whether a peer waits for a value this node is still pulling.
+    pub(super) fn has_serve_waits(&self) -> bool {
+        !self.serve_waits.is_empty()
+    }
+
+    /// `peer` holds a reference to an actor it had created here (its object `obj`).
+    pub(super) fn hold_actor_ref(&mut self, peer: NodeId, obj: ObjectId) {
+        self.actor_refs.entry(peer).or_default().push(obj);
+    }
+
+    /// The references `peer` holds on actors here.
+    pub(super) fn actor_refs_mut(&mut self, peer: &NodeId) -> Option<&mut Vec<ObjectId>> {
+        self.actor_refs.get_mut(peer)
+    }
+
+    /// Takes every reference `peer` holds on actors here (it is gone).
+    pub(super) fn take_actor_refs(&mut self, peer: &NodeId) -> Vec<ObjectId> {
+        self.actor_refs.remove(peer).unwrap_or_default()
+    }
+}
+
 impl Scheduler {
     /// Replaces the view of the other nodes. Peers missing from it are gone: their tasks are
     /// retried elsewhere or fail.
@@ -149,11 +259,11 @@ impl Scheduler {
                         stealing: false,
                         copies: HashSet::new(),
                     };
-                    self.peers.insert(v.id, entry);
+                    self.peers.nodes.insert(v.id, entry);
                 }
             }
         }
-        if !self.pgs.is_empty() {
+        if !self.placement.is_empty() {
             self.pgs_after_view(out);
         }
         self.schedule(out);
@@ -177,19 +287,19 @@ impl Scheduler {
     fn peer_lost(&mut self, id: NodeId, why: &str, counted: bool, out: &mut Vec<Action>) {
         // What it holds here is dropped even if it never made it into our view (a short-lived
         // driver can come and go between two views).
-        if let Some(p) = self.peers.remove(&id) {
+        if let Some(p) = self.peers.nodes.remove(&id) {
             self.peer_tasks_lost(id, p, why, counted, out);
         }
         self.drop_peer_actor_refs(id, out);
         self.notices.forget(Holder::Peer(id));
         self.release_copies(id, None, out);
         self.pgs_peer_gone(id, out);
-        self.reruns.retain(|_, t| t.peer != id);
+        self.peers.reruns.retain(|_, t| t.peer != id);
         // Tasks it sent us: nobody waits for their results any more.
         let theirs: Vec<TaskId> =
-            self.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
+            self.peers.from_peer.iter().filter(|(_, f)| f.peer == id).map(|(t, _)| *t).collect();
         for tid in theirs {
-            if let Some(f) = self.from_peer.remove(&tid) {
+            if let Some(f) = self.peers.from_peer.remove(&tid) {
                 self.release_from_peer(f, out);
             }
             self.cancel(volley_proto::ObjectId::for_return(tid, 1), false, out);
@@ -246,8 +356,7 @@ impl Scheduler {
 
     /// Asks a peer to give back queued tasks, if another node has room for them.
     pub(super) fn steal_from_peers(&mut self, out: &mut Vec<Action>) {
-        let local_room =
-            self.idle_worker().is_some() && self.cpu_used + 1000 <= self.cfg.cpu_total_milli;
+        let local_room = self.idle_worker().is_some() && !self.res.cpu_short(1000);
         let peer_room = self.peers.values().any(|p| {
             !p.view.driver && !p.stealing && p.inflight_cpu() + 1000 <= p.view.cpu_total_milli
         });
@@ -285,7 +394,7 @@ impl Scheduler {
         };
         // The newest queued ones first.
         let mut back: Vec<TaskId> = Vec::new();
-        for q in [&self.ready, &self.side_ready] {
+        for q in self.tasks.queues() {
             back.extend(q.iter().rev().filter(|t| theirs(t)).take(max - back.len()));
         }
         // Then those pipelined behind a running task on a worker.
@@ -309,13 +418,12 @@ impl Scheduler {
             }
         }
         let gone: HashSet<TaskId> = back.iter().copied().collect();
-        self.ready.retain(|t| !gone.contains(t));
-        self.side_ready.retain(|t| !gone.contains(t));
+        self.tasks.retain_queued(|t| !gone.contains(t));
         for (wid, tasks) in revokes {
             if let Some(w) = self.workers.get_mut(&wid) {
                 w.revoke_outstanding = true;
             }
-            self.revoked_for_peer.extend(tasks.iter().copied());
+            self.peers.revoked_for_peer.extend(tasks.iter().copied());
             out.push(Action::Send {
                 worker: wid,
                 msg: volley_proto::NodeToWorker::Revoke { tasks },
@@ -337,7 +445,7 @@ impl Scheduler {
         let mut keep = Vec::new();
         let mut by_peer: std::collections::BTreeMap<NodeId, Vec<TaskId>> = Default::default();
         for t in back {
-            if self.revoked_for_peer.remove(&t) {
+            if self.peers.revoked_for_peer.remove(&t) {
                 if let Some(Holder::Peer(p)) = self.tasks.get(&t).map(|t| t.caller) {
                     by_peer.entry(p).or_default().push(t);
                     continue;
@@ -352,7 +460,7 @@ impl Scheduler {
             out.push(Action::PeerReturned { peer, tasks });
         }
         let tasks = &self.tasks;
-        self.revoked_for_peer.retain(|t| tasks.contains_key(t));
+        self.peers.revoked_for_peer.retain(|t| tasks.contains_key(t));
         keep
     }
 
@@ -368,7 +476,7 @@ impl Scheduler {
                 self.objects.remove(&r);
             }
         }
-        if let Some(f) = self.from_peer.remove(&tid) {
+        if let Some(f) = self.peers.from_peer.remove(&tid) {
             self.release_from_peer(f, out);
         }
     }
@@ -407,16 +515,16 @@ impl Scheduler {
 
     /// Tells the scheduler its node's id in the cluster (for node affinity).
     pub fn set_node_id(&mut self, id: NodeId) {
-        self.node_id = Some(id);
+        self.peers.node_id = Some(id);
     }
 
     /// For `SPREAD`: whether some peer is less loaded (by what runs there for us) than this node.
     pub(super) fn spread_to_peer(&self, cpu: u32) -> bool {
-        let total = self.cfg.cpu_total_milli;
-        let here = if total == 0 || self.cpu_used + cpu > total {
+        let total = self.res.cpu_total();
+        let here = if total == 0 || self.res.cpu_short(cpu) {
             u64::MAX
         } else {
-            u64::from(self.cpu_used) * 1000 / u64::from(total)
+            u64::from(self.res.cpu_used()) * 1000 / u64::from(total)
         };
         self.peers.values().any(|p| {
             !p.view.driver
@@ -599,9 +707,10 @@ impl Scheduler {
     /// holder (this node, then relays by node id) serving fewer than `FANOUT` pulls; once all
     /// serve that many, the one serving fewest.
     fn pick_relay(&mut self, target: NodeId, id: ObjectId) -> Option<NodeId> {
-        let counts = self.fanout.entry(id).or_default();
+        let counts = self.peers.fanout.entry(id).or_default();
         let relays = self
             .peers
+            .nodes
             .iter()
             .filter(|(n, p)| **n != target && !p.view.driver && p.copies.contains(&id))
             .map(|(n, _)| Some(*n));
@@ -623,7 +732,7 @@ impl Scheduler {
         let value = match self.objects.get(&id).map(|o| &o.state) {
             Some(ObjectState::Ready(v)) if v.shm.is_some() => Ok(v.clone()),
             Some(ObjectState::Pending) => {
-                self.serve_waits.entry(id).or_default().push((peer, link));
+                self.peers.serve_waits.entry(id).or_default().push((peer, link));
                 return;
             }
             Some(ObjectState::Ready(_)) => Err("its copy here is not in the store".to_string()),
@@ -635,15 +744,15 @@ impl Scheduler {
 
     /// The value peers wait for (`peer_fetch`) is here, failed or gone: they get an answer.
     pub(super) fn serve_waiting(&mut self, id: ObjectId, out: &mut Vec<Action>) {
-        for (peer, link) in self.serve_waits.remove(&id).unwrap_or_default() {
+        for (peer, link) in self.peers.serve_waits.remove(&id).unwrap_or_default() {
             self.peer_fetch(peer, id, link, out);
         }
     }
 
     /// A large value was freed here: the peers keeping a copy of it may let it go.
     pub(super) fn drop_copies(&mut self, id: ObjectId, out: &mut Vec<Action>) {
-        self.fanout.remove(&id);
-        for (peer, p) in self.peers.iter_mut() {
+        self.peers.fanout.remove(&id);
+        for (peer, p) in self.peers.nodes.iter_mut() {
             if p.copies.remove(&id) {
                 out.push(Action::PeerRelease { peer: *peer, ids: vec![id] });
             }
@@ -658,7 +767,7 @@ impl Scheduler {
                 .objects
                 .get(id)
                 .is_some_and(|o| matches!(&o.state, ObjectState::Ready(v) if v.shm.is_some()));
-            if large && self.peer_copies.entry(peer).or_default().insert(*id) {
+            if large && self.peers.copies.entry(peer).or_default().insert(*id) {
                 keep.push(*id);
             }
         }
@@ -672,13 +781,13 @@ impl Scheduler {
         ids: Option<&[ObjectId]>,
         out: &mut Vec<Action>,
     ) {
-        let Some(set) = self.peer_copies.get_mut(&peer) else { return };
+        let Some(set) = self.peers.copies.get_mut(&peer) else { return };
         let gone: Vec<ObjectId> = match ids {
             Some(ids) => ids.iter().filter(|id| set.remove(id)).copied().collect(),
             None => set.drain().collect(),
         };
         if set.is_empty() {
-            self.peer_copies.remove(&peer);
+            self.peers.copies.remove(&peer);
         }
         self.decref(Holder::Peer(peer), &gone, out);
     }
@@ -765,13 +874,7 @@ impl Scheduler {
         let mut named = Vec::new();
         for (id, data) in objects {
             named.extend(data.contained.iter().copied());
-            self.objects.entry(id).or_insert_with(|| ObjectEntry {
-                state: ObjectState::Ready(Arc::new(data)),
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            });
+            self.objects.insert_ready_if_new(id, Arc::new(data));
         }
         self.placeholders(&named);
     }
@@ -792,11 +895,11 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let tid = spec.task_id;
-        if self.tasks.contains_key(&tid) && !self.from_peer.contains_key(&tid) {
+        if self.tasks.contains_key(&tid) && !self.peers.from_peer.contains_key(&tid) {
             // Sent again (the peer retried it after we dropped it, thinking the peer gone)
             // while the attempt we cancelled still runs: its outcome must not answer this one.
             let t = PeerTask { peer, spec, function, objects, routes, errors, cached, fetch };
-            self.reruns.insert(tid, Box::new(t));
+            self.peers.reruns.insert(tid, Box::new(t));
             return;
         }
         self.add_routes(routes);
@@ -847,11 +950,11 @@ impl Scheduler {
                 out.push(Action::Pull { origin: peer, id, value, relay });
             }
             self.incref(holder, &[id]);
-            if self.peer_copies.entry(peer).or_default().insert(id) {
+            if self.peers.copies.entry(peer).or_default().insert(id) {
                 self.incref(holder, &[id]);
             }
         }
-        self.from_peer.insert(tid, FromPeer { peer, objects: ids });
+        self.peers.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {
             self.accept_peer_actor(peer, spec, out);
         } else {
@@ -868,7 +971,7 @@ impl Scheduler {
         result: Result<Vec<Arc<ObjectData>>, Arc<ErrorPayload>>,
         out: &mut Vec<Action>,
     ) {
-        let Some(f) = self.from_peer.remove(&tid) else { return };
+        let Some(f) = self.peers.from_peer.remove(&tid) else { return };
         let mut failed = Vec::new();
         let objects = match &result {
             Ok(values) => {
@@ -888,7 +991,7 @@ impl Scheduler {
             .zip(values)
             .filter(|(id, v)| v.shm.is_some() && self.objects.contains_key(id))
             .map(|(id, _)| *id)
-            .filter(|id| self.peer_copies.entry(f.peer).or_default().insert(*id))
+            .filter(|id| self.peers.copies.entry(f.peer).or_default().insert(*id))
             .collect();
         let released: Vec<ObjectId> = returns.into_iter().filter(|id| !kept.contains(id)).collect();
         out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects, kept });
@@ -969,7 +1072,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         self.adopt(objects);
-        if id.index >= 2 && self.streams.contains_key(&id.task) {
+        if id.index >= 2 && self.streams.contains(&id.task) {
             if let Ok(v) = result {
                 self.peer_stream_item(id, v, out);
             }
@@ -1016,7 +1119,7 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
 /// The values a task needs (see `Scheduler::gather`), or the first one still being made.
 /// `skip` says which pending ones may stay behind.
 pub(super) fn gather_objects(
-    table: &HashMap<ObjectId, ObjectEntry>,
+    table: &super::objects::Objects,
     spec: &TaskSpec,
     skip: &dyn Fn(&ObjectId) -> bool,
 ) -> Result<Vec<(ObjectId, Arc<ObjectData>)>, ObjectId> {
@@ -1041,4 +1144,46 @@ pub(super) fn gather_objects(
         }
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::task_spec;
+    use super::*;
+
+    fn rerun(n: u128) -> Box<PeerTask> {
+        let options = Default::default();
+        let spec = task_spec(TaskId(n), FunctionId([1; 16]), "t", options, ActorPart::None);
+        let (objects, routes, errors, cached, fetch) = (vec![], vec![], vec![], vec![], vec![]);
+        let peer = NodeId(2);
+        Box::new(PeerTask { peer, spec, function: None, objects, routes, errors, cached, fetch })
+    }
+
+    #[test]
+    fn a_rerun_is_handed_back_once_the_attempt_before_it_ended() {
+        let mut p = Peers::default();
+        p.reruns.insert(TaskId(1), rerun(1));
+        assert!(p.next_ended_rerun().is_none(), "the earlier attempt still runs");
+        p.task_ended(TaskId(5)); // No rerun waits for it.
+        p.task_ended(TaskId(1));
+        assert_eq!(p.next_ended_rerun().map(|t| t.spec.task_id), Some(TaskId(1)));
+        assert!(p.next_ended_rerun().is_none());
+    }
+
+    #[test]
+    fn tasks_and_actor_references_of_peers_are_tracked_per_peer() {
+        let mut p = Peers::default();
+        assert!(!p.has_tasks_from_peers() && p.is_empty() && p.node_id().is_none());
+        p.from_peer.insert(TaskId(1), FromPeer { peer: NodeId(3), objects: vec![] });
+        assert!(p.has_tasks_from_peers() && p.is_from_peer(&TaskId(1)));
+        assert_eq!(p.sender_of(&TaskId(1)), Some(NodeId(3)));
+        assert_eq!(p.take_from_peer(&TaskId(1)).map(|f| f.peer), Some(NodeId(3)));
+        assert!(!p.has_tasks_from_peers());
+        let obj = ObjectId::for_return(TaskId(7), 1);
+        p.hold_actor_ref(NodeId(3), obj);
+        p.hold_actor_ref(NodeId(3), obj);
+        assert_eq!(p.actor_refs_mut(&NodeId(3)).map(|v| v.len()), Some(2));
+        assert_eq!(p.take_actor_refs(&NodeId(3)), vec![obj, obj]);
+        assert!(p.take_actor_refs(&NodeId(3)).is_empty());
+    }
 }

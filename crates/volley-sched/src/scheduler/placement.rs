@@ -18,7 +18,7 @@
 //! waits for them. A group dies with the node that created it; bundles on a node that dies are
 //! placed again elsewhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use volley_proto::{ErrorKind, NodeId, ObjectData, PgInfo, PgSpec, PgStrategy, TaskSpec};
@@ -27,6 +27,8 @@ use super::{error, Action, Holder, ObjectState, Scheduler};
 
 /// A bundle's resources: (name, thousandths), `CPU` among the names.
 type Bundle = Vec<(String, u64)>;
+/// A bundle held here: its index, resources and the GPU indices it took.
+type HeldBundle = (u32, Bundle, Vec<u32>);
 /// Bundles of one group with their indices.
 type IndexedBundles = Vec<(u32, Bundle)>;
 
@@ -57,7 +59,7 @@ pub(super) struct PgEntry {
     wait_view: bool,
     /// It was created once and lost bundles with a node.
     rescheduling: bool,
-    pub(super) reason: String,
+    reason: String,
 }
 
 /// Bundles held on this node.
@@ -65,7 +67,54 @@ pub(super) struct Reservation {
     /// Who created the group: `None` for this node.
     creator: Option<NodeId>,
     /// (index, resources, GPU indices taken).
-    pub(super) bundles: Vec<(u32, Bundle, Vec<u32>)>,
+    bundles: Vec<HeldBundle>,
+}
+
+/// The placement groups as a part of the scheduler: those this node created, the bundles it
+/// holds (for itself or for peers), the groups waiting to be placed and those removed. Its fields
+/// are this module's; the other parts ask through the methods below.
+#[derive(Default)]
+pub(super) struct Placement {
+    /// Placement groups this node created.
+    pgs: HashMap<String, PgEntry>,
+    /// Placement-group bundles held on this node.
+    reservations: HashMap<String, Reservation>,
+    /// Placement groups waiting for bundles to be placed (in id order).
+    pending: BTreeSet<String>,
+    /// Placement groups removed (tasks waiting for them fail).
+    removed: HashSet<String>,
+}
+
+impl Placement {
+    /// Whether this node created no group.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pgs.is_empty()
+    }
+
+    /// Whether a group waits to be placed.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Why group `pg` is not placed yet (empty if there is nothing to say).
+    pub(super) fn reason(&self, pg: &str) -> Option<&str> {
+        self.pgs.get(pg).map(|e| e.reason.as_str())
+    }
+
+    /// The group's name for messages ("'name' (id)"), or its id if this node did not create it.
+    pub(super) fn label(&self, pg: &str) -> String {
+        self.pgs.get(pg).map(|e| e.label()).unwrap_or_else(|| pg.to_string())
+    }
+
+    /// The bundles held here, by group: (index, resources, GPU indices).
+    pub(super) fn held_bundles(&self) -> impl Iterator<Item = (&String, &[HeldBundle])> {
+        self.reservations.iter().map(|(pg, r)| (pg, r.bundles.as_slice()))
+    }
+
+    /// The GPUs of the bundle behind a placement-group GPU resource (see `bundle_gpus`).
+    pub(super) fn bundle_gpus(&self, res: &str, amount: u64) -> Option<Vec<u32>> {
+        bundle_gpus(&self.reservations, res, amount)
+    }
 }
 
 /// A node as placement sees it: its total and free resources (`CPU` among them).
@@ -247,20 +296,17 @@ fn state_name(e: &PgEntry) -> &'static str {
 
 impl Scheduler {
     fn here(&self) -> NodeId {
-        self.node_id.unwrap_or(NodeId(0))
+        self.peers.node_id().unwrap_or(NodeId(0))
     }
 
     /// Every node that may hold bundles, this one first, with what it has.
     fn capacities(&self) -> Vec<Capacity> {
         let mut caps = Vec::new();
-        if !self.prefer_peers {
+        if !self.peers.prefer_peers() {
             let mut total: HashMap<String, u64> = HashMap::new();
             let mut free: HashMap<String, u64> = HashMap::new();
-            total.insert("CPU".into(), u64::from(self.cfg.cpu_total_milli));
-            free.insert(
-                "CPU".into(),
-                u64::from(self.cfg.cpu_total_milli.saturating_sub(self.cpu_used)),
-            );
+            total.insert("CPU".into(), u64::from(self.res.cpu_total()));
+            free.insert("CPU".into(), u64::from(self.res.cpu_free()));
             for (r, t, f) in self.resource_usage() {
                 if !r.starts_with(PG_PREFIX) {
                     total.insert(r.clone(), t);
@@ -269,7 +315,7 @@ impl Scheduler {
             }
             caps.push(Capacity { node: self.here(), total, free });
         }
-        for (id, p) in &self.peers {
+        for (id, p) in self.peers.iter() {
             if p.view.driver {
                 continue;
             }
@@ -306,7 +352,8 @@ impl Scheduler {
                 ));
             }
         }
-        if spec.id.is_empty() || spec.id.contains(':') || self.pgs.contains_key(&spec.id) {
+        if spec.id.is_empty() || spec.id.contains(':') || self.placement.pgs.contains_key(&spec.id)
+        {
             return Err(format!("placement group id {:?} is invalid or taken", spec.id));
         }
         self.new_object(spec.ready);
@@ -334,21 +381,22 @@ impl Scheduler {
             );
             entry.reason = msg.clone();
             let ready = entry.spec.ready;
-            self.pgs.insert(id, entry);
+            self.placement.pgs.insert(id, entry);
             self.object_failed(ready, error(ErrorKind::Unschedulable, "placement_group", msg), out);
             return Ok(());
         }
-        self.pending_pgs.insert(id.clone());
-        self.pgs.insert(id, entry);
+        self.placement.pending.insert(id.clone());
+        self.placement.pgs.insert(id, entry);
         self.schedule(out);
         Ok(())
     }
 
     /// Tries to place the bundles of pending groups that nothing is in flight for.
     pub(super) fn place_pgs(&mut self, out: &mut Vec<Action>) {
-        let pgs = &self.pgs;
+        let pgs = &self.placement.pgs;
         let ids: Vec<String> = self
-            .pending_pgs
+            .placement
+            .pending
             .iter()
             .filter(|id| pgs.get(*id).is_some_and(|e| e.asked.is_empty() && !e.wait_view))
             .cloned()
@@ -358,7 +406,7 @@ impl Scheduler {
         }
         let mut caps = self.capacities();
         for id in ids {
-            let Some(e) = self.pgs.get(&id) else { continue };
+            let Some(e) = self.placement.pgs.get(&id) else { continue };
             if e.state != PgState::Pending || !e.asked.is_empty() || e.wait_view {
                 continue;
             }
@@ -367,7 +415,7 @@ impl Scheduler {
             let placement = match plan(&e.spec, &e.nodes, &todo, &caps, false) {
                 Ok(p) => p,
                 Err(why) => {
-                    if let Some(e) = self.pgs.get_mut(&id) {
+                    if let Some(e) = self.placement.pgs.get_mut(&id) {
                         e.reason = format!("waiting for resources: {why}");
                     }
                     continue;
@@ -387,14 +435,14 @@ impl Scheduler {
             for (n, b) in by_node {
                 if n == here {
                     if self.reserve_here(None, &id, &b) {
-                        if let Some(e) = self.pgs.get_mut(&id) {
+                        if let Some(e) = self.placement.pgs.get_mut(&id) {
                             for (i, _) in &b {
                                 e.nodes[*i as usize] = Some(here);
                             }
                         }
                     }
                 } else {
-                    if let Some(e) = self.pgs.get_mut(&id) {
+                    if let Some(e) = self.placement.pgs.get_mut(&id) {
                         e.asked.insert(n, b.iter().map(|(i, _)| *i).collect());
                     }
                     out.push(Action::PeerReserve { peer: n, pg: id.clone(), bundles: b });
@@ -406,12 +454,12 @@ impl Scheduler {
 
     /// Marks a group created once every bundle is held.
     fn pg_progress(&mut self, id: &str, out: &mut Vec<Action>) {
-        let Some(e) = self.pgs.get_mut(id) else { return };
+        let Some(e) = self.placement.pgs.get_mut(id) else { return };
         if e.state != PgState::Pending || !e.asked.is_empty() {
             return;
         }
         if e.nodes.iter().all(Option::is_some) {
-            self.pending_pgs.remove(id);
+            self.placement.pending.remove(id);
             e.state = PgState::Created;
             e.rescheduling = false;
             e.reason.clear();
@@ -431,7 +479,7 @@ impl Scheduler {
         ok: bool,
         out: &mut Vec<Action>,
     ) {
-        let Some(e) = self.pgs.get_mut(pg) else {
+        let Some(e) = self.placement.pgs.get_mut(pg) else {
             if ok {
                 out.push(Action::PeerPgRelease { peer, pg: pg.to_string(), remove: true });
             }
@@ -483,7 +531,7 @@ impl Scheduler {
     /// groups that were waiting for it.
     pub(super) fn pgs_after_view(&mut self, out: &mut Vec<Action>) {
         let mut known: Vec<(NodeId, String, IndexedBundles)> = Vec::new();
-        for (id, e) in &self.pgs {
+        for (id, e) in &self.placement.pgs {
             if matches!(e.state, PgState::Removed | PgState::Failed) {
                 continue;
             }
@@ -498,7 +546,7 @@ impl Scheduler {
         for (n, pg, b) in known {
             self.add_view_resources(n, &pg, &b);
         }
-        for e in self.pgs.values_mut() {
+        for e in self.placement.pgs.values_mut() {
             e.wait_view = false;
         }
         self.place_pgs(out);
@@ -511,36 +559,27 @@ impl Scheduler {
         pg: &str,
         bundles: &[(u32, Vec<(String, u64)>)],
     ) -> bool {
-        if self.removed_pgs.contains(pg) {
+        if self.placement.removed.contains(pg) {
             return false;
         }
         let whole = demand_of(bundles.iter().map(|(_, b)| b));
         let cpu = whole.get("CPU").copied().unwrap_or(0);
         let other: Vec<(String, u64)> =
             whole.iter().filter(|(r, _)| *r != "CPU").map(|(r, a)| (r.clone(), *a)).collect();
-        if cpu > u64::from(u32::MAX) || !self.fits(cpu as u32, &other) {
+        if cpu > u64::from(u32::MAX) || !self.res.fits(cpu as u32, &other) {
             return false;
         }
         for (i, b) in bundles {
-            let mut gpus = Vec::new();
-            for (r, a) in b {
-                if r == "CPU" {
-                    self.cpu_used += *a as u32;
-                } else {
-                    *self.res_used.entry(r.clone()).or_insert(0) += a;
-                    if r == "GPU" {
-                        gpus = self.take_gpus(*a);
-                    }
-                }
-            }
+            let gpus = self.res.reserve_bundle(b);
             let r = self
+                .placement
                 .reservations
                 .entry(pg.to_string())
                 .or_insert_with(|| Reservation { creator, bundles: Vec::new() });
             r.bundles.push((*i, b.clone(), gpus));
         }
         for (name, amount) in bundle_resources(pg, bundles) {
-            *self.cfg.resources.entry(name).or_insert(0) += amount;
+            self.res.add_total(name, amount);
         }
         true
     }
@@ -548,22 +587,15 @@ impl Scheduler {
     /// Releases the bundles of `pg` held here. With `remove`, the group is gone: workers running
     /// tasks in it are stopped, its actors killed, and tasks waiting for it fail.
     pub fn release_pg(&mut self, pg: &str, remove: bool, out: &mut Vec<Action>) {
-        if let Some(r) = self.reservations.remove(pg) {
+        if let Some(r) = self.placement.reservations.remove(pg) {
             for (_, b, gpus) in r.bundles {
-                for (res, a) in &b {
-                    if res == "CPU" {
-                        self.cpu_used = self.cpu_used.saturating_sub(*a as u32);
-                    } else {
-                        self.release_res(&[(res.clone(), *a)], &gpus);
-                    }
-                }
+                self.res.release_bundle(&b, &gpus);
             }
         }
         let prefix = format!("{PG_PREFIX}{pg}:");
-        self.cfg.resources.retain(|r, _| !r.starts_with(&prefix));
-        self.res_used.retain(|r, _| !r.starts_with(&prefix));
+        self.res.remove_prefixed(&prefix);
         if remove {
-            self.removed_pgs.insert(pg.to_string());
+            self.placement.removed.insert(pg.to_string());
             let uses = |res: &[(String, u64)]| res.iter().any(|(r, _)| r.starts_with(&prefix));
             let doomed: Vec<_> = self
                 .workers
@@ -590,7 +622,7 @@ impl Scheduler {
 
     /// Removes a group this node created: its bundles are released everywhere.
     pub fn remove_pg(&mut self, pg: &str, out: &mut Vec<Action>) {
-        let Some(e) = self.pgs.get_mut(pg) else {
+        let Some(e) = self.placement.pgs.get_mut(pg) else {
             // Created elsewhere (a worker of another node made it): release what is here.
             self.release_pg(pg, true, out);
             for peer in self.peers.keys() {
@@ -603,7 +635,7 @@ impl Scheduler {
         }
         e.state = PgState::Removed;
         e.reason.clear();
-        self.pending_pgs.remove(pg);
+        self.placement.pending.remove(pg);
         let ready = e.spec.ready;
         let name = e.label();
         for peer in self.peers.keys() {
@@ -618,6 +650,7 @@ impl Scheduler {
     /// placed again.
     pub(super) fn pgs_peer_gone(&mut self, id: NodeId, out: &mut Vec<Action>) {
         let theirs: Vec<String> = self
+            .placement
             .reservations
             .iter()
             .filter(|(_, r)| r.creator == Some(id))
@@ -626,7 +659,7 @@ impl Scheduler {
         for pg in theirs {
             self.release_pg(&pg, true, out);
         }
-        for (pg, e) in self.pgs.iter_mut() {
+        for (pg, e) in self.placement.pgs.iter_mut() {
             if matches!(e.state, PgState::Removed | PgState::Failed) {
                 continue;
             }
@@ -641,7 +674,7 @@ impl Scheduler {
             if lost {
                 e.rescheduling = e.state == PgState::Created || e.rescheduling;
                 e.state = PgState::Pending;
-                self.pending_pgs.insert(pg.clone());
+                self.placement.pending.insert(pg.clone());
             }
         }
         self.place_pgs(out);
@@ -650,7 +683,7 @@ impl Scheduler {
     /// Whether `spec`'s group was removed (it can never run then).
     pub(super) fn pg_removed(&self, spec: &TaskSpec) -> Option<String> {
         let pg = pg_of(spec)?;
-        self.removed_pgs.contains(pg).then(|| {
+        self.placement.removed.contains(pg).then(|| {
             format!("'{}' was scheduled into placement group {pg}, which was removed", spec.name)
         })
     }
@@ -658,30 +691,14 @@ impl Scheduler {
     /// Whether this node holds (in total) what `spec` asks of placement-group resources.
     pub(super) fn holds_pg_resources(&self, spec: &TaskSpec) -> bool {
         spec.options.resources.iter().all(|(r, a)| {
-            !r.starts_with(PG_PREFIX) || self.cfg.resources.get(r).is_some_and(|t| t >= a)
+            !r.starts_with(PG_PREFIX) || self.res.totals().get(r).is_some_and(|t| t >= a)
         })
-    }
-
-    /// The GPUs of the bundle behind a placement-group GPU resource (`pg:P:i:GPU`, or
-    /// `pg:P:GPU` for any bundle of P here).
-    pub(super) fn bundle_gpus(&self, res: &str, amount: u64) -> Option<Vec<u32>> {
-        let rest = res.strip_prefix(PG_PREFIX)?.strip_suffix(":GPU")?;
-        let mut parts = rest.split(':');
-        let pg = parts.next()?;
-        let index: Option<u32> = parts.next().and_then(|i| i.parse().ok());
-        let r = self.reservations.get(pg)?;
-        let gpus = r
-            .bundles
-            .iter()
-            .find(|(i, _, g)| !g.is_empty() && index.is_none_or(|x| x == *i))
-            .map(|(_, _, g)| g)?;
-        let want = (amount.div_ceil(1000) as usize).max(1);
-        Some(gpus.iter().take(want).copied().collect())
     }
 
     /// Every group this node created, for `placement_group_table`.
     pub fn pg_table(&self) -> Vec<PgInfo> {
         let mut v: Vec<PgInfo> = self
+            .placement
             .pgs
             .iter()
             .map(|(id, e)| PgInfo {
@@ -701,6 +718,7 @@ impl Scheduler {
     /// Why groups wait, a line each (for `waiting_reasons`).
     pub(super) fn pgs_waiting(&self) -> Vec<String> {
         let mut v: Vec<String> = self
+            .placement
             .pgs
             .values()
             .filter(|e| e.state == PgState::Pending)
@@ -721,4 +739,47 @@ fn bundle_resources(pg: &str, bundles: &[(u32, Vec<(String, u64)>)]) -> Vec<(Str
         }
     }
     out.into_iter().collect()
+}
+
+/// The GPUs of the bundle behind a placement-group GPU resource (`pg:P:i:GPU`, or
+/// `pg:P:GPU` for any bundle of P here), among the bundles `reservations` holds.
+fn bundle_gpus(
+    reservations: &HashMap<String, Reservation>,
+    res: &str,
+    amount: u64,
+) -> Option<Vec<u32>> {
+    let rest = res.strip_prefix(PG_PREFIX)?.strip_suffix(":GPU")?;
+    let mut parts = rest.split(':');
+    let pg = parts.next()?;
+    let index: Option<u32> = parts.next().and_then(|i| i.parse().ok());
+    let r = reservations.get(pg)?;
+    let gpus = r
+        .bundles
+        .iter()
+        .find(|(i, _, g)| !g.is_empty() && index.is_none_or(|x| x == *i))
+        .map(|(_, _, g)| g)?;
+    let want = (amount.div_ceil(1000) as usize).max(1);
+    Some(gpus.iter().take(want).copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_gpu_resource_names_the_gpus_its_bundle_holds() {
+        let mut p = Placement::default();
+        let gpu = vec![("GPU".to_string(), 2000)];
+        let bundles = vec![(0, Vec::new(), Vec::new()), (1, gpu, vec![2, 3])];
+        p.reservations.insert("g".into(), Reservation { creator: None, bundles });
+        assert_eq!(p.bundle_gpus("pg:g:1:GPU", 1000), Some(vec![2]));
+        assert_eq!(p.bundle_gpus("pg:g:GPU", 2000), Some(vec![2, 3]), "any bundle of g");
+        assert_eq!(p.bundle_gpus("pg:g:0:GPU", 1000), None, "bundle 0 holds no GPU");
+        assert_eq!(p.bundle_gpus("pg:other:GPU", 1000), None);
+        assert_eq!(p.bundle_gpus("GPU", 1000), None, "not a group's resource");
+        let held: Vec<usize> = p.held_bundles().map(|(_, b)| b.len()).collect();
+        assert_eq!(held, vec![2]);
+        assert_eq!(p.label("g"), "g", "a group another node made is named by its id");
+        assert!(p.is_empty() && !p.has_pending());
+    }
 }

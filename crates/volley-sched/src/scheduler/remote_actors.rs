@@ -40,7 +40,7 @@ pub(super) enum Affinity {
 impl Scheduler {
     /// A driver's node places actors (and nothing runs here unless no peer can).
     pub fn set_prefer_peers(&mut self, yes: bool) {
-        self.prefer_peers = yes;
+        self.peers.set_prefer_peers(yes);
     }
 
     /// Where node affinity puts an actor: on the node it names if that node can host it; else
@@ -48,7 +48,7 @@ impl Scheduler {
     pub(super) fn actor_affinity(&self, spec: &TaskSpec) -> Affinity {
         let Strategy::Node { id, soft } = spec.options.strategy else { return Affinity::Any };
         let target = NodeId(id);
-        if Some(target) == self.node_id {
+        if Some(target) == self.peers.node_id() {
             return Affinity::Here;
         }
         match self.peers.get(&target) {
@@ -71,7 +71,7 @@ impl Scheduler {
         // In a placement group's bundle on another node: it goes there.
         let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
         let spread = matches!(spec.options.strategy, Strategy::Spread);
-        if !self.prefer_peers && !elsewhere && !spread {
+        if !self.peers.prefer_peers() && !elsewhere && !spread {
             return None;
         }
         let best = self
@@ -83,7 +83,7 @@ impl Scheduler {
                 (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
             })
             .min();
-        if spread && !self.prefer_peers && !elsewhere {
+        if spread && !self.peers.prefer_peers() && !elsewhere {
             // SPREAD from a node that runs actors itself: a peer only if it hosts fewer of ours
             // than this node hosts.
             let here = self.actors.values().filter(|a| a.worker.is_some() && !a.proxy).count();
@@ -96,7 +96,7 @@ impl Scheduler {
         let Some(a) = self.actors.get(&aid) else { return };
         let spec = a.create.clone();
         let Some(objects) = self.gather(&spec) else {
-            self.pending_actors.push_back(aid);
+            self.actors.push_pending(aid);
             return;
         };
         if let Some(a) = self.actors.get_mut(&aid) {
@@ -126,7 +126,7 @@ impl Scheduler {
                             Err(pending) => {
                                 // A ref inside its arguments is still being made: try again
                                 // when it is ready.
-                                self.gather_waits.entry(pending).or_default().push(aid);
+                                self.actors.wait_gather(pending, aid);
                                 break;
                             }
                         }
@@ -253,7 +253,7 @@ impl Scheduler {
                 a.restarts,
                 actors::limit(max_restarts)
             )));
-            self.pending_actors.push_back(aid);
+            self.actors.push_pending(aid);
         }
         // Calls that were on their way or running there.
         let mut again: Vec<(ActorId, TaskId, Holder)> = Vec::new();
@@ -283,7 +283,7 @@ impl Scheduler {
         }
         for (aid, t, caller) in again.into_iter().rev() {
             if let Some(a) = self.actors.get_mut(&aid) {
-                a.callers.entry(caller).or_default().push_front(t);
+                a.requeue_call(caller, t);
             }
         }
         self.start_actors(out);
@@ -306,7 +306,7 @@ impl Scheduler {
             }
             let aid = ActorId(id.task);
             let Some(a) = self.actors.get(&aid) else { continue };
-            let node = match (a.remote, self.node_id) {
+            let node = match (a.remote, self.peers.node_id()) {
                 (Some(p), _) => p,
                 (None, Some(me)) if a.worker.is_some() => me,
                 _ => continue,
@@ -319,7 +319,7 @@ impl Scheduler {
     /// Learns where actors live whose handles a peer's task carries: calls made here go there.
     pub(super) fn add_routes(&mut self, routes: Vec<(ActorId, NodeId, String)>) {
         for (aid, node, class) in routes {
-            if Some(node) == self.node_id || self.actors.contains_key(&aid) {
+            if Some(node) == self.peers.node_id() || self.actors.contains_key(&aid) {
                 continue;
             }
             let opts = volley_proto::ActorOptions {
@@ -360,11 +360,11 @@ impl Scheduler {
         let name = spec.name.clone();
         match self.create_actor(Holder::Peer(peer), spec, out) {
             Ok((aid, _)) => {
-                self.peer_actor_refs.entry(peer).or_default().push(aid.object());
+                self.peers.hold_actor_ref(peer, aid.object());
             }
             Err(e) => {
                 let err = error(ErrorKind::ActorCreation, &name, e.to_string());
-                if let Some(f) = self.from_peer.remove(&tid) {
+                if let Some(f) = self.peers.take_from_peer(&tid) {
                     out.push(Action::PeerDone {
                         peer,
                         task: tid,
@@ -380,7 +380,7 @@ impl Scheduler {
 
     /// If a peer asked for this actor and has not heard how its creation went, tells it.
     pub(super) fn report_creation(&mut self, aid: ActorId, out: &mut Vec<Action>) {
-        if !self.from_peer.contains_key(&aid.0) {
+        if !self.peers.is_from_peer(&aid.0) {
             return;
         }
         let result = match self.actors.get(&aid).map(|a| (a.life, a.death.clone())) {
@@ -392,7 +392,7 @@ impl Scheduler {
             None => Err(error(ErrorKind::ActorDied, "", "the actor no longer exists".into())),
             _ => return,
         };
-        if let Some(f) = self.from_peer.remove(&aid.0) {
+        if let Some(f) = self.peers.take_from_peer(&aid.0) {
             out.push(Action::PeerDone {
                 peer: f.peer,
                 task: aid.0,
@@ -449,7 +449,7 @@ impl Scheduler {
     pub fn peer_release(&mut self, peer: NodeId, ids: &[ObjectId], out: &mut Vec<Action>) {
         self.release_copies(peer, Some(ids), out);
         let mut released = Vec::new();
-        if let Some(refs) = self.peer_actor_refs.get_mut(&peer) {
+        if let Some(refs) = self.peers.actor_refs_mut(&peer) {
             for id in ids {
                 if let Some(pos) = refs.iter().position(|r| r == id) {
                     refs.remove(pos);
@@ -462,7 +462,7 @@ impl Scheduler {
 
     /// The references a gone peer held on actors here.
     pub(super) fn drop_peer_actor_refs(&mut self, peer: NodeId, out: &mut Vec<Action>) {
-        let refs = self.peer_actor_refs.remove(&peer).unwrap_or_default();
+        let refs = self.peers.take_actor_refs(&peer);
         self.decref(Holder::Peer(peer), &refs, out);
         // Named actors it created live on here only if detached (a name alone holds them).
         let mut doomed: Vec<ActorId> = self

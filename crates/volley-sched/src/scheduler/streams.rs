@@ -9,7 +9,7 @@
 
 use super::*;
 
-pub(super) struct StreamState {
+struct StreamState {
     caller: Holder,
     /// Highest item index made (1: none yet).
     produced: u32,
@@ -23,7 +23,7 @@ pub(super) struct StreamState {
 }
 
 impl StreamState {
-    pub(super) fn new(caller: Holder) -> Self {
+    fn new(caller: Holder) -> Self {
         StreamState {
             caller,
             produced: 1,
@@ -32,6 +32,25 @@ impl StreamState {
             error: None,
             released_from: None,
         }
+    }
+}
+
+/// The streams of streaming tasks this node submitted or runs, as a part of the scheduler: per
+/// task, what was made and asked for. Its fields are this module's.
+#[derive(Default)]
+pub(super) struct Streams {
+    map: HashMap<TaskId, StreamState>,
+}
+
+impl Streams {
+    /// Task `tid` streams its items to `caller`.
+    pub(super) fn start(&mut self, tid: TaskId, caller: Holder) {
+        self.map.insert(tid, StreamState::new(caller));
+    }
+
+    /// Whether task `tid` streams (and its stream is not over).
+    pub(super) fn contains(&self, tid: &TaskId) -> bool {
+        self.map.contains_key(tid)
     }
 }
 
@@ -58,7 +77,7 @@ impl Scheduler {
     ) {
         let running =
             self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)));
-        let Some(s) = self.streams.get_mut(&id.task) else { return };
+        let Some(s) = self.streams.map.get_mut(&id.task) else { return };
         if !running || s.released_from.is_some_and(|f| id.index >= f) {
             return;
         }
@@ -78,7 +97,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let running = self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Assigned(w));
-        let Some(s) = self.streams.get_mut(&task) else { return };
+        let Some(s) = self.streams.map.get_mut(&task) else { return };
         if !running || index < 2 || s.released_from.is_some_and(|f| index >= f) {
             return;
         }
@@ -116,16 +135,7 @@ impl Scheduler {
     }
 
     pub(super) fn new_object(&mut self, id: ObjectId) {
-        self.objects.insert(
-            id,
-            ObjectEntry {
-                state: ObjectState::Pending,
-                refs: 0,
-                waiters: Vec::new(),
-                dependents: Vec::new(),
-                watchers: Vec::new(),
-            },
-        );
+        self.objects.insert_pending(id);
     }
 
     /// `holder` asks for `item` of a stream: registers a waiter for it (`owner` is answered as
@@ -138,7 +148,7 @@ impl Scheduler {
         item: ObjectId,
         out: &mut Vec<Action>,
     ) -> Option<WaiterId> {
-        let s = self.streams.get_mut(&item.task)?;
+        let s = self.streams.map.get_mut(&item.task)?;
         if item.index < 2 || s.caller != holder {
             return None;
         }
@@ -151,7 +161,7 @@ impl Scheduler {
                         self.object_failed(item, e, out);
                     }
                     None => {
-                        self.streams.remove(&item.task);
+                        self.streams.map.remove(&item.task);
                         return None;
                     }
                 }
@@ -179,8 +189,8 @@ impl Scheduler {
             }
             Some(ObjectState::Failed(_)) => {
                 self.decref(holder, &[item], out);
-                if self.streams.get(&item.task).is_some_and(|s| s.finished) {
-                    self.streams.remove(&item.task);
+                if self.streams.map.get(&item.task).is_some_and(|s| s.finished) {
+                    self.streams.map.remove(&item.task);
                 }
                 StreamStep::End
             }
@@ -206,10 +216,10 @@ impl Scheduler {
         err: Option<Arc<ErrorPayload>>,
         out: &mut Vec<Action>,
     ) {
-        let Some(s) = self.streams.get_mut(&tid) else { return };
+        let Some(s) = self.streams.map.get_mut(&tid) else { return };
         if matches!(s.caller, Holder::Peer(_)) {
             // Its caller's node keeps the stream's state; it learns the end from the result.
-            self.streams.remove(&tid);
+            self.streams.map.remove(&tid);
             return;
         }
         s.finished = true;
@@ -220,7 +230,7 @@ impl Scheduler {
             if !matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjectState::Pending)) {
                 continue;
             }
-            let e = match self.streams.get_mut(&tid).and_then(|s| s.error.take()) {
+            let e = match self.streams.map.get_mut(&tid).and_then(|s| s.error.take()) {
                 Some(e) => e,
                 None => end_of_stream(""),
             };
@@ -236,7 +246,7 @@ impl Scheduler {
         from: u32,
         out: &mut Vec<Action>,
     ) {
-        let Some(s) = self.streams.get_mut(&task) else { return };
+        let Some(s) = self.streams.map.get_mut(&task) else { return };
         if s.caller != holder {
             return;
         }
@@ -251,7 +261,7 @@ impl Scheduler {
             }
         }
         if finished {
-            self.streams.remove(&task);
+            self.streams.map.remove(&task);
         }
     }
 }

@@ -1,120 +1,19 @@
 //! Event-by-event tests of the scheduler's decisions.
 
+use super::harness::*;
 use super::*;
-use volley_proto::{IdGenerator, TaskOptions};
-
-struct Harness {
-    s: Scheduler,
-    ids: IdGenerator,
-    out: Vec<Action>,
-}
-
-const F: FunctionId = FunctionId([1; 16]);
-
-impl Harness {
-    fn new(cpus: f64) -> Self {
-        let mut s = Scheduler::new(Config::with_cpus(cpus));
-        s.register_function(F, Arc::from(&b"fn"[..]));
-        Harness { s, ids: IdGenerator::new(), out: Vec::new() }
-    }
-
-    /// Starts the pool and connects every spawned worker.
-    fn started(cpus: f64) -> Self {
-        let mut h = Harness::new(cpus);
-        h.s.start(&mut h.out);
-        h.connect_spawned();
-        h
-    }
-
-    fn connect_spawned(&mut self) -> Vec<WorkerId> {
-        let spawned: Vec<WorkerId> = self
-            .out
-            .drain(..)
-            .filter_map(|a| match a {
-                Action::Spawn { worker } => Some(worker),
-                _ => None,
-            })
-            .collect();
-        for w in &spawned {
-            assert!(self.s.worker_connected(*w, 1000 + w.0, &mut self.out));
-        }
-        spawned
-    }
-
-    fn spec(&self, deps: Vec<ObjectId>, opts: TaskOptions) -> TaskSpec {
-        TaskSpec {
-            task_id: self.ids.next_task(),
-            function: F,
-            name: "t".into(),
-            args: ObjectData::default(),
-            deps,
-            num_returns: 1,
-            options: opts,
-            actor: ActorPart::None,
-        }
-    }
-
-    /// `peer` sends `spec`, naming `cached` as values this node keeps for it (no others).
-    fn sent_by(&mut self, peer: NodeId, spec: TaskSpec, cached: Vec<ObjectId>) {
-        let (objects, routes, errors, fetch) = (vec![], vec![], vec![], vec![]);
-        let out = &mut self.out;
-        self.s.accept_peer_task(peer, spec, None, objects, routes, errors, cached, fetch, out);
-    }
-
-    fn submit(&mut self, deps: Vec<ObjectId>) -> ObjectId {
-        self.submit_opts(deps, TaskOptions::default())
-    }
-
-    fn submit_opts(&mut self, deps: Vec<ObjectId>, opts: TaskOptions) -> ObjectId {
-        let spec = self.spec(deps, opts);
-        let id = ObjectId::for_return(spec.task_id, 1);
-        self.s.submit(Holder::Local, spec, &mut self.out);
-        id
-    }
-
-    /// (worker, task) pairs sent since the last call.
-    fn executed(&mut self) -> Vec<(WorkerId, TaskId)> {
-        let mut v = Vec::new();
-        self.out.retain(|a| match a {
-            Action::Execute { worker, spec, .. } => {
-                v.push((*worker, spec.task_id));
-                false
-            }
-            _ => true,
-        });
-        v
-    }
-
-    fn done(&mut self, w: WorkerId, t: TaskId, byte: u8) {
-        let v = ObjectData { data: vec![byte], ..Default::default() };
-        self.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut self.out);
-    }
-
-    fn value(&self, id: ObjectId) -> Option<u8> {
-        match self.s.object_state(&id) {
-            Some(ObjectState::Ready(v)) => v.data.first().copied(),
-            _ => None,
-        }
-    }
-
-    fn error_kind(&self, id: ObjectId) -> Option<ErrorKind> {
-        match self.s.object_state(&id) {
-            Some(ObjectState::Failed(e)) => Some(e.kind),
-            _ => None,
-        }
-    }
-}
+use volley_proto::TaskOptions;
 
 #[test]
 fn start_spawns_one_worker_per_cpu() {
-    let mut h = Harness::new(3.0);
+    let mut h = H::new(3.0);
     h.s.start(&mut h.out);
     assert_eq!(h.connect_spawned().len(), 3);
 }
 
 #[test]
 fn tasks_go_to_idle_workers_before_any_pipelining() {
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     h.submit(vec![]);
     h.submit(vec![]);
     let ex = h.executed();
@@ -128,7 +27,7 @@ fn tasks_go_to_idle_workers_before_any_pipelining() {
 
 #[test]
 fn pipelining_is_bounded_per_worker() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     for _ in 0..20 {
         h.submit(vec![]);
     }
@@ -139,7 +38,7 @@ fn pipelining_is_bounded_per_worker() {
 
 #[test]
 fn finished_worker_steals_tasks_pipelined_behind_a_long_one() {
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     for _ in 0..6 {
         h.submit(vec![]);
     }
@@ -166,7 +65,7 @@ fn finished_worker_steals_tasks_pipelined_behind_a_long_one() {
 
 #[test]
 fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     for _ in 0..4 {
         h.submit(vec![]);
     }
@@ -205,7 +104,7 @@ fn a_returned_task_is_requeued_even_if_it_became_the_head_meanwhile() {
 
 #[test]
 fn dependencies_wait_in_the_scheduler_and_values_are_shipped() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let a = h.submit(vec![]);
     let b = h.submit(vec![a]);
     let ex = h.executed();
@@ -220,7 +119,7 @@ fn dependencies_wait_in_the_scheduler_and_values_are_shipped() {
 
 #[test]
 fn failed_dependency_fails_dependents_without_running_them() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let a = h.submit(vec![]);
     let b = h.submit(vec![a]);
     let c = h.submit(vec![b]);
@@ -242,7 +141,7 @@ fn failed_dependency_fails_dependents_without_running_them() {
 
 #[test]
 fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let opts = TaskOptions { max_retries: 1, ..Default::default() };
     let a = h.submit_opts(vec![], opts.clone());
     let b = h.submit_opts(vec![], opts);
@@ -265,7 +164,7 @@ fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
 
 #[test]
 fn blocked_worker_lends_its_cpu_and_gets_a_helper() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let outer = h.submit(vec![]);
     let ex = h.executed();
     let w = ex[0].0;
@@ -301,7 +200,7 @@ fn blocked_worker_lends_its_cpu_and_gets_a_helper() {
 
 #[test]
 fn references_free_objects_and_their_contents() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let inner = ObjectId::for_return(h.ids.next_task(), 0);
     h.s.put(Holder::Local, inner, ObjectData::default(), &mut h.out);
     let outer = ObjectId::for_return(h.ids.next_task(), 0);
@@ -317,7 +216,7 @@ fn references_free_objects_and_their_contents() {
 
 #[test]
 fn cancel_queued_and_running_tasks() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let a = h.submit(vec![]);
     let dep = h.submit(vec![a]);
     let ex = h.executed();
@@ -331,7 +230,7 @@ fn cancel_queued_and_running_tasks() {
 
 #[test]
 fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let a = h.submit(vec![]);
     let b = h.submit(vec![]); // Pipelined behind `a` on the one worker.
     let ex = h.executed();
@@ -373,7 +272,7 @@ fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
 
 #[test]
 fn a_retiring_worker_gives_back_its_queue_for_free_and_is_replaced_once() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let opts = TaskOptions { max_retries: 0, ..Default::default() };
     let a = h.submit_opts(vec![], opts.clone());
     let b = h.submit_opts(vec![], opts);
@@ -397,7 +296,7 @@ fn a_retiring_worker_gives_back_its_queue_for_free_and_is_replaced_once() {
 
 #[test]
 fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     let (w, _) = h.s.worker_pids()[0];
     h.s.worker_died(w, WorkerExit::killed("killed by signal 9"), &mut h.out);
     assert_eq!(h.connect_spawned().len(), 1);
@@ -406,27 +305,19 @@ fn a_dead_worker_is_replaced_even_when_nothing_is_queued() {
 
 #[test]
 fn impossible_cpu_request_fails_at_once() {
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     let a = h.submit_opts(vec![], TaskOptions { cpu_milli: 3000, ..Default::default() });
     assert_eq!(h.error_kind(a), Some(ErrorKind::Unschedulable));
 }
 
 #[test]
 fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
-    let mut h = Harness::new(1.0);
+    let mut h = H::new(1.0);
     h.s.start(&mut h.out);
     let a = h.submit(vec![]);
     for i in 0..20 {
         h.s.tick(i * 1000, &mut h.out); // Past each back-off.
-        let spawned: Vec<WorkerId> = h
-            .out
-            .drain(..)
-            .filter_map(|x| match x {
-                Action::Spawn { worker } => Some(worker),
-                _ => None,
-            })
-            .collect();
-        for w in spawned {
+        for w in h.drain_spawned() {
             h.s.worker_died(w, WorkerExit::failed("exec failed"), &mut h.out);
         }
     }
@@ -440,8 +331,7 @@ fn workers_that_never_start_fail_the_queue_instead_of_hanging() {
 fn a_nested_task_past_the_worker_cap_fails_naming_the_cap_instead_of_waiting() {
     let mut cfg = Config::with_cpus(1.0);
     cfg.max_workers = 2;
-    let mut h = Harness { s: Scheduler::new(cfg), ids: IdGenerator::new(), out: Vec::new() };
-    h.s.register_function(F, Arc::from(&b"fn"[..]));
+    let mut h = H::with_config(cfg);
     h.s.start(&mut h.out);
     h.connect_spawned();
     // Each level runs on a worker, submits the next and blocks on it.
@@ -479,46 +369,20 @@ fn a_nested_task_past_the_worker_cap_fails_naming_the_cap_instead_of_waiting() {
     assert!(answered);
 }
 
-/// Spawn actions since the last call.
-fn spawned(h: &mut Harness) -> Vec<WorkerId> {
-    let mut v = Vec::new();
-    h.out.retain(|a| match a {
-        Action::Spawn { worker } => {
-            v.push(*worker);
-            false
-        }
-        _ => true,
-    });
-    v
-}
-
-/// Advances the clock (`now`, ms) until workers are spawned again; returns them.
-fn next_spawns(h: &mut Harness, now: &mut u64) -> Vec<WorkerId> {
-    loop {
-        let w = spawned(h);
-        if !w.is_empty() {
-            return w;
-        }
-        *now += 100;
-        assert!(*now < 60_000, "no worker is started again");
-        h.s.tick(*now, &mut h.out);
-    }
-}
-
 #[test]
 fn workers_killed_before_they_connect_are_replaced_without_failing_tasks() {
-    let mut h = Harness::new(1.0);
+    let mut h = H::new(1.0);
     h.s.start(&mut h.out);
     let a = h.submit(vec![]);
     let mut now = 0;
     // Far more kills than max_start_failures: each is replaced (after a back-off).
     for _ in 0..20 {
-        for w in next_spawns(&mut h, &mut now) {
+        for w in h.next_spawns(&mut now) {
             h.s.worker_died(w, WorkerExit::killed("killed by signal 9 (SIGKILL)"), &mut h.out);
         }
     }
     assert_eq!(h.error_kind(a), None, "a kill from outside is not a failure to start");
-    let w = next_spawns(&mut h, &mut now);
+    let w = h.next_spawns(&mut now);
     assert!(h.s.worker_connected(w[0], 77, &mut h.out));
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
@@ -528,14 +392,14 @@ fn workers_killed_before_they_connect_are_replaced_without_failing_tasks() {
 
 #[test]
 fn spawns_back_off_while_workers_keep_dying_before_they_connect() {
-    let mut h = Harness::new(1.0);
+    let mut h = H::new(1.0);
     h.s.start(&mut h.out);
     h.submit(vec![]);
     let mut total = 0;
     // Within one second of the scheduler's clock, ten kills in a row get far fewer spawns
     // than an immediate replacement each would.
     for t in 0..10 {
-        for w in spawned(&mut h) {
+        for w in h.spawned() {
             total += 1;
             h.s.worker_died(w, WorkerExit::killed("killed"), &mut h.out);
         }
@@ -546,12 +410,12 @@ fn spawns_back_off_while_workers_keep_dying_before_they_connect() {
 
 #[test]
 fn workers_that_fail_to_start_are_tried_again_and_the_node_recovers() {
-    let mut h = Harness::new(1.0);
+    let mut h = H::new(1.0);
     h.s.start(&mut h.out);
     let a = h.submit(vec![]);
     let mut now = 0;
     while h.error_kind(a).is_none() {
-        for w in spawned(&mut h) {
+        for w in h.spawned() {
             h.s.worker_died(w, WorkerExit::failed("exit code 1"), &mut h.out);
         }
         now += 100;
@@ -560,7 +424,7 @@ fn workers_that_fail_to_start_are_tried_again_and_the_node_recovers() {
     }
     assert_eq!(h.error_kind(a), Some(ErrorKind::WorkerStartFailed));
     // The interpreter is mended: the next probe connects, and tasks run again.
-    let w = next_spawns(&mut h, &mut now);
+    let w = h.next_spawns(&mut now);
     assert!(h.s.worker_connected(w[0], 78, &mut h.out));
     let b = h.submit(vec![]);
     let ex = h.executed();
@@ -578,7 +442,7 @@ mod properties {
         /// or an error, CPU accounting returns to zero, and nothing is left behind.
         #[test]
         fn every_task_ends_and_accounting_balances(ops in proptest::collection::vec(0u8..4, 1..60)) {
-            let mut h = Harness::started(2.0);
+            let mut h = H::started(2.0);
             let mut ids = Vec::new();
             for op in ops {
                 match op {
@@ -613,68 +477,13 @@ mod properties {
             prop_assert_eq!(h.s.stats().tasks_assigned + h.s.stats().tasks_queued, 0);
         }
     }
-
-    impl Harness {
-        fn connect_spawned_keep(&mut self) {
-            let spawned: Vec<WorkerId> = self
-                .out
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Spawn { worker } => Some(*worker),
-                    _ => None,
-                })
-                .collect();
-            self.out.retain(|a| !matches!(a, Action::Spawn { .. }));
-            for w in spawned {
-                self.s.worker_connected(w, 1000 + w.0, &mut self.out);
-            }
-        }
-    }
 }
 
 // ------------------------------------------------------------------------------ peers
 
-fn peer(id: u32, cpus: u32) -> PeerView {
-    PeerView {
-        id: NodeId(id),
-        cpu_total_milli: cpus * 1000,
-        cpu_free_milli: cpus * 1000,
-        resources: Vec::new(),
-        driver: false,
-        named: Vec::new(),
-    }
-}
-
-impl Harness {
-    /// (peer, task, first value's bytes) of each successful `PeerDone` so far.
-    fn peer_results(&self) -> Vec<(NodeId, TaskId, Vec<u8>)> {
-        self.out
-            .iter()
-            .filter_map(|a| match a {
-                Action::PeerDone { peer, task, result: Ok(v), .. } => {
-                    Some((*peer, *task, v[0].data.clone()))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn spilled(&mut self) -> Vec<(NodeId, TaskId, usize)> {
-        let mut v = Vec::new();
-        self.out.retain(|a| match a {
-            Action::Spill { peer, spec, objects, .. } => {
-                v.push((*peer, spec.task_id, objects.len()));
-                false
-            }
-            _ => true,
-        });
-        v
-    }
-}
-
 #[test]
 fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     h.s.set_peers(vec![peer(7, 2)], &mut h.out);
     let dep = ObjectId::for_return(h.ids.next_task(), 1);
     h.s.put(Holder::Local, dep, ObjectData::inline(vec![1], Vec::new(), Vec::new()), &mut h.out);
@@ -696,11 +505,11 @@ fn a_node_without_room_spills_to_peers_up_to_their_cpus() {
 
 #[test]
 fn a_task_no_node_can_run_says_what_the_cluster_has() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     let mut gpu_node = peer(1, 1);
     gpu_node.resources = vec![("GPU".to_string(), 1000, 1000)];
     h.s.set_peers(vec![gpu_node, peer(2, 2)], &mut h.out);
-    let message = |h: &Harness, id: ObjectId| match h.s.object_state(&id) {
+    let message = |h: &H, id: ObjectId| match h.s.object_state(&id) {
         Some(ObjectState::Failed(e)) if e.kind == ErrorKind::Unschedulable => e.message.clone(),
         other => panic!("not unschedulable: {other:?}"),
     };
@@ -730,7 +539,7 @@ fn a_task_no_node_can_run_says_what_the_cluster_has() {
 
 #[test]
 fn a_dead_peers_tasks_are_retried_or_fail() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
     // Retried when its peer dies (onto the other one), and again when that one dies.
     let retried =
@@ -764,7 +573,7 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
 
 #[test]
 fn only_the_tasks_a_dead_peer_started_use_a_retry() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 1)], &mut h.out);
     let no_retries = TaskOptions { max_retries: 0, ..TaskOptions::default() };
     let ids: Vec<ObjectId> =
@@ -786,8 +595,8 @@ fn only_the_tasks_a_dead_peer_started_use_a_retry() {
 
 #[test]
 fn a_peers_task_is_reported_started_when_a_worker_starts_it_not_while_queued() {
-    let mut h = Harness::started(1.0);
-    let started = |h: &Harness| -> Vec<TaskId> {
+    let mut h = H::started(1.0);
+    let started = |h: &H| -> Vec<TaskId> {
         h.out
             .iter()
             .filter_map(|a| match a {
@@ -812,7 +621,7 @@ fn a_peers_task_is_reported_started_when_a_worker_starts_it_not_while_queued() {
 
 #[test]
 fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let arg = ObjectId::for_return(h.ids.next_task(), 1);
     let spec = h.spec(vec![arg], TaskOptions::default());
     let tid = spec.task_id;
@@ -841,10 +650,10 @@ fn a_task_from_a_peer_reports_back_and_releases_what_it_held() {
 fn a_task_sent_again_while_its_orphaned_attempt_runs_waits_for_it() {
     // The peer was thought gone (its attempt here cancelled while running), came back and sent
     // the same task again: the old attempt's outcome must not answer the new one.
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let spec = h.spec(vec![], TaskOptions::default());
     let tid = spec.task_id;
-    let send = |h: &mut Harness, spec: TaskSpec| {
+    let send = |h: &mut H, spec: TaskSpec| {
         h.s.accept_peer_task(
             NodeId(9),
             spec,
@@ -893,7 +702,7 @@ fn a_task_sent_again_while_its_orphaned_attempt_runs_waits_for_it() {
 
 #[test]
 fn tasks_are_unschedulable_only_if_no_node_could_run_them() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 4)], &mut h.out);
     let ok = h.submit_opts(Vec::new(), TaskOptions { cpu_milli: 4000, ..TaskOptions::default() });
     let never =
@@ -906,7 +715,7 @@ fn tasks_are_unschedulable_only_if_no_node_could_run_them() {
 
 #[test]
 fn a_task_waiting_for_its_node_does_not_hold_up_the_others() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_node_id(NodeId(1));
     h.s.set_peers(vec![peer(2, 1), peer(3, 1)], &mut h.out);
     let on2 =
@@ -927,7 +736,7 @@ fn a_task_waiting_for_its_node_does_not_hold_up_the_others() {
 
 #[test]
 fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
-    let mut h = Harness::new(0.0); // a driver's node: everything goes to peers
+    let mut h = H::new(0.0); // a driver's node: everything goes to peers
     h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
     let n = 2 * peers::PEER_DEPTH as usize;
     let refs: Vec<ObjectId> = (0..n).map(|_| h.submit(Vec::new())).collect();
@@ -966,7 +775,7 @@ fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
 
 #[test]
 fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let mut tids = Vec::new();
     for _ in 0..12 {
         let spec = h.spec(Vec::new(), TaskOptions::default());
@@ -1006,7 +815,7 @@ fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
 #[test]
 fn placement_group_bundles_are_reserved_and_used() {
     use volley_proto::{PgSpec, PgStrategy};
-    let mut h = Harness::started(2.0);
+    let mut h = H::started(2.0);
     let ready = ObjectId::for_return(h.ids.next_task(), 0);
     let spec = PgSpec {
         id: "g1".into(),
@@ -1048,7 +857,7 @@ fn placement_group_bundles_are_reserved_and_used() {
 #[test]
 fn a_large_value_goes_to_a_peer_once_and_is_let_go_with_ours() {
     use volley_proto::ShmLoc;
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 1)], &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
@@ -1081,7 +890,7 @@ fn a_large_value_goes_to_a_peer_once_and_is_let_go_with_ours() {
 #[test]
 fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     use volley_proto::ShmLoc;
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
     let value = ObjectData { shm: Some(shm), ..Default::default() };
@@ -1119,13 +928,13 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
 #[test]
 fn a_task_goes_where_its_large_argument_already_is_when_that_node_has_a_free_cpu() {
     use volley_proto::ShmLoc;
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 2), peer(2, 2)], &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
     h.s.put(Holder::Local, big, ObjectData { shm: Some(shm), ..Default::default() }, &mut h.out);
     let first = h.submit(vec![big]);
-    let to = |h: &mut Harness| h.spilled().into_iter().map(|s| s.0).collect::<Vec<_>>();
+    let to = |h: &mut H| h.spilled().into_iter().map(|s| s.0).collect::<Vec<_>>();
     let holder = to(&mut h)[0];
     // Plain tasks would alternate between the two; those needing `big` follow it while the
     // node holding it has a free CPU.
@@ -1139,7 +948,7 @@ fn a_task_goes_where_its_large_argument_already_is_when_that_node_has_a_free_cpu
 #[test]
 fn a_value_sent_to_many_peers_is_pulled_down_a_tree() {
     use volley_proto::ShmLoc;
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers((1..=7).map(|n| peer(n, 1)).collect(), &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
@@ -1174,7 +983,7 @@ fn a_value_sent_to_many_peers_is_pulled_down_a_tree() {
 #[test]
 fn a_pull_is_served_from_the_store_or_once_the_copy_here_is_whole() {
     use volley_proto::ShmLoc;
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
     let layout = ObjectData { shm: Some(shm), ..Default::default() };
@@ -1230,7 +1039,7 @@ fn large_value() -> ObjectData {
 
 #[test]
 fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
-    let mut h = Harness::started(1.0);
+    let mut h = H::started(1.0);
     let (big_task, small_task) =
         (h.spec(vec![], TaskOptions::default()), h.spec(vec![], TaskOptions::default()));
     let (t1, t2) = (big_task.task_id, small_task.task_id);
@@ -1265,10 +1074,10 @@ fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
 
 #[test]
 fn a_task_needing_a_result_a_peer_kept_goes_to_that_peer_without_the_bytes() {
-    let mut h = Harness::new(0.0);
+    let mut h = H::new(0.0);
     h.s.set_peers(vec![peer(1, 1), peer(2, 1)], &mut h.out);
     let made = h.submit(vec![]);
-    let spilled_to = |h: &Harness, t: TaskId| {
+    let spilled_to = |h: &H, t: TaskId| {
         h.out.iter().find_map(|a| match a {
             Action::Spill { peer, spec, cached, fetch, .. } if spec.task_id == t => {
                 Some((*peer, cached.clone(), fetch.len()))

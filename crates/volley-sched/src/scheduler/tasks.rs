@@ -1,0 +1,181 @@
+//! Tasks as a part of the scheduler: every task this node knows (its spec, state, attempts and
+//! caller) and the two ready queues of runnable pool tasks. Where a queued task goes (a worker,
+//! a peer, behind a running task) is the coordinator's decision (`Scheduler::schedule`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use volley_proto::{NodeId, TaskId, TaskSpec, WorkerId};
+
+use super::Holder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TaskState {
+    WaitingDeps(usize),
+    Queued,
+    Assigned(WorkerId),
+    /// Sent to another node.
+    Remote(NodeId),
+}
+
+/// One task, from submission until its results are in.
+pub(super) struct TaskEntry {
+    pub(super) spec: Arc<TaskSpec>,
+    pub(super) state: TaskState,
+    pub(super) attempts: u32,
+    /// `Some(force)` once cancelled.
+    pub(super) cancel: Option<bool>,
+    /// Who submitted it (actor calls keep each caller's order).
+    pub(super) caller: Holder,
+    /// When it last went into a ready queue (the clock of the last `tick`), for wait notices.
+    pub(super) queued_at: u64,
+}
+
+impl TaskEntry {
+    /// A task just submitted by `caller`, waiting for its dependencies to be counted.
+    pub(super) fn new(spec: Arc<TaskSpec>, caller: Holder) -> Self {
+        TaskEntry {
+            spec,
+            state: TaskState::WaitingDeps(0),
+            attempts: 0,
+            cancel: None,
+            caller,
+            queued_at: 0,
+        }
+    }
+
+    /// Whether `max_retries` allows another attempt.
+    pub(super) fn retries_left(&self) -> bool {
+        let max = self.spec.options.max_retries;
+        max < 0 || self.attempts < max as u32
+    }
+
+    /// Whether it goes to the side queue: it asks for resources other than CPU, or for no CPU.
+    fn is_side(&self) -> bool {
+        self.spec.options.cpu_milli == 0 || !self.spec.options.resources.is_empty()
+    }
+}
+
+/// The tasks this node knows, and its ready queues.
+#[derive(Default)]
+pub(super) struct Tasks {
+    map: HashMap<TaskId, TaskEntry>,
+    /// Runnable plain tasks, in order.
+    ready: VecDeque<TaskId>,
+    /// Runnable tasks that ask for resources other than CPU, or for no CPU.
+    side_ready: VecDeque<TaskId>,
+}
+
+// `remove` forgets a task, not its place in a ready queue (see `unqueue`).
+table_access!(Tasks.map: TaskId => TaskEntry);
+
+impl Tasks {
+    pub(super) fn insert(&mut self, tid: TaskId, task: TaskEntry) {
+        self.map.insert(tid, task);
+    }
+
+    /// Puts a runnable task in its ready queue (at the `front`: it was there before), stamped
+    /// with the time `now_ms` for wait notices.
+    pub(super) fn enqueue(&mut self, tid: TaskId, front: bool, now_ms: u64) {
+        let side = self.map.get_mut(&tid).is_some_and(|t| {
+            t.queued_at = now_ms;
+            t.is_side()
+        });
+        let q = self.queue(side);
+        if front {
+            q.push_front(tid);
+        } else {
+            q.push_back(tid);
+        }
+    }
+
+    /// The side queue (`side`) or the plain one.
+    pub(super) fn queue(&mut self, side: bool) -> &mut VecDeque<TaskId> {
+        if side {
+            &mut self.side_ready
+        } else {
+            &mut self.ready
+        }
+    }
+
+    /// Both ready queues, the plain one first.
+    pub(super) fn queues(&self) -> [&VecDeque<TaskId>; 2] {
+        [&self.ready, &self.side_ready]
+    }
+
+    /// Tasks in the ready queues.
+    pub(super) fn queued(&self) -> usize {
+        self.ready.len() + self.side_ready.len()
+    }
+
+    /// Takes every task out of the ready queues, the plain ones first.
+    pub(super) fn drain_queued(&mut self) -> Vec<TaskId> {
+        let mut queued: Vec<TaskId> = self.ready.drain(..).collect();
+        queued.extend(self.side_ready.drain(..));
+        queued
+    }
+
+    /// Takes `tid` out of its ready queue, if it is in one.
+    pub(super) fn unqueue(&mut self, tid: TaskId) {
+        for q in [&mut self.ready, &mut self.side_ready] {
+            if let Some(pos) = q.iter().position(|t| *t == tid) {
+                q.remove(pos);
+            }
+        }
+    }
+
+    /// Keeps in the ready queues only the tasks `keep` says.
+    pub(super) fn retain_queued(&mut self, mut keep: impl FnMut(&TaskId) -> bool) {
+        self.ready.retain(&mut keep);
+        self.side_ready.retain(&mut keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::task_spec;
+    use super::*;
+    use volley_proto::{ActorPart, FunctionId, TaskOptions};
+
+    fn task(n: u128, cpu_milli: u32, gpu: bool, max_retries: i32) -> (TaskId, TaskEntry) {
+        let resources = if gpu { vec![("GPU".to_string(), 1000)] } else { vec![] };
+        let options = TaskOptions { cpu_milli, resources, max_retries, ..Default::default() };
+        let spec = task_spec(TaskId(n), FunctionId([1; 16]), "t", options, ActorPart::None);
+        (TaskId(n), TaskEntry::new(Arc::new(spec), Holder::Local))
+    }
+
+    #[test]
+    fn runnable_tasks_go_to_the_queue_of_what_they_need_in_order() {
+        let mut ts = Tasks::default();
+        for (n, cpu, gpu) in [(1, 1000, false), (2, 0, false), (3, 1000, true), (4, 500, false)] {
+            let (tid, t) = task(n, cpu, gpu, 0);
+            ts.insert(tid, t);
+            ts.enqueue(tid, false, 7);
+        }
+        let (first, _) = task(5, 1000, false, 0);
+        ts.insert(first, task(5, 1000, false, 0).1);
+        ts.enqueue(first, true, 8);
+        let [plain, side] = ts.queues();
+        assert_eq!(plain.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 1, 4]);
+        assert_eq!(side.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(ts.get(&TaskId(1)).map(|t| t.queued_at), Some(7));
+        ts.unqueue(TaskId(1));
+        ts.retain_queued(|t| t.0 != 3);
+        assert_eq!(ts.queued(), 3);
+        assert_eq!(ts.drain_queued(), vec![TaskId(5), TaskId(4), TaskId(2)]);
+        assert_eq!(ts.queued(), 0);
+        assert!(ts.contains_key(&TaskId(1)), "unqueued, not forgotten");
+    }
+
+    #[test]
+    fn retries_are_counted_against_max_retries_and_negative_means_no_limit() {
+        let (_, mut once) = task(1, 1000, false, 1);
+        assert!(once.retries_left());
+        once.attempts = 1;
+        assert!(!once.retries_left());
+        let (_, mut always) = task(2, 1000, false, -1);
+        always.attempts = 1_000_000;
+        assert!(always.retries_left());
+        assert!(!task(3, 1000, false, 0).1.retries_left());
+    }
+}
