@@ -37,7 +37,7 @@ use volley_store::{Arena, Lease, Owner};
 
 mod pull;
 
-use crate::node::Shared;
+use crate::shared::{Links, Shared};
 use crate::tls::{Conn, TlsConfig};
 use crate::RuntimeError;
 
@@ -1790,6 +1790,18 @@ fn new_epoch() -> u64 {
         return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
     }
     u64::from_le_bytes(b).max(1)
+}
+
+impl Links for Cluster {
+    fn dispatch_all(self: Arc<Self>, actions: Vec<Action>) {
+        for a in actions {
+            self.dispatch(a);
+        }
+    }
+
+    fn local_info(&self) -> NodeInfo {
+        self.info(self.node_id())
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod logs;
 mod node;
 mod outbox;
 mod rundir;
+mod shared;
 mod supervisor;
 mod tls;
 mod worker_conn;

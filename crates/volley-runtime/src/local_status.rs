@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use volley_proto::{decode, encode, read_frame, write_frame, NodeInfo};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::RuntimeError;
 
 /// The first frame of a status query. A worker's first frame is a postcard `(Hello, token)`,
