@@ -30,7 +30,8 @@ use volley_proto::{
 use volley_sched::Action;
 use volley_store::{Lease, Owner};
 
-use super::{lease_bytes, lost, read_into_store, Cluster};
+use super::wire::{lease_bytes, lost, read_into_store};
+use super::Cluster;
 use crate::tls::Conn;
 
 /// A connection as one side sees it: the peer, and whether this node opened it (its link).

@@ -1,0 +1,49 @@
+//! `volley status`: one question to a head, from outside the cluster.
+
+use volley_proto::{FrameReader, NodeId, NodeInfo, PeerMsg, Refusal};
+
+use super::{handshake::connect, proto, recv, send, wire::msg_name};
+use crate::tls::TlsConfig;
+use crate::RuntimeError;
+
+/// Asks the head at `addr` for the cluster's view (`volley status`).
+pub fn cluster_view(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+) -> Result<Vec<NodeInfo>, RuntimeError> {
+    cluster_status(addr, token, tls).map(|(nodes, _)| nodes)
+}
+
+/// Asks the head at `addr` for the cluster's view and the handshakes it refused lately (`volley
+/// status`).
+pub fn cluster_status(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+) -> Result<(Vec<NodeInfo>, Vec<Refusal>), RuntimeError> {
+    let mut s = connect(addr, token, tls)?;
+    let dummy = NodeInfo {
+        id: NodeId(0),
+        addr: String::new(),
+        cpu_total_milli: 0,
+        cpu_free_milli: 0,
+        resources: Vec::new(),
+        workers: 0,
+        store_used: 0,
+        store_capacity: 0,
+        tasks_waiting: 0,
+        waiting: Vec::new(),
+        named: Vec::new(),
+        bytes_received: 0,
+        bytes_served: 0,
+        driver: true,
+        pid: std::process::id(),
+    };
+    send(&mut s, &PeerMsg::Heartbeat { info: dummy })?;
+    let mut r = FrameReader::new(&s);
+    match recv(&mut r).map_err(proto)? {
+        PeerMsg::View { nodes, refused } => Ok((nodes, refused)),
+        other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
