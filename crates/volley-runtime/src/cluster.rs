@@ -43,6 +43,7 @@ mod wire;
 use handshake::{pending_cap, Pending};
 use membership::Members;
 pub use status::{cluster_status, cluster_view};
+use wire::Outgoing;
 
 use crate::shared::{Links, Shared};
 use crate::tls::{Conn, TlsConfig};
@@ -76,12 +77,12 @@ pub(crate) struct Cluster {
     me: Mutex<NodeId>,
     view: Mutex<Vec<NodeInfo>>,
     /// Connections this node opened to send tasks, by peer.
-    links: Mutex<HashMap<NodeId, (u64, Sender<Action>)>>,
+    links: Mutex<HashMap<NodeId, (u64, Sender<Outgoing>)>>,
     /// One lock per peer while a link to it is being opened (so two threads never open two).
     opening: Mutex<HashMap<NodeId, Arc<Mutex<()>>>>,
     /// Connections peers opened to send tasks here: results go back on them.
     /// (Both maps: the connection's number, to tell a connection from the one replacing it.)
-    incoming: Mutex<HashMap<NodeId, (u64, Sender<Action>)>>,
+    incoming: Mutex<HashMap<NodeId, (u64, Sender<Outgoing>)>>,
     next_conn: std::sync::atomic::AtomicU64,
     /// The head's table of members (on the head only).
     members: Option<Mutex<Members>>,

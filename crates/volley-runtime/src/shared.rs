@@ -443,12 +443,11 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
             | Action::PeerSteal { .. }
             | Action::PeerReturned { .. }
             | Action::PeerStarted { .. }
-            | Action::PeerLog { .. }
+            | Action::PeerNotice { .. }
             | Action::PeerObject { .. }
             | Action::PeerActorState { .. }
             | Action::Pull { .. }
-            | Action::PeerServe { .. }
-            | Action::PeerFetch { .. }) => {
+            | Action::PeerServe { .. }) => {
                 d.peer.push(a);
                 continue;
             }

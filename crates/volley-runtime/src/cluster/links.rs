@@ -13,7 +13,10 @@ use volley_proto::{encode, write_frame, FrameReader, NodeId, ObjectId, PeerMsg, 
 use volley_sched::{Action, ActorReport};
 use volley_store::Lease;
 
-use super::{handshake::connect, pull, recv, send, wire::lease_bytes, wire::msg_name, Cluster};
+use super::{
+    handshake::connect, pull, recv, send, wire::lease_bytes, wire::msg_name, wire::Outgoing,
+    Cluster,
+};
 use crate::tls::Conn;
 
 /// The scheduler's part of a message a peer sent on a task connection.
@@ -147,11 +150,9 @@ impl Cluster {
             | Action::PeerReserve { peer, .. }
             | Action::PeerPgRelease { peer, .. }
             | Action::PeerSteal { peer, .. } => (*peer, true),
-            Action::PeerLog { peer, fd, .. } => (*peer, *fd == 0),
-            Action::PeerServe { peer, link, .. } | Action::PeerFetch { peer, link, .. } => {
-                (*peer, *link)
-            }
-            Action::PeerDone { peer, .. }
+            Action::PeerServe { peer, link, .. } => (*peer, *link),
+            Action::PeerNotice { peer, .. }
+            | Action::PeerDone { peer, .. }
             | Action::PeerStarted { peer, .. }
             | Action::PeerReserved { peer, .. }
             | Action::PeerReturned { peer, .. }
@@ -159,9 +160,15 @@ impl Cluster {
             | Action::PeerActorState { peer, .. } => (*peer, false),
             _ => return,
         };
+        self.send_to(peer, outgoing, Outgoing::Action(a));
+    }
+
+    /// Sends on the link this node opened to `peer` (`outgoing`, opened now if need be; if that
+    /// fails the peer is gone) or on the one `peer` opened here.
+    pub(super) fn send_to(self: &Arc<Self>, peer: NodeId, outgoing: bool, what: Outgoing) {
         let tx = if outgoing { self.link_to(peer) } else { self.incoming_from(peer) };
         // Without a connection to the peer that sent a task, nobody wants its result.
-        let sent = tx.map(|(conn, tx)| (conn, tx.send(a).is_ok()));
+        let sent = tx.map(|(conn, tx)| (conn, tx.send(what).is_ok()));
         if outgoing {
             match sent {
                 None => self.link_broke(peer, "it could not be reached", None),
@@ -172,7 +179,7 @@ impl Cluster {
     }
 
     /// The connection this node opened to `peer`, opened now if there is none.
-    pub(super) fn link_to(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+    pub(super) fn link_to(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Outgoing>)> {
         if let Some(l) = self.links.lock().get(&peer).cloned() {
             return Some(l);
         }
@@ -185,11 +192,11 @@ impl Cluster {
     }
 
     /// The connection `peer` opened to this node, if any.
-    pub(super) fn incoming_from(&self, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+    pub(super) fn incoming_from(&self, peer: NodeId) -> Option<(u64, Sender<Outgoing>)> {
         self.incoming.lock().get(&peer).cloned()
     }
 
-    pub(super) fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Action>)> {
+    pub(super) fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Outgoing>)> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -314,8 +321,8 @@ impl Cluster {
         mut s: Conn,
         outgoing: bool,
         conn: u64,
-    ) -> Sender<Action> {
-        let (tx, rx): (Sender<Action>, Receiver<Action>) = mpsc::channel();
+    ) -> Sender<Outgoing> {
+        let (tx, rx): (Sender<Outgoing>, Receiver<Outgoing>) = mpsc::channel();
         let c = self.clone();
         let key = self.next_socket.fetch_add(1, Ordering::Relaxed);
         if let Ok(k) = s.try_clone() {
@@ -345,16 +352,19 @@ impl Cluster {
                     Err(mpsc::TryRecvError::Empty) => None,
                 };
                 let ok = match next {
-                    Some(Action::PeerServe { id, value, .. }) => match c.serve_start(id, value) {
-                        Ok(v) => {
-                            serving.push_back(v);
-                            true
+                    Some(Outgoing::Msg(msg)) => c.write_msg(&mut w, peer, msg, &[]),
+                    Some(Outgoing::Action(Action::PeerServe { id, value, .. })) => {
+                        match c.serve_start(id, value) {
+                            Ok(v) => {
+                                serving.push_back(v);
+                                true
+                            }
+                            Err(reason) => {
+                                c.write_msg(&mut w, peer, PeerMsg::NoObject { id, reason }, &[])
+                            }
                         }
-                        Err(reason) => {
-                            c.write_msg(&mut w, peer, PeerMsg::NoObject { id, reason }, &[])
-                        }
-                    },
-                    Some(a) => match c.to_msg(a) {
+                    }
+                    Some(Outgoing::Action(a)) => match c.to_msg(a) {
                         Some((msg, leases)) => c.write_msg(&mut w, peer, msg, &leases),
                         None => true,
                     },

@@ -4,10 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use volley_proto::NodeId;
-use volley_sched::Action;
+use volley_proto::{NodeId, PeerMsg};
 
-use super::Cluster;
+use super::{wire::Outgoing, Cluster};
 
 impl Cluster {
     /// Sends worker output lines to the drivers' nodes that asked for them.
@@ -19,7 +18,8 @@ impl Cluster {
         let incoming = self.incoming.lock();
         for peer in subscribers {
             if let Some((_, tx)) = incoming.get(&peer) {
-                let _ = tx.send(Action::PeerLog { peer, fd: fd as u8, lines: lines.to_vec() });
+                let lines = serde_bytes::ByteBuf::from(lines.to_vec());
+                let _ = tx.send(Outgoing::Msg(PeerMsg::Log { fd: fd as u8, lines }));
             }
         }
     }
@@ -46,7 +46,7 @@ impl Cluster {
                 if c.closed.load(Ordering::Acquire) {
                     return;
                 }
-                c.dispatch(Action::PeerLog { peer, fd: 0, lines: Vec::new() });
+                c.send_to(peer, true, Outgoing::Msg(PeerMsg::SubscribeLogs));
             }
         };
         if !on_the_side {

@@ -16,6 +16,14 @@ use volley_store::{Arena, Lease, Owner};
 use super::Cluster;
 use crate::tls::Conn;
 
+/// What a link's writer sends: a scheduler action meant for the peer (turned into its message
+/// by the writer, which copies the values out of the store), or a message of the runtime's own
+/// (pulling a value, worker output), which the scheduler never sees.
+pub(super) enum Outgoing {
+    Action(Action),
+    Msg(PeerMsg),
+}
+
 /// Reads the raw bytes that follow the last frame into the store at `at`, `dst` being that range
 /// of the mapping. Without TLS they are spliced from the socket into the store's memfd, which
 /// creates fresh pages filled instead of zeroed first (`Arena::fill_from`); through TLS they are
@@ -227,12 +235,11 @@ impl Cluster {
                 Some((PeerMsg::PgRelease { pg, remove }, leases))
             }
             Action::PeerSteal { max, .. } => Some((PeerMsg::Steal { max }, leases)),
-            Action::PeerFetch { id, .. } => Some((PeerMsg::Fetch { id }, leases)),
             Action::PeerReturned { tasks, .. } => Some((PeerMsg::Returned { tasks }, leases)),
             Action::PeerStarted { task, .. } => Some((PeerMsg::Started { task }, leases)),
-            Action::PeerLog { fd: 0, .. } => Some((PeerMsg::SubscribeLogs, leases)),
-            Action::PeerLog { fd, lines, .. } => {
-                Some((PeerMsg::Log { fd, lines: serde_bytes::ByteBuf::from(lines) }, leases))
+            Action::PeerNotice { line, .. } => {
+                let lines = serde_bytes::ByteBuf::from(format!("{line}\n").into_bytes());
+                Some((PeerMsg::Log { fd: 2, lines }, leases))
             }
             Action::PeerObject { id, result, objects, .. } => {
                 let result = match result {
