@@ -53,6 +53,8 @@ pub struct NodeInfo {
     /// A driver's node: it joins to send work, and runs none of the cluster's.
     pub driver: bool,
     pub pid: u32,
+    /// The placement groups its driver made (the head's directory lists them cluster-wide).
+    pub groups: Vec<crate::PgInfo>,
 }
 
 /// Connections the head refused at the handshake (a wrong token, another protocol version),
@@ -100,7 +102,7 @@ pub enum PeerMsg {
     },
     /// To the head, periodically: this node's load. Answered with `View`.
     Heartbeat { info: NodeInfo },
-    /// The cluster as the head sees it: every live node, and (for `volley status`; empty in the
+    /// The cluster as the head sees it: every live node, and (for `Status`; empty in the
     /// answers to members' heartbeats) the connections it recently refused.
     View { nodes: Vec<NodeInfo>, refused: Vec<Refusal> },
     /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
@@ -187,6 +189,9 @@ pub enum PeerMsg {
     /// A task sent with `Task` started running here (it was queued until now). If this node
     /// dies, only the tasks it started use a retry; the others go elsewhere as they are.
     Started { task: TaskId },
+    /// `volley status` (first message on a connection to the head): answered with `View`, with
+    /// the connections the head refused lately.
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

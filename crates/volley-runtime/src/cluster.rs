@@ -41,10 +41,10 @@ mod status;
 mod wire;
 
 use handshake::{pending_cap, Pending};
-use membership::Members;
 pub use status::{cluster_status, cluster_view};
 use wire::Outgoing;
 
+use crate::head::{Head, HEAD_ID};
 use crate::shared::{Links, Shared};
 use crate::tls::{Conn, TlsConfig};
 use crate::RuntimeError;
@@ -84,8 +84,8 @@ pub(crate) struct Cluster {
     /// (Both maps: the connection's number, to tell a connection from the one replacing it.)
     incoming: Mutex<HashMap<NodeId, (u64, Sender<Outgoing>)>>,
     next_conn: std::sync::atomic::AtomicU64,
-    /// The head's table of members (on the head only).
-    members: Option<Mutex<Members>>,
+    /// The cluster's membership and directory (on the head only).
+    head: Option<Arc<Head>>,
     closed: AtomicBool,
     /// Drivers' nodes that asked for this node's worker output.
     log_subscribers: Mutex<std::collections::HashSet<NodeId>>,
@@ -125,11 +125,12 @@ fn recv(r: &mut FrameReader<&Conn>) -> Result<PeerMsg, ProtoError> {
 }
 
 impl Cluster {
-    /// Joins (or, without a head address, starts) the cluster. Returns once this node knows the
-    /// cluster's view.
+    /// Joins (or, without a head address, starts) the cluster; as its head, this node's `head`
+    /// keeps the membership and directory. Returns once this node knows the cluster's view.
     pub(crate) fn start(
         shared: Arc<Shared>,
         cfg: ClusterConfig,
+        head: Arc<Head>,
     ) -> Result<Arc<Cluster>, RuntimeError> {
         let listener = match &cfg.listen {
             Some(a) => Some(TcpListener::bind(a)?),
@@ -139,7 +140,8 @@ impl Cluster {
             Some(l) => l.local_addr()?.to_string(),
             None => String::new(),
         };
-        let head = cfg.head.is_none();
+        let head = cfg.head.is_none().then_some(head);
+        let epoch = head.as_ref().map_or(0, |h| h.epoch());
         if cfg.driver {
             shared.state.lock().sched.set_prefer_peers(true);
         }
@@ -152,7 +154,7 @@ impl Cluster {
             opening: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(1),
-            members: head.then(|| Mutex::new(Members { next: 2, nodes: HashMap::new() })),
+            head,
             closed: AtomicBool::new(false),
             log_subscribers: Mutex::new(Default::default()),
             log_sources: Mutex::new(Default::default()),
@@ -160,7 +162,7 @@ impl Cluster {
             next_socket: std::sync::atomic::AtomicU64::new(0),
             bytes_received: std::sync::atomic::AtomicU64::new(0),
             bytes_served: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::sync::atomic::AtomicU64::new(if head { new_epoch() } else { 0 }),
+            epoch: std::sync::atomic::AtomicU64::new(epoch),
             pulls: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
             pending_cap: pending_cap(),
@@ -183,12 +185,8 @@ impl Cluster {
                 .name("volley-tcp-accept".into())
                 .spawn(move || c2.accept_loop(l))?;
         }
-        if head {
-            c.shared.state.lock().sched.set_node_id(NodeId(1));
-            let me = c.info(NodeId(1));
-            if let Some(m) = &c.members {
-                m.lock().nodes.insert(NodeId(1), (me, Instant::now()));
-            }
+        if c.head.is_some() {
+            c.shared.state.lock().sched.set_node_id(HEAD_ID);
             c.head_tick();
             let c2 = c.clone();
             std::thread::Builder::new().name("volley-head".into()).spawn(move || {
@@ -216,6 +214,11 @@ impl Cluster {
 
     pub(crate) fn node_id(&self) -> NodeId {
         *self.me.lock()
+    }
+
+    /// Whether this node is the cluster's head.
+    pub(crate) fn is_head(&self) -> bool {
+        self.head.is_some()
     }
 
     pub(crate) fn view(&self) -> Vec<NodeInfo> {
@@ -251,16 +254,6 @@ impl Cluster {
             ..self.shared.node_info(id, self.addr.clone(), self.cfg.driver)
         }
     }
-}
-
-/// A random epoch for a head (see `PeerMsg::Welcome`), never 0.
-fn new_epoch() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
-    }
-    u64::from_le_bytes(b).max(1)
 }
 
 impl Links for Cluster {

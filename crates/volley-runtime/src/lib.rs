@@ -14,6 +14,7 @@
 mod cluster;
 mod diag;
 mod error;
+pub mod head;
 mod local_status;
 mod logs;
 mod node;

@@ -20,6 +20,7 @@ use volley_sched::{Action, Config, Holder, Scheduler, StreamStep, WaitOwner, Wai
 use volley_store::{Owner, Store};
 
 use crate::cluster::Cluster;
+use crate::head::{Head, MemoryStore};
 use crate::logs;
 use crate::outbox::Outbox;
 use crate::shared::{Shared, Slot, State, SupCmd};
@@ -62,6 +63,9 @@ pub struct Node {
     shared: Arc<Shared>,
     /// The cluster, once this node has joined one (`shared` knows it only as its `Links`).
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// The cluster's membership and directory while this node is its own head (alone, or the
+    /// head of a cluster); unused once it joined another head.
+    head: Arc<Head>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -144,7 +148,8 @@ impl Node {
                 .spawn(move || accept_loop(s, listener))?,
         );
         shared.with(|st, out| st.sched.start(out));
-        Ok(Node { shared, cluster: std::sync::OnceLock::new(), threads: Mutex::new(threads) })
+        let head = Arc::new(Head::new(Box::new(MemoryStore::default())));
+        Ok(Node { shared, cluster: std::sync::OnceLock::new(), head, threads: Mutex::new(threads) })
     }
 
     /// Makes this node part of a cluster (see [`crate::ClusterConfig`]); returns once it knows
@@ -153,7 +158,7 @@ impl Node {
         if self.cluster.get().is_some() {
             return Err(RuntimeError::Refused("this node is already in a cluster".into()));
         }
-        let c = Cluster::start(self.shared.clone(), cfg)?;
+        let c = Cluster::start(self.shared.clone(), cfg, self.head.clone())?;
         let r = (c.node_id().0, c.addr().to_string());
         let _ = self.shared.links.set(c.clone());
         let _ = self.cluster.set(c);
@@ -169,6 +174,16 @@ impl Node {
     /// This node as `volley status` shows it (its id in the cluster, or 0 on its own).
     pub fn local_info(&self) -> volley_proto::NodeInfo {
         self.shared.local_info()
+    }
+
+    /// The cluster's head, with this node's own entry fresh, if this node is its own head
+    /// (alone, or the head of a cluster); `None` on a member of another head's cluster.
+    pub fn head(&self) -> Option<Arc<Head>> {
+        if self.cluster.get().is_some_and(|c| !c.is_head()) {
+            return None;
+        }
+        self.head.update_self(self.shared.local_info());
+        Some(self.head.clone())
     }
 
     pub fn cluster_view(&self) -> Vec<volley_proto::NodeInfo> {

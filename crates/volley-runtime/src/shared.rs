@@ -182,6 +182,7 @@ impl Shared {
         let resources = st.sched.resource_usage();
         let waiting = st.sched.waiting_reasons(8);
         let named = st.sched.named_actors();
+        let groups = st.sched.pg_table();
         drop(st);
         let store = self.store.stats();
         NodeInfo {
@@ -201,6 +202,7 @@ impl Shared {
             bytes_served: 0,
             driver,
             pid: std::process::id(),
+            groups,
         }
     }
 

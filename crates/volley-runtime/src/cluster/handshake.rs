@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use volley_proto::{
-    authenticate_client, authenticate_server, FrameReader, NodeId, PeerMsg, ProtoError, Refusal,
+    authenticate_client, authenticate_server, FrameReader, PeerMsg, ProtoError, Refusal,
 };
 
 use super::{recv, send, wire::msg_name, Cluster};
@@ -427,41 +427,14 @@ impl Cluster {
         };
         let _ = s.set_read_timeout(None);
         match first {
-            PeerMsg::Join { info } if self.members.is_some() => {
-                let id = self.member_joined(info);
-                let epoch = self.epoch.load(Ordering::Acquire);
-                if send(&mut s, &PeerMsg::Welcome { id, epoch }).is_err() {
-                    return self.member_left(id);
+            PeerMsg::Join { info } if self.head.is_some() => {
+                if let Some(head) = self.head.clone() {
+                    self.serve_member(&head, info, s, r);
                 }
-                loop {
-                    match recv(&mut r) {
-                        Ok(PeerMsg::Heartbeat { info }) => {
-                            let nodes = self.member_view(id, Some(info));
-                            let view = PeerMsg::View { nodes, refused: Vec::new() };
-                            if send(&mut s, &view).is_err() {
-                                break;
-                            }
-                        }
-                        Ok(other) => {
-                            eprintln!(
-                                "volley: node {} sent {} on its head connection; dropped",
-                                id.0,
-                                msg_name(&other)
-                            );
-                            break;
-                        }
-                        Err(ProtoError::Closed) => break,
-                        Err(e) => {
-                            eprintln!("volley: dropping node {}'s head connection: {e}", id.0);
-                            break;
-                        }
-                    }
-                }
-                self.member_left(id);
             }
-            PeerMsg::Heartbeat { .. } if self.members.is_some() => {
+            PeerMsg::Status if self.head.is_some() => {
                 // `volley status`: one look at the view.
-                let nodes = self.member_view(NodeId(0), None);
+                let nodes = self.head.as_ref().map(|h| h.view()).unwrap_or_default();
                 let _ = send(&mut s, &PeerMsg::View { nodes, refused: self.refusals() });
             }
             PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),

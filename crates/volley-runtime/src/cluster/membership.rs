@@ -1,26 +1,22 @@
-//! Membership as a member sees it: joining the head, one heartbeat (load out, view back) every
-//! `heartbeat`, rejoining a head that restarted, and taking a new view in (peers that left
-//! are cut off). The head's side of it is the `head` module's.
+//! Membership over the network. A member joins the head, sends one heartbeat (load out, view
+//! back) every `heartbeat`, rejoins a head that restarted, and takes each new view in (peers that
+//! left are cut off). The head serves each member's connection and ticks on its own, keeping
+//! the membership itself in its `Head` (see the `head` module, which holds no sockets).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use volley_proto::{FrameReader, NodeId, NodeInfo, PeerMsg};
+use volley_proto::{FrameReader, NodeId, NodeInfo, PeerMsg, ProtoError};
 use volley_sched::PeerView;
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name, Cluster};
+use crate::head::{Head, HEAD_ID};
 use crate::tls::Conn;
 use crate::RuntimeError;
 
 /// A heartbeat (or its thread's wake-up) this late is reported on stderr.
 pub(super) const SLOW_BEAT: Duration = Duration::from_millis(500);
-
-pub(super) struct Members {
-    pub(super) next: u32,
-    pub(super) nodes: HashMap<NodeId, (NodeInfo, Instant)>,
-}
 
 impl Cluster {
     pub(super) fn join(self: &Arc<Self>) -> Result<(Conn, NodeId), RuntimeError> {
@@ -168,31 +164,16 @@ impl Cluster {
     /// The head's periodic work: refresh its own entry, drop members not heard from, and tell
     /// its scheduler.
     pub(super) fn head_tick(self: &Arc<Self>) {
-        let Some(m) = &self.members else { return };
-        let me = self.info(NodeId(1));
-        let nodes = {
-            let mut m = m.lock();
-            m.nodes.insert(NodeId(1), (me, Instant::now()));
-            let dead_after = self.cfg.dead_after;
-            let dead: Vec<NodeId> = m
-                .nodes
-                .iter()
-                .filter(|(_, (_, seen))| seen.elapsed() > dead_after)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in dead {
-                if let Some((info, _)) = m.nodes.remove(&id) {
-                    eprintln!(
-                        "volley: node {} ({}) missed its heartbeats for {:?}: declared dead",
-                        id.0, info.addr, dead_after
-                    );
-                }
-            }
-            let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();
-            v.sort_by_key(|i| i.id);
-            v
-        };
-        self.set_view(nodes);
+        let Some(head) = &self.head else { return };
+        head.update_self(self.info(HEAD_ID));
+        let dead_after = self.cfg.dead_after;
+        for info in head.expire(dead_after) {
+            eprintln!(
+                "volley: node {} ({}) missed its heartbeats for {:?}: declared dead",
+                info.id.0, info.addr, dead_after
+            );
+        }
+        self.set_view(head.view());
     }
 
     pub(super) fn set_view(self: &Arc<Self>, nodes: Vec<NodeInfo>) {
@@ -236,48 +217,63 @@ impl Cluster {
         drop((link, incoming));
     }
 
-    pub(super) fn member_joined(&self, mut info: NodeInfo) -> NodeId {
-        let Some(m) = &self.members else { return NodeId(0) };
-        let mut m = m.lock();
-        let id = NodeId(m.next);
-        m.next += 1;
-        info.id = id;
+    /// (The head) serves a member's connection: it joined with `info`; it beats until the
+    /// connection closes, and then it has left.
+    pub(super) fn serve_member(
+        self: &Arc<Self>,
+        head: &Head,
+        info: NodeInfo,
+        mut s: Conn,
+        mut r: FrameReader<&Conn>,
+    ) {
+        let id = head.join(info.clone());
         eprintln!(
             "volley: node {} joined from {}{}",
             id.0,
             info.addr,
             if info.driver { " (driver)" } else { "" }
         );
-        m.nodes.insert(id, (info, Instant::now()));
-        id
-    }
-
-    pub(super) fn member_view(&self, id: NodeId, info: Option<NodeInfo>) -> Vec<NodeInfo> {
-        let Some(m) = &self.members else { return Vec::new() };
-        let mut m = m.lock();
-        if let Some(mut info) = info {
-            info.id = id;
-            let gap = m.nodes.get(&id).map(|(_, seen)| seen.elapsed());
-            if let Some(gap) = gap.filter(|g| *g >= self.cfg.dead_after / 2) {
-                crate::diag::warn!(
-                    "node {} ({}) was silent for {gap:?} (declared dead after {:?})",
-                    id.0,
-                    info.addr,
-                    self.cfg.dead_after
-                );
-            }
-            m.nodes.insert(id, (info, Instant::now()));
+        if send(&mut s, &PeerMsg::Welcome { id, epoch: head.epoch() }).is_err() {
+            return self.member_left(head, id);
         }
-        let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();
-        v.sort_by_key(|i| i.id);
-        v
+        loop {
+            match recv(&mut r) {
+                Ok(PeerMsg::Heartbeat { info }) => {
+                    let addr = info.addr.clone();
+                    let (gap, nodes) = head.beat(id, info);
+                    if let Some(gap) = gap.filter(|g| *g >= self.cfg.dead_after / 2) {
+                        crate::diag::warn!(
+                            "node {} ({addr}) was silent for {gap:?} (declared dead after {:?})",
+                            id.0,
+                            self.cfg.dead_after
+                        );
+                    }
+                    let view = PeerMsg::View { nodes, refused: Vec::new() };
+                    if send(&mut s, &view).is_err() {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    eprintln!(
+                        "volley: node {} sent {} on its head connection; dropped",
+                        id.0,
+                        msg_name(&other)
+                    );
+                    break;
+                }
+                Err(ProtoError::Closed) => break,
+                Err(e) => {
+                    eprintln!("volley: dropping node {}'s head connection: {e}", id.0);
+                    break;
+                }
+            }
+        }
+        self.member_left(head, id);
     }
 
-    pub(super) fn member_left(self: &Arc<Self>, id: NodeId) {
-        if let Some(m) = &self.members {
-            if let Some((info, _)) = m.lock().nodes.remove(&id) {
-                eprintln!("volley: node {} ({}) disconnected", id.0, info.addr);
-            }
+    fn member_left(self: &Arc<Self>, head: &Head, id: NodeId) {
+        if let Some(info) = head.leave(id) {
+            eprintln!("volley: node {} ({}) disconnected", id.0, info.addr);
         }
         self.head_tick();
     }

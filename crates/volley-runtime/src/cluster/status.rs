@@ -1,6 +1,6 @@
 //! `volley status`: one question to a head, from outside the cluster.
 
-use volley_proto::{FrameReader, NodeId, NodeInfo, PeerMsg, Refusal};
+use volley_proto::{FrameReader, NodeInfo, PeerMsg, Refusal};
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name};
 use crate::tls::TlsConfig;
@@ -23,24 +23,7 @@ pub fn cluster_status(
     tls: Option<&TlsConfig>,
 ) -> Result<(Vec<NodeInfo>, Vec<Refusal>), RuntimeError> {
     let mut s = connect(addr, token, tls)?;
-    let dummy = NodeInfo {
-        id: NodeId(0),
-        addr: String::new(),
-        cpu_total_milli: 0,
-        cpu_free_milli: 0,
-        resources: Vec::new(),
-        workers: 0,
-        store_used: 0,
-        store_capacity: 0,
-        tasks_waiting: 0,
-        waiting: Vec::new(),
-        named: Vec::new(),
-        bytes_received: 0,
-        bytes_served: 0,
-        driver: true,
-        pid: std::process::id(),
-    };
-    send(&mut s, &PeerMsg::Heartbeat { info: dummy })?;
+    send(&mut s, &PeerMsg::Status)?;
     let mut r = FrameReader::new(&s);
     match recv(&mut r).map_err(proto)? {
         PeerMsg::View { nodes, refused } => Ok((nodes, refused)),

@@ -113,6 +113,7 @@ pub(super) fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Steal { .. } => "Steal",
         PeerMsg::Returned { .. } => "Returned",
         PeerMsg::Started { .. } => "Started",
+        PeerMsg::Status => "Status",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
         PeerMsg::Fetch { .. } => "Fetch",
