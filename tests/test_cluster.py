@@ -4,6 +4,7 @@ authenticated TCP; a driver connects with `volley.init(address=...)`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -829,6 +830,26 @@ def _status_text(cluster) -> str:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def test_status_and_nodes_read_one_snapshot(cluster):
+    """``volley status --json`` (asked of the head) and ``volley.nodes()`` (this driver's view)
+    give each node as the same snapshot, with the scheduler's and the store's counters."""
+    out = subprocess.run(
+        [sys.executable, "-m", "volley._cli", "status", "--json", "--address", cluster.head,
+         "--token", cluster.token],
+        env=cluster.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    status = {n["address"]: n for n in json.loads(out.stdout) if not n["driver"]}
+    nodes = {n["address"]: n for n in volley.nodes() if not n["driver"]}
+    assert set(status) == set(nodes) == set(cluster.addrs)
+    for addr, n in nodes.items():
+        assert set(n) == set(status[addr]), addr
+        sched, store = n["scheduler"], n["store"]
+        assert n["workers"] == sched["workers_alive"] + sched["workers_starting"]
+        assert (store["used"], store["capacity"]) == (n["store_used"], n["store_capacity"])
+        assert store["objects"] >= store["objects_in_memory"]
 
 
 def test_status_says_what_waits_and_why(cluster):

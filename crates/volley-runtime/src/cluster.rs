@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use volley_proto::{
-    decode, encode, write_frame, FrameReader, NodeId, NodeInfo, ObjectId, PeerMsg, ProtoError,
+    decode, encode, write_frame, FrameReader, NodeId, NodeSnapshot, ObjectId, PeerMsg, ProtoError,
     Refusal,
 };
 use volley_sched::Action;
@@ -75,7 +75,7 @@ pub(crate) struct Cluster {
     /// Where this node accepts peers, as bound.
     addr: String,
     me: Mutex<NodeId>,
-    view: Mutex<Vec<NodeInfo>>,
+    view: Mutex<Vec<NodeSnapshot>>,
     /// Connections this node opened to send tasks, by peer.
     links: Mutex<HashMap<NodeId, (u64, Sender<Outgoing>)>>,
     /// One lock per peer while a link to it is being opened (so two threads never open two).
@@ -221,7 +221,7 @@ impl Cluster {
         self.head.is_some()
     }
 
-    pub(crate) fn view(&self) -> Vec<NodeInfo> {
+    pub(crate) fn view(&self) -> Vec<NodeSnapshot> {
         self.view.lock().clone()
     }
 
@@ -247,11 +247,11 @@ impl Cluster {
     }
 
     /// This node's description, for the head.
-    pub(crate) fn info(&self, id: NodeId) -> NodeInfo {
-        NodeInfo {
+    pub(crate) fn info(&self, id: NodeId) -> NodeSnapshot {
+        NodeSnapshot {
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
-            ..self.shared.node_info(id, self.addr.clone(), self.cfg.driver)
+            ..self.shared.snapshot(id, self.addr.clone(), self.cfg.driver)
         }
     }
 }
@@ -263,7 +263,7 @@ impl Links for Cluster {
         }
     }
 
-    fn local_info(&self) -> NodeInfo {
+    fn local_snapshot(&self) -> NodeSnapshot {
         self.info(self.node_id())
     }
 }

@@ -22,6 +22,8 @@ mod outbox;
 mod rundir;
 mod shared;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod worker_conn;
 

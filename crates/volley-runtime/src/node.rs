@@ -170,10 +170,10 @@ impl Node {
         Ok(self.shared.register_package(hash, bytes)?)
     }
 
-    /// The cluster as this node last heard it (empty outside a cluster).
-    /// This node as `volley status` shows it (its id in the cluster, or 0 on its own).
-    pub fn local_info(&self) -> volley_proto::NodeInfo {
-        self.shared.local_info()
+    /// This node's metrics now, as `volley status` and `volley.nodes()` show them (its id in the
+    /// cluster, or 0 on its own).
+    pub fn snapshot(&self) -> volley_proto::NodeSnapshot {
+        self.shared.local_snapshot()
     }
 
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
@@ -182,11 +182,13 @@ impl Node {
         if self.cluster.get().is_some_and(|c| !c.is_head()) {
             return None;
         }
-        self.head.update_self(self.shared.local_info());
+        self.head.update_self(self.shared.local_snapshot());
         Some(self.head.clone())
     }
 
-    pub fn cluster_view(&self) -> Vec<volley_proto::NodeInfo> {
+    /// The cluster as this node last heard it from the head, a snapshot per node (empty outside
+    /// a cluster).
+    pub fn cluster_view(&self) -> Vec<volley_proto::NodeSnapshot> {
         self.cluster.get().map(|c| c.view()).unwrap_or_default()
     }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Keep, NodeId, NodeInfo,
-    ObjectData, ObjectId, TaskSpec, WorkerId,
+    encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Keep, NodeId, NodeSnapshot,
+    ObjectData, ObjectId, SchedCounters, StoreCounters, TaskSpec, WorkerId,
 };
 use volley_sched::{Action, Scheduler, WaiterId, WorkerExit};
 use volley_store::{Owner, Store};
@@ -39,7 +39,7 @@ pub(crate) trait Links: Send + Sync {
     /// Carries out scheduler actions meant for peers (called outside the state lock).
     fn dispatch_all(self: Arc<Self>, actions: Vec<Action>);
     /// This node as the cluster's view describes it (with its id and byte counters).
-    fn local_info(&self) -> NodeInfo;
+    fn local_snapshot(&self) -> NodeSnapshot;
 }
 
 #[derive(Default)]
@@ -166,17 +166,18 @@ impl Shared {
         Ok(())
     }
 
-    /// This node as `volley status` shows it (see `local_status`).
-    pub(crate) fn local_info(&self) -> NodeInfo {
+    /// This node's snapshot as `volley status` shows it (see `local_status`): with its id and
+    /// address in the cluster, or as a driver's own node (id 0) outside one.
+    pub(crate) fn local_snapshot(&self) -> NodeSnapshot {
         match self.links.get() {
-            Some(c) => c.local_info(),
-            None => self.node_info(NodeId(0), String::new(), true),
+            Some(c) => c.local_snapshot(),
+            None => self.snapshot(NodeId(0), String::new(), true),
         }
     }
 
-    /// This node as `volley status` and the cluster's view describe it (the cluster adds its
-    /// byte counters).
-    pub(crate) fn node_info(&self, id: NodeId, addr: String, driver: bool) -> NodeInfo {
+    /// This node's metrics now, the one place a [`NodeSnapshot`] is built (the cluster adds its
+    /// byte counters). One lock of the state for the scheduler's part.
+    pub(crate) fn snapshot(&self, id: NodeId, addr: String, driver: bool) -> NodeSnapshot {
         let st = self.state.lock();
         let stats = st.sched.stats();
         let resources = st.sched.resource_usage();
@@ -185,7 +186,7 @@ impl Shared {
         let groups = st.sched.pg_table();
         drop(st);
         let store = self.store.stats();
-        NodeInfo {
+        NodeSnapshot {
             id,
             addr,
             cpu_total_milli: stats.cpu_total_milli,
@@ -203,6 +204,30 @@ impl Shared {
             driver,
             pid: std::process::id(),
             groups,
+            sched: SchedCounters {
+                workers_alive: stats.workers_alive as u32,
+                workers_starting: stats.workers_starting as u32,
+                workers_blocked: stats.workers_blocked as u32,
+                tasks_waiting_deps: stats.tasks_waiting as u32,
+                tasks_queued: stats.tasks_queued as u32,
+                tasks_assigned: stats.tasks_assigned as u32,
+                tasks_pipelined: stats.tasks_pipelined as u32,
+                tasks_remote: stats.tasks_remote as u32,
+                objects: stats.objects as u32,
+                actors: stats.actors as u32,
+                cpu_used_milli: stats.cpu_used_milli,
+            },
+            store: StoreCounters {
+                pinned: store.pinned,
+                objects: store.objects as u64,
+                objects_in_memory: store.objects_in_memory as u64,
+                objects_spilled: store.objects_spilled as u64,
+                spilled_bytes: store.spilled_bytes,
+                spill_count: store.spill_count,
+                spill_bytes_total: store.spill_bytes_total,
+                restore_count: store.restore_count,
+                restore_bytes_total: store.restore_bytes_total,
+            },
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use volley_proto::{FrameReader, NodeId, NodeInfo, PeerMsg, ProtoError};
+use volley_proto::{FrameReader, NodeId, NodeSnapshot, PeerMsg, ProtoError};
 use volley_sched::PeerView;
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name, Cluster};
@@ -176,7 +176,7 @@ impl Cluster {
         self.set_view(head.view());
     }
 
-    pub(super) fn set_view(self: &Arc<Self>, nodes: Vec<NodeInfo>) {
+    pub(super) fn set_view(self: &Arc<Self>, nodes: Vec<NodeSnapshot>) {
         let me = self.node_id();
         let peers: Vec<PeerView> = nodes
             .iter()
@@ -222,7 +222,7 @@ impl Cluster {
     pub(super) fn serve_member(
         self: &Arc<Self>,
         head: &Head,
-        info: NodeInfo,
+        info: NodeSnapshot,
         mut s: Conn,
         mut r: FrameReader<&Conn>,
     ) {

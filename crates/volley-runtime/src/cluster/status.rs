@@ -1,6 +1,6 @@
 //! `volley status`: one question to a head, from outside the cluster.
 
-use volley_proto::{FrameReader, NodeInfo, PeerMsg, Refusal};
+use volley_proto::{FrameReader, NodeSnapshot, PeerMsg, Refusal};
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name};
 use crate::tls::TlsConfig;
@@ -11,7 +11,7 @@ pub fn cluster_view(
     addr: &str,
     token: &[u8],
     tls: Option<&TlsConfig>,
-) -> Result<Vec<NodeInfo>, RuntimeError> {
+) -> Result<Vec<NodeSnapshot>, RuntimeError> {
     cluster_status(addr, token, tls).map(|(nodes, _)| nodes)
 }
 
@@ -21,7 +21,7 @@ pub fn cluster_status(
     addr: &str,
     token: &[u8],
     tls: Option<&TlsConfig>,
-) -> Result<(Vec<NodeInfo>, Vec<Refusal>), RuntimeError> {
+) -> Result<(Vec<NodeSnapshot>, Vec<Refusal>), RuntimeError> {
     let mut s = connect(addr, token, tls)?;
     send(&mut s, &PeerMsg::Status)?;
     let mut r = FrameReader::new(&s);

@@ -8,7 +8,7 @@
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
 //! heartbeat, and goes when its node does. Names are still resolved by asking the nodes
-//! (`NodeInfo::named` in the view); resolving them through the head is a later step.
+//! (`NodeSnapshot::named` in the view); resolving them through the head is a later step.
 
 mod store;
 
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use volley_proto::{NamedActor, NodeId, NodeInfo, PgInfo};
+use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo};
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
 
@@ -32,7 +32,7 @@ pub struct Head {
 
 struct Members {
     next: u32,
-    nodes: HashMap<NodeId, (NodeInfo, Instant)>,
+    nodes: HashMap<NodeId, (NodeSnapshot, Instant)>,
 }
 
 impl Head {
@@ -54,7 +54,7 @@ impl Head {
     // ------------------------------------------------------------------ membership
 
     /// A node joins: its number. A driver's node starts a job.
-    pub fn join(&self, mut info: NodeInfo) -> NodeId {
+    pub fn join(&self, mut info: NodeSnapshot) -> NodeId {
         let id = {
             let mut m = self.members.lock();
             let id = NodeId(m.next);
@@ -71,14 +71,18 @@ impl Head {
     }
 
     /// The head's own entry, refreshed (its load, what it hosts).
-    pub fn update_self(&self, mut info: NodeInfo) {
+    pub fn update_self(&self, mut info: NodeSnapshot) {
         info.id = HEAD_ID;
         self.record(HEAD_ID, info);
     }
 
     /// A member's heartbeat: records its load and directory entries. Gives how long it had been
     /// silent (`None` for a node not in the view, e.g. one declared dead meanwhile) and the view.
-    pub fn beat(&self, id: NodeId, mut info: NodeInfo) -> (Option<Duration>, Vec<NodeInfo>) {
+    pub fn beat(
+        &self,
+        id: NodeId,
+        mut info: NodeSnapshot,
+    ) -> (Option<Duration>, Vec<NodeSnapshot>) {
         info.id = id;
         let gap = self.members.lock().nodes.get(&id).map(|(_, seen)| seen.elapsed());
         self.record(id, info);
@@ -87,7 +91,7 @@ impl Head {
 
     /// Drops the members not heard from for `dead_after` (never the head itself): what they
     /// were, for the log.
-    pub fn expire(&self, dead_after: Duration) -> Vec<NodeInfo> {
+    pub fn expire(&self, dead_after: Duration) -> Vec<NodeSnapshot> {
         let dead: Vec<NodeId> = {
             let m = self.members.lock();
             m.nodes
@@ -101,7 +105,7 @@ impl Head {
 
     /// A member left (its connection to the head closed, or it was declared dead): its entry,
     /// if it was still in the view. What it hosted leaves the directory, and its job ends.
-    pub fn leave(&self, id: NodeId) -> Option<NodeInfo> {
+    pub fn leave(&self, id: NodeId) -> Option<NodeSnapshot> {
         let info = self.members.lock().nodes.remove(&id).map(|(i, _)| i)?;
         let mut dir = self.dir.lock();
         forget_node(dir.as_mut(), id);
@@ -113,16 +117,16 @@ impl Head {
     }
 
     /// Every live node, by number.
-    pub fn view(&self) -> Vec<NodeInfo> {
+    pub fn view(&self) -> Vec<NodeSnapshot> {
         let m = self.members.lock();
-        let mut v: Vec<NodeInfo> = m.nodes.values().map(|(i, _)| i.clone()).collect();
+        let mut v: Vec<NodeSnapshot> = m.nodes.values().map(|(i, _)| i.clone()).collect();
         v.sort_by_key(|i| i.id);
         v
     }
 
     /// Records a node's entry and what it reports for the directory: the named actors it hosts
     /// and the placement groups its driver made replace what it reported before.
-    fn record(&self, id: NodeId, info: NodeInfo) {
+    fn record(&self, id: NodeId, info: NodeSnapshot) {
         {
             let mut dir = self.dir.lock();
             let dir = dir.as_mut();

@@ -1,11 +1,12 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use volley_proto::{NamedActor, NodeId, NodeInfo, PgInfo, PgStrategy};
+use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
+use crate::testing::{node, poll};
 
-fn info(addr: &str, driver: bool) -> NodeInfo {
-    NodeInfo {
+fn info(addr: &str, driver: bool) -> NodeSnapshot {
+    NodeSnapshot {
         id: NodeId(0),
         addr: addr.into(),
         cpu_total_milli: 2000,
@@ -22,6 +23,8 @@ fn info(addr: &str, driver: bool) -> NodeInfo {
         driver,
         pid: 4242,
         groups: Vec::new(),
+        sched: Default::default(),
+        store: Default::default(),
     }
 }
 
@@ -150,34 +153,6 @@ fn the_key_value_table_keeps_namespaces_apart() {
     assert_eq!(h.kv_keys("a", b""), vec![b"j".to_vec(), b"k2".to_vec()]);
 }
 
-/// A node of this process, with no worker that ever connects (its one worker is `sleep`).
-fn node(dir: &std::path::Path) -> crate::Node {
-    crate::Node::start(crate::NodeConfig {
-        num_cpus: 1.0,
-        python: "sleep".into(),
-        worker_args: vec!["30".into()],
-        env: Vec::new(),
-        log_to_driver: false,
-        pipeline_depth: 1,
-        idle_worker_timeout_ms: 60_000,
-        object_store_memory: 8 << 20,
-        spill_dir: dir.to_path_buf(),
-        inline_threshold: 100 << 10,
-        resources: Vec::new(),
-        max_workers: 1,
-        wait_notice_ms: 0,
-    })
-    .expect("a node starts")
-}
-
-fn poll(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Over real sockets: a lone node is its own head; as a cluster's head it records a driver that
 /// joins as a job, answers `volley status` with a `Status` request, and ends the job when the
 /// driver's connection closes. A member has no head of its own.
@@ -197,7 +172,7 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
         tls: None,
     };
 
-    let first = node(&dir);
+    let first = node(&dir, 8 << 20);
     let alone = first.head().expect("a lone node is its own head");
     assert_eq!(alone.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![HEAD_ID]);
 
@@ -206,7 +181,7 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
     let head = first.head().expect("the cluster's head");
     assert_eq!(head.epoch(), alone.epoch(), "the lone node's head became the cluster's");
 
-    let driver = node(&dir);
+    let driver = node(&dir, 8 << 20);
     let (did, _) = driver.join_cluster(cfg(None, Some(addr.clone()), true)).expect("joins");
     assert_eq!(did, 2);
     assert!(driver.head().is_none(), "a member asks the head");
