@@ -489,7 +489,7 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             .name("volley-conn".into())
             .spawn(move || serve_worker(s, stream));
         if let Err(e) = spawned {
-            eprintln!("volley: could not start a connection thread: {e}");
+            crate::diag::event!(Error, "volley: could not start a connection thread: {e}");
         }
     }
 }
@@ -549,7 +549,7 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
     let outbox = match stream.try_clone().and_then(Outbox::new) {
         Ok(o) => Arc::new(o),
         Err(e) => {
-            eprintln!("volley: worker {} connection failed: {e}", wid.0);
+            crate::diag::event!(Warn, "volley: worker {} connection failed: {e}", wid.0);
             shared.reader_finished(wid);
             return;
         }
@@ -605,7 +605,11 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
             }
             if let Some(e) = failed {
                 if !shared.closed.load(Ordering::Acquire) {
-                    eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
+                    crate::diag::event!(
+                        Warn,
+                        "volley: dropping worker {} after a bad frame: {e}",
+                        wid.0
+                    );
                 }
                 break;
             }

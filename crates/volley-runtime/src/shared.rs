@@ -139,7 +139,7 @@ impl Shared {
             }
         }
         for line in d.logs {
-            eprintln!("{line}");
+            crate::diag::event!(Info, "{line}");
         }
         if !d.peer.is_empty() {
             if let Some(c) = self.links.get() {
@@ -485,7 +485,11 @@ fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
                 conn.push(&b);
                 d.flush.push(conn);
             }
-            Err(e) => eprintln!("volley: could not encode a message for worker {}: {e}", worker.0),
+            Err(e) => crate::diag::event!(
+                Error,
+                "volley: could not encode a message for worker {}: {e}",
+                worker.0
+            ),
         }
     }
 }

@@ -204,7 +204,8 @@ impl Cluster {
             }
             said.0 += 1;
             if said.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                eprintln!(
+                crate::diag::event!(
+                    Warn,
                     "volley: accepting a connection failed {} time(s) ({e}); backing off",
                     said.0
                 );
@@ -281,7 +282,8 @@ impl Cluster {
         let mut d = self.dropped.lock();
         d.0 += n;
         if d.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            eprintln!(
+            crate::diag::event!(
+                Warn,
                 "volley: dropped {} connection(s) that did not authenticate (closed, too slow, \
                  or pushed out by newer ones: at most {} wait at once, {} s each)",
                 d.0,
@@ -390,7 +392,8 @@ impl Cluster {
                 };
                 let count = self.note_refused(a, reason);
                 if count <= 3 || count.is_multiple_of(100) {
-                    eprintln!(
+                    crate::diag::event!(
+                        Warn,
                         "volley: refused a connection from {who}: {e} ({count} from {} so far)",
                         a.ip()
                     );
@@ -406,7 +409,7 @@ impl Cluster {
             Some(t) => match t.into_conn(tcp) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("volley: no TLS for the connection from {who}: {e}");
+                    crate::diag::event!(Warn, "volley: no TLS for the connection from {who}: {e}");
                     return;
                 }
             },
@@ -421,7 +424,7 @@ impl Cluster {
             Ok(m) => m,
             Err(ProtoError::Closed) => return,
             Err(e) => {
-                eprintln!("volley: dropping the connection from {who}: {e}");
+                crate::diag::event!(Warn, "volley: dropping the connection from {who}: {e}");
                 return;
             }
         };
@@ -440,7 +443,7 @@ impl Cluster {
             PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),
             other => {
                 let reason = format!("unexpected first message {}", msg_name(&other));
-                eprintln!("volley: dropping the connection from {who}: {reason}");
+                crate::diag::event!(Warn, "volley: dropping the connection from {who}: {reason}");
                 let _ = send(&mut s, &PeerMsg::Refused { reason });
             }
         }

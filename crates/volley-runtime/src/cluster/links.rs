@@ -70,7 +70,7 @@ impl Cluster {
                     if let PeerMsg::Task { packages, .. } = &mut m {
                         for (hash, bytes) in packages.drain(..) {
                             if let Err(e) = self.shared.register_package(hash, bytes.into_vec()) {
-                                eprintln!("volley: node {}: {e}", peer.0);
+                                crate::diag::event!(Warn, "volley: node {}: {e}", peer.0);
                             }
                         }
                     }
@@ -95,7 +95,8 @@ impl Cluster {
                     false
                 }
                 Ok(Some(other)) => {
-                    eprintln!(
+                    crate::diag::event!(
+                        Warn,
                         "volley: node {} ({who}) sent {}; connection dropped",
                         peer.0,
                         msg_name(&other)
@@ -105,7 +106,11 @@ impl Cluster {
                 Err(ProtoError::Closed) => true,
                 Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
                 Err(e) => {
-                    eprintln!("volley: dropping node {}'s connection ({who}): {e}", peer.0);
+                    crate::diag::event!(
+                        Warn,
+                        "volley: dropping node {}'s connection ({who}): {e}",
+                        peer.0
+                    );
                     true
                 }
             };
@@ -205,7 +210,7 @@ impl Cluster {
         let mut s = match connect(&addr, &self.cfg.token, self.cfg.tls.as_deref()) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("volley: cannot reach node {} at {addr}: {e}", peer.0);
+                crate::diag::event!(Warn, "volley: cannot reach node {} at {addr}: {e}", peer.0);
                 return None;
             }
         };
@@ -404,7 +409,11 @@ impl Cluster {
                     && leases.iter().all(|l| w.write_all(lease_bytes(l)).is_ok())
             }
             Err(e) => {
-                eprintln!("volley: could not encode a message for node {}: {e}", peer.0);
+                crate::diag::event!(
+                    Error,
+                    "volley: could not encode a message for node {}: {e}",
+                    peer.0
+                );
                 true
             }
         }

@@ -125,7 +125,7 @@ impl Cluster {
                 match self.join() {
                     Ok((s2, _)) => {
                         if refused.is_some() {
-                            eprintln!("volley: rejoined the cluster's head");
+                            crate::diag::event!(Info, "volley: rejoined the cluster's head");
                         }
                         s = s2;
                         break;
@@ -154,7 +154,8 @@ impl Cluster {
         } else {
             "this node: it takes no work from the rest of the cluster"
         };
-        eprintln!(
+        crate::diag::event!(
+            Error,
             "volley: the cluster's head at {head} refused to take back {what} ({why}). Was the \
              head restarted with another token? Restart it with the cluster's token (the \
              session directory's token file, --token or VOLLEY_TOKEN); this keeps trying."
@@ -168,9 +169,12 @@ impl Cluster {
         head.update_self(self.info(HEAD_ID));
         let dead_after = self.cfg.dead_after;
         for info in head.expire(dead_after) {
-            eprintln!(
+            crate::diag::event!(
+                Warn,
                 "volley: node {} ({}) missed its heartbeats for {:?}: declared dead",
-                info.id.0, info.addr, dead_after
+                info.id.0,
+                info.addr,
+                dead_after
             );
         }
         self.set_view(head.view());
@@ -227,7 +231,8 @@ impl Cluster {
         mut r: FrameReader<&Conn>,
     ) {
         let id = head.join(info.clone());
-        eprintln!(
+        crate::diag::event!(
+            Info,
             "volley: node {} joined from {}{}",
             id.0,
             info.addr,
@@ -254,7 +259,8 @@ impl Cluster {
                     }
                 }
                 Ok(other) => {
-                    eprintln!(
+                    crate::diag::event!(
+                        Warn,
                         "volley: node {} sent {} on its head connection; dropped",
                         id.0,
                         msg_name(&other)
@@ -263,7 +269,11 @@ impl Cluster {
                 }
                 Err(ProtoError::Closed) => break,
                 Err(e) => {
-                    eprintln!("volley: dropping node {}'s head connection: {e}", id.0);
+                    crate::diag::event!(
+                        Warn,
+                        "volley: dropping node {}'s head connection: {e}",
+                        id.0
+                    );
                     break;
                 }
             }
@@ -273,7 +283,7 @@ impl Cluster {
 
     fn member_left(self: &Arc<Self>, head: &Head, id: NodeId) {
         if let Some(info) = head.leave(id) {
-            eprintln!("volley: node {} ({}) disconnected", id.0, info.addr);
+            crate::diag::event!(Info, "volley: node {} ({}) disconnected", id.0, info.addr);
         }
         self.head_tick();
     }

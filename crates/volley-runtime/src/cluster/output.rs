@@ -55,7 +55,7 @@ impl Cluster {
         // Opening the links can wait for a slow peer's handshake: not on the heartbeat thread.
         let spawned = std::thread::Builder::new().name("volley-logsub".into()).spawn(subscribe);
         if let Err(e) = spawned {
-            eprintln!("volley: could not subscribe to the new nodes' logs: {e}");
+            crate::diag::event!(Warn, "volley: could not subscribe to the new nodes' logs: {e}");
         }
     }
 }
