@@ -67,6 +67,25 @@ pub struct SchedCounters {
     pub cpu_used_milli: u32,
 }
 
+impl SchedCounters {
+    /// Every counter by name, for readers that list them (a dict, `/metrics`).
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("workers_alive", self.workers_alive.into()),
+            ("workers_starting", self.workers_starting.into()),
+            ("workers_blocked", self.workers_blocked.into()),
+            ("tasks_waiting_deps", self.tasks_waiting_deps.into()),
+            ("tasks_queued", self.tasks_queued.into()),
+            ("tasks_assigned", self.tasks_assigned.into()),
+            ("tasks_pipelined", self.tasks_pipelined.into()),
+            ("tasks_remote", self.tasks_remote.into()),
+            ("objects", self.objects.into()),
+            ("actors", self.actors.into()),
+            ("cpu_used_milli", self.cpu_used_milli.into()),
+        ]
+    }
+}
+
 /// The object store's counters, as its `stats()` gives them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreCounters {
@@ -81,4 +100,21 @@ pub struct StoreCounters {
     pub spill_bytes_total: u64,
     pub restore_count: u64,
     pub restore_bytes_total: u64,
+}
+
+impl StoreCounters {
+    /// Every counter by name, for readers that list them (a dict, `/metrics`).
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
+        [
+            ("pinned", self.pinned),
+            ("objects", self.objects),
+            ("objects_in_memory", self.objects_in_memory),
+            ("objects_spilled", self.objects_spilled),
+            ("spilled_bytes", self.spilled_bytes),
+            ("spill_count", self.spill_count),
+            ("spill_bytes_total", self.spill_bytes_total),
+            ("restore_count", self.restore_count),
+            ("restore_bytes_total", self.restore_bytes_total),
+        ]
+    }
 }

@@ -25,41 +25,24 @@ macro_rules! dict {
 
 /// A node's snapshot as `volley.nodes()` and `volley status` give it: the one conversion of
 /// [`NodeSnapshot`] to Python (the keys are the public interface; `scheduler` and `store` hold
-/// the counters behind the top-level figures).
+/// the counters behind the top-level figures, by the names their `fields()` give).
 fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, PyDict>> {
     let milli = |m: u64| m as f64 / 1000.0;
     let resources = PyDict::new(py);
     for (r, total, free) in &n.resources {
         resources.set_item(r, (milli(*total), milli(*free)))?;
     }
-    let s = &n.sched;
-    let scheduler = dict!(py, {
-        "workers_alive" => s.workers_alive,
-        "workers_starting" => s.workers_starting,
-        "workers_blocked" => s.workers_blocked,
-        "tasks_waiting_deps" => s.tasks_waiting_deps,
-        "tasks_queued" => s.tasks_queued,
-        "tasks_assigned" => s.tasks_assigned,
-        "tasks_pipelined" => s.tasks_pipelined,
-        "tasks_remote" => s.tasks_remote,
-        "objects" => s.objects,
-        "actors" => s.actors,
-        "cpu_used" => milli(u64::from(s.cpu_used_milli)),
-    });
-    let st = &n.store;
-    let store = dict!(py, {
-        "used" => n.store_used,
-        "capacity" => n.store_capacity,
-        "pinned" => st.pinned,
-        "objects" => st.objects,
-        "objects_in_memory" => st.objects_in_memory,
-        "objects_spilled" => st.objects_spilled,
-        "spilled_bytes" => st.spilled_bytes,
-        "spill_count" => st.spill_count,
-        "spill_bytes_total" => st.spill_bytes_total,
-        "restore_count" => st.restore_count,
-        "restore_bytes_total" => st.restore_bytes_total,
-    });
+    let counters = |fields: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in fields {
+            d.set_item(*k, *v)?;
+        }
+        Ok(d)
+    };
+    let scheduler = counters(&n.sched.fields())?;
+    let store = counters(&n.store.fields())?;
+    store.set_item("used", n.store_used)?;
+    store.set_item("capacity", n.store_capacity)?;
     Ok(dict!(py, {
         "node_id" => n.id.0,
         "address" => &n.addr,

@@ -72,14 +72,18 @@ pub(crate) struct Shared {
     pub(crate) ready_cv: Condvar,
     pub(crate) lives: Mutex<HashMap<WorkerId, Life>>,
     pub(crate) sup: Mutex<Sender<SupCmd>>,
+    /// The abstract Unix socket workers connect to (and `volley status` asks).
     pub(crate) socket_name: String,
+    /// What a worker must show in its `Hello` to be served.
     pub(crate) token: String,
     /// `VOLLEY_STORE` for workers: where to map the store, its size, the inline threshold.
     pub(crate) store_env: String,
     /// The store's memfd, inherited by workers.
     pub(crate) store_fd: i32,
     pub(crate) store: Arc<Store>,
+    /// Set once by `Node::shutdown`: threads that see it stop.
     pub(crate) closed: AtomicBool,
+    /// The scheduler's clock starts here (see `tick`).
     pub(crate) started: Instant,
     /// The cluster, once this node has joined one.
     pub(crate) links: std::sync::OnceLock<Arc<dyn Links>>,

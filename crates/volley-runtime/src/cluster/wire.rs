@@ -209,14 +209,7 @@ impl Cluster {
                         TaskResult::Err { error, retryable: false }
                     }
                 };
-                let mut extra = Vec::new();
-                let objects = match self.prepare_all(&objects, &mut extra) {
-                    Ok(o) => {
-                        leases.extend(extra);
-                        o
-                    }
-                    Err(_) => Vec::new(),
-                };
+                let objects = self.prepare_referred(&objects, &mut leases);
                 Some((PeerMsg::Done { task, result, objects, kept }, leases))
             }
             Action::PeerCancel { task, force, .. } => {
@@ -252,14 +245,7 @@ impl Cluster {
                 if result.is_err() {
                     leases.clear();
                 }
-                let mut extra = Vec::new();
-                let objects = match self.prepare_all(&objects, &mut extra) {
-                    Ok(o) => {
-                        leases.extend(extra);
-                        o
-                    }
-                    Err(_) => Vec::new(),
-                };
+                let objects = self.prepare_referred(&objects, &mut leases);
                 Some((PeerMsg::Object { id, result, objects }, leases))
             }
             Action::PeerActorState { actor, pid, restarts, death, log, .. } => {
@@ -277,6 +263,23 @@ impl Cluster {
             | Action::Pull { .. }
             | Action::PeerServe { .. }
             | Action::Log(_) => None,
+        }
+    }
+
+    /// The values a result or object refers to, as sent (their leases added to `leases`); none
+    /// at all if one of them cannot be read, so the message still goes.
+    fn prepare_referred(
+        &self,
+        objects: &[(ObjectId, Arc<ObjectData>)],
+        leases: &mut Vec<Lease>,
+    ) -> Vec<(ObjectId, ObjectData)> {
+        let mut extra = Vec::new();
+        match self.prepare_all(objects, &mut extra) {
+            Ok(o) => {
+                leases.extend(extra);
+                o
+            }
+            Err(_) => Vec::new(),
         }
     }
 
