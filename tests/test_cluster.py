@@ -572,6 +572,34 @@ def test_an_actor_on_another_node_stops_when_its_last_handle_goes(cluster):
     assert not _alive(pid)
 
 
+@volley.remote
+def shout(tag: str) -> str:
+    time.sleep(0.3)
+    addr = os.environ["VOLLEY_NODE_ADDRESS"]
+    print(f"OUT {tag} {addr}", flush=True)
+    print(f"ERR {tag} {addr}", file=sys.stderr, flush=True)
+    return addr
+
+
+def test_output_of_tasks_on_every_node_reaches_the_driver(cluster, capfd):
+    # Each node sends its workers' output back on the link the driver's node opened to it
+    # (the driver subscribes when it joins), stdout to stdout and stderr to stderr.
+    tag = os.urandom(4).hex()
+    seen = set(volley.get([shout.remote(tag) for _ in range(6)]))
+    assert seen == set(cluster.addrs)
+    out = err = ""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        o, e = capfd.readouterr()
+        out, err = out + o, err + e
+        if all(f"OUT {tag} {a}" in out and f"ERR {tag} {a}" in err for a in seen):
+            break
+        time.sleep(0.1)
+    for a in seen:
+        assert f"OUT {tag} {a}" in out, (a, out)
+        assert f"ERR {tag} {a}" in err, (a, err)
+
+
 def test_restarts_on_the_hosting_node_are_reported_to_the_driver(cluster, capfd):
     a = Counter.options(max_restarts=1).remote(5)
     _, pid = volley.get(a.where.remote())

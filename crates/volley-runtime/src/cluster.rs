@@ -2,21 +2,28 @@
 //!
 //! - Every TCP connection authenticates first ([`volley_proto::authenticate_server`]); a peer that
 //!   fails is logged and dropped, and nothing it sent is decoded beyond the handshake.
-//! - The head keeps the membership: nodes `Join`, then send a `Heartbeat` with their load every
-//!   `heartbeat` and get the cluster `View` back. A node not heard from for `dead_after` (or whose
-//!   connection to the head breaks) leaves the view; the others then retry or fail the tasks it
-//!   ran for them. The head is a node like the others and takes work too.
+//! - The head keeps the membership (in its [`Head`]): nodes `Join`, then send a `Heartbeat` with
+//!   their snapshot every `heartbeat` and get the cluster `View` back. A node not heard from for
+//!   `dead_after` (or whose connection to the head breaks) leaves the view; the others then retry
+//!   or fail the tasks it ran for them. The head is a node like the others and takes work too.
 //! - The scheduler decides what to send where (`Action::Spill`); a link per peer carries those
 //!   tasks, with their values, on a connection this node opens, and the results come back on it.
 //!   Values are copied out of the store by the link's writer thread, so a large argument never
 //!   holds up the caller or the scheduler.
 //! - A malformed or oversized frame ends that connection only.
 //! - A connection that has not authenticated is bounded in time and number: its whole handshake
-//!   (TLS, token, first message) must end within [`HANDSHAKE_DEADLINE`], at most [`MAX_PENDING`]
-//!   are in their handshake at once (a new one drops the oldest), and out of descriptors the
-//!   accept loop backs off instead of spinning. Slow or idle peers that never authenticate thus
-//!   cost a bounded number of threads and descriptors, and nodes and `volley status` still get
-//!   in.
+//!   (TLS, token, first message) must end within [`handshake::HANDSHAKE_DEADLINE`], at most
+//!   [`handshake::MAX_PENDING`] are in their handshake at once (a new one drops the oldest), and
+//!   out of descriptors the accept loop backs off instead of spinning. Slow or idle peers that
+//!   never authenticate thus cost a bounded number of threads and descriptors, and nodes and
+//!   `volley status` still get in.
+//!
+//! This file holds the [`Cluster`] (its state, start and close); its work is in the modules
+//! below, one concern each: `handshake` (opening and accepting connections, the first message),
+//! `membership` (joining, heartbeats, the view; the head's side of it), `links` (a connection
+//! per peer and direction, their writer and reader threads), `wire` (scheduler actions to peer
+//! messages and back, values' bytes into the store), `pull` (large values pulled in chunks),
+//! `output` (worker output to the drivers) and `status` (`volley status` asking the head).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
