@@ -357,7 +357,7 @@ impl Cluster {
                     Err(mpsc::TryRecvError::Empty) => None,
                 };
                 let ok = match next {
-                    Some(Outgoing::Msg(msg)) => c.write_msg(&mut w, peer, msg, &[]),
+                    Some(Outgoing::Msg(msg)) => c.write_msg(&mut w, peer, *msg, &[]),
                     Some(Outgoing::Action(Action::PeerServe { id, value, .. })) => {
                         match c.serve_start(id, value) {
                             Ok(v) => {

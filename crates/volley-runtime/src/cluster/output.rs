@@ -19,7 +19,7 @@ impl Cluster {
         for peer in subscribers {
             if let Some((_, tx)) = incoming.get(&peer) {
                 let lines = serde_bytes::ByteBuf::from(lines.to_vec());
-                let _ = tx.send(Outgoing::Msg(PeerMsg::Log { fd: fd as u8, lines }));
+                let _ = tx.send(Outgoing::Msg(Box::new(PeerMsg::Log { fd: fd as u8, lines })));
             }
         }
     }
@@ -46,7 +46,7 @@ impl Cluster {
                 if c.closed.load(Ordering::Acquire) {
                     return;
                 }
-                c.send_to(peer, true, Outgoing::Msg(PeerMsg::SubscribeLogs));
+                c.send_to(peer, true, Outgoing::Msg(Box::new(PeerMsg::SubscribeLogs)));
             }
         };
         if !on_the_side {

@@ -150,7 +150,7 @@ impl Cluster {
         let tx =
             if link { self.links.lock().get(&peer).cloned() } else { self.incoming_from(peer) };
         let send = move |c: &Arc<Cluster>, tx: Option<(u64, std::sync::mpsc::Sender<Outgoing>)>| {
-            let msg = Outgoing::Msg(PeerMsg::Fetch { id });
+            let msg = Outgoing::Msg(Box::new(PeerMsg::Fetch { id }));
             let sent = tx.is_some_and(|(_, tx)| tx.send(msg).is_ok());
             if !sent {
                 c.source_failed(id, source, &format!("node {} cannot be reached", peer.0));

@@ -18,10 +18,13 @@ use crate::tls::Conn;
 
 /// What a link's writer sends: a scheduler action meant for the peer (turned into its message
 /// by the writer, which copies the values out of the store), or a message of the runtime's own
-/// (pulling a value, worker output), which the scheduler never sees.
+/// (pulling a value, worker output), which the scheduler never sees. The message is boxed so
+/// that the channel's slots stay the size of an action (a `PeerMsg` is larger).
+// An action is sent by value, as before the split: boxing it would cost an allocation per task.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Outgoing {
     Action(Action),
-    Msg(PeerMsg),
+    Msg(Box<PeerMsg>),
 }
 
 /// Reads the raw bytes that follow the last frame into the store at `at`, `dst` being that range
