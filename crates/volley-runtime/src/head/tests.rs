@@ -193,6 +193,24 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
         (NodeId(2), std::process::id(), None)
     );
 
+    // A placement group the driver makes shows up in the head's directory with its next
+    // heartbeat, as the driver's.
+    let spec = volley_proto::PgSpec {
+        id: "pg-from-the-driver".into(),
+        name: "g".into(),
+        bundles: vec![vec![("CPU".into(), 500)]],
+        strategy: PgStrategy::Pack,
+        ready: volley_proto::ObjectId::for_return(volley_proto::TaskId(99), 1),
+        value: Default::default(),
+    };
+    let answer = driver.actor(volley_proto::ActorRequest::PgCreate(Box::new(spec)));
+    assert!(!matches!(answer, volley_proto::ActorAnswer::Error(_)), "{answer:?}");
+    poll("the group in the head's directory", || {
+        head.placement_groups()
+            .iter()
+            .any(|(owner, g)| *owner == NodeId(2) && g.id == "pg-from-the-driver")
+    });
+
     let (nodes, refused) = crate::cluster_status(&addr, &token, None).expect("status");
     assert_eq!(
         nodes.iter().map(|n| (n.id.0, n.driver)).collect::<Vec<_>>(),
@@ -208,6 +226,7 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
     poll("the driver's job to end", || {
         head.view().len() == 1 && head.jobs().iter().all(|j| j.ended_ms.is_some())
     });
+    assert!(head.placement_groups().is_empty(), "the driver's groups went with it");
     first.shutdown(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }
