@@ -20,7 +20,7 @@ use crate::tls::{Conn, TlsConfig};
 use crate::RuntimeError;
 
 /// How long the connecting side waits for each answer of the handshake.
-pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The accepting side's limit for a connection's whole handshake (TLS, token, first message),
 /// however slowly its bytes come: a peer that drips a byte at a time is dropped after it.
@@ -31,11 +31,11 @@ pub(crate) const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 pub(crate) const MAX_PENDING: usize = 32;
 
 /// Refused handshakes the head remembers (by peer address and reason) for `volley status`.
-pub(super) const MAX_REFUSALS: usize = 16;
+const MAX_REFUSALS: usize = 16;
 
 /// The longest the accept loop waits after a failed `accept` (out of descriptors), doubling from
 /// a few milliseconds.
-pub(super) const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Connections in their handshake: each entry shares its socket with the thread serving it, so
 /// dropping the entry's connection (`shutdown`) ends that thread's blocking read at once.
@@ -47,7 +47,7 @@ pub(super) struct Pending {
 
 /// A connection's socket during its handshake: each read and write waits only for what is left
 /// of one deadline, so a peer sending a byte now and then cannot stretch the handshake.
-pub(super) struct Deadline<'a> {
+struct Deadline<'a> {
     tcp: &'a TcpStream,
     until: Instant,
 }
@@ -157,7 +157,7 @@ pub(super) fn pending_cap() -> usize {
 
 /// An `accept` (or thread start) that failed for want of descriptors, threads or memory: it
 /// fails again until something is freed.
-pub(super) fn is_exhausted(e: &std::io::Error) -> bool {
+fn is_exhausted(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)
@@ -217,7 +217,7 @@ impl Cluster {
     }
 
     /// Registers a connection in its handshake, dropping the oldest ones beyond the cap.
-    pub(super) fn admit(&self, tcp: Arc<TcpStream>) -> u64 {
+    fn admit(&self, tcp: Arc<TcpStream>) -> u64 {
         let mut dropped = 0;
         let id = {
             let mut p = self.pending.lock();
@@ -239,10 +239,7 @@ impl Cluster {
     /// Runs `f`, which needs descriptors, again while there are none: an authenticated peer goes
     /// before connections still in their handshake, the oldest of which is dropped each time to
     /// make room (its thread closes it at once).
-    pub(super) fn with_room<T>(
-        &self,
-        mut f: impl FnMut() -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
+    fn with_room<T>(&self, mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
         let mut tries = 0;
         loop {
             match f() {
@@ -257,7 +254,7 @@ impl Cluster {
     }
 
     /// Ends the oldest connection in its handshake (its thread sees it closed).
-    pub(super) fn drop_oldest_pending(&self) {
+    fn drop_oldest_pending(&self) {
         let old = self.pending.lock().conns.pop_front();
         if let Some((_, old)) = old {
             let _ = old.shutdown(std::net::Shutdown::Both);
@@ -266,7 +263,7 @@ impl Cluster {
     }
 
     /// The handshake of connection `id` ended; false if it had been dropped meanwhile.
-    pub(super) fn finish_pending(&self, id: u64) -> bool {
+    fn finish_pending(&self, id: u64) -> bool {
         let mut p = self.pending.lock();
         let Some(at) = p.conns.iter().position(|(k, _)| *k == id) else { return false };
         p.conns.remove(at);
@@ -275,7 +272,7 @@ impl Cluster {
 
     /// Counts handshakes dropped (too slow, or pushed out by newer ones) and says so on stderr
     /// at most every few seconds: a flood of them must not flood the log too.
-    pub(super) fn note_dropped(&self, n: u64) {
+    fn note_dropped(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -296,7 +293,7 @@ impl Cluster {
 
     /// Remembers a refused handshake for `volley status`, by peer address and reason; returns
     /// how many of those there were.
-    pub(super) fn note_refused(&self, who: &std::net::SocketAddr, reason: String) -> u32 {
+    fn note_refused(&self, who: &std::net::SocketAddr, reason: String) -> u32 {
         let peer = who.ip().to_string();
         let mut r = self.refused.lock();
         if let Some(at) = r.iter().position(|(x, _)| x.peer == peer && x.reason == reason) {
@@ -315,7 +312,7 @@ impl Cluster {
     }
 
     /// The refused handshakes remembered, the latest first.
-    pub(super) fn refusals(&self) -> Vec<Refusal> {
+    fn refusals(&self) -> Vec<Refusal> {
         let r = self.refused.lock();
         r.iter()
             .rev()

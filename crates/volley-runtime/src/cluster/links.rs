@@ -20,7 +20,7 @@ use super::{
 use crate::tls::Conn;
 
 /// The scheduler's part of a message a peer sent on a task connection.
-pub(super) fn apply_peer_msg(
+fn apply_peer_msg(
     s: &mut volley_sched::Scheduler,
     peer: NodeId,
     m: PeerMsg,
@@ -201,7 +201,7 @@ impl Cluster {
         self.incoming.lock().get(&peer).cloned()
     }
 
-    pub(super) fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Outgoing>)> {
+    fn open_link(self: &Arc<Self>, peer: NodeId) -> Option<(u64, Sender<Outgoing>)> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -303,7 +303,7 @@ impl Cluster {
 
     /// The link to `peer` (connection `conn`, or whichever it has) broke: the peer is gone,
     /// unless that link was replaced by a newer one.
-    pub(super) fn link_broke(&self, peer: NodeId, why: &str, conn: Option<u64>) {
+    fn link_broke(&self, peer: NodeId, why: &str, conn: Option<u64>) {
         {
             let mut links = self.links.lock();
             if let (Some(conn), Some((current, _))) = (conn, links.get(&peer)) {
@@ -396,13 +396,7 @@ impl Cluster {
 
     /// Writes a message and then the stored values' bytes straight from the store; false if
     /// the connection failed.
-    pub(super) fn write_msg(
-        &self,
-        w: &mut impl Write,
-        peer: NodeId,
-        msg: PeerMsg,
-        leases: &[Lease],
-    ) -> bool {
+    fn write_msg(&self, w: &mut impl Write, peer: NodeId, msg: PeerMsg, leases: &[Lease]) -> bool {
         match encode(&msg) {
             Ok(b) => {
                 write_frame(w, &b).is_ok()
@@ -419,13 +413,7 @@ impl Cluster {
         }
     }
 
-    pub(super) fn writer_failed(
-        &self,
-        peer: NodeId,
-        outgoing: bool,
-        conn: u64,
-        raw: &std::io::Result<Conn>,
-    ) {
+    fn writer_failed(&self, peer: NodeId, outgoing: bool, conn: u64, raw: &std::io::Result<Conn>) {
         if let Ok(r) = raw {
             let _ = r.shutdown(std::net::Shutdown::Both);
         }
@@ -437,7 +425,7 @@ impl Cluster {
     /// The next message from a peer on `side`, with the bytes of stored values that follow it
     /// read into the store; `None` if it was handled here (a chunk of a value being pulled, a
     /// refusal to serve one), or a pulled value complete (as an `Object`).
-    pub(super) fn receive(
+    fn receive(
         self: &Arc<Self>,
         r: &mut FrameReader<&Conn>,
         side: pull::Side,

@@ -16,7 +16,7 @@ use crate::tls::Conn;
 use crate::RuntimeError;
 
 /// A heartbeat (or its thread's wake-up) this late is reported on stderr.
-pub(super) const SLOW_BEAT: Duration = Duration::from_millis(500);
+const SLOW_BEAT: Duration = Duration::from_millis(500);
 
 impl Cluster {
     pub(super) fn join(self: &Arc<Self>) -> Result<(Conn, NodeId), RuntimeError> {
@@ -66,7 +66,7 @@ impl Cluster {
     }
 
     /// One heartbeat: our load out, the view back.
-    pub(super) fn beat(
+    fn beat(
         self: &Arc<Self>,
         s: &mut Conn,
         r: &mut FrameReader<&Conn>,
@@ -146,7 +146,7 @@ impl Cluster {
 
     /// The head refused this node's re-join (it was restarted with another token, or runs
     /// another version): this node works with the peers it still reaches, and nothing new.
-    pub(super) fn report_refused(&self, why: &str) {
+    fn report_refused(&self, why: &str) {
         let head = self.cfg.head.as_deref().unwrap_or("?");
         let what = if self.cfg.driver {
             "this driver: its tasks run only on the nodes it still reaches, and no node \
@@ -180,7 +180,7 @@ impl Cluster {
         self.set_view(head.view());
     }
 
-    pub(super) fn set_view(self: &Arc<Self>, nodes: Vec<NodeSnapshot>) {
+    fn set_view(self: &Arc<Self>, nodes: Vec<NodeSnapshot>) {
         let me = self.node_id();
         let peers: Vec<PeerView> = nodes
             .iter()
@@ -214,7 +214,7 @@ impl Cluster {
     /// and ours there retried, so its connections are closed. If it is alive after all (a
     /// heartbeat late under load), it sees them close and retries what it had sent here,
     /// instead of waiting forever for results this node no longer owes it.
-    pub(super) fn cut_off(&self, peer: NodeId) {
+    fn cut_off(&self, peer: NodeId) {
         let link = self.links.lock().remove(&peer);
         let incoming = self.incoming.lock().remove(&peer);
         // Their writers end with their last sender, and shut their sockets down.

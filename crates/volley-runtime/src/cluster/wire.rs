@@ -54,7 +54,7 @@ pub(super) fn read_into_store(
 }
 
 /// The values of a message whose bytes follow it, in order.
-pub(super) fn bulk_values(msg: &mut PeerMsg) -> Vec<&mut ObjectData> {
+fn bulk_values(msg: &mut PeerMsg) -> Vec<&mut ObjectData> {
     let mut v: Vec<&mut ObjectData> = Vec::new();
     match msg {
         PeerMsg::Task { spec, objects, .. } => {
@@ -286,7 +286,7 @@ impl Cluster {
         }
     }
 
-    pub(super) fn prepare_all(
+    fn prepare_all(
         &self,
         objects: &[(ObjectId, Arc<ObjectData>)],
         leases: &mut Vec<Lease>,
@@ -296,11 +296,7 @@ impl Cluster {
 
     /// The value as sent: a small one inline; a stored one as its layout, its bytes to follow
     /// the frame (pinned by a lease until written).
-    pub(super) fn prepare(
-        &self,
-        v: &ObjectData,
-        leases: &mut Vec<Lease>,
-    ) -> Result<ObjectData, String> {
+    fn prepare(&self, v: &ObjectData, leases: &mut Vec<Lease>) -> Result<ObjectData, String> {
         let Some(loc) = &v.shm else {
             return Ok(ObjectData::inline(v.data.clone(), v.buffers.clone(), v.contained.clone()));
         };
