@@ -4,6 +4,7 @@ authenticated TCP; a driver connects with `volley.init(address=...)`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -571,6 +572,34 @@ def test_an_actor_on_another_node_stops_when_its_last_handle_goes(cluster):
     assert not _alive(pid)
 
 
+@volley.remote
+def shout(tag: str) -> str:
+    time.sleep(0.3)
+    addr = os.environ["VOLLEY_NODE_ADDRESS"]
+    print(f"OUT {tag} {addr}", flush=True)
+    print(f"ERR {tag} {addr}", file=sys.stderr, flush=True)
+    return addr
+
+
+def test_output_of_tasks_on_every_node_reaches_the_driver(cluster, capfd):
+    # Each node sends its workers' output back on the link the driver's node opened to it
+    # (the driver subscribes when it joins), stdout to stdout and stderr to stderr.
+    tag = os.urandom(4).hex()
+    seen = set(volley.get([shout.remote(tag) for _ in range(6)]))
+    assert seen == set(cluster.addrs)
+    out = err = ""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        o, e = capfd.readouterr()
+        out, err = out + o, err + e
+        if all(f"OUT {tag} {a}" in out and f"ERR {tag} {a}" in err for a in seen):
+            break
+        time.sleep(0.1)
+    for a in seen:
+        assert f"OUT {tag} {a}" in out, (a, out)
+        assert f"ERR {tag} {a}" in err, (a, err)
+
+
 def test_restarts_on_the_hosting_node_are_reported_to_the_driver(cluster, capfd):
     a = Counter.options(max_restarts=1).remote(5)
     _, pid = volley.get(a.where.remote())
@@ -829,6 +858,26 @@ def _status_text(cluster) -> str:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def test_status_and_nodes_read_one_snapshot(cluster):
+    """``volley status --json`` (asked of the head) and ``volley.nodes()`` (this driver's view)
+    give each node as the same snapshot, with the scheduler's and the store's counters."""
+    out = subprocess.run(
+        [sys.executable, "-m", "volley._cli", "status", "--json", "--address", cluster.head,
+         "--token", cluster.token],
+        env=cluster.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    status = {n["address"]: n for n in json.loads(out.stdout) if not n["driver"]}
+    nodes = {n["address"]: n for n in volley.nodes() if not n["driver"]}
+    assert set(status) == set(nodes) == set(cluster.addrs)
+    for addr, n in nodes.items():
+        assert set(n) == set(status[addr]), addr
+        sched, store = n["scheduler"], n["store"]
+        assert n["workers"] == sched["workers_alive"] + sched["workers_starting"]
+        assert (store["used"], store["capacity"]) == (n["store_used"], n["store_capacity"])
+        assert store["objects"] >= store["objects_in_memory"]
 
 
 def test_status_says_what_waits_and_why(cluster):

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::{
-    decode, encode, read_frame, write_frame, ObjectData, ProtoError, TaskId, TaskResult, TaskSpec,
-    MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION,
+    decode, encode, read_frame, write_frame, NodeSnapshot, ObjectData, ProtoError, TaskId,
+    TaskResult, TaskSpec, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION,
 };
 
 /// The most bytes one `PeerMsg::Chunk` carries: a large value goes out in pieces, so other
@@ -26,34 +26,6 @@ pub const MAX_CHUNK: u64 = 8 << 20;
 /// new number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub u32);
-
-/// A node as the head describes it to the others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: NodeId,
-    /// Where the node accepts connections from other nodes (`host:port`).
-    pub addr: String,
-    pub cpu_total_milli: u32,
-    pub cpu_free_milli: u32,
-    /// Other resources (`GPU`, custom), in thousandths: total, free.
-    pub resources: Vec<(String, u64, u64)>,
-    pub workers: u32,
-    pub store_used: u64,
-    pub store_capacity: u64,
-    /// Tasks queued on it that no node can run now.
-    pub tasks_waiting: u32,
-    /// What waits there and why, a line each (the most common first, a few at most).
-    pub waiting: Vec<String>,
-    /// Named actors it hosts: the cluster's directory of names is every node's list.
-    pub named: Vec<NamedActor>,
-    /// Bytes of stored values it has received from other nodes, in all.
-    pub bytes_received: u64,
-    /// Bytes of stored values it has served to other nodes pulling them, in all.
-    pub bytes_served: u64,
-    /// A driver's node: it joins to send work, and runs none of the cluster's.
-    pub driver: bool,
-    pub pid: u32,
-}
 
 /// Connections the head refused at the handshake (a wrong token, another protocol version),
 /// grouped by peer address and reason, so `volley status` can show a node or driver locked out
@@ -91,7 +63,7 @@ pub struct NamedActor {
 pub enum PeerMsg {
     /// To the head: a node joins (or a driver's node, which takes no work) and says where others
     /// reach it. Answered with `Welcome`.
-    Join { info: NodeInfo },
+    Join { info: NodeSnapshot },
     Welcome {
         id: NodeId,
         /// Chosen at random when the head starts: a node that joins a head with another epoch
@@ -99,10 +71,10 @@ pub enum PeerMsg {
         epoch: u64,
     },
     /// To the head, periodically: this node's load. Answered with `View`.
-    Heartbeat { info: NodeInfo },
-    /// The cluster as the head sees it: every live node, and (for `volley status`; empty in the
+    Heartbeat { info: NodeSnapshot },
+    /// The cluster as the head sees it: every live node, and (for `Status`; empty in the
     /// answers to members' heartbeats) the connections it recently refused.
-    View { nodes: Vec<NodeInfo>, refused: Vec<Refusal> },
+    View { nodes: Vec<NodeSnapshot>, refused: Vec<Refusal> },
     /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
     /// pickled inside them), so the receiver needs nothing else; `function` is the function's
     /// bytes, the first time the receiver needs it.
@@ -187,6 +159,9 @@ pub enum PeerMsg {
     /// A task sent with `Task` started running here (it was queued until now). If this node
     /// dies, only the tasks it started use a retry; the others go elsewhere as they are.
     Started { task: TaskId },
+    /// `volley status` (first message on a connection to the head): answered with `View`, with
+    /// the connections the head refused lately.
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

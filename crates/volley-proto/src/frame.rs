@@ -34,26 +34,34 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtoError>
     Ok(())
 }
 
-/// Reads exactly one frame of at most `max` bytes, and not a byte more (so it is safe for a
-/// handshake, before a buffered [`FrameReader`] takes over the stream). `Err(Closed)` on a clean
-/// end of stream.
-pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtoError> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
+/// Fills `buf` from `r`, `buf[..got]` being there already. `Err(Closed)` if the stream ends
+/// before any byte (`got` 0), an `UnexpectedEof` naming `what` if it ends in the middle.
+fn fill(r: &mut impl Read, buf: &mut [u8], mut got: usize, what: &str) -> Result<(), ProtoError> {
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Err(ProtoError::Closed),
-            Ok(0) => {
-                return Err(ProtoError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in the middle of a frame",
-                )))
-            }
+            Ok(0) => return Err(mid_stream(what)),
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+fn mid_stream(what: &str) -> ProtoError {
+    ProtoError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("connection closed in the middle of a {what}"),
+    ))
+}
+
+/// Reads exactly one frame of at most `max` bytes, and not a byte more (so it is safe for a
+/// handshake, before a buffered [`FrameReader`] takes over the stream). `Err(Closed)` on a clean
+/// end of stream.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtoError> {
+    let mut len = [0u8; 4];
+    fill(r, &mut len, 0, "frame")?;
     let len = u32::from_be_bytes(len) as usize;
     let max = max.min(MAX_FRAME_SIZE);
     if len > max {
@@ -127,10 +135,7 @@ impl<R: Read> FrameReader<R> {
                     return Err(if at_boundary && self.end == 0 {
                         ProtoError::Closed
                     } else {
-                        ProtoError::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed in the middle of a frame",
-                        ))
+                        mid_stream("frame")
                     });
                 }
                 Ok(k) => self.end += k,
@@ -160,21 +165,15 @@ impl<R: Read> FrameReader<R> {
     /// Reads exactly `dst.len()` raw bytes that follow the last frame (bytes already buffered
     /// first, then straight from the reader into `dst`, without going through the buffer).
     pub fn read_raw(&mut self, dst: &mut [u8]) -> Result<(), ProtoError> {
-        let mut got = self.take_buffered(dst);
-        while got < dst.len() {
-            match self.inner.read(&mut dst[got..]) {
-                Ok(0) => {
-                    return Err(ProtoError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed in the middle of a value",
-                    )))
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let got = self.take_buffered(dst);
+        if got == dst.len() {
+            return Ok(());
         }
-        Ok(())
+        // A value follows its frame: an end of stream before it is never a clean one.
+        fill(&mut self.inner, dst, got, "value").map_err(|e| match e {
+            ProtoError::Closed => mid_stream("value"),
+            e => e,
+        })
     }
 
     pub fn get_ref(&self) -> &R {
@@ -275,6 +274,30 @@ mod tests {
         wire.truncate(8);
         let mut r = FrameReader::new(&wire[..]);
         assert!(matches!(r.next_frame(), Err(ProtoError::Io(_))));
+    }
+
+    #[test]
+    fn a_stream_ending_before_or_inside_raw_bytes_is_an_error_not_a_clean_close() {
+        let eof = |r: Result<(), ProtoError>| matches!(r, Err(ProtoError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof);
+        for cut in [0, 2] {
+            let mut wire = Vec::new();
+            write_frame(&mut wire, b"hdr").expect("write");
+            wire.extend_from_slice(&b"raw bytes"[..cut]);
+            let mut r = FrameReader::new(&wire[..]);
+            assert_eq!(r.next_frame().expect("the frame"), b"hdr");
+            assert!(eof(r.read_raw(&mut [0u8; 9])), "cut after {cut} raw bytes");
+        }
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"hdr").expect("write");
+        wire.extend_from_slice(b"raw bytes");
+        let mut r = FrameReader::new(&wire[..]);
+        r.next_frame().expect("the frame");
+        let mut raw = [0u8; 9];
+        r.read_raw(&mut raw).expect("the raw bytes");
+        assert_eq!(&raw, b"raw bytes");
+        // A length cut short, for the unbuffered reader too.
+        assert!(matches!(read_frame(&mut &[0u8, 0][..], 100), Err(ProtoError::Io(_))));
+        assert!(matches!(read_frame(&mut &[][..], 100), Err(ProtoError::Closed)));
     }
 
     proptest! {

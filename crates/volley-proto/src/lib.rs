@@ -13,10 +13,10 @@ mod frame;
 pub mod fuzz;
 mod ids;
 mod messages;
+mod snapshot;
 
 pub use cluster::{
-    authenticate_client, authenticate_server, NamedActor, NodeId, NodeInfo, PeerMsg, Refusal,
-    MAX_CHUNK,
+    authenticate_client, authenticate_server, NamedActor, NodeId, PeerMsg, Refusal, MAX_CHUNK,
 };
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
@@ -27,3 +27,4 @@ pub use messages::{
     ObjectData, ObjectResult, PgInfo, PgSpec, PgStrategy, RuntimeEnv, ShmLoc, Strategy,
     TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
+pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use volley_proto::NodeInfo;
+use volley_proto::NodeSnapshot;
 use volley_runtime::{ClusterConfig, RuntimeError, TlsConfig};
 
 use crate::client::{self, Backend};
@@ -14,27 +14,53 @@ fn conn_err(e: RuntimeError) -> PyErr {
     PyConnectionError::new_err(e.to_string())
 }
 
-fn info_dict<'py>(py: Python<'py>, n: &NodeInfo) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("node_id", n.id.0)?;
-    d.set_item("address", &n.addr)?;
-    d.set_item("num_cpus", f64::from(n.cpu_total_milli) / 1000.0)?;
-    d.set_item("cpus_free", f64::from(n.cpu_free_milli) / 1000.0)?;
-    let res = PyDict::new(py);
+/// A dict of `key => value` pairs (each value converted to Python).
+macro_rules! dict {
+    ($py:expr, { $($key:literal => $value:expr),* $(,)? }) => {{
+        let d = PyDict::new($py);
+        $(d.set_item($key, $value)?;)*
+        d
+    }};
+}
+
+/// A node's snapshot as `volley.nodes()` and `volley status` give it: the one conversion of
+/// [`NodeSnapshot`] to Python (the keys are the public interface; `scheduler` and `store` hold
+/// the counters behind the top-level figures, by the names their `fields()` give).
+fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, PyDict>> {
+    let milli = |m: u64| m as f64 / 1000.0;
+    let resources = PyDict::new(py);
     for (r, total, free) in &n.resources {
-        res.set_item(r, (*total as f64 / 1000.0, *free as f64 / 1000.0))?;
+        resources.set_item(r, (milli(*total), milli(*free)))?;
     }
-    d.set_item("resources", res)?;
-    d.set_item("workers", n.workers)?;
-    d.set_item("store_used", n.store_used)?;
-    d.set_item("store_capacity", n.store_capacity)?;
-    d.set_item("tasks_waiting", n.tasks_waiting)?;
-    d.set_item("waiting", &n.waiting)?;
-    d.set_item("bytes_received", n.bytes_received)?;
-    d.set_item("bytes_served", n.bytes_served)?;
-    d.set_item("driver", n.driver)?;
-    d.set_item("pid", n.pid)?;
-    Ok(d)
+    let counters = |fields: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in fields {
+            d.set_item(*k, *v)?;
+        }
+        Ok(d)
+    };
+    let scheduler = counters(&n.sched.fields())?;
+    let store = counters(&n.store.fields())?;
+    store.set_item("used", n.store_used)?;
+    store.set_item("capacity", n.store_capacity)?;
+    Ok(dict!(py, {
+        "node_id" => n.id.0,
+        "address" => &n.addr,
+        "num_cpus" => milli(u64::from(n.cpu_total_milli)),
+        "cpus_free" => milli(u64::from(n.cpu_free_milli)),
+        "resources" => resources,
+        "workers" => n.workers,
+        "store_used" => n.store_used,
+        "store_capacity" => n.store_capacity,
+        "tasks_waiting" => n.tasks_waiting,
+        "waiting" => &n.waiting,
+        "bytes_received" => n.bytes_received,
+        "bytes_served" => n.bytes_served,
+        "driver" => n.driver,
+        "pid" => n.pid,
+        "scheduler" => scheduler,
+        "store" => store,
+    }))
 }
 
 /// The TLS settings from a certificate and (to accept connections) key, PEM files.
@@ -95,7 +121,7 @@ pub fn join_cluster(
 pub fn cluster_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let Some(c) = client::current() else { return Ok(Vec::new()) };
     let Backend::Node(n) = &c.backend else { return Ok(Vec::new()) };
-    n.cluster_view().iter().map(|i| info_dict(py, i)).collect()
+    n.cluster_view().iter().map(|i| snapshot_dict(py, i)).collect()
 }
 
 /// This process's node, described as `local_nodes` does: a driver's own node, or (in a
@@ -109,14 +135,14 @@ pub fn node_info(py: Python<'_>, socket: Option<String>) -> PyResult<Bound<'_, P
             let c = client::current()
                 .ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
             match &c.backend {
-                Backend::Node(n) => n.local_info(),
+                Backend::Node(n) => n.snapshot(),
                 Backend::Worker(_) => {
                     return Err(PyValueError::new_err("in a worker, name its node's socket"));
                 }
             }
         }
     };
-    info_dict(py, &info)
+    snapshot_dict(py, &info)
 }
 
 /// Asks the head at `address` for the cluster's nodes (for `volley status`).
@@ -132,7 +158,7 @@ pub fn query_cluster<'py>(
     let nodes = py
         .detach(|| volley_runtime::cluster_view(&address, token.as_bytes(), tls.as_deref()))
         .map_err(conn_err)?;
-    nodes.iter().map(|i| info_dict(py, i)).collect()
+    nodes.iter().map(|i| snapshot_dict(py, i)).collect()
 }
 
 /// A new self-signed certificate and key for the cluster, `(cert_pem, key_pem)` (for
@@ -159,7 +185,7 @@ pub fn query_cluster_status<'py>(
     let (nodes, refused) = py
         .detach(|| volley_runtime::cluster_status(&address, token.as_bytes(), tls.as_deref()))
         .map_err(conn_err)?;
-    let nodes = nodes.iter().map(|i| info_dict(py, i)).collect::<PyResult<_>>()?;
+    let nodes = nodes.iter().map(|i| snapshot_dict(py, i)).collect::<PyResult<_>>()?;
     let refused = refused
         .iter()
         .map(|r| {
@@ -188,7 +214,7 @@ pub fn local_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     found
         .iter()
         .map(|(name, i)| {
-            let d = info_dict(py, i)?;
+            let d = snapshot_dict(py, i)?;
             d.set_item("socket", name)?;
             Ok(d)
         })

@@ -1,5 +1,11 @@
-//! Developer diagnostics (a state lock held long, a late heartbeat): lines with a timestamp and
-//! a level, written to a log file and never to the user's terminal.
+//! The runtime's log lines, with a level.
+//!
+//! - Events ([`event!`]: a node joined, a connection was refused, a task waits): lines for
+//!   whoever runs the process. A daemon's go to its stderr, which is its log file, with a
+//!   timestamp and the level (`[2026-12-04 21:00:00.123 INFO] volley: node 2 joined ...`); a
+//!   driver's go to its stderr as they are (`volley: ...`), the user's terminal.
+//! - Developer diagnostics ([`warn!`]: a state lock held long, a late heartbeat): always with a
+//!   timestamp and a level, written to a log file and never to the user's terminal.
 //!
 //! A daemon (`volley start`) writes them to its stderr, which is its log file. A node inside a
 //! driver writes them to `<dir>/driver-<pid>.log` once [`set_log_dir`] names the directory; the
@@ -36,19 +42,51 @@ pub(crate) fn after_fork_in_child() {
     }
 }
 
-/// How serious a diagnostic is.
+/// How serious a line is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Level {
+    /// Something the user may want to know (a node joined or left).
+    Info,
+    /// Something went wrong that the runtime works around (a connection dropped).
     Warn,
+    /// Something that needs the user (the head refuses this node, a message cannot be sent).
+    Error,
 }
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Level::Info => "INFO",
             Level::Warn => "WARN",
+            Level::Error => "ERROR",
         })
     }
 }
+
+/// Writes an event line (`msg` is the whole line, `volley: ...`) to stderr: for a daemon (no
+/// log directory set) with a timestamp and the level, for a driver as it is.
+pub(crate) fn event(level: Level, msg: fmt::Arguments<'_>) {
+    let daemon = matches!(*SINK.lock(), Sink::Stderr);
+    let line = event_line(daemon, level, msg, SystemTime::now());
+    // A line that cannot be written (stderr closed) is dropped: it must not fail the node.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn event_line(daemon: bool, level: Level, msg: fmt::Arguments<'_>, now: SystemTime) -> String {
+    if daemon {
+        format!("[{} {level}] {msg}\n", timestamp(now))
+    } else {
+        format!("{msg}\n")
+    }
+}
+
+/// `event!(Info, "volley: ...", ...)`: an event line, formatted like `format!`.
+macro_rules! diag_event {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::diag::event($crate::diag::Level::$level, format_args!($($arg)*))
+    };
+}
+pub(crate) use diag_event as event;
 
 /// Where diagnostics go: `Some(dir)` for a driver (a file of its own in `dir`, created when
 /// the first one is written), `None` for a daemon (stderr, its log file).
@@ -77,8 +115,11 @@ pub(crate) fn log(level: Level, msg: fmt::Arguments<'_>) {
             Ok((f, path)) => Sink::File(f, path),
             Err(e) => {
                 // Said once; the diagnostics themselves must not be lost.
-                eprintln!(
-                    "volley: cannot write diagnostics to {}: {e}; writing them here",
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "[{} {}] volley: cannot write diagnostics to {}: {e}; writing them here",
+                    timestamp(SystemTime::now()),
+                    Level::Error,
                     dir.display()
                 );
                 Sink::Stderr
@@ -201,6 +242,20 @@ mod tests {
         assert_eq!(timestamp(t), "2026-12-04 21:00:00.123");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(timestamp(leap), "2000-02-29 00:00:00.000");
+    }
+
+    #[test]
+    fn a_daemon_logs_events_with_time_and_level_and_a_driver_as_they_are() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_418_000_123);
+        let msg = "node 2 joined";
+        assert_eq!(
+            event_line(true, Level::Info, format_args!("volley: {msg}"), t),
+            "[2026-12-04 21:00:00.123 INFO] volley: node 2 joined\n"
+        );
+        assert_eq!(
+            event_line(false, Level::Error, format_args!("volley: {msg}"), t),
+            "volley: node 2 joined\n"
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - [`WorkerConn`] is the other end: a worker process's connection to its node, with a reader
 //!   thread that queues tasks, answers revocations and routes replies, so the worker's main thread
 //!   only ever runs user code or waits with the GIL released.
+//! - [`head::Head`] keeps what the cluster holds in one place (membership; named actors,
+//!   placement groups, jobs, a key-value table) behind [`head::HeadStore`]; a lone node is its
+//!   own head. Every reader of metrics takes a [`volley_proto::NodeSnapshot`] (`Node::snapshot`,
+//!   `Node::cluster_view`, `volley status`).
 //!
 //! Blocking calls take a `check` callback, run every few milliseconds while waiting, so the
 //! binding layer can turn a pending Ctrl-C into `KeyboardInterrupt` without this crate knowing
@@ -14,12 +18,16 @@
 mod cluster;
 mod diag;
 mod error;
+pub mod head;
 mod local_status;
 mod logs;
 mod node;
 mod outbox;
 mod rundir;
+mod shared;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod worker_conn;
 

@@ -2,7 +2,7 @@
 //! answers a status query on the abstract Unix socket its workers connect to.
 //!
 //! A query is one frame, [`REQUEST`], in place of a worker's handshake; the node answers with
-//! its `NodeInfo` (postcard) and closes the connection. An abstract socket has no file
+//! its `NodeSnapshot` (postcard) and closes the connection. An abstract socket has no file
 //! permissions, so both ends check the other's user with `SO_PEERCRED`: only a process of the
 //! node's own user may ask, and the asker trusts only a node of its own user. Nodes are found by
 //! their socket names in `/proc/net/unix` (`volley-<pid>-<16 hex digits>`), so nothing is
@@ -12,16 +12,16 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use volley_proto::{decode, encode, read_frame, write_frame, NodeInfo};
+use volley_proto::{decode, encode, read_frame, write_frame, NodeSnapshot};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::RuntimeError;
 
 /// The first frame of a status query. A worker's first frame is a postcard `(Hello, token)`,
 /// which never equals these bytes (its token alone is longer).
 pub(crate) const REQUEST: &[u8] = b"\xffvolley-status\xff";
 
-/// The largest answer read (a `NodeInfo` is a few KiB at most).
+/// The largest answer read (a `NodeSnapshot` is a few KiB at most).
 const MAX_ANSWER: usize = 1 << 20;
 
 /// How long either end waits for the other.
@@ -71,12 +71,12 @@ pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream) -> Result<(), Str
         return Err(format!("a status query came from another user (uid {uid})"));
     }
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    let bytes = encode(&shared.local_info()).map_err(|e| e.to_string())?;
+    let bytes = encode(&shared.local_snapshot()).map_err(|e| e.to_string())?;
     write_frame(stream, &bytes).map_err(|e| e.to_string())
 }
 
 /// Asks the node listening on the abstract socket `name` (see [`local_nodes`]) how it is.
-pub fn query_local(name: &str) -> Result<NodeInfo, RuntimeError> {
+pub fn query_local(name: &str) -> Result<NodeSnapshot, RuntimeError> {
     let mut s = connect_now(name)?;
     let uid = peer_uid(&s)?;
     if uid != my_uid() {
@@ -149,4 +149,38 @@ pub fn local_nodes() -> Vec<(u32, String)> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::node;
+
+    /// `volley status` on this machine asks a lone node over its Unix socket and gets the same
+    /// snapshot the node gives `volley.nodes()`: the scheduler's and the store's counters with it.
+    #[test]
+    fn a_lone_node_answers_with_its_snapshot() {
+        let dir = std::env::temp_dir().join(format!("volley-status-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a spill dir");
+        let capacity = 24 << 20; // Tells this test's node from others of the same process.
+        let n = node(&dir, capacity);
+        let mine = n.snapshot();
+        assert_eq!((mine.id.0, mine.driver, mine.store_capacity), (0, true, capacity));
+        assert_eq!(mine.cpu_total_milli, 1000);
+        assert_eq!(mine.workers, mine.sched.workers_alive + mine.sched.workers_starting);
+        assert_eq!(mine.store.objects, 0);
+
+        let asked: Vec<NodeSnapshot> = local_nodes()
+            .into_iter()
+            .filter(|(pid, _)| *pid == std::process::id())
+            .filter_map(|(_, name)| query_local(&name).ok())
+            .filter(|s| s.store_capacity == capacity)
+            .collect();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        let s = &asked[0];
+        assert_eq!((s.id, s.pid, s.cpu_total_milli), (mine.id, mine.pid, mine.cpu_total_milli));
+        assert_eq!(s.sched.workers_alive + s.sched.workers_starting, s.workers);
+        n.shutdown(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

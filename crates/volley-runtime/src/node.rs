@@ -1,30 +1,30 @@
 //! The node: scheduler + worker connections + the driver's direct entry points.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
-    decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorRequest,
-    ErrorKind, ErrorPayload, FrameReader, FunctionId, Hello, Keep, NodeToWorker, ObjectData,
-    ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    decode, encode, shm_layout, ActorAnswer, ActorRequest, ErrorPayload, FrameReader, FunctionId,
+    Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec,
+    WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
-use volley_sched::{
-    Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId, WorkerExit,
-};
+use volley_sched::{Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId};
 use volley_store::{Owner, Store};
 
+use crate::cluster::Cluster;
+use crate::head::{Head, MemoryStore};
 use crate::logs;
 use crate::outbox::Outbox;
-use crate::supervisor::{self, SpawnSpec, SupCmd};
+use crate::shared::{Shared, Slot, State, SupCmd};
+use crate::supervisor::{self, SpawnSpec};
 use crate::{spin_time, spin_until, RuntimeError, WaitError, CHECK_INTERVAL};
 
 /// How a node is started.
@@ -58,437 +58,14 @@ pub struct NodeConfig {
 /// A value or error, shared with the node's copy.
 pub type SharedResult = Result<Arc<ObjectData>, Arc<ErrorPayload>>;
 
-#[derive(Default)]
-struct Slot {
-    done: Mutex<bool>,
-    cv: Condvar,
-    /// Mirrors `done` for the lock-free spin before parking.
-    flag: std::sync::atomic::AtomicBool,
-}
-
-pub(crate) struct State {
-    pub(crate) sched: Scheduler,
-    conns: HashMap<WorkerId, Arc<Outbox>>,
-    local: HashMap<WaiterId, Arc<Slot>>,
-}
-
-/// A worker's life as seen by the two threads that watch it: its death is reported to the
-/// scheduler once it has exited *and* every frame it sent has been read, so a result it sent just
-/// before dying is never mistaken for a crash.
-#[derive(Default)]
-struct Life {
-    exit: Option<WorkerExit>,
-    connected: bool,
-    reader_done: bool,
-}
-
-pub(crate) struct Shared {
-    pub(crate) state: Mutex<State>,
-    ready: Mutex<VecDeque<ObjectId>>,
-    ready_cv: Condvar,
-    lives: Mutex<HashMap<WorkerId, Life>>,
-    sup: Mutex<Sender<SupCmd>>,
-    pub(crate) socket_name: String,
-    pub(crate) token: String,
-    /// `VOLLEY_STORE` for workers: where to map the store, its size, the inline threshold.
-    pub(crate) store_env: String,
-    /// The store's memfd, inherited by workers.
-    pub(crate) store_fd: i32,
-    pub(crate) store: Arc<Store>,
-    closed: AtomicBool,
-    started: Instant,
-    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
-}
-
-/// Work to do after the state lock is released.
-#[derive(Default)]
-struct Deferred {
-    flush: Vec<Arc<Outbox>>,
-    wake: Vec<Arc<Slot>>,
-    ready: Vec<ObjectId>,
-    sup: Vec<SupCmd>,
-    logs: Vec<String>,
-    /// Messages for other nodes.
-    peer: Vec<Action>,
-}
-
-impl Shared {
-    /// Runs `f` on the state, routes the actions it produced, and carries them out once the lock
-    /// is released.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
-        let mut out = Vec::new();
-        let mut d = Deferred::default();
-        let (r, held) = {
-            let mut st = self.state.lock();
-            let since = Instant::now();
-            let r = f(&mut st, &mut out);
-            route(&mut st, &self.store, out, &mut d);
-            (r, since.elapsed())
-        };
-        slow_lock(held); // Outside the lock: a backtrace takes a while to print.
-        self.carry_out(d);
-        r
-    }
-
-    fn carry_out(&self, d: Deferred) {
-        let mut seen = HashSet::new();
-        for o in d.flush {
-            if seen.insert(Arc::as_ptr(&o)) {
-                // A failed write means the worker is gone; its reader notices and reports it.
-                let _ = o.flush_soon();
-            }
-        }
-        for s in d.wake {
-            s.flag.store(true, Ordering::Release);
-            *s.done.lock() = true;
-            s.cv.notify_all();
-        }
-        if !d.ready.is_empty() {
-            self.ready.lock().extend(d.ready);
-            self.ready_cv.notify_all();
-        }
-        if !d.sup.is_empty() {
-            let tx = self.sup.lock();
-            for c in d.sup {
-                let _ = tx.send(c);
-            }
-        }
-        for line in d.logs {
-            eprintln!("{line}");
-        }
-        if !d.peer.is_empty() {
-            if let Some(c) = self.cluster.get() {
-                for a in d.peer {
-                    c.dispatch(a);
-                }
-            }
-        }
-    }
-
-    /// Keeps a runtime-environment package: in the scheduler (to pass on to peers) and as
-    /// `<packages dir>/<hash>.zip` for this node's workers to unpack.
-    /// A package whose bytes do not hash to its name is refused (so a peer cannot swap the code
-    /// of a known package), as is one that cannot be stored safely.
-    pub(crate) fn register_package(&self, hash: String, bytes: Vec<u8>) -> std::io::Result<()> {
-        if !valid_hash(&hash) || !crate::rundir::package_matches(&hash, &bytes) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("runtime_env package {hash:.40}: its content does not match its hash"),
-            ));
-        }
-        crate::rundir::write_package(&hash, &bytes).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("could not store runtime_env package: {e}"))
-        })?;
-        self.state.lock().sched.register_package(hash, Arc::from(bytes));
-        Ok(())
-    }
-
-    /// This node as `volley status` shows it (see `local_status`).
-    pub(crate) fn local_info(&self) -> volley_proto::NodeInfo {
-        match self.cluster.get() {
-            Some(c) => c.info(c.node_id()),
-            None => self.node_info(volley_proto::NodeId(0), String::new(), true),
-        }
-    }
-
-    /// This node as `volley status` and the cluster's view describe it (the cluster adds its
-    /// byte counters).
-    pub(crate) fn node_info(
-        &self,
-        id: volley_proto::NodeId,
-        addr: String,
-        driver: bool,
-    ) -> volley_proto::NodeInfo {
-        let st = self.state.lock();
-        let stats = st.sched.stats();
-        let resources = st.sched.resource_usage();
-        let waiting = st.sched.waiting_reasons(8);
-        let named = st.sched.named_actors();
-        drop(st);
-        let store = self.store.stats();
-        volley_proto::NodeInfo {
-            id,
-            addr,
-            cpu_total_milli: stats.cpu_total_milli,
-            cpu_free_milli: stats.cpu_total_milli.saturating_sub(stats.cpu_used_milli),
-            resources,
-            workers: (stats.workers_alive + stats.workers_starting) as u32,
-            store_used: store.used,
-            store_capacity: store.capacity,
-            tasks_waiting: (stats.tasks_queued + stats.tasks_waiting + stats.tasks_pipelined)
-                as u32,
-            waiting,
-            named,
-            bytes_received: 0,
-            bytes_served: 0,
-            driver,
-            pid: std::process::id(),
-        }
-    }
-
-    pub(crate) fn tick(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.with(|st, out| st.sched.tick(now, out));
-    }
-
-    /// Called by the supervisor when a worker process has been reaped.
-    pub(crate) fn worker_exited(&self, id: WorkerId, how: WorkerExit) {
-        let report = {
-            let mut lives = self.lives.lock();
-            let life = lives.entry(id).or_default();
-            life.exit = Some(how.clone());
-            !life.connected || life.reader_done
-        };
-        if report {
-            self.report_death(id, how);
-        }
-    }
-
-    fn reader_finished(&self, id: WorkerId) {
-        let exit = {
-            let mut lives = self.lives.lock();
-            let life = lives.entry(id).or_default();
-            life.reader_done = true;
-            life.exit.clone()
-        };
-        self.with(|st, _| {
-            if let Some(c) = st.conns.remove(&id) {
-                c.shutdown();
-            }
-        });
-        match exit {
-            Some(how) => self.report_death(id, how),
-            // Make sure the process is really gone; its reaping reports the death.
-            None => {
-                let _ = self.sup.lock().send(SupCmd::Kill(id));
-            }
-        }
-    }
-
-    fn report_death(&self, id: WorkerId, how: WorkerExit) {
-        self.lives.lock().remove(&id);
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        self.with(|st, out| {
-            st.conns.remove(&id);
-            st.sched.worker_died(id, how, out)
-        });
-        // Its views and unfinished writes die with it.
-        self.store.owner_gone(Owner::Worker(id));
-    }
-}
-
-fn valid_hash(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The largest stored value sent inline when it cannot be mapped (frames stay far below the
-/// frame size limit; larger ones fail with `ObjectStoreFull`).
-const MAX_INLINE_FALLBACK: u64 = 64 << 20;
-
-/// Pins a stored value for `worker` and gives the copy to send, with the segment's current offset.
-/// If it cannot be brought back into memory, its bytes go inline instead; `Err` if even that
-/// fails.
-fn lease_for<'a>(
-    store: &Store,
-    worker: WorkerId,
-    v: &'a ObjectData,
-) -> Result<Cow<'a, ObjectData>, volley_store::StoreError> {
-    let Some(loc) = &v.shm else { return Ok(Cow::Borrowed(v)) };
-    let mut copy = ObjectData {
-        data: Vec::new(),
-        buffers: Vec::new(),
-        contained: v.contained.clone(),
-        shm: None,
-        keep: Keep::default(),
-    };
-    match store.lease(loc.seg, Owner::Worker(worker)) {
-        Ok(offset) => {
-            let mut loc = loc.clone();
-            loc.offset = offset;
-            copy.shm = Some(loc);
-        }
-        Err(e) if loc.size > MAX_INLINE_FALLBACK => return Err(e),
-        Err(_) => {
-            let bytes = store.read_copy(loc.seg)?;
-            copy = ObjectData::from_segment(loc, &bytes, v.contained.clone())
-                .ok_or(volley_store::StoreError::Unknown(loc.seg))?;
-        }
-    }
-    Ok(Cow::Owned(copy))
-}
-
-/// A value the worker will find unreadable (an offset outside the store), with the reason in
-/// its pickle stream's place; used only if a stored value could not be read at all.
-fn unreadable(v: &ObjectData, why: &str) -> ObjectData {
-    let mut loc = v.shm.clone().unwrap_or_default();
-    loc.offset = u64::MAX;
-    ObjectData {
-        data: why.as_bytes().to_vec(),
-        buffers: Vec::new(),
-        contained: v.contained.clone(),
-        shm: Some(loc),
-        keep: Keep::default(),
-    }
-}
-
-/// Holding the state lock this long delays everything, heartbeats included (a node whose
-/// heartbeats stop is declared dead): logged with where it was held, to find out why.
-const SLOW_LOCK: Duration = Duration::from_millis(500);
-
-/// At most one backtrace this often: a node that keeps holding its lock long would otherwise
-/// spend its time writing them.
-const SLOW_LOCK_EVERY: Duration = Duration::from_secs(10);
-
-/// `SLOW_LOCK`, or `VOLLEY_TEST_SLOW_LOCK_MS` (tests: makes every lock use slow enough).
-fn slow_lock_limit() -> Duration {
-    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("VOLLEY_TEST_SLOW_LOCK_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(SLOW_LOCK, Duration::from_millis)
-    })
-}
-
-fn slow_lock(held: Duration) {
-    if held < slow_lock_limit() {
-        return;
-    }
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    {
-        let mut last = LAST.lock();
-        if last.is_some_and(|t| t.elapsed() < SLOW_LOCK_EVERY) {
-            SKIPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(Instant::now());
-    }
-    let skipped = SKIPPED.swap(0, Ordering::Relaxed);
-    let at = std::backtrace::Backtrace::force_capture();
-    crate::diag::warn!(
-        "the node's state lock was held for {held:?} ({skipped} more slow holds since the \
-         last report) by\n{at}"
-    );
-}
-
-fn route(st: &mut State, store: &Store, out: Vec<Action>, d: &mut Deferred) {
-    for a in out {
-        let worker = match &a {
-            Action::Execute { worker, .. }
-            | Action::Send { worker, .. }
-            | Action::GetReply { worker, .. } => Some(*worker),
-            _ => None,
-        };
-        let conn = worker.and_then(|w| st.conns.get(&w).cloned());
-        if worker.is_some() && conn.is_none() {
-            continue; // Gone; its death is being reported.
-        }
-        let (worker, bytes) = match a {
-            Action::Execute { worker, spec, function, deps, gpus } => {
-                let fix = |v: &ObjectData| -> ObjectData {
-                    match lease_for(store, worker, v) {
-                        Ok(c) => c.into_owned(),
-                        Err(e) => unreadable(v, &e.to_string()),
-                    }
-                };
-                let spec: Cow<TaskSpec> = if spec.args.shm.is_some() {
-                    let mut s = (*spec).clone();
-                    s.args = fix(&spec.args);
-                    Cow::Owned(s)
-                } else {
-                    Cow::Borrowed(&*spec)
-                };
-                let deps: Vec<Cow<ObjectData>> = deps
-                    .iter()
-                    .map(|v| if v.shm.is_some() { Cow::Owned(fix(v)) } else { Cow::Borrowed(&**v) })
-                    .collect();
-                let deps: Vec<&ObjectData> = deps.iter().map(|d| d.as_ref()).collect();
-                (worker, encode_execute(&spec, function.as_deref(), &deps, &gpus))
-            }
-            Action::Send { worker, msg } => (worker, encode(&msg)),
-            Action::GetReply { worker, req, values } => {
-                let fixed: Vec<Result<Cow<ObjectData>, Cow<ErrorPayload>>> = values
-                    .iter()
-                    .map(|v| match v {
-                        Ok(x) => lease_for(store, worker, x).map_err(|e| {
-                            Cow::Owned(ErrorPayload {
-                                kind: ErrorKind::ObjectStoreFull,
-                                task_name: String::new(),
-                                message: format!("could not read a stored object: {e}"),
-                                traceback: String::new(),
-                                exception: None,
-                                pid: std::process::id(),
-                            })
-                        }),
-                        Err(e) => Err(Cow::Borrowed(&**e)),
-                    })
-                    .collect();
-                let vals: Vec<Result<&ObjectData, &ErrorPayload>> = fixed
-                    .iter()
-                    .map(|v| v.as_ref().map(|x| x.as_ref()).map_err(|e| e.as_ref()))
-                    .collect();
-                (worker, encode_get_reply(req, &vals))
-            }
-            Action::WakeLocal { waiter } => {
-                if let Some(s) = st.local.remove(&waiter) {
-                    d.wake.push(s);
-                }
-                continue;
-            }
-            Action::LocalReady { id } => {
-                d.ready.push(id);
-                continue;
-            }
-            Action::Spawn { worker } => {
-                d.sup.push(SupCmd::Spawn(worker));
-                continue;
-            }
-            Action::Kill { worker } => {
-                d.sup.push(SupCmd::Kill(worker));
-                continue;
-            }
-            Action::Log(line) => {
-                d.logs.push(line);
-                continue;
-            }
-            a @ (Action::Spill { .. }
-            | Action::PeerDone { .. }
-            | Action::PeerCancel { .. }
-            | Action::PeerRelease { .. }
-            | Action::PeerKill { .. }
-            | Action::PeerReserve { .. }
-            | Action::PeerReserved { .. }
-            | Action::PeerPgRelease { .. }
-            | Action::PeerSteal { .. }
-            | Action::PeerReturned { .. }
-            | Action::PeerStarted { .. }
-            | Action::PeerLog { .. }
-            | Action::PeerObject { .. }
-            | Action::PeerActorState { .. }
-            | Action::Pull { .. }
-            | Action::PeerServe { .. }
-            | Action::PeerFetch { .. }) => {
-                d.peer.push(a);
-                continue;
-            }
-        };
-        let Some(conn) = conn else { continue };
-        match bytes {
-            Ok(b) => {
-                conn.push(&b);
-                d.flush.push(conn);
-            }
-            Err(e) => eprintln!("volley: could not encode a message for worker {}: {e}", worker.0),
-        }
-    }
-}
-
 /// A node running inside this process. See the crate documentation.
 pub struct Node {
     shared: Arc<Shared>,
+    /// The cluster, once this node has joined one (`shared` knows it only as its `Links`).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// The cluster's membership and directory while this node is its own head (alone, or the
+    /// head of a cluster); unused once it joined another head.
+    head: Arc<Head>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -543,7 +120,7 @@ impl Node {
             store,
             closed: AtomicBool::new(false),
             started: Instant::now(),
-            cluster: std::sync::OnceLock::new(),
+            links: std::sync::OnceLock::new(),
         });
         let spec = SpawnSpec {
             python: cfg.python,
@@ -571,18 +148,20 @@ impl Node {
                 .spawn(move || accept_loop(s, listener))?,
         );
         shared.with(|st, out| st.sched.start(out));
-        Ok(Node { shared, threads: Mutex::new(threads) })
+        let head = Arc::new(Head::new(Box::new(MemoryStore::default())));
+        Ok(Node { shared, cluster: std::sync::OnceLock::new(), head, threads: Mutex::new(threads) })
     }
 
     /// Makes this node part of a cluster (see [`crate::ClusterConfig`]); returns once it knows
     /// the cluster's view. Gives this node's id and the address it accepts peers on.
     pub fn join_cluster(&self, cfg: crate::ClusterConfig) -> Result<(u32, String), RuntimeError> {
-        if self.shared.cluster.get().is_some() {
+        if self.cluster.get().is_some() {
             return Err(RuntimeError::Refused("this node is already in a cluster".into()));
         }
-        let c = crate::cluster::Cluster::start(self.shared.clone(), cfg)?;
+        let c = Cluster::start(self.shared.clone(), cfg, self.head.clone())?;
         let r = (c.node_id().0, c.addr().to_string());
-        let _ = self.shared.cluster.set(c);
+        let _ = self.shared.links.set(c.clone());
+        let _ = self.cluster.set(c);
         Ok(r)
     }
 
@@ -591,14 +170,26 @@ impl Node {
         Ok(self.shared.register_package(hash, bytes)?)
     }
 
-    /// The cluster as this node last heard it (empty outside a cluster).
-    /// This node as `volley status` shows it (its id in the cluster, or 0 on its own).
-    pub fn local_info(&self) -> volley_proto::NodeInfo {
-        self.shared.local_info()
+    /// This node's metrics now, as `volley status` and `volley.nodes()` show them (its id in the
+    /// cluster, or 0 on its own).
+    pub fn snapshot(&self) -> volley_proto::NodeSnapshot {
+        self.shared.local_snapshot()
     }
 
-    pub fn cluster_view(&self) -> Vec<volley_proto::NodeInfo> {
-        self.shared.cluster.get().map(|c| c.view()).unwrap_or_default()
+    /// The cluster's head, with this node's own entry fresh, if this node is its own head
+    /// (alone, or the head of a cluster); `None` on a member of another head's cluster.
+    pub fn head(&self) -> Option<Arc<Head>> {
+        if self.cluster.get().is_some_and(|c| !c.is_head()) {
+            return None;
+        }
+        self.head.update_self(self.shared.local_snapshot());
+        Some(self.head.clone())
+    }
+
+    /// The cluster as this node last heard it from the head, a snapshot per node (empty outside
+    /// a cluster).
+    pub fn cluster_view(&self) -> Vec<volley_proto::NodeSnapshot> {
+        self.cluster.get().map(|c| c.view()).unwrap_or_default()
     }
 
     /// The node's shared-memory object store.
@@ -827,7 +418,7 @@ impl Node {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(c) = self.shared.cluster.get() {
+        if let Some(c) = self.cluster.get() {
             c.close();
         }
         let bye = encode(&NodeToWorker::Shutdown).unwrap_or_default();
@@ -898,7 +489,7 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             .name("volley-conn".into())
             .spawn(move || serve_worker(s, stream));
         if let Err(e) = spawned {
-            eprintln!("volley: could not start a connection thread: {e}");
+            crate::diag::event!(Error, "volley: could not start a connection thread: {e}");
         }
     }
 }
@@ -958,7 +549,7 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
     let outbox = match stream.try_clone().and_then(Outbox::new) {
         Ok(o) => Arc::new(o),
         Err(e) => {
-            eprintln!("volley: worker {} connection failed: {e}", wid.0);
+            crate::diag::event!(Warn, "volley: worker {} connection failed: {e}", wid.0);
             shared.reader_finished(wid);
             return;
         }
@@ -1014,7 +605,11 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
             }
             if let Some(e) = failed {
                 if !shared.closed.load(Ordering::Acquire) {
-                    eprintln!("volley: dropping worker {} after a bad frame: {e}", wid.0);
+                    crate::diag::event!(
+                        Warn,
+                        "volley: dropping worker {} after a bad frame: {e}",
+                        wid.0
+                    );
                 }
                 break;
             }

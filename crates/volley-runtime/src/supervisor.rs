@@ -21,14 +21,7 @@ use volley_proto::WorkerId;
 use volley_sched::WorkerExit;
 
 use crate::logs::{LogCmd, LogSender};
-use crate::node::Shared;
-
-pub(crate) enum SupCmd {
-    Spawn(WorkerId),
-    Kill(WorkerId),
-    /// Wait up to the given time for children to exit, then kill the rest and stop.
-    Stop(Duration),
-}
+use crate::shared::{Shared, SupCmd};
 
 pub(crate) struct SpawnSpec {
     pub python: String,

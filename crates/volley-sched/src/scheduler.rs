@@ -226,9 +226,6 @@ pub enum Action {
     /// Send a value `peer` asked for (`peer_fetch`) in chunks, or why it cannot be; on the
     /// connection this node opened to it (`link`) or the one it opened here.
     PeerServe { peer: NodeId, id: ObjectId, value: Result<Arc<ObjectData>, String>, link: bool },
-    /// Not the scheduler's: asks `peer` for a value (`PeerMsg::Fetch`) on the connection this
-    /// node opened to it (`link`) or the one it opened here.
-    PeerFetch { peer: NodeId, id: ObjectId, link: bool },
     /// Tell `peer` how the task it sent here ended.
     PeerDone {
         peer: NodeId,
@@ -272,9 +269,9 @@ pub enum Action {
     PeerReturned { peer: NodeId, tasks: Vec<TaskId> },
     /// Tell `peer` a task it sent has started running here.
     PeerStarted { peer: NodeId, task: TaskId },
-    /// Not the scheduler's: carries a line of worker output to a driver's node (`peer`), or
-    /// (`fd` 0) asks `peer` for its workers' output, over the cluster's connections.
-    PeerLog { peer: NodeId, fd: u8, lines: Vec<u8> },
+    /// Show `line` to the user of the node that sent the work here (`peer`): its driver prints
+    /// it with its workers' output.
+    PeerNotice { peer: NodeId, line: String },
 }
 
 /// Counts for status displays and tests.

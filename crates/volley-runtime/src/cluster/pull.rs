@@ -27,10 +27,10 @@ use volley_proto::{
     encode, shm_layout, write_frame, FrameReader, Keep, NodeId, ObjectData, ObjectId, PeerMsg,
     ProtoError, ShmLoc, MAX_CHUNK,
 };
-use volley_sched::Action;
 use volley_store::{Lease, Owner};
 
-use super::{lease_bytes, lost, read_into_store, Cluster};
+use super::wire::{lease_bytes, lost, read_into_store, Outgoing};
+use super::Cluster;
 use crate::tls::Conn;
 
 /// A connection as one side sees it: the peer, and whether this node opened it (its link).
@@ -149,8 +149,8 @@ impl Cluster {
         let (peer, link) = source;
         let tx =
             if link { self.links.lock().get(&peer).cloned() } else { self.incoming_from(peer) };
-        let send = move |c: &Arc<Cluster>, tx: Option<(u64, std::sync::mpsc::Sender<Action>)>| {
-            let msg = Action::PeerFetch { peer, id, link };
+        let send = move |c: &Arc<Cluster>, tx: Option<(u64, std::sync::mpsc::Sender<Outgoing>)>| {
+            let msg = Outgoing::Msg(Box::new(PeerMsg::Fetch { id }));
             let sent = tx.is_some_and(|(_, tx)| tx.send(msg).is_ok());
             if !sent {
                 c.source_failed(id, source, &format!("node {} cannot be reached", peer.0));

@@ -178,9 +178,7 @@ impl Scheduler {
     /// the node that sent the work here, which prints it as it prints its workers' output.
     fn notice(&self, caller: Holder, line: String, out: &mut Vec<Action>) {
         match caller {
-            Holder::Peer(origin) => {
-                out.push(Action::PeerLog { peer: origin, fd: 2, lines: format!("{line}\n").into() })
-            }
+            Holder::Peer(origin) => out.push(Action::PeerNotice { peer: origin, line }),
             Holder::Local | Holder::Worker(_) => out.push(Action::Log(line)),
         }
     }
@@ -713,13 +711,11 @@ mod tests {
         h.s.accept_peer_task(NodeId(1), spec, None, objects, routes, errors, cached, fetch, out);
         h.out.clear();
         h.s.tick(10_000, &mut h.out);
-        let sent: Vec<(NodeId, u8, String)> = h
+        let sent: Vec<(NodeId, String)> = h
             .out
             .iter()
             .filter_map(|a| match a {
-                Action::PeerLog { peer, fd, lines } => {
-                    Some((*peer, *fd, String::from_utf8_lossy(lines).into_owned()))
-                }
+                Action::PeerNotice { peer, line } => Some((*peer, line.clone())),
                 _ => None,
             })
             .collect();
@@ -727,9 +723,8 @@ mod tests {
             sent,
             vec![(
                 NodeId(1),
-                2,
                 "volley: task 'f' has waited 10 s on node 2 for 1 CPU: the one CPU is held by \
-                 actor 'A'\n"
+                 actor 'A'"
                     .to_string()
             )]
         );

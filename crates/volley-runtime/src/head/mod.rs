@@ -1,0 +1,215 @@
+//! The head: what the cluster keeps in one place. It holds the membership (which nodes are
+//! live, numbered in joining order, with the load each last reported) and a directory for the
+//! whole cluster (named actors, placement groups, jobs, a key-value table) behind a storage trait
+//! ([`HeadStore`]; [`MemoryStore`] today, a persistent store later).
+//!
+//! The head is sans-IO: the cluster's connections (`cluster::membership`) call it when a node
+//! joins, beats or leaves, and a node that runs alone is its own head. The directory is fed from
+//! what members already report with each heartbeat (the named actors they host, the placement
+//! groups their drivers made), so a name or group made anywhere shows up at the head within a
+//! heartbeat, and goes when its node does. Names are still resolved by asking the nodes
+//! (`NodeSnapshot::named` in the view); resolving them through the head is a later step.
+
+mod store;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo};
+
+pub use store::{HeadStore, JobInfo, MemoryStore};
+
+/// The head's own number in the cluster (members get 2, 3, ... in joining order).
+pub const HEAD_ID: NodeId = NodeId(1);
+
+/// The cluster's membership and directory. See the module documentation.
+pub struct Head {
+    epoch: u64,
+    members: Mutex<Members>,
+    dir: Mutex<Box<dyn HeadStore>>,
+}
+
+struct Members {
+    next: u32,
+    nodes: HashMap<NodeId, (NodeSnapshot, Instant)>,
+}
+
+impl Head {
+    /// A head keeping its directory in `store`, with a fresh random epoch.
+    pub fn new(store: Box<dyn HeadStore>) -> Head {
+        Head {
+            epoch: new_epoch(),
+            members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
+            dir: Mutex::new(store),
+        }
+    }
+
+    /// Chosen at random when the head starts (see `PeerMsg::Welcome`): members that see another
+    /// one know the head restarted and node numbers started over. Never 0.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    /// A node joins: its number. A driver's node starts a job.
+    pub fn join(&self, mut info: NodeSnapshot) -> NodeId {
+        let id = {
+            let mut m = self.members.lock();
+            let id = NodeId(m.next);
+            m.next += 1;
+            id
+        };
+        info.id = id;
+        if info.driver {
+            let job = JobInfo { node: id, pid: info.pid, started_ms: now_ms(), ended_ms: None };
+            self.dir.lock().put_job(job);
+        }
+        self.record(id, info);
+        id
+    }
+
+    /// The head's own entry, refreshed (its load, what it hosts).
+    pub fn update_self(&self, mut info: NodeSnapshot) {
+        info.id = HEAD_ID;
+        self.record(HEAD_ID, info);
+    }
+
+    /// A member's heartbeat: records its load and directory entries. Gives how long it had been
+    /// silent (`None` for a node not in the view, e.g. one declared dead meanwhile) and the view.
+    pub fn beat(
+        &self,
+        id: NodeId,
+        mut info: NodeSnapshot,
+    ) -> (Option<Duration>, Vec<NodeSnapshot>) {
+        info.id = id;
+        let gap = self.members.lock().nodes.get(&id).map(|(_, seen)| seen.elapsed());
+        self.record(id, info);
+        (gap, self.view())
+    }
+
+    /// Drops the members not heard from for `dead_after` (never the head itself): what they
+    /// were, for the log.
+    pub fn expire(&self, dead_after: Duration) -> Vec<NodeSnapshot> {
+        let dead: Vec<NodeId> = {
+            let m = self.members.lock();
+            m.nodes
+                .iter()
+                .filter(|(id, (_, seen))| **id != HEAD_ID && seen.elapsed() > dead_after)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        dead.into_iter().filter_map(|id| self.leave(id)).collect()
+    }
+
+    /// A member left (its connection to the head closed, or it was declared dead): its entry,
+    /// if it was still in the view. What it hosted leaves the directory, and its job ends.
+    pub fn leave(&self, id: NodeId) -> Option<NodeSnapshot> {
+        let info = self.members.lock().nodes.remove(&id).map(|(i, _)| i)?;
+        let mut dir = self.dir.lock();
+        forget_node(dir.as_mut(), id);
+        if let Some(mut job) = dir.job(id).filter(|j| j.ended_ms.is_none()) {
+            job.ended_ms = Some(now_ms());
+            dir.put_job(job);
+        }
+        Some(info)
+    }
+
+    /// Every live node, by number.
+    pub fn view(&self) -> Vec<NodeSnapshot> {
+        let m = self.members.lock();
+        let mut v: Vec<NodeSnapshot> = m.nodes.values().map(|(i, _)| i.clone()).collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    /// Records a node's entry and what it reports for the directory: the named actors it hosts
+    /// and the placement groups its driver made replace what it reported before.
+    fn record(&self, id: NodeId, info: NodeSnapshot) {
+        {
+            let mut dir = self.dir.lock();
+            let dir = dir.as_mut();
+            for a in dir.actors() {
+                let kept =
+                    info.named.iter().any(|n| n.namespace == a.namespace && n.name == a.name);
+                if a.node == id && !kept {
+                    dir.remove_actor(&a.namespace, &a.name);
+                }
+            }
+            for a in &info.named {
+                dir.put_actor(NamedActor { node: id, ..a.clone() });
+            }
+            for (owner, g) in dir.groups() {
+                if owner == id && !info.groups.iter().any(|x| x.id == g.id) {
+                    dir.remove_group(&g.id);
+                }
+            }
+            for g in &info.groups {
+                dir.put_group(id, g.clone());
+            }
+        }
+        self.members.lock().nodes.insert(id, (info, Instant::now()));
+    }
+
+    // ------------------------------------------------------------------ directory
+
+    /// Every named actor of the cluster, by namespace and name.
+    pub fn named_actors(&self) -> Vec<NamedActor> {
+        self.dir.lock().actors()
+    }
+
+    /// Every placement group of the cluster, with the node whose driver made it.
+    pub fn placement_groups(&self) -> Vec<(NodeId, PgInfo)> {
+        self.dir.lock().groups()
+    }
+
+    /// Every job (driver) the cluster has had since the head started.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.dir.lock().jobs()
+    }
+
+    /// See [`HeadStore::kv_put`].
+    pub fn kv_put(&self, namespace: &str, key: &[u8], value: Vec<u8>, overwrite: bool) -> bool {
+        self.dir.lock().kv_put(namespace, key, value, overwrite)
+    }
+
+    pub fn kv_get(&self, namespace: &str, key: &[u8]) -> Option<Vec<u8>> {
+        self.dir.lock().kv_get(namespace, key)
+    }
+
+    pub fn kv_del(&self, namespace: &str, key: &[u8]) -> bool {
+        self.dir.lock().kv_del(namespace, key)
+    }
+
+    pub fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.dir.lock().kv_keys(namespace, prefix)
+    }
+}
+
+/// Drops what node `id` hosted or made from the directory.
+fn forget_node(dir: &mut dyn HeadStore, id: NodeId) {
+    for a in dir.actors().into_iter().filter(|a| a.node == id) {
+        dir.remove_actor(&a.namespace, &a.name);
+    }
+    for (_, g) in dir.groups().into_iter().filter(|(owner, _)| *owner == id) {
+        dir.remove_group(&g.id);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A random epoch, never 0 (0 is a member's "no head seen yet").
+fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH);
+        return t.map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    }
+    u64::from_le_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use std::time::Duration;
+
+use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
+
+use super::*;
+use crate::testing::{node, poll};
+
+fn info(addr: &str, driver: bool) -> NodeSnapshot {
+    NodeSnapshot {
+        id: NodeId(0),
+        addr: addr.into(),
+        cpu_total_milli: 2000,
+        cpu_free_milli: 2000,
+        resources: Vec::new(),
+        workers: 0,
+        store_used: 0,
+        store_capacity: 0,
+        tasks_waiting: 0,
+        waiting: Vec::new(),
+        named: Vec::new(),
+        bytes_received: 0,
+        bytes_served: 0,
+        driver,
+        pid: 4242,
+        groups: Vec::new(),
+        sched: Default::default(),
+        store: Default::default(),
+    }
+}
+
+fn actor(name: &str) -> NamedActor {
+    NamedActor {
+        namespace: "ns".into(),
+        name: name.into(),
+        actor: volley_proto::ActorId(volley_proto::TaskId(7)),
+        node: NodeId(0),
+        class: "A".into(),
+        meta: Vec::new(),
+    }
+}
+
+fn group(id: &str) -> PgInfo {
+    PgInfo {
+        id: id.into(),
+        name: String::new(),
+        state: "CREATED".into(),
+        strategy: PgStrategy::Pack,
+        bundles: vec![vec![("CPU".into(), 1000)]],
+        nodes: vec![Some(1)],
+        reason: String::new(),
+    }
+}
+
+fn head() -> Head {
+    Head::new(Box::new(MemoryStore::default()))
+}
+
+#[test]
+fn members_are_numbered_in_joining_order_after_the_head() {
+    let h = head();
+    assert_ne!(h.epoch(), 0);
+    h.update_self(info("head:1", false));
+    let a = h.join(info("a:1", false));
+    let b = h.join(info("b:1", true));
+    assert_eq!((a, b), (NodeId(2), NodeId(3)));
+    let view: Vec<(u32, String)> = h.view().iter().map(|n| (n.id.0, n.addr.clone())).collect();
+    assert_eq!(view, vec![(1, "head:1".into()), (2, "a:1".into()), (3, "b:1".into())]);
+    // A node that comes back gets a new number.
+    assert_eq!(h.leave(a).map(|i| i.addr), Some("a:1".to_string()));
+    assert_eq!(h.join(info("a:1", false)), NodeId(4));
+}
+
+#[test]
+fn a_silent_member_is_declared_dead_but_never_the_head() {
+    let h = head();
+    h.update_self(info("head:1", false));
+    let a = h.join(info("a:1", false));
+    std::thread::sleep(Duration::from_millis(30));
+    let (gap, _) = h.beat(a, info("a:1", false));
+    assert!(gap.is_some_and(|g| g >= Duration::from_millis(30)), "{gap:?}");
+    std::thread::sleep(Duration::from_millis(30));
+    let dead: Vec<NodeId> = h.expire(Duration::from_millis(20)).iter().map(|i| i.id).collect();
+    assert_eq!(dead, vec![a]);
+    assert_eq!(h.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![HEAD_ID]);
+    // A heartbeat from a node declared dead meanwhile says it was not in the view.
+    assert_eq!(h.beat(a, info("a:1", false)).0, None);
+}
+
+#[test]
+fn the_directory_follows_what_nodes_report_and_forgets_a_node_that_leaves() {
+    let h = head();
+    let mut me = info("head:1", false);
+    me.named = vec![actor("on-head")];
+    h.update_self(me);
+    let d = h.join(info("driver", true));
+    let a = h.join(info("a:1", false));
+
+    let mut ai = info("a:1", false);
+    ai.named = vec![actor("x"), actor("y")];
+    h.beat(a, ai.clone());
+    let mut di = info("driver", true);
+    di.groups = vec![group("pg1"), group("pg2")];
+    h.beat(d, di.clone());
+    let names: Vec<(String, NodeId)> =
+        h.named_actors().iter().map(|n| (n.name.clone(), n.node)).collect();
+    assert_eq!(
+        names,
+        vec![("on-head".into(), HEAD_ID), ("x".into(), a), ("y".into(), a)],
+        "every node's names, each with the node that reported it"
+    );
+    let groups: Vec<(NodeId, String)> =
+        h.placement_groups().iter().map(|(n, g)| (*n, g.id.clone())).collect();
+    assert_eq!(groups, vec![(d, "pg1".into()), (d, "pg2".into())]);
+
+    // Removed where they live: gone from the next report.
+    ai.named = vec![actor("y")];
+    h.beat(a, ai);
+    di.groups = vec![group("pg2")];
+    h.beat(d, di);
+    let names: Vec<String> = h.named_actors().iter().map(|n| n.name.clone()).collect();
+    assert_eq!(names, vec!["on-head".to_string(), "y".into()]);
+    assert_eq!(h.placement_groups().len(), 1);
+
+    // A node that leaves takes its names and groups with it; its job (a driver's) ends.
+    let job = h.jobs().into_iter().find(|j| j.node == d).expect("the driver's job");
+    assert_eq!((job.pid, job.ended_ms), (4242, None));
+    h.leave(a);
+    h.leave(d);
+    let names: Vec<String> = h.named_actors().iter().map(|n| n.name.clone()).collect();
+    assert_eq!(names, vec!["on-head".to_string()]);
+    assert!(h.placement_groups().is_empty());
+    let jobs = h.jobs();
+    assert_eq!(jobs.len(), 1, "only drivers are jobs: {jobs:?}");
+    assert!(jobs[0].ended_ms.is_some_and(|e| e >= jobs[0].started_ms));
+}
+
+#[test]
+fn the_key_value_table_keeps_namespaces_apart() {
+    let h = head();
+    assert!(h.kv_put("a", b"k1", b"v1".to_vec(), false));
+    assert!(!h.kv_put("a", b"k1", b"other".to_vec(), false), "kept without overwrite");
+    assert_eq!(h.kv_get("a", b"k1"), Some(b"v1".to_vec()));
+    assert!(h.kv_put("a", b"k1", b"v2".to_vec(), true));
+    assert_eq!(h.kv_get("a", b"k1"), Some(b"v2".to_vec()));
+    assert!(h.kv_put("a", b"k2", Vec::new(), false));
+    assert!(h.kv_put("a", b"j", Vec::new(), false));
+    assert!(h.kv_put("b", b"k3", Vec::new(), false));
+    assert_eq!(h.kv_keys("a", b"k"), vec![b"k1".to_vec(), b"k2".to_vec()]);
+    assert_eq!(h.kv_keys("b", b""), vec![b"k3".to_vec()]);
+    assert_eq!(h.kv_get("b", b"k1"), None);
+    assert!(h.kv_del("a", b"k1"));
+    assert!(!h.kv_del("a", b"k1"));
+    assert_eq!(h.kv_keys("a", b""), vec![b"j".to_vec(), b"k2".to_vec()]);
+}
+
+/// Over real sockets: a lone node is its own head; as a cluster's head it records a driver that
+/// joins as a job, answers `volley status` with a `Status` request, and ends the job when the
+/// driver's connection closes. A member has no head of its own.
+#[test]
+fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
+    let dir = std::env::temp_dir().join(format!("volley-head-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-test-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.clone(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    };
+
+    let first = node(&dir, 8 << 20);
+    let alone = first.head().expect("a lone node is its own head");
+    assert_eq!(alone.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![HEAD_ID]);
+
+    let (id, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    assert_eq!(id, HEAD_ID.0);
+    let head = first.head().expect("the cluster's head");
+    assert_eq!(head.epoch(), alone.epoch(), "the lone node's head became the cluster's");
+
+    let driver = node(&dir, 8 << 20);
+    let (did, _) = driver.join_cluster(cfg(None, Some(addr.clone()), true)).expect("joins");
+    assert_eq!(did, 2);
+    assert!(driver.head().is_none(), "a member asks the head");
+    poll("the driver in the head's view", || head.view().len() == 2);
+    let jobs = head.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].node, jobs[0].pid, jobs[0].ended_ms),
+        (NodeId(2), std::process::id(), None)
+    );
+
+    // A placement group the driver makes shows up in the head's directory with its next
+    // heartbeat, as the driver's.
+    let spec = volley_proto::PgSpec {
+        id: "pg-from-the-driver".into(),
+        name: "g".into(),
+        bundles: vec![vec![("CPU".into(), 500)]],
+        strategy: PgStrategy::Pack,
+        ready: volley_proto::ObjectId::for_return(volley_proto::TaskId(99), 1),
+        value: Default::default(),
+    };
+    let answer = driver.actor(volley_proto::ActorRequest::PgCreate(Box::new(spec)));
+    assert!(!matches!(answer, volley_proto::ActorAnswer::Error(_)), "{answer:?}");
+    poll("the group in the head's directory", || {
+        head.placement_groups()
+            .iter()
+            .any(|(owner, g)| *owner == NodeId(2) && g.id == "pg-from-the-driver")
+    });
+
+    let (nodes, refused) = crate::cluster_status(&addr, &token, None).expect("status");
+    assert_eq!(
+        nodes.iter().map(|n| (n.id.0, n.driver)).collect::<Vec<_>>(),
+        [(1, false), (2, true)]
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    // A wrong token is refused at the handshake, and the head remembers it for status.
+    assert!(crate::cluster_status(&addr, b"wrong", None).is_err());
+    let (_, refused) = crate::cluster_status(&addr, &token, None).expect("status");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+
+    driver.shutdown(Duration::from_millis(200));
+    poll("the driver's job to end", || {
+        head.view().len() == 1 && head.jobs().iter().all(|j| j.ended_ms.is_some())
+    });
+    assert!(head.placement_groups().is_empty(), "the driver's groups went with it");
+    first.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
