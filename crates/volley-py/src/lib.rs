@@ -131,7 +131,10 @@ fn shutdown(py: Python<'_>, grace: f64) -> PyResult<()> {
     if let Some(c) = client::take() {
         if let Backend::Node(n) = &c.backend {
             let grace = Duration::from_secs_f64(grace.max(0.0));
-            enter(py, || Ok::<_, Infallible>(n.shutdown(grace)))?;
+            enter(py, || {
+                n.shutdown(grace);
+                Ok::<_, Infallible>(())
+            })?;
         }
     }
     Ok(())
@@ -513,7 +516,10 @@ fn stream_next(
 fn stream_release(py: Python<'_>, end: PyRef<'_, ObjectRef>, from: u32) -> PyResult<()> {
     if let Some(c) = client::current() {
         let task = end.id.task;
-        enter(py, || Ok::<_, Infallible>(c.stream_release(task, from)))?;
+        enter(py, || {
+            c.stream_release(task, from);
+            Ok::<_, Infallible>(())
+        })?;
     }
     Ok(())
 }

@@ -102,18 +102,9 @@ pub fn after_fork_in_child() -> Option<&'static str> {
     was
 }
 
+/// Makes `backend` this process's client (the one [`current`] returns).
 pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
-    let c = Arc::new(Client {
-        backend,
-        inline_threshold,
-        refs: Mutex::new(HashMap::new()),
-        sent_functions: Mutex::new(HashSet::new()),
-        ids: volley_proto::IdGenerator::new(),
-        deferred_decrefs: Mutex::new(Vec::new()),
-        runtime_env: Mutex::new(None),
-        generation: fork_generation(),
-        retire: std::sync::atomic::AtomicBool::new(false),
-    });
+    let c = Arc::new(Client::new(backend, inline_threshold));
     *CLIENT.write() = Some(c.clone());
     c
 }
@@ -158,6 +149,21 @@ pub fn load_received(r: Received) -> Loaded {
 }
 
 impl Client {
+    /// A client on `backend` that is not this process's (see [`install`]): tests run several.
+    pub fn new(backend: Backend, inline_threshold: u64) -> Client {
+        Client {
+            backend,
+            inline_threshold,
+            refs: Mutex::new(HashMap::new()),
+            sent_functions: Mutex::new(HashSet::new()),
+            ids: volley_proto::IdGenerator::new(),
+            deferred_decrefs: Mutex::new(Vec::new()),
+            runtime_env: Mutex::new(None),
+            generation: fork_generation(),
+            retire: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// "driver" (it runs a node) or "worker".
     pub fn mode(&self) -> &'static str {
         match self.backend {
