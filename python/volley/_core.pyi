@@ -1,6 +1,6 @@
 """Type stubs of volley._core, the Rust extension. Use the `volley` package, not this module."""
 
-from typing import Any, Generator
+from typing import Any, Callable, Generator
 
 class ObjectRef:
     def __hash__(self) -> int: ...
@@ -12,6 +12,28 @@ class ObjectRef:
     def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
 
 PROTOCOL_VERSION: int
+#: The engine's error kinds (``ErrorKind`` in volley-proto), name -> code.
+ERROR_KINDS: dict[str, int]
+
+class Task:
+    """A task as the worker's handler receives it (see volley._worker.execute)."""
+
+    name: str
+    fid: bytes
+    function: bytes | None
+    data: Any
+    buffers: list[Any]
+    deps: list[tuple[Any, list[Any]]]
+    num_returns: int
+    task_id: int
+    actor: str | None
+    method: str | None
+    max_concurrency: int
+    is_async: bool
+    streaming: bool
+    gpus: list[int]
+    cpu_milli: int
+    runtime_env: str | None
 
 def _rebuild_ref(id: bytes) -> ObjectRef: ...
 def begin_capture() -> None: ...
@@ -62,7 +84,7 @@ def watch(refs: list[ObjectRef]) -> None: ...
 def next_ready(timeout: float) -> list[bytes]: ...
 def worker_pids() -> list[int]: ...
 def stats() -> dict[str, float]: ...
-def worker_main(handler: Any) -> None: ...
+def worker_main(handler: Callable[[Task], Any]) -> None: ...
 def pg_create(
     id: str, name: str, bundles: list[list[tuple[str, float]]], strategy: str, value: bytes
 ) -> ObjectRef: ...

@@ -297,13 +297,13 @@ def _apply_env(env) -> None:
     _runtime_env.apply(env)
 
 
-def execute(*call):
+def execute(task: _core.Task):
     """Runs one task (see ``_execute``). In a process that a task forked and that returns here
     instead of exiting, ends that process: the loop it would return to is its parent's, and so
     is the connection the result would go back on."""
     ans = None
     try:
-        ans = _execute(*call)
+        ans = _execute(task)
         return ans
     finally:
         if os.getpid() != _pid:
@@ -319,34 +319,35 @@ def _exit_forked_child(ans) -> None:
     os._exit(0 if ans is not None and ans[0] else 1)
 
 
-def _execute(
-    name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, held, env
-):
+def _execute(t: _core.Task):
     """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
     ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
-    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``.
-    ``held``: what the node gave it, ``(gpu indices, CPUs in thousandths)``."""
-    if actor is None or actor[0] == "create":
+    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
+    name, actor = t.name, t.actor
+    if actor != "call":
         # An actor's calls run with what its creation was given.
-        gpus, cpu_milli = held
-        _set_gpus(gpus)
-        _set_threads(cpu_milli)
+        _set_gpus(t.gpus)
+        _set_threads(t.cpu_milli)
         try:
-            _apply_env(env)
+            _apply_env(t.runtime_env)
         except BaseException as e:
             msg = f"task '{name}': its runtime_env could not be set up: {type(e).__name__}: {e}"
             return False, (TASK_EXCEPTION, msg, _format_exception(e), _pickled_exception(e))
-    if actor is not None:
-        if actor[0] == "call":
-            return _actor_call(name, actor[1], data, buffers, deps, num_returns, task_id, streaming)
-        return _actor_create(name, fid, fbytes, data, buffers, deps, actor[1], actor[2])
-    fn, err = _load_function(name, fid, fbytes)
+    if actor == "call":
+        return _actor_call(
+            name, t.method, t.data, t.buffers, t.deps, t.num_returns, t.task_id, t.streaming
+        )
+    if actor == "create":
+        return _actor_create(
+            name, t.fid, t.function, t.data, t.buffers, t.deps, t.max_concurrency, t.is_async
+        )
+    fn, err = _load_function(name, t.fid, t.function)
     if err is not None:
         return False, err
-    args, kwargs, err = _load_args(name, data, buffers, deps)
+    args, kwargs, err = _load_args(name, t.data, t.buffers, t.deps)
     if err is not None:
         return False, err
-    return _call(name, fn, args, kwargs, num_returns, streaming, task_id)
+    return _call(name, fn, args, kwargs, t.num_returns, t.streaming, t.task_id)
 
 
 # ---------------------------------------------------------------------------------------- actors

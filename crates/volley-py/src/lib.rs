@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyString};
 use serde_bytes::ByteBuf;
 use volley_proto::{
     ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
@@ -812,6 +812,43 @@ fn run_error(py: Python<'_>, e: PyErr) -> RunError {
     }
 }
 
+/// A task as the worker's handler (`volley._worker.execute`) receives it.
+#[pyclass(module = "volley._core", frozen, get_all)]
+struct Task {
+    name: Py<PyString>,
+    /// The function's id (16 bytes).
+    fid: Py<PyBytes>,
+    /// The pickled function: with the first task of each function only.
+    function: Option<Py<PyBytes>>,
+    /// The pickled `(args, kwargs)` and its out-of-band buffers.
+    data: Py<PyAny>,
+    buffers: Py<PyList>,
+    /// `(data, buffers)` of each dependency, in order.
+    deps: Py<PyList>,
+    num_returns: u32,
+    task_id: u128,
+    /// None for a plain task, else "create" (the actor's `__init__`) or "call" (a method).
+    actor: Option<&'static str>,
+    /// The method a "call" runs.
+    method: Option<Py<PyString>>,
+    /// For "create": threads (or concurrent coroutines) of the actor, and whether it is async.
+    max_concurrency: u32,
+    is_async: bool,
+    streaming: bool,
+    /// What the node gave it: GPU indices, and CPUs in thousandths.
+    gpus: Vec<u32>,
+    cpu_milli: u32,
+    /// The runtime environment's JSON, if it has one.
+    runtime_env: Option<String>,
+}
+
+#[pymethods]
+impl Task {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Task({}, id={:x})", self.name.bind(py), self.task_id)
+    }
+}
+
 /// Runs tasks through the Python `handler` (`volley._worker.execute`) for the engine's loop.
 struct PyRunner<'py> {
     py: Python<'py>,
@@ -819,8 +856,7 @@ struct PyRunner<'py> {
 }
 
 impl PyRunner<'_> {
-    /// The handler's call for `task`: `(name, fid, function bytes, args data, args buffers,
-    /// deps, num_returns, task id, actor, streaming, (gpus, cpu_milli), runtime_env json)`.
+    /// Calls the handler with `task` as a [`Task`].
     fn call(
         &self,
         c: &Client,
@@ -849,28 +885,32 @@ impl PyRunner<'_> {
             }
         };
         let (args_data, args_bufs) = value_to_py(py, &spec.args, args_view.as_ref())?;
-        let actor = match &spec.actor {
-            ActorPart::None => py.None().into_bound(py),
-            ActorPart::Create(o) => {
-                ("create", o.max_concurrency, o.is_async).into_pyobject(py)?.into_any()
+        let (actor, method, max_concurrency, is_async) = match &spec.actor {
+            ActorPart::None => (None, None, 1, false),
+            ActorPart::Create(o) => (Some("create"), None, o.max_concurrency, o.is_async),
+            ActorPart::Call { method, .. } => {
+                (Some("call"), Some(PyString::new(py, method).unbind()), 1, false)
             }
-            ActorPart::Call { method, .. } => ("call", method).into_pyobject(py)?.into_any(),
         };
-        let call = (
-            &spec.name,
-            PyBytes::new(py, &spec.function.0),
-            function.as_ref().map(|f| PyBytes::new(py, f)),
-            args_data,
-            args_bufs,
-            deps,
-            spec.num_returns,
-            spec.task_id.0,
+        let call = Task {
+            name: PyString::new(py, &spec.name).unbind(),
+            fid: PyBytes::new(py, &spec.function.0).unbind(),
+            function: function.as_ref().map(|f| PyBytes::new(py, f).unbind()),
+            data: args_data.unbind(),
+            buffers: args_bufs.unbind(),
+            deps: deps.unbind(),
+            num_returns: spec.num_returns,
+            task_id: spec.task_id.0,
             actor,
-            spec.options.streaming,
-            (task.gpus.clone(), spec.options.cpu_milli),
-            spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
-        );
-        let ans = self.handler.call1(call)?;
+            method,
+            max_concurrency,
+            is_async,
+            streaming: spec.options.streaming,
+            gpus: task.gpus.clone(),
+            cpu_milli: spec.options.cpu_milli,
+            runtime_env: spec.options.runtime_env.as_ref().map(|e| e.json.clone()),
+        };
+        let ans = self.handler.call1((call,))?;
         if ans.is_none() {
             return Ok(None); // Deferred: reported by `complete_task`.
         }
@@ -930,6 +970,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
+    m.add_class::<Task>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
@@ -956,5 +997,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
+    // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.
+    let kinds = pyo3::types::PyDict::new(m.py());
+    for k in ErrorKind::ALL {
+        kinds.set_item(k.name(), k.code())?;
+    }
+    m.add("ERROR_KINDS", kinds)?;
     Ok(())
 }
