@@ -756,51 +756,83 @@ fn store_stats(py: Python<'_>, objects: bool) -> PyResult<Bound<'_, pyo3::types:
     Ok(d)
 }
 
-/// Parses the handler's answer into a task result.
+/// A task's failure as the worker's handler reports it: an error kind's code (see
+/// `ERROR_KINDS`), a message, the remote traceback, and the pickled exception if it has one.
+#[pyclass(module = "volley._core", frozen, get_all)]
+struct Failure {
+    kind: u8,
+    message: String,
+    traceback: String,
+    exception: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl Failure {
+    #[new]
+    #[pyo3(signature = (kind, message, traceback = String::new(), exception = None))]
+    fn new(
+        kind: u8,
+        message: String,
+        traceback: String,
+        exception: Option<Py<PyBytes>>,
+    ) -> PyResult<Failure> {
+        if ErrorKind::from_code(kind).is_none() {
+            return Err(PyValueError::new_err(format!(
+                "no error kind has code {kind} (see volley._core.ERROR_KINDS)"
+            )));
+        }
+        Ok(Failure { kind, message, traceback, exception })
+    }
+
+    fn __repr__(&self) -> String {
+        let kind = ErrorKind::from_code(self.kind).map_or("?", |k| k.name());
+        format!("Failure({kind}, {:?})", self.message)
+    }
+}
+
+/// Parses the handler's answer into a task result: a [`Failure`], or a list of
+/// `(data, buffers, contained)`, one per return.
 fn parse_result(
     py: Python<'_>,
     c: &Client,
     ans: &Bound<'_, PyAny>,
     retry_exceptions: bool,
 ) -> PyResult<TaskResult> {
-    let (ok, payload): (bool, Bound<'_, PyAny>) = ans.extract()?;
-    if ok {
-        let mut values = Vec::new();
-        let mut written = Vec::new();
-        let mut all = || -> PyResult<()> {
-            for item in payload.try_iter()? {
-                let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
-                    item?.extract()?;
-                let w = object_data(py, c, &data, &buffers, ids_from(contained)?, None)?;
-                written.extend(w.pending_seg);
-                values.push(w.data);
-            }
-            Ok(())
-        };
-        if let Err(e) = all() {
-            // Segments already written for earlier returns are not sent: give them back.
-            c.release_written(written);
-            return Err(e);
-        }
-        Ok(TaskResult::Ok(values))
-    } else {
-        let (code, message, traceback, exc): (u8, String, String, Option<Vec<u8>>) =
-            payload.extract()?;
-        let kind = ErrorKind::from_code(code)
-            .ok_or_else(|| PyValueError::new_err(format!("no error kind has code {code}")))?;
+    if let Ok(f) = ans.cast::<Failure>() {
+        let f = f.get();
+        // Checked when it was made.
+        let kind = ErrorKind::from_code(f.kind).unwrap_or(ErrorKind::TaskException);
         let error = ErrorPayload {
             kind,
             task_name: String::new(),
-            message,
-            traceback,
-            exception: exc.map(ByteBuf::from),
+            message: f.message.clone(),
+            traceback: f.traceback.clone(),
+            exception: f.exception.as_ref().map(|b| ByteBuf::from(b.as_bytes(py).to_vec())),
             pid: std::process::id(),
         };
-        Ok(TaskResult::Err {
+        return Ok(TaskResult::Err {
             error,
             retryable: retry_exceptions && kind == ErrorKind::TaskException,
-        })
+        });
     }
+    let mut values = Vec::new();
+    let mut written = Vec::new();
+    let mut all = || -> PyResult<()> {
+        for item in ans.try_iter()? {
+            let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
+                item?.extract()?;
+            let w = object_data(py, c, &data, &buffers, ids_from(contained)?, None)?;
+            written.extend(w.pending_seg);
+            values.push(w.data);
+        }
+        Ok(())
+    };
+    if let Err(e) = all() {
+        // Segments already written for earlier returns are not sent: give them back.
+        c.release_written(written);
+        return Err(e);
+    }
+    Ok(TaskResult::Ok(values))
 }
 
 /// A failure to run a task, from the Python error that caused it.
@@ -971,6 +1003,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
     m.add_class::<Task>()?;
+    m.add_class::<Failure>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
