@@ -45,11 +45,6 @@ def test_objectref_is_generic_at_run_time(volley_2cpu):
     assert volley.get(ref) == 3
 
 
-def test_a_task_object_is_made_by_the_engine_only():
-    with pytest.raises(TypeError):
-        core.Task()
-
-
 def test_a_failure_with_a_kind_the_engine_lacks_is_refused_where_it_is_made():
     f = core.Failure(core.ERROR_KINDS["SERIALIZATION"], "no", "tb")
     assert (f.kind, f.message, f.traceback, f.exception) == (3, "no", "tb", None)

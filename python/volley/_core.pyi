@@ -15,26 +15,6 @@ PROTOCOL_VERSION: int
 #: The engine's error kinds (``ErrorKind`` in volley-proto), name -> code.
 ERROR_KINDS: dict[str, int]
 
-class Task:
-    """A task as the worker's handler receives it (see volley._worker.execute)."""
-
-    name: str
-    fid: bytes
-    function: bytes | None
-    data: Any
-    buffers: list[Any]
-    deps: list[tuple[Any, list[Any]]]
-    num_returns: int
-    task_id: int
-    actor: str | None
-    method: str | None
-    max_concurrency: int
-    is_async: bool
-    streaming: bool
-    gpus: list[int]
-    cpu_milli: int
-    runtime_env: str | None
-
 class Failure:
     """A task's failure as the worker's handler reports it (``kind``: an ERROR_KINDS code)."""
 
@@ -95,7 +75,7 @@ def watch(refs: list[ObjectRef]) -> None: ...
 def next_ready(timeout: float) -> list[bytes]: ...
 def worker_pids() -> list[int]: ...
 def stats() -> dict[str, float]: ...
-def worker_main(handler: Callable[[Task], Any]) -> None: ...
+def worker_main(handler: Callable[..., Any]) -> None: ...
 def pg_create(
     id: str, name: str, bundles: list[list[tuple[str, float]]], strategy: str, value: bytes
 ) -> ObjectRef: ...

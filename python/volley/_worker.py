@@ -13,6 +13,10 @@ import pickle
 import signal
 import sys
 
+TYPE_CHECKING = False  # without importing typing, a slow import
+if TYPE_CHECKING:
+    from typing import Any
+
 _pid = os.getpid()
 _current_name: str | None = None
 _default_name = "worker"  # an actor's process uses its class's name
@@ -297,13 +301,13 @@ def _apply_env(env) -> None:
     _runtime_env.apply(env)
 
 
-def execute(task: _core.Task):
+def execute(*call):
     """Runs one task (see ``_execute``). In a process that a task forked and that returns here
     instead of exiting, ends that process: the loop it would return to is its parent's, and so
     is the connection the result would go back on."""
     ans = None
     try:
-        ans = _execute(task)
+        ans = _execute(*call)
         return ans
     finally:
         if os.getpid() != _pid:
@@ -319,35 +323,54 @@ def _exit_forked_child(ans) -> None:
     os._exit(0 if ans is not None and not isinstance(ans, Failure) else 1)
 
 
-def _execute(t: _core.Task):
+def _execute(
+    name: str,
+    fid: bytes,
+    fbytes: bytes | None,
+    data: Any,
+    buffers: list,
+    deps: list,
+    num_returns: int,
+    task_id: int,
+    actor: str | None,
+    method: str | None,
+    max_concurrency: int,
+    is_async: bool,
+    streaming: bool,
+    gpus: list[int],
+    cpu_milli: int,
+    env: str | None,
+):
     """Runs one task; returns ``[(data, buffers, contained), ...]`` (one per return) or a
     ``_core.Failure(kind, message, traceback, pickled_exception)``, or None when the call goes on
-    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``."""
-    name, actor = t.name, t.actor
+    elsewhere (a threaded or async actor) and reports through ``_core.complete_task``.
+
+    The engine calls it with these positional arguments (``PyRunner::call`` in
+    crates/volley-py): ``fbytes`` is the pickled function, with a function's first task only;
+    ``data`` and ``buffers`` the pickled ``(args, kwargs)``; ``deps`` ``(data, buffers)`` of each
+    dependency; ``actor`` None for a plain task, ``"create"`` (``__init__``, with
+    ``max_concurrency`` and ``is_async``) or ``"call"`` (``method``); ``gpus`` and ``cpu_milli``
+    what the node gave it; ``env`` the runtime_env's JSON."""
     if actor != "call":
         # An actor's calls run with what its creation was given.
-        _set_gpus(t.gpus)
-        _set_threads(t.cpu_milli)
+        _set_gpus(gpus)
+        _set_threads(cpu_milli)
         try:
-            _apply_env(t.runtime_env)
+            _apply_env(env)
         except BaseException as e:
             msg = f"task '{name}': its runtime_env could not be set up: {type(e).__name__}: {e}"
             return Failure(TASK_EXCEPTION, msg, _format_exception(e), _pickled_exception(e))
     if actor == "call":
-        return _actor_call(
-            name, t.method, t.data, t.buffers, t.deps, t.num_returns, t.task_id, t.streaming
-        )
+        return _actor_call(name, method, data, buffers, deps, num_returns, task_id, streaming)
     if actor == "create":
-        return _actor_create(
-            name, t.fid, t.function, t.data, t.buffers, t.deps, t.max_concurrency, t.is_async
-        )
-    fn, err = _load_function(name, t.fid, t.function)
+        return _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_async)
+    fn, err = _load_function(name, fid, fbytes)
     if err is not None:
         return err
-    args, kwargs, err = _load_args(name, t.data, t.buffers, t.deps)
+    args, kwargs, err = _load_args(name, data, buffers, deps)
     if err is not None:
         return err
-    return _call(name, fn, args, kwargs, t.num_returns, t.streaming, t.task_id)
+    return _call(name, fn, args, kwargs, num_returns, streaming, task_id)
 
 
 # ---------------------------------------------------------------------------------------- actors

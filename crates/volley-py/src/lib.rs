@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
     ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
@@ -844,43 +845,6 @@ fn run_error(py: Python<'_>, e: PyErr) -> RunError {
     }
 }
 
-/// A task as the worker's handler (`volley._worker.execute`) receives it.
-#[pyclass(module = "volley._core", frozen, get_all)]
-struct Task {
-    name: Py<PyString>,
-    /// The function's id (16 bytes).
-    fid: Py<PyBytes>,
-    /// The pickled function: with the first task of each function only.
-    function: Option<Py<PyBytes>>,
-    /// The pickled `(args, kwargs)` and its out-of-band buffers.
-    data: Py<PyAny>,
-    buffers: Py<PyList>,
-    /// `(data, buffers)` of each dependency, in order.
-    deps: Py<PyList>,
-    num_returns: u32,
-    task_id: u128,
-    /// None for a plain task, else "create" (the actor's `__init__`) or "call" (a method).
-    actor: Option<&'static str>,
-    /// The method a "call" runs.
-    method: Option<Py<PyString>>,
-    /// For "create": threads (or concurrent coroutines) of the actor, and whether it is async.
-    max_concurrency: u32,
-    is_async: bool,
-    streaming: bool,
-    /// What the node gave it: GPU indices, and CPUs in thousandths.
-    gpus: Vec<u32>,
-    cpu_milli: u32,
-    /// The runtime environment's JSON, if it has one.
-    runtime_env: Option<String>,
-}
-
-#[pymethods]
-impl Task {
-    fn __repr__(&self, py: Python<'_>) -> String {
-        format!("Task({}, id={:x})", self.name.bind(py), self.task_id)
-    }
-}
-
 /// Runs tasks through the Python `handler` (`volley._worker.execute`) for the engine's loop.
 struct PyRunner<'py> {
     py: Python<'py>,
@@ -888,7 +852,9 @@ struct PyRunner<'py> {
 }
 
 impl PyRunner<'_> {
-    /// Calls the handler with `task` as a [`Task`].
+    /// Calls the handler with `task`: `volley._worker.execute(name, fid, function, data,
+    /// buffers, deps, num_returns, task_id, actor, method, max_concurrency, is_async, streaming,
+    /// gpus, cpu_milli, runtime_env)` (see its docstring).
     fn call(
         &self,
         c: &Client,
@@ -920,29 +886,31 @@ impl PyRunner<'_> {
         let (actor, method, max_concurrency, is_async) = match &spec.actor {
             ActorPart::None => (None, None, 1, false),
             ActorPart::Create(o) => (Some("create"), None, o.max_concurrency, o.is_async),
-            ActorPart::Call { method, .. } => {
-                (Some("call"), Some(PyString::new(py, method).unbind()), 1, false)
-            }
+            ActorPart::Call { method, .. } => (Some("call"), Some(method.as_str()), 1, false),
         };
-        let call = Task {
-            name: PyString::new(py, &spec.name).unbind(),
-            fid: PyBytes::new(py, &spec.function.0).unbind(),
-            function: function.as_ref().map(|f| PyBytes::new(py, f).unbind()),
-            data: args_data.unbind(),
-            buffers: args_bufs.unbind(),
-            deps: deps.unbind(),
-            num_returns: spec.num_returns,
-            task_id: spec.task_id.0,
-            actor,
-            method,
-            max_concurrency,
-            is_async,
-            streaming: spec.options.streaming,
-            gpus: task.gpus.clone(),
-            cpu_milli: spec.options.cpu_milli,
-            runtime_env: spec.options.runtime_env.as_ref().map(|e| e.json.clone()),
-        };
-        let ans = self.handler.call1((call,))?;
+        // Positional, flat: a typed object costs a getter call per field on every task.
+        let call = PyTuple::new(
+            py,
+            [
+                PyString::new(py, &spec.name).into_any(),
+                PyBytes::new(py, &spec.function.0).into_any(),
+                function.as_ref().map(|f| PyBytes::new(py, f)).into_bound_py_any(py)?,
+                args_data,
+                args_bufs.into_any(),
+                deps.into_any(),
+                spec.num_returns.into_bound_py_any(py)?,
+                spec.task_id.0.into_bound_py_any(py)?,
+                actor.into_bound_py_any(py)?,
+                method.into_bound_py_any(py)?,
+                max_concurrency.into_bound_py_any(py)?,
+                is_async.into_bound_py_any(py)?,
+                spec.options.streaming.into_bound_py_any(py)?,
+                task.gpus.as_slice().into_bound_py_any(py)?,
+                spec.options.cpu_milli.into_bound_py_any(py)?,
+                spec.options.runtime_env.as_ref().map(|e| e.json.as_str()).into_bound_py_any(py)?,
+            ],
+        )?;
+        let ans = self.handler.call1(call)?;
         if ans.is_none() {
             return Ok(None); // Deferred: reported by `complete_task`.
         }
@@ -1002,7 +970,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
-    m.add_class::<Task>()?;
     m.add_class::<Failure>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
