@@ -249,6 +249,17 @@ fn get_times_out_and_a_failed_check_interrupts_a_wait() {
     node(&c).shutdown(Duration::from_secs(2));
 }
 
+#[test]
+fn a_retired_worker_sends_its_result_exits_and_is_replaced() {
+    let _one = ONE_NODE.lock();
+    let c = driver(1.0);
+    assert!(c.retire().is_err(), "a driver cannot retire");
+    let first = get_one(&c, submit(&c, "retire", Vec::new(), Vec::new())).expect("its pid");
+    let next = get_one(&c, submit(&c, "pid", Vec::new(), Vec::new())).expect("a pid");
+    assert_ne!(first, next, "the next task ran in a new worker process");
+    node(&c).shutdown(Duration::from_secs(2));
+}
+
 // ------------------------------------------------------------------------- the worker's side
 
 /// SIGINTs this process received (a cancel's interrupt).
@@ -286,6 +297,11 @@ impl TaskRunner for TestRunner {
                 }
                 // As Python's KeyboardInterrupt would, the interrupt ends the task with an error.
                 return Err(RunError::Failed("interrupted".into()));
+            }
+            "pid" => inline(std::process::id().to_le_bytes().to_vec()),
+            "retire" => {
+                client.retire().map_err(|e| RunError::Failed(e.to_string()))?;
+                inline(std::process::id().to_le_bytes().to_vec())
             }
             "interrupts" => inline(vec![SIGINTS.load(Ordering::SeqCst) as u8, self.cleared as u8]),
             "sum_and_grow" => {
