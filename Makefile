@@ -1,7 +1,10 @@
 # volley: every target sets itself up from a bare machine (Python 3.11 with pip, a Rust toolchain).
 #   make demo   - build, then run examples/demo.py on the embedded default
 #   make test   - build, then cargo test and pytest (then the shared-fixture suites again against
-#                 a 3-node cluster on 127.0.0.x: make test-cluster)
+#                 a 3-node cluster on 127.0.0.x: make test-cluster, then the wheel's smoke tests
+#                 in a fresh venv: make test-wheel)
+#   make wheel  - the release wheel (abi3, manylinux2014, stripped) in dist/;
+#                 PROFILE=profiling keeps debug info (line tables) for profilers
 #   make bench  - side-by-side benchmark against Ray, Dask, joblib, multiprocessing (own venv)
 #   make lint   - cargo fmt/clippy and ruff
 #   make fuzz   - a minute of each cargo-fuzz target (frames, handshake; needs nightly)
@@ -13,13 +16,18 @@ DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.volley-built
 BENCH_VENV := .venv-bench
 BENCH_DEPS := $(BENCH_VENV)/.deps-installed
+WHEEL_TOOLS := $(VENV)/.wheel-tools-installed
+PROFILE ?= release
+# Not target/wheels: `pip install .` leaves its own (unaudited) wheel there.
+WHEEL_DIR := dist
 RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml
 PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: fuzz test-cluster all demo test test-rust test-python bench lint fmt build clean
+.PHONY: fuzz test-cluster all demo test test-rust test-python bench lint fmt build clean wheel \
+	test-wheel build-profiling
 
 all: build
 
@@ -40,11 +48,45 @@ $(DEPS): pyproject.toml | $(VPY)
 		|| echo "note: could not install libpython3.11-testsuite (CPython's test_concurrent_futures)"
 	touch $@
 
+# The extension is built for the stable ABI (_core.abi3.so); a per-version build left from
+# before would shadow it, so it goes.
 $(BUILT): $(DEPS) $(RUST_SRC) pyproject.toml
+	rm -f python/volley/_core.cpython-*.so
+	@# The distribution was called `volley` before it became `volley-compute`.
+	@! ls -d $(VENV)/lib/python*/site-packages/volley-*.dist-info >/dev/null 2>&1 \
+		|| $(VPY) -m pip uninstall --quiet --yes volley
 	$(VENV)/bin/maturin develop --release --quiet
 	touch $@
 
 build: $(BUILT)
+
+# The in-place build with debug info, for perf and other profilers (see [profile.profiling]).
+build-profiling: $(DEPS)
+	rm -f python/volley/_core.cpython-*.so $(BUILT)
+	$(VENV)/bin/maturin develop --profile profiling --quiet
+
+# zig links the wheel against glibc 2.17 (whatever this machine's glibc), for the manylinux2014
+# tag; maturin's audit checks the result. Its build goes to target/x86_64-unknown-linux-gnu/,
+# beside the `make build` one, so neither rebuilds the other. Only the tools the wheel needs
+# (not the test dependencies): `make wheel` is for users too.
+$(WHEEL_TOOLS): | $(VPY)
+	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "ziglang>=0.17,<0.18"
+	touch $@
+
+wheel: $(WHEEL_TOOLS)
+	rm -rf $(WHEEL_DIR)
+	$(VENV)/bin/maturin build --profile $(PROFILE) --zig --compatibility manylinux2014 \
+		--quiet --out $(WHEEL_DIR)
+
+# The wheel, installed with pytest and numpy into a fresh venv in a fresh directory outside the
+# tree (so `import volley` cannot find python/volley), runs tests/smoke there.
+test-wheel: wheel
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT \
+		&& $(PYTHON) -m venv "$$d/venv" \
+		&& "$$d/venv/bin/python" -m pip install --quiet $(WHEEL_DIR)/*.whl pytest pytest-timeout numpy \
+		&& cp tests/smoke/*.py "$$d/" && cd "$$d" \
+		&& env -u VIRTUAL_ENV PATH="$$d/venv/bin:$$PATH" VOLLEY_SMOKE_VENV="$$d/venv" \
+			"$$d/venv/bin/python" -m pytest -q -p no:cacheprovider .
 
 demo: build
 	$(VPY) examples/demo.py
@@ -55,7 +97,7 @@ test-rust:
 test-python: build
 	$(VPY) -m pytest tests
 
-test: build test-rust test-python test-cluster
+test: build test-rust test-python test-cluster test-wheel
 
 # The end-to-end tests that use the shared 2-CPU fixtures, run again against a real cluster (a
 # head with no CPUs and two 1-CPU nodes on 127.0.0.x, the test process a driver) instead of an
@@ -93,12 +135,12 @@ $(BENCH_DEPS): benchmarks/requirements.txt | $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
 	touch $@
 
-bench: $(DEPS) $(BENCH_DEPS)
-	rm -rf target/wheels
-	$(VENV)/bin/maturin build --release --quiet --out target/wheels
-	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
+bench: $(DEPS) $(BENCH_DEPS) wheel
+	@# The distribution was called `volley` before it became `volley-compute`.
+	$(BENCH_VENV)/bin/python -m pip uninstall --quiet --yes volley 2>/dev/null || true
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
 	$(BENCH_VENV)/bin/python -m pip install --quiet "cloudpickle>=2.2"
 	$(BENCH_VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf target $(VENV) $(BENCH_VENV) python/volley/*.so
+	rm -rf target $(WHEEL_DIR) $(VENV) $(BENCH_VENV) python/volley/*.so

@@ -3,6 +3,10 @@ measured in fresh driver processes of each build, alternated (A, B, A, B, ...).
 
 Usage: python benchmarks/ab.py PYTHON_A PYTHON_B [--rounds 7] [--adapters]
 
+With ``--store``, the rows are (g) the tree reduction, (i) put and (j) get of a 100 MiB array and
+(u) a 100 MiB transfer to a task on another node (a 0-CPU head and one node on 127.0.0.x), each run
+by the suite's own function (benchmarks/systems/volley_.py), three times per process (issue 17).
+
 With ``--adapters``, the rows are the drop-ins' instead (issue 16): ``pm`` Pool(2).map over
 100,000 no-op items, ``pi`` Pool(2).imap over 2,000 items one at a time, ``pa`` 500 sequential
 ``Pool.apply``, ``z`` 10,000 ``Executor.submit`` then every result, ``za`` 1,000 sequential
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -138,26 +143,48 @@ volley.shutdown()
 """
 
 
+STORE = r"""
+import json, statistics
+from benchmarks.systems import volley_
+
+rows = {"g": volley_.g, "i": volley_.i, "j": volley_.j, "u": volley_.u}
+times = {k: [] for k in rows}
+for _ in range(3):
+    for k, f in rows.items():
+        v = f()
+        times[k].append(v["value"] if isinstance(v, dict) else v)
+print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+"""
+
+
+def _ms(median: float, values: list[float]) -> str:
+    """A median and range in ms, or in µs below a millisecond (row j is a few µs)."""
+    if median >= 1:
+        return f"{median:.1f} ms ({min(values):.0f}-{max(values):.0f})"
+    return f"{median * 1e3:.1f} µs ({min(values) * 1e3:.1f}-{max(values) * 1e3:.1f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--adapters", action="store_true", help="the drop-ins' rows")
+    ap.add_argument("--store", action="store_true", help="rows g, i, j and u")
     args = ap.parse_args()
-    program, names = (
-        (ADAPTERS, ["pm", "pi", "pa", "z", "za", "w"])
-        if args.adapters
-        else (
-            ONE_PROCESS,
-            list("bcop"),
-        )
-    )
+    if args.adapters:
+        program, names = ADAPTERS, ["pm", "pi", "pa", "z", "za", "w"]
+    elif args.store:
+        program, names = STORE, list("giju")
+    else:
+        program, names = ONE_PROCESS, list("bcop")
+    # --store runs the suite's own functions: the repository root goes on the path.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     runs: dict[str, list[dict]] = {args.a: [], args.b: []}
     for i in range(args.rounds):
         for py in (args.a, args.b):
             out = subprocess.run(
-                [py, "-c", program], capture_output=True, text=True, timeout=300, cwd="/"
+                [py, "-c", program], capture_output=True, text=True, timeout=600, cwd="/", env=env
             )
             if out.returncode != 0:
                 sys.stderr.write(out.stderr)
@@ -170,10 +197,7 @@ def main() -> int:
         a = [r[row] * 1e3 for r in runs[args.a]]
         b = [r[row] * 1e3 for r in runs[args.b]]
         ma, mb = statistics.median(a), statistics.median(b)
-        print(
-            f"| ({row}) | {ma:.1f} ms ({min(a):.0f}-{max(a):.0f}) | "
-            f"{mb:.1f} ms ({min(b):.0f}-{max(b):.0f}) | {mb / ma:.2f} |"
-        )
+        print(f"| ({row}) | {_ms(ma, a)} | {_ms(mb, b)} | {mb / ma:.2f} |")
     return 0
 
 

@@ -7,7 +7,7 @@ from benchmarks import common
 from benchmarks.systems import _actor_api, _cluster_api, _ref_api
 
 LIBRARIES = ("volley",)
-DISTRIBUTIONS = ("volley",)
+DISTRIBUTIONS = ("volley-compute",)
 
 
 @contextmanager
@@ -206,9 +206,12 @@ def cluster(node_cpus):
                 start_new_session=True,
             )  # fmt: skip
             procs.append(p)
-            line = p.stdout.readline().decode()
-            if "listening on" not in line:
-                raise RuntimeError(f"volley node did not start: {line}")
+            # The daemon may first say where the cluster's token is; then "listening on".
+            said = [p.stdout.readline().decode() for _ in range(1)]
+            while "listening on" not in said[-1] and said[-1] and len(said) < 5:
+                said.append(p.stdout.readline().decode())
+            if "listening on" not in said[-1]:
+                raise RuntimeError(f"volley node did not start: {''.join(said)}")
         volley.init(address=head, token=token, log_to_driver=False)
         deadline = time.monotonic() + 30
         while len([n for n in volley.nodes() if n["num_cpus"] > 0]) < len(node_cpus):

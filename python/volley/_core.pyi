@@ -90,7 +90,7 @@ def query_cluster_status(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
 
 class ShmBuffer:
-    """Read-only memory of one stored value (supports the buffer protocol)."""
+    """Owner of one stored value's mapping; the read-only memoryviews of it keep it alive."""
 
 def create_actor(
     fid: bytes,

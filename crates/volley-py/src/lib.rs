@@ -7,6 +7,7 @@
 //! `KeyboardInterrupt`; no Python object is touched while the engine works. Engine errors become
 //! Python exceptions in one place, [`errors`].
 
+mod buffer;
 mod cluster;
 mod errors;
 mod object_ref;

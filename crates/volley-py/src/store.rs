@@ -2,30 +2,29 @@
 //!
 //! Writing: a value's pickle stream and out-of-band buffers are copied once, straight from the
 //! Python buffers into a store segment (the GIL released during the copy). Reading: the segment
-//! is exposed through a read-only [`ShmBuffer`]; the pickle stream and each buffer are
-//! `memoryview` slices of it, so numpy arrays rebuilt from them are views of shared memory. The
-//! buffer holds the lease that keeps the segment in place; the lease goes when the last view
-//! does.
+//! is exposed as a read-only `memoryview` owned by a [`ShmBuffer`] (see [`crate::buffer`] for how,
+//! under the stable ABI); the pickle stream and each buffer are slices of it, so numpy arrays
+//! rebuilt from them are views of shared memory. The `ShmBuffer` holds the lease that keeps the
+//! segment in place; the lease goes when the last view does.
 
 use std::any::Any;
-use std::os::raw::c_int;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyBufferError, PyRuntimeError};
-use pyo3::ffi;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice};
+use pyo3::types::{PyBytes, PyList, PySlice};
 use serde_bytes::ByteBuf;
 use volley_proto::{shm_layout, ObjectData, ObjectId};
 use volley_runtime::client::store::Written;
 use volley_runtime::client::{Client, Mapped};
 
+use crate::buffer::{shared_view, SourceBytes};
 use crate::errors::enter;
 
-/// Read-only memory of one stored value (see the module docs).
+/// The owner of one stored value's mapping: the memoryviews of it keep it alive (see the module
+/// docs).
 #[pyclass(module = "volley._core", frozen)]
 pub struct ShmBuffer {
-    ptr: usize,
     len: usize,
     guard: std::mem::ManuallyDrop<Arc<dyn Any + Send + Sync>>,
     /// The fork generation it was made in (see `client::fork_generation`).
@@ -45,33 +44,6 @@ impl Drop for ShmBuffer {
 
 #[pymethods]
 impl ShmBuffer {
-    unsafe fn __getbuffer__(
-        slf: Bound<'_, Self>,
-        view: *mut ffi::Py_buffer,
-        flags: c_int,
-    ) -> PyResult<()> {
-        let me = slf.get();
-        // SAFETY: `view` comes from Python's buffer machinery; the memory stays mapped while
-        // this object (which the view references) lives. Read-only: a writable request fails.
-        let rc = unsafe {
-            ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                me.ptr as *mut std::ffi::c_void,
-                me.len as ffi::Py_ssize_t,
-                1,
-                flags,
-            )
-        };
-        if rc == -1 {
-            return Err(PyErr::take(slf.py())
-                .unwrap_or_else(|| PyBufferError::new_err("shared memory is read-only")));
-        }
-        Ok(())
-    }
-
-    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
-
     fn __len__(&self) -> usize {
         self.len
     }
@@ -90,29 +62,20 @@ pub fn object_data(
 ) -> PyResult<Written> {
     let mut views = Vec::with_capacity(buffers.len());
     for b in buffers.iter() {
-        views.push(pyo3::buffer::PyBuffer::<u8>::get(&b)?);
+        views.push(SourceBytes::of(&b)?);
     }
-    let total: usize = data.len() + views.iter().map(|v| v.len_bytes()).sum::<usize>();
-    let contiguous = views.iter().all(|v| v.is_c_contiguous());
+    let total: usize = data.len() + views.iter().map(|v| v.len()).sum::<usize>();
+    let contiguous = views.iter().all(|v| v.held().is_some());
     if !contiguous || !c.goes_to_store(total) {
-        let mut bufs = Vec::with_capacity(views.len());
-        for v in &views {
-            bufs.push(ByteBuf::from(v.to_vec(py)?));
-        }
+        let bufs = views.into_iter().map(|v| ByteBuf::from(v.into_vec())).collect();
         return Ok(Written {
             data: ObjectData::inline(data.to_vec(), bufs, contained),
             pending_seg: None,
         });
     }
-    let slices: Vec<&[u8]> = views
-        .iter()
-        // SAFETY: each buffer is C-contiguous (checked above) and stays exported, so alive and
-        // in place, while `views` lives, which is past the copy below.
-        .map(|v| match v.len_bytes() {
-            0 => &[][..],
-            n => unsafe { std::slice::from_raw_parts(v.buf_ptr() as *const u8, n) },
-        })
-        .collect();
+    // Borrowed from buffers held exported (so alive and in place) by `views` past the copy.
+    let slices: Vec<&[u8]> =
+        views.iter().filter_map(SourceBytes::held).map(|h| h.as_slice()).collect();
     enter(py, || c.write_to_store(data, &slices, contained, object))
 }
 
@@ -135,13 +98,12 @@ pub fn value_to_py<'py>(
     let owner = Bound::new(
         py,
         ShmBuffer {
-            ptr: m.ptr,
             len: m.len,
             guard: std::mem::ManuallyDrop::new(m.guard.clone()),
             generation: crate::client::fork_generation(),
         },
     )?;
-    let whole = PyMemoryView::from(owner.as_any())?;
+    let whole = shared_view(owner.as_any(), m.ptr, m.len)?;
     let slice = |start: u64, len: u64| -> PyResult<Bound<'py, PyAny>> {
         let s = PySlice::new(py, start as isize, (start + len) as isize, 1);
         whole.get_item(s)
