@@ -13,17 +13,13 @@ import types
 
 from . import _core
 from .exceptions import (
+    ACTOR_CREATION,
+    KIND_CLASSES,
+    SERIALIZATION,
+    TASK_EXCEPTION,
     ActorCreationError,
-    ActorDiedError,
     GetTimeoutError,
-    ObjectLostError,
-    ObjectStoreFullError,
-    SerializationError,
-    TaskCancelledError,
-    UnschedulableError,
     VolleyError,
-    WorkerCrashedError,
-    WorkerStartError,
     task_error,
 )
 
@@ -311,12 +307,6 @@ def _culprit(obj: Any, seen: set) -> str | None:
     return None
 
 
-# Error kinds, as numbered by the engine (`kind_code` in crates/volley-py/src/lib.rs).
-TASK_EXCEPTION, WORKER_CRASHED, CANCELLED, SERIALIZATION = 0, 1, 2, 3
-UNSCHEDULABLE, OBJECT_LOST, WORKER_START_FAILED, OBJECT_STORE_FULL = 5, 6, 7, 8
-ACTOR_CREATION, ACTOR_DIED = 9, 10
-
-
 def to_exception(result: tuple) -> BaseException:
     """Turns an error result from the engine into the exception ``get`` raises."""
     _, kind, task_name, message, tb, exc_bytes, pid = result
@@ -345,17 +335,7 @@ def to_exception(result: tuple) -> BaseException:
         return ActorCreationError(
             text, cause=cause, task_name=task_name, remote_traceback=tb, pid=pid
         )
-    classes = {
-        WORKER_CRASHED: WorkerCrashedError,
-        CANCELLED: TaskCancelledError,
-        SERIALIZATION: SerializationError,
-        UNSCHEDULABLE: UnschedulableError,
-        OBJECT_LOST: ObjectLostError,
-        WORKER_START_FAILED: WorkerStartError,
-        OBJECT_STORE_FULL: ObjectStoreFullError,
-        ACTOR_DIED: ActorDiedError,
-    }
-    cls = classes.get(kind, VolleyError)
+    cls = KIND_CLASSES.get(kind, VolleyError)
     text = message
     if tb and kind == SERIALIZATION:
         text += f"\n\nRemote traceback:\n{tb}"

@@ -13,6 +13,10 @@ import pickle
 import signal
 import sys
 
+TYPE_CHECKING = False  # without importing typing, a slow import
+if TYPE_CHECKING:
+    from typing import Any
+
 _pid = os.getpid()
 _current_name: str | None = None
 _default_name = "worker"  # an actor's process uses its class's name
@@ -98,13 +102,13 @@ def _load_function(name, fid, fbytes):
         fbytes = _unloaded.get(fid)
         if fbytes is None:
             msg = f"the function of task '{name}' was never sent"
-            return None, (SERIALIZATION, msg, "", None)
+            return None, Failure(SERIALIZATION, msg, "", None)
     try:
         fn = pickle.loads(fbytes)
     except BaseException as e:
         _unloaded[fid] = fbytes
         msg = f"could not load the function of task '{name}': {type(e).__name__}: {e}"
-        return None, (SERIALIZATION, msg, _format_exception(e), None)
+        return None, Failure(SERIALIZATION, msg, _format_exception(e), None)
     _unloaded.pop(fid, None)
     _functions[fid] = fn
     return fn, None
@@ -122,11 +126,11 @@ def _load_args(name, data, buffers, deps):
         return args, kwargs, None
     except BaseException as e:
         msg = f"could not deserialize the arguments of task '{name}': {type(e).__name__}: {e}"
-        return None, None, (SERIALIZATION, msg, _format_exception(e), None)
+        return None, None, Failure(SERIALIZATION, msg, _format_exception(e), None)
 
 
 def _raised(e: BaseException):
-    return False, (
+    return Failure(
         TASK_EXCEPTION,
         f"{type(e).__name__}: {e}",
         _format_exception(e),
@@ -158,7 +162,7 @@ def _results(name, result, num_returns):
                 f"ValueError: task '{name}' has num_returns={num_returns} but its generator "
                 f"yielded {len(values)} values"
             )
-            return False, (TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
+            return Failure(TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
     else:
         try:
             values = list(result)
@@ -169,7 +173,7 @@ def _results(name, result, num_returns):
                 f"ValueError: task '{name}' has num_returns={num_returns} but returned "
                 f"{type(result).__name__} that is not a sequence of {num_returns} values"
             )
-            return False, (TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
+            return Failure(TASK_EXCEPTION, msg, "", _pickled_exception(ValueError(msg)))
     out = []
     for v in values:
         try:
@@ -179,8 +183,8 @@ def _results(name, result, num_returns):
                 f"could not serialize the result of task '{name}' "
                 f"(a {type(v).__qualname__}): {type(e).__name__}: {e}"
             )
-            return False, (SERIALIZATION, msg, _format_exception(e), None)
-    return True, out
+            return Failure(SERIALIZATION, msg, _format_exception(e), None)
+    return out
 
 
 def _yield_item(name, task_id, index, item):
@@ -202,17 +206,17 @@ def _stream(name, task_id, gen):
     """Sends each item of a generator as it comes; the answer is the number of items."""
     if not hasattr(gen, "__next__"):
         msg = f"TypeError: task '{name}' is streaming but returned a {type(gen).__name__}"
-        return False, (TASK_EXCEPTION, msg, "", _pickled_exception(TypeError(msg)))
+        return Failure(TASK_EXCEPTION, msg, "", _pickled_exception(TypeError(msg)))
     n = 0
     try:
         for item in gen:
             _yield_item(name, task_id, n + 2, item)
             n += 1
     except _ItemError as e:
-        return False, (SERIALIZATION, str(e), _format_exception(e), None)
+        return Failure(SERIALIZATION, str(e), _format_exception(e), None)
     except BaseException as e:
         return _raised(e)
-    return True, [dumps(n)]
+    return [dumps(n)]
 
 
 def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
@@ -316,36 +320,56 @@ def _exit_forked_child(ans) -> None:
             stream.flush()
         except Exception:
             pass
-    os._exit(0 if ans is not None and ans[0] else 1)
+    os._exit(0 if ans is not None and not isinstance(ans, Failure) else 1)
 
 
 def _execute(
-    name, fid, fbytes, data, buffers, deps, num_returns, task_id, actor, streaming, held, env
+    name: str,
+    fid: bytes,
+    fbytes: bytes | None,
+    data: Any,
+    buffers: list,
+    deps: list,
+    num_returns: int,
+    task_id: int,
+    actor: str | None,
+    method: str | None,
+    max_concurrency: int,
+    is_async: bool,
+    streaming: bool,
+    gpus: list[int],
+    cpu_milli: int,
+    env: str | None,
 ):
-    """Runs one task; returns ``(True, [(data, buffers, contained), ...])`` or
-    ``(False, (kind, message, traceback, pickled_exception))``, or None when the call goes on
+    """Runs one task; returns ``[(data, buffers, contained), ...]`` (one per return) or a
+    ``_core.Failure(kind, message, traceback, pickled_exception)``, or None when the call goes on
     elsewhere (a threaded or async actor) and reports through ``_core.complete_task``.
-    ``held``: what the node gave it, ``(gpu indices, CPUs in thousandths)``."""
-    if actor is None or actor[0] == "create":
+
+    The engine calls it with these positional arguments (``PyRunner::call`` in
+    crates/volley-py): ``fbytes`` is the pickled function, with a function's first task only;
+    ``data`` and ``buffers`` the pickled ``(args, kwargs)``; ``deps`` ``(data, buffers)`` of each
+    dependency; ``actor`` None for a plain task, ``"create"`` (``__init__``, with
+    ``max_concurrency`` and ``is_async``) or ``"call"`` (``method``); ``gpus`` and ``cpu_milli``
+    what the node gave it; ``env`` the runtime_env's JSON."""
+    if actor != "call":
         # An actor's calls run with what its creation was given.
-        gpus, cpu_milli = held
         _set_gpus(gpus)
         _set_threads(cpu_milli)
         try:
             _apply_env(env)
         except BaseException as e:
             msg = f"task '{name}': its runtime_env could not be set up: {type(e).__name__}: {e}"
-            return False, (TASK_EXCEPTION, msg, _format_exception(e), _pickled_exception(e))
-    if actor is not None:
-        if actor[0] == "call":
-            return _actor_call(name, actor[1], data, buffers, deps, num_returns, task_id, streaming)
-        return _actor_create(name, fid, fbytes, data, buffers, deps, actor[1], actor[2])
+            return Failure(TASK_EXCEPTION, msg, _format_exception(e), _pickled_exception(e))
+    if actor == "call":
+        return _actor_call(name, method, data, buffers, deps, num_returns, task_id, streaming)
+    if actor == "create":
+        return _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_async)
     fn, err = _load_function(name, fid, fbytes)
     if err is not None:
-        return False, err
+        return err
     args, kwargs, err = _load_args(name, data, buffers, deps)
     if err is not None:
-        return False, err
+        return err
     return _call(name, fn, args, kwargs, num_returns, streaming, task_id)
 
 
@@ -364,10 +388,10 @@ def _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_as
     global _actor, _actor_mode, _executor, _loop, _default_name
     cls, err = _load_function(name, fid, fbytes)
     if err is not None:
-        return False, err
+        return err
     args, kwargs, err = _load_args(name, data, buffers, deps)
     if err is not None:
-        return False, err
+        return err
     _default_name = name
     if is_async:
         import asyncio
@@ -390,7 +414,7 @@ def _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_as
         _flush_output()
         return _raised(e)
     _flush_output()
-    return True, [dumps(None)]
+    return [dumps(None)]
 
 
 def _set_semaphore(n):
@@ -407,10 +431,10 @@ def _actor_call(name, method_name, data, buffers, deps, num_returns, task_id, st
     method = getattr(_actor, method_name, None)
     if method is None:
         e = AttributeError(f"'{type(_actor).__name__}' object has no attribute '{method_name}'")
-        return False, (TASK_EXCEPTION, f"AttributeError: {e}", "", _pickled_exception(e))
+        return Failure(TASK_EXCEPTION, f"AttributeError: {e}", "", _pickled_exception(e))
     args, kwargs, err = _load_args(name, data, buffers, deps)
     if err is not None:
-        return False, err
+        return err
     if _actor_mode == "sync":
         return _call(name, method, args, kwargs, num_returns, streaming, task_id)
     if _actor_mode == "threaded":
@@ -469,16 +493,17 @@ async def _stream_async(name, task_id, agen):
             _yield_item(name, task_id, n + 2, item)
             n += 1
     except _ItemError as e:
-        return False, (SERIALIZATION, str(e), _format_exception(e), None)
+        return Failure(SERIALIZATION, str(e), _format_exception(e), None)
     except BaseException as e:
         return _raised(e)
-    return True, [dumps(n)]
+    return [dumps(n)]
 
 
 def _late_imports() -> None:
     """Imports that need the package (and the driver's sys.path) in place."""
-    global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS, _core
+    global SERIALIZATION, TASK_EXCEPTION, dumps, loads, _EMPTY_ARGS, _core, Failure
     from . import _core
+    from ._core import Failure
     from ._serialization import EMPTY_ARGS as _EMPTY_ARGS
     from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
 

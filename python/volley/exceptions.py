@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+from . import _core
+
 __all__ = [
     "VolleyError",
     "TaskError",
@@ -18,6 +20,7 @@ __all__ = [
     "ActorCreationError",
     "ActorDiedError",
     "ActorError",
+    "EndOfStreamError",
     # Ray's names (see docs/from-ray.md)
     "RayError",
     "RayTaskError",
@@ -176,6 +179,47 @@ class ActorCreationError(TaskError, ActorDiedError):
             _rebuild_creation_error,
             (self.cause, self.task_name, self.remote_traceback, self.pid, self._message),
         )
+
+
+class EndOfStreamError(VolleyError):
+    """A streaming task ended before producing the item asked for. A stream's iterator turns
+    this into ``StopIteration``; it reaches users only through an item ref taken past the end.
+    """
+
+
+# ----------------------------------------------------------------------------------- error kinds
+# The engine's error kinds are defined once, in Rust (``ErrorKind`` in crates/volley-proto);
+# ``_core.ERROR_KINDS`` names each with its code. Each has its class here.
+
+#: Each error kind's code, by its name (``"TASK_EXCEPTION"``, ...).
+ERROR_KINDS: dict[str, int] = dict(_core.ERROR_KINDS)
+TASK_EXCEPTION = ERROR_KINDS["TASK_EXCEPTION"]
+SERIALIZATION = ERROR_KINDS["SERIALIZATION"]
+ACTOR_CREATION = ERROR_KINDS["ACTOR_CREATION"]
+
+_CLASS_OF_KIND: dict[str, type[VolleyError]] = {
+    "TASK_EXCEPTION": TaskError,
+    "WORKER_CRASHED": WorkerCrashedError,
+    "CANCELLED": TaskCancelledError,
+    "SERIALIZATION": SerializationError,
+    "UNSCHEDULABLE": UnschedulableError,
+    "OBJECT_LOST": ObjectLostError,
+    "WORKER_START_FAILED": WorkerStartError,
+    "OBJECT_STORE_FULL": ObjectStoreFullError,
+    "ACTOR_CREATION": ActorCreationError,
+    "ACTOR_DIED": ActorDiedError,
+    "END_OF_STREAM": EndOfStreamError,
+}
+if set(_CLASS_OF_KIND) != set(ERROR_KINDS):  # a kind added in Rust needs its class here
+    raise ImportError(
+        "volley.exceptions and the engine disagree on the error kinds: "
+        f"{sorted(set(_CLASS_OF_KIND) ^ set(ERROR_KINDS))}"
+    )
+
+#: The exception class of each error kind, by code.
+KIND_CLASSES: dict[int, type[VolleyError]] = {
+    ERROR_KINDS[name]: cls for name, cls in _CLASS_OF_KIND.items()
+}
 
 
 def _rebuild_creation_error(cause, task_name, remote_traceback, pid, message):

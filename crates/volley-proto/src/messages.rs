@@ -119,30 +119,79 @@ impl std::fmt::Debug for Keep {
 }
 
 /// Why an object holds an error instead of a value.
+///
+/// The numbers are the kinds' codes for the Python layer (`_core.ERROR_KINDS` maps each
+/// [`ErrorKind::name`] to its code); they are defined here only. The wire format does not use
+/// them (serde encodes the variant's position).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[repr(u8)]
 pub enum ErrorKind {
     /// The task raised; `exception` holds the pickled exception when it could be pickled.
-    TaskException,
+    TaskException = 0,
     /// The worker running the task died and no retries were left.
-    WorkerCrashed,
+    WorkerCrashed = 1,
     /// The task was cancelled.
-    Cancelled,
+    Cancelled = 2,
     /// The task's result could not be pickled, or its arguments could not be unpickled.
-    Serialization,
+    Serialization = 3,
     /// No node can ever satisfy the task's resource request.
-    Unschedulable,
+    Unschedulable = 5,
     /// The object is unknown here (freed, or never existed).
-    ObjectLost,
+    ObjectLost = 6,
     /// Worker processes could not be started.
-    WorkerStartFailed,
+    WorkerStartFailed = 7,
     /// The shared-memory object store had no room, even after spilling.
-    ObjectStoreFull,
+    ObjectStoreFull = 8,
     /// An actor's `__init__` raised; `exception` holds the pickled exception.
-    ActorCreation,
+    ActorCreation = 9,
     /// The actor's process died (or it was killed) and the call cannot run.
-    ActorDied,
+    ActorDied = 10,
     /// A streaming task ended before producing this item (never shown to users).
-    EndOfStream,
+    EndOfStream = 11,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::TaskException,
+        ErrorKind::WorkerCrashed,
+        ErrorKind::Cancelled,
+        ErrorKind::Serialization,
+        ErrorKind::Unschedulable,
+        ErrorKind::ObjectLost,
+        ErrorKind::WorkerStartFailed,
+        ErrorKind::ObjectStoreFull,
+        ErrorKind::ActorCreation,
+        ErrorKind::ActorDied,
+        ErrorKind::EndOfStream,
+    ];
+
+    /// The kind's code (see the type's docs).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind of a code, or None for a code no kind has.
+    pub fn from_code(code: u8) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// The kind's name as the Python layer spells it (`TASK_EXCEPTION`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::TaskException => "TASK_EXCEPTION",
+            ErrorKind::WorkerCrashed => "WORKER_CRASHED",
+            ErrorKind::Cancelled => "CANCELLED",
+            ErrorKind::Serialization => "SERIALIZATION",
+            ErrorKind::Unschedulable => "UNSCHEDULABLE",
+            ErrorKind::ObjectLost => "OBJECT_LOST",
+            ErrorKind::WorkerStartFailed => "WORKER_START_FAILED",
+            ErrorKind::ObjectStoreFull => "OBJECT_STORE_FULL",
+            ErrorKind::ActorCreation => "ACTOR_CREATION",
+            ErrorKind::ActorDied => "ACTOR_DIED",
+            ErrorKind::EndOfStream => "END_OF_STREAM",
+        }
+    }
 }
 
 /// An error stored in place of an object's value.
@@ -515,6 +564,24 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ProtoError> 
 mod tests {
     use super::*;
     use crate::IdGenerator;
+
+    /// Codes are unique and round-trip, names are unique, and `ALL` lists every kind (a kind
+    /// added without a code or a name fails to compile in `name`, or here).
+    #[test]
+    fn error_kind_codes_are_one_table() {
+        let mut codes = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for k in ErrorKind::ALL {
+            assert!(codes.insert(k.code()), "{k:?}: duplicate code");
+            assert!(names.insert(k.name()), "{k:?}: duplicate name");
+            assert_eq!(ErrorKind::from_code(k.code()), Some(k));
+        }
+        assert_eq!(ErrorKind::from_code(4), None);
+        assert_eq!(ErrorKind::from_code(200), None);
+        // The wire encodes a kind by position, not by code: codes may have gaps.
+        let b = postcard::to_allocvec(&ErrorKind::Unschedulable).expect("encodes");
+        assert_eq!(b, vec![4]);
+    }
 
     #[test]
     fn messages_roundtrip() {

@@ -93,11 +93,6 @@ impl HeldBuffer {
         }
     }
 
-    /// Address of the first byte.
-    pub fn ptr(&self) -> usize {
-        self.view.buf as usize
-    }
-
     /// Length in bytes.
     pub fn len(&self) -> usize {
         // Checked non-negative in `get`.

@@ -1,41 +1,44 @@
 //! `volley._core`: the bridge between the Python API and the Rust engine.
 //!
-//! This crate only converts and delegates. Every call that may wait releases the GIL and wakes
-//! every few milliseconds to let Python raise a pending `KeyboardInterrupt`; no Python object is
-//! touched while the engine works.
+//! This crate only converts and delegates: the engine's side of each call (the client, its
+//! reference table, the store's write protocol, the worker's task loop) is
+//! `volley_runtime::client`. Every call that may wait goes through [`errors::enter`], which
+//! releases the GIL and wakes every few milliseconds to let Python raise a pending
+//! `KeyboardInterrupt`; no Python object is touched while the engine works. Engine errors become
+//! Python exceptions in one place, [`errors`].
 
 mod buffer;
-mod client;
 mod cluster;
+mod errors;
 mod object_ref;
 mod store;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
     ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
     FunctionId, ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions, TaskResult,
-    TaskSpec, WorkerId, WorkerToNode,
+    TaskSpec, WorkerId,
 };
-use volley_runtime::{Node, NodeConfig, WaitError, WorkerConn};
+use volley_runtime::client::worker::{RunError, TaskRunner};
+use volley_runtime::client::{self, Backend, Client, Loaded, Mapped};
+use volley_runtime::{ExecuteMsg, Node, NodeConfig};
 use volley_sched::StreamStep;
 
-use client::{Backend, Client, Loaded};
+use errors::{check_signals, enter, is_store_full, store_full};
 use object_ref::{id_from_bytes, ObjectRef};
-use store::{is_store_full, object_data, store_full, value_to_py};
+use store::{object_data, value_to_py};
 
 fn client() -> PyResult<Arc<Client>> {
     client::current()
         .ok_or_else(|| PyRuntimeError::new_err("volley is not initialised; call volley.init()"))
-}
-
-fn to_err<E: std::fmt::Display>(e: E) -> PyErr {
-    PyRuntimeError::new_err(e.to_string())
 }
 
 fn function_id(b: &[u8]) -> PyResult<FunctionId> {
@@ -46,34 +49,6 @@ fn function_id(b: &[u8]) -> PyResult<FunctionId> {
 
 fn ids_from(contained: Vec<Vec<u8>>) -> PyResult<Vec<ObjectId>> {
     contained.iter().map(|c| id_from_bytes(c)).collect()
-}
-
-fn kind_code(k: ErrorKind) -> u8 {
-    match k {
-        ErrorKind::TaskException => 0,
-        ErrorKind::WorkerCrashed => 1,
-        ErrorKind::Cancelled => 2,
-        ErrorKind::Serialization => 3,
-        ErrorKind::Unschedulable => 5,
-        ErrorKind::ObjectLost => 6,
-        ErrorKind::WorkerStartFailed => 7,
-        ErrorKind::ObjectStoreFull => 8,
-        ErrorKind::ActorCreation => 9,
-        ErrorKind::ActorDied => 10,
-        ErrorKind::EndOfStream => 11,
-    }
-}
-
-fn kind_from_code(c: u8) -> ErrorKind {
-    match c {
-        1 => ErrorKind::WorkerCrashed,
-        2 => ErrorKind::Cancelled,
-        3 => ErrorKind::Serialization,
-        8 => ErrorKind::ObjectStoreFull,
-        9 => ErrorKind::ActorCreation,
-        10 => ErrorKind::ActorDied,
-        _ => ErrorKind::TaskException,
-    }
 }
 
 /// `(True, data, buffers)` for a value, `(False, kind, task, message, traceback, exc, pid)` for an
@@ -90,25 +65,13 @@ fn result_to_py<'py>(py: Python<'py>, r: &Loaded) -> PyResult<Bound<'py, PyAny>>
 
 fn error_to_py<'py>(py: Python<'py>, e: &ErrorPayload) -> PyResult<Bound<'py, PyAny>> {
     let exc = e.exception.as_ref().map(|b| PyBytes::new(py, b));
-    Ok((false, kind_code(e.kind), &e.task_name, &e.message, &e.traceback, exc, e.pid)
+    Ok((false, e.kind.code(), &e.task_name, &e.message, &e.traceback, exc, e.pid)
         .into_pyobject(py)?
         .into_any())
 }
 
-fn wait_err(e: WaitError<PyErr>) -> PyErr {
-    match e {
-        WaitError::Timeout => PyTimeoutError::new_err("timed out"),
-        WaitError::Interrupted(e) => e,
-        WaitError::Closed => PyRuntimeError::new_err("volley has shut down"),
-    }
-}
-
 fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> PyResult<Vec<ObjectId>> {
     refs.iter().map(|r| r.check_not_inherited().map(|()| r.id)).collect()
-}
-
-fn check_signals() -> PyResult<()> {
-    Python::attach(|py| py.check_signals())
 }
 
 /// Starts the embedded node with its workers.
@@ -150,61 +113,43 @@ fn start_node(
         max_workers,
         wait_notice_ms,
     };
-    let node = py.detach(|| Node::start(cfg)).map_err(to_err)?;
+    let node = enter(py, || Node::start(cfg))?;
     client::install(Backend::Node(node), inline_threshold);
     Ok(())
 }
-
-static MAIN_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Connects this worker process to its node. Call it from the main thread: a cancelled task is
 /// interrupted there.
 #[pyfunction]
 fn connect_worker(py: Python<'_>, socket: String, worker_id: u32, token: String) -> PyResult<()> {
-    // A real SIGINT to the main thread: it both wakes a blocking system call (a `sleep`, a
-    // socket read) and makes Python raise KeyboardInterrupt there.
-    MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, std::sync::atomic::Ordering::Release);
-    fn interrupt() {
-        let main = MAIN_THREAD.load(std::sync::atomic::Ordering::Acquire);
-        // SAFETY: `main` is this process's main thread, which lives as long as the process.
-        unsafe { libc::pthread_kill(main as libc::pthread_t, libc::SIGINT) };
-    }
-    let store = std::env::var("VOLLEY_STORE").ok().filter(|s| !s.is_empty());
-    let conn = py
-        .detach(|| {
-            WorkerConn::connect(&socket, WorkerId(worker_id), &token, store.as_deref(), interrupt)
-        })
-        .map_err(to_err)?;
-    let threshold = conn.inline_threshold;
-    client::install(Backend::Worker(conn), threshold);
+    enter(py, || Client::connect_worker(&socket, WorkerId(worker_id), &token))?;
     Ok(())
 }
 
 /// Stops the embedded node and its workers (waiting up to `grace` seconds for them to exit).
 #[pyfunction]
 #[pyo3(signature = (grace = 1.0))]
-fn shutdown(py: Python<'_>, grace: f64) {
+fn shutdown(py: Python<'_>, grace: f64) -> PyResult<()> {
     if let Some(c) = client::take() {
         if let Backend::Node(n) = &c.backend {
-            py.detach(|| n.shutdown(Duration::from_secs_f64(grace.max(0.0))));
+            let grace = Duration::from_secs_f64(grace.max(0.0));
+            enter(py, || {
+                n.shutdown(grace);
+                Ok::<_, Infallible>(())
+            })?;
         }
     }
+    Ok(())
 }
-
-/// Set by `retire_worker`: the worker exits once the task running now has sent its result.
-static RETIRE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Called by a task (not an actor's): this worker process exits cleanly once the task has
 /// returned and its result is sent; the node takes back what was queued behind it and starts
 /// a replacement (a pool's `maxtasksperchild`).
 #[pyfunction]
 fn retire_worker() -> PyResult<()> {
-    match client::current().map(|c| matches!(c.backend, Backend::Worker(_))) {
-        Some(true) => {
-            RETIRE.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
-        }
-        _ => Err(PyRuntimeError::new_err("retire_worker is for tasks running in a worker")),
+    match client::current() {
+        Some(c) => c.retire().map_err(errors::IntoPyErr::into_py_err),
+        None => Err(PyRuntimeError::new_err("retire_worker is for tasks running in a worker")),
     }
 }
 
@@ -218,7 +163,7 @@ fn mode() -> Option<&'static str> {
 fn register_function(py: Python<'_>, fid: &[u8], data: &[u8]) -> PyResult<()> {
     let c = client()?;
     let id = function_id(fid)?;
-    py.detach(|| c.register_function(id, data)).map_err(to_err)
+    enter(py, || c.register_function(id, data))
 }
 
 /// Resource amounts in thousandths, checked; zero amounts are dropped.
@@ -292,7 +237,7 @@ fn submit(
         actor: ActorPart::None,
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
-    py.detach(|| c.submit(spec)).map_err(to_err)?;
+    enter(py, || c.submit(spec))?;
     Ok(returns)
 }
 
@@ -301,7 +246,7 @@ fn actor_of(r: &ObjectRef) -> ActorId {
 }
 
 fn actor_answer(py: Python<'_>, c: &Client, request: ActorRequest) -> PyResult<ActorAnswer> {
-    py.detach(|| c.actor(request)).map_err(to_err)
+    enter(py, || c.actor(request))
 }
 
 /// A scheduling strategy as the Python layer passes it: (kind, node, soft), or `None`.
@@ -425,7 +370,7 @@ fn submit_actor_call(
         actor: ActorPart::Call { actor: actor_of(&actor), method },
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
-    py.detach(|| c.submit(spec)).map_err(to_err)?;
+    enter(py, || c.submit(spec))?;
     Ok(returns)
 }
 
@@ -561,7 +506,7 @@ fn stream_next(
 ) -> PyResult<Option<ObjectRef>> {
     let c = client()?;
     let item = ObjectId::for_return(end.id.task, index);
-    let step = py.detach(|| c.stream_next(item, check_signals)).map_err(wait_err)?;
+    let step = enter(py, || c.stream_next(item, check_signals))?;
     Ok(match step {
         StreamStep::Item { .. } => Some(ObjectRef::new(item, true)),
         StreamStep::End => None,
@@ -570,11 +515,15 @@ fn stream_next(
 
 /// Gives back the items of a stream from `from` on (the caller will not take them).
 #[pyfunction]
-fn stream_release(py: Python<'_>, end: PyRef<'_, ObjectRef>, from: u32) {
+fn stream_release(py: Python<'_>, end: PyRef<'_, ObjectRef>, from: u32) -> PyResult<()> {
     if let Some(c) = client::current() {
         let task = end.id.task;
-        py.detach(|| c.stream_release(task, from));
+        enter(py, || {
+            c.stream_release(task, from);
+            Ok::<_, Infallible>(())
+        })?;
     }
+    Ok(())
 }
 
 /// In a worker running a streaming task: sends item `index` (2, 3, ...) of task `task_id`.
@@ -588,17 +537,12 @@ fn stream_yield(
     contained: Vec<Vec<u8>>,
 ) -> PyResult<()> {
     let c = client()?;
-    let Backend::Worker(w) = &c.backend else {
+    if !matches!(c.backend, Backend::Worker(_)) {
         return Err(PyRuntimeError::new_err("stream_yield runs in worker processes only"));
-    };
+    }
     let id = ObjectId::for_return(TaskId(task_id), index);
     let written = object_data(py, &c, data, buffers, ids_from(contained)?, Some(id))?;
-    let msg = WorkerToNode::Yield { task: TaskId(task_id), index, data: written.data };
-    if let Err(e) = py.detach(|| w.send_soon(&msg)) {
-        w.release_segments(written.pending_seg.into_iter().collect());
-        return Err(to_err(e));
-    }
-    Ok(())
+    enter(py, || c.stream_yield(TaskId(task_id), index, written))
 }
 
 /// In a worker: reports the result of a task whose handler returned None (it ran on another
@@ -611,14 +555,11 @@ fn complete_task(
     ans: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let c = client()?;
-    let Backend::Worker(conn) = &c.backend else {
+    if !matches!(c.backend, Backend::Worker(_)) {
         return Err(PyRuntimeError::new_err("complete_task runs in worker processes only"));
-    };
-    let result = finish_result(py, &name, parse_result(py, &c, &ans, false));
-    let done = WorkerToNode::Done { task: TaskId(task_id), result };
-    py.detach(|| conn.send_soon(&done)).map_err(to_err)?;
-    c.flush_decrefs();
-    Ok(())
+    }
+    let result = parse_result(py, &c, &ans, false).map_err(|e| run_error(py, e));
+    enter(py, || c.complete_task(TaskId(task_id), &name, result))
 }
 
 /// Sets the runtime environment of the tasks and actors this process submits from now on:
@@ -662,7 +603,7 @@ fn register_package(py: Python<'_>, hash: String, data: &[u8]) -> PyResult<()> {
         return Err(PyRuntimeError::new_err("runtime_env packages are registered by the driver"));
     };
     let data = data.to_vec();
-    py.detach(|| n.register_package(hash, data)).map_err(to_err)
+    enter(py, || n.register_package(hash, data))
 }
 
 /// Stores a value and returns a ref to it.
@@ -677,7 +618,7 @@ fn put(
     let id = ObjectId::for_return(c.next_task_id(), 0);
     let obj = object_data(py, &c, data, buffers, ids_from(contained)?, Some(id))?.data;
     let r = ObjectRef::new(id, true);
-    py.detach(|| c.put(id, obj)).map_err(to_err)?;
+    enter(py, || c.put(id, obj))?;
     Ok(r)
 }
 
@@ -692,7 +633,7 @@ fn get<'py>(
     let c = client()?;
     let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    let results = py.detach(|| c.get(&ids, timeout, check_signals)).map_err(wait_err)?;
+    let results = enter(py, || c.get(&ids, timeout, check_signals))?;
     results.iter().map(|r| result_to_py(py, r)).collect()
 }
 
@@ -718,7 +659,7 @@ fn wait(
     let c = client()?;
     let ids = ids_of(&refs)?;
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    py.detach(|| c.wait(&ids, num_returns, timeout, check_signals)).map_err(wait_err)
+    enter(py, || c.wait(&ids, num_returns, timeout, check_signals))
 }
 
 #[pyfunction]
@@ -727,7 +668,7 @@ fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool
     let c = client()?;
     r.check_not_inherited()?;
     let id = r.id;
-    py.detach(|| c.cancel(id, force)).map_err(to_err)
+    enter(py, || c.cancel(id, force))
 }
 
 /// Asks `next_ready` to report these refs once they are ready.
@@ -735,7 +676,7 @@ fn cancel(py: Python<'_>, r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<bool
 fn watch(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>) -> PyResult<()> {
     let c = client()?;
     let ids = ids_of(&refs)?;
-    py.detach(|| c.watch(&ids)).map_err(to_err)
+    enter(py, || c.watch(&ids))
 }
 
 /// Ids (bytes) of watched refs that became ready; waits up to `timeout` seconds for one.
@@ -744,7 +685,8 @@ fn next_ready(py: Python<'_>, timeout: f64) -> PyResult<Vec<Bound<'_, PyBytes>>>
     let Some(c) = client::current() else {
         return Ok(Vec::new());
     };
-    let ids = py.detach(|| c.next_ready(Duration::from_secs_f64(timeout.max(0.0))));
+    let timeout = Duration::from_secs_f64(timeout.max(0.0));
+    let ids = enter(py, || Ok::<_, Infallible>(c.next_ready(timeout)))?;
     Ok(ids.iter().map(|id| PyBytes::new(py, &id.to_bytes())).collect())
 }
 
@@ -816,189 +758,193 @@ fn store_stats(py: Python<'_>, objects: bool) -> PyResult<Bound<'_, pyo3::types:
     Ok(d)
 }
 
-/// Parses the handler's answer into a task result.
+/// A task's failure as the worker's handler reports it: an error kind's code (see
+/// `ERROR_KINDS`), a message, the remote traceback, and the pickled exception if it has one.
+#[pyclass(module = "volley._core", frozen, get_all)]
+struct Failure {
+    kind: u8,
+    message: String,
+    traceback: String,
+    exception: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl Failure {
+    #[new]
+    #[pyo3(signature = (kind, message, traceback = String::new(), exception = None))]
+    fn new(
+        kind: u8,
+        message: String,
+        traceback: String,
+        exception: Option<Py<PyBytes>>,
+    ) -> PyResult<Failure> {
+        if ErrorKind::from_code(kind).is_none() {
+            return Err(PyValueError::new_err(format!(
+                "no error kind has code {kind} (see volley._core.ERROR_KINDS)"
+            )));
+        }
+        Ok(Failure { kind, message, traceback, exception })
+    }
+
+    fn __repr__(&self) -> String {
+        let kind = ErrorKind::from_code(self.kind).map_or("?", |k| k.name());
+        format!("Failure({kind}, {:?})", self.message)
+    }
+}
+
+/// Parses the handler's answer into a task result: a [`Failure`], or a list of
+/// `(data, buffers, contained)`, one per return.
 fn parse_result(
     py: Python<'_>,
     c: &Client,
     ans: &Bound<'_, PyAny>,
     retry_exceptions: bool,
 ) -> PyResult<TaskResult> {
-    let (ok, payload): (bool, Bound<'_, PyAny>) = ans.extract()?;
-    if ok {
-        let mut values = Vec::new();
-        let mut written = Vec::new();
-        let mut all = || -> PyResult<()> {
-            for item in payload.try_iter()? {
-                let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
-                    item?.extract()?;
-                let w = object_data(py, c, &data, &buffers, ids_from(contained)?, None)?;
-                written.extend(w.pending_seg);
-                values.push(w.data);
-            }
-            Ok(())
-        };
-        if let Err(e) = all() {
-            // Segments already written for earlier returns are not sent: give them back.
-            if let Backend::Worker(w) = &c.backend {
-                w.release_segments(written);
-            }
-            return Err(e);
-        }
-        Ok(TaskResult::Ok(values))
-    } else {
-        let (code, message, traceback, exc): (u8, String, String, Option<Vec<u8>>) =
-            payload.extract()?;
-        let kind = kind_from_code(code);
+    if let Ok(f) = ans.cast::<Failure>() {
+        let f = f.get();
+        // Checked when it was made.
+        let kind = ErrorKind::from_code(f.kind).unwrap_or(ErrorKind::TaskException);
         let error = ErrorPayload {
             kind,
             task_name: String::new(),
-            message,
-            traceback,
-            exception: exc.map(ByteBuf::from),
+            message: f.message.clone(),
+            traceback: f.traceback.clone(),
+            exception: f.exception.as_ref().map(|b| ByteBuf::from(b.as_bytes(py).to_vec())),
             pid: std::process::id(),
         };
-        Ok(TaskResult::Err {
+        return Ok(TaskResult::Err {
             error,
             retryable: retry_exceptions && kind == ErrorKind::TaskException,
-        })
+        });
+    }
+    let mut values = Vec::new();
+    let mut written = Vec::new();
+    let mut all = || -> PyResult<()> {
+        for item in ans.try_iter()? {
+            let (data, buffers, contained): (Vec<u8>, Bound<'_, PyList>, Vec<Vec<u8>>) =
+                item?.extract()?;
+            let w = object_data(py, c, &data, &buffers, ids_from(contained)?, None)?;
+            written.extend(w.pending_seg);
+            values.push(w.data);
+        }
+        Ok(())
+    };
+    if let Err(e) = all() {
+        // Segments already written for earlier returns are not sent: give them back.
+        c.release_written(written);
+        return Err(e);
+    }
+    Ok(TaskResult::Ok(values))
+}
+
+/// A failure to run a task, from the Python error that caused it.
+fn run_error(py: Python<'_>, e: PyErr) -> RunError {
+    if is_store_full(py, &e) {
+        RunError::StoreFull(e.value(py).to_string())
+    } else {
+        RunError::Failed(e.to_string())
     }
 }
 
-/// The worker's main loop: takes tasks (with the GIL released while waiting), runs each through
-/// `handler`, and reports the result. Returns when the node says to stop.
+/// Runs tasks through the Python `handler` (`volley._worker.execute`) for the engine's loop.
+struct PyRunner<'py> {
+    py: Python<'py>,
+    handler: Bound<'py, PyAny>,
+}
+
+impl PyRunner<'_> {
+    /// Calls the handler with `task`: `volley._worker.execute(name, fid, function, data,
+    /// buffers, deps, num_returns, task_id, actor, method, max_concurrency, is_async, streaming,
+    /// gpus, cpu_milli, runtime_env)` (see its docstring).
+    fn call(
+        &self,
+        c: &Client,
+        task: &mut ExecuteMsg,
+        function: Option<Arc<[u8]>>,
+    ) -> PyResult<Option<TaskResult>> {
+        let py = self.py;
+        let deps = PyList::empty(py);
+        for d in std::mem::take(&mut task.deps) {
+            match enter(py, || Ok::<_, Infallible>(client::load_received(d)))? {
+                Ok((v, mapped)) => deps.append(value_to_py(py, &v, mapped.as_ref())?)?,
+                Err(e) => return Err(store_full(py, e.message.clone())),
+            }
+        }
+        let spec = &task.spec;
+        let args_view = match &task.args {
+            volley_runtime::View::Inline => None,
+            volley_runtime::View::Shm(l) => {
+                Some(Mapped { ptr: l.ptr() as usize, len: l.len(), guard: l.clone() })
+            }
+            volley_runtime::View::Unavailable(why) => {
+                return Err(store_full(
+                    py,
+                    format!("the task's arguments could not be read from the store: {why}"),
+                ))
+            }
+        };
+        let (args_data, args_bufs) = value_to_py(py, &spec.args, args_view.as_ref())?;
+        let (actor, method, max_concurrency, is_async) = match &spec.actor {
+            ActorPart::None => (None, None, 1, false),
+            ActorPart::Create(o) => (Some("create"), None, o.max_concurrency, o.is_async),
+            ActorPart::Call { method, .. } => (Some("call"), Some(method.as_str()), 1, false),
+        };
+        // Positional, flat: a typed object costs a getter call per field on every task.
+        let call = PyTuple::new(
+            py,
+            [
+                PyString::new(py, &spec.name).into_any(),
+                PyBytes::new(py, &spec.function.0).into_any(),
+                function.as_ref().map(|f| PyBytes::new(py, f)).into_bound_py_any(py)?,
+                args_data,
+                args_bufs.into_any(),
+                deps.into_any(),
+                spec.num_returns.into_bound_py_any(py)?,
+                spec.task_id.0.into_bound_py_any(py)?,
+                actor.into_bound_py_any(py)?,
+                method.into_bound_py_any(py)?,
+                max_concurrency.into_bound_py_any(py)?,
+                is_async.into_bound_py_any(py)?,
+                spec.options.streaming.into_bound_py_any(py)?,
+                task.gpus.as_slice().into_bound_py_any(py)?,
+                spec.options.cpu_milli.into_bound_py_any(py)?,
+                spec.options.runtime_env.as_ref().map(|e| e.json.as_str()).into_bound_py_any(py)?,
+            ],
+        )?;
+        let ans = self.handler.call1(call)?;
+        if ans.is_none() {
+            return Ok(None); // Deferred: reported by `complete_task`.
+        }
+        parse_result(py, c, &ans, spec.options.retry_exceptions).map(Some)
+    }
+}
+
+impl TaskRunner for PyRunner<'_> {
+    fn blocking<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        self.py.detach(f)
+    }
+
+    fn run(
+        &mut self,
+        client: &Client,
+        task: &mut ExecuteMsg,
+        function: Option<Arc<[u8]>>,
+    ) -> Result<Option<TaskResult>, RunError> {
+        self.call(client, task, function).map_err(|e| run_error(self.py, e))
+    }
+
+    fn clear_interrupt(&mut self) {
+        let _ = self.py.check_signals();
+    }
+}
+
+/// The worker's main loop (`volley_runtime::client::Client::run_worker`): takes tasks (with the
+/// GIL released while waiting), runs each through `handler`, and reports the result. Returns
+/// when the node says to stop.
 #[pyfunction]
 fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
     let c = client()?;
-    let Backend::Worker(conn) = &c.backend else {
-        return Err(PyRuntimeError::new_err("worker_main runs in worker processes only"));
-    };
-    let conn = conn.clone();
-    let mut loaded = std::collections::HashSet::new();
-    while let Some(task) = py.detach(|| conn.next_task()) {
-        let spec = &task.spec;
-        // The handler caches loaded functions: it needs the bytes only the first time.
-        let function_bytes =
-            if loaded.insert(spec.function) { conn.function(&spec.function) } else { None };
-        let run = || -> PyResult<Option<TaskResult>> {
-            let deps = PyList::empty(py);
-            for d in task.deps {
-                match py.detach(|| client::load_received(d)) {
-                    Ok((v, mapped)) => deps.append(value_to_py(py, &v, mapped.as_ref())?)?,
-                    Err(e) => return Err(store_full(py, e.message.clone())),
-                }
-            }
-            let args_view = match &task.args {
-                volley_runtime::View::Inline => None,
-                volley_runtime::View::Shm(l) => {
-                    Some(store::Mapped { ptr: l.ptr() as usize, len: l.len(), guard: l.clone() })
-                }
-                volley_runtime::View::Unavailable(why) => {
-                    return Err(store_full(
-                        py,
-                        format!("the task's arguments could not be read from the store: {why}"),
-                    ))
-                }
-            };
-            let (args_data, args_bufs) = value_to_py(py, &spec.args, args_view.as_ref())?;
-            let actor = match &spec.actor {
-                ActorPart::None => py.None().into_bound(py),
-                ActorPart::Create(o) => {
-                    ("create", o.max_concurrency, o.is_async).into_pyobject(py)?.into_any()
-                }
-                ActorPart::Call { method, .. } => ("call", method).into_pyobject(py)?.into_any(),
-            };
-            let call = (
-                &spec.name,
-                PyBytes::new(py, &spec.function.0),
-                function_bytes.as_ref().map(|f| PyBytes::new(py, f)),
-                args_data,
-                args_bufs,
-                deps,
-                spec.num_returns,
-                spec.task_id.0,
-                actor,
-                spec.options.streaming,
-                (task.gpus.clone(), spec.options.cpu_milli),
-                spec.options.runtime_env.as_ref().map(|e| e.json.as_str()),
-            );
-            // Tasks this one submits run in its environment; an actor's method calls carry
-            // none, and run in (and submit tasks in) the one the actor was created in.
-            if !matches!(spec.actor, ActorPart::Call { .. }) {
-                c.set_runtime_env(spec.options.runtime_env.clone());
-            }
-            let ans = handler.call1(call)?;
-            if ans.is_none() {
-                return Ok(None); // Deferred: reported by `complete_task`.
-            }
-            parse_result(py, &c, &ans, spec.options.retry_exceptions).map(Some)
-        };
-        let result = match run() {
-            Ok(None) => {
-                if conn.finish_task().interrupted {
-                    let _ = py.check_signals();
-                }
-                continue;
-            }
-            Ok(Some(r)) => Ok(r),
-            Err(e) => Err(e),
-        };
-        let result = finish_result(py, &spec.name, result);
-        if conn.finish_task().interrupted {
-            // A cancel's interrupt may still be pending; it must not hit the next task.
-            let _ = py.check_signals();
-        }
-        let done = volley_proto::WorkerToNode::Done { task: spec.task_id, result };
-        // A pool task's completion is what lets the node feed this worker's pipeline: it goes at
-        // once. An actor's calls queue here without limit, so their results may go in batches.
-        let sent = if matches!(spec.actor, ActorPart::Call { .. }) {
-            conn.send_soon(&done)
-        } else {
-            conn.send(&done)
-        };
-        if sent.is_err() {
-            break;
-        }
-        c.flush_decrefs();
-        if RETIRE.swap(false, std::sync::atomic::Ordering::SeqCst)
-            && matches!(spec.actor, ActorPart::None)
-        {
-            // An actor's process is the actor: only a plain task's worker retires.
-            let _ = conn.send(&volley_proto::WorkerToNode::Retire);
-            break;
-        }
-    }
-    let _ = conn.flush();
-    Ok(())
-}
-
-/// A task's outcome, with an engine-side failure (a result too large for the store, ...) turned
-/// into the task's error, named after the task.
-fn finish_result(py: Python<'_>, name: &str, result: PyResult<TaskResult>) -> TaskResult {
-    let result = result.unwrap_or_else(|e| {
-        let (kind, message) = if is_store_full(py, &e) {
-            (ErrorKind::ObjectStoreFull, e.value(py).to_string())
-        } else {
-            (ErrorKind::TaskException, format!("volley's worker failed to run task '{name}': {e}"))
-        };
-        TaskResult::Err {
-            error: ErrorPayload {
-                kind,
-                task_name: name.to_string(),
-                message,
-                traceback: String::new(),
-                exception: None,
-                pid: std::process::id(),
-            },
-            retryable: false,
-        }
-    });
-    match result {
-        TaskResult::Err { mut error, retryable } => {
-            error.task_name = name.to_string();
-            TaskResult::Err { error, retryable }
-        }
-        ok => ok,
-    }
+    c.run_worker(&mut PyRunner { py, handler }).map_err(errors::IntoPyErr::into_py_err)
 }
 
 #[pymodule]
@@ -1025,6 +971,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
+    m.add_class::<Failure>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
@@ -1051,5 +998,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
+    // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.
+    let kinds = pyo3::types::PyDict::new(m.py());
+    for k in ErrorKind::ALL {
+        kinds.set_item(k.name(), k.code())?;
+    }
+    m.add("ERROR_KINDS", kinds)?;
     Ok(())
 }

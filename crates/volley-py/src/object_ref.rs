@@ -87,6 +87,16 @@ impl ObjectRef {
         format!("ObjectRef({})", self.id.hex())
     }
 
+    /// `ObjectRef[int]`: a ref to an `int`, for type hints (the same class at run time).
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, pyo3::types::PyType>,
+        item: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let generic_alias = cls.py().import("types")?.getattr("GenericAlias")?;
+        generic_alias.call1((cls, item))
+    }
+
     /// The id as a hex string.
     fn hex(&self) -> String {
         self.id.hex()

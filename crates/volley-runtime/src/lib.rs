@@ -15,6 +15,7 @@
 //! binding layer can turn a pending Ctrl-C into `KeyboardInterrupt` without this crate knowing
 //! anything of Python.
 
+pub mod client;
 mod cluster;
 mod diag;
 mod error;

@@ -4,6 +4,19 @@
 //! Every `ObjectRef` alive in this process counts once in the local table; the node hears about an
 //! id only when this process's count goes from 0 to 1 or back to 0, so passing refs around in
 //! Python costs no messages.
+//!
+//! This is engine code that the Python binding only drives: it knows nothing of Python. The
+//! store's write protocol is in [`store`], a worker's task loop in [`worker`] (which runs user
+//! code through the [`worker::TaskRunner`] the binding implements).
+
+mod error;
+pub mod store;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ClientError;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +28,18 @@ use volley_proto::{
     ActorAnswer, ActorRequest, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec,
     WorkerToNode,
 };
-use volley_runtime::{Node, Received, Reply, View, WaitError, WorkerConn};
 use volley_sched::StreamStep;
 
-use crate::store::Mapped;
+use crate::{Node, Received, Reply, View, WaitError, WorkerConn};
+
+/// Bytes of a stored value mapped into this process, and what keeps them there (a lease that
+/// goes when the last holder of `guard` does).
+#[derive(Clone)]
+pub struct Mapped {
+    pub ptr: usize,
+    pub len: usize,
+    pub guard: Arc<dyn std::any::Any + Send + Sync>,
+}
 
 pub enum Backend {
     Node(Node),
@@ -42,6 +63,8 @@ pub struct Client {
     runtime_env: Mutex<Option<volley_proto::RuntimeEnv>>,
     /// The fork generation it was installed in (see [`fork_generation`]).
     generation: u64,
+    /// Set by [`Client::retire`]: the worker exits once the running task's result is sent.
+    retire: std::sync::atomic::AtomicBool,
 }
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
@@ -58,7 +81,7 @@ pub fn fork_generation() -> u64 {
 
 /// In the child just forked: forgets the parent's client without dropping it (see
 /// [`FORK_GENERATION`]), and the rest of the engine's process state (see
-/// `volley_runtime::after_fork_in_child`). Returns what the parent was: "driver", "worker" or
+/// [`crate::after_fork_in_child`]). Returns what the parent was: "driver", "worker" or
 /// None.
 pub fn after_fork_in_child() -> Option<&'static str> {
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
@@ -75,21 +98,13 @@ pub fn after_fork_in_child() -> Option<&'static str> {
     let inherited = CLIENT.write().take();
     let was = inherited.as_ref().map(|c| c.mode());
     std::mem::forget(inherited);
-    volley_runtime::after_fork_in_child();
+    crate::after_fork_in_child();
     was
 }
 
+/// Makes `backend` this process's client (the one [`current`] returns).
 pub fn install(backend: Backend, inline_threshold: u64) -> Arc<Client> {
-    let c = Arc::new(Client {
-        backend,
-        inline_threshold,
-        refs: Mutex::new(HashMap::new()),
-        sent_functions: Mutex::new(HashSet::new()),
-        ids: volley_proto::IdGenerator::new(),
-        deferred_decrefs: Mutex::new(Vec::new()),
-        runtime_env: Mutex::new(None),
-        generation: fork_generation(),
-    });
+    let c = Arc::new(Client::new(backend, inline_threshold));
     *CLIENT.write() = Some(c.clone());
     c
 }
@@ -134,6 +149,21 @@ pub fn load_received(r: Received) -> Loaded {
 }
 
 impl Client {
+    /// A client on `backend` that is not this process's (see [`install`]): tests run several.
+    pub fn new(backend: Backend, inline_threshold: u64) -> Client {
+        Client {
+            backend,
+            inline_threshold,
+            refs: Mutex::new(HashMap::new()),
+            sent_functions: Mutex::new(HashSet::new()),
+            ids: volley_proto::IdGenerator::new(),
+            deferred_decrefs: Mutex::new(Vec::new()),
+            runtime_env: Mutex::new(None),
+            generation: fork_generation(),
+            retire: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// "driver" (it runs a node) or "worker".
     pub fn mode(&self) -> &'static str {
         match self.backend {
@@ -218,7 +248,7 @@ impl Client {
         }
     }
 
-    pub fn register_function(&self, id: FunctionId, bytes: &[u8]) -> Result<(), String> {
+    pub fn register_function(&self, id: FunctionId, bytes: &[u8]) -> Result<(), ClientError> {
         if !self.sent_functions.lock().insert(id) {
             return Ok(());
         }
@@ -232,30 +262,30 @@ impl Client {
                     id,
                     bytes: serde_bytes::ByteBuf::from(bytes.to_vec()),
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(ClientError::from),
         }
     }
 
-    pub fn submit(&self, spec: TaskSpec) -> Result<(), String> {
+    pub fn submit(&self, spec: TaskSpec) -> Result<(), ClientError> {
         match &self.backend {
             Backend::Node(n) => {
                 n.submit(spec);
                 Ok(())
             }
             Backend::Worker(w) => {
-                w.send_soon(&WorkerToNode::Submit { spec }).map_err(|e| e.to_string())
+                w.send_soon(&WorkerToNode::Submit { spec }).map_err(ClientError::from)
             }
         }
     }
 
-    pub fn put(&self, id: ObjectId, data: ObjectData) -> Result<(), String> {
+    pub fn put(&self, id: ObjectId, data: ObjectData) -> Result<(), ClientError> {
         match &self.backend {
             Backend::Node(n) => {
                 n.put(id, data);
                 Ok(())
             }
             Backend::Worker(w) => {
-                w.send_soon(&WorkerToNode::Put { id, data }).map_err(|e| e.to_string())
+                w.send_soon(&WorkerToNode::Put { id, data }).map_err(ClientError::from)
             }
         }
     }
@@ -318,26 +348,26 @@ impl Client {
     }
 
     /// Cancels the task behind `id`; true if the request is on its way to another node.
-    pub fn cancel(&self, id: ObjectId, force: bool) -> Result<bool, String> {
+    pub fn cancel(&self, id: ObjectId, force: bool) -> Result<bool, ClientError> {
         match &self.backend {
             Backend::Node(n) => Ok(n.cancel(id, force)),
             Backend::Worker(w) => {
-                w.send(&WorkerToNode::Cancel { id, force }).map_err(|e| e.to_string())?;
+                w.send(&WorkerToNode::Cancel { id, force }).map_err(ClientError::from)?;
                 Ok(true) // Its node acts on it after this returns.
             }
         }
     }
 
     /// Creates, finds, kills or describes an actor.
-    pub fn actor(&self, request: ActorRequest) -> Result<ActorAnswer, String> {
+    pub fn actor(&self, request: ActorRequest) -> Result<ActorAnswer, ClientError> {
         match &self.backend {
             Backend::Node(n) => Ok(n.actor(request)),
             Backend::Worker(w) => {
                 let never = || Ok::<(), ()>(());
                 match w.request(|req| WorkerToNode::Actor { req, request }, None, never) {
                     Ok(Reply::Actor(a)) => Ok(a),
-                    Ok(_) => Err("unexpected reply to an actor request".into()),
-                    Err(_) => Err("volley has shut down".into()),
+                    Ok(_) => Err(ClientError::Unexpected("a reply to an actor request".into())),
+                    Err(_) => Err(ClientError::Closed),
                 }
             }
         }
@@ -377,14 +407,14 @@ impl Client {
         }
     }
 
-    pub fn watch(&self, ids: &[ObjectId]) -> Result<(), String> {
+    pub fn watch(&self, ids: &[ObjectId]) -> Result<(), ClientError> {
         match &self.backend {
             Backend::Node(n) => {
                 n.watch(ids);
                 Ok(())
             }
             Backend::Worker(w) => {
-                w.send(&WorkerToNode::Watch { ids: ids.to_vec() }).map_err(|e| e.to_string())
+                w.send(&WorkerToNode::Watch { ids: ids.to_vec() }).map_err(ClientError::from)
             }
         }
     }
