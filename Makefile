@@ -1,6 +1,6 @@
 # volley: every target sets itself up from a bare machine (Python 3.11 with pip, a Rust toolchain).
 #   make demo   - build, then run examples/demo.py on the embedded default
-#   make test   - build, then cargo test and pytest (then the shared-fixture suites again against
+#   make test   - build, stubtest of _core, cargo test and pytest with doctests (then the shared-fixture suites again against
 #                 a 3-node cluster on 127.0.0.x: make test-cluster, then the wheel's smoke tests
 #                 in a fresh venv: make test-wheel)
 #   make wheel  - the release wheel (abi3, manylinux2014, stripped) in dist/;
@@ -98,7 +98,7 @@ test-rust:
 test-python: build
 	$(VPY) -m pytest tests
 
-test: build test-rust test-python test-cluster test-wheel
+test: build stubtest test-rust test-python test-cluster test-wheel
 
 # The end-to-end tests that use the shared 2-CPU fixtures, run again against a real cluster (a
 # head with no CPUs and two 1-CPU nodes on 127.0.0.x, the test process a driver) instead of an

@@ -21,6 +21,7 @@ PROTOCOL_VERSION: int
 #: The engine's error kinds (``ErrorKind`` in volley-proto), name -> code.
 ERROR_KINDS: dict[str, int]
 
+@final
 class Failure:
     """A task's failure as the worker's handler reports it (``kind``: an ERROR_KINDS code)."""
 
@@ -28,9 +29,9 @@ class Failure:
     message: str
     traceback: str
     exception: bytes | None
-    def __init__(
-        self, kind: int, message: str, traceback: str = "", exception: bytes | None = None
-    ) -> None: ...
+    def __new__(
+        cls, kind: int, message: str, traceback: str = ..., exception: bytes | None = None
+    ) -> Failure: ...
 
 def _rebuild_ref(id: bytes) -> ObjectRef: ...
 def begin_capture() -> None: ...
