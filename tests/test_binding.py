@@ -7,6 +7,7 @@ import pytest
 import volley
 import volley._core as core
 from volley import exceptions
+from volley._remote_function import EMPTY_PACKED
 
 
 def test_every_engine_error_kind_has_its_exception_class():
@@ -31,7 +32,7 @@ def test_an_error_result_of_each_kind_becomes_its_class():
     for name, code in core.ERROR_KINDS.items():
         if name in ("TASK_EXCEPTION", "ACTOR_CREATION"):
             continue  # built with their cause (tested with real tasks in test_errors.py)
-        e = to_exception((False, code, "t", "it failed", "", None, 1))
+        e = to_exception(core.Failure(code, "it failed", "", None, task_name="t", pid=1))
         assert type(e) is exceptions.KIND_CLASSES[code], name
         assert str(e) == "it failed"
 
@@ -51,3 +52,102 @@ def test_a_failure_with_a_kind_the_engine_lacks_is_refused_where_it_is_made():
     assert "SERIALIZATION" in repr(f)
     with pytest.raises(ValueError, match="no error kind has code 200"):
         core.Failure(200, "no")
+
+
+def test_task_options_are_checked_and_converted_where_they_are_made():
+    o = core.TaskOptions(
+        "f", 2, 0.5, 0, True, False, [("GPU", 1.0), ("x", 0.0)], ("SPREAD", 0, False)
+    )
+    assert (o.name, o.num_returns, o.num_cpus, o.max_retries) == ("f", 2, 0.5, 0)
+    assert o.retry_exceptions and not o.streaming
+    assert o.resources == [("GPU", 1.0)]  # a zero amount asks for nothing
+    assert "SPREAD" in repr(o) or "Spread" in repr(o)
+    with pytest.raises(ValueError, match="num_returns"):
+        core.TaskOptions("f", 0)
+    with pytest.raises(ValueError, match="num_returns"):
+        core.TaskOptions("f", 2, streaming=True)
+    with pytest.raises(ValueError, match="num_cpus"):
+        core.TaskOptions("f", num_cpus=-1.0)
+    with pytest.raises(ValueError, match="max_retries"):
+        core.TaskOptions("f", max_retries=-2)
+    with pytest.raises(ValueError, match="resource 'GPU'"):
+        core.TaskOptions("f", resources=[("GPU", -1.0)])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        core.TaskOptions("f", strategy=("NEAR", 0, False))
+    a = core.ActorCallOptions("m", "A.m", 3)
+    assert (a.method, a.name, a.num_returns, a.streaming) == ("m", "A.m", 3, False)
+    with pytest.raises(ValueError, match="num_returns"):
+        core.ActorCallOptions("m", "A.m", 0)
+
+
+def test_submit_takes_only_typed_options(volley_2cpu):
+    @volley.remote
+    def f():
+        return 1
+
+    ref = f.remote()
+    typed = f._typed
+    assert f.remote() is not ref and f._typed is typed, "converted once, not per call"
+    assert isinstance(typed[0], core.TaskOptions) and typed[0].name.endswith("f")
+    fid = f._function_id("f")
+    data, buffers, contained = EMPTY_PACKED
+    with pytest.raises(TypeError):
+        core.submit(fid, data, buffers, contained, [], {"num_returns": 1})
+    refs = core.submit(fid, data, buffers, contained, [], core.TaskOptions("g", max_retries=0))
+    assert len(refs) == 1 and volley.get(refs[0]) == 1
+
+
+def test_get_returns_a_value_as_data_and_buffers_and_an_error_as_a_failure(volley_2cpu):
+    @volley.remote
+    def boom():
+        raise KeyError("k")
+
+    ok, bad = volley.put(5), boom.remote()
+    volley.wait([bad], num_returns=1, timeout=60)
+    value, failure = core.get([ok, bad], 60.0)
+    assert type(value) is tuple and len(value) == 2
+    assert volley._serialization.loads(*value) == 5
+    assert type(failure) is core.Failure
+    assert failure.kind == core.ERROR_KINDS["TASK_EXCEPTION"]
+    assert failure.task_name.endswith("boom") and failure.pid > 0
+    assert "KeyError" in failure.traceback and failure.exception is not None
+    with pytest.raises(KeyError):
+        volley.get(bad)
+
+
+def test_options_objects_travel_in_a_pickled_remote_function(volley_2cpu):
+    # The converted options are a _core object made per process: a remote function (or its
+    # .options copy) used here, then sent inside a task, is made again where it lands.
+    @volley.remote
+    def f(x):
+        return x * 2
+
+    two = f.options(num_returns=1, max_retries=0)
+    assert volley.get([f.remote(1), two.remote(2)]) == [2, 4]
+
+    @volley.remote
+    def outer(g, h):
+        return volley.get([g.remote(3), h.remote(4)])
+
+    assert volley.get(outer.remote(f, two)) == [6, 8]
+
+
+def test_a_remote_function_or_actor_class_called_directly_names_remote():
+    @volley.remote
+    def f():
+        return 1
+
+    @volley.remote
+    class Acc:
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"remote function '.*f' cannot be called directly; use .*f\.remote"
+    ):
+        f()
+    with pytest.raises(
+        TypeError, match=r"actor class 'Acc' cannot be instantiated directly; use Acc\.remote"
+    ):
+        Acc()
+    assert repr(f).startswith("<volley.RemoteFunction ") and repr(f).endswith("f>")
+    assert repr(Acc).startswith("<volley.ActorClass ") and repr(Acc).endswith("Acc>")

@@ -16,7 +16,7 @@ from . import _core
 from ._core import ObjectRef
 from ._generator import ObjectRefGenerator
 from ._options import requests, strategy
-from ._remote_function import EMPTY_PACKED, UNSET, Shipped, as_dep
+from ._remote_function import EMPTY_PACKED, UNSET, NotCallable, Shipped, as_dep
 from ._resources import resource_list
 from ._serialization import describe_unpicklable, dumps_args
 from ._session import ensure_init
@@ -146,7 +146,7 @@ def _method_shapes(cls: type, methods: dict) -> dict[str, Shape | None]:
     return out
 
 
-class ActorClass(Generic[T]):
+class ActorClass(NotCallable, Generic[T]):
     """A class made remote with ``@volley.remote``: ``Cls.remote(*args)`` starts an actor.
 
     Options (on the decorator or ``Cls.options(...)``): ``num_cpus`` (held for the actor's
@@ -183,14 +183,11 @@ class ActorClass(Generic[T]):
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
 
-    def __call__(self, *args, **kwargs):
-        raise TypeError(
-            f"actor class '{self._cls.__name__}' cannot be instantiated directly; "
-            f"use {self._cls.__name__}.remote(...)"
-        )
+    _what = "actor class"
+    _verb = "instantiated"
 
-    def __repr__(self) -> str:
-        return f"<volley.ActorClass {self._cls.__qualname__}>"
+    def _names(self) -> tuple[str, str]:
+        return self._cls.__name__, self._cls.__qualname__
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -360,7 +357,7 @@ class ActorMethod:
 
     # It holds the actor's ref, not the handle: the handle caches its methods, and a cycle
     # would keep the actor alive until the garbage collector ran.
-    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display", "_shape", "_check")
+    __slots__ = ("_actor_ref", "_method", "_num_returns", "_display", "_shape", "_check", "_typed")
 
     def __init__(
         self,
@@ -376,6 +373,11 @@ class ActorMethod:
         self._display = display
         self._shape = shape  # the method's parameters (None: calls are not checked)
         self._check = stub(display, shape)  # cached per (name, shape)
+        streaming = num_returns == "streaming"
+        # Checked and converted once here: each call passes it as it is.
+        self._typed = _core.ActorCallOptions(
+            method, display, 1 if streaming else num_returns, streaming
+        )
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -405,19 +407,8 @@ class ActorMethod:
         else:
             data, buffers, contained = _EMPTY
         n = self._num_returns
-        streaming = n == "streaming"
-        refs = _core.submit_actor_call(
-            self._actor_ref,
-            self._method,
-            self._display,
-            data,
-            buffers,
-            contained,
-            deps,
-            1 if streaming else n,
-            streaming,
-        )
-        if streaming:
+        refs = _core.submit_actor_call(self._actor_ref, data, buffers, contained, deps, self._typed)
+        if n == "streaming":
             return ObjectRefGenerator(refs[0])
         return refs[0] if n == 1 else refs
 

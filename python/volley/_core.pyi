@@ -23,15 +23,68 @@ ERROR_KINDS: dict[str, int]
 
 @final
 class Failure:
-    """A task's failure as the worker's handler reports it (``kind``: an ERROR_KINDS code)."""
+    """A task's failure (``kind``: an ERROR_KINDS code): as the worker's handler reports it, and
+    as ``get`` returns it, with the task's name and the pid it failed in."""
 
     kind: int
     message: str
     traceback: str
     exception: bytes | None
+    task_name: str
+    pid: int
     def __new__(
-        cls, kind: int, message: str, traceback: str = ..., exception: bytes | None = None
+        cls,
+        kind: int,
+        message: str,
+        traceback: str = ...,
+        exception: bytes | None = None,
+        task_name: str = ...,
+        pid: int = 0,
     ) -> Failure: ...
+
+@final
+class TaskOptions:
+    """What stays the same for every call of a remote function (or of its ``.options(...)``),
+    checked and converted once; ``submit`` takes it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def num_returns(self) -> int: ...
+    @property
+    def num_cpus(self) -> float: ...
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def retry_exceptions(self) -> bool: ...
+    @property
+    def streaming(self) -> bool: ...
+    @property
+    def resources(self) -> list[tuple[str, float]]: ...
+    def __new__(
+        cls,
+        name: str,
+        num_returns: int = 1,
+        num_cpus: float = 1.0,
+        max_retries: int = 3,
+        retry_exceptions: bool = False,
+        streaming: bool = False,
+        resources: list[tuple[str, float]] = ...,
+        strategy: tuple[str, int, bool] | None = None,
+    ) -> TaskOptions: ...
+
+@final
+class ActorCallOptions:
+    """What stays the same for every call of one actor method through one handle;
+    ``submit_actor_call`` takes it."""
+
+    method: str
+    name: str
+    num_returns: int
+    streaming: bool
+    def __new__(
+        cls, method: str, name: str, num_returns: int = 1, streaming: bool = False
+    ) -> ActorCallOptions: ...
 
 def _rebuild_ref(id: bytes) -> ObjectRef: ...
 def begin_capture() -> None: ...
@@ -58,21 +111,16 @@ def retire_worker() -> None: ...
 def register_function(fid: bytes, data: bytes) -> None: ...
 def submit(
     fid: bytes,
-    name: str,
     data: bytes,
     buffers: list[Any],
     contained: list[bytes],
     deps: list[ObjectRef],
-    num_returns: int,
-    num_cpus: float,
-    max_retries: int,
-    retry_exceptions: bool,
-    streaming: bool = False,
-    resources: list[tuple[str, float]] = ...,
-    strategy: tuple[str, int, bool] | None = None,
+    options: TaskOptions,
 ) -> list[ObjectRef]: ...
 def put(data: bytes, buffers: list[Any], contained: list[bytes]) -> ObjectRef: ...
-def get(refs: list[ObjectRef], timeout: float | None = None) -> list[tuple[Any, ...]]: ...
+def get(
+    refs: list[ObjectRef], timeout: float | None = None
+) -> list[tuple[Any, list[Any]] | Failure]: ...
 def wait(refs: list[ObjectRef], num_returns: int, timeout: float | None = None) -> list[bool]: ...
 def explain_wait(refs: list[ObjectRef]) -> list[str]: ...
 def local_nodes() -> list[dict[str, Any]]: ...
@@ -122,14 +170,11 @@ def create_actor(
 ) -> tuple[ObjectRef, bytes, bool]: ...
 def submit_actor_call(
     actor: ObjectRef,
-    method: str,
-    name: str,
     data: bytes,
     buffers: list[Any],
     contained: list[bytes],
     deps: list[ObjectRef],
-    num_returns: int,
-    streaming: bool,
+    options: ActorCallOptions,
 ) -> list[ObjectRef]: ...
 def get_actor(name: str, namespace: str) -> tuple[ObjectRef, bytes] | None: ...
 def kill_actor(actor: ObjectRef, no_restart: bool) -> None: ...

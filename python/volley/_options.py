@@ -47,7 +47,7 @@ class NodeAffinitySchedulingStrategy:
 
 
 def strategy(options: dict):
-    """``scheduling_strategy`` as ``_core.submit`` takes it: (kind, node, soft) or None."""
+    """``scheduling_strategy`` as ``_core.TaskOptions`` takes it: (kind, node, soft) or None."""
     s = options.get("scheduling_strategy")
     if s is None or s == "DEFAULT":
         return None

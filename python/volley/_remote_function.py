@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
     # Only a type checker reads this import (its stubs come with it): no runtime dependency.
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, TypeAlias
+
+    #: A remote function's options as ``_core.submit`` takes them, and its ``num_returns`` as
+    #: given (an int, or "streaming").
+    Typed: TypeAlias = "tuple[_core.TaskOptions, int | str]"
 elif sys.version_info >= (3, 10):
     from typing import ParamSpec
 else:  # Python 3.9 has no ParamSpec; at run time Generic only needs a type variable.
@@ -108,7 +112,29 @@ class Shipped:
         return fid
 
 
-class RemoteFunction(Shipped, Generic[P, R]):
+class NotCallable:
+    """What ``@volley.remote`` makes (a remote function, an actor class): calling it directly is
+    a mistake that names ``.remote(...)``; its repr names its kind and what it wraps."""
+
+    #: How the error names it ("remote function") and what calling it would do ("called").
+    _what = ""
+    _verb = "called"
+
+    def _names(self) -> tuple[str, str]:
+        """(the name the error shows, the name the repr shows)."""
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = self._names()[0]
+        raise TypeError(
+            f"{self._what} '{name}' cannot be {self._verb} directly; use {name}.remote(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<volley.{type(self).__name__} {self._names()[1]}>"
+
+
+class RemoteFunction(Shipped, NotCallable, Generic[P, R]):
     """A function that runs as a task in a worker process; made by ``@volley.remote``.
 
     ``f.remote(*args, **kwargs)`` submits a call and returns an ``ObjectRef`` at once (a list of
@@ -129,6 +155,7 @@ class RemoteFunction(Shipped, Generic[P, R]):
         self._pickled: tuple[bytes, bytes] | None = None
         self._registered_generation = -1
         self._check: Any = UNSET  # the signature stub, made at the first call
+        self._typed: Typed | None = None  # the options as _core takes them, made at the first call
         # A generator function streams its items unless num_returns says otherwise (as Ray's
         # tasks do since Ray 2.8).
         self._default_returns: int | str = "streaming" if _is_generator(fn) else 1
@@ -139,16 +166,13 @@ class RemoteFunction(Shipped, Generic[P, R]):
         state = self.__dict__.copy()
         state["_registered_generation"] = -1
         state["_check"] = UNSET  # a stub is made where it is used
+        state["_typed"] = None  # (a _core object) made again where it is used
         return state
 
-    def __call__(self, *args, **kwargs):
-        raise TypeError(
-            f"remote function '{self._name}' cannot be called directly; "
-            f"use {self._name}.remote(...)"
-        )
+    _what = "remote function"
 
-    def __repr__(self) -> str:
-        return f"<volley.RemoteFunction {self._name}>"
+    def _names(self) -> tuple[str, str]:
+        return self._name, self._name
 
     def options(self, **options: Any) -> BoundRemoteFunction[P, R]:
         """The same function with some options overridden for the calls made through it.
@@ -172,9 +196,30 @@ class RemoteFunction(Shipped, Generic[P, R]):
         Arguments that do not fit the function's signature raise ``TypeError`` here, before
         anything is submitted; unpicklable ones raise ``SerializationError``.
         """
-        return self._submit(args, kwargs, self._options)
+        return self._submit(args, kwargs, self._options, self)
 
-    def _submit(self, args: tuple, kwargs: dict, opts: dict) -> Any:
+    def _typed_options(self, opts: dict, name: str) -> Typed:
+        """``opts`` checked and converted for ``_core.submit`` (once per options, not per
+        call), with the ``num_returns`` the caller's result depends on."""
+        n = opts.get("num_returns", self._default_returns)
+        streaming = n == "streaming"
+        cpus, resources = requests(opts, 1, f"task '{name}'")
+        typed = _core.TaskOptions(
+            name,
+            1 if streaming else n,
+            cpus,
+            opts.get("max_retries", 3),
+            bool(opts.get("retry_exceptions", False)),
+            streaming,
+            resources,
+            strategy(opts),
+        )
+        return typed, n
+
+    def _submit(self, args: tuple, kwargs: dict, opts: dict, owner: Any = None) -> Any:
+        """Submits a call with options ``opts``; ``owner`` (this function, or its
+        ``.options(...)`` copy, whose options ``opts`` are) keeps their converted form for the
+        next call. Options built for one call (``owner`` None) are converted each time."""
         check = self._check
         if check is not None:
             if check is UNSET:
@@ -186,6 +231,8 @@ class RemoteFunction(Shipped, Generic[P, R]):
                 except TypeError as e:
                     raise TypeError(str(e)) from None
         ensure_init()
+        if owner is None and opts is self._options:
+            owner = self
         name = opts.get("name") or self._name
         fid = self._function_id(name)
         deps: list[ObjectRef] = []
@@ -201,25 +248,14 @@ class RemoteFunction(Shipped, Generic[P, R]):
                 raise SerializationError(msg) from e
         else:
             data, buffers, contained = EMPTY_PACKED
-        n = opts.get("num_returns", self._default_returns)
-        streaming = n == "streaming"
-        cpus, resources = requests(opts, 1, f"task '{name}'")
-        refs = _core.submit(
-            fid,
-            name,
-            data,
-            buffers,
-            contained,
-            deps,
-            1 if streaming else n,
-            cpus,
-            opts.get("max_retries", 3),
-            bool(opts.get("retry_exceptions", False)),
-            streaming,
-            resources,
-            strategy(opts),
-        )
-        if streaming:
+        typed = owner._typed if owner is not None else None
+        if typed is None:
+            typed = self._typed_options(opts, name)
+            if owner is not None:
+                owner._typed = typed
+        options, n = typed
+        refs = _core.submit(fid, data, buffers, contained, deps, options)
+        if n == "streaming":
             return ObjectRefGenerator(refs[0])
         return refs[0] if n == 1 else refs
 
@@ -244,9 +280,13 @@ class BoundRemoteFunction(Generic[P, R]):
     def __init__(self, rf: RemoteFunction[P, R], options: dict):
         self._rf = rf
         self._options = options
+        self._typed: Typed | None = None  # made at the first call (see RemoteFunction._submit)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_typed": None}  # a _core object, made again where it is used
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
-        return self._rf._submit(args, kwargs, self._options)
+        return self._rf._submit(args, kwargs, self._options, self)
 
     def options(self, **options: Any) -> BoundRemoteFunction[P, R]:
         merged = dict(self._options)

@@ -307,9 +307,10 @@ def _culprit(obj: Any, seen: set) -> str | None:
     return None
 
 
-def to_exception(result: tuple) -> BaseException:
+def to_exception(failure: _core.Failure) -> BaseException:
     """Turns an error result from the engine into the exception ``get`` raises."""
-    _, kind, task_name, message, tb, exc_bytes, pid = result
+    kind, task_name, message = failure.kind, failure.task_name, failure.message
+    tb, exc_bytes, pid = failure.traceback, failure.exception, failure.pid
     if kind == TASK_EXCEPTION:
         cause = None
         if exc_bytes is not None:
@@ -342,10 +343,11 @@ def to_exception(result: tuple) -> BaseException:
     return cls(text)
 
 
-def unpack(result: tuple) -> Any:
-    """The value of one engine result, or raise its error."""
-    if result[0]:
-        return loads(result[1], result[2])
+def unpack(result: tuple[Any, list] | _core.Failure) -> Any:
+    """The value of one result of ``_core.get`` (``(data, buffers)``), or raise its error (a
+    ``_core.Failure``)."""
+    if type(result) is tuple:
+        return loads(result[0], result[1])
     raise to_exception(result)
 
 

@@ -11,6 +11,7 @@ mod buffer;
 mod cluster;
 mod errors;
 mod object_ref;
+mod options;
 mod store;
 
 use std::convert::Infallible;
@@ -24,8 +25,8 @@ use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
     ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
-    FunctionId, ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions, TaskResult,
-    TaskSpec, WorkerId,
+    FunctionId, ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions,
+    TaskResult, TaskSpec, WorkerId,
 };
 use volley_runtime::client::worker::{RunError, TaskRunner};
 use volley_runtime::client::{self, Backend, Client, Loaded, Mapped};
@@ -34,6 +35,7 @@ use volley_sched::StreamStep;
 
 use errors::{check_signals, enter, is_store_full, store_full};
 use object_ref::{id_from_bytes, ObjectRef};
+use options::{cpu_milli, milli_resources, strategy_of, ActorCallOptions, TaskOptions};
 use store::{object_data, value_to_py};
 
 fn client() -> PyResult<Arc<Client>> {
@@ -51,23 +53,15 @@ fn ids_from(contained: Vec<Vec<u8>>) -> PyResult<Vec<ObjectId>> {
     contained.iter().map(|c| id_from_bytes(c)).collect()
 }
 
-/// `(True, data, buffers)` for a value, `(False, kind, task, message, traceback, exc, pid)` for an
-/// error.
+/// A value as `(data, buffers)`, an error as a [`Failure`].
 fn result_to_py<'py>(py: Python<'py>, r: &Loaded) -> PyResult<Bound<'py, PyAny>> {
     match r {
         Ok((v, mapped)) => {
             let (data, bufs) = value_to_py(py, v, mapped.as_ref())?;
-            Ok((true, data, bufs).into_pyobject(py)?.into_any())
+            Ok(PyTuple::new(py, [data, bufs.into_any()])?.into_any())
         }
-        Err(e) => error_to_py(py, e),
+        Err(e) => Ok(Bound::new(py, Failure::from_payload(py, e))?.into_any()),
     }
-}
-
-fn error_to_py<'py>(py: Python<'py>, e: &ErrorPayload) -> PyResult<Bound<'py, PyAny>> {
-    let exc = e.exception.as_ref().map(|b| PyBytes::new(py, b));
-    Ok((false, e.kind.code(), &e.task_name, &e.message, &e.traceback, exc, e.pid)
-        .into_pyobject(py)?
-        .into_any())
 }
 
 fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> PyResult<Vec<ObjectId>> {
@@ -166,74 +160,34 @@ fn register_function(py: Python<'_>, fid: &[u8], data: &[u8]) -> PyResult<()> {
     enter(py, || c.register_function(id, data))
 }
 
-/// Resource amounts in thousandths, checked; zero amounts are dropped.
-fn milli_resources(res: Vec<(String, f64)>) -> PyResult<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for (k, v) in res {
-        if !(0.0..=1e12).contains(&v) {
-            return Err(PyValueError::new_err(format!(
-                "resource '{k}' must be a number between 0 and 1e12, not {v}"
-            )));
-        }
-        let m = (v * 1000.0).round() as u64;
-        if m > 0 {
-            out.push((k, m));
-        }
-    }
-    Ok(out)
-}
-
-fn cpu_milli(num_cpus: f64) -> PyResult<u32> {
-    if !(0.0..=1e6).contains(&num_cpus) {
-        return Err(PyValueError::new_err("num_cpus must be between 0 and 1e6"));
-    }
-    Ok((num_cpus * 1000.0).round() as u32)
-}
-
-/// Submits a task and returns refs to its results.
+/// Submits a task and returns refs to its results. `options` were checked and converted once,
+/// when the remote function (or its `.options(...)`) made them.
 #[pyfunction]
-#[pyo3(signature = (fid, name, data, buffers, contained, deps, num_returns, num_cpus, max_retries, retry_exceptions, streaming = false, resources = Vec::new(), strategy = None))]
-#[allow(clippy::too_many_arguments)]
 fn submit(
     py: Python<'_>,
     fid: &[u8],
-    name: String,
     data: &[u8],
     buffers: &Bound<'_, PyList>,
     contained: Vec<Vec<u8>>,
     deps: Vec<PyRef<'_, ObjectRef>>,
-    num_returns: u32,
-    num_cpus: f64,
-    max_retries: i32,
-    retry_exceptions: bool,
-    streaming: bool,
-    resources: Vec<(String, f64)>,
-    strategy: Option<(String, u32, bool)>,
+    options: &Bound<'_, TaskOptions>,
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
-    let strategy = strategy_of(strategy)?;
-    let cpu_milli = cpu_milli(num_cpus)?;
-    let resources = milli_resources(resources)?;
+    let o = options.get();
     let function = function_id(fid)?;
     let contained = ids_from(contained)?;
     let task_id = c.next_task_id();
     let args = object_data(py, &c, data, buffers, contained, None)?;
+    let mut engine = o.engine.clone();
+    engine.runtime_env = c.runtime_env();
     let spec = TaskSpec {
         task_id,
         function,
-        name,
+        name: o.name.clone(),
         args: args.data,
         deps: ids_of(&deps)?,
-        num_returns,
-        options: TaskOptions {
-            cpu_milli,
-            max_retries,
-            retry_exceptions,
-            streaming,
-            resources,
-            runtime_env: c.runtime_env(),
-            strategy,
-        },
+        num_returns: o.num_returns,
+        options: engine,
         actor: ActorPart::None,
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
@@ -247,19 +201,6 @@ fn actor_of(r: &ObjectRef) -> ActorId {
 
 fn actor_answer(py: Python<'_>, c: &Client, request: ActorRequest) -> PyResult<ActorAnswer> {
     enter(py, || c.actor(request))
-}
-
-/// A scheduling strategy as the Python layer passes it: (kind, node, soft), or `None`.
-fn strategy_of(s: Option<(String, u32, bool)>) -> PyResult<volley_proto::Strategy> {
-    Ok(match s {
-        None => volley_proto::Strategy::Default,
-        Some((kind, id, soft)) => match kind.as_str() {
-            "DEFAULT" => volley_proto::Strategy::Default,
-            "SPREAD" => volley_proto::Strategy::Spread,
-            "NODE" => volley_proto::Strategy::Node { id, soft },
-            other => return Err(PyValueError::new_err(format!("unknown strategy {other:?}"))),
-        },
-    })
 }
 
 /// Creates an actor (or, with `get_if_exists`, finds the one of that name). Returns the
@@ -301,7 +242,7 @@ fn create_actor<'py>(
         args: args.data,
         deps: ids_of(&deps)?,
         num_returns: 1,
-        options: TaskOptions {
+        options: EngineOptions {
             cpu_milli,
             max_retries: 0,
             retry_exceptions: false,
@@ -332,42 +273,39 @@ fn create_actor<'py>(
     }
 }
 
-/// Submits a call of an actor's method; returns refs to its results.
+/// Submits a call of an actor's method (named, with its number of returns, by `options`, made
+/// once per method of a handle); returns refs to its results.
 #[pyfunction]
-#[pyo3(signature = (actor, method, name, data, buffers, contained, deps, num_returns, streaming))]
-#[allow(clippy::too_many_arguments)]
 fn submit_actor_call(
     py: Python<'_>,
     actor: PyRef<'_, ObjectRef>,
-    method: String,
-    name: String,
     data: &[u8],
     buffers: &Bound<'_, PyList>,
     contained: Vec<Vec<u8>>,
     deps: Vec<PyRef<'_, ObjectRef>>,
-    num_returns: u32,
-    streaming: bool,
+    options: &Bound<'_, ActorCallOptions>,
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
+    let o = options.get();
     let contained = ids_from(contained)?;
     let args = object_data(py, &c, data, buffers, contained, None)?;
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function: FunctionId([0; 16]),
-        name,
+        name: o.name.clone(),
         args: args.data,
         deps: ids_of(&deps)?,
-        num_returns,
-        options: TaskOptions {
+        num_returns: o.num_returns,
+        options: EngineOptions {
             cpu_milli: 0,
             max_retries: 0,
             retry_exceptions: false,
-            streaming,
+            streaming: o.streaming,
             resources: Vec::new(),
             runtime_env: None, // The actor runs in the environment it was created in.
             strategy: volley_proto::Strategy::Default,
         },
-        actor: ActorPart::Call { actor: actor_of(&actor), method },
+        actor: ActorPart::Call { actor: actor_of(&actor), method: o.method.clone() },
     };
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     enter(py, || c.submit(spec))?;
@@ -622,7 +560,8 @@ fn put(
     Ok(r)
 }
 
-/// Waits for every ref and returns one result tuple per ref (see `result_to_py`).
+/// Waits for every ref and returns one result per ref: `(data, buffers)` for a value, a
+/// [`Failure`] for an error.
 #[pyfunction]
 #[pyo3(signature = (refs, timeout = None))]
 fn get<'py>(
@@ -758,32 +697,50 @@ fn store_stats(py: Python<'_>, objects: bool) -> PyResult<Bound<'_, pyo3::types:
     Ok(d)
 }
 
-/// A task's failure as the worker's handler reports it: an error kind's code (see
-/// `ERROR_KINDS`), a message, the remote traceback, and the pickled exception if it has one.
+/// A task's failure: as the worker's handler reports it (an error kind's code, see
+/// `ERROR_KINDS`, a message, the remote traceback, and the pickled exception if it has one),
+/// and as `get` returns it, with the task's name and the pid of the process it failed in.
 #[pyclass(module = "volley._core", frozen, get_all)]
 struct Failure {
     kind: u8,
     message: String,
     traceback: String,
     exception: Option<Py<PyBytes>>,
+    task_name: String,
+    pid: u32,
+}
+
+impl Failure {
+    fn from_payload(py: Python<'_>, e: &ErrorPayload) -> Failure {
+        Failure {
+            kind: e.kind.code(),
+            message: e.message.clone(),
+            traceback: e.traceback.clone(),
+            exception: e.exception.as_ref().map(|b| PyBytes::new(py, b).unbind()),
+            task_name: e.task_name.clone(),
+            pid: e.pid,
+        }
+    }
 }
 
 #[pymethods]
 impl Failure {
     #[new]
-    #[pyo3(signature = (kind, message, traceback = String::new(), exception = None))]
+    #[pyo3(signature = (kind, message, traceback = String::new(), exception = None, task_name = String::new(), pid = 0))]
     fn new(
         kind: u8,
         message: String,
         traceback: String,
         exception: Option<Py<PyBytes>>,
+        task_name: String,
+        pid: u32,
     ) -> PyResult<Failure> {
         if ErrorKind::from_code(kind).is_none() {
             return Err(PyValueError::new_err(format!(
                 "no error kind has code {kind} (see volley._core.ERROR_KINDS)"
             )));
         }
-        Ok(Failure { kind, message, traceback, exception })
+        Ok(Failure { kind, message, traceback, exception, task_name, pid })
     }
 
     fn __repr__(&self) -> String {
@@ -972,6 +929,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_class::<store::ShmBuffer>()?;
     m.add_class::<Failure>()?;
+    m.add_class::<TaskOptions>()?;
+    m.add_class::<ActorCallOptions>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;
