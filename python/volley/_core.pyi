@@ -47,20 +47,14 @@ class TaskOptions:
     """What stays the same for every call of a remote function (or of its ``.options(...)``),
     checked and converted once; ``submit`` takes it."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def num_returns(self) -> int: ...
-    @property
-    def num_cpus(self) -> float: ...
-    @property
-    def max_retries(self) -> int: ...
-    @property
-    def retry_exceptions(self) -> bool: ...
-    @property
-    def streaming(self) -> bool: ...
-    @property
-    def resources(self) -> list[tuple[str, float]]: ...
+    name: str
+    num_returns: int
+    num_cpus: float
+    max_retries: int
+    retry_exceptions: bool
+    streaming: bool
+    #: Resources other than CPUs, as (name, amount).
+    resources: list[tuple[str, float]]
     def __new__(
         cls,
         name: str,

@@ -174,22 +174,34 @@ fn submit(
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
     let o = options.get();
-    let function = function_id(fid)?;
-    let contained = ids_from(contained)?;
-    let task_id = c.next_task_id();
-    let args = object_data(py, &c, data, buffers, contained, None)?;
     let mut engine = o.engine.clone();
     engine.runtime_env = c.runtime_env();
     let spec = TaskSpec {
-        task_id,
-        function,
+        task_id: c.next_task_id(),
+        function: function_id(fid)?,
         name: o.name.clone(),
-        args: args.data,
-        deps: ids_of(&deps)?,
+        args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+        deps: Vec::new(),
         num_returns: o.num_returns,
         options: engine,
         actor: ActorPart::None,
     };
+    submit_spec(py, &c, spec, data, buffers, contained, &deps)
+}
+
+/// Packs a call's arguments and dependencies into `spec` (made without them) and submits it;
+/// returns refs to its results.
+fn submit_spec(
+    py: Python<'_>,
+    c: &Client,
+    mut spec: TaskSpec,
+    data: &[u8],
+    buffers: &Bound<'_, PyList>,
+    contained: Vec<Vec<u8>>,
+    deps: &[PyRef<'_, ObjectRef>],
+) -> PyResult<Vec<ObjectRef>> {
+    spec.args = object_data(py, c, data, buffers, ids_from(contained)?, None)?.data;
+    spec.deps = ids_of(deps)?;
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     enter(py, || c.submit(spec))?;
     Ok(returns)
@@ -287,29 +299,18 @@ fn submit_actor_call(
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
     let o = options.get();
-    let contained = ids_from(contained)?;
-    let args = object_data(py, &c, data, buffers, contained, None)?;
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function: FunctionId([0; 16]),
         name: o.name.clone(),
-        args: args.data,
-        deps: ids_of(&deps)?,
+        args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+        deps: Vec::new(),
         num_returns: o.num_returns,
-        options: EngineOptions {
-            cpu_milli: 0,
-            max_retries: 0,
-            retry_exceptions: false,
-            streaming: o.streaming,
-            resources: Vec::new(),
-            runtime_env: None, // The actor runs in the environment it was created in.
-            strategy: volley_proto::Strategy::Default,
-        },
+        // The actor runs in the environment it was created in: no runtime_env.
+        options: o.engine.clone(),
         actor: ActorPart::Call { actor: actor_of(&actor), method: o.method.clone() },
     };
-    let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
-    enter(py, || c.submit(spec))?;
-    Ok(returns)
+    submit_spec(py, &c, spec, data, buffers, contained, &deps)
 }
 
 /// A named actor's ref (held by the new handle) and handle metadata, or None.

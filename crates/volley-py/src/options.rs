@@ -59,7 +59,9 @@ fn check_returns(num_returns: u32, streaming: bool) -> PyResult<()> {
 /// task's name, its number of returns and the engine's `TaskOptions`, checked once.
 #[pyclass(module = "volley._core", frozen)]
 pub struct TaskOptions {
+    #[pyo3(get)]
     pub name: String,
+    #[pyo3(get)]
     pub num_returns: u32,
     /// The engine's options without the runtime environment, which is the submitting
     /// process's at the time of each call.
@@ -97,16 +99,6 @@ impl TaskOptions {
             strategy: strategy_of(strategy)?,
         };
         Ok(TaskOptions { name, num_returns, engine })
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    #[getter]
-    fn num_returns(&self) -> u32 {
-        self.num_returns
     }
 
     #[getter]
@@ -151,12 +143,17 @@ impl TaskOptions {
 
 /// What stays the same for every call of one actor method through one handle: the method, the
 /// name its tasks show, and how many values it returns.
-#[pyclass(module = "volley._core", frozen, get_all)]
+#[pyclass(module = "volley._core", frozen)]
 pub struct ActorCallOptions {
+    #[pyo3(get)]
     pub method: String,
+    #[pyo3(get)]
     pub name: String,
+    #[pyo3(get)]
     pub num_returns: u32,
-    pub streaming: bool,
+    /// A call's engine options: none of a task's (the actor holds its resources), only
+    /// whether it streams.
+    pub engine: EngineOptions,
 }
 
 #[pymethods]
@@ -170,13 +167,27 @@ impl ActorCallOptions {
         streaming: bool,
     ) -> PyResult<ActorCallOptions> {
         check_returns(num_returns, streaming)?;
-        Ok(ActorCallOptions { method, name, num_returns, streaming })
+        let engine = EngineOptions {
+            cpu_milli: 0,
+            max_retries: 0,
+            retry_exceptions: false,
+            streaming,
+            resources: Vec::new(),
+            runtime_env: None,
+            strategy: Strategy::Default,
+        };
+        Ok(ActorCallOptions { method, name, num_returns, engine })
+    }
+
+    #[getter]
+    fn streaming(&self) -> bool {
+        self.engine.streaming
     }
 
     fn __repr__(&self) -> String {
         format!(
             "ActorCallOptions({:?}, {:?}, num_returns={}, streaming={})",
-            self.method, self.name, self.num_returns, self.streaming
+            self.method, self.name, self.num_returns, self.engine.streaming
         )
     }
 }
