@@ -141,7 +141,7 @@ def test_close_join_terminate_and_misuse():
 
 def mark_then_sleep(path):
     open(path, "w").close()
-    time.sleep(30)
+    time.sleep(120)  # longer than the test waits for the chunks to start: only an interrupt ends it
 
 
 @pytest.mark.timeout(120)
