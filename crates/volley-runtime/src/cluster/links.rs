@@ -47,7 +47,55 @@ fn apply_peer_msg(
     }
 }
 
+/// The scheduler's part of a message a peer sent back on a connection this node opened: the
+/// outcome of the tasks and pulls this node sent it.
+fn apply_peer_reply(
+    s: &mut volley_sched::Scheduler,
+    peer: NodeId,
+    m: PeerMsg,
+    out: &mut Vec<Action>,
+) {
+    match m {
+        PeerMsg::Done { task, result, objects, kept } => {
+            s.peer_done(peer, task, result, objects, out);
+            s.peer_kept(peer, kept, out);
+        }
+        PeerMsg::Object { id, result, objects } => s.peer_object(id, result, objects, out),
+        PeerMsg::Returned { tasks } => s.peer_returned(peer, &tasks, out),
+        PeerMsg::Started { task } => s.peer_started(peer, task),
+        PeerMsg::Fetch { id } => s.peer_fetch(peer, id, true, out),
+        PeerMsg::Reserved { pg, bundles, ok } => s.pg_reserved(peer, &pg, &bundles, ok, out),
+        PeerMsg::ActorState { actor, pid, restarts, death, log } => {
+            let report = ActorReport { pid, restarts, death, log };
+            s.peer_actor_state(peer, actor, report, out)
+        }
+        _ => {}
+    }
+}
+
 impl Cluster {
+    /// Hands the messages one read brought in to the scheduler under one lock of the state: when
+    /// the connection ends (`last`), 256 are waiting, or no whole frame is left in the reader.
+    /// One policy for both directions of a link.
+    fn apply_batch(
+        &self,
+        peer: NodeId,
+        batch: &mut Vec<PeerMsg>,
+        last: bool,
+        r: &FrameReader<&Conn>,
+        // `apply_peer_msg` or `apply_peer_reply` (a type of its own each: no call through a
+        // pointer per message).
+        apply: impl Fn(&mut volley_sched::Scheduler, NodeId, PeerMsg, &mut Vec<Action>),
+    ) {
+        if last || batch.len() >= 256 || !r.has_buffered_frame() {
+            self.shared.with(|st, out| {
+                for m in batch.drain(..) {
+                    apply(&mut st.sched, peer, m, out);
+                }
+            });
+        }
+    }
+
     /// A peer sends tasks on this connection; their results go back on it.
     pub(super) fn serve_tasks(
         self: &Arc<Self>,
@@ -114,13 +162,7 @@ impl Cluster {
                     true
                 }
             };
-            if stop || batch.len() >= 256 || !r.has_buffered_frame() {
-                self.shared.with(|st, out| {
-                    for m in batch.drain(..) {
-                        apply_peer_msg(&mut st.sched, peer, m, out);
-                    }
-                });
-            }
+            self.apply_batch(peer, &mut batch, stop, &r, apply_peer_msg);
             if stop {
                 break;
             }
@@ -257,35 +299,7 @@ impl Cluster {
                     Err(ProtoError::Closed) => Some("its connection closed".to_string()),
                     Err(e) => Some(format!("its connection failed: {e}")),
                 };
-                // Every result one read brought in is handled under one lock of the state.
-                if why.is_some() || batch.len() >= 256 || !r.has_buffered_frame() {
-                    c.shared.with(|st, out| {
-                        for m in batch.drain(..) {
-                            match m {
-                                PeerMsg::Done { task, result, objects, kept } => {
-                                    st.sched.peer_done(peer, task, result, objects, out);
-                                    st.sched.peer_kept(peer, kept, out);
-                                }
-                                PeerMsg::Object { id, result, objects } => {
-                                    st.sched.peer_object(id, result, objects, out)
-                                }
-                                PeerMsg::Returned { tasks } => {
-                                    st.sched.peer_returned(peer, &tasks, out)
-                                }
-                                PeerMsg::Started { task } => st.sched.peer_started(peer, task),
-                                PeerMsg::Fetch { id } => st.sched.peer_fetch(peer, id, true, out),
-                                PeerMsg::Reserved { pg, bundles, ok } => {
-                                    st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
-                                }
-                                PeerMsg::ActorState { actor, pid, restarts, death, log } => {
-                                    let report = ActorReport { pid, restarts, death, log };
-                                    st.sched.peer_actor_state(peer, actor, report, out)
-                                }
-                                _ => {}
-                            }
-                        }
-                    });
-                }
+                c.apply_batch(peer, &mut batch, why.is_some(), &r, apply_peer_reply);
                 if let Some(why) = why {
                     break why;
                 }
