@@ -184,7 +184,10 @@ def test_max_tasks_per_child_replaces_the_process_after_that_many_calls():
         Executor(max_tasks_per_child=0)
     all_workers_started()
     with Executor(1, max_tasks_per_child=3) as ex:
-        pids = [ex.submit(os.getpid).result(timeout=60) for _ in range(7)]
+        pids = []
+        for _ in range(7):
+            pids.append(ex.submit(os.getpid).result(timeout=60))
+            all_workers_started()  # a retired worker's replacement too
     assert pids[0] == pids[1] == pids[2] != pids[3]
     assert pids[3] == pids[4] == pids[5] != pids[6]
     assert os.getpid() not in pids
