@@ -9,10 +9,11 @@ import gc
 import multiprocessing
 import os
 import signal
+import time
 import weakref
 
 import pytest
-from conftest import poll
+from conftest import CLUSTER_MODE, poll, proc_state
 
 import volley
 from volley.futures import Executor
@@ -165,16 +166,52 @@ def test_mp_context_is_accepted_and_checked():
         Executor(mp_context="spawn")
 
 
+@volley.remote
+def nap(s: float) -> None:
+    time.sleep(s)
+
+
+def all_workers_started() -> None:
+    """Returns once a worker per CPU runs: the calls of an executor with max_tasks_per_child go
+    to the node's lowest idle worker, and one that registers late would take the next call."""
+    volley.get([nap.remote(0.5) for _ in range(int(volley.cluster_resources()["CPU"]))])
+
+
 def test_max_tasks_per_child_replaces_the_process_after_that_many_calls():
     with pytest.raises(TypeError):
         Executor(max_tasks_per_child=1.5)
     with pytest.raises(ValueError):
         Executor(max_tasks_per_child=0)
+    all_workers_started()
     with Executor(1, max_tasks_per_child=3) as ex:
-        pids = [ex.submit(os.getpid).result(timeout=60) for _ in range(7)]
+        pids = []
+        for _ in range(7):
+            pids.append(ex.submit(os.getpid).result(timeout=60))
+            all_workers_started()  # a retired worker's replacement too
     assert pids[0] == pids[1] == pids[2] != pids[3]
     assert pids[3] == pids[4] == pids[5] != pids[6]
     assert os.getpid() not in pids
+
+
+@volley.remote
+def task_pid() -> int:
+    return os.getpid()
+
+
+@pytest.mark.skipif(CLUSTER_MODE, reason="the test needs the calls on one node's workers")
+def test_max_tasks_per_child_retires_a_shared_worker_as_a_pools_maxtasksperchild_does():
+    # One retire mechanism (volley.library.retire_worker): the executor has no processes of its
+    # own; its calls run in the node's shared workers (a plain task gets the same one, the
+    # lowest idle), and the worker that ran its N-th call of this executor exits cleanly.
+    all_workers_started()
+    with Executor(1, max_tasks_per_child=2) as ex:
+        first = ex.submit(os.getpid).result(timeout=60)
+        plain = volley.get(task_pid.remote(), timeout=60)  # does not count for the executor
+        second = ex.submit(os.getpid).result(timeout=60)
+        assert first == plain == second
+        assert poll(lambda: proc_state(first) in (None, "Z"), timeout=30), "it did not retire"
+        third = ex.submit(os.getpid).result(timeout=60)
+    assert third != first
 
 
 def square(x: int) -> int:

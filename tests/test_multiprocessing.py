@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import poll
 
 import volley
 from volley.multiprocessing import Pool
@@ -136,6 +137,35 @@ def test_close_join_terminate_and_misuse():
         r.get(timeout=30)
     with pytest.raises(ValueError):
         Pool(0)
+
+
+def mark_then_sleep(path):
+    open(path, "w").close()
+    time.sleep(120)  # longer than the test waits for the chunks to start: only an interrupt ends it
+
+
+@pytest.mark.timeout(120)
+def test_terminate_fails_running_calls_with_volley_error_not_their_interrupt(tmp_path):
+    # terminate() interrupts the running chunks; each reports a KeyboardInterrupt as it stops.
+    # That report must not become the call's outcome: the calls fail with VolleyError, every
+    # time (it raced: under load the interrupt's report came first).
+    for i in range(5):
+        p = Pool(2)
+        a, b = tmp_path / f"a{i}", tmp_path / f"b{i}"
+        r = p.apply_async(mark_then_sleep, (str(a),))
+        it = (p.imap if i % 2 else p.imap_unordered)(mark_then_sleep, [str(b)])
+        started = poll(lambda a=a, b=b: a.exists() and b.exists(), timeout=60)
+        assert started, "the chunks did not start"
+        p.terminate()
+        with pytest.raises(volley.VolleyError, match="terminated") as e:
+            r.get(timeout=30)
+        assert not isinstance(e.value, KeyboardInterrupt)
+        with pytest.raises(volley.VolleyError, match="terminated") as e:
+            it.next(timeout=30)
+        assert not isinstance(e.value, KeyboardInterrupt)
+        with pytest.raises(StopIteration):
+            it.next(timeout=30)
+        p.join()
 
 
 def kill_self(_):

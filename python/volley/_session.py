@@ -373,12 +373,19 @@ def at_shutdown(hook: Callable[[], None]) -> None:
 
 def nodes() -> list[dict]:
     """The cluster's nodes as this process last heard from the head (every second or so): a
-    dict per node with ``node_id``, ``address``, ``num_cpus``, ``cpus_free``, ``resources``,
-    ``workers``, ``store_used``, ``tasks_waiting`` (tasks not started: waiting for arguments,
-    for resources, or queued on a worker behind a running task) with ``waiting`` (what they wait
-    for and who holds it, a line per kind), ``driver``, and the bytes of stored values it has
-    pulled from other nodes (``bytes_received``) and served to them (``bytes_served``).
-    Empty outside a cluster (``volley status`` shows a driver's own node too).
+    dict per node with ``node_id``, ``address``, ``pid``, ``num_cpus``, ``cpus_free``,
+    ``resources`` (name: ``(total, free)``), ``workers``, ``store_used``, ``store_capacity``,
+    ``tasks_waiting`` (tasks not started: waiting for arguments, for resources, or queued on a
+    worker behind a running task) with ``waiting`` (what they wait for and who holds it, a line
+    per kind), ``driver``, the bytes of stored values it has pulled from other nodes
+    (``bytes_received``) and served to them (``bytes_served``), and two dicts of counters:
+    ``scheduler`` (``workers_alive``, ``workers_starting``, ``workers_blocked``,
+    ``tasks_waiting_deps``, ``tasks_queued``, ``tasks_assigned``, ``tasks_pipelined``,
+    ``tasks_remote``, ``objects``, ``actors``, ``cpu_used_milli``) and ``store`` (``used``,
+    ``capacity``, ``pinned``, ``objects``, ``objects_in_memory``, ``objects_spilled``,
+    ``spilled_bytes``, ``spill_count``, ``spill_bytes_total``, ``restore_count``,
+    ``restore_bytes_total``). It is the node's one snapshot, the one ``volley status --json``
+    prints. Empty outside a cluster (``volley status`` shows a driver's own node too).
 
     >>> volley.init(address="auto")  # doctest: +SKIP
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP

@@ -33,7 +33,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import get, kill, put, remote
+from . import get, put, remote
 from .exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -43,7 +43,14 @@ from .exceptions import (
     WorkerCrashedError,
     original_error,
 )
-from .library import check_options, init_if_needed, run_items, total_cpus, unwrap_remote
+from .library import (
+    check_options,
+    init_if_needed,
+    retire_worker,
+    run_items,
+    total_cpus,
+    unwrap_remote,
+)
 
 __all__ = ["Executor", "BrokenProcessPool"]
 
@@ -67,14 +74,32 @@ class BrokenProcessPool(WorkerCrashedError, cfp.BrokenProcessPool):
 #: shared by every executor (and every task), so each executor's initializer runs once in each
 #: process, before that executor's first call there.
 _initialized: set[str] = set()
+#: Calls of each executor with ``max_tasks_per_child`` (by token) that ran in this process.
+_calls: dict[str, int] = {}
 
 
 class _InitializerFailed(Exception):
     """Raised in a worker whose run of the executor's ``initializer`` raised."""
 
 
-def _run(token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """A call of the executor: its initializer first if this process has not run it yet."""
+def _run(
+    token: str,
+    init: tuple | None,
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    max_tasks: int | None = None,
+) -> Any:
+    """A call of the executor: its initializer first if this process has not run it yet; after
+    the ``max_tasks``-th call of the executor here, the process retires once it has sent the
+    call's result (``volley.library.retire_worker``, as a ``Pool``'s ``maxtasksperchild``)."""
+    if max_tasks is not None:
+        done = _calls.get(token, 0) + 1
+        if done >= max_tasks:
+            _calls.pop(token, None)
+            retire_worker()  # whatever the call does: it was this process's last
+        else:
+            _calls[token] = done
     if init is not None and token not in _initialized:
         initializer, initargs = init
         try:
@@ -92,16 +117,6 @@ def _run(token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict
 
 
 _call = remote(_run)
-
-
-class _Process:
-    """One of the processes of an executor with ``max_tasks_per_child`` (a volley actor)."""
-
-    def call(self, token: str, init: tuple | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        return _run(token, init, fn, args, kwargs)
-
-
-_ProcessActor = remote(_Process)
 
 
 # ---------------------------------------------------------------------------- in the driver
@@ -228,15 +243,6 @@ def _by_reference(fn: Any) -> Any:
     return fn
 
 
-class _Slot:
-    """A process of an executor with ``max_tasks_per_child``: its actor and its count."""
-
-    def __init__(self, handle: Any):
-        self.handle = handle
-        self.busy = False
-        self.done = 0
-
-
 # Interpreter exit: like the standard library, wait for the calls submitted to every executor
 # before anything else shuts down (threading's exit hooks run before atexit's, and volley's own
 # shutdown is an atexit handler), and refuse new calls from then on.
@@ -282,8 +288,10 @@ class Executor(cf.Executor):
     ``multiprocessing.Queue``, which can only be inherited by a process at its start, cannot be
     among them: use a ``multiprocessing.Manager().Queue()``).
 
-    ``max_tasks_per_child`` gives the executor processes of its own (up to ``max_workers``,
-    default one per CPU), each replaced by a fresh one after that many calls.
+    ``max_tasks_per_child``: a worker process that has run that many calls of this executor
+    retires (it sends the last call's result, exits, and the node starts a fresh one), as a
+    ``volley.multiprocessing.Pool``'s ``maxtasksperchild`` does; ``max_workers`` then defaults
+    to one call in flight per CPU.
 
     ``mp_context`` is accepted and kept for code that passes it: volley's workers are fresh
     interpreters it starts itself (as with the ``"spawn"`` start method) whatever the context,
@@ -346,7 +354,6 @@ class Executor(cf.Executor):
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
         self._running: dict[Any, _Future] = {}
-        self._slots: list[_Slot] = []
         self._functions: dict[Callable, Any] = {}  # see _remote_function
         self._shutdown = False
         self._broken: str | bool = False
@@ -381,50 +388,27 @@ class Executor(cf.Executor):
         started = []
         with self._lock:
             while self._queue and not self._broken:
-                slot = None
-                if self._max_tasks is not None:
-                    slot = self._free_slot()
-                    if slot is None:
-                        break
-                elif len(self._running) >= self._max_workers:
+                if len(self._running) >= self._max_workers:
                     break
                 fut, fn, args, kwargs = self._queue.popleft()
                 if not fut.set_running_or_notify_cancel():
                     continue  # Cancelled while it waited here.
                 try:
-                    ref = self._start(slot, fn, args, kwargs)
+                    ref = self._start(fn, args, kwargs)
                 except BaseException as e:  # unpicklable arguments: the caller's future says so
                     fut.set_exception(e)
                     continue
                 finally:
                     del fn, args, kwargs  # nothing here keeps a call's objects alive
-                if slot is not None:
-                    slot.busy = True
                 fut._ref = ref
                 fut._executor = weakref.ref(self)
                 self._running[ref] = fut
-                started.append((ref, slot))
-        for ref, slot in started:
-            ref.future().add_done_callback(
-                lambda vf, ref=ref, slot=slot: self._finished(ref, slot, vf)
-            )
+                started.append(ref)
+        for ref in started:
+            ref.future().add_done_callback(lambda vf, ref=ref: self._finished(ref, vf))
 
-    def _free_slot(self) -> _Slot | None:
-        """An idle process of this executor (made if fewer than ``max_workers`` exist)."""
-        for slot in self._slots:
-            if not slot.busy:
-                return slot
-        if len(self._slots) >= self._max_workers:
-            return None
-        opts = {
-            k: v for k, v in self._options.items() if k in ("num_cpus", "num_gpus", "resources")
-        }
-        slot = _Slot(_ProcessActor.options(max_restarts=0, **opts).remote())
-        self._slots.append(slot)
-        return slot
-
-    def _start(self, slot: _Slot | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        if slot is None and self._init is None:
+    def _start(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._init is None and self._max_tasks is None:
             rf = self._remote_function(fn)
             if rf is not None:  # args and kwargs as they are: submit(f, self=1) is f(self=1)
                 return rf._submit(args, kwargs, rf._options)
@@ -432,9 +416,7 @@ class Executor(cf.Executor):
         if "name" not in opts:
             name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
             opts = dict(opts, name=name if isinstance(name, str) else type(fn).__name__)
-        call = (self._token, self._init, _by_reference(fn), args, kwargs)
-        if slot is not None:
-            return slot.handle.call.remote(*call)
+        call = (self._token, self._init, _by_reference(fn), args, kwargs, self._max_tasks)
         return _call._submit(call, {}, opts)
 
     def _remote_function(self, fn: Callable) -> Any:
@@ -451,32 +433,18 @@ class Executor(cf.Executor):
             self._functions[fn] = rf
         return rf
 
-    def _finished(self, ref: Any, slot: _Slot | None, vf: cf.Future) -> None:
+    def _finished(self, ref: Any, vf: cf.Future) -> None:
         e = vf.exception()
         err = None if e is None else _stdlib_error(e)
-        retire = None
         with self._lock:
             fut = self._running.pop(ref, None)
-            if slot is not None:
-                slot.busy = False
-                slot.done += 1
-                died = isinstance(e, (WorkerCrashedError, ActorDiedError))
-                if (died or slot.done >= self._max_tasks) and slot in self._slots:
-                    self._slots.remove(slot)
-                    retire = slot
             if not self._running and not self._queue:
                 self._idle.notify_all()
-        if retire is not None:
-            _kill(retire)
         if fut is not None:
             fut._settle(vf.result() if e is None else None, err)
         self._check_broken(err)
         del fut, vf, e, err
         self._dispatch()
-        with self._lock:
-            reap = self._shutdown and not self._running and not self._queue
-        if reap:
-            self._reap_slots()
 
     def _check_broken(self, err: BaseException | None) -> None:
         """Breaks the executor if ``err`` (a call's) says its initializer raised."""
@@ -495,13 +463,6 @@ class Executor(cf.Executor):
             self._idle.notify_all()
         for f in pending:
             f._settle(None, BrokenProcessPool(reason))
-        self._reap_slots()
-
-    def _reap_slots(self) -> None:
-        with self._lock:
-            slots, self._slots = self._slots, []
-        for slot in slots:
-            _kill(slot)
 
     # ------------------------------------------------------------------ map
 
@@ -561,16 +522,6 @@ class Executor(cf.Executor):
         del dropped
         if wait:
             self._wait_idle()
-            self._reap_slots()
-        elif idle:
-            self._reap_slots()
-
-
-def _kill(slot: _Slot) -> None:
-    try:
-        kill(slot.handle)
-    except Exception:  # volley already shut down: the process is gone with it
-        pass
 
 
 def _chunk_in_worker(fn: Callable, items: list, name: str) -> tuple[list, Any]:

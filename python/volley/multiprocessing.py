@@ -670,15 +670,18 @@ class Pool:
             # KeyboardInterrupt, say) is not their outcome.
             dropped += [src for src, _ in self._inflight.values() if src not in dropped]
             self._cond.notify_all()
+        # The calls fail before their chunks are interrupted: a cancelled chunk reports (a
+        # KeyboardInterrupt, from a volley thread) as soon as it stops, and that report must
+        # find its call already failed rather than become the call's outcome.
+        for src in dropped:
+            result = src.result()
+            if result is not None:
+                result._fail(VolleyError("the pool was terminated"))
         for ref in running:
             try:
                 cancel_soon(ref)
             except Exception:
                 pass
-        for src in dropped:
-            result = src.result()
-            if result is not None:
-                result._fail(VolleyError("the pool was terminated"))
 
     def join(self) -> None:
         """Waits for the pool's work to end (after :meth:`close` or :meth:`terminate`; after
@@ -897,6 +900,7 @@ class _IterResult(Iterator):
         self._total: int | None = None
         self._taken = 0  # chunks handed to the consumer
         self._buffer: collections.deque = collections.deque()
+        self._failed = False  # terminate() failed the call: later chunks are dropped
 
     def _expect(self, n: int) -> None:
         with self._cond:
@@ -905,12 +909,17 @@ class _IterResult(Iterator):
 
     def _part(self, index: int, results: list, error: BaseException | None) -> None:
         with self._cond:
+            if self._failed:  # a chunk that was running when the call failed: not its outcome
+                return
             self._chunks[index] = (results, error)
             self._order.append(index)
             self._cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
+            if self._failed:
+                return
+            self._failed = True
             index = max([self._next - 1, *self._chunks, *self._order]) + 1
             self._chunks[index] = ([], error)
             self._order.append(index)

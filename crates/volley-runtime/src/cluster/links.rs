@@ -19,10 +19,13 @@ use super::{
 };
 use crate::tls::Conn;
 
-/// The scheduler's part of a message a peer sent on a task connection.
+/// The scheduler's part of a message from a peer: on a connection the peer opened (`mine`
+/// false) it sends tasks and requests; on one this node opened (`mine` true) it sends back the
+/// outcome of the tasks and pulls this node sent it. Each reader lets through only its side's
+/// kinds; `Object` and `Fetch` come on both.
 fn apply_peer_msg(
     s: &mut volley_sched::Scheduler,
-    peer: NodeId,
+    (peer, mine): (NodeId, bool),
     m: PeerMsg,
     out: &mut Vec<Action>,
 ) {
@@ -31,7 +34,7 @@ fn apply_peer_msg(
             let function = function.map(|f| Arc::from(f.into_vec()));
             s.accept_peer_task(peer, spec, function, objects, routes, errors, cached, fetch, out);
         }
-        PeerMsg::Fetch { id } => s.peer_fetch(peer, id, false, out),
+        PeerMsg::Fetch { id } => s.peer_fetch(peer, id, mine, out),
         PeerMsg::Object { id, result, objects } => s.peer_object(id, result, objects, out),
         PeerMsg::Cancel { task, force } => s.cancel(ObjectId::for_return(task, 1), force, out),
         PeerMsg::Release { ids } => s.peer_release(peer, &ids, out),
@@ -43,11 +46,42 @@ fn apply_peer_msg(
         }
         PeerMsg::PgRelease { pg, remove } => s.release_pg(&pg, remove, out),
         PeerMsg::Steal { max } => s.peer_steal(peer, max, out),
+        PeerMsg::Done { task, result, objects, kept } => {
+            s.peer_done(peer, task, result, objects, out);
+            s.peer_kept(peer, kept, out);
+        }
+        PeerMsg::Returned { tasks } => s.peer_returned(peer, &tasks, out),
+        PeerMsg::Started { task } => s.peer_started(peer, task),
+        PeerMsg::Reserved { pg, bundles, ok } => s.pg_reserved(peer, &pg, &bundles, ok, out),
+        PeerMsg::ActorState { actor, pid, restarts, death, log } => {
+            let report = ActorReport { pid, restarts, death, log };
+            s.peer_actor_state(peer, actor, report, out)
+        }
         _ => {}
     }
 }
 
 impl Cluster {
+    /// Hands the messages one read brought in to the scheduler under one lock of the state: when
+    /// the connection ends (`last`), 256 are waiting, or no whole frame is left in the reader.
+    /// One policy for both directions of a link (`side`: the peer, and whether this node opened
+    /// the connection).
+    fn apply_batch(
+        &self,
+        side: (NodeId, bool),
+        batch: &mut Vec<PeerMsg>,
+        last: bool,
+        r: &FrameReader<&Conn>,
+    ) {
+        if last || batch.len() >= 256 || !r.has_buffered_frame() {
+            self.shared.with(|st, out| {
+                for m in batch.drain(..) {
+                    apply_peer_msg(&mut st.sched, side, m, out);
+                }
+            });
+        }
+    }
+
     /// A peer sends tasks on this connection; their results go back on it.
     pub(super) fn serve_tasks(
         self: &Arc<Self>,
@@ -114,13 +148,7 @@ impl Cluster {
                     true
                 }
             };
-            if stop || batch.len() >= 256 || !r.has_buffered_frame() {
-                self.shared.with(|st, out| {
-                    for m in batch.drain(..) {
-                        apply_peer_msg(&mut st.sched, peer, m, out);
-                    }
-                });
-            }
+            self.apply_batch((peer, false), &mut batch, stop, &r);
             if stop {
                 break;
             }
@@ -257,35 +285,7 @@ impl Cluster {
                     Err(ProtoError::Closed) => Some("its connection closed".to_string()),
                     Err(e) => Some(format!("its connection failed: {e}")),
                 };
-                // Every result one read brought in is handled under one lock of the state.
-                if why.is_some() || batch.len() >= 256 || !r.has_buffered_frame() {
-                    c.shared.with(|st, out| {
-                        for m in batch.drain(..) {
-                            match m {
-                                PeerMsg::Done { task, result, objects, kept } => {
-                                    st.sched.peer_done(peer, task, result, objects, out);
-                                    st.sched.peer_kept(peer, kept, out);
-                                }
-                                PeerMsg::Object { id, result, objects } => {
-                                    st.sched.peer_object(id, result, objects, out)
-                                }
-                                PeerMsg::Returned { tasks } => {
-                                    st.sched.peer_returned(peer, &tasks, out)
-                                }
-                                PeerMsg::Started { task } => st.sched.peer_started(peer, task),
-                                PeerMsg::Fetch { id } => st.sched.peer_fetch(peer, id, true, out),
-                                PeerMsg::Reserved { pg, bundles, ok } => {
-                                    st.sched.pg_reserved(peer, &pg, &bundles, ok, out)
-                                }
-                                PeerMsg::ActorState { actor, pid, restarts, death, log } => {
-                                    let report = ActorReport { pid, restarts, death, log };
-                                    st.sched.peer_actor_state(peer, actor, report, out)
-                                }
-                                _ => {}
-                            }
-                        }
-                    });
-                }
+                c.apply_batch((peer, true), &mut batch, why.is_some(), &r);
                 if let Some(why) = why {
                     break why;
                 }

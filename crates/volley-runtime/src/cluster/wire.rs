@@ -162,31 +162,20 @@ impl Cluster {
                         return None;
                     }
                 };
-                let function = function.map(|f| serde_bytes::ByteBuf::from(f.to_vec()));
-                let packages = packages
-                    .into_iter()
-                    .map(|(h, b)| (h, serde_bytes::ByteBuf::from(b.to_vec())))
-                    .collect();
-                let errors = errors.into_iter().map(|(id, e)| (id, (*e).clone())).collect();
-                // Pulled by the peer: the layout goes, not the bytes.
-                let fetch = fetch
-                    .into_iter()
-                    .map(|(id, v, relay)| {
-                        let mut layout =
-                            ObjectData::inline(Vec::new(), Vec::new(), v.contained.clone());
-                        layout.shm = v.shm.clone();
-                        (id, layout, relay)
-                    })
-                    .collect();
+                let bytes = |b: Arc<[u8]>| serde_bytes::ByteBuf::from(b.to_vec());
                 let msg = PeerMsg::Task {
+                    function: function.map(bytes),
+                    packages: packages.into_iter().map(|(h, b)| (h, bytes(b))).collect(),
+                    errors: errors.into_iter().map(|(id, e)| (id, (*e).clone())).collect(),
+                    // Pulled by the peer: the layout goes, not the bytes.
+                    fetch: fetch
+                        .into_iter()
+                        .map(|(id, v, relay)| (id, layout_of(&v), relay))
+                        .collect(),
                     spec,
-                    function,
                     objects,
-                    packages,
                     routes,
-                    errors,
                     cached,
-                    fetch,
                 };
                 Some((msg, leases))
             }
@@ -305,9 +294,7 @@ impl Cluster {
             return Err(format!("segment {} is not the size its layout says", loc.seg));
         }
         leases.push(lease);
-        let mut sent = ObjectData::inline(Vec::new(), Vec::new(), v.contained.clone());
-        sent.shm = Some(loc.clone());
-        Ok(sent)
+        Ok(layout_of(v))
     }
 
     /// Reads the bytes that follow a message for its stored values, straight into this node's
@@ -360,4 +347,11 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The layout of a stored value without its bytes: what a peer needs to pull it (`Fetch`).
+fn layout_of(v: &ObjectData) -> ObjectData {
+    let mut layout = ObjectData::inline(Vec::new(), Vec::new(), v.contained.clone());
+    layout.shm = v.shm.clone();
+    layout
 }

@@ -126,18 +126,10 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         // Nobody holding a reference any more, the value is dropped at once.
-        let Some((waiters, dependents, watchers)) =
-            self.settle(id, || ObjectState::Ready(value.clone()), out)
-        else {
+        let ready = || ObjectState::Ready(value.clone());
+        let Some(dependents) = self.settle(id, ready, &value.contained, out) else {
             return;
         };
-        for c in &value.contained {
-            self.incref_one(*c);
-        }
-        self.notify(id, waiters, watchers, out);
-        if self.peers.has_serve_waits() {
-            self.serve_waiting(id, out);
-        }
         for tid in dependents {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
@@ -152,27 +144,33 @@ impl Scheduler {
         self.wake_gather(id, out);
     }
 
-    /// Gives object `id` its state (see `Objects::settle`): who waited for it, or `None` if it
-    /// is unknown or was dropped (nobody references it). Peers waiting for it are served either
-    /// way.
+    /// Gives object `id` its state (see `Objects::settle`) and tells whoever waited for it; the
+    /// objects its value holds (`contained`) are referenced first, so that no waiter's release
+    /// can drop them. The tasks that depend on it, or `None` if it is unknown or was dropped
+    /// (nobody references it). Peers waiting for it are served either way. One piece for a
+    /// value and for an error, so that both reach waiters, watchers and peers alike.
     fn settle(
         &mut self,
         id: ObjectId,
         state: impl FnOnce() -> ObjectState,
+        contained: &[ObjectId],
         out: &mut Vec<Action>,
-    ) -> Option<(Vec<WaiterId>, Vec<TaskId>, Vec<Holder>)> {
-        match self.objects.settle(&id, state) {
-            Settled::Unknown => None,
-            Settled::Dropped => {
-                if self.peers.has_serve_waits() {
-                    self.serve_waiting(id, out);
-                }
-                None
-            }
+    ) -> Option<Vec<TaskId>> {
+        let dependents = match self.objects.settle(&id, state) {
+            Settled::Unknown => return None,
+            Settled::Dropped => None,
             Settled::Kept { waiters, dependents, watchers } => {
-                Some((waiters, dependents, watchers))
+                for c in contained {
+                    self.incref_one(*c);
+                }
+                self.notify(id, waiters, watchers, out);
+                Some(dependents)
             }
+        };
+        if self.peers.has_serve_waits() {
+            self.serve_waiting(id, out);
         }
+        dependents
     }
 
     /// Dispatches again the actor calls held back for `id` (see `gather_waits`).
@@ -190,15 +188,10 @@ impl Scheduler {
         err: Arc<ErrorPayload>,
         out: &mut Vec<Action>,
     ) {
-        let Some((waiters, dependents, watchers)) =
-            self.settle(id, || ObjectState::Failed(err.clone()), out)
+        let Some(dependents) = self.settle(id, || ObjectState::Failed(err.clone()), &[], out)
         else {
             return;
         };
-        self.notify(id, waiters, watchers, out);
-        if self.peers.has_serve_waits() {
-            self.serve_waiting(id, out);
-        }
         for tid in dependents {
             if matches!(self.tasks.get(&tid).map(|t| t.state), Some(TaskState::WaitingDeps(_))) {
                 self.fail_task(tid, err.clone(), out);
