@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     decode, encode, shm_layout, ActorAnswer, ActorRequest, ErrorPayload, FrameReader, FunctionId,
-    Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec,
-    WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    HeadAnswer, HeadRequest, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId,
+    TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
 use volley_sched::{Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId};
 use volley_store::{Owner, Store};
@@ -121,6 +121,7 @@ impl Node {
             closed: AtomicBool::new(false),
             started: Instant::now(),
             links: std::sync::OnceLock::new(),
+            head: Arc::new(Head::new(Box::new(MemoryStore::default()))),
         });
         let spec = SpawnSpec {
             python: cfg.python,
@@ -148,7 +149,7 @@ impl Node {
                 .spawn(move || accept_loop(s, listener))?,
         );
         shared.with(|st, out| st.sched.start(out));
-        let head = Arc::new(Head::new(Box::new(MemoryStore::default())));
+        let head = shared.head.clone();
         Ok(Node { shared, cluster: std::sync::OnceLock::new(), head, threads: Mutex::new(threads) })
     }
 
@@ -174,6 +175,18 @@ impl Node {
     /// cluster, or 0 on its own).
     pub fn snapshot(&self) -> volley_proto::NodeSnapshot {
         self.shared.local_snapshot()
+    }
+
+    /// Asks the cluster's head (its key-value table, its directory): this node's own head by a
+    /// function call, or the cluster's head over the network (a round trip, never under a lock).
+    pub fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let Some(why) = req.check() {
+            return volley_proto::HeadAnswer::Error(why);
+        }
+        if self.cluster.get().is_none() {
+            self.head.update_self(self.shared.local_snapshot());
+        }
+        self.shared.ask_head(req)
     }
 
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
@@ -233,6 +246,9 @@ impl Node {
 
     /// Creates, finds, kills or describes an actor for this process.
     pub fn actor(&self, request: ActorRequest) -> ActorAnswer {
+        if let ActorRequest::Head(req) = request {
+            return ActorAnswer::Head(self.ask_head(req));
+        }
         self.shared.with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out))
     }
 
@@ -649,7 +665,7 @@ const MAX_BATCH: usize = 256;
 /// values, allocations, releases); gives back the message if the scheduler must see it. An `Err`
 /// is a protocol violation that ends the connection.
 fn prepare(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     w: WorkerId,
     mut msg: WorkerToNode,
 ) -> Result<Option<WorkerToNode>, String> {
@@ -678,6 +694,25 @@ fn prepare(
             for seg in segs.iter() {
                 shared.store.release(*seg, Owner::Worker(w));
             }
+            return Ok(None);
+        }
+        WorkerToNode::Actor { req, request: ActorRequest::Head(q) } => {
+            // Not the scheduler's, and a member's question is a round trip: answered from a
+            // thread of its own, so this worker's other messages are not held up behind it.
+            let (shared, req, q) =
+                (shared.clone(), *req, std::mem::replace(q, HeadRequest::Directory));
+            let run = move || {
+                let answer = ActorAnswer::Head(shared.ask_head(q));
+                let reply = encode(&NodeToWorker::ActorReply { req, answer });
+                let conn = shared.state.lock().conns.get(&w).cloned();
+                if let (Ok(reply), Some(c)) = (reply, conn) {
+                    let _ = c.send(&reply);
+                }
+            };
+            std::thread::Builder::new()
+                .name("volley-head-ask".into())
+                .spawn(run)
+                .map_err(|e| format!("no thread to ask the head: {e}"))?;
             return Ok(None);
         }
         _ => {}
@@ -775,5 +810,9 @@ fn actor_request(
             ActorAnswer::Done
         }
         ActorRequest::PgTable => ActorAnswer::Pgs(s.pg_table()),
+        // Taken before the scheduler (`prepare`, `Node::actor`): it is not the scheduler's.
+        ActorRequest::Head(_) => {
+            ActorAnswer::Head(HeadAnswer::Error("a head request reached the scheduler".into()))
+        }
     }
 }

@@ -9,6 +9,10 @@
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
 //! heartbeat, and goes when its node does. Names are still resolved by asking the nodes
 //! (`NodeSnapshot::named` in the view); resolving them through the head is a later step.
+//!
+//! Nodes, drivers and tasks read the directory and use the key-value table with a
+//! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
+//! over the network (`PeerMsg::Head`, see `cluster::status`).
 
 mod store;
 
@@ -16,7 +20,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo};
+use volley_proto::{Directory, HeadAnswer, HeadRequest, NamedActor, NodeId, NodeSnapshot, PgInfo};
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
 
@@ -167,6 +171,37 @@ impl Head {
     /// Every job (driver) the cluster has had since the head started.
     pub fn jobs(&self) -> Vec<JobInfo> {
         self.dir.lock().jobs()
+    }
+
+    /// The whole directory in one answer (one lock of the store, so its tables agree).
+    pub fn directory(&self) -> Directory {
+        let dir = self.dir.lock();
+        Directory { actors: dir.actors(), groups: dir.groups(), jobs: dir.jobs() }
+    }
+
+    /// Answers a request from a node, a driver or a task (over the network or by a call).
+    pub fn serve(&self, req: HeadRequest) -> HeadAnswer {
+        if let Some(why) = req.check() {
+            return HeadAnswer::Error(why);
+        }
+        match req {
+            HeadRequest::KvPut { namespace, key, value, overwrite } => {
+                HeadAnswer::Stored(self.kv_put(&namespace, &key, value, overwrite))
+            }
+            HeadRequest::KvGet { namespace, key } => {
+                HeadAnswer::Value(self.kv_get(&namespace, &key).map(serde_bytes::ByteBuf::from))
+            }
+            HeadRequest::KvDelete { namespace, key } => {
+                HeadAnswer::Deleted(self.kv_del(&namespace, &key))
+            }
+            HeadRequest::KvKeys { namespace, prefix } => HeadAnswer::Keys(
+                self.kv_keys(&namespace, &prefix)
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+            ),
+            HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
+        }
     }
 
     /// See [`HeadStore::kv_put`].

@@ -4,6 +4,7 @@ use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
 use crate::testing::{node, poll};
+use volley_proto::{HeadAnswer, HeadRequest};
 
 fn info(addr: &str, driver: bool) -> NodeSnapshot {
     NodeSnapshot {
@@ -228,5 +229,123 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
     });
     assert!(head.placement_groups().is_empty(), "the driver's groups went with it");
     first.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn stored(a: HeadAnswer) -> bool {
+    match a {
+        HeadAnswer::Stored(b) => b,
+        other => panic!("not Stored: {other:?}"),
+    }
+}
+
+fn put(ns: &str, key: &[u8], value: &[u8], overwrite: bool) -> HeadRequest {
+    HeadRequest::KvPut { namespace: ns.into(), key: key.to_vec(), value: value.to_vec(), overwrite }
+}
+
+fn get(ns: &str, key: &[u8]) -> HeadRequest {
+    HeadRequest::KvGet { namespace: ns.into(), key: key.to_vec() }
+}
+
+fn value(v: &[u8]) -> HeadAnswer {
+    HeadAnswer::Value(Some(serde_bytes::ByteBuf::from(v.to_vec())))
+}
+
+/// `Head::serve` answers every request, and refuses a key or value over the limits with a
+/// message rather than storing it.
+#[test]
+fn the_head_serves_key_value_and_directory_requests() {
+    let h = head();
+    assert!(stored(h.serve(put("ns", b"a", b"1", true))));
+    assert!(!stored(h.serve(put("ns", b"a", b"2", false))), "kept without overwrite");
+    assert_eq!(h.serve(get("ns", b"a")), value(b"1"));
+    assert_eq!(h.serve(get("other", b"a")), HeadAnswer::Value(None));
+    let keys = h.serve(HeadRequest::KvKeys { namespace: "ns".into(), prefix: b"".to_vec() });
+    assert_eq!(keys, HeadAnswer::Keys(vec![serde_bytes::ByteBuf::from(b"a".to_vec())]));
+    let del = HeadRequest::KvDelete { namespace: "ns".into(), key: b"a".to_vec() };
+    assert_eq!(h.serve(del.clone()), HeadAnswer::Deleted(true));
+    assert_eq!(h.serve(del), HeadAnswer::Deleted(false));
+
+    let big = vec![0u8; volley_proto::MAX_KV_VALUE + 1];
+    assert!(
+        matches!(h.serve(put("ns", b"big", &big, true)), HeadAnswer::Error(m) if m.contains("object store"))
+    );
+    assert_eq!(h.serve(get("ns", b"big")), HeadAnswer::Value(None));
+
+    let id = h.join(info("10.0.0.2:1", true));
+    h.beat(id, NodeSnapshot { named: vec![actor("x")], ..info("10.0.0.2:1", true) });
+    let HeadAnswer::Directory(d) = h.serve(HeadRequest::Directory) else { panic!("a directory") };
+    assert_eq!(d.actors.iter().map(|a| (a.name.as_str(), a.node)).collect::<Vec<_>>(), [("x", id)]);
+    assert_eq!(d.jobs.len(), 1);
+}
+
+/// Over real sockets: a member asks the cluster's head (`PeerMsg::Head` on a connection of its
+/// own) and sees what the head and other members stored; two members racing to store one key
+/// without overwrite: exactly one wins. A member reads the directory with a named actor's
+/// entry the head got from another node's heartbeat.
+#[test]
+fn members_use_the_heads_key_value_table_over_tcp() {
+    let dir = std::env::temp_dir().join(format!("volley-head-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-kv-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.clone(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    };
+    let first = node(&dir, 8 << 20);
+    // Alone, the node is its own head: the same request by a function call.
+    assert!(stored(first.ask_head(put("ns", b"lone", b"v", true))));
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    assert_eq!(first.ask_head(get("ns", b"lone")), value(b"v"), "kept when it became a head");
+
+    let a = node(&dir, 8 << 20);
+    a.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a joins");
+    let b = node(&dir, 8 << 20);
+    b.join_cluster(cfg(None, Some(addr.clone()), true)).expect("b joins");
+    assert_eq!(a.ask_head(get("ns", b"lone")), value(b"v"), "a member reads the head's table");
+    assert!(stored(a.ask_head(put("ns", b"from-a", b"1", true))));
+    assert_eq!(b.ask_head(get("ns", b"from-a")), value(b"1"));
+
+    // The race: one key, no overwrite, from two members at once, many times.
+    for round in 0..20u32 {
+        let key = format!("race-{round}").into_bytes();
+        let (ka, kb) = (key.clone(), key.clone());
+        let (na, nb) = (&a, &b);
+        let (wa, wb) = std::thread::scope(|s| {
+            let ta = s.spawn(move || stored(na.ask_head(put("ns", &ka, b"a", false))));
+            let tb = s.spawn(move || stored(nb.ask_head(put("ns", &kb, b"b", false))));
+            (ta.join().expect("a's thread"), tb.join().expect("b's thread"))
+        });
+        assert!(wa ^ wb, "round {round}: exactly one wins ({wa}, {wb})");
+        let winner: &[u8] = if wa { b"a" } else { b"b" };
+        assert_eq!(first.ask_head(get("ns", &key)), value(winner));
+    }
+
+    // A named actor another node reports shows up in the directory a member reads.
+    first
+        .head()
+        .expect("the head")
+        .beat(NodeId(2), NodeSnapshot { named: vec![actor("far")], ..info("x", true) });
+    let HeadAnswer::Directory(d) = b.ask_head(HeadRequest::Directory) else {
+        panic!("a directory")
+    };
+    assert!(d.actors.iter().any(|x| x.name == "far" && x.node == NodeId(2)), "{d:?}");
+    assert_eq!(d.jobs.len(), 2, "{d:?}");
+
+    // A key too large is refused by the asking node, before any round trip.
+    let big = vec![0u8; volley_proto::MAX_KV_KEY + 1];
+    assert!(matches!(a.ask_head(get("ns", &big)), HeadAnswer::Error(_)));
+
+    // The head gone: a clear error, not a hang.
+    first.shutdown(Duration::from_millis(200));
+    assert!(matches!(a.ask_head(get("ns", b"lone")), HeadAnswer::Error(_)));
+    a.shutdown(Duration::from_millis(200));
+    b.shutdown(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }
