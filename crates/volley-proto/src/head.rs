@@ -71,6 +71,8 @@ pub enum HeadRequest {
     },
     /// The whole directory; answered `Directory`.
     Directory,
+    /// The named actor `name` of `namespace`, wherever it runs; answered `Named`.
+    LookupName { namespace: String, name: String },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -86,6 +88,7 @@ pub enum HeadAnswer {
     Directory(Directory),
     /// The request could not be served (too large a key or value, no head reachable).
     Error(String),
+    Named(Option<NamedActor>),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -97,7 +100,7 @@ impl HeadRequest {
             HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
             HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
             HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
-            HeadRequest::Directory => (0, 0),
+            HeadRequest::Directory | HeadRequest::LookupName { .. } => (0, 0),
         };
         if key > MAX_KV_KEY {
             return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));

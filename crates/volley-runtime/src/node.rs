@@ -183,9 +183,6 @@ impl Node {
         if let Some(why) = req.check() {
             return volley_proto::HeadAnswer::Error(why);
         }
-        if self.cluster.get().is_none() {
-            self.head.update_self(self.shared.local_snapshot());
-        }
         self.shared.ask_head(req)
     }
 
@@ -246,8 +243,12 @@ impl Node {
 
     /// Creates, finds, kills or describes an actor for this process.
     pub fn actor(&self, request: ActorRequest) -> ActorAnswer {
-        if let ActorRequest::Head(req) = request {
-            return ActorAnswer::Head(self.ask_head(req));
+        match request {
+            ActorRequest::Head(req) => return ActorAnswer::Head(self.ask_head(req)),
+            ActorRequest::Lookup { name, namespace } => {
+                return lookup(&self.shared, Holder::Local, name, namespace)
+            }
+            _ => {}
         }
         self.shared.with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out))
     }
@@ -699,25 +700,64 @@ fn prepare(
         WorkerToNode::Actor { req, request: ActorRequest::Head(q) } => {
             // Not the scheduler's, and a member's question is a round trip: answered from a
             // thread of its own, so this worker's other messages are not held up behind it.
-            let (shared, req, q) =
-                (shared.clone(), *req, std::mem::replace(q, HeadRequest::Directory));
-            let run = move || {
-                let answer = ActorAnswer::Head(shared.ask_head(q));
-                let reply = encode(&NodeToWorker::ActorReply { req, answer });
-                let conn = shared.state.lock().conns.get(&w).cloned();
-                if let (Ok(reply), Some(c)) = (reply, conn) {
-                    let _ = c.send(&reply);
-                }
-            };
-            std::thread::Builder::new()
-                .name("volley-head-ask".into())
-                .spawn(run)
-                .map_err(|e| format!("no thread to ask the head: {e}"))?;
+            let q = std::mem::replace(q, HeadRequest::Directory);
+            answer_from_thread(shared, w, *req, move |s| ActorAnswer::Head(s.ask_head(q)))?;
+            return Ok(None);
+        }
+        WorkerToNode::Actor { req, request: ActorRequest::Lookup { name, namespace } }
+            if shared.links.get().is_some() =>
+        {
+            // In a cluster, a name this node does not know is asked of the head (a round trip).
+            let (name, namespace) = (std::mem::take(name), std::mem::take(namespace));
+            let h = Holder::Worker(w);
+            answer_from_thread(shared, w, *req, move |s| lookup(s, h, name, namespace))?;
             return Ok(None);
         }
         _ => {}
     }
     Ok(Some(msg))
+}
+
+/// Answers worker `w`'s actor request `req` from a thread of its own (a question to the head
+/// may be a round trip over the network, which the worker's reader must not wait for).
+fn answer_from_thread(
+    shared: &Arc<Shared>,
+    w: WorkerId,
+    req: u64,
+    answer: impl FnOnce(&Shared) -> ActorAnswer + Send + 'static,
+) -> Result<(), String> {
+    let shared = shared.clone();
+    let run = move || {
+        let answer = answer(&shared);
+        let reply = encode(&NodeToWorker::ActorReply { req, answer });
+        let conn = shared.state.lock().conns.get(&w).cloned();
+        if let (Ok(reply), Some(c)) = (reply, conn) {
+            let _ = c.send(&reply);
+        }
+    };
+    std::thread::Builder::new()
+        .name("volley-head-ask".into())
+        .spawn(run)
+        .map(|_| ())
+        .map_err(|e| format!("no thread to ask the head: {e}"))
+}
+
+/// Finds a named actor for `holder`: this node's own, else (in a cluster) the one the head
+/// lists, wherever it runs. The head is asked outside the state lock.
+fn lookup(shared: &Shared, holder: Holder, name: String, namespace: String) -> ActorAnswer {
+    let request = ActorRequest::Lookup { name: name.clone(), namespace: namespace.clone() };
+    let here = shared.with(|st, out| actor_request(&mut st.sched, holder, request, out));
+    if !matches!(here, ActorAnswer::NotFound) || shared.links.get().is_none() {
+        return here;
+    }
+    let HeadAnswer::Named(Some(n)) = shared.ask_head(HeadRequest::LookupName { namespace, name })
+    else {
+        return ActorAnswer::NotFound;
+    };
+    match shared.with(|st, _| st.sched.route_named(holder, &n)) {
+        Some((actor, meta)) => ActorAnswer::Found { actor, meta, created: false },
+        None => ActorAnswer::NotFound,
+    }
 }
 
 /// The scheduler's part of handling worker `w`'s message.

@@ -112,7 +112,13 @@ impl Shared {
     pub(crate) fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
         match self.links.get() {
             Some(links) => links.ask_head(req),
-            None => self.head.serve(req),
+            None => {
+                if req == volley_proto::HeadRequest::Directory {
+                    // Alone, the head's entry for this node is refreshed only when asked.
+                    self.head.update_self(self.local_snapshot());
+                }
+                self.head.serve(req)
+            }
         }
     }
 

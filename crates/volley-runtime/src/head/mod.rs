@@ -7,8 +7,9 @@
 //! joins, beats or leaves, and a node that runs alone is its own head. The directory is fed from
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
-//! heartbeat, and goes when its node does. Names are still resolved by asking the nodes
-//! (`NodeSnapshot::named` in the view); resolving them through the head is a later step.
+//! heartbeat, and goes when its node does. A node resolves a name it does not host itself
+//! through the head (`HeadRequest::LookupName`), so a driver finds an actor that another
+//! driver named on another node as soon as the head has it, not a view later.
 //!
 //! Nodes, drivers and tasks read the directory and use the key-value table with a
 //! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
@@ -201,6 +202,13 @@ impl Head {
                     .collect(),
             ),
             HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
+            HeadRequest::LookupName { namespace, name } => HeadAnswer::Named(
+                self.dir
+                    .lock()
+                    .actors()
+                    .into_iter()
+                    .find(|a| a.namespace == namespace && a.name == name),
+            ),
         }
     }
 

@@ -4,7 +4,7 @@ use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
 use crate::testing::{node, poll};
-use volley_proto::{HeadAnswer, HeadRequest};
+use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest};
 
 fn info(addr: &str, driver: bool) -> NodeSnapshot {
     NodeSnapshot {
@@ -327,16 +327,26 @@ fn members_use_the_heads_key_value_table_over_tcp() {
         assert_eq!(first.ask_head(get("ns", &key)), value(winner));
     }
 
-    // A named actor another node reports shows up in the directory a member reads.
+    // A named actor another node reports (a node of its own, so no real heartbeat replaces
+    // it) shows up in the directory a member reads, and a member's lookup of that name goes
+    // through the head and routes to that node.
+    let far = NodeId(99);
     first
         .head()
         .expect("the head")
-        .beat(NodeId(2), NodeSnapshot { named: vec![actor("far")], ..info("x", true) });
+        .beat(far, NodeSnapshot { named: vec![actor("far")], ..info("x", false) });
     let HeadAnswer::Directory(d) = b.ask_head(HeadRequest::Directory) else {
         panic!("a directory")
     };
-    assert!(d.actors.iter().any(|x| x.name == "far" && x.node == NodeId(2)), "{d:?}");
+    assert!(d.actors.iter().any(|x| x.name == "far" && x.node == far), "{d:?}");
     assert_eq!(d.jobs.len(), 2, "{d:?}");
+    let found = b.actor(ActorRequest::Lookup { name: "far".into(), namespace: "ns".into() });
+    assert!(
+        matches!(&found, ActorAnswer::Found { actor: x, created: false, .. } if *x == actor("far").actor),
+        "{found:?}"
+    );
+    let missing = b.actor(ActorRequest::Lookup { name: "nobody".into(), namespace: "ns".into() });
+    assert_eq!(missing, ActorAnswer::NotFound);
 
     // A key too large is refused by the asking node, before any round trip.
     let big = vec![0u8; volley_proto::MAX_KV_KEY + 1];
