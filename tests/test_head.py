@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import poll
 
 import volley
 from volley import library
-
-from conftest import poll
 
 
 @volley.remote

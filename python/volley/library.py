@@ -8,8 +8,9 @@ size a pool to the cluster, and run a batch of calls in a task the way ``volley.
 For state a library shares across its tasks, drivers and nodes (a tuner's trial table, a
 server's replica list) there is the head's key-value table (``kv_put``, ``kv_get``,
 ``kv_delete``, ``kv_keys``), and ``directory`` lists the cluster's named actors, placement
-groups and jobs. A library of your own (and the coming ``volley.tune``, ``volley.serve``) uses the same.
-Everything else whose name starts with ``_`` is volley's inside and may change at any release.
+groups and jobs. A library of your own (and the coming ``volley.tune``, ``volley.serve``)
+uses the same. Everything else whose name starts with ``_`` is volley's inside and may change
+at any release.
 
 >>> import volley
 >>> from volley import library
