@@ -38,6 +38,18 @@ pub struct Directory {
     pub jobs: Vec<JobInfo>,
 }
 
+/// The head's answer to `HeadRequest::ReserveName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reservation {
+    /// The name is now claimed for the asking node (release it if the creation fails).
+    Reserved,
+    /// The asking node already holds the name (an actor it hosts, or a claim it made): its own
+    /// scheduler, which knows whether that actor still lives, decides.
+    Mine,
+    /// Another node holds the name.
+    Taken,
+}
+
 /// A question to the head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HeadRequest {
@@ -73,6 +85,12 @@ pub enum HeadRequest {
     Directory,
     /// The named actor `name` of `namespace`, wherever it runs; answered `Named`.
     LookupName { namespace: String, name: String },
+    /// Node `node` is about to create an actor named `name` in `namespace`: the name is
+    /// claimed for it (atomically at the head, so of two nodes racing for one name exactly one
+    /// gets it); answered `Reservation`.
+    ReserveName { namespace: String, name: String, node: NodeId },
+    /// Node `node` did not create the actor it reserved the name for; answered `Deleted`.
+    ReleaseName { namespace: String, name: String, node: NodeId },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -89,6 +107,7 @@ pub enum HeadAnswer {
     /// The request could not be served (too large a key or value, no head reachable).
     Error(String),
     Named(Option<NamedActor>),
+    Reservation(Reservation),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -100,7 +119,10 @@ impl HeadRequest {
             HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
             HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
             HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
-            HeadRequest::Directory | HeadRequest::LookupName { .. } => (0, 0),
+            HeadRequest::Directory
+            | HeadRequest::LookupName { .. }
+            | HeadRequest::ReserveName { .. }
+            | HeadRequest::ReleaseName { .. } => (0, 0),
         };
         if key > MAX_KV_KEY {
             return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));

@@ -274,6 +274,10 @@ impl Links for Cluster {
         self.info(self.node_id())
     }
 
+    fn node_id(&self) -> NodeId {
+        Cluster::node_id(self)
+    }
+
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
         if let Some(head) = &self.head {
             return head.serve(req);

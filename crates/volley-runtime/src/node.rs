@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     decode, encode, shm_layout, ActorAnswer, ActorRequest, ErrorPayload, FrameReader, FunctionId,
-    HeadAnswer, HeadRequest, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId,
-    TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    HeadAnswer, HeadRequest, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError,
+    Reservation, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
-use volley_sched::{Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId};
+use volley_sched::{
+    Action, ActorError, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId,
+};
 use volley_store::{Owner, Store};
 
 use crate::cluster::Cluster;
@@ -247,6 +249,20 @@ impl Node {
             ActorRequest::Head(req) => return ActorAnswer::Head(self.ask_head(req)),
             ActorRequest::Lookup { name, namespace } => {
                 return lookup(&self.shared, Holder::Local, name, namespace)
+            }
+            ActorRequest::Create(spec) => {
+                let claim = claim_name(&self.shared, &spec);
+                if let Err(taken) = claim {
+                    return taken;
+                }
+                let request = ActorRequest::Create(spec);
+                let answer = self
+                    .shared
+                    .with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out));
+                if let (ActorAnswer::Error(_), Ok(Some(release))) = (&answer, claim) {
+                    self.shared.ask_head(release);
+                }
+                return answer;
             }
             _ => {}
         }
@@ -704,6 +720,22 @@ fn prepare(
             answer_from_thread(shared, w, *req, move |s| ActorAnswer::Head(s.ask_head(q)))?;
             return Ok(None);
         }
+        WorkerToNode::Actor { req, request: ActorRequest::Create(spec) }
+            if shared.links.get().is_some() =>
+        {
+            // A name is claimed at the head before the scheduler sees the creation, here in
+            // the reader so that the worker's messages keep their order (a named creation is
+            // rare, and a round trip). A claim for a creation that then fails lapses.
+            if let Err(answer) = claim_name(shared, spec) {
+                let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
+                    .map_err(|e| e.to_string())?;
+                let conn = shared.state.lock().conns.get(&w).cloned();
+                if let Some(c) = conn {
+                    let _ = c.send(&reply);
+                }
+                return Ok(None);
+            }
+        }
         WorkerToNode::Actor { req, request: ActorRequest::Lookup { name, namespace } }
             if shared.links.get().is_some() =>
         {
@@ -740,6 +772,30 @@ fn answer_from_thread(
         .spawn(run)
         .map(|_| ())
         .map_err(|e| format!("no thread to ask the head: {e}"))
+}
+
+/// In a cluster, claims a named actor's name at the head before this node creates it, so that
+/// of two drivers (or tasks) on different nodes racing for one name exactly one gets it:
+/// `Err` with the answer for a name another node holds (the error a duplicate name gets on one
+/// node), else the request that gives the claim back if the creation fails. With
+/// `get_if_exists`, alone, or with no head to ask, the scheduler decides as on one node.
+fn claim_name(shared: &Shared, spec: &TaskSpec) -> Result<Option<HeadRequest>, ActorAnswer> {
+    let (volley_proto::ActorPart::Create(o), Some(links)) = (&spec.actor, shared.links.get())
+    else {
+        return Ok(None);
+    };
+    let Some(name) = o.name.clone().filter(|_| !o.get_if_exists) else { return Ok(None) };
+    let (namespace, node) = (o.namespace.clone(), links.node_id());
+    let req = HeadRequest::ReserveName { namespace: namespace.clone(), name: name.clone(), node };
+    match shared.ask_head(req) {
+        HeadAnswer::Reservation(Reservation::Taken) => {
+            Err(ActorAnswer::Error(ActorError::NameTaken { name, namespace }.to_string()))
+        }
+        HeadAnswer::Reservation(Reservation::Reserved) => {
+            Ok(Some(HeadRequest::ReleaseName { namespace, name, node }))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Finds a named actor for `holder`: this node's own, else (in a cluster) the one the head

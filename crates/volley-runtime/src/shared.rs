@@ -42,6 +42,8 @@ pub(crate) trait Links: Send + Sync {
     fn local_snapshot(&self) -> NodeSnapshot;
     /// Asks the cluster's head (this node's own, or over the network); blocks for the answer.
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer;
+    /// This node's number in the cluster.
+    fn node_id(&self) -> volley_proto::NodeId;
 }
 
 #[derive(Default)]

@@ -4,7 +4,7 @@ use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
 use crate::testing::{node, poll};
-use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest};
+use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest, Reservation};
 
 fn info(addr: &str, driver: bool) -> NodeSnapshot {
     NodeSnapshot {
@@ -357,5 +357,99 @@ fn members_use_the_heads_key_value_table_over_tcp() {
     assert!(matches!(a.ask_head(get("ns", b"lone")), HeadAnswer::Error(_)));
     a.shutdown(Duration::from_millis(200));
     b.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A name is claimed once: another node's claim is `Taken` until the claim is released, lapses
+/// or its node leaves; the claiming node's own repeat is `Mine`; once the actor is in the
+/// directory its entry holds the name (for its host) and the claim is gone.
+#[test]
+fn names_are_claimed_at_the_head_once() {
+    let h = head();
+    let (a, b) = (h.join(info("a", true)), h.join(info("b", false)));
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Reserved);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Taken);
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Mine);
+    assert_eq!(h.reserve_name("other", "x", b), Reservation::Reserved, "namespaces apart");
+    assert!(!h.release_name("ns", "x", b), "not b's to release");
+    assert!(h.release_name("ns", "x", a));
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+
+    // b hosts the actor (its heartbeat lists it): the name is b's, the claim gone.
+    h.beat(b, NodeSnapshot { named: vec![actor("x")], ..info("b", false) });
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Taken);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Mine);
+    // It died (b's next heartbeat does not list it): the name is free again.
+    h.beat(b, info("b", false));
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Reserved);
+    // A node that leaves gives back its claims.
+    h.leave(a);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+}
+
+/// Over real sockets: two drivers' nodes create an actor of one name at once, many times;
+/// exactly one creation succeeds each time, the other gets the duplicate-name error.
+#[test]
+fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
+    let dir = std::env::temp_dir().join(format!("volley-head-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-names-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.clone(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    };
+    let first = node(&dir, 8 << 20);
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    let a = node(&dir, 8 << 20);
+    a.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a joins");
+    let b = node(&dir, 8 << 20);
+    b.join_cluster(cfg(None, Some(addr.clone()), true)).expect("b joins");
+    let class = volley_proto::FunctionId([7; 16]);
+    for n in [&a, &b] {
+        n.register_function(class, b"class bytes");
+    }
+    let create = |n: &crate::Node, name: &str, task: u128| {
+        let opts = volley_proto::ActorOptions {
+            class_name: "A".into(),
+            name: Some(name.into()),
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        let spec = volley_proto::TaskSpec {
+            task_id: volley_proto::TaskId(task),
+            function: class,
+            name: "A".into(),
+            args: Default::default(),
+            deps: Vec::new(),
+            num_returns: 1,
+            options: Default::default(),
+            actor: volley_proto::ActorPart::Create(Box::new(opts)),
+        };
+        n.actor(ActorRequest::Create(Box::new(spec)))
+    };
+    for round in 0..10u128 {
+        let name = format!("one-{round}");
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| create(&a, &name, 1000 + 2 * round));
+            let tb = s.spawn(|| create(&b, &name, 1001 + 2 * round));
+            (ta.join().expect("a's thread"), tb.join().expect("b's thread"))
+        });
+        let won = |r: &ActorAnswer| matches!(r, ActorAnswer::Found { created: true, .. });
+        assert!(won(&ra) ^ won(&rb), "round {round}: exactly one wins: {ra:?} {rb:?}");
+        let lost = if won(&ra) { &rb } else { &ra };
+        assert!(
+            matches!(lost, ActorAnswer::Error(m) if m.contains("already exists in namespace 'ns'")),
+            "{lost:?}"
+        );
+    }
+    a.shutdown(Duration::from_millis(200));
+    b.shutdown(Duration::from_millis(200));
+    first.shutdown(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }
