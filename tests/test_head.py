@@ -195,3 +195,49 @@ def test_the_directory_lists_an_actor_named_on_another_node(head_cluster):
     poll(lambda: not listed(), timeout=15)
     jobs = library.directory()["jobs"]
     assert len([j for j in jobs if j["end_time"] is not None]) >= 1, jobs
+
+
+def test_two_drivers_racing_for_a_name_exactly_one_wins(head_cluster, tmp_path):
+    """Two drivers (each with a node of its own) create an actor of one name at the same moment:
+    the head gives the name to exactly one; the other gets today's duplicate-name error."""
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time, volley\n"
+        f"volley.init(address={head_cluster.head!r}, token={head_cluster.token!r})\n"
+        "@volley.remote\n"
+        "class Leader:\n"
+        "    def ping(self):\n"
+        "        return 'pong'\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.005)\n"
+        "try:\n"
+        "    a = Leader.options(name='leader', namespace='race').remote()\n"
+        "    print('WON', volley.get(a.ping.remote()), flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "except ValueError as e:\n"
+        "    print('TAKEN', e, flush=True)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=head_cluster.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        # Both drivers in the cluster before the start.
+        poll(lambda: len([j for j in library.directory()["jobs"] if j["end_time"] is None]) >= 3,
+             timeout=30)  # fmt: skip
+        go.write_text("")
+        lines = [p.stdout.readline() if p.stdout else "" for p in procs]
+    finally:
+        for p in procs:
+            if p.stdin:
+                p.stdin.close()
+            p.wait(timeout=30)
+    assert sorted(line.split()[0] for line in lines if line) == ["TAKEN", "WON"], lines
+    taken = next(line for line in lines if line.startswith("TAKEN"))
+    assert "already exists in namespace 'race'" in taken, taken
