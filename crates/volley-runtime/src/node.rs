@@ -253,7 +253,7 @@ impl Node {
             ActorRequest::Create(spec) => {
                 let claim = claim_name(&self.shared, &spec);
                 if let Err(taken) = claim {
-                    return taken;
+                    return ActorAnswer::Error(taken);
                 }
                 let request = ActorRequest::Create(spec);
                 let answer = self
@@ -726,7 +726,8 @@ fn prepare(
             // A name is claimed at the head before the scheduler sees the creation, here in
             // the reader so that the worker's messages keep their order (a named creation is
             // rare, and a round trip). A claim for a creation that then fails lapses.
-            if let Err(answer) = claim_name(shared, spec) {
+            if let Err(taken) = claim_name(shared, spec) {
+                let answer = ActorAnswer::Error(taken);
                 let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
                     .map_err(|e| e.to_string())?;
                 let conn = shared.state.lock().conns.get(&w).cloned();
@@ -776,10 +777,10 @@ fn answer_from_thread(
 
 /// In a cluster, claims a named actor's name at the head before this node creates it, so that
 /// of two drivers (or tasks) on different nodes racing for one name exactly one gets it:
-/// `Err` with the answer for a name another node holds (the error a duplicate name gets on one
+/// `Err` with the error for a name another node holds (the error a duplicate name gets on one
 /// node), else the request that gives the claim back if the creation fails. With
 /// `get_if_exists`, alone, or with no head to ask, the scheduler decides as on one node.
-fn claim_name(shared: &Shared, spec: &TaskSpec) -> Result<Option<HeadRequest>, ActorAnswer> {
+fn claim_name(shared: &Shared, spec: &TaskSpec) -> Result<Option<HeadRequest>, String> {
     let (volley_proto::ActorPart::Create(o), Some(links)) = (&spec.actor, shared.links.get())
     else {
         return Ok(None);
@@ -789,7 +790,7 @@ fn claim_name(shared: &Shared, spec: &TaskSpec) -> Result<Option<HeadRequest>, A
     let req = HeadRequest::ReserveName { namespace: namespace.clone(), name: name.clone(), node };
     match shared.ask_head(req) {
         HeadAnswer::Reservation(Reservation::Taken) => {
-            Err(ActorAnswer::Error(ActorError::NameTaken { name, namespace }.to_string()))
+            Err(ActorError::NameTaken { name, namespace }.to_string())
         }
         HeadAnswer::Reservation(Reservation::Reserved) => {
             Ok(Some(HeadRequest::ReleaseName { namespace, name, node }))
