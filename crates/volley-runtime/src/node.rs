@@ -251,9 +251,9 @@ impl Node {
                 return lookup(&self.shared, Holder::Local, name, namespace)
             }
             ActorRequest::Create(spec) => {
-                let claim = claim_name(&self.shared, &spec);
-                if let Err(taken) = claim {
-                    return ActorAnswer::Error(taken);
+                let claim = claim_name(&self.shared, Holder::Local, &spec);
+                if let Err(answer) = claim {
+                    return *answer;
                 }
                 let request = ActorRequest::Create(spec);
                 let answer = self
@@ -726,8 +726,8 @@ fn prepare(
             // A name is claimed at the head before the scheduler sees the creation, here in
             // the reader so that the worker's messages keep their order (a named creation is
             // rare, and a round trip). A claim for a creation that then fails lapses.
-            if let Err(taken) = claim_name(shared, spec) {
-                let answer = ActorAnswer::Error(taken);
+            if let Err(answer) = claim_name(shared, Holder::Worker(w), spec) {
+                let answer = *answer;
                 let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
                     .map_err(|e| e.to_string())?;
                 let conn = shared.state.lock().conns.get(&w).cloned();
@@ -777,25 +777,52 @@ fn answer_from_thread(
 
 /// In a cluster, claims a named actor's name at the head before this node creates it, so that
 /// of two drivers (or tasks) on different nodes racing for one name exactly one gets it:
-/// `Err` with the error for a name another node holds (the error a duplicate name gets on one
-/// node), else the request that gives the claim back if the creation fails. With
-/// `get_if_exists`, alone, or with no head to ask, the scheduler decides as on one node.
-fn claim_name(shared: &Shared, spec: &TaskSpec) -> Result<Option<HeadRequest>, String> {
+/// `Err` with the answer for a name another node holds (with `get_if_exists` the existing
+/// actor, else the error a duplicate name gets on one node), else the request that gives the
+/// claim back if the creation fails. Alone, or with no head to ask, the scheduler decides as
+/// on one node.
+fn claim_name(
+    shared: &Shared,
+    holder: Holder,
+    spec: &TaskSpec,
+) -> Result<Option<HeadRequest>, Box<ActorAnswer>> {
     let (volley_proto::ActorPart::Create(o), Some(links)) = (&spec.actor, shared.links.get())
     else {
         return Ok(None);
     };
-    let Some(name) = o.name.clone().filter(|_| !o.get_if_exists) else { return Ok(None) };
+    let Some(name) = o.name.clone() else { return Ok(None) };
     let (namespace, node) = (o.namespace.clone(), links.node_id());
     let req = HeadRequest::ReserveName { namespace: namespace.clone(), name: name.clone(), node };
     match shared.ask_head(req) {
         HeadAnswer::Reservation(Reservation::Taken) => {
-            Err(ActorError::NameTaken { name, namespace }.to_string())
+            let existing = o.get_if_exists.then(|| existing(shared, holder, &namespace, &name));
+            let error =
+                || ActorAnswer::Error(ActorError::NameTaken { name, namespace }.to_string());
+            Err(Box::new(existing.flatten().unwrap_or_else(error)))
         }
         HeadAnswer::Reservation(Reservation::Reserved) => {
             Ok(Some(HeadRequest::ReleaseName { namespace, name, node }))
         }
         _ => Ok(None),
+    }
+}
+
+/// The actor another node holds the name of, for `get_if_exists`: a route to it and a
+/// reference for `holder`. A name only claimed so far is listed with its node's next
+/// heartbeat, so the head is asked again for a few seconds; `None` if it never shows up (the
+/// creation failed there).
+fn existing(shared: &Shared, holder: Holder, namespace: &str, name: &str) -> Option<ActorAnswer> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let req = HeadRequest::LookupName { namespace: namespace.into(), name: name.into() };
+        if let HeadAnswer::Named(Some(n)) = shared.ask_head(req) {
+            let (actor, meta) = shared.with(|st, _| st.sched.route_named(holder, &n))?;
+            return Some(ActorAnswer::Found { actor, meta, created: false });
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

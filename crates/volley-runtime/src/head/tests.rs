@@ -414,11 +414,12 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
     for n in [&a, &b] {
         n.register_function(class, b"class bytes");
     }
-    let create = |n: &crate::Node, name: &str, task: u128| {
+    let create_or_get = |n: &crate::Node, name: &str, task: u128, get_if_exists: bool| {
         let opts = volley_proto::ActorOptions {
             class_name: "A".into(),
             name: Some(name.into()),
             namespace: "ns".into(),
+            get_if_exists,
             ..Default::default()
         };
         let spec = volley_proto::TaskSpec {
@@ -433,6 +434,8 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
         };
         n.actor(ActorRequest::Create(Box::new(spec)))
     };
+    let create = |n: &crate::Node, name: &str, task: u128| create_or_get(n, name, task, false);
+    let mut winners = Vec::new();
     for round in 0..10u128 {
         let name = format!("one-{round}");
         let (ra, rb) = std::thread::scope(|s| {
@@ -447,7 +450,16 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
             matches!(lost, ActorAnswer::Error(m) if m.contains("already exists in namespace 'ns'")),
             "{lost:?}"
         );
+        winners.push(if won(&ra) { (&b, ra) } else { (&a, rb) });
     }
+    // The losing node's `get_if_exists` gets the winner's actor (through the head), not a new
+    // one.
+    let (loser, ActorAnswer::Found { actor: wanted, .. }) = &winners[0] else { unreachable!() };
+    let got = create_or_get(loser, "one-0", 5000, true);
+    assert!(
+        matches!(&got, ActorAnswer::Found { actor, created: false, .. } if actor == wanted),
+        "{got:?}"
+    );
     a.shutdown(Duration::from_millis(200));
     b.shutdown(Duration::from_millis(200));
     first.shutdown(Duration::from_millis(200));
