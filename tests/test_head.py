@@ -241,3 +241,34 @@ def test_two_drivers_racing_for_a_name_exactly_one_wins(head_cluster, tmp_path):
     assert sorted(line.split()[0] for line in lines if line) == ["TAKEN", "WON"], lines
     taken = next(line for line in lines if line.startswith("TAKEN"))
     assert "already exists in namespace 'race'" in taken, taken
+
+
+def test_tasks_on_several_nodes_racing_for_a_name_exactly_one_wins(head_cluster):
+    """Tasks spread over the nodes each try to create an actor of one name: exactly one makes
+    it; the others get the duplicate-name error, or with ``get_if_exists`` that same actor."""
+
+    @volley.remote
+    class Holder:
+        def node(self) -> str:
+            import os
+
+            return os.environ["VOLLEY_NODE_ADDRESS"]
+
+    @volley.remote(scheduling_strategy="SPREAD")
+    def make(i: int) -> tuple[str, str]:
+        import os
+
+        try:
+            h = Holder.options(name="task-leader", namespace="tasks-race").remote()
+            volley.get(h.node.remote())
+            return "WON", os.environ["VOLLEY_NODE_ADDRESS"]
+        except ValueError as e:
+            return "TAKEN", str(e)
+
+    results = volley.get([make.remote(i) for i in range(6)], timeout=60)
+    assert [r for r, _ in results].count("WON") == 1, results
+    assert all("already exists" in msg for r, msg in results if r == "TAKEN"), results
+    leader = volley.get_actor("task-leader", namespace="tasks-race")
+    again = Holder.options(name="task-leader", namespace="tasks-race", get_if_exists=True).remote()
+    assert volley.get(again.node.remote()) == volley.get(leader.node.remote())
+    volley.kill(leader)
