@@ -32,6 +32,9 @@ pub fn cluster_status(
     }
 }
 
+/// How long a member waits for the head's answer to a [`HeadRequest`].
+const HEAD_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Asks the head at `addr` one [`HeadRequest`] (a member's node does, for its driver and tasks).
 /// A connection each time: these questions are rare next to tasks, and a connection of their
 /// own keeps them off the heartbeat's, which must never wait behind a large answer.
@@ -42,6 +45,9 @@ pub fn ask_head(
     req: HeadRequest,
 ) -> Result<HeadAnswer, RuntimeError> {
     let mut s = connect(addr, token, tls)?;
+    // A head that took the connection but never answers (stopped, wedged) is an error here,
+    // not a driver hung in `kv_get`.
+    s.set_read_timeout(Some(HEAD_ANSWER_TIMEOUT))?;
     send(&mut s, &PeerMsg::Head(req))?;
     let mut r = FrameReader::new(&s);
     match recv(&mut r).map_err(proto)? {
