@@ -420,7 +420,10 @@ def _handle_of(actor: Any, what: str) -> ActorHandle:
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """The handle of the live actor called ``name``; ``ValueError`` if there is none.
+    """The handle of the live actor called ``name``; ``ValueError`` if there is none. In a
+    cluster the name is the cluster's: a name this node does not host is resolved through the
+    head, so an actor another driver named on another node is found as soon as the head lists
+    it (``volley.library.directory()`` lists them all).
 
     >>> hits = Counter.options(name="hits").remote()
     >>> volley.get(volley.get_actor("hits").incr.remote())

@@ -5,8 +5,12 @@
 a user program never needs, only the names here: start volley if it is not running, check task
 options where the library takes them, cancel work nobody waits for, ask where this code runs,
 size a pool to the cluster, and run a batch of calls in a task the way ``volley.map`` does.
-A library of your own (and the coming ``volley.tune``, ``volley.serve``) uses the same.
-Everything else whose name starts with ``_`` is volley's inside and may change at any release.
+For state a library shares across its tasks, drivers and nodes (a tuner's trial table, a
+server's replica list) there is the head's key-value table (``kv_put``, ``kv_get``,
+``kv_delete``, ``kv_keys``), and ``directory`` lists the cluster's named actors, placement
+groups and jobs. A library of your own (and the coming ``volley.tune``, ``volley.serve``)
+uses the same. Everything else whose name starts with ``_`` is volley's inside and may change
+at any release.
 
 >>> import volley
 >>> from volley import library
@@ -34,9 +38,14 @@ __all__ = [
     "capture_error",
     "check_options",
     "cpu_share",
+    "directory",
     "in_cluster",
     "in_worker",
     "init_if_needed",
+    "kv_delete",
+    "kv_get",
+    "kv_keys",
+    "kv_put",
     "lending_cpu",
     "mode",
     "retire_worker",
@@ -113,3 +122,131 @@ def unwrap_remote(fn: Any, default_name: str = "task") -> tuple[Callable, dict, 
     (8, {'num_cpus': 2}, 'double')
     """
     return unwrap(fn, default_name)
+
+
+# ---------------------------------------------------------------- the head's key-value table
+
+#: The namespace of the key-value functions when none is given.
+DEFAULT_KV_NAMESPACE = "default"
+
+
+def _kv_bytes(what: str, x: object) -> bytes:
+    """``x`` (str, UTF-8 encoded, or bytes) as bytes; ``TypeError`` for anything else."""
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return bytes(x)
+    raise TypeError(f"{what} must be str or bytes, not {type(x).__name__}")
+
+
+def _kv_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    return namespace
+
+
+def kv_put(
+    key: str | bytes,
+    value: str | bytes,
+    *,
+    namespace: str = DEFAULT_KV_NAMESPACE,
+    overwrite: bool = True,
+) -> bool:
+    """Stores ``value`` under ``key`` in the cluster head's key-value table, where every
+    driver, task and node of the cluster sees it (on one machine, the node is its own head).
+    Keys and values are ``str`` (stored as UTF-8) or ``bytes``; a key is at most 4 KiB and a
+    value 4 MiB (``ValueError`` above; large data belongs in the object store, with its ref or
+    path kept here). With ``overwrite=False`` an existing value is kept: the return value says
+    whether this call stored its value, so of several processes racing to claim a key exactly
+    one gets ``True``. Starts volley if it is not running.
+
+    >>> library.kv_put("trial/1", "running")
+    True
+    >>> library.kv_put("trial/1", "claimed", overwrite=False)
+    False
+    >>> library.kv_get("trial/1")
+    b'running'
+    """
+    k, v = _kv_bytes("a key", key), _kv_bytes("a value", value)
+    ns = _kv_namespace(namespace)
+    ensure_init()
+    return _core.kv_put(ns, k, v, bool(overwrite))
+
+
+def kv_get(key: str | bytes, *, namespace: str = DEFAULT_KV_NAMESPACE) -> bytes | None:
+    """The value under ``key`` (as ``bytes``, whatever type it was put as), or None.
+
+    >>> library.kv_put("config", b"lr=0.1")
+    True
+    >>> library.kv_get("config"), library.kv_get("missing")
+    (b'lr=0.1', None)
+    """
+    k = _kv_bytes("a key", key)
+    ns = _kv_namespace(namespace)
+    ensure_init()
+    return _core.kv_get(ns, k)
+
+
+def kv_delete(key: str | bytes, *, namespace: str = DEFAULT_KV_NAMESPACE) -> bool:
+    """Deletes ``key``; whether there was a value to delete.
+
+    >>> library.kv_put("tmp", "x")
+    True
+    >>> library.kv_delete("tmp"), library.kv_delete("tmp")
+    (True, False)
+    """
+    k = _kv_bytes("a key", key)
+    ns = _kv_namespace(namespace)
+    ensure_init()
+    return _core.kv_delete(ns, k)
+
+
+def kv_keys(
+    prefix: str | bytes = "", *, namespace: str = DEFAULT_KV_NAMESPACE
+) -> list[str] | list[bytes]:
+    """The keys of ``namespace`` that start with ``prefix``, sorted (by their bytes). With a
+    ``str`` prefix the keys come back as ``str`` (a key that is not UTF-8 as ``bytes``); with a
+    ``bytes`` prefix, as ``bytes``.
+
+    >>> for k in ("b", "a", "c"):
+    ...     _ = library.kv_put("run/" + k, "1", namespace="keys-example")
+    >>> library.kv_keys("run/", namespace="keys-example")
+    ['run/a', 'run/b', 'run/c']
+    """
+    p = _kv_bytes("a prefix", prefix)
+    ns = _kv_namespace(namespace)
+    ensure_init()
+    keys = _core.kv_keys(ns, p)
+    if isinstance(prefix, str):
+        return [_text_or_bytes(k) for k in keys]  # type: ignore[return-value]
+    return keys
+
+
+def _text_or_bytes(b: bytes) -> str | bytes:
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b
+
+
+def directory() -> dict[str, list[dict[str, Any]]]:
+    """What the cluster's head lists for the whole cluster, whichever node or driver made it:
+    ``"actors"`` (named actors: ``name``, ``namespace``, ``class_name``, ``actor_id``,
+    ``node_id`` of the node it runs on), ``"placement_groups"`` (``placement_group_id``,
+    ``name``, ``state``, ``bundles_to_node_id``, ``owner_node_id``) and ``"jobs"`` (a driver
+    each: ``node_id``, ``driver_pid``, ``start_time``, ``end_time`` in seconds since the
+    epoch, ``end_time`` None while it runs). The head learns of a new entry with its node's
+    next heartbeat (half a second by default). On one machine the node is its own head.
+
+    >>> @volley.remote
+    ... class Registry:
+    ...     def ping(self):
+    ...         return "pong"
+    >>> r = Registry.options(name="registry").remote()
+    >>> volley.get(r.ping.remote())
+    'pong'
+    >>> [a["name"] for a in library.directory()["actors"]]
+    ['registry']
+    """
+    ensure_init()
+    return _core.directory()

@@ -63,7 +63,9 @@ pub struct NamedActor {
 pub enum PeerMsg {
     /// To the head: a node joins (or a driver's node, which takes no work) and says where others
     /// reach it. Answered with `Welcome`.
-    Join { info: NodeSnapshot },
+    Join {
+        info: NodeSnapshot,
+    },
     Welcome {
         id: NodeId,
         /// Chosen at random when the head starts: a node that joins a head with another epoch
@@ -71,10 +73,15 @@ pub enum PeerMsg {
         epoch: u64,
     },
     /// To the head, periodically: this node's load. Answered with `View`.
-    Heartbeat { info: NodeSnapshot },
+    Heartbeat {
+        info: NodeSnapshot,
+    },
     /// The cluster as the head sees it: every live node, and (for `Status`; empty in the
     /// answers to members' heartbeats) the connections it recently refused.
-    View { nodes: Vec<NodeSnapshot>, refused: Vec<Refusal> },
+    View {
+        nodes: Vec<NodeSnapshot>,
+        refused: Vec<Refusal>,
+    },
     /// Run this task for the sender. `objects` are the values of its arguments (and of the refs
     /// pickled inside them), so the receiver needs nothing else; `function` is the function's
     /// bytes, the first time the receiver needs it.
@@ -122,46 +129,89 @@ pub enum PeerMsg {
         log: Option<String>,
     },
     /// Cancel a task sent with `Task`.
-    Cancel { task: TaskId, force: bool },
+    Cancel {
+        task: TaskId,
+        force: bool,
+    },
     /// First frame on a connection a node opens to send tasks: who it is.
-    Hello { id: NodeId },
+    Hello {
+        id: NodeId,
+    },
     /// The sender dropped its references to these (actors the receiver hosts for it).
-    Release { ids: Vec<crate::ObjectId> },
+    Release {
+        ids: Vec<crate::ObjectId>,
+    },
     /// `volley.kill` of an actor the receiver hosts for the sender.
-    Kill { actor: crate::ActorId, no_restart: bool },
+    Kill {
+        actor: crate::ActorId,
+        no_restart: bool,
+    },
     /// Reserve bundles (index, resources in thousandths) of the sender's placement group `pg`.
     /// Answered `Reserved` on the same connection.
-    Reserve { pg: String, bundles: Vec<(u32, Vec<(String, u64)>)> },
+    Reserve {
+        pg: String,
+        bundles: Vec<(u32, Vec<(String, u64)>)>,
+    },
     /// Whether every bundle of a `Reserve` is now held (all or none).
-    Reserved { pg: String, bundles: Vec<u32>, ok: bool },
+    Reserved {
+        pg: String,
+        bundles: Vec<u32>,
+        ok: bool,
+    },
     /// Release the bundles of `pg` reserved for the sender; with `remove`, the group is gone:
     /// what runs in it is stopped and what waits for it fails.
-    PgRelease { pg: String, remove: bool },
+    PgRelease {
+        pg: String,
+        remove: bool,
+    },
     /// Give back up to `max` of the sender's tasks that have not started here (other nodes have
     /// room for them). Answered `Returned` on the same connection.
-    Steal { max: u32 },
+    Steal {
+        max: u32,
+    },
     /// Tasks given back (they will not run here), possibly none.
-    Returned { tasks: Vec<TaskId> },
+    Returned {
+        tasks: Vec<TaskId>,
+    },
     /// From a driver's node: send this node's worker output here (as `Log`).
     SubscribeLogs,
     /// Worker output: whole lines, for file descriptor `fd` (1 or 2) of the driver.
-    Log { fd: u8, lines: serde_bytes::ByteBuf },
+    Log {
+        fd: u8,
+        lines: serde_bytes::ByteBuf,
+    },
     /// Send the stored value `id` on this connection, in `Chunk`s (the sender pulls it for a
     /// task; see `Task::fetch`). Answered by `Chunk`s, or `NoObject`.
-    Fetch { id: crate::ObjectId },
+    Fetch {
+        id: crate::ObjectId,
+    },
     /// `len` bytes (at most [`MAX_CHUNK`]) of the value `id`, from `offset`, follow this frame.
-    Chunk { id: crate::ObjectId, offset: u64, len: u64 },
+    Chunk {
+        id: crate::ObjectId,
+        offset: u64,
+        len: u64,
+    },
     /// A `Fetch` this node cannot serve (it does not hold the value): try another node.
-    NoObject { id: crate::ObjectId, reason: String },
+    NoObject {
+        id: crate::ObjectId,
+        reason: String,
+    },
     /// Sent instead of an answer when a request cannot be served.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     // New variants go last: postcard names a variant by its index.
     /// A task sent with `Task` started running here (it was queued until now). If this node
     /// dies, only the tasks it started use a retry; the others go elsewhere as they are.
-    Started { task: TaskId },
+    Started {
+        task: TaskId,
+    },
     /// `volley status` (first message on a connection to the head): answered with `View`, with
     /// the connections the head refused lately.
     Status,
+    /// A question for the head (first message on a connection to it): answered `HeadReply`.
+    Head(crate::HeadRequest),
+    HeadReply(crate::HeadAnswer),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ mod error;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+mod head;
 mod ids;
 mod messages;
 mod snapshot;
@@ -20,6 +21,9 @@ pub use cluster::{
 };
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
+pub use head::{
+    Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
+};
 pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
     decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -381,6 +381,8 @@ pub enum ActorRequest {
     PgRemove { pg: String },
     /// Answered `Pgs`.
     PgTable,
+    /// A question for the cluster's head (its key-value table, its directory); answered `Head`.
+    Head(crate::HeadRequest),
 }
 
 /// How a placement group's bundles are placed on nodes.
@@ -441,6 +443,7 @@ pub enum ActorAnswer {
     Done,
     State(ActorInfo),
     Pgs(Vec<PgInfo>),
+    Head(crate::HeadAnswer),
 }
 
 /// An actor's state, for users and tests.

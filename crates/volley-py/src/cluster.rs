@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-use volley_proto::NodeSnapshot;
+use pyo3::types::{PyBytes, PyDict};
+use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest, NodeSnapshot};
 use volley_runtime::{ClusterConfig, RuntimeError, TlsConfig};
 
 use crate::client::{self, Backend};
+use crate::errors::enter;
 
 fn conn_err(e: RuntimeError) -> PyErr {
     PyConnectionError::new_err(e.to_string())
@@ -219,4 +220,139 @@ pub fn local_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
             Ok(d)
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------- the head's tables
+
+/// Asks the cluster's head (through this process's client: a driver's node, or a worker's node
+/// over its socket), with the GIL released. A key or value over the limits is a `ValueError`;
+/// a head that cannot be reached, a `ConnectionError`.
+fn ask_head(py: Python<'_>, req: HeadRequest) -> PyResult<HeadAnswer> {
+    if let Some(why) = req.check() {
+        return Err(PyValueError::new_err(why));
+    }
+    let c =
+        client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
+    match enter(py, || c.actor(ActorRequest::Head(req)))? {
+        ActorAnswer::Head(HeadAnswer::Error(why)) => Err(PyConnectionError::new_err(why)),
+        ActorAnswer::Head(answer) => Ok(answer),
+        other => {
+            Err(PyRuntimeError::new_err(format!("unexpected answer from the node: {other:?}")))
+        }
+    }
+}
+
+fn unexpected(answer: HeadAnswer) -> PyErr {
+    PyRuntimeError::new_err(format!("unexpected answer from the head: {answer:?}"))
+}
+
+/// Stores `value` under `key` in the head's key-value table; False if a value was there and
+/// `overwrite` is false.
+#[pyfunction]
+pub fn kv_put(
+    py: Python<'_>,
+    namespace: String,
+    key: &[u8],
+    value: &[u8],
+    overwrite: bool,
+) -> PyResult<bool> {
+    let req = HeadRequest::KvPut { namespace, key: key.to_vec(), value: value.to_vec(), overwrite };
+    match ask_head(py, req)? {
+        HeadAnswer::Stored(b) => Ok(b),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The value under `key`, or None.
+#[pyfunction]
+pub fn kv_get<'py>(
+    py: Python<'py>,
+    namespace: String,
+    key: &[u8],
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    match ask_head(py, HeadRequest::KvGet { namespace, key: key.to_vec() })? {
+        HeadAnswer::Value(v) => Ok(v.map(|v| PyBytes::new(py, &v))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Deletes `key`; True if there was a value.
+#[pyfunction]
+pub fn kv_delete(py: Python<'_>, namespace: String, key: &[u8]) -> PyResult<bool> {
+    match ask_head(py, HeadRequest::KvDelete { namespace, key: key.to_vec() })? {
+        HeadAnswer::Deleted(b) => Ok(b),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The keys of `namespace` starting with `prefix`, in order.
+#[pyfunction]
+pub fn kv_keys<'py>(
+    py: Python<'py>,
+    namespace: String,
+    prefix: &[u8],
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    match ask_head(py, HeadRequest::KvKeys { namespace, prefix: prefix.to_vec() })? {
+        HeadAnswer::Keys(keys) => Ok(keys.iter().map(|k| PyBytes::new(py, k)).collect()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The head's directory for the whole cluster: `{"actors": [...], "placement_groups": [...],
+/// "jobs": [...]}`, a dict per entry (see `volley.library.directory`).
+#[pyfunction]
+pub fn directory(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = match ask_head(py, HeadRequest::Directory)? {
+        HeadAnswer::Directory(d) => d,
+        other => return Err(unexpected(other)),
+    };
+    let actors = d
+        .actors
+        .iter()
+        .map(|a| {
+            Ok(dict!(py, {
+                "name" => &a.name,
+                "namespace" => &a.namespace,
+                "class_name" => &a.class,
+                "actor_id" => a.actor.object().hex(),
+                "node_id" => a.node.0,
+            }))
+        })
+        .collect::<PyResult<Dicts<'_>>>()?;
+    let groups = d
+        .groups
+        .iter()
+        .map(|(owner, g)| {
+            Ok(dict!(py, {
+                "placement_group_id" => &g.id,
+                "name" => &g.name,
+                "state" => &g.state,
+                "bundles_to_node_id" => g.nodes.clone(),
+                "owner_node_id" => owner.0,
+            }))
+        })
+        .collect::<PyResult<Dicts<'_>>>()?;
+    let jobs = d
+        .jobs
+        .iter()
+        .map(|j| {
+            Ok(dict!(py, {
+                "node_id" => j.node.0,
+                "driver_pid" => j.pid,
+                "start_time" => j.started_ms as f64 / 1000.0,
+                "end_time" => j.ended_ms.map(|t| t as f64 / 1000.0),
+            }))
+        })
+        .collect::<PyResult<Dicts<'_>>>()?;
+    Ok(dict!(py, { "actors" => actors, "placement_groups" => groups, "jobs" => jobs }))
+}
+
+/// Adds the head's functions to `_core` (kept here so `lib.rs` changes by one line).
+pub fn register_head(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(kv_put, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_get, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_delete, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(directory, m)?)?;
+    Ok(())
 }

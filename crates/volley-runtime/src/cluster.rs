@@ -273,4 +273,17 @@ impl Links for Cluster {
     fn local_snapshot(&self) -> NodeSnapshot {
         self.info(self.node_id())
     }
+
+    fn node_id(&self) -> NodeId {
+        Cluster::node_id(self)
+    }
+
+    fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let Some(head) = &self.head {
+            return head.serve(req);
+        }
+        let addr = self.cfg.head.as_deref().unwrap_or_default();
+        status::ask_head(addr, &self.cfg.token, self.cfg.tls.as_deref(), req)
+            .unwrap_or_else(|e| volley_proto::HeadAnswer::Error(format!("the head at {addr}: {e}")))
+    }
 }

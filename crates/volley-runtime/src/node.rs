@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     decode, encode, shm_layout, ActorAnswer, ActorRequest, ErrorPayload, FrameReader, FunctionId,
-    Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec,
-    WorkerId, WorkerToNode, PROTOCOL_VERSION,
+    HeadAnswer, HeadRequest, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError,
+    Reservation, TaskId, TaskResult, TaskSpec, WorkerId, WorkerToNode, PROTOCOL_VERSION,
 };
-use volley_sched::{Action, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId};
+use volley_sched::{
+    Action, ActorError, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId,
+};
 use volley_store::{Owner, Store};
 
 use crate::cluster::Cluster;
@@ -121,6 +123,7 @@ impl Node {
             closed: AtomicBool::new(false),
             started: Instant::now(),
             links: std::sync::OnceLock::new(),
+            head: Arc::new(Head::new(Box::new(MemoryStore::default()))),
         });
         let spec = SpawnSpec {
             python: cfg.python,
@@ -148,7 +151,7 @@ impl Node {
                 .spawn(move || accept_loop(s, listener))?,
         );
         shared.with(|st, out| st.sched.start(out));
-        let head = Arc::new(Head::new(Box::new(MemoryStore::default())));
+        let head = shared.head.clone();
         Ok(Node { shared, cluster: std::sync::OnceLock::new(), head, threads: Mutex::new(threads) })
     }
 
@@ -174,6 +177,15 @@ impl Node {
     /// cluster, or 0 on its own).
     pub fn snapshot(&self) -> volley_proto::NodeSnapshot {
         self.shared.local_snapshot()
+    }
+
+    /// Asks the cluster's head (its key-value table, its directory): this node's own head by a
+    /// function call, or the cluster's head over the network (a round trip, never under a lock).
+    pub fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let Some(why) = req.check() {
+            return volley_proto::HeadAnswer::Error(why);
+        }
+        self.shared.ask_head(req)
     }
 
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
@@ -233,6 +245,27 @@ impl Node {
 
     /// Creates, finds, kills or describes an actor for this process.
     pub fn actor(&self, request: ActorRequest) -> ActorAnswer {
+        match request {
+            ActorRequest::Head(req) => return ActorAnswer::Head(self.ask_head(req)),
+            ActorRequest::Lookup { name, namespace } => {
+                return lookup(&self.shared, Holder::Local, name, namespace)
+            }
+            ActorRequest::Create(spec) => {
+                let claim = claim_name(&self.shared, Holder::Local, &spec);
+                if let Err(answer) = claim {
+                    return *answer;
+                }
+                let request = ActorRequest::Create(spec);
+                let answer = self
+                    .shared
+                    .with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out));
+                if let (ActorAnswer::Error(_), Ok(Some(release))) = (&answer, claim) {
+                    self.shared.ask_head(release);
+                }
+                return answer;
+            }
+            _ => {}
+        }
         self.shared.with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out))
     }
 
@@ -649,7 +682,7 @@ const MAX_BATCH: usize = 256;
 /// values, allocations, releases); gives back the message if the scheduler must see it. An `Err`
 /// is a protocol violation that ends the connection.
 fn prepare(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     w: WorkerId,
     mut msg: WorkerToNode,
 ) -> Result<Option<WorkerToNode>, String> {
@@ -680,9 +713,135 @@ fn prepare(
             }
             return Ok(None);
         }
+        WorkerToNode::Actor { req, request: ActorRequest::Head(q) } => {
+            // Not the scheduler's, and a member's question is a round trip: answered from a
+            // thread of its own, so this worker's other messages are not held up behind it.
+            let q = std::mem::replace(q, HeadRequest::Directory);
+            answer_from_thread(shared, w, *req, move |s| ActorAnswer::Head(s.ask_head(q)))?;
+            return Ok(None);
+        }
+        WorkerToNode::Actor { req, request: ActorRequest::Create(spec) }
+            if shared.links.get().is_some() =>
+        {
+            // A name is claimed at the head before the scheduler sees the creation, here in
+            // the reader so that the worker's messages keep their order (a named creation is
+            // rare, and a round trip). A claim for a creation that then fails lapses.
+            if let Err(answer) = claim_name(shared, Holder::Worker(w), spec) {
+                let answer = *answer;
+                let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
+                    .map_err(|e| e.to_string())?;
+                let conn = shared.state.lock().conns.get(&w).cloned();
+                if let Some(c) = conn {
+                    let _ = c.send(&reply);
+                }
+                return Ok(None);
+            }
+        }
+        WorkerToNode::Actor { req, request: ActorRequest::Lookup { name, namespace } }
+            if shared.links.get().is_some() =>
+        {
+            // In a cluster, a name this node does not know is asked of the head (a round trip).
+            let (name, namespace) = (std::mem::take(name), std::mem::take(namespace));
+            let h = Holder::Worker(w);
+            answer_from_thread(shared, w, *req, move |s| lookup(s, h, name, namespace))?;
+            return Ok(None);
+        }
         _ => {}
     }
     Ok(Some(msg))
+}
+
+/// Answers worker `w`'s actor request `req` from a thread of its own (a question to the head
+/// may be a round trip over the network, which the worker's reader must not wait for).
+fn answer_from_thread(
+    shared: &Arc<Shared>,
+    w: WorkerId,
+    req: u64,
+    answer: impl FnOnce(&Shared) -> ActorAnswer + Send + 'static,
+) -> Result<(), String> {
+    let shared = shared.clone();
+    let run = move || {
+        let answer = answer(&shared);
+        let reply = encode(&NodeToWorker::ActorReply { req, answer });
+        let conn = shared.state.lock().conns.get(&w).cloned();
+        if let (Ok(reply), Some(c)) = (reply, conn) {
+            let _ = c.send(&reply);
+        }
+    };
+    std::thread::Builder::new()
+        .name("volley-head-ask".into())
+        .spawn(run)
+        .map(|_| ())
+        .map_err(|e| format!("no thread to ask the head: {e}"))
+}
+
+/// In a cluster, claims a named actor's name at the head before this node creates it, so that
+/// of two drivers (or tasks) on different nodes racing for one name exactly one gets it:
+/// `Err` with the answer for a name another node holds (with `get_if_exists` the existing
+/// actor, else the error a duplicate name gets on one node), else the request that gives the
+/// claim back if the creation fails. Alone, or with no head to ask, the scheduler decides as
+/// on one node.
+fn claim_name(
+    shared: &Shared,
+    holder: Holder,
+    spec: &TaskSpec,
+) -> Result<Option<HeadRequest>, Box<ActorAnswer>> {
+    let (volley_proto::ActorPart::Create(o), Some(links)) = (&spec.actor, shared.links.get())
+    else {
+        return Ok(None);
+    };
+    let Some(name) = o.name.clone() else { return Ok(None) };
+    let (namespace, node) = (o.namespace.clone(), links.node_id());
+    let req = HeadRequest::ReserveName { namespace: namespace.clone(), name: name.clone(), node };
+    match shared.ask_head(req) {
+        HeadAnswer::Reservation(Reservation::Taken) => {
+            let existing = o.get_if_exists.then(|| existing(shared, holder, &namespace, &name));
+            let error =
+                || ActorAnswer::Error(ActorError::NameTaken { name, namespace }.to_string());
+            Err(Box::new(existing.flatten().unwrap_or_else(error)))
+        }
+        HeadAnswer::Reservation(Reservation::Reserved) => {
+            Ok(Some(HeadRequest::ReleaseName { namespace, name, node }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The actor another node holds the name of, for `get_if_exists`: a route to it and a
+/// reference for `holder`. A name only claimed so far is listed with its node's next
+/// heartbeat, so the head is asked again for a few seconds; `None` if it never shows up (the
+/// creation failed there).
+fn existing(shared: &Shared, holder: Holder, namespace: &str, name: &str) -> Option<ActorAnswer> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let req = HeadRequest::LookupName { namespace: namespace.into(), name: name.into() };
+        if let HeadAnswer::Named(Some(n)) = shared.ask_head(req) {
+            let (actor, meta) = shared.with(|st, _| st.sched.route_named(holder, &n))?;
+            return Some(ActorAnswer::Found { actor, meta, created: false });
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finds a named actor for `holder`: this node's own, else (in a cluster) the one the head
+/// lists, wherever it runs. The head is asked outside the state lock.
+fn lookup(shared: &Shared, holder: Holder, name: String, namespace: String) -> ActorAnswer {
+    let request = ActorRequest::Lookup { name: name.clone(), namespace: namespace.clone() };
+    let here = shared.with(|st, out| actor_request(&mut st.sched, holder, request, out));
+    if !matches!(here, ActorAnswer::NotFound) || shared.links.get().is_none() {
+        return here;
+    }
+    let HeadAnswer::Named(Some(n)) = shared.ask_head(HeadRequest::LookupName { namespace, name })
+    else {
+        return ActorAnswer::NotFound;
+    };
+    match shared.with(|st, _| st.sched.route_named(holder, &n)) {
+        Some((actor, meta)) => ActorAnswer::Found { actor, meta, created: false },
+        None => ActorAnswer::NotFound,
+    }
 }
 
 /// The scheduler's part of handling worker `w`'s message.
@@ -775,5 +934,9 @@ fn actor_request(
             ActorAnswer::Done
         }
         ActorRequest::PgTable => ActorAnswer::Pgs(s.pg_table()),
+        // Taken before the scheduler (`prepare`, `Node::actor`): it is not the scheduler's.
+        ActorRequest::Head(_) => {
+            ActorAnswer::Head(HeadAnswer::Error("a head request reached the scheduler".into()))
+        }
     }
 }

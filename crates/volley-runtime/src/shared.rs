@@ -40,6 +40,10 @@ pub(crate) trait Links: Send + Sync {
     fn dispatch_all(self: Arc<Self>, actions: Vec<Action>);
     /// This node as the cluster's view describes it (with its id and byte counters).
     fn local_snapshot(&self) -> NodeSnapshot;
+    /// Asks the cluster's head (this node's own, or over the network); blocks for the answer.
+    fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer;
+    /// This node's number in the cluster.
+    fn node_id(&self) -> volley_proto::NodeId;
 }
 
 #[derive(Default)]
@@ -87,6 +91,9 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// The cluster, once this node has joined one.
     pub(crate) links: std::sync::OnceLock<Arc<dyn Links>>,
+    /// The cluster's membership and directory while this node is its own head (alone, or the
+    /// head of a cluster); unused once it joined another head.
+    pub(crate) head: Arc<crate::head::Head>,
 }
 
 /// Work to do after the state lock is released.
@@ -102,6 +109,21 @@ struct Deferred {
 }
 
 impl Shared {
+    /// Asks the cluster's head: this node's own by a call (alone, or as the head), else the
+    /// head over the network. Never under the state lock: a member's question is a round trip.
+    pub(crate) fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        match self.links.get() {
+            Some(links) => links.ask_head(req),
+            None => {
+                if req == volley_proto::HeadRequest::Directory {
+                    // Alone, the head's entry for this node is refreshed only when asked.
+                    self.head.update_self(self.local_snapshot());
+                }
+                self.head.serve(req)
+            }
+        }
+    }
+
     /// Runs `f` on the state, routes the actions it produced, and carries them out once the lock
     /// is released.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {

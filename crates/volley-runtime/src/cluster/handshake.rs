@@ -437,6 +437,13 @@ impl Cluster {
                 let nodes = self.head.as_ref().map(|h| h.view()).unwrap_or_default();
                 let _ = send(&mut s, &PeerMsg::View { nodes, refused: self.refusals() });
             }
+            PeerMsg::Head(req) if self.head.is_some() => {
+                // A node's question about the key-value table or the directory: one answer.
+                let answer = self.head.as_ref().map(|h| h.serve(req));
+                if let Some(answer) = answer {
+                    let _ = send(&mut s, &PeerMsg::HeadReply(answer));
+                }
+            }
             PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),
             other => {
                 let reason = format!("unexpected first message {}", msg_name(&other));

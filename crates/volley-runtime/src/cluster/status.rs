@@ -1,6 +1,7 @@
-//! `volley status`: one question to a head, from outside the cluster.
+//! One question to a head on a connection of its own: `volley status` from outside the
+//! cluster, and a member's [`HeadRequest`] (the key-value table, the directory).
 
-use volley_proto::{FrameReader, NodeSnapshot, PeerMsg, Refusal};
+use volley_proto::{FrameReader, HeadAnswer, HeadRequest, NodeSnapshot, PeerMsg, Refusal};
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name};
 use crate::tls::TlsConfig;
@@ -27,6 +28,31 @@ pub fn cluster_status(
     let mut r = FrameReader::new(&s);
     match recv(&mut r).map_err(proto)? {
         PeerMsg::View { nodes, refused } => Ok((nodes, refused)),
+        other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
+
+/// How long a member waits for the head's answer to a [`HeadRequest`].
+const HEAD_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks the head at `addr` one [`HeadRequest`] (a member's node does, for its driver and tasks).
+/// A connection each time: these questions are rare next to tasks, and a connection of their
+/// own keeps them off the heartbeat's, which must never wait behind a large answer.
+pub fn ask_head(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+    req: HeadRequest,
+) -> Result<HeadAnswer, RuntimeError> {
+    let mut s = connect(addr, token, tls)?;
+    // A head that took the connection but never answers (stopped, wedged) is an error here,
+    // not a driver hung in `kv_get`.
+    s.set_read_timeout(Some(HEAD_ANSWER_TIMEOUT))?;
+    send(&mut s, &PeerMsg::Head(req))?;
+    let mut r = FrameReader::new(&s);
+    match recv(&mut r).map_err(proto)? {
+        PeerMsg::HeadReply(answer) => Ok(answer),
+        PeerMsg::Refused { reason } => Err(RuntimeError::Refused(reason)),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
     }
 }

@@ -117,6 +117,8 @@ pub(super) fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Returned { .. } => "Returned",
         PeerMsg::Started { .. } => "Started",
         PeerMsg::Status => "Status",
+        PeerMsg::Head(_) => "Head",
+        PeerMsg::HeadReply(_) => "HeadReply",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
         PeerMsg::Fetch { .. } => "Fetch",

@@ -7,8 +7,13 @@
 //! joins, beats or leaves, and a node that runs alone is its own head. The directory is fed from
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
-//! heartbeat, and goes when its node does. Names are still resolved by asking the nodes
-//! (`NodeSnapshot::named` in the view); resolving them through the head is a later step.
+//! heartbeat, and goes when its node does. A node resolves a name it does not host itself
+//! through the head (`HeadRequest::LookupName`), so a driver finds an actor that another
+//! driver named on another node as soon as the head has it, not a view later.
+//!
+//! Nodes, drivers and tasks read the directory and use the key-value table with a
+//! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
+//! over the network (`PeerMsg::Head`, see `cluster::status`).
 
 mod store;
 
@@ -16,9 +21,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo};
+use volley_proto::{
+    Directory, HeadAnswer, HeadRequest, NamedActor, NodeId, NodeSnapshot, PgInfo, Reservation,
+};
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
+
+/// How long a name claimed for a creation holds without the actor showing up in its node's
+/// heartbeat (it does with the next one, a fraction of this; a claim outlives a node that died
+/// in between by this much at most).
+const RESERVATION: Duration = Duration::from_secs(10);
 
 /// The head's own number in the cluster (members get 2, 3, ... in joining order).
 pub const HEAD_ID: NodeId = NodeId(1);
@@ -28,6 +40,9 @@ pub struct Head {
     epoch: u64,
     members: Mutex<Members>,
     dir: Mutex<Box<dyn HeadStore>>,
+    /// Names claimed for creations not yet in the directory, with the claiming node and when
+    /// (locked after `dir`, never before it).
+    reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
 }
 
 struct Members {
@@ -42,6 +57,7 @@ impl Head {
             epoch: new_epoch(),
             members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
             dir: Mutex::new(store),
+            reserved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -109,6 +125,7 @@ impl Head {
         let info = self.members.lock().nodes.remove(&id).map(|(i, _)| i)?;
         let mut dir = self.dir.lock();
         forget_node(dir.as_mut(), id);
+        self.reserved.lock().retain(|_, (owner, _)| *owner != id);
         if let Some(mut job) = dir.job(id).filter(|j| j.ended_ms.is_none()) {
             job.ended_ms = Some(now_ms());
             dir.put_job(job);
@@ -167,6 +184,85 @@ impl Head {
     /// Every job (driver) the cluster has had since the head started.
     pub fn jobs(&self) -> Vec<JobInfo> {
         self.dir.lock().jobs()
+    }
+
+    /// The whole directory in one answer (one lock of the store, so its tables agree).
+    pub fn directory(&self) -> Directory {
+        let dir = self.dir.lock();
+        Directory { actors: dir.actors(), groups: dir.groups(), jobs: dir.jobs() }
+    }
+
+    /// Answers a request from a node, a driver or a task (over the network or by a call).
+    pub fn serve(&self, req: HeadRequest) -> HeadAnswer {
+        if let Some(why) = req.check() {
+            return HeadAnswer::Error(why);
+        }
+        match req {
+            HeadRequest::KvPut { namespace, key, value, overwrite } => {
+                HeadAnswer::Stored(self.kv_put(&namespace, &key, value, overwrite))
+            }
+            HeadRequest::KvGet { namespace, key } => {
+                HeadAnswer::Value(self.kv_get(&namespace, &key).map(serde_bytes::ByteBuf::from))
+            }
+            HeadRequest::KvDelete { namespace, key } => {
+                HeadAnswer::Deleted(self.kv_del(&namespace, &key))
+            }
+            HeadRequest::KvKeys { namespace, prefix } => HeadAnswer::Keys(
+                self.kv_keys(&namespace, &prefix)
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+            ),
+            HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
+            HeadRequest::ReserveName { namespace, name, node } => {
+                HeadAnswer::Reservation(self.reserve_name(&namespace, &name, node))
+            }
+            HeadRequest::ReleaseName { namespace, name, node } => {
+                HeadAnswer::Deleted(self.release_name(&namespace, &name, node))
+            }
+            HeadRequest::LookupName { namespace, name } => HeadAnswer::Named(
+                self.dir
+                    .lock()
+                    .actors()
+                    .into_iter()
+                    .find(|a| a.namespace == namespace && a.name == name),
+            ),
+        }
+    }
+
+    /// Claims (`namespace`, `name`) for an actor node `node` is about to create. Checked and
+    /// claimed under one lock, so of racing nodes exactly one gets `Reserved`; a claim ends
+    /// when the actor shows up in the directory (then its entry holds the name until it
+    /// dies), when released, or after [`RESERVATION`].
+    pub fn reserve_name(&self, namespace: &str, name: &str, node: NodeId) -> Reservation {
+        let dir = self.dir.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let listed = dir.actors().into_iter().find(|a| a.namespace == key.0 && a.name == key.1);
+        let mut reserved = self.reserved.lock();
+        reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
+        if let Some(a) = listed {
+            reserved.remove(&key);
+            return if a.node == node { Reservation::Mine } else { Reservation::Taken };
+        }
+        match reserved.get(&key) {
+            Some((owner, _)) if *owner == node => Reservation::Mine,
+            Some(_) => Reservation::Taken,
+            None => {
+                reserved.insert(key, (node, Instant::now()));
+                Reservation::Reserved
+            }
+        }
+    }
+
+    /// Gives back a claim of node `node`; whether there was one.
+    pub fn release_name(&self, namespace: &str, name: &str, node: NodeId) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        let mut reserved = self.reserved.lock();
+        if reserved.get(&key).is_some_and(|(owner, _)| *owner == node) {
+            reserved.remove(&key);
+            return true;
+        }
+        false
     }
 
     /// See [`HeadStore::kv_put`].

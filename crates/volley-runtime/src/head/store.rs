@@ -6,19 +6,8 @@
 
 use std::collections::BTreeMap;
 
+pub use volley_proto::JobInfo;
 use volley_proto::{NamedActor, NodeId, PgInfo};
-
-/// A job: one driver's session in the cluster, known by the node its driver joined as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobInfo {
-    /// The driver's node (a job's id for now: drivers join once per session).
-    pub node: NodeId,
-    /// The driver's process.
-    pub pid: u32,
-    /// Milliseconds since the Unix epoch when it joined, and when it left (`None` while it runs).
-    pub started_ms: u64,
-    pub ended_ms: Option<u64>,
-}
 
 /// The head's tables, for the whole cluster. Methods take what a caller has at hand and never
 /// fail: the in-memory store cannot, and a persistent one is expected to keep its own errors

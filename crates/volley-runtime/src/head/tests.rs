@@ -4,6 +4,7 @@ use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
 use crate::testing::{node, poll};
+use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest, Reservation};
 
 fn info(addr: &str, driver: bool) -> NodeSnapshot {
     NodeSnapshot {
@@ -227,6 +228,240 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
         head.view().len() == 1 && head.jobs().iter().all(|j| j.ended_ms.is_some())
     });
     assert!(head.placement_groups().is_empty(), "the driver's groups went with it");
+    first.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn stored(a: HeadAnswer) -> bool {
+    match a {
+        HeadAnswer::Stored(b) => b,
+        other => panic!("not Stored: {other:?}"),
+    }
+}
+
+fn put(ns: &str, key: &[u8], value: &[u8], overwrite: bool) -> HeadRequest {
+    HeadRequest::KvPut { namespace: ns.into(), key: key.to_vec(), value: value.to_vec(), overwrite }
+}
+
+fn get(ns: &str, key: &[u8]) -> HeadRequest {
+    HeadRequest::KvGet { namespace: ns.into(), key: key.to_vec() }
+}
+
+fn value(v: &[u8]) -> HeadAnswer {
+    HeadAnswer::Value(Some(serde_bytes::ByteBuf::from(v.to_vec())))
+}
+
+/// `Head::serve` answers every request, and refuses a key or value over the limits with a
+/// message rather than storing it.
+#[test]
+fn the_head_serves_key_value_and_directory_requests() {
+    let h = head();
+    assert!(stored(h.serve(put("ns", b"a", b"1", true))));
+    assert!(!stored(h.serve(put("ns", b"a", b"2", false))), "kept without overwrite");
+    assert_eq!(h.serve(get("ns", b"a")), value(b"1"));
+    assert_eq!(h.serve(get("other", b"a")), HeadAnswer::Value(None));
+    let keys = h.serve(HeadRequest::KvKeys { namespace: "ns".into(), prefix: b"".to_vec() });
+    assert_eq!(keys, HeadAnswer::Keys(vec![serde_bytes::ByteBuf::from(b"a".to_vec())]));
+    let del = HeadRequest::KvDelete { namespace: "ns".into(), key: b"a".to_vec() };
+    assert_eq!(h.serve(del.clone()), HeadAnswer::Deleted(true));
+    assert_eq!(h.serve(del), HeadAnswer::Deleted(false));
+
+    let big = vec![0u8; volley_proto::MAX_KV_VALUE + 1];
+    assert!(
+        matches!(h.serve(put("ns", b"big", &big, true)), HeadAnswer::Error(m) if m.contains("object store"))
+    );
+    assert_eq!(h.serve(get("ns", b"big")), HeadAnswer::Value(None));
+
+    let id = h.join(info("10.0.0.2:1", true));
+    h.beat(id, NodeSnapshot { named: vec![actor("x")], ..info("10.0.0.2:1", true) });
+    let HeadAnswer::Directory(d) = h.serve(HeadRequest::Directory) else { panic!("a directory") };
+    assert_eq!(d.actors.iter().map(|a| (a.name.as_str(), a.node)).collect::<Vec<_>>(), [("x", id)]);
+    assert_eq!(d.jobs.len(), 1);
+}
+
+/// Over real sockets: a member asks the cluster's head (`PeerMsg::Head` on a connection of its
+/// own) and sees what the head and other members stored; two members racing to store one key
+/// without overwrite: exactly one wins. A member reads the directory with a named actor's
+/// entry the head got from another node's heartbeat.
+#[test]
+fn members_use_the_heads_key_value_table_over_tcp() {
+    let dir = std::env::temp_dir().join(format!("volley-head-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-kv-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.clone(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    };
+    let first = node(&dir, 8 << 20);
+    // Alone, the node is its own head: the same request by a function call.
+    assert!(stored(first.ask_head(put("ns", b"lone", b"v", true))));
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    assert_eq!(first.ask_head(get("ns", b"lone")), value(b"v"), "kept when it became a head");
+
+    let a = node(&dir, 8 << 20);
+    a.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a joins");
+    let b = node(&dir, 8 << 20);
+    b.join_cluster(cfg(None, Some(addr.clone()), true)).expect("b joins");
+    assert_eq!(a.ask_head(get("ns", b"lone")), value(b"v"), "a member reads the head's table");
+    assert!(stored(a.ask_head(put("ns", b"from-a", b"1", true))));
+    assert_eq!(b.ask_head(get("ns", b"from-a")), value(b"1"));
+
+    // The race: one key, no overwrite, from two members at once, many times.
+    for round in 0..20u32 {
+        let key = format!("race-{round}").into_bytes();
+        let (ka, kb) = (key.clone(), key.clone());
+        let (na, nb) = (&a, &b);
+        let (wa, wb) = std::thread::scope(|s| {
+            let ta = s.spawn(move || stored(na.ask_head(put("ns", &ka, b"a", false))));
+            let tb = s.spawn(move || stored(nb.ask_head(put("ns", &kb, b"b", false))));
+            (ta.join().expect("a's thread"), tb.join().expect("b's thread"))
+        });
+        assert!(wa ^ wb, "round {round}: exactly one wins ({wa}, {wb})");
+        let winner: &[u8] = if wa { b"a" } else { b"b" };
+        assert_eq!(first.ask_head(get("ns", &key)), value(winner));
+    }
+
+    // A named actor another node reports (a node of its own, so no real heartbeat replaces
+    // it) shows up in the directory a member reads, and a member's lookup of that name goes
+    // through the head and routes to that node.
+    let far = NodeId(99);
+    first
+        .head()
+        .expect("the head")
+        .beat(far, NodeSnapshot { named: vec![actor("far")], ..info("x", false) });
+    let HeadAnswer::Directory(d) = b.ask_head(HeadRequest::Directory) else {
+        panic!("a directory")
+    };
+    assert!(d.actors.iter().any(|x| x.name == "far" && x.node == far), "{d:?}");
+    assert_eq!(d.jobs.len(), 2, "{d:?}");
+    let found = b.actor(ActorRequest::Lookup { name: "far".into(), namespace: "ns".into() });
+    assert!(
+        matches!(&found, ActorAnswer::Found { actor: x, created: false, .. } if *x == actor("far").actor),
+        "{found:?}"
+    );
+    let missing = b.actor(ActorRequest::Lookup { name: "nobody".into(), namespace: "ns".into() });
+    assert_eq!(missing, ActorAnswer::NotFound);
+
+    // A key too large is refused by the asking node, before any round trip.
+    let big = vec![0u8; volley_proto::MAX_KV_KEY + 1];
+    assert!(matches!(a.ask_head(get("ns", &big)), HeadAnswer::Error(_)));
+
+    // The head gone: a clear error, not a hang.
+    first.shutdown(Duration::from_millis(200));
+    assert!(matches!(a.ask_head(get("ns", b"lone")), HeadAnswer::Error(_)));
+    a.shutdown(Duration::from_millis(200));
+    b.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A name is claimed once: another node's claim is `Taken` until the claim is released, lapses
+/// or its node leaves; the claiming node's own repeat is `Mine`; once the actor is in the
+/// directory its entry holds the name (for its host) and the claim is gone.
+#[test]
+fn names_are_claimed_at_the_head_once() {
+    let h = head();
+    let (a, b) = (h.join(info("a", true)), h.join(info("b", false)));
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Reserved);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Taken);
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Mine);
+    assert_eq!(h.reserve_name("other", "x", b), Reservation::Reserved, "namespaces apart");
+    assert!(!h.release_name("ns", "x", b), "not b's to release");
+    assert!(h.release_name("ns", "x", a));
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+
+    // b hosts the actor (its heartbeat lists it): the name is b's, the claim gone.
+    h.beat(b, NodeSnapshot { named: vec![actor("x")], ..info("b", false) });
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Taken);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Mine);
+    // It died (b's next heartbeat does not list it): the name is free again.
+    h.beat(b, info("b", false));
+    assert_eq!(h.reserve_name("ns", "x", a), Reservation::Reserved);
+    // A node that leaves gives back its claims.
+    h.leave(a);
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+}
+
+/// Over real sockets: two drivers' nodes create an actor of one name at once, many times;
+/// exactly one creation succeeds each time, the other gets the duplicate-name error.
+#[test]
+fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
+    let dir = std::env::temp_dir().join(format!("volley-head-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-names-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.clone(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    };
+    let first = node(&dir, 8 << 20);
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    let a = node(&dir, 8 << 20);
+    a.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a joins");
+    let b = node(&dir, 8 << 20);
+    b.join_cluster(cfg(None, Some(addr.clone()), true)).expect("b joins");
+    let class = volley_proto::FunctionId([7; 16]);
+    for n in [&a, &b] {
+        n.register_function(class, b"class bytes");
+    }
+    let create_or_get = |n: &crate::Node, name: &str, task: u128, get_if_exists: bool| {
+        let opts = volley_proto::ActorOptions {
+            class_name: "A".into(),
+            name: Some(name.into()),
+            namespace: "ns".into(),
+            get_if_exists,
+            ..Default::default()
+        };
+        let spec = volley_proto::TaskSpec {
+            task_id: volley_proto::TaskId(task),
+            function: class,
+            name: "A".into(),
+            args: Default::default(),
+            deps: Vec::new(),
+            num_returns: 1,
+            options: Default::default(),
+            actor: volley_proto::ActorPart::Create(Box::new(opts)),
+        };
+        n.actor(ActorRequest::Create(Box::new(spec)))
+    };
+    let create = |n: &crate::Node, name: &str, task: u128| create_or_get(n, name, task, false);
+    let mut winners = Vec::new();
+    for round in 0..10u128 {
+        let name = format!("one-{round}");
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| create(&a, &name, 1000 + 2 * round));
+            let tb = s.spawn(|| create(&b, &name, 1001 + 2 * round));
+            (ta.join().expect("a's thread"), tb.join().expect("b's thread"))
+        });
+        let won = |r: &ActorAnswer| matches!(r, ActorAnswer::Found { created: true, .. });
+        assert!(won(&ra) ^ won(&rb), "round {round}: exactly one wins: {ra:?} {rb:?}");
+        let lost = if won(&ra) { &rb } else { &ra };
+        assert!(
+            matches!(lost, ActorAnswer::Error(m) if m.contains("already exists in namespace 'ns'")),
+            "{lost:?}"
+        );
+        winners.push(if won(&ra) { (&b, ra) } else { (&a, rb) });
+    }
+    // The losing node's `get_if_exists` gets the winner's actor (through the head), not a new
+    // one.
+    let (loser, ActorAnswer::Found { actor: wanted, .. }) = &winners[0] else { unreachable!() };
+    let got = create_or_get(loser, "one-0", 5000, true);
+    assert!(
+        matches!(&got, ActorAnswer::Found { actor, created: false, .. } if actor == wanted),
+        "{got:?}"
+    );
+    a.shutdown(Duration::from_millis(200));
+    b.shutdown(Duration::from_millis(200));
     first.shutdown(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -311,6 +311,22 @@ impl Scheduler {
         Some((n.actor, n.meta))
     }
 
+    /// A named actor the cluster's head lists on another node: a route to it, and a reference
+    /// for `holder`'s new handle. `None` if the head lists it on this node (it died meanwhile:
+    /// this node's own names are answered by `lookup_actor`).
+    pub fn route_named(
+        &mut self,
+        holder: Holder,
+        n: &volley_proto::NamedActor,
+    ) -> Option<(ActorId, Vec<u8>)> {
+        if Some(n.node) == self.peers.node_id() {
+            return None;
+        }
+        self.add_named_route(n);
+        self.incref(holder, &[n.actor.object()]);
+        Some((n.actor, n.meta.clone()))
+    }
+
     /// A proxy entry for a named actor another node hosts (with its handles' metadata).
     fn add_named_route(&mut self, n: &volley_proto::NamedActor) {
         self.add_routes(vec![(n.actor, n.node, n.class.clone())]);

@@ -1,0 +1,138 @@
+//! Requests to the cluster's head about what it keeps for the whole cluster: its key-value table
+//! and its directory (named actors, placement groups, jobs).
+//!
+//! A node asks its head with `PeerMsg::Head` (the first message of a connection, answered with
+//! `PeerMsg::HeadReply`); a worker asks its node with `ActorRequest::Head`, and a node that is
+//! its own head answers with a function call, so one machine and a cluster share the code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NamedActor, NodeId, PgInfo};
+
+/// The most bytes of one key-value entry's key, and of its value: the table is for small
+/// shared state (addresses, configurations, checkpoints' paths), not for data, which belongs
+/// in the object store.
+pub const MAX_KV_KEY: usize = 4 << 10;
+pub const MAX_KV_VALUE: usize = 4 << 20;
+
+/// A job: one driver's session in the cluster, known by the node its driver joined as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The driver's node (a job's id for now: drivers join once per session).
+    pub node: NodeId,
+    /// The driver's process.
+    pub pid: u32,
+    /// Milliseconds since the Unix epoch when it joined, and when it left (`None` while it runs).
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
+/// The head's directory as one answer (for the state API and `volley.library.directory`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Directory {
+    /// Every named actor, by namespace and name.
+    pub actors: Vec<NamedActor>,
+    /// Every placement group, with the node whose driver made it.
+    pub groups: Vec<(NodeId, PgInfo)>,
+    /// Every job since the head started, by node.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// The head's answer to `HeadRequest::ReserveName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reservation {
+    /// The name is now claimed for the asking node (release it if the creation fails).
+    Reserved,
+    /// The asking node already holds the name (an actor it hosts, or a claim it made): its own
+    /// scheduler, which knows whether that actor still lives, decides.
+    Mine,
+    /// Another node holds the name.
+    Taken,
+}
+
+/// A question to the head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeadRequest {
+    /// Store `value` under `key` in `namespace` (keeping an existing value unless
+    /// `overwrite`); answered `Stored`.
+    KvPut {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        overwrite: bool,
+    },
+    /// Answered `Value`.
+    KvGet {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Answered `Deleted`.
+    KvDelete {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// The keys of `namespace` starting with `prefix`, in order; answered `Keys`.
+    KvKeys {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
+    /// The whole directory; answered `Directory`.
+    Directory,
+    /// The named actor `name` of `namespace`, wherever it runs; answered `Named`.
+    LookupName { namespace: String, name: String },
+    /// Node `node` is about to create an actor named `name` in `namespace`: the name is
+    /// claimed for it (atomically at the head, so of two nodes racing for one name exactly one
+    /// gets it); answered `Reservation`.
+    ReserveName { namespace: String, name: String, node: NodeId },
+    /// Node `node` did not create the actor it reserved the name for; answered `Deleted`.
+    ReleaseName { namespace: String, name: String, node: NodeId },
+    // New variants go last: postcard names a variant by its index.
+}
+
+/// The head's answer to a [`HeadRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HeadAnswer {
+    /// Whether the value was stored (false: a value existed and `overwrite` was false).
+    Stored(bool),
+    Value(Option<serde_bytes::ByteBuf>),
+    /// Whether there was a value to delete.
+    Deleted(bool),
+    Keys(Vec<serde_bytes::ByteBuf>),
+    Directory(Directory),
+    /// The request could not be served (too large a key or value, no head reachable).
+    Error(String),
+    Named(Option<NamedActor>),
+    Reservation(Reservation),
+    // New variants go last: postcard names a variant by its index.
+}
+
+impl HeadRequest {
+    /// Checks the sizes a head accepts (the node checks before sending, the head again on
+    /// receipt): an error message, or `None`.
+    pub fn check(&self) -> Option<String> {
+        let (key, value) = match self {
+            HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
+            HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
+            HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
+            HeadRequest::Directory
+            | HeadRequest::LookupName { .. }
+            | HeadRequest::ReserveName { .. }
+            | HeadRequest::ReleaseName { .. } => (0, 0),
+        };
+        if key > MAX_KV_KEY {
+            return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));
+        }
+        if value > MAX_KV_VALUE {
+            return Some(format!(
+                "a key-value value is at most {MAX_KV_VALUE} bytes, not {value}; put large \
+                 data in the object store (volley.put) and keep its ref or a path here"
+            ));
+        }
+        None
+    }
+}
