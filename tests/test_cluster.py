@@ -46,6 +46,15 @@ class Cluster:
         """The index (for ``kill``) of the node started at ``addr``."""
         return self.started.index(addr)
 
+    def start_nodes(self, count: int, last_extra: tuple = ()) -> list[str]:
+        """A head on 127.0.0.1 and count - 1 nodes on 127.0.0.2, ...; the last one gets
+        ``last_extra`` as well. Sets and returns ``addrs``."""
+        self.addrs = [
+            self.start(i == 0, f"127.0.0.{i + 1}", extra=last_extra if i == count - 1 else ())
+            for i in range(count)
+        ]
+        return self.addrs
+
     def start(self, head: bool, host: str, cpus: float = 1, extra: tuple = ()) -> str:
         port = self.head.split(":")[1] if head else str(_free_port(host))
         role = ["--head"] if head else ["--address", self.head]
@@ -105,11 +114,7 @@ def _wait_nodes(n: int, timeout: float = 15) -> list[dict]:
 def cluster_daemons(tmp_path_factory):
     volley.shutdown()
     c = Cluster(tmp_path_factory.mktemp("cluster"))
-    c.addrs = [
-        c.start(True, "127.0.0.1"),
-        c.start(False, "127.0.0.2"),
-        c.start(False, "127.0.0.3", extra=("--num-gpus", "2")),  # two fake GPUs
-    ]
+    c.start_nodes(3, last_extra=("--num-gpus", "2"))  # the last with two fake GPUs
     yield c
     volley.shutdown()
     c.stop()
@@ -305,7 +310,7 @@ def test_a_killed_node_is_declared_dead_and_its_tasks_retried(tmp_path):
     volley.shutdown()
     c = Cluster(tmp_path)
     try:
-        addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2")]
+        addrs = c.start_nodes(2)
         c.start(False, "127.0.0.3")
         volley.init(address=c.head, token=c.token)
         assert len(_wait_nodes(3)) == 3
@@ -1105,7 +1110,7 @@ def test_a_pull_from_a_relay_that_hangs_goes_back_to_the_driver(tmp_path):
     volley.shutdown()
     c = Cluster(tmp_path)
     try:
-        addrs = [c.start(True, "127.0.0.1"), c.start(False, "127.0.0.2")]
+        addrs = c.start_nodes(2)
         addrs.append(c.start(False, "127.0.0.3"))
         volley.init(address=c.head, token=c.token)
         ids = {n["address"]: n["node_id"] for n in _wait_nodes(3)}

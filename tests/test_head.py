@@ -97,11 +97,7 @@ def head_cluster(tmp_path_factory):
 
     volley.shutdown()
     c = Cluster(tmp_path_factory.mktemp("head-cluster"))
-    c.addrs = [
-        c.start(True, "127.0.0.1"),
-        c.start(False, "127.0.0.2"),
-        c.start(False, "127.0.0.3"),
-    ]
+    c.start_nodes(3)
     volley.init(address=c.head, token=c.token)
     assert len(_wait_nodes(3)) == 3
     yield c

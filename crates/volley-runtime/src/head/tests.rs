@@ -4,6 +4,25 @@ use volley_proto::{NamedActor, NodeId, NodeSnapshot, PgInfo, PgStrategy};
 
 use super::*;
 use crate::testing::{node, poll};
+
+/// A cluster configuration for these tests: heartbeats every 50 ms, no TLS, no log forwarding.
+fn test_cluster_config(
+    token: &[u8],
+    listen: Option<&str>,
+    head: Option<String>,
+    driver: bool,
+) -> crate::ClusterConfig {
+    crate::ClusterConfig {
+        listen: listen.map(str::to_string),
+        head,
+        token: token.to_vec(),
+        driver,
+        heartbeat: Duration::from_millis(50),
+        dead_after: Duration::from_secs(10),
+        logs: false,
+        tls: None,
+    }
+}
 use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest, Reservation};
 
 fn info(addr: &str, driver: bool) -> NodeSnapshot {
@@ -162,15 +181,8 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
     let dir = std::env::temp_dir().join(format!("volley-head-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a spill dir");
     let token = b"head-test-token".to_vec();
-    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
-        listen: listen.map(str::to_string),
-        head,
-        token: token.clone(),
-        driver,
-        heartbeat: Duration::from_millis(50),
-        dead_after: Duration::from_secs(10),
-        logs: false,
-        tls: None,
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| {
+        test_cluster_config(&token, listen, head, driver)
     };
 
     let first = node(&dir, 8 << 20);
@@ -288,15 +300,8 @@ fn members_use_the_heads_key_value_table_over_tcp() {
     let dir = std::env::temp_dir().join(format!("volley-head-kv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a spill dir");
     let token = b"head-kv-token".to_vec();
-    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
-        listen: listen.map(str::to_string),
-        head,
-        token: token.clone(),
-        driver,
-        heartbeat: Duration::from_millis(50),
-        dead_after: Duration::from_secs(10),
-        logs: false,
-        tls: None,
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| {
+        test_cluster_config(&token, listen, head, driver)
     };
     let first = node(&dir, 8 << 20);
     // Alone, the node is its own head: the same request by a function call.
@@ -394,15 +399,8 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
     let dir = std::env::temp_dir().join(format!("volley-head-names-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a spill dir");
     let token = b"head-names-token".to_vec();
-    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
-        listen: listen.map(str::to_string),
-        head,
-        token: token.clone(),
-        driver,
-        heartbeat: Duration::from_millis(50),
-        dead_after: Duration::from_secs(10),
-        logs: false,
-        tls: None,
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| {
+        test_cluster_config(&token, listen, head, driver)
     };
     let first = node(&dir, 8 << 20);
     let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
