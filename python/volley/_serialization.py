@@ -307,28 +307,29 @@ def _culprit(obj: Any, seen: set) -> str | None:
     return None
 
 
+def _load_cause(exc_bytes: bytes | None) -> BaseException | None:
+    """The task's own exception, or None where it was not pickled or cannot be loaded here
+    (its class may not exist in this process): the caller then says what it was in words."""
+    if exc_bytes is None:
+        return None
+    try:
+        return pickle.loads(exc_bytes)
+    except Exception:
+        return None
+
+
 def to_exception(failure: _core.Failure) -> BaseException:
     """Turns an error result from the engine into the exception ``get`` raises."""
     kind, task_name, message = failure.kind, failure.task_name, failure.message
     tb, exc_bytes, pid = failure.traceback, failure.exception, failure.pid
     if kind == TASK_EXCEPTION:
-        cause = None
-        if exc_bytes is not None:
-            try:
-                cause = pickle.loads(exc_bytes)
-            except Exception:
-                cause = None
+        cause = _load_cause(exc_bytes)
         if cause is None:
             text = f"task '{task_name}' (pid {pid}) raised {message}\n\nRemote traceback:\n{tb}"
             return task_error(None, task_name, tb, pid, text)
         return task_error(cause, task_name, tb, pid)
     if kind == ACTOR_CREATION:
-        cause = None
-        if exc_bytes is not None:
-            try:
-                cause = pickle.loads(exc_bytes)
-            except Exception:
-                cause = None
+        cause = _load_cause(exc_bytes)
         what = f"{type(cause).__name__}: {cause}" if cause is not None else message
         text = f"actor creation '{task_name}' (pid {pid}) raised {what}"
         if tb:
