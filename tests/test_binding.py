@@ -80,6 +80,24 @@ def test_task_options_are_checked_and_converted_where_they_are_made():
         core.ActorCallOptions("m", "A.m", 0)
 
 
+def test_actor_create_options_are_checked_where_they_are_made():
+    # Before: create_actor took 18 positional arguments, checked on each creation.
+    o = core.ActorCreateOptions("A", num_cpus=0.5, name="n", namespace="ns", detached=True)
+    assert (o.class_name, o.name, o.namespace, o.num_cpus) == ("A", "n", "ns", 0.5)
+    assert repr(o).startswith('ActorCreateOptions("A", name="n"') and "detached=True" in repr(o)
+    assert core.ActorCreateOptions("A").name is None
+    with pytest.raises(ValueError, match="max_concurrency"):
+        core.ActorCreateOptions("A", max_concurrency=0)
+    with pytest.raises(ValueError, match="num_cpus"):
+        core.ActorCreateOptions("A", num_cpus=-1.0)
+    with pytest.raises(ValueError, match="resource 'x'"):
+        core.ActorCreateOptions("A", resources=[("x", -2.0)])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        core.ActorCreateOptions("A", strategy=("NEAR", 0, False))
+    with pytest.raises(TypeError):
+        core.ActorCreateOptions("A", 1.0)  # everything but the class name by keyword
+
+
 def test_submit_takes_only_typed_options(volley_2cpu):
     @volley.remote
     def f():

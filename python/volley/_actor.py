@@ -246,25 +246,22 @@ class ActorClass(NotCallable, Generic[T]):
         mc = opts.get("max_concurrency") or (1000 if meta["async"] else 1)
         namespace = opts.get("namespace") or DEFAULT_NAMESPACE
         cpus, resources = requests(opts, 0, f"actor '{name}'")
-        ref, meta_bytes, _created = _core.create_actor(
-            fid,
+        options = _core.ActorCreateOptions(
             name,
-            data,
-            buffers,
-            contained,
-            deps,
-            cpus,
-            resources,
-            opts.get("max_restarts", 0),
-            opts.get("max_task_retries", 0),
-            mc,
-            bool(meta["async"]),
-            opts.get("name"),
-            namespace,
-            opts.get("lifetime") == "detached",
-            bool(opts.get("get_if_exists", False)),
-            meta_bytes,
-            strategy(opts),
+            num_cpus=cpus,
+            resources=resources,
+            max_restarts=opts.get("max_restarts", 0),
+            max_task_retries=opts.get("max_task_retries", 0),
+            max_concurrency=mc,
+            is_async=bool(meta["async"]),
+            name=opts.get("name"),
+            namespace=namespace,
+            detached=opts.get("lifetime") == "detached",
+            get_if_exists=bool(opts.get("get_if_exists", False)),
+            strategy=strategy(opts),
+        )
+        ref, meta_bytes, _created = _core.create_actor(
+            fid, data, buffers, contained, deps, meta_bytes, options
         )
         return ActorHandle(ref, meta_bytes)
 

@@ -80,6 +80,31 @@ class ActorCallOptions:
         cls, method: str, name: str, num_returns: int = 1, streaming: bool = False
     ) -> ActorCallOptions: ...
 
+@final
+class ActorCreateOptions:
+    """How an actor is created, checked where it is made; ``create_actor`` takes it."""
+
+    class_name: str
+    name: str | None
+    namespace: str
+    num_cpus: float
+    def __new__(
+        cls,
+        class_name: str,
+        *,
+        num_cpus: float = 0.0,
+        resources: list[tuple[str, float]] = ...,
+        max_restarts: int = 0,
+        max_task_retries: int = 0,
+        max_concurrency: int = 1,
+        is_async: bool = False,
+        name: str | None = None,
+        namespace: str = ...,
+        detached: bool = False,
+        get_if_exists: bool = False,
+        strategy: tuple[str, int, bool] | None = None,
+    ) -> ActorCreateOptions: ...
+
 def _rebuild_ref(id: bytes) -> ObjectRef: ...
 def begin_capture() -> None: ...
 def end_capture() -> list[bytes]: ...
@@ -144,23 +169,12 @@ class ShmBuffer:
 
 def create_actor(
     fid: bytes,
-    class_name: str,
     data: bytes,
     buffers: list[Any],
     contained: list[bytes],
     deps: list[ObjectRef],
-    num_cpus: float,
-    resources: list[tuple[str, float]],
-    max_restarts: int,
-    max_task_retries: int,
-    max_concurrency: int,
-    is_async: bool,
-    name: str | None,
-    namespace: str,
-    detached: bool,
-    get_if_exists: bool,
     meta: bytes,
-    strategy: tuple[str, int, bool] | None = None,
+    options: ActorCreateOptions,
 ) -> tuple[ObjectRef, bytes, bool]: ...
 def submit_actor_call(
     actor: ObjectRef,

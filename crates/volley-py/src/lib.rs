@@ -35,7 +35,7 @@ use volley_sched::StreamStep;
 
 use errors::{check_signals, enter, is_store_full, store_full};
 use object_ref::{id_from_bytes, ObjectRef};
-use options::{cpu_milli, milli_resources, strategy_of, ActorCallOptions, TaskOptions};
+use options::{milli_resources, ActorCallOptions, ActorCreateOptions, TaskOptions};
 use store::{object_data, value_to_py};
 
 fn client() -> PyResult<Arc<Client>> {
@@ -218,63 +218,37 @@ fn actor_answer(py: Python<'_>, c: &Client, request: ActorRequest) -> PyResult<A
 /// Creates an actor (or, with `get_if_exists`, finds the one of that name). Returns the
 /// actor's ref (held by the new handle), its handle metadata, and whether it was created.
 #[pyfunction]
-#[pyo3(signature = (fid, class_name, data, buffers, contained, deps, num_cpus, resources, max_restarts, max_task_retries, max_concurrency, is_async, name, namespace, detached, get_if_exists, meta, strategy=None))]
-#[allow(clippy::too_many_arguments)]
 fn create_actor<'py>(
     py: Python<'py>,
     fid: &[u8],
-    class_name: String,
     data: &[u8],
     buffers: &Bound<'py, PyList>,
     contained: Vec<Vec<u8>>,
     deps: Vec<PyRef<'py, ObjectRef>>,
-    num_cpus: f64,
-    resources: Vec<(String, f64)>,
-    max_restarts: i32,
-    max_task_retries: i32,
-    max_concurrency: u32,
-    is_async: bool,
-    name: Option<String>,
-    namespace: String,
-    detached: bool,
-    get_if_exists: bool,
     meta: Vec<u8>,
-    strategy: Option<(String, u32, bool)>,
+    options: &Bound<'py, ActorCreateOptions>,
 ) -> PyResult<(ObjectRef, Bound<'py, PyBytes>, bool)> {
     let c = client()?;
-    let strategy = strategy_of(strategy)?;
-    let cpu_milli = cpu_milli(num_cpus)?;
-    let resources = milli_resources(resources)?;
+    let o = options.get();
     let function = function_id(fid)?;
     let args = object_data(py, &c, data, buffers, ids_from(contained)?, None)?;
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function,
-        name: class_name.clone(),
+        name: o.actor.class_name.clone(),
         args: args.data,
         deps: ids_of(&deps)?,
         num_returns: 1,
         options: EngineOptions {
-            cpu_milli,
+            cpu_milli: o.cpu_milli,
             max_retries: 0,
             retry_exceptions: false,
             streaming: false,
-            resources,
+            resources: o.resources.clone(),
             runtime_env: c.runtime_env(),
-            strategy,
+            strategy: o.strategy.clone(),
         },
-        actor: ActorPart::Create(Box::new(ActorOptions {
-            class_name,
-            max_restarts,
-            max_task_retries,
-            max_concurrency,
-            is_async,
-            name,
-            namespace,
-            detached,
-            get_if_exists,
-            meta,
-        })),
+        actor: ActorPart::Create(Box::new(ActorOptions { meta, ..o.actor.clone() })),
     };
     match actor_answer(py, &c, ActorRequest::Create(Box::new(spec)))? {
         ActorAnswer::Found { actor, meta, created } => {
@@ -932,6 +906,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Failure>()?;
     m.add_class::<TaskOptions>()?;
     m.add_class::<ActorCallOptions>()?;
+    m.add_class::<ActorCreateOptions>()?;
     m.add_function(wrap_pyfunction!(worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(submit_actor_call, m)?)?;

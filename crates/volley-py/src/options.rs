@@ -6,7 +6,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use volley_proto::{Strategy, TaskOptions as EngineOptions};
+use volley_proto::{ActorOptions, Strategy, TaskOptions as EngineOptions};
 
 /// Resource amounts in thousandths, checked; zero amounts are dropped.
 pub fn milli_resources(res: Vec<(String, f64)>) -> PyResult<Vec<(String, u64)>> {
@@ -188,6 +188,94 @@ impl ActorCallOptions {
         format!(
             "ActorCallOptions({:?}, {:?}, num_returns={}, streaming={})",
             self.method, self.name, self.num_returns, self.engine.streaming
+        )
+    }
+}
+
+/// How an actor is created (`@volley.remote class` with its `.options(...)`): checked and
+/// converted where it is made, so that `create_actor` takes one typed object instead of a dozen
+/// positional arguments.
+#[pyclass(module = "volley._core", frozen)]
+pub struct ActorCreateOptions {
+    /// The engine's actor options, without the handle's `meta` (the class's, given per call).
+    pub actor: ActorOptions,
+    pub cpu_milli: u32,
+    pub resources: Vec<(String, u64)>,
+    pub strategy: Strategy,
+}
+
+#[pymethods]
+impl ActorCreateOptions {
+    #[new]
+    #[pyo3(signature = (class_name, *, num_cpus = 0.0, resources = Vec::new(), max_restarts = 0, max_task_retries = 0, max_concurrency = 1, is_async = false, name = None, namespace = String::from("default"), detached = false, get_if_exists = false, strategy = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        class_name: String,
+        num_cpus: f64,
+        resources: Vec<(String, f64)>,
+        max_restarts: i32,
+        max_task_retries: i32,
+        max_concurrency: u32,
+        is_async: bool,
+        name: Option<String>,
+        namespace: String,
+        detached: bool,
+        get_if_exists: bool,
+        strategy: Option<(String, u32, bool)>,
+    ) -> PyResult<ActorCreateOptions> {
+        if max_concurrency == 0 {
+            return Err(PyValueError::new_err("max_concurrency must be >= 1"));
+        }
+        Ok(ActorCreateOptions {
+            cpu_milli: cpu_milli(num_cpus)?,
+            resources: milli_resources(resources)?,
+            strategy: strategy_of(strategy)?,
+            actor: ActorOptions {
+                class_name,
+                max_restarts,
+                max_task_retries,
+                max_concurrency,
+                is_async,
+                name,
+                namespace,
+                detached,
+                get_if_exists,
+                meta: Vec::new(),
+            },
+        })
+    }
+
+    #[getter]
+    fn class_name(&self) -> &str {
+        &self.actor.class_name
+    }
+
+    #[getter]
+    fn name(&self) -> Option<&str> {
+        self.actor.name.as_deref()
+    }
+
+    #[getter]
+    fn namespace(&self) -> &str {
+        &self.actor.namespace
+    }
+
+    #[getter]
+    fn num_cpus(&self) -> f64 {
+        f64::from(self.cpu_milli) / 1000.0
+    }
+
+    fn __repr__(&self) -> String {
+        let name = self.actor.name.as_ref().map_or("None".to_string(), |n| format!("{n:?}"));
+        let detached = if self.actor.detached { "True" } else { "False" };
+        format!(
+            "ActorCreateOptions({:?}, name={name}, namespace={:?}, num_cpus={}, max_restarts={}, \
+             max_concurrency={}, detached={detached})",
+            self.actor.class_name,
+            self.actor.namespace,
+            self.num_cpus(),
+            self.actor.max_restarts,
+            self.actor.max_concurrency,
         )
     }
 }
