@@ -259,10 +259,9 @@ class ActorClass(NotCallable, Generic[T]):
             detached=opts.get("lifetime") == "detached",
             get_if_exists=bool(opts.get("get_if_exists", False)),
             strategy=strategy(opts),
+            meta=meta_bytes,
         )
-        ref, meta_bytes, _created = _core.create_actor(
-            fid, data, buffers, contained, deps, meta_bytes, options
-        )
+        ref, meta_bytes, _created = _core.create_actor(fid, data, buffers, contained, deps, options)
         return ActorHandle(ref, meta_bytes)
 
 

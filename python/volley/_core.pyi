@@ -103,6 +103,7 @@ class ActorCreateOptions:
         detached: bool = False,
         get_if_exists: bool = False,
         strategy: tuple[str, int, bool] | None = None,
+        meta: bytes = ...,
     ) -> ActorCreateOptions: ...
 
 def _rebuild_ref(id: bytes) -> ObjectRef: ...
@@ -173,7 +174,6 @@ def create_actor(
     buffers: list[Any],
     contained: list[bytes],
     deps: list[ObjectRef],
-    meta: bytes,
     options: ActorCreateOptions,
 ) -> tuple[ObjectRef, bytes, bool]: ...
 def submit_actor_call(

@@ -24,9 +24,9 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
-    ActorAnswer, ActorId, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload,
-    FunctionId, ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions,
-    TaskResult, TaskSpec, WorkerId,
+    ActorAnswer, ActorId, ActorPart, ActorRequest, ErrorKind, ErrorPayload, FunctionId, ObjectData,
+    ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions, TaskResult, TaskSpec,
+    WorkerId,
 };
 use volley_runtime::client::worker::{RunError, TaskRunner};
 use volley_runtime::client::{self, Backend, Client, Loaded, Mapped};
@@ -225,7 +225,6 @@ fn create_actor<'py>(
     buffers: &Bound<'py, PyList>,
     contained: Vec<Vec<u8>>,
     deps: Vec<PyRef<'py, ObjectRef>>,
-    meta: Vec<u8>,
     options: &Bound<'py, ActorCreateOptions>,
 ) -> PyResult<(ObjectRef, Bound<'py, PyBytes>, bool)> {
     let c = client()?;
@@ -246,9 +245,9 @@ fn create_actor<'py>(
             streaming: false,
             resources: o.resources.clone(),
             runtime_env: c.runtime_env(),
-            strategy: o.strategy.clone(),
+            strategy: o.strategy,
         },
-        actor: ActorPart::Create(Box::new(ActorOptions { meta, ..o.actor.clone() })),
+        actor: ActorPart::Create(Box::new(o.actor.clone())),
     };
     match actor_answer(py, &c, ActorRequest::Create(Box::new(spec)))? {
         ActorAnswer::Found { actor, meta, created } => {

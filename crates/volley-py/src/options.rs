@@ -197,7 +197,7 @@ impl ActorCallOptions {
 /// positional arguments.
 #[pyclass(module = "volley._core", frozen)]
 pub struct ActorCreateOptions {
-    /// The engine's actor options, without the handle's `meta` (the class's, given per call).
+    /// The engine's actor options, with the handle's `meta` (the class's method table, ...).
     pub actor: ActorOptions,
     pub cpu_milli: u32,
     pub resources: Vec<(String, u64)>,
@@ -207,7 +207,7 @@ pub struct ActorCreateOptions {
 #[pymethods]
 impl ActorCreateOptions {
     #[new]
-    #[pyo3(signature = (class_name, *, num_cpus = 0.0, resources = Vec::new(), max_restarts = 0, max_task_retries = 0, max_concurrency = 1, is_async = false, name = None, namespace = String::from("default"), detached = false, get_if_exists = false, strategy = None))]
+    #[pyo3(signature = (class_name, *, num_cpus = 0.0, resources = Vec::new(), max_restarts = 0, max_task_retries = 0, max_concurrency = 1, is_async = false, name = None, namespace = String::from("default"), detached = false, get_if_exists = false, strategy = None, meta = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         class_name: String,
@@ -222,6 +222,7 @@ impl ActorCreateOptions {
         detached: bool,
         get_if_exists: bool,
         strategy: Option<(String, u32, bool)>,
+        meta: Vec<u8>,
     ) -> PyResult<ActorCreateOptions> {
         if max_concurrency == 0 {
             return Err(PyValueError::new_err("max_concurrency must be >= 1"));
@@ -240,7 +241,7 @@ impl ActorCreateOptions {
                 namespace,
                 detached,
                 get_if_exists,
-                meta: Vec::new(),
+                meta,
             },
         })
     }
