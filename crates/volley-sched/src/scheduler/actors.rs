@@ -307,19 +307,28 @@ impl Scheduler {
             }
         }
         let n = self.cluster_named(namespace, name)?;
+        if self.known_dead(n.actor) {
+            return None;
+        }
         self.add_named_route(&n);
         Some((n.actor, n.meta))
     }
 
+    /// This node saw the actor die for good (killed, or out of restarts): a directory that
+    /// still lists it (until its node's next heartbeat) must not hand out a new handle to it.
+    fn known_dead(&self, actor: ActorId) -> bool {
+        self.actors.get(&actor).is_some_and(|a| a.life == Life::Dead)
+    }
+
     /// A named actor the cluster's head lists on another node: a route to it, and a reference
     /// for `holder`'s new handle. `None` if the head lists it on this node (it died meanwhile:
-    /// this node's own names are answered by `lookup_actor`).
+    /// this node's own names are answered by `lookup_actor`) or this node saw it die for good.
     pub fn route_named(
         &mut self,
         holder: Holder,
         n: &volley_proto::NamedActor,
     ) -> Option<(ActorId, Vec<u8>)> {
-        if Some(n.node) == self.peers.node_id() {
+        if Some(n.node) == self.peers.node_id() || self.known_dead(n.actor) {
             return None;
         }
         self.add_named_route(n);
