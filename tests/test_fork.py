@@ -22,9 +22,11 @@ from test_cluster import Cluster
 import volley
 
 PRELUDE = """
-import json, os, signal, sys, threading, time
+import faulthandler, json, os, signal, sys, threading, time
 import numpy as np
 import volley
+
+faulthandler.enable()  # a crash in a forked child prints its Python stacks (seen: one SIGSEGV)
 
 signal.alarm(100)  # a hang anywhere ends in a crash, not a stuck test
 
@@ -58,7 +60,12 @@ def in_child(body):
 """
 
 
+#: The stderr of the last script ``run`` ran (a crashed child's faulthandler stacks).
+last_stderr = ""
+
+
 def run(tmp_path: Path, body: str, timeout: float = 120) -> dict:
+    global last_stderr
     script = write_script(tmp_path, PRELUDE + body)
     p = subprocess.run(
         [sys.executable, str(script)],
@@ -68,6 +75,7 @@ def run(tmp_path: Path, body: str, timeout: float = 120) -> dict:
         env=driver_env(),
         cwd=str(tmp_path),
     )
+    last_stderr = p.stderr
     assert p.returncode == 0, f"rc={p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -180,7 +188,7 @@ for t in threads:
 print("RESULT", json.dumps({"children": codes, "after": volley.get(sq.remote(6))}), flush=True)
 """,
     )
-    assert r == {"children": [[0, (i + 10) ** 2] for i in range(8)], "after": 36}
+    assert r == {"children": [[0, (i + 10) ** 2] for i in range(8)], "after": 36}, last_stderr
 
 
 def test_a_child_forked_by_a_worker_raises_at_once_saying_why(tmp_path):
