@@ -4,6 +4,7 @@ authenticated TCP; a driver connects with `volley.init(address=...)`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -890,28 +891,40 @@ def test_status_and_nodes_read_one_snapshot(cluster):
 
 def test_status_says_what_waits_and_why(cluster):
     holder = volley.placement_group([{"GPU": 2, "CPU": 0.5}], name="all-gpus")
-    assert holder.wait(20)
-    waiting_group = volley.placement_group([{"GPU": 1}], name="later")
+    waiting_group = None
+    try:
+        assert holder.wait(20)
+        waiting_group = volley.placement_group([{"GPU": 1}], name="later")
 
-    @volley.remote(num_gpus=1, num_cpus=0)
-    def gpu_work():
-        return os.environ["CUDA_VISIBLE_DEVICES"]
+        @volley.remote(num_gpus=1, num_cpus=0)
+        def gpu_work():
+            return os.environ["CUDA_VISIBLE_DEVICES"]
 
-    refs = [gpu_work.remote() for _ in range(2)]
-    deadline = time.monotonic() + 10
-    while True:
-        text = _status_text(cluster)
-        if "placement group 'later'" in text and "gpu_work'" in text:
-            break
-        assert time.monotonic() < deadline, text
-        time.sleep(0.2)
-    assert "waiting for resources" in text
-    assert re.search(r"2 x task '\S*gpu_work': waiting for 0 CPU, 1 GPU", text), text
-    assert "1 placement-group bundle(s)" in text
-    volley.remove_placement_group(holder)
-    assert sorted(volley.get(refs, timeout=30)) in (["0", "1"], ["0", "0"], ["1", "1"])
-    assert waiting_group.wait(20)
-    volley.remove_placement_group(waiting_group)
+        refs = [gpu_work.remote() for _ in range(2)]
+        pattern = re.compile(r"2 x task '\S*gpu_work': waiting for 0 CPU, 1 GPU")
+        # Until every line is there: the tasks show as sent to a node before that node reports
+        # why they wait, which took longer than one poll under load.
+        deadline = time.monotonic() + 30
+        while True:
+            text = _status_text(cluster)
+            if (
+                "placement group 'later'" in text
+                and "waiting for resources" in text
+                and pattern.search(text)
+                and "1 placement-group bundle(s)" in text
+            ):
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        volley.remove_placement_group(holder)
+        assert sorted(volley.get(refs, timeout=30)) in (["0", "1"], ["0", "0"], ["1", "1"])
+        assert waiting_group.wait(20)
+    finally:
+        # A failure above must not leave the GPUs and half a CPU held for the tests after it.
+        for pg in (holder, waiting_group):
+            if pg is not None:
+                with contextlib.suppress(Exception):
+                    volley.remove_placement_group(pg)
 
 
 def _poll_actor(name: str, present: bool, timeout: float = 10.0):
