@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import poll
@@ -264,7 +265,16 @@ def test_tasks_on_several_nodes_racing_for_a_name_exactly_one_wins(head_cluster)
     results = volley.get([make.remote(i) for i in range(6)], timeout=60)
     assert [r for r, _ in results].count("WON") == 1, results
     assert all("already exists" in msg for r, msg in results if r == "TAKEN"), results
-    leader = volley.get_actor("task-leader", namespace="tasks-race")
+    # The winner's node lists the actor at the head with its next heartbeat (a claim is not a
+    # listing yet): until then get_actor from this driver's node says no such name.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            leader = volley.get_actor("task-leader", namespace="tasks-race")
+            break
+        except ValueError:
+            assert time.monotonic() < deadline, "the head never listed the winner"
+            time.sleep(0.05)
     again = Holder.options(name="task-leader", namespace="tasks-race", get_if_exists=True).remote()
     assert volley.get(again.node.remote()) == volley.get(leader.node.remote())
     volley.kill(leader)
