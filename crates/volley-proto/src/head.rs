@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NamedActor, NodeId, PgInfo};
+use crate::{JobRow, JobSpec, NamedActor, NodeId, PgInfo};
 
 /// The most bytes of one key-value entry's key, and of its value: the table is for small
 /// shared state (addresses, configurations, checkpoints' paths), not for data, which belongs
@@ -91,6 +91,18 @@ pub enum HeadRequest {
     ReserveName { namespace: String, name: String, node: NodeId },
     /// Node `node` did not create the actor it reserved the name for; answered `Deleted`.
     ReleaseName { namespace: String, name: String, node: NodeId },
+    /// Run a job's driver on the head (`volley job submit`); answered `Job` (its row) or
+    /// `JobRefused`.
+    JobSubmit(JobSpec),
+    /// A job's row; answered `Job` or `JobRefused` (no such job).
+    JobStatus { id: String },
+    /// End a job (SIGTERM to its driver's process group, SIGKILL after a grace period);
+    /// answered `Job` with its row as it is now.
+    JobStop { id: String },
+    /// Every job the head knows (submitted ones and drivers that joined); answered `Jobs`.
+    JobList,
+    /// A job's output from byte `offset` on; answered `JobLogs`.
+    JobLogs { id: String, offset: u64 },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -108,6 +120,18 @@ pub enum HeadAnswer {
     Error(String),
     Named(Option<NamedActor>),
     Reservation(Reservation),
+    Job(JobRow),
+    Jobs(Vec<JobRow>),
+    /// A chunk of a job's output, the offset to ask from next, and whether the job is over and
+    /// this chunk reached the end of its output.
+    JobLogs {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        next: u64,
+        done: bool,
+    },
+    /// A job request the head turned down (an unknown id, a bad submission): what to fix.
+    JobRefused(String),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -122,7 +146,12 @@ impl HeadRequest {
             HeadRequest::Directory
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }
-            | HeadRequest::ReleaseName { .. } => (0, 0),
+            | HeadRequest::ReleaseName { .. }
+            | HeadRequest::JobStatus { .. }
+            | HeadRequest::JobStop { .. }
+            | HeadRequest::JobList
+            | HeadRequest::JobLogs { .. } => (0, 0),
+            HeadRequest::JobSubmit(spec) => return spec.check(),
         };
         if key > MAX_KV_KEY {
             return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));

@@ -13,6 +13,7 @@ mod frame;
 pub mod fuzz;
 mod head;
 mod ids;
+mod jobs;
 mod messages;
 mod snapshot;
 
@@ -24,6 +25,7 @@ pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSH
 pub use head::{
     Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
 };
+pub use jobs::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK, MAX_JOB_PACKAGE};
 pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
 pub use messages::{
     decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,

@@ -32,7 +32,7 @@ mod testing;
 mod tls;
 mod worker_conn;
 
-pub use cluster::{cluster_status, cluster_view, ClusterConfig};
+pub use cluster::{ask_head_at, cluster_status, cluster_view, ClusterConfig};
 pub use diag::{log_file as diagnostics_file, set_log_dir as set_diagnostics_dir};
 pub use error::RuntimeError;
 pub use local_status::{local_nodes, query_local};

@@ -125,6 +125,7 @@ impl Node {
             links: std::sync::OnceLock::new(),
             head: Arc::new(Head::new(Box::new(MemoryStore::default()))),
         });
+        shared.head.job_table().set_python(&cfg.python);
         let spec = SpawnSpec {
             python: cfg.python,
             args: cfg.worker_args,
@@ -163,6 +164,13 @@ impl Node {
         }
         let c = Cluster::start(self.shared.clone(), cfg, self.head.clone())?;
         let r = (c.node_id().0, c.addr().to_string());
+        if c.is_head() {
+            // A cluster's head runs submitted jobs (head/jobs.rs); a node that cannot keep
+            // them in its session directory says so to whoever submits one.
+            if let Err(e) = self.head.job_table().enable(&r.1) {
+                crate::diag::event!(Warn, "volley: this head will not run jobs: {e}");
+            }
+        }
         let _ = self.shared.links.set(c.clone());
         let _ = self.cluster.set(c);
         Ok(r)

@@ -15,14 +15,17 @@
 //! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
 //! over the network (`PeerMsg::Head`, see `cluster::status`).
 
+pub mod jobs;
 mod store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use volley_proto::{
-    Directory, HeadAnswer, HeadRequest, NamedActor, NodeId, NodeSnapshot, PgInfo, Reservation,
+    Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId, NodeSnapshot,
+    PgInfo, Reservation,
 };
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
@@ -43,6 +46,8 @@ pub struct Head {
     /// Names claimed for creations not yet in the directory, with the claiming node and when
     /// (locked after `dir`, never before it).
     reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
+    /// Submitted jobs (`volley job submit`), run by a cluster's head only.
+    jobs: Arc<jobs::Jobs>,
 }
 
 struct Members {
@@ -58,6 +63,7 @@ impl Head {
             members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
             dir: Mutex::new(store),
             reserved: Mutex::new(HashMap::new()),
+            jobs: Arc::new(jobs::Jobs::default()),
         }
     }
 
@@ -80,6 +86,7 @@ impl Head {
         info.id = id;
         if info.driver {
             let job = JobInfo { node: id, pid: info.pid, started_ms: now_ms(), ended_ms: None };
+            self.jobs.link_session(job.pid, id.0, job.started_ms);
             self.dir.lock().put_job(job);
         }
         self.record(id, info);
@@ -186,6 +193,35 @@ impl Head {
         self.dir.lock().jobs()
     }
 
+    /// The submitted jobs (see [`jobs`]): `Jobs::enable` makes this head run them.
+    pub fn job_table(&self) -> &Arc<jobs::Jobs> {
+        &self.jobs
+    }
+
+    /// Every job as the state API lists it (`job` rows): the submitted jobs, and the driver
+    /// sessions that are no submitted job's (by node id, with no entrypoint), oldest first.
+    pub fn job_rows(&self) -> Vec<JobRow> {
+        let mut rows = self.jobs.rows();
+        for s in self.jobs() {
+            if rows.iter().any(|r| r.driver_node == Some(s.node.0)) {
+                continue;
+            }
+            rows.push(JobRow {
+                job_id: s.node.0.to_string(),
+                status: if s.ended_ms.is_some() { JobStatus::Succeeded } else { JobStatus::Running },
+                entrypoint: None,
+                driver_pid: Some(s.pid),
+                start_ms: s.started_ms,
+                end_ms: s.ended_ms,
+                exit_code: None,
+                message: None,
+                driver_node: Some(s.node.0),
+            });
+        }
+        rows.sort_by_key(|r| r.start_ms);
+        rows
+    }
+
     /// The whole directory in one answer (one lock of the store, so its tables agree).
     pub fn directory(&self) -> Directory {
         let dir = self.dir.lock();
@@ -195,6 +231,9 @@ impl Head {
     /// Answers a request from a node, a driver or a task (over the network or by a call).
     pub fn serve(&self, req: HeadRequest) -> HeadAnswer {
         if let Some(why) = req.check() {
+            if matches!(req, HeadRequest::JobSubmit(_)) {
+                return HeadAnswer::JobRefused(why);
+            }
             return HeadAnswer::Error(why);
         }
         match req {
@@ -227,6 +266,14 @@ impl Head {
                     .into_iter()
                     .find(|a| a.namespace == namespace && a.name == name),
             ),
+            HeadRequest::JobSubmit(spec) => job_answer(self.jobs.submit(spec)),
+            HeadRequest::JobStatus { id } => job_answer(self.jobs.status(&id)),
+            HeadRequest::JobStop { id } => job_answer(self.jobs.stop(&id)),
+            HeadRequest::JobList => HeadAnswer::Jobs(self.job_rows()),
+            HeadRequest::JobLogs { id, offset } => match self.jobs.logs(&id, offset) {
+                Ok((data, next, done)) => HeadAnswer::JobLogs { data, next, done },
+                Err(why) => HeadAnswer::JobRefused(why),
+            },
         }
     }
 
@@ -280,6 +327,13 @@ impl Head {
 
     pub fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.dir.lock().kv_keys(namespace, prefix)
+    }
+}
+
+fn job_answer(r: Result<JobRow, String>) -> HeadAnswer {
+    match r {
+        Ok(row) => HeadAnswer::Job(row),
+        Err(why) => HeadAnswer::JobRefused(why),
     }
 }
 

@@ -1,0 +1,127 @@
+//! Submitted jobs (`volley job submit`): what a client sends the head, and the row the head
+//! keeps for each job (the `job` row of the state API).
+//!
+//! A job is a driver program the head runs for a client, under its supervision (see
+//! `volley_runtime::head::jobs`). Its rows travel in `HeadAnswer::Job`/`Jobs`; its output in
+//! `HeadAnswer::JobLogs`, a chunk at a time from an offset, so a client that follows the log
+//! polls without reading it again.
+
+use serde::{Deserialize, Serialize};
+
+/// The most bytes of a job's zipped working directory in one submission: it travels in one
+/// request to the head, which keeps it on disk; larger data belongs in the object store or on
+/// shared storage.
+pub const MAX_JOB_PACKAGE: usize = 64 << 20;
+
+/// The most bytes one `JobLogs` answer carries.
+pub const MAX_JOB_LOG_CHUNK: usize = 1 << 20;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    /// Accepted, its driver not started yet.
+    Pending,
+    /// Its driver runs.
+    Running,
+    /// Its driver exited with status 0.
+    Succeeded,
+    /// Its driver exited with another status, died of a signal, or could not start.
+    Failed,
+    /// Stopped on request (`volley job stop`).
+    Stopped,
+}
+
+impl JobStatus {
+    /// Whether the job is over (its status no longer changes).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Stopped)
+    }
+
+    /// The name the state API and the CLI show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "PENDING",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Succeeded => "SUCCEEDED",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// One job, as the head keeps it (and writes it to `jobs/<id>.json` in its session directory).
+/// Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// The command line as the client gave it (`None` for a driver that joined by itself).
+    pub entrypoint: Option<String>,
+    /// The driver's process on the head's machine (`None` before it started).
+    pub driver_pid: Option<u32>,
+    pub start_ms: u64,
+    pub end_ms: Option<u64>,
+    /// The driver's exit status; minus the signal's number when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// Why it failed or stopped, in a sentence (the last line of its output for a failure).
+    pub message: Option<String>,
+    /// The cluster node the job's driver joined as, once it has (a submitted job's driver
+    /// session is linked to its submission by its process id).
+    pub driver_node: Option<u32>,
+}
+
+/// What `volley job submit` sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job's id if the client chose one (letters, digits, `-`, `_`; at most 64).
+    pub submission_id: Option<String>,
+    /// The command to run: the program and its arguments (`python` means the head's Python).
+    pub argv: Vec<String>,
+    /// The command line as the user wrote it, for display.
+    pub entrypoint: String,
+    /// The working directory zipped as `runtime_env` packs it, and its hash (the package's name).
+    pub working_dir: Option<(String, serde_bytes::ByteBuf)>,
+    /// Environment variables set for the driver (the runtime env's `env_vars`).
+    pub env_vars: Vec<(String, String)>,
+}
+
+impl JobSpec {
+    /// Checks what a head checks again on receipt: an error message, or `None`.
+    pub fn check(&self) -> Option<String> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Some("a job needs an entrypoint: the command after `--`".into());
+        }
+        if let Some(id) = &self.submission_id {
+            if let Some(why) = check_job_id(id) {
+                return Some(why);
+            }
+        }
+        if let Some((_, zip)) = &self.working_dir {
+            if zip.len() > MAX_JOB_PACKAGE {
+                return Some(format!(
+                    "the working directory packs to {} MiB, over the {} MiB a job submission \
+                     carries; leave large data out of it (volley.put, shared storage)",
+                    zip.len() >> 20,
+                    MAX_JOB_PACKAGE >> 20
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Whether `id` can name a job (it names files in the head's session directory): an error
+/// message, or `None`.
+pub fn check_job_id(id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    (!ok).then(|| {
+        format!(
+            "job id {id:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', not \
+             starting with '.'"
+        )
+    })
+}

@@ -1,0 +1,409 @@
+//! Submitted jobs: driver programs the head runs for clients (`volley job submit`), under its
+//! supervision.
+//!
+//! A job's driver is a child of the head's process in a process group of its own (so `stop`
+//! reaches whatever it started), run through `python -m volley._job_driver`, which unpacks the
+//! job's working directory with the runtime_env helpers (the zip is written to the packages
+//! directory by [`crate::rundir`], checked against its hash) and then executes the entrypoint
+//! there. It gets `VOLLEY_ADDRESS` (the head's address) and `VOLLEY_JOB_ID`; its stdout and
+//! stderr go to `jobs/<id>.log` in the session directory (created exclusively, mode 0600), and
+//! its row to `jobs/<id>.json` at each change of status, so the job's status and output
+//! outlive the job and a head restarted in the same session lists it again.
+//!
+//! A submitted job and the driver session it opens when it joins the cluster are kept side by
+//! side (the directory's `JobInfo`, by node) and linked when listed: the session whose driver
+//! process is the job's `driver_pid` is that job's (`JobRow::driver_node`), and is not listed
+//! as a job of its own (see `Head::job_rows`).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use volley_proto::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK};
+
+use super::now_ms;
+use crate::rundir;
+
+/// How long a stopped job's driver has after SIGTERM before its process group gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The head's jobs. Inert (every request refused) until [`Jobs::enable`]: only a cluster's head
+/// runs jobs, not a driver's own node.
+#[derive(Default)]
+pub struct Jobs {
+    /// The Python that runs `volley._job_driver` (the one the node's workers use).
+    python: OnceLock<String>,
+    cfg: OnceLock<Config>,
+    table: Mutex<Table>,
+}
+
+struct Config {
+    /// The head's address, given to drivers as `VOLLEY_ADDRESS`.
+    address: String,
+    python: String,
+    /// `<session dir>/jobs`.
+    dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Table {
+    jobs: HashMap<String, Job>,
+}
+
+struct Job {
+    row: JobRow,
+    /// Whether `stop` was asked (the exit then reads STOPPED whatever its status).
+    stopping: bool,
+}
+
+impl Jobs {
+    /// The Python to run drivers with (the node's workers' one; set when the node starts).
+    pub fn set_python(&self, python: &str) {
+        let _ = self.python.set(python.to_string());
+    }
+
+    /// Makes this node run jobs (it is a cluster's head listening on `address`), and loads the
+    /// jobs an earlier head of this session recorded. An error if the session directory is not
+    /// usable (the head then refuses job requests, saying why).
+    pub fn enable(&self, address: &str) -> io::Result<()> {
+        let dir = rundir::runtime_dir().join("jobs");
+        rundir::ensure_private_dir(&rundir::runtime_dir())?;
+        rundir::ensure_private_dir(&dir)?;
+        let mut loaded = Vec::new();
+        for entry in fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(text) = read_private(&path) else { continue };
+            let Ok(mut row) = serde_json::from_slice::<JobRow>(&text) else { continue };
+            if !row.status.is_terminal() {
+                // Its supervisor was the head that stopped; nobody can tell how it ended.
+                row.status = JobStatus::Failed;
+                row.end_ms = Some(row.end_ms.unwrap_or_else(now_ms));
+                row.message = Some("the head stopped while the job ran".into());
+                let _ = write_row(&dir, &row);
+            }
+            loaded.push(row);
+        }
+        let python = self.python.get().cloned().unwrap_or_else(|| "python3".to_string());
+        let cfg = Config { address: address.to_string(), python, dir };
+        if self.cfg.set(cfg).is_ok() {
+            let mut t = self.table.lock();
+            for row in loaded {
+                t.jobs.entry(row.job_id.clone()).or_insert(Job { row, stopping: false });
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> Result<&Config, String> {
+        self.cfg.get().ok_or_else(|| {
+            "this node does not run jobs: submit them to a cluster's head (`volley start \
+             --head`)"
+                .to_string()
+        })
+    }
+
+    /// Every job, oldest first.
+    pub fn rows(&self) -> Vec<JobRow> {
+        let mut v: Vec<JobRow> = self.table.lock().jobs.values().map(|j| j.row.clone()).collect();
+        v.sort_by(|a, b| (a.start_ms, &a.job_id).cmp(&(b.start_ms, &b.job_id)));
+        v
+    }
+
+    /// The row of job `id`.
+    pub fn status(&self, id: &str) -> Result<JobRow, String> {
+        self.config()?;
+        self.table.lock().jobs.get(id).map(|j| j.row.clone()).ok_or_else(|| unknown(id))
+    }
+
+    /// Starts a job's driver: its row (RUNNING, or FAILED when it could not start).
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRow, String> {
+        let cfg = self.config()?;
+        if let Some(why) = spec.check() {
+            return Err(why);
+        }
+        let id = match &spec.submission_id {
+            Some(id) => id.clone(),
+            None => new_id(),
+        };
+        if let Some(why) = check_job_id(&id) {
+            return Err(why);
+        }
+        let mut row = JobRow {
+            job_id: id.clone(),
+            status: JobStatus::Pending,
+            entrypoint: Some(spec.entrypoint.clone()),
+            driver_pid: None,
+            start_ms: now_ms(),
+            end_ms: None,
+            exit_code: None,
+            message: None,
+            driver_node: None,
+        };
+        {
+            let mut t = self.table.lock();
+            if t.jobs.contains_key(&id) {
+                return Err(format!(
+                    "a job with id {id:?} exists already; choose another --submission-id"
+                ));
+            }
+            t.jobs.insert(id.clone(), Job { row: row.clone(), stopping: false });
+        }
+        match self.spawn(cfg, &id, &spec) {
+            Ok(child) => {
+                row.status = JobStatus::Running;
+                row.driver_pid = Some(child.id());
+                self.update(&row);
+                let jobs = self.clone();
+                let id2 = id.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("volley-job".into())
+                    .spawn(move || jobs.supervise(&id2, child));
+                if let Err(e) = spawned {
+                    crate::diag::event!(Warn, "volley: no thread to supervise job {id}: {e}");
+                }
+            }
+            Err(why) => {
+                row.status = JobStatus::Failed;
+                row.end_ms = Some(now_ms());
+                row.message = Some(why);
+                self.update(&row);
+            }
+        }
+        Ok(row)
+    }
+
+    /// Starts the driver's process (see the module documentation).
+    fn spawn(&self, cfg: &Config, id: &str, spec: &JobSpec) -> Result<Child, String> {
+        let log_path = cfg.dir.join(format!("{id}.log"));
+        let log = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&log_path)
+            .map_err(|e| format!("could not create the job's log {}: {e}", log_path.display()))?;
+        let err = log.try_clone().map_err(|e| format!("could not open the job's log: {e}"))?;
+        let mut cmd = Command::new(&cfg.python);
+        cmd.arg("-m").arg("volley._job_driver");
+        if let Some((hash, zip)) = &spec.working_dir {
+            if !rundir::package_matches(hash, zip) {
+                return Err("the working directory's zip does not match its hash".into());
+            }
+            rundir::write_package(hash, zip)
+                .map_err(|e| format!("could not keep the job's working directory: {e}"))?;
+            cmd.arg("--working-dir").arg(hash);
+        }
+        cmd.arg("--").args(&spec.argv);
+        cmd.current_dir(&cfg.dir)
+            .env("VOLLEY_ADDRESS", &cfg.address)
+            .env("VOLLEY_JOB_ID", id)
+            .envs(spec.env_vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0);
+        cmd.spawn().map_err(|e| format!("could not start `{}`: {e}", cfg.python))
+    }
+
+    /// Waits for a job's driver to exit and records how it ended.
+    fn supervise(&self, id: &str, mut child: Child) {
+        let status = child.wait();
+        let mut t = self.table.lock();
+        let Some(job) = t.jobs.get_mut(id) else { return };
+        let row = &mut job.row;
+        row.end_ms = Some(now_ms());
+        match status {
+            Ok(s) => {
+                let code = s.code().or_else(|| s.signal().map(|n| -n));
+                row.exit_code = code;
+                if job.stopping {
+                    row.status = JobStatus::Stopped;
+                    row.message = Some("stopped on request".into());
+                } else if s.success() {
+                    row.status = JobStatus::Succeeded;
+                } else {
+                    row.status = JobStatus::Failed;
+                    let how = match (s.code(), s.signal()) {
+                        (Some(c), _) => format!("the driver exited with status {c}"),
+                        (None, Some(n)) => format!("the driver was killed by signal {n}"),
+                        _ => "the driver failed".to_string(),
+                    };
+                    let last = self.cfg.get().and_then(|c| last_line(&c.dir, id));
+                    row.message = Some(match last {
+                        Some(line) => format!("{how}: {line}"),
+                        None => how,
+                    });
+                }
+            }
+            Err(e) => {
+                row.status = JobStatus::Failed;
+                row.message = Some(format!("could not wait for the driver: {e}"));
+            }
+        }
+        let row = row.clone();
+        drop(t);
+        self.persist(&row);
+    }
+
+    /// Stops job `id`: SIGTERM to its driver's process group now, SIGKILL after
+    /// [`STOP_GRACE`] if it still runs. Its row as it is now (a job already over is left as it
+    /// ended).
+    pub fn stop(self: &Arc<Self>, id: &str) -> Result<JobRow, String> {
+        self.config()?;
+        let pid = {
+            let mut t = self.table.lock();
+            let job = t.jobs.get_mut(id).ok_or_else(|| unknown(id))?;
+            if job.row.status.is_terminal() {
+                return Ok(job.row.clone());
+            }
+            job.stopping = true;
+            job.row.driver_pid
+        };
+        if let Some(pid) = pid {
+            // SAFETY: signals a process group this head made for the job (its leader is our
+            // child, not yet reaped while the job runs, so the id is not reused).
+            unsafe { libc::killpg(pid as libc::pid_t, libc::SIGTERM) };
+            let jobs = self.clone();
+            let id2 = id.to_string();
+            let _ = std::thread::Builder::new().name("volley-job-stop".into()).spawn(move || {
+                let deadline = Instant::now() + STOP_GRACE;
+                while Instant::now() < deadline {
+                    if jobs.is_over(&id2) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                // Checked under the lock: a job whose driver was reaped meanwhile is over, and
+                // its group id may be another's now.
+                let t = jobs.table.lock();
+                if t.jobs.get(&id2).is_some_and(|j| !j.row.status.is_terminal()) {
+                    // SAFETY: as above; the leader is not reaped (the job is not over).
+                    unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            });
+        }
+        self.status(id)
+    }
+
+    fn is_over(&self, id: &str) -> bool {
+        self.table.lock().jobs.get(id).is_none_or(|j| j.row.status.is_terminal())
+    }
+
+    /// Job `id`'s output from byte `offset`: (a chunk, the next offset, whether the job is over
+    /// and this is the end of its output).
+    pub fn logs(&self, id: &str, offset: u64) -> Result<(Vec<u8>, u64, bool), String> {
+        let cfg = self.config()?;
+        let over = {
+            let t = self.table.lock();
+            t.jobs.get(id).ok_or_else(|| unknown(id))?.row.status.is_terminal()
+        };
+        let path = cfg.dir.join(format!("{id}.log"));
+        let mut f = match open_private(&path) {
+            Ok(f) => f,
+            // A job that failed before its log was made has no output.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset, over)),
+            Err(e) => return Err(format!("could not read the job's log {}: {e}", path.display())),
+        };
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let start = offset.min(len);
+        f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+        let mut data = Vec::new();
+        f.take(MAX_JOB_LOG_CHUNK as u64).read_to_end(&mut data).map_err(|e| e.to_string())?;
+        let next = start + data.len() as u64;
+        Ok((data, next, over && next >= len))
+    }
+
+    /// Links a submitted job to the driver session its driver opened (see the module
+    /// documentation): the job with that driver process, if any.
+    pub fn link_session(&self, pid: u32, node: u32, started_ms: u64) -> Option<String> {
+        let mut t = self.table.lock();
+        let job = t.jobs.values_mut().find(|j| {
+            j.row.driver_pid == Some(pid) && j.row.start_ms <= started_ms && j.row.end_ms.is_none()
+        })?;
+        job.row.driver_node = Some(node);
+        Some(job.row.job_id.clone())
+    }
+
+    /// Records a new state of a row, in the table and in the session directory.
+    fn update(&self, row: &JobRow) {
+        if let Some(j) = self.table.lock().jobs.get_mut(&row.job_id) {
+            j.row = row.clone();
+        }
+        self.persist(row);
+    }
+
+    fn persist(&self, row: &JobRow) {
+        if let Some(cfg) = self.cfg.get() {
+            if let Err(e) = write_row(&cfg.dir, row) {
+                crate::diag::event!(Warn, "volley: could not record job {}: {e}", row.job_id);
+            }
+        }
+    }
+}
+
+fn unknown(id: &str) -> String {
+    format!("no job {id:?} on this cluster (`volley job list` lists them)")
+}
+
+/// A fresh job id: `job-` and 12 random hex digits.
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    if getrandom::fill(&mut b).is_err() {
+        b = (now_ms() as u64).to_le_bytes()[..6].try_into().unwrap_or_default();
+    }
+    format!("job-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+fn open_private(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+}
+
+fn read_private(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    open_private(path)?.take(1 << 20).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// The last non-empty line of job `id`'s output (at most 300 characters), for its message.
+fn last_line(dir: &std::path::Path, id: &str) -> Option<String> {
+    let mut f = open_private(&dir.join(format!("{id}.log"))).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(300).collect())
+}
+
+/// Writes `<dir>/<id>.json` under a fresh exclusive name, then renames it into place.
+fn write_row(dir: &std::path::Path, row: &JobRow) -> io::Result<()> {
+    let text = serde_json::to_vec_pretty(row).map_err(io::Error::other)?;
+    let path = dir.join(format!("{}.json", row.job_id));
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{}.{nonce}.tmp", row.job_id));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .and_then(|()| fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
