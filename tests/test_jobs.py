@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cluster import Cluster, _alive, _free_port
 
 from volley import job
-
-from test_cluster import Cluster, _alive, _free_port
 
 # Every job script finds the cluster through VOLLEY_ADDRESS (and the token in the session
 # directory it shares with the head).
@@ -89,7 +88,9 @@ def test_a_job_runs_tasks_on_the_cluster_and_keeps_its_output(jc, client, tmp_pa
     mine = [r for r in listed if r["job_id"] == jid]
     assert len(mine) == 1 and mine[0]["status"] == "SUCCEEDED"
     assert mine[0]["driver_node"] is not None
-    assert not [r for r in listed if r["entrypoint"] is None and r["driver_pid"] == row["driver_pid"]]
+    assert not [
+        r for r in listed if r["entrypoint"] is None and r["driver_pid"] == row["driver_pid"]
+    ]
     st = cli(jc, "status", jid)
     assert st.returncode == 0 and f"job {jid}: SUCCEEDED" in st.stdout, st
 
@@ -191,16 +192,16 @@ def test_logs_follow_streams_output_while_the_job_runs(jc, client, tmp_path):
 
 
 def test_errors_are_clear(jc, client, tmp_path):
-    with pytest.raises(ValueError, match="no job 'nope'"):
+    with pytest.raises(ValueError, match='no job "nope"'):
         client.get_job_info("nope")
     r = cli(jc, "status", "nope")
-    assert r.returncode == 1 and "no job 'nope'" in r.stderr, r
+    assert r.returncode == 1 and 'no job "nope"' in r.stderr, r
     r = cli(jc, "logs", "nope")
-    assert r.returncode == 1 and "no job 'nope'" in r.stderr, r
+    assert r.returncode == 1 and 'no job "nope"' in r.stderr, r
     # No head at the address: the error names it.
     dead = f"127.0.0.1:{_free_port('127.0.0.1')}"
     with pytest.raises(ConnectionError, match=f"head at {dead}"):
-        job.submit("python -c pass", address=dead)
+        job.JobSubmissionClient(dead, token="t").submit_job("python -c pass")
     r = subprocess.run(
         [sys.executable, "-m", "volley._cli", "job", "submit", "--address", dead, "--token",
          "t", "--", "python", "-c", "pass"],
@@ -228,10 +229,20 @@ def test_errors_are_clear(jc, client, tmp_path):
     assert "'no-such-program-volley' could not start" in row["message"], row
 
 
-def test_a_working_dir_over_the_limit_is_refused_before_sending(client, tmp_path):
+def test_a_working_dir_over_the_limit_is_refused_before_sending(client, tmp_path, monkeypatch):
     big = tmp_path / "big"
     big.mkdir()
-    (big / "noise.bin").write_bytes(os.urandom(65 << 20))  # random: does not compress
+    (big / "noise.bin").write_bytes(os.urandom(3 << 20))  # random: does not compress
+    monkeypatch.setattr(job, "MAX_WORKING_DIR_BYTES", 2 << 20)
+    with pytest.raises(ValueError, match="packs to 3 MiB, over the 2 MiB a job submission"):
+        client.submit_job("python x.py", working_dir=big)
+
+
+@pytest.mark.slow
+def test_a_working_dir_over_the_real_limit_is_refused(client, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "noise.bin").write_bytes(os.urandom(65 << 20))
     with pytest.raises(ValueError, match="over the 64 MiB a job submission carries"):
         client.submit_job("python x.py", working_dir=big)
 

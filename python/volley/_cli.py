@@ -398,9 +398,9 @@ def _stop(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[
-            args.cmd
-        ](args)
+        return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[args.cmd](
+            args
+        )
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)
         return 1

@@ -77,7 +77,9 @@ def _recorded(args: argparse.Namespace, e: ConnectionError) -> list[dict] | None
         return None
     rows = job.recorded_jobs()
     if rows:
-        print(f"volley: {e}; showing the jobs recorded in {_cluster.session_dir()}", file=sys.stderr)
+        print(
+            f"volley: {e}; showing the jobs recorded in {_cluster.session_dir()}", file=sys.stderr
+        )
     return rows or None
 
 
@@ -90,7 +92,10 @@ def _follow(client: job.JobSubmissionClient, job_id: str) -> None:
 def _submit(args: argparse.Namespace) -> int:
     entrypoint = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
     if not entrypoint:
-        print("volley: give the command after `--`: volley job submit -- python script.py", file=sys.stderr)
+        print(
+            "volley: give the command after `--`: volley job submit -- python script.py",
+            file=sys.stderr,
+        )
         return 2
     env = None
     if args.runtime_env_json is not None:

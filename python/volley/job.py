@@ -34,6 +34,7 @@ from typing import Any
 from . import _cluster, _core, _runtime_dir, _runtime_env
 
 __all__ = [
+    "MAX_WORKING_DIR_BYTES",
     "TERMINAL",
     "JobSubmissionClient",
     "info",
@@ -52,6 +53,10 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 # How often ``tail`` and ``wait`` ask the head again while nothing new came.
 _POLL_S = 0.2
+
+#: The most bytes of a zipped working directory a submission carries (the head checks it too:
+#: ``volley_proto::MAX_JOB_PACKAGE``).
+MAX_WORKING_DIR_BYTES = 64 << 20
 
 
 def _entrypoint(entrypoint: str | Sequence[str]) -> tuple[list[str], str]:
@@ -76,6 +81,12 @@ def _pack(working_dir: str | os.PathLike | None) -> tuple[str, bytes] | None:
     if not root.is_dir():
         raise ValueError(f"working_dir {os.fspath(working_dir)!r} is not a directory")
     data = _runtime_env._zip_dir(root)
+    if len(data) > MAX_WORKING_DIR_BYTES:
+        raise ValueError(
+            f"working_dir {os.fspath(working_dir)!r} packs to {len(data) >> 20} MiB, over the "
+            f"{MAX_WORKING_DIR_BYTES >> 20} MiB a job submission carries; leave large data out "
+            "of it (volley.put, shared storage)"
+        )
     return hashlib.sha256(data).hexdigest()[:32], data
 
 

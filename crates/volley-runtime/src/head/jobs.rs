@@ -359,7 +359,7 @@ fn unknown(id: &str) -> String {
 fn new_id() -> String {
     let mut b = [0u8; 6];
     if getrandom::fill(&mut b).is_err() {
-        b = (now_ms() as u64).to_le_bytes()[..6].try_into().unwrap_or_default();
+        b = now_ms().to_le_bytes()[..6].try_into().unwrap_or_default();
     }
     format!("job-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }

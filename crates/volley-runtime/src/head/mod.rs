@@ -208,7 +208,11 @@ impl Head {
             }
             rows.push(JobRow {
                 job_id: s.node.0.to_string(),
-                status: if s.ended_ms.is_some() { JobStatus::Succeeded } else { JobStatus::Running },
+                status: if s.ended_ms.is_some() {
+                    JobStatus::Succeeded
+                } else {
+                    JobStatus::Running
+                },
                 entrypoint: None,
                 driver_pid: Some(s.pid),
                 start_ms: s.started_ms,
