@@ -459,6 +459,8 @@ impl Node {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // A head's submitted jobs end with it (their drivers would have no cluster).
+        self.head.job_table().shutdown(grace);
         if let Some(c) = self.cluster.get() {
             c.close();
         }

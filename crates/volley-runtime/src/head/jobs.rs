@@ -228,7 +228,9 @@ impl Jobs {
                 row.exit_code = code;
                 if job.stopping {
                     row.status = JobStatus::Stopped;
-                    row.message = Some("stopped on request".into());
+                    if row.message.is_none() {
+                        row.message = Some("stopped on request".into());
+                    }
                 } else if s.success() {
                     row.status = JobStatus::Succeeded;
                 } else {
@@ -293,6 +295,50 @@ impl Jobs {
             });
         }
         self.status(id)
+    }
+
+    /// The head is stopping: every running job is stopped (SIGTERM to its process group,
+    /// SIGKILL after `grace`), so no driver outlives the head that supervises it. Waits until
+    /// their supervisors recorded them (STOPPED, saying the head stopped), `grace` and a
+    /// second at most.
+    pub fn shutdown(&self, grace: Duration) {
+        let running: Vec<(String, u32)> = {
+            let mut t = self.table.lock();
+            t.jobs
+                .values_mut()
+                .filter(|j| !j.row.status.is_terminal())
+                .filter_map(|j| {
+                    j.stopping = true;
+                    j.row.message = Some("stopped: the head shut down".into());
+                    Some((j.row.job_id.clone(), j.row.driver_pid?))
+                })
+                .collect()
+        };
+        if running.is_empty() {
+            return;
+        }
+        for (_, pid) in &running {
+            // SAFETY: as in `stop` (our unreaped child leads the group).
+            unsafe { libc::killpg(*pid as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        let mut killed = false;
+        while running.iter().any(|(id, _)| !self.is_over(id)) {
+            if Instant::now() >= deadline && !killed {
+                let t = self.table.lock();
+                for (id, pid) in &running {
+                    if t.jobs.get(id).is_some_and(|j| !j.row.status.is_terminal()) {
+                        // SAFETY: as above, checked under the lock.
+                        unsafe { libc::killpg(*pid as libc::pid_t, libc::SIGKILL) };
+                    }
+                }
+                killed = true;
+            }
+            if Instant::now() >= deadline + Duration::from_secs(1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn is_over(&self, id: &str) -> bool {
