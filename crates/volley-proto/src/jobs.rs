@@ -125,3 +125,38 @@ pub fn check_job_id(id: &str) -> Option<String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: Option<&str>, argv: &[&str], zip: usize) -> JobSpec {
+        JobSpec {
+            submission_id: id.map(str::to_string),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            entrypoint: argv.join(" "),
+            working_dir: (zip > 0).then(|| ("h".into(), serde_bytes::ByteBuf::from(vec![0; zip]))),
+            env_vars: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn job_ids_cannot_leave_the_jobs_directory() {
+        for ok in ["job-1a2b", "nightly_2026.12.05", "A"] {
+            assert_eq!(check_job_id(ok), None, "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "../x", "a/b", ".hidden", "sp ace", long.as_str(), "é"] {
+            assert!(check_job_id(bad).is_some(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_submission_is_checked_before_it_is_sent_and_on_receipt() {
+        assert_eq!(spec(None, &["python", "s.py"], 10).check(), None);
+        assert!(spec(None, &[], 0).check().is_some_and(|w| w.contains("entrypoint")));
+        assert!(spec(Some("../x"), &["p"], 0).check().is_some_and(|w| w.contains("not valid")));
+        let big = spec(None, &["p"], MAX_JOB_PACKAGE + 1).check();
+        assert!(big.is_some_and(|w| w.contains("over the 64 MiB")));
+    }
+}

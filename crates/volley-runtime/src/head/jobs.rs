@@ -453,3 +453,93 @@ fn write_row(dir: &std::path::Path, row: &JobRow) -> io::Result<()> {
     }
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use volley_proto::{HeadAnswer, HeadRequest, NodeSnapshot};
+
+    use super::*;
+    use crate::head::{Head, MemoryStore};
+
+    fn driver(pid: u32) -> NodeSnapshot {
+        NodeSnapshot {
+            id: volley_proto::NodeId(0),
+            addr: String::new(),
+            cpu_total_milli: 0,
+            cpu_free_milli: 0,
+            resources: Vec::new(),
+            workers: 0,
+            store_used: 0,
+            store_capacity: 0,
+            tasks_waiting: 0,
+            waiting: Vec::new(),
+            named: Vec::new(),
+            bytes_received: 0,
+            bytes_served: 0,
+            driver: true,
+            pid,
+            groups: Vec::new(),
+            sched: Default::default(),
+            store: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_node_that_is_no_head_refuses_jobs_saying_where_to_send_them() {
+        let h = Head::new(Box::new(MemoryStore::default()));
+        for req in [
+            HeadRequest::JobStatus { id: "x".into() },
+            HeadRequest::JobStop { id: "x".into() },
+            HeadRequest::JobLogs { id: "x".into(), offset: 0 },
+        ] {
+            match h.serve(req) {
+                HeadAnswer::JobRefused(why) => {
+                    assert!(why.contains("volley start --head"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let spec = JobSpec {
+            submission_id: Some("../x".into()),
+            argv: vec!["python".into()],
+            entrypoint: "python".into(),
+            working_dir: None,
+            env_vars: Vec::new(),
+        };
+        match h.serve(HeadRequest::JobSubmit(spec)) {
+            HeadAnswer::JobRefused(why) => assert!(why.contains("is not valid"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_submitted_jobs_driver_session_is_listed_as_that_job_not_as_another() {
+        let h = Head::new(Box::new(MemoryStore::default()));
+        let row = JobRow {
+            job_id: "mine".into(),
+            status: JobStatus::Running,
+            entrypoint: Some("python s.py".into()),
+            driver_pid: Some(5151),
+            start_ms: 1,
+            end_ms: None,
+            exit_code: None,
+            message: None,
+            driver_node: None,
+        };
+        h.job_table().table.lock().jobs.insert("mine".into(), Job { row, stopping: false });
+        let linked = h.join(driver(5151));
+        let other = h.join(driver(6262));
+        let rows = h.job_rows();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let mine = rows.iter().find(|r| r.job_id == "mine").expect("the submitted job");
+        assert_eq!(mine.driver_node, Some(linked.0));
+        let plain = rows.iter().find(|r| r.job_id != "mine").expect("the plain driver");
+        assert_eq!(plain.job_id, other.0.to_string());
+        assert_eq!((plain.entrypoint.as_deref(), plain.status), (None, JobStatus::Running));
+        h.leave(other);
+        let rows = h.job_rows();
+        let plain = rows.iter().find(|r| r.job_id != "mine").expect("still listed");
+        assert_eq!(plain.status, JobStatus::Succeeded);
+        assert!(plain.end_ms.is_some());
+    }
+}
