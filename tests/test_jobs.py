@@ -4,6 +4,7 @@ watches, its output and status kept in the head's session directory."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -229,10 +230,19 @@ def test_errors_are_clear(jc, client, tmp_path):
     assert "'no-such-program-volley' could not start" in row["message"], row
 
 
-def test_a_working_dir_over_the_limit_is_refused_before_sending(client, tmp_path, monkeypatch):
+def test_a_working_dir_of_megabytes_ships_and_one_over_the_limit_is_refused(
+    client, tmp_path, monkeypatch
+):
     big = tmp_path / "big"
     big.mkdir()
-    (big / "noise.bin").write_bytes(os.urandom(3 << 20))  # random: does not compress
+    noise = os.urandom(3 << 20)  # random: does not compress
+    (big / "noise.bin").write_bytes(noise)
+    (big / "check.py").write_text(
+        "import hashlib\nprint(hashlib.sha256(open('noise.bin', 'rb').read()).hexdigest())\n"
+    )
+    jid = client.submit_job("python check.py", working_dir=big)
+    assert client.wait(jid, timeout=30)["status"] == "SUCCEEDED"
+    assert client.get_job_logs(jid).strip() == hashlib.sha256(noise).hexdigest()
     monkeypatch.setattr(job, "MAX_WORKING_DIR_BYTES", 2 << 20)
     with pytest.raises(ValueError, match="packs to 3 MiB, over the 2 MiB a job submission"):
         client.submit_job("python x.py", working_dir=big)
