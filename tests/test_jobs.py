@@ -215,6 +215,12 @@ def test_errors_are_clear(jc, client, tmp_path):
     assert r.returncode == 1 and "unknown key(s) ['pip']" in r.stderr, r
     r = cli(jc, "submit", "--")
     assert r.returncode == 2 and "after `--`" in r.stderr, r
+    with pytest.raises(ValueError, match='"A=B" cannot be an environment variable'):
+        client.submit_job("python -c pass", runtime_env={"env_vars": {"A=B": "v"}})
+    with pytest.raises(TypeError, match="env_vars must map str to str"):
+        client.submit_job("python -c pass", runtime_env={"env_vars": {"A": 1}})
+    with pytest.raises(ValueError, match="give working_dir once"):
+        client.submit_job("python -c pass", working_dir=".", runtime_env={"working_dir": "."})
     with pytest.raises(ValueError, match="is not a directory"):
         client.submit_job("python x.py", working_dir=tmp_path / "missing")
     with pytest.raises(ValueError, match="job id .* is not valid"):

@@ -118,7 +118,15 @@ def _submit(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"volley: follow it with `volley job logs {job_id} --follow`")
         return 0
-    _follow(client, job_id)
+    try:
+        _follow(client, job_id)
+    except KeyboardInterrupt:
+        print(
+            f"\nvolley: stopped following; job {job_id} keeps running "
+            f"(`volley job logs {job_id} --follow`, `volley job stop {job_id}`)",
+            file=sys.stderr,
+        )
+        return 130
     row = client.wait(job_id)
     print(f"volley: {_describe(row)}", flush=True)
     return 0 if row["status"] == "SUCCEEDED" else 1

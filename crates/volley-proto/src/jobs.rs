@@ -92,6 +92,17 @@ impl JobSpec {
         if self.argv.is_empty() || self.argv[0].is_empty() {
             return Some("a job needs an entrypoint: the command after `--`".into());
         }
+        if self.argv.iter().any(|a| a.contains('\0')) {
+            return Some("a job's command line cannot hold a NUL byte".into());
+        }
+        for (k, v) in &self.env_vars {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Some(format!(
+                    "env_vars: {k:?} cannot be an environment variable's name (empty, or with \
+                     '=' or a NUL byte), or its value holds a NUL byte"
+                ));
+            }
+        }
         if let Some(id) = &self.submission_id {
             if let Some(why) = check_job_id(id) {
                 return Some(why);
@@ -156,6 +167,10 @@ mod tests {
         assert_eq!(spec(None, &["python", "s.py"], 10).check(), None);
         assert!(spec(None, &[], 0).check().is_some_and(|w| w.contains("entrypoint")));
         assert!(spec(Some("../x"), &["p"], 0).check().is_some_and(|w| w.contains("not valid")));
+        assert!(spec(None, &["p", "a\0b"], 0).check().is_some_and(|w| w.contains("NUL")));
+        let mut env = spec(None, &["p"], 0);
+        env.env_vars = vec![("A=B".into(), "v".into())];
+        assert!(env.check().is_some_and(|w| w.contains("\"A=B\" cannot be")));
         let big = spec(None, &["p"], MAX_JOB_PACKAGE + 1).check();
         assert!(big.is_some_and(|w| w.contains("over the 64 MiB")));
     }

@@ -84,6 +84,9 @@ impl Jobs {
             }
             let Ok(text) = read_private(&path) else { continue };
             let Ok(mut row) = serde_json::from_slice::<JobRow>(&text) else { continue };
+            if check_job_id(&row.job_id).is_some() {
+                continue; // its id names files: only what a head could have written
+            }
             if !row.status.is_terminal() {
                 // Its supervisor was the head that stopped; nobody can tell how it ended.
                 row.status = JobStatus::Failed;

@@ -199,7 +199,8 @@ impl Head {
     }
 
     /// Every job as the state API lists it (`job` rows): the submitted jobs, and the driver
-    /// sessions that are no submitted job's (by node id, with no entrypoint), oldest first.
+    /// sessions that are no submitted job's (by node id, with no entrypoint; one that left
+    /// reads SUCCEEDED: the head sees a driver leave, not how it ended), oldest first.
     pub fn job_rows(&self) -> Vec<JobRow> {
         let mut rows = self.jobs.rows();
         for s in self.jobs() {
