@@ -9,6 +9,7 @@
 
 mod buffer;
 mod cluster;
+mod dashboard;
 mod errors;
 mod object_ref;
 mod options;
@@ -931,6 +932,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::query_cluster_status, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
+    dashboard::register(m)?;
     cluster::register_head(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

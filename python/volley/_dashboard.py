@@ -1,0 +1,72 @@
+"""The dashboard: pages, a JSON API and Prometheus ``/metrics`` served by this process's node
+(the head's, or a driver's with ``volley.init(dashboard=True)``). The server is in the engine;
+this module only starts it, remembers its URL and stops it with volley. See
+``docs/dashboard.md``."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+
+from . import _core
+
+DEFAULT_PORT = 8265
+
+_log = logging.getLogger("volley")
+_hooked = False
+
+
+def start(
+    host: str = "127.0.0.1", port: int | None = None, token: str | None = None, log: bool = False
+) -> str:
+    """Starts the dashboard over this process's node; returns its URL with the token (the one
+    link that logs a browser in). ``port`` None: 8265, or a free port if that one is taken (the
+    log says so); a port given explicitly that is taken raises ``OSError``. ``token`` None: a
+    new random one (a driver's own node has no cluster token). ``log``: say where it is on
+    stderr (and on the ``volley`` logger), as a driver's ``init`` does."""
+    global _hooked
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
+    ):
+        raise ValueError(f"dashboard_port must be a port number (0-65535), not {port!r}")
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"dashboard_host must be a host name or address, not {host!r}")
+    token = token or secrets.token_hex(16)
+    url = _core.start_dashboard(
+        host, DEFAULT_PORT if port is None else port, port is not None, token
+    )
+    if not _hooked:
+        from . import _session
+
+        _session.at_shutdown(stop)
+        _hooked = True
+    full = f"{url}?token={token}"
+    if log:
+        _log.info("dashboard at %s", full)
+        print(f"volley: dashboard at {full}", file=sys.stderr, flush=True)
+    return full
+
+
+def stop() -> None:
+    """Stops this process's dashboard, if one runs."""
+    _core.stop_dashboard()
+
+
+def dashboard_url(with_token: bool = True) -> str | None:
+    """The URL of this process's dashboard (started by ``volley.init(dashboard=True)``, or by
+    ``volley start --head`` in the head's process), with the token that logs a browser in
+    unless ``with_token`` is False; None when none runs here.
+
+    >>> _ = volley.init(num_cpus=1, dashboard=True, dashboard_port=0)
+    >>> volley.dashboard_url(with_token=False).startswith("http://127.0.0.1:")
+    True
+    >>> volley.shutdown()
+    >>> volley.dashboard_url() is None
+    True
+    """
+    info = _core.dashboard_info()
+    if info is None:
+        return None
+    url, token = info
+    return f"{url}?token={token}" if with_token else url
