@@ -382,6 +382,20 @@ def test_pages_in_a_browser(dash, tmp_path):
                     wait.until(lambda b: "Counter" in b.find_element(By.ID, "rows").text)
             assert text("#page-title")
             shot(page)
+        # The detail views: the failing task's traceback, the actor's restarts.
+        status, answer = api_kind("tasks")
+        if status == 200:
+            failed = [r for r in answer["rows"] if r["name"].endswith("breaks")]
+            assert failed, answer
+            browser.get(f"{base}/#task/{failed[0]['task_id']}")
+            wait.until(lambda b: b.find_elements(By.ID, "traceback"))
+            assert "this task fails on purpose" in text("#traceback")
+            shot("task-detail")
+        status, answer = api_kind("actors")
+        if status == 200:
+            browser.get(f"{base}/#actor/{answer['rows'][0]['actor_id']}")
+            wait.until(lambda b: "restarts" in b.find_element(By.ID, "page").text)
+            shot("actor-detail")
         browser.get(f"{base}/#stream")
         status, answer = api_kind("tasks")
         if status != 200:

@@ -80,7 +80,10 @@ function fmt(key, v) {
 
 function bar(used, total) {
   const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
-  return el("span", { class: "bar", title: `${pct.toFixed(0)}%` }, el("span", { style: `width:${pct}%` }));
+  // Styles are set through the DOM: the page's Content-Security-Policy refuses style attributes.
+  const fill = el("span");
+  fill.style.width = `${pct}%`;
+  return el("span", { class: "bar", title: `${pct.toFixed(0)}%` }, fill);
 }
 
 // ------------------------------------------------------------------ router
@@ -159,7 +162,6 @@ function parseFilters(text) {
 }
 
 function tablePage(root, kind) {
-  const params = new URLSearchParams(window.location.search);
   const filter = el("input", { type: "text", id: "filter", placeholder: "key=value, key!=value (e.g. state=FAILED)" });
   const limit = el("select", { id: "limit" }, ...[100, 1000, 10000].map((n) => el("option", { value: String(n), text: `${n} rows` })));
   const summary = el("span", { id: "summary", class: "muted" });
@@ -185,7 +187,6 @@ function tablePage(root, kind) {
   filter.addEventListener("keydown", (e) => { if (e.key === "Enter") load(); });
   limit.addEventListener("change", load);
   root.append(el("div", { class: "controls" }, filter, el("button", { onclick: load, text: "Apply" }), limit, summary), table);
-  void params;
   load();
   timer = setInterval(load, 3000);
 }
@@ -323,7 +324,11 @@ async function stream(root, g) {
   for (let s = 0; s <= 60; s += 10) ctx.fillText(`-${60 - s}s`, x(from + s * 1000) - 10, canvas.height - 4);
   canvas.dataset.slices = String(shown);
   $("#stream-count", root).textContent = `${shown} task(s) on ${keys.length} worker(s) in the last 60 s (of ${a.total} started)`;
-  $("#legend", root).replaceChildren(...[...names].sort().map((n) => el("span", {}, el("i", { style: `background:${colour(n)}` }), n)));
+  $("#legend", root).replaceChildren(...[...names].sort().map((n) => {
+    const swatch = el("i");
+    swatch.style.background = colour(n);
+    return el("span", {}, swatch, n);
+  }));
 }
 
 // ------------------------------------------------------------------ logs
