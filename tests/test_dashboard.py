@@ -111,8 +111,10 @@ def test_api_answers_and_refuses_bad_queries(dash):
     # A kind that this build's dashboard has nothing behind answers so, not an empty list
     # (once the state API is connected, it answers rows).
     status, _, body = http(base + "/api/v0/tasks?limit=1", bearer(token))
-    assert status == 501 and "not available" in json.loads(body)["error"] or (
-        status == 200 and "rows" in json.loads(body)
+    assert (
+        status == 501
+        and "not available" in json.loads(body)["error"]
+        or (status == 200 and "rows" in json.loads(body))
     )
 
 
@@ -159,9 +161,10 @@ def test_metrics_parse_and_match_what_ran(dash, tmp_path):
     go.touch()
     assert volley.get(refs, timeout=30) == [1, 1, 1]
     m = poll(
-        lambda: (m := scrape())[("volley_resource_used", (("node", "0"), ("resource", "disk")))]
-        == 0
-        and m,
+        lambda: (
+            (m := scrape())[("volley_resource_used", (("node", "0"), ("resource", "disk")))] == 0
+            and m
+        ),
         timeout=10,
     )
     assert m[("volley_tasks", (("node", "0"), ("state", "QUEUED")))] == 0
@@ -409,13 +412,14 @@ def test_pages_in_a_browser(dash, tmp_path):
             wait.until(lambda b: int(canvas.get_attribute("data-slices")) > first)
         shot("stream")
         browser.get(f"{base}/#logs")
-        wait.until(lambda b: b.find_element(By.ID, "error").text or b.find_element(By.ID, "logtext").text)
+        wait.until(lambda b: text("#error") or text("#logtext"))
         shot("logs")
         # Sorting a table: clicking a column's head sorts by it.
         browser.get(f"{base}/#nodes")
         wait.until(lambda b: "matching" in b.find_element(By.ID, "summary").text)
         browser.find_element(By.CSS_SELECTOR, "#rows th").click()
-        assert browser.find_element(By.CSS_SELECTOR, "#rows th").get_attribute("class") == "sorted-asc"
+        first_head = browser.find_element(By.CSS_SELECTOR, "#rows th")
+        assert first_head.get_attribute("class") == "sorted-asc"
         shot("nodes")
     finally:
         browser.quit()

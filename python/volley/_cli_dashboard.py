@@ -25,9 +25,7 @@ def add_start_arguments(s: argparse.ArgumentParser) -> None:
         help=f"its port (default {_dashboard.DEFAULT_PORT}, or a free one if that is taken; "
         "a port given here that is taken is an error)",
     )
-    s.add_argument(
-        "--no-dashboard", action="store_true", help="the head serves no dashboard"
-    )
+    s.add_argument("--no-dashboard", action="store_true", help="the head serves no dashboard")
 
 
 def start_for_head(args: argparse.Namespace, token: str, sess: Path) -> int:

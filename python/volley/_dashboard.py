@@ -14,7 +14,6 @@ from . import _core
 DEFAULT_PORT = 8265
 
 _log = logging.getLogger("volley")
-_hooked = False
 
 
 def start(
@@ -25,7 +24,6 @@ def start(
     log says so); a port given explicitly that is taken raises ``OSError``. ``token`` None: a
     new random one (a driver's own node has no cluster token). ``log``: say where it is on
     stderr (and on the ``volley`` logger), as a driver's ``init`` does."""
-    global _hooked
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
     ):
@@ -36,11 +34,6 @@ def start(
     url = _core.start_dashboard(
         host, DEFAULT_PORT if port is None else port, port is not None, token
     )
-    if not _hooked:
-        from . import _session
-
-        _session.at_shutdown(stop)
-        _hooked = True
     full = f"{url}?token={token}"
     if log:
         _log.info("dashboard at %s", full)

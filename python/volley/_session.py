@@ -374,6 +374,7 @@ def shutdown() -> None:
             return
         _ready = False
         _auto_started_by = None
+        _core.stop_dashboard()
         _core.shutdown(1.0)
         for hook in _shutdown_hooks:
             hook()
