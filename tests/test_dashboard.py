@@ -424,3 +424,44 @@ def test_pages_in_a_browser(dash, tmp_path):
     finally:
         browser.quit()
     assert len(list(shots.glob("*.png"))) >= 10
+
+
+def test_status_shows_a_drivers_dashboard(tmp_path):
+    env = dict(os.environ, VOLLEY_SESSION_DIR=str(tmp_path / "session"))
+    go = tmp_path / "go"
+    script = write_script(
+        tmp_path,
+        f"""
+        import os, time
+        import volley
+
+        volley.init(num_cpus=1, dashboard=True, dashboard_port=0)
+        print("url", volley.dashboard_url(with_token=False), flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        volley.shutdown()
+        print("stopped", flush=True)
+        while True:
+            time.sleep(1)  # until the test has run `volley status` again
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        url = proc.stdout.readline().split()[1]
+
+        def status() -> str:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", "status"],
+                env=env, capture_output=True, text=True, timeout=60,
+            ).stdout  # fmt: skip
+
+        out = status()
+        assert f"driver pid {proc.pid}: dashboard at {url}" in out, out
+        go.touch()
+        assert proc.stdout.readline().strip() == "stopped"
+        assert "dashboard at" not in status()
+    finally:
+        proc.kill()
+        proc.wait()

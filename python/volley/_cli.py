@@ -330,6 +330,7 @@ def _status(args: argparse.Namespace) -> int:
             )
     if local:
         print(f"{len(local)} driver(s) on this machine with their own node (not in a cluster)")
+        _cli_dashboard.print_driver_dashboards()
         for n in local:
             _print_node("driver", n)
     return 0

@@ -52,3 +52,9 @@ def print_status_line() -> None:
         return
     if url:
         print(f"dashboard at {url} (log in with the cluster's token)")
+
+
+def print_driver_dashboards() -> None:
+    """``volley status``'s lines for the dashboards this machine's drivers serve."""
+    for d in _dashboard.recorded():
+        print(f"  driver pid {d['pid']}: dashboard at {d['url']} (see volley.dashboard_url())")

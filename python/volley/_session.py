@@ -314,7 +314,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 from . import _dashboard
 
                 token = joining[1] if joining is not None else None
-                _dashboard.start(args["dashboard_host"], args["dashboard_port"], token, log=True)
+                _dashboard.start(args["dashboard_host"], args["dashboard_port"], token, driver=True)
         except BaseException:
             _core.stop_dashboard()
             _core.shutdown(0.5)
@@ -374,7 +374,9 @@ def shutdown() -> None:
             return
         _ready = False
         _auto_started_by = None
-        _core.stop_dashboard()
+        from . import _dashboard
+
+        _dashboard.stop()
         _core.shutdown(1.0)
         for hook in _shutdown_hooks:
             hook()
