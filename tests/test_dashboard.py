@@ -248,7 +248,7 @@ def test_a_forked_child_leaves_the_parents_dashboard_alone(tmp_path):
     script = write_script(
         tmp_path,
         """
-        import json, os, urllib.request
+        import json, os, socket, urllib.request
         import volley
 
         volley.init(num_cpus=1, dashboard=True, dashboard_port=0)
@@ -261,21 +261,32 @@ def test_a_forked_child_leaves_the_parents_dashboard_alone(tmp_path):
             return json.loads(urllib.request.urlopen(req, timeout=10).read())["total"]
 
         assert nodes() == 1
+        port = int(base.rstrip("/").rsplit(":", 1)[1])
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             # The child's volley is its own (without the parent's dashboard).
             assert volley.dashboard_url() is None
             assert volley.get(volley.put(5)) == 5
             volley.shutdown()
+            os.read(r, 1)  # lives on until the parent has let its port go
             os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        print("child", os.waitstatus_to_exitcode(status))
         print("parent", nodes())
         volley.shutdown()
+        # The child, still alive, does not hold the parent's port (SO_REUSEADDR: the
+        # connections the parent closed may linger in TIME_WAIT, a listener may not).
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        print("port free")
+        os.write(w, b"x")
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
         """,
     )
     out, err = finish_driver(start_driver(script))
-    assert "child 0" in out and "parent 1" in out, (out, err)
+    assert "parent 1\nport free\nchild 0" in out, (out, err)
 
 
 # ------------------------------------------------------------------------ the browser

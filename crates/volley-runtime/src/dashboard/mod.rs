@@ -222,6 +222,9 @@ pub struct Config {
 /// A running dashboard.
 struct Running {
     runtime: tokio::runtime::Runtime,
+    /// The listening socket's descriptor, which a forked child closes (see
+    /// [`after_fork_in_child`]).
+    listen_fd: std::os::fd::RawFd,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     url: String,
     token: String,
@@ -249,6 +252,7 @@ pub fn start(cfg: Config) -> Result<String, RuntimeError> {
     let listener = bind(&cfg.host, cfg.port, cfg.port_given)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let shown_host = match cfg.host.as_str() {
         "0.0.0.0" | "::" | "" => "localhost".to_string(),
         h if h.contains(':') => format!("[{h}]"),
@@ -265,7 +269,8 @@ pub fn start(cfg: Config) -> Result<String, RuntimeError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let app = Arc::new(server::App::new(cfg.token.clone(), local.port(), cfg.source));
     runtime.spawn(server::serve(listener, app, rx));
-    *slot = Some(Running { runtime, stop: Some(tx), url: url.clone(), token: cfg.token });
+    *slot =
+        Some(Running { runtime, listen_fd, stop: Some(tx), url: url.clone(), token: cfg.token });
     Ok(url)
 }
 
@@ -319,13 +324,19 @@ pub fn running() -> Option<(String, String)> {
 }
 
 /// In a child just forked: forgets the parent's dashboard without dropping it (its runtime's
-/// threads are gone; dropping it would wait for them).
+/// threads are gone; dropping it would wait for them), and closes the child's copy of the
+/// listening socket, which would otherwise keep the port bound after the parent lets it go.
 pub(crate) fn after_fork_in_child() {
     if DASHBOARD.is_locked() {
         // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
         unsafe { DASHBOARD.force_unlock() };
     }
-    std::mem::forget(DASHBOARD.lock().take());
+    if let Some(r) = DASHBOARD.lock().take() {
+        // SAFETY: the descriptor is the listener's, which nothing in the child uses: the
+        // runtime that owned it is forgotten below, never dropped (no second close).
+        unsafe { libc::close(r.listen_fd) };
+        std::mem::forget(r);
+    }
 }
 
 #[cfg(test)]
