@@ -171,7 +171,7 @@ def test_metrics_parse_and_match_what_ran(dash, tmp_path):
     del big
 
 
-def test_ports_taken(no_volley):
+def test_ports_taken(no_volley, capfd):
     # An explicit port that is taken: an error at init, and volley is not left half started.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,6 +194,10 @@ def test_ports_taken(no_volley):
         volley.init(num_cpus=1, dashboard=True)
         url = volley.dashboard_url(with_token=False)
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":8265/")
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        assert (
+            f"port 8265 on 127.0.0.1 is taken; it listens on port {port}" in capfd.readouterr().err
+        )
     finally:
         holder.close()
 
@@ -239,7 +243,21 @@ def test_head_serves_the_dashboard(tmp_path, no_volley):
         assert f"dashboard at {base}/" in out.stdout, out
         # A node that is not the head serves none.
         assert "dashboard at" not in c.log(1)
+        # A driver joined to the cluster serves one on request, with the cluster's token, and
+        # shows the cluster as the head tells it.
+        volley.init(address=c.head, token=c.token, dashboard=True, dashboard_port=0)
+        dbase, dtoken = volley.dashboard_url().split("?token=")
+        assert dtoken == c.token
+
+        def three():
+            a = json.loads(http(dbase + "api/v0/nodes", bearer(c.token))[2])
+            return a if a["total"] == 3 else None  # the head, the node, this driver
+
+        a = poll(three, timeout=20)
+        assert a and sum(n["driver"] for n in a["rows"]) == 1, a
+        volley.shutdown()
     finally:
+        volley.shutdown()
         c.stop()
     assert not (c.session / "dashboard").exists()
 
