@@ -377,12 +377,21 @@ def test_pages_in_a_browser(dash, tmp_path):
         def shot(name: str) -> None:
             browser.save_screenshot(str(shots / f"{name}.png"))
 
+        # Logging in: a wrong token pasted into the login page is refused, the right one
+        # lands on the overview (and the token leaves the address bar).
         browser.get(base + "/")
-        assert "token" in browser.page_source
+        field = wait.until(lambda b: b.find_element(By.ID, "token"))
         shot("login")
-        browser.get(f"{base}/?token={token}")
+        field.send_keys("not-the-token\n")
+        wait.until(lambda b: "not this cluster's token" in b.find_element(By.ID, "why").text)
+        browser.find_element(By.ID, "token").send_keys(token + "\n")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row"))
         assert browser.current_url == base + "/", "the token leaves the address bar"
+        # The printed URL logs in too.
+        browser.delete_all_cookies()
+        browser.get(f"{base}/?token={token}")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row"))
+        assert browser.current_url == base + "/"
         assert str(os.getpid()) in text("#nodes-table")
         assert "CPUs used / total" in text("#totals")
         shot("overview")
