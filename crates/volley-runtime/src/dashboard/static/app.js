@@ -40,13 +40,16 @@ function el(tag, attrs = {}, ...children) {
 
 class ApiError extends Error {}
 
-async function api(path) {
+// The answer of `path`, parsed; with `withText`, [answer, its text] (to tell an unchanged
+// answer from a new one without drawing it again).
+async function api(path, withText = false) {
   const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+  const text = await r.text();
   let body;
-  try { body = await r.json(); } catch (_) { body = null; }
+  try { body = JSON.parse(text); } catch (_) { body = null; }
   if (r.status === 401) { window.location.href = "/login"; throw new ApiError("not logged in"); }
   if (!r.ok) throw new ApiError((body && body.error) || `${path}: HTTP ${r.status}`);
-  return body;
+  return withText ? [body, text] : body;
 }
 
 function showError(msg) {
@@ -108,7 +111,7 @@ function route() {
     if (every) timer = setInterval(tick, every);
   };
   if (page === "overview") run(overview, 2000);
-  else if (page === "stream") run(stream, 1000);
+  else if (page === "stream") run(stream, 1500);
   else if (page === "logs") logsPage(root, g);
   else if (page === "task") run(taskDetail, 0);
   else if (page === "actor") run(actorDetail, 0);
@@ -166,36 +169,44 @@ function tablePage(root, kind) {
   const limit = el("select", { id: "limit" }, ...[100, 1000, 10000].map((n) => el("option", { value: String(n), text: `${n} rows` })));
   const summary = el("span", { id: "summary", class: "muted" });
   const table = el("table", { id: "rows" });
-  const state = { rows: [], sortKey: null, desc: false, cols: COLUMNS[kind] };
+  const pager = el("div", { id: "pager", class: "controls" });
+  const state = { rows: [], sortKey: null, desc: false, cols: COLUMNS[kind], text: null, page: 0, pager };
   const g = generation;
-  const load = async () => {
+  const load = async (force = true) => {
     const q = new URLSearchParams();
     for (const f of parseFilters(filter.value)) q.append("filter", f);
     q.set("limit", limit.value);
     try {
-      const a = await api(`/api/v0/${kind}?${q}`);
+      const [a, text] = await api(`/api/v0/${kind}?${q}`, true);
       if (g !== generation) return;
       showError("");
+      stamp();
+      if (!force && text === state.text) return; // unchanged: nothing to draw again
+      state.text = text;
       state.rows = a.rows;
       summary.textContent = `${a.rows.length} shown of ${a.total} matching` + (a.truncated ? " (raise the limit or filter to see more)" : "") + (a.dropped ? `; ${a.dropped} finished rows were dropped by the bounded table` : "");
       render(table, state, kind);
-      stamp();
     } catch (e) {
       if (g === generation) { showError(e.message); summary.textContent = ""; table.replaceChildren(); }
     }
   };
   filter.addEventListener("keydown", (e) => { if (e.key === "Enter") load(); });
-  limit.addEventListener("change", load);
-  root.append(el("div", { class: "controls" }, filter, el("button", { onclick: load, text: "Apply" }), limit, summary), table);
+  limit.addEventListener("change", () => load());
+  root.append(el("div", { class: "controls" }, filter, el("button", { onclick: () => load(), text: "Apply" }), limit, summary), pager, table);
   load();
-  timer = setInterval(load, 3000);
+  // Refreshed every 3 s while the answer is small; a large one only on Apply (fetching ten
+  // thousand rows again every few seconds would keep the page and the node busy).
+  timer = setInterval(() => { if (Number(limit.value) <= 1000) load(false); }, 3000);
 }
 
-// Renders rows a chunk per animation frame, so ten thousand rows never freeze the page.
+// Draws one page of PAGE rows (sorted over every row fetched): the cost of a redraw stays
+// that of one page, whether the answer held a hundred rows or ten thousand.
+const PAGE = 500;
+
 function render(table, state, kind) {
   const cols = state.cols;
   const head = el("tr", {}, ...cols.map((c) => {
-    const th = el("th", { text: c, onclick: () => { state.desc = state.sortKey === c ? !state.desc : false; state.sortKey = c; render(table, state, kind); } });
+    const th = el("th", { text: c, onclick: () => { state.desc = state.sortKey === c ? !state.desc : false; state.sortKey = c; state.page = 0; render(table, state, kind); } });
     if (state.sortKey === c) th.className = state.desc ? "sorted-desc" : "sorted-asc";
     return th;
   }));
@@ -208,29 +219,35 @@ function render(table, state, kind) {
       return (x < y ? -1 : x > y ? 1 : 0) * sign;
     });
   }
-  table.replaceChildren(head);
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  state.page = Math.min(state.page || 0, pages - 1);
+  const from = state.page * PAGE, to = Math.min(rows.length, from + PAGE);
   const detail = kind === "tasks" ? "task" : kind === "actors" ? "actor" : null;
   const idKey = kind === "tasks" ? "task_id" : "actor_id";
-  const token = ++table.renderToken || (table.renderToken = 1);
-  let i = 0;
-  const chunk = () => {
-    if (table.renderToken !== token) return;
-    const frag = document.createDocumentFragment();
-    for (const end = Math.min(rows.length, i + 500); i < end; i++) {
-      const r = rows[i];
-      const tr = el("tr", detail ? { class: "link" } : {});
-      if (detail) tr.addEventListener("click", () => { window.location.hash = `${detail}/${r[idKey]}`; });
-      for (const c of cols) {
-        const td = el("td", { text: fmt(c, r[c]) });
-        if (c === "state" || c === "status") td.className = `state-${r[c]}`;
-        tr.append(td);
-      }
-      frag.append(tr);
+  const frag = document.createDocumentFragment();
+  frag.append(head);
+  for (let i = from; i < to; i++) {
+    const r = rows[i];
+    const tr = el("tr", detail ? { class: "link" } : {});
+    if (detail) tr.addEventListener("click", () => { window.location.hash = `${detail}/${r[idKey]}`; });
+    for (const c of cols) {
+      const td = el("td", { text: fmt(c, r[c]) });
+      if (c === "state" || c === "status") td.className = `state-${r[c]}`;
+      tr.append(td);
     }
-    table.append(frag);
-    if (i < rows.length) requestAnimationFrame(chunk);
-  };
-  chunk();
+    frag.append(tr);
+  }
+  table.replaceChildren(frag);
+  const pager = state.pager;
+  if (pager) {
+    const go = (p) => { state.page = p; render(table, state, kind); };
+    pager.replaceChildren(
+      el("button", { id: "prev", onclick: () => go(state.page - 1), ...(state.page === 0 ? { disabled: "" } : {}), text: "\u2039 prev" }),
+      ` rows ${rows.length ? from + 1 : 0}\u2013${to} of ${rows.length} `,
+      el("button", { id: "next", onclick: () => go(state.page + 1), ...(state.page >= pages - 1 ? { disabled: "" } : {}), text: "next \u203a" }),
+    );
+    pager.hidden = pages < 2;
+  }
 }
 
 // ------------------------------------------------------------------ details
@@ -263,7 +280,7 @@ async function actorDetail(root, g, id) {
   const t = await api(`/api/v0/tasks?filter=${encodeURIComponent("actor_id=" + id)}&limit=100`);
   if (g !== generation) return;
   const table = el("table", { id: "rows" });
-  render(table, { rows: t.rows, cols: COLUMNS.tasks, sortKey: null, desc: false }, "tasks");
+  render(table, { rows: t.rows, cols: COLUMNS.tasks, sortKey: null, desc: false, page: 0 }, "tasks");
   parts.push(el("h2", { text: `Calls (${t.rows.length} of ${t.total})` }), table);
   root.replaceChildren(...parts);
 }
@@ -286,7 +303,7 @@ async function stream(root, g) {
       el("p", { class: "muted", text: "Each row is a worker (node:pid); each bar a task, from start to end, over the last 60 s. Running tasks grow to the right." }),
       canvas, el("div", { class: "legend", id: "legend" }), el("p", { id: "stream-count", class: "muted" }));
   }
-  const a = await api("/api/v0/tasks?limit=5000&filter=state!=QUEUED&filter=state!=WAITING_ARGS");
+  const a = await api("/api/v0/tasks?limit=2000&filter=state!=QUEUED&filter=state!=WAITING_ARGS");
   if (g !== generation) return;
   const now = Date.now(), span = 60000, from = now - span;
   const lanes = new Map();
