@@ -503,3 +503,28 @@ def test_status_shows_a_drivers_dashboard(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1", extra=("--dashboard-port", "0"))
+        c.start(False, "127.0.0.2", cpus=2)
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        browser.get(line.split("dashboard at ")[1].strip())
+
+        def rows(b):
+            found = b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row")
+            return found if len(found) == 2 else None
+
+        found = WebDriverWait(browser, 20).until(rows)
+        text = "\n".join(r.text for r in found)
+        assert "head" in text and "127.0.0.2" in text, text
+        browser.save_screenshot(str(tmp_path / "head-overview.png"))
+    finally:
+        browser.quit()
+        c.stop()
