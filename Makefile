@@ -41,6 +41,13 @@ $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm
 	$(VPY) -m pip install --quiet "mypy>=1.11"
+	@# The dashboard's tests: /metrics parsed as Prometheus parses it, the pages in a real
+	@# browser (Debian's chromium driven by selenium; the test skips, saying so, without them).
+	$(VPY) -m pip install --quiet prometheus_client selenium
+	@command -v chromedriver >/dev/null || ! command -v apt-get >/dev/null \
+		|| apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null) \
+		|| echo "note: could not install chromium and chromium-driver (the dashboard's browser test)"
 	@# CPython's test_concurrent_futures for tests/peers/test_cpython_futures.py: Debian ships it
 	@# apart from the interpreter (the harness skips, saying so, where it cannot be installed).
 	@test -f /usr/lib/python3.11/test/test_concurrent_futures.py || ! command -v apt-get >/dev/null \

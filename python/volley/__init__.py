@@ -15,6 +15,7 @@ streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and wh
 from . import actor, exceptions, job
 from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import ObjectRef
+from ._dashboard import dashboard_url
 from ._generator import ObjectRefGenerator
 from ._map import map, starmap
 from ._objects import cancel, get, object_store_stats, put, wait
@@ -59,6 +60,7 @@ from . import util
 __version__ = "0.1.0"
 
 __all__ = [
+    "dashboard_url",
     "init",
     "shutdown",
     "is_initialized",

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cli_job, _cluster, _core, _runtime_dir, _session
+from . import _cli_dashboard, _cli_job, _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "generates it once; a node on the same machine uses it)",
     )
     s.add_argument("--block", action="store_true", help="stay in the foreground")
+    _cli_dashboard.add_start_arguments(s)
     s.add_argument("--heartbeat-ms", type=int, default=500)
     s.add_argument(
         "--dead-after-ms", type=int, default=10_000, help="declare a silent node dead after this"
@@ -225,6 +226,9 @@ def _run_node(args: argparse.Namespace) -> int:
         print(f"volley: could not start the node: {e}", file=sys.stderr, flush=True)
         return 1
     sess = _cluster.session_dir(create=True)
+    if args.head and _cli_dashboard.start_for_head(args, token, sess) != 0:
+        _session.shutdown()
+        return 1
     if args.head and args.tls:
         _print_tls_howto(addr, tls_cert, tls_key)
     if args.head:
@@ -256,6 +260,7 @@ def _run_node(args: argparse.Namespace) -> int:
         record.unlink(missing_ok=True)
         if args.head:
             (sess / "address").unlink(missing_ok=True)
+            (sess / "dashboard").unlink(missing_ok=True)
     return 0
 
 
@@ -315,6 +320,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     if addr is not None:
         print(f"cluster at {addr}: {sum(1 for n in nodes if not n['driver'])} node(s)")
+        _cli_dashboard.print_status_line()
         for n in nodes:
             kind = "driver" if n["driver"] else ("head" if n["node_id"] == 1 else "node")
             _print_node(f"node {n['node_id']} ({kind}) {n['address'] or '-'}", n)
@@ -325,6 +331,7 @@ def _status(args: argparse.Namespace) -> int:
             )
     if local:
         print(f"{len(local)} driver(s) on this machine with their own node (not in a cluster)")
+        _cli_dashboard.print_driver_dashboards()
         for n in local:
             _print_node("driver", n)
     return 0

@@ -100,6 +100,9 @@ def init(
     runtime_env: dict | None = None,
     tls_cert: str | None = None,
     max_workers: int = 1024,
+    dashboard: bool = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
     With ``address``, connects to a running cluster instead and runs tasks on its nodes.
@@ -141,6 +144,11 @@ def init(
             ``get`` included. A task blocked in ``get`` lends its CPU to a new worker, so nested
             tasks need one worker per level: a task that finds all ``max_workers`` blocked, with
             nothing left running that could free one, fails with ``UnschedulableError``.
+        dashboard: serve the dashboard (pages, JSON API, ``/metrics``) from this process, on
+            ``dashboard_host`` (default 127.0.0.1) and ``dashboard_port`` (default 8265, or a
+            free port if taken; 0: any free port). Its URL, with the token that logs a browser
+            in, is logged on the ``volley`` logger and given by ``volley.dashboard_url()``. See
+            ``docs/dashboard.md``.
 
     A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
     because actors or placement groups hold what it needs gets one line on stderr per function
@@ -302,7 +310,13 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                     tls_cert=daemon.get("tls_cert"),
                     tls_key=daemon.get("tls_key"),
                 )
+            if args.get("dashboard") and not auto:
+                from . import _dashboard
+
+                token = joining[1] if joining is not None else None
+                _dashboard.start(args["dashboard_host"], args["dashboard_port"], token, driver=True)
         except BaseException:
+            _core.stop_dashboard()
             _core.shutdown(0.5)
             raise
         generation += 1
@@ -360,6 +374,9 @@ def shutdown() -> None:
             return
         _ready = False
         _auto_started_by = None
+        from . import _dashboard
+
+        _dashboard.stop()
         _core.shutdown(1.0)
         for hook in _shutdown_hooks:
             hook()

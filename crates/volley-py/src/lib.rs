@@ -9,6 +9,7 @@
 
 mod buffer;
 mod cluster;
+mod dashboard;
 mod errors;
 mod jobs;
 mod object_ref;
@@ -932,6 +933,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::query_cluster_status, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
+    dashboard::register(m)?;
     cluster::register_head(m)?;
     jobs::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;

@@ -17,6 +17,7 @@
 
 pub mod client;
 mod cluster;
+pub mod dashboard;
 mod diag;
 mod error;
 pub mod head;
@@ -52,6 +53,7 @@ pub fn after_fork_in_child() {
     logs::after_fork_in_child();
     diag::after_fork_in_child();
     volley_store::after_fork_in_child();
+    dashboard::after_fork_in_child();
 }
 
 /// How often a blocked call wakes up to run its `check` callback.

@@ -1,0 +1,386 @@
+// volley's dashboard: one page, routes in the URL's hash, every view read from /api/v0.
+// Lists are never fetched whole: each request has a limit, and the answer says how many
+// rows matched (total), so a cluster with a million tasks costs what one page shows.
+"use strict";
+
+const COLUMNS = {
+  tasks: ["task_id", "name", "state", "node_id", "worker_pid", "attempt", "submitted_ms",
+          "duration_ms", "waiting_for", "error_kind", "error_message"],
+  actors: ["actor_id", "class_name", "name", "state", "restarts", "pid", "node_id", "job_id",
+           "detached", "death_cause"],
+  nodes: ["id", "addr", "driver", "pid", "workers", "cpu_total_milli", "cpu_free_milli",
+          "store_used", "store_capacity", "tasks_waiting"],
+  workers: ["pid", "node_id", "state", "actor_id", "task_id"],
+  objects: ["object_id", "size", "node_id", "state", "pins", "spilled"],
+  placement_groups: ["pg_id", "name", "state", "strategy", "bundles", "node_id"],
+  jobs: ["job_id", "status", "entrypoint", "driver_pid", "start_ms", "end_ms", "exit_code",
+         "message"],
+};
+const TITLES = {
+  overview: "Cluster overview", stream: "Task stream", tasks: "Tasks", actors: "Actors",
+  objects: "Objects", placement_groups: "Placement groups", jobs: "Jobs", workers: "Workers",
+  nodes: "Nodes", logs: "Logs", task: "Task", actor: "Actor",
+};
+
+let timer = null;      // the current page's refresh
+let generation = 0;    // bumped on each navigation: late answers of the last page are dropped
+
+const $ = (sel, root = document) => root.querySelector(sel);
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+class ApiError extends Error {}
+
+// The answer of `path`, parsed; with `withText`, [answer, its text] (to tell an unchanged
+// answer from a new one without drawing it again).
+async function api(path, withText = false) {
+  const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+  const text = await r.text();
+  let body;
+  try { body = JSON.parse(text); } catch (_) { body = null; }
+  if (r.status === 401) { window.location.href = "/login"; throw new ApiError("not logged in"); }
+  if (!r.ok) throw new ApiError((body && body.error) || `${path}: HTTP ${r.status}`);
+  return withText ? [body, text] : body;
+}
+
+function showError(msg) {
+  const e = $("#error");
+  e.textContent = msg || "";
+  e.hidden = !msg;
+}
+
+function stamp() {
+  $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+function fmtBytes(n) {
+  if (n == null) return "";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+
+function fmt(key, v) {
+  if (v == null) return "";
+  if (key.endsWith("_ms") && !key.startsWith("duration") && typeof v === "number" && v > 1e12)
+    return new Date(v).toLocaleTimeString();
+  if (key === "duration_ms" && typeof v === "number") return v < 1000 ? `${v.toFixed(1)} ms` : `${(v / 1000).toFixed(2)} s`;
+  if ((key === "size" || key.startsWith("store_")) && typeof v === "number") return fmtBytes(v);
+  if (key.endsWith("_milli") && typeof v === "number") return (v / 1000).toString();
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function bar(used, total) {
+  const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
+  // Styles are set through the DOM: the page's Content-Security-Policy refuses style attributes.
+  const fill = el("span");
+  fill.style.width = `${pct}%`;
+  return el("span", { class: "bar", title: `${pct.toFixed(0)}%` }, fill);
+}
+
+// ------------------------------------------------------------------ router
+
+function route() {
+  generation++;
+  if (timer) { clearInterval(timer); timer = null; }
+  showError("");
+  const hash = decodeURIComponent(window.location.hash.slice(1)) || "overview";
+  const [page, ...rest] = hash.split("/");
+  const arg = rest.join("/");
+  for (const a of document.querySelectorAll("#nav a"))
+    a.classList.toggle("active", a.getAttribute("href") === "#" + page);
+  $("#page-title").textContent = TITLES[page] ? TITLES[page] + (arg ? " " + arg : "") : "Not found";
+  const root = $("#page");
+  root.replaceChildren();
+  root.dataset.page = page;
+  const g = generation;
+  const run = (fn, every) => {
+    const tick = () => fn(root, g, arg).then(stamp).catch((e) => { if (g === generation) showError(e.message); });
+    tick();
+    if (every) timer = setInterval(tick, every);
+  };
+  if (page === "overview") run(overview, 2000);
+  else if (page === "stream") run(stream, 1500);
+  else if (page === "logs") logsPage(root, g);
+  else if (page === "task") run(taskDetail, 0);
+  else if (page === "actor") run(actorDetail, 0);
+  else if (COLUMNS[page]) tablePage(root, page);
+  else showError(`no page ${page}`);
+}
+
+// ------------------------------------------------------------------ overview
+
+async function overview(root, g) {
+  const c = await api("/api/v0/cluster");
+  if (g !== generation) return;
+  const t = c.totals;
+  const card = (k, v, extra) => el("div", { class: "card" }, el("div", { class: "v", text: v }), el("div", { class: "k", text: k }), ...(extra ? [extra] : []));
+  const cards = el("div", { class: "cards", id: "totals" },
+    card("nodes", String(t.nodes)),
+    card("CPUs used / total", `${t.cpus_used} / ${t.cpus}`, bar(t.cpus_used, t.cpus)),
+    ...Object.entries(t.resources).map(([name, [total, used]]) => card(`${name} used / total`, `${used} / ${total}`, bar(used, total))),
+    card("workers", String(t.workers)),
+    card("actors", String(t.actors)),
+    card("object store", `${fmtBytes(t.store_used)} / ${fmtBytes(t.store_capacity)}`, bar(t.store_used, t.store_capacity)),
+    card("tasks waiting", String(t.tasks_waiting)),
+  );
+  const table = el("table", { id: "nodes-table" });
+  table.append(el("tr", {}, ...["node", "kind", "address", "pid", "CPU", "resources", "workers",
+    "object store", "spilled", "tasks (waiting / queued / running)", "why tasks wait"].map((h) => el("th", { text: h }))));
+  for (const n of c.nodes) {
+    const res = n.resources.filter((r) => !r[0].startsWith("pg:")).map(([name, tot, free]) => `${name} ${(tot - free) / 1000}/${tot / 1000}`).join(", ");
+    const s = n.sched;
+    table.append(el("tr", { class: "node-row" },
+      el("td", { text: String(n.id) }),
+      el("td", { text: n.driver ? "driver" : (n.id === 1 ? "head" : (n.id === 0 ? "local" : "node")) }),
+      el("td", { text: n.addr || "-" }),
+      el("td", { text: String(n.pid) }),
+      el("td", {}, `${(n.cpu_total_milli - n.cpu_free_milli) / 1000}/${n.cpu_total_milli / 1000} `, bar(n.cpu_total_milli - n.cpu_free_milli, n.cpu_total_milli)),
+      el("td", { text: res }),
+      el("td", { text: `${n.workers} (${s.workers_blocked} blocked)` }),
+      el("td", {}, `${fmtBytes(n.store_used)} / ${fmtBytes(n.store_capacity)} `, bar(n.store_used, n.store_capacity)),
+      el("td", { text: `${n.store.objects_spilled} (${fmtBytes(n.store.spilled_bytes)})` }),
+      el("td", { text: `${s.tasks_waiting_deps} / ${s.tasks_queued} / ${s.tasks_assigned}` }),
+      el("td", { class: "wrap", text: (n.waiting || []).join("\n") }),
+    ));
+  }
+  root.replaceChildren(cards, el("h2", { text: "Nodes" }), table);
+}
+
+// ------------------------------------------------------------------ tables
+
+function parseFilters(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function tablePage(root, kind) {
+  const filter = el("input", { type: "text", id: "filter", placeholder: "key=value, key!=value (e.g. state=FAILED)" });
+  const limit = el("select", { id: "limit" }, ...[100, 1000, 10000].map((n) => el("option", { value: String(n), text: `${n} rows` })));
+  const summary = el("span", { id: "summary", class: "muted" });
+  const table = el("table", { id: "rows" });
+  const pager = el("div", { id: "pager", class: "controls" });
+  const state = { rows: [], sortKey: null, desc: false, cols: COLUMNS[kind], text: null, page: 0, pager };
+  const g = generation;
+  const load = async (force = true) => {
+    const q = new URLSearchParams();
+    for (const f of parseFilters(filter.value)) q.append("filter", f);
+    q.set("limit", limit.value);
+    try {
+      const [a, text] = await api(`/api/v0/${kind}?${q}`, true);
+      if (g !== generation) return;
+      showError("");
+      stamp();
+      if (!force && text === state.text) return; // unchanged: nothing to draw again
+      state.text = text;
+      state.rows = a.rows;
+      summary.textContent = `${a.rows.length} shown of ${a.total} matching` + (a.truncated ? " (raise the limit or filter to see more)" : "") + (a.dropped ? `; ${a.dropped} finished rows were dropped by the bounded table` : "");
+      render(table, state, kind);
+    } catch (e) {
+      if (g === generation) { showError(e.message); summary.textContent = ""; table.replaceChildren(); }
+    }
+  };
+  filter.addEventListener("keydown", (e) => { if (e.key === "Enter") load(); });
+  limit.addEventListener("change", () => load());
+  root.append(el("div", { class: "controls" }, filter, el("button", { onclick: () => load(), text: "Apply" }), limit, summary), pager, table);
+  load();
+  // Refreshed every 3 s while the answer is small; a large one only on Apply (fetching ten
+  // thousand rows again every few seconds would keep the page and the node busy).
+  timer = setInterval(() => { if (Number(limit.value) <= 1000) load(false); }, 3000);
+}
+
+// Draws one page of PAGE rows (sorted over every row fetched): the cost of a redraw stays
+// that of one page, whether the answer held a hundred rows or ten thousand.
+const PAGE = 500;
+
+function render(table, state, kind) {
+  const cols = state.cols;
+  const head = el("tr", {}, ...cols.map((c) => {
+    const th = el("th", { text: c, onclick: () => { state.desc = state.sortKey === c ? !state.desc : false; state.sortKey = c; state.page = 0; render(table, state, kind); } });
+    if (state.sortKey === c) th.className = state.desc ? "sorted-desc" : "sorted-asc";
+    return th;
+  }));
+  let rows = state.rows;
+  if (state.sortKey) {
+    const k = state.sortKey, sign = state.desc ? -1 : 1;
+    rows = rows.slice().sort((a, b) => {
+      const x = a[k], y = b[k];
+      if (x == null) return 1; if (y == null) return -1;
+      return (x < y ? -1 : x > y ? 1 : 0) * sign;
+    });
+  }
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  state.page = Math.min(state.page || 0, pages - 1);
+  const from = state.page * PAGE, to = Math.min(rows.length, from + PAGE);
+  const detail = kind === "tasks" ? "task" : kind === "actors" ? "actor" : null;
+  const idKey = kind === "tasks" ? "task_id" : "actor_id";
+  const frag = document.createDocumentFragment();
+  frag.append(head);
+  for (let i = from; i < to; i++) {
+    const r = rows[i];
+    const tr = el("tr", detail ? { class: "link" } : {});
+    if (detail) tr.addEventListener("click", () => { window.location.hash = `${detail}/${r[idKey]}`; });
+    for (const c of cols) {
+      const td = el("td", { text: fmt(c, r[c]) });
+      if (c === "state" || c === "status") td.className = `state-${r[c]}`;
+      tr.append(td);
+    }
+    frag.append(tr);
+  }
+  table.replaceChildren(frag);
+  const pager = state.pager;
+  if (pager) {
+    const go = (p) => { state.page = p; render(table, state, kind); };
+    pager.replaceChildren(
+      el("button", { id: "prev", onclick: () => go(state.page - 1), ...(state.page === 0 ? { disabled: "" } : {}), text: "\u2039 prev" }),
+      ` rows ${rows.length ? from + 1 : 0}\u2013${to} of ${rows.length} `,
+      el("button", { id: "next", onclick: () => go(state.page + 1), ...(state.page >= pages - 1 ? { disabled: "" } : {}), text: "next \u203a" }),
+    );
+    pager.hidden = pages < 2;
+  }
+}
+
+// ------------------------------------------------------------------ details
+
+function fields(row) {
+  const dl = el("dl", { id: "fields" });
+  for (const [k, v] of Object.entries(row)) {
+    if (k === "traceback") continue;
+    dl.append(el("dt", { text: k }), el("dd", { class: k === "state" ? `state-${v}` : "", text: fmt(k, v) }));
+  }
+  return dl;
+}
+
+async function taskDetail(root, g, id) {
+  const a = await api(`/api/v0/tasks?filter=${encodeURIComponent("task_id=" + id)}&detail=1&limit=1`);
+  if (g !== generation) return;
+  if (!a.rows.length) throw new ApiError(`no task ${id}`);
+  const t = a.rows[0];
+  const parts = [fields(t)];
+  if (t.error_message) parts.push(el("h2", { text: "Error" }), el("pre", { id: "error-message", text: `${t.error_kind || ""}: ${t.error_message}` }));
+  if (t.traceback) parts.push(el("h2", { text: "Traceback" }), el("pre", { id: "traceback", text: t.traceback }));
+  root.replaceChildren(...parts);
+}
+
+async function actorDetail(root, g, id) {
+  const a = await api(`/api/v0/actors?filter=${encodeURIComponent("actor_id=" + id)}&detail=1&limit=1`);
+  if (g !== generation) return;
+  if (!a.rows.length) throw new ApiError(`no actor ${id}`);
+  const parts = [fields(a.rows[0])];
+  const t = await api(`/api/v0/tasks?filter=${encodeURIComponent("actor_id=" + id)}&limit=100`);
+  if (g !== generation) return;
+  const table = el("table", { id: "rows" });
+  render(table, { rows: t.rows, cols: COLUMNS.tasks, sortKey: null, desc: false, page: 0 }, "tasks");
+  parts.push(el("h2", { text: `Calls (${t.rows.length} of ${t.total})` }), table);
+  root.replaceChildren(...parts);
+}
+
+// ------------------------------------------------------------------ task stream
+
+const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac"];
+function colour(name, state) {
+  if (state === "FAILED") return "#e15759";
+  let h = 0;
+  for (const ch of name || "") h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
+async function stream(root, g) {
+  let canvas = $("#stream-canvas", root);
+  if (!canvas) {
+    canvas = el("canvas", { id: "stream-canvas", width: "1200", height: "300" });
+    root.replaceChildren(
+      el("p", { class: "muted", text: "Each row is a worker (node:pid); each bar a task, from start to end, over the last 60 s. Running tasks grow to the right." }),
+      canvas, el("div", { class: "legend", id: "legend" }), el("p", { id: "stream-count", class: "muted" }));
+  }
+  const a = await api("/api/v0/tasks?limit=2000&filter=state!=QUEUED&filter=state!=WAITING_ARGS");
+  if (g !== generation) return;
+  const now = Date.now(), span = 60000, from = now - span;
+  const lanes = new Map();
+  const names = new Set();
+  let shown = 0;
+  for (const t of a.rows) {
+    if (t.started_ms == null) continue;
+    const end = t.ended_ms == null ? now : t.ended_ms;
+    if (end < from) continue;
+    const lane = `${t.node_id}:${t.worker_pid}`;
+    if (!lanes.has(lane)) lanes.set(lane, []);
+    lanes.get(lane).push([t.started_ms, end, t.name, t.state]);
+    names.add(t.name);
+    shown++;
+  }
+  const keys = [...lanes.keys()].sort();
+  const laneH = 22, left = 130, width = canvas.clientWidth || 1200;
+  canvas.width = width;
+  canvas.height = Math.max(60, keys.length * laneH + 30);
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = "12px system-ui, sans-serif";
+  const x = (ms) => left + ((ms - from) / span) * (width - left - 10);
+  keys.forEach((k, i) => {
+    const y = 10 + i * laneH;
+    ctx.fillStyle = "#5b6477";
+    ctx.fillText(k, 4, y + 14);
+    for (const [s, e, name, st] of lanes.get(k)) {
+      ctx.fillStyle = colour(name, st);
+      const x0 = Math.max(left, x(s));
+      ctx.fillRect(x0, y + 2, Math.max(2, x(e) - x0), laneH - 6);
+    }
+  });
+  ctx.fillStyle = "#8a93a6";
+  for (let s = 0; s <= 60; s += 10) ctx.fillText(`-${60 - s}s`, x(from + s * 1000) - 10, canvas.height - 4);
+  canvas.dataset.slices = String(shown);
+  $("#stream-count", root).textContent = `${shown} task(s) on ${keys.length} worker(s) in the last 60 s (of ${a.total} started)`;
+  $("#legend", root).replaceChildren(...[...names].sort().map((n) => {
+    const swatch = el("i");
+    swatch.style.background = colour(n);
+    return el("span", {}, swatch, n);
+  }));
+}
+
+// ------------------------------------------------------------------ logs
+
+function logsPage(root, g) {
+  const inputs = {};
+  const ctl = el("div", { class: "controls" });
+  for (const k of ["node", "worker", "task", "actor", "job"]) {
+    inputs[k] = el("input", { type: "text", id: `log-${k}`, placeholder: k, size: "10" });
+    ctl.append(inputs[k]);
+  }
+  const follow = el("input", { type: "checkbox", id: "follow", checked: "" });
+  const pre = el("pre", { id: "logtext" });
+  let offset = null;
+  const load = async () => {
+    const q = new URLSearchParams();
+    for (const [k, i] of Object.entries(inputs)) if (i.value.trim()) q.set(k, i.value.trim());
+    if (offset != null) q.set("offset", String(offset));
+    try {
+      const a = await api(`/api/v0/logs?${q}`);
+      if (g !== generation) return;
+      showError("");
+      const lines = a.lines || [];
+      if (lines.length) pre.append(document.createTextNode(lines.join("\n") + "\n"));
+      if (a.offset != null) offset = a.offset;
+      pre.scrollTop = pre.scrollHeight;
+      stamp();
+    } catch (e) { if (g === generation) showError(e.message); }
+  };
+  const show = () => { offset = null; pre.replaceChildren(); load(); };
+  ctl.append(el("button", { onclick: show, text: "Show" }), el("label", {}, follow, " follow"));
+  root.append(ctl, pre);
+  show();
+  timer = setInterval(() => { if (follow.checked) load(); }, 1000);
+}
+
+window.addEventListener("hashchange", route);
+route();

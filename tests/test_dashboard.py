@@ -1,0 +1,530 @@
+"""The dashboard: its token check, /metrics parsed as Prometheus parses it, the JSON API's
+answers and errors, the head's dashboard from `volley start --head`, a fork of a driver that
+serves one, and the pages in a real browser (Debian's chromium driven by selenium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import finish_driver, poll, start_driver, write_script
+from test_cluster import Cluster, _free_port
+
+import volley
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+OPENER = urllib.request.build_opener(NoRedirect)
+
+
+def http(url: str, headers: dict | None = None) -> tuple[int, Any, str]:
+    """GET ``url``: (status, headers, body), for errors and redirects too."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with OPENER.open(req, timeout=10) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def dash(no_volley):
+    """An embedded volley with a dashboard on a free port: (base URL, token)."""
+    volley.init(num_cpus=2, resources={"disk": 1}, dashboard=True, dashboard_port=0)
+    url = volley.dashboard_url()
+    base, token = url.split("?token=")
+    return base.rstrip("/"), token
+
+
+def test_token_is_needed_everywhere_but_the_login_page(dash):
+    base, token = dash
+    for path in ("/api/v0/cluster", "/api/v0/nodes", "/metrics"):
+        status, headers, body = http(base + path)
+        assert status == 401, (path, body)
+        assert "Bearer" in headers["WWW-Authenticate"]
+        assert "token" in json.loads(body)["error"]
+        assert http(base + path, bearer("wrong"))[0] == 401
+        assert http(base + path, bearer(token))[0] == 200
+    # A page without the token: the login page, with a 401.
+    status, _, body = http(base + "/")
+    assert status == 401 and 'name="token"' in body
+    status, _, body = http(base + "/?token=wrong")
+    assert status == 401 and "not this cluster's token" in body
+    assert http(base + "/login")[0] == 200
+    assert http(base + "/static/app.js")[0] == 200
+    # The token URL: a cookie, and the same URL without the token.
+    status, headers, _ = http(f"{base}/?token={token}&x=1")
+    assert status == 303
+    assert headers["Location"] == "/?x=1"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert token not in cookie, "the cookie holds a digest, not the token"
+    jar = {"Cookie": cookie.split(";")[0]}
+    status, headers, body = http(base + "/", jar)
+    assert status == 200 and "/static/app.js" in body
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert http(base + "/api/v0/cluster", jar)[0] == 200
+    assert http(base + "/api/v0/cluster", {"Cookie": jar["Cookie"][:-2] + "00"})[0] == 401
+
+
+def test_api_answers_and_refuses_bad_queries(dash):
+    base, token = dash
+    status, _, body = http(base + "/api/v0/cluster", bearer(token))
+    c = json.loads(body)
+    assert status == 200
+    assert c["totals"]["nodes"] == 1 and c["totals"]["cpus"] == 2
+    assert c["totals"]["resources"]["disk"] == [1, 0]
+    assert c["nodes"][0]["alive"] is True and c["nodes"][0]["pid"] == os.getpid()
+    a = json.loads(http(base + "/api/v0/nodes?filter=driver=true&limit=5", bearer(token))[2])
+    assert (a["kind"], a["total"], a["truncated"], len(a["rows"])) == ("nodes", 1, False, 1)
+    a = json.loads(http(base + "/api/v0/nodes?filter=driver!=true", bearer(token))[2])
+    assert a["total"] == 0 and a["rows"] == []
+    for query, needle in [
+        ("/api/v0/bogus", "unknown kind"),
+        ("/api/v0/nodes?limit=many", "limit must be"),
+        ("/api/v0/nodes?filter=driver", "key=value"),
+        ("/api/v0/nodes?detail=2", "detail must be"),
+        ("/api/v0/nodes?sort=id", "unknown parameter"),
+    ]:
+        status, _, body = http(base + query, bearer(token))
+        assert status == 400 and needle in json.loads(body)["error"], (query, body)
+    status, _, body = http(base + "/nope", bearer(token))
+    assert status == 404
+    # A kind that this build's dashboard has nothing behind answers so, not an empty list
+    # (once the state API is connected, it answers rows).
+    status, _, body = http(base + "/api/v0/tasks?limit=1", bearer(token))
+    assert (
+        status == 501
+        and "not available" in json.loads(body)["error"]
+        or (status == 200 and "rows" in json.loads(body))
+    )
+
+
+@volley.remote(resources={"disk": 1})
+def hold(path: str) -> int:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return 1
+
+
+def test_metrics_parse_and_match_what_ran(dash, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base, token = dash
+
+    def scrape() -> dict:
+        status, headers, text = http(base + "/metrics", bearer(token))
+        assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    go = tmp_path / "go"
+    refs = [hold.remote(str(go)) for _ in range(3)]
+    big = volley.put(b"x" * (4 << 20))
+
+    def held():
+        m = scrape()
+        return m if m[("volley_tasks", (("node", "0"), ("state", "QUEUED")))] == 2 else None
+
+    m = poll(held, timeout=30)
+    assert m, scrape()
+    assert m[("volley_nodes", ())] == 1
+    assert m[("volley_cpus", (("node", "0"),))] == 2
+    assert m[("volley_resource", (("node", "0"), ("resource", "disk")))] == 1
+    assert m[("volley_resource_used", (("node", "0"), ("resource", "disk")))] == 1
+    assert m[("volley_tasks", (("node", "0"), ("state", "RUNNING")))] == 1
+    assert m[("volley_object_store_used_bytes", (("node", "0"),))] >= 4 << 20
+    assert m[("volley_object_store_capacity_bytes", (("node", "0"),))] > 4 << 20
+    assert ("volley_object_spills_total", (("node", "0"),)) in m
+    assert ("volley_transfer_received_bytes_total", (("node", "0"),)) in m
+    go.touch()
+    assert volley.get(refs, timeout=30) == [1, 1, 1]
+    m = poll(
+        lambda: (
+            (m := scrape())[("volley_resource_used", (("node", "0"), ("resource", "disk")))] == 0
+            and m
+        ),
+        timeout=10,
+    )
+    assert m[("volley_tasks", (("node", "0"), ("state", "QUEUED")))] == 0
+    del big
+
+
+def test_ports_taken(no_volley, capfd):
+    # An explicit port that is taken: an error at init, and volley is not left half started.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            volley.init(num_cpus=1, dashboard=True, dashboard_port=port)
+        assert not volley.is_initialized()
+    with pytest.raises(ValueError, match="dashboard_port"):
+        volley.init(num_cpus=1, dashboard=True, dashboard_port=-1)
+    assert not volley.is_initialized()
+    # The default port taken (by this test, or by someone else's dashboard): a free one.
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", 8265))
+            holder.listen()
+        except OSError:
+            pass  # already taken
+        volley.init(num_cpus=1, dashboard=True)
+        url = volley.dashboard_url(with_token=False)
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":8265/")
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        assert (
+            f"port 8265 on 127.0.0.1 is taken; it listens on port {port}" in capfd.readouterr().err
+        )
+    finally:
+        holder.close()
+
+
+def test_head_serves_the_dashboard(tmp_path, no_volley):
+    c = Cluster(tmp_path)
+    try:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # A dashboard port that is taken stops the head from starting, saying why.
+        p = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "start", "--head", "--port",
+             str(_free_port("127.0.0.1")), "--token", c.token, "--block",
+             "--dashboard-port", str(taken.getsockname()[1])],
+            env=c.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        taken.close()
+        assert p.returncode == 1, p
+        assert "could not start the dashboard" in p.stderr
+        c.start(True, "127.0.0.1", extra=("--dashboard-port", "0"))
+        c.start(False, "127.0.0.2")
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        base, token = line.split("dashboard at ")[1].split("?token=")
+        assert token == c.token
+        base = base.rstrip("/")
+        assert (c.session / "dashboard").read_text() == base + "/"
+
+        def two():
+            a = json.loads(http(base + "/api/v0/nodes", bearer(token))[2])
+            return a if a["total"] == 2 else None
+
+        a = poll(two, timeout=20)
+        assert a, http(base + "/api/v0/nodes", bearer(token))
+        assert sorted(n["addr"] for n in a["rows"]) == sorted(c.started)
+        status, _, text = http(base + "/metrics", bearer(token))
+        assert status == 200 and 'volley_cpus{node="2"} 1' in text
+        out = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "status", "--address", c.head,
+             "--token", c.token],
+            env=c.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert f"dashboard at {base}/" in out.stdout, out
+        # A node that is not the head serves none.
+        assert "dashboard at" not in c.log(1)
+        # A driver joined to the cluster serves one on request, with the cluster's token, and
+        # shows the cluster as the head tells it.
+        volley.init(address=c.head, token=c.token, dashboard=True, dashboard_port=0)
+        dbase, dtoken = volley.dashboard_url().split("?token=")
+        assert dtoken == c.token
+
+        def three():
+            a = json.loads(http(dbase + "api/v0/nodes", bearer(c.token))[2])
+            return a if a["total"] == 3 else None  # the head, the node, this driver
+
+        a = poll(three, timeout=20)
+        assert a and sum(n["driver"] for n in a["rows"]) == 1, a
+        volley.shutdown()
+    finally:
+        volley.shutdown()
+        c.stop()
+    assert not (c.session / "dashboard").exists()
+
+
+def test_a_forked_child_leaves_the_parents_dashboard_alone(tmp_path):
+    script = write_script(
+        tmp_path,
+        """
+        import json, os, socket, urllib.request
+        import volley
+
+        volley.init(num_cpus=1, dashboard=True, dashboard_port=0)
+        base, token = volley.dashboard_url().split("?token=")
+
+        def nodes():
+            req = urllib.request.Request(
+                base + "api/v0/nodes", headers={"Authorization": "Bearer " + token}
+            )
+            return json.loads(urllib.request.urlopen(req, timeout=10).read())["total"]
+
+        assert nodes() == 1
+        port = int(base.rstrip("/").rsplit(":", 1)[1])
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # The child's volley is its own (without the parent's dashboard).
+            assert volley.dashboard_url() is None
+            assert volley.get(volley.put(5)) == 5
+            volley.shutdown()
+            os.read(r, 1)  # lives on until the parent has let its port go
+            os._exit(0)
+        print("parent", nodes())
+        volley.shutdown()
+        # The child, still alive, does not hold the parent's port (SO_REUSEADDR: the
+        # connections the parent closed may linger in TIME_WAIT, a listener may not).
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        print("port free")
+        os.write(w, b"x")
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """,
+    )
+    out, err = finish_driver(start_driver(script))
+    assert "parent 1\nport free\nchild 0" in out, (out, err)
+
+
+# ------------------------------------------------------------------------ the browser
+
+
+def _browser():
+    """A headless chromium through selenium, or a skip saying what is missing."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (make test installs it)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
+    if not chromium or not driver:
+        pytest.skip(
+            "chromium and chromium-driver are not installed (make test installs them with "
+            "apt-get where it can)"
+        )
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1400,900"):  # fmt: skip
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@volley.remote
+def work(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+@volley.remote(max_retries=0)
+def breaks() -> None:
+    raise ValueError("this task fails on purpose")
+
+
+@volley.remote(max_restarts=1)
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def test_pages_in_a_browser(dash, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, token = dash
+    browser = _browser()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        counter = Counter.remote()
+        assert volley.get(counter.incr.remote()) == 1
+        refs = [work.remote(i) for i in range(20)]
+        with pytest.raises(ValueError):
+            volley.get(breaks.remote())
+        wait = WebDriverWait(browser, 15)
+
+        def text(css: str) -> str:
+            return browser.find_element(By.CSS_SELECTOR, css).text
+
+        def shot(name: str) -> None:
+            browser.save_screenshot(str(shots / f"{name}.png"))
+
+        # Logging in: a wrong token pasted into the login page is refused, the right one
+        # lands on the overview (and the token leaves the address bar).
+        browser.get(base + "/")
+        field = wait.until(lambda b: b.find_element(By.ID, "token"))
+        shot("login")
+        field.send_keys("not-the-token\n")
+        wait.until(lambda b: "not this cluster's token" in b.find_element(By.ID, "why").text)
+        browser.find_element(By.ID, "token").send_keys(token + "\n")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row"))
+        assert browser.current_url == base + "/", "the token leaves the address bar"
+        # The printed URL logs in too.
+        browser.delete_all_cookies()
+        browser.get(f"{base}/?token={token}")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row"))
+        assert browser.current_url == base + "/"
+        assert str(os.getpid()) in text("#nodes-table")
+        assert "CPUs used / total" in text("#totals")
+        shot("overview")
+        volley.get(refs)
+
+        def api_kind(kind: str) -> tuple[int, dict]:
+            status, _, body = http(f"{base}/api/v0/{kind}?limit=1000", bearer(token))
+            return status, json.loads(body)
+
+        for page, kind in [
+            ("tasks", "tasks"),
+            ("actors", "actors"),
+            ("objects", "objects"),
+            ("placement_groups", "placement_groups"),
+            ("jobs", "jobs"),
+            ("workers", "workers"),
+        ]:
+            browser.get(f"{base}/#{page}")
+            status, answer = api_kind(kind)
+            if status != 200:
+                # Not connected in this build: the page shows the API's own message.
+                wait.until(lambda b: b.find_element(By.ID, "error").text)
+                assert text("#error") == answer["error"]
+            else:
+                wait.until(lambda b: "matching" in b.find_element(By.ID, "summary").text)
+                if kind == "tasks":
+                    wait.until(lambda b: "breaks" in b.find_element(By.ID, "rows").text)
+                if kind == "actors":
+                    wait.until(lambda b: "Counter" in b.find_element(By.ID, "rows").text)
+            assert text("#page-title")
+            shot(page)
+        # The detail views: the failing task's traceback, the actor's restarts.
+        status, answer = api_kind("tasks")
+        if status == 200:
+            failed = [r for r in answer["rows"] if r["name"].endswith("breaks")]
+            assert failed, answer
+            browser.get(f"{base}/#task/{failed[0]['task_id']}")
+            wait.until(lambda b: b.find_elements(By.ID, "traceback"))
+            assert "this task fails on purpose" in text("#traceback")
+            shot("task-detail")
+        status, answer = api_kind("actors")
+        if status == 200:
+            browser.get(f"{base}/#actor/{answer['rows'][0]['actor_id']}")
+            wait.until(lambda b: "restarts" in b.find_element(By.ID, "page").text)
+            shot("actor-detail")
+        browser.get(f"{base}/#stream")
+        status, answer = api_kind("tasks")
+        if status != 200:
+            wait.until(lambda b: b.find_element(By.ID, "error").text)
+            assert text("#error") == answer["error"]
+        else:
+            canvas = wait.until(lambda b: b.find_element(By.ID, "stream-canvas"))
+            wait.until(lambda b: int(canvas.get_attribute("data-slices") or 0) >= 20)
+            first = int(canvas.get_attribute("data-slices"))
+            volley.get([work.remote(i) for i in range(10)])
+            wait.until(lambda b: int(canvas.get_attribute("data-slices")) > first)
+        shot("stream")
+        browser.get(f"{base}/#logs")
+        wait.until(lambda b: text("#error") or text("#logtext"))
+        shot("logs")
+        # Sorting a table: clicking a column's head sorts by it.
+        browser.get(f"{base}/#nodes")
+        wait.until(lambda b: "matching" in b.find_element(By.ID, "summary").text)
+        browser.find_element(By.CSS_SELECTOR, "#rows th").click()
+        first_head = browser.find_element(By.CSS_SELECTOR, "#rows th")
+        assert first_head.get_attribute("class") == "sorted-asc"
+        shot("nodes")
+    finally:
+        browser.quit()
+    assert len(list(shots.glob("*.png"))) >= 10
+
+
+def test_status_shows_a_drivers_dashboard(tmp_path):
+    env = dict(os.environ, VOLLEY_SESSION_DIR=str(tmp_path / "session"))
+    go = tmp_path / "go"
+    script = write_script(
+        tmp_path,
+        f"""
+        import os, time
+        import volley
+
+        volley.init(num_cpus=1, dashboard=True, dashboard_port=0)
+        print("url", volley.dashboard_url(with_token=False), flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        volley.shutdown()
+        print("stopped", flush=True)
+        while True:
+            time.sleep(1)  # until the test has run `volley status` again
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        url = proc.stdout.readline().split()[1]
+
+        def status() -> str:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", "status"],
+                env=env, capture_output=True, text=True, timeout=60,
+            ).stdout  # fmt: skip
+
+        out = status()
+        assert f"driver pid {proc.pid}: dashboard at {url}" in out, out
+        go.touch()
+        assert proc.stdout.readline().strip() == "stopped"
+        assert "dashboard at" not in status()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1", extra=("--dashboard-port", "0"))
+        c.start(False, "127.0.0.2", cpus=2)
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        browser.get(line.split("dashboard at ")[1].strip())
+
+        def rows(b):
+            found = b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row")
+            return found if len(found) == 2 else None
+
+        found = WebDriverWait(browser, 20).until(rows)
+        text = "\n".join(r.text for r in found)
+        assert "head" in text and "127.0.0.2" in text, text
+        browser.save_screenshot(str(tmp_path / "head-overview.png"))
+    finally:
+        browser.quit()
+        c.stop()
