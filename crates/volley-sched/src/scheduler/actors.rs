@@ -171,6 +171,12 @@ pub(super) struct Actors {
 table_access!(Actors.map: ActorId => ActorEntry);
 
 impl Actors {
+    /// How many calls actor `aid`'s process runs at once (1 if it is unknown): the calls in its
+    /// worker's queue beyond that wait, and `stats` counts them as waiting.
+    pub(super) fn concurrency(&self, aid: ActorId) -> usize {
+        self.map.get(&aid).map_or(1, |a| a.opts().max_concurrency.max(1) as usize)
+    }
+
     pub(super) fn insert(&mut self, aid: ActorId, a: ActorEntry) {
         self.map.insert(aid, a);
     }
