@@ -30,6 +30,12 @@ from . import _cluster, _core, _runtime_dir, _session
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="volley", description="volley cluster control")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"volley {_core.VERSION} (protocol {_core.PROTOCOL_VERSION}, Python "
+        f"{sys.version.split()[0]})",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start a node (the head with --head)")
     role = s.add_mutually_exclusive_group(required=True)
@@ -303,6 +309,8 @@ def _status(args: argparse.Namespace) -> int:
             addr, _cluster.resolve_token(args.token), _cluster.resolve_tls_cert(args.tls_cert)
         )
     except ConnectionError as e:
+        if addr is not None:
+            e = _cluster.connection_error(addr, f"--address {args.address}", e)
         if args.address != "auto" or not local:
             print(f"volley: {e}", file=sys.stderr)
             if not local:
@@ -349,6 +357,9 @@ def _print_node(title: str, n: dict) -> None:
     )
     for line in n.get("waiting", []):
         print(f"    {line}")
+    for a in n.get("named_actors", []):
+        name = f"'{a['name']}'" if a["name"] else "(detached, no name)"
+        print(f"    actor {name} {a['class_name']} {a['actor_id']}")
 
 
 def _stop(args: argparse.Namespace) -> int:

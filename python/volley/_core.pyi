@@ -18,6 +18,7 @@ class ObjectRef(Generic[_T_co]):
     def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
 
 PROTOCOL_VERSION: int
+VERSION: str
 #: The engine's error kinds (``ErrorKind`` in volley-proto), name -> code.
 ERROR_KINDS: dict[str, int]
 
@@ -209,7 +210,7 @@ def join_cluster(
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> tuple[int, str]: ...
-def cluster_nodes() -> list[dict[str, Any]]: ...
+def cluster_nodes(socket: str | None = None) -> list[dict[str, Any]]: ...
 def query_cluster(
     address: str, token: str, tls_cert: str | None = None
 ) -> list[dict[str, Any]]: ...

@@ -26,6 +26,9 @@ _auto_started_by: str | None = None  # the thread whose first call started volle
 # In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
 # "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
 _forked_from: str | None = None
+# This driver's job id while volley runs (see _new_job_id); its tasks and actors get it with
+# their runtime environment.
+job_id: str | None = None
 # Called (in order) by shutdown, after the node has stopped: see at_shutdown.
 _shutdown_hooks: list[Callable[[], None]] = []
 
@@ -191,6 +194,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
     from . import _cluster, _runtime_env
 
     global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
+    global job_id
     num_cpus = args["num_cpus"]
     log_to_driver = args["log_to_driver"]
     pipeline_depth = args["pipeline_depth"]
@@ -221,6 +225,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 "(or pass ignore_reinit_error=True)"
             )
         joining = None
+        from_env = False
+        if address is None and daemon is None:
+            address = os.environ.get("VOLLEY_ADDRESS", "").strip() or None
+            from_env = address is not None
         if address is not None:
             joining = (_cluster.resolve_address(address), _cluster.resolve_token(token))
         cpus = _default_cpus() if num_cpus is None else num_cpus
@@ -246,7 +254,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # Every task and actor carries the environment, and with it this process's
         # multiprocessing authkey: multiprocessing.Manager proxies passed to tasks then work
         # (see _runtime_env).
-        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey())
+        job = _new_job_id()
+        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey(), job)
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -283,14 +292,18 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 _core.register_package(h, data)
             _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
-                _core.join_cluster(
-                    None,
-                    joining[0],
-                    joining[1],
-                    True,
-                    logs=bool(log_to_driver),
-                    tls_cert=_cluster.resolve_tls_cert(tls_cert),
-                )
+                try:
+                    _core.join_cluster(
+                        None,
+                        joining[0],
+                        joining[1],
+                        True,
+                        logs=bool(log_to_driver),
+                        tls_cert=_cluster.resolve_tls_cert(tls_cert),
+                    )
+                except ConnectionError as e:
+                    src = f"VOLLEY_ADDRESS={address}" if from_env else f"address={address!r}"
+                    raise _cluster.connection_error(joining[0], src, e) from None
             elif daemon is not None:
                 daemon["joined"] = _core.join_cluster(
                     daemon["listen"],
@@ -315,10 +328,22 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         import cloudpickle  # noqa: F401
 
         _init_args = None if daemon is not None else args
+        job_id = None if daemon is not None else job
         _auto_started_by = threading.current_thread().name if auto else None
         _forked_from = None
         _ready = True
         return Context(cpus)
+
+
+def _new_job_id() -> str:
+    """This driver's job id: ``VOLLEY_JOB_ID`` (what ``volley job submit`` gives the driver of
+    a job it runs), else a new one (8 random hex digits)."""
+    given = os.environ.get("VOLLEY_JOB_ID", "").strip()
+    if given:
+        return given
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 def _authkey() -> bytes:
@@ -385,13 +410,27 @@ def nodes() -> list[dict]:
     ``capacity``, ``pinned``, ``objects``, ``objects_in_memory``, ``objects_spilled``,
     ``spilled_bytes``, ``spill_count``, ``spill_bytes_total``, ``restore_count``,
     ``restore_bytes_total``). It is the node's one snapshot, the one ``volley status --json``
-    prints. Empty outside a cluster (``volley status`` shows a driver's own node too).
+    prints. Outside a cluster it lists this process's own node (``node_id`` 0, ``address``
+    ``""``, ``driver`` True), with the same keys.
 
-    >>> volley.init(address="auto")  # doctest: +SKIP
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> [(n["node_id"], n["num_cpus"]) for n in volley.nodes()]
+    [(0, 2.0)]
+    >>> volley.shutdown()
+
+    On a cluster (``volley.init(address="auto")``):
+
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
     ['127.0.0.1:6380', '127.0.0.2:6380']
     """
-    return list(_core.cluster_nodes())
+    ensure_init()
+    found = list(_core.cluster_nodes())
+    if found:
+        return found
+    if _core.mode() == "worker":
+        return [_core.node_info(os.environ["VOLLEY_NODE_SOCKET"])]
+    return [_core.node_info()]
 
 
 def is_initialized() -> bool:

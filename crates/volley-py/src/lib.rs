@@ -933,6 +933,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     cluster::register_head(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.
     let kinds = pyo3::types::PyDict::new(m.py());
     for k in ErrorKind::ALL {

@@ -278,6 +278,10 @@ impl Links for Cluster {
         Cluster::node_id(self)
     }
 
+    fn view(&self) -> Vec<NodeSnapshot> {
+        Cluster::view(self)
+    }
+
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
         if let Some(head) = &self.head {
             return head.serve(req);

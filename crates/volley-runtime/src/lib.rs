@@ -35,7 +35,7 @@ mod worker_conn;
 pub use cluster::{cluster_status, cluster_view, ClusterConfig};
 pub use diag::{log_file as diagnostics_file, set_log_dir as set_diagnostics_dir};
 pub use error::RuntimeError;
-pub use local_status::{local_nodes, query_local};
+pub use local_status::{local_nodes, query_local, query_local_view};
 pub use node::{Node, NodeConfig};
 pub use tls::{self_signed_cert, TlsConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};

@@ -154,7 +154,9 @@ impl Head {
                     dir.remove_actor(&a.namespace, &a.name);
                 }
             }
-            for a in &info.named {
+            // A detached actor without a name has no key in the directory (it is listed in
+            // its node's snapshot only).
+            for a in info.named.iter().filter(|a| !a.name.is_empty()) {
                 dir.put_actor(NamedActor { node: id, ..a.clone() });
             }
             for (owner, g) in dir.groups() {

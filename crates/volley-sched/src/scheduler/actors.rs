@@ -370,9 +370,12 @@ impl Scheduler {
             .filter(|(_, a)| !a.proxy && a.remote.is_none() && a.life != Life::Dead)
             .filter_map(|(aid, a)| {
                 let o = a.opts();
+                // A detached actor without a name is listed too, with an empty name (the head
+                // keeps named ones only): `volley status` showed it nowhere.
+                let name = o.name.clone().or_else(|| o.detached.then(String::new))?;
                 Some(volley_proto::NamedActor {
                     namespace: o.namespace.clone(),
-                    name: o.name.clone()?,
+                    name,
                     actor: *aid,
                     node,
                     class: o.class_name.clone(),
