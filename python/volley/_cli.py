@@ -237,7 +237,13 @@ def _run_node(args: argparse.Namespace) -> int:
         _cluster.write_private(sess / "address", addr)
         _cluster.write_private(sess / "tls_cert", daemon["tls_cert"] or "")
     record = _cluster.record_node(
-        {"pid": os.getpid(), "node_id": node_id, "address": addr, "head": bool(args.head)}
+        {
+            "pid": os.getpid(),
+            "node_id": node_id,
+            "address": addr,
+            "head": bool(args.head),
+            "log": _own_log(),
+        }
     )
     if args.head:
         print(
@@ -262,6 +268,15 @@ def _run_node(args: argparse.Namespace) -> int:
         if args.head:
             (sess / "address").unlink(missing_ok=True)
     return 0
+
+
+def _own_log() -> str | None:
+    """The file this daemon's stderr goes to (its log, for ``volley logs --node``), if a file."""
+    try:
+        path = os.readlink("/proc/self/fd/2")
+    except OSError:
+        return None
+    return path if path.startswith("/") and os.path.isfile(path) else None
 
 
 def _start(args: argparse.Namespace) -> int:

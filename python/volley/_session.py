@@ -271,7 +271,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
         # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
-        _core.set_diagnostics_dir(None if daemon else str(_cluster.session_dir() / "logs"))
+        logs_dir = str(_cluster.session_dir() / "logs")
+        _core.set_diagnostics_dir(None if daemon else logs_dir)
+        # Each worker's output is kept in a file there too (`volley logs`).
+        _core.set_worker_log_dir(logs_dir)
         _core.start_node(
             float(cpus),
             sys.executable,
@@ -287,6 +290,11 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             max_workers=max_workers,
             wait_notice_ms=notice_ms,
         )
+        if daemon is None:
+            # The node's messages to this driver's user go through logging.getLogger("volley").
+            from . import _log
+
+            _log.start()
         try:
             for h, data in env_packages.items():
                 _core.register_package(h, data)
@@ -317,6 +325,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 )
         except BaseException:
             _core.shutdown(0.5)
+            _stop_event_log()
             raise
         generation += 1
         if not _atexit_registered:
@@ -386,8 +395,17 @@ def shutdown() -> None:
         _ready = False
         _auto_started_by = None
         _core.shutdown(1.0)
+        _stop_event_log()
         for hook in _shutdown_hooks:
             hook()
+
+
+def _stop_event_log() -> None:
+    """Logs the node's last messages and stops routing them (see ``_log``), if a driver's init
+    started it."""
+    log = sys.modules.get("volley._log")
+    if log is not None:
+        log.stop()
 
 
 def at_shutdown(hook: Callable[[], None]) -> None:
@@ -494,6 +512,9 @@ def _after_fork_in_child() -> None:
     global _lock, _ready, generation, _forked_from, _auto_started_by
     _lock = threading.RLock()  # a thread of the parent may have held it
     was = _core.after_fork_in_child()
+    log = sys.modules.get("volley._log")
+    if log is not None:
+        log.after_fork_in_child()
     if was is None:
         return
     _ready = False

@@ -10,6 +10,7 @@
 mod buffer;
 mod cluster;
 mod errors;
+mod logs;
 mod object_ref;
 mod options;
 mod store;
@@ -932,6 +933,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     cluster::register_head(m)?;
+    logs::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

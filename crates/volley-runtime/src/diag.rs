@@ -40,6 +40,12 @@ pub(crate) fn after_fork_in_child() {
         // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
         unsafe { SINK.force_unlock() };
     }
+    if EVENTS.is_locked() {
+        // SAFETY: as above.
+        unsafe { EVENTS.force_unlock() };
+    }
+    // The parent's Python thread that read the queue is not in the child.
+    *EVENTS.lock() = None;
 }
 
 /// How serious a line is.
@@ -53,6 +59,17 @@ pub(crate) enum Level {
     Error,
 }
 
+impl Level {
+    /// The level's number in Python's `logging`.
+    fn python(self) -> u8 {
+        match self {
+            Level::Info => 20,
+            Level::Warn => 30,
+            Level::Error => 40,
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -63,9 +80,84 @@ impl fmt::Display for Level {
     }
 }
 
-/// Writes an event line (`msg` is the whole line, `volley: ...`) to stderr: for a daemon (no
-/// log directory set) with a timestamp and the level, for a driver as it is.
+/// Event lines waiting for the driver's Python side (see [`route_events`]): `None` while they
+/// go to stderr.
+static EVENTS: Mutex<Option<Events>> = Mutex::new(None);
+static EVENTS_CV: parking_lot::Condvar = parking_lot::Condvar::new();
+
+/// The most event lines kept for the Python side: past it the oldest are dropped (and counted
+/// in a line of their own), so a stalled reader cannot grow the queue without end.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+#[derive(Default)]
+struct Events {
+    lines: std::collections::VecDeque<(Level, String)>,
+    dropped: u64,
+}
+
+/// Sends event lines to a queue that the driver's Python side reads ([`next_events`]) and
+/// passes to `logging.getLogger("volley")`, where users can silence or redirect them; `false`:
+/// back to stderr. A Python thread reads them: the engine's threads never take the GIL.
+pub fn route_events(on: bool) {
+    let mut q = EVENTS.lock();
+    match (on, q.is_some()) {
+        (true, false) => *q = Some(Events::default()),
+        (false, true) => {
+            let left = q.take().map(|e| e.lines).unwrap_or_default();
+            drop(q);
+            for (_, line) in left {
+                let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+            }
+            EVENTS_CV.notify_all();
+        }
+        _ => {}
+    }
+}
+
+/// The event lines queued since the last call, as (level: 20 info, 30 warning, 40 error,
+/// Python's numbers; the line); waits up to `timeout` for one. Empty when events are not
+/// routed (see [`route_events`]).
+pub fn next_events(timeout: std::time::Duration) -> Vec<(u8, String)> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut q = EVENTS.lock();
+    loop {
+        match q.as_mut() {
+            None => return Vec::new(),
+            Some(e) if !e.lines.is_empty() || e.dropped > 0 => {
+                let mut out: Vec<(u8, String)> = Vec::with_capacity(e.lines.len() + 1);
+                if e.dropped > 0 {
+                    let n = std::mem::take(&mut e.dropped);
+                    out.push((30, format!("volley: {n} event line(s) dropped (too many queued)")));
+                }
+                out.extend(e.lines.drain(..).map(|(l, s)| (l.python(), s)));
+                return out;
+            }
+            Some(_) => {
+                if EVENTS_CV.wait_until(&mut q, deadline).timed_out() {
+                    return Vec::new();
+                }
+            }
+        }
+    }
+}
+
+/// Writes an event line (`msg` is the whole line, `volley: ...`): to the Python side's queue
+/// when a driver routes them there, else to stderr: for a daemon (no log directory set) with a
+/// timestamp and the level, for a driver as it is.
 pub(crate) fn event(level: Level, msg: fmt::Arguments<'_>) {
+    {
+        let mut q = EVENTS.lock();
+        if let Some(e) = q.as_mut() {
+            if e.lines.len() >= MAX_QUEUED_EVENTS {
+                e.lines.pop_front();
+                e.dropped += 1;
+            }
+            e.lines.push_back((level, msg.to_string()));
+            drop(q);
+            EVENTS_CV.notify_one();
+            return;
+        }
+    }
     let daemon = matches!(*SINK.lock(), Sink::Stderr);
     let line = event_line(daemon, level, msg, SystemTime::now());
     // A line that cannot be written (stderr closed) is dropped: it must not fail the node.
@@ -201,7 +293,7 @@ fn open_log(dir: &Path) -> std::io::Result<(File, PathBuf)> {
 }
 
 /// `2026-12-04 21:00:00.123` (UTC).
-fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);

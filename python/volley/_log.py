@@ -1,0 +1,97 @@
+"""The driver's messages through Python's ``logging``: ``logging.getLogger("volley")``.
+
+What volley tells the user of a driver while it runs (an actor died and is restarted, a task
+waits for resources and who holds them, a worker's connection failed, a node joined or left the
+cluster) is logged on the ``"volley"`` logger, at INFO, WARNING or ERROR, with the text volley
+printed before (``volley: actor 'A' died (pid 123 ...); restarting it (restart 1 of 3)``).
+
+By default it is shown as before: a line on stderr, unless the root logger has handlers of its
+own (``logging.basicConfig(...)``), which then get it. Route or silence it as any logger::
+
+    logging.getLogger("volley").setLevel(logging.WARNING)   # no INFO lines
+    logging.getLogger("volley").handlers.clear()            # to the root logger's handlers only
+
+The node's lines come from its Rust threads, which never take the GIL: they queue them, and a
+Python thread of the driver (``volley-events``) reads the queue and logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from . import _core
+
+logger = logging.getLogger("volley")
+
+_thread: threading.Thread | None = None
+_stop = threading.Event()
+
+
+class _StderrUnlessConfigured(logging.Handler):
+    """The ``"volley"`` logger's default handler: writes the line to ``sys.stderr`` as it is
+    (whatever ``sys.stderr`` is when it is logged), unless the record goes on to root handlers
+    the user configured, which then show it instead (so it is not shown twice)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logger.propagate and logging.getLogger().handlers:
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+_default_handler = _StderrUnlessConfigured()
+_default_handler.setFormatter(logging.Formatter("%(message)s"))
+
+
+def _configure() -> None:
+    """Gives the logger its default handler and level once (a user's own settings stay)."""
+    if not getattr(logger, "_volley_configured", False):
+        logger._volley_configured = True  # type: ignore[attr-defined]
+        logger.addHandler(_default_handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
+def start() -> None:
+    """Routes the node's event lines to the logger (a driver's ``init`` calls it)."""
+    global _thread
+    _configure()
+    if _thread is not None and _thread.is_alive():
+        return
+    _stop.clear()
+    _core.route_events(True)
+    _thread = threading.Thread(target=_run, name="volley-events", daemon=True)
+    _thread.start()
+
+
+def _run() -> None:
+    while True:
+        batch = _core.next_events(0.25)
+        for level, line in batch:
+            try:
+                logger.log(level, line)
+            except Exception:  # a user's handler failed: the next lines still go out
+                pass
+        if not batch and _stop.is_set():
+            return
+
+
+def stop() -> None:
+    """Logs what is queued, then sends the node's lines back to stderr (``shutdown``)."""
+    global _thread
+    _stop.set()
+    t, _thread = _thread, None
+    if t is not None and t is not threading.current_thread():
+        t.join(timeout=2.0)
+    _core.route_events(False)
+
+
+def after_fork_in_child() -> None:
+    """The parent's reading thread is not in a forked child (the engine forgot its queue)."""
+    global _thread
+    _thread = None
