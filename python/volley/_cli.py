@@ -4,6 +4,7 @@
     volley start --address HOST:PORT [--host 127.0.0.2] [--port 0] [--block]
     volley status [--address HOST:PORT] [--json]
     volley stop
+    volley logs [NAME] [--node N] [--worker PID] [--tail N] [--follow]   (see _cli_logs)
 
 Without ``--block``, ``start`` runs the node in the background (its log goes to the session
 directory's ``logs/``), waits until it has joined, prints its address and returns.
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cluster, _core, _runtime_dir, _session
+from . import _cli_logs, _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--tls-cert", default=None, help="the cluster's TLS certificate, if any")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop this machine's volley nodes")
+    _cli_logs.add_parser(sub)
     return p
 
 
@@ -423,6 +425,8 @@ def _stop(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "func"):  # a command registered from its own module
+            return args.func(args)
         return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)
