@@ -446,8 +446,8 @@ def nodes() -> list[dict]:
     found = list(_core.cluster_nodes())
     if found:
         return found
-    if _core.mode() == "worker":
-        return [_core.node_info(os.environ["VOLLEY_NODE_SOCKET"])]
+    if _core.mode() == "worker":  # its node's view, over the node's socket
+        return list(_core.cluster_nodes(os.environ["VOLLEY_NODE_SOCKET"]))
     return [_core.node_info()]
 
 

@@ -279,7 +279,11 @@ impl Links for Cluster {
     }
 
     fn view(&self) -> Vec<NodeSnapshot> {
-        Cluster::view(self)
+        // The head keeps the view it hands out; its own copy is for members.
+        match &self.head {
+            Some(head) => head.view(),
+            None => Cluster::view(self),
+        }
     }
 
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
