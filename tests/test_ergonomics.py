@@ -278,7 +278,8 @@ volley.init()  # VOLLEY_ADDRESS
 @volley.remote
 def inside():
     ctx = volley.get_runtime_context()
-    return ctx.get_node_id(), volley.cluster_resources()["CPU"], len(volley.nodes()), ctx.get_job_id()
+    cpus = volley.cluster_resources()["CPU"]
+    return ctx.get_node_id(), cpus, len(volley.nodes()), ctx.get_job_id()
 
 nodes = volley.nodes()
 print(json.dumps({
