@@ -18,6 +18,7 @@ Python thread of the driver (``volley-events``) reads the queue and logs them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 
@@ -26,7 +27,7 @@ from . import _core
 logger = logging.getLogger("volley")
 
 _thread: threading.Thread | None = None
-_stop = threading.Event()
+_fd: int | None = None  # the pipe's read end, which the thread reads
 
 
 class _StderrUnlessConfigured(logging.Handler):
@@ -63,35 +64,56 @@ def start() -> None:
     _configure()
     if _thread is not None and _thread.is_alive():
         return
-    _stop.clear()
-    _core.route_events(True)
-    _thread = threading.Thread(target=_run, name="volley-events", daemon=True)
+    global _fd
+    fd = _core.route_events(True)
+    assert fd is not None
+    _fd = fd
+    _thread = threading.Thread(target=_run, args=(fd,), name="volley-events", daemon=True)
     _thread.start()
 
 
-def _run() -> None:
-    while True:
-        batch = _core.next_events(0.25)
-        for level, line in batch:
+def _log_batch() -> None:
+    for level, line in _core.take_events():
+        try:
+            logger.log(level, line)
+        except Exception:  # a user's handler failed: the next lines still go out
+            pass
+
+
+def _run(fd: int) -> None:
+    """Waits on the engine's pipe (a byte per line; its end when routing stops) and logs."""
+    try:
+        while True:
             try:
-                logger.log(level, line)
-            except Exception:  # a user's handler failed: the next lines still go out
-                pass
-        if not batch and _stop.is_set():
-            return
+                data = os.read(fd, 4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            _log_batch()
+            if not data:
+                return
+    finally:
+        os.close(fd)
 
 
 def stop() -> None:
     """Logs what is queued, then sends the node's lines back to stderr (``shutdown``)."""
     global _thread
-    _stop.set()
     t, _thread = _thread, None
+    _core.route_events(False)
     if t is not None and t is not threading.current_thread():
         t.join(timeout=2.0)
-    _core.route_events(False)
+    _log_batch()  # what the thread did not take (it did not end in time)
 
 
 def after_fork_in_child() -> None:
-    """The parent's reading thread is not in a forked child (the engine forgot its queue)."""
-    global _thread
-    _thread = None
+    """The parent's reading thread is not in a forked child (the engine forgot its queue):
+    the child's copy of the pipe's read end is closed."""
+    global _thread, _fd
+    if _thread is not None and _fd is not None:
+        try:
+            os.close(_fd)
+        except OSError:
+            pass
+    _thread, _fd = None, None

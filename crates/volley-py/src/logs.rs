@@ -1,16 +1,13 @@
 //! Bindings for logs: the worker log files kept in the session directory (`volley logs`) and the
 //! node's event lines, which a driver passes to Python's `logging`.
 
-use std::convert::Infallible;
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use volley_runtime::RuntimeError;
-
-use crate::errors::enter;
 
 fn log_err(e: RuntimeError) -> PyErr {
     match e {
@@ -68,18 +65,22 @@ fn read_log<'py>(
     Ok((PyBytes::new(py, &chunk.data), chunk.offset, chunk.next_offset, chunk.size))
 }
 
-/// Sends the node's event lines to a queue that `next_events` reads (True), or back to stderr.
+/// Sends the node's event lines to a queue (`take_events`) and returns the read end of a pipe
+/// that gets a byte per line (its end: routing stopped); `on=False` stops (returns None).
 #[pyfunction]
-fn route_events(on: bool) {
-    volley_runtime::route_events(on);
+fn route_events(on: bool) -> PyResult<Option<i32>> {
+    if !on {
+        volley_runtime::stop_routing_events();
+        return Ok(None);
+    }
+    let fd = volley_runtime::route_events().map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(Some(fd.into_raw_fd()))
 }
 
-/// The event lines queued since the last call, `(level, line)` with Python's level numbers;
-/// waits up to `timeout` seconds for one (GIL released).
+/// The event lines queued since the last call, `(level, line)` with Python's level numbers.
 #[pyfunction]
-fn next_events(py: Python<'_>, timeout: f64) -> PyResult<Vec<(u8, String)>> {
-    let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-    enter(py, || Ok::<_, Infallible>(volley_runtime::next_events(timeout)))
+fn take_events() -> Vec<(u8, String)> {
+    volley_runtime::take_events()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -87,6 +88,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_logs, m)?)?;
     m.add_function(wrap_pyfunction!(read_log, m)?)?;
     m.add_function(wrap_pyfunction!(route_events, m)?)?;
-    m.add_function(wrap_pyfunction!(next_events, m)?)?;
+    m.add_function(wrap_pyfunction!(take_events, m)?)?;
     Ok(())
 }

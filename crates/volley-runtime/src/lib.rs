@@ -35,7 +35,8 @@ mod worker_conn;
 
 pub use cluster::{cluster_status, cluster_view, ClusterConfig};
 pub use diag::{
-    log_file as diagnostics_file, next_events, route_events, set_log_dir as set_diagnostics_dir,
+    log_file as diagnostics_file, route_events, set_log_dir as set_diagnostics_dir,
+    stop_routing_events, take_events,
 };
 pub use error::RuntimeError;
 pub use local_status::{local_nodes, query_local, query_local_view};
