@@ -427,7 +427,9 @@ def nodes() -> list[dict]:
     ``tasks_remote``, ``objects``, ``actors``, ``cpu_used_milli``) and ``store`` (``used``,
     ``capacity``, ``pinned``, ``objects``, ``objects_in_memory``, ``objects_spilled``,
     ``spilled_bytes``, ``spill_count``, ``spill_bytes_total``, ``restore_count``,
-    ``restore_bytes_total``). It is the node's one snapshot, the one ``volley status --json``
+    ``restore_bytes_total``), and ``named_actors`` (its named and detached actors: ``name``,
+    empty for a detached actor without one, ``namespace``, ``class_name``, ``actor_id``). It
+    is the node's one snapshot, the one ``volley status --json``
     prints. Outside a cluster it lists this process's own node (``node_id`` 0, ``address``
     ``""``, ``driver`` True), with the same keys.
 
