@@ -273,8 +273,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
         logs_dir = str(_cluster.session_dir() / "logs")
         _core.set_diagnostics_dir(None if daemon else logs_dir)
-        # Each worker's output is kept in a file there too (`volley logs`).
-        _core.set_worker_log_dir(logs_dir)
+        # Each worker's output is kept in a file there too (`volley logs`; VOLLEY_WORKER_LOGS=0:
+        # not kept).
+        keep = os.environ.get("VOLLEY_WORKER_LOGS", "1").strip() != "0"
+        _core.set_worker_log_dir(logs_dir if keep else None)
         _core.start_node(
             float(cpus),
             sys.executable,

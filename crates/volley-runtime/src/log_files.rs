@@ -6,7 +6,8 @@
 //! user: checked, never followed through a link); files are created exclusively with mode 0600.
 //! A worker's file is `worker-<node pid>-<worker pid>.log`; when it passes [`max_bytes`] it is
 //! renamed to `....log.1` (replacing the previous one) and a new one is started, so a worker keeps
-//! at most twice that. At most [`MAX_WORKER_FILES`] worker files are kept: the oldest go first.
+//! at most twice that. At most [`MAX_WORKER_FILES`] worker files, of [`max_total_bytes`] together,
+//! are kept: the oldest go first when a new one starts.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -150,26 +151,49 @@ fn create_worker_log(dir: &Path, pid: u32) -> std::io::Result<(File, String, Fil
     Err(std::io::Error::other("too many log files of this pid"))
 }
 
-/// Removes the oldest worker logs (and their rotated parts) of `dir` until `keep` are left.
+/// The bytes all worker logs of the directory may hold together: `VOLLEY_LOG_MAX_TOTAL_BYTES`,
+/// default 1 GiB (the oldest files go first when a new one starts).
+pub fn max_total_bytes() -> u64 {
+    std::env::var("VOLLEY_LOG_MAX_TOTAL_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 30)
+}
+
+/// Removes the oldest worker logs (with their rotated parts) of `dir` until at most `keep`
+/// are left and they hold at most [`max_total_bytes`] together.
 fn prune(dir: &Path, keep: usize) {
+    prune_to(dir, keep, max_total_bytes());
+}
+
+fn prune_to(dir: &Path, keep: usize, budget: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut workers: Vec<(SystemTime, PathBuf)> = entries
+    // (last written, path, bytes with its rotated part)
+    let mut workers: Vec<(SystemTime, PathBuf, u64)> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let n = e.file_name();
             let n = n.to_string_lossy();
             n.starts_with("worker-") && n.ends_with(".log")
         })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter_map(|e| {
+            let md = e.metadata().ok()?;
+            let p = e.path();
+            let rotated = std::fs::metadata(p.with_extension("log.1")).map_or(0, |m| m.len());
+            Some((md.modified().ok()?, p, md.len() + rotated))
+        })
         .collect();
-    if workers.len() <= keep {
-        return;
-    }
     workers.sort();
-    let extra = workers.len() - keep;
-    for (_, p) in workers.into_iter().take(extra) {
+    let mut total: u64 = workers.iter().map(|w| w.2).sum();
+    let mut count = workers.len();
+    for (_, p, bytes) in workers {
+        if count <= keep && total <= budget {
+            break;
+        }
         let _ = std::fs::remove_file(p.with_extension("log.1"));
         let _ = std::fs::remove_file(&p);
+        count -= 1;
+        total = total.saturating_sub(bytes);
     }
 }
 
@@ -433,10 +457,17 @@ mod tests {
             File::options().write(true).open(&p).expect("open").set_modified(t).expect("mtime");
         }
         std::fs::write(logs.join("driver-9.log"), b"x").expect("write");
-        prune(&logs, 2);
-        let left: Vec<String> =
-            list_logs(&logs).expect("list").into_iter().map(|l| l.name).collect();
-        assert_eq!(left, ["driver-9.log", "worker-1-3.log", "worker-1-4.log"]);
+        let names = || -> Vec<String> {
+            list_logs(&logs).expect("list").into_iter().map(|l| l.name).collect()
+        };
+        prune_to(&logs, 5, 1 << 20);
+        assert_eq!(names().len(), 6, "within both bounds: nothing removed");
+        // The bytes bound: 3 bytes for files of one byte keeps the newest three.
+        prune_to(&logs, 100, 3);
+        assert_eq!(names(), ["driver-9.log", "worker-1-2.log", "worker-1-3.log", "worker-1-4.log"]);
+        // The count bound.
+        prune_to(&logs, 2, 1 << 20);
+        assert_eq!(names(), ["driver-9.log", "worker-1-3.log", "worker-1-4.log"]);
         let _ = std::fs::remove_dir_all(&base);
     }
 }
