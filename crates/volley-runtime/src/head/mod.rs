@@ -148,15 +148,17 @@ impl Head {
             let mut dir = self.dir.lock();
             let dir = dir.as_mut();
             for a in dir.actors() {
-                let kept =
-                    info.named.iter().any(|n| n.namespace == a.namespace && n.name == a.name);
+                // A detached actor without a name is told from others by its id.
+                let kept = info.named.iter().any(|n| {
+                    n.namespace == a.namespace
+                        && n.name == a.name
+                        && (!a.name.is_empty() || n.actor == a.actor)
+                });
                 if a.node == id && !kept {
-                    dir.remove_actor(&a.namespace, &a.name);
+                    dir.remove_actor(&a.namespace, &store::directory_name(&a));
                 }
             }
-            // A detached actor without a name has no key in the directory (it is listed in
-            // its node's snapshot only).
-            for a in info.named.iter().filter(|a| !a.name.is_empty()) {
+            for a in &info.named {
                 dir.put_actor(NamedActor { node: id, ..a.clone() });
             }
             for (owner, g) in dir.groups() {
@@ -227,7 +229,7 @@ impl Head {
                     .lock()
                     .actors()
                     .into_iter()
-                    .find(|a| a.namespace == namespace && a.name == name),
+                    .find(|a| !a.name.is_empty() && a.namespace == namespace && a.name == name),
             ),
         }
     }
@@ -288,7 +290,7 @@ impl Head {
 /// Drops what node `id` hosted or made from the directory.
 fn forget_node(dir: &mut dyn HeadStore, id: NodeId) {
     for a in dir.actors().into_iter().filter(|a| a.node == id) {
-        dir.remove_actor(&a.namespace, &a.name);
+        dir.remove_actor(&a.namespace, &store::directory_name(&a));
     }
     for (_, g) in dir.groups().into_iter().filter(|(owner, _)| *owner == id) {
         dir.remove_group(&g.id);

@@ -357,7 +357,7 @@ impl Scheduler {
         self.peers
             .values()
             .flat_map(|p| p.view.named.iter())
-            .find(|n| n.name == name && n.namespace == namespace)
+            .find(|n| !n.name.is_empty() && n.name == name && n.namespace == namespace)
             .cloned()
     }
 
