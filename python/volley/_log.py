@@ -5,11 +5,14 @@ waits for resources and who holds them, a worker's connection failed, a node joi
 cluster) is logged on the ``"volley"`` logger, at INFO, WARNING or ERROR, with the text volley
 printed before (``volley: actor 'A' died (pid 123 ...); restarting it (restart 1 of 3)``).
 
-By default it is shown as before: a line on stderr, unless the root logger has handlers of its
-own (``logging.basicConfig(...)``), which then get it. Route or silence it as any logger::
+By default it is shown as before: a line on stderr (the logger's own handler; it does not
+propagate to the root logger's handlers, which would show it twice). Route or silence it as any
+logger, after ``init``::
 
     logging.getLogger("volley").setLevel(logging.WARNING)   # no INFO lines
-    logging.getLogger("volley").handlers.clear()            # to the root logger's handlers only
+    logging.getLogger("volley").addHandler(handler)          # also to a handler of yours
+    logging.getLogger("volley").handlers.clear()             # not on stderr; and with
+    logging.getLogger("volley").propagate = True             # this, to the root's handlers
 
 The node's lines come from its Rust threads, which never take the GIL: they queue them, and a
 Python thread of the driver (``volley-events``) reads the queue and logs them.
@@ -30,14 +33,12 @@ _thread: threading.Thread | None = None
 _fd: int | None = None  # the pipe's read end, which the thread reads
 
 
-class _StderrUnlessConfigured(logging.Handler):
+class _Stderr(logging.Handler):
     """The ``"volley"`` logger's default handler: writes the line to ``sys.stderr`` as it is
-    (whatever ``sys.stderr`` is when it is logged), unless the record goes on to root handlers
-    the user configured, which then show it instead (so it is not shown twice)."""
+    (whatever ``sys.stderr`` is when it is logged, so a redirection or pytest's capture sees
+    it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if logger.propagate and logging.getLogger().handlers:
-            return
         try:
             sys.stderr.write(self.format(record) + "\n")
             sys.stderr.flush()
@@ -45,15 +46,18 @@ class _StderrUnlessConfigured(logging.Handler):
             self.handleError(record)
 
 
-_default_handler = _StderrUnlessConfigured()
+_default_handler = _Stderr()
 _default_handler.setFormatter(logging.Formatter("%(message)s"))
 
 
 def _configure() -> None:
-    """Gives the logger its default handler and level once (a user's own settings stay)."""
+    """Gives the logger its default handler and level once, and keeps its records from the
+    root logger's handlers (they would show each line twice); a user's own settings made
+    after ``init`` stay."""
     if not getattr(logger, "_volley_configured", False):
         logger._volley_configured = True  # type: ignore[attr-defined]
         logger.addHandler(_default_handler)
+        logger.propagate = False
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
 
