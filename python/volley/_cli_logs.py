@@ -77,6 +77,13 @@ def _pids_from_state(what: str, ident: str) -> list[int]:
             f"volley: --{what} needs the state API (volley.state), which this volley lacks; "
             "use --worker PID (`volley status` and the task's error show pids)"
         ) from None
+    import volley
+
+    if not volley.is_initialized():
+        try:  # the state is the cluster's: ask it as a driver of this machine's cluster
+            volley.init(address="auto", log_to_driver=False)
+        except ConnectionError as e:
+            raise SystemExit(f"volley: --{what} asks the cluster's state: {e}") from None
     if what == "actor":
         rows = state.list_actors(filters=[("actor_id", "=", ident)], limit=None)
         return sorted({int(r["pid"]) for r in rows if r.get("pid")})
