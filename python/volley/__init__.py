@@ -14,6 +14,7 @@ streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and wh
 
 from . import actor, exceptions, job
 from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
+from ._core import VERSION as _core_version
 from ._core import ObjectRef
 from ._dashboard import dashboard_url
 from ._generator import ObjectRefGenerator
@@ -57,7 +58,8 @@ from .exceptions import (
 # volley.util hands the names above on under Ray's import paths: it is imported after them.
 from . import util
 
-__version__ = "0.1.0"
+#: The version of this volley (of its engine, which the package's metadata matches).
+__version__: str = _core_version
 
 __all__ = [
     "dashboard_url",

@@ -4,6 +4,7 @@
     volley start --address HOST:PORT [--host 127.0.0.2] [--port 0] [--block]
     volley status [--address HOST:PORT] [--json]
     volley stop
+    volley logs [NAME] [--node N] [--worker PID] [--tail N] [--follow]   (see _cli_logs)
 
 Without ``--block``, ``start`` runs the node in the background (its log goes to the session
 directory's ``logs/``), waits until it has joined, prints its address and returns.
@@ -25,11 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cli_dashboard, _cli_job, _cluster, _core, _runtime_dir, _session
+from . import _cli_dashboard, _cli_job, _cli_logs, _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="volley", description="volley cluster control")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"volley {_core.VERSION} (protocol {_core.PROTOCOL_VERSION}, Python "
+        f"{sys.version.split()[0]})",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start a node (the head with --head)")
     role = s.add_mutually_exclusive_group(required=True)
@@ -75,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop this machine's volley nodes")
     _cli_job.register(sub)
+    _cli_logs.add_parser(sub)
     return p
 
 
@@ -236,7 +244,13 @@ def _run_node(args: argparse.Namespace) -> int:
         _cluster.write_private(sess / "address", addr)
         _cluster.write_private(sess / "tls_cert", daemon["tls_cert"] or "")
     record = _cluster.record_node(
-        {"pid": os.getpid(), "node_id": node_id, "address": addr, "head": bool(args.head)}
+        {
+            "pid": os.getpid(),
+            "node_id": node_id,
+            "address": addr,
+            "head": bool(args.head),
+            "log": _own_log(),
+        }
     )
     if args.head:
         print(
@@ -262,6 +276,15 @@ def _run_node(args: argparse.Namespace) -> int:
             (sess / "address").unlink(missing_ok=True)
             (sess / "dashboard").unlink(missing_ok=True)
     return 0
+
+
+def _own_log() -> str | None:
+    """The file this daemon's stderr goes to (its log, for ``volley logs --node``), if a file."""
+    try:
+        path = os.readlink("/proc/self/fd/2")
+    except OSError:
+        return None
+    return path if path.startswith("/") and os.path.isfile(path) else None
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -309,6 +332,8 @@ def _status(args: argparse.Namespace) -> int:
             addr, _cluster.resolve_token(args.token), _cluster.resolve_tls_cert(args.tls_cert)
         )
     except ConnectionError as e:
+        if addr is not None:
+            e = _cluster.connection_error(addr, f"--address {args.address}", e)
         if args.address != "auto" or not local:
             print(f"volley: {e}", file=sys.stderr)
             if not local:
@@ -357,6 +382,9 @@ def _print_node(title: str, n: dict) -> None:
     )
     for line in n.get("waiting", []):
         print(f"    {line}")
+    for a in n.get("named_actors", []):
+        name = f"'{a['name']}'" if a["name"] else "(detached, no name)"
+        print(f"    actor {name} {a['class_name']} {a['actor_id']}")
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -405,9 +433,9 @@ def _stop(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[args.cmd](
-            args
-        )
+        if hasattr(args, "func"):  # a command registered from its own module
+            return args.func(args)
+        return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[args.cmd](args)
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)
         return 1

@@ -79,6 +79,15 @@ def resolve_tls_cert(cert: str | None) -> str | None:
     return _setting(cert, "VOLLEY_TLS_CERT", "tls_cert")
 
 
+def connection_error(addr: str, source: str, e: BaseException) -> ConnectionError:
+    """A ``ConnectionError`` that names the address tried, where it came from (``source``:
+    ``"address='auto'"``, ``"VOLLEY_ADDRESS=..."``, ``"--address ..."``) and why it failed."""
+    text = str(e)
+    if addr in text:
+        return ConnectionError(text)
+    return ConnectionError(f"could not connect to the volley cluster at {addr} ({source}): {text}")
+
+
 def resolve_address(address: str) -> str:
     """``host:port`` of the head; ``"auto"`` reads the one ``volley start --head`` recorded."""
     if address != "auto":

@@ -22,19 +22,11 @@ def _own_node() -> dict[str, Any]:
 
 
 def _nodes(what: str) -> list[dict[str, Any]]:
-    """The nodes whose resources ``what`` sums: the cluster's (as this driver last heard from
-    the head), or this node alone."""
-    ensure_init()
-    nodes = list(_core.cluster_nodes())
-    if nodes:
-        return nodes
-    own = _own_node()
-    if _core.mode() == "worker" and own["node_id"] != 0:  # 0: a node on its own
-        raise RuntimeError(
-            f"{what}() inside a task or actor on a cluster's node is not supported yet: "
-            "its worker sees its own node only; call it in the driver"
-        )
-    return [own]
+    """The nodes whose resources ``what`` sums: the cluster's (as this process's node last heard
+    from the head), or this node alone outside a cluster."""
+    from ._session import nodes
+
+    return nodes()
 
 
 def _resources(free: bool) -> dict[str, float]:
@@ -57,8 +49,8 @@ def cluster_resources() -> dict[str, float]:
     ``ray.cluster_resources()``: ``{"CPU": 8.0, "GPU": 1.0, "object_store_memory": bytes,
     "<custom>": amount}``. Ray's ``memory`` and ``node:<ip>`` keys are not reported.
 
-    In a cluster this is what the driver last heard from the head (every second or so). Inside
-    a task or actor on a cluster's node it raises ``RuntimeError`` (call it in the driver).
+    In a cluster this is what this process's node last heard from the head (every second or
+    so), in the driver as in a task or actor.
 
     >>> volley.init(num_cpus=2, resources={"disk": 1})
     volley.Context(num_cpus=2)
@@ -85,7 +77,8 @@ def available_resources() -> dict[str, float]:
 def get_gpu_ids() -> list[int]:
     """The GPUs the node gave the task (or actor) running here, as Ray's
     ``ray.get_gpu_ids()``: a list of device numbers, the ones ``CUDA_VISIBLE_DEVICES`` names
-    while it runs. Empty in the driver (as in Ray) and in a task that asked for no GPU.
+    while it runs. Empty in the driver (as in Ray) and in a task that asked for no GPU; the
+    same on one machine and on a cluster's nodes.
 
     >>> @volley.remote(num_gpus=1)
     ... def which():
@@ -103,10 +96,15 @@ def get_gpu_ids() -> list[int]:
 
 
 class RuntimeContext:
-    """What ``get_runtime_context()`` returns (Ray's ``ray.runtime_context.RuntimeContext``),
-    with the methods volley can answer with real data. Ray's ``get_job_id``, ``get_task_id``,
-    ``get_actor_id``, ``get_worker_id`` and ``get_assigned_resources`` are not there yet (see
-    docs/from-ray.md)."""
+    """What ``get_runtime_context()`` returns (Ray's ``ray.runtime_context.RuntimeContext``):
+    where this code runs. Ids are hex strings as volley prints them (a task's is the hex of its
+    first ``ObjectRef`` without the return index; an actor's the one ``ActorHandle`` shows), the
+    node id an int as ``volley.nodes()`` lists it.
+
+    >>> ctx = volley.get_runtime_context()
+    >>> ctx.get_task_id() is None, ctx.get_actor_id() is None  # in the driver
+    (True, True)
+    """
 
     def get_node_id(self) -> int:
         """The id of this process's node, as ``volley.nodes()`` lists it and
@@ -118,20 +116,89 @@ class RuntimeContext:
         ensure_init()
         return int(_own_node()["node_id"])
 
+    def get_job_id(self) -> str | None:
+        """The job (driver) this code runs for: in a driver its own, in a task or actor the
+        driver's that submitted it (8 hex digits, or the id ``volley job submit`` gave the
+        job's driver).
+
+        >>> len(volley.get_runtime_context().get_job_id())
+        8
+        """
+        ensure_init()
+        if _core.mode() == "worker":
+            from . import _runtime_env
+
+            return _runtime_env.job_id
+        from . import _session
+
+        return _session.job_id
+
+    def get_task_id(self) -> str | None:
+        """The id of the task (or actor method call) running in this thread; None in a driver,
+        or in an actor's process outside a call."""
+        if _core.mode() != "worker":
+            return None
+        from . import _worker
+
+        t = _worker.current_task.get()
+        return None if t is None else f"{t:032x}"
+
+    def get_actor_id(self) -> str | None:
+        """The id of the actor this process runs (as its handle shows it), None elsewhere."""
+        if _core.mode() != "worker":
+            return None
+        from . import _worker
+
+        a = _worker.actor_id
+        return None if a is None else f"{a:032x}"
+
+    def get_worker_id(self) -> str:
+        """This process's id as the state API lists workers: its pid, as a string."""
+        return str(os.getpid())
+
+    def get_worker_pid(self) -> int:
+        """The pid of this process (the driver's, or the worker's running this task)."""
+        return os.getpid()
+
+    @property
+    def job_id(self) -> str | None:
+        """``get_job_id()`` (Ray's deprecated property)."""
+        return self.get_job_id()
+
+    @property
+    def node_id(self) -> int:
+        """``get_node_id()`` (Ray's deprecated property)."""
+        return self.get_node_id()
+
+    @property
+    def task_id(self) -> str | None:
+        """``get_task_id()`` (Ray's deprecated property)."""
+        return self.get_task_id()
+
+    @property
+    def actor_id(self) -> str | None:
+        """``get_actor_id()`` (Ray's deprecated property)."""
+        return self.get_actor_id()
+
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         """``{"GPU": [ids as strings]}``: the GPUs given to the task running here (Ray's
         shape; empty in the driver)."""
         return {"GPU": [str(g) for g in get_gpu_ids()]}
 
     def get(self) -> dict[str, Any]:
-        """The context as a dict (Ray's deprecated ``RuntimeContext.get()``): ``node_id``."""
-        return {"node_id": self.get_node_id()}
+        """The context as a dict (Ray's deprecated ``RuntimeContext.get()``): ``job_id``,
+        ``node_id``, ``task_id``, ``actor_id``."""
+        return {
+            "job_id": self.get_job_id(),
+            "node_id": self.get_node_id(),
+            "task_id": self.get_task_id(),
+            "actor_id": self.get_actor_id(),
+        }
 
     def __getattr__(self, name: str) -> Any:
         if name in _LATER:
             raise AttributeError(
-                f"Ray's RuntimeContext.{name} is not in volley yet (it comes with issue 18, "
-                "observability); see docs/from-ray.md"
+                f"Ray's RuntimeContext.{name} is not in volley yet; see docs/from-ray.md"
             )
         raise AttributeError(f"'RuntimeContext' object has no attribute {name!r}")
 
@@ -141,10 +208,6 @@ class RuntimeContext:
 
 #: Ray's RuntimeContext members that come later.
 _LATER = {
-    "get_job_id",
-    "get_task_id",
-    "get_actor_id",
-    "get_worker_id",
     "get_assigned_resources",
     "get_namespace",
     "get_actor_name",
@@ -154,10 +217,6 @@ _LATER = {
     "get_runtime_env_string",
     "current_actor",
     "was_current_actor_reconstructed",
-    "job_id",
-    "node_id",
-    "task_id",
-    "actor_id",
     "namespace",
 }
 

@@ -79,7 +79,9 @@ def _module_path(m) -> Path:
     return p
 
 
-def build(runtime_env: dict, authkey: bytes | None = None) -> tuple[str, dict[str, bytes]]:
+def build(
+    runtime_env: dict, authkey: bytes | None = None, job_id: str | None = None
+) -> tuple[str, dict[str, bytes]]:
     """Checks ``runtime_env`` and packs it: (the description workers read, {hash: zip}).
 
     ``authkey``: the driver's ``multiprocessing`` authkey, which its tasks run with (see
@@ -117,6 +119,8 @@ def build(runtime_env: dict, authkey: bytes | None = None) -> tuple[str, dict[st
     desc["env_vars"] = dict(sorted(env_vars.items()))
     if authkey is not None:
         desc["authkey"] = authkey.hex()
+    if job_id is not None:
+        desc["job_id"] = job_id
     return json.dumps(desc, sort_keys=True), packages
 
 
@@ -202,7 +206,24 @@ def apply(desc: str | None) -> None:
         _undo.append(lambda k=k, before=before: _restore_env(k, before))
     if d.get("authkey"):
         _set_authkey(bytes.fromhex(d["authkey"]))
+    if d.get("job_id"):
+        _set_job_id(d["job_id"])
     _current = desc
+
+
+#: The job (driver) whose task or actor runs in this worker now (``get_runtime_context``).
+job_id: str | None = None
+
+
+def _set_job_id(value: str | None) -> None:
+    global job_id
+    before, job_id = job_id, value
+    _undo.append(lambda: _set_job_id_only(before))
+
+
+def _set_job_id_only(value: str | None) -> None:
+    global job_id
+    job_id = value
 
 
 def _set_authkey(key: bytes) -> None:

@@ -26,6 +26,9 @@ _auto_started_by: str | None = None  # the thread whose first call started volle
 # In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
 # "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
 _forked_from: str | None = None
+# This driver's job id while volley runs (see _new_job_id); its tasks and actors get it with
+# their runtime environment.
+job_id: str | None = None
 # Called (in order) by shutdown, after the node has stopped: see at_shutdown.
 _shutdown_hooks: list[Callable[[], None]] = []
 
@@ -199,6 +202,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
     from . import _cluster, _runtime_env
 
     global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
+    global job_id
     num_cpus = args["num_cpus"]
     log_to_driver = args["log_to_driver"]
     pipeline_depth = args["pipeline_depth"]
@@ -229,6 +233,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 "(or pass ignore_reinit_error=True)"
             )
         joining = None
+        from_env = False
+        if address is None and daemon is None:
+            address = os.environ.get("VOLLEY_ADDRESS", "").strip() or None
+            from_env = address is not None
         if address is not None:
             joining = (_cluster.resolve_address(address), _cluster.resolve_token(token))
         cpus = _default_cpus() if num_cpus is None else num_cpus
@@ -254,7 +262,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # Every task and actor carries the environment, and with it this process's
         # multiprocessing authkey: multiprocessing.Manager proxies passed to tasks then work
         # (see _runtime_env).
-        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey())
+        job = _new_job_id()
+        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey(), job)
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -270,7 +279,12 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
         # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
-        _core.set_diagnostics_dir(None if daemon else str(_cluster.session_dir() / "logs"))
+        logs_dir = str(_cluster.session_dir() / "logs")
+        _core.set_diagnostics_dir(None if daemon else logs_dir)
+        # Each worker's output is kept in a file there too (`volley logs`; VOLLEY_WORKER_LOGS=0:
+        # not kept).
+        keep = os.environ.get("VOLLEY_WORKER_LOGS", "1").strip() != "0"
+        _core.set_worker_log_dir(logs_dir if keep else None)
         _core.start_node(
             float(cpus),
             sys.executable,
@@ -286,19 +300,28 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             max_workers=max_workers,
             wait_notice_ms=notice_ms,
         )
+        if daemon is None:
+            # The node's messages to this driver's user go through logging.getLogger("volley").
+            from . import _log
+
+            _log.start()
         try:
             for h, data in env_packages.items():
                 _core.register_package(h, data)
             _core.set_runtime_env(env_desc, sorted(env_packages))
             if joining is not None:
-                _core.join_cluster(
-                    None,
-                    joining[0],
-                    joining[1],
-                    True,
-                    logs=bool(log_to_driver),
-                    tls_cert=_cluster.resolve_tls_cert(tls_cert),
-                )
+                try:
+                    _core.join_cluster(
+                        None,
+                        joining[0],
+                        joining[1],
+                        True,
+                        logs=bool(log_to_driver),
+                        tls_cert=_cluster.resolve_tls_cert(tls_cert),
+                    )
+                except ConnectionError as e:
+                    src = f"VOLLEY_ADDRESS={address}" if from_env else f"address={address!r}"
+                    raise _cluster.connection_error(joining[0], src, e) from None
             elif daemon is not None:
                 daemon["joined"] = _core.join_cluster(
                     daemon["listen"],
@@ -318,6 +341,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         except BaseException:
             _core.stop_dashboard()
             _core.shutdown(0.5)
+            _stop_event_log()
             raise
         generation += 1
         if not _atexit_registered:
@@ -329,10 +353,22 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         import cloudpickle  # noqa: F401
 
         _init_args = None if daemon is not None else args
+        job_id = None if daemon is not None else job
         _auto_started_by = threading.current_thread().name if auto else None
         _forked_from = None
         _ready = True
         return Context(cpus)
+
+
+def _new_job_id() -> str:
+    """This driver's job id: ``VOLLEY_JOB_ID`` (what ``volley job submit`` gives the driver of
+    a job it runs), else a new one (8 random hex digits)."""
+    given = os.environ.get("VOLLEY_JOB_ID", "").strip()
+    if given:
+        return given
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 def _authkey() -> bytes:
@@ -378,8 +414,17 @@ def shutdown() -> None:
 
         _dashboard.stop()
         _core.shutdown(1.0)
+        _stop_event_log()
         for hook in _shutdown_hooks:
             hook()
+
+
+def _stop_event_log() -> None:
+    """Logs the node's last messages and stops routing them (see ``_log``), if a driver's init
+    started it."""
+    log = sys.modules.get("volley._log")
+    if log is not None:
+        log.stop()
 
 
 def at_shutdown(hook: Callable[[], None]) -> None:
@@ -401,14 +446,30 @@ def nodes() -> list[dict]:
     ``tasks_remote``, ``objects``, ``actors``, ``cpu_used_milli``) and ``store`` (``used``,
     ``capacity``, ``pinned``, ``objects``, ``objects_in_memory``, ``objects_spilled``,
     ``spilled_bytes``, ``spill_count``, ``spill_bytes_total``, ``restore_count``,
-    ``restore_bytes_total``). It is the node's one snapshot, the one ``volley status --json``
-    prints. Empty outside a cluster (``volley status`` shows a driver's own node too).
+    ``restore_bytes_total``), and ``named_actors`` (its named and detached actors: ``name``,
+    empty for a detached actor without one, ``namespace``, ``class_name``, ``actor_id``). It
+    is the node's one snapshot, the one ``volley status --json``
+    prints. Outside a cluster it lists this process's own node (``node_id`` 0, ``address``
+    ``""``, ``driver`` True), with the same keys.
 
-    >>> volley.init(address="auto")  # doctest: +SKIP
+    >>> volley.init(num_cpus=2)
+    volley.Context(num_cpus=2)
+    >>> [(n["node_id"], n["num_cpus"]) for n in volley.nodes()]
+    [(0, 2.0)]
+    >>> volley.shutdown()
+
+    On a cluster (``volley.init(address="auto")``):
+
     >>> [n["address"] for n in volley.nodes() if not n["driver"]]  # doctest: +SKIP
     ['127.0.0.1:6380', '127.0.0.2:6380']
     """
-    return list(_core.cluster_nodes())
+    ensure_init()
+    found = list(_core.cluster_nodes())
+    if found:
+        return found
+    if _core.mode() == "worker":  # its node's view, over the node's socket
+        return list(_core.cluster_nodes(os.environ["VOLLEY_NODE_SOCKET"]))
+    return [_core.node_info()]
 
 
 def is_initialized() -> bool:
@@ -472,6 +533,9 @@ def _after_fork_in_child() -> None:
     global _lock, _ready, generation, _forked_from, _auto_started_by
     _lock = threading.RLock()  # a thread of the parent may have held it
     was = _core.after_fork_in_child()
+    log = sys.modules.get("volley._log")
+    if log is not None:
+        log.after_fork_in_child()
     if was is None:
         return
     _ready = False

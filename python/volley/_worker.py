@@ -7,6 +7,7 @@ released), call ``execute`` below, report the result. Output written to ``sys.st
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import pickle
@@ -223,6 +224,7 @@ def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
     """Calls ``fn`` and serializes what it returns (or yields, or raises)."""
     global _current_name
     _current_name = name
+    current_task.set(task_id)
     try:
         result = fn(*args, **kwargs)
         if streaming:
@@ -233,6 +235,19 @@ def _call(name, fn, args, kwargs, num_returns, streaming, task_id):
         _flush_output()
         _current_name = None
     return _results(name, result, num_returns)
+
+
+# The task running in this thread (or asyncio task), for get_runtime_context(): its id (the
+# engine's int). A context variable: a threaded or async actor runs several calls at once.
+current_task: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "volley_task", default=None
+)
+actor_id: int | None = None  # this process's actor (the id of its creation task), if it is one
+
+
+def _set_actor_id(task_id: int) -> None:
+    global actor_id
+    actor_id = task_id
 
 
 _ORIGINAL_CUDA = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -363,6 +378,7 @@ def _execute(
     if actor == "call":
         return _actor_call(name, method, data, buffers, deps, num_returns, task_id, streaming)
     if actor == "create":
+        _set_actor_id(task_id)
         return _actor_create(name, fid, fbytes, data, buffers, deps, max_concurrency, is_async)
     fn, err = _load_function(name, fid, fbytes)
     if err is not None:
@@ -467,6 +483,7 @@ async def _run_async(name, method, args, kwargs, num_returns, streaming, task_id
     import inspect
 
     async with _semaphore:
+        current_task.set(task_id)
         try:
             result = method(*args, **kwargs)
             if inspect.isawaitable(result):

@@ -231,11 +231,12 @@ def _text_or_bytes(b: bytes) -> str | bytes:
 
 def directory() -> dict[str, list[dict[str, Any]]]:
     """What the cluster's head lists for the whole cluster, whichever node or driver made it:
-    ``"actors"`` (named actors: ``name``, ``namespace``, ``class_name``, ``actor_id``,
-    ``node_id`` of the node it runs on), ``"placement_groups"`` (``placement_group_id``,
-    ``name``, ``state``, ``bundles_to_node_id``, ``owner_node_id``) and ``"jobs"`` (a driver
-    each: ``node_id``, ``driver_pid``, ``start_time``, ``end_time`` in seconds since the
-    epoch, ``end_time`` None while it runs). The head learns of a new entry with its node's
+    ``"actors"`` (named actors, and detached ones with ``name`` ``""``: ``name``,
+    ``namespace``, ``class_name``, ``actor_id``, ``node_id`` of the node it runs on),
+    ``"placement_groups"`` (``placement_group_id``, ``name``, ``state``,
+    ``bundles_to_node_id``, ``owner_node_id``) and ``"jobs"`` (a driver each: ``node_id``,
+    ``driver_pid``, ``start_time``, ``end_time`` in seconds since the epoch, ``end_time``
+    None while it runs). The head learns of a new entry with its node's
     next heartbeat (half a second by default). On one machine the node is its own head.
 
     >>> @volley.remote

@@ -40,6 +40,16 @@ fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, 
         }
         Ok(d)
     };
+    // Its named and detached actors (the head's directory lists the named ones).
+    let actors = pyo3::types::PyList::empty(py);
+    for a in &n.named {
+        actors.append(dict!(py, {
+            "name" => &a.name,
+            "namespace" => &a.namespace,
+            "class_name" => &a.class,
+            "actor_id" => format!("{:032x}", a.actor.0 .0),
+        }))?;
+    }
     let scheduler = counters(&n.sched.fields())?;
     let store = counters(&n.store.fields())?;
     store.set_item("used", n.store_used)?;
@@ -61,6 +71,7 @@ fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, 
         "pid" => n.pid,
         "scheduler" => scheduler,
         "store" => store,
+        "named_actors" => actors,
     }))
 }
 
@@ -117,9 +128,15 @@ pub fn join_cluster(
     py.detach(|| n.join_cluster(cfg)).map_err(conn_err)
 }
 
-/// The cluster as this process's node last heard it, a dict per node.
+/// The cluster as this process's node last heard it, a dict per node. In a worker, with
+/// `socket` its node's socket name: as that node heard it (the node alone outside a cluster).
 #[pyfunction]
-pub fn cluster_nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+#[pyo3(signature = (socket = None))]
+pub fn cluster_nodes(py: Python<'_>, socket: Option<String>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    if let Some(name) = socket {
+        let view = py.detach(|| volley_runtime::query_local_view(&name)).map_err(conn_err)?;
+        return view.iter().map(|i| snapshot_dict(py, i)).collect();
+    }
     let Some(c) = client::current() else { return Ok(Vec::new()) };
     let Backend::Node(n) = &c.backend else { return Ok(Vec::new()) };
     n.cluster_view().iter().map(|i| snapshot_dict(py, i)).collect()

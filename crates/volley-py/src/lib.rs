@@ -12,6 +12,7 @@ mod cluster;
 mod dashboard;
 mod errors;
 mod jobs;
+mod logs;
 mod object_ref;
 mod options;
 mod store;
@@ -936,7 +937,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dashboard::register(m)?;
     cluster::register_head(m)?;
     jobs::register(m)?;
+    logs::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.
     let kinds = pyo3::types::PyDict::new(m.py());
     for k in ErrorKind::ALL {

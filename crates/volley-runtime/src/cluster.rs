@@ -278,6 +278,14 @@ impl Links for Cluster {
         Cluster::node_id(self)
     }
 
+    fn view(&self) -> Vec<NodeSnapshot> {
+        // The head keeps the view it hands out; its own copy is for members.
+        match &self.head {
+            Some(head) => head.view(),
+            None => Cluster::view(self),
+        }
+    }
+
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
         if let Some(head) = &self.head {
             return head.serve(req);

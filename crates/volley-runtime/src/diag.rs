@@ -40,6 +40,13 @@ pub(crate) fn after_fork_in_child() {
         // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
         unsafe { SINK.force_unlock() };
     }
+    if EVENTS.is_locked() {
+        // SAFETY: as above.
+        unsafe { EVENTS.force_unlock() };
+    }
+    // The parent's Python thread that read the queue is not in the child: forget the queue,
+    // and close the child's copy of the pipe's write end.
+    *EVENTS.lock() = None;
 }
 
 /// How serious a line is.
@@ -53,6 +60,17 @@ pub(crate) enum Level {
     Error,
 }
 
+impl Level {
+    /// The level's number in Python's `logging`.
+    fn python(self) -> u8 {
+        match self {
+            Level::Info => 20,
+            Level::Warn => 30,
+            Level::Error => 40,
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -63,9 +81,93 @@ impl fmt::Display for Level {
     }
 }
 
-/// Writes an event line (`msg` is the whole line, `volley: ...`) to stderr: for a daemon (no
-/// log directory set) with a timestamp and the level, for a driver as it is.
+/// Event lines waiting for the driver's Python side (see [`route_events`]): `None` while they
+/// go to stderr.
+static EVENTS: Mutex<Option<Events>> = Mutex::new(None);
+
+/// The most event lines kept for the Python side: past it the oldest are dropped (and counted
+/// in a line of their own), so a stalled reader cannot grow the queue without end.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+struct Events {
+    lines: std::collections::VecDeque<(Level, String)>,
+    dropped: u64,
+    /// The pipe's write end: a byte per line wakes the reader. `None` once routing stops: the
+    /// reader sees the end of the pipe, takes the last lines, and events go to stderr again.
+    wake: Option<std::os::fd::OwnedFd>,
+}
+
+/// Routes event lines to a queue for the driver's Python side, which passes them to
+/// `logging.getLogger("volley")` (where users silence or redirect them): returns the read end
+/// of a pipe that gets a byte per queued line, for a Python thread to wait on (in `os.read`,
+/// without the GIL) before it calls [`take_events`]. A pipe, not a condition variable: no
+/// thread of the engine parks for it, so a fork cannot leave a parked waiter behind.
+pub fn route_events() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills both descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe {
+        (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    };
+    // The writer never blocks: a full pipe already wakes the reader, which takes every line.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut q = EVENTS.lock();
+    // Lines a stopped reader did not take yet are kept for the new one.
+    let lines = q.take().map(|old| old.lines).unwrap_or_default();
+    *q = Some(Events { lines, dropped: 0, wake: Some(write) });
+    Ok(read)
+}
+
+/// Stops routing: closes the pipe (its reader sees the end, takes the last lines with
+/// [`take_events`], after which events go to stderr again).
+pub fn stop_routing_events() {
+    if let Some(e) = EVENTS.lock().as_mut() {
+        e.wake = None;
+    }
+}
+
+/// The event lines queued since the last call, as (level: 20 info, 30 warning, 40 error,
+/// Python's numbers; the line). After [`stop_routing_events`] this is the last take: the next
+/// events go to stderr.
+pub fn take_events() -> Vec<(u8, String)> {
+    let mut q = EVENTS.lock();
+    let Some(e) = q.as_mut() else { return Vec::new() };
+    let mut out: Vec<(u8, String)> = Vec::with_capacity(e.lines.len() + 1);
+    if e.dropped > 0 {
+        let n = std::mem::take(&mut e.dropped);
+        out.push((30, format!("volley: {n} event line(s) dropped (too many queued)")));
+    }
+    out.extend(e.lines.drain(..).map(|(l, s)| (l.python(), s)));
+    if e.wake.is_none() {
+        *q = None;
+    }
+    out
+}
+
+/// Writes an event line (`msg` is the whole line, `volley: ...`): to the Python side's queue
+/// when a driver routes them there, else to stderr: for a daemon (no log directory set) with a
+/// timestamp and the level, for a driver as it is.
 pub(crate) fn event(level: Level, msg: fmt::Arguments<'_>) {
+    {
+        let mut q = EVENTS.lock();
+        if let Some(e) = q.as_mut() {
+            if e.lines.len() >= MAX_QUEUED_EVENTS {
+                e.lines.pop_front();
+                e.dropped += 1;
+            }
+            e.lines.push_back((level, msg.to_string()));
+            if let Some(w) = &e.wake {
+                // SAFETY: writing one byte from a valid buffer to a pipe we own.
+                unsafe { libc::write(w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            }
+            return;
+        }
+    }
     let daemon = matches!(*SINK.lock(), Sink::Stderr);
     let line = event_line(daemon, level, msg, SystemTime::now());
     // A line that cannot be written (stderr closed) is dropped: it must not fail the node.
@@ -201,7 +303,7 @@ fn open_log(dir: &Path) -> std::io::Result<(File, PathBuf)> {
 }
 
 /// `2026-12-04 21:00:00.123` (UTC).
-fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);

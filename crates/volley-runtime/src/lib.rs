@@ -22,6 +22,7 @@ mod diag;
 mod error;
 pub mod head;
 mod local_status;
+mod log_files;
 mod logs;
 mod node;
 mod outbox;
@@ -34,9 +35,13 @@ mod tls;
 mod worker_conn;
 
 pub use cluster::{ask_head_at, cluster_status, cluster_view, ClusterConfig};
-pub use diag::{log_file as diagnostics_file, set_log_dir as set_diagnostics_dir};
+pub use diag::{
+    log_file as diagnostics_file, route_events, set_log_dir as set_diagnostics_dir,
+    stop_routing_events, take_events,
+};
 pub use error::RuntimeError;
-pub use local_status::{local_nodes, query_local};
+pub use local_status::{local_nodes, query_local, query_local_view};
+pub use log_files::{list_logs, read_log, set_log_dir as set_worker_log_dir, LogChunk, LogFile};
 pub use node::{Node, NodeConfig};
 pub use tls::{self_signed_cert, TlsConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};

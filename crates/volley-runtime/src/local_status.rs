@@ -21,6 +21,11 @@ use crate::RuntimeError;
 /// which never equals these bytes (its token alone is longer).
 pub(crate) const REQUEST: &[u8] = b"\xffvolley-status\xff";
 
+/// The first frame of a query for the cluster's nodes as this node knows them (the answer is
+/// a postcard `Vec<NodeSnapshot>`): what `volley.nodes()` and `cluster_resources()` ask in a
+/// worker, which has no cluster view of its own.
+pub(crate) const VIEW_REQUEST: &[u8] = b"\xffvolley-view\xff";
+
 /// The largest answer read (a `NodeSnapshot` is a few KiB at most).
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -63,15 +68,20 @@ fn my_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Answers a status query on `stream` (its `REQUEST` frame read already), if it comes from a
-/// process of this user.
-pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream) -> Result<(), String> {
+/// Answers a status query on `stream` (its first frame, `REQUEST` or `VIEW_REQUEST`, read
+/// already), if it comes from a process of this user.
+pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream, frame: &[u8]) -> Result<(), String> {
     let uid = peer_uid(stream).map_err(|e| e.to_string())?;
     if uid != my_uid() {
         return Err(format!("a status query came from another user (uid {uid})"));
     }
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    let bytes = encode(&shared.local_snapshot()).map_err(|e| e.to_string())?;
+    let bytes = if frame == VIEW_REQUEST {
+        encode(&shared.nodes_view())
+    } else {
+        encode(&shared.local_snapshot())
+    };
+    let bytes = bytes.map_err(|e| e.to_string())?;
     write_frame(stream, &bytes).map_err(|e| e.to_string())
 }
 
@@ -86,6 +96,21 @@ pub fn query_local(name: &str) -> Result<NodeSnapshot, RuntimeError> {
     s.set_write_timeout(Some(TIMEOUT))?;
     write_frame(&mut s, REQUEST)?;
     let frame = read_frame(&mut s, MAX_ANSWER)?;
+    Ok(decode(&frame)?)
+}
+
+/// Asks the node listening on the abstract socket `name` for the cluster's nodes as it knows
+/// them (itself alone outside a cluster).
+pub fn query_local_view(name: &str) -> Result<Vec<NodeSnapshot>, RuntimeError> {
+    let mut s = connect_now(name)?;
+    let uid = peer_uid(&s)?;
+    if uid != my_uid() {
+        return Err(RuntimeError::Refused(format!("socket {name} belongs to another user")));
+    }
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    write_frame(&mut s, VIEW_REQUEST)?;
+    let frame = read_frame(&mut s, MAX_ANSWER * 16)?;
     Ok(decode(&frame)?)
 }
 

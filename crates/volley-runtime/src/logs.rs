@@ -3,12 +3,16 @@
 //! Workers write to pipes; one thread polls them all and copies whole lines to this process's
 //! own stdout and stderr (file descriptors 1 and 2, whatever they point to *now*, so a later
 //! redirection in the driver, such as pytest's capture, is honoured). Workers prefix each line
-//! with their task's name and pid themselves.
+//! with their task's name and pid themselves. Each worker's lines also go to its log file
+//! (`log_files`), written by this same thread, with a timestamp and a level (INFO for stdout,
+//! WARN for stderr).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::log_files::SharedLog;
 
 /// Where worker output also goes (to drivers on other nodes of a cluster), besides this
 /// process's stdout and stderr: called with the target descriptor and whole lines.
@@ -38,17 +42,34 @@ pub(crate) fn write_lines(fd: RawFd, lines: &[u8]) {
     }
 }
 
-fn emit(target: RawFd, lines: &[u8]) {
-    write_all(target, lines);
+fn emit(src: &Source, lines: &[u8]) {
+    if let Some(log) = &src.log {
+        log.lock().write(if src.target == 2 { "WARN" } else { "INFO" }, lines);
+    }
+    if !src.to_driver {
+        return;
+    }
+    write_all(src.target, lines);
     let f = FORWARD.lock().clone();
     if let Some(f) = f {
-        f(target, lines);
+        f(src.target, lines);
     }
 }
 
+/// A worker's pipe to read, as the supervisor hands it over.
+pub(crate) struct Pipe {
+    pub fd: OwnedFd,
+    /// File descriptor 1 or 2: the worker's stdout or stderr.
+    pub target: RawFd,
+    /// The worker's log file, if one is kept.
+    pub log: Option<SharedLog>,
+    /// Forward the lines to the driver (and its peers), besides the log file.
+    pub to_driver: bool,
+}
+
 pub(crate) enum LogCmd {
-    /// Forward everything read from this pipe to file descriptor `target` (1 or 2).
-    Add(OwnedFd, RawFd),
+    /// Forward everything read from this pipe.
+    Add(Pipe),
     /// Finish: forward what is still coming for up to this long, then stop.
     Stop(Duration),
 }
@@ -84,6 +105,8 @@ struct Source {
     fd: OwnedFd,
     target: RawFd,
     partial: Vec<u8>,
+    log: Option<SharedLog>,
+    to_driver: bool,
 }
 
 fn write_all(fd: RawFd, mut buf: &[u8]) {
@@ -112,8 +135,8 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     if n == 0 {
         if !src.partial.is_empty() {
             src.partial.push(b'\n');
-            emit(src.target, &src.partial);
-            src.partial.clear();
+            let partial = std::mem::take(&mut src.partial);
+            emit(src, &partial);
         }
         return false;
     }
@@ -121,9 +144,11 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     match data.iter().rposition(|&b| b == b'\n') {
         Some(last) => {
             src.partial.extend_from_slice(&data[..=last]);
-            emit(src.target, &src.partial);
-            src.partial.clear();
-            src.partial.extend_from_slice(&data[last + 1..]);
+            let mut whole = std::mem::take(&mut src.partial);
+            emit(src, &whole);
+            whole.clear();
+            whole.extend_from_slice(&data[last + 1..]);
+            src.partial = whole;
         }
         None => src.partial.extend_from_slice(data),
     }
@@ -137,9 +162,13 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
     loop {
         loop {
             match rx.try_recv() {
-                Ok(LogCmd::Add(fd, target)) => {
-                    sources.push(Source { fd, target, partial: Vec::new() })
-                }
+                Ok(LogCmd::Add(p)) => sources.push(Source {
+                    fd: p.fd,
+                    target: p.target,
+                    partial: Vec::new(),
+                    log: p.log,
+                    to_driver: p.to_driver,
+                }),
                 Ok(LogCmd::Stop(grace)) => stop_at = Some(Instant::now() + grace),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 // The supervisor is gone (its closed wake pipe woke us): finish up.

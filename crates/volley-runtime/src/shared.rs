@@ -44,6 +44,8 @@ pub(crate) trait Links: Send + Sync {
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer;
     /// This node's number in the cluster.
     fn node_id(&self) -> volley_proto::NodeId;
+    /// The cluster's nodes as this node last heard them from the head.
+    fn view(&self) -> Vec<NodeSnapshot>;
 }
 
 #[derive(Default)]
@@ -198,6 +200,15 @@ impl Shared {
         match self.links.get() {
             Some(c) => c.local_snapshot(),
             None => self.snapshot(NodeId(0), String::new(), true),
+        }
+    }
+
+    /// The nodes a worker of this node sees (`volley.nodes()` in a task): the cluster's, or
+    /// this node alone outside one.
+    pub(crate) fn nodes_view(&self) -> Vec<NodeSnapshot> {
+        match self.links.get().map(|c| c.view()) {
+            Some(v) if !v.is_empty() => v,
+            _ => vec![self.local_snapshot()],
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use volley_proto::WorkerId;
 use volley_sched::WorkerExit;
 
-use crate::logs::{LogCmd, LogSender};
+use crate::logs::{LogCmd, LogSender, Pipe};
 use crate::shared::{Shared, SupCmd};
 
 pub(crate) struct SpawnSpec {
@@ -37,11 +37,14 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(SupCmd::Spawn(id)) => match spawn(&shared, &spec, id) {
                 Ok(mut child) => {
+                    let log = crate::log_files::open_worker_log(child.id());
+                    let to_driver = spec.log_to_driver;
                     if let Some(out) = child.stdout.take() {
-                        logs.send(LogCmd::Add(out.into(), 1));
+                        let log = log.clone();
+                        logs.send(LogCmd::Add(Pipe { fd: out.into(), target: 1, log, to_driver }));
                     }
                     if let Some(err) = child.stderr.take() {
-                        logs.send(LogCmd::Add(err.into(), 2));
+                        logs.send(LogCmd::Add(Pipe { fd: err.into(), target: 2, log, to_driver }));
                     }
                     children.insert(id, child);
                 }
@@ -162,7 +165,8 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
         .env("VOLLEY_WORKER_ID", id.0.to_string())
         .env("VOLLEY_STORE", &shared.store_env)
         .stdin(Stdio::null());
-    if spec.log_to_driver {
+    // Read when it goes to the driver or to the worker's log file.
+    if spec.log_to_driver || crate::log_files::log_dir().is_some() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());

@@ -956,9 +956,10 @@ impl Scheduler {
                 WorkerState::Starting => s.workers_starting += 1,
                 _ => s.workers_alive += 1,
             }
-            if w.actor.is_none() {
-                s.tasks_pipelined += w.queue.len().saturating_sub(1);
-            }
+            // Calls queued in an actor's process behind those it runs wait too (`volley
+            // status` showed none while an actor had four calls queued).
+            let running = w.actor.map_or(1, |a| self.actors.concurrency(a));
+            s.tasks_pipelined += w.queue.len().saturating_sub(running);
             if w.blocked > 0 {
                 s.workers_blocked += 1;
             }

@@ -155,10 +155,14 @@ impl Head {
             let mut dir = self.dir.lock();
             let dir = dir.as_mut();
             for a in dir.actors() {
-                let kept =
-                    info.named.iter().any(|n| n.namespace == a.namespace && n.name == a.name);
+                // A detached actor without a name is told from others by its id.
+                let kept = info.named.iter().any(|n| {
+                    n.namespace == a.namespace
+                        && n.name == a.name
+                        && (!a.name.is_empty() || n.actor == a.actor)
+                });
                 if a.node == id && !kept {
-                    dir.remove_actor(&a.namespace, &a.name);
+                    dir.remove_actor(&a.namespace, &store::directory_name(&a));
                 }
             }
             for a in &info.named {
@@ -269,7 +273,7 @@ impl Head {
                     .lock()
                     .actors()
                     .into_iter()
-                    .find(|a| a.namespace == namespace && a.name == name),
+                    .find(|a| !a.name.is_empty() && a.namespace == namespace && a.name == name),
             ),
             HeadRequest::JobSubmit(spec) => job_answer(self.jobs.submit(spec)),
             HeadRequest::JobStatus { id } => job_answer(self.jobs.status(&id)),
@@ -345,7 +349,7 @@ fn job_answer(r: Result<JobRow, String>) -> HeadAnswer {
 /// Drops what node `id` hosted or made from the directory.
 fn forget_node(dir: &mut dyn HeadStore, id: NodeId) {
     for a in dir.actors().into_iter().filter(|a| a.node == id) {
-        dir.remove_actor(&a.namespace, &a.name);
+        dir.remove_actor(&a.namespace, &store::directory_name(&a));
     }
     for (_, g) in dir.groups().into_iter().filter(|(owner, _)| *owner == id) {
         dir.remove_group(&g.id);

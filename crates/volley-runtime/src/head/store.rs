@@ -43,6 +43,17 @@ pub trait HeadStore: Send {
     fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>>;
 }
 
+/// The name an actor is kept under in the directory: its name, or for a detached actor
+/// without one (listed so that it appears somewhere), a key made of its id that no lookup by a
+/// user's name matches.
+pub fn directory_name(a: &NamedActor) -> String {
+    if a.name.is_empty() {
+        format!("\u{0}detached:{:032x}", a.actor.0 .0)
+    } else {
+        a.name.clone()
+    }
+}
+
 /// The head's tables in memory: they live as long as the head's process.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -54,7 +65,7 @@ pub struct MemoryStore {
 
 impl HeadStore for MemoryStore {
     fn put_actor(&mut self, actor: NamedActor) {
-        self.actors.insert((actor.namespace.clone(), actor.name.clone()), actor);
+        self.actors.insert((actor.namespace.clone(), directory_name(&actor)), actor);
     }
 
     fn remove_actor(&mut self, namespace: &str, name: &str) -> Option<NamedActor> {

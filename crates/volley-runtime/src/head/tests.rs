@@ -463,3 +463,36 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
     first.shutdown(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A detached actor without a name is listed in the directory too (it appeared nowhere), each
+/// by its id: two of them do not replace each other, and each goes when its node stops
+/// reporting it or leaves. A lookup by a user's name never finds one.
+#[test]
+fn detached_actors_without_a_name_are_listed_by_id() {
+    let h = head();
+    let a = h.join(info("a:1", false));
+    let unnamed = |id: u128| NamedActor {
+        name: String::new(),
+        actor: volley_proto::ActorId(volley_proto::TaskId(id)),
+        ..actor("")
+    };
+    let mut ai = info("a:1", false);
+    ai.named = vec![unnamed(1), unnamed(2), actor("x")];
+    h.beat(a, ai.clone());
+    let listed: Vec<(String, u128)> =
+        h.named_actors().iter().map(|n| (n.name.clone(), n.actor.0 .0)).collect();
+    assert_eq!(listed, vec![("".into(), 1), ("".into(), 2), ("x".into(), 7)]);
+    let HeadAnswer::Named(found) =
+        h.serve(HeadRequest::LookupName { namespace: "ns".into(), name: String::new() })
+    else {
+        panic!("a lookup answer")
+    };
+    assert!(found.is_none(), "an empty name finds nothing: {found:?}");
+
+    ai.named = vec![unnamed(2), actor("x")];
+    h.beat(a, ai);
+    let ids: Vec<u128> = h.named_actors().iter().map(|n| n.actor.0 .0).collect();
+    assert_eq!(ids, vec![2, 7]);
+    h.leave(a);
+    assert!(h.named_actors().is_empty());
+}

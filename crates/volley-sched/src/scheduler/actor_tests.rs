@@ -169,3 +169,18 @@ fn queued_calls_fail_when_the_actor_cannot_be_restarted() {
         assert_eq!(h.task_error(t), Some(ErrorKind::ActorDied), "no place left to run it");
     }
 }
+
+/// Calls queued in an actor's process behind the one it runs count as waiting in the node's
+/// counters (`volley status` showed `tasks_waiting: 0` while an actor had four calls queued).
+#[test]
+fn calls_queued_on_an_actor_count_as_waiting() {
+    let mut h = H::started(2.0);
+    let aid = h.create(0, 0, 0);
+    h.bring_up(aid);
+    for _ in 0..5 {
+        h.call(Holder::Local, aid, vec![]);
+    }
+    assert_eq!(h.executed().len(), 5, "all sent to the actor's process");
+    let s = h.s.stats();
+    assert_eq!((s.tasks_assigned, s.tasks_pipelined), (5, 4));
+}

@@ -171,6 +171,12 @@ pub(super) struct Actors {
 table_access!(Actors.map: ActorId => ActorEntry);
 
 impl Actors {
+    /// How many calls actor `aid`'s process runs at once (1 if it is unknown): the calls in its
+    /// worker's queue beyond that wait, and `stats` counts them as waiting.
+    pub(super) fn concurrency(&self, aid: ActorId) -> usize {
+        self.map.get(&aid).map_or(1, |a| a.opts().max_concurrency.max(1) as usize)
+    }
+
     pub(super) fn insert(&mut self, aid: ActorId, a: ActorEntry) {
         self.map.insert(aid, a);
     }
@@ -351,7 +357,7 @@ impl Scheduler {
         self.peers
             .values()
             .flat_map(|p| p.view.named.iter())
-            .find(|n| n.name == name && n.namespace == namespace)
+            .find(|n| !n.name.is_empty() && n.name == name && n.namespace == namespace)
             .cloned()
     }
 
@@ -364,9 +370,12 @@ impl Scheduler {
             .filter(|(_, a)| !a.proxy && a.remote.is_none() && a.life != Life::Dead)
             .filter_map(|(aid, a)| {
                 let o = a.opts();
+                // A detached actor without a name is listed too, with an empty name (the head
+                // keeps named ones only): `volley status` showed it nowhere.
+                let name = o.name.clone().or_else(|| o.detached.then(String::new))?;
                 Some(volley_proto::NamedActor {
                     namespace: o.namespace.clone(),
-                    name: o.name.clone()?,
+                    name,
                     actor: *aid,
                     node,
                     class: o.class_name.clone(),
