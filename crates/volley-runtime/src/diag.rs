@@ -22,7 +22,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use volley_store::sync::Mutex;
 
 enum Sink {
     Stderr,
@@ -36,10 +36,9 @@ static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 /// In a child just forked: frees the sink's lock if a thread that did not survive the fork
 /// held it.
 pub(crate) fn after_fork_in_child() {
-    if SINK.is_locked() {
-        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
-        unsafe { SINK.force_unlock() };
-    }
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of it (a
+    // thread that held it is gone).
+    unsafe { SINK.reset_after_fork() };
 }
 
 /// How serious a line is.

@@ -20,10 +20,10 @@ mod store;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use volley_proto::{
     Directory, HeadAnswer, HeadRequest, NamedActor, NodeId, NodeSnapshot, PgInfo, Reservation,
 };
+use volley_store::sync::Mutex;
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
 
