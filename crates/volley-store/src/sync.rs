@@ -16,6 +16,7 @@
 
 use std::cell::UnsafeCell;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::PoisonError;
 use std::time::Duration;
 
@@ -128,17 +129,29 @@ impl<T> RwLock<T> {
 }
 
 /// A condition variable for [`Mutex`]'s guards (see the module's documentation).
+///
+/// It counts its waiters so that a notify with none is an atomic load: std's own always makes
+/// a system call, and the engine notifies on every message and every finished object.
 #[derive(Debug, Default)]
-pub struct Condvar(std::sync::Condvar);
+pub struct Condvar {
+    cv: std::sync::Condvar,
+    /// Threads in `wait`/`wait_for`. Changed while the waiter holds the mutex, so a notifier
+    /// that changed the waited-for state under the same mutex (as it must for any condition
+    /// variable) sees every waiter that did not see the change.
+    waiters: AtomicUsize,
+}
 
 impl Condvar {
     pub const fn new() -> Condvar {
-        Condvar(std::sync::Condvar::new())
+        Condvar { cv: std::sync::Condvar::new(), waiters: AtomicUsize::new(0) }
     }
 
     /// Releases `guard`'s lock until notified (or woken spuriously), then takes it again.
     pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-        self.0.wait(guard).unwrap_or_else(PoisonError::into_inner)
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let g = self.cv.wait(guard).unwrap_or_else(PoisonError::into_inner);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        g
     }
 
     /// As [`Condvar::wait`], for at most `timeout`.
@@ -147,18 +160,25 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         timeout: Duration,
     ) -> MutexGuard<'a, T> {
-        match self.0.wait_timeout(guard, timeout) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let g = match self.cv.wait_timeout(guard, timeout) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,
-        }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        g
     }
 
     pub fn notify_one(&self) {
-        self.0.notify_one();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_one();
+        }
     }
 
     pub fn notify_all(&self) {
-        self.0.notify_all();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 }
 
