@@ -158,7 +158,7 @@ if __name__ == "__main__":
 
 
 # A child forked while these threads waited on the engine's locks used to hang or die of SIGSEGV
-# (3 of 120 runs, 6 at once on 2 cores; 7 of 38, 4 at once on one core): parking_lot's
+# (3 of 120 runs, 6 at once on 2 cores; 13 of 58, 4 at once on one core): parking_lot's
 # process-wide table of waiting threads came into the child with the parent's waiters in it,
 # and the bucket locks they held. The engine now uses std's locks (volley_store::sync), which
 # keep no such table; see also volley-store's

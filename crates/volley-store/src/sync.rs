@@ -6,9 +6,11 @@
 //! moment of an `os.fork` is copied into the child's table as a queue entry pointing into its
 //! own thread-local memory, and may hold its bucket's lock. The child has no such thread: its
 //! next wait that lands in that bucket hangs, or walks the dead entry, whose memory glibc frees
-//! and hands out again when the child starts threads of its own (a SIGSEGV). std's locks keep
-//! all their state in the lock itself (a futex word on Linux), so a fork leaves behind only the
-//! state of the locks the parent's threads held; [`Mutex::reset_after_fork`] and
+//! and hands out again when the child starts threads of its own (a SIGSEGV: seen in
+//! `parking_lot_core::ThreadData::new`, which regrows the table, in the first wait of a forked
+//! child's new node thread; the hangs were in its `lock_bucket` and `grow_hashtable`). std's
+//! locks keep all their state in the lock itself (a futex word on Linux), so a fork leaves
+//! behind only the state of the locks the parent's threads held; [`Mutex::reset_after_fork`] and
 //! [`RwLock::reset_after_fork`] forget that for the process-wide ones.
 //!
 //! Poisoning is ignored: a panic while a lock is held is a bug that is reported where it
