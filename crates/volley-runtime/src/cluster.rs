@@ -32,12 +32,12 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use volley_proto::{
     decode, encode, write_frame, FrameReader, NodeId, NodeSnapshot, ObjectId, PeerMsg, ProtoError,
     Refusal,
 };
 use volley_sched::Action;
+use volley_store::sync::Mutex;
 
 mod handshake;
 mod links;

@@ -22,7 +22,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use volley_store::sync::Mutex;
 
 enum Sink {
     Stderr,
@@ -36,13 +36,11 @@ static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 /// In a child just forked: frees the sink's lock if a thread that did not survive the fork
 /// held it.
 pub(crate) fn after_fork_in_child() {
-    if SINK.is_locked() {
-        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
-        unsafe { SINK.force_unlock() };
-    }
-    if EVENTS.is_locked() {
-        // SAFETY: as above.
-        unsafe { EVENTS.force_unlock() };
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of them (a
+    // thread that held one is gone).
+    unsafe {
+        SINK.reset_after_fork();
+        EVENTS.reset_after_fork();
     }
     // The parent's Python thread that read the queue is not in the child: forget the queue,
     // and close the child's copy of the pipe's write end.

@@ -59,6 +59,7 @@ pub fn after_fork_in_child() {
     diag::after_fork_in_child();
     volley_store::after_fork_in_child();
     dashboard::after_fork_in_child();
+    log_files::after_fork_in_child();
 }
 
 /// How often a blocked call wakes up to run its `check` callback.

@@ -19,12 +19,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use volley_store::sync::Mutex;
 
 use crate::RuntimeError;
 
 /// Where worker logs go (`<session dir>/logs`); `None`: none are kept.
 static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// In a child just forked: frees [`DIR`] if a parent's thread held it at the fork (the
+/// child keeps the directory: its workers' logs go to the same place).
+pub(crate) fn after_fork_in_child() {
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of it.
+    unsafe { DIR.reset_after_fork() };
+}
 
 /// Worker log files kept in the directory at most (older ones are removed as new ones start).
 pub const MAX_WORKER_FILES: usize = 1000;

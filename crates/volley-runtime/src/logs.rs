@@ -18,15 +18,14 @@ use crate::log_files::SharedLog;
 /// process's stdout and stderr: called with the target descriptor and whole lines.
 pub(crate) type Forward = Arc<dyn Fn(RawFd, &[u8]) + Send + Sync>;
 
-static FORWARD: parking_lot::Mutex<Option<Forward>> = parking_lot::Mutex::new(None);
+static FORWARD: volley_store::sync::Mutex<Option<Forward>> = volley_store::sync::Mutex::new(None);
 
 /// In a child just forked: forgets (without running it) the parent's forwarding, which writes
 /// to the parent's cluster links.
 pub(crate) fn after_fork_in_child() {
-    if FORWARD.is_locked() {
-        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
-        unsafe { FORWARD.force_unlock() };
-    }
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of it (a
+    // thread that held it is gone).
+    unsafe { FORWARD.reset_after_fork() };
     std::mem::forget(FORWARD.lock().take());
 }
 

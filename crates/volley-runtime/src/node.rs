@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     decode, encode, shm_layout, ActorAnswer, ActorRequest, ErrorPayload, FrameReader, FunctionId,
     HeadAnswer, HeadRequest, Hello, Keep, NodeToWorker, ObjectData, ObjectId, ProtoError,
@@ -19,6 +18,7 @@ use volley_proto::{
 use volley_sched::{
     Action, ActorError, Config, Holder, Scheduler, StreamStep, WaitOwner, WaiterId,
 };
+use volley_store::sync::{Condvar, Mutex};
 use volley_store::{Owner, Store};
 
 use crate::cluster::Cluster;
@@ -389,7 +389,7 @@ impl Node {
                 if let Some(d) = deadline {
                     step = step.min(d.saturating_duration_since(Instant::now()));
                 }
-                slot.cv.wait_for(&mut done, step);
+                done = slot.cv.wait_for(done, step);
                 if *done {
                     return Ok(false);
                 }
@@ -419,7 +419,7 @@ impl Node {
         crate::outbox::flush_queued();
         let mut q = self.shared.ready.lock();
         if q.is_empty() && !self.shared.closed.load(Ordering::Acquire) {
-            self.shared.ready_cv.wait_for(&mut q, timeout);
+            q = self.shared.ready_cv.wait_for(q, timeout);
         }
         q.drain(..).collect()
     }

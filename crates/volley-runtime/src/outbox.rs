@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use volley_proto::ProtoError;
+use volley_store::sync::{Condvar, Mutex};
 
 /// Frames closer together than this are a burst.
 pub const BURST: Duration = Duration::from_micros(15);
@@ -178,7 +178,7 @@ impl Flusher {
             {
                 let mut q = self.queue.lock();
                 while q.is_empty() {
-                    self.cv.wait(&mut q);
+                    q = self.cv.wait(q);
                 }
             }
             // Let the burst add to the batch (or someone about to wait write it).
@@ -237,11 +237,9 @@ fn start_flusher() -> Option<&'static Flusher> {
 /// In a child just forked: the flusher thread did not survive the fork, so the next burst
 /// starts one of this process's own (the parent's flusher and its queue are left as they are).
 pub(crate) fn after_fork_in_child() {
-    if FLUSHER_START.is_locked() {
-        // SAFETY: only the forking thread exists in the child, and it does not hold the lock:
-        // the thread that held it is gone.
-        unsafe { FLUSHER_START.force_unlock() };
-    }
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of it (a
+    // thread that held it is gone).
+    unsafe { FLUSHER_START.reset_after_fork() };
     FLUSHER.store(std::ptr::null_mut(), Ordering::Release);
     FLUSHER_FAILED.store(false, Ordering::Release);
 }

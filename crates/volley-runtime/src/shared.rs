@@ -14,12 +14,12 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Keep, NodeId, NodeSnapshot,
     ObjectData, ObjectId, SchedCounters, StoreCounters, TaskSpec, WorkerId,
 };
 use volley_sched::{Action, Scheduler, WaiterId, WorkerExit};
+use volley_store::sync::{Condvar, Mutex};
 use volley_store::{Owner, Store};
 
 use crate::outbox::Outbox;
@@ -401,7 +401,12 @@ fn slow_lock(held: Duration) {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     {
-        let mut last = LAST.lock();
+        // try_lock: another report being made now stands for this one too (and a child forked
+        // while a thread of the parent held it never waits for it).
+        let Some(mut last) = LAST.try_lock() else {
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         if last.is_some_and(|t| t.elapsed() < SLOW_LOCK_EVERY) {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
             return;

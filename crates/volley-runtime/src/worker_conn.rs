@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use volley_proto::{
     decode, encode, ErrorKind, ErrorPayload, FrameReader, FunctionId, Hello, IdGenerator,
     NodeToWorker, ObjectData, ObjectId, ProtoError, TaskId, TaskResult, TaskSpec, WorkerId,
     WorkerToNode, PROTOCOL_VERSION,
 };
+use volley_store::sync::{Condvar, Mutex};
 
 use volley_store::Arena;
 
@@ -344,7 +344,7 @@ impl WorkerConn {
                 inner.interrupted = false;
                 return Some(t);
             }
-            self.cv.wait(&mut inner);
+            inner = self.cv.wait(inner);
         }
     }
 
@@ -382,7 +382,7 @@ impl WorkerConn {
                 if let (Some(d), false) = (deadline, cancelled) {
                     step = step.min(d.saturating_duration_since(Instant::now()));
                 }
-                self.cv.wait_for(&mut inner, step);
+                inner = self.cv.wait_for(inner, step);
                 if let Some(r) = inner.replies.remove(&req) {
                     return Ok(r);
                 }
@@ -479,7 +479,7 @@ impl WorkerConn {
     pub fn next_ready(&self, timeout: Duration) -> Vec<ObjectId> {
         let mut inner = self.inner.lock();
         if inner.ready.is_empty() && !inner.closed {
-            self.cv.wait_for(&mut inner, timeout);
+            inner = self.cv.wait_for(inner, timeout);
         }
         inner.ready.drain(..).collect()
     }

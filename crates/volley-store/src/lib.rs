@@ -19,6 +19,7 @@
 
 mod alloc;
 mod splice;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,8 +28,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sync::Mutex;
 use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::Mutex;
 use volley_proto::{ObjectId, WorkerId};
 
 pub use alloc::{round_up, Allocator, PAGE};

@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
 use volley_proto::{
     ActorAnswer, ActorRequest, ErrorPayload, FunctionId, ObjectData, ObjectId, TaskSpec,
     WorkerToNode,
 };
 use volley_sched::StreamStep;
+use volley_store::sync::{Mutex, RwLock};
 
 use crate::{Node, Received, Reply, View, WaitError, WorkerConn};
 
@@ -87,14 +87,8 @@ pub fn after_fork_in_child() -> Option<&'static str> {
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
     // Only the forking thread survives a fork; it holds no lock of ours (it was running
     // Python), so a lock held now was held by a thread that is gone and never lets go.
-    if CLIENT.is_locked_exclusive() {
-        // SAFETY: its holder does not exist in this process.
-        unsafe { CLIENT.force_unlock_write() };
-    }
-    while CLIENT.is_locked() {
-        // SAFETY: as above: each is the shared lock of a thread that is gone.
-        unsafe { CLIENT.force_unlock_read() };
-    }
+    // SAFETY: this is the child's only thread, and it holds no guard of CLIENT.
+    unsafe { CLIENT.reset_after_fork() };
     let inherited = CLIENT.write().take();
     let was = inherited.as_ref().map(|c| c.mode());
     std::mem::forget(inherited);

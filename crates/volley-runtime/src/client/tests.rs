@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use volley_proto::{
     ActorPart, ErrorKind, FunctionId, ObjectData, ObjectId, Strategy, TaskOptions, TaskResult,
     TaskSpec, WorkerId,
 };
+use volley_store::sync::Mutex;
 
 use super::worker::{RunError, TaskRunner};
 use super::{Backend, Client, Loaded};

@@ -19,7 +19,7 @@ use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use volley_store::sync::Mutex;
 
 pub use source::NodeSource;
 
@@ -327,10 +327,9 @@ pub fn running() -> Option<(String, String)> {
 /// threads are gone; dropping it would wait for them), and closes the child's copy of the
 /// listening socket, which would otherwise keep the port bound after the parent lets it go.
 pub(crate) fn after_fork_in_child() {
-    if DASHBOARD.is_locked() {
-        // SAFETY: only the forking thread exists in the child, and it does not hold the lock.
-        unsafe { DASHBOARD.force_unlock() };
-    }
+    // SAFETY: only the forking thread exists in the child, and it holds no guard of it (a
+    // thread that held it is gone).
+    unsafe { DASHBOARD.reset_after_fork() };
     if let Some(r) = DASHBOARD.lock().take() {
         // SAFETY: the descriptor is the listener's, which nothing in the child uses: the
         // runtime that owned it is forgotten below, never dropped (no second close).

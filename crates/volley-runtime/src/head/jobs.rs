@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use volley_store::sync::Mutex;
 use volley_proto::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK};
 
 use super::now_ms;

@@ -22,11 +22,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use volley_proto::{
     Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId, NodeSnapshot,
     PgInfo, Reservation,
 };
+use volley_store::sync::Mutex;
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
 
