@@ -91,6 +91,9 @@ pub enum HeadRequest {
     ReserveName { namespace: String, name: String, node: NodeId },
     /// Node `node` did not create the actor it reserved the name for; answered `Deleted`.
     ReleaseName { namespace: String, name: String, node: NodeId },
+    /// A state API query the head answers from its tables (tasks, actors, placement groups,
+    /// jobs, nodes); answered `State`.
+    State(crate::StateQuery),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -108,6 +111,7 @@ pub enum HeadAnswer {
     Error(String),
     Named(Option<NamedActor>),
     Reservation(Reservation),
+    State(crate::StateAnswer),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -122,7 +126,8 @@ impl HeadRequest {
             HeadRequest::Directory
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }
-            | HeadRequest::ReleaseName { .. } => (0, 0),
+            | HeadRequest::ReleaseName { .. }
+            | HeadRequest::State(_) => (0, 0),
         };
         if key > MAX_KV_KEY {
             return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));

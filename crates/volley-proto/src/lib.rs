@@ -15,6 +15,7 @@ mod head;
 mod ids;
 mod messages;
 mod snapshot;
+mod state;
 
 pub use cluster::{
     authenticate_client, authenticate_server, NamedActor, NodeId, PeerMsg, Refusal, MAX_CHUNK,
@@ -32,3 +33,7 @@ pub use messages::{
     TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
+pub use state::{
+    ActorRow, Filter, FilterOp, StateAnswer, StateQuery, StateRows, TaskError, TaskRow,
+    TaskStateCode, STATE_KINDS,
+};

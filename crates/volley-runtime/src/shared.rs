@@ -112,6 +112,21 @@ impl Shared {
     /// Asks the cluster's head: this node's own by a call (alone, or as the head), else the
     /// head over the network. Never under the state lock: a member's question is a round trip.
     pub(crate) fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let volley_proto::HeadRequest::State(q) = &req {
+            if matches!(q.kind.as_str(), "workers" | "objects") {
+                return match self.state_local(q) {
+                    Ok(a) => volley_proto::HeadAnswer::State(a),
+                    Err(why) => volley_proto::HeadAnswer::Error(why),
+                };
+            }
+            if self.links.get().is_none() {
+                // Alone: events noted outside `with` (none today) and this node's entry.
+                self.with(|_, _| ());
+                if q.kind == "nodes" {
+                    self.head.update_self(self.local_snapshot());
+                }
+            }
+        }
         match self.links.get() {
             Some(links) => links.ask_head(req),
             None => {
@@ -121,6 +136,42 @@ impl Shared {
                 }
                 self.head.serve(req)
             }
+        }
+    }
+
+    /// Folds the events the scheduler noted into the state API's tables (see `state`), under
+    /// the state lock so that one task's events arrive in order; one clock reading per call.
+    fn record(&self, st: &mut State) {
+        let mut events = st.sched.take_events();
+        let me = st.sched.node_id().unwrap_or(NodeId(0));
+        self.head.tables.apply(&mut events, &st.sched, me, crate::state::now_ms());
+        st.sched.recycle_events(events);
+    }
+
+    /// A state query about this node's own workers or objects (see `state::kinds`).
+    pub(crate) fn state_local(
+        &self,
+        q: &volley_proto::StateQuery,
+    ) -> Result<volley_proto::StateAnswer, String> {
+        use crate::state::kinds;
+        let me = self.local_snapshot().id;
+        match q.kind.as_str() {
+            "workers" => {
+                let w = self.state.lock().sched.worker_records();
+                kinds::workers(q, me, w)
+            }
+            "objects" => {
+                let (objs, _) = self.state.lock().sched.object_records(usize::MAX);
+                let spilled: HashSet<ObjectId> = self
+                    .store
+                    .objects()
+                    .into_iter()
+                    .filter(|o| o.spilled)
+                    .filter_map(|o| o.object)
+                    .collect();
+                kinds::objects(q, me, objs, |o| spilled.contains(&o.id))
+            }
+            other => Err(format!("{other} are answered by the head")),
         }
     }
 
@@ -134,6 +185,9 @@ impl Shared {
             let since = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
+            if st.sched.has_events() {
+                self.record(&mut st);
+            }
             (r, since.elapsed())
         };
         slow_lock(held); // Outside the lock: a backtrace takes a while to print.

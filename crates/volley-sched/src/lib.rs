@@ -48,6 +48,7 @@
 mod scheduler;
 
 pub use scheduler::{
+    ActorRecord, ObjectRecord, TaskEvent, WorkerRecord,
     Action, ActorError, ActorReport, Config, Holder, ObjectState, PeerView, Scheduler, Stats,
     StreamStep, WaitOwner, WaiterId, WorkerExit,
 };

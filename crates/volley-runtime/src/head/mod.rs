@@ -43,6 +43,9 @@ pub struct Head {
     /// Names claimed for creations not yet in the directory, with the claiming node and when
     /// (locked after `dir`, never before it).
     reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
+    /// The task and actor tables of the state API (see `state`): the cluster's on the head; on
+    /// a member, its own rows until they are sent to the head.
+    pub tables: crate::state::Tables,
 }
 
 struct Members {
@@ -58,6 +61,7 @@ impl Head {
             members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
             dir: Mutex::new(store),
             reserved: Mutex::new(HashMap::new()),
+            tables: crate::state::Tables::default(),
         }
     }
 
@@ -220,6 +224,10 @@ impl Head {
             HeadRequest::ReleaseName { namespace, name, node } => {
                 HeadAnswer::Deleted(self.release_name(&namespace, &name, node))
             }
+            HeadRequest::State(q) => match self.serve_state(&q) {
+                Ok(a) => HeadAnswer::State(a),
+                Err(why) => HeadAnswer::Error(why),
+            },
             HeadRequest::LookupName { namespace, name } => HeadAnswer::Named(
                 self.dir
                     .lock()
@@ -227,6 +235,21 @@ impl Head {
                     .into_iter()
                     .find(|a| a.namespace == namespace && a.name == name),
             ),
+        }
+    }
+
+    /// A state API query over what the head keeps: tasks and actors (its tables), nodes (the
+    /// view), placement groups and jobs (the directory). Workers and objects are a node's own
+    /// (see `Shared::ask_head`).
+    pub fn serve_state(&self, q: &volley_proto::StateQuery) -> Result<volley_proto::StateAnswer, String> {
+        use crate::state::kinds;
+        kinds::check_kind(&q.kind)?;
+        match q.kind.as_str() {
+            "tasks" | "actors" => self.tables.query(q),
+            "nodes" => kinds::nodes(q, self.view()),
+            "placement_groups" => kinds::groups(q, self.placement_groups()),
+            "jobs" => kinds::jobs(q, self.jobs()),
+            other => Err(format!("{other} are answered by each node, not the head")),
         }
     }
 

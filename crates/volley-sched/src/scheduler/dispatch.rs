@@ -44,6 +44,7 @@ impl Scheduler {
     /// Puts a runnable task in its ready queue (see `schedule`).
     pub(super) fn enqueue(&mut self, tid: TaskId, front: bool) {
         self.tasks.enqueue(tid, front, self.now_ms);
+        self.note_queued(tid);
     }
 
     pub(super) fn queued(&self) -> usize {
@@ -263,6 +264,7 @@ impl Scheduler {
             }
             self.head_started(wid, out);
         }
+        self.note_started(tid, wid);
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -332,6 +334,7 @@ impl Scheduler {
             } else if let ActorPart::Call { actor, .. } = &task.spec.actor {
                 let (aid, caller) = (*actor, task.caller);
                 task.state = TaskState::Queued;
+                note!(self, TaskEvent::Queued { task: tid, attempt: task.attempts });
                 if let Some(a) = self.actors.get_mut(&aid) {
                     a.requeue_call(caller, tid);
                 }

@@ -557,6 +557,7 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
         }
+        note!(self, super::TaskEvent::Forwarded { task: tid, peer });
         self.spill_to(peer, spec, objects, out);
         true
     }
