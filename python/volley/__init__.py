@@ -12,7 +12,7 @@ Programs written for Ray run with ``import volley as ray`` where volley has the 
 streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
-from . import actor, exceptions
+from . import actor, exceptions, state
 from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import ObjectRef
 from ._generator import ObjectRefGenerator
@@ -107,6 +107,7 @@ __all__ = [
     "RuntimeContext",
     "actor",
     "exceptions",
+    "state",
     "util",
 ]
 

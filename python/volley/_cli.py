@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cluster, _core, _runtime_dir, _session
+from . import _cli_state, _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--tls-cert", default=None, help="the cluster's TLS certificate, if any")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop this machine's volley nodes")
+    _cli_state.register(sub)
     return p
 
 
@@ -397,6 +398,8 @@ def _stop(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "_run"):
+            return args._run(args)
         return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)

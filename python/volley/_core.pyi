@@ -163,6 +163,21 @@ def diagnostics_file() -> str | None: ...
 def query_cluster_status(
     address: str, token: str, tls_cert: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+def state_query(
+    kind: str,
+    filters: list[tuple[str, str, str]],
+    limit: int | None = None,
+    detail: bool = False,
+) -> str: ...
+def query_state(
+    address: str,
+    token: str,
+    kind: str,
+    filters: list[tuple[str, str, str]],
+    limit: int | None = None,
+    detail: bool = False,
+    tls_cert: str | None = None,
+) -> str: ...
 
 @final
 class ShmBuffer:

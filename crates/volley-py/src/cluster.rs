@@ -65,7 +65,7 @@ fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, 
 }
 
 /// The TLS settings from a certificate and (to accept connections) key, PEM files.
-fn load_tls(
+pub(crate) fn load_tls(
     cert: Option<String>,
     key: Option<String>,
 ) -> PyResult<Option<std::sync::Arc<TlsConfig>>> {

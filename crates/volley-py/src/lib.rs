@@ -12,6 +12,7 @@ mod cluster;
 mod errors;
 mod object_ref;
 mod options;
+mod state;
 mod store;
 
 use std::convert::Infallible;
@@ -932,6 +933,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::local_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::node_info, m)?)?;
     cluster::register_head(m)?;
+    state::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.
     let kinds = pyo3::types::PyDict::new(m.py());

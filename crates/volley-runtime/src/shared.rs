@@ -125,6 +125,12 @@ impl Shared {
                 if q.kind == "nodes" {
                     self.head.update_self(self.local_snapshot());
                 }
+                if q.kind == "jobs" {
+                    // Alone, this node is a driver's: its session is the one job.
+                    let started = crate::state::now_ms()
+                        .saturating_sub(self.started.elapsed().as_millis() as u64);
+                    self.head.local_job(std::process::id(), started);
+                }
             }
         }
         match self.links.get() {

@@ -90,6 +90,15 @@ impl Head {
         id
     }
 
+    /// A lone driver's node lists its own session as job 0 (a cluster's head lists the drivers
+    /// that joined it instead).
+    pub fn local_job(&self, pid: u32, started_ms: u64) {
+        let mut dir = self.dir.lock();
+        if dir.job(NodeId(0)).is_none() {
+            dir.put_job(JobInfo { node: NodeId(0), pid, started_ms, ended_ms: None });
+        }
+    }
+
     /// The head's own entry, refreshed (its load, what it hosts).
     pub fn update_self(&self, mut info: NodeSnapshot) {
         info.id = HEAD_ID;

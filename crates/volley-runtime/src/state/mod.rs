@@ -627,6 +627,23 @@ pub fn answer_json(a: &StateAnswer) -> String {
     )
 }
 
+/// Asks the head at `addr` a state query from outside the cluster (`volley list --address`),
+/// over an authenticated connection of its own. A bad query is `Refused` with the head's
+/// reason; an unreachable head, the connection's error.
+pub fn query_head(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&crate::TlsConfig>,
+    q: StateQuery,
+) -> Result<StateAnswer, crate::RuntimeError> {
+    kinds::check_kind(&q.kind).map_err(crate::RuntimeError::Refused)?;
+    match crate::cluster::ask_head_at(addr, token, tls, volley_proto::HeadRequest::State(q))? {
+        volley_proto::HeadAnswer::State(a) => Ok(a),
+        volley_proto::HeadAnswer::Error(why) => Err(crate::RuntimeError::Refused(why)),
+        other => Err(crate::RuntimeError::Refused(format!("unexpected answer: {other:?}"))),
+    }
+}
+
 /// Parses a filter's operator as the CLI and the Python API write it.
 pub fn parse_op(op: &str) -> Option<FilterOp> {
     match op {
