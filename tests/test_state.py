@@ -60,7 +60,10 @@ def _by_name(name: str, **kw) -> list[dict]:
 def _settled(name: str, n: int, states=("FINISHED",)) -> list[dict]:
     """The rows of task ``name`` once ``n`` of them are in one of ``states`` (a cluster's head
     hears of them with the next heartbeats)."""
-    rows = poll(lambda: (r := _by_name(name)) and sum(t["state"] in states for t in r) >= n and r, timeout=20)
+    rows = poll(
+        lambda: (r := _by_name(name)) and sum(t["state"] in states for t in r) >= n and r,
+        timeout=20,
+    )
     assert rows, f"{n} {name} task(s) in {states}: {_by_name(name)}"
     return rows
 
@@ -83,9 +86,10 @@ def test_tasks_are_listed_as_they_ran(volley_2cpu):
     r = state.query("tasks", [("name", "=", "ok")], limit=2)
     assert (len(r["rows"]), r["total"], r["truncated"]) == (2, 5, True)
     assert state.query("tasks", {"name": "ok", "state": "RUNNING"}, limit=None)["total"] == 0
-    assert len(state.list_tasks(filters=[("name", "!=", "ok")], limit=None)) == len(
-        state.list_tasks(limit=None)
-    ) - 5
+    assert (
+        len(state.list_tasks(filters=[("name", "!=", "ok")], limit=None))
+        == len(state.list_tasks(limit=None)) - 5
+    )
     one = state.get_task(refs[3])
     assert one["task_id"] == refs[3].hex()[:32] and one["state"] == "FINISHED"
     assert "traceback" in one
@@ -103,15 +107,17 @@ def test_a_failed_task_has_its_error_and_traceback(volley_2cpu):
     assert "traceback" not in row
     detail = state.get_task(ref)
     assert "ValueError" in detail["traceback"] and "state-api boom" in detail["traceback"]
-    assert [t["task_id"] for t in state.list_tasks(filters={"state": "FAILED", "name": "boom"})] == [
-        row["task_id"]
-    ]
+    assert [
+        t["task_id"] for t in state.list_tasks(filters={"state": "FAILED", "name": "boom"})
+    ] == [row["task_id"]]
 
 
 def test_a_task_waits_for_its_argument_then_runs(volley_2cpu):
     slow = nap.remote(1.5)
     dep = after.remote(slow)
-    waiting = poll(lambda: (r := _by_name("after")) and r[0]["state"] == "WAITING_ARGS" and r, timeout=10)
+    waiting = poll(
+        lambda: (r := _by_name("after")) and r[0]["state"] == "WAITING_ARGS" and r, timeout=10
+    )
     assert waiting, _by_name("after")
     assert waiting[0]["waiting_for"]
     assert volley.get(dep) == 1.5
@@ -181,7 +187,9 @@ def test_other_kinds(volley_2cpu):
     ref = volley.put(b"x" * 100)
     objs = state.list_objects(limit=None)
     assert any(o["object_id"] == ref.hex() for o in objs), objs
-    assert all(w["state"] in ("STARTING", "IDLE", "BUSY", "BLOCKED", "ACTOR") for w in state.list_workers())
+    assert all(
+        w["state"] in ("STARTING", "IDLE", "BUSY", "BLOCKED", "ACTOR") for w in state.list_workers()
+    )
     assert isinstance(state.list_placement_groups(), list)
     jobs = state.list_jobs()
     assert any(j["status"] == "RUNNING" and j["entrypoint"] is None for j in jobs), jobs
@@ -207,7 +215,11 @@ def test_bad_queries_say_what_is_allowed(volley_2cpu, call, message):
 
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "volley._cli", *args], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "volley._cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 

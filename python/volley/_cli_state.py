@@ -21,9 +21,36 @@ from . import state
 
 #: The columns the table shows per kind (``--json`` gives every field).
 COLUMNS = {
-    "tasks": ["task_id", "name", "state", "node_id", "worker_pid", "attempt", "duration_ms", "error_kind"],
-    "actors": ["actor_id", "class_name", "name", "state", "restarts", "pid", "node_id", "death_cause"],
-    "nodes": ["node_id", "addr", "alive", "driver", "workers", "cpu_total_milli", "cpu_free_milli", "store_used"],
+    "tasks": [
+        "task_id",
+        "name",
+        "state",
+        "node_id",
+        "worker_pid",
+        "attempt",
+        "duration_ms",
+        "error_kind",
+    ],
+    "actors": [
+        "actor_id",
+        "class_name",
+        "name",
+        "state",
+        "restarts",
+        "pid",
+        "node_id",
+        "death_cause",
+    ],
+    "nodes": [
+        "node_id",
+        "addr",
+        "alive",
+        "driver",
+        "workers",
+        "cpu_total_milli",
+        "cpu_free_milli",
+        "store_used",
+    ],
     "workers": ["pid", "node_id", "state", "actor_id", "task_id"],
     "objects": ["object_id", "size", "node_id", "state", "pins", "spilled"],
     "placement_groups": ["pg_id", "name", "state", "strategy", "node_id"],
@@ -34,7 +61,9 @@ COLUMNS = {
 def register(sub: Any) -> None:
     """Adds ``list`` and ``summary`` to the ``volley`` command's subparsers."""
     kinds = [*state.KINDS, "placement-groups"]
-    ls = sub.add_parser("list", help="list the cluster's tasks, actors, objects, nodes, workers, ...")
+    ls = sub.add_parser(
+        "list", help="list the cluster's tasks, actors, objects, nodes, workers, ..."
+    )
     ls.add_argument("kind", choices=kinds)
     ls.add_argument("--limit", type=int, default=100, help="rows at most (0: all; default 100)")
     ls.add_argument("--detail", action="store_true", help="every field (tracebacks too)")
@@ -55,7 +84,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="keep rows whose KEY is VALUE (KEY!=VALUE: is not); repeat to combine",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--address", default=None, help="HOST:PORT of the head (default: this machine's)")
+    p.add_argument(
+        "--address", default=None, help="HOST:PORT of the head (default: this machine's)"
+    )
 
 
 def _parse_filter(text: str) -> tuple[str, str, str]:
@@ -153,7 +184,11 @@ def _summary(args: argparse.Namespace) -> int:
     else:
         states = ["PENDING", "ALIVE", "RESTARTING", "DEAD"]
         rows = [
-            {"class_name": c, **{st: g["states"].get(st, 0) for st in states}, "restarts": g["restarts"]}
+            {
+                "class_name": c,
+                **{st: g["states"].get(st, 0) for st in states},
+                "restarts": g["restarts"],
+            }
             for c, g in s["by_class"].items()
         ]
         cols = ["class_name", *states, "restarts"]

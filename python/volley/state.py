@@ -65,7 +65,9 @@ def _filters(filters: Filters) -> list[tuple[str, str, str]]:
     out = []
     for f in filters:
         if not isinstance(f, (tuple, list)) or len(f) != 3:
-            raise ValueError(f"a filter is a (key, op, value) tuple such as ('state', '=', 'FAILED'), not {f!r}")
+            raise ValueError(
+                f"a filter is a (key, op, value) tuple such as ('state', '=', 'FAILED'), not {f!r}"
+            )
         key, op, value = f
         if op not in ("=", "==", "!="):
             raise ValueError(f"filter {key}: operator {op!r} is not '=' or '!='")
@@ -119,12 +121,18 @@ def query(
     return json.loads(text)
 
 
-def _rows(kind: str, filters: Filters, limit: int | None, detail: bool, address: str | None) -> list[dict]:
+def _rows(
+    kind: str, filters: Filters, limit: int | None, detail: bool, address: str | None
+) -> list[dict]:
     return query(kind, filters, limit, detail, address=address)["rows"]
 
 
 def list_tasks(
-    filters: Filters = None, limit: int | None = 100, detail: bool = False, *, address: str | None = None
+    filters: Filters = None,
+    limit: int | None = 100,
+    detail: bool = False,
+    *,
+    address: str | None = None,
 ) -> list[dict]:
     """Tasks, newest first: ``task_id, name, state, job_id, actor_id, node_id, worker_pid,
     attempt, submitted_ms, started_ms, ended_ms, duration_ms, waiting_for, error_kind,
@@ -159,7 +167,11 @@ def get_task(task_id: str | _core.ObjectRef, *, address: str | None = None) -> d
 
 
 def list_actors(
-    filters: Filters = None, limit: int | None = 100, detail: bool = False, *, address: str | None = None
+    filters: Filters = None,
+    limit: int | None = 100,
+    detail: bool = False,
+    *,
+    address: str | None = None,
 ) -> list[dict]:
     """Actors: ``actor_id, class_name, name, namespace, state (PENDING, ALIVE, RESTARTING,
     DEAD), restarts, pid, node_id, job_id, detached, death_cause``.
@@ -193,7 +205,9 @@ def get_actor(actor_id: Any, *, address: str | None = None) -> dict | None:
     return rows[0] if rows else None
 
 
-def list_nodes(filters: Filters = None, limit: int | None = 100, *, address: str | None = None) -> list[dict]:
+def list_nodes(
+    filters: Filters = None, limit: int | None = 100, *, address: str | None = None
+) -> list[dict]:
     """Nodes, as ``volley.nodes()`` describes them, with ``node_id`` and ``alive``.
 
     >>> len(volley.state.list_nodes()) >= 1
@@ -202,17 +216,22 @@ def list_nodes(filters: Filters = None, limit: int | None = 100, *, address: str
     return _rows("nodes", filters, limit, False, address)
 
 
-def list_workers(filters: Filters = None, limit: int | None = 100, *, address: str | None = None) -> list[dict]:
+def list_workers(
+    filters: Filters = None, limit: int | None = 100, *, address: str | None = None
+) -> list[dict]:
     """The worker processes of the node asked (this driver's node, or the head for the CLI):
     ``pid, node_id, state (STARTING, IDLE, BUSY, BLOCKED, ACTOR), actor_id, task_id``.
 
-    >>> all(w["state"] in ("STARTING", "IDLE", "BUSY", "BLOCKED", "ACTOR") for w in volley.state.list_workers())
+    >>> states = {"STARTING", "IDLE", "BUSY", "BLOCKED", "ACTOR"}
+    >>> all(w["state"] in states for w in volley.state.list_workers())
     True
     """
     return _rows("workers", filters, limit, False, address)
 
 
-def list_objects(filters: Filters = None, limit: int | None = 100, *, address: str | None = None) -> list[dict]:
+def list_objects(
+    filters: Filters = None, limit: int | None = 100, *, address: str | None = None
+) -> list[dict]:
     """The objects the node asked knows: ``object_id, size, node_id, state, pins, spilled``.
 
     >>> ref = volley.put(b"x" * 10)
@@ -233,7 +252,9 @@ def list_placement_groups(
     return _rows("placement_groups", filters, limit, False, address)
 
 
-def list_jobs(filters: Filters = None, limit: int | None = 100, *, address: str | None = None) -> list[dict]:
+def list_jobs(
+    filters: Filters = None, limit: int | None = 100, *, address: str | None = None
+) -> list[dict]:
     """Jobs: ``job_id, status, entrypoint, driver_pid, start_ms, end_ms, exit_code, message``
     (a driver's session is a job; submitted jobs too).
 

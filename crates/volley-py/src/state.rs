@@ -49,11 +49,13 @@ pub fn state_query(
         client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
     match &c.backend {
         Backend::Node(n) => answer(py.detach(|| n.state_query(&q))),
-        Backend::Worker(_) => match enter(py, || c.actor(ActorRequest::Head(HeadRequest::State(q))))? {
-            ActorAnswer::Head(HeadAnswer::State(a)) => answer(Ok(a)),
-            ActorAnswer::Head(HeadAnswer::Error(why)) => Err(PyValueError::new_err(why)),
-            other => Err(PyRuntimeError::new_err(format!("unexpected answer: {other:?}"))),
-        },
+        Backend::Worker(_) => {
+            match enter(py, || c.actor(ActorRequest::Head(HeadRequest::State(q))))? {
+                ActorAnswer::Head(HeadAnswer::State(a)) => answer(Ok(a)),
+                ActorAnswer::Head(HeadAnswer::Error(why)) => Err(PyValueError::new_err(why)),
+                other => Err(PyRuntimeError::new_err(format!("unexpected answer: {other:?}"))),
+            }
+        }
     }
 }
 

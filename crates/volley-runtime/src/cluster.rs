@@ -48,8 +48,8 @@ mod status;
 mod wire;
 
 use handshake::{pending_cap, Pending};
-pub use status::{cluster_status, cluster_view};
 pub(crate) use status::ask_head as ask_head_at;
+pub use status::{cluster_status, cluster_view};
 use wire::Outgoing;
 
 use crate::head::{Head, HEAD_ID};

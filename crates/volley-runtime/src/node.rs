@@ -204,7 +204,9 @@ impl Node {
         match self.shared.ask_head(volley_proto::HeadRequest::State(q.clone())) {
             volley_proto::HeadAnswer::State(a) => Ok(a),
             volley_proto::HeadAnswer::Error(why) => Err(RuntimeError::Refused(why)),
-            other => Err(RuntimeError::Refused(format!("unexpected answer from the head: {other:?}"))),
+            other => {
+                Err(RuntimeError::Refused(format!("unexpected answer from the head: {other:?}")))
+            }
         }
     }
 

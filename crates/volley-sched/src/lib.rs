@@ -48,7 +48,7 @@
 mod scheduler;
 
 pub use scheduler::{
-    ActorRecord, ObjectRecord, TaskEvent, WorkerRecord,
-    Action, ActorError, ActorReport, Config, Holder, ObjectState, PeerView, Scheduler, Stats,
-    StreamStep, WaitOwner, WaiterId, WorkerExit,
+    Action, ActorError, ActorRecord, ActorReport, Config, Holder, ObjectRecord, ObjectState,
+    PeerView, Scheduler, Stats, StreamStep, TaskEvent, WaitOwner, WaiterId, WorkerExit,
+    WorkerRecord,
 };

@@ -86,9 +86,9 @@ mod waits;
 mod workers;
 
 pub use actors::ActorError;
-pub use events::{ActorRecord, ObjectRecord, TaskEvent, WorkerRecord};
 use actors::Actors;
 use code::Registry;
+pub use events::{ActorRecord, ObjectRecord, TaskEvent, WorkerRecord};
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::Peers;

@@ -250,7 +250,10 @@ impl Head {
     /// A state API query over what the head keeps: tasks and actors (its tables), nodes (the
     /// view), placement groups and jobs (the directory). Workers and objects are a node's own
     /// (see `Shared::ask_head`).
-    pub fn serve_state(&self, q: &volley_proto::StateQuery) -> Result<volley_proto::StateAnswer, String> {
+    pub fn serve_state(
+        &self,
+        q: &volley_proto::StateQuery,
+    ) -> Result<volley_proto::StateAnswer, String> {
         use crate::state::kinds;
         kinds::check_kind(&q.kind)?;
         match q.kind.as_str() {

@@ -125,11 +125,7 @@ impl Default for Tables {
 impl Tables {
     /// Tables keeping at most `max_finished` finished tasks.
     pub fn with_max(max_finished: usize) -> Tables {
-        Tables {
-            inner: Mutex::new(Inner::default()),
-            max_finished,
-            member: AtomicBool::new(false),
-        }
+        Tables { inner: Mutex::new(Inner::default()), max_finished, member: AtomicBool::new(false) }
     }
 
     /// From now on, changed rows are kept for [`Tables::take_batch`] (a member of a cluster).
@@ -427,7 +423,8 @@ impl Tables {
     pub fn fill_finished(&self, n: usize, names: usize) {
         let mut g = self.inner.lock();
         let inner = &mut *g;
-        let ids: Vec<u32> = (0..names.max(1)).map(|i| inner.names.intern(&format!("f{i}"))).collect();
+        let ids: Vec<u32> =
+            (0..names.max(1)).map(|i| inner.names.intern(&format!("f{i}"))).collect();
         let start = now_ms();
         inner.tasks.reserve(n);
         for i in 0..n {
@@ -568,8 +565,8 @@ pub(crate) fn job_str(id: NodeId) -> String {
 }
 
 fn task_json(id: TaskId, r: &Row, names: &Names, detail: bool) -> serde_json::Value {
-    let duration = (r.ended_ms != 0 && r.started_ms != 0)
-        .then(|| r.ended_ms.saturating_sub(r.started_ms));
+    let duration =
+        (r.ended_ms != 0 && r.started_ms != 0).then(|| r.ended_ms.saturating_sub(r.started_ms));
     let waiting_for = match r.state {
         TaskStateCode::WaitingArgs => Some("its arguments (results of other tasks)"),
         TaskStateCode::Queued => Some("a worker with free CPU and resources"),

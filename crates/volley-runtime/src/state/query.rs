@@ -86,11 +86,9 @@ impl TaskPred {
                 format!("filter state: '{v}' is not a task state (one of {})", all.join(", "))
             })?),
             "job_id" => Test::Job(node(key, v)?),
-            "actor_id" => Test::Actor(if null(v) {
-                None
-            } else {
-                Some(ActorId(TaskId(hex_id(key, v)?)))
-            }),
+            "actor_id" => {
+                Test::Actor(if null(v) { None } else { Some(ActorId(TaskId(hex_id(key, v)?))) })
+            }
             "node_id" => Test::Node(node(key, v)?),
             "worker_pid" | "pid" => Test::Pid(if null(v) { 0 } else { number(key, v)? }),
             "attempt" => Test::Attempt(number(key, v)?),
@@ -153,8 +151,8 @@ pub(crate) fn generic_answer(
         .filter(|row| {
             q.filters.iter().all(|f| {
                 let text = row.get(&f.key).map(field_text).unwrap_or_else(|| "null".into());
-                let same = text.eq_ignore_ascii_case(f.value.trim())
-                    || (text == "null" && null(&f.value));
+                let same =
+                    text.eq_ignore_ascii_case(f.value.trim()) || (text == "null" && null(&f.value));
                 same == (f.op == FilterOp::Eq)
             })
         })

@@ -73,7 +73,13 @@ fn bad_filters_say_what_is_allowed() {
 #[test]
 fn the_oldest_finished_go_first_and_are_counted() {
     let t = Tables::with_max(50);
-    t.merge(StateRows { tasks: vec![wire(1, "slow", TaskStateCode::Running, 2, Some(7))], actors: vec![] }, NodeId(2));
+    t.merge(
+        StateRows {
+            tasks: vec![wire(1, "slow", TaskStateCode::Running, 2, Some(7))],
+            actors: vec![],
+        },
+        NodeId(2),
+    );
     let done: Vec<TaskRow> =
         (10..130).map(|i| wire(i, "quick", TaskStateCode::Finished, 2, Some(7))).collect();
     t.merge(StateRows { tasks: done, actors: vec![] }, NodeId(2));
@@ -82,9 +88,13 @@ fn the_oldest_finished_go_first_and_are_counted() {
     // The running task is never dropped; the newest finished are kept.
     let r = rows(&t.query(&q("tasks", &[("state", FilterOp::Eq, "RUNNING")], None)).expect("q"));
     assert_eq!(r.len(), 1);
-    let kept = rows(&t.query(&q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(129)))], None)).expect("q"));
+    let kept = rows(
+        &t.query(&q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(129)))], None))
+            .expect("q"),
+    );
     assert_eq!(kept.len(), 1);
-    let gone = t.query(&q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(10)))], None)).expect("q");
+    let gone =
+        t.query(&q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(10)))], None)).expect("q");
     assert_eq!(gone.total, 0);
 }
 
@@ -92,8 +102,17 @@ fn the_oldest_finished_go_first_and_are_counted() {
 fn the_head_keeps_the_running_nodes_word() {
     let t = Tables::with_max(100);
     // The node that ran it reports first, the driver that sent it later (a slower heartbeat).
-    t.merge(StateRows { tasks: vec![wire(5, "f", TaskStateCode::Running, 3, Some(42))], actors: vec![] }, NodeId(3));
-    t.merge(StateRows { tasks: vec![wire(5, "f", TaskStateCode::Queued, 3, None)], actors: vec![] }, NodeId(2));
+    t.merge(
+        StateRows {
+            tasks: vec![wire(5, "f", TaskStateCode::Running, 3, Some(42))],
+            actors: vec![],
+        },
+        NodeId(3),
+    );
+    t.merge(
+        StateRows { tasks: vec![wire(5, "f", TaskStateCode::Queued, 3, None)], actors: vec![] },
+        NodeId(2),
+    );
     let r = rows(&t.query(&q("tasks", &[], None)).expect("q"));
     assert_eq!((r[0]["state"].as_str(), r[0]["worker_pid"].as_u64()), (Some("RUNNING"), Some(42)));
     let mut failed = wire(5, "f", TaskStateCode::Failed, 3, None);
@@ -113,7 +132,13 @@ fn the_head_keeps_the_running_nodes_word() {
     assert_eq!(r[0]["duration_ms"], 1000);
     assert!(r[0].get("traceback").is_some());
     // A terminal state never goes back.
-    t.merge(StateRows { tasks: vec![wire(5, "f", TaskStateCode::Running, 3, Some(42))], actors: vec![] }, NodeId(3));
+    t.merge(
+        StateRows {
+            tasks: vec![wire(5, "f", TaskStateCode::Running, 3, Some(42))],
+            actors: vec![],
+        },
+        NodeId(3),
+    );
     assert_eq!(rows(&t.query(&q("tasks", &[], None)).expect("q"))[0]["state"], "FAILED");
 }
 
@@ -121,7 +146,10 @@ fn the_head_keeps_the_running_nodes_word() {
 fn a_member_sends_each_changed_row_once() {
     let member = Tables::with_max(100);
     member.set_member(true);
-    member.merge(StateRows { tasks: vec![wire(1, "f", TaskStateCode::Queued, 2, None)], actors: vec![] }, NodeId(2));
+    member.merge(
+        StateRows { tasks: vec![wire(1, "f", TaskStateCode::Queued, 2, None)], actors: vec![] },
+        NodeId(2),
+    );
     // Rows merged in are not the member's own changes; rows it applies are.
     assert!(member.take_batch().is_empty());
 }

@@ -11,21 +11,41 @@ use super::*;
 #[derive(Debug, Clone)]
 pub enum TaskEvent {
     /// A task was submitted by `holder` (actor creations are actors, not tasks: not noted).
-    Submitted { spec: Arc<TaskSpec>, holder: Holder },
+    Submitted {
+        spec: Arc<TaskSpec>,
+        holder: Holder,
+    },
     /// It waits for a worker: its arguments are ready, or it goes back to the queue for another
     /// attempt (`attempt` counts the retries so far), or it was taken back from a busy worker.
-    Queued { task: TaskId, attempt: u32 },
+    Queued {
+        task: TaskId,
+        attempt: u32,
+    },
     /// Sent to worker process `pid` (it runs, or waits behind the task that does); `attempt`
     /// counts the retries before this run.
-    Started { task: TaskId, pid: u32, attempt: u32 },
+    Started {
+        task: TaskId,
+        pid: u32,
+        attempt: u32,
+    },
     /// Sent to another node, which runs it (and notes its own events).
-    Forwarded { task: TaskId, peer: NodeId },
-    Finished { task: TaskId },
+    Forwarded {
+        task: TaskId,
+        peer: NodeId,
+    },
+    Finished {
+        task: TaskId,
+    },
     /// Failed for good (or cancelled: the error's kind says which).
-    Failed { task: TaskId, error: Arc<ErrorPayload> },
+    Failed {
+        task: TaskId,
+        error: Arc<ErrorPayload>,
+    },
     /// Something of the actor changed (created, started, alive, restarting, dead): read it
     /// with [`Scheduler::actor_record`].
-    Actor { actor: ActorId },
+    Actor {
+        actor: ActorId,
+    },
 }
 
 /// An actor as the state API shows it.
