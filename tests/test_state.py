@@ -274,3 +274,65 @@ def test_on_a_three_node_cluster_with_the_cli(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+@pytest.mark.one_node("starts a cluster of its own")
+def test_the_history_outlives_a_crashed_head(tmp_path):
+    from test_cluster import Cluster
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(1)
+        volley.init(address=c.head, token=c.token)
+        volley.get([ok.remote(i) for i in range(6)])
+        with pytest.raises(ValueError):
+            volley.get(boom.remote())
+        k = Counter.remote()
+        volley.get(k.incr.remote())
+        _settled("ok", 6)
+        _settled("boom", 1, ("FAILED",))
+        history = c.session / "history"
+        assert poll(
+            lambda: (
+                (history / "tasks.jsonl").exists()
+                and (history / "tasks.jsonl").read_text().count('"FINISHED"') >= 7
+                and (history / "actors.jsonl").exists()
+            ),
+            timeout=20,
+        ), sorted(p.name for p in history.iterdir()) if history.exists() else "no history dir"
+        assert (os.stat(history).st_mode & 0o777) == 0o700
+        assert (os.stat(history / "tasks.jsonl").st_mode & 0o777) == 0o600
+        volley.shutdown()
+        c.kill(0)  # the head crashes: SIGKILL, no goodbye
+    finally:
+        volley.shutdown()
+        c.stop()
+    env = dict(os.environ)
+    out = _cli(
+        "list", "tasks", "--session", str(c.session), "--filter", "name=ok", "--json", env=env
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["total"] == 6 and {t["state"] for t in answer["rows"]} == {"FINISHED"}
+    out = _cli(
+        "list",
+        "tasks",
+        "--session",
+        str(c.session),
+        "--filter",
+        "state=FAILED",
+        "--detail",
+        env=env,
+    )
+    assert out.returncode == 0 and "state-api boom" in out.stdout and "Traceback" in out.stdout, out
+    out = _cli("list", "actors", "--session", str(c.session), env=env)
+    assert out.returncode == 0 and "Counter" in out.stdout, out
+    out = _cli("summary", "tasks", "--session", str(c.session), env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out
+    rows = state.query("tasks", {"name": "boom"}, session=c.session)["rows"]
+    assert len(rows) == 1 and "traceback" not in rows[0]
+    out = _cli("list", "nodes", "--session", str(c.session), env=env)
+    assert out.returncode == 1 and "holds tasks and actors" in out.stderr
+    out = _cli("list", "tasks", "--session", str(tmp_path / "nowhere"), env=env)
+    assert out.returncode == 1 and "no volley history" in out.stderr

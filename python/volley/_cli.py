@@ -228,6 +228,7 @@ def _run_node(args: argparse.Namespace) -> int:
     if args.head and args.tls:
         _print_tls_howto(addr, tls_cert, tls_key)
     if args.head:
+        _core.record_history(str(sess / "history"))  # for `volley list --session`
         _cluster.write_private(sess / "token", token)
         _cluster.write_private(sess / "address", addr)
         _cluster.write_private(sess / "tls_cert", daemon["tls_cert"] or "")

@@ -87,6 +87,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address", default=None, help="HOST:PORT of the head (default: this machine's)"
     )
+    p.add_argument(
+        "--session",
+        default=None,
+        metavar="DIR",
+        help="read what the head of session DIR recorded (also after it stopped)",
+    )
 
 
 def _parse_filter(text: str) -> tuple[str, str, str]:
@@ -122,7 +128,9 @@ def _list(args: argparse.Namespace) -> int:
     kind = args.kind.replace("-", "_")
     try:
         filters = [_parse_filter(f) for f in args.filter]
-        r = state.query(kind, filters, args.limit, args.detail, address=_address(args))
+        r = state.query(
+            kind, filters, args.limit, args.detail, address=_address(args), session=args.session
+        )
     except (ValueError, ConnectionError) as e:
         print(f"volley: {e}", file=sys.stderr)
         return 1
@@ -157,9 +165,9 @@ def _summary(args: argparse.Namespace) -> int:
     try:
         filters = [_parse_filter(f) for f in args.filter]
         if args.kind == "tasks":
-            s = state.summarize_tasks(filters, address=_address(args))
+            s = state.summarize_tasks(filters, address=_address(args), session=args.session)
         else:
-            s = state.summarize_actors(filters, address=_address(args))
+            s = state.summarize_actors(filters, address=_address(args), session=args.session)
     except (ValueError, ConnectionError) as e:
         print(f"volley: {e}", file=sys.stderr)
         return 1

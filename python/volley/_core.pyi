@@ -169,6 +169,7 @@ def state_query(
     limit: int | None = None,
     detail: bool = False,
 ) -> str: ...
+def record_history(path: str) -> None: ...
 def query_state(
     address: str,
     token: str,

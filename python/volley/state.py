@@ -25,8 +25,10 @@ or value raises ``ValueError`` saying what is allowed.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from . import _core
@@ -90,11 +92,14 @@ def query(
     detail: bool = False,
     *,
     address: str | None = None,
+    session: str | os.PathLike | None = None,
 ) -> dict:
     """One state query: ``{"kind", "rows", "total", "truncated", "dropped"}``. ``total``
     counts every matching row (beyond ``limit``), ``dropped`` the finished tasks the bounded
     table forgot (``VOLLEY_TASK_EVENTS_MAX``). Without ``address`` it asks this session's
     cluster (``volley.init`` first), or else the cluster ``volley start --head`` runs here.
+    With ``session`` (a session directory) it reads the tasks and actors its head recorded
+    there instead, also after that cluster stopped or crashed.
 
     >>> r = volley.state.query("nodes")
     >>> r["total"] >= 1 and r["rows"][0]["alive"]
@@ -103,6 +108,8 @@ def query(
     k = _kind(kind)
     fs = _filters(filters)
     lim = _limit(limit)
+    if session is not None:
+        return _from_history(Path(session), k, fs, lim, bool(detail))
     if address is None and _core.mode() is not None:
         text = _core.state_query(k, fs, lim, bool(detail))
     else:
@@ -119,6 +126,75 @@ def query(
             _cluster.resolve_tls_cert(None),
         )
     return json.loads(text)
+
+
+#: The fields a filter may name in a session's history (as the head's tables check them).
+_HISTORY_KEYS = {
+    "tasks": (
+        "task_id", "name", "state", "job_id", "actor_id", "node_id", "worker_pid", "attempt",
+        "error_kind",
+    ),
+    "actors": (
+        "actor_id", "class_name", "name", "namespace", "state", "restarts", "pid", "node_id",
+        "job_id", "detached", "death_cause",
+    ),
+}  # fmt: skip
+
+
+def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail: bool) -> dict:
+    """A query over the rows a head wrote to ``session``/history (see docs/state.md)."""
+    keys = _HISTORY_KEYS.get(kind)
+    if keys is None:
+        raise ValueError(f"a session's history holds tasks and actors, not {kind}")
+    folder = session / "history" if (session / "history").is_dir() else session
+    files = [folder / f"{kind}.1.jsonl", folder / f"{kind}.jsonl"]
+    if not any(f.exists() for f in files):
+        raise ValueError(f"no volley history in {session} (no {files[1].name} there)")
+    id_key = "task_id" if kind == "tasks" else "actor_id"
+    latest: dict[str, dict] = {}
+    for f in files:
+        if not f.exists():
+            continue
+        with open(f, encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                latest[row[id_key]] = row
+    for key, _, _ in fs:
+        if key not in keys:
+            raise ValueError(
+                f"{kind} have no field {key!r} to filter on (one of {', '.join(keys)})"
+            )
+
+    def text(v: Any) -> str:
+        return "null" if v is None else (json.dumps(v) if not isinstance(v, str) else v)
+
+    def keep(row: dict) -> bool:
+        return all(
+            (
+                text(row.get(k)).lower() == v.lower()
+                or (row.get(k) is None and v.lower() in ("", "null", "none"))
+            )
+            == (op != "!=")
+            for k, op, v in fs
+        )
+
+    rows = [r for r in latest.values() if keep(r)]
+    if kind == "tasks":
+        rows.sort(key=lambda r: (r.get("submitted_ms") or 0, r["task_id"]), reverse=True)
+    total = len(rows)
+    shown = rows if limit is None else rows[:limit]
+    if not detail:
+        shown = [{k: v for k, v in r.items() if k != "traceback"} for r in shown]
+    return {
+        "kind": kind,
+        "rows": shown,
+        "total": total,
+        "truncated": limit is not None and total > limit,
+        "dropped": 0,
+    }
 
 
 def _rows(
@@ -271,7 +347,9 @@ def _durations(rows: list[dict]) -> dict:
     return {"mean_ms": statistics.fmean(d), "p50_ms": statistics.median(d), "max_ms": max(d)}
 
 
-def summarize_tasks(filters: Filters = None, *, address: str | None = None) -> dict:
+def summarize_tasks(
+    filters: Filters = None, *, address: str | None = None, session: str | None = None
+) -> dict:
     """Tasks by function: how many in each state, and the mean, median and longest durations
     of those that ran. ``{"total", "dropped", "by_name": {name: {"states": {...}, "mean_ms",
     "p50_ms", "max_ms"}}}``.
@@ -283,7 +361,7 @@ def summarize_tasks(filters: Filters = None, *, address: str | None = None) -> d
     >>> volley.state.summarize_tasks()["by_name"]["summed"]["states"]
     {'FINISHED': 4}
     """
-    r = query("tasks", filters, None, False, address=address)
+    r = query("tasks", filters, None, False, address=address, session=session)
     groups: dict[str, list[dict]] = {}
     for row in r["rows"]:
         groups.setdefault(row["name"], []).append(row)
@@ -297,7 +375,9 @@ def summarize_tasks(filters: Filters = None, *, address: str | None = None) -> d
     return {"total": r["total"], "dropped": r["dropped"], "by_name": by_name}
 
 
-def summarize_actors(filters: Filters = None, *, address: str | None = None) -> dict:
+def summarize_actors(
+    filters: Filters = None, *, address: str | None = None, session: str | None = None
+) -> dict:
     """Actors by class: how many in each state, and their restarts in all.
 
     >>> @volley.remote
@@ -307,7 +387,7 @@ def summarize_actors(filters: Filters = None, *, address: str | None = None) -> 
     >>> volley.state.summarize_actors()["by_class"]["Summed"]["restarts"]
     0
     """
-    r = query("actors", filters, None, False, address=address)
+    r = query("actors", filters, None, False, address=address, session=session)
     by_class: dict[str, dict] = {}
     for row in r["rows"]:
         c = by_class.setdefault(row["class_name"], {"states": {}, "restarts": 0})

@@ -86,7 +86,22 @@ pub fn query_state(
     }
 }
 
+/// Writes this process's node's task and actor rows under `path` as they change (a cluster's
+/// head does, in its session directory: `volley list --session DIR`).
+#[pyfunction]
+pub fn record_history(path: String) -> PyResult<()> {
+    let c =
+        client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
+    match &c.backend {
+        Backend::Node(n) => n
+            .record_history(std::path::Path::new(&path))
+            .map_err(|e| PyRuntimeError::new_err(format!("state history in {path}: {e}"))),
+        Backend::Worker(_) => Err(PyRuntimeError::new_err("a worker has no node of its own")),
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(record_history, m)?)?;
     m.add_function(wrap_pyfunction!(state_query, m)?)?;
     m.add_function(wrap_pyfunction!(query_state, m)?)?;
     Ok(())

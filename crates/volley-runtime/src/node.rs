@@ -192,6 +192,14 @@ impl Node {
         self.shared.ask_head(req)
     }
 
+    /// Writes the state API's task and actor rows under `dir` as they change, until the node
+    /// shuts down (see `state::history`); for a cluster's head, in its session directory.
+    pub fn record_history(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let t = crate::state::history::start(self.shared.clone(), dir)?;
+        self.threads.lock().push(t);
+        Ok(())
+    }
+
     /// Answers a state API query (`volley list`, `volley.state`, the dashboard): tasks, actors,
     /// nodes, placement groups and jobs from the cluster's head (this node's own by a call),
     /// workers and objects from this node. A bad kind, key or value is a `Refused` error that

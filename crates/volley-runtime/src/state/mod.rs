@@ -14,6 +14,7 @@
 //! finished go first and answers count them in `dropped`. Tasks still waiting or running are
 //! never dropped. Function names are interned (a row holds a number), so a row is ~100 bytes.
 
+pub(crate) mod history;
 pub mod kinds;
 mod query;
 
@@ -65,19 +66,61 @@ struct Row {
     error: Option<Box<TaskError>>,
     /// Changed since the last batch sent to the head (members only).
     dirty: bool,
+    /// Changed since the history writer last took the changes (see `history`).
+    hdirty: bool,
     /// The node whose report set the state (the head's merge prefers the running node's word).
     src: NodeId,
 }
+
+/// A hasher for ids (random prefixes and counters already): a multiply per word instead of
+/// SipHash, for the table's per-task inserts and lookups. Ids come from the cluster's own
+/// authenticated nodes, so flooding one bucket is not a concern here.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
 
 #[derive(Default)]
 struct Names {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
+    /// The last name interned: a burst of one function's tasks skips the hash.
+    last: Option<(Arc<str>, u32)>,
 }
 
 impl Names {
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(i) = self.ids.get(s) {
+        if let Some((name, i)) = &self.last {
+            if **name == *s {
+                return *i;
+            }
+        }
+        if let Some((name, i)) = self.ids.get_key_value(s) {
+            self.last = Some((name.clone(), *i));
             return *i;
         }
         let i = self.names.len() as u32;
@@ -95,13 +138,22 @@ impl Names {
 #[derive(Default)]
 struct Inner {
     names: Names,
-    tasks: HashMap<TaskId, Row>,
+    tasks: IdMap<TaskId, Row>,
     /// Finished tasks in the order they ended (the oldest is dropped first).
     finished: VecDeque<TaskId>,
     dropped: u64,
-    actors: HashMap<ActorId, ActorRow>,
+    actors: IdMap<ActorId, ActorRow>,
     dirty_tasks: Vec<TaskId>,
-    dirty_actors: HashSet<ActorId>,
+    dirty_actors: IdSet<ActorId>,
+    hist_tasks: Vec<TaskId>,
+    hist_actors: IdSet<ActorId>,
+}
+
+/// Which change lists a changed row goes to.
+#[derive(Clone, Copy)]
+struct Marks {
+    member: bool,
+    history: bool,
 }
 
 /// The task and actor tables of a node (the cluster's, on the head). See the module docs.
@@ -110,6 +162,8 @@ pub struct Tables {
     max_finished: usize,
     /// This node reports to another head: mark changed rows for the next batch.
     member: AtomicBool,
+    /// The history writer runs: mark changed rows for it.
+    history: AtomicBool,
 }
 
 impl Default for Tables {
@@ -125,7 +179,12 @@ impl Default for Tables {
 impl Tables {
     /// Tables keeping at most `max_finished` finished tasks.
     pub fn with_max(max_finished: usize) -> Tables {
-        Tables { inner: Mutex::new(Inner::default()), max_finished, member: AtomicBool::new(false) }
+        Tables {
+            inner: Mutex::new(Inner::default()),
+            max_finished,
+            member: AtomicBool::new(false),
+            history: AtomicBool::new(false),
+        }
     }
 
     /// From now on, changed rows are kept for [`Tables::take_batch`] (a member of a cluster).
@@ -143,7 +202,8 @@ impl Tables {
         me: NodeId,
         now: u64,
     ) {
-        let member = self.member.load(Ordering::Acquire);
+        let marks = self.marks();
+        let member = marks.member;
         let mut g = self.inner.lock();
         let inner = &mut *g;
         for ev in events.drain(..) {
@@ -176,16 +236,15 @@ impl Tables {
                         started_ms: 0,
                         ended_ms: 0,
                         error: None,
-                        dirty: member,
+                        dirty: false,
+                        hdirty: false,
                         src: me,
                     };
-                    if member {
-                        inner.dirty_tasks.push(spec.task_id);
-                    }
                     inner.tasks.insert(spec.task_id, row);
+                    inner.update(spec.task_id, marks, |_| ());
                 }
                 TaskEvent::Queued { task, attempt } => {
-                    inner.update(task, member, |r| {
+                    inner.update(task, marks, |r| {
                         r.state = TaskStateCode::Queued;
                         r.attempt = attempt;
                         r.node = Some(me);
@@ -193,7 +252,7 @@ impl Tables {
                     });
                 }
                 TaskEvent::Started { task, pid, attempt } => {
-                    inner.update(task, member, |r| {
+                    inner.update(task, marks, |r| {
                         r.state = TaskStateCode::Running;
                         r.node = Some(me);
                         r.pid = pid;
@@ -202,13 +261,13 @@ impl Tables {
                     });
                 }
                 TaskEvent::Forwarded { task, peer } => {
-                    inner.update(task, member, |r| {
+                    inner.update(task, marks, |r| {
                         r.state = TaskStateCode::Queued;
                         r.node = Some(peer);
                     });
                 }
                 TaskEvent::Finished { task } => {
-                    if inner.update(task, member, |r| {
+                    if inner.update(task, marks, |r| {
                         r.state = TaskStateCode::Finished;
                         r.ended_ms = now;
                     }) {
@@ -226,7 +285,7 @@ impl Tables {
                         message: error.message.clone(),
                         traceback: error.traceback.clone(),
                     };
-                    if inner.update(task, member, |r| {
+                    if inner.update(task, marks, |r| {
                         r.state = state;
                         r.ended_ms = now;
                         r.error = Some(Box::new(err));
@@ -263,6 +322,9 @@ impl Tables {
                         if member {
                             inner.dirty_actors.insert(actor);
                         }
+                        if marks.history {
+                            inner.hist_actors.insert(actor);
+                        }
                     }
                 }
             }
@@ -274,6 +336,7 @@ impl Tables {
     /// and the node that ran it) keeps the furthest state, and where it ran from the node that
     /// ran it; an actor keeps its host's word over a route's.
     pub(crate) fn merge(&self, rows: StateRows, from: NodeId) {
+        let marks = Marks { member: false, history: self.history.load(Ordering::Acquire) };
         let mut g = self.inner.lock();
         let inner = &mut *g;
         for t in rows.tasks {
@@ -291,6 +354,7 @@ impl Tables {
                 ended_ms: t.ended_ms.unwrap_or(0),
                 error: t.error.map(Box::new),
                 dirty: false,
+                hdirty: false,
                 src: from,
             };
             match inner.tasks.get_mut(&t.task) {
@@ -308,8 +372,12 @@ impl Tables {
                     }
                 }
             }
+            inner.update(t.task, marks, |_| ());
         }
         for a in rows.actors {
+            if marks.history {
+                inner.hist_actors.insert(a.actor);
+            }
             match inner.actors.get_mut(&a.actor) {
                 Some(old) if old.hosted && !a.hosted => {
                     // A route's report: only what the host does not say.
@@ -330,6 +398,32 @@ impl Tables {
             }
         }
         inner.evict(self.max_finished);
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            member: self.member.load(Ordering::Acquire),
+            history: self.history.load(Ordering::Acquire),
+        }
+    }
+
+    /// (The history writer) the rows changed since it last asked, rendered with detail.
+    pub(crate) fn take_history(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let ids = std::mem::take(&mut inner.hist_tasks);
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = inner.tasks.get_mut(&id) {
+                r.hdirty = false;
+                tasks.push(task_json(id, r, &inner.names, true));
+            }
+        }
+        let actors = std::mem::take(&mut inner.hist_actors)
+            .into_iter()
+            .filter_map(|id| inner.actors.get(&id).map(actor_json))
+            .collect();
+        (tasks, actors)
     }
 
     /// (A member) the rows changed since the last batch, at most [`BATCH_ROWS`] of each kind.
@@ -451,6 +545,7 @@ impl Tables {
                         })
                     }),
                     dirty: false,
+                    hdirty: false,
                     src: NodeId(1),
                 },
             );
@@ -462,14 +557,18 @@ impl Tables {
 impl Inner {
     /// Updates a known task's row (an event for a task this node never saw submitted, e.g. an
     /// actor's creation, is ignored); whether it was known.
-    fn update(&mut self, task: TaskId, member: bool, f: impl FnOnce(&mut Row)) -> bool {
+    fn update(&mut self, task: TaskId, marks: Marks, f: impl FnOnce(&mut Row)) -> bool {
         let Some(r) = self.tasks.get_mut(&task) else {
             return false;
         };
         f(r);
-        if member && !r.dirty {
+        if marks.member && !r.dirty {
             r.dirty = true;
             self.dirty_tasks.push(task);
+        }
+        if marks.history && !r.hdirty {
+            r.hdirty = true;
+            self.hist_tasks.push(task);
         }
         true
     }
@@ -478,10 +577,11 @@ impl Inner {
     fn evict(&mut self, max: usize) {
         while self.finished.len() > max {
             let Some(id) = self.finished.pop_front() else { break };
-            if self.tasks.get(&id).is_some_and(|r| r.state.is_terminal() && !r.dirty) {
+            let pending = |r: &Row| r.dirty || r.hdirty;
+            if self.tasks.get(&id).is_some_and(|r| r.state.is_terminal() && !pending(r)) {
                 self.tasks.remove(&id);
                 self.dropped += 1;
-            } else if self.tasks.get(&id).is_some_and(|r| r.dirty) {
+            } else if self.tasks.get(&id).is_some_and(pending) {
                 // Not yet reported to the head: keep it until the next batch took it.
                 self.finished.push_back(id);
                 break;

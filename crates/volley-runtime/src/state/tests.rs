@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Instant;
 
 use volley_proto::{
@@ -58,15 +59,15 @@ fn filters_limit_and_total_count_every_match() {
 #[test]
 fn bad_filters_say_what_is_allowed() {
     let t = Tables::with_max(10);
-    let e = t.query(&q("tasks", &[("colour", FilterOp::Eq, "red")], None)).unwrap_err();
+    let e = t.query(&q("tasks", &[("colour", FilterOp::Eq, "red")], None)).expect_err("refused");
     assert!(e.contains("no field 'colour'") && e.contains("state"), "{e}");
-    let e = t.query(&q("tasks", &[("state", FilterOp::Eq, "SLEEPING")], None)).unwrap_err();
+    let e = t.query(&q("tasks", &[("state", FilterOp::Eq, "SLEEPING")], None)).expect_err("refused");
     assert!(e.contains("not a task state") && e.contains("FINISHED"), "{e}");
-    let e = t.query(&q("tasks", &[("node_id", FilterOp::Eq, "x")], None)).unwrap_err();
+    let e = t.query(&q("tasks", &[("node_id", FilterOp::Eq, "x")], None)).expect_err("refused");
     assert!(e.contains("not a number"), "{e}");
-    let e = t.query(&q("actors", &[("colour", FilterOp::Eq, "red")], None)).unwrap_err();
+    let e = t.query(&q("actors", &[("colour", FilterOp::Eq, "red")], None)).expect_err("refused");
     assert!(e.contains("no field 'colour'") && e.contains("class_name"), "{e}");
-    let e = kinds::check_kind("gizmos").unwrap_err();
+    let e = kinds::check_kind("gizmos").expect_err("refused");
     assert!(e.contains("unknown state kind 'gizmos'") && e.contains("placement_groups"), "{e}");
 }
 
@@ -196,7 +197,7 @@ fn a_node_records_a_queued_then_cancelled_task() {
     });
     let w = node.state_query(&q("workers", &[], None)).expect("workers");
     assert_eq!(w.kind, "workers");
-    let e = node.state_query(&q("gizmos", &[], None)).unwrap_err();
+    let e = node.state_query(&q("gizmos", &[], None)).expect_err("refused");
     assert!(e.to_string().contains("unknown state kind"), "{e}");
     node.shutdown(std::time::Duration::from_secs(2));
 }
@@ -222,4 +223,65 @@ fn state_query_over_a_million_finished_tasks() {
         println!("query {filters:?}: {} of {} rows in {took:?}", rows(&a).len(), a.total);
         assert!(took.as_secs_f64() < 0.5, "took {took:?}");
     }
+}
+
+/// What recording costs per task, as the node pays it: four events (submitted, queued, started,
+/// finished), each folded in on its own (one per scheduler call), with the table at its bound
+/// so that every finished task also drops the oldest. Run with `cargo test -p volley-runtime
+/// --release -- --ignored recording_cost --nocapture`.
+#[test]
+#[ignore]
+fn recording_cost_per_task() {
+    let n = 200_000;
+    let t = Tables::with_max(100_000);
+    let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    let specs: Vec<Arc<TaskSpec>> = (0..n)
+        .map(|i| {
+            Arc::new(TaskSpec {
+                task_id: TaskId(i as u128 + 1),
+                function: FunctionId([1; 16]),
+                name: format!("f{}", i % 20),
+                args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+                deps: Vec::new(),
+                num_returns: 1,
+                options: TaskOptions {
+                    cpu_milli: 1000,
+                    max_retries: 0,
+                    retry_exceptions: false,
+                    streaming: false,
+                    resources: Vec::new(),
+                    runtime_env: None,
+                    strategy: Strategy::Default,
+                },
+                actor: ActorPart::None,
+            })
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    for spec in &specs {
+        let task = spec.task_id;
+        for ev in [
+            TaskEvent::Submitted { spec: spec.clone(), holder: Holder::Local },
+            TaskEvent::Queued { task, attempt: 0 },
+            TaskEvent::Started { task, pid: 7, attempt: 0 },
+            TaskEvent::Finished { task },
+        ] {
+            buf.push(ev);
+            t.apply(&mut buf, &sched, NodeId(0), now_ms());
+        }
+    }
+    let per_task = start.elapsed() / n as u32;
+    let cpu = (thread_cpu() - cpu0) / n as u32;
+    println!("recording: {per_task:?} per task, {cpu:?} of CPU ({n} tasks, table bound 100,000)");
+    assert_eq!(t.counts(), (100_000, 100_000));
+}
+
+/// This thread's CPU time (what a loaded machine's preemptions do not inflate).
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill, for this thread's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
