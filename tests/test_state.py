@@ -184,6 +184,13 @@ def test_summaries_count_by_function_and_state(volley_2cpu):
 def test_other_kinds(volley_2cpu):
     nodes = state.list_nodes()
     assert nodes and all(n["alive"] for n in nodes)
+    named = Counter.options(name="state-named").remote()
+    volley.get(named.incr.remote())
+    listed = poll(
+        lambda: any(a["name"] == "state-named" for n in state.list_nodes() for a in n["named"]),
+        timeout=20,
+    )
+    assert listed, state.list_nodes()
     ref = volley.put(b"x" * 100)
     objs = state.list_objects(limit=None)
     assert any(o["object_id"] == ref.hex() for o in objs), objs

@@ -36,18 +36,23 @@ pub fn check_kind(kind: &str) -> Result<(), String> {
 pub(crate) fn nodes(q: &StateQuery, view: Vec<NodeSnapshot>) -> Result<StateAnswer, String> {
     let rows = view
         .into_iter()
-        .map(|n| {
+        .map(|mut n| {
+            // Actor ids are 128-bit (no JSON number holds them) and handles' metadata is bytes
+            // for the engine: the named actors are listed by hand.
+            let named: Vec<serde_json::Value> = std::mem::take(&mut n.named)
+                .into_iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "namespace": a.namespace,
+                        "name": a.name,
+                        "actor_id": actor_hex(a.actor),
+                        "class_name": a.class,
+                    })
+                })
+                .collect();
             let mut v = serde_json::to_value(&n).unwrap_or(serde_json::Value::Null);
             if let Some(o) = v.as_object_mut() {
-                // Handles' metadata is bytes for the engine, noise in a table.
-                if let Some(serde_json::Value::Array(named)) = o.get_mut("named") {
-                    for a in named.iter_mut().filter_map(|a| a.as_object_mut()) {
-                        a.remove("meta");
-                        if let Some(id) = a.get("actor").and_then(|x| x.as_u64()) {
-                            a.insert("actor".into(), id.into());
-                        }
-                    }
-                }
+                o.insert("named".into(), named.into());
                 o.insert("node_id".into(), n.id.0.into());
                 o.insert("alive".into(), true.into());
             }

@@ -61,7 +61,8 @@ fn bad_filters_say_what_is_allowed() {
     let t = Tables::with_max(10);
     let e = t.query(&q("tasks", &[("colour", FilterOp::Eq, "red")], None)).expect_err("refused");
     assert!(e.contains("no field 'colour'") && e.contains("state"), "{e}");
-    let e = t.query(&q("tasks", &[("state", FilterOp::Eq, "SLEEPING")], None)).expect_err("refused");
+    let e =
+        t.query(&q("tasks", &[("state", FilterOp::Eq, "SLEEPING")], None)).expect_err("refused");
     assert!(e.contains("not a task state") && e.contains("FINISHED"), "{e}");
     let e = t.query(&q("tasks", &[("node_id", FilterOp::Eq, "x")], None)).expect_err("refused");
     assert!(e.contains("not a number"), "{e}");
