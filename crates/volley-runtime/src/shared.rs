@@ -145,15 +145,6 @@ impl Shared {
         }
     }
 
-    /// Folds the events the scheduler noted into the state API's tables (see `state`), under
-    /// the state lock so that one task's events arrive in order; one clock reading per call.
-    fn record(&self, st: &mut State) {
-        let mut events = st.sched.take_events();
-        let me = st.sched.node_id().unwrap_or(NodeId(0));
-        self.head.tables.apply(&mut events, &st.sched, me, crate::state::now_ms());
-        st.sched.recycle_events(events);
-    }
-
     /// A state query about this node's own workers or objects (see `state::kinds`).
     pub(crate) fn state_local(
         &self,
@@ -186,16 +177,21 @@ impl Shared {
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
         let mut out = Vec::new();
         let mut d = Deferred::default();
+        let mut recording = None;
         let (r, held) = {
             let mut st = self.state.lock();
             let since = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
             if st.sched.has_events() {
-                self.record(&mut st);
+                // Taken here, folded in once the state lock is released (see `state`).
+                recording = Some(self.head.tables.begin(&mut st.sched));
             }
             (r, since.elapsed())
         };
+        if let Some(rec) = recording {
+            rec.finish(crate::state::now_ms());
+        }
         slow_lock(held); // Outside the lock: a backtrace takes a while to print.
         self.carry_out(d);
         r

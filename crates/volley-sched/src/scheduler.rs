@@ -486,6 +486,7 @@ impl Scheduler {
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
+                self.note_queued(tid);
             }
         }
         for (oid, n) in w.held {
@@ -813,8 +814,8 @@ impl Scheduler {
             return;
         };
         t.state = TaskState::Queued;
-        if matches!(t.spec.actor, ActorPart::Call { .. }) {
-            // Pool tasks are noted when they enter their ready queue (`enqueue`).
+        if !t.spec.deps.is_empty() || matches!(t.spec.actor, ActorPart::Call { .. }) {
+            // A task with no arguments to wait for is queued from its submission on.
             let attempt = t.attempts;
             note!(self, TaskEvent::Queued { task: tid, attempt });
         }

@@ -28,7 +28,7 @@ use volley_proto::{
     ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, StateAnswer, StateQuery, StateRows,
     TaskError, TaskId, TaskRow, TaskStateCode,
 };
-use volley_sched::{Holder, Scheduler, TaskEvent};
+use volley_sched::{ActorRecord, Holder, Scheduler, TaskEvent};
 
 pub(crate) use query::generic_answer;
 
@@ -147,6 +147,36 @@ struct Inner {
     dirty_actors: IdSet<ActorId>,
     hist_tasks: Vec<TaskId>,
     hist_actors: IdSet<ActorId>,
+    /// The scheduler's events while they are folded in (swapped with its buffer).
+    buf: Vec<TaskEvent>,
+}
+
+/// Events taken from the scheduler, with the tables locked (see [`Tables::begin`]).
+pub(crate) struct Recording<'a> {
+    g: parking_lot::MutexGuard<'a, Inner>,
+    tables: &'a Tables,
+    actors: Vec<(ActorId, Option<ActorRecord>)>,
+    me: NodeId,
+}
+
+impl Recording<'_> {
+    /// Folds the events in, stamped `now`.
+    pub(crate) fn finish(mut self, now: u64) {
+        let mut events = std::mem::take(&mut self.g.buf);
+        self.tables.fold(&mut self.g, &mut events, &self.actors, self.me, now);
+        self.g.buf = events;
+    }
+}
+
+/// The state of each actor an event names, read while the scheduler's lock is held.
+fn actor_records(events: &[TaskEvent], sched: &Scheduler) -> Vec<(ActorId, Option<ActorRecord>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::Actor { actor } => Some((*actor, sched.actor_record(*actor))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Which change lists a changed row goes to.
@@ -195,6 +225,7 @@ impl Tables {
     /// Folds the scheduler's events into the tables, stamped `now`; `me` is this node. Called
     /// with the scheduler's lock held (right after the call that noted them), so the events of
     /// one task arrive in order.
+    #[cfg(test)]
     pub(crate) fn apply(
         &self,
         events: &mut Vec<TaskEvent>,
@@ -202,10 +233,33 @@ impl Tables {
         me: NodeId,
         now: u64,
     ) {
+        let actors = actor_records(events, sched);
+        let mut g = self.inner.lock();
+        self.fold(&mut g, events, &actors, me, now);
+    }
+
+    /// Under the scheduler's lock: takes its events (into the tables' own buffer, so no
+    /// allocation), reads what its actor events need, and locks the tables, so that the
+    /// caller can release the scheduler's lock before folding them in ([`Recording::finish`])
+    /// while the events of one task still arrive in order.
+    pub(crate) fn begin(&self, sched: &mut Scheduler) -> Recording<'_> {
+        let mut g = self.inner.lock();
+        sched.swap_events(&mut g.buf);
+        let actors = actor_records(&g.buf, sched);
+        let me = sched.node_id().unwrap_or(NodeId(0));
+        Recording { g, tables: self, actors, me }
+    }
+
+    fn fold(
+        &self,
+        inner: &mut Inner,
+        events: &mut Vec<TaskEvent>,
+        actors: &[(ActorId, Option<ActorRecord>)],
+        me: NodeId,
+        now: u64,
+    ) {
         let marks = self.marks();
         let member = marks.member;
-        let mut g = self.inner.lock();
-        let inner = &mut *g;
         for ev in events.drain(..) {
             match ev {
                 TaskEvent::Submitted { spec, holder } => {
@@ -297,7 +351,8 @@ impl Tables {
                     }
                 }
                 TaskEvent::Actor { actor } => {
-                    if let Some(rec) = sched.actor_record(actor) {
+                    let rec = actors.iter().find(|(a, _)| *a == actor).and_then(|(_, r)| r.clone());
+                    if let Some(rec) = rec {
                         let job = match rec.holder {
                             Holder::Local => Some(me),
                             Holder::Peer(p) => Some(p),

@@ -110,6 +110,7 @@ impl Scheduler {
                     task.attempts += 1;
                     task.state = TaskState::Queued;
                     self.enqueue(tid, false);
+                    self.note_queued(tid);
                 } else {
                     self.fail_task(tid, Arc::new(e), out);
                 }

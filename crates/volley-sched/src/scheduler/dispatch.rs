@@ -44,7 +44,6 @@ impl Scheduler {
     /// Puts a runnable task in its ready queue (see `schedule`).
     pub(super) fn enqueue(&mut self, tid: TaskId, front: bool) {
         self.tasks.enqueue(tid, front, self.now_ms);
-        self.note_queued(tid);
     }
 
     pub(super) fn queued(&self) -> usize {
@@ -249,6 +248,7 @@ impl Scheduler {
             return;
         };
         task.state = TaskState::Assigned(wid);
+        let (pid, attempt) = (w.pid, task.attempts);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
         let runs_now = w.queue.len() == 1 && w.actor.is_none();
@@ -264,7 +264,7 @@ impl Scheduler {
             }
             self.head_started(wid, out);
         }
-        self.note_started(tid, wid);
+        note!(self, TaskEvent::Started { task: tid, pid, attempt });
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -342,6 +342,7 @@ impl Scheduler {
             } else {
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
+                self.note_queued(tid);
             }
         }
         self.schedule(out);

@@ -151,32 +151,15 @@ impl Scheduler {
         }
     }
 
-    /// The events noted since the last call, oldest first.
-    pub fn take_events(&mut self) -> Vec<TaskEvent> {
-        std::mem::take(&mut self.events)
-    }
-
-    /// Gives back the buffer [`Scheduler::take_events`] returned, emptied, so that recording
-    /// does not allocate a new one per call.
-    pub fn recycle_events(&mut self, mut v: Vec<TaskEvent>) {
-        v.clear();
-        if self.events.is_empty() && v.capacity() <= 4096 {
-            self.events = v;
-        }
+    /// The events noted since the last call, oldest first, swapped into `buf` (an empty
+    /// buffer the caller keeps, which becomes the scheduler's: no allocation per call).
+    pub fn swap_events(&mut self, buf: &mut Vec<TaskEvent>) {
+        std::mem::swap(&mut self.events, buf);
     }
 
     /// Whether events wait to be taken (one load: the runtime checks it after every call).
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
-    }
-
-    pub(super) fn note_started(&mut self, task: TaskId, wid: WorkerId) {
-        if !self.recording {
-            return;
-        }
-        let pid = self.workers.get(&wid).map_or(0, |w| w.pid);
-        let attempt = self.tasks.get(&task).map_or(0, |t| t.attempts);
-        self.events.push(TaskEvent::Started { task, pid, attempt });
     }
 
     pub(super) fn note_queued(&mut self, task: TaskId) {
