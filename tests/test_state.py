@@ -53,8 +53,17 @@ class Counter:
         return os.getpid()
 
 
+def _job() -> str:
+    """This driver's job: its node's number in a cluster (the test cluster outlives a test's
+    driver, and the head remembers the tasks of the ones before), 0 on one machine."""
+    mine = [n for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
+    return str(mine[0]["node_id"]) if mine else "0"
+
+
 def _by_name(name: str, **kw) -> list[dict]:
-    return state.list_tasks(filters=[("name", "=", name)], limit=None, **kw)
+    return state.list_tasks(
+        filters=[("name", "=", name), ("job_id", "=", _job())], limit=None, **kw
+    )
 
 
 def _settled(name: str, n: int, states=("FINISHED",)) -> list[dict]:
@@ -83,13 +92,12 @@ def test_tasks_are_listed_as_they_ran(volley_2cpu):
         assert t["error_kind"] is None and "traceback" not in t
 
     # A limit bounds the rows, not the count.
-    r = state.query("tasks", [("name", "=", "ok")], limit=2)
+    job = ("job_id", "=", _job())
+    r = state.query("tasks", [("name", "=", "ok"), job], limit=2)
     assert (len(r["rows"]), r["total"], r["truncated"]) == (2, 5, True)
     assert state.query("tasks", {"name": "ok", "state": "RUNNING"}, limit=None)["total"] == 0
-    assert (
-        len(state.list_tasks(filters=[("name", "!=", "ok")], limit=None))
-        == len(state.list_tasks(limit=None)) - 5
-    )
+    others = state.list_tasks(filters=[("name", "!=", "ok"), job], limit=None)
+    assert len(others) == len(state.list_tasks(filters=[job], limit=None)) - 5
     one = state.get_task(refs[3])
     assert one["task_id"] == refs[3].hex()[:32] and one["state"] == "FINISHED"
     assert "traceback" in one
@@ -107,9 +115,8 @@ def test_a_failed_task_has_its_error_and_traceback(volley_2cpu):
     assert "traceback" not in row
     detail = state.get_task(ref)
     assert "ValueError" in detail["traceback"] and "state-api boom" in detail["traceback"]
-    assert [
-        t["task_id"] for t in state.list_tasks(filters={"state": "FAILED", "name": "boom"})
-    ] == [row["task_id"]]
+    failed = state.list_tasks(filters={"state": "FAILED", "name": "boom", "job_id": _job()})
+    assert [t["task_id"] for t in failed] == [row["task_id"]]
 
 
 def test_a_task_waits_for_its_argument_then_runs(volley_2cpu):
@@ -147,8 +154,9 @@ def test_actor_calls_and_the_actor_itself(volley_2cpu):
     assert actor, state.get_actor(c)
     assert actor["class_name"] == "Counter" and actor["restarts"] == 0 and actor["pid"]
     assert actor["actor_id"] == aid
-    assert [a["actor_id"] for a in state.list_actors(filters={"class_name": "Counter"})] == [aid]
-    s = state.summarize_actors()
+    mine = state.list_actors(filters={"class_name": "Counter", "job_id": _job()})
+    assert [a["actor_id"] for a in mine] == [aid]
+    s = state.summarize_actors(filters={"job_id": _job()})
     assert s["by_class"]["Counter"]["states"] == {"ALIVE": 1}
 
 
@@ -175,7 +183,7 @@ def test_summaries_count_by_function_and_state(volley_2cpu):
         volley.get(boom.remote())
     _settled("ok", 4)
     _settled("boom", 1, ("FAILED",))
-    s = state.summarize_tasks()
+    s = state.summarize_tasks(filters={"job_id": _job()})
     assert s["by_name"]["ok"]["states"] == {"FINISHED": 4}
     assert s["by_name"]["boom"]["states"] == {"FAILED": 1}
     assert s["by_name"]["ok"]["max_ms"] >= s["by_name"]["ok"]["p50_ms"] >= 0

@@ -194,7 +194,7 @@ impl Scheduler {
             restarts: a.restarts + a.peer_restarts,
             pid: a.pid,
             remote: a.remote,
-            hosted: !a.proxy,
+            hosted: a.remote.is_none(),
             detached: o.detached,
             death: a.death.as_ref().map(|e| e.message.clone()),
             holder: a.caller,
