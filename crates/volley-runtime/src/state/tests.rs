@@ -226,8 +226,9 @@ fn state_query_over_a_million_finished_tasks() {
     }
 }
 
-/// What recording costs per task, as the node pays it: four events (submitted, queued, started,
-/// finished), each folded in on its own (one per scheduler call), with the table at its bound
+/// What recording costs per task, as the node pays it: three events (submitted, started,
+/// finished: a task with no arguments to wait for is queued from its submission), each folded
+/// in on its own (one per scheduler call), with the table at its bound
 /// so that every finished task also drops the oldest. Run with `cargo test -p volley-runtime
 /// --release -- --ignored recording_cost --nocapture`.
 #[test]
@@ -265,7 +266,6 @@ fn recording_cost_per_task() {
         let task = spec.task_id;
         for ev in [
             TaskEvent::Submitted { spec: spec.clone(), holder: Holder::Local },
-            TaskEvent::Queued { task, attempt: 0 },
             TaskEvent::Started { task, pid: 7, attempt: 0 },
             TaskEvent::Finished { task },
         ] {
