@@ -210,7 +210,13 @@ impl Node {
     ) -> Result<volley_proto::StateAnswer, RuntimeError> {
         crate::state::kinds::check_kind(&q.kind).map_err(RuntimeError::Refused)?;
         match self.shared.ask_head(volley_proto::HeadRequest::State(q.clone())) {
-            volley_proto::HeadAnswer::State(a) => Ok(a),
+            volley_proto::HeadAnswer::State(mut a) => {
+                if q.kind == "tasks" && q.detail {
+                    let st = self.shared.state.lock();
+                    crate::state::explain_waits(&mut a, |id| st.sched.explain_wait(id));
+                }
+                Ok(a)
+            }
             volley_proto::HeadAnswer::Error(why) => Err(RuntimeError::Refused(why)),
             other => {
                 Err(RuntimeError::Refused(format!("unexpected answer from the head: {other:?}")))

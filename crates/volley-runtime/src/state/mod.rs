@@ -25,8 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use volley_proto::{
-    ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, StateAnswer, StateQuery, StateRows,
-    TaskError, TaskId, TaskRow, TaskStateCode,
+    ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, ObjectId, StateAnswer, StateQuery,
+    StateRows, TaskError, TaskId, TaskRow, TaskStateCode,
 };
 use volley_sched::{ActorRecord, Holder, Scheduler, TaskEvent};
 
@@ -777,6 +777,30 @@ pub fn answer_json(a: &StateAnswer) -> String {
         a.truncated,
         a.dropped
     )
+}
+
+/// Puts the scheduler's own words (`explain`) in `waiting_for` of the rows of tasks that wait
+/// here, for detailed answers (a task waiting on another node keeps the table's general line).
+pub(crate) fn explain_waits(a: &mut StateAnswer, explain: impl Fn(ObjectId) -> Option<String>) {
+    let Ok(mut rows) = serde_json::from_str::<Vec<serde_json::Value>>(&a.rows) else {
+        return;
+    };
+    let mut changed = false;
+    for r in &mut rows {
+        let waits = matches!(r["state"].as_str(), Some("WAITING_ARGS" | "QUEUED"));
+        let id = r["task_id"].as_str().and_then(|h| u128::from_str_radix(h, 16).ok());
+        if let (true, Some(id)) = (waits, id) {
+            if let Some(line) = explain(ObjectId::for_return(TaskId(id), 1)) {
+                r["waiting_for"] = line.into();
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        if let Ok(text) = serde_json::to_string(&rows) {
+            a.rows = text;
+        }
+    }
 }
 
 /// Asks the head at `addr` a state query from outside the cluster (`volley list --address`),
