@@ -629,18 +629,31 @@ impl Inner {
     }
 
     /// Drops the oldest finished tasks beyond `max`.
+    /// Drops the oldest finished tasks beyond `max`. One not yet sent to the head (or to the
+    /// history) waits for its batch, unless the head has been out of reach for so long that
+    /// twice `max` finished tasks piled up: then it goes too, so a member's memory stays
+    /// bounded whatever happens to its head.
     fn evict(&mut self, max: usize) {
         while self.finished.len() > max {
             let Some(id) = self.finished.pop_front() else { break };
             let pending = |r: &Row| r.dirty || r.hdirty;
-            if self.tasks.get(&id).is_some_and(|r| r.state.is_terminal() && !pending(r)) {
-                self.tasks.remove(&id);
-                self.dropped += 1;
-            } else if self.tasks.get(&id).is_some_and(pending) {
-                // Not yet reported to the head: keep it until the next batch took it.
-                self.finished.push_back(id);
-                break;
+            let hard = self.finished.len() >= max.saturating_mul(2);
+            match self.tasks.get(&id) {
+                Some(r) if pending(r) && !hard => {
+                    self.finished.push_back(id);
+                    break;
+                }
+                Some(r) if r.state.is_terminal() => {
+                    self.tasks.remove(&id);
+                    self.dropped += 1;
+                }
+                _ => {}
             }
+        }
+        // Ids of rows that went before their batch: forget them too.
+        if self.dirty_tasks.len() > max.saturating_mul(4).max(1024) {
+            let tasks = &self.tasks;
+            self.dirty_tasks.retain(|id| tasks.get(id).is_some_and(|r| r.dirty));
         }
     }
 }

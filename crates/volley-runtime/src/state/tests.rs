@@ -100,6 +100,47 @@ fn the_oldest_finished_go_first_and_are_counted() {
     assert_eq!(gone.total, 0);
 }
 
+/// A member whose head is out of reach (no batch is taken) keeps its unsent rows, but no
+/// more than twice the bound.
+#[test]
+fn a_member_cut_off_from_its_head_stays_bounded() {
+    let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    let t = Tables::with_max(10);
+    t.set_member(true);
+    for i in 0..100u128 {
+        let spec = Arc::new(TaskSpec {
+            task_id: TaskId(i + 1),
+            function: FunctionId([1; 16]),
+            name: "f".into(),
+            args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+            deps: Vec::new(),
+            num_returns: 1,
+            options: TaskOptions {
+                cpu_milli: 1000,
+                max_retries: 0,
+                retry_exceptions: false,
+                streaming: false,
+                resources: Vec::new(),
+                runtime_env: None,
+                strategy: Strategy::Default,
+            },
+            actor: ActorPart::None,
+        });
+        let task = spec.task_id;
+        let mut evs = vec![
+            TaskEvent::Submitted { spec, holder: Holder::Local },
+            TaskEvent::Finished { task },
+        ];
+        t.apply(&mut evs, &sched, NodeId(2), now_ms());
+    }
+    let (rows, dropped) = t.counts();
+    assert!(rows <= 21 && dropped >= 79, "{rows} rows, {dropped} dropped");
+    // What is left goes to the head in the next batch, newest included.
+    let batch = t.take_batch();
+    assert!(batch.tasks.iter().any(|r| r.task == TaskId(100)));
+    assert_eq!(batch.tasks.len(), rows);
+}
+
 #[test]
 fn the_head_keeps_the_running_nodes_word() {
     let t = Tables::with_max(100);
