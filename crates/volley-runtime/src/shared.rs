@@ -177,20 +177,20 @@ impl Shared {
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
         let mut out = Vec::new();
         let mut d = Deferred::default();
-        let mut recording = None;
+        let mut fold = false;
         let (r, held) = {
             let mut st = self.state.lock();
             let since = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
             if st.sched.has_events() {
-                // Taken here, folded in once the state lock is released (see `state`).
-                recording = Some(self.head.tables.begin(&mut st.sched));
+                // Logged here, folded into the rows in bulk away from this lock (see `state`).
+                fold = self.head.tables.record(&mut st.sched);
             }
             (r, since.elapsed())
         };
-        if let Some(rec) = recording {
-            rec.finish(crate::state::now_ms());
+        if fold {
+            self.head.tables.flush();
         }
         slow_lock(held); // Outside the lock: a backtrace takes a while to print.
         self.carry_out(d);

@@ -147,37 +147,23 @@ struct Inner {
     dirty_actors: IdSet<ActorId>,
     hist_tasks: Vec<TaskId>,
     hist_actors: IdSet<ActorId>,
-    /// The scheduler's events while they are folded in (swapped with its buffer).
-    buf: Vec<TaskEvent>,
+    /// The log being folded in (swapped with `Tables::log`, so neither allocates anew).
+    spare: Log,
 }
 
-/// Events taken from the scheduler, with the tables locked (see [`Tables::begin`]).
-pub(crate) struct Recording<'a> {
-    g: parking_lot::MutexGuard<'a, Inner>,
-    tables: &'a Tables,
+/// Events taken from the scheduler and not yet folded into the rows (see [`Tables::record`]).
+#[derive(Default)]
+struct Log {
+    events: Vec<TaskEvent>,
+    /// Per scheduler call, in order: how many of `events` it noted, this node, and when.
+    runs: Vec<(usize, NodeId, u64)>,
+    /// The state of the actor each `TaskEvent::Actor` names, read under the scheduler's lock,
+    /// in the order of those events.
     actors: Vec<(ActorId, Option<ActorRecord>)>,
-    me: NodeId,
 }
 
-impl Recording<'_> {
-    /// Folds the events in, stamped `now`.
-    pub(crate) fn finish(mut self, now: u64) {
-        let mut events = std::mem::take(&mut self.g.buf);
-        self.tables.fold(&mut self.g, &mut events, &self.actors, self.me, now);
-        self.g.buf = events;
-    }
-}
-
-/// The state of each actor an event names, read while the scheduler's lock is held.
-fn actor_records(events: &[TaskEvent], sched: &Scheduler) -> Vec<(ActorId, Option<ActorRecord>)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TaskEvent::Actor { actor } => Some((*actor, sched.actor_record(*actor))),
-            _ => None,
-        })
-        .collect()
-}
+/// Events are folded into the rows once this many wait (or when someone reads the rows).
+const FOLD_AT: usize = 4096;
 
 /// Which change lists a changed row goes to.
 #[derive(Clone, Copy)]
@@ -189,6 +175,9 @@ struct Marks {
 /// The task and actor tables of a node (the cluster's, on the head). See the module docs.
 pub struct Tables {
     inner: Mutex<Inner>,
+    /// The scheduler's events since the last fold: appended to under the scheduler's lock (a
+    /// copy of a few words), folded in bulk away from it (see [`Tables::record`]).
+    log: Mutex<Log>,
     max_finished: usize,
     /// This node reports to another head: mark changed rows for the next batch.
     member: AtomicBool,
@@ -211,6 +200,7 @@ impl Tables {
     pub fn with_max(max_finished: usize) -> Tables {
         Tables {
             inner: Mutex::new(Inner::default()),
+            log: Mutex::new(Log::default()),
             max_finished,
             member: AtomicBool::new(false),
             history: AtomicBool::new(false),
@@ -233,34 +223,81 @@ impl Tables {
         me: NodeId,
         now: u64,
     ) {
-        let actors = actor_records(events, sched);
-        let mut g = self.inner.lock();
-        self.fold(&mut g, events, &actors, me, now);
+        self.log_events(events, sched, me, now);
+        self.flush();
     }
 
-    /// Under the scheduler's lock: takes its events (into the tables' own buffer, so no
-    /// allocation), reads what its actor events need, and locks the tables, so that the
-    /// caller can release the scheduler's lock before folding them in ([`Recording::finish`])
-    /// while the events of one task still arrive in order.
-    pub(crate) fn begin(&self, sched: &mut Scheduler) -> Recording<'_> {
-        let mut g = self.inner.lock();
-        sched.swap_events(&mut g.buf);
-        let actors = actor_records(&g.buf, sched);
+    /// Takes the events the scheduler noted (called under its lock, right after the call that
+    /// noted them, so that one task's events stay in order): they are appended to a log, with
+    /// one reading of the clock, and folded into the rows later in bulk, away from the
+    /// scheduler's lock and with the caches warm (a fold per event cost the task path several
+    /// times more). Whether the log is long enough to fold now ([`Tables::flush`], after the
+    /// scheduler's lock is released).
+    pub(crate) fn record(&self, sched: &mut Scheduler) -> bool {
         let me = sched.node_id().unwrap_or(NodeId(0));
-        Recording { g, tables: self, actors, me }
+        let mut events = Vec::new();
+        sched.swap_events(&mut events);
+        let n = self.log_events(&mut events, sched, me, now_ms());
+        // Hand the (empty) buffer back so that the scheduler does not allocate a new one.
+        sched.swap_events(&mut events);
+        n >= FOLD_AT
+    }
+
+    fn log_events(
+        &self,
+        events: &mut Vec<TaskEvent>,
+        sched: &Scheduler,
+        me: NodeId,
+        now: u64,
+    ) -> usize {
+        let mut log = self.log.lock();
+        let log = &mut *log;
+        for e in events.iter() {
+            if let TaskEvent::Actor { actor } = e {
+                log.actors.push((*actor, sched.actor_record(*actor)));
+            }
+        }
+        log.runs.push((events.len(), me, now));
+        log.events.append(events);
+        log.events.len()
+    }
+
+    /// Folds the logged events into the rows.
+    pub(crate) fn flush(&self) {
+        let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
+    }
+
+    fn flush_locked(&self, inner: &mut Inner) {
+        {
+            let mut log = self.log.lock();
+            if log.runs.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *log, &mut inner.spare);
+        }
+        let mut log = std::mem::take(&mut inner.spare);
+        let mut events = log.events.drain(..);
+        let mut actors = log.actors.drain(..);
+        for (n, me, now) in log.runs.drain(..) {
+            self.fold(inner, events.by_ref().take(n), &mut actors, me, now);
+        }
+        drop((events, actors));
+        inner.spare = log;
+        inner.evict(self.max_finished);
     }
 
     fn fold(
         &self,
         inner: &mut Inner,
-        events: &mut Vec<TaskEvent>,
-        actors: &[(ActorId, Option<ActorRecord>)],
+        events: impl Iterator<Item = TaskEvent>,
+        actors: &mut impl Iterator<Item = (ActorId, Option<ActorRecord>)>,
         me: NodeId,
         now: u64,
     ) {
         let marks = self.marks();
         let member = marks.member;
-        for ev in events.drain(..) {
+        for ev in events {
             match ev {
                 TaskEvent::Submitted { spec, holder } => {
                     let name = inner.names.intern(&spec.name);
@@ -351,7 +388,7 @@ impl Tables {
                     }
                 }
                 TaskEvent::Actor { actor } => {
-                    let rec = actors.iter().find(|(a, _)| *a == actor).and_then(|(_, r)| r.clone());
+                    let rec = actors.next().filter(|(a, _)| *a == actor).and_then(|(_, r)| r);
                     if let Some(rec) = rec {
                         let job = match rec.holder {
                             Holder::Local => Some(me),
@@ -393,6 +430,7 @@ impl Tables {
     pub(crate) fn merge(&self, rows: StateRows, from: NodeId) {
         let marks = Marks { member: false, history: self.history.load(Ordering::Acquire) };
         let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
         let inner = &mut *g;
         for t in rows.tasks {
             let name = inner.names.intern(&t.name);
@@ -465,6 +503,7 @@ impl Tables {
     /// (The history writer) the rows changed since it last asked, rendered with detail.
     pub(crate) fn take_history(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
         let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
         let inner = &mut *g;
         let ids = std::mem::take(&mut inner.hist_tasks);
         let mut tasks = Vec::with_capacity(ids.len());
@@ -484,6 +523,7 @@ impl Tables {
     /// (A member) the rows changed since the last batch, at most [`BATCH_ROWS`] of each kind.
     pub(crate) fn take_batch(&self) -> StateRows {
         let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
         let inner = &mut *g;
         let mut out = StateRows::default();
         let n = inner.dirty_tasks.len().min(BATCH_ROWS);
@@ -513,7 +553,8 @@ impl Tables {
             "tasks" => self.query_tasks(q),
             "actors" => {
                 let rows: Vec<serde_json::Value> = {
-                    let g = self.inner.lock();
+                    let mut g = self.inner.lock();
+                    self.flush_locked(&mut g);
                     let mut v: Vec<&ActorRow> = g.actors.values().collect();
                     v.sort_by_key(|a| a.actor);
                     v.into_iter().map(actor_json).collect()
@@ -530,7 +571,8 @@ impl Tables {
             .iter()
             .map(|f| query::TaskPred::parse(&f.key, f.op, &f.value))
             .collect::<Result<Vec<_>, String>>()?;
-        let g = self.inner.lock();
+        let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
         let names = &g.names;
         let mut hits: Vec<(&TaskId, &Row)> = g
             .tasks
@@ -562,7 +604,8 @@ impl Tables {
 
     /// How many tasks the table holds, and how many finished ones it dropped.
     pub fn counts(&self) -> (usize, u64) {
-        let g = self.inner.lock();
+        let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
         (g.tasks.len(), g.dropped)
     }
 
