@@ -12,7 +12,7 @@ Programs written for Ray run with ``import volley as ray`` where volley has the 
 streaming by default, ...): docs/from-ray.md lists Ray's names, volley's, and what differs.
 """
 
-from . import actor, exceptions, job
+from . import actor, exceptions, job, state
 from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
 from ._core import VERSION as _core_version
 from ._core import ObjectRef
@@ -112,6 +112,7 @@ __all__ = [
     "actor",
     "exceptions",
     "job",
+    "state",
     "util",
 ]
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cli_dashboard, _cli_job, _cli_logs, _cluster, _core, _runtime_dir, _session
+from . import _cli_dashboard, _cli_job, _cli_logs, _cli_state, _cluster, _core, _runtime_dir, _session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop this machine's volley nodes")
     _cli_job.register(sub)
     _cli_logs.add_parser(sub)
+    _cli_state.register(sub)
     return p
 
 
@@ -240,6 +241,7 @@ def _run_node(args: argparse.Namespace) -> int:
     if args.head and args.tls:
         _print_tls_howto(addr, tls_cert, tls_key)
     if args.head:
+        _core.record_history(str(sess / "history"))  # for `volley list --session`
         _cluster.write_private(sess / "token", token)
         _cluster.write_private(sess / "address", addr)
         _cluster.write_private(sess / "tls_cert", daemon["tls_cert"] or "")
@@ -436,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "func"):  # a command registered from its own module
             return args.func(args)
         return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[args.cmd](args)
+        if hasattr(args, "_run"):
+            return args._run(args)
+        return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)
         return 1

@@ -183,6 +183,22 @@ def job_list(address: str, token: str, tls_cert: str | None) -> list[dict[str, A
 def job_logs(
     address: str, token: str, tls_cert: str | None, job_id: str, offset: int
 ) -> tuple[bytes, int, bool]: ...
+def state_query(
+    kind: str,
+    filters: list[tuple[str, str, str]],
+    limit: int | None = None,
+    detail: bool = False,
+) -> str: ...
+def record_history(path: str) -> None: ...
+def query_state(
+    address: str,
+    token: str,
+    kind: str,
+    filters: list[tuple[str, str, str]],
+    limit: int | None = None,
+    detail: bool = False,
+    tls_cert: str | None = None,
+) -> str: ...
 
 @final
 class ShmBuffer:

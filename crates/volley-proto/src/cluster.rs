@@ -212,6 +212,10 @@ pub enum PeerMsg {
     /// A question for the head (first message on a connection to it): answered `HeadReply`.
     Head(crate::HeadRequest),
     HeadReply(crate::HeadAnswer),
+    /// A member's task and actor rows changed since its last batch, sent to the head on the
+    /// heartbeat's connection just before a heartbeat (no answer): the head keeps the
+    /// cluster's tables for the state API.
+    StateRows(crate::StateRows),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -103,6 +103,9 @@ pub enum HeadRequest {
     JobList,
     /// A job's output from byte `offset` on; answered `JobLogs`.
     JobLogs { id: String, offset: u64 },
+    /// A state API query the head answers from its tables (tasks, actors, placement groups,
+    /// jobs, nodes); answered `State`.
+    State(crate::StateQuery),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -132,6 +135,7 @@ pub enum HeadAnswer {
     },
     /// A job request the head turned down (an unknown id, a bad submission): what to fix.
     JobRefused(String),
+    State(crate::StateAnswer),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -150,7 +154,8 @@ impl HeadRequest {
             | HeadRequest::JobStatus { .. }
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList
-            | HeadRequest::JobLogs { .. } => (0, 0),
+            | HeadRequest::JobLogs { .. }
+            | HeadRequest::State(_) => (0, 0),
             HeadRequest::JobSubmit(spec) => return spec.check(),
         };
         if key > MAX_KV_KEY {

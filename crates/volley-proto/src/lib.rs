@@ -16,6 +16,7 @@ mod ids;
 mod jobs;
 mod messages;
 mod snapshot;
+mod state;
 
 pub use cluster::{
     authenticate_client, authenticate_server, NamedActor, NodeId, PeerMsg, Refusal, MAX_CHUNK,
@@ -34,3 +35,7 @@ pub use messages::{
     TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
+pub use state::{
+    ActorRow, Filter, FilterOp, StateAnswer, StateQuery, StateRows, TaskError, TaskRow,
+    TaskStateCode, STATE_KINDS,
+};

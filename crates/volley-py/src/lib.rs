@@ -15,6 +15,7 @@ mod jobs;
 mod logs;
 mod object_ref;
 mod options;
+mod state;
 mod store;
 
 use std::convert::Infallible;
@@ -938,6 +939,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cluster::register_head(m)?;
     jobs::register(m)?;
     logs::register(m)?;
+    state::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

@@ -28,6 +28,7 @@ mod node;
 mod outbox;
 mod rundir;
 mod shared;
+pub mod state;
 mod supervisor;
 #[cfg(test)]
 mod testing;

@@ -107,7 +107,11 @@ impl Node {
             format!("/proc/self/fd/{store_fd}:{}:{}", store.capacity(), cfg.inline_threshold);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                sched: Scheduler::new(sc),
+                sched: {
+                    let mut s = Scheduler::new(sc);
+                    s.set_recording(crate::state::recording_enabled());
+                    s
+                },
                 conns: HashMap::new(),
                 local: HashMap::new(),
             }),
@@ -194,6 +198,38 @@ impl Node {
             return volley_proto::HeadAnswer::Error(why);
         }
         self.shared.ask_head(req)
+    }
+
+    /// Writes the state API's task and actor rows under `dir` as they change, until the node
+    /// shuts down (see `state::history`); for a cluster's head, in its session directory.
+    pub fn record_history(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let t = crate::state::history::start(self.shared.clone(), dir)?;
+        self.threads.lock().push(t);
+        Ok(())
+    }
+
+    /// Answers a state API query (`volley list`, `volley.state`, the dashboard): tasks, actors,
+    /// nodes, placement groups and jobs from the cluster's head (this node's own by a call),
+    /// workers and objects from this node. A bad kind, key or value is a `Refused` error that
+    /// says what is allowed.
+    pub fn state_query(
+        &self,
+        q: &volley_proto::StateQuery,
+    ) -> Result<volley_proto::StateAnswer, RuntimeError> {
+        crate::state::kinds::check_kind(&q.kind).map_err(RuntimeError::Refused)?;
+        match self.shared.ask_head(volley_proto::HeadRequest::State(q.clone())) {
+            volley_proto::HeadAnswer::State(mut a) => {
+                if q.kind == "tasks" && q.detail {
+                    let st = self.shared.state.lock();
+                    crate::state::explain_waits(&mut a, |id| st.sched.explain_wait(id));
+                }
+                Ok(a)
+            }
+            volley_proto::HeadAnswer::Error(why) => Err(RuntimeError::Refused(why)),
+            other => {
+                Err(RuntimeError::Refused(format!("unexpected answer from the head: {other:?}")))
+            }
+        }
     }
 
     /// The cluster's head, with this node's own entry fresh, if this node is its own head

@@ -114,6 +114,27 @@ impl Shared {
     /// Asks the cluster's head: this node's own by a call (alone, or as the head), else the
     /// head over the network. Never under the state lock: a member's question is a round trip.
     pub(crate) fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let volley_proto::HeadRequest::State(q) = &req {
+            if matches!(q.kind.as_str(), "workers" | "objects") {
+                return match self.state_local(q) {
+                    Ok(a) => volley_proto::HeadAnswer::State(a),
+                    Err(why) => volley_proto::HeadAnswer::Error(why),
+                };
+            }
+            if self.links.get().is_none() {
+                // Alone: events noted outside `with` (none today) and this node's entry.
+                self.with(|_, _| ());
+                if q.kind == "nodes" {
+                    self.head.update_self(self.local_snapshot());
+                }
+                if q.kind == "jobs" {
+                    // Alone, this node is a driver's: its session is the one job.
+                    let started = crate::state::now_ms()
+                        .saturating_sub(self.started.elapsed().as_millis() as u64);
+                    self.head.local_job(std::process::id(), started);
+                }
+            }
+        }
         match self.links.get() {
             Some(links) => links.ask_head(req),
             None => {
@@ -126,18 +147,53 @@ impl Shared {
         }
     }
 
+    /// A state query about this node's own workers or objects (see `state::kinds`).
+    pub(crate) fn state_local(
+        &self,
+        q: &volley_proto::StateQuery,
+    ) -> Result<volley_proto::StateAnswer, String> {
+        use crate::state::kinds;
+        let me = self.local_snapshot().id;
+        match q.kind.as_str() {
+            "workers" => {
+                let w = self.state.lock().sched.worker_records();
+                kinds::workers(q, me, w)
+            }
+            "objects" => {
+                let (objs, _) = self.state.lock().sched.object_records(usize::MAX);
+                let spilled: HashSet<ObjectId> = self
+                    .store
+                    .objects()
+                    .into_iter()
+                    .filter(|o| o.spilled)
+                    .filter_map(|o| o.object)
+                    .collect();
+                kinds::objects(q, me, objs, |o| spilled.contains(&o.id))
+            }
+            other => Err(format!("{other} are answered by the head")),
+        }
+    }
+
     /// Runs `f` on the state, routes the actions it produced, and carries them out once the lock
     /// is released.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Action>) -> R) -> R {
         let mut out = Vec::new();
         let mut d = Deferred::default();
+        let mut fold = false;
         let (r, held) = {
             let mut st = self.state.lock();
             let since = Instant::now();
             let r = f(&mut st, &mut out);
             route(&mut st, &self.store, out, &mut d);
+            if st.sched.has_events() {
+                // Logged here, folded into the rows in bulk away from this lock (see `state`).
+                fold = self.head.tables.record(&mut st.sched);
+            }
             (r, since.elapsed())
         };
+        if fold {
+            self.head.tables.flush();
+        }
         slow_lock(held); // Outside the lock: a backtrace takes a while to print.
         self.carry_out(d);
         r

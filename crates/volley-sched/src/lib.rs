@@ -48,6 +48,7 @@
 mod scheduler;
 
 pub use scheduler::{
-    Action, ActorError, ActorReport, Config, Holder, ObjectState, PeerView, Scheduler, Stats,
-    StreamStep, WaitOwner, WaiterId, WorkerExit,
+    Action, ActorError, ActorRecord, ActorReport, Config, Holder, ObjectRecord, ObjectState,
+    PeerView, Scheduler, Stats, StreamStep, TaskEvent, WaitOwner, WaiterId, WorkerExit,
+    WorkerRecord,
 };

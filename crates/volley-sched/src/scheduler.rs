@@ -13,6 +13,16 @@ use volley_proto::{
     ObjectId, Strategy, TaskId, TaskResult, TaskSpec, WorkerId,
 };
 
+/// Notes a task or actor event when recording is on (see `events`). A macro, not a method, so
+/// that it borrows only the two fields it touches and can be used while a part is borrowed.
+macro_rules! note {
+    ($s:expr, $ev:expr) => {
+        if $s.recording {
+            $s.events.push($ev);
+        }
+    };
+}
+
 /// The access a part gives to its table of records (objects, tasks, workers, actors, peers),
 /// written once for all of them: lookups, and `get_mut`/`remove` for the coordinator's updates.
 /// Adding a record goes through the part's own methods, which keep its invariants.
@@ -63,6 +73,7 @@ mod actors;
 mod code;
 mod completion;
 mod dispatch;
+mod events;
 mod explain;
 mod objects;
 mod peers;
@@ -77,6 +88,7 @@ mod workers;
 pub use actors::ActorError;
 use actors::Actors;
 use code::Registry;
+pub use events::{ActorRecord, ObjectRecord, TaskEvent, WorkerRecord};
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::Peers;
@@ -321,6 +333,9 @@ pub struct Scheduler {
     placement: placement::Placement,
     /// What the wait notices have said already (see `explain`).
     notices: explain::Notices,
+    /// Whether task and actor events are noted (see `events`), and those not yet taken.
+    recording: bool,
+    events: Vec<TaskEvent>,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -352,6 +367,8 @@ impl Scheduler {
             peers: Peers::default(),
             placement: Default::default(),
             notices: Default::default(),
+            recording: false,
+            events: Vec::new(),
         }
     }
 
@@ -469,6 +486,7 @@ impl Scheduler {
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
+                self.note_queued(tid);
             }
         }
         for (oid, n) in w.held {
@@ -651,6 +669,9 @@ impl Scheduler {
             self.incref_one(*oid);
         }
         self.tasks.insert(tid, TaskEntry::new(spec.clone(), holder));
+        if !matches!(spec.actor, ActorPart::Create(_)) {
+            note!(self, TaskEvent::Submitted { spec: spec.clone(), holder });
+        }
         spec
     }
 
@@ -793,6 +814,11 @@ impl Scheduler {
             return;
         };
         t.state = TaskState::Queued;
+        if !t.spec.deps.is_empty() || matches!(t.spec.actor, ActorPart::Call { .. }) {
+            // A task with no arguments to wait for is queued from its submission on.
+            let attempt = t.attempts;
+            note!(self, TaskEvent::Queued { task: tid, attempt });
+        }
         match &t.spec.actor {
             ActorPart::None => self.enqueue(tid, false),
             ActorPart::Create(_) => {

@@ -439,7 +439,15 @@ impl Cluster {
             }
             PeerMsg::Head(req) if self.head.is_some() => {
                 // A node's question about the key-value table or the directory: one answer.
-                let answer = self.head.as_ref().map(|h| h.serve(req));
+                // (The state API's workers and objects are this node's own: its `ask_head`.)
+                let answer = match &req {
+                    volley_proto::HeadRequest::State(q)
+                        if matches!(q.kind.as_str(), "workers" | "objects") =>
+                    {
+                        Some(self.shared.ask_head(req))
+                    }
+                    _ => self.head.as_ref().map(|h| h.serve(req)),
+                };
                 if let Some(answer) = answer {
                     let _ = send(&mut s, &PeerMsg::HeadReply(answer));
                 }

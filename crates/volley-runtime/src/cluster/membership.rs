@@ -43,6 +43,8 @@ impl Cluster {
         };
         *self.me.lock() = id;
         self.shared.state.lock().sched.set_node_id(id);
+        // From now on this node's task and actor rows go to the head with its heartbeats.
+        self.shared.head.tables.set_member(true);
         self.beat(&mut s, &mut r)?;
         drop(r);
         Ok((s, id))
@@ -74,7 +76,11 @@ impl Cluster {
         let me = self.node_id();
         let start = Instant::now();
         let info = self.info(me);
+        let rows = self.shared.head.tables.take_batch();
         let built = start.elapsed();
+        if !rows.is_empty() {
+            send(s, &PeerMsg::StateRows(rows))?;
+        }
         send(s, &PeerMsg::Heartbeat { info })?;
         let answer = recv(r).map_err(proto)?;
         let answered = start.elapsed();
@@ -258,6 +264,7 @@ impl Cluster {
                         break;
                     }
                 }
+                Ok(PeerMsg::StateRows(rows)) => head.tables.merge(rows, id),
                 Ok(other) => {
                     crate::diag::event!(
                         Warn,

@@ -119,6 +119,7 @@ pub(super) fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Status => "Status",
         PeerMsg::Head(_) => "Head",
         PeerMsg::HeadReply(_) => "HeadReply",
+        PeerMsg::StateRows(_) => "StateRows",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
         PeerMsg::Fetch { .. } => "Fetch",

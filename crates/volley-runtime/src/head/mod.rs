@@ -48,6 +48,9 @@ pub struct Head {
     reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
     /// Submitted jobs (`volley job submit`), run by a cluster's head only.
     jobs: Arc<jobs::Jobs>,
+    /// The task and actor tables of the state API (see `state`): the cluster's on the head; on
+    /// a member, its own rows until they are sent to the head.
+    pub tables: crate::state::Tables,
 }
 
 struct Members {
@@ -64,6 +67,7 @@ impl Head {
             dir: Mutex::new(store),
             reserved: Mutex::new(HashMap::new()),
             jobs: Arc::new(jobs::Jobs::default()),
+            tables: crate::state::Tables::default(),
         }
     }
 
@@ -91,6 +95,15 @@ impl Head {
         }
         self.record(id, info);
         id
+    }
+
+    /// A lone driver's node lists its own session as job 0 (a cluster's head lists the drivers
+    /// that joined it instead).
+    pub fn local_job(&self, pid: u32, started_ms: u64) {
+        let mut dir = self.dir.lock();
+        if dir.job(NodeId(0)).is_none() {
+            dir.put_job(JobInfo { node: NodeId(0), pid, started_ms, ended_ms: None });
+        }
     }
 
     /// The head's own entry, refreshed (its load, what it hosts).
@@ -268,6 +281,10 @@ impl Head {
             HeadRequest::ReleaseName { namespace, name, node } => {
                 HeadAnswer::Deleted(self.release_name(&namespace, &name, node))
             }
+            HeadRequest::State(q) => match self.serve_state(&q) {
+                Ok(a) => HeadAnswer::State(a),
+                Err(why) => HeadAnswer::Error(why),
+            },
             HeadRequest::LookupName { namespace, name } => HeadAnswer::Named(
                 self.dir
                     .lock()
@@ -283,6 +300,24 @@ impl Head {
                 Ok((data, next, done)) => HeadAnswer::JobLogs { data, next, done },
                 Err(why) => HeadAnswer::JobRefused(why),
             },
+        }
+    }
+
+    /// A state API query over what the head keeps: tasks and actors (its tables), nodes (the
+    /// view), placement groups and jobs (the directory). Workers and objects are a node's own
+    /// (see `Shared::ask_head`).
+    pub fn serve_state(
+        &self,
+        q: &volley_proto::StateQuery,
+    ) -> Result<volley_proto::StateAnswer, String> {
+        use crate::state::kinds;
+        kinds::check_kind(&q.kind)?;
+        match q.kind.as_str() {
+            "tasks" | "actors" => self.tables.query(q),
+            "nodes" => kinds::nodes(q, self.view()),
+            "placement_groups" => kinds::groups(q, self.placement_groups()),
+            "jobs" => kinds::jobs(q, self.jobs()),
+            other => Err(format!("{other} are answered by each node, not the head")),
         }
     }
 

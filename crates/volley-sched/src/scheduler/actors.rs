@@ -294,6 +294,7 @@ impl Scheduler {
             self.actors.name(key, aid);
         }
         self.actors.insert(aid, ActorEntry::new(spec, holder));
+        note!(self, TaskEvent::Actor { actor: aid });
         self.resolve_deps(aid.0, out);
         Ok((aid, true))
     }
@@ -442,6 +443,7 @@ impl Scheduler {
             if a.life == Life::Alive {
                 a.life = Life::Restarting;
             }
+            note!(self, TaskEvent::Actor { actor: aid });
         }
         if no_restart {
             // Dead from now on: later calls fail at once, calls in flight when it exits.
@@ -521,6 +523,7 @@ impl Scheduler {
                 a.holds_resources = true;
                 a.life = Life::Starting;
                 a.worker = Some(w);
+                note!(self, TaskEvent::Actor { actor: aid });
             }
         }
         self.actors.set_pending(waiting);
@@ -543,6 +546,7 @@ impl Scheduler {
             return;
         }
         a.pid = pid;
+        note!(self, TaskEvent::Actor { actor: aid });
         let entry = TaskEntry {
             spec: a.create.clone(),
             state: TaskState::Queued,
@@ -601,6 +605,7 @@ impl Scheduler {
         match result {
             TaskResult::Ok(mut values) if values.len() == 1 => {
                 a.life = Life::Alive;
+                note!(self, TaskEvent::Actor { actor: aid });
                 let restarted = a.restarts;
                 if restarted > 0 {
                     let msg = format!(
@@ -789,6 +794,7 @@ impl Scheduler {
         }
         a.restarts += 1;
         a.life = Life::Restarting;
+        note!(self, TaskEvent::Actor { actor: aid });
         let restart = a.restarts;
         let log = format!(
             "volley: actor '{class}' died (pid {pid} {}); restarting it (restart {restart} of {})",
@@ -863,6 +869,7 @@ impl Scheduler {
         }
         a.life = Life::Dead;
         a.death = Some(err.clone());
+        note!(self, TaskEvent::Actor { actor: aid });
         let calls: Vec<TaskId> = a.callers.drain().flat_map(|(_, q)| q).collect();
         let holds = std::mem::take(&mut a.holds_resources);
         let gpus = std::mem::take(&mut a.gpus);

@@ -90,6 +90,7 @@ impl Scheduler {
                 self.report_to_peer(tid, &spec, Ok(values), out);
                 self.stream_finished(tid, None, out);
                 self.finish_task(tid, out);
+                note!(self, TaskEvent::Finished { task: tid });
             }
             TaskResult::Ok(values) => {
                 let msg = format!(
@@ -109,6 +110,7 @@ impl Scheduler {
                     task.attempts += 1;
                     task.state = TaskState::Queued;
                     self.enqueue(tid, false);
+                    self.note_queued(tid);
                 } else {
                     self.fail_task(tid, Arc::new(e), out);
                 }
@@ -237,6 +239,9 @@ impl Scheduler {
         let mut call_of = None;
         let spec = task.spec.clone();
         let create_of = matches!(spec.actor, ActorPart::Create(_)).then_some(ActorId(tid));
+        if create_of.is_none() {
+            note!(self, TaskEvent::Failed { task: tid, error: err.clone() });
+        }
         match (&spec.actor, task.state) {
             (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {
                 let (aid, caller) = (*actor, task.caller);

@@ -248,6 +248,7 @@ impl Scheduler {
             return;
         };
         task.state = TaskState::Assigned(wid);
+        let (pid, attempt) = (w.pid, task.attempts);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
         let runs_now = w.queue.len() == 1 && w.actor.is_none();
@@ -263,6 +264,7 @@ impl Scheduler {
             }
             self.head_started(wid, out);
         }
+        note!(self, TaskEvent::Started { task: tid, pid, attempt });
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -332,6 +334,7 @@ impl Scheduler {
             } else if let ActorPart::Call { actor, .. } = &task.spec.actor {
                 let (aid, caller) = (*actor, task.caller);
                 task.state = TaskState::Queued;
+                note!(self, TaskEvent::Queued { task: tid, attempt: task.attempts });
                 if let Some(a) = self.actors.get_mut(&aid) {
                     a.requeue_call(caller, tid);
                 }
@@ -339,6 +342,7 @@ impl Scheduler {
             } else {
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
+                self.note_queued(tid);
             }
         }
         self.schedule(out);

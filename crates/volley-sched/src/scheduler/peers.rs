@@ -337,6 +337,7 @@ impl Scheduler {
                 }
                 task.state = TaskState::Queued;
                 self.enqueue(tid, true);
+                self.note_queued(tid);
             } else {
                 let name = task.spec.name.clone();
                 let msg = format!("node {} died while running task '{name}': {why}", id.0);
@@ -501,6 +502,7 @@ impl Scheduler {
                 self.fail_task(*t, error(ErrorKind::Cancelled, &name, msg), out);
             } else {
                 self.enqueue(*t, true);
+                self.note_queued(*t);
             }
         }
         self.schedule(out);
@@ -557,6 +559,7 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
         }
+        note!(self, super::TaskEvent::Forwarded { task: tid, peer });
         self.spill_to(peer, spec, objects, out);
         true
     }

@@ -103,6 +103,7 @@ impl Scheduler {
             a.life = Life::Starting;
             a.remote = Some(peer);
         }
+        note!(self, TaskEvent::Actor { actor: aid });
         self.spill_to(peer, spec, objects, out);
     }
 
@@ -145,6 +146,7 @@ impl Scheduler {
             if let Some(task) = self.tasks.get_mut(&t) {
                 task.state = TaskState::Remote(peer);
             }
+            note!(self, TaskEvent::Forwarded { task: t, peer });
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.sent(t, 0);
             }
@@ -171,6 +173,7 @@ impl Scheduler {
         match result {
             TaskResult::Ok(mut values) if values.len() == 1 => {
                 a.life = Life::Alive;
+                note!(self, TaskEvent::Actor { actor: aid });
                 if a.restarts > 0 {
                     let msg = format!(
                         "volley: actor '{}' was restarted on node {} (restart {} of {})",
@@ -247,6 +250,7 @@ impl Scheduler {
             }
             a.restarts += 1;
             a.life = Life::Pending;
+            note!(self, TaskEvent::Actor { actor: aid });
             out.push(Action::Log(format!(
                 "volley: actor '{class}' died with node {} ({why}); restarting it (restart {} of {})",
                 peer.0,
@@ -437,6 +441,7 @@ impl Scheduler {
         }
         a.pid = pid;
         a.peer_restarts = restarts;
+        note!(self, TaskEvent::Actor { actor: aid });
         if let Some(l) = log {
             out.push(Action::Log(format!("{l} [on node {}]", peer.0)));
         }

@@ -1,0 +1,153 @@
+//! The state API's wire types: a query (`volley list`, `volley.state`, the dashboard) and its
+//! answer, and the rows a node sends its head so that the head keeps the cluster's task and
+//! actor tables.
+//!
+//! Rows travel as compact structs (ids as integers, states as codes); the answer carries its rows
+//! already rendered as JSON text, so the head renders once and neither the member that relays it
+//! nor the binding has to know every kind's fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ActorId, ErrorKind, NodeId, TaskId};
+
+/// The kinds of rows a query can ask for, by their names in the CLI and the HTTP API.
+pub const STATE_KINDS: [&str; 7] =
+    ["tasks", "actors", "nodes", "workers", "objects", "placement_groups", "jobs"];
+
+/// How a filter compares a row's field with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterOp {
+    Eq,
+    Ne,
+}
+
+/// One `key op value` condition; a row matches a query when it meets every one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    pub key: String,
+    pub op: FilterOp,
+    pub value: String,
+}
+
+/// A question to the state API: rows of `kind` matching every filter, at most `limit` of them
+/// (`None`: all), with the long fields (tracebacks) when `detail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateQuery {
+    pub kind: String,
+    pub filters: Vec<Filter>,
+    pub limit: Option<u64>,
+    pub detail: bool,
+}
+
+/// The answer: `rows` is a JSON array of objects (see contract of each kind in docs/state.md),
+/// `total` counts the matching rows before the limit, `dropped` the finished rows the bounded
+/// table forgot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateAnswer {
+    pub kind: String,
+    pub rows: String,
+    pub total: u64,
+    pub truncated: bool,
+    pub dropped: u64,
+}
+
+/// A task's state as the state API names it; the order is the order of a task's life, so a
+/// merge keeps the furthest (a terminal state never goes back to running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum TaskStateCode {
+    WaitingArgs = 0,
+    Queued = 1,
+    Running = 2,
+    Finished = 3,
+    Failed = 4,
+    Cancelled = 5,
+}
+
+impl TaskStateCode {
+    pub const ALL: [TaskStateCode; 6] = [
+        TaskStateCode::WaitingArgs,
+        TaskStateCode::Queued,
+        TaskStateCode::Running,
+        TaskStateCode::Finished,
+        TaskStateCode::Failed,
+        TaskStateCode::Cancelled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskStateCode::WaitingArgs => "WAITING_ARGS",
+            TaskStateCode::Queued => "QUEUED",
+            TaskStateCode::Running => "RUNNING",
+            TaskStateCode::Finished => "FINISHED",
+            TaskStateCode::Failed => "FAILED",
+            TaskStateCode::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStateCode> {
+        TaskStateCode::ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(s))
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self >= TaskStateCode::Finished
+    }
+}
+
+/// A task's error as its row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub traceback: String,
+}
+
+/// One task as a node saw it, sent to the head (`PeerMsg::StateRows`). Times are milliseconds
+/// since the Unix epoch; `node` is where it runs (or was sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub task: TaskId,
+    pub name: String,
+    pub state: TaskStateCode,
+    pub job: Option<NodeId>,
+    pub actor: Option<ActorId>,
+    pub node: Option<NodeId>,
+    pub pid: Option<u32>,
+    pub attempt: u32,
+    pub submitted_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub error: Option<TaskError>,
+}
+
+/// One actor as a node saw it (state: `PENDING`, `ALIVE`, `RESTARTING`, `DEAD`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorRow {
+    pub actor: ActorId,
+    pub class_name: String,
+    pub name: String,
+    pub namespace: String,
+    pub state: String,
+    pub restarts: u32,
+    pub pid: u32,
+    pub node: Option<NodeId>,
+    pub job: Option<NodeId>,
+    pub detached: bool,
+    pub death_cause: Option<String>,
+    /// Whether the sending node hosts it (a driver's route to a remote actor does not): the
+    /// host's word wins at the head.
+    pub hosted: bool,
+}
+
+/// The rows a member changed since its last batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRows {
+    pub tasks: Vec<TaskRow>,
+    pub actors: Vec<ActorRow>,
+}
+
+impl StateRows {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.actors.is_empty()
+    }
+}

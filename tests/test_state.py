@@ -1,0 +1,357 @@
+"""The state API (`volley.state`, `volley list`, `volley summary`) against real workers: tasks
+that finish, fail, wait for an argument, are cancelled and run on actors are listed as they
+are; filters, limits and totals; an actor's restarts and death; the same on a real 3-node
+cluster (each task shows the node it ran on), and the CLI's table and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import poll
+
+import volley
+import volley.state as state
+
+
+@volley.remote
+def ok(x: int) -> int:
+    return x
+
+
+@volley.remote
+def boom() -> None:
+    raise ValueError("state-api boom")
+
+
+@volley.remote
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@volley.remote
+def after(x: float) -> float:
+    return x
+
+
+@volley.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _job() -> str:
+    """This driver's job: its node's number in a cluster (the test cluster outlives a test's
+    driver, and the head remembers the tasks of the ones before), 0 on one machine."""
+    mine = [n for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
+    return str(mine[0]["node_id"]) if mine else "0"
+
+
+def _by_name(name: str, **kw) -> list[dict]:
+    return state.list_tasks(
+        filters=[("name", "=", name), ("job_id", "=", _job())], limit=None, **kw
+    )
+
+
+def _settled(name: str, n: int, states=("FINISHED",)) -> list[dict]:
+    """The rows of task ``name`` once ``n`` of them are in one of ``states`` (a cluster's head
+    hears of them with the next heartbeats)."""
+    rows = poll(
+        lambda: (r := _by_name(name)) and sum(t["state"] in states for t in r) >= n and r,
+        timeout=20,
+    )
+    assert rows, f"{n} {name} task(s) in {states}: {_by_name(name)}"
+    return rows
+
+
+def test_tasks_are_listed_as_they_ran(volley_2cpu):
+    refs = [ok.remote(i) for i in range(5)]
+    assert volley.get(refs) == list(range(5))
+    rows = _settled("ok", 5)
+    assert len(rows) == 5
+    ids = {r.hex()[:32] for r in refs}
+    assert {t["task_id"] for t in rows} == ids
+    for t in rows:
+        assert t["state"] == "FINISHED"
+        assert t["worker_pid"] and t["node_id"] is not None and t["attempt"] == 0
+        assert t["submitted_ms"] <= t["started_ms"] <= t["ended_ms"]
+        assert t["duration_ms"] == t["ended_ms"] - t["started_ms"]
+        assert t["error_kind"] is None and "traceback" not in t
+
+    # A limit bounds the rows, not the count.
+    job = ("job_id", "=", _job())
+    r = state.query("tasks", [("name", "=", "ok"), job], limit=2)
+    assert (len(r["rows"]), r["total"], r["truncated"]) == (2, 5, True)
+    assert state.query("tasks", {"name": "ok", "state": "RUNNING"}, limit=None)["total"] == 0
+    others = state.list_tasks(filters=[("name", "!=", "ok"), job], limit=None)
+    assert len(others) == len(state.list_tasks(filters=[job], limit=None)) - 5
+    one = state.get_task(refs[3])
+    assert one["task_id"] == refs[3].hex()[:32] and one["state"] == "FINISHED"
+    assert "traceback" in one
+    assert state.get_task("0" * 32) is None
+
+
+def test_a_failed_task_has_its_error_and_traceback(volley_2cpu):
+    ref = boom.remote()
+    with pytest.raises(ValueError):
+        volley.get(ref)
+    [row] = _settled("boom", 1, ("FAILED",))
+    assert row["state"] == "FAILED"
+    assert row["error_kind"] == "TASK_EXCEPTION"
+    assert "state-api boom" in row["error_message"]
+    assert "traceback" not in row
+    detail = state.get_task(ref)
+    assert "ValueError" in detail["traceback"] and "state-api boom" in detail["traceback"]
+    failed = state.list_tasks(filters={"state": "FAILED", "name": "boom", "job_id": _job()})
+    assert [t["task_id"] for t in failed] == [row["task_id"]]
+
+
+def test_a_task_waits_for_its_argument_then_runs(volley_2cpu):
+    slow = nap.remote(1.5)
+    dep = after.remote(slow)
+    waiting = poll(
+        lambda: (r := _by_name("after")) and r[0]["state"] == "WAITING_ARGS" and r, timeout=10
+    )
+    assert waiting, _by_name("after")
+    assert waiting[0]["waiting_for"]
+    detail = state.get_task(dep)
+    if detail["state"] == "WAITING_ARGS" and detail["node_id"] == waiting[0]["node_id"] == 0:
+        # On one machine the scheduler says it in its own words.
+        assert "waits for 1 of its arguments" in detail["waiting_for"], detail
+    assert volley.get(dep) == 1.5
+    [row] = _settled("after", 1)
+    assert row["waiting_for"] is None and row["state"] == "FINISHED"
+
+
+def test_a_cancelled_task_shows_as_cancelled(volley_2cpu):
+    blockers = [nap.remote(3) for _ in range(4)]
+    victim = after.remote(nap.remote(3))
+    volley.cancel(victim)
+    with pytest.raises(volley.TaskCancelledError):
+        volley.get(victim, timeout=30)
+    [row] = _settled("after", 1, ("CANCELLED",))
+    assert row["error_kind"] == "CANCELLED"
+    for b in blockers:
+        volley.cancel(b, force=True)
+
+
+def test_actor_calls_and_the_actor_itself(volley_2cpu):
+    c = Counter.remote()
+    assert volley.get([c.incr.remote() for _ in range(3)]) == [1, 2, 3]
+    aid = c._actor_ref.hex()
+    calls = _settled("Counter.incr", 3)
+    assert {t["actor_id"] for t in calls} == {aid}
+    actor = poll(lambda: (a := state.get_actor(c)) and a["state"] == "ALIVE" and a, timeout=20)
+    assert actor, state.get_actor(c)
+    assert actor["class_name"] == "Counter" and actor["restarts"] == 0 and actor["pid"]
+    assert actor["actor_id"] == aid
+    mine = state.list_actors(filters={"class_name": "Counter", "job_id": _job()})
+    assert [a["actor_id"] for a in mine] == [aid]
+    s = state.summarize_actors(filters={"job_id": _job()})
+    assert s["by_class"]["Counter"]["states"] == {"ALIVE": 1}
+
+
+def test_an_actors_restarts_and_death_cause(volley_2cpu):
+    c = Counter.options(max_restarts=1).remote()
+    pid = volley.get(c.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    restarted = poll(
+        lambda: (a := state.get_actor(c)) and a["restarts"] == 1 and a["state"] == "ALIVE" and a,
+        timeout=30,
+    )
+    assert restarted, state.get_actor(c)
+    assert restarted["pid"] != pid
+    volley.kill(c)
+    dead = poll(lambda: (a := state.get_actor(c)) and a["state"] == "DEAD" and a, timeout=20)
+    assert dead, state.get_actor(c)
+    assert "kill" in dead["death_cause"]
+    assert dead["restarts"] == 1
+
+
+def test_summaries_count_by_function_and_state(volley_2cpu):
+    volley.get([ok.remote(i) for i in range(4)])
+    with pytest.raises(ValueError):
+        volley.get(boom.remote())
+    _settled("ok", 4)
+    _settled("boom", 1, ("FAILED",))
+    s = state.summarize_tasks(filters={"job_id": _job()})
+    assert s["by_name"]["ok"]["states"] == {"FINISHED": 4}
+    assert s["by_name"]["boom"]["states"] == {"FAILED": 1}
+    assert s["by_name"]["ok"]["max_ms"] >= s["by_name"]["ok"]["p50_ms"] >= 0
+
+
+def test_other_kinds(volley_2cpu):
+    nodes = state.list_nodes()
+    assert nodes and all(n["alive"] for n in nodes)
+    named = Counter.options(name="state-named").remote()
+    volley.get(named.incr.remote())
+    listed = poll(
+        lambda: any(a["name"] == "state-named" for n in state.list_nodes() for a in n["named"]),
+        timeout=20,
+    )
+    assert listed, state.list_nodes()
+    ref = volley.put(b"x" * 100)
+    objs = state.list_objects(limit=None)
+    assert any(o["object_id"] == ref.hex() for o in objs), objs
+    assert all(
+        w["state"] in ("STARTING", "IDLE", "BUSY", "BLOCKED", "ACTOR") for w in state.list_workers()
+    )
+    assert isinstance(state.list_placement_groups(), list)
+    jobs = state.list_jobs()
+    assert any(j["status"] == "RUNNING" and j["entrypoint"] is None for j in jobs), jobs
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: state.query("gizmos"), "unknown state kind 'gizmos'"),
+        (lambda: state.list_tasks(filters=[("colour", "=", "red")]), "no field 'colour'"),
+        (lambda: state.list_tasks(filters=[("state", "=", "SLEEPING")]), "not a task state"),
+        (lambda: state.list_tasks(filters=[("state", "~", "FAILED")]), "operator '~'"),
+        (lambda: state.list_tasks(filters=["state=FAILED"]), "(key, op, value)"),
+        (lambda: state.list_tasks(limit=-1), "limit must be"),
+        (lambda: state.list_actors(filters={"colour": "red"}), "no field 'colour'"),
+        (lambda: state.list_tasks(filters={"node_id": "abc"}), "not a number"),
+    ],
+)
+def test_bad_queries_say_what_is_allowed(volley_2cpu, call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "volley._cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.one_node("starts a cluster of its own")
+def test_on_a_three_node_cluster_with_the_cli(tmp_path):
+    from test_cluster import Cluster, _wait_nodes
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(3)
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        refs = [nap.remote(0.3) for _ in range(9)]
+        volley.get(refs)
+        with pytest.raises(ValueError):
+            volley.get(boom.remote())
+        rows = _settled("nap", 9)
+        nodes = {t["node_id"] for t in rows}
+        assert len(nodes) >= 2, rows  # three 1-CPU nodes shared the nine tasks
+        driver = {n["node_id"] for n in volley.nodes() if n["driver"]}
+        assert not nodes & driver, (nodes, driver)
+        assert all(t["worker_pid"] for t in rows)
+        [failed] = _settled("boom", 1, ("FAILED",))
+        assert "state-api boom" in state.get_task(failed["task_id"])["traceback"]
+
+        env = dict(c.env, VOLLEY_TOKEN=c.token)
+        out = _cli("list", "tasks", "--address", c.head, "--filter", "name=nap", "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout)
+        assert answer["total"] == 9 and {t["state"] for t in answer["rows"]} == {"FINISHED"}
+
+        out = _cli("list", "tasks", "--address", c.head, "--filter", "state!=FINISHED", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "TASK_ID" in out.stdout and "boom" in out.stdout and "nap" not in out.stdout
+        assert "1 of 1 tasks" in out.stdout
+
+        out = _cli("list", "nodes", "--address", c.head, env=env)
+        assert out.returncode == 0 and "NODE_ID" in out.stdout, out.stderr
+
+        out = _cli("summary", "tasks", "--address", c.head, env=env)
+        assert out.returncode == 0, out.stderr
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith("nap "))
+        assert line.split()[4] == "9", out.stdout  # the FINISHED column
+
+        out = _cli("list", "gizmos", "--address", c.head, env=env)
+        assert out.returncode != 0 and "invalid choice" in out.stderr
+        out = _cli("list", "tasks", "--address", c.head, "--filter", "colour=red", env=env)
+        assert out.returncode == 1 and "no field 'colour'" in out.stderr
+        out = _cli("list", "tasks", "--address", "127.0.0.1:1", env=env)
+        assert out.returncode == 1 and "127.0.0.1:1" in out.stderr
+    finally:
+        volley.shutdown()
+        c.stop()
+
+
+@pytest.mark.one_node("starts a cluster of its own")
+def test_the_history_outlives_a_crashed_head(tmp_path):
+    from test_cluster import Cluster
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(1)
+        volley.init(address=c.head, token=c.token)
+        volley.get([ok.remote(i) for i in range(6)])
+        with pytest.raises(ValueError):
+            volley.get(boom.remote())
+        k = Counter.remote()
+        volley.get(k.incr.remote())
+        _settled("ok", 6)
+        _settled("boom", 1, ("FAILED",))
+        history = c.session / "history"
+        assert poll(
+            lambda: (
+                (history / "tasks.jsonl").exists()
+                and (history / "tasks.jsonl").read_text().count('"FINISHED"') >= 7
+                and (history / "actors.jsonl").exists()
+            ),
+            timeout=20,
+        ), sorted(p.name for p in history.iterdir()) if history.exists() else "no history dir"
+        assert (os.stat(history).st_mode & 0o777) == 0o700
+        assert (os.stat(history / "tasks.jsonl").st_mode & 0o777) == 0o600
+        volley.shutdown()
+        c.kill(0)  # the head crashes: SIGKILL, no goodbye
+    finally:
+        volley.shutdown()
+        c.stop()
+    env = dict(os.environ)
+    out = _cli(
+        "list", "tasks", "--session", str(c.session), "--filter", "name=ok", "--json", env=env
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["total"] == 6 and {t["state"] for t in answer["rows"]} == {"FINISHED"}
+    out = _cli(
+        "list",
+        "tasks",
+        "--session",
+        str(c.session),
+        "--filter",
+        "state=FAILED",
+        "--detail",
+        env=env,
+    )
+    assert out.returncode == 0 and "state-api boom" in out.stdout and "Traceback" in out.stdout, out
+    out = _cli("list", "actors", "--session", str(c.session), env=env)
+    assert out.returncode == 0 and "Counter" in out.stdout, out
+    out = _cli("summary", "tasks", "--session", str(c.session), env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out
+    rows = state.query("tasks", {"name": "boom"}, session=c.session)["rows"]
+    assert len(rows) == 1 and "traceback" not in rows[0]
+    out = _cli("list", "nodes", "--session", str(c.session), env=env)
+    assert out.returncode == 1 and "holds tasks and actors" in out.stderr
+    out = _cli("list", "tasks", "--session", str(tmp_path / "nowhere"), env=env)
+    assert out.returncode == 1 and "no volley history" in out.stderr
