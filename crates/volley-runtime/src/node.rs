@@ -232,6 +232,12 @@ impl Node {
         }
     }
 
+    /// The Prometheus text of the tasks that ended in this node's tables (the cluster's, on
+    /// its head): counts by final state, histograms of run time and scheduling latency.
+    pub fn task_metrics(&self) -> String {
+        self.head.tables.metrics_text()
+    }
+
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
     /// (alone, or the head of a cluster); `None` on a member of another head's cluster.
     pub fn head(&self) -> Option<Arc<Head>> {

@@ -28,34 +28,9 @@ use crate::RuntimeError;
 /// The port the head's dashboard takes unless told otherwise (the one Ray users know).
 pub const DEFAULT_PORT: u16 = 8265;
 
-/// The kinds of rows the state API answers (`GET /api/v0/{kind}`).
-pub const KINDS: [&str; 7] =
-    ["tasks", "actors", "nodes", "workers", "objects", "placement_groups", "jobs"];
-
-/// How a filter compares a row's field with its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Eq,
-    Ne,
-}
-
-/// One `key=value` or `key!=value` of a query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    pub key: String,
-    pub op: Op,
-    pub value: String,
-}
-
-/// A state query as the HTTP API received it (see the contract): which rows, filtered
-/// how, at most how many (`None`: all), with detail fields (a task's traceback) or not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query {
-    pub kind: String,
-    pub filters: Vec<Filter>,
-    pub limit: Option<usize>,
-    pub detail: bool,
-}
+/// The kinds of rows the state API answers (`GET /api/v0/{kind}`), its filters and queries:
+/// the state API's own types, so the HTTP API and `volley list` parse to the same query.
+pub use volley_proto::{Filter, FilterOp as Op, StateQuery as Query, STATE_KINDS as KINDS};
 
 /// An answer the API cannot give, with the HTTP status that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +116,7 @@ pub fn answer(kind: &str, rows: Vec<serde_json::Value>, q: &Query) -> serde_json
         rows.into_iter().filter(|r| q.filters.iter().all(|f| matches(r, f))).collect();
     let total = kept.len();
     if let Some(limit) = q.limit {
-        kept.truncate(limit);
+        kept.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     serde_json::json!({
         "kind": kind,
@@ -180,7 +155,7 @@ pub fn parse_query(kind: &str, params: &[(String, String)]) -> Result<Query, Api
                 q.filters.push(Filter { key: key.to_string(), op, value: value.to_string() });
             }
             "limit" => {
-                let n: usize = v.parse().map_err(|_| {
+                let n: u64 = v.parse().map_err(|_| {
                     ApiError::bad_request(format!("limit must be a whole number >= 0, not {v:?}"))
                 })?;
                 q.limit = (n > 0).then_some(n);

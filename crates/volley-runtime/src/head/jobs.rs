@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use volley_store::sync::Mutex;
 use volley_proto::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK};
+use volley_store::sync::Mutex;
 
 use super::now_ms;
 use crate::rundir;

@@ -316,7 +316,7 @@ impl Head {
             "tasks" | "actors" => self.tables.query(q),
             "nodes" => kinds::nodes(q, self.view()),
             "placement_groups" => kinds::groups(q, self.placement_groups()),
-            "jobs" => kinds::jobs(q, self.jobs()),
+            "jobs" => kinds::jobs(q, self.job_rows()),
             other => Err(format!("{other} are answered by each node, not the head")),
         }
     }

@@ -7,11 +7,10 @@
 //! the CLI, the driver's own node for `volley.state` in a driver); `--filter node_id=N` on
 //! another node's rows finds none (see docs/state.md).
 
-use volley_proto::{NodeId, NodeSnapshot, PgInfo, StateAnswer, StateQuery};
+use volley_proto::{JobRow, NodeId, NodeSnapshot, PgInfo, StateAnswer, StateQuery};
 use volley_sched::{ObjectRecord, WorkerRecord};
 
-use super::{actor_hex, generic_answer, job_str, task_hex};
-use crate::head::JobInfo;
+use super::{actor_hex, generic_answer, task_hex};
 
 const NODE_KEYS: &[&str] = &["id", "node_id", "addr", "alive", "driver", "pid", "workers"];
 const WORKER_KEYS: &[&str] = &["pid", "node_id", "state", "actor_id", "task_id"];
@@ -85,23 +84,12 @@ pub(crate) fn groups(q: &StateQuery, groups: Vec<(NodeId, PgInfo)>) -> Result<St
     generic_answer(q, rows, PG_KEYS)
 }
 
-/// Jobs: a driver's session is a job (id: its node's number); submitted jobs come from the
-/// jobs part with the same fields.
-pub(crate) fn jobs(q: &StateQuery, jobs: Vec<JobInfo>) -> Result<StateAnswer, String> {
+/// Jobs: the submitted jobs (`volley job submit`) and the driver sessions that are none of
+/// theirs (id: the driver's node number, no entrypoint), as `Head::job_rows` lists them.
+pub(crate) fn jobs(q: &StateQuery, jobs: Vec<JobRow>) -> Result<StateAnswer, String> {
     let rows = jobs
         .into_iter()
-        .map(|j| {
-            serde_json::json!({
-                "job_id": job_str(j.node),
-                "status": if j.ended_ms.is_some() { "SUCCEEDED" } else { "RUNNING" },
-                "entrypoint": null,
-                "driver_pid": j.pid,
-                "start_ms": j.started_ms,
-                "end_ms": j.ended_ms,
-                "exit_code": null,
-                "message": null,
-            })
-        })
+        .map(|j| serde_json::to_value(j).unwrap_or(serde_json::Value::Null))
         .collect();
     generic_answer(q, rows, JOB_KEYS)
 }

@@ -16,6 +16,7 @@
 
 pub(crate) mod history;
 pub mod kinds;
+mod metrics;
 mod query;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -23,12 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use volley_store::sync::Mutex;
 use volley_proto::{
     ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, ObjectId, StateAnswer, StateQuery,
     StateRows, TaskError, TaskId, TaskRow, TaskStateCode,
 };
 use volley_sched::{ActorRecord, Holder, Scheduler, TaskEvent};
+use volley_store::sync::Mutex;
 
 pub(crate) use query::generic_answer;
 
@@ -149,6 +150,8 @@ struct Inner {
     hist_actors: IdSet<ActorId>,
     /// The log being folded in (swapped with `Tables::log`, so neither allocates anew).
     spare: Log,
+    /// Histograms of the tasks that ended (for `/metrics`).
+    metrics: metrics::TaskMetrics,
 }
 
 /// Events taken from the scheduler and not yet folded into the rows (see [`Tables::record`]).
@@ -362,7 +365,7 @@ impl Tables {
                         r.state = TaskStateCode::Finished;
                         r.ended_ms = now;
                     }) {
-                        inner.finished.push_back(task);
+                        inner.ended(task);
                     }
                 }
                 TaskEvent::Failed { task, error } => {
@@ -384,7 +387,7 @@ impl Tables {
                             r.pid = error.pid;
                         }
                     }) {
-                        inner.finished.push_back(task);
+                        inner.ended(task);
                     }
                 }
                 TaskEvent::Actor { actor } => {
@@ -452,16 +455,17 @@ impl Tables {
             };
             match inner.tasks.get_mut(&t.task) {
                 None => {
-                    if incoming.state.is_terminal() {
-                        inner.finished.push_back(t.task);
-                    }
+                    let terminal = incoming.state.is_terminal();
                     inner.tasks.insert(t.task, incoming);
+                    if terminal {
+                        inner.ended(t.task);
+                    }
                 }
                 Some(r) => {
                     let was_terminal = r.state.is_terminal();
                     merge_row(r, incoming);
                     if !was_terminal && r.state.is_terminal() {
-                        inner.finished.push_back(t.task);
+                        inner.ended(t.task);
                     }
                 }
             }
@@ -602,6 +606,14 @@ impl Tables {
         })
     }
 
+    /// The Prometheus text of the tasks that ended here (the cluster's, on the head):
+    /// counts by final state and histograms of run time and scheduling latency.
+    pub fn metrics_text(&self) -> String {
+        let mut g = self.inner.lock();
+        self.flush_locked(&mut g);
+        g.metrics.render()
+    }
+
     /// How many tasks the table holds, and how many finished ones it dropped.
     pub fn counts(&self) -> (usize, u64) {
         let mut g = self.inner.lock();
@@ -653,6 +665,15 @@ impl Tables {
 }
 
 impl Inner {
+    /// Task `task`, whose row is now in a final state, ended: it joins the finished (the
+    /// oldest are dropped first) and the histograms.
+    fn ended(&mut self, task: TaskId) {
+        if let Some(r) = self.tasks.get(&task) {
+            self.metrics.ended(r.state, r.submitted_ms, r.started_ms, r.ended_ms);
+        }
+        self.finished.push_back(task);
+    }
+
     /// Updates a known task's row (an event for a task this node never saw submitted, e.g. an
     /// actor's creation, is ignored); whether it was known.
     fn update(&mut self, task: TaskId, marks: Marks, f: impl FnOnce(&mut Row)) -> bool {
