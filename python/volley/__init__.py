@@ -39,6 +39,7 @@ from ._runtime_context import (
     get_runtime_context,
 )
 from ._session import Context, init, is_initialized, nodes, shutdown
+from ._timeline import timeline
 from .exceptions import (
     ActorCreationError,
     ActorDiedError,
@@ -67,6 +68,7 @@ __all__ = [
     "shutdown",
     "is_initialized",
     "nodes",
+    "timeline",
     "NodeAffinitySchedulingStrategy",
     "PlacementGroup",
     "PlacementGroupSchedulingStrategy",
@@ -118,9 +120,7 @@ __all__ = [
 
 
 #: Ray's top-level names that come with a later issue.
-_LATER = {
-    "timeline": "issue 18 (observability)",
-}
+_LATER: dict[str, str] = {}
 
 
 def __getattr__(name: str):

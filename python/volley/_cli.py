@@ -26,7 +26,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import _cli_dashboard, _cli_job, _cli_logs, _cli_state, _cluster, _core, _runtime_dir, _session
+from . import (
+    _cli_dashboard,
+    _cli_job,
+    _cli_logs,
+    _cli_state,
+    _cluster,
+    _core,
+    _runtime_dir,
+    _session,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -437,9 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "func"):  # a command registered from its own module
             return args.func(args)
-        return {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}[args.cmd](args)
         if hasattr(args, "_run"):
             return args._run(args)
+        commands = {"start": _start, "status": _status, "stop": _stop, "job": _cli_job.main}
+        return commands[args.cmd](args)
         return {"start": _start, "status": _status, "stop": _stop}[args.cmd](args)
     except _runtime_dir.RuntimeDirError as e:
         print(f"volley: {e}", file=sys.stderr, flush=True)

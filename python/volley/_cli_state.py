@@ -4,6 +4,7 @@
         [--filter KEY=VALUE | --filter KEY!=VALUE]... [--limit N] [--detail] [--json]
         [--address HOST:PORT]
     volley summary tasks|actors [--filter ...] [--json] [--address HOST:PORT]
+    volley timeline -o trace.json [--filter ...] [--limit N] [--address HOST:PORT]
 
 Without ``--address`` they ask the cluster ``volley start --head`` runs on this machine (the
 session's address file, or ``VOLLEY_ADDRESS``), as ``volley status`` does.
@@ -73,6 +74,13 @@ def register(sub: Any) -> None:
     sm.add_argument("kind", choices=["tasks", "actors"])
     _common(sm)
     sm.set_defaults(_run=_summary)
+    tl = sub.add_parser(
+        "timeline", help="write the recorded tasks as a Chrome trace / Perfetto JSON file"
+    )
+    tl.add_argument("-o", "--output", required=True, metavar="FILE", help="the trace file")
+    tl.add_argument("--limit", type=int, default=0, help="tasks at most (0: all)")
+    _common(tl)
+    tl.set_defaults(_run=_timeline)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -122,6 +130,29 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def _address(args: argparse.Namespace) -> str:
     return args.address or "auto"
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from ._timeline import timeline
+
+    try:
+        filters = [_parse_filter(f) for f in args.filter]
+        events = timeline(
+            args.output,
+            filters=filters,
+            limit=args.limit or None,
+            address=_address(args),
+            session=args.session,
+        )
+    except (ValueError, ConnectionError, OSError) as e:
+        print(f"volley: {e}", file=sys.stderr)
+        return 1
+    slices = sum(1 for e in events if e["ph"] == "X")
+    if args.json:
+        print(json.dumps({"output": args.output, "tasks": slices}))
+    else:
+        print(f"wrote {slices} tasks to {args.output} (open it in https://ui.perfetto.dev)")
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
