@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import secrets
-import sys
 from pathlib import Path
 
 from . import _cluster, _core, _runtime_dir
@@ -45,7 +44,6 @@ def start(
     full = f"{url}?token={token}"
     if driver:
         _log.info("dashboard at %s", full)
-        print(f"volley: dashboard at {full}", file=sys.stderr, flush=True)
         _record(url)
     return full
 

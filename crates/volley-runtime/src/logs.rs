@@ -108,7 +108,24 @@ struct Source {
     to_driver: bool,
 }
 
+/// Writes whole lines in pieces of at most `PIPE_BUF` bytes where the lines allow: a write that
+/// small is atomic on a pipe, so the driver's own prints (and other processes writing to the
+/// same pipe) land between lines, never inside one.
 fn write_all(fd: RawFd, mut buf: &[u8]) {
+    const PIPE_BUF: usize = 4096;
+    while buf.len() > PIPE_BUF {
+        let cut = buf[..PIPE_BUF].iter().rposition(|&b| b == b'\n').map_or_else(
+            // A line longer than PIPE_BUF goes whole (to its end) in one piece.
+            || buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1),
+            |i| i + 1,
+        );
+        write_piece(fd, &buf[..cut]);
+        buf = &buf[cut..];
+    }
+    write_piece(fd, buf);
+}
+
+fn write_piece(fd: RawFd, mut buf: &[u8]) {
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid slice for the duration of the call.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
@@ -211,5 +228,67 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
             }
             i += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    #[test]
+    fn forwarded_lines_stay_whole_beside_another_writer_of_the_same_pipe() {
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two descriptors for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just opened both; each is owned once.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let reader = std::thread::spawn(move || {
+            // A slow reader: the pipe fills, so a large write waits part-way, as it does
+            // when a driver's stdout is read slowly.
+            let mut f = std::fs::File::from(read);
+            let mut all = Vec::new();
+            let mut buf = [0u8; 1000];
+            loop {
+                let n = f.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+            String::from_utf8(all).expect("utf-8 lines")
+        });
+        let big: String = (0..20_000).map(|i| format!("out line {i}\n")).collect();
+        let w = write.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..4 {
+                    super::write_all(w, big.as_bytes());
+                }
+            });
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    super::write_piece(w, b"MARK\n");
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+            });
+        });
+        drop(write);
+        let text = reader.join().expect("reader");
+        let mut marks = 0;
+        let mut outs = 0;
+        for line in text.lines() {
+            if line == "MARK" {
+                marks += 1;
+            } else {
+                assert!(
+                    line.starts_with("out line ") && line[9..].parse::<u32>().is_ok(),
+                    "{line:?}"
+                );
+                outs += 1;
+            }
+        }
+        assert_eq!((marks, outs), (2000, 80_000));
     }
 }
