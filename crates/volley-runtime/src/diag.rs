@@ -14,11 +14,9 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -246,29 +244,7 @@ pub(crate) use diag_warn as warn;
 /// can enter; the file is created exclusively (O_EXCL, O_NOFOLLOW) relative to the directory
 /// we checked, so a link or a file planted by someone else is never written through.
 fn open_log(dir: &Path) -> std::io::Result<(File, PathBuf)> {
-    // An existing directory is fine here: it is checked below.
-    // The session directory above it is ours and private too (made so if missing): in a
-    // shared /tmp, someone else could have made it first, and then swap what is inside.
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::rundir::ensure_private_dir(parent)?;
-    }
-    let _ = DirBuilder::new().mode(0o700).create(dir);
-    let cdir = CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; the descriptor is owned by `d` below.
-    let fd = unsafe {
-        libc::open(
-            cdir.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    let d = unsafe { File::from_raw_fd(fd) };
-    if let Some(why) = crate::rundir::not_private(&d.metadata()?) {
-        return Err(std::io::Error::other(format!("{} {why}", dir.display())));
-    }
+    let d = crate::rundir::open_private_dir(dir, true)?;
     let pid = std::process::id();
     for n in 0..100 {
         let name =

@@ -13,7 +13,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,29 +56,7 @@ pub(crate) fn log_dir() -> Option<PathBuf> {
 /// `dir` opened as a directory (not through a link) after checking that it is ours and
 /// private; created 0700 (with the session directory above it) if missing.
 fn open_dir(dir: &Path, create: bool) -> std::io::Result<File> {
-    if create {
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::rundir::ensure_private_dir(parent)?;
-        }
-        crate::rundir::ensure_private_dir(dir)?;
-    }
-    let cdir = CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; the descriptor is owned by the File below.
-    let fd = unsafe {
-        libc::open(
-            cdir.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    let d = unsafe { File::from_raw_fd(fd) };
-    if let Some(why) = crate::rundir::not_private(&d.metadata()?) {
-        return Err(std::io::Error::other(format!("{} {why}", dir.display())));
-    }
-    Ok(d)
+    crate::rundir::open_private_dir(dir, create)
 }
 
 /// Opens `name` in the directory `d`: a new file (exclusively, 0600) or an existing one to

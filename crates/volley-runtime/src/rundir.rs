@@ -108,10 +108,19 @@ pub(crate) fn write_package(hash: &str, bytes: &[u8]) -> io::Result<()> {
     if fs::symlink_metadata(&path).is_ok() {
         return Ok(());
     }
+    write_new(&dir, &format!("{hash}.zip"), bytes)
+}
+
+/// Writes `bytes` to `dir/name` through a fresh exclusive name (`O_CREAT|O_EXCL|O_NOFOLLOW`,
+/// 0600) renamed into place, so a reader never sees half a file and nothing planted under
+/// the final name is written through (a rename replaces a link, never follows it). `dir` must
+/// be a checked private directory.
+pub(crate) fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let path = dir.join(name);
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
     let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join(format!(".{hash}.{}.{nonce}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -124,6 +133,37 @@ pub(crate) fn write_package(hash: &str, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
+}
+
+/// `dir` opened as a directory (never through a link) after checking that it is this user's
+/// and private; with `create`, made 0700 first if missing, with the directory above it (in a
+/// shared /tmp someone else could have made that one first, then swap what is inside).
+pub(crate) fn open_private_dir(dir: &Path, create: bool) -> io::Result<fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    if create {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure_private_dir(parent)?;
+        }
+        ensure_private_dir(dir)?;
+    }
+    let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; the descriptor is owned by the File below.
+    let fd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let d = unsafe { fs::File::from_raw_fd(fd) };
+    if let Some(why) = not_private(&d.metadata()?) {
+        return Err(io::Error::other(format!("{} {why}", dir.display())));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

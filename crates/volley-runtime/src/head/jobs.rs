@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -438,23 +438,7 @@ fn last_line(dir: &std::path::Path, id: &str) -> Option<String> {
 /// Writes `<dir>/<id>.json` under a fresh exclusive name, then renames it into place.
 fn write_row(dir: &std::path::Path, row: &JobRow) -> io::Result<()> {
     let text = serde_json::to_vec_pretty(row).map_err(io::Error::other)?;
-    let path = dir.join(format!("{}.json", row.job_id));
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join(format!(".{}.{nonce}.tmp", row.job_id));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&text))
-        .and_then(|()| fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    crate::rundir::write_new(dir, &format!("{}.json", row.job_id), &text)
 }
 
 #[cfg(test)]
@@ -465,26 +449,7 @@ mod tests {
     use crate::head::{Head, MemoryStore};
 
     fn driver(pid: u32) -> NodeSnapshot {
-        NodeSnapshot {
-            id: volley_proto::NodeId(0),
-            addr: String::new(),
-            cpu_total_milli: 0,
-            cpu_free_milli: 0,
-            resources: Vec::new(),
-            workers: 0,
-            store_used: 0,
-            store_capacity: 0,
-            tasks_waiting: 0,
-            waiting: Vec::new(),
-            named: Vec::new(),
-            bytes_received: 0,
-            bytes_served: 0,
-            driver: true,
-            pid,
-            groups: Vec::new(),
-            sched: Default::default(),
-            store: Default::default(),
-        }
+        NodeSnapshot { pid, ..crate::head::tests::info("", true) }
     }
 
     #[test]
