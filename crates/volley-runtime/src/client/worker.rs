@@ -108,21 +108,29 @@ impl Client {
             }
             let outcome = runner.run(self, &mut task, function);
             let spec = &task.spec;
+            // A cancel's interrupt may land before the runner loaded the function (while it
+            // read the arguments, or on entering Python): then the next task of that function
+            // brings the bytes again (a runner that did load it ignores them).
+            let failed = outcome.is_err();
+            let mut after = |conn: &WorkerConn, runner: &mut R| {
+                if conn.finish_task().interrupted {
+                    // The interrupt may still be pending; it must not hit the next task.
+                    runner.clear_interrupt();
+                    loaded.remove(&spec.function);
+                } else if failed {
+                    loaded.remove(&spec.function);
+                }
+            };
             let result = match outcome {
                 Ok(None) => {
-                    if conn.finish_task().interrupted {
-                        runner.clear_interrupt();
-                    }
+                    after(&conn, runner);
                     continue;
                 }
                 Ok(Some(r)) => Ok(r),
                 Err(e) => Err(e),
             };
             let result = finish_result(&spec.name, result);
-            if conn.finish_task().interrupted {
-                // A cancel's interrupt may still be pending; it must not hit the next task.
-                runner.clear_interrupt();
-            }
+            after(&conn, runner);
             let done = WorkerToNode::Done { task: spec.task_id, result };
             // A pool task's completion is what lets the node feed this worker's pipeline: it
             // goes at once. An actor's calls queue here without limit, so their results may go
