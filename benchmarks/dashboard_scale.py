@@ -105,8 +105,9 @@ def api_figures(base: str, token: str, queries: list[str], reps: int) -> dict:
     return out
 
 
-def page_figures(b, base: str, loads: int) -> dict:
-    """Median and max (ms) of `loads` fresh navigations per page to its rows drawn."""
+def page_figures(b, base: str, loads: int, tasks: int) -> dict:
+    """Median and max (ms) of `loads` fresh navigations per page to its rows drawn; `tasks`:
+    the task rows the table holds."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     out = {}
@@ -134,22 +135,30 @@ def page_figures(b, base: str, loads: int) -> dict:
         print(f"  page {page:10s} median {o['median_ms']:7.1f} ms  max {o['max_ms']:7.1f} ms"
               f"  (browser's clock {o['browser_median_ms']:.1f} ms)", flush=True)  # fmt: skip
     # The tasks page with its largest limit (10,000 rows fetched, one page of 500 drawn): from
-    # the choice in the menu to the summary saying so.
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
+    # the choice in the menu to the summary saying so and the next frame (its layout done),
+    # timed in the browser (selenium's own round trips to choose an option would count).
+    choose = """
+      const [want, done] = arguments;
+      const sel = document.getElementById('limit'), sum = document.getElementById('summary');
+      const t0 = performance.now();
+      const check = () => {
+        if (sum.textContent.startsWith(want + ' shown'))
+          requestAnimationFrame(() => done(performance.now() - t0));
+        else setTimeout(check, 2);
+      };
+      sel.value = '10000';
+      sel.dispatchEvent(new Event('change'));
+      check();
+    """
+    b.set_script_timeout(60)
     big = []
     for i in range(loads + 1):
         b.get("about:blank")
         b.get(f"{base}/#tasks")
         WebDriverWait(b, 60, poll_frequency=0.005).until(lambda d: d.execute_script(PAGES["tasks"]))
-        t = time.perf_counter()
-        Select(b.find_element(By.ID, "limit")).select_by_value("10000")
-        WebDriverWait(b, 60, poll_frequency=0.005).until(
-            lambda d: d.find_element(By.ID, "summary").text.startswith("10000 shown")
-        )
+        took = b.execute_async_script(choose, min(tasks, 10_000))
         if i:
-            big.append((time.perf_counter() - t) * 1000)
+            big.append(took)
     out["tasks_10000_rows"] = {"median_ms": statistics.median(big), "max_ms": max(big)}
     print(f"  tasks page, 10000 rows chosen: median {statistics.median(big):7.1f} ms  max "
           f"{max(big):7.1f} ms", flush=True)  # fmt: skip
@@ -235,7 +244,7 @@ def main() -> int:
                 "task_rows": tasks,
                 "actor_rows": actors,
                 "api": api_figures(base, token, queries, args.reps),
-                "pages": page_figures(b, base, args.loads),
+                "pages": page_figures(b, base, args.loads, tasks),
             }
     finally:
         b.quit()
