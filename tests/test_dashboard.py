@@ -528,3 +528,35 @@ def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
     finally:
         browser.quit()
         c.stop()
+
+
+@volley.remote
+def fill_from_a_worker() -> str:
+    from volley import _core
+
+    try:
+        _core._fill_actors_for_benchmark(1)
+    except RuntimeError as e:
+        return str(e)
+    return "no error"
+
+
+def test_benchmark_fill_of_actor_rows(dash):
+    """benchmarks/dashboard_scale.py's aid: actor rows put into the head's tables through the
+    heartbeat batch's path are what the dashboard's API answers; a worker is refused."""
+    from volley import _core
+
+    base, token = dash
+    _core._fill_actors_for_benchmark(1000, classes=3)
+    a = json.loads(http(base + "/api/v0/actors?limit=10&filter=state=DEAD", bearer(token))[2])
+    assert (a["total"], len(a["rows"]), a["truncated"]) == (250, 10, True)
+    assert {r["class_name"] for r in a["rows"]} <= {"Bench0", "Bench1", "Bench2"}
+    assert json.loads(http(base + "/api/v0/actors?limit=1", bearer(token))[2])["total"] == 1000
+    assert "worker has no node" in volley.get(fill_from_a_worker.remote())
+
+
+def test_benchmark_fill_needs_a_session(no_volley):
+    from volley import _core
+
+    with pytest.raises(RuntimeError, match="not initialised"):
+        _core._fill_actors_for_benchmark(1)

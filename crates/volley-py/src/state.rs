@@ -100,9 +100,31 @@ pub fn record_history(path: String) -> PyResult<()> {
     }
 }
 
+/// (Benchmarks only: `benchmarks/dashboard_scale.py`) puts `n` actor rows into this driver's
+/// node's tables through the path a member's heartbeat batch takes; see
+/// `Tables::fill_actors_for_benchmark`. Refused on a worker or a member of another head's
+/// cluster, whose tables are not the ones the dashboard reads.
+#[doc(hidden)]
+#[pyfunction]
+#[pyo3(signature = (n, classes = 20))]
+pub fn _fill_actors_for_benchmark(py: Python<'_>, n: usize, classes: usize) -> PyResult<()> {
+    let c =
+        client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
+    let Backend::Node(node) = &c.backend else {
+        return Err(PyRuntimeError::new_err("a worker has no node of its own"));
+    };
+    let head = node.head().ok_or_else(|| {
+        PyRuntimeError::new_err("this node is a member of another head's cluster")
+    })?;
+    let me = node.snapshot().id;
+    py.detach(|| head.tables.fill_actors_for_benchmark(n, classes, me));
+    Ok(())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(record_history, m)?)?;
     m.add_function(wrap_pyfunction!(state_query, m)?)?;
     m.add_function(wrap_pyfunction!(query_state, m)?)?;
+    m.add_function(wrap_pyfunction!(_fill_actors_for_benchmark, m)?)?;
     Ok(())
 }

@@ -880,6 +880,38 @@ pub(crate) fn explain_waits(a: &mut StateAnswer, explain: impl Fn(ObjectId) -> O
     }
 }
 
+impl Tables {
+    /// (Benchmarks only: `benchmarks/dashboard_scale.py`) puts `n` actor rows into the tables
+    /// through the path a member's heartbeat batch takes ([`Tables::merge`]), as if node `from`
+    /// hosted them: a 2-core machine cannot start 10,000 real actors, and the dashboard's
+    /// figures at that scale need the rows, not the processes. One in four is `DEAD`, the rest
+    /// `ALIVE`; classes `Bench0`..`Bench{classes-1}`, one in ten named.
+    #[doc(hidden)]
+    pub fn fill_actors_for_benchmark(&self, n: usize, classes: usize, from: NodeId) {
+        let classes = classes.max(1);
+        let actors = (0..n)
+            .map(|i| {
+                let dead = i % 4 == 0;
+                ActorRow {
+                    actor: ActorId(TaskId((0xbe7c_u128 << 64) | i as u128)),
+                    class_name: format!("Bench{}", i % classes),
+                    name: if i % 10 == 0 { format!("bench-{i}") } else { String::new() },
+                    namespace: "bench".into(),
+                    state: if dead { "DEAD" } else { "ALIVE" }.into(),
+                    restarts: 0,
+                    pid: 100_000 + i as u32,
+                    node: Some(from),
+                    job: Some(from),
+                    detached: false,
+                    death_cause: dead.then(|| "killed by the benchmark".to_string()),
+                    hosted: true,
+                }
+            })
+            .collect();
+        self.merge(StateRows { tasks: Vec::new(), actors }, from);
+    }
+}
+
 /// Asks the head at `addr` a state query from outside the cluster (`volley list --address`),
 /// over an authenticated connection of its own. A bad query is `Refused` with the head's
 /// reason; an unreachable head, the connection's error.
