@@ -118,6 +118,11 @@ def test_api_answers_and_refuses_bad_queries(dash):
     )
 
 
+@volley.remote(max_retries=0)
+def metrics_boom() -> None:
+    raise ValueError("counted")
+
+
 @volley.remote(resources={"disk": 1})
 def hold(path: str) -> int:
     while not os.path.exists(path):
@@ -169,6 +174,34 @@ def test_metrics_parse_and_match_what_ran(dash, tmp_path):
     )
     assert m[("volley_tasks", (("node", "0"), ("state", "QUEUED")))] == 0
     del big
+
+    # The tasks that ended: counted by final state, with histograms of run time and latency.
+    fin = ("volley_tasks_ended_total", (("state", "FINISHED"),))
+    failed = ("volley_tasks_ended_total", (("state", "FAILED"),))
+    dur = "volley_task_duration_seconds"
+    before = scrape()
+    with pytest.raises(volley.TaskError):
+        volley.get(metrics_boom.remote(), timeout=30)
+    m = poll(lambda: (m := scrape())[failed] == before[failed] + 1 and m, timeout=10)
+    assert m[fin] >= 3
+    for state in ("FINISHED", "FAILED"):
+        label = (("state", state),)
+        buckets = sorted(
+            (float(dict(k[1])["le"]), v)
+            for k, v in m.items()
+            if k[0] == dur + "_bucket" and dict(k[1])["state"] == state
+        )
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts) and buckets[-1][0] == float("inf"), buckets
+        # (A task that ended before it started, e.g. cancelled, has no run time.)
+        assert counts[-1] == m[(dur + "_count", label)] <= m[("volley_tasks_ended_total", label)]
+        assert m[(dur + "_sum", label)] >= 0
+    # The first held task ran until `go` appeared (the other two after it, at once): its run
+    # time is in a bucket above the first.
+    fast = m[(dur + "_bucket", (("le", "0.001"), ("state", "FINISHED")))]
+    assert m[(dur + "_count", (("state", "FINISHED"),))] - fast >= 1
+    lat = "volley_task_scheduling_latency_seconds"
+    assert m[(lat + "_count", ())] >= m[fin]
 
 
 def test_ports_taken(no_volley, capfd):
