@@ -210,3 +210,60 @@ def test_volley_logs_lists_an_empty_session(tmp_path):
 def test_volley_logs_options_need_numbers(tmp_path, bad):
     out = volley_cli(tmp_path, "logs", bad, "x", check=False)
     assert out.returncode == 2 and "invalid int value" in out.stderr
+
+
+def test_volley_logs_of_a_task_and_an_actor_on_a_cluster(tmp_path):
+    # --task and --actor find the worker through the state API (the head's tables), then its
+    # log file; a task of no such id says so.
+    from test_cluster import Cluster
+
+    import volley
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(2)
+        volley.init(address=c.head, token=c.token)
+
+        @volley.remote
+        def speaks():
+            print("said by the task", flush=True)
+            return os.getpid()
+
+        @volley.remote(num_cpus=0)
+        class Talker:
+            def talk(self):
+                print("said by the actor", flush=True)
+                return os.getpid()
+
+        ref = speaks.remote()
+        volley.get(ref)
+        actor = Talker.remote()
+        volley.get(actor.talk.remote())
+        env = dict(c.env, VOLLEY_TOKEN=c.token, VOLLEY_ADDRESS=c.head)
+
+        def logs(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", "logs", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        # The rows reach the head with the nodes' heartbeats.
+        out = poll(lambda: (r := logs("--task", ref.hex()[:32])).returncode == 0 and r, timeout=20)
+        assert out and "said by the task" in out.stdout, out
+        rows = poll(
+            lambda: [a for a in volley.state.list_actors() if a["class_name"].endswith("Talker")],
+            timeout=20,
+        )
+        assert rows, volley.state.list_actors()
+        actor_id = rows[0]["actor_id"]
+        out = poll(lambda: (r := logs("--actor", actor_id)).returncode == 0 and r, timeout=20)
+        assert out and "said by the actor" in out.stdout, out
+        bad = logs("--task", "0" * 32)
+        assert bad.returncode != 0 and "0" * 32 in bad.stderr, bad.stderr
+    finally:
+        volley.shutdown()
+        c.stop()
