@@ -5,7 +5,11 @@ the per-process medians of the wall time, and of the driver process's CPU time (
 threads included, where the recording happens; a loaded machine inflates CPU time far less
 than wall time).
 
-Usage: python benchmarks/state_cost.py [--rounds 9]
+Usage: python benchmarks/state_cost.py [--rounds 9] [--before DIR]
+
+``--before DIR`` also runs a second build, alternated with this one in the same rounds, for a
+before/after comparison: DIR holds a copy of the ``volley`` package with its built ``_core``
+(``cp -r python/volley DIR/`` before the change), put first on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -46,25 +50,38 @@ volley.shutdown()
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--before", help="a copy of the volley package built before a change")
     args = ap.parse_args()
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    builds = {"": None} if args.before is None else {"before ": args.before, "": None}
+    runs: dict[str, list[dict]] = {}
     for i in range(args.rounds):
-        for mode in ("off", "on"):
-            env = dict(os.environ, VOLLEY_TASK_EVENTS="0" if mode == "off" else "1")
-            out = subprocess.run(
-                [sys.executable, "-c", ONE], capture_output=True, text=True, env=env, timeout=600
-            )
-            if out.returncode != 0:
-                sys.stderr.write(out.stderr)
-                return 1
-            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"round {i + 1} {mode}: {runs[mode][-1]}", file=sys.stderr)
+        for build, path in builds.items():
+            for mode in ("off", "on"):
+                env = dict(os.environ, VOLLEY_TASK_EVENTS="0" if mode == "off" else "1")
+                if path is not None:
+                    env["PYTHONPATH"] = os.pathsep.join([path, env.get("PYTHONPATH", "")])
+                out = subprocess.run(
+                    [sys.executable, "-c", ONE],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=600,
+                    # Not the checkout's directory, which would shadow a --before copy.
+                    cwd=os.path.dirname(os.path.abspath(__file__)),
+                )
+                if out.returncode != 0:
+                    sys.stderr.write(out.stderr)
+                    return 1
+                key = build + mode
+                runs.setdefault(key, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {i + 1} {key}: {runs[key][-1]}", file=sys.stderr)
     print("| row (b), 10,000 tasks | recording off | recording on | on/off |")
     print("|---|---|---|---|")
-    for key, what in (("wall", "wall time"), ("cpu", "driver CPU time")):
-        off = statistics.median(r[key] for r in runs["off"]) * 1e3
-        on = statistics.median(r[key] for r in runs["on"]) * 1e3
-        print(f"| {what} | {off:.1f} ms | {on:.1f} ms | {on / off:.3f} |")
+    for build in builds:
+        for key, what in (("wall", "wall time"), ("cpu", "driver CPU time")):
+            off = statistics.median(r[key] for r in runs[build + "off"]) * 1e3
+            on = statistics.median(r[key] for r in runs[build + "on"]) * 1e3
+            print(f"| {build}{what} | {off:.1f} ms | {on:.1f} ms | {on / off:.3f} |")
     return 0
 
 

@@ -334,8 +334,7 @@ impl Tables {
                         hdirty: false,
                         src: me,
                     };
-                    inner.tasks.insert(spec.task_id, row);
-                    inner.update(spec.task_id, marks, |_| ());
+                    inner.insert(spec.task_id, row, marks);
                 }
                 TaskEvent::Queued { task, attempt } => {
                     inner.update(task, marks, |r| {
@@ -361,12 +360,10 @@ impl Tables {
                     });
                 }
                 TaskEvent::Finished { task } => {
-                    if inner.update(task, marks, |r| {
+                    inner.end(task, marks, |r| {
                         r.state = TaskStateCode::Finished;
                         r.ended_ms = now;
-                    }) {
-                        inner.ended(task);
-                    }
+                    });
                 }
                 TaskEvent::Failed { task, error } => {
                     let state = if error.kind == ErrorKind::Cancelled {
@@ -379,16 +376,14 @@ impl Tables {
                         message: error.message.clone(),
                         traceback: error.traceback.clone(),
                     };
-                    if inner.update(task, marks, |r| {
+                    inner.end(task, marks, |r| {
                         r.state = state;
                         r.ended_ms = now;
                         r.error = Some(Box::new(err));
                         if error.pid != 0 && r.pid == 0 {
                             r.pid = error.pid;
                         }
-                    }) {
-                        inner.ended(task);
-                    }
+                    });
                 }
                 TaskEvent::Actor { actor } => {
                     let rec = actors.next().filter(|(a, _)| *a == actor).and_then(|(_, r)| r);
@@ -672,6 +667,49 @@ impl Inner {
             self.metrics.ended(r.state, r.submitted_ms, r.started_ms, r.ended_ms);
         }
         self.finished.push_back(task);
+    }
+
+    /// Puts a new row in for `task` (replacing any), marked changed: one probe of the table,
+    /// whose misses are most of what recording costs.
+    fn insert(&mut self, task: TaskId, row: Row, marks: Marks) {
+        let r = match self.tasks.entry(task) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                o.insert(row);
+                o.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(row),
+        };
+        Inner::mark(r, task, marks, &mut self.dirty_tasks, &mut self.hist_tasks);
+    }
+
+    /// Like [`Inner::update`] for an event that ends the task ([`Inner::ended`]), with one
+    /// lookup instead of two.
+    fn end(&mut self, task: TaskId, marks: Marks, f: impl FnOnce(&mut Row)) {
+        let Some(r) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        f(r);
+        Inner::mark(r, task, marks, &mut self.dirty_tasks, &mut self.hist_tasks);
+        self.metrics.ended(r.state, r.submitted_ms, r.started_ms, r.ended_ms);
+        self.finished.push_back(task);
+    }
+
+    /// Puts a changed row on the change lists `marks` names (once until they are taken).
+    fn mark(
+        r: &mut Row,
+        task: TaskId,
+        marks: Marks,
+        dirty: &mut Vec<TaskId>,
+        hist: &mut Vec<TaskId>,
+    ) {
+        if marks.member && !r.dirty {
+            r.dirty = true;
+            dirty.push(task);
+        }
+        if marks.history && !r.hdirty {
+            r.hdirty = true;
+            hist.push(task);
+        }
     }
 
     /// Updates a known task's row (an event for a task this node never saw submitted, e.g. an

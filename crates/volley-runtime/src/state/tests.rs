@@ -320,6 +320,64 @@ fn recording_cost_per_task() {
     assert_eq!(t.counts(), (100_000, 100_000));
 }
 
+/// What recording costs per task as the node pays it now: each scheduler call's events are
+/// logged ([`Tables::record`]'s path) and folded in bulk once [`FOLD_AT`] wait, in bursts as a
+/// driver makes them (2,000 submissions, then their starts and ends), with the table at its
+/// bound. Run as `recording_cost` above.
+#[test]
+#[ignore]
+fn recording_cost_bulk() {
+    let n = 400_000;
+    let burst = 2_000;
+    let t = Tables::with_max(100_000);
+    let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    let spec = |i: usize| {
+        Arc::new(TaskSpec {
+            task_id: TaskId(i as u128 + 1),
+            function: FunctionId([1; 16]),
+            name: format!("f{}", i % 20),
+            args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+            deps: Vec::new(),
+            num_returns: 1,
+            options: TaskOptions {
+                cpu_milli: 1000,
+                max_retries: 0,
+                retry_exceptions: false,
+                streaming: false,
+                resources: Vec::new(),
+                runtime_env: None,
+                strategy: Strategy::Default,
+            },
+            actor: ActorPart::None,
+        })
+    };
+    let specs: Vec<Arc<TaskSpec>> = (0..n).map(spec).collect();
+    let mut buf = Vec::new();
+    let log = |ev: TaskEvent, buf: &mut Vec<TaskEvent>| {
+        buf.push(ev);
+        if t.log_events(buf, &sched, NodeId(0), 1) >= FOLD_AT {
+            t.flush();
+        }
+    };
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    for chunk in specs.chunks(burst) {
+        for s in chunk {
+            log(TaskEvent::Submitted { spec: s.clone(), holder: Holder::Local }, &mut buf);
+        }
+        for s in chunk {
+            let task = s.task_id;
+            log(TaskEvent::Started { task, pid: 7, attempt: 0 }, &mut buf);
+            log(TaskEvent::Finished { task }, &mut buf);
+        }
+    }
+    t.flush();
+    let per_task = start.elapsed() / n as u32;
+    let cpu = (thread_cpu() - cpu0) / n as u32;
+    println!("recording in bulk: {per_task:?} per task, {cpu:?} of CPU ({n} tasks, bound 100,000)");
+    assert_eq!(t.counts(), (100_000, (n - 100_000) as u64));
+}
+
 /// This thread's CPU time (what a loaded machine's preemptions do not inflate).
 fn thread_cpu() -> std::time::Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
