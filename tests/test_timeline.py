@@ -88,3 +88,19 @@ def test_the_cli_writes_a_trace_of_a_heads_tasks_and_says_what_is_wrong(tmp_path
         assert bad.returncode == 1 and "KEY=VALUE" in bad.stderr, bad.stderr
     finally:
         c.stop()
+
+
+def test_a_task_queued_behind_another_on_its_worker_starts_when_that_one_ends(volley_2cpu):
+    # Six 0.2-s tasks on two workers: four wait in the workers' pipelines behind the running
+    # ones. Their start (and so their duration) is when they ran, not when they were handed over.
+    refs = [tl_sleep.remote(0.2) for _ in range(6)]
+    volley.get(refs)
+    rows = [volley.state.get_task(r) for r in refs]
+    assert all(r["state"] == "FINISHED" for r in rows), rows
+    assert all(190 <= r["duration_ms"] < 380 for r in rows), [r["duration_ms"] for r in rows]
+    by_worker: dict[int, list[dict]] = {}
+    for r in rows:
+        by_worker.setdefault(r["worker_pid"], []).append(r)
+    for runs in by_worker.values():
+        runs.sort(key=lambda r: r["started_ms"])
+        assert all(a["ended_ms"] <= b["started_ms"] for a, b in zip(runs, runs[1:])), runs

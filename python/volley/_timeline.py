@@ -85,9 +85,9 @@ def trace_events(tasks: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     slices.sort(key=lambda e: e["ts"])
-    # A pool worker runs one task at a time, but the engine counts a task pipelined behind the
-    # running one as started when it is handed over: on a worker's track, such a task starts
-    # when the one before it ended. (Actors with several threads do overlap: left as they are.)
+    # A pool worker runs one task at a time: on its track, a slice never starts before the one
+    # before it ended (the tables' times are milliseconds, stamped per scheduler call). Actors
+    # with several threads do overlap: left as they are.
     ends: dict[tuple[int, int], float] = {}
     for e in sorted(slices, key=lambda e: e["ts"] + e["dur"]):
         if e["cat"] != "task":

@@ -59,6 +59,16 @@ impl Scheduler {
     /// The task at the head of worker `wid`'s queue has started: a peer that sent it is told,
     /// so that if this node dies only the tasks it really started use a retry there.
     pub(super) fn head_started(&mut self, wid: WorkerId, out: &mut Vec<Action>) {
+        // The state API's start: when the task runs, not when it was queued behind another
+        // in the worker's pipeline.
+        if let Some(w) = self.workers.get(&wid) {
+            if let Some(&tid) = w.queue.front() {
+                if let Some(t) = self.tasks.get(&tid) {
+                    let (pid, attempt) = (w.pid, t.attempts);
+                    note!(self, TaskEvent::Started { task: tid, pid, attempt });
+                }
+            }
+        }
         if !self.peers.has_tasks_from_peers() {
             return; // No peer's task here (always so on a lone node): nothing to look up.
         }

@@ -263,8 +263,10 @@ impl Scheduler {
                 }
             }
             self.head_started(wid, out);
+        } else if w.actor.is_some() {
+            // An actor's call: it runs in the actor's own order (or at once, with threads).
+            note!(self, TaskEvent::Started { task: tid, pid, attempt });
         }
-        note!(self, TaskEvent::Started { task: tid, pid, attempt });
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
