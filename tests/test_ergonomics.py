@@ -98,7 +98,7 @@ def test_nodes_resources_and_context_on_one_machine():
 
     ctx = volley.get_runtime_context()
     job = ctx.get_job_id()
-    assert re.fullmatch(r"[0-9a-f]{8}", job) and ctx.job_id == job
+    assert job == "0" and ctx.job_id == job  # the driver's node: the state API's job id
     assert (ctx.get_task_id(), ctx.get_actor_id(), ctx.node_id) == (None, None, 0)
     assert ctx.get_worker_pid() == os.getpid()
     assert volley.get_gpu_ids() == []  # the driver, as in Ray
@@ -107,6 +107,8 @@ def test_nodes_resources_and_context_on_one_machine():
     got = volley.get(ref)
     assert got["job_id"] == job and got["actor_id"] is None and got["node_id"] == 0
     assert got["task_id"] == ref.hex()[:32]
+    # The state API names the task's job alike.
+    assert volley.state.get_task(ref)["job_id"] == job
     assert got["pid"] != os.getpid() and got["gpus"] == []
     assert len(got["nodes"]) == 1 and set(got["nodes"][0]) == NODE_KEYS
     assert got["cpus"] == 2.0
@@ -315,6 +317,9 @@ def test_volley_address_nodes_resources_context_and_node_logs_on_a_cluster(tmp_p
         assert got["cpus"] == 2.0
         node, cpus, count, job = got["inside"]
         assert node in got["workers"] and cpus == 2.0 and count >= 2 and job == got["job"]
+        # The driver's node number, as the state API shows its job (not the head's 1, nor a
+        # worker node's).
+        assert job.isdigit() and int(job) not in (1, *got["workers"]), got
 
         # The head's own log, through its node record.
         log = _cli("logs", "--node", "1", env=c.env).stdout

@@ -118,11 +118,12 @@ class RuntimeContext:
 
     def get_job_id(self) -> str | None:
         """The job (driver) this code runs for: in a driver its own, in a task or actor the
-        driver's that submitted it (8 hex digits, or the id ``volley job submit`` gave the
-        job's driver).
+        driver's that submitted it. It is the driver's node number in the cluster (``"0"`` on
+        one machine), the ``job_id`` that ``volley.state`` shows for the job's tasks and
+        actors, or the id ``volley job submit`` gave a submitted job's driver.
 
-        >>> len(volley.get_runtime_context().get_job_id())
-        8
+        >>> volley.get_runtime_context().get_job_id()
+        '0'
         """
         ensure_init()
         if _core.mode() == "worker":

@@ -124,6 +124,13 @@ def build(
     return json.dumps(desc, sort_keys=True), packages
 
 
+def with_job(desc: str, job_id: str) -> str:
+    """The description ``desc`` (from :func:`build`) with the driver's job id in it."""
+    d = json.loads(desc)
+    d["job_id"] = job_id
+    return json.dumps(d, sort_keys=True)
+
+
 def _zip_single(path: Path) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:

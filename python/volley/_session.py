@@ -26,7 +26,7 @@ _auto_started_by: str | None = None  # the thread whose first call started volle
 # In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
 # "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
 _forked_from: str | None = None
-# This driver's job id while volley runs (see _new_job_id); its tasks and actors get it with
+# This driver's job id while volley runs (see _job_id); its tasks and actors get it with
 # their runtime environment.
 job_id: str | None = None
 # Called (in order) by shutdown, after the node has stopped: see at_shutdown.
@@ -262,8 +262,9 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # Every task and actor carries the environment, and with it this process's
         # multiprocessing authkey: multiprocessing.Manager proxies passed to tasks then work
         # (see _runtime_env).
-        job = _new_job_id()
-        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey(), job)
+        # Checked (and packed) before the node starts; the job id goes in once the node has
+        # its id (see _job_id), so it is built again then.
+        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey(), None)
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -308,10 +309,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         try:
             for h, data in env_packages.items():
                 _core.register_package(h, data)
-            _core.set_runtime_env(env_desc, sorted(env_packages))
+            node_number = 0  # a node alone is node 0
             if joining is not None:
                 try:
-                    _core.join_cluster(
+                    node_number, _ = _core.join_cluster(
                         None,
                         joining[0],
                         joining[1],
@@ -333,6 +334,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                     tls_cert=daemon.get("tls_cert"),
                     tls_key=daemon.get("tls_key"),
                 )
+            job = _job_id(node_number)
+            _core.set_runtime_env(_runtime_env.with_job(env_desc, job), sorted(env_packages))
             if args.get("dashboard") and not auto:
                 from . import _dashboard
 
@@ -360,15 +363,12 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         return Context(cpus)
 
 
-def _new_job_id() -> str:
+def _job_id(node: int) -> str:
     """This driver's job id: ``VOLLEY_JOB_ID`` (what ``volley job submit`` gives the driver of
-    a job it runs), else a new one (8 random hex digits)."""
+    a job it runs), else its node's number in the cluster (``"0"`` on one machine): the
+    ``job_id`` the state API shows for its tasks and actors and ``volley list jobs`` for it."""
     given = os.environ.get("VOLLEY_JOB_ID", "").strip()
-    if given:
-        return given
-    import secrets
-
-    return secrets.token_hex(4)
+    return given or str(node)
 
 
 def _authkey() -> bytes:
