@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import poll
 from test_cluster import Cluster, _alive, _free_port
 
 from volley import job
@@ -69,7 +70,8 @@ def test_a_job_runs_tasks_on_the_cluster_and_keeps_its_output(jc, client, tmp_pa
         INIT
         + "@volley.remote\ndef sq(x):\n    return x * x\n"
         + "print('sum', sum(volley.get([sq.remote(i) for i in range(10)])))\n"
-        + "print('job', os.environ['VOLLEY_JOB_ID'], 'on', os.environ['VOLLEY_ADDRESS'])\n",
+        + "print('job', os.environ['VOLLEY_JOB_ID'], 'on', os.environ['VOLLEY_ADDRESS'])\n"
+        + "print('context', volley.get_runtime_context().get_job_id())\n",
     )
     jid = client.submit_job("python script.py", working_dir=wd)
     row = client.wait(jid, timeout=60)
@@ -94,6 +96,24 @@ def test_a_job_runs_tasks_on_the_cluster_and_keeps_its_output(jc, client, tmp_pa
     ]
     st = cli(jc, "status", jid)
     assert st.returncode == 0 and f"job {jid}: SUCCEEDED" in st.stdout, st
+    # Its tasks carry the job's id in the state API, as its driver's runtime context names it.
+    assert f"context {jid}" in out
+
+    def tasks():
+        r = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "list", "tasks", "--filter", f"job_id={jid}"]
+            + ["--address", jc.head, "--json", "--limit", "0"],
+            env=dict(jc.env, VOLLEY_TOKEN=jc.token),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        return answer["rows"] if answer["total"] == 10 else None
+
+    rows = poll(tasks, timeout=20)
+    assert rows and {(t["name"], t["job_id"]) for t in rows} == {("sq", jid)}, rows
 
 
 def test_a_failing_job_is_failed_with_its_exit_code_and_last_line(client, tmp_path):

@@ -90,7 +90,11 @@ impl Head {
         info.id = id;
         if info.driver {
             let job = JobInfo { node: id, pid: info.pid, started_ms: now_ms(), ended_ms: None };
-            self.jobs.link_session(job.pid, id.0, job.started_ms);
+            if let Some(submitted) = self.jobs.link_session(job.pid, id.0, job.started_ms) {
+                // Its tasks and actors show the id `volley job submit` gave (as its driver's
+                // get_job_id() does), not the driver node's number.
+                self.tables.name_job(id, submitted);
+            }
             self.dir.lock().put_job(job);
         }
         self.record(id, info);

@@ -186,6 +186,9 @@ pub struct Tables {
     member: AtomicBool,
     /// The history writer runs: mark changed rows for it.
     history: AtomicBool,
+    /// Jobs known by another id than their driver node's number (a submitted job's), by
+    /// driver node: how rows show `job_id`, and what a `job_id` filter may name.
+    job_names: Mutex<HashMap<NodeId, String>>,
 }
 
 impl Default for Tables {
@@ -207,6 +210,7 @@ impl Tables {
             max_finished,
             member: AtomicBool::new(false),
             history: AtomicBool::new(false),
+            job_names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -509,7 +513,7 @@ impl Tables {
         for id in ids {
             if let Some(r) = inner.tasks.get_mut(&id) {
                 r.hdirty = false;
-                tasks.push(task_json(id, r, &inner.names, true));
+                tasks.push(task_json(id, r, &inner.names, &HashMap::new(), true));
             }
         }
         let actors = std::mem::take(&mut inner.hist_actors)
@@ -551,12 +555,21 @@ impl Tables {
         match q.kind.as_str() {
             "tasks" => self.query_tasks(q),
             "actors" => {
+                let jobs = self.job_names.lock().clone();
                 let rows: Vec<serde_json::Value> = {
                     let mut g = self.inner.lock();
                     self.flush_locked(&mut g);
                     let mut v: Vec<&ActorRow> = g.actors.values().collect();
                     v.sort_by_key(|a| a.actor);
-                    v.into_iter().map(actor_json).collect()
+                    v.into_iter()
+                        .map(|a| {
+                            let mut row = actor_json(a);
+                            if let (Some(j), Some(o)) = (a.job, row.as_object_mut()) {
+                                o.insert("job_id".into(), Tables::job_name(&jobs, j).into());
+                            }
+                            row
+                        })
+                        .collect()
                 };
                 generic_answer(q, rows, query::ACTOR_KEYS)
             }
@@ -564,11 +577,31 @@ impl Tables {
         }
     }
 
+    /// Rows of driver node `node`'s job show `job_id` as `name` (a submitted job's id).
+    pub(crate) fn name_job(&self, node: NodeId, name: String) {
+        self.job_names.lock().insert(node, name);
+    }
+
+    /// How `node`'s job is named in rows.
+    fn job_name(names: &HashMap<NodeId, String>, node: NodeId) -> String {
+        names.get(&node).cloned().unwrap_or_else(|| job_str(node))
+    }
+
     fn query_tasks(&self, q: &StateQuery) -> Result<StateAnswer, String> {
+        let jobs = self.job_names.lock().clone();
         let preds = q
             .filters
             .iter()
-            .map(|f| query::TaskPred::parse(&f.key, f.op, &f.value))
+            .map(|f| {
+                // A job named by its submission id: the driver node it ran as.
+                let node = (f.key == "job_id")
+                    .then(|| jobs.iter().find(|(_, n)| **n == f.value.trim()).map(|(k, _)| k))
+                    .flatten();
+                match node {
+                    Some(n) => query::TaskPred::parse(&f.key, f.op, &n.0.to_string()),
+                    None => query::TaskPred::parse(&f.key, f.op, &f.value),
+                }
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
@@ -590,7 +623,7 @@ impl Tables {
         }
         hits.sort_by(newest);
         let rows: Vec<serde_json::Value> =
-            hits.iter().map(|(id, r)| task_json(**id, r, names, q.detail)).collect();
+            hits.iter().map(|(id, r)| task_json(**id, r, names, &jobs, q.detail)).collect();
         let rows = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
         Ok(StateAnswer {
             kind: q.kind.clone(),
@@ -834,7 +867,13 @@ pub(crate) fn job_str(id: NodeId) -> String {
     id.0.to_string()
 }
 
-fn task_json(id: TaskId, r: &Row, names: &Names, detail: bool) -> serde_json::Value {
+fn task_json(
+    id: TaskId,
+    r: &Row,
+    names: &Names,
+    jobs: &HashMap<NodeId, String>,
+    detail: bool,
+) -> serde_json::Value {
     let duration =
         (r.ended_ms != 0 && r.started_ms != 0).then(|| r.ended_ms.saturating_sub(r.started_ms));
     let waiting_for = match r.state {
@@ -846,7 +885,7 @@ fn task_json(id: TaskId, r: &Row, names: &Names, detail: bool) -> serde_json::Va
         "task_id": task_hex(id),
         "name": names.get(r.name),
         "state": r.state.name(),
-        "job_id": r.job.map(job_str),
+        "job_id": r.job.map(|j| Tables::job_name(jobs, j)),
         "actor_id": r.actor.map(actor_hex),
         "node_id": r.node.map(|n| n.0),
         "worker_pid": (r.pid != 0).then_some(r.pid),
