@@ -87,21 +87,22 @@ pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream, frame: &[u8]) -> 
 
 /// Asks the node listening on the abstract socket `name` (see [`local_nodes`]) how it is.
 pub fn query_local(name: &str) -> Result<NodeSnapshot, RuntimeError> {
-    let mut s = connect_now(name)?;
-    let uid = peer_uid(&s)?;
-    if uid != my_uid() {
-        return Err(RuntimeError::Refused(format!("socket {name} belongs to another user")));
-    }
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    write_frame(&mut s, REQUEST)?;
-    let frame = read_frame(&mut s, MAX_ANSWER)?;
-    Ok(decode(&frame)?)
+    ask_local(name, REQUEST, MAX_ANSWER)
 }
 
 /// Asks the node listening on the abstract socket `name` for the cluster's nodes as it knows
 /// them (itself alone outside a cluster).
 pub fn query_local_view(name: &str) -> Result<Vec<NodeSnapshot>, RuntimeError> {
+    ask_local(name, VIEW_REQUEST, MAX_ANSWER * 16)
+}
+
+/// Sends `request` to this user's node on the abstract socket `name` (another user's is
+/// refused before anything is read) and decodes its answer of at most `max` bytes.
+fn ask_local<T: serde::de::DeserializeOwned>(
+    name: &str,
+    request: &[u8],
+    max: usize,
+) -> Result<T, RuntimeError> {
     let mut s = connect_now(name)?;
     let uid = peer_uid(&s)?;
     if uid != my_uid() {
@@ -109,8 +110,8 @@ pub fn query_local_view(name: &str) -> Result<Vec<NodeSnapshot>, RuntimeError> {
     }
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write_frame(&mut s, VIEW_REQUEST)?;
-    let frame = read_frame(&mut s, MAX_ANSWER * 16)?;
+    write_frame(&mut s, request)?;
+    let frame = read_frame(&mut s, max)?;
     Ok(decode(&frame)?)
 }
 

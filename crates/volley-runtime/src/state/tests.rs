@@ -19,6 +19,28 @@ fn q(kind: &str, filters: &[(&str, FilterOp, &str)], limit: Option<u64>) -> Stat
     }
 }
 
+/// Task `i + 1`: a 1-CPU no-op named `name`.
+fn noop_spec(i: usize, name: &str) -> Arc<TaskSpec> {
+    Arc::new(TaskSpec {
+        task_id: TaskId(i as u128 + 1),
+        function: FunctionId([1; 16]),
+        name: name.into(),
+        args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
+        deps: Vec::new(),
+        num_returns: 1,
+        options: TaskOptions {
+            cpu_milli: 1000,
+            max_retries: 0,
+            retry_exceptions: false,
+            streaming: false,
+            resources: Vec::new(),
+            runtime_env: None,
+            strategy: Strategy::Default,
+        },
+        actor: ActorPart::None,
+    })
+}
+
 fn rows(a: &StateAnswer) -> Vec<serde_json::Value> {
     serde_json::from_str(&a.rows).expect("rows are JSON")
 }
@@ -108,24 +130,7 @@ fn a_member_cut_off_from_its_head_stays_bounded() {
     let t = Tables::with_max(10);
     t.set_member(true);
     for i in 0..100u128 {
-        let spec = Arc::new(TaskSpec {
-            task_id: TaskId(i + 1),
-            function: FunctionId([1; 16]),
-            name: "f".into(),
-            args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-            deps: Vec::new(),
-            num_returns: 1,
-            options: TaskOptions {
-                cpu_milli: 1000,
-                max_retries: 0,
-                retry_exceptions: false,
-                streaming: false,
-                resources: Vec::new(),
-                runtime_env: None,
-                strategy: Strategy::Default,
-            },
-            actor: ActorPart::None,
-        });
+        let spec = noop_spec(i as usize, "f");
         let task = spec.task_id;
         let mut evs = vec![
             TaskEvent::Submitted { spec, holder: Holder::Local },
@@ -278,28 +283,7 @@ fn recording_cost_per_task() {
     let n = 200_000;
     let t = Tables::with_max(100_000);
     let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
-    let specs: Vec<Arc<TaskSpec>> = (0..n)
-        .map(|i| {
-            Arc::new(TaskSpec {
-                task_id: TaskId(i as u128 + 1),
-                function: FunctionId([1; 16]),
-                name: format!("f{}", i % 20),
-                args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-                deps: Vec::new(),
-                num_returns: 1,
-                options: TaskOptions {
-                    cpu_milli: 1000,
-                    max_retries: 0,
-                    retry_exceptions: false,
-                    streaming: false,
-                    resources: Vec::new(),
-                    runtime_env: None,
-                    strategy: Strategy::Default,
-                },
-                actor: ActorPart::None,
-            })
-        })
-        .collect();
+    let specs: Vec<Arc<TaskSpec>> = (0..n).map(|i| noop_spec(i, &format!("f{}", i % 20))).collect();
     let mut buf = Vec::new();
     let start = Instant::now();
     let cpu0 = thread_cpu();
@@ -331,27 +315,7 @@ fn recording_cost_bulk() {
     let burst = 2_000;
     let t = Tables::with_max(100_000);
     let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
-    let spec = |i: usize| {
-        Arc::new(TaskSpec {
-            task_id: TaskId(i as u128 + 1),
-            function: FunctionId([1; 16]),
-            name: format!("f{}", i % 20),
-            args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-            deps: Vec::new(),
-            num_returns: 1,
-            options: TaskOptions {
-                cpu_milli: 1000,
-                max_retries: 0,
-                retry_exceptions: false,
-                streaming: false,
-                resources: Vec::new(),
-                runtime_env: None,
-                strategy: Strategy::Default,
-            },
-            actor: ActorPart::None,
-        })
-    };
-    let specs: Vec<Arc<TaskSpec>> = (0..n).map(spec).collect();
+    let specs: Vec<Arc<TaskSpec>> = (0..n).map(|i| noop_spec(i, &format!("f{}", i % 20))).collect();
     let mut buf = Vec::new();
     let log = |ev: TaskEvent, buf: &mut Vec<TaskEvent>| {
         buf.push(ev);
