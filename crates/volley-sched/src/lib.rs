@@ -49,6 +49,6 @@ mod scheduler;
 
 pub use scheduler::{
     Action, ActorError, ActorRecord, ActorReport, Config, Holder, ObjectRecord, ObjectState,
-    PeerView, Scheduler, Stats, StreamStep, TaskEvent, WaitOwner, WaiterId, WorkerExit,
+    Parent, PeerView, Scheduler, Stats, StreamStep, TaskEvent, WaitOwner, WaiterId, WorkerExit,
     WorkerRecord,
 };

@@ -88,7 +88,7 @@ mod workers;
 pub use actors::ActorError;
 use actors::Actors;
 use code::Registry;
-pub use events::{ActorRecord, ObjectRecord, TaskEvent, WorkerRecord};
+pub use events::{ActorRecord, ObjectRecord, Parent, TaskEvent, WorkerRecord};
 use objects::{Objects, Waiter, Waiters};
 pub use peers::PeerView;
 use peers::Peers;
@@ -336,6 +336,8 @@ pub struct Scheduler {
     /// Whether task and actor events are noted (see `events`), and those not yet taken.
     recording: bool,
     events: Vec<TaskEvent>,
+    /// The number the next recorded task gets (`TaskEntry::seq`; from 1, 0 is "not recorded").
+    next_seq: u64,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -369,6 +371,7 @@ impl Scheduler {
             notices: Default::default(),
             recording: false,
             events: Vec::new(),
+            next_seq: 1,
         }
     }
 
@@ -668,10 +671,11 @@ impl Scheduler {
         for oid in spec.args.contained.iter().chain(spec.deps.iter()) {
             self.incref_one(*oid);
         }
-        self.tasks.insert(tid, TaskEntry::new(spec.clone(), holder));
-        if !matches!(spec.actor, ActorPart::Create(_)) {
-            note!(self, TaskEvent::Submitted { spec: spec.clone(), holder });
+        let mut entry = TaskEntry::new(spec.clone(), holder);
+        if self.recording && !matches!(spec.actor, ActorPart::Create(_)) {
+            entry.seq = self.note_submitted(&spec, holder, self.tasks.get(&tid).map(|t| t.seq));
         }
+        self.tasks.insert(tid, entry);
         spec
     }
 
@@ -816,8 +820,8 @@ impl Scheduler {
         t.state = TaskState::Queued;
         if !t.spec.deps.is_empty() || matches!(t.spec.actor, ActorPart::Call { .. }) {
             // A task with no arguments to wait for is queued from its submission on.
-            let attempt = t.attempts;
-            note!(self, TaskEvent::Queued { task: tid, attempt });
+            let (seq, attempt) = (t.seq, t.attempts);
+            note!(self, TaskEvent::Queued { seq, attempt });
         }
         match &t.spec.actor {
             ActorPart::None => self.enqueue(tid, false),

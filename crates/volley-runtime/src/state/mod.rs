@@ -28,7 +28,7 @@ use volley_proto::{
     ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, ObjectId, StateAnswer, StateQuery,
     StateRows, TaskError, TaskId, TaskRow, TaskStateCode,
 };
-use volley_sched::{ActorRecord, Holder, Scheduler, TaskEvent};
+use volley_sched::{ActorRecord, Holder, Parent, Scheduler, TaskEvent};
 use volley_store::sync::Mutex;
 
 pub(crate) use query::generic_answer;
@@ -136,22 +136,82 @@ impl Names {
     }
 }
 
-#[derive(Default)]
+/// Where a task's row is: `Seq` for a task this node's scheduler saw submitted (by the number
+/// its events carry), `Id` for one that only members' batches brought (on a head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    Seq(u64),
+    Id(TaskId),
+}
+
+/// A row of the ring: the task's id and its row. A slot left empty (a number no submission
+/// was logged for) has `name == VACANT`.
+#[derive(Clone)]
+struct Slot {
+    id: TaskId,
+    row: Row,
+}
+
+const VACANT: u32 = u32::MAX;
+
 struct Inner {
     names: Names,
-    tasks: IdMap<TaskId, Row>,
-    /// Finished tasks in the order they ended (the oldest is dropped first).
-    finished: VecDeque<TaskId>,
+    /// The rows of the tasks this node's scheduler saw submitted, in submission order: task
+    /// number `seq` is at `ring[seq - base]`. An event finds its row by that index, and
+    /// consecutive tasks touch consecutive memory (a hash table of 100,000 rows keyed by
+    /// random ids cost a cache miss or two per event; see the module docs).
+    ring: VecDeque<Slot>,
+    /// The number of `ring[0]`.
+    base: u64,
+    /// Rows that left the ring's front before their task ended (a task that ran while more
+    /// than the bound of newer ones finished), by number; and those of them that ended since,
+    /// oldest first (the first to drop).
+    early: IdMap<u64, Slot>,
+    early_ended: VecDeque<u64>,
+    /// Rows that only members' batches brought (tasks this node never saw), and the order
+    /// they ended in.
+    remote: IdMap<TaskId, Row>,
+    remote_ended: VecDeque<TaskId>,
+    /// The number of each row of the ring and of `early` by task id: made when the first
+    /// member's batch arrives (a head merges by id), kept from then on. A node that is no
+    /// cluster's head never pays for it.
+    index: Option<IdMap<TaskId, u64>>,
+    /// Rows in a final state, wherever they are (the bound counts these).
+    finished: usize,
     dropped: u64,
     actors: IdMap<ActorId, ActorRow>,
-    dirty_tasks: Vec<TaskId>,
+    dirty_tasks: Vec<Loc>,
     dirty_actors: IdSet<ActorId>,
-    hist_tasks: Vec<TaskId>,
+    hist_tasks: Vec<Loc>,
     hist_actors: IdSet<ActorId>,
     /// The log being folded in (swapped with `Tables::log`, so neither allocates anew).
     spare: Log,
     /// Histograms of the tasks that ended (for `/metrics`).
     metrics: metrics::TaskMetrics,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            names: Names::default(),
+            ring: VecDeque::new(),
+            base: 1,
+            early: IdMap::default(),
+            early_ended: VecDeque::new(),
+            remote: IdMap::default(),
+            remote_ended: VecDeque::new(),
+            index: None,
+            finished: 0,
+            dropped: 0,
+            actors: IdMap::default(),
+            dirty_tasks: Vec::new(),
+            dirty_actors: IdSet::default(),
+            hist_tasks: Vec::new(),
+            hist_actors: IdSet::default(),
+            spare: Log::default(),
+            metrics: metrics::TaskMetrics::default(),
+        }
+    }
 }
 
 /// Events taken from the scheduler and not yet folded into the rows (see [`Tables::record`]).
@@ -306,12 +366,12 @@ impl Tables {
         let member = marks.member;
         for ev in events {
             match ev {
-                TaskEvent::Submitted { spec, holder } => {
+                TaskEvent::Submitted { seq, spec, holder, parent } => {
                     let name = inner.names.intern(&spec.name);
                     let job = match holder {
                         Holder::Local => Some(me),
                         Holder::Peer(p) => Some(p),
-                        Holder::Worker(_) => None,
+                        Holder::Worker(_) => inner.parent_job(parent),
                     };
                     let actor = match &spec.actor {
                         ActorPart::Call { actor, .. } => Some(*actor),
@@ -338,18 +398,18 @@ impl Tables {
                         hdirty: false,
                         src: me,
                     };
-                    inner.insert(spec.task_id, row, marks);
+                    inner.insert(seq, spec.task_id, row, marks);
                 }
-                TaskEvent::Queued { task, attempt } => {
-                    inner.update(task, marks, |r| {
+                TaskEvent::Queued { seq, attempt } => {
+                    inner.update(Loc::Seq(seq), marks, |r| {
                         r.state = TaskStateCode::Queued;
                         r.attempt = attempt;
                         r.node = Some(me);
                         r.pid = 0;
                     });
                 }
-                TaskEvent::Started { task, pid, attempt } => {
-                    inner.update(task, marks, |r| {
+                TaskEvent::Started { seq, pid, attempt } => {
+                    inner.update(Loc::Seq(seq), marks, |r| {
                         r.state = TaskStateCode::Running;
                         r.node = Some(me);
                         r.pid = pid;
@@ -357,19 +417,19 @@ impl Tables {
                         r.started_ms = now;
                     });
                 }
-                TaskEvent::Forwarded { task, peer } => {
-                    inner.update(task, marks, |r| {
+                TaskEvent::Forwarded { seq, peer } => {
+                    inner.update(Loc::Seq(seq), marks, |r| {
                         r.state = TaskStateCode::Queued;
                         r.node = Some(peer);
                     });
                 }
-                TaskEvent::Finished { task } => {
-                    inner.end(task, marks, |r| {
+                TaskEvent::Finished { seq } => {
+                    inner.end(seq, marks, |r| {
                         r.state = TaskStateCode::Finished;
                         r.ended_ms = now;
                     });
                 }
-                TaskEvent::Failed { task, error } => {
+                TaskEvent::Failed { seq, error } => {
                     let state = if error.kind == ErrorKind::Cancelled {
                         TaskStateCode::Cancelled
                     } else {
@@ -380,7 +440,7 @@ impl Tables {
                         message: error.message.clone(),
                         traceback: error.traceback.clone(),
                     };
-                    inner.end(task, marks, |r| {
+                    inner.end(seq, marks, |r| {
                         r.state = state;
                         r.ended_ms = now;
                         r.error = Some(Box::new(err));
@@ -434,6 +494,7 @@ impl Tables {
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
         let inner = &mut *g;
+        inner.ensure_index();
         for t in rows.tasks {
             let name = inner.names.intern(&t.name);
             let incoming = Row {
@@ -452,23 +513,7 @@ impl Tables {
                 hdirty: false,
                 src: from,
             };
-            match inner.tasks.get_mut(&t.task) {
-                None => {
-                    let terminal = incoming.state.is_terminal();
-                    inner.tasks.insert(t.task, incoming);
-                    if terminal {
-                        inner.ended(t.task);
-                    }
-                }
-                Some(r) => {
-                    let was_terminal = r.state.is_terminal();
-                    merge_row(r, incoming);
-                    if !was_terminal && r.state.is_terminal() {
-                        inner.ended(t.task);
-                    }
-                }
-            }
-            inner.update(t.task, marks, |_| ());
+            inner.merge_in(t.task, incoming, marks);
         }
         for a in rows.actors {
             if marks.history {
@@ -508,14 +553,16 @@ impl Tables {
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
         let inner = &mut *g;
-        let ids = std::mem::take(&mut inner.hist_tasks);
-        let mut tasks = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(r) = inner.tasks.get_mut(&id) {
+        let locs = std::mem::take(&mut inner.hist_tasks);
+        let mut tasks = Vec::with_capacity(locs.len());
+        let names = std::mem::take(&mut inner.names);
+        for loc in locs {
+            if let Some((id, r)) = inner.row_mut(loc) {
                 r.hdirty = false;
-                tasks.push(task_json(id, r, &inner.names, &HashMap::new(), true));
+                tasks.push(task_json(id, r, &names, &HashMap::new(), true));
             }
         }
+        inner.names = names;
         let actors = std::mem::take(&mut inner.hist_actors)
             .into_iter()
             .filter_map(|id| inner.actors.get(&id).map(actor_json))
@@ -530,16 +577,17 @@ impl Tables {
         let inner = &mut *g;
         let mut out = StateRows::default();
         let n = inner.dirty_tasks.len().min(BATCH_ROWS);
-        let ids: Vec<TaskId> = inner.dirty_tasks.drain(..n).collect();
-        for id in ids {
-            if let Some(r) = inner.tasks.get_mut(&id) {
-                if !r.dirty {
-                    continue;
+        let locs: Vec<Loc> = inner.dirty_tasks.drain(..n).collect();
+        let names = std::mem::take(&mut inner.names);
+        for loc in locs {
+            if let Some((id, r)) = inner.row_mut(loc) {
+                if r.dirty {
+                    r.dirty = false;
+                    out.tasks.push(to_wire(id, r, &names));
                 }
-                r.dirty = false;
-                out.tasks.push(to_wire(id, r, &inner.names));
             }
         }
+        inner.names = names;
         let ids: Vec<ActorId> = inner.dirty_actors.iter().take(BATCH_ROWS).copied().collect();
         for id in ids {
             inner.dirty_actors.remove(&id);
@@ -606,11 +654,8 @@ impl Tables {
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
         let names = &g.names;
-        let mut hits: Vec<(&TaskId, &Row)> = g
-            .tasks
-            .iter()
-            .filter(|(id, r)| preds.iter().all(|p| p.matches(id, r, names)))
-            .collect();
+        let mut hits: Vec<(&TaskId, &Row)> =
+            g.rows().filter(|(id, r)| preds.iter().all(|p| p.matches(id, r, names))).collect();
         let total = hits.len();
         let limit = q.limit.filter(|l| *l > 0).map_or(usize::MAX, |l| l as usize);
         // Newest first; only the rows shown are sorted.
@@ -646,7 +691,7 @@ impl Tables {
     pub fn counts(&self) -> (usize, u64) {
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
-        (g.tasks.len(), g.dropped)
+        (g.rows().count(), g.dropped)
     }
 
     /// (Tests and benchmarks) fills the table with `n` finished tasks named `f0`..`f{names-1}`,
@@ -658,13 +703,13 @@ impl Tables {
         let ids: Vec<u32> =
             (0..names.max(1)).map(|i| inner.names.intern(&format!("f{i}"))).collect();
         let start = now_ms();
-        inner.tasks.reserve(n);
+        inner.ring.reserve(n);
         for i in 0..n {
             let failed = i % 10 == 0;
             let id = TaskId(((0xfeed_u128) << 64) | i as u128);
-            inner.tasks.insert(
+            inner.ring.push_back(Slot {
                 id,
-                Row {
+                row: Row {
                     name: ids[i % ids.len()],
                     state: if failed { TaskStateCode::Failed } else { TaskStateCode::Finished },
                     job: Some(NodeId(1)),
@@ -686,110 +731,315 @@ impl Tables {
                     hdirty: false,
                     src: NodeId(1),
                 },
-            );
-            inner.finished.push_back(id);
+            });
+            inner.finished += 1;
+            if let Some(ix) = inner.index.as_mut() {
+                ix.insert(id, inner.base + inner.ring.len() as u64 - 1);
+            }
         }
     }
 }
 
 impl Inner {
-    /// Task `task`, whose row is now in a final state, ended: it joins the finished (the
-    /// oldest are dropped first) and the histograms.
-    fn ended(&mut self, task: TaskId) {
-        if let Some(r) = self.tasks.get(&task) {
-            self.metrics.ended(r.state, r.submitted_ms, r.started_ms, r.ended_ms);
-        }
-        self.finished.push_back(task);
+    /// Every row, wherever it is kept (the ring first, in submission order).
+    fn rows(&self) -> impl Iterator<Item = (&TaskId, &Row)> {
+        self.ring
+            .iter()
+            .filter(|s| s.row.name != VACANT)
+            .map(|s| (&s.id, &s.row))
+            .chain(self.early.values().map(|s| (&s.id, &s.row)))
+            .chain(self.remote.iter())
     }
 
-    /// Puts a new row in for `task` (replacing any), marked changed: one probe of the table,
-    /// whose misses are most of what recording costs.
-    fn insert(&mut self, task: TaskId, row: Row, marks: Marks) {
-        let r = match self.tasks.entry(task) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                o.insert(row);
-                o.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(row),
+    /// The slot of task number `seq`, if this node still keeps its row.
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let slot = match seq.checked_sub(self.base) {
+            Some(i) if (i as usize) < self.ring.len() => self.ring.get_mut(i as usize),
+            _ => self.early.get_mut(&seq),
         };
-        Inner::mark(r, task, marks, &mut self.dirty_tasks, &mut self.hist_tasks);
+        slot.filter(|s| s.row.name != VACANT)
     }
 
-    /// Like [`Inner::update`] for an event that ends the task ([`Inner::ended`]), with one
-    /// lookup instead of two.
-    fn end(&mut self, task: TaskId, marks: Marks, f: impl FnOnce(&mut Row)) {
-        let Some(r) = self.tasks.get_mut(&task) else {
+    /// The row at `loc`, with its task's id.
+    fn row_mut(&mut self, loc: Loc) -> Option<(TaskId, &mut Row)> {
+        match loc {
+            Loc::Seq(seq) => self.slot_mut(seq).map(|s| (s.id, &mut s.row)),
+            Loc::Id(id) => self.remote.get_mut(&id).map(|r| (id, r)),
+        }
+    }
+
+    /// The job of what a worker was running when it submitted a task (a nested task's job).
+    fn parent_job(&mut self, parent: Parent) -> Option<NodeId> {
+        match parent {
+            Parent::None => None,
+            Parent::Task(seq) => self.slot_mut(seq).and_then(|s| s.row.job),
+            Parent::Actor(a) => self.actors.get(&a).and_then(|a| a.job),
+        }
+    }
+
+    /// Makes the index by task id of the rows this node's scheduler gave numbers (the first
+    /// member's batch on a head needs it; see `index`).
+    fn ensure_index(&mut self) {
+        if self.index.is_some() {
+            return;
+        }
+        let mut ix = IdMap::default();
+        for (i, s) in self.ring.iter().enumerate() {
+            if s.row.name != VACANT {
+                ix.insert(s.id, self.base + i as u64);
+            }
+        }
+        for (seq, s) in &self.early {
+            ix.insert(s.id, *seq);
+        }
+        self.index = Some(ix);
+    }
+
+    /// Task `seq`'s submission: its row (written again if the number is known: the task was
+    /// submitted again while the scheduler still had it).
+    fn insert(&mut self, seq: u64, task: TaskId, mut row: Row, marks: Marks) {
+        if let Some(ix) = self.index.as_mut() {
+            ix.insert(task, seq);
+            // A member's batch told of it first: that row joins this one.
+            if let Some(old) = self.remote.remove(&task) {
+                if old.state.is_terminal() {
+                    self.finished -= 1;
+                }
+                merge_row(&mut row, old);
+            }
+        }
+        let terminal = row.state.is_terminal();
+        let slot = Slot { id: task, row };
+        let old = match seq.checked_sub(self.base) {
+            Some(i) if (i as usize) < self.ring.len() => {
+                Some(std::mem::replace(&mut self.ring[i as usize], slot))
+            }
+            Some(i) => {
+                if self.ring.is_empty() {
+                    self.base = seq;
+                } else {
+                    // Numbers no submission was logged for (none expected): empty slots.
+                    let gap = (i as usize) - self.ring.len();
+                    let vacant = Slot { id: TaskId(0), row: vacant_row() };
+                    self.ring.extend(std::iter::repeat_n(vacant, gap));
+                }
+                self.ring.push_back(slot);
+                None
+            }
+            None => self.early.insert(seq, slot),
+        };
+        if old.is_some_and(|o| o.row.name != VACANT && o.row.state.is_terminal()) {
+            self.finished -= 1;
+        }
+        if terminal {
+            self.finished += 1;
+        }
+        self.mark_at(Loc::Seq(seq), marks);
+    }
+
+    /// Puts the row at `loc` on the change lists `marks` names (once until they are taken).
+    fn mark_at(&mut self, loc: Loc, marks: Marks) {
+        let Some((_, r)) = self.row_mut(loc) else {
             return;
         };
-        f(r);
-        Inner::mark(r, task, marks, &mut self.dirty_tasks, &mut self.hist_tasks);
-        self.metrics.ended(r.state, r.submitted_ms, r.started_ms, r.ended_ms);
-        self.finished.push_back(task);
-    }
-
-    /// Puts a changed row on the change lists `marks` names (once until they are taken).
-    fn mark(
-        r: &mut Row,
-        task: TaskId,
-        marks: Marks,
-        dirty: &mut Vec<TaskId>,
-        hist: &mut Vec<TaskId>,
-    ) {
-        if marks.member && !r.dirty {
-            r.dirty = true;
-            dirty.push(task);
+        let member = marks.member && !r.dirty;
+        let history = marks.history && !r.hdirty;
+        r.dirty |= member;
+        r.hdirty |= history;
+        if member {
+            self.dirty_tasks.push(loc);
         }
-        if marks.history && !r.hdirty {
-            r.hdirty = true;
-            hist.push(task);
+        if history {
+            self.hist_tasks.push(loc);
         }
     }
 
-    /// Updates a known task's row (an event for a task this node never saw submitted, e.g. an
-    /// actor's creation, is ignored); whether it was known.
-    fn update(&mut self, task: TaskId, marks: Marks, f: impl FnOnce(&mut Row)) -> bool {
-        let Some(r) = self.tasks.get_mut(&task) else {
+    /// Updates a known task's row (an event for a task whose row is gone, or that was never
+    /// noted, is ignored); whether it was known.
+    fn update(&mut self, loc: Loc, marks: Marks, f: impl FnOnce(&mut Row)) -> bool {
+        let Some((_, r)) = self.row_mut(loc) else {
             return false;
         };
         f(r);
-        if marks.member && !r.dirty {
-            r.dirty = true;
-            self.dirty_tasks.push(task);
-        }
-        if marks.history && !r.hdirty {
-            r.hdirty = true;
-            self.hist_tasks.push(task);
-        }
+        self.mark_at(loc, marks);
         true
     }
 
-    /// Drops the oldest finished tasks beyond `max`.
-    /// Drops the oldest finished tasks beyond `max`. One not yet sent to the head (or to the
-    /// history) waits for its batch, unless the head has been out of reach for so long that
-    /// twice `max` finished tasks piled up: then it goes too, so a member's memory stays
-    /// bounded whatever happens to its head.
-    fn evict(&mut self, max: usize) {
-        while self.finished.len() > max {
-            let Some(id) = self.finished.pop_front() else { break };
-            let pending = |r: &Row| r.dirty || r.hdirty;
-            let hard = self.finished.len() >= max.saturating_mul(2);
-            match self.tasks.get(&id) {
-                Some(r) if pending(r) && !hard => {
-                    self.finished.push_back(id);
-                    break;
-                }
-                Some(r) if r.state.is_terminal() => {
-                    self.tasks.remove(&id);
-                    self.dropped += 1;
-                }
-                _ => {}
+    /// Like [`Inner::update`] for the event that ends task `seq`: its row joins the finished
+    /// (counted by the bound) and the histograms.
+    fn end(&mut self, seq: u64, marks: Marks, f: impl FnOnce(&mut Row)) {
+        let in_ring = seq.checked_sub(self.base).is_some_and(|i| (i as usize) < self.ring.len());
+        let Some(s) = self.slot_mut(seq) else {
+            return;
+        };
+        let r = &mut s.row;
+        let was = r.state.is_terminal();
+        f(r);
+        if !was && r.state.is_terminal() {
+            let (st, s, b, e) = (r.state, r.submitted_ms, r.started_ms, r.ended_ms);
+            self.metrics.ended(st, s, b, e);
+            self.finished += 1;
+            if !in_ring {
+                self.early_ended.push_back(seq);
             }
         }
-        // Ids of rows that went before their batch: forget them too.
-        if self.dirty_tasks.len() > max.saturating_mul(4).max(1024) {
-            let tasks = &self.tasks;
-            self.dirty_tasks.retain(|id| tasks.get(id).is_some_and(|r| r.dirty));
+        self.mark_at(Loc::Seq(seq), marks);
+    }
+
+    /// (The head) a member's row of `task`: merged into the row this node keeps of it, or
+    /// kept as it comes.
+    fn merge_in(&mut self, task: TaskId, incoming: Row, marks: Marks) {
+        let seq = self.index.as_ref().and_then(|ix| ix.get(&task)).copied();
+        let loc = match seq {
+            Some(seq) => Loc::Seq(seq),
+            None => Loc::Id(task),
+        };
+        let in_ring = seq
+            .and_then(|s| s.checked_sub(self.base))
+            .is_some_and(|i| (i as usize) < self.ring.len());
+        match self.row_mut(loc) {
+            None => {
+                let terminal = incoming.state.is_terminal();
+                if terminal {
+                    self.metrics.ended(
+                        incoming.state,
+                        incoming.submitted_ms,
+                        incoming.started_ms,
+                        incoming.ended_ms,
+                    );
+                }
+                self.remote.insert(task, incoming);
+                if terminal {
+                    self.finished += 1;
+                    self.remote_ended.push_back(task);
+                }
+                self.mark_at(Loc::Id(task), marks);
+            }
+            Some((_, r)) => {
+                let was = r.state.is_terminal();
+                merge_row(r, incoming);
+                if !was && r.state.is_terminal() {
+                    let (st, s, b, e) = (r.state, r.submitted_ms, r.started_ms, r.ended_ms);
+                    self.metrics.ended(st, s, b, e);
+                    self.finished += 1;
+                    match (loc, in_ring) {
+                        (Loc::Id(id), _) => self.remote_ended.push_back(id),
+                        (Loc::Seq(seq), false) => self.early_ended.push_back(seq),
+                        (Loc::Seq(_), true) => {}
+                    }
+                }
+                self.mark_at(loc, marks);
+            }
         }
+    }
+
+    /// Drops the oldest finished tasks beyond `max`: those that ended after leaving the ring,
+    /// then the ring's front or the members' rows, whichever was submitted first. A task
+    /// still waiting or running at the ring's front moves aside (to `early`) and is never
+    /// dropped. A row not yet sent to the head (or to the history) waits for its batch, unless
+    /// the head has been out of reach for so long that twice `max` finished tasks piled up:
+    /// then it goes too, so a member's memory stays bounded whatever happens to its head.
+    fn evict(&mut self, max: usize) {
+        let pending = |r: &Row| r.dirty || r.hdirty;
+        while self.finished > max {
+            let hard = self.finished >= max.saturating_mul(2);
+            if let Some(&seq) = self.early_ended.front() {
+                match self.early.get(&seq) {
+                    Some(s) if pending(&s.row) && !hard => break,
+                    Some(s) if s.row.state.is_terminal() => {
+                        let id = s.id;
+                        self.early.remove(&seq);
+                        self.forget(id, Some(seq));
+                    }
+                    _ => {}
+                }
+                self.early_ended.pop_front();
+                continue;
+            }
+            let remote_front = loop {
+                match self.remote_ended.front() {
+                    None => break None,
+                    Some(id) => match self.remote.get(id) {
+                        Some(r) if r.state.is_terminal() => break Some((*id, r.submitted_ms)),
+                        _ => {
+                            self.remote_ended.pop_front();
+                        }
+                    },
+                }
+            };
+            let ring_first = match (self.ring.front(), remote_front) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(s), Some((_, ms))) => s.row.submitted_ms <= ms,
+            };
+            if ring_first {
+                let Some(front) = self.ring.front() else { break };
+                if front.row.name != VACANT
+                    && front.row.state.is_terminal()
+                    && pending(&front.row)
+                    && !hard
+                {
+                    break;
+                }
+                let Some(s) = self.ring.pop_front() else { break };
+                let seq = self.base;
+                self.base += 1;
+                if s.row.name == VACANT {
+                    continue;
+                }
+                if s.row.state.is_terminal() {
+                    self.forget(s.id, Some(seq));
+                } else {
+                    self.early.insert(seq, s);
+                }
+            } else if let Some((id, _)) = remote_front {
+                let r = self.remote.get(&id);
+                if r.is_some_and(|r| pending(r)) && !hard {
+                    break;
+                }
+                self.remote.remove(&id);
+                self.remote_ended.pop_front();
+                self.forget(id, None);
+            }
+        }
+        // Places of rows that went before their batch: forget them too.
+        if self.dirty_tasks.len() > max.saturating_mul(4).max(1024) {
+            let mut v = std::mem::take(&mut self.dirty_tasks);
+            v.retain(|l| self.row_mut(*l).is_some_and(|(_, r)| r.dirty));
+            self.dirty_tasks = v;
+        }
+    }
+
+    /// A finished row was dropped (`seq`: one of this node's numbers).
+    fn forget(&mut self, id: TaskId, seq: Option<u64>) {
+        self.finished -= 1;
+        self.dropped += 1;
+        if let (Some(ix), Some(seq)) = (self.index.as_mut(), seq) {
+            if ix.get(&id) == Some(&seq) {
+                ix.remove(&id);
+            }
+        }
+    }
+}
+
+/// The row of an empty slot (see [`Slot`]).
+fn vacant_row() -> Row {
+    Row {
+        name: VACANT,
+        state: TaskStateCode::Finished,
+        job: None,
+        actor: None,
+        node: None,
+        pid: 0,
+        attempt: 0,
+        submitted_ms: 0,
+        started_ms: 0,
+        ended_ms: 0,
+        error: None,
+        dirty: false,
+        hdirty: false,
+        src: NodeId(0),
     }
 }
 

@@ -131,10 +131,10 @@ fn a_member_cut_off_from_its_head_stays_bounded() {
     t.set_member(true);
     for i in 0..100u128 {
         let spec = noop_spec(i as usize, "f");
-        let task = spec.task_id;
+        let seq = i as u64 + 1;
         let mut evs = vec![
-            TaskEvent::Submitted { spec, holder: Holder::Local },
-            TaskEvent::Finished { task },
+            TaskEvent::Submitted { seq, spec, holder: Holder::Local, parent: Parent::None },
+            TaskEvent::Finished { seq },
         ];
         t.apply(&mut evs, &sched, NodeId(2), now_ms());
     }
@@ -287,12 +287,17 @@ fn recording_cost_per_task() {
     let mut buf = Vec::new();
     let start = Instant::now();
     let cpu0 = thread_cpu();
-    for spec in &specs {
-        let task = spec.task_id;
+    for (i, spec) in specs.iter().enumerate() {
+        let seq = i as u64 + 1;
         for ev in [
-            TaskEvent::Submitted { spec: spec.clone(), holder: Holder::Local },
-            TaskEvent::Started { task, pid: 7, attempt: 0 },
-            TaskEvent::Finished { task },
+            TaskEvent::Submitted {
+                seq,
+                spec: spec.clone(),
+                holder: Holder::Local,
+                parent: Parent::None,
+            },
+            TaskEvent::Started { seq, pid: 7, attempt: 0 },
+            TaskEvent::Finished { seq },
         ] {
             buf.push(ev);
             t.apply(&mut buf, &sched, NodeId(0), now_ms());
@@ -325,14 +330,16 @@ fn recording_cost_bulk() {
     };
     let start = Instant::now();
     let cpu0 = thread_cpu();
-    for chunk in specs.chunks(burst) {
-        for s in chunk {
-            log(TaskEvent::Submitted { spec: s.clone(), holder: Holder::Local }, &mut buf);
+    for (c, chunk) in specs.chunks(burst).enumerate() {
+        let first = (c * burst) as u64 + 1;
+        for (i, s) in chunk.iter().enumerate() {
+            let (seq, spec, parent) = (first + i as u64, s.clone(), Parent::None);
+            log(TaskEvent::Submitted { seq, spec, holder: Holder::Local, parent }, &mut buf);
         }
-        for s in chunk {
-            let task = s.task_id;
-            log(TaskEvent::Started { task, pid: 7, attempt: 0 }, &mut buf);
-            log(TaskEvent::Finished { task }, &mut buf);
+        for i in 0..chunk.len() {
+            let seq = first + i as u64;
+            log(TaskEvent::Started { seq, pid: 7, attempt: 0 }, &mut buf);
+            log(TaskEvent::Finished { seq }, &mut buf);
         }
     }
     t.flush();

@@ -554,6 +554,7 @@ impl Scheduler {
             cancel: None,
             caller: a.caller,
             queued_at: 0,
+            seq: 0,
         };
         self.tasks.insert(aid.0, entry);
         self.assign(wid, aid.0, out);

@@ -64,8 +64,8 @@ impl Scheduler {
         if let Some(w) = self.workers.get(&wid) {
             if let Some(&tid) = w.queue.front() {
                 if let Some(t) = self.tasks.get(&tid) {
-                    let (pid, attempt) = (w.pid, t.attempts);
-                    note!(self, TaskEvent::Started { task: tid, pid, attempt });
+                    let (seq, pid, attempt) = (t.seq, w.pid, t.attempts);
+                    note!(self, TaskEvent::Started { seq, pid, attempt });
                 }
             }
         }
@@ -86,6 +86,7 @@ impl Scheduler {
             return;
         };
         let name = task.spec.name.clone();
+        let seq = task.seq;
         let call_of = match &task.spec.actor {
             ActorPart::Call { actor, .. } => Some(*actor),
             _ => None,
@@ -100,7 +101,7 @@ impl Scheduler {
                 self.report_to_peer(tid, &spec, Ok(values), out);
                 self.stream_finished(tid, None, out);
                 self.finish_task(tid, out);
-                note!(self, TaskEvent::Finished { task: tid });
+                note!(self, TaskEvent::Finished { seq });
             }
             TaskResult::Ok(values) => {
                 let msg = format!(
@@ -250,7 +251,7 @@ impl Scheduler {
         let spec = task.spec.clone();
         let create_of = matches!(spec.actor, ActorPart::Create(_)).then_some(ActorId(tid));
         if create_of.is_none() {
-            note!(self, TaskEvent::Failed { task: tid, error: err.clone() });
+            note!(self, TaskEvent::Failed { seq: task.seq, error: err.clone() });
         }
         match (&spec.actor, task.state) {
             (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {

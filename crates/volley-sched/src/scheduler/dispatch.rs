@@ -248,7 +248,7 @@ impl Scheduler {
             return;
         };
         task.state = TaskState::Assigned(wid);
-        let (pid, attempt) = (w.pid, task.attempts);
+        let (seq, pid, attempt) = (task.seq, w.pid, task.attempts);
         let spec = task.spec.clone();
         w.queue.push_back(tid);
         let runs_now = w.queue.len() == 1 && w.actor.is_none();
@@ -265,7 +265,7 @@ impl Scheduler {
             self.head_started(wid, out);
         } else if w.actor.is_some() {
             // An actor's call: it runs in the actor's own order (or at once, with threads).
-            note!(self, TaskEvent::Started { task: tid, pid, attempt });
+            note!(self, TaskEvent::Started { seq, pid, attempt });
         }
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
@@ -336,7 +336,7 @@ impl Scheduler {
             } else if let ActorPart::Call { actor, .. } = &task.spec.actor {
                 let (aid, caller) = (*actor, task.caller);
                 task.state = TaskState::Queued;
-                note!(self, TaskEvent::Queued { task: tid, attempt: task.attempts });
+                note!(self, TaskEvent::Queued { seq: task.seq, attempt: task.attempts });
                 if let Some(a) = self.actors.get_mut(&aid) {
                     a.requeue_call(caller, tid);
                 }

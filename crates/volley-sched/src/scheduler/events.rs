@@ -7,38 +7,46 @@
 
 use super::*;
 
-/// One step of a task's or an actor's life, as the scheduler saw it.
+/// One step of a task's or an actor's life, as the scheduler saw it. A task's events after its
+/// submission name it by `seq`, the number its submission got: the runtime keeps its rows in
+/// submission order, so an event finds its row by an index instead of a hash lookup in a large
+/// table (see `volley-runtime`'s `state` module).
 #[derive(Debug, Clone)]
 pub enum TaskEvent {
     /// A task was submitted by `holder` (actor creations are actors, not tasks: not noted).
+    /// `seq` is one more than the last submission's, unless the task was submitted again while
+    /// its entry still existed: then it keeps its number (its row is written again).
     Submitted {
+        seq: u64,
         spec: Arc<TaskSpec>,
         holder: Holder,
+        /// For a task submitted from a worker: what that worker runs (its job is the task's).
+        parent: Parent,
     },
     /// It waits for a worker: its arguments are ready, or it goes back to the queue for another
     /// attempt (`attempt` counts the retries so far), or it was taken back from a busy worker.
     Queued {
-        task: TaskId,
+        seq: u64,
         attempt: u32,
     },
-    /// Sent to worker process `pid` (it runs, or waits behind the task that does); `attempt`
-    /// counts the retries before this run.
+    /// It runs in worker process `pid` (for an actor's call: sent to the actor's process);
+    /// `attempt` counts the retries before this run.
     Started {
-        task: TaskId,
+        seq: u64,
         pid: u32,
         attempt: u32,
     },
     /// Sent to another node, which runs it (and notes its own events).
     Forwarded {
-        task: TaskId,
+        seq: u64,
         peer: NodeId,
     },
     Finished {
-        task: TaskId,
+        seq: u64,
     },
     /// Failed for good (or cancelled: the error's kind says which).
     Failed {
-        task: TaskId,
+        seq: u64,
         error: Arc<ErrorPayload>,
     },
     /// Something of the actor changed (created, started, alive, restarting, dead): read it
@@ -46,6 +54,17 @@ pub enum TaskEvent {
     Actor {
         actor: ActorId,
     },
+}
+
+/// What the worker that submitted a task was running: the nested task's job is its parent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// Not submitted from a worker, or from one that runs nothing recorded.
+    None,
+    /// The task (by its `seq`) at the head of the worker's queue.
+    Task(u64),
+    /// The actor the worker hosts.
+    Actor(ActorId),
 }
 
 /// An actor as the state API shows it.
@@ -166,8 +185,43 @@ impl Scheduler {
         if !self.recording {
             return;
         }
-        let attempt = self.tasks.get(&task).map_or(0, |t| t.attempts);
-        self.events.push(TaskEvent::Queued { task, attempt });
+        if let Some(t) = self.tasks.get(&task) {
+            let (seq, attempt) = (t.seq, t.attempts);
+            self.events.push(TaskEvent::Queued { seq, attempt });
+        }
+    }
+
+    /// Notes a task's submission (recording is on); its number: `again`'s, the number of the
+    /// entry this submission replaces, if any, else the next one.
+    pub(super) fn note_submitted(
+        &mut self,
+        spec: &Arc<TaskSpec>,
+        holder: Holder,
+        again: Option<u64>,
+    ) -> u64 {
+        let seq = match again {
+            Some(s) if s != 0 => s,
+            _ => {
+                let s = self.next_seq;
+                self.next_seq += 1;
+                s
+            }
+        };
+        let parent = match holder {
+            Holder::Worker(w) => match self.workers.get(&w) {
+                Some(w) if w.actor.is_some() => w.actor.map_or(Parent::None, Parent::Actor),
+                Some(w) => w
+                    .queue
+                    .front()
+                    .and_then(|t| self.tasks.get(t))
+                    .filter(|t| t.seq != 0)
+                    .map_or(Parent::None, |t| Parent::Task(t.seq)),
+                None => Parent::None,
+            },
+            _ => Parent::None,
+        };
+        self.events.push(TaskEvent::Submitted { seq, spec: spec.clone(), holder, parent });
+        seq
     }
 
     /// This node's number in the cluster, once it joined one.

@@ -558,8 +558,9 @@ impl Scheduler {
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.state = TaskState::Remote(peer);
+            let seq = t.seq;
+            note!(self, super::TaskEvent::Forwarded { seq, peer });
         }
-        note!(self, super::TaskEvent::Forwarded { task: tid, peer });
         self.spill_to(peer, spec, objects, out);
         true
     }

@@ -145,8 +145,9 @@ impl Scheduler {
         for (t, spec, objects) in todo {
             if let Some(task) = self.tasks.get_mut(&t) {
                 task.state = TaskState::Remote(peer);
+                let seq = task.seq;
+                note!(self, TaskEvent::Forwarded { seq, peer });
             }
-            note!(self, TaskEvent::Forwarded { task: t, peer });
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.sent(t, 0);
             }

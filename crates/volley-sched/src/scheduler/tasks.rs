@@ -29,6 +29,9 @@ pub(super) struct TaskEntry {
     pub(super) caller: Holder,
     /// When it last went into a ready queue (the clock of the last `tick`), for wait notices.
     pub(super) queued_at: u64,
+    /// Its number in the state API's events (`TaskEvent`): the slot of its row in the
+    /// runtime's table. 0 when not recorded (recording off, or an actor's creation).
+    pub(super) seq: u64,
 }
 
 impl TaskEntry {
@@ -41,6 +44,7 @@ impl TaskEntry {
             cancel: None,
             caller,
             queued_at: 0,
+            seq: 0,
         }
     }
 
