@@ -193,6 +193,34 @@ def test_summaries_count_by_function_and_state(volley_2cpu):
     assert s["by_name"]["ok"]["max_ms"] >= s["by_name"]["ok"]["p50_ms"] >= 0
 
 
+@volley.remote
+def nested_leaf(x: int) -> int:
+    return x
+
+
+@volley.remote
+def outer(n: int) -> list[int]:
+    return volley.get([nested_leaf.remote(i) for i in range(n)])
+
+
+@volley.remote
+class Spawner:
+    def spawn(self, n: int) -> list[int]:
+        return volley.get([nested_leaf.remote(10 + i) for i in range(n)])
+
+
+def test_nested_tasks_belong_to_their_parents_job(volley_2cpu):
+    """A task submitted by a task, or by an actor's method, is its parent's job's (it was
+    listed with no job before, so a job's filter missed it)."""
+    assert volley.get(outer.remote(3)) == [0, 1, 2]
+    s = Spawner.remote()
+    assert volley.get(s.spawn.remote(2)) == [10, 11]
+    # Five nested tasks, all of this driver's job (a job filter finds them).
+    nested = _settled("nested_leaf", 5)
+    assert len(nested) == 5, nested
+    assert {t["job_id"] for t in nested} == {_job()}
+
+
 def test_other_kinds(volley_2cpu):
     nodes = state.list_nodes()
     assert nodes and all(n["alive"] for n in nodes)

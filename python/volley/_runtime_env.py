@@ -124,10 +124,14 @@ def build(
     return json.dumps(desc, sort_keys=True), packages
 
 
-def with_job(desc: str, job_id: str) -> str:
-    """The description ``desc`` (from :func:`build`) with the driver's job id in it."""
+def with_job(desc: str, job_id: str, node: int | None = None) -> str:
+    """The description ``desc`` (from :func:`build`) with the driver's job id in it, and the
+    number of the driver's node (``job_node``), which the state API files the job's tasks
+    under wherever they run, nested ones included (they inherit the description)."""
     d = json.loads(desc)
     d["job_id"] = job_id
+    if node is not None:
+        d["job_node"] = node
     return json.dumps(d, sort_keys=True)
 
 

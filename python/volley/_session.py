@@ -335,7 +335,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                     tls_key=daemon.get("tls_key"),
                 )
             job = _job_id(node_number)
-            _core.set_runtime_env(_runtime_env.with_job(env_desc, job), sorted(env_packages))
+            desc = _runtime_env.with_job(env_desc, job, node_number)
+            _core.set_runtime_env(desc, sorted(env_packages))
             if args.get("dashboard") and not auto:
                 from . import _dashboard
 

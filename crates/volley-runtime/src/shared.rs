@@ -187,7 +187,7 @@ impl Shared {
             route(&mut st, &self.store, out, &mut d);
             if st.sched.has_events() {
                 // Logged here, folded into the rows in bulk away from this lock (see `state`).
-                fold = self.head.tables.record(&mut st.sched);
+                fold = self.head.tables.record(&mut st.sched, since);
             }
             (r, since.elapsed())
         };

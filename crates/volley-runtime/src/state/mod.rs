@@ -20,9 +20,9 @@ mod metrics;
 mod query;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use volley_proto::{
     ActorId, ActorPart, ActorRow, ErrorKind, FilterOp, NodeId, ObjectId, StateAnswer, StateQuery,
@@ -178,6 +178,8 @@ struct Inner {
     index: Option<IdMap<TaskId, u64>>,
     /// Rows in a final state, wherever they are (the bound counts these).
     finished: usize,
+    /// The last runtime environment read for its job, and that job (see `env_job`).
+    env_job: Option<(String, Option<NodeId>)>,
     dropped: u64,
     actors: IdMap<ActorId, ActorRow>,
     dirty_tasks: Vec<Loc>,
@@ -202,6 +204,7 @@ impl Default for Inner {
             remote_ended: VecDeque::new(),
             index: None,
             finished: 0,
+            env_job: None,
             dropped: 0,
             actors: IdMap::default(),
             dirty_tasks: Vec::new(),
@@ -249,6 +252,11 @@ pub struct Tables {
     /// Jobs known by another id than their driver node's number (a submitted job's), by
     /// driver node: how rows show `job_id`, and what a `job_id` filter may name.
     job_names: Mutex<HashMap<NodeId, String>>,
+    /// Events are stamped from the monotonic reading their scheduler call began with, plus
+    /// the time of day (ms) at `epoch`, read again at each fold so that a step of the
+    /// system's clock shows within one fold.
+    epoch: Instant,
+    wall_at_epoch: AtomicU64,
 }
 
 impl Default for Tables {
@@ -271,6 +279,8 @@ impl Tables {
             member: AtomicBool::new(false),
             history: AtomicBool::new(false),
             job_names: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            wall_at_epoch: AtomicU64::new(now_ms()),
         }
     }
 
@@ -300,11 +310,15 @@ impl Tables {
     /// scheduler's lock and with the caches warm (a fold per event cost the task path several
     /// times more). Whether the log is long enough to fold now ([`Tables::flush`], after the
     /// scheduler's lock is released).
-    pub(crate) fn record(&self, sched: &mut Scheduler) -> bool {
+    /// `at` is when the call began (the caller read the clock already: the time of day is
+    /// derived from it instead of a second reading per call).
+    pub(crate) fn record(&self, sched: &mut Scheduler, at: Instant) -> bool {
         let me = sched.node_id().unwrap_or(NodeId(0));
         let mut events = Vec::new();
         sched.swap_events(&mut events);
-        let n = self.log_events(&mut events, sched, me, now_ms());
+        let wall = self.wall_at_epoch.load(Ordering::Relaxed);
+        let now = wall + at.saturating_duration_since(self.epoch).as_millis() as u64;
+        let n = self.log_events(&mut events, sched, me, now);
         // Hand the (empty) buffer back so that the scheduler does not allocate a new one.
         sched.swap_events(&mut events);
         n >= FOLD_AT
@@ -336,6 +350,8 @@ impl Tables {
     }
 
     fn flush_locked(&self, inner: &mut Inner) {
+        let since = self.epoch.elapsed().as_millis() as u64;
+        self.wall_at_epoch.store(now_ms().saturating_sub(since), Ordering::Relaxed);
         {
             let mut log = self.log.lock();
             if log.runs.is_empty() {
@@ -368,11 +384,13 @@ impl Tables {
             match ev {
                 TaskEvent::Submitted { seq, spec, holder, parent } => {
                     let name = inner.names.intern(&spec.name);
-                    let job = match holder {
+                    // The driver's node, as its runtime environment names it (a nested task
+                    // inherits it), else as the submission suggests.
+                    let job = inner.env_job(&spec).or_else(|| match holder {
                         Holder::Local => Some(me),
                         Holder::Peer(p) => Some(p),
                         Holder::Worker(_) => inner.parent_job(parent),
-                    };
+                    });
                     let actor = match &spec.actor {
                         ActorPart::Call { actor, .. } => Some(*actor),
                         _ => None,
@@ -775,6 +793,25 @@ impl Inner {
             Parent::Task(seq) => self.slot_mut(seq).and_then(|s| s.row.job),
             Parent::Actor(a) => self.actors.get(&a).and_then(|a| a.job),
         }
+    }
+
+    /// The job a task's runtime environment names (`job_node`: the number of its driver's
+    /// node, which `volley.init` writes there). The description is the same for all of a
+    /// driver's tasks, so the last one read is kept: a comparison per task, no parse.
+    fn env_job(&mut self, spec: &volley_proto::TaskSpec) -> Option<NodeId> {
+        let json = &spec.options.runtime_env.as_ref()?.json;
+        if let Some((last, job)) = &self.env_job {
+            if last == json {
+                return *job;
+            }
+        }
+        let job = serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v.get("job_node")?.as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+            .map(NodeId);
+        self.env_job = Some((json.clone(), job));
+        job
     }
 
     /// Makes the index by task id of the rows this node's scheduler gave numbers (the first
