@@ -146,7 +146,7 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
     """A query over the rows a head wrote to ``session``/history (see docs/state.md)."""
     keys = _HISTORY_KEYS.get(kind)
     if keys is None:
-        raise ValueError(f"a session's history holds tasks, actors and jobs, not {kind}")
+        raise ValueError(f"a session's history holds tasks and actors, and jobs, not {kind}")
     folder = session / "history" if (session / "history").is_dir() else session
     files = [folder / f"{kind}.1.jsonl", folder / f"{kind}.jsonl"]
     if not any(f.exists() for f in files):
