@@ -421,8 +421,9 @@ impl Jobs {
         let Some(whole) = ups.remove(hash) else { return Ok(0) };
         drop(ups);
         if !rundir::package_matches(hash, &whole.data) {
-            return Err("the uploaded working directory does not match its hash; submit again"
-                .into());
+            return Err(
+                "the uploaded working directory does not match its hash; submit again".into()
+            );
         }
         rundir::write_package(hash, &whole.data)
             .map_err(|e| format!("could not keep the job's working directory: {e}"))?;

@@ -150,8 +150,7 @@ impl Tables {
         }
         for row in rows {
             let Some(o) = row.as_object_mut() else { continue };
-            if let Some(name) = o.get("job_id").and_then(Value::as_str).and_then(|j| names.get(j))
-            {
+            if let Some(name) = o.get("job_id").and_then(Value::as_str).and_then(|j| names.get(j)) {
                 o.insert("job_id".into(), name.clone().into());
             }
         }
@@ -190,8 +189,11 @@ impl LogIndex {
         let mut out = Vec::new();
         for j in jobs.iter().filter(|j| j.entrypoint.is_some() && j.driver_pid.is_some()) {
             let file = format!("jobs/{}.log", j.job_id);
-            self.add(&mut out, json!({"file": file, "kind": "job", "job_id": j.job_id,
-                                      "node_id": 0, "pid": j.driver_pid}));
+            self.add(
+                &mut out,
+                json!({"file": file, "kind": "job", "job_id": j.job_id,
+                                      "node_id": 0, "pid": j.driver_pid}),
+            );
         }
         let node_pid: HashMap<u64, u32> = view.iter().map(|n| (n.id.0.into(), n.pid)).collect();
         let worker = |row: &Value, pid_key: &str| {
@@ -202,15 +204,21 @@ impl LogIndex {
         };
         for t in tasks {
             if let Some((file, node, pid)) = worker(t, "worker_pid") {
-                self.add(&mut out, json!({"file": file, "kind": "worker", "node_id": node,
-                                          "pid": pid, "job_id": t.get("job_id")}));
+                self.add(
+                    &mut out,
+                    json!({"file": file, "kind": "worker", "node_id": node,
+                                          "pid": pid, "job_id": t.get("job_id")}),
+                );
             }
         }
         for a in actors {
             if let Some((file, node, pid)) = worker(a, "pid") {
-                self.add(&mut out, json!({"file": file, "kind": "actor", "node_id": node,
+                self.add(
+                    &mut out,
+                    json!({"file": file, "kind": "actor", "node_id": node,
                                           "pid": pid, "job_id": a.get("job_id"),
-                                          "actor_id": a.get("actor_id")}));
+                                          "actor_id": a.get("actor_id")}),
+                );
             }
         }
         out
