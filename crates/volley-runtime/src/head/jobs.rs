@@ -126,9 +126,13 @@ impl Jobs {
             }
             if !row.status.is_terminal() {
                 // Its supervisor was the head that stopped; nobody can tell how it ended.
+                row.message = Some(if row.status == JobStatus::Pending {
+                    "the head stopped before the job started: it died (killed or crashed)".into()
+                } else {
+                    HEAD_DIED.into()
+                });
                 row.status = JobStatus::Failed;
                 row.end_ms = Some(row.end_ms.unwrap_or_else(now_ms));
-                row.message = Some(HEAD_DIED.into());
                 let _ = write_row(&dir, &row);
             }
             loaded.push(row);
@@ -739,6 +743,97 @@ mod tests {
             HeadAnswer::JobRefused(why) => assert!(why.contains("is not valid"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A head configured to keep its job records in a fresh directory of its own (it starts
+    /// no drivers).
+    fn configured(name: &str) -> Arc<Jobs> {
+        let jobs = Arc::new(Jobs::default());
+        let dir = std::env::temp_dir().join(format!("volley-jobs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        rundir::ensure_private_dir(&dir).expect("a private test directory");
+        let cfg = Config { address: "127.0.0.1:1".into(), python: "python3".into(), dir };
+        assert!(jobs.cfg.set(cfg).is_ok());
+        jobs
+    }
+
+    #[test]
+    fn uploads_go_on_from_what_the_head_has_and_only_a_few_arrive_at_once() {
+        let jobs = configured("uploads");
+        let hash = |i: usize| format!("{i:032x}");
+        // A chunk sent twice, or one from the wrong offset: the answer says where to go on.
+        assert_eq!(jobs.upload(&hash(0), 30, 0, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 0, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 20, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 10, &[1; 10]), Ok(20));
+        for i in 1..MAX_UPLOADS {
+            assert_eq!(jobs.upload(&hash(i), 30, 0, &[1; 10]), Ok(10));
+        }
+        let busy = jobs.upload(&hash(99), 30, 0, &[1; 10]);
+        assert!(
+            busy.as_ref().is_err_and(|w| w.contains("4 working directories at once")),
+            "{busy:?}"
+        );
+        // One idle for long gives way; then the other goes on from nothing.
+        jobs.uploads.lock().get_mut(&hash(1)).expect("upload").touched -= UPLOAD_IDLE;
+        assert_eq!(jobs.upload(&hash(99), 30, 0, &[1; 10]), Ok(10));
+        assert!(!jobs.uploads.lock().contains_key(&hash(1)));
+        // The whole not matching its hash: refused, and forgotten.
+        let bad = jobs.upload(&hash(0), 30, 20, &[1; 10]);
+        assert!(bad.as_ref().is_err_and(|w| w.contains("does not match its hash")), "{bad:?}");
+        assert!(!jobs.uploads.lock().contains_key(&hash(0)));
+    }
+
+    #[test]
+    fn a_pending_job_is_stopped_with_the_head_and_its_resources_say_what_it_waits_for() {
+        let jobs = configured("pending");
+        let mut t = jobs.table.lock();
+        t.capacity = [("CPU".to_string(), 2000)].into_iter().collect();
+        let spec = |cpus: u64| JobSpec {
+            submission_id: None,
+            argv: vec!["python".into()],
+            entrypoint: "python".into(),
+            working_dir: None,
+            env_vars: Vec::new(),
+            resources: vec![("CPU".into(), cpus)],
+            pip: Vec::new(),
+        };
+        let row = |id: &str, status| JobRow {
+            job_id: id.into(),
+            status,
+            entrypoint: Some("python".into()),
+            driver_pid: None,
+            start_ms: 1,
+            end_ms: None,
+            exit_code: None,
+            message: None,
+            driver_node: None,
+        };
+        let running = Job { spec: Some(spec(1500)), ..Job::new(row("a", JobStatus::Running)) };
+        t.jobs.insert("a".into(), running);
+        let waiting = Job { spec: Some(spec(1000)), ..Job::new(row("b", JobStatus::Pending)) };
+        t.jobs.insert("b".into(), waiting);
+        t.pending.push("b".into());
+        drop(t);
+        jobs.start_pending();
+        let b = jobs.status("b").expect("b");
+        assert_eq!(b.status, JobStatus::Pending);
+        assert_eq!(
+            b.message.as_deref(),
+            Some(
+                "waiting for 1 CPU on the head's node: 0.5 of 2 free (the other jobs' \
+                 entrypoints hold the rest)"
+            )
+        );
+        jobs.table.lock().jobs.remove("a");
+        jobs.shutdown(Duration::from_millis(10));
+        let b = jobs.status("b").expect("b");
+        assert_eq!(b.status, JobStatus::Stopped);
+        assert!(b.message.is_some_and(|m| m.contains("before it started")));
+        let kept = fs::read(jobs.config().expect("cfg").dir.join("b.json")).expect("its record");
+        let kept: JobRow = serde_json::from_slice(&kept).expect("a row");
+        assert_eq!(kept.status, JobStatus::Stopped);
+        let _ = fs::remove_dir_all(&jobs.config().expect("cfg").dir);
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub(crate) fn start(
             shared.head.tables.name_jobs_in(&mut t);
             shared.head.tables.name_jobs_in(&mut a);
             let j = job_changes(shared.head.job_rows(), &mut written);
-            let l = index.entries(&j, &t, &a, &shared.head.view());
+            let node_pids = shared.head.view().iter().map(|n| (n.id.0.into(), n.pid)).collect();
+            let l = index.entries(&j, &t, &a, &node_pids);
             let j: Vec<Value> = j.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
             let wrote = tasks
                 .append(&t)
@@ -176,7 +177,8 @@ struct LogIndex {
 }
 
 impl LogIndex {
-    /// New index lines for the jobs, tasks and actors of this round. A worker's file is
+    /// New index lines for the jobs, tasks and actors of this round (`node_pid`: each node's
+    /// process, by node number, from the head's view). A worker's file is
     /// `logs/worker-<node's pid>-<pid>.log` on its node's machine (`.N` before `.log` once
     /// rotated); a submitted job's output is `jobs/<id>.log` on the head's.
     fn entries(
@@ -184,7 +186,7 @@ impl LogIndex {
         jobs: &[JobRow],
         tasks: &[Value],
         actors: &[Value],
-        view: &[volley_proto::NodeSnapshot],
+        node_pid: &HashMap<u64, u32>,
     ) -> Vec<Value> {
         let mut out = Vec::new();
         for j in jobs.iter().filter(|j| j.entrypoint.is_some() && j.driver_pid.is_some()) {
@@ -195,7 +197,6 @@ impl LogIndex {
                                       "node_id": 0, "pid": j.driver_pid}),
             );
         }
-        let node_pid: HashMap<u64, u32> = view.iter().map(|n| (n.id.0.into(), n.pid)).collect();
         let worker = |row: &Value, pid_key: &str| {
             let node = row.get("node_id")?.as_u64()?;
             let pid = row.get(pid_key)?.as_u64()?;
@@ -231,5 +232,68 @@ impl LogIndex {
         if self.seen.insert(entry.to_string()) {
             out.push(entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use volley_proto::{JobStatus, NodeId};
+
+    use super::*;
+
+    fn job(id: &str, status: JobStatus) -> JobRow {
+        JobRow {
+            job_id: id.into(),
+            status,
+            entrypoint: Some("python s.py".into()),
+            driver_pid: Some(77),
+            start_ms: 1,
+            end_ms: None,
+            exit_code: None,
+            message: None,
+            driver_node: Some(3),
+        }
+    }
+
+    #[test]
+    fn rows_name_a_submitted_job_by_its_submission_id_as_the_live_api_does() {
+        let tables = Tables::default();
+        tables.name_job(NodeId(3), "nightly".into());
+        let mut rows =
+            vec![json!({"job_id": "3"}), json!({"job_id": "4"}), json!({"job_id": null})];
+        tables.name_jobs_in(&mut rows);
+        assert_eq!(
+            rows,
+            [json!({"job_id": "nightly"}), json!({"job_id": "4"}), json!({"job_id": null})]
+        );
+    }
+
+    #[test]
+    fn a_job_is_written_when_it_changes_and_a_log_file_indexed_once() {
+        let mut written = HashMap::new();
+        let running = job("j", JobStatus::Running);
+        assert_eq!(job_changes(vec![running.clone()], &mut written), [running.clone()]);
+        assert!(job_changes(vec![running.clone()], &mut written).is_empty());
+        let done = JobRow { status: JobStatus::Succeeded, ..running };
+        assert_eq!(job_changes(vec![done.clone()], &mut written), [done.clone()]);
+
+        let mut index = LogIndex::default();
+        let nodes: HashMap<u64, u32> = [(2, 500)].into_iter().collect();
+        let task = json!({"node_id": 2, "worker_pid": 9, "job_id": "j"});
+        let actor = json!({"node_id": 2, "pid": 10, "job_id": "j", "actor_id": "ab"});
+        let elsewhere = json!({"node_id": 8, "worker_pid": 9, "job_id": "j"});
+        let tasks = [task.clone(), task.clone(), elsewhere];
+        let first = index.entries(&[done.clone()], &tasks, &[actor.clone()], &nodes);
+        assert_eq!(
+            first,
+            [
+                json!({"file": "jobs/j.log", "kind": "job", "job_id": "j", "node_id": 0, "pid": 77}),
+                json!({"file": "logs/worker-500-9.log", "kind": "worker", "node_id": 2, "pid": 9,
+                       "job_id": "j"}),
+                json!({"file": "logs/worker-500-10.log", "kind": "actor", "node_id": 2, "pid": 10,
+                       "job_id": "j", "actor_id": "ab"}),
+            ]
+        );
+        assert!(index.entries(&[done], &[task], &[actor], &nodes).is_empty());
     }
 }
