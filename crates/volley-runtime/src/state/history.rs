@@ -272,10 +272,10 @@ mod tests {
     fn a_job_is_written_when_it_changes_and_a_log_file_indexed_once() {
         let mut written = HashMap::new();
         let running = job("j", JobStatus::Running);
-        assert_eq!(job_changes(vec![running.clone()], &mut written), [running.clone()]);
+        assert_eq!(job_changes(vec![running.clone()], &mut written), vec![running.clone()]);
         assert!(job_changes(vec![running.clone()], &mut written).is_empty());
         let done = JobRow { status: JobStatus::Succeeded, ..running };
-        assert_eq!(job_changes(vec![done.clone()], &mut written), [done.clone()]);
+        assert_eq!(job_changes(vec![done.clone()], &mut written), vec![done.clone()]);
 
         let mut index = LogIndex::default();
         let nodes: HashMap<u64, u32> = [(2, 500)].into_iter().collect();
@@ -283,7 +283,12 @@ mod tests {
         let actor = json!({"node_id": 2, "pid": 10, "job_id": "j", "actor_id": "ab"});
         let elsewhere = json!({"node_id": 8, "worker_pid": 9, "job_id": "j"});
         let tasks = [task.clone(), task.clone(), elsewhere];
-        let first = index.entries(&[done.clone()], &tasks, &[actor.clone()], &nodes);
+        let first = index.entries(
+            std::slice::from_ref(&done),
+            &tasks,
+            std::slice::from_ref(&actor),
+            &nodes,
+        );
         assert_eq!(
             first,
             [
