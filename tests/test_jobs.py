@@ -440,6 +440,11 @@ def test_a_working_dir_of_megabytes_ships_through_a_slow_link(jc, tmp_path):
         row = client.wait(jid, timeout=60)
         assert row["status"] == "SUCCEEDED", (row, client.get_job_logs(jid))
         assert client.get_job_logs(jid).strip() == hashlib.sha256(noise).hexdigest()
+        # The head keeps it by hash: the same directory again is not sent again.
+        sent = link.relayed
+        again = client.submit_job("python check.py", working_dir=big)
+        assert link.relayed - sent < 100_000, link.relayed - sent
+        assert client.wait(again, timeout=60)["status"] == "SUCCEEDED"
     finally:
         link.close()
 
