@@ -109,7 +109,12 @@ pub(crate) fn start(
             shared.head.tables.name_jobs_in(&mut t);
             shared.head.tables.name_jobs_in(&mut a);
             let j = job_changes(shared.head.job_rows(), &mut written);
-            let node_pids = shared.head.view().iter().map(|n| (n.id.0.into(), n.pid)).collect();
+            // (The view is copied only when there are rows to index.)
+            let node_pids = if t.is_empty() && a.is_empty() {
+                HashMap::new()
+            } else {
+                shared.head.view().iter().map(|n| (n.id.0.into(), n.pid)).collect()
+            };
             let l = index.entries(&j, &t, &a, &node_pids);
             let j: Vec<Value> = j.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
             let wrote = tasks
