@@ -522,6 +522,10 @@ def test_entrypoint_resources_hold_the_heads_node_and_a_job_waits_pending(jc, cl
         client.submit_job("python -c pass", entrypoint_num_gpus=-1)
     with pytest.raises(ValueError, match="give CPU once"):
         client.submit_job("python -c pass", entrypoint_num_cpus=1, entrypoint_resources={"CPU": 1})
+    with pytest.raises(TypeError, match="entrypoint_resources must map"):
+        client.submit_job("python -c pass", entrypoint_resources=[("CPU", 1)])
+    with pytest.raises(ValueError, match="disk must be a number >= 0, not 'x'"):
+        client.submit_job("python -c pass", entrypoint_resources={"disk": "x"})
 
 
 def _tiny_wheel(tmp: Path) -> Path:
@@ -585,3 +589,5 @@ def test_a_jobs_pip_runs_it_in_a_venv_made_once_and_a_bad_requirement_fails_it(
     assert "never" not in client.get_job_logs(bad)
     with pytest.raises(TypeError, match="pip must be a list"):
         client.submit_job("python -c pass", runtime_env={"pip": "numpy"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pip_check'\]"):
+        client.submit_job("python -c pass", runtime_env={"pip": {"pip_check": True}})

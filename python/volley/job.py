@@ -69,7 +69,7 @@ def _resources(
     num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
 ) -> list[tuple[str, int]]:
     """The entrypoint's resources as the head takes them: (name, thousandths)."""
-    if not isinstance(resources, dict | None):
+    if not (resources is None or isinstance(resources, dict)):
         raise TypeError("entrypoint_resources must map a resource's name to an amount")
     want: dict[str, Any] = dict(resources or {})
     for name, amount in (("CPU", num_cpus), ("GPU", num_gpus)):
@@ -81,7 +81,7 @@ def _resources(
     for name, amount in sorted(want.items()):
         if not isinstance(name, str) or not name:
             raise ValueError(f"entrypoint resources: {name!r} cannot name a resource")
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise ValueError(f"entrypoint resources: {name} must be a number >= 0, not {amount!r}")
         milli = round(amount * 1000)
         if milli:
@@ -101,7 +101,7 @@ def _pip_args(pip: Any) -> list[str]:
                 "pip_install_options"
             )
         pip = list(pip.get("pip_install_options") or []) + list(pip.get("packages") or [])
-    if not isinstance(pip, list | tuple) or not all(isinstance(a, str) and a for a in pip):
+    if not isinstance(pip, (list, tuple)) or not all(isinstance(a, str) and a for a in pip):
         raise TypeError("runtime_env pip must be a list of requirements (non-empty str)")
     return list(pip)
 
