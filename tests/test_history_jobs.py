@@ -53,8 +53,12 @@ def test_jobs_and_their_logs_are_in_the_history_after_the_head_crashed(tmp_path)
         def written():
             jobs = {r["job_id"]: r for r in _lines(history / "jobs.jsonl")}
             tasks = [t for t in _lines(history / "tasks.jsonl") if t["name"] == "sq"]
-            done = jobs.get(jid, {}).get("status") == "SUCCEEDED" and failed in jobs
-            return done and len({t["task_id"] for t in tasks}) == 4 and (jobs, tasks)
+            ended = {j: jobs.get(j, {}).get("status") for j in (jid, failed)}
+            done = ended == {jid: "SUCCEEDED", failed: "FAILED"}
+            boxes = [a for a in _lines(history / "actors.jsonl") if a["class_name"] == "Box"]
+            indexed = {e["kind"] for e in _lines(history / "logs.jsonl")} >= {"job", "actor"}
+            four = len({t["task_id"] for t in tasks}) == 4
+            return done and four and boxes and indexed and (jobs, tasks)
 
         got = poll(written, timeout=20)
         assert got, sorted(p.name for p in history.iterdir()) if history.exists() else "none"
