@@ -231,8 +231,8 @@ def test_errors_are_clear(jc, client, tmp_path):
     assert r.returncode == 1 and dead in r.stderr, r
     r = cli(jc, "submit", "--runtime-env-json", "{not json", "--", "python", "-c", "pass")
     assert r.returncode == 2 and "not valid JSON" in r.stderr, r
-    r = cli(jc, "submit", "--runtime-env-json", '{"pip": ["x"]}', "--", "python", "-c", "pass")
-    assert r.returncode == 1 and "unknown key(s) ['pip']" in r.stderr, r
+    r = cli(jc, "submit", "--runtime-env-json", '{"conda": "x"}', "--", "python", "-c", "pass")
+    assert r.returncode == 1 and "unknown key(s) ['conda']" in r.stderr, r
     r = cli(jc, "submit", "--")
     assert r.returncode == 2 and "after `--`" in r.stderr, r
     with pytest.raises(ValueError, match='"A=B" cannot be an environment variable'):
@@ -316,7 +316,7 @@ def test_a_jobs_status_and_logs_survive_the_job_and_the_head(tmp_path):
         orphan = client.submit_job(["python", "-c", "import time; time.sleep(60)"])
         pid = client.get_job_info(orphan)["driver_pid"]
         c.kill(0)
-        os.killpg(pid, signal.SIGKILL)
+        assert _poll(lambda: not _alive(pid), 15), "the driver outlived its SIGKILLed head"
         c.procs.clear()
         c.start(True, "127.0.0.1")
         client = job.JobSubmissionClient(c.head, token=c.token)
@@ -324,3 +324,270 @@ def test_a_jobs_status_and_logs_survive_the_job_and_the_head(tmp_path):
         assert row["status"] == "FAILED" and "head stopped while the job ran" in row["message"]
     finally:
         c.stop()
+
+
+def test_a_sigkilled_heads_drivers_and_what_they_started_end_and_show_failed(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(1)
+        client = job.JobSubmissionClient(c.head, token=c.token)
+        # The driver starts a child in its process group: the head's death must end both.
+        code = (
+            "import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            "print('CHILD', p.pid, flush=True)\ntime.sleep(120)\n"
+        )
+        jid = client.submit_job(["python", "-c", code])
+        out = _poll(lambda: "CHILD" in client.get_job_logs(jid) and client.get_job_logs(jid), 30)
+        assert out, client.get_job_info(jid)
+        child = int(out.split("CHILD")[1].split()[0])
+        driver = client.get_job_info(jid)["driver_pid"]
+        assert _alive(driver) and _alive(child)
+        c.kill(0)  # SIGKILL: the head records nothing
+        assert _poll(lambda: not _alive(driver), 15), "the driver outlived its SIGKILLed head"
+        assert _poll(lambda: not _alive(child), 15), "the driver's child outlived the head"
+        # Its record still says RUNNING; the head restarted in the same session says it died.
+        rec = json.loads((c.session / "jobs" / f"{jid}.json").read_text())
+        assert rec["status"] == "RUNNING"
+        c.procs.clear()
+        c.start(True, "127.0.0.1")
+        client = job.JobSubmissionClient(c.head, token=c.token)
+        row = client.get_job_info(jid)
+        assert row["status"] == "FAILED" and "it died" in row["message"], row
+        assert row["end_ms"] is not None
+        # A job that simply ends leaves what it started alone (the head is alive).
+        code = (
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+            " start_new_session=False)\nprint('CHILD', p.pid, flush=True)\n"
+        )
+        jid = client.submit_job(["python", "-c", code])
+        assert client.wait(jid, timeout=30)["status"] == "SUCCEEDED"
+        child = int(client.get_job_logs(jid).split("CHILD")[1].split()[0])
+        time.sleep(0.5)
+        assert _alive(child), "the watchdog killed a finished job's group while the head lives"
+        os.kill(child, signal.SIGKILL)
+    finally:
+        c.stop()
+
+
+class SlowLink:
+    """A TCP relay between a client and the head that passes ``rate`` bytes a second each way,
+    like a slow link: a request of several MB takes longer than the head's 5-s handshake."""
+
+    def __init__(self, target: str, rate: int):
+        import socket
+        import threading
+
+        self.rate, self.target = rate, target
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.relayed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                a, _ = self.sock.accept()
+            except OSError:
+                return
+            host, port = self.target.split(":")
+            b = socket.create_connection((host, int(port)))
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src, dst):
+        import socket
+
+        try:
+            while data := src.recv(16 << 10):
+                time.sleep(len(data) / self.rate)
+                dst.sendall(data)
+                self.relayed += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_working_dir_of_megabytes_ships_through_a_slow_link(jc, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    noise = os.urandom(5 << 19)  # 2.5 MB, random: does not compress
+    (big / "noise.bin").write_bytes(noise)
+    (big / "check.py").write_text(
+        "import hashlib\nprint(hashlib.sha256(open('noise.bin', 'rb').read()).hexdigest())\n"
+    )
+    link = SlowLink(jc.head, rate=400_000)  # 2.5 MB: over 6 s on the wire, each way
+    try:
+        client = job.JobSubmissionClient(link.address, token=jc.token)
+        t = time.monotonic()
+        jid = client.submit_job("python check.py", working_dir=big)
+        took = time.monotonic() - t
+        assert took > 5, f"the link was not slow ({took:.1f} s): the test proves nothing"
+        assert link.relayed > len(noise)
+        row = client.wait(jid, timeout=60)
+        assert row["status"] == "SUCCEEDED", (row, client.get_job_logs(jid))
+        assert client.get_job_logs(jid).strip() == hashlib.sha256(noise).hexdigest()
+        # The head keeps it by hash: the same directory again is not sent again.
+        sent = link.relayed
+        again = client.submit_job("python check.py", working_dir=big)
+        assert link.relayed - sent < 100_000, link.relayed - sent
+        assert client.wait(again, timeout=60)["status"] == "SUCCEEDED"
+    finally:
+        link.close()
+
+
+def test_an_upload_over_the_cap_or_not_matching_its_hash_is_refused_and_leaves_nothing(jc):
+    from volley import _core
+
+    conn = (jc.head, jc.token, None)
+    packages = jc.tmp / "packages-0"
+    before = set(os.listdir(packages)) if packages.exists() else set()
+    h = "ab" * 16
+    with pytest.raises(ValueError, match="packs to 65 MiB, over the 64 MiB a job can ship"):
+        _core.job_upload(*conn, h, 65 << 20, 0, b"x" * 10)
+    with pytest.raises(ValueError, match="goes past its total"):
+        _core.job_upload(*conn, h, 10, 5, b"x" * 10)
+    with pytest.raises(ValueError, match="is not a working directory's hash"):
+        _core.job_upload(*conn, "../../etc", 10, 0, b"x" * 10)
+    # Chunks that do not make the hash's bytes: refused whole, nothing kept.
+    assert _core.job_upload(*conn, h, 20, 0, b"x" * 10) == 10
+    assert _core.job_upload(*conn, h, 20, 0, b"x" * 10) == 10  # a chunk sent twice: skipped
+    with pytest.raises(ValueError, match="does not match its hash"):
+        _core.job_upload(*conn, h, 20, 10, b"y" * 10)
+    # An upload left half done is not a package either, and a submission cannot name it.
+    assert _core.job_upload(*conn, "cd" * 16, 20, 0, b"x" * 10) == 10
+    with pytest.raises(ValueError, match="has no working directory"):
+        _core.job_submit(*conn, ["python", "-c", "pass"], "x", None, "cd" * 16, [])
+    after = set(os.listdir(packages)) if packages.exists() else set()
+    assert after == before, after - before
+
+
+def test_entrypoint_resources_hold_the_heads_node_and_a_job_waits_pending(jc, client, tmp_path):
+    go = tmp_path / "go"
+    hold = (
+        f"import os, time\nprint('holding', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+    )
+    first = client.submit_job(["python", "-c", hold], entrypoint_num_cpus=1)
+    assert _poll(lambda: "holding" in client.get_job_logs(first), 30)
+    # The head's node has 1 CPU in all, held by the first job: the second waits, saying why.
+    r = cli(jc, "submit", "--no-wait", "--entrypoint-num-cpus", "1", "--",
+            "python", "-c", "print('second ran')")  # fmt: skip
+    assert r.returncode == 0, r
+    second = r.stdout.split("job ")[1].split()[0]
+    row = client.get_job_info(second)
+    assert row["status"] == "PENDING" and row["driver_pid"] is None, row
+    assert "waiting for 1 CPU on the head's node: 0 of 1 free" in row["message"], row
+    # One that asks for nothing runs meanwhile.
+    free = client.submit_job(["python", "-c", "print('free')"])
+    assert client.wait(free, timeout=30)["status"] == "SUCCEEDED"
+    assert client.get_job_status(second) == "PENDING"
+    go.touch()
+    assert client.wait(first, timeout=30)["status"] == "SUCCEEDED"
+    row = client.wait(second, timeout=30)
+    assert row["status"] == "SUCCEEDED" and row["message"] is None, row
+    assert client.get_job_logs(second) == "second ran\n"
+    # A pending job can be stopped; asking for more than the head's node has is refused.
+    go.unlink()
+    first = client.submit_job(["python", "-c", hold], entrypoint_resources={"CPU": 1})
+    assert _poll(lambda: "holding" in client.get_job_logs(first), 30)
+    waiting = client.submit_job(["python", "-c", "pass"], entrypoint_num_cpus=0.5)
+    assert client.get_job_info(waiting)["status"] == "PENDING"
+    assert client.stop_job(waiting) is True
+    row = client.get_job_info(waiting)
+    assert row["status"] == "STOPPED" and "before it started" in row["message"], row
+    go.touch()
+    assert client.wait(first, timeout=30)["status"] == "SUCCEEDED"
+    with pytest.raises(ValueError, match="asks for 2 CPU, and the head's node, where it runs, "
+                       "has 1 in all"):  # fmt: skip
+        client.submit_job("python -c pass", entrypoint_num_cpus=2)
+    r = cli(jc, "submit", "--entrypoint-resources", '{"disk": 1}', "--", "python", "-c", "pass")
+    assert r.returncode == 1 and "asks for 1 disk" in r.stderr and "has 0 in all" in r.stderr, r
+    r = cli(jc, "submit", "--entrypoint-resources", "[1]", "--", "python", "-c", "pass")
+    assert r.returncode == 2 and "must be a JSON object" in r.stderr, r
+    with pytest.raises(ValueError, match="GPU must be a number >= 0"):
+        client.submit_job("python -c pass", entrypoint_num_gpus=-1)
+    with pytest.raises(ValueError, match="give CPU once"):
+        client.submit_job("python -c pass", entrypoint_num_cpus=1, entrypoint_resources={"CPU": 1})
+    with pytest.raises(TypeError, match="entrypoint_resources must map"):
+        client.submit_job("python -c pass", entrypoint_resources=[("CPU", 1)])
+    with pytest.raises(ValueError, match="disk must be a number >= 0, not 'x'"):
+        client.submit_job("python -c pass", entrypoint_resources={"disk": "x"})
+
+
+def _tiny_wheel(tmp: Path) -> Path:
+    """A wheel of one tiny module, made by hand (no build tools, no network)."""
+    import base64
+    import zipfile
+
+    files = {
+        "volley_tiny_pkg/__init__.py": b"VALUE = 'tiny 42'\n",
+        "volley_tiny_pkg-0.1.dist-info/METADATA": (
+            b"Metadata-Version: 2.1\nName: volley-tiny-pkg\nVersion: 0.1\n"
+        ),
+        "volley_tiny_pkg-0.1.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("volley_tiny_pkg-0.1.dist-info/RECORD,,")
+    files["volley_tiny_pkg-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = tmp / "volley_tiny_pkg-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return wheel
+
+
+def test_a_jobs_pip_runs_it_in_a_venv_made_once_and_a_bad_requirement_fails_it(
+    client, jc, tmp_path
+):
+    pip = ["--no-index", "--no-build-isolation", str(_tiny_wheel(tmp_path))]
+    code = "import volley, volley_tiny_pkg, sys; print(volley_tiny_pkg.VALUE, sys.prefix)"
+    jid = client.submit_job(["python", "-c", code], runtime_env={"pip": pip})
+    row = client.wait(jid, timeout=120)
+    out = client.get_job_logs(jid)
+    assert row["status"] == "SUCCEEDED", (row, out)
+    assert "tiny 42" in out and "making a virtual environment" in out, out
+    assert "Successfully installed volley-tiny-pkg" in out, out  # pip's output is in the log
+    venv = out.split("tiny 42 ")[1].split()[0]
+    assert venv.startswith(str(jc.session / "jobs" / "venvs")), venv
+    # Not installed where the head runs; the same list again uses the same venv.
+    r = subprocess.run([sys.executable, "-c", "import volley_tiny_pkg"], capture_output=True)
+    assert r.returncode != 0
+    jid = client.submit_job(["python", "-c", code], runtime_env={"pip": pip})
+    row = client.wait(jid, timeout=60)
+    out = client.get_job_logs(jid)
+    assert row["status"] == "SUCCEEDED" and "using the virtual environment" in out, (row, out)
+    # A requirement pip cannot find fails the job with pip's error at the end of its message.
+    bad = client.submit_job(
+        ["python", "-c", "print('never')"],
+        runtime_env={"pip": ["--no-index", "volley-no-such-package-anywhere"]},
+    )
+    row = client.wait(bad, timeout=120)
+    assert row["status"] == "FAILED" and row["exit_code"] == 1, row
+    assert "pip could not install" in row["message"], row
+    assert row["message"].endswith(
+        "No matching distribution found for volley-no-such-package-anywhere"
+    ), row
+    assert "never" not in client.get_job_logs(bad)
+    with pytest.raises(TypeError, match="pip must be a list"):
+        client.submit_job("python -c pass", runtime_env={"pip": "numpy"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pip_check'\]"):
+        client.submit_job("python -c pass", runtime_env={"pip": {"pip_check": True}})

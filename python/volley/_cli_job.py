@@ -1,15 +1,17 @@
 """``volley job submit|status|logs|stop|list``: jobs on a cluster's head (see ``volley.job``).
 
     volley job submit [--address HOST:PORT] [--working-dir DIR] [--runtime-env-json JSON]
-                      [--submission-id ID] [--no-wait] -- python script.py args
+                      [--submission-id ID] [--entrypoint-num-cpus N] [--entrypoint-num-gpus N]
+                      [--entrypoint-resources JSON] [--no-wait] -- python script.py args
     volley job status ID [--json]
     volley job logs ID [--follow]
     volley job stop ID [--no-wait]
-    volley job list [--json]
+    volley job list [--json] [--session DIR]
 
 ``submit`` prints the job's id and, unless ``--no-wait``, follows its output and exits with 0
 when it succeeded, 1 otherwise. ``list``, ``status`` and ``logs`` read the session directory's
-records (``jobs/``) when no head runs on this machine any more.
+records (``jobs/``, ``history/jobs.jsonl``) when no head runs on this machine any more;
+``list --session DIR`` reads those of DIR without asking a head.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from . import _cluster, _runtime_dir, job
 
@@ -39,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--runtime-env-json", default=None, help='e.g. {"env_vars": {"K": "v"}, "working_dir": "."}'
     )
     s.add_argument("--submission-id", default=None, help="the job's id (default: a new one)")
+    s.add_argument("--entrypoint-num-cpus", type=float, default=None, help="CPUs the driver holds")
+    s.add_argument("--entrypoint-num-gpus", type=float, default=None, help="GPUs the driver holds")
+    s.add_argument(
+        "--entrypoint-resources", default=None, help='custom resources, e.g. {"disk": 1}'
+    )
     s.add_argument("--no-wait", action="store_true", help="return once it is submitted")
     s.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- the command to run")
     for name, what in (("status", "a job's status"), ("stop", "stop a job")):
@@ -56,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = jsub.add_parser("list", help="every job of the cluster")
     common(ls)
     ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--session", default=None, help="read the jobs recorded in this session directory"
+    )
 
 
 def _client(args: argparse.Namespace) -> job.JobSubmissionClient:
@@ -107,12 +118,28 @@ def _submit(args: argparse.Namespace) -> int:
         if not isinstance(env, dict):
             print("volley: --runtime-env-json must be a JSON object", file=sys.stderr)
             return 2
+    resources = None
+    if args.entrypoint_resources is not None:
+        try:
+            resources = json.loads(args.entrypoint_resources)
+        except ValueError as e:
+            print(f"volley: --entrypoint-resources is not valid JSON: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(resources, dict):
+            print(
+                'volley: --entrypoint-resources must be a JSON object, e.g. {"disk": 1}',
+                file=sys.stderr,
+            )
+            return 2
     client = _client(args)
     job_id = client.submit_job(
         entrypoint,
         working_dir=args.working_dir,
         runtime_env=env,
         submission_id=args.submission_id,
+        entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus,
+        entrypoint_resources=resources,
     )
     print(f"volley: job {job_id} submitted to {client.address}", flush=True)
     if args.no_wait:
@@ -174,12 +201,20 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    try:
-        rows = _client(args).list_jobs()
-    except ConnectionError as e:
-        rows = _recorded(args, e)
-        if rows is None:
-            raise
+    if args.session is not None:
+        if (
+            not (Path(args.session) / "jobs").is_dir()
+            and not (Path(args.session) / "history").is_dir()
+        ):
+            raise ValueError(f"no volley jobs recorded in {args.session} (no jobs/ or history/)")
+        rows = job.recorded_jobs(args.session)
+    else:
+        try:
+            rows = _client(args).list_jobs()
+        except ConnectionError as e:
+            rows = _recorded(args, e)
+            if rows is None:
+                raise
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

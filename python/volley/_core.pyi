@@ -174,9 +174,20 @@ def job_submit(
     argv: list[str],
     entrypoint: str,
     submission_id: str | None,
-    working_dir: tuple[str, bytes] | None,
+    working_dir: str | None,
     env_vars: list[tuple[str, str]],
+    resources: list[tuple[str, int]] = ...,
+    pip: list[str] = ...,
 ) -> dict[str, Any]: ...
+def job_upload(
+    address: str,
+    token: str,
+    tls_cert: str | None,
+    hash: str,
+    total: int,
+    offset: int,
+    data: bytes,
+) -> int: ...
 def job_status(address: str, token: str, tls_cert: str | None, job_id: str) -> dict[str, Any]: ...
 def job_stop(address: str, token: str, tls_cert: str | None, job_id: str) -> dict[str, Any]: ...
 def job_list(address: str, token: str, tls_cert: str | None) -> list[dict[str, Any]]: ...

@@ -54,9 +54,56 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 # How often ``tail`` and ``wait`` ask the head again while nothing new came.
 _POLL_S = 0.2
 
-#: The most bytes of a zipped working directory a submission carries (the head checks it too:
+#: The most bytes of a zipped working directory a job ships (the head checks it too:
 #: ``volley_proto::MAX_JOB_PACKAGE``).
 MAX_WORKING_DIR_BYTES = 64 << 20
+
+# The working directory goes to the head in chunks, each a request of its own after the
+# handshake (whose deadline is 5 s): a chunk starts at 64 KiB and doubles while one takes under
+# half a second, halves while one takes over 1.5 s, between 8 KiB and 4 MiB
+# (``volley_proto::MAX_JOB_UPLOAD_CHUNK``).
+_CHUNK_MIN, _CHUNK_START, _CHUNK_MAX = 8 << 10, 64 << 10, 4 << 20
+
+
+def _resources(
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
+) -> list[tuple[str, int]]:
+    """The entrypoint's resources as the head takes them: (name, thousandths)."""
+    if not (resources is None or isinstance(resources, dict)):
+        raise TypeError("entrypoint_resources must map a resource's name to an amount")
+    want: dict[str, Any] = dict(resources or {})
+    for name, amount in (("CPU", num_cpus), ("GPU", num_gpus)):
+        if amount is not None:
+            if name in want:
+                raise ValueError(f"give {name} once: as entrypoint_num_{name.lower()}s")
+            want[name] = amount
+    out = []
+    for name, amount in sorted(want.items()):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"entrypoint resources: {name!r} cannot name a resource")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"entrypoint resources: {name} must be a number >= 0, not {amount!r}")
+        milli = round(amount * 1000)
+        if milli:
+            out.append((name, milli))
+    return out
+
+
+def _pip_args(pip: Any) -> list[str]:
+    """``runtime_env["pip"]`` as ``pip install`` arguments: a list of requirements (options
+    such as ``--no-index`` may be among them), or ``{"packages": [...],
+    "pip_install_options": [...]}``."""
+    if isinstance(pip, dict):
+        unknown = set(pip) - {"packages", "pip_install_options"}
+        if unknown:
+            raise ValueError(
+                f"runtime_env pip: unknown key(s) {sorted(unknown)}; it takes packages and "
+                "pip_install_options"
+            )
+        pip = list(pip.get("pip_install_options") or []) + list(pip.get("packages") or [])
+    if not isinstance(pip, (list, tuple)) or not all(isinstance(a, str) and a for a in pip):
+        raise TypeError("runtime_env pip must be a list of requirements (non-empty str)")
+    return list(pip)
 
 
 def _entrypoint(entrypoint: str | Sequence[str]) -> tuple[list[str], str]:
@@ -116,6 +163,21 @@ class JobSubmissionClient:
     def _conn(self) -> tuple[str, str, str | None]:
         return self.address, self._token, self._tls
 
+    def _upload(self, hash_: str, data: bytes) -> None:
+        """Sends a zipped working directory in chunks sized to the link (see _CHUNK_*); the
+        head keeps what it got, so each request goes on from where the head is."""
+        total, have, chunk = len(data), -1, _CHUNK_START
+        while have < total:
+            offset = max(have, 0)
+            piece = data[offset : offset + chunk] if have >= 0 else b""
+            t = time.monotonic()
+            have = _core.job_upload(*self._conn(), hash_, total, offset, piece)
+            took = time.monotonic() - t
+            if piece and took < 0.5:
+                chunk = min(chunk * 2, _CHUNK_MAX)
+            elif took > 1.5:
+                chunk = max(chunk // 2, _CHUNK_MIN)
+
     def submit_job(
         self,
         entrypoint: str | Sequence[str],
@@ -123,19 +185,29 @@ class JobSubmissionClient:
         working_dir: str | os.PathLike | None = None,
         runtime_env: dict[str, Any] | None = None,
         submission_id: str | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        entrypoint_resources: dict[str, float] | None = None,
     ) -> str:
         """Starts ``entrypoint`` on the head; gives the job's id.
 
-        ``runtime_env`` takes ``working_dir`` and ``env_vars`` (as ``volley.init``'s does).
+        ``runtime_env`` takes ``working_dir``, ``env_vars`` (as ``volley.init``'s does) and
+        ``pip`` (a list of requirements: the head runs the job in a virtual environment with
+        them installed, made once per list). The working directory is uploaded first, in
+        chunks. ``entrypoint_num_cpus``/``_gpus``/``_resources`` are what the driver holds on
+        the head's node while it runs; the job is PENDING until the jobs running there leave
+        it them.
         """
         argv, shown = _entrypoint(entrypoint)
         env = dict(runtime_env or {})
-        unknown = set(env) - {"working_dir", "env_vars"}
+        unknown = set(env) - {"working_dir", "env_vars", "pip"}
         if unknown:
             raise ValueError(
                 f"runtime_env of a job: unknown key(s) {sorted(unknown)}; a job takes "
-                "working_dir and env_vars (its tasks can have a runtime_env of their own)"
+                "working_dir, env_vars and pip (its tasks can have a runtime_env of their own)"
             )
+        resources = _resources(entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_resources)
+        pip = _pip_args(env["pip"]) if env.get("pip") is not None else []
         if working_dir is not None and env.get("working_dir") is not None:
             raise ValueError("give working_dir once: as an argument or in runtime_env")
         env_vars = env.get("env_vars") or {}
@@ -143,9 +215,20 @@ class JobSubmissionClient:
             isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
         ):
             raise TypeError("runtime_env: env_vars must map str to str")
+        if submission_id is not None and not isinstance(submission_id, str):
+            raise TypeError("submission_id must be a str")
         package = _pack(working_dir if working_dir is not None else env.get("working_dir"))
+        if package is not None:
+            self._upload(*package)
         row = _core.job_submit(
-            *self._conn(), argv, shown, submission_id, package, sorted(env_vars.items())
+            *self._conn(),
+            argv,
+            shown,
+            submission_id,
+            package[0] if package else None,
+            sorted(env_vars.items()),
+            resources,
+            pip,
         )
         return row["job_id"]
 
@@ -180,7 +263,11 @@ class JobSubmissionClient:
 
     def stop_job(self, job_id: str) -> bool:
         """Stops the job; False if it was over already."""
-        return _core.job_stop(*self._conn(), job_id)["status"] not in TERMINAL
+        if self.get_job_status(job_id) in TERMINAL:
+            return False
+        # (A PENDING job is STOPPED at once: its answer is terminal already.)
+        _core.job_stop(*self._conn(), job_id)
+        return True
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """Every job the head knows, oldest first: submitted jobs and the drivers that joined
@@ -210,16 +297,26 @@ def submit(
     working_dir: str | os.PathLike | None = None,
     runtime_env: dict[str, Any] | None = None,
     submission_id: str | None = None,
+    entrypoint_num_cpus: float | None = None,
+    entrypoint_num_gpus: float | None = None,
+    entrypoint_resources: dict[str, float] | None = None,
 ) -> str:
     """Runs ``entrypoint`` as a job on the cluster's head; its id (see ``JobSubmissionClient``).
 
     Example::
 
-        >>> volley.job.submit("python train.py --epochs 3", working_dir=".")  # doctest: +SKIP
+        >>> volley.job.submit("python train.py --epochs 3", working_dir=".",
+        ...                   entrypoint_num_cpus=1)  # doctest: +SKIP
         'job-3f9a1c2b4d5e'
     """
     return JobSubmissionClient(address).submit_job(
-        entrypoint, working_dir=working_dir, runtime_env=runtime_env, submission_id=submission_id
+        entrypoint,
+        working_dir=working_dir,
+        runtime_env=runtime_env,
+        submission_id=submission_id,
+        entrypoint_num_cpus=entrypoint_num_cpus,
+        entrypoint_num_gpus=entrypoint_num_gpus,
+        entrypoint_resources=entrypoint_resources,
     )
 
 
@@ -309,16 +406,29 @@ def recorded_jobs(session_dir: str | os.PathLike | None = None) -> list[dict[str
         [{'job_id': 'job-3f9a1c2b4d5e', 'status': 'SUCCEEDED', ...}]
     """
     base = Path(session_dir) if session_dir is not None else _cluster.session_dir()
-    jobs = base / "jobs"
-    if not _runtime_dir.check_private_dir(base) or not _runtime_dir.check_private_dir(jobs):
+    if not _runtime_dir.check_private_dir(base):
         return []
-    rows = []
-    for p in sorted(jobs.glob("*.json")):
-        try:
-            row = json.loads(_runtime_dir.read_file(p) or b"")
-        except (OSError, ValueError):
-            continue
-        if isinstance(row, dict) and "job_id" in row:
-            rows.append(row)
-    rows.sort(key=lambda r: (r.get("start_ms") or 0, r["job_id"]))
+    latest: dict[str, dict] = {}
+    # The history (``history/jobs.jsonl``, the last line of an id wins) has the drivers that
+    # joined by themselves too; a submitted job's own record is written last, so it wins.
+    hist = base / "history"
+    if _runtime_dir.check_private_dir(hist):
+        for name in ("jobs.1.jsonl", "jobs.jsonl"):
+            for line in (_runtime_dir.read_file(hist / name) or b"").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if isinstance(row, dict) and "job_id" in row:
+                    latest[row["job_id"]] = row
+    jobs = base / "jobs"
+    if _runtime_dir.check_private_dir(jobs):
+        for p in sorted(jobs.glob("*.json")):
+            try:
+                row = json.loads(_runtime_dir.read_file(p) or b"")
+            except (OSError, ValueError):
+                continue
+            if isinstance(row, dict) and "job_id" in row:
+                latest[row["job_id"]] = row
+    rows = sorted(latest.values(), key=lambda r: (r.get("start_ms") or 0, r["job_id"]))
     return rows

@@ -138,6 +138,7 @@ _HISTORY_KEYS = {
         "actor_id", "class_name", "name", "namespace", "state", "restarts", "pid", "node_id",
         "job_id", "detached", "death_cause",
     ),
+    "jobs": ("job_id", "status", "entrypoint", "driver_pid", "exit_code", "driver_node"),
 }  # fmt: skip
 
 
@@ -145,12 +146,12 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
     """A query over the rows a head wrote to ``session``/history (see docs/state.md)."""
     keys = _HISTORY_KEYS.get(kind)
     if keys is None:
-        raise ValueError(f"a session's history holds tasks and actors, not {kind}")
+        raise ValueError(f"a session's history holds tasks and actors, and jobs, not {kind}")
     folder = session / "history" if (session / "history").is_dir() else session
     files = [folder / f"{kind}.1.jsonl", folder / f"{kind}.jsonl"]
     if not any(f.exists() for f in files):
         raise ValueError(f"no volley history in {session} (no {files[1].name} there)")
-    id_key = "task_id" if kind == "tasks" else "actor_id"
+    id_key = {"tasks": "task_id", "actors": "actor_id", "jobs": "job_id"}[kind]
     latest: dict[str, dict] = {}
     for f in files:
         if not f.exists():
@@ -184,6 +185,8 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
     rows = [r for r in latest.values() if keep(r)]
     if kind == "tasks":
         rows.sort(key=lambda r: (r.get("submitted_ms") or 0, r["task_id"]), reverse=True)
+    elif kind == "jobs":
+        rows.sort(key=lambda r: (r.get("start_ms") or 0, r["job_id"]))
     total = len(rows)
     shown = rows if limit is None else rows[:limit]
     if not detail:

@@ -106,6 +106,16 @@ pub enum HeadRequest {
     /// A state API query the head answers from its tables (tasks, actors, placement groups,
     /// jobs, nodes); answered `State`.
     State(crate::StateQuery),
+    /// A chunk of a job's zipped working directory (`hash` names it, `total` is its size),
+    /// sent before the `JobSubmit` that names it; answered `JobUploaded` with the bytes the
+    /// head has of it (where to go on from; `total` once it is stored), or `JobRefused`.
+    JobUpload {
+        hash: String,
+        total: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -136,6 +146,8 @@ pub enum HeadAnswer {
     /// A job request the head turned down (an unknown id, a bad submission): what to fix.
     JobRefused(String),
     State(crate::StateAnswer),
+    /// The bytes of an uploaded working directory the head has (see `JobUpload`).
+    JobUploaded(u64),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -157,6 +169,9 @@ impl HeadRequest {
             | HeadRequest::JobLogs { .. }
             | HeadRequest::State(_) => (0, 0),
             HeadRequest::JobSubmit(spec) => return spec.check(),
+            HeadRequest::JobUpload { hash, total, offset, data } => {
+                return crate::jobs::check_upload(hash, *total, *offset, data.len())
+            }
         };
         if key > MAX_KV_KEY {
             return Some(format!("a key-value key is at most {MAX_KV_KEY} bytes, not {key}"));

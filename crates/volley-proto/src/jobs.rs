@@ -8,10 +8,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The most bytes of a job's zipped working directory in one submission: it travels in one
-/// request to the head, which keeps it on disk; larger data belongs in the object store or on
-/// shared storage.
+/// The most bytes of a job's zipped working directory: the head keeps it on disk (and in
+/// memory while it arrives); larger data belongs in the object store or on shared storage.
 pub const MAX_JOB_PACKAGE: usize = 64 << 20;
+
+/// The most bytes of a working directory one `JobUpload` request carries. A working directory
+/// travels in chunks after the handshake, each on a connection of its own, so the handshake's
+/// deadline bounds a chunk's time on the wire, not the whole directory's; the client sizes its
+/// chunks to the link (smaller on a slow one), up to this.
+pub const MAX_JOB_UPLOAD_CHUNK: usize = 4 << 20;
 
 /// The most bytes one `JobLogs` answer carries.
 pub const MAX_JOB_LOG_CHUNK: usize = 1 << 20;
@@ -80,10 +85,18 @@ pub struct JobSpec {
     pub argv: Vec<String>,
     /// The command line as the user wrote it, for display.
     pub entrypoint: String,
-    /// The working directory zipped as `runtime_env` packs it, and its hash (the package's name).
-    pub working_dir: Option<(String, serde_bytes::ByteBuf)>,
+    /// The hash of the working directory's zip (the package's name), uploaded before with
+    /// `JobUpload` requests.
+    pub working_dir: Option<String>,
     /// Environment variables set for the driver (the runtime env's `env_vars`).
     pub env_vars: Vec<(String, String)>,
+    /// Resources the driver holds on the head's node while it runs, in thousandths (`CPU`,
+    /// `GPU` and custom ones: `--entrypoint-num-cpus` and the like); it waits PENDING until
+    /// the jobs running there leave it them.
+    pub resources: Vec<(String, u64)>,
+    /// `pip install` arguments (requirements, or options such as `--no-index`): the head runs
+    /// the driver in a virtual environment made for this list (the runtime env's `pip`).
+    pub pip: Vec<String>,
 }
 
 impl JobSpec {
@@ -108,18 +121,61 @@ impl JobSpec {
                 return Some(why);
             }
         }
-        if let Some((_, zip)) = &self.working_dir {
-            if zip.len() > MAX_JOB_PACKAGE {
+        if let Some(hash) = &self.working_dir {
+            if let Some(why) = check_package_hash(hash) {
+                return Some(why);
+            }
+        }
+        for (name, amount) in &self.resources {
+            if name.is_empty() || name.len() > 64 || name.contains('\0') {
+                return Some(format!("entrypoint resources: {name:?} cannot name a resource"));
+            }
+            if *amount == 0 {
                 return Some(format!(
-                    "the working directory packs to {} MiB, over the {} MiB a job submission \
-                     carries; leave large data out of it (volley.put, shared storage)",
-                    zip.len() >> 20,
-                    MAX_JOB_PACKAGE >> 20
+                    "entrypoint resources: {name} must be more than 0 (leave it out for none)"
                 ));
             }
         }
+        if self.pip.iter().any(|a| a.is_empty() || a.contains('\0')) {
+            return Some("runtime_env pip: an empty argument, or one with a NUL byte".into());
+        }
         None
     }
+}
+
+/// Whether `hash` can name an uploaded package (it names a file in the head's packages
+/// directory): 32 to 64 lowercase hex digits. An error message, or `None`.
+pub fn check_package_hash(hash: &str) -> Option<String> {
+    let ok = (32..=64).contains(&hash.len())
+        && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (!ok).then(|| format!("{hash:?} is not a working directory's hash (32 to 64 hex digits)"))
+}
+
+/// Checks a `JobUpload` request (the client before sending, the head again on receipt): an
+/// error message, or `None`.
+pub fn check_upload(hash: &str, total: u64, offset: u64, chunk: usize) -> Option<String> {
+    if let Some(why) = check_package_hash(hash) {
+        return Some(why);
+    }
+    if total > MAX_JOB_PACKAGE as u64 {
+        return Some(format!(
+            "the working directory packs to {} MiB, over the {} MiB a job can ship; leave large \
+             data out of it (volley.put, shared storage)",
+            total >> 20,
+            MAX_JOB_PACKAGE >> 20
+        ));
+    }
+    if chunk > MAX_JOB_UPLOAD_CHUNK {
+        return Some(format!(
+            "an upload chunk is at most {MAX_JOB_UPLOAD_CHUNK} bytes, not {chunk}"
+        ));
+    }
+    if offset.saturating_add(chunk as u64) > total {
+        return Some(format!(
+            "an upload chunk of {chunk} bytes at offset {offset} goes past its total, {total}"
+        ));
+    }
+    None
 }
 
 /// Whether `id` can name a job (it names files in the head's session directory): an error
@@ -141,13 +197,15 @@ pub fn check_job_id(id: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn spec(id: Option<&str>, argv: &[&str], zip: usize) -> JobSpec {
+    fn spec(id: Option<&str>, argv: &[&str], hash: Option<&str>) -> JobSpec {
         JobSpec {
             submission_id: id.map(str::to_string),
             argv: argv.iter().map(|a| a.to_string()).collect(),
             entrypoint: argv.join(" "),
-            working_dir: (zip > 0).then(|| ("h".into(), serde_bytes::ByteBuf::from(vec![0; zip]))),
+            working_dir: hash.map(str::to_string),
             env_vars: Vec::new(),
+            resources: Vec::new(),
+            pip: Vec::new(),
         }
     }
 
@@ -164,14 +222,21 @@ mod tests {
 
     #[test]
     fn a_submission_is_checked_before_it_is_sent_and_on_receipt() {
-        assert_eq!(spec(None, &["python", "s.py"], 10).check(), None);
-        assert!(spec(None, &[], 0).check().is_some_and(|w| w.contains("entrypoint")));
-        assert!(spec(Some("../x"), &["p"], 0).check().is_some_and(|w| w.contains("not valid")));
-        assert!(spec(None, &["p", "a\0b"], 0).check().is_some_and(|w| w.contains("NUL")));
-        let mut env = spec(None, &["p"], 0);
+        let hash = "0123456789abcdef0123456789abcdef";
+        assert_eq!(spec(None, &["python", "s.py"], Some(hash)).check(), None);
+        assert!(spec(None, &[], None).check().is_some_and(|w| w.contains("entrypoint")));
+        assert!(spec(Some("../x"), &["p"], None).check().is_some_and(|w| w.contains("not valid")));
+        assert!(spec(None, &["p", "a\0b"], None).check().is_some_and(|w| w.contains("NUL")));
+        assert!(spec(None, &["p"], Some("../../x")).check().is_some_and(|w| w.contains("hash")));
+        let mut env = spec(None, &["p"], None);
         env.env_vars = vec![("A=B".into(), "v".into())];
         assert!(env.check().is_some_and(|w| w.contains("\"A=B\" cannot be")));
-        let big = spec(None, &["p"], MAX_JOB_PACKAGE + 1).check();
+        let mut res = spec(None, &["p"], None);
+        res.resources = vec![("GPU".into(), 0)];
+        assert!(res.check().is_some_and(|w| w.contains("more than 0")));
+        let big = check_upload(hash, MAX_JOB_PACKAGE as u64 + 1, 0, 10);
         assert!(big.is_some_and(|w| w.contains("over the 64 MiB")));
+        assert!(check_upload(hash, 100, 95, 10).is_some_and(|w| w.contains("past its total")));
+        assert_eq!(check_upload(hash, 100, 90, 10), None);
     }
 }

@@ -27,7 +27,10 @@ pub use head::{
     Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
 };
 pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
-pub use jobs::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK, MAX_JOB_PACKAGE};
+pub use jobs::{
+    check_job_id, check_package_hash, check_upload, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK,
+    MAX_JOB_PACKAGE, MAX_JOB_UPLOAD_CHUNK,
+};
 pub use messages::{
     decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,
     ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload, Hello, Keep, NodeToWorker,

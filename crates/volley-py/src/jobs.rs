@@ -62,10 +62,11 @@ fn one_row(py: Python<'_>, answer: HeadAnswer) -> PyResult<Bound<'_, PyDict>> {
     }
 }
 
-/// Submits a job to the head at `address`: its row. `working_dir` is `(hash, zip)` as
-/// `_runtime_env` packs a directory.
+/// Submits a job to the head at `address`: its row. `working_dir` is the hash of a package
+/// uploaded with `job_upload`; `resources` are in thousandths; `pip` is `pip install`'s
+/// arguments.
 #[pyfunction]
-#[pyo3(signature = (address, token, tls_cert, argv, entrypoint, submission_id, working_dir, env_vars))]
+#[pyo3(signature = (address, token, tls_cert, argv, entrypoint, submission_id, working_dir, env_vars, resources=Vec::new(), pip=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn job_submit<'py>(
     py: Python<'py>,
@@ -75,16 +76,12 @@ fn job_submit<'py>(
     argv: Vec<String>,
     entrypoint: String,
     submission_id: Option<String>,
-    working_dir: Option<(String, Vec<u8>)>,
+    working_dir: Option<String>,
     env_vars: Vec<(String, String)>,
+    resources: Vec<(String, u64)>,
+    pip: Vec<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let spec = JobSpec {
-        submission_id,
-        argv,
-        entrypoint,
-        working_dir: working_dir.map(|(h, z)| (h, serde_bytes::ByteBuf::from(z))),
-        env_vars,
-    };
+    let spec = JobSpec { submission_id, argv, entrypoint, working_dir, env_vars, resources, pip };
     let answer = ask(py, address, token, tls_cert, HeadRequest::JobSubmit(spec))?;
     one_row(py, answer)
 }
@@ -145,7 +142,29 @@ fn job_logs<'py>(
     }
 }
 
+/// Sends a chunk of a job's zipped working directory (`hash`, `total` bytes in all) at
+/// `offset`: the bytes of it the head has now (`total` once it is stored).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn job_upload(
+    py: Python<'_>,
+    address: &str,
+    token: &str,
+    tls_cert: Option<String>,
+    hash: String,
+    total: u64,
+    offset: u64,
+    data: Vec<u8>,
+) -> PyResult<u64> {
+    let req = HeadRequest::JobUpload { hash, total, offset, data };
+    match ask(py, address, token, tls_cert, req)? {
+        HeadAnswer::JobUploaded(have) => Ok(have),
+        other => Err(unexpected(other)),
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(job_upload, m)?)?;
     m.add_function(wrap_pyfunction!(job_submit, m)?)?;
     m.add_function(wrap_pyfunction!(job_status, m)?)?;
     m.add_function(wrap_pyfunction!(job_stop, m)?)?;

@@ -15,14 +15,14 @@
 //! process is the job's `driver_pid` is that job's (`JobRow::driver_node`), and is not listed
 //! as a job of its own (see `Head::job_rows`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use volley_proto::{check_job_id, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK};
@@ -34,6 +34,17 @@ use crate::rundir;
 /// How long a stopped job's driver has after SIGTERM before its process group gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Working directories arriving at once (each up to `MAX_JOB_PACKAGE`, in memory until
+/// whole); one more pushes out the one idle longest if it was idle for [`UPLOAD_IDLE`].
+const MAX_UPLOADS: usize = 4;
+
+/// How long an upload may wait for its next chunk before another may take its place.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// What a restarted head says of the jobs that ran when the head before it died.
+pub(crate) const HEAD_DIED: &str = "the head stopped while the job ran: it died (killed or \
+     crashed) before it could record how the job ended, and its driver was ended with it";
+
 /// The head's jobs. Inert (every request refused) until [`Jobs::enable`]: only a cluster's head
 /// runs jobs, not a driver's own node.
 #[derive(Default)]
@@ -42,6 +53,19 @@ pub struct Jobs {
     python: OnceLock<String>,
     cfg: OnceLock<Config>,
     table: Mutex<Table>,
+    /// Working directories arriving in chunks, by hash.
+    uploads: Mutex<HashMap<String, Upload>>,
+    /// The thread that forks every driver (see [`spawner`]).
+    spawner: OnceLock<Mutex<mpsc::Sender<SpawnOrder>>>,
+}
+
+/// A driver's command, and where to send the child (or why there is none).
+type SpawnOrder = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+struct Upload {
+    data: Vec<u8>,
+    total: u64,
+    touched: Instant,
 }
 
 struct Config {
@@ -55,12 +79,25 @@ struct Config {
 #[derive(Default)]
 struct Table {
     jobs: HashMap<String, Job>,
+    /// The head's node's resources in all, in thousandths (`CPU`, `GPU`, custom), as of the
+    /// last submission: what the entrypoints of running jobs share.
+    capacity: BTreeMap<String, u64>,
+    /// Jobs waiting for resources, oldest first.
+    pending: Vec<String>,
 }
 
 struct Job {
     row: JobRow,
     /// Whether `stop` was asked (the exit then reads STOPPED whatever its status).
     stopping: bool,
+    /// Its submission, kept while it waits PENDING (then it holds what it asks for).
+    spec: Option<JobSpec>,
+}
+
+impl Job {
+    fn new(row: JobRow) -> Job {
+        Job { row, stopping: false, spec: None }
+    }
 }
 
 impl Jobs {
@@ -89,19 +126,26 @@ impl Jobs {
             }
             if !row.status.is_terminal() {
                 // Its supervisor was the head that stopped; nobody can tell how it ended.
+                row.message = Some(if row.status == JobStatus::Pending {
+                    "the head stopped before the job started: it died (killed or crashed)".into()
+                } else {
+                    HEAD_DIED.into()
+                });
                 row.status = JobStatus::Failed;
                 row.end_ms = Some(row.end_ms.unwrap_or_else(now_ms));
-                row.message = Some("the head stopped while the job ran".into());
                 let _ = write_row(&dir, &row);
             }
             loaded.push(row);
         }
         let python = self.python.get().cloned().unwrap_or_else(|| "python3".to_string());
+        if self.spawner.get().is_none() {
+            let _ = self.spawner.set(Mutex::new(spawner()?));
+        }
         let cfg = Config { address: address.to_string(), python, dir };
         if self.cfg.set(cfg).is_ok() {
             let mut t = self.table.lock();
             for row in loaded {
-                t.jobs.entry(row.job_id.clone()).or_insert(Job { row, stopping: false });
+                t.jobs.entry(row.job_id.clone()).or_insert(Job::new(row));
             }
         }
         Ok(())
@@ -128,9 +172,15 @@ impl Jobs {
         self.table.lock().jobs.get(id).map(|j| j.row.clone()).ok_or_else(|| unknown(id))
     }
 
-    /// Starts a job's driver: its row (RUNNING, or FAILED when it could not start).
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRow, String> {
-        let cfg = self.config()?;
+    /// Starts a job's driver: its row (RUNNING, or FAILED when it could not start; PENDING,
+    /// saying what it waits for, when the jobs running on the head's node hold the resources
+    /// it asks for). `capacity` is the head's node's resources in all, in thousandths.
+    pub fn submit(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        capacity: Vec<(String, u64)>,
+    ) -> Result<JobRow, String> {
+        self.config()?;
         if let Some(why) = spec.check() {
             return Err(why);
         }
@@ -141,7 +191,27 @@ impl Jobs {
         if let Some(why) = check_job_id(&id) {
             return Err(why);
         }
-        let mut row = JobRow {
+        if let Some(hash) = &spec.working_dir {
+            if fs::symlink_metadata(package_path(hash)).is_err() {
+                return Err(format!(
+                    "the head has no working directory {hash}: upload it first (JobUpload; \
+                     volley.job.submit does)"
+                ));
+            }
+        }
+        let capacity: BTreeMap<String, u64> = capacity.into_iter().collect();
+        for (name, want) in &spec.resources {
+            let all = capacity.get(name).copied().unwrap_or(0);
+            if *want > all {
+                return Err(format!(
+                    "the job's entrypoint asks for {} {name}, and the head's node, where it runs, \
+                     has {} in all",
+                    milli(*want),
+                    milli(all)
+                ));
+            }
+        }
+        let row = JobRow {
             job_id: id.clone(),
             status: JobStatus::Pending,
             entrypoint: Some(spec.entrypoint.clone()),
@@ -159,30 +229,93 @@ impl Jobs {
                     "a job with id {id:?} exists already; choose another --submission-id"
                 ));
             }
-            t.jobs.insert(id.clone(), Job { row: row.clone(), stopping: false });
+            t.capacity = capacity;
+            t.jobs.insert(id.clone(), Job { row, stopping: false, spec: Some(spec) });
+            t.pending.push(id.clone());
         }
-        match self.spawn(cfg, &id, &spec) {
-            Ok(child) => {
-                row.status = JobStatus::Running;
-                row.driver_pid = Some(child.id());
-                self.update(&row);
-                let jobs = self.clone();
-                let id2 = id.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("volley-job".into())
-                    .spawn(move || jobs.supervise(&id2, child));
-                if let Err(e) = spawned {
-                    crate::diag::event!(Warn, "volley: no thread to supervise job {id}: {e}");
+        self.start_pending();
+        self.status(&id)
+    }
+
+    /// Starts the pending jobs whose resources are free now (oldest first; one that must wait
+    /// does not hold back a smaller one behind it), and says of the others what they wait for.
+    fn start_pending(self: &Arc<Self>) {
+        let Ok(cfg) = self.config() else { return };
+        let mut t = self.table.lock();
+        let mut held: BTreeMap<String, u64> = BTreeMap::new();
+        for j in t.jobs.values().filter(|j| j.row.status == JobStatus::Running) {
+            for (name, n) in j.spec.as_ref().map(|s| s.resources.as_slice()).unwrap_or(&[]) {
+                *held.entry(name.clone()).or_default() += n;
+            }
+        }
+        let waiting = std::mem::take(&mut t.pending);
+        let mut still = Vec::new();
+        let mut changed = Vec::new();
+        for id in waiting {
+            let Some(spec) = t.jobs.get(&id).and_then(|j| j.spec.clone()) else { continue };
+            let short = spec.resources.iter().find(|(name, want)| {
+                let all = t.capacity.get(name).copied().unwrap_or(0);
+                held.get(name).copied().unwrap_or(0) + want > all
+            });
+            if let Some((name, want)) = short {
+                let all = t.capacity.get(name).copied().unwrap_or(0);
+                let free = all.saturating_sub(held.get(name).copied().unwrap_or(0));
+                let why = format!(
+                    "waiting for {} {name} on the head's node: {} of {} free (the other jobs' \
+                     entrypoints hold the rest)",
+                    milli(*want),
+                    milli(free),
+                    milli(all)
+                );
+                if let Some(j) = t.jobs.get_mut(&id) {
+                    if j.row.message.as_deref() != Some(why.as_str()) {
+                        j.row.message = Some(why);
+                        changed.push(j.row.clone());
+                    }
+                }
+                still.push(id);
+                continue;
+            }
+            for (name, n) in &spec.resources {
+                *held.entry(name.clone()).or_default() += n;
+            }
+            let mut row = match t.jobs.get_mut(&id) {
+                Some(j) => {
+                    j.row.message = None;
+                    j.row.clone()
+                }
+                None => continue,
+            };
+            match self.spawn(cfg, &id, &spec) {
+                Ok(child) => {
+                    row.status = JobStatus::Running;
+                    row.driver_pid = Some(child.id());
+                    let jobs = self.clone();
+                    let id2 = id.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("volley-job".into())
+                        .spawn(move || jobs.supervise(&id2, child));
+                    if let Err(e) = spawned {
+                        crate::diag::event!(Warn, "volley: no thread to supervise job {id}: {e}");
+                    }
+                }
+                Err(why) => {
+                    row.status = JobStatus::Failed;
+                    row.end_ms = Some(now_ms());
+                    row.message = Some(why);
                 }
             }
-            Err(why) => {
-                row.status = JobStatus::Failed;
-                row.end_ms = Some(now_ms());
-                row.message = Some(why);
-                self.update(&row);
+            if let Some(j) = t.jobs.get_mut(&id) {
+                // (Its supervisor waits for this lock to record its end.)
+                j.row = row;
+                changed.push(j.row.clone());
             }
         }
-        Ok(row)
+        t.pending.extend(still);
+        drop(t);
+        for row in changed {
+            self.persist(&row);
+        }
     }
 
     /// Starts the driver's process (see the module documentation).
@@ -198,13 +331,12 @@ impl Jobs {
         let err = log.try_clone().map_err(|e| format!("could not open the job's log: {e}"))?;
         let mut cmd = Command::new(&cfg.python);
         cmd.arg("-m").arg("volley._job_driver");
-        if let Some((hash, zip)) = &spec.working_dir {
-            if !rundir::package_matches(hash, zip) {
-                return Err("the working directory's zip does not match its hash".into());
-            }
-            rundir::write_package(hash, zip)
-                .map_err(|e| format!("could not keep the job's working directory: {e}"))?;
+        if let Some(hash) = &spec.working_dir {
             cmd.arg("--working-dir").arg(hash);
+        }
+        if !spec.pip.is_empty() {
+            let list = serde_json::to_string(&spec.pip).map_err(|e| e.to_string())?;
+            cmd.arg("--pip").arg(list).arg("--venvs").arg(cfg.dir.join("venvs"));
         }
         cmd.arg("--").args(&spec.argv);
         cmd.current_dir(&cfg.dir)
@@ -215,11 +347,101 @@ impl Jobs {
             .stdout(log)
             .stderr(err)
             .process_group(0);
-        cmd.spawn().map_err(|e| format!("could not start `{}`: {e}", cfg.python))
+        let head = std::process::id();
+        // SAFETY: runs in the forked child before exec and calls only async-signal-safe
+        // functions (prctl, getppid), allocating nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The driver dies with the head (the spawner thread, which lives as long as the
+                // head's process: the signal follows the thread that forked); `_job_driver`'s
+                // watchdog then ends the rest of its process group.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != head {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let spawner = self.spawner.get().ok_or("this head cannot start jobs")?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sent = spawner.lock().send((cmd, tx));
+        let child = match sent {
+            Ok(()) => rx.recv().map_err(|_| io::Error::other("the spawner thread is gone")),
+            Err(_) => Err(io::Error::other("the spawner thread is gone")),
+        };
+        let child = child.and_then(|r| r);
+        child.map_err(|e| format!("could not start `{}`: {e}", cfg.python))
     }
 
-    /// Waits for a job's driver to exit and records how it ended.
-    fn supervise(&self, id: &str, mut child: Child) {
+    /// Takes a chunk of a job's working directory (see `HeadRequest::JobUpload`): the bytes of
+    /// it the head has now (all of them once it is checked against its hash and stored), so a
+    /// client that sent a chunk twice, or lost one, goes on from there.
+    pub fn upload(&self, hash: &str, total: u64, offset: u64, data: &[u8]) -> Result<u64, String> {
+        self.config()?;
+        if let Some(why) = volley_proto::check_upload(hash, total, offset, data.len()) {
+            return Err(why);
+        }
+        if fs::symlink_metadata(package_path(hash)).is_ok() {
+            return Ok(total);
+        }
+        let mut ups = self.uploads.lock();
+        if !ups.contains_key(hash) && ups.len() >= MAX_UPLOADS {
+            let idle = ups
+                .iter()
+                .filter(|(_, u)| u.touched.elapsed() >= UPLOAD_IDLE)
+                .min_by_key(|(_, u)| u.touched)
+                .map(|(h, _)| h.clone());
+            match idle {
+                Some(h) => {
+                    ups.remove(&h);
+                }
+                None => {
+                    return Err(format!(
+                        "the head takes {MAX_UPLOADS} working directories at once; try again \
+                         when one of the others is done"
+                    ))
+                }
+            }
+        }
+        let up = ups.entry(hash.to_string()).or_insert_with(|| Upload {
+            data: Vec::new(),
+            total,
+            touched: Instant::now(),
+        });
+        if up.total != total {
+            *up = Upload { data: Vec::new(), total, touched: Instant::now() };
+        }
+        up.touched = Instant::now();
+        if offset != up.data.len() as u64 {
+            return Ok(up.data.len() as u64);
+        }
+        up.data.extend_from_slice(data);
+        if (up.data.len() as u64) < total {
+            return Ok(up.data.len() as u64);
+        }
+        let Some(whole) = ups.remove(hash) else { return Ok(0) };
+        drop(ups);
+        if !rundir::package_matches(hash, &whole.data) {
+            return Err(
+                "the uploaded working directory does not match its hash; submit again".into()
+            );
+        }
+        rundir::write_package(hash, &whole.data)
+            .map_err(|e| format!("could not keep the job's working directory: {e}"))?;
+        Ok(total)
+    }
+
+    /// Waits for a job's driver to exit, records how it ended, and starts the jobs that wait
+    /// for the resources it held.
+    fn supervise(self: &Arc<Self>, id: &str, child: Child) {
+        self.record_exit(id, child);
+        self.start_pending();
+    }
+
+    fn record_exit(&self, id: &str, mut child: Child) {
         let status = child.wait();
         let mut t = self.table.lock();
         let Some(job) = t.jobs.get_mut(id) else { return };
@@ -272,6 +494,17 @@ impl Jobs {
                 return Ok(job.row.clone());
             }
             job.stopping = true;
+            if job.row.status == JobStatus::Pending {
+                // It never started: nothing to signal.
+                job.row.status = JobStatus::Stopped;
+                job.row.end_ms = Some(now_ms());
+                job.row.message = Some("stopped on request before it started".into());
+                let row = job.row.clone();
+                t.pending.retain(|p| p != id);
+                drop(t);
+                self.persist(&row);
+                return Ok(row);
+            }
             job.row.driver_pid
         };
         if let Some(pid) = pid {
@@ -307,6 +540,16 @@ impl Jobs {
     pub fn shutdown(&self, grace: Duration) {
         let running: Vec<(String, u32)> = {
             let mut t = self.table.lock();
+            let pending = std::mem::take(&mut t.pending);
+            for id in pending {
+                if let Some(j) = t.jobs.get_mut(&id) {
+                    j.row.status = JobStatus::Stopped;
+                    j.row.end_ms = Some(now_ms());
+                    j.row.message = Some("stopped: the head shut down before it started".into());
+                    let row = j.row.clone();
+                    self.persist(&row);
+                }
+            }
             t.jobs
                 .values_mut()
                 .filter(|j| !j.row.status.is_terminal())
@@ -383,14 +626,6 @@ impl Jobs {
         Some(job.row.job_id.clone())
     }
 
-    /// Records a new state of a row, in the table and in the session directory.
-    fn update(&self, row: &JobRow) {
-        if let Some(j) = self.table.lock().jobs.get_mut(&row.job_id) {
-            j.row = row.clone();
-        }
-        self.persist(row);
-    }
-
     fn persist(&self, row: &JobRow) {
         if let Some(cfg) = self.cfg.get() {
             if let Err(e) = write_row(&cfg.dir, row) {
@@ -398,6 +633,34 @@ impl Jobs {
             }
         }
     }
+}
+
+/// `<packages dir>/<hash>.zip`, where an uploaded working directory is kept.
+fn package_path(hash: &str) -> PathBuf {
+    rundir::packages_dir().join(format!("{hash}.zip"))
+}
+
+/// Thousandths as a number to show: `1500` is `1.5`.
+fn milli(n: u64) -> String {
+    if n.is_multiple_of(1000) {
+        (n / 1000).to_string()
+    } else {
+        format!("{}", n as f64 / 1000.0)
+    }
+}
+
+/// Starts the thread that forks every job's driver. A driver's parent-death signal follows the
+/// *thread* that forked it, not the process: drivers forked on a request's thread would be
+/// killed when that thread ends, so they are forked here, on a thread that lives as long as
+/// the head.
+fn spawner() -> io::Result<mpsc::Sender<SpawnOrder>> {
+    let (tx, rx) = mpsc::channel::<SpawnOrder>();
+    std::thread::Builder::new().name("volley-job-spawn".into()).spawn(move || {
+        for (mut cmd, reply) in rx {
+            let _ = reply.send(cmd.spawn());
+        }
+    })?;
+    Ok(tx)
 }
 
 fn unknown(id: &str) -> String {
@@ -473,11 +736,104 @@ mod tests {
             entrypoint: "python".into(),
             working_dir: None,
             env_vars: Vec::new(),
+            resources: Vec::new(),
+            pip: Vec::new(),
         };
         match h.serve(HeadRequest::JobSubmit(spec)) {
             HeadAnswer::JobRefused(why) => assert!(why.contains("is not valid"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A head configured to keep its job records in a fresh directory of its own (it starts
+    /// no drivers).
+    fn configured(name: &str) -> Arc<Jobs> {
+        let jobs = Arc::new(Jobs::default());
+        let dir = std::env::temp_dir().join(format!("volley-jobs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        rundir::ensure_private_dir(&dir).expect("a private test directory");
+        let cfg = Config { address: "127.0.0.1:1".into(), python: "python3".into(), dir };
+        assert!(jobs.cfg.set(cfg).is_ok());
+        jobs
+    }
+
+    #[test]
+    fn uploads_go_on_from_what_the_head_has_and_only_a_few_arrive_at_once() {
+        let jobs = configured("uploads");
+        let hash = |i: usize| format!("{i:032x}");
+        // A chunk sent twice, or one from the wrong offset: the answer says where to go on.
+        assert_eq!(jobs.upload(&hash(0), 30, 0, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 0, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 20, &[1; 10]), Ok(10));
+        assert_eq!(jobs.upload(&hash(0), 30, 10, &[1; 10]), Ok(20));
+        for i in 1..MAX_UPLOADS {
+            assert_eq!(jobs.upload(&hash(i), 30, 0, &[1; 10]), Ok(10));
+        }
+        let busy = jobs.upload(&hash(99), 30, 0, &[1; 10]);
+        assert!(
+            busy.as_ref().is_err_and(|w| w.contains("4 working directories at once")),
+            "{busy:?}"
+        );
+        // One idle for long gives way; then the other goes on from nothing.
+        jobs.uploads.lock().get_mut(&hash(1)).expect("upload").touched -= UPLOAD_IDLE;
+        assert_eq!(jobs.upload(&hash(99), 30, 0, &[1; 10]), Ok(10));
+        assert!(!jobs.uploads.lock().contains_key(&hash(1)));
+        // The whole not matching its hash: refused, and forgotten.
+        let bad = jobs.upload(&hash(0), 30, 20, &[1; 10]);
+        assert!(bad.as_ref().is_err_and(|w| w.contains("does not match its hash")), "{bad:?}");
+        assert!(!jobs.uploads.lock().contains_key(&hash(0)));
+    }
+
+    #[test]
+    fn a_pending_job_is_stopped_with_the_head_and_its_resources_say_what_it_waits_for() {
+        let jobs = configured("pending");
+        let mut t = jobs.table.lock();
+        t.capacity = [("CPU".to_string(), 2000)].into_iter().collect();
+        let spec = |cpus: u64| JobSpec {
+            submission_id: None,
+            argv: vec!["python".into()],
+            entrypoint: "python".into(),
+            working_dir: None,
+            env_vars: Vec::new(),
+            resources: vec![("CPU".into(), cpus)],
+            pip: Vec::new(),
+        };
+        let row = |id: &str, status| JobRow {
+            job_id: id.into(),
+            status,
+            entrypoint: Some("python".into()),
+            driver_pid: None,
+            start_ms: 1,
+            end_ms: None,
+            exit_code: None,
+            message: None,
+            driver_node: None,
+        };
+        let running = Job { spec: Some(spec(1500)), ..Job::new(row("a", JobStatus::Running)) };
+        t.jobs.insert("a".into(), running);
+        let waiting = Job { spec: Some(spec(1000)), ..Job::new(row("b", JobStatus::Pending)) };
+        t.jobs.insert("b".into(), waiting);
+        t.pending.push("b".into());
+        drop(t);
+        jobs.start_pending();
+        let b = jobs.status("b").expect("b");
+        assert_eq!(b.status, JobStatus::Pending);
+        assert_eq!(
+            b.message.as_deref(),
+            Some(
+                "waiting for 1 CPU on the head's node: 0.5 of 2 free (the other jobs' \
+                 entrypoints hold the rest)"
+            )
+        );
+        jobs.table.lock().jobs.remove("a");
+        jobs.shutdown(Duration::from_millis(10));
+        let b = jobs.status("b").expect("b");
+        assert_eq!(b.status, JobStatus::Stopped);
+        assert!(b.message.is_some_and(|m| m.contains("before it started")));
+        let kept = fs::read(jobs.config().expect("cfg").dir.join("b.json")).expect("its record");
+        let kept: JobRow = serde_json::from_slice(&kept).expect("a row");
+        assert_eq!(kept.status, JobStatus::Stopped);
+        let _ = fs::remove_dir_all(&jobs.config().expect("cfg").dir);
     }
 
     #[test]
@@ -494,7 +850,7 @@ mod tests {
             message: None,
             driver_node: None,
         };
-        h.job_table().table.lock().jobs.insert("mine".into(), Job { row, stopping: false });
+        h.job_table().table.lock().jobs.insert("mine".into(), Job::new(row));
         let linked = h.join(driver(5151));
         let other = h.join(driver(6262));
         let rows = h.job_rows();

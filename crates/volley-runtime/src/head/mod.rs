@@ -219,6 +219,16 @@ impl Head {
         &self.jobs
     }
 
+    /// The head's own node's resources in all, in thousandths (`CPU`, `GPU`, custom): what
+    /// the entrypoints of submitted jobs, which run there, share.
+    fn capacity(&self) -> Vec<(String, u64)> {
+        let m = self.members.lock();
+        let Some((me, _)) = m.nodes.get(&HEAD_ID) else { return Vec::new() };
+        let mut v = vec![("CPU".to_string(), u64::from(me.cpu_total_milli))];
+        v.extend(me.resources.iter().map(|(name, total, _)| (name.clone(), *total)));
+        v
+    }
+
     /// Every job as the state API lists it (`job` rows): the submitted jobs, and the driver
     /// sessions that are no submitted job's (by node id, with no entrypoint; one that left
     /// reads SUCCEEDED: the head sees a driver leave, not how it ended), oldest first.
@@ -257,7 +267,7 @@ impl Head {
     /// Answers a request from a node, a driver or a task (over the network or by a call).
     pub fn serve(&self, req: HeadRequest) -> HeadAnswer {
         if let Some(why) = req.check() {
-            if matches!(req, HeadRequest::JobSubmit(_)) {
+            if matches!(req, HeadRequest::JobSubmit(_) | HeadRequest::JobUpload { .. }) {
                 return HeadAnswer::JobRefused(why);
             }
             return HeadAnswer::Error(why);
@@ -296,7 +306,13 @@ impl Head {
                     .into_iter()
                     .find(|a| !a.name.is_empty() && a.namespace == namespace && a.name == name),
             ),
-            HeadRequest::JobSubmit(spec) => job_answer(self.jobs.submit(spec)),
+            HeadRequest::JobSubmit(spec) => job_answer(self.jobs.submit(spec, self.capacity())),
+            HeadRequest::JobUpload { hash, total, offset, data } => {
+                match self.jobs.upload(&hash, total, offset, &data) {
+                    Ok(have) => HeadAnswer::JobUploaded(have),
+                    Err(why) => HeadAnswer::JobRefused(why),
+                }
+            }
             HeadRequest::JobStatus { id } => job_answer(self.jobs.status(&id)),
             HeadRequest::JobStop { id } => job_answer(self.jobs.stop(&id)),
             HeadRequest::JobList => HeadAnswer::Jobs(self.job_rows()),
