@@ -106,6 +106,9 @@ pub enum HeadRequest {
     /// A state API query the head answers from its tables (tasks, actors, placement groups,
     /// jobs, nodes); answered `State`.
     State(crate::StateQuery),
+    /// Relay a question to one node of the cluster (`volley logs --node N` from outside it);
+    /// answered `Node` with that node's answer (or its `Error` when it cannot be reached).
+    NodeAsk(crate::NodeAsk),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -136,6 +139,7 @@ pub enum HeadAnswer {
     /// A job request the head turned down (an unknown id, a bad submission): what to fix.
     JobRefused(String),
     State(crate::StateAnswer),
+    Node(crate::NodeAnswer),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -155,7 +159,8 @@ impl HeadRequest {
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList
             | HeadRequest::JobLogs { .. }
-            | HeadRequest::State(_) => (0, 0),
+            | HeadRequest::State(_)
+            | HeadRequest::NodeAsk(_) => (0, 0),
             HeadRequest::JobSubmit(spec) => return spec.check(),
         };
         if key > MAX_KV_KEY {
