@@ -176,7 +176,9 @@ def _pick(d: str, args: argparse.Namespace) -> list[tuple[_Here | _Node, str]]:
     named = _named(args)
     remote = args.session is None
     if args.node is not None and remote:
-        return _pick_on_node(args, named)
+        on_node = _pick_on_node(args, named)
+        if on_node is not None:
+            return on_node
     if named is not None and remote and args.name is None:
         return _pick_by_state(here, args, *named)
     files = here.list()
@@ -204,12 +206,19 @@ def _pick(d: str, args: argparse.Namespace) -> list[tuple[_Here | _Node, str]]:
     return [(here, n) for n in found]
 
 
-def _pick_on_node(args: argparse.Namespace, named: tuple[str, str] | None) -> list:
-    """``--node N [NAME | --worker PID | --task ID ...]``: node N's files, through the head."""
+def _pick_on_node(args: argparse.Namespace, named: tuple[str, str] | None) -> list | None:
+    """``--node N [NAME | --worker PID | --task ID ...]``: node N's files, through the head
+    (None when no cluster is found: then this machine's records say where node N's are)."""
     from . import state
 
     try:
-        src = _Node(state.target(args.address), args.node)
+        where = state.target(args.address)
+    except ConnectionError:
+        if args.address is not None:
+            raise
+        return None
+    try:
+        src = _Node(where, args.node)
         files = src.list()
     except (ConnectionError, ValueError) as e:
         raise SystemExit(f"volley: the logs of node {args.node}: {e}") from None
