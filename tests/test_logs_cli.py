@@ -334,9 +334,11 @@ def test_volley_logs_of_another_machines_node(tmp_path):
             )
 
         out = poll(
-            lambda: (r := logs("--node", str(far_node), "--worker", str(pid))).returncode == 0
-            and "first line from afar" in r.stdout
-            and r,
+            lambda: (
+                (r := logs("--node", str(far_node), "--worker", str(pid))).returncode == 0
+                and "first line from afar" in r.stdout
+                and r
+            ),
             timeout=20,
         )
         assert out, logs("--node", str(far_node), "--worker", str(pid))
