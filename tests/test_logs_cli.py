@@ -10,6 +10,8 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,7 +301,8 @@ def test_volley_logs_of_another_machines_node(tmp_path):
     try:
         for i in range(3):
             c.env = dict(c.env, VOLLEY_SESSION_DIR=str(tmp_path / f"machine-{i}"))
-            c.start(i == 0, f"127.0.0.{i + 1}", extra=("--resources", json.dumps({f"m{i}": 2})))
+            extra = ("--resources", json.dumps({f"m{i}": 2}))
+            c.start(i == 0, f"127.0.0.{i + 1}", extra=(*extra, "--dashboard-port", "0"))
         volley.init(address=c.head, token=c.token)
         ids = {n["addr"]: n["node_id"] for n in volley.state.list_nodes() if not n["driver"]}
         far_node = ids[c.started[2]]
@@ -349,6 +352,28 @@ def test_volley_logs_of_another_machines_node(tmp_path):
         assert out.returncode == 0 and out.stdout.strip().endswith("first line from afar")
         out = poll(lambda: (r := logs("--task", ref.hex()[:32])).returncode == 0 and r, timeout=20)
         assert out and "said by a far task" in out.stdout, logs("--task", ref.hex()[:32])
+
+        # The head's dashboard reads the same files through the same request.
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        base, token = line.split("dashboard at ")[1].split("?token=")
+
+        def api(query: str) -> tuple[int, dict]:
+            req = urllib.request.Request(
+                base.rstrip("/") + "/api/v0/logs?" + query,
+                headers={"Authorization": "Bearer " + token},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, {"error": e.read().decode()}
+
+        status, page = api(f"node={far_node}&worker={pid}")
+        assert status == 200 and "first line from afar" in "\n".join(page["lines"]), page
+        status, page = api(f"task={ref.hex()[:32]}")
+        assert status == 200 and "said by a far task" in "\n".join(page["lines"]), page
+        status, page = api(f"node={far_node}&worker=1")
+        assert status == 400 and f"no log of worker 1 on node {far_node}" in page["error"]
 
         follower = subprocess.Popen(
             [sys.executable, "-m", "volley._cli", "logs", "--node", str(far_node), "--worker",

@@ -319,3 +319,66 @@ pub(crate) fn ask_head_here(shared: &Shared, req: &HeadRequest) -> Option<HeadAn
 }
 
 use crate::shared::Links;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(node: u32, shown: usize, total: u64) -> StateAnswer {
+        let rows: Vec<serde_json::Value> =
+            (0..shown).map(|i| serde_json::json!({ "node_id": node, "pid": i })).collect();
+        StateAnswer {
+            kind: "workers".into(),
+            rows: serde_json::to_string(&rows).expect("rows"),
+            total,
+            truncated: total > shown as u64,
+            dropped: 0,
+            missing: Vec::new(),
+        }
+    }
+
+    /// Every node's count goes into `total`; the rows shown stop at the limit, and an answer
+    /// that a node itself cut short makes the merged one truncated too.
+    #[test]
+    fn merged_answers_count_every_node_and_show_the_limit() {
+        let q = |limit| StateQuery {
+            kind: "workers".into(),
+            filters: Vec::new(),
+            limit,
+            detail: false,
+        };
+        let all = merge(&q(None), vec![part(1, 2, 2), part(2, 3, 3)], vec!["node 3: x".into()])
+            .expect("merge");
+        assert_eq!((all.total, all.truncated), (5, false));
+        assert_eq!(all.missing, vec!["node 3: x".to_string()]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&all.rows).expect("json");
+        assert_eq!(rows.len(), 5);
+        let three = merge(&q(Some(3)), vec![part(1, 2, 2), part(2, 3, 3)], Vec::new()).expect("m");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&three.rows).expect("json");
+        assert_eq!((rows.len(), three.total, three.truncated), (3, 5, true));
+        assert_eq!(rows[2]["node_id"], 2);
+        // A node that had more rows than it sent (its own cap).
+        let capped = merge(&q(None), vec![part(1, 2, 9)], Vec::new()).expect("merge");
+        assert_eq!((capped.total, capped.truncated), (9, true));
+    }
+
+    /// `node_id=N` asks node N only; `node_id!=N` and other keys ask every node.
+    #[test]
+    fn a_node_filter_picks_the_nodes_asked() {
+        let view: Vec<NodeSnapshot> = (1..=3)
+            .map(|i| NodeSnapshot { id: NodeId(i), ..crate::head::tests::info("x", false) })
+            .collect();
+        let q = |key: &str, op, value: &str| StateQuery {
+            kind: "objects".into(),
+            filters: vec![volley_proto::Filter { key: key.into(), op, value: value.into() }],
+            limit: None,
+            detail: false,
+        };
+        let ids = |q: StateQuery| -> Vec<u32> {
+            asked_nodes(&q, view.clone()).into_iter().map(|n| n.id.0).collect()
+        };
+        assert_eq!(ids(q("node_id", volley_proto::FilterOp::Eq, " 2 ")), vec![2]);
+        assert_eq!(ids(q("node_id", volley_proto::FilterOp::Ne, "2")), vec![1, 2, 3]);
+        assert_eq!(ids(q("state", volley_proto::FilterOp::Eq, "2")), vec![1, 2, 3]);
+    }
+}

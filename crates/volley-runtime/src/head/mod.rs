@@ -414,4 +414,4 @@ fn new_epoch() -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
