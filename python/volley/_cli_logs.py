@@ -142,6 +142,14 @@ def _node_pid(node: int) -> tuple[int, str | None]:
     )
 
 
+def _recorded_here(node: int) -> bool:
+    """Whether this machine's records (``volley start``) have a running node ``node``."""
+    return any(
+        n.get("node_id") == node and n.get("log") and _cluster.is_recorded_process(n)
+        for n in _cluster.recorded_nodes()
+    )
+
+
 def _worker_files(files: list[dict], pids: list[int] | None, node_pid: int | None) -> list[str]:
     return [
         f["name"]
@@ -232,6 +240,8 @@ def _pick_on_node(args: argparse.Namespace, named: tuple[str, str] | None) -> li
         if not pids:
             raise SystemExit(f"volley: no worker of node {args.node} ran {named[0]} {named[1]}")
     if pids is None:
+        if not src.own_log and _recorded_here(args.node):
+            return None  # `volley start --block` sent it elsewhere: its record says where
         if not src.own_log:
             raise SystemExit(
                 f"volley: node {args.node} (pid {src.node_pid}) keeps its own output outside "
