@@ -411,7 +411,7 @@ def test_workers_and_objects_of_every_node_and_one_that_does_not_answer(tmp_path
                 oid,
                 objects,
             )
-        third = ls("objects", "--filter", f"node_id={node[2]}", "--limit", "0")
+        third = ls("objects", "--filter", f"node_id={node[2]}", "--filter", "spilled=false")
         assert held[2] in {o["object_id"] for o in third["rows"]}, third
         assert {o["node_id"] for o in third["rows"]} == {node[2]}
         assert third["total"] == len(third["rows"]) < objects["total"]
@@ -432,6 +432,8 @@ def test_workers_and_objects_of_every_node_and_one_that_does_not_answer(tmp_path
             text = _cli("list", "workers", "--address", c.head, env=env)
             assert text.returncode == 0, text.stderr
             assert f"not in this answer: node {node[2]} " in text.stderr, text.stderr
+            bad = _cli("list", "objects", "--address", c.head, "--filter", "colour=red", env=env)
+            assert bad.returncode == 1 and "no field 'colour'" in bad.stderr, bad.stderr
         finally:
             os.kill(c.procs[2].pid, signal.SIGCONT)
     finally:

@@ -195,8 +195,11 @@ impl Cluster {
 
     /// A workers or objects query asked of every live node (its `node_id` filter's only).
     fn fan_out(&self, q: &StateQuery) -> Result<StateAnswer, String> {
-        // A bad key or value is refused before any node is asked.
-        crate::state::kinds::workers(q, NodeId(0), Vec::new())?;
+        // A bad key is refused before any node is asked.
+        match q.kind.as_str() {
+            "workers" => crate::state::kinds::workers(q, NodeId(0), Vec::new())?,
+            _ => crate::state::kinds::objects(q, NodeId(0), Vec::new(), |_| false)?,
+        };
         let per_node = StateQuery {
             limit: Some(q.limit.filter(|l| *l > 0).unwrap_or(MAX_NODE_ROWS).min(MAX_NODE_ROWS)),
             ..q.clone()
