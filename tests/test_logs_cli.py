@@ -402,6 +402,10 @@ def test_volley_logs_of_another_machines_node(tmp_path):
         assert "not for volley logs" not in str(e.value)
         bad = logs("--node", "99", "--worker", str(pid))
         assert bad.returncode != 0 and "no node 99 in the cluster" in bad.stderr, bad.stderr
+        # A driver's node takes no connections: said, not waited on.
+        [me] = [n["node_id"] for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
+        with pytest.raises(ValueError, match="a driver's node"):
+            _core.node_logs(c.head, c.token, me)
     finally:
         if follower is not None:
             follower.send_signal(signal.SIGINT)
@@ -486,6 +490,12 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
         assert "--address local:PID" in out.stderr
         out = cli("list", "tasks", "--address", "local:1")
         assert out.returncode == 1 and "no volley driver with pid 1" in out.stderr, out.stderr
+        # The socket answers the state API's questions only (not a job submission, say).
+        from volley import _core, state
+
+        [sock] = [n["socket"] for n in state.embedded_nodes() if n["pid"] == drivers[0].pid]
+        with pytest.raises(ConnectionError, match="answers the state API's questions only"):
+            _core.job_list(f"local:{sock}", "", None)
     finally:
         stop.touch()
         for d in drivers:
