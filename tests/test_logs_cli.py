@@ -10,6 +10,9 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -267,3 +270,233 @@ def test_volley_logs_of_a_task_and_an_actor_on_a_cluster(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+def _follower_reader(proc: subprocess.Popen) -> Callable[[], str]:
+    """What ``proc`` printed so far (its stdout made non-blocking)."""
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen: list[str] = []
+
+    def text() -> str:
+        try:
+            seen.append(os.read(proc.stdout.fileno(), 1 << 16).decode())
+        except BlockingIOError:
+            pass
+        return "".join(seen)
+
+    return text
+
+
+def test_volley_logs_of_another_machines_node(tmp_path):
+    # Three nodes, each with a session directory of its own (as on three machines), and a CLI
+    # with a fourth: `volley logs --node N` and `--task` read node N's files through the head,
+    # `--follow` polls them, and only plain log names of that node's logs/ can be read.
+    from test_cluster import Cluster
+
+    import volley
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    follower = None
+    try:
+        for i in range(3):
+            c.env = dict(c.env, VOLLEY_SESSION_DIR=str(tmp_path / f"machine-{i}"))
+            extra = ("--resources", json.dumps({f"m{i}": 2}))
+            c.start(i == 0, f"127.0.0.{i + 1}", extra=(*extra, "--dashboard-port", "0"))
+        volley.init(address=c.head, token=c.token)
+        ids = {n["addr"]: n["node_id"] for n in volley.state.list_nodes() if not n["driver"]}
+        far_node = ids[c.started[2]]
+
+        @volley.remote(num_cpus=0, resources={"m2": 1})
+        class Far:
+            def say(self, text: str) -> int:
+                print(text, flush=True)
+                return os.getpid()
+
+        @volley.remote(num_cpus=0, resources={"m2": 1})
+        def far_task() -> int:
+            print("said by a far task", flush=True)
+            return os.getpid()
+
+        far = Far.remote()
+        pid = volley.get(far.say.remote("first line from afar"))
+        ref = far_task.remote()
+        volley.get(ref)
+        here = tmp_path / "cli-machine"
+        env = dict(
+            driver_env(), VOLLEY_SESSION_DIR=str(here), VOLLEY_ADDRESS=c.head, VOLLEY_TOKEN=c.token
+        )
+
+        def logs(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", "logs", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        out = poll(
+            lambda: (
+                (r := logs("--node", str(far_node), "--worker", str(pid))).returncode == 0
+                and "first line from afar" in r.stdout
+                and r
+            ),
+            timeout=20,
+        )
+        assert out, logs("--node", str(far_node), "--worker", str(pid))
+        # The file is on that node's machine only.
+        [name] = [p.name for p in (tmp_path / "machine-2" / "logs").glob(f"worker-*-{pid}.log")]
+        assert not (tmp_path / "machine-0" / "logs" / name).exists() and not here.exists()
+        out = logs("--node", str(far_node), name, "--tail", "1")
+        assert out.returncode == 0 and out.stdout.strip().endswith("first line from afar")
+        out = poll(lambda: (r := logs("--task", ref.hex()[:32])).returncode == 0 and r, timeout=20)
+        assert out and "said by a far task" in out.stdout, logs("--task", ref.hex()[:32])
+
+        # The head's dashboard reads the same files through the same request.
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        base, token = line.split("dashboard at ")[1].split("?token=")
+
+        def api(query: str) -> tuple[int, dict]:
+            req = urllib.request.Request(
+                base.rstrip("/") + "/api/v0/logs?" + query,
+                headers={"Authorization": "Bearer " + token},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, {"error": e.read().decode()}
+
+        status, page = api(f"node={far_node}&worker={pid}")
+        assert status == 200 and "first line from afar" in "\n".join(page["lines"]), page
+        status, page = api(f"task={ref.hex()[:32]}")
+        assert status == 200 and "said by a far task" in "\n".join(page["lines"]), page
+        status, page = api(f"node={far_node}&worker=1")
+        assert status == 400 and f"no log of worker 1 on node {far_node}" in page["error"]
+
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "volley._cli", "logs", "--node", str(far_node), "--worker",
+             str(pid), "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        printed = _follower_reader(follower)
+        assert poll(lambda: "first line from afar" in printed(), timeout=30), printed()
+        volley.get(far.say.remote("a later line from afar"))
+        assert poll(lambda: "a later line from afar" in printed(), timeout=30), printed()
+
+        # Errors: a name that is not a log of that node, a link, a node that does not exist.
+        bad = logs("--node", str(far_node), "../../machine-0/logs/x.log")
+        assert bad.returncode != 0 and "has no log named" in bad.stderr, bad.stderr
+        from volley import _core
+
+        with pytest.raises(ValueError, match="not the name of a volley log file"):
+            _core.node_read_log(c.head, c.token, far_node, "../secret.log")
+        secret = tmp_path / "secret.log"
+        secret.write_text("not for volley logs\n")
+        (tmp_path / "machine-2" / "logs" / "link.log").symlink_to(secret)
+        with pytest.raises(ValueError) as e:
+            _core.node_read_log(c.head, c.token, far_node, "link.log")
+        assert "not for volley logs" not in str(e.value)
+        bad = logs("--node", "99", "--worker", str(pid))
+        assert bad.returncode != 0 and "no node 99 in the cluster" in bad.stderr, bad.stderr
+        # A driver's node takes no connections: said, not waited on.
+        [me] = [n["node_id"] for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
+        with pytest.raises(ValueError, match="a driver's node"):
+            _core.node_logs(c.head, c.token, me)
+    finally:
+        if follower is not None:
+            follower.send_signal(signal.SIGINT)
+            follower.wait(timeout=10)
+        volley.shutdown()
+        c.stop()
+
+
+WAITING_DRIVER = """
+import os, sys, time, volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def speaks():
+    print("said in a driver's own node", flush=True)
+    return os.getpid()
+
+ref = speaks.remote()
+pid = volley.get(ref)
+print("ready", ref.hex()[:32], pid, flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+volley.shutdown()
+"""
+
+
+def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
+    # Drivers that run their own node (no cluster) answer `volley list` and `volley logs` from
+    # another process over their Unix socket; with several, the CLI names them and --address
+    # local:PID picks one.
+    stop = tmp_path / "stop"
+    script = write_script(tmp_path, WAITING_DRIVER)
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(stop)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / f"session-{i}")},
+            cwd=str(tmp_path),
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+
+        def ready_line(d: subprocess.Popen) -> list[str]:
+            # The worker's own line comes to the driver's stdout too.
+            for line in d.stdout:
+                if line.startswith("ready "):
+                    return line.split()
+            return []
+
+        ready = [ready_line(d) for d in drivers]
+        assert all(ready), ready
+        (_, task, worker), _ = ready
+        env = {**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / "cli")}
+        env.pop("VOLLEY_ADDRESS", None)
+        at = f"local:{drivers[0].pid}"
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        out = cli("list", "tasks", "--address", at, "--json")
+        assert out.returncode == 0, out.stderr
+        [row] = json.loads(out.stdout)["rows"]
+        assert (row["task_id"], row["state"], row["worker_pid"]) == (task, "FINISHED", int(worker))
+        out = cli("list", "workers", "--address", at, "--json")
+        assert out.returncode == 0, out.stderr
+        assert int(worker) in {w["pid"] for w in json.loads(out.stdout)["rows"]}
+        out = cli("logs", "--task", task, "--address", at)
+        assert out.returncode == 0 and "said in a driver's own node" in out.stdout, out.stderr
+        # Two drivers: without --address the CLI says which ones run.
+        out = cli("list", "tasks")
+        assert out.returncode == 1, out.stdout
+        assert all(str(d.pid) in out.stderr for d in drivers), out.stderr
+        assert "--address local:PID" in out.stderr
+        out = cli("list", "tasks", "--address", "local:1")
+        assert out.returncode == 1 and "no volley driver with pid 1" in out.stderr, out.stderr
+        # The socket answers the state API's questions only (not a job submission, say).
+        from volley import _core, state
+
+        [sock] = [n["socket"] for n in state.embedded_nodes() if n["pid"] == drivers[0].pid]
+        with pytest.raises(ConnectionError, match="answers the state API's questions only"):
+            _core.job_list(f"local:{sock}", "", None)
+    finally:
+        stop.touch()
+        for d in drivers:
+            d.wait(timeout=60)

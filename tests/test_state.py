@@ -383,3 +383,87 @@ def test_the_history_outlives_a_crashed_head(tmp_path):
     assert out.returncode == 1 and "holds tasks and actors" in out.stderr
     out = _cli("list", "tasks", "--session", str(tmp_path / "nowhere"), env=env)
     assert out.returncode == 1 and "no volley history" in out.stderr
+
+
+@volley.remote(num_cpus=0)
+class Holder:
+    """Keeps one object of its own node's (put by its worker) alive."""
+
+    def hold(self) -> str:
+        self.ref = volley.put(b"x" * 1000)
+        return self.ref.hex()
+
+
+@pytest.mark.one_node("starts a cluster of its own")
+def test_workers_and_objects_of_every_node_and_one_that_does_not_answer(tmp_path):
+    # The head asks every live node for its workers and objects and merges the answers
+    # (filters and limits as for tasks); a node that does not answer (SIGSTOPped: its socket
+    # still accepts, it never replies) is named in `missing` within the deadline, not waited on.
+    from test_cluster import Cluster, _wait_nodes
+
+    volley.shutdown()
+    c = Cluster(tmp_path)
+    try:
+        for i in range(3):
+            # Dead after a minute: the stopped node stays in the view while it is asked.
+            extra = ("--dead-after-ms", "60000", "--resources", json.dumps({f"n{i}": 1}))
+            c.start(i == 0, f"127.0.0.{i + 1}", extra=extra)
+        volley.init(address=c.head, token=c.token)
+        assert len(_wait_nodes(3)) == 3
+        ids = {n["addr"]: n["node_id"] for n in state.list_nodes() if not n["driver"]}
+        node = [ids[a] for a in c.started]
+        holders = [Holder.options(resources={f"n{i}": 1}).remote() for i in range(3)]
+        held = volley.get([h.hold.remote() for h in holders])
+        env = dict(c.env, VOLLEY_TOKEN=c.token)
+
+        def ls(*args: str) -> dict:
+            out = _cli("list", *args, "--address", c.head, "--json", env=env)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+
+        every = ls("workers", "--limit", "0")
+        # The driver's node takes no connections: named, with where its rows are.
+        [driver] = every["missing"]
+        assert "a driver's node" in driver and "volley.state in that driver" in driver, every
+        assert set(node) <= {w["node_id"] for w in every["rows"] if w["state"] == "ACTOR"}
+        assert every["total"] == len(every["rows"]) and not every["truncated"]
+        second = ls("workers", "--filter", f"node_id={node[1]}", "--limit", "0")
+        assert second["rows"] and {w["node_id"] for w in second["rows"]} == {node[1]}
+        assert second["total"] == len(second["rows"]) < every["total"]
+        one = ls("workers", "--limit", "1")
+        assert len(one["rows"]) == 1 and one["total"] == every["total"] and one["truncated"]
+        objects = ls("objects", "--limit", "0")
+        for n, oid in zip(node, held):
+            assert any(o["object_id"] == oid and o["node_id"] == n for o in objects["rows"]), (
+                n,
+                oid,
+                objects,
+            )
+        third = ls("objects", "--filter", f"node_id={node[2]}", "--filter", "spilled=false")
+        assert held[2] in {o["object_id"] for o in third["rows"]}, third
+        assert {o["node_id"] for o in third["rows"]} == {node[2]}
+        assert third["total"] == len(third["rows"]) < objects["total"]
+        # From the driver: its own node (which takes no connections) is merged in.
+        mine = state.query("workers", limit=None)
+        assert mine["missing"] == [] and set(node) <= {w["node_id"] for w in mine["rows"]}
+
+        os.kill(c.procs[2].pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            partial = ls("workers", "--limit", "0")
+            took = time.monotonic() - began
+            assert took < 20, took
+            [gone] = [m for m in partial["missing"] if m != driver]
+            assert gone.startswith(f"node {node[2]} ") and "no answer within" in gone, gone
+            rows_of = {w["node_id"] for w in partial["rows"]}
+            assert node[2] not in rows_of and {node[0], node[1]} <= rows_of, partial
+            text = _cli("list", "workers", "--address", c.head, env=env)
+            assert text.returncode == 0, text.stderr
+            assert f"not in this answer: node {node[2]} " in text.stderr, text.stderr
+            bad = _cli("list", "objects", "--address", c.head, "--filter", "colour=red", env=env)
+            assert bad.returncode == 1 and "no field 'colour'" in bad.stderr, bad.stderr
+        finally:
+            os.kill(c.procs[2].pid, signal.SIGCONT)
+    finally:
+        volley.shutdown()
+        c.stop()

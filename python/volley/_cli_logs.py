@@ -1,16 +1,19 @@
-"""``volley logs``: the log files this machine's volley processes keep in the session directory.
+"""``volley logs``: the log files volley processes keep in their session directories.
 
-    volley logs [--session DIR] [--json]                 list them
+    volley logs [--session DIR] [--json]                 list this machine's
     volley logs NAME [--tail N] [--follow]               print one (a name the list shows)
     volley logs --worker PID [--tail N] [--follow]       a worker's output
     volley logs --node N [--tail N] [--follow]           node N's log (`volley start`'s daemon)
-    volley logs --node N --worker PID                    a worker of node N
+    volley logs --node N --worker PID | NAME             a file of node N, on any machine
     volley logs --task ID | --actor ID | --job ID        the workers that ran it (state API)
 
 Each worker's stdout and stderr lines are kept in ``worker-<node pid>-<pid>.log`` (made at its
 first line; ``[time INFO]`` for stdout, ``[time WARN]`` for stderr), a daemon's own log in
-``node-<date>-<time>-<pid>.log``, a driver's node diagnostics in ``driver-<pid>.log``. The
-files of other machines are not reachable from here (run ``volley logs`` there).
+``node-<date>-<time>-<pid>.log``, a driver's node diagnostics in ``driver-<pid>.log``.
+``--node N`` and ``--task/--actor/--job`` read the files on the node that has them, through
+the cluster's head (``--address``; default: this machine's head, or the one driver running its
+own node here), a piece at a time, so ``--follow`` works across machines too; with
+``--session`` only this machine's files are read.
 """
 
 from __future__ import annotations
@@ -22,10 +25,6 @@ import time
 from pathlib import Path
 
 from . import _cluster, _core
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Callable
 
 #: Bytes read per call while printing or following a file.
 CHUNK = 1 << 20
@@ -48,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--tail", type=int, default=None, help="only the last N lines")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     lg.add_argument("--session", default=None, help="session directory (default: this user's)")
+    lg.add_argument(
+        "--address",
+        default=None,
+        help="HOST:PORT of the cluster's head (default: this machine's), or local:PID for a "
+        "driver's own node",
+    )
     lg.add_argument("--json", action="store_true", help="the list as JSON")
     lg.set_defaults(func=main)
 
@@ -68,33 +73,61 @@ def list_logs(session: str | None = None) -> list[dict]:
     return _core.list_logs(str(logs_dir(session)))
 
 
-def _pids_from_state(what: str, ident: str) -> list[int]:
-    """The worker pids the state API lists for a task, an actor or a job's tasks."""
+class _Here:
+    """This machine's log files (``<session>/logs``)."""
+
+    def __init__(self, d: str) -> None:
+        self.d = d
+        self.where = d
+
+    def list(self) -> list[dict]:
+        return _core.list_logs(self.d)
+
+    def read(self, name: str, offset: int | None, size: int) -> tuple[bytes, int, int, int]:
+        return _core.read_log(self.d, name, offset, size)
+
+
+class _Node:
+    """The log files of node ``node`` of a cluster (or a driver's embedded node), read through
+    the head at ``target`` (see ``volley.state.target``), which relays to that node."""
+
+    def __init__(self, target: tuple[str, str, str | None], node: int) -> None:
+        self.addr, self.token, self.tls = target
+        self.node = node
+        self.where = f"node {node}"
+        self.node_pid: int | None = None
+        self.own_log: str | None = None
+
+    def list(self) -> list[dict]:
+        files, self.node_pid, self.own_log = _core.node_logs(
+            self.addr, self.token, self.node, self.tls
+        )
+        return files
+
+    def read(self, name: str, offset: int | None, size: int) -> tuple[bytes, int, int, int]:
+        return _core.node_read_log(
+            self.addr, self.token, self.node, name, offset, min(size, CHUNK), self.tls
+        )
+
+
+def _workers_from_state(what: str, ident: str, address: str | None) -> list[tuple[int, int]]:
+    """``(node_id, pid)`` of the workers the state API lists for a task, an actor or a job's
+    tasks (asked of the cluster's head, or of a driver's embedded node: ``state.target``)."""
+    from . import state
+
     try:
-        from . import state  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit(
-            f"volley: --{what} needs the state API (volley.state), which this volley lacks; "
-            "use --worker PID (`volley status` and the task's error show pids)"
-        ) from None
-    import volley
-
-    if not volley.is_initialized():
-        try:  # the state is the cluster's: ask it as a driver of this machine's cluster
-            volley.init(address="auto", log_to_driver=False)
-        except ConnectionError as e:
-            raise SystemExit(f"volley: --{what} asks the cluster's state: {e}") from None
-    if what == "actor":
-        rows = state.list_actors(filters=[("actor_id", "=", ident)], limit=None)
-        return sorted({int(r["pid"]) for r in rows if r.get("pid")})
-    key = "task_id" if what == "task" else "job_id"
-    rows = state.list_tasks(filters=[(key, "=", ident)], limit=None)
-    return sorted({int(r["worker_pid"]) for r in rows if r.get("worker_pid")})
-
-
-#: What ``--task/--actor/--job`` use to find pids: ``(what, id)`` (what: "task", "actor" or
-#: "job") to the pids of the workers that ran it (replaceable: the state API's wiring).
-resolve_pids: Callable[[str, str], list[int]] = _pids_from_state
+        if what == "actor":
+            rows = state.query("actors", [("actor_id", "=", ident)], None, address=address)
+            pairs = {(r.get("node_id"), r.get("pid")) for r in rows["rows"]}
+        else:
+            key = "task_id" if what == "task" else "job_id"
+            rows = state.query("tasks", [(key, "=", ident)], None, address=address)
+            pairs = {(r.get("node_id"), r.get("worker_pid")) for r in rows["rows"]}
+    except ConnectionError as e:
+        raise SystemExit(f"volley: --{what} asks the cluster's state: {e}") from None
+    except ValueError as e:
+        raise SystemExit(f"volley: --{what} {ident}: {e}") from None
+    return sorted((int(n or 0), int(p)) for n, p in pairs if p)
 
 
 def _node_pid(node: int) -> tuple[int, str | None]:
@@ -104,27 +137,68 @@ def _node_pid(node: int) -> tuple[int, str | None]:
         if n.get("node_id") == node and _cluster.is_recorded_process(n):
             return int(n["pid"]), n.get("log")
     raise SystemExit(
-        f"volley: no node {node} runs on this machine (see `volley status`); "
-        "the logs of another machine's nodes are on that machine"
+        f"volley: no node {node} runs on this machine (see `volley status`); without "
+        "--session, `volley logs --node` asks the cluster's head for another machine's logs"
     )
 
 
-def _pick(files: list[dict], args: argparse.Namespace) -> list[dict]:
-    """The files the arguments name (may be several: a job's workers)."""
-    if args.name:
-        found = [f for f in files if f["name"] == args.name]
-        if not found:
-            raise SystemExit(f"volley: no log named {args.name!r} (see `volley logs`)")
-        return found
-    pids: list[int] | None = None
-    if args.worker is not None:
-        pids = [args.worker]
+def _recorded_here(node: int) -> bool:
+    """Whether this machine's records (``volley start``) have a running node ``node``."""
+    return any(
+        n.get("node_id") == node and n.get("log") and _cluster.is_recorded_process(n)
+        for n in _cluster.recorded_nodes()
+    )
+
+
+def _worker_files(files: list[dict], pids: list[int] | None, node_pid: int | None) -> list[str]:
+    return [
+        f["name"]
+        for f in files
+        if f["kind"] == "worker"
+        and f["name"].endswith(".log")
+        and (pids is None or f["pid"] in pids)
+        and (node_pid is None or f["node_pid"] == node_pid)
+    ]
+
+
+def _missing_worker(pids: list[int] | None, where: str) -> SystemExit:
+    which = f"pid {', '.join(map(str, pids or []))}"
+    return SystemExit(
+        f"volley: no log of worker {which} in {where} (a worker's log is made at its first "
+        "line of output)"
+    )
+
+
+def _named(args: argparse.Namespace) -> tuple[str, str] | None:
     for what in ("task", "actor", "job"):
         ident = getattr(args, what)
         if ident is not None:
-            pids = resolve_pids(what, ident)
-            if not pids:
-                raise SystemExit(f"volley: no worker ran {what} {ident} (yet)")
+            return what, ident
+    return None
+
+
+def _pick(d: str, args: argparse.Namespace) -> list[tuple[_Here | _Node, str]]:
+    """The files the arguments name, with where each is read (may be several: a job's
+    workers, on several nodes)."""
+    here = _Here(d)
+    named = _named(args)
+    remote = args.session is None
+    if args.node is not None and remote:
+        on_node = _pick_on_node(args, named)
+        if on_node is not None:
+            return on_node
+    if named is not None and remote and args.name is None:
+        return _pick_by_state(here, args, *named)
+    files = here.list()
+    if args.name:
+        if not any(f["name"] == args.name for f in files):
+            raise SystemExit(f"volley: no log named {args.name!r} (see `volley logs`)")
+        return [(here, args.name)]
+    pids: list[int] | None = [args.worker] if args.worker is not None else None
+    if named is not None:
+        pids = [p for _, p in _workers_from_state(*named, args.address)]
+        if not pids:
+            raise SystemExit(f"volley: no worker ran {named[0]} {named[1]} (yet)")
     node_pid = None
     if args.node is not None:
         node_pid, node_log = _node_pid(args.node)
@@ -133,46 +207,100 @@ def _pick(files: list[dict], args: argparse.Namespace) -> list[dict]:
             # command that started it with --block sent it.
             if not node_log:
                 raise SystemExit(f"volley: node {args.node} (pid {node_pid}) has no log file")
-            return [{"name": Path(node_log).name, "dir": str(Path(node_log).parent)}]
-    workers = [
-        f
-        for f in files
-        if f["kind"] == "worker"
-        and f["name"].endswith(".log")
-        and (pids is None or f["pid"] in pids)
-        and (node_pid is None or f["node_pid"] == node_pid)
-    ]
+            return [(_Here(str(Path(node_log).parent)), Path(node_log).name)]
+    found = _worker_files(files, pids, node_pid)
+    if not found:
+        raise _missing_worker(pids, d)
+    return [(here, n) for n in found]
+
+
+def _pick_on_node(args: argparse.Namespace, named: tuple[str, str] | None) -> list | None:
+    """``--node N [NAME | --worker PID | --task ID ...]``: node N's files, through the head
+    (None when no cluster is found: then this machine's records say where node N's are)."""
+    from . import state
+
+    try:
+        where = state.target(args.address)
+    except ConnectionError:
+        if args.address is not None:
+            raise
+        return None
+    try:
+        src = _Node(where, args.node)
+        files = src.list()
+    except (ConnectionError, ValueError) as e:
+        raise SystemExit(f"volley: the logs of node {args.node}: {e}") from None
+    if args.name:
+        if not any(f["name"] == args.name for f in files):
+            raise SystemExit(f"volley: node {args.node} has no log named {args.name!r}")
+        return [(src, args.name)]
+    pids: list[int] | None = [args.worker] if args.worker is not None else None
+    if named is not None:
+        pids = [p for n, p in _workers_from_state(*named, args.address) if n == args.node]
+        if not pids:
+            raise SystemExit(f"volley: no worker of node {args.node} ran {named[0]} {named[1]}")
+    if pids is None:
+        if not src.own_log and _recorded_here(args.node):
+            return None  # `volley start --block` sent it elsewhere: its record says where
+        if not src.own_log:
+            raise SystemExit(
+                f"volley: node {args.node} (pid {src.node_pid}) keeps its own output outside "
+                "its session's logs/ (it was started with --block?); --worker PID reads its "
+                "workers' logs"
+            )
+        return [(src, src.own_log)]
+    found = _worker_files(files, pids, src.node_pid)
+    if not found:
+        raise _missing_worker(pids, src.where)
+    return [(src, n) for n in found]
+
+
+def _pick_by_state(here: _Here, args: argparse.Namespace, what: str, ident: str) -> list:
+    """``--task/--actor/--job``: the workers the state API names, read on their nodes through
+    the head (on this machine's files for a node the head cannot reach, such as a driver's)."""
+    from . import state
+
+    workers = _workers_from_state(what, ident, args.address)
     if not workers:
-        which = f"pid {', '.join(map(str, pids or []))}"
-        raise SystemExit(
-            f"volley: no log of worker {which} in {logs_dir(args.session)} (a worker's log "
-            "is made at its first line of output)"
-        )
-    return workers
+        raise SystemExit(f"volley: no worker ran {what} {ident} (yet)")
+    chosen: list[tuple[_Here | _Node, str]] = []
+    by_node: dict[int, list[int]] = {}
+    for node, pid in workers:
+        by_node.setdefault(node, []).append(pid)
+    for node, pids in sorted(by_node.items()):
+        try:
+            src: _Here | _Node = _Node(state.target(args.address), node)
+            found = _worker_files(src.list(), pids, src.node_pid)
+        except (ConnectionError, ValueError):
+            src, found = here, _worker_files(here.list(), pids, None)
+        chosen += [(src, n) for n in found]
+    if not chosen:
+        raise _missing_worker([p for _, p in workers], "the nodes that ran it")
+    return chosen
 
 
-def _tail_start(d: str, name: str, lines: int) -> int:
+def _tail_start(src: _Here | _Node, name: str, lines: int) -> int:
     """The offset of the last ``lines`` lines of log ``name``."""
-    _, _, end, size = _core.read_log(d, name, None, 0)
+    _, _, end, size = src.read(name, None, 0)
     start = end
     want = max(lines, 0)
     step = 64 * 1024
     while start > 0:
         start = max(0, start - step)
-        data, _, _, _ = _core.read_log(d, name, start, end - start)
+        data, _, _, _ = src.read(name, start, end - start)
         if data.count(b"\n") > want:
             cut = len(data)
             for _ in range(want + 1):
                 cut = data.rfind(b"\n", 0, cut)
             return start + cut + 1
-        step *= 2
+        step = min(step * 2, CHUNK)
     return 0
 
 
-def _print_from(d: str, name: str, offset: int, prefix: str) -> int:
+def _print_from(src: _Here | _Node, name: str, offset: int, prefix: str) -> int:
     """Prints log ``name`` from ``offset`` to its end; returns where it ended."""
     while True:
-        data, _, nxt, size = _core.read_log(d, name, offset, CHUNK)
+        data, _, nxt, size = src.read(name, offset, CHUNK)
         if size < offset:  # rotated: the new file starts over
             offset = 0
             continue
@@ -190,15 +318,15 @@ def _print_from(d: str, name: str, offset: int, prefix: str) -> int:
 def main(args: argparse.Namespace) -> int:
     """``volley logs`` (see the module's doc)."""
     d = str(logs_dir(args.session))
-    try:
-        files = _core.list_logs(d)
-    except OSError as e:
-        print(f"volley: cannot list the logs in {d}: {e}", file=sys.stderr)
-        return 1
     naming = any(
         v is not None for v in (args.name, args.node, args.worker, args.task, args.actor, args.job)
     )
     if not naming:
+        try:
+            files = _core.list_logs(d)
+        except OSError as e:
+            print(f"volley: cannot list the logs in {d}: {e}", file=sys.stderr)
+            return 1
         if args.json:
             print(json.dumps(files, indent=2))
             return 0
@@ -214,28 +342,32 @@ def main(args: argparse.Namespace) -> int:
             )
         return 0
     try:
-        chosen = _pick(files, args)
+        chosen = _pick(d, args)
         prefix_each = len(chosen) > 1
         offsets = {}
-        for f in chosen:
-            where = f.get("dir", d)
-            start = 0 if args.tail is None else _tail_start(where, f["name"], args.tail)
-            prefix = f"[{f['name']}] " if prefix_each else ""
-            offsets[f["name"]] = _print_from(where, f["name"], start, prefix)
-    except (OSError, ValueError) as e:
+        for src, name in chosen:
+            start = 0 if args.tail is None else _tail_start(src, name, args.tail)
+            prefix = f"[{name}] " if prefix_each else ""
+            offsets[(src.where, name)] = _print_from(src, name, start, prefix)
+    except (OSError, ValueError, ConnectionError) as e:
         print(f"volley: {e}", file=sys.stderr)
         return 1
     if not args.follow:
         return 0
+    said: set[str] = set()
     try:
         while True:
             time.sleep(0.2)
-            for f in chosen:
-                prefix = f"[{f['name']}] " if prefix_each else ""
-                where = f.get("dir", d)
+            for src, name in chosen:
+                prefix = f"[{name}] " if prefix_each else ""
+                key = (src.where, name)
                 try:
-                    offsets[f["name"]] = _print_from(where, f["name"], offsets[f["name"]], prefix)
-                except OSError:
-                    pass  # being rotated: found again on the next round
+                    offsets[key] = _print_from(src, name, offsets[key], prefix)
+                except (OSError, ValueError, ConnectionError) as e:
+                    # Being rotated (found again next round), or its node is unreachable:
+                    # said once, and tried again.
+                    if isinstance(src, _Node) and str(e) not in said:
+                        said.add(str(e))
+                        print(f"volley: {src.where}: {e} (still trying)", file=sys.stderr)
     except KeyboardInterrupt:
         return 0

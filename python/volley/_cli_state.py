@@ -7,7 +7,10 @@
     volley timeline -o trace.json [--filter ...] [--limit N] [--address HOST:PORT]
 
 Without ``--address`` they ask the cluster ``volley start --head`` runs on this machine (the
-session's address file, or ``VOLLEY_ADDRESS``), as ``volley status`` does.
+session's address file, or ``VOLLEY_ADDRESS``), as ``volley status`` does, or else the one
+driver of this user that runs its own node here (``--address local:PID`` picks one of several).
+Workers and objects are asked of every live node; a node that does not answer in time is named
+on stderr, not waited for.
 """
 
 from __future__ import annotations
@@ -93,7 +96,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
-        "--address", default=None, help="HOST:PORT of the head (default: this machine's)"
+        "--address",
+        default=None,
+        help="HOST:PORT of the head (default: this machine's), or local:PID for a driver's node",
     )
     p.add_argument(
         "--session",
@@ -181,6 +186,8 @@ def _list(args: argparse.Namespace) -> int:
     if r["dropped"]:
         shown += f"; {r['dropped']} older finished task(s) forgotten (VOLLEY_TASK_EVENTS_MAX)"
     print(shown)
+    for m in r.get("missing", []):
+        print(f"volley: not in this answer: {m}", file=sys.stderr)
     return 0
 
 

@@ -94,10 +94,13 @@ def query(
     address: str | None = None,
     session: str | os.PathLike | None = None,
 ) -> dict:
-    """One state query: ``{"kind", "rows", "total", "truncated", "dropped"}``. ``total``
-    counts every matching row (beyond ``limit``), ``dropped`` the finished tasks the bounded
-    table forgot (``VOLLEY_TASK_EVENTS_MAX``). Without ``address`` it asks this session's
-    cluster (``volley.init`` first), or else the cluster ``volley start --head`` runs here.
+    """One state query: ``{"kind", "rows", "total", "truncated", "dropped", "missing"}``.
+    ``total`` counts every matching row (beyond ``limit``), ``dropped`` the finished tasks the
+    bounded table forgot (``VOLLEY_TASK_EVENTS_MAX``), ``missing`` the nodes whose workers or
+    objects are not in the answer (each asked at once; one that did not answer in time is named
+    with the reason). Without ``address`` it asks this session's cluster (``volley.init``
+    first), or else the cluster ``volley start --head`` runs here, or else the one driver
+    running its own node here (see :func:`target`).
     With ``session`` (a session directory) it reads the tasks and actors its head recorded
     there instead, also after that cluster stopped or crashed.
 
@@ -113,19 +116,69 @@ def query(
     if address is None and _core.mode() is not None:
         text = _core.state_query(k, fs, lim, bool(detail))
     else:
-        from . import _cluster
-
-        addr = _cluster.resolve_address(address or "auto")
-        text = _core.query_state(
-            addr,
-            _cluster.resolve_token(None),
-            k,
-            fs,
-            lim,
-            bool(detail),
-            _cluster.resolve_tls_cert(None),
-        )
+        addr, token, tls = target(address)
+        text = _core.query_state(addr, token, k, fs, lim, bool(detail), tls)
     return json.loads(text)
+
+
+def embedded_nodes() -> list[dict]:
+    """The nodes that drivers of this user run by themselves on this machine
+    (``volley.init()`` without a cluster), as ``volley status`` lists them, with their
+    ``pid`` and ``socket``.
+
+    >>> all(n["node_id"] == 0 for n in embedded_nodes())
+    True
+    """
+    return [n for n in _core.local_nodes() if n["node_id"] == 0]
+
+
+def target(address: str | None) -> tuple[str, str, str | None]:
+    """Where a question from outside a volley session goes: ``(address, token, tls_cert)``.
+
+    ``address`` is a head's ``HOST:PORT``; ``None`` or ``"auto"`` the head ``volley start
+    --head`` runs on this machine, or else the one driver of this user that runs its own node
+    here (asked over its Unix socket); ``"local"`` or ``"local:PID"`` such a driver (by its
+    pid when several run). Raises ``ConnectionError`` saying what runs when none fits.
+
+    >>> import pytest
+    >>> with pytest.raises(ConnectionError, match="no volley driver with pid 1 "):
+    ...     target("local:1")
+    """
+    from . import _cluster
+
+    if address is not None and (address == "local" or address.startswith("local:")):
+        return _local_target(address.partition(":")[2]), "", None
+    try:
+        addr = _cluster.resolve_address(address or "auto")
+    except ConnectionError as e:
+        if address not in (None, "auto"):
+            raise
+        if not embedded_nodes():
+            raise ConnectionError(f"{e}; no volley driver runs on this machine either") from None
+        return _local_target(""), "", None
+    return addr, _cluster.resolve_token(None), _cluster.resolve_tls_cert(None)
+
+
+def _local_target(pid: str) -> str:
+    """``local:<socket>`` of the embedded node of driver ``pid`` (any, if only one runs)."""
+    nodes = embedded_nodes()
+    pids = ", ".join(str(n["pid"]) for n in nodes)
+    if pid:
+        found = [n for n in nodes if str(n["pid"]) == pid.strip()]
+        if not found:
+            raise ConnectionError(
+                f"no volley driver with pid {pid} runs its own node on this machine "
+                f"({'drivers: ' + pids if nodes else 'none runs'})"
+            )
+        nodes = found
+    if not nodes:
+        raise ConnectionError("no volley driver runs its own node on this machine")
+    if len(nodes) > 1:
+        raise ConnectionError(
+            f"{len(nodes)} volley drivers run their own nodes on this machine (pids {pids}): "
+            "pick one with --address local:PID (address='local:PID')"
+        )
+    return "local:" + nodes[0]["socket"]
 
 
 #: The fields a filter may name in a session's history (as the head's tables check them).
@@ -197,6 +250,7 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
         "total": total,
         "truncated": limit is not None and total > limit,
         "dropped": 0,
+        "missing": [],
     }
 
 

@@ -216,6 +216,10 @@ pub enum PeerMsg {
     /// heartbeat's connection just before a heartbeat (no answer): the head keeps the
     /// cluster's tables for the state API.
     StateRows(crate::StateRows),
+    /// A question for the receiving node about what only it has (its workers and objects, its
+    /// log files; first message on a connection to it): answered `NodeReply`.
+    Node(crate::NodeRequest),
+    NodeReply(crate::NodeAnswer),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -116,6 +116,9 @@ pub enum HeadRequest {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Relay a question to one node of the cluster (`volley logs --node N` from outside it);
+    /// answered `Node` with that node's answer (or its `Error` when it cannot be reached).
+    NodeAsk(crate::NodeAsk),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -148,6 +151,7 @@ pub enum HeadAnswer {
     State(crate::StateAnswer),
     /// The bytes of an uploaded working directory the head has (see `JobUpload`).
     JobUploaded(u64),
+    Node(crate::NodeAnswer),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -167,7 +171,8 @@ impl HeadRequest {
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList
             | HeadRequest::JobLogs { .. }
-            | HeadRequest::State(_) => (0, 0),
+            | HeadRequest::State(_)
+            | HeadRequest::NodeAsk(_) => (0, 0),
             HeadRequest::JobSubmit(spec) => return spec.check(),
             HeadRequest::JobUpload { hash, total, offset, data } => {
                 return crate::jobs::check_upload(hash, *total, *offset, data.len())

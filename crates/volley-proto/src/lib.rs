@@ -15,6 +15,7 @@ mod head;
 mod ids;
 mod jobs;
 mod messages;
+mod node_ask;
 mod snapshot;
 mod state;
 
@@ -37,6 +38,7 @@ pub use messages::{
     ObjectData, ObjectResult, PgInfo, PgSpec, PgStrategy, RuntimeEnv, ShmLoc, Strategy,
     TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
+pub use node_ask::{LogEntry, NodeAnswer, NodeAsk, NodeRequest, MAX_LOG_CHUNK};
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
 pub use state::{
     ActorRow, Filter, FilterOp, StateAnswer, StateQuery, StateRows, TaskError, TaskRow,

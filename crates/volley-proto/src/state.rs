@@ -49,6 +49,9 @@ pub struct StateAnswer {
     pub total: u64,
     pub truncated: bool,
     pub dropped: u64,
+    /// Nodes whose rows are not in the answer (workers and objects are asked of every live
+    /// node; one that did not answer in time is named here with the reason, never waited on).
+    pub missing: Vec<String>,
 }
 
 /// A task's state as the state API names it; the order is the order of a task's life, so a

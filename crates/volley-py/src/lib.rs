@@ -13,6 +13,7 @@ mod dashboard;
 mod errors;
 mod jobs;
 mod logs;
+mod node_logs;
 mod object_ref;
 mod options;
 mod state;
@@ -939,6 +940,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cluster::register_head(m)?;
     jobs::register(m)?;
     logs::register(m)?;
+    node_logs::register(m)?;
     state::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;

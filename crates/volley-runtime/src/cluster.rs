@@ -42,13 +42,15 @@ use volley_store::sync::Mutex;
 mod handshake;
 mod links;
 mod membership;
+mod node_ask;
 mod output;
 mod pull;
 mod status;
 mod wire;
 
 use handshake::{pending_cap, Pending};
-pub use status::{ask_head as ask_head_at, cluster_status, cluster_view};
+pub(crate) use node_ask::ask_head_here;
+pub use status::{ask_head_at, cluster_status, cluster_view};
 use wire::Outgoing;
 
 use crate::head::{Head, HEAD_ID};
@@ -287,8 +289,8 @@ impl Links for Cluster {
     }
 
     fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
-        if let Some(head) = &self.head {
-            return head.serve(req);
+        if self.head.is_some() {
+            return self.answer_head(req);
         }
         let addr = self.cfg.head.as_deref().unwrap_or_default();
         status::ask_head(addr, &self.cfg.token, self.cfg.tls.as_deref(), req)

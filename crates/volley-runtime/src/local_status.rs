@@ -26,6 +26,22 @@ pub(crate) const REQUEST: &[u8] = b"\xffvolley-status\xff";
 /// worker, which has no cluster view of its own.
 pub(crate) const VIEW_REQUEST: &[u8] = b"\xffvolley-view\xff";
 
+/// The first bytes of a question for the node's head, the postcard `HeadRequest` after them
+/// (the answer is a postcard `HeadAnswer`): `volley list` and `volley logs` from another
+/// process asking a driver's embedded node, which has no TCP address. Only the state API's
+/// reads (`HeadRequest::State`, `HeadRequest::NodeAsk`) are answered here.
+pub(crate) const ASK_PREFIX: &[u8] = b"\xffvolley-ask\xff";
+
+/// The address form (`local:<socket name>`) that `cluster::ask_head_at` sends to a node on
+/// this machine over its Unix socket instead of TCP.
+pub const LOCAL_ADDRESS_PREFIX: &str = "local:";
+
+/// Whether a node's first frame on its socket is a question from `volley status`, `volley
+/// list` or `volley logs` rather than a worker's handshake.
+pub(crate) fn is_query(frame: &[u8]) -> bool {
+    frame == REQUEST || frame == VIEW_REQUEST || frame.starts_with(ASK_PREFIX)
+}
+
 /// The largest answer read (a `NodeSnapshot` is a few KiB at most).
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -76,7 +92,21 @@ pub(crate) fn answer(shared: &Shared, stream: &mut UnixStream, frame: &[u8]) -> 
         return Err(format!("a status query came from another user (uid {uid})"));
     }
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    let bytes = if frame == VIEW_REQUEST {
+    let bytes = if let Some(req) = frame.strip_prefix(ASK_PREFIX) {
+        let answer = match decode::<volley_proto::HeadRequest>(req) {
+            Ok(
+                req @ (volley_proto::HeadRequest::State(_) | volley_proto::HeadRequest::NodeAsk(_)),
+            ) => match req.check() {
+                Some(why) => volley_proto::HeadAnswer::Error(why),
+                None => shared.ask_head(req),
+            },
+            Ok(_) => volley_proto::HeadAnswer::Error(
+                "a node's socket answers the state API's questions only".into(),
+            ),
+            Err(e) => volley_proto::HeadAnswer::Error(format!("a malformed question: {e}")),
+        };
+        encode(&answer)
+    } else if frame == VIEW_REQUEST {
         encode(&shared.nodes_view())
     } else {
         encode(&shared.local_snapshot())
@@ -94,6 +124,24 @@ pub fn query_local(name: &str) -> Result<NodeSnapshot, RuntimeError> {
 /// them (itself alone outside a cluster).
 pub fn query_local_view(name: &str) -> Result<Vec<NodeSnapshot>, RuntimeError> {
     ask_local(name, VIEW_REQUEST, MAX_ANSWER * 16)
+}
+
+/// Asks this user's node on the abstract socket `name` a question for its head (the state
+/// API's: a query, or a node's log files); see [`ASK_PREFIX`].
+pub fn ask_head_local(
+    name: &str,
+    req: &volley_proto::HeadRequest,
+) -> Result<volley_proto::HeadAnswer, RuntimeError> {
+    let mut frame = ASK_PREFIX.to_vec();
+    frame.extend(encode(req)?);
+    if frame.len() > volley_proto::MAX_HANDSHAKE_FRAME {
+        return Err(RuntimeError::Refused(format!(
+            "the question is {} bytes; a node's socket takes {} at most (fewer filters)",
+            frame.len(),
+            volley_proto::MAX_HANDSHAKE_FRAME
+        )));
+    }
+    ask_local(name, &frame, volley_proto::MAX_FRAME_SIZE)
 }
 
 /// Sends `request` to this user's node on the abstract socket `name` (another user's is

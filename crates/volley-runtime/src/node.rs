@@ -584,7 +584,7 @@ fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Option<Hello>, 
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let frame = volley_proto::read_frame(stream, volley_proto::MAX_HANDSHAKE_FRAME)
         .map_err(|e| e.to_string())?;
-    if frame == crate::local_status::REQUEST || frame == crate::local_status::VIEW_REQUEST {
+    if crate::local_status::is_query(&frame) {
         crate::local_status::answer(shared, stream, &frame)?;
         return Ok(None);
     }

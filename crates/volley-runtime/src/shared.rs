@@ -114,13 +114,10 @@ impl Shared {
     /// Asks the cluster's head: this node's own by a call (alone, or as the head), else the
     /// head over the network. Never under the state lock: a member's question is a round trip.
     pub(crate) fn ask_head(&self, req: volley_proto::HeadRequest) -> volley_proto::HeadAnswer {
+        if let Some(answer) = crate::cluster::ask_head_here(self, &req) {
+            return answer;
+        }
         if let volley_proto::HeadRequest::State(q) = &req {
-            if matches!(q.kind.as_str(), "workers" | "objects") {
-                return match self.state_local(q) {
-                    Ok(a) => volley_proto::HeadAnswer::State(a),
-                    Err(why) => volley_proto::HeadAnswer::Error(why),
-                };
-            }
             if self.links.get().is_none() {
                 // Alone: events noted outside `with` (none today) and this node's entry.
                 self.with(|_, _| ());

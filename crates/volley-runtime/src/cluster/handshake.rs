@@ -438,19 +438,15 @@ impl Cluster {
                 let _ = send(&mut s, &PeerMsg::View { nodes, refused: self.refusals() });
             }
             PeerMsg::Head(req) if self.head.is_some() => {
-                // A node's question about the key-value table or the directory: one answer.
-                // (The state API's workers and objects are this node's own: its `ask_head`.)
-                let answer = match &req {
-                    volley_proto::HeadRequest::State(q)
-                        if matches!(q.kind.as_str(), "workers" | "objects") =>
-                    {
-                        Some(self.shared.ask_head(req))
-                    }
-                    _ => self.head.as_ref().map(|h| h.serve(req)),
-                };
-                if let Some(answer) = answer {
-                    let _ = send(&mut s, &PeerMsg::HeadReply(answer));
-                }
+                // A question for the head: one answer (workers and objects asked of every
+                // node, see `node_ask`).
+                let answer = self.answer_head(req);
+                let _ = send(&mut s, &PeerMsg::HeadReply(answer));
+            }
+            PeerMsg::Node(req) => {
+                // A question about this node's own workers, objects or log files.
+                let answer = super::node_ask::answer_here(&self.shared, req);
+                let _ = send(&mut s, &PeerMsg::NodeReply(answer));
             }
             PeerMsg::Hello { id } => self.serve_tasks(id, s, r, &who),
             other => {

@@ -32,6 +32,21 @@ pub fn cluster_status(
     }
 }
 
+/// Asks the head at `addr` one [`HeadRequest`] from outside the cluster (`volley list`,
+/// `volley logs --node`, `volley job`): over TCP, or, for `local:<socket name>`, a driver's
+/// embedded node on this machine over its Unix socket (this user's only; see `local_status`).
+pub fn ask_head_at(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+    req: HeadRequest,
+) -> Result<HeadAnswer, RuntimeError> {
+    match addr.strip_prefix(crate::local_status::LOCAL_ADDRESS_PREFIX) {
+        Some(name) => crate::local_status::ask_head_local(name, &req),
+        None => ask_head(addr, token, tls, req),
+    }
+}
+
 /// How long a member waits for the head's answer to a [`HeadRequest`].
 const HEAD_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -120,6 +120,8 @@ pub(super) fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Head(_) => "Head",
         PeerMsg::HeadReply(_) => "HeadReply",
         PeerMsg::StateRows(_) => "StateRows",
+        PeerMsg::Node(_) => "Node",
+        PeerMsg::NodeReply(_) => "NodeReply",
         PeerMsg::SubscribeLogs => "SubscribeLogs",
         PeerMsg::Log { .. } => "Log",
         PeerMsg::Fetch { .. } => "Fetch",

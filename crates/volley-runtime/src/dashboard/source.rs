@@ -1,6 +1,9 @@
 //! The dashboard's [`Source`] for this process's node.
 
-use volley_proto::{Filter, FilterOp, HeadAnswer, HeadRequest, NodeSnapshot, StateQuery};
+use volley_proto::{
+    Filter, FilterOp, HeadAnswer, HeadRequest, NodeAnswer, NodeAsk, NodeId, NodeRequest,
+    NodeSnapshot, StateQuery,
+};
 
 use super::{ApiError, Query, Source};
 use crate::client::{self, Backend};
@@ -49,8 +52,10 @@ impl Source for NodeSource {
     }
 
     /// A log's lines from `offset` on (its last 256 KiB without one): a job's output
-    /// (`job=ID`, kept by the head), or this machine's log file of a worker (`worker=PID`,
-    /// or the worker that ran `task=ID` or hosts `actor=ID`) or of a node daemon (`node=N`).
+    /// (`job=ID`, kept by the head), the log of the worker that ran `task=ID` or hosts
+    /// `actor=ID` (read on the node that ran it, through the head), node N's own log
+    /// (`node=N`) or a worker's of it (`node=N&worker=PID`), or this machine's log of a worker
+    /// (`worker=PID` alone).
     fn logs(&self, params: &[(String, String)]) -> Result<serde_json::Value, ApiError> {
         let offset = match param(params, "offset") {
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
@@ -62,13 +67,19 @@ impl Source for NodeSource {
             if let Some(job) = param(params, "job") {
                 return job_log(n, job, offset);
             }
+            if let Some((node, pid)) = on_node(n, params)? {
+                return node_log(n, node, pid, offset);
+            }
             let dir = crate::log_files::log_dir().ok_or_else(|| {
                 ApiError::unavailable("this process keeps no log files (VOLLEY_WORKER_LOGS=0?)")
             })?;
             let files = crate::log_files::list_logs(&dir)
                 .map_err(|e| ApiError::unavailable(format!("cannot list the logs: {e}")))?;
-            let name = pick_log(n, &files, params)?;
-            file_log(&dir, &name, offset)
+            let name = pick_log(&files, params)?;
+            file_log(&name, offset, |at, max| {
+                crate::log_files::read_log(&dir, &name, at, max)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
         })
     }
 
@@ -102,26 +113,54 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params.iter().find(|(p, _)| p == key).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
 }
 
-/// The log file the parameters name, among `files` (this machine's logs directory).
+/// The log file of this machine's worker `worker=PID`, among `files` (its logs directory).
 fn pick_log(
-    node: &Node,
     files: &[crate::log_files::LogFile],
     params: &[(String, String)],
 ) -> Result<String, ApiError> {
-    let one = |kind: &str, key: &str, pid: u32| -> Result<String, ApiError> {
-        files
-            .iter()
-            .filter(|f| f.kind == kind && f.pid == Some(pid) && !f.name.ends_with(".1"))
-            .max_by_key(|f| f.modified_ms)
-            .map(|f| f.name.clone())
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "no log of {key} on this machine (pid {pid}): it printed nothing, or it \
-                     ran on another machine, whose logs `volley logs` there shows"
-                ))
-            })
+    let Some(w) = param(params, "worker") else {
+        return Err(ApiError::bad_request(
+            "say whose log: worker=PID, task=ID, actor=ID, node=N (with worker=PID) or job=ID",
+        ));
     };
-    let pid_of = |kind: &str, key: &str, id: &str, field: &str| -> Result<u32, ApiError> {
+    let pid = w
+        .parse::<u32>()
+        .map_err(|_| ApiError::bad_request(format!("worker must be a pid, not {w:?}")))?;
+    worker_file(files.iter().map(|f| (&f.name, f.kind.as_str(), f.pid, f.node_pid)), pid, None)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "no log of worker {pid} on this machine: it printed nothing, or it runs on \
+                 another node (add node=N)"
+            ))
+        })
+}
+
+/// The newest log of worker `pid` (of the node whose process is `node_pid`, if given) among
+/// `(name, kind, pid, node_pid)` entries.
+fn worker_file<'a>(
+    files: impl Iterator<Item = (&'a String, &'a str, Option<u32>, Option<u32>)>,
+    pid: u32,
+    node_pid: Option<u32>,
+) -> Option<String> {
+    files
+        .filter(|(name, kind, p, np)| {
+            *kind == "worker"
+                && *p == Some(pid)
+                && !name.ends_with(".1")
+                && node_pid.is_none_or(|n| *np == Some(n))
+        })
+        .map(|(name, ..)| name.clone())
+        .max()
+}
+
+/// The node and worker whose log the parameters name when it is read on a node (`task=ID`,
+/// `actor=ID`: where the state API says it ran; `node=N`, with `worker=PID` or alone for the
+/// node's own log); `None` for this machine's `worker=PID`.
+fn on_node(
+    node: &Node,
+    params: &[(String, String)],
+) -> Result<Option<(NodeId, Option<u32>)>, ApiError> {
+    let row_of = |kind: &str, key: &str, id: &str, field: &str| {
         let q = StateQuery {
             kind: kind.into(),
             filters: vec![Filter { key: key.into(), op: FilterOp::Eq, value: id.into() }],
@@ -129,55 +168,99 @@ fn pick_log(
             detail: false,
         };
         let a = state_json(node, &q)?;
-        let row = a["rows"].get(0).ok_or_else(|| {
-            ApiError::bad_request(format!("no {} with id {id}", &kind[..kind.len() - 1]))
+        let one = &kind[..kind.len() - 1];
+        let row = a["rows"]
+            .get(0)
+            .ok_or_else(|| ApiError::bad_request(format!("no {one} with id {id}")))?;
+        let pid = row[field].as_u64().filter(|&p| p != 0).ok_or_else(|| {
+            ApiError::bad_request(format!("{one} {id} has no worker (it has not run)"))
         })?;
-        row[field].as_u64().filter(|&p| p != 0).map(|p| p as u32).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{} {id} has no worker (it has not run)",
-                &kind[..kind.len() - 1]
-            ))
-        })
+        let at = row["node_id"].as_u64().unwrap_or(0);
+        Ok::<_, ApiError>(Some((NodeId(at as u32), Some(pid as u32))))
     };
-    if let Some(w) = param(params, "worker") {
-        let pid = w
-            .parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("worker must be a pid, not {w:?}")))?;
-        return one("worker", &format!("worker {pid}"), pid);
-    }
     if let Some(t) = param(params, "task") {
-        let pid = pid_of("tasks", "task_id", t, "worker_pid")?;
-        return one("worker", &format!("task {t}"), pid);
+        return row_of("tasks", "task_id", t, "worker_pid");
     }
     if let Some(a) = param(params, "actor") {
-        let pid = pid_of("actors", "actor_id", a, "pid")?;
-        return one("worker", &format!("actor {a}"), pid);
+        return row_of("actors", "actor_id", a, "pid");
     }
-    if let Some(id) = param(params, "node") {
-        let num = id
-            .parse::<u32>()
-            .map_err(|_| ApiError::bad_request(format!("node must be a node id, not {id:?}")))?;
-        let snap = nodes_of(node)
-            .into_iter()
-            .find(|s| s.id.0 == num)
-            .ok_or_else(|| ApiError::bad_request(format!("no node {num} in the cluster")))?;
-        return one("node", &format!("node {num}"), snap.pid);
-    }
-    Err(ApiError::bad_request("say whose log: worker=PID, task=ID, actor=ID, node=N or job=ID"))
+    let Some(id) = param(params, "node") else { return Ok(None) };
+    let num = id
+        .parse::<u32>()
+        .map_err(|_| ApiError::bad_request(format!("node must be a node id, not {id:?}")))?;
+    let pid = match param(params, "worker") {
+        Some(w) => Some(
+            w.parse::<u32>()
+                .map_err(|_| ApiError::bad_request(format!("worker must be a pid, not {w:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(Some((NodeId(num), pid)))
 }
 
-/// Whole lines of log `name` from `offset` (a partial last line waits for the next call).
-fn file_log(
-    dir: &std::path::Path,
-    name: &str,
+/// Asks node `node` (through the head; this node answers its own) a question about its logs.
+fn ask_node(node: &Node, at: NodeId, req: NodeRequest) -> Result<NodeAnswer, ApiError> {
+    match node.ask_head(HeadRequest::NodeAsk(NodeAsk { node: at, req })) {
+        HeadAnswer::Node(NodeAnswer::Error(why)) | HeadAnswer::Error(why) => {
+            Err(ApiError::bad_request(why))
+        }
+        HeadAnswer::Node(a) => Ok(a),
+        other => Err(ApiError::unavailable(format!("unexpected answer from the head: {other:?}"))),
+    }
+}
+
+/// The log of worker `pid` of node `at` (its own log without one), read on that node.
+fn node_log(
+    node: &Node,
+    at: NodeId,
+    pid: Option<u32>,
     offset: Option<u64>,
 ) -> Result<serde_json::Value, ApiError> {
-    let mut chunk = crate::log_files::read_log(dir, name, offset, LOG_CHUNK)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let NodeAnswer::Logs { files, node_pid, own_log } = ask_node(node, at, NodeRequest::ListLogs)?
+    else {
+        return Err(ApiError::unavailable("unexpected answer to a list of logs"));
+    };
+    let name = match pid {
+        Some(pid) => worker_file(
+            files.iter().map(|f| (&f.name, f.kind.as_str(), f.pid, f.node_pid)),
+            pid,
+            Some(node_pid),
+        )
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "no log of worker {pid} on node {}: it printed nothing (yet)",
+                at.0
+            ))
+        })?,
+        None => own_log.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "node {} keeps its own output outside its session's logs/",
+                at.0
+            ))
+        })?,
+    };
+    file_log(&name, offset, |from, max| {
+        let req = NodeRequest::ReadLog { name: name.clone(), offset: from, max: max as u64 };
+        match ask_node(node, at, req)? {
+            NodeAnswer::Log { data, offset, next_offset, size } => {
+                Ok(crate::log_files::LogChunk { data, offset, next_offset, size })
+            }
+            _ => Err(ApiError::unavailable("unexpected answer to a log read")),
+        }
+    })
+}
+
+/// Whole lines of log `name` from `offset` (a partial last line waits for the next call),
+/// read with `read(offset, max)` (this machine's file, or a node's through the head).
+fn file_log(
+    name: &str,
+    offset: Option<u64>,
+    read: impl Fn(Option<u64>, usize) -> Result<crate::log_files::LogChunk, ApiError>,
+) -> Result<serde_json::Value, ApiError> {
+    let mut chunk = read(offset, LOG_CHUNK)?;
     if offset.is_some_and(|o| chunk.size < o) {
         // Rotated since the last read: from the start of the new file.
-        chunk = crate::log_files::read_log(dir, name, Some(0), LOG_CHUNK)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        chunk = read(Some(0), LOG_CHUNK)?;
     }
     let mut data = &chunk.data[..];
     // A tail starts mid-line: drop the piece.

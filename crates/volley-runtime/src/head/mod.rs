@@ -316,6 +316,10 @@ impl Head {
             HeadRequest::JobStatus { id } => job_answer(self.jobs.status(&id)),
             HeadRequest::JobStop { id } => job_answer(self.jobs.stop(&id)),
             HeadRequest::JobList => HeadAnswer::Jobs(self.job_rows()),
+            // Relayed by the head's node (`cluster::node_ask`), which knows the addresses.
+            HeadRequest::NodeAsk(_) => {
+                HeadAnswer::Error("a node's question is relayed by the head's node".into())
+            }
             HeadRequest::JobLogs { id, offset } => match self.jobs.logs(&id, offset) {
                 Ok((data, next, done)) => HeadAnswer::JobLogs { data, next, done },
                 Err(why) => HeadAnswer::JobRefused(why),
@@ -325,7 +329,7 @@ impl Head {
 
     /// A state API query over what the head keeps: tasks and actors (its tables), nodes (the
     /// view), placement groups and jobs (the directory). Workers and objects are a node's own
-    /// (see `Shared::ask_head`).
+    /// (the head's node asks every node: `cluster::node_ask`).
     pub fn serve_state(
         &self,
         q: &volley_proto::StateQuery,
@@ -426,4 +430,4 @@ fn new_epoch() -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -26,7 +26,7 @@ fn test_cluster_config(
 use volley_proto::{ActorAnswer, ActorRequest, HeadAnswer, HeadRequest, Reservation};
 
 /// A node's snapshot with nothing in use (the head's tests and the jobs' tests build on it).
-pub(super) fn info(addr: &str, driver: bool) -> NodeSnapshot {
+pub(crate) fn info(addr: &str, driver: bool) -> NodeSnapshot {
     NodeSnapshot {
         id: NodeId(0),
         addr: addr.into(),

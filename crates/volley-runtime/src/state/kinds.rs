@@ -1,11 +1,10 @@
 //! The kinds the task tables do not hold, rendered as rows: nodes (the head's view), placement
 //! groups and jobs (the head's directory), and a node's own workers and objects.
 //!
-//! Workers and objects are answered by the node asked, not the head: they change with every
-//! task, so carrying them in heartbeats would cost every node on every beat for a rare
-//! question. In a cluster, `volley list workers` therefore shows the node it asks (the head for
-//! the CLI, the driver's own node for `volley.state` in a driver); `--filter node_id=N` on
-//! another node's rows finds none (see docs/state.md).
+//! Workers and objects are each node's own: they change with every task, so carrying them in
+//! heartbeats would cost every node on every beat for a rare question. In a cluster the head
+//! asks every live node for them when a query comes (`cluster::node_ask`) and merges the
+//! answers; the renderers here make one node's rows.
 
 use volley_proto::{JobRow, NodeId, NodeSnapshot, PgInfo, StateAnswer, StateQuery};
 use volley_sched::{ObjectRecord, WorkerRecord};

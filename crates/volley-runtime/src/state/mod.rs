@@ -694,6 +694,7 @@ impl Tables {
             total: total as u64,
             truncated: total > limit,
             dropped: g.dropped,
+            missing: Vec::new(),
         })
     }
 
@@ -1211,12 +1212,13 @@ fn actor_json(a: &ActorRow) -> serde_json::Value {
 /// "rows", "total", "truncated", "dropped"}`.
 pub fn answer_json(a: &StateAnswer) -> String {
     format!(
-        "{{\"kind\":{},\"rows\":{},\"total\":{},\"truncated\":{},\"dropped\":{}}}",
+        "{{\"kind\":{},\"rows\":{},\"total\":{},\"truncated\":{},\"dropped\":{},\"missing\":{}}}",
         serde_json::Value::from(a.kind.as_str()),
         if a.rows.is_empty() { "[]" } else { &a.rows },
         a.total,
         a.truncated,
-        a.dropped
+        a.dropped,
+        serde_json::Value::from(a.missing.clone())
     )
 }
 

@@ -166,5 +166,6 @@ pub(crate) fn generic_answer(
         total: total as u64,
         truncated: total > limit,
         dropped: 0,
+        missing: Vec::new(),
     })
 }

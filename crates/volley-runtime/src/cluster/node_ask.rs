@@ -1,0 +1,387 @@
+//! Questions for one node about what only it has (see `volley_proto::NodeRequest`): its own
+//! workers and objects, and the log files of its session directory.
+//!
+//! The state API's workers and objects are asked on demand: when a query for them reaches the
+//! head, it asks every live node at once, each on an authenticated connection of its own with
+//! one deadline for all ([`NODE_ANSWER_TIMEOUT`]), and merges the answers. They change with
+//! every task, so sending them with each heartbeat would cost every node on every beat for a
+//! question that is rare; asked on demand they cost nothing until someone asks. A node that
+//! does not answer in time (stopped, wedged, gone since the last view) never holds the query up:
+//! the answer names it in `missing`. Each node applies the filters and the limit itself, so a
+//! node with a million objects sends at most `limit` rows and its count.
+//!
+//! Logs: a client outside the cluster asks the head to relay (`HeadRequest::NodeAsk`), and the
+//! node answers from its own session's `logs/` directory only (`log_files::read_log` checks
+//! the name and opens it without following links).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use volley_proto::{
+    FrameReader, HeadAnswer, HeadRequest, LogEntry, NodeAnswer, NodeAsk, NodeId, NodeRequest,
+    NodeSnapshot, PeerMsg, StateAnswer, StateQuery, MAX_LOG_CHUNK,
+};
+
+use super::{handshake::connect, proto, recv, send, wire::msg_name, Cluster};
+use crate::head::HEAD_ID;
+use crate::shared::Shared;
+use crate::tls::TlsConfig;
+use crate::RuntimeError;
+
+/// How long the head waits for the nodes' answers to one question (all asked at once).
+pub(crate) const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most rows one node sends for a query without a limit (counted in `total` past that).
+const MAX_NODE_ROWS: u64 = 100_000;
+
+/// Asks the node at `addr` one question, on a connection of its own, waiting until `deadline`
+/// at most.
+pub(crate) fn ask_node(
+    addr: &str,
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+    req: NodeRequest,
+    deadline: Instant,
+) -> Result<NodeAnswer, RuntimeError> {
+    let mut s = connect(addr, token, tls)?;
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left))?;
+    send(&mut s, &PeerMsg::Node(req))?;
+    let mut r = FrameReader::new(&s);
+    match recv(&mut r).map_err(proto)? {
+        PeerMsg::NodeReply(answer) => Ok(answer),
+        PeerMsg::Refused { reason } => Err(RuntimeError::Refused(reason)),
+        other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
+
+/// This node's answer to a question about itself.
+pub(crate) fn answer_here(shared: &Shared, req: NodeRequest) -> NodeAnswer {
+    match req {
+        NodeRequest::State(q) => match shared.state_local(&q) {
+            Ok(a) => NodeAnswer::State(a),
+            Err(why) => NodeAnswer::Error(why),
+        },
+        NodeRequest::ListLogs => {
+            let Some(dir) = crate::log_files::log_dir() else {
+                return NodeAnswer::Error(no_logs());
+            };
+            match crate::log_files::list_logs(&dir) {
+                Ok(files) => NodeAnswer::Logs {
+                    files: files
+                        .into_iter()
+                        .map(|f| LogEntry {
+                            name: f.name,
+                            kind: f.kind,
+                            pid: f.pid,
+                            node_pid: f.node_pid,
+                            size: f.size,
+                            modified_ms: f.modified_ms,
+                        })
+                        .collect(),
+                    node_pid: std::process::id(),
+                    own_log: own_log(&dir),
+                },
+                Err(e) => NodeAnswer::Error(format!("cannot list the logs: {e}")),
+            }
+        }
+        NodeRequest::ReadLog { name, offset, max } => {
+            let Some(dir) = crate::log_files::log_dir() else {
+                return NodeAnswer::Error(no_logs());
+            };
+            let max = max.clamp(1, MAX_LOG_CHUNK) as usize;
+            match crate::log_files::read_log(&dir, &name, offset, max) {
+                Ok(c) => NodeAnswer::Log {
+                    data: c.data,
+                    offset: c.offset,
+                    next_offset: c.next_offset,
+                    size: c.size,
+                },
+                Err(e) => NodeAnswer::Error(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The name of the file in `dir` this process's stderr goes to, if it does (a `volley start`
+/// daemon's log).
+fn own_log(dir: &std::path::Path) -> Option<String> {
+    let target = std::fs::read_link("/proc/self/fd/2").ok()?;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    (target.parent()? == dir).then(|| target.file_name()?.to_str().map(str::to_string))?
+}
+
+fn no_logs() -> String {
+    "this node keeps no log files (VOLLEY_WORKER_LOGS=0, or no session directory)".into()
+}
+
+/// Whether a state query is one each node answers for itself (and the head fans out).
+pub(crate) fn per_node_kind(q: &StateQuery) -> bool {
+    matches!(q.kind.as_str(), "workers" | "objects")
+}
+
+/// The nodes a query's `node_id=N` filters leave (all of `view` without one).
+fn asked_nodes(q: &StateQuery, view: Vec<NodeSnapshot>) -> Vec<NodeSnapshot> {
+    view.into_iter()
+        .filter(|n| {
+            q.filters.iter().all(|f| {
+                f.key != "node_id"
+                    || f.op != volley_proto::FilterOp::Eq
+                    || f.value.trim() == n.id.0.to_string()
+            })
+        })
+        .collect()
+}
+
+/// The reason a node in the view cannot be asked, if it cannot.
+fn unreachable(n: &NodeSnapshot) -> Option<String> {
+    n.addr.is_empty().then(|| {
+        format!(
+            "node {}: a driver's node (pid {}), which takes no connections; volley.state in \
+             that driver shows its rows",
+            n.id.0, n.pid
+        )
+    })
+}
+
+/// Merges per-node answers (in node order) into one: every node's total counted, the first
+/// `limit` rows shown.
+pub(crate) fn merge(
+    q: &StateQuery,
+    answers: Vec<StateAnswer>,
+    missing: Vec<String>,
+) -> Result<StateAnswer, String> {
+    let limit = q.limit.filter(|l| *l > 0).map_or(usize::MAX, |l| l as usize);
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut total = 0u64;
+    let mut truncated = false;
+    for a in answers {
+        total += a.total;
+        truncated |= a.truncated;
+        if rows.len() < limit {
+            let mut part: Vec<serde_json::Value> =
+                serde_json::from_str(&a.rows).map_err(|e| format!("a node's rows: {e}"))?;
+            part.truncate(limit - rows.len());
+            rows.extend(part);
+        }
+    }
+    Ok(StateAnswer {
+        kind: q.kind.clone(),
+        rows: serde_json::to_string(&rows).map_err(|e| e.to_string())?,
+        total,
+        truncated: truncated || total > rows.len() as u64,
+        dropped: 0,
+        missing,
+    })
+}
+
+impl Cluster {
+    /// The head's answer to a [`HeadRequest`] from anyone (this node's driver, a member, a
+    /// client): workers and objects fanned out to every live node, a `NodeAsk` relayed, the
+    /// rest served by the head's own tables.
+    pub(crate) fn answer_head(&self, req: HeadRequest) -> HeadAnswer {
+        let Some(head) = &self.head else {
+            return HeadAnswer::Error("this node is not the cluster's head".into());
+        };
+        match req {
+            HeadRequest::State(q) if per_node_kind(&q) => match self.fan_out(&q) {
+                Ok(a) => HeadAnswer::State(a),
+                Err(why) => HeadAnswer::Error(why),
+            },
+            HeadRequest::NodeAsk(NodeAsk { node, req }) => HeadAnswer::Node(self.relay(node, req)),
+            other => head.serve(other),
+        }
+    }
+
+    /// A workers or objects query asked of every live node (its `node_id` filter's only).
+    fn fan_out(&self, q: &StateQuery) -> Result<StateAnswer, String> {
+        // A bad key is refused before any node is asked.
+        match q.kind.as_str() {
+            "workers" => crate::state::kinds::workers(q, NodeId(0), Vec::new())?,
+            _ => crate::state::kinds::objects(q, NodeId(0), Vec::new(), |_| false)?,
+        };
+        let per_node = StateQuery {
+            limit: Some(q.limit.filter(|l| *l > 0).unwrap_or(MAX_NODE_ROWS).min(MAX_NODE_ROWS)),
+            ..q.clone()
+        };
+        let deadline = Instant::now() + NODE_ANSWER_TIMEOUT;
+        let (tx, rx) = mpsc::channel();
+        let mut waiting = Vec::new();
+        let mut missing = Vec::new();
+        let mut answers: Vec<(NodeId, StateAnswer)> = Vec::new();
+        for n in asked_nodes(q, Links::view(self)) {
+            if n.id == HEAD_ID {
+                answers.push((n.id, self.shared.state_local(&per_node)?));
+                continue;
+            }
+            if let Some(why) = unreachable(&n) {
+                missing.push(why);
+                continue;
+            }
+            let (tx, token, tls) = (tx.clone(), self.cfg.token.clone(), self.cfg.tls.clone());
+            let req = NodeRequest::State(per_node.clone());
+            waiting.push((n.id, n.addr.clone()));
+            let spawned =
+                std::thread::Builder::new().name("volley-ask-node".into()).spawn(move || {
+                    let r = ask_node(&n.addr, &token, tls.as_deref(), req, deadline);
+                    let _ = tx.send((n.id, r));
+                });
+            if let Err(e) = spawned {
+                waiting.pop();
+                missing.push(format!("node {}: no thread to ask it ({e})", n.id.0));
+            }
+        }
+        drop(tx);
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((id, r)) = rx.recv_timeout(left) else { break };
+            let Some(i) = waiting.iter().position(|(w, _)| *w == id) else { continue };
+            let (_, addr) = waiting.swap_remove(i);
+            match r {
+                Ok(NodeAnswer::State(a)) => answers.push((id, a)),
+                Ok(NodeAnswer::Error(why)) => {
+                    missing.push(format!("node {} ({addr}): {why}", id.0))
+                }
+                Ok(_) => missing.push(format!("node {} ({addr}): an unexpected answer", id.0)),
+                Err(e) => missing.push(format!("node {} ({addr}): {e}", id.0)),
+            }
+        }
+        for (id, addr) in waiting {
+            missing.push(format!(
+                "node {} ({addr}): no answer within {} s",
+                id.0,
+                NODE_ANSWER_TIMEOUT.as_secs()
+            ));
+        }
+        answers.sort_by_key(|(id, _)| *id);
+        missing.sort();
+        merge(q, answers.into_iter().map(|(_, a)| a).collect(), missing)
+    }
+
+    /// Asks node `node` of the view `req` (the head answers its own).
+    fn relay(&self, node: NodeId, req: NodeRequest) -> NodeAnswer {
+        if node == HEAD_ID {
+            return answer_here(&self.shared, req);
+        }
+        let Some(n) = Links::view(self).into_iter().find(|n| n.id == node) else {
+            return NodeAnswer::Error(format!(
+                "no node {} in the cluster (see `volley status`)",
+                node.0
+            ));
+        };
+        if let Some(why) = unreachable(&n) {
+            return NodeAnswer::Error(why);
+        }
+        let deadline = Instant::now() + NODE_ANSWER_TIMEOUT;
+        ask_node(&n.addr, &self.cfg.token, self.cfg.tls.as_deref(), req, deadline).unwrap_or_else(
+            |e| NodeAnswer::Error(format!("node {} ({}) did not answer: {e}", node.0, n.addr)),
+        )
+    }
+}
+
+/// What `Shared::ask_head` answers without the head's tables, if `req` is such a question:
+/// workers and objects alone (this node's), or through the head's fan-out plus this node's own
+/// rows when the head cannot reach it (a driver's node takes no connections); a `NodeAsk` for
+/// this node itself.
+pub(crate) fn ask_head_here(shared: &Shared, req: &HeadRequest) -> Option<HeadAnswer> {
+    let state = |r: Result<StateAnswer, String>| match r {
+        Ok(a) => HeadAnswer::State(a),
+        Err(why) => HeadAnswer::Error(why),
+    };
+    match req {
+        HeadRequest::State(q) if per_node_kind(q) => {
+            let Some(links) = shared.links.get() else {
+                return Some(state(shared.state_local(q)));
+            };
+            let answer = links.ask_head(req.clone());
+            let me = links.local_snapshot();
+            let HeadAnswer::State(mut a) = answer else { return Some(answer) };
+            let mine = format!("node {}:", me.id.0);
+            if !me.addr.is_empty() || !a.missing.iter().any(|m| m.starts_with(&mine)) {
+                return Some(HeadAnswer::State(a));
+            }
+            a.missing.retain(|m| !m.starts_with(&mine));
+            let missing = std::mem::take(&mut a.missing);
+            Some(state(shared.state_local(q).and_then(|own| merge(q, vec![a, own], missing))))
+        }
+        HeadRequest::NodeAsk(NodeAsk { node, req }) => {
+            let me = shared.local_snapshot().id;
+            if *node == me {
+                return Some(HeadAnswer::Node(answer_here(shared, req.clone())));
+            }
+            if shared.links.get().is_none() {
+                return Some(HeadAnswer::Node(NodeAnswer::Error(format!(
+                    "no node {}: this node runs alone (it is node {})",
+                    node.0, me.0
+                ))));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+use crate::shared::Links;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(node: u32, shown: usize, total: u64) -> StateAnswer {
+        let rows: Vec<serde_json::Value> =
+            (0..shown).map(|i| serde_json::json!({ "node_id": node, "pid": i })).collect();
+        StateAnswer {
+            kind: "workers".into(),
+            rows: serde_json::to_string(&rows).expect("rows"),
+            total,
+            truncated: total > shown as u64,
+            dropped: 0,
+            missing: Vec::new(),
+        }
+    }
+
+    /// Every node's count goes into `total`; the rows shown stop at the limit, and an answer
+    /// that a node itself cut short makes the merged one truncated too.
+    #[test]
+    fn merged_answers_count_every_node_and_show_the_limit() {
+        let q = |limit| StateQuery {
+            kind: "workers".into(),
+            filters: Vec::new(),
+            limit,
+            detail: false,
+        };
+        let all = merge(&q(None), vec![part(1, 2, 2), part(2, 3, 3)], vec!["node 3: x".into()])
+            .expect("merge");
+        assert_eq!((all.total, all.truncated), (5, false));
+        assert_eq!(all.missing, vec!["node 3: x".to_string()]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&all.rows).expect("json");
+        assert_eq!(rows.len(), 5);
+        let three = merge(&q(Some(3)), vec![part(1, 2, 2), part(2, 3, 3)], Vec::new()).expect("m");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&three.rows).expect("json");
+        assert_eq!((rows.len(), three.total, three.truncated), (3, 5, true));
+        assert_eq!(rows[2]["node_id"], 2);
+        // A node that had more rows than it sent (its own cap).
+        let capped = merge(&q(None), vec![part(1, 2, 9)], Vec::new()).expect("merge");
+        assert_eq!((capped.total, capped.truncated), (9, true));
+    }
+
+    /// `node_id=N` asks node N only; `node_id!=N` and other keys ask every node.
+    #[test]
+    fn a_node_filter_picks_the_nodes_asked() {
+        let view: Vec<NodeSnapshot> = (1..=3)
+            .map(|i| NodeSnapshot { id: NodeId(i), ..crate::head::tests::info("x", false) })
+            .collect();
+        let q = |key: &str, op, value: &str| StateQuery {
+            kind: "objects".into(),
+            filters: vec![volley_proto::Filter { key: key.into(), op, value: value.into() }],
+            limit: None,
+            detail: false,
+        };
+        let ids = |q: StateQuery| -> Vec<u32> {
+            asked_nodes(&q, view.clone()).into_iter().map(|n| n.id.0).collect()
+        };
+        assert_eq!(ids(q("node_id", volley_proto::FilterOp::Eq, " 2 ")), vec![2]);
+        assert_eq!(ids(q("node_id", volley_proto::FilterOp::Ne, "2")), vec![1, 2, 3]);
+        assert_eq!(ids(q("state", volley_proto::FilterOp::Eq, "2")), vec![1, 2, 3]);
+    }
+}
