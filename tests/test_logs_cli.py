@@ -31,7 +31,9 @@ def chatty(n):
     print("an error line", file=sys.stderr)
     return os.getpid()
 
-print("worker", volley.get(chatty.remote(LINES)), flush=True)
+# One write: the worker's forwarded lines reach this stdout from another thread meanwhile.
+sys.stdout.write(f"worker {volley.get(chatty.remote(LINES))}\\n")
+sys.stdout.flush()
 volley.shutdown()
 """
 
