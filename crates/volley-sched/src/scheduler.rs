@@ -304,6 +304,12 @@ pub struct Stats {
     pub tasks_remote: usize,
     /// Tasks sent to a worker behind the one it runs (also in `tasks_assigned`): they wait.
     pub tasks_pipelined: usize,
+    /// Actors this node restarted after their process died, in all.
+    pub actor_restarts: u64,
+    /// Worker processes (pool or actor) that died without being told to (a signal from
+    /// outside, a crash, an exit in user code, a failed start), in all; retirements and the
+    /// scheduler's own kills are not counted.
+    pub worker_crashes: u64,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -336,6 +342,9 @@ pub struct Scheduler {
     /// Whether task and actor events are noted (see `events`), and those not yet taken.
     recording: bool,
     events: Vec<TaskEvent>,
+    /// Counters for `/metrics` (see `Stats`): increments only, off the task path.
+    actor_restarts: u64,
+    worker_crashes: u64,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -369,6 +378,8 @@ impl Scheduler {
             notices: Default::default(),
             recording: false,
             events: Vec::new(),
+            actor_restarts: 0,
+            worker_crashes: 0,
         }
     }
 
@@ -434,6 +445,9 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        if !w.told_to_exit && w.state != WorkerState::Retiring {
+            self.worker_crashes += 1;
+        }
         if w.blocked == 0 {
             self.res.give_cpu(w.cpu_held);
         }
@@ -880,6 +894,7 @@ impl Scheduler {
                     out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: tid } });
                 } else if w.queue.front() == Some(&tid) {
                     if force {
+                        w.told_to_exit = true;
                         out.push(Action::Kill { worker: wid });
                     } else {
                         out.push(Action::Send {
@@ -975,6 +990,8 @@ impl Scheduler {
             cpu_used_milli: self.res.cpu_used(),
             cpu_total_milli: self.res.cpu_total(),
             actors: self.actors.len(),
+            actor_restarts: self.actor_restarts,
+            worker_crashes: self.worker_crashes,
             ..Default::default()
         };
         for w in self.workers.values() {
