@@ -248,13 +248,18 @@ def main() -> int:
             time.sleep(6.5)
             since = int(time.time() * 1000) - 6500
             stream = (
+                "/api/v0/tasks?limit=2000&filter="
+                + urllib.parse.quote(f"changed_ms>{since}")
+                + "&filter=state!=QUEUED&filter=state!=WAITING_ARGS"
+            )
+            stream_last = (
                 "/api/v0/tasks?limit=2000&filter=state!=QUEUED&filter=state!=WAITING_ARGS"
                 "&filter=" + urllib.parse.quote(f"changed_ms>{since}")
             )
             res[phase] = {
                 "task_rows": tasks,
                 "actor_rows": actors,
-                "api": api_figures(base, token, [*queries, stream], args.reps),
+                "api": api_figures(base, token, [*queries, stream_last, stream], args.reps),
                 "pages": page_figures(b, base, args.loads, tasks) if b is not None else {},
             }
     finally:

@@ -497,6 +497,10 @@ def test_pages_in_a_browser(dash, tmp_path):
             first = int(canvas.get_attribute("data-slices"))
             volley.get([work.remote(i) for i in range(10)])
             wait.until(lambda b: int(canvas.get_attribute("data-slices")) > first)
+            # Once nothing changes, the page fetches no rows (it asks for what changed since
+            # its last answer, 5 s of slack) and still draws the ones it has.
+            wait.until(lambda b: canvas.get_attribute("data-fetched") == "0")
+            assert int(canvas.get_attribute("data-slices")) > first
         shot("stream")
         browser.get(f"{base}/#logs")
         wait.until(lambda b: text("#error") or text("#logtext"))
