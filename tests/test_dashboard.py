@@ -658,6 +658,10 @@ def test_a_tls_clusters_dashboard_serves_https_only(tmp_path, no_volley):
         with pytest.raises(ssl.SSLError):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
                 ssl.create_default_context().wrap_socket(raw, server_hostname="volley-cluster")
+        # A client that connects and says nothing holds up no one (each handshake has its
+        # own task and deadline).
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            assert _https(port, cert, "/metrics").startswith("HTTP/1.1 401")
         # The status line shows the https address too.
         assert (c.session / "dashboard").read_text().startswith("https://")
     finally:
@@ -700,3 +704,16 @@ def test_api_range_filters_and_what_changed_since(dash):
     ]:
         status, _, a = ask(f)
         assert status == 400 and needle in a["error"], (f, a)
+
+
+def test_the_dashboards_tls_needs_a_readable_certificate_and_its_key(no_volley, tmp_path):
+    from volley import _dashboard
+
+    volley.init(num_cpus=1)
+    with pytest.raises(ValueError, match="needs the certificate's key"):
+        _dashboard.start("127.0.0.1", 0, "t", tls_cert=str(tmp_path / "cert.pem"))
+    with pytest.raises(ValueError, match="nowhere.pem"):
+        _dashboard.start(
+            "127.0.0.1", 0, "t", tls_cert=str(tmp_path / "nowhere.pem"), tls_key=str(tmp_path)
+        )
+    assert volley.dashboard_url() is None, "nothing was started"

@@ -423,3 +423,5 @@ def test_cli_range_filters_over_a_sessions_history(tmp_path):
     assert total("ended_ms>0", "duration_ms<200") == 1
     out = _cli("list", "tasks", "--session", str(tmp_path), "--filter", "ended_ms>x", env=env)
     assert out.returncode == 1 and "'x' is not a number" in out.stderr, out
+    out = _cli("list", "tasks", "--session", str(tmp_path), "--filter", "state>1", env=env)
+    assert out.returncode == 1 and "'>' compares numbers" in out.stderr, out

@@ -165,6 +165,15 @@ _HISTORY_KEYS = {
     ),
 }  # fmt: skip
 
+#: The fields the ordering operators take there.
+_HISTORY_NUMERIC = {
+    "tasks": (
+        "worker_pid", "attempt", "submitted_ms", "started_ms", "ended_ms", "duration_ms",
+        "changed_ms",
+    ),
+    "actors": ("restarts", "pid", "node_id"),
+}  # fmt: skip
+
 
 def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail: bool) -> dict:
     """A query over the rows a head wrote to ``session``/history (see docs/state.md)."""
@@ -187,10 +196,16 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
                 except ValueError:
                     continue  # a line cut short by a crash
                 latest[row[id_key]] = row
-    for key, _, _ in fs:
+    numeric = _HISTORY_NUMERIC[kind]
+    for key, op, _ in fs:
         if key not in keys:
             raise ValueError(
                 f"{kind} have no field {key!r} to filter on (one of {', '.join(keys)})"
+            )
+        if op in _RANGE_OPS and key not in numeric:
+            raise ValueError(
+                f"filter {key}{op}: {op!r} compares numbers, and {kind}' {key} is not one "
+                f"(use = or !=; the numeric fields are {', '.join(numeric)})"
             )
 
     def text(v: Any) -> str:
