@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import urllib.request
 
 import pytest
@@ -43,8 +44,6 @@ def my_pid(path: str) -> int:
     # The first attempt waits to be killed; the retry (the file exists) returns at once.
     if not os.path.exists(path):
         open(path, "w").close()
-        import time
-
         time.sleep(60)
     return os.getpid()
 
