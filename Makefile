@@ -20,7 +20,7 @@ WHEEL_TOOLS := $(VENV)/.wheel-tools-installed
 PROFILE ?= release
 # Not target/wheels: `pip install .` leaves its own (unaudited) wheel there.
 WHEEL_DIR := dist
-RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml
+RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml -o -path '*/static/*' -type f) Cargo.toml
 PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 
 export VIRTUAL_ENV := $(abspath $(VENV))

@@ -268,6 +268,20 @@ def test_head_serves_the_dashboard(tmp_path, no_volley):
         assert sorted(n["addr"] for n in a["rows"]) == sorted(c.started)
         status, _, text = http(base + "/metrics", bearer(token))
         assert status == 200 and 'volley_cpus{node="2"} 1' in text
+
+        # The member's heartbeat round trip (a gauge per member; the head beats to no one),
+        # and the host's memory of each node.
+        def beats() -> dict:
+            text = http(base + "/metrics", bearer(token))[2]
+            return {
+                line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("volley_heartbeat_latency_seconds{")
+            }
+
+        b = poll(beats, timeout=20)
+        assert "1" not in b and 0 < b.get("2", 0) < 5, b
+        assert 'volley_node_memory_bytes{node="1",kind="total"}' in text
         out = subprocess.run(
             [sys.executable, "-m", "volley._cli", "status", "--address", c.head,
              "--token", c.token],
@@ -427,6 +441,8 @@ def test_pages_in_a_browser(dash, tmp_path):
         assert browser.current_url == base + "/"
         assert str(os.getpid()) in text("#nodes-table")
         assert "CPUs used / total" in text("#totals")
+        assert "worker crashes" in text("#totals") and "actor restarts" in text("#totals")
+        assert "host memory" in text("#nodes-table") and " GiB" in text("#nodes-table")
         shot("overview")
         volley.get(refs)
 
@@ -481,6 +497,10 @@ def test_pages_in_a_browser(dash, tmp_path):
             first = int(canvas.get_attribute("data-slices"))
             volley.get([work.remote(i) for i in range(10)])
             wait.until(lambda b: int(canvas.get_attribute("data-slices")) > first)
+            # Once nothing changes, the page fetches no rows (it asks for what changed since
+            # its last answer, 5 s of slack) and still draws the ones it has.
+            wait.until(lambda b: canvas.get_attribute("data-fetched") == "0")
+            assert int(canvas.get_attribute("data-slices")) > first
         shot("stream")
         browser.get(f"{base}/#logs")
         wait.until(lambda b: text("#error") or text("#logtext"))
@@ -593,3 +613,107 @@ def test_benchmark_fill_needs_a_session(no_volley):
 
     with pytest.raises(RuntimeError, match="not initialised"):
         _core._fill_actors_for_benchmark(1)
+
+
+def _https(port: int, cert: Path, path: str, headers: str = "") -> str:
+    """A GET over TLS that trusts only the cluster's certificate (its name: volley-cluster);
+    the raw answer."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="volley-cluster") as s:
+            s.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode()
+            )
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+    return out.decode(errors="replace")
+
+
+def test_a_tls_clusters_dashboard_serves_https_only(tmp_path, no_volley):
+    import ssl
+    from http.client import HTTPException
+
+    c = Cluster(tmp_path)
+    try:
+        c.start(True, "127.0.0.1", extra=("--tls", "--dashboard-port", "0"))
+        line = next(x for x in c.log(0).splitlines() if "dashboard at" in x)
+        url = line.split("dashboard at ")[1]
+        assert url.startswith("https://127.0.0.1:"), line
+        base, token = url.split("?token=")
+        port = int(base.rstrip("/").rsplit(":", 1)[1])
+        cert = c.session / "cluster-cert.pem"
+        assert cert.exists(), sorted(p.name for p in c.session.iterdir())
+        r = _https(port, cert, "/metrics", f"Authorization: Bearer {token}\r\n")
+        assert r.startswith("HTTP/1.1 200") and "volley_nodes 1" in r, r[:500]
+        assert _https(port, cert, "/metrics").startswith("HTTP/1.1 401")
+        r = _https(port, cert, f"/?token={token}")
+        assert r.startswith("HTTP/1.1 303") and "; Secure" in r, r
+        # Plain HTTP on that port gets no answer: the connection closes in the handshake.
+        with pytest.raises((HTTPException, OSError)):
+            http(f"http://127.0.0.1:{port}/metrics", bearer(token))
+        # A client that does not trust the cluster's certificate refuses the server.
+        with pytest.raises(ssl.SSLError):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                ssl.create_default_context().wrap_socket(raw, server_hostname="volley-cluster")
+        # A client that connects and says nothing holds up no one (each handshake has its
+        # own task and deadline).
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            assert _https(port, cert, "/metrics").startswith("HTTP/1.1 401")
+        # The status line shows the https address too.
+        assert (c.session / "dashboard").read_text().startswith("https://")
+    finally:
+        c.stop()
+
+
+@volley.remote
+def stamped(i: int) -> int:
+    return i
+
+
+def test_api_range_filters_and_what_changed_since(dash):
+    import urllib.parse
+
+    base, token = dash
+    volley.get([stamped.remote(i) for i in range(5)])
+
+    def ask(*filters: str) -> tuple[int, Any, Any]:
+        q = "&".join("filter=" + urllib.parse.quote(f) for f in filters)
+        status, headers, body = http(f"{base}/api/v0/tasks?limit=100&{q}", bearer(token))
+        return status, headers, json.loads(body)
+
+    status, headers, a = ask("ended_ms>0", "state=FINISHED")
+    mine = [t for t in a["rows"] if t["name"].endswith("stamped")]
+    assert status == 200 and len(mine) == 5, a
+    now = int(headers["X-Volley-Now-Ms"])
+    assert abs(now - time.time() * 1000) < 60_000, "the node's clock, in ms since the epoch"
+    assert all(t["ended_ms"] <= now for t in mine)
+    # What changed since the answer: nothing yet; then the new tasks only.
+    assert poll(lambda: ask(f"changed_ms>{now}")[2]["total"] == 0, timeout=10)
+    volley.get([stamped.remote(i) for i in range(3)])
+    later = poll(lambda: (a := ask(f"changed_ms>{now}")[2])["total"] == 3 and a, timeout=10)
+    assert later and {t["state"] for t in later["rows"]} == {"FINISHED"}, later
+    assert ask(f"started_ms>={mine[0]['started_ms']}", "duration_ms<60000")[2]["total"] >= 1
+    for f, needle in [
+        ("state>1", "'>' compares numbers"),
+        ("started_ms>soon", "'soon' is not a number"),
+        ("started_ms", "key>N"),
+        ("colour<3", "no field 'colour'"),
+    ]:
+        status, _, a = ask(f)
+        assert status == 400 and needle in a["error"], (f, a)
+
+
+def test_the_dashboards_tls_needs_a_readable_certificate_and_its_key(no_volley, tmp_path):
+    from volley import _dashboard
+
+    volley.init(num_cpus=1)
+    with pytest.raises(ValueError, match="needs the certificate's key"):
+        _dashboard.start("127.0.0.1", 0, "t", tls_cert=str(tmp_path / "cert.pem"))
+    with pytest.raises(ValueError, match="nowhere.pem"):
+        _dashboard.start(
+            "127.0.0.1", 0, "t", tls_cert=str(tmp_path / "nowhere.pem"), tls_key=str(tmp_path)
+        )
+    assert volley.dashboard_url() is None, "nothing was started"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_KEYS = {
     "node_id", "address", "num_cpus", "cpus_free", "resources", "workers", "store_used",
     "store_capacity", "tasks_waiting", "waiting", "bytes_received", "bytes_served", "driver",
-    "pid", "scheduler", "store", "named_actors",
+    "pid", "scheduler", "store", "named_actors", "mem_total", "mem_used", "heartbeat_rtt_ms",
 }  # fmt: skip
 
 

@@ -467,3 +467,73 @@ def test_workers_and_objects_of_every_node_and_one_that_does_not_answer(tmp_path
     finally:
         volley.shutdown()
         c.stop()
+
+
+# ---------------------------------------------------------------- range filters (numbers)
+
+
+def test_range_filters_compare_times_and_durations(volley_2cpu):
+    volley.get([nap.remote(0.3) for _ in range(2)] + [ok.remote(i) for i in range(3)])
+    naps = _settled("nap", 2)
+    _settled("ok", 3)
+    job = ("job_id", "=", _job())
+    first = min(t["started_ms"] for t in naps)
+    last_end = max(t["ended_ms"] for t in naps)
+    slow = state.list_tasks(filters=[("duration_ms", ">=", 250), job], limit=None)
+    assert {t["name"] for t in slow} == {"nap"} and len(slow) == 2, slow
+    since = state.list_tasks(filters=[("name", "=", "nap"), ("started_ms", ">=", first), job])
+    assert len(since) == 2, since
+    assert state.list_tasks(filters=[("ended_ms", ">", last_end + 60_000), job]) == []
+    # changed_ms: what submitted, started or ended after a moment (the stream page's question).
+    changed = state.list_tasks(filters=[("changed_ms", ">", last_end - 1), job], limit=None)
+    assert {t["task_id"] for t in naps} & {t["task_id"] for t in changed}, changed
+    # The ordering operators on a string field or with a value that is no number.
+    for filters, message in [
+        ([("state", ">", "1")], "'>' compares numbers"),
+        ([("started_ms", ">", "soon")], "'soon' is not a number"),
+        ([("started_ms", "=>", 1)], "operator '=>'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            state.list_tasks(filters=filters)
+    with pytest.raises(ValueError, match="compares numbers"):
+        state.list_actors(filters=[("class_name", ">", 1)])
+    assert state.list_actors(filters=[("restarts", ">", 1000)]) == []
+
+
+def test_cli_range_filters_over_a_sessions_history(tmp_path):
+    from volley._cli_state import _parse_filter
+
+    assert _parse_filter("started_ms>1700000000000") == ("started_ms", ">", "1700000000000")
+    assert _parse_filter("duration_ms>=5") == ("duration_ms", ">=", "5")
+    assert _parse_filter("ended_ms<=7") == ("ended_ms", "<=", "7")
+    assert _parse_filter("name!=f") == ("name", "!=", "f")
+    assert _parse_filter("a<b=c") == ("a", "<", "b=c")
+    for bad in ("started_ms", ">5", "a!b"):
+        with pytest.raises(ValueError, match="KEY>N"):
+            _parse_filter(bad)
+    history = tmp_path / "history"
+    history.mkdir()
+    rows = [
+        {"task_id": f"{i:032x}", "name": "f", "state": "FINISHED", "submitted_ms": 1000 * i,
+         "started_ms": 1000 * i + 10, "ended_ms": 1000 * i + 10 + 100 * i,
+         "duration_ms": 100 * i}
+        for i in range(1, 6)
+    ] + [{"task_id": f"{9:032x}", "name": "f", "state": "QUEUED", "submitted_ms": 9000,
+          "started_ms": None, "ended_ms": None, "duration_ms": None}]  # fmt: skip
+    (history / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = dict(os.environ)
+
+    def total(*filters: str) -> int:
+        args = [a for f in filters for a in ("--filter", f)]
+        out = _cli("list", "tasks", "--session", str(tmp_path), *args, "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["total"]
+
+    assert total("duration_ms>=300") == 3
+    assert total("started_ms<3000") == 2, "a task not started is ordered with nothing"
+    assert total("changed_ms>8000") == 1  # the queued one, submitted at 9000
+    assert total("ended_ms>0", "duration_ms<200") == 1
+    out = _cli("list", "tasks", "--session", str(tmp_path), "--filter", "ended_ms>x", env=env)
+    assert out.returncode == 1 and "'x' is not a number" in out.stderr, out
+    out = _cli("list", "tasks", "--session", str(tmp_path), "--filter", "state>1", env=env)
+    assert out.returncode == 1 and "'>' compares numbers" in out.stderr, out

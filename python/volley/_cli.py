@@ -244,7 +244,8 @@ def _run_node(args: argparse.Namespace) -> int:
         print(f"volley: could not start the node: {e}", file=sys.stderr, flush=True)
         return 1
     sess = _cluster.session_dir(create=True)
-    if args.head and _cli_dashboard.start_for_head(args, token, sess) != 0:
+    tls = (daemon["tls_cert"], daemon["tls_key"])
+    if args.head and _cli_dashboard.start_for_head(args, token, sess, tls) != 0:
         _session.shutdown()
         return 1
     if args.head and args.tls:

@@ -28,14 +28,23 @@ def add_start_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-dashboard", action="store_true", help="the head serves no dashboard")
 
 
-def start_for_head(args: argparse.Namespace, token: str, sess: Path) -> int:
+def start_for_head(
+    args: argparse.Namespace,
+    token: str,
+    sess: Path,
+    tls: tuple[str | None, str | None] = (None, None),
+) -> int:
     """Starts the head's dashboard with the cluster's token; prints its URL (with the token,
-    once) and records it (without) in the session directory for ``volley status``. Returns 0,
-    or 1 after saying why it could not start."""
+    once) and records it (without) in the session directory for ``volley status``. ``tls``:
+    the cluster's certificate and key, if it uses TLS: the dashboard then serves HTTPS with
+    them. Returns 0, or 1 after saying why it could not start."""
     if args.no_dashboard:
         return 0
+    cert, key = tls
     try:
-        url = _dashboard.start(args.dashboard_host or args.host, args.dashboard_port, token)
+        url = _dashboard.start(
+            args.dashboard_host or args.host, args.dashboard_port, token, tls_cert=cert, tls_key=key
+        )
     except (OSError, ValueError) as e:
         print(f"volley: could not start the dashboard: {e}", file=sys.stderr, flush=True)
         return 1

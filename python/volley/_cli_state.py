@@ -92,7 +92,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="keep rows whose KEY is VALUE (KEY!=VALUE: is not); repeat to combine",
+        help="keep rows whose KEY is VALUE (KEY!=VALUE: is not; KEY>N, KEY>=N, KEY<N, KEY<=N "
+        "for numbers such as started_ms); repeat to combine",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
@@ -109,11 +110,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_filter(text: str) -> tuple[str, str, str]:
-    for op in ("!=", "="):
-        key, sep, value = text.partition(op)
-        if sep and key.strip():
-            return key.strip(), op, value.strip()
-    raise ValueError(f"--filter {text!r}: write KEY=VALUE or KEY!=VALUE")
+    # The first operator in the text, two-character ones before their one-character prefixes
+    # (as the HTTP API's `filter=` splits it).
+    at = min((i for i in (text.find(c) for c in "=!<>") if i >= 0), default=-1)
+    if at > 0 and text[:at].strip():
+        for op in ("!=", ">=", "<=", "==", "=", ">", "<"):
+            if text.startswith(op, at):
+                return text[:at].strip(), op, text[at + len(op) :].strip()
+    raise ValueError(
+        f"--filter {text!r}: write KEY=VALUE, KEY!=VALUE, or KEY>N, KEY>=N, KEY<N, KEY<=N"
+    )
 
 
 def _cell(v: Any) -> str:

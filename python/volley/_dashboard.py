@@ -24,13 +24,16 @@ def start(
     port: int | None = None,
     token: str | None = None,
     driver: bool = False,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> str:
     """Starts the dashboard over this process's node; returns its URL with the token (the one
     link that logs a browser in). ``port`` None: 8265, or a free port if that one is taken (the
     log says so); a port given explicitly that is taken raises ``OSError``. ``token`` None: a
     new random one (a driver's own node has no cluster token). ``driver``: a driver's
     dashboard, which says where it is on stderr (and on the ``volley`` logger) and is recorded
-    in the session directory for ``volley status``."""
+    in the session directory for ``volley status``. With ``tls_cert`` and ``tls_key`` (the
+    cluster's PEM files) it serves HTTPS only, and the URL says ``https://``."""
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
     ):
@@ -39,7 +42,7 @@ def start(
         raise ValueError(f"dashboard_host must be a host name or address, not {host!r}")
     token = token or secrets.token_hex(16)
     url = _core.start_dashboard(
-        host, DEFAULT_PORT if port is None else port, port is not None, token
+        host, DEFAULT_PORT if port is None else port, port is not None, token, tls_cert, tls_key
     )
     full = f"{url}?token={token}"
     if driver:

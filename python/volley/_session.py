@@ -444,11 +444,15 @@ def nodes() -> list[dict]:
     (``bytes_received``) and served to them (``bytes_served``), and two dicts of counters:
     ``scheduler`` (``workers_alive``, ``workers_starting``, ``workers_blocked``,
     ``tasks_waiting_deps``, ``tasks_queued``, ``tasks_assigned``, ``tasks_pipelined``,
-    ``tasks_remote``, ``objects``, ``actors``, ``cpu_used_milli``) and ``store`` (``used``,
+    ``tasks_remote``, ``objects``, ``actors``, ``cpu_used_milli``, ``actor_restarts``,
+    ``worker_crashes``) and ``store`` (``used``,
     ``capacity``, ``pinned``, ``objects``, ``objects_in_memory``, ``objects_spilled``,
     ``spilled_bytes``, ``spill_count``, ``spill_bytes_total``, ``restore_count``,
     ``restore_bytes_total``), and ``named_actors`` (its named and detached actors: ``name``,
-    empty for a detached actor without one, ``namespace``, ``class_name``, ``actor_id``). It
+    empty for a detached actor without one, ``namespace``, ``class_name``, ``actor_id``), the
+    host's memory in bytes (``mem_total``, ``mem_used``: total minus available, from
+    /proc/meminfo; 0 where unreadable) and the round trip of its last heartbeat to the head
+    (``heartbeat_rtt_ms``; 0 for the head and a lone node). It
     is the node's one snapshot, the one ``volley status --json``
     prints. Outside a cluster it lists this process's own node (``node_id`` 0, ``address``
     ``""``, ``driver`` True), with the same keys.

@@ -17,9 +17,14 @@ matched in all.
 >>> sorted(t["state"] for t in tasks)
 ['FINISHED', 'FINISHED', 'FINISHED']
 
-Filters are ``(key, op, value)`` with op ``"="`` or ``"!="`` (a dict ``{key: value}`` means
-``=`` for each); the keys of each kind are listed in docs/state.md. A bad kind, key, operator
-or value raises ``ValueError`` saying what is allowed.
+Filters are ``(key, op, value)`` with op ``"="``, ``"!="``, or for numeric fields (times such
+as ``started_ms``, ``duration_ms``, counts) ``">"``, ``">="``, ``"<"``, ``"<="`` (a dict
+``{key: value}`` means ``=`` for each); the keys of each kind are listed in docs/state.md. A
+bad kind, key, operator or value raises ``ValueError`` saying what is allowed.
+
+>>> recent = volley.state.list_tasks(filters=[("ended_ms", ">", 0), ("name", "=", "st_square")])
+>>> len(recent)
+3
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_RANGE_OPS = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+}
+
+#: Every filter operator; the ordering ones compare numbers.
+FILTER_OPS = ("=", "==", "!=", *_RANGE_OPS)
+
+
 def _filters(filters: Filters) -> list[tuple[str, str, str]]:
     if filters is None:
         return []
@@ -71,8 +87,17 @@ def _filters(filters: Filters) -> list[tuple[str, str, str]]:
                 f"a filter is a (key, op, value) tuple such as ('state', '=', 'FAILED'), not {f!r}"
             )
         key, op, value = f
-        if op not in ("=", "==", "!="):
-            raise ValueError(f"filter {key}: operator {op!r} is not '=' or '!='")
+        if op not in FILTER_OPS:
+            raise ValueError(
+                f"filter {key}: operator {op!r} is not one of {', '.join(map(repr, FILTER_OPS))}"
+            )
+        if op in _RANGE_OPS:
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"filter {key}{op}: {value!r} is not a number ({op!r} compares numbers)"
+                ) from None
         out.append((str(key), str(op), _text(value)))
     return out
 
@@ -185,13 +210,22 @@ def _local_target(pid: str) -> str:
 _HISTORY_KEYS = {
     "tasks": (
         "task_id", "name", "state", "job_id", "actor_id", "node_id", "worker_pid", "attempt",
-        "error_kind",
+        "error_kind", "submitted_ms", "started_ms", "ended_ms", "duration_ms", "changed_ms",
     ),
     "actors": (
         "actor_id", "class_name", "name", "namespace", "state", "restarts", "pid", "node_id",
         "job_id", "detached", "death_cause",
     ),
     "jobs": ("job_id", "status", "entrypoint", "driver_pid", "exit_code", "driver_node"),
+}  # fmt: skip
+
+#: The fields the ordering operators take there.
+_HISTORY_NUMERIC = {
+    "tasks": (
+        "worker_pid", "attempt", "submitted_ms", "started_ms", "ended_ms", "duration_ms",
+        "changed_ms",
+    ),
+    "actors": ("restarts", "pid", "node_id"),
 }  # fmt: skip
 
 
@@ -216,24 +250,40 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
                 except ValueError:
                     continue  # a line cut short by a crash
                 latest[row[id_key]] = row
-    for key, _, _ in fs:
+    numeric = _HISTORY_NUMERIC[kind]
+    for key, op, _ in fs:
         if key not in keys:
             raise ValueError(
                 f"{kind} have no field {key!r} to filter on (one of {', '.join(keys)})"
+            )
+        if op in _RANGE_OPS and key not in numeric:
+            raise ValueError(
+                f"filter {key}{op}: {op!r} compares numbers, and {kind}' {key} is not one "
+                f"(use = or !=; the numeric fields are {', '.join(numeric)})"
             )
 
     def text(v: Any) -> str:
         return "null" if v is None else (json.dumps(v) if not isinstance(v, str) else v)
 
-    def keep(row: dict) -> bool:
-        return all(
-            (
-                text(row.get(k)).lower() == v.lower()
-                or (row.get(k) is None and v.lower() in ("", "null", "none"))
+    def field(row: dict, k: str) -> Any:
+        if k == "changed_ms":  # the latest of its times, as the head's tables compute it
+            times = [row.get(t) for t in ("submitted_ms", "started_ms", "ended_ms")]
+            return max((t for t in times if t is not None), default=None)
+        return row.get(k)
+
+    def meets(row: dict, k: str, op: str, v: str) -> bool:
+        f = field(row, k)
+        if op in _RANGE_OPS:
+            return (
+                isinstance(f, (int, float))
+                and not isinstance(f, bool)
+                and _RANGE_OPS[op](f, float(v))
             )
-            == (op != "!=")
-            for k, op, v in fs
-        )
+        same = text(f).lower() == v.lower() or (f is None and v.lower() in ("", "null", "none"))
+        return same == (op != "!=")
+
+    def keep(row: dict) -> bool:
+        return all(meets(row, k, op, v) for k, op, v in fs)
 
     rows = [r for r in latest.values() if keep(r)]
     if kind == "tasks":

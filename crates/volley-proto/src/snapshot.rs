@@ -43,6 +43,19 @@ pub struct NodeSnapshot {
     pub sched: SchedCounters,
     /// The object store's counters.
     pub store: StoreCounters,
+    /// The host's memory in bytes, from `/proc/meminfo` (`MemTotal`; used is `MemTotal -
+    /// MemAvailable`, what the kernel could not hand out without swapping); 0 where it cannot
+    /// be read.
+    #[serde(default)]
+    pub mem_total: u64,
+    #[serde(default)]
+    pub mem_used: u64,
+    /// The round trip of this member's last heartbeat to the head, in microseconds (0: none
+    /// yet, or the head itself). A round trip, not lateness at the head: it needs no clock
+    /// shared between machines, and it holds what delays the head's answers (the network and
+    /// the head's own load); a member too slow to send at all shows in the head's warnings.
+    #[serde(default)]
+    pub heartbeat_rtt_us: u64,
 }
 
 /// The scheduler's counters, as its `stats()` gives them.
@@ -65,11 +78,19 @@ pub struct SchedCounters {
     pub objects: u32,
     pub actors: u32,
     pub cpu_used_milli: u32,
+    /// Actors restarted after their process died, in all (counters from here on only grow).
+    #[serde(default)]
+    pub actor_restarts: u64,
+    /// Worker processes that died without being told to (a signal from outside, a crash, an
+    /// exit in user code, a failed start), in all; retirements and kills the node asked for
+    /// (`volley.kill`, a forced cancel) are not counted.
+    #[serde(default)]
+    pub worker_crashes: u64,
 }
 
 impl SchedCounters {
     /// Every counter by name, for readers that list them (a dict, `/metrics`).
-    pub fn fields(&self) -> [(&'static str, u64); 11] {
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("workers_alive", self.workers_alive.into()),
             ("workers_starting", self.workers_starting.into()),
@@ -82,6 +103,8 @@ impl SchedCounters {
             ("objects", self.objects.into()),
             ("actors", self.actors.into()),
             ("cpu_used_milli", self.cpu_used_milli.into()),
+            ("actor_restarts", self.actor_restarts),
+            ("worker_crashes", self.worker_crashes),
         ]
     }
 }

@@ -14,11 +14,73 @@ use crate::{ActorId, ErrorKind, NodeId, TaskId};
 pub const STATE_KINDS: [&str; 7] =
     ["tasks", "actors", "nodes", "workers", "objects", "placement_groups", "jobs"];
 
-/// How a filter compares a row's field with its value.
+/// How a filter compares a row's field with its value. The ordering ones (`>`, `>=`, `<`,
+/// `<=`) take numeric fields only (times such as `started_ms`, counts, pids): a row whose
+/// field is null (a task not started yet has no `started_ms`) matches none of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FilterOp {
     Eq,
     Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl FilterOp {
+    /// Every operator as written in the CLI, the Python API and the HTTP API.
+    pub const SYMBOLS: [&'static str; 6] = ["=", "!=", ">", ">=", "<", "<="];
+
+    /// The operator written `op` (`==` is `=`).
+    pub fn parse(op: &str) -> Option<FilterOp> {
+        Some(match op {
+            "=" | "==" => FilterOp::Eq,
+            "!=" => FilterOp::Ne,
+            ">" => FilterOp::Gt,
+            ">=" => FilterOp::Ge,
+            "<" => FilterOp::Lt,
+            "<=" => FilterOp::Le,
+            _ => return None,
+        })
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::Ne => "!=",
+            FilterOp::Gt => ">",
+            FilterOp::Ge => ">=",
+            FilterOp::Lt => "<",
+            FilterOp::Le => "<=",
+        }
+    }
+
+    /// Whether it orders numbers rather than tests equality.
+    pub fn is_range(self) -> bool {
+        !matches!(self, FilterOp::Eq | FilterOp::Ne)
+    }
+
+    /// Whether `field op value` holds, for numbers.
+    pub fn holds<T: PartialOrd>(self, field: T, value: T) -> bool {
+        match self {
+            FilterOp::Eq => field == value,
+            FilterOp::Ne => field != value,
+            FilterOp::Gt => field > value,
+            FilterOp::Ge => field >= value,
+            FilterOp::Lt => field < value,
+            FilterOp::Le => field <= value,
+        }
+    }
+
+    /// Splits `key<op>value` (the CLI's `--filter` and the HTTP API's `filter=`): the first
+    /// operator in the text, the two-character ones before their one-character prefixes.
+    pub fn split(text: &str) -> Option<(&str, FilterOp, &str)> {
+        let at = text.find(['=', '!', '<', '>'])?;
+        let rest = &text[at..];
+        let op =
+            ["!=", ">=", "<=", "==", "=", ">", "<"].into_iter().find(|o| rest.starts_with(o))?;
+        Some((&text[..at], FilterOp::parse(op)?, &rest[op.len()..]))
+    }
 }
 
 /// One `key op value` condition; a row matches a query when it meets every one.
@@ -152,5 +214,27 @@ pub struct StateRows {
 impl StateRows {
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty() && self.actors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FilterOp;
+
+    #[test]
+    fn filters_split_at_their_first_operator() {
+        let split = FilterOp::split;
+        assert_eq!(split("state=FAILED"), Some(("state", FilterOp::Eq, "FAILED")));
+        assert_eq!(split("name!=f"), Some(("name", FilterOp::Ne, "f")));
+        assert_eq!(split("started_ms>=17"), Some(("started_ms", FilterOp::Ge, "17")));
+        assert_eq!(split("ended_ms<5"), Some(("ended_ms", FilterOp::Lt, "5")));
+        assert_eq!(split("a<=b=c"), Some(("a", FilterOp::Le, "b=c")), "the value keeps the rest");
+        assert_eq!(split("a==1"), Some(("a", FilterOp::Eq, "1")));
+        assert_eq!(split("started_ms"), None);
+        assert_eq!(split("a!b"), None, "'!' alone is no operator");
+        for s in FilterOp::SYMBOLS {
+            assert_eq!(FilterOp::parse(s).map(FilterOp::symbol), Some(s));
+        }
+        assert!(FilterOp::Gt.holds(2, 1) && !FilterOp::Le.holds(2, 1) && FilterOp::Ne.holds(1, 2));
     }
 }

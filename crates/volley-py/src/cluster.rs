@@ -72,6 +72,9 @@ fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, 
         "scheduler" => scheduler,
         "store" => store,
         "named_actors" => actors,
+        "mem_total" => n.mem_total,
+        "mem_used" => n.mem_used,
+        "heartbeat_rtt_ms" => n.heartbeat_rtt_us as f64 / 1000.0,
     }))
 }
 

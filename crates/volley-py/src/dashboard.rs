@@ -8,15 +8,24 @@ use volley_runtime::client::{self, Backend};
 use volley_runtime::dashboard;
 
 /// Starts the dashboard over this process's node (a driver's or a daemon's); gives its URL
-/// without the token.
+/// without the token. With the cluster's TLS certificate and key it serves HTTPS only.
 #[pyfunction]
+#[pyo3(signature = (host, port, port_given, token, tls_cert=None, tls_key=None))]
 pub fn start_dashboard(
     py: Python<'_>,
     host: String,
     port: u16,
     port_given: bool,
     token: String,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 ) -> PyResult<String> {
+    if tls_cert.is_some() && tls_key.is_none() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "the dashboard's HTTPS needs the certificate's key too",
+        ));
+    }
+    let tls = crate::cluster::load_tls(tls_cert, tls_key)?;
     let c =
         client::current().ok_or_else(|| PyRuntimeError::new_err("volley is not initialised"))?;
     if !matches!(c.backend, Backend::Node(_)) {
@@ -28,6 +37,7 @@ pub fn start_dashboard(
         port_given,
         token,
         source: Arc::new(dashboard::NodeSource),
+        tls,
     };
     py.detach(|| dashboard::start(cfg)).map_err(|e| PyOSError::new_err(e.to_string()))
 }

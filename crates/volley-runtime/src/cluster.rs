@@ -105,6 +105,9 @@ pub(crate) struct Cluster {
     next_socket: std::sync::atomic::AtomicU64,
     /// Bytes of stored values received from peers.
     bytes_received: std::sync::atomic::AtomicU64,
+    /// The round trip of this member's last heartbeat, in microseconds (see
+    /// `NodeSnapshot::heartbeat_rtt_us`).
+    pub(crate) beat_rtt_us: std::sync::atomic::AtomicU64,
     /// Bytes of stored values served to peers pulling them.
     bytes_served: std::sync::atomic::AtomicU64,
     /// The head's epoch (see `PeerMsg::Welcome`); the head's own on the head.
@@ -170,6 +173,7 @@ impl Cluster {
             sockets: Mutex::new(HashMap::new()),
             next_socket: std::sync::atomic::AtomicU64::new(0),
             bytes_received: std::sync::atomic::AtomicU64::new(0),
+            beat_rtt_us: std::sync::atomic::AtomicU64::new(0),
             bytes_served: std::sync::atomic::AtomicU64::new(0),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             pulls: Mutex::new(HashMap::new()),
@@ -260,6 +264,7 @@ impl Cluster {
         NodeSnapshot {
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            heartbeat_rtt_us: self.beat_rtt_us.load(Ordering::Relaxed),
             ..self.shared.snapshot(id, self.addr.clone(), self.cfg.driver)
         }
     }

@@ -21,6 +21,7 @@ pub mod dashboard;
 mod diag;
 mod error;
 pub mod head;
+mod host;
 mod local_status;
 mod log_files;
 mod logs;

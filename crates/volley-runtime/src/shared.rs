@@ -276,6 +276,7 @@ impl Shared {
         let groups = st.sched.pg_table();
         drop(st);
         let store = self.store.stats();
+        let (mem_total, mem_used) = crate::host::memory().unwrap_or((0, 0));
         NodeSnapshot {
             id,
             addr,
@@ -306,6 +307,8 @@ impl Shared {
                 objects: stats.objects as u32,
                 actors: stats.actors as u32,
                 cpu_used_milli: stats.cpu_used_milli,
+                actor_restarts: stats.actor_restarts,
+                worker_crashes: stats.worker_crashes,
             },
             store: StoreCounters {
                 pinned: store.pinned,
@@ -318,6 +321,9 @@ impl Shared {
                 restore_count: store.restore_count,
                 restore_bytes_total: store.restore_bytes_total,
             },
+            mem_total,
+            mem_used,
+            heartbeat_rtt_us: 0,
         }
     }
 

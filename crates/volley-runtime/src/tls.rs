@@ -93,6 +93,11 @@ impl TlsConfig {
     pub fn accepts(&self) -> bool {
         self.server.is_some()
     }
+
+    /// The server side (certificate and key), for the dashboard's HTTPS; `None` without a key.
+    pub(crate) fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.server.clone()
+    }
 }
 
 /// Trusts exactly the cluster's certificate.

@@ -304,6 +304,12 @@ pub struct Stats {
     pub tasks_remote: usize,
     /// Tasks sent to a worker behind the one it runs (also in `tasks_assigned`): they wait.
     pub tasks_pipelined: usize,
+    /// Actors this node restarted after their process died, in all.
+    pub actor_restarts: u64,
+    /// Worker processes (pool or actor) that died without being told to (a signal from
+    /// outside, a crash, an exit in user code, a failed start), in all; retirements and the
+    /// scheduler's own kills are not counted.
+    pub worker_crashes: u64,
 }
 
 /// One node's scheduler. See the crate documentation.
@@ -338,6 +344,9 @@ pub struct Scheduler {
     events: Vec<TaskEvent>,
     /// The number the next recorded task gets (`TaskEntry::seq`; from 1, 0 is "not recorded").
     next_seq: u64,
+    /// Counters for `/metrics` (see `Stats`): increments only, off the task path.
+    actor_restarts: u64,
+    worker_crashes: u64,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -372,6 +381,8 @@ impl Scheduler {
             recording: false,
             events: Vec::new(),
             next_seq: 1,
+            actor_restarts: 0,
+            worker_crashes: 0,
         }
     }
 
@@ -437,6 +448,9 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        if !w.told_to_exit && w.state != WorkerState::Retiring {
+            self.worker_crashes += 1;
+        }
         if w.blocked == 0 {
             self.res.give_cpu(w.cpu_held);
         }
@@ -884,6 +898,7 @@ impl Scheduler {
                     out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: tid } });
                 } else if w.queue.front() == Some(&tid) {
                     if force {
+                        w.told_to_exit = true;
                         out.push(Action::Kill { worker: wid });
                     } else {
                         out.push(Action::Send {
@@ -979,6 +994,8 @@ impl Scheduler {
             cpu_used_milli: self.res.cpu_used(),
             cpu_total_milli: self.res.cpu_total(),
             actors: self.actors.len(),
+            actor_restarts: self.actor_restarts,
+            worker_crashes: self.worker_crashes,
             ..Default::default()
         };
         for w in self.workers.values() {

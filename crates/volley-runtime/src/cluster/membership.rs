@@ -81,9 +81,12 @@ impl Cluster {
         if !rows.is_empty() {
             send(s, &PeerMsg::StateRows(rows))?;
         }
+        let sent = Instant::now();
         send(s, &PeerMsg::Heartbeat { info })?;
         let answer = recv(r).map_err(proto)?;
         let answered = start.elapsed();
+        let rtt = sent.elapsed().as_micros().max(1);
+        self.beat_rtt_us.store(u64::try_from(rtt).unwrap_or(u64::MAX), Ordering::Relaxed);
         let PeerMsg::View { nodes, .. } = answer else {
             return Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&answer))));
         };

@@ -229,6 +229,41 @@ pub fn render(nodes: &[NodeSnapshot], extra: &str) -> String {
         "Bytes of stored values the node served to other nodes.",
         |n| n.bytes_served as f64,
     );
+    o.per_node(
+        nodes,
+        "volley_actor_restarts_total",
+        "counter",
+        "Actors the node restarted after their process died (volley.kill with a restart \
+         allowed included).",
+        |n| n.sched.actor_restarts as f64,
+    );
+    o.per_node(
+        nodes,
+        "volley_worker_crashes_total",
+        "counter",
+        "Worker processes (pool or actor) that died without the node asking: killed from \
+         outside, crashed, exited in user code, or failed to start.",
+        |n| n.sched.worker_crashes as f64,
+    );
+    o.family(
+        "volley_node_memory_bytes",
+        "gauge",
+        "The host's memory: total, and used (total minus MemAvailable, from /proc/meminfo).",
+        nodes.iter().filter(|n| n.mem_total > 0).flat_map(|n| {
+            [("total", n.mem_total), ("used", n.mem_used)]
+                .map(|(k, v)| (format!("{},kind=\"{k}\"", node(n)), v as f64))
+        }),
+    );
+    o.family(
+        "volley_heartbeat_latency_seconds",
+        "gauge",
+        "Round trip of the member's last heartbeat to the head (sent to answered; none for \
+         the head itself).",
+        nodes
+            .iter()
+            .filter(|n| n.heartbeat_rtt_us > 0)
+            .map(|n| (node(n), n.heartbeat_rtt_us as f64 / 1e6)),
+    );
     o.0.push_str(extra);
     o.0
 }

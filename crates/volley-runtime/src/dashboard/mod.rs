@@ -140,13 +140,10 @@ pub fn parse_query(kind: &str, params: &[(String, String)]) -> Result<Query, Api
     for (k, v) in params {
         match k.as_str() {
             "filter" => {
-                let (key, op, value) = if let Some((a, b)) = v.split_once("!=") {
-                    (a, Op::Ne, b)
-                } else if let Some((a, b)) = v.split_once('=') {
-                    (a, Op::Eq, b)
-                } else {
+                let Some((key, op, value)) = Op::split(v) else {
                     return Err(ApiError::bad_request(format!(
-                        "filter {v:?} is not key=value or key!=value"
+                        "filter {v:?} is not key=value, key!=value, or key>N, key>=N, key<N, \
+                         key<=N for a number"
                     )));
                 };
                 if key.is_empty() {
@@ -192,6 +189,10 @@ pub struct Config {
     /// The cluster's token: every request but the login page's must carry it.
     pub token: String,
     pub source: Arc<dyn Source>,
+    /// The cluster's TLS (certificate and key): the dashboard then serves HTTPS only, so
+    /// that the token and the pages do not cross the network in clear on a cluster that
+    /// encrypts everything else.
+    pub tls: Option<Arc<crate::TlsConfig>>,
 }
 
 /// A running dashboard.
@@ -224,6 +225,16 @@ pub fn start(cfg: Config) -> Result<String, RuntimeError> {
             "the dashboard needs a token",
         )));
     }
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => Some(t.server_config().ok_or_else(|| {
+            RuntimeError::Tls(
+                "the dashboard serves HTTPS with the cluster's certificate and its key; this \
+                 node has the certificate only"
+                    .into(),
+            )
+        })?),
+    };
     let listener = bind(&cfg.host, cfg.port, cfg.port_given)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -233,7 +244,8 @@ pub fn start(cfg: Config) -> Result<String, RuntimeError> {
         h if h.contains(':') => format!("[{h}]"),
         h => h.to_string(),
     };
-    let url = format!("http://{shown_host}:{}/", local.port());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{shown_host}:{}/", local.port());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
@@ -242,8 +254,9 @@ pub fn start(cfg: Config) -> Result<String, RuntimeError> {
         .enable_time()
         .build()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let app = Arc::new(server::App::new(cfg.token.clone(), local.port(), cfg.source));
-    runtime.spawn(server::serve(listener, app, rx));
+    let app =
+        Arc::new(server::App::new(cfg.token.clone(), local.port(), cfg.source, tls.is_some()));
+    runtime.spawn(server::serve(listener, app, rx, tls));
     *slot =
         Some(Running { runtime, listen_fd, stop: Some(tx), url: url.clone(), token: cfg.token });
     Ok(url)

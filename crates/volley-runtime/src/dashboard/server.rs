@@ -8,7 +8,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::sync::oneshot;
+use std::net::SocketAddr;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::{auth, metrics, parse_query, ApiError, Source};
 
@@ -21,19 +25,82 @@ pub(crate) struct App {
     token: String,
     port: u16,
     source: Arc<dyn Source>,
+    /// Served over TLS: the login cookie is then `Secure` (never sent in clear).
+    tls: bool,
 }
 
 impl App {
-    pub(crate) fn new(token: String, port: u16, source: Arc<dyn Source>) -> App {
-        App { token, port, source }
+    pub(crate) fn new(token: String, port: u16, source: Arc<dyn Source>, tls: bool) -> App {
+        App { token, port, source, tls }
     }
 }
 
-/// Serves until `stop` fires (or its sender is dropped).
+/// How long a client may take over its TLS handshake before its connection is dropped.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts TLS connections for axum. Each handshake runs in a task of its own, with a
+/// deadline, so that a client that connects and says nothing (or speaks plain HTTP, which
+/// fails the handshake and is dropped) holds up no other; finished ones come through a
+/// channel.
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        listener: tokio::net::TcpListener,
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(cfg);
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(_) => {
+                        // Out of descriptors, most likely: back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await
+                    {
+                        let _ = tx.send((tls, addr)).await;
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accepting task ended (the runtime shuts down): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves until `stop` fires (or its sender is dropped); over TLS with `tls`.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     app: Arc<App>,
     stop: oneshot::Receiver<()>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -56,7 +123,14 @@ pub(crate) async fn serve(
     let shutdown = async {
         let _ = stop.await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+    let served = match tls {
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        Some(cfg) => match TlsListener::new(listener, cfg) {
+            Ok(l) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = served {
         crate::diag::event!(Error, "volley: the dashboard stopped: {e}");
     }
 }
@@ -92,7 +166,7 @@ async fn check(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
                 let mut r = StatusCode::SEE_OTHER.into_response();
                 if let (Ok(loc), Ok(c)) = (
                     HeaderValue::from_str(&to),
-                    HeaderValue::from_str(&auth::set_cookie(app.port, &app.token)),
+                    HeaderValue::from_str(&secure(auth::set_cookie(app.port, &app.token), app.tls)),
                 ) {
                     r.headers_mut().insert(header::LOCATION, loc);
                     r.headers_mut().insert(header::SET_COOKIE, c);
@@ -130,6 +204,15 @@ async fn check(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// A cookie served over TLS is marked `Secure`: a browser never sends it in clear.
+fn secure(cookie: String, tls: bool) -> String {
+    if tls {
+        format!("{cookie}; Secure")
+    } else {
+        cookie
+    }
 }
 
 fn unauthorized(path: &str, why: &str) -> Response {
@@ -256,9 +339,21 @@ async fn query(
         Ok(q) => q,
         Err(e) => return error(&e),
     };
+    // The node's clock when the question came (taken before the rows are read): a client
+    // that asks again for what changed since (`changed_ms>`) starts from here, not from its
+    // own clock, which may be another machine's.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let src = app.source.clone();
     match blocking(move || src.query(&q)).await {
-        Ok(v) => json(StatusCode::OK, &v),
+        Ok(v) => {
+            let mut r = json(StatusCode::OK, &v);
+            if let Ok(h) = HeaderValue::from_str(&now_ms.to_string()) {
+                r.headers_mut().insert("x-volley-now-ms", h);
+            }
+            r
+        }
         Err(e) => error(&e),
     }
 }

@@ -31,9 +31,14 @@ fn snapshot(id: u32) -> NodeSnapshot {
             tasks_queued: 5,
             tasks_assigned: 4,
             tasks_pipelined: 1,
+            actor_restarts: 2,
+            worker_crashes: 3,
             ..Default::default()
         },
         store: volley_proto::StoreCounters { spill_count: 9, ..Default::default() },
+        mem_total: 8 << 30,
+        mem_used: 3 << 30,
+        heartbeat_rtt_us: 1500,
     }
 }
 
@@ -112,6 +117,11 @@ fn metrics_follow_the_text_format() {
     assert!(text.contains("volley_resource_used{node=\"1\",resource=\"GPU\"} 1\n"));
     assert!(!text.contains("pg:"), "bundles are not resources of their own");
     assert!(text.contains("# TYPE volley_object_spills_total counter\n"));
+    assert!(text.contains("volley_actor_restarts_total{node=\"1\"} 2\n"));
+    assert!(text.contains("volley_worker_crashes_total{node=\"2\"} 3\n"));
+    assert!(text.contains("volley_node_memory_bytes{node=\"1\",kind=\"total\"} 8589934592\n"));
+    assert!(text.contains("volley_node_memory_bytes{node=\"1\",kind=\"used\"} 3221225472\n"));
+    assert!(text.contains("volley_heartbeat_latency_seconds{node=\"2\"} 0.0015\n"), "{text}");
     assert!(text.ends_with("x 1\n"));
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').expect("a sample");
@@ -146,6 +156,7 @@ fn serves_with_the_token_only() {
         port_given: true,
         token: "sekrit".into(),
         source: Arc::new(Fake),
+        tls: None,
     })
     .expect("starts");
     let port: u16 =
@@ -156,6 +167,7 @@ fn serves_with_the_token_only() {
         port_given: true,
         token: "x".into(),
         source: Arc::new(Fake),
+        tls: None,
     });
     assert!(again.is_err(), "one dashboard per process");
     assert!(http(port, "/api/v0/cluster", "").starts_with("HTTP/1.1 401"));

@@ -46,6 +46,9 @@ pub(crate) fn info(addr: &str, driver: bool) -> NodeSnapshot {
         groups: Vec::new(),
         sched: Default::default(),
         store: Default::default(),
+        mem_total: 0,
+        mem_used: 0,
+        heartbeat_rtt_us: 0,
     }
 }
 

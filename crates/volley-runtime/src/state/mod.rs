@@ -622,22 +622,9 @@ impl Tables {
             "tasks" => self.query_tasks(q),
             "actors" => {
                 let jobs = self.job_names.lock().clone();
-                let rows: Vec<serde_json::Value> = {
-                    let mut g = self.inner.lock();
-                    self.flush_locked(&mut g);
-                    let mut v: Vec<&ActorRow> = g.actors.values().collect();
-                    v.sort_by_key(|a| a.actor);
-                    v.into_iter()
-                        .map(|a| {
-                            let mut row = actor_json(a);
-                            if let (Some(j), Some(o)) = (a.job, row.as_object_mut()) {
-                                o.insert("job_id".into(), Tables::job_name(&jobs, j).into());
-                            }
-                            row
-                        })
-                        .collect()
-                };
-                generic_answer(q, rows, query::ACTOR_KEYS)
+                let mut g = self.inner.lock();
+                self.flush_locked(&mut g);
+                query::actor_answer(q, g.actors.values(), &|j| Tables::job_name(&jobs, j))
             }
             other => Err(format!("the task tables do not hold {other}")),
         }
@@ -1297,11 +1284,7 @@ pub fn query_head(
 
 /// Parses a filter's operator as the CLI and the Python API write it.
 pub fn parse_op(op: &str) -> Option<FilterOp> {
-    match op {
-        "=" | "==" => Some(FilterOp::Eq),
-        "!=" => Some(FilterOp::Ne),
-        _ => None,
-    }
+    FilterOp::parse(op)
 }
 
 #[cfg(test)]

@@ -67,6 +67,23 @@ fn a_dead_actor_is_restarted_and_calls_in_flight_are_retried_within_limits() {
     assert_eq!(h.task_error(c2), Some(ErrorKind::ActorDied));
     let late = h.call(Holder::Local, aid, vec![]);
     assert_eq!(h.task_error(late), Some(ErrorKind::ActorDied));
+    let st = h.s.stats();
+    assert_eq!((st.actor_restarts, st.worker_crashes), (1, 2), "one restart, two crashes");
+}
+
+#[test]
+fn deaths_the_scheduler_asked_for_are_not_crashes() {
+    let mut h = H::started(2.0);
+    let aid = h.create(0, 1, 0);
+    let w = h.bring_up(aid);
+    // volley.kill() with a restart allowed: the scheduler kills the process and restarts it.
+    h.s.kill_actor(aid, false, &mut h.out);
+    h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
+    let w2 = h.bring_up(aid);
+    h.s.kill_actor(aid, true, &mut h.out);
+    h.s.worker_died(w2, WorkerExit::killed("SIGKILL"), &mut h.out);
+    assert_eq!(h.s.stats().worker_crashes, 0, "both ends were asked for");
+    assert_eq!(h.s.stats().actor_restarts, 1);
 }
 
 #[test]

@@ -438,6 +438,7 @@ impl Scheduler {
             a.kill_requested = None; // The peer restarts it (or not); we hear only of its death.
         }
         if let Some(w) = a.worker {
+            self.workers.doom(w);
             out.push(Action::Kill { worker: w });
             // Nothing more goes to the doomed process.
             if a.life == Life::Alive {
@@ -538,10 +539,12 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let Some(a) = self.actors.get_mut(&aid) else {
+            self.workers.doom(wid);
             out.push(Action::Kill { worker: wid });
             return;
         };
         if a.worker != Some(wid) || a.life == Life::Dead {
+            self.workers.doom(wid);
             out.push(Action::Kill { worker: wid });
             return;
         }
@@ -682,8 +685,10 @@ impl Scheduler {
             Some(w) => {
                 let up = self.workers.get(&w).is_some_and(|w| w.state == WorkerState::Alive);
                 if up && a.life == Life::Alive {
+                    self.workers.doom(w);
                     out.push(Action::Send { worker: w, msg: NodeToWorker::Shutdown });
                 } else {
+                    self.workers.doom(w);
                     out.push(Action::Kill { worker: w });
                 }
             }
@@ -794,6 +799,7 @@ impl Scheduler {
             return;
         }
         a.restarts += 1;
+        self.actor_restarts += 1;
         a.life = Life::Restarting;
         note!(self, TaskEvent::Actor { actor: aid });
         let restart = a.restarts;
@@ -880,6 +886,7 @@ impl Scheduler {
         let name = a.opts().name.clone().map(|n| (a.opts().namespace.clone(), n));
         if let Some(w) = a.worker {
             if self.workers.contains_key(&w) {
+                self.workers.doom(w);
                 out.push(Action::Kill { worker: w });
             }
         }

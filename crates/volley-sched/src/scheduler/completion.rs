@@ -50,6 +50,7 @@ impl Scheduler {
             return;
         };
         if force {
+            self.workers.doom(wid);
             out.push(Action::Kill { worker: wid });
         } else {
             out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: head } });

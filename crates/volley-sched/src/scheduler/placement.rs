@@ -604,6 +604,7 @@ impl Scheduler {
                 .map(|(id, _)| *id)
                 .collect();
             for w in doomed {
+                self.workers.doom(w);
                 out.push(Action::Kill { worker: w });
             }
             let mut actors: Vec<_> = self

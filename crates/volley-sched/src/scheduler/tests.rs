@@ -160,6 +160,7 @@ fn crash_retries_the_running_task_and_requeues_the_rest_for_free() {
     assert_eq!(ex, vec![(w3, b.task)]);
     h.done(w3, b.task, 3);
     assert_eq!(h.value(b), Some(3));
+    assert_eq!(h.s.stats().worker_crashes, 2, "both deaths were crashes");
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub(super) struct WorkerEntry {
     pub(super) gpus: Vec<u32>,
     /// The actor this worker was started for; it never runs pool tasks.
     pub(super) actor: Option<ActorId>,
+    /// The scheduler asked for its end (`Action::Kill`, or a shutdown of a stopping actor):
+    /// its death is then no crash (`Stats::worker_crashes`).
+    pub(super) told_to_exit: bool,
 }
 
 impl WorkerEntry {
@@ -112,6 +115,14 @@ pub(super) struct Workers {
 table_access!(Workers.map: WorkerId => WorkerEntry);
 
 impl Workers {
+    /// Notes that the scheduler ended worker `id` on purpose (it is sent `Action::Kill` or a
+    /// shutdown), so that its death does not count as a crash.
+    pub(super) fn doom(&mut self, id: WorkerId) {
+        if let Some(w) = self.map.get_mut(&id) {
+            w.told_to_exit = true;
+        }
+    }
+
     pub(super) fn new() -> Self {
         Workers {
             map: HashMap::new(),
@@ -144,6 +155,7 @@ impl Workers {
                 res_held: Vec::new(),
                 gpus: Vec::new(),
                 actor,
+                told_to_exit: false,
             },
         );
         id
