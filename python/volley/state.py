@@ -226,6 +226,7 @@ _HISTORY_NUMERIC = {
         "changed_ms",
     ),
     "actors": ("restarts", "pid", "node_id"),
+    "jobs": ("driver_pid", "exit_code", "driver_node"),
 }  # fmt: skip
 
 
