@@ -970,7 +970,7 @@ impl Inner {
             let hard = self.finished >= max.saturating_mul(2);
             if let Some(&seq) = self.early_ended.front() {
                 match self.early.get(&seq) {
-                    Some(s) if pending(&s.row) && !hard => break,
+                    Some(s) if s.row.state.is_terminal() && pending(&s.row) && !hard => break,
                     Some(s) if s.row.state.is_terminal() => {
                         let id = s.id;
                         self.early.remove(&seq);

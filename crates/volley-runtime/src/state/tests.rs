@@ -122,6 +122,69 @@ fn the_oldest_finished_go_first_and_are_counted() {
     assert_eq!(gone.total, 0);
 }
 
+/// The ring of this node's own rows: a task still running when the bound is passed moves
+/// aside and is kept; once it ends it is the first dropped. On a head, a member's row of a
+/// task the head's scheduler also saw joins the head's own row (by the index), whichever came
+/// first.
+#[test]
+fn the_ring_keeps_a_long_task_and_merges_a_members_row_into_its_own() {
+    let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    let t = Tables::with_max(10);
+    let run = |evs: Vec<TaskEvent>| {
+        let mut evs = evs;
+        t.apply(&mut evs, &sched, NodeId(0), now_ms());
+    };
+    let submitted = |seq: u64| TaskEvent::Submitted {
+        seq,
+        spec: noop_spec(seq as usize - 1, "f"),
+        holder: Holder::Local,
+        parent: Parent::None,
+    };
+    run(vec![submitted(1), TaskEvent::Started { seq: 1, pid: 7, attempt: 0 }]);
+    for seq in 2..=40 {
+        run(vec![submitted(seq), TaskEvent::Finished { seq }]);
+    }
+    assert_eq!(t.counts(), (11, 29));
+    let running =
+        rows(&t.query(&q("tasks", &[("state", FilterOp::Eq, "RUNNING")], None)).expect("q"));
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0]["task_id"], task_hex(TaskId(1)));
+    // It ends: the oldest finished now, so the first to go.
+    run(vec![TaskEvent::Finished { seq: 1 }]);
+    assert_eq!(t.counts(), (10, 30));
+    let one = &q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(1)))], None);
+    assert_eq!(t.query(one).expect("q").total, 0);
+    // A member ran task 40 (seq 40 here): one row, with the runner's pid and node.
+    t.merge(
+        StateRows {
+            tasks: vec![wire(40, "f", TaskStateCode::Finished, 3, Some(9))],
+            actors: vec![],
+        },
+        NodeId(3),
+    );
+    let forty = &q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(40)))], None);
+    let r = rows(&t.query(forty).expect("q"));
+    assert_eq!(
+        (r.len(), r[0]["worker_pid"].as_u64(), r[0]["node_id"].as_u64()),
+        (1, Some(9), Some(3))
+    );
+    // A member's row that comes before this node's own submission of the task: still one row.
+    t.merge(
+        StateRows {
+            tasks: vec![wire(41, "f", TaskStateCode::Running, 3, Some(9))],
+            actors: vec![],
+        },
+        NodeId(3),
+    );
+    run(vec![submitted(41)]);
+    let r = rows(
+        &t.query(&q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(41)))], None))
+            .expect("q"),
+    );
+    assert_eq!((r.len(), r[0]["state"].as_str()), (1, Some("RUNNING")));
+    assert_eq!(t.counts().0, 11);
+}
+
 /// A member whose head is out of reach (no batch is taken) keeps its unsent rows, but no
 /// more than twice the bound.
 #[test]
