@@ -1020,7 +1020,7 @@ impl Inner {
                 }
             } else if let Some((id, _)) = remote_front {
                 let r = self.remote.get(&id);
-                if r.is_some_and(|r| pending(r)) && !hard {
+                if r.is_some_and(&pending) && !hard {
                     break;
                 }
                 self.remote.remove(&id);
