@@ -75,6 +75,7 @@ mod completion;
 mod dispatch;
 mod events;
 mod explain;
+mod held;
 mod objects;
 mod peers;
 mod placement;
@@ -338,6 +339,8 @@ pub struct Scheduler {
     events: Vec<TaskEvent>,
     /// The number the next recorded task gets (`TaskEntry::seq`; from 1, 0 is "not recorded").
     next_seq: u64,
+    /// Resources held for submitted jobs' entrypoints (see `held`).
+    holds: held::Holds,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -372,6 +375,7 @@ impl Scheduler {
             recording: false,
             events: Vec::new(),
             next_seq: 1,
+            holds: Default::default(),
         }
     }
 
