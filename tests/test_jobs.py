@@ -641,13 +641,23 @@ def test_a_jobs_entrypoint_cpu_is_held_against_tasks_until_it_ends_or_crashes(tm
         row = client.wait(again, timeout=60)
         assert row["status"] == "SUCCEEDED" and "task ran" in client.get_job_logs(again), row
         assert _poll(lambda: "CPU 0/1" in _status(c), 20), _status(c)
-        # A job whose entrypoint wants the CPU a task holds waits PENDING, naming the task,
-        # and starts once the task ends.
+        # A stopped job gives its CPU back too.
         go.unlink()
+        stopped = client.submit_job(["python", "-c", hold], entrypoint_num_cpus=1)
+        assert _poll(lambda: "holding" in client.get_job_logs(stopped), 30)
+        assert _poll(lambda: "CPU 1/1" in _status(c), 20), _status(c)
+        assert client.stop_job(stopped) is True
+        assert client.wait(stopped, timeout=30)["status"] == "STOPPED"
+        assert _poll(lambda: "CPU 0/1" in _status(c), 20), _status(c)
+        # A job whose entrypoint wants the CPU a task holds waits PENDING, naming the task,
+        # and starts once the task ends, while the task's job still runs.
+        after = tmp_path / "after"
         busy = INIT + (
             "@volley.remote\ndef busy(p):\n    import os, time\n"
             "    while not os.path.exists(p):\n        time.sleep(0.05)\n"
             f"print('busy', flush=True)\nvolley.get(busy.remote({str(go)!r}))\n"
+            "import os, time\nprint('freed', flush=True)\n"
+            f"while not os.path.exists({str(after)!r}):\n    time.sleep(0.05)\n"
         )
         tasker = client.submit_job(["python", "-c", busy])
         assert _poll(lambda: "busy" in client.get_job_logs(tasker), 30)
@@ -658,8 +668,10 @@ def test_a_jobs_entrypoint_cpu_is_held_against_tasks_until_it_ends_or_crashes(tm
         why = "waiting for 1 CPU on the head's node: the one CPU is held by task 'busy'"
         assert why in row["message"], row
         go.touch()
-        assert client.wait(tasker, timeout=30)["status"] == "SUCCEEDED"
         row = client.wait(waiting, timeout=30)
         assert row["status"] == "SUCCEEDED" and row["message"] is None, row
+        assert client.get_job_status(tasker) == "RUNNING"
+        after.touch()
+        assert client.wait(tasker, timeout=30)["status"] == "SUCCEEDED"
     finally:
         c.stop()
