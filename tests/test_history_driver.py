@@ -80,9 +80,13 @@ def test_two_sigkilled_drivers_histories_are_kept_apart_and_read_together(tmp_pa
     assert _finished(session, env) == want
     dirs = sorted((session / "history").iterdir(), key=lambda d: int(d.name.split("-")[1]))
     assert [d.name.split("-")[1] for d in dirs] == [str(p) for p in sorted([first.pid, second.pid])]
-    for d in dirs:
+    for d, p in zip(dirs, sorted([first, second], key=lambda p: p.pid)):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
         assert stat.S_IMODE((d / "tasks.jsonl").stat().st_mode) == 0o600, d
+        # Its index names the files of its workers' output (logs/worker-<driver pid>-<pid>.log).
+        index = [json.loads(x) for x in (d / "logs.jsonl").read_text().splitlines()]
+        files = {e["file"] for e in index if e["kind"] == "worker"}
+        assert files and all(f.startswith(f"logs/worker-{p.pid}-") for f in files), index
     # Each driver's own session is job "0" in its directory: both are listed, RUNNING (they
     # were killed), beside one that exited and ended its own.
     done = start_driver(write_script(tmp_path, "import volley\nvolley.init(num_cpus=1)\n", "d.py"))

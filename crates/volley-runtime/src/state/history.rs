@@ -124,6 +124,9 @@ pub(crate) fn start(
             // (The view is copied only when there are rows to index.)
             let node_pids = if t.is_empty() && a.is_empty() {
                 HashMap::new()
+            } else if shared.links.get().is_none() {
+                // A lone driver's node (node 0) is this process; its view may not list it.
+                [(0, std::process::id())].into_iter().collect()
             } else {
                 shared.head.view().iter().map(|n| (n.id.0.into(), n.pid)).collect()
             };
