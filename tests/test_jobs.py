@@ -591,3 +591,87 @@ def test_a_jobs_pip_runs_it_in_a_venv_made_once_and_a_bad_requirement_fails_it(
         client.submit_job("python -c pass", runtime_env={"pip": "numpy"})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['pip_check'\]"):
         client.submit_job("python -c pass", runtime_env={"pip": {"pip_check": True}})
+
+
+def _status(c: Cluster) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "volley._cli", "status"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return r.stdout + r.stderr
+
+
+def test_a_jobs_entrypoint_cpu_is_held_against_tasks_until_it_ends_or_crashes(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.start_nodes(1)  # the head alone, with 1 CPU
+        client = job.JobSubmissionClient(c.head, token=c.token)
+        go = tmp_path / "go"
+        hold = (
+            f"import os, time\nprint('holding', flush=True)\n"
+            f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+        )
+        holder = client.submit_job(["python", "-c", hold], entrypoint_num_cpus=1)
+        assert _poll(lambda: "holding" in client.get_job_logs(holder), 30)
+        assert _poll(lambda: "CPU 1/1" in _status(c), 20), _status(c)
+        # A job asking for nothing runs, but its task waits for the CPU the first job holds,
+        # and `volley status` names that job as the holder.
+        task = INIT + (
+            "@volley.remote\ndef f():\n    return 'task ran'\n"
+            "r = f.remote()\nprint('submitted', flush=True)\nprint(volley.get(r), flush=True)\n"
+        )
+        user = client.submit_job(["python", "-c", task])
+        assert _poll(lambda: "submitted" in client.get_job_logs(user), 30)
+        held = f"held by job '{holder}'"
+        assert _poll(lambda: held in _status(c), 20), _status(c)
+        assert "task ran" not in client.get_job_logs(user)
+        assert client.get_job_status(user) == "RUNNING"
+        go.touch()
+        assert client.wait(holder, timeout=30)["status"] == "SUCCEEDED"
+        row = client.wait(user, timeout=30)
+        assert row["status"] == "SUCCEEDED", (row, client.get_job_logs(user))
+        assert "task ran" in client.get_job_logs(user)
+        # A job that crashes gives its CPU back: the next job's task runs at once.
+        crash = client.submit_job(["python", "-c", "import os; os._exit(3)"], entrypoint_num_cpus=1)
+        assert client.wait(crash, timeout=30)["status"] == "FAILED"
+        again = client.submit_job(["python", "-c", task])
+        row = client.wait(again, timeout=60)
+        assert row["status"] == "SUCCEEDED" and "task ran" in client.get_job_logs(again), row
+        assert _poll(lambda: "CPU 0/1" in _status(c), 20), _status(c)
+        # A stopped job gives its CPU back too.
+        go.unlink()
+        stopped = client.submit_job(["python", "-c", hold], entrypoint_num_cpus=1)
+        assert _poll(lambda: "holding" in client.get_job_logs(stopped), 30)
+        assert _poll(lambda: "CPU 1/1" in _status(c), 20), _status(c)
+        assert client.stop_job(stopped) is True
+        assert client.wait(stopped, timeout=30)["status"] == "STOPPED"
+        assert _poll(lambda: "CPU 0/1" in _status(c), 20), _status(c)
+        # A job whose entrypoint wants the CPU a task holds waits PENDING, naming the task,
+        # and starts once the task ends, while the task's job still runs.
+        after = tmp_path / "after"
+        busy = INIT + (
+            "@volley.remote\ndef busy(p):\n    import os, time\n"
+            "    while not os.path.exists(p):\n        time.sleep(0.05)\n"
+            f"print('busy', flush=True)\nvolley.get(busy.remote({str(go)!r}))\n"
+            "import os, time\nprint('freed', flush=True)\n"
+            f"while not os.path.exists({str(after)!r}):\n    time.sleep(0.05)\n"
+        )
+        tasker = client.submit_job(["python", "-c", busy])
+        assert _poll(lambda: "busy" in client.get_job_logs(tasker), 30)
+        assert _poll(lambda: "CPU 1/1" in _status(c), 20), _status(c)
+        waiting = client.submit_job(["python", "-c", "print('second')"], entrypoint_num_cpus=1)
+        row = client.get_job_info(waiting)
+        assert row["status"] == "PENDING", row
+        why = "waiting for 1 CPU on the head's node: the one CPU is held by task 'busy'"
+        assert why in row["message"], row
+        go.touch()
+        row = client.wait(waiting, timeout=30)
+        assert row["status"] == "SUCCEEDED" and row["message"] is None, row
+        assert client.get_job_status(tasker) == "RUNNING"
+        after.touch()
+        assert client.wait(tasker, timeout=30)["status"] == "SUCCEEDED"
+    finally:
+        c.stop()

@@ -7,12 +7,14 @@ import atexit
 import os
 import sys
 import threading
+import time
 
 from . import _core
 from ._resources import check_resources
 
 TYPE_CHECKING = False  # without importing typing, a slow import
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Callable
 
 _lock = threading.RLock()
@@ -106,6 +108,7 @@ def init(
     dashboard: bool = False,
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int | None = None,
+    history: bool | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
     With ``address``, connects to a running cluster instead and runs tasks on its nodes.
@@ -152,6 +155,11 @@ def init(
             free port if taken; 0: any free port). Its URL, with the token that logs a browser
             in, is logged on the ``volley`` logger and given by ``volley.dashboard_url()``. See
             ``docs/dashboard.md``.
+        history: write this driver's task, actor and job rows to the session directory's
+            ``history/driver-<pid>-<ms>/`` as they change (default: ``VOLLEY_HISTORY=1``), so
+            ``volley list tasks --session DIR`` shows them after this process exited or was
+            killed. Off by default: it costs each task a little (see ``docs/state.md``). For a
+            driver's own node only: a cluster's history is its head's.
 
     A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
     because actors or placement groups hold what it needs gets one line on stderr per function
@@ -237,6 +245,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         if address is None and daemon is None:
             address = os.environ.get("VOLLEY_ADDRESS", "").strip() or None
             from_env = address is not None
+        history = _history_wanted(args.get("history"), address is not None or daemon is not None)
         if address is not None:
             joining = (_cluster.resolve_address(address), _cluster.resolve_token(token))
         cpus = _default_cpus() if num_cpus is None else num_cpus
@@ -337,6 +346,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             job = _job_id(node_number)
             desc = _runtime_env.with_job(env_desc, job, node_number)
             _core.set_runtime_env(desc, sorted(env_packages))
+            if history:
+                _core.record_history(str(_driver_history_dir()))
             if args.get("dashboard") and not auto:
                 from . import _dashboard
 
@@ -370,6 +381,32 @@ def _job_id(node: int) -> str:
     ``job_id`` the state API shows for its tasks and actors and ``volley list jobs`` for it."""
     given = os.environ.get("VOLLEY_JOB_ID", "").strip()
     return given or str(node)
+
+
+def _history_wanted(history: bool | None, clustered: bool) -> bool:
+    """Whether this driver's node writes the history (``init(history=...)``, else
+    ``VOLLEY_HISTORY=1``); a driver in a cluster never does: its head writes the cluster's."""
+    if history is not None and not isinstance(history, bool):
+        raise TypeError(f"history must be True, False or None, not {history!r}")
+    if history and clustered:
+        raise ValueError(
+            "history=True is for a driver's own node: in a cluster, its head (`volley start "
+            "--head`) writes the history of every driver"
+        )
+    if history is None:
+        history = os.environ.get("VOLLEY_HISTORY", "").strip() == "1" and not clustered
+    return history
+
+
+def _driver_history_dir() -> Path:
+    """``<session dir>/history/driver-<pid>-<ms>/``, created exclusively (mode 0700): each
+    driver of a session writes its own files there, and the readers merge them."""
+    from . import _cluster
+
+    parent = _cluster.private_subdir("history")
+    d = parent / f"driver-{os.getpid()}-{time.time_ns() // 1_000_000}"
+    os.mkdir(d, 0o700)  # FileExistsError rather than sharing another driver's files
+    return d
 
 
 def _authkey() -> bytes:

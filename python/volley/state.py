@@ -236,12 +236,15 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
     if keys is None:
         raise ValueError(f"a session's history holds tasks and actors, and jobs, not {kind}")
     folder = session / "history" if (session / "history").is_dir() else session
-    files = [folder / f"{kind}.1.jsonl", folder / f"{kind}.jsonl"]
-    if not any(f.exists() for f in files):
-        raise ValueError(f"no volley history in {session} (no {files[1].name} there)")
+    # A head's files, and those of each driver that wrote its own (driver-<pid>-<ms>/, see
+    # init's ``history``): a row is its folder's, so two drivers' job "0" stay apart.
+    folders = [folder, *sorted(d for d in folder.glob("driver-*") if d.is_dir())]
+    files = [(d, d / f"{kind}{ext}") for d in folders for ext in (".1.jsonl", ".jsonl")]
+    if not any(f.exists() for _, f in files):
+        raise ValueError(f"no volley history in {session} (no {kind}.jsonl there)")
     id_key = {"tasks": "task_id", "actors": "actor_id", "jobs": "job_id"}[kind]
-    latest: dict[str, dict] = {}
-    for f in files:
+    latest: dict[tuple[Path, str], dict] = {}
+    for d, f in files:
         if not f.exists():
             continue
         with open(f, encoding="utf-8") as lines:
@@ -250,7 +253,7 @@ def _from_history(session: Path, kind: str, fs: list, limit: int | None, detail:
                     row = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a crash
-                latest[row[id_key]] = row
+                latest[(d, row[id_key])] = row
     numeric = _HISTORY_NUMERIC[kind]
     for key, op, _ in fs:
         if key not in keys:

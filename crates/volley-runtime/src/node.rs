@@ -171,6 +171,8 @@ impl Node {
         if c.is_head() {
             // A cluster's head runs submitted jobs (head/jobs.rs); a node that cannot keep
             // them in its session directory says so to whoever submits one.
+            let holder = crate::head::jobs::NodeHolder(Arc::downgrade(&self.shared));
+            self.head.job_table().set_holder(Arc::new(holder));
             if let Err(e) = self.head.job_table().enable(&r.1) {
                 crate::diag::event!(Warn, "volley: this head will not run jobs: {e}");
             }

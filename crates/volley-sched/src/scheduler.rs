@@ -75,6 +75,7 @@ mod completion;
 mod dispatch;
 mod events;
 mod explain;
+mod held;
 mod objects;
 mod peers;
 mod placement;
@@ -347,6 +348,8 @@ pub struct Scheduler {
     /// Counters for `/metrics` (see `Stats`): increments only, off the task path.
     actor_restarts: u64,
     worker_crashes: u64,
+    /// Resources held for submitted jobs' entrypoints (see `held`).
+    holds: held::Holds,
 }
 
 fn error(kind: ErrorKind, task_name: &str, message: String) -> Arc<ErrorPayload> {
@@ -383,6 +386,7 @@ impl Scheduler {
             next_seq: 1,
             actor_restarts: 0,
             worker_crashes: 0,
+            holds: Default::default(),
         }
     }
 

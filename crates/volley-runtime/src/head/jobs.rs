@@ -57,6 +57,45 @@ pub struct Jobs {
     uploads: Mutex<HashMap<String, Upload>>,
     /// The thread that forks every driver (see [`spawner`]).
     spawner: OnceLock<Mutex<mpsc::Sender<SpawnOrder>>>,
+    /// Where a running job's entrypoint resources are held: the head's node's scheduler (see
+    /// [`Jobs::set_holder`]).
+    holder: OnceLock<Arc<dyn EntrypointHolder>>,
+}
+
+/// Holds a job's entrypoint resources on the head's node while its driver runs, taken from
+/// the pool tasks use (so tasks wait while a job holds the CPU), as Ray reserves them.
+pub trait EntrypointHolder: Send + Sync {
+    /// Takes `cpu_milli` and `res` for `key` ("job 'id'"), or says what is short and who holds
+    /// it.
+    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<(), String>;
+    /// Gives back what `key` holds (nothing if nothing), starting the tasks that waited.
+    fn release(&self, key: &str);
+}
+
+/// The head's node's scheduler as the holder (weakly: the node owns its head).
+pub(crate) struct NodeHolder(pub(crate) std::sync::Weak<crate::shared::Shared>);
+
+impl EntrypointHolder for NodeHolder {
+    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<(), String> {
+        match self.0.upgrade() {
+            Some(shared) => shared.with(|st, _| st.sched.hold_resources(key, cpu_milli, res)),
+            None => Err("the head's node is stopping".into()),
+        }
+    }
+
+    fn release(&self, key: &str) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.with(|st, out| st.sched.release_resources(key, out));
+        }
+    }
+}
+
+/// How often jobs waiting for resources that tasks (not other jobs) hold look again.
+const PENDING_RETRY: Duration = Duration::from_millis(200);
+
+/// The key a job's held resources go by, as the scheduler's wait notices name the holder.
+fn hold_key(id: &str) -> String {
+    format!("job '{id}'")
 }
 
 /// A driver's command, and where to send the child (or why there is none).
@@ -84,6 +123,8 @@ struct Table {
     capacity: BTreeMap<String, u64>,
     /// Jobs waiting for resources, oldest first.
     pending: Vec<String>,
+    /// Whether a thread retries the pending jobs (see [`PENDING_RETRY`]).
+    retrying: bool,
 }
 
 struct Job {
@@ -104,6 +145,13 @@ impl Jobs {
     /// The Python to run drivers with (the node's workers' one; set when the node starts).
     pub fn set_python(&self, python: &str) {
         let _ = self.python.set(python.to_string());
+    }
+
+    /// Where running jobs' entrypoint resources are held (the head's node's scheduler; set
+    /// when the node joins a cluster as its head). Without one they are counted against the
+    /// other jobs only.
+    pub fn set_holder(&self, holder: Arc<dyn EntrypointHolder>) {
+        let _ = self.holder.set(holder);
     }
 
     /// Makes this node run jobs (it is a cluster's head listening on `address`), and loads the
@@ -276,6 +324,26 @@ impl Jobs {
                 still.push(id);
                 continue;
             }
+            if let Some(holder) = self.holder.get() {
+                let cpu = spec.resources.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a);
+                let cpu = u32::try_from(cpu.sum::<u64>()).unwrap_or(u32::MAX);
+                let other: Vec<(String, u64)> =
+                    spec.resources.iter().filter(|(n, _)| n != "CPU").cloned().collect();
+                if let Err(short) = holder.hold(&hold_key(&id), cpu, &other) {
+                    let want: Vec<String> =
+                        spec.resources.iter().map(|(n, a)| format!("{} {n}", milli(*a))).collect();
+                    let why =
+                        format!("waiting for {} on the head's node: {short}", want.join(", "));
+                    if let Some(j) = t.jobs.get_mut(&id) {
+                        if j.row.message.as_deref() != Some(why.as_str()) {
+                            j.row.message = Some(why);
+                            changed.push(j.row.clone());
+                        }
+                    }
+                    still.push(id);
+                    continue;
+                }
+            }
             for (name, n) in &spec.resources {
                 *held.entry(name.clone()).or_default() += n;
             }
@@ -300,6 +368,7 @@ impl Jobs {
                     }
                 }
                 Err(why) => {
+                    self.release(&id);
                     row.status = JobStatus::Failed;
                     row.end_ms = Some(now_ms());
                     row.message = Some(why);
@@ -312,9 +381,40 @@ impl Jobs {
             }
         }
         t.pending.extend(still);
+        // Tasks free resources without telling the jobs: look again while some wait.
+        let retry = !t.pending.is_empty() && !t.retrying && self.holder.get().is_some();
+        if retry {
+            t.retrying = true;
+        }
         drop(t);
         for row in changed {
             self.persist(&row);
+        }
+        if retry {
+            let jobs = self.clone();
+            let spawned =
+                std::thread::Builder::new().name("volley-job-wait".into()).spawn(move || loop {
+                    std::thread::sleep(PENDING_RETRY);
+                    {
+                        let mut t = jobs.table.lock();
+                        if t.pending.is_empty() {
+                            t.retrying = false;
+                            return;
+                        }
+                    }
+                    jobs.start_pending();
+                });
+            if let Err(e) = spawned {
+                self.table.lock().retrying = false;
+                crate::diag::event!(Warn, "volley: no thread to retry the pending jobs: {e}");
+            }
+        }
+    }
+
+    /// Gives back what job `id` held on the head's node.
+    fn release(&self, id: &str) {
+        if let Some(holder) = self.holder.get() {
+            holder.release(&hold_key(id));
         }
     }
 
@@ -438,6 +538,7 @@ impl Jobs {
     /// for the resources it held.
     fn supervise(self: &Arc<Self>, id: &str, child: Child) {
         self.record_exit(id, child);
+        self.release(id);
         self.start_pending();
     }
 

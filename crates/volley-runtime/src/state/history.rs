@@ -101,6 +101,12 @@ pub(crate) fn start(
     let mut written: HashMap<String, JobRow> = HashMap::new();
     let mut index = LogIndex::default();
     shared.head.tables.set_history(true);
+    if shared.links.get().is_none() {
+        // A driver's node alone (`init(history=True)`): its session is its one job, listed
+        // from the start (a query would list it the same way).
+        let started = super::now_ms().saturating_sub(shared.started.elapsed().as_millis() as u64);
+        shared.head.local_job(std::process::id(), started);
+    }
     std::thread::Builder::new().name("volley-history".into()).spawn(move || {
         let mut warned = false;
         loop {
@@ -108,10 +114,19 @@ pub(crate) fn start(
             let (mut t, mut a) = shared.head.tables.take_history();
             shared.head.tables.name_jobs_in(&mut t);
             shared.head.tables.name_jobs_in(&mut a);
-            let j = job_changes(shared.head.job_rows(), &mut written);
+            let mut rows = shared.head.job_rows();
+            if last && shared.links.get().is_none() {
+                // A lone driver shutting down: its session ends here (as a head sees a
+                // driver leave, SUCCEEDED); one that was killed stays RUNNING in the files.
+                lone_driver_ended(&mut rows);
+            }
+            let j = job_changes(rows, &mut written);
             // (The view is copied only when there are rows to index.)
             let node_pids = if t.is_empty() && a.is_empty() {
                 HashMap::new()
+            } else if shared.links.get().is_none() {
+                // A lone driver's node (node 0) is this process; its view may not list it.
+                [(0, std::process::id())].into_iter().collect()
             } else {
                 shared.head.view().iter().map(|n| (n.id.0.into(), n.pid)).collect()
             };
@@ -160,6 +175,14 @@ impl Tables {
                 o.insert("job_id".into(), name.clone().into());
             }
         }
+    }
+}
+
+/// Marks a lone driver's own session (job "0", no entrypoint) as ended now.
+fn lone_driver_ended(rows: &mut [JobRow]) {
+    for r in rows.iter_mut().filter(|r| r.entrypoint.is_none() && r.end_ms.is_none()) {
+        r.status = volley_proto::JobStatus::Succeeded;
+        r.end_ms = Some(super::now_ms());
     }
 }
 

@@ -316,7 +316,7 @@ impl Scheduler {
         }) || self.placement.held_bundles().flat_map(|(_, b)| b.iter()).any(|(_, b, _)| {
             let cpu = b.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a).sum::<u64>();
             holds(u32::try_from(cpu).unwrap_or(u32::MAX), b)
-        })
+        }) || self.holds.iter().any(|(_, cpu, res)| holds(cpu, res))
     }
 
     /// "no other node has room now (node 2: 0 of 1 CPU free, ...)" for work that could have
@@ -453,6 +453,9 @@ impl Scheduler {
             let Some(head) = w.queue.front().and_then(|t| self.tasks.get(t)) else { continue };
             add(2, head.spec.name.clone(), amount_in(&w.res_held, w.cpu_held));
         }
+        for (key, cpu, res) in self.holds.iter() {
+            add(3, key.to_string(), amount_in(res, cpu));
+        }
         let mut list: Vec<((u8, String), (usize, u64))> = by.into_iter().collect();
         list.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
         list.into_iter()
@@ -460,6 +463,7 @@ impl Scheduler {
                 0 if n > 1 => format!("actor '{label}' ({n} of them)"),
                 0 => format!("actor '{label}'"),
                 1 => format!("placement group {label}"),
+                3 => label, // "job 'id'", as its holder named itself
                 _ if n > 1 => format!("task '{label}' ({n} running)"),
                 _ => format!("task '{label}'"),
             })
