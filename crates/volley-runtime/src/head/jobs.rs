@@ -15,7 +15,7 @@
 //! process is the job's `driver_pid` is that job's (`JobRow::driver_node`), and is not listed
 //! as a job of its own (see `Head::job_rows`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
@@ -60,7 +60,14 @@ pub struct Jobs {
     /// Where a running job's entrypoint resources are held: the head's node's scheduler (see
     /// [`Jobs::set_holder`]).
     holder: OnceLock<Arc<dyn EntrypointHolder>>,
+    /// Every change of a job's row since the history writer last took them (bounded: see
+    /// [`Jobs::take_changes`]), so that a job that starts and ends between two of its rounds
+    /// is still written as it went.
+    changes: Mutex<VecDeque<JobRow>>,
 }
+
+/// The most job changes kept for the history writer (the oldest go first).
+const MAX_CHANGES: usize = 10_000;
 
 /// Holds a job's entrypoint resources on the head's node while its driver runs, taken from
 /// the pool tasks use (so tasks wait while a job holds the CPU), as Ray reserves them.
@@ -727,7 +734,19 @@ impl Jobs {
         Some(job.row.job_id.clone())
     }
 
+    /// The changes of jobs' rows since the last call, oldest first (see `changes`).
+    pub fn take_changes(&self) -> Vec<JobRow> {
+        self.changes.lock().drain(..).collect()
+    }
+
     fn persist(&self, row: &JobRow) {
+        {
+            let mut changes = self.changes.lock();
+            if changes.len() >= MAX_CHANGES {
+                changes.pop_front();
+            }
+            changes.push_back(row.clone());
+        }
         if let Some(cfg) = self.cfg.get() {
             if let Err(e) = write_row(&cfg.dir, row) {
                 crate::diag::event!(Warn, "volley: could not record job {}: {e}", row.job_id);

@@ -232,6 +232,12 @@ impl Head {
     /// Every job as the state API lists it (`job` rows): the submitted jobs, and the driver
     /// sessions that are no submitted job's (by node id, with no entrypoint; one that left
     /// reads SUCCEEDED: the head sees a driver leave, not how it ended), oldest first.
+    /// The changes of submitted jobs' rows since the last call, oldest first (the history
+    /// writes each, not only the last state it saw).
+    pub fn take_job_changes(&self) -> Vec<JobRow> {
+        self.jobs.take_changes()
+    }
+
     pub fn job_rows(&self) -> Vec<JobRow> {
         let mut rows = self.jobs.rows();
         for s in self.jobs() {

@@ -114,7 +114,9 @@ pub(crate) fn start(
             let (mut t, mut a) = shared.head.tables.take_history();
             shared.head.tables.name_jobs_in(&mut t);
             shared.head.tables.name_jobs_in(&mut a);
-            let mut rows = shared.head.job_rows();
+            // Each change since the last round, then the rows as they are now.
+            let mut rows = shared.head.take_job_changes();
+            rows.extend(shared.head.job_rows());
             if last && shared.links.get().is_none() {
                 // A lone driver shutting down: its session ends here (as a head sees a
                 // driver leave, SUCCEEDED); one that was killed stays RUNNING in the files.
