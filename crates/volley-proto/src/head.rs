@@ -106,6 +106,11 @@ pub enum HeadRequest {
     /// A state API query the head answers from its tables (tasks, actors, placement groups,
     /// jobs, nodes); answered `State`.
     State(crate::StateQuery),
+    /// Node `node` of the actor just created this named actor: the head lists it at once, so
+    /// `get_actor` from any node finds it as soon as its creation returned (the node's next
+    /// heartbeat would list it a beat later); answered `Stored` (false: another node's actor
+    /// holds the name).
+    NameCreated(NamedActor),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -151,6 +156,7 @@ impl HeadRequest {
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }
             | HeadRequest::ReleaseName { .. }
+            | HeadRequest::NameCreated(_)
             | HeadRequest::JobStatus { .. }
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList

@@ -497,3 +497,36 @@ fn detached_actors_without_a_name_are_listed_by_id() {
     h.leave(a);
     assert!(h.named_actors().is_empty());
 }
+
+/// A named actor its node reports as the creation returns is listed at once; a heartbeat of
+/// that node built before the creation (arriving after the report) does not unlist it, and
+/// the first heartbeat that lists it hands the name over to the heartbeats.
+#[test]
+fn a_name_reported_at_creation_is_listed_at_once_and_outlives_an_older_heartbeat() {
+    let h = head();
+    let b = h.join(info("b:1", false));
+    let c = h.join(info("c:1", false));
+    let lookup = |h: &Head| match h
+        .serve(HeadRequest::LookupName { namespace: "ns".into(), name: "x".into() })
+    {
+        HeadAnswer::Named(found) => found.map(|n| n.node),
+        other => panic!("a lookup answer, not {other:?}"),
+    };
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+    assert_eq!(lookup(&h), None, "a claim is no listing");
+    let x = NamedActor { node: b, ..actor("x") };
+    assert!(stored(h.serve(HeadRequest::NameCreated(x.clone()))));
+    assert_eq!(lookup(&h), Some(b), "listed as the creation returns");
+    h.beat(b, info("b:1", false)); // Built before the creation.
+    assert_eq!(lookup(&h), Some(b), "an older heartbeat does not unlist it");
+    // Another node can neither take the name nor report an actor of its own under it.
+    assert_eq!(h.reserve_name("ns", "x", c), Reservation::Taken);
+    assert!(!stored(h.serve(HeadRequest::NameCreated(NamedActor { node: c, ..actor("x") }))));
+    assert!(!stored(h.serve(HeadRequest::NameCreated(NamedActor { node: b, ..actor("") }))));
+    // b's heartbeat lists it: from then on b's heartbeats decide, and the next says it died.
+    h.beat(b, NodeSnapshot { named: vec![x.clone()], ..info("b:1", false) });
+    assert_eq!(lookup(&h), Some(b));
+    h.beat(b, info("b:1", false));
+    assert_eq!(lookup(&h), None, "gone with the first heartbeat that no longer lists it");
+    assert_eq!(h.reserve_name("ns", "x", c), Reservation::Reserved);
+}
