@@ -282,8 +282,6 @@ def test_a_head_that_never_answers_is_an_error_that_names_it(tmp_path):
     c.env["VOLLEY_TEST_HEAD_STALL_MS"] = "60000"
     try:
         c.start(True, "127.0.0.1")
-        env = dict(c.env, VOLLEY_HEAD_TIMEOUT_S="1")
-        del env["VOLLEY_TEST_HEAD_STALL_MS"]
         code = (
             "import time, volley\n"
             "from volley import library\n"
@@ -294,13 +292,23 @@ def test_a_head_that_never_answers_is_an_error_that_names_it(tmp_path):
             "except ConnectionError as e:\n"
             "    print('AFTER', round(time.monotonic() - t0, 1), 'ERROR', e, flush=True)\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert out.returncode == 0, out.stderr
-        assert "ERROR" in out.stdout, out.stdout
-        after = float(out.stdout.split()[1])
-        assert after < 10, out.stdout  # 1 s and a connection, not 30 s or the head's 60 s
-        assert f"the head at {c.head}: no answer within 1.0 s" in out.stdout, out.stdout
+
+        def ask(timeout: str) -> tuple[float, str]:
+            env = dict(c.env, VOLLEY_HEAD_TIMEOUT_S=timeout)
+            del env["VOLLEY_TEST_HEAD_STALL_MS"]
+            out = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 0, out.stderr
+            assert "ERROR" in out.stdout, out.stdout
+            return float(out.stdout.split()[1]), out.stdout
+
+        after, out = ask("1")
+        assert after < 10, out  # 1 s and a connection, not 30 s or the head's 60 s
+        assert f"the head at {c.head}: no answer within 1.0 s" in out, out
+        # A limit that is no number is said so, at once.
+        after, out = ask("soon")
+        assert after < 5, out
+        assert 'VOLLEY_HEAD_TIMEOUT_S must be a positive number of seconds, not "soon"' in out
     finally:
         c.stop()

@@ -898,9 +898,9 @@ fn report_created(shared: &Shared, answer: &ActorAnswer) {
 }
 
 /// The actor another node holds the name of, for `get_if_exists`: a route to it and a
-/// reference for `holder`. A name only claimed so far is listed with its node's next
-/// heartbeat, so the head is asked again for a few seconds; `None` if it never shows up (the
-/// creation failed there).
+/// reference for `holder`. A name only claimed so far is listed once its creation returns
+/// there (or with a heartbeat of the node hosting it), so the head is asked again for a few
+/// seconds; `None` if it never shows up (the creation failed there).
 fn existing(shared: &Shared, holder: Holder, namespace: &str, name: &str) -> Option<ActorAnswer> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

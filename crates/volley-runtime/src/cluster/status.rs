@@ -39,15 +39,24 @@ pub fn cluster_status(
 /// How long a member waits for the head's answer to a [`HeadRequest`].
 const HEAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// [`HEAD_ANSWER_TIMEOUT`], or `VOLLEY_HEAD_TIMEOUT_S` seconds (a positive number) if set: a
-/// cluster whose head answers slowly on purpose (huge state queries) can wait longer, a test
-/// shorter.
-fn head_answer_timeout() -> Duration {
-    std::env::var("VOLLEY_HEAD_TIMEOUT_S")
+/// [`HEAD_ANSWER_TIMEOUT`], or `VOLLEY_HEAD_TIMEOUT_S` seconds if set: a cluster whose head
+/// answers slowly on purpose (huge state queries) can wait longer, a test shorter. A value that
+/// is no positive number is an error (each question to the head says so), not a silent 30 s.
+fn head_answer_timeout() -> Result<Duration, RuntimeError> {
+    let Some(v) = std::env::var_os("VOLLEY_HEAD_TIMEOUT_S") else {
+        return Ok(HEAD_ANSWER_TIMEOUT);
+    };
+    let v = v.to_string_lossy();
+    v.trim()
+        .parse::<f64>()
         .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(HEAD_ANSWER_TIMEOUT, Duration::from_secs_f64)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            RuntimeError::Connect(format!(
+                "VOLLEY_HEAD_TIMEOUT_S must be a positive number of seconds, not {v:?}"
+            ))
+        })
 }
 
 /// Asks the head at `addr` one [`HeadRequest`] (a member's node does, for its driver and tasks).
@@ -59,10 +68,10 @@ pub fn ask_head(
     tls: Option<&TlsConfig>,
     req: HeadRequest,
 ) -> Result<HeadAnswer, RuntimeError> {
+    let timeout = head_answer_timeout()?;
     let mut s = connect(addr, token, tls)?;
     // A head that took the connection but never answers (stopped, wedged) is an error here,
     // not a driver hung in `kv_get`.
-    let timeout = head_answer_timeout();
     s.set_read_timeout(Some(timeout))?;
     send(&mut s, &PeerMsg::Head(req))?;
     let mut r = FrameReader::new(&s);
