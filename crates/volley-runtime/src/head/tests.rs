@@ -393,6 +393,66 @@ fn names_are_claimed_at_the_head_once() {
     assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
 }
 
+/// The creation of an actor of class `class` named `name` in namespace "ns", as task `task`.
+fn creation(
+    class: volley_proto::FunctionId,
+    name: &str,
+    task: u128,
+    get_if_exists: bool,
+) -> volley_proto::TaskSpec {
+    let opts = volley_proto::ActorOptions {
+        class_name: "A".into(),
+        name: Some(name.into()),
+        namespace: "ns".into(),
+        get_if_exists,
+        ..Default::default()
+    };
+    volley_proto::TaskSpec {
+        task_id: volley_proto::TaskId(task),
+        function: class,
+        name: "A".into(),
+        args: Default::default(),
+        deps: Vec::new(),
+        num_returns: 1,
+        options: Default::default(),
+        actor: volley_proto::ActorPart::Create(Box::new(opts)),
+    }
+}
+
+/// Over real sockets, with heartbeats a minute apart: a named actor one node creates is found
+/// from another node as soon as the creation returned (its node told the head then; no
+/// heartbeat could have listed it yet).
+#[test]
+fn a_named_actor_is_found_from_another_node_as_soon_as_its_creation_returns() {
+    let dir = std::env::temp_dir().join(format!("volley-head-created-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-created-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        heartbeat: Duration::from_secs(60),
+        dead_after: Duration::from_secs(300),
+        ..test_cluster_config(&token, listen, head, driver)
+    };
+    let first = node(&dir, 8 << 20);
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    let host = node(&dir, 8 << 20);
+    host.join_cluster(cfg(None, Some(addr.clone()), false)).expect("a member joins");
+    let asker = node(&dir, 8 << 20);
+    asker.join_cluster(cfg(None, Some(addr), true)).expect("a driver joins");
+    let class = volley_proto::FunctionId([9; 16]);
+    host.register_function(class, b"class bytes");
+    let made = host.actor(ActorRequest::Create(Box::new(creation(class, "fresh", 77, false))));
+    let ActorAnswer::Found { actor, created: true, .. } = made else { panic!("created: {made:?}") };
+    let found = asker.actor(ActorRequest::Lookup { name: "fresh".into(), namespace: "ns".into() });
+    assert!(
+        matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
+        "found from another node at once: {found:?}"
+    );
+    for n in [asker, host, first] {
+        n.shutdown(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Over real sockets: two drivers' nodes create an actor of one name at once, many times;
 /// exactly one creation succeeds each time, the other gets the duplicate-name error.
 #[test]
@@ -414,24 +474,7 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
         n.register_function(class, b"class bytes");
     }
     let create_or_get = |n: &crate::Node, name: &str, task: u128, get_if_exists: bool| {
-        let opts = volley_proto::ActorOptions {
-            class_name: "A".into(),
-            name: Some(name.into()),
-            namespace: "ns".into(),
-            get_if_exists,
-            ..Default::default()
-        };
-        let spec = volley_proto::TaskSpec {
-            task_id: volley_proto::TaskId(task),
-            function: class,
-            name: "A".into(),
-            args: Default::default(),
-            deps: Vec::new(),
-            num_returns: 1,
-            options: Default::default(),
-            actor: volley_proto::ActorPart::Create(Box::new(opts)),
-        };
-        n.actor(ActorRequest::Create(Box::new(spec)))
+        n.actor(ActorRequest::Create(Box::new(creation(class, name, task, get_if_exists))))
     };
     let create = |n: &crate::Node, name: &str, task: u128| create_or_get(n, name, task, false);
     let mut winners = Vec::new();
