@@ -8,9 +8,9 @@
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
 //! heartbeat, and goes when its node does; a named actor's node also reports it as its creation
-//! returns (`HeadRequest::NameCreated`), so it is listed at once. A node resolves a name it does not host itself
-//! through the head (`HeadRequest::LookupName`), so a driver finds an actor that another
-//! driver named on another node as soon as the head has it, not a view later.
+//! returns (`HeadRequest::NameCreated`), so it is listed at once. A node resolves a name it does
+//! not host itself through the head (`HeadRequest::LookupName`), so a driver finds an actor that
+//! another driver named on another node as soon as the head has it, not a view later.
 //!
 //! Nodes, drivers and tasks read the directory and use the key-value table with a
 //! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
