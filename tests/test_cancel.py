@@ -306,6 +306,33 @@ def test_cancelling_tasks_just_sent_interrupts_every_one(tmp_path):
     assert "ok" in out, err
 
 
+@volley.remote
+def outlives_one_interrupt(path):
+    """Swallows the first KeyboardInterrupt, as a task whose interrupt was lost does."""
+    open(path, "w").close()
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        pass
+    time.sleep(60)
+    return "slept through"
+
+
+def test_a_cancelled_task_that_outlives_its_interrupt_is_interrupted_again(tmp_path):
+    # One SIGINT can be lost: CPython may drop one that lands while the task's thread takes the
+    # GIL back, or just before a blocking call. The worker interrupts a cancelled task again
+    # (every second) until it ends; a task that swallows its first interrupt stands for a lost
+    # one here. Before, it slept its 60 s and the get below timed out.
+    started = tmp_path / "started"
+    ref = outlives_one_interrupt.remote(str(started))
+    assert poll(started.exists, timeout=30), "the task never started"
+    t0 = time.monotonic()
+    volley.cancel(ref)
+    with pytest.raises(volley.TaskCancelledError):
+        volley.get(ref, timeout=20)
+    assert time.monotonic() - t0 < 20
+
+
 def test_a_function_whose_first_load_failed_loads_for_the_next_task(tmp_path):
     # One worker: the function's bytes go to it with the first task only. A first load that
     # fails (as when a cancel's interrupt lands while it imports) must not leave the worker

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import poll
@@ -265,16 +264,51 @@ def test_tasks_on_several_nodes_racing_for_a_name_exactly_one_wins(head_cluster)
     results = volley.get([make.remote(i) for i in range(6)], timeout=60)
     assert [r for r, _ in results].count("WON") == 1, results
     assert all("already exists" in msg for r, msg in results if r == "TAKEN"), results
-    # The winner's node lists the actor at the head with its next heartbeat (a claim is not a
-    # listing yet): until then get_actor from this driver's node says no such name.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            leader = volley.get_actor("task-leader", namespace="tasks-race")
-            break
-        except ValueError:
-            assert time.monotonic() < deadline, "the head never listed the winner"
-            time.sleep(0.05)
+    # The winner's node told the head of the actor as its creation returned (it did not wait
+    # for its next heartbeat): get_actor from this driver's node finds it at once.
+    leader = volley.get_actor("task-leader", namespace="tasks-race")
     again = Holder.options(name="task-leader", namespace="tasks-race", get_if_exists=True).remote()
     assert volley.get(again.node.remote()) == volley.get(leader.node.remote())
     volley.kill(leader)
+
+
+def test_a_head_that_never_answers_is_an_error_that_names_it(tmp_path):
+    """A head that takes a member's question and then says nothing (stopped, wedged) makes the
+    question fail after the answer timeout (30 s; ``VOLLEY_HEAD_TIMEOUT_S`` here), with an
+    error that names the head's address, rather than hang the driver."""
+    from test_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    c.env["VOLLEY_TEST_HEAD_STALL_MS"] = "60000"
+    try:
+        c.start(True, "127.0.0.1")
+        code = (
+            "import time, volley\n"
+            "from volley import library\n"
+            f"volley.init(address={c.head!r}, token={c.token!r})\n"
+            "t0 = time.monotonic()\n"
+            "try:\n"
+            "    library.kv_get('k')\n"
+            "except ConnectionError as e:\n"
+            "    print('AFTER', round(time.monotonic() - t0, 1), 'ERROR', e, flush=True)\n"
+        )
+
+        def ask(timeout: str) -> tuple[float, str]:
+            env = dict(c.env, VOLLEY_HEAD_TIMEOUT_S=timeout)
+            del env["VOLLEY_TEST_HEAD_STALL_MS"]
+            out = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 0, out.stderr
+            assert "ERROR" in out.stdout, out.stdout
+            return float(out.stdout.split()[1]), out.stdout
+
+        after, out = ask("1")
+        assert after < 10, out  # 1 s and a connection, not 30 s or the head's 60 s
+        assert f"the head at {c.head}: no answer within 1.0 s" in out, out
+        # A limit that is no number is said so, at once.
+        after, out = ask("soon")
+        assert after < 5, out
+        assert 'VOLLEY_HEAD_TIMEOUT_S must be a positive number of seconds, not "soon"' in out
+    finally:
+        c.stop()

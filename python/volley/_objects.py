@@ -270,9 +270,10 @@ CANCEL_WAIT_S = 2.0
 def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     """Cancels the task behind ``ref``; its ``get`` then raises ``TaskCancelledError``.
 
-    A task still waiting is dropped. A running task gets a ``KeyboardInterrupt``; with
-    ``force=True`` its worker process is killed instead (and replaced). A finished task is left
-    alone.
+    A task still waiting is dropped. A running task gets a ``KeyboardInterrupt``, and another
+    each second while it still runs (CPython can lose a signal that lands at the wrong moment;
+    a task that catches the first one gets the next); with ``force=True`` its worker process is
+    killed instead (and replaced). A finished task is left alone.
 
     When the task was sent to another node (or ``cancel`` is called inside a task), the
     request travels there: ``cancel`` waits until the task's ref is ready, up to

@@ -43,7 +43,7 @@ pub struct Refusal {
 }
 
 /// A named actor as the cluster's directory lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedActor {
     pub namespace: String,
     pub name: String,

@@ -119,6 +119,11 @@ pub enum HeadRequest {
     /// Relay a question to one node of the cluster (`volley logs --node N` from outside it);
     /// answered `Node` with that node's answer (or its `Error` when it cannot be reached).
     NodeAsk(crate::NodeAsk),
+    /// Node `node` of the actor just created this named actor: the head lists it at once, so
+    /// `get_actor` from any node finds it as soon as its creation returned (the node's next
+    /// heartbeat would list it a beat later); answered `Stored` (false: another node's actor
+    /// holds the name).
+    NameCreated(NamedActor),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -167,6 +172,7 @@ impl HeadRequest {
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }
             | HeadRequest::ReleaseName { .. }
+            | HeadRequest::NameCreated(_)
             | HeadRequest::JobStatus { .. }
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList

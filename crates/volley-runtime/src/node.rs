@@ -314,6 +314,7 @@ impl Node {
                 if let (ActorAnswer::Error(_), Ok(Some(release))) = (&answer, claim) {
                     self.shared.ask_head(release);
                 }
+                report_created(&self.shared, &answer);
                 return answer;
             }
             _ => {}
@@ -667,7 +668,10 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
                     }
                     Err(e) => Err(e),
                 };
-                match msg.map_err(|e| e.to_string()).and_then(|m| prepare(&shared, wid, m)) {
+                match msg
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| prepare(&shared, wid, m, &mut batch))
+                {
                     Ok(Some(m)) => batch.push(m),
                     Ok(None) => {}
                     Err(e) => {
@@ -739,6 +743,7 @@ fn prepare(
     shared: &Arc<Shared>,
     w: WorkerId,
     mut msg: WorkerToNode,
+    batch: &mut Vec<WorkerToNode>,
 ) -> Result<Option<WorkerToNode>, String> {
     match &mut msg {
         WorkerToNode::Done { task, result: TaskResult::Ok(values) } => {
@@ -779,17 +784,36 @@ fn prepare(
         {
             // A name is claimed at the head before the scheduler sees the creation, here in
             // the reader so that the worker's messages keep their order (a named creation is
-            // rare, and a round trip). A claim for a creation that then fails lapses.
-            if let Err(answer) = claim_name(shared, Holder::Worker(w), spec) {
-                let answer = *answer;
-                let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
-                    .map_err(|e| e.to_string())?;
-                let conn = shared.state.lock().conns.get(&w).cloned();
-                if let Some(c) = conn {
-                    let _ = c.send(&reply);
+            // rare, and a round trip).
+            let named =
+                matches!(&spec.actor, volley_proto::ActorPart::Create(o) if o.name.is_some());
+            let answer = match claim_name(shared, Holder::Worker(w), spec) {
+                Err(answer) => *answer,
+                Ok(_) if !named => return Ok(Some(msg)),
+                Ok(claim) => {
+                    // Created here, after the messages before it (the class's registration),
+                    // so that the head lists the actor before the worker hears it exists.
+                    let (h, spec) = (Holder::Worker(w), spec.clone());
+                    let answer = shared.with(|st, out| {
+                        for m in batch.drain(..) {
+                            apply(&mut st.sched, w, m, out);
+                        }
+                        actor_request(&mut st.sched, h, ActorRequest::Create(spec), out)
+                    });
+                    if let (ActorAnswer::Error(_), Some(release)) = (&answer, claim) {
+                        shared.ask_head(release);
+                    }
+                    report_created(shared, &answer);
+                    answer
                 }
-                return Ok(None);
+            };
+            let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
+                .map_err(|e| e.to_string())?;
+            let conn = shared.state.lock().conns.get(&w).cloned();
+            if let Some(c) = conn {
+                let _ = c.send(&reply);
             }
+            return Ok(None);
         }
         WorkerToNode::Actor { req, request: ActorRequest::Lookup { name, namespace } }
             if shared.links.get().is_some() =>
@@ -861,10 +885,24 @@ fn claim_name(
     }
 }
 
+/// In a cluster, tells the head of a named actor this node just created (`answer`), as its
+/// next heartbeat would list it, so that `get_actor` on any node finds it as soon as the
+/// creation returned rather than a heartbeat later. Without an answer from the head, that
+/// heartbeat lists it.
+fn report_created(shared: &Shared, answer: &ActorAnswer) {
+    let ActorAnswer::Found { actor, created: true, .. } = answer else { return };
+    if shared.links.get().is_none() {
+        return; // Alone: this node's scheduler answers every lookup.
+    }
+    if let Some(entry) = shared.with(|st, _| st.sched.named_entry(*actor)) {
+        shared.ask_head(HeadRequest::NameCreated(entry));
+    }
+}
+
 /// The actor another node holds the name of, for `get_if_exists`: a route to it and a
-/// reference for `holder`. A name only claimed so far is listed with its node's next
-/// heartbeat, so the head is asked again for a few seconds; `None` if it never shows up (the
-/// creation failed there).
+/// reference for `holder`. A name only claimed so far is listed once its creation returns
+/// there (or with a heartbeat of the node hosting it), so the head is asked again for a few
+/// seconds; `None` if it never shows up (the creation failed there).
 fn existing(shared: &Shared, holder: Holder, namespace: &str, name: &str) -> Option<ActorAnswer> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

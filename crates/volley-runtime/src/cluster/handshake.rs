@@ -440,6 +440,7 @@ impl Cluster {
             PeerMsg::Head(req) if self.head.is_some() => {
                 // A question for the head: one answer (workers and objects asked of every
                 // node, see `node_ask`).
+                stall_for_tests();
                 let answer = self.answer_head(req);
                 let _ = send(&mut s, &PeerMsg::HeadReply(answer));
             }
@@ -455,6 +456,18 @@ impl Cluster {
                 let _ = send(&mut s, &PeerMsg::Refused { reason });
             }
         }
+    }
+}
+
+/// `VOLLEY_TEST_HEAD_STALL_MS`: a head that takes a member's question and then says nothing for
+/// that long, as a stopped or wedged one does (tests of the member's answer timeout).
+fn stall_for_tests() {
+    static STALL: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let stall = STALL.get_or_init(|| {
+        std::env::var("VOLLEY_TEST_HEAD_STALL_MS").ok()?.parse().ok().map(Duration::from_millis)
+    });
+    if let Some(d) = stall {
+        std::thread::sleep(*d);
     }
 }
 

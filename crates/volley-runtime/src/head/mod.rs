@@ -7,9 +7,10 @@
 //! joins, beats or leaves, and a node that runs alone is its own head. The directory is fed from
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
-//! heartbeat, and goes when its node does. A node resolves a name it does not host itself
-//! through the head (`HeadRequest::LookupName`), so a driver finds an actor that another
-//! driver named on another node as soon as the head has it, not a view later.
+//! heartbeat, and goes when its node does; a named actor's node also reports it as its creation
+//! returns (`HeadRequest::NameCreated`), so it is listed at once. A node resolves a name it does
+//! not host itself through the head (`HeadRequest::LookupName`), so a driver finds an actor that
+//! another driver named on another node as soon as the head has it, not a view later.
 //!
 //! Nodes, drivers and tasks read the directory and use the key-value table with a
 //! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
@@ -171,6 +172,9 @@ impl Head {
         {
             let mut dir = self.dir.lock();
             let dir = dir.as_mut();
+            // A name its node reported at creation (`name_created`) stays listed until a
+            // heartbeat lists it too: this one may have been built before the creation.
+            let claimed = self.claims_of(id, &info);
             for a in dir.actors() {
                 // A detached actor without a name is told from others by its id.
                 let kept = info.named.iter().any(|n| {
@@ -178,7 +182,8 @@ impl Head {
                         && n.name == a.name
                         && (!a.name.is_empty() || n.actor == a.actor)
                 });
-                if a.node == id && !kept {
+                let key = (a.namespace.clone(), a.name.clone());
+                if a.node == id && !kept && !claimed.contains(&key) {
                     dir.remove_actor(&a.namespace, &store::directory_name(&a));
                 }
             }
@@ -195,6 +200,20 @@ impl Head {
             }
         }
         self.members.lock().nodes.insert(id, (info, Instant::now()));
+    }
+
+    /// The names node `id` holds a fresh claim on; the claims of those its heartbeat `info`
+    /// lists end (the listing holds the name from now on).
+    fn claims_of(&self, id: NodeId, info: &NodeSnapshot) -> Vec<(String, String)> {
+        let mut reserved = self.reserved.lock();
+        if reserved.is_empty() {
+            return Vec::new();
+        }
+        reserved.retain(|key, (owner, at)| {
+            let listed = info.named.iter().any(|n| n.namespace == key.0 && n.name == key.1);
+            at.elapsed() < RESERVATION && !(*owner == id && listed)
+        });
+        reserved.iter().filter(|(_, (owner, _))| *owner == id).map(|(k, _)| k.clone()).collect()
     }
 
     // ------------------------------------------------------------------ directory
@@ -301,6 +320,7 @@ impl Head {
             HeadRequest::ReleaseName { namespace, name, node } => {
                 HeadAnswer::Deleted(self.release_name(&namespace, &name, node))
             }
+            HeadRequest::NameCreated(actor) => HeadAnswer::Stored(self.name_created(actor)),
             HeadRequest::State(q) => match self.serve_state(&q) {
                 Ok(a) => HeadAnswer::State(a),
                 Err(why) => HeadAnswer::Error(why),
@@ -353,8 +373,8 @@ impl Head {
 
     /// Claims (`namespace`, `name`) for an actor node `node` is about to create. Checked and
     /// claimed under one lock, so of racing nodes exactly one gets `Reserved`; a claim ends
-    /// when the actor shows up in the directory (then its entry holds the name until it
-    /// dies), when released, or after [`RESERVATION`].
+    /// when a heartbeat of its node lists the actor (then that entry holds the name until the
+    /// actor dies), when released, or after [`RESERVATION`].
     pub fn reserve_name(&self, namespace: &str, name: &str, node: NodeId) -> Reservation {
         let dir = self.dir.lock();
         let key = (namespace.to_string(), name.to_string());
@@ -362,7 +382,6 @@ impl Head {
         let mut reserved = self.reserved.lock();
         reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
         if let Some(a) = listed {
-            reserved.remove(&key);
             return if a.node == node { Reservation::Mine } else { Reservation::Taken };
         }
         match reserved.get(&key) {
@@ -373,6 +392,30 @@ impl Head {
                 Reservation::Reserved
             }
         }
+    }
+
+    /// Lists a named actor its node (`actor.node`) just created, without waiting for that
+    /// node's next heartbeat; false if another node holds the name (its actor, or its claim).
+    /// The name stays claimed for the node a while, so that a heartbeat built before the
+    /// creation does not unlist it (see `record`).
+    pub fn name_created(&self, actor: NamedActor) -> bool {
+        if actor.name.is_empty() {
+            return false; // Only named actors are looked up by name.
+        }
+        let mut dir = self.dir.lock();
+        let key = (actor.namespace.clone(), actor.name.clone());
+        let listed = dir.actors().into_iter().find(|a| a.namespace == key.0 && a.name == key.1);
+        if listed.is_some_and(|a| a.node != actor.node) {
+            return false;
+        }
+        let mut reserved = self.reserved.lock();
+        reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
+        if reserved.get(&key).is_some_and(|(owner, _)| *owner != actor.node) {
+            return false;
+        }
+        reserved.insert(key, (actor.node, Instant::now()));
+        dir.put_actor(actor);
+        true
     }
 
     /// Gives back a claim of node `node`; whether there was one.

@@ -396,6 +396,66 @@ fn names_are_claimed_at_the_head_once() {
     assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
 }
 
+/// The creation of an actor of class `class` named `name` in namespace "ns", as task `task`.
+fn creation(
+    class: volley_proto::FunctionId,
+    name: &str,
+    task: u128,
+    get_if_exists: bool,
+) -> volley_proto::TaskSpec {
+    let opts = volley_proto::ActorOptions {
+        class_name: "A".into(),
+        name: Some(name.into()),
+        namespace: "ns".into(),
+        get_if_exists,
+        ..Default::default()
+    };
+    volley_proto::TaskSpec {
+        task_id: volley_proto::TaskId(task),
+        function: class,
+        name: "A".into(),
+        args: Default::default(),
+        deps: Vec::new(),
+        num_returns: 1,
+        options: Default::default(),
+        actor: volley_proto::ActorPart::Create(Box::new(opts)),
+    }
+}
+
+/// Over real sockets, with heartbeats a minute apart: a named actor one node creates is found
+/// from another node as soon as the creation returned (its node told the head then; no
+/// heartbeat could have listed it yet).
+#[test]
+fn a_named_actor_is_found_from_another_node_as_soon_as_its_creation_returns() {
+    let dir = std::env::temp_dir().join(format!("volley-head-created-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-created-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        heartbeat: Duration::from_secs(60),
+        dead_after: Duration::from_secs(300),
+        ..test_cluster_config(&token, listen, head, driver)
+    };
+    let first = node(&dir, 8 << 20);
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    let host = node(&dir, 8 << 20);
+    host.join_cluster(cfg(None, Some(addr.clone()), false)).expect("a member joins");
+    let asker = node(&dir, 8 << 20);
+    asker.join_cluster(cfg(None, Some(addr), true)).expect("a driver joins");
+    let class = volley_proto::FunctionId([9; 16]);
+    host.register_function(class, b"class bytes");
+    let made = host.actor(ActorRequest::Create(Box::new(creation(class, "fresh", 77, false))));
+    let ActorAnswer::Found { actor, created: true, .. } = made else { panic!("created: {made:?}") };
+    let found = asker.actor(ActorRequest::Lookup { name: "fresh".into(), namespace: "ns".into() });
+    assert!(
+        matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
+        "found from another node at once: {found:?}"
+    );
+    for n in [asker, host, first] {
+        n.shutdown(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Over real sockets: two drivers' nodes create an actor of one name at once, many times;
 /// exactly one creation succeeds each time, the other gets the duplicate-name error.
 #[test]
@@ -417,24 +477,7 @@ fn two_drivers_racing_for_a_name_over_tcp_exactly_one_wins() {
         n.register_function(class, b"class bytes");
     }
     let create_or_get = |n: &crate::Node, name: &str, task: u128, get_if_exists: bool| {
-        let opts = volley_proto::ActorOptions {
-            class_name: "A".into(),
-            name: Some(name.into()),
-            namespace: "ns".into(),
-            get_if_exists,
-            ..Default::default()
-        };
-        let spec = volley_proto::TaskSpec {
-            task_id: volley_proto::TaskId(task),
-            function: class,
-            name: "A".into(),
-            args: Default::default(),
-            deps: Vec::new(),
-            num_returns: 1,
-            options: Default::default(),
-            actor: volley_proto::ActorPart::Create(Box::new(opts)),
-        };
-        n.actor(ActorRequest::Create(Box::new(spec)))
+        n.actor(ActorRequest::Create(Box::new(creation(class, name, task, get_if_exists))))
     };
     let create = |n: &crate::Node, name: &str, task: u128| create_or_get(n, name, task, false);
     let mut winners = Vec::new();
@@ -499,4 +542,37 @@ fn detached_actors_without_a_name_are_listed_by_id() {
     assert_eq!(ids, vec![2, 7]);
     h.leave(a);
     assert!(h.named_actors().is_empty());
+}
+
+/// A named actor its node reports as the creation returns is listed at once; a heartbeat of
+/// that node built before the creation (arriving after the report) does not unlist it, and
+/// the first heartbeat that lists it hands the name over to the heartbeats.
+#[test]
+fn a_name_reported_at_creation_is_listed_at_once_and_outlives_an_older_heartbeat() {
+    let h = head();
+    let b = h.join(info("b:1", false));
+    let c = h.join(info("c:1", false));
+    let lookup = |h: &Head| match h
+        .serve(HeadRequest::LookupName { namespace: "ns".into(), name: "x".into() })
+    {
+        HeadAnswer::Named(found) => found.map(|n| n.node),
+        other => panic!("a lookup answer, not {other:?}"),
+    };
+    assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
+    assert_eq!(lookup(&h), None, "a claim is no listing");
+    let x = NamedActor { node: b, ..actor("x") };
+    assert!(stored(h.serve(HeadRequest::NameCreated(x.clone()))));
+    assert_eq!(lookup(&h), Some(b), "listed as the creation returns");
+    h.beat(b, info("b:1", false)); // Built before the creation.
+    assert_eq!(lookup(&h), Some(b), "an older heartbeat does not unlist it");
+    // Another node can neither take the name nor report an actor of its own under it.
+    assert_eq!(h.reserve_name("ns", "x", c), Reservation::Taken);
+    assert!(!stored(h.serve(HeadRequest::NameCreated(NamedActor { node: c, ..actor("x") }))));
+    assert!(!stored(h.serve(HeadRequest::NameCreated(NamedActor { node: b, ..actor("") }))));
+    // b's heartbeat lists it: from then on b's heartbeats decide, and the next says it died.
+    h.beat(b, NodeSnapshot { named: vec![x.clone()], ..info("b:1", false) });
+    assert_eq!(lookup(&h), Some(b));
+    h.beat(b, info("b:1", false));
+    assert_eq!(lookup(&h), None, "gone with the first heartbeat that no longer lists it");
+    assert_eq!(h.reserve_name("ns", "x", c), Reservation::Reserved);
 }

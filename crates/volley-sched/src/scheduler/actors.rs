@@ -364,28 +364,37 @@ impl Scheduler {
 
     /// Named actors this node hosts (for the cluster's directory).
     pub fn named_actors(&self) -> Vec<volley_proto::NamedActor> {
-        let node = self.peers.node_id().unwrap_or(NodeId(0));
-        let mut v: Vec<volley_proto::NamedActor> = self
-            .actors
-            .iter()
-            .filter(|(_, a)| !a.proxy && a.remote.is_none() && a.life != Life::Dead)
-            .filter_map(|(aid, a)| {
-                let o = a.opts();
-                // A detached actor without a name is listed too, with an empty name (the head
-                // keeps named ones only): `volley status` showed it nowhere.
-                let name = o.name.clone().or_else(|| o.detached.then(String::new))?;
-                Some(volley_proto::NamedActor {
-                    namespace: o.namespace.clone(),
-                    name,
-                    actor: *aid,
-                    node,
-                    class: o.class_name.clone(),
-                    meta: o.meta.clone(),
-                })
-            })
-            .collect();
+        let mut v: Vec<volley_proto::NamedActor> =
+            self.actors.iter().filter_map(|(aid, a)| self.listing(*aid, a)).collect();
         v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         v
+    }
+
+    /// Actor `aid`'s entry in [`Scheduler::named_actors`] if it has a name: what this node
+    /// reports to the head as the actor's creation returns, before a heartbeat lists it.
+    pub fn named_entry(&self, aid: ActorId) -> Option<volley_proto::NamedActor> {
+        let a = self.actors.get(&aid)?;
+        self.listing(aid, a).filter(|n| !n.name.is_empty())
+    }
+
+    /// The directory's entry for actor `aid` if this node hosts it and it has a name or is
+    /// detached.
+    fn listing(&self, aid: ActorId, a: &ActorEntry) -> Option<volley_proto::NamedActor> {
+        if a.proxy || a.remote.is_some() || a.life == Life::Dead {
+            return None;
+        }
+        let o = a.opts();
+        // A detached actor without a name is listed too, with an empty name (the head keeps
+        // named ones only): `volley status` showed it nowhere.
+        let name = o.name.clone().or_else(|| o.detached.then(String::new))?;
+        Some(volley_proto::NamedActor {
+            namespace: o.namespace.clone(),
+            name,
+            actor: aid,
+            node: self.peers.node_id().unwrap_or(NodeId(0)),
+            class: o.class_name.clone(),
+            meta: o.meta.clone(),
+        })
     }
 
     /// State of an actor, for users.

@@ -314,6 +314,7 @@ impl Scheduler {
         w.revoke_outstanding = false;
         // The worker's word is final: it had not started these, even one we took for running
         // because the task before it finished while the revoke was on its way.
+        let head = w.queue.front().copied();
         let mut back = Vec::new();
         for tid in tasks {
             if let Some(pos) = w.queue.iter().position(|t| t == tid) {
@@ -321,7 +322,15 @@ impl Scheduler {
                 back.push(*tid);
             }
         }
+        let head_changed = w.actor.is_none() && w.queue.front().is_some_and(|t| Some(*t) != head);
         self.refresh_head_cpu(wid);
+        if head_changed {
+            // The task we took for running was given back: the worker runs the one behind it
+            // instead, which starts now (and, if it was cancelled on its way, is interrupted:
+            // its own revoke found it started).
+            self.head_started(wid, out);
+            self.cancel_started_head(wid, out);
+        }
         if self.peers.has_revoked() {
             back = self.return_revoked_to_peers(back, out);
         }

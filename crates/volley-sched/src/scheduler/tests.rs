@@ -272,6 +272,50 @@ fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
 }
 
 #[test]
+fn a_cancelled_task_that_starts_when_the_one_before_it_is_given_back_is_interrupted() {
+    // Three tasks on one worker: `a` runs, `b` and `c` wait behind it; both are cancelled
+    // (a revoke each). The worker gives `b` back but had already started `c` when `c`'s revoke
+    // came. The scheduler hears `a` finish first (so it takes `b` for running), then `b` come
+    // back: `c` is the running one now and must be interrupted, not left to run to its end.
+    let mut h = H::started(1.0);
+    let a = h.submit(vec![]);
+    let b = h.submit(vec![]);
+    let c = h.submit(vec![]);
+    let ex = h.executed();
+    assert_eq!(ex.len(), 3, "all three sent to the one worker: {ex:?}");
+    let w = ex[0].0;
+    h.s.cancel(b, false, &mut h.out);
+    h.s.cancel(c, false, &mut h.out);
+    h.out.clear();
+    h.done(w, a.task, 1);
+    h.out.clear();
+    h.s.tasks_returned(w, &[b.task], &mut h.out); // Its answer to `b`'s revoke.
+    let interrupted = |h: &H, t: TaskId| {
+        h.out.iter().any(|x| {
+            matches!(x, Action::Send { worker, msg: NodeToWorker::Cancel { task } }
+                if *worker == w && *task == t)
+        })
+    };
+    assert!(interrupted(&h, c.task), "the task that started is interrupted: {:?}", h.out);
+    assert_eq!(h.error_kind(b), Some(ErrorKind::Cancelled));
+    h.s.tasks_returned(w, &[], &mut h.out); // Its answer to `c`'s revoke: it had started.
+    let error = TaskResult::Err {
+        error: ErrorPayload {
+            kind: ErrorKind::TaskException,
+            task_name: "c".into(),
+            message: "KeyboardInterrupt".into(),
+            traceback: String::new(),
+            exception: None,
+            pid: 1,
+        },
+        retryable: false,
+    };
+    h.s.task_done(w, c.task, error, &mut h.out);
+    assert_eq!(h.error_kind(c), Some(ErrorKind::Cancelled));
+    assert_eq!(h.s.stats().cpu_used_milli, 0);
+}
+
+#[test]
 fn a_retiring_worker_gives_back_its_queue_for_free_and_is_replaced_once() {
     let mut h = H::started(1.0);
     let opts = TaskOptions { max_retries: 0, ..Default::default() };
