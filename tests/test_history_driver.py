@@ -98,6 +98,11 @@ def test_two_sigkilled_drivers_histories_are_kept_apart_and_read_together(tmp_pa
     assert {rows[p.pid]["job_id"] for p in (first, second, done)} == {"0"}
     assert rows[first.pid]["status"] == rows[second.pid]["status"] == "RUNNING", rows
     assert rows[done.pid]["status"] == "SUCCEEDED" and rows[done.pid]["end_ms"], rows
+    # `volley job list --session` reads the same folders.
+    r = _cli("job", "list", "--session", str(session), "--json", env=env)
+    assert r.returncode == 0, r
+    listed = {row["driver_pid"]: row["status"] for row in json.loads(r.stdout)}
+    assert listed == {p.pid: rows[p.pid]["status"] for p in (first, second, done)}, listed
     r = _cli("list", "tasks", "--session", str(session), "--filter", "name=quiet", env=env)
     assert r.returncode == 0 and "quiet" not in r.stdout, r
 

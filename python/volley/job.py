@@ -397,7 +397,8 @@ def wait(job_id: str, timeout: float | None = None, *, address: str | None = Non
 
 
 def recorded_jobs(session_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The jobs a head recorded in a session directory (``jobs/*.json``), oldest first: what
+    """The jobs a head recorded in a session directory (``jobs/*.json`` and its history), and
+    the drivers that wrote their own history (``init(history=True)``), oldest first: what
     ``volley job list`` shows when the head is not running any more.
 
     Example::
@@ -408,19 +409,23 @@ def recorded_jobs(session_dir: str | os.PathLike | None = None) -> list[dict[str
     base = Path(session_dir) if session_dir is not None else _cluster.session_dir()
     if not _runtime_dir.check_private_dir(base):
         return []
-    latest: dict[str, dict] = {}
+    # Keyed by (folder, id): each driver that wrote its own history (``history/driver-*/``,
+    # ``init(history=True)``) is its own job "0".
+    latest: dict[tuple[str, str], dict] = {}
     # The history (``history/jobs.jsonl``, the last line of an id wins) has the drivers that
     # joined by themselves too; a submitted job's own record is written last, so it wins.
     hist = base / "history"
     if _runtime_dir.check_private_dir(hist):
-        for name in ("jobs.1.jsonl", "jobs.jsonl"):
-            for line in (_runtime_dir.read_file(hist / name) or b"").splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(row, dict) and "job_id" in row:
-                    latest[row["job_id"]] = row
+        drivers = sorted(d for d in hist.glob("driver-*") if _runtime_dir.check_private_dir(d))
+        for folder in (hist, *drivers):
+            for name in ("jobs.1.jsonl", "jobs.jsonl"):
+                for line in (_runtime_dir.read_file(folder / name) or b"").splitlines():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a crash
+                    if isinstance(row, dict) and "job_id" in row:
+                        latest[(folder.name, row["job_id"])] = row
     jobs = base / "jobs"
     if _runtime_dir.check_private_dir(jobs):
         for p in sorted(jobs.glob("*.json")):
@@ -429,6 +434,6 @@ def recorded_jobs(session_dir: str | os.PathLike | None = None) -> list[dict[str
             except (OSError, ValueError):
                 continue
             if isinstance(row, dict) and "job_id" in row:
-                latest[row["job_id"]] = row
+                latest[("history", row["job_id"])] = row
     rows = sorted(latest.values(), key=lambda r: (r.get("start_ms") or 0, r["job_id"]))
     return rows
