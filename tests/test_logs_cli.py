@@ -602,7 +602,7 @@ def test_a_joined_drivers_node_is_reached_through_the_head(tmp_path):
             began = time.monotonic()
             partial = listed("workers")
             took = time.monotonic() - began
-            assert took < 20, took
+            assert took < 20, took  # the deadline is 3 s; 20 leaves room for a loaded machine
             [gone] = partial["missing"]
             assert gone.startswith(f"node {me} (driver pid {driver.pid})"), gone
             assert "no answer within" in gone, gone
@@ -610,7 +610,8 @@ def test_a_joined_drivers_node_is_reached_through_the_head(tmp_path):
             out = cli("logs", "--node", str(me), name)
             assert out.returncode != 0 and "no answer within" in out.stderr, out
             out = cli("logs")
-            assert out.returncode == 0 and f"not in this list: node {me}" in out.stderr, out
+            said = f"not in this list: node {me} (driver pid {driver.pid}) did not answer"
+            assert out.returncode == 0 and said in out.stderr, out
             assert name not in out.stdout, out.stdout
         finally:
             os.kill(driver.pid, signal.SIGCONT)

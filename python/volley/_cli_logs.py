@@ -359,7 +359,7 @@ def list_every_node(where: tuple[str, str, str | None]) -> tuple[list[dict], lis
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as pool:
         for node, got in pool.map(ask, nodes):
             if isinstance(got, str):
-                missing.append(f"node {node}: {got}")
+                missing.append(got if got.startswith(f"node {node} ") else f"node {node}: {got}")
             else:
                 files += [{"node_id": node, **f} for f in got]
     return files, missing
