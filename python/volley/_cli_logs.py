@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Registers ``volley logs`` on the ``volley`` command's subparsers."""
     lg = sub.add_parser(
         "logs",
-        help="list or print the logs of this machine's nodes, workers and drivers",
+        help="list or print the logs of the cluster's (or this machine's) nodes, workers and "
+        "drivers",
         description=__doc__.split("\n\n")[0],
     )
     lg.add_argument("name", nargs="?", help="a log file's name, as the list shows it")

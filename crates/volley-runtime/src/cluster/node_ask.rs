@@ -382,8 +382,8 @@ fn ask_member(
 
 /// What `Shared::ask_head` answers without the head's tables, if `req` is such a question:
 /// workers and objects alone (this node's), or through the head's fan-out plus this node's own
-/// rows when the head cannot reach it (a driver's node takes no connections); a `NodeAsk` for
-/// this node itself.
+/// rows when the head did not get them in time (a driver's node answers the head a heartbeat
+/// later, so a busy one may miss the deadline); a `NodeAsk` for this node itself.
 pub(crate) fn ask_head_here(shared: &Shared, req: &HeadRequest) -> Option<HeadAnswer> {
     let state = |r: Result<StateAnswer, String>| match r {
         Ok(a) => HeadAnswer::State(a),
