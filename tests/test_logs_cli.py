@@ -615,6 +615,14 @@ def test_a_joined_drivers_node_is_reached_through_the_head(tmp_path):
             assert name not in out.stdout, out.stdout
         finally:
             os.kill(driver.pid, signal.SIGCONT)
+        # Woken, the driver says its heartbeat came late, in its own driver-<pid>.log: what
+        # `volley logs --node N` prints for a driver's node.
+        out = poll(
+            lambda: (r := cli("logs", "--node", str(me))).returncode == 0 and "late" in r.stdout,
+            timeout=30,
+        )
+        assert out, cli("logs", "--node", str(me))
+        assert (drv_session / "logs" / f"driver-{driver.pid}.log").exists()
     finally:
         stop.touch()
         if driver is not None:
