@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -404,10 +405,10 @@ def test_volley_logs_of_another_machines_node(tmp_path):
         assert "not for volley logs" not in str(e.value)
         bad = logs("--node", "99", "--worker", str(pid))
         assert bad.returncode != 0 and "no node 99 in the cluster" in bad.stderr, bad.stderr
-        # A driver's node takes no connections: said, not waited on.
+        # A driver's node takes no connections: the head asks it over its heartbeat link.
         [me] = [n["node_id"] for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
-        with pytest.raises(ValueError, match="a driver's node"):
-            _core.node_logs(c.head, c.token, me)
+        _, node_pid, _ = _core.node_logs(c.head, c.token, me)
+        assert node_pid == os.getpid()
     finally:
         if follower is not None:
             follower.send_signal(signal.SIGINT)
@@ -502,3 +503,131 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
         stop.touch()
         for d in drivers:
             d.wait(timeout=60)
+
+
+JOINED_DRIVER = """
+import os, sys, time, volley
+volley.init(address=sys.argv[1], token=sys.argv[2])
+ref = volley.put(b"kept by the driver's node" * 40)
+me = [n["node_id"] for n in volley.nodes() if n["driver"] and n["pid"] == os.getpid()]
+print("ready", me[0], ref.hex(), flush=True)
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+volley.shutdown()
+"""
+
+
+@pytest.mark.one_node("starts a cluster of its own")
+def test_a_joined_drivers_node_is_reached_through_the_head(tmp_path):
+    # A driver's node takes no connections; the head asks it over the link the driver keeps
+    # for its heartbeats. `volley list workers|objects` include its rows, `volley logs --node`
+    # reads its files (on its machine only), `volley logs` lists every node's files, and a
+    # SIGSTOPped driver is named in `missing` within the deadline instead of holding it up.
+    from test_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    stop = tmp_path / "stop"
+    drv_session = tmp_path / "driver-machine"
+    driver = None
+    try:
+        for i in range(3):
+            # Dead after a minute: the stopped driver stays in the view while it is asked.
+            c.start(i == 0, f"127.0.0.{i + 1}", extra=("--dead-after-ms", "60000"))
+        driver = subprocess.Popen(
+            [sys.executable, str(write_script(tmp_path, JOINED_DRIVER)), c.head, c.token,
+             str(stop)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**driver_env(), "VOLLEY_SESSION_DIR": str(drv_session)},
+            text=True,
+        )  # fmt: skip
+        ready = next((ln.split() for ln in driver.stdout if ln.startswith("ready ")), None)
+        assert ready, "the driver did not start"
+        me, oid = int(ready[1]), ready[2]
+        # A file only the driver's machine has (0600, in its private logs/ directory).
+        logs_dir = drv_session / "logs"
+        for d in (drv_session, logs_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+        name = f"worker-{driver.pid}-1.log"
+        fd = os.open(logs_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"only on the driver's machine\n")
+        os.close(fd)
+        env = {**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / "cli-machine")}
+        env.pop("VOLLEY_ADDRESS", None)
+        env["VOLLEY_TOKEN"] = c.token
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "volley._cli", *args, "--address", c.head],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        def listed(kind: str) -> dict:
+            out = cli("list", kind, "--limit", "0", "--json")
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+
+        workers = listed("workers")
+        assert workers["missing"] == [] and me in {w["node_id"] for w in workers["rows"]}, workers
+        objects = listed("objects")
+        assert objects["missing"] == [], objects
+        assert any(o["object_id"] == oid and o["node_id"] == me for o in objects["rows"]), objects
+        out = cli("logs", "--node", str(me), name)
+        assert out.returncode == 0 and out.stdout == "only on the driver's machine\n", out
+        # No arguments: every node's files, the driver's among them.
+        out = cli("logs", "--json")
+        assert out.returncode == 0, out.stderr
+        every = json.loads(out.stdout)
+        assert {"node_id": me, "name": name} in [
+            {"node_id": f["node_id"], "name": f["name"]} for f in every
+        ], every
+        out = cli("logs")
+        assert out.returncode == 0 and "NODE" in out.stdout, out
+        row = next(ln for ln in out.stdout.splitlines() if name in ln)
+        assert row.split()[0] == str(me), out.stdout
+        bad = subprocess.run(
+            [sys.executable, "-m", "volley._cli", "logs", "--address", "127.0.0.1:1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 1 and "127.0.0.1:1" in bad.stderr, bad.stderr
+
+        os.kill(driver.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            partial = listed("workers")
+            took = time.monotonic() - began
+            assert took < 20, took  # the deadline is 3 s; 20 leaves room for a loaded machine
+            [gone] = partial["missing"]
+            assert gone.startswith(f"node {me} (driver pid {driver.pid})"), gone
+            assert "no answer within" in gone, gone
+            assert me not in {w["node_id"] for w in partial["rows"]}, partial
+            out = cli("logs", "--node", str(me), name)
+            assert out.returncode != 0 and "no answer within" in out.stderr, out
+            out = cli("logs")
+            said = f"not in this list: node {me} (driver pid {driver.pid}) did not answer"
+            assert out.returncode == 0 and said in out.stderr, out
+            assert name not in out.stdout, out.stdout
+        finally:
+            os.kill(driver.pid, signal.SIGCONT)
+        # Woken, the driver says its heartbeat came late, in its own driver-<pid>.log: what
+        # `volley logs --node N` prints for a driver's node.
+        out = poll(
+            lambda: (r := cli("logs", "--node", str(me))).returncode == 0 and "late" in r.stdout,
+            timeout=30,
+        )
+        assert out, cli("logs", "--node", str(me))
+        assert (drv_session / "logs" / f"driver-{driver.pid}.log").exists()
+    finally:
+        stop.touch()
+        if driver is not None:
+            try:
+                driver.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                driver.kill()
+        c.stop()

@@ -1,6 +1,7 @@
 """``volley logs``: the log files volley processes keep in their session directories.
 
-    volley logs [--session DIR] [--json]                 list this machine's
+    volley logs [--address A] [--json]                   list every node's (through the head)
+    volley logs --session DIR [--json]                   list this machine's
     volley logs NAME [--tail N] [--follow]               print one (a name the list shows)
     volley logs --worker PID [--tail N] [--follow]       a worker's output
     volley logs --node N [--tail N] [--follow]           node N's log (`volley start`'s daemon)
@@ -13,7 +14,9 @@ first line; ``[time INFO]`` for stdout, ``[time WARN]`` for stderr), a daemon's 
 ``--node N`` and ``--task/--actor/--job`` read the files on the node that has them, through
 the cluster's head (``--address``; default: this machine's head, or the one driver running its
 own node here), a piece at a time, so ``--follow`` works across machines too; with
-``--session`` only this machine's files are read.
+``--session`` only this machine's files are read. The list with no arguments shows every
+node's files (node, name, size) when a cluster's head is found (``--address``, this machine's
+head, or ``VOLLEY_ADDRESS``), asking the nodes at once; otherwise this machine's.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import _cluster, _core
@@ -34,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Registers ``volley logs`` on the ``volley`` command's subparsers."""
     lg = sub.add_parser(
         "logs",
-        help="list or print the logs of this machine's nodes, workers and drivers",
+        help="list or print the logs of the cluster's (or this machine's) nodes, workers and "
+        "drivers",
         description=__doc__.split("\n\n")[0],
     )
     lg.add_argument("name", nargs="?", help="a log file's name, as the list shows it")
@@ -244,9 +249,10 @@ def _pick_on_node(args: argparse.Namespace, named: tuple[str, str] | None) -> li
             return None  # `volley start --block` sent it elsewhere: its record says where
         if not src.own_log:
             raise SystemExit(
-                f"volley: node {args.node} (pid {src.node_pid}) keeps its own output outside "
-                "its session's logs/ (it was started with --block?); --worker PID reads its "
-                "workers' logs"
+                f"volley: node {args.node} (pid {src.node_pid}) keeps no log of its own in "
+                "its session's logs/ (a daemon started with --block writes elsewhere; a "
+                "driver's node makes driver-<pid>.log at its first diagnostic); --worker PID "
+                "or a name from `volley logs` reads its other files"
             )
         return [(src, src.own_log)]
     found = _worker_files(files, pids, src.node_pid)
@@ -315,12 +321,85 @@ def _print_from(src: _Here | _Node, name: str, offset: int, prefix: str) -> int:
             return offset
 
 
+def _cluster_target(address: str | None) -> tuple[str, str, str | None] | None:
+    """The cluster's head to list every node's files through: ``address``'s, or the one found
+    as ``volley list`` finds it; None when there is none (or only a driver's own node, whose
+    files are this machine's). An ``address`` that does not answer raises ``ConnectionError``."""
+    from . import state
+
+    try:
+        where = state.target(address)
+    except ConnectionError:
+        if address is not None:
+            raise
+        return None
+    return None if where[0].startswith("local:") else where
+
+
+def list_every_node(where: tuple[str, str, str | None]) -> tuple[list[dict], list[str]]:
+    """Every live node's log files, asked through the head at ``where`` (all nodes at once):
+    the files (each with its ``node_id``), and a line for each node that did not answer.
+
+    >>> import pytest
+    >>> with pytest.raises(ConnectionError):
+    ...     list_every_node(("127.0.0.1:1", "", None))
+    """
+    addr, token, tls = where
+    rows = json.loads(_core.query_state(addr, token, "nodes", [], None, False, tls))["rows"]
+    nodes = sorted(int(n["node_id"]) for n in rows if n.get("alive", True))
+
+    def ask(node: int) -> tuple[int, list[dict] | str]:
+        try:
+            files, _, _ = _core.node_logs(addr, token, node, tls)
+            return node, files
+        except (ConnectionError, ValueError, OSError) as e:
+            return node, str(e)
+
+    files: list[dict] = []
+    missing: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as pool:
+        for node, got in pool.map(ask, nodes):
+            if isinstance(got, str):
+                missing.append(got if got.startswith(f"node {node} ") else f"node {node}: {got}")
+            else:
+                files += [{"node_id": node, **f} for f in got]
+    return files, missing
+
+
+def _print_every_node(where: tuple[str, str, str | None], as_json: bool) -> int:
+    files, missing = list_every_node(where)
+    for m in missing:
+        print(f"volley: not in this list: {m}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(files, indent=2))
+        return 0
+    if not files:
+        print(f"volley: no logs on any node of the cluster at {where[0]}")
+        return 0
+    print(f"{'NODE':>4} {'NAME':<40} {'KIND':<7} {'PID':>8} {'SIZE':>10}  MODIFIED")
+    for f in files:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f["modified_ms"] / 1000))
+        print(
+            f"{f['node_id']:>4} {f['name']:<40} {f['kind']:<7} {f['pid'] or '-':>8} "
+            f"{f['size']:>10}  {when}"
+        )
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """``volley logs`` (see the module's doc)."""
     d = str(logs_dir(args.session))
     naming = any(
         v is not None for v in (args.name, args.node, args.worker, args.task, args.actor, args.job)
     )
+    if not naming and args.session is None:
+        try:
+            where = _cluster_target(args.address)
+            if where is not None:
+                return _print_every_node(where, args.json)
+        except (ConnectionError, ValueError) as e:
+            print(f"volley: {e}", file=sys.stderr)
+            return 1
     if not naming:
         try:
             files = _core.list_logs(d)

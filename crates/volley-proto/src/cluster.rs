@@ -217,7 +217,9 @@ pub enum PeerMsg {
     /// cluster's tables for the state API.
     StateRows(crate::StateRows),
     /// A question for the receiving node about what only it has (its workers and objects, its
-    /// log files; first message on a connection to it): answered `NodeReply`.
+    /// log files; first message on a connection to it): answered `NodeReply`. A driver's node
+    /// takes no connections: the head sends it these on its heartbeat link, before the `View`,
+    /// and it answers each there, in order.
     Node(crate::NodeRequest),
     NodeReply(crate::NodeAnswer),
 }

@@ -122,6 +122,8 @@ pub(crate) struct Cluster {
     refused: Mutex<VecDeque<(Refusal, Instant)>>,
     /// Dropped handshakes (too slow, evicted) not yet reported, and when that was last done.
     dropped: Mutex<(u64, Option<Instant>)>,
+    /// (On the head) questions for drivers' nodes, sent with their heartbeats' answers.
+    over_beat: Arc<node_ask::OverBeat>,
 }
 
 fn proto(e: ProtoError) -> RuntimeError {
@@ -181,6 +183,7 @@ impl Cluster {
             pending_cap: pending_cap(),
             refused: Mutex::new(VecDeque::new()),
             dropped: Mutex::new((0, None)),
+            over_beat: Arc::default(),
             cfg,
         });
         if !c.cfg.driver {

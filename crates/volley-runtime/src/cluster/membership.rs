@@ -83,9 +83,22 @@ impl Cluster {
         }
         let sent = Instant::now();
         send(s, &PeerMsg::Heartbeat { info })?;
-        let answer = recv(r).map_err(proto)?;
+        // Questions the head relays to this node (a driver's, which takes no connections) come
+        // before the view, and are answered on this link (see `node_ask::OverBeat`).
+        let mut answering = Duration::ZERO;
+        let answer = loop {
+            match recv(r).map_err(proto)? {
+                PeerMsg::Node(req) => {
+                    let t = Instant::now();
+                    let reply = super::node_ask::answer_here(&self.shared, req);
+                    send(s, &PeerMsg::NodeReply(reply))?;
+                    answering += t.elapsed();
+                }
+                other => break other,
+            }
+        };
         let answered = start.elapsed();
-        let rtt = sent.elapsed().as_micros().max(1);
+        let rtt = sent.elapsed().saturating_sub(answering).as_micros().max(1);
         self.beat_rtt_us.store(u64::try_from(rtt).unwrap_or(u64::MAX), Ordering::Relaxed);
         let PeerMsg::View { nodes, .. } = answer else {
             return Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&answer))));
@@ -250,7 +263,8 @@ impl Cluster {
         if send(&mut s, &PeerMsg::Welcome { id, epoch: head.epoch() }).is_err() {
             return self.member_left(head, id);
         }
-        loop {
+        self.over_beat.open(id);
+        'serve: loop {
             match recv(&mut r) {
                 Ok(PeerMsg::Heartbeat { info }) => {
                     let addr = info.addr.clone();
@@ -262,12 +276,27 @@ impl Cluster {
                             self.cfg.dead_after
                         );
                     }
+                    for req in self.over_beat.due(id) {
+                        if send(&mut s, &PeerMsg::Node(req)).is_err() {
+                            break 'serve;
+                        }
+                    }
                     let view = PeerMsg::View { nodes, refused: Vec::new() };
                     if send(&mut s, &view).is_err() {
                         break;
                     }
                 }
                 Ok(PeerMsg::StateRows(rows)) => head.tables.merge(rows, id),
+                Ok(PeerMsg::NodeReply(answer)) => {
+                    if !self.over_beat.answered(id, answer) {
+                        crate::diag::event!(
+                            Warn,
+                            "volley: node {} answered a question it was not asked; dropped",
+                            id.0
+                        );
+                        break;
+                    }
+                }
                 Ok(other) => {
                     crate::diag::event!(
                         Warn,
@@ -292,6 +321,7 @@ impl Cluster {
     }
 
     fn member_left(self: &Arc<Self>, head: &Head, id: NodeId) {
+        self.over_beat.close(id);
         if let Some(info) = head.leave(id) {
             crate::diag::event!(Info, "volley: node {} ({}) disconnected", id.0, info.addr);
         }

@@ -13,7 +13,14 @@
 //! Logs: a client outside the cluster asks the head to relay (`HeadRequest::NodeAsk`), and the
 //! node answers from its own session's `logs/` directory only (`log_files::read_log` checks
 //! the name and opens it without following links).
+//!
+//! A driver's node takes no connections, so the head asks it over the link the driver keeps to
+//! the head for its heartbeats ([`OverBeat`]): the question waits for the driver's next
+//! heartbeat, goes out before the view that answers it, and the driver's node answers on the
+//! same link. The link passed the handshake, so the question is as authenticated as any other
+//! peer message; the deadline and the `missing` entry are the same as for the other nodes.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,7 @@ use crate::head::HEAD_ID;
 use crate::shared::Shared;
 use crate::tls::TlsConfig;
 use crate::RuntimeError;
+use volley_store::sync::Mutex;
 
 /// How long the head waits for the nodes' answers to one question (all asked at once).
 pub(crate) const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,6 +60,91 @@ pub(crate) fn ask_node(
         PeerMsg::NodeReply(answer) => Ok(answer),
         PeerMsg::Refused { reason } => Err(RuntimeError::Refused(reason)),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
+
+/// The most questions waiting for one member's heartbeat (more are refused, not queued).
+const MAX_WAITING: usize = 64;
+
+/// (On the head) questions for members that take no connections (drivers' nodes), carried on
+/// their heartbeat links: each waits for the member's next heartbeat, goes out before the view
+/// that answers it, and the member answers each on the same link, in order.
+#[derive(Default)]
+pub(super) struct OverBeat {
+    members: Mutex<HashMap<NodeId, Queue>>,
+}
+
+/// One member's questions: not yet sent, and sent and not yet answered (oldest first).
+#[derive(Default)]
+struct Queue {
+    unsent: VecDeque<(NodeRequest, Instant, mpsc::Sender<NodeAnswer>)>,
+    sent: VecDeque<mpsc::Sender<NodeAnswer>>,
+}
+
+impl OverBeat {
+    /// Member `id` joined: questions for it can wait for its heartbeats.
+    pub(crate) fn open(&self, id: NodeId) {
+        self.members.lock().insert(id, Queue::default());
+    }
+
+    /// Member `id` left: whoever waits for its answers is told (their channels close).
+    pub(crate) fn close(&self, id: NodeId) {
+        self.members.lock().remove(&id);
+    }
+
+    /// Asks member `id` `req`; the answer comes on the channel (closed if the member leaves).
+    fn ask(
+        &self,
+        id: NodeId,
+        req: NodeRequest,
+        deadline: Instant,
+    ) -> Result<mpsc::Receiver<NodeAnswer>, String> {
+        let mut members = self.members.lock();
+        let q = members.get_mut(&id).ok_or("it has no link to the head (left?)")?;
+        if q.unsent.len() + q.sent.len() >= MAX_WAITING {
+            return Err(format!("{MAX_WAITING} questions already wait for its answer"));
+        }
+        let (tx, rx) = mpsc::channel();
+        q.unsent.push_back((req, deadline, tx));
+        Ok(rx)
+    }
+
+    /// The questions to send member `id` now (with the view that answers its heartbeat); those
+    /// whose asker stopped waiting are dropped unsent.
+    pub(crate) fn due(&self, id: NodeId) -> Vec<NodeRequest> {
+        let mut members = self.members.lock();
+        let Some(q) = members.get_mut(&id) else { return Vec::new() };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some((req, deadline, tx)) = q.unsent.pop_front() {
+            if deadline > now {
+                due.push(req);
+                q.sent.push_back(tx);
+            }
+        }
+        due
+    }
+
+    /// Member `id` answered its oldest question sent; false if none was waiting (a member that
+    /// answers what it was not asked is dropped).
+    pub(crate) fn answered(&self, id: NodeId, answer: NodeAnswer) -> bool {
+        let tx = self.members.lock().get_mut(&id).and_then(|q| q.sent.pop_front());
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(answer); // The asker may have stopped waiting.
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How a node is named in an error or a `missing` entry.
+fn label(n: &NodeSnapshot) -> String {
+    if n.addr.is_empty() {
+        format!("node {} (driver pid {})", n.id.0, n.pid)
+    } else {
+        format!("node {} ({})", n.id.0, n.addr)
     }
 }
 
@@ -103,12 +196,19 @@ pub(crate) fn answer_here(shared: &Shared, req: NodeRequest) -> NodeAnswer {
     }
 }
 
-/// The name of the file in `dir` this process's stderr goes to, if it does (a `volley start`
-/// daemon's log).
+/// The name of this node's own log in `dir`, if it keeps one there: where its stderr goes (a
+/// `volley start` daemon's log), or a driver's `driver-<pid>.log` (made at its first
+/// diagnostic).
 fn own_log(dir: &std::path::Path) -> Option<String> {
-    let target = std::fs::read_link("/proc/self/fd/2").ok()?;
     let dir = std::fs::canonicalize(dir).ok()?;
-    (target.parent()? == dir).then(|| target.file_name()?.to_str().map(str::to_string))?
+    let in_dir = |target: std::path::PathBuf| {
+        let target = std::fs::canonicalize(target).ok()?;
+        (target.parent()? == dir).then(|| target.file_name()?.to_str().map(str::to_string))?
+    };
+    std::fs::read_link("/proc/self/fd/2")
+        .ok()
+        .and_then(in_dir)
+        .or_else(|| crate::diag::log_file().and_then(in_dir))
 }
 
 fn no_logs() -> String {
@@ -131,17 +231,6 @@ fn asked_nodes(q: &StateQuery, view: Vec<NodeSnapshot>) -> Vec<NodeSnapshot> {
             })
         })
         .collect()
-}
-
-/// The reason a node in the view cannot be asked, if it cannot.
-fn unreachable(n: &NodeSnapshot) -> Option<String> {
-    n.addr.is_empty().then(|| {
-        format!(
-            "node {}: a driver's node (pid {}), which takes no connections; volley.state in \
-             that driver shows its rows",
-            n.id.0, n.pid
-        )
-    })
 }
 
 /// Merges per-node answers (in node order) into one: every node's total counted, the first
@@ -214,21 +303,19 @@ impl Cluster {
                 answers.push((n.id, self.shared.state_local(&per_node)?));
                 continue;
             }
-            if let Some(why) = unreachable(&n) {
-                missing.push(why);
-                continue;
-            }
             let (tx, token, tls) = (tx.clone(), self.cfg.token.clone(), self.cfg.tls.clone());
+            let over_beat = self.over_beat.clone();
             let req = NodeRequest::State(per_node.clone());
-            waiting.push((n.id, n.addr.clone()));
+            let who = label(&n);
+            waiting.push((n.id, who.clone()));
             let spawned =
                 std::thread::Builder::new().name("volley-ask-node".into()).spawn(move || {
-                    let r = ask_node(&n.addr, &token, tls.as_deref(), req, deadline);
+                    let r = ask_member(&token, tls.as_deref(), &over_beat, &n, req, deadline);
                     let _ = tx.send((n.id, r));
                 });
             if let Err(e) = spawned {
                 waiting.pop();
-                missing.push(format!("node {}: no thread to ask it ({e})", n.id.0));
+                missing.push(format!("{who}: no thread to ask it ({e})"));
             }
         }
         drop(tx);
@@ -236,22 +323,16 @@ impl Cluster {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok((id, r)) = rx.recv_timeout(left) else { break };
             let Some(i) = waiting.iter().position(|(w, _)| *w == id) else { continue };
-            let (_, addr) = waiting.swap_remove(i);
+            let (_, who) = waiting.swap_remove(i);
             match r {
                 Ok(NodeAnswer::State(a)) => answers.push((id, a)),
-                Ok(NodeAnswer::Error(why)) => {
-                    missing.push(format!("node {} ({addr}): {why}", id.0))
-                }
-                Ok(_) => missing.push(format!("node {} ({addr}): an unexpected answer", id.0)),
-                Err(e) => missing.push(format!("node {} ({addr}): {e}", id.0)),
+                Ok(NodeAnswer::Error(why)) => missing.push(format!("{who}: {why}")),
+                Ok(_) => missing.push(format!("{who}: an unexpected answer")),
+                Err(e) => missing.push(format!("{who}: {e}")),
             }
         }
-        for (id, addr) in waiting {
-            missing.push(format!(
-                "node {} ({addr}): no answer within {} s",
-                id.0,
-                NODE_ANSWER_TIMEOUT.as_secs()
-            ));
+        for (_, who) in waiting {
+            missing.push(format!("{who}: no answer within {} s", NODE_ANSWER_TIMEOUT.as_secs()));
         }
         answers.sort_by_key(|(id, _)| *id);
         missing.sort();
@@ -269,20 +350,40 @@ impl Cluster {
                 node.0
             ));
         };
-        if let Some(why) = unreachable(&n) {
-            return NodeAnswer::Error(why);
-        }
         let deadline = Instant::now() + NODE_ANSWER_TIMEOUT;
-        ask_node(&n.addr, &self.cfg.token, self.cfg.tls.as_deref(), req, deadline).unwrap_or_else(
-            |e| NodeAnswer::Error(format!("node {} ({}) did not answer: {e}", node.0, n.addr)),
-        )
+        let (token, tls) = (&self.cfg.token, self.cfg.tls.as_deref());
+        ask_member(token, tls, &self.over_beat, &n, req, deadline)
+            .unwrap_or_else(|e| NodeAnswer::Error(format!("{} did not answer: {e}", label(&n))))
     }
+}
+
+/// Asks node `n` of the view `req`, waiting until `deadline` at most: on a connection of its
+/// own, or over its heartbeat link if it takes none (a driver's node).
+fn ask_member(
+    token: &[u8],
+    tls: Option<&TlsConfig>,
+    over_beat: &OverBeat,
+    n: &NodeSnapshot,
+    req: NodeRequest,
+    deadline: Instant,
+) -> Result<NodeAnswer, String> {
+    if !n.addr.is_empty() {
+        return ask_node(&n.addr, token, tls, req, deadline).map_err(|e| e.to_string());
+    }
+    let rx = over_beat.ask(n.id, req, deadline)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    rx.recv_timeout(left).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => {
+            format!("no answer within {} s", NODE_ANSWER_TIMEOUT.as_secs())
+        }
+        mpsc::RecvTimeoutError::Disconnected => "its link to the head closed".to_string(),
+    })
 }
 
 /// What `Shared::ask_head` answers without the head's tables, if `req` is such a question:
 /// workers and objects alone (this node's), or through the head's fan-out plus this node's own
-/// rows when the head cannot reach it (a driver's node takes no connections); a `NodeAsk` for
-/// this node itself.
+/// rows when the head did not get them in time (a driver's node answers the head a heartbeat
+/// later, so a busy one may miss the deadline); a `NodeAsk` for this node itself.
 pub(crate) fn ask_head_here(shared: &Shared, req: &HeadRequest) -> Option<HeadAnswer> {
     let state = |r: Result<StateAnswer, String>| match r {
         Ok(a) => HeadAnswer::State(a),
@@ -296,7 +397,7 @@ pub(crate) fn ask_head_here(shared: &Shared, req: &HeadRequest) -> Option<HeadAn
             let answer = links.ask_head(req.clone());
             let me = links.local_snapshot();
             let HeadAnswer::State(mut a) = answer else { return Some(answer) };
-            let mine = format!("node {}:", me.id.0);
+            let mine = format!("node {} (", me.id.0);
             if !me.addr.is_empty() || !a.missing.iter().any(|m| m.starts_with(&mine)) {
                 return Some(HeadAnswer::State(a));
             }
@@ -363,6 +464,39 @@ mod tests {
         // A node that had more rows than it sent (its own cap).
         let capped = merge(&q(None), vec![part(1, 2, 9)], Vec::new()).expect("merge");
         assert_eq!((capped.total, capped.truncated), (9, true));
+    }
+
+    /// Questions for a driver's node go out with its next heartbeat's answer and their answers
+    /// come back in order; one whose asker gave up is not sent; a member that leaves closes
+    /// the askers' channels; a member with too many questions waiting refuses more.
+    #[test]
+    fn questions_wait_for_a_heartbeat_and_are_answered_in_order() {
+        let ob = OverBeat::default();
+        let id = NodeId(4);
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(ob.ask(id, NodeRequest::ListLogs, later).is_err(), "not joined");
+        ob.open(id);
+        let first = ob.ask(id, NodeRequest::ListLogs, later).expect("ask");
+        let _gone = ob.ask(id, NodeRequest::ListLogs, Instant::now()).expect("ask");
+        let second = ob.ask(id, NodeRequest::ListLogs, later).expect("ask");
+        assert_eq!(ob.due(id).len(), 2, "the expired question is not sent");
+        assert!(ob.due(id).is_empty());
+        assert!(ob.answered(id, NodeAnswer::Error("one".into())));
+        assert!(ob.answered(id, NodeAnswer::Error("two".into())));
+        assert!(!ob.answered(id, NodeAnswer::Error("three".into())), "not asked");
+        for (rx, want) in [(first, "one"), (second, "two")] {
+            match rx.try_recv() {
+                Ok(NodeAnswer::Error(got)) => assert_eq!(got, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let waiting: Vec<_> =
+            (0..MAX_WAITING).map(|_| ob.ask(id, NodeRequest::ListLogs, later)).collect();
+        assert!(waiting.iter().all(Result::is_ok));
+        assert!(ob.ask(id, NodeRequest::ListLogs, later).is_err(), "too many waiting");
+        ob.close(id);
+        let rx = waiting.into_iter().next().expect("one").expect("ok");
+        assert!(matches!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected)));
     }
 
     /// `node_id=N` asks node N only; `node_id!=N` and other keys ask every node.
