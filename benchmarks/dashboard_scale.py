@@ -83,6 +83,12 @@ PAGES = {
     "stream": "const c = document.getElementById('stream-canvas');"
     " return !!(c && c.dataset.slices !== undefined)",
 }
+# The other tables: their answer drawn (a head row at least; a list may be empty).
+for _page in ("objects", "placement_groups", "jobs", "workers", "nodes"):
+    PAGES[_page] = (
+        "return /matching/.test((document.getElementById('summary')||{}).textContent||'')"
+        " && document.querySelectorAll('#rows tr').length > 0"
+    )
 
 
 def api_figures(base: str, token: str, queries: list[str], reps: int) -> dict:
