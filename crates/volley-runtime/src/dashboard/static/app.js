@@ -160,7 +160,7 @@ async function overview(root, g) {
       store,
       n.mem_total ? used(n.mem_used, n.mem_total, fmtBytes) : el("td", { text: "-" }),
       el("td", { class: "health", text: `${s.actor_restarts || 0} / ${s.worker_crashes || 0}` }),
-      el("td", { text: n.heartbeat_rtt_us ? `${(n.heartbeat_rtt_us / 1000).toFixed(1)} ms` : "-" }),
+      el("td", { text: !n.heartbeat_rtt_us ? "-" : n.heartbeat_rtt_us < 1000 ? `${n.heartbeat_rtt_us} \u00b5s` : `${(n.heartbeat_rtt_us / 1000).toFixed(1)} ms` }),
       el("td", { text: `${s.tasks_waiting_deps} / ${s.tasks_queued} / ${s.tasks_assigned}` }),
       el("td", { class: "wrap", text: (n.waiting || []).join("\n") }),
     ));
