@@ -11,7 +11,8 @@ What it does, in one driver process:
    stay as ``DEAD``.
 3. Phase "real": p50/p99 of the API's answers (``/api/v0/tasks`` with and without filters,
    ``/api/v0/actors``, ``/api/v0/cluster``, ``/metrics``) and the page loads (navigation to
-   rows drawn) of the overview, tasks, actors and task-stream pages.
+   rows drawn) of every page with rows: the overview, tasks, actors, task stream, objects,
+   placement groups, jobs, workers and nodes.
 4. ``--fill-actors`` actor rows put into the head's tables through the path a member's
    heartbeat batch takes (``_core._fill_actors_for_benchmark``: a 2-core machine cannot start
    10,000 actor processes), then phase "filled": the same figures again.
@@ -83,6 +84,12 @@ PAGES = {
     "stream": "const c = document.getElementById('stream-canvas');"
     " return !!(c && c.dataset.slices !== undefined)",
 }
+# The other tables: their answer drawn (a head row at least; a list may be empty).
+for _page in ("objects", "placement_groups", "jobs", "workers", "nodes"):
+    PAGES[_page] = (
+        "return /matching/.test((document.getElementById('summary')||{}).textContent||'')"
+        " && document.querySelectorAll('#rows tr').length > 0"
+    )
 
 
 def api_figures(base: str, token: str, queries: list[str], reps: int) -> dict:

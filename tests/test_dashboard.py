@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -402,6 +403,9 @@ class Counter:
         return self.n
 
 
+README_SHOTS = {"overview": "dashboard.png", "task-detail": "dashboard-task.png"}
+
+
 def test_pages_in_a_browser(dash, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -416,6 +420,9 @@ def test_pages_in_a_browser(dash, tmp_path):
         refs = [work.remote(i) for i in range(20)]
         with pytest.raises(ValueError):
             volley.get(breaks.remote())
+        # Three tasks for the one "disk": one runs, two wait, and the overview says why.
+        go = tmp_path / "go"
+        held = [hold.remote(str(go)) for _ in range(3)]
         wait = WebDriverWait(browser, 15)
 
         def text(css: str) -> str:
@@ -423,6 +430,13 @@ def test_pages_in_a_browser(dash, tmp_path):
 
         def shot(name: str) -> None:
             browser.save_screenshot(str(shots / f"{name}.png"))
+            # VOLLEY_DASHBOARD_SHOTS=docs makes this run draw the README's pictures: the
+            # overview and the failed task's page, cut to what the page shows.
+            out = os.environ.get("VOLLEY_DASHBOARD_SHOTS")
+            if out and name in README_SHOTS:
+                browser.find_element(By.TAG_NAME, "body").screenshot(
+                    str(Path(out) / README_SHOTS[name])
+                )
 
         # Logging in: a wrong token pasted into the login page is refused, the right one
         # lands on the overview (and the token leaves the address bar).
@@ -443,7 +457,11 @@ def test_pages_in_a_browser(dash, tmp_path):
         assert "CPUs used / total" in text("#totals")
         assert "worker crashes" in text("#totals") and "actor restarts" in text("#totals")
         assert "host memory" in text("#nodes-table") and " GiB" in text("#nodes-table")
+        wait.until(lambda b: "disk" in b.find_element(By.CSS_SELECTOR, "#nodes-table td.wrap").text)
+        _assert_fits(browser)
         shot("overview")
+        go.touch()
+        assert volley.get(held, timeout=30) == [1, 1, 1]
         volley.get(refs)
 
         def api_kind(kind: str) -> tuple[int, dict]:
@@ -577,8 +595,75 @@ def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
         found = WebDriverWait(browser, 20).until(rows)
         text = "\n".join(r.text for r in found)
         assert "head" in text and "127.0.0.2" in text, text
+        _assert_fits(browser)
         browser.save_screenshot(str(tmp_path / "head-overview.png"))
     finally:
+        browser.quit()
+        c.stop()
+
+
+def _assert_fits(browser) -> None:
+    """The overview's node table fits the 1400-px window: nothing scrolls sideways."""
+    w = browser.execute_script(
+        "const t = document.getElementById('nodes-table');"
+        "return {table: t.scrollWidth, room: t.parentElement.clientWidth,"
+        " page: document.documentElement.scrollWidth, window: window.innerWidth};"
+    )
+    assert w["window"] <= 1400 and w["table"] <= w["room"] and w["page"] <= w["window"], w
+
+
+def test_the_workers_page_names_a_node_that_does_not_answer(tmp_path, no_volley):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    c = Cluster(tmp_path)
+    stopped = None
+    try:
+        # The head calls a silent node dead only after 2 minutes: until then a stopped node
+        # is a member that does not answer, and a workers list without it is partial.
+        c.start(True, "127.0.0.1", extra=("--dashboard-port", "0", "--dead-after-ms", "120000"))
+        node = c.start(False, "127.0.0.2")
+        url = next(x for x in c.log(0).splitlines() if "dashboard at" in x).split("dashboard at ")[
+            1
+        ]
+        base, token = url.strip().split("?token=")
+
+        def whole():
+            if json.loads(http(base + "api/v0/nodes", bearer(token))[2])["total"] != 2:
+                return None
+            a = json.loads(http(base + "api/v0/workers", bearer(token))[2])
+            return a if not a["missing"] else None
+
+        assert poll(whole, timeout=30), http(base + "api/v0/workers", bearer(token))
+        browser.get(url.strip())
+        browser.get(base + "#workers")
+        wait = WebDriverWait(browser, 30)
+        summary = wait.until(lambda b: b.find_element(By.ID, "summary"))
+        wait.until(lambda b: "matching" in summary.text)
+        banner = browser.find_element(By.ID, "missing")
+        assert not banner.is_displayed()
+
+        stopped = c.procs[1].pid
+        os.kill(stopped, signal.SIGSTOP)
+        # The page's next refresh (every 3 s; the head waits 3 s for each node) names it.
+        wait.until(lambda b: banner.is_displayed())
+        assert f"({node}): no answer within 3 s" in banner.text, banner.text
+        assert "Partial list" in banner.text and "nodes that answered" in summary.text
+        browser.save_screenshot(str(tmp_path / "missing.png"))
+        # The objects page asks every node too, and says the same.
+        browser.get(base + "#objects")
+        wait.until(lambda b: f"({node}): no answer" in b.find_element(By.ID, "missing").text)
+
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        browser.refresh()
+        wait.until(lambda b: "matching" in b.find_element(By.ID, "summary").text)
+        wait.until(lambda b: not b.find_element(By.ID, "missing").is_displayed())
+        assert "nodes that answered" not in browser.find_element(By.ID, "summary").text
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
         browser.quit()
         c.stop()
 

@@ -138,26 +138,29 @@ async function overview(root, g) {
     card("actor restarts", String(c.nodes.reduce((n, x) => n + (x.sched.actor_restarts || 0), 0))),
     card("worker crashes", String(c.nodes.reduce((n, x) => n + (x.sched.worker_crashes || 0), 0))),
   );
+  // Related figures share a cell (a value over its detail, a bar under the figure), so that
+  // the table fits a 1400-px window without scrolling sideways.
   const table = el("table", { id: "nodes-table" });
-  table.append(el("tr", {}, ...["node", "kind", "address", "pid", "CPU", "resources", "workers",
-    "object store", "spilled", "host memory", "restarts / crashes", "heartbeat",
-    "tasks (waiting / queued / running)", "why tasks wait"].map((h) => el("th", { text: h }))));
+  table.append(el("tr", {}, ...["node", "address / pid", "CPU used / total", "resources",
+    "workers (blocked)", "object store (spilled)", "host memory", "restarts / crashes",
+    "heartbeat", "tasks waiting / queued / running", "why tasks wait"].map((h) => el("th", { text: h }))));
+  const two = (top, below, cls) => el("td", cls ? { class: cls } : {}, el("div", { text: top }), below);
+  const used = (u, t, fmtv) => el("td", { class: "used" }, el("div", { text: `${fmtv(u)} / ${fmtv(t)}` }), bar(u, t));
   for (const n of c.nodes) {
     const res = n.resources.filter((r) => !r[0].startsWith("pg:")).map(([name, tot, free]) => `${name} ${(tot - free) / 1000}/${tot / 1000}`).join(", ");
     const s = n.sched;
+    const store = used(n.store_used, n.store_capacity, fmtBytes);
+    store.append(el("div", { class: "muted", text: `spilled ${n.store.objects_spilled} (${fmtBytes(n.store.spilled_bytes)})` }));
     table.append(el("tr", { class: "node-row" },
-      el("td", { text: String(n.id) }),
-      el("td", { text: n.driver ? "driver" : (n.id === 1 ? "head" : (n.id === 0 ? "local" : "node")) }),
-      el("td", { text: n.addr || "-" }),
-      el("td", { text: String(n.pid) }),
-      el("td", {}, `${(n.cpu_total_milli - n.cpu_free_milli) / 1000}/${n.cpu_total_milli / 1000} `, bar(n.cpu_total_milli - n.cpu_free_milli, n.cpu_total_milli)),
-      el("td", { text: res }),
-      el("td", { text: `${n.workers} (${s.workers_blocked} blocked)` }),
-      el("td", {}, `${fmtBytes(n.store_used)} / ${fmtBytes(n.store_capacity)} `, bar(n.store_used, n.store_capacity)),
-      el("td", { text: `${n.store.objects_spilled} (${fmtBytes(n.store.spilled_bytes)})` }),
-      n.mem_total ? el("td", { class: "mem" }, `${fmtBytes(n.mem_used)} / ${fmtBytes(n.mem_total)} `, bar(n.mem_used, n.mem_total)) : el("td", { class: "mem", text: "-" }),
+      two(String(n.id), el("div", { class: "muted", text: n.driver ? "driver" : (n.id === 1 ? "head" : (n.id === 0 ? "local" : "node")) })),
+      two(n.addr || "-", el("div", { class: "muted", text: `pid ${n.pid}` })),
+      used(n.cpu_total_milli - n.cpu_free_milli, n.cpu_total_milli, (v) => String(v / 1000)),
+      el("td", { class: "wrap-words", text: res }),
+      el("td", { text: `${n.workers} (${s.workers_blocked})` }),
+      store,
+      n.mem_total ? used(n.mem_used, n.mem_total, fmtBytes) : el("td", { text: "-" }),
       el("td", { class: "health", text: `${s.actor_restarts || 0} / ${s.worker_crashes || 0}` }),
-      el("td", { text: n.heartbeat_rtt_us ? `${(n.heartbeat_rtt_us / 1000).toFixed(1)} ms` : "-" }),
+      el("td", { text: !n.heartbeat_rtt_us ? "-" : n.heartbeat_rtt_us < 1000 ? `${n.heartbeat_rtt_us} \u00b5s` : `${(n.heartbeat_rtt_us / 1000).toFixed(1)} ms` }),
       el("td", { text: `${s.tasks_waiting_deps} / ${s.tasks_queued} / ${s.tasks_assigned}` }),
       el("td", { class: "wrap", text: (n.waiting || []).join("\n") }),
     ));
@@ -177,8 +180,12 @@ function tablePage(root, kind) {
   const summary = el("span", { id: "summary", class: "muted" });
   const table = el("table", { id: "rows" });
   const pager = el("div", { id: "pager", class: "controls" });
+  // Nodes that did not answer a cluster-wide question (workers, objects): named above the
+  // table, so that a partial list is never taken for the whole one.
+  const missing = el("div", { id: "missing", class: "warn", hidden: "" });
   const state = { rows: [], sortKey: null, desc: false, cols: COLUMNS[kind], text: null, page: 0, pager };
   const g = generation;
+  let busy = false; // a refresh still waiting (a silent node holds an answer up to 3 s)
   const load = async (force = true) => {
     const q = new URLSearchParams();
     for (const f of parseFilters(filter.value)) q.append("filter", f);
@@ -191,19 +198,32 @@ function tablePage(root, kind) {
       if (!force && text === state.text) return; // unchanged: nothing to draw again
       state.text = text;
       state.rows = a.rows;
-      summary.textContent = `${a.rows.length} shown of ${a.total} matching` + (a.truncated ? " (raise the limit or filter to see more)" : "") + (a.dropped ? `; ${a.dropped} finished rows were dropped by the bounded table` : "");
+      showMissing(missing, a.missing || []);
+      summary.textContent = `${a.rows.length} shown of ${a.total} matching` + (a.missing && a.missing.length ? ` from the nodes that answered (${a.missing.length} did not)` : "") + (a.truncated ? " (raise the limit or filter to see more)" : "") + (a.dropped ? `; ${a.dropped} finished rows were dropped by the bounded table` : "");
       render(table, state, kind);
     } catch (e) {
-      if (g === generation) { showError(e.message); summary.textContent = ""; table.replaceChildren(); }
+      if (g === generation) { showError(e.message); summary.textContent = ""; showMissing(missing, []); table.replaceChildren(); }
     }
   };
   filter.addEventListener("keydown", (e) => { if (e.key === "Enter") load(); });
   limit.addEventListener("change", () => load());
-  root.append(el("div", { class: "controls" }, filter, el("button", { onclick: () => load(), text: "Apply" }), limit, summary), pager, table);
+  root.append(el("div", { class: "controls" }, filter, el("button", { onclick: () => load(), text: "Apply" }), limit, summary), missing, pager, table);
   load();
   // Refreshed every 3 s while the answer is small; a large one only on Apply (fetching ten
   // thousand rows again every few seconds would keep the page and the node busy).
-  timer = setInterval(() => { if (Number(limit.value) <= 1000) load(false); }, 3000);
+  timer = setInterval(() => {
+    if (busy || Number(limit.value) > 1000) return;
+    busy = true;
+    load(false).finally(() => { busy = false; });
+  }, 3000);
+}
+
+function showMissing(banner, missing) {
+  banner.hidden = !missing.length;
+  banner.replaceChildren(...(missing.length ? [
+    el("strong", { text: `Partial list: ${missing.length} node(s) did not answer; their rows are not shown.` }),
+    el("ul", {}, ...missing.map((m) => el("li", { class: "missing-node", text: m }))),
+  ] : []));
 }
 
 // Draws one page of PAGE rows (sorted over every row fetched): the cost of a redraw stays
