@@ -229,9 +229,14 @@ def test_ports_taken(no_volley, capfd):
         url = volley.dashboard_url(with_token=False)
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":8265/")
         port = url.rstrip("/").rsplit(":", 1)[1]
-        assert (
-            f"port 8265 on 127.0.0.1 is taken; it listens on port {port}" in capfd.readouterr().err
-        )
+        # The notice reaches stderr through the "volley" logger's thread: wait for it.
+        said = f"port 8265 on 127.0.0.1 is taken; it listens on port {port}"
+        err = ""
+        deadline = time.monotonic() + 10
+        while said not in err and time.monotonic() < deadline:
+            err += capfd.readouterr().err
+            time.sleep(0.05)
+        assert said in err, err
     finally:
         holder.close()
 
