@@ -418,7 +418,8 @@ def test_volley_logs_of_another_machines_node(tmp_path):
 
 
 WAITING_DRIVER = """
-import os, sys, time, volley
+import faulthandler, os, sys, time, volley
+faulthandler.dump_traceback_later(30)  # a driver stuck before "ready" shows where (stderr)
 volley.init(num_cpus=1)
 
 @volley.remote
@@ -429,6 +430,7 @@ def speaks():
 ref = speaks.remote()
 pid = volley.get(ref)
 print("ready", ref.hex()[:32], pid, flush=True)
+faulthandler.cancel_dump_traceback_later()
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
 volley.shutdown()
@@ -445,7 +447,7 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
         subprocess.Popen(
             [sys.executable, str(script), str(stop)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"driver-{i}.err", "wb"),
             env={**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / f"session-{i}")},
             cwd=str(tmp_path),
             text=True,
@@ -461,8 +463,19 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
                     return line.split()
             return []
 
-        ready = [ready_line(d) for d in drivers]
-        assert all(ready), ready
+        # Read in threads with a deadline, so a driver stuck before "ready" fails this test
+        # with its stacks (faulthandler's, after 30 s) rather than hang it.
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(ready_line, d) for d in drivers]
+            cf.wait(futures, timeout=60)
+            errs = [(tmp_path / f"driver-{i}.err").read_text(errors="replace") for i in range(2)]
+            if not all(f.done() for f in futures):
+                for d in drivers:
+                    d.kill()  # ends the readers
+            ready = [f.result() if f.done() else [] for f in futures]
+        assert all(ready), (ready, errs)
         (_, task, worker), _ = ready
         env = {**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / "cli")}
         env.pop("VOLLEY_ADDRESS", None)
