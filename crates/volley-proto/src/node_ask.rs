@@ -31,12 +31,17 @@ pub enum NodeRequest {
 /// A log file of a node's session directory, as `NodeRequest::ListLogs` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// Its name in the directory (what `ReadLog` takes).
     pub name: String,
-    /// `worker`, `node`, `driver`, `job` or `other`.
+    /// `worker`, `node` (a `volley start` daemon's log), `driver` (a driver's diagnostics),
+    /// `job` (a submitted job's output) or `other`.
     pub kind: String,
+    /// The worker's (or driver's) pid, where the name says.
     pub pid: Option<u32>,
+    /// The pid of the node process a worker belongs to.
     pub node_pid: Option<u32>,
     pub size: u64,
+    /// Last written, milliseconds since the Unix epoch.
     pub modified_ms: u64,
 }
 

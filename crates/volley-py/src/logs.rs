@@ -32,6 +32,15 @@ fn set_worker_log_dir(path: Option<String>) {
 #[pyfunction]
 fn list_logs(py: Python<'_>, path: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let files = volley_runtime::list_logs(std::path::Path::new(&path)).map_err(log_err)?;
+    log_dicts(py, files)
+}
+
+/// Log files as the Python side takes them: a dict each (`name`, `kind`, `pid`, `node_pid`,
+/// `size`, `modified_ms`), for this machine's list and another node's alike.
+pub(crate) fn log_dicts(
+    py: Python<'_>,
+    files: Vec<volley_runtime::LogFile>,
+) -> PyResult<Vec<Bound<'_, PyDict>>> {
     files
         .into_iter()
         .map(|f| {

@@ -50,20 +50,7 @@ fn node_logs<'py>(
 ) -> PyResult<(Vec<Bound<'py, PyDict>>, u32, Option<String>)> {
     match ask(py, address, token, tls_cert, node, NodeRequest::ListLogs)? {
         NodeAnswer::Logs { files, node_pid, own_log } => {
-            let files = files
-                .into_iter()
-                .map(|f| {
-                    let d = PyDict::new(py);
-                    d.set_item("name", f.name)?;
-                    d.set_item("kind", f.kind)?;
-                    d.set_item("pid", f.pid)?;
-                    d.set_item("node_pid", f.node_pid)?;
-                    d.set_item("size", f.size)?;
-                    d.set_item("modified_ms", f.modified_ms)?;
-                    Ok(d)
-                })
-                .collect::<PyResult<Vec<_>>>()?;
-            Ok((files, node_pid, own_log))
+            Ok((crate::logs::log_dicts(py, files)?, node_pid, own_log))
         }
         other => Err(PyValueError::new_err(format!("unexpected answer: {other:?}"))),
     }

@@ -238,22 +238,9 @@ impl WorkerLog {
     }
 }
 
-/// A log file in the logs directory, as [`list_logs`] describes it.
-#[derive(Debug, Clone)]
-pub struct LogFile {
-    /// Its name in the directory (what [`read_log`] takes).
-    pub name: String,
-    /// `worker`, `node` (a `volley start` daemon's log), `driver` (a driver's diagnostics),
-    /// `job` (a submitted job's output) or `other`.
-    pub kind: String,
-    /// The worker's (or driver's) pid, where the name says.
-    pub pid: Option<u32>,
-    /// The pid of the node process a worker belongs to.
-    pub node_pid: Option<u32>,
-    pub size: u64,
-    /// Last written, milliseconds since the Unix epoch.
-    pub modified_ms: u64,
-}
+/// A log file in the logs directory, as [`list_logs`] describes it: the wire's `LogEntry`,
+/// so that a node answers another's `ListLogs` with the list as it is.
+pub use volley_proto::LogEntry as LogFile;
 
 /// Whether `name` is a plain file name (no path, no dot file) ending in `.log` or `.log.1`.
 fn valid_name(name: &str) -> bool {

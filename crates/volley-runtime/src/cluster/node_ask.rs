@@ -25,8 +25,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use volley_proto::{
-    FrameReader, HeadAnswer, HeadRequest, LogEntry, NodeAnswer, NodeAsk, NodeId, NodeRequest,
-    NodeSnapshot, PeerMsg, StateAnswer, StateQuery, MAX_LOG_CHUNK,
+    FrameReader, HeadAnswer, HeadRequest, NodeAnswer, NodeAsk, NodeId, NodeRequest, NodeSnapshot,
+    PeerMsg, StateAnswer, StateQuery, MAX_LOG_CHUNK,
 };
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name, Cluster};
@@ -160,21 +160,9 @@ pub(crate) fn answer_here(shared: &Shared, req: NodeRequest) -> NodeAnswer {
                 return NodeAnswer::Error(no_logs());
             };
             match crate::log_files::list_logs(&dir) {
-                Ok(files) => NodeAnswer::Logs {
-                    files: files
-                        .into_iter()
-                        .map(|f| LogEntry {
-                            name: f.name,
-                            kind: f.kind,
-                            pid: f.pid,
-                            node_pid: f.node_pid,
-                            size: f.size,
-                            modified_ms: f.modified_ms,
-                        })
-                        .collect(),
-                    node_pid: std::process::id(),
-                    own_log: own_log(&dir),
-                },
+                Ok(files) => {
+                    NodeAnswer::Logs { files, node_pid: std::process::id(), own_log: own_log(&dir) }
+                }
                 Err(e) => NodeAnswer::Error(format!("cannot list the logs: {e}")),
             }
         }

@@ -273,24 +273,8 @@ fn a_node_records_a_queued_then_cancelled_task() {
     let node = crate::testing::node(&dir, 1 << 20);
     let function = FunctionId([9; 16]);
     node.register_function(function, b"f");
-    let spec = TaskSpec {
-        task_id: TaskId(0xabc),
-        function,
-        name: "my_task".into(),
-        args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
-        num_returns: 1,
-        options: TaskOptions {
-            cpu_milli: 1000,
-            max_retries: 0,
-            retry_exceptions: false,
-            streaming: false,
-            resources: Vec::new(),
-            runtime_env: None,
-            strategy: Strategy::Default,
-        },
-        actor: ActorPart::None,
-    };
+    // Task 0xabc (noop_spec numbers from 1) of the function registered above.
+    let spec = TaskSpec { function, ..(*noop_spec(0xabb, "my_task")).clone() };
     let oid = spec.return_ids().next().expect("a return");
     node.submit(spec);
     let a = node.state_query(&q("tasks", &[("name", FilterOp::Eq, "my_task")], None)).expect("q");
