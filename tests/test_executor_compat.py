@@ -9,6 +9,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import weakref
 
@@ -171,6 +172,15 @@ def nap(s: float) -> None:
     time.sleep(s)
 
 
+def counted_call() -> tuple[int, int]:
+    """This process's pid and how many times it has run this function (the count lives on the
+    ``sys`` module, so it survives between calls whether or not this test module was imported
+    there by name)."""
+    n = getattr(sys, "_volley_counted_calls", 0) + 1
+    sys._volley_counted_calls = n  # type: ignore[attr-defined]
+    return os.getpid(), n
+
+
 def all_workers_started() -> None:
     """Returns once a worker per CPU runs: the calls of an executor with max_tasks_per_child go
     to the node's lowest idle worker, and one that registers late would take the next call."""
@@ -178,19 +188,32 @@ def all_workers_started() -> None:
 
 
 def test_max_tasks_per_child_replaces_the_process_after_that_many_calls():
+    """Which worker takes each call is the scheduler's choice (on a cluster, either node's), so
+    the test follows every process it sees: none runs a fourth call, and one that ran its third
+    exits and never answers again."""
     with pytest.raises(TypeError):
         Executor(max_tasks_per_child=1.5)
     with pytest.raises(ValueError):
         Executor(max_tasks_per_child=0)
-    all_workers_started()
+    seen: dict[int, list[int]] = {}
+    retired: list[int] = []
     with Executor(1, max_tasks_per_child=3) as ex:
-        pids = []
-        for _ in range(7):
-            pids.append(ex.submit(os.getpid).result(timeout=60))
-            all_workers_started()  # a retired worker's replacement too
-    assert pids[0] == pids[1] == pids[2] != pids[3]
-    assert pids[3] == pids[4] == pids[5] != pids[6]
-    assert os.getpid() not in pids
+        for _ in range(40):
+            pid, n = ex.submit(counted_call).result(timeout=60)
+            assert pid not in retired, f"process {pid} answered after its third call"
+            seen.setdefault(pid, []).append(n)
+            if n == 3:
+                retired.append(pid)
+            if len(retired) >= 2:
+                break
+    assert len(retired) >= 2, f"no process ran three calls in 40: {seen}"
+    for pid, counts in seen.items():
+        assert counts == list(range(1, len(counts) + 1)) and len(counts) <= 3, (pid, counts)
+    for pid in retired:
+        assert poll(lambda pid=pid: proc_state(pid) in (None, "Z"), timeout=30), (
+            f"worker {pid} still runs after its third call"
+        )
+    assert os.getpid() not in seen
 
 
 @volley.remote
