@@ -99,6 +99,8 @@ def test_a_job_runs_tasks_on_the_cluster_and_keeps_its_output(jc, client, tmp_pa
     # Its tasks carry the job's id in the state API, as its driver's runtime context names it.
     assert f"context {jid}" in out
 
+    last: list = []
+
     def tasks():
         r = subprocess.run(
             [sys.executable, "-m", "volley._cli", "list", "tasks", "--filter", f"job_id={jid}"]
@@ -110,10 +112,14 @@ def test_a_job_runs_tasks_on_the_cluster_and_keeps_its_output(jc, client, tmp_pa
         )
         assert r.returncode == 0, r.stderr
         answer = json.loads(r.stdout)
+        last[:] = [answer]
         return answer["rows"] if answer["total"] == 10 else None
 
     rows = poll(tasks, timeout=20)
-    assert rows and {(t["name"], t["job_id"]) for t in rows} == {("sq", jid)}, rows
+    assert rows and {(t["name"], t["job_id"]) for t in rows} == {("sq", jid)}, (
+        rows,
+        [(t["task_id"], t["state"], t["node_id"]) for a in last for t in a["rows"]],
+    )
 
 
 def test_a_failing_job_is_failed_with_its_exit_code_and_last_line(client, tmp_path):

@@ -447,6 +447,7 @@ impl Tables {
                         r.ended_ms = now;
                     });
                 }
+                TaskEvent::Returned { seq } => inner.vacate(seq),
                 TaskEvent::Failed { seq, error } => {
                     let state = if error.kind == ErrorKind::Cancelled {
                         TaskStateCode::Cancelled
@@ -888,6 +889,30 @@ impl Inner {
         f(r);
         self.mark_at(loc, marks);
         true
+    }
+
+    /// Task `seq` went back to the node that sent it before it ran here: its row goes (the
+    /// sender's row, and the row of the node that runs it, tell of it from then on; if it
+    /// comes back here, it is a new submission with a new number).
+    fn vacate(&mut self, seq: u64) {
+        let in_ring = seq.checked_sub(self.base).is_some_and(|i| (i as usize) < self.ring.len());
+        let Some(s) = self.slot_mut(seq) else {
+            return;
+        };
+        let (id, terminal) = (s.id, s.row.state.is_terminal());
+        if in_ring {
+            s.row = vacant_row();
+        } else {
+            self.early.remove(&seq);
+        }
+        if terminal {
+            self.finished -= 1;
+        }
+        if let Some(ix) = self.index.as_mut() {
+            if ix.get(&id) == Some(&seq) {
+                ix.remove(&id);
+            }
+        }
     }
 
     /// Like [`Inner::update`] for the event that ends task `seq`: its row joins the finished

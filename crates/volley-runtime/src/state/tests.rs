@@ -519,3 +519,58 @@ fn actor_query_over_ten_thousand_actors() {
         println!("{:?}: before {old:?}, after {new:?}", query.filters);
     }
 }
+
+/// A task a peer sent, given back before it ran here, then sent here again (work stealing):
+/// its first row goes with the give-back, so it is listed once, with the run's state, and a
+/// member's row that came between joins the new one. (A head listed such a task twice, the
+/// first row queued for good, in `test_jobs`.)
+#[test]
+fn a_task_given_back_to_its_sender_and_sent_again_is_one_row() {
+    let sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    let t = Tables::with_max(100);
+    let run = |evs: Vec<TaskEvent>| {
+        let mut evs = evs;
+        t.apply(&mut evs, &sched, NodeId(1), now_ms());
+    };
+    let from_peer = |seq: u64| TaskEvent::Submitted {
+        seq,
+        spec: noop_spec(8, "sq"),
+        holder: Holder::Peer(NodeId(3)),
+        parent: Parent::None,
+    };
+    let nine = &q("tasks", &[("task_id", FilterOp::Eq, &task_hex(TaskId(9)))], None);
+    run(vec![from_peer(5), TaskEvent::Returned { seq: 5 }]);
+    assert_eq!(t.query(nine).expect("q").total, 0);
+    assert_eq!(t.counts(), (0, 0));
+    // A member's (the sender's) row: kept by id until this node's own submission arrives.
+    t.merge(
+        StateRows { tasks: vec![wire(9, "sq", TaskStateCode::Queued, 3, None)], actors: vec![] },
+        NodeId(3),
+    );
+    run(vec![from_peer(6), TaskEvent::Started { seq: 6, pid: 7, attempt: 0 }]);
+    run(vec![TaskEvent::Finished { seq: 6 }]);
+    let r = rows(&t.query(nine).expect("q"));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0]["state"].as_str(), r[0]["worker_pid"].as_u64()), (Some("FINISHED"), Some(7)));
+    assert_eq!(t.counts().0, 1);
+    // Given back from `early` (it left the ring's front while queued): gone too.
+    let t = Tables::with_max(2);
+    let run = |evs: Vec<TaskEvent>| {
+        let mut evs = evs;
+        t.apply(&mut evs, &sched, NodeId(1), now_ms());
+    };
+    run(vec![from_peer(1)]);
+    for seq in 2..=6 {
+        run(vec![TaskEvent::Submitted {
+            seq,
+            spec: noop_spec(seq as usize + 20, "f"),
+            holder: Holder::Local,
+            parent: Parent::None,
+        }]);
+        run(vec![TaskEvent::Finished { seq }]);
+    }
+    assert_eq!(t.query(nine).expect("q").total, 1);
+    run(vec![TaskEvent::Returned { seq: 1 }]);
+    assert_eq!(t.query(nine).expect("q").total, 0);
+    assert_eq!(t.counts().0, 2);
+}

@@ -44,6 +44,11 @@ pub enum TaskEvent {
     Finished {
         seq: u64,
     },
+    /// Given back to the peer that sent it, before it ran here (that peer schedules it again,
+    /// and notes its own events): this node's row of it is no longer news.
+    Returned {
+        seq: u64,
+    },
     /// Failed for good (or cancelled: the error's kind says which).
     Failed {
         seq: u64,

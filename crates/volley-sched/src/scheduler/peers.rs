@@ -468,7 +468,8 @@ impl Scheduler {
     /// Drops a task a peer sent, which will not run here.
     fn forget_peer_task(&mut self, tid: TaskId, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.get(&tid) else { return };
-        let (spec, holder) = (task.spec.clone(), task.caller);
+        let (spec, holder, seq) = (task.spec.clone(), task.caller, task.seq);
+        note!(self, super::TaskEvent::Returned { seq });
         self.finish_task(tid, out);
         let returns: Vec<ObjectId> = spec.return_ids().collect();
         self.decref(holder, &returns, out);

@@ -821,6 +821,7 @@ fn tasks_queued_on_a_busy_peer_come_back_when_another_has_room() {
 #[test]
 fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
     let mut h = H::started(1.0);
+    h.s.set_recording(true);
     let mut tids = Vec::new();
     for _ in 0..12 {
         let spec = h.spec(Vec::new(), TaskOptions::default());
@@ -840,6 +841,25 @@ fn a_peer_gives_back_queued_and_pipelined_tasks_it_has_not_started() {
         })
         .collect();
     assert_eq!(returned, vec![tids[11], tids[10], tids[9]], "the queued ones at once");
+    // Each noted as given back, by the number its submission got here (the state API drops
+    // this node's row of it: the sender's tells of it from then on).
+    let mut events = Vec::new();
+    h.s.swap_events(&mut events);
+    let seq_of = |tid: TaskId| {
+        events.iter().find_map(|e| match e {
+            TaskEvent::Submitted { seq, spec, .. } if spec.task_id == tid => Some(*seq),
+            _ => None,
+        })
+    };
+    let given: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::Returned { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<u64> = [11, 10, 9].iter().filter_map(|i| seq_of(tids[*i])).collect();
+    assert_eq!((given.len(), given), (3, expected));
     let revoke: Vec<TaskId> = h
         .out
         .iter()
