@@ -10,7 +10,8 @@ Then it replaces itself with the entrypoint (same process, so the head's ``drive
 driver's). ``python``/``python3`` as the program means this Python (or the venv's). An
 entrypoint that cannot start exits with status 127 and says why on stderr (the job's log),
 which the head shows as the job's message; a failed install exits with 1 and pip's error as
-its last line.
+its last line. An entrypoint that holds GPUs (``--entrypoint-num-gpus``) sees them, and no
+others, in ``CUDA_VISIBLE_DEVICES``.
 
 Before it execs, it forks a watchdog into the job's process group: the head starts the driver
 with a parent-death signal (SIGKILL when the head dies), and the watchdog, told of the driver's
@@ -140,6 +141,18 @@ def _venv(venvs: Path, args: list[str]) -> str:  # noqa: PLR0915
         return str(python)
 
 
+def _show_gpus() -> None:
+    """The entrypoint sees the GPUs the head's node holds for it (``VOLLEY_JOB_GPUS``, their
+    indices there) in ``CUDA_VISIBLE_DEVICES`` and no others, as a task does."""
+    held = os.environ.pop("VOLLEY_JOB_GPUS", "")
+    if held:
+        from ._gpus import device_names
+
+        ids = [int(i) for i in held.split(",") if i.isdigit()]
+        names = device_names(ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names)
+
+
 def main(argv: list[str]) -> int:
     working_dir = pip = venvs = None
     while argv[:1] in (["--working-dir"], ["--pip"], ["--venvs"]):
@@ -157,6 +170,7 @@ def main(argv: list[str]) -> int:
         return 2
     head = os.getppid()
     _watchdog(head, _start_time(head))
+    _show_gpus()
     python = sys.executable
     if pip:
         try:

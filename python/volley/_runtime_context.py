@@ -74,9 +74,10 @@ def available_resources() -> dict[str, float]:
     return _resources(free=True)
 
 
-def get_gpu_ids() -> list[int]:
+def get_gpu_ids() -> list[int | str]:
     """The GPUs the node gave the task (or actor) running here, as Ray's
-    ``ray.get_gpu_ids()``: a list of device numbers, the ones ``CUDA_VISIBLE_DEVICES`` names
+    ``ray.get_gpu_ids()``: a list of device numbers (UUID strings where the node's own
+    ``CUDA_VISIBLE_DEVICES`` names its GPUs by UUID), the ones ``CUDA_VISIBLE_DEVICES`` names
     while it runs. Empty in the driver (as in Ray) and in a task that asked for no GPU; the
     same on one machine and on a cluster's nodes.
 

@@ -63,18 +63,6 @@ def _default_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _default_gpus() -> int:
-    """NVIDIA GPUs of this machine (as the driver lists them), or those CUDA_VISIBLE_DEVICES
-    names."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        return len(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
-        return 0
-
-
 def _default_store_memory() -> int:
     """30% of this machine's memory (or of the cgroup's limit, if lower)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -129,7 +117,9 @@ def init(
             files have no name: they vanish when freed, or when volley's processes die.
         inline_threshold: values whose pickled size (stream and buffers) is at least this many
             bytes go to the shared-memory store; smaller ones travel inside messages.
-        num_gpus: GPUs to schedule (default: the NVIDIA GPUs this machine has).
+        num_gpus: GPUs to schedule (default: the NVIDIA GPUs this machine has, found with
+            NVML, ``nvidia-smi -L`` or /proc and limited to those ``CUDA_VISIBLE_DEVICES``
+            names; 0 for a driver joining a cluster). See docs/gpus.md.
         resources: custom resources and their amounts, e.g. ``{"disk": 2}``; tasks and actors
             asking for them (``resources={"disk": 1}``) wait until they are free.
         address: ``"HOST:PORT"`` of a cluster's head (``volley start --head``), or ``"auto"``
@@ -263,7 +253,16 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
         if not isinstance(inline_threshold, int) or inline_threshold < 0:
             raise ValueError(f"inline_threshold must be >= 0, not {inline_threshold!r}")
-        gpus = _default_gpus() if num_gpus is None else num_gpus
+        if num_gpus is not None:
+            gpus = num_gpus
+        elif joining is not None:
+            # A driver joining a cluster lends it no GPUs unless asked (as with CPUs): a job's
+            # driver that holds a GPU for itself would otherwise offer it to tasks too.
+            gpus = 0
+        else:
+            from . import _gpus
+
+            gpus = _gpus.count()
         if not isinstance(gpus, (int, float)) or gpus < 0:
             raise ValueError(f"num_gpus must be a number >= 0, not {num_gpus!r}")
         custom = check_resources(resources or {}, "init")

@@ -251,17 +251,25 @@ def _set_actor_id(task_id: int) -> None:
 
 
 _ORIGINAL_CUDA = os.environ.get("CUDA_VISIBLE_DEVICES")
-_gpu_ids: list[int] = []  # the GPUs the node gave the running task (or this actor)
+# The GPUs the node gave the running task (or this actor): device numbers (or UUIDs).
+_gpu_ids: list[int | str] = []
 
 
 def _set_gpus(gpus) -> None:
     """``CUDA_VISIBLE_DEVICES`` names the GPUs the node gave this task (or actor), so CUDA
-    libraries see those and no others; a task without GPUs gets the worker's original value."""
+    libraries see those and no others; a task without GPUs gets the worker's original value.
+    The node's GPU indices are places in the node's own ``CUDA_VISIBLE_DEVICES`` when it has
+    one (see ``_gpus.device_names``)."""
     global _gpu_ids
-    _gpu_ids = [int(g) for g in gpus] if gpus else []
     if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
-    elif _ORIGINAL_CUDA is None:
+        from ._gpus import device_names
+
+        names = device_names(gpus, _ORIGINAL_CUDA)
+        _gpu_ids = [int(n) if n.isdigit() else n for n in names]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names)
+        return
+    _gpu_ids = []
+    if _ORIGINAL_CUDA is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = _ORIGINAL_CUDA

@@ -73,8 +73,8 @@ const MAX_CHANGES: usize = 10_000;
 /// the pool tasks use (so tasks wait while a job holds the CPU), as Ray reserves them.
 pub trait EntrypointHolder: Send + Sync {
     /// Takes `cpu_milli` and `res` for `key` ("job 'id'"), or says what is short and who holds
-    /// it.
-    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<(), String>;
+    /// it. Gives the indices of the GPUs picked for a `GPU` amount, which the driver is shown.
+    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<Vec<u32>, String>;
     /// Gives back what `key` holds (nothing if nothing), starting the tasks that waited.
     fn release(&self, key: &str);
 }
@@ -83,7 +83,7 @@ pub trait EntrypointHolder: Send + Sync {
 pub(crate) struct NodeHolder(pub(crate) std::sync::Weak<crate::shared::Shared>);
 
 impl EntrypointHolder for NodeHolder {
-    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<(), String> {
+    fn hold(&self, key: &str, cpu_milli: u32, res: &[(String, u64)]) -> Result<Vec<u32>, String> {
         match self.0.upgrade() {
             Some(shared) => shared.with(|st, _| st.sched.hold_resources(key, cpu_milli, res)),
             None => Err("the head's node is stopping".into()),
@@ -331,12 +331,17 @@ impl Jobs {
                 still.push(id);
                 continue;
             }
+            let mut gpus = Vec::new();
             if let Some(holder) = self.holder.get() {
                 let cpu = spec.resources.iter().filter(|(n, _)| n == "CPU").map(|(_, a)| *a);
                 let cpu = u32::try_from(cpu.sum::<u64>()).unwrap_or(u32::MAX);
                 let other: Vec<(String, u64)> =
                     spec.resources.iter().filter(|(n, _)| n != "CPU").cloned().collect();
-                if let Err(short) = holder.hold(&hold_key(&id), cpu, &other) {
+                let held = holder.hold(&hold_key(&id), cpu, &other);
+                if let Ok(picked) = &held {
+                    gpus.clone_from(picked);
+                }
+                if let Err(short) = held {
                     let want: Vec<String> =
                         spec.resources.iter().map(|(n, a)| format!("{} {n}", milli(*a))).collect();
                     let why =
@@ -361,7 +366,7 @@ impl Jobs {
                 }
                 None => continue,
             };
-            match self.spawn(cfg, &id, &spec) {
+            match self.spawn(cfg, &id, &spec, &gpus) {
                 Ok(child) => {
                     row.status = JobStatus::Running;
                     row.driver_pid = Some(child.id());
@@ -425,8 +430,11 @@ impl Jobs {
         }
     }
 
-    /// Starts the driver's process (see the module documentation).
-    fn spawn(&self, cfg: &Config, id: &str, spec: &JobSpec) -> Result<Child, String> {
+    /// Starts the driver's process (see the module documentation). `gpus`: the head's node's
+    /// GPUs (indices) held for it, given as `VOLLEY_JOB_GPUS`; `volley._job_driver` turns them
+    /// into the entrypoint's `CUDA_VISIBLE_DEVICES` (the node's index `i` is the `i`-th device
+    /// of the head's own `CUDA_VISIBLE_DEVICES`, which Python reads as the workers do).
+    fn spawn(&self, cfg: &Config, id: &str, spec: &JobSpec, gpus: &[u32]) -> Result<Child, String> {
         let log_path = cfg.dir.join(format!("{id}.log"));
         let log = OpenOptions::new()
             .write(true)
@@ -454,6 +462,12 @@ impl Jobs {
             .stdout(log)
             .stderr(err)
             .process_group(0);
+        // After the job's env vars: what was held decides, not a variable of the same name.
+        cmd.env_remove("VOLLEY_JOB_GPUS");
+        if !gpus.is_empty() {
+            let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
+            cmd.env("VOLLEY_JOB_GPUS", ids.join(","));
+        }
         let head = std::process::id();
         // SAFETY: runs in the forked child before exec and calls only async-signal-safe
         // functions (prctl, getppid), allocating nothing.

@@ -31,13 +31,15 @@ impl Scheduler {
     /// Takes `cpu_milli` and `resources` (thousandths) from this node's free pool for `key`
     /// (a label the wait notices show as the holder, e.g. "job 'abc'") until
     /// [`Scheduler::release_resources`]. All or nothing: an error saying what is short (and who
-    /// holds it) when they are not free now, or when `key` holds resources already.
+    /// holds it) when they are not free now, or when `key` holds resources already. Gives the
+    /// indices of the GPUs picked for a `GPU` amount (none without one), so that the holder
+    /// (a job's driver) can be shown those and no others.
     pub fn hold_resources(
         &mut self,
         key: &str,
         cpu_milli: u32,
         resources: &[(String, u64)],
-    ) -> Result<(), String> {
+    ) -> Result<Vec<u32>, String> {
         if self.holds.by_key.contains_key(key) {
             return Err(format!("{key} holds resources here already"));
         }
@@ -61,8 +63,8 @@ impl Scheduler {
         }
         self.res.take_cpu(cpu_milli);
         let gpus = self.res.acquire(&res, |_, _| None);
-        self.holds.by_key.insert(key.to_string(), Hold { cpu: cpu_milli, res, gpus });
-        Ok(())
+        self.holds.by_key.insert(key.to_string(), Hold { cpu: cpu_milli, res, gpus: gpus.clone() });
+        Ok(gpus)
     }
 
     /// Gives back what `key` holds (nothing if it holds nothing) and starts the work that
@@ -84,7 +86,8 @@ mod tests {
     #[test]
     fn a_hold_takes_the_cpu_tasks_use_until_released_and_is_named_in_the_notice() {
         let mut h = H::with_resources(1.0, &[("GPU", 1000)]);
-        h.s.hold_resources("job 'j1'", 1000, &[]).expect("free");
+        let gpus = h.s.hold_resources("job 'j1'", 1000, &[]).expect("free");
+        assert!(gpus.is_empty(), "no GPU asked for, none given");
         assert_eq!(h.s.stats().cpu_used_milli, 1000);
         let f = h.cpu_task("f");
         assert_eq!(h.s.stats().tasks_queued, 1, "the task waits for the held CPU");
@@ -110,7 +113,8 @@ mod tests {
     #[test]
     fn a_held_gpu_is_not_given_to_a_task_and_too_much_is_refused() {
         let mut h = H::with_resources(2.0, &[("GPU", 1000)]);
-        h.s.hold_resources("job 'g'", 0, &[("GPU".into(), 1000)]).expect("free");
+        let gpus = h.s.hold_resources("job 'g'", 0, &[("GPU".into(), 1000)]).expect("free");
+        assert_eq!(gpus, vec![0], "the one GPU, by its index");
         h.submit_named(
             "g",
             TaskOptions {
@@ -127,5 +131,20 @@ mod tests {
         assert!(e.contains("0.001 disk: this node has 0 in all"), "{e}");
         h.s.release_resources("job 'g'", &mut h.out);
         assert_eq!(h.s.stats().tasks_queued, 0);
+    }
+
+    #[test]
+    fn each_hold_gets_gpus_of_its_own_and_a_released_one_is_picked_again() {
+        let mut h = H::with_resources(2.0, &[("GPU", 2000)]);
+        let gpu = |n| vec![("GPU".to_string(), n)];
+        assert_eq!(h.s.hold_resources("job 'a'", 0, &gpu(1000)), Ok(vec![0]));
+        assert_eq!(h.s.hold_resources("job 'b'", 0, &gpu(1000)), Ok(vec![1]));
+        let e = h.s.hold_resources("job 'c'", 0, &gpu(500)).expect_err("both held");
+        assert!(e.contains("GPU"), "{e}");
+        h.s.release_resources("job 'a'", &mut h.out);
+        assert_eq!(h.s.hold_resources("job 'c'", 0, &gpu(500)), Ok(vec![0]), "a's, free again");
+        h.s.release_resources("job 'b'", &mut h.out);
+        h.s.release_resources("job 'c'", &mut h.out);
+        assert_eq!(h.s.hold_resources("job 'd'", 0, &gpu(2000)), Ok(vec![0, 1]));
     }
 }

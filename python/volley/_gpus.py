@@ -1,0 +1,196 @@
+"""The GPUs of this machine: how many a node schedules, and which device each of its GPU
+indices is.
+
+Detection asks, in order, until one answers:
+
+1. NVML (``libnvidia-ml.so.1``, which the NVIDIA driver installs) through ctypes:
+   ``nvmlInit_v2``, ``nvmlDeviceGetCount_v2``, ``nvmlShutdown``; no Python package needed.
+2. ``nvidia-smi -L``: its ``GPU N:`` lines. It gets a few seconds; a missing binary, a failure
+   or no answer in time means it knows nothing (a hang is killed and said in a warning).
+3. ``/proc/driver/nvidia/gpus``: one directory per GPU.
+
+``VOLLEY_GPU_DETECT`` picks one way instead of the chain (``nvml``, ``nvidia-smi``, ``proc``,
+or ``none``; ``auto``, the default, is the chain): for machines where one of them lies or
+hangs, and for tests, which give a fake ``nvidia-smi``.
+
+``CUDA_VISIBLE_DEVICES`` in the node's environment limits the node to the devices it names, as
+CUDA itself does: the list stops at its first entry that is not a device (``-1``, an empty
+string: none at all), and numbers past the GPUs found are dropped (when some were found).
+The node's GPU ``i`` is then the list's ``i``-th device: a task given GPU 0 on a node started
+with ``CUDA_VISIBLE_DEVICES=2,3`` sees ``CUDA_VISIBLE_DEVICES=2`` (see :func:`device_names`).
+``volley.init(num_gpus=...)`` and ``volley start --num-gpus`` still win over all of this.
+"""
+
+from __future__ import annotations
+
+import os
+
+# How long `nvidia-smi -L` may take before it is taken as knowing nothing.
+SMI_TIMEOUT_S = 5.0
+
+METHODS = ("auto", "nvml", "nvidia-smi", "proc", "none")
+
+
+def _nvml() -> int | None:
+    """GPUs NVML counts, or None without NVML (no driver library, or it does not start)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    try:
+        if lib.nvmlInit_v2() != 0:
+            return None
+    except AttributeError:
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        return int(count.value)
+    except AttributeError:
+        return None
+    finally:
+        lib.nvmlShutdown()
+
+
+def _nvidia_smi(timeout: float = SMI_TIMEOUT_S) -> int | None:
+    """GPUs ``nvidia-smi -L`` lists, or None when it is missing, fails or does not answer in
+    ``timeout`` seconds (its process group is killed then, so that a child of it holding the
+    pipe cannot keep us waiting)."""
+    import re
+    import shutil
+    import signal
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        p = subprocess.Popen(
+            [exe, "-L"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        p.communicate()
+        import logging
+
+        logging.getLogger("volley").warning(
+            "volley: `%s -L` did not answer in %g s: no GPUs counted from it "
+            "(set VOLLEY_GPU_DETECT, or pass num_gpus)",
+            exe,
+            timeout,
+        )
+        return None
+    if p.returncode != 0:
+        return None
+    return len(re.findall(r"^GPU \d+:", out.decode(errors="replace"), re.MULTILINE))
+
+
+def _proc() -> int | None:
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return None
+
+
+def _method() -> str:
+    method = os.environ.get("VOLLEY_GPU_DETECT", "auto").strip().lower() or "auto"
+    if method not in METHODS:
+        raise ValueError(
+            f"VOLLEY_GPU_DETECT must be one of {', '.join(METHODS)}, not "
+            f"{os.environ.get('VOLLEY_GPU_DETECT')!r}"
+        )
+    return method
+
+
+def found() -> int | None:
+    """The GPUs this machine has, by the first way of ``VOLLEY_GPU_DETECT`` that knows (None
+    when none does), not limited by ``CUDA_VISIBLE_DEVICES``.
+
+    >>> import os
+    >>> os.environ["VOLLEY_GPU_DETECT"] = "none"
+    >>> found() is None
+    True
+    >>> del os.environ["VOLLEY_GPU_DETECT"]
+    """
+    method = _method()
+    ways = {"nvml": _nvml, "nvidia-smi": _nvidia_smi, "proc": _proc}
+    if method == "none":
+        return None
+    chain = list(ways.values()) if method == "auto" else [ways[method]]
+    for way in chain:
+        n = way()
+        if n is not None:
+            return n
+    return None
+
+
+def visible(value: str | None, total: int | None = None) -> list[str] | None:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value names, as CUDA reads it: up to its first
+    entry that is not a device (``-1``, empty, a number past ``total`` when that is known);
+    None when the variable is not set (every device is visible).
+
+    >>> visible("0,2")
+    ['0', '2']
+    >>> visible("1,-1,0"), visible(""), visible("-1"), visible(None)
+    (['1'], [], [], None)
+    >>> visible("0,1,2,3", total=2)
+    ['0', '1']
+    >>> visible("GPU-8f3a,MIG-1c2d")
+    ['GPU-8f3a', 'MIG-1c2d']
+    """
+    if value is None:
+        return None
+    names: list[str] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if entry.isdigit():
+            if total is not None and int(entry) >= total:
+                break
+        elif not entry.startswith(("GPU-", "MIG-")):
+            break
+        names.append(entry)
+    return names
+
+
+def count() -> int:
+    """The GPUs a node on this machine schedules when ``num_gpus`` is not given: those found
+    (see the module documentation), limited to those ``CUDA_VISIBLE_DEVICES`` names.
+
+    >>> import os
+    >>> os.environ["VOLLEY_GPU_DETECT"] = "none"
+    >>> os.environ["CUDA_VISIBLE_DEVICES"] = "3,5"
+    >>> count()
+    2
+    >>> del os.environ["VOLLEY_GPU_DETECT"], os.environ["CUDA_VISIBLE_DEVICES"]
+    """
+    total = found()
+    names = visible(os.environ.get("CUDA_VISIBLE_DEVICES"), total or None)
+    if names is not None:
+        return len(names)
+    return total or 0
+
+
+def device_names(indices, base: str | None) -> list[str]:
+    """What ``CUDA_VISIBLE_DEVICES`` lists for the node's GPU ``indices``, given the node's own
+    value ``base``: the base's entries at those places (a node limited to ``2,3`` gives its GPU
+    0 as ``2``), the indices themselves when the base is unset or too short.
+
+    >>> device_names([0], "2,3"), device_names([1, 0], None), device_names([1], "-1")
+    (['2'], ['1', '0'], ['1'])
+    """
+    names = visible(base) or []
+    return [names[i] if i < len(names) else str(i) for i in (int(i) for i in indices)]
