@@ -39,7 +39,15 @@ try:
     import volley
 except ImportError:  # run from a checkout whose extension is built in place
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-    import volley
+    try:
+        import volley
+    except ImportError as e:
+        print(
+            f"FAIL setup: cannot import volley: {e} (build it with `make build`, or run this "
+            "with the checkout's .venv/bin/python)",
+            flush=True,
+        )
+        sys.exit(2)
 
 from volley import _gpus
 from volley.exceptions import UnschedulableError
