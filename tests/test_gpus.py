@@ -144,7 +144,7 @@ def test_a_node_daemon_detects_gpus_and_a_jobs_driver_sees_those_held_for_it(no_
     c.env["VOLLEY_GPU_DETECT"] = "nvidia-smi"
     c.env.pop("CUDA_VISIBLE_DEVICES", None)
     try:
-        c.start_nodes(1)
+        c.start_nodes(2)  # the head and a node, each with two (fake) GPUs
         client = job.JobSubmissionClient(c.head, token=c.token)
         go = tmp_path / "go"
         show = (
@@ -173,8 +173,8 @@ def test_a_node_daemon_detects_gpus_and_a_jobs_driver_sees_those_held_for_it(no_
         go.touch()
         for j in (first, second, third):
             assert client.wait(j, timeout=60)["status"] == "SUCCEEDED", client.get_job_logs(j)
-        # The drivers' own nodes add no GPUs: the head's two are the cluster's.
-        assert "cluster GPUs 2.0" in client.get_job_logs(first), client.get_job_logs(first)
+        # The drivers' own nodes add no GPUs: the daemons' two each are the cluster's.
+        assert "cluster GPUs 4.0" in client.get_job_logs(first), client.get_job_logs(first)
         assert client.get_job_logs(third).startswith("sees 0\n") or client.get_job_logs(
             third
         ).startswith("sees 1\n"), client.get_job_logs(third)
