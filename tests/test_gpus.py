@@ -237,3 +237,30 @@ def test_the_gpu_check_passes_on_one_fake_gpu_and_fails_without_one(no_volley, t
     assert list(rows) == CHECKS, report
     assert rows["detection"][0] == "FAIL" and rows["task"][0] == "FAIL", report
     assert "- result: FAIL" in report, report
+
+
+def test_a_heads_cuda_visible_devices_limits_it_and_names_a_jobs_device(no_volley, tmp_path):
+    c = Cluster(tmp_path)
+    d = fake_smi(tmp_path, gpus=4)
+    c.env["PATH"] = f"{d}{os.pathsep}{c.env.get('PATH', '')}"
+    c.env["VOLLEY_GPU_DETECT"] = "nvidia-smi"
+    c.env["CUDA_VISIBLE_DEVICES"] = "3,1"
+    try:
+        c.start_nodes(1)
+        client = job.JobSubmissionClient(c.head, token=c.token)
+        code = (
+            "import os, volley\n"
+            "print('sees', os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)\n"
+            "volley.init(address='auto')\n"
+            "print('cluster GPUs', volley.cluster_resources().get('GPU'), flush=True)\n"
+        )
+        # The head's GPU 0 is device 3; a variable of the job's own cannot claim another.
+        j = client.submit_job(
+            ["python", "-c", code],
+            entrypoint_num_gpus=1,
+            runtime_env={"env_vars": {"VOLLEY_JOB_GPUS": "1"}},
+        )
+        assert client.wait(j, timeout=60)["status"] == "SUCCEEDED", client.get_job_logs(j)
+        assert client.get_job_logs(j) == "sees 3\ncluster GPUs 2.0\n"
+    finally:
+        c.stop()
