@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -264,3 +265,49 @@ def test_a_heads_cuda_visible_devices_limits_it_and_names_a_jobs_device(no_volle
         assert client.get_job_logs(j) == "sees 3\ncluster GPUs 2.0\n"
     finally:
         c.stop()
+
+
+FAKE_NVML = r"""
+#include <stdlib.h>
+#include <unistd.h>
+int nvmlInit_v2(void) { if (getenv("FAKE_NVML_HANG")) sleep(120); return 0; }
+int nvmlDeviceGetCount_v2(unsigned int *count) { *count = 3; return 0; }
+int nvmlShutdown(void) { return 0; }
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the fake NVML")
+def test_nvml_is_asked_first_and_a_hanging_one_gives_way_to_nvidia_smi(tmp_path):
+    # A fake libnvidia-ml.so.1 (3 GPUs) before a fake nvidia-smi (1 GPU), in fresh processes:
+    # the dynamic loader reads LD_LIBRARY_PATH at start.
+    src = tmp_path / "nvml.c"
+    src.write_text(FAKE_NVML)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(lib / "libnvidia-ml.so.1"), str(src)], check=True
+    )
+    d = fake_smi(tmp_path, gpus=1)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(lib), VOLLEY_GPU_DETECT="auto")
+    env["PATH"] = f"{d}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    code = "import volley\nvolley.init(num_cpus=1)\nprint(volley.cluster_resources().get('GPU'))"
+
+    def gpus(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env=dict(env, **extra),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = gpus()
+    assert r.returncode == 0 and r.stdout == "3.0\n", r
+    r = gpus(VOLLEY_GPU_DETECT="nvidia-smi")
+    assert r.returncode == 0 and r.stdout == "1.0\n", r
+    start = time.monotonic()
+    r = gpus(FAKE_NVML_HANG="1")
+    assert r.returncode == 0 and r.stdout == "1.0\n", r
+    assert "NVML (libnvidia-ml.so.1) did not answer in 5 s" in r.stderr, r.stderr
+    assert time.monotonic() - start < 60

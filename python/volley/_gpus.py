@@ -5,6 +5,7 @@ Detection asks, in order, until one answers:
 
 1. NVML (``libnvidia-ml.so.1``, which the NVIDIA driver installs) through ctypes:
    ``nvmlInit_v2``, ``nvmlDeviceGetCount_v2``, ``nvmlShutdown``; no Python package needed.
+   It gets a few seconds too (on a thread: a hung driver hangs NVML's calls).
 2. ``nvidia-smi -L``: its ``GPU N:`` lines. It gets a few seconds; a missing binary, a failure
    or no answer in time means it knows nothing (a hang is killed and said in a warning).
 3. ``/proc/driver/nvidia/gpus``: one directory per GPU.
@@ -29,6 +30,28 @@ import os
 SMI_TIMEOUT_S = 5.0
 
 METHODS = ("auto", "nvml", "nvidia-smi", "proc", "none")
+
+
+def _nvml_in_time(timeout: float = SMI_TIMEOUT_S) -> int | None:
+    """:func:`_nvml` on a thread of its own, given ``timeout`` seconds: a driver in a bad state
+    can hang NVML's calls, and a call into C cannot be interrupted (the thread is left behind,
+    a daemon, and NVML is taken as knowing nothing; a warning says so)."""
+    import threading
+
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(_nvml()), name="volley-nvml", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        import logging
+
+        logging.getLogger("volley").warning(
+            "volley: NVML (libnvidia-ml.so.1) did not answer in %g s: no GPUs counted from it "
+            "(set VOLLEY_GPU_DETECT, or pass num_gpus)",
+            timeout,
+        )
+        return None
+    return got[0] if got else None
 
 
 def _nvml() -> int | None:
@@ -127,7 +150,7 @@ def found() -> int | None:
     >>> del os.environ["VOLLEY_GPU_DETECT"]
     """
     method = _method()
-    ways = {"nvml": _nvml, "nvidia-smi": _nvidia_smi, "proc": _proc}
+    ways = {"nvml": _nvml_in_time, "nvidia-smi": _nvidia_smi, "proc": _proc}
     if method == "none":
         return None
     chain = list(ways.values()) if method == "auto" else [ways[method]]
