@@ -118,15 +118,25 @@ def test_a_failing_or_missing_nvidia_smi_or_none_means_no_gpu(no_volley, fake_en
     assert _gpus.found() is None and _gpus.count() == 0
 
 
-def test_a_hanging_nvidia_smi_is_killed_says_so_and_means_no_gpu(no_volley, fake_env, caplog):
+def test_a_hanging_nvidia_smi_is_killed_says_so_and_means_no_gpu(
+    no_volley, fake_env, caplog, monkeypatch
+):
     # It hangs in a child of its shell, which holds the output pipe: its whole group goes.
     fake_env(body="sleep 120\necho 'GPU 0: late'\n")
+    monkeypatch.setenv("VOLLEY_GPU_DETECT_TIMEOUT", "1")
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="volley"):
         assert _gpus.count() == 0
     took = time.monotonic() - start
-    assert _gpus.SMI_TIMEOUT_S <= took < _gpus.SMI_TIMEOUT_S + 10, took
-    assert "did not answer in 5 s: no GPUs counted" in caplog.text, caplog.text
+    assert 1 <= took < 11, took
+    assert "-L` did not answer in 1 s: no GPUs counted" in caplog.text, caplog.text
+    # The default is a few seconds; nonsense is refused.
+    monkeypatch.delenv("VOLLEY_GPU_DETECT_TIMEOUT")
+    assert _gpus._timeout() == _gpus.SMI_TIMEOUT_S == 5.0
+    for bad in ("0", "-2", "soon", "nan"):
+        monkeypatch.setenv("VOLLEY_GPU_DETECT_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="VOLLEY_GPU_DETECT_TIMEOUT must be a number of "):
+            _gpus.count()
 
 
 def test_a_bad_detect_setting_is_refused_at_init(no_volley, monkeypatch):
@@ -307,7 +317,7 @@ def test_nvml_is_asked_first_and_a_hanging_one_gives_way_to_nvidia_smi(tmp_path)
     r = gpus(VOLLEY_GPU_DETECT="nvidia-smi")
     assert r.returncode == 0 and r.stdout == "1.0\n", r
     start = time.monotonic()
-    r = gpus(FAKE_NVML_HANG="1")
+    r = gpus(FAKE_NVML_HANG="1", VOLLEY_GPU_DETECT_TIMEOUT="1.5")
     assert r.returncode == 0 and r.stdout == "1.0\n", r
-    assert "NVML (libnvidia-ml.so.1) did not answer in 5 s" in r.stderr, r.stderr
+    assert "NVML (libnvidia-ml.so.1) did not answer in 1.5 s" in r.stderr, r.stderr
     assert time.monotonic() - start < 60

@@ -5,14 +5,15 @@ Detection asks, in order, until one answers:
 
 1. NVML (``libnvidia-ml.so.1``, which the NVIDIA driver installs) through ctypes:
    ``nvmlInit_v2``, ``nvmlDeviceGetCount_v2``, ``nvmlShutdown``; no Python package needed.
-   It gets a few seconds too (on a thread: a hung driver hangs NVML's calls).
+   It gets a few seconds (on a thread: a hung driver hangs NVML's calls).
 2. ``nvidia-smi -L``: its ``GPU N:`` lines. It gets a few seconds; a missing binary, a failure
    or no answer in time means it knows nothing (a hang is killed and said in a warning).
 3. ``/proc/driver/nvidia/gpus``: one directory per GPU.
 
 ``VOLLEY_GPU_DETECT`` picks one way instead of the chain (``nvml``, ``nvidia-smi``, ``proc``,
 or ``none``; ``auto``, the default, is the chain): for machines where one of them lies or
-hangs, and for tests, which give a fake ``nvidia-smi``.
+hangs, and for tests, which give a fake ``nvidia-smi``. ``VOLLEY_GPU_DETECT_TIMEOUT`` is how
+many seconds NVML and ``nvidia-smi`` each get (default 5).
 
 ``CUDA_VISIBLE_DEVICES`` in the node's environment limits the node to the devices it names, as
 CUDA itself does: the list stops at its first entry that is not a device (``-1``, an empty
@@ -26,18 +27,20 @@ from __future__ import annotations
 
 import os
 
-# How long `nvidia-smi -L` may take before it is taken as knowing nothing.
+# How long NVML or `nvidia-smi -L` may take before it is taken as knowing nothing (unless
+# VOLLEY_GPU_DETECT_TIMEOUT says otherwise).
 SMI_TIMEOUT_S = 5.0
 
 METHODS = ("auto", "nvml", "nvidia-smi", "proc", "none")
 
 
-def _nvml_in_time(timeout: float = SMI_TIMEOUT_S) -> int | None:
+def _nvml_in_time(timeout: float | None = None) -> int | None:
     """:func:`_nvml` on a thread of its own, given ``timeout`` seconds: a driver in a bad state
     can hang NVML's calls, and a call into C cannot be interrupted (the thread is left behind,
     a daemon, and NVML is taken as knowing nothing; a warning says so)."""
     import threading
 
+    timeout = _timeout() if timeout is None else timeout
     got: list[int | None] = []
     t = threading.Thread(target=lambda: got.append(_nvml()), name="volley-nvml", daemon=True)
     t.start()
@@ -78,7 +81,7 @@ def _nvml() -> int | None:
         lib.nvmlShutdown()
 
 
-def _nvidia_smi(timeout: float = SMI_TIMEOUT_S) -> int | None:
+def _nvidia_smi(timeout: float | None = None) -> int | None:
     """GPUs ``nvidia-smi -L`` lists, or None when it is missing, fails or does not answer in
     ``timeout`` seconds (its process group is killed then, so that a child of it holding the
     pipe cannot keep us waiting)."""
@@ -87,6 +90,7 @@ def _nvidia_smi(timeout: float = SMI_TIMEOUT_S) -> int | None:
     import signal
     import subprocess
 
+    timeout = _timeout() if timeout is None else timeout
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
@@ -129,6 +133,20 @@ def _proc() -> int | None:
         return None
 
 
+def _timeout() -> float:
+    """``VOLLEY_GPU_DETECT_TIMEOUT`` (seconds), or :data:`SMI_TIMEOUT_S`."""
+    raw = os.environ.get("VOLLEY_GPU_DETECT_TIMEOUT", "").strip()
+    if not raw:
+        return SMI_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"VOLLEY_GPU_DETECT_TIMEOUT must be a number of seconds > 0, not {raw!r}")
+    return value
+
+
 def _method() -> str:
     method = os.environ.get("VOLLEY_GPU_DETECT", "auto").strip().lower() or "auto"
     if method not in METHODS:
@@ -150,6 +168,7 @@ def found() -> int | None:
     >>> del os.environ["VOLLEY_GPU_DETECT"]
     """
     method = _method()
+    _timeout()  # a bad value is refused even where nothing would wait
     ways = {"nvml": _nvml_in_time, "nvidia-smi": _nvidia_smi, "proc": _proc}
     if method == "none":
         return None
