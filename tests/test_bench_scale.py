@@ -1,0 +1,52 @@
+"""benchmarks/scale.py runs every cell and writes its table (timings are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scale_quick_has_every_row(tmp_path: Path) -> None:
+    """--quick --tiny at 1 and 2 workers: a row per (benchmark, worker count), no cell in
+    error, and the results file keeps the sections other benchmarks wrote."""
+    out = tmp_path / "RESULTS-scale.md"
+    out.write_text("# Scale\n\n## Fork template\n\nkept as it was\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--tiny",
+         "--workers", "1,2", "--runs", "1", "--timeout", "60", "--output", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.scale import BENCHES, sizes
+
+    titles = [title.format(**sizes(True, True)) for _, title, _ in BENCHES]
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert rows[0].startswith("| benchmark | workers | volley | mp | cf |"), rows[0]
+    body = rows[1:]
+    expected = [(t, n) for t in titles for n in ("1", "2")]
+    assert [(r.split(" | ")[0][2:], r.split(" | ")[1]) for r in body] == expected, proc.stdout
+    for row in body:
+        assert "error" not in row, row
+        assert "|  |" not in row.split(" | ", 2)[2], f"a cell is empty: {row}"
+    text = out.read_text()
+    assert "## Fork template\n\nkept as it was" in text
+    assert text.count("## Per-core scaling") == 1
+    for title in titles:
+        assert title in text
+
+
+def test_scale_rejects_bad_workers() -> None:
+    """A worker count that is not a positive integer is refused before anything runs."""
+    for bad in ("0", "two", ""):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--workers", bad],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "--workers" in proc.stderr
