@@ -36,21 +36,29 @@ t0 = time.perf_counter()
 import volley
 t_import = time.perf_counter()
 from volley import _core, _runtime_env  # what init imports: counted in "init"
-phases = {}
-def timed(owner, name, key):
+marks = {}
+def mark(owner, name):
     fn = getattr(owner, name)
     def wrapper(*a, **k):
-        s = time.perf_counter()
+        marks.setdefault(name + ">", time.perf_counter())
         try:
             return fn(*a, **k)
         finally:
-            phases[key] = phases.get(key, 0.0) + time.perf_counter() - s
+            marks.setdefault(name + "<", time.perf_counter())
     setattr(owner, name, wrapper)
-timed(_core, "start_node", "init: node start (start_node)")
-timed(_runtime_env, "build", "init: runtime_env check")
+for owner, name in ((_runtime_env, "build"), (_core, "start_node"), (_core, "set_runtime_env")):
+    mark(owner, name)
 t1 = t_import
 volley.init(num_cpus=2, log_to_driver=False)
 t_init = time.perf_counter()
+phases = {
+    "init: imports (session, cluster, runtime_env, multiprocessing), defaults": marks["build>"] - t1,
+    "init: checks, runtime_env": marks["start_node>"] - marks["build>"],
+    "init: node start (start_node; workers start in its threads)":
+        marks["start_node<"] - marks["start_node>"],
+    "init: event log thread (imports logging)": marks["set_runtime_env>"] - marks["start_node<"],
+    "init: the rest (imports cloudpickle)": t_init - marks["set_runtime_env>"],
+}
 f = volley.remote(lambda: 1)
 t_decorate = time.perf_counter()
 ref = f.remote()

@@ -20,7 +20,6 @@ it); it is never put on a command line, in an environment variable or in a file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -94,6 +93,8 @@ def build(
     packages: dict[str, bytes] = {}
 
     def add(data: bytes) -> str:
+        import hashlib  # here: loading OpenSSL's hashes costs every start ~2 ms
+
         h = hashlib.sha256(data).hexdigest()[:32]
         packages[h] = data
         return h
@@ -172,6 +173,8 @@ def _unpacked(h: str) -> Path:
     data = _runtime_dir.read_file(archive)
     if data is None:
         raise RuntimeError(f"runtime_env package {h} has not reached this node ({archive})")
+    import hashlib
+
     if len(h) < 32 or not hashlib.sha256(data).hexdigest().startswith(h):
         raise RuntimeError(
             f"runtime_env package {h}: {archive} does not match its hash; refusing to run it"
