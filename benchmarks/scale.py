@@ -326,30 +326,53 @@ def measure(args, env) -> dict:
     return results
 
 
+# The issue's targets (on 16 cores): (benchmark, bound, higher is better), judged on volley's
+# median at 16 workers (and, for "queued", only with the full 1,000,000 tasks).
+TARGETS = {"cpu": (15.0, True), "tiny": (200_000.0, True), "queued": (10.0, False)}
+
+
+def _target(bench: str, n: int, sz: dict, volley) -> tuple[str, str]:
+    """(target text, "met"/"NOT met"/"") for one row."""
+    if bench not in TARGETS or (bench == "queued" and sz["queued"] != 1_000_000):
+        return "", ""
+    bound, higher = TARGETS[bench]
+    unit = {"cpu": "speedup", "tiny": "rate"}.get(bench, "s")
+    text = f"{'>=' if higher else '<='} {fmt(bound, unit)} at 16"
+    if n != 16 or volley is None:
+        return text, ""
+    return text, "met" if (volley >= bound if higher else volley <= bound) else "NOT met"
+
+
 def table(args, sz: dict, results: dict, serial_s: float) -> str:
     cores = os.cpu_count() or 1
     head = ["benchmark", "workers", *args.systems]
     peers = [s for s in args.systems if s != "volley"]
     if "volley" in args.systems:
         head += [f"volley vs {p}" for p in peers]
+    head += ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for bench, title, unit in BENCHES:
         for n in args.workers:
             workers = f"{n}" + (" (oversubscribed)" if n > cores else "")
-            medians = {}
+            medians, times = {}, {}
             for system in args.systems:
                 got = results.get((bench, n, system))
                 if isinstance(got, list) and got:
                     medians[system] = statistics.median(got)
                     if unit == "speedup":
+                        times[system] = medians[system]
                         base = results.get((bench, 1, system)) if 1 in args.workers else None
                         base_s = statistics.median(base) if isinstance(base, list) else serial_s
                         medians[system] = base_s / medians[system]
             cells = []
             for system in args.systems:
                 got = results.get((bench, n, system))
-                cells.append("error: " + got[:80] if isinstance(got, str) else
-                             fmt(medians.get(system), unit))  # fmt: skip
+                text = (
+                    "error: " + got[:80] if isinstance(got, str) else fmt(medians.get(system), unit)
+                )
+                if system in times:
+                    text += f" ({fmt(times[system], 's')})"
+                cells.append(text)
             ratios = []
             for p in peers if "volley" in args.systems else []:
                 v, o = medians.get("volley"), medians.get(p)
@@ -358,7 +381,8 @@ def table(args, sz: dict, results: dict, serial_s: float) -> str:
                 else:
                     ratios.append(f"{(v / o if unit in ('rate', 'speedup') else o / v):.2f}x")
             name = title.format(**sz)
-            lines.append("| " + " | ".join([name, workers, *cells, *ratios]) + " |")
+            target = _target(bench, n, sz, medians.get("volley"))
+            lines.append("| " + " | ".join([name, workers, *cells, *ratios, *target]) + " |")
     return "\n".join(lines)
 
 
