@@ -481,7 +481,7 @@ SECTION = """{heading}
   or futures kept, then all gathered. Actors: after one warm-up actor (the class shipped),
   N `num_cpus=0` actors created and each called once; mp/cf: pool creation and one call per
   process (their process start, the nearest equivalent).
-- After init (or pool creation) and {{4N}} warm-up no-ops, so worker start is not timed, except
+- After init (or pool creation) and 4 x N warm-up no-ops, so worker start is not timed, except
   in the actor row.
 
 {table}
