@@ -52,7 +52,8 @@ t1 = t_import
 volley.init(num_cpus=2, log_to_driver=False)
 t_init = time.perf_counter()
 phases = {
-    "init: imports (session, cluster, runtime_env, multiprocessing), defaults": marks["build>"] - t1,
+    "init: imports (session, cluster, runtime_env, multiprocessing), defaults":
+        marks["build>"] - t1,
     "init: checks, runtime_env": marks["start_node>"] - marks["build>"],
     "init: node start (start_node; workers start in its threads)":
         marks["start_node<"] - marks["start_node>"],
