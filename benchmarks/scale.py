@@ -307,6 +307,8 @@ def measure(args, env) -> dict:
     """{(bench, n, system): [values]} (or an error string), runs alternating between systems."""
     results: dict = {}
     for bench, _, _ in BENCHES:
+        if bench not in args.only:
+            continue
         for n in args.workers:
             for i in range(args.runs):
                 for system in args.systems:
@@ -352,6 +354,8 @@ def table(args, sz: dict, results: dict, serial_s: float) -> str:
     head += ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for bench, title, unit in BENCHES:
+        if bench not in args.only:
+            continue
         for n in args.workers:
             workers = f"{n}" + (" (oversubscribed)" if n > cores else "")
             medians, times = {}, {}
@@ -408,6 +412,8 @@ def parse_args(argv):
     p.add_argument("--workers", default="1,2,4,8,16", help="worker counts, comma-separated")
     p.add_argument("--runs", type=int, default=3, help="runs per cell; the median is shown")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="systems, comma-separated")
+    p.add_argument("--only", default=",".join(b for b, _, _ in BENCHES),
+                   help="benchmarks, comma-separated (default: all)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--tiny", action="store_true", help="sizes that only check every cell runs")
     p.add_argument("--timeout", type=float, default=300, help="seconds per cell run")
@@ -425,6 +431,11 @@ def parse_args(argv):
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(args.only) - {b for b, _, _ in BENCHES}
+    if unknown or not args.only:
+        p.error(f"unknown benchmarks {sorted(unknown)}; choose from "
+                f"{', '.join(b for b, _, _ in BENCHES)}")  # fmt: skip
     if args.runs < 1:
         p.error("--runs must be at least 1")
     return args
@@ -453,13 +464,16 @@ def main(argv=None) -> None:
     print(body)
     command = shlex.join(["python", "benchmarks/scale.py", *argv])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # A run of some benchmarks only gets a section of its own: the full table stays.
+    every = [b for b, _, _ in BENCHES]
+    heading = HEADING if args.only == every else f"{HEADING}: {', '.join(args.only)}"
     section = SECTION.format(
-        heading=HEADING, date=date, machine=machine(), command=command,
+        heading=heading, date=date, machine=machine(), command=command,
         load=f"{load_before} before, {_loadavg()} after", runs=args.runs,
         background=args.background, spin_n=spin_n, serial_s=serial_s, table=body, **sz,
     )  # fmt: skip
-    replace_section(args.output, HEADING, section)
-    print(f"\nwritten to {args.output} ({HEADING})", file=sys.stderr)
+    replace_section(args.output, heading, section)
+    print(f"\nwritten to {args.output} ({heading})", file=sys.stderr)
 
 
 SECTION = """{heading}

@@ -42,8 +42,9 @@ def test_scale_quick_has_every_row(tmp_path: Path) -> None:
         assert title in text
 
 
-def test_scale_rejects_bad_workers() -> None:
-    """A worker count that is not a positive integer is refused before anything runs."""
+def test_scale_rejects_bad_arguments() -> None:
+    """A worker count that is not a positive integer, or an unknown benchmark, is refused
+    before anything runs."""
     for bad in ("0", "two", ""):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--workers", bad],
@@ -51,3 +52,8 @@ def test_scale_rejects_bad_workers() -> None:
         )  # fmt: skip
         assert proc.returncode == 2, proc.stderr
         assert "--workers" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--only", "tiny,nosuch"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unknown benchmarks ['nosuch']" in proc.stderr, proc.stderr
