@@ -57,3 +57,38 @@ def test_scale_rejects_bad_arguments() -> None:
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2 and "unknown benchmarks ['nosuch']" in proc.stderr, proc.stderr
+
+
+def test_background_load_runs_during_the_block_and_stops_after(capsys) -> None:
+    """run.py --background N: N busy processes live (and use CPU) inside the block, none after;
+    the harness says so on stderr."""
+    import os
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import process_tree
+    from benchmarks.run import background_load
+
+    with background_load(2):
+        children = [p for p in process_tree(os.getpid()) if p != os.getpid()]
+        busy = []
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"while True: pass" in f.read():
+                    busy.append(pid)
+        assert len(busy) == 2, children
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # each is spinning: its CPU time grows
+            ticks = []
+            for pid in busy:
+                with open(f"/proc/{pid}/stat") as f:
+                    ticks.append(sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13]))
+            if all(ticks):
+                break
+            time.sleep(0.05)
+        assert all(ticks), ticks
+    for pid in busy:
+        assert not os.path.exists(f"/proc/{pid}"), f"busy process {pid} still running"
+    err = capsys.readouterr().err
+    assert "background load: 2 busy process(es) started" in err
+    assert "background load: 2 busy process(es) stopped" in err
