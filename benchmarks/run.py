@@ -10,6 +10,7 @@ unless VOLLEY_BENCH_PYTHON_<SYSTEM> (e.g. VOLLEY_BENCH_PYTHON_VOLLEY) names anot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import json
@@ -219,6 +220,33 @@ def _kill_session(sid: int) -> None:
             continue
 
 
+@contextlib.contextmanager
+def background_load(n: int):
+    """Keeps `n` busy processes (plain CPU loops at normal priority) running for the length of
+    the block: the fixed contention under which the fairness figures are measured. Says on
+    stderr that it started and stopped them, since every figure in the run is affected."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", "while True: pass"],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+        if n:
+            pids = ", ".join(str(p.pid) for p in procs)
+            print(f"background load: {n} busy process(es) started (pids {pids})", file=sys.stderr)
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        if procs:
+            print(f"background load: {len(procs)} busy process(es) stopped", file=sys.stderr)
+
+
 def not_runnable(row: Row, func: str, info: dict) -> Cell | None:
     """The cell to show when `func` cannot run for this system at all, else None."""
     if "error" in info:
@@ -413,6 +441,8 @@ def parse_args(argv):
     p.add_argument("--systems", default=",".join(SYSTEMS), help="systems, comma-separated")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--timeout", type=float, default=300, help="seconds per cell run")
+    p.add_argument("--background", type=int, default=0, metavar="N",
+                   help="busy processes (CPU loops) kept running during the cells")  # fmt: skip
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -422,6 +452,27 @@ def parse_args(argv):
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     return args
+
+
+def measure_rows(all_rows, needed, columns, infos, results, args, env) -> None:
+    """Measures every needed row in order (a derived row reads its source's cells)."""
+    for row in all_rows:
+        if row.letter not in needed:
+            continue
+        cells, jobs = {}, {}
+        for label, system, suffix in columns:
+            if row.source:
+                cells[label] = derived(row, results[row.source, label])
+                continue
+            func = f"{row.letter}_{suffix}" if suffix else row.letter
+            cell = not_runnable(row, func, infos[system])
+            if cell is not None:
+                cells[label] = cell
+            else:
+                jobs[label] = (system, func)
+        measure(row, cells, jobs, args, env)
+        for label, *_ in columns:
+            results[row.letter, label] = cells[label]
 
 
 def main(argv=None) -> None:
@@ -444,24 +495,8 @@ def main(argv=None) -> None:
     load_before = _loadavg()
     infos = {system: call_cell(system, ["info", system], env, 120) for system in args.systems}
     results = {}
-    for row in all_rows:
-        if row.letter not in needed:
-            continue
-        cells, jobs = {}, {}
-        for label, system, suffix in columns:
-            if row.source:
-                cells[label] = derived(row, results[row.source, label])
-                continue
-            func = f"{row.letter}_{suffix}" if suffix else row.letter
-            cell = not_runnable(row, func, infos[system])
-            if cell is not None:
-                cells[label] = cell
-            else:
-                jobs[label] = (system, func)
-        measure(row, cells, jobs, args, env)
-        for label, *_ in columns:
-            results[row.letter, label] = cells[label]
-
+    with background_load(args.background):
+        measure_rows(all_rows, needed, columns, infos, results, args, env)
     notes = Notes()
     table = summary_table(table_rows, columns, results, notes)
     footnotes = "\n".join(f"[{i}] {text}  " for i, text in enumerate(notes.texts, 1))
@@ -473,7 +508,8 @@ def main(argv=None) -> None:
         REPORT.format(
             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             machine=machine(),
-            load=f"{load_before} before, {_loadavg()} after",
+            load=f"{load_before} before, {_loadavg()} after; background busy processes: "
+            f"{args.background}",
             command=command,
             runs=args.runs,
             timeout=args.timeout,

@@ -41,6 +41,16 @@ def _graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
                 for alias in node.names:
                     handed[pkg][alias.asname or alias.name] = f"{pkg}.{node.module}"
+            # volley's __init__ imports its names at their first use: its _LAZY table maps each
+            # to the module (".module", or "" for a submodule of that name) that defines it.
+            if (
+                isinstance(node, ast.AnnAssign)
+                and getattr(node.target, "id", None) == "_LAZY"
+                and isinstance(node.value, ast.Dict)
+            ):
+                for key, value in zip(node.value.keys, node.value.values):
+                    name, module = ast.literal_eval(key), ast.literal_eval(value)
+                    handed[pkg][name] = f"{pkg}{module}" if module else f"{pkg}.{name}"
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if name in packages else name.rpartition(".")[0]
@@ -102,9 +112,32 @@ def test_no_import_cycle():
     graph = _graph()
     assert len(graph) > 30
     assert "volley._objects" in graph["volley.util.helpers"]  # through volley's __init__
+    assert "volley._placement" in graph["volley.util.placement_group"]  # ditto, lazily
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
 
 
 def test_the_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_import_volley_imports_only_what_it_needs():
+    """`import volley` loads the engine and nothing else of the package (every worker imports
+    it: its start-up is each worker's); each public name is imported at its first use."""
+    import subprocess
+    import sys
+
+    code = "import sys, volley; print(sorted(m for m in sys.modules if m.startswith('volley')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['volley', 'volley._core']", out.stdout
+    for name in volley.__all__:
+        assert getattr(volley, name) is not None, name
+        assert name in dir(volley)
+    assert volley.map.__module__ == "volley._map"
+    assert volley.job.__name__ == "volley.job"
+    try:
+        volley.no_such_name  # noqa: B018
+    except AttributeError as e:
+        assert "no attribute 'no_such_name'" in str(e)
+    else:
+        raise AssertionError("an unknown name did not raise AttributeError")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 from . import _runtime_dir
@@ -33,6 +32,8 @@ def private_subdir(name: str) -> Path:
 
 
 def new_token() -> str:
+    import secrets  # here: `secrets` costs every start a few milliseconds
+
     return secrets.token_hex(32)
 
 

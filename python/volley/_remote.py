@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TypeVar, overload
 
-from ._actor import ActorClass
 from ._options import check_options
 from ._remote_function import P, R, RemoteFunction
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Protocol
+
+    from ._actor import ActorClass
 
     class _Decorator(Protocol):
         """What ``@volley.remote(option=...)`` returns: a decorator keeping the types."""
@@ -72,5 +73,7 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(obj: Any, options: dict) -> Any:
     if isinstance(obj, type):
+        from ._actor import ActorClass  # only for actors: a plain task starts without it
+
         return ActorClass(obj, options)
     return RemoteFunction(obj, check_options(options))

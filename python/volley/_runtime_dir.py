@@ -13,7 +13,6 @@ read without following symlinks. ``crates/volley-runtime/src/rundir.rs`` applies
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def _written_aside(path: Path, data: str | bytes, mode: int) -> Path:
     holding ``data``."""
     if isinstance(data, str):
         data = data.encode()
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:

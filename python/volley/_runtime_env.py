@@ -20,15 +20,10 @@ it); it is never put on a command line, in an environment variable or in a file.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import shutil
 import sys
 import types
-import zipfile
-from multiprocessing import process
 from pathlib import Path
 
 from . import _runtime_dir
@@ -41,6 +36,9 @@ MAX_PACKAGE_BYTES = 512 << 20
 
 def _zip_dir(root: Path, prefix: str = "") -> bytes:
     """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
+    import io
+    import zipfile  # zipfile, io, shutil, multiprocessing: imported where used (start-up)
+
     buf = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
@@ -95,6 +93,8 @@ def build(
     packages: dict[str, bytes] = {}
 
     def add(data: bytes) -> str:
+        import hashlib  # here: loading OpenSSL's hashes costs every start ~2 ms
+
         h = hashlib.sha256(data).hexdigest()[:32]
         packages[h] = data
         return h
@@ -136,6 +136,9 @@ def with_job(desc: str, job_id: str, node: int | None = None) -> str:
 
 
 def _zip_single(path: Path) -> bytes:
+    import io
+    import zipfile
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         info = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -170,10 +173,16 @@ def _unpacked(h: str) -> Path:
     data = _runtime_dir.read_file(archive)
     if data is None:
         raise RuntimeError(f"runtime_env package {h} has not reached this node ({archive})")
+    import hashlib
+
     if len(h) < 32 or not hashlib.sha256(data).hexdigest().startswith(h):
         raise RuntimeError(
             f"runtime_env package {h}: {archive} does not match its hash; refusing to run it"
         )
+    import io
+    import shutil
+    import zipfile
+
     tmp = base / f".{h}.{os.getpid()}.unpacking"
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
@@ -241,6 +250,8 @@ def _set_authkey(key: bytes) -> None:
     """Runs this worker's tasks with their driver's ``multiprocessing`` authkey, so that the
     ``Manager`` proxies they receive can reach their servers (and processes they start inherit
     it, as children of the driver would)."""
+    from multiprocessing import process
+
     proc = process.current_process()
     before = proc.authkey
     if bytes(before) == key:

@@ -195,8 +195,6 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
     ``daemon``: this process is a cluster node (see ``start_daemon``)."""
     # Only a driver or a node daemon runs these (a worker never calls init): imported here,
     # `import volley` stays fast in every worker process.
-    import tempfile
-
     from . import _cluster, _runtime_env
 
     global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
@@ -276,7 +274,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
-            spill_dir = tempfile.gettempdir()
+            spill_dir = _temp_dir()
         else:
             spill_dir = os.fspath(object_spill_dir)
         # Workers skip `site` (-S) and get this process's sys.path instead: a faster start, and
@@ -372,6 +370,21 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         _forked_from = None
         _ready = True
         return Context(cpus)
+
+
+def _temp_dir() -> str:
+    """``tempfile.gettempdir()``, without importing tempfile (and shutil, random, re with it:
+    several milliseconds of every start) in the usual case: the first of ``$TMPDIR``,
+    ``$TEMP``, ``$TMP`` that is set, else /tmp, being a writable directory. Anything else asks
+    tempfile, which tries its other candidates."""
+    if "tempfile" not in sys.modules:
+        env = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+        d = next((x for x in env if x), "/tmp")
+        if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return os.path.abspath(d)
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def _job_id(node: int) -> str:

@@ -21,7 +21,8 @@ True
 from __future__ import annotations
 
 from . import _core
-from ._map import capture_error, cpu_share, lending_cpu, run_items, total_cpus, traceback_text
+from ._map import cpu_share, lending_cpu, total_cpus
+from ._map_items import capture_error, run_items, traceback_text
 from ._objects import cancel_soon, may_be_remote
 from ._options import check_options
 from ._progress import Bar as ProgressBar

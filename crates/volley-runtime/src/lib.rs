@@ -29,6 +29,7 @@ mod node;
 mod outbox;
 mod rundir;
 mod shared;
+mod spin;
 pub mod state;
 mod supervisor;
 #[cfg(test)]
@@ -75,30 +76,4 @@ pub enum WaitError<E> {
     Interrupted(E),
     /// The node is gone.
     Closed,
-}
-
-/// How long a driver thread about to wait for a result spins first (`VOLLEY_SPIN_US`, default
-/// 150 µs; 0 turns it off).
-pub(crate) fn spin_time() -> std::time::Duration {
-    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("VOLLEY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
-        std::time::Duration::from_micros(us)
-    })
-}
-
-/// Spins until `ready()` or `limit` passes; true if it became ready.
-pub(crate) fn spin_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    loop {
-        if ready() {
-            return true;
-        }
-        if start.elapsed() >= limit {
-            return false;
-        }
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
-    }
 }

@@ -27,7 +27,7 @@ use crate::logs;
 use crate::outbox::Outbox;
 use crate::shared::{Shared, Slot, State, SupCmd};
 use crate::supervisor::{self, SpawnSpec};
-use crate::{spin_time, spin_until, RuntimeError, WaitError, CHECK_INTERVAL};
+use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -414,8 +414,9 @@ impl Node {
         crate::outbox::flush_queued();
         let deadline = timeout.map(|t| Instant::now() + t);
         // A short result usually arrives within a few tens of microseconds; spinning that long
-        // saves the wake-up of a parked thread, which costs as much again on a small VM.
-        if spin_until(spin_time(), || slot.flag.load(Ordering::Acquire)) {
+        // saves the wake-up of a parked thread, which costs as much again on a small VM (unless
+        // spins keep failing: see `spin`).
+        if crate::spin::spin_wait(|| slot.flag.load(Ordering::Acquire)) {
             return Ok(false);
         }
         let abandon = |shared: &Shared| {
