@@ -215,6 +215,9 @@ impl Client {
                 }
                 Some(_) => {
                     refs.remove(&id);
+                    // A table that held a million refs gives the room back once most are
+                    // gone (two compares per release; the rehash is amortised).
+                    volley_sched::shrink::Shrink::shrink_if_sparse(&mut *refs);
                     true
                 }
                 None => false,
