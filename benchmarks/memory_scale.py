@@ -5,6 +5,8 @@ pages, from ``/proc/self/smaps_rollup``) at start, after submitting N no-op task
 handle kept, after gathering their results, after dropping every handle and result, and then
 once more after a second round of the same (does the memory of the first round get reused, or
 does the process grow again?). Bytes per task is the growth over the start divided by N.
+While the N tasks are submitted, two tasks hold both workers until a gate file appears, so
+"submitted" is the cost of N *queued* tasks (none has run yet); the gate opens for the gather.
 
 Systems: volley (``volley.remote``), ``concurrent.futures.ProcessPoolExecutor`` (``submit``)
 and ``multiprocessing.Pool`` (``apply_async``), two workers each, side by side in one run.
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 # The measurement helpers, shared by every system's child program.
 COMMON = r"""
@@ -48,6 +52,24 @@ def mark(label, t0=None):
     points.append({"label": label, "rss": rss, "uss": uss,
                    "s": None if t0 is None else time.perf_counter() - t0})
 
+GATE = sys.argv[3]
+
+def block(gate):
+    # Holds a worker until the driver opens the gate, so that the N tasks stay queued.
+    import os, time
+    t0 = time.time()
+    while not os.path.exists(gate):
+        if time.time() - t0 > 600:
+            raise TimeoutError(f"the gate {gate} never opened")
+        time.sleep(0.01)
+
+def open_gate():
+    open(GATE, "w").close()
+
+def close_gate():
+    import os
+    os.unlink(GATE)
+
 def settle():
     # what runs off the hot path (the node's periodic tick) gets a chance to run
     time.sleep(1.5)
@@ -61,15 +83,24 @@ volley.init(num_cpus=2)
 def noop():
     return None
 
+rblock = volley.remote(block)
 volley.get([noop.remote() for _ in range(1000)])
+open_gate()
+volley.get([rblock.remote(GATE) for _ in range(2)])
+close_gate()
 settle()
 mark("start")
 for r in range(ROUNDS):
+    blockers = [rblock.remote(GATE) for _ in range(2)]
     t0 = time.perf_counter()
     refs = [noop.remote() for _ in range(N)]
     mark(f"round {r + 1}: submitted", t0)
     t0 = time.perf_counter()
+    open_gate()
     values = volley.get(refs)
+    volley.get(blockers)
+    close_gate()
+    del blockers
     mark(f"round {r + 1}: gathered", t0)
     del refs, values
     settle()
@@ -90,11 +121,16 @@ if __name__ == "__main__":
         settle()
         mark("start")
         for r in range(ROUNDS):
+            blockers = [ex.submit(block, GATE) for _ in range(2)]
             t0 = time.perf_counter()
             futs = [ex.submit(noop) for _ in range(N)]
             mark(f"round {r + 1}: submitted", t0)
             t0 = time.perf_counter()
+            open_gate()
             values = [f.result() for f in futs]
+            [f.result() for f in blockers]
+            close_gate()
+            del blockers
             mark(f"round {r + 1}: gathered", t0)
             del futs, values
             settle()
@@ -114,11 +150,16 @@ if __name__ == "__main__":
         settle()
         mark("start")
         for r in range(ROUNDS):
+            blockers = [pool.apply_async(block, (GATE,)) for _ in range(2)]
             t0 = time.perf_counter()
             handles = [pool.apply_async(noop) for _ in range(N)]
             mark(f"round {r + 1}: submitted", t0)
             t0 = time.perf_counter()
+            open_gate()
             values = [a.get() for a in handles]
+            [a.get() for a in blockers]
+            close_gate()
+            del blockers
             mark(f"round {r + 1}: gathered", t0)
             del handles, values
             settle()
@@ -141,12 +182,13 @@ NAMES = {
 def run_one(system: str, n: int, rounds: int, timeout: float) -> list[dict]:
     """Runs one system's driver in a fresh process; returns its measurement points."""
     code = COMMON + PROGRAMS[system]
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(n), str(rounds)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(n), str(rounds), os.path.join(d, "gate")],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if out.returncode != 0:
         raise RuntimeError(f"{system} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

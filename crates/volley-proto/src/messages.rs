@@ -310,7 +310,10 @@ pub struct TaskSpec {
     /// Objects whose values replace the placeholders, in order. The task waits for them.
     pub deps: Vec<ObjectId>,
     pub num_returns: u32,
-    pub options: TaskOptions,
+    /// Shared by every task submitted with the same options (a remote function's, or one
+    /// `.options(...)` call's): a queued task holds a pointer, not a copy (issue 19). Encoded as
+    /// the options themselves: the wire format is unchanged.
+    pub options: std::sync::Arc<TaskOptions>,
     pub actor: ActorPart,
 }
 
@@ -600,7 +603,7 @@ mod tests {
             ),
             deps: vec![ObjectId::for_return(g.next_task(), 1)],
             num_returns: 2,
-            options: TaskOptions::default(),
+            options: std::sync::Arc::new(TaskOptions::default()),
             actor: ActorPart::None,
         };
         let msg = WorkerToNode::Submit { spec: spec.clone() };
@@ -669,7 +672,7 @@ mod mirror_tests {
             args: ObjectData::default(),
             deps: vec![],
             num_returns: 1,
-            options: TaskOptions::default(),
+            options: std::sync::Arc::new(TaskOptions::default()),
             actor: ActorPart::Call { actor: ActorId(TaskId(9)), method: "m".into() },
         };
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);

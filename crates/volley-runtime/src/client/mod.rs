@@ -175,6 +175,22 @@ impl Client {
         self.runtime_env.lock().clone()
     }
 
+    /// A task's options: `base` (a remote function's, without a runtime environment) with
+    /// this process's runtime environment now. Without one (the common case) that is `base`
+    /// itself, shared by every task submitted with it: no copy, no allocation per task.
+    pub fn task_options(
+        &self,
+        base: &Arc<volley_proto::TaskOptions>,
+    ) -> Arc<volley_proto::TaskOptions> {
+        let env = self.runtime_env.lock();
+        if *env == base.runtime_env {
+            return base.clone();
+        }
+        let mut o = (**base).clone();
+        o.runtime_env = env.clone();
+        Arc::new(o)
+    }
+
     pub fn set_runtime_env(&self, env: Option<volley_proto::RuntimeEnv>) {
         *self.runtime_env.lock() = env;
     }
