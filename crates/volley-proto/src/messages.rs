@@ -26,7 +26,9 @@ pub struct ObjectData {
     pub data: Vec<u8>,
     pub buffers: Vec<serde_bytes::ByteBuf>,
     pub contained: Vec<ObjectId>,
-    pub shm: Option<ShmLoc>,
+    /// Boxed: most values are small and inline, and every queued task's arguments and every
+    /// ready result is an `ObjectData` (8 bytes instead of 56 each; the wire format is the same).
+    pub shm: Option<Box<ShmLoc>>,
     /// Keeps the store's copy of a large value allocated while this value exists. Set by the
     /// node, never sent.
     #[serde(skip)]
@@ -676,8 +678,13 @@ mod mirror_tests {
             actor: ActorPart::Call { actor: ActorId(TaskId(9)), method: "m".into() },
         };
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
-        dep.shm =
-            Some(ShmLoc { seg: 3, offset: 4096, size: 10, data_len: 2, buffer_lens: vec![8] });
+        dep.shm = Some(Box::new(ShmLoc {
+            seg: 3,
+            offset: 4096,
+            size: 10,
+            data_len: 2,
+            buffer_lens: vec![8],
+        }));
         let bytes = encode_execute(&spec, Some(b"fn"), &[&dep], &[1, 3]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,
