@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import finish_driver, read_line_with_prefix, start_driver, write_script
 
 pytestmark = pytest.mark.one_node("the driver's own memory: an embedded node")
