@@ -343,7 +343,6 @@ impl Tables {
         log.events.len()
     }
 
-    /// Folds the logged events into the rows.
     /// Gives back the room of the ring and the side tables once a burst of tasks has gone
     /// (the ring holds every task until it ends, a million after a million were queued, and a
     /// `VecDeque` keeps that room after they end and leave). Off the task path: the node's
@@ -365,6 +364,7 @@ impl Tables {
         shrank
     }
 
+    /// Folds the logged events into the rows.
     pub(crate) fn flush(&self) {
         let mut g = self.inner.lock();
         self.flush_locked(&mut g);
