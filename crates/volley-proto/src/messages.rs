@@ -26,7 +26,9 @@ pub struct ObjectData {
     pub data: Vec<u8>,
     pub buffers: Vec<serde_bytes::ByteBuf>,
     pub contained: Vec<ObjectId>,
-    pub shm: Option<ShmLoc>,
+    /// Boxed: most values are small and inline, and every queued task's arguments and every
+    /// ready result is an `ObjectData` (8 bytes instead of 56 each; the wire format is the same).
+    pub shm: Option<Box<ShmLoc>>,
     /// Keeps the store's copy of a large value allocated while this value exists. Set by the
     /// node, never sent.
     #[serde(skip)]
@@ -310,7 +312,10 @@ pub struct TaskSpec {
     /// Objects whose values replace the placeholders, in order. The task waits for them.
     pub deps: Vec<ObjectId>,
     pub num_returns: u32,
-    pub options: TaskOptions,
+    /// Shared by every task submitted with the same options (a remote function's, or one
+    /// `.options(...)` call's): a queued task holds a pointer, not a copy (issue 19). Encoded as
+    /// the options themselves: the wire format is unchanged.
+    pub options: std::sync::Arc<TaskOptions>,
     pub actor: ActorPart,
 }
 
@@ -600,7 +605,7 @@ mod tests {
             ),
             deps: vec![ObjectId::for_return(g.next_task(), 1)],
             num_returns: 2,
-            options: TaskOptions::default(),
+            options: std::sync::Arc::new(TaskOptions::default()),
             actor: ActorPart::None,
         };
         let msg = WorkerToNode::Submit { spec: spec.clone() };
@@ -669,12 +674,17 @@ mod mirror_tests {
             args: ObjectData::default(),
             deps: vec![],
             num_returns: 1,
-            options: TaskOptions::default(),
+            options: std::sync::Arc::new(TaskOptions::default()),
             actor: ActorPart::Call { actor: ActorId(TaskId(9)), method: "m".into() },
         };
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
-        dep.shm =
-            Some(ShmLoc { seg: 3, offset: 4096, size: 10, data_len: 2, buffer_lens: vec![8] });
+        dep.shm = Some(Box::new(ShmLoc {
+            seg: 3,
+            offset: 4096,
+            size: 10,
+            data_len: 2,
+            buffer_lens: vec![8],
+        }));
         let bytes = encode_execute(&spec, Some(b"fn"), &[&dep], &[1, 3]).expect("encode");
         let owned = NodeToWorker::Execute {
             spec,

@@ -179,8 +179,7 @@ fn submit(
 ) -> PyResult<Vec<ObjectRef>> {
     let c = client()?;
     let o = options.get();
-    let mut engine = o.engine.clone();
-    engine.runtime_env = c.runtime_env();
+    let engine = c.task_options(&o.engine);
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function: function_id(fid)?,
@@ -243,7 +242,7 @@ fn create_actor<'py>(
         args: args.data,
         deps: ids_of(&deps)?,
         num_returns: 1,
-        options: EngineOptions {
+        options: std::sync::Arc::new(EngineOptions {
             cpu_milli: o.cpu_milli,
             max_retries: 0,
             retry_exceptions: false,
@@ -251,7 +250,7 @@ fn create_actor<'py>(
             resources: o.resources.clone(),
             runtime_env: c.runtime_env(),
             strategy: o.strategy,
-        },
+        }),
         actor: ActorPart::Create(Box::new(o.actor.clone())),
     };
     match actor_answer(py, &c, ActorRequest::Create(Box::new(spec)))? {

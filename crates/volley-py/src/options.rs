@@ -64,8 +64,8 @@ pub struct TaskOptions {
     #[pyo3(get)]
     pub num_returns: u32,
     /// The engine's options without the runtime environment, which is the submitting
-    /// process's at the time of each call.
-    pub engine: EngineOptions,
+    /// process's at the time of each call; shared by the tasks submitted with them.
+    pub engine: std::sync::Arc<EngineOptions>,
 }
 
 #[pymethods]
@@ -98,7 +98,7 @@ impl TaskOptions {
             runtime_env: None,
             strategy: strategy_of(strategy)?,
         };
-        Ok(TaskOptions { name, num_returns, engine })
+        Ok(TaskOptions { name, num_returns, engine: engine.into() })
     }
 
     #[getter]
@@ -152,8 +152,8 @@ pub struct ActorCallOptions {
     #[pyo3(get)]
     pub num_returns: u32,
     /// A call's engine options: none of a task's (the actor holds its resources), only
-    /// whether it streams.
-    pub engine: EngineOptions,
+    /// whether it streams; shared by the calls made with them.
+    pub engine: std::sync::Arc<EngineOptions>,
 }
 
 #[pymethods]
@@ -176,7 +176,7 @@ impl ActorCallOptions {
             runtime_env: None,
             strategy: Strategy::Default,
         };
-        Ok(ActorCallOptions { method, name, num_returns, engine })
+        Ok(ActorCallOptions { method, name, num_returns, engine: engine.into() })
     }
 
     #[getter]

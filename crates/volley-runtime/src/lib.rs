@@ -25,6 +25,7 @@ mod host;
 mod local_status;
 mod log_files;
 mod logs;
+mod memory;
 mod node;
 mod outbox;
 mod rundir;

@@ -18,6 +18,7 @@ use volley_proto::{
     encode, encode_execute, encode_get_reply, ErrorKind, ErrorPayload, Keep, NodeId, NodeSnapshot,
     ObjectData, ObjectId, SchedCounters, StoreCounters, TaskSpec, WorkerId,
 };
+use volley_sched::shrink::Shrink;
 use volley_sched::{Action, Scheduler, WaiterId, WorkerExit};
 use volley_store::sync::{Condvar, Mutex};
 use volley_store::{Owner, Store};
@@ -329,7 +330,12 @@ impl Shared {
 
     pub(crate) fn tick(&self) {
         let now = self.started.elapsed().as_millis() as u64;
-        self.with(|st, out| st.sched.tick(now, out));
+        let (shrank, live) = self.with(|st, out| {
+            st.sched.tick(now, out);
+            (st.sched.shrink(), st.sched.live_entries())
+        });
+        let shrank = shrank | self.head.tables.shrink() | self.ready.lock().shrink_if_sparse();
+        crate::memory::TRIMMER.after_tick(live, shrank, now);
     }
 
     /// Called by the supervisor when a worker process has been reaped.

@@ -46,6 +46,7 @@
 //! (`scheduler/harness.rs`); each part also has unit tests of its own.
 
 mod scheduler;
+pub mod shrink;
 
 pub use scheduler::{
     Action, ActorError, ActorRecord, ActorReport, Config, Holder, ObjectRecord, ObjectState,

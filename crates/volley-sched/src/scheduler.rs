@@ -589,6 +589,19 @@ impl Scheduler {
     }
 
     /// Advances the clock: extra idle workers are stopped after a while.
+    /// Gives back the room of the per-task and per-object tables when a burst of work is over
+    /// and they are far below their capacity (amortised: see `crate::shrink`). Called by the
+    /// node's periodic tick, never on the task path. Says whether a table shrank.
+    pub fn shrink(&mut self) -> bool {
+        self.tasks.shrink() | self.objects.shrink()
+    }
+
+    /// How many tasks and objects this node knows: what a burst of work grows, and what the
+    /// node watches to decide when to give memory back to the OS.
+    pub fn live_entries(&self) -> usize {
+        self.tasks.len() + self.objects.len()
+    }
+
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         self.now_ms = now_ms;
         self.spawn_when_due(out);
@@ -1047,3 +1060,6 @@ mod actor_tests;
 
 #[cfg(test)]
 mod perf;
+
+#[cfg(test)]
+mod sizes;

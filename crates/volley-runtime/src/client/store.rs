@@ -114,7 +114,8 @@ impl Client {
             }
         };
         let mut d = ObjectData::inline(Vec::new(), Vec::new(), contained);
-        d.shm = Some(ShmLoc { seg, offset, size, data_len: data.len() as u64, buffer_lens });
+        d.shm =
+            Some(Box::new(ShmLoc { seg, offset, size, data_len: data.len() as u64, buffer_lens }));
         d.keep = keep;
         Ok(Written { data: d, pending_seg })
     }

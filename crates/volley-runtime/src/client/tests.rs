@@ -69,7 +69,7 @@ fn submit(c: &Client, name: &str, args: Vec<u8>, deps: Vec<ObjectId>) -> ObjectI
         args: ObjectData::inline(args, Vec::new(), Vec::new()),
         deps,
         num_returns: 1,
-        options: TaskOptions {
+        options: std::sync::Arc::new(TaskOptions {
             cpu_milli: 1000,
             max_retries: 0,
             retry_exceptions: false,
@@ -77,7 +77,7 @@ fn submit(c: &Client, name: &str, args: Vec<u8>, deps: Vec<ObjectId>) -> ObjectI
             resources: Vec::new(),
             runtime_env: None,
             strategy: Strategy::Default,
-        },
+        }),
         actor: ActorPart::None,
     };
     let id = spec.return_ids().next().expect("one return");

@@ -128,7 +128,7 @@ impl Cluster {
         };
         let contained = value.contained.clone();
         let p = Pulling {
-            layout,
+            layout: *layout,
             contained,
             dest,
             received: 0,
@@ -344,7 +344,7 @@ impl Cluster {
                     .seal(Owner::Local, seg, p.layout.size, None)
                     .map_err(|e| ProtoError::Handshake(e.to_string()))?;
                 let mut v = ObjectData::inline(Vec::new(), Vec::new(), p.contained);
-                v.shm = Some(ShmLoc { seg, offset, ..p.layout });
+                v.shm = Some(Box::new(ShmLoc { seg, offset, ..p.layout }));
                 v.keep = Keep(Some(sealed));
                 v
             }

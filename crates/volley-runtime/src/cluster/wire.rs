@@ -337,7 +337,7 @@ impl Cluster {
                     let sealed = store
                         .seal(Owner::Local, seg, loc.size, None)
                         .map_err(|e| ProtoError::Handshake(e.to_string()))?;
-                    v.shm = Some(ShmLoc { seg, offset, ..loc });
+                    v.shm = Some(Box::new(ShmLoc { seg, offset, ..*loc }));
                     v.keep = Keep(Some(sealed));
                 }
                 Err(_) if loc.size as usize <= volley_proto::MAX_FRAME_SIZE => {

@@ -343,6 +343,27 @@ impl Tables {
         log.events.len()
     }
 
+    /// Gives back the room of the ring and the side tables once a burst of tasks has gone
+    /// (the ring holds every task until it ends, a million after a million were queued, and a
+    /// `VecDeque` keeps that room after they end and leave). Off the task path: the node's
+    /// periodic tick. Says whether anything shrank.
+    pub(crate) fn shrink(&self) -> bool {
+        use volley_sched::shrink::Shrink;
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let mut shrank = inner.ring.shrink_if_sparse();
+        shrank |= inner.early.shrink_if_sparse();
+        shrank |= inner.early_ended.shrink_if_sparse();
+        shrank |= inner.remote.shrink_if_sparse();
+        shrank |= inner.remote_ended.shrink_if_sparse();
+        shrank |= inner.dirty_tasks.shrink_if_sparse();
+        shrank |= inner.hist_tasks.shrink_if_sparse();
+        if let Some(index) = &mut inner.index {
+            shrank |= index.shrink_if_sparse();
+        }
+        shrank
+    }
+
     /// Folds the logged events into the rows.
     pub(crate) fn flush(&self) {
         let mut g = self.inner.lock();

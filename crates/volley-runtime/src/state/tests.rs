@@ -28,7 +28,7 @@ fn noop_spec(i: usize, name: &str) -> Arc<TaskSpec> {
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
         deps: Vec::new(),
         num_returns: 1,
-        options: TaskOptions {
+        options: std::sync::Arc::new(TaskOptions {
             cpu_milli: 1000,
             max_retries: 0,
             retry_exceptions: false,
@@ -36,7 +36,7 @@ fn noop_spec(i: usize, name: &str) -> Arc<TaskSpec> {
             resources: Vec::new(),
             runtime_env: None,
             strategy: Strategy::Default,
-        },
+        }),
         actor: ActorPart::None,
     })
 }

@@ -134,7 +134,7 @@ fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
         args: ObjectData::default(),
         deps: vec![],
         num_returns: 1,
-        options: TaskOptions { streaming: true, ..Default::default() },
+        options: std::sync::Arc::new(TaskOptions { streaming: true, ..Default::default() }),
         actor: ActorPart::None,
     };
     let tid = spec.task_id;

@@ -707,7 +707,7 @@ mod tests {
             args: ObjectData::default(),
             deps: vec![],
             num_returns: 1,
-            options: TaskOptions { cpu_milli: 1000, ..Default::default() },
+            options: std::sync::Arc::new(TaskOptions { cpu_milli: 1000, ..Default::default() }),
             actor: ActorPart::None,
         };
         let (objects, routes, errors, cached, fetch) = (vec![], vec![], vec![], vec![], vec![]);

@@ -307,7 +307,7 @@ pub(super) fn task_spec(
         args: ObjectData::default(),
         deps: vec![],
         num_returns: 1,
-        options,
+        options: std::sync::Arc::new(options),
         actor,
     }
 }

@@ -51,6 +51,12 @@ pub(super) struct Objects {
 table_access!(Objects.map: ObjectId => ObjectEntry);
 
 impl Objects {
+    /// Gives back the table's room when it grew for a burst and is mostly empty now (see
+    /// `crate::shrink`).
+    pub(super) fn shrink(&mut self) -> bool {
+        crate::shrink::Shrink::shrink_if_sparse(&mut self.map)
+    }
+
     /// Records `id` as pending (replacing what was known of it).
     pub(super) fn insert_pending(&mut self, id: ObjectId) {
         self.map.insert(id, ObjectEntry::new(ObjectState::Pending));

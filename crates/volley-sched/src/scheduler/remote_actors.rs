@@ -339,7 +339,10 @@ impl Scheduler {
                 args: ObjectData::default(),
                 deps: Vec::new(),
                 num_returns: 1,
-                options: volley_proto::TaskOptions { cpu_milli: 0, ..Default::default() },
+                options: std::sync::Arc::new(volley_proto::TaskOptions {
+                    cpu_milli: 0,
+                    ..Default::default()
+                }),
                 actor: ActorPart::Create(Box::new(opts)),
             };
             let mut entry = actors::ActorEntry::new(Arc::new(create), Holder::Local);

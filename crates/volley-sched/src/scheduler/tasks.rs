@@ -103,6 +103,15 @@ impl Tasks {
     }
 
     /// Both ready queues, the plain one first.
+    /// Gives back the room of the table and the ready queues when they grew for a burst and
+    /// are mostly empty now (see `crate::shrink`).
+    pub(super) fn shrink(&mut self) -> bool {
+        use crate::shrink::Shrink;
+        self.map.shrink_if_sparse()
+            | self.ready.shrink_if_sparse()
+            | self.side_ready.shrink_if_sparse()
+    }
+
     pub(super) fn queues(&self) -> [&VecDeque<TaskId>; 2] {
         [&self.ready, &self.side_ready]
     }

@@ -926,7 +926,7 @@ fn a_large_value_goes_to_a_peer_once_and_is_let_go_with_ours() {
     h.s.set_peers(vec![peer(1, 1)], &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
-    let value = ObjectData { shm: Some(shm), ..Default::default() };
+    let value = ObjectData { shm: Some(Box::new(shm)), ..Default::default() };
     h.s.put(Holder::Local, big, value, &mut h.out);
     let refs: Vec<ObjectId> = (0..3).map(|_| h.submit(vec![big])).collect();
     let sent: Vec<(usize, usize, Vec<ObjectId>)> = h
@@ -958,7 +958,7 @@ fn a_peer_keeps_copies_until_their_owner_lets_them_go() {
     let mut h = H::started(1.0);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
-    let value = ObjectData { shm: Some(shm), ..Default::default() };
+    let value = ObjectData { shm: Some(Box::new(shm)), ..Default::default() };
     let first = h.spec(vec![big], TaskOptions::default());
     let second = h.spec(vec![big], TaskOptions::default());
     let (t1, t2) = (first.task_id, second.task_id);
@@ -997,7 +997,12 @@ fn a_task_goes_where_its_large_argument_already_is_when_that_node_has_a_free_cpu
     h.s.set_peers(vec![peer(1, 2), peer(2, 2)], &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
-    h.s.put(Holder::Local, big, ObjectData { shm: Some(shm), ..Default::default() }, &mut h.out);
+    h.s.put(
+        Holder::Local,
+        big,
+        ObjectData { shm: Some(Box::new(shm)), ..Default::default() },
+        &mut h.out,
+    );
     let first = h.submit(vec![big]);
     let to = |h: &mut H| h.spilled().into_iter().map(|s| s.0).collect::<Vec<_>>();
     let holder = to(&mut h)[0];
@@ -1017,7 +1022,12 @@ fn a_value_sent_to_many_peers_is_pulled_down_a_tree() {
     h.s.set_peers((1..=7).map(|n| peer(n, 1)).collect(), &mut h.out);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 1 << 20, data_len: 8, buffer_lens: Vec::new() };
-    h.s.put(Holder::Local, big, ObjectData { shm: Some(shm), ..Default::default() }, &mut h.out);
+    h.s.put(
+        Holder::Local,
+        big,
+        ObjectData { shm: Some(Box::new(shm)), ..Default::default() },
+        &mut h.out,
+    );
     let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
     for _ in 0..7 {
         let _ = h.submit_opts(vec![big], spread());
@@ -1051,7 +1061,7 @@ fn a_pull_is_served_from_the_store_or_once_the_copy_here_is_whole() {
     let mut h = H::started(1.0);
     let big = ObjectId::for_return(h.ids.next_task(), 1);
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
-    let layout = ObjectData { shm: Some(shm), ..Default::default() };
+    let layout = ObjectData { shm: Some(Box::new(shm)), ..Default::default() };
     // A peer's task needs `big`: this node pulls it from that peer, once for two tasks.
     let first = h.spec(vec![big], TaskOptions::default());
     let second = h.spec(vec![big], TaskOptions::default());
@@ -1099,7 +1109,7 @@ fn a_pull_is_served_from_the_store_or_once_the_copy_here_is_whole() {
 fn large_value() -> ObjectData {
     use volley_proto::ShmLoc;
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
-    ObjectData { shm: Some(shm), ..Default::default() }
+    ObjectData { shm: Some(Box::new(shm)), ..Default::default() }
 }
 
 #[test]
