@@ -31,6 +31,7 @@ mod rundir;
 mod shared;
 pub mod state;
 mod supervisor;
+mod template;
 #[cfg(test)]
 mod testing;
 mod tls;

@@ -1,0 +1,258 @@
+"""The worker template: ``python -S -m volley._template``, the node's fork server.
+
+The node's supervisor starts one per node, with the workers' environment and one end of a
+``SOCK_SEQPACKET`` socket pair (its fd in ``VOLLEY_TEMPLATE_FD``). It does once what every
+worker would do at start (sys.path, importing volley, cloudpickle and the modules named in
+``VOLLEY_PRELOAD``), freezes the garbage collector's view of those objects, and then forks a
+worker for each request: a worker starts in a few milliseconds and shares the template's pages
+copy-on-write. It stays single-threaded (forking a process that has threads is unsafe).
+
+The protocol, one ASCII message per packet (nothing else can reach this socket pair):
+
+- supervisor to template: ``spawn <id>`` (with the worker's stdout and stderr passed as two
+  fds, or none: output discarded), ``kill <id>``.
+- template to supervisor: ``ready``, ``spawned <id> <pid>``, ``failed <id> <reason>``,
+  ``exited <id> <raw wait status>``, ``warn <text>``.
+
+The template is its workers' parent: it reaps them (after killing what is left of each one's
+process group) and reports how each ended. It dies with its node (parent-death signal) and
+its workers die with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+# Modules a driver commonly imports whose import is slow and safe to do before forking (no
+# threads started at import). A driver that has imported one of these when it starts its node
+# gets it preloaded in the template, unless VOLLEY_PRELOAD says otherwise.
+DEFAULT_PRELOAD = ("numpy", "pandas", "scipy", "sklearn", "pyarrow")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def default_preload() -> str:
+    """The ``VOLLEY_PRELOAD`` value for a node started by this process: the user's own setting,
+    else the modules of :data:`DEFAULT_PRELOAD` that this process has already imported.
+
+    >>> import sys
+    >>> "sys" in default_preload().split(",")
+    False
+    """
+    own = os.environ.get("VOLLEY_PRELOAD")
+    if own is not None:
+        return own
+    return ",".join(m for m in DEFAULT_PRELOAD if m in sys.modules)
+
+
+class _Template:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.children: dict[int, int] = {}  # pid -> worker id
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def send(self, msg: str) -> None:
+        try:
+            self.sock.send(msg.encode("utf-8", "replace")[:60000])
+        except OSError:
+            # The node is gone; the parent-death signal ends this process.
+            os._exit(1)
+
+    def serve(self) -> int | None:
+        """The template's loop. Returns only in a forked child: the worker id it is to be."""
+        import selectors
+
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self.wake_r, selectors.EVENT_READ)
+        self.send("ready")
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is self.sock:
+                    wid = self.request()
+                    if wid is not None:
+                        sel.close()
+                        return wid
+                else:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+            self.reap()
+
+    def request(self) -> int | None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 4096, 2)
+        except OSError as e:
+            self.send(f"warn the worker template could not read a request: {e}")
+            return None
+        if not data:
+            os._exit(0)  # the node closed its end: it is shutting down
+        try:
+            verb, arg = data.decode("ascii").split(" ", 1)
+            wid = int(arg)
+        except (UnicodeDecodeError, ValueError):
+            for fd in fds:
+                os.close(fd)
+            self.send(f"warn the worker template got a malformed request: {data[:80]!r}")
+            return None
+        if verb == "spawn":
+            return self.spawn(wid, fds)
+        for fd in fds:
+            os.close(fd)
+        if verb == "kill":
+            for pid, w in self.children.items():
+                if w == wid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        else:
+            self.send(f"warn the worker template got an unknown request: {verb[:40]!r}")
+        return None
+
+    def spawn(self, wid: int, fds: list[int]) -> int | None:
+        if len(fds) not in (0, 2):
+            for fd in fds:
+                os.close(fd)
+            self.send(f"failed {wid} the template got {len(fds)} output fds, not 0 or 2")
+            return None
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            self.send(f"failed {wid} fork: {e}")
+            return None
+        if pid == 0:
+            try:
+                self.become_worker(wid, parent, fds)
+            except BaseException as e:
+                try:
+                    os.write(2, f"volley: worker {wid} could not start: {e!r}\n".encode())
+                finally:
+                    os._exit(1)
+            return wid
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = wid
+        self.send(f"spawned {wid} {pid}")
+        return None
+
+    def become_worker(self, wid: int, parent: int, fds: list[int]) -> None:
+        """In the forked child: what the supervisor's ``pre_exec`` does for an exec'd worker."""
+        # Own session: its tasks' processes join its group, killed with it.
+        os.setsid()
+        _pdeathsig()
+        if os.getppid() != parent:
+            os._exit(1)  # the template died while forking: die with it
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.sock.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        if fds:
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+        else:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+        os.environ["VOLLEY_WORKER_ID"] = str(wid)
+        # The siblings must not share a random sequence.
+        if "random" in sys.modules:
+            sys.modules["random"].seed()
+        np_random = sys.modules.get("numpy.random")
+        if np_random is not None:
+            try:
+                np_random.seed()
+            except Exception:
+                pass
+
+    def reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            # Before reaping: while the worker is a zombie its pid, which names its group,
+            # cannot be taken by another process.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                continue
+            wid = self.children.pop(pid, None)
+            if wid is not None:
+                self.send(f"exited {wid} {status}")
+
+
+def _pdeathsig() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def _preload(t: _Template) -> None:
+    import importlib
+
+    for name in os.environ.get("VOLLEY_PRELOAD", "").split(","):
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # a broken module must not take the template down
+            t.send(
+                f"warn could not preload {name!r} in the worker template: {type(e).__name__}: {e}"
+            )
+
+
+def main() -> None:
+    try:
+        fd = int(os.environ.pop("VOLLEY_TEMPLATE_FD"))
+    except (KeyError, ValueError):
+        sys.exit("volley._template is started by volley itself (missing VOLLEY_TEMPLATE_FD)")
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    t = _Template(sock)
+    from . import _worker
+
+    _worker.setup()
+    import ctypes  # noqa: F401  (each worker's prctl: imported once, here)
+
+    _preload(t)
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        t.send(f"warn the worker template has {threads} threads before forking workers")
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the template's objects stay untouched by the workers' collections
+    wid = t.serve()
+    # A forked child: become the worker.
+    del t
+    _worker.run(wid)
+
+
+if __name__ == "__main__":
+    main()
