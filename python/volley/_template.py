@@ -170,6 +170,7 @@ class _Template:
             os.dup2(null, 2)
             os.close(null)
         os.environ["VOLLEY_WORKER_ID"] = str(wid)
+        _rename_as_worker()
         # The siblings must not share a random sequence.
         if "random" in sys.modules:
             sys.modules["random"].seed()
@@ -202,6 +203,27 @@ class _Template:
             wid = self.children.pop(pid, None)
             if wid is not None:
                 self.send(f"exited {wid} {status}")
+
+
+def _rename_as_worker() -> None:
+    """Makes the command line that ``ps`` and ``/proc/PID/cmdline`` show say
+    ``-m volley._worker``, as an exec'd worker's does: the process is a worker now, and tools
+    that look for workers by their command line find it. The kernel reads the command line
+    from this process's own memory (``arg_start`` to ``arg_end`` in ``/proc/self/stat``)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Fields 48 and 49 of stat(5), counted from the state (field 3) here.
+        start, end = int(fields[48 - 3]), int(fields[49 - 3])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            argv = mem.read(end - start)
+            new = argv.replace(b"volley._template\0", b"volley._worker\0\0\0", 1)
+            if new != argv:
+                mem.seek(start)
+                mem.write(new)
+    except (OSError, ValueError, IndexError, MemoryError):
+        pass  # cosmetic: the worker works without it
 
 
 def _pdeathsig() -> None:
