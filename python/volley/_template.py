@@ -260,7 +260,10 @@ def main() -> None:
     from . import _worker
 
     _worker.setup()
-    import ctypes  # noqa: F401  (each worker's prctl: imported once, here)
+    # What each worker would import with its first function or actor (cloudpickle's own
+    # pickles name it), and its prctl: imported once, here.
+    import cloudpickle  # noqa: F401
+    import ctypes  # noqa: F401
 
     _preload(t)
     threads = len(os.listdir("/proc/self/task"))
