@@ -262,8 +262,9 @@ def main() -> None:
     _worker.setup()
     # What each worker would import with its first function or actor (cloudpickle's own
     # pickles name it), and its prctl: imported once, here.
-    import cloudpickle  # noqa: F401
     import ctypes  # noqa: F401
+
+    import cloudpickle  # noqa: F401
 
     _preload(t)
     threads = len(os.listdir("/proc/self/task"))
