@@ -204,7 +204,9 @@ def chatty():
     return os.getpid(), os.getppid()
 
 pid, ppid = volley.get(chatty.remote())
-print(f"WORKER {pid} {ppid} {os.getpid()}", flush=True)
+# One write: the worker's forwarded lines reach this stdout from another thread meanwhile.
+sys.stdout.write(f"WORKER {pid} {ppid} {os.getpid()}\\n")
+sys.stdout.flush()
 volley.shutdown()
 """
 

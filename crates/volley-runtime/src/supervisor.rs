@@ -10,7 +10,7 @@
 //! worker. A task that means to leave a daemon behind starts it in a session of its own
 //! (`start_new_session=True`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -45,6 +45,9 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
         tmpl_args,
         generation: 0,
         early_deaths: 0,
+        queued: VecDeque::new(),
+        starting: HashSet::new(),
+        window: start_window(),
     };
     // Started with the node, without making anyone wait: spawn requests that come before it is
     // ready queue on its socket.
@@ -64,6 +67,7 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
             Ok(SupCmd::Spawn(id)) => sup.spawn(id),
             Ok(SupCmd::Kill(id)) => sup.kill(id),
             Ok(SupCmd::Template(ev)) => sup.template_event(ev),
+            Ok(SupCmd::Connected(id)) => sup.started(id),
             Ok(SupCmd::Stop(grace)) => {
                 sup.stop(&rx, grace);
                 return;
@@ -105,6 +109,20 @@ struct Sup {
     generation: u64,
     /// Templates that died soon after starting, in a row: past a few, workers are exec'd.
     early_deaths: u32,
+    /// Workers asked for while `window` others were starting: forked as those connect.
+    queued: VecDeque<WorkerId>,
+    /// Workers forked (or asked of the template) that have not connected yet.
+    starting: HashSet<WorkerId>,
+    window: usize,
+}
+
+/// How many forked workers may be starting (not yet connected) at once. A thousand actors asked
+/// for at once would otherwise be a thousand processes starting together on a few cores, the
+/// template among them with a thousandth of the CPU: each would take seconds instead of
+/// milliseconds.
+fn start_window() -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    (cores * 2).max(4)
 }
 
 impl Sup {
@@ -152,6 +170,11 @@ impl Sup {
         if self.tmpl.is_none() {
             return self.exec_spawn(id);
         }
+        if self.starting.len() >= self.window {
+            self.queued.push_back(id);
+            return;
+        }
+        self.starting.insert(id);
         let pipes = if self.wants_output() {
             match (template::pipe(), template::pipe()) {
                 (Ok(o), Ok(e)) => Some((o, e)),
@@ -192,7 +215,22 @@ impl Sup {
         }
     }
 
+    /// Worker `id` connected (or is gone): the next queued one may be forked.
+    fn started(&mut self, id: WorkerId) {
+        if self.starting.remove(&id) {
+            while self.starting.len() < self.window {
+                let Some(next) = self.queued.pop_front() else { break };
+                self.spawn(next);
+            }
+        }
+    }
+
     fn kill(&mut self, id: WorkerId) {
+        if let Some(at) = self.queued.iter().position(|q| *q == id) {
+            self.queued.remove(at);
+            let how = WorkerExit::killed("killed before it was started");
+            return self.shared.worker_exited(id, how);
+        }
         if let Some(c) = self.children.get_mut(&id) {
             let _ = c.kill();
             end_group(c.id());
@@ -232,11 +270,13 @@ impl Sup {
                 run.pending.remove(&id);
                 let how = format!("could not be forked from the worker template: {why}");
                 self.shared.worker_exited(id, WorkerExit::failed(how));
+                self.started(id);
             }
             TemplateMsg::Exited(id, status) => {
                 if run.workers.remove(&id).is_some() {
                     self.shared.worker_exited(id, describe(ExitStatus::from_raw(status)));
                 }
+                self.started(id);
             }
             TemplateMsg::Warn(msg) => crate::diag::event!(Warn, "volley: {msg}"),
             TemplateMsg::Gone => self.template_died(),
@@ -259,6 +299,7 @@ impl Sup {
         for id in run.workers.keys() {
             let exit = WorkerExit::killed(format!("the worker template died ({how})"));
             self.shared.worker_exited(*id, exit);
+            self.starting.remove(id);
         }
         if !was_ready {
             self.give_up_template(&format!("it ended before it was ready: {how}"));
@@ -275,6 +316,11 @@ impl Sup {
         }
         let mut pending: Vec<WorkerId> = run.pending.into_keys().collect();
         pending.sort();
+        for id in &pending {
+            self.starting.remove(id);
+        }
+        // Those it had not answered first, then those that waited for the window.
+        pending.extend(std::mem::take(&mut self.queued));
         for id in pending {
             self.spawn(id);
         }
@@ -282,6 +328,8 @@ impl Sup {
 
     fn stop(&mut self, rx: &Receiver<SupCmd>, grace: Duration) {
         let deadline = Instant::now() + grace;
+        // Workers never started need no waiting for.
+        self.queued.clear();
         let live = |s: &Sup| {
             !s.children.is_empty()
                 || s.tmpl.as_ref().is_some_and(|r| !r.workers.is_empty() || !r.pending.is_empty())

@@ -289,14 +289,17 @@ mod tests {
 
     #[test]
     fn parses_each_message() {
-        assert_eq!(parse(b"ready").unwrap(), TemplateMsg::Ready);
-        assert_eq!(parse(b"spawned 3 1234").unwrap(), TemplateMsg::Spawned(WorkerId(3), 1234));
-        assert_eq!(parse(b"exited 3 9").unwrap(), TemplateMsg::Exited(WorkerId(3), 9));
+        assert_eq!(parse(b"ready").expect("parses"), TemplateMsg::Ready);
         assert_eq!(
-            parse(b"failed 4 fork: no memory").unwrap(),
+            parse(b"spawned 3 1234").expect("parses"),
+            TemplateMsg::Spawned(WorkerId(3), 1234)
+        );
+        assert_eq!(parse(b"exited 3 9").expect("parses"), TemplateMsg::Exited(WorkerId(3), 9));
+        assert_eq!(
+            parse(b"failed 4 fork: no memory").expect("parses"),
             TemplateMsg::Failed(WorkerId(4), "fork: no memory".into())
         );
-        assert_eq!(parse(b"warn a b").unwrap(), TemplateMsg::Warn("a b".into()));
+        assert_eq!(parse(b"warn a b").expect("parses"), TemplateMsg::Warn("a b".into()));
     }
 
     #[test]
@@ -321,7 +324,7 @@ mod tests {
     #[test]
     fn template_args_swap_the_module() {
         let args: Vec<String> = ["-S", "-m", "volley._worker"].map(String::from).to_vec();
-        assert_eq!(template_args(&args).unwrap(), ["-S", "-m", "volley._template"]);
+        assert_eq!(template_args(&args).expect("swapped"), ["-S", "-m", "volley._template"]);
         assert!(template_args(&["my_worker.py".to_string()]).is_none());
         assert!(template_args(&[]).is_none());
     }
