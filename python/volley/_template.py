@@ -26,6 +26,10 @@ import signal
 import socket
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # Modules a driver commonly imports whose import is slow and safe to do before forking (no
 # threads started at import). A driver that has imported one of these when it starts its node
 # gets it preloaded in the template, unless VOLLEY_PRELOAD says otherwise.
@@ -52,6 +56,8 @@ class _Template:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.children: dict[int, int] = {}  # pid -> worker id
+        self.spare: tuple[int, socket.socket] | None = None  # forked ahead: (pid, its socket)
+        self.sel: Any = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def send(self, msg: str) -> None:
@@ -67,16 +73,18 @@ class _Template:
 
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w)
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(self.wake_r, selectors.EVENT_READ)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
         self.send("ready")
+        wid = self.make_spare()
+        if wid is not None:
+            return wid
         while True:
-            for key, _ in sel.select():
+            for key, _ in self.sel.select():
                 if key.fileobj is self.sock:
                     wid = self.request()
                     if wid is not None:
-                        sel.close()
                         return wid
                 else:
                     try:
@@ -98,14 +106,12 @@ class _Template:
             verb, arg = data.decode("ascii").split(" ", 1)
             wid = int(arg)
         except (UnicodeDecodeError, ValueError):
-            for fd in fds:
-                os.close(fd)
+            _close(fds)
             self.send(f"warn the worker template got a malformed request: {data[:80]!r}")
             return None
         if verb == "spawn":
             return self.spawn(wid, fds)
-        for fd in fds:
-            os.close(fd)
+        _close(fds)
         if verb == "kill":
             for pid, w in self.children.items():
                 if w == wid:
@@ -117,37 +123,71 @@ class _Template:
             self.send(f"warn the worker template got an unknown request: {verb[:40]!r}")
         return None
 
-    def spawn(self, wid: int, fds: list[int]) -> int | None:
-        if len(fds) not in (0, 2):
-            for fd in fds:
-                os.close(fd)
-            self.send(f"failed {wid} the template got {len(fds)} output fds, not 0 or 2")
-            return None
+    def make_spare(self) -> int | None:
+        """Forks the next worker ahead of its request (a fork takes milliseconds, which a
+        request then need not wait for): it waits on a socket of its own for its id and output
+        fds. Returns only in that child, once it has them: its worker id."""
         parent = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
         except OSError as e:
-            for fd in fds:
-                os.close(fd)
-            self.send(f"failed {wid} fork: {e}")
+            ours.close()
+            theirs.close()
+            self.send(f"warn the worker template could not fork a spare worker: {e}")
             return None
         if pid == 0:
             try:
-                self.become_worker(wid, parent, fds)
+                ours.close()
+                self.leave_template(parent)
+                data, fds, _, _ = socket.recv_fds(theirs, 64, 2)
+                if not data:
+                    os._exit(0)  # the template went away before it needed this one
+                wid = int(data)
+                theirs.close()
+                self.become_worker(wid, fds)
             except BaseException as e:
                 try:
-                    os.write(2, f"volley: worker {wid} could not start: {e!r}\n".encode())
+                    os.write(2, f"volley: a forked worker could not start: {e!r}\n".encode())
                 finally:
                     os._exit(1)
             return wid
-        for fd in fds:
-            os.close(fd)
-        self.children[pid] = wid
-        self.send(f"spawned {wid} {pid}")
+        theirs.close()
+        self.spare = (pid, ours)
         return None
 
-    def become_worker(self, wid: int, parent: int, fds: list[int]) -> None:
-        """In the forked child: what the supervisor's ``pre_exec`` does for an exec'd worker."""
+    def spawn(self, wid: int, fds: list[int]) -> int | None:
+        if len(fds) not in (0, 2):
+            _close(fds)
+            self.send(f"failed {wid} the template got {len(fds)} output fds, not 0 or 2")
+            return None
+        for _ in range(2):  # a spare that died unused is replaced once
+            if self.spare is None:
+                child = self.make_spare()
+                if child is not None:
+                    return child
+                if self.spare is None:
+                    break
+            pid, sock = self.spare
+            self.spare = None
+            try:
+                socket.send_fds(sock, [str(wid).encode()], fds)
+            except OSError:
+                continue
+            finally:
+                sock.close()
+            _close(fds)
+            self.children[pid] = wid
+            self.send(f"spawned {wid} {pid}")
+            # The next one, while this one starts.
+            return self.make_spare()
+        _close(fds)
+        self.send(f"failed {wid} the template could not fork a worker")
+        return None
+
+    def leave_template(self, parent: int) -> None:
+        """In a forked child: what the supervisor's ``pre_exec`` does for an exec'd worker, and
+        letting go of the template's own files and signals."""
         # Own session: its tasks' processes join its group, killed with it.
         os.setsid()
         _pdeathsig()
@@ -155,22 +195,13 @@ class _Template:
             os._exit(1)  # the template died while forking: die with it
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.sel.close()
         self.sock.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
-        if fds:
-            os.dup2(fds[0], 1)
-            os.dup2(fds[1], 2)
-            for fd in fds:
-                if fd > 2:
-                    os.close(fd)
-        else:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            os.close(null)
-        os.environ["VOLLEY_WORKER_ID"] = str(wid)
-        _rename_as_worker()
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
         # The siblings must not share a random sequence.
         if "random" in sys.modules:
             sys.modules["random"].seed()
@@ -180,6 +211,20 @@ class _Template:
                 np_random.seed()
             except Exception:
                 pass
+
+    def become_worker(self, wid: int, fds: list[int]) -> None:
+        """In the forked child, given its id: its output, its environment, its name."""
+        if fds:
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            _close([fd for fd in fds if fd > 2])
+        else:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+        os.environ["VOLLEY_WORKER_ID"] = str(wid)
+        _rename_as_worker()
 
     def reap(self) -> None:
         while True:
@@ -203,6 +248,14 @@ class _Template:
             wid = self.children.pop(pid, None)
             if wid is not None:
                 self.send(f"exited {wid} {status}")
+            elif self.spare is not None and self.spare[0] == pid:
+                self.spare[1].close()  # died unused: the next request forks another
+                self.spare = None
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _rename_as_worker() -> None:

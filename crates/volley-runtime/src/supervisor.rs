@@ -33,6 +33,7 @@ pub(crate) struct SpawnSpec {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, logs: LogSender) {
+    raise_fd_limit();
     let events = shared.sup.lock().clone();
     let tmpl_args = if template::enabled() { template::template_args(&spec.args) } else { None };
     let mut sup = Sup {
@@ -81,6 +82,25 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
         if last_tick.elapsed() >= tick_every {
             last_tick = Instant::now();
             sup.shared.tick();
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit: the node holds a
+/// connection and two output pipes per worker, and thousands of actors would pass the usual soft
+/// limit of 1,024 long before memory runs out. The template and the workers inherit it.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write only `r`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                crate::diag::warn!(
+                    "could not raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 }
