@@ -5,6 +5,8 @@ against ``VOLLEY_WORKER_START=exec``, alternated in one run, each measurement in
   ``.remote()`` to the last answer.
 - ``uss``: the private memory (USS: Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of
   each idle actor's process, the median and the mean, and the template's own.
+- ``first``: ``init`` and the first task's result (the template is started with the node, so
+  the first worker waits for it).
 - ``depth``: a task that calls itself D deep and ``get``s its child (each level blocks a
   worker, so each needs a new one): seconds for the whole recursion.
 
@@ -26,6 +28,7 @@ import json, os, statistics, sys, time
 import volley
 
 N, DEPTH = int(sys.argv[1]), int(sys.argv[2])
+t_init = time.perf_counter()
 volley.init(num_cpus=2)
 
 def uss(pid):
@@ -55,6 +58,8 @@ def nest(d):
     return volley.get(nest.remote(d - 1)) + 1
 
 out = {}
+volley.get(noop.remote())
+out["first_result_ms"] = (time.perf_counter() - t_init) * 1000
 volley.get([noop.remote() for _ in range(4)])  # the node's first workers are up
 if N:
     t = time.perf_counter()
@@ -113,7 +118,14 @@ def main() -> None:
             print(f"round {r + 1} {m}: {json.dumps(res)}", flush=True)
             results[m].append(res)
     print()
-    keys = ["actors_per_s", "actors_s", "uss_median_mb", "uss_mean_mb", "template_uss_mb"]
+    keys = [
+        "first_result_ms",
+        "actors_per_s",
+        "actors_s",
+        "uss_median_mb",
+        "uss_mean_mb",
+        "template_uss_mb",
+    ]
     keys.append("depth_s")
     print(f"| measure ({args.actors} actors, depth {args.depth}) | " + " | ".join(modes) + " |")
     print("|---|" + "---|" * len(modes))
