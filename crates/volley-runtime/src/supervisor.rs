@@ -1,8 +1,12 @@
 //! Spawning, reaping and killing worker processes.
 //!
-//! All workers are forked from this one long-lived thread: Linux's parent-death signal fires when
-//! the *thread* that forked a child exits, so spawning from short-lived threads would kill workers
-//! early. The thread also polls for exited children and drives the scheduler's clock.
+//! Workers are forked by the node's worker template (`template.rs`, `python -m volley._template`),
+//! which this thread starts and talks to; with `VOLLEY_WORKER_START=exec`, or when the template
+//! cannot start, this thread execs each worker itself. Either way the processes are started from
+//! this one long-lived thread: Linux's parent-death signal fires when the *thread* that forked a
+//! child exits, so spawning from short-lived threads would kill them early. The thread also
+//! polls for exec'd children that exited (the template reports its own) and drives the
+//! scheduler's clock.
 //!
 //! Each worker leads a process group of its own (`setsid`), which the processes its tasks start
 //! (a `subprocess`, an `os.fork()` copy) join. When a worker ends, whether it exited, was killed
