@@ -162,6 +162,39 @@ def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_pat
     assert tppid == appid  # both forked by the template
 
 
+NUMPY_DRIVER = """
+import json, sys
+import numpy  # imported by the driver: preloaded in the template by default
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def look():
+    return "numpy" in sys.modules
+
+print("RESULT " + json.dumps(volley.get(look.remote())))
+volley.shutdown()
+"""
+
+
+def test_modules_the_driver_imported_are_preloaded_by_default(tmp_path):
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in driver_env().items() if k != "VOLLEY_PRELOAD"}
+    proc = subprocess.run(
+        [sys.executable, str(write_script(tmp_path, NUMPY_DRIVER))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**env, "VOLLEY_SESSION_DIR": str(tmp_path / "session")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _result(proc) is True
+    # Told otherwise, it does not.
+    proc = _driver(tmp_path, NUMPY_DRIVER, VOLLEY_PRELOAD="")
+    assert _result(proc) is False
+
+
 def test_a_preload_that_fails_is_skipped_with_a_warning(tmp_path):
     _mods(tmp_path, "raise ImportError('broken on purpose')\n")
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="no_such_module_xyz, preloaded_mod")

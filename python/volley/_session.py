@@ -286,7 +286,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         path = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
         # What the worker template imports before it forks workers (see _template.py).
-        from ._template import default_preload
+        from ._preload import default_preload
 
         env.append(("VOLLEY_PRELOAD", default_preload()))
         if daemon is not None:

@@ -30,26 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# Modules a driver commonly imports whose import is slow and safe to do before forking (no
-# threads started at import). A driver that has imported one of these when it starts its node
-# gets it preloaded in the template, unless VOLLEY_PRELOAD says otherwise.
-DEFAULT_PRELOAD = ("numpy", "pandas", "scipy", "sklearn", "pyarrow")
-
 _PR_SET_PDEATHSIG = 1
-
-
-def default_preload() -> str:
-    """The ``VOLLEY_PRELOAD`` value for a node started by this process: the user's own setting,
-    else the modules of :data:`DEFAULT_PRELOAD` that this process has already imported.
-
-    >>> import sys
-    >>> "sys" in default_preload().split(",")
-    False
-    """
-    own = os.environ.get("VOLLEY_PRELOAD")
-    if own is not None:
-        return own
-    return ",".join(m for m in DEFAULT_PRELOAD if m in sys.modules)
 
 
 class _Template:
