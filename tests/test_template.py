@@ -264,3 +264,37 @@ def test_no_process_is_left_after_shutdown(no_volley):
     volley.shutdown()
     assert not wait_all_gone(pids | templates, timeout=20)
     assert not any(is_running(p) for p in pids | templates)
+
+
+REPEATED_KILL_DRIVER = """
+import os, signal, sys, time
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def whoami():
+    return os.getpid(), os.getppid()
+
+for i in range(3):
+    _, template = volley.get(whoami.remote(), timeout=60)
+    assert template != os.getpid(), (i, template)
+    os.kill(template, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while volley.get(whoami.remote(), timeout=60)[1] == template:
+        assert time.monotonic() < deadline, "the dead template's worker still answers"
+        time.sleep(0.05)
+# A template that keeps dying right after it starts is given up: workers are exec'd.
+_, parent = volley.get(whoami.remote(), timeout=60)
+sys.stdout.write(f"PARENT {parent} DRIVER {os.getpid()}\\n")
+sys.stdout.flush()
+volley.shutdown()
+"""
+
+
+def test_a_template_that_keeps_dying_is_given_up_for_exec(tmp_path):
+    proc = _driver(tmp_path, REPEATED_KILL_DRIVER)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PARENT "))
+    _, parent, _, driver = line.split()
+    assert parent == driver
+    assert "died 3 times in a row" in proc.stderr, proc.stderr
+    assert "worker template is not used" in proc.stderr, proc.stderr

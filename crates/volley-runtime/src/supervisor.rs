@@ -272,10 +272,7 @@ impl Sup {
             return; // a replaced template's last words: its workers were reported when it died
         }
         match ev.what {
-            TemplateMsg::Ready => {
-                run.ready = true;
-                self.early_deaths = 0;
-            }
+            TemplateMsg::Ready => run.ready = true,
             TemplateMsg::Spawned(id, pid) => {
                 let Some(pipes) = run.pending.remove(&id) else {
                     crate::diag::warn!("the worker template forked worker {} unasked", id.0);
@@ -327,16 +324,18 @@ impl Sup {
         }
         if !was_ready {
             self.give_up_template(&format!("it ended before it was ready: {how}"));
-        } else if lived < Duration::from_secs(10) {
-            self.early_deaths += 1;
+        } else {
+            // Deaths soon after starting, in a row, mean the next template would die too.
+            self.early_deaths =
+                if lived < Duration::from_secs(10) { self.early_deaths + 1 } else { 0 };
             if self.early_deaths >= 3 {
                 self.give_up_template(&format!(
-                    "it died {} times in a row: {how}",
+                    "it died {} times in a row within seconds of starting: {how}",
                     self.early_deaths
                 ));
+            } else {
+                crate::diag::warn!("the worker template died ({how}); starting a new one");
             }
-        } else {
-            crate::diag::warn!("the worker template died ({how}); starting a new one");
         }
         let mut pending: Vec<WorkerId> = run.pending.into_keys().collect();
         pending.sort();
