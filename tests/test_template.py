@@ -298,3 +298,53 @@ def test_a_template_that_keeps_dying_is_given_up_for_exec(tmp_path):
     assert parent == driver
     assert "died 3 times in a row" in proc.stderr, proc.stderr
     assert "worker template is not used" in proc.stderr, proc.stderr
+
+
+HANG_MODULE = """
+import os, time
+
+def _hang():
+    # The first two processes forked from the template hang as they start.
+    for i in range(2):
+        try:
+            fd = os.open(os.path.join(os.environ["HANG_DIR"], f"m{i}"), os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        time.sleep(3600)
+
+os.register_at_fork(after_in_child=_hang)
+"""
+
+HANG_DRIVER = """
+import os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "mods"))
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote(num_cpus=0)
+class A:
+    def ping(self):
+        return os.getpid()
+
+actors = [A.remote() for _ in range(4)]
+ready, _ = volley.wait([a.ping.remote() for a in actors], num_returns=2, timeout=60)
+print("RESULT", len(ready))
+volley.shutdown()
+"""
+
+
+def test_workers_that_hang_as_they_start_do_not_hold_the_others_back(tmp_path):
+    # Two starting at once at most (VOLLEY_START_WINDOW), both hung: the others are forked
+    # once those have been starting for too long.
+    _mods(tmp_path, HANG_MODULE)
+    (tmp_path / "hang").mkdir()
+    proc = _driver(
+        tmp_path,
+        HANG_DRIVER,
+        VOLLEY_PRELOAD="preloaded_mod",
+        VOLLEY_START_WINDOW="2",
+        HANG_DIR=str(tmp_path / "hang"),
+    )
+    assert "RESULT 2" in proc.stdout, (proc.stdout, proc.stderr)
+    assert sorted(os.listdir(tmp_path / "hang")) == ["m0", "m1"]

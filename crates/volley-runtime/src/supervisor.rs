@@ -14,7 +14,7 @@
 //! worker. A task that means to leave a daemon behind starts it in a session of its own
 //! (`start_new_session=True`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -51,7 +51,7 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
         generation: 0,
         early_deaths: 0,
         queued: VecDeque::new(),
-        starting: HashSet::new(),
+        starting: HashMap::new(),
         window: start_window(),
     };
     // Started with the node, without making anyone wait: spawn requests that come before it is
@@ -83,6 +83,7 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
         if !sup.children.is_empty() {
             reap(&sup.shared, &mut sup.children);
         }
+        sup.pump();
         if last_tick.elapsed() >= tick_every {
             last_tick = Instant::now();
             sup.shared.tick();
@@ -135,8 +136,8 @@ struct Sup {
     early_deaths: u32,
     /// Workers asked for while `window` others were starting: forked as those connect.
     queued: VecDeque<WorkerId>,
-    /// Workers forked (or asked of the template) that have not connected yet.
-    starting: HashSet<WorkerId>,
+    /// Workers forked (or asked of the template) that have not connected yet, and since when.
+    starting: HashMap<WorkerId, Instant>,
     window: usize,
 }
 
@@ -144,7 +145,13 @@ struct Sup {
 /// for at once would otherwise be a thousand processes starting together on a few cores, the
 /// template among them with a thousandth of the CPU: each would take seconds instead of
 /// milliseconds.
+const START_GRACE: Duration = Duration::from_secs(2);
+
+/// `VOLLEY_START_WINDOW` sets it; by default twice the cores, at least 4.
 fn start_window() -> usize {
+    if let Some(n) = std::env::var("VOLLEY_START_WINDOW").ok().and_then(|v| v.trim().parse().ok()) {
+        return std::cmp::max(n, 1);
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     (cores * 2).max(4)
 }
@@ -198,7 +205,7 @@ impl Sup {
             self.queued.push_back(id);
             return;
         }
-        self.starting.insert(id);
+        self.starting.insert(id, Instant::now());
         let pipes = if self.wants_output() {
             match (template::pipe(), template::pipe()) {
                 (Ok(o), Ok(e)) => Some((o, e)),
@@ -241,11 +248,22 @@ impl Sup {
 
     /// Worker `id` connected (or is gone): the next queued one may be forked.
     fn started(&mut self, id: WorkerId) {
-        if self.starting.remove(&id) {
-            while self.starting.len() < self.window {
-                let Some(next) = self.queued.pop_front() else { break };
-                self.spawn(next);
-            }
+        if self.starting.remove(&id).is_some() {
+            self.pump();
+        }
+    }
+
+    /// Forks queued workers while the window has room. A worker still not connected after
+    /// [`START_GRACE`] stops counting against the window: one that hangs as it starts must not
+    /// hold the others back for good (its tasks wait for it as they would for an exec'd one).
+    fn pump(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        self.starting.retain(|_, since| since.elapsed() < START_GRACE);
+        while self.starting.len() < self.window {
+            let Some(next) = self.queued.pop_front() else { break };
+            self.spawn(next);
         }
     }
 
