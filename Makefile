@@ -26,7 +26,7 @@ PY_SRC := $(shell find python -name '*.py' -o -name '*.pyi')
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: fuzz test-cluster all demo test test-rust test-python bench lint fmt build clean wheel \
+.PHONY: fuzz test-cluster test-exec all demo test test-rust test-python bench lint fmt build clean wheel \
 	test-wheel build-profiling
 
 all: build
@@ -105,7 +105,12 @@ test-rust:
 test-python: build
 	$(VPY) -m pytest tests
 
-test: build stubtest test-rust test-python test-cluster test-wheel
+test: build stubtest test-rust test-python test-cluster test-exec test-wheel
+
+# Workers are forked from a template by default (docs/workers.md); the task and actor tests run
+# again with each worker its own interpreter, the path VOLLEY_WORKER_START=exec keeps.
+test-exec: build
+	VOLLEY_WORKER_START=exec $(VPY) -m pytest tests/test_tasks.py tests/test_actors.py
 
 # The end-to-end tests that use the shared 2-CPU fixtures, run again against a real cluster (a
 # head with no CPUs and two 1-CPU nodes on 127.0.0.x, the test process a driver) instead of an

@@ -39,6 +39,8 @@ TEST_SOFT_TIMEOUT_S = int(os.environ.get("VOLLEY_TEST_TIMEOUT", "90"))
 TEST_HARD_TIMEOUT_S = TEST_SOFT_TIMEOUT_S + 60
 
 WORKER_MODULE = b"volley._worker"
+# Workers are forked from the node's worker template (python/volley/_template.py), their parent.
+TEMPLATE_MODULE = b"volley._template"
 
 
 # --------------------------------------------------------------------------- pytest hooks
@@ -98,6 +100,29 @@ def proc_ppid(pid: int) -> int | None:
     return int(rest[1])
 
 
+def worker_node_pid(pid: int) -> int | None:
+    """The process whose node started worker ``pid``: its parent when it was exec'd, its
+    parent's parent when the node's worker template forked it."""
+    ppid = proc_ppid(pid)
+    if ppid is not None and any(TEMPLATE_MODULE in part for part in proc_cmdline(ppid)):
+        return proc_ppid(ppid)
+    return ppid
+
+
+def template_pids(parent: int | None = None) -> set[int]:
+    """Live worker templates whose parent (their node) is ``parent``."""
+    parent = os.getpid() if parent is None else parent
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        cmd = proc_cmdline(pid)
+        if proc_ppid(pid) == parent and is_running(pid) and any(TEMPLATE_MODULE in p for p in cmd):
+            found.add(pid)
+    return found
+
+
 def proc_cmdline(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -117,14 +142,15 @@ def is_volley_worker(pid: int) -> bool:
 
 
 def worker_pids(parent: int | None = None) -> set[int]:
-    """Live (non-zombie) ``volley._worker`` processes whose parent is ``parent``."""
+    """Live (non-zombie) ``volley._worker`` processes of ``parent``'s node (see
+    ``worker_node_pid``)."""
     parent = os.getpid() if parent is None else parent
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
-        if proc_ppid(pid) == parent and is_running(pid) and is_volley_worker(pid):
+        if is_volley_worker(pid) and is_running(pid) and worker_node_pid(pid) == parent:
             found.add(pid)
     return found
 
@@ -252,20 +278,32 @@ DRIVER_PRELUDE = """
 import json, os, sys, time
 import volley
 
+def _stat_cmd(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return None, None, b""
+    rest = stat[stat.rindex(b")") + 2:].split()
+    return rest[0], int(rest[1]), cmd
+
 def my_worker_pids():
+    # Workers are this process's children, or its worker template's (volley._template).
+    me = os.getpid()
+    parents = {me}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            _, ppid, cmd = _stat_cmd(entry)
+            if ppid == me and b"volley._template" in cmd:
+                parents.add(int(entry))
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(b")") + 2:].split()
-        if int(rest[1]) == os.getpid() and rest[0] != b"Z" and b"volley._worker" in cmd:
+        state, ppid, cmd = _stat_cmd(entry)
+        if ppid in parents and state != b"Z" and b"volley._worker" in cmd:
             pids.append(int(entry))
     return sorted(pids)
 """

@@ -15,10 +15,10 @@ from conftest import (
     is_running,
     kill_driver,
     poll,
-    proc_ppid,
     read_line_with_prefix,
     start_driver,
     wait_all_gone,
+    worker_node_pid,
     worker_pids,
     write_script,
 )
@@ -179,7 +179,7 @@ def test_cancel_running_sleep_interrupts_it(tmp_path):
     # if the cancelled task were still sleeping), and it was not retried.
     assert both_cpus_free(tmp_path / "barrier")
     assert sorted(os.listdir(starts)) == ["started-1"]
-    assert proc_ppid(pid) in (os.getpid(), None)
+    assert worker_node_pid(pid) in (os.getpid(), None)
 
 
 @pytest.mark.one_node(
@@ -191,7 +191,7 @@ def test_force_cancel_running_task_kills_its_worker(tmp_path):
     starts.mkdir()
     ref = started_then_sleep.remote(str(starts))
     pid = wait_started(starts)
-    assert proc_ppid(pid) == os.getpid()
+    assert worker_node_pid(pid) == os.getpid()
     volley.cancel(ref, force=True)
     with pytest.raises(volley.TaskCancelledError):
         volley.get(ref, timeout=30)

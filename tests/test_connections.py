@@ -235,10 +235,19 @@ import volley
 
 volley.init(address={head!r})
 
+def node_pid():
+    # The worker's node: its parent, or its parent's when the node's worker template forked it.
+    ppid = os.getppid()
+    with open(f"/proc/{{ppid}}/cmdline", "rb") as f:
+        if b"volley._template" not in f.read():
+            return ppid
+    with open(f"/proc/{{ppid}}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
 @volley.remote
 def where(i):
     time.sleep(0.1)
-    return i * i, os.environ["VOLLEY_NODE_ADDRESS"], os.getppid()
+    return i * i, os.environ["VOLLEY_NODE_ADDRESS"], node_pid()
 
 first = [where.remote(i) for i in range(60)]
 print("SUBMITTED", flush=True)

@@ -14,10 +14,10 @@ from conftest import (
     is_running,
     kill_driver,
     poll,
-    proc_ppid,
     read_line_with_prefix,
     start_driver,
     wait_all_gone,
+    worker_node_pid,
     worker_pids,
     write_script,
 )
@@ -212,7 +212,7 @@ def test_crash_does_not_disturb_task_on_other_worker(tmp_path):
         volley.get(crashed, timeout=60)
     release.touch()
     pid = volley.get(survivor, timeout=60)
-    assert proc_ppid(pid) == os.getpid()
+    assert worker_node_pid(pid) == os.getpid()
 
 
 # --------------------------------------------------------------------------- replacement
@@ -230,7 +230,7 @@ def test_crashed_worker_is_replaced(tmp_path):
     assert len(after) == 2
     assert len(before & after) == 1, (before, after)  # exactly one of the two was replaced
     for pid in set(results) | after:
-        assert is_running(pid) and proc_ppid(pid) == os.getpid()
+        assert is_running(pid) and worker_node_pid(pid) == os.getpid()
     assert poll(lambda: len(worker_pids()) == 2), worker_pids()
 
 
@@ -256,7 +256,7 @@ def test_busy_worker_killed_from_outside_task_is_retried(tmp_path):
     ref = block_first_attempt.remote(tmp_path)
     assert poll(lambda: (tmp_path / "attempt-1").exists(), timeout=30)
     victim = int(poll(lambda: (tmp_path / "attempt-1").read_text()))
-    assert proc_ppid(victim) == os.getpid()
+    assert worker_node_pid(victim) == os.getpid()
     os.kill(victim, signal.SIGKILL)
     assert volley.get(ref, timeout=60) == "attempt 2"
     pids = attempts(tmp_path)
@@ -365,7 +365,7 @@ def test_workers_exit_when_driver_is_sigkilled(tmp_path, busy):
         assert len(set(task_pids)) == 2
         assert set(task_pids) <= set(pids)
         for pid in pids:
-            assert proc_ppid(pid) == proc.pid
+            assert worker_node_pid(pid) == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL

@@ -29,18 +29,28 @@ def test_workers_killed_before_they_connect_do_not_fail_tasks(tmp_path):
 
         def killer():
             me = os.getpid()
+            # Workers are the driver's children, or its worker template's (left alive: the
+            # workers are the target).
+            parents = {me}
             seen = set()
             deadline = time.monotonic() + 20
             while len(kills) < 12 and time.monotonic() < deadline:
                 for e in os.listdir("/proc"):
+                    if len(kills) >= 12:
+                        break
                     if not e.isdigit() or int(e) in seen:
                         continue
                     try:
                         with open(f"/proc/{e}/stat", "rb") as f:
                             ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                        with open(f"/proc/{e}/cmdline", "rb") as f:
+                            cmd = f.read()
                     except (OSError, ValueError, IndexError):
                         continue
-                    if ppid == me:
+                    if ppid == me and b"volley._template" in cmd:
+                        parents.add(int(e))
+                        seen.add(int(e))
+                    elif ppid in parents:
                         seen.add(int(e))
                         try:
                             os.kill(int(e), signal.SIGKILL)

@@ -8,7 +8,7 @@ import pickle
 import time
 
 import pytest
-from conftest import proc_cmdline, proc_ppid, worker_pids
+from conftest import proc_cmdline, worker_node_pid, worker_pids
 
 import volley
 
@@ -666,7 +666,7 @@ def test_workers_are_reused_children_of_the_driver():
     assert len(set(pids)) < len(pids), "workers were not reused"
     for pid in set(pids):
         assert pid != os.getpid()
-        assert proc_ppid(pid) == os.getpid()
+        assert worker_node_pid(pid) == os.getpid()
         cmd = proc_cmdline(pid)
         assert b"-m" in cmd and b"volley._worker" in cmd, cmd
     assert set(pids) <= worker_pids()

@@ -282,6 +282,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # ("" in sys.path means the current directory, as for `python -c` or a REPL.)
         path = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env = [("VOLLEY_SYS_PATH", path), ("PYTHONPATH", path)]
+        # What the worker template imports before it forks workers (see _template.py).
+        from ._preload import default_preload
+
+        env.append(("VOLLEY_PRELOAD", default_preload()))
         if daemon is not None:
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's

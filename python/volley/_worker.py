@@ -533,7 +533,9 @@ def _late_imports() -> None:
     from ._serialization import SERIALIZATION, TASK_EXCEPTION, dumps, loads
 
 
-def main() -> None:
+def setup() -> None:
+    """What every worker does before it connects, the same in each: run once in the worker
+    template (``_template.py``) before it forks workers, or at the start of an exec'd worker."""
     # Cancelling a task interrupts it with SIGINT; make sure that raises KeyboardInterrupt even
     # if this process inherited SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -542,12 +544,21 @@ def main() -> None:
     sys.modules.setdefault("volley._worker", sys.modules[__name__])
     paths = [p for p in os.environ.get("VOLLEY_SYS_PATH", "").split(os.pathsep) if p]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
-    from . import _core, _session
+    from . import _session  # noqa: F401  (its fork handling)
+
+    _late_imports()
+
+
+def run(worker_id: int) -> None:
+    """Connects to the node as worker ``worker_id`` and runs its tasks until the node lets go."""
+    global _pid
+    _pid = os.getpid()  # in a worker forked from the template, the template's until now
+    from . import _session
 
     try:
         _core.connect_worker(
             os.environ["VOLLEY_NODE_SOCKET"],
-            int(os.environ["VOLLEY_WORKER_ID"]),
+            worker_id,
             os.environ["VOLLEY_SESSION_TOKEN"],
         )
     except KeyError as e:
@@ -556,7 +567,6 @@ def main() -> None:
         # The node went away before this worker connected (shutdown while starting).
         sys.exit(1)
     _session.mark_worker_connected()
-    _late_imports()
     sys.stdout = _stdout
     sys.stderr = _stderr
     try:
@@ -567,6 +577,15 @@ def main() -> None:
         # Calls still running on other threads must not hold the process up.
         _flush_output()
         os._exit(0)
+
+
+def main() -> None:
+    setup()
+    try:
+        worker_id = int(os.environ["VOLLEY_WORKER_ID"])
+    except KeyError as e:
+        sys.exit(f"volley._worker is started by volley itself (missing {e.args[0]})")
+    run(worker_id)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ mod shared;
 mod spin;
 pub mod state;
 mod supervisor;
+mod template;
 #[cfg(test)]
 mod testing;
 mod tls;

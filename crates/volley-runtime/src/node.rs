@@ -608,6 +608,7 @@ fn handshake(shared: &Shared, stream: &mut UnixStream) -> Result<Option<Hello>, 
         }
         life.connected = true;
     }
+    let _ = shared.sup.lock().send(SupCmd::Connected(hello.worker_id));
     let reply =
         Hello { version: PROTOCOL_VERSION, worker_id: hello.worker_id, pid: std::process::id() };
     let bytes = encode(&reply).map_err(|e| e.to_string())?;

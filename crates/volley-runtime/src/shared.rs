@@ -31,6 +31,10 @@ pub(crate) enum SupCmd {
     Kill(WorkerId),
     /// Wait up to the given time for children to exit, then kill the rest and stop.
     Stop(Duration),
+    /// What the worker template said (`template.rs`), read on its thread.
+    Template(crate::template::TemplateEvent),
+    /// A worker finished its handshake: the supervisor may start the next one.
+    Connected(WorkerId),
 }
 
 /// The cluster as the node's state sees it, once the node has joined one: where actions meant

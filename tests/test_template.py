@@ -1,0 +1,350 @@
+"""Workers forked from the node's worker template (``python -m volley._template``): real
+drivers, real forks, real SIGKILLs. See docs/workers.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    TEMPLATE_MODULE,
+    driver_env,
+    is_running,
+    poll,
+    proc_cmdline,
+    proc_ppid,
+    template_pids,
+    wait_all_gone,
+    worker_pids,
+    write_script,
+)
+
+import volley
+
+pytestmark = pytest.mark.one_node("the template is a child of the driver's own node")
+
+
+@volley.remote
+def whoami():
+    return os.getpid(), os.getppid()
+
+
+@volley.remote
+def wait_for(path: str, attempts: str):
+    with open(os.path.join(attempts, f"{os.getpid()}"), "w"):
+        pass
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@volley.remote(max_retries=0)
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("Threads:")[1].split()[0])
+
+
+def test_workers_are_forked_from_a_single_threaded_template(volley_2cpu):
+    pid, ppid = volley.get(whoami.remote(), timeout=60)
+    # The worker's parent is the template, the template's is this driver (its node).
+    assert any(TEMPLATE_MODULE in p for p in proc_cmdline(ppid)), proc_cmdline(ppid)
+    assert proc_ppid(ppid) == os.getpid()
+    assert template_pids() == {ppid}
+    # ps shows a worker as a worker, as an exec'd one.
+    cmd = proc_cmdline(pid)
+    assert cmd[cmd.index(b"-m") + 1] == b"volley._worker", cmd
+    assert pid in worker_pids()
+    # Forking a process that has threads is unsafe: the template has none but its main one.
+    assert _threads(ppid) == 1
+    # An actor comes from the same template.
+    a = volley.remote(num_cpus=0)(_Pid).remote()
+    apid, appid = volley.get(a.pid.remote(), timeout=60)
+    assert appid == ppid and apid != pid
+
+
+class _Pid:
+    def pid(self):
+        return os.getpid(), os.getppid()
+
+
+def test_a_worker_killed_by_sigkill_is_reported_and_replaced(volley_2cpu):
+    with pytest.raises(volley.WorkerCrashedError, match="SIGKILL"):
+        volley.get(sigkill_self.remote(), timeout=60)
+    pids = {p for p, _ in volley.get([whoami.remote() for _ in range(20)], timeout=60)}
+    assert pids
+    assert poll(lambda: len(worker_pids()) == 2, timeout=20), worker_pids()
+
+
+def test_killing_the_template_retries_its_tasks_on_a_new_one(volley_2cpu, tmp_path):
+    (tmp_path / "attempts").mkdir()
+    release = tmp_path / "release"
+    refs = [wait_for.remote(str(release), str(tmp_path / "attempts")) for _ in range(2)]
+    assert poll(lambda: len(os.listdir(tmp_path / "attempts")) == 2, timeout=60)
+    first = {int(p) for p in os.listdir(tmp_path / "attempts")}
+    (old,) = template_pids()
+    os.kill(old, signal.SIGKILL)
+    # Its workers die with it (their parent-death signal) and the tasks run again elsewhere.
+    assert not wait_all_gone(first | {old}, timeout=20)
+    assert poll(lambda: len(os.listdir(tmp_path / "attempts")) == 4, timeout=60)
+    release.touch()
+    done = set(volley.get(refs, timeout=60))
+    assert not done & first
+    new = template_pids()
+    assert len(new) == 1 and old not in new
+    assert all(proc_ppid(p) in new for p in done)
+    volley.shutdown()
+    assert not wait_all_gone(done | new, timeout=20)
+
+
+def _driver(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedProcess:
+    session = tmp_path / "session"
+    proc = subprocess.run(
+        [sys.executable, str(write_script(tmp_path, body))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**driver_env(), "VOLLEY_SESSION_DIR": str(session), **env},
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    return proc
+
+
+PRELOAD_DRIVER = """
+import json, os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "mods"))
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def look():
+    return os.getppid(), "preloaded_mod" in sys.modules, sys.path[0]
+
+@volley.remote(num_cpus=0)
+class A:
+    def look(self):
+        return os.getppid(), "preloaded_mod" in sys.modules, sys.path[0]
+
+a = A.remote()
+print("DRIVER", os.getpid())
+print("RESULT " + json.dumps([volley.get(look.remote()), volley.get(a.look.remote())]))
+volley.shutdown()
+"""
+
+
+def _mods(tmp_path: Path, body: str = "X = 1\n") -> None:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "preloaded_mod.py").write_text(body)
+
+
+def _result(proc: subprocess.CompletedProcess):
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_path):
+    _mods(tmp_path)
+    proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")
+    (tppid, tloaded, tpath), (appid, aloaded, apath) = _result(proc)
+    assert tloaded and aloaded
+    assert tpath == apath == str(tmp_path / "mods")
+    assert tppid == appid  # both forked by the template
+
+
+NUMPY_DRIVER = """
+import json, sys
+import numpy  # imported by the driver: preloaded in the template by default
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def look():
+    return "numpy" in sys.modules
+
+print("RESULT " + json.dumps(volley.get(look.remote())))
+volley.shutdown()
+"""
+
+
+def test_modules_the_driver_imported_are_preloaded_by_default(tmp_path):
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in driver_env().items() if k != "VOLLEY_PRELOAD"}
+    proc = subprocess.run(
+        [sys.executable, str(write_script(tmp_path, NUMPY_DRIVER))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**env, "VOLLEY_SESSION_DIR": str(tmp_path / "session")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _result(proc) is True
+    # Told otherwise, it does not.
+    proc = _driver(tmp_path, NUMPY_DRIVER, VOLLEY_PRELOAD="")
+    assert _result(proc) is False
+
+
+def test_a_preload_that_fails_is_skipped_with_a_warning(tmp_path):
+    _mods(tmp_path, "raise ImportError('broken on purpose')\n")
+    proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="no_such_module_xyz, preloaded_mod")
+    (tppid, tloaded, _), (appid, aloaded, _) = _result(proc)
+    assert not tloaded and not aloaded
+    assert tppid == appid  # still served by the template
+    assert "could not preload 'no_such_module_xyz'" in proc.stderr, proc.stderr
+    assert "broken on purpose" in proc.stderr, proc.stderr
+
+
+def test_a_template_that_dies_at_start_falls_back_to_exec(tmp_path):
+    # The preloaded module ends the template before it is ready.
+    _mods(tmp_path, "import os\nos._exit(3)\n")
+    proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")
+    (tppid, tloaded, _), (appid, aloaded, _) = _result(proc)
+    pid = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("DRIVER ")).split()[1])
+    assert tppid == appid == pid  # exec'd: the driver's own children
+    assert not tloaded and not aloaded
+    assert "worker template is not used" in proc.stderr, proc.stderr
+    assert "exit code 3" in proc.stderr, proc.stderr
+
+
+def test_volley_worker_start_exec_keeps_exec_workers(tmp_path):
+    _mods(tmp_path)
+    proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_WORKER_START="exec")
+    (tppid, _, tpath), (appid, _, _) = _result(proc)
+    pid = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("DRIVER ")).split()[1])
+    assert tppid == appid == pid
+    assert tpath == str(tmp_path / "mods")
+
+
+OUTPUT_DRIVER = """
+import os, sys, volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def chatty():
+    print("hello from a forked worker")
+    print("and its stderr", file=sys.stderr)
+    return os.getpid(), os.getppid()
+
+pid, ppid = volley.get(chatty.remote())
+# One write: the worker's forwarded lines reach this stdout from another thread meanwhile.
+sys.stdout.write(f"WORKER {pid} {ppid} {os.getpid()}\\n")
+sys.stdout.flush()
+volley.shutdown()
+"""
+
+
+def test_a_forked_workers_output_reaches_the_driver_and_its_log_file(tmp_path):
+    proc = _driver(tmp_path, OUTPUT_DRIVER)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("WORKER "))
+    pid, ppid, driver = (int(x) for x in line.split()[1:])
+    assert ppid != driver  # forked by the template
+    assert f"(chatty pid={pid}) hello from a forked worker" in proc.stdout
+    assert f"(chatty pid={pid}) and its stderr" in proc.stderr
+    log = tmp_path / "session" / "logs" / f"worker-{driver}-{pid}.log"
+    text = log.read_text()
+    assert "hello from a forked worker" in text and "and its stderr" in text
+
+
+def test_no_process_is_left_after_shutdown(no_volley):
+    volley.init(num_cpus=2)
+    pids = {p for p, _ in volley.get([whoami.remote() for _ in range(10)], timeout=60)}
+    templates = template_pids()
+    assert len(templates) == 1
+    volley.shutdown()
+    assert not wait_all_gone(pids | templates, timeout=20)
+    assert not any(is_running(p) for p in pids | templates)
+
+
+REPEATED_KILL_DRIVER = """
+import os, signal, sys, time
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def whoami():
+    return os.getpid(), os.getppid()
+
+for i in range(3):
+    _, template = volley.get(whoami.remote(), timeout=60)
+    assert template != os.getpid(), (i, template)
+    os.kill(template, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while volley.get(whoami.remote(), timeout=60)[1] == template:
+        assert time.monotonic() < deadline, "the dead template's worker still answers"
+        time.sleep(0.05)
+# A template that keeps dying right after it starts is given up: workers are exec'd.
+_, parent = volley.get(whoami.remote(), timeout=60)
+sys.stdout.write(f"PARENT {parent} DRIVER {os.getpid()}\\n")
+sys.stdout.flush()
+volley.shutdown()
+"""
+
+
+def test_a_template_that_keeps_dying_is_given_up_for_exec(tmp_path):
+    proc = _driver(tmp_path, REPEATED_KILL_DRIVER)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PARENT "))
+    _, parent, _, driver = line.split()
+    assert parent == driver
+    assert "died 3 times in a row" in proc.stderr, proc.stderr
+    assert "worker template is not used" in proc.stderr, proc.stderr
+
+
+HANG_MODULE = """
+import os, time
+
+def _hang():
+    # The first two processes forked from the template hang as they start.
+    for i in range(2):
+        try:
+            fd = os.open(os.path.join(os.environ["HANG_DIR"], f"m{i}"), os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        time.sleep(3600)
+
+os.register_at_fork(after_in_child=_hang)
+"""
+
+HANG_DRIVER = """
+import os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "mods"))
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote(num_cpus=0)
+class A:
+    def ping(self):
+        return os.getpid()
+
+actors = [A.remote() for _ in range(4)]
+ready, _ = volley.wait([a.ping.remote() for a in actors], num_returns=2, timeout=60)
+print("RESULT", len(ready))
+volley.shutdown()
+"""
+
+
+def test_workers_that_hang_as_they_start_do_not_hold_the_others_back(tmp_path):
+    # Two starting at once at most (VOLLEY_START_WINDOW), both hung: the others are forked
+    # once those have been starting for too long.
+    _mods(tmp_path, HANG_MODULE)
+    (tmp_path / "hang").mkdir()
+    proc = _driver(
+        tmp_path,
+        HANG_DRIVER,
+        VOLLEY_PRELOAD="preloaded_mod",
+        VOLLEY_START_WINDOW="2",
+        HANG_DIR=str(tmp_path / "hang"),
+    )
+    assert "RESULT 2" in proc.stdout, (proc.stdout, proc.stderr)
+    assert sorted(os.listdir(tmp_path / "hang")) == ["m0", "m1"]
