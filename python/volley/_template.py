@@ -298,8 +298,15 @@ def main() -> None:
     # pickles name it), and its prctl: imported once, here.
     import ctypes  # noqa: F401
 
+    # `import volley` is lazy (a public name is imported at first use); what a task or an actor
+    # uses of it (`remote`, `get`, an actor's handle, its context) is imported once here, so a
+    # nested task's first `.remote()` in a forked worker imports nothing.
+    import importlib
+
     import cloudpickle  # noqa: F401
 
+    for mod in ("_remote", "_remote_function", "_objects", "_actor", "_runtime_context"):
+        importlib.import_module(f"volley.{mod}")
     _preload(t)
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
