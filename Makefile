@@ -103,7 +103,7 @@ test-rust:
 	cargo test --workspace --exclude volley-py
 
 test-python: build
-	$(VPY) -m pytest tests
+	$(VPY) -m pytest tests --durations=15
 
 test: build stubtest test-rust test-python test-cluster test-exec test-wheel
 

@@ -59,6 +59,11 @@ def test_workers_killed_before_they_connect_do_not_fail_tasks(tmp_path):
                             pass
                 time.sleep(0.001)
 
+        # Exec'd workers: an interpreter start takes tens of milliseconds, so the killer always
+        # gets there before the worker connects. A worker forked from the template connects
+        # within a millisecond or two, so the killer would often hit one running a task, which
+        # rightly uses up that task's retries (tests/test_template.py kills forked workers).
+        os.environ["VOLLEY_WORKER_START"] = "exec"
         t = threading.Thread(target=killer)
         t.start()
         volley.init(num_cpus=2)

@@ -195,6 +195,42 @@ def test_modules_the_driver_imported_are_preloaded_by_default(tmp_path):
     assert _result(proc) is False
 
 
+PANDAS_DRIVER = """
+import json, os, sys
+import numpy, pandas  # pandas loads pyarrow where installed, which starts a thread
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def look():
+    with open(f"/proc/{os.getppid()}/status") as f:
+        threads = int(f.read().split("Threads:")[1].split()[0])
+    return ["numpy" in sys.modules, "pandas" in sys.modules, threads]
+
+print("RESULT " + json.dumps(volley.get(look.remote())))
+volley.shutdown()
+"""
+
+
+def test_the_default_preload_leaves_the_template_single_threaded(tmp_path):
+    # By default only modules that start no thread at import are preloaded: a driver that
+    # imported pandas (and with it pyarrow, whose allocator starts a thread) gets numpy
+    # preloaded and pandas not, and its template forks from one thread.
+    pytest.importorskip("pandas")
+    env = {k: v for k, v in driver_env().items() if k != "VOLLEY_PRELOAD"}
+    proc = subprocess.run(
+        [sys.executable, str(write_script(tmp_path, PANDAS_DRIVER))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**env, "VOLLEY_SESSION_DIR": str(tmp_path / "session")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _result(proc) == [True, False, 1], proc.stderr
+    assert "threads before forking" not in proc.stderr
+
+
 def test_a_preload_that_fails_is_skipped_with_a_warning(tmp_path):
     _mods(tmp_path, "raise ImportError('broken on purpose')\n")
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="no_such_module_xyz, preloaded_mod")

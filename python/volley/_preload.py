@@ -7,9 +7,11 @@ import os
 import sys
 
 # Modules a driver commonly imports whose import is slow and safe to do before forking (no
-# threads started at import). A driver that has imported one of these when it starts its node
-# gets it preloaded in the template, unless VOLLEY_PRELOAD says otherwise.
-DEFAULT_PRELOAD = ("numpy", "pandas", "scipy", "sklearn", "pyarrow")
+# threads started at import, with the BLAS thread variables that `_worker` sets). A driver that
+# has imported one of these when it starts its node gets it preloaded in the template, unless
+# VOLLEY_PRELOAD says otherwise. Not pandas, scikit-learn or pyarrow: where pyarrow is
+# installed, importing any of them loads it, and it starts jemalloc's background thread.
+DEFAULT_PRELOAD = ("numpy", "scipy")
 
 
 def default_preload() -> str:
