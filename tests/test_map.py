@@ -58,6 +58,29 @@ def test_auto_chunks_batch_tiny_items_and_keep_slow_ones_apart():
     assert len(set(pids)) == 2  # both workers took some
 
 
+def test_the_tail_of_fast_items_is_not_split_finer_than_it_pays():
+    # The chunk sizes `auto` picks once the time per item is known: the rest of 10,000 fast
+    # items (2 us each) in a few chunks, not a long tail of ever smaller ones; slow items stay
+    # one by one, and a large rest is still shared among the CPUs.
+    from volley._map import _Sizer
+
+    def chunks(total: int, per_item: float, cpus: int = 2) -> list[int]:
+        s = _Sizer("auto", total, cpus)
+        s.measured(1, per_item)
+        sizes, left = [], total
+        while left:
+            n = min(s.size(left), left)
+            sizes.append(n)
+            left -= n
+        return sizes
+
+    fast = chunks(10_000, 2e-6)
+    assert len(fast) <= 6, fast
+    assert max(fast) <= 10_000 // 4, fast  # each CPU still gets a share
+    assert chunks(100, 0.5) == [1] * 100
+    assert len(chunks(1_000_000, 2e-6)) < 200
+
+
 def test_fixed_chunksize():
     it = volley.map(square, range(100), chunksize=25)
     assert list(it) == [x * x for x in range(100)]

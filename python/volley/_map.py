@@ -136,8 +136,14 @@ class _Sizer:
         if self.per_item is not None:
             n = int(_TARGET_CHUNK_S / max(self.per_item, 1e-9))
         if remaining is not None:
-            # Leave work for every CPU at the end: no chunk bigger than a share of the rest.
-            n = min(n, max(1, remaining // (2 * self.cpus)))
+            # Leave work for every CPU at the end: no chunk bigger than a share of the rest,
+            # unless that share would run for under a quarter of the target: splitting fast
+            # items further only adds round trips (10,000 no-ops went out in ~30 shrinking
+            # chunks, 0.15x Pool.map's time).
+            share = remaining // (2 * self.cpus)
+            if self.per_item is not None:
+                share = max(share, int(_TARGET_CHUNK_S / 4 / max(self.per_item, 1e-9)))
+            n = min(n, max(1, share))
         return max(1, min(n, _MAX_CHUNK))
 
     def measured(self, items: int, seconds: float) -> None:
