@@ -231,6 +231,38 @@ def test_the_default_preload_leaves_the_template_single_threaded(tmp_path):
     assert "threads before forking" not in proc.stderr
 
 
+INIT_PRELOAD_DRIVER = """
+import json, sys
+import volley
+volley.init(num_cpus=1, preload=["colorsys", "wave"])
+
+@volley.remote
+def look():
+    return ["colorsys" in sys.modules, "wave" in sys.modules]
+
+print("RESULT " + json.dumps(volley.get(look.remote())))
+volley.shutdown()
+for bad in ("numpy", ["numpy", 1], ["not a module"]):
+    try:
+        volley.init(num_cpus=1, preload=bad)
+    except (TypeError, ValueError) as e:
+        print("REFUSED", type(e).__name__, volley.is_initialized(), e)
+"""
+
+
+def test_init_preload_names_the_modules_and_refuses_what_is_not_one(tmp_path):
+    # Modules no worker imports by itself: there because the template imported them (the
+    # init argument wins over VOLLEY_PRELOAD, which _driver sets to nothing).
+    proc = _driver(tmp_path, INIT_PRELOAD_DRIVER, VOLLEY_PRELOAD="")
+    assert _result(proc) == [True, True], proc.stderr
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("REFUSED")]
+    assert refused == [
+        "REFUSED TypeError False preload must be a list of module names, not str",
+        "REFUSED ValueError False preload: 1 is not a module name",
+        "REFUSED ValueError False preload: 'not a module' is not a module name",
+    ], proc.stdout + proc.stderr
+
+
 def test_a_preload_that_fails_is_skipped_with_a_warning(tmp_path):
     _mods(tmp_path, "raise ImportError('broken on purpose')\n")
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="no_such_module_xyz, preloaded_mod")

@@ -97,6 +97,7 @@ def init(
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int | None = None,
     history: bool | None = None,
+    preload: list[str] | tuple[str, ...] | None = None,
 ) -> Context:
     """Starts volley in this process: a node on Rust threads and one worker process per CPU.
     With ``address``, connects to a running cluster instead and runs tasks on its nodes.
@@ -150,6 +151,12 @@ def init(
             ``volley list tasks --session DIR`` shows them after this process exited or was
             killed. Off by default: it costs each task a little (see ``docs/state.md``). For a
             driver's own node only: a cluster's history is its head's.
+        preload: modules the worker template imports before it forks workers, so every
+            worker and actor finds them imported (their pages shared), e.g. ``["numpy",
+            "mypackage.models"]``; ``[]``: none. Default: ``VOLLEY_PRELOAD`` (comma-separated),
+            else numpy and scipy if this process imported them. A module that fails to import
+            there is skipped with a warning; one that starts threads at import should not be
+            preloaded. See docs/workers.md.
 
     A task or actor that cannot start for 10 s (``VOLLEY_WAIT_NOTICE_S`` seconds; 0: never)
     because actors or placement groups hold what it needs gets one line on stderr per function
@@ -246,6 +253,15 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             raise ValueError("pipeline_depth must be >= 0")
         if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
+        preload = args.get("preload")
+        if preload is not None:
+            if isinstance(preload, str) or not isinstance(preload, (list, tuple)):
+                raise TypeError(
+                    f"preload must be a list of module names, not {type(preload).__name__}"
+                )
+            for m in preload:
+                if not isinstance(m, str) or not all(p.isidentifier() for p in m.split(".")):
+                    raise ValueError(f"preload: {m!r} is not a module name")
         store = _default_store_memory() if object_store_memory is None else object_store_memory
         if not isinstance(store, int) or store < 4096:
             raise ValueError(f"object_store_memory must be at least 4096 bytes, not {store!r}")
@@ -285,7 +301,9 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # What the worker template imports before it forks workers (see _template.py).
         from ._preload import default_preload
 
-        env.append(("VOLLEY_PRELOAD", default_preload()))
+        env.append(
+            ("VOLLEY_PRELOAD", default_preload() if preload is None else ",".join(preload))
+        )
         if daemon is not None:
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
