@@ -107,15 +107,17 @@ def test_killing_the_template_retries_its_tasks_on_a_new_one(volley_2cpu, tmp_pa
     assert not wait_all_gone(done | new, timeout=20)
 
 
-def _driver(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedProcess:
+def _driver(tmp_path: Path, body: str, **env: str | None) -> subprocess.CompletedProcess:
+    """Runs ``body`` as a driver; ``env`` adds variables to its environment (None: unset)."""
     session = tmp_path / "session"
+    full = {**driver_env(), "VOLLEY_SESSION_DIR": str(session), **env}
     proc = subprocess.run(
         [sys.executable, str(write_script(tmp_path, body))],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=str(tmp_path),
-        env={**driver_env(), "VOLLEY_SESSION_DIR": str(session), **env},
+        env={k: v for k, v in full.items() if v is not None},
     )
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     return proc
@@ -179,16 +181,7 @@ volley.shutdown()
 
 def test_modules_the_driver_imported_are_preloaded_by_default(tmp_path):
     pytest.importorskip("numpy")
-    env = {k: v for k, v in driver_env().items() if k != "VOLLEY_PRELOAD"}
-    proc = subprocess.run(
-        [sys.executable, str(write_script(tmp_path, NUMPY_DRIVER))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(tmp_path),
-        env={**env, "VOLLEY_SESSION_DIR": str(tmp_path / "session")},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _driver(tmp_path, NUMPY_DRIVER, VOLLEY_PRELOAD=None)
     assert _result(proc) is True
     # Told otherwise, it does not.
     proc = _driver(tmp_path, NUMPY_DRIVER, VOLLEY_PRELOAD="")
@@ -217,16 +210,7 @@ def test_the_default_preload_leaves_the_template_single_threaded(tmp_path):
     # imported pandas (and with it pyarrow, whose allocator starts a thread) gets numpy
     # preloaded and pandas not, and its template forks from one thread.
     pytest.importorskip("pandas")
-    env = {k: v for k, v in driver_env().items() if k != "VOLLEY_PRELOAD"}
-    proc = subprocess.run(
-        [sys.executable, str(write_script(tmp_path, PANDAS_DRIVER))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(tmp_path),
-        env={**env, "VOLLEY_SESSION_DIR": str(tmp_path / "session")},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _driver(tmp_path, PANDAS_DRIVER, VOLLEY_PRELOAD=None)
     assert _result(proc) == [True, False, 1], proc.stderr
     assert "threads before forking" not in proc.stderr
 
