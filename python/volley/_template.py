@@ -311,6 +311,9 @@ def main() -> None:
     # imported after the fork, each of them costs every worker ~2.7 MB of private pages.
     importlib.import_module("volley._runtime_env")
     importlib.import_module("multiprocessing.process")
+    # A worker's first `.remote()` digests the function it pickles (blake2b): hashlib loads
+    # OpenSSL's libcrypto, milliseconds on each level of a nested chain.
+    importlib.import_module("hashlib")
     _preload(t)
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
