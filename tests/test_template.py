@@ -185,6 +185,34 @@ def test_an_idle_forked_actor_keeps_little_private_memory(tmp_path):
     assert uss[len(uss) // 2] <= 3 * 1024, f"USS per idle actor (kB): {uss}"
 
 
+NESTED_IMPORTS_DRIVER = """
+import json, sys
+import volley
+volley.init(num_cpus=2)
+
+@volley.remote
+def leaf():
+    return 1
+
+@volley.remote
+def parent():
+    before = set(sys.modules)
+    ref = leaf.remote()  # this worker's first submit: pickles and digests the function
+    return sorted(set(sys.modules) - before), volley.get(ref)
+
+print("RESULT " + json.dumps(volley.get(parent.remote())))
+volley.shutdown()
+"""
+
+
+def test_a_forked_workers_first_nested_submit_imports_nothing(tmp_path):
+    # Each level of a nested chain is a new worker: a module it imports after the fork costs
+    # every level (hashlib, which loads OpenSSL, cost ~3 ms a level) and private memory.
+    new, value = _result(_driver(tmp_path, NESTED_IMPORTS_DRIVER))
+    assert value == 1
+    assert new == [], f"imported after the fork by a nested submit: {new}"
+
+
 def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_path):
     _mods(tmp_path)
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")
