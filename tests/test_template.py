@@ -213,6 +213,43 @@ def test_a_forked_workers_first_nested_submit_imports_nothing(tmp_path):
     assert new == [], f"imported after the fork by a nested submit: {new}"
 
 
+FDS_DRIVER = """
+import collections, json, os
+import volley
+volley.init(num_cpus=2)
+
+@volley.remote(num_cpus=0)
+class A:
+    def pid(self):
+        return os.getpid()
+
+def kinds():
+    out = collections.Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[os.readlink(f"/proc/self/fd/{fd}").split(":")[0]] += 1
+        except OSError:
+            pass
+    return out
+
+before = kinds()
+actors = [A.remote() for _ in range(20)]
+volley.get([a.pid.remote() for a in actors], timeout=120)
+after = kinds()
+print("RESULT " + json.dumps({k: after[k] - before[k] for k in ("socket", "pipe")}))
+volley.shutdown()
+"""
+
+
+def test_a_worker_costs_its_node_one_socket_and_its_two_output_pipes(tmp_path):
+    # The node's open files grow with its workers: 10,000 actors at 5 descriptors each (the
+    # connection was dup'd for its reader, its writer and its shutdown) pass the usual hard
+    # limit of 20,000 long before memory runs out. One shared socket and the output pipes.
+    grew = _result(_driver(tmp_path, FDS_DRIVER))
+    assert grew["socket"] <= 20 + 2, grew
+    assert grew["pipe"] <= 2 * 20 + 2, grew
+
+
 def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_path):
     _mods(tmp_path)
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")

@@ -636,20 +636,14 @@ fn serve_worker(shared: Arc<Shared>, mut stream: UnixStream) {
         }
     };
     let wid = hello.worker_id;
-    let outbox = match stream.try_clone().and_then(Outbox::new) {
-        Ok(o) => Arc::new(o),
-        Err(e) => {
-            crate::diag::event!(Warn, "volley: worker {} connection failed: {e}", wid.0);
-            shared.reader_finished(wid);
-            return;
-        }
-    };
+    let stream = Arc::new(stream);
+    let outbox = Arc::new(Outbox::new(stream.clone()));
     let known = shared.with(|st, out| {
         st.conns.insert(wid, outbox);
         st.sched.worker_connected(wid, hello.pid, out)
     });
     if known {
-        let mut reader = FrameReader::new(&stream);
+        let mut reader = FrameReader::new(&*stream);
         let mut batch = Vec::new();
         loop {
             // Every frame one read brought in is handled under one lock of the state: a burst of

@@ -180,8 +180,9 @@ impl WorkerConn {
             }
             .into());
         }
+        let stream = Arc::new(stream);
         let conn = Arc::new(WorkerConn {
-            out: Arc::new(Outbox::new(stream.try_clone()?)?),
+            out: Arc::new(Outbox::new(stream.clone())),
             arena,
             inline_threshold,
             inner: Mutex::new(Inner::default()),
@@ -198,8 +199,8 @@ impl WorkerConn {
         Ok(conn)
     }
 
-    fn read_loop(self: &Arc<Self>, stream: UnixStream) {
-        let mut reader = FrameReader::new(&stream);
+    fn read_loop(self: &Arc<Self>, stream: Arc<UnixStream>) {
+        let mut reader = FrameReader::new(&*stream);
         loop {
             let msg = match reader.next_frame() {
                 Ok(frame) => decode::<NodeToWorker>(frame),
