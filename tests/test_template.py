@@ -250,6 +250,35 @@ def test_a_worker_costs_its_node_one_socket_and_its_two_output_pipes(tmp_path):
     assert grew["pipe"] <= 2 * 20 + 2, grew
 
 
+ATEXIT_DRIVER = """
+import atexit, os, sys
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote(num_cpus=0)
+class A:
+    def arm(self, path):
+        atexit.register(lambda: open(path, "w").write("ran"))
+        sys.__stdout__.write("buffered at exit, no newline")
+        return os.getpid()
+
+a = A.remote()
+pid = volley.get(a.arm.remote(os.path.join(os.getcwd(), "atexit.txt")))
+print("RESULT", pid)
+volley.shutdown()
+"""
+
+
+def test_a_worker_leaving_at_shutdown_runs_atexit_and_flushes_its_output(tmp_path):
+    # Workers leave with os._exit after the user's atexit handlers and a flush: the
+    # interpreter's teardown would copy the template's pages in every forked worker.
+    proc = _driver(tmp_path, ATEXIT_DRIVER)
+    pid = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")).split()[1])
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert "buffered at exit, no newline" in proc.stdout + proc.stderr
+    assert not is_running(pid)
+
+
 def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_path):
     _mods(tmp_path)
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")

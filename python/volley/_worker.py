@@ -577,6 +577,21 @@ def run(worker_id: int) -> None:
         # Calls still running on other threads must not hold the process up.
         _flush_output()
         os._exit(0)
+    # The node let go (shutdown, or this worker retired): the user's atexit handlers run, the
+    # output is flushed, and the process leaves without the interpreter's teardown, which
+    # touches every object: a forked worker would copy the template's pages (tens of MB each,
+    # a thousand actors at once) only to free them, and take seconds of CPU doing so.
+    import atexit
+
+    atexit._run_exitfuncs()
+    _flush_output()
+    for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if f is not None:
+                f.flush()
+        except Exception:
+            pass  # a closed or broken stream: nothing left to write
+    os._exit(0)
 
 
 def main() -> None:
