@@ -483,9 +483,12 @@ def _hang():
     # The first two processes forked from the template hang as they start.
     for i in range(2):
         try:
-            fd = os.open(os.path.join(os.environ["HANG_DIR"], f"m{i}"), os.O_CREAT | os.O_EXCL)
+            fd = os.open(
+                os.path.join(os.environ["HANG_DIR"], f"m{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY
+            )
         except FileExistsError:
             continue
+        os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         time.sleep(3600)
 
@@ -524,3 +527,6 @@ def test_workers_that_hang_as_they_start_do_not_hold_the_others_back(tmp_path):
     )
     assert "RESULT 2" in proc.stdout, (proc.stdout, proc.stderr)
     assert sorted(os.listdir(tmp_path / "hang")) == ["m0", "m1"]
+    # They hung before they could tie their lives to the template's: they go with it anyway.
+    hung = {int((tmp_path / "hang" / m).read_text()) for m in ("m0", "m1")}
+    assert not wait_all_gone(hung, timeout=20), f"left running: {hung}"

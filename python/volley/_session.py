@@ -301,9 +301,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # What the worker template imports before it forks workers (see _template.py).
         from ._preload import default_preload
 
-        env.append(
-            ("VOLLEY_PRELOAD", default_preload() if preload is None else ",".join(preload))
-        )
+        env.append(("VOLLEY_PRELOAD", default_preload() if preload is None else ",".join(preload)))
         if daemon is not None:
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's

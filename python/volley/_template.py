@@ -82,7 +82,7 @@ class _Template:
             self.send(f"warn the worker template could not read a request: {e}")
             return None
         if not data:
-            os._exit(0)  # the node closed its end: it is shutting down
+            self.exit_with_children()  # the node closed its end: it is shutting down
         try:
             verb, arg = data.decode("ascii").split(" ", 1)
             wid = int(arg)
@@ -103,6 +103,20 @@ class _Template:
         else:
             self.send(f"warn the worker template got an unknown request: {verb[:40]!r}")
         return None
+
+    def exit_with_children(self) -> None:
+        """Leaves, killing every process it forked first: one that hangs before it could tie
+        its life to the template's (a preloaded module's after-fork hook) must not outlive it."""
+        pids = list(self.children)
+        if self.spare is not None:
+            pids.append(self.spare[0])
+        for pid in pids:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        os._exit(0)
 
     def make_spare(self) -> int | None:
         """Forks the next worker ahead of its request (a fork takes milliseconds, which a
@@ -268,6 +282,16 @@ def _pdeathsig() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
+def _die_with(template: int) -> None:
+    """The template's after-fork hook, registered before any preloaded module's: its children
+    die with it from their first step in Python on, even one that a later hook keeps from
+    reaching ``leave_template``. A worker's own children (a task's fork) are left alone."""
+    if os.getppid() == template:
+        _pdeathsig()
+        if os.getppid() != template:
+            os._exit(1)  # the template died while forking: die with it
+
+
 def _preload(t: _Template) -> None:
     import importlib
 
@@ -314,6 +338,8 @@ def main() -> None:
     # A worker's first `.remote()` digests the function it pickles (blake2b): hashlib loads
     # OpenSSL's libcrypto, milliseconds on each level of a nested chain.
     importlib.import_module("hashlib")
+    template = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _die_with(template))
     _preload(t)
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:

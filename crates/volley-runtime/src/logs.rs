@@ -7,6 +7,7 @@
 //! (`log_files`), written by this same thread, with a timestamp and a level (INFO for stdout,
 //! WARN for stderr).
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -171,26 +172,68 @@ fn pump(src: &mut Source, buf: &mut [u8]) -> bool {
     true
 }
 
+/// The epoll key of the wake pipe; a source's key is its file descriptor.
+const WAKE_KEY: u64 = u64::MAX;
+
+/// Watches `fd` for input under `key`.
+fn watch(ep: &OwnedFd, fd: RawFd, key: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: key };
+    // SAFETY: `ep` is an epoll instance we own; `ev` is valid for the call.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies the workers' output until told to stop. With epoll, a wake-up costs the pipes that
+/// have something to read, not all of them: a node with thousands of actors adds a pipe per
+/// actor, and `poll` over every pipe on each of those additions made starting them quadratic.
 pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
-    let mut sources: Vec<Source> = Vec::new();
+    // SAFETY: epoll_create1 has no pointer arguments; a non-negative result is a new fd.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        crate::diag::warn!(
+            "the output of workers is not forwarded: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: just created, owned by nobody else.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    if let Err(e) = watch(&ep, wake.as_raw_fd(), WAKE_KEY) {
+        crate::diag::warn!("the output of workers is not forwarded: {e}");
+        return;
+    }
+    let mut sources: HashMap<RawFd, Source> = HashMap::new();
     let mut stop_at: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut woken = true; // the commands sent before this thread started
     loop {
-        loop {
+        while woken {
             match rx.try_recv() {
-                Ok(LogCmd::Add(p)) => sources.push(Source {
-                    fd: p.fd,
-                    target: p.target,
-                    partial: Vec::new(),
-                    log: p.log,
-                    to_driver: p.to_driver,
-                }),
+                Ok(LogCmd::Add(p)) => {
+                    let fd = p.fd.as_raw_fd();
+                    let src = Source {
+                        fd: p.fd,
+                        target: p.target,
+                        partial: Vec::new(),
+                        log: p.log,
+                        to_driver: p.to_driver,
+                    };
+                    match watch(&ep, fd, fd as u64) {
+                        Ok(()) => {
+                            sources.insert(fd, src);
+                        }
+                        Err(e) => crate::diag::warn!("a worker's output is not forwarded: {e}"),
+                    }
+                }
                 Ok(LogCmd::Stop(grace)) => stop_at = Some(Instant::now() + grace),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => woken = false,
                 // The supervisor is gone (its closed wake pipe woke us): finish up.
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     stop_at.get_or_insert_with(|| Instant::now() + Duration::from_millis(500));
-                    break;
+                    woken = false;
                 }
             }
         }
@@ -199,34 +242,28 @@ pub(crate) fn run(rx: Receiver<LogCmd>, wake: OwnedFd) {
                 return;
             }
         }
-        let mut pfds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
-            .chain(sources.iter().map(|s| s.fd.as_raw_fd()))
-            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-            .collect();
         let timeout = if stop_at.is_some() { 20 } else { -1 };
-        // SAFETY: `pfds` is a valid array of pollfd for the call's duration.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-        if n <= 0 {
-            continue;
-        }
-        if pfds[0].revents != 0 {
-            let mut sink = [0u8; 64];
-            // SAFETY: draining the non-blocking wake pipe into a local buffer.
-            while unsafe { libc::read(wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0
-            {
+        // SAFETY: `events` is a valid, writable array of `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, timeout)
+        };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let key = ev.u64;
+            if key == WAKE_KEY {
+                let mut sink = [0u8; 64];
+                // SAFETY: draining the non-blocking wake pipe into a local buffer.
+                while unsafe { libc::read(wake.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) }
+                    > 0
+                {}
+                woken = true;
+                continue;
             }
-        }
-        let mut i = 0;
-        let mut k = 1;
-        while i < sources.len() {
-            let ready = pfds[k].revents != 0;
-            k += 1;
-            if ready && !pump(&mut sources[i], &mut buf) {
-                sources.swap_remove(i);
-                // Keep `k` aligned with `i` after the swap: re-poll next round instead.
-                break;
+            let fd = key as RawFd;
+            let Some(src) = sources.get_mut(&fd) else { continue };
+            if !pump(src, &mut buf) {
+                // Closing the descriptor (dropping the source) takes it out of the epoll set.
+                sources.remove(&fd);
             }
-            i += 1;
         }
     }
 }
