@@ -279,6 +279,39 @@ def test_a_worker_leaving_at_shutdown_runs_atexit_and_flushes_its_output(tmp_pat
     assert not is_running(pid)
 
 
+FD_LIMIT_DRIVER = """
+import json, os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote(num_cpus=0)
+class A:
+    def pid(self):
+        return os.getpid()
+
+actors = [A.remote() for _ in range(40)]
+answered, died = 0, []
+for a in actors:
+    try:
+        volley.get(a.pid.remote(), timeout=60)
+        answered += 1
+    except volley.ActorDiedError as e:
+        died.append(str(e))
+print("RESULT " + json.dumps([answered, died[:1], len(died)]))
+volley.shutdown()
+"""
+
+
+def test_actors_past_the_open_file_limit_fail_saying_which_limit(tmp_path):
+    # The node holds three descriptors per worker: past the limit an actor cannot start. It
+    # dies with an error naming the limit and what to do, the others answer, nothing hangs.
+    answered, first, died = _result(_driver(tmp_path, FD_LIMIT_DRIVER))
+    assert answered > 5 and died > 0 and answered + died == 40, (answered, died)
+    assert "Too many open files" in first[0] and "ulimit -n" in first[0], first
+    assert "docs/workers.md" in first[0] and "pid 0" not in first[0], first
+
+
 def test_a_task_and_an_actor_see_the_drivers_path_and_a_preloaded_module(tmp_path):
     _mods(tmp_path)
     proc = _driver(tmp_path, PRELOAD_DRIVER, VOLLEY_PRELOAD="preloaded_mod")

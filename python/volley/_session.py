@@ -480,9 +480,13 @@ def shutdown() -> None:
             return
         _ready = False
         _auto_started_by = None
-        from . import _dashboard
-
-        _dashboard.stop()
+        # Only a dashboard this process started is stopped (its module is loaded then); an
+        # import here could fail, e.g. with every file descriptor taken, and leave the node up.
+        dashboard = sys.modules.get(f"{__package__}._dashboard")
+        if dashboard is not None:
+            dashboard.stop()
+        else:
+            _core.stop_dashboard()
         _core.shutdown(1.0)
         _stop_event_log()
         for hook in _shutdown_hooks:

@@ -110,6 +110,25 @@ fn raise_fd_limit() {
     }
 }
 
+/// What to do about running out of file descriptors, said where a worker could not start for
+/// it: the node holds three per worker (its connection and its output pipes).
+fn fd_hint(e: &std::io::Error) -> String {
+    if e.raw_os_error() != Some(libc::EMFILE) {
+        return String::new();
+    }
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only `r`.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        format!("{}", r.rlim_cur)
+    } else {
+        "reached".to_string()
+    };
+    format!(
+        " (this process may have {limit} open files, `ulimit -n`, and the node holds 3 per worker: \
+         raise the limit before starting it, see docs/workers.md)"
+    )
+}
+
 /// The template running now and the workers it forked for this node.
 struct Running {
     t: Template,
@@ -210,7 +229,7 @@ impl Sup {
             match (template::pipe(), template::pipe()) {
                 (Ok(o), Ok(e)) => Some((o, e)),
                 (Err(e), _) | (_, Err(e)) => {
-                    let how = format!("could not make its output pipes: {e}");
+                    let how = format!("could not make its output pipes: {e}{}", fd_hint(&e));
                     return self.shared.worker_exited(id, WorkerExit::failed(how));
                 }
             }
@@ -240,7 +259,7 @@ impl Sup {
                 self.children.insert(id, child);
             }
             Err(e) => {
-                let how = format!("could not start `{}`: {e}", self.spec.python);
+                let how = format!("could not start `{}`: {e}{}", self.spec.python, fd_hint(&e));
                 self.shared.worker_exited(id, WorkerExit::failed(how))
             }
         }

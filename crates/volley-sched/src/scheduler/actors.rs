@@ -785,8 +785,10 @@ impl Scheduler {
             let msg = match killed {
                 Some(true) => format!("actor '{class}' was killed with volley.kill()"),
                 _ => format!(
-                    "actor '{class}' died: its process (pid {pid}) {}; max_restarts={} allows no \
-                     more restarts (it was restarted {} time(s))",
+                    "actor '{class}' died: its process{} {}; max_restarts={} allows no more \
+                     restarts (it was restarted {} time(s))",
+                    // A process that could not be started has no pid.
+                    if pid == 0 { String::new() } else { format!(" (pid {pid})") },
                     exit.how,
                     limit(max_restarts),
                     a.restarts
