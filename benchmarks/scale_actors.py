@@ -7,11 +7,15 @@ against ``VOLLEY_WORKER_START=exec``, alternated in one run, each measurement in
   each idle actor's process, the median and the mean, and the template's own.
 - ``first``: ``init`` and the first task's result (the template is started with the node, so
   the first worker waits for it).
+- ``mem_per_actor_mb``: the machine's MemAvailable drop over N, all in (USS, the kernel's
+  per-process structures, the node's side); ``driver_threads``/``driver_fds`` with N actors up;
+  ``second_call_s``: every actor called again; ``shutdown_s``: ``volley.shutdown()`` with them.
 - ``depth``: a task that calls itself D deep and ``get``s its child (each level blocks a
   worker, so each needs a new one): seconds for the whole recursion.
 
 Usage: python benchmarks/scale_actors.py [--actors 1000] [--depth 500] [--rounds 1]
        [--modes template,exec]
+       (``--actors 5000 --depth 0 --modes template``: thousands of idle actors, with shutdown)
 """
 
 from __future__ import annotations
@@ -28,8 +32,16 @@ import json, os, statistics, sys, time
 import volley
 
 N, DEPTH = int(sys.argv[1]), int(sys.argv[2])
+
+def available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+
+avail0 = available()
 t_init = time.perf_counter()
-volley.init(num_cpus=2)
+volley.init(num_cpus=2, max_workers=max(1024, N + 64))
 
 def uss(pid):
     total = 0
@@ -69,12 +81,22 @@ if N:
     out["actors_per_s"] = N / dt
     out["actors_s"] = dt
     time.sleep(1.0)  # idle
+    out["mem_per_actor_mb"] = (avail0 - available()) / N / 2**20
+    out["driver_threads"] = len(os.listdir("/proc/self/task"))
+    out["driver_fds"] = len(os.listdir("/proc/self/fd"))
+    t = time.perf_counter()
+    assert volley.get([a.pid.remote() for a in actors], timeout=600) == pids
+    out["second_call_s"] = time.perf_counter() - t
     sizes = [s for s in (uss(p) for p, _ in pids) if s is not None]
     out["uss_median_mb"] = statistics.median(sizes) / 2**20
     out["uss_mean_mb"] = statistics.mean(sizes) / 2**20
     parents = {pp for _, pp in pids}
     if len(parents) == 1 and parents != {os.getpid()}:
         out["template_uss_mb"] = uss(parents.pop()) / 2**20
+    if not DEPTH:
+        t = time.perf_counter()
+        volley.shutdown()  # with every actor still up
+        out["shutdown_s"] = time.perf_counter() - t
     del actors
 if DEPTH:
     t = time.perf_counter()
@@ -125,6 +147,11 @@ def main() -> None:
         "uss_median_mb",
         "uss_mean_mb",
         "template_uss_mb",
+        "mem_per_actor_mb",
+        "driver_threads",
+        "driver_fds",
+        "second_call_s",
+        "shutdown_s",
     ]
     keys.append("depth_s")
     print(f"| measure ({args.actors} actors, depth {args.depth}) | " + " | ".join(modes) + " |")
