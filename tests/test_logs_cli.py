@@ -108,7 +108,9 @@ def test_volley_logs_refuses_what_is_not_a_log_and_says_what_is_missing(tmp_path
     out = volley_cli(session, "logs", "--worker", "1", check=False)
     assert out.returncode != 0 and "no log of worker pid 1" in out.stderr, out.stderr
     out = volley_cli(session, "logs", "--node", "99", check=False)
-    assert out.returncode != 0 and "no node 99 runs on this machine" in out.stderr, out.stderr
+    # Alone on the machine it finds no node at all; beside another driver's node (another test
+    # run, a developer's session) that node answers that it is not node 99: both refuse.
+    assert out.returncode != 0 and "no node 99" in out.stderr, out.stderr
     out = volley_cli(session, "logs", "--task", "ab" * 16, check=False)
     assert out.returncode != 0 and "task" in out.stderr, out.stderr
     # A logs directory others can read is refused, not listed.
