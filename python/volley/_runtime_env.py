@@ -135,6 +135,14 @@ def with_job(desc: str, job_id: str, node: int | None = None) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def with_authkey(desc: str, authkey: bytes) -> str:
+    """The description ``desc`` with the driver's ``multiprocessing`` authkey in it (a driver
+    that imported multiprocessing only after ``init``)."""
+    d = json.loads(desc)
+    d["authkey"] = authkey.hex()
+    return json.dumps(d, sort_keys=True)
+
+
 def _zip_single(path: Path) -> bytes:
     import io
     import zipfile
