@@ -548,8 +548,8 @@ def test_a_one_threaded_driver_forks_its_template_from_itself(tmp_path):
         ("thread", {}, "the driver has 2 threads"),
         ("big", {}, "resident size is"),
         ("plain", {"VOLLEY_TEMPLATE_FORK_MAX_MB": "0"}, "(the limit is 0 MB)"),
-        ("plain", {"VOLLEY_TEMPLATE_FORK_MAX_MB": "lots"}, "is not a whole number of MB"),
         ("plain", {"VOLLEY_WORKER_START": "exec"}, "VOLLEY_WORKER_START=exec"),
+        ("plain", {"VOLLEY_PRELOAD": ""}, "VOLLEY_PRELOAD names the modules to preload"),
     ],
 )
 def test_a_driver_that_must_not_fork_gets_the_execd_template(tmp_path, mode, env, why):
@@ -580,3 +580,17 @@ def test_start_node_refuses_a_template_that_is_not_one(no_volley):
             template=(12345, 987654),
         )
     assert _core.mode() is None
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5"])
+def test_a_bad_fork_limit_is_refused_at_init(tmp_path, value):
+    script = write_script(tmp_path, "import volley\nvolley.init(num_cpus=1)\n")
+    env = {**driver_env(), "VOLLEY_TEMPLATE_FORK_MAX_MB": value}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode != 0
+    assert (
+        f"VOLLEY_TEMPLATE_FORK_MAX_MB must be a whole number of MB >= 0, not {value!r}"
+        in proc.stderr
+    ), proc.stderr

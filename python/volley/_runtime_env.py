@@ -13,7 +13,9 @@ a task of another environment (or none) undoes all of it first.
 
 Every driver's environment also holds its ``multiprocessing`` authkey (even without a
 ``runtime_env``): its tasks run with ``multiprocessing.current_process().authkey`` set to it, on
-every node, so the driver's ``Manager`` proxies work in them. The key travels inside the tasks
+every node, so the driver's ``Manager`` proxies work in them (a driver that had not imported
+``multiprocessing`` at ``init`` adds it at its first submit after importing it: see
+``_session.ensure_init``). The key travels inside the tasks
 only (over the worker's socket and the cluster's token-checked links, TLS when the cluster uses
 it); it is never put on a command line, in an environment variable or in a file.
 """

@@ -402,10 +402,12 @@ def _leave_driver(fd: int, env: list[tuple[str, str]], driver: int) -> None:
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # Garbage of the driver's is finalised now, while its fds are still the driver's copies.
+    # The driver's objects, garbage included, are never collected here: a finaliser of the
+    # driver's (a file's, a socket's) must not run in this process, and scanning them would
+    # cost every start milliseconds.
     import gc
 
-    gc.collect()
+    gc.freeze()
     # The driver's fds let go: each becomes /dev/null, so that the number stays taken (a file
     # object of the driver's that this process keeps must not write to, or close, an fd of ours
     # that got its number). stdin and stdout are /dev/null; stderr stays until ``setup``

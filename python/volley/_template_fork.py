@@ -11,7 +11,6 @@ imports nothing of volley's (``_session`` uses it; the child loads ``_template``
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 #: A driver over this resident size (MB) execs its template: a forked one would keep the
@@ -24,9 +23,36 @@ last_choice = ""
 
 
 def fork_refusal() -> str | None:
-    """Why this driver must not fork its worker template from itself, or None if it may."""
+    """Why this driver must not fork its worker template from itself, or None if it may.
+    Raises ``ValueError`` for a ``VOLLEY_TEMPLATE_FORK_MAX_MB`` that is not a number of MB.
+
+    >>> import os
+    >>> os.environ["VOLLEY_WORKER_START"] = "exec"
+    >>> fork_refusal()
+    'VOLLEY_WORKER_START=exec'
+    >>> os.environ["VOLLEY_TEMPLATE_FORK_MAX_MB"] = "lots"
+    >>> fork_refusal()
+    Traceback (most recent call last):
+    ValueError: VOLLEY_TEMPLATE_FORK_MAX_MB must be a whole number of MB >= 0, not 'lots'
+    >>> del os.environ["VOLLEY_TEMPLATE_FORK_MAX_MB"], os.environ["VOLLEY_WORKER_START"]
+    """
+    limit = FORK_MAX_RSS_MB
+    text = os.environ.get("VOLLEY_TEMPLATE_FORK_MAX_MB", "").strip()
+    if text:
+        try:
+            limit = int(text)
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            raise ValueError(
+                f"VOLLEY_TEMPLATE_FORK_MAX_MB must be a whole number of MB >= 0, not {text!r}"
+            )
     if os.environ.get("VOLLEY_WORKER_START", "").strip() == "exec":
         return "VOLLEY_WORKER_START=exec"
+    if "VOLLEY_PRELOAD" in os.environ:
+        # A preload list means those modules and no others: a forked template would have
+        # every module of the driver's too.
+        return "VOLLEY_PRELOAD names the modules to preload"
     try:
         threads = len(os.listdir("/proc/self/task"))
     except OSError as e:
@@ -34,13 +60,6 @@ def fork_refusal() -> str | None:
     if threads != 1:
         # A thread may hold a lock (malloc's, an import's) that the child would find held.
         return f"the driver has {threads} threads"
-    limit = FORK_MAX_RSS_MB
-    text = os.environ.get("VOLLEY_TEMPLATE_FORK_MAX_MB", "").strip()
-    if text:
-        try:
-            limit = int(text)
-        except ValueError:
-            return f"VOLLEY_TEMPLATE_FORK_MAX_MB={text!r} is not a whole number of MB"
     try:
         with open("/proc/self/statm", "rb") as f:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
@@ -51,18 +70,30 @@ def fork_refusal() -> str | None:
     return None
 
 
-def fork_from_driver(env: list[tuple[str, str]]) -> tuple[int, int] | None:
+def fork_from_driver(
+    env: list[tuple[str, str]], explicit_preload: bool = False
+) -> tuple[int, int] | None:
     """Forks the worker template from this driver, if it may (see :func:`fork_refusal`):
     returns ``(pid, fd)`` for ``start_node``'s ``template``, the fd being the driver's end of
     the template's socket pair (the node owns it from then on). None: the node starts its
-    template the usual way; :data:`last_choice` says why.
+    template the usual way; :data:`last_choice` says why. ``explicit_preload``: ``init`` was
+    given a preload list (those modules and no others: not a copy of the driver).
     """
     global last_choice
     why = fork_refusal()
+    if why is None and explicit_preload:
+        why = "init(preload=...) names the modules to preload"
     if why is not None:
         last_choice = f"the worker template is exec'd: {why}"
         return None
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # _socket, not socket: the driver needs two fds, not socket's enums (~2 ms to import).
+    import _socket
+
+    try:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    except OSError as e:
+        last_choice = f"the worker template is exec'd: no socket pair for it ({e})"
+        return None
     # Nothing buffered in the driver's streams may be written again by the child.
     for stream in (sys.stdout, sys.stderr):
         try:
