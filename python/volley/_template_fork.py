@@ -54,9 +54,13 @@ def fork_refusal() -> str | None:
         # every module of the driver's too.
         return "VOLLEY_PRELOAD names the modules to preload"
     try:
+        # A copy of this process is a copy of this interpreter: the workers' (sys.executable,
+        # which exec'd ones run) must be the same one.
+        if os.path.realpath(sys.executable) != os.path.realpath("/proc/self/exe"):
+            return f"workers run {sys.executable!r}, not this process's interpreter"
         threads = len(os.listdir("/proc/self/task"))
     except OSError as e:
-        return f"its thread count is unknown ({e})"
+        return f"its interpreter or thread count is unknown ({e})"
     if threads != 1:
         # A thread may hold a lock (malloc's, an import's) that the child would find held.
         return f"the driver has {threads} threads"
