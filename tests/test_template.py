@@ -597,3 +597,32 @@ def test_a_bad_fork_limit_is_refused_at_init(tmp_path, value):
         f"VOLLEY_TEMPLATE_FORK_MAX_MB must be a whole number of MB >= 0, not {value!r}"
         in proc.stderr
     ), proc.stderr
+
+
+UNWANTED_TEMPLATE_DRIVER = """
+import os, socket, sys, time
+from volley import _core
+
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+pid = os.fork()
+if pid == 0:
+    time.sleep(120)  # a template that never gets its setup
+    os._exit(0)
+theirs.close()
+_core.start_node(
+    1.0, sys.executable, ["-S", "-m", "volley._worker"], [], False, 1, 1000, 1 << 24,
+    os.getcwd(), 1024, template=(pid, ours.detach()),
+)
+# Workers are exec'd here: the node kills and reaps the template it was given.
+deadline = time.monotonic() + 30
+while os.path.exists(f"/proc/{pid}"):
+    assert time.monotonic() < deadline, "the unwanted template is still there"
+    time.sleep(0.05)
+_core.shutdown(1.0)
+print("GONE")
+"""
+
+
+def test_a_template_passed_to_a_node_that_execs_its_workers_is_ended(tmp_path):
+    proc = _driver(tmp_path, UNWANTED_TEMPLATE_DRIVER, VOLLEY_WORKER_START="exec")
+    assert "GONE" in proc.stdout
