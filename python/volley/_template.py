@@ -425,6 +425,11 @@ def _leave_driver(fd: int, env: list[tuple[str, str]], driver: int) -> None:
     for k, v in env:
         os.environ[k] = v
     os.environ.pop("VOLLEY_WORKER_ID", None)
+    # The driver's settings for its node, not its workers': their diagnostics go to stderr.
+    from . import _core
+
+    _core.set_diagnostics_dir(None)
+    _core.set_worker_log_dir(None)
     try:
         import resource
 
