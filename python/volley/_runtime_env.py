@@ -26,9 +26,13 @@ import json
 import os
 import sys
 import types
-from pathlib import Path
 
 from . import _runtime_dir
+
+# pathlib where a Path is made (it costs every driver's start ~2 ms: urllib.parse, ipaddress)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEYS = ("working_dir", "py_modules", "env_vars")
 # Directories and files never packed.
@@ -40,6 +44,7 @@ def _zip_dir(root: Path, prefix: str = "") -> bytes:
     """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
     import io
     import zipfile  # zipfile, io, shutil, multiprocessing: imported where used (start-up)
+    from pathlib import Path
 
     buf = io.BytesIO()
     total = 0
@@ -68,6 +73,8 @@ def _zip_dir(root: Path, prefix: str = "") -> bytes:
 
 
 def _module_path(m) -> Path:
+    from pathlib import Path
+
     if isinstance(m, types.ModuleType):
         files = getattr(m, "__path__", None)
         p = Path(list(files)[0]) if files else Path(m.__file__ or "")
@@ -104,6 +111,8 @@ def build(
     desc: dict = {"working_dir": None, "py_modules": [], "env_vars": {}}
     wd = runtime_env.get("working_dir")
     if wd is not None:
+        from pathlib import Path
+
         root = Path(os.fspath(wd)).resolve()
         if not root.is_dir():
             raise ValueError(f"runtime_env: working_dir {wd!r} is not a directory")
@@ -167,7 +176,7 @@ def _packages_dir() -> Path:
     """The packages directory (the same as the node's, ``rundir.rs``), checked private."""
     d = os.environ.get("VOLLEY_PACKAGES_DIR")
     if d:
-        return _runtime_dir.ensure_private_dir(Path(d))
+        return _runtime_dir.ensure_private_dir(d)
     root = _runtime_dir.ensure_private_dir(_runtime_dir.runtime_dir())
     return _runtime_dir.ensure_private_dir(root / "packages")
 

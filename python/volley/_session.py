@@ -207,7 +207,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
     ``daemon``: this process is a cluster node (see ``start_daemon``)."""
     # Only a driver or a node daemon runs these (a worker never calls init): imported here,
     # `import volley` stays fast in every worker process.
-    from . import _cluster, _runtime_env
+    from . import _cluster, _runtime_dir, _runtime_env
 
     global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
     global job_id, _authkey_pending, _env_sent
@@ -317,7 +317,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
         # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
-        logs_dir = str(_cluster.session_dir() / "logs")
+        logs_dir = os.path.join(_runtime_dir.runtime_dir_name(), "logs")
         _core.set_diagnostics_dir(None if daemon else logs_dir)
         # Each worker's output is kept in a file there too (`volley logs`; VOLLEY_WORKER_LOGS=0:
         # not kept).
