@@ -505,9 +505,11 @@ report = dict(
     cmd_t=open(f"/proc/{template}/cmdline", "rb").read().decode(),
     cmd_w=open(f"/proc/{pid}/cmdline", "rb").read().decode(),
 )
+volley.shutdown()
+# Reaped by shutdown, while this driver still runs: not even a zombie.
+report["gone_at_shutdown"] = not os.path.exists(f"/proc/{template}")
 sys.stdout.write("REPORT " + json.dumps(report) + "\\n")
 sys.stdout.flush()
-volley.shutdown()
 """
 
 
@@ -541,6 +543,7 @@ def test_a_one_threaded_driver_forks_its_template_from_itself(tmp_path):
     assert "the worker template is forked from the driver" in proc.stderr, proc.stderr
     assert "DeprecationWarning" not in proc.stderr, proc.stderr
     # Nothing is left after shutdown (the driver reaped it: not even a zombie).
+    assert r["gone_at_shutdown"] is True
     assert not os.path.exists(f"/proc/{r['template']}")
     assert not os.path.exists(f"/proc/{r['worker']}")
 
