@@ -141,3 +141,31 @@ def test_import_volley_imports_only_what_it_needs():
         assert "no attribute 'no_such_name'" in str(e)
     else:
         raise AssertionError("an unknown name did not raise AttributeError")
+
+
+def test_a_drivers_first_result_skips_what_it_does_not_need():
+    """A driver's import + init + first result does not import what only some drivers need
+    (each is milliseconds of every start: benchmarks/RESULTS-scale.md, "Start-up, round 2")."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, volley\n"
+        "volley.init(num_cpus=1)\n"
+        "assert volley.get(volley.remote(lambda: 1).remote(), timeout=60) == 1\n"
+        "skipped = ('multiprocessing', 'pathlib', 'hashlib', '_hashlib', 'socket',\n"
+        "           'subprocess', 'shutil', 'volley._dashboard')\n"
+        "print(sorted(m for m in skipped if m in sys.modules))\n"
+        "volley.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_GPU_DETECT"}
+    gpu_paths = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+    if any(os.path.exists(p) for p in gpu_paths) or shutil.which("nvidia-smi"):
+        env["VOLLEY_GPU_DETECT"] = "none"  # a GPU machine asks NVML or nvidia-smi (subprocess)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -272,3 +272,49 @@ def test_the_key_is_not_in_a_workers_environment_on_a_cluster_node(tmp_path: Pat
     finally:
         volley.shutdown()
         c.stop()
+
+
+LATE_DRIVER = """
+import sys
+import volley
+
+@volley.remote
+def key():
+    from multiprocessing import current_process
+    return bytes(current_process().authkey)
+
+@volley.remote
+def put_in(q, x):
+    q.put(x)
+    return x
+
+if __name__ == "__main__":
+    volley.init(num_cpus=1)
+    # init did not import multiprocessing (a start-up cost): no key to carry yet.
+    assert "multiprocessing" not in sys.modules, "init imported multiprocessing"
+    first = volley.get(key.remote(), timeout=60)
+    import multiprocessing
+    mine = bytes(multiprocessing.current_process().authkey)
+    assert first != mine
+    with multiprocessing.Manager() as m:
+        q = m.Queue()
+        assert volley.get(put_in.remote(q, 7), timeout=60) == 7
+        assert q.get(timeout=10) == 7
+        assert volley.get(key.remote(), timeout=60) == mine
+    volley.shutdown()
+    print("LATE OK", flush=True)
+"""
+
+
+def test_a_driver_that_imports_multiprocessing_after_init_passes_its_key(tmp_path: Path):
+    script = tmp_path / "late.py"
+    script.write_text(LATE_DRIVER)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env=driver_env(),
+    )
+    assert proc.returncode == 0 and "LATE OK" in proc.stdout, (proc.stdout, proc.stderr)

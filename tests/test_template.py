@@ -563,3 +563,174 @@ def test_workers_that_hang_as_they_start_do_not_hold_the_others_back(tmp_path):
     # They hung before they could tie their lives to the template's: they go with it anyway.
     hung = {int((tmp_path / "hang" / m).read_text()) for m in ("m0", "m1")}
     assert not wait_all_gone(hung, timeout=20), f"left running: {hung}"
+
+
+FORKED_DRIVER = """
+import atexit, json, os, sys, threading
+sys.path.insert(0, os.path.join(os.getcwd(), "mods"))
+import marker_mod  # imported by the driver only: a template forked from it has it too
+mode = os.environ["MODE"]
+if mode == "thread":
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
+elif mode == "big":
+    ballast = b"x" * (300 << 20)  # resident: over the 256 MB limit
+keep = open("driver-file", "w")  # an fd of the driver's that the template must not hold
+atexit.register(lambda: open(f"atexit-{os.getpid()}", "w").close())
+print("BUFFERED")  # stdout is a pipe: buffered, and must be written once
+import logging
+logging.getLogger("volley").setLevel(logging.DEBUG)
+import volley
+volley.init(num_cpus=1)
+from volley import _template_fork as _template
+
+@volley.remote
+def look():
+    return os.getpid(), os.getppid(), "marker_mod" in sys.modules
+
+pid, template, has_marker = volley.get(look.remote(), timeout=60)
+
+def links(p):
+    out = []
+    for n in os.listdir(f"/proc/{p}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{p}/fd/{n}"))
+        except OSError:
+            pass
+    return out
+
+with open(f"/proc/{template}/stat") as f:
+    tppid = int(f.read().rsplit(")", 1)[1].split()[1])
+with open(f"/proc/{template}/status") as f:
+    threads = int(f.read().split("Threads:")[1].split()[0])
+report = dict(
+    driver=os.getpid(), worker=pid, template=template, template_parent=tppid,
+    marker=has_marker, choice=_template.last_choice, threads=threads,
+    template_fds=links(template), worker_fds=links(pid),
+    cmd_t=open(f"/proc/{template}/cmdline", "rb").read().decode(),
+    cmd_w=open(f"/proc/{pid}/cmdline", "rb").read().decode(),
+)
+volley.shutdown()
+# Reaped by shutdown, while this driver still runs: not even a zombie.
+report["gone_at_shutdown"] = not os.path.exists(f"/proc/{template}")
+sys.stdout.write("REPORT " + json.dumps(report) + "\\n")
+sys.stdout.flush()
+"""
+
+
+def _forked_report(tmp_path: Path, mode: str, **env: str | None):
+    _mods(tmp_path)
+    (tmp_path / "mods" / "marker_mod.py").write_text("")
+    # Python 3.12+ warns when a process with threads forks: shown, if it ever came.
+    warn = {"PYTHONWARNINGS": "default::DeprecationWarning"}
+    proc = _driver(tmp_path, FORKED_DRIVER, MODE=mode, PYTHONUNBUFFERED=None, **warn, **env)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT "))
+    return proc, json.loads(line[len("REPORT ") :])
+
+
+def test_a_one_threaded_driver_forks_its_template_from_itself(tmp_path):
+    proc, r = _forked_report(tmp_path, "plain")
+    assert r["choice"].startswith("the worker template is forked from the driver"), r
+    # Its parent is the driver; it has what the driver imported; it forks the workers.
+    assert r["template_parent"] == r["driver"]
+    assert r["marker"] is True
+    assert r["threads"] == 1
+    assert "volley._template" in r["cmd_t"] and "volley._worker" in r["cmd_w"], r
+    # No fd of the driver's: the driver's files are /dev/null there (numbers kept taken).
+    for fds in (r["template_fds"], r["worker_fds"]):
+        assert not any("driver-file" in f for f in fds), fds
+        allowed = ("/dev/null", "socket:", "pipe:", "anon_inode:", "/memfd:volley-store")
+        assert all(f.startswith(allowed) for f in fds), fds
+    # The driver's buffered output is written once, its atexit handlers run only in it.
+    assert proc.stdout.count("BUFFERED") == 1, proc.stdout
+    assert sorted(p.name for p in tmp_path.glob("atexit-*")) == [f"atexit-{r['driver']}"]
+    # The choice is logged at debug level; the fork had one thread (no warning on 3.12+).
+    assert "the worker template is forked from the driver" in proc.stderr, proc.stderr
+    assert "DeprecationWarning" not in proc.stderr, proc.stderr
+    # Nothing is left after shutdown (the driver reaped it: not even a zombie).
+    assert r["gone_at_shutdown"] is True
+    assert not os.path.exists(f"/proc/{r['template']}")
+    assert not os.path.exists(f"/proc/{r['worker']}")
+
+
+@pytest.mark.parametrize(
+    "mode, env, why",
+    [
+        ("thread", {}, "the driver has 2 threads"),
+        ("big", {}, "resident size is"),
+        ("plain", {"VOLLEY_TEMPLATE_FORK_MAX_MB": "0"}, "(the limit is 0 MB)"),
+        ("plain", {"VOLLEY_WORKER_START": "exec"}, "VOLLEY_WORKER_START=exec"),
+        ("plain", {"VOLLEY_PRELOAD": ""}, "VOLLEY_PRELOAD names the modules to preload"),
+    ],
+)
+def test_a_driver_that_must_not_fork_gets_the_execd_template(tmp_path, mode, env, why):
+    proc, r = _forked_report(tmp_path, mode, **env)
+    assert r["choice"].startswith("the worker template is exec'd: ") and why in r["choice"], r
+    assert f"volley: {r['choice']}" in proc.stderr, proc.stderr
+    # Not forked from the driver: it lacks what the driver imported.
+    assert r["marker"] is False
+    assert proc.stdout.count("BUFFERED") == 1, proc.stdout
+    assert not os.path.exists(f"/proc/{r['template']}")
+
+
+def test_start_node_refuses_a_template_that_is_not_one(no_volley):
+    from volley import _core
+
+    with pytest.raises(ValueError, match="is not a child's pid and an open descriptor"):
+        _core.start_node(
+            1.0,
+            sys.executable,
+            [],
+            [],
+            False,
+            1,
+            1000,
+            1 << 20,
+            "/tmp",
+            1024,
+            template=(12345, 987654),
+        )
+    assert _core.mode() is None
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5"])
+def test_a_bad_fork_limit_is_refused_at_init(tmp_path, value):
+    script = write_script(tmp_path, "import volley\nvolley.init(num_cpus=1)\n")
+    env = {**driver_env(), "VOLLEY_TEMPLATE_FORK_MAX_MB": value}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode != 0
+    assert (
+        f"VOLLEY_TEMPLATE_FORK_MAX_MB must be a whole number of MB >= 0, not {value!r}"
+        in proc.stderr
+    ), proc.stderr
+
+
+UNWANTED_TEMPLATE_DRIVER = """
+import os, socket, sys, time
+from volley import _core
+
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+pid = os.fork()
+if pid == 0:
+    time.sleep(120)  # a template that never gets its setup
+    os._exit(0)
+theirs.close()
+_core.start_node(
+    1.0, sys.executable, ["-S", "-m", "volley._worker"], [], False, 1, 1000, 1 << 24,
+    os.getcwd(), 1024, template=(pid, ours.detach()),
+)
+# Workers are exec'd here: the node kills and reaps the template it was given.
+deadline = time.monotonic() + 30
+while os.path.exists(f"/proc/{pid}"):
+    assert time.monotonic() < deadline, "the unwanted template is still there"
+    time.sleep(0.05)
+_core.shutdown(1.0)
+print("GONE")
+"""
+
+
+def test_a_template_passed_to_a_node_that_execs_its_workers_is_ended(tmp_path):
+    proc = _driver(tmp_path, UNWANTED_TEMPLATE_DRIVER, VOLLEY_WORKER_START="exec")
+    assert "GONE" in proc.stdout

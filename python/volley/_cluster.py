@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from . import _runtime_dir
+
+# pathlib where a Path is made (it costs every driver's start ~2 ms: urllib.parse, ipaddress)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_PORT = 6380
 

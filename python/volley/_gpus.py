@@ -5,7 +5,9 @@ Detection asks, in order, until one answers:
 
 1. NVML (``libnvidia-ml.so.1``, which the NVIDIA driver installs) through ctypes:
    ``nvmlInit_v2``, ``nvmlDeviceGetCount_v2``, ``nvmlShutdown``; no Python package needed.
-   It gets a few seconds (on a thread: a hung driver hangs NVML's calls).
+   It gets a few seconds (on a thread: a hung driver hangs NVML's calls). ``auto`` skips it
+   where the driver is absent (no ``/dev/nvidiactl``, ``/proc/driver/nvidia`` or WSL's
+   ``/dev/dxg``) unless ``LD_LIBRARY_PATH`` has a ``libnvidia-ml.so.1``: a start-up cost.
 2. ``nvidia-smi -L``: its ``GPU N:`` lines. It gets a few seconds; a missing binary, a failure
    or no answer in time means it knows nothing (a hang is killed and said in a warning).
 3. ``/proc/driver/nvidia/gpus``: one directory per GPU.
@@ -85,15 +87,14 @@ def _nvidia_smi(timeout: float | None = None) -> int | None:
     """GPUs ``nvidia-smi -L`` lists, or None when it is missing, fails or does not answer in
     ``timeout`` seconds (its process group is killed then, so that a child of it holding the
     pipe cannot keep us waiting)."""
+    timeout = _timeout() if timeout is None else timeout
+    exe = _on_path("nvidia-smi")
+    if exe is None:
+        return None
     import re
-    import shutil
     import signal
     import subprocess
 
-    timeout = _timeout() if timeout is None else timeout
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
     try:
         p = subprocess.Popen(
             [exe, "-L"],
@@ -124,6 +125,31 @@ def _nvidia_smi(timeout: float | None = None) -> int | None:
     if p.returncode != 0:
         return None
     return len(re.findall(r"^GPU \d+:", out.decode(errors="replace"), re.MULTILINE))
+
+
+#: What the NVIDIA driver makes on a machine that has it: its control device (also in a
+#: container given GPUs), its /proc directory, or WSL's GPU device.
+_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+
+
+def _nvml_may_answer() -> bool:
+    """Whether NVML may know of GPUs: the NVIDIA driver is present (see :data:`_DRIVER_PATHS`;
+    the system's NVML knows nothing without it), or a ``libnvidia-ml.so.1`` of the user's own
+    is on ``LD_LIBRARY_PATH``. Otherwise the ``auto`` chain skips NVML, which a driver's
+    ``init`` would pay for on every machine without a GPU."""
+    if any(os.path.exists(p) for p in _DRIVER_PATHS):
+        return True
+    dirs = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    return any(d and os.path.exists(os.path.join(d, "libnvidia-ml.so.1")) for d in dirs)
+
+
+def _on_path(name: str) -> str | None:
+    """``shutil.which(name)`` without importing shutil: a start-up cost where it is absent."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        p = os.path.join(d or ".", name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
 
 
 def _proc() -> int | None:
@@ -173,6 +199,8 @@ def found() -> int | None:
     if method == "none":
         return None
     chain = list(ways.values()) if method == "auto" else [ways[method]]
+    if method == "auto" and not _nvml_may_answer():
+        chain.remove(_nvml_in_time)  # a thread and ctypes, for nothing: ~5-15 ms of init
     for way in chain:
         n = way()
         if n is not None:

@@ -94,9 +94,12 @@ class Shipped:
         if self._pickled is None:
             # Imported at the first call, not with volley: `import volley` stays fast (every
             # worker process imports it), and a worker that only runs tasks never needs them.
-            import hashlib
-
             import cloudpickle
+
+            try:  # blake2b without hashlib, which loads OpenSSL's libcrypto (~2 ms)
+                from _blake2 import blake2b
+            except ImportError:
+                from hashlib import blake2b
 
             try:
                 data = cloudpickle.dumps(self._fn, protocol=5)
@@ -104,7 +107,7 @@ class Shipped:
                 raise SerializationError(describe_unpicklable_code(self._fn, e)) from e
             if len(data) >= LARGE_FUNCTION_WARNING:
                 _warn_large(self._fn, len(data))
-            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
+            self._pickled = (blake2b(data, digest_size=16).digest(), data)
         fid, data = self._pickled
         if self._registered_generation != _session.generation:
             _core.register_function(fid, data)

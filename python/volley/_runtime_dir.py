@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+
+# pathlib where a Path is made (it costs every driver's start ~2 ms: urllib.parse, ipaddress)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class RuntimeDirError(OSError):
@@ -36,17 +40,24 @@ def _private(st: os.stat_result) -> str | None:
 
 def runtime_dir() -> Path:
     """The runtime directory's path (not created nor checked: see :func:`ensure_private_dir`)."""
+    from pathlib import Path
+
+    return Path(runtime_dir_name())
+
+
+def runtime_dir_name() -> str:
+    """:func:`runtime_dir` as a string (without importing pathlib: a driver's ``init``)."""
     d = os.environ.get("VOLLEY_SESSION_DIR")
     if d:
-        return Path(d)
+        return d
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg):
         try:
             if _private(os.lstat(xdg)) is None:
-                return Path(xdg) / "volley"
+                return os.path.join(xdg, "volley")
         except OSError:
             pass
-    return Path(f"/tmp/volley-{os.getuid()}")
+    return f"/tmp/volley-{os.getuid()}"
 
 
 def _refuse(path: Path, why: str) -> RuntimeDirError:
@@ -69,9 +80,11 @@ def check_private_dir(path: Path) -> bool:
     return True
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: Path | str) -> Path:
     """Creates ``path`` (mode 0700, exclusively) or checks the existing one (see module doc).
     Missing parents are created too; only ``path`` itself is checked."""
+    from pathlib import Path
+
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -13,7 +13,9 @@ a task of another environment (or none) undoes all of it first.
 
 Every driver's environment also holds its ``multiprocessing`` authkey (even without a
 ``runtime_env``): its tasks run with ``multiprocessing.current_process().authkey`` set to it, on
-every node, so the driver's ``Manager`` proxies work in them. The key travels inside the tasks
+every node, so the driver's ``Manager`` proxies work in them (a driver that had not imported
+``multiprocessing`` at ``init`` adds it at its first submit after importing it: see
+``_session.ensure_init``). The key travels inside the tasks
 only (over the worker's socket and the cluster's token-checked links, TLS when the cluster uses
 it); it is never put on a command line, in an environment variable or in a file.
 """
@@ -24,9 +26,13 @@ import json
 import os
 import sys
 import types
-from pathlib import Path
 
 from . import _runtime_dir
+
+# pathlib where a Path is made (it costs every driver's start ~2 ms: urllib.parse, ipaddress)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEYS = ("working_dir", "py_modules", "env_vars")
 # Directories and files never packed.
@@ -38,6 +44,7 @@ def _zip_dir(root: Path, prefix: str = "") -> bytes:
     """A zip of ``root`` whose bytes depend only on the files' paths and contents."""
     import io
     import zipfile  # zipfile, io, shutil, multiprocessing: imported where used (start-up)
+    from pathlib import Path
 
     buf = io.BytesIO()
     total = 0
@@ -66,6 +73,8 @@ def _zip_dir(root: Path, prefix: str = "") -> bytes:
 
 
 def _module_path(m) -> Path:
+    from pathlib import Path
+
     if isinstance(m, types.ModuleType):
         files = getattr(m, "__path__", None)
         p = Path(list(files)[0]) if files else Path(m.__file__ or "")
@@ -102,6 +111,8 @@ def build(
     desc: dict = {"working_dir": None, "py_modules": [], "env_vars": {}}
     wd = runtime_env.get("working_dir")
     if wd is not None:
+        from pathlib import Path
+
         root = Path(os.fspath(wd)).resolve()
         if not root.is_dir():
             raise ValueError(f"runtime_env: working_dir {wd!r} is not a directory")
@@ -135,6 +146,14 @@ def with_job(desc: str, job_id: str, node: int | None = None) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def with_authkey(desc: str, authkey: bytes) -> str:
+    """The description ``desc`` with the driver's ``multiprocessing`` authkey in it (a driver
+    that imported multiprocessing only after ``init``)."""
+    d = json.loads(desc)
+    d["authkey"] = authkey.hex()
+    return json.dumps(d, sort_keys=True)
+
+
 def _zip_single(path: Path) -> bytes:
     import io
     import zipfile
@@ -157,7 +176,7 @@ def _packages_dir() -> Path:
     """The packages directory (the same as the node's, ``rundir.rs``), checked private."""
     d = os.environ.get("VOLLEY_PACKAGES_DIR")
     if d:
-        return _runtime_dir.ensure_private_dir(Path(d))
+        return _runtime_dir.ensure_private_dir(d)
     root = _runtime_dir.ensure_private_dir(_runtime_dir.runtime_dir())
     return _runtime_dir.ensure_private_dir(root / "packages")
 

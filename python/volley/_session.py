@@ -28,6 +28,10 @@ _auto_started_by: str | None = None  # the thread whose first call started volle
 # In a child forked from a process that ran volley: what the parent ran ("driver", "cluster",
 # "daemon" or "worker"); None otherwise, or once the child has started a volley of its own.
 _forked_from: str | None = None
+# The runtime environment this driver's node has (description, packages), and whether the
+# multiprocessing authkey is still to go into it (see ensure_init).
+_env_sent: tuple[str, list[str]] | None = None
+_authkey_pending = False
 # This driver's job id while volley runs (see _job_id); its tasks and actors get it with
 # their runtime environment.
 job_id: str | None = None
@@ -169,7 +173,8 @@ def init(
     ``RuntimeError`` saying so.
 
     Tasks and actors run with this process's ``multiprocessing`` authkey (as it is when
-    ``init`` runs), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
+    ``init`` runs; a driver that imports ``multiprocessing`` only later sends it with the first
+    submit after), on every node, so ``multiprocessing.Manager`` proxies can be passed to them.
 
     In a process forked from this one (``os.fork``, the ``fork`` start method), volley starts
     afresh at the child's first call, with these arguments (``num_cpus`` 1 if it is not given
@@ -202,10 +207,10 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
     ``daemon``: this process is a cluster node (see ``start_daemon``)."""
     # Only a driver or a node daemon runs these (a worker never calls init): imported here,
     # `import volley` stays fast in every worker process.
-    from . import _cluster, _runtime_env
+    from . import _cluster, _runtime_dir, _runtime_env
 
     global generation, _atexit_registered, _ready, _init_args, _auto_started_by, _forked_from
-    global job_id
+    global job_id, _authkey_pending, _env_sent
     num_cpus = args["num_cpus"]
     log_to_driver = args["log_to_driver"]
     pipeline_depth = args["pipeline_depth"]
@@ -286,7 +291,13 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         # (see _runtime_env).
         # Checked (and packed) before the node starts; the job id goes in once the node has
         # its id (see _job_id), so it is built again then.
-        env_desc, env_packages = _runtime_env.build(runtime_env or {}, _authkey(), None)
+        # A driver that has not imported multiprocessing has no Manager to pass yet: its key
+        # goes in at the first submit after it imports it (ensure_init), and init does not pay
+        # multiprocessing's import (~6 ms).
+        eager = daemon is not None or "multiprocessing.process" in sys.modules
+        env_desc, env_packages = _runtime_env.build(
+            runtime_env or {}, _authkey() if eager else None, None
+        )
         if gpus:
             custom["GPU"] = float(gpus)
         if object_spill_dir is None:
@@ -306,32 +317,55 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             env.append(("VOLLEY_NODE_ADDRESS", daemon["listen"]))
         # The node's developer diagnostics go to a log file, not to this terminal: a daemon's
         # stderr is its log; a driver gets a file of its own, made on the first diagnostic.
-        logs_dir = str(_cluster.session_dir() / "logs")
+        logs_dir = os.path.join(_runtime_dir.runtime_dir_name(), "logs")
         _core.set_diagnostics_dir(None if daemon else logs_dir)
         # Each worker's output is kept in a file there too (`volley logs`; VOLLEY_WORKER_LOGS=0:
         # not kept).
         keep = os.environ.get("VOLLEY_WORKER_LOGS", "1").strip() != "0"
         _core.set_worker_log_dir(logs_dir if keep else None)
-        _core.start_node(
-            float(cpus),
-            sys.executable,
-            ["-S", "-m", "volley._worker"],
-            env,
-            bool(log_to_driver),
-            int(pipeline_depth),
-            int(idle_worker_timeout * 1000),
-            int(store),
-            spill_dir,
-            int(inline_threshold),
-            sorted(custom.items()),
-            max_workers=max_workers,
-            wait_notice_ms=notice_ms,
-        )
+        # A one-threaded driver forks its worker template now, before the node's threads
+        # start: the first worker is forked sooner (docs/workers.md).
+        template = None
+        if daemon is None:
+            # What the driver's first .remote() imports anyway (cloudpickle, the remote-function
+            # modules), imported before the fork: the template has them too instead of importing
+            # them again on the same cores (~20 ms). By name: `_remote` imports this module.
+            import importlib
+
+            import cloudpickle  # noqa: F401
+
+            importlib.import_module("volley._remote")
+            from . import _template_fork
+
+            template = _template_fork.fork_from_driver(env, explicit_preload=preload is not None)
+        try:
+            _core.start_node(
+                float(cpus),
+                sys.executable,
+                ["-S", "-m", "volley._worker"],
+                env,
+                bool(log_to_driver),
+                int(pipeline_depth),
+                int(idle_worker_timeout * 1000),
+                int(store),
+                spill_dir,
+                int(inline_threshold),
+                sorted(custom.items()),
+                max_workers=max_workers,
+                wait_notice_ms=notice_ms,
+                template=template,
+            )
+        except BaseException:
+            if template is not None:
+                _reap_template(template[0])
+            raise
         if daemon is None:
             # The node's messages to this driver's user go through logging.getLogger("volley").
             from . import _log
 
             _log.start()
+            if "logging" in sys.modules:  # a driver that configured logging has imported it
+                _log.logger.debug("volley: %s", _template_fork.last_choice)
         try:
             for h, data in env_packages.items():
                 _core.register_package(h, data)
@@ -363,6 +397,7 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
             job = _job_id(node_number)
             desc = _runtime_env.with_job(env_desc, job, node_number)
             _core.set_runtime_env(desc, sorted(env_packages))
+            _env_sent = (desc, sorted(env_packages))
             if history:
                 _core.record_history(str(_driver_history_dir()))
             if args.get("dashboard") and not auto:
@@ -388,8 +423,20 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
         job_id = None if daemon is not None else job
         _auto_started_by = threading.current_thread().name if auto else None
         _forked_from = None
+        _authkey_pending = not eager
         _ready = True
         return Context(cpus)
+
+
+def _reap_template(pid: int) -> None:
+    """Ends the worker template this driver forked for a node that did not start."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _temp_dir() -> str:
@@ -474,12 +521,13 @@ def shutdown() -> None:
     >>> volley.is_initialized()
     False
     """
-    global _ready, _auto_started_by
+    global _ready, _auto_started_by, _authkey_pending, _env_sent
     with _lock:
         if _core.mode() != "driver":
             return
         _ready = False
         _auto_started_by = None
+        _authkey_pending, _env_sent = False, None
         # Only a dashboard this process started is stopped (its module is loaded then); an
         # import here could fail, e.g. with every file descriptor taken, and leave the node up.
         dashboard = sys.modules.get(f"{__package__}._dashboard")
@@ -563,6 +611,24 @@ def ensure_init() -> None:
     """Starts volley with defaults unless it runs (the first call of any thread does this)."""
     if not _ready:
         _auto_init()
+    if _authkey_pending and "multiprocessing.process" in sys.modules:
+        _send_authkey()
+
+
+def _send_authkey() -> None:
+    """The driver imported multiprocessing after ``init``: its authkey goes into the runtime
+    environment of the tasks and actors it submits from now on (see ``init``)."""
+    global _authkey_pending, _env_sent
+    from . import _runtime_env
+
+    with _lock:
+        if not _authkey_pending or _env_sent is None:
+            return
+        desc, packages = _env_sent
+        desc = _runtime_env.with_authkey(desc, _authkey())
+        _core.set_runtime_env(desc, packages)
+        _env_sent = (desc, packages)
+        _authkey_pending = False
 
 
 def _auto_init() -> None:
@@ -610,6 +676,8 @@ def _after_fork_in_child() -> None:
     child's first volley call starts a volley of its own (see ``_init_forked_child``)."""
     global _lock, _ready, generation, _forked_from, _auto_started_by
     _lock = threading.RLock()  # a thread of the parent may have held it
+    global _authkey_pending, _env_sent
+    _authkey_pending, _env_sent = False, None
     was = _core.after_fork_in_child()
     log = sys.modules.get("volley._log")
     if log is not None:

@@ -261,8 +261,11 @@ def _rename_as_worker() -> None:
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        # Fields 48 and 49 of stat(5), counted from the state (field 3) here.
-        start, end = int(fields[48 - 3]), int(fields[49 - 3])
+        # Fields 48 to 51 of stat(5), counted from the state (field 3) here.
+        start, end, env_start, env_end = (int(fields[i - 3]) for i in (48, 49, 50, 51))
+        if env_start == end:
+            end = env_end  # a template forked from the driver may have its title there
+
         with open("/proc/self/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
             argv = mem.read(end - start)
@@ -315,6 +318,17 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     t = _Template(sock)
+    _prepare(t)
+    wid = t.serve()
+    # A forked child: become the worker.
+    del t
+    from . import _worker
+
+    _worker.run(wid)
+
+
+def _prepare(t: _Template) -> None:
+    """What the template imports and sets up once, before it forks workers."""
     from . import _worker
 
     _worker.setup()
@@ -348,10 +362,179 @@ def main() -> None:
 
     gc.collect()
     gc.freeze()  # the template's objects stay untouched by the workers' collections
+
+
+# --- A template forked from the driver itself -------------------------------------------------
+#
+# Exec'ing ``python -m volley._template`` is an interpreter start plus volley's imports: tens of
+# milliseconds before the first worker can be forked, most of a fresh driver's wait for its first
+# result. A driver that has one thread (and so can fork safely) and modest memory forks the
+# template from itself before its node starts: a millisecond, and the template has every module
+# the driver imported (``_template_fork.py``). The supervisor adopts it, and sends
+# it what did not exist at the fork with a ``setup`` message: ``setup <node socket> <token>
+# <store>``, with the store's memfd and the write end of the template's stderr as two fds.
+
+
+def _forked_main(fd: int, env: list[tuple[str, str]]) -> int:
+    """The forked template's life; in each worker it forks, that worker's. Returns the exit
+    code."""
+    driver = os.getppid()
+    _leave_driver(fd, env, driver)
+    t = _Template(socket.socket(fileno=fd))
+    _prepare(t)
+    _await_setup(t)
     wid = t.serve()
-    # A forked child: become the worker.
     del t
-    _worker.run(wid)
+    from . import _worker
+
+    code = 0
+    try:
+        _worker.run(wid)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    # What the interpreter's exit would do in an exec'd worker (the driver's atexit handlers
+    # were dropped at the fork; those the worker's tasks registered run).
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # type: ignore[attr-defined]
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return code
+
+
+def _leave_driver(fd: int, env: list[tuple[str, str]], driver: int) -> None:
+    """In the template just forked from the driver: what an exec'd template starts with."""
+    import atexit
+
+    atexit._clear()  # the driver's, not ours
+    os.setsid()
+    _pdeathsig()
+    if os.getppid() != driver:
+        os._exit(1)  # the driver died while forking
+    # Signals as an exec'd interpreter has them (SIGINT: see _worker.setup).
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # The driver's objects, garbage included, are never collected here: a finaliser of the
+    # driver's (a file's, a socket's) must not run in this process, and scanning them would
+    # cost every start milliseconds.
+    import gc
+
+    gc.freeze()
+    # The driver's fds let go: each becomes /dev/null, so that the number stays taken (a file
+    # object of the driver's that this process keeps must not write to, or close, an fd of ours
+    # that got its number). stdin and stdout are /dev/null; stderr stays until ``setup``
+    # brings the node's pipe.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    keep = {fd, null, 2}
+    for name in os.listdir("/proc/self/fd"):
+        n = int(name)
+        if n not in keep:
+            try:
+                os.dup2(null, n, inheritable=n < 3)
+            except OSError:
+                pass  # the listing's own fd, closed by now
+    os.close(null)
+    for k, v in env:
+        os.environ[k] = v
+    os.environ.pop("VOLLEY_WORKER_ID", None)
+    # The driver's settings for its node, not its workers': their diagnostics go to stderr.
+    from . import _core
+
+    _core.set_diagnostics_dir(None)
+    _core.set_worker_log_dir(None)
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:  # as the node raised its own (supervisor.rs), which an exec'd one gets
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+    # The driver's __main__ and argv are not the template's: as if run with -m.
+    sys.modules["__main__"] = sys.modules[__name__]
+    sys.argv = [__file__]
+    _retitle(b"-S", b"-m", b"volley._template")
+
+
+def _await_setup(t: _Template) -> None:
+    """Waits for the node's ``setup`` message (see above) and takes what it brings."""
+    data, fds, _, _ = socket.recv_fds(t.sock, 4096, 2)
+    if not data:
+        os._exit(0)  # the node did not start, or did not take this template
+    try:
+        verb, node_socket, token, store = data.decode("ascii").split(" ")
+        if verb != "setup" or len(fds) != 2:
+            raise ValueError
+        path, rest = store.split(":", 1)
+        if not path.startswith("/proc/self/fd/"):
+            raise ValueError
+    except ValueError:
+        _close(fds)
+        t.send(f"warn the forked worker template got a malformed setup: {data[:80]!r}")
+        os._exit(1)
+    store_fd, err = fds
+    os.dup2(err, 2)
+    os.close(err)
+    os.environ["VOLLEY_NODE_SOCKET"] = node_socket
+    os.environ["VOLLEY_SESSION_TOKEN"] = token
+    os.environ["VOLLEY_STORE"] = f"/proc/self/fd/{store_fd}:{rest}"
+
+
+def _retitle(*args: bytes) -> None:
+    """Makes ``/proc/self/cmdline`` read ``<python> -S -m volley._template``, as an exec'd
+    template's: tools (and :func:`_rename_as_worker`) find the template and its workers by it.
+    The driver's own argument strings are overwritten in place; if they are too short, the
+    environment strings after them too (after moving the C library's ``environ`` off them),
+    in which case the kernel shows the title as one string."""
+    try:
+        import ctypes
+
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Fields 48 to 51 of stat(5): arg_start, arg_end, env_start, env_end.
+        a0, a1, e0, e1 = (int(fields[i - 3]) for i in (48, 49, 50, 51))
+        with open("/proc/self/cmdline", "rb") as f:
+            exe = f.read().split(b"\0", 1)[0]
+        title = b"\0".join((exe, *args)) + b"\0"
+        if len(title) > a1 - a0:
+            if e0 != a1 or len(title) > e1 - a0:
+                return  # cosmetic: no room
+            libc = ctypes.CDLL(None)
+            libc.strdup.restype = ctypes.c_void_p
+            libc.strdup.argtypes = [ctypes.c_void_p]
+            environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+            i = 0
+            while environ[i]:
+                if e0 <= environ[i] < e1:
+                    copy = libc.strdup(environ[i])
+                    if not copy:
+                        return
+                    environ[i] = copy
+                i += 1
+            # One string (the kernel reads past the arguments only up to a NUL).
+            title = b" ".join((exe, *args)) + b"\0"
+            end = e1
+        else:
+            end = a1
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(a0)
+            mem.write(title.ljust(end - a0, b"\0"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> PyResult<Vec<ObjectId>> {
 
 /// Starts the embedded node with its workers.
 #[pyfunction]
-#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new(), max_workers = 1024, wait_notice_ms = 10_000))]
+#[pyo3(signature = (num_cpus, python, worker_args, env, log_to_driver, pipeline_depth, idle_worker_timeout_ms, object_store_memory, spill_dir, inline_threshold, resources = Vec::new(), max_workers = 1024, wait_notice_ms = 10_000, template = None))]
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     py: Python<'_>,
@@ -92,7 +92,11 @@ fn start_node(
     resources: Vec<(String, f64)>,
     max_workers: usize,
     wait_notice_ms: u64,
+    template: Option<(u32, i32)>,
 ) -> PyResult<()> {
+    // Taken first: on any error below it is closed, and the template, seeing its socket close,
+    // exits (the caller reaps it).
+    let template = template.map(adopted_template).transpose()?;
     let resources = milli_resources(resources)?;
     if client::current().is_some() {
         return Err(PyRuntimeError::new_err("volley is already initialised"));
@@ -111,10 +115,26 @@ fn start_node(
         resources,
         max_workers,
         wait_notice_ms,
+        template,
     };
     let node = enter(py, || Node::start(cfg))?;
     client::install(Backend::Node(node), inline_threshold);
     Ok(())
+}
+
+/// `(pid, fd)` of a worker template the driver forked (`_template.fork_from_driver`): the fd,
+/// the driver's end of its socket pair, is owned by the node from here on.
+fn adopted_template((pid, fd): (u32, i32)) -> PyResult<volley_runtime::AdoptedTemplate> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if pid <= 1 || fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(PyValueError::new_err(format!(
+            "template: ({pid}, {fd}) is not a child's pid and an open descriptor"
+        )));
+    }
+    // SAFETY: the caller gives up the descriptor (checked open above): it is ours to close.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    Ok(volley_runtime::AdoptedTemplate { pid, sock: std::sync::Arc::new(sock) })
 }
 
 /// Connects this worker process to its node. Call it from the main thread: a cancelled task is

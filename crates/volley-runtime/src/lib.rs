@@ -48,6 +48,7 @@ pub use error::RuntimeError;
 pub use local_status::{local_nodes, query_local, query_local_view};
 pub use log_files::{list_logs, read_log, set_log_dir as set_worker_log_dir, LogChunk, LogFile};
 pub use node::{Node, NodeConfig};
+pub use template::AdoptedTemplate;
 pub use tls::{self_signed_cert, TlsConfig};
 pub use volley_store::{Arena, Lease, Owner, Store, StoreError};
 pub use worker_conn::{CurrentTask, ExecuteMsg, Received, Reply, ShmLease, View, WorkerConn};

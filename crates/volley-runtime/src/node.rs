@@ -55,6 +55,9 @@ pub struct NodeConfig {
     /// A task or actor stuck this long (actors or placement groups hold what it needs) gets a
     /// line on stderr saying why, once per function or class; 0: never.
     pub wait_notice_ms: u64,
+    /// A worker template the driver forked from itself before starting the node (the first
+    /// workers start sooner); None: the supervisor starts one (or execs workers).
+    pub template: Option<crate::AdoptedTemplate>,
 }
 
 /// A value or error, shared with the node's copy.
@@ -135,6 +138,7 @@ impl Node {
             args: cfg.worker_args,
             env: cfg.env,
             log_to_driver: cfg.log_to_driver,
+            adopt: cfg.template,
         };
         let mut threads = Vec::new();
         let (log_tx, log_rx, log_wake) = logs::channel()?;

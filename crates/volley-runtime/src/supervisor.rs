@@ -34,10 +34,14 @@ pub(crate) struct SpawnSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub log_to_driver: bool,
+    /// A template the driver forked before the node started: taken over instead of starting
+    /// one (see `template::AdoptedTemplate`).
+    pub adopt: Option<template::AdoptedTemplate>,
 }
 
-pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, logs: LogSender) {
+pub(crate) fn run(shared: Arc<Shared>, mut spec: SpawnSpec, rx: Receiver<SupCmd>, logs: LogSender) {
     raise_fd_limit();
+    let adopt = spec.adopt.take();
     let events = shared.sup.lock().clone();
     let tmpl_args = if template::enabled() { template::template_args(&spec.args) } else { None };
     let mut sup = Sup {
@@ -56,8 +60,18 @@ pub(crate) fn run(shared: Arc<Shared>, spec: SpawnSpec, rx: Receiver<SupCmd>, lo
     };
     // Started with the node, without making anyone wait: spawn requests that come before it is
     // ready queue on its socket.
-    if sup.tmpl_args.is_some() {
-        sup.start_template();
+    match adopt {
+        Some(a) if sup.tmpl_args.is_some() => sup.adopt_template(a),
+        Some(a) => {
+            // Workers are exec'd (or are not `-m volley._worker`): the driver's template is
+            // not wanted.
+            crate::diag::warn!("a worker template was passed but workers are exec'd: ending it");
+            end_adopted(a);
+        }
+        None if sup.tmpl_args.is_some() => {
+            sup.start_template();
+        }
+        None => {}
     }
     let mut last_tick = Instant::now();
     let tick_every = Duration::from_millis(100);
@@ -197,6 +211,30 @@ impl Sup {
                 self.give_up_template(&format!("it could not be started: {e}"));
                 false
             }
+        }
+    }
+
+    /// Takes over the template the driver forked. If that fails, the next spawn starts one the
+    /// usual way (exec'd).
+    fn adopt_template(&mut self, a: template::AdoptedTemplate) {
+        self.generation += 1;
+        let g = self.generation;
+        match Template::adopt(&self.shared, a, g, self.events.clone()) {
+            Ok((t, stderr)) => {
+                let to_driver = self.spec.log_to_driver;
+                self.logs.send(LogCmd::Add(Pipe { fd: stderr, target: 2, log: None, to_driver }));
+                self.tmpl = Some(Running {
+                    t,
+                    ready: false,
+                    started: Instant::now(),
+                    pending: HashMap::new(),
+                    workers: HashMap::new(),
+                });
+            }
+            Err(e) => crate::diag::warn!(
+                "could not take over the worker template forked by the driver ({e}); starting \
+                 one"
+            ),
         }
     }
 
@@ -352,6 +390,7 @@ impl Sup {
         }
         let lived = run.started.elapsed();
         let was_ready = run.ready;
+        let adopted = run.t.adopted();
         let status = run.t.end();
         let how = describe(status).how;
         for id in run.workers.keys() {
@@ -359,7 +398,14 @@ impl Sup {
             self.shared.worker_exited(*id, exit);
             self.starting.remove(id);
         }
-        if !was_ready {
+        // The next one is exec'd either way: the driver has threads by now, it cannot fork
+        // another.
+        if adopted && !was_ready {
+            crate::diag::warn!(
+                "the worker template forked by the driver ended before it was ready ({how}); \
+                 starting one"
+            );
+        } else if !was_ready {
             self.give_up_template(&format!("it ended before it was ready: {how}"));
         } else {
             // Deaths soon after starting, in a row, mean the next template would die too.
@@ -446,6 +492,18 @@ fn has_exited(c: &Child) -> bool {
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         );
         r == 0 && info.si_pid() != 0
+    }
+}
+
+/// Kills and reaps a template the driver forked that this node will not use.
+fn end_adopted(a: template::AdoptedTemplate) {
+    // SAFETY: plain syscalls on the driver's own unreaped child.
+    unsafe {
+        libc::kill(a.pid as libc::pid_t, libc::SIGKILL);
+        let mut status: libc::c_int = 0;
+        while libc::waitpid(a.pid as libc::pid_t, &mut status, 0) < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
     }
 }
 

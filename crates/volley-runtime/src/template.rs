@@ -71,12 +71,29 @@ pub(crate) fn parse(packet: &[u8]) -> Result<TemplateMsg, BadMessage> {
     })
 }
 
-/// A running template: the process (the supervisor thread is its parent, so its parent-death
-/// signal follows the node) and the supervisor's end of the socket pair.
+/// A running template: the process and the supervisor's end of the socket pair.
 pub(crate) struct Template {
     pub generation: u64,
-    pub child: Child,
+    proc: Proc,
     sock: OwnedFd,
+}
+
+/// How the template process came to be.
+enum Proc {
+    /// Exec'd by the supervisor thread, its parent (its parent-death signal follows the node).
+    Child(Child),
+    /// Forked by the driver before its node started (`_template.fork_from_driver`): the driver
+    /// is its parent, and this is its pid, which stays ours (not reused) until we reap it.
+    Adopted(u32),
+}
+
+/// A template the driver forked from itself before it started the node: its pid and the
+/// supervisor's end of its socket pair. It waits for a `setup` message (the node's socket,
+/// token and store, which did not exist when it was forked) before it says `ready`.
+#[derive(Debug, Clone)]
+pub struct AdoptedTemplate {
+    pub pid: u32,
+    pub sock: std::sync::Arc<OwnedFd>,
 }
 
 /// The arguments that start the template instead of a worker: the workers' own, with the
@@ -154,7 +171,39 @@ impl Template {
         std::thread::Builder::new()
             .name("volley-template".into())
             .spawn(move || read_loop(reader, generation, events))?;
-        Ok((Template { generation, child, sock: ours }, stderr))
+        Ok((Template { generation, proc: Proc::Child(child), sock: ours }, stderr))
+    }
+
+    /// Takes over a template the driver forked (see [`AdoptedTemplate`]): sends it what it needs
+    /// to fork workers for this node (the store's memfd and the write end of a pipe for its
+    /// stderr, whose read end is returned) and starts the reader thread, as [`Template::start`].
+    pub(crate) fn adopt(
+        shared: &Shared,
+        adopted: AdoptedTemplate,
+        generation: u64,
+        events: Sender<SupCmd>,
+    ) -> std::io::Result<(Template, OwnedFd)> {
+        let AdoptedTemplate { pid, sock } = adopted;
+        let sock = std::sync::Arc::try_unwrap(sock).or_else(|shared| shared.try_clone())?;
+        let t = Template { generation, proc: Proc::Adopted(pid), sock };
+        let setup = || -> std::io::Result<OwnedFd> {
+            let (err_r, err_w) = pipe()?;
+            // None of these has a space: the template splits on them.
+            let msg = format!("setup {} {} {}", shared.socket_name, shared.token, shared.store_env);
+            send_with_fds(&t.sock, msg.as_bytes(), &[shared.store_fd, err_w.as_raw_fd()])?;
+            let reader = t.sock.try_clone()?;
+            std::thread::Builder::new()
+                .name("volley-template".into())
+                .spawn(move || read_loop(reader, generation, events))?;
+            Ok(err_r)
+        };
+        match setup() {
+            Ok(err_r) => Ok((t, err_r)),
+            Err(e) => {
+                t.end();
+                Err(e)
+            }
+        }
     }
 
     /// Asks for a worker; `out` the write ends of its stdout and stderr (None: discarded).
@@ -172,18 +221,49 @@ impl Template {
         }
     }
 
+    /// Whether the driver forked this one (rather than the supervisor exec'ing it).
+    pub(crate) fn adopted(&self) -> bool {
+        matches!(self.proc, Proc::Adopted(_))
+    }
+
     pub(crate) fn kill(&self, id: WorkerId) -> std::io::Result<()> {
         send_with_fds(&self.sock, format!("kill {}", id.0).as_bytes(), &[])
     }
 
     /// Kills the template (its workers die with it: their parent-death signal) and reaps it.
-    pub(crate) fn end(mut self) -> std::process::ExitStatus {
-        let _ = self.child.kill();
-        loop {
-            match self.child.wait() {
-                Ok(s) => return s,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return std::os::unix::process::ExitStatusExt::from_raw(0),
+    pub(crate) fn end(self) -> std::process::ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        match self.proc {
+            Proc::Child(mut child) => {
+                let _ = child.kill();
+                loop {
+                    match child.wait() {
+                        Ok(s) => return s,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => return ExitStatusExt::from_raw(0),
+                    }
+                }
+            }
+            Proc::Adopted(pid) => {
+                let pid = pid as libc::pid_t;
+                // SAFETY: plain syscalls on our own unreaped child (its pid cannot be reused
+                // before we reap it, unless the driver's own code reaped it: then ECHILD).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    let mut status: libc::c_int = 0;
+                    loop {
+                        let r = libc::waitpid(pid, &mut status, 0);
+                        if r == pid {
+                            return ExitStatusExt::from_raw(status);
+                        }
+                        if r < 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                        {
+                            continue;
+                        }
+                        return ExitStatusExt::from_raw(0);
+                    }
+                }
             }
         }
     }

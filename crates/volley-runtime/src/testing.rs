@@ -18,6 +18,7 @@ pub(crate) fn node(dir: &std::path::Path, store_bytes: u64) -> crate::Node {
         resources: Vec::new(),
         max_workers: 1,
         wait_notice_ms: 0,
+        template: None,
     })
     .expect("a node starts")
 }

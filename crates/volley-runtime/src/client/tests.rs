@@ -46,6 +46,7 @@ fn driver(cpus: f64) -> Client {
         resources: Vec::new(),
         max_workers: 8,
         wait_notice_ms: 0,
+        template: None,
     };
     Client::new(Backend::Node(Node::start(cfg).expect("the node starts")), THRESHOLD)
 }
