@@ -196,15 +196,7 @@ impl Sup {
         let g = self.generation;
         match Template::start(&self.shared, &self.spec, &args, g, self.events.clone()) {
             Ok((t, stderr)) => {
-                let to_driver = self.spec.log_to_driver;
-                self.logs.send(LogCmd::Add(Pipe { fd: stderr, target: 2, log: None, to_driver }));
-                self.tmpl = Some(Running {
-                    t,
-                    ready: false,
-                    started: Instant::now(),
-                    pending: HashMap::new(),
-                    workers: HashMap::new(),
-                });
+                self.run_template(t, stderr);
                 true
             }
             Err(e) => {
@@ -214,23 +206,26 @@ impl Sup {
         }
     }
 
+    /// A template started or adopted is the one running now; its stderr goes to the driver.
+    fn run_template(&mut self, t: Template, stderr: OwnedFd) {
+        let to_driver = self.spec.log_to_driver;
+        self.logs.send(LogCmd::Add(Pipe { fd: stderr, target: 2, log: None, to_driver }));
+        self.tmpl = Some(Running {
+            t,
+            ready: false,
+            started: Instant::now(),
+            pending: HashMap::new(),
+            workers: HashMap::new(),
+        });
+    }
+
     /// Takes over the template the driver forked. If that fails, the next spawn starts one the
     /// usual way (exec'd).
     fn adopt_template(&mut self, a: template::AdoptedTemplate) {
         self.generation += 1;
         let g = self.generation;
         match Template::adopt(&self.shared, a, g, self.events.clone()) {
-            Ok((t, stderr)) => {
-                let to_driver = self.spec.log_to_driver;
-                self.logs.send(LogCmd::Add(Pipe { fd: stderr, target: 2, log: None, to_driver }));
-                self.tmpl = Some(Running {
-                    t,
-                    ready: false,
-                    started: Instant::now(),
-                    pending: HashMap::new(),
-                    workers: HashMap::new(),
-                });
-            }
+            Ok((t, stderr)) => self.run_template(t, stderr),
             Err(e) => crate::diag::warn!(
                 "could not take over the worker template forked by the driver ({e}); starting \
                  one"
