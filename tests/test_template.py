@@ -171,18 +171,22 @@ def uss_kb(pid):
 
 actors = [A.remote() for _ in range(12)]
 pids = volley.get([a.pid.remote() for a in actors], timeout=120)
-print("RESULT " + json.dumps(sorted(uss_kb(p) for p in pids)))
+threads = [len(os.listdir(f"/proc/{p}/task")) for p in pids]
+print("RESULT " + json.dumps([sorted(uss_kb(p) for p in pids), threads]))
 volley.shutdown()
 """
 
 
-def test_an_idle_forked_actor_keeps_little_private_memory(tmp_path):
+def test_an_idle_forked_actor_keeps_little_private_memory_and_two_threads(tmp_path):
     # What a worker imports after the fork (a task's set-up: its runtime_env, the driver's
     # multiprocessing authkey) is private to it: ~2.7 MB more each when the template had not
     # imported it. Issue 19's bound for an idle actor is 3 MB of private pages (USS). The
     # class is the driver's own (pickled by value): a test module's would import pytest.
-    uss = _result(_driver(tmp_path, IDLE_ACTORS_DRIVER))
+    uss, threads = _result(_driver(tmp_path, IDLE_ACTORS_DRIVER))
     assert uss[len(uss) // 2] <= 3 * 1024, f"USS per idle actor (kB): {uss}"
+    # Its main thread and its connection's reader: the flusher thread starts with the first
+    # burst of messages, which an actor called once never sends (every thread takes a pid).
+    assert max(threads) == 2, threads
 
 
 NESTED_IMPORTS_DRIVER = """

@@ -249,7 +249,14 @@ pub(crate) fn after_fork_in_child() {
 /// Writes, in the calling thread, every outbox queued for the flusher thread. Call it before
 /// waiting for an answer to something just sent.
 pub fn flush_queued() {
-    let Some(f) = flusher() else { return };
+    // Nothing can be queued before the flusher exists: this must not start one (an idle
+    // actor's process would keep a thread for nothing).
+    let p = FLUSHER.load(Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: as in `flusher`.
+    let f: &Flusher = unsafe { &*p };
     let batch = std::mem::take(&mut *f.queue.lock());
     for o in batch {
         let _ = o.flush();
