@@ -295,10 +295,17 @@ pub enum ActorPart {
     None,
     /// The task's function is the class; running it makes the instance. Its id is the actor's.
     Create(Box<ActorOptions>),
-    Call {
-        actor: ActorId,
-        method: String,
-    },
+    /// Boxed: most tasks are no actor's calls, and inline the call's id and method made
+    /// every queued task's spec 32 bytes larger (issue 19). Encoded as the fields of the
+    /// struct variant it was: the wire format is unchanged.
+    Call(Box<ActorCall>),
+}
+
+/// A call of an actor's method (see [`ActorPart::Call`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActorCall {
+    pub actor: ActorId,
+    pub method: String,
 }
 
 /// Everything needed to run a task, as submitted.
@@ -306,7 +313,9 @@ pub enum ActorPart {
 pub struct TaskSpec {
     pub task_id: TaskId,
     pub function: FunctionId,
-    pub name: String,
+    /// Shared by a function's tasks (the binding keeps one per remote function): a queued task
+    /// holds a pointer, not a copy. Encoded as a string: the wire format is unchanged.
+    pub name: std::sync::Arc<str>,
     /// The pickled `(args, kwargs)`; top-level refs were replaced by placeholders for `deps`.
     pub args: ObjectData,
     /// Objects whose values replace the placeholders, in order. The task waits for them.
@@ -675,7 +684,10 @@ mod mirror_tests {
             deps: vec![],
             num_returns: 1,
             options: std::sync::Arc::new(TaskOptions::default()),
-            actor: ActorPart::Call { actor: ActorId(TaskId(9)), method: "m".into() },
+            actor: ActorPart::Call(Box::new(ActorCall {
+                actor: ActorId(TaskId(9)),
+                method: "m".into(),
+            })),
         };
         let mut dep = ObjectData::inline(vec![4, 5], vec![], vec![]);
         dep.shm = Some(Box::new(ShmLoc {
@@ -705,6 +717,63 @@ mod mirror_tests {
         let bytes = encode_get_reply(9, &[Ok(&dep), Err(&err)]).expect("encode");
         let owned = NodeToWorker::GetReply { req: 9, values: vec![Ok(dep), Err(err)] };
         assert_eq!(decode::<NodeToWorker>(&bytes).expect("decode"), owned);
+    }
+
+    /// The layout of issue 19's smaller queued task (an 8-aligned `TaskId`, a shared
+    /// `Arc<str>` name, a boxed actor call) encodes every task exactly as the plain types it
+    /// replaced did: no protocol version bump, and old and new nodes agree on the bytes.
+    #[test]
+    fn the_compact_task_spec_encodes_as_the_plain_one_did() {
+        #[derive(Serialize)]
+        enum PlainActorPart {
+            #[allow(dead_code)]
+            None,
+            #[allow(dead_code)]
+            Create(Box<ActorOptions>),
+            Call {
+                actor: u128,
+                method: String,
+            },
+        }
+        #[derive(Serialize)]
+        struct PlainSpec {
+            task_id: u128,
+            function: FunctionId,
+            name: String,
+            args: ObjectData,
+            deps: Vec<(u128, u32)>,
+            num_returns: u32,
+            options: TaskOptions,
+            actor: PlainActorPart,
+        }
+        let task = u128::MAX - 7;
+        let spec = TaskSpec {
+            task_id: TaskId(task),
+            function: FunctionId([2; 16]),
+            name: "f".into(),
+            args: ObjectData::inline(vec![1, 2, 3], vec![], vec![]),
+            deps: vec![ObjectId::for_return(TaskId(task - 1), 2)],
+            num_returns: 1,
+            options: std::sync::Arc::new(TaskOptions::default()),
+            actor: ActorPart::Call(Box::new(ActorCall {
+                actor: ActorId(TaskId(9)),
+                method: "m".into(),
+            })),
+        };
+        let plain = PlainSpec {
+            task_id: task,
+            function: FunctionId([2; 16]),
+            name: "f".into(),
+            args: ObjectData::inline(vec![1, 2, 3], vec![], vec![]),
+            deps: vec![(task - 1, 2)],
+            num_returns: 1,
+            options: TaskOptions::default(),
+            actor: PlainActorPart::Call { actor: 9, method: "m".into() },
+        };
+        let bytes = postcard::to_stdvec(&spec).expect("encode");
+        assert_eq!(bytes, postcard::to_stdvec(&plain).expect("encode"));
+        assert_eq!(decode::<TaskSpec>(&bytes).expect("decode"), spec);
+        assert_eq!(std::mem::size_of::<ObjectId>(), 24, "an 8-aligned task id and a u32");
     }
 }
 

@@ -29,9 +29,9 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
-    ActorAnswer, ActorId, ActorPart, ActorRequest, ErrorKind, ErrorPayload, FunctionId, ObjectData,
-    ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions, TaskResult, TaskSpec,
-    WorkerId,
+    ActorAnswer, ActorCall, ActorId, ActorPart, ActorRequest, ErrorKind, ErrorPayload, FunctionId,
+    ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions, TaskResult,
+    TaskSpec, WorkerId,
 };
 use volley_runtime::client::worker::{RunError, TaskRunner};
 use volley_runtime::client::{self, Backend, Client, Loaded, Mapped};
@@ -238,7 +238,7 @@ fn create_actor<'py>(
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function,
-        name: o.actor.class_name.clone(),
+        name: o.actor.class_name.as_str().into(),
         args: args.data,
         deps: ids_of(&deps)?,
         num_returns: 1,
@@ -285,7 +285,10 @@ fn submit_actor_call(
         num_returns: o.num_returns,
         // The actor runs in the environment it was created in: no runtime_env.
         options: o.engine.clone(),
-        actor: ActorPart::Call { actor: actor_of(&actor), method: o.method.clone() },
+        actor: ActorPart::Call(Box::new(ActorCall {
+            actor: actor_of(&actor),
+            method: o.method.clone(),
+        })),
     };
     submit_spec(py, &c, spec, data, buffers, contained, &deps)
 }
@@ -822,7 +825,7 @@ impl PyRunner<'_> {
         let (actor, method, max_concurrency, is_async) = match &spec.actor {
             ActorPart::None => (None, None, 1, false),
             ActorPart::Create(o) => (Some("create"), None, o.max_concurrency, o.is_async),
-            ActorPart::Call { method, .. } => (Some("call"), Some(method.as_str()), 1, false),
+            ActorPart::Call(call) => (Some("call"), Some(call.method.as_str()), 1, false),
         };
         // Positional, flat: a typed object costs a getter call per field on every task.
         let call = PyTuple::new(

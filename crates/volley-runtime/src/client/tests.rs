@@ -286,7 +286,7 @@ impl TaskRunner for TestRunner {
         _function: Option<Arc<[u8]>>,
     ) -> Result<Option<TaskResult>, RunError> {
         let inline = |b: Vec<u8>| ObjectData::inline(b, Vec::new(), Vec::new());
-        let value = match task.spec.name.as_str() {
+        let value = match &*task.spec.name {
             "echo" => inline(task.spec.args.data.clone()),
             "fail" => return Err(RunError::Failed("boom".into())),
             "store_full" => return Err(RunError::StoreFull("no room".into())),

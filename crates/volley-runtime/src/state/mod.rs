@@ -73,37 +73,8 @@ struct Row {
     src: NodeId,
 }
 
-/// A hasher for ids (random prefixes and counters already): a multiply per word instead of
-/// SipHash, for the table's per-task inserts and lookups. Ids come from the cluster's own
-/// authenticated nodes, so flooding one bucket is not a concern here.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
+use volley_proto::IdMap;
+type IdSet<K> = HashSet<K, volley_proto::IdBuildHasher>;
 
 #[derive(Default)]
 struct Names {
@@ -413,7 +384,7 @@ impl Tables {
                         Holder::Worker(_) => inner.parent_job(parent),
                     });
                     let actor = match &spec.actor {
-                        ActorPart::Call { actor, .. } => Some(*actor),
+                        ActorPart::Call(call) => Some(call.actor),
                         _ => None,
                     };
                     let state = if spec.deps.is_empty() {
@@ -1175,7 +1146,7 @@ fn to_wire(id: TaskId, r: &Row, names: &Names) -> TaskRow {
 /// A task id as the state API writes it: 32 hex digits (the first 32 of its results'
 /// `ObjectRef.hex()`).
 pub(crate) fn task_hex(id: TaskId) -> String {
-    format!("{:032x}", id.0)
+    format!("{:032x}", { id.0 })
 }
 
 /// An actor id as volley prints it (`ActorHandle`'s id: its object's hex).

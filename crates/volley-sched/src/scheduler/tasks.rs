@@ -2,7 +2,7 @@
 //! caller) and the two ready queues of runnable pool tasks. Where a queued task goes (a worker,
 //! a peer, behind a running task) is the coordinator's decision (`Scheduler::schedule`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use volley_proto::{NodeId, TaskId, TaskSpec, WorkerId};
@@ -11,7 +11,8 @@ use super::Holder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TaskState {
-    WaitingDeps(usize),
+    /// Waits for this many of its arguments (a `u32`: the entry is 8 bytes smaller).
+    WaitingDeps(u32),
     Queued,
     Assigned(WorkerId),
     /// Sent to another node.
@@ -63,7 +64,7 @@ impl TaskEntry {
 /// The tasks this node knows, and its ready queues.
 #[derive(Default)]
 pub(super) struct Tasks {
-    map: HashMap<TaskId, TaskEntry>,
+    map: volley_proto::IdMap<TaskId, TaskEntry>,
     /// Runnable plain tasks, in order.
     ready: VecDeque<TaskId>,
     /// Runnable tasks that ask for resources other than CPU, or for no CPU.
