@@ -574,3 +574,13 @@ fn a_task_given_back_to_its_sender_and_sent_again_is_one_row() {
     assert_eq!(t.query(nine).expect("q").total, 0);
     assert_eq!(t.counts().0, 2);
 }
+
+/// Every queued task has a row in the ring while recording is on: its size is a decision, not
+/// an accident (issue 19: a queued task costs the driver at most 300 bytes plus its
+/// arguments). 128 bytes before the actor was interned and the task id 8-aligned.
+#[test]
+fn a_ring_slot_stays_small() {
+    let slot = std::mem::size_of::<Slot>();
+    println!("ring slot: {slot} bytes, row: {} bytes", std::mem::size_of::<Row>());
+    assert!(slot <= 88, "Slot: {slot} bytes");
+}
