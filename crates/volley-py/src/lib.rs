@@ -185,7 +185,7 @@ fn submit(
         function: function_id(fid)?,
         name: o.name.clone(),
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: o.num_returns,
         options: engine,
         actor: ActorPart::None,
@@ -205,7 +205,7 @@ fn submit_spec(
     deps: &[PyRef<'_, ObjectRef>],
 ) -> PyResult<Vec<ObjectRef>> {
     spec.args = object_data(py, c, data, buffers, ids_from(contained)?, None)?.data;
-    spec.deps = ids_of(deps)?;
+    spec.deps = ids_of(deps)?.into();
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     enter(py, || c.submit(spec))?;
     Ok(returns)
@@ -240,7 +240,7 @@ fn create_actor<'py>(
         function,
         name: o.actor.class_name.as_str().into(),
         args: args.data,
-        deps: ids_of(&deps)?,
+        deps: ids_of(&deps)?.into(),
         num_returns: 1,
         options: std::sync::Arc::new(EngineOptions {
             cpu_milli: o.cpu_milli,
@@ -281,7 +281,7 @@ fn submit_actor_call(
         function: FunctionId([0; 16]),
         name: o.name.clone(),
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: o.num_returns,
         // The actor runs in the environment it was created in: no runtime_env.
         options: o.engine.clone(),

@@ -67,7 +67,7 @@ fn submit(c: &Client, name: &str, args: Vec<u8>, deps: Vec<ObjectId>) -> ObjectI
         function,
         name: name.into(),
         args: ObjectData::inline(args, Vec::new(), Vec::new()),
-        deps,
+        deps: deps.into(),
         num_returns: 1,
         options: std::sync::Arc::new(TaskOptions {
             cpu_milli: 1000,

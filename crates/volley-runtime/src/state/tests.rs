@@ -26,7 +26,7 @@ fn noop_spec(i: usize, name: &str) -> Arc<TaskSpec> {
         function: FunctionId([1; 16]),
         name: name.into(),
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: 1,
         options: std::sync::Arc::new(TaskOptions {
             cpu_milli: 1000,

@@ -706,7 +706,7 @@ mod tests {
             function: F,
             name: "f".into(),
             args: ObjectData::default(),
-            deps: vec![],
+            deps: Box::default(),
             num_returns: 1,
             options: std::sync::Arc::new(TaskOptions { cpu_milli: 1000, ..Default::default() }),
             actor: ActorPart::None,

@@ -107,7 +107,7 @@ impl H {
 
     pub(super) fn spec(&self, deps: Vec<ObjectId>, opts: TaskOptions) -> TaskSpec {
         let mut spec = task_spec(self.ids.next_task(), F, "t", opts, ActorPart::None);
-        spec.deps = deps;
+        spec.deps = deps.into();
         spec
     }
 
@@ -197,7 +197,7 @@ impl H {
         let options = TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() };
         let actor = ActorPart::Call(Box::new(ActorCall { actor: aid, method: "m".into() }));
         let mut spec = task_spec(self.ids.next_task(), FunctionId([0; 16]), "A.m", options, actor);
-        spec.deps = deps;
+        spec.deps = deps.into();
         let tid = spec.task_id;
         self.s.submit(holder, spec, &mut self.out);
         tid
@@ -305,7 +305,7 @@ pub(super) fn task_spec(
         function,
         name: name.into(),
         args: ObjectData::default(),
-        deps: vec![],
+        deps: Box::default(),
         num_returns: 1,
         options: std::sync::Arc::new(options),
         actor,

@@ -338,7 +338,7 @@ impl Scheduler {
                 function: FunctionId([0; 16]),
                 name: class.into(),
                 args: ObjectData::default(),
-                deps: Vec::new(),
+                deps: Box::default(),
                 num_returns: 1,
                 options: std::sync::Arc::new(volley_proto::TaskOptions {
                     cpu_milli: 0,

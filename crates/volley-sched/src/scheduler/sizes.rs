@@ -25,9 +25,9 @@ fn per_task_struct_sizes() {
     }
     // Bounds at today's sizes (x86_64): raise one only with a reason (docs/memory.md has what
     // a task costs). Before issue 19: TaskSpec 384, ObjectData 144. Before its "queued task in
-    // fewer bytes" (Q): TaskSpec 240, TaskEntry 56, ObjectEntry 96, ObjectId 32.
-    assert!(size_of::<TaskSpec>() <= 200, "TaskSpec: {}", size_of::<TaskSpec>());
-    assert!(size_of::<ObjectData>() <= 96, "ObjectData: {}", size_of::<ObjectData>());
+    // fewer bytes" (Q): TaskSpec 240, ObjectData 96, TaskEntry 56, ObjectEntry 96, ObjectId 32.
+    assert!(size_of::<TaskSpec>() <= 184, "TaskSpec: {}", size_of::<TaskSpec>());
+    assert!(size_of::<ObjectData>() <= 88, "ObjectData: {}", size_of::<ObjectData>());
     assert!(size_of::<TaskEntry>() <= 48, "TaskEntry: {}", size_of::<TaskEntry>());
     assert!(size_of::<ObjectEntry>() <= 32, "ObjectEntry: {}", size_of::<ObjectEntry>());
     assert!(size_of::<ObjectId>() <= 24, "ObjectId: {}", size_of::<ObjectId>());
