@@ -22,7 +22,13 @@ use serde::{Deserialize, Serialize};
 pub struct TaskId(pub u128);
 
 /// An object: the `index`-th return of a task (1-based), or a `put` (index 0).
+///
+/// 20 bytes, 4-aligned: no padding after `index`, so a table slot can put a `u32` of its own
+/// there (the scheduler's reference count, the ref table's count: 8 bytes less per slot of the
+/// tables every queued task has an entry in). Read `id.task` by value: a field of a packed
+/// struct cannot be borrowed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(C, packed(4))]
 pub struct ObjectId {
     pub task: TaskId,
     pub index: u32,

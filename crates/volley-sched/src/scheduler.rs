@@ -887,7 +887,7 @@ impl Scheduler {
     /// interrupted (`force`: its worker is killed).
     /// Whether the task behind `id` was sent to another node (a cancel goes there).
     pub fn runs_elsewhere(&self, id: ObjectId) -> bool {
-        self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)))
+        self.tasks.get(&{ id.task }).is_some_and(|t| matches!(t.state, TaskState::Remote(_)))
     }
 
     pub fn cancel(&mut self, id: ObjectId, force: bool, out: &mut Vec<Action>) {

@@ -192,7 +192,7 @@ impl Scheduler {
                 return Some(format!("actor '{}' has not started: it waits for {why}", a.class()));
             }
         }
-        let t = self.tasks.get(&id.task)?;
+        let t = self.tasks.get(&{ id.task })?;
         let name = &t.spec.name;
         match t.state {
             TaskState::WaitingDeps(n) => {
@@ -223,7 +223,7 @@ impl Scheduler {
             }
             TaskState::Assigned(w) => {
                 let head = self.workers.get(&w)?.queue.front()?;
-                let running = self.tasks.get(head).filter(|_| *head != id.task)?;
+                let running = self.tasks.get(head).filter(|_| *head != { id.task })?;
                 Some(format!(
                     "task '{name}' is queued on a worker behind task '{}', which runs",
                     running.spec.name

@@ -1077,7 +1077,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         self.adopt(objects);
-        if id.index >= 2 && self.streams.contains(&id.task) {
+        if id.index >= 2 && self.streams.contains(&{ id.task }) {
             if let Ok(v) = result {
                 self.peer_stream_item(id, v, out);
             }
