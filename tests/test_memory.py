@@ -135,7 +135,7 @@ volley.shutdown()
 """
 
 # What a queued no-op task costs the driver, with the state API's recording on (the default):
-# 590 bytes measured here (RSS over the start at 200,000 queued); the build before the "queued
+# 570-590 bytes measured here (RSS over the start at 200,000 queued); the build before the "queued
 # task in fewer bytes" work measured 896 and fails this (benchmarks/RESULTS-scale.md). The
 # bound leaves room for the allocator's and the machine's variation.
 QUEUED_BYTES_BOUND = 800
