@@ -12,11 +12,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// A task, unique across the cluster.
+///
+/// Aligned to 8 bytes, not the 16 of a `u128`: an `ObjectId` (this and a `u32`) is then 24
+/// bytes instead of 32, and so is every hash-table slot keyed by one (issue 19: a queued task
+/// costs its driver a task entry, an object entry and a ref-table entry). Read the field by
+/// value (`{ id.0 }`): a packed field cannot be borrowed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(C, packed(8))]
 pub struct TaskId(pub u128);
 
 /// An object: the `index`-th return of a task (1-based), or a `put` (index 0).
+///
+/// 20 bytes, 4-aligned: no padding after `index`, so a table slot can put a `u32` of its own
+/// there (the scheduler's reference count, the ref table's count: 8 bytes less per slot of the
+/// tables every queued task has an entry in). Read `id.task` by value: a field of a packed
+/// struct cannot be borrowed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(C, packed(4))]
 pub struct ObjectId {
     pub task: TaskId,
     pub index: u32,
@@ -36,7 +48,7 @@ impl ActorId {
 
 impl fmt::Debug for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Actor({:032x})", self.0 .0)
+        write!(f, "Actor({:032x})", { self.0 .0 })
     }
 }
 
@@ -78,13 +90,13 @@ impl ObjectId {
 
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Task({:032x})", self.0)
+        write!(f, "Task({:032x})", { self.0 })
     }
 }
 
 impl fmt::Debug for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Object({:032x}.{})", self.task.0, self.index)
+        write!(f, "Object({:032x}.{})", { self.task.0 }, self.index)
     }
 }
 
@@ -97,6 +109,46 @@ impl fmt::Debug for FunctionId {
         write!(f, ")")
     }
 }
+
+/// A hasher for ids, which are random prefixes and counters already: a multiply per word
+/// instead of SipHash, for the per-task inserts and lookups of the scheduler's tables, the
+/// process's ref table and the state API's. Ids come from the cluster's own authenticated
+/// processes, so flooding one bucket is not a concern.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+}
+
+/// The `BuildHasher` of [`IdHasher`].
+pub type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A hash map keyed by ids (see [`IdHasher`]).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
 
 /// Makes task ids for one process: a random 64-bit prefix and a counter.
 pub struct IdGenerator {

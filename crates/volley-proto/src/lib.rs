@@ -27,16 +27,18 @@ pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSH
 pub use head::{
     Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
 };
-pub use ids::{ActorId, FunctionId, IdGenerator, ObjectId, TaskId, WorkerId};
+pub use ids::{
+    ActorId, FunctionId, IdBuildHasher, IdGenerator, IdHasher, IdMap, ObjectId, TaskId, WorkerId,
+};
 pub use jobs::{
     check_job_id, check_package_hash, check_upload, JobRow, JobSpec, JobStatus, MAX_JOB_LOG_CHUNK,
     MAX_JOB_PACKAGE, MAX_JOB_UPLOAD_CHUNK,
 };
 pub use messages::{
-    decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorInfo,
-    ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload, Hello, Keep, NodeToWorker,
-    ObjectData, ObjectResult, PgInfo, PgSpec, PgStrategy, RuntimeEnv, ShmLoc, Strategy,
-    TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
+    decode, encode, encode_execute, encode_get_reply, shm_layout, ActorAnswer, ActorCall,
+    ActorInfo, ActorOptions, ActorPart, ActorRequest, ErrorKind, ErrorPayload, Hello, Keep,
+    NodeToWorker, ObjectData, ObjectResult, PgInfo, PgSpec, PgStrategy, RuntimeEnv, ShmLoc,
+    Strategy, TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
 pub use node_ask::{LogEntry, NodeAnswer, NodeAsk, NodeRequest, MAX_LOG_CHUNK};
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};

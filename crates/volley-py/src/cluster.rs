@@ -47,7 +47,7 @@ fn snapshot_dict<'py>(py: Python<'py>, n: &NodeSnapshot) -> PyResult<Bound<'py, 
             "name" => &a.name,
             "namespace" => &a.namespace,
             "class_name" => &a.class,
-            "actor_id" => format!("{:032x}", a.actor.0 .0),
+            "actor_id" => format!("{:032x}", { a.actor.0 .0 }),
         }))?;
     }
     let scheduler = counters(&n.sched.fields())?;

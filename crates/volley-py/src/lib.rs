@@ -29,9 +29,9 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use serde_bytes::ByteBuf;
 use volley_proto::{
-    ActorAnswer, ActorId, ActorPart, ActorRequest, ErrorKind, ErrorPayload, FunctionId, ObjectData,
-    ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions, TaskResult, TaskSpec,
-    WorkerId,
+    ActorAnswer, ActorCall, ActorId, ActorPart, ActorRequest, ErrorKind, ErrorPayload, FunctionId,
+    ObjectData, ObjectId, PgSpec, PgStrategy, TaskId, TaskOptions as EngineOptions, TaskResult,
+    TaskSpec, WorkerId,
 };
 use volley_runtime::client::worker::{RunError, TaskRunner};
 use volley_runtime::client::{self, Backend, Client, Loaded, Mapped};
@@ -205,7 +205,7 @@ fn submit(
         function: function_id(fid)?,
         name: o.name.clone(),
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: o.num_returns,
         options: engine,
         actor: ActorPart::None,
@@ -225,7 +225,7 @@ fn submit_spec(
     deps: &[PyRef<'_, ObjectRef>],
 ) -> PyResult<Vec<ObjectRef>> {
     spec.args = object_data(py, c, data, buffers, ids_from(contained)?, None)?.data;
-    spec.deps = ids_of(deps)?;
+    spec.deps = ids_of(deps)?.into();
     let returns: Vec<ObjectRef> = spec.return_ids().map(|id| ObjectRef::new(id, true)).collect();
     enter(py, || c.submit(spec))?;
     Ok(returns)
@@ -258,9 +258,9 @@ fn create_actor<'py>(
     let spec = TaskSpec {
         task_id: c.next_task_id(),
         function,
-        name: o.actor.class_name.clone(),
+        name: o.actor.class_name.as_str().into(),
         args: args.data,
-        deps: ids_of(&deps)?,
+        deps: ids_of(&deps)?.into(),
         num_returns: 1,
         options: std::sync::Arc::new(EngineOptions {
             cpu_milli: o.cpu_milli,
@@ -301,11 +301,14 @@ fn submit_actor_call(
         function: FunctionId([0; 16]),
         name: o.name.clone(),
         args: ObjectData::inline(Vec::new(), Vec::new(), Vec::new()),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: o.num_returns,
         // The actor runs in the environment it was created in: no runtime_env.
         options: o.engine.clone(),
-        actor: ActorPart::Call { actor: actor_of(&actor), method: o.method.clone() },
+        actor: ActorPart::Call(Box::new(ActorCall {
+            actor: actor_of(&actor),
+            method: o.method.clone(),
+        })),
     };
     submit_spec(py, &c, spec, data, buffers, contained, &deps)
 }
@@ -842,7 +845,7 @@ impl PyRunner<'_> {
         let (actor, method, max_concurrency, is_async) = match &spec.actor {
             ActorPart::None => (None, None, 1, false),
             ActorPart::Create(o) => (Some("create"), None, o.max_concurrency, o.is_async),
-            ActorPart::Call { method, .. } => (Some("call"), Some(method.as_str()), 1, false),
+            ActorPart::Call(call) => (Some("call"), Some(call.method.as_str()), 1, false),
         };
         // Positional, flat: a typed object costs a getter call per field on every task.
         let call = PyTuple::new(

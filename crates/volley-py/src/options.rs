@@ -59,8 +59,9 @@ fn check_returns(num_returns: u32, streaming: bool) -> PyResult<()> {
 /// task's name, its number of returns and the engine's `TaskOptions`, checked once.
 #[pyclass(module = "volley._core", frozen)]
 pub struct TaskOptions {
-    #[pyo3(get)]
-    pub name: String,
+    /// One string for every task submitted with these options (each `TaskSpec` holds a
+    /// pointer to it, not a copy).
+    pub name: std::sync::Arc<str>,
     #[pyo3(get)]
     pub num_returns: u32,
     /// The engine's options without the runtime environment, which is the submitting
@@ -98,7 +99,12 @@ impl TaskOptions {
             runtime_env: None,
             strategy: strategy_of(strategy)?,
         };
-        Ok(TaskOptions { name, num_returns, engine: engine.into() })
+        Ok(TaskOptions { name: name.into(), num_returns, engine: engine.into() })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
     }
 
     #[getter]
@@ -147,8 +153,8 @@ impl TaskOptions {
 pub struct ActorCallOptions {
     #[pyo3(get)]
     pub method: String,
-    #[pyo3(get)]
-    pub name: String,
+    /// Shared by the calls made with these options (see `TaskOptions::name`).
+    pub name: std::sync::Arc<str>,
     #[pyo3(get)]
     pub num_returns: u32,
     /// A call's engine options: none of a task's (the actor holds its resources), only
@@ -176,7 +182,12 @@ impl ActorCallOptions {
             runtime_env: None,
             strategy: Strategy::Default,
         };
-        Ok(ActorCallOptions { method, name, num_returns, engine: engine.into() })
+        Ok(ActorCallOptions { method, name: name.into(), num_returns, engine: engine.into() })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
     }
 
     #[getter]

@@ -729,7 +729,7 @@ fn seal(
         .store
         .seal(Owner::Worker(w), loc.seg, loc.size, object)
         .map_err(|e| e.to_string())?;
-    v.keep = Keep(Some(sealed));
+    v.keep = Keep::new(sealed);
     Ok(())
 }
 

@@ -269,7 +269,7 @@ impl WorkerConn {
                         if let Some(t) = t {
                             let error = ErrorPayload {
                                 kind: ErrorKind::Cancelled,
-                                task_name: t.spec.name.clone(),
+                                task_name: t.spec.name.to_string(),
                                 message: format!(
                                     "task '{}' was cancelled before it ran",
                                     t.spec.name

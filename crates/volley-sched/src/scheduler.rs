@@ -669,7 +669,8 @@ impl Scheduler {
         if streaming {
             self.streams.start(tid, holder);
         }
-        if let ActorPart::Call { actor, .. } = &spec.actor {
+        if let ActorPart::Call(call) = &spec.actor {
+            let actor = &call.actor;
             if let Err(e) = self.actor_accepts(*actor, &spec.name) {
                 self.fail_task(tid, e, out);
                 return;
@@ -725,7 +726,7 @@ impl Scheduler {
         let placeable = match spec.actor {
             ActorPart::None => true,
             ActorPart::Create(_) => self.peers.prefer_peers(),
-            ActorPart::Call { .. } => false,
+            ActorPart::Call(_) => false,
         };
         if placeable && self.peer_could_run(spec) {
             return None;
@@ -811,7 +812,7 @@ impl Scheduler {
         let Some(spec) = self.tasks.get(&tid).map(|t| t.spec.clone()) else {
             return;
         };
-        let mut pending = 0;
+        let mut pending: u32 = 0;
         for dep in &spec.deps {
             match self.objects.get_mut(dep) {
                 None => {
@@ -828,7 +829,7 @@ impl Scheduler {
                     }
                     ObjectState::Pending => {
                         pending += 1;
-                        o.dependents.push(tid);
+                        o.waiting().dependents.push(tid);
                     }
                 },
             }
@@ -849,7 +850,7 @@ impl Scheduler {
             return;
         };
         t.state = TaskState::Queued;
-        if !t.spec.deps.is_empty() || matches!(t.spec.actor, ActorPart::Call { .. }) {
+        if !t.spec.deps.is_empty() || matches!(t.spec.actor, ActorPart::Call(_)) {
             // A task with no arguments to wait for is queued from its submission on.
             let (seq, attempt) = (t.seq, t.attempts);
             note!(self, TaskEvent::Queued { seq, attempt });
@@ -866,8 +867,8 @@ impl Scheduler {
                     self.actors.push_pending(aid);
                 }
             }
-            ActorPart::Call { actor, .. } => {
-                let aid = *actor;
+            ActorPart::Call(call) => {
+                let aid = call.actor;
                 self.dispatch_actor(aid, out);
             }
         }
@@ -886,7 +887,7 @@ impl Scheduler {
     /// interrupted (`force`: its worker is killed).
     /// Whether the task behind `id` was sent to another node (a cancel goes there).
     pub fn runs_elsewhere(&self, id: ObjectId) -> bool {
-        self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)))
+        self.tasks.get(&{ id.task }).is_some_and(|t| matches!(t.state, TaskState::Remote(_)))
     }
 
     pub fn cancel(&mut self, id: ObjectId, force: bool, out: &mut Vec<Action>) {

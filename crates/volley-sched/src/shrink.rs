@@ -21,7 +21,7 @@ pub fn is_sparse(len: usize, capacity: usize) -> bool {
 }
 
 /// The capacity a sparse table shrinks to: twice what it holds, not below the floor.
-fn target(len: usize) -> usize {
+pub fn target(len: usize) -> usize {
     (len * 2).max(MIN_SHRINK_CAPACITY / 4)
 }
 

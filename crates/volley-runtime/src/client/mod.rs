@@ -18,7 +18,7 @@ mod tests;
 
 pub use error::ClientError;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +50,7 @@ pub struct Client {
     pub backend: Backend,
     /// Values of at least this many bytes go to the object store.
     pub inline_threshold: u64,
-    refs: Mutex<HashMap<ObjectId, u32>>,
+    refs: Mutex<volley_proto::IdMap<ObjectId, u32>>,
     /// Functions already registered with the node (workers register before submitting).
     sent_functions: Mutex<HashSet<FunctionId>>,
     ids: volley_proto::IdGenerator,
@@ -152,7 +152,7 @@ impl Client {
         Client {
             backend,
             inline_threshold,
-            refs: Mutex::new(HashMap::new()),
+            refs: Mutex::new(volley_proto::IdMap::default()),
             sent_functions: Mutex::new(HashSet::new()),
             ids: volley_proto::IdGenerator::new(),
             deferred_decrefs: Mutex::new(Vec::new()),

@@ -95,7 +95,7 @@ impl Client {
                     store.release(seg, Owner::Local);
                     ClientError::Runtime(e.into())
                 })?;
-                (seg, offset, None, Keep(Some(sealed)))
+                (seg, offset, None, Keep::new(sealed))
             }
             Backend::Worker(w) => {
                 let (seg, offset) = w.alloc(size).map_err(ClientError::StoreFull)?;
@@ -110,7 +110,7 @@ impl Client {
                     ));
                 };
                 copy(dst as usize);
-                (seg, offset, Some(seg), Keep(None))
+                (seg, offset, Some(seg), Keep::default())
             }
         };
         let mut d = ObjectData::inline(Vec::new(), Vec::new(), contained);

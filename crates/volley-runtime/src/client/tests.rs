@@ -68,7 +68,7 @@ fn submit(c: &Client, name: &str, args: Vec<u8>, deps: Vec<ObjectId>) -> ObjectI
         function,
         name: name.into(),
         args: ObjectData::inline(args, Vec::new(), Vec::new()),
-        deps,
+        deps: deps.into(),
         num_returns: 1,
         options: std::sync::Arc::new(TaskOptions {
             cpu_milli: 1000,
@@ -287,7 +287,7 @@ impl TaskRunner for TestRunner {
         _function: Option<Arc<[u8]>>,
     ) -> Result<Option<TaskResult>, RunError> {
         let inline = |b: Vec<u8>| ObjectData::inline(b, Vec::new(), Vec::new());
-        let value = match task.spec.name.as_str() {
+        let value = match &*task.spec.name {
             "echo" => inline(task.spec.args.data.clone()),
             "fail" => return Err(RunError::Failed("boom".into())),
             "store_full" => return Err(RunError::StoreFull("no room".into())),

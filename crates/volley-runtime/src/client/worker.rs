@@ -103,7 +103,7 @@ impl Client {
             };
             // Tasks this one submits run in its environment; an actor's method calls carry
             // none, and run in (and submit tasks in) the one the actor was created in.
-            if !matches!(task.spec.actor, ActorPart::Call { .. }) {
+            if !matches!(task.spec.actor, ActorPart::Call(_)) {
                 self.set_runtime_env(task.spec.options.runtime_env.clone());
             }
             let outcome = runner.run(self, &mut task, function);
@@ -135,7 +135,7 @@ impl Client {
             // A pool task's completion is what lets the node feed this worker's pipeline: it
             // goes at once. An actor's calls queue here without limit, so their results may go
             // in batches.
-            let sent = if matches!(spec.actor, ActorPart::Call { .. }) {
+            let sent = if matches!(spec.actor, ActorPart::Call(_)) {
                 conn.send_soon(&done)
             } else {
                 conn.send(&done)

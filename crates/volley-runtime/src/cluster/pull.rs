@@ -345,7 +345,7 @@ impl Cluster {
                     .map_err(|e| ProtoError::Handshake(e.to_string()))?;
                 let mut v = ObjectData::inline(Vec::new(), Vec::new(), p.contained);
                 v.shm = Some(Box::new(ShmLoc { seg, offset, ..p.layout }));
-                v.keep = Keep(Some(sealed));
+                v.keep = Keep::new(sealed);
                 v
             }
             Dest::Heap(buf) => ObjectData::from_segment(&p.layout, &buf, p.contained)

@@ -338,7 +338,7 @@ impl Cluster {
                         .seal(Owner::Local, seg, loc.size, None)
                         .map_err(|e| ProtoError::Handshake(e.to_string()))?;
                     v.shm = Some(Box::new(ShmLoc { seg, offset, ..*loc }));
-                    v.keep = Keep(Some(sealed));
+                    v.keep = Keep::new(sealed);
                 }
                 Err(_) if loc.size as usize <= volley_proto::MAX_FRAME_SIZE => {
                     let mut buf = vec![0u8; loc.size as usize];

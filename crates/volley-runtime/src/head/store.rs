@@ -48,7 +48,7 @@ pub trait HeadStore: Send {
 /// user's name matches.
 pub fn directory_name(a: &NamedActor) -> String {
     if a.name.is_empty() {
-        format!("\u{0}detached:{:032x}", a.actor.0 .0)
+        format!("\u{0}detached:{:032x}", { a.actor.0 .0 })
     } else {
         a.name.clone()
     }

@@ -415,7 +415,7 @@ fn creation(
         function: class,
         name: "A".into(),
         args: Default::default(),
-        deps: Vec::new(),
+        deps: Box::default(),
         num_returns: 1,
         options: Default::default(),
         actor: volley_proto::ActorPart::Create(Box::new(opts)),

@@ -57,7 +57,9 @@ struct Row {
     name: u32,
     state: TaskStateCode,
     job: Option<NodeId>,
-    actor: Option<ActorId>,
+    /// The actor of a call, interned like the name (`NO_ACTOR`: none): 4 bytes instead of an
+    /// `Option<ActorId>`'s 24 in every row (issue 19: a queued task's row is ~90 bytes).
+    actor: u32,
     node: Option<NodeId>,
     pid: u32,
     attempt: u32,
@@ -73,37 +75,8 @@ struct Row {
     src: NodeId,
 }
 
-/// A hasher for ids (random prefixes and counters already): a multiply per word instead of
-/// SipHash, for the table's per-task inserts and lookups. Ids come from the cluster's own
-/// authenticated nodes, so flooding one bucket is not a concern here.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
+use volley_proto::IdMap;
+type IdSet<K> = HashSet<K, volley_proto::IdBuildHasher>;
 
 #[derive(Default)]
 struct Names {
@@ -111,7 +84,13 @@ struct Names {
     names: Vec<Arc<str>>,
     /// The last name interned: a burst of one function's tasks skips the hash.
     last: Option<(Arc<str>, u32)>,
+    /// The actors rows name, interned the same way (a row holds the number).
+    actor_ids: IdMap<ActorId, u32>,
+    actors: Vec<ActorId>,
 }
+
+/// A row's `actor` when the task is no actor's call.
+const NO_ACTOR: u32 = u32::MAX;
 
 impl Names {
     fn intern(&mut self, s: &str) -> u32 {
@@ -133,6 +112,25 @@ impl Names {
 
     fn get(&self, i: u32) -> &str {
         self.names.get(i as usize).map_or("", |s| s)
+    }
+
+    /// The number of `actor` (`NO_ACTOR` for none).
+    fn intern_actor(&mut self, actor: Option<ActorId>) -> u32 {
+        let Some(a) = actor else {
+            return NO_ACTOR;
+        };
+        if let Some(i) = self.actor_ids.get(&a) {
+            return *i;
+        }
+        let i = self.actors.len() as u32;
+        self.actors.push(a);
+        self.actor_ids.insert(a, i);
+        i
+    }
+
+    /// The actor numbered `i` by `intern_actor`.
+    fn actor(&self, i: u32) -> Option<ActorId> {
+        self.actors.get(i as usize).copied()
     }
 }
 
@@ -412,10 +410,10 @@ impl Tables {
                         Holder::Peer(p) => Some(p),
                         Holder::Worker(_) => inner.parent_job(parent),
                     });
-                    let actor = match &spec.actor {
-                        ActorPart::Call { actor, .. } => Some(*actor),
+                    let actor = inner.names.intern_actor(match &spec.actor {
+                        ActorPart::Call(call) => Some(call.actor),
                         _ => None,
-                    };
+                    });
                     let state = if spec.deps.is_empty() {
                         TaskStateCode::Queued
                     } else {
@@ -541,7 +539,7 @@ impl Tables {
                 name,
                 state: t.state,
                 job: t.job,
-                actor: t.actor,
+                actor: inner.names.intern_actor(t.actor),
                 node: t.node,
                 pid: t.pid.unwrap_or(0),
                 attempt: t.attempt,
@@ -741,7 +739,7 @@ impl Tables {
                     name: ids[i % ids.len()],
                     state: if failed { TaskStateCode::Failed } else { TaskStateCode::Finished },
                     job: Some(NodeId(1)),
-                    actor: None,
+                    actor: NO_ACTOR,
                     node: Some(NodeId((i % 3) as u32 + 1)),
                     pid: 1000 + (i % 16) as u32,
                     attempt: 0,
@@ -1100,7 +1098,7 @@ fn vacant_row() -> Row {
         name: VACANT,
         state: TaskStateCode::Finished,
         job: None,
-        actor: None,
+        actor: NO_ACTOR,
         node: None,
         pid: 0,
         attempt: 0,
@@ -1133,7 +1131,9 @@ fn merge_row(r: &mut Row, n: Row) {
         r.node = n.node;
     }
     r.job = r.job.or(n.job);
-    r.actor = r.actor.or(n.actor);
+    if r.actor == NO_ACTOR {
+        r.actor = n.actor;
+    }
     r.attempt = r.attempt.max(n.attempt);
     if n.submitted_ms != 0 && (r.submitted_ms == 0 || n.submitted_ms < r.submitted_ms) {
         r.submitted_ms = n.submitted_ms;
@@ -1161,7 +1161,7 @@ fn to_wire(id: TaskId, r: &Row, names: &Names) -> TaskRow {
         name: names.get(r.name).to_string(),
         state: r.state,
         job: r.job,
-        actor: r.actor,
+        actor: names.actor(r.actor),
         node: r.node,
         pid: (r.pid != 0).then_some(r.pid),
         attempt: r.attempt,
@@ -1175,7 +1175,7 @@ fn to_wire(id: TaskId, r: &Row, names: &Names) -> TaskRow {
 /// A task id as the state API writes it: 32 hex digits (the first 32 of its results'
 /// `ObjectRef.hex()`).
 pub(crate) fn task_hex(id: TaskId) -> String {
-    format!("{:032x}", id.0)
+    format!("{:032x}", { id.0 })
 }
 
 /// An actor id as volley prints it (`ActorHandle`'s id: its object's hex).
@@ -1207,7 +1207,7 @@ fn task_json(
         "name": names.get(r.name),
         "state": r.state.name(),
         "job_id": r.job.map(|j| Tables::job_name(jobs, j)),
-        "actor_id": r.actor.map(actor_hex),
+        "actor_id": names.actor(r.actor).map(actor_hex),
         "node_id": r.node.map(|n| n.0),
         "worker_pid": (r.pid != 0).then_some(r.pid),
         "attempt": r.attempt,

@@ -180,7 +180,7 @@ impl TaskPred {
             Test::Name(n) => names.get(r.name) == n,
             Test::State(s) => r.state == *s,
             Test::Job(j) => r.job == *j,
-            Test::Actor(a) => r.actor == *a,
+            Test::Actor(a) => names.actor(r.actor) == *a,
             Test::Node(n) => r.node == *n,
             Test::Pid(p) if self.op.is_range() => {
                 return r.pid != 0 && self.op.holds(r.pid, *p);

@@ -132,7 +132,7 @@ fn stream_items_are_credited_to_the_caller_and_end_resolves_pending_asks() {
         function: CLASS,
         name: "gen".into(),
         args: ObjectData::default(),
-        deps: vec![],
+        deps: Box::default(),
         num_returns: 1,
         options: std::sync::Arc::new(TaskOptions { streaming: true, ..Default::default() }),
         actor: ActorPart::None,

@@ -862,11 +862,11 @@ impl Scheduler {
         let Some(name) = self.tasks.get(&tid).map(|t| t.spec.name.clone()) else {
             return;
         };
-        let err = if err.task_name == name {
+        let err = if *err.task_name == *name {
             err
         } else {
             let mut e = (*err).clone();
-            e.task_name = name;
+            e.task_name = name.to_string();
             Arc::new(e)
         };
         self.fail_task(tid, err, out);

@@ -89,7 +89,7 @@ impl Scheduler {
         let name = task.spec.name.clone();
         let seq = task.seq;
         let call_of = match &task.spec.actor {
-            ActorPart::Call { actor, .. } => Some(*actor),
+            ActorPart::Call(call) => Some(call.actor),
             _ => None,
         };
         match result {
@@ -255,8 +255,8 @@ impl Scheduler {
             note!(self, TaskEvent::Failed { seq: task.seq, error: err.clone() });
         }
         match (&spec.actor, task.state) {
-            (ActorPart::Call { actor, .. }, TaskState::WaitingDeps(_) | TaskState::Queued) => {
-                let (aid, caller) = (*actor, task.caller);
+            (ActorPart::Call(call), TaskState::WaitingDeps(_) | TaskState::Queued) => {
+                let (aid, caller) = (call.actor, task.caller);
                 if let Some(a) = self.actors.get_mut(&aid) {
                     a.drop_call(caller, tid);
                 }

@@ -342,8 +342,8 @@ impl Scheduler {
                 let name = task.spec.name.clone();
                 let msg = format!("task '{name}' was cancelled");
                 self.fail_task(tid, error(ErrorKind::Cancelled, &name, msg), out);
-            } else if let ActorPart::Call { actor, .. } = &task.spec.actor {
-                let (aid, caller) = (*actor, task.caller);
+            } else if let ActorPart::Call(call) = &task.spec.actor {
+                let (aid, caller) = (call.actor, task.caller);
                 task.state = TaskState::Queued;
                 note!(self, TaskEvent::Queued { seq: task.seq, attempt: task.attempts });
                 if let Some(a) = self.actors.get_mut(&aid) {

@@ -45,7 +45,7 @@ impl Scheduler {
     pub fn waiting_reasons(&self, limit: usize) -> Vec<String> {
         // Grouped by what they wait for first; a line is written once per group (a heartbeat
         // must not format a string per queued task).
-        type Key<'a> = (&'a str, Option<usize>, u32, &'a [(String, u64)]);
+        type Key<'a> = (&'a str, Option<u32>, u32, &'a [(String, u64)]);
         let mut groups: HashMap<Key<'_>, usize> = HashMap::new();
         for t in self.tasks.values() {
             let o = &t.spec.options;
@@ -108,7 +108,7 @@ impl Scheduler {
         for tid in ready.iter().take(SCAN).chain(side_ready.iter().take(SCAN)) {
             let Some(t) = self.tasks.get(tid) else { continue };
             let waited = now.saturating_sub(t.queued_at);
-            let (who, name) = (audience(t.caller), t.spec.name.as_str());
+            let (who, name) = (audience(t.caller), &*t.spec.name);
             if t.state != TaskState::Queued || waited < delay || judged.contains(&(who, name)) {
                 continue;
             }
@@ -124,7 +124,7 @@ impl Scheduler {
             else {
                 continue;
             };
-            if self.notices.tasks.entry(caller).or_default().insert(spec.name.clone()) {
+            if self.notices.tasks.entry(caller).or_default().insert(spec.name.to_string()) {
                 let line = format!(
                     "volley: task '{}' has waited {} s{} for {}",
                     spec.name,
@@ -192,14 +192,15 @@ impl Scheduler {
                 return Some(format!("actor '{}' has not started: it waits for {why}", a.class()));
             }
         }
-        let t = self.tasks.get(&id.task)?;
+        let t = self.tasks.get(&{ id.task })?;
         let name = &t.spec.name;
         match t.state {
             TaskState::WaitingDeps(n) => {
                 Some(format!("task '{name}' waits for {n} of its arguments to be made"))
             }
             TaskState::Queued => match &t.spec.actor {
-                ActorPart::Call { actor, .. } => {
+                ActorPart::Call(call) => {
+                    let actor = &call.actor;
                     let a = self.actors.get(actor)?;
                     if !self.actors.is_pending(actor) {
                         return None;
@@ -222,7 +223,7 @@ impl Scheduler {
             }
             TaskState::Assigned(w) => {
                 let head = self.workers.get(&w)?.queue.front()?;
-                let running = self.tasks.get(head).filter(|_| *head != id.task)?;
+                let running = self.tasks.get(head).filter(|_| *head != { id.task })?;
                 Some(format!(
                     "task '{name}' is queued on a worker behind task '{}', which runs",
                     running.spec.name
@@ -273,7 +274,7 @@ impl Scheduler {
         let placeable = match spec.actor {
             ActorPart::None => true,
             ActorPart::Create(_) => self.peers.prefer_peers(),
-            ActorPart::Call { .. } => false,
+            ActorPart::Call(_) => false,
         };
         placeable
             && !matches!(caller, Some(Holder::Peer(_)))
@@ -451,7 +452,7 @@ impl Scheduler {
                 continue;
             }
             let Some(head) = w.queue.front().and_then(|t| self.tasks.get(t)) else { continue };
-            add(2, head.spec.name.clone(), amount_in(&w.res_held, w.cpu_held));
+            add(2, head.spec.name.to_string(), amount_in(&w.res_held, w.cpu_held));
         }
         for (key, cpu, res) in self.holds.iter() {
             add(3, key.to_string(), amount_in(res, cpu));
@@ -705,7 +706,7 @@ mod tests {
             function: F,
             name: "f".into(),
             args: ObjectData::default(),
-            deps: vec![],
+            deps: Box::default(),
             num_returns: 1,
             options: std::sync::Arc::new(TaskOptions { cpu_milli: 1000, ..Default::default() }),
             actor: ActorPart::None,

@@ -3,7 +3,7 @@
 //! what was decided. Every test module of the scheduler (and of its parts) builds on it.
 
 use super::*;
-use volley_proto::{ActorOptions, IdGenerator, TaskOptions};
+use volley_proto::{ActorCall, ActorOptions, IdGenerator, TaskOptions};
 
 /// The function of plain tasks.
 pub(super) const F: FunctionId = FunctionId([1; 16]);
@@ -107,7 +107,7 @@ impl H {
 
     pub(super) fn spec(&self, deps: Vec<ObjectId>, opts: TaskOptions) -> TaskSpec {
         let mut spec = task_spec(self.ids.next_task(), F, "t", opts, ActorPart::None);
-        spec.deps = deps;
+        spec.deps = deps.into();
         spec
     }
 
@@ -195,9 +195,9 @@ impl H {
     /// `holder` calls method "m" of actor `aid`.
     pub(super) fn call(&mut self, holder: Holder, aid: ActorId, deps: Vec<ObjectId>) -> TaskId {
         let options = TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() };
-        let actor = ActorPart::Call { actor: aid, method: "m".into() };
+        let actor = ActorPart::Call(Box::new(ActorCall { actor: aid, method: "m".into() }));
         let mut spec = task_spec(self.ids.next_task(), FunctionId([0; 16]), "A.m", options, actor);
-        spec.deps = deps;
+        spec.deps = deps.into();
         let tid = spec.task_id;
         self.s.submit(holder, spec, &mut self.out);
         tid
@@ -305,7 +305,7 @@ pub(super) fn task_spec(
         function,
         name: name.into(),
         args: ObjectData::default(),
-        deps: vec![],
+        deps: Box::default(),
         num_returns: 1,
         options: std::sync::Arc::new(options),
         actor,

@@ -12,23 +12,34 @@ use super::{error, Holder, ObjectState, WaitOwner, WaiterId};
 
 /// One object as the scheduler sees it.
 pub(super) struct ObjectEntry {
+    /// Its id: the table's key, held here (a 20-byte id and `refs` fill 24 bytes with no
+    /// padding; a `HashMap` slot would hold a second copy of the key).
+    id: ObjectId,
     pub(super) state: ObjectState,
     pub(super) refs: u32,
+    /// Who waits for it, boxed: a queued task's result object is waited on by nobody until
+    /// someone `get`s it, and three empty `Vec`s inline cost 72 bytes in every slot of the
+    /// table (issue 19: a queued task in 300 bytes). Taken when the object settles.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// The `get`/`wait` waiters, dependent tasks and watchers of a pending object.
+#[derive(Default)]
+pub(super) struct Waiting {
     pub(super) waiters: Vec<WaiterId>,
     pub(super) dependents: Vec<TaskId>,
     pub(super) watchers: Vec<Holder>,
 }
 
 impl ObjectEntry {
-    /// An object in `state` that nobody references or waits on yet.
-    pub(super) fn new(state: ObjectState) -> Self {
-        ObjectEntry {
-            state,
-            refs: 0,
-            waiters: Vec::new(),
-            dependents: Vec::new(),
-            watchers: Vec::new(),
-        }
+    /// Object `id` in `state`, which nobody references or waits on yet.
+    pub(super) fn new(id: ObjectId, state: ObjectState) -> Self {
+        ObjectEntry { id, state, refs: 0, waiting: None }
+    }
+
+    /// Its waiting lists, made on first use.
+    pub(super) fn waiting(&mut self) -> &mut Waiting {
+        self.waiting.get_or_insert_with(Box::default)
     }
 }
 
@@ -45,31 +56,95 @@ pub(super) enum Settled {
 /// Every object this node knows.
 #[derive(Default)]
 pub(super) struct Objects {
-    map: HashMap<ObjectId, ObjectEntry>,
+    /// Keyed by each entry's own `id` (held in the entry): every queued task's result
+    /// has an entry, and at a million the table is half empty after its last doubling, so
+    /// each byte of a slot costs two (issue 19).
+    map: hashbrown::HashTable<ObjectEntry>,
 }
 
-table_access!(Objects.map: ObjectId => ObjectEntry);
+fn hash(id: &ObjectId) -> u64 {
+    use std::hash::BuildHasher;
+    volley_proto::IdBuildHasher::default().hash_one(id)
+}
+
+fn hash_entry(o: &ObjectEntry) -> u64 {
+    hash(&o.id)
+}
+
+#[allow(dead_code)] // The accessors of `table_access!`; each part uses those it needs.
+impl Objects {
+    pub(super) fn get(&self, id: &ObjectId) -> Option<&ObjectEntry> {
+        self.map.find(hash(id), |o| o.id == *id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &ObjectId) -> Option<&mut ObjectEntry> {
+        self.map.find_mut(hash(id), |o| o.id == *id)
+    }
+
+    pub(super) fn contains_key(&self, id: &ObjectId) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub(super) fn remove(&mut self, id: &ObjectId) -> Option<ObjectEntry> {
+        let found = self.map.find_entry(hash(id), |o| o.id == *id).ok()?;
+        Some(found.remove().0)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ObjectId, &ObjectEntry)> {
+        self.map.iter().map(|o| (&o.id, o))
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &ObjectId> {
+        self.map.iter().map(|o| &o.id)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &ObjectEntry> {
+        self.map.iter()
+    }
+}
 
 impl Objects {
     /// Gives back the table's room when it grew for a burst and is mostly empty now (see
     /// `crate::shrink`).
     pub(super) fn shrink(&mut self) -> bool {
-        crate::shrink::Shrink::shrink_if_sparse(&mut self.map)
+        if !crate::shrink::is_sparse(self.map.len(), self.map.capacity()) {
+            return false;
+        }
+        self.map.shrink_to(crate::shrink::target(self.map.len()), hash_entry);
+        true
     }
 
     /// Records `id` as pending (replacing what was known of it).
     pub(super) fn insert_pending(&mut self, id: ObjectId) {
-        self.map.insert(id, ObjectEntry::new(ObjectState::Pending));
+        let entry = ObjectEntry::new(id, ObjectState::Pending);
+        match self.map.entry(hash(&id), |o| o.id == id, hash_entry) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
     }
 
     /// Records `id` with a value, unless it is known already.
     pub(super) fn insert_ready_if_new(&mut self, id: ObjectId, value: Arc<ObjectData>) {
-        self.map.entry(id).or_insert_with(|| ObjectEntry::new(ObjectState::Ready(value)));
+        if let hashbrown::hash_table::Entry::Vacant(v) =
+            self.map.entry(hash(&id), |o| o.id == id, hash_entry)
+        {
+            v.insert(ObjectEntry::new(id, ObjectState::Ready(value)));
+        }
     }
 
     /// Adds a reference to `id`, if it exists; whether it does.
     pub(super) fn incref(&mut self, id: &ObjectId) -> bool {
-        match self.map.get_mut(id) {
+        match self.get_mut(id) {
             Some(o) => {
                 o.refs += 1;
                 true
@@ -81,23 +156,21 @@ impl Objects {
     /// Gives object `id` its value or error (`state`, made only if it is kept), and hands back
     /// who waited for it; an object nobody references any more is dropped instead.
     pub(super) fn settle(&mut self, id: &ObjectId, state: impl FnOnce() -> ObjectState) -> Settled {
-        let Some(o) = self.map.get_mut(id) else {
+        let Some(o) = self.get_mut(id) else {
             return Settled::Unknown;
         };
         if o.refs == 0 {
-            self.map.remove(id);
+            self.remove(id);
             return Settled::Dropped;
         }
         o.state = state();
-        Settled::Kept {
-            waiters: std::mem::take(&mut o.waiters),
-            dependents: std::mem::take(&mut o.dependents),
-            watchers: std::mem::take(&mut o.watchers),
-        }
+        let Waiting { waiters, dependents, watchers } =
+            o.waiting.take().map(|w| *w).unwrap_or_default();
+        Settled::Kept { waiters, dependents, watchers }
     }
 
     pub(super) fn state(&self, id: &ObjectId) -> Option<&ObjectState> {
-        self.map.get(id).map(|o| &o.state)
+        self.get(id).map(|o| &o.state)
     }
 
     /// True once the object has a value or an error (or is unknown, which `result_of` reports).
@@ -223,9 +296,9 @@ mod tests {
         o.insert_pending(dropped);
         o.incref(&kept);
         if let Some(e) = o.get_mut(&kept) {
-            e.waiters.push(7);
-            e.dependents.push(TaskId(8));
-            e.watchers.push(Holder::Local);
+            e.waiting().waiters.push(7);
+            e.waiting().dependents.push(TaskId(8));
+            e.waiting().watchers.push(Holder::Local);
         }
         let ready = || ObjectState::Ready(Arc::new(ObjectData::default()));
         match o.settle(&kept, ready) {

@@ -320,7 +320,7 @@ impl Scheduler {
             p.inflight.iter().map(|(tid, (_, started))| (*tid, *started)).collect();
         sent.sort();
         let is_call = |t: &TaskId| {
-            self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call { .. }))
+            self.tasks.get(t).is_some_and(|t| matches!(t.spec.actor, ActorPart::Call(_)))
         };
         let calls: Vec<TaskId> = sent.iter().map(|(t, _)| *t).filter(is_call).collect();
         sent.retain(|(t, _)| !is_call(t));
@@ -654,7 +654,7 @@ impl Scheduler {
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
         out: &mut Vec<Action>,
     ) {
-        let calls = matches!(spec.actor, ActorPart::Call { .. });
+        let calls = matches!(spec.actor, ActorPart::Call(_));
         let first = !calls
             && self.peers.get_mut(&peer).is_some_and(|p| p.known_functions.insert(spec.function));
         let function = if first { self.functions.get(&spec.function).cloned() } else { None };
@@ -1030,7 +1030,7 @@ impl Scheduler {
                         false
                     }
                     ObjectState::Pending => {
-                        o.watchers.push(Holder::Peer(peer));
+                        o.waiting().watchers.push(Holder::Peer(peer));
                         true
                     }
                     ObjectState::Failed(e) => {
@@ -1077,7 +1077,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         self.adopt(objects);
-        if id.index >= 2 && self.streams.contains(&id.task) {
+        if id.index >= 2 && self.streams.contains(&{ id.task }) {
             if let Ok(v) = result {
                 self.peer_stream_item(id, v, out);
             }

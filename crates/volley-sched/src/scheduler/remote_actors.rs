@@ -264,7 +264,8 @@ impl Scheduler {
         let mut again: Vec<(ActorId, TaskId, Holder)> = Vec::new();
         for t in calls {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
-            let ActorPart::Call { actor, .. } = task.spec.actor else { continue };
+            let ActorPart::Call(call) = &task.spec.actor else { continue };
+            let actor = call.actor;
             let retries = self.actors.get(&actor).map(|a| a.opts().max_task_retries);
             let alive = self.actors.get(&actor).is_some_and(|a| a.life != Life::Dead);
             match retries {
@@ -335,9 +336,9 @@ impl Scheduler {
             let create = TaskSpec {
                 task_id: aid.0,
                 function: FunctionId([0; 16]),
-                name: class,
+                name: class.into(),
                 args: ObjectData::default(),
-                deps: Vec::new(),
+                deps: Box::default(),
                 num_returns: 1,
                 options: std::sync::Arc::new(volley_proto::TaskOptions {
                     cpu_milli: 0,

@@ -76,8 +76,8 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         let running =
-            self.tasks.get(&id.task).is_some_and(|t| matches!(t.state, TaskState::Remote(_)));
-        let Some(s) = self.streams.map.get_mut(&id.task) else { return };
+            self.tasks.get(&{ id.task }).is_some_and(|t| matches!(t.state, TaskState::Remote(_)));
+        let Some(s) = self.streams.map.get_mut(&{ id.task }) else { return };
         if !running || s.released_from.is_some_and(|f| id.index >= f) {
             return;
         }
@@ -148,7 +148,7 @@ impl Scheduler {
         item: ObjectId,
         out: &mut Vec<Action>,
     ) -> Option<WaiterId> {
-        let s = self.streams.map.get_mut(&item.task)?;
+        let s = self.streams.map.get_mut(&{ item.task })?;
         if item.index < 2 || s.caller != holder {
             return None;
         }
@@ -161,7 +161,7 @@ impl Scheduler {
                         self.object_failed(item, e, out);
                     }
                     None => {
-                        self.streams.map.remove(&item.task);
+                        self.streams.map.remove(&{ item.task });
                         return None;
                     }
                 }
@@ -189,8 +189,8 @@ impl Scheduler {
             }
             Some(ObjectState::Failed(_)) => {
                 self.decref(holder, &[item], out);
-                if self.streams.map.get(&item.task).is_some_and(|s| s.finished) {
-                    self.streams.map.remove(&item.task);
+                if self.streams.map.get(&{ item.task }).is_some_and(|s| s.finished) {
+                    self.streams.map.remove(&{ item.task });
                 }
                 StreamStep::End
             }

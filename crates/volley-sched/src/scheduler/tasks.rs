@@ -2,7 +2,7 @@
 //! caller) and the two ready queues of runnable pool tasks. Where a queued task goes (a worker,
 //! a peer, behind a running task) is the coordinator's decision (`Scheduler::schedule`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use volley_proto::{NodeId, TaskId, TaskSpec, WorkerId};
@@ -11,7 +11,8 @@ use super::Holder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TaskState {
-    WaitingDeps(usize),
+    /// Waits for this many of its arguments (a `u32`: the entry is 8 bytes smaller).
+    WaitingDeps(u32),
     Queued,
     Assigned(WorkerId),
     /// Sent to another node.
@@ -63,25 +64,83 @@ impl TaskEntry {
 /// The tasks this node knows, and its ready queues.
 #[derive(Default)]
 pub(super) struct Tasks {
-    map: HashMap<TaskId, TaskEntry>,
+    /// Keyed by each entry's `spec.task_id`: a `HashTable`, not a `HashMap`, so that a slot
+    /// does not hold a second copy of the 16-byte id (issue 19: at a million queued tasks the
+    /// table is half empty after its last doubling, so each byte of a slot costs two).
+    map: hashbrown::HashTable<TaskEntry>,
     /// Runnable plain tasks, in order.
     ready: VecDeque<TaskId>,
     /// Runnable tasks that ask for resources other than CPU, or for no CPU.
     side_ready: VecDeque<TaskId>,
 }
 
-// `remove` forgets a task, not its place in a ready queue (see `unqueue`).
-table_access!(Tasks.map: TaskId => TaskEntry);
+fn hash(tid: &TaskId) -> u64 {
+    use std::hash::BuildHasher;
+    volley_proto::IdBuildHasher::default().hash_one(tid)
+}
+
+fn hash_entry(t: &TaskEntry) -> u64 {
+    hash(&t.spec.task_id)
+}
+
+#[allow(dead_code)] // The accessors of `table_access!`; each part uses those it needs.
+impl Tasks {
+    pub(super) fn get(&self, tid: &TaskId) -> Option<&TaskEntry> {
+        self.map.find(hash(tid), |t| t.spec.task_id == *tid)
+    }
+
+    pub(super) fn get_mut(&mut self, tid: &TaskId) -> Option<&mut TaskEntry> {
+        self.map.find_mut(hash(tid), |t| t.spec.task_id == *tid)
+    }
+
+    pub(super) fn contains_key(&self, tid: &TaskId) -> bool {
+        self.get(tid).is_some()
+    }
+
+    /// Forgets a task, not its place in a ready queue (see `unqueue`).
+    pub(super) fn remove(&mut self, tid: &TaskId) -> Option<TaskEntry> {
+        let found = self.map.find_entry(hash(tid), |t| t.spec.task_id == *tid).ok()?;
+        Some(found.remove().0)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
+        self.map.iter().map(|t| (&t.spec.task_id, t))
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &TaskId> {
+        self.map.iter().map(|t| &t.spec.task_id)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.map.iter()
+    }
+}
 
 impl Tasks {
+    /// Records `task` (replacing what was known of `tid`); `tid` is its spec's id, the key the
+    /// table finds it by.
     pub(super) fn insert(&mut self, tid: TaskId, task: TaskEntry) {
-        self.map.insert(tid, task);
+        debug_assert_eq!(tid, task.spec.task_id, "a task is keyed by its own id");
+        match self.map.entry(hash(&tid), |t| t.spec.task_id == tid, hash_entry) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = task,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(task);
+            }
+        }
     }
 
     /// Puts a runnable task in its ready queue (at the `front`: it was there before), stamped
     /// with the time `now_ms` for wait notices.
     pub(super) fn enqueue(&mut self, tid: TaskId, front: bool, now_ms: u64) {
-        let side = self.map.get_mut(&tid).is_some_and(|t| {
+        let side = self.get_mut(&tid).is_some_and(|t| {
             t.queued_at = now_ms;
             t.is_side()
         });
@@ -106,10 +165,12 @@ impl Tasks {
     /// Gives back the room of the table and the ready queues when they grew for a burst and
     /// are mostly empty now (see `crate::shrink`).
     pub(super) fn shrink(&mut self) -> bool {
-        use crate::shrink::Shrink;
-        self.map.shrink_if_sparse()
-            | self.ready.shrink_if_sparse()
-            | self.side_ready.shrink_if_sparse()
+        use crate::shrink::{is_sparse, Shrink};
+        let table = is_sparse(self.map.len(), self.map.capacity());
+        if table {
+            self.map.shrink_to(crate::shrink::target(self.map.len()), hash_entry);
+        }
+        table | self.ready.shrink_if_sparse() | self.side_ready.shrink_if_sparse()
     }
 
     pub(super) fn queues(&self) -> [&VecDeque<TaskId>; 2] {

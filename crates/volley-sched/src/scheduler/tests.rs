@@ -111,7 +111,7 @@ fn dependencies_wait_in_the_scheduler_and_values_are_shipped() {
     assert_eq!(ex.len(), 1, "b must not be dispatched before a is done");
     h.done(ex[0].0, ex[0].1, 7);
     let deps = h.out.iter().find_map(|x| match x {
-        Action::Execute { spec, deps, .. } if spec.task_id == b.task => Some(deps.clone()),
+        Action::Execute { spec, deps, .. } if spec.task_id == { b.task } => Some(deps.clone()),
         _ => None,
     });
     assert_eq!(deps.expect("b dispatched")[0].data, vec![7]);
@@ -250,7 +250,7 @@ fn a_cancel_that_revoked_a_task_the_worker_then_started_interrupts_it() {
         h.out
             .iter()
             .any(|x| matches!(x, Action::Send { worker, msg: NodeToWorker::Cancel { task } }
-            if *worker == w && *task == b.task)),
+            if *worker == w && *task == { b.task })),
         "the started task is interrupted: {:?}",
         h.out
     );
@@ -593,7 +593,7 @@ fn a_dead_peers_tasks_are_retried_or_fail() {
         h.submit_opts(Vec::new(), TaskOptions { max_retries: 0, ..TaskOptions::default() });
     let spilled = h.spilled();
     assert_eq!(spilled.len(), 2);
-    let on = |id: ObjectId| spilled.iter().find(|s| s.1 == id.task).map(|s| s.0);
+    let on = |id: ObjectId| spilled.iter().find(|s| s.1 == { id.task }).map(|s| s.0);
     assert_ne!(on(retried), on(failed), "one per peer");
     for (peer, task, _) in &spilled {
         h.s.peer_started(*peer, *task); // Both were running there.
@@ -907,7 +907,7 @@ fn placement_group_bundles_are_reserved_and_used() {
     );
     let ex = h.executed();
     assert_eq!(ex.len(), 1);
-    assert_eq!(ex[0].1, inside.task);
+    assert_eq!(ex[0].1, { inside.task });
     // Removal frees the CPUs (the plain task runs) and fails what still asks for the group.
     h.s.remove_pg("g1", &mut h.out);
     assert!(h.out.iter().any(|a| matches!(a, Action::Kill { worker } if *worker == ex[0].0)));
@@ -916,7 +916,7 @@ fn placement_group_bundles_are_reserved_and_used() {
         TaskOptions { cpu_milli: 0, resources: res, ..TaskOptions::default() },
     );
     assert_eq!(h.error_kind(later), Some(ErrorKind::Unschedulable));
-    assert!(h.executed().iter().any(|(_, t)| *t == plain.task));
+    assert!(h.executed().iter().any(|(_, t)| *t == { plain.task }));
 }
 
 #[test]

@@ -42,7 +42,7 @@ impl Scheduler {
         for id in &distinct {
             if let Some(o) = self.objects.get_mut(id) {
                 if matches!(o.state, ObjectState::Pending) {
-                    o.waiters.push(wid);
+                    o.waiting().waiters.push(wid);
                 }
             }
         }
@@ -121,7 +121,9 @@ impl Scheduler {
         let mut now = Vec::new();
         for id in ids {
             match self.objects.get_mut(id) {
-                Some(o) if matches!(o.state, ObjectState::Pending) => o.watchers.push(holder),
+                Some(o) if matches!(o.state, ObjectState::Pending) => {
+                    o.waiting().watchers.push(holder)
+                }
                 _ => now.push(*id),
             }
         }
