@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import time
+
 from .. import ActorHandle, ObjectRef, get, wait
-from ..exceptions import GetTimeoutError
+from ..exceptions import ActorCreationError, ActorDiedError, GetTimeoutError, TaskError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,6 +21,11 @@ class ActorPool:
     ``fn(actor, value)`` makes each call and returns its ``ObjectRef`` (or a list of refs, for
     a method with several returns). Values submitted while every actor is busy wait in the pool
     and go to the first actor whose result is taken with ``get_next``/``get_next_unordered``.
+
+    An actor that dies is taken out of the pool: the calls it had not answered are made again
+    on the other actors (``map`` still yields in order), and when none is left the pool raises
+    ``ActorDiedError`` saying so. An error raised by the method itself is the call's result, as
+    before: it is not made again.
 
     >>> @volley.remote
     ... class Doubler:
@@ -35,7 +42,11 @@ class ActorPool:
             if not isinstance(a, ActorHandle):
                 raise TypeError(f"ActorPool takes actor handles, not {type(a).__name__}")
         self._idle: list[ActorHandle] = actors
-        self._running: dict[Any, tuple[int, ActorHandle]] = {}  # key -> (index, actor)
+        # Actors with calls in flight, and how many (more than one only after a dead actor's
+        # calls were made again on a busy one).
+        self._load: dict[ActorHandle, int] = {}
+        # key -> (index, actor, fn, value): what is needed to make the call again.
+        self._running: dict[Any, tuple[int, ActorHandle, Callable, Any]] = {}
         self._by_index: dict[int, Any] = {}  # index -> what fn returned
         self._next_index = 0  # the index of the next call made
         self._next_return = 0  # the index get_next returns next
@@ -100,14 +111,68 @@ class ActorPool:
             return
         actor = self._idle.pop()
         try:
-            out = fn(actor, value)
-            key = _key(out)
+            self._call(self._next_index, actor, fn, value)
         except BaseException:
             self._idle.append(actor)
             raise
-        self._running[key] = (self._next_index, actor)
-        self._by_index[self._next_index] = out
         self._next_index += 1
+
+    def _call(self, index: int, actor: ActorHandle, fn: Callable, value: Any) -> None:
+        out = fn(actor, value)
+        key = _key(out)
+        self._running[key] = (index, actor, fn, value)
+        self._by_index[index] = out
+        self._load[actor] = self._load.get(actor, 0) + 1
+
+    def _take(self, key: Any) -> tuple[bool, Any]:
+        """Takes the result of the call behind ``key``: ``(True, value)``, or ``(False, None)``
+        when its actor died and the call was made again on another (same index); raises the
+        call's own error, or ``ActorDiedError`` when no actor is left to make it again."""
+        index, actor, fn, value = self._running.pop(key)
+        out = self._by_index[index]
+        try:
+            result = get(out)
+        except ActorDiedError as e:
+            if isinstance(e, TaskError) and not isinstance(e, ActorCreationError):
+                # The method raised it (a call of its own to another actor): its result.
+                del self._by_index[index]
+                self._give_back(actor)
+                raise
+            self._drop(actor)
+            self._again(index, fn, value, e)
+            return False, None
+        except BaseException:
+            del self._by_index[index]
+            self._give_back(actor)
+            raise
+        del self._by_index[index]
+        self._give_back(actor)
+        return True, result
+
+    def _drop(self, actor: ActorHandle) -> None:
+        """Takes a dead actor out of the pool."""
+        self._load.pop(actor, None)
+        if actor in self._idle:
+            self._idle.remove(actor)
+
+    def _again(self, index: int, fn: Callable, value: Any, died: ActorDiedError) -> None:
+        """Makes a dead actor's call again: on an idle actor, else on the least busy one (it
+        runs after that actor's current call), keeping its index."""
+        if self._idle:
+            actor = self._idle.pop()
+        elif self._load:
+            actor = min(self._load, key=self._load.__getitem__)
+        else:
+            del self._by_index[index]
+            lost = 1 + len(self._running) + len(self._queued)
+            self._running.clear()
+            self._by_index.clear()
+            self._queued.clear()
+            raise ActorDiedError(
+                f"every actor of the ActorPool died: {lost} value(s) could not be computed "
+                f"(the last actor: {died})"
+            ) from died
+        self._call(index, actor, fn, value)
 
     def has_next(self) -> bool:
         """Whether results are left to take (calls running, done, or queued).
@@ -130,21 +195,29 @@ class ActorPool:
             raise StopIteration("No more results to get")
         if self._next_return >= self._next_index or self._next_return not in self._by_index:
             raise ValueError("It is not allowed to call get_next() after get_next_unordered().")
-        out = self._by_index[self._next_return]
-        timed_out = False
-        if timeout is not None:
-            ready, _ = wait([_first(out)], timeout=timeout, fetch_local=False)
-            if not ready:
-                if not ignore_if_timedout:
-                    raise GetTimeoutError(_TIMED_OUT)
-                timed_out = True
-        del self._by_index[self._next_return]
-        self._next_return += 1
-        _, actor = self._running.pop(_key(out))
-        self._give_back(actor)
-        if timed_out:
-            raise GetTimeoutError(f"{_TIMED_OUT}; the call behind {out!r} is dropped")
-        return get(out)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            out = self._by_index[self._next_return]
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                ready, _ = wait([_first(out)], timeout=left, fetch_local=False)
+                if not ready:
+                    if not ignore_if_timedout:
+                        raise GetTimeoutError(_TIMED_OUT)
+                    del self._by_index[self._next_return]
+                    self._next_return += 1
+                    actor = self._running.pop(_key(out))[1]
+                    self._give_back(actor)
+                    raise GetTimeoutError(f"{_TIMED_OUT}; the call behind {out!r} is dropped")
+            try:
+                done, result = self._take(_key(out))
+            except BaseException:
+                self._next_return += 1
+                raise
+            if done:
+                self._next_return += 1
+                return result
+            # Its actor died: the call was made again under the same index; wait for that.
 
     def get_next_unordered(
         self, timeout: float | None = None, ignore_if_timedout: bool = False
@@ -158,20 +231,31 @@ class ActorPool:
         """
         if not self.has_next():
             raise StopIteration("No more results to get")
-        keys = list(self._running)
-        ready, _ = wait(
-            [_first(k) for k in keys], num_returns=1, timeout=timeout, fetch_local=False
-        )
-        if not ready:
-            raise GetTimeoutError(_TIMED_OUT)
-        key = keys[[_first(k) for k in keys].index(ready[0])]
-        index, actor = self._running.pop(key)
-        out = self._by_index.pop(index)
-        self._next_return = max(self._next_return, index + 1)
-        self._give_back(actor)
-        return get(out)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            keys = list(self._running)
+            firsts = [_first(k) for k in keys]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = wait(firsts, num_returns=1, timeout=left, fetch_local=False)
+            if not ready:
+                raise GetTimeoutError(_TIMED_OUT)
+            key = keys[firsts.index(ready[0])]
+            index = self._running[key][0]
+            try:
+                done, result = self._take(key)
+            except BaseException:
+                self._next_return = max(self._next_return, index + 1)
+                raise
+            if done:
+                self._next_return = max(self._next_return, index + 1)
+                return result
 
     def _give_back(self, actor: ActorHandle) -> None:
+        n = self._load.get(actor, 0) - 1
+        if n > 0:
+            self._load[actor] = n
+            return
+        self._load.pop(actor, None)
         self._idle.append(actor)
         if self._queued:
             self.submit(*self._queued.pop(0))
@@ -197,8 +281,7 @@ class ActorPool:
         ``ValueError`` if it is in the pool already."""
         if not isinstance(actor, ActorHandle):
             raise TypeError(f"push takes an actor handle, not {type(actor).__name__}")
-        busy = [a for _, a in self._running.values()]
-        if actor in self._idle or actor in busy:
+        if actor in self._idle or actor in self._load:
             raise ValueError("Actor already belongs to current ActorPool")
         self._give_back(actor)
 

@@ -1,0 +1,106 @@
+"""volley.util.ActorPool when actors die: the calls a dead actor did not answer are made again
+on the others (in order for ``map``), an error the method raised is its result, and a pool with
+no actor left says so. Real actor processes, killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import poll
+
+import volley
+from volley.util import ActorPool
+
+
+@volley.remote(num_cpus=0)
+class Worker:
+    def pid(self):
+        return os.getpid()
+
+    def double(self, v, delay=0.05):
+        time.sleep(delay)
+        return 2 * v
+
+    def fail_on(self, v, bad):
+        if v == bad:
+            raise ValueError(f"bad value {v}")
+        return v
+
+    def ask(self, other):
+        return volley.get(other.pid.remote(), timeout=30)
+
+
+def _pool(n):
+    actors = [Worker.remote() for _ in range(n)]
+    pids = volley.get([a.pid.remote() for a in actors], timeout=60)
+    return ActorPool(actors), actors, pids
+
+
+def test_map_yields_every_result_in_order_when_an_actor_is_killed_mid_map(volley_2cpu):
+    pool, _, pids = _pool(3)
+    results = pool.map(lambda a, v: a.double.remote(v), range(30))
+    got = [next(results)]
+    os.kill(pids[1], signal.SIGKILL)
+    got += list(results)
+    assert got == [2 * v for v in range(30)]
+    # The dead actor left the pool; the others still take work.
+    assert list(pool.map(lambda a, v: a.double.remote(v, 0), range(6))) == [0, 2, 4, 6, 8, 10]
+
+
+def test_map_unordered_yields_every_result_when_an_actor_is_killed(volley_2cpu):
+    pool, _, pids = _pool(3)
+    results = pool.map_unordered(lambda a, v: a.double.remote(v), range(30))
+    got = [next(results)]
+    os.kill(pids[0], signal.SIGKILL)
+    got += list(results)
+    assert sorted(got) == [2 * v for v in range(30)]
+
+
+def test_a_pool_whose_actors_all_died_says_so(volley_2cpu):
+    pool, _, pids = _pool(2)
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    assert poll(lambda: not any(_alive(p) for p in pids), timeout=20)
+    for v in range(5):
+        pool.submit(lambda a, v: a.double.remote(v), v)
+    with pytest.raises(volley.ActorDiedError, match="every actor of the ActorPool died"):
+        while pool.has_next():
+            pool.get_next(timeout=60)
+    assert not pool.has_next()
+
+
+def test_an_error_the_method_raised_is_its_result_and_is_not_made_again(volley_2cpu):
+    pool, _, _ = _pool(2)
+    results = pool.map(lambda a, v: a.fail_on.remote(v, 3), range(6))
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad value 3"):
+        next(results)
+    # The error ends the generator (as Ray's does); the later results stay in the pool.
+    assert [pool.get_next(timeout=60) for _ in range(2)] == [4, 5]
+    assert not pool.has_next()
+
+
+def test_an_actor_died_error_raised_by_the_method_itself_is_its_result(volley_2cpu):
+    # The method's own call to another actor that died raises ActorDiedError inside it: that
+    # is the call's result (the pool's actor is alive), not a reason to make it again.
+    pool, _, _ = _pool(1)
+    gone = Worker.remote()
+    gone_pid = volley.get(gone.pid.remote(), timeout=60)
+    os.kill(gone_pid, signal.SIGKILL)
+    assert poll(lambda: not _alive(gone_pid), timeout=20)
+    pool.submit(lambda a, v: a.ask.remote(v), gone)
+    with pytest.raises(volley.ActorDiedError) as e:
+        pool.get_next(timeout=60)
+    assert isinstance(e.value, volley.exceptions.TaskError)
+    assert pool.has_free()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
