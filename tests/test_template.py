@@ -155,8 +155,9 @@ def _result(proc: subprocess.CompletedProcess):
     return json.loads(line[len("RESULT ") :])
 
 
-IDLE_ACTORS_DRIVER = """
-import json, os
+# The start of a driver with 2 CPUs and an actor class `A` whose `pid` answers its pid.
+PID_ACTOR_DRIVER = """
+import collections, json, os
 import volley
 volley.init(num_cpus=2)
 
@@ -164,7 +165,11 @@ volley.init(num_cpus=2)
 class A:
     def pid(self):
         return os.getpid()
+"""
 
+IDLE_ACTORS_DRIVER = (
+    PID_ACTOR_DRIVER
+    + """
 def uss_kb(pid):
     with open(f"/proc/{pid}/smaps_rollup") as f:
         return sum(int(line.split()[1]) for line in f if line.startswith("Private_"))
@@ -175,6 +180,7 @@ threads = [len(os.listdir(f"/proc/{p}/task")) for p in pids]
 print("RESULT " + json.dumps([sorted(uss_kb(p) for p in pids), threads]))
 volley.shutdown()
 """
+)
 
 
 def test_an_idle_forked_actor_keeps_little_private_memory_and_two_threads(tmp_path):
@@ -217,16 +223,9 @@ def test_a_forked_workers_first_nested_submit_imports_nothing(tmp_path):
     assert new == [], f"imported after the fork by a nested submit: {new}"
 
 
-FDS_DRIVER = """
-import collections, json, os
-import volley
-volley.init(num_cpus=2)
-
-@volley.remote(num_cpus=0)
-class A:
-    def pid(self):
-        return os.getpid()
-
+FDS_DRIVER = (
+    PID_ACTOR_DRIVER
+    + """
 def kinds():
     out = collections.Counter()
     for fd in os.listdir("/proc/self/fd"):
@@ -243,6 +242,7 @@ after = kinds()
 print("RESULT " + json.dumps({k: after[k] - before[k] for k in ("socket", "pipe")}))
 volley.shutdown()
 """
+)
 
 
 def test_a_worker_costs_its_node_one_socket_and_its_two_output_pipes(tmp_path):
