@@ -343,7 +343,14 @@ def _prepare(t: _Template) -> None:
 
     import cloudpickle  # noqa: F401
 
-    for mod in ("_remote", "_remote_function", "_objects", "_actor", "_runtime_context"):
+    for mod in (
+        "_remote",
+        "_remote_function",
+        "_objects",
+        "_actor",
+        "_runtime_context",
+        "_map_items",
+    ):
         importlib.import_module(f"volley.{mod}")
     # What every task's set-up imports (its runtime_env, the driver's multiprocessing authkey):
     # imported after the fork, each of them costs every worker ~2.7 MB of private pages.

@@ -581,6 +581,11 @@ def run(worker_id: int) -> None:
     # output is flushed, and the process leaves without the interpreter's teardown, which
     # touches every object: a forked worker would copy the template's pages (tens of MB each,
     # a thousand actors at once) only to free them, and take seconds of CPU doing so.
+    # As the interpreter's exit would: non-daemon threads a task started are joined first (the
+    # node ends a worker that does not leave within its grace), then the atexit handlers.
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # type: ignore[attr-defined]
     import atexit
 
     atexit._run_exitfuncs()
