@@ -262,6 +262,13 @@ volley.init(num_cpus=1)
 @volley.remote(num_cpus=0)
 class A:
     def arm(self, path):
+        import threading, time
+
+        def late():  # a non-daemon thread: the worker's exit waits for it, then runs atexit
+            time.sleep(0.3)
+            open(path + ".thread", "w").write("done")
+
+        threading.Thread(target=late).start()
         atexit.register(lambda: open(path, "w").write("ran"))
         sys.__stdout__.write("buffered at exit, no newline")
         return os.getpid()
@@ -279,6 +286,7 @@ def test_a_worker_leaving_at_shutdown_runs_atexit_and_flushes_its_output(tmp_pat
     proc = _driver(tmp_path, ATEXIT_DRIVER)
     pid = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")).split()[1])
     assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert (tmp_path / "atexit.txt.thread").read_text() == "done"
     assert "buffered at exit, no newline" in proc.stdout + proc.stderr
     assert not is_running(pid)
 
