@@ -124,6 +124,34 @@ pub enum HeadRequest {
     /// heartbeat would list it a beat later); answered `Stored` (false: another node's actor
     /// holds the name).
     NameCreated(NamedActor),
+    /// Adds `delta` to the integer under `key` (a missing key counts as 0), atomically at the
+    /// head; answered `Counter` with the new value, or `KvRefused` when the value there is not
+    /// an integer's decimal text or the sum overflows an i64. Integers are kept as decimal
+    /// text so that a plain `KvPut` of "5" can be counted on, and read back by anyone.
+    KvIncr {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Replaces the value under `key` with `new` (`None`: deletes it) only if it is now
+    /// `expected` (`None`: absent), atomically; answered `Stored` (whether it swapped).
+    KvCompareAndSet {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        expected: Option<serde_bytes::ByteBuf>,
+        new: Option<serde_bytes::ByteBuf>,
+    },
+    /// Stores `value` under `key` unless a value is there; answered `Value` with the value
+    /// there afterwards (the existing one or `value`), so of racing callers all see one value.
+    KvSetDefault {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -157,6 +185,11 @@ pub enum HeadAnswer {
     /// The bytes of an uploaded working directory the head has (see `JobUpload`).
     JobUploaded(u64),
     Node(crate::NodeAnswer),
+    /// The value of a counter after `KvIncr`.
+    Counter(i64),
+    /// A key-value operation the head turned down because of what is stored (an increment of
+    /// a value that is not an integer): what is wrong, for the caller (not a connection fault).
+    KvRefused(String),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -168,6 +201,12 @@ impl HeadRequest {
             HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
             HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
             HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
+            HeadRequest::KvIncr { key, .. } => (key.len(), 0),
+            HeadRequest::KvCompareAndSet { key, expected, new, .. } => {
+                let len = |v: &Option<serde_bytes::ByteBuf>| v.as_ref().map_or(0, |v| v.len());
+                (key.len(), len(expected).max(len(new)))
+            }
+            HeadRequest::KvSetDefault { key, value, .. } => (key.len(), value.len()),
             HeadRequest::Directory
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }

@@ -313,6 +313,23 @@ impl Head {
                     .map(serde_bytes::ByteBuf::from)
                     .collect(),
             ),
+            HeadRequest::KvIncr { namespace, key, delta } => {
+                match self.kv_incr(&namespace, &key, delta) {
+                    Ok(n) => HeadAnswer::Counter(n),
+                    Err(why) => HeadAnswer::KvRefused(why),
+                }
+            }
+            HeadRequest::KvCompareAndSet { namespace, key, expected, new } => {
+                HeadAnswer::Stored(self.kv_compare_and_set(
+                    &namespace,
+                    &key,
+                    expected.as_deref().map(|v| &v[..]),
+                    new.map(|v| v.into_vec()),
+                ))
+            }
+            HeadRequest::KvSetDefault { namespace, key, value } => HeadAnswer::Value(Some(
+                serde_bytes::ByteBuf::from(self.kv_setdefault(&namespace, &key, value)),
+            )),
             HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
             HeadRequest::ReserveName { namespace, name, node } => {
                 HeadAnswer::Reservation(self.reserve_name(&namespace, &name, node))
@@ -444,6 +461,27 @@ impl Head {
 
     pub fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.dir.lock().kv_keys(namespace, prefix)
+    }
+
+    /// See [`HeadStore::kv_incr`].
+    pub fn kv_incr(&self, namespace: &str, key: &[u8], delta: i64) -> Result<i64, String> {
+        self.dir.lock().kv_incr(namespace, key, delta)
+    }
+
+    /// See [`HeadStore::kv_compare_and_set`].
+    pub fn kv_compare_and_set(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> bool {
+        self.dir.lock().kv_compare_and_set(namespace, key, expected, new)
+    }
+
+    /// See [`HeadStore::kv_setdefault`].
+    pub fn kv_setdefault(&self, namespace: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        self.dir.lock().kv_setdefault(namespace, key, value)
     }
 }
 
