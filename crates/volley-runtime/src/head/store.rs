@@ -94,15 +94,23 @@ pub trait HeadStore: Send {
 
 /// A counter's value from its stored bytes: an i64's decimal text (what `kv_incr` writes).
 pub fn parse_counter(v: &[u8]) -> Result<i64, String> {
-    std::str::from_utf8(v).ok().and_then(|t| t.trim().parse::<i64>().ok()).ok_or_else(|| {
-        let shown: String = String::from_utf8_lossy(&v[..v.len().min(40)]).into();
-        format!(
-            "the value there is not an integer ({} bytes, {shown:?}{}); incr counts only on \
-             integers (a value written by incr, or an int stored as such)",
+    let text = std::str::from_utf8(v).ok();
+    if let Some(n) = text.and_then(|t| t.trim().parse::<i64>().ok()) {
+        return Ok(n);
+    }
+    let what = match text {
+        Some(t) if t.chars().count() <= 40 => format!("the text {t:?}"),
+        Some(t) => format!(
+            "{} bytes of text starting {:?}",
             v.len(),
-            if v.len() > 40 { "..." } else { "" }
-        )
-    })
+            t.chars().take(40).collect::<String>()
+        ),
+        None => format!("{} bytes that are not text", v.len()),
+    };
+    Err(format!(
+        "the value there is not an integer but {what}; incr counts only on integers (a value \
+         written by incr, or an integer's decimal text)"
+    ))
 }
 
 /// The name an actor is kept under in the directory: its name, or for a detached actor
