@@ -604,11 +604,11 @@ fn the_store_increments_swaps_and_sets_defaults() {
     s.kv_put("ns", b"text", b"41".to_vec(), true);
     assert_eq!(s.kv_incr("ns", b"text", 1), Ok(42));
     s.kv_put("ns", b"pickle", b"\x80\x05K\x01.".to_vec(), true);
-    let why = s.kv_incr("ns", b"pickle", 1).unwrap_err();
+    let why = s.kv_incr("ns", b"pickle", 1).expect_err("a pickle");
     assert!(why.contains("not an integer"), "{why}");
     assert_eq!(s.kv_get("ns", b"pickle").as_deref(), Some(&b"\x80\x05K\x01."[..]));
     s.kv_put("ns", b"max", i64::MAX.to_string().into_bytes(), true);
-    assert!(s.kv_incr("ns", b"max", 1).unwrap_err().contains("overflows"));
+    assert!(s.kv_incr("ns", b"max", 1).expect_err("an overflow").contains("overflows"));
     assert_eq!(s.kv_incr("ns", b"max", 0), Ok(i64::MAX));
 
     assert!(s.kv_compare_and_set("ns", b"c", None, Some(b"a".to_vec())), "absent as expected");
