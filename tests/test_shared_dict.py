@@ -6,11 +6,12 @@ and each error a caller can provoke."""
 from __future__ import annotations
 
 import pickle
+import signal
 import threading
 import time
 
 import pytest
-from conftest import finish_driver, start_driver, write_script
+from conftest import finish_driver, read_line_with_prefix, start_driver, write_script
 
 import volley
 from volley import SharedDict, library
@@ -248,6 +249,93 @@ def test_a_new_process_starts_volley_at_the_first_operation(tmp_path):
     assert "BEFORE False" in out and "AFTER True [1, 2] 5" in out, (out, err)
 
 
+@volley.remote(num_cpus=0.25)
+def watch_in_task(d: SharedDict, key: str) -> object:
+    return d.watch(key, timeout=60)
+
+
+def _write_until_done(d: SharedDict, key: str, ref: volley.ObjectRef) -> None:
+    """Changes ``key`` every 20 ms until the watcher's ``ref`` is done: whenever its watch
+    starts, a change follows (no sleep decides the outcome)."""
+    i = 0
+    while not volley.wait([ref], timeout=0.02)[0]:
+        i += 1
+        d[key] = {"step": i}
+
+
+def test_watch_wakes_a_task_on_a_change_from_the_driver(volley_shared):
+    d = SharedDict("watch")
+    d.clear()
+    d["cmd"] = {"step": 0}
+    ref = watch_in_task.remote(d, "cmd")
+    _write_until_done(d, "cmd", ref)
+    seen = volley.get(ref)
+    assert isinstance(seen, dict) and seen["step"] >= 1, seen
+
+    # A delete is a change: the watcher gets MISSING.
+    @volley.remote(num_cpus=0.25)
+    def delete_until_told(d: SharedDict) -> None:
+        import time
+
+        while "stop" not in d:
+            d["gone"] = "here"
+            time.sleep(0.01)
+            del d["gone"]
+            time.sleep(0.01)
+
+    writer = delete_until_told.remote(d)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if d.watch("gone", timeout=30) is SharedDict.MISSING:
+            break
+    else:
+        raise AssertionError("no delete seen")
+    d["stop"] = True
+    volley.get(writer)
+    d.clear()
+
+
+def test_watch_times_out_and_refuses_bad_input(volley_shared):
+    d = SharedDict("watch-errors")
+    d["k"] = 1
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="key 'k' did not change within 0.3 s"):
+        d.watch("k", timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    with pytest.raises(TimeoutError):
+        d.watch("absent", timeout=0)
+    with pytest.raises(TypeError, match="keys are str"):
+        d.watch(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        d.watch("k", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 0"):
+        d.watch("k", timeout=-1)
+    d.clear()
+
+
+def test_ctrl_c_interrupts_a_watch(tmp_path):
+    script = write_script(
+        tmp_path,
+        """
+        import volley
+        d = volley.SharedDict("ctrl-c")
+        d["k"] = 0
+        print("WATCHING", flush=True)
+        try:
+            d.watch("k")
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        """,
+    )
+    proc = start_driver(script)
+    read_line_with_prefix(proc, "WATCHING", timeout=60)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = finish_driver(proc, timeout=30)
+    assert "INTERRUPTED" in out, (out, err)
+    assert time.monotonic() - t0 < 10
+
+
 # ------------------------------------------------------------------------ a real cluster
 
 
@@ -304,3 +392,25 @@ def test_across_a_cluster(cluster):
     )
     assert out.returncode == 0, out.stderr
     assert "SEEN {'from': 'driver'} 150 151" in out.stdout, out.stdout
+
+
+def test_watch_from_a_task_on_another_node(cluster):
+    """Tasks on the cluster's nodes (members ask the head over the network) wake on a change
+    the driver makes."""
+    d = SharedDict("cluster-watch")
+    d["cmd"] = "start"
+
+    @volley.remote(scheduling_strategy="SPREAD", num_cpus=0.25)
+    def watcher(d: SharedDict) -> tuple[object, str]:
+        import os
+
+        return d.watch("cmd", timeout=60), os.environ["VOLLEY_NODE_ADDRESS"]
+
+    refs = [watcher.remote(d) for _ in range(3)]
+    i = 0
+    while len(volley.wait(refs, num_returns=3, timeout=0.02)[0]) < 3:
+        i += 1
+        d["cmd"] = f"go-{i}"
+    results = volley.get(refs)
+    assert all(v.startswith("go-") for v, _ in results), results
+    assert len({node for _, node in results}) >= 2, results

@@ -25,6 +25,8 @@ from ._session import ensure_init
 MAX_VALUE_BYTES = 1 << 20
 
 _NAMESPACE_PREFIX = "shareddict:"
+#: How long one wait of ``watch`` at the head lasts (Ctrl-C is seen between two).
+_WATCH_SLICE_MS = 500
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -278,6 +280,55 @@ class SharedDict(MutableMapping):
                 value = _decode(self._name, key, data)
                 why = f"the value there is a {type(value).__name__}, not an int"
             raise ValueError(f"SharedDict {self._name!r}: cannot incr key {key!r}: {why}") from None
+
+    def watch(self, key: str, timeout: float | None = None) -> Any:
+        """Blocks until the value under ``key`` changes from what it is as the call starts (a
+        set to a different value, or a delete) and returns the new value
+        (``SharedDict.MISSING`` when deleted). ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit); Ctrl-C interrupts it. A value changed and changed back before
+        the head compares may go unseen: a watch is for "something changed", not a log.
+
+        >>> d = volley.SharedDict("example-watch")
+        >>> d["step"] = 0
+        >>> @volley.remote
+        ... def work(d):
+        ...     import time
+        ...     while "stop" not in d:  # a worker reporting its progress
+        ...         d.incr("step")
+        ...         time.sleep(0.05)
+        >>> ref = work.remote(d)
+        >>> d.watch("step", timeout=30) > 0  # wakes at its next step
+        True
+        >>> d["stop"] = True
+        >>> volley.get(ref)
+        >>> d.watch("step", timeout=0.05)
+        Traceback (most recent call last):
+        ...
+        TimeoutError: SharedDict 'example-watch': key 'step' did not change within 0.05 s
+        >>> d.clear()
+        """
+        import time
+
+        k = self._key(key)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            # Short waits at the head: Ctrl-C is seen between them.
+            left_ms = _WATCH_SLICE_MS
+            if deadline is not None:
+                left_ms = max(0, min(left_ms, int((deadline - time.monotonic()) * 1000)))
+            seen, changed, data = _core.kv_watch(self._ns, k, seen, left_ms)
+            if changed:
+                return MISSING if data is None else _decode(self._name, key, data)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"SharedDict {self._name!r}: key {key!r} did not change within {timeout} s"
+                )
 
     def compare_and_set(self, key: str, expected: Any, new: Any) -> bool:
         """Stores ``new`` under ``key`` only if its value is now equal to ``expected``, in one

@@ -152,7 +152,34 @@ pub enum HeadRequest {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Waits at most `wait_ms` (capped at [`MAX_KV_WATCH_MS`]) until the value under `key`
+    /// differs from the one whose [`kv_digest`] is `seen` (`None`: the value there now);
+    /// answered `KvWatched`. A watcher loops with the digest it was answered, so no change
+    /// between two waits is missed.
+    KvWatch {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        seen: Option<u64>,
+        wait_ms: u32,
+    },
     // New variants go last: postcard names a variant by its index.
+}
+
+/// The longest one `KvWatch` waits at the head: well under a member's 30 s wait for the
+/// head's answer, so a watch that sees no change is an answer, not a timeout.
+pub const MAX_KV_WATCH_MS: u32 = 10_000;
+
+/// A value's digest for `KvWatch` (FNV-1a, never 0), 0 for no value: what a watcher compares,
+/// so that it need not send the value it saw back.
+pub fn kv_digest(value: Option<&[u8]>) -> u64 {
+    let Some(v) = value else { return 0 };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// The head's answer to a [`HeadRequest`].
@@ -190,6 +217,13 @@ pub enum HeadAnswer {
     /// A key-value operation the head turned down because of what is stored (an increment of
     /// a value that is not an integer): what is wrong, for the caller (not a connection fault).
     KvRefused(String),
+    /// The answer to `KvWatch`: the digest of the value there now, whether it differs from the
+    /// one watched, and the value when it does.
+    KvWatched {
+        digest: u64,
+        changed: bool,
+        value: Option<serde_bytes::ByteBuf>,
+    },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -201,7 +235,7 @@ impl HeadRequest {
             HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
             HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
             HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
-            HeadRequest::KvIncr { key, .. } => (key.len(), 0),
+            HeadRequest::KvIncr { key, .. } | HeadRequest::KvWatch { key, .. } => (key.len(), 0),
             HeadRequest::KvCompareAndSet { key, expected, new, .. } => {
                 let len = |v: &Option<serde_bytes::ByteBuf>| v.as_ref().map_or(0, |v| v.len());
                 (key.len(), len(expected).max(len(new)))

@@ -368,6 +368,26 @@ pub fn kv_setdefault<'py>(
     }
 }
 
+/// Waits at most `wait_ms` at the head until the value under `key` differs from the one whose
+/// digest is `seen` (None: the value there now): `(digest, changed, value)`, the value only
+/// when changed. A watcher passes the digest back in its next call.
+#[pyfunction]
+#[pyo3(signature = (namespace, key, seen, wait_ms))]
+pub fn kv_watch<'py>(
+    py: Python<'py>,
+    namespace: String,
+    key: &[u8],
+    seen: Option<u64>,
+    wait_ms: u32,
+) -> PyResult<(u64, bool, Option<Bound<'py, PyBytes>>)> {
+    match ask_head(py, HeadRequest::KvWatch { namespace, key: key.to_vec(), seen, wait_ms })? {
+        HeadAnswer::KvWatched { digest, changed, value } => {
+            Ok((digest, changed, value.map(|v| PyBytes::new(py, &v))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The head's directory for the whole cluster: `{"actors": [...], "placement_groups": [...],
 /// "jobs": [...]}`, a dict per entry (see `volley.library.directory`).
 #[pyfunction]
@@ -426,6 +446,7 @@ pub fn register_head(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_incr, m)?)?;
     m.add_function(wrap_pyfunction!(kv_compare_and_set, m)?)?;
     m.add_function(wrap_pyfunction!(kv_setdefault, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_watch, m)?)?;
     m.add_function(wrap_pyfunction!(directory, m)?)?;
     Ok(())
 }

@@ -666,3 +666,52 @@ fn the_head_serves_atomic_key_value_operations_from_many_threads() {
     assert_eq!(wins, 1);
     assert_eq!(h.serve(get("ns", b"many")), value(b"8000"));
 }
+
+/// `KvWatch`: a wait with nothing changing ends unchanged at its deadline; a put from another
+/// thread wakes a watcher with the new value; a watcher that comes back with an old digest
+/// learns at once of a change it missed between two waits; a delete is a change too.
+#[test]
+fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
+    let h = std::sync::Arc::new(head());
+    let watch = |seen: Option<u64>, wait_ms: u32| HeadRequest::KvWatch {
+        namespace: "ns".into(),
+        key: b"w".to_vec(),
+        seen,
+        wait_ms,
+    };
+    let t0 = std::time::Instant::now();
+    let HeadAnswer::KvWatched { digest, changed: false, value: None } = h.serve(watch(None, 50))
+    else {
+        panic!("unchanged")
+    };
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(digest, volley_proto::kv_digest(None));
+
+    let writer = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            h.serve(put("ns", b"other", b"x", true)); // another key: wakes, no change
+            h.serve(put("ns", b"w", b"v1", true));
+        })
+    };
+    let answer = h.serve(watch(Some(digest), 10_000));
+    writer.join().expect("the writer");
+    let HeadAnswer::KvWatched { digest: d1, changed: true, value: Some(v) } = answer else {
+        panic!("changed: {answer:?}")
+    };
+    assert_eq!((&v[..], d1), (&b"v1"[..], volley_proto::kv_digest(Some(b"v1"))));
+
+    h.serve(put("ns", b"w", b"v2", true));
+    let HeadAnswer::KvWatched { changed: true, value: Some(v), .. } = h.serve(watch(Some(d1), 0))
+    else {
+        panic!("a change between two waits")
+    };
+    assert_eq!(&v[..], b"v2");
+    let d2 = volley_proto::kv_digest(Some(b"v2"));
+    h.serve(HeadRequest::KvDelete { namespace: "ns".into(), key: b"w".to_vec() });
+    assert_eq!(
+        h.serve(watch(Some(d2), 0)),
+        HeadAnswer::KvWatched { digest: 0, changed: true, value: None }
+    );
+}
