@@ -228,6 +228,22 @@ pub enum HeadAnswer {
 }
 
 impl HeadRequest {
+    /// A key-value operation that the head answers at once under its lock (every one but
+    /// `KvWatch`, which waits): a node that is its own head may answer it on the thread that
+    /// read it.
+    pub fn is_quick_kv(&self) -> bool {
+        matches!(
+            self,
+            HeadRequest::KvPut { .. }
+                | HeadRequest::KvGet { .. }
+                | HeadRequest::KvDelete { .. }
+                | HeadRequest::KvKeys { .. }
+                | HeadRequest::KvIncr { .. }
+                | HeadRequest::KvCompareAndSet { .. }
+                | HeadRequest::KvSetDefault { .. }
+        )
+    }
+
     /// Checks the sizes a head accepts (the node checks before sending, the head again on
     /// receipt): an error message, or `None`.
     pub fn check(&self) -> Option<String> {
