@@ -88,6 +88,50 @@ def from_tasks(kind: str, target, op: str, n: int, tasks: int = 4) -> float:
     return tasks * n / (time.perf_counter() - t0)
 
 
+def _member_rows(n: int, rounds: int) -> dict[tuple[str, str, str], list[float]]:
+    """The driver rows again from a driver that joined a 1-CPU head on loopback (a member: each
+    SharedDict operation is a round trip to the head's process; the actor runs on the head)."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "bench-token-0123456789"
+    tmp = tempfile.mkdtemp(prefix="volley-shared-bench-")
+    env = dict(os.environ, VOLLEY_SESSION_DIR=os.path.join(tmp, "head"))
+    log = open(os.path.join(tmp, "head.log"), "wb")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "volley._cli", "start", "--head", "--host", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "1", "--token", token, "--block"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in open(os.path.join(tmp, "head.log")).read():
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the head did not start (see {tmp}/head.log)")
+            time.sleep(0.05)
+        volley.init(address=f"127.0.0.1:{port}", token=token)
+        d = volley.SharedDict("bench-member")
+        actor = DictActor.remote()
+        volley.get(actor.get.remote("warm"))
+        out: dict[tuple[str, str, str], list[float]] = {}
+        for _ in range(rounds):
+            for op in ("set", "get", "incr"):
+                for kind, target in (("shared", d), ("actor", actor)):
+                    out.setdefault(("member driver", op, kind), []).append(
+                        from_driver(kind, target, op, n)
+                    )
+        volley.shutdown()
+        return out
+    finally:
+        head.terminate()
+        head.wait(timeout=30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=5000, help="operations per process and row")
@@ -109,6 +153,8 @@ def main() -> None:
                 n = args.n if where == "driver" else args.n // 4
                 results.setdefault((where, op, kind), []).append(f(kind, target, op, n))
     volley.shutdown()
+    results.update(_member_rows(args.n // 4, args.rounds))
+    rows += [("member driver", op) for op in ("set", "get", "incr")]
     load_after = os.getloadavg()
 
     names = {"set": "`d[k] = v`", "get": "`d[k]`", "incr": "`incr(k)`"}
@@ -123,7 +169,10 @@ def main() -> None:
         f"{' '.join(f'{x:.2f}' for x in load_after)} after",
         f"- One machine (`volley.init(num_cpus=2)`: the driver's node is the head); median of "
         f"{args.rounds} rounds, both sides alternated in each round. The value is a small dict "
-        "(pickled, about 70 bytes); 4 tasks: 4 processes at once, each with its own key.",
+        "(pickled, about 70 bytes); 4 tasks: 4 processes at once, each with its own key. "
+        "'member driver': a driver that joined a 1-CPU head started with `volley start "
+        "--head` on loopback (each operation a round trip to the head's process; the actor "
+        "runs on the head).",
         "",
         "| operation | from | SharedDict ops/s | actor ops/s | SharedDict / actor |",
         "|---|---|---|---|---|",
