@@ -1,5 +1,6 @@
-//! One question to a head on a connection of its own: `volley status` from outside the
-//! cluster, and a member's [`HeadRequest`] (the key-value table, the directory).
+//! Questions to a head on connections of their own: `volley status` from outside the
+//! cluster, and a member's [`HeadRequest`] (the key-value table, the directory), whose
+//! connections are kept in a small pool for the next question.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
