@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         get_runtime_context,
     )
     from ._session import Context, init, is_initialized, nodes, shutdown
+    from ._shared_dict import SharedDict
     from ._timeline import timeline
     from .exceptions import (
         ActorCreationError,
@@ -103,6 +104,7 @@ _LAZY: dict[str, str] = {
     "is_initialized": "._session",
     "nodes": "._session",
     "shutdown": "._session",
+    "SharedDict": "._shared_dict",
     "timeline": "._timeline",
     "ActorCreationError": ".exceptions",
     "ActorDiedError": ".exceptions",
@@ -171,6 +173,7 @@ __all__ = [
     "get_gpu_ids",
     "get_runtime_context",
     "RuntimeContext",
+    "SharedDict",
     "actor",
     "exceptions",
     "job",

@@ -124,7 +124,62 @@ pub enum HeadRequest {
     /// heartbeat would list it a beat later); answered `Stored` (false: another node's actor
     /// holds the name).
     NameCreated(NamedActor),
+    /// Adds `delta` to the integer under `key` (a missing key counts as 0), atomically at the
+    /// head; answered `Counter` with the new value, or `KvRefused` when the value there is not
+    /// an integer's decimal text or the sum overflows an i64. Integers are kept as decimal
+    /// text so that a plain `KvPut` of "5" can be counted on, and read back by anyone.
+    KvIncr {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Replaces the value under `key` with `new` (`None`: deletes it) only if it is now
+    /// `expected` (`None`: absent), atomically; answered `Stored` (whether it swapped).
+    KvCompareAndSet {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        expected: Option<serde_bytes::ByteBuf>,
+        new: Option<serde_bytes::ByteBuf>,
+    },
+    /// Stores `value` under `key` unless a value is there; answered `Value` with the value
+    /// there afterwards (the existing one or `value`), so of racing callers all see one value.
+    KvSetDefault {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Waits at most `wait_ms` (capped at [`MAX_KV_WATCH_MS`]) until the value under `key`
+    /// differs from the one whose [`kv_digest`] is `seen` (`None`: the value there now);
+    /// answered `KvWatched`. A watcher loops with the digest it was answered, so no change
+    /// between two waits is missed.
+    KvWatch {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        seen: Option<u64>,
+        wait_ms: u32,
+    },
     // New variants go last: postcard names a variant by its index.
+}
+
+/// The longest one `KvWatch` waits at the head: well under a member's 30 s wait for the
+/// head's answer, so a watch that sees no change is an answer, not a timeout.
+pub const MAX_KV_WATCH_MS: u32 = 10_000;
+
+/// A value's digest for `KvWatch` (FNV-1a, never 0), 0 for no value: what a watcher compares,
+/// so that it need not send the value it saw back.
+pub fn kv_digest(value: Option<&[u8]>) -> u64 {
+    let Some(v) = value else { return 0 };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// The head's answer to a [`HeadRequest`].
@@ -157,10 +212,38 @@ pub enum HeadAnswer {
     /// The bytes of an uploaded working directory the head has (see `JobUpload`).
     JobUploaded(u64),
     Node(crate::NodeAnswer),
+    /// The value of a counter after `KvIncr`.
+    Counter(i64),
+    /// A key-value operation the head turned down because of what is stored (an increment of
+    /// a value that is not an integer): what is wrong, for the caller (not a connection fault).
+    KvRefused(String),
+    /// The answer to `KvWatch`: the digest of the value there now, whether it differs from the
+    /// one watched, and the value when it does.
+    KvWatched {
+        digest: u64,
+        changed: bool,
+        value: Option<serde_bytes::ByteBuf>,
+    },
     // New variants go last: postcard names a variant by its index.
 }
 
 impl HeadRequest {
+    /// A key-value operation that the head answers at once under its lock (every one but
+    /// `KvWatch`, which waits): a node that is its own head may answer it on the thread that
+    /// read it.
+    pub fn is_quick_kv(&self) -> bool {
+        matches!(
+            self,
+            HeadRequest::KvPut { .. }
+                | HeadRequest::KvGet { .. }
+                | HeadRequest::KvDelete { .. }
+                | HeadRequest::KvKeys { .. }
+                | HeadRequest::KvIncr { .. }
+                | HeadRequest::KvCompareAndSet { .. }
+                | HeadRequest::KvSetDefault { .. }
+        )
+    }
+
     /// Checks the sizes a head accepts (the node checks before sending, the head again on
     /// receipt): an error message, or `None`.
     pub fn check(&self) -> Option<String> {
@@ -168,6 +251,12 @@ impl HeadRequest {
             HeadRequest::KvPut { key, value, .. } => (key.len(), value.len()),
             HeadRequest::KvGet { key, .. } | HeadRequest::KvDelete { key, .. } => (key.len(), 0),
             HeadRequest::KvKeys { prefix, .. } => (prefix.len(), 0),
+            HeadRequest::KvIncr { key, .. } | HeadRequest::KvWatch { key, .. } => (key.len(), 0),
+            HeadRequest::KvCompareAndSet { key, expected, new, .. } => {
+                let len = |v: &Option<serde_bytes::ByteBuf>| v.as_ref().map_or(0, |v| v.len());
+                (key.len(), len(expected).max(len(new)))
+            }
+            HeadRequest::KvSetDefault { key, value, .. } => (key.len(), value.len()),
             HeadRequest::Directory
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }

@@ -25,7 +25,8 @@ pub use cluster::{
 pub use error::ProtoError;
 pub use frame::{read_frame, write_frame, FrameReader, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME};
 pub use head::{
-    Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
+    kv_digest, Directory, HeadAnswer, HeadRequest, JobInfo, Reservation, MAX_KV_KEY, MAX_KV_VALUE,
+    MAX_KV_WATCH_MS,
 };
 pub use ids::{
     ActorId, FunctionId, IdBuildHasher, IdGenerator, IdHasher, IdMap, ObjectId, TaskId, WorkerId,

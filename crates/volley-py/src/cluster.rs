@@ -318,6 +318,76 @@ pub fn kv_keys<'py>(
     }
 }
 
+/// Adds `delta` to the integer under `key` atomically at the head (a missing key counts as 0);
+/// the new value. A value that is not an integer's decimal text is a `ValueError`.
+#[pyfunction]
+pub fn kv_incr(py: Python<'_>, namespace: String, key: &[u8], delta: i64) -> PyResult<i64> {
+    match ask_head(py, HeadRequest::KvIncr { namespace, key: key.to_vec(), delta })? {
+        HeadAnswer::Counter(n) => Ok(n),
+        HeadAnswer::KvRefused(why) => Err(PyValueError::new_err(why)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Stores `new` under `key` (None: deletes it) only if the value there is `expected` (None:
+/// absent), atomically at the head; True if it swapped.
+#[pyfunction]
+#[pyo3(signature = (namespace, key, expected, new))]
+pub fn kv_compare_and_set(
+    py: Python<'_>,
+    namespace: String,
+    key: &[u8],
+    expected: Option<&[u8]>,
+    new: Option<&[u8]>,
+) -> PyResult<bool> {
+    let b = |v: Option<&[u8]>| v.map(|v| serde_bytes::ByteBuf::from(v.to_vec()));
+    let req = HeadRequest::KvCompareAndSet {
+        namespace,
+        key: key.to_vec(),
+        expected: b(expected),
+        new: b(new),
+    };
+    match ask_head(py, req)? {
+        HeadAnswer::Stored(b) => Ok(b),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Stores `value` under `key` unless a value is there; the value there afterwards.
+#[pyfunction]
+pub fn kv_setdefault<'py>(
+    py: Python<'py>,
+    namespace: String,
+    key: &[u8],
+    value: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let req = HeadRequest::KvSetDefault { namespace, key: key.to_vec(), value: value.to_vec() };
+    match ask_head(py, req)? {
+        HeadAnswer::Value(Some(v)) => Ok(PyBytes::new(py, &v)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Waits at most `wait_ms` at the head until the value under `key` differs from the one whose
+/// digest is `seen` (None: the value there now): `(digest, changed, value)`, the value only
+/// when changed. A watcher passes the digest back in its next call.
+#[pyfunction]
+#[pyo3(signature = (namespace, key, seen, wait_ms))]
+pub fn kv_watch<'py>(
+    py: Python<'py>,
+    namespace: String,
+    key: &[u8],
+    seen: Option<u64>,
+    wait_ms: u32,
+) -> PyResult<(u64, bool, Option<Bound<'py, PyBytes>>)> {
+    match ask_head(py, HeadRequest::KvWatch { namespace, key: key.to_vec(), seen, wait_ms })? {
+        HeadAnswer::KvWatched { digest, changed, value } => {
+            Ok((digest, changed, value.map(|v| PyBytes::new(py, &v))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The head's directory for the whole cluster: `{"actors": [...], "placement_groups": [...],
 /// "jobs": [...]}`, a dict per entry (see `volley.library.directory`).
 #[pyfunction]
@@ -373,6 +443,10 @@ pub fn register_head(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(kv_delete, m)?)?;
     m.add_function(wrap_pyfunction!(kv_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_incr, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_compare_and_set, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_setdefault, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_watch, m)?)?;
     m.add_function(wrap_pyfunction!(directory, m)?)?;
     Ok(())
 }

@@ -775,7 +775,19 @@ fn prepare(
         WorkerToNode::Actor { req, request: ActorRequest::Head(q) } => {
             // Not the scheduler's, and a member's question is a round trip: answered from a
             // thread of its own, so this worker's other messages are not held up behind it.
+            // Alone, the node is its own head and a key-value operation is a short call under
+            // the head's lock: answered here (a thread per `SharedDict` operation cost more
+            // than the operation).
             let q = std::mem::replace(q, HeadRequest::Directory);
+            if shared.links.get().is_none() && q.is_quick_kv() {
+                let answer = ActorAnswer::Head(shared.ask_head(q));
+                let reply = encode(&NodeToWorker::ActorReply { req: *req, answer })
+                    .map_err(|e| e.to_string())?;
+                if let Some(c) = shared.state.lock().conns.get(&w).cloned() {
+                    let _ = c.send(&reply);
+                }
+                return Ok(None);
+            }
             answer_from_thread(shared, w, *req, move |s| ActorAnswer::Head(s.ask_head(q)))?;
             return Ok(None);
         }

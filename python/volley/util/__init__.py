@@ -8,6 +8,8 @@
   ``volley.util.placement_group``).
 - ``volley.util.scheduling_strategies``: ``PlacementGroupSchedulingStrategy`` and
   ``NodeAffinitySchedulingStrategy``.
+- ``SharedDict`` (``volley.SharedDict``): a dictionary every process of the cluster sees
+  by name, with atomic ``incr`` and ``compare_and_set``.
 - ``volley.util.multiprocessing.Pool`` (``volley.multiprocessing.Pool``) and
   ``volley.util.joblib.register_ray`` (joblib's ``"ray"`` backend runs on volley).
 
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+from .._shared_dict import SharedDict
 from .actor_pool import ActorPool
 from .helpers import as_completed, map_unordered
 from .placement_group import (
@@ -35,4 +38,5 @@ __all__ = [
     "placement_group",
     "placement_group_table",
     "remove_placement_group",
+    "SharedDict",
 ]

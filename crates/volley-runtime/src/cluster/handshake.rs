@@ -439,10 +439,28 @@ impl Cluster {
             }
             PeerMsg::Head(req) if self.head.is_some() => {
                 // A question for the head: one answer (workers and objects asked of every
-                // node, see `node_ask`).
-                stall_for_tests();
-                let answer = self.answer_head(req);
-                let _ = send(&mut s, &PeerMsg::HeadReply(answer));
+                // node, see `node_ask`), then more questions on this connection while the
+                // asker keeps it (`status::ask_head` pools them: a `SharedDict` operation is
+                // not a handshake each), until it has been idle for `HEAD_CONN_IDLE`.
+                let mut req = req;
+                loop {
+                    stall_for_tests();
+                    let answer = self.answer_head(req);
+                    if send(&mut s, &PeerMsg::HeadReply(answer)).is_err() {
+                        return;
+                    }
+                    let _ = s.set_read_timeout(Some(HEAD_CONN_IDLE));
+                    req = match recv(&mut r) {
+                        Ok(PeerMsg::Head(next)) => next,
+                        _ => return,
+                    };
+                    if self.closed.load(Ordering::Acquire) {
+                        // A stopped head answers nothing more: the asker sees the connection
+                        // close and tries a fresh one, which is refused.
+                        return;
+                    }
+                    let _ = s.set_read_timeout(None);
+                }
             }
             PeerMsg::Node(req) => {
                 // A question about this node's own workers, objects or log files.
@@ -461,6 +479,10 @@ impl Cluster {
 
 /// `VOLLEY_TEST_HEAD_STALL_MS`: a head that takes a member's question and then says nothing for
 /// that long, as a stopped or wedged one does (tests of the member's answer timeout).
+/// How long the head keeps a member's connection for questions that has none in flight (the
+/// member's pool drops it sooner, see `status::POOL_IDLE`).
+const HEAD_CONN_IDLE: Duration = Duration::from_secs(10);
+
 fn stall_for_tests() {
     static STALL: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     let stall = STALL.get_or_init(|| {

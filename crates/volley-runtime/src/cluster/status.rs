@@ -1,14 +1,19 @@
-//! One question to a head on a connection of its own: `volley status` from outside the
-//! cluster, and a member's [`HeadRequest`] (the key-value table, the directory).
+//! Questions to a head on connections of their own: `volley status` from outside the
+//! cluster, and a member's [`HeadRequest`] (the key-value table, the directory), whose
+//! connections are kept in a small pool for the next question.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use volley_store::sync::Mutex;
 
 use volley_proto::{
     FrameReader, HeadAnswer, HeadRequest, NodeSnapshot, PeerMsg, ProtoError, Refusal,
 };
 
 use super::{handshake::connect, proto, recv, send, wire::msg_name};
-use crate::tls::TlsConfig;
+use crate::tls::{Conn, TlsConfig};
+
 use crate::RuntimeError;
 
 /// Asks the head at `addr` for the cluster's view (`volley status`).
@@ -84,7 +89,26 @@ pub fn ask_head(
     req: HeadRequest,
 ) -> Result<HeadAnswer, RuntimeError> {
     let timeout = head_answer_timeout()?;
-    let mut s = connect(addr, token, tls)?;
+    let key = pool_key(addr, token, tls.is_some());
+    // A pooled connection first (the head keeps it for more questions); one that the head
+    // closed meanwhile (idle, restarted) fails before the head read the question, and the
+    // question goes again on a fresh connection.
+    if let Some(s) = take_pooled(&key) {
+        if let Ok(answer) = ask_on(s, &key, timeout, req.clone()) {
+            return Ok(answer);
+        }
+    }
+    let s = connect(addr, token, tls)?;
+    ask_on(s, &key, timeout, req)
+}
+
+/// Asks `req` on `s` and, when answered, gives `s` back to the pool for the next question.
+fn ask_on(
+    mut s: Conn,
+    key: &str,
+    timeout: Duration,
+    req: HeadRequest,
+) -> Result<HeadAnswer, RuntimeError> {
     // A head that took the connection but never answers (stopped, wedged) is an error here,
     // not a driver hung in `kv_get`.
     s.set_read_timeout(Some(timeout))?;
@@ -106,9 +130,60 @@ pub fn ask_head(
         }
         Err(e) => return Err(proto(e)),
     };
+    drop(r);
     match answer {
-        PeerMsg::HeadReply(answer) => Ok(answer),
+        PeerMsg::HeadReply(answer) => {
+            give_back(key, s);
+            Ok(answer)
+        }
         PeerMsg::Refused { reason } => Err(RuntimeError::Refused(reason)),
         other => Err(RuntimeError::Refused(format!("unexpected answer {}", msg_name(&other)))),
+    }
+}
+
+/// How long a pooled connection to a head may sit unused before it is dropped rather than
+/// reused (under the head's `HEAD_CONN_IDLE`, so a reused one is rarely already closed).
+const POOL_IDLE: Duration = Duration::from_secs(5);
+/// The most idle connections kept per head.
+const POOL_MAX: usize = 8;
+
+/// Idle connections to heads, by address and credentials, with when each was last used; the
+/// process that made them (a forked child must not share its parent's sockets).
+struct Pool {
+    pid: u32,
+    idle: HashMap<String, Vec<(Conn, Instant)>>,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+fn pool_key(addr: &str, token: &[u8], tls: bool) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(token, &mut h);
+    format!("{addr}|{tls}|{:x}", std::hash::Hasher::finish(&h))
+}
+
+fn take_pooled(key: &str) -> Option<Conn> {
+    let mut pool = POOL.lock();
+    let p = pool.as_mut().filter(|p| p.pid == std::process::id())?;
+    let idle = p.idle.get_mut(key)?;
+    while let Some((s, since)) = idle.pop() {
+        if since.elapsed() < POOL_IDLE {
+            return Some(s);
+        }
+    }
+    None
+}
+
+fn give_back(key: &str, s: Conn) {
+    let mut pool = POOL.lock();
+    let me = std::process::id();
+    let p = match pool.as_mut() {
+        Some(p) if p.pid == me => p,
+        _ => pool.insert(Pool { pid: me, idle: HashMap::new() }),
+    };
+    let idle = p.idle.entry(key.to_string()).or_default();
+    idle.retain(|(_, since)| since.elapsed() < POOL_IDLE);
+    if idle.len() < POOL_MAX {
+        idle.push((s, Instant::now()));
     }
 }

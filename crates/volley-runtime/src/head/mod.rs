@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use volley_proto::{
-    Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId, NodeSnapshot,
-    PgInfo, Reservation,
+    kv_digest, Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId,
+    NodeSnapshot, PgInfo, Reservation, MAX_KV_WATCH_MS,
 };
-use volley_store::sync::Mutex;
+use volley_store::sync::{Condvar, Mutex};
 
 pub use store::{HeadStore, JobInfo, MemoryStore};
 
@@ -44,6 +44,8 @@ pub struct Head {
     epoch: u64,
     members: Mutex<Members>,
     dir: Mutex<Box<dyn HeadStore>>,
+    /// Notified (under `dir`'s lock) whenever a key-value entry changes, for `KvWatch`.
+    kv_changed: Condvar,
     /// Names claimed for creations not yet in the directory, with the claiming node and when
     /// (locked after `dir`, never before it).
     reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
@@ -66,6 +68,7 @@ impl Head {
             epoch: new_epoch(),
             members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
             dir: Mutex::new(store),
+            kv_changed: Condvar::new(),
             reserved: Mutex::new(HashMap::new()),
             jobs: Arc::new(jobs::Jobs::default()),
             tables: crate::state::Tables::default(),
@@ -313,6 +316,32 @@ impl Head {
                     .map(serde_bytes::ByteBuf::from)
                     .collect(),
             ),
+            HeadRequest::KvIncr { namespace, key, delta } => {
+                match self.kv_incr(&namespace, &key, delta) {
+                    Ok(n) => HeadAnswer::Counter(n),
+                    Err(why) => HeadAnswer::KvRefused(why),
+                }
+            }
+            HeadRequest::KvCompareAndSet { namespace, key, expected, new } => {
+                HeadAnswer::Stored(self.kv_compare_and_set(
+                    &namespace,
+                    &key,
+                    expected.as_deref().map(|v| &v[..]),
+                    new.map(|v| v.into_vec()),
+                ))
+            }
+            HeadRequest::KvSetDefault { namespace, key, value } => HeadAnswer::Value(Some(
+                serde_bytes::ByteBuf::from(self.kv_setdefault(&namespace, &key, value)),
+            )),
+            HeadRequest::KvWatch { namespace, key, seen, wait_ms } => {
+                let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_KV_WATCH_MS)));
+                let (digest, changed, value) = self.kv_watch(&namespace, &key, seen, wait);
+                HeadAnswer::KvWatched {
+                    digest,
+                    changed,
+                    value: value.map(serde_bytes::ByteBuf::from),
+                }
+            }
             HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
             HeadRequest::ReserveName { namespace, name, node } => {
                 HeadAnswer::Reservation(self.reserve_name(&namespace, &name, node))
@@ -431,7 +460,12 @@ impl Head {
 
     /// See [`HeadStore::kv_put`].
     pub fn kv_put(&self, namespace: &str, key: &[u8], value: Vec<u8>, overwrite: bool) -> bool {
-        self.dir.lock().kv_put(namespace, key, value, overwrite)
+        let mut dir = self.dir.lock();
+        let stored = dir.kv_put(namespace, key, value, overwrite);
+        if stored {
+            self.kv_changed.notify_all();
+        }
+        stored
     }
 
     pub fn kv_get(&self, namespace: &str, key: &[u8]) -> Option<Vec<u8>> {
@@ -439,11 +473,76 @@ impl Head {
     }
 
     pub fn kv_del(&self, namespace: &str, key: &[u8]) -> bool {
-        self.dir.lock().kv_del(namespace, key)
+        let mut dir = self.dir.lock();
+        let deleted = dir.kv_del(namespace, key);
+        if deleted {
+            self.kv_changed.notify_all();
+        }
+        deleted
     }
 
     pub fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.dir.lock().kv_keys(namespace, prefix)
+    }
+
+    /// See [`HeadStore::kv_incr`].
+    pub fn kv_incr(&self, namespace: &str, key: &[u8], delta: i64) -> Result<i64, String> {
+        let mut dir = self.dir.lock();
+        let n = dir.kv_incr(namespace, key, delta)?;
+        self.kv_changed.notify_all();
+        Ok(n)
+    }
+
+    /// See [`HeadStore::kv_compare_and_set`].
+    pub fn kv_compare_and_set(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> bool {
+        let mut dir = self.dir.lock();
+        let swapped = dir.kv_compare_and_set(namespace, key, expected, new);
+        if swapped {
+            self.kv_changed.notify_all();
+        }
+        swapped
+    }
+
+    /// See [`HeadStore::kv_setdefault`].
+    pub fn kv_setdefault(&self, namespace: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        let mut dir = self.dir.lock();
+        let now = dir.kv_setdefault(namespace, key, value);
+        self.kv_changed.notify_all();
+        now
+    }
+
+    /// Waits at most `wait` until the value under `key` differs from the one whose digest is
+    /// `seen` (`None`: the value there as the call starts); the digest of the value there then,
+    /// whether it differs, and the value when it does. The wait releases the head's lock, so
+    /// a watcher holds up nothing; every change of the table wakes it to compare.
+    pub fn kv_watch(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        seen: Option<u64>,
+        wait: Duration,
+    ) -> (u64, bool, Option<Vec<u8>>) {
+        let deadline = Instant::now() + wait;
+        let mut dir = self.dir.lock();
+        let base = seen.unwrap_or_else(|| kv_digest(dir.kv_get(namespace, key).as_deref()));
+        loop {
+            let value = dir.kv_get(namespace, key);
+            let digest = kv_digest(value.as_deref());
+            if digest != base {
+                return (digest, true, value);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (digest, false, None);
+            }
+            dir = self.kv_changed.wait_for(dir, deadline - now);
+        }
     }
 }
 

@@ -41,6 +41,76 @@ pub trait HeadStore: Send {
     fn kv_del(&mut self, namespace: &str, key: &[u8]) -> bool;
     /// The keys of `namespace` that start with `prefix`, in order.
     fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>>;
+
+    /// Adds `delta` to the integer under `key` (decimal text; a missing key counts as 0) and
+    /// stores the sum; the new value, or why not (not an integer, an overflow), with nothing
+    /// changed. One call is one step under the head's lock, so increments never get lost.
+    fn kv_incr(&mut self, namespace: &str, key: &[u8], delta: i64) -> Result<i64, String> {
+        let now = match self.kv_get(namespace, key) {
+            None => 0,
+            Some(v) => parse_counter(&v)?,
+        };
+        let new = now.checked_add(delta).ok_or_else(|| {
+            format!("incrementing {now} by {delta} overflows a 64-bit integer; nothing changed")
+        })?;
+        self.kv_put(namespace, key, new.to_string().into_bytes(), true);
+        Ok(new)
+    }
+
+    /// Stores `new` under `key` (`None`: deletes it) only if the value there is `expected`
+    /// (`None`: absent); true if it swapped.
+    fn kv_compare_and_set(
+        &mut self,
+        namespace: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> bool {
+        if self.kv_get(namespace, key).as_deref() != expected {
+            return false;
+        }
+        match new {
+            Some(v) => {
+                self.kv_put(namespace, key, v, true);
+            }
+            None => {
+                self.kv_del(namespace, key);
+            }
+        }
+        true
+    }
+
+    /// Stores `value` under `key` unless a value is there; the value there afterwards.
+    fn kv_setdefault(&mut self, namespace: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        match self.kv_get(namespace, key) {
+            Some(v) => v,
+            None => {
+                self.kv_put(namespace, key, value.clone(), false);
+                value
+            }
+        }
+    }
+}
+
+/// A counter's value from its stored bytes: an i64's decimal text (what `kv_incr` writes).
+pub fn parse_counter(v: &[u8]) -> Result<i64, String> {
+    let text = std::str::from_utf8(v).ok();
+    if let Some(n) = text.and_then(|t| t.trim().parse::<i64>().ok()) {
+        return Ok(n);
+    }
+    let what = match text {
+        Some(t) if t.chars().count() <= 40 => format!("the text {t:?}"),
+        Some(t) => format!(
+            "{} bytes of text starting {:?}",
+            v.len(),
+            t.chars().take(40).collect::<String>()
+        ),
+        None => format!("{} bytes that are not text", v.len()),
+    };
+    Err(format!(
+        "the value there is not an integer but {what}; incr counts only on integers (a value \
+         written by incr, or an integer's decimal text)"
+    ))
 }
 
 /// The name an actor is kept under in the directory: its name, or for a detached actor

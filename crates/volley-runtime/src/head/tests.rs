@@ -576,3 +576,142 @@ fn a_name_reported_at_creation_is_listed_at_once_and_outlives_an_older_heartbeat
     assert_eq!(lookup(&h), None, "gone with the first heartbeat that no longer lists it");
     assert_eq!(h.reserve_name("ns", "x", c), Reservation::Reserved);
 }
+
+fn incr(ns: &str, key: &[u8], delta: i64) -> HeadRequest {
+    HeadRequest::KvIncr { namespace: ns.into(), key: key.to_vec(), delta }
+}
+
+fn cas(key: &[u8], expected: Option<&[u8]>, new: Option<&[u8]>) -> HeadRequest {
+    let b = |v: Option<&[u8]>| v.map(|v| serde_bytes::ByteBuf::from(v.to_vec()));
+    HeadRequest::KvCompareAndSet {
+        namespace: "ns".into(),
+        key: key.to_vec(),
+        expected: b(expected),
+        new: b(new),
+    }
+}
+
+/// The store's atomic operations: incr counts from 0 on a missing key and on a value stored
+/// as decimal text, and refuses (changing nothing) a value that is not an integer and an
+/// overflow; compare-and-set swaps only on the expected value (absence included) and can
+/// delete; setdefault answers the value that is there.
+#[test]
+fn the_store_increments_swaps_and_sets_defaults() {
+    let mut s = MemoryStore::default();
+    assert_eq!(s.kv_incr("ns", b"n", 5), Ok(5));
+    assert_eq!(s.kv_incr("ns", b"n", -7), Ok(-2));
+    assert_eq!(s.kv_get("ns", b"n").as_deref(), Some(&b"-2"[..]));
+    s.kv_put("ns", b"text", b"41".to_vec(), true);
+    assert_eq!(s.kv_incr("ns", b"text", 1), Ok(42));
+    s.kv_put("ns", b"pickle", b"\x80\x05K\x01.".to_vec(), true);
+    let why = s.kv_incr("ns", b"pickle", 1).expect_err("a pickle");
+    assert!(why.contains("not an integer"), "{why}");
+    assert_eq!(s.kv_get("ns", b"pickle").as_deref(), Some(&b"\x80\x05K\x01."[..]));
+    s.kv_put("ns", b"max", i64::MAX.to_string().into_bytes(), true);
+    assert!(s.kv_incr("ns", b"max", 1).expect_err("an overflow").contains("overflows"));
+    assert_eq!(s.kv_incr("ns", b"max", 0), Ok(i64::MAX));
+
+    assert!(s.kv_compare_and_set("ns", b"c", None, Some(b"a".to_vec())), "absent as expected");
+    assert!(!s.kv_compare_and_set("ns", b"c", None, Some(b"b".to_vec())), "not absent now");
+    assert!(!s.kv_compare_and_set("ns", b"c", Some(b"x"), Some(b"b".to_vec())));
+    assert!(s.kv_compare_and_set("ns", b"c", Some(b"a"), Some(b"b".to_vec())));
+    assert_eq!(s.kv_get("ns", b"c").as_deref(), Some(&b"b"[..]));
+    assert!(s.kv_compare_and_set("ns", b"c", Some(b"b"), None), "a swap to nothing deletes");
+    assert_eq!(s.kv_get("ns", b"c"), None);
+
+    assert_eq!(s.kv_setdefault("ns", b"d", b"first".to_vec()), b"first");
+    assert_eq!(s.kv_setdefault("ns", b"d", b"second".to_vec()), b"first");
+    assert_eq!(s.kv_get("other", b"d"), None, "namespaces stay apart");
+}
+
+/// Through `Head::serve`: the answers of the new requests, the limits checked on them, and
+/// increments from 8 threads at once, 1,000 each, none lost; of 8 threads racing one
+/// compare-and-set from absent, exactly one wins.
+#[test]
+fn the_head_serves_atomic_key_value_operations_from_many_threads() {
+    let h = std::sync::Arc::new(head());
+    assert_eq!(h.serve(incr("ns", b"n", 3)), HeadAnswer::Counter(3));
+    h.serve(put("ns", b"s", b"hello", true));
+    assert!(
+        matches!(h.serve(incr("ns", b"s", 1)), HeadAnswer::KvRefused(m) if m.contains("\"hello\""))
+    );
+    assert_eq!(h.serve(cas(b"c", None, Some(b"v"))), HeadAnswer::Stored(true));
+    assert_eq!(h.serve(cas(b"c", None, Some(b"w"))), HeadAnswer::Stored(false));
+    let dflt = |v: &[u8]| HeadRequest::KvSetDefault {
+        namespace: "ns".into(),
+        key: b"d".to_vec(),
+        value: v.to_vec(),
+    };
+    assert_eq!(h.serve(dflt(b"1")), value(b"1"));
+    assert_eq!(h.serve(dflt(b"2")), value(b"1"));
+    let big = vec![0u8; volley_proto::MAX_KV_VALUE + 1];
+    assert!(matches!(h.serve(cas(b"c", Some(&big), None)), HeadAnswer::Error(_)));
+    assert!(matches!(h.serve(cas(b"c", Some(b"v"), Some(&big))), HeadAnswer::Error(_)));
+    assert!(matches!(h.serve(dflt(&big)), HeadAnswer::Error(_)));
+    let long_key = vec![b'k'; volley_proto::MAX_KV_KEY + 1];
+    assert!(matches!(h.serve(incr("ns", &long_key, 1)), HeadAnswer::Error(_)));
+
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    assert!(matches!(h.serve(incr("ns", b"many", 1)), HeadAnswer::Counter(_)));
+                }
+                h.serve(cas(b"race", None, Some(b"mine"))) == HeadAnswer::Stored(true)
+            })
+        })
+        .collect();
+    let wins = threads.into_iter().map(|t| t.join().expect("a thread")).filter(|w| *w).count();
+    assert_eq!(wins, 1);
+    assert_eq!(h.serve(get("ns", b"many")), value(b"8000"));
+}
+
+/// `KvWatch`: a wait with nothing changing ends unchanged at its deadline; a put from another
+/// thread wakes a watcher with the new value; a watcher that comes back with an old digest
+/// learns at once of a change it missed between two waits; a delete is a change too.
+#[test]
+fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
+    let h = std::sync::Arc::new(head());
+    let watch = |seen: Option<u64>, wait_ms: u32| HeadRequest::KvWatch {
+        namespace: "ns".into(),
+        key: b"w".to_vec(),
+        seen,
+        wait_ms,
+    };
+    let t0 = std::time::Instant::now();
+    let HeadAnswer::KvWatched { digest, changed: false, value: None } = h.serve(watch(None, 50))
+    else {
+        panic!("unchanged")
+    };
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(digest, volley_proto::kv_digest(None));
+
+    let writer = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            h.serve(put("ns", b"other", b"x", true)); // another key: wakes, no change
+            h.serve(put("ns", b"w", b"v1", true));
+        })
+    };
+    let answer = h.serve(watch(Some(digest), 10_000));
+    writer.join().expect("the writer");
+    let HeadAnswer::KvWatched { digest: d1, changed: true, value: Some(v) } = answer else {
+        panic!("changed: {answer:?}")
+    };
+    assert_eq!((&v[..], d1), (&b"v1"[..], volley_proto::kv_digest(Some(b"v1"))));
+
+    h.serve(put("ns", b"w", b"v2", true));
+    let HeadAnswer::KvWatched { changed: true, value: Some(v), .. } = h.serve(watch(Some(d1), 0))
+    else {
+        panic!("a change between two waits")
+    };
+    assert_eq!(&v[..], b"v2");
+    let d2 = volley_proto::kv_digest(Some(b"v2"));
+    h.serve(HeadRequest::KvDelete { namespace: "ns".into(), key: b"w".to_vec() });
+    assert_eq!(
+        h.serve(watch(Some(d2), 0)),
+        HeadAnswer::KvWatched { digest: 0, changed: true, value: None }
+    );
+}

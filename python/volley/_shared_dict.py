@@ -1,0 +1,360 @@
+"""``volley.SharedDict``: a dictionary that every driver, task and actor of the cluster sees by
+name (remoteD's shared dictionary server, without a server to start).
+
+It keeps nothing itself: each operation is one request to the cluster head's key-value table
+(a call on one machine, where the node is its own head; a round trip to the head in a cluster),
+under the namespace ``shareddict:<name>``. The head does ``incr``, ``compare_and_set``,
+``setdefault`` and ``pop`` atomically, so processes racing on one key never lose an update.
+
+Values are pickled (cloudpickle), except ``int`` values, which are kept as their decimal text
+so that the head can count on them (``incr``) and ``d[k] = 0`` followed by ``d.incr(k)`` works.
+A pickled value is at most :data:`MAX_VALUE_BYTES`; larger values through the object store
+come in a later step (see docs/shared-dict.md).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+from . import _core
+from ._session import ensure_init
+
+#: The most bytes a value may pickle to (the head's table is for small shared state).
+MAX_VALUE_BYTES = 1 << 20
+
+_NAMESPACE_PREFIX = "shareddict:"
+#: How long one wait of ``watch`` at the head lasts (Ctrl-C is seen between two).
+_WATCH_SLICE_MS = 500
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class _Missing:
+    """The marker for "no value" in :meth:`SharedDict.compare_and_set` (``None`` is a value)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SharedDict.MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+#: Passed as ``expected`` to :meth:`SharedDict.compare_and_set`: "the key is absent"; as
+#: ``new``: "delete the key".
+MISSING: Any = _Missing()
+
+
+def _encode(name: str, key: str, value: object) -> bytes:
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return str(value).encode()
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps(value, protocol=5)
+    except Exception as e:
+        raise TypeError(
+            f"SharedDict {name!r}: the value for key {key!r} ({type(value).__name__}) cannot "
+            f"be pickled: {e}"
+        ) from e
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueError(
+            f"SharedDict {name!r}: the value for key {key!r} pickles to {len(data)} bytes, "
+            f"over the limit of {MAX_VALUE_BYTES} bytes (1 MiB); keep large data in the object "
+            "store (volley.put) or a file and store its path here (large values through the "
+            "object store come in a later step)"
+        )
+    return data
+
+
+def _decode(name: str, key: str, data: bytes) -> Any:
+    if data[:1] == b"\x80":
+        return pickle.loads(data)
+    try:
+        return int(data)
+    except ValueError:
+        raise ValueError(
+            f"SharedDict {name!r}: the value under key {key!r} was not written by a SharedDict "
+            f"(neither a pickle nor an integer: {data[:40]!r})"
+        ) from None
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class SharedDict(MutableMapping):
+    """A dictionary kept by the cluster's head, the same for every process that opens it by
+    ``name``: the driver, tasks and actors, on any node. Keys are ``str``; values anything
+    picklable of at most 1 MiB pickled. The handle holds only the name, so it pickles into
+    tasks and actors; creating one costs nothing (volley starts, if it is not running, at the
+    first operation).
+
+    Each operation is one request to the head, and ``incr``, ``compare_and_set``,
+    ``setdefault`` and ``pop`` are atomic there. ``keys()``, ``values()`` and ``items()`` are
+    snapshots (lists), taken key by key; ``update`` stores key by key.
+
+    >>> d = volley.SharedDict("example-config")
+    >>> d["lr"] = 0.1
+    >>> d["layers"] = [64, 32]
+    >>> @volley.remote
+    ... def read(d):
+    ...     return d["lr"], d.get("missing", "default")
+    >>> volley.get(read.remote(d))
+    (0.1, 'default')
+    >>> sorted(d.keys())
+    ['layers', 'lr']
+    >>> d.clear()
+    """
+
+    #: See :data:`MISSING`.
+    MISSING: Any = MISSING
+
+    __slots__ = ("_name", "_ns")
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"a SharedDict's name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("a SharedDict's name must not be empty")
+        self._name = name
+        self._ns = _NAMESPACE_PREFIX + name
+
+    @property
+    def name(self) -> str:
+        """The name every process opens this dictionary by."""
+        return self._name
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (SharedDict, (self._name,))
+
+    def __repr__(self) -> str:
+        return f"SharedDict({self._name!r})"
+
+    def _key(self, key: object) -> bytes:
+        if not isinstance(key, str):
+            raise TypeError(
+                f"SharedDict {self._name!r}: keys are str, not {type(key).__name__} ({key!r})"
+            )
+        ensure_init()
+        return key.encode()
+
+    def _enc(self, key: str, value: object) -> bytes:
+        return _encode(self._name, key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        data = _core.kv_get(self._ns, self._key(key))
+        if data is None:
+            raise KeyError(key)
+        return _decode(self._name, key, data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        k = self._key(key)
+        _core.kv_put(self._ns, k, self._enc(key, value), True)
+
+    def __delitem__(self, key: str) -> None:
+        if not _core.kv_delete(self._ns, self._key(key)):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return _core.kv_get(self._ns, self._key(key)) is not None
+
+    def __len__(self) -> int:
+        ensure_init()
+        return len(_core.kv_keys(self._ns, b""))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``."""
+        data = _core.kv_get(self._ns, self._key(key))
+        return default if data is None else _decode(self._name, key, data)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``; if there is none, stores ``default`` and returns it, in
+        one atomic step (of racing processes, all get the value the first one stored)."""
+        k = self._key(key)
+        data = _core.kv_setdefault(self._ns, k, self._enc(key, default))
+        return _decode(self._name, key, data)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Stores every pair of ``other`` (a mapping or pairs) and of ``kwargs``, key by key
+        (not atomically as a whole)."""
+        pairs: Iterable[tuple[Any, Any]]
+        if isinstance(other, Mapping):
+            pairs = other.items()
+        elif hasattr(other, "keys"):
+            pairs = ((k, other[k]) for k in other.keys())
+        else:
+            pairs = other
+        encoded = [(self._key(k), self._enc(k, v)) for k, v in pairs]
+        encoded += [(self._key(k), self._enc(k, v)) for k, v in kwargs.items()]
+        for k, v in encoded:
+            _core.kv_put(self._ns, k, v, True)
+
+    def pop(self, key: str, default: Any = MISSING) -> Any:
+        """Removes ``key`` and returns its value, atomically (of racing processes, one gets
+        it); ``default`` if there is none, or ``KeyError`` without a default."""
+        k = self._key(key)
+        while True:
+            data = _core.kv_get(self._ns, k)
+            if data is None:
+                if default is MISSING:
+                    raise KeyError(key)
+                return default
+            if _core.kv_compare_and_set(self._ns, k, data, None):
+                return _decode(self._name, key, data)
+
+    def popitem(self) -> tuple[str, Any]:
+        """Removes some key and returns it with its value; ``KeyError`` when empty."""
+        for key in self.keys():
+            value = self.pop(key, MISSING)
+            if value is not MISSING:
+                return key, value
+        raise KeyError(f"SharedDict {self._name!r} is empty")
+
+    def clear(self) -> None:
+        """Deletes every key."""
+        ensure_init()
+        for k in _core.kv_keys(self._ns, b""):
+            _core.kv_delete(self._ns, k)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The keys now, sorted (a list: later changes do not show in it)."""
+        ensure_init()
+        return [k.decode() for k in _core.kv_keys(self._ns, b"")]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        """The pairs now, by key (a list; a key deleted while it is taken is left out)."""
+        out = []
+        for key in self.keys():
+            data = _core.kv_get(self._ns, key.encode())
+            if data is not None:
+                out.append((key, _decode(self._name, key, data)))
+        return out
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """The values now, in the order of their keys (a list)."""
+        return [v for _, v in self.items()]
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Adds ``delta`` to the integer under ``key`` (a missing key counts as 0) atomically
+        at the head and returns the new value: from any number of processes at once, no
+        increment is lost. A value there that is not an ``int`` is a ``ValueError`` (nothing
+        changes), as is a sum beyond 64 bits.
+
+        >>> hits = volley.SharedDict("example-hits")
+        >>> @volley.remote
+        ... def visit(d):
+        ...     for _ in range(10):
+        ...         d.incr("n")
+        >>> volley.get([visit.remote(hits) for _ in range(4)]) and None
+        >>> hits["n"]
+        40
+        >>> hits.incr("n", -40)
+        0
+        >>> hits.clear()
+        """
+        if type(delta) is not int:
+            raise TypeError(f"incr's delta must be an int, not {type(delta).__name__}")
+        if not _INT_MIN <= delta <= _INT_MAX:
+            raise ValueError(f"incr's delta must fit in 64 bits, not {delta}")
+        k = self._key(key)
+        try:
+            return _core.kv_incr(self._ns, k, delta)
+        except ValueError as e:
+            why = str(e)
+            data = _core.kv_get(self._ns, k)
+            if data is not None and data[:1] == b"\x80":
+                value = _decode(self._name, key, data)
+                why = f"the value there is a {type(value).__name__}, not an int"
+            raise ValueError(f"SharedDict {self._name!r}: cannot incr key {key!r}: {why}") from None
+
+    def watch(self, key: str, timeout: float | None = None) -> Any:
+        """Blocks until the value under ``key`` changes from what it is as the call starts (a
+        set to a different value, or a delete) and returns the new value
+        (``SharedDict.MISSING`` when deleted). ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit); Ctrl-C interrupts it. A value changed and changed back before
+        the head compares may go unseen: a watch is for "something changed", not a log.
+
+        >>> d = volley.SharedDict("example-watch")
+        >>> d["step"] = 0
+        >>> @volley.remote
+        ... def work(d):
+        ...     import time
+        ...     while "stop" not in d:  # a worker reporting its progress
+        ...         d.incr("step")
+        ...         time.sleep(0.05)
+        >>> ref = work.remote(d)
+        >>> d.watch("step", timeout=30) > 0  # wakes at its next step
+        True
+        >>> d["stop"] = True
+        >>> volley.get(ref)
+        >>> d.watch("step", timeout=0.05)
+        Traceback (most recent call last):
+        ...
+        TimeoutError: SharedDict 'example-watch': key 'step' did not change within 0.05 s
+        >>> d.clear()
+        """
+        import time
+
+        k = self._key(key)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            # Short waits at the head: Ctrl-C is seen between them.
+            left_ms = _WATCH_SLICE_MS
+            if deadline is not None:
+                left_ms = max(0, min(left_ms, int((deadline - time.monotonic()) * 1000)))
+            seen, changed, data = _core.kv_watch(self._ns, k, seen, left_ms)
+            if changed:
+                return MISSING if data is None else _decode(self._name, key, data)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"SharedDict {self._name!r}: key {key!r} did not change within {timeout} s"
+                )
+
+    def compare_and_set(self, key: str, expected: Any, new: Any) -> bool:
+        """Stores ``new`` under ``key`` only if its value is now equal to ``expected``, in one
+        atomic step; True if it did. ``SharedDict.MISSING`` as ``expected`` means "the key is
+        absent", and as ``new`` "delete the key". Of processes racing to change one value,
+        exactly one succeeds.
+
+        >>> d = volley.SharedDict("example-leader")
+        >>> d.compare_and_set("leader", SharedDict.MISSING, "worker-1")
+        True
+        >>> d.compare_and_set("leader", SharedDict.MISSING, "worker-2")
+        False
+        >>> d.compare_and_set("leader", "worker-1", SharedDict.MISSING), "leader" in d
+        (True, False)
+        """
+        k = self._key(key)
+        new_data = None if new is MISSING else self._enc(key, new)
+        if expected is MISSING:
+            return _core.kv_compare_and_set(self._ns, k, None, new_data)
+        attempt = self._enc(key, expected)
+        while True:
+            if _core.kv_compare_and_set(self._ns, k, attempt, new_data):
+                return True
+            # Equal values can pickle to different bytes (a dict's insertion order): compare
+            # what is there by value, and swap on its exact bytes.
+            data = _core.kv_get(self._ns, k)
+            if data is None or not _equal(_decode(self._name, key, data), expected):
+                return False
+            attempt = data
