@@ -401,6 +401,20 @@ impl Client {
         }
     }
 
+    /// Runs an op of this node's primitive service (queues) and waits for its answer (see
+    /// [`crate::prims`]); `timeout` bounds how long a parked op waits.
+    pub fn prim<E>(
+        &self,
+        op: volley_proto::PrimOp,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<volley_proto::PrimResult, WaitError<E>> {
+        match &self.backend {
+            Backend::Node(n) => n.prim(op, timeout, check),
+            Backend::Worker(w) => w.prim(op, timeout, check),
+        }
+    }
+
     /// Waits for the next item of a stream this process called.
     pub fn stream_next<E>(
         &self,
