@@ -74,18 +74,38 @@ struct Inner {
     /// Workers' connections, taken from the node's table on their first op (so an answer does
     /// not take the scheduler's lock).
     conns: HashMap<WorkerId, Arc<Outbox>>,
+    /// Items handed to each worker whose arrival it has not acknowledged yet, as (request,
+    /// queue, item): if it dies first they go back to the head of their queues, so an item on
+    /// its way to a consumer killed mid-`get` is not lost.
+    unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
 }
 
 /// The node's primitive service.
-#[derive(Default)]
 pub struct Prims {
     inner: Mutex<Inner>,
     /// Wakes the driver's threads when `local` gets an answer.
     local_cv: Condvar,
 }
 
+impl Default for Prims {
+    /// Ids start at a random point, so that an id taken to another node (or kept from an
+    /// earlier session) names no queue there instead of someone else's.
+    fn default() -> Prims {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed =
+            (nanos ^ (u64::from(std::process::id()) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let inner = Inner { next_id: (seed >> 12) << 8, ..Inner::default() };
+        Prims { inner: Mutex::new(inner), local_cv: Condvar::new() }
+    }
+}
+
 fn gone(queue: u64) -> PrimResult {
-    PrimResult::Closed(format!("queue {queue} was shut down (or never made on this node)"))
+    PrimResult::Closed(format!(
+        "queue {queue} was shut down, or was made on another node (queues do not cross nodes \
+         yet) or in another session"
+    ))
 }
 
 impl Inner {
@@ -95,7 +115,13 @@ impl Inner {
             Who::Local => {
                 self.local.insert(w.req, result);
             }
-            Who::Worker(worker) => out.push(Delivery { worker, req: w.req, result, queue }),
+            Who::Worker(worker) => {
+                if let PrimResult::Item(item) = &result {
+                    let copy = (w.req, queue, item.clone());
+                    self.unacked.entry(worker).or_default().push(copy);
+                }
+                out.push(Delivery { worker, req: w.req, result, queue })
+            }
         }
     }
 
@@ -203,6 +229,16 @@ impl Inner {
                 self.answer(me, queue, result, out);
             }
             PrimOp::Unget { queue, item } => self.unget(queue, item, out),
+            PrimOp::Ack => {
+                if let Who::Worker(w) = who {
+                    if let Some(list) = self.unacked.get_mut(&w) {
+                        list.retain(|(r, _, _)| *r != req);
+                        if list.is_empty() {
+                            self.unacked.remove(&w);
+                        }
+                    }
+                }
+            }
             PrimOp::TaskDone { queue } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return self.answer(me, queue, gone(queue), out);
@@ -246,8 +282,9 @@ impl Inner {
         }
     }
 
-    /// Drops every op `w` has parked (its process is gone).
-    fn drop_worker(&mut self, w: WorkerId) {
+    /// Drops every op `w` has parked (its process is gone) and puts back the items it had
+    /// not acknowledged.
+    fn drop_worker(&mut self, w: WorkerId, out: &mut Vec<Delivery>) {
         let mine: Vec<((Who, u64), (u64, Parked))> = self
             .parked
             .iter()
@@ -263,6 +300,9 @@ impl Inner {
             }
         }
         self.conns.remove(&w);
+        for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
+            self.unget(queue, item, out);
+        }
     }
 }
 
@@ -287,9 +327,12 @@ impl Prims {
         self.op(Who::Local, u64::MAX, PrimOp::Unget { queue, item })
     }
 
-    /// Forgets worker `w`: its parked ops are dropped, so nothing is handed to a dead process.
-    pub fn drop_worker(&self, w: WorkerId) {
-        self.inner.lock().drop_worker(w);
+    /// Forgets worker `w`: its parked ops are dropped, so nothing is handed to a dead process,
+    /// and the items it had not acknowledged go back; returns answers for other workers.
+    pub fn drop_worker(&self, w: WorkerId) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        self.inner.lock().drop_worker(w, &mut out);
+        out
     }
 
     /// How many ops are parked now (tests, diagnostics).
@@ -382,8 +425,15 @@ pub(crate) fn serve_worker(shared: &Shared, w: WorkerId, req: u64, op: PrimOp) {
     deliver(shared, out);
 }
 
-/// Sends answers to workers. An item for a worker whose connection is gone goes back to its
-/// queue (to the next getter), so a consumer killed while it waited loses nothing.
+/// Forgets worker `w` (its connection closed), putting back the items it had not acknowledged,
+/// so a consumer killed while an item was on its way to it loses nothing.
+pub(crate) fn worker_gone(shared: &Shared, w: WorkerId) {
+    let out = shared.prims.drop_worker(w);
+    deliver(shared, out);
+}
+
+/// Sends answers to workers. A worker whose connection is gone is forgotten (see
+/// [`worker_gone`]): its items go back to their queues, to the next getter.
 pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
     let mut out = VecDeque::from(out);
     while let Some(d) = out.pop_front() {
@@ -408,10 +458,8 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
             _ => false,
         };
         if !sent {
-            shared.prims.drop_worker(d.worker);
-            if let NodeToWorker::PrimReply { result: PrimResult::Item(item), .. } = msg {
-                out.extend(shared.prims.unget(d.queue, item));
-            }
+            // Its items (this one included) go back to their queues.
+            out.extend(shared.prims.drop_worker(d.worker));
         }
     }
 }

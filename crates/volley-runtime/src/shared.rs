@@ -364,7 +364,7 @@ impl Shared {
             life.reader_done = true;
             life.exit.clone()
         };
-        self.prims.drop_worker(id);
+        crate::prims::worker_gone(self, id);
         self.with(|st, _| {
             if let Some(c) = st.conns.remove(&id) {
                 c.shutdown();

@@ -307,6 +307,13 @@ impl WorkerConn {
                     }
                 }
                 NodeToWorker::PrimReply { req, result } => {
+                    if matches!(result, volley_proto::PrimResult::Item(_)) {
+                        // The node keeps a copy of an item until this process has it.
+                        let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
+                        if let Ok(b) = encode(&ack) {
+                            let _ = self.out.send_soon(&b);
+                        }
+                    }
                     inner.replies.insert(req, Reply::Prim(result));
                 }
                 NodeToWorker::Ready { ids } => inner.ready.extend(ids),
@@ -504,7 +511,7 @@ impl WorkerConn {
             }
             if let Err(e) = check() {
                 interrupted = Some(e);
-            } else if !deadline.is_some_and(|d| Instant::now() >= d) {
+            } else if deadline.is_none_or(|d| Instant::now() < d) {
                 continue;
             }
             cancelled = true;

@@ -128,14 +128,22 @@ fn dead_worker_loses_nothing() {
     let q = create(&p, 0);
     p.op(w(2), 1, PrimOp::Get { queue: q, block: true });
     p.op(w(3), 1, PrimOp::Get { queue: q, block: true });
-    p.drop_worker(WorkerId(2));
+    assert!(p.drop_worker(WorkerId(2)).is_empty());
     let out = answers(p.op(w(1), 2, put(q, b"a", true)));
     assert_eq!(out[0], (3, 1, PrimResult::Item(b"a".to_vec())));
-    // An item whose taker turned out to be gone goes back to the head of the queue.
+    // Worker 3 dies before its next op: the item it was handed goes back to the head.
     p.op(w(1), 3, put(q, b"b", true));
-    p.unget(q, b"a".to_vec());
+    assert!(p.drop_worker(WorkerId(3)).is_empty());
     let out = answers(p.op(w(4), 1, PrimOp::Get { queue: q, block: false }));
     assert_eq!(out, vec![(4, 1, PrimResult::Item(b"a".to_vec()))]);
+    // Worker 4 acknowledges "a": its death now gives back nothing.
+    p.op(w(4), 1, PrimOp::Ack);
+    // A parked getter gets a dead worker's unacknowledged item at once.
+    p.op(w(5), 1, PrimOp::Get { queue: q, block: false }); // "b", unacknowledged
+    p.op(w(6), 1, PrimOp::Get { queue: q, block: true }); // parked
+    let out = answers(p.drop_worker(WorkerId(5)));
+    assert_eq!(out, vec![(6, 1, PrimResult::Item(b"b".to_vec()))]);
+    assert!(p.drop_worker(WorkerId(4)).is_empty());
 }
 
 #[test]
