@@ -257,3 +257,22 @@ def test_queue_in_a_task_answers_from_the_same_node(volley_2cpu):
     assert json.loads(q.get(timeout=60)) == {"k": 1}
     assert volley.get(ref, timeout=60) == 1
     assert poll(lambda: q.empty())
+
+
+@volley.remote
+def put_into_shut_queue(a: Queue, b: Queue) -> str:
+    a.put("lost")  # unbounded: sent without waiting for the answer
+    try:
+        b.qsize()  # a round trip: the failure of the put above has arrived by its end...
+        b.qsize()  # ...so this raises it, if the first did not
+    except ChannelClosed as e:
+        return str(e)
+    return "no error"
+
+
+def test_a_put_without_answer_fails_at_the_next_op(volley_2cpu):
+    a, b = Queue(), Queue()
+    a.shutdown()
+    message = volley.get(put_into_shut_queue.remote(a, b), timeout=60)
+    assert f"queue {a._id} was shut down" in message
+    assert b.qsize() == 0

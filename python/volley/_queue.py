@@ -83,7 +83,10 @@ class Queue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Appends ``item``, waiting up to ``timeout`` seconds (None: for ever) for room in a
         full queue; raises ``queue.Full`` if there is none (at once when ``block`` is false)."""
-        if not _core.queue_put(self._id, _dumps(item), block, _timeout(block, timeout)):
+        # An unbounded queue always has room: a worker sends the item without waiting for
+        # the node's answer (a failure, such as a shut queue, raises at its next queue op).
+        unbounded = self._maxsize == 0
+        if not _core.queue_put(self._id, _dumps(item), block, _timeout(block, timeout), unbounded):
             raise Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 /// in the object store: put an `ObjectRef` in the queue instead.
 pub const MAX_PRIM_ITEM: usize = 64 << 20;
 
+/// The request id of an op whose sender does not wait for its answer (a `put` on an unbounded
+/// queue, which always succeeds): the node answers it only if it failed (`Closed`, `Error`),
+/// and the sender reports that failure at its next op.
+pub const PRIM_NO_REPLY: u64 = 0;
+
 /// One operation on the node's primitive service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum PrimOp {

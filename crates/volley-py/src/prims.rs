@@ -57,19 +57,30 @@ fn queue_create(py: Python<'_>, maxsize: u64) -> PyResult<u64> {
     }
 }
 
-/// Appends `item`; False if the queue stayed full (`block` false, or `timeout` passed).
+/// Appends `item`; False if the queue stayed full (`block` false, or `timeout` passed). With
+/// `no_reply` (an unbounded queue, where a put always succeeds) a worker does not wait for
+/// the node's answer: a failure is raised by its next queue op.
 #[pyfunction]
-#[pyo3(signature = (queue, item, block = true, timeout = None))]
+#[pyo3(signature = (queue, item, block = true, timeout = None, no_reply = false))]
 fn queue_put(
     py: Python<'_>,
     queue: u64,
     item: &Bound<'_, PyBytes>,
     block: bool,
     timeout: Option<f64>,
+    no_reply: bool,
 ) -> PyResult<bool> {
     let timeout = timeout_of(timeout)?;
     let op = PrimOp::Put { queue, item: item.as_bytes().to_vec(), block };
-    match run(py, op, timeout)? {
+    let result = if no_reply {
+        let c = client()?;
+        enter(py, || c.prim_no_reply(op))?
+    } else {
+        run(py, op, timeout)?
+    };
+    match result {
+        PrimResult::Closed(m) => Err(closed(py, m)),
+        PrimResult::Error(m) => Err(PyValueError::new_err(m)),
         PrimResult::Done => Ok(true),
         PrimResult::Full => Ok(false),
         r => Err(unexpected(r)),

@@ -13,7 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use volley_proto::{encode, NodeToWorker, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM};
+use volley_proto::{
+    encode, NodeToWorker, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM, PRIM_NO_REPLY,
+};
 use volley_store::sync::{Condvar, Mutex};
 
 use crate::outbox::Outbox;
@@ -115,6 +117,7 @@ impl Inner {
             Who::Local => {
                 self.local.insert(w.req, result);
             }
+            Who::Worker(_) if w.req == PRIM_NO_REPLY && result == PrimResult::Done => {}
             Who::Worker(worker) => {
                 if let PrimResult::Item(item) = &result {
                     let copy = (w.req, queue, item.clone());

@@ -112,6 +112,8 @@ struct Inner {
     interrupted: bool,
     shutdown: bool,
     closed: bool,
+    /// The failure of an op sent without waiting (`PRIM_NO_REPLY`), reported at the next op.
+    prim_failed: Option<volley_proto::PrimResult>,
 }
 
 /// The running task, as seen by `finish_task`.
@@ -306,6 +308,9 @@ impl WorkerConn {
                         inner.replies.insert(req, Reply::Actor(answer));
                     }
                 }
+                NodeToWorker::PrimReply { req: volley_proto::PRIM_NO_REPLY, result } => {
+                    inner.prim_failed.get_or_insert(result);
+                }
                 NodeToWorker::PrimReply { req, result } => {
                     if matches!(result, volley_proto::PrimResult::Item(_)) {
                         // The node keeps a copy of an item until this process has it.
@@ -464,6 +469,9 @@ impl WorkerConn {
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<volley_proto::PrimResult, WaitError<E>> {
         use volley_proto::{PrimOp, PrimResult};
+        if let Some(failed) = self.inner.lock().prim_failed.take() {
+            return Ok(failed);
+        }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let get_from = match &op {
             PrimOp::Get { queue, .. } => Some(*queue),
@@ -518,6 +526,19 @@ impl WorkerConn {
             self.send(&WorkerToNode::Prim { req, op: PrimOp::Cancel })
                 .map_err(|_| WaitError::Closed)?;
         }
+    }
+
+    /// Sends an op whose answer nobody waits for (see `PRIM_NO_REPLY`), batched with the
+    /// ones that follow during a burst; the failure of an earlier one is returned instead.
+    pub fn prim_no_reply(
+        &self,
+        op: volley_proto::PrimOp,
+    ) -> Result<volley_proto::PrimResult, RuntimeError> {
+        if let Some(failed) = self.inner.lock().prim_failed.take() {
+            return Ok(failed);
+        }
+        self.send_soon(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op })?;
+        Ok(volley_proto::PrimResult::Done)
     }
 
     /// Wraps a value from the node, taking over the lease the node registered for it.

@@ -415,6 +415,20 @@ impl Client {
         }
     }
 
+    /// Runs an op whose answer is `Done` unless it fails (a `put` on an unbounded queue) without
+    /// waiting for it in a worker: a failure is returned by this process's next op.
+    pub fn prim_no_reply(
+        &self,
+        op: volley_proto::PrimOp,
+    ) -> Result<volley_proto::PrimResult, ClientError> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.prim(op, None, || Ok::<(), ()>(())).map_err(|_| ClientError::Closed)
+            }
+            Backend::Worker(w) => w.prim_no_reply(op).map_err(ClientError::from),
+        }
+    }
+
     /// Waits for the next item of a stream this process called.
     pub fn stream_next<E>(
         &self,
