@@ -276,3 +276,24 @@ def test_a_put_without_answer_fails_at_the_next_op(volley_2cpu):
     message = volley.get(put_into_shut_queue.remote(a, b), timeout=60)
     assert f"queue {a._id} was shut down" in message
     assert b.qsize() == 0
+
+
+def test_shutdown_of_volley_ends_a_blocked_get(volley_2cpu):
+    import threading
+
+    q = Queue()
+    errors: list = []
+
+    def blocked() -> None:
+        try:
+            q.get()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    time.sleep(0.3)
+    volley.shutdown()
+    t.join(timeout=10)
+    assert not t.is_alive(), "a get blocked in the driver outlived volley.shutdown()"
+    assert len(errors) == 1 and "shut down" in str(errors[0]), errors

@@ -399,6 +399,13 @@ pub(crate) fn call_local<E>(
     };
     deliver(shared, prims.op(Who::Local, req, op));
     let deadline = timeout.map(|t| Instant::now() + t);
+    // `None`: the node shut down under the waiting caller.
+    let mut check = || {
+        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(None);
+        }
+        check().map_err(Some)
+    };
     match prims.wait_local(req, deadline, &mut check) {
         Ok(Some(r)) => Ok(r),
         Ok(None) => {
@@ -407,7 +414,8 @@ pub(crate) fn call_local<E>(
             let r = prims.wait_local(req, None, &mut || Ok::<(), ()>(()));
             Ok(r.ok().flatten().unwrap_or(PrimResult::Empty))
         }
-        Err(e) => {
+        Err(None) => Err(WaitError::Closed),
+        Err(Some(e)) => {
             deliver(shared, prims.op(Who::Local, req, PrimOp::Cancel));
             if let Ok(Some(PrimResult::Item(item))) =
                 prims.wait_local(req, None, &mut || Ok::<(), ()>(()))
