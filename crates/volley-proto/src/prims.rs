@@ -51,9 +51,10 @@ pub enum PrimOp {
     TaskDone { queue: u64 },
     /// Wait until every item put has been marked done; answered `Done` or `Closed`.
     Join { queue: u64 },
-    /// A worker received the `Item` answering its request `req` (sent by its connection's
-    /// reader as the answer arrives): until then the node keeps a copy, which goes back to the
-    /// queue if the worker dies. Answered nothing.
+    /// A worker received the `Item` answering its request `req` (queued by its connection's
+    /// reader as the answer arrives, written with the worker's next message: its next request
+    /// or its task's result): until then the node keeps a copy, which goes back to the queue if
+    /// the worker dies. Answered nothing.
     Ack,
 }
 

@@ -118,26 +118,6 @@ impl Outbox {
         self.flush()
     }
 
-    /// Appends one frame that may wait: it goes with the next frame written, or with the
-    /// flusher thread at most [`FLUSH_DELAY`] later (a queue item's acknowledgement, which the
-    /// worker's next request carries for free).
-    pub fn send_later(self: &Arc<Self>, payload: &[u8]) -> Result<(), ProtoError> {
-        check_size(payload)?;
-        self.push(payload);
-        let mut p = self.pending.lock();
-        if p.queued || p.buf.is_empty() {
-            return Ok(());
-        }
-        if let Some(f) = flusher() {
-            p.queued = true;
-            drop(p);
-            f.enqueue(self.clone());
-            return Ok(());
-        }
-        drop(p);
-        self.flush()
-    }
-
     /// Appends one frame and writes it now (with anything pending before it).
     pub fn send(&self, payload: &[u8]) -> Result<(), ProtoError> {
         check_size(payload)?;

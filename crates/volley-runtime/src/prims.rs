@@ -78,7 +78,9 @@ struct Inner {
     conns: HashMap<WorkerId, Arc<Outbox>>,
     /// Items handed to each worker whose arrival it has not acknowledged yet, as (request,
     /// queue, item): if it dies first they go back to the head of their queues, so an item on
-    /// its way to a consumer killed mid-`get` is not lost.
+    /// its way to a consumer killed mid-`get` is not lost. The acknowledgement rides on the
+    /// worker's next message (no write of its own: a get stays one round trip), so an item a
+    /// consumer took and was killed before its next message reaches another consumer too.
     unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
 }
 

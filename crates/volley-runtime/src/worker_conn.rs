@@ -316,8 +316,8 @@ impl WorkerConn {
                         // The node keeps a copy of an item until this process has it.
                         let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
                         if let Ok(b) = encode(&ack) {
-                            // With the next request, usually: no write of its own.
-                            let _ = self.out.send_later(&b);
+                            // With this process's next message: no write of its own.
+                            self.out.push(&b);
                         }
                     }
                     inner.replies.insert(req, Reply::Prim(result));
