@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     n = args.messages
+    load_before = os.getloadavg()[0]
     volley.init(num_cpus=2)
     consumer = _VConsumer.remote()
     volley.get(consumer.ready.remote())
@@ -174,6 +175,7 @@ def main() -> None:
     volley.shutdown()
     ray = ray_rate(min(n, 2000))
     vm, mm = statistics.median(v), statistics.median(m)
+    load_after = os.getloadavg()[0]
     rows = [
         (
             "volley `util.queue.Queue` (task -> actor)",
@@ -190,7 +192,9 @@ def main() -> None:
         f"`python benchmarks/channels.py --messages {n} --runs {args.runs}`, "
         f"{datetime.date.today()}, {os.cpu_count()} cores. 1 KiB messages, one producer "
         "process, one consumer process, messages/s timed in the consumer (median of the runs; "
-        "the runs alternate volley and multiprocessing).",
+        "the runs alternate volley and multiprocessing). Load average (1 min) "
+        f"{load_before:.1f} before, {load_after:.1f} after: on a shared machine the figures "
+        "vary by 2x from run to run; rerun on a quiet one.",
         "",
         "| queue | messages/s (median) | runs |",
         "|---|---:|---|",

@@ -297,3 +297,15 @@ def test_shutdown_of_volley_ends_a_blocked_get(volley_2cpu):
     t.join(timeout=10)
     assert not t.is_alive(), "a get blocked in the driver outlived volley.shutdown()"
     assert len(errors) == 1 and "shut down" in str(errors[0]), errors
+
+
+def test_cancelling_a_task_blocked_in_get_leaves_the_queue_whole(volley_2cpu):
+    q = Queue()
+    waiting = get_one.remote(q)
+    time.sleep(0.5)  # let it park in get()
+    volley.cancel(waiting)
+    with pytest.raises(volley.exceptions.TaskCancelledError):
+        volley.get(waiting, timeout=60)
+    q.put("kept")  # the cancelled get is no longer waiting: the item stays for the next
+    assert q.get(timeout=10) == "kept"
+    assert q.empty()
