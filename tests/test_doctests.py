@@ -23,8 +23,6 @@ PACKAGE = Path(volley.__file__).parent
 MODULES = sorted(
     ".".join(("volley", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
     for p in PACKAGE.rglob("*.py")
-    # A placeholder whose import raises, saying which issue brings it.
-    if p.relative_to(PACKAGE).as_posix() != "util/queue.py"
 )
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

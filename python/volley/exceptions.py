@@ -21,6 +21,7 @@ __all__ = [
     "ActorDiedError",
     "ActorError",
     "EndOfStreamError",
+    "ChannelClosed",
     # Ray's names (see docs/from-ray.md)
     "RayError",
     "RayTaskError",
@@ -184,6 +185,12 @@ class ActorCreationError(TaskError, ActorDiedError):
 class EndOfStreamError(VolleyError):
     """A streaming task ended before producing the item asked for. A stream's iterator turns
     this into ``StopIteration``; it reaches users only through an item ref taken past the end.
+    """
+
+
+class ChannelClosed(VolleyError):
+    """A queue (or channel) was shut down, or its home node is gone: the operation on it, and
+    every later one, fails with this error naming it.
     """
 
 

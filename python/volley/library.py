@@ -26,6 +26,7 @@ from ._map_items import capture_error, run_items, traceback_text
 from ._objects import cancel_soon, may_be_remote
 from ._options import check_options
 from ._progress import Bar as ProgressBar
+from ._queue import JoinableQueue, Queue
 from ._remote_function import unwrap
 from ._session import ensure_init
 
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 __all__ = [
+    "JoinableQueue",
     "ProgressBar",
+    "Queue",
     "cancel_soon",
     "capture_error",
     "check_options",

@@ -16,6 +16,7 @@ mod ids;
 mod jobs;
 mod messages;
 mod node_ask;
+mod prims;
 mod snapshot;
 mod state;
 
@@ -42,6 +43,7 @@ pub use messages::{
     Strategy, TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
 pub use node_ask::{LogEntry, NodeAnswer, NodeAsk, NodeRequest, MAX_LOG_CHUNK};
+pub use prims::{PrimOp, PrimResult, MAX_PRIM_ITEM, PRIM_NO_REPLY};
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
 pub use state::{
     ActorRow, Filter, FilterOp, StateAnswer, StateQuery, StateRows, TaskError, TaskRow,

@@ -393,6 +393,8 @@ pub enum NodeToWorker {
     AllocReply { req: u64, result: Result<(u64, u64), String> },
     /// Answers `Actor`.
     ActorReply { req: u64, answer: ActorAnswer },
+    /// Answers `Prim` (see `prims.rs`).
+    PrimReply { req: u64, result: crate::PrimResult },
 }
 
 /// Requests about actors that need an answer (from a worker; a driver calls its node directly).
@@ -586,6 +588,12 @@ pub enum WorkerToNode {
     /// `maxtasksperchild`): give it no more tasks and take back those queued behind; its exit is
     /// not a crash.
     Retire,
+    /// An op on the node's primitive service (queues), answered by `PrimReply` with the same
+    /// `req` (a `Cancel` names the request it cancels).
+    Prim {
+        req: u64,
+        op: crate::PrimOp,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {

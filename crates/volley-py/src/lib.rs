@@ -16,6 +16,7 @@ mod logs;
 mod node_logs;
 mod object_ref;
 mod options;
+mod prims;
 mod state;
 mod store;
 
@@ -964,6 +965,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logs::register(m)?;
     node_logs::register(m)?;
     state::register(m)?;
+    prims::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

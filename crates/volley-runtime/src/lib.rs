@@ -28,6 +28,7 @@ mod logs;
 mod memory;
 mod node;
 mod outbox;
+pub mod prims;
 mod rundir;
 mod shared;
 mod spin;

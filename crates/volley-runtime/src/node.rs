@@ -131,6 +131,7 @@ impl Node {
             started: Instant::now(),
             links: std::sync::OnceLock::new(),
             head: Arc::new(Head::new(Box::new(MemoryStore::default()))),
+            prims: crate::prims::Prims::default(),
         });
         shared.head.job_table().set_python(&cfg.python);
         let spec = SpawnSpec {
@@ -324,6 +325,17 @@ impl Node {
             _ => {}
         }
         self.shared.with(|st, out| actor_request(&mut st.sched, Holder::Local, request, out))
+    }
+
+    /// Runs an op of the primitive service (queues) for this process and waits for its answer;
+    /// a parked op is cancelled after `timeout` (answered `Empty`/`Full`) or an interrupt.
+    pub fn prim<E>(
+        &self,
+        op: volley_proto::PrimOp,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<volley_proto::PrimResult, WaitError<E>> {
+        crate::prims::call_local(&self.shared, op, timeout, check)
     }
 
     /// Waits for `item` of a stream this process is the caller of (see `Scheduler::stream_next`).
@@ -772,6 +784,12 @@ fn prepare(
             }
             return Ok(None);
         }
+        WorkerToNode::Prim { req, op } => {
+            // The primitive service's, under its own lock, in this worker's order.
+            let op = std::mem::replace(op, volley_proto::PrimOp::Cancel);
+            crate::prims::serve_worker(shared, w, *req, op);
+            return Ok(None);
+        }
         WorkerToNode::Actor { req, request: ActorRequest::Head(q) } => {
             // Not the scheduler's, and a member's question is a round trip: answered from a
             // thread of its own, so this worker's other messages are not held up behind it.
@@ -992,6 +1010,8 @@ fn apply(s: &mut Scheduler, w: WorkerId, msg: WorkerToNode, out: &mut Vec<Action
             }
             WorkerToNode::StreamRelease { task, from } => s.stream_release(h, task, from, out),
             WorkerToNode::Retire => s.worker_retiring(w, out),
+            // Taken before the scheduler (`prepare`): the primitive service's.
+            WorkerToNode::Prim { .. } => {}
             WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}
         }
     }

@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     /// The cluster's membership and directory while this node is its own head (alone, or the
     /// head of a cluster); unused once it joined another head.
     pub(crate) head: Arc<crate::head::Head>,
+    /// Queues (and later channels and locks) made by this node's processes (`prims.rs`).
+    pub(crate) prims: crate::prims::Prims,
 }
 
 /// Work to do after the state lock is released.
@@ -362,6 +364,7 @@ impl Shared {
             life.reader_done = true;
             life.exit.clone()
         };
+        crate::prims::worker_gone(self, id);
         self.with(|st, _| {
             if let Some(c) = st.conns.remove(&id) {
                 c.shutdown();

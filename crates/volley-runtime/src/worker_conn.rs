@@ -90,6 +90,7 @@ pub enum Reply {
     /// A segment's handle and offset, or why there is none.
     Alloc(Result<(u64, u64), String>),
     Actor(volley_proto::ActorAnswer),
+    Prim(volley_proto::PrimResult),
 }
 
 #[derive(Default)]
@@ -111,6 +112,8 @@ struct Inner {
     interrupted: bool,
     shutdown: bool,
     closed: bool,
+    /// The failure of an op sent without waiting (`PRIM_NO_REPLY`), reported at the next op.
+    prim_failed: Option<volley_proto::PrimResult>,
 }
 
 /// The running task, as seen by `finish_task`.
@@ -305,6 +308,20 @@ impl WorkerConn {
                         inner.replies.insert(req, Reply::Actor(answer));
                     }
                 }
+                NodeToWorker::PrimReply { req: volley_proto::PRIM_NO_REPLY, result } => {
+                    inner.prim_failed.get_or_insert(result);
+                }
+                NodeToWorker::PrimReply { req, result } => {
+                    if matches!(result, volley_proto::PrimResult::Item(_)) {
+                        // The node keeps a copy of an item until this process has it.
+                        let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
+                        if let Ok(b) = encode(&ack) {
+                            // With this process's next message: no write of its own.
+                            self.out.push(&b);
+                        }
+                    }
+                    inner.replies.insert(req, Reply::Prim(result));
+                }
                 NodeToWorker::Ready { ids } => inner.ready.extend(ids),
                 NodeToWorker::Shutdown => inner.shutdown = true,
             }
@@ -440,6 +457,89 @@ impl WorkerConn {
                 self.send(&WorkerToNode::CancelRequest { req }).map_err(|_| WaitError::Closed)?;
             }
         }
+    }
+
+    /// Runs an op of the node's primitive service and waits for its answer. After `timeout`,
+    /// or when `check` fails, the op is cancelled and its one answer still awaited (the node
+    /// answers a cancel at once, in order): a timed-out op thus reports `Empty`/`Full` only if
+    /// it really got nothing, and an item got just as `check` failed goes back to the queue.
+    pub fn prim<E>(
+        &self,
+        op: volley_proto::PrimOp,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<volley_proto::PrimResult, WaitError<E>> {
+        use volley_proto::{PrimOp, PrimResult};
+        if let Some(failed) = self.inner.lock().prim_failed.take() {
+            return Ok(failed);
+        }
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let get_from = match &op {
+            PrimOp::Get { queue, .. } => Some(*queue),
+            _ => None,
+        };
+        self.send(&WorkerToNode::Prim { req, op }).map_err(|_| WaitError::Closed)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut cancelled = false;
+        let mut interrupted = None;
+        loop {
+            let mut inner = self.inner.lock();
+            loop {
+                if let Some(r) = inner.replies.remove(&req) {
+                    drop(inner);
+                    let Reply::Prim(result) = r else { return Err(WaitError::Closed) };
+                    let Some(e) = interrupted else { return Ok(result) };
+                    if let (PrimResult::Item(item), Some(queue)) = (result, get_from) {
+                        let _ = self.send(&WorkerToNode::Prim {
+                            req: u64::MAX,
+                            op: PrimOp::Unget { queue, item },
+                        });
+                    }
+                    return Err(WaitError::Interrupted(e));
+                }
+                if inner.closed {
+                    return Err(WaitError::Closed);
+                }
+                let now = Instant::now();
+                if !cancelled && deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
+                let mut step = CHECK_INTERVAL;
+                if let (Some(d), false) = (deadline, cancelled) {
+                    step = step.min(d - now);
+                }
+                let slept = Instant::now();
+                inner = self.cv.wait_for(inner, step);
+                if slept.elapsed() >= step {
+                    break;
+                }
+            }
+            drop(inner);
+            if cancelled {
+                continue; // Only the answer is awaited now.
+            }
+            if let Err(e) = check() {
+                interrupted = Some(e);
+            } else if deadline.is_none_or(|d| Instant::now() < d) {
+                continue;
+            }
+            cancelled = true;
+            self.send(&WorkerToNode::Prim { req, op: PrimOp::Cancel })
+                .map_err(|_| WaitError::Closed)?;
+        }
+    }
+
+    /// Sends an op whose answer nobody waits for (see `PRIM_NO_REPLY`), batched with the
+    /// ones that follow during a burst; the failure of an earlier one is returned instead.
+    pub fn prim_no_reply(
+        &self,
+        op: volley_proto::PrimOp,
+    ) -> Result<volley_proto::PrimResult, RuntimeError> {
+        if let Some(failed) = self.inner.lock().prim_failed.take() {
+            return Ok(failed);
+        }
+        self.send_soon(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op })?;
+        Ok(volley_proto::PrimResult::Done)
     }
 
     /// Wraps a value from the node, taking over the lease the node registered for it.

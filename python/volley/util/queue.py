@@ -1,7 +1,18 @@
-"""Ray's ``ray.util.queue``: not in volley yet. Importing it raises ``ImportError`` saying so
-(queues that cross processes and nodes come with issue 20)."""
+"""Ray's ``ray.util.queue`` and ``multiprocessing.Queue``/``JoinableQueue`` for volley: a queue
+that the driver, tasks and actors of one node share, with ``queue.Empty``/``queue.Full``.
+See docs/queue.md.
 
-raise ImportError(
-    "Ray's ray.util.queue is not in volley yet: cross-process queues come with issue 20; "
-    "see docs/from-ray.md"
-)
+>>> from volley.util.queue import Queue
+>>> q = Queue()
+>>> q.put({"x": 1}); q.get()
+{'x': 1}
+>>> q.shutdown()
+"""
+
+from __future__ import annotations
+
+from queue import Empty, Full
+
+from volley.library import JoinableQueue, Queue
+
+__all__ = ["Empty", "Full", "JoinableQueue", "Queue"]

@@ -401,6 +401,34 @@ impl Client {
         }
     }
 
+    /// Runs an op of this node's primitive service (queues) and waits for its answer (see
+    /// [`crate::prims`]); `timeout` bounds how long a parked op waits.
+    pub fn prim<E>(
+        &self,
+        op: volley_proto::PrimOp,
+        timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E>,
+    ) -> Result<volley_proto::PrimResult, WaitError<E>> {
+        match &self.backend {
+            Backend::Node(n) => n.prim(op, timeout, check),
+            Backend::Worker(w) => w.prim(op, timeout, check),
+        }
+    }
+
+    /// Runs an op whose answer is `Done` unless it fails (a `put` on an unbounded queue) without
+    /// waiting for it in a worker: a failure is returned by this process's next op.
+    pub fn prim_no_reply(
+        &self,
+        op: volley_proto::PrimOp,
+    ) -> Result<volley_proto::PrimResult, ClientError> {
+        match &self.backend {
+            Backend::Node(n) => {
+                n.prim(op, None, || Ok::<(), ()>(())).map_err(|_| ClientError::Closed)
+            }
+            Backend::Worker(w) => w.prim_no_reply(op).map_err(ClientError::from),
+        }
+    }
+
     /// Waits for the next item of a stream this process called.
     pub fn stream_next<E>(
         &self,

@@ -1,0 +1,190 @@
+//! The queue service without sockets: ops in, deliveries out.
+
+use super::*;
+
+fn w(n: u32) -> Who {
+    Who::Worker(WorkerId(n))
+}
+
+/// The answers in `out`, as (worker, req, result).
+fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
+    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+}
+
+fn create(p: &Prims, maxsize: u64) -> u64 {
+    match answers(p.op(w(1), 0, PrimOp::QueueCreate { maxsize }))[..] {
+        [(1, 0, PrimResult::Created(id))] => id,
+        ref other => panic!("create answered {other:?}"),
+    }
+}
+
+fn put(queue: u64, item: &[u8], block: bool) -> PrimOp {
+    PrimOp::Put { queue, item: item.to_vec(), block }
+}
+
+#[test]
+fn items_come_out_in_order() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    for i in 0..3u8 {
+        assert_eq!(answers(p.op(w(1), 1, put(q, &[i], true))), vec![(1, 1, PrimResult::Done)]);
+    }
+    assert_eq!(
+        answers(p.op(w(2), 9, PrimOp::Size { queue: q })),
+        vec![(2, 9, PrimResult::Size(3))]
+    );
+    for i in 0..3u8 {
+        let got = answers(p.op(w(2), 2, PrimOp::Get { queue: q, block: true }));
+        assert_eq!(got, vec![(2, 2, PrimResult::Item(vec![i]))]);
+    }
+    let got = answers(p.op(w(2), 3, PrimOp::Get { queue: q, block: false }));
+    assert_eq!(got, vec![(2, 3, PrimResult::Empty)]);
+}
+
+/// Parked getters are served first come, first served; the putter's own answer follows.
+#[test]
+fn parked_getters_are_fifo() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    for (n, req) in [(2, 20), (3, 30), (4, 40)] {
+        assert!(p.op(w(n), req, PrimOp::Get { queue: q, block: true }).is_empty());
+    }
+    assert_eq!(p.parked(), 3);
+    let out = answers(p.op(w(1), 1, put(q, b"a", true)));
+    assert_eq!(out, vec![(2, 20, PrimResult::Item(b"a".to_vec())), (1, 1, PrimResult::Done)]);
+    let out = answers(p.op(w(1), 2, put(q, b"b", true)));
+    assert_eq!(out[0], (3, 30, PrimResult::Item(b"b".to_vec())));
+    assert_eq!(p.parked(), 1);
+}
+
+/// A full bounded queue refuses `put_nowait` and parks `put`; a get makes room for the first
+/// parked putter, whose item keeps its place behind the others.
+#[test]
+fn bounded_queue_blocks_putters() {
+    let p = Prims::default();
+    let q = create(&p, 2);
+    p.op(w(1), 1, put(q, b"1", true));
+    p.op(w(1), 2, put(q, b"2", true));
+    assert_eq!(answers(p.op(w(1), 3, put(q, b"x", false))), vec![(1, 3, PrimResult::Full)]);
+    assert!(p.op(w(1), 4, put(q, b"3", true)).is_empty());
+    assert!(p.op(w(5), 5, put(q, b"4", true)).is_empty());
+    let out = answers(p.op(w(2), 6, PrimOp::Get { queue: q, block: true }));
+    assert_eq!(out, vec![(2, 6, PrimResult::Item(b"1".to_vec())), (1, 4, PrimResult::Done)]);
+    let mut got = Vec::new();
+    for r in 7..10 {
+        for (_, req, res) in answers(p.op(w(2), r, PrimOp::Get { queue: q, block: false })) {
+            if req == r {
+                got.push(res);
+            }
+        }
+    }
+    let items = ["2", "3", "4"].map(|s| PrimResult::Item(s.as_bytes().to_vec()));
+    assert_eq!(got, items.to_vec());
+}
+
+/// A cancelled parked op is answered `Empty`/`Full` at once; a cancel that comes after the
+/// answer (the op completed) is answered nothing, so the waiter gets exactly one answer.
+#[test]
+fn cancel_answers_once() {
+    let p = Prims::default();
+    let q = create(&p, 1);
+    p.op(w(2), 1, PrimOp::Get { queue: q, block: true });
+    assert_eq!(answers(p.op(w(2), 1, PrimOp::Cancel)), vec![(2, 1, PrimResult::Empty)]);
+    assert_eq!(p.parked(), 0);
+    // The item is not lost to the cancelled getter.
+    p.op(w(1), 2, put(q, b"a", true));
+    assert_eq!(answers(p.op(w(2), 1, PrimOp::Cancel)), vec![]);
+    p.op(w(1), 3, put(q, b"b", true)); // Parked: the queue holds 1.
+    assert_eq!(answers(p.op(w(1), 3, PrimOp::Cancel)), vec![(1, 3, PrimResult::Full)]);
+    let out = answers(p.op(w(2), 4, PrimOp::Get { queue: q, block: false }));
+    assert_eq!(out, vec![(2, 4, PrimResult::Item(b"a".to_vec()))]);
+    assert_eq!(
+        answers(p.op(w(2), 5, PrimOp::Size { queue: q })),
+        vec![(2, 5, PrimResult::Size(0))]
+    );
+}
+
+/// Closing fails every parked op and every later one, naming the queue.
+#[test]
+fn close_fails_parked_and_later_ops() {
+    let p = Prims::default();
+    let q = create(&p, 1);
+    p.op(w(2), 1, PrimOp::Get { queue: q, block: true });
+    let out = answers(p.op(w(1), 2, PrimOp::Close { queue: q }));
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[0], (2, 1, PrimResult::Closed(m)) if m.contains(&format!("queue {q}"))));
+    assert_eq!(out[1], (1, 2, PrimResult::Done));
+    assert!(matches!(
+        answers(p.op(w(1), 3, put(q, b"a", true)))[..],
+        [(1, 3, PrimResult::Closed(_))]
+    ));
+    assert_eq!(p.parked(), 0);
+}
+
+/// A dead worker's parked get is dropped: the next item goes to the next getter.
+#[test]
+fn dead_worker_loses_nothing() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    p.op(w(2), 1, PrimOp::Get { queue: q, block: true });
+    p.op(w(3), 1, PrimOp::Get { queue: q, block: true });
+    assert!(p.drop_worker(WorkerId(2)).is_empty());
+    let out = answers(p.op(w(1), 2, put(q, b"a", true)));
+    assert_eq!(out[0], (3, 1, PrimResult::Item(b"a".to_vec())));
+    // Worker 3 dies before its next op: the item it was handed goes back to the head.
+    p.op(w(1), 3, put(q, b"b", true));
+    assert!(p.drop_worker(WorkerId(3)).is_empty());
+    let out = answers(p.op(w(4), 1, PrimOp::Get { queue: q, block: false }));
+    assert_eq!(out, vec![(4, 1, PrimResult::Item(b"a".to_vec()))]);
+    // Worker 4 acknowledges "a": its death now gives back nothing.
+    p.op(w(4), 1, PrimOp::Ack);
+    // A parked getter gets a dead worker's unacknowledged item at once.
+    p.op(w(5), 1, PrimOp::Get { queue: q, block: false }); // "b", unacknowledged
+    p.op(w(6), 1, PrimOp::Get { queue: q, block: true }); // parked
+    let out = answers(p.drop_worker(WorkerId(5)));
+    assert_eq!(out, vec![(6, 1, PrimResult::Item(b"b".to_vec()))]);
+    assert!(p.drop_worker(WorkerId(4)).is_empty());
+}
+
+#[test]
+fn join_waits_for_task_done() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    assert_eq!(answers(p.op(w(1), 1, PrimOp::Join { queue: q })), vec![(1, 1, PrimResult::Done)]);
+    p.op(w(1), 2, put(q, b"a", true));
+    assert!(p.op(w(1), 3, PrimOp::Join { queue: q }).is_empty());
+    p.op(w(2), 4, PrimOp::Get { queue: q, block: true });
+    let out = answers(p.op(w(2), 5, PrimOp::TaskDone { queue: q }));
+    assert_eq!(out, vec![(1, 3, PrimResult::Done), (2, 5, PrimResult::Done)]);
+    let out = answers(p.op(w(2), 6, PrimOp::TaskDone { queue: q }));
+    assert!(matches!(out[..], [(2, 6, PrimResult::Error(_))]));
+}
+
+#[test]
+fn oversized_item_is_refused_with_the_limit() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    let out = answers(p.op(w(1), 1, put(q, &vec![0; MAX_PRIM_ITEM + 1], true)));
+    assert!(
+        matches!(&out[..], [(1, 1, PrimResult::Error(m))] if m.contains(&MAX_PRIM_ITEM.to_string()))
+    );
+}
+
+/// The driver's answers are kept for it; a timed-out wait cancels and reports `Empty`.
+#[test]
+fn local_get_times_out_and_then_gets() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    assert!(p.op(Who::Local, 7, PrimOp::Get { queue: q, block: true }).is_empty());
+    let deadline = Some(Instant::now() + Duration::from_millis(30));
+    let r = p.wait_local(7, deadline, &mut || Ok::<(), ()>(()));
+    assert_eq!(r, Ok(None));
+    p.op(Who::Local, 7, PrimOp::Cancel);
+    assert_eq!(p.wait_local(7, None, &mut || Ok::<(), ()>(())), Ok(Some(PrimResult::Empty)));
+    p.op(w(1), 1, put(q, b"z", true));
+    assert_eq!(p.parked(), 0);
+    assert_eq!(
+        answers(p.op(w(2), 2, PrimOp::Size { queue: q })),
+        vec![(2, 2, PrimResult::Size(1))]
+    );
+}
