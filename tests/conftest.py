@@ -454,6 +454,22 @@ def volley_shared(_volley_module_scope):
     yield
 
 
+@pytest.fixture(scope="module")
+def three_node_cluster(tmp_path_factory):
+    """A real cluster of 3 node daemons on 127.0.0.x (tests/test_cluster.py's `Cluster`), this
+    process its driver, shared by the tests of one module."""
+    from test_cluster import Cluster, _wait_nodes
+
+    volley.shutdown()
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c.start_nodes(3)
+    volley.init(address=c.head, token=c.token)
+    assert len(_wait_nodes(3)) == 3
+    yield c
+    volley.shutdown()
+    c.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_volley_left_at_exit():
     yield

@@ -91,20 +91,6 @@ def test_the_directory_of_a_lone_node(volley_2cpu):
 # ------------------------------------------------------------------------ a real cluster
 
 
-@pytest.fixture(scope="module")
-def head_cluster(tmp_path_factory):
-    from test_cluster import Cluster, _wait_nodes
-
-    volley.shutdown()
-    c = Cluster(tmp_path_factory.mktemp("head-cluster"))
-    c.start_nodes(3)
-    volley.init(address=c.head, token=c.token)
-    assert len(_wait_nodes(3)) == 3
-    yield c
-    volley.shutdown()
-    c.stop()
-
-
 def _other_driver(cluster, body: str) -> str:
     """Runs ``body`` in a second driver of ``cluster``; its stdout."""
     code = (
@@ -119,12 +105,12 @@ def _other_driver(cluster, body: str) -> str:
     return out.stdout
 
 
-def test_kv_across_a_cluster(head_cluster):
+def test_kv_across_a_cluster(three_node_cluster):
     """A value one driver puts is read by another driver and by tasks on every node; tasks on
     several nodes racing for one key: exactly one wins."""
     assert library.kv_put("shared", "from-driver-1", namespace="cl")
     out = _other_driver(
-        head_cluster,
+        three_node_cluster,
         "print('GOT', library.kv_get('shared', namespace='cl'))\n"
         "print('PUT', library.kv_put('second', 'from-driver-2', namespace='cl'))\n",
     )
@@ -146,12 +132,12 @@ def test_kv_across_a_cluster(head_cluster):
     assert library.kv_keys(namespace="cl") == ["leader", "second", "shared"]
 
 
-def test_the_directory_lists_an_actor_named_on_another_node(head_cluster):
+def test_the_directory_lists_an_actor_named_on_another_node(three_node_cluster):
     """An actor another driver named (running on another node of the cluster) is listed by
     this driver's ``directory()``, with that driver's job, and found by ``get_actor``."""
     code = (
         "import sys, os, volley\n"
-        f"volley.init(address={head_cluster.head!r}, token={head_cluster.token!r})\n"
+        f"volley.init(address={three_node_cluster.head!r}, token={three_node_cluster.token!r})\n"
         "@volley.remote\n"
         "class Far:\n"
         "    def where(self):\n"
@@ -162,7 +148,7 @@ def test_the_directory_lists_an_actor_named_on_another_node(head_cluster):
     )
     p = subprocess.Popen(
         [sys.executable, "-c", code],
-        env=head_cluster.env,
+        env=three_node_cluster.env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -193,13 +179,13 @@ def test_the_directory_lists_an_actor_named_on_another_node(head_cluster):
     assert len([j for j in jobs if j["end_time"] is not None]) >= 1, jobs
 
 
-def test_two_drivers_racing_for_a_name_exactly_one_wins(head_cluster, tmp_path):
+def test_two_drivers_racing_for_a_name_exactly_one_wins(three_node_cluster, tmp_path):
     """Two drivers (each with a node of its own) create an actor of one name at the same moment:
     the head gives the name to exactly one; the other gets today's duplicate-name error."""
     go = tmp_path / "go"
     code = (
         "import os, sys, time, volley\n"
-        f"volley.init(address={head_cluster.head!r}, token={head_cluster.token!r})\n"
+        f"volley.init(address={three_node_cluster.head!r}, token={three_node_cluster.token!r})\n"
         "@volley.remote\n"
         "class Leader:\n"
         "    def ping(self):\n"
@@ -216,7 +202,7 @@ def test_two_drivers_racing_for_a_name_exactly_one_wins(head_cluster, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code],
-            env=head_cluster.env,
+            env=three_node_cluster.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -239,7 +225,7 @@ def test_two_drivers_racing_for_a_name_exactly_one_wins(head_cluster, tmp_path):
     assert "already exists in namespace 'race'" in taken, taken
 
 
-def test_tasks_on_several_nodes_racing_for_a_name_exactly_one_wins(head_cluster):
+def test_tasks_on_several_nodes_racing_for_a_name_exactly_one_wins(three_node_cluster):
     """Tasks spread over the nodes each try to create an actor of one name: exactly one makes
     it; the others get the duplicate-name error, or with ``get_if_exists`` that same actor."""
 

@@ -339,23 +339,10 @@ def test_ctrl_c_interrupts_a_watch(tmp_path):
 # ------------------------------------------------------------------------ a real cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from test_cluster import Cluster, _wait_nodes
-
-    volley.shutdown()
-    c = Cluster(tmp_path_factory.mktemp("shared-dict-cluster"))
-    c.start_nodes(3)
-    volley.init(address=c.head, token=c.token)
-    assert len(_wait_nodes(3)) == 3
-    yield c
-    volley.shutdown()
-    c.stop()
-
-
-def test_across_a_cluster(cluster):
+def test_across_a_cluster(three_node_cluster):
     """Set in the driver, read and incremented by tasks on every node of a 3-node cluster
     (SPREAD); a second driver of the cluster sees it all by name."""
+    cluster = three_node_cluster
     import subprocess
     import sys
 
@@ -394,7 +381,7 @@ def test_across_a_cluster(cluster):
     assert "SEEN {'from': 'driver'} 150 151" in out.stdout, out.stdout
 
 
-def test_watch_from_a_task_on_another_node(cluster):
+def test_watch_from_a_task_on_another_node(three_node_cluster):
     """Tasks on the cluster's nodes (members ask the head over the network) wake on a change
     the driver makes."""
     d = SharedDict("cluster-watch")

@@ -13,14 +13,17 @@
 - ``volley.util.multiprocessing.Pool`` (``volley.multiprocessing.Pool``) and
   ``volley.util.joblib.register_ray`` (joblib's ``"ray"`` backend runs on volley).
 
-``ray.util.queue`` and ``ray.util.timeline`` are not here yet: see docs/from-ray.md.
+- ``volley.util.queue``: ``Queue`` and ``JoinableQueue`` that cross processes (one node for
+  now: docs/queue.md), with ``Empty`` and ``Full``.
+
+``ray.util.timeline`` is ``volley.timeline``: see docs/from-ray.md.
 
 >>> from volley.util import ActorPool
 """
 
 from __future__ import annotations
 
-from .._shared_dict import SharedDict
+from .. import SharedDict
 from .actor_pool import ActorPool
 from .helpers import as_completed, map_unordered
 from .placement_group import (
