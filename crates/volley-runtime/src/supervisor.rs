@@ -558,19 +558,28 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
+    // The worker maps the store's memfd through /proc/self/fd: no permission on the driver's
+    // /proc needed.
+    set_up_child(&mut cmd, vec![shared.store_fd]);
+    cmd.spawn()
+}
+
+/// What a child the node execs (a worker, the template) does between fork and exec: it
+/// inherits `fds` (close-on-exec cleared in the child only), leads its own session (a Ctrl-C in
+/// the driver's terminal is the driver's, not its children's) and dies with this process, even
+/// a SIGKILLed one.
+pub(crate) fn set_up_child(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
     let parent = std::process::id() as libc::pid_t;
-    let store_fd = shared.store_fd;
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: only async-signal-safe calls between fork and exec (iterating `fds` allocates
+    // nothing).
     unsafe {
         cmd.pre_exec(move || {
-            // The worker inherits the store's memfd (close-on-exec is cleared in the child only),
-            // and maps it through /proc/self/fd: no permission on the driver's /proc needed.
-            if libc::fcntl(store_fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
-            // Own session: a Ctrl-C in the driver's terminal is the driver's, not the workers'.
             libc::setsid();
-            // Die with the driver, even if it is SIGKILLed.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != parent {
                 libc::_exit(1);
@@ -578,5 +587,4 @@ fn spawn(shared: &Shared, spec: &SpawnSpec, id: WorkerId) -> std::io::Result<Chi
             Ok(())
         });
     }
-    cmd.spawn()
 }

@@ -8,7 +8,6 @@
 //! `_template.py` describes the messages.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 
@@ -141,26 +140,9 @@ impl Template {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let parent = std::process::id() as libc::pid_t;
-        let store_fd = shared.store_fd;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The store's memfd and the template's end of the socket pair are inherited
-                // (close-on-exec cleared in the child only); its workers inherit them in turn.
-                for fd in [store_fd, their_fd] {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                libc::setsid();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        // The store's memfd and the template's end of the socket pair are inherited; its
+        // workers inherit them in turn.
+        crate::supervisor::set_up_child(&mut cmd, vec![shared.store_fd, their_fd]);
         let mut child = cmd.spawn()?;
         drop(theirs);
         let stderr: OwnedFd = match child.stderr.take() {
