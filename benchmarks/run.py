@@ -184,9 +184,16 @@ def python_for(system: str) -> str:
 
 def call_cell(system: str, args: list[str], env: dict, timeout: float) -> dict:
     """Runs `python -m benchmarks.cell ...` in its own session; kills whatever it leaves behind."""
+    return run_in_session([python_for(system), "-m", "benchmarks.cell", *args], env, timeout)
+
+
+def run_in_session(cmd: list[str], env: dict, timeout: float) -> dict:
+    """Runs ``cmd`` plus the path of a result file it writes (JSON), in a session of its own,
+    with a timeout; kills whatever it leaves behind. Its result, or ``{"error": ...}`` with
+    the last line it printed."""
     with tempfile.TemporaryDirectory(prefix="volley-bench-") as tmp:
         out, log = Path(tmp, "result.json"), Path(tmp, "log.txt")
-        cmd = [python_for(system), "-m", "benchmarks.cell", *args, str(out)]
+        cmd = [*cmd, str(out)]
         try:
             with log.open("wb") as log_file:
                 proc = subprocess.Popen(

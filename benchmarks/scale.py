@@ -17,9 +17,7 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -265,30 +263,11 @@ def cell_main(argv: list[str]) -> None:
 
 def call_cell(system: str, bench: str, n: int, args, env: dict) -> dict:
     """Runs one cell in a fresh interpreter and its own session; kills what it leaves behind."""
-    from benchmarks.run import _kill_session
+    from benchmarks.run import run_in_session
 
-    with tempfile.TemporaryDirectory(prefix="volley-scale-") as tmp:
-        out, log = Path(tmp, "result.json"), Path(tmp, "log.txt")
-        size = "tiny" if args.tiny else "quick" if args.quick else "full"
-        cmd = [sys.executable, "-m", "benchmarks.scale", "--cell", system, bench, str(n), size,
-               str(out)]  # fmt: skip
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        try:
-            proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_session(proc.pid)
-            proc.wait()
-            return {"error": f"timed out after {args.timeout:.0f} s"}
-        finally:
-            _kill_session(proc.pid)
-        if out.exists():
-            return json.loads(out.read_text())
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        return {"error": f"exit status {proc.returncode}: {tail[-1] if tail else 'no output'}"}
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--cell", system, bench, str(n), size]
+    return run_in_session(cmd, env, args.timeout)
 
 
 def fmt(value, unit: str) -> str:
