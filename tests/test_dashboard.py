@@ -784,7 +784,12 @@ def test_api_range_filters_and_what_changed_since(dash):
     assert poll(lambda: ask(f"changed_ms>{now}")[2]["total"] == 0, timeout=10)
     volley.get([stamped.remote(i) for i in range(3)])
     later = poll(lambda: (a := ask(f"changed_ms>{now}")[2])["total"] == 3 and a, timeout=10)
-    assert later and {t["state"] for t in later["rows"]} == {"FINISHED"}, later
+    assert later, (
+        "rows changed since the answer, expected the 3 new tasks",
+        now,
+        ask(f"changed_ms>{now}")[2],
+    )
+    assert {t["state"] for t in later["rows"]} == {"FINISHED"}, later
     assert ask(f"started_ms>={mine[0]['started_ms']}", "duration_ms<60000")[2]["total"] >= 1
     for f, needle in [
         ("state>1", "'>' compares numbers"),
