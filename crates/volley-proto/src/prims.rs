@@ -56,6 +56,59 @@ pub enum PrimOp {
     /// or its task's result): until then the node keeps a copy, which goes back to the queue if
     /// the worker dies. Answered nothing.
     Ack,
+    // channels (volley.channel; the rest of this block, in this order)
+    /// Make a CSP channel: `capacity` 0 is a rendezvous (a send completes when a receiver takes
+    /// the item), n > 0 buffers n items; `broadcast` gives every registered reader end its own
+    /// buffer of `max(capacity, 1)` and each message. Answered `Created`.
+    ChanCreate { capacity: u64, broadcast: bool },
+    /// Hand `item` to a receiver (parked FIFO until one takes it or there is buffer room).
+    /// Answered `Done`, `Full` (cancelled while parked), `Poisoned`, `Retired` or `Closed`.
+    ChanSend {
+        chan: u64,
+        #[serde(with = "serde_bytes")]
+        item: Vec<u8>,
+    },
+    /// Take an item (parked FIFO until one comes); `reg` names the reader end of a broadcast
+    /// channel (0 otherwise). Answered `Item`, `Empty` (cancelled), `Poisoned`, `Retired`, `Closed`.
+    ChanRecv { chan: u64, reg: u64 },
+    /// Alternation: commit exactly one ready guard, fairly (rotating start) or, with
+    /// `priority`, the first ready one in order; with `skip`, answer `Empty` at once if none is
+    /// ready, else park on every guarded channel until one fires. Answered `Selected`, `Empty`
+    /// (skipped, or cancelled), `Poisoned`/`Retired` (a guard's channel) or `Closed`.
+    ChanSelect { guards: Vec<Guard>, skip: bool, priority: bool },
+    /// Poison the channel: every parked and later op on it fails `Poisoned`. Answered `Done`.
+    ChanPoison { chan: u64 },
+    /// Register a reader (or writer) end held by the asker; answered `Created(reg)`.
+    ChanJoin { chan: u64, reader: bool },
+    /// The asker unpickled an end registered as `reg` by the process that pickled it: it holds
+    /// it now (and it leaves when the asker dies). If `reg` was claimed already, a new end is
+    /// registered. Answered `Created(reg)` (the end's registration from now on).
+    ChanClaim { chan: u64, reg: u64, reader: bool },
+    /// The end `reg` leaves; with `retire` it counts as retired: once all readers (writers)
+    /// of a channel retired, its writers (readers) fail `Retired`. Answered `Done`.
+    ChanLeave { reg: u64, retire: bool },
+}
+
+/// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Guard {
+    pub chan: u64,
+    /// The reader end's registration, for a recv on a broadcast channel; 0 otherwise.
+    pub reg: u64,
+    pub send: Option<serde_bytes::ByteBuf>,
+}
+
+impl PrimOp {
+    /// The primitive an `Item` answering this op was taken from: where it goes back
+    /// (`Unget`) if its taker was interrupted before it could use it.
+    pub fn takes_from(&self) -> Option<u64> {
+        match self {
+            PrimOp::Get { queue, .. } => Some(*queue),
+            PrimOp::ChanRecv { reg, .. } if *reg != 0 => Some(*reg),
+            PrimOp::ChanRecv { chan, .. } => Some(*chan),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a [`PrimOp`].
@@ -71,4 +124,33 @@ pub enum PrimResult {
     Closed(String),
     /// The op was refused (bad input); why.
     Error(String),
+    // channels
+    /// A select committed guard `index`: `item` is what a recv guard got (None for a send
+    /// guard), taken from `chan` (the broadcast reader's registration for a broadcast channel).
+    Selected {
+        index: u32,
+        chan: u64,
+        item: Option<serde_bytes::ByteBuf>,
+    },
+    /// The channel was poisoned; says which.
+    Poisoned(String),
+    /// The other side of the channel retired; says which.
+    Retired(String),
+}
+
+impl PrimResult {
+    /// Whether this answer hands an item over (which its taker acknowledges).
+    pub fn hands_item(&self) -> bool {
+        matches!(self, PrimResult::Item(_) | PrimResult::Selected { item: Some(_), .. })
+    }
+
+    /// The item this answer hands over with where it came from (`from`: the op's
+    /// [`PrimOp::takes_from`]), to give it back when its taker cannot use it.
+    pub fn into_taken(self, from: Option<u64>) -> Option<(u64, Vec<u8>)> {
+        match self {
+            PrimResult::Item(item) => from.map(|f| (f, item)),
+            PrimResult::Selected { chan, item: Some(item), .. } => Some((chan, item.into_vec())),
+            _ => None,
+        }
+    }
 }

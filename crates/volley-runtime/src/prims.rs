@@ -13,14 +13,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_bytes::ByteBuf;
 use volley_proto::{
-    encode, NodeToWorker, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM, PRIM_NO_REPLY,
+    encode, Guard, NodeToWorker, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM, PRIM_NO_REPLY,
 };
 use volley_store::sync::{Condvar, Mutex};
 
 use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::{WaitError, CHECK_INTERVAL};
+
+mod channel;
 
 /// Who asked: this node's driver, or one of its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +65,8 @@ enum Parked {
     Get,
     Put,
     Join,
+    /// A channel op (its guards' wait lists are in `channel::Chans`).
+    Chan,
 }
 
 #[derive(Default)]
@@ -82,6 +87,7 @@ struct Inner {
     /// worker's next message (no write of its own: a get stays one round trip), so an item a
     /// consumer took and was killed before its next message reaches another consumer too.
     unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
+    chans: channel::Chans,
 }
 
 /// The node's primitive service.
@@ -121,8 +127,13 @@ impl Inner {
             }
             Who::Worker(_) if w.req == PRIM_NO_REPLY && result == PrimResult::Done => {}
             Who::Worker(worker) => {
-                if let PrimResult::Item(item) = &result {
-                    let copy = (w.req, queue, item.clone());
+                let taken = match &result {
+                    PrimResult::Item(item) => Some(item.clone()),
+                    PrimResult::Selected { item: Some(item), .. } => Some(item.to_vec()),
+                    _ => None,
+                };
+                if let Some(item) = taken {
+                    let copy = (w.req, queue, item);
                     self.unacked.entry(worker).or_default().push(copy);
                 }
                 out.push(Delivery { worker, req: w.req, result, queue })
@@ -216,6 +227,9 @@ impl Inner {
             }
             PrimOp::Cancel => {
                 let Some((queue, kind)) = self.parked.remove(&(who, req)) else { return };
+                if kind == Parked::Chan {
+                    return channel::cancel(self, me, out);
+                }
                 let Some(q) = self.queues.get_mut(&queue) else { return };
                 let result = match kind {
                     Parked::Get => {
@@ -226,7 +240,7 @@ impl Inner {
                         q.putters.retain(|(w, _)| !(w.who == who && w.req == req));
                         PrimResult::Full
                     }
-                    Parked::Join => {
+                    Parked::Join | Parked::Chan => {
                         q.joiners.retain(|w| !(w.who == who && w.req == req));
                         PrimResult::Empty
                     }
@@ -272,13 +286,45 @@ impl Inner {
                     self.parked.insert((who, req), (queue, Parked::Join));
                 }
             }
+            // channels
+            PrimOp::ChanCreate { capacity, broadcast } => {
+                channel::create(self, me, capacity, broadcast, out)
+            }
+            PrimOp::ChanSend { chan, item } => {
+                let guard = Guard { chan, reg: 0, send: Some(ByteBuf::from(item)) };
+                channel::op(self, me, vec![guard], false, false, true, out)
+            }
+            PrimOp::ChanRecv { chan, reg } => channel::op(
+                self,
+                me,
+                vec![Guard { chan, reg, send: None }],
+                false,
+                false,
+                true,
+                out,
+            ),
+            PrimOp::ChanSelect { guards, skip, priority } => {
+                channel::op(self, me, guards, true, skip, priority, out)
+            }
+            PrimOp::ChanPoison { chan } => channel::poison(self, me, chan, out),
+            PrimOp::ChanJoin { chan, reader } => channel::join(self, me, chan, reader, out),
+            PrimOp::ChanClaim { chan, reg, reader } => {
+                channel::claim(self, me, chan, reg, reader, out)
+            }
+            PrimOp::ChanLeave { reg, retire } => {
+                channel::leave(self, reg, retire, out);
+                self.answer(me, 0, PrimResult::Done, out);
+            }
         }
     }
 
     /// Puts a got item back at the head of its queue (its taker is gone), or hands it to the
     /// first parked getter.
     fn unget(&mut self, queue: u64, item: Vec<u8>, out: &mut Vec<Delivery>) {
-        let Some(q) = self.queues.get_mut(&queue) else { return };
+        let Some(q) = self.queues.get_mut(&queue) else {
+            channel::unget(self, queue, item, out);
+            return;
+        };
         if let Some(g) = q.getters.pop_front() {
             self.parked.remove(&(g.who, g.req));
             self.answer(g, queue, PrimResult::Item(item), out);
@@ -296,8 +342,12 @@ impl Inner {
             .filter(|((who, _), _)| *who == Who::Worker(w))
             .map(|(k, v)| (*k, *v))
             .collect();
-        for ((who, req), (queue, _)) in mine {
+        for ((who, req), (queue, kind)) in mine {
             self.parked.remove(&(who, req));
+            if kind == Parked::Chan {
+                channel::drop_parked(self, (who, req));
+                continue;
+            }
             if let Some(q) = self.queues.get_mut(&queue) {
                 q.getters.retain(|x| !(x.who == who && x.req == req));
                 q.putters.retain(|(x, _)| !(x.who == who && x.req == req));
@@ -305,6 +355,7 @@ impl Inner {
             }
         }
         self.conns.remove(&w);
+        channel::drop_holder(self, w, out);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);
         }
@@ -395,10 +446,7 @@ pub(crate) fn call_local<E>(
     }
     let prims = &shared.prims;
     let req = prims.next_local();
-    let is_get = match &op {
-        PrimOp::Get { queue, .. } => Some(*queue),
-        _ => None,
-    };
+    let takes_from = op.takes_from();
     deliver(shared, prims.op(Who::Local, req, op));
     let deadline = timeout.map(|t| Instant::now() + t);
     // `None`: the node shut down under the waiting caller.
@@ -419,12 +467,10 @@ pub(crate) fn call_local<E>(
         Err(None) => Err(WaitError::Closed),
         Err(Some(e)) => {
             deliver(shared, prims.op(Who::Local, req, PrimOp::Cancel));
-            if let Ok(Some(PrimResult::Item(item))) =
-                prims.wait_local(req, None, &mut || Ok::<(), ()>(()))
-            {
+            if let Ok(Some(r)) = prims.wait_local(req, None, &mut || Ok::<(), ()>(())) {
                 // Got just as the caller was interrupted: it goes back for the next taker.
-                if let Some(queue) = is_get {
-                    deliver(shared, prims.unget(queue, item));
+                if let Some((from, item)) = r.into_taken(takes_from) {
+                    deliver(shared, prims.unget(from, item));
                 }
             }
             Err(WaitError::Interrupted(e))
@@ -477,5 +523,7 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
     }
 }
 
+#[cfg(test)]
+mod channel_tests;
 #[cfg(test)]
 mod tests;

@@ -312,7 +312,7 @@ impl WorkerConn {
                     inner.prim_failed.get_or_insert(result);
                 }
                 NodeToWorker::PrimReply { req, result } => {
-                    if matches!(result, volley_proto::PrimResult::Item(_)) {
+                    if result.hands_item() {
                         // The node keeps a copy of an item until this process has it.
                         let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
                         if let Ok(b) = encode(&ack) {
@@ -469,15 +469,12 @@ impl WorkerConn {
         timeout: Option<Duration>,
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<volley_proto::PrimResult, WaitError<E>> {
-        use volley_proto::{PrimOp, PrimResult};
+        use volley_proto::PrimOp;
         if let Some(failed) = self.inner.lock().prim_failed.take() {
             return Ok(failed);
         }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let get_from = match &op {
-            PrimOp::Get { queue, .. } => Some(*queue),
-            _ => None,
-        };
+        let get_from = op.takes_from();
         self.send(&WorkerToNode::Prim { req, op }).map_err(|_| WaitError::Closed)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut cancelled = false;
@@ -489,7 +486,7 @@ impl WorkerConn {
                     drop(inner);
                     let Reply::Prim(result) = r else { return Err(WaitError::Closed) };
                     let Some(e) = interrupted else { return Ok(result) };
-                    if let (PrimResult::Item(item), Some(queue)) = (result, get_from) {
+                    if let Some((queue, item)) = result.into_taken(get_from) {
                         let _ = self.send(&WorkerToNode::Prim {
                             req: u64::MAX,
                             op: PrimOp::Unget { queue, item },

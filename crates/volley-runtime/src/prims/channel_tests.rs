@@ -1,0 +1,265 @@
+//! Channels without sockets: ops in, deliveries out.
+
+use super::*;
+
+fn w(n: u32) -> Who {
+    Who::Worker(WorkerId(n))
+}
+
+fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
+    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+}
+
+fn created(out: Vec<Delivery>) -> u64 {
+    match answers(out)[..] {
+        [(_, _, PrimResult::Created(id))] => id,
+        ref other => panic!("create answered {other:?}"),
+    }
+}
+
+fn chan(p: &Prims, capacity: u64, broadcast: bool) -> u64 {
+    created(p.op(w(1), 0, PrimOp::ChanCreate { capacity, broadcast }))
+}
+
+fn send(chan: u64, item: &[u8]) -> PrimOp {
+    PrimOp::ChanSend { chan, item: item.to_vec() }
+}
+
+fn recv(chan: u64) -> PrimOp {
+    PrimOp::ChanRecv { chan, reg: 0 }
+}
+
+fn item(s: &[u8]) -> PrimResult {
+    PrimResult::Item(s.to_vec())
+}
+
+fn rg(chan: u64) -> Guard {
+    Guard { chan, reg: 0, send: None }
+}
+
+fn sg(chan: u64, item: &[u8]) -> Guard {
+    Guard { chan, reg: 0, send: Some(ByteBuf::from(item.to_vec())) }
+}
+
+fn select(guards: Vec<Guard>, skip: bool) -> PrimOp {
+    PrimOp::ChanSelect { guards, skip, priority: false }
+}
+
+/// Capacity 0: a send parks until a receiver takes the item, and then both complete.
+#[test]
+fn rendezvous_pairs_sender_and_receiver() {
+    let p = Prims::default();
+    let c = chan(&p, 0, false);
+    assert!(p.op(w(2), 1, send(c, b"a")).is_empty());
+    assert!(p.op(w(3), 1, send(c, b"b")).is_empty());
+    assert_eq!(p.parked(), 2);
+    let out = answers(p.op(w(4), 7, recv(c)));
+    assert_eq!(out, vec![(2, 1, PrimResult::Done), (4, 7, item(b"a"))]);
+    // A parked receiver is paired with the next sender.
+    p.op(w(4), 8, recv(c)); // takes "b"
+    assert!(p.op(w(4), 9, recv(c)).is_empty());
+    let out = answers(p.op(w(5), 1, send(c, b"c")));
+    assert_eq!(out, vec![(4, 9, item(b"c")), (5, 1, PrimResult::Done)]);
+    assert_eq!(p.parked(), 0);
+}
+
+/// A buffered channel takes `capacity` items, then parks senders FIFO (backpressure).
+#[test]
+fn buffered_channel_backpressures_senders() {
+    let p = Prims::default();
+    let c = chan(&p, 2, false);
+    assert_eq!(answers(p.op(w(2), 1, send(c, b"1"))), vec![(2, 1, PrimResult::Done)]);
+    assert_eq!(answers(p.op(w(2), 2, send(c, b"2"))), vec![(2, 2, PrimResult::Done)]);
+    assert!(p.op(w(2), 3, send(c, b"3")).is_empty());
+    let out = answers(p.op(w(3), 1, recv(c)));
+    assert_eq!(out, vec![(2, 3, PrimResult::Done), (3, 1, item(b"1"))]);
+    for (req, want) in [(2, b"2"), (3, b"3")] {
+        assert_eq!(answers(p.op(w(3), req, recv(c))), vec![(3, req, item(want))]);
+    }
+}
+
+/// Over many selects on two ready channels, each is chosen about half the time; with
+/// `priority` the first ready guard always wins.
+#[test]
+fn select_is_fair_over_ready_guards() {
+    let p = Prims::default();
+    let (a, b) = (chan(&p, 100, false), chan(&p, 100, false));
+    for i in 0..100u8 {
+        p.op(w(2), 1, send(a, &[i]));
+        p.op(w(2), 1, send(b, &[i]));
+    }
+    let mut picked = [0; 2];
+    for r in 0..100 {
+        match &answers(p.op(w(3), r, select(vec![rg(a), rg(b)], false)))[..] {
+            [(3, _, PrimResult::Selected { index, item: Some(_), .. })] => {
+                picked[*index as usize] += 1
+            }
+            other => panic!("select answered {other:?}"),
+        }
+    }
+    assert!(picked[0] >= 40 && picked[1] >= 40, "{picked:?}");
+    for r in 0..10 {
+        let op = PrimOp::ChanSelect { guards: vec![rg(a), rg(b)], skip: false, priority: true };
+        let out = answers(p.op(w(3), r, op));
+        assert!(matches!(out[..], [(3, _, PrimResult::Selected { index: 0, .. })]), "{out:?}");
+    }
+}
+
+/// A select parked on two channels commits exactly once: the first channel to fire takes
+/// it off the other's wait list, so a later send there waits for a real receiver.
+#[test]
+fn parked_select_commits_once() {
+    let p = Prims::default();
+    let (a, b) = (chan(&p, 0, false), chan(&p, 0, false));
+    assert!(p.op(w(3), 5, select(vec![rg(a), rg(b), sg(a, b"out")], false)).is_empty());
+    assert_eq!(p.parked(), 1);
+    let out = answers(p.op(w(2), 1, send(b, b"x")));
+    assert_eq!(out.len(), 2);
+    assert!(matches!(
+        &out[0],
+        (3, 5, PrimResult::Selected { index: 1, chan, item: Some(i) }) if *chan == b && i.as_slice() == b"x"
+    ));
+    assert_eq!(out[1], (2, 1, PrimResult::Done));
+    assert_eq!(p.parked(), 0);
+    // Nobody waits on `a` now: a send parks, a recv finds no select's item.
+    assert!(p.op(w(2), 2, send(a, b"y")).is_empty());
+    assert_eq!(answers(p.op(w(4), 1, select(vec![rg(b)], true))), vec![(4, 1, PrimResult::Empty)]);
+    // Its send guard fires for a receiver if it is parked again.
+    let out = answers(p.op(w(4), 2, recv(a)));
+    assert_eq!(out, vec![(2, 2, PrimResult::Done), (4, 2, item(b"y"))]);
+    // A cancelled select is answered Empty once and is gone from every list.
+    p.op(w(3), 6, select(vec![rg(a), rg(b)], false));
+    assert_eq!(answers(p.op(w(3), 6, PrimOp::Cancel)), vec![(3, 6, PrimResult::Empty)]);
+    assert!(answers(p.op(w(3), 6, PrimOp::Cancel)).is_empty());
+    assert!(p.op(w(2), 3, send(a, b"z")).is_empty());
+}
+
+#[test]
+fn select_needs_a_guard_and_a_known_channel() {
+    let p = Prims::default();
+    let out = answers(p.op(w(3), 1, select(vec![], false)));
+    assert!(matches!(&out[..], [(3, 1, PrimResult::Error(m))] if m.contains("guard")));
+    let out = answers(p.op(w(3), 2, select(vec![rg(12345)], false)));
+    assert!(matches!(&out[..], [(3, 2, PrimResult::Closed(m))] if m.contains("12345")));
+}
+
+/// Poison fails every parked op (a select with a guard there too) and every later one.
+#[test]
+fn poison_wakes_parked_ops() {
+    let p = Prims::default();
+    let (a, b) = (chan(&p, 0, false), chan(&p, 0, false));
+    p.op(w(2), 1, recv(a));
+    p.op(w(4), 1, select(vec![rg(b), rg(a)], false));
+    let out = answers(p.op(w(1), 9, PrimOp::ChanPoison { chan: a }));
+    assert_eq!(out.len(), 3);
+    for (who, req, r) in &out[..2] {
+        assert!(matches!(r, PrimResult::Poisoned(m) if m.contains(&a.to_string())), "{who} {r:?}");
+        assert_eq!(*req, 1);
+    }
+    assert_eq!(out[2], (1, 9, PrimResult::Done));
+    // A parked sender is failed too.
+    let c = chan(&p, 0, false);
+    p.op(w(3), 1, send(c, b"x"));
+    let out = answers(p.op(w(1), 10, PrimOp::ChanPoison { chan: c }));
+    assert!(matches!(out[..], [(3, 1, PrimResult::Poisoned(_)), (1, 10, PrimResult::Done)]));
+    assert_eq!(p.parked(), 0);
+    assert!(matches!(answers(p.op(w(5), 1, send(a, b"y")))[..], [(5, 1, PrimResult::Poisoned(_))]));
+    let out = answers(p.op(w(5), 2, select(vec![rg(b), rg(a)], true)));
+    assert!(matches!(out[..], [(5, 2, PrimResult::Poisoned(_))]));
+    // The select was taken off `b` too.
+    assert!(p.op(w(6), 1, send(b, b"z")).is_empty());
+}
+
+/// Once all writers retired, readers drain what is buffered and then fail `Retired`; once
+/// all readers retired, writers fail. A silent leave (an end dropped) closes nothing.
+#[test]
+fn retire_closes_the_other_side() {
+    let p = Prims::default();
+    let c = chan(&p, 1, false);
+    let w1 = created(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: false }));
+    let w2 = created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: false }));
+    p.op(w(2), 2, send(c, b"last"));
+    p.op(w(2), 3, PrimOp::ChanLeave { reg: w1, retire: true });
+    assert_eq!(answers(p.op(w(4), 1, recv(c))), vec![(4, 1, item(b"last"))]);
+    assert!(p.op(w(4), 2, recv(c)).is_empty());
+    let out = answers(p.op(w(3), 2, PrimOp::ChanLeave { reg: w2, retire: true }));
+    assert!(matches!(&out[0], (4, 2, PrimResult::Retired(m)) if m.contains("writers")), "{out:?}");
+    assert!(matches!(answers(p.op(w(4), 3, recv(c)))[..], [(4, 3, PrimResult::Retired(_))]));
+
+    let c = chan(&p, 0, false);
+    let r1 = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    let r2 = created(p.op(w(5), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    p.op(w(4), 2, PrimOp::ChanLeave { reg: r1, retire: false });
+    assert!(p.op(w(2), 1, send(c, b"x")).is_empty());
+    // The last reader's process dies: that retires its end.
+    let out = answers(p.drop_worker(WorkerId(5)));
+    assert!(matches!(&out[..], [(2, 1, PrimResult::Retired(m))] if m.contains("readers")));
+    let _ = r2;
+}
+
+/// A pickled end's registration passes to the process that unpickles it, once.
+#[test]
+fn claim_moves_an_end_once() {
+    let p = Prims::default();
+    let c = chan(&p, 0, false);
+    assert!(p.op(Who::Local, 1, PrimOp::ChanJoin { chan: c, reader: false }).is_empty());
+    let Ok(Some(PrimResult::Created(reg))) = p.wait_local(1, None, &mut || Ok::<(), ()>(())) else {
+        panic!("join answered no registration")
+    };
+    let claimed = created(p.op(w(2), 1, PrimOp::ChanClaim { chan: c, reg, reader: false }));
+    assert_eq!(claimed, reg);
+    let again = created(p.op(w(3), 1, PrimOp::ChanClaim { chan: c, reg, reader: false }));
+    assert_ne!(again, reg);
+    p.op(w(2), 2, PrimOp::ChanJoin { chan: c, reader: true });
+    assert!(p.op(w(4), 1, recv(c)).is_empty());
+    // Worker 2 dies: its claimed writer end retires, worker 3's still counts.
+    p.drop_worker(WorkerId(2));
+    assert!(p.op(w(4), 1, PrimOp::Cancel).len() == 1);
+}
+
+/// Every reader end of a broadcast channel gets each message; a full reader buffer parks
+/// writers until that reader takes one.
+#[test]
+fn broadcast_reaches_every_reader() {
+    let p = Prims::default();
+    let c = chan(&p, 1, true);
+    let regs: Vec<u64> = (2..5)
+        .map(|n| created(p.op(w(n), 1, PrimOp::ChanJoin { chan: c, reader: true })))
+        .collect();
+    // Reader 2 waits already: it is handed the message directly.
+    assert!(p.op(w(2), 2, PrimOp::ChanRecv { chan: c, reg: regs[0] }).is_empty());
+    let out = answers(p.op(w(1), 1, send(c, b"m1")));
+    assert_eq!(out, vec![(2, 2, item(b"m1")), (1, 1, PrimResult::Done)]);
+    // Readers 3 and 4 hold m1 in their buffers (room 1): the next send parks.
+    assert!(p.op(w(1), 2, send(c, b"m2")).is_empty());
+    for (n, reg) in [(3, regs[1]), (4, regs[2])] {
+        let out = answers(p.op(w(n), 2, PrimOp::ChanRecv { chan: c, reg }));
+        assert_eq!(out.last(), Some(&(n, 2, item(b"m1"))));
+    }
+    assert_eq!(p.parked(), 0, "m2 went out once every buffer had room");
+    for (n, reg) in [(2, regs[0]), (3, regs[1]), (4, regs[2])] {
+        let out = answers(p.op(w(n), 3, PrimOp::ChanRecv { chan: c, reg }));
+        assert_eq!(out, vec![(n, 3, item(b"m2"))]);
+    }
+    let out = answers(p.op(w(1), 3, recv(c)));
+    assert!(matches!(&out[..], [(1, 3, PrimResult::Error(m))] if m.contains("reader end")));
+}
+
+/// A receiver that dies before acknowledging its item gives it back to the next receiver,
+/// also for an item a select took.
+#[test]
+fn dead_receiver_loses_nothing() {
+    let p = Prims::default();
+    let c = chan(&p, 0, false);
+    p.op(w(2), 1, recv(c));
+    p.op(w(1), 1, send(c, b"a"));
+    p.op(w(3), 1, select(vec![rg(c)], false));
+    p.op(w(1), 2, send(c, b"b"));
+    assert!(p.drop_worker(WorkerId(2)).is_empty());
+    assert!(p.drop_worker(WorkerId(3)).is_empty());
+    let got: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|r| answers(p.op(w(4), r, PrimOp::ChanRecv { chan: c, reg: 0 })))
+        .collect();
+    assert_eq!(got, vec![vec![(4, 1, item(b"b"))], vec![(4, 2, item(b"a"))]]);
+}
