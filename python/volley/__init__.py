@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 # submodule imported under its own name. tests/test_imports.py reads this table too.
 _LAZY: dict[str, str] = {
     "actor": "",
+    "channel": "",
     "exceptions": "",
     "job": "",
     "state": "",

@@ -59,8 +59,9 @@ pub enum PrimOp {
     // channels (volley.channel; the rest of this block, in this order)
     /// Make a CSP channel: `capacity` 0 is a rendezvous (a send completes when a receiver takes
     /// the item), n > 0 buffers n items; `broadcast` gives every registered reader end its own
-    /// buffer of `max(capacity, 1)` and each message. Answered `Created`.
-    ChanCreate { capacity: u64, broadcast: bool },
+    /// buffer of `max(capacity, 1)` and each message; `name` (may be empty) is used in error
+    /// messages. Answered `Created`.
+    ChanCreate { capacity: u64, broadcast: bool, name: String },
     /// Hand `item` to a receiver (parked FIFO until one takes it or there is buffer room).
     /// Answered `Done`, `Full` (cancelled while parked), `Poisoned`, `Retired` or `Closed`.
     ChanSend {

@@ -8,6 +8,7 @@
 //! Python exceptions in one place, [`errors`].
 
 mod buffer;
+mod channel;
 mod cluster;
 mod dashboard;
 mod errors;
@@ -966,6 +967,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node_logs::register(m)?;
     state::register(m)?;
     prims::register(m)?;
+    channel::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

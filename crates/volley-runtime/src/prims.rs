@@ -287,8 +287,8 @@ impl Inner {
                 }
             }
             // channels
-            PrimOp::ChanCreate { capacity, broadcast } => {
-                channel::create(self, me, capacity, broadcast, out)
+            PrimOp::ChanCreate { capacity, broadcast, name } => {
+                channel::create(self, me, capacity, broadcast, name, out)
             }
             PrimOp::ChanSend { chan, item } => {
                 let guard = Guard { chan, reg: 0, send: Some(ByteBuf::from(item)) };

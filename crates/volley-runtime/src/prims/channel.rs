@@ -51,6 +51,8 @@ struct Reg {
 
 #[derive(Default)]
 struct Channel {
+    /// How errors name it: `'name' (#id)` or `#id`.
+    label: String,
     capacity: u64,
     broadcast: bool,
     items: VecDeque<Vec<u8>>,
@@ -93,18 +95,18 @@ struct G {
 
 fn gone(chan: u64) -> PrimResult {
     PrimResult::Closed(format!(
-        "channel {chan} was never made on this node (channels do not cross nodes yet) or in \
+        "channel #{chan} was never made on this node (channels do not cross nodes yet) or in \
          another session"
     ))
 }
 
-fn poisoned(chan: u64) -> PrimResult {
-    PrimResult::Poisoned(format!("channel {chan} was poisoned"))
+fn poisoned(ch: &Channel) -> PrimResult {
+    PrimResult::Poisoned(format!("channel {} was poisoned", ch.label))
 }
 
-fn retired(chan: u64, readers: bool) -> PrimResult {
-    let side = if readers { "readers" } else { "writers" };
-    PrimResult::Retired(format!("channel {chan}: all its {side} retired"))
+fn retired(ch: &Channel, readers: bool) -> PrimResult {
+    let side = if readers { "reader ends" } else { "writer ends" };
+    PrimResult::Retired(format!("channel {}: all its {side} retired", ch.label))
 }
 
 fn result_for(kind: Kind, index: u32, source: u64, item: Option<Vec<u8>>) -> PrimResult {
@@ -123,11 +125,13 @@ pub(super) fn create(
     me: Waiter,
     capacity: u64,
     broadcast: bool,
+    name: String,
     out: &mut Vec<Delivery>,
 ) {
     inner.next_id += 1;
     let id = inner.next_id;
-    inner.chans.chans.insert(id, Channel { capacity, broadcast, ..Channel::default() });
+    let label = if name.is_empty() { format!("#{id}") } else { format!("{name:?} (#{id})") };
+    inner.chans.chans.insert(id, Channel { label, capacity, broadcast, ..Channel::default() });
     inner.answer(me, id, PrimResult::Created(id), out);
 }
 
@@ -180,7 +184,7 @@ pub(super) fn op(
             }
         }
         if ch.poisoned {
-            return inner.answer(me, g.chan, poisoned(g.chan), out);
+            return inner.answer(me, g.chan, poisoned(ch), out);
         }
     }
     let n = guards.len();
@@ -247,8 +251,8 @@ fn fits(chans: &Chans, ch: &Channel) -> bool {
 fn dead(chans: &Chans, g: &G) -> Option<PrimResult> {
     let ch = chans.chans.get(&g.chan)?;
     match &g.send {
-        Some(_) if ch.readers_retired => Some(retired(g.chan, true)),
-        None if ch.writers_retired => Some(retired(g.chan, false)),
+        Some(_) if ch.readers_retired => Some(retired(ch, true)),
+        None if ch.writers_retired => Some(retired(ch, false)),
         _ => None,
     }
 }
@@ -403,8 +407,9 @@ pub(super) fn poison(inner: &mut Inner, me: Waiter, c: u64, out: &mut Vec<Delive
             r.buf.clear();
         }
     }
+    let r = poisoned(ch);
     for key in keys {
-        fail(inner, key, poisoned(c), out);
+        fail(inner, key, r.clone(), out);
     }
     inner.answer(me, c, PrimResult::Done, out);
 }
@@ -471,9 +476,9 @@ pub(super) fn leave(inner: &mut Inner, reg: u64, retire: bool, out: &mut Vec<Del
             failed.extend(ch.receivers.iter().map(|o| o.key));
         }
     }
-    let readers = r.reader;
+    let r = retired(ch, r.reader);
     for key in failed {
-        fail(inner, key, retired(c, readers), out);
+        fail(inner, key, r.clone(), out);
     }
     pump(inner, c, out);
 }

@@ -18,7 +18,7 @@ fn created(out: Vec<Delivery>) -> u64 {
 }
 
 fn chan(p: &Prims, capacity: u64, broadcast: bool) -> u64 {
-    created(p.op(w(1), 0, PrimOp::ChanCreate { capacity, broadcast }))
+    created(p.op(w(1), 0, PrimOp::ChanCreate { capacity, broadcast, name: String::new() }))
 }
 
 fn send(chan: u64, item: &[u8]) -> PrimOp {
@@ -183,7 +183,10 @@ fn retire_closes_the_other_side() {
     assert_eq!(answers(p.op(w(4), 1, recv(c))), vec![(4, 1, item(b"last"))]);
     assert!(p.op(w(4), 2, recv(c)).is_empty());
     let out = answers(p.op(w(3), 2, PrimOp::ChanLeave { reg: w2, retire: true }));
-    assert!(matches!(&out[0], (4, 2, PrimResult::Retired(m)) if m.contains("writers")), "{out:?}");
+    assert!(
+        matches!(&out[0], (4, 2, PrimResult::Retired(m)) if m.contains("writer ends")),
+        "{out:?}"
+    );
     assert!(matches!(answers(p.op(w(4), 3, recv(c)))[..], [(4, 3, PrimResult::Retired(_))]));
 
     let c = chan(&p, 0, false);
@@ -193,7 +196,7 @@ fn retire_closes_the_other_side() {
     assert!(p.op(w(2), 1, send(c, b"x")).is_empty());
     // The last reader's process dies: that retires its end.
     let out = answers(p.drop_worker(WorkerId(5)));
-    assert!(matches!(&out[..], [(2, 1, PrimResult::Retired(m))] if m.contains("readers")));
+    assert!(matches!(&out[..], [(2, 1, PrimResult::Retired(m))] if m.contains("reader ends")));
     let _ = r2;
 }
 

@@ -1,0 +1,376 @@
+"""CSP channels (PyCSP's model) on the node's primitive service: rendezvous and buffered
+channels with many readers and writers, alternation (``select``), poison, retire and broadcast.
+
+A channel lives in the node of the process that made it (in Rust, ``volley_runtime::prims``);
+a ``send``, ``recv`` or ``select`` is one message to the node and its answer, and a blocked op
+waits in the node, first come first served. Channels and their ends are passed to tasks and
+actors of the same node like any value. Messages are pickled (cloudpickle for what the C
+pickler refuses). See docs/channel.md.
+
+>>> from volley.channel import Channel, select
+>>> ch = Channel(capacity=2)
+>>> ch.send("hello"); ch.recv()
+'hello'
+>>> a, b = Channel(1), Channel(1)
+>>> b.send(42)
+>>> select([a.recv, b.recv])
+(1, 42)
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Iterator
+
+from . import _core
+from ._queue import _dumps
+from ._session import ensure_init
+from .exceptions import ChannelClosed
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "ChannelPoisoned",
+    "ChannelRetired",
+    "ReaderEnd",
+    "WriterEnd",
+    "select",
+    "poison",
+    "retire",
+]
+
+
+class ChannelPoisoned(ChannelClosed):
+    """The channel was poisoned: every waiting and later op on it (and a ``select`` with a
+    guard on it) fails with this error. PyCSP's ``ChannelPoisonException``."""
+
+
+class ChannelRetired(ChannelClosed):
+    """All the reader ends (writer ends) of the channel retired: it is closed for its writers
+    (readers). PyCSP's ``ChannelRetireException``."""
+
+
+_MY_NODE: list[int] = []
+
+
+def _my_node() -> int:
+    """This process's node id (0 outside a cluster), asked once."""
+    if not _MY_NODE:
+        from ._runtime_context import _own_node
+
+        _MY_NODE.append(int(_own_node().get("node_id", 0)))
+    return _MY_NODE[0]
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
+    return timeout
+
+
+class Channel:
+    """A CSP channel: ``capacity`` 0 is a rendezvous (``send`` returns only once a receiver
+    took the item), n > 0 buffers n items (``send`` on a full channel waits: backpressure).
+    Any number of processes send and receive; waiting ones are served first come, first served.
+
+    With ``broadcast=True`` every reader end (``reader()``) gets each message, through a buffer
+    of its own of ``max(capacity, 1)`` items; a writer waits while some reader's buffer is full,
+    and while there is no reader end at all.
+
+    ``send``/``recv`` on the channel itself suit simple use; ``reader()`` and ``writer()`` give
+    ends (PyCSP's ``+chan``/``-chan``) that count towards retiring: once every reader end
+    retired, writers fail with :class:`ChannelRetired`, and vice versa.
+
+    >>> ch = Channel(capacity=1, name="numbers")
+    >>> ch.send(1)
+    >>> ch.recv()
+    1
+    >>> try:
+    ...     ch.recv(timeout=0.01)
+    ... except TimeoutError as e:
+    ...     print(e)
+    recv on channel 'numbers' waited 0.01 s for a sender
+    """
+
+    def __init__(self, capacity: int = 0, *, broadcast: bool = False, name: str | None = None):
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if capacity < 0:
+            raise ValueError(f"capacity must be 0 (rendezvous) or more, not {capacity}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        ensure_init()
+        self._capacity = capacity
+        self._broadcast = bool(broadcast)
+        self._id = _core.chan_create(capacity, self._broadcast, name or "")
+        self._name = name
+        self._node = _my_node()
+
+    @classmethod
+    def _attach(
+        cls, chan_id: int, capacity: int, broadcast: bool, name: str | None, node: int
+    ) -> Channel:
+        ch = cls.__new__(cls)
+        ch._id, ch._capacity, ch._broadcast, ch._name, ch._node = (
+            chan_id,
+            capacity,
+            broadcast,
+            name,
+            node,
+        )
+        return ch
+
+    def __reduce__(self) -> tuple:
+        return (
+            Channel._attach,
+            (self._id, self._capacity, self._broadcast, self._name, self._node),
+        )
+
+    def __repr__(self) -> str:
+        kind = ", broadcast=True" if self._broadcast else ""
+        return f"Channel({self._label()}, capacity={self._capacity}{kind})"
+
+    def _label(self) -> str:
+        return repr(self._name) if self._name else f"#{self._id}"
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    def send(self, value: Any, timeout: float | None = None) -> None:
+        """Sends ``value``: returns once a receiver took it (capacity 0) or it is buffered,
+        waiting up to ``timeout`` seconds (None: for ever); ``TimeoutError`` then."""
+        if not _core.chan_send(self._id, _dumps(value), _check_timeout(timeout)):
+            raise TimeoutError(
+                f"send on channel {self._label()} waited {timeout} s for "
+                + ("a receiver" if self._capacity == 0 else "buffer room")
+            )
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Receives the next value, waiting up to ``timeout`` seconds (None: for ever) for a
+        sender; ``TimeoutError`` then. On a broadcast channel, receive from a ``reader()``."""
+        return self._recv(0, timeout)
+
+    def _recv(self, reg: int, timeout: float | None) -> Any:
+        data = _core.chan_recv(self._id, reg, _check_timeout(timeout))
+        if data is None:
+            raise TimeoutError(f"recv on channel {self._label()} waited {timeout} s for a sender")
+        return pickle.loads(data)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Receives until the channel is poisoned or its writers all retired."""
+        return _iterate(lambda: self.recv())
+
+    def reader(self) -> ReaderEnd:
+        """A reader end (PyCSP's ``+chan``): it counts among the channel's readers until it
+        retires (or is dropped, or its process dies)."""
+        return ReaderEnd(self)
+
+    def writer(self) -> WriterEnd:
+        """A writer end (PyCSP's ``-chan``): it counts among the channel's writers until it
+        retires (or is dropped, or its process dies)."""
+        return WriterEnd(self)
+
+    def poison(self) -> None:
+        """Poisons the channel: every waiting and later op on it, from every process, raises
+        :class:`ChannelPoisoned`; buffered items are dropped."""
+        _core.chan_poison(self._id)
+
+
+def _iterate(recv: Any) -> Iterator[Any]:
+    while True:
+        try:
+            value = recv()
+        except (ChannelPoisoned, ChannelRetired):
+            return
+        yield value
+
+
+class _End:
+    """A registered end of a channel; retires on ``retire()``, on leaving a ``with`` block,
+    and when its process dies. Pickled, it registers a new end that the unpickling process
+    takes over, so it keeps counting while it travels."""
+
+    _reader = False
+
+    def __init__(self, channel: Channel, reg: int | None = None) -> None:
+        self._chan = channel
+        self._retired = False
+        self._reg = _core.chan_join(channel._id, self._reader) if reg is None else reg
+
+    @classmethod
+    def _claim(cls, channel: Channel, reg: int) -> _End:
+        return cls(channel, _core.chan_claim(channel._id, reg, cls._reader))
+
+    def __reduce__(self) -> tuple:
+        if self._retired:
+            raise ChannelRetired(f"{self!r} was retired: it cannot be passed on")
+        return (type(self)._claim, (self._chan, _core.chan_join(self._chan._id, self._reader)))
+
+    def __repr__(self) -> str:
+        state = ", retired" if self._retired else ""
+        return f"{type(self).__name__}({self._chan._label()}{state})"
+
+    @property
+    def channel(self) -> Channel:
+        return self._chan
+
+    def _check(self) -> None:
+        if self._retired:
+            raise ChannelRetired(f"{self!r} was retired")
+
+    def retire(self) -> None:
+        """Retires this end: once every reader (writer) end of the channel retired, its
+        writers (readers) fail with :class:`ChannelRetired`. Retiring again does nothing."""
+        if not self._retired:
+            self._retired = True
+            _core.chan_leave(self._reg, True)
+
+    def poison(self) -> None:
+        """Poisons the channel (see :meth:`Channel.poison`)."""
+        self._chan.poison()
+
+    def __enter__(self) -> _End:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.retire()
+
+    def __del__(self) -> None:
+        # Dropped without retiring: it stops counting, and closes nothing.
+        if not getattr(self, "_retired", True):
+            self._retired = True
+            try:
+                _core.chan_leave(self._reg, False)
+            except Exception:
+                pass  # The session is gone, and the channel with it.
+
+
+class ReaderEnd(_End):
+    """The reading end of a channel (``channel.reader()``); iterating it receives until the
+    channel is poisoned or all its writers retired.
+
+    >>> ch = Channel(capacity=3)
+    >>> with ch.writer() as out, ch.reader() as inp:
+    ...     for i in range(3):
+    ...         out(i)
+    ...     out.retire()
+    ...     list(inp)
+    [0, 1, 2]
+    """
+
+    _reader = True
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Receives the next value (see :meth:`Channel.recv`)."""
+        self._check()
+        return self._chan._recv(self._reg if self._chan._broadcast else 0, timeout)
+
+    __call__ = recv  # PyCSP: ``value = cin()``
+
+    def __iter__(self) -> Iterator[Any]:
+        return _iterate(self.recv)
+
+
+class WriterEnd(_End):
+    """The writing end of a channel (``channel.writer()``); calling it sends (PyCSP's
+    ``cout(value)``)."""
+
+    def send(self, value: Any, timeout: float | None = None) -> None:
+        """Sends ``value`` (see :meth:`Channel.send`)."""
+        self._check()
+        self._chan.send(value, timeout)
+
+    __call__ = send
+
+
+def _guard(g: Any) -> tuple[Channel, int, bytes | None]:
+    """(channel, reader registration, pickled value or None) of one select guard."""
+    if isinstance(g, tuple):
+        if len(g) != 2:
+            raise ValueError(f"a send guard is (channel.send, value), not a {len(g)}-tuple")
+        method, value = g
+        target = getattr(method, "__self__", None)
+        if getattr(method, "__name__", None) != "send" or not isinstance(
+            target, (Channel, WriterEnd)
+        ):
+            raise TypeError(f"a send guard is (channel.send, value), not ({method!r}, ...)")
+        if isinstance(target, WriterEnd):
+            target._check()
+            target = target._chan
+        return target, 0, _dumps(value)
+    target = getattr(g, "__self__", None)
+    if getattr(g, "__name__", None) not in ("recv", "__call__") or not isinstance(
+        target, (Channel, ReaderEnd)
+    ):
+        raise TypeError(f"a select guard is channel.recv or (channel.send, value), not {g!r}")
+    if isinstance(target, ReaderEnd):
+        target._check()
+        reg = target._reg if target._chan._broadcast else 0
+        return target._chan, reg, None
+    return target, 0, None
+
+
+def select(
+    guards: list,
+    timeout: float | None = None,
+    skip: bool = False,
+    priority: bool = False,
+) -> tuple[int | None, Any]:
+    """Alternation: commits exactly one ready guard and returns ``(index, value)``: the value a
+    recv guard (``ch.recv``) received, or None for a send guard (``(ch.send, value)``).
+
+    Among several ready guards it picks fairly (a rotating start, PyCSP's ``FairSelect``), or
+    the first in order with ``priority=True`` (``PriSelect``). With no ready guard it waits up
+    to ``timeout`` seconds (``TimeoutError`` then), or with ``skip=True`` returns
+    ``(None, None)`` at once. A poisoned (retired) guard's channel raises
+    :class:`ChannelPoisoned` (:class:`ChannelRetired`). All guards' channels must live on
+    this process's node.
+
+    >>> a, b = Channel(1), Channel(1)
+    >>> select([a.recv, (b.send, "x")], priority=True)
+    (1, None)
+    >>> select([a.recv], skip=True)
+    (None, None)
+    >>> b.recv()
+    'x'
+    """
+    if not isinstance(guards, (list, tuple)) or not guards:
+        raise ValueError("select needs a non-empty list of guards (ch.recv or (ch.send, value))")
+    parsed = [_guard(g) for g in guards]
+    me = _my_node()
+    for ch, _, _ in parsed:
+        if ch._node != me:
+            raise ValueError(
+                f"select guard on channel {ch._label()} of node {ch._node}, but this process is "
+                f"on node {me}: a select's channels must live on its own node (for now)"
+            )
+    answer = _core.chan_select(
+        [(ch._id, reg, item) for ch, reg, item in parsed],
+        _check_timeout(timeout),
+        bool(skip),
+        bool(priority),
+    )
+    if answer is None:
+        if skip:
+            return None, None
+        names = ", ".join(ch._label() for ch, _, _ in parsed)
+        raise TimeoutError(f"select on channels {names} waited {timeout} s for a ready guard")
+    index, data = answer
+    return index, (None if data is None else pickle.loads(data))
+
+
+def poison(*ends: Channel | _End) -> None:
+    """Poisons each channel (PyCSP's ``poison(chan_end, ...)``)."""
+    for e in ends:
+        e.poison()
+
+
+def retire(*ends: _End) -> None:
+    """Retires each end (PyCSP's ``retire(chan_end, ...)``)."""
+    for e in ends:
+        e.retire()

@@ -1,0 +1,324 @@
+"""volley.channel: CSP channels on the node's primitive service, with real processes: CSP
+networks of tasks and actors, rendezvous, select, poison, retire, broadcast, a SIGKILLed
+receiver and a SIGINTed driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import (
+    CLUSTER_MODE,
+    DRIVER_PRELUDE,
+    finish_driver,
+    read_line_with_prefix,
+    start_driver,
+    write_script,
+)
+
+import volley
+from volley.channel import (
+    Channel,
+    ChannelClosed,
+    ChannelPoisoned,
+    ChannelRetired,
+    ReaderEnd,
+    WriterEnd,
+    select,
+)
+from volley.exceptions import ActorDiedError
+
+# Channels live on one node for now: in the test cluster a task may run on another node.
+pytestmark = pytest.mark.skipif(CLUSTER_MODE, reason="channels do not cross nodes yet")
+
+# Stages block in channel ops for long stretches: they take no CPU slot, so that a network of
+# more stages than CPUs runs (until blocked ops lend their CPU).
+
+
+@volley.remote(num_cpus=0)
+def producer(out: WriterEnd, items: list) -> int:
+    with out:
+        for x in items:
+            out(x)
+    return len(items)
+
+
+@volley.remote(num_cpus=0)
+def keep_even(inp: ReaderEnd, out: WriterEnd) -> int:
+    n = 0
+    with inp, out:
+        for x in inp:
+            if x % 2 == 0:
+                out(x)
+                n += 1
+    return n
+
+
+@volley.remote(num_cpus=0)
+def sender(ch: Channel, tag: str, n: int) -> int:
+    for i in range(n):
+        ch.send((tag, i))
+    return n
+
+
+@volley.remote(num_cpus=0)
+def send_one(ch: Channel, x: object) -> float:
+    ch.send(x)
+    return time.time()
+
+
+@volley.remote(num_cpus=0)
+def stage(inp: ReaderEnd, out: WriterEnd) -> str:
+    """Forwards until poisoned, then poisons its output (PyCSP's poison spreading)."""
+    try:
+        while True:
+            out(inp() + 1)
+    except ChannelPoisoned:
+        out.poison()
+        return "poisoned"
+
+
+@volley.remote(num_cpus=0)
+def collect(inp: ReaderEnd) -> list:
+    return list(inp)
+
+
+@volley.remote(num_cpus=0)
+class Sink:
+    def pid(self) -> int:
+        return os.getpid()
+
+    def recv(self, ch: Channel, timeout: float | None = None) -> object:
+        return ch.recv(timeout=timeout)
+
+    def drain(self, inp: ReaderEnd) -> list:
+        return list(inp)
+
+
+def test_producer_filter_consumer_network(volley_2cpu):
+    a, b = Channel(), Channel(capacity=4)
+    sink = Sink.remote()
+    got = sink.drain.remote(b.reader())
+    kept = keep_even.remote(a.reader(), b.writer())
+    made = [producer.remote(a.writer(), list(range(k, 60, 3))) for k in range(3)]
+    assert sorted(volley.get(got, timeout=60)) == list(range(0, 60, 2))
+    assert volley.get(kept, timeout=60) == 30
+    assert volley.get(made, timeout=60) == [20, 20, 20]
+
+
+def test_rendezvous_send_waits_for_a_receiver(volley_2cpu):
+    ch = Channel()
+    sent = send_one.remote(ch, "x")
+    ready, _ = volley.wait([sent], timeout=1.0)
+    assert ready == [], "a send on a rendezvous channel returned before any recv"
+    before = time.time()
+    assert ch.recv(timeout=30) == "x"
+    assert volley.get(sent, timeout=30) >= before - 0.01
+
+
+def test_buffered_channel_backpressures_the_sender(volley_2cpu):
+    ch = Channel(capacity=2)
+    ch.send(1)
+    ch.send(2)
+    with pytest.raises(TimeoutError, match="buffer room"):
+        ch.send(3, timeout=0.2)
+    blocked = send_one.remote(ch, 3)
+    ready, _ = volley.wait([blocked], timeout=1.0)
+    assert ready == []
+    assert [ch.recv(), ch.recv(), ch.recv(timeout=30)] == [1, 2, 3]
+    volley.get(blocked, timeout=30)
+
+
+def test_select_over_two_fed_channels_takes_from_both(volley_2cpu):
+    a, b = Channel(capacity=100), Channel(capacity=100)
+    feeds = [sender.remote(a, "a", 100), sender.remote(b, "b", 100)]
+    # Both channels full (their feeders done): every select has two ready guards, and a fair
+    # select takes from both rather than draining the first.
+    assert volley.get(feeds, timeout=60) == [100, 100]
+    seen: dict = {"a": [], "b": []}
+    for _ in range(100):
+        index, (tag, i) = select([a.recv, b.recv], timeout=60)
+        assert tag == "ab"[index]
+        seen[tag].append(i)
+    assert min(len(seen["a"]), len(seen["b"])) >= 30, {k: len(v) for k, v in seen.items()}
+    for _ in range(100):
+        tag, i = select([a.recv, b.recv], timeout=60)[1]
+        seen[tag].append(i)
+    assert seen == {"a": list(range(100)), "b": list(range(100))}
+
+
+def test_select_send_guard_timeout_and_skip(volley_2cpu):
+    a, b = Channel(), Channel(capacity=1)
+    assert select([a.recv, (b.send, "v")]) == (1, None)
+    assert select([a.recv, b.recv], skip=True) == (1, "v")
+    assert select([a.recv, b.recv], skip=True) == (None, None)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="select on channels"):
+        select([a.recv, b.recv], timeout=0.2)
+    assert 0.19 <= time.monotonic() - started < 5
+    # The timed-out select is gone from both channels: a send waits for a real receiver.
+    with pytest.raises(TimeoutError):
+        a.send("lost?", timeout=0.2)
+
+
+def test_poison_spreads_through_a_pipeline(volley_2cpu):
+    c0, c1, c2, c3 = (Channel() for _ in range(4))
+    stages = [stage.remote(x.reader(), y.writer()) for x, y in [(c0, c1), (c1, c2), (c2, c3)]]
+    out = c3.reader()
+    c0.send(1)
+    assert out.recv(timeout=60) == 4
+    c0.poison()
+    assert volley.get(stages, timeout=60) == ["poisoned"] * 3
+    with pytest.raises(ChannelPoisoned, match="poisoned"):
+        out.recv(timeout=30)
+    for ch in (c0, c1, c2, c3):
+        with pytest.raises(ChannelPoisoned):
+            ch.send("x", timeout=30)
+
+
+def test_retire_of_all_writers_ends_iteration(volley_2cpu):
+    ch = Channel(capacity=2)
+    got = collect.remote(ch.reader())
+    writers = [producer.remote(ch.writer(), [k] * 5) for k in range(3)]
+    assert sorted(volley.get(got, timeout=60)) == sorted([0] * 5 + [1] * 5 + [2] * 5)
+    assert volley.get(writers, timeout=30) == [5, 5, 5]
+    with pytest.raises(ChannelRetired, match="writer ends retired"):
+        ch.recv(timeout=30)
+
+
+def test_retire_of_all_readers_fails_writers(volley_2cpu):
+    ch = Channel()
+    r1, r2 = ch.reader(), ch.reader()
+    r1.retire()
+    r1.retire()  # again: nothing happens
+    with pytest.raises(ChannelRetired, match="was retired"):
+        r1.recv()
+    with r2:
+        pass
+    with pytest.raises(ChannelRetired, match="reader ends retired"):
+        ch.send(1, timeout=30)
+
+
+def test_broadcast_reaches_every_reader(volley_2cpu):
+    ch = Channel(capacity=2, broadcast=True)
+    sinks = [Sink.remote() for _ in range(3)]
+    got = [s.drain.remote(ch.reader()) for s in sinks]
+    with ch.writer() as out:
+        for i in range(20):
+            out(i)
+    assert volley.get(got, timeout=60) == [list(range(20))] * 3
+    with pytest.raises(ValueError, match="reader end"):
+        ch.recv(timeout=1)
+
+
+def test_receiver_killed_while_parked_loses_nothing(volley_2cpu):
+    ch = Channel()
+    victim, other = Sink.remote(), Sink.remote()
+    pid = volley.get(victim.pid.remote(), timeout=60)
+    parked = victim.recv.remote(ch)
+    time.sleep(0.5)  # let it park in recv()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        volley.get(parked, timeout=60)
+    taking = other.recv.remote(ch, 30)
+    ch.send("next", timeout=30)
+    assert volley.get(taking, timeout=60) == "next"
+
+
+def test_a_receiver_killed_as_the_item_comes_loses_nothing(volley_2cpu):
+    ch = Channel(capacity=4)
+    for round_ in range(3):
+        victim, other = Sink.remote(), Sink.remote()
+        pid = volley.get(victim.pid.remote(), timeout=60)
+        victim.recv.remote(ch)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        ch.send(round_)
+        assert volley.get(other.recv.remote(ch, 30), timeout=60) == round_
+
+
+def test_recv_timeout_names_the_channel(volley_2cpu):
+    ch = Channel(name="jobs")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="recv on channel 'jobs' waited 0.2 s for a sender"):
+        ch.recv(timeout=0.2)
+    assert 0.19 <= time.monotonic() - started < 5
+    with pytest.raises(TimeoutError, match="send on channel 'jobs' waited 0.1 s for a receiver"):
+        ch.send(1, timeout=0.1)
+
+
+def test_bad_input_is_refused_clearly(volley_2cpu):
+    with pytest.raises(ValueError, match="capacity"):
+        Channel(-1)
+    with pytest.raises(TypeError, match="capacity"):
+        Channel("3")
+    ch = Channel(1)
+    with pytest.raises(ValueError, match="timeout"):
+        ch.recv(timeout=-1)
+    with pytest.raises(ValueError, match="non-empty list of guards"):
+        select([])
+    with pytest.raises(TypeError, match="select guard"):
+        select([ch.send])
+    with pytest.raises(TypeError, match="send guard"):
+        select([(ch.recv, 1)])
+    with pytest.raises(ValueError, match="at most 67108864 bytes"):
+        ch.send(b"x" * (64 << 20))
+    # A channel made on another node (here: one this process pretends came from node 99).
+    far = Channel._attach(ch._id, 1, False, "far", 99)
+    with pytest.raises(ValueError, match="node 99"):
+        select([ch.recv, far.recv], skip=True)
+    # An id this node never made.
+    with pytest.raises(ChannelClosed, match="never made on this node"):
+        Channel._attach(12345, 0, False, None, 0).send(1)
+    ch.poison()
+    with pytest.raises(ChannelPoisoned, match="poisoned"):
+        ch.send(1)
+    with pytest.raises(ChannelPoisoned):
+        select([Channel(1).recv, ch.recv], skip=True)
+    w = ch.writer()
+    w.retire()
+    with pytest.raises(volley.exceptions.SerializationError, match="cannot be passed on"):
+        producer.remote(w, [1])
+
+
+CTRL_C_SCRIPT = (
+    DRIVER_PRELUDE
+    + """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+volley.init(num_cpus=1)
+from volley.channel import Channel, select
+a, b = Channel(), Channel()
+for what in ("recv", "select"):
+    print("BLOCKING " + what, flush=True)
+    try:
+        a.recv() if what == "recv" else select([a.recv, b.recv])
+        print("RESULT", flush=True)
+    except KeyboardInterrupt:
+        print("CAUGHT " + repr(time.monotonic()), flush=True)
+# The interrupted ops are gone from the channels: a send waits for a real receiver.
+try:
+    a.send("x", timeout=0.3)
+    print("AFTER taken", flush=True)
+except TimeoutError:
+    print("AFTER clean", flush=True)
+volley.shutdown()
+"""
+)
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_ctrl_c_interrupts_a_blocked_recv_and_select(tmp_path):
+    proc = start_driver(write_script(tmp_path, CTRL_C_SCRIPT))
+    for what in ("recv", "select"):
+        read_line_with_prefix(proc, "BLOCKING " + what)
+        time.sleep(0.5)  # let the driver park
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        caught = float(read_line_with_prefix(proc, "CAUGHT ", timeout=30))
+        assert caught - sent < 2.0
+    assert read_line_with_prefix(proc, "AFTER ", timeout=30) == "clean"
+    out, err = finish_driver(proc)
+    assert proc.returncode == 0, err
