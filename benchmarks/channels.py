@@ -1,6 +1,7 @@
-"""Queues between two processes on one node: volley's `util.queue.Queue` against
-`multiprocessing.Queue` (and Ray's `util.queue.Queue` where Ray is installed), 1 KiB messages,
-one producer process and one consumer process, in the same run.
+"""Queues and channels between two processes on one node: volley's `util.queue.Queue` and
+`volley.channel.Channel` (buffered and rendezvous) against `multiprocessing.Queue` (and Ray's
+`util.queue.Queue` where Ray is installed), 1 KiB messages, one producer process and one
+consumer process, in the same run; and a channel ping-pong round trip against a task's.
 
 Usage: python benchmarks/channels.py [--messages 20000] [--runs 3] [--no-write]
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
 import volley  # noqa: E402
+from volley.channel import Channel  # noqa: E402
 from volley.util.queue import Queue  # noqa: E402
 
 PAYLOAD = b"x" * 1024
@@ -82,12 +84,77 @@ class _VConsumer:
         q.qsize()  # the last put has reached the node
         return time.perf_counter() - t0
 
+    def recv_all(self, ch: Channel, n: int) -> float:
+        ch.recv()
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            ch.recv()
+        return time.perf_counter() - t0
+
     def run(self, q: Queue, n: int) -> float:
         q.get()
         t0 = time.perf_counter()
         for _ in range(n - 1):
             q.get()
         return time.perf_counter() - t0
+
+
+@volley.remote
+def _c_producer(ch: Channel, n: int) -> int:
+    for _ in range(n):
+        ch.send(PAYLOAD)
+    return n
+
+
+@volley.remote
+def _noop() -> None:
+    return None
+
+
+@volley.remote(num_cpus=0)
+class _Echo:
+    def run(self, inp: Channel, out: Channel) -> int:
+        n = 0
+        while (x := inp.recv()) is not None:
+            out.send(x)
+            n += 1
+        return n
+
+
+def channel_rate(n: int, consumer, capacity: int) -> float:
+    """A task sends, an actor receives, on a channel of `capacity` (0: rendezvous)."""
+    ch = Channel(capacity)
+    took = consumer.recv_all.remote(ch, n)
+    prod = _c_producer.remote(ch, n)
+    rate = (n - 1) / volley.get(took)
+    volley.get(prod)
+    ch.poison()
+    return rate
+
+
+def channel_round_trip(n: int, echo) -> float:
+    """µs per driver -> actor -> driver ping-pong over two rendezvous channels."""
+    a, b = Channel(), Channel()
+    done = echo.run.remote(a, b)
+    a.send(PAYLOAD)
+    b.recv()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        a.send(PAYLOAD)
+        b.recv()
+    took = time.perf_counter() - t0
+    a.send(None)
+    volley.get(done)
+    return took / n * 1e6
+
+
+def task_round_trip(n: int) -> float:
+    """µs per `volley.get(noop.remote())` from the driver."""
+    volley.get(_noop.remote())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        volley.get(_noop.remote())
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def volley_rate(n: int, consumer) -> float:
@@ -164,10 +231,16 @@ def main() -> None:
     consumer = _VConsumer.remote()
     volley.get(consumer.ready.remote())
     volley_rate(1000, consumer)  # warm: workers started, code shipped
-    v, m = [], []
+    echo = _Echo.remote()
+    channel_rate(1000, consumer, 64)
+    v, m, cb, cr, crt, trt = [], [], [], [], [], []
     for _ in range(args.runs):  # alternated in one run
         v.append(volley_rate(n, consumer))
         m.append(mp_rate(n))
+        cb.append(channel_rate(n, consumer, 64))
+        cr.append(channel_rate(n, consumer, 0))
+        crt.append(channel_round_trip(2000, echo))
+        trt.append(task_round_trip(2000))
     sides = [one_side(n, consumer) for _ in range(args.runs)]
     put_alone = statistics.median(p for p, _ in sides)
     get_alone = statistics.median(g for _, g in sides)
@@ -175,6 +248,8 @@ def main() -> None:
     volley.shutdown()
     ray = ray_rate(min(n, 2000))
     vm, mm = statistics.median(v), statistics.median(m)
+    cbm, crm = statistics.median(cb), statistics.median(cr)
+    crtm, trtm = statistics.median(crt), statistics.median(trt)
     load_after = os.getloadavg()[0]
     rows = [
         (
@@ -183,6 +258,16 @@ def main() -> None:
             ", ".join(f"{x:,.0f}" for x in v),
         ),
         ("`multiprocessing.Queue` (fork)", f"{mm:,.0f}", ", ".join(f"{x:,.0f}" for x in m)),
+        (
+            "volley `channel.Channel(64)` buffered (task -> actor)",
+            f"{cbm:,.0f}",
+            ", ".join(f"{x:,.0f}" for x in cb),
+        ),
+        (
+            "volley `channel.Channel(0)` rendezvous (task -> actor)",
+            f"{crm:,.0f}",
+            ", ".join(f"{x:,.0f}" for x in cr),
+        ),
     ]
     if ray is not None:
         rows.append(("Ray `util.queue.Queue`", f"{ray:,.0f}", "one run"))
@@ -207,6 +292,15 @@ def main() -> None:
         f"from a full queue (one round trip each) {get_alone:,.0f}/s, "
         f"{1e6 / get_alone:.0f} µs a get. Driver put+get on its embedded node (no socket): "
         f"{rt:.1f} µs.",
+        "",
+        f"Channel ping-pong (driver -> actor -> driver over two rendezvous channels, 1 KiB): "
+        f"**{crtm:.0f} µs** a round trip (runs: {', '.join(f'{x:.0f}' for x in crt)}); a task "
+        f"round trip (`volley.get(noop.remote())`): {trtm:.0f} µs (runs: "
+        f"{', '.join(f'{x:.0f}' for x in trt)}); ratio **{crtm / trtm:.2f}x** (target <= 2x). "
+        "A channel send waits for its answer (a rendezvous send completes only when a receiver "
+        "took the item; a buffered one when the item is in the buffer), so a channel moves "
+        "one message per round trip to the node where an unbounded queue's puts are not "
+        "waited for.",
         "",
         "Why volley is behind `multiprocessing.Queue` here: its consumer reads a pipe the "
         "producer's feeder thread writes, with no third process; volley's `get` is a round trip "
