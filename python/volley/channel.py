@@ -52,6 +52,74 @@ class ChannelRetired(ChannelClosed):
 
 _MY_NODE: list[int] = []
 
+# A message whose buffer (numpy array, bytes) or pickle is at least this big travels through the
+# object store: the channel carries its ref, and the node holds the object while the message
+# travels (so the sender may drop everything at once); the receiver gets it without a copy.
+LARGE_MESSAGE = 1 << 20
+
+
+class _Stored:
+    """A large message in the object store: its ref, and whether the stored value is the
+    message's pickle (else the value itself: a numpy array or buffer)."""
+
+    __slots__ = ("ref", "pickled")
+
+    def __init__(self, ref: Any, pickled: bool) -> None:
+        self.ref, self.pickled = ref, pickled
+
+    def __reduce__(self) -> tuple:
+        return (_Stored, (self.ref, self.pickled))
+
+
+def _buffer_size(value: Any) -> int | None:
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return len(value)
+    if t is memoryview:
+        return value.nbytes
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        return int(value.nbytes)
+    return None
+
+
+def _encode(value: Any) -> tuple[bytes, bytes | None]:
+    """The message for ``value``, and the id of the object the node now holds for it (a large
+    message: release it with ``_release`` if the message is not sent)."""
+    from ._objects import put
+
+    size = _buffer_size(value)
+    if size is None or size < LARGE_MESSAGE:
+        data = _dumps(value)
+        if len(data) < LARGE_MESSAGE:
+            return data, None
+        stored = _Stored(put(data), True)
+    else:
+        stored = _Stored(put(value), False)
+    oid = stored.ref.binary()
+    _core.chan_hold([oid], True)
+    return pickle.dumps(stored, protocol=5), oid
+
+
+def _release(oid: bytes | None) -> None:
+    if oid is not None:
+        _core.chan_hold([oid], False)
+
+
+def _decode(data: bytes) -> Any:
+    value = pickle.loads(data)
+    if type(value) is not _Stored:
+        return value
+    from ._objects import get
+
+    # This process holds the object now (the value got: a view of the store keeps its
+    # segment): the node's hold for the message can go.
+    ref = value.ref
+    try:
+        obj = get(ref)
+    finally:
+        _core.chan_hold([ref.binary()], False)
+    return pickle.loads(obj) if value.pickled else obj
+
 
 def _my_node() -> int:
     """This process's node id (0 outside a cluster), asked once."""
@@ -144,7 +212,15 @@ class Channel:
     def send(self, value: Any, timeout: float | None = None) -> None:
         """Sends ``value``: returns once a receiver took it (capacity 0) or it is buffered,
         waiting up to ``timeout`` seconds (None: for ever); ``TimeoutError`` then."""
-        if not _core.chan_send(self._id, _dumps(value), _check_timeout(timeout)):
+        timeout = _check_timeout(timeout)
+        data, oid = _encode(value)
+        try:
+            sent = _core.chan_send(self._id, data, timeout)
+        except BaseException:
+            _release(oid)
+            raise
+        if not sent:
+            _release(oid)
             raise TimeoutError(
                 f"send on channel {self._label()} waited {timeout} s for "
                 + ("a receiver" if self._capacity == 0 else "buffer room")
@@ -159,7 +235,7 @@ class Channel:
         data = _core.chan_recv(self._id, reg, _check_timeout(timeout))
         if data is None:
             raise TimeoutError(f"recv on channel {self._label()} waited {timeout} s for a sender")
-        return pickle.loads(data)
+        return _decode(data)
 
     def __iter__(self) -> Iterator[Any]:
         """Receives until the channel is poisoned or its writers all retired."""
@@ -288,8 +364,8 @@ class WriterEnd(_End):
     __call__ = send
 
 
-def _guard(g: Any) -> tuple[Channel, int, bytes | None]:
-    """(channel, reader registration, pickled value or None) of one select guard."""
+def _guard(g: Any) -> tuple[Channel, int, Any]:
+    """(channel, reader registration, a 1-tuple of the value to send or None) of one guard."""
     if isinstance(g, tuple):
         if len(g) != 2:
             raise ValueError(f"a send guard is (channel.send, value), not a {len(g)}-tuple")
@@ -302,7 +378,7 @@ def _guard(g: Any) -> tuple[Channel, int, bytes | None]:
         if isinstance(target, WriterEnd):
             target._check()
             target = target._chan
-        return target, 0, _dumps(value)
+        return target, 0, (value,)
     target = getattr(g, "__self__", None)
     if getattr(g, "__name__", None) not in ("recv", "__call__") or not isinstance(
         target, (Channel, ReaderEnd)
@@ -349,19 +425,29 @@ def select(
                 f"select guard on channel {ch._label()} of node {ch._node}, but this process is "
                 f"on node {me}: a select's channels must live on its own node (for now)"
             )
-    answer = _core.chan_select(
-        [(ch._id, reg, item) for ch, reg, item in parsed],
-        _check_timeout(timeout),
-        bool(skip),
-        bool(priority),
-    )
+    timeout = _check_timeout(timeout)
+    held: list[bytes | None] = []
+    wire = []
+    try:
+        for ch, reg, send in parsed:
+            data, oid = _encode(send[0]) if send is not None else (None, None)
+            held.append(oid)
+            wire.append((ch._id, reg, data))
+        answer = _core.chan_select(wire, timeout, bool(skip), bool(priority))
+    except BaseException:
+        for oid in held:
+            _release(oid)
+        raise
+    for i, oid in enumerate(held):
+        if answer is None or answer[0] != i:
+            _release(oid)  # a send guard that did not fire
     if answer is None:
         if skip:
             return None, None
         names = ", ".join(ch._label() for ch, _, _ in parsed)
         raise TimeoutError(f"select on channels {names} waited {timeout} s for a ready guard")
     index, data = answer
-    return index, (None if data is None else pickle.loads(data))
+    return index, (None if data is None else _decode(data))
 
 
 def poison(*ends: Channel | _End) -> None:

@@ -88,6 +88,10 @@ pub enum PrimOp {
     /// The end `reg` leaves; with `retire` it counts as retired: once all readers (writers)
     /// of a channel retired, its writers (readers) fail `Retired`. Answered `Done`.
     ChanLeave { reg: u64, retire: bool },
+    /// Hold (`hold`) or let go of the object-store objects a large channel message refers to:
+    /// the node holds them while the message travels, so the sender may drop its own refs
+    /// at once; the receiver lets go once it holds its own. Answered `Done`.
+    ChanHold { ids: Vec<crate::ObjectId>, hold: bool },
 }
 
 /// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.

@@ -10,6 +10,7 @@ use volley_proto::{Guard, PrimOp, PrimResult};
 
 use crate::client;
 use crate::errors::{check_signals, enter};
+use crate::object_ref::id_from_bytes;
 use crate::prims::{closed, timeout_of};
 
 /// `name(msg)` from `volley.channel` (`ChannelPoisoned`, `ChannelRetired`).
@@ -142,6 +143,14 @@ fn chan_leave(py: Python<'_>, reg: u64, retire: bool) -> PyResult<()> {
     enter(py, || c.prim_no_reply(op)).map(|_| ())
 }
 
+/// Holds (`hold`) or lets go of the objects `ids` (20-byte ids) for the node, while a large
+/// channel message that refers to them travels.
+#[pyfunction]
+fn chan_hold(py: Python<'_>, ids: Vec<Vec<u8>>, hold: bool) -> PyResult<()> {
+    let ids = ids.iter().map(|b| id_from_bytes(b)).collect::<PyResult<Vec<_>>>()?;
+    run(py, PrimOp::ChanHold { ids, hold }, None).map(|_| ())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chan_create, m)?)?;
     m.add_function(wrap_pyfunction!(chan_send, m)?)?;
@@ -151,5 +160,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chan_join, m)?)?;
     m.add_function(wrap_pyfunction!(chan_claim, m)?)?;
     m.add_function(wrap_pyfunction!(chan_leave, m)?)?;
+    m.add_function(wrap_pyfunction!(chan_hold, m)?)?;
     Ok(())
 }

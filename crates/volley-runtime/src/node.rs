@@ -784,6 +784,8 @@ fn prepare(
             }
             return Ok(None);
         }
+        // A channel message's hold: in the scheduler's turn below, after this worker's `Put`.
+        WorkerToNode::Prim { op: volley_proto::PrimOp::ChanHold { .. }, .. } => {}
         WorkerToNode::Prim { req, op } => {
             // The primitive service's, under its own lock, in this worker's order.
             let op = std::mem::replace(op, volley_proto::PrimOp::Cancel);
@@ -1010,6 +1012,16 @@ fn apply(s: &mut Scheduler, w: WorkerId, msg: WorkerToNode, out: &mut Vec<Action
             }
             WorkerToNode::StreamRelease { task, from } => s.stream_release(h, task, from, out),
             WorkerToNode::Retire => s.worker_retiring(w, out),
+            WorkerToNode::Prim { req, op: volley_proto::PrimOp::ChanHold { ids, hold } } => {
+                // Held for the node, not the worker: the message outlives its sender.
+                if hold {
+                    s.incref(Holder::Local, &ids);
+                } else {
+                    s.decref(Holder::Local, &ids, out);
+                }
+                let msg = NodeToWorker::PrimReply { req, result: volley_proto::PrimResult::Done };
+                out.push(Action::Send { worker: w, msg });
+            }
             // Taken before the scheduler (`prepare`): the primitive service's.
             WorkerToNode::Prim { .. } => {}
             WorkerToNode::Alloc { .. } | WorkerToNode::Release { .. } => {}

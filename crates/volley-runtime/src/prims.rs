@@ -315,6 +315,8 @@ impl Inner {
                 channel::leave(self, reg, retire, out);
                 self.answer(me, 0, PrimResult::Done, out);
             }
+            // Done by `hold_refs` (the driver's) or node.rs (a worker's).
+            PrimOp::ChanHold { .. } => self.answer(me, 0, PrimResult::Done, out),
         }
     }
 
@@ -444,6 +446,7 @@ pub(crate) fn call_local<E>(
     if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
         return Err(WaitError::Closed);
     }
+    hold_refs(shared, &op);
     let prims = &shared.prims;
     let req = prims.next_local();
     let takes_from = op.takes_from();
@@ -482,6 +485,20 @@ pub(crate) fn call_local<E>(
 pub(crate) fn serve_worker(shared: &Shared, w: WorkerId, req: u64, op: PrimOp) {
     let out = shared.prims.op(Who::Worker(w), req, op);
     deliver(shared, out);
+}
+
+/// Holds (or lets go of) a large channel message's objects for the node itself
+/// ([`PrimOp::ChanHold`]): not for the asking process, whose death must not free them. (A
+/// worker's is done in the scheduler's turn for its messages, after its `Put`: node.rs.)
+fn hold_refs(shared: &Shared, op: &PrimOp) {
+    if let PrimOp::ChanHold { ids, hold } = op {
+        use volley_sched::Holder;
+        if *hold {
+            shared.state.lock().sched.incref(Holder::Local, ids);
+        } else {
+            shared.with(|st, out| st.sched.decref(Holder::Local, ids, out));
+        }
+    }
 }
 
 /// Forgets worker `w` (its connection closed), putting back the items it had not acknowledged,
