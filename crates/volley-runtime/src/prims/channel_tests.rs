@@ -266,3 +266,64 @@ fn dead_receiver_loses_nothing() {
         .collect();
     assert_eq!(got, vec![vec![(4, 1, item(b"b"))], vec![(4, 2, item(b"a"))]]);
 }
+
+/// An item its taker could not use (interrupted) goes back to the head of the channel, or
+/// to a receiver waiting now; a broadcast reader's goes back to its own buffer.
+#[test]
+fn unget_puts_an_item_back() {
+    let p = Prims::default();
+    let c = chan(&p, 2, false);
+    p.op(w(1), 1, send(c, b"a"));
+    p.op(w(1), 2, send(c, b"b"));
+    p.op(w(2), 1, recv(c)); // "a", then interrupted
+    p.unget(c, b"a".to_vec());
+    assert_eq!(answers(p.op(w(3), 1, recv(c))), vec![(3, 1, item(b"a"))]);
+    let d = chan(&p, 0, false);
+    p.op(w(3), 2, select(vec![rg(d)], false));
+    let out = answers(p.unget(d, b"x".to_vec()));
+    assert!(matches!(&out[..], [(3, 2, PrimResult::Selected { index: 0, item: Some(_), .. })]));
+    let b = chan(&p, 1, true);
+    let reg = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: b, reader: true }));
+    p.op(w(1), 3, send(b, b"m1"));
+    p.op(w(4), 2, PrimOp::ChanRecv { chan: b, reg }); // "m1", then interrupted
+    p.unget(reg, b"m1".to_vec());
+    let out = answers(p.op(w(4), 3, PrimOp::ChanRecv { chan: b, reg }));
+    assert_eq!(out, vec![(4, 3, item(b"m1"))]);
+}
+
+/// A broadcast writer waits for a reader end to exist, and for a full reader's room; that
+/// reader leaving (or dying) lets it go on, and the reader's own parked recv fails.
+#[test]
+fn broadcast_writers_wait_for_readers() {
+    let p = Prims::default();
+    let c = chan(&p, 0, true);
+    assert!(p.op(w(1), 1, send(c, b"m1")).is_empty(), "no reader end yet: the send waits");
+    // The join lets the send through: m1 sits in the new reader's buffer (room 1).
+    let out = answers(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    assert!(matches!(out[..], [(1, 1, PrimResult::Done), (2, 1, PrimResult::Created(_))]));
+    assert_eq!(p.parked(), 0);
+    let fast = created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    assert!(p.op(w(1), 2, send(c, b"m2")).is_empty(), "the slow reader's buffer is full");
+    assert!(p.op(w(3), 2, PrimOp::ChanRecv { chan: c, reg: fast }).is_empty());
+    // The slow reader dies: its end retires, and m2 goes to the fast one.
+    let out = answers(p.drop_worker(WorkerId(2)));
+    assert_eq!(out, vec![(3, 2, item(b"m2")), (1, 2, PrimResult::Done)]);
+    // The last reader retires while it waits in recv: its recv fails, writers fail too.
+    assert!(p.op(w(3), 3, PrimOp::ChanRecv { chan: c, reg: fast }).is_empty());
+    let out = answers(p.op(w(3), 4, PrimOp::ChanLeave { reg: fast, retire: true }));
+    assert!(matches!(&out[..], [(3, 3, PrimResult::Retired(_)), (3, 4, PrimResult::Done)]));
+    assert!(matches!(answers(p.op(w(1), 3, send(c, b"m3")))[..], [(1, 3, PrimResult::Retired(_))]));
+}
+
+/// A worker's `Selected` item stays unacknowledged until its `Ack`; after it, the worker's
+/// death gives nothing back.
+#[test]
+fn selected_items_are_acknowledged() {
+    let p = Prims::default();
+    let c = chan(&p, 1, false);
+    p.op(w(1), 1, send(c, b"a"));
+    p.op(w(2), 7, select(vec![rg(c)], false));
+    p.op(w(2), 7, PrimOp::Ack);
+    assert!(p.drop_worker(WorkerId(2)).is_empty());
+    assert_eq!(answers(p.op(w(3), 1, select(vec![rg(c)], true))), vec![(3, 1, PrimResult::Empty)]);
+}
