@@ -288,6 +288,38 @@ def test_recv_timeout_names_the_channel(volley_2cpu):
         ch.send(1, timeout=0.1)
 
 
+def test_recvs_timing_out_while_a_task_sends_lose_nothing(volley_2cpu):
+    # Every cancelled wait is answered with the item or with a timeout, never both, never
+    # neither; on a rendezvous channel the sender's send completes exactly for the items taken.
+    ch = Channel()
+    sent = sender.remote(ch, "t", 200)
+    got, timeouts = [], 0
+    deadline = time.monotonic() + 60
+    while len(got) < 200 and time.monotonic() < deadline:
+        try:
+            got.append(ch.recv(timeout=0.0005)[1])
+        except TimeoutError:
+            timeouts += 1
+    assert got == list(range(200)), (len(got), timeouts)
+    assert volley.get(sent, timeout=60) == 200
+
+
+@volley.remote(num_cpus=0)
+def recv_one(ch: Channel) -> object:
+    return ch.recv()
+
+
+def test_cancelling_a_task_blocked_in_recv_leaves_the_channel_whole(volley_2cpu):
+    ch = Channel(capacity=1)
+    waiting = recv_one.remote(ch)
+    time.sleep(0.5)  # let it park in recv()
+    volley.cancel(waiting)
+    with pytest.raises(volley.exceptions.TaskCancelledError):
+        volley.get(waiting, timeout=60)
+    ch.send("kept")  # the cancelled recv no longer waits: the item stays for the next
+    assert ch.recv(timeout=10) == "kept"
+
+
 def test_bad_input_is_refused_clearly(volley_2cpu):
     with pytest.raises(ValueError, match="capacity"):
         Channel(-1)
