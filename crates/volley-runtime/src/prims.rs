@@ -9,7 +9,7 @@
 //! and an item is never both handed over and reported `Empty` (see [`PrimOp::Cancel`]).
 //! Answers for this node's driver (`Who::Local`) are kept here until it takes them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub struct Delivery {
     pub req: u64,
     pub result: PrimResult,
     pub queue: u64,
+    /// The worker lent its CPU while this op was parked (see [`serve_worker`]): it takes it
+    /// back once answered.
+    pub lent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +85,8 @@ struct Inner {
     /// worker's next message (no write of its own: a get stays one round trip), so an item a
     /// consumer took and was killed before its next message reaches another consumer too.
     unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
+    /// Parked ops whose worker lent its CPU to the scheduler while they wait.
+    lent: HashSet<(WorkerId, u64)>,
 }
 
 /// The node's primitive service.
@@ -125,7 +130,8 @@ impl Inner {
                     let copy = (w.req, queue, item.clone());
                     self.unacked.entry(worker).or_default().push(copy);
                 }
-                out.push(Delivery { worker, req: w.req, result, queue })
+                let lent = self.lent.remove(&(worker, w.req));
+                out.push(Delivery { worker, req: w.req, result, queue, lent })
             }
         }
     }
@@ -305,6 +311,7 @@ impl Inner {
             }
         }
         self.conns.remove(&w);
+        self.lent.retain(|(x, _)| *x != w);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);
         }
@@ -314,17 +321,34 @@ impl Inner {
 impl Prims {
     /// Runs `op` for `who`; returns the answers for workers (the driver's are kept here).
     pub fn op(&self, who: Who, req: u64, op: PrimOp) -> Vec<Delivery> {
+        self.op_parks(who, req, op).0
+    }
+
+    /// [`Prims::op`], also saying whether the op parked (it waits for another's op).
+    pub fn op_parks(&self, who: Who, req: u64, op: PrimOp) -> (Vec<Delivery>, bool) {
         let mut out = Vec::new();
-        let local = {
+        let (local, parked) = {
             let mut inner = self.inner.lock();
             let before = inner.local.len();
             inner.op(who, req, op, &mut out);
-            inner.local.len() != before
+            (inner.local.len() != before, inner.parked.contains_key(&(who, req)))
         };
         if local {
             self.local_cv.notify_all();
         }
-        out
+        (out, parked)
+    }
+
+    /// Notes that worker `w` lends its CPU while its op `req` is parked; false (and nothing
+    /// noted) if the op was answered in the meantime. Called under the scheduler's lock, so
+    /// that the answer's taking the CPU back comes after the lending.
+    fn mark_lent(&self, w: WorkerId, req: u64) -> bool {
+        let mut inner = self.inner.lock();
+        if !inner.parked.contains_key(&(Who::Worker(w), req)) {
+            return false;
+        }
+        inner.lent.insert((w, req));
+        true
     }
 
     /// Puts a got item back (its taker is gone); returns answers for workers.
@@ -433,9 +457,20 @@ pub(crate) fn call_local<E>(
 }
 
 /// Runs worker `w`'s op (from its connection's reader, in the order the worker sent them).
+///
+/// A pool worker whose op parks lends its CPU, as in a nested `get`: a task blocked in
+/// `queue.get()` must not hold the only CPU the task that would feed it needs.
 pub(crate) fn serve_worker(shared: &Shared, w: WorkerId, req: u64, op: PrimOp) {
-    let out = shared.prims.op(Who::Worker(w), req, op);
+    let (out, parked) = shared.prims.op_parks(Who::Worker(w), req, op);
     deliver(shared, out);
+    if parked {
+        // Lock order: the scheduler's, then the service's (never the other way round).
+        shared.with(|st, out| {
+            if shared.prims.mark_lent(w, req) {
+                st.sched.begin_outside_wait(w, req, out);
+            }
+        });
+    }
 }
 
 /// Forgets worker `w` (its connection closed), putting back the items it had not acknowledged,
@@ -463,6 +498,9 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
                 }
             }
         };
+        if d.lent {
+            shared.with(|st, _| st.sched.end_outside_wait(d.worker, d.req));
+        }
         let msg = NodeToWorker::PrimReply { req: d.req, result: d.result };
         let sent = match (&conn, encode(&msg)) {
             // Written now, not batched: a write to a process that died fails here, and the
