@@ -10,7 +10,6 @@ import time
 
 import pytest
 from conftest import (
-    CLUSTER_MODE,
     DRIVER_PRELUDE,
     finish_driver,
     poll,
@@ -22,9 +21,6 @@ from conftest import (
 import volley
 from volley.exceptions import ActorDiedError, ChannelClosed
 from volley.util.queue import Empty, Full, JoinableQueue, Queue
-
-# Queues live on one node for now: in the test cluster a task may run on another node.
-pytestmark = pytest.mark.skipif(CLUSTER_MODE, reason="queues do not cross nodes yet")
 
 STOP = "stop"
 
