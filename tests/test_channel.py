@@ -334,13 +334,13 @@ def test_bad_input_is_refused_clearly(volley_2cpu):
         select([ch.send])
     with pytest.raises(TypeError, match="send guard"):
         select([(ch.recv, 1)])
-    # A channel made on another node (here: one this process pretends came from node 99).
-    far = Channel._attach(ch._id, 1, False, "far", 99)
-    with pytest.raises(ValueError, match="node 99"):
+    # A select over channels of two nodes (here: an id naming node 99 as its home).
+    far = Channel._attach((99 << 40) | (ch._id & ((1 << 40) - 1)), 1, False, "far")
+    with pytest.raises(ValueError, match="must all live on one node"):
         select([ch.recv, far.recv], skip=True)
     # An id this node never made.
-    with pytest.raises(ChannelClosed, match="never made on this node"):
-        Channel._attach(12345, 0, False, None, 0).send(1)
+    with pytest.raises(ChannelClosed, match="another session"):
+        Channel._attach(12345, 0, False, None).send(1)
     ch.poison()
     with pytest.raises(ChannelPoisoned, match="poisoned"):
         ch.send(1)

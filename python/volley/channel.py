@@ -59,16 +59,17 @@ LARGE_MESSAGE = 1 << 20
 
 
 class _Stored:
-    """A large message in the object store: its ref, and whether the stored value is the
-    message's pickle (else the value itself: a numpy array or buffer)."""
+    """A large message in the object store: its ref, whether the stored value is the
+    message's pickle (else the value itself: a numpy array or buffer), and the node that
+    holds the object for the message."""
 
-    __slots__ = ("ref", "pickled")
+    __slots__ = ("ref", "pickled", "node")
 
-    def __init__(self, ref: Any, pickled: bool) -> None:
-        self.ref, self.pickled = ref, pickled
+    def __init__(self, ref: Any, pickled: bool, node: int) -> None:
+        self.ref, self.pickled, self.node = ref, pickled, node
 
     def __reduce__(self) -> tuple:
-        return (_Stored, (self.ref, self.pickled))
+        return (_Stored, (self.ref, self.pickled, self.node))
 
 
 def _buffer_size(value: Any) -> int | None:
@@ -92,9 +93,9 @@ def _encode(value: Any) -> tuple[bytes, bytes | None]:
         data = _dumps(value)
         if len(data) < LARGE_MESSAGE:
             return data, None
-        stored = _Stored(put(data), True)
+        stored = _Stored(put(data), True, _my_node())
     else:
-        stored = _Stored(put(value), False)
+        stored = _Stored(put(value), False, _my_node())
     oid = stored.ref.binary()
     _core.chan_hold([oid], True)
     return pickle.dumps(stored, protocol=5), oid
@@ -117,7 +118,10 @@ def _decode(data: bytes) -> Any:
     try:
         obj = get(ref)
     finally:
-        _core.chan_hold([ref.binary()], False)
+        # Only the holding node can let go (a receiver on another node leaves the hold: the
+        # object stays until the session ends; see docs/channel.md).
+        if value.node == _my_node():
+            _core.chan_hold([ref.binary()], False)
     return pickle.loads(obj) if value.pickled else obj
 
 
@@ -172,27 +176,15 @@ class Channel:
         self._broadcast = bool(broadcast)
         self._id = _core.chan_create(capacity, self._broadcast, name or "")
         self._name = name
-        self._node = _my_node()
 
     @classmethod
-    def _attach(
-        cls, chan_id: int, capacity: int, broadcast: bool, name: str | None, node: int
-    ) -> Channel:
+    def _attach(cls, chan_id: int, capacity: int, broadcast: bool, name: str | None) -> Channel:
         ch = cls.__new__(cls)
-        ch._id, ch._capacity, ch._broadcast, ch._name, ch._node = (
-            chan_id,
-            capacity,
-            broadcast,
-            name,
-            node,
-        )
+        ch._id, ch._capacity, ch._broadcast, ch._name = chan_id, capacity, broadcast, name
         return ch
 
     def __reduce__(self) -> tuple:
-        return (
-            Channel._attach,
-            (self._id, self._capacity, self._broadcast, self._name, self._node),
-        )
+        return (Channel._attach, (self._id, self._capacity, self._broadcast, self._name))
 
     def __repr__(self) -> str:
         kind = ", broadcast=True" if self._broadcast else ""
@@ -405,7 +397,7 @@ def select(
     to ``timeout`` seconds (``TimeoutError`` then), or with ``skip=True`` returns
     ``(None, None)`` at once. A poisoned (retired) guard's channel raises
     :class:`ChannelPoisoned` (:class:`ChannelRetired`). All guards' channels must live on
-    this process's node.
+    one node (``ValueError`` otherwise).
 
     >>> a, b = Channel(1), Channel(1)
     >>> select([a.recv, (b.send, "x")], priority=True)
@@ -418,13 +410,6 @@ def select(
     if not isinstance(guards, (list, tuple)) or not guards:
         raise ValueError("select needs a non-empty list of guards (ch.recv or (ch.send, value))")
     parsed = [_guard(g) for g in guards]
-    me = _my_node()
-    for ch, _, _ in parsed:
-        if ch._node != me:
-            raise ValueError(
-                f"select guard on channel {ch._label()} of node {ch._node}, but this process is "
-                f"on node {me}: a select's channels must live on its own node (for now)"
-            )
     timeout = _check_timeout(timeout)
     held: list[bytes | None] = []
     wire = []

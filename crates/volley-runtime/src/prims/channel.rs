@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde_bytes::ByteBuf;
-use volley_proto::{Guard, PrimResult, WorkerId, MAX_PRIM_ITEM};
+use volley_proto::{prim_home, Guard, PrimResult, MAX_PRIM_ITEM};
 
 use super::{Delivery, Inner, Parked, Waiter, Who};
 
@@ -95,8 +95,8 @@ struct G {
 
 fn gone(chan: u64) -> PrimResult {
     PrimResult::Closed(format!(
-        "channel #{chan} was never made on this node (channels do not cross nodes yet) or in \
-         another session"
+        "channel #{chan} was made in another session, or on a node that has since left the \
+         cluster"
     ))
 }
 
@@ -128,8 +128,7 @@ pub(super) fn create(
     name: String,
     out: &mut Vec<Delivery>,
 ) {
-    inner.next_id += 1;
-    let id = inner.next_id;
+    let id = inner.fresh_id();
     let label = if name.is_empty() { format!("#{id}") } else { format!("{name:?} (#{id})") };
     inner.chans.chans.insert(id, Channel { label, capacity, broadcast, ..Channel::default() });
     inner.answer(me, id, PrimResult::Created(id), out);
@@ -159,6 +158,18 @@ pub(super) fn op(
         .map(|g| G { chan: g.chan, reg: g.reg, send: g.send.map(ByteBuf::into_vec) })
         .collect();
     // Bad input, and dead channels, first: nothing is committed then.
+    let home = prim_home(guards[0].chan);
+    if let Some(g) = guards.iter().find(|g| prim_home(g.chan) != home) {
+        let msg = format!(
+            "a select's channels must all live on one node: channel #{} lives on node {}, \
+             channel #{} on node {} (a select across nodes is not supported yet)",
+            guards[0].chan,
+            home.0,
+            g.chan,
+            prim_home(g.chan).0
+        );
+        return inner.answer(me, 0, PrimResult::Error(msg), out);
+    }
     for g in &guards {
         let Some(ch) = inner.chans.chans.get(&g.chan) else {
             return inner.answer(me, g.chan, gone(g.chan), out);
@@ -416,11 +427,11 @@ pub(super) fn poison(inner: &mut Inner, me: Waiter, c: u64, out: &mut Vec<Delive
 
 /// Registers an end of channel `c` held by `me`; answers its registration.
 pub(super) fn join(inner: &mut Inner, me: Waiter, c: u64, reader: bool, out: &mut Vec<Delivery>) {
-    let Some(ch) = inner.chans.chans.get_mut(&c) else {
+    if !inner.chans.chans.contains_key(&c) {
         return inner.answer(me, c, gone(c), out);
-    };
-    inner.next_id += 1;
-    let reg = inner.next_id;
+    }
+    let reg = inner.fresh_id();
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
     if reader {
         ch.readers += 1;
         if ch.broadcast {
@@ -483,15 +494,10 @@ pub(super) fn leave(inner: &mut Inner, reg: u64, retire: bool, out: &mut Vec<Del
     pump(inner, c, out);
 }
 
-/// Process `w` is gone: the ends it held retire.
-pub(super) fn drop_holder(inner: &mut Inner, w: WorkerId, out: &mut Vec<Delivery>) {
-    let held: Vec<u64> = inner
-        .chans
-        .regs
-        .iter()
-        .filter(|(_, r)| r.holder == Who::Worker(w))
-        .map(|(id, _)| *id)
-        .collect();
+/// Process `w` (or every process of node `w`) is gone: the ends it held retire.
+pub(super) fn drop_holder(inner: &mut Inner, w: Who, out: &mut Vec<Delivery>) {
+    let held: Vec<u64> =
+        inner.chans.regs.iter().filter(|(_, r)| r.holder == w).map(|(id, _)| *id).collect();
     for reg in held {
         leave(inner, reg, true, out);
     }

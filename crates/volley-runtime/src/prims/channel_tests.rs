@@ -7,7 +7,12 @@ fn w(n: u32) -> Who {
 }
 
 fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+    out.into_iter()
+        .map(|d| match d.to {
+            Who::Worker(w) => (w.0, d.req, d.result),
+            other => panic!("an answer for {other:?}"),
+        })
+        .collect()
 }
 
 fn created(out: Vec<Delivery>) -> u64 {
