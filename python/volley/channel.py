@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from . import _core
 from ._queue import _dumps
-from ._session import ensure_init
+from ._session import at_shutdown, ensure_init
 from .exceptions import ChannelClosed
 
 __all__ = [
@@ -55,6 +55,7 @@ _MY_NODE: list[int] = []
 # A message whose buffer (numpy array, bytes) or pickle is at least this big travels through the
 # object store: the channel carries its ref, and the node holds the object while the message
 # travels (so the sender may drop everything at once); the receiver gets it without a copy.
+# Only when the session is one node: in a cluster every message travels inline.
 LARGE_MESSAGE = 1 << 20
 
 
@@ -89,6 +90,10 @@ def _encode(value: Any) -> tuple[bytes, bytes | None]:
     from ._objects import put
 
     size = _buffer_size(value)
+    if not _single_node():
+        # A bare ref unpickled on another node cannot find its object yet: in a cluster a
+        # message travels inline (at most MAX_PRIM_ITEM bytes pickled).
+        return _dumps(value), None
     if size is None or size < LARGE_MESSAGE:
         data = _dumps(value)
         if len(data) < LARGE_MESSAGE:
@@ -123,6 +128,26 @@ def _decode(data: bytes) -> Any:
         if value.node == _my_node():
             _core.chan_hold([ref.binary()], False)
     return pickle.loads(obj) if value.pickled else obj
+
+
+_SINGLE: list[bool] = []
+
+
+def _forget_session() -> None:
+    _SINGLE.clear()
+    _MY_NODE.clear()
+
+
+at_shutdown(_forget_session)
+
+
+def _single_node() -> bool:
+    """Whether this session is one node (not a cluster), asked once per process."""
+    if not _SINGLE:
+        from ._session import nodes
+
+        _SINGLE.append(len(nodes()) <= 1)
+    return _SINGLE[0]
 
 
 def _my_node() -> int:

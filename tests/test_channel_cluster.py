@@ -1,0 +1,79 @@
+"""Channels across the nodes of a real cluster (node daemons on 127.0.0.x): a channel lives in
+the node that made it, and its ends work from every node, their ops forwarded to its home (the
+queue's forwarding); a select over channels of two nodes is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+import volley
+from volley.channel import Channel, ChannelPoisoned, ReaderEnd, WriterEnd, select
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _on(cluster) -> list:
+    ids = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    return [volley.NodeAffinitySchedulingStrategy(ids[a]) for a in cluster.addrs]
+
+
+@volley.remote(num_cpus=0.25)
+def produce(out: WriterEnd, tag: str, n: int) -> str:
+    import os
+
+    with out:
+        for i in range(n):
+            out((tag, i))
+    return os.environ["VOLLEY_NODE_ADDRESS"]
+
+
+@volley.remote(num_cpus=0.25)
+def relay(inp: ReaderEnd, out: WriterEnd) -> str:
+    """Forwards until poisoned, then poisons its output."""
+    try:
+        while True:
+            out(inp())
+    except ChannelPoisoned:
+        out.poison()
+        return "poisoned"
+
+
+@volley.remote(num_cpus=0)
+class Home:
+    """Makes channels in its own node."""
+
+    def make(self, capacity: int = 0) -> Channel:
+        self.ch = Channel(capacity)
+        return self.ch
+
+
+def test_a_drivers_channel_fed_by_tasks_on_every_node_retires(three_node_cluster):
+    ch = Channel(capacity=4)
+    on = _on(three_node_cluster)
+    refs = [
+        produce.options(scheduling_strategy=s).remote(ch.writer(), f"p{k}", 50)
+        for k, s in enumerate(on)
+    ]
+    with ch.reader() as inp:
+        got = list(inp)  # ends once the three remote writer ends retired
+    assert sorted(volley.get(refs, timeout=60)) == sorted(three_node_cluster.addrs)
+    for k in range(3):
+        assert [i for tag, i in got if tag == f"p{k}"] == list(range(50))
+
+
+def test_poison_crosses_nodes_and_select_stays_on_one(three_node_cluster):
+    on = _on(three_node_cluster)
+    home = Home.options(scheduling_strategy=on[0]).remote()
+    far = volley.get(home.make.remote(0), timeout=60)  # a rendezvous channel on node 0
+    near = Channel()
+    stage = relay.options(scheduling_strategy=on[1]).remote(far.reader(), near.writer())
+    # A select on the remote channel alone goes to its home.
+    assert select([(far.send, "hello")], timeout=60) == (0, None)
+    assert near.recv(timeout=60) == "hello"
+    with pytest.raises(ValueError, match="must all live on one node"):
+        select([far.recv, near.recv], skip=True)
+    far.poison()
+    assert volley.get(stage, timeout=60) == "poisoned"
+    with pytest.raises(ChannelPoisoned):
+        near.recv(timeout=60)
+    volley.kill(home)
