@@ -461,12 +461,33 @@ def select(
 
 
 def poison(*ends: Channel | _End) -> None:
-    """Poisons each channel (PyCSP's ``poison(chan_end, ...)``)."""
+    """Poisons each channel (PyCSP's ``poison(chan_end, ...)``).
+
+    >>> from volley.channel import Channel, ChannelPoisoned, poison
+    >>> a, b = Channel(1), Channel(1)
+    >>> poison(a, b.writer())
+    >>> try:
+    ...     b.recv()
+    ... except ChannelPoisoned:
+    ...     print("poisoned")
+    poisoned
+    """
     for e in ends:
         e.poison()
 
 
 def retire(*ends: _End) -> None:
-    """Retires each end (PyCSP's ``retire(chan_end, ...)``)."""
+    """Retires each end (PyCSP's ``retire(chan_end, ...)``).
+
+    >>> from volley.channel import Channel, ChannelRetired, retire
+    >>> ch = Channel(1)
+    >>> out = ch.writer()
+    >>> retire(out)
+    >>> try:
+    ...     ch.recv()
+    ... except ChannelRetired as e:
+    ...     print("retired")
+    retired
+    """
     for e in ends:
         e.retire()

@@ -332,3 +332,15 @@ fn selected_items_are_acknowledged() {
     assert!(p.drop_worker(WorkerId(2)).is_empty());
     assert_eq!(answers(p.op(w(3), 1, select(vec![rg(c)], true))), vec![(3, 1, PrimResult::Empty)]);
 }
+
+/// A select over channels of two nodes is refused (the home of an id is in its top bits).
+#[test]
+fn select_over_two_nodes_is_refused() {
+    let p = Prims::default();
+    let c = chan(&p, 1, false);
+    let far = volley_proto::prim_id(NodeId(7), 1);
+    let out = answers(p.op(w(1), 1, select(vec![rg(c), rg(far)], true)));
+    assert!(
+        matches!(&out[..], [(1, 1, PrimResult::Error(m))] if m.contains("one node") && m.contains("node 7"))
+    );
+}
