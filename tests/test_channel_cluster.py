@@ -39,6 +39,18 @@ def relay(inp: ReaderEnd, out: WriterEnd) -> str:
 
 
 @volley.remote(num_cpus=0)
+class Holder:
+    """Holds a writer end until it is killed."""
+
+    def take(self, out: WriterEnd) -> int:
+        import os
+
+        self.out = out
+        out("hello")
+        return os.getpid()
+
+
+@volley.remote(num_cpus=0)
 class Home:
     """Makes channels in its own node."""
 
@@ -77,3 +89,20 @@ def test_poison_crosses_nodes_and_select_stays_on_one(three_node_cluster):
     with pytest.raises(ChannelPoisoned):
         near.recv(timeout=60)
     volley.kill(home)
+
+
+def test_a_remote_writer_killed_retires_its_end(three_node_cluster):
+    import os
+    import signal
+
+    on = _on(three_node_cluster)
+    ch = Channel(capacity=1)
+    holder = Holder.options(scheduling_strategy=on[1]).remote()
+    pid = volley.get(holder.take.remote(ch.writer()), timeout=60)
+    with ch.reader() as inp:
+        assert inp.recv(timeout=60) == "hello"
+        assert select([inp.recv], skip=True) == (None, None)  # not retired: it waits
+        os.kill(pid, signal.SIGKILL)
+        # Its node tells the channel's home that the end's process is gone: the channel's
+        # only writer end retired, and the reader's iteration ends.
+        assert list(inp) == []

@@ -215,6 +215,7 @@ impl Inner {
 
     /// Sends `op` on another node's primitive `target` to its home.
     fn forward(&mut self, who: Who, req: u64, target: u64, op: PrimOp) {
+        channel::forwarding(self, who, req, &op);
         let home = prim_home(target);
         let fwd = if req == PRIM_NO_REPLY || req == u64::MAX {
             // Answered only if it fails: the asker is told at its next op.
@@ -267,6 +268,7 @@ impl Inner {
         }
         self.forwarded.remove(&fwd);
         self.by_asker.remove(&(f.who, f.req));
+        channel::forwarded_answer(self, f.who, f.req, &result);
         self.answer(Waiter { who: f.who, req: f.req }, f.target, result, out);
     }
 
@@ -531,6 +533,7 @@ impl Inner {
         self.conns.remove(&w);
         self.lent.retain(|(x, _)| *x != w);
         channel::drop_holder(self, Who::Worker(w), out);
+        channel::drop_remote_ends(self, w);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);
         }

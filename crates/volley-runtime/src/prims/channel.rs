@@ -9,10 +9,10 @@
 //! which removes its `Wait` and all its offers first: so an op commits at most once, and a
 //! select parked on several channels is gone from all of them when one fires.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_bytes::ByteBuf;
-use volley_proto::{prim_home, Guard, PrimResult, MAX_PRIM_ITEM};
+use volley_proto::{prim_home, Guard, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM};
 
 use super::{Delivery, Inner, Parked, Waiter, Who};
 
@@ -84,6 +84,11 @@ pub(super) struct Chans {
     waits: HashMap<Key, Wait>,
     /// Turns a fair select's first guard.
     turn: u64,
+    /// This node's workers' ends of channels on other nodes (their homes see only this node
+    /// as the holder): retired here when the worker dies. And the forwarded joins and claims
+    /// whose registration is still to come.
+    remote_ends: HashMap<WorkerId, Vec<u64>>,
+    joining: HashSet<(WorkerId, u64)>,
 }
 
 /// One guard of an op, owned.
@@ -527,4 +532,39 @@ pub(super) fn unget(inner: &mut Inner, id: u64, item: Vec<u8>, out: &mut Vec<Del
         ch.items.push_front(item);
     }
     true
+}
+
+/// `who`'s op goes to another node: a worker's end registered or leaving there is noted, so
+/// that its death retires it there too.
+pub(super) fn forwarding(inner: &mut Inner, who: Who, req: u64, op: &PrimOp) {
+    let Who::Worker(w) = who else { return };
+    match op {
+        PrimOp::ChanJoin { .. } | PrimOp::ChanClaim { .. } => {
+            inner.chans.joining.insert((w, req));
+        }
+        PrimOp::ChanLeave { reg, .. } => {
+            if let Some(ends) = inner.chans.remote_ends.get_mut(&w) {
+                ends.retain(|r| r != reg);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The answer to `who`'s forwarded op `req` came: a registration is the worker's end now.
+pub(super) fn forwarded_answer(inner: &mut Inner, who: Who, req: u64, result: &PrimResult) {
+    let Who::Worker(w) = who else { return };
+    if inner.chans.joining.remove(&(w, req)) {
+        if let PrimResult::Created(reg) = result {
+            inner.chans.remote_ends.entry(w).or_default().push(*reg);
+        }
+    }
+}
+
+/// Worker `w` died: its ends of other nodes' channels retire (no answer awaited).
+pub(super) fn drop_remote_ends(inner: &mut Inner, w: WorkerId) {
+    inner.chans.joining.retain(|(x, _)| *x != w);
+    for reg in inner.chans.remote_ends.remove(&w).unwrap_or_default() {
+        inner.forward(Who::Local, u64::MAX, reg, PrimOp::ChanLeave { reg, retire: true });
+    }
 }
