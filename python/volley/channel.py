@@ -302,7 +302,8 @@ class _End:
     def __reduce__(self) -> tuple:
         if self._retired:
             raise ChannelRetired(f"{self!r} was retired: it cannot be passed on")
-        return (type(self)._claim, (self._chan, _core.chan_join(self._chan._id, self._reader)))
+        reg = _core.chan_join(self._chan._id, self._reader, True)
+        return (type(self)._claim, (self._chan, reg))
 
     def __repr__(self) -> str:
         state = ", retired" if self._retired else ""

@@ -93,8 +93,9 @@ pub enum PrimOp {
     ChanSelect { guards: Vec<Guard>, skip: bool, priority: bool },
     /// Poison the channel: every parked and later op on it fails `Poisoned`. Answered `Done`.
     ChanPoison { chan: u64 },
-    /// Register a reader (or writer) end held by the asker; answered `Created(reg)`.
-    ChanJoin { chan: u64, reader: bool },
+    /// Register a reader (or writer) end held by the asker; answered `Created(reg)`. With
+    /// `travelling`, the end is being pickled: the process that unpickles it claims it.
+    ChanJoin { chan: u64, reader: bool, travelling: bool },
     /// The asker unpickled an end registered as `reg` by the process that pickled it: it holds
     /// it now (and it leaves when the asker dies). If `reg` was claimed already, a new end is
     /// registered. Answered `Created(reg)` (the end's registration from now on).

@@ -119,10 +119,12 @@ fn chan_poison(py: Python<'_>, chan: u64) -> PyResult<()> {
     run(py, PrimOp::ChanPoison { chan }, None).map(|_| ())
 }
 
-/// Registers a reader (or writer) end held by this process; its registration.
+/// Registers a reader (or writer) end held by this process (`travelling`: being pickled, for
+/// the process that unpickles it to claim); its registration.
 #[pyfunction]
-fn chan_join(py: Python<'_>, chan: u64, reader: bool) -> PyResult<u64> {
-    created(run(py, PrimOp::ChanJoin { chan, reader }, None)?)
+#[pyo3(signature = (chan, reader, travelling = false))]
+fn chan_join(py: Python<'_>, chan: u64, reader: bool, travelling: bool) -> PyResult<u64> {
+    created(run(py, PrimOp::ChanJoin { chan, reader, travelling }, None)?)
 }
 
 /// This process unpickled the end registered as `reg`: it holds it now; its registration.

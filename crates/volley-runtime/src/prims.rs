@@ -484,7 +484,7 @@ impl Inner {
                 channel::op(self, me, guards, true, skip, priority, out)
             }
             PrimOp::ChanPoison { chan } => channel::poison(self, me, chan, out),
-            PrimOp::ChanJoin { chan, reader } => channel::join(self, me, chan, reader, out),
+            PrimOp::ChanJoin { chan, reader, .. } => channel::join(self, me, chan, reader, out),
             PrimOp::ChanClaim { chan, reg, reader } => {
                 channel::claim(self, me, chan, reg, reader, out)
             }

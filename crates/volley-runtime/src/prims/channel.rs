@@ -539,7 +539,8 @@ pub(super) fn unget(inner: &mut Inner, id: u64, item: Vec<u8>, out: &mut Vec<Del
 pub(super) fn forwarding(inner: &mut Inner, who: Who, req: u64, op: &PrimOp) {
     let Who::Worker(w) = who else { return };
     match op {
-        PrimOp::ChanJoin { .. } | PrimOp::ChanClaim { .. } => {
+        // A travelling end (being pickled) is the unpickling process's once it claims it.
+        PrimOp::ChanJoin { travelling: false, .. } | PrimOp::ChanClaim { .. } => {
             inner.chans.joining.insert((w, req));
         }
         PrimOp::ChanLeave { reg, .. } => {

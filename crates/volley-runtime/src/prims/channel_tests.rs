@@ -181,8 +181,8 @@ fn poison_wakes_parked_ops() {
 fn retire_closes_the_other_side() {
     let p = Prims::default();
     let c = chan(&p, 1, false);
-    let w1 = created(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: false }));
-    let w2 = created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: false }));
+    let w1 = created(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: false, travelling: false }));
+    let w2 = created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: false, travelling: false }));
     p.op(w(2), 2, send(c, b"last"));
     p.op(w(2), 3, PrimOp::ChanLeave { reg: w1, retire: true });
     assert_eq!(answers(p.op(w(4), 1, recv(c))), vec![(4, 1, item(b"last"))]);
@@ -195,8 +195,8 @@ fn retire_closes_the_other_side() {
     assert!(matches!(answers(p.op(w(4), 3, recv(c)))[..], [(4, 3, PrimResult::Retired(_))]));
 
     let c = chan(&p, 0, false);
-    let r1 = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: c, reader: true }));
-    let r2 = created(p.op(w(5), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    let r1 = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: c, reader: true, travelling: false }));
+    let r2 = created(p.op(w(5), 1, PrimOp::ChanJoin { chan: c, reader: true, travelling: false }));
     p.op(w(4), 2, PrimOp::ChanLeave { reg: r1, retire: false });
     assert!(p.op(w(2), 1, send(c, b"x")).is_empty());
     // The last reader's process dies: that retires its end.
@@ -210,7 +210,9 @@ fn retire_closes_the_other_side() {
 fn claim_moves_an_end_once() {
     let p = Prims::default();
     let c = chan(&p, 0, false);
-    assert!(p.op(Who::Local, 1, PrimOp::ChanJoin { chan: c, reader: false }).is_empty());
+    assert!(p
+        .op(Who::Local, 1, PrimOp::ChanJoin { chan: c, reader: false, travelling: false })
+        .is_empty());
     let Ok(Some(PrimResult::Created(reg))) = p.wait_local(1, None, &mut || Ok::<(), ()>(())) else {
         panic!("join answered no registration")
     };
@@ -218,7 +220,7 @@ fn claim_moves_an_end_once() {
     assert_eq!(claimed, reg);
     let again = created(p.op(w(3), 1, PrimOp::ChanClaim { chan: c, reg, reader: false }));
     assert_ne!(again, reg);
-    p.op(w(2), 2, PrimOp::ChanJoin { chan: c, reader: true });
+    p.op(w(2), 2, PrimOp::ChanJoin { chan: c, reader: true, travelling: false });
     assert!(p.op(w(4), 1, recv(c)).is_empty());
     // Worker 2 dies: its claimed writer end retires, worker 3's still counts.
     p.drop_worker(WorkerId(2));
@@ -232,7 +234,9 @@ fn broadcast_reaches_every_reader() {
     let p = Prims::default();
     let c = chan(&p, 1, true);
     let regs: Vec<u64> = (2..5)
-        .map(|n| created(p.op(w(n), 1, PrimOp::ChanJoin { chan: c, reader: true })))
+        .map(|n| {
+            created(p.op(w(n), 1, PrimOp::ChanJoin { chan: c, reader: true, travelling: false }))
+        })
         .collect();
     // Reader 2 waits already: it is handed the message directly.
     assert!(p.op(w(2), 2, PrimOp::ChanRecv { chan: c, reg: regs[0] }).is_empty());
@@ -288,7 +292,7 @@ fn unget_puts_an_item_back() {
     let out = answers(p.unget(d, b"x".to_vec()));
     assert!(matches!(&out[..], [(3, 2, PrimResult::Selected { index: 0, item: Some(_), .. })]));
     let b = chan(&p, 1, true);
-    let reg = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: b, reader: true }));
+    let reg = created(p.op(w(4), 1, PrimOp::ChanJoin { chan: b, reader: true, travelling: false }));
     p.op(w(1), 3, send(b, b"m1"));
     p.op(w(4), 2, PrimOp::ChanRecv { chan: b, reg }); // "m1", then interrupted
     p.unget(reg, b"m1".to_vec());
@@ -304,10 +308,11 @@ fn broadcast_writers_wait_for_readers() {
     let c = chan(&p, 0, true);
     assert!(p.op(w(1), 1, send(c, b"m1")).is_empty(), "no reader end yet: the send waits");
     // The join lets the send through: m1 sits in the new reader's buffer (room 1).
-    let out = answers(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    let out = answers(p.op(w(2), 1, PrimOp::ChanJoin { chan: c, reader: true, travelling: false }));
     assert!(matches!(out[..], [(1, 1, PrimResult::Done), (2, 1, PrimResult::Created(_))]));
     assert_eq!(p.parked(), 0);
-    let fast = created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: true }));
+    let fast =
+        created(p.op(w(3), 1, PrimOp::ChanJoin { chan: c, reader: true, travelling: false }));
     assert!(p.op(w(1), 2, send(c, b"m2")).is_empty(), "the slow reader's buffer is full");
     assert!(p.op(w(3), 2, PrimOp::ChanRecv { chan: c, reg: fast }).is_empty());
     // The slow reader dies: its end retires, and m2 goes to the fast one.
