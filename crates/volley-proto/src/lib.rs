@@ -43,7 +43,9 @@ pub use messages::{
     Strategy, TaskOptions, TaskResult, TaskSpec, WorkerToNode, PROTOCOL_VERSION, SHM_BUFFER_ALIGN,
 };
 pub use node_ask::{LogEntry, NodeAnswer, NodeAsk, NodeRequest, MAX_LOG_CHUNK};
-pub use prims::{PrimOp, PrimResult, MAX_PRIM_ITEM, PRIM_NO_REPLY};
+pub use prims::{
+    undo_of, PrimOp, PrimResult, SyncKind, SyncOp, Undo, MAX_PRIM_ITEM, PRIM_NO_REPLY,
+};
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
 pub use state::{
     ActorRow, Filter, FilterOp, StateAnswer, StateQuery, StateRows, TaskError, TaskRow,

@@ -62,11 +62,15 @@ enum Parked {
     Get,
     Put,
     Join,
+    /// At a lock, semaphore, event, barrier or condition (the id is that primitive's).
+    Sync,
 }
 
 #[derive(Default)]
 struct Inner {
     queues: HashMap<u64, Queue>,
+    /// Locks, semaphores, events, barriers and conditions ([`sync`]).
+    sync: HashMap<u64, sync::SyncPrim>,
     next_id: u64,
     /// Where each parked op waits: (asker, request) -> (queue, kind).
     parked: HashMap<(Who, u64), (u64, Parked)>,
@@ -116,6 +120,8 @@ impl Inner {
     /// Records `result` for `w`: kept for the driver, or returned for a worker.
     fn answer(&mut self, w: Waiter, queue: u64, result: PrimResult, out: &mut Vec<Delivery>) {
         match w.who {
+            // An undo's answer (see `call_local`): nobody waits for it.
+            Who::Local if w.req == u64::MAX => {}
             Who::Local => {
                 self.local.insert(w.req, result);
             }
@@ -216,6 +222,9 @@ impl Inner {
             }
             PrimOp::Cancel => {
                 let Some((queue, kind)) = self.parked.remove(&(who, req)) else { return };
+                if kind == Parked::Sync {
+                    return self.sync_cancel(me, queue, out);
+                }
                 let Some(q) = self.queues.get_mut(&queue) else { return };
                 let result = match kind {
                     Parked::Get => {
@@ -230,6 +239,7 @@ impl Inner {
                         q.joiners.retain(|w| !(w.who == who && w.req == req));
                         PrimResult::Empty
                     }
+                    Parked::Sync => return,
                 };
                 self.answer(me, queue, result, out);
             }
@@ -272,6 +282,9 @@ impl Inner {
                     self.parked.insert((who, req), (queue, Parked::Join));
                 }
             }
+            // sync
+            PrimOp::SyncCreate { kind } => self.sync_create(me, kind, out),
+            PrimOp::Sync { prim, op } => self.sync_op(me, prim, op, out),
         }
     }
 
@@ -296,14 +309,18 @@ impl Inner {
             .filter(|((who, _), _)| *who == Who::Worker(w))
             .map(|(k, v)| (*k, *v))
             .collect();
-        for ((who, req), (queue, _)) in mine {
+        for ((who, req), (queue, kind)) in mine {
             self.parked.remove(&(who, req));
-            if let Some(q) = self.queues.get_mut(&queue) {
+            if kind == Parked::Sync {
+                self.sync_unpark(who, req, queue, out);
+            } else if let Some(q) = self.queues.get_mut(&queue) {
                 q.getters.retain(|x| !(x.who == who && x.req == req));
                 q.putters.retain(|(x, _)| !(x.who == who && x.req == req));
                 q.joiners.retain(|x| !(x.who == who && x.req == req));
             }
         }
+        // Its leases end: the locks and semaphore units it held go to their next waiters.
+        self.sync_drop_holder(Who::Worker(w), out);
         self.conns.remove(&w);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);
@@ -395,10 +412,7 @@ pub(crate) fn call_local<E>(
     }
     let prims = &shared.prims;
     let req = prims.next_local();
-    let is_get = match &op {
-        PrimOp::Get { queue, .. } => Some(*queue),
-        _ => None,
-    };
+    let undo = volley_proto::undo_of(&op);
     deliver(shared, prims.op(Who::Local, req, op));
     let deadline = timeout.map(|t| Instant::now() + t);
     // `None`: the node shut down under the waiting caller.
@@ -419,12 +433,11 @@ pub(crate) fn call_local<E>(
         Err(None) => Err(WaitError::Closed),
         Err(Some(e)) => {
             deliver(shared, prims.op(Who::Local, req, PrimOp::Cancel));
-            if let Ok(Some(PrimResult::Item(item))) =
-                prims.wait_local(req, None, &mut || Ok::<(), ()>(()))
-            {
-                // Got just as the caller was interrupted: it goes back for the next taker.
-                if let Some(queue) = is_get {
-                    deliver(shared, prims.unget(queue, item));
+            if let Ok(Some(result)) = prims.wait_local(req, None, &mut || Ok::<(), ()>(())) {
+                // Got just as the caller was interrupted: an item goes back for the next
+                // taker, a lock unit to the next waiter.
+                if let Some(op) = undo.op(result) {
+                    deliver(shared, prims.op(Who::Local, u64::MAX, op));
                 }
             }
             Err(WaitError::Interrupted(e))
@@ -476,6 +489,8 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
         }
     }
 }
+
+mod sync;
 
 #[cfg(test)]
 mod tests;

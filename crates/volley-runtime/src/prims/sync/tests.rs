@@ -1,0 +1,214 @@
+//! Locks, semaphores, events, barriers and conditions without sockets: ops in, answers out.
+
+use volley_proto::{undo_of, PrimOp, PrimResult, SyncKind, SyncOp, WorkerId};
+
+use crate::prims::{Delivery, Prims, Who};
+
+fn w(n: u32) -> Who {
+    Who::Worker(WorkerId(n))
+}
+
+fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
+    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+}
+
+fn create(p: &Prims, kind: SyncKind) -> u64 {
+    match answers(p.op(w(1), 1, PrimOp::SyncCreate { kind }))[..] {
+        [(1, 1, PrimResult::Created(id))] => id,
+        ref other => panic!("create answered {other:?}"),
+    }
+}
+
+fn sync(p: &Prims, who: Who, req: u64, prim: u64, op: SyncOp) -> Vec<(u32, u64, PrimResult)> {
+    answers(p.op(who, req, PrimOp::Sync { prim, op }))
+}
+
+fn acquire(holder: u64) -> SyncOp {
+    SyncOp::Acquire { holder, block: true }
+}
+
+const GOT: PrimResult = PrimResult::Acquired { died: false, notified: false };
+
+/// Parked acquirers get the lock first come, first served, one per release.
+#[test]
+fn lock_waiters_are_fifo() {
+    let p = Prims::default();
+    let l = create(&p, SyncKind::Lock);
+    assert_eq!(sync(&p, w(1), 10, l, acquire(0)), vec![(1, 10, GOT)]);
+    for n in [2, 3, 4] {
+        assert!(sync(&p, w(n), 10, l, acquire(0)).is_empty());
+    }
+    let none = SyncOp::Acquire { holder: 0, block: false };
+    assert_eq!(sync(&p, w(5), 11, l, none), vec![(5, 11, PrimResult::Empty)]);
+    for (releaser, next) in [(1, 2), (2, 3), (3, 4)] {
+        let out = sync(&p, w(releaser), 12, l, SyncOp::Release { holder: 0 });
+        assert_eq!(out, vec![(releaser, 12, PrimResult::Done), (next, 10, GOT)]);
+    }
+    assert_eq!(p.parked(), 0);
+    let state = sync(&p, w(4), 13, l, SyncOp::State);
+    assert_eq!(state, vec![(4, 13, PrimResult::State { value: 1, broken: false })]);
+}
+
+/// A dead holder's lock goes to the next waiter, which is told; the flag is given once.
+#[test]
+fn dead_holder_releases_with_flag() {
+    let p = Prims::default();
+    let l = create(&p, SyncKind::Lock);
+    sync(&p, w(1), 1, l, acquire(7));
+    sync(&p, w(2), 1, l, acquire(7));
+    sync(&p, w(3), 1, l, acquire(7));
+    const DIED: PrimResult = PrimResult::Acquired { died: true, notified: false };
+    assert_eq!(answers(p.drop_worker(WorkerId(1))), vec![(2, 1, DIED)]);
+    assert_eq!(sync(&p, w(2), 2, l, SyncOp::Release { holder: 7 })[1], (3, 1, GOT));
+    // A semaphore frees every unit a dead process held, each reported to one acquirer.
+    let s = create(&p, SyncKind::Semaphore { value: 2, bounded: true });
+    sync(&p, w(5), 1, s, acquire(1));
+    sync(&p, w(5), 2, s, acquire(2));
+    assert!(sync(&p, w(6), 1, s, acquire(0)).is_empty());
+    assert_eq!(answers(p.drop_worker(WorkerId(5))), vec![(6, 1, DIED)]);
+    assert_eq!(sync(&p, w(7), 1, s, acquire(0)), vec![(7, 1, DIED)]);
+    assert_eq!(sync(&p, w(6), 2, s, SyncOp::Release { holder: 0 }), vec![(6, 2, PrimResult::Done)]);
+    assert_eq!(sync(&p, w(8), 1, s, acquire(0)), vec![(8, 1, GOT)]);
+}
+
+/// Releasing what is not held is refused with threading's words; an rlock counts its owner's
+/// holds and refuses other owners; a bounded semaphore refuses a release past its value.
+#[test]
+fn release_errors_and_rlock_counts() {
+    let p = Prims::default();
+    let l = create(&p, SyncKind::Lock);
+    let out = sync(&p, w(1), 1, l, SyncOp::Release { holder: 0 });
+    assert!(matches!(&out[..], [(1, 1, PrimResult::Error(m))] if m == "release unlocked lock"));
+    let r = create(&p, SyncKind::RLock);
+    assert_eq!(sync(&p, w(1), 2, r, acquire(5)), vec![(1, 2, GOT)]);
+    assert_eq!(sync(&p, w(1), 3, r, acquire(5)), vec![(1, 3, GOT)]);
+    // Another thread of the same process is another owner.
+    assert!(sync(&p, w(1), 4, r, acquire(6)).is_empty());
+    let out = sync(&p, w(2), 5, r, SyncOp::Release { holder: 5 });
+    assert!(matches!(&out[..], [(2, 5, PrimResult::Error(m))] if m.contains("un-acquired")));
+    assert_eq!(sync(&p, w(1), 6, r, SyncOp::Release { holder: 5 }), vec![(1, 6, PrimResult::Done)]);
+    let out = sync(&p, w(1), 7, r, SyncOp::Release { holder: 5 });
+    assert_eq!(out, vec![(1, 7, PrimResult::Done), (1, 4, GOT)]);
+    let b = create(&p, SyncKind::Semaphore { value: 1, bounded: true });
+    let out = sync(&p, w(1), 8, b, SyncOp::Release { holder: 0 });
+    assert!(matches!(&out[..], [(1, 8, PrimResult::Error(m))] if m.contains("too many")));
+    let u = create(&p, SyncKind::Semaphore { value: 0, bounded: false });
+    assert_eq!(sync(&p, w(1), 9, u, SyncOp::Release { holder: 0 }), vec![(1, 9, PrimResult::Done)]);
+    assert_eq!(sync(&p, w(2), 10, u, acquire(0)), vec![(2, 10, GOT)]);
+    let out =
+        answers(p.op(w(1), 11, PrimOp::SyncCreate { kind: SyncKind::Barrier { parties: 0 } }));
+    assert!(matches!(&out[..], [(1, 11, PrimResult::Error(_))]));
+    let out = answers(p.op(w(1), 12, PrimOp::SyncCreate { kind: SyncKind::Condition { lock: b } }));
+    assert!(matches!(&out[..], [(1, 12, PrimResult::Error(_))]));
+}
+
+/// A cancelled parked acquire is answered `Empty`; one granted before its cancel arrived is
+/// answered nothing more, and the undo the waiter sends hands the lock to the next waiter.
+#[test]
+fn cancel_of_a_granted_acquire_releases_it() {
+    let p = Prims::default();
+    let l = create(&p, SyncKind::Lock);
+    sync(&p, w(1), 1, l, acquire(0));
+    sync(&p, w(2), 1, l, acquire(0));
+    assert_eq!(answers(p.op(w(2), 1, PrimOp::Cancel)), vec![(2, 1, PrimResult::Empty)]);
+    sync(&p, w(2), 2, l, acquire(0));
+    sync(&p, w(3), 1, l, acquire(0));
+    // Granted to worker 2 just as it was interrupted: its cancel comes too late.
+    let out = sync(&p, w(1), 3, l, SyncOp::Release { holder: 0 });
+    assert_eq!(out[1], (2, 2, GOT));
+    assert!(answers(p.op(w(2), 2, PrimOp::Cancel)).is_empty());
+    let op = PrimOp::Sync { prim: l, op: acquire(0) };
+    let undo = undo_of(&op).op(GOT).expect("an acquire is undone by a release");
+    let out = answers(p.op(w(2), 0, undo));
+    assert_eq!(out, vec![(3, 1, GOT)]);
+    assert_eq!(p.parked(), 0);
+}
+
+/// A condition wait gives the lock up, a notify queues the waiter for it, and the waiter's
+/// answer comes only once it holds the lock again (an rlock with all its holds).
+#[test]
+fn condition_wait_hands_the_lock_back() {
+    let p = Prims::default();
+    let r = create(&p, SyncKind::RLock);
+    let c = create(&p, SyncKind::Condition { lock: r });
+    sync(&p, w(1), 1, r, acquire(0));
+    sync(&p, w(1), 2, r, acquire(0));
+    assert!(sync(&p, w(1), 3, c, SyncOp::CondWait { holder: 0 }).is_empty());
+    // The lock is free for the notifier.
+    assert_eq!(sync(&p, w(2), 1, r, acquire(0)), vec![(2, 1, GOT)]);
+    let out = sync(&p, w(3), 9, c, SyncOp::Notify { holder: 0, n: 1 });
+    assert!(matches!(&out[..], [(3, 9, PrimResult::Error(m))] if m.contains("un-acquired")));
+    assert_eq!(
+        sync(&p, w(2), 2, c, SyncOp::Notify { holder: 0, n: 1 }),
+        vec![(2, 2, PrimResult::Done)]
+    );
+    // Notified, but the notifier still holds the lock: a cancel now does not answer.
+    assert!(answers(p.op(w(1), 3, PrimOp::Cancel)).is_empty());
+    let notified = PrimResult::Acquired { died: false, notified: true };
+    let out = sync(&p, w(2), 3, r, SyncOp::Release { holder: 0 });
+    assert_eq!(out, vec![(2, 3, PrimResult::Done), (1, 3, notified)]);
+    // Both holds came back: two releases free it.
+    sync(&p, w(1), 4, r, SyncOp::Release { holder: 0 });
+    let state = sync(&p, w(1), 5, r, SyncOp::State);
+    assert_eq!(state, vec![(1, 5, PrimResult::State { value: 1, broken: false })]);
+    sync(&p, w(1), 6, r, SyncOp::Release { holder: 0 });
+    // A timed-out wait takes the lock back too, answered not notified.
+    sync(&p, w(1), 7, r, acquire(0));
+    sync(&p, w(1), 8, c, SyncOp::CondWait { holder: 0 });
+    let out = answers(p.op(w(1), 8, PrimOp::Cancel));
+    assert_eq!(out, vec![(1, 8, PrimResult::Acquired { died: false, notified: false })]);
+    let out = sync(&p, w(4), 1, c, SyncOp::CondWait { holder: 0 });
+    assert!(matches!(&out[..], [(4, 1, PrimResult::Error(m))] if m.contains("un-acquired")));
+}
+
+/// A barrier releases its parties with their arrival index; a party that dies or times out
+/// breaks it for all, until `reset`.
+#[test]
+fn barrier_passes_and_breaks() {
+    let p = Prims::default();
+    let b = create(&p, SyncKind::Barrier { parties: 3 });
+    assert!(sync(&p, w(1), 1, b, SyncOp::BarrierWait).is_empty());
+    assert!(sync(&p, w(2), 1, b, SyncOp::BarrierWait).is_empty());
+    let out = sync(&p, w(3), 1, b, SyncOp::BarrierWait);
+    let idx: Vec<_> = out.iter().map(|(n, _, r)| (*n, r.clone())).collect();
+    assert_eq!(
+        idx,
+        vec![(1, PrimResult::Arrived(0)), (2, PrimResult::Arrived(1)), (3, PrimResult::Arrived(2))]
+    );
+    // Next round: worker 2 dies while parked.
+    sync(&p, w(1), 2, b, SyncOp::BarrierWait);
+    sync(&p, w(2), 2, b, SyncOp::BarrierWait);
+    let out = answers(p.drop_worker(WorkerId(2)));
+    assert!(matches!(&out[..], [(1, 2, PrimResult::Broken(m))] if m.contains("(worker 2) died")));
+    assert!(matches!(
+        sync(&p, w(3), 2, b, SyncOp::BarrierWait)[..],
+        [(3, 2, PrimResult::Broken(_))]
+    ));
+    sync(&p, w(1), 3, b, SyncOp::Reset);
+    assert!(sync(&p, w(1), 4, b, SyncOp::BarrierWait).is_empty());
+    let out = answers(p.op(w(1), 4, PrimOp::Cancel));
+    assert!(matches!(&out[..], [(1, 4, PrimResult::Broken(_))]));
+    let state = sync(&p, w(1), 5, b, SyncOp::State);
+    assert_eq!(state, vec![(1, 5, PrimResult::State { value: 0, broken: true })]);
+    assert_eq!(p.parked(), 0);
+}
+
+#[test]
+fn event_wakes_every_waiter_and_close_fails_them() {
+    let p = Prims::default();
+    let e = create(&p, SyncKind::Event);
+    for n in [1, 2, 3] {
+        assert!(sync(&p, w(n), 1, e, SyncOp::Wait).is_empty());
+    }
+    let out = sync(&p, w(4), 1, e, SyncOp::Set);
+    assert_eq!(out.len(), 4);
+    assert_eq!(sync(&p, w(1), 2, e, SyncOp::Wait), vec![(1, 2, PrimResult::Done)]);
+    sync(&p, w(1), 3, e, SyncOp::Clear);
+    sync(&p, w(1), 4, e, SyncOp::Wait);
+    let out = sync(&p, w(2), 2, e, SyncOp::Close);
+    assert!(matches!(&out[..], [(1, 4, PrimResult::Closed(_)), (2, 2, PrimResult::Done)]));
+    assert!(matches!(sync(&p, w(1), 5, e, SyncOp::Set)[..], [(1, 5, PrimResult::Closed(_))]));
+    let l = create(&p, SyncKind::Lock);
+    let out = sync(&p, w(1), 6, l, SyncOp::Set);
+    assert!(matches!(&out[..], [(1, 6, PrimResult::Error(_))]));
+}
