@@ -13,7 +13,7 @@ use crate::client;
 use crate::errors::{check_signals, enter};
 
 /// `ChannelClosed(msg)` from `volley.exceptions`.
-fn closed(py: Python<'_>, msg: String) -> PyErr {
+pub(crate) fn closed(py: Python<'_>, msg: String) -> PyErr {
     let cls = py
         .import("volley.exceptions")
         .and_then(|m| m.getattr("ChannelClosed"))
@@ -24,7 +24,7 @@ fn closed(py: Python<'_>, msg: String) -> PyErr {
     }
 }
 
-fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+pub(crate) fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         Some(t) if t.is_nan() || t < 0.0 => {
             Err(PyValueError::new_err(format!("timeout must be a non-negative number, not {t}")))
