@@ -120,8 +120,9 @@ impl Inner {
 
     pub(super) fn sync_op(&mut self, me: Waiter, prim: u64, op: SyncOp, out: &mut Vec<Delivery>) {
         let Some(p) = self.sync.get_mut(&prim) else {
-            // A release that arrives after `Close` is not an error worth a hang or a message.
-            return self.answer(me, prim, gone(prim), out);
+            // Shutting down twice does nothing, as with queues.
+            let r = if op == SyncOp::Close { PrimResult::Done } else { gone(prim) };
+            return self.answer(me, prim, r, out);
         };
         let result = match (op, &mut p.state) {
             (
