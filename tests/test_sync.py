@@ -339,3 +339,22 @@ def test_ctrl_c_interrupts_a_blocked_acquire(tmp_path):
     assert read_line_with_prefix(proc, "AFTER ", timeout=30) == "True"
     out, err = finish_driver(proc)
     assert proc.returncode == 0, err
+
+
+@volley.remote(num_cpus=0.5)
+def take(lock: Lock) -> bool:
+    return lock.acquire()
+
+
+def test_cancelling_a_task_blocked_in_acquire_leaves_the_lock_whole(volley_2cpu):
+    lock = Lock()
+    assert lock.acquire()
+    waiting = take.remote(lock)
+    time.sleep(0.5)  # let it park in acquire()
+    volley.cancel(waiting)
+    with pytest.raises(volley.exceptions.TaskCancelledError):
+        volley.get(waiting, timeout=60)
+    lock.release()  # the cancelled acquire is no longer waiting: the lock stays free
+    assert not lock.locked()
+    assert lock.acquire(timeout=10)
+    lock.release()
