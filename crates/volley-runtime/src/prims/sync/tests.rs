@@ -212,3 +212,33 @@ fn event_wakes_every_waiter_and_close_fails_them() {
     let out = sync(&p, w(1), 6, l, SyncOp::Set);
     assert!(matches!(&out[..], [(1, 6, PrimResult::Error(_))]));
 }
+
+/// The driver's side (`call_local`): a lock granted just as the waiting caller is interrupted
+/// is released again, so the interrupt leaks nothing and the lock is free afterwards.
+#[test]
+fn an_interrupted_local_acquire_granted_meanwhile_is_released() {
+    use crate::WaitError;
+    let dir = std::env::temp_dir().join(format!("volley-sync-test-{}", std::process::id()));
+    let node = crate::testing::node(&dir, 1 << 20);
+    let never = || Ok::<(), ()>(());
+    // The answer, or a panic naming the wait's error (`WaitError` has no `PartialEq`).
+    let ok = |r: Result<PrimResult, WaitError<()>>| r.unwrap_or_else(|e| panic!("{e:?}"));
+    let kind = SyncKind::Lock;
+    let Ok(PrimResult::Created(l)) = node.prim(PrimOp::SyncCreate { kind }, None, never) else {
+        panic!("no lock made");
+    };
+    let op = |op| PrimOp::Sync { prim: l, op };
+    assert_eq!(ok(node.prim(op(acquire(1)), None, never)), GOT);
+    // The second acquire parks; its interrupt check releases the first hold (granting the
+    // parked acquire) and then reports the interrupt, as a Ctrl-C arriving just then would.
+    let r = node.prim(op(acquire(2)), None, || {
+        let released = node.prim(op(SyncOp::Release { holder: 1 }), None, never);
+        assert_eq!(ok(released), PrimResult::Done);
+        Err("interrupted")
+    });
+    assert!(matches!(r, Err(WaitError::Interrupted("interrupted"))), "{r:?}");
+    let state = node.prim(op(SyncOp::State), None, never);
+    assert_eq!(ok(state), PrimResult::State { value: 0, broken: false });
+    let free = node.prim(op(SyncOp::Acquire { holder: 3, block: false }), None, never);
+    assert_eq!(ok(free), GOT);
+}
