@@ -58,8 +58,11 @@ fn dead_holder_releases_with_flag() {
     sync(&p, w(2), 1, l, acquire(7));
     sync(&p, w(3), 1, l, acquire(7));
     const DIED: PrimResult = PrimResult::Acquired { died: true, notified: false };
+    sync(&p, w(4), 1, l, acquire(7));
     assert_eq!(answers(p.drop_worker(WorkerId(1))), vec![(2, 1, DIED)]);
-    assert_eq!(sync(&p, w(2), 2, l, SyncOp::Release { holder: 7 })[1], (3, 1, GOT));
+    // A dead process's parked acquire leaves the queue: nothing is handed to it.
+    assert!(p.drop_worker(WorkerId(3)).is_empty());
+    assert_eq!(sync(&p, w(2), 2, l, SyncOp::Release { holder: 7 })[1], (4, 1, GOT));
     // A semaphore frees every unit a dead process held, each reported to one acquirer.
     let s = create(&p, SyncKind::Semaphore { value: 2, bounded: true });
     sync(&p, w(5), 1, s, acquire(1));
