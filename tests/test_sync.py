@@ -299,9 +299,12 @@ def test_ops_after_shutdown_name_the_primitive_and_its_home(volley_2cpu):
     with pytest.raises(ChannelClosed, match=r"Event\(id=\d+\), made on node 0"):
         e.set()
     e.shutdown()  # again: nothing
+    sem = Semaphore(1)
     volley.shutdown()
     with pytest.raises(ChannelClosed, match=r"Lock\(id=\d+\).*volley was shut down"):
         lock.acquire()
+    with pytest.raises(ChannelClosed, match=r"Semaphore\(id=\d+\).*volley was shut down"):
+        sem.release()
 
 
 CTRL_C_SCRIPT = (

@@ -60,14 +60,12 @@ fn sync_create(py: Python<'_>, kind: &str, value: u64, lock: u64) -> PyResult<u6
         "condition" => SyncKind::Condition { lock },
         other => return Err(PyValueError::new_err(format!("no primitive kind {other:?}"))),
     };
-    match run(py, PrimOp::SyncCreate { kind }, None) {
-        Ok(PrimResult::Created(id)) => Ok(id),
-        Ok(r) => Err(unexpected(r)),
+    let c = client()?;
+    match enter(py, || c.prim(PrimOp::SyncCreate { kind }, None, check_signals))? {
+        PrimResult::Created(id) => Ok(id),
         // Refused input (parties 0, a condition over a non-lock) is the caller's value.
-        Err(e) if e.is_instance_of::<PyRuntimeError>(py) => {
-            Err(PyValueError::new_err(e.value(py).to_string()))
-        }
-        Err(e) => Err(e),
+        PrimResult::Error(m) => Err(PyValueError::new_err(m)),
+        r => Err(unexpected(r)),
     }
 }
 
