@@ -320,7 +320,7 @@ impl Inner {
             }
         }
         // Its leases end: the locks and semaphore units it held go to their next waiters.
-        self.sync_drop_holder(Who::Worker(w), out);
+        self.sync_drop_holders(|who| who == Who::Worker(w), out);
         self.conns.remove(&w);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);

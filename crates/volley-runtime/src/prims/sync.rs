@@ -440,14 +440,19 @@ impl Inner {
         }
     }
 
-    /// Ends the leases of process `who` (it died): its units are freed, and the next acquirer
-    /// of each is told that a holder died.
-    pub(super) fn sync_drop_holder(&mut self, who: Who, out: &mut Vec<Delivery>) {
+    /// Ends the leases of the processes `dead` picks (they died: a worker, or later every
+    /// process of a dead peer node): their units are freed, and the next acquirer of each is
+    /// told that a holder died.
+    pub(super) fn sync_drop_holders(
+        &mut self,
+        dead: impl Fn(Who) -> bool,
+        out: &mut Vec<Delivery>,
+    ) {
         let mut freed = Vec::new();
         for (id, p) in self.sync.iter_mut() {
             if let State::Units { free, holders, died, .. } = &mut p.state {
                 let before = holders.len();
-                holders.retain(|(h, _)| h.who != who);
+                holders.retain(|(h, _)| !dead(h.who));
                 let n = (before - holders.len()) as u64;
                 if n > 0 {
                     *free += n;
