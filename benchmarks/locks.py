@@ -41,7 +41,7 @@ def _pairs(lock, n: int) -> float:
 
 def _pairs_waited(lock: Lock, n: int) -> float:
     """Each release waits for its answer (what a release by a non-holder does)."""
-    me = threading.get_ident()
+    me = threading.get_native_id()
     t0 = time.perf_counter()
     for _ in range(n):
         lock.acquire()

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from conftest import (
-    CLUSTER_MODE,
     DRIVER_PRELUDE,
     finish_driver,
     poll,
@@ -22,9 +21,6 @@ from conftest import (
 import volley
 from volley.exceptions import ActorDiedError, ChannelClosed
 from volley.util.queue import Empty, Full, JoinableQueue, Queue
-
-# Queues live on one node for now: in the test cluster a task may run on another node.
-pytestmark = pytest.mark.skipif(CLUSTER_MODE, reason="queues do not cross nodes yet")
 
 STOP = "stop"
 
@@ -147,6 +143,28 @@ def test_many_producers_and_consumers_deliver_each_item_once(volley_2cpu):
         for b in batches:
             mine = [x for x in r if x in set(b)]
             assert mine == sorted(mine)
+
+
+def test_tasks_blocked_in_get_lend_their_cpus_to_the_producer(volley_2cpu):
+    # Two CPUs, both held by consumer tasks parked in get(): the producer task can only run
+    # on a CPU they lend while they wait, as a task blocked in a nested volley.get() does.
+    q = Queue()
+    takes = [get_one.remote(q) for _ in range(2)]
+    time.sleep(0.5)  # let both park
+    assert volley.get(produce.remote(q, ["a", "b"]), timeout=60) == 2
+    assert sorted(volley.get(takes, timeout=60)) == ["a", "b"]
+    # Answered, they took their CPUs back: the node is whole again for plain tasks.
+    assert volley.get([put_one.remote(q, i) for i in range(4)], timeout=60) == ["put"] * 4
+
+
+def test_tasks_blocked_in_put_lend_their_cpus_to_the_consumer(volley_2cpu):
+    q = Queue(maxsize=1)
+    q.put("first")
+    puts = [put_one.remote(q, i) for i in range(2)]  # both park: the queue is full
+    time.sleep(0.5)
+    got = volley.get([get_one.remote(q) for _ in range(3)], timeout=60)
+    assert volley.get(puts, timeout=60) == ["put", "put"]
+    assert sorted(map(str, got)) == ["0", "1", "first"]
 
 
 def test_consumer_killed_while_parked_loses_nothing(volley_2cpu):

@@ -186,7 +186,7 @@ class Lock(_Prim):
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         """Takes the lock, waiting up to ``timeout`` seconds (-1 or None: for ever; not at all
         unless ``blocking``); whether it got it. Ctrl-C stops the wait."""
-        me = threading.get_ident()
+        me = threading.get_native_id()
         got, died = _core.sync_acquire(self._id, me, blocking, _acquire_timeout(blocking, timeout))
         if got:
             self._held[me] = self._held.get(me, 0) + 1
@@ -201,7 +201,7 @@ class Lock(_Prim):
     @_named
     def release(self) -> None:
         """Releases the lock; ``RuntimeError`` if it is not held."""
-        me = threading.get_ident()
+        me = threading.get_native_id()
         held = self._held.get(me, 0)
         # Held through this handle: the release cannot fail, so a worker does not wait.
         _core.sync_release(self._id, me, held > 0)
@@ -282,7 +282,7 @@ class Semaphore(_Prim):
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Takes a unit, waiting up to ``timeout`` seconds (None: for ever; not at all unless
         ``blocking``); whether it got one."""
-        me = threading.get_ident()
+        me = threading.get_native_id()
         got, died = _core.sync_acquire(self._id, me, blocking, _acquire_timeout(blocking, timeout))
         if got:
             self._held[me] = self._held.get(me, 0) + 1
@@ -294,7 +294,7 @@ class Semaphore(_Prim):
         """Gives back ``n`` units (any process may release, as with ``threading``)."""
         if n < 1:
             raise ValueError("n must be one or more")
-        me = threading.get_ident()
+        me = threading.get_native_id()
         for _ in range(n):
             held = self._held.get(me, 0)
             try:
@@ -510,7 +510,8 @@ class Condition(_Prim):
     def wait(self, timeout: float | None = None) -> bool:
         """Releases the lock (every hold of an RLock), waits up to ``timeout`` seconds for a
         ``notify``, and takes the lock again; False if the timeout passed first."""
-        notified, died = _core.cond_wait(self._id, threading.get_ident(), _wait_timeout(timeout))
+        me = threading.get_native_id()
+        notified, died = _core.cond_wait(self._id, me, _wait_timeout(timeout))
         self._lock.previous_holder_died = died
         return notified
 
@@ -534,7 +535,7 @@ class Condition(_Prim):
         """Wakes up to ``n`` waiters; the caller must hold the lock."""
         if n < 0:
             raise ValueError(f"n must be >= 0, not {n}")
-        _core.cond_notify(self._id, threading.get_ident(), n)
+        _core.cond_notify(self._id, threading.get_native_id(), n)
 
     def notify_all(self) -> None:
         """Wakes every waiter; the caller must hold the lock."""

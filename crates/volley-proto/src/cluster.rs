@@ -222,6 +222,18 @@ pub enum PeerMsg {
     /// and it answers each there, in order.
     Node(crate::NodeRequest),
     NodeReply(crate::NodeAnswer),
+    /// An op on a primitive (queue, channel, lock) whose home is the receiving node, on behalf
+    /// of a process of the sender: answered `PrimReply` with the same `fwd` (once, like a
+    /// worker's op; see `PrimOp::Cancel`). Sent on whichever connection joins the two nodes (a
+    /// driver's node takes none: it is reached on the one it opened).
+    Prim {
+        fwd: u64,
+        op: crate::PrimOp,
+    },
+    PrimReply {
+        fwd: u64,
+        result: crate::PrimResult,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

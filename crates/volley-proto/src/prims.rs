@@ -15,6 +15,20 @@ pub const MAX_PRIM_ITEM: usize = 64 << 20;
 /// and the sender reports that failure at its next op.
 pub const PRIM_NO_REPLY: u64 = 0;
 
+/// A primitive's id names its home node in its top 24 bits (the rest is that node's counter),
+/// so an end passed to a process on another node finds its way home without a lookup.
+pub const PRIM_HOME_SHIFT: u32 = 40;
+
+/// The node a primitive with this id lives in.
+pub fn prim_home(id: u64) -> crate::NodeId {
+    crate::NodeId((id >> PRIM_HOME_SHIFT) as u32)
+}
+
+/// The id of the `counter`th primitive made on node `home`.
+pub fn prim_id(home: crate::NodeId, counter: u64) -> u64 {
+    (u64::from(home.0) << PRIM_HOME_SHIFT) | (counter & ((1 << PRIM_HOME_SHIFT) - 1))
+}
+
 /// One operation on the node's primitive service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum PrimOp {
@@ -121,6 +135,9 @@ pub enum SyncOp {
     Notify { holder: u64, n: u64 },
     /// Drop the primitive: every parked and later op gets `Closed`; answered `Done`.
     Close,
+    /// The process of the asking node that used `holder` died: the units it holds are freed
+    /// (the next acquirer told), as for a worker of the home node. Answered `Done`.
+    HolderGone { holder: u64 },
 }
 
 /// What to send to undo an answer that arrived after its caller was interrupted: an item got
@@ -152,6 +169,25 @@ impl Undo {
                 Some(PrimOp::Sync { prim, op: SyncOp::Release { holder } })
             }
             _ => None,
+        }
+    }
+}
+
+impl PrimOp {
+    /// The primitive this op is on (where it must be carried out); `None` for ops that name
+    /// none (`Cancel` and `Ack` follow the op they refer to; a create is made where it is asked).
+    pub fn target(&self) -> Option<u64> {
+        match self {
+            PrimOp::QueueCreate { .. } | PrimOp::Cancel | PrimOp::Ack => None,
+            PrimOp::SyncCreate { .. } => None,
+            PrimOp::Sync { prim, .. } => Some(*prim),
+            PrimOp::Put { queue, .. }
+            | PrimOp::Get { queue, .. }
+            | PrimOp::Size { queue }
+            | PrimOp::Close { queue }
+            | PrimOp::Unget { queue, .. }
+            | PrimOp::TaskDone { queue }
+            | PrimOp::Join { queue } => Some(*queue),
         }
     }
 }

@@ -203,6 +203,7 @@ impl Cluster {
         }
         if c.head.is_some() {
             c.shared.state.lock().sched.set_node_id(HEAD_ID);
+            c.shared.prims.set_node(HEAD_ID);
             c.head_tick();
             let c2 = c.clone();
             std::thread::Builder::new().name("volley-head".into()).spawn(move || {
@@ -286,6 +287,10 @@ impl Links for Cluster {
 
     fn node_id(&self) -> NodeId {
         Cluster::node_id(self)
+    }
+
+    fn send_prim(self: Arc<Self>, peer: NodeId, msg: PeerMsg) -> Result<(), String> {
+        self.send_prim_msg(peer, msg)
     }
 
     fn view(&self) -> Vec<NodeSnapshot> {

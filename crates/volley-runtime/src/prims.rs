@@ -8,13 +8,21 @@
 //! `Cancel`, answered in order on the asker's own connection, so exactly one answer reaches it
 //! and an item is never both handed over and reported `Empty` (see [`PrimOp::Cancel`]).
 //! Answers for this node's driver (`Who::Local`) are kept here until it takes them.
+//!
+//! A primitive's id names its home node (`prim_home`). An op on another node's primitive is
+//! forwarded there (`PeerMsg::Prim`) under an id of this node's (`fwd`), and its answer
+//! (`PeerMsg::PrimReply`) is handed to the asker as if it came from here: the item of a `get`
+//! stays un-acknowledged in this node until the worker's `Ack`, and goes home again if the
+//! worker dies first. When a node leaves the cluster, the ops forwarded to it fail `Closed`
+//! naming it, and the ops it parked here are dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use volley_proto::{
-    encode, NodeToWorker, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM, PRIM_NO_REPLY,
+    encode, prim_home, prim_id, NodeId, NodeToWorker, PeerMsg, PrimOp, PrimResult, WorkerId,
+    MAX_PRIM_ITEM, PRIM_NO_REPLY,
 };
 use volley_store::sync::{Condvar, Mutex};
 
@@ -22,21 +30,43 @@ use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::{WaitError, CHECK_INTERVAL};
 
-/// Who asked: this node's driver, or one of its workers.
+/// Who asked: this node's driver, one of its workers, or a process of another node (whose op
+/// that node forwarded here; its request id is the forwarder's `fwd`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Who {
     Local,
     Worker(WorkerId),
+    Peer(NodeId),
 }
 
-/// An answer for a worker, to send once the service's lock is released. `unget` names the
-/// queue an `Item` came from, so it can go back if the worker is gone.
+/// A forwarded op's `fwd` with this bit set wants no answer unless it failed (an unbounded
+/// queue's `put`, an `Unget`); the rest names the asker, to tell it of the failure.
+const FWD_NO_REPLY: u64 = 1 << 63;
+/// In a no-reply `fwd`: the asker is this node's driver, not a worker.
+const FWD_LOCAL: u64 = 1 << 32;
+
+/// An op forwarded to its primitive's home, waiting for the answer.
+#[derive(Debug, Clone, Copy)]
+struct Fwd {
+    who: Who,
+    req: u64,
+    home: NodeId,
+    target: u64,
+    /// A `Cancel` for it went home already (its asker stopped waiting or died).
+    cancelled: bool,
+}
+
+/// An answer for a worker or for another node, to send once the service's lock is released.
+/// `queue` names the primitive an `Item` came from, so it can go back if the worker is gone.
 #[derive(Debug)]
 pub struct Delivery {
-    pub worker: WorkerId,
+    pub to: Who,
     pub req: u64,
     pub result: PrimResult,
     pub queue: u64,
+    /// The worker lent its CPU while this op was parked (see [`serve_worker`]): it takes it
+    /// back once answered.
+    pub lent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +116,21 @@ struct Inner {
     /// worker's next message (no write of its own: a get stays one round trip), so an item a
     /// consumer took and was killed before its next message reaches another consumer too.
     unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
+    /// Parked ops whose worker lent its CPU to the scheduler while they wait.
+    lent: HashSet<(WorkerId, u64)>,
+    /// This node's id in its cluster (and the ids it had before a head restart renumbered
+    /// the nodes): primitives made here carry it. `None` alone: every id is this node's.
+    me: Option<NodeId>,
+    was: Vec<NodeId>,
+    /// Ops forwarded to other nodes, by `fwd`, and the `fwd` of each asker's op.
+    forwarded: HashMap<u64, Fwd>,
+    by_asker: HashMap<(Who, u64), u64>,
+    next_fwd: u64,
+    /// Messages for other nodes, sent once the lock is released (see [`deliver`]).
+    sends: Vec<(NodeId, PeerMsg)>,
+    /// Locks and semaphores of other nodes each worker here asked for, as (primitive,
+    /// holder): when the worker dies, their homes are told to end its leases.
+    remote_holds: HashMap<WorkerId, HashSet<(u64, u64)>>,
 }
 
 /// The node's primitive service.
@@ -111,9 +156,23 @@ impl Default for Prims {
 
 fn gone(queue: u64) -> PrimResult {
     PrimResult::Closed(format!(
-        "queue {queue} was shut down, or was made on another node (queues do not cross nodes \
-         yet) or in another session"
+        "queue {queue} was shut down, or was made in another session or on a node that has \
+         since left the cluster"
     ))
+}
+
+/// The op of a `select`, a `get` or a `put` that may park: its worker lends its CPU.
+fn may_park(op: &PrimOp) -> bool {
+    use volley_proto::SyncOp;
+    match op {
+        PrimOp::Put { block, .. } | PrimOp::Get { block, .. } => *block,
+        PrimOp::Join { .. } => true,
+        PrimOp::Sync { op: SyncOp::Acquire { block, .. }, .. } => *block,
+        PrimOp::Sync {
+            op: SyncOp::Wait | SyncOp::BarrierWait | SyncOp::CondWait { .. }, ..
+        } => true,
+        _ => false,
+    }
 }
 
 impl Inner {
@@ -131,17 +190,136 @@ impl Inner {
                     let copy = (w.req, queue, item.clone());
                     self.unacked.entry(worker).or_default().push(copy);
                 }
-                out.push(Delivery { worker, req: w.req, result, queue })
+                let lent = self.lent.remove(&(worker, w.req));
+                out.push(Delivery { to: w.who, req: w.req, result, queue, lent })
+            }
+            Who::Peer(_) if w.req & FWD_NO_REPLY != 0 && result == PrimResult::Done => {}
+            Who::Peer(_) => {
+                out.push(Delivery { to: w.who, req: w.req, result, queue, lent: false })
+            }
+        }
+    }
+
+    /// Whether the primitive `id` lives here.
+    fn is_home(&self, id: u64) -> bool {
+        let home = prim_home(id);
+        self.me.is_none_or(|me| me == home) || self.was.contains(&home)
+    }
+
+    /// A fresh id for a primitive made here.
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        prim_id(self.me.unwrap_or(NodeId(0)), self.next_id)
+    }
+
+    /// Sends `op` on another node's primitive `target` to its home.
+    fn forward(&mut self, who: Who, req: u64, target: u64, op: PrimOp) {
+        let home = prim_home(target);
+        let fwd = if req == PRIM_NO_REPLY || req == u64::MAX {
+            // Answered only if it fails: the asker is told at its next op.
+            FWD_NO_REPLY
+                | match who {
+                    Who::Worker(w) => u64::from(w.0),
+                    _ => FWD_LOCAL,
+                }
+        } else {
+            self.next_fwd += 1;
+            let fwd = self.next_fwd & !FWD_NO_REPLY;
+            self.forwarded.insert(fwd, Fwd { who, req, home, target, cancelled: false });
+            self.by_asker.insert((who, req), fwd);
+            fwd
+        };
+        self.sends.push((home, PeerMsg::Prim { fwd, op }));
+    }
+
+    /// Asks the home of the forwarded op `fwd` to stop waiting on it (answered `Empty`/`Full`
+    /// if it was still parked; else its answer is on its way).
+    fn cancel_forwarded(&mut self, fwd: u64) {
+        if let Some(f) = self.forwarded.get_mut(&fwd) {
+            if !f.cancelled {
+                f.cancelled = true;
+                let home = f.home;
+                self.sends.push((home, PeerMsg::Prim { fwd, op: PrimOp::Cancel }));
+            }
+        }
+    }
+
+    /// The answer to an op this node forwarded to `from`.
+    fn forwarded_answer(
+        &mut self,
+        from: NodeId,
+        fwd: u64,
+        result: PrimResult,
+        out: &mut Vec<Delivery>,
+    ) {
+        if fwd & FWD_NO_REPLY != 0 {
+            // A no-reply op failed: its worker raises it at its next op.
+            if fwd & FWD_LOCAL == 0 {
+                let to = Who::Worker(WorkerId(fwd as u32));
+                out.push(Delivery { to, req: PRIM_NO_REPLY, result, queue: 0, lent: false });
+            }
+            return;
+        }
+        let Some(f) = self.forwarded.get(&fwd).copied() else { return };
+        if f.home != from {
+            return; // Not the node it was sent to: ignored.
+        }
+        self.forwarded.remove(&fwd);
+        self.by_asker.remove(&(f.who, f.req));
+        self.answer(Waiter { who: f.who, req: f.req }, f.target, result, out);
+    }
+
+    /// Node `node` left: the ops forwarded to it fail, naming it, and those it parked here
+    /// are dropped.
+    fn drop_peer(&mut self, node: NodeId, why: &str, out: &mut Vec<Delivery>) {
+        let lost: Vec<u64> =
+            self.forwarded.iter().filter(|(_, f)| f.home == node).map(|(k, _)| *k).collect();
+        for fwd in lost {
+            let msg = format!(
+                "the primitive this waited on lived on node {}, which is gone ({why})",
+                node.0
+            );
+            self.forwarded_answer(node, fwd, PrimResult::Closed(msg), out);
+        }
+        self.drop_parked(Who::Peer(node), out);
+        // The leases its processes held end (a dead worker's there ends only with its node).
+        self.sync_drop_holders(|who| who == Who::Peer(node), out);
+    }
+
+    /// Drops every op `who` has parked here (a barrier it waited at breaks).
+    fn drop_parked(&mut self, who: Who, out: &mut Vec<Delivery>) {
+        let mine: Vec<((Who, u64), (u64, Parked))> =
+            self.parked.iter().filter(|((w, _), _)| *w == who).map(|(k, v)| (*k, *v)).collect();
+        for ((who, req), (queue, kind)) in mine {
+            self.parked.remove(&(who, req));
+            if kind == Parked::Sync {
+                self.sync_unpark(who, req, queue, out);
+            } else if let Some(q) = self.queues.get_mut(&queue) {
+                q.getters.retain(|x| !(x.who == who && x.req == req));
+                q.putters.retain(|(x, _)| !(x.who == who && x.req == req));
+                q.joiners.retain(|x| !(x.who == who && x.req == req));
             }
         }
     }
 
     fn op(&mut self, who: Who, req: u64, op: PrimOp, out: &mut Vec<Delivery>) {
         let me = Waiter { who, req };
+        if let Some(target) = op.target() {
+            if !self.is_home(target) {
+                if let Who::Peer(_) = who {
+                    // Not ours, and we do not pass it on again.
+                    return self.answer(me, target, gone(target), out);
+                }
+                self.note_remote_hold(who, &op);
+                return self.forward(who, req, target, op);
+            }
+        }
+        if let (PrimOp::Cancel, Some(fwd)) = (&op, self.by_asker.get(&(who, req)).copied()) {
+            return self.cancel_forwarded(fwd);
+        }
         match op {
             PrimOp::QueueCreate { maxsize } => {
-                self.next_id += 1;
-                let id = self.next_id;
+                let id = self.fresh_id();
                 self.queues.insert(id, Queue { maxsize, ..Queue::default() });
                 self.answer(me, id, PrimResult::Created(id), out);
             }
@@ -291,6 +469,9 @@ impl Inner {
     /// Puts a got item back at the head of its queue (its taker is gone), or hands it to the
     /// first parked getter.
     fn unget(&mut self, queue: u64, item: Vec<u8>, out: &mut Vec<Delivery>) {
+        if !self.is_home(queue) {
+            return self.forward(Who::Local, u64::MAX, queue, PrimOp::Unget { queue, item });
+        }
         let Some(q) = self.queues.get_mut(&queue) else { return };
         if let Some(g) = q.getters.pop_front() {
             self.parked.remove(&(g.who, g.req));
@@ -303,25 +484,24 @@ impl Inner {
     /// Drops every op `w` has parked (its process is gone) and puts back the items it had
     /// not acknowledged.
     fn drop_worker(&mut self, w: WorkerId, out: &mut Vec<Delivery>) {
-        let mine: Vec<((Who, u64), (u64, Parked))> = self
-            .parked
+        self.drop_parked(Who::Worker(w), out);
+        // Its ops waiting on other nodes: their homes stop waiting (an item already on its
+        // way comes back here, finds the worker gone and goes home again).
+        let away: Vec<u64> = self
+            .forwarded
             .iter()
-            .filter(|((who, _), _)| *who == Who::Worker(w))
-            .map(|(k, v)| (*k, *v))
+            .filter(|(_, f)| f.who == Who::Worker(w))
+            .map(|(k, _)| *k)
             .collect();
-        for ((who, req), (queue, kind)) in mine {
-            self.parked.remove(&(who, req));
-            if kind == Parked::Sync {
-                self.sync_unpark(who, req, queue, out);
-            } else if let Some(q) = self.queues.get_mut(&queue) {
-                q.getters.retain(|x| !(x.who == who && x.req == req));
-                q.putters.retain(|(x, _)| !(x.who == who && x.req == req));
-                q.joiners.retain(|x| !(x.who == who && x.req == req));
-            }
+        for fwd in away {
+            self.cancel_forwarded(fwd);
         }
-        // Its leases end: the locks and semaphore units it held go to their next waiters.
+        // Its leases end: the locks and semaphore units it held go to their next waiters,
+        // here and on the other nodes it took some from.
         self.sync_drop_holders(|who| who == Who::Worker(w), out);
+        self.end_remote_holds(w);
         self.conns.remove(&w);
+        self.lent.retain(|(x, _)| *x != w);
         for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
             self.unget(queue, item, out);
         }
@@ -331,17 +511,38 @@ impl Inner {
 impl Prims {
     /// Runs `op` for `who`; returns the answers for workers (the driver's are kept here).
     pub fn op(&self, who: Who, req: u64, op: PrimOp) -> Vec<Delivery> {
+        self.op_parks(who, req, op).0
+    }
+
+    /// [`Prims::op`], also saying whether the op parked (it waits for another's op).
+    pub fn op_parks(&self, who: Who, req: u64, op: PrimOp) -> (Vec<Delivery>, bool) {
         let mut out = Vec::new();
-        let local = {
+        let may_park = may_park(&op);
+        let (local, parked) = {
             let mut inner = self.inner.lock();
             let before = inner.local.len();
             inner.op(who, req, op, &mut out);
-            inner.local.len() != before
+            let parked = inner.parked.contains_key(&(who, req))
+                || (may_park && inner.by_asker.contains_key(&(who, req)));
+            (inner.local.len() != before, parked)
         };
         if local {
             self.local_cv.notify_all();
         }
-        out
+        (out, parked)
+    }
+
+    /// Notes that worker `w` lends its CPU while its op `req` is parked; false (and nothing
+    /// noted) if the op was answered in the meantime. Called under the scheduler's lock, so
+    /// that the answer's taking the CPU back comes after the lending.
+    fn mark_lent(&self, w: WorkerId, req: u64) -> bool {
+        let mut inner = self.inner.lock();
+        let key = (Who::Worker(w), req);
+        if !inner.parked.contains_key(&key) && !inner.by_asker.contains_key(&key) {
+            return false;
+        }
+        inner.lent.insert((w, req));
+        true
     }
 
     /// Puts a got item back (its taker is gone); returns answers for workers.
@@ -355,6 +556,57 @@ impl Prims {
         let mut out = Vec::new();
         self.inner.lock().drop_worker(w, &mut out);
         out
+    }
+
+    /// This node is `id` in its cluster from now on: primitives made here carry it, and those
+    /// of other nodes are reached through their homes.
+    pub fn set_node(&self, id: NodeId) {
+        let mut inner = self.inner.lock();
+        if let Some(before) = inner.me.replace(id) {
+            if before != id && !inner.was.contains(&before) {
+                inner.was.push(before);
+            }
+        }
+    }
+
+    /// Runs an op that node `from` forwarded here for one of its processes.
+    pub fn peer_op(&self, from: NodeId, fwd: u64, op: PrimOp) -> Vec<Delivery> {
+        self.op(Who::Peer(from), fwd, op)
+    }
+
+    /// Hands the answer `from` sent to the op this node forwarded as `fwd` to its asker.
+    pub fn peer_reply(&self, from: NodeId, fwd: u64, result: PrimResult) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let local = {
+            let mut inner = self.inner.lock();
+            let before = inner.local.len();
+            inner.forwarded_answer(from, fwd, result, &mut out);
+            inner.local.len() != before
+        };
+        if local {
+            self.local_cv.notify_all();
+        }
+        out
+    }
+
+    /// Node `node` left the cluster (see [`Inner::drop_peer`]).
+    pub fn peer_gone(&self, node: NodeId, why: &str) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let local = {
+            let mut inner = self.inner.lock();
+            let before = inner.local.len();
+            inner.drop_peer(node, why, &mut out);
+            inner.local.len() != before
+        };
+        if local {
+            self.local_cv.notify_all();
+        }
+        out
+    }
+
+    /// The messages for other nodes the last ops produced.
+    fn take_sends(&self) -> Vec<(NodeId, PeerMsg)> {
+        std::mem::take(&mut self.inner.lock().sends)
     }
 
     /// How many ops are parked now (tests, diagnostics).
@@ -446,9 +698,20 @@ pub(crate) fn call_local<E>(
 }
 
 /// Runs worker `w`'s op (from its connection's reader, in the order the worker sent them).
+///
+/// A pool worker whose op parks lends its CPU, as in a nested `get`: a task blocked in
+/// `queue.get()` must not hold the only CPU the task that would feed it needs.
 pub(crate) fn serve_worker(shared: &Shared, w: WorkerId, req: u64, op: PrimOp) {
-    let out = shared.prims.op(Who::Worker(w), req, op);
+    let (out, parked) = shared.prims.op_parks(Who::Worker(w), req, op);
     deliver(shared, out);
+    if parked {
+        // Lock order: the scheduler's, then the service's (never the other way round).
+        shared.with(|st, out| {
+            if shared.prims.mark_lent(w, req) {
+                st.sched.begin_outside_wait(w, req, out);
+            }
+        });
+    }
 }
 
 /// Forgets worker `w` (its connection closed), putting back the items it had not acknowledged,
@@ -462,20 +725,40 @@ pub(crate) fn worker_gone(shared: &Shared, w: WorkerId) {
 /// [`worker_gone`]): its items go back to their queues, to the next getter.
 pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
     let mut out = VecDeque::from(out);
-    while let Some(d) = out.pop_front() {
+    loop {
+        // Forwarded ops and answers for other nodes (rare alone: checked under the lock only
+        // when this node is in a cluster).
+        if shared.links.get().is_some() {
+            for (node, msg) in shared.prims.take_sends() {
+                send_to_peer(shared, node, msg, &mut out);
+            }
+        }
+        let Some(d) = out.pop_front() else { break };
+        let worker = match d.to {
+            Who::Worker(w) => w,
+            Who::Peer(node) => {
+                let msg = PeerMsg::PrimReply { fwd: d.req, result: d.result };
+                send_to_peer(shared, node, msg, &mut out);
+                continue;
+            }
+            Who::Local => continue,
+        };
         let conn = {
-            let cached = shared.prims.inner.lock().conns.get(&d.worker).cloned();
+            let cached = shared.prims.inner.lock().conns.get(&worker).cloned();
             match cached {
                 Some(c) => Some(c),
                 None => {
-                    let c = shared.state.lock().conns.get(&d.worker).cloned();
+                    let c = shared.state.lock().conns.get(&worker).cloned();
                     if let Some(c) = &c {
-                        shared.prims.inner.lock().conns.insert(d.worker, c.clone());
+                        shared.prims.inner.lock().conns.insert(worker, c.clone());
                     }
                     c
                 }
             }
         };
+        if d.lent {
+            shared.with(|st, _| st.sched.end_outside_wait(worker, d.req));
+        }
         let msg = NodeToWorker::PrimReply { req: d.req, result: d.result };
         let sent = match (&conn, encode(&msg)) {
             // Written now, not batched: a write to a process that died fails here, and the
@@ -485,9 +768,43 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
         };
         if !sent {
             // Its items (this one included) go back to their queues.
-            out.extend(shared.prims.drop_worker(d.worker));
+            out.extend(shared.prims.drop_worker(worker));
         }
     }
+}
+
+/// Sends `msg` to node `node`; a request that cannot go (no route to that node) is answered
+/// `Closed` to its asker at once.
+fn send_to_peer(shared: &Shared, node: NodeId, msg: PeerMsg, out: &mut VecDeque<Delivery>) {
+    let Some(links) = shared.links.get() else { return };
+    let fwd = match &msg {
+        PeerMsg::Prim { fwd, .. } => Some(*fwd),
+        _ => None,
+    };
+    if let Err(why) = links.clone().send_prim(node, msg) {
+        if let Some(fwd) = fwd {
+            let msg = format!("the primitive lives on node {}, which {why}", node.0);
+            out.extend(shared.prims.peer_reply(node, fwd, PrimResult::Closed(msg)));
+        }
+    }
+}
+
+/// Runs an op node `from` forwarded here (from its connection's reader).
+pub(crate) fn serve_peer(shared: &Shared, from: NodeId, fwd: u64, op: PrimOp) {
+    let out = shared.prims.peer_op(from, fwd, op);
+    deliver(shared, out);
+}
+
+/// Hands the answer to an op this node forwarded to its asker.
+pub(crate) fn peer_reply(shared: &Shared, from: NodeId, fwd: u64, result: PrimResult) {
+    let out = shared.prims.peer_reply(from, fwd, result);
+    deliver(shared, out);
+}
+
+/// Node `node` left the cluster: ops waiting on its primitives fail, its parked ops go.
+pub(crate) fn peer_gone(shared: &Shared, node: NodeId, why: &str) {
+    let out = shared.prims.peer_gone(node, why);
+    deliver(shared, out);
 }
 
 mod sync;

@@ -51,6 +51,13 @@ pub(crate) trait Links: Send + Sync {
     fn node_id(&self) -> volley_proto::NodeId;
     /// The cluster's nodes as this node last heard them from the head.
     fn view(&self) -> Vec<NodeSnapshot>;
+    /// Sends a primitive service message (`PeerMsg::Prim`/`PrimReply`) to `peer`; why not, if
+    /// it cannot go.
+    fn send_prim(
+        self: Arc<Self>,
+        peer: volley_proto::NodeId,
+        msg: volley_proto::PeerMsg,
+    ) -> Result<(), String>;
 }
 
 #[derive(Default)]

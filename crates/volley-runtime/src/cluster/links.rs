@@ -115,6 +115,10 @@ impl Cluster {
                     self.log_subscribers.lock().insert(peer);
                     false
                 }
+                Ok(Some(m @ (PeerMsg::Prim { .. } | PeerMsg::PrimReply { .. }))) => {
+                    self.prim_msg(peer, m);
+                    false
+                }
                 Ok(Some(
                     m @ (PeerMsg::Cancel { .. }
                     | PeerMsg::Release { .. }
@@ -167,7 +171,44 @@ impl Cluster {
         self.log_subscribers.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, "its connection closed", out));
+            crate::prims::peer_gone(&self.shared, peer, "its connection closed");
         }
+    }
+
+    /// A primitive service message from `peer`: served (or handed to its asker) on the
+    /// reader's thread, under the service's own lock, never the state's.
+    fn prim_msg(&self, peer: NodeId, m: PeerMsg) {
+        match m {
+            PeerMsg::Prim { fwd, op } => crate::prims::serve_peer(&self.shared, peer, fwd, op),
+            PeerMsg::PrimReply { fwd, result } => {
+                crate::prims::peer_reply(&self.shared, peer, fwd, result)
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a primitive service message to `peer`, always on the same connection, so that
+    /// one asker's ops arrive in the order it made them: the one this node opened to it
+    /// (opened now if need be), or, for a driver's node (which takes no connections), the one
+    /// it opened here.
+    pub(super) fn send_prim_msg(
+        self: &Arc<Self>,
+        peer: NodeId,
+        msg: PeerMsg,
+    ) -> Result<(), String> {
+        let what = Outgoing::Msg(Box::new(msg));
+        // Members see drivers' nodes in their view only as far as the head shows them.
+        let listens = self.view.lock().iter().any(|n| n.id == peer && !n.driver);
+        let tx = if listens {
+            self.link_to(peer).ok_or_else(|| "could not be reached".to_string())?
+        } else {
+            self.incoming_from(peer).ok_or_else(|| {
+                "is not a node this one can reach (a driver's node takes no connections: it \
+                 is reached only once it has sent this node work)"
+                    .to_string()
+            })?
+        };
+        tx.1.send(what).map_err(|_| "closed its connection".to_string())
     }
 
     /// Carries out a scheduler action meant for a peer (called outside the state lock).
@@ -269,6 +310,10 @@ impl Cluster {
                         crate::logs::write_lines(i32::from(fd), &lines);
                         None
                     }
+                    Ok(Some(m @ (PeerMsg::Prim { .. } | PeerMsg::PrimReply { .. }))) => {
+                        c.prim_msg(peer, m);
+                        None
+                    }
                     Ok(Some(
                         m @ (PeerMsg::Done { .. }
                         | PeerMsg::Object { .. }
@@ -316,6 +361,7 @@ impl Cluster {
         self.log_sources.lock().remove(&peer);
         if !self.closed.load(Ordering::Acquire) {
             self.shared.with(|st, out| st.sched.peer_gone(peer, why, out));
+            crate::prims::peer_gone(&self.shared, peer, why);
         }
     }
 

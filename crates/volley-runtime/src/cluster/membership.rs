@@ -43,6 +43,7 @@ impl Cluster {
         };
         *self.me.lock() = id;
         self.shared.state.lock().sched.set_node_id(id);
+        self.shared.prims.set_node(id);
         // From now on this node's task and actor rows go to the head with its heartbeats.
         self.shared.head.tables.set_member(true);
         self.beat(&mut s, &mut r)?;
@@ -65,6 +66,9 @@ impl Cluster {
         self.log_subscribers.lock().clear();
         self.shared
             .with(|st, out| st.sched.peers_reset(&known, "the cluster's head restarted", out));
+        for peer in known {
+            crate::prims::peer_gone(&self.shared, peer, "the cluster's head restarted");
+        }
     }
 
     /// One heartbeat: our load out, the view back.

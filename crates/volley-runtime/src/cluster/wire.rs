@@ -127,6 +127,8 @@ pub(super) fn msg_name(m: &PeerMsg) -> &'static str {
         PeerMsg::Fetch { .. } => "Fetch",
         PeerMsg::Chunk { .. } => "Chunk",
         PeerMsg::NoObject { .. } => "NoObject",
+        PeerMsg::Prim { .. } => "Prim",
+        PeerMsg::PrimReply { .. } => "PrimReply",
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use volley_proto::{PrimResult, SyncKind, SyncOp};
+use volley_proto::{PrimOp, PrimResult, SyncKind, SyncOp, WorkerId};
 
 use super::{Inner, Parked, Waiter, Who};
 use crate::prims::Delivery;
@@ -112,8 +112,7 @@ impl Inner {
                 State::Cond { lock, waiters: VecDeque::new() }
             }
         };
-        self.next_id += 1;
-        let id = self.next_id;
+        let id = self.fresh_id();
         self.sync.insert(id, SyncPrim { state });
         self.answer(me, id, PrimResult::Created(id), out);
     }
@@ -306,6 +305,11 @@ impl Inner {
                 }
                 PrimResult::Done
             }
+            (SyncOp::HolderGone { holder }, State::Units { .. }) => {
+                let gone = Holder { who: me.who, thread: holder };
+                self.end_leases(prim, |h| h == gone);
+                PrimResult::Done
+            }
             (op, _) => PrimResult::Error(format!("{op:?} does not apply to primitive {prim}")),
         };
         self.answer(me, prim, result, out);
@@ -411,7 +415,7 @@ impl Inner {
             State::Barrier { arrived, .. } => {
                 // As `threading.Barrier`: a wait that times out breaks the barrier for all.
                 arrived.retain(|w| !is_me(w));
-                let why = "a party's wait at the barrier timed out or was interrupted";
+                let why = "a party left the barrier: its wait timed out or was interrupted, or its process died";
                 self.break_barrier(prim, why, true, out);
                 self.answer(me, prim, PrimResult::Broken(why.to_string()), out);
             }
@@ -433,10 +437,52 @@ impl Inner {
                     Who::Worker(w) => {
                         format!("a party (worker {}) died waiting at the barrier", w.0)
                     }
+                    Who::Peer(n) => {
+                        format!("a party's node {} left while it waited at the barrier", n.0)
+                    }
                     Who::Local => "a party died waiting at the barrier".to_string(),
                 };
                 self.break_barrier(prim, &why, true, out);
             }
+        }
+    }
+
+    /// Frees the units of `prim` whose holders `dead` picks, counting them for the next
+    /// acquirers' flag; the caller pumps.
+    fn end_leases(&mut self, prim: u64, dead: impl Fn(Holder) -> bool) -> bool {
+        let Some(SyncPrim { state: State::Units { free, holders, died, .. } }) =
+            self.sync.get_mut(&prim)
+        else {
+            return false;
+        };
+        let before = holders.len();
+        holders.retain(|(h, _)| !dead(*h));
+        let n = (before - holders.len()) as u64;
+        *free += n;
+        *died += n;
+        n > 0
+    }
+
+    /// Notes a worker's acquire of another node's lock or semaphore (see `remote_holds`).
+    pub(super) fn note_remote_hold(&mut self, who: Who, op: &PrimOp) {
+        let held = match (who, op) {
+            (
+                Who::Worker(w),
+                PrimOp::Sync {
+                    prim,
+                    op: SyncOp::Acquire { holder, .. } | SyncOp::CondWait { holder },
+                },
+            ) => (w, *prim, *holder),
+            _ => return,
+        };
+        self.remote_holds.entry(held.0).or_default().insert((held.1, held.2));
+    }
+
+    /// Worker `w` died: the homes of the other nodes' locks it took end its leases there.
+    pub(super) fn end_remote_holds(&mut self, w: WorkerId) {
+        for (prim, holder) in self.remote_holds.remove(&w).unwrap_or_default() {
+            let op = PrimOp::Sync { prim, op: SyncOp::HolderGone { holder } };
+            self.forward(Who::Local, u64::MAX, prim, op);
         }
     }
 
@@ -448,21 +494,11 @@ impl Inner {
         dead: impl Fn(Who) -> bool,
         out: &mut Vec<Delivery>,
     ) {
-        let mut freed = Vec::new();
-        for (id, p) in self.sync.iter_mut() {
-            if let State::Units { free, holders, died, .. } = &mut p.state {
-                let before = holders.len();
-                holders.retain(|(h, _)| !dead(h.who));
-                let n = (before - holders.len()) as u64;
-                if n > 0 {
-                    *free += n;
-                    *died += n;
-                    freed.push(*id);
-                }
+        let ids: Vec<u64> = self.sync.keys().copied().collect();
+        for id in ids {
+            if self.end_leases(id, |h| dead(h.who)) {
+                self.pump(id, out);
             }
-        }
-        for id in freed {
-            self.pump(id, out);
         }
     }
 }

@@ -8,7 +8,12 @@ fn w(n: u32) -> Who {
 
 /// The answers in `out`, as (worker, req, result).
 fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+    out.into_iter()
+        .map(|d| match d.to {
+            Who::Worker(w) => (w.0, d.req, d.result),
+            other => panic!("an answer for {other:?}"),
+        })
+        .collect()
 }
 
 fn create(p: &Prims, maxsize: u64) -> u64 {
@@ -187,4 +192,157 @@ fn local_get_times_out_and_then_gets() {
         answers(p.op(w(2), 2, PrimOp::Size { queue: q })),
         vec![(2, 2, PrimResult::Size(1))]
     );
+}
+
+/// Two nodes' services, node 1 and node 2.
+fn pair() -> [Prims; 2] {
+    let nodes = [Prims::default(), Prims::default()];
+    nodes[0].set_node(NodeId(1));
+    nodes[1].set_node(NodeId(2));
+    nodes
+}
+
+/// Carries every message between the two nodes until none is left (the links, by hand);
+/// returns the answers for each node's workers.
+fn settle(nodes: &[Prims; 2], mut pending: [Vec<Delivery>; 2]) -> [Vec<(u32, u64, PrimResult)>; 2] {
+    let mut got = [Vec::new(), Vec::new()];
+    loop {
+        let mut moved = false;
+        for i in 0..2 {
+            let (me, other) = (NodeId(i as u32 + 1), 1 - i);
+            let mut msgs = nodes[i].take_sends();
+            for d in std::mem::take(&mut pending[i]) {
+                match d.to {
+                    Who::Peer(n) => {
+                        msgs.push((n, PeerMsg::PrimReply { fwd: d.req, result: d.result }))
+                    }
+                    Who::Worker(w) => got[i].push((w.0, d.req, d.result)),
+                    Who::Local => {}
+                }
+            }
+            for (to, msg) in msgs {
+                moved = true;
+                assert_eq!(to, NodeId(other as u32 + 1));
+                let out = match msg {
+                    PeerMsg::Prim { fwd, op } => nodes[other].peer_op(me, fwd, op),
+                    PeerMsg::PrimReply { fwd, result } => nodes[other].peer_reply(me, fwd, result),
+                    m => panic!("unexpected {m:?}"),
+                };
+                pending[other].extend(out);
+            }
+        }
+        if !moved && pending.iter().all(Vec::is_empty) {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn an_op_on_another_nodes_queue_is_served_at_its_home() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    assert_eq!(prim_home(q), NodeId(2));
+    // A worker of node 1 parks in get on node 2's queue: parked at the home.
+    let got = settle(&n, [n[0].op(w(5), 3, PrimOp::Get { queue: q, block: true }), vec![]]);
+    assert!(got.iter().all(Vec::is_empty));
+    assert_eq!(n[1].parked(), 1);
+    // A put at the home hands the item over the link to it.
+    let got = settle(&n, [vec![], n[1].op(w(9), 1, put(q, b"x", true))]);
+    assert_eq!(got[0], vec![(5, 3, PrimResult::Item(b"x".to_vec()))]);
+    assert_eq!(got[1], vec![(9, 1, PrimResult::Done)]);
+    // Size, put and get from node 1, in order.
+    let got = settle(&n, [n[0].op(w(5), 4, put(q, b"y", true)), vec![]]);
+    assert_eq!(got[0], vec![(5, 4, PrimResult::Done)]);
+    let got = settle(&n, [n[0].op(w(5), 5, PrimOp::Size { queue: q }), vec![]]);
+    assert_eq!(got[0], vec![(5, 5, PrimResult::Size(1))]);
+}
+
+#[test]
+fn an_item_on_its_way_to_a_dead_worker_of_another_node_goes_home() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    settle(&n, [vec![], n[1].op(w(9), 1, put(q, b"x", true))]);
+    let got = settle(&n, [n[0].op(w(5), 3, PrimOp::Get { queue: q, block: false }), vec![]]);
+    assert_eq!(got[0], vec![(5, 3, PrimResult::Item(b"x".to_vec()))]);
+    // Killed before its acknowledgement: the item goes back to its queue at the home.
+    let got = settle(&n, [n[0].drop_worker(WorkerId(5)), vec![]]);
+    assert!(got.iter().all(Vec::is_empty));
+    let got = settle(&n, [vec![], n[1].op(w(9), 2, PrimOp::Get { queue: q, block: false })]);
+    assert_eq!(got[1], vec![(9, 2, PrimResult::Item(b"x".to_vec()))]);
+    // Acknowledged, an item stays taken.
+    settle(&n, [vec![], n[1].op(w(9), 3, put(q, b"z", true))]);
+    settle(&n, [n[0].op(w(6), 7, PrimOp::Get { queue: q, block: false }), vec![]]);
+    settle(&n, [n[0].op(w(6), 7, PrimOp::Ack), vec![]]);
+    settle(&n, [n[0].drop_worker(WorkerId(6)), vec![]]);
+    let got = settle(&n, [vec![], n[1].op(w(9), 4, PrimOp::Size { queue: q })]);
+    assert_eq!(got[1], vec![(9, 4, PrimResult::Size(0))]);
+}
+
+#[test]
+fn a_dead_worker_of_another_node_stops_waiting_at_the_home() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    settle(&n, [n[0].op(w(5), 3, PrimOp::Get { queue: q, block: true }), vec![]]);
+    assert_eq!(n[1].parked(), 1);
+    settle(&n, [n[0].drop_worker(WorkerId(5)), vec![]]);
+    assert_eq!(n[1].parked(), 0, "the home dropped the dead worker's get");
+    let got = settle(&n, [vec![], n[1].op(w(9), 1, put(q, b"x", true))]);
+    assert_eq!(got[1], vec![(9, 1, PrimResult::Done)]);
+    let got = settle(&n, [vec![], n[1].op(w(9), 2, PrimOp::Size { queue: q })]);
+    assert_eq!(got[1], vec![(9, 2, PrimResult::Size(1))], "nobody took the item");
+}
+
+#[test]
+fn a_cancelled_forwarded_get_is_answered_once() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    settle(&n, [n[0].op(w(5), 3, PrimOp::Get { queue: q, block: true }), vec![]]);
+    let got = settle(&n, [n[0].op(w(5), 3, PrimOp::Cancel), vec![]]);
+    assert_eq!(got[0], vec![(5, 3, PrimResult::Empty)]);
+    assert_eq!(n[1].parked(), 0);
+    let got = settle(&n, [n[0].op(w(5), 3, PrimOp::Cancel), vec![]]);
+    assert!(got[0].is_empty(), "a second cancel gets no answer of its own");
+}
+
+#[test]
+fn ops_waiting_on_a_node_that_left_fail_naming_it() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    settle(&n, [n[0].op(w(5), 3, PrimOp::Get { queue: q, block: true }), vec![]]);
+    let got = answers(n[0].peer_gone(NodeId(2), "it stopped answering"));
+    match &got[..] {
+        [(5, 3, PrimResult::Closed(m))] => {
+            assert!(m.contains("node 2") && m.contains("it stopped answering"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The home forgets what the departed node parked there.
+    assert_eq!(n[1].parked(), 1);
+    assert!(n[1].peer_gone(NodeId(1), "gone").is_empty());
+    assert_eq!(n[1].parked(), 0);
+}
+
+#[test]
+fn a_failed_no_reply_put_on_another_node_reaches_its_worker() {
+    let n = pair();
+    let q = create(&n[1], 0);
+    settle(&n, [vec![], n[1].op(w(9), 1, PrimOp::Close { queue: q })]);
+    let got = settle(&n, [n[0].op(w(5), PRIM_NO_REPLY, put(q, b"x", false)), vec![]]);
+    assert!(matches!(&got[0][..], [(5, PRIM_NO_REPLY, PrimResult::Closed(_))]), "{got:?}");
+    // A put that succeeds sends nothing back.
+    let q2 = create(&n[1], 0);
+    let got = settle(&n, [n[0].op(w(5), PRIM_NO_REPLY, put(q2, b"x", false)), vec![]]);
+    assert!(got.iter().all(Vec::is_empty));
+}
+
+#[test]
+fn a_peer_op_on_a_primitive_not_here_is_not_passed_on() {
+    let n = pair();
+    let elsewhere = prim_id(NodeId(3), 77);
+    let got = n[1].peer_op(NodeId(1), 4, PrimOp::Size { queue: elsewhere });
+    assert!(matches!(
+        &got[..],
+        [Delivery { to: Who::Peer(NodeId(1)), req: 4, result: PrimResult::Closed(_), .. }]
+    ));
+    assert!(n[1].take_sends().is_empty());
 }

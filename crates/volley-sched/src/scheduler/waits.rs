@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The waiter id of a wait the scheduler does not answer (see `begin_outside_wait`): no waiter
+/// has it, so a `CancelRequest` for it finds nothing to answer here.
+const OUTSIDE_WAIT: WaiterId = WaiterId::MAX;
+
 impl Scheduler {
     /// Registers a wait for `needed` of `ids` (all of them with `usize::MAX`). A worker owner is
     /// answered with a message (values if `fetch`); a local one with `WakeLocal`. A worker that
@@ -47,20 +51,38 @@ impl Scheduler {
             }
         }
         if let WaitOwner::Worker { worker, req } = owner {
-            if let Some(w) = self.workers.get_mut(&worker) {
-                if w.block(req, wid) {
-                    self.res.give_cpu(w.cpu_held);
-                    // Tasks pipelined behind the blocked one must not wait for it.
-                    if w.queue.len() > 1 {
-                        let tasks = w.pipelined();
-                        w.revoke_outstanding = true;
-                        out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
-                    }
-                }
-            }
-            self.schedule(out);
+            self.lend_cpu(worker, req, wid, out);
         }
         wid
+    }
+
+    /// Worker `worker` blocks in request `req` (answered through `wid`): a pool worker lends the
+    /// CPU its task holds until the wait ends, and the tasks pipelined behind it are taken back.
+    fn lend_cpu(&mut self, worker: WorkerId, req: u64, wid: WaiterId, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if w.block(req, wid) {
+                self.res.give_cpu(w.cpu_held);
+                // Tasks pipelined behind the blocked one must not wait for it.
+                if w.queue.len() > 1 {
+                    let tasks = w.pipelined();
+                    w.revoke_outstanding = true;
+                    out.push(Action::Send { worker, msg: NodeToWorker::Revoke { tasks } });
+                }
+            }
+        }
+        self.schedule(out);
+    }
+
+    /// Worker `worker` waits in request `req` on something the scheduler does not hold (a
+    /// queue, channel or lock of the node's primitive service): like a `get`, it lends its CPU,
+    /// so that the task it waits for can run, until [`Scheduler::end_outside_wait`].
+    pub fn begin_outside_wait(&mut self, worker: WorkerId, req: u64, out: &mut Vec<Action>) {
+        self.lend_cpu(worker, req, OUTSIDE_WAIT, out);
+    }
+
+    /// The outside wait of `worker` in request `req` ended: it takes its CPU back.
+    pub fn end_outside_wait(&mut self, worker: WorkerId, req: u64) {
+        self.unblock(worker, req);
     }
 
     pub(super) fn complete_waiter(&mut self, wid: WaiterId, out: &mut Vec<Action>) {

@@ -9,7 +9,12 @@ fn w(n: u32) -> Who {
 }
 
 fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter().map(|d| (d.worker.0, d.req, d.result)).collect()
+    out.into_iter()
+        .map(|d| match d.to {
+            Who::Worker(w) => (w.0, d.req, d.result),
+            other => panic!("an answer for {other:?}"),
+        })
+        .collect()
 }
 
 fn create(p: &Prims, kind: SyncKind) -> u64 {
@@ -244,4 +249,55 @@ fn an_interrupted_local_acquire_granted_meanwhile_is_released() {
     assert_eq!(ok(state), PrimResult::State { value: 0, broken: false });
     let free = node.prim(op(SyncOp::Acquire { holder: 3, block: false }), None, never);
     assert_eq!(ok(free), GOT);
+}
+
+/// A holder on another node (its op forwarded here) holds a lease of its node: when that node
+/// leaves the cluster, the lock goes to the next waiter, told a holder died, and a barrier
+/// that node's process waited at breaks.
+#[test]
+fn a_peer_nodes_death_ends_its_leases() {
+    use volley_proto::NodeId;
+    let p = Prims::default();
+    p.set_node(NodeId(1));
+    let l = create(&p, SyncKind::Lock);
+    let b = create(&p, SyncKind::Barrier { parties: 2 });
+    assert_eq!(volley_proto::prim_home(l), NodeId(1));
+    let got = p.peer_op(NodeId(2), 5, PrimOp::Sync { prim: l, op: acquire(9) });
+    assert!(matches!(&got[..], [d] if d.to == Who::Peer(NodeId(2)) && d.result == GOT));
+    assert!(p.peer_op(NodeId(2), 6, PrimOp::Sync { prim: b, op: SyncOp::BarrierWait }).is_empty());
+    assert!(sync(&p, w(3), 1, l, acquire(0)).is_empty());
+    let out = answers(p.peer_gone(NodeId(2), "its link closed"));
+    assert_eq!(out, vec![(3, 1, PrimResult::Acquired { died: true, notified: false })]);
+    let out = sync(&p, w(3), 2, b, SyncOp::BarrierWait);
+    assert!(matches!(&out[..], [(3, 2, PrimResult::Broken(_))]), "{out:?}");
+}
+
+/// A worker of node 2 holding node 1's lock dies (its node lives on): node 2 tells node 1,
+/// which hands the lock to the next waiter, told that a holder died.
+#[test]
+fn a_remote_holders_death_is_told_to_the_home() {
+    const DIED: PrimResult = PrimResult::Acquired { died: true, notified: false };
+    use volley_proto::{NodeId, PeerMsg};
+    let (home, away) = (Prims::default(), Prims::default());
+    home.set_node(NodeId(1));
+    away.set_node(NodeId(2));
+    let l = create(&home, SyncKind::Lock);
+    // Carries the messages `away` sends to node 1 there; what node 1 answers, to whom.
+    let carry = |away: &Prims| -> Vec<(Who, PrimResult)> {
+        let mut got = Vec::new();
+        for (to, msg) in away.take_sends() {
+            assert_eq!(to, NodeId(1));
+            let PeerMsg::Prim { fwd, op } = msg else { panic!("{msg:?}") };
+            got.extend(home.peer_op(NodeId(2), fwd, op).into_iter().map(|d| (d.to, d.result)));
+        }
+        got
+    };
+    assert!(away.op(w(7), 1, PrimOp::Sync { prim: l, op: acquire(70) }).is_empty());
+    assert_eq!(carry(&away), vec![(Who::Peer(NodeId(2)), GOT)]);
+    assert!(sync(&home, w(3), 1, l, acquire(0)).is_empty());
+    assert!(away.drop_worker(WorkerId(7)).is_empty());
+    // `HolderGone` itself wants no answer; the waiter gets the lock.
+    assert_eq!(carry(&away), vec![(w(3), DIED)]);
+    let out = sync(&home, w(3), 3, l, SyncOp::Release { holder: 0 });
+    assert_eq!(out, vec![(3, 3, PrimResult::Done)]);
 }
