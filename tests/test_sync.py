@@ -357,3 +357,15 @@ def test_cancelling_a_task_blocked_in_acquire_leaves_the_lock_whole(volley_2cpu)
     assert not lock.locked()
     assert lock.acquire(timeout=10)
     lock.release()
+
+
+@volley.remote(num_cpus=1)
+def wait_at(b: Barrier) -> int:
+    return b.wait(timeout=60)
+
+
+def test_tasks_parked_at_a_barrier_lend_their_cpus(volley_2cpu):
+    """Three 1-CPU tasks on 2 CPUs meet at a barrier: the two that wait first lend their CPUs,
+    so the third runs instead of every one waiting for ever."""
+    b = Barrier(3)
+    assert sorted(volley.get([wait_at.remote(b) for _ in range(3)], timeout=90)) == [0, 1, 2]

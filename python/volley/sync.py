@@ -1,9 +1,9 @@
-"""Locks, semaphores, events, barriers and conditions that the driver, tasks and actors of one
-node share, with ``threading``'s and ``multiprocessing``'s signatures (docs/sync.md).
+"""Locks, semaphores, events, barriers and conditions that the driver, tasks and actors of a
+cluster share, with ``threading``'s and ``multiprocessing``'s signatures (docs/sync.md).
 
 Each primitive lives in the node that made it (in Rust, ``volley_runtime::prims``), not in an
-actor: an uncontended ``acquire`` is one message to the node and its answer, and waiters queue
-first come, first served. A held lock is a *lease*: when the process holding it dies, the lock
+actor: an uncontended ``acquire`` is one message to the node and its answer (forwarded to that
+node from another one), and waiters queue first come, first served. A held lock is a *lease*: when the process holding it dies, the lock
 is released and the next acquirer is told (``previous_holder_died``, or ``LockLost`` with
 ``on_holder_death="raise"``), so a crashed task never leaves a lock held for ever.
 
@@ -137,7 +137,7 @@ class _Prim:
 
 
 class Lock(_Prim):
-    """A lock (``threading.Lock``/``multiprocessing.Lock``) for the processes of one node.
+    """A lock (``threading.Lock``/``multiprocessing.Lock``) for the processes of a cluster.
 
     Any holder may release it, as with ``threading.Lock``. When the process holding it dies,
     it is released: the next ``acquire`` returns True and sets ``previous_holder_died``
@@ -239,7 +239,7 @@ class RLock(Lock):
 
 
 class Semaphore(_Prim):
-    """A counting semaphore (``threading.Semaphore``/``multiprocessing.Semaphore``) of one node:
+    """A counting semaphore (``threading.Semaphore``/``multiprocessing.Semaphore``):
     ``value`` units; ``acquire`` takes one, waiting while there is none. Units held by a process
     that dies are released, and ``previous_holder_died`` tells the next taker.
 
@@ -337,7 +337,7 @@ class BoundedSemaphore(Semaphore):
 
 
 class Event(_Prim):
-    """An event (``threading.Event``/``multiprocessing.Event``) of one node: ``wait`` blocks
+    """An event (``threading.Event``/``multiprocessing.Event``): ``wait`` blocks
     until some process calls ``set``.
 
     >>> from volley.sync import Event
@@ -385,7 +385,7 @@ class Event(_Prim):
 
 
 class Barrier(_Prim):
-    """A barrier (``threading.Barrier``) of one node: ``wait`` returns once ``parties``
+    """A barrier (``threading.Barrier``): ``wait`` returns once ``parties``
     processes (or threads) wait, each with its arrival index (0 for the first). A wait that
     times out, ``abort()``, or a party that dies while waiting breaks it: every waiting and
     later ``wait`` raises ``BrokenBarrierError`` until ``reset()``.
@@ -458,7 +458,7 @@ class Barrier(_Prim):
 
 
 class Condition(_Prim):
-    """A condition variable (``threading.Condition``) of one node, over a volley ``Lock`` or
+    """A condition variable (``threading.Condition``), over a volley ``Lock`` or
     ``RLock`` (a new ``RLock`` by default). ``wait`` releases the lock, waits for a
     ``notify``, and holds the lock again before it returns.
 

@@ -16,7 +16,7 @@
 - ``volley.util.queue``: ``Queue`` and ``JoinableQueue`` that cross processes (one node for
   now: docs/queue.md), with ``Empty`` and ``Full``.
 - ``Lock``, ``RLock``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``,
-  ``Condition``, ``LockLost`` (``volley.sync``): across the processes of a node, with leases
+  ``Condition``, ``LockLost`` (``volley.sync``): across processes and nodes, with leases
   (a dead holder's lock is released and the next acquirer told: docs/sync.md).
 
 ``ray.util.timeline`` is ``volley.timeline``: see docs/from-ray.md.
