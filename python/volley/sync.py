@@ -3,9 +3,10 @@ cluster share, with ``threading``'s and ``multiprocessing``'s signatures (docs/s
 
 Each primitive lives in the node that made it (in Rust, ``volley_runtime::prims``), not in an
 actor: an uncontended ``acquire`` is one message to the node and its answer (forwarded to that
-node from another one), and waiters queue first come, first served. A held lock is a *lease*: when the process holding it dies, the lock
-is released and the next acquirer is told (``previous_holder_died``, or ``LockLost`` with
-``on_holder_death="raise"``), so a crashed task never leaves a lock held for ever.
+node from another one), and waiters queue first come, first served. A held lock is a *lease*:
+when the process holding it dies, the lock is released and the next acquirer is told
+(``previous_holder_died``, or ``LockLost`` with ``on_holder_death="raise"``), so a crashed task
+never leaves a lock held for ever.
 
 >>> from volley.sync import Lock
 >>> lock = Lock()
