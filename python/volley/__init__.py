@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "exceptions": "",
     "job": "",
     "state": "",
+    "sync": "",
     "ActorClass": "._actor",
     "ActorHandle": "._actor",
     "actor_state": "._actor",

@@ -107,6 +107,11 @@ pub enum PrimOp {
     /// the node holds them while the message travels, so the sender may drop its own refs
     /// at once; the receiver lets go once it holds its own. Answered `Done`.
     ChanHold { ids: Vec<crate::ObjectId>, hold: bool },
+    // sync: locks, semaphores, events, barriers and conditions (see `SyncOp`).
+    /// Make a synchronisation primitive; answered `Created`.
+    SyncCreate { kind: SyncKind },
+    /// An op on synchronisation primitive `prim`.
+    Sync { prim: u64, op: SyncOp },
 }
 
 /// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.
@@ -131,12 +136,115 @@ impl PrimOp {
     }
 }
 
+/// The kinds of synchronisation primitive, with what each is made with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Non-reentrant: any holder may release it, as `threading.Lock`.
+    Lock,
+    /// Reentrant: its owner (a process and a thread in it) may acquire it again.
+    RLock,
+    /// `value` units; `bounded`: a release past `value` is refused (`BoundedSemaphore`).
+    Semaphore {
+        value: u64,
+        bounded: bool,
+    },
+    Event,
+    /// Releases its parked waiters once `parties` of them wait.
+    Barrier {
+        parties: u64,
+    },
+    /// A condition variable over the lock or rlock `lock` (made on the same node before).
+    Condition {
+        lock: u64,
+    },
+}
+
+/// One op on a synchronisation primitive. `holder` names the caller's thread within its
+/// process (the process itself is known from the connection): a lease is held by the pair.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SyncOp {
+    /// Take one unit of a lock, rlock or semaphore, parking (FIFO) while there is none if
+    /// `block`. Answered `Acquired` (with `died` when the unit was freed by a dead holder),
+    /// `Empty` (not `block`, or cancelled while parked) or `Closed`.
+    Acquire { holder: u64, block: bool },
+    /// Give back one unit; answered `Done`, or `Error` (not held; a bounded semaphore full).
+    Release { holder: u64 },
+    /// Answered `State`: a lock's or rlock's holds, a semaphore's free units, an event's
+    /// flag (0 or 1), a barrier's parked parties (`broken` for a broken barrier).
+    State,
+    /// Set an event, waking every waiter; answered `Done`.
+    Set,
+    /// Clear an event; answered `Done`.
+    Clear,
+    /// Wait for an event to be set; answered `Done`, or `Empty` when cancelled.
+    Wait,
+    /// Wait at a barrier; answered `Arrived(index)` once all parties wait, or `Broken`. A
+    /// cancelled (timed out) wait breaks the barrier, as `threading.Barrier` does.
+    BarrierWait,
+    /// Break a barrier: every parked and later wait is answered `Broken`; answered `Done`.
+    Abort,
+    /// Break the parked waits of a barrier and make it whole again; answered `Done`.
+    Reset,
+    /// Release the condition's lock (all of an rlock's holds) and park until notified; the
+    /// lock is taken again (holds restored) before the answer, `Acquired { notified }`. A
+    /// cancelled wait still takes the lock again first, answered `notified: false`.
+    CondWait { holder: u64 },
+    /// Wake the first `n` waiters of a condition (each then queues for the lock); `Done`, or
+    /// `Error` if `holder` does not hold the condition's lock.
+    Notify { holder: u64, n: u64 },
+    /// Drop the primitive: every parked and later op gets `Closed`; answered `Done`.
+    Close,
+    /// The process of the asking node that used `holder` died: the units it holds are freed
+    /// (the next acquirer told), as for a worker of the home node. Answered `Done`.
+    HolderGone { holder: u64 },
+}
+
+/// What to send to undo an answer that arrived after its caller was interrupted: an item got
+/// goes back to its queue, a unit acquired is released, so neither is leaked.
+pub fn undo_of(op: &PrimOp) -> Undo {
+    match op {
+        PrimOp::Sync { prim, op: SyncOp::Acquire { holder, .. } } => {
+            Undo::Release { prim: *prim, holder: *holder }
+        }
+        // A select's item names the channel it came from in its answer.
+        _ => op.takes_from().map_or(Undo::Nothing, Undo::Unget),
+    }
+}
+
+/// See [`undo_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    Nothing,
+    Unget(u64),
+    Release { prim: u64, holder: u64 },
+}
+
+impl Undo {
+    /// The op that gives back what `result` handed over, if anything.
+    pub fn op(self, result: PrimResult) -> Option<PrimOp> {
+        match (self, result) {
+            (Undo::Release { prim, holder }, PrimResult::Acquired { .. }) => {
+                Some(PrimOp::Sync { prim, op: SyncOp::Release { holder } })
+            }
+            (Undo::Unget(from), result) => {
+                result.into_taken(Some(from)).map(|(queue, item)| PrimOp::Unget { queue, item })
+            }
+            (Undo::Nothing, result @ PrimResult::Selected { .. }) => {
+                result.into_taken(None).map(|(queue, item)| PrimOp::Unget { queue, item })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl PrimOp {
     /// The primitive this op is on (where it must be carried out); `None` for ops that name
     /// none (`Cancel` and `Ack` follow the op they refer to; a create is made where it is asked).
     pub fn target(&self) -> Option<u64> {
         match self {
             PrimOp::QueueCreate { .. } | PrimOp::Cancel | PrimOp::Ack => None,
+            PrimOp::SyncCreate { .. } => None,
+            PrimOp::Sync { prim, .. } => Some(*prim),
             PrimOp::Put { queue, .. }
             | PrimOp::Get { queue, .. }
             | PrimOp::Size { queue }
@@ -184,6 +292,23 @@ pub enum PrimResult {
     Poisoned(String),
     /// The other side of the channel retired; says which.
     Retired(String),
+    // sync
+    /// A unit of a lock or semaphore is the asker's now. `died`: it was freed because its
+    /// holder's process died (what it guarded may be half-updated). `notified`: a condition
+    /// wait ended by a notify rather than a cancel (timeout).
+    Acquired {
+        died: bool,
+        notified: bool,
+    },
+    /// Passed a barrier, with this arrival index (0 for the first of the round).
+    Arrived(u64),
+    /// The barrier is broken; says why.
+    Broken(String),
+    /// A primitive's state (see `SyncOp::State`).
+    State {
+        value: u64,
+        broken: bool,
+    },
 }
 
 impl PrimResult {

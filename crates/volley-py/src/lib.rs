@@ -20,6 +20,7 @@ mod options;
 mod prims;
 mod state;
 mod store;
+mod sync;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -968,6 +969,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     state::register(m)?;
     prims::register(m)?;
     channel::register(m)?;
+    sync::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

@@ -97,11 +97,15 @@ enum Parked {
     Join,
     /// A channel op (its guards' wait lists are in `channel::Chans`).
     Chan,
+    /// At a lock, semaphore, event, barrier or condition (the id is that primitive's).
+    Sync,
 }
 
 #[derive(Default)]
 struct Inner {
     queues: HashMap<u64, Queue>,
+    /// Locks, semaphores, events, barriers and conditions ([`sync`]).
+    sync: HashMap<u64, sync::SyncPrim>,
     next_id: u64,
     /// Where each parked op waits: (asker, request) -> (queue, kind).
     parked: HashMap<(Who, u64), (u64, Parked)>,
@@ -130,6 +134,9 @@ struct Inner {
     next_fwd: u64,
     /// Messages for other nodes, sent once the lock is released (see [`deliver`]).
     sends: Vec<(NodeId, PeerMsg)>,
+    /// Locks and semaphores of other nodes each worker here asked for, as (primitive,
+    /// holder): when the worker dies, their homes are told to end its leases.
+    remote_holds: HashMap<WorkerId, HashSet<(u64, u64)>>,
 }
 
 /// The node's primitive service.
@@ -162,10 +169,15 @@ fn gone(queue: u64) -> PrimResult {
 
 /// The op of a `select`, a `get` or a `put` that may park: its worker lends its CPU.
 fn may_park(op: &PrimOp) -> bool {
+    use volley_proto::SyncOp;
     match op {
         PrimOp::Put { block, .. } | PrimOp::Get { block, .. } => *block,
         PrimOp::Join { .. } | PrimOp::ChanSend { .. } | PrimOp::ChanRecv { .. } => true,
         PrimOp::ChanSelect { skip, .. } => !*skip,
+        PrimOp::Sync { op: SyncOp::Acquire { block, .. }, .. } => *block,
+        PrimOp::Sync {
+            op: SyncOp::Wait | SyncOp::BarrierWait | SyncOp::CondWait { .. }, ..
+        } => true,
         _ => false,
     }
 }
@@ -174,6 +186,8 @@ impl Inner {
     /// Records `result` for `w`: kept for the driver, or returned for a worker.
     fn answer(&mut self, w: Waiter, queue: u64, result: PrimResult, out: &mut Vec<Delivery>) {
         match w.who {
+            // An undo's answer (see `call_local`): nobody waits for it.
+            Who::Local if w.req == u64::MAX => {}
             Who::Local => {
                 self.local.insert(w.req, result);
             }
@@ -284,13 +298,15 @@ impl Inner {
             );
             self.forwarded_answer(node, fwd, PrimResult::Closed(msg), out);
         }
-        self.drop_parked(Who::Peer(node));
+        self.drop_parked(Who::Peer(node), out);
         // The channel ends its processes held retire.
         channel::drop_holder(self, Who::Peer(node), out);
+        // The leases its processes held end (a dead worker's there ends only with its node).
+        self.sync_drop_holders(|who| who == Who::Peer(node), out);
     }
 
-    /// Drops every op `who` has parked here.
-    fn drop_parked(&mut self, who: Who) {
+    /// Drops every op `who` has parked here (a barrier it waited at breaks).
+    fn drop_parked(&mut self, who: Who, out: &mut Vec<Delivery>) {
         let mine: Vec<((Who, u64), (u64, Parked))> =
             self.parked.iter().filter(|((w, _), _)| *w == who).map(|(k, v)| (*k, *v)).collect();
         for ((who, req), (queue, kind)) in mine {
@@ -299,7 +315,9 @@ impl Inner {
                 channel::drop_parked(self, (who, req));
                 continue;
             }
-            if let Some(q) = self.queues.get_mut(&queue) {
+            if kind == Parked::Sync {
+                self.sync_unpark(who, req, queue, out);
+            } else if let Some(q) = self.queues.get_mut(&queue) {
                 q.getters.retain(|x| !(x.who == who && x.req == req));
                 q.putters.retain(|(x, _)| !(x.who == who && x.req == req));
                 q.joiners.retain(|x| !(x.who == who && x.req == req));
@@ -315,6 +333,7 @@ impl Inner {
                     // Not ours, and we do not pass it on again.
                     return self.answer(me, target, gone(target), out);
                 }
+                self.note_remote_hold(who, &op);
                 return self.forward(who, req, target, op);
             }
         }
@@ -407,6 +426,9 @@ impl Inner {
                 if kind == Parked::Chan {
                     return channel::cancel(self, me, out);
                 }
+                if kind == Parked::Sync {
+                    return self.sync_cancel(me, queue, out);
+                }
                 let Some(q) = self.queues.get_mut(&queue) else { return };
                 let result = match kind {
                     Parked::Get => {
@@ -421,6 +443,7 @@ impl Inner {
                         q.joiners.retain(|w| !(w.who == who && w.req == req));
                         PrimResult::Empty
                     }
+                    Parked::Sync => return,
                 };
                 self.answer(me, queue, result, out);
             }
@@ -494,6 +517,9 @@ impl Inner {
             }
             // Done by `hold_refs` (the driver's) or node.rs (a worker's).
             PrimOp::ChanHold { .. } => self.answer(me, 0, PrimResult::Done, out),
+            // sync
+            PrimOp::SyncCreate { kind } => self.sync_create(me, kind, out),
+            PrimOp::Sync { prim, op } => self.sync_op(me, prim, op, out),
         }
     }
 
@@ -518,7 +544,7 @@ impl Inner {
     /// Drops every op `w` has parked (its process is gone) and puts back the items it had
     /// not acknowledged.
     fn drop_worker(&mut self, w: WorkerId, out: &mut Vec<Delivery>) {
-        self.drop_parked(Who::Worker(w));
+        self.drop_parked(Who::Worker(w), out);
         // Its ops waiting on other nodes: their homes stop waiting (an item already on its
         // way comes back here, finds the worker gone and goes home again).
         let away: Vec<u64> = self
@@ -530,6 +556,10 @@ impl Inner {
         for fwd in away {
             self.cancel_forwarded(fwd);
         }
+        // Its leases end: the locks and semaphore units it held go to their next waiters,
+        // here and on the other nodes it took some from.
+        self.sync_drop_holders(|who| who == Who::Worker(w), out);
+        self.end_remote_holds(w);
         self.conns.remove(&w);
         self.lent.retain(|(x, _)| *x != w);
         channel::drop_holder(self, Who::Worker(w), out);
@@ -697,7 +727,7 @@ pub(crate) fn call_local<E>(
     hold_refs(shared, &op);
     let prims = &shared.prims;
     let req = prims.next_local();
-    let takes_from = op.takes_from();
+    let undo = volley_proto::undo_of(&op);
     deliver(shared, prims.op(Who::Local, req, op));
     let deadline = timeout.map(|t| Instant::now() + t);
     // `None`: the node shut down under the waiting caller.
@@ -718,10 +748,11 @@ pub(crate) fn call_local<E>(
         Err(None) => Err(WaitError::Closed),
         Err(Some(e)) => {
             deliver(shared, prims.op(Who::Local, req, PrimOp::Cancel));
-            if let Ok(Some(r)) = prims.wait_local(req, None, &mut || Ok::<(), ()>(())) {
-                // Got just as the caller was interrupted: it goes back for the next taker.
-                if let Some((from, item)) = r.into_taken(takes_from) {
-                    deliver(shared, prims.unget(from, item));
+            if let Ok(Some(result)) = prims.wait_local(req, None, &mut || Ok::<(), ()>(())) {
+                // Got just as the caller was interrupted: an item goes back for the next
+                // taker, a lock unit to the next waiter.
+                if let Some(op) = undo.op(result) {
+                    deliver(shared, prims.op(Who::Local, u64::MAX, op));
                 }
             }
             Err(WaitError::Interrupted(e))
@@ -852,6 +883,8 @@ pub(crate) fn peer_gone(shared: &Shared, node: NodeId, why: &str) {
     let out = shared.prims.peer_gone(node, why);
     deliver(shared, out);
 }
+
+mod sync;
 
 #[cfg(test)]
 mod channel_tests;

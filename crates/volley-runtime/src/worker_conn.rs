@@ -474,7 +474,7 @@ impl WorkerConn {
             return Ok(failed);
         }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let get_from = op.takes_from();
+        let undo = volley_proto::undo_of(&op);
         self.send(&WorkerToNode::Prim { req, op }).map_err(|_| WaitError::Closed)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut cancelled = false;
@@ -486,11 +486,11 @@ impl WorkerConn {
                     drop(inner);
                     let Reply::Prim(result) = r else { return Err(WaitError::Closed) };
                     let Some(e) = interrupted else { return Ok(result) };
-                    if let Some((queue, item)) = result.into_taken(get_from) {
-                        let _ = self.send(&WorkerToNode::Prim {
-                            req: u64::MAX,
-                            op: PrimOp::Unget { queue, item },
-                        });
+                    // Got just as the caller was interrupted: an item goes back, a lock
+                    // unit is released (answered only if that fails, which nobody awaits).
+                    if let Some(op) = undo.op(result) {
+                        let req = volley_proto::PRIM_NO_REPLY;
+                        let _ = self.send(&WorkerToNode::Prim { req, op });
                     }
                     return Err(WaitError::Interrupted(e));
                 }

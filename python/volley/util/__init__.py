@@ -15,6 +15,9 @@
 
 - ``volley.util.queue``: ``Queue`` and ``JoinableQueue`` that cross processes (one node for
   now: docs/queue.md), with ``Empty`` and ``Full``.
+- ``Lock``, ``RLock``, ``Semaphore``, ``BoundedSemaphore``, ``Event``, ``Barrier``,
+  ``Condition``, ``LockLost`` (``volley.sync``): across processes and nodes, with leases
+  (a dead holder's lock is released and the next acquirer told: docs/sync.md).
 
 ``ray.util.timeline`` is ``volley.timeline``: see docs/from-ray.md.
 
@@ -24,6 +27,17 @@
 from __future__ import annotations
 
 from .. import SharedDict
+from ..sync import (
+    Barrier,
+    BoundedSemaphore,
+    BrokenBarrierError,
+    Condition,
+    Event,
+    Lock,
+    LockLost,
+    RLock,
+    Semaphore,
+)
 from .actor_pool import ActorPool
 from .helpers import as_completed, map_unordered
 from .placement_group import (
@@ -42,4 +56,13 @@ __all__ = [
     "placement_group_table",
     "remove_placement_group",
     "SharedDict",
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Lock",
+    "LockLost",
+    "RLock",
+    "Semaphore",
 ]

@@ -1,0 +1,547 @@
+"""Locks, semaphores, events, barriers and conditions that the driver, tasks and actors of a
+cluster share, with ``threading``'s and ``multiprocessing``'s signatures (docs/sync.md).
+
+Each primitive lives in the node that made it (in Rust, ``volley_runtime::prims``), not in an
+actor: an uncontended ``acquire`` is one message to the node and its answer (forwarded to that
+node from another one), and waiters queue first come, first served. A held lock is a *lease*:
+when the process holding it dies, the lock is released and the next acquirer is told
+(``previous_holder_died``, or ``LockLost`` with ``on_holder_death="raise"``), so a crashed task
+never leaves a lock held for ever.
+
+>>> from volley.sync import Lock
+>>> lock = Lock()
+>>> with lock:
+...     lock.locked()
+True
+>>> lock.locked()
+False
+>>> lock.shutdown()
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from threading import BrokenBarrierError
+from typing import Any, TypeVar
+
+from . import _core
+from ._session import ensure_init
+from .exceptions import ChannelClosed
+
+__all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Lock",
+    "LockLost",
+    "RLock",
+    "Semaphore",
+]
+
+#: ``Condition.notify_all``'s count: every waiter.
+_ALL = 1 << 62
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LockLost(RuntimeError):
+    """Raised by ``acquire`` of a lock made with ``on_holder_death="raise"`` when the lock's
+    previous holder died holding it: the caller *holds the lock now*, and what the lock guards
+    may be half-updated. Repair it, then ``release()`` the lock.
+
+    >>> issubclass(LockLost, RuntimeError)
+    True
+    """
+
+
+def _node_here() -> int | None:
+    try:
+        from ._runtime_context import _own_node
+
+        return int(_own_node()["node_id"])
+    except Exception:  # no session any more: the message says so without a node
+        return None
+
+
+def _named(method: F) -> F:
+    """Makes a lost primitive's error name it and its home node (shut down, made in another
+    session, used from another node, or volley shut down in this process)."""
+
+    @functools.wraps(method)
+    def wrapper(self: _Prim, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ChannelClosed as e:
+            here = _node_here()
+            where = (
+                "" if here is None or here == self._home else f"; this process is on node {here}"
+            )
+            raise ChannelClosed(
+                f"{self!r}, made on node {self._home}, is gone: {e}{where}"
+            ) from None
+        except RuntimeError as e:
+            if "not initialised" not in str(e):
+                raise
+            raise ChannelClosed(
+                f"{self!r}, made on node {self._home}, is gone: volley was shut down in this "
+                "process (a primitive lives in its node's session)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _acquire_timeout(blocking: bool, timeout: float | None) -> float | None:
+    """``threading``'s rules: -1 or None waits for ever; a timeout needs ``blocking``."""
+    if timeout is None or timeout == -1:
+        return None
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:
+        raise ValueError("timeout value must be a non-negative number")
+    return timeout
+
+
+def _wait_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
+    return timeout
+
+
+class _Prim:
+    """A handle on a primitive of a node: its id and its home node; pickled as those."""
+
+    _kind = ""
+    _id: int
+    _home: int
+
+    def _make(self, value: int = 0, lock: int = 0) -> None:
+        ensure_init()
+        self._id = _core.sync_create(self._kind, value, lock)
+        self._home = _node_here() or 0
+
+    def _attach_state(self, prim_id: int, home: int) -> None:
+        self._id, self._home = prim_id, home
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self._id})"
+
+    @_named
+    def shutdown(self) -> None:
+        """Drops the primitive for every process: each waiting and later op on it raises
+        ``ChannelClosed``. Shutting it down again does nothing."""
+        _core.sync_close(self._id)
+
+
+class Lock(_Prim):
+    """A lock (``threading.Lock``/``multiprocessing.Lock``) for the processes of a cluster.
+
+    Any holder may release it, as with ``threading.Lock``. When the process holding it dies,
+    it is released: the next ``acquire`` returns True and sets ``previous_holder_died``
+    (``on_holder_death="release"``, the default) or raises ``LockLost`` holding the lock
+    (``on_holder_death="raise"``).
+
+    >>> from volley.sync import Lock
+    >>> lock = Lock()
+    >>> lock.acquire(), lock.acquire(blocking=False), lock.acquire(timeout=0.01)
+    (True, False, False)
+    >>> lock.release(); lock.previous_holder_died
+    False
+    >>> lock.shutdown()
+    """
+
+    _kind = "lock"
+
+    def __init__(self, *, on_holder_death: str = "release") -> None:
+        if on_holder_death not in ("release", "raise"):
+            raise ValueError(
+                f'on_holder_death must be "release" or "raise", not {on_holder_death!r}'
+            )
+        self._raise = on_holder_death == "raise"
+        self._make()
+        self._init_local()
+
+    def _init_local(self) -> None:
+        #: Holds this process has, by thread: a release of a held unit need not wait.
+        self._held: dict[int, int] = {}
+        #: Whether the last successful ``acquire`` through this handle took a unit whose
+        #: holder had died (what the lock guards may be half-updated).
+        self.previous_holder_died = False
+
+    @classmethod
+    def _attach(cls, prim_id: int, home: int, raise_: bool) -> Lock:
+        lock = cls.__new__(cls)
+        lock._attach_state(prim_id, home)
+        lock._raise = raise_
+        lock._init_local()
+        return lock
+
+    def __reduce__(self) -> tuple:
+        return (self._attach, (self._id, self._home, self._raise))
+
+    @_named
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        """Takes the lock, waiting up to ``timeout`` seconds (-1 or None: for ever; not at all
+        unless ``blocking``); whether it got it. Ctrl-C stops the wait."""
+        me = threading.get_native_id()
+        got, died = _core.sync_acquire(self._id, me, blocking, _acquire_timeout(blocking, timeout))
+        if got:
+            self._held[me] = self._held.get(me, 0) + 1
+            self.previous_holder_died = died
+            if died and self._raise:
+                raise LockLost(
+                    f"{self!r}: its previous holder died holding it; you hold it now: repair "
+                    "what it guards, then release() it"
+                )
+        return got
+
+    @_named
+    def release(self) -> None:
+        """Releases the lock; ``RuntimeError`` if it is not held."""
+        me = threading.get_native_id()
+        held = self._held.get(me, 0)
+        # Held through this handle: the release cannot fail, so a worker does not wait.
+        _core.sync_release(self._id, me, held > 0)
+        if held > 1:
+            self._held[me] = held - 1
+        else:
+            self._held.pop(me, None)
+
+    @_named
+    def locked(self) -> bool:
+        """Whether some process holds the lock now."""
+        return _core.sync_state(self._id)[0] > 0
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RLock(Lock):
+    """A reentrant lock (``threading.RLock``): its owner (one thread of one process) may
+    acquire it again and must release it as many times; others wait.
+
+    >>> from volley.sync import RLock
+    >>> r = RLock()
+    >>> with r:
+    ...     with r:
+    ...         r.locked()
+    True
+    >>> r.shutdown()
+    """
+
+    _kind = "rlock"
+
+
+class Semaphore(_Prim):
+    """A counting semaphore (``threading.Semaphore``/``multiprocessing.Semaphore``):
+    ``value`` units; ``acquire`` takes one, waiting while there is none. Units held by a process
+    that dies are released, and ``previous_holder_died`` tells the next taker.
+
+    >>> from volley.sync import Semaphore
+    >>> s = Semaphore(2)
+    >>> s.acquire(), s.acquire(), s.acquire(timeout=0.01)
+    (True, True, False)
+    >>> s.release(2); s.get_value()
+    2
+    >>> s.shutdown()
+    """
+
+    _kind = "semaphore"
+
+    def __init__(self, value: int = 1) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"semaphore initial value must be >= 0, not {value}")
+        self._value = value
+        self._make(value)
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._held: dict[int, int] = {}
+        self.previous_holder_died = False
+
+    @classmethod
+    def _attach(cls, prim_id: int, home: int, value: int) -> Semaphore:
+        s = cls.__new__(cls)
+        s._attach_state(prim_id, home)
+        s._value = value
+        s._init_local()
+        return s
+
+    def __reduce__(self) -> tuple:
+        return (self._attach, (self._id, self._home, self._value))
+
+    @_named
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Takes a unit, waiting up to ``timeout`` seconds (None: for ever; not at all unless
+        ``blocking``); whether it got one."""
+        me = threading.get_native_id()
+        got, died = _core.sync_acquire(self._id, me, blocking, _acquire_timeout(blocking, timeout))
+        if got:
+            self._held[me] = self._held.get(me, 0) + 1
+            self.previous_holder_died = died
+        return got
+
+    @_named
+    def release(self, n: int = 1) -> None:
+        """Gives back ``n`` units (any process may release, as with ``threading``)."""
+        if n < 1:
+            raise ValueError("n must be one or more")
+        me = threading.get_native_id()
+        for _ in range(n):
+            held = self._held.get(me, 0)
+            try:
+                _core.sync_release(self._id, me, held > 0)
+            except RuntimeError as e:
+                if "too many" not in str(e):
+                    raise
+                raise ValueError(str(e)) from None  # BoundedSemaphore's over-release
+            if held > 1:
+                self._held[me] = held - 1
+            else:
+                self._held.pop(me, None)
+
+    @_named
+    def get_value(self) -> int:
+        """The free units now (``multiprocessing.Semaphore.get_value``)."""
+        return _core.sync_state(self._id)[0]
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore whose ``release`` past its initial value raises ``ValueError``.
+
+    >>> from volley.sync import BoundedSemaphore
+    >>> b = BoundedSemaphore(1)
+    >>> try:
+    ...     b.release()
+    ... except ValueError as e:
+    ...     print(e)
+    Semaphore released too many times
+    >>> b.shutdown()
+    """
+
+    _kind = "bounded_semaphore"
+
+
+class Event(_Prim):
+    """An event (``threading.Event``/``multiprocessing.Event``): ``wait`` blocks
+    until some process calls ``set``.
+
+    >>> from volley.sync import Event
+    >>> e = Event()
+    >>> e.is_set(), e.wait(timeout=0.01)
+    (False, False)
+    >>> e.set(); e.wait()
+    True
+    >>> e.shutdown()
+    """
+
+    _kind = "event"
+
+    def __init__(self) -> None:
+        self._make()
+
+    @classmethod
+    def _attach(cls, prim_id: int, home: int) -> Event:
+        e = cls.__new__(cls)
+        e._attach_state(prim_id, home)
+        return e
+
+    def __reduce__(self) -> tuple:
+        return (self._attach, (self._id, self._home))
+
+    @_named
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return _core.sync_state(self._id)[0] == 1
+
+    @_named
+    def set(self) -> None:
+        """Sets the flag, waking every waiter."""
+        _core.event_set(self._id, True)
+
+    @_named
+    def clear(self) -> None:
+        """Clears the flag."""
+        _core.event_set(self._id, False)
+
+    @_named
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until the flag is set, up to ``timeout`` seconds; whether it is set."""
+        return _core.event_wait(self._id, _wait_timeout(timeout))
+
+
+class Barrier(_Prim):
+    """A barrier (``threading.Barrier``): ``wait`` returns once ``parties``
+    processes (or threads) wait, each with its arrival index (0 for the first). A wait that
+    times out, ``abort()``, or a party that dies while waiting breaks it: every waiting and
+    later ``wait`` raises ``BrokenBarrierError`` until ``reset()``.
+
+    >>> from volley.sync import Barrier
+    >>> b = Barrier(1)
+    >>> b.wait(), b.parties, b.broken
+    (0, 1, False)
+    >>> b.shutdown()
+    """
+
+    _kind = "barrier"
+
+    def __init__(
+        self, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None
+    ) -> None:
+        if not isinstance(parties, int) or isinstance(parties, bool) or parties < 1:
+            raise ValueError(f"parties must be an int >= 1, not {parties!r}")
+        if action is not None:
+            raise NotImplementedError(
+                "Barrier(action=...) is not supported across processes: call it after wait() in "
+                "the party whose wait() returned 0"
+            )
+        self._parties, self._timeout = parties, _wait_timeout(timeout)
+        self._make(parties)
+
+    @classmethod
+    def _attach(cls, prim_id: int, home: int, parties: int, timeout: float | None) -> Barrier:
+        b = cls.__new__(cls)
+        b._attach_state(prim_id, home)
+        b._parties, b._timeout = parties, timeout
+        return b
+
+    def __reduce__(self) -> tuple:
+        return (self._attach, (self._id, self._home, self._parties, self._timeout))
+
+    @_named
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits until ``parties`` wait, up to ``timeout`` seconds (default: the barrier's);
+        this party's arrival index. ``BrokenBarrierError`` if it is or gets broken."""
+        t = self._timeout if timeout is None else _wait_timeout(timeout)
+        return _core.barrier_wait(self._id, t)
+
+    @_named
+    def abort(self) -> None:
+        """Breaks the barrier: every waiting and later ``wait`` raises ``BrokenBarrierError``."""
+        _core.barrier_break(self._id, False)
+
+    @_named
+    def reset(self) -> None:
+        """Makes the barrier whole again; waits parked now raise ``BrokenBarrierError``."""
+        _core.barrier_break(self._id, True)
+
+    @property
+    def parties(self) -> int:
+        """How many waits release the barrier."""
+        return self._parties
+
+    @property
+    @_named
+    def n_waiting(self) -> int:
+        """How many parties wait now."""
+        return _core.sync_state(self._id)[0]
+
+    @property
+    @_named
+    def broken(self) -> bool:
+        """Whether the barrier is broken."""
+        return _core.sync_state(self._id)[1]
+
+
+class Condition(_Prim):
+    """A condition variable (``threading.Condition``), over a volley ``Lock`` or
+    ``RLock`` (a new ``RLock`` by default). ``wait`` releases the lock, waits for a
+    ``notify``, and holds the lock again before it returns.
+
+    >>> from volley.sync import Condition
+    >>> c = Condition()
+    >>> with c:
+    ...     c.wait(timeout=0.01)
+    False
+    >>> c.shutdown()
+    """
+
+    _kind = "condition"
+
+    def __init__(self, lock: Lock | None = None) -> None:
+        if lock is None:
+            lock = RLock()
+        elif not isinstance(lock, Lock):
+            raise TypeError(
+                f"a volley Condition needs a volley.sync.Lock or RLock, not {type(lock).__name__}"
+            )
+        self._lock = lock
+        self._make(lock=lock._id)
+
+    @classmethod
+    def _attach(cls, prim_id: int, home: int, lock: Lock) -> Condition:
+        c = cls.__new__(cls)
+        c._attach_state(prim_id, home)
+        c._lock = lock
+        return c
+
+    def __reduce__(self) -> tuple:
+        return (self._attach, (self._id, self._home, self._lock))
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        """Acquires the condition's lock (see ``Lock.acquire``)."""
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        """Releases the condition's lock."""
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    @_named
+    def wait(self, timeout: float | None = None) -> bool:
+        """Releases the lock (every hold of an RLock), waits up to ``timeout`` seconds for a
+        ``notify``, and takes the lock again; False if the timeout passed first."""
+        me = threading.get_native_id()
+        notified, died = _core.cond_wait(self._id, me, _wait_timeout(timeout))
+        self._lock.previous_holder_died = died
+        return notified
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Waits until ``predicate()`` is true (checked with the lock held), up to ``timeout``
+        seconds; the predicate's last value."""
+        end = None if timeout is None else time.monotonic() + _wait_timeout(timeout)  # type: ignore[operator]
+        result = predicate()
+        while not result:
+            left = None
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    @_named
+    def notify(self, n: int = 1) -> None:
+        """Wakes up to ``n`` waiters; the caller must hold the lock."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, not {n}")
+        _core.cond_notify(self._id, threading.get_native_id(), n)
+
+    def notify_all(self) -> None:
+        """Wakes every waiter; the caller must hold the lock."""
+        self.notify(_ALL)
+
+    def shutdown(self) -> None:
+        """Drops the condition (its lock stays: shut it down too if nobody needs it)."""
+        super().shutdown()
