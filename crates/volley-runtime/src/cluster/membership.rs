@@ -268,6 +268,9 @@ impl Cluster {
             return self.member_left(head, id);
         }
         self.over_beat.open(id);
+        // The head's own view (where its links look peers up) knows the new node at once, not
+        // a heartbeat later, as a node's leaving is applied at once (`member_left`).
+        self.head_tick();
         'serve: loop {
             match recv(&mut r) {
                 Ok(PeerMsg::Heartbeat { info }) => {
