@@ -889,4 +889,6 @@ mod sync;
 #[cfg(test)]
 mod channel_tests;
 #[cfg(test)]
+mod test_util;
+#[cfg(test)]
 mod tests;

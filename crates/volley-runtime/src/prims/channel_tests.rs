@@ -1,19 +1,7 @@
 //! Channels without sockets: ops in, deliveries out.
 
+use super::test_util::{answers, w};
 use super::*;
-
-fn w(n: u32) -> Who {
-    Who::Worker(WorkerId(n))
-}
-
-fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter()
-        .map(|d| match d.to {
-            Who::Worker(w) => (w.0, d.req, d.result),
-            other => panic!("an answer for {other:?}"),
-        })
-        .collect()
-}
 
 fn created(out: Vec<Delivery>) -> u64 {
     match answers(out)[..] {

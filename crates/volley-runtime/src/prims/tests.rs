@@ -1,20 +1,7 @@
 //! The queue service without sockets: ops in, deliveries out.
 
+use super::test_util::{answers, w};
 use super::*;
-
-fn w(n: u32) -> Who {
-    Who::Worker(WorkerId(n))
-}
-
-/// The answers in `out`, as (worker, req, result).
-fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter()
-        .map(|d| match d.to {
-            Who::Worker(w) => (w.0, d.req, d.result),
-            other => panic!("an answer for {other:?}"),
-        })
-        .collect()
-}
 
 fn create(p: &Prims, maxsize: u64) -> u64 {
     match answers(p.op(w(1), 0, PrimOp::QueueCreate { maxsize }))[..] {

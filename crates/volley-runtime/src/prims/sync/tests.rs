@@ -1,21 +1,9 @@
 //! Locks, semaphores, events, barriers and conditions without sockets: ops in, answers out.
 
+use crate::prims::test_util::{answers, w};
 use volley_proto::{undo_of, PrimOp, PrimResult, SyncKind, SyncOp, WorkerId};
 
-use crate::prims::{Delivery, Prims, Who};
-
-fn w(n: u32) -> Who {
-    Who::Worker(WorkerId(n))
-}
-
-fn answers(out: Vec<Delivery>) -> Vec<(u32, u64, PrimResult)> {
-    out.into_iter()
-        .map(|d| match d.to {
-            Who::Worker(w) => (w.0, d.req, d.result),
-            other => panic!("an answer for {other:?}"),
-        })
-        .collect()
-}
+use crate::prims::{Prims, Who};
 
 fn create(p: &Prims, kind: SyncKind) -> u64 {
     match answers(p.op(w(1), 1, PrimOp::SyncCreate { kind }))[..] {
