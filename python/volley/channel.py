@@ -19,7 +19,9 @@ pickler refuses). See docs/channel.md.
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import time
 from typing import Any, Iterator
 
 from . import _core
@@ -422,8 +424,13 @@ def select(
     the first in order with ``priority=True`` (``PriSelect``). With no ready guard it waits up
     to ``timeout`` seconds (``TimeoutError`` then), or with ``skip=True`` returns
     ``(None, None)`` at once. A poisoned (retired) guard's channel raises
-    :class:`ChannelPoisoned` (:class:`ChannelRetired`). All guards' channels must live on
-    one node (``ValueError`` otherwise).
+    :class:`ChannelPoisoned` (:class:`ChannelRetired`).
+
+    Guards on channels of one node are committed there atomically, and a waiting select is
+    parked in that node. Guards on channels of several nodes are tried node by node, each try
+    atomic at its node (so exactly one guard fires), in a rotating order (by first guard with
+    ``priority``) and, while none is ready, again after a pause that grows to 5 ms: a waiting
+    cross-node select polls instead of parking.
 
     >>> a, b = Channel(1), Channel(1)
     >>> select([a.recv, (b.send, "x")], priority=True)
@@ -444,7 +451,10 @@ def select(
             data, oid = _encode(send[0]) if send is not None else (None, None)
             held.append(oid)
             wire.append((ch._id, reg, data))
-        answer = _core.chan_select(wire, timeout, bool(skip), bool(priority))
+        if len({g[0] >> _HOME_SHIFT for g in wire}) > 1:
+            answer = _select_across_nodes(wire, timeout, bool(skip), bool(priority))
+        else:
+            answer = _core.chan_select(wire, timeout, bool(skip), bool(priority))
     except BaseException:
         for oid in held:
             _release(oid)
@@ -459,6 +469,41 @@ def select(
         raise TimeoutError(f"select on channels {names} waited {timeout} s for a ready guard")
     index, data = answer
     return index, (None if data is None else _decode(data))
+
+
+# A primitive's id names its home node above this bit (volley_proto::PRIM_HOME_SHIFT).
+_HOME_SHIFT = 40
+_POLL_MAX = 0.005
+_select_turn = itertools.count()
+
+
+def _select_across_nodes(
+    wire: list, timeout: float | None, skip: bool, priority: bool
+) -> tuple[int, bytes | None] | None:
+    """A select over channels of several nodes: a non-blocking select at each node in turn
+    (atomic there, so at most one guard fires), until one fires, ``timeout`` passes or, with
+    ``skip``, after one round."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(wire):
+        groups.setdefault(g[0] >> _HOME_SHIFT, []).append(i)
+    order = list(groups.values())  # by each node's first guard
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.0002
+    while True:
+        start = 0 if priority else next(_select_turn) % len(order)
+        for k in range(len(order)):
+            idx = order[(start + k) % len(order)]
+            got = _core.chan_select([wire[i] for i in idx], None, True, priority)
+            if got is not None:
+                return idx[got[0]], got[1]
+        if skip:
+            return None
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
+        step = pause if deadline is None else min(pause, deadline - now)
+        time.sleep(step)
+        pause = min(pause * 2, _POLL_MAX)
 
 
 def poison(*ends: Channel | _End) -> None:
