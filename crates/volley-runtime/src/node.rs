@@ -1,5 +1,7 @@
 //! The node: scheduler + worker connections + the driver's direct entry points.
 
+mod async_prims;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
