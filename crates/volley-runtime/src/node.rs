@@ -136,6 +136,9 @@ impl Node {
             prims: crate::prims::Prims::default(),
         });
         shared.head.job_table().set_python(&cfg.python);
+        shared
+            .head
+            .set_releaser(Arc::new(crate::head::big_values::NodeReleaser(Arc::downgrade(&shared))));
         let spec = SpawnSpec {
             python: cfg.python,
             args: cfg.worker_args,
