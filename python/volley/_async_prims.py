@@ -33,16 +33,18 @@ def check_timeout(timeout: float | None) -> float | None:
 
 
 async def call(
-    start: Callable[..., int], *args: Any, timeout: float | None = None
+    start: Callable[..., tuple[int, Any]], *args: Any, timeout: float | None = None
 ) -> tuple[str, Any]:
     """Runs the op ``start(*args)`` starts; its answer as ``(kind, value)`` (see
     ``_core.prim_answers``). After ``timeout`` seconds the node stops waiting on it, and its
     answer says what it got (``empty``/``full`` if nothing)."""
     global _thread
     loop = asyncio.get_running_loop()
-    fut = loop.create_future()
     with _lock:
-        req = start(*args)
+        req, now = start(*args)
+        if now is not None:
+            return now  # answered as it ran (a driver's op that did not wait)
+        fut = loop.create_future()
         _waiting[req] = (loop, fut)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_collect, name="volley-prims-async", daemon=True)

@@ -15,18 +15,19 @@ use volley_proto::{Guard, PrimOp, PrimResult, SyncOp};
 use crate::client;
 use crate::errors::enter;
 
-/// Starts op `op` on primitive `target` without waiting; its request id. `op` is one of put
+/// Starts op `op` on primitive `target` without waiting: `(request id, the answer as (kind,
+/// value) if it came at once, else None)`. `op` is one of put
 /// and get (a queue), join (a queue), send and recv (a channel; `arg` is a broadcast reader's
 /// end), acquire (a lock or semaphore; `arg` is the holder), wait (an event) and barrier_wait.
 #[pyfunction]
 #[pyo3(signature = (op, target, arg = 0, item = None))]
-fn prim_start(
-    py: Python<'_>,
+fn prim_start<'py>(
+    py: Python<'py>,
     op: &str,
     target: u64,
     arg: u64,
     item: Option<&Bound<'_, PyBytes>>,
-) -> PyResult<u64> {
+) -> PyResult<Bound<'py, PyTuple>> {
     let item = || -> PyResult<Vec<u8>> {
         item.map(|b| b.as_bytes().to_vec())
             .ok_or_else(|| PyValueError::new_err(format!("the {op} op needs an item")))
@@ -45,24 +46,26 @@ fn prim_start(
         other => return Err(PyValueError::new_err(format!("no awaitable primitive op {other:?}"))),
     };
     let c = client()?;
-    enter(py, || c.prim_start(op))
+    let got = enter(py, || c.prim_start(op))?;
+    started(py, got)
 }
 
 /// Starts a channel select over `guards` (each `(chan, reg, item or None)`) without waiting;
-/// its request id.
+/// as [`prim_start`].
 #[pyfunction]
 #[pyo3(signature = (guards, priority = false))]
 fn prim_start_select(
     py: Python<'_>,
     guards: Vec<(u64, u64, Option<Vec<u8>>)>,
     priority: bool,
-) -> PyResult<u64> {
+) -> PyResult<Bound<'_, PyTuple>> {
     let guards = guards
         .into_iter()
         .map(|(chan, reg, send)| Guard { chan, reg, send: send.map(ByteBuf::from) })
         .collect();
     let c = client()?;
-    enter(py, || c.prim_start(PrimOp::ChanSelect { guards, skip: false, priority }))
+    let got = enter(py, || c.prim_start(PrimOp::ChanSelect { guards, skip: false, priority }))?;
+    started(py, got)
 }
 
 /// The awaiter of op `req` stops waiting: with `give_back` (cancelled) what the op got is
@@ -96,29 +99,43 @@ fn prim_answers(py: Python<'_>, timeout: f64) -> PyResult<Vec<Bound<'_, PyTuple>
     };
     got.into_iter()
         .map(|(req, r)| {
-            let (kind, value) = match r {
-                PrimResult::Item(b) => ("item", PyBytes::new(py, &b).into_any()),
-                PrimResult::Empty => ("empty", py.None().into_bound(py)),
-                PrimResult::Full => ("full", py.None().into_bound(py)),
-                PrimResult::Done => ("done", py.None().into_bound(py)),
-                PrimResult::Acquired { died, notified } => {
-                    ("acquired", (died, notified).into_bound_py_any(py)?)
-                }
-                PrimResult::Arrived(i) => ("arrived", i.into_bound_py_any(py)?),
-                PrimResult::Selected { index, item, .. } => {
-                    let item = item.map(|b| PyBytes::new(py, &b));
-                    ("selected", (index, item).into_bound_py_any(py)?)
-                }
-                PrimResult::Closed(m) => ("closed", m.into_bound_py_any(py)?),
-                PrimResult::Error(m) => ("error", m.into_bound_py_any(py)?),
-                PrimResult::Poisoned(m) => ("poisoned", m.into_bound_py_any(py)?),
-                PrimResult::Retired(m) => ("retired", m.into_bound_py_any(py)?),
-                PrimResult::Broken(m) => ("broken", m.into_bound_py_any(py)?),
-                other => ("error", format!("unexpected answer {other:?}").into_bound_py_any(py)?),
-            };
+            let (kind, value) = answer(py, r)?;
             PyTuple::new(py, [req.into_bound_py_any(py)?, kind.into_bound_py_any(py)?, value])
         })
         .collect()
+}
+
+/// An answer as `(kind, value)` (see [`prim_answers`]).
+fn answer(py: Python<'_>, r: PrimResult) -> PyResult<(&'static str, Bound<'_, PyAny>)> {
+    Ok(match r {
+        PrimResult::Item(b) => ("item", PyBytes::new(py, &b).into_any()),
+        PrimResult::Empty => ("empty", py.None().into_bound(py)),
+        PrimResult::Full => ("full", py.None().into_bound(py)),
+        PrimResult::Done => ("done", py.None().into_bound(py)),
+        PrimResult::Acquired { died, notified } => {
+            ("acquired", (died, notified).into_bound_py_any(py)?)
+        }
+        PrimResult::Arrived(i) => ("arrived", i.into_bound_py_any(py)?),
+        PrimResult::Selected { index, item, .. } => {
+            let item = item.map(|b| PyBytes::new(py, &b));
+            ("selected", (index, item).into_bound_py_any(py)?)
+        }
+        PrimResult::Closed(m) => ("closed", m.into_bound_py_any(py)?),
+        PrimResult::Error(m) => ("error", m.into_bound_py_any(py)?),
+        PrimResult::Poisoned(m) => ("poisoned", m.into_bound_py_any(py)?),
+        PrimResult::Retired(m) => ("retired", m.into_bound_py_any(py)?),
+        PrimResult::Broken(m) => ("broken", m.into_bound_py_any(py)?),
+        other => ("error", format!("unexpected answer {other:?}").into_bound_py_any(py)?),
+    })
+}
+
+/// `(request, the answer as (kind, value) if it came at once, else None)`.
+fn started(py: Python<'_>, (req, now): (u64, Option<PrimResult>)) -> PyResult<Bound<'_, PyTuple>> {
+    let now = match now {
+        Some(r) => answer(py, r)?.into_bound_py_any(py)?,
+        None => py.None().into_bound(py),
+    };
+    PyTuple::new(py, [req.into_bound_py_any(py)?, now])
 }
 
 /// How many awaited ops this process has started and not finished (tests).

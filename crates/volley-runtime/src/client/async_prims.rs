@@ -36,9 +36,10 @@ pub(crate) struct AsyncPrims {
 }
 
 impl Client {
-    /// Starts `op` without waiting; its request id, whose answer [`Client::prim_answers`]
-    /// returns.
-    pub fn prim_start(&self, op: PrimOp) -> Result<u64, ClientError> {
+    /// Starts `op` without waiting: its request id, whose answer [`Client::prim_answers`]
+    /// returns, or the answer itself when it came at once (a driver's op that did not park:
+    /// no thread hand-off then).
+    pub fn prim_start(&self, op: PrimOp) -> Result<(u64, Option<PrimResult>), ClientError> {
         let undo = undo_of(&op);
         let req = match &self.backend {
             Backend::Node(n) => n.async_req(),
@@ -55,7 +56,14 @@ impl Client {
             self.async_prims.pending.lock().remove(&req);
             return Err(e);
         }
-        Ok(req)
+        if let Backend::Node(n) = &self.backend {
+            if let Some(answer) = n.async_take_now(req) {
+                // Handed over in the caller's own step: nothing is left to undo.
+                self.async_prims.pending.lock().remove(&req);
+                return Ok((req, Some(answer)));
+            }
+        }
+        Ok((req, None))
     }
 
     /// The awaiter of op `req` stops waiting. With `give_back` (it was cancelled) whatever the

@@ -18,6 +18,11 @@ impl Node {
         async_local::async_send(&self.shared, req, op)
     }
 
+    /// The answer to op `req` if it came as the op ran (it did not park).
+    pub fn async_take_now(&self, req: u64) -> Option<PrimResult> {
+        self.shared.prims.take_now(req)
+    }
+
     /// Stops op `req` waiting; its answer still comes.
     pub fn async_cancel(&self, req: u64) {
         async_local::async_cancel(&self.shared, req)

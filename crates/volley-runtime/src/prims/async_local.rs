@@ -17,6 +17,12 @@ impl Prims {
         self.next_local() | ASYNC_REQ
     }
 
+    /// The answer to the driver's awaited op `req` if it is here already (an op that did not
+    /// park is answered as it runs).
+    pub(crate) fn take_now(&self, req: u64) -> Option<PrimResult> {
+        self.inner.lock().local.remove(&req)
+    }
+
     /// Waits up to `timeout` for answers to the driver's awaited ops and takes them.
     pub(crate) fn take_async(&self, timeout: Duration) -> Vec<(u64, PrimResult)> {
         let mut inner = self.inner.lock();
