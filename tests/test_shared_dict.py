@@ -394,6 +394,10 @@ def test_a_big_value_goes_through_the_store_and_lives_as_long_as_its_key(volley_
     assert d.pop("s") == b"n" * (2 << 20) and "s" not in d
     d.update(u=blob, small=1)
     assert d["u"] == blob and d["small"] == 1
+    # Not a buffer: stored as its pickle, read back as an equal object.
+    rows = {"rows": list(range(300_000))}  # over 1 MiB pickled
+    d["rows"] = rows
+    assert d["rows"] == rows
     d.clear()
     assert _poll(lambda: _store_objects() == 0)
 

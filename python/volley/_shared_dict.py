@@ -77,32 +77,56 @@ def _on_head_node() -> bool:
     return int(_own_node()["node_id"]) in (0, _HEAD_ID)
 
 
-def _encode(name: str, key: str, value: object) -> bytes | None:
-    """The value's bytes for the table; None if it is too big for it (it goes through the
-    object store, see :func:`_big_marker`)."""
+def _buffer_size(value: object) -> int | None:
+    """The bytes of a value that is one buffer (bytes, numpy array): known without pickling."""
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return len(value)  # type: ignore[arg-type]
+    if t is memoryview:
+        return value.nbytes  # type: ignore[attr-defined]
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        return int(value.nbytes)  # type: ignore[attr-defined]
+    return None
+
+
+def _pickled(name: str, key: str, value: object) -> bytes | None:
+    """The value's bytes (its pickle, or an int's text); None for a buffer too big for the
+    table (it is stored as it is, without a pickle of it to measure)."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return str(value).encode()
+    size = _buffer_size(value)
+    if size is not None and size > MAX_VALUE_BYTES:
+        return None
     import cloudpickle
 
     try:
-        data = cloudpickle.dumps(value, protocol=5)
+        return cloudpickle.dumps(value, protocol=5)
     except Exception as e:
         raise TypeError(
             f"SharedDict {name!r}: the value for key {key!r} ({type(value).__name__}) cannot "
             f"be pickled: {e}"
         ) from e
-    return None if len(data) > MAX_VALUE_BYTES else data
 
 
-def _big_marker(value: object) -> tuple[bytes, bytes]:
-    """Puts a big value in this node's store (the head's), held by the node; its marker and
-    the object's id (let go of with ``_release`` if the marker is not stored)."""
+def _encode(name: str, key: str, value: object) -> bytes | None:
+    """The value's bytes for the table; None if it is too big for it (it goes through the
+    object store, see :func:`_big_marker`)."""
+    data = _pickled(name, key, value)
+    return None if data is None or len(data) > MAX_VALUE_BYTES else data
+
+
+def _big_marker(value: object, data: bytes | None) -> tuple[bytes, bytes]:
+    """Puts a big value in this node's store (the head's), held by the node: the value itself
+    (a buffer: read back in place) or, when it was pickled already (``data``), its pickle.
+    Its marker (the magic, the object's id, ``v`` or ``p``, the pickled ref) and the object's
+    id (let go of with ``_release`` if the marker is not stored)."""
     from ._objects import put
 
-    ref = put(value)
+    ref = put(value if data is None else data)
     oid = ref.binary()
     _core.chan_hold([oid], True)
-    return _BIG_MAGIC + oid + pickle.dumps(ref, protocol=5), oid
+    kind = b"v" if data is None else b"p"
+    return _BIG_MAGIC + oid + kind + pickle.dumps(ref, protocol=5), oid
 
 
 def _release(oid: bytes | None) -> None:
@@ -113,13 +137,13 @@ def _release(oid: bytes | None) -> None:
 def _load_big(data: bytes) -> Any:
     """The value a big value's marker names: read in place on the head's node, else fetched
     by a task there. ``ObjectLostError`` if its key let go of it meanwhile."""
-    if _on_head_node():
-        from ._objects import get
-
-        return get(pickle.loads(data[len(_BIG_MAGIC) + _ID_BYTES :]))
     from ._objects import get
 
-    return get(_head_task().remote("", "", (data,)))
+    if not _on_head_node():
+        return get(_head_task().remote("", "", (data,)))
+    at = len(_BIG_MAGIC) + _ID_BYTES
+    value = get(pickle.loads(data[at + 1 :]))
+    return pickle.loads(value) if data[at : at + 1] == b"p" else value
 
 
 def _head_call(name: str, method: str, args: tuple) -> Any:
@@ -230,12 +254,12 @@ class SharedDict(MutableMapping):
         """The bytes to store for ``value``, and the object held for a big one (let go of it
         with ``_release`` if they are not stored). ``_Elsewhere`` for a big value off the head's
         node."""
-        data = self._enc(key, value)
-        if data is not None:
+        data = _pickled(self._name, key, value)
+        if data is not None and len(data) <= MAX_VALUE_BYTES:
             return data, None
         if not _on_head_node():
             raise _Elsewhere
-        return _big_marker(value)
+        return _big_marker(value, data)
 
     def _on_head(self, method: str, *args: Any) -> Any:
         """Runs ``self.method(*args)`` in a task on the head's node (a big value written from
