@@ -315,8 +315,9 @@ def test_ctrl_c_interrupts_a_watch(tmp_path):
         import volley
         d = volley.SharedDict("ctrl-c")
         d["k"] = 0
-        print("WATCHING", flush=True)
         try:
+            # Inside the try: a Ctrl-C that lands just after the line is printed is caught too.
+            print("WATCHING", flush=True)
             d.watch("k")
         except KeyboardInterrupt:
             print("INTERRUPTED", flush=True)
