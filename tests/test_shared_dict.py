@@ -420,6 +420,30 @@ def test_a_big_value_written_by_a_task_is_read_by_the_driver(volley_2cpu):
     assert "w" not in d
 
 
+@volley.remote
+def rewrite_big(d: SharedDict, key: str, times: int) -> int:
+    import numpy
+
+    for i in range(times):
+        d[key] = numpy.full(200_000, float(i))  # 1.6 MB: each write frees the one before
+    return times
+
+
+def test_reads_racing_with_writes_of_big_values_always_get_a_whole_value(volley_2cpu):
+    np = pytest.importorskip("numpy")
+    d = SharedDict("big-race")
+    d["k"] = np.full(200_000, -1.0)
+    ref = rewrite_big.remote(d, "k", 150)
+    reads = 0
+    while not volley.wait([ref], timeout=0)[0] or reads < 20:
+        v = d["k"]  # a value replaced (and let go of) while it is read is read again
+        assert v.shape == (200_000,) and v[0] == v[-1], v
+        reads += 1
+    assert volley.get(ref, timeout=60) == 150
+    assert d["k"][0] == 149.0
+    d.clear()
+
+
 def test_across_a_cluster(three_node_cluster):
     """Set in the driver, read and incremented by tasks on every node of a 3-node cluster
     (SPREAD); a second driver of the cluster sees it all by name."""
