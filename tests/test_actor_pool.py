@@ -98,3 +98,104 @@ def _alive(pid):
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ volley.map over a pool
+
+
+@volley.remote(num_cpus=0)
+class Slow:
+    def pid(self):
+        return os.getpid()
+
+    def work(self, v):
+        time.sleep(0.5 if v == 0 else 0.01)
+        return (v, os.getpid())
+
+    def add(self, a, b):
+        return a + b
+
+    def fail_on(self, v, bad=3):
+        if v == bad:
+            raise ValueError(f"bad value {v}")
+        return v
+
+
+def _slow_pool(n):
+    actors = [Slow.remote() for _ in range(n)]
+    pids = volley.get([a.pid.remote() for a in actors], timeout=60)
+    return ActorPool(actors), pids
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_volley_map_over_a_pool_by_method_name_and_by_function(volley_2cpu, ordered):
+    pool, pids = _slow_pool(3)
+    by_name = list(volley.map(pool, range(20), method="work", ordered=ordered))
+    by_fn = list(volley.map(pool, range(20), method=lambda a, v: a.work.remote(v), ordered=ordered))
+    for got in (by_name, by_fn):
+        values = [v for v, _ in got]
+        assert values == list(range(20)) if ordered else sorted(values) == list(range(20))
+        # Spread over the pool's actors; item 0's slow call does not hold the others up.
+        assert len({p for _, p in got}) >= 2
+        assert {p for _, p in got} <= set(pids)
+    if not ordered:
+        assert by_name[-1][0] == 0  # the slow item comes last
+    assert list(volley.map(pool, [1, 2], [10, 20], method="add")) == [11, 22]
+    assert list(volley.starmap(pool, [(1, 2), (3, 4)], method="add")) == [3, 7]
+
+
+def test_volley_map_over_a_pool_reads_items_lazily(volley_2cpu):
+    pool, _ = _slow_pool(2)
+    read = []
+
+    def items():
+        for i in range(1, 1000):
+            read.append(i)
+            yield i
+
+    it = volley.map(pool, items(), method="work")
+    assert [next(it)[0] for _ in range(3)] == [1, 2, 3]
+    assert len(read) < 20  # a few per actor ahead of the consumer, not all 999
+    it.close()
+
+
+def test_volley_map_over_a_pool_survives_a_killed_actor_in_order(volley_2cpu):
+    pool, _, pids = _pool(3)
+    results = volley.map(pool, range(30), method=lambda a, v: a.double.remote(v))
+    got = [next(results)]
+    os.kill(pids[1], signal.SIGKILL)
+    got += list(results)
+    assert got == [2 * v for v in range(30)]
+
+
+def test_volley_map_over_a_pool_raises_the_first_error_in_order(volley_2cpu):
+    pool, _ = _slow_pool(2)
+    results = volley.map(pool, range(8), method="fail_on")
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad value 3"):
+        next(results)
+    with pytest.raises(StopIteration):
+        next(results)
+    # The pool is whole: the next map drops what the failed one left and runs.
+    assert list(volley.map(pool, range(3), method="fail_on")) == [0, 1, 2]
+
+
+def test_volley_map_over_a_pool_refuses_bad_input_at_the_call(volley_2cpu):
+    pool, _ = _slow_pool(1)
+    with pytest.raises(TypeError, match="needs method="):
+        volley.map(pool, [1])
+    with pytest.raises(ValueError, match="method must be an actor method's name"):
+        volley.map(pool, [1], method="not a name")
+    with pytest.raises(TypeError, match="method= is for volley.map over a volley.util.ActorPool"):
+        volley.map(abs, [1], method="work")
+    with pytest.raises(TypeError, match="must return the ObjectRef"):
+        volley.map(pool, [1], method=lambda a, v: v)
+
+
+def test_volley_map_over_a_pool_whose_actors_all_died_says_so(volley_2cpu):
+    pool, pids = _slow_pool(2)
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    assert poll(lambda: not any(_alive(p) for p in pids), timeout=20)
+    with pytest.raises(volley.ActorDiedError, match="every actor of the ActorPool died"):
+        list(volley.map(pool, range(5), method="work"))

@@ -4,10 +4,19 @@ queue's forwarding); a select over channels of two nodes tries each node in turn
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import volley
-from volley.channel import Channel, ChannelPoisoned, ReaderEnd, WriterEnd, select
+from volley.channel import (
+    Channel,
+    ChannelPoisoned,
+    ReaderEnd,
+    WriterEnd,
+    select,
+    select_async,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -92,6 +101,8 @@ def test_poison_crosses_nodes_and_select_spans_them(three_node_cluster):
     assert select([far.recv, near.recv], skip=True) == (None, None)
     with pytest.raises(TimeoutError, match="waited 0.2 s"):
         select([far.recv, near.recv], timeout=0.2)
+    with pytest.raises(TimeoutError, match="waited 0.2 s"):
+        asyncio.run(select_async([far.recv, near.recv], timeout=0.2))
     # A send from a third node reaches the select through either channel (the relay may
     # take it first from far and pass it on to near): exactly one guard fires.
     sender = send_one.options(scheduling_strategy=on[2]).remote(far.writer(), "x")

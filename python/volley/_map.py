@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -305,7 +306,8 @@ def map(
     ordered: bool = True,
     chunksize: int | str = "auto",
     progress: bool | str = False,
-) -> MapIterator:
+    method: Any = None,
+) -> Any:
     """Applies ``fn`` to every item of ``iterables`` in parallel; a lazy iterator over the
     results, like ``multiprocessing.Pool.imap`` (``map(fn, a, b)`` calls ``fn(a[i], b[i])`` and
     stops at the shortest).
@@ -318,6 +320,12 @@ def map(
     progress bar. If ``fn`` raises, the results before that item are yielded, then its
     exception is raised (the same class, with the remote traceback) and the rest is cancelled.
 
+    Over an actor pool, ``volley.map(pool, items, method="name")`` calls
+    ``actor.name.remote(item)`` on the pool's actors, one call per item, each actor taking
+    the next item as it finishes (``method`` may also be a function ``(actor, item) ->
+    ObjectRef``, as ``ActorPool.map`` takes); an actor that dies leaves the pool and its calls
+    are made again on the others (docs/map.md).
+
     >>> list(volley.map(lambda x: x * x, range(5)))
     [0, 1, 4, 9, 16]
     >>> sorted(volley.map(pow, [2, 3], [5, 2], ordered=False))
@@ -326,6 +334,11 @@ def map(
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     total = _length(iterables)
+    star = len(iterables) > 1
+    pool_map = _pool_map(fn, method)
+    if pool_map is not None:
+        items = zip(*iterables) if star else iter(iterables[0])
+        return pool_map(method, items, star, ordered, progress, total)
     if len(iterables) == 1:
         return MapIterator(fn, iter(iterables[0]), False, total, ordered, chunksize, progress)
     return MapIterator(fn, zip(*iterables), True, total, ordered, chunksize, progress)
@@ -338,14 +351,34 @@ def starmap(
     ordered: bool = True,
     chunksize: int | str = "auto",
     progress: bool | str = False,
-) -> MapIterator:
-    """Like :func:`map`, with each item a tuple of arguments: ``fn(*item)``.
+    method: Any = None,
+) -> Any:
+    """Like :func:`map`, with each item a tuple of arguments: ``fn(*item)`` (over an actor
+    pool, ``actor.method.remote(*item)``).
 
     >>> list(volley.starmap(pow, [(2, 5), (3, 2)]))
     [32, 9]
     """
     total = _length((iterable,))
+    pool_map = _pool_map(fn, method)
+    if pool_map is not None:
+        return pool_map(method, iter(iterable), True, ordered, progress, total)
     return MapIterator(fn, iter(iterable), True, total, ordered, chunksize, progress)
+
+
+def _pool_map(fn: Any, method: Any) -> Any:
+    """The pool's map if ``fn`` is an ``ActorPool`` (it has ``_volley_map``: looked up on the
+    type, as an actor handle answers any attribute), else None; ``method`` is refused
+    without a pool."""
+    pool_map = getattr(type(fn), "_volley_map", None)
+    if pool_map is None:
+        if method is not None:
+            raise TypeError(
+                "method= is for volley.map over a volley.util.ActorPool, not over "
+                f"{type(fn).__name__}"
+            )
+        return None
+    return functools.partial(pool_map, fn)
 
 
 @contextlib.contextmanager

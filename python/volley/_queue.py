@@ -35,6 +35,16 @@ def _timeout(block: bool, timeout: float | None) -> float | None:
     return timeout if block else None
 
 
+def _check_answer(kind: str, value: Any) -> None:
+    """Raises the error an awaited queue op's answer carries (as the blocking op would)."""
+    if kind == "closed":
+        from .exceptions import ChannelClosed
+
+        raise ChannelClosed(value)
+    if kind == "error":
+        raise ValueError(value)
+
+
 class Queue:
     """A first-in first-out queue that tasks, actors and the driver of one node share.
 
@@ -96,6 +106,61 @@ class Queue:
         if data is None:
             raise Empty
         return pickle.loads(data)
+
+    async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """``put`` for asyncio (Ray's name): awaits room without blocking the event loop.
+        Cancelling the awaiting coroutine withdraws the item if it was not put yet.
+
+        >>> import asyncio
+        >>> from volley.util.queue import Queue
+        >>> q = Queue()
+        >>> async def main():
+        ...     await q.put_async("x")
+        ...     return await q.get_async(timeout=5)
+        >>> asyncio.run(main())
+        'x'
+        >>> q.shutdown()
+        """
+        if not block or self._maxsize == 0:
+            # Answered at once (an unbounded queue always has room): nothing to await.
+            return self.put(item, block=False)
+        from . import _async_prims
+
+        timeout = _async_prims.check_timeout(timeout)
+        kind, value = await _async_prims.call(
+            _core.prim_start, "put", self._id, 0, _dumps(item), timeout=timeout
+        )
+        if kind == "full":
+            raise Full
+        _check_answer(kind, value)
+
+    async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
+        """``get`` for asyncio (Ray's name): awaits an item without blocking the event loop;
+        ``queue.Empty`` if none came within ``timeout`` seconds. If the awaiting coroutine is
+        cancelled (``task.cancel()``, ``asyncio.wait_for``), an item already got for it goes
+        back to the head of the queue: nothing is lost."""
+        if not block:
+            return self.get(block=False)
+        from . import _async_prims
+
+        timeout = _async_prims.check_timeout(timeout)
+        kind, value = await _async_prims.call(_core.prim_start, "get", self._id, timeout=timeout)
+        if kind == "empty":
+            raise Empty
+        _check_answer(kind, value)
+        return pickle.loads(value)
+
+    async def join_async(self, timeout: float | None = None) -> bool:
+        """``join`` for asyncio: awaits until every item put has been marked done; False if
+        ``timeout`` seconds passed first."""
+        from . import _async_prims
+
+        timeout = _async_prims.check_timeout(timeout)
+        kind, value = await _async_prims.call(_core.prim_start, "join", self._id, timeout=timeout)
+        if kind == "empty":
+            return False
+        _check_answer(kind, value)
+        return True
 
     def put_nowait(self, item: Any) -> None:
         """``put(item, block=False)``."""

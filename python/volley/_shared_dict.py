@@ -8,8 +8,12 @@ under the namespace ``shareddict:<name>``. The head does ``incr``, ``compare_and
 
 Values are pickled (cloudpickle), except ``int`` values, which are kept as their decimal text
 so that the head can count on them (``incr``) and ``d[k] = 0`` followed by ``d.incr(k)`` works.
-A pickled value is at most :data:`MAX_VALUE_BYTES`; larger values through the object store
-come in a later step (see docs/shared-dict.md).
+A value that pickles to more than :data:`MAX_VALUE_BYTES` goes through the object store of the
+head's node: the table keeps a small marker (``_BIG_MAGIC``, the object's id, its pickled ref),
+the head's node holds the object, and the head lets go of it as soon as no key holds the
+marker (``volley_runtime::head::big_values``). A process of the head's node writes and reads
+such a value in place (numpy arrays without a copy); one of another node does it through a
+task on the head's node, whose result travels back as any task's does.
 """
 
 from __future__ import annotations
@@ -20,9 +24,18 @@ from typing import Any
 
 from . import _core
 from ._session import ensure_init
+from .exceptions import ObjectLostError
 
-#: The most bytes a value may pickle to (the head's table is for small shared state).
+#: The most bytes a value kept in the head's table may pickle to; larger ones go through the
+#: object store of the head's node.
 MAX_VALUE_BYTES = 1 << 20
+
+#: How a big value's marker starts (``volley_runtime::head::big_values::BIG_VALUE_MAGIC``); the
+#: object's 20-byte id follows, then its pickled ref.
+_BIG_MAGIC = b"\x00volley-big\x00"
+_ID_BYTES = 20
+#: The head's node's number in a cluster (``volley_runtime::head::HEAD_ID``); 0 is a node alone.
+_HEAD_ID = 1
 
 _NAMESPACE_PREFIX = "shareddict:"
 #: How long one wait of ``watch`` at the head lasts (Ctrl-C is seen between two).
@@ -52,31 +65,116 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-def _encode(name: str, key: str, value: object) -> bytes:
+class _Elsewhere(Exception):
+    """A big value written by a process that is not on the head's node: the operation runs
+    on the head's node instead (:meth:`SharedDict._on_head`)."""
+
+
+def _on_head_node() -> bool:
+    """Whether this process's node is the head's (alone, a node is its own head)."""
+    from ._runtime_context import _own_node
+
+    return int(_own_node()["node_id"]) in (0, _HEAD_ID)
+
+
+def _buffer_size(value: object) -> int | None:
+    """The bytes of a value that is one buffer (bytes, numpy array): known without pickling."""
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return len(value)  # type: ignore[arg-type]
+    if t is memoryview:
+        return value.nbytes  # type: ignore[attr-defined]
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        return int(value.nbytes)  # type: ignore[attr-defined]
+    return None
+
+
+def _pickled(name: str, key: str, value: object) -> bytes | None:
+    """The value's bytes (its pickle, or an int's text); None for a buffer too big for the
+    table (it is stored as it is, without a pickle of it to measure)."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return str(value).encode()
+    size = _buffer_size(value)
+    if size is not None and size > MAX_VALUE_BYTES:
+        return None
     import cloudpickle
 
     try:
-        data = cloudpickle.dumps(value, protocol=5)
+        return cloudpickle.dumps(value, protocol=5)
     except Exception as e:
         raise TypeError(
             f"SharedDict {name!r}: the value for key {key!r} ({type(value).__name__}) cannot "
             f"be pickled: {e}"
         ) from e
-    if len(data) > MAX_VALUE_BYTES:
-        raise ValueError(
-            f"SharedDict {name!r}: the value for key {key!r} pickles to {len(data)} bytes, "
-            f"over the limit of {MAX_VALUE_BYTES} bytes (1 MiB); keep large data in the object "
-            "store (volley.put) or a file and store its path here (large values through the "
-            "object store come in a later step)"
+
+
+def _encode(name: str, key: str, value: object) -> bytes | None:
+    """The value's bytes for the table; None if it is too big for it (it goes through the
+    object store, see :func:`_big_marker`)."""
+    data = _pickled(name, key, value)
+    return None if data is None or len(data) > MAX_VALUE_BYTES else data
+
+
+def _big_marker(value: object, data: bytes | None) -> tuple[bytes, bytes]:
+    """Puts a big value in this node's store (the head's), held by the node: the value itself
+    (a buffer: read back in place) or, when it was pickled already (``data``), its pickle.
+    Its marker (the magic, the object's id, ``v`` or ``p``, the pickled ref) and the object's
+    id (let go of with ``_release`` if the marker is not stored)."""
+    from ._objects import put
+
+    ref = put(value if data is None else data)
+    oid = ref.binary()
+    _core.chan_hold([oid], True)
+    kind = b"v" if data is None else b"p"
+    return _BIG_MAGIC + oid + kind + pickle.dumps(ref, protocol=5), oid
+
+
+def _release(oid: bytes | None) -> None:
+    if oid is not None:
+        _core.chan_hold([oid], False)
+
+
+def _load_big(data: bytes) -> Any:
+    """The value a big value's marker names: read in place on the head's node, else fetched
+    by a task there. ``ObjectLostError`` if its key let go of it meanwhile."""
+    from ._objects import get
+
+    if not _on_head_node():
+        return get(_head_task().remote("", "", (data,)))
+    at = len(_BIG_MAGIC) + _ID_BYTES
+    value = get(pickle.loads(data[at + 1 :]))
+    return pickle.loads(value) if data[at : at + 1] == b"p" else value
+
+
+def _head_call(name: str, method: str, args: tuple) -> Any:
+    """Runs on the head's node: ``SharedDict(name).method(*args)``, or with no name the value
+    of a big value's marker."""
+    if not name:
+        return _load_big(args[0])
+    return getattr(SharedDict(name), method)(*args)
+
+
+_HEAD_TASK: list = []
+
+
+def _head_task() -> Any:
+    """``_head_call`` as a task pinned to the head's node (made once per process)."""
+    if not _HEAD_TASK:
+        from ._options import NodeAffinitySchedulingStrategy
+        from ._remote import remote
+
+        on_head = NodeAffinitySchedulingStrategy(_HEAD_ID, soft=False)
+        _HEAD_TASK.append(
+            remote(num_cpus=0, max_retries=0, scheduling_strategy=on_head)(_head_call)
         )
-    return data
+    return _HEAD_TASK[0]
 
 
 def _decode(name: str, key: str, data: bytes) -> Any:
     if data[:1] == b"\x80":
         return pickle.loads(data)
+    if data.startswith(_BIG_MAGIC):
+        return _load_big(data)
     try:
         return int(data)
     except ValueError:
@@ -96,9 +194,9 @@ def _equal(a: object, b: object) -> bool:
 class SharedDict(MutableMapping):
     """A dictionary kept by the cluster's head, the same for every process that opens it by
     ``name``: the driver, tasks and actors, on any node. Keys are ``str``; values anything
-    picklable of at most 1 MiB pickled. The handle holds only the name, so it pickles into
-    tasks and actors; creating one costs nothing (volley starts, if it is not running, at the
-    first operation).
+    picklable (over 1 MiB pickled, through the object store of the head's node). The handle
+    holds only the name, so it pickles into tasks and actors; creating one costs nothing
+    (volley starts, if it is not running, at the first operation).
 
     Each operation is one request to the head, and ``incr``, ``compare_and_set``,
     ``setdefault`` and ``pop`` are atomic there. ``keys()``, ``values()`` and ``items()`` are
@@ -149,18 +247,58 @@ class SharedDict(MutableMapping):
         ensure_init()
         return key.encode()
 
-    def _enc(self, key: str, value: object) -> bytes:
+    def _enc(self, key: str, value: object) -> bytes | None:
         return _encode(self._name, key, value)
 
+    def _stored(self, key: str, value: object) -> tuple[bytes, bytes | None]:
+        """The bytes to store for ``value``, and the object held for a big one (let go of it
+        with ``_release`` if they are not stored). ``_Elsewhere`` for a big value off the head's
+        node."""
+        data = _pickled(self._name, key, value)
+        if data is not None and len(data) <= MAX_VALUE_BYTES:
+            return data, None
+        if not _on_head_node():
+            raise _Elsewhere
+        return _big_marker(value, data)
+
+    def _on_head(self, method: str, *args: Any) -> Any:
+        """Runs ``self.method(*args)`` in a task on the head's node (a big value written from
+        another node: its object must live in the head's node)."""
+        from ._objects import get
+
+        return get(_head_task().remote(self._name, method, args))
+
+    def _read(self, key: str, k: bytes) -> tuple[bool, Any]:
+        """(whether ``key`` has a value, the value). A big value whose key changed while it
+        was read is read again."""
+        while True:
+            data = _core.kv_get(self._ns, k)
+            if data is None:
+                return False, None
+            try:
+                return True, _decode(self._name, key, data)
+            except ObjectLostError:
+                if _core.kv_get(self._ns, k) == data:
+                    raise
+
     def __getitem__(self, key: str) -> Any:
-        data = _core.kv_get(self._ns, self._key(key))
-        if data is None:
+        found, value = self._read(key, self._key(key))
+        if not found:
             raise KeyError(key)
-        return _decode(self._name, key, data)
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         k = self._key(key)
-        _core.kv_put(self._ns, k, self._enc(key, value), True)
+        try:
+            data, oid = self._stored(key, value)
+        except _Elsewhere:
+            return self._on_head("__setitem__", key, value)
+        try:
+            _core.kv_put(self._ns, k, data, True)
+        except BaseException:
+            _release(oid)
+            raise
+        return None
 
     def __delitem__(self, key: str) -> None:
         if not _core.kv_delete(self._ns, self._key(key)):
@@ -178,15 +316,29 @@ class SharedDict(MutableMapping):
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default``."""
-        data = _core.kv_get(self._ns, self._key(key))
-        return default if data is None else _decode(self._name, key, data)
+        found, value = self._read(key, self._key(key))
+        return value if found else default
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """The value under ``key``; if there is none, stores ``default`` and returns it, in
         one atomic step (of racing processes, all get the value the first one stored)."""
         k = self._key(key)
-        data = _core.kv_setdefault(self._ns, k, self._enc(key, default))
-        return _decode(self._name, key, data)
+        try:
+            data, oid = self._stored(key, default)
+        except _Elsewhere:
+            found, value = self._read(key, k)
+            return value if found else self._on_head("setdefault", key, default)
+        try:
+            now = _core.kv_setdefault(self._ns, k, data)
+        except BaseException:
+            _release(oid)
+            raise
+        if now != data:
+            _release(oid)  # another value was there: the default is not kept
+        try:
+            return _decode(self._name, key, now)
+        except ObjectLostError:
+            return self.setdefault(key, default)  # replaced since: look again
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Stores every pair of ``other`` (a mapping or pairs) and of ``kwargs``, key by key
@@ -198,10 +350,14 @@ class SharedDict(MutableMapping):
             pairs = ((k, other[k]) for k in other.keys())
         else:
             pairs = other
-        encoded = [(self._key(k), self._enc(k, v)) for k, v in pairs]
-        encoded += [(self._key(k), self._enc(k, v)) for k, v in kwargs.items()]
-        for k, v in encoded:
-            _core.kv_put(self._ns, k, v, True)
+        items = list(pairs) + list(kwargs.items())
+        # Every value is checked before any is stored (an unpicklable one stores nothing).
+        encoded = [(k, self._key(k), self._enc(k, v), v) for k, v in items]
+        for key, k, data, value in encoded:
+            if data is None:
+                self[key] = value  # a big value
+            else:
+                _core.kv_put(self._ns, k, data, True)
 
     def pop(self, key: str, default: Any = MISSING) -> Any:
         """Removes ``key`` and returns its value, atomically (of racing processes, one gets
@@ -213,8 +369,13 @@ class SharedDict(MutableMapping):
                 if default is MISSING:
                     raise KeyError(key)
                 return default
+            try:
+                # Read before the delete: the head lets go of a big value's object with it.
+                value = _decode(self._name, key, data)
+            except ObjectLostError:
+                continue  # replaced since: look again
             if _core.kv_compare_and_set(self._ns, k, data, None):
-                return _decode(self._name, key, data)
+                return value
 
     def popitem(self) -> tuple[str, Any]:
         """Removes some key and returns it with its value; ``KeyError`` when empty."""
@@ -239,9 +400,9 @@ class SharedDict(MutableMapping):
         """The pairs now, by key (a list; a key deleted while it is taken is left out)."""
         out = []
         for key in self.keys():
-            data = _core.kv_get(self._ns, key.encode())
-            if data is not None:
-                out.append((key, _decode(self._name, key, data)))
+            found, value = self._read(key, key.encode())
+            if found:
+                out.append((key, value))
         return out
 
     def values(self) -> list[Any]:  # type: ignore[override]
@@ -324,7 +485,12 @@ class SharedDict(MutableMapping):
                 left_ms = max(0, min(left_ms, int((deadline - time.monotonic()) * 1000)))
             seen, changed, data = _core.kv_watch(self._ns, k, seen, left_ms)
             if changed:
-                return MISSING if data is None else _decode(self._name, key, data)
+                if data is None:
+                    return MISSING
+                try:
+                    return _decode(self._name, key, data)
+                except ObjectLostError:
+                    return self.get(key, MISSING)  # changed again since
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"SharedDict {self._name!r}: key {key!r} did not change within {timeout} s"
@@ -345,16 +511,38 @@ class SharedDict(MutableMapping):
         (True, False)
         """
         k = self._key(key)
-        new_data = None if new is MISSING else self._enc(key, new)
+        new_data, oid = None, None
+        if new is not MISSING:
+            try:
+                new_data, oid = self._stored(key, new)
+            except _Elsewhere:
+                return self._on_head("compare_and_set", key, expected, new)
+        try:
+            swapped = self._swap(key, k, expected, new_data)
+        except BaseException:
+            _release(oid)
+            raise
+        if not swapped:
+            _release(oid)
+        return swapped
+
+    def _swap(self, key: str, k: bytes, expected: Any, new_data: bytes | None) -> bool:
         if expected is MISSING:
             return _core.kv_compare_and_set(self._ns, k, None, new_data)
-        attempt = self._enc(key, expected)
+        attempt = self._enc(key, expected)  # None: a big value, compared by value below
         while True:
-            if _core.kv_compare_and_set(self._ns, k, attempt, new_data):
+            if attempt is not None and _core.kv_compare_and_set(self._ns, k, attempt, new_data):
                 return True
             # Equal values can pickle to different bytes (a dict's insertion order): compare
             # what is there by value, and swap on its exact bytes.
             data = _core.kv_get(self._ns, k)
-            if data is None or not _equal(_decode(self._name, key, data), expected):
+            if data is None:
+                return False
+            try:
+                current = _decode(self._name, key, data)
+            except ObjectLostError:
+                attempt = None
+                continue  # replaced since: look again
+            if not _equal(current, expected):
                 return False
             attempt = data

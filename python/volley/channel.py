@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from . import _core
 from ._queue import _dumps
@@ -37,6 +37,7 @@ __all__ = [
     "ReaderEnd",
     "WriterEnd",
     "select",
+    "select_async",
     "poison",
     "retire",
 ]
@@ -260,6 +261,59 @@ class Channel:
         """Receives until the channel is poisoned or its writers all retired."""
         return _iterate(lambda: self.recv())
 
+    async def send_async(self, value: Any, timeout: float | None = None) -> None:
+        """``send`` for asyncio: awaits the receiver (or buffer room) without blocking the
+        event loop. Cancelling the awaiting coroutine withdraws a message not yet taken.
+
+        >>> import asyncio
+        >>> ch = Channel(capacity=1)
+        >>> async def main():
+        ...     await ch.send_async("hi")
+        ...     return await ch.recv_async(timeout=5)
+        >>> asyncio.run(main())
+        'hi'
+        """
+        from . import _async_prims
+
+        timeout = _check_timeout(timeout)
+        data, oid = _encode(value)
+        try:
+            kind, answer = await _async_prims.call(
+                _core.prim_start, "send", self._id, 0, data, timeout=timeout
+            )
+            if kind == "full":
+                raise TimeoutError(
+                    f"send on channel {self._label()} waited {timeout} s for "
+                    + ("a receiver" if self._capacity == 0 else "buffer room")
+                )
+            _check_answer(kind, answer)
+        except BaseException:
+            _release(oid)
+            raise
+
+    async def recv_async(self, timeout: float | None = None) -> Any:
+        """``recv`` for asyncio: awaits a sender without blocking the event loop. If the
+        awaiting coroutine is cancelled, a message already got for it goes back to the
+        channel for the next receiver."""
+        return await self._recv_async(0, timeout)
+
+    async def _recv_async(self, reg: int, timeout: float | None) -> Any:
+        from . import _async_prims
+
+        timeout = _check_timeout(timeout)
+        kind, answer = await _async_prims.call(
+            _core.prim_start, "recv", self._id, reg, timeout=timeout
+        )
+        if kind == "empty":
+            raise TimeoutError(f"recv on channel {self._label()} waited {timeout} s for a sender")
+        _check_answer(kind, answer)
+        return _decode(answer)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for value in channel``: receives until the channel is poisoned or its
+        writers all retired."""
+        return _aiterate(lambda: self.recv_async())
+
     def reader(self) -> ReaderEnd:
         """A reader end (PyCSP's ``+chan``): it counts among the channel's readers until it
         retires (or is dropped, or its process dies)."""
@@ -280,6 +334,27 @@ def _iterate(recv: Any) -> Iterator[Any]:
     while True:
         try:
             value = recv()
+        except (ChannelPoisoned, ChannelRetired):
+            return
+        yield value
+
+
+def _check_answer(kind: str, answer: Any) -> None:
+    """Raises the error an awaited channel op's answer carries (as the blocking op would)."""
+    if kind == "poisoned":
+        raise ChannelPoisoned(answer)
+    if kind == "retired":
+        raise ChannelRetired(answer)
+    if kind == "closed":
+        raise ChannelClosed(answer)
+    if kind == "error":
+        raise ValueError(answer)
+
+
+async def _aiterate(recv: Any) -> AsyncIterator[Any]:
+    while True:
+        try:
+            value = await recv()
         except (ChannelPoisoned, ChannelRetired):
             return
         yield value
@@ -371,6 +446,27 @@ class ReaderEnd(_End):
     def __iter__(self) -> Iterator[Any]:
         return _iterate(self.recv)
 
+    async def recv_async(self, timeout: float | None = None) -> Any:
+        """Receives the next value for asyncio (see :meth:`Channel.recv_async`)."""
+        self._check()
+        return await self._chan._recv_async(self._reg if self._chan._broadcast else 0, timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for value in reader``: receives until the channel is poisoned or all its
+        writers retired.
+
+        >>> import asyncio
+        >>> ch = Channel(capacity=2)
+        >>> async def main():
+        ...     with ch.writer() as out, ch.reader() as inp:
+        ...         await out.send_async(1); await out.send_async(2)
+        ...         out.retire()
+        ...         return [v async for v in inp]
+        >>> asyncio.run(main())
+        [1, 2]
+        """
+        return _aiterate(self.recv_async)
+
 
 class WriterEnd(_End):
     """The writing end of a channel (``channel.writer()``); calling it sends (PyCSP's
@@ -382,6 +478,11 @@ class WriterEnd(_End):
         self._chan.send(value, timeout)
 
     __call__ = send
+
+    async def send_async(self, value: Any, timeout: float | None = None) -> None:
+        """Sends ``value`` for asyncio (see :meth:`Channel.send_async`)."""
+        self._check()
+        await self._chan.send_async(value, timeout)
 
 
 def _guard(g: Any) -> tuple[Channel, int, Any]:
@@ -451,7 +552,7 @@ def select(
             data, oid = _encode(send[0]) if send is not None else (None, None)
             held.append(oid)
             wire.append((ch._id, reg, data))
-        if len({g[0] >> _HOME_SHIFT for g in wire}) > 1:
+        if len(_homes(wire)) > 1:
             answer = _select_across_nodes(wire, timeout, bool(skip), bool(priority))
         else:
             answer = _core.chan_select(wire, timeout, bool(skip), bool(priority))
@@ -477,33 +578,119 @@ _POLL_MAX = 0.005
 _select_turn = itertools.count()
 
 
-def _select_across_nodes(
-    wire: list, timeout: float | None, skip: bool, priority: bool
-) -> tuple[int, bytes | None] | None:
-    """A select over channels of several nodes: a non-blocking select at each node in turn
-    (atomic there, so at most one guard fires), until one fires, ``timeout`` passes or, with
-    ``skip``, after one round."""
+def _homes(wire: list) -> list[list[int]]:
+    """The guards' indexes grouped by their channels' home node, in the order of each node's
+    first guard."""
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(wire):
         groups.setdefault(g[0] >> _HOME_SHIFT, []).append(i)
-    order = list(groups.values())  # by each node's first guard
+    return list(groups.values())
+
+
+def _select_round(
+    wire: list, order: list[list[int]], priority: bool
+) -> tuple[int, bytes | None] | None:
+    """One round of a select over channels of several nodes: a non-blocking select at each
+    node in turn (atomic there, so at most one guard fires); the first that fires."""
+    start = 0 if priority else next(_select_turn) % len(order)
+    for k in range(len(order)):
+        idx = order[(start + k) % len(order)]
+        got = _core.chan_select([wire[i] for i in idx], None, True, priority)
+        if got is not None:
+            return idx[got[0]], got[1]
+    return None
+
+
+def _pause(pause: float, deadline: float | None) -> float | None:
+    """How long to wait before the next round (None: the deadline passed)."""
+    if deadline is None:
+        return pause
+    left = deadline - time.monotonic()
+    return None if left <= 0 else min(pause, left)
+
+
+def _select_across_nodes(
+    wire: list, timeout: float | None, skip: bool, priority: bool
+) -> tuple[int, bytes | None] | None:
+    """A select over channels of several nodes: rounds of :func:`_select_round` until a guard
+    fires, ``timeout`` passes or, with ``skip``, after one round."""
+    order = _homes(wire)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.0002
-    while True:
-        start = 0 if priority else next(_select_turn) % len(order)
-        for k in range(len(order)):
-            idx = order[(start + k) % len(order)]
-            got = _core.chan_select([wire[i] for i in idx], None, True, priority)
-            if got is not None:
-                return idx[got[0]], got[1]
-        if skip:
+    while (got := _select_round(wire, order, priority)) is None:
+        step = None if skip else _pause(pause, deadline)
+        if step is None:
             return None
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return None
-        step = pause if deadline is None else min(pause, deadline - now)
         time.sleep(step)
         pause = min(pause * 2, _POLL_MAX)
+    return got
+
+
+async def _select_across_nodes_async(
+    wire: list, timeout: float | None, priority: bool
+) -> tuple[int, bytes | None] | None:
+    """:func:`_select_across_nodes` for asyncio: the loop runs between rounds (a round does
+    not wait), and a cancelled awaiter fires no guard."""
+    import asyncio
+
+    order = _homes(wire)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.0002
+    while (got := _select_round(wire, order, priority)) is None:
+        step = _pause(pause, deadline)
+        if step is None:
+            return None
+        await asyncio.sleep(step)
+        pause = min(pause * 2, _POLL_MAX)
+    return got
+
+
+async def select_async(
+    guards: list, timeout: float | None = None, priority: bool = False
+) -> tuple[int, Any]:
+    """:func:`select` for asyncio: awaits a ready guard without blocking the event loop;
+    ``TimeoutError`` after ``timeout`` seconds. If the awaiting coroutine is cancelled, no
+    guard fires (a message a recv guard got goes back to its channel).
+
+    >>> import asyncio
+    >>> a, b = Channel(1), Channel(1)
+    >>> b.send(7)
+    >>> asyncio.run(select_async([a.recv, b.recv]))
+    (1, 7)
+    """
+    from . import _async_prims
+
+    if not isinstance(guards, (list, tuple)) or not guards:
+        raise ValueError("select needs a non-empty list of guards (ch.recv or (ch.send, value))")
+    parsed = [_guard(g) for g in guards]
+    timeout = _check_timeout(timeout)
+    held: list[bytes | None] = []
+    wire = []
+    answer = None
+    try:
+        for ch, reg, send in parsed:
+            data, oid = _encode(send[0]) if send is not None else (None, None)
+            held.append(oid)
+            wire.append((ch._id, reg, data))
+        if len(_homes(wire)) > 1:
+            answer = await _select_across_nodes_async(wire, timeout, bool(priority))
+        else:
+            kind, value = await _async_prims.call(
+                _core.prim_start_select, wire, bool(priority), timeout=timeout
+            )
+            if kind == "selected":
+                answer = value
+            elif kind != "empty":
+                _check_answer(kind, value)
+    finally:
+        for i, oid in enumerate(held):
+            if answer is None or answer[0] != i:
+                _release(oid)  # a send guard that did not fire
+    if answer is None:
+        names = ", ".join(ch._label() for ch, _, _ in parsed)
+        raise TimeoutError(f"select on channels {names} waited {timeout} s for a ready guard")
+    index, data = answer
+    return index, (None if data is None else _decode(data))
 
 
 def poison(*ends: Channel | _End) -> None:

@@ -95,6 +95,45 @@ def _named(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _named_async(method: F) -> F:
+    """:func:`_named` for a coroutine method."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Prim, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except ChannelClosed as e:
+            raise ChannelClosed(f"{self!r}, made on node {self._home}, is gone: {e}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _task_holder() -> int:
+    """The holder an awaited acquire takes units for: the running asyncio task (not the
+    loop's thread, which many tasks share), so an ``RLock`` is reentrant per task."""
+    import asyncio
+
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    if task is None:
+        raise RuntimeError("acquire_async must be awaited inside an asyncio task")
+    return id(task)
+
+
+def _answer(kind: str, value: Any) -> Any:
+    """The value of an awaited op's answer; raises the error it carries, as the blocking op
+    would."""
+    if kind == "closed":
+        raise ChannelClosed(value)
+    if kind == "error":
+        raise RuntimeError(value)
+    if kind == "broken":
+        raise BrokenBarrierError(value)
+    return value
+
+
 def _acquire_timeout(blocking: bool, timeout: float | None) -> float | None:
     """``threading``'s rules: -1 or None waits for ever; a timeout needs ``blocking``."""
     if timeout is None or timeout == -1:
@@ -168,6 +207,8 @@ class Lock(_Prim):
     def _init_local(self) -> None:
         #: Holds this process has, by thread: a release of a held unit need not wait.
         self._held: dict[int, int] = {}
+        #: Units held by asyncio tasks (``acquire_async``).
+        self._async_held = 0
         #: Whether the last successful ``acquire`` through this handle took a unit whose
         #: holder had died (what the lock guards may be half-updated).
         self.previous_holder_died = False
@@ -199,10 +240,66 @@ class Lock(_Prim):
                 )
         return got
 
+    def _me(self) -> int:
+        """The holder a release is for: this thread, or the running asyncio task if it
+        holds a unit it took with ``acquire_async``."""
+        if self._async_held:
+            try:
+                task = _task_holder()
+            except RuntimeError:
+                pass
+            else:
+                if self._held.get(task):
+                    return task
+        return threading.get_native_id()
+
+    @_named_async
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """``acquire`` for asyncio: awaits the lock without blocking the event loop, up to
+        ``timeout`` seconds (None: for ever); whether it got it. The holder is the running
+        asyncio task. If the awaiting coroutine is cancelled, a lock granted meanwhile is
+        released again (the next waiter gets it).
+
+        >>> import asyncio
+        >>> from volley.sync import Lock
+        >>> lock = Lock()
+        >>> async def main():
+        ...     async with lock:
+        ...         return lock.locked()
+        >>> asyncio.run(main())
+        True
+        >>> lock.shutdown()
+        """
+        from . import _async_prims
+
+        me = _task_holder()
+        timeout = _async_prims.check_timeout(timeout)
+        kind, value = await _async_prims.call(
+            _core.prim_start, "acquire", self._id, me, timeout=timeout
+        )
+        if kind == "empty":
+            return False
+        died, _ = _answer(kind, value)
+        self._held[me] = self._held.get(me, 0) + 1
+        self._async_held += 1
+        self.previous_holder_died = died
+        if died and self._raise:
+            raise LockLost(
+                f"{self!r}: its previous holder died holding it; you hold it now: repair "
+                "what it guards, then release() it"
+            )
+        return True
+
+    async def __aenter__(self) -> bool:
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
     @_named
     def release(self) -> None:
         """Releases the lock; ``RuntimeError`` if it is not held."""
-        me = threading.get_native_id()
+        me = self._me()
         held = self._held.get(me, 0)
         # Held through this handle: the release cannot fail, so a worker does not wait.
         _core.sync_release(self._id, me, held > 0)
@@ -210,6 +307,8 @@ class Lock(_Prim):
             self._held[me] = held - 1
         else:
             self._held.pop(me, None)
+        if held and me != threading.get_native_id():
+            self._async_held -= 1
 
     @_named
     def locked(self) -> bool:
@@ -266,7 +365,47 @@ class Semaphore(_Prim):
 
     def _init_local(self) -> None:
         self._held: dict[int, int] = {}
+        self._async_held = 0
         self.previous_holder_died = False
+
+    _me = Lock._me
+
+    @_named_async
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """``acquire`` for asyncio: awaits a unit without blocking the event loop, up to
+        ``timeout`` seconds (None: for ever); whether it got one. If the awaiting coroutine
+        is cancelled, a unit granted meanwhile is given back.
+
+        >>> import asyncio
+        >>> from volley.sync import Semaphore
+        >>> s = Semaphore(1)
+        >>> async def main():
+        ...     async with s:
+        ...         return s.get_value()
+        >>> asyncio.run(main()), s.get_value()
+        (0, 1)
+        >>> s.shutdown()
+        """
+        from . import _async_prims
+
+        me = _task_holder()
+        timeout = _async_prims.check_timeout(timeout)
+        kind, value = await _async_prims.call(
+            _core.prim_start, "acquire", self._id, me, timeout=timeout
+        )
+        if kind == "empty":
+            return False
+        died, _ = _answer(kind, value)
+        self._held[me] = self._held.get(me, 0) + 1
+        self._async_held += 1
+        self.previous_holder_died = died
+        return True
+
+    async def __aenter__(self) -> bool:
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
     @classmethod
     def _attach(cls, prim_id: int, home: int, value: int) -> Semaphore:
@@ -295,7 +434,7 @@ class Semaphore(_Prim):
         """Gives back ``n`` units (any process may release, as with ``threading``)."""
         if n < 1:
             raise ValueError("n must be one or more")
-        me = threading.get_native_id()
+        me = self._me()
         for _ in range(n):
             held = self._held.get(me, 0)
             try:
@@ -308,6 +447,8 @@ class Semaphore(_Prim):
                 self._held[me] = held - 1
             else:
                 self._held.pop(me, None)
+            if held and me != threading.get_native_id():
+                self._async_held -= 1
 
     @_named
     def get_value(self) -> int:
@@ -384,6 +525,29 @@ class Event(_Prim):
         """Waits until the flag is set, up to ``timeout`` seconds; whether it is set."""
         return _core.event_wait(self._id, _wait_timeout(timeout))
 
+    @_named_async
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``wait`` for asyncio: awaits the flag without blocking the event loop, up to
+        ``timeout`` seconds; whether it is set.
+
+        >>> import asyncio
+        >>> from volley.sync import Event
+        >>> e = Event()
+        >>> e.set()
+        >>> asyncio.run(e.wait_async(timeout=5))
+        True
+        >>> e.shutdown()
+        """
+        from . import _async_prims
+
+        kind, value = await _async_prims.call(
+            _core.prim_start, "wait", self._id, timeout=_wait_timeout(timeout)
+        )
+        if kind == "empty":
+            return False
+        _answer(kind, value)
+        return True
+
 
 class Barrier(_Prim):
     """A barrier (``threading.Barrier``): ``wait`` returns once ``parties``
@@ -429,6 +593,17 @@ class Barrier(_Prim):
         this party's arrival index. ``BrokenBarrierError`` if it is or gets broken."""
         t = self._timeout if timeout is None else _wait_timeout(timeout)
         return _core.barrier_wait(self._id, t)
+
+    @_named_async
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """``wait`` for asyncio: awaits the other parties without blocking the event loop;
+        this party's arrival index. ``BrokenBarrierError`` if it is or gets broken (a timeout
+        breaks it, as with ``wait``)."""
+        from . import _async_prims
+
+        t = self._timeout if timeout is None else _wait_timeout(timeout)
+        kind, value = await _async_prims.call(_core.prim_start, "barrier_wait", self._id, timeout=t)
+        return _answer(kind, value)
 
     @_named
     def abort(self) -> None:

@@ -7,6 +7,7 @@
 //! `KeyboardInterrupt`; no Python object is touched while the engine works. Engine errors become
 //! Python exceptions in one place, [`errors`].
 
+mod async_prims;
 mod buffer;
 mod channel;
 mod cluster;
@@ -970,6 +971,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prims::register(m)?;
     channel::register(m)?;
     sync::register(m)?;
+    async_prims::register(m)?;
     m.add("PROTOCOL_VERSION", volley_proto::PROTOCOL_VERSION)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     // The engine's error kinds, defined once in `volley_proto::ErrorKind`: name -> code.

@@ -1,5 +1,7 @@
 //! The node: scheduler + worker connections + the driver's direct entry points.
 
+mod async_prims;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
@@ -134,6 +136,9 @@ impl Node {
             prims: crate::prims::Prims::default(),
         });
         shared.head.job_table().set_python(&cfg.python);
+        shared
+            .head
+            .set_releaser(Arc::new(crate::head::big_values::NodeReleaser(Arc::downgrade(&shared))));
         let spec = SpawnSpec {
             python: cfg.python,
             args: cfg.worker_args,

@@ -31,6 +31,7 @@ use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::{WaitError, CHECK_INTERVAL};
 
+pub(crate) mod async_local;
 mod channel;
 
 /// Who asked: this node's driver, one of its workers, or a process of another node (whose op

@@ -6,6 +6,8 @@
 //! interrupts the running task through a callback; replies to `Get`/`Wait` are matched to their
 //! request. If the node goes away, the process exits at once.
 
+mod async_prims;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};

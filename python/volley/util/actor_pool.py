@@ -231,6 +231,15 @@ class ActorPool:
         """
         if not self.has_next():
             raise StopIteration("No more results to get")
+        _, ok, result = self._next_ready(timeout)
+        if not ok:
+            raise result
+        return result
+
+    def _next_ready(self, timeout: float | None = None) -> tuple[int, bool, Any]:
+        """The next call to be ready, as ``(index, True, value)`` or, when it raised,
+        ``(index, False, error)`` (``volley.map`` over a pool puts results back in order by
+        index). A dead actor's call is made again, as for ``get_next``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             keys = list(self._running)
@@ -243,12 +252,45 @@ class ActorPool:
             index = self._running[key][0]
             try:
                 done, result = self._take(key)
+            except Exception as e:
+                self._next_return = max(self._next_return, index + 1)
+                return index, False, e
             except BaseException:
                 self._next_return = max(self._next_return, index + 1)
                 raise
             if done:
                 self._next_return = max(self._next_return, index + 1)
-                return result
+                return index, True, result
+
+    def _volley_map(
+        self,
+        method: str | Callable[[ActorHandle, Any], Any] | None,
+        items: Iterator[Any],
+        star: bool,
+        ordered: bool,
+        progress: bool | str,
+        total: int | None,
+    ) -> _PoolMap:
+        """``volley.map(pool, items, method=...)``: see :class:`_PoolMap`."""
+        if isinstance(method, str):
+            name = method
+            if not name.isidentifier():
+                raise ValueError(f"method must be an actor method's name, not {name!r}")
+
+            def call(actor: ActorHandle, v: Any) -> Any:
+                m = getattr(actor, name)
+                return m.remote(*v) if star else m.remote(v)
+
+        elif callable(method):
+            name = getattr(method, "__name__", "call")
+            call = method
+        else:
+            raise TypeError(
+                "volley.map over an ActorPool needs method=: the name of the actors' method "
+                "(method='double') or a function (actor, value) -> ObjectRef (method=lambda a, "
+                f"v: a.double.remote(v)), not {method!r}"
+            )
+        return _PoolMap(self, call, items, ordered, progress and (progress, name), total)
 
     def _give_back(self, actor: ActorHandle) -> None:
         n = self._load.get(actor, 0) - 1
@@ -301,3 +343,100 @@ def _key(out: Any) -> Any:
 def _first(out: Any) -> ObjectRef:
     """The ref to wait on: the returns of one call are ready together."""
     return out if type(out) is ObjectRef else out[0]
+
+
+class _PoolMap:
+    """What ``volley.map(pool, items, method=...)`` returns: an iterator over the results of
+    one call per item on the pool's actors, with ``volley.map``'s semantics.
+
+    Items are read lazily, a few per actor ahead of the consumer. Results are taken from the
+    actors as they finish (so a slow call does not keep the other actors idle) and yielded in
+    the order of the items (``ordered=False``: as they finish). A call that raised ends the
+    iteration with its error once the results before it are yielded (the calls still running
+    finish, and their results are dropped by the pool's next ``map``). A dead actor leaves
+    the pool and its calls are made again on the others, as the pool does for ``map``.
+    """
+
+    def __init__(
+        self,
+        pool: ActorPool,
+        call: Callable[[ActorHandle, Any], Any],
+        items: Iterator[Any],
+        ordered: bool,
+        progress: Any,
+        total: int | None,
+    ):
+        pool._drop_pending()  # as ``pool.map`` does
+        self._pool, self._call, self._items, self._ordered = pool, call, items, ordered
+        self._base = pool._next_index  # the pool's index of this map's first call
+        self._window = max(4, 2 * (len(pool._idle) + len(pool._load)))
+        self._done: dict[int, tuple[bool, Any]] = {}
+        self._yielded = 0  # results yielded (ordered: the next position to yield)
+        self.tasks = 0  # calls submitted (one per item)
+        self._exhausted = False
+        self._bar = None
+        if progress:
+            from ..library import ProgressBar
+
+            label, name = progress
+            self._bar = ProgressBar(total, label if isinstance(label, str) else name)
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self._exhausted and self.tasks - self._yielded < self._window:
+            try:
+                item = next(self._items)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._pool.submit(self._call, item)
+            self.tasks += 1
+
+    def __iter__(self) -> _PoolMap:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            self._fill()
+            if self._ordered and self._yielded in self._done:
+                ok, value = self._done.pop(self._yielded)
+                return self._hand(ok, value)
+            if not self._ordered and self._done:
+                ok, value = self._done.pop(next(iter(self._done)))
+                return self._hand(ok, value)
+            if self._yielded >= self.tasks:
+                self.close()
+                raise StopIteration
+            if not self._pool.has_next():
+                # Its calls are gone (every actor died): the error that said so ends it.
+                errors = [v for ok, v in self._done.values() if not ok]
+                self.close()
+                if errors:
+                    raise errors[-1]
+                raise RuntimeError("the ActorPool dropped this map's calls (taken elsewhere?)")
+            # A result this map waits for is still to come.
+            try:
+                index, ok, value = self._pool._next_ready()
+            except StopIteration:
+                self.close()
+                raise
+            self._done[index - self._base] = (ok, value)
+
+    def _hand(self, ok: bool, value: Any) -> Any:
+        self._yielded += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if ok:
+            return value
+        self.close()
+        raise value
+
+    def close(self) -> None:
+        """Stops: no more items are read or submitted (the calls running finish; the pool's
+        next ``map`` drops their results)."""
+        self._exhausted = True
+        self._yielded = self.tasks = 0
+        self._done.clear()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -9,6 +9,7 @@
 //! store's write protocol is in [`store`], a worker's task loop in [`worker`] (which runs user
 //! code through the [`worker::TaskRunner`] the binding implements).
 
+mod async_prims;
 mod error;
 pub mod store;
 pub mod worker;
@@ -16,6 +17,7 @@ pub mod worker;
 #[cfg(test)]
 mod tests;
 
+pub use async_prims::ASYNC_REQ;
 pub use error::ClientError;
 
 use std::collections::HashSet;
@@ -69,6 +71,8 @@ pub struct Client {
     generation: u64,
     /// Set by [`Client::retire`]: the worker exits once the running task's result is sent.
     retire: std::sync::atomic::AtomicBool,
+    /// The primitive ops an event loop awaits (see [`async_prims`]).
+    async_prims: async_prims::AsyncPrims,
 }
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
@@ -160,6 +164,7 @@ impl Client {
             options_made: Mutex::new(None),
             generation: fork_generation(),
             retire: std::sync::atomic::AtomicBool::new(false),
+            async_prims: async_prims::AsyncPrims::default(),
         }
     }
 

@@ -16,6 +16,7 @@
 //! [`HeadRequest`] ([`Head::serve`]): a node that is its own head calls it, a member sends it
 //! over the network (`PeerMsg::Head`, see `cluster::status`).
 
+pub mod big_values;
 pub mod jobs;
 mod store;
 
@@ -54,6 +55,8 @@ pub struct Head {
     /// The task and actor tables of the state API (see `state`): the cluster's on the head; on
     /// a member, its own rows until they are sent to the head.
     pub tables: crate::state::Tables,
+    /// Lets go of the big `SharedDict` values no key holds any more (see [`big_values`]).
+    releaser: std::sync::OnceLock<Arc<dyn big_values::Releaser>>,
 }
 
 struct Members {
@@ -72,6 +75,32 @@ impl Head {
             reserved: Mutex::new(HashMap::new()),
             jobs: Arc::new(jobs::Jobs::default()),
             tables: crate::state::Tables::default(),
+            releaser: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Who lets go of a big `SharedDict` value's object once no key holds it: the node.
+    pub fn set_releaser(&self, releaser: Arc<dyn big_values::Releaser>) {
+        let _ = self.releaser.set(releaser);
+    }
+
+    /// The object the value under `key` holds (a big value's marker), before a change.
+    fn held_before(
+        dir: &dyn HeadStore,
+        namespace: &str,
+        key: &[u8],
+    ) -> Option<volley_proto::ObjectId> {
+        if !namespace.starts_with("shareddict:") {
+            return None;
+        }
+        big_values::held_object(namespace, &dir.kv_get(namespace, key)?)
+    }
+
+    /// Lets go of `id`, the object of a big value no key holds any more. Called with the
+    /// head's lock released (the node's scheduler takes its own).
+    fn release(&self, id: Option<volley_proto::ObjectId>) {
+        if let (Some(id), Some(r)) = (id, self.releaser.get()) {
+            r.release(&[id]);
         }
     }
 
@@ -461,9 +490,15 @@ impl Head {
     /// See [`HeadStore::kv_put`].
     pub fn kv_put(&self, namespace: &str, key: &[u8], value: Vec<u8>, overwrite: bool) -> bool {
         let mut dir = self.dir.lock();
+        let old = Self::held_before(dir.as_ref(), namespace, key);
+        let kept = old.map(|_| big_values::held_object(namespace, &value));
         let stored = dir.kv_put(namespace, key, value, overwrite);
         if stored {
             self.kv_changed.notify_all();
+        }
+        drop(dir);
+        if stored && kept.flatten() != old {
+            self.release(old);
         }
         stored
     }
@@ -474,9 +509,14 @@ impl Head {
 
     pub fn kv_del(&self, namespace: &str, key: &[u8]) -> bool {
         let mut dir = self.dir.lock();
+        let old = Self::held_before(dir.as_ref(), namespace, key);
         let deleted = dir.kv_del(namespace, key);
         if deleted {
             self.kv_changed.notify_all();
+        }
+        drop(dir);
+        if deleted {
+            self.release(old);
         }
         deleted
     }
@@ -502,9 +542,18 @@ impl Head {
         new: Option<Vec<u8>>,
     ) -> bool {
         let mut dir = self.dir.lock();
+        let old = Self::held_before(dir.as_ref(), namespace, key);
+        let kept = match (&old, &new) {
+            (Some(_), Some(v)) => big_values::held_object(namespace, v),
+            _ => None,
+        };
         let swapped = dir.kv_compare_and_set(namespace, key, expected, new);
         if swapped {
             self.kv_changed.notify_all();
+        }
+        drop(dir);
+        if swapped && kept != old {
+            self.release(old);
         }
         swapped
     }

@@ -715,3 +715,56 @@ fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
         HeadAnswer::KvWatched { digest: 0, changed: true, value: None }
     );
 }
+
+/// Records the objects the head lets go of.
+#[derive(Default)]
+struct Released(Mutex<Vec<volley_proto::ObjectId>>);
+
+impl big_values::Releaser for Released {
+    fn release(&self, ids: &[volley_proto::ObjectId]) {
+        self.0.lock().extend_from_slice(ids);
+    }
+}
+
+fn marker(n: u32) -> (volley_proto::ObjectId, Vec<u8>) {
+    let id =
+        volley_proto::ObjectId { task: volley_proto::TaskId(u128::from(n) << 64 | 7), index: n };
+    let mut v = big_values::BIG_VALUE_MAGIC.to_vec();
+    v.extend_from_slice(&id.to_bytes());
+    v.extend_from_slice(b"pickled ref");
+    (id, v)
+}
+
+#[test]
+fn a_big_shared_dict_value_is_let_go_once_no_key_holds_it() {
+    let h = Head::new(Box::new(MemoryStore::default()));
+    let released = Arc::new(Released::default());
+    h.set_releaser(released.clone());
+    let ns = "shareddict:big";
+    let (a, ma) = marker(1);
+    let (b, mb) = marker(2);
+    let (c, mc) = marker(3);
+    h.serve(put(ns, b"k", &ma, true));
+    h.serve(put(ns, b"k", &ma, true)); // the same object again: kept
+    assert!(released.0.lock().is_empty());
+    h.serve(put(ns, b"k", &mb, false)); // not stored: kept
+    assert!(released.0.lock().is_empty());
+    h.serve(put(ns, b"k", &mb, true)); // replaced
+    assert_eq!(*released.0.lock(), vec![a]);
+    let cas = |expected: &[u8], new: Option<&[u8]>| HeadRequest::KvCompareAndSet {
+        namespace: ns.into(),
+        key: b"k".to_vec(),
+        expected: Some(serde_bytes::ByteBuf::from(expected.to_vec())),
+        new: new.map(|v| serde_bytes::ByteBuf::from(v.to_vec())),
+    };
+    h.serve(cas(&ma, Some(&mc))); // the compare fails: kept
+    assert_eq!(*released.0.lock(), vec![a]);
+    h.serve(cas(&mb, Some(&mc)));
+    assert_eq!(*released.0.lock(), vec![a, b]);
+    h.serve(HeadRequest::KvDelete { namespace: ns.into(), key: b"k".to_vec() });
+    assert_eq!(*released.0.lock(), vec![a, b, c]);
+    // Other namespaces' values are only bytes.
+    h.serve(put("other", b"k", &ma, true));
+    h.serve(HeadRequest::KvDelete { namespace: "other".into(), key: b"k".to_vec() });
+    assert_eq!(released.0.lock().len(), 3);
+}
