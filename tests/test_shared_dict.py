@@ -163,6 +163,39 @@ def test_compare_and_set_from_many_tasks(volley_shared):
     assert d["state"] == {"n": 100, "name": "loop"}
 
 
+@volley.remote
+def _snapshots(d: SharedDict, n: int) -> list:
+    """Takes ``n`` snapshots of the pairs, each (a, b) as it saw them."""
+    out = []
+    for _ in range(n):
+        items = dict(d.items())
+        out.append((items.get("a"), items.get("b")))
+    return out
+
+
+def test_update_is_atomic_and_items_a_snapshot(volley_shared):
+    d = SharedDict("atomic-update")
+    d.update(a=0, b=0)
+    reader = _snapshots.remote(d, 400)
+    for i in range(1, 400):
+        d.update({"a": i, "b": i})
+    seen = volley.get(reader, timeout=120)
+    # Every snapshot saw both keys of one update, never one key of an update and the other of
+    # another.
+    assert all(a == b for a, b in seen), [x for x in seen if x[0] != x[1]][:5]
+    assert dict(d.items()) == {"a": 399, "b": 399}
+    # An update whose value cannot be pickled stores nothing of it.
+    with pytest.raises(TypeError, match="pickle"):
+        d.update(a=-1, c=threading.Lock())
+    assert dict(d.items()) == {"a": 399, "b": 399}
+    # Too much at once is refused before anything is stored.
+    block = b"x" * ((1 << 20) - 64)  # just under the big-value threshold: kept in the table
+    with pytest.raises(ValueError, match="at most 16777216 bytes"):
+        d.update({f"k{i}": block for i in range(17)})
+    assert sorted(d.keys()) == ["a", "b"]
+    d.clear()
+
+
 def test_threads_of_the_driver_share_it_too(volley_shared):
     d = SharedDict("threads")
     d.clear()

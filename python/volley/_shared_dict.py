@@ -29,6 +29,8 @@ from .exceptions import ObjectLostError
 #: The most bytes a value kept in the head's table may pickle to; larger ones go through the
 #: object store of the head's node.
 MAX_VALUE_BYTES = 1 << 20
+# The most bytes of keys and values one `update` carries (volley_proto::MAX_KV_MANY).
+MAX_UPDATE_BYTES = 16 << 20
 
 #: How a big value's marker starts (``volley_runtime::head::big_values::BIG_VALUE_MAGIC``); the
 #: object's 20-byte id follows, then its pickled ref.
@@ -341,8 +343,17 @@ class SharedDict(MutableMapping):
             return self.setdefault(key, default)  # replaced since: look again
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
-        """Stores every pair of ``other`` (a mapping or pairs) and of ``kwargs``, key by key
-        (not atomically as a whole)."""
+        """Stores every pair of ``other`` (a mapping or pairs) and of ``kwargs`` at once: a
+        reader sees all of them or none (one request to the head, applied under one lock).
+        Every value is pickled before anything is stored, so an unpicklable one stores nothing.
+        At most 16 MiB of keys and values go in one update (``ValueError`` beyond).
+
+        >>> cfg = volley.SharedDict("example-update")
+        >>> cfg.update({"lr": 0.1, "epochs": 3}, batch=32)
+        >>> sorted(cfg.items())
+        [('batch', 32), ('epochs', 3), ('lr', 0.1)]
+        >>> cfg.clear()
+        """
         pairs: Iterable[tuple[Any, Any]]
         if isinstance(other, Mapping):
             pairs = other.items()
@@ -351,13 +362,34 @@ class SharedDict(MutableMapping):
         else:
             pairs = other
         items = list(pairs) + list(kwargs.items())
-        # Every value is checked before any is stored (an unpicklable one stores nothing).
-        encoded = [(k, self._key(k), self._enc(k, v), v) for k, v in items]
-        for key, k, data, value in encoded:
-            if data is None:
-                self[key] = value  # a big value
-            else:
-                _core.kv_put(self._ns, k, data, True)
+        keyed = [(key, self._key(key), value) for key, value in items]
+        stored: list[tuple[bytes, bytes, bytes | None]] = []
+        try:
+            for key, k, value in keyed:
+                data, oid = self._stored(key, value)
+                stored.append((k, data, oid))
+        except _Elsewhere:
+            # A big value written off the head's node: the whole update runs there.
+            for _, _, oid in stored:
+                _release(oid)
+            return self._on_head("update", items)
+        except BaseException:
+            for _, _, oid in stored:
+                _release(oid)
+            raise
+        total = sum(len(k) + len(d) for k, d, _ in stored)
+        try:
+            if total > MAX_UPDATE_BYTES:
+                raise ValueError(
+                    f"SharedDict {self._name!r}: one update carries at most {MAX_UPDATE_BYTES} "
+                    f"bytes of keys and values, this one {total}: split it"
+                )
+            _core.kv_put_many(self._ns, [(k, d) for k, d, _ in stored])
+        except BaseException:
+            for _, _, oid in stored:
+                _release(oid)
+            raise
+        return None
 
     def pop(self, key: str, default: Any = MISSING) -> Any:
         """Removes ``key`` and returns its value, atomically (of racing processes, one gets
@@ -397,12 +429,19 @@ class SharedDict(MutableMapping):
         return [k.decode() for k in _core.kv_keys(self._ns, b"")]
 
     def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
-        """The pairs now, by key (a list; a key deleted while it is taken is left out)."""
+        """The pairs now, by key, as one snapshot taken at the head (a list: later changes do
+        not show in it)."""
+        ensure_init()
         out = []
-        for key in self.keys():
-            found, value = self._read(key, key.encode())
-            if found:
-                out.append((key, value))
+        for k, data in _core.kv_items(self._ns, b""):
+            key = k.decode()
+            try:
+                out.append((key, _decode(self._name, key, data)))
+            except ObjectLostError:
+                # A big value replaced since the snapshot: its value now.
+                found, value = self._read(key, k)
+                if found:
+                    out.append((key, value))
         return out
 
     def values(self) -> list[Any]:  # type: ignore[override]

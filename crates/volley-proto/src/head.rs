@@ -163,8 +163,21 @@ pub enum HeadRequest {
         seen: Option<u64>,
         wait_ms: u32,
     },
+    /// Stores every pair of `items` in `namespace` at once (one lock of the table: nobody
+    /// sees some of them stored and not the others); answered `Stored(true)`.
+    KvPutMany { namespace: String, items: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> },
+    /// The pairs of `namespace` whose keys start with `prefix`, in key order, as one snapshot;
+    /// answered `Items`.
+    KvItems {
+        namespace: String,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
     // New variants go last: postcard names a variant by its index.
 }
+
+/// The most bytes one `KvPutMany` carries (its keys and values together).
+pub const MAX_KV_MANY: usize = 16 << 20;
 
 /// The longest one `KvWatch` waits at the head: well under a member's 30 s wait for the
 /// head's answer, so a watch that sees no change is an answer, not a timeout.
@@ -224,6 +237,8 @@ pub enum HeadAnswer {
         changed: bool,
         value: Option<serde_bytes::ByteBuf>,
     },
+    /// The answer to `KvItems`: (key, value) pairs in key order.
+    Items(Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>),
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -241,6 +256,8 @@ impl HeadRequest {
                 | HeadRequest::KvIncr { .. }
                 | HeadRequest::KvCompareAndSet { .. }
                 | HeadRequest::KvSetDefault { .. }
+                | HeadRequest::KvPutMany { .. }
+                | HeadRequest::KvItems { .. }
         )
     }
 
@@ -257,6 +274,18 @@ impl HeadRequest {
                 (key.len(), len(expected).max(len(new)))
             }
             HeadRequest::KvSetDefault { key, value, .. } => (key.len(), value.len()),
+            HeadRequest::KvItems { prefix, .. } => (prefix.len(), 0),
+            HeadRequest::KvPutMany { items, .. } => {
+                let total: usize = items.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if total > MAX_KV_MANY {
+                    return Some(format!(
+                        "one update carries at most {MAX_KV_MANY} bytes of keys and values, \
+                         not {total}: split it"
+                    ));
+                }
+                let key = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                (key, items.iter().map(|(_, v)| v.len()).max().unwrap_or(0))
+            }
             HeadRequest::Directory
             | HeadRequest::LookupName { .. }
             | HeadRequest::ReserveName { .. }

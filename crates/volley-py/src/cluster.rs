@@ -318,6 +318,41 @@ pub fn kv_keys<'py>(
     }
 }
 
+/// Stores every (key, value) pair of `items` at once: no reader sees some stored and not the
+/// others.
+#[pyfunction]
+pub fn kv_put_many(
+    py: Python<'_>,
+    namespace: String,
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+) -> PyResult<()> {
+    let items = items
+        .into_iter()
+        .map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)))
+        .collect();
+    match ask_head(py, HeadRequest::KvPutMany { namespace, items })? {
+        HeadAnswer::Stored(_) => Ok(()),
+        HeadAnswer::KvRefused(why) => Err(PyValueError::new_err(why)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The (key, value) pairs of `namespace` whose keys start with `prefix`, in key order, as one
+/// snapshot.
+#[pyfunction]
+pub fn kv_items<'py>(
+    py: Python<'py>,
+    namespace: String,
+    prefix: &[u8],
+) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    match ask_head(py, HeadRequest::KvItems { namespace, prefix: prefix.to_vec() })? {
+        HeadAnswer::Items(items) => {
+            Ok(items.iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Adds `delta` to the integer under `key` atomically at the head (a missing key counts as 0);
 /// the new value. A value that is not an integer's decimal text is a `ValueError`.
 #[pyfunction]
@@ -443,6 +478,8 @@ pub fn register_head(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(kv_delete, m)?)?;
     m.add_function(wrap_pyfunction!(kv_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_put_many, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_items, m)?)?;
     m.add_function(wrap_pyfunction!(kv_incr, m)?)?;
     m.add_function(wrap_pyfunction!(kv_compare_and_set, m)?)?;
     m.add_function(wrap_pyfunction!(kv_setdefault, m)?)?;

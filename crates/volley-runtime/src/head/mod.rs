@@ -371,6 +371,17 @@ impl Head {
                     value: value.map(serde_bytes::ByteBuf::from),
                 }
             }
+            HeadRequest::KvPutMany { namespace, items } => {
+                let items = items.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec()));
+                self.kv_put_many(&namespace, items.collect());
+                HeadAnswer::Stored(true)
+            }
+            HeadRequest::KvItems { namespace, prefix } => HeadAnswer::Items(
+                self.kv_items(&namespace, &prefix)
+                    .into_iter()
+                    .map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)))
+                    .collect(),
+            ),
             HeadRequest::Directory => HeadAnswer::Directory(self.directory()),
             HeadRequest::ReserveName { namespace, name, node } => {
                 HeadAnswer::Reservation(self.reserve_name(&namespace, &name, node))
@@ -523,6 +534,34 @@ impl Head {
 
     pub fn kv_keys(&self, namespace: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.dir.lock().kv_keys(namespace, prefix)
+    }
+
+    /// Stores every pair under one lock of the table (see `HeadRequest::KvPutMany`).
+    pub fn kv_put_many(&self, namespace: &str, items: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut dir = self.dir.lock();
+        let mut released = Vec::new();
+        for (key, value) in items {
+            let old = Self::held_before(dir.as_ref(), namespace, &key);
+            let kept = old.map(|_| big_values::held_object(namespace, &value));
+            dir.kv_put(namespace, &key, value, true);
+            if kept.flatten() != old {
+                released.push(old);
+            }
+        }
+        self.kv_changed.notify_all();
+        drop(dir);
+        for old in released {
+            self.release(old);
+        }
+    }
+
+    /// The pairs under keys starting with `prefix`, in key order, read under one lock.
+    pub fn kv_items(&self, namespace: &str, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let dir = self.dir.lock();
+        dir.kv_keys(namespace, prefix)
+            .into_iter()
+            .filter_map(|k| dir.kv_get(namespace, &k).map(|v| (k, v)))
+            .collect()
     }
 
     /// See [`HeadStore::kv_incr`].

@@ -768,3 +768,26 @@ fn a_big_shared_dict_value_is_let_go_once_no_key_holds_it() {
     h.serve(HeadRequest::KvDelete { namespace: "other".into(), key: b"k".to_vec() });
     assert_eq!(released.0.lock().len(), 3);
 }
+
+/// `KvPutMany` stores every pair, `KvItems` reads the pairs under a prefix in key order, and
+/// an update over the size limit stores nothing.
+#[test]
+fn put_many_and_items() {
+    let h = head();
+    let b = |x: &[u8]| serde_bytes::ByteBuf::from(x.to_vec());
+    let many = |items: Vec<(&[u8], &[u8])>| HeadRequest::KvPutMany {
+        namespace: "ns".into(),
+        items: items.into_iter().map(|(k, v)| (b(k), b(v))).collect(),
+    };
+    assert!(stored(h.serve(many(vec![(b"p/b", b"2"), (b"p/a", b"1"), (b"q", b"3")]))));
+    let items = |prefix: &[u8]| {
+        h.serve(HeadRequest::KvItems { namespace: "ns".into(), prefix: prefix.to_vec() })
+    };
+    assert_eq!(items(b"p/"), HeadAnswer::Items(vec![(b(b"p/a"), b(b"1")), (b(b"p/b"), b(b"2"))]));
+    assert!(stored(h.serve(many(vec![(b"p/a", b"10")]))));
+    assert_eq!(h.serve(get("ns", b"p/a")), value(b"10"));
+    let block = vec![1u8; 1 << 20];
+    let too_much: Vec<(&[u8], &[u8])> = (0..17).map(|_| (&b"k"[..], &block[..])).collect();
+    assert!(matches!(h.serve(many(too_much)), HeadAnswer::Error(m) if m.contains("split it")));
+    assert_eq!(h.serve(get("ns", b"k")), HeadAnswer::Value(None));
+}
