@@ -30,8 +30,15 @@ use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
 /// `KeyboardInterrupt` (a `finally` that cleans up) to finish undisturbed in the usual case.
 const REINTERRUPT: Duration = Duration::from_secs(1);
 
-/// The most items one `get` from a queue asks its node for (`PrimOp::GetMany`).
-const MAX_BATCH: u32 = 64;
+/// The most items one `get` from a queue asks its node for (`PrimOp::GetMany`):
+/// `VOLLEY_QUEUE_BATCH`, default 64; 1 (or 0) turns batches off (one round trip a get).
+fn max_batch() -> u32 {
+    static MAX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let v = std::env::var("VOLLEY_QUEUE_BATCH").ok().and_then(|v| v.parse().ok());
+        v.unwrap_or(64).clamp(1, 4096)
+    })
+}
 
 /// A consumer that takes the items of its last batch faster than one per this long (it
 /// streams) asks for a batch twice as large next time; a slower one for one item, so that
@@ -190,7 +197,7 @@ impl Inner {
     fn next_batch(&mut self, queue: u64) -> u32 {
         let Some(b) = self.batches.get_mut(&queue) else { return 1 };
         let streaming = b.n > 0 && b.arrived.elapsed() < STREAMING * b.n;
-        b.max = if streaming { (b.max * 2).min(MAX_BATCH) } else { 1 };
+        b.max = if streaming { (b.max * 2).min(max_batch()) } else { 1 };
         b.max
     }
 
