@@ -659,6 +659,11 @@ impl WorkerConn {
                     // Got just as the caller was interrupted: an item goes back, a lock
                     // unit is released (answered only if that fails, which nobody awaits).
                     if let Some(op) = undo.op(result) {
+                        if let Some(queue) = batch_of {
+                            // The rest of its batch goes back first, so that the item lands
+                            // ahead of them at the head of the queue.
+                            self.inner.lock().give_back(Some(queue), false, &self.out);
+                        }
                         let req = volley_proto::PRIM_NO_REPLY;
                         let _ = self.send(&WorkerToNode::Prim { req, op });
                     }
