@@ -468,7 +468,15 @@ impl Inner {
             PrimOp::GiveBack { reqs, queue } => {
                 if let Who::Worker(w) = who {
                     self.give_back(w, |t| reqs.contains(&t.req), out);
-                    if queue != 0 {
+                    // Still lent to it: a batch the recall overtook on its way (a recall is
+                    // written by the waiting getter's thread, a batch by this worker's). Asked
+                    // again from here, after that batch: the recall goes on till it is back.
+                    let lent = |q: &Queue| q.lent > 0 && q.holder == Some(w) && q.recalling;
+                    if queue != 0 && self.queues.get(&queue).is_some_and(lent) {
+                        let to = Who::Worker(w);
+                        let result = PrimResult::Done;
+                        out.push(Delivery { to, req: PRIM_RECALL, result, queue, lent: false });
+                    } else if queue != 0 {
                         self.end_recall(queue, out);
                     }
                 }

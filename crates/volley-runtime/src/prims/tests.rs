@@ -483,3 +483,27 @@ fn items_given_back_at_a_task_end_are_first_again() {
         assert_eq!(got, vec![(5, req, PrimResult::Item(vec![i]))]);
     }
 }
+
+/// A recall can overtake the batch it is about on the worker's connection (they are written
+/// by different threads): the worker answers it with nothing, so the node asks again, and the
+/// getters parked meanwhile still get nothing newer than the batch's items.
+#[test]
+fn a_recall_that_overtook_its_batch_is_made_again() {
+    let p = Prims::default();
+    let q = streaming(&p, 6);
+    p.op(w(2), 4, get_many(q, 3)); // 2 (the caller's), 3, 4: still on their way
+    p.op(w(3), 1, get(q, true)); // parks, recalls
+    p.op(w(2), 4, PrimOp::Ack); // item 2 arrived
+                                // The recall arrived before the batch: nothing to give back yet.
+    let out = p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![], queue: q });
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].to, out[0].req, out[0].queue), (w(2), PRIM_RECALL, q));
+    assert!(p.op(w(1), 2, put(q, b"x", true)).iter().all(|d| d.to == w(1)));
+    // The batch came, then the second recall: 3 and 4 go back, ahead of 5.
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![4], queue: q }));
+    assert_eq!(out, vec![(3, 1, PrimResult::Item(vec![3]))]);
+    for (req, i) in [(2, 4u8), (3, 5)] {
+        let got = answers(p.op(w(3), req, get(q, false)));
+        assert_eq!(got, vec![(3, req, PrimResult::Item(vec![i]))]);
+    }
+}
