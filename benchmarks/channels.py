@@ -5,6 +5,10 @@ consumer process, in the same run; and a channel ping-pong round trip against a 
 
 Usage: python benchmarks/channels.py [--messages 20000] [--runs 3] [--no-write]
 
+The queue rows run with batches (a consumer that keeps getting takes up to 64 items a round
+trip, docs/queue.md) and, in a fresh session of their own each run, without
+(`VOLLEY_QUEUE_BATCH=1`: one round trip a get, as before batches).
+
 Each row is the median of `--runs` runs of messages/s, timed in the consumer from its first
 item to its last (the producer starts first; start-up is not counted). volley's producer is a
 task and its consumer an actor (both worker processes); multiprocessing's are two
@@ -19,6 +23,7 @@ import datetime
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -248,13 +253,37 @@ def ray_rate(n: int) -> float | None:
         ray.shutdown()
 
 
+def queue_only(n: int) -> None:
+    """One task -> actor run and one gets-alone run in a session of their own: prints both."""
+    volley.init(num_cpus=2)
+    consumer = _VConsumer.remote()
+    volley.get(consumer.ready.remote())
+    volley_rate(1000, consumer)  # warm
+    rate = volley_rate(n, consumer)
+    _, get = one_side(n, consumer)
+    volley.shutdown()
+    print(f"{rate} {get}")
+
+
+def unbatched(n: int) -> tuple[float, float]:
+    """The queue rows with batches off (`VOLLEY_QUEUE_BATCH=1`), in a fresh session."""
+    env = dict(os.environ, VOLLEY_QUEUE_BATCH="1")
+    cmd = [sys.executable, __file__, "--queue-only", "--messages", str(n)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    rate, get = out.split()[-2:]
+    return float(rate), float(get)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--queue-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n = args.messages
+    if args.queue_only:
+        return queue_only(n)
     load_before = os.getloadavg()[0]
     volley.init(num_cpus=2)
     consumer = _VConsumer.remote()
@@ -262,9 +291,10 @@ def main() -> None:
     volley_rate(1000, consumer)  # warm: workers started, code shipped
     echo = _Echo.remote()
     channel_rate(1000, consumer, 64)
-    v, m, cb, cr, crt, trt, big = [], [], [], [], [], [], []
+    v, m, cb, cr, crt, trt, big, off = [], [], [], [], [], [], [], []
     for _ in range(args.runs):  # alternated in one run
         v.append(volley_rate(n, consumer))
+        off.append(unbatched(n))
         m.append(mp_rate(n))
         cb.append(channel_rate(n, consumer, 64))
         cr.append(channel_rate(n, consumer, 0))
@@ -282,12 +312,19 @@ def main() -> None:
     crtm, trtm = statistics.median(crt), statistics.median(trt)
     bigm = statistics.median(b for b, _ in big)
     cpym = statistics.median(c for _, c in big)
+    offm = statistics.median(r for r, _ in off)
+    off_get = statistics.median(g for _, g in off)
     load_after = os.getloadavg()[0]
     rows = [
         (
             "volley `util.queue.Queue` (task -> actor)",
             f"{vm:,.0f}",
             ", ".join(f"{x:,.0f}" for x in v),
+        ),
+        (
+            "volley `util.queue.Queue`, batches off (`VOLLEY_QUEUE_BATCH=1`)",
+            f"{offm:,.0f}",
+            ", ".join(f"{r:,.0f}" for r, _ in off),
         ),
         ("`multiprocessing.Queue` (fork)", f"{mm:,.0f}", ", ".join(f"{x:,.0f}" for x in m)),
         (
@@ -317,13 +354,13 @@ def main() -> None:
         "|---|---:|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
-        f"volley / multiprocessing: **{vm / mm:.2f}x**"
+        f"volley / multiprocessing: **{vm / mm:.2f}x** (batches off: {offm / mm:.2f}x)"
         + (f"; volley / Ray: **{vm / ray:.0f}x**" if ray else "; Ray: not installed here"),
         "",
         f"One worker alone: puts (unbounded queue, not waited for) {put_alone:,.0f}/s; gets "
-        f"from a full queue (one round trip each) {get_alone:,.0f}/s, "
-        f"{1e6 / get_alone:.0f} µs a get. Driver put+get on its embedded node (no socket): "
-        f"{rt:.1f} µs.",
+        f"from a full queue {get_alone:,.0f}/s with batches, {off_get:,.0f}/s without (one "
+        f"round trip each, {1e6 / off_get:.0f} µs a get). Driver put+get on its embedded "
+        f"node (no socket): {rt:.1f} µs.",
         "",
         f"Channel ping-pong (driver -> actor -> driver over two rendezvous channels, 1 KiB): "
         f"**{crtm:.0f} µs** a round trip (runs: {', '.join(f'{x:.0f}' for x in crt)}); a task "
@@ -341,12 +378,15 @@ def main() -> None:
         f"**{bigm / cpym:.2f}x** (target <= 2x). The first run also pays the store's first "
         "touch of its pages.",
         "",
-        "Why volley is behind `multiprocessing.Queue` here: its consumer reads a pipe the "
-        "producer's feeder thread writes, with no third process; volley's `get` is a round trip "
-        "to the node (the driver process): the consumer's request, the node's reader, the "
-        "answer, the consumer's reader thread, its main thread. Acknowledgements ride on the "
-        "next request and unbounded puts are not waited for, so a get is one round trip. The "
-        "shared-memory ring of design.md (same-node fast path) is what can close the gap.",
+        "How: `multiprocessing.Queue`'s consumer reads a pipe the producer's feeder thread "
+        "writes, with no third process. A volley `get` alone is a round trip to the node (the "
+        "driver process): the consumer's request, the node's reader, the answer, the "
+        "consumer's reader thread, its main thread (acknowledgements ride on the next request "
+        "and unbounded puts are not waited for). A consumer that keeps getting from a queue "
+        "with a backlog takes up to 64 items a round trip (docs/queue.md, 'Batches'); the "
+        "items wait in its connection, still counted by qsize, recalled when another process "
+        "waits. Channels still move one message per round trip (a batch would loosen their "
+        "capacity's backpressure and rendezvous).",
         "",
     ]
     text = "\n".join(lines)

@@ -205,6 +205,15 @@ def main() -> None:
         "lock costs two task round trips a pair and has no lease (a holder that dies leaves it "
         "held) and no wait queue.",
         "",
+        "Where a worker's pair goes (`python benchmarks/prim_cpu.py`, CPU per pair of each "
+        "thread from /proc): some 5 µs of user time (Python and the binding in the worker, "
+        "encoding and the service in the node); the rest is system time in three threads: "
+        "the worker's main thread writes the acquire and the release and sleeps, its reader "
+        "thread reads the answer and wakes the main thread, the node's reader for the worker "
+        "reads both and writes the answer. Wake-ups across cores dominate on a small VM. "
+        "Spinning on the answer instead of sleeping was tried (as `volley.get` does): slower "
+        "on 2 busy cores, where the spinner takes the core the answer needs.",
+        "",
         "Other load: two other developers built and tested on the same 2 cores during the run; "
         "rerun on a quiet machine before quoting the volley rows.",
     ]

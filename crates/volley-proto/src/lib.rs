@@ -45,7 +45,7 @@ pub use messages::{
 pub use node_ask::{LogEntry, NodeAnswer, NodeAsk, NodeRequest, MAX_LOG_CHUNK};
 pub use prims::{
     prim_home, prim_id, undo_of, Guard, PrimOp, PrimResult, SyncKind, SyncOp, Undo, MAX_PRIM_ITEM,
-    PRIM_HOME_SHIFT, PRIM_NO_REPLY,
+    PRIM_HOME_SHIFT, PRIM_NO_REPLY, PRIM_RECALL,
 };
 pub use snapshot::{NodeSnapshot, SchedCounters, StoreCounters};
 pub use state::{

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 16;
+pub const PROTOCOL_VERSION: u32 = 17;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -395,6 +395,9 @@ pub enum NodeToWorker {
     ActorReply { req: u64, answer: ActorAnswer },
     /// Answers `Prim` (see `prims.rs`).
     PrimReply { req: u64, result: crate::PrimResult },
+    /// Another process waits on `queue`: give back the items of its batches not handed out
+    /// yet (`PrimOp::GiveBack`).
+    PrimRecall { queue: u64 },
 }
 
 /// Requests about actors that need an answer (from a worker; a driver calls its node directly).

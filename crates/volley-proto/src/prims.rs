@@ -15,6 +15,10 @@ pub const MAX_PRIM_ITEM: usize = 64 << 20;
 /// and the sender reports that failure at its next op.
 pub const PRIM_NO_REPLY: u64 = 0;
 
+/// The request id of a node's recall (`NodeToWorker::PrimRecall`) inside the service: no
+/// worker request has it (theirs count up from 1).
+pub const PRIM_RECALL: u64 = u64::MAX - 1;
+
 /// A primitive's id names its home node in its top 24 bits (the rest is that node's counter),
 /// so an end passed to a process on another node finds its way home without a lookup.
 pub const PRIM_HOME_SHIFT: u32 = 40;
@@ -112,6 +116,18 @@ pub enum PrimOp {
     SyncCreate { kind: SyncKind },
     /// An op on synchronisation primitive `prim`.
     Sync { prim: u64, op: SyncOp },
+    // batches (a worker streaming from a same-node queue; see `volley_runtime::prims`)
+    /// A worker's `Get` that may take up to `max` items at once when the queue holds several:
+    /// answered `Items` (the first is the caller's, the rest wait in the worker's connection
+    /// for its next gets), or as a `Get` is. The node keeps every item un-acknowledged until the
+    /// worker hands it out (one `Ack` per item), so a consumer killed with items in its buffer
+    /// loses none; they count in `Size` until then. A forwarded one is served as a `Get`.
+    GetMany { queue: u64, block: bool, max: u32 },
+    /// The worker gives back the items of the batches `reqs` it has not handed out (its task
+    /// ended, its node recalled them for another getter, or it shut the queue): they go back to
+    /// the head of their queue, in order. `queue`: the queue whose recall this answers (every
+    /// recall is answered once, even with no items), or 0. Not answered.
+    GiveBack { reqs: Vec<u64>, queue: u64 },
 }
 
 /// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.
@@ -128,7 +144,7 @@ impl PrimOp {
     /// (`Unget`) if its taker was interrupted before it could use it.
     pub fn takes_from(&self) -> Option<u64> {
         match self {
-            PrimOp::Get { queue, .. } => Some(*queue),
+            PrimOp::Get { queue, .. } | PrimOp::GetMany { queue, .. } => Some(*queue),
             PrimOp::ChanRecv { reg, .. } if *reg != 0 => Some(*reg),
             PrimOp::ChanRecv { chan, .. } => Some(*chan),
             _ => None,
@@ -243,10 +259,13 @@ impl PrimOp {
     pub fn target(&self) -> Option<u64> {
         match self {
             PrimOp::QueueCreate { .. } | PrimOp::Cancel | PrimOp::Ack => None,
+            // Served where the worker is: its node keeps the batches' items.
+            PrimOp::GiveBack { .. } => None,
             PrimOp::SyncCreate { .. } => None,
             PrimOp::Sync { prim, .. } => Some(*prim),
             PrimOp::Put { queue, .. }
             | PrimOp::Get { queue, .. }
+            | PrimOp::GetMany { queue, .. }
             | PrimOp::Size { queue }
             | PrimOp::Close { queue }
             | PrimOp::Unget { queue, .. }
@@ -309,6 +328,8 @@ pub enum PrimResult {
         value: u64,
         broken: bool,
     },
+    /// Answers `GetMany`: two or more items, oldest first.
+    Items(Vec<serde_bytes::ByteBuf>),
 }
 
 impl PrimResult {

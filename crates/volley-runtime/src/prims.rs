@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 use volley_proto::{
     encode, prim_home, prim_id, Guard, NodeId, NodeToWorker, PeerMsg, PrimOp, PrimResult, WorkerId,
-    MAX_PRIM_ITEM, PRIM_NO_REPLY,
+    MAX_PRIM_ITEM, PRIM_NO_REPLY, PRIM_RECALL,
 };
 use volley_store::sync::{Condvar, Mutex};
 
@@ -79,6 +79,22 @@ struct Waiter {
     req: u64,
 }
 
+/// A batch (`PrimOp::GetMany`) holds items up to about this many bytes (always at least one),
+/// so a consumer's buffer of large items stays small.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// An item handed to a worker that has not acknowledged it yet (see `Inner::unacked`).
+#[derive(Debug)]
+struct Taken {
+    req: u64,
+    /// The queue or channel it goes back to.
+    from: u64,
+    item: Vec<u8>,
+    /// One of a batch's extra items: it waits in the worker's buffer until a later get hands
+    /// it out (and counts in its queue's `lent` meanwhile).
+    extra: bool,
+}
+
 #[derive(Default)]
 struct Queue {
     /// 0: unbounded.
@@ -89,6 +105,30 @@ struct Queue {
     /// Items put and not yet marked done (`JoinableQueue`).
     unfinished: u64,
     joiners: Vec<Waiter>,
+    /// Extra items of batches waiting in a worker's buffer: still counted by `Size`.
+    lent: u64,
+    /// The one worker whose buffer holds them: one at a time, so that items given back can go
+    /// to the front of the queue in their order.
+    holder: Option<WorkerId>,
+    /// The holder was asked to give them back (another process waits); until it answers,
+    /// items go to nobody (a getter could otherwise take a newer item than one given back
+    /// later), and no batch is handed out.
+    recalling: bool,
+    /// Who got last, and how many gets in a row it made: a batch goes only to a consumer that
+    /// gets alone, so that two that take turns do not pass batches back and forth.
+    last_getter: Option<Who>,
+    solo: u32,
+}
+
+impl Queue {
+    fn note_getter(&mut self, who: Who) {
+        if self.last_getter == Some(who) {
+            self.solo = self.solo.saturating_add(1);
+        } else {
+            self.last_getter = Some(who);
+            self.solo = 1;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +161,7 @@ struct Inner {
     /// its way to a consumer killed mid-`get` is not lost. The acknowledgement rides on the
     /// worker's next message (no write of its own: a get stays one round trip), so an item a
     /// consumer took and was killed before its next message reaches another consumer too.
-    unacked: HashMap<WorkerId, Vec<(u64, u64, Vec<u8>)>>,
+    unacked: HashMap<WorkerId, Vec<Taken>>,
     chans: channel::Chans,
     /// Parked ops whose worker lent its CPU to the scheduler while they wait.
     lent: HashSet<(WorkerId, u64)>,
@@ -172,7 +212,9 @@ fn gone(queue: u64) -> PrimResult {
 fn may_park(op: &PrimOp) -> bool {
     use volley_proto::SyncOp;
     match op {
-        PrimOp::Put { block, .. } | PrimOp::Get { block, .. } => *block,
+        PrimOp::Put { block, .. } | PrimOp::Get { block, .. } | PrimOp::GetMany { block, .. } => {
+            *block
+        }
         PrimOp::Join { .. } | PrimOp::ChanSend { .. } | PrimOp::ChanRecv { .. } => true,
         PrimOp::ChanSelect { skip, .. } => !*skip,
         PrimOp::Sync { op: SyncOp::Acquire { block, .. }, .. } => *block,
@@ -203,8 +245,15 @@ impl Inner {
                     _ => None,
                 };
                 if let Some((from, item)) = taken {
-                    let copy = (w.req, from, item);
+                    let copy = Taken { req: w.req, from, item, extra: false };
                     self.unacked.entry(worker).or_default().push(copy);
+                }
+                if let PrimResult::Items(items) = &result {
+                    let list = self.unacked.entry(worker).or_default();
+                    for (i, item) in items.iter().enumerate() {
+                        let item = item.to_vec();
+                        list.push(Taken { req: w.req, from: queue, item, extra: i > 0 });
+                    }
                 }
                 let lent = self.lent.remove(&(worker, w.req));
                 out.push(Delivery { to: w.who, req: w.req, result, queue, lent })
@@ -359,7 +408,9 @@ impl Inner {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return self.answer(me, queue, gone(queue), out);
                 };
-                let result = if let Some(g) = q.getters.pop_front() {
+                // No hand-over while a recall is on (see `Queue::recalling`).
+                let handed = if q.recalling { None } else { q.getters.pop_front() };
+                let result = if let Some(g) = handed {
                     // An empty queue with a waiting getter: hand the item over directly.
                     q.unfinished += 1;
                     self.parked.remove(&(g.who, g.req));
@@ -382,7 +433,12 @@ impl Inner {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return self.answer(me, queue, gone(queue), out);
                 };
-                if let Some(item) = q.items.pop_front() {
+                q.note_getter(who);
+                // Older items wait in another worker's buffer: this getter waits for them
+                // (the recall below), not to take a newer one first.
+                let held = q.recalling || q.holder.is_some_and(|h| Who::Worker(h) != who);
+                let first = if held { None } else { q.items.pop_front() };
+                if let Some(item) = first {
                     // Room for the first parked putter.
                     let moved = q.putters.pop_front().map(|(p, pitem)| {
                         q.unfinished += 1;
@@ -397,18 +453,49 @@ impl Inner {
                 } else if block {
                     q.getters.push_back(me);
                     self.parked.insert((who, req), (queue, Parked::Get));
+                    self.recall(queue, who, out);
                 } else {
                     self.answer(me, queue, PrimResult::Empty, out);
+                    self.recall(queue, who, out);
+                }
+            }
+            PrimOp::GetMany { queue, block, max } => {
+                let Who::Worker(_) = who else {
+                    // The driver's and other nodes' gets take one item (no buffer there).
+                    return self.op(who, req, PrimOp::Get { queue, block }, out);
+                };
+                self.get_many(me, queue, block, max, out)
+            }
+            PrimOp::GiveBack { reqs, queue } => {
+                if let Who::Worker(w) = who {
+                    self.give_back(w, |t| reqs.contains(&t.req), out);
+                    // Still lent to it: a batch the recall overtook on its way (a recall is
+                    // written by the waiting getter's thread, a batch by this worker's). Asked
+                    // again from here, after that batch: the recall goes on till it is back.
+                    let lent = |q: &Queue| q.lent > 0 && q.holder == Some(w) && q.recalling;
+                    if queue != 0 && self.queues.get(&queue).is_some_and(lent) {
+                        let to = Who::Worker(w);
+                        let result = PrimResult::Done;
+                        out.push(Delivery { to, req: PRIM_RECALL, result, queue, lent: false });
+                    } else if queue != 0 {
+                        self.end_recall(queue, out);
+                    }
                 }
             }
             PrimOp::Size { queue } => {
                 let r = match self.queues.get(&queue) {
-                    Some(q) => PrimResult::Size(q.items.len() as u64),
+                    Some(q) => PrimResult::Size(q.items.len() as u64 + q.lent),
                     None => gone(queue),
                 };
                 self.answer(me, queue, r, out);
             }
             PrimOp::Close { queue } => {
+                if let Some(w) = self.queues.get(&queue).and_then(|q| q.holder) {
+                    // The items in its buffer are dropped with the rest.
+                    let to = Who::Worker(w);
+                    let result = PrimResult::Done;
+                    out.push(Delivery { to, req: PRIM_RECALL, result, queue, lent: false });
+                }
                 if let Some(q) = self.queues.remove(&queue) {
                     let parked = q
                         .getters
@@ -450,11 +537,23 @@ impl Inner {
             }
             PrimOp::Unget { queue, item } => self.unget(queue, item, out),
             PrimOp::Ack => {
+                // One item of answer `req` arrived (a batch's items are acknowledged one by
+                // one, in order, as the worker hands them out).
                 if let Who::Worker(w) = who {
                     if let Some(list) = self.unacked.get_mut(&w) {
-                        list.retain(|(r, _, _)| *r != req);
-                        if list.is_empty() {
-                            self.unacked.remove(&w);
+                        if let Some(pos) = list.iter().position(|t| t.req == req) {
+                            let t = list.remove(pos);
+                            if list.is_empty() {
+                                self.unacked.remove(&w);
+                            }
+                            if t.extra {
+                                if let Some(q) = self.queues.get_mut(&t.from) {
+                                    q.lent = q.lent.saturating_sub(1);
+                                    if q.lent == 0 && !q.recalling {
+                                        q.holder = None;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -565,8 +664,130 @@ impl Inner {
         self.lent.retain(|(x, _)| *x != w);
         channel::drop_holder(self, Who::Worker(w), out);
         channel::drop_remote_ends(self, w);
-        for (_, queue, item) in self.unacked.remove(&w).unwrap_or_default().into_iter().rev() {
-            self.unget(queue, item, out);
+        self.give_back(w, |_| true, out);
+        let held: Vec<u64> =
+            self.queues.iter().filter(|(_, q)| q.holder == Some(w)).map(|(id, _)| *id).collect();
+        for queue in held {
+            self.end_recall(queue, out);
+        }
+    }
+
+    /// Takes up to `max` items for worker `me` (a batch), or parks it as a `Get` does.
+    fn get_many(&mut self, me: Waiter, queue: u64, block: bool, max: u32, out: &mut Vec<Delivery>) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return self.answer(me, queue, gone(queue), out);
+        };
+        let Who::Worker(worker) = me.who else { return };
+        let other_holds = q.holder.is_some_and(|h| h != worker);
+        let alone = q.last_getter == Some(me.who) && q.solo >= 2;
+        if q.items.len() < 2 || max < 2 || q.recalling || other_holds || !alone {
+            return self.op(me.who, me.req, PrimOp::Get { queue, block }, out);
+        }
+        q.note_getter(me.who);
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut moved = Vec::new();
+        while let Some(item) = q.items.pop_front() {
+            bytes += item.len();
+            items.push(ByteBuf::from(item));
+            // Room for the first parked putter.
+            if let Some((p, pitem)) = q.putters.pop_front() {
+                q.unfinished += 1;
+                q.items.push_back(pitem);
+                moved.push(p);
+            }
+            if items.len() >= max as usize || bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        if items.len() > 1 {
+            q.lent += items.len() as u64 - 1;
+            q.holder = Some(worker);
+        }
+        let result = if items.len() == 1 {
+            PrimResult::Item(items.remove(0).into_vec())
+        } else {
+            PrimResult::Items(items)
+        };
+        self.answer(me, queue, result, out);
+        for p in moved {
+            self.parked.remove(&(p.who, p.req));
+            self.answer(p, queue, PrimResult::Done, out);
+        }
+    }
+
+    /// Asks the worker whose buffer holds items of `queue` (unless it is `asker`) to give them
+    /// back: another process waits for one. Until it answers, the queue hands out nothing.
+    fn recall(&mut self, queue: u64, asker: Who, out: &mut Vec<Delivery>) {
+        let Some(q) = self.queues.get_mut(&queue) else { return };
+        let Some(w) = q.holder.filter(|w| !q.recalling && q.lent > 0 && Who::Worker(*w) != asker)
+        else {
+            return;
+        };
+        q.recalling = true;
+        let to = Who::Worker(w);
+        out.push(Delivery { to, req: PRIM_RECALL, result: PrimResult::Done, queue, lent: false });
+    }
+
+    /// The holder of `queue`'s lent items answered its recall (or died): the queue hands
+    /// items out again, first to the getters parked meanwhile.
+    fn end_recall(&mut self, queue: u64, out: &mut Vec<Delivery>) {
+        let Some(q) = self.queues.get_mut(&queue) else { return };
+        q.recalling = false;
+        if q.lent == 0 {
+            q.holder = None;
+        }
+        let mut handed = Vec::new();
+        while !q.items.is_empty() && !q.getters.is_empty() {
+            if let (Some(g), Some(item)) = (q.getters.pop_front(), q.items.pop_front()) {
+                handed.push((g, item));
+            }
+        }
+        // Room for parked putters.
+        let mut moved = Vec::new();
+        while q.maxsize == 0 || (q.items.len() as u64) < q.maxsize {
+            let Some((p, pitem)) = q.putters.pop_front() else { break };
+            q.unfinished += 1;
+            q.items.push_back(pitem);
+            moved.push(p);
+        }
+        for (g, item) in handed {
+            self.parked.remove(&(g.who, g.req));
+            self.answer(g, queue, PrimResult::Item(item), out);
+        }
+        for p in moved {
+            self.parked.remove(&(p.who, p.req));
+            self.answer(p, queue, PrimResult::Done, out);
+        }
+    }
+
+    /// Puts the un-acknowledged items of worker `w` that `which` picks back at the head of
+    /// their queues, in their order (ahead of any item put since: they are older).
+    fn give_back(&mut self, w: WorkerId, which: impl Fn(&Taken) -> bool, out: &mut Vec<Delivery>) {
+        let Some(list) = self.unacked.remove(&w) else { return };
+        let (back, keep): (Vec<Taken>, Vec<Taken>) = list.into_iter().partition(|t| which(t));
+        if !keep.is_empty() {
+            self.unacked.insert(w, keep);
+        }
+        let mut touched = Vec::new();
+        for t in back.into_iter().rev() {
+            let Some(q) = self.queues.get_mut(&t.from) else {
+                self.unget(t.from, t.item, out);
+                continue;
+            };
+            if t.extra {
+                q.lent = q.lent.saturating_sub(1);
+            }
+            q.items.push_front(t.item);
+            if !touched.contains(&t.from) {
+                touched.push(t.from);
+            }
+        }
+        for queue in touched {
+            let settle = self.queues.get(&queue).is_some_and(|q| !q.recalling);
+            if settle {
+                self.end_recall(queue, out); // not recalling: hands to parked getters
+            }
         }
     }
 }
@@ -837,7 +1058,11 @@ pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
         if d.lent {
             shared.with(|st, _| st.sched.end_outside_wait(worker, d.req));
         }
-        let msg = NodeToWorker::PrimReply { req: d.req, result: d.result };
+        let msg = if d.req == PRIM_RECALL {
+            NodeToWorker::PrimRecall { queue: d.queue }
+        } else {
+            NodeToWorker::PrimReply { req: d.req, result: d.result }
+        };
         let sent = match (&conn, encode(&msg)) {
             // Written now, not batched: a write to a process that died fails here, and the
             // item goes back.

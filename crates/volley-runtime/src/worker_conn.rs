@@ -32,6 +32,33 @@ use crate::{RuntimeError, WaitError, CHECK_INTERVAL};
 /// `KeyboardInterrupt` (a `finally` that cleans up) to finish undisturbed in the usual case.
 const REINTERRUPT: Duration = Duration::from_secs(1);
 
+/// The most items one `get` from a queue asks its node for (`PrimOp::GetMany`):
+/// `VOLLEY_QUEUE_BATCH`, default 64; 1 (or 0) turns batches off (one round trip a get).
+fn max_batch() -> u32 {
+    static MAX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let v = std::env::var("VOLLEY_QUEUE_BATCH").ok().and_then(|v| v.parse().ok());
+        v.unwrap_or(64).clamp(1, 4096)
+    })
+}
+
+/// A consumer that takes the items of its last batch faster than one per this long (it
+/// streams) asks for a batch twice as large next time; a slower one for one item, so that
+/// items do not wait in its buffer while it works on each (another getter could take them).
+const STREAMING: Duration = Duration::from_micros(500);
+
+/// What this process got in batches from one queue and has not handed out yet, and how large
+/// its next batch may be.
+struct Batch {
+    /// Each item with the request that brought it (acknowledged as it is handed out).
+    items: VecDeque<(u64, Vec<u8>)>,
+    /// The size of the next batch to ask for.
+    max: u32,
+    /// When the last answer came, with how many items.
+    arrived: Instant,
+    n: u32,
+}
+
 /// A value as received from the node: inline bytes, or a view into the node's store that this
 /// worker holds a lease on until the `Received` (and every clone of its `view`) is dropped.
 pub struct Received {
@@ -116,6 +143,91 @@ struct Inner {
     closed: bool,
     /// The failure of an op sent without waiting (`PRIM_NO_REPLY`), reported at the next op.
     prim_failed: Option<volley_proto::PrimResult>,
+    /// Items got from queues in batches, by queue (see [`WorkerConn::prim`]).
+    batches: HashMap<u64, Batch>,
+    /// The requests that asked for a batch (`GetMany`), with their queue.
+    batch_reqs: HashMap<u64, u64>,
+}
+
+impl Inner {
+    /// The next item of `queue`'s buffer, its acknowledgement pushed to `out` (it rides on the
+    /// next message; the node keeps a copy until then).
+    fn buffered(&mut self, queue: u64, out: &Outbox) -> Option<Vec<u8>> {
+        let (req, item) = self.batches.get_mut(&queue)?.items.pop_front()?;
+        let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
+        if let Ok(b) = encode(&ack) {
+            out.push(&b);
+        }
+        Some(item)
+    }
+
+    /// The answer `result` to the batch request `req` on `queue` came: the items after the
+    /// first wait in the buffer; the caller gets the first.
+    fn batch_arrived(
+        &mut self,
+        req: u64,
+        queue: u64,
+        result: volley_proto::PrimResult,
+    ) -> volley_proto::PrimResult {
+        use volley_proto::PrimResult;
+        let b = self.batches.entry(queue).or_insert_with(|| Batch {
+            items: VecDeque::new(),
+            max: 1,
+            arrived: Instant::now(),
+            n: 0,
+        });
+        match result {
+            PrimResult::Items(items) => {
+                b.arrived = Instant::now();
+                b.n = items.len() as u32;
+                let mut items = items.into_iter().map(|i| i.into_vec());
+                let first = items.next().unwrap_or_default();
+                b.items.extend(items.map(|i| (req, i)));
+                PrimResult::Item(first)
+            }
+            r @ PrimResult::Item(_) => {
+                b.arrived = Instant::now();
+                b.n = 1;
+                r
+            }
+            r => r,
+        }
+    }
+
+    /// How many items the next get from `queue` asks for: twice the last batch's size while
+    /// this process takes them faster than [`STREAMING`] each, else one.
+    fn next_batch(&mut self, queue: u64) -> u32 {
+        let Some(b) = self.batches.get_mut(&queue) else { return 1 };
+        let streaming = b.n > 0 && b.arrived.elapsed() < STREAMING * b.n;
+        b.max = if streaming { (b.max * 2).min(max_batch()) } else { 1 };
+        b.max
+    }
+
+    /// Empties the buffers of `queue` (every queue: None), pushing to `out` the op that gives
+    /// their items back (to write with the next message); whether there was any. `recalled`:
+    /// it answers the node's recall of `queue`, always sent.
+    fn give_back(&mut self, queue: Option<u64>, recalled: bool, out: &Outbox) -> bool {
+        let mut reqs = Vec::new();
+        for (q, b) in self.batches.iter_mut() {
+            if queue.is_none_or(|x| x == *q) {
+                reqs.extend(b.items.drain(..).map(|(r, _)| r));
+                b.max = 1;
+            }
+        }
+        if queue.is_none() {
+            self.batches.clear();
+        }
+        reqs.dedup();
+        if reqs.is_empty() && !recalled {
+            return false;
+        }
+        let queue = if recalled { queue.unwrap_or(0) } else { 0 };
+        let op = volley_proto::PrimOp::GiveBack { reqs, queue };
+        if let Ok(b) = encode(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op }) {
+            out.push(&b);
+        }
+        true
+    }
 }
 
 /// The running task, as seen by `finish_task`.
@@ -314,6 +426,14 @@ impl WorkerConn {
                     inner.prim_failed.get_or_insert(result);
                 }
                 NodeToWorker::PrimReply { req, result } => {
+                    let batch = match inner.batch_reqs.is_empty() {
+                        true => None,
+                        false => inner.batch_reqs.remove(&req),
+                    };
+                    let result = match batch {
+                        Some(queue) => inner.batch_arrived(req, queue, result),
+                        None => result,
+                    };
                     if result.hands_item() {
                         // The node keeps a copy of an item until this process has it.
                         let ack = WorkerToNode::Prim { req, op: volley_proto::PrimOp::Ack };
@@ -323,6 +443,19 @@ impl WorkerConn {
                         }
                     }
                     inner.replies.insert(req, Reply::Prim(result));
+                }
+                NodeToWorker::PrimRecall { queue } => {
+                    // Another process waits on `queue`: what this one has not handed out goes
+                    // back (after the acknowledgements of what it has: same outbox, in order).
+                    // Queued before the lock is let go: a get that finds the buffer empty
+                    // after this sends its request after the items went back, so that it
+                    // cannot take newer items first.
+                    let back = inner.give_back(Some(queue), true, &self.out);
+                    drop(inner);
+                    if back {
+                        let _ = self.out.flush();
+                    }
+                    continue;
                 }
                 NodeToWorker::Ready { ids } => inner.ready.extend(ids),
                 NodeToWorker::Shutdown => inner.shutdown = true,
@@ -407,7 +540,14 @@ impl WorkerConn {
     pub fn finish_task(&self) -> CurrentTask {
         let mut inner = self.inner.lock();
         inner.current = None;
-        CurrentTask { interrupted: std::mem::take(&mut inner.interrupted) }
+        let interrupted = std::mem::take(&mut inner.interrupted);
+        // A task's unused batch items go back to their queues: nobody else here will get them.
+        let back = !inner.batches.is_empty() && inner.give_back(None, false, &self.out);
+        drop(inner);
+        if back {
+            let _ = self.out.flush_soon();
+        }
+        CurrentTask { interrupted }
     }
 
     /// Sends a request built with a fresh request id and waits for its reply. On timeout the
@@ -472,10 +612,36 @@ impl WorkerConn {
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<volley_proto::PrimResult, WaitError<E>> {
         use volley_proto::PrimOp;
-        if let Some(failed) = self.inner.lock().prim_failed.take() {
-            return Ok(failed);
-        }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let mut batch_of = None;
+        let op = {
+            let mut inner = self.inner.lock();
+            if let Some(failed) = inner.prim_failed.take() {
+                return Ok(failed);
+            }
+            match op {
+                // A get from a queue takes the next item of this process's batch, if it has
+                // one, without asking the node; else it asks for a batch.
+                PrimOp::Get { queue, block } => {
+                    if let Some(item) = inner.buffered(queue, &self.out) {
+                        return Ok(volley_proto::PrimResult::Item(item));
+                    }
+                    let max = inner.next_batch(queue);
+                    inner.batch_reqs.insert(req, queue);
+                    batch_of = Some(queue);
+                    match max {
+                        1 => PrimOp::Get { queue, block },
+                        max => PrimOp::GetMany { queue, block, max },
+                    }
+                }
+                PrimOp::Close { queue } => {
+                    // Its buffered items are dropped with the queue's.
+                    inner.give_back(Some(queue), false, &self.out);
+                    PrimOp::Close { queue }
+                }
+                op => op,
+            }
+        };
         let undo = volley_proto::undo_of(&op);
         self.send(&WorkerToNode::Prim { req, op }).map_err(|_| WaitError::Closed)?;
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -485,12 +651,21 @@ impl WorkerConn {
             let mut inner = self.inner.lock();
             loop {
                 if let Some(r) = inner.replies.remove(&req) {
+                    if let Some(b) = batch_of.and_then(|q| inner.batches.get_mut(&q)) {
+                        // Timed from here: how fast this caller takes items, not wake-ups.
+                        b.arrived = Instant::now();
+                    }
                     drop(inner);
                     let Reply::Prim(result) = r else { return Err(WaitError::Closed) };
                     let Some(e) = interrupted else { return Ok(result) };
                     // Got just as the caller was interrupted: an item goes back, a lock
                     // unit is released (answered only if that fails, which nobody awaits).
                     if let Some(op) = undo.op(result) {
+                        if let Some(queue) = batch_of {
+                            // The rest of its batch goes back first, so that the item lands
+                            // ahead of them at the head of the queue.
+                            self.inner.lock().give_back(Some(queue), false, &self.out);
+                        }
                         let req = volley_proto::PRIM_NO_REPLY;
                         let _ = self.send(&WorkerToNode::Prim { req, op });
                     }

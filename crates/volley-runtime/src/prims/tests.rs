@@ -333,3 +333,164 @@ fn a_peer_op_on_a_primitive_not_here_is_not_passed_on() {
     ));
     assert!(n[1].take_sends().is_empty());
 }
+
+fn get(queue: u64, block: bool) -> PrimOp {
+    PrimOp::Get { queue, block }
+}
+
+fn get_many(queue: u64, max: u32) -> PrimOp {
+    PrimOp::GetMany { queue, block: true, max }
+}
+
+fn items(xs: &[&[u8]]) -> PrimResult {
+    PrimResult::Items(xs.iter().map(|x| ByteBuf::from(x.to_vec())).collect())
+}
+
+/// A queue of `n` one-byte items 0..n, and worker 2 having got two alone (so that its next
+/// `GetMany` may take a batch).
+fn streaming(p: &Prims, n: u8) -> u64 {
+    let q = create(p, 0);
+    for i in 0..n {
+        p.op(w(1), 1, put(q, &[i], true));
+    }
+    for (req, i) in [(2, 0u8), (3, 1)] {
+        assert_eq!(
+            answers(p.op(w(2), req, get(q, true))),
+            vec![(2, req, PrimResult::Item(vec![i]))]
+        );
+        p.op(w(2), req, PrimOp::Ack);
+    }
+    q
+}
+
+/// A consumer that gets alone takes a batch; its items count in `qsize` until each is
+/// acknowledged (handed out), and the batch holds at most `max`.
+#[test]
+fn a_lone_consumer_takes_batches_counted_until_acknowledged() {
+    let p = Prims::default();
+    let q = streaming(&p, 8);
+    let out = answers(p.op(w(2), 4, get_many(q, 3)));
+    assert_eq!(out, vec![(2, 4, items(&[&[2], &[3], &[4]]))]);
+    // Three left in the queue, two extras in the worker's buffer (the first was the caller's).
+    let size = |p: &Prims| answers(p.op(w(3), 9, PrimOp::Size { queue: q }));
+    assert_eq!(size(&p), vec![(3, 9, PrimResult::Size(5))]);
+    p.op(w(2), 4, PrimOp::Ack); // the first
+    p.op(w(2), 4, PrimOp::Ack); // handed out from the buffer
+    assert_eq!(size(&p), vec![(3, 9, PrimResult::Size(4))]);
+    p.op(w(2), 4, PrimOp::Ack);
+    assert_eq!(size(&p), vec![(3, 9, PrimResult::Size(3))]);
+    // A driver's (or another node's) GetMany takes one item.
+    let out = p.op(Who::Local, 7, get_many(q, 3));
+    assert!(out.is_empty());
+}
+
+/// Two consumers taking turns get one item at a time: no batch goes back and forth.
+#[test]
+fn consumers_taking_turns_get_no_batches() {
+    let p = Prims::default();
+    let q = create(&p, 0);
+    for i in 0..6u8 {
+        p.op(w(1), 1, put(q, &[i], true));
+    }
+    for (n, req) in [(2, 1), (3, 1), (2, 2), (3, 2)] {
+        let out = answers(p.op(w(n), req, get_many(q, 8)));
+        assert!(matches!(out[..], [(_, _, PrimResult::Item(_))]), "{out:?}");
+    }
+}
+
+/// Another getter finding the queue "empty" while a batch's items wait in a worker's buffer
+/// has them recalled, and waits for them rather than take a newer item first: every consumer
+/// sees the items in the queue's order.
+#[test]
+fn a_waiting_getter_recalls_a_buffer_and_order_holds() {
+    let p = Prims::default();
+    let q = streaming(&p, 5);
+    let out = answers(p.op(w(2), 4, get_many(q, 2)));
+    assert_eq!(out, vec![(2, 4, items(&[&[2], &[3]]))]);
+    p.op(w(2), 4, PrimOp::Ack); // item 2 handed out; 3 waits in the buffer
+                                // Worker 3 gets: item 4 is in the queue, but 3 is older and lent: 3 waits, 2 is recalled.
+    let out = p.op(w(3), 1, get(q, true));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].to, out[0].req, out[0].queue), (w(2), PRIM_RECALL, q));
+    // A put meanwhile goes to the queue, not to the parked getter.
+    assert_eq!(answers(p.op(w(1), 5, put(q, &[5], true))), vec![(1, 5, PrimResult::Done)]);
+    // The holder's own next get waits behind worker 3 too.
+    assert!(p.op(w(2), 5, get(q, true)).is_empty());
+    // It gives back item 3: worker 3 gets it, then worker 2 gets item 4.
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![4], queue: q }));
+    assert_eq!(out, vec![(3, 1, PrimResult::Item(vec![3])), (2, 5, PrimResult::Item(vec![4]))]);
+    let size = answers(p.op(w(4), 1, PrimOp::Size { queue: q }));
+    assert_eq!(size, vec![(4, 1, PrimResult::Size(1))]);
+}
+
+/// A recall whose holder had handed everything out is answered with no items and ends.
+#[test]
+fn an_empty_answer_to_a_recall_ends_it() {
+    let p = Prims::default();
+    let q = streaming(&p, 4);
+    p.op(w(2), 4, get_many(q, 2)); // items 2, 3
+    p.op(w(3), 1, get(q, true)); // parks, recalls
+    p.op(w(2), 4, PrimOp::Ack);
+    p.op(w(2), 4, PrimOp::Ack); // both handed out before the recall arrived
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![], queue: q }));
+    assert!(out.is_empty());
+    let out = answers(p.op(w(1), 2, put(q, b"x", true)));
+    assert_eq!(out[0], (3, 1, PrimResult::Item(b"x".to_vec())));
+}
+
+/// A consumer killed with items in its buffer loses none: they go back to the head of the
+/// queue in order (the first to the getter parked meanwhile), and a recall in progress ends.
+#[test]
+fn a_killed_batch_holder_gives_its_items_back_in_order() {
+    let p = Prims::default();
+    let q = streaming(&p, 6);
+    p.op(w(2), 4, get_many(q, 3)); // 2 (the caller's), 3, 4
+    p.op(w(2), 4, PrimOp::Ack); // 2 handed out
+    p.op(w(3), 1, get(q, true)); // parks (5 is newer than the lent 3, 4), recalls
+    let out = answers(p.drop_worker(WorkerId(2)));
+    assert_eq!(out, vec![(3, 1, PrimResult::Item(vec![3]))]);
+    for (req, i) in [(2, 4u8), (3, 5)] {
+        let got = answers(p.op(w(3), req, get(q, false)));
+        assert_eq!(got, vec![(3, req, PrimResult::Item(vec![i]))]);
+    }
+    let size = answers(p.op(w(3), 9, PrimOp::Size { queue: q }));
+    assert_eq!(size, vec![(3, 9, PrimResult::Size(0))]);
+}
+
+/// A worker whose task ended gives back its buffer (no recall): the items are first again.
+#[test]
+fn items_given_back_at_a_task_end_are_first_again() {
+    let p = Prims::default();
+    let q = streaming(&p, 5);
+    p.op(w(2), 4, get_many(q, 2)); // 2, 3
+    p.op(w(2), 4, PrimOp::Ack);
+    p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![4], queue: 0 });
+    for (req, i) in [(1, 3u8), (2, 4)] {
+        let got = answers(p.op(w(5), req, get(q, false)));
+        assert_eq!(got, vec![(5, req, PrimResult::Item(vec![i]))]);
+    }
+}
+
+/// A recall can overtake the batch it is about on the worker's connection (they are written
+/// by different threads): the worker answers it with nothing, so the node asks again, and the
+/// getters parked meanwhile still get nothing newer than the batch's items.
+#[test]
+fn a_recall_that_overtook_its_batch_is_made_again() {
+    let p = Prims::default();
+    let q = streaming(&p, 6);
+    p.op(w(2), 4, get_many(q, 3)); // 2 (the caller's), 3, 4: still on their way
+    p.op(w(3), 1, get(q, true)); // parks, recalls
+    p.op(w(2), 4, PrimOp::Ack); // item 2 arrived
+                                // The recall arrived before the batch: nothing to give back yet.
+    let out = p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![], queue: q });
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].to, out[0].req, out[0].queue), (w(2), PRIM_RECALL, q));
+    assert!(p.op(w(1), 2, put(q, b"x", true)).iter().all(|d| d.to == w(1)));
+    // The batch came, then the second recall: 3 and 4 go back, ahead of 5.
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![4], queue: q }));
+    assert_eq!(out, vec![(3, 1, PrimResult::Item(vec![3]))]);
+    for (req, i) in [(2, 4u8), (3, 5)] {
+        let got = answers(p.op(w(3), req, get(q, false)));
+        assert_eq!(got, vec![(3, req, PrimResult::Item(vec![i]))]);
+    }
+}

@@ -22,8 +22,17 @@ impl WorkerConn {
     pub fn async_send(&self, req: u64, op: PrimOp) -> Result<(), RuntimeError> {
         {
             let mut inner = self.inner.lock();
-            if let Some(failed) = inner.prim_failed.take() {
-                inner.replies.insert(req, Reply::Prim(failed));
+            let now = match (inner.prim_failed.take(), &op) {
+                (Some(failed), _) => Some(failed),
+                // A get takes the next item of this process's batch of that queue first, as a
+                // blocking get does: the node would hand out a newer one.
+                (None, PrimOp::Get { queue, .. }) => {
+                    inner.buffered(*queue, &self.out).map(PrimResult::Item)
+                }
+                (None, _) => None,
+            };
+            if let Some(result) = now {
+                inner.replies.insert(req, Reply::Prim(result));
                 drop(inner);
                 self.cv.notify_all();
                 return Ok(());
@@ -40,6 +49,11 @@ impl WorkerConn {
 
     /// Sends an undo (an item back to its queue, a unit released) nobody waits for.
     pub fn async_undo(&self, op: PrimOp) {
+        if let PrimOp::Unget { queue, .. } = &op {
+            // The rest of this process's batch of that queue goes back first, so that the
+            // item lands ahead of them at the head of the queue.
+            self.inner.lock().give_back(Some(*queue), false, &self.out);
+        }
         let _ = self.send(&WorkerToNode::Prim { req: PRIM_NO_REPLY, op });
     }
 
