@@ -134,6 +134,25 @@ def _answer(kind: str, value: Any) -> Any:
     return value
 
 
+async def _acquire_async(prim: Any, timeout: float | None) -> bool | None:
+    """An awaited acquire of one unit of ``prim`` (a lock or a semaphore) for the running
+    task: None if the timeout passed, else whether the unit was freed by a dead holder."""
+    from . import _async_prims
+
+    me = _task_holder()
+    timeout = _async_prims.check_timeout(timeout)
+    kind, value = await _async_prims.call(
+        _core.prim_start, "acquire", prim._id, me, timeout=timeout
+    )
+    if kind == "empty":
+        return None
+    died, _ = _answer(kind, value)
+    prim._held[me] = prim._held.get(me, 0) + 1
+    prim._async_held += 1
+    prim.previous_holder_died = died
+    return bool(died)
+
+
 def _acquire_timeout(blocking: bool, timeout: float | None) -> float | None:
     """``threading``'s rules: -1 or None waits for ever; a timeout needs ``blocking``."""
     if timeout is None or timeout == -1:
@@ -270,19 +289,9 @@ class Lock(_Prim):
         True
         >>> lock.shutdown()
         """
-        from . import _async_prims
-
-        me = _task_holder()
-        timeout = _async_prims.check_timeout(timeout)
-        kind, value = await _async_prims.call(
-            _core.prim_start, "acquire", self._id, me, timeout=timeout
-        )
-        if kind == "empty":
+        died = await _acquire_async(self, timeout)
+        if died is None:
             return False
-        died, _ = _answer(kind, value)
-        self._held[me] = self._held.get(me, 0) + 1
-        self._async_held += 1
-        self.previous_holder_died = died
         if died and self._raise:
             raise LockLost(
                 f"{self!r}: its previous holder died holding it; you hold it now: repair "
@@ -386,19 +395,9 @@ class Semaphore(_Prim):
         (0, 1)
         >>> s.shutdown()
         """
-        from . import _async_prims
-
-        me = _task_holder()
-        timeout = _async_prims.check_timeout(timeout)
-        kind, value = await _async_prims.call(
-            _core.prim_start, "acquire", self._id, me, timeout=timeout
-        )
-        if kind == "empty":
+        died = await _acquire_async(self, timeout)
+        if died is None:
             return False
-        died, _ = _answer(kind, value)
-        self._held[me] = self._held.get(me, 0) + 1
-        self._async_held += 1
-        self.previous_holder_died = died
         return True
 
     async def __aenter__(self) -> bool:
