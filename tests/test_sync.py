@@ -4,6 +4,7 @@ holders and parties, a SIGINTed driver)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -181,6 +182,45 @@ def test_event_wakes_three_waiting_actors(volley_2cpu):
     assert not e.is_set() and e.wait(timeout=0.05) is False
 
 
+def _mark(path: str) -> None:
+    Path(path).write_text("ran")
+
+
+def _fail() -> None:
+    raise ValueError("the action failed")
+
+
+@volley.remote(num_cpus=0)
+class ActionParty:
+    def wait(self, b: Barrier, path: str) -> object:
+        try:
+            index = b.wait(60)
+        except BrokenBarrierError:
+            return "broken"
+        except ValueError as e:
+            return f"raised: {e}"
+        # The action ran before any party's wait returned.
+        return index, Path(path).read_text()
+
+
+def test_barrier_action_runs_once_before_any_party_goes_on(volley_2cpu, tmp_path):
+    marker = str(tmp_path / "action")
+    b = Barrier(3, action=functools.partial(_mark, marker))
+    parties = [ActionParty.remote() for _ in range(3)]
+    got = volley.get([p.wait.remote(b, marker) for p in parties], timeout=60)
+    assert sorted(got) == [(0, "ran"), (1, "ran"), (2, "ran")]
+    b.shutdown()
+    # An action that raises breaks the barrier: its party gets the error, the others
+    # BrokenBarrierError.
+    b = Barrier(3, action=_fail)
+    got = volley.get([p.wait.remote(b, marker) for p in parties], timeout=60)
+    assert sorted(map(str, got)) == ["broken", "broken", "raised: the action failed"]
+    assert b.broken
+    b.reset()
+    assert not b.broken
+    b.shutdown()
+
+
 def test_barrier_of_three_actors_and_broken_by_a_killed_party(volley_2cpu):
     b = Barrier(3)
     parties = [Party.remote() for _ in range(3)]
@@ -266,8 +306,8 @@ def test_misuse_and_bad_values_raise_threadings_errors(volley_2cpu):
         Semaphore(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="parties"):
         Barrier(0)
-    with pytest.raises(NotImplementedError, match="action"):
-        Barrier(2, action=print)
+    with pytest.raises(TypeError, match="action must be callable"):
+        Barrier(2, action="print")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="volley.sync.Lock"):
         Condition(threading.Lock())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-blocking"):

@@ -21,6 +21,7 @@ False
 from __future__ import annotations
 
 import functools
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -554,10 +555,19 @@ class Barrier(_Prim):
     times out, ``abort()``, or a party that dies while waiting breaks it: every waiting and
     later ``wait`` raises ``BrokenBarrierError`` until ``reset()``.
 
+    ``action`` (picklable: it travels with the barrier) is called by the last party to
+    arrive, before any party's ``wait`` returns; if it raises, the barrier breaks (the others
+    get ``BrokenBarrierError``) and that party's ``wait`` raises what it raised.
+
     >>> from volley.sync import Barrier
     >>> b = Barrier(1)
     >>> b.wait(), b.parties, b.broken
     (0, 1, False)
+    >>> b.shutdown()
+    >>> ran = []
+    >>> b = Barrier(1, action=lambda: ran.append("all here"))
+    >>> b.wait(), ran
+    (0, ['all here'])
     >>> b.shutdown()
     """
 
@@ -568,30 +578,61 @@ class Barrier(_Prim):
     ) -> None:
         if not isinstance(parties, int) or isinstance(parties, bool) or parties < 1:
             raise ValueError(f"parties must be an int >= 1, not {parties!r}")
-        if action is not None:
-            raise NotImplementedError(
-                "Barrier(action=...) is not supported across processes: call it after wait() in "
-                "the party whose wait() returned 0"
-            )
+        if action is not None and not callable(action):
+            raise TypeError(f"action must be callable, not {type(action).__name__}")
         self._parties, self._timeout = parties, _wait_timeout(timeout)
+        self._action = action
+        # With an action, a second barrier holds the parties until the last one has run it.
+        self._gate: Barrier | None = None if action is None else Barrier(parties)
         self._make(parties)
 
     @classmethod
-    def _attach(cls, prim_id: int, home: int, parties: int, timeout: float | None) -> Barrier:
+    def _attach(
+        cls,
+        prim_id: int,
+        home: int,
+        parties: int,
+        timeout: float | None,
+        action: Callable[[], Any] | None = None,
+        gate: Barrier | None = None,
+    ) -> Barrier:
         b = cls.__new__(cls)
         b._attach_state(prim_id, home)
         b._parties, b._timeout = parties, timeout
+        b._action, b._gate = action, gate
         return b
 
     def __reduce__(self) -> tuple:
-        return (self._attach, (self._id, self._home, self._parties, self._timeout))
+        if self._action is None:
+            return (self._attach, (self._id, self._home, self._parties, self._timeout))
+        import cloudpickle  # an action may be a lambda or a local function
+
+        action = cloudpickle.dumps(self._action)
+        return (
+            _attach_barrier_with_action,
+            (self._id, self._home, self._parties, self._timeout, action, self._gate),
+        )
+
+    def _run_action(self, index: int) -> None:
+        """The last party to arrive runs the action; if it raises, the barrier breaks."""
+        if self._action is None or index != self._parties - 1:
+            return
+        try:
+            self._action()
+        except BaseException:
+            self.abort()
+            raise
 
     @_named
     def wait(self, timeout: float | None = None) -> int:
         """Waits until ``parties`` wait, up to ``timeout`` seconds (default: the barrier's);
         this party's arrival index. ``BrokenBarrierError`` if it is or gets broken."""
         t = self._timeout if timeout is None else _wait_timeout(timeout)
-        return _core.barrier_wait(self._id, t)
+        index = _core.barrier_wait(self._id, t)
+        if self._gate is not None:
+            self._run_action(index)
+            self._gate.wait(t)
+        return index
 
     @_named_async
     async def wait_async(self, timeout: float | None = None) -> int:
@@ -602,17 +643,31 @@ class Barrier(_Prim):
 
         t = self._timeout if timeout is None else _wait_timeout(timeout)
         kind, value = await _async_prims.call(_core.prim_start, "barrier_wait", self._id, timeout=t)
-        return _answer(kind, value)
+        index = _answer(kind, value)
+        if self._gate is not None:
+            self._run_action(index)
+            await self._gate.wait_async(t)
+        return index
 
     @_named
     def abort(self) -> None:
         """Breaks the barrier: every waiting and later ``wait`` raises ``BrokenBarrierError``."""
         _core.barrier_break(self._id, False)
+        if self._gate is not None:
+            self._gate.abort()
 
     @_named
     def reset(self) -> None:
         """Makes the barrier whole again; waits parked now raise ``BrokenBarrierError``."""
         _core.barrier_break(self._id, True)
+        if self._gate is not None:
+            self._gate.reset()
+
+    def shutdown(self) -> None:
+        """Drops the barrier for every process (see :meth:`Lock.shutdown`)."""
+        super().shutdown()
+        if self._gate is not None:
+            self._gate.shutdown()
 
     @property
     def parties(self) -> int:
@@ -629,7 +684,19 @@ class Barrier(_Prim):
     @_named
     def broken(self) -> bool:
         """Whether the barrier is broken."""
-        return _core.sync_state(self._id)[1]
+        return _core.sync_state(self._id)[1] or (self._gate is not None and self._gate.broken)
+
+
+def _attach_barrier_with_action(
+    prim_id: int,
+    home: int,
+    parties: int,
+    timeout: float | None,
+    action: bytes,
+    gate: Barrier | None,
+) -> Barrier:
+    """Unpickles a :class:`Barrier` made with an action (see ``Barrier.__reduce__``)."""
+    return Barrier._attach(prim_id, home, parties, timeout, pickle.loads(action), gate)
 
 
 class Condition(_Prim):
