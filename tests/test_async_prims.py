@@ -15,7 +15,7 @@ import volley
 from volley import _core
 from volley.channel import Channel, ChannelPoisoned, select_async
 from volley.exceptions import ChannelClosed
-from volley.sync import Barrier, BrokenBarrierError, Event, Lock, RLock, Semaphore
+from volley.sync import Barrier, BrokenBarrierError, Condition, Event, Lock, RLock, Semaphore
 from volley.util.queue import Empty, Full, Queue
 
 
@@ -68,6 +68,12 @@ class AsyncWaiter:
 
     async def wait_event(self, e: Event) -> bool:
         return await e.wait_async(timeout=30)
+
+    async def consume_when(self, cond: Condition, q: Queue, want: int) -> int:
+        """Waits (async) on ``cond`` until ``q`` holds ``want`` items."""
+        async with cond:
+            assert await cond.wait_for_async(lambda: q.qsize() >= want, timeout=60)
+            return q.qsize()
 
 
 def test_producer_and_consumer_coroutines_in_the_driver(volley_2cpu):
@@ -359,6 +365,43 @@ def test_event_and_barrier_wait_async(volley_2cpu):
             await Barrier(2).wait_async(timeout=0.05)
 
     run(main())
+
+
+def test_condition_wait_async_in_an_actor_and_the_driver(volley_2cpu):
+    cond, q = Condition(), Queue()
+    waiter = AsyncWaiter.remote()
+    got = waiter.consume_when.remote(cond, q, 3)
+    for i in range(3):
+        time.sleep(0.1)
+        with cond:
+            q.put(i)
+            cond.notify_all()
+    assert volley.get(got, timeout=60) == 3
+
+    async def main():
+        # A timeout says False and the task holds the lock again; notify from a task works.
+        async with cond:
+            assert await cond.wait_async(timeout=0.05) is False
+            cond.notify()
+
+        # A cancelled wait takes the lock back before CancelledError, and `async with`
+        # releases it: the lock is free afterwards.
+        async def waits():
+            async with cond:
+                await cond.wait_async()
+
+        task = asyncio.create_task(waits())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with cond:
+            pass
+        assert not cond._lock.locked()
+
+    run(main())
+    q.shutdown()
+    cond.shutdown()
 
 
 def test_bad_input_is_refused_at_the_call(volley_2cpu):

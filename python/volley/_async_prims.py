@@ -33,11 +33,19 @@ def check_timeout(timeout: float | None) -> float | None:
 
 
 async def call(
-    start: Callable[..., tuple[int, Any]], *args: Any, timeout: float | None = None
+    start: Callable[..., tuple[int, Any]],
+    *args: Any,
+    timeout: float | None = None,
+    finish_on_cancel: bool = False,
 ) -> tuple[str, Any]:
     """Runs the op ``start(*args)`` starts; its answer as ``(kind, value)`` (see
     ``_core.prim_answers``). After ``timeout`` seconds the node stops waiting on it, and its
-    answer says what it got (``empty``/``full`` if nothing)."""
+    answer says what it got (``empty``/``full`` if nothing).
+
+    A cancelled awaiter gives back what the op got; with ``finish_on_cancel`` it instead tells
+    the node to stop waiting and awaits the op's answer before ``CancelledError`` goes on (a
+    condition wait, whose answer comes once the lock is held again: the caller's ``async
+    with`` then releases it)."""
     global _thread
     loop = asyncio.get_running_loop()
     with _lock:
@@ -51,22 +59,38 @@ async def call(
             _thread.start()
     timer = None if timeout is None else loop.call_later(timeout, _core.prim_cancel, req, False)
     try:
-        answer = await fut
+        answer = await (asyncio.shield(fut) if finish_on_cancel else fut)
+    except asyncio.CancelledError:
+        if not finish_on_cancel:
+            _give_back(req)
+            raise
+        _core.prim_cancel(req, False)
+        while not fut.done():
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                continue
+        _core.prim_done(req)
+        raise
     except BaseException:
-        # Cancelled (or the loop is going): the node stops waiting, and what the op got, now
-        # or once its answer arrives, goes back.
-        with _lock:
-            _waiting.pop(req, None)
-        try:
-            _core.prim_cancel(req, True)
-        except Exception:
-            pass  # volley is shut down: nothing to give back to
+        _give_back(req)
         raise
     finally:
         if timer is not None:
             timer.cancel()
     _core.prim_done(req)
     return answer
+
+
+def _give_back(req: int) -> None:
+    """The awaiter of op ``req`` is gone: the node stops waiting, and what the op got, now or
+    once its answer arrives, goes back."""
+    with _lock:
+        _waiting.pop(req, None)
+    try:
+        _core.prim_cancel(req, True)
+    except Exception:
+        pass  # volley is shut down: nothing to give back to
 
 
 def _settle(fut: asyncio.Future, req: int, answer: tuple[str, Any]) -> None:

@@ -748,6 +748,60 @@ class Condition(_Prim):
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
+    async def __aenter__(self) -> bool:
+        return await self._lock.acquire_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    @_named_async
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``wait`` for asyncio, in a task that holds the lock (``async with cond:``): awaits a
+        ``notify`` without blocking the event loop; False if ``timeout`` passed first. A
+        cancelled awaiter still takes the lock back before ``CancelledError`` goes on, so the
+        ``async with`` that holds it releases it, as after a ``wait``.
+
+        >>> import asyncio
+        >>> from volley.sync import Condition
+        >>> c = Condition()
+        >>> async def main():
+        ...     async with c:
+        ...         return await c.wait_async(timeout=0.01)
+        >>> asyncio.run(main())
+        False
+        >>> c.shutdown()
+        """
+        from . import _async_prims
+
+        kind, value = await _async_prims.call(
+            _core.prim_start,
+            "cond_wait",
+            self._id,
+            _task_holder(),
+            timeout=_wait_timeout(timeout),
+            finish_on_cancel=True,
+        )
+        died, notified = _answer(kind, value)
+        self._lock.previous_holder_died = died
+        return bool(notified)
+
+    async def wait_for_async(
+        self, predicate: Callable[[], Any], timeout: float | None = None
+    ) -> Any:
+        """``wait_for`` for asyncio: awaits until ``predicate()`` is true (checked with the
+        lock held), up to ``timeout`` seconds; the predicate's last value."""
+        end = None if timeout is None else time.monotonic() + _wait_timeout(timeout)  # type: ignore[operator]
+        result = predicate()
+        while not result:
+            left = None
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+            await self.wait_async(left)
+            result = predicate()
+        return result
+
     @_named
     def wait(self, timeout: float | None = None) -> bool:
         """Releases the lock (every hold of an RLock), waits up to ``timeout`` seconds for a
@@ -777,7 +831,8 @@ class Condition(_Prim):
         """Wakes up to ``n`` waiters; the caller must hold the lock."""
         if n < 0:
             raise ValueError(f"n must be >= 0, not {n}")
-        _core.cond_notify(self._id, threading.get_native_id(), n)
+        # The lock's holder: this thread, or the running task that took it with ``async with``.
+        _core.cond_notify(self._id, self._lock._me(), n)
 
     def notify_all(self) -> None:
         """Wakes every waiter; the caller must hold the lock."""

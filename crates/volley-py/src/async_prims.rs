@@ -18,7 +18,8 @@ use crate::errors::enter;
 /// Starts op `op` on primitive `target` without waiting: `(request id, the answer as (kind,
 /// value) if it came at once, else None)`. `op` is one of put
 /// and get (a queue), join (a queue), send and recv (a channel; `arg` is a broadcast reader's
-/// end), acquire (a lock or semaphore; `arg` is the holder), wait (an event) and barrier_wait.
+/// end), acquire (a lock or semaphore; `arg` is the holder), wait (an event), barrier_wait
+/// and cond_wait (a condition; `arg` is the holder of its lock).
 #[pyfunction]
 #[pyo3(signature = (op, target, arg = 0, item = None))]
 fn prim_start<'py>(
@@ -43,6 +44,7 @@ fn prim_start<'py>(
         }
         "wait" => PrimOp::Sync { prim: target, op: SyncOp::Wait },
         "barrier_wait" => PrimOp::Sync { prim: target, op: SyncOp::BarrierWait },
+        "cond_wait" => PrimOp::Sync { prim: target, op: SyncOp::CondWait { holder: arg } },
         other => return Err(PyValueError::new_err(format!("no awaitable primitive op {other:?}"))),
     };
     let c = client()?;
