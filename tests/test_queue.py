@@ -296,6 +296,30 @@ def test_a_put_without_answer_fails_at_the_next_op(volley_2cpu):
     assert b.qsize() == 0
 
 
+@volley.remote(num_cpus=0)
+class OneProcess:
+    """Two calls in one worker process."""
+
+    def put_and_return(self, q: Queue) -> str:
+        q.put("lost")  # unbounded: not waited for; fails, and the call is over before it hears
+        return "returned"
+
+    def size(self, q: Queue) -> int:
+        return q.qsize()
+
+
+def test_a_failed_put_a_call_never_heard_of_is_not_raised_by_the_next_call(volley_2cpu):
+    shut, good = Queue(), Queue()
+    shut.shutdown()
+    a = OneProcess.remote()
+    assert volley.get(a.put_and_return.remote(shut), timeout=60) == "returned"
+    time.sleep(0.3)  # the node's failure notice reaches the worker after the call
+    # The next call's own op works: the earlier call's failure is said on the worker's
+    # stderr, not raised here as if it were this call's.
+    assert volley.get(a.size.remote(good), timeout=60) == 0
+    good.shutdown()
+
+
 def test_shutdown_of_volley_ends_a_blocked_get(volley_2cpu):
     import threading
 

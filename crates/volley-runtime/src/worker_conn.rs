@@ -423,7 +423,13 @@ impl WorkerConn {
                     }
                 }
                 NodeToWorker::PrimReply { req: volley_proto::PRIM_NO_REPLY, result } => {
-                    inner.prim_failed.get_or_insert(result);
+                    if inner.current.is_some() {
+                        // Raised by the task's next primitive op.
+                        inner.prim_failed.get_or_insert(result);
+                    } else {
+                        // The task that sent it is over: said, not raised in the next one.
+                        unreported_failure(&result);
+                    }
                 }
                 NodeToWorker::PrimReply { req, result } => {
                     let batch = match inner.batch_reqs.is_empty() {
@@ -541,6 +547,11 @@ impl WorkerConn {
         let mut inner = self.inner.lock();
         inner.current = None;
         let interrupted = std::mem::take(&mut inner.interrupted);
+        // A failed op the task did not wait for and never heard of: said here, so that the
+        // next task of this process does not raise it as its own.
+        if let Some(failed) = inner.prim_failed.take() {
+            unreported_failure(&failed);
+        }
         // A task's unused batch items go back to their queues: nobody else here will get them.
         let back = !inner.batches.is_empty() && inner.give_back(None, false, &self.out);
         drop(inner);
@@ -792,4 +803,18 @@ impl WorkerConn {
         }
         inner.ready.drain(..).collect()
     }
+}
+
+/// Says (on this worker's stderr, which reaches the driver) that an op sent without waiting (an
+/// unbounded queue's `put`, a lock's `release`) failed after the task that sent it ended.
+fn unreported_failure(result: &volley_proto::PrimResult) {
+    let why = match result {
+        volley_proto::PrimResult::Closed(m) | volley_proto::PrimResult::Error(m) => m.as_str(),
+        _ => return,
+    };
+    crate::diag::event!(
+        Warn,
+        "volley: a queue put or lock release that its task did not wait for failed after the \
+         task ended: {why}"
+    );
 }
