@@ -32,6 +32,20 @@ class Streamer:
     def pid(self) -> int:
         return os.getpid()
 
+    def blocking_then_awaited(self, q: Queue, n: int) -> list:
+        """Gets `n` items fast (a batch waits in this process's buffer), then `n` more with
+        `get_async`, then `n` more blocking: the awaited gets must take the buffer first."""
+        import asyncio
+
+        got = [q.get(timeout=60) for _ in range(n)]
+
+        async def awaited() -> list:
+            return [await q.get_async(timeout=60) for _ in range(n)]
+
+        got += asyncio.run(awaited())
+        got += [q.get(timeout=60) for _ in range(n)]
+        return got
+
     def take_then_hold(self, q: Queue, n: int, done: Queue, release: Queue) -> str:
         """Gets `n` items fast, reports them, then waits (in another queue's get) with what
         is left of its batch still in its buffer."""
@@ -107,3 +121,11 @@ def test_streaming_consumers_share_without_loss_or_reorder(volley_2cpu):
         for g in got:
             assert g == sorted(g)
         q.shutdown()
+
+
+def test_awaited_gets_take_the_processs_batch_first(volley_2cpu):
+    q = filled(3 * TAKE)
+    s = Streamer.remote()
+    assert volley.get(s.blocking_then_awaited.remote(q, TAKE), timeout=120) == list(range(3 * TAKE))
+    assert q.qsize() == 0
+    q.shutdown()
