@@ -482,11 +482,12 @@ class SharedDict(MutableMapping):
             raise ValueError(f"SharedDict {self._name!r}: cannot incr key {key!r}: {why}") from None
 
     def watch(self, key: str, timeout: float | None = None) -> Any:
-        """Blocks until the value under ``key`` changes from what it is as the call starts (a
-        set to a different value, or a delete) and returns the new value
-        (``SharedDict.MISSING`` when deleted). ``TimeoutError`` after ``timeout`` seconds
-        (``None``: no limit); Ctrl-C interrupts it. A value changed and changed back before
-        the head compares may go unseen: a watch is for "something changed", not a log.
+        """Blocks until ``key`` is written after the call starts (a set, even to the same
+        value, an ``incr``, a delete...) and returns its value then (``SharedDict.MISSING``
+        when deleted). ``TimeoutError`` after ``timeout`` seconds (``None``: no limit); Ctrl-C
+        interrupts it. The head counts writes (a version per key), so a value changed and
+        changed back is still seen as a change; several writes may wake the watcher once: a
+        watch is for "something changed", not a log.
 
         >>> d = volley.SharedDict("example-watch")
         >>> d["step"] = 0

@@ -152,10 +152,10 @@ pub enum HeadRequest {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
-    /// Waits at most `wait_ms` (capped at [`MAX_KV_WATCH_MS`]) until the value under `key`
-    /// differs from the one whose [`kv_digest`] is `seen` (`None`: the value there now);
-    /// answered `KvWatched`. A watcher loops with the digest it was answered, so no change
-    /// between two waits is missed.
+    /// Waits at most `wait_ms` (capped at [`MAX_KV_WATCH_MS`]) until `key` is written after
+    /// its version `seen` (`None`: the version now; 0: not written since the head started);
+    /// answered `KvWatched`. A watcher loops with the version it was answered, so no write
+    /// between two waits is missed, even one undone meanwhile.
     KvWatch {
         namespace: String,
         #[serde(with = "serde_bytes")]
@@ -183,8 +183,8 @@ pub const MAX_KV_MANY: usize = 16 << 20;
 /// head's answer, so a watch that sees no change is an answer, not a timeout.
 pub const MAX_KV_WATCH_MS: u32 = 10_000;
 
-/// A value's digest for `KvWatch` (FNV-1a, never 0), 0 for no value: what a watcher compares,
-/// so that it need not send the value it saw back.
+/// A value's digest (FNV-1a, never 0), 0 for no value. `KvWatch` compared these before it
+/// compared versions; kept for callers that want a short stand-in for a value.
 pub fn kv_digest(value: Option<&[u8]>) -> u64 {
     let Some(v) = value else { return 0 };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -230,7 +230,8 @@ pub enum HeadAnswer {
     /// A key-value operation the head turned down because of what is stored (an increment of
     /// a value that is not an integer): what is wrong, for the caller (not a connection fault).
     KvRefused(String),
-    /// The answer to `KvWatch`: the digest of the value there now, whether it differs from the
+    /// The answer to `KvWatch`: the key's version now (in the `digest` field, its name from
+    /// when values were compared), whether it differs from the
     /// one watched, and the value when it does.
     KvWatched {
         digest: u64,

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use volley_proto::{
-    kv_digest, Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId,
-    NodeSnapshot, PgInfo, Reservation, MAX_KV_WATCH_MS,
+    Directory, HeadAnswer, HeadRequest, JobRow, JobStatus, NamedActor, NodeId, NodeSnapshot,
+    PgInfo, Reservation, MAX_KV_WATCH_MS,
 };
 use volley_store::sync::{Condvar, Mutex};
 
@@ -47,6 +47,8 @@ pub struct Head {
     dir: Mutex<Box<dyn HeadStore>>,
     /// Notified (under `dir`'s lock) whenever a key-value entry changes, for `KvWatch`.
     kv_changed: Condvar,
+    /// Each key's version for `KvWatch` (locked after `dir`, never before it).
+    kv_versions: Mutex<KvVersions>,
     /// Names claimed for creations not yet in the directory, with the claiming node and when
     /// (locked after `dir`, never before it).
     reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
@@ -72,6 +74,7 @@ impl Head {
             members: Mutex::new(Members { next: HEAD_ID.0 + 1, nodes: HashMap::new() }),
             dir: Mutex::new(store),
             kv_changed: Condvar::new(),
+            kv_versions: Mutex::new(KvVersions::default()),
             reserved: Mutex::new(HashMap::new()),
             jobs: Arc::new(jobs::Jobs::default()),
             tables: crate::state::Tables::default(),
@@ -505,7 +508,7 @@ impl Head {
         let kept = old.map(|_| big_values::held_object(namespace, &value));
         let stored = dir.kv_put(namespace, key, value, overwrite);
         if stored {
-            self.kv_changed.notify_all();
+            self.kv_changed(namespace, key, true);
         }
         drop(dir);
         if stored && kept.flatten() != old {
@@ -523,7 +526,7 @@ impl Head {
         let old = Self::held_before(dir.as_ref(), namespace, key);
         let deleted = dir.kv_del(namespace, key);
         if deleted {
-            self.kv_changed.notify_all();
+            self.kv_changed(namespace, key, false);
         }
         drop(dir);
         if deleted {
@@ -544,11 +547,11 @@ impl Head {
             let old = Self::held_before(dir.as_ref(), namespace, &key);
             let kept = old.map(|_| big_values::held_object(namespace, &value));
             dir.kv_put(namespace, &key, value, true);
+            self.kv_changed(namespace, &key, true);
             if kept.flatten() != old {
                 released.push(old);
             }
         }
-        self.kv_changed.notify_all();
         drop(dir);
         for old in released {
             self.release(old);
@@ -568,7 +571,7 @@ impl Head {
     pub fn kv_incr(&self, namespace: &str, key: &[u8], delta: i64) -> Result<i64, String> {
         let mut dir = self.dir.lock();
         let n = dir.kv_incr(namespace, key, delta)?;
-        self.kv_changed.notify_all();
+        self.kv_changed(namespace, key, true);
         Ok(n)
     }
 
@@ -586,9 +589,10 @@ impl Head {
             (Some(_), Some(v)) => big_values::held_object(namespace, v),
             _ => None,
         };
+        let present = new.is_some();
         let swapped = dir.kv_compare_and_set(namespace, key, expected, new);
         if swapped {
-            self.kv_changed.notify_all();
+            self.kv_changed(namespace, key, present);
         }
         drop(dir);
         if swapped && kept != old {
@@ -600,15 +604,26 @@ impl Head {
     /// See [`HeadStore::kv_setdefault`].
     pub fn kv_setdefault(&self, namespace: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
         let mut dir = self.dir.lock();
+        let was = dir.kv_get(namespace, key).is_some();
         let now = dir.kv_setdefault(namespace, key, value);
-        self.kv_changed.notify_all();
+        if !was {
+            self.kv_changed(namespace, key, true);
+        }
         now
     }
 
-    /// Waits at most `wait` until the value under `key` differs from the one whose digest is
-    /// `seen` (`None`: the value there as the call starts); the digest of the value there then,
-    /// whether it differs, and the value when it does. The wait releases the head's lock, so
-    /// a watcher holds up nothing; every change of the table wakes it to compare.
+    /// `key` changed (to a value, or deleted when not `present`), under `dir`'s lock: it gets
+    /// a new version and watchers wake.
+    fn kv_changed(&self, namespace: &str, key: &[u8], present: bool) {
+        self.kv_versions.lock().bump(namespace, key, present);
+        self.kv_changed.notify_all();
+    }
+
+    /// Waits at most `wait` until `key` changed since version `seen` (`None`: the version as
+    /// the call starts); its version then, whether it changed, and the value when it did.
+    /// Versions, not values, are compared: a change undone before the watcher comes back is
+    /// still a change. The wait releases the head's lock, so a watcher holds up nothing; every
+    /// change of the table wakes it to compare.
     pub fn kv_watch(
         &self,
         namespace: &str,
@@ -618,18 +633,60 @@ impl Head {
     ) -> (u64, bool, Option<Vec<u8>>) {
         let deadline = Instant::now() + wait;
         let mut dir = self.dir.lock();
-        let base = seen.unwrap_or_else(|| kv_digest(dir.kv_get(namespace, key).as_deref()));
+        let version = |h: &Self| h.kv_versions.lock().of(namespace, key);
+        let base = seen.unwrap_or_else(|| version(self));
         loop {
-            let value = dir.kv_get(namespace, key);
-            let digest = kv_digest(value.as_deref());
-            if digest != base {
-                return (digest, true, value);
+            let now_version = version(self);
+            if now_version != base {
+                return (now_version, true, dir.kv_get(namespace, key));
             }
             let now = Instant::now();
             if now >= deadline {
-                return (digest, false, None);
+                return (now_version, false, None);
             }
             dir = self.kv_changed.wait_for(dir, deadline - now);
+        }
+    }
+}
+
+/// The most deleted keys whose versions are kept: past it, a deleted key's version is
+/// forgotten (a watcher of it then sees "absent" as version 0, and may miss a re-creation
+/// deleted again between two of its waits).
+const MAX_DELETED_VERSIONS: usize = 1 << 16;
+
+/// Key versions for `KvWatch`: a counter bumped by every change of any key, and the value it
+/// had at each key's last change (0: not changed since the head started).
+#[derive(Default)]
+struct KvVersions {
+    seq: u64,
+    of: HashMap<String, HashMap<Vec<u8>, u64>>,
+    deleted: usize,
+}
+
+impl KvVersions {
+    fn of(&self, namespace: &str, key: &[u8]) -> u64 {
+        self.of.get(namespace).and_then(|m| m.get(key)).copied().unwrap_or(0)
+    }
+
+    fn bump(&mut self, namespace: &str, key: &[u8], present: bool) {
+        self.seq += 1;
+        let seq = self.seq;
+        let m = match self.of.get_mut(namespace) {
+            Some(m) => m,
+            None => self.of.entry(namespace.to_string()).or_default(),
+        };
+        if present || self.deleted < MAX_DELETED_VERSIONS {
+            if !present {
+                self.deleted += 1;
+            }
+            match m.get_mut(key) {
+                Some(v) => *v = seq,
+                None => {
+                    m.insert(key.to_vec(), seq);
+                }
+            }
+        } else {
+            m.remove(key);
         }
     }
 }

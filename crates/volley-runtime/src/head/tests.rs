@@ -668,8 +668,9 @@ fn the_head_serves_atomic_key_value_operations_from_many_threads() {
 }
 
 /// `KvWatch`: a wait with nothing changing ends unchanged at its deadline; a put from another
-/// thread wakes a watcher with the new value; a watcher that comes back with an old digest
-/// learns at once of a change it missed between two waits; a delete is a change too.
+/// thread wakes a watcher with the new value; a watcher that comes back with an old version
+/// learns at once of a change it missed between two waits, even one undone meanwhile; a
+/// delete is a change too.
 #[test]
 fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
     let h = std::sync::Arc::new(head());
@@ -685,7 +686,7 @@ fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
         panic!("unchanged")
     };
     assert!(t0.elapsed() >= Duration::from_millis(50));
-    assert_eq!(digest, volley_proto::kv_digest(None));
+    assert_eq!(digest, 0, "never changed");
 
     let writer = {
         let h = h.clone();
@@ -700,20 +701,30 @@ fn a_watch_wakes_on_a_change_and_ends_at_its_deadline() {
     let HeadAnswer::KvWatched { digest: d1, changed: true, value: Some(v) } = answer else {
         panic!("changed: {answer:?}")
     };
-    assert_eq!((&v[..], d1), (&b"v1"[..], volley_proto::kv_digest(Some(b"v1"))));
+    assert_eq!(&v[..], b"v1");
 
     h.serve(put("ns", b"w", b"v2", true));
-    let HeadAnswer::KvWatched { changed: true, value: Some(v), .. } = h.serve(watch(Some(d1), 0))
+    let HeadAnswer::KvWatched { digest: d2, changed: true, value: Some(v) } =
+        h.serve(watch(Some(d1), 0))
     else {
         panic!("a change between two waits")
     };
     assert_eq!(&v[..], b"v2");
-    let d2 = volley_proto::kv_digest(Some(b"v2"));
+    // Changed and changed back between two waits: still a change (versions, not values).
+    h.serve(put("ns", b"w", b"v3", true));
+    h.serve(put("ns", b"w", b"v2", true));
+    let HeadAnswer::KvWatched { digest: d3, changed: true, value: Some(v) } =
+        h.serve(watch(Some(d2), 0))
+    else {
+        panic!("an undone change")
+    };
+    assert_eq!(&v[..], b"v2");
+    assert!(matches!(h.serve(watch(Some(d3), 0)), HeadAnswer::KvWatched { changed: false, .. }));
     h.serve(HeadRequest::KvDelete { namespace: "ns".into(), key: b"w".to_vec() });
-    assert_eq!(
-        h.serve(watch(Some(d2), 0)),
-        HeadAnswer::KvWatched { digest: 0, changed: true, value: None }
-    );
+    assert!(matches!(
+        h.serve(watch(Some(d3), 0)),
+        HeadAnswer::KvWatched { changed: true, value: None, .. }
+    ));
 }
 
 /// Records the objects the head lets go of.
