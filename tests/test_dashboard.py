@@ -412,6 +412,7 @@ README_SHOTS = {"overview": "dashboard.png", "task-detail": "dashboard-task.png"
 
 
 def test_pages_in_a_browser(dash, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -428,7 +429,9 @@ def test_pages_in_a_browser(dash, tmp_path):
         # Three tasks for the one "disk": one runs, two wait, and the overview says why.
         go = tmp_path / "go"
         held = [hold.remote(str(go)) for _ in range(3)]
-        wait = WebDriverWait(browser, 15)
+        # A page that reloads (the login form's answer) can replace an element between
+        # finding it and reading it: the condition is tried again, not failed.
+        wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
 
         def text(css: str) -> str:
             return browser.find_element(By.CSS_SELECTOR, css).text
