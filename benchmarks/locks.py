@@ -57,9 +57,9 @@ class _Worker:
         return _pairs_waited(lock, n) if waited else _pairs(lock, n)
 
 
-@volley.remote(num_cpus=0)
-class _ActorLock:
-    """The usual workaround: an actor whose state is the lock (no wait queue: uncontended)."""
+class _LockState:
+    """The usual workaround: an actor whose state is the lock (no wait queue: uncontended).
+    A plain class, made an actor by volley (`_ActorLock`) and by Ray (`ray_actor_lock`)."""
 
     def __init__(self) -> None:
         self.held = False
@@ -72,6 +72,9 @@ class _ActorLock:
 
     def release(self) -> None:
         self.held = False
+
+
+_ActorLock = volley.remote(num_cpus=0)(_LockState)
 
 
 def actor_lock(a, n: int) -> float:
@@ -91,7 +94,7 @@ def ray_actor_lock(n: int, runs: int) -> list[float] | None:
         return None
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        a = ray.remote(_RayLock).remote()
+        a = ray.remote(_LockState).remote()
         ray.get(a.release.remote())
         out = []
         for _ in range(runs):
@@ -103,22 +106,6 @@ def ray_actor_lock(n: int, runs: int) -> list[float] | None:
         return out
     finally:
         ray.shutdown()
-
-
-class _RayLock:
-    """`_ActorLock` as a plain class, for Ray."""
-
-    def __init__(self) -> None:
-        self.held = False
-
-    def acquire(self) -> bool:
-        if self.held:
-            return False
-        self.held = True
-        return True
-
-    def release(self) -> None:
-        self.held = False
 
 
 def _mp_child(lock, n: int, out) -> None:
