@@ -1025,14 +1025,22 @@ pub(crate) fn worker_gone(shared: &Shared, w: WorkerId) {
 pub(crate) fn deliver(shared: &Shared, out: Vec<Delivery>) {
     let mut out = VecDeque::from(out);
     loop {
-        // Forwarded ops and answers for other nodes (rare alone: checked under the lock only
-        // when this node is in a cluster).
-        if shared.links.get().is_some() {
-            for (node, msg) in shared.prims.take_sends() {
+        let Some(d) = out.pop_front() else {
+            // Then the forwarded ops and answers for other nodes the ops produced (taken
+            // under the service's lock once a round, and only when this node is in a cluster);
+            // sending them may answer workers here, another round.
+            let sends = match shared.links.get() {
+                Some(_) => shared.prims.take_sends(),
+                None => Vec::new(),
+            };
+            if sends.is_empty() {
+                break;
+            }
+            for (node, msg) in sends {
                 send_to_peer(shared, node, msg, &mut out);
             }
-        }
-        let Some(d) = out.pop_front() else { break };
+            continue;
+        };
         let worker = match d.to {
             Who::Worker(w) => w,
             Who::Peer(node) => {
