@@ -60,6 +60,10 @@ class LockLost(RuntimeError):
     """
 
 
+# A primitive's id names its home node above this bit (volley_proto::PRIM_HOME_SHIFT).
+_HOME_SHIFT = 40
+
+
 def _node_here() -> int | None:
     try:
         from ._runtime_context import _own_node
@@ -172,19 +176,23 @@ def _wait_timeout(timeout: float | None) -> float | None:
 
 
 class _Prim:
-    """A handle on a primitive of a node: its id and its home node; pickled as those."""
+    """A handle on a primitive of a node: its id (which names its home node); pickled as
+    that."""
 
     _kind = ""
     _id: int
-    _home: int
 
     def _make(self, value: int = 0, lock: int = 0) -> None:
         ensure_init()
         self._id = _core.sync_create(self._kind, value, lock)
-        self._home = _node_here() or 0
 
-    def _attach_state(self, prim_id: int, home: int) -> None:
-        self._id, self._home = prim_id, home
+    def _attach_state(self, prim_id: int) -> None:
+        self._id = prim_id
+
+    @property
+    def _home(self) -> int:
+        """The node the primitive lives in: its id's top bits (volley_proto::prim_home)."""
+        return self._id >> _HOME_SHIFT
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self._id})"
@@ -234,15 +242,15 @@ class Lock(_Prim):
         self.previous_holder_died = False
 
     @classmethod
-    def _attach(cls, prim_id: int, home: int, raise_: bool) -> Lock:
+    def _attach(cls, prim_id: int, raise_: bool) -> Lock:
         lock = cls.__new__(cls)
-        lock._attach_state(prim_id, home)
+        lock._attach_state(prim_id)
         lock._raise = raise_
         lock._init_local()
         return lock
 
     def __reduce__(self) -> tuple:
-        return (self._attach, (self._id, self._home, self._raise))
+        return (self._attach, (self._id, self._raise))
 
     @_named
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
@@ -408,15 +416,15 @@ class Semaphore(_Prim):
         self.release()
 
     @classmethod
-    def _attach(cls, prim_id: int, home: int, value: int) -> Semaphore:
+    def _attach(cls, prim_id: int, value: int) -> Semaphore:
         s = cls.__new__(cls)
-        s._attach_state(prim_id, home)
+        s._attach_state(prim_id)
         s._value = value
         s._init_local()
         return s
 
     def __reduce__(self) -> tuple:
-        return (self._attach, (self._id, self._home, self._value))
+        return (self._attach, (self._id, self._value))
 
     @_named
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -497,13 +505,13 @@ class Event(_Prim):
         self._make()
 
     @classmethod
-    def _attach(cls, prim_id: int, home: int) -> Event:
+    def _attach(cls, prim_id: int) -> Event:
         e = cls.__new__(cls)
-        e._attach_state(prim_id, home)
+        e._attach_state(prim_id)
         return e
 
     def __reduce__(self) -> tuple:
-        return (self._attach, (self._id, self._home))
+        return (self._attach, (self._id,))
 
     @_named
     def is_set(self) -> bool:
@@ -590,27 +598,26 @@ class Barrier(_Prim):
     def _attach(
         cls,
         prim_id: int,
-        home: int,
         parties: int,
         timeout: float | None,
         action: Callable[[], Any] | None = None,
         gate: Barrier | None = None,
     ) -> Barrier:
         b = cls.__new__(cls)
-        b._attach_state(prim_id, home)
+        b._attach_state(prim_id)
         b._parties, b._timeout = parties, timeout
         b._action, b._gate = action, gate
         return b
 
     def __reduce__(self) -> tuple:
         if self._action is None:
-            return (self._attach, (self._id, self._home, self._parties, self._timeout))
+            return (self._attach, (self._id, self._parties, self._timeout))
         import cloudpickle  # an action may be a lambda or a local function
 
         action = cloudpickle.dumps(self._action)
         return (
             _attach_barrier_with_action,
-            (self._id, self._home, self._parties, self._timeout, action, self._gate),
+            (self._id, self._parties, self._timeout, action, self._gate),
         )
 
     def _run_action(self, index: int) -> None:
@@ -689,14 +696,13 @@ class Barrier(_Prim):
 
 def _attach_barrier_with_action(
     prim_id: int,
-    home: int,
     parties: int,
     timeout: float | None,
     action: bytes,
     gate: Barrier | None,
 ) -> Barrier:
     """Unpickles a :class:`Barrier` made with an action (see ``Barrier.__reduce__``)."""
-    return Barrier._attach(prim_id, home, parties, timeout, pickle.loads(action), gate)
+    return Barrier._attach(prim_id, parties, timeout, pickle.loads(action), gate)
 
 
 class Condition(_Prim):
@@ -725,14 +731,14 @@ class Condition(_Prim):
         self._make(lock=lock._id)
 
     @classmethod
-    def _attach(cls, prim_id: int, home: int, lock: Lock) -> Condition:
+    def _attach(cls, prim_id: int, lock: Lock) -> Condition:
         c = cls.__new__(cls)
-        c._attach_state(prim_id, home)
+        c._attach_state(prim_id)
         c._lock = lock
         return c
 
     def __reduce__(self) -> tuple:
-        return (self._attach, (self._id, self._home, self._lock))
+        return (self._attach, (self._id, self._lock))
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         """Acquires the condition's lock (see ``Lock.acquire``)."""
