@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import (
     DRIVER_PRELUDE,
+    finish_driver,
     is_running,
     kill_driver,
     poll,
@@ -376,3 +377,46 @@ def test_workers_exit_when_driver_is_sigkilled(tmp_path, busy):
         for pid in pids:
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+HUNG_START_SCRIPT = """
+import os, volley
+
+volley.init(num_cpus=1)
+
+
+# No retry to spend: the task never ran on the worker that hung.
+@volley.remote(max_retries=0)
+def where():
+    return os.getpid()
+
+
+print("RESULT " + str(volley.get(where.remote(), timeout=120)), flush=True)
+volley.shutdown()
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_a_worker_that_never_connects_is_killed_and_its_work_runs_on_another(
+    tmp_path, monkeypatch, mode
+):
+    """A worker stuck before its handshake (made to hang by a test hook) is killed once the
+    start deadline passes, with a warning that says so, and the task it was meant for runs on
+    the worker started in its place: no silent wait on "a worker process is starting"."""
+    hang = tmp_path / "hung-worker"
+    script = write_script(tmp_path, HUNG_START_SCRIPT)
+    monkeypatch.setenv("VOLLEY_TEST_WORKER_HANG_ONCE", str(hang))
+    monkeypatch.setenv("VOLLEY_WORKER_START_TIMEOUT", "2")
+    if mode == "exec":
+        monkeypatch.setenv("VOLLEY_WORKER_START", "exec")
+    proc = start_driver(script)
+    try:
+        pid = int(read_line_with_prefix(proc, "RESULT ", timeout=90))
+        out, err = finish_driver(proc)
+        assert proc.returncode == 0, err
+        hung = int(hang.read_text())
+        assert pid != hung
+        assert not wait_all_gone([hung], timeout=10), f"the hung worker {hung} still runs"
+        assert "did not connect to its node within 2 s" in err, err
+    finally:
+        kill_driver(proc)

@@ -549,12 +549,29 @@ def setup() -> None:
     _late_imports()
 
 
+def _hang_once(path: str) -> None:
+    """Tests only (``VOLLEY_TEST_WORKER_HANG_ONCE``): the first worker to make the file ``path``
+    never connects, as a worker stuck in its start would; the node's start deadline
+    (``VOLLEY_WORKER_START_TIMEOUT``) must end it and give its work to another."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    while True:
+        signal.pause()
+
+
 def run(worker_id: int) -> None:
     """Connects to the node as worker ``worker_id`` and runs its tasks until the node lets go."""
     global _pid
     _pid = os.getpid()  # in a worker forked from the template, the template's until now
     from . import _session
 
+    hang = os.environ.get("VOLLEY_TEST_WORKER_HANG_ONCE")
+    if hang:
+        _hang_once(hang)
     try:
         _core.connect_worker(
             os.environ["VOLLEY_NODE_SOCKET"],

@@ -56,6 +56,8 @@ pub(crate) fn run(shared: Arc<Shared>, mut spec: SpawnSpec, rx: Receiver<SupCmd>
         early_deaths: 0,
         queued: VecDeque::new(),
         starting: HashMap::new(),
+        unconnected: HashMap::new(),
+        start_timeout: start_timeout(),
         window: start_window(),
     };
     // Started with the node, without making anyone wait: spawn requests that come before it is
@@ -100,6 +102,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut spec: SpawnSpec, rx: Receiver<SupCmd>
         sup.pump();
         if last_tick.elapsed() >= tick_every {
             last_tick = Instant::now();
+            sup.check_start_deadline();
             sup.shared.tick();
         }
     }
@@ -172,6 +175,21 @@ struct Sup {
     /// Workers forked (or asked of the template) that have not connected yet, and since when.
     starting: HashMap<WorkerId, Instant>,
     window: usize,
+    /// Every worker started (forked or exec'd) that has not connected yet, and since when: one
+    /// still not connected after `start_timeout` is killed and reported, so that what waits
+    /// for it goes to another worker instead of waiting for good.
+    unconnected: HashMap<WorkerId, Instant>,
+    start_timeout: Duration,
+}
+
+/// `VOLLEY_WORKER_START_TIMEOUT` (seconds) sets it; by default 60 s: a worker that has not
+/// connected to its node by then (forked or exec'd, on a loaded machine) never will.
+fn start_timeout() -> Duration {
+    std::env::var("VOLLEY_WORKER_START_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(60), Duration::from_secs_f64)
 }
 
 /// How many forked workers may be starting (not yet connected) at once. A thousand actors asked
@@ -258,6 +276,7 @@ impl Sup {
             return;
         }
         self.starting.insert(id, Instant::now());
+        self.unconnected.insert(id, Instant::now());
         let pipes = if self.wants_output() {
             match (template::pipe(), template::pipe()) {
                 (Ok(o), Ok(e)) => Some((o, e)),
@@ -280,6 +299,7 @@ impl Sup {
     fn exec_spawn(&mut self, id: WorkerId) {
         match spawn(&self.shared, &self.spec, id) {
             Ok(mut child) => {
+                self.unconnected.insert(id, Instant::now());
                 let log = crate::log_files::open_worker_log(child.id());
                 let to_driver = self.spec.log_to_driver;
                 if let Some(out) = child.stdout.take() {
@@ -300,6 +320,7 @@ impl Sup {
 
     /// Worker `id` connected (or is gone): the next queued one may be forked.
     fn started(&mut self, id: WorkerId) {
+        self.unconnected.remove(&id);
         if self.starting.remove(&id).is_some() {
             self.pump();
         }
@@ -316,6 +337,51 @@ impl Sup {
         while self.starting.len() < self.window {
             let Some(next) = self.queued.pop_front() else { break };
             self.spawn(next);
+        }
+    }
+
+    /// Kills and reports the workers started longer than `start_timeout` ago that have not
+    /// connected (a fork that hung, an interpreter stuck before its handshake): the scheduler
+    /// then starts another for their work, which never ran. Reported first, so that the
+    /// handshake refuses one that connects meanwhile (see `node::handshake`).
+    fn check_start_deadline(&mut self) {
+        if self.unconnected.is_empty() {
+            return;
+        }
+        let late: Vec<WorkerId> = self
+            .unconnected
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.start_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.unconnected.remove(&id);
+            let settled = {
+                let lives = self.shared.lives.lock();
+                lives.get(&id).is_some_and(|l| l.connected || l.exit.is_some())
+            };
+            if settled {
+                continue;
+            }
+            let how = format!(
+                "it did not connect to its node within {:.0} s of being started, and was killed \
+                 (VOLLEY_WORKER_START_TIMEOUT sets the limit)",
+                self.start_timeout.as_secs_f64()
+            );
+            crate::diag::event!(Warn, "volley: worker {}: {how}", id.0);
+            self.shared.worker_exited(id, WorkerExit::failed(how));
+            self.starting.remove(&id);
+            if let Some(mut c) = self.children.remove(&id) {
+                let _ = c.kill();
+                end_group(c.id());
+                let _ = c.wait();
+            } else if let Some(run) = self.tmpl.as_mut() {
+                // Forgotten here first, so that the template's report of its end (or of a
+                // fork it makes after all) is not reported again.
+                run.pending.remove(&id);
+                run.workers.remove(&id);
+                let _ = run.t.kill(id);
+            }
         }
     }
 
@@ -345,7 +411,9 @@ impl Sup {
             TemplateMsg::Ready => run.ready = true,
             TemplateMsg::Spawned(id, pid) => {
                 let Some(pipes) = run.pending.remove(&id) else {
+                    // Asked for, then given up on (see `check_start_deadline`): it goes.
                     crate::diag::warn!("the worker template forked worker {} unasked", id.0);
+                    let _ = run.t.kill(id);
                     return;
                 };
                 run.workers.insert(id, pid);
