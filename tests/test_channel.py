@@ -412,3 +412,101 @@ def test_ctrl_c_interrupts_a_blocked_recv_and_select(tmp_path):
     assert read_line_with_prefix(proc, "AFTER ", timeout=30) == "clean"
     out, err = finish_driver(proc)
     assert proc.returncode == 0, err
+
+
+# Streaming: a worker that sends alone is granted buffer slots it fills without waiting, and a
+# worker that receives alone takes batches (docs/channel.md, "Streaming"). What a user sees
+# must not change: the capacity, the order, nothing lost, poison still reaches the sender.
+
+
+@volley.remote(num_cpus=0)
+def send_until_full(ch: Channel) -> int:
+    n = 0
+    while True:
+        try:
+            ch.send(n, timeout=1)
+        except TimeoutError:
+            return n
+        n += 1
+
+
+@volley.remote(num_cpus=0)
+def send_until_poisoned(ch: Channel) -> int:
+    n = 0
+    try:
+        while True:
+            ch.send(n, timeout=60)
+            n += 1
+    except ChannelPoisoned:
+        return n
+
+
+@volley.remote(num_cpus=0)
+def send_range(ch: Channel, n: int, ends: int) -> int:
+    for i in range(n):
+        ch.send(i, timeout=60)
+    for _ in range(ends):
+        ch.send(None, timeout=60)
+    return n
+
+
+@volley.remote(num_cpus=0)
+class Taker:
+    def pid(self) -> int:
+        return os.getpid()
+
+    def until_none(self, ch: Channel) -> list:
+        out = []
+        while (x := ch.recv(timeout=60)) is not None:
+            out.append(x)
+        return out
+
+    def take_and_report(self, ch: Channel, n: int, report: Channel) -> None:
+        """Takes `n` items, reports them, then stays (with what else it took in its buffer)."""
+        for _ in range(n):
+            report.send(ch.recv(timeout=60), timeout=60)
+        time.sleep(600)
+
+
+def test_a_streaming_sender_stops_at_the_capacity(volley_2cpu):
+    ch = Channel(capacity=8)
+    assert volley.get(send_until_full.remote(ch), timeout=60) == 8
+    assert [ch.recv(timeout=10) for _ in range(8)] == list(range(8))
+    with pytest.raises(TimeoutError):
+        ch.recv(timeout=0.2)
+
+
+def test_two_receivers_of_a_stream_get_each_item_once_and_in_order(volley_2cpu):
+    ch = Channel(capacity=64)
+    a, b = Taker.remote(), Taker.remote()
+    got = [a.until_none.remote(ch), b.until_none.remote(ch)]
+    sent = send_range.remote(ch, 3000, 2)
+    lists = volley.get(got, timeout=120)
+    assert volley.get(sent, timeout=60) == 3000
+    for part in lists:
+        assert part == sorted(part), "a receiver saw items out of the channel's order"
+    assert sorted(lists[0] + lists[1]) == list(range(3000))
+
+
+def test_a_receiver_killed_with_a_batch_in_its_buffer_loses_nothing(volley_2cpu):
+    ch, report = Channel(capacity=600), Channel(capacity=600)
+    for i in range(500):
+        ch.send(i)
+    victim = Taker.remote()
+    pid = volley.get(victim.pid.remote(), timeout=60)
+    victim.take_and_report.remote(ch, 50, report)
+    first = [report.recv(timeout=60) for _ in range(50)]
+    assert first == list(range(50))
+    os.kill(pid, signal.SIGKILL)
+    ch.send(None)
+    after = volley.get(Taker.remote().until_none.remote(ch), timeout=60)
+    assert after == list(range(50, 500)), "items in the killed receiver's buffer were lost"
+
+
+def test_poison_reaches_a_streaming_sender(volley_2cpu):
+    ch = Channel(capacity=32)
+    sending = send_until_poisoned.remote(ch)
+    assert [ch.recv(timeout=60) for _ in range(200)] == list(range(200))
+    ch.poison()
+    sent = volley.get(sending, timeout=60)
+    assert sent >= 200

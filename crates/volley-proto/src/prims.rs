@@ -128,6 +128,24 @@ pub enum PrimOp {
     /// the head of their queue, in order. `queue`: the queue whose recall this answers (every
     /// recall is answered once, even with no items), or 0. Not answered.
     GiveBack { reqs: Vec<u64>, queue: u64 },
+    // channel batches and credits (a worker streaming through a same-node buffered channel)
+    /// A worker's recv from a buffered channel (not broadcast) that may take up to `max` items
+    /// at once, as [`PrimOp::GetMany`] does from a queue: answered `Items` or as a `ChanRecv`.
+    /// The extra items wait in the worker's connection, still taking room in the channel's
+    /// buffer until each is handed out (`Ack`), so senders feel the same backpressure; a
+    /// receiver that parks meanwhile has them recalled (`PrimRecall`, `GiveBack`) first.
+    ChanRecvMany { chan: u64, max: u32 },
+    /// A send into one of the slots the node reserved for this worker (see
+    /// [`PrimResult::Granted`]): it never parks, and is answered only if it failed (poisoned,
+    /// retired, gone), which the worker raises at its next op.
+    ChanPost {
+        chan: u64,
+        #[serde(with = "serde_bytes")]
+        item: Vec<u8>,
+    },
+    /// The worker gives back `n` reserved slots it will not use (its task ended, a recall, a
+    /// select). Not answered.
+    ChanReturn { chan: u64, n: u64 },
 }
 
 /// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.
@@ -145,6 +163,7 @@ impl PrimOp {
     pub fn takes_from(&self) -> Option<u64> {
         match self {
             PrimOp::Get { queue, .. } | PrimOp::GetMany { queue, .. } => Some(*queue),
+            PrimOp::ChanRecvMany { chan, .. } => Some(*chan),
             PrimOp::ChanRecv { reg, .. } if *reg != 0 => Some(*reg),
             PrimOp::ChanRecv { chan, .. } => Some(*chan),
             _ => None,
@@ -282,6 +301,9 @@ impl PrimOp {
             PrimOp::ChanSelect { guards, .. } => guards.first().map(|g| g.chan),
             // An end's registration lives with its channel.
             PrimOp::ChanLeave { reg, .. } => Some(*reg),
+            PrimOp::ChanRecvMany { chan, .. }
+            | PrimOp::ChanPost { chan, .. }
+            | PrimOp::ChanReturn { chan, .. } => Some(*chan),
         }
     }
 }
@@ -330,6 +352,11 @@ pub enum PrimResult {
     },
     /// Answers `GetMany`: two or more items, oldest first.
     Items(Vec<serde_bytes::ByteBuf>),
+    /// Answers a worker's `ChanSend` on a buffered channel of its own node that it sends to
+    /// alone (as `Done`), and reserves `n` more slots of the buffer for it: its next `n` sends
+    /// there go as `ChanPost`, without waiting. The worker gives back the ones it does not use
+    /// (`ChanReturn`). Never seen by the caller of `send`.
+    Granted(u64),
 }
 
 impl PrimResult {

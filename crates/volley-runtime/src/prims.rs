@@ -215,7 +215,10 @@ fn may_park(op: &PrimOp) -> bool {
         PrimOp::Put { block, .. } | PrimOp::Get { block, .. } | PrimOp::GetMany { block, .. } => {
             *block
         }
-        PrimOp::Join { .. } | PrimOp::ChanSend { .. } | PrimOp::ChanRecv { .. } => true,
+        PrimOp::Join { .. }
+        | PrimOp::ChanSend { .. }
+        | PrimOp::ChanRecv { .. }
+        | PrimOp::ChanRecvMany { .. } => true,
         PrimOp::ChanSelect { skip, .. } => !*skip,
         PrimOp::Sync { op: SyncOp::Acquire { block, .. }, .. } => *block,
         PrimOp::Sync {
@@ -469,6 +472,9 @@ impl Inner {
             PrimOp::GiveBack { reqs, queue } => {
                 if let Who::Worker(w) = who {
                     self.give_back(w, |t| reqs.contains(&t.req), out);
+                    if queue != 0 && channel::is_chan(self, queue) {
+                        return channel::gave_back(self, w, queue, out);
+                    }
                     // Still lent to it: a batch the recall overtook on its way (a recall is
                     // written by the waiting getter's thread, a batch by this worker's). Asked
                     // again from here, after that batch: the recall goes on till it is back.
@@ -552,6 +558,8 @@ impl Inner {
                                     if q.lent == 0 && !q.recalling {
                                         q.holder = None;
                                     }
+                                } else {
+                                    channel::acked(self, t.from, out);
                                 }
                             }
                         }
@@ -617,6 +625,9 @@ impl Inner {
             }
             // Done by `hold_refs` (the driver's) or node.rs (a worker's).
             PrimOp::ChanHold { .. } => self.answer(me, 0, PrimResult::Done, out),
+            PrimOp::ChanRecvMany { chan, max } => channel::recv_many(self, me, chan, max, out),
+            PrimOp::ChanPost { chan, item } => channel::post(self, me, chan, item, out),
+            PrimOp::ChanReturn { chan, n } => channel::uncredit(self, who, chan, n, out),
             // sync
             PrimOp::SyncCreate { kind } => self.sync_create(me, kind, out),
             PrimOp::Sync { prim, op } => self.sync_op(me, prim, op, out),
@@ -665,6 +676,7 @@ impl Inner {
         channel::drop_holder(self, Who::Worker(w), out);
         channel::drop_remote_ends(self, w);
         self.give_back(w, |_| true, out);
+        channel::drop_worker(self, w, out);
         let held: Vec<u64> =
             self.queues.iter().filter(|(_, q)| q.holder == Some(w)).map(|(id, _)| *id).collect();
         for queue in held {
@@ -770,9 +782,18 @@ impl Inner {
             self.unacked.insert(w, keep);
         }
         let mut touched = Vec::new();
+        let mut chans = Vec::new();
         for t in back.into_iter().rev() {
             let Some(q) = self.queues.get_mut(&t.from) else {
-                self.unget(t.from, t.item, out);
+                if channel::is_chan(self, t.from) {
+                    // Back to the head of the buffer, in order; handed out below.
+                    channel::put_back(self, t.from, t.item, t.extra);
+                    if !chans.contains(&t.from) {
+                        chans.push(t.from);
+                    }
+                } else {
+                    self.unget(t.from, t.item, out);
+                }
                 continue;
             };
             if t.extra {
@@ -787,6 +808,12 @@ impl Inner {
             let settle = self.queues.get(&queue).is_some_and(|q| !q.recalling);
             if settle {
                 self.end_recall(queue, out); // not recalling: hands to parked getters
+            }
+        }
+        for c in chans {
+            // Recalling: the answer to the recall (`GiveBack` naming it) ends it.
+            if !channel::recalling(self, c) {
+                channel::end_recall(self, c, out);
             }
         }
     }

@@ -47,6 +47,10 @@ fn max_batch() -> u32 {
 /// items do not wait in its buffer while it works on each (another getter could take them).
 const STREAMING: Duration = Duration::from_micros(500);
 
+/// A channel send into a reserved slot (`ChanPost`) carries at most this many bytes; a larger
+/// one waits for its answer as without a reservation.
+const POST_BYTES: usize = 1 << 20;
+
 /// What this process got in batches from one queue and has not handed out yet, and how large
 /// its next batch may be.
 struct Batch {
@@ -147,6 +151,11 @@ struct Inner {
     batches: HashMap<u64, Batch>,
     /// The requests that asked for a batch (`GetMany`), with their queue.
     batch_reqs: HashMap<u64, u64>,
+    /// Slots of buffered channels the node reserved for this process's sends
+    /// (`PrimResult::Granted`), by channel: a send there goes without waiting (`ChanPost`).
+    credits: HashMap<u64, u64>,
+    /// This process's `ChanSend` requests awaiting their answer, with their channel.
+    send_reqs: HashMap<u64, u64>,
 }
 
 impl Inner {
@@ -201,6 +210,42 @@ impl Inner {
         let streaming = b.n > 0 && b.arrived.elapsed() < STREAMING * b.n;
         b.max = if streaming { (b.max * 2).min(max_batch()) } else { 1 };
         b.max
+    }
+
+    /// Takes one reserved slot of `chan` for a send of `item`, pushing the send to `out` (to
+    /// write with the next flush; under the lock, so a recall's return of the rest cannot
+    /// overtake it); whether there was one.
+    fn post(&mut self, chan: u64, item: &mut Vec<u8>, out: &Outbox) -> bool {
+        // Large items wait for their answer (a frame's size is checked where it is sent).
+        if item.len() > POST_BYTES {
+            return false;
+        }
+        let Some(n) = self.credits.get_mut(&chan).filter(|n| **n > 0) else { return false };
+        *n -= 1;
+        let op = volley_proto::PrimOp::ChanPost { chan, item: std::mem::take(item) };
+        if let Ok(b) = encode(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op }) {
+            out.push(&b);
+        }
+        true
+    }
+
+    /// Gives back the reserved slots of `chan` (every channel: None) this process has not
+    /// used, pushing the op to `out`; whether there were any.
+    fn return_credits(&mut self, chan: Option<u64>, out: &Outbox) -> bool {
+        let mine: Vec<(u64, u64)> = self
+            .credits
+            .iter()
+            .filter(|(c, n)| **n > 0 && chan.is_none_or(|x| x == **c))
+            .map(|(c, n)| (*c, *n))
+            .collect();
+        for (c, n) in &mine {
+            self.credits.remove(c);
+            let op = volley_proto::PrimOp::ChanReturn { chan: *c, n: *n };
+            if let Ok(b) = encode(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op }) {
+                out.push(&b);
+            }
+        }
+        !mine.is_empty()
     }
 
     /// Empties the buffers of `queue` (every queue: None), pushing to `out` the op that gives
@@ -431,7 +476,17 @@ impl WorkerConn {
                         unreported_failure(&result);
                     }
                 }
-                NodeToWorker::PrimReply { req, result } => {
+                NodeToWorker::PrimReply { req, mut result } => {
+                    if !inner.send_reqs.is_empty() {
+                        if let Some(chan) = inner.send_reqs.remove(&req) {
+                            // Slots reserved for this process's next sends: taken here, by
+                            // the reader, so that a recall that follows returns them.
+                            if let volley_proto::PrimResult::Granted(n) = result {
+                                *inner.credits.entry(chan).or_default() += n;
+                                result = volley_proto::PrimResult::Done;
+                            }
+                        }
+                    }
                     let batch = match inner.batch_reqs.is_empty() {
                         true => None,
                         false => inner.batch_reqs.remove(&req),
@@ -456,6 +511,8 @@ impl WorkerConn {
                     // Queued before the lock is let go: a get that finds the buffer empty
                     // after this sends its request after the items went back, so that it
                     // cannot take newer items first.
+                    // A channel's reserved slots go back too (before the answer to the recall).
+                    inner.return_credits(Some(queue), &self.out);
                     let back = inner.give_back(Some(queue), true, &self.out);
                     drop(inner);
                     if back {
@@ -554,6 +611,8 @@ impl WorkerConn {
         }
         // A task's unused batch items go back to their queues: nobody else here will get them.
         let back = !inner.batches.is_empty() && inner.give_back(None, false, &self.out);
+        // And the channel slots reserved for its sends.
+        let back = inner.return_credits(None, &self.out) || back;
         drop(inner);
         if back {
             let _ = self.out.flush_soon();
@@ -649,6 +708,44 @@ impl WorkerConn {
                     // Its buffered items are dropped with the queue's.
                     inner.give_back(Some(queue), false, &self.out);
                     PrimOp::Close { queue }
+                }
+                // A recv from a buffered channel works as a get from a queue: from this
+                // process's batch first, else asking for one.
+                PrimOp::ChanRecv { chan, reg: 0 } => {
+                    if let Some(item) = inner.buffered(chan, &self.out) {
+                        return Ok(volley_proto::PrimResult::Item(item));
+                    }
+                    let max = inner.next_batch(chan);
+                    inner.batch_reqs.insert(req, chan);
+                    batch_of = Some(chan);
+                    match max {
+                        1 => PrimOp::ChanRecv { chan, reg: 0 },
+                        max => PrimOp::ChanRecvMany { chan, max },
+                    }
+                }
+                // A send into a slot the node reserved for this process does not wait.
+                PrimOp::ChanSend { chan, mut item } => {
+                    if inner.post(chan, &mut item, &self.out) {
+                        drop(inner);
+                        self.out.flush_soon().map_err(|_| WaitError::Closed)?;
+                        return Ok(volley_proto::PrimResult::Done);
+                    }
+                    inner.send_reqs.insert(req, chan);
+                    PrimOp::ChanSend { chan, item }
+                }
+                // What this process holds of the guards' channels goes back first: the node
+                // would wait for its own batch, or count its own slots as taken.
+                PrimOp::ChanSelect { guards, skip, priority } => {
+                    for g in &guards {
+                        inner.return_credits(Some(g.chan), &self.out);
+                        inner.give_back(Some(g.chan), false, &self.out);
+                    }
+                    PrimOp::ChanSelect { guards, skip, priority }
+                }
+                PrimOp::ChanPoison { chan } => {
+                    inner.return_credits(Some(chan), &self.out);
+                    inner.give_back(Some(chan), false, &self.out);
+                    PrimOp::ChanPoison { chan }
                 }
                 op => op,
             }

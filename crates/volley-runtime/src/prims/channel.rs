@@ -12,9 +12,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_bytes::ByteBuf;
-use volley_proto::{prim_home, Guard, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM};
+use volley_proto::{prim_home, Guard, PrimOp, PrimResult, WorkerId, MAX_PRIM_ITEM, PRIM_RECALL};
 
-use super::{Delivery, Inner, Parked, Waiter, Who};
+use super::{Delivery, Inner, Parked, Waiter, Who, BATCH_BYTES};
 
 type Key = (Who, u64);
 
@@ -67,9 +67,69 @@ struct Channel {
     writers_retired: bool,
     /// A broadcast channel's reader ends, in the order they joined.
     subs: Vec<u64>,
+    /// Extra items of batches (`ChanRecvMany`) waiting in `holder`'s buffer: they keep their
+    /// room in the buffer until handed out (`Ack`), so senders feel the same backpressure.
+    lent: u64,
+    holder: Option<WorkerId>,
+    /// The holder was asked to give them back (another receiver waits): until it answers, no
+    /// item goes to another receiver, which could otherwise get a newer one first.
+    recalling: bool,
+    /// Who received last and how many times in a row: a batch goes only to a lone receiver.
+    last_recv: Option<Who>,
+    recv_solo: u32,
+    /// Slots of the buffer reserved for workers' sends (`Granted`), by worker, and their sum.
+    credits: HashMap<WorkerId, u64>,
+    reserved: u64,
+    /// Workers asked to give their slots back (a sender parked): none is granted more till
+    /// they answer.
+    credit_recalled: HashSet<WorkerId>,
+    /// Who sent last and how many times in a row: slots go only to a lone sender.
+    last_send: Option<Who>,
+    send_solo: u32,
+}
+
+/// The most slots one grant reserves for a sender.
+const MAX_GRANT: u64 = 64;
+
+fn streak(last: &mut Option<Who>, solo: &mut u32, who: Who) {
+    if *last == Some(who) {
+        *solo = solo.saturating_add(1);
+    } else {
+        *last = Some(who);
+        *solo = 1;
+    }
 }
 
 impl Channel {
+    /// Free slots of a buffered channel: its capacity less the items held, lent out in
+    /// batches and reserved for senders.
+    fn room(&self) -> u64 {
+        self.capacity.saturating_sub(self.items.len() as u64 + self.lent + self.reserved)
+    }
+
+    /// Free slots for a send of `who`: the slots reserved for it are its own.
+    fn room_for(&self, who: Who) -> u64 {
+        let own = match who {
+            Who::Worker(w) => self.credits.get(&w).copied().unwrap_or(0),
+            _ => 0,
+        };
+        self.room() + own
+    }
+
+    /// A send of `who` takes one of the slots reserved for it, if it holds any.
+    fn use_credit(&mut self, who: Who) {
+        let Who::Worker(w) = who else { return };
+        if let Some(n) = self.credits.get_mut(&w).filter(|n| **n > 0) {
+            *n -= 1;
+            self.reserved = self.reserved.saturating_sub(1);
+        }
+    }
+
+    /// Whether `who` must wait for a batch held by another process before it takes an item.
+    fn held_from(&self, who: Who) -> bool {
+        self.recalling || self.holder.is_some_and(|h| Who::Worker(h) != who)
+    }
+
     /// The room each broadcast reader's buffer has.
     fn sub_room(&self) -> usize {
         self.capacity.max(1) as usize
@@ -212,11 +272,24 @@ pub(super) fn op(
     };
     for k in 0..n {
         let i = (start + k) % n;
-        if ready(&inner.chans, &guards[i]) {
+        if ready(&inner.chans, &guards[i], me.who) {
             let mut guards = guards;
             let g = guards.swap_remove(i);
-            let (source, item) = fire(inner, g, out);
-            return inner.answer(me, source, result_for(kind, i as u32, source, item), out);
+            let c = g.chan;
+            let sent = g.send.is_some();
+            let (source, item) = fire(inner, g, me.who, out);
+            let mut result = result_for(kind, i as u32, source, item);
+            if let (Some(ch), false) = (inner.chans.chans.get_mut(&c), select) {
+                if sent {
+                    streak(&mut ch.last_send, &mut ch.send_solo, me.who);
+                    if let Some(n) = grant(ch, me.who) {
+                        result = PrimResult::Granted(n);
+                    }
+                } else {
+                    streak(&mut ch.last_recv, &mut ch.recv_solo, me.who);
+                }
+            }
+            return inner.answer(me, source, result, out);
         }
     }
     if let Some(r) = guards.iter().find_map(|g| dead(&inner.chans, g)) {
@@ -230,25 +303,71 @@ pub(super) fn op(
     for (i, g) in guards.into_iter().enumerate() {
         let Some(ch) = inner.chans.chans.get_mut(&g.chan) else { continue };
         let index = i as u32;
+        let sends = g.send.is_some();
         match g.send {
             Some(item) => ch.senders.push_back(Offer { key, index, item, reg: 0 }),
             None => ch.receivers.push_back(Offer { key, index, item: Vec::new(), reg: g.reg }),
         }
         chans.push(g.chan);
+        // What others hold of this channel comes back: a receiver waits for the items lent
+        // in a batch, a sender for the slots reserved for other senders.
+        recall(ch, g.chan, me.who, sends, out);
     }
     inner.chans.waits.insert(key, Wait { kind, chans });
     inner.parked.insert(key, (0, Parked::Chan));
 }
 
-/// Whether guard `g` can commit now.
-fn ready(chans: &Chans, g: &G) -> bool {
+/// Asks the processes holding what `who` waits for on channel `c` to give it back: the lent
+/// items of a batch (a receiver waits), or the reserved slots (a sender waits).
+fn recall(ch: &mut Channel, c: u64, who: Who, sender: bool, out: &mut Vec<Delivery>) {
+    let mut to = Vec::new();
+    if sender {
+        for (w, n) in &ch.credits {
+            if *n > 0 && Who::Worker(*w) != who && ch.credit_recalled.insert(*w) {
+                to.push(*w);
+            }
+        }
+    } else if let Some(h) = ch.holder {
+        if !ch.recalling && ch.lent > 0 && Who::Worker(h) != who {
+            ch.recalling = true;
+            to.push(h);
+        }
+    }
+    for w in to {
+        let (req, result) = (PRIM_RECALL, PrimResult::Done);
+        out.push(Delivery { to: Who::Worker(w), req, result, queue: c, lent: false });
+    }
+}
+
+/// Slots reserved for the lone worker `who` that just sent on `ch` (and is answered now):
+/// half the free room, so that others still find some; none while anyone waits to send.
+fn grant(ch: &mut Channel, who: Who) -> Option<u64> {
+    let Who::Worker(w) = who else { return None };
+    // One grant at a time: a worker's plain send with slots left (an awaited one) uses them.
+    let holds = ch.credits.get(&w).is_some_and(|n| *n > 0);
+    let lone =
+        ch.send_solo >= 2 && ch.senders.is_empty() && !holds && !ch.credit_recalled.contains(&w);
+    if ch.broadcast || ch.capacity < 4 || ch.poisoned || ch.readers_retired || !lone {
+        return None;
+    }
+    let n = (ch.room() / 2).min(MAX_GRANT);
+    if n == 0 {
+        return None;
+    }
+    *ch.credits.entry(w).or_default() += n;
+    ch.reserved += n;
+    Some(n)
+}
+
+/// Whether guard `g` can commit now for `who`.
+fn ready(chans: &Chans, g: &G, who: Who) -> bool {
     let Some(ch) = chans.chans.get(&g.chan) else { return false };
     match (&g.send, ch.broadcast) {
         (Some(_), false) => {
             !ch.readers_retired
-                && (!ch.receivers.is_empty() || (ch.items.len() as u64) < ch.capacity)
+                && ((!ch.receivers.is_empty() && !ch.recalling) || ch.room_for(who) > 0)
         }
-        (None, false) => !ch.items.is_empty() || !ch.senders.is_empty(),
+        (None, false) => !ch.held_from(who) && (!ch.items.is_empty() || !ch.senders.is_empty()),
         (Some(_), true) => !ch.readers_retired && fits(chans, ch),
         (None, true) => chans.regs.get(&g.reg).is_some_and(|r| !r.buf.is_empty()),
     }
@@ -274,12 +393,14 @@ fn dead(chans: &Chans, g: &G) -> Option<PrimResult> {
 }
 
 /// Commits ready guard `g`: returns where its item came from and the item a recv got.
-fn fire(inner: &mut Inner, g: G, out: &mut Vec<Delivery>) -> (u64, Option<Vec<u8>>) {
+fn fire(inner: &mut Inner, g: G, who: Who, out: &mut Vec<Delivery>) -> (u64, Option<Vec<u8>>) {
     let c = g.chan;
     let Some(ch) = inner.chans.chans.get_mut(&c) else { return (c, None) };
     match (g.send, ch.broadcast) {
         (Some(item), false) => {
-            if let Some(o) = ch.receivers.pop_front() {
+            ch.use_credit(who);
+            let taker = if ch.recalling { None } else { ch.receivers.pop_front() };
+            if let Some(o) = taker {
                 settle(inner, o.key, o.index, c, Some(item), out);
             } else {
                 ch.items.push_back(item);
@@ -288,11 +409,8 @@ fn fire(inner: &mut Inner, g: G, out: &mut Vec<Delivery>) -> (u64, Option<Vec<u8
         }
         (None, false) => {
             if let Some(item) = ch.items.pop_front() {
-                // Room for the first parked sender's item, behind the others.
-                if let Some(o) = ch.senders.pop_front() {
-                    ch.items.push_back(o.item);
-                    settle(inner, o.key, o.index, c, None, out);
-                }
+                // Room for parked senders' items, behind the others.
+                pump(inner, c, out);
                 (c, Some(item))
             } else if let Some(o) = ch.senders.pop_front() {
                 // Rendezvous: the sender's item goes straight to this receiver.
@@ -352,7 +470,7 @@ fn pump(inner: &mut Inner, c: u64, out: &mut Vec<Delivery>) {
             broadcast(inner, c, o.item, out);
             settle(inner, o.key, o.index, c, None, out);
         } else {
-            if (ch.items.len() as u64) >= ch.capacity {
+            if ch.room() == 0 {
                 return;
             }
             let Some(o) = ch.senders.pop_front() else { return };
@@ -417,6 +535,12 @@ pub(super) fn poison(inner: &mut Inner, me: Waiter, c: u64, out: &mut Vec<Delive
     };
     ch.poisoned = true;
     ch.items.clear();
+    // The items lent in a batch are dropped too (given back into a poisoned channel).
+    if let Some(h) = ch.holder.filter(|_| ch.lent > 0 && !ch.recalling) {
+        ch.recalling = true;
+        let (req, result) = (PRIM_RECALL, PrimResult::Done);
+        out.push(Delivery { to: Who::Worker(h), req, result, queue: c, lent: false });
+    }
     let keys: Vec<Key> = ch.senders.iter().chain(ch.receivers.iter()).map(|o| o.key).collect();
     for s in ch.subs.clone() {
         if let Some(r) = inner.chans.regs.get_mut(&s) {
@@ -487,9 +611,12 @@ pub(super) fn leave(inner: &mut Inner, reg: u64, retire: bool, out: &mut Vec<Del
         }
     } else {
         ch.writers = ch.writers.saturating_sub(1);
+        // Receivers waiting for a batch's items to come back still get them.
         if retire && ch.writers == 0 {
             ch.writers_retired = true;
-            failed.extend(ch.receivers.iter().map(|o| o.key));
+            if ch.lent == 0 {
+                failed.extend(ch.receivers.iter().map(|o| o.key));
+            }
         }
     }
     let r = retired(ch, r.reader);
@@ -568,4 +695,184 @@ pub(super) fn drop_remote_ends(inner: &mut Inner, w: WorkerId) {
     for reg in inner.chans.remote_ends.remove(&w).unwrap_or_default() {
         inner.forward(Who::Local, u64::MAX, reg, PrimOp::ChanLeave { reg, retire: true });
     }
+}
+
+/// A worker's recv that may take a batch (`ChanRecvMany`): up to `max` items when it receives
+/// alone from a buffered channel with a backlog, else served as a plain recv.
+pub(super) fn recv_many(inner: &mut Inner, me: Waiter, c: u64, max: u32, out: &mut Vec<Delivery>) {
+    let plain = |inner: &mut Inner, out: &mut Vec<Delivery>| {
+        let guard = Guard { chan: c, reg: 0, send: None };
+        op(inner, me, vec![guard], false, false, true, out)
+    };
+    let Who::Worker(w) = me.who else { return plain(inner, out) };
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return plain(inner, out) };
+    let alone = ch.last_recv == Some(me.who) && ch.recv_solo >= 2;
+    let batch = !ch.broadcast
+        && !ch.poisoned
+        && ch.capacity > 0
+        && ch.items.len() >= 2
+        && max >= 2
+        && !ch.held_from(me.who)
+        && alone;
+    if !batch {
+        return plain(inner, out);
+    }
+    streak(&mut ch.last_recv, &mut ch.recv_solo, me.who);
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    while let Some(item) = ch.items.pop_front() {
+        bytes += item.len();
+        items.push(ByteBuf::from(item));
+        if items.len() >= max as usize || bytes >= BATCH_BYTES {
+            break;
+        }
+    }
+    // The extra items keep their room until handed out; the first one's is free now.
+    ch.lent += items.len() as u64 - 1;
+    if items.len() > 1 {
+        ch.holder = Some(w);
+    }
+    pump(inner, c, out);
+    let result = if items.len() == 1 {
+        PrimResult::Item(items.remove(0).into_vec())
+    } else {
+        PrimResult::Items(items)
+    };
+    inner.answer(me, c, result, out);
+}
+
+/// A worker's send into a slot reserved for it (`ChanPost`): answered only if it failed.
+pub(super) fn post(inner: &mut Inner, me: Waiter, c: u64, item: Vec<u8>, out: &mut Vec<Delivery>) {
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return inner.answer(me, c, gone(c), out) };
+    ch.use_credit(me.who);
+    if ch.poisoned {
+        let r = poisoned(ch);
+        return inner.answer(me, c, r, out);
+    }
+    if ch.readers_retired {
+        let r = retired(ch, true);
+        return inner.answer(me, c, r, out);
+    }
+    let taker = if ch.recalling { None } else { ch.receivers.pop_front() };
+    match taker {
+        Some(o) => settle(inner, o.key, o.index, c, Some(item), out),
+        None => ch.items.push_back(item),
+    }
+    inner.answer(me, c, PrimResult::Done, out);
+}
+
+/// Worker `w` gives back `n` slots reserved for its sends (`ChanReturn`).
+pub(super) fn uncredit(inner: &mut Inner, w: Who, c: u64, n: u64, out: &mut Vec<Delivery>) {
+    let Who::Worker(w) = w else { return };
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
+    if let Some(have) = ch.credits.get_mut(&w) {
+        let n = n.min(*have);
+        *have -= n;
+        ch.reserved = ch.reserved.saturating_sub(n);
+        if *have == 0 {
+            ch.credits.remove(&w);
+        }
+    }
+    pump(inner, c, out);
+}
+
+/// Whether `id` is a channel of this node.
+pub(super) fn is_chan(inner: &Inner, id: u64) -> bool {
+    inner.chans.chans.contains_key(&id)
+}
+
+/// A worker handed out one extra item of a batch from channel `c`: its room is free now.
+pub(super) fn acked(inner: &mut Inner, c: u64, out: &mut Vec<Delivery>) {
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
+    ch.lent = ch.lent.saturating_sub(1);
+    if ch.lent == 0 && !ch.recalling {
+        ch.holder = None;
+    }
+    pump(inner, c, out);
+}
+
+/// An item of a batch from channel `c` comes back (its holder gave it back or died): to the
+/// head of the buffer, in order (the caller goes newest first); `extra`: it was lent.
+pub(super) fn put_back(inner: &mut Inner, c: u64, item: Vec<u8>, extra: bool) {
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
+    if extra {
+        ch.lent = ch.lent.saturating_sub(1);
+    }
+    if !ch.poisoned {
+        ch.items.push_front(item);
+    }
+}
+
+/// Worker `w` answered the recall of channel `c` (a `GiveBack` naming it), or gave back what
+/// it held unasked: the items handed out again, in order, first to the receivers parked
+/// meanwhile. A recall its batch overtook is made again (as for a queue).
+pub(super) fn gave_back(inner: &mut Inner, w: WorkerId, c: u64, out: &mut Vec<Delivery>) {
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
+    ch.credit_recalled.remove(&w);
+    if ch.holder == Some(w) && ch.recalling && ch.lent > 0 {
+        let (req, result) = (PRIM_RECALL, PrimResult::Done);
+        out.push(Delivery { to: Who::Worker(w), req, result, queue: c, lent: false });
+        return;
+    }
+    if ch.holder.is_none_or(|h| h == w) {
+        end_recall(inner, c, out);
+    }
+}
+
+/// The holder of channel `c`'s lent items gave them back (or died): items go to the
+/// receivers that waited, oldest first, then parked senders' items move in.
+pub(super) fn end_recall(inner: &mut Inner, c: u64, out: &mut Vec<Delivery>) {
+    let Some(ch) = inner.chans.chans.get_mut(&c) else { return };
+    ch.recalling = false;
+    if ch.lent == 0 {
+        ch.holder = None;
+    }
+    let mut handed = Vec::new();
+    while !ch.items.is_empty() && !ch.receivers.is_empty() {
+        if let (Some(o), Some(item)) = (ch.receivers.pop_front(), ch.items.pop_front()) {
+            handed.push((o, item));
+        }
+    }
+    let stranded: Vec<Key> = if ch.writers_retired && ch.items.is_empty() && ch.lent == 0 {
+        ch.receivers.iter().map(|o| o.key).collect()
+    } else {
+        Vec::new()
+    };
+    let r = retired(ch, false);
+    for (o, item) in handed {
+        settle(inner, o.key, o.index, c, Some(item), out);
+    }
+    for key in stranded {
+        fail(inner, key, r.clone(), out);
+    }
+    pump(inner, c, out);
+}
+
+/// Worker `w` is gone: the slots reserved for it are free, and the channels whose batch it
+/// held (its items already given back) hand items out again.
+pub(super) fn drop_worker(inner: &mut Inner, w: WorkerId, out: &mut Vec<Delivery>) {
+    let mine: Vec<u64> = inner
+        .chans
+        .chans
+        .iter()
+        .filter(|(_, ch)| ch.credits.contains_key(&w) || ch.holder == Some(w))
+        .map(|(c, _)| *c)
+        .collect();
+    for c in mine {
+        if let Some(ch) = inner.chans.chans.get_mut(&c) {
+            let n = ch.credits.remove(&w).unwrap_or(0);
+            ch.reserved = ch.reserved.saturating_sub(n);
+            ch.credit_recalled.remove(&w);
+            if ch.holder == Some(w) {
+                ch.holder = None;
+                ch.lent = 0;
+            }
+        }
+        end_recall(inner, c, out);
+    }
+}
+
+/// Whether channel `c` waits for its batch holder to answer a recall.
+pub(super) fn recalling(inner: &Inner, c: u64) -> bool {
+    inner.chans.chans.get(&c).is_some_and(|ch| ch.recalling)
 }

@@ -337,3 +337,148 @@ fn select_over_two_nodes_is_refused() {
         matches!(&out[..], [(1, 1, PrimResult::Error(m))] if m.contains("one node") && m.contains("node 7"))
     );
 }
+
+fn recv_many(chan: u64, max: u32) -> PrimOp {
+    PrimOp::ChanRecvMany { chan, max }
+}
+
+fn post(chan: u64, item: &[u8]) -> PrimOp {
+    PrimOp::ChanPost { chan, item: item.to_vec() }
+}
+
+fn items(list: &[&[u8]]) -> PrimResult {
+    PrimResult::Items(list.iter().map(|i| ByteBuf::from(i.to_vec())).collect())
+}
+
+fn is_recall(d: &Delivery, to: Who, c: u64) -> bool {
+    d.to == to && d.req == PRIM_RECALL && d.queue == c
+}
+
+/// A worker that sends alone to a buffered channel is granted slots (half the free room); its
+/// posts fill them without answers; a sender that then finds no room parks and has the slots
+/// recalled; the slots given back let it in.
+#[test]
+fn a_lone_sender_is_granted_slots_which_a_parked_sender_recalls() {
+    let p = Prims::default();
+    let c = chan(&p, 8, false);
+    assert_eq!(answers(p.op(w(2), 1, send(c, b"1"))), vec![(2, 1, PrimResult::Done)]);
+    // The second send in a row: 6 free, 3 of them reserved for worker 2.
+    assert_eq!(answers(p.op(w(2), 2, send(c, b"2"))), vec![(2, 2, PrimResult::Granted(3))]);
+    for i in [b"3", b"4"] {
+        assert!(p.op(w(2), PRIM_NO_REPLY, post(c, i)).is_empty());
+    }
+    // 4 items and 1 reserved slot: 3 free for others.
+    for (req, i) in [(1, b"a"), (2, b"b"), (3, b"c")] {
+        assert_eq!(answers(p.op(w(3), req, send(c, i))), vec![(3, req, PrimResult::Done)]);
+    }
+    // Full but for worker 2's last slot: worker 3 parks and the slot is recalled.
+    let out = p.op(w(3), 4, send(c, b"d"));
+    assert_eq!(out.len(), 1);
+    assert!(is_recall(&out[0], w(2), c), "{out:?}");
+    // Worker 2 gives it back (and answers the recall): worker 3's item moves in.
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::ChanReturn { chan: c, n: 1 }));
+    assert_eq!(out, vec![(3, 4, PrimResult::Done)]);
+    p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![], queue: c });
+    // Every item, in order.
+    for (req, want) in [b"1", b"2", b"3", b"4", b"a", b"b", b"c", b"d"].iter().enumerate() {
+        let req = req as u64 + 10;
+        assert_eq!(answers(p.op(w(4), req, recv(c))), vec![(4, req, item(*want))]);
+    }
+}
+
+/// A post into a poisoned channel is answered (to the no-reply request: the worker raises it
+/// at its next op); one whose slot a dead worker held frees it.
+#[test]
+fn a_post_into_a_poisoned_channel_fails_and_a_dead_senders_slots_are_freed() {
+    let p = Prims::default();
+    let c = chan(&p, 4, false);
+    p.op(w(2), 1, send(c, b"1"));
+    assert_eq!(answers(p.op(w(2), 2, send(c, b"2"))), vec![(2, 2, PrimResult::Granted(1))]);
+    // Worker 2 dies holding its slot: the slot is free for worker 3.
+    p.drop_worker(WorkerId(2));
+    assert_eq!(answers(p.op(w(3), 1, send(c, b"3"))), vec![(3, 1, PrimResult::Done)]);
+    assert_eq!(answers(p.op(w(3), 2, send(c, b"4"))), vec![(3, 2, PrimResult::Done)]);
+    assert!(p.op(w(3), 3, send(c, b"5")).len() <= 1); // full: parks
+    let d = chan(&p, 8, false);
+    p.op(w(5), 1, send(d, b"x"));
+    assert_eq!(answers(p.op(w(5), 2, send(d, b"y"))), vec![(5, 2, PrimResult::Granted(3))]);
+    p.op(w(6), 1, PrimOp::ChanPoison { chan: d });
+    let out = answers(p.op(w(5), PRIM_NO_REPLY, post(d, b"z")));
+    assert!(matches!(out[..], [(5, PRIM_NO_REPLY, PrimResult::Poisoned(_))]), "{out:?}");
+}
+
+/// Fills channel `c` with items 0..n from worker 1 (a driver-like sender: no grants), then has
+/// worker 2 receive twice (so that it receives alone).
+fn backlog(p: &Prims, c: u64, n: u8) {
+    for i in 0..n {
+        p.op(Who::Local, u64::from(i) + 100, send(c, &[i]));
+    }
+    for req in [1, 2] {
+        p.op(w(2), req, recv(c));
+        p.op(w(2), req, PrimOp::Ack);
+    }
+}
+
+/// A lone receiver with a backlog takes a batch; its extra items keep their room until
+/// handed out, so a sender still parks on a channel that is full counting them, and moves in
+/// as they are acknowledged.
+#[test]
+fn a_batch_keeps_its_room_until_handed_out() {
+    let p = Prims::default();
+    let c = chan(&p, 6, false);
+    backlog(&p, c, 6); // 0 and 1 received; 2..5 left
+    let out = answers(p.op(w(2), 3, recv_many(c, 3)));
+    assert_eq!(out, vec![(2, 3, items(&[&[2], &[3], &[4]]))]);
+    p.op(w(2), 3, PrimOp::Ack); // the first, the caller's
+                                // Items 5 + lent 3, 4: three taken of six; the driver fills the rest, then parks.
+    for i in [6u8, 7, 8] {
+        assert_eq!(p.op(Who::Local, 200 + u64::from(i), send(c, &[i])).len(), 0);
+    }
+    assert_eq!(p.parked(), 0);
+    assert!(p.op(w(9), 1, send(c, &[9])).is_empty());
+    assert_eq!(p.parked(), 1);
+    // Handing out item 3 frees its room: the parked sender's item moves in.
+    let out = answers(p.op(w(2), 3, PrimOp::Ack));
+    assert_eq!(out, vec![(9, 1, PrimResult::Done)]);
+}
+
+/// A receiver that parks while a batch waits in another worker's buffer has it recalled and
+/// gets the oldest item: every receiver sees the channel's order.
+#[test]
+fn a_parked_receiver_recalls_a_batch_and_order_holds() {
+    let p = Prims::default();
+    let c = chan(&p, 8, false);
+    backlog(&p, c, 6);
+    p.op(w(2), 3, recv_many(c, 3)); // 2 (the caller's), 3, 4 lent
+    p.op(w(2), 3, PrimOp::Ack);
+    // Worker 3 would get item 5, but 3 and 4 are older: it parks and the batch is recalled.
+    let out = p.op(w(3), 1, recv(c));
+    assert_eq!(out.len(), 1);
+    assert!(is_recall(&out[0], w(2), c), "{out:?}");
+    // A send meanwhile goes to the buffer, not to the parked receiver.
+    assert!(answers(p.op(w(4), 1, send(c, b"x"))).iter().all(|a| a.0 == 4));
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![3], queue: c }));
+    assert_eq!(out, vec![(3, 1, item(&[3]))]);
+    for (req, want) in [(2, &[4u8][..]), (3, &[5]), (4, b"x")] {
+        assert_eq!(answers(p.op(w(3), req, recv(c))), vec![(3, req, item(want))]);
+    }
+}
+
+/// A receiver killed with a batch in its buffer loses none of it: back at the head, in order.
+#[test]
+fn a_killed_batch_holders_items_go_back_in_order() {
+    let p = Prims::default();
+    let c = chan(&p, 8, false);
+    backlog(&p, c, 6);
+    p.op(w(2), 3, recv_many(c, 3));
+    p.op(w(2), 3, PrimOp::Ack); // 2 handed out; 3, 4 in the buffer
+    p.drop_worker(WorkerId(2));
+    for (req, want) in [(1, 3u8), (2, 4), (3, 5)] {
+        assert_eq!(answers(p.op(w(3), req, recv(c))), vec![(3, req, item(&[want]))]);
+    }
+    // All the room is back: eight sends fit.
+    for i in 0..8u8 {
+        assert_eq!(p.op(Who::Local, 300 + u64::from(i), send(c, &[i])).len(), 0);
+    }
+    assert_eq!(p.parked(), 0);
+}

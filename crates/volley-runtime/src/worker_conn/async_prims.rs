@@ -29,6 +29,15 @@ impl WorkerConn {
                 (None, PrimOp::Get { queue, .. }) => {
                     inner.buffered(*queue, &self.out).map(PrimResult::Item)
                 }
+                (None, PrimOp::ChanRecv { chan, reg: 0 }) => {
+                    inner.buffered(*chan, &self.out).map(PrimResult::Item)
+                }
+                (None, PrimOp::ChanSend { chan, .. }) => {
+                    // Its answer may reserve slots (see `WorkerConn::prim`); awaited sends
+                    // do not use them, but a recall or the task's end gives them back.
+                    inner.send_reqs.insert(req, *chan);
+                    None
+                }
                 (None, _) => None,
             };
             if let Some(result) = now {
