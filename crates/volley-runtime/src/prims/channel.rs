@@ -387,7 +387,8 @@ fn dead(chans: &Chans, g: &G) -> Option<PrimResult> {
     let ch = chans.chans.get(&g.chan)?;
     match &g.send {
         Some(_) if ch.readers_retired => Some(retired(ch, true)),
-        None if ch.writers_retired => Some(retired(ch, false)),
+        // Items lent in a batch may still come back (the holder dies or its task ends).
+        None if ch.writers_retired && ch.lent == 0 => Some(retired(ch, false)),
         _ => None,
     }
 }
@@ -859,16 +860,18 @@ pub(super) fn drop_worker(inner: &mut Inner, w: WorkerId, out: &mut Vec<Delivery
         .map(|(c, _)| *c)
         .collect();
     for c in mine {
-        if let Some(ch) = inner.chans.chans.get_mut(&c) {
-            let n = ch.credits.remove(&w).unwrap_or(0);
-            ch.reserved = ch.reserved.saturating_sub(n);
-            ch.credit_recalled.remove(&w);
-            if ch.holder == Some(w) {
-                ch.holder = None;
-                ch.lent = 0;
-            }
+        let Some(ch) = inner.chans.chans.get_mut(&c) else { continue };
+        let n = ch.credits.remove(&w).unwrap_or(0);
+        ch.reserved = ch.reserved.saturating_sub(n);
+        ch.credit_recalled.remove(&w);
+        if ch.holder == Some(w) {
+            ch.holder = None;
+            ch.lent = 0;
+            end_recall(inner, c, out);
+        } else {
+            // Another's batch may be on recall: only the freed slots matter here.
+            pump(inner, c, out);
         }
-        end_recall(inner, c, out);
     }
 }
 

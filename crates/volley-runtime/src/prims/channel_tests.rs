@@ -482,3 +482,42 @@ fn a_killed_batch_holders_items_go_back_in_order() {
     }
     assert_eq!(p.parked(), 0);
 }
+
+/// A receiver that finds the writers all retired while a batch is lent waits for the batch's
+/// items (recalled) instead of failing `Retired`; once they are all taken it fails.
+#[test]
+fn writers_retired_while_a_batch_is_lent_still_hand_its_items_out() {
+    let p = Prims::default();
+    let c = chan(&p, 8, false);
+    let reg =
+        created(p.op(w(1), 50, PrimOp::ChanJoin { chan: c, reader: false, travelling: false }));
+    backlog(&p, c, 4); // 0, 1 received; 2, 3 left
+    p.op(w(2), 3, recv_many(c, 2)); // 2 (the caller's), 3 lent
+    p.op(w(2), 3, PrimOp::Ack);
+    p.op(w(1), 51, PrimOp::ChanLeave { reg, retire: true });
+    let out = p.op(w(3), 1, recv(c));
+    assert!(out.len() == 1 && is_recall(&out[0], w(2), c), "{out:?}");
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![3], queue: c }));
+    assert_eq!(out, vec![(3, 1, item(&[3]))]);
+    let out = answers(p.op(w(3), 2, recv(c)));
+    assert!(matches!(out[..], [(3, 2, PrimResult::Retired(_))]), "{out:?}");
+}
+
+/// A sender holding slots dies while another worker's batch is being recalled: the recall
+/// goes on (a receiver parked meanwhile still gets the batch's items first).
+#[test]
+fn a_dead_slot_holder_does_not_end_anothers_recall() {
+    let p = Prims::default();
+    let c = chan(&p, 16, false);
+    backlog(&p, c, 6);
+    p.op(w(5), 1, send(c, b"s"));
+    let granted = answers(p.op(w(5), 2, send(c, b"t")));
+    assert!(matches!(granted[..], [(5, 2, PrimResult::Granted(_))]), "{granted:?}");
+    p.op(w(2), 3, recv_many(c, 3)); // 2 (the caller's), 3, 4 lent
+    p.op(w(2), 3, PrimOp::Ack);
+    let out = p.op(w(3), 1, recv(c)); // parks, recalls the batch
+    assert!(out.len() == 1 && is_recall(&out[0], w(2), c), "{out:?}");
+    assert!(answers(p.drop_worker(WorkerId(5))).is_empty());
+    let out = answers(p.op(w(2), PRIM_NO_REPLY, PrimOp::GiveBack { reqs: vec![3], queue: c }));
+    assert_eq!(out, vec![(3, 1, item(&[3]))]);
+}
