@@ -72,6 +72,7 @@ _LAZY: dict[str, str] = {
     "job": "",
     "state": "",
     "sync": "",
+    "tune": "",
     "ActorClass": "._actor",
     "ActorHandle": "._actor",
     "actor_state": "._actor",
@@ -180,6 +181,7 @@ __all__ = [
     "exceptions",
     "job",
     "state",
+    "tune",
     "util",
 ]
 
