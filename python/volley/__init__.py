@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from ._session import Context, init, is_initialized, nodes, shutdown
     from ._shared_dict import SharedDict
     from ._timeline import timeline
+    from ._views import WorkersError, WorkerView, workers
+    from ._shell import ShellError, ShellResult, shell, shell_many
     from .exceptions import (
         ActorCreationError,
         ActorDiedError,
@@ -108,6 +110,13 @@ _LAZY: dict[str, str] = {
     "shutdown": "._session",
     "SharedDict": "._shared_dict",
     "timeline": "._timeline",
+    "WorkersError": "._views",
+    "WorkerView": "._views",
+    "workers": "._views",
+    "ShellError": "._shell",
+    "ShellResult": "._shell",
+    "shell": "._shell",
+    "shell_many": "._shell",
     "ActorCreationError": ".exceptions",
     "ActorDiedError": ".exceptions",
     "GetTimeoutError": ".exceptions",

@@ -1,0 +1,467 @@
+"""Shell commands as tasks, on any node (Distributed_Python's, pdsh's and GNU parallel's job):
+``volley.shell`` runs one and returns its exit status and output; ``volley.shell_many`` runs a
+list with a concurrency limit and prints each line as it comes, prefixed by its command.
+
+A command runs in a task with no retries (a command is not assumed safe to run twice), in a
+process group of its own: a timeout ends the whole group (SIGTERM, then SIGKILL a second later)
+and the result says so. Lines reach the caller through a ``volley.util.queue.Queue`` as the
+command writes them, from whichever node runs it.
+
+>>> r = volley.shell("echo hello")
+>>> r.returncode, r.stdout
+(0, 'hello\\n')
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import library
+from ._objects import get, wait
+from ._options import NodeAffinitySchedulingStrategy
+from ._remote import remote
+from ._session import nodes
+from .exceptions import VolleyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+#: Seconds between SIGTERM and SIGKILL when a command's time is up.
+KILL_GRACE_S = 1.0
+
+#: The prefix of a streamed line when ``prefix=True``.
+DEFAULT_PREFIX = "[{index}] "
+
+
+@dataclass
+class ShellResult:
+    """What a command did: ``returncode`` (negative: killed by that signal, as ``subprocess``
+    says; None if its worker died), ``stdout``, ``stderr`` (text, undecodable bytes replaced),
+    ``node`` (the node it ran on), ``timed_out`` (its time ran out and its process group was
+    killed), ``duration_s``, and ``error`` (why it could not run or finish, else None).
+
+    >>> r = volley.shell(["sh", "-c", "exit 3"])
+    >>> r.returncode, r.ok
+    (3, False)
+    """
+
+    cmd: str | list[str]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    node: int
+    timed_out: bool = False
+    duration_s: float = 0.0
+    error: str | None = field(default=None)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command ran and exited with status 0."""
+        return self.returncode == 0 and not self.timed_out and self.error is None
+
+    def check(self) -> ShellResult:
+        """This result if ``ok``; else raises ``ShellError`` saying what went wrong.
+
+        >>> volley.shell("true").check().returncode
+        0
+        """
+        if not self.ok:
+            raise ShellError(self)
+        return self
+
+    def why(self) -> str:
+        """What went wrong, in words ("" if nothing did)."""
+        if self.timed_out:
+            return (
+                f"timed out after {self.duration_s:.1f} s: its process group was killed "
+                f"(exit status {self.returncode})"
+            )
+        if self.error is not None:
+            return self.error
+        if self.returncode is not None and self.returncode < 0:
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"signal {-self.returncode}"
+            return f"killed by {name}"
+        if self.returncode:
+            return f"exited with status {self.returncode}"
+        return ""
+
+
+class ShellError(VolleyError, subprocess.CalledProcessError):
+    """A command failed (``check=True``): ``result`` is its ``ShellResult``; ``returncode``,
+    ``cmd``, ``output`` and ``stderr`` are ``subprocess.CalledProcessError``'s."""
+
+    def __init__(self, result: ShellResult):
+        self.result = result
+        subprocess.CalledProcessError.__init__(
+            self, result.returncode or -1, result.cmd, result.stdout, result.stderr
+        )
+
+    def __str__(self) -> str:
+        tail = self.result.stderr.strip().splitlines()[-3:]
+        more = ("; stderr ends: " + " | ".join(tail)) if tail else ""
+        return f"command {self.result.cmd!r} on node {self.result.node} {self.result.why()}{more}"
+
+    def __reduce__(self) -> tuple:
+        return (ShellError, (self.result,))
+
+
+# ---------------------------------------------------------------- in the worker
+
+
+def _run_command(
+    cmd: str | list[str],
+    env: dict[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+    stream: Any,
+    index: int,
+) -> ShellResult:
+    """Runs ``cmd`` here, sending its lines to ``stream`` (a queue, or None) as
+    ``(index, node, "stdout"|"stderr", [lines])`` and ``(index, node, None, None)`` at the
+    end."""
+    import volley
+
+    node = volley.get_runtime_context().get_node_id()
+    start = time.monotonic()
+    try:
+        return _run_here(cmd, env, cwd, timeout, stream, index, node, start)
+    finally:
+        if stream is not None:
+            stream.put((index, node, None, None))
+
+
+def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult:
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        p = subprocess.Popen(
+            cmd,
+            shell=isinstance(cmd, str),
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a group of its own, to kill it whole
+        )
+    except OSError as e:
+        what = cmd if isinstance(cmd, str) else cmd[0]
+        where = f" in {cwd!r}" if cwd is not None else ""
+        return ShellResult(
+            cmd, 126 if isinstance(e, PermissionError) else 127, "", "", node,
+            duration_s=time.monotonic() - start,
+            error=f"could not start {what!r}{where} on node {node}: {e}",
+        )  # fmt: skip
+    deadline = None if timeout is None else start + timeout
+    out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    partial = {"stdout": b"", "stderr": b""}
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ, "stdout")  # type: ignore[arg-type]
+    sel.register(p.stderr, selectors.EVENT_READ, "stderr")  # type: ignore[arg-type]
+    timed_out = False
+    killed_at = None
+    while sel.get_map():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline and not timed_out:
+            timed_out, killed_at = True, now
+            _signal_group(p.pid, signal.SIGTERM)
+        if killed_at is not None and now >= killed_at + KILL_GRACE_S:
+            _signal_group(p.pid, signal.SIGKILL)
+            if now >= killed_at + 2 * KILL_GRACE_S:
+                break  # something outside the group holds the pipes: stop reading
+        if killed_at is not None:
+            wake = killed_at + KILL_GRACE_S * (1 if now < killed_at + KILL_GRACE_S else 2)
+        else:
+            wake = deadline
+        ready = sel.select(None if wake is None else max(0.0, wake - now))
+        for key, _ in ready:
+            name = key.data
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                if partial[name]:
+                    _emit(stream, index, node, name, [partial[name]])
+                    partial[name] = b""
+                continue
+            out[name].append(chunk)
+            if stream is not None:
+                data = partial[name] + chunk
+                *lines, partial[name] = data.split(b"\n")
+                if lines:
+                    _emit(stream, index, node, name, [line + b"\n" for line in lines])
+    sel.close()
+    p.stdout.close()  # type: ignore[union-attr]
+    p.stderr.close()  # type: ignore[union-attr]
+    if timed_out:
+        _signal_group(p.pid, signal.SIGKILL)  # whatever of the group is still there
+    code = p.wait()
+    return ShellResult(
+        cmd,
+        code,
+        b"".join(out["stdout"]).decode(errors="replace"),
+        b"".join(out["stderr"]).decode(errors="replace"),
+        node,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - start,
+    )
+
+
+def _emit(stream: Any, index: int, node: int, name: str, lines: list[bytes]) -> None:
+    if stream is not None:
+        stream.put((index, node, name, [b.decode(errors="replace") for b in lines]))
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+_run_task = remote(max_retries=0)(_run_command)
+
+
+# ---------------------------------------------------------------- in the caller
+
+
+def _check_cmd(cmd: object) -> str | list[str]:
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise ValueError("an empty command")
+        return cmd
+    if isinstance(cmd, (list, tuple)):
+        if not cmd:
+            raise ValueError("an empty command (an empty list)")
+        argv = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in cmd]
+        for a in argv:
+            if not isinstance(a, str):
+                raise TypeError(f"a command's arguments are str, not {type(a).__name__}: {a!r}")
+        return argv
+    raise TypeError(
+        f"a command is a str (run by /bin/sh) or a list of str (no shell), not "
+        f"{type(cmd).__name__}"
+    )
+
+
+def _check_env(env: object) -> dict[str, str] | None:
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        raise TypeError(f"env must be a dict of str: str, not {type(env).__name__}")
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
+            raise ValueError(f"env: {k!r}: {v!r} is not a variable name and a str value")
+    return dict(env)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+    return float(timeout)
+
+
+def _options(node: int | None, num_cpus: float) -> dict:
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
+        raise ValueError(f"num_cpus must be a number >= 0, not {num_cpus!r}")
+    opts: dict[str, Any] = {"num_cpus": num_cpus}
+    if node is None:
+        return opts
+    if isinstance(node, bool) or not isinstance(node, int):
+        raise TypeError(f"node must be a node id (int) from volley.nodes(), not {node!r}")
+    known = [n["node_id"] for n in nodes()]
+    if node not in known:
+        raise ValueError(f"node {node} is not in the cluster (its nodes: {known})")
+    if library.in_cluster():  # one machine's node is the only one, and takes no affinity
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node)
+    return opts
+
+
+def shell(
+    cmd: str | Sequence[str],
+    *,
+    node: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    num_cpus: float = 0,
+) -> ShellResult:
+    """Runs ``cmd`` in a task and returns its ``ShellResult`` (``returncode``, ``stdout``,
+    ``stderr``, ``node``, ``timed_out``). ``cmd`` is a string (run by ``/bin/sh -c``) or a
+    list of strings (run as is, no shell). ``node`` pins it to that node (an id from
+    ``volley.nodes()``); ``env`` adds variables to the worker's environment; ``cwd`` is the
+    directory on that node. After ``timeout`` seconds its whole process group is killed and
+    the result has ``timed_out=True``. With ``check=True`` a command that did not exit with 0
+    raises ``ShellError``. A command that cannot start has status 127 (126: not executable)
+    and ``error`` saying why. ``num_cpus`` is what the task takes from its node (0: the
+    command does not count against the CPUs tasks get).
+
+    >>> volley.shell("echo $GREETING", env={"GREETING": "hi"}).stdout
+    'hi\\n'
+    >>> volley.shell("sleep 10", timeout=0.5).timed_out
+    True
+    >>> volley.shell("exit 2", check=True)
+    Traceback (most recent call last):
+    ...
+    volley._shell.ShellError: command 'exit 2' on node 0 exited with status 2
+    """
+    argv = _check_cmd(cmd)
+    env_ = _check_env(env)
+    t = _check_timeout(timeout)
+    cwd_ = None if cwd is None else os.fspath(cwd)
+    library.init_if_needed()
+    opts = _options(node, num_cpus)
+    r: ShellResult = get(_run_task.options(**opts).remote(argv, env_, cwd_, t, None, 0))
+    return r.check() if check else r
+
+
+def shell_many(
+    cmds: Sequence[str | Sequence[str]],
+    *,
+    concurrency: int | None = None,
+    prefix: bool | str = True,
+    on_line: Callable[[int, str, str], None] | None = None,
+    stream: bool = True,
+    node: int | Sequence[int] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    num_cpus: float = 0,
+) -> list[ShellResult]:
+    """Runs every command of ``cmds`` as ``volley.shell`` would, at most ``concurrency`` at a
+    time (default: the cluster's CPUs), and returns their ``ShellResult``\\ s in the order of
+    ``cmds``. Each line a command writes is printed as it comes (its stdout lines to
+    ``sys.stdout``, stderr lines to ``sys.stderr``), after ``prefix``: ``True`` for
+    ``"[index] "``, a format string with ``{index}``, ``{node}`` and ``{cmd}``, or False for
+    none. ``on_line(index, "stdout"|"stderr", line)`` receives the lines instead of printing
+    them; ``stream=False`` only collects them. ``node`` pins every command to one node, or
+    (a list) each to its own. A command that fails does not stop the others; ``check=True``
+    raises ``ShellError`` for the first that failed once all have finished. ``env``,
+    ``cwd``, ``timeout`` and ``num_cpus`` apply to each command.
+
+    >>> rs = volley.shell_many(["echo one", "echo two"], prefix="<{index}> ")
+    <0> one
+    <1> two
+    >>> [r.returncode for r in rs]
+    [0, 0]
+    """
+    if isinstance(cmds, (str, bytes)):
+        raise TypeError("shell_many() takes a list of commands; for one, call volley.shell()")
+    argvs = [_check_cmd(c) for c in cmds]
+    env_ = _check_env(env)
+    t = _check_timeout(timeout)
+    cwd_ = None if cwd is None else os.fspath(cwd)
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ValueError(f"concurrency must be an int >= 1 or None, not {concurrency!r}")
+    if prefix is True:
+        fmt = DEFAULT_PREFIX
+    elif prefix is False or prefix is None:
+        fmt = ""
+    elif isinstance(prefix, str):
+        fmt = prefix
+        fmt.format(index=0, node=0, cmd="")  # a bad format fails here, before any command
+    else:
+        raise TypeError(f"prefix must be True, False or a format string, not {prefix!r}")
+    if on_line is not None and not callable(on_line):
+        raise TypeError(f"on_line must be callable, not {type(on_line).__name__}")
+    if isinstance(node, (list, tuple)):
+        if len(node) != len(argvs):
+            raise ValueError(f"node: {len(node)} node ids for {len(argvs)} commands")
+        where: list[int | None] = list(node)
+    else:
+        where = [node] * len(argvs)  # type: ignore[list-item]
+    library.init_if_needed()
+    opts = {n: _options(n, num_cpus) for n in set(where)}
+    limit = concurrency or max(1, int(library.total_cpus()))
+    if not argvs:
+        return []
+
+    q = library.Queue() if stream else None
+
+    def show(index: int, node_id: int, name: str, lines: list[str]) -> None:
+        if on_line is not None:
+            for line in lines:
+                on_line(index, name, line)
+            return
+        head = fmt.format(index=index, node=node_id, cmd=_label(argvs[index])) if fmt else ""
+        out = sys.stdout if name == "stdout" else sys.stderr
+        out.write("".join(head + (ln if ln.endswith("\n") else ln + "\n") for ln in lines))
+        out.flush()
+
+    results: list[ShellResult | None] = [None] * len(argvs)
+    running: dict[Any, int] = {}  # ref -> index
+    streamed_end: set[int] = set()  # commands whose last line came
+    next_index = 0
+    try:
+        while next_index < len(argvs) or running:
+            while next_index < len(argvs) and len(running) < limit:
+                i = next_index
+                ref = _run_task.options(**opts[where[i]]).remote(argvs[i], env_, cwd_, t, q, i)
+                running[ref] = i
+                next_index += 1
+            if q is not None:
+                _drain(q, show, streamed_end, block=0.05)
+                done, _ = wait(list(running), num_returns=len(running), timeout=0)
+            else:
+                done, _ = wait(list(running), num_returns=1)
+            for ref in done:
+                i = running[ref]
+                try:
+                    r = get(ref)
+                except Exception as e:  # its worker died: nothing of it comes any more
+                    r = ShellResult(argvs[i], None, "", "", -1, error=f"{type(e).__name__}: {e}")
+                    streamed_end.add(i)
+                if q is not None and i not in streamed_end:
+                    continue  # its last lines are still in the queue: take them first
+                results[i] = r
+                del running[ref]
+        if q is not None:
+            _drain(q, show, streamed_end, block=0)
+    finally:
+        if q is not None:
+            q.shutdown()
+    final = [r for r in results if r is not None]
+    if check:
+        for r in final:
+            r.check()
+    return final
+
+
+def _drain(q: Any, show: Callable, ended: set[int], block: float) -> None:
+    """Shows every line in ``q`` now (waiting up to ``block`` s for the first)."""
+    from queue import Empty
+
+    try:
+        first = q.get(timeout=block) if block else q.get_nowait()
+    except Empty:
+        return
+    items = [first]
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except Empty:
+            break
+    for index, node_id, name, lines in items:
+        if name is None:
+            ended.add(index)
+        else:
+            show(index, node_id, name, lines)
+
+
+def _label(cmd: str | list[str]) -> str:
+    return cmd if isinstance(cmd, str) else " ".join(cmd)
