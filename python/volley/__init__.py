@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     )
     from ._session import Context, init, is_initialized, nodes, shutdown
     from ._shared_dict import SharedDict
+    from ._shell import ShellError, ShellResult, shell, shell_many
     from ._timeline import timeline
     from ._views import WorkersError, WorkerView, workers
-    from ._shell import ShellError, ShellResult, shell, shell_many
     from .exceptions import (
         ActorCreationError,
         ActorDiedError,
@@ -185,6 +185,13 @@ __all__ = [
     "get_runtime_context",
     "RuntimeContext",
     "SharedDict",
+    "WorkersError",
+    "WorkerView",
+    "workers",
+    "ShellError",
+    "ShellResult",
+    "shell",
+    "shell_many",
     "actor",
     "exceptions",
     "job",

@@ -463,7 +463,7 @@ class WorkerView:
             gone = {id(h) for h, _ in self._engines}
             for h, _ in self._engines:
                 _kill_quietly(h)
-            for node, engines in _engines.items():
+            for engines in _engines.values():
                 engines[:] = [(h, w) for h, w in engines if id(h) not in gone]
 
 
