@@ -143,7 +143,7 @@ _EngineActor = remote(num_cpus=0, max_restarts=0, max_concurrency=1)(_Engine)
 
 # The session's engines: node id -> the engines there, in order. Guarded by _lock, so that two
 # threads asking for a view at once start one set.
-_engines: dict[int, list[tuple[ActorHandle, WorkerInfo]]] = {}
+_engines: dict[int, list[tuple[ActorHandle, WorkerInfo] | None]] = {}
 _lock = threading.Lock()
 
 #: How long starting the engines may take before ``volley.workers()`` says which did not start.
@@ -180,40 +180,48 @@ def _refresh(timeout: float) -> list[tuple[ActorHandle, WorkerInfo]]:
         )
     for node in list(_engines):
         if node not in want:
-            for h, _ in _engines.pop(node):
-                _kill_quietly(h)
+            for e in _engines.pop(node):
+                if e is not None:
+                    _kill_quietly(e[0])
     starting: list[tuple[int, int, ActorHandle, Any]] = []
     # On one machine there is nowhere else to go, and the engine's own node takes no affinity
     # (it is not a member of a cluster): the engines start there without a strategy.
     pin = library.in_cluster()
     for node, count in sorted(want.items()):
         have = _engines.setdefault(node, [])
-        alive = [_alive(h) for h, _ in have]
-        for (h, _), ok in zip(have, alive):
-            if not ok:
-                _kill_quietly(h)
-        have[:] = [e for e, ok in zip(have, alive) if ok]
+        have.extend([None] * (count - len(have)))
+        for slot, e in enumerate(have):
+            if e is not None and not _alive(e[0]):
+                _kill_quietly(e[0])
+                have[slot] = None  # a fresh engine takes the dead one's place
         opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node)} if pin else {}
-        for slot in range(len(have), count):
-            h = _EngineActor.options(**opts).remote()
-            starting.append((node, slot, h, h.whoami.remote()))
+        for slot in range(count):
+            if have[slot] is None:
+                h = _EngineActor.options(**opts).remote()
+                starting.append((node, slot, h, h.whoami.remote()))
     if starting:
-        ready, late = wait([s[3] for s in starting], num_returns=len(starting), timeout=timeout)
-        if late:
-            for _, _, h, _ in starting:
+        _, late = wait([s[3] for s in starting], num_returns=len(starting), timeout=timeout)
+        try:
+            if late:
+                slow = [(n, s) for n, s, _, r in starting if r in set(late)]
+                raise GetTimeoutError(
+                    f"volley.workers(): {len(late)} worker(s) (node, slot) {slow} did not "
+                    f"start within {timeout:g} s"
+                )
+            for node, slot, h, ref in starting:
+                node_id, pid = get(ref)
+                _engines[node][slot] = (h, WorkerInfo(-1, node_id, pid))
+        except BaseException:
+            for node, slot, h, _ in starting:
                 _kill_quietly(h)
-            slow = [(n, s) for n, s, _, r in starting if r in set(late)]
-            raise GetTimeoutError(
-                f"volley.workers(): {len(late)} worker(s) (node, slot) {slow} did not start "
-                f"within {timeout:g} s"
-            )
-        for node, _slot, h, ref in starting:
-            node_id, pid = get(ref)
-            _engines[node].append((h, WorkerInfo(-1, node_id, pid)))
+                _engines[node][slot] = None
+            raise
     everyone = []
     for node in sorted(_engines):
-        for h, w in _engines[node]:
-            everyone.append((h, WorkerInfo(len(everyone), w.node_id, w.pid)))
+        for e in _engines[node]:
+            if e is not None:
+                h, w = e
+                everyone.append((h, WorkerInfo(len(everyone), w.node_id, w.pid)))
     return everyone
 
 
@@ -464,7 +472,7 @@ class WorkerView:
             for h, _ in self._engines:
                 _kill_quietly(h)
             for engines in _engines.values():
-                engines[:] = [(h, w) for h, w in engines if id(h) not in gone]
+                engines[:] = [None if e is not None and id(e[0]) in gone else e for e in engines]
 
 
 def _names_dict(values: object) -> dict[str, Any]:
