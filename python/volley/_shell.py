@@ -248,8 +248,7 @@ def _check_cmd(cmd: object) -> str | list[str]:
                 raise TypeError(f"a command's arguments are str, not {type(a).__name__}: {a!r}")
         return argv
     raise TypeError(
-        f"a command is a str (run by /bin/sh) or a list of str (no shell), not "
-        f"{type(cmd).__name__}"
+        f"a command is a str (run by /bin/sh) or a list of str (no shell), not {type(cmd).__name__}"
     )
 
 
@@ -272,10 +271,16 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
-def _options(node: int | None, num_cpus: float) -> dict:
-    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
-        raise ValueError(f"num_cpus must be a number >= 0, not {num_cpus!r}")
-    opts: dict[str, Any] = {"num_cpus": num_cpus}
+def _options(node: int | None, num_cpus: float | None) -> dict:
+    if num_cpus is not None and (
+        isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0
+    ):
+        raise ValueError(f"num_cpus must be a number >= 0 or None, not {num_cpus!r}")
+    # Unpinned, a command takes a CPU (so it runs where tasks run, never on a driver's or a
+    # bare head's node); pinned, it goes to its node whatever that node has, as pdsh to a host.
+    opts: dict[str, Any] = {
+        "num_cpus": (1 if node is None else 0) if num_cpus is None else num_cpus
+    }
     if node is None:
         return opts
     if isinstance(node, bool) or not isinstance(node, int):
@@ -296,7 +301,7 @@ def shell(
     cwd: str | os.PathLike | None = None,
     timeout: float | None = None,
     check: bool = False,
-    num_cpus: float = 0,
+    num_cpus: float | None = None,
 ) -> ShellResult:
     """Runs ``cmd`` in a task and returns its ``ShellResult`` (``returncode``, ``stdout``,
     ``stderr``, ``node``, ``timed_out``). ``cmd`` is a string (run by ``/bin/sh -c``) or a
@@ -305,8 +310,9 @@ def shell(
     directory on that node. After ``timeout`` seconds its whole process group is killed and
     the result has ``timed_out=True``. With ``check=True`` a command that did not exit with 0
     raises ``ShellError``. A command that cannot start has status 127 (126: not executable)
-    and ``error`` saying why. ``num_cpus`` is what the task takes from its node (0: the
-    command does not count against the CPUs tasks get).
+    and ``error`` saying why. ``num_cpus`` is what the task takes from its node: by default
+    1 when the command is not pinned (it runs where tasks run) and 0 when it is (it runs on
+    its node whatever that node has); pass 0 for commands that mostly wait.
 
     >>> volley.shell("echo $GREETING", env={"GREETING": "hi"}).stdout
     'hi\\n'
@@ -339,7 +345,7 @@ def shell_many(
     cwd: str | os.PathLike | None = None,
     timeout: float | None = None,
     check: bool = False,
-    num_cpus: float = 0,
+    num_cpus: float | None = None,
 ) -> list[ShellResult]:
     """Runs every command of ``cmds`` as ``volley.shell`` would, at most ``concurrency`` at a
     time (default: the cluster's CPUs), and returns their ``ShellResult``\\ s in the order of
