@@ -277,3 +277,13 @@ def test_exec_without_a_cluster_says_it_cannot_connect(tmp_path):
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+def test_a_command_whose_worker_dies_is_reported_and_the_others_finish(volley_shared):
+    # The command SIGKILLs the worker that runs it (its parent): no retry, no lost result.
+    rs = volley.shell_many(["echo before; kill -9 $PPID; sleep 5", "echo fine"], timeout=30)
+    assert rs[0].returncode is None and not rs[0].ok
+    assert "WorkerCrashedError" in rs[0].error and "SIGKILL" in rs[0].error
+    assert rs[1].ok and rs[1].stdout == "fine\n"
+    with pytest.raises(volley.WorkerCrashedError):
+        volley.shell("kill -9 $PPID; sleep 5")

@@ -108,7 +108,7 @@ def _first_line(e: BaseException) -> str:
 _MISSING = object()
 
 
-class _Engine:
+class WorkerEngine:
     """One worker of the views: a process with a namespace of its own."""
 
     def __init__(self) -> None:
@@ -139,7 +139,7 @@ class _Engine:
         return eval(compile(expression, "<volley.workers eval>", "eval"), self.namespace)
 
 
-_EngineActor = remote(num_cpus=0, max_restarts=0, max_concurrency=1)(_Engine)
+_EngineActor = remote(num_cpus=0, max_restarts=0, max_concurrency=1)(WorkerEngine)
 
 # The session's engines: node id -> the engines there, in order. Guarded by _lock, so that two
 # threads asking for a view at once start one set.
