@@ -411,33 +411,44 @@ def shell_many(
 
     results: list[ShellResult | None] = [None] * len(argvs)
     running: dict[Any, int] = {}  # ref -> index
-    streamed_end: set[int] = set()  # commands whose last line came
+    ref_of: dict[int, Any] = {}  # index -> ref
     next_index = 0
+
+    def finish(i: int) -> None:
+        ref = ref_of.pop(i, None)
+        if ref is None:  # already taken (a task that failed, then its last item came)
+            return
+        del running[ref]
+        try:
+            results[i] = get(ref)
+        except Exception as e:  # its worker died: nothing more of it comes
+            results[i] = ShellResult(argvs[i], None, "", "", -1, error=f"{type(e).__name__}: {e}")
+
     try:
         while next_index < len(argvs) or running:
             while next_index < len(argvs) and len(running) < limit:
                 i = next_index
                 ref = _run_task.options(**opts[where[i]]).remote(argvs[i], env_, cwd_, t, q, i)
-                running[ref] = i
+                running[ref], ref_of[i] = i, ref
                 next_index += 1
-            if q is not None:
-                _drain(q, show, streamed_end, block=0.05)
-                done, _ = wait(list(running), num_returns=len(running), timeout=0)
-            else:
+            if q is None:
                 done, _ = wait(list(running), num_returns=1)
-            for ref in done:
-                i = running[ref]
-                try:
-                    r = get(ref)
-                except Exception as e:  # its worker died: nothing of it comes any more
-                    r = ShellResult(argvs[i], None, "", "", -1, error=f"{type(e).__name__}: {e}")
-                    streamed_end.add(i)
-                if q is not None and i not in streamed_end:
-                    continue  # its last lines are still in the queue: take them first
-                results[i] = r
-                del running[ref]
+                for ref in done:
+                    finish(running[ref])
+                continue
+            # A command's last item on the queue says its result is on the way: take it then.
+            # A task that ends without one (its worker died) is found by its ref.
+            for i in _drain(q, show, block=0.05):
+                finish(i)
+            if running:
+                done, _ = wait(list(running), num_returns=len(running), timeout=0)
+                for ref in done:
+                    try:
+                        get(ref, timeout=0)
+                    except Exception:
+                        finish(running[ref])
         if q is not None:
-            _drain(q, show, streamed_end, block=0)
+            _drain(q, show, block=0)
     finally:
         if q is not None:
             q.shutdown()
@@ -448,25 +459,28 @@ def shell_many(
     return final
 
 
-def _drain(q: Any, show: Callable, ended: set[int], block: float) -> None:
-    """Shows every line in ``q`` now (waiting up to ``block`` s for the first)."""
+def _drain(q: Any, show: Callable, block: float) -> list[int]:
+    """Shows every line in ``q`` now (waiting up to ``block`` s for the first); returns the
+    commands whose last item came."""
     from queue import Empty
 
     try:
         first = q.get(timeout=block) if block else q.get_nowait()
     except Empty:
-        return
+        return []
     items = [first]
     while True:
         try:
             items.append(q.get_nowait())
         except Empty:
             break
+    ended = []
     for index, node_id, name, lines in items:
         if name is None:
-            ended.add(index)
+            ended.append(index)
         else:
             show(index, node_id, name, lines)
+    return ended
 
 
 def _label(cmd: str | list[str]) -> str:
