@@ -258,6 +258,8 @@ def test_exec_fails_if_any_command_failed_and_reports_timeouts(exec_cluster, tmp
     assert r.returncode == 124 and "timed out" in r.stderr
     r = volley_exec(exec_cluster, "--file", "-", stdin="echo from stdin\n")
     assert (r.returncode, r.stdout) == (0, "from stdin\n")
+    r = volley_exec(exec_cluster, "--no-shell", "--", "echo", "$HOME; not expanded")
+    assert (r.returncode, r.stdout) == (0, "$HOME; not expanded\n")
 
 
 def test_exec_usage_errors_say_what_is_wrong(exec_cluster):
@@ -267,6 +269,10 @@ def test_exec_usage_errors_say_what_is_wrong(exec_cluster):
     assert r.returncode == 2 and "--concurrency must be >= 1" in r.stderr
     r = volley_exec(exec_cluster, "--node", "999", "--", "true")
     assert r.returncode == 2 and "node 999 is not in the cluster" in r.stderr
+    r = volley_exec(exec_cluster, "--all-nodes", "--file", "-", stdin="true\n")
+    assert r.returncode == 2 and "not with --all-nodes" in r.stderr
+    r = volley_exec(exec_cluster, "--file", "/no/such/file")
+    assert r.returncode == 2 and "/no/such/file" in r.stderr
 
 
 def test_exec_without_a_cluster_says_it_cannot_connect(tmp_path):

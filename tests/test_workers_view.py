@@ -72,6 +72,16 @@ def test_apply_passes_arguments_and_keeps_the_views_order(volley_shared):
     assert r.by_worker() == dict(zip(view.workers, r))
 
 
+def test_large_arguments_reach_every_worker_whole(volley_shared):
+    view = volley.workers()
+    arr = np.arange(1 << 18, dtype=np.float64)  # 2 MiB: stored once for all the workers
+    assert view.apply(lambda a, scale=1: float(a.sum()) * scale, arr, scale=2) == [
+        float(arr.sum()) * 2
+    ] * len(view)
+    view.push({"big": arr, "blob": bytes(200_000)})
+    assert view.evaluate("(big.nbytes, len(blob))") == [(arr.nbytes, 200_000)] * len(view)
+
+
 def test_push_pull_execute_and_evaluate_share_each_workers_namespace(volley_shared):
     view = volley.workers()
     view.push({"base": 10, "items": [1, 2]})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 #: The exit status for a command that ran out of time (``timeout(1)``'s).
@@ -71,7 +72,7 @@ def _commands(args: argparse.Namespace) -> list[str | list[str]]:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise ValueError(f"--file {args.file}: no commands in it")
-        return [ln.split() if args.no_shell else ln for ln in lines]  # type: ignore[misc]
+        return [shlex.split(ln) if args.no_shell else ln for ln in lines]  # type: ignore[misc]
     if not words:
         raise ValueError("no command: write it after --, e.g. volley exec --all-nodes -- uptime")
     return [words if args.no_shell else " ".join(words)]

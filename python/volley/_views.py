@@ -14,8 +14,8 @@ namespace would be lost silently): the call fails with ``WorkersError`` naming i
 >>> len(view) == int(sum(n["num_cpus"] for n in volley.nodes()))
 True
 >>> view.push({"offset": 10})
->>> view.apply(lambda x: x + 1, 1)[:2]
-[2, 2]
+>>> set(view.apply(lambda x: x + 1, 1)), set(view.evaluate("offset + 1"))
+({2}, {11})
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from . import library
 from ._actor import ActorHandle, actor_state, kill
-from ._objects import get, wait
+from ._objects import get, put, wait
 from ._options import NodeAffinitySchedulingStrategy
 from ._remote import remote
 from ._session import nodes
@@ -121,6 +121,9 @@ class WorkerEngine:
 
     def apply(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
         return fn(*args, **kwargs)
+
+    def apply_packed(self, fn: Callable, packed: tuple[tuple, dict]) -> Any:
+        return fn(*packed[0], **packed[1])
 
     def push(self, values: dict[str, Any]) -> None:
         self.namespace.update(values)
@@ -337,6 +340,11 @@ class WorkerView:
         if not callable(fn):
             raise TypeError(f"apply() takes a callable, not {type(fn).__name__}")
         name = getattr(fn, "__qualname__", type(fn).__name__)
+        if len(self) > 1 and _large(*args, *kwargs.values()):
+            # Stored once, read by every worker (from shared memory on the driver's node),
+            # instead of serialised and sent once per worker.
+            packed = put((args, kwargs))
+            return self._call(f"apply({name})", lambda h, _: h.apply_packed.remote(fn, packed))
         return self._call(f"apply({name})", lambda h, _: h.apply.remote(fn, args, kwargs))
 
     def run(self, fn: Callable[[], Any]) -> Results:
@@ -356,7 +364,8 @@ class WorkerView:
         'hi'
         """
         values = _names_dict(values)
-        self._call("push", lambda h, _: h.push.remote(values))
+        sent: Any = put(values) if len(self) > 1 and _large(*values.values()) else values
+        self._call("push", lambda h, _: h.push.remote(sent))
 
     def pull(self, names: str | Sequence[str]) -> Results:
         """The value of ``names`` (a name: its value; a list of names: a list of values) in
@@ -473,6 +482,21 @@ class WorkerView:
                 _kill_quietly(h)
             for engines in _engines.values():
                 engines[:] = [None if e is not None and id(e[0]) in gone else e for e in engines]
+
+
+#: Arguments at least this large (an array's ``nbytes``, a bytes-like's length) are stored
+#: once for a call on several workers.
+LARGE_ARGUMENT_BYTES = 64 * 1024
+
+
+def _large(*values: Any) -> bool:
+    for v in values:
+        size = getattr(v, "nbytes", None)
+        if size is None and isinstance(v, (bytes, bytearray, memoryview)):
+            size = len(v)
+        if isinstance(size, int) and size >= LARGE_ARGUMENT_BYTES:
+            return True
+    return False
 
 
 def _names_dict(values: object) -> dict[str, Any]:
