@@ -293,3 +293,26 @@ def test_a_command_whose_worker_dies_is_reported_and_the_others_finish(volley_sh
     assert rs[1].ok and rs[1].stdout == "fine\n"
     with pytest.raises(volley.WorkerCrashedError):
         volley.shell("kill -9 $PPID; sleep 5")
+
+
+def test_commands_end_when_their_caller_stops_waiting(volley_shared):
+    """An exception in the caller (Ctrl-C, or here on_line raising) closes the lines' queue;
+    each running command notices within a second or so and its process group is killed."""
+    pids: list[int] = []
+
+    def on_line(index, stream, line):
+        pids.append(int(line))
+        if len(pids) == 2:
+            raise RuntimeError("the caller gives up")
+
+    with pytest.raises(RuntimeError, match="gives up"):
+        volley.shell_many(["sleep 300 & echo $!; wait"] * 2, concurrency=2, on_line=on_line)
+    assert len(pids) == 2
+    assert poll(lambda: not any(is_running(p) for p in pids), timeout=20), (
+        "a command outlived the shell_many that ran it"
+    )
+
+
+def test_a_command_that_closes_its_output_still_times_out(volley_shared):
+    r = volley.shell("exec >/dev/null 2>&1; sleep 300", timeout=0.5)
+    assert r.timed_out and r.returncode is not None and r.returncode < 0

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 #: Seconds between SIGTERM and SIGKILL when a command's time is up.
 KILL_GRACE_S = 1.0
 
+#: How often a command whose lines are streamed checks that its caller still reads them.
+CALLER_CHECK_S = 1.0
+
 #: The prefix of a streamed line when ``prefix=True``.
 DEFAULT_PREFIX = "[{index}] "
 
@@ -138,7 +141,10 @@ def _run_command(
         return _run_here(cmd, env, cwd, timeout, stream, index, node, start)
     finally:
         if stream is not None:
-            stream.put((index, node, None, None))
+            try:
+                stream.put((index, node, None, None))
+            except Exception:  # the caller is gone: nobody waits for the end
+                pass
 
 
 def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult:
@@ -168,42 +174,67 @@ def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult
     sel = selectors.DefaultSelector()
     sel.register(p.stdout, selectors.EVENT_READ, "stdout")  # type: ignore[arg-type]
     sel.register(p.stderr, selectors.EVENT_READ, "stderr")  # type: ignore[arg-type]
-    timed_out = False
-    killed_at = None
-    while sel.get_map():
-        now = time.monotonic()
-        if deadline is not None and now >= deadline and not timed_out:
-            timed_out, killed_at = True, now
-            _signal_group(p.pid, signal.SIGTERM)
-        if killed_at is not None and now >= killed_at + KILL_GRACE_S:
-            _signal_group(p.pid, signal.SIGKILL)
-            if now >= killed_at + 2 * KILL_GRACE_S:
-                break  # something outside the group holds the pipes: stop reading
-        if killed_at is not None:
-            wake = killed_at + KILL_GRACE_S * (1 if now < killed_at + KILL_GRACE_S else 2)
-        else:
-            wake = deadline
-        ready = sel.select(None if wake is None else max(0.0, wake - now))
-        for key, _ in ready:
-            name = key.data
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                if partial[name]:
-                    _emit(stream, index, node, name, [partial[name]])
-                    partial[name] = b""
-                continue
-            out[name].append(chunk)
-            if stream is not None:
-                data = partial[name] + chunk
-                *lines, partial[name] = data.split(b"\n")
-                if lines:
-                    _emit(stream, index, node, name, [line + b"\n" for line in lines])
-    sel.close()
-    p.stdout.close()  # type: ignore[union-attr]
-    p.stderr.close()  # type: ignore[union-attr]
-    if timed_out:
-        _signal_group(p.pid, signal.SIGKILL)  # whatever of the group is still there
+    exited = _exit_fd(p.pid)  # readable once the command has exited (Linux's pidfd)
+    if exited is not None:
+        sel.register(exited, selectors.EVENT_READ, None)
+    stopped: str | None = None  # why its group was killed: "timeout" or "abandoned"
+    killed_at = 0.0
+    next_check = start + CALLER_CHECK_S
+    pipes = 2
+    try:
+        while True:
+            now = time.monotonic()
+            if stopped is None:
+                if deadline is not None and now >= deadline:
+                    stopped = "timeout"
+                elif stream is not None and now >= next_check:
+                    next_check = now + CALLER_CHECK_S
+                    if not _caller_waits(stream):
+                        stopped = "abandoned"
+                if stopped is not None:
+                    killed_at = now
+                    _signal_group(p.pid, signal.SIGTERM)
+            if stopped is not None and now >= killed_at + KILL_GRACE_S:
+                _signal_group(p.pid, signal.SIGKILL)
+                if now >= killed_at + 2 * KILL_GRACE_S:
+                    break  # what still holds the pipes is outside the group: stop reading
+            if pipes == 0 and p.poll() is not None:
+                break
+            wakes = [now + 0.05] if pipes == 0 and exited is None else []
+            if stopped is None:
+                wakes += [deadline] if deadline is not None else []
+                wakes += [next_check] if stream is not None else []
+            else:
+                wakes.append(
+                    killed_at + KILL_GRACE_S * (1 if now < killed_at + KILL_GRACE_S else 2)
+                )
+            wake = min(wakes) if wakes else None
+            for key, _ in sel.select(None if wake is None else max(0.0, wake - now)):
+                name = key.data
+                if name is None:  # the command exited: stop watching for that
+                    sel.unregister(key.fileobj)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    pipes -= 1
+                    if partial[name]:
+                        _emit(stream, index, node, name, [partial[name]])
+                        partial[name] = b""
+                    continue
+                out[name].append(chunk)
+                if stream is not None:
+                    *lines, partial[name] = (partial[name] + chunk).split(b"\n")
+                    if lines:
+                        _emit(stream, index, node, name, [line + b"\n" for line in lines])
+    finally:
+        sel.close()
+        if exited is not None:
+            os.close(exited)
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+        if stopped is not None:
+            _signal_group(p.pid, signal.SIGKILL)  # whatever of the group is still there
     code = p.wait()
     return ShellResult(
         cmd,
@@ -211,14 +242,37 @@ def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult
         b"".join(out["stdout"]).decode(errors="replace"),
         b"".join(out["stderr"]).decode(errors="replace"),
         node,
-        timed_out=timed_out,
+        timed_out=stopped == "timeout",
         duration_s=time.monotonic() - start,
+        error="the caller stopped waiting (it was interrupted, or it died): the command's "
+        "process group was killed"
+        if stopped == "abandoned"
+        else None,
     )
+
+
+def _exit_fd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: the loop polls instead
+        return None
+
+
+def _caller_waits(stream: Any) -> bool:
+    """Whether the caller still reads this command's lines (its queue is open)."""
+    try:
+        stream.qsize()
+    except Exception:  # ChannelClosed, or the caller's node is gone
+        return False
+    return True
 
 
 def _emit(stream: Any, index: int, node: int, name: str, lines: list[bytes]) -> None:
     if stream is not None:
-        stream.put((index, node, name, [b.decode(errors="replace") for b in lines]))
+        try:
+            stream.put((index, node, name, [b.decode(errors="replace") for b in lines]))
+        except Exception:  # the caller stopped reading: its next check ends the command
+            pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
