@@ -8,13 +8,14 @@ nodes); the `volley exec` tests start a 2-node cluster of their own either way."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import is_running, poll
+from conftest import finish_driver, is_running, kill_driver, poll, start_driver, write_script
 
 import volley
 
@@ -316,3 +317,32 @@ def test_commands_end_when_their_caller_stops_waiting(volley_shared):
 def test_a_command_that_closes_its_output_still_times_out(volley_shared):
     r = volley.shell("exec >/dev/null 2>&1; sleep 300", timeout=0.5)
     assert r.timed_out and r.returncode is not None and r.returncode < 0
+
+
+@pytest.mark.parametrize("call", ["shell", "shell_many"])
+def test_ctrl_c_in_the_caller_ends_its_commands(tmp_path, call):
+    """A driver interrupted while it waits (SIGINT) kills its commands' process groups before
+    it exits: it does not leave them running on the nodes."""
+    pidfile = tmp_path / "pid"
+    cmd = f"sleep 300 & echo $! > {pidfile}; wait"
+    run = f"volley.shell({cmd!r})" if call == "shell" else f"volley.shell_many([{cmd!r}])"
+    script = write_script(
+        tmp_path,
+        f"""
+        import volley
+        volley.init(num_cpus=1)
+        {run}
+    """,
+    )
+    proc = start_driver(script)
+    try:
+        assert poll(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30), (
+            "the command never started"
+        )
+        child = int(pidfile.read_text())
+        proc.send_signal(signal.SIGINT)
+        _, err = finish_driver(proc, timeout=30)
+        assert "KeyboardInterrupt" in err
+        assert poll(lambda: not is_running(child), timeout=10), "the command outlived its caller"
+    finally:
+        kill_driver(proc)

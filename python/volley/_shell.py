@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 #: Seconds between SIGTERM and SIGKILL when a command's time is up.
 KILL_GRACE_S = 1.0
 
-#: How often a command whose lines are streamed checks that its caller still reads them.
-CALLER_CHECK_S = 1.0
+#: How often a running command checks that its caller still waits for it.
+CALLER_CHECK_S = 0.5
 
 #: The prefix of a streamed line when ``prefix=True``.
 DEFAULT_PREFIX = "[{index}] "
@@ -127,27 +127,29 @@ def _run_command(
     env: dict[str, str] | None,
     cwd: str | None,
     timeout: float | None,
-    stream: Any,
+    lifeline: Any,
     index: int,
+    lines: bool,
 ) -> ShellResult:
-    """Runs ``cmd`` here, sending its lines to ``stream`` (a queue, or None) as
-    ``(index, node, "stdout"|"stderr", [lines])`` and ``(index, node, None, None)`` at the
-    end."""
+    """Runs ``cmd`` here. ``lifeline`` is the caller's queue: while it is open the caller
+    waits (once it is closed, the command's group is killed); with ``lines`` each batch of
+    lines goes on it as ``(index, node, "stdout"|"stderr", [lines])``, and
+    ``(index, node, None, None)`` says the result follows."""
     import volley
 
     node = volley.get_runtime_context().get_node_id()
     start = time.monotonic()
     try:
-        return _run_here(cmd, env, cwd, timeout, stream, index, node, start)
+        return _run_here(cmd, env, cwd, timeout, lifeline, lines, index, node, start)
     finally:
-        if stream is not None:
-            try:
-                stream.put((index, node, None, None))
-            except Exception:  # the caller is gone: nobody waits for the end
-                pass
+        try:
+            lifeline.put((index, node, None, None))
+        except Exception:  # the caller is gone: nobody waits for the end
+            pass
 
 
-def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult:
+def _run_here(cmd, env, cwd, timeout, lifeline, lines, index, node, start) -> ShellResult:
+    stream = lifeline if lines else None
     full_env = None if env is None else {**os.environ, **env}
     try:
         p = subprocess.Popen(
@@ -187,9 +189,9 @@ def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult
             if stopped is None:
                 if deadline is not None and now >= deadline:
                     stopped = "timeout"
-                elif stream is not None and now >= next_check:
+                elif now >= next_check:
                     next_check = now + CALLER_CHECK_S
-                    if not _caller_waits(stream):
+                    if not _caller_waits(lifeline):
                         stopped = "abandoned"
                 if stopped is not None:
                     killed_at = now
@@ -203,7 +205,7 @@ def _run_here(cmd, env, cwd, timeout, stream, index, node, start) -> ShellResult
             wakes = [now + 0.05] if pipes == 0 and exited is None else []
             if stopped is None:
                 wakes += [deadline] if deadline is not None else []
-                wakes += [next_check] if stream is not None else []
+                wakes.append(next_check)
             else:
                 wakes.append(
                     killed_at + KILL_GRACE_S * (1 if now < killed_at + KILL_GRACE_S else 2)
@@ -258,10 +260,10 @@ def _exit_fd(pid: int) -> int | None:
         return None
 
 
-def _caller_waits(stream: Any) -> bool:
-    """Whether the caller still reads this command's lines (its queue is open)."""
+def _caller_waits(lifeline: Any) -> bool:
+    """Whether the caller still waits for this command (its queue is open)."""
     try:
-        stream.qsize()
+        lifeline.qsize()
     except Exception:  # ChannelClosed, or the caller's node is gone
         return False
     return True
@@ -383,7 +385,16 @@ def shell(
     cwd_ = None if cwd is None else os.fspath(cwd)
     library.init_if_needed()
     opts = _options(node, num_cpus)
-    r: ShellResult = get(_run_task.options(**opts).remote(argv, env_, cwd_, t, None, 0))
+    # The queue is the command's lifeline: closed when this call ends, however it ends (an
+    # interrupt, an exception), which tells the command that nobody waits for it any more.
+    lifeline = library.Queue()
+    ref = _run_task.options(**opts).remote(argv, env_, cwd_, t, lifeline, 0, False)
+    try:
+        r: ShellResult = get(ref)
+    except BaseException:
+        _abandon(lifeline, [ref])
+        raise
+    lifeline.shutdown()
     return r.check() if check else r
 
 
@@ -451,7 +462,7 @@ def shell_many(
     if not argvs:
         return []
 
-    q = library.Queue() if stream else None
+    q = library.Queue()  # the lines (when streamed), each command's end, and its lifeline
 
     def show(index: int, node_id: int, name: str, lines: list[str]) -> None:
         if on_line is not None:
@@ -482,14 +493,10 @@ def shell_many(
         while next_index < len(argvs) or running:
             while next_index < len(argvs) and len(running) < limit:
                 i = next_index
-                ref = _run_task.options(**opts[where[i]]).remote(argvs[i], env_, cwd_, t, q, i)
+                task = _run_task.options(**opts[where[i]])
+                ref = task.remote(argvs[i], env_, cwd_, t, q, i, bool(stream))
                 running[ref], ref_of[i] = i, ref
                 next_index += 1
-            if q is None:
-                done, _ = wait(list(running), num_returns=1)
-                for ref in done:
-                    finish(running[ref])
-                continue
             # A command's last item on the queue says its result is on the way: take it then.
             # A task that ends without one (its worker died) is found by its ref.
             for i in _drain(q, show, block=0.05):
@@ -501,16 +508,27 @@ def shell_many(
                         get(ref, timeout=0)
                     except Exception:
                         finish(running[ref])
-        if q is not None:
-            _drain(q, show, block=0)
-    finally:
-        if q is not None:
-            q.shutdown()
+        _drain(q, show, block=0)
+    except BaseException:
+        _abandon(q, list(running))
+        raise
+    q.shutdown()
     final = [r for r in results if r is not None]
     if check:
         for r in final:
             r.check()
     return final
+
+
+def _abandon(lifeline: Any, refs: list) -> None:
+    """Closes the commands' lifeline and gives them the time to see it and kill their groups
+    (a caller that exits at once would take the workers, and with them the kill, along)."""
+    lifeline.shutdown()
+    if refs:
+        try:
+            wait(refs, num_returns=len(refs), timeout=CALLER_CHECK_S + 2 * KILL_GRACE_S + 1)
+        except BaseException:  # a second Ctrl-C: leave at once
+            pass
 
 
 def _drain(q: Any, show: Callable, block: float) -> list[int]:
