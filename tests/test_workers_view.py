@@ -71,6 +71,12 @@ def test_apply_passes_arguments_and_keeps_the_views_order(volley_shared):
     assert [x[2] for x in r] == [w.pid for w in view]
     assert r.by_worker() == dict(zip(view.workers, r))
 
+    @volley.remote
+    def remote_double(x):
+        return 2 * x
+
+    assert view.apply(remote_double, 21) == [42] * len(view), "runs the function it wraps"
+
 
 def test_large_arguments_reach_every_worker_whole(volley_shared):
     view = volley.workers()
@@ -129,7 +135,7 @@ def test_indexing_and_slicing_make_views_of_those_workers(volley_shared):
 
 def test_bad_arguments_fail_at_the_call_with_what_was_wrong(volley_shared):
     view = volley.workers()
-    with pytest.raises(TypeError, match="takes a callable"):
+    with pytest.raises(TypeError, match="a callable is needed, not int"):
         view.apply(42)
     with pytest.raises(TypeError, match="dict of name: value"):
         view.push([("a", 1)])
@@ -165,7 +171,7 @@ def test_an_error_on_some_workers_names_them_and_keeps_the_others_results(volley
     assert list(e.errors) == [view.workers[0]]
     assert isinstance(e.errors[view.workers[0]], TaskError)
     assert f"worker 0 (node {view.workers[0].node_id}, pid {first})" in str(e)
-    assert "ValueError: only here" in str(e)
+    assert f"pid {first}): ValueError: only here" in str(e)
     assert e.results == [None] + ["fine"] * (len(view) - 1)
     with pytest.raises(volley.WorkersError, match="NameError"):
         view.pull("never_pushed_anywhere")

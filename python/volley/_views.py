@@ -31,7 +31,7 @@ from ._objects import get, put, wait
 from ._options import NodeAffinitySchedulingStrategy
 from ._remote import remote
 from ._session import nodes
-from .exceptions import ActorDiedError, GetTimeoutError, VolleyError
+from .exceptions import ActorDiedError, GetTimeoutError, TaskError, VolleyError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ class WorkersError(VolleyError):
                 lines.append(f"  {w} died: {e}")
             elif isinstance(e, GetTimeoutError):
                 lines.append(f"  {w} did not answer: {e}")
+            elif isinstance(e, TaskError):  # its last line is the original "Type: message"
+                lines.append(f"  {w}: {_first_line(e)}")
             else:
                 lines.append(f"  {w}: {type(e).__name__}: {_first_line(e)}")
         super().__init__("\n".join(lines))
@@ -332,14 +334,13 @@ class WorkerView:
         return results
 
     def apply(self, fn: Callable, *args: Any, **kwargs: Any) -> Results:
-        """``fn(*args, **kwargs)`` on every worker of the view; their results, in order.
+        """``fn(*args, **kwargs)`` on every worker of the view; their results, in order. A
+        ``@volley.remote`` function runs as the plain function it wraps.
 
         >>> volley.workers().apply(pow, 2, 10)[0]
         1024
         """
-        if not callable(fn):
-            raise TypeError(f"apply() takes a callable, not {type(fn).__name__}")
-        name = getattr(fn, "__qualname__", type(fn).__name__)
+        fn, _, name = library.unwrap_remote(fn, "function")  # a @volley.remote one too
         if len(self) > 1 and _large(*args, *kwargs.values()):
             # Stored once, read by every worker (from shared memory on the driver's node),
             # instead of serialised and sent once per worker.
