@@ -136,16 +136,23 @@ def test_many_commands_keep_their_order_and_each_its_own_result(volley_shared):
     assert volley.shell_many([]) == []
 
 
-def test_the_concurrency_limit_holds(volley_shared, tmp_path):
-    # Each command records when it starts and ends (its own clock: the same machine's).
+@pytest.mark.parametrize(
+    "limit, num_cpus",
+    [(2, None), (1, None), (2, 0)],
+    ids=["cpus-bound-it", "below-the-cpus", "zero-cpu-commands"],
+)
+def test_the_concurrency_limit_holds(volley_shared, tmp_path, limit, num_cpus):
+    # Each command records when it starts and ends (its own clock: the same machine's). With
+    # a CPU each and a limit of all the CPUs, the scheduler bounds them; else shell_many does.
     log = tmp_path / "spans"
     log.mkdir()
     cmd = f"{PY} -c \"import os,time; a=time.time(); time.sleep(0.2); open(r'{log}/%d' % os.getpid(), 'w').write(f'{{a}} {{time.time()}}')\""  # noqa: E501
-    volley.shell_many([cmd] * 6, concurrency=2, stream=False)
+    rs = volley.shell_many([cmd] * 6, concurrency=limit, num_cpus=num_cpus, stream=False)
+    assert all(r.ok for r in rs), [r.why() for r in rs]
     spans = [tuple(map(float, p.read_text().split())) for p in log.iterdir()]
     assert len(spans) == 6
     most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
-    assert most <= 2, f"{most} commands ran at once with concurrency=2"
+    assert most <= limit, f"{most} commands ran at once with concurrency={limit}"
 
 
 def test_lines_stream_with_a_prefix_before_the_command_ends(volley_shared, tmp_path):

@@ -458,9 +458,16 @@ def shell_many(
         where = [node] * len(argvs)  # type: ignore[list-item]
     library.init_if_needed()
     opts = {n: _options(n, num_cpus) for n in set(where)}
-    limit = concurrency or max(1, int(library.total_cpus()))
+    tasks = {n: _run_task.options(**o) for n, o in opts.items()}
+    cpus = library.total_cpus()
+    limit = concurrency or max(1, int(cpus))
     if not argvs:
         return []
+    each = min(o["num_cpus"] for o in opts.values())
+    if each > 0 and limit >= cpus / each:
+        # The scheduler alone never runs more than that at once (each takes `each` CPUs):
+        # submitting every command now lets it start the next one without a round trip here.
+        limit = len(argvs)
 
     q = library.Queue()  # the lines (when streamed), each command's end, and its lifeline
 
@@ -493,8 +500,7 @@ def shell_many(
         while next_index < len(argvs) or running:
             while next_index < len(argvs) and len(running) < limit:
                 i = next_index
-                task = _run_task.options(**opts[where[i]])
-                ref = task.remote(argvs[i], env_, cwd_, t, q, i, bool(stream))
+                ref = tasks[where[i]].remote(argvs[i], env_, cwd_, t, q, i, bool(stream))
                 running[ref], ref_of[i] = i, ref
                 next_index += 1
             # A command's last item on the queue says its result is on the way: take it then.
