@@ -243,3 +243,17 @@ def test_shutdown_stops_the_views_workers_and_the_next_view_starts_new_ones(voll
     again = volley.workers()
     assert len(again) == len(view) and again.workers[-1].pid != old.pid
     assert again.workers[:-1] == view.workers[:-1]
+
+
+def test_a_view_after_volley_restarts_has_fresh_workers(volley_shared):
+    from conftest import _init_2cpu
+
+    old = volley.workers()
+    old_pids = [w.pid for w in old]
+    volley.shutdown()
+    _init_2cpu()
+    new = volley.workers()
+    assert len(new) == len(old)
+    assert not set(w.pid for w in new) & set(old_pids), "a worker of the old session came back"
+    assert new.run(lambda: "alive") == ["alive"] * len(new)
+    assert poll(lambda: not any(is_running(p) for p in old_pids), timeout=10)
