@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "exec",
         help="run a shell command on the cluster's nodes (every node, some, or a list of "
         "commands in parallel), its output prefixed as it comes",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--all-nodes", action="store_true", help="run it once on every node")
