@@ -257,3 +257,29 @@ def test_a_view_after_volley_restarts_has_fresh_workers(volley_shared):
     assert not set(w.pid for w in new) & set(old_pids), "a worker of the old session came back"
     assert new.run(lambda: "alive") == ["alive"] * len(new)
     assert poll(lambda: not any(is_running(p) for p in old_pids), timeout=10)
+
+
+def test_workers_that_do_not_start_in_time_are_named(volley_shared, monkeypatch):
+    from volley import _views
+
+    view = volley.workers()
+    view.shutdown()  # the next view starts every worker afresh
+    monkeypatch.setattr(_views, "START_TIMEOUT_S", 1e-6)
+    with pytest.raises(GetTimeoutError, match=r"worker\(s\) \(node, slot\) .* did not start"):
+        volley.workers()
+    monkeypatch.setattr(_views, "START_TIMEOUT_S", 60.0)
+    assert len(volley.workers()) == len(view), "a later call starts them"
+
+
+def test_a_cluster_without_cpus_has_no_view_and_says_why(no_volley, tmp_path):
+    from test_cluster import Cluster
+
+    c = Cluster(tmp_path)
+    c.start(True, "127.0.0.1", cpus=0)  # a bare head, no node with a CPU
+    try:
+        volley.init(address=c.head, token=c.token)
+        with pytest.raises(RuntimeError, match="no node of the cluster has a CPU"):
+            volley.workers()
+    finally:
+        volley.shutdown()
+        c.stop()

@@ -214,7 +214,13 @@ def _refresh(timeout: float) -> list[tuple[ActorHandle, WorkerInfo]]:
                     f"start within {timeout:g} s"
                 )
             for node, slot, h, ref in starting:
-                node_id, pid = get(ref)
+                try:
+                    node_id, pid = get(ref)
+                except Exception as e:
+                    raise RuntimeError(
+                        f"volley.workers(): the worker for slot {slot} of node {node} could not "
+                        f"start: {type(e).__name__}: {e}"
+                    ) from e
                 _engines[node][slot] = (h, WorkerInfo(-1, node_id, pid))
         except BaseException:
             for node, slot, h, _ in starting:
