@@ -95,6 +95,12 @@ def test_bad_arguments_fail_at_the_call(volley_shared):
         volley.shell(42)
     with pytest.raises(TypeError, match="arguments are str"):
         volley.shell(["echo", 1])
+    with pytest.raises(ValueError, match="NUL"):
+        volley.shell("echo \0")
+    with pytest.raises(ValueError, match="NUL"):
+        volley.shell(["echo", "a\0b"])
+    with pytest.raises(ValueError, match="not a variable name"):
+        volley.shell("true", env={"A": "x\0y"})
     with pytest.raises(ValueError, match="timeout must be"):
         volley.shell("true", timeout=0)
     with pytest.raises(TypeError, match="env must be a dict"):

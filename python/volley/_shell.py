@@ -226,9 +226,9 @@ def _run_here(cmd, env, cwd, timeout, lifeline, lines, index, node, start) -> Sh
                     continue
                 out[name].append(chunk)
                 if stream is not None:
-                    *lines, partial[name] = (partial[name] + chunk).split(b"\n")
-                    if lines:
-                        _emit(stream, index, node, name, [line + b"\n" for line in lines])
+                    *whole, partial[name] = (partial[name] + chunk).split(b"\n")
+                    if whole:
+                        _emit(stream, index, node, name, [line + b"\n" for line in whole])
     finally:
         sel.close()
         if exited is not None:
@@ -294,6 +294,8 @@ def _check_cmd(cmd: object) -> str | list[str]:
     if isinstance(cmd, str):
         if not cmd.strip():
             raise ValueError("an empty command")
+        if "\0" in cmd:
+            raise ValueError(f"a command cannot hold a NUL character: {cmd!r}")
         return cmd
     if isinstance(cmd, (list, tuple)):
         if not cmd:
@@ -302,6 +304,8 @@ def _check_cmd(cmd: object) -> str | list[str]:
         for a in argv:
             if not isinstance(a, str):
                 raise TypeError(f"a command's arguments are str, not {type(a).__name__}: {a!r}")
+            if "\0" in a:
+                raise ValueError(f"a command's argument cannot hold a NUL character: {a!r}")
         return argv
     raise TypeError(
         f"a command is a str (run by /bin/sh) or a list of str (no shell), not {type(cmd).__name__}"
@@ -314,7 +318,7 @@ def _check_env(env: object) -> dict[str, str] | None:
     if not isinstance(env, dict):
         raise TypeError(f"env must be a dict of str: str, not {type(env).__name__}")
     for k, v in env.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\0" in k + v:
             raise ValueError(f"env: {k!r}: {v!r} is not a variable name and a str value")
     return dict(env)
 
