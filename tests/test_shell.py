@@ -117,7 +117,7 @@ def test_bad_arguments_fail_at_the_call(volley_shared):
         volley.shell_many("echo hi")
     with pytest.raises(ValueError, match="concurrency must be"):
         volley.shell_many(["true"], concurrency=0)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="not a format of"):
         volley.shell_many(["true"], prefix="{nope} ")
     with pytest.raises(ValueError, match="2 node ids for 1 commands"):
         volley.shell_many(["true"], node=[0, 0])

@@ -449,7 +449,12 @@ def shell_many(
         fmt = ""
     elif isinstance(prefix, str):
         fmt = prefix
-        fmt.format(index=0, node=0, cmd="")  # a bad format fails here, before any command
+        try:  # a bad format fails here, before any command runs
+            fmt.format(index=0, node=0, cmd="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"prefix {prefix!r} is not a format of {{index}}, {{node}} and {{cmd}}: {e!r}"
+            ) from None
     else:
         raise TypeError(f"prefix must be True, False or a format string, not {prefix!r}")
     if on_line is not None and not callable(on_line):
