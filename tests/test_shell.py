@@ -119,6 +119,10 @@ def test_bad_arguments_fail_at_the_call(volley_shared):
         volley.shell_many(["true"], concurrency=0)
     with pytest.raises(ValueError, match="not a format of"):
         volley.shell_many(["true"], prefix="{nope} ")
+    with pytest.raises(TypeError, match="prefix must be"):
+        volley.shell_many(["true"], prefix=3)
+    with pytest.raises(TypeError, match="on_line must be callable"):
+        volley.shell_many(["true"], on_line="print")
     with pytest.raises(ValueError, match="2 node ids for 1 commands"):
         volley.shell_many(["true"], node=[0, 0])
 
@@ -281,6 +285,8 @@ def test_exec_usage_errors_say_what_is_wrong(exec_cluster):
     assert r.returncode == 2 and "no command" in r.stderr
     r = volley_exec(exec_cluster, "--concurrency", "0", "--", "true")
     assert r.returncode == 2 and "--concurrency must be >= 1" in r.stderr
+    r = volley_exec(exec_cluster, "--timeout", "0", "--", "true")
+    assert r.returncode == 2 and "--timeout must be > 0" in r.stderr
     r = volley_exec(exec_cluster, "--node", "999", "--", "true")
     assert r.returncode == 2 and "node 999 is not in the cluster" in r.stderr
     r = volley_exec(exec_cluster, "--all-nodes", "--file", "-", stdin="true\n")
