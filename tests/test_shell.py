@@ -305,9 +305,11 @@ def test_exec_without_a_cluster_says_it_cannot_connect(tmp_path):
     assert r.returncode == 2 and "cannot connect" in r.stderr
 
 
-def test_a_command_whose_worker_dies_is_reported_and_the_others_finish(volley_shared):
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not-streamed"])
+def test_a_command_whose_worker_dies_is_reported_and_the_others_finish(volley_shared, stream):
     # The command SIGKILLs the worker that runs it (its parent): no retry, no lost result.
-    rs = volley.shell_many(["echo before; kill -9 $PPID; sleep 5", "echo fine"], timeout=30)
+    cmds = ["echo before; kill -9 $PPID; sleep 5", "echo fine"]
+    rs = volley.shell_many(cmds, timeout=30, stream=stream)
     assert rs[0].returncode is None and not rs[0].ok
     assert "WorkerCrashedError" in rs[0].error and "SIGKILL" in rs[0].error
     assert rs[1].ok and rs[1].stdout == "fine\n"

@@ -133,8 +133,8 @@ def _run_command(
 ) -> ShellResult:
     """Runs ``cmd`` here. ``lifeline`` is the caller's queue: while it is open the caller
     waits (once it is closed, the command's group is killed); with ``lines`` each batch of
-    lines goes on it as ``(index, node, "stdout"|"stderr", [lines])``, and
-    ``(index, node, None, None)`` says the result follows."""
+    lines goes on it as ``(index, node, "stdout"|"stderr", [lines])``, and then
+    ``(index, node, None, None)`` says the result follows (after the last line)."""
     import volley
 
     node = volley.get_runtime_context().get_node_id()
@@ -142,10 +142,11 @@ def _run_command(
     try:
         return _run_here(cmd, env, cwd, timeout, lifeline, lines, index, node, start)
     finally:
-        try:
-            lifeline.put((index, node, None, None))
-        except Exception:  # the caller is gone: nobody waits for the end
-            pass
+        if lines:
+            try:
+                lifeline.put((index, node, None, None))
+            except Exception:  # the caller is gone: nobody waits for the end
+                pass
 
 
 def _run_here(cmd, env, cwd, timeout, lifeline, lines, index, node, start) -> ShellResult:
@@ -512,18 +513,30 @@ def shell_many(
                 ref = tasks[where[i]].remote(argvs[i], env_, cwd_, t, q, i, bool(stream))
                 running[ref], ref_of[i] = i, ref
                 next_index += 1
+            if not stream:
+                if next_index == len(argvs):  # all submitted: take the results in order
+                    for i in sorted(ref_of):
+                        finish(i)
+                else:
+                    done, _ = wait(list(running), num_returns=1)
+                    for ref in done:
+                        finish(running[ref])
+                continue
             # A command's last item on the queue says its result is on the way: take it then.
-            # A task that ends without one (its worker died) is found by its ref.
-            for i in _drain(q, show, block=0.05):
+            ended = _drain(q, show, block=0.05)
+            for i in ended:
                 finish(i)
-            if running:
+            if not ended and running:
+                # Quiet for a moment: a task that ended without its last item (its worker
+                # died) is found by its ref.
                 done, _ = wait(list(running), num_returns=len(running), timeout=0)
                 for ref in done:
                     try:
                         get(ref, timeout=0)
                     except Exception:
                         finish(running[ref])
-        _drain(q, show, block=0)
+        if stream:
+            _drain(q, show, block=0)
     except BaseException:
         _abandon(q, list(running))
         raise
