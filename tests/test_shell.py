@@ -255,6 +255,17 @@ def test_exec_all_nodes_runs_once_on_each_with_a_prefix(exec_cluster):
     assert len(set(_prefixes(r.stdout))) == 2
 
 
+def test_exec_all_nodes_runs_on_every_node_at_once(exec_cluster, tmp_path):
+    # Each command waits until both have started: run one after the other, they would time out.
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    wait_both = f"touch {meet}/$$; while [ $(ls {meet} | wc -l) -lt 2 ]; do sleep 0.01; done"
+    wait_for_both_nodes(exec_cluster)
+    r = volley_exec(exec_cluster, "--all-nodes", "--timeout", "30", "--", wait_both, "; echo met")
+    assert r.returncode == 0, r.stderr
+    assert sorted(ln.split("] ")[1] for ln in r.stdout.splitlines()) == ["met", "met"]
+
+
 def test_exec_on_one_node_returns_the_commands_status(exec_cluster):
     wait_for_both_nodes(exec_cluster)
     listed = volley_exec(exec_cluster, "--all-nodes", "--", "echo x").stdout

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--concurrency", "-j", type=int, default=None, metavar="N",
-        help="at most N commands at once (default: the cluster's CPUs)",
+        help="at most N commands at once (default: every node named at once; with --file, "
+        "the cluster's CPUs)",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="kill after S s")
     p.add_argument("--no-shell", action="store_true", help="run the words as argv, no shell")
@@ -126,9 +127,12 @@ def _run(args: argparse.Namespace, cmds: list[str | list[str]]) -> int:
         prefix = "[{index}] " if len(cmds) > 1 else False
     if args.no_prefix:
         prefix = False
+    concurrency = args.concurrency
+    if concurrency is None and nodes is not None:
+        concurrency = len(nodes)  # one on each node at once, as pdsh does
     results = volley.shell_many(
         cmds,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         prefix=prefix,
         node=nodes,
         timeout=args.timeout,
