@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     )
     from ._session import Context, init, is_initialized, nodes, shutdown
     from ._shared_dict import SharedDict
+    from ._shell import ShellError, ShellResult, shell, shell_many
     from ._timeline import timeline
+    from ._views import WorkersError, WorkerView, workers
     from .exceptions import (
         ActorCreationError,
         ActorDiedError,
@@ -109,6 +111,13 @@ _LAZY: dict[str, str] = {
     "shutdown": "._session",
     "SharedDict": "._shared_dict",
     "timeline": "._timeline",
+    "WorkersError": "._views",
+    "WorkerView": "._views",
+    "workers": "._views",
+    "ShellError": "._shell",
+    "ShellResult": "._shell",
+    "shell": "._shell",
+    "shell_many": "._shell",
     "ActorCreationError": ".exceptions",
     "ActorDiedError": ".exceptions",
     "GetTimeoutError": ".exceptions",
@@ -177,6 +186,13 @@ __all__ = [
     "get_runtime_context",
     "RuntimeContext",
     "SharedDict",
+    "WorkersError",
+    "WorkerView",
+    "workers",
+    "ShellError",
+    "ShellResult",
+    "shell",
+    "shell_many",
     "actor",
     "exceptions",
     "job",

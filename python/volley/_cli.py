@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import (
     _cli_dashboard,
+    _cli_exec,
     _cli_job,
     _cli_logs,
     _cli_state,
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop this machine's volley nodes")
     _cli_job.register(sub)
+    _cli_exec.register(sub)
     _cli_logs.add_parser(sub)
     _cli_state.register(sub)
     return p
