@@ -441,6 +441,31 @@ def test_gpu_ids_and_runtime_context(ray_2cpu):
     assert inside == ctx.get_node_id()
 
 
+@pytest.mark.one_node("pins work to the node id of the test's own one-node init")
+def test_node_affinity_to_the_lone_nodes_own_id_runs_there(ray_2cpu):
+    """Ray's idiom, pinning to the node the driver reports, works on one machine too."""
+    from volley.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    me = ray.get_runtime_context().get_node_id()
+    pin = NodeAffinitySchedulingStrategy(me, soft=False)
+
+    @ray.remote
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    @ray.remote
+    class Where:
+        def node(self):
+            return ray.get_runtime_context().get_node_id()
+
+    assert ray.get(where.options(scheduling_strategy=pin).remote(), timeout=60) == me
+    actor = Where.options(scheduling_strategy=pin).remote()
+    assert ray.get(actor.node.remote(), timeout=60) == me
+    other = NodeAffinitySchedulingStrategy(me + 1, soft=False)
+    with pytest.raises(ray.exceptions.UnschedulableError, match="not in the cluster"):
+        ray.get(where.options(scheduling_strategy=other).remote(), timeout=60)
+
+
 def test_ray_util_import_paths():
     from volley.util import ActorPool, placement_group  # noqa: F401
     from volley.util.placement_group import placement_group as pg_fn

@@ -714,8 +714,7 @@ impl Scheduler {
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
         if let Strategy::Node { id, soft: false } = spec.options.strategy {
-            let known =
-                Some(NodeId(id)) == self.peers.node_id() || self.peers.contains_key(&NodeId(id));
+            let known = NodeId(id) == self.peers.here() || self.peers.contains_key(&NodeId(id));
             if !known {
                 return Some(format!(
                     "task '{}' must run on node {id}, which is not in the cluster",

@@ -70,9 +70,7 @@ impl Scheduler {
             }
             let mut may_spill = true;
             match task.spec.options.strategy {
-                Strategy::Node { id, .. } if Some(NodeId(id)) == self.peers.node_id() => {
-                    may_spill = false
-                }
+                Strategy::Node { id, .. } if NodeId(id) == self.peers.here() => may_spill = false,
                 Strategy::Node { id, soft } => {
                     let peer = NodeId(id);
                     if self.try_spill_to(tid, peer, out) {

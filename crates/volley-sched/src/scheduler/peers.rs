@@ -165,6 +165,12 @@ impl Peers {
         self.node_id
     }
 
+    /// This node as node affinity names it: its id in the cluster, or 0 alone (as
+    /// `volley.nodes()` shows a node that is in no cluster).
+    pub(super) fn here(&self) -> NodeId {
+        self.node_id.unwrap_or(NodeId(0))
+    }
+
     /// A driver's node: its actors go to peers.
     pub(super) fn prefer_peers(&self) -> bool {
         self.prefer_peers

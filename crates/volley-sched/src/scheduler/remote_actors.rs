@@ -48,7 +48,7 @@ impl Scheduler {
     pub(super) fn actor_affinity(&self, spec: &TaskSpec) -> Affinity {
         let Strategy::Node { id, soft } = spec.options.strategy else { return Affinity::Any };
         let target = NodeId(id);
-        if Some(target) == self.peers.node_id() {
+        if target == self.peers.here() {
             return Affinity::Here;
         }
         match self.peers.get(&target) {

@@ -1181,3 +1181,18 @@ fn a_task_needing_a_result_a_peer_kept_goes_to_that_peer_without_the_bytes() {
         |a| matches!(a, Action::PeerRelease { peer, ids } if *peer == maker && ids == &vec![made])
     ));
 }
+
+/// A node in no cluster is node 0 (as `volley.nodes()` shows it): a task or an actor pinned to
+/// node 0 runs there; one pinned to any other node is unschedulable.
+#[test]
+fn a_lone_node_is_node_zero_for_node_affinity() {
+    let mut h = H::started(1.0);
+    let on =
+        |id| TaskOptions { strategy: Strategy::Node { id, soft: false }, ..TaskOptions::default() };
+    let here = h.submit_opts(Vec::new(), on(0));
+    let executed = h.executed();
+    assert_eq!(executed.len(), 1);
+    assert_eq!(executed[0].1, { here.task });
+    let elsewhere = h.submit_opts(Vec::new(), on(1));
+    assert_eq!(h.error_kind(elsewhere), Some(ErrorKind::Unschedulable));
+}
