@@ -1,0 +1,312 @@
+"""volley.shared_array: a numpy array in shared memory that the driver, tasks and actors of a node
+write together (real worker processes, the same pages: no copy), its handle's errors (freed, its
+creator gone, another node's memory), its lock, and nothing left behind after shutdown."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import CLUSTER_MODE
+
+import volley
+from volley._shared_array import SharedArray, SharedArrayError
+
+pytestmark = pytest.mark.timeout(120)
+
+one_node = pytest.mark.one_node("the driver's memory is on the workers' node")
+
+
+def _memfds(pid: int | str = "self") -> list[str]:
+    """The shared array files a process holds open."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile (listdir's own descriptor)
+            continue
+        if "volley-shared-array" in link:
+            out.append(link)
+    return out
+
+
+def _mapped_memfds() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("volley-shared-array" in line for line in f)
+
+
+@volley.remote
+def write_square(a: SharedArray, i: int) -> tuple[str, int]:
+    a[i] = i * i
+    return type(a).__name__, os.getpid()
+
+
+@volley.remote
+def fill_slice(view: SharedArray, value: float) -> None:
+    view[...] = value
+
+
+@volley.remote
+def add_under_lock(a: SharedArray, times: int) -> None:
+    for _ in range(times):
+        with a.lock:
+            a[0] += 1
+
+
+@volley.remote
+def make_in_worker(n: int) -> SharedArray:
+    a = volley.shared_array(n, dtype="int64")
+    a[:] = np.arange(n)
+    return a
+
+
+@volley.remote
+def free_here(a: SharedArray) -> None:
+    a.free()
+
+
+@volley.remote
+def node_of_worker() -> int:
+    return volley.get_runtime_context().get_node_id()
+
+
+@volley.remote(num_cpus=0)
+class Writer:
+    def __init__(self, a: SharedArray) -> None:
+        self.a = a
+
+    def write(self, i: int, value: float) -> int:
+        self.a[i] = value
+        return os.getpid()
+
+
+@one_node
+def test_tasks_write_one_array_and_the_driver_sees_their_writes(volley_shared):
+    a = volley.shared_array(64, dtype="int64", fill=-1)
+    out = volley.get([write_square.remote(a, i) for i in range(64)], timeout=60)
+    assert a.tolist() == [i * i for i in range(64)]
+    assert {name for name, _ in out} == {"SharedArray"}
+    assert os.getpid() not in {pid for _, pid in out}, "the tasks ran in worker processes"
+    a.free()
+
+
+def test_the_handle_is_small_whatever_the_size():
+    a = volley.shared_array((1000, 1000))  # 8 MB
+    try:
+        assert len(pickle.dumps(a)) < 2000 if volley.is_initialized() else True
+    finally:
+        a.free()
+
+
+@one_node
+def test_a_view_passed_to_a_task_writes_that_part_of_the_array(volley_shared):
+    a = volley.shared_array((4, 6), fill=0.0)
+    volley.get(fill_slice.remote(a[1], 1.0), timeout=60)
+    volley.get(fill_slice.remote(a[:, ::3], 2.0), timeout=60)
+    expected = np.zeros((4, 6))
+    expected[1] = 1.0
+    expected[:, ::3] = 2.0
+    np.testing.assert_array_equal(a, expected)
+    a.free()
+
+
+@one_node
+def test_an_actor_holds_the_array_and_its_writes_are_seen(volley_shared):
+    a = volley.shared_array(3, fill=0.0)
+    w = Writer.remote(a)
+    pid = volley.get(w.write.remote(2, 5.5), timeout=60)
+    assert pid != os.getpid() and a[2] == 5.5
+    volley.kill(w)
+    a.free()
+
+
+def test_arithmetic_makes_ordinary_arrays_that_pickle_as_copies():
+    a = volley.shared_array(3, fill=1.0)
+    b = a + 1
+    assert type(b) is np.ndarray
+    assert type(pickle.loads(pickle.dumps(b))) is np.ndarray
+    assert isinstance(a[1:], SharedArray) and a[1:]._seg is a._seg
+    a.free()
+
+
+@one_node
+def test_the_lock_makes_read_modify_write_exact(volley_shared):
+    a = volley.shared_array(1, dtype="int64", fill=0)
+    volley.get([add_under_lock.remote(a, 100) for _ in range(3)], timeout=90)
+    assert a[0] == 300
+    a.free()
+
+
+@one_node
+def test_an_array_made_in_a_task_comes_back_mapped(volley_shared):
+    a = volley.get(make_in_worker.remote(5), timeout=60)
+    assert isinstance(a, SharedArray) and a.tolist() == [0, 1, 2, 3, 4]
+    a[0] = 42  # the worker's memory: a second task sees it
+    assert volley.get(fill_slice.remote(a[1:2], 7), timeout=60) is None
+    assert a.tolist() == [42, 7, 2, 3, 4]
+    with pytest.raises(SharedArrayError, match="only its creator frees it"):
+        a.free()
+
+
+@one_node
+def test_only_the_creator_frees(volley_shared):
+    a = volley.shared_array(2)
+    with pytest.raises(volley.TaskError, match="only its creator frees it"):
+        volley.get(free_here.remote(a), timeout=60)
+    a.free()
+
+
+def test_a_freed_array_cannot_be_passed_on_but_still_reads_here(volley_shared):
+    with volley.shared_array(3, fill=4.0) as a:
+        pass
+    assert a.tolist() == [4.0, 4.0, 4.0]
+    with pytest.raises(volley.SerializationError, match="was freed"):
+        write_square.remote(a, 0)
+    a.free()  # twice: nothing
+
+
+def test_a_handle_whose_creator_exited_says_it_is_gone(tmp_path):
+    script = textwrap.dedent("""
+        import pickle, sys
+        import volley
+        a = volley.shared_array(4, fill=3.0)
+        sys.stdout.write(pickle.dumps(a).hex())
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    with pytest.raises(SharedArrayError, match="is gone: its creator freed it"):
+        pickle.loads(bytes.fromhex(out.stdout))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (((2, -1),), ValueError, "negative"),
+        (("ten",), TypeError, "shape must be an int or a tuple of ints"),
+        (((2.5,),), TypeError, "shape must be an int"),
+        ((3, "no-such-type"), TypeError, "is not a numpy dtype"),
+        ((3, object), TypeError, "holds Python objects"),
+    ],
+)
+def test_bad_arguments_raise_at_the_call(args, error, match):
+    with pytest.raises(error, match=match):
+        volley.shared_array(*args)
+
+
+def test_an_array_not_in_shared_memory_has_no_lock():
+    a = volley.shared_array(3)
+    b = a * 2
+    assert not isinstance(b, SharedArray)
+    c = np.ndarray.view(np.arange(3.0), SharedArray)
+    with pytest.raises(SharedArrayError, match="not in shared memory"):
+        c.lock  # noqa: B018
+    a.free()
+
+
+def test_nothing_is_left_after_shutdown_or_sigkill(tmp_path):
+    """A driver that shares arrays with tasks and shuts down holds no file and no mapping once
+    its arrays are dropped; one SIGKILLed leaves nothing named anywhere (the files have no
+    name: /dev/shm gains nothing)."""
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import gc, os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import volley
+        from test_shared_array import write_square, _memfds, _mapped_memfds
+        volley.init(num_cpus=2)
+        arrays = [volley.shared_array(1000, dtype="int64") for _ in range(3)]
+        volley.get([write_square.remote(a, 7) for a in arrays], timeout=60)
+        workers = set(volley.get([write_square.remote(arrays[0], 1) for _ in range(4)]))
+        print("held", len(_memfds()), flush=True)
+        volley.shutdown()
+        print("after-shutdown", len(_memfds()), sum(int(a[7]) for a in arrays), flush=True)
+        del arrays
+        gc.collect()
+        print("after-drop", _mapped_memfds(), flush=True)
+        b = volley.shared_array(10)
+        print("ready", os.getpid(), flush=True)
+        sys.stdin.read()
+        """)
+    )
+    p = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [p.stdout.readline().split() for _ in range(4)]
+        assert lines[0] == ["held", "3"], lines
+        assert lines[1] == ["after-shutdown", "0", "147"], lines
+        assert lines[2] == ["after-drop", "0"], lines
+        assert lines[3][0] == "ready", lines
+        assert len(_memfds(int(lines[3][1]))) == 1
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert not {n for n in shm_after - shm_before if "volley" in n or "shared" in n}
+
+
+def test_the_file_is_private_to_this_user():
+    a = volley.shared_array(8)
+    fd = a._seg.fd
+    assert os.fstat(fd).st_mode & 0o777 == 0o600
+    assert "memfd:volley-shared-array" in os.readlink(f"/proc/self/fd/{fd}")
+    a.free()
+
+
+def test_gather_copies_and_scatter_on_one_node_does_nothing(volley_shared):
+    a = volley.shared_array(3, fill=2.0)
+    assert a.scatter() is a
+    b = a.gather()
+    b[0] = 9.0
+    assert a.tolist() == [2.0, 2.0, 2.0] and b.tolist() == [9.0, 2.0, 2.0]
+    with pytest.raises(SharedArrayError, match="has no copy on node 99"):
+        a.gather(node=99)
+    if not CLUSTER_MODE:
+        with pytest.raises(ValueError, match="no node 99"):
+            a.scatter(node=99)
+    a.free()
+    b.free()
+
+
+def test_memory_is_freed_with_the_last_array_never_pickled():
+    a = volley.shared_array(100)
+    assert len(_memfds()) >= 1
+    before = len(_memfds())
+    del a
+    gc.collect()
+    assert len(_memfds()) == before - 1
+
+
+# ------------------------------------------------------------- on a cluster: memory is per node
+
+
+@pytest.mark.skipif(not CLUSTER_MODE, reason="needs the test cluster (VOLLEY_TEST_CLUSTER=1)")
+def test_a_handle_on_another_node_names_both_nodes_and_scatter_makes_it_work(volley_shared):
+    here = volley.get_runtime_context().get_node_id()
+    a = volley.shared_array(4, dtype="int64", fill=1)
+    others = sorted(
+        {n["node_id"] for n in volley.nodes() if not n["driver"] and n["num_cpus"] > 0} - {here}
+    )
+    assert others, "the test cluster has nodes with CPUs besides the driver's"
+    on = {i: volley.NodeAffinitySchedulingStrategy(i) for i in others}
+    with pytest.raises(volley.TaskError, match=rf"node {here}\b.*node {others[0]}\b"):
+        volley.get(write_square.options(scheduling_strategy=on[others[0]]).remote(a, 2), timeout=60)
+    a.scatter()
+    for i in others:
+        volley.get(write_square.options(scheduling_strategy=on[i]).remote(a, 3), timeout=60)
+        assert volley.get(node_of_worker.options(scheduling_strategy=on[i]).remote()) == i
+        assert a.gather(node=i).tolist() == [1, 1, 1, 9], f"node {i}'s copy"
+    assert a.tolist() == [1, 1, 1, 1], "the home copy is not written by other nodes"
+    a.free()
