@@ -301,7 +301,7 @@ def test_a_handle_on_another_node_names_both_nodes_and_scatter_makes_it_work(vol
     )
     assert others, "the test cluster has nodes with CPUs besides the driver's"
     on = {i: volley.NodeAffinitySchedulingStrategy(i) for i in others}
-    with pytest.raises(volley.TaskError, match=rf"node {here}\b.*node {others[0]}\b"):
+    with pytest.raises(volley.SerializationError, match=rf"node {here}\b.*node {others[0]}\b"):
         volley.get(write_square.options(scheduling_strategy=on[others[0]]).remote(a, 2), timeout=60)
     a.scatter()
     for i in others:

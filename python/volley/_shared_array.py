@@ -209,7 +209,9 @@ def _create(nbytes: int) -> _Segment:
         os.close(fd)
         raise
     st = os.fstat(fd)
-    seg = _Segment(secrets.token_hex(6), nbytes, mm, fd, _Place(os.getpid(), fd, st.st_dev, st.st_ino))
+    seg = _Segment(
+        secrets.token_hex(6), nbytes, mm, fd, _Place(os.getpid(), fd, st.st_dev, st.st_ino)
+    )
     with _state_lock:
         _mapped[(st.st_dev, st.st_ino)] = seg
         _owned.add(seg)
@@ -250,7 +252,7 @@ def _rebuild(
     ident: str,
     nbytes: int,
     place: _Place,
-    home: tuple[int, str],
+    home: tuple[int, str] | None,
     copies: dict[int, _Place],
     lock: Any,
     dtype: np.dtype,
@@ -260,20 +262,23 @@ def _rebuild(
 ) -> SharedArray:
     """Unpickles a handle: the array mapped in this process (see the module's doc)."""
     here = _this_node()
-    if here is not None and here[0] != home[0]:
+    if here is not None and home is not None and here[0] != home[0]:
         if here[0] not in copies:
             raise SharedArrayError(
-                f"shared array {ident} lives in the memory of {_node_name(*home)}, where it "
-                f"was created; this process runs on {_node_name(*here)}. A shared array is per "
-                f"node: call arr.scatter() (a copy on every node) or arr.scatter(node={here[0]}) "
-                f"before passing it here, or arr.gather() on this node for a copy"
+                f"shared array {ident} lives in the memory of {_node_name(*home)}, where pid "
+                f"{place.pid} created it; this process runs on {_node_name(*here)}. A shared "
+                f"array is per node: call arr.scatter() (a copy on every node) or "
+                f"arr.scatter(node={here[0]}) before passing it here, or arr.gather() on this "
+                f"node for a copy"
             )
         place = copies[here[0]]
     key = (place.dev, place.ino)
     with _state_lock:
         seg = _mapped.get(key)
     if seg is None:
-        where = _node_name(*(here if here is not None and here[0] in copies else home))
+        where = "this machine" if home is None else _node_name(*home)
+        if here is not None and here[0] in copies:
+            where = _node_name(*here)
         seg = _open(ident, nbytes, place, where)
         with _state_lock:
             seg = _mapped.setdefault(key, seg)
@@ -331,8 +336,8 @@ class SharedArray(np.ndarray):
         if seg.owner:
             with _state_lock:
                 _held[(seg.place.dev, seg.place.ino)] = seg
-        if seg.home is None:
-            seg.home = _this_node() or (0, "")
+        if seg.home is None:  # stays None where volley does not run: no node to check
+            seg.home = _this_node()
         if seg.lock is None and volley.is_initialized():
             seg.lock = volley.sync.Lock()
         offset = self.__array_interface__["data"][0] - seg.start
@@ -367,16 +372,17 @@ class SharedArray(np.ndarray):
         return seg.lock
 
     @property
-    def node_id(self) -> int:
-        """The id of the node whose memory holds this array (its creator's node).
+    def node_id(self) -> int | None:
+        """The id of the node whose memory holds this array (its creator's node); None for an
+        array made where volley did not run.
 
         >>> volley.shared_array(3).node_id
         0
         """
         seg = self._segment()
         if seg.home is None:
-            seg.home = _this_node() or (0, "")
-        return seg.home[0]
+            seg.home = _this_node()
+        return None if seg.home is None else seg.home[0]
 
     def free(self) -> None:
         """Closes the creator's file now: the array can no longer be passed to a process that
@@ -435,17 +441,19 @@ class SharedArray(np.ndarray):
         ([2.0, 2.0, 2.0], [7.0, 2.0, 2.0])
         """
         seg = self._segment()
-        home = seg.home or _this_node() or (0, "")
-        src = home[0] if node is None else node
-        if src != home[0] and src not in seg.copies:
+        home = seg.home or _this_node()
+        home_id = None if home is None else home[0]
+        src = home_id if node is None else node
+        if src != home_id and src not in seg.copies:
             raise SharedArrayError(
                 f"shared array {seg.ident} has no copy on node {src} (its home is "
-                f"{_node_name(*home)}; copies on {sorted(seg.copies) or 'no other node'})"
+                f"{'this machine' if home is None else _node_name(*home)}; copies on "
+                f"{sorted(seg.copies) or 'no other node'})"
             )
         here = _this_node()
-        if here is None or here[0] == src:
+        if here is None or src is None or here[0] == src:
             data = np.asarray(self)
-            if here is not None and src != home[0]:  # read this node's copy
+            if here is not None and src != home_id:  # read this node's copy
                 data = _local_view(self, src)
         else:
             strategy = volley.NodeAffinitySchedulingStrategy(src)
@@ -476,7 +484,9 @@ class SharedArray(np.ndarray):
         seg = self._segment()
         if not seg.owner:
             raise SharedArrayError(f"only the creator of shared array {seg.ident} scatters it")
-        home = seg.home or _this_node() or (0, "")
+        library.init_if_needed()
+        home = seg.home or _this_node()
+        assert home is not None  # volley runs here now
         seg.home = home
         ids = [n["node_id"] for n in volley.nodes() if not n.get("driver")]
         ids = [i for i in ids if i != home[0]]
@@ -537,9 +547,7 @@ class _Keeper:
         return seg.place
 
 
-def shared_array(
-    shape: int | tuple[int, ...], dtype: Any = float, fill: Any = None
-) -> SharedArray:
+def shared_array(shape: int | tuple[int, ...], dtype: Any = float, fill: Any = None) -> SharedArray:
     """A new numpy array of ``shape`` and ``dtype`` in shared memory that every process of this
     node may write: pass it to tasks and actors like any argument and they write the same
     memory (no copy travels). Filled with ``fill`` (zeros when None: fresh memory is zero).
