@@ -310,3 +310,46 @@ def test_a_handle_on_another_node_names_both_nodes_and_scatter_makes_it_work(vol
         assert a.gather(node=i).tolist() == [1, 1, 1, 9], f"node {i}'s copy"
     assert a.tolist() == [1, 1, 1, 1], "the home copy is not written by other nodes"
     a.free()
+
+
+# ------------------------------------------- volley.multiprocessing's Value, Array, Raw* on it
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: volley.multiprocessing.Value("z", 1), TypeError, "unknown typecode 'z'"),
+        (lambda: volley.multiprocessing.RawValue(int), TypeError, "neither a typecode nor"),
+        (lambda: volley.multiprocessing.RawArray("i", -1), ValueError, "size must be >= 0"),
+        (lambda: volley.multiprocessing.RawArray("i", 2.5), TypeError, "an int or a sequence"),
+        (lambda: volley.multiprocessing.Array("i", 3, lock="no"), AttributeError, "'acquire'"),
+    ],
+)
+def test_bad_value_and_array_arguments_raise_at_the_call(call, error, match):
+    import volley.multiprocessing  # noqa: F401
+
+    with pytest.raises(error, match=match):
+        call()
+
+
+@volley.remote
+def count_up(counter: object, n: int) -> None:
+    for _ in range(n):
+        with counter.get_lock():
+            counter.value += 1
+
+
+@one_node
+def test_many_values_share_arenas_and_a_locked_counter_is_exact(volley_shared):
+    from volley.multiprocessing import Array, RawValue, Value
+
+    before = len(_memfds())
+    values = [RawValue("d", i) for i in range(2000)]  # more than a process's descriptors
+    assert len(_memfds()) - before <= 1
+    assert sum(v.value for v in values) == sum(range(2000))
+    counter = Value("i", 0)
+    volley.get([count_up.remote(counter, 100) for _ in range(3)], timeout=90)
+    assert counter.value == 300
+    text = Array("c", b"hello")
+    assert (text.value, text.raw, len(text)) == (b"hello", b"hello", 5)
+    assert repr(counter) == "<Synchronized wrapper for c_int(300)>"
