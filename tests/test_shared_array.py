@@ -353,3 +353,23 @@ def test_many_values_share_arenas_and_a_locked_counter_is_exact(volley_shared):
     text = Array("c", b"hello")
     assert (text.value, text.raw, len(text)) == (b"hello", b"hello", 5)
     assert repr(counter) == "<Synchronized wrapper for c_int(300)>"
+
+
+@volley.remote
+def set_value(v: object, x: float) -> None:
+    v.value = x
+
+
+@one_node
+def test_values_made_after_a_session_ended_are_in_fresh_memory(volley_2cpu):
+    from volley.multiprocessing import RawValue
+
+    old = RawValue("d", 1.0)
+    volley.get(set_value.remote(old, 2.0), timeout=60)
+    volley.shutdown()  # closes the arena's file: `old` can no longer be passed on
+    sys.modules["conftest"]._init_2cpu()
+    with pytest.raises(volley.SerializationError, match="was freed"):
+        set_value.remote(old, 3.0)
+    new = RawValue("d", 1.0)
+    volley.get(set_value.remote(new, 4.0), timeout=60)
+    assert (old.value, new.value) == (2.0, 4.0)

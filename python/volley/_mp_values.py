@@ -74,7 +74,8 @@ def _memory(size: int, align: int) -> SharedArray:
     with _arena_lock:
         arena, offset = _arena
         offset = -(-offset // align) * align
-        if arena is None or offset + size > _ARENA:
+        # a new arena when full, or when the last one's session ended (its file is closed)
+        if arena is None or offset + size > _ARENA or arena._segment().freed:
             arena, offset = shared_array(_ARENA, dtype=np.uint8), 0
         _arena[0], _arena[1] = arena, offset + size
         return arena[offset : offset + size]
