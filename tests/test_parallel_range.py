@@ -5,7 +5,6 @@ barrier, share of a range and all-reduce."""
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
@@ -211,6 +210,5 @@ def test_a_stencil_over_a_shared_array_matches_the_serial_result(volley_shared):
     expected = np.zeros(n)
     expected[1:-1] = (src[:-2] + src[1:-1] + src[2:]) / 3
     np.testing.assert_allclose(dst, expected)
-    assert threading.active_count() >= 1
     src.free()
     dst.free()

@@ -215,8 +215,7 @@ def _create(nbytes: int) -> _Segment:
     with _state_lock:
         _mapped[(st.st_dev, st.st_ino)] = seg
         _owned.add(seg)
-        if library.mode() == "driver":
-            _register_shutdown()
+        _register_shutdown()  # a driver's session may start after the array is made
     return seg
 
 
@@ -261,6 +260,10 @@ def _rebuild(
     offset: int,
 ) -> SharedArray:
     """Unpickles a handle: the array mapped in this process (see the module's doc)."""
+    with _state_lock:  # mapped here already: this process is on its node (or made it)
+        seg = _mapped.get((place.dev, place.ino))
+    if seg is not None:
+        return _view(seg, lock, dtype, shape, strides, offset)
     here = _this_node()
     if here is not None and home is not None and here[0] != home[0]:
         if here[0] not in copies:
@@ -285,6 +288,17 @@ def _rebuild(
     if seg.home is None:
         seg.home = home
     seg.copies.update(copies)
+    return _view(seg, lock, dtype, shape, strides, offset)
+
+
+def _view(
+    seg: _Segment,
+    lock: Any,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    offset: int,
+) -> SharedArray:
     if seg.lock is None:
         seg.lock = lock
     arr = np.ndarray(shape, dtype, buffer=seg.mm, offset=offset, strides=strides)
