@@ -4,7 +4,8 @@ PyMP-style fork, side by side in one run (the runs alternate the systems; median
 1. ``Value``/``Array`` operations per second in one process (the driver), volley's
    ``volley.multiprocessing`` against the standard library's, and a counter incremented under
    its lock by two processes at once (volley: two tasks; multiprocessing: two forked
-   processes).
+   processes). volley's rows twice: with the default ``volley.sync`` lock and with a
+   ``NodeRLock`` (a robust pthread mutex in the value's shared memory; not public yet).
 2. ``parallel_range`` over 10 M elements (``y = sqrt(x) * sin(x) + log1p(x)``, vectorised over
    each member's range of a shared array) against numpy in one process and a PyMP-style fork
    (anonymous shared memory made before ``os.fork``, each child computing its half, as
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 import volley  # noqa: E402
 import volley.multiprocessing as vmp  # noqa: E402
+from volley._mp_values import NodeRLock  # noqa: E402
 
 WORKERS = 2
 
@@ -53,10 +55,10 @@ def timed(fn: Callable[[], Any]) -> float:
 # --------------------------------------------------------------------------- values and arrays
 
 
-def value_ops(mod: Any, n: int) -> dict[str, Callable[[], Any]]:
-    v = mod.Value("i", 0)
+def value_ops(mod: Any, n: int, lock: Callable[[], Any] | None = None) -> dict[str, Callable]:
+    v = mod.Value("i", 0, lock=lock() if lock else True)
     raw = mod.RawValue("i", 0)
-    arr = mod.Array("i", 1000)
+    arr = mod.Array("i", 1000, lock=lock() if lock else True)
     rawarr = mod.RawArray("i", 1000)
 
     def read() -> None:
@@ -108,8 +110,8 @@ def _incr_n(counter: Any, n: int) -> None:
 _incr_task = volley.remote(_incr_n)
 
 
-def contended_volley(n: int) -> float:
-    counter = vmp.Value("i", 0)
+def contended_volley(n: int, lock: Callable[[], Any] | None = None) -> float:
+    counter = vmp.Value("i", 0, lock=lock() if lock else True)
     t = timed(lambda: volley.get([_incr_task.remote(counter, n) for _ in range(WORKERS)]))
     assert counter.value == WORKERS * n
     return WORKERS * n / t
@@ -203,25 +205,34 @@ def main() -> None:
 
     # 1. values and arrays, one process
     print("\n## Value/Array operations per second in one process (median)\n")
-    print("| operation | volley | multiprocessing | volley / multiprocessing |")
-    print("|---|---:|---:|---:|")
-    vops, mops = value_ops(vmp, args.ops), value_ops(multiprocessing, args.ops)
+    print(
+        "| operation | volley (`volley.sync` lock) | volley (`NodeRLock`) | multiprocessing "
+        "| volley / mp | volley NodeRLock / mp |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    vops, nops = value_ops(vmp, args.ops), value_ops(vmp, args.ops, NodeRLock)
+    mops = value_ops(multiprocessing, args.ops)
     for name in vops:
         ops = args.ops // 100 if "n/100" in name else args.ops
-        vs, ms = [], []
+        vs, ns, ms = [], [], []
         for _ in range(args.runs):
             vs.append(rate(vops[name], ops))
+            ns.append(rate(nops[name], ops))
             ms.append(rate(mops[name], ops))
-        v, m = statistics.median(vs), statistics.median(ms)
-        print(f"| {name} | {v:,.0f} | {m:,.0f} | {v / m:.2f}x |", flush=True)
+        v, nl, m = statistics.median(vs), statistics.median(ns), statistics.median(ms)
+        print(f"| {name} | {v:,.0f} | {nl:,.0f} | {m:,.0f} | {v / m:.2f}x | {nl / m:.2f}x |")
 
-    vs, ms = [], []
+    vs, ns, ms = [], [], []
     for _ in range(args.runs):
         vs.append(contended_volley(args.contended))
+        ns.append(contended_volley(args.contended, NodeRLock))
         ms.append(contended_mp(args.contended))
-    v, m = statistics.median(vs), statistics.median(ms)
-    print(f"| 2 processes: `with get_lock(): value += 1` ({args.contended} each; volley: tasks, "
-          f"mp: forked) | {v:,.0f} | {m:,.0f} | {v / m:.3f}x |", flush=True)  # fmt: skip
+    v, nl, m = statistics.median(vs), statistics.median(ns), statistics.median(ms)
+    print(
+        f"| 2 processes: `with get_lock(): value += 1` ({args.contended} each; volley: tasks, "
+        f"mp: forked) | {v:,.0f} | {nl:,.0f} | {m:,.0f} | {v / m:.3f}x | {nl / m:.2f}x |",
+        flush=True,
+    )
 
     # 2. parallel ranges
     n = args.n

@@ -419,3 +419,41 @@ def test_a_value_passes_to_a_volley_pool(volley_shared):
 def count_up_one(counter: object) -> None:
     with counter.get_lock():
         counter.value += 1
+
+
+# ------------------------------------------------ NodeRLock: a pthread mutex in shared memory
+
+
+@volley.remote(max_retries=0)
+def hold_and_die(lock: object) -> None:
+    lock.acquire()
+    os.kill(os.getpid(), 9)
+
+
+@one_node
+def test_a_node_lock_guards_a_value_across_tasks_and_survives_a_killed_holder(volley_shared):
+    import threading
+
+    from volley._mp_values import NodeRLock
+    from volley.multiprocessing import Value
+
+    counter = Value("i", 0, lock=NodeRLock())
+    volley.get([count_up.remote(counter, 500) for _ in range(2)], timeout=90)
+    assert counter.value == 1000
+
+    lock = NodeRLock()
+    assert lock.acquire() and lock.acquire(blocking=False)  # recursive
+    lock.release()
+    lock.release()
+    with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
+        lock.release()
+    with pytest.raises(volley.WorkerCrashedError):
+        volley.get(hold_and_die.remote(lock), timeout=60)  # SIGKILLed holding it
+    assert lock.acquire(timeout=30), "a dead holder's lock is handed on"
+    assert lock.previous_holder_died
+    got: list[bool] = []
+    other = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.2)))
+    other.start()
+    other.join(timeout=30)
+    assert got == [False], "another thread times out while this one holds it"
+    lock.release()
