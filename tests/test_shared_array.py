@@ -457,3 +457,17 @@ def test_a_node_lock_guards_a_value_across_tasks_and_survives_a_killed_holder(vo
     other.join(timeout=30)
     assert got == [False], "another thread times out while this one holds it"
     lock.release()
+
+
+def test_values_need_no_numpy():
+    """``volley.multiprocessing`` (its Pool users included) does not import numpy."""
+    script = textwrap.dedent("""
+        import sys
+        from volley.multiprocessing import Array, Value
+        v, a = Value("i", 3), Array("d", [1.0, 2.0])
+        print("numpy" in sys.modules, v.value, a[:])
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split(maxsplit=1) == ["False", "3 [1.0, 2.0]\n"]

@@ -1,8 +1,9 @@
 """``volley.multiprocessing``'s ``Value``, ``Array``, ``RawValue`` and ``RawArray``: ctypes
 objects in shared memory, with the signatures of ``multiprocessing.sharedctypes``.
 
-They live in the memory of :func:`volley.shared_array` (small ones share 1 MiB arenas, so a
-program may make many without a file each), and pickle as that memory's handle: pass them to
+They live in the shared memory of :func:`volley.shared_array` (``_shared_memory``; small ones
+share 1 MiB arenas, so a program may make many without a file each; numpy is not needed), and
+pickle as that memory's handle: pass them to
 tasks, actors, pool functions or processes as arguments, not only by inheritance as the
 standard library demands. A synchronized ``Value`` or ``Array`` carries a ``volley.sync`` lock
 (an ``RLock`` by default), which guards each ``.value`` and item access, and every process that
@@ -17,9 +18,7 @@ import os
 import threading
 from typing import Any
 
-import numpy as np
-
-from ._shared_array import SharedArray, shared_array
+from ._shared_memory import _attach, _create, _handle, _Segment
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
@@ -62,24 +61,45 @@ def _ctype(typecode_or_type: Any) -> type:
 
 # --------------------------------------------------------------------------- shared memory
 
-_ARENA = 1 << 20  # objects up to this size share arenas; larger ones get their own file
+_ARENA = 1 << 20  # objects up to a quarter of this share arenas; larger ones get their own file
 _arena_lock = threading.Lock()
-_arena: list[Any] = [None, 0]  # [current arena (a SharedArray of bytes), next free offset]
+_arena: list[Any] = [None, 0]  # [current arena (a _Segment), next free offset]
 
 
-def _memory(size: int, align: int) -> SharedArray:
-    """``size`` fresh zeroed shared bytes aligned to ``align``, as a SharedArray view."""
+class _Region:
+    """``size`` bytes at ``offset`` of a shared memory segment; pickled as the segment's handle
+    and the offset."""
+
+    __slots__ = ("offset", "seg", "size")
+
+    def __init__(self, seg: _Segment, offset: int, size: int) -> None:
+        self.seg, self.offset, self.size = seg, offset, size
+
+    def __reduce__(self) -> tuple:
+        return (_region, (_handle(self.seg), self.offset, self.size))
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.seg.mm) + self.offset
+
+
+def _region(handle: tuple, offset: int, size: int) -> _Region:
+    return _Region(_attach(*handle), offset, size)
+
+
+def _memory(size: int, align: int) -> _Region:
+    """``size`` fresh zeroed shared bytes aligned to ``align``."""
     size = max(size, 1)
     if size > _ARENA // 4:
-        return shared_array(size, dtype=np.uint8)
+        return _Region(_create(size), 0, size)
     with _arena_lock:
         arena, offset = _arena
         offset = -(-offset // align) * align
         # a new arena when full, or when the last one's session ended (its file is closed)
-        if arena is None or offset + size > _ARENA or arena._segment().freed:
-            arena, offset = shared_array(_ARENA, dtype=np.uint8), 0
+        if arena is None or offset + size > _ARENA or arena.freed:
+            arena, offset = _create(_ARENA), 0
         _arena[0], _arena[1] = arena, offset + size
-        return arena[offset : offset + size]
+        return _Region(arena, offset, size)
 
 
 def _spec(t: type) -> Any:
@@ -119,17 +139,14 @@ def _repr(self: Any) -> str:
     return f"<{name} object in shared memory at {ctypes.addressof(self):#x}>"
 
 
-def _rebuild(spec: Any, memory: SharedArray) -> Any:
-    obj = _shared_type(_from_spec(spec)).from_buffer(memory)
+def _rebuild(spec: Any, memory: _Region) -> Any:
+    obj = _shared_type(_from_spec(spec)).from_buffer(memory.seg.mm, memory.offset)
     obj._memory = memory
     return obj
 
 
 def _new(t: type) -> Any:
-    memory = _memory(ctypes.sizeof(t), min(ctypes.alignment(t), 64) or 1)
-    obj = _shared_type(t).from_buffer(memory)
-    obj._memory = memory
-    return obj
+    return _rebuild(t, _memory(ctypes.sizeof(t), min(ctypes.alignment(t), 64) or 1))
 
 
 # --------------------------------------------------------------------------- the raw objects
@@ -235,7 +252,7 @@ class NodeRLock:
     1
     """
 
-    def __init__(self, _memory: SharedArray | None = None) -> None:
+    def __init__(self, _memory: _Region | None = None) -> None:
         global _pthread
         if _pthread is None:
             _pthread = _Pthread()
@@ -250,13 +267,13 @@ class NodeRLock:
                 pt.mutexattr_setpshared(attr, 1),  # PTHREAD_PROCESS_SHARED
                 pt.mutexattr_setrobust(attr, 1),  # PTHREAD_MUTEX_ROBUST
                 pt.mutexattr_settype(attr, 1),  # PTHREAD_MUTEX_RECURSIVE
-                pt.mutex_init(_memory.ctypes.data, attr),
+                pt.mutex_init(_memory.address, attr),
                 pt.mutexattr_destroy(attr),
             ):
                 if rc:
                     raise OSError(rc, f"pthread mutex set-up failed: {os.strerror(rc)}")
         self._memory = _memory
-        self._ptr = ctypes.c_void_p(_memory.ctypes.data)
+        self._ptr = ctypes.c_void_p(_memory.address)
 
     def __reduce__(self) -> tuple:
         return (NodeRLock, (self._memory,))
@@ -308,7 +325,7 @@ class NodeRLock:
         self.release()
 
 
-def _memory_for_lock() -> SharedArray:
+def _memory_for_lock() -> _Region:
     return _memory(_MUTEX_BYTES, 64)
 
 
