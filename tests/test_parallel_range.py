@@ -5,6 +5,7 @@ barrier, share of a range and all-reduce."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -212,3 +213,27 @@ def test_a_stencil_over_a_shared_array_matches_the_serial_result(volley_shared):
     np.testing.assert_allclose(dst, expected)
     src.free()
     dst.free()
+
+
+def test_a_member_that_skips_a_barrier_breaks_it_instead_of_a_hang(volley_shared):
+    def block(p):
+        if p.thread_num == 0:
+            return "done early"
+        p.barrier()  # no timeout: only the abort can end this wait
+        return "unreachable"
+
+    with pytest.raises(threading.BrokenBarrierError) as info:
+        volley.parallel(2).run(block)
+    notes = "".join(info.value.__notes__)
+    assert "thread_num=1" in notes and "member thread_num=0 returned" in notes
+
+
+def test_a_member_killed_by_sigkill_is_reported_and_the_others_stop_waiting(volley_shared):
+    def block(p):
+        if p.thread_num == 1:
+            os.kill(os.getpid(), 9)
+        p.barrier()
+        return "unreachable"
+
+    with pytest.raises(volley.WorkerCrashedError):
+        volley.parallel(2).run(block)

@@ -376,6 +376,7 @@ def test_values_made_after_a_session_ended_are_in_fresh_memory(volley_2cpu):
 
 def test_a_handle_whose_file_identity_or_size_does_not_match_is_refused(tmp_path):
     from volley._shared_array import _Place, _rebuild
+    from volley._shared_memory import _open
 
     a = volley.shared_array(4)
     place = a._seg.place
@@ -383,14 +384,18 @@ def test_a_handle_whose_file_identity_or_size_does_not_match_is_refused(tmp_path
     args = (a.dtype, a.shape, a.strides, 0)
     with pytest.raises(SharedArrayError, match="now names another file"):
         _rebuild("x", a.nbytes, wrong, None, {}, None, *args)
+    b = volley.shared_array(4)
+    with pytest.raises(SharedArrayError, match="has 32 bytes, its handle says 1000"):
+        _open("y", 1000, b._seg.place, "this machine")  # as a process that maps it first
     other = tmp_path / "plain"
-    other.write_bytes(b"12")
-    with open(other, "rb") as f:
+    other.write_bytes(b"12345678" * 4)
+    with open(other, "r+b") as f:  # a handle forged to map a user's file is refused
         st = os.fstat(f.fileno())
-        small = _Place(os.getpid(), f.fileno(), st.st_dev, st.st_ino)
-        with pytest.raises(SharedArrayError, match="has 2 bytes, its handle says 32"):
-            _rebuild("y", 32, small, None, {}, None, *args)
+        forged = _Place(os.getpid(), f.fileno(), st.st_dev, st.st_ino)
+        with pytest.raises(SharedArrayError, match="is not a volley shared memory file"):
+            _rebuild("z", 32, forged, None, {}, None, *args)
     a.free()
+    b.free()
 
 
 @volley.remote

@@ -304,20 +304,24 @@ class Parallel:
                 task.remote(func, Team(k, workers, barrier, lock, board), args, kwargs, name)
                 for k in range(workers)
             ]
-            parts = volley.get(refs)
+            outs, errors, first_done = _collect(refs, barrier)
         finally:
             board.clear()
             barrier.shutdown()
             lock.shutdown()
-        errors = [(k, err) for k, (_, err) in enumerate(parts) if err is not None]
-        # The first error raised, not a member's BrokenBarrierError that followed from it.
-        errors.sort(key=lambda ke: (_is_broken_barrier(ke[1]), ke[0]))
         if errors:
-            k, error = errors[0]
+            # The first error raised, not a member's BrokenBarrierError that followed from it.
+            k = min(errors, key=lambda k: (_is_broken_barrier(errors[k]), k))
+            error = errors[k]
             error.thread_num = k  # type: ignore[attr-defined]
             error.add_note(f"parallel: raised in member thread_num={k}")
+            if _is_broken_barrier(error) and first_done is not None:
+                error.add_note(
+                    f"member thread_num={first_done} returned while this one waited at a "
+                    f"barrier (or reduce) it never reached: every member must call each barrier"
+                )
             raise error
-        return [out for out, _ in parts]
+        return outs
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., list]:
         """As a decorator: ``fn(*args)`` runs the block (see :meth:`run`)."""
@@ -328,6 +332,36 @@ class Parallel:
             return self.run(fn, *args, **kwargs)
 
         return run
+
+
+def _collect(refs: list, barrier: Any) -> tuple[list, dict[int, BaseException], int | None]:
+    """The members' results as they finish: ``(outputs, errors by member, the first member
+    that returned normally)``. Once any member has finished (returned, raised, or its process
+    died), no barrier of the team can complete again, so it is aborted: the members waiting at
+    it raise ``BrokenBarrierError`` instead of waiting for ever."""
+    where = {ref: k for k, ref in enumerate(refs)}
+    outs: list = [None] * len(refs)
+    errors: dict[int, BaseException] = {}
+    first_done = None
+    pending = list(refs)
+    while pending:
+        done, pending = volley.wait(pending, num_returns=1)
+        for ref in done:
+            k = where[ref]
+            try:
+                outs[k], err = volley.get(ref)
+            except Exception as e:  # the member's process died, or it could not start
+                err = e
+            if err is not None:
+                errors[k] = err
+            elif first_done is None:
+                first_done = k
+        if pending:
+            try:
+                barrier.abort()
+            except Exception:  # already dropped
+                pass
+    return outs, errors, first_done
 
 
 def _is_broken_barrier(e: BaseException) -> bool:
@@ -341,11 +375,13 @@ def _guarded(
 ) -> tuple[Any, BaseException | None]:
     try:
         return fn(team, *args, **kwargs), None
-    except Exception as e:
+    except BaseException as e:
         try:
             team._barrier.abort()  # the members waiting for this one stop waiting
         except Exception:
             pass
+        if not isinstance(e, Exception):  # SystemExit, KeyboardInterrupt: the task fails
+            raise
         return None, library.capture_error(e, name)
 
 

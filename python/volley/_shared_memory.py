@@ -185,9 +185,12 @@ def _register_shutdown() -> None:
         _hook_registered = True
 
 
+_MEMFD_NAME = "volley-shared-array"  # /proc/<pid>/fd/<n> reads "/memfd:<name> (deleted)"
+
+
 def _create(nbytes: int) -> _Segment:
     size = max(nbytes, 1)
-    fd = os.memfd_create("volley-shared-array", os.MFD_CLOEXEC)
+    fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
     try:
         os.fchmod(fd, 0o600)
         os.ftruncate(fd, size)
@@ -220,6 +223,10 @@ def _open(ident: str, nbytes: int, place: _Place, home: str) -> _Segment:
         raise SharedArrayError(f"cannot open {what} through {path}: {e}") from None
     try:
         st = os.fstat(fd)
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{_MEMFD_NAME} "):
+            raise SharedArrayError(
+                f"{what}: {path} is not a volley shared memory file (a forged or stale handle)"
+            )
         if (st.st_dev, st.st_ino) != (place.dev, place.ino):
             raise SharedArrayError(
                 f"{what} is gone: its creator freed it, ended its volley session or exited "
