@@ -476,3 +476,22 @@ def test_values_need_no_numpy():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split(maxsplit=1) == ["False", "3 [1.0, 2.0]\n"]
+
+
+@volley.remote
+def negate(view: SharedArray) -> list:
+    view *= -1
+    return view.tolist()
+
+
+@one_node
+def test_reversed_transposed_and_empty_views_travel_as_views(volley_shared):
+    a = volley.shared_array((2, 3), dtype="int64")
+    a[:] = [[1, 2, 3], [4, 5, 6]]
+    assert volley.get(negate.remote(a[0, ::-1]), timeout=60) == [-3, -2, -1]
+    assert volley.get(negate.remote(a.T[:, 1]), timeout=60) == [-4, -5, -6]
+    assert a.tolist() == [[-1, -2, -3], [-4, -5, -6]]
+    empty = volley.shared_array(0)
+    assert volley.get(negate.remote(empty), timeout=60) == []
+    a.free()
+    empty.free()
