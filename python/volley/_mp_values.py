@@ -345,7 +345,15 @@ def _lock_for(lock: Any) -> Any:
 class Synchronized:
     """A shared ctypes object with a lock (what ``Value`` returns): ``.value`` reads and writes
     it under the lock; ``get_lock()``, ``get_obj()``, ``acquire()``, ``release()`` and ``with``
-    (hold the lock over several steps, e.g. ``v.value += 1``)."""
+    (hold the lock over several steps, e.g. ``v.value += 1``).
+
+    >>> from volley.multiprocessing import Value
+    >>> v = Value("d", 0.5)
+    >>> with v:
+    ...     v.value *= 4
+    >>> v.value, v.get_obj(), type(v.get_lock()).__name__
+    (2.0, c_double(2.0), 'RLock')
+    """
 
     def __init__(self, obj: Any, lock: Any = None) -> None:
         self._obj = obj
@@ -386,7 +394,14 @@ class Synchronized:
 
 class SynchronizedArray(Synchronized):
     """A shared ctypes array with a lock (what ``Array`` returns): items and slices are read
-    and written under the lock."""
+    and written under the lock.
+
+    >>> from volley.multiprocessing import Array
+    >>> a = Array("i", range(5))
+    >>> a[1:3] = [10, 20]
+    >>> a[:], len(a)
+    ([0, 10, 20, 3, 4], 5)
+    """
 
     def __len__(self) -> int:
         return len(self._obj)
@@ -409,7 +424,14 @@ class SynchronizedArray(Synchronized):
 
 
 class SynchronizedString(SynchronizedArray):
-    """A shared ``c_char`` array with a lock: ``.value`` (up to the first NUL) and ``.raw``."""
+    """A shared ``c_char`` array with a lock: ``.value`` (up to the first NUL) and ``.raw``.
+
+    >>> from volley.multiprocessing import Array
+    >>> s = Array("c", 4)
+    >>> s.value = b"ab"
+    >>> s.value, s.raw
+    (b'ab', b'ab\\x00\\x00')
+    """
 
     @property
     def raw(self) -> bytes:

@@ -233,7 +233,11 @@ class Team:
     def range(self, start: int, stop: int | None = None, step: int = 1) -> range:
         """This member's share of ``range(start, stop, step)`` (or ``range(start)``): one
         contiguous block, the blocks of the members in order covering it exactly once (PyMP's
-        ``p.range``, OpenMP's static schedule)."""
+        ``p.range``, OpenMP's static schedule).
+
+        >>> volley.parallel(3).run(lambda p: p.range(10))
+        [range(0, 4), range(4, 7), range(7, 10)]
+        """
         whole = range(start) if stop is None else range(start, stop, step)
         base, extra = divmod(len(whole), self.num_threads)
         k = self.thread_num
@@ -243,14 +247,27 @@ class Team:
 
     def barrier(self, timeout: float | None = None) -> None:
         """Waits until every member of the team has called it (``threading.BrokenBarrierError``
-        after ``timeout`` seconds, for every member waiting)."""
+        after ``timeout`` seconds, for every member waiting; also when a member ended without
+        calling it).
+
+        >>> def phases(p, board):
+        ...     board[str(p.thread_num)] = p.thread_num  # phase 1: every member writes
+        ...     p.barrier()
+        ...     return sorted(board.values())  # phase 2: every write is seen
+        >>> volley.parallel(2).run(phases, volley.SharedDict("phases-example"))
+        [[0, 1], [0, 1]]
+        """
         self._barrier.wait(timeout)
 
     def reduce(self, value: Any, op: str | Callable[[Any, Any], Any] = "sum") -> Any:
         """Combines the ``value`` of every member with ``op`` (``"sum"``, ``"prod"``, ``"min"``,
         ``"max"``, ``"and"``, ``"or"`` or a function of two values) and returns the result to
         every member (an all-reduce; a barrier for the team). Values are combined in member
-        order, so a non-commutative ``op`` is deterministic. Every member must call it."""
+        order, so a non-commutative ``op`` is deterministic. Every member must call it.
+
+        >>> volley.parallel(2).run(lambda p: (p.reduce(p.thread_num + 1), p.reduce([p.thread_num])))
+        [(3, [0, 1]), (3, [0, 1])]
+        """
         combine = _OPS.get(op) if isinstance(op, str) else op
         if combine is None or not callable(combine):
             raise ValueError(f"op must be one of {', '.join(_OPS)} or a function, not {op!r}")
@@ -290,7 +307,11 @@ class Parallel:
         """Runs ``fn(team, *args, **kwargs)`` on every member at once; the members' return
         values in member order. An exception of any member is raised here (as in
         :func:`parallel_range`, with ``thread_num`` in a note); the barrier is aborted so that
-        the other members do not wait for it."""
+        the other members do not wait for it.
+
+        >>> volley.parallel(2).run(lambda p, x: x * p.thread_num, 10)
+        [0, 10]
+        """
         func, options, name = library.unwrap_remote(fn, "parallel")
         library.init_if_needed()
         workers = self.num_workers or max(1, int(library.total_cpus()))

@@ -104,7 +104,10 @@ class SharedArray(np.ndarray):
         self._seg = seg if seg is not None and seg.contains(self) else None
 
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        out = super().__array_wrap__(arr, context, return_scalar)
+        if return_scalar:  # numpy 2's third argument (numpy 1 passes two)
+            out = super().__array_wrap__(arr, context, return_scalar)
+        else:
+            out = super().__array_wrap__(arr, context)
         if isinstance(out, SharedArray) and out._seg is None:
             return out.view(np.ndarray)
         return out
