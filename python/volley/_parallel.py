@@ -139,9 +139,11 @@ def parallel_range(
     costs one message to the head, so keep chunks well above a few hundred microseconds of work.
 
     An exception in ``fn`` is raised here, as ``fn`` raised it (a ``volley.TaskError`` too, with
-    its remote traceback), with the index in a note and in its ``index`` attribute; the other
-    members take no further chunk. ``fn`` may be a ``@volley.remote`` function: its options
-    (``num_cpus``, ...) apply to the members.
+    its remote traceback), with the index in a note and in its ``index`` attribute (the lowest
+    failing index when several fail). The failing member stops; with a dynamic or guided
+    schedule the others take no further chunk, with a static one each finishes its own share
+    (static members do not talk to each other). ``fn`` may be a ``@volley.remote`` function:
+    its options (``num_cpus``, ...) apply to the members.
 
     >>> squares = volley.shared_array(10, dtype="int64")
     >>> def square(i):
