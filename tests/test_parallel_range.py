@@ -237,3 +237,17 @@ def test_a_member_killed_by_sigkill_is_reported_and_the_others_stop_waiting(voll
 
     with pytest.raises(volley.WorkerCrashedError):
         volley.parallel(2).run(block)
+
+
+def test_after_an_error_a_dynamic_member_takes_no_further_chunk(volley_shared):
+    from volley._parallel import _member
+
+    chunks = _chunks(100, "dynamic", 10, 2)
+    board = volley.SharedDict("test-parallel-stop")
+    counter = (board, "next")
+    done, err = _member(_fail_at({25}), 0, chunks, counter, 2, False, True, "fn")
+    assert err is not None and err[0] == 25
+    assert [k for k, _ in done] == [0, 1, 2]  # chunk 2 (20..29) failed at 25
+    later, err2 = _member(_fail_at(set()), 1, chunks, counter, 2, False, True, "fn")
+    assert later == [] and err2 is None, "the other member stops at once"
+    board.clear()
