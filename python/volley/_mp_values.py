@@ -14,6 +14,7 @@ docs/shared-array.md).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from typing import Any
@@ -274,6 +275,9 @@ class NodeRLock:
                     raise OSError(rc, f"pthread mutex set-up failed: {os.strerror(rc)}")
         self._memory = _memory
         self._ptr = ctypes.c_void_p(_memory.address)
+        # The uncontended path is two foreign calls: bound here, not looked up on each use.
+        self._trylock = functools.partial(self._pt.mutex_trylock, self._ptr)
+        self._unlock = functools.partial(self._pt.mutex_unlock, self._ptr)
 
     def __reduce__(self) -> tuple:
         return (NodeRLock, (self._memory,))
@@ -294,7 +298,8 @@ class NodeRLock:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """``threading.RLock.acquire``'s signature: True once held, False on timeout."""
-        if self._got(self._pt.mutex_trylock(self._ptr)):
+        rc = self._trylock()
+        if rc == 0 or self._got(rc):
             return True
         if not blocking:
             return False
@@ -312,17 +317,21 @@ class NodeRLock:
                 return False
 
     def release(self) -> None:
-        rc = self._pt.mutex_unlock(self._ptr)
+        rc = self._unlock()
+        if rc == 0:
+            return
         if rc == self._pt.EPERM:
             raise RuntimeError("cannot release un-acquired lock")
         if rc:
             raise OSError(rc, f"unlock failed: {os.strerror(rc)}")
 
     def __enter__(self) -> bool:
-        return self.acquire()
+        rc = self._trylock()
+        return True if rc == 0 else self._got(rc) or self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        if self._unlock():
+            self.release()  # raises the unlock's error
 
 
 def _memory_for_lock() -> _Region:
