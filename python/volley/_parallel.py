@@ -27,6 +27,14 @@ _SCHEDULES = ("static", "dynamic", "guided")
 _STOP = 1 << 60  # added to the chunk counter by a member that failed: the others stop
 
 
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` (Python 3.11); before, the note is only kept in ``__notes__``."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
+
+
 def _check_int(name: str, value: Any, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -186,7 +194,7 @@ def parallel_range(
     if errors:
         index, error = min(errors, key=operator.itemgetter(0))
         error.index = index  # type: ignore[attr-defined]
-        error.add_note(f"parallel_range: fn raised at index {index}")
+        _add_note(error, f"parallel_range: fn raised at index {index}")
         raise error
     if not results:
         return None
@@ -337,11 +345,12 @@ class Parallel:
             k = min(errors, key=lambda k: (_is_broken_barrier(errors[k]), k))
             error = errors[k]
             error.thread_num = k  # type: ignore[attr-defined]
-            error.add_note(f"parallel: raised in member thread_num={k}")
+            _add_note(error, f"parallel: raised in member thread_num={k}")
             if _is_broken_barrier(error) and first_done is not None:
-                error.add_note(
+                _add_note(
+                    error,
                     f"member thread_num={first_done} returned while this one waited at a "
-                    f"barrier (or reduce) it never reached: every member must call each barrier"
+                    f"barrier (or reduce) it never reached: every member must call each barrier",
                 )
             raise error
         return outs
