@@ -224,7 +224,6 @@ def test_nothing_is_left_after_shutdown_or_sigkill(tmp_path):
         volley.init(num_cpus=2)
         arrays = [volley.shared_array(1000, dtype="int64") for _ in range(3)]
         volley.get([write_square.remote(a, 7) for a in arrays], timeout=60)
-        workers = set(volley.get([write_square.remote(arrays[0], 1) for _ in range(4)]))
         print("held", len(_memfds()), flush=True)
         volley.shutdown()
         print("after-shutdown", len(_memfds()), sum(int(a[7]) for a in arrays), flush=True)
