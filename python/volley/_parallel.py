@@ -181,9 +181,13 @@ def parallel_range(
         counter = (d, "next")
     opts = {"num_cpus": library.cpu_share(workers), "max_retries": 0, **options}
     task = volley.remote(**opts)(_member)
+    # Pickled once, not once per member (a closure may hold large data); refs that are
+    # arguments reach the members as their values.
+    shipped = volley.put(func) if workers > 1 else func
+    shipped_chunks = volley.put(chunks) if workers > 1 and len(chunks) > 64 else chunks
     try:
         refs = [
-            task.remote(func, m, chunks, counter, workers, ranges, results, name)
+            task.remote(shipped, m, shipped_chunks, counter, workers, ranges, results, name)
             for m in range(workers)
         ]
         parts = volley.get(refs)
@@ -330,9 +334,10 @@ class Parallel:
         board = volley.SharedDict(f"volley.parallel/{secrets.token_hex(8)}")
         opts = {"num_cpus": library.cpu_share(workers), "max_retries": 0, **options}
         task = volley.remote(**opts)(_guarded)
+        shipped = volley.put(func) if workers > 1 else func  # pickled once for every member
         try:
             refs = [
-                task.remote(func, Team(k, workers, barrier, lock, board), args, kwargs, name)
+                task.remote(shipped, Team(k, workers, barrier, lock, board), args, kwargs, name)
                 for k in range(workers)
             ]
             outs, errors, first_done = _collect(refs, barrier)
