@@ -494,3 +494,26 @@ def test_reversed_transposed_and_empty_views_travel_as_views(volley_shared):
     assert volley.get(negate.remote(empty), timeout=60) == []
     a.free()
     empty.free()
+
+
+def test_an_array_passed_on_without_a_lock_says_so_instead_of_making_another():
+    script = textwrap.dedent("""
+        import pickle, sys
+        import volley
+        a = volley.shared_array(4, fill=3.0)
+        print(pickle.dumps(a).hex(), flush=True)  # volley is not running: no lock goes along
+        sys.stdin.read()
+    """)
+    p = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = p.stdout.readline().strip()
+        assert line, "the creator printed no handle"
+        b = pickle.loads(bytes.fromhex(line))  # the creator is alive: it maps
+        assert b.tolist() == [3.0] * 4
+        with pytest.raises(SharedArrayError, match="has no lock yet: use arr.lock in the creator"):
+            b.lock  # noqa: B018
+    finally:
+        p.kill()
+        p.wait(timeout=30)

@@ -142,6 +142,12 @@ class SharedArray(np.ndarray):
         """
         seg = self._segment()
         if seg.lock is None:
+            if not seg.owner:  # a lock made here would not be the other processes' one
+                raise SharedArrayError(
+                    f"shared array {seg.ident} was passed on while volley was not running in "
+                    f"its creator (pid {seg.place.pid}), so it has no lock yet: use arr.lock "
+                    f"in the creator before passing the array on"
+                )
             with _state_lock:
                 if seg.lock is None:
                     seg.lock = volley.sync.Lock()
