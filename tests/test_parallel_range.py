@@ -251,3 +251,23 @@ def test_after_an_error_a_dynamic_member_takes_no_further_chunk(volley_shared):
     later, err2 = _member(_fail_at(set()), 1, chunks, counter, 2, False, True, "fn")
     assert later == [] and err2 is None, "the other member stops at once"
     board.clear()
+
+
+@one_node
+def test_xrange_shares_indices_dynamically_and_covers_each_once(volley_shared):
+    hits = volley.shared_array(50, dtype="int64")
+
+    def work(p):
+        mine = []
+        for i in p.xrange(50, chunk=3):
+            with hits.lock:
+                hits[i] += 1
+            mine.append(i)
+        again = list(p.xrange(10, 20))  # a second loop: its own counter
+        return mine, again
+
+    out = volley.parallel(2).run(work)
+    assert hits.tolist() == [1] * 50
+    assert sorted(i for mine, _ in out for i in mine) == list(range(50))
+    assert sorted(i for _, again in out for i in again) == list(range(10, 20))
+    hits.free()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import operator
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import volley
 from volley import library
@@ -239,7 +239,8 @@ class Team:
         self._barrier = barrier
         self.lock = lock  #: a ``volley.sync.Lock`` shared by the team (``with p.lock:``)
         self._board = board
-        self._round = 0
+        self._round = 0  # reduce calls so far
+        self._loops = 0  # xrange calls so far
 
     def __repr__(self) -> str:
         return f"Team(thread_num={self.thread_num}, num_threads={self.num_threads})"
@@ -258,6 +259,30 @@ class Team:
         lo = k * base + min(k, extra)
         hi = lo + base + (1 if k < extra else 0)
         return whole[lo:hi]
+
+    def xrange(
+        self, start: int, stop: int | None = None, step: int = 1, *, chunk: int = 1
+    ) -> Iterator[int]:
+        """The indices of ``range(start, stop, step)`` (or ``range(start)``) that this member
+        takes, ``chunk`` at a time, when it is ready for more (PyMP's ``p.xrange``, OpenMP's
+        dynamic schedule): together the members cover it exactly once. Each chunk costs one
+        message to the head; every member must iterate the team's ``xrange`` calls in the
+        same order (each call is one shared counter).
+
+        >>> def work(p):
+        ...     return list(p.xrange(6, chunk=2))
+        >>> sorted(i for mine in volley.parallel(2).run(work) for i in mine)
+        [0, 1, 2, 3, 4, 5]
+        """
+        chunk = _check_int("chunk", chunk, 1)
+        whole = range(start) if stop is None else range(start, stop, step)
+        self._loops += 1
+        key = f"xrange{self._loops}"
+        while True:
+            lo = (self._board.incr(key) - 1) * chunk
+            if lo >= len(whole):
+                return
+            yield from whole[lo : lo + chunk]
 
     def barrier(self, timeout: float | None = None) -> None:
         """Waits until every member of the team has called it (``threading.BrokenBarrierError``
@@ -427,7 +452,8 @@ def parallel(num_workers: int | None = None) -> Parallel:
     parallel``): ``parallel(n).run(fn, *args)`` runs ``fn(p, *args)`` on ``n`` workers at once
     (by default one per CPU of the cluster) and returns their results in member order; used as a
     decorator, calling the function runs the block. ``p`` is a :class:`Team`: ``p.thread_num``,
-    ``p.num_threads``, ``p.range(n)`` (this member's share), ``p.barrier()``,
+    ``p.num_threads``, ``p.range(n)`` (this member's share), ``p.xrange(n)`` (indices handed out
+    dynamically), ``p.barrier()``,
     ``p.reduce(value, op)`` and ``p.lock``. All members start together (each holds an equal share
     of the CPUs), so a barrier never waits for a member that has no CPU.
 
