@@ -517,3 +517,28 @@ def test_an_array_passed_on_without_a_lock_says_so_instead_of_making_another():
     finally:
         p.kill()
         p.wait(timeout=30)
+
+
+def test_an_array_larger_than_the_memory_left_is_refused_at_the_call():
+    with pytest.raises(MemoryError, match="bytes of memory and swap available"):
+        volley.shared_array((1 << 40,), dtype="int64")  # 8 TiB: never written, never mapped
+
+
+def test_running_out_of_file_descriptors_says_what_holds_them():
+    script = textwrap.dedent("""
+        import resource
+        import volley
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        arrays = []
+        try:
+            for _ in range(100):
+                arrays.append(volley.shared_array(10))
+        except OSError as e:
+            print(len(arrays) > 10, e)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.startswith("True"), out
+    assert "holds a file descriptor in its creator until free()" in out.stdout

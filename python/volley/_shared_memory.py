@@ -188,9 +188,35 @@ def _register_shutdown() -> None:
 _MEMFD_NAME = "volley-shared-array"  # /proc/<pid>/fd/<n> reads "/memfd:<name> (deleted)"
 
 
+def _available_bytes() -> int | None:
+    """Memory this machine can still give (available memory plus free swap), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        kib = int(fields["MemAvailable"].split()[0]) + int(fields["SwapFree"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+    return kib * 1024
+
+
 def _create(nbytes: int) -> _Segment:
     size = max(nbytes, 1)
-    fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
+    # The file's pages come when first written: one larger than the memory left would be
+    # made, then kill its writer with SIGBUS. Refuse it here instead.
+    available = _available_bytes() if size > 1 << 26 else None
+    if available is not None and size > available:
+        raise MemoryError(
+            f"a shared memory file of {size:,} bytes: this machine has {available:,} bytes of "
+            f"memory and swap available"
+        )
+    try:
+        fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"cannot create a shared memory file: {e.strerror} (each shared array holds a file "
+            f"descriptor in its creator until free() or the end of its session)",
+        ) from None
     try:
         os.fchmod(fd, 0o600)
         os.ftruncate(fd, size)
