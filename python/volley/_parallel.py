@@ -170,6 +170,8 @@ def parallel_range(
     if chunk is not None:
         chunk = _check_int("chunk", chunk, 1)
     func, options, name = library.unwrap_remote(fn, "parallel_range")
+    if n == 0:  # nothing to run: no team
+        return [] if results else None
     library.init_if_needed()
     workers = _check_int("num_workers", num_workers, 1) if num_workers is not None else None
     workers = workers or max(1, int(library.total_cpus()))
