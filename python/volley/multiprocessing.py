@@ -966,3 +966,8 @@ class _IterResult(Iterator):
 
 
 IMapIterator = _IterResult
+
+# Shared ctypes objects (multiprocessing.sharedctypes): python/volley/_mp_values.py.
+from ._mp_values import Array, RawArray, RawValue, Value  # noqa: E402
+
+__all__ += ["Array", "RawArray", "RawValue", "Value"]
