@@ -5,10 +5,12 @@ They live in the shared memory of :func:`volley.shared_array` (``_shared_memory`
 share 1 MiB arenas, so a program may make many without a file each; numpy is not needed), and
 pickle as that memory's handle: pass them to
 tasks, actors, pool functions or processes as arguments, not only by inheritance as the
-standard library demands. A synchronized ``Value`` or ``Array`` carries a ``volley.sync`` lock
-(an ``RLock`` by default), which guards each ``.value`` and item access, and every process that
-receives it takes the same lock. Like a shared array they are per node (see
-docs/shared-array.md).
+standard library demands. A synchronized ``Value`` or ``Array`` carries a lock (by default a
+``NodeRLock``: a robust, recursive mutex in the node's shared memory, as fast as
+multiprocessing's and released when its holder dies), which guards each ``.value`` and item
+access, and every process that receives it takes the same lock; ``lock=`` takes any lock with
+``acquire``/``release`` instead (a ``volley.sync.RLock`` too). Like a shared array they are
+per node (see docs/shared-array.md).
 """
 
 from __future__ import annotations
@@ -342,10 +344,11 @@ def _memory_for_lock() -> _Region:
 
 
 def _lock_for(lock: Any) -> Any:
+    # The default lock lives in the value's node's shared memory, as the value does: about a
+    # microsecond a pair (multiprocessing's speed), where a volley.sync lock is a message to
+    # the node; a holder SIGKILLed still releases it (a robust mutex).
     if lock is True or lock is None:
-        from . import sync
-
-        return sync.RLock()
+        return NodeRLock()
     if not hasattr(lock, "acquire"):
         raise AttributeError(f"{lock!r} has no method 'acquire'")
     return lock
@@ -361,7 +364,7 @@ class Synchronized:
     >>> with v:
     ...     v.value *= 4
     >>> v.value, v.get_obj(), type(v.get_lock()).__name__
-    (2.0, c_double(2.0), 'RLock')
+    (2.0, c_double(2.0), 'NodeRLock')
     """
 
     def __init__(self, obj: Any, lock: Any = None) -> None:
@@ -465,7 +468,7 @@ def _synchronized(obj: Any, lock: Any) -> Synchronized:
 
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any:  # noqa: N802
     """A ctypes object in shared memory guarded by a lock (``multiprocessing.Value``):
-    ``lock=True`` (or None) makes a ``volley.sync.RLock``, a lock object of your own is used as
+    ``lock=True`` (or None) makes a ``NodeRLock``, a lock object of your own is used as
     given, ``lock=False`` returns the raw object (as :func:`RawValue`). ``ctx`` is accepted for
     the standard library's signature and ignored.
 
