@@ -966,3 +966,10 @@ class _IterResult(Iterator):
 
 
 IMapIterator = _IterResult
+
+# ----------------------------------------------------------------- Manager (volley._mp_manager)
+from . import _mp_manager as managers  # noqa: E402  (``volley.multiprocessing.managers``)
+from ._mp_manager import Manager  # noqa: E402
+
+sys.modules[__name__ + ".managers"] = managers
+__all__ += ["Manager", "managers"]  # noqa: PLE0605

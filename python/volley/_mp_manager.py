@@ -1,0 +1,690 @@
+"""``multiprocessing.Manager`` on volley: shared dicts, lists, namespaces and a user's own
+classes, held by one volley actor and reached through picklable proxies from the driver, tasks,
+actors and processes on any node of the cluster (docs/multiprocessing.md, "Manager").
+
+Why an actor. The standard library's manager is a server process with its own socket and
+authkey, reachable from one machine (a Unix socket by default). A volley actor is the same
+thing, a process that holds the objects and serves calls on them, but volley already routes
+calls to it from every node over its authenticated links, restarts nothing behind the user's
+back, and reports its death to every caller. So a proxy is the actor's handle and an object
+id; a method call is one actor call (``call(id, name, args, kwargs)``), and an exception raised
+by the object comes back as the same exception class. The synchronisation objects and queues
+(``m.Lock()``, ``m.Queue()``, ...) are issue 20's node primitives (``volley.sync``,
+``volley.util.queue``): they already work on every node, a blocked ``get`` or ``acquire``
+waits in the engine rather than holding a thread of the manager, and a lock held by a process
+that dies is released. The manager shuts them down with itself.
+
+>>> from volley.multiprocessing import Manager
+>>> with Manager() as m:
+...     d = m.dict(a=1)
+...     d["b"] = 2
+...     sorted(d.items())
+[('a', 1), ('b', 2)]
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import os
+import threading
+import uuid
+from multiprocessing import ProcessError
+from multiprocessing.managers import RemoteError
+from typing import Any, Callable
+
+import volley
+import volley.library
+import volley.sync
+import volley.util.queue
+from volley.exceptions import ActorDiedError, RemoteTraceback, TaskError, original_error
+
+__all__ = [
+    "AcquirerProxy",
+    "ArrayProxy",
+    "BarrierProxy",
+    "BaseManager",
+    "BaseProxy",
+    "ConditionProxy",
+    "DictProxy",
+    "EventProxy",
+    "IteratorProxy",
+    "ListProxy",
+    "MakeProxyType",
+    "Manager",
+    "ManagerDiedError",
+    "Namespace",
+    "NamespaceProxy",
+    "RemoteError",
+    "SyncManager",
+    "Value",
+    "ValueProxy",
+]
+
+
+class ManagerDiedError(ConnectionError, ActorDiedError):
+    """A proxy's manager is gone: it was shut down, or its process died (a ``ConnectionError``,
+    as the standard library's proxies raise, and a ``volley.ActorDiedError``). The message
+    names the manager. Its objects are lost with it.
+
+    >>> issubclass(ManagerDiedError, ConnectionError)
+    True
+    """
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+class Namespace:
+    """A plain object whose attributes are its content (what ``m.Namespace()`` holds).
+
+    >>> Namespace(a=1, _b=2)
+    Namespace(a=1)
+    """
+
+    def __init__(self, **kwds: Any) -> None:
+        self.__dict__.update(kwds)
+
+    def __repr__(self) -> str:
+        items = sorted((k, v) for k, v in self.__dict__.items() if not k.startswith("_"))
+        return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in items) + ")"
+
+
+class Value:
+    """A typed value (what ``m.Value(typecode, value)`` holds): ``get``, ``set`` and
+    ``.value``. The type code is kept for the ``repr``; the value is any picklable object.
+
+    >>> v = Value("i", 3)
+    >>> v.value += 1
+    >>> v
+    Value('i', 4)
+    """
+
+    def __init__(self, typecode: str, value: Any, lock: Any = True) -> None:
+        self._typecode, self._value = typecode, value
+
+    def get(self) -> Any:
+        return self._value
+
+    def set(self, value: Any) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._typecode!r}, {self._value!r})"
+
+    value = property(get, set)
+
+
+def _array(typecode: str, sequence: Any, lock: Any = True) -> array.array:
+    return array.array(typecode, sequence)
+
+
+def _public_methods(obj: Any) -> tuple[str, ...]:
+    """The names a proxy of ``obj`` exposes when its type did not say: callable attributes
+    whose names do not start with ``_``."""
+    return tuple(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+
+
+_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+#: Methods every object answers, exposed or not (a proxy's ``str``/``repr``, ``_getvalue``).
+_ALWAYS = frozenset(("__repr__", "__str__", "#GETVALUE"))
+
+
+class _Server:
+    """The manager's process: holds the objects by id and runs the methods proxies call.
+    Threaded (``max_concurrency``), so a user's object whose method blocks does not stop
+    the others; a dict's or list's single operation is atomic as in one process."""
+
+    def __init__(self, registry: dict, name: str, initializer: Any, initargs: tuple) -> None:
+        self._registry = registry
+        self._name = name
+        self._objects: dict[int, tuple[Any, str, tuple]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        if initializer is not None:
+            initializer(*initargs)
+
+    def _add(self, obj: Any, typeid: str, exposed: tuple | None) -> tuple[int, tuple]:
+        if exposed is None:
+            exposed = _public_methods(obj)
+        ident = next(self._ids)
+        with self._lock:
+            self._objects[ident] = (obj, typeid, tuple(exposed))
+        return ident, tuple(exposed)
+
+    def create(self, typeid: str, args: tuple, kwds: dict) -> tuple[int, tuple]:
+        entry = self._registry.get(typeid)
+        if entry is None:
+            raise RemoteError(f"{self._name}: no type {typeid!r} registered")
+        factory, exposed = entry[0], entry[1]
+        if factory is None:
+            raise RemoteError(f"{self._name}: {typeid!r} was registered without a callable")
+        return self._add(factory(*args, **kwds), typeid, exposed)
+
+    def call(self, ident: int, name: str, args: tuple, kwds: dict) -> tuple[int, Any]:
+        """``(0, value)``, ``(1, (proxytype, typeid, id, exposed))`` for a result that is a
+        new object proxied in turn (``method_to_typeid``), or ``(2, None)`` when the method
+        returned the object itself (``+=``: the caller keeps its proxy)."""
+        try:
+            obj, typeid, exposed = self._objects[ident]
+        except KeyError:
+            raise RemoteError(
+                f"{self._name}: no object with id {ident} (its iterator was exhausted, or "
+                "it belongs to another manager)"
+            ) from None
+        if name not in exposed and name not in _ALWAYS:
+            raise RemoteError(
+                f"method {name!r} of {typeid!r} object is not in the list of allowed methods "
+                f"{exposed!r}"
+            )
+        if name == "#GETVALUE":
+            return 0, obj
+        try:
+            result = getattr(obj, name)(*args, **kwds)
+        except StopIteration:
+            with self._lock:  # an exhausted iterator is done with
+                self._objects.pop(ident, None)
+            raise
+        if result is obj and name.startswith("__i"):
+            return 2, None
+        to_typeid = self._registry[typeid][2]
+        if to_typeid and name in to_typeid:
+            new_typeid = to_typeid[name]
+            new_id, new_exposed = self._add(result, new_typeid, self._registry[new_typeid][1])
+            return 1, (self._registry[new_typeid][3], new_typeid, new_id, new_exposed)
+        if isinstance(result, _VIEWS):
+            result = list(result)
+        return 0, result
+
+    def info(self) -> dict:
+        with self._lock:
+            kinds = [t for _, t, _ in self._objects.values()]
+        return {"pid": os.getpid(), "objects": len(kinds), "typeids": sorted(kinds)}
+
+
+# ------------------------------------------------------------------------------ the proxies
+
+
+def _gone(name: str, e: BaseException) -> ManagerDiedError:
+    return ManagerDiedError(
+        f"the volley Manager {name!r} is gone (shut down, or its process died); its "
+        f"objects are lost: {e}"
+    )
+
+
+class BaseProxy:
+    """A reference to an object held by a manager: ``_callmethod(name, args, kwds)`` runs the
+    method there and returns its result (an exception it raises is raised here, of the same
+    class, with the manager's traceback as its ``__cause__``). Picklable: a copy in a task,
+    actor or process on any node reaches the same object. Subclass it for a registered type
+    of your own, as with the standard library's ``BaseProxy``.
+
+    >>> class CounterProxy(BaseProxy):
+    ...     _exposed_ = ("add",)
+    ...     def add(self, n):
+    ...         return self._callmethod("add", (n,))
+    """
+
+    _exposed_: tuple[str, ...] | None = None
+
+    def __init__(
+        self, server: Any, ident: int, typeid: str, exposed: tuple, manager_name: str
+    ) -> None:
+        self._server, self._id, self._typeid = server, ident, typeid
+        self._exposed, self._manager_name = exposed, manager_name
+
+    def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
+        """Runs ``methodname(*args, **kwds)`` on the referent, in the manager."""
+        try:
+            kind, value = volley.get(
+                self._server.call.remote(self._id, methodname, tuple(args), dict(kwds or {}))
+            )
+        except ActorDiedError as e:
+            if isinstance(e, TaskError):
+                raise e from None
+            raise _gone(self._manager_name, e) from None
+        except TaskError as e:
+            raise original_error(e, RemoteTraceback) from None
+        if kind == 0:
+            return value
+        if kind == 2:
+            return self
+        proxytype, typeid, ident, exposed = value
+        return _make_proxy(proxytype, self._server, ident, typeid, exposed, self._manager_name)
+
+    def _getvalue(self) -> Any:
+        """A copy of the referent."""
+        return self._callmethod("#GETVALUE")
+
+    def __reduce__(self) -> tuple:
+        cls = type(self)
+        proxytype = None if getattr(cls, "_auto", False) else cls
+        return (
+            _make_proxy,
+            (proxytype, self._server, self._id, self._typeid, self._exposed, self._manager_name),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} object, typeid {self._typeid!r} at {id(self):#x}, "
+            f"manager {self._manager_name!r}>"
+        )
+
+    def __str__(self) -> str:
+        """The referent's ``repr``."""
+        try:
+            return self._callmethod("__repr__")
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+_auto_types: dict[tuple, type] = {}
+
+
+def MakeProxyType(name: str, exposed: tuple[str, ...]) -> type:
+    """A ``BaseProxy`` subclass with one method per name in ``exposed``, each calling the
+    referent's method of that name in the manager.
+
+    >>> P = MakeProxyType("P", ("get", "set"))
+    >>> P.__name__, hasattr(P, "get"), P._exposed_
+    ('P', True, ('get', 'set'))
+    """
+    exposed = tuple(exposed)
+    known = _auto_types.get((name, exposed))
+    if known is not None:
+        return known
+    namespace: dict[str, Any] = {"_exposed_": exposed}
+    for meth in exposed:
+        namespace[meth] = _forward(meth)
+    cls = type(name, (BaseProxy,), namespace)
+    _auto_types[(name, exposed)] = cls
+    return cls
+
+
+def _forward(meth: str) -> Callable:
+    def method(self: BaseProxy, *args: Any, **kwds: Any) -> Any:
+        return self._callmethod(meth, args, kwds)
+
+    method.__name__ = meth
+    return method
+
+
+def _make_proxy(
+    proxytype: type | None, server: Any, ident: int, typeid: str, exposed: tuple, name: str
+) -> BaseProxy:
+    if proxytype is None:  # AutoProxy: a class made from what the referent exposes
+        proxytype = MakeProxyType(f"AutoProxy[{typeid}]", exposed)
+        proxytype._auto = True  # type: ignore[attr-defined]
+    return proxytype(server, ident, typeid, exposed, name)
+
+
+class IteratorProxy(BaseProxy):
+    """A proxy of an iterator held by the manager (``iter()`` of a ``DictProxy``)."""
+
+    _exposed_ = ("__next__", "send", "throw", "close")
+
+    def __iter__(self) -> IteratorProxy:
+        return self
+
+    def __next__(self, *args: Any) -> Any:
+        return self._callmethod("__next__", args)
+
+    def send(self, *args: Any) -> Any:
+        return self._callmethod("send", args)
+
+    def throw(self, *args: Any) -> Any:
+        return self._callmethod("throw", args)
+
+    def close(self, *args: Any) -> Any:
+        return self._callmethod("close", args)
+
+
+_LIST_METHODS = (
+    "__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__",
+    "__reversed__", "__rmul__", "__setitem__", "append", "count", "extend", "index",
+    "insert", "pop", "remove", "reverse", "sort", "__imul__", "__iadd__",
+)  # fmt: skip
+_DICT_METHODS = (
+    "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__",
+    "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update",
+    "values",
+)  # fmt: skip
+
+ListProxy = MakeProxyType("ListProxy", _LIST_METHODS)
+ListProxy.__doc__ = "A proxy of a list held by a manager (``m.list()``)."
+DictProxy = MakeProxyType("DictProxy", _DICT_METHODS)
+DictProxy.__doc__ = "A proxy of a dict held by a manager (``m.dict()``)."
+ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
+ArrayProxy.__doc__ = "A proxy of an ``array.array`` held by a manager (``m.Array()``)."
+
+
+class NamespaceProxy(BaseProxy):
+    """A proxy of a ``Namespace``: attribute reads, writes and deletes go to the manager,
+    except for names starting with ``_``, which stay on the proxy."""
+
+    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+
+    def __getattr__(self, key: str) -> Any:
+        if key[0] == "_":
+            return object.__getattribute__(self, key)
+        return self._callmethod("__getattribute__", (key,))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key[0] == "_":
+            object.__setattr__(self, key, value)
+        else:
+            self._callmethod("__setattr__", (key, value))
+
+    def __delattr__(self, key: str) -> None:
+        if key[0] == "_":
+            object.__delattr__(self, key)
+        else:
+            self._callmethod("__delattr__", (key,))
+
+
+class ValueProxy(BaseProxy):
+    """A proxy of a ``Value``: ``get()``, ``set(v)`` and ``.value``."""
+
+    _exposed_ = ("get", "set")
+
+    def get(self) -> Any:
+        return self._callmethod("get")
+
+    def set(self, value: Any) -> None:
+        self._callmethod("set", (value,))
+
+    value = property(get, set)
+
+
+# The standard library's names of its synchronisation proxies; volley's manager hands out
+# volley.sync objects instead, which are their own proxies (picklable, any node).
+AcquirerProxy = volley.sync.Lock
+ConditionProxy = volley.sync.Condition
+EventProxy = volley.sync.Event
+BarrierProxy = volley.sync.Barrier
+
+
+# ------------------------------------------------------------------------------ the managers
+
+
+class _Local:
+    """A registered type made in the caller, not in the manager (a volley primitive that is
+    its own picklable handle); the manager shuts it down with itself."""
+
+    def __init__(self, factory: Callable) -> None:
+        self.factory = factory
+
+
+class BaseManager:
+    """A manager of objects shared by proxies: ``start()`` it (or use ``with``), make objects
+    with the methods that ``register`` adds, ``shutdown()`` it. The objects live in one volley
+    actor (a process of its own on this node, using no CPU of the pool); proxies of them work
+    in the driver, tasks, actors and ``volley.multiprocessing`` processes on any node.
+
+    ``address`` names the manager: another driver of the cluster attaches to a started one
+    with ``BaseManager(address=name).connect()`` (the standard library's host and port).
+    ``authkey`` and ``serializer`` are accepted for compatibility and not used: volley's links
+    are authenticated by the cluster's token, and values travel pickled.
+
+    >>> class Counter:
+    ...     def __init__(self):
+    ...         self.n = 0
+    ...     def add(self, k):
+    ...         self.n += k
+    ...         return self.n
+    >>> class MyManager(BaseManager):
+    ...     pass
+    >>> MyManager.register("Counter", Counter)
+    >>> with MyManager() as m:
+    ...     c = m.Counter()
+    ...     c.add(2), c.add(3)
+    (2, 5)
+    """
+
+    _registry: dict[str, tuple] = {}
+
+    def __init__(
+        self,
+        address: str | None = None,
+        authkey: bytes | None = None,
+        serializer: str = "pickle",
+        ctx: Any = None,
+        *,
+        shutdown_timeout: float = 1.0,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(
+                "a volley manager's address is its name (a str), not "
+                f"{type(address).__name__}: managers are reached through volley, not a socket"
+            )
+        self._name = address or f"volley-manager-{uuid.uuid4().hex[:12]}"
+        self._server: Any = None
+        self._owner = False
+        self._state = "initial"
+        self._locals: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """The manager's name (its actor's name in the cluster)."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} {self._state}>"
+
+    def start(self, initializer: Callable | None = None, initargs: tuple = ()) -> None:
+        """Starts the manager's actor; ``initializer(*initargs)`` runs in it first. Returns
+        once the actor runs (an exception of the initializer is raised here)."""
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        with self._lock:
+            if self._state != "initial":
+                raise ProcessError(f"the manager {self._name!r} was already started")
+            volley.library.init_if_needed()
+            registry = {k: v for k, v in self._registry.items() if not isinstance(v[0], _Local)}
+            server = (
+                volley.remote(_Server)
+                .options(name=self._name, num_cpus=0, max_concurrency=64)
+                .remote(registry, self._name, initializer, tuple(initargs))
+            )
+            try:
+                volley.get(server.info.remote())
+            except TaskError as e:
+                volley.kill(server)
+                raise original_error(e, RemoteTraceback) from None
+            self._server, self._owner, self._state = server, True, "started"
+
+    def connect(self) -> None:
+        """Attaches to the started manager named by ``address`` (made by another driver or
+        process of the cluster)."""
+        with self._lock:
+            if self._state != "initial":
+                raise ProcessError(f"the manager {self._name!r} is already {self._state}")
+            try:
+                self._server = volley.get_actor(self._name)
+            except ValueError:
+                raise ValueError(f"no volley Manager named {self._name!r} runs") from None
+            self._state = "started"
+
+    def _check(self) -> Any:
+        if self._state == "initial":
+            raise ProcessError(f"the manager {self._name!r} has not been started")
+        if self._state == "shutdown":
+            raise ProcessError(f"the manager {self._name!r} was shut down")
+        return self._server
+
+    def _create(self, typeid: str, *args: Any, **kwds: Any) -> Any:
+        server = self._check()
+        entry = self._registry[typeid]
+        if isinstance(entry[0], _Local):
+            obj = entry[0].factory(*args, **kwds)
+            with self._lock:
+                self._locals.append(obj)
+            return obj
+        try:
+            ident, exposed = volley.get(server.create.remote(typeid, args, kwds))
+        except ActorDiedError as e:
+            if isinstance(e, TaskError):
+                raise e from None
+            raise _gone(self._name, e) from None
+        except TaskError as e:
+            raise original_error(e, RemoteTraceback) from None
+        return _make_proxy(entry[3], server, ident, typeid, exposed, self._name)
+
+    def _info(self) -> dict:
+        server = self._check()
+        try:
+            return volley.get(server.info.remote())
+        except ActorDiedError as e:
+            raise _gone(self._name, e) from None
+
+    def _number_of_objects(self) -> int:
+        """How many objects the manager holds (its locks and queues are not counted)."""
+        return self._info()["objects"]
+
+    def _debug_info(self) -> str:
+        return f"{self._name}: {self._info()['typeids']}"
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing to wait for once ``shutdown()`` returned (it waits for the actor)."""
+
+    def shutdown(self) -> None:
+        """Stops the manager's actor (its objects are lost; their proxies raise
+        ``ManagerDiedError``) and shuts down the locks and queues it made. Only the manager
+        that started it may shut it down; a second call does nothing."""
+        with self._lock:
+            if self._state != "started":
+                self._state = "shutdown"
+                return
+            self._state = "shutdown"
+            server, locals_ = self._server, self._locals
+            self._locals = []
+        for obj in locals_:
+            try:
+                obj.shutdown()
+            except Exception:  # already shut down, or its node is gone: nothing to release
+                pass
+        if self._owner:
+            volley.kill(server)
+
+    def __enter__(self) -> BaseManager:
+        if self._state == "initial":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    @classmethod
+    def register(
+        cls,
+        typeid: str,
+        callable: Callable | None = None,
+        proxytype: type | None = None,
+        exposed: tuple[str, ...] | None = None,
+        method_to_typeid: dict[str, str] | None = None,
+        create_method: bool = True,
+    ) -> None:
+        """Adds ``typeid`` to the manager class: ``m.<typeid>(*args)`` calls ``callable`` in
+        the manager and returns a proxy (``proxytype``, or one made from ``exposed``, else
+        from the object's public methods). ``method_to_typeid`` names the methods whose
+        results are kept in the manager and proxied in turn.
+        """
+        if not isinstance(typeid, str) or not typeid.isidentifier():
+            raise ValueError(f"typeid must be an identifier, not {typeid!r}")
+        if callable is not None and not builtins_callable(callable):
+            raise TypeError(f"callable must be callable, not {type(callable).__name__}")
+        if "_registry" not in cls.__dict__:
+            cls._registry = dict(cls._registry)
+        if exposed is None and proxytype is not None:
+            exposed = getattr(proxytype, "_exposed_", None)
+        if method_to_typeid is None and proxytype is not None:
+            method_to_typeid = getattr(proxytype, "_method_to_typeid_", None)
+        cls._registry[typeid] = (
+            callable,
+            None if exposed is None else tuple(exposed),
+            dict(method_to_typeid) if method_to_typeid else None,
+            proxytype,
+        )
+        if create_method:
+
+            def make(self: BaseManager, *args: Any, **kwds: Any) -> Any:
+                return self._create(typeid, *args, **kwds)
+
+            make.__name__ = typeid
+            setattr(cls, typeid, make)
+
+    @classmethod
+    def _register_local(cls, typeid: str, factory: Callable) -> None:
+        if "_registry" not in cls.__dict__:
+            cls._registry = dict(cls._registry)
+        cls._registry[typeid] = (_Local(factory), None, None, None)
+
+        def make(self: BaseManager, *args: Any, **kwds: Any) -> Any:
+            return self._create(typeid, *args, **kwds)
+
+        make.__name__ = typeid
+        setattr(cls, typeid, make)
+
+
+builtins_callable = callable
+
+
+def _condition(lock: Any = None) -> volley.sync.Condition:
+    return volley.sync.Condition(lock)
+
+
+def _pool(*args: Any, **kwds: Any) -> Any:
+    from volley.multiprocessing import Pool
+
+    return Pool(*args, **kwds)
+
+
+class SyncManager(BaseManager):
+    """The manager ``Manager()`` returns: ``dict``, ``list``, ``Namespace``, ``Value``,
+    ``Array`` (held by the manager's actor, used through proxies), ``Queue``,
+    ``JoinableQueue``, ``Lock``, ``RLock``, ``Semaphore``, ``BoundedSemaphore``, ``Event``,
+    ``Condition``, ``Barrier`` (volley's node primitives, picklable handles) and ``Pool``
+    (a ``volley.multiprocessing.Pool`` in the caller).
+
+    >>> with SyncManager() as m:
+    ...     ns = m.Namespace(x=1)
+    ...     ns.y = 2
+    ...     print(ns)
+    Namespace(x=1, y=2)
+    """
+
+
+SyncManager.register("dict", dict, DictProxy, method_to_typeid={"__iter__": "Iterator"})
+SyncManager.register("list", list, ListProxy)
+SyncManager.register("Namespace", Namespace, NamespaceProxy)
+SyncManager.register("Value", Value, ValueProxy)
+SyncManager.register("Array", _array, ListProxy)
+SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)
+SyncManager._register_local("Queue", volley.util.queue.Queue)
+SyncManager._register_local("JoinableQueue", volley.util.queue.JoinableQueue)
+SyncManager._register_local("Lock", volley.sync.Lock)
+SyncManager._register_local("RLock", volley.sync.RLock)
+SyncManager._register_local("Semaphore", volley.sync.Semaphore)
+SyncManager._register_local("BoundedSemaphore", volley.sync.BoundedSemaphore)
+SyncManager._register_local("Event", volley.sync.Event)
+SyncManager._register_local("Condition", _condition)
+SyncManager._register_local("Barrier", volley.sync.Barrier)
+SyncManager.register("Pool", _pool)  # replaced below: made in the caller, not tracked
+SyncManager._registry["Pool"] = (_Local(_pool), None, None, None)
+
+
+def Manager() -> SyncManager:
+    """A started ``SyncManager`` (``multiprocessing.Manager()``); use it in a ``with`` block
+    or call ``shutdown()``.
+
+    >>> m = Manager()
+    >>> lst = m.list([1, 2])
+    >>> lst.append(3)
+    >>> lst[:]
+    [1, 2, 3]
+    >>> m.shutdown()
+    """
+    m = SyncManager()
+    m.start()
+    return m
