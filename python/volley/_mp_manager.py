@@ -37,7 +37,13 @@ import volley
 import volley.library
 import volley.sync
 import volley.util.queue
-from volley.exceptions import ActorDiedError, RemoteTraceback, TaskError, original_error
+from volley.exceptions import (
+    ActorDiedError,
+    RemoteTraceback,
+    SerializationError,
+    TaskError,
+    original_error,
+)
 
 __all__ = [
     "AcquirerProxy",
@@ -182,8 +188,8 @@ class _Server:
         try:
             result = getattr(obj, name)(*args, **kwds)
         except StopIteration:
-            with self._lock:  # an exhausted iterator is done with
-                self._objects.pop(ident, None)
+            with self._lock:  # an exhausted iterator is done with: keep an empty one
+                self._objects[ident] = (iter(()), typeid, exposed)
             raise
         if result is obj and name.startswith("__i"):
             return 2, None
@@ -203,6 +209,32 @@ class _Server:
 
 
 # ------------------------------------------------------------------------------ the proxies
+
+
+def _remote(e: TaskError) -> BaseException:
+    """The exception the manager's object raised, of its own class, with the manager's
+    traceback as its ``__cause__``."""
+    err = original_error(e, RemoteTraceback)
+    err.__suppress_context__ = True
+    return err
+
+
+def _unpicklable(e: SerializationError) -> BaseException:
+    """An argument that could not be pickled: a ``SerializationError`` (a
+    ``pickle.PicklingError``) that is also of the class of what its pickling raised, as the
+    standard library's proxy raises that error itself."""
+    cause = e.__cause__
+    if not isinstance(cause, Exception) or isinstance(cause, SerializationError):
+        return e
+    try:
+        cls = type(
+            f"SerializationError[{type(cause).__name__}]", (SerializationError, type(cause)), {}
+        )
+        err = cls.__new__(cls)
+        err.args = (str(e),)
+    except TypeError:  # a class that cannot be mixed in (a layout conflict)
+        return e
+    return err
 
 
 def _gone(name: str, e: BaseException) -> ManagerDiedError:
@@ -244,7 +276,9 @@ class BaseProxy:
                 raise e from None
             raise _gone(self._manager_name, e) from None
         except TaskError as e:
-            raise original_error(e, RemoteTraceback) from None
+            raise _remote(e)  # noqa: B904 (its __cause__ is the remote traceback)
+        except SerializationError as e:
+            raise _unpicklable(e) from e.__cause__
         if kind == 0:
             return value
         if kind == 2:
@@ -396,6 +430,38 @@ class ValueProxy(BaseProxy):
     value = property(get, set)
 
 
+AsyncResultProxy = MakeProxyType("AsyncResultProxy", ("get", "wait", "ready", "successful"))
+AsyncResultProxy.__doc__ = "A proxy of a pool's ``AsyncResult`` (``apply_async``, ``map_async``)."
+
+
+class PoolProxy(BaseProxy):
+    """A proxy of a ``volley.multiprocessing.Pool`` made in the manager (``m.Pool()``): its
+    calls run there (on volley's workers, as any pool's), so the proxy can be passed to
+    other processes; ``with`` terminates the pool at the end of the block."""
+
+    _exposed_ = (
+        "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map",
+        "map_async", "starmap", "starmap_async", "terminate",
+    )  # fmt: skip
+    _method_to_typeid_ = {
+        "apply_async": "AsyncResult",
+        "map_async": "AsyncResult",
+        "starmap_async": "AsyncResult",
+        "imap": "Iterator",
+        "imap_unordered": "Iterator",
+    }
+
+    def __enter__(self) -> PoolProxy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.terminate()
+
+
+for _name in PoolProxy._exposed_:
+    setattr(PoolProxy, _name, _forward(_name))
+
+
 # The standard library's names of its synchronisation proxies; volley's manager hands out
 # volley.sync objects instead, which are their own proxies (picklable, any node).
 AcquirerProxy = volley.sync.Lock
@@ -491,7 +557,7 @@ class BaseManager:
                 volley.get(server.info.remote())
             except TaskError as e:
                 volley.kill(server)
-                raise original_error(e, RemoteTraceback) from None
+                raise _remote(e)  # noqa: B904 (its __cause__ is the remote traceback)
             self._server, self._owner, self._state = server, True, "started"
 
     def connect(self) -> None:
@@ -528,7 +594,7 @@ class BaseManager:
                 raise e from None
             raise _gone(self._name, e) from None
         except TaskError as e:
-            raise original_error(e, RemoteTraceback) from None
+            raise _remote(e)  # noqa: B904 (its __cause__ is the remote traceback)
         return _make_proxy(entry[3], server, ident, typeid, exposed, self._name)
 
     def _info(self) -> dict:
@@ -670,8 +736,8 @@ SyncManager._register_local("BoundedSemaphore", volley.sync.BoundedSemaphore)
 SyncManager._register_local("Event", volley.sync.Event)
 SyncManager._register_local("Condition", _condition)
 SyncManager._register_local("Barrier", volley.sync.Barrier)
-SyncManager.register("Pool", _pool)  # replaced below: made in the caller, not tracked
-SyncManager._registry["Pool"] = (_Local(_pool), None, None, None)
+SyncManager.register("AsyncResult", proxytype=AsyncResultProxy, create_method=False)
+SyncManager.register("Pool", _pool, PoolProxy)
 
 
 def Manager() -> SyncManager:
