@@ -38,6 +38,7 @@ import volley.library
 import volley.sync
 import volley.util.queue
 from volley.exceptions import (
+    ActorCreationError,
     ActorDiedError,
     RemoteTraceback,
     SerializationError,
@@ -555,9 +556,13 @@ class BaseManager:
             )
             try:
                 volley.get(server.info.remote())
-            except TaskError as e:
+            except ActorCreationError as e:  # the initializer raised: that error, here
                 volley.kill(server)
-                raise _remote(e)  # noqa: B904 (its __cause__ is the remote traceback)
+                if e.cause is None:
+                    raise
+                err = e.cause
+                err.__cause__ = RemoteTraceback(e.remote_traceback)
+                raise err from err.__cause__
             self._server, self._owner, self._state = server, True, "started"
 
     def connect(self) -> None:
