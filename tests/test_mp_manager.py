@@ -171,7 +171,7 @@ def test_errors_in_the_manager_keep_their_class(m):
     with pytest.raises(IndexError):
         lst[3]
     with pytest.raises(AttributeError):
-        m.Namespace().nothing
+        _ = m.Namespace().nothing
     # In a task, the same.
     err = volley.get(call_proxy.remote(d, "__getitem__", "missing"), timeout=60)
     assert type(err) is KeyError
@@ -290,7 +290,7 @@ def test_shutdown_fails_the_proxies_and_stops_the_primitives(volley_shared):
     m.shutdown()
     with pytest.raises(ManagerDiedError, match=name):
         d["x"] = 1
-    with pytest.raises(Exception):  # the queue was shut down with its manager
+    with pytest.raises(volley.exceptions.ChannelClosed):  # the queue was shut down with its manager
         q.put(1, timeout=5)
 
 
