@@ -168,7 +168,7 @@ class _Server:
             raise RemoteError(f"{self._name}: {typeid!r} was registered without a callable")
         return self._add(factory(*args, **kwds), typeid, exposed)
 
-    def call(self, ident: int, name: str, args: tuple, kwds: dict) -> tuple[int, Any]:
+    def call(self, ident: int, name: str, args: tuple, kwds: dict | None = None) -> tuple[int, Any]:
         """``(0, value)``, ``(1, (proxytype, typeid, id, exposed))`` for a result that is a
         new object proxied in turn (``method_to_typeid``), or ``(2, None)`` when the method
         returned the object itself (``+=``: the caller keeps its proxy)."""
@@ -187,7 +187,7 @@ class _Server:
         if name == "#GETVALUE":
             return 0, obj
         try:
-            result = getattr(obj, name)(*args, **kwds)
+            result = getattr(obj, name)(*args, **kwds) if kwds else getattr(obj, name)(*args)
         except StopIteration:
             with self._lock:  # an exhausted iterator is done with: keep an empty one
                 self._objects[ident] = (iter(()), typeid, exposed)
@@ -269,9 +269,11 @@ class BaseProxy:
     def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
         """Runs ``methodname(*args, **kwds)`` on the referent, in the manager."""
         try:
-            kind, value = volley.get(
-                self._server.call.remote(self._id, methodname, tuple(args), dict(kwds or {}))
-            )
+            if kwds:
+                ref = self._server.call.remote(self._id, methodname, tuple(args), dict(kwds))
+            else:
+                ref = self._server.call.remote(self._id, methodname, tuple(args))
+            kind, value = volley.get(ref)
         except ActorDiedError as e:
             if isinstance(e, TaskError):
                 raise e from None
@@ -525,7 +527,10 @@ class BaseManager:
                 f"{type(address).__name__}: managers are reached through volley, not a socket"
             )
         self._name = address or f"volley-manager-{uuid.uuid4().hex[:12]}"
-        self._server: Any = None
+        # The actors: "fast" (one call at a time: the quickest round trip) holds the
+        # containers, whose methods never wait; "threads" (many calls at once) holds the
+        # registered types and pools, whose methods may wait.
+        self._servers: dict[str, Any] = {}
         self._owner = False
         self._state = "initial"
         self._locals: list[Any] = []
@@ -549,21 +554,31 @@ class BaseManager:
                 raise ProcessError(f"the manager {self._name!r} was already started")
             volley.library.init_if_needed()
             registry = {k: v for k, v in self._registry.items() if not isinstance(v[0], _Local)}
-            server = (
-                volley.remote(_Server)
-                .options(name=self._name, num_cpus=0, max_concurrency=64)
+            kinds = sorted({"fast" if v[4] else "threads" for v in registry.values()})
+            servers = {
+                kind: volley.remote(_Server)
+                .options(
+                    name=self._actor_name(kind),
+                    num_cpus=0,
+                    max_concurrency=1 if kind == "fast" else 64,
+                )
                 .remote(registry, self._name, initializer, tuple(initargs))
-            )
+                for kind in kinds
+            }
             try:
-                volley.get(server.info.remote())
+                volley.get([s.info.remote() for s in servers.values()])
             except ActorCreationError as e:  # the initializer raised: that error, here
-                volley.kill(server)
+                for server in servers.values():
+                    volley.kill(server)
                 if e.cause is None:
                     raise
                 err = e.cause
                 err.__cause__ = RemoteTraceback(e.remote_traceback)
                 raise err from err.__cause__
-            self._server, self._owner, self._state = server, True, "started"
+            self._servers, self._owner, self._state = servers, True, "started"
+
+    def _actor_name(self, kind: str) -> str:
+        return self._name if kind == "threads" else f"{self._name}/fast"
 
     def connect(self) -> None:
         """Attaches to the started manager named by ``address`` (made by another driver or
@@ -571,10 +586,13 @@ class BaseManager:
         with self._lock:
             if self._state != "initial":
                 raise ProcessError(f"the manager {self._name!r} is already {self._state}")
-            try:
-                self._server = volley.get_actor(self._name)
-            except ValueError:
-                raise ValueError(f"no volley Manager named {self._name!r} runs") from None
+            for kind in ("fast", "threads"):
+                try:
+                    self._servers[kind] = volley.get_actor(self._actor_name(kind))
+                except ValueError:
+                    pass
+            if not self._servers:
+                raise ValueError(f"no volley Manager named {self._name!r} runs")
             self._state = "started"
 
     def _check(self) -> Any:
@@ -582,16 +600,19 @@ class BaseManager:
             raise ProcessError(f"the manager {self._name!r} has not been started")
         if self._state == "shutdown":
             raise ProcessError(f"the manager {self._name!r} was shut down")
-        return self._server
+        return self._servers
 
     def _create(self, typeid: str, *args: Any, **kwds: Any) -> Any:
-        server = self._check()
+        servers = self._check()
         entry = self._registry[typeid]
         if isinstance(entry[0], _Local):
             obj = entry[0].factory(*args, **kwds)
             with self._lock:
                 self._locals.append(obj)
             return obj
+        server = servers.get("fast" if entry[4] else "threads")
+        if server is None:
+            raise RemoteError(f"the manager {self._name!r} does not serve {typeid!r}")
         try:
             ident, exposed = volley.get(server.create.remote(typeid, args, kwds))
         except ActorDiedError as e:
@@ -603,11 +624,16 @@ class BaseManager:
         return _make_proxy(entry[3], server, ident, typeid, exposed, self._name)
 
     def _info(self) -> dict:
-        server = self._check()
+        servers = self._check()
         try:
-            return volley.get(server.info.remote())
+            infos = volley.get([s.info.remote() for s in servers.values()])
         except ActorDiedError as e:
             raise _gone(self._name, e) from None
+        return {
+            "pids": [i["pid"] for i in infos],
+            "objects": sum(i["objects"] for i in infos),
+            "typeids": sorted(t for i in infos for t in i["typeids"]),
+        }
 
     def _number_of_objects(self) -> int:
         """How many objects the manager holds (its locks and queues are not counted)."""
@@ -628,7 +654,7 @@ class BaseManager:
                 self._state = "shutdown"
                 return
             self._state = "shutdown"
-            server, locals_ = self._server, self._locals
+            servers, locals_ = self._servers, self._locals
             self._locals = []
         for obj in locals_:
             try:
@@ -636,7 +662,8 @@ class BaseManager:
             except Exception:  # already shut down, or its node is gone: nothing to release
                 pass
         if self._owner:
-            volley.kill(server)
+            for server in servers.values():
+                volley.kill(server)
 
     def __enter__(self) -> BaseManager:
         if self._state == "initial":
@@ -676,6 +703,7 @@ class BaseManager:
             None if exposed is None else tuple(exposed),
             dict(method_to_typeid) if method_to_typeid else None,
             proxytype,
+            False,  # served by the "threads" actor: its methods may wait
         )
         if create_method:
 
@@ -689,7 +717,7 @@ class BaseManager:
     def _register_local(cls, typeid: str, factory: Callable) -> None:
         if "_registry" not in cls.__dict__:
             cls._registry = dict(cls._registry)
-        cls._registry[typeid] = (_Local(factory), None, None, None)
+        cls._registry[typeid] = (_Local(factory), None, None, None, False)
 
         def make(self: BaseManager, *args: Any, **kwds: Any) -> Any:
             return self._create(typeid, *args, **kwds)
@@ -743,6 +771,9 @@ SyncManager._register_local("Condition", _condition)
 SyncManager._register_local("Barrier", volley.sync.Barrier)
 SyncManager.register("AsyncResult", proxytype=AsyncResultProxy, create_method=False)
 SyncManager.register("Pool", _pool, PoolProxy)
+# The containers' methods never wait: the "fast" actor, one call at a time, serves them.
+for _typeid in ("dict", "list", "Namespace", "Value", "Array"):
+    SyncManager._registry[_typeid] = SyncManager._registry[_typeid][:4] + (True,)
 
 
 def Manager() -> SyncManager:
