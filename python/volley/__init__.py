@@ -78,6 +78,7 @@ _LAZY: dict[str, str] = {
     "get_actor": "._actor",
     "kill": "._actor",
     "method": "._actor",
+    "cache": "._cache",
     "dashboard_url": "._dashboard",
     "ObjectRefGenerator": "._generator",
     "map": "._map",

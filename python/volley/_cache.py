@@ -1,0 +1,604 @@
+"""A disk cache of function results (joblib ``Memory``'s job), for plain and remote functions:
+``volley.cache(location)`` (docs/cache.md).
+
+A result is stored under a key made of the function (its module, name and source code) and a
+hash of its arguments (numpy arrays hashed by their content), in a directory of its own that
+appears whole or not at all: it is written under a temporary name and renamed into place, so a
+reader never sees half of it. Arrays (any object pickled with out-of-band buffers) are written
+as raw files and memory-mapped back, read-only. Every process that can read the directory
+shares the results: a node's workers, and the nodes of a cluster when the directory is on a
+shared file system. Two processes that miss the same key at once do not both compute it: the
+first takes the key's lock (``flock``, released by the kernel if its process dies), the others
+wait for its result. A cache may be bounded (``size_limit``): the least recently used results
+are evicted.
+
+Cached results are pickles, and loading a pickle runs code: only this user may write the cache
+directory. It is created with mode 0700, and an existing one owned by someone else, or that
+others may write, is refused.
+
+>>> import tempfile
+>>> memory = volley.cache(tempfile.mkdtemp())
+>>> @memory
+... def square(x):
+...     print("computing")
+...     return x * x
+>>> square(4)
+computing
+16
+>>> square(4)
+16
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import inspect
+import io
+import json
+import logging
+import marshal
+import mmap
+import os
+import pickle
+import re
+import shutil
+import stat
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import cloudpickle
+
+__all__ = ["Cache", "CacheDirError", "cache"]
+
+_log = logging.getLogger("volley.cache")
+
+#: The folder under ``location`` that holds the cache (as joblib's ``location/joblib``).
+_ROOT = "volley-cache"
+#: Buffers smaller than this are read into memory rather than mapped (a map costs more).
+_MAP_MIN = 64 * 1024
+#: A waiter for a key another process computes says so after this many seconds, and again
+#: each time as long again has passed.
+_SAY_AFTER = 10.0
+
+
+class CacheDirError(OSError):
+    """The cache directory exists but is not safe to load pickles from (someone else owns it,
+    others may write it, or it is a symlink)."""
+
+
+def _parse_size(size: int | str | None) -> int | None:
+    """``size_limit`` in bytes: an int, or a str like ``"500M"``, ``"2G"``, ``"64K"``."""
+    if size is None:
+        return None
+    if isinstance(size, bool):
+        raise TypeError("size_limit must be a number of bytes or a str like '1G', not a bool")
+    if isinstance(size, int):
+        if size < 0:
+            raise ValueError(f"size_limit must be >= 0, not {size}")
+        return size
+    if isinstance(size, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", size)
+        if m:
+            scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+            return int(float(m.group(1)) * scale)
+        raise ValueError(f"size_limit {size!r} is not a size like '500M' or '2G'")
+    raise TypeError(f"size_limit must be an int or a str like '1G', not {type(size).__name__}")
+
+
+def _check_dir(path: str) -> None:
+    """Refuses ``path`` unless it is a real directory of this user that nobody else may
+    write."""
+    st = os.lstat(path)
+    why = None
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symlink"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    elif st.st_uid != os.getuid():
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        why = f"has mode {stat.S_IMODE(st.st_mode):o} (group or others may write it)"
+    if why:
+        raise CacheDirError(
+            f"refusing to use the cache directory {path}: it {why}. Cached results are "
+            "pickles, and loading one runs code: only you may be able to write the cache"
+        )
+
+
+def _private_dir(path: str) -> None:
+    """Creates ``path`` with mode 0700, or checks the one there."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    _check_dir(path)
+
+
+def _write_new(path: str, data: bytes | memoryview) -> None:
+    """Writes a new file (never through a symlink, never over another file), mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb", closefd=True) as f:
+        f.write(data)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb", closefd=True) as f:
+        return f.read()
+
+
+def _map(path: str, size: int) -> Any:
+    """A read-only view of the file's ``size`` bytes: mapped if large, read if small."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != size:
+            raise _Corrupt(f"{path} has {os.fstat(fd).st_size} bytes, not {size}")
+        if size < _MAP_MIN:
+            data = os.read(fd, size) if size else b""
+            if len(data) != size:
+                raise _Corrupt(f"{path}: short read")
+            return data
+        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+    finally:
+        os.close(fd)
+
+
+class _Corrupt(Exception):
+    """An entry that cannot be read back whole."""
+
+
+# ---------------------------------------------------------------------------- hashing
+
+
+def _array_key(dtype: str, shape: tuple, digest: bytes) -> None:
+    """Stands for a numpy array in the argument hash (never called)."""
+
+
+class _Hasher(cloudpickle.Pickler):
+    """Pickles arguments into a hash: numpy arrays by their dtype, shape and content (not their
+    memory layout or object identity), sets in a stable order."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t.__name__ in ("ndarray", "memmap") and t.__module__.startswith("numpy"):
+            np = sys.modules["numpy"]
+            if obj.dtype.hasobject:
+                return obj.__reduce_ex__(5)
+            a = np.ascontiguousarray(obj)
+            h = hashlib.blake2b(a.view(np.uint8).reshape(-1).data, digest_size=16).digest()
+            return _array_key, (a.dtype.str, a.shape, h)
+        if t is set or t is frozenset:
+            items = sorted(obj, key=_stable_bytes)
+            return t, (items,)
+        return super().reducer_override(obj)
+
+
+def _stable_bytes(x: Any) -> bytes:
+    buf = io.BytesIO()
+    _Hasher(buf, protocol=5).dump(x)
+    return buf.getvalue()
+
+
+class _HashWriter:
+    def __init__(self) -> None:
+        self.h = hashlib.blake2b(digest_size=16)
+
+    def write(self, b: Any) -> int:
+        self.h.update(b)
+        return len(b)
+
+
+def _hash_args(arguments: list) -> str:
+    w = _HashWriter()
+    _Hasher(w, protocol=5).dump(arguments)
+    return w.h.hexdigest()
+
+
+def _code_hash(fn: Callable) -> str:
+    """A hash of the function's code: its source text where there is one, else its compiled
+    code (a function typed at a prompt)."""
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = marshal.dumps(code) if code is not None else repr(fn).encode()
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _func_dir_name(fn: Callable) -> str:
+    module = getattr(fn, "__module__", None) or "unknown"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    ident = f"{module}.{name}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ident)[:120]
+    return f"{safe}-{hashlib.blake2b(ident.encode(), digest_size=4).hexdigest()}"
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
+class Cache:
+    """A directory of cached results: decorate a function with it (``@memory`` or
+    ``memory.cache(fn, ignore=[...])``); ``clear()`` empties it; with ``size_limit`` (bytes,
+    or a str like ``"1G"``) the least recently used results are evicted after each store
+    (``reduce_size()`` does it on demand).
+
+    >>> import tempfile
+    >>> memory = volley.cache(tempfile.mkdtemp(), size_limit="10M")
+    >>> memory
+    Cache(location=..., size_limit=10485760)
+    """
+
+    def __init__(self, location: str | os.PathLike, *, size_limit: int | str | None = None):
+        if callable(location) and not isinstance(location, (str, os.PathLike)):
+            raise TypeError(
+                "volley.cache takes the cache's directory: write @volley.cache('/path/to/dir')"
+            )
+        if not isinstance(location, (str, os.PathLike)):
+            raise TypeError(f"location must be a path, not {type(location).__name__}")
+        self.location = os.path.abspath(os.fspath(location))
+        self.size_limit = _parse_size(size_limit)
+        self._root = os.path.join(self.location, _ROOT)
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"Cache(location={self.location!r}, size_limit={self.size_limit!r})"
+
+    def __reduce__(self) -> tuple:
+        return _rebuild_cache, (self.location, self.size_limit)
+
+    def _dir(self) -> str:
+        """The cache's root, created (mode 0700) or checked, once per process."""
+        if not self._ready:
+            os.makedirs(self.location, mode=0o700, exist_ok=True)
+            _private_dir(self._root)
+            self._ready = True
+        return self._root
+
+    def __call__(self, fn: Callable | None = None, *, ignore: list[str] | None = None) -> Any:
+        """Decorates ``fn`` (a plain function, or a ``@volley.remote`` one) so that its results
+        are cached here; without ``fn``, a decorator (``@memory.cache(ignore=["verbose"])``).
+        ``ignore`` names arguments left out of the key.
+
+        >>> import tempfile
+        >>> memory = volley.cache(tempfile.mkdtemp())
+        >>> @memory.cache(ignore=["verbose"])
+        ... def add(a, b, verbose=False):
+        ...     return a + b
+        >>> add(1, 2), add(1, 2, verbose=True), add.check_call_in_cache(1, 2)
+        (3, 3, True)
+        """
+        if fn is None:
+            return lambda f: self(f, ignore=ignore)
+        if isinstance(fn, type):
+            raise TypeError(f"volley.cache caches functions, not classes ({fn.__name__})")
+        if not callable(fn):
+            raise TypeError(f"volley.cache caches functions, not {type(fn).__name__}")
+        if hasattr(fn, "remote") and hasattr(fn, "options"):
+            from . import library, remote
+
+            pyfn, options, _ = library.unwrap_remote(fn)
+            wrapped = _wrap(self, pyfn, ignore)
+            rf = remote(**options)(wrapped) if options else remote(wrapped)
+            rf.clear = wrapped.clear  # type: ignore[attr-defined]
+            rf.check_call_in_cache = wrapped.check_call_in_cache  # type: ignore[attr-defined]
+            return rf
+        return _wrap(self, fn, ignore)
+
+    cache = __call__
+
+    def _entries(self) -> Iterator[tuple[str, os.stat_result, int]]:
+        """(entry dir, its meta file's stat, its size) for every stored result."""
+        root = self._dir()
+        for fname in _listdir(root):
+            fdir = os.path.join(root, fname)
+            for cname in _listdir(fdir):
+                cdir = os.path.join(fdir, cname)
+                for ename in _listdir(cdir):
+                    if ename.startswith(".") or ename.endswith(".lock"):
+                        continue
+                    edir = os.path.join(cdir, ename)
+                    meta = os.path.join(edir, "meta.json")
+                    try:
+                        st = os.stat(meta)
+                        size = json.loads(_read(meta))["size"]
+                    except (OSError, ValueError, KeyError):
+                        continue
+                    yield edir, st, size
+
+    def size(self) -> int:
+        """The bytes the stored results take.
+
+        >>> import tempfile
+        >>> volley.cache(tempfile.mkdtemp()).size()
+        0
+        """
+        return sum(size for _, _, size in self._entries())
+
+    def reduce_size(self, size_limit: int | str | None = None) -> int:
+        """Evicts the least recently used results (by their last store or hit) until the
+        cache takes at most ``size_limit`` bytes (the cache's own by default); returns the
+        bytes freed. A process reading an evicted result keeps its memory-mapped arrays.
+
+        >>> import tempfile
+        >>> volley.cache(tempfile.mkdtemp()).reduce_size(0)
+        0
+        """
+        limit = _parse_size(size_limit) if size_limit is not None else self.size_limit
+        if limit is None:
+            return 0
+        entries = sorted(self._entries(), key=lambda e: e[1].st_mtime_ns)
+        total = sum(size for _, _, size in entries)
+        freed = 0
+        for edir, _, size in entries:
+            if total <= limit:
+                break
+            if _discard(edir):
+                total -= size
+                freed += size
+        return freed
+
+    def clear(self) -> None:
+        """Removes every stored result of this cache (all functions).
+
+        >>> import tempfile
+        >>> memory = volley.cache(tempfile.mkdtemp())
+        >>> memory.clear()
+        >>> memory.size()
+        0
+        """
+        root = self._dir()
+        for fname in _listdir(root):
+            _discard(os.path.join(root, fname))
+
+
+def _rebuild_cache(location: str, size_limit: int | None) -> Cache:
+    return Cache(location, size_limit=size_limit)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _discard(path: str) -> bool:
+    """Removes a directory: renamed aside first (atomically: nobody loads it after this), then
+    deleted. False if it was gone already."""
+    aside = os.path.join(
+        os.path.dirname(path), f".trash-{os.path.basename(path)}-{os.urandom(6).hex()}"
+    )
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+class _CachedFunction:
+    """The cache of one function: its key, lookup, store and the lock of a key."""
+
+    def __init__(
+        self, store: Cache, fn: Callable, ignore: list[str] | None, code: str | None = None
+    ) -> None:
+        self.store, self.func = store, fn
+        self.signature = inspect.signature(fn)
+        params = self.signature.parameters
+        ignore = list(ignore or ())
+        for name in ignore:
+            if not isinstance(name, str):
+                raise TypeError(f"ignore lists argument names (str), not {name!r}")
+            if name not in params:
+                raise ValueError(
+                    f"ignore names {name!r}, which is not an argument of "
+                    f"{getattr(fn, '__qualname__', fn)}{self.signature}"
+                )
+        self.ignore = frozenset(ignore)
+        self.func_dir = _func_dir_name(fn)
+        self.code = code or _code_hash(fn)
+
+    def __reduce__(self) -> tuple:
+        # The code's hash travels with the function: a process that unpickles it may not see
+        # its source (a function of the driver's __main__), and must use the same key.
+        return _CachedFunction, (self.store, self.func, sorted(self.ignore), self.code)
+
+    def key(self, args: tuple, kwargs: dict) -> str:
+        bound = self.signature.bind(*args, **kwargs)  # a TypeError for a bad call, as fn's
+        bound.apply_defaults()
+        arguments = []
+        for name, value in bound.arguments.items():
+            if name in self.ignore:
+                continue
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                value = sorted(value.items())
+            arguments.append((name, value))
+        return _hash_args(arguments)
+
+    def _paths(self, key: str) -> tuple[str, str]:
+        cdir = os.path.join(self.store._dir(), self.func_dir, self.code)
+        return cdir, os.path.join(cdir, key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.key(args, kwargs)
+        cdir, edir = self._paths(key)
+        found, value = _load(edir)
+        if found:
+            return value
+        return self._compute(key, cdir, edir, args, kwargs)
+
+    def _compute(self, key: str, cdir: str, edir: str, args: tuple, kwargs: dict) -> Any:
+        os.makedirs(os.path.dirname(cdir), mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(cdir, 0o700)
+        except FileExistsError:
+            pass
+        lock_path = edir + ".lock"
+        started = time.monotonic()
+        said = _SAY_AFTER
+        pause = 0.001
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                import fcntl
+
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    waited = time.monotonic() - started
+                    if waited >= said:
+                        _log.warning(
+                            "volley.cache: %s has waited %.0f s for another process computing "
+                            "%s (key %s; lock %s held by %s)",
+                            os.getpid(), waited, self.func_dir, key, lock_path,
+                            _holder(lock_path),
+                        )  # fmt: skip
+                        said += _SAY_AFTER
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+                    found, value = _load(edir)
+                    if found:
+                        return value
+                    continue
+                # The lock is ours if the name still leads to this file (a holder unlinks it
+                # when it is done, and a waiter may have locked the unlinked one).
+                try:
+                    same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    continue
+                try:
+                    found, value = _load(edir)
+                    if found:
+                        return value
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+                    value = self.func(*args, **kwargs)
+                    _store(cdir, edir, value)
+                    if self.store.size_limit is not None:
+                        self.store.reduce_size()
+                    return value
+                finally:
+                    try:
+                        os.unlink(lock_path)
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of this call is stored (without loading it)."""
+        _, edir = self._paths(self.key(args, kwargs))
+        return os.path.isfile(os.path.join(edir, "meta.json"))
+
+    def clear(self) -> None:
+        """Removes this function's stored results (of every version of its code)."""
+        _discard(os.path.join(self.store._dir(), self.func_dir))
+
+
+def _holder(lock_path: str) -> str:
+    try:
+        return _read(lock_path).decode(errors="replace") or "a process"
+    except OSError:
+        return "a process"
+
+
+def _wrap(store: Cache, fn: Callable, ignore: list[str] | None) -> Callable:
+    cf = _CachedFunction(store, fn, ignore)
+
+    @functools.wraps(fn)
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        return cf(*args, **kwargs)
+
+    cached.clear = cf.clear  # type: ignore[attr-defined]
+    cached.check_call_in_cache = cf.check_call_in_cache  # type: ignore[attr-defined]
+    cached.cache = store  # type: ignore[attr-defined]
+    return cached
+
+
+def _load(edir: str) -> tuple[bool, Any]:
+    """``(True, value)`` for a whole stored entry, ``(False, None)`` if there is none; an
+    entry that cannot be read back whole (truncated, damaged) is removed and reported as
+    missing, so it is computed again."""
+    meta_path = os.path.join(edir, "meta.json")
+    try:
+        meta_bytes = _read(meta_path)
+    except FileNotFoundError:
+        return False, None
+    except NotADirectoryError:
+        return False, None
+    try:
+        meta = json.loads(meta_bytes)
+        sizes = meta["buffers"]
+        buffers = [_map(os.path.join(edir, f"buf-{i}"), n) for i, n in enumerate(sizes)]
+        data = _read(os.path.join(edir, "result.pkl"))
+        if len(data) != meta["pickle"]:
+            raise _Corrupt("result.pkl has the wrong size")
+        value = pickle.loads(data, buffers=buffers)
+    except FileNotFoundError:
+        if not os.path.exists(meta_path):
+            return False, None  # evicted while we read it: the entry went whole
+        _log.warning("volley.cache: removing the entry %s, which misses a file", edir)
+        _discard(edir)
+        return False, None
+    # Any failure to read it back (a damaged file) means: compute it again.
+    except Exception as e:  # noqa: BLE001
+        _log.warning("volley.cache: removing the damaged entry %s (%s)", edir, e)
+        _discard(edir)
+        return False, None
+    try:
+        os.utime(meta_path)  # its last use, for eviction
+    except OSError:
+        pass
+    return True, value
+
+
+def _store(cdir: str, edir: str, value: Any) -> None:
+    """Writes ``value`` as a new entry, whole or not at all: in a temporary directory that is
+    then renamed to ``edir``. If another process stored it first, theirs is kept."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    tmp = os.path.join(cdir, f".tmp-{os.path.basename(edir)}-{os.getpid()}-{os.urandom(4).hex()}")
+    os.mkdir(tmp, 0o700)
+    try:
+        for i, raw in enumerate(raws):
+            _write_new(os.path.join(tmp, f"buf-{i}"), raw)
+        _write_new(os.path.join(tmp, "result.pkl"), data)
+        size = len(data) + sum(r.nbytes for r in raws)
+        meta = {"pickle": len(data), "buffers": [r.nbytes for r in raws], "size": size}
+        _write_new(os.path.join(tmp, "meta.json"), json.dumps(meta).encode())
+        os.rename(tmp, edir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cache(location: str | os.PathLike, *, size_limit: int | str | None = None) -> Cache:
+    """A disk cache of function results in ``location`` (joblib's ``Memory``): use it as a
+    decorator, above or below ``@volley.remote``. A result is keyed by the function's module,
+    name and source code and by a hash of its arguments (numpy arrays by content); arrays in a
+    result come back memory-mapped, read-only. ``size_limit`` (bytes, or ``"500M"``,
+    ``"2G"``) bounds the cache: the least recently used results are evicted.
+
+    >>> import tempfile
+    >>> location = tempfile.mkdtemp()
+    >>> @volley.cache(location)
+    ... @volley.remote
+    ... def slow_square(x):
+    ...     return x * x
+    >>> volley.get(slow_square.remote(3))
+    9
+    >>> slow_square.check_call_in_cache(3)
+    True
+    """
+    return Cache(location, size_limit=size_limit)
