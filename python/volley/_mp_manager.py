@@ -733,12 +733,6 @@ def _condition(lock: Any = None) -> volley.sync.Condition:
     return volley.sync.Condition(lock)
 
 
-def _pool(*args: Any, **kwds: Any) -> Any:
-    from volley.multiprocessing import Pool
-
-    return Pool(*args, **kwds)
-
-
 class SyncManager(BaseManager):
     """The manager ``Manager()`` returns: ``dict``, ``list``, ``Namespace``, ``Value``,
     ``Array`` (held by the manager's actor, used through proxies), ``Queue``,
@@ -770,7 +764,8 @@ SyncManager._register_local("Event", volley.sync.Event)
 SyncManager._register_local("Condition", _condition)
 SyncManager._register_local("Barrier", volley.sync.Barrier)
 SyncManager.register("AsyncResult", proxytype=AsyncResultProxy, create_method=False)
-SyncManager.register("Pool", _pool, PoolProxy)
+# "Pool" (a volley.multiprocessing.Pool behind a PoolProxy) is registered by
+# volley.multiprocessing, which this module does not import.
 # The containers' methods never wait: the "fast" actor, one call at a time, serves them.
 for _typeid in ("dict", "list", "Namespace", "Value", "Array"):
     SyncManager._registry[_typeid] = SyncManager._registry[_typeid][:4] + (True,)

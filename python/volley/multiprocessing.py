@@ -972,4 +972,5 @@ from . import _mp_manager as managers  # noqa: E402  (``volley.multiprocessing.m
 from ._mp_manager import Manager  # noqa: E402
 
 sys.modules[__name__ + ".managers"] = managers
+managers.SyncManager.register("Pool", Pool, managers.PoolProxy)
 __all__ += ["Manager", "managers"]  # noqa: PLE0605
