@@ -2,10 +2,10 @@
 ``volley.cache(location)`` (docs/cache.md).
 
 A result is stored under a key made of the function (its module, name and source code) and a
-hash of its arguments (numpy arrays hashed by their content), in a directory of its own that
-appears whole or not at all: it is written under a temporary name and renamed into place, so a
-reader never sees half of it. Arrays (any object pickled with out-of-band buffers) are written
-as raw files and memory-mapped back, read-only. Every process that can read the directory
+hash of its arguments (numpy arrays hashed by their content), in one file that appears whole or
+not at all: it is written under a temporary name and renamed into place, so a reader never sees
+half of it. Arrays (any object pickled with out-of-band buffers) are written raw, aligned, after
+the pickle, and come back memory-mapped, read-only. Every process that can read the directory
 shares the results: a node's workers, and the nodes of a cluster when the directory is on a
 shared file system. Two processes that miss the same key at once do not both compute it: the
 first takes the key's lock (``flock``, released by the kernel if its process dies), the others
@@ -31,7 +31,6 @@ computing
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import inspect
@@ -117,33 +116,10 @@ def _private_dir(path: str) -> None:
     _check_dir(path)
 
 
-def _write_new(path: str, data: bytes | memoryview) -> None:
-    """Writes a new file (never through a symlink, never over another file), mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb", closefd=True) as f:
-        f.write(data)
-
-
 def _read(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb", closefd=True) as f:
         return f.read()
-
-
-def _map(path: str, size: int) -> Any:
-    """A read-only view of the file's ``size`` bytes: mapped if large, read if small."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_size != size:
-            raise _Corrupt(f"{path} has {os.fstat(fd).st_size} bytes, not {size}")
-        if size < _MAP_MIN:
-            data = os.read(fd, size) if size else b""
-            if len(data) != size:
-                raise _Corrupt(f"{path}: short read")
-            return data
-        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
-    finally:
-        os.close(fd)
 
 
 class _Corrupt(Exception):
@@ -168,8 +144,9 @@ class _Hasher(cloudpickle.Pickler):
             if obj.dtype.hasobject:
                 return obj.__reduce_ex__(5)
             a = np.ascontiguousarray(obj)
-            h = hashlib.blake2b(a.view(np.uint8).reshape(-1).data, digest_size=16).digest()
-            return _array_key, (a.dtype.str, a.shape, h)
+            # sha256: the fastest strong hash here (CPUs' SHA instructions), 4x blake2b.
+            h = hashlib.sha256(a.view(np.uint8).reshape(-1).data).digest()
+            return _array_key, (a.dtype.str, obj.shape, h)
         if t is set or t is frozenset:
             items = sorted(obj, key=_stable_bytes)
             return t, (items,)
@@ -184,7 +161,7 @@ def _stable_bytes(x: Any) -> bytes:
 
 class _HashWriter:
     def __init__(self) -> None:
-        self.h = hashlib.blake2b(digest_size=16)
+        self.h = hashlib.sha256()
 
     def write(self, b: Any) -> int:
         self.h.update(b)
@@ -194,7 +171,7 @@ class _HashWriter:
 def _hash_args(arguments: list) -> str:
     w = _HashWriter()
     _Hasher(w, protocol=5).dump(arguments)
-    return w.h.hexdigest()
+    return w.h.hexdigest()[:32]
 
 
 def _code_hash(fn: Callable) -> str:
@@ -205,7 +182,7 @@ def _code_hash(fn: Callable) -> str:
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
         text = marshal.dumps(code) if code is not None else repr(fn).encode()
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def _func_dir_name(fn: Callable) -> str:
@@ -213,7 +190,7 @@ def _func_dir_name(fn: Callable) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     ident = f"{module}.{name}"
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ident)[:120]
-    return f"{safe}-{hashlib.blake2b(ident.encode(), digest_size=4).hexdigest()}"
+    return f"{safe}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -289,8 +266,8 @@ class Cache:
 
     cache = __call__
 
-    def _entries(self) -> Iterator[tuple[str, os.stat_result, int]]:
-        """(entry dir, its meta file's stat, its size) for every stored result."""
+    def _entries(self) -> Iterator[tuple[str, os.stat_result]]:
+        """(entry file, its stat) for every stored result."""
         root = self._dir()
         for fname in _listdir(root):
             fdir = os.path.join(root, fname)
@@ -299,14 +276,13 @@ class Cache:
                 for ename in _listdir(cdir):
                     if ename.startswith(".") or ename.endswith(".lock"):
                         continue
-                    edir = os.path.join(cdir, ename)
-                    meta = os.path.join(edir, "meta.json")
+                    path = os.path.join(cdir, ename)
                     try:
-                        st = os.stat(meta)
-                        size = json.loads(_read(meta))["size"]
-                    except (OSError, ValueError, KeyError):
+                        st = os.lstat(path)
+                    except OSError:
                         continue
-                    yield edir, st, size
+                    if stat.S_ISREG(st.st_mode):
+                        yield path, st
 
     def size(self) -> int:
         """The bytes the stored results take.
@@ -315,7 +291,7 @@ class Cache:
         >>> volley.cache(tempfile.mkdtemp()).size()
         0
         """
-        return sum(size for _, _, size in self._entries())
+        return sum(st.st_size for _, st in self._entries())
 
     def reduce_size(self, size_limit: int | str | None = None) -> int:
         """Evicts the least recently used results (by their last store or hit) until the
@@ -330,14 +306,14 @@ class Cache:
         if limit is None:
             return 0
         entries = sorted(self._entries(), key=lambda e: e[1].st_mtime_ns)
-        total = sum(size for _, _, size in entries)
+        total = sum(st.st_size for _, st in entries)
         freed = 0
-        for edir, _, size in entries:
+        for path, st in entries:
             if total <= limit:
                 break
-            if _discard(edir):
-                total -= size
-                freed += size
+            if _remove(path):
+                total -= st.st_size
+                freed += st.st_size
         return freed
 
     def clear(self) -> None:
@@ -363,6 +339,20 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _remove(path: str) -> bool:
+    """Removes an entry file and its lock file; False if it was gone already. A process
+    that has it memory-mapped keeps its pages."""
+    try:
+        os.unlink(path + ".lock")
+    except FileNotFoundError:
+        pass
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _discard(path: str) -> bool:
@@ -400,6 +390,7 @@ class _CachedFunction:
         self.ignore = frozenset(ignore)
         self.func_dir = _func_dir_name(fn)
         self.code = code or _code_hash(fn)
+        self._made: set[str] = set()  # the directories this process knows exist
 
     def __reduce__(self) -> tuple:
         # The code's hash travels with the function: a process that unpickles it may not see
@@ -423,6 +414,17 @@ class _CachedFunction:
         cdir = os.path.join(self.store._dir(), self.func_dir, self.code)
         return cdir, os.path.join(cdir, key)
 
+    def _make_dirs(self, cdir: str) -> None:
+        if cdir in self._made:
+            return
+        fdir = os.path.dirname(cdir)
+        for d in (fdir, cdir):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        self._made.add(cdir)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = self.key(args, kwargs)
         cdir, edir = self._paths(key)
@@ -432,17 +434,20 @@ class _CachedFunction:
         return self._compute(key, cdir, edir, args, kwargs)
 
     def _compute(self, key: str, cdir: str, edir: str, args: tuple, kwargs: dict) -> Any:
-        os.makedirs(os.path.dirname(cdir), mode=0o700, exist_ok=True)
-        try:
-            os.mkdir(cdir, 0o700)
-        except FileExistsError:
-            pass
+        self._make_dirs(cdir)
         lock_path = edir + ".lock"
         started = time.monotonic()
         said = _SAY_AFTER
         pause = 0.001
         while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(
+                    lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+            except FileNotFoundError:  # the function's directory was cleared meanwhile
+                self._made.discard(cdir)
+                self._make_dirs(cdir)
+                continue
             try:
                 import fcntl
 
@@ -464,8 +469,8 @@ class _CachedFunction:
                     if found:
                         return value
                     continue
-                # The lock is ours if the name still leads to this file (a holder unlinks it
-                # when it is done, and a waiter may have locked the unlinked one).
+                # The lock is ours if the name still leads to this file (eviction unlinks it,
+                # and a waiter may have locked the unlinked one).
                 try:
                     same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
                 except FileNotFoundError:
@@ -479,22 +484,24 @@ class _CachedFunction:
                     os.ftruncate(fd, 0)
                     os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
                     value = self.func(*args, **kwargs)
-                    _store(cdir, edir, value)
+                    try:
+                        _store(cdir, edir, value)
+                    except FileNotFoundError:  # cleared while it computed: store it anew
+                        self._made.discard(cdir)
+                        self._make_dirs(cdir)
+                        _store(cdir, edir, value)
                     if self.store.size_limit is not None:
                         self.store.reduce_size()
                     return value
                 finally:
-                    try:
-                        os.unlink(lock_path)
-                    except FileNotFoundError:
-                        pass
+                    os.ftruncate(fd, 0)
             finally:
-                os.close(fd)
+                os.close(fd)  # the lock file stays, for the next miss of this key
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         """Whether the result of this call is stored (without loading it)."""
-        _, edir = self._paths(self.key(args, kwargs))
-        return os.path.isfile(os.path.join(edir, "meta.json"))
+        _, path = self._paths(self.key(args, kwargs))
+        return os.path.isfile(path)
 
     def clear(self) -> None:
         """Removes this function's stored results (of every version of its code)."""
@@ -521,65 +528,99 @@ def _wrap(store: Cache, fn: Callable, ignore: list[str] | None) -> Callable:
     return cached
 
 
-def _load(edir: str) -> tuple[bool, Any]:
+#: An entry file: this magic, the header's length (8 bytes, little endian), the header (JSON:
+#: the pickle's offset and length, each buffer's offset and length, the file's size), the
+#: pickle, then the buffers, each at an offset that is a multiple of _ALIGN.
+_MAGIC = b"volley-cache-1\n"
+_ALIGN = 64
+
+
+def _load(path: str) -> tuple[bool, Any]:
     """``(True, value)`` for a whole stored entry, ``(False, None)`` if there is none; an
     entry that cannot be read back whole (truncated, damaged) is removed and reported as
     missing, so it is computed again."""
-    meta_path = os.path.join(edir, "meta.json")
     try:
-        meta_bytes = _read(meta_path)
-    except FileNotFoundError:
-        return False, None
-    except NotADirectoryError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return False, None
     try:
-        meta = json.loads(meta_bytes)
-        sizes = meta["buffers"]
-        buffers = [_map(os.path.join(edir, f"buf-{i}"), n) for i, n in enumerate(sizes)]
-        data = _read(os.path.join(edir, "result.pkl"))
-        if len(data) != meta["pickle"]:
-            raise _Corrupt("result.pkl has the wrong size")
-        value = pickle.loads(data, buffers=buffers)
-    except FileNotFoundError:
-        if not os.path.exists(meta_path):
-            return False, None  # evicted while we read it: the entry went whole
-        _log.warning("volley.cache: removing the entry %s, which misses a file", edir)
-        _discard(edir)
-        return False, None
+        size = os.fstat(fd).st_size
+        if size < _MAP_MIN:
+            data: Any = os.read(fd, size + 1)
+        else:
+            data = memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+        n = len(_MAGIC)
+        if len(data) != size or bytes(data[:n]) != _MAGIC:
+            raise _Corrupt("not an entry, or not whole")
+        hlen = int.from_bytes(data[n : n + 8], "little")
+        header = json.loads(bytes(data[n + 8 : n + 8 + hlen]))
+        if header["size"] != size:
+            raise _Corrupt(f"{size} bytes, not {header['size']}")
+        view = memoryview(data)
+        off, length = header["pickle"]
+        buffers = [view[o : o + k] for o, k in header["buffers"]]
+        value = pickle.loads(view[off : off + length], buffers=buffers)
     # Any failure to read it back (a damaged file) means: compute it again.
     except Exception as e:  # noqa: BLE001
-        _log.warning("volley.cache: removing the damaged entry %s (%s)", edir, e)
-        _discard(edir)
+        _log.warning("volley.cache: removing the damaged entry %s (%s)", path, e)
+        _remove(path)
         return False, None
+    finally:
+        os.close(fd)
     try:
-        os.utime(meta_path)  # its last use, for eviction
+        os.utime(path)  # its last use, for eviction
     except OSError:
         pass
     return True, value
 
 
-def _store(cdir: str, edir: str, value: Any) -> None:
-    """Writes ``value`` as a new entry, whole or not at all: in a temporary directory that is
-    then renamed to ``edir``. If another process stored it first, theirs is kept."""
+def _store(cdir: str, path: str, value: Any) -> None:
+    """Writes ``value`` as a new entry file, whole or not at all: under a temporary name that
+    is then renamed to ``path``."""
     buffers: list[pickle.PickleBuffer] = []
     data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
-    tmp = os.path.join(cdir, f".tmp-{os.path.basename(edir)}-{os.getpid()}-{os.urandom(4).hex()}")
-    os.mkdir(tmp, 0o700)
+
+    def layout(hlen: int) -> tuple[dict, int]:
+        pos = len(_MAGIC) + 8 + hlen
+        header: dict = {"pickle": [pos, len(data)], "buffers": []}
+        pos += len(data)
+        for r in raws:
+            pos = -(-pos // _ALIGN) * _ALIGN
+            header["buffers"].append([pos, r.nbytes])
+            pos += r.nbytes
+        header["size"] = pos
+        return header, pos
+
+    # The header holds offsets that depend on its own length: pad it to a fixed point.
+    hlen = 64
+    while True:
+        header, total = layout(hlen)
+        text = json.dumps(header).encode()
+        if len(text) <= hlen:
+            text = text.ljust(hlen)
+            break
+        hlen = len(text) + 16
+    tmp = os.path.join(cdir, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        for i, raw in enumerate(raws):
-            _write_new(os.path.join(tmp, f"buf-{i}"), raw)
-        _write_new(os.path.join(tmp, "result.pkl"), data)
-        size = len(data) + sum(r.nbytes for r in raws)
-        meta = {"pickle": len(data), "buffers": [r.nbytes for r in raws], "size": size}
-        _write_new(os.path.join(tmp, "meta.json"), json.dumps(meta).encode())
-        os.rename(tmp, edir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-            raise
+        with open(fd, "wb", closefd=False) as f:
+            f.write(_MAGIC + hlen.to_bytes(8, "little") + text)
+            f.write(data)
+            for (off, _), r in zip(header["buffers"], raws):
+                f.write(b"\0" * (off - f.tell()))
+                f.write(r)
+            assert f.tell() == total
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
 
 
