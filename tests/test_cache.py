@@ -376,3 +376,37 @@ def test_a_shared_directory_serves_every_node(three_node_cluster, tmp_path):
         assert pid == first[1]  # computed on the first node, loaded on the others
         np.testing.assert_array_equal(arr, np.arange(5))
     assert len(_calls(log)) == 1
+
+
+def test_a_waiter_says_what_it_waits_for(tmp_path, monkeypatch, caplog):
+    import fcntl
+    import threading
+
+    import volley._cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_SAY_AFTER", 0.05)
+
+    @volley.cache(tmp_path / "c")
+    def f(x):
+        return x * 3
+
+    f(0)  # makes the function's directory
+    cf = f.check_call_in_cache.__self__
+    _, entry = cf._paths(cf.key((7,), {}))
+    # Another holder of the key's lock (an open file description of its own, as a process).
+    fd = os.open(entry + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"pid 4242 on elsewhere")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    result = []
+    caller = threading.Thread(target=lambda: result.append(f(7)))
+    with caplog.at_level("WARNING", logger="volley.cache"):
+        caller.start()
+        _wait_for(
+            "the waiter's message",
+            lambda: any("pid 4242 on elsewhere" in r.getMessage() for r in caplog.records),
+        )
+    assert not result  # it still waits
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    caller.join(timeout=60)
+    assert result == [21]
