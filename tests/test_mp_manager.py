@@ -329,3 +329,16 @@ def test_proxies_work_in_tasks_on_every_node_of_a_cluster(three_node_cluster):
         refs = [count_up.options(scheduling_strategy=s).remote(d, lock, 10) for s in on]
         volley.get(refs, timeout=120)
         assert d["n"] == 30
+
+
+def test_a_container_built_from_another_proxy_of_the_same_manager(m):
+    # The manager reads the other proxy itself: it must not wait for itself.
+    pets = m.dict(ferrets=2)
+    copy = m.dict(pets)
+    assert copy.copy() == {"ferrets": 2}
+    pets.update(m.dict(cats=1))
+    assert sorted(pets.keys()) == ["cats", "ferrets"]
+    lst = m.list([1])
+    lst.extend(m.list([2, 3]))
+    assert lst[:] == [1, 2, 3]
+    assert m.list(m.list([4, 5]))[:] == [4, 5]

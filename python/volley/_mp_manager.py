@@ -137,6 +137,12 @@ _VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 _ALWAYS = frozenset(("__repr__", "__str__", "#GETVALUE"))
 
 
+#: The servers this process runs, by their actor handle: a proxy used inside its own server (a
+#: dict updated from another of the manager's dicts, a registered object calling a proxy) calls
+#: it directly; through the actor it would wait for itself.
+_LOCAL_SERVERS: dict[Any, _Server] = {}
+
+
 class _Server:
     """The manager's process: holds the objects by id and runs the methods proxies call.
     Threaded (``max_concurrency``), so a user's object whose method blocks does not stop
@@ -203,6 +209,11 @@ class _Server:
             result = list(result)
         return 0, result
 
+    def hello(self, handle: Any) -> dict:
+        """Learns its own handle (sent by the manager that started it); its ``info``."""
+        _LOCAL_SERVERS[handle] = self
+        return self.info()
+
     def info(self) -> dict:
         with self._lock:
             kinds = [t for _, t, _ in self._objects.values()]
@@ -268,6 +279,10 @@ class BaseProxy:
 
     def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
         """Runs ``methodname(*args, **kwds)`` on the referent, in the manager."""
+        local = _LOCAL_SERVERS.get(self._server) if _LOCAL_SERVERS else None
+        if local is not None:
+            kind, value = local.call(self._id, methodname, tuple(args), dict(kwds or {}))
+            return self._result(kind, value)
         try:
             if kwds:
                 ref = self._server.call.remote(self._id, methodname, tuple(args), dict(kwds))
@@ -282,6 +297,9 @@ class BaseProxy:
             raise _remote(e)  # noqa: B904 (its __cause__ is the remote traceback)
         except SerializationError as e:
             raise _unpicklable(e) from e.__cause__
+        return self._result(kind, value)
+
+    def _result(self, kind: int, value: Any) -> Any:
         if kind == 0:
             return value
         if kind == 2:
@@ -566,7 +584,7 @@ class BaseManager:
                 for kind in kinds
             }
             try:
-                volley.get([s.info.remote() for s in servers.values()])
+                volley.get([s.hello.remote(s) for s in servers.values()])
             except ActorCreationError as e:  # the initializer raised: that error, here
                 for server in servers.values():
                     volley.kill(server)
