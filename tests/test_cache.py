@@ -410,3 +410,40 @@ def test_a_waiter_says_what_it_waits_for(tmp_path, monkeypatch, caplog):
     os.close(fd)
     caller.join(timeout=60)
     assert result == [21]
+
+
+def test_a_result_that_cannot_be_stored_is_returned_with_a_warning(tmp_path):
+    import threading
+
+    @volley.cache(tmp_path / "c")
+    def make_lock(x):
+        return threading.Lock()
+
+    with pytest.warns(RuntimeWarning, match="was not stored.*returned, not cached"):
+        lock = make_lock(1)
+    assert lock.acquire() and not make_lock.check_call_in_cache(1)
+
+
+def test_an_argument_that_cannot_be_hashed_says_which_and_how_to_ignore_it(tmp_path):
+    import threading
+
+    @volley.cache(tmp_path / "c")
+    def f(x, lock):
+        return x
+
+    with pytest.raises(TypeError, match=r"argument 'lock' of .*ignore=\['lock'\]"):
+        f(1, threading.Lock())
+
+    @volley.cache(tmp_path / "c").cache(ignore=["lock"])
+    def g(x, lock):
+        return x
+
+    assert g(1, threading.Lock()) == 1
+
+
+def test_generator_functions_are_refused(tmp_path):
+    def gen():
+        yield 1
+
+    with pytest.raises(TypeError, match="generator or coroutine"):
+        volley.cache(tmp_path)(gen)

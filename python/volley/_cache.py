@@ -174,6 +174,14 @@ def _hash_args(arguments: list) -> str:
     return w.h.hexdigest()[:32]
 
 
+def _hashable(value: Any) -> bool:
+    try:
+        _hash_args([value])
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def _code_hash(fn: Callable) -> str:
     """A hash of the function's code: its source text where there is one, else its compiled
     code (a function typed at a prompt)."""
@@ -251,6 +259,11 @@ class Cache:
             return lambda f: self(f, ignore=ignore)
         if isinstance(fn, type):
             raise TypeError(f"volley.cache caches functions, not classes ({fn.__name__})")
+        if inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"volley.cache cannot cache {fn.__qualname__}: a generator or coroutine "
+                "function returns an object that runs later, not a result"
+            )
         if not callable(fn):
             raise TypeError(f"volley.cache caches functions, not {type(fn).__name__}")
         if hasattr(fn, "remote") and hasattr(fn, "options"):
@@ -352,6 +365,8 @@ def _remove(path: str) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
+    except IsADirectoryError:  # not an entry of this cache's format
+        return _discard(path)
     return True
 
 
@@ -408,7 +423,15 @@ class _CachedFunction:
             if kind is inspect.Parameter.VAR_KEYWORD:
                 value = sorted(value.items())
             arguments.append((name, value))
-        return _hash_args(arguments)
+        try:
+            return _hash_args(arguments)
+        except Exception as e:
+            names = [n for n, v in arguments if not _hashable(v)] or ["?"]
+            raise TypeError(
+                f"volley.cache cannot hash the argument {names[0]!r} of "
+                f"{getattr(self.func, '__qualname__', self.func)} ({type(e).__name__}: {e}): "
+                f"leave it out of the key with ignore=[{names[0]!r}]"
+            ) from e
 
     def _paths(self, key: str) -> tuple[str, str]:
         cdir = os.path.join(self.store._dir(), self.func_dir, self.code)
@@ -484,19 +507,36 @@ class _CachedFunction:
                     os.ftruncate(fd, 0)
                     os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
                     value = self.func(*args, **kwargs)
-                    try:
-                        _store(cdir, edir, value)
-                    except FileNotFoundError:  # cleared while it computed: store it anew
-                        self._made.discard(cdir)
-                        self._make_dirs(cdir)
-                        _store(cdir, edir, value)
-                    if self.store.size_limit is not None:
-                        self.store.reduce_size()
+                    self._keep(cdir, edir, value)
                     return value
                 finally:
                     os.ftruncate(fd, 0)
             finally:
                 os.close(fd)  # the lock file stays, for the next miss of this key
+
+    def _keep(self, cdir: str, edir: str, value: Any) -> None:
+        """Stores a computed value. A value that cannot be stored (it cannot be pickled, the
+        disk is full) is not lost: the call returns it, with a warning that it was not
+        cached."""
+        try:
+            try:
+                _store(cdir, edir, value)
+            except FileNotFoundError:  # the directory was cleared while it computed
+                self._made.discard(cdir)
+                self._make_dirs(cdir)
+                _store(cdir, edir, value)
+        except Exception as e:  # noqa: BLE001
+            import warnings
+
+            warnings.warn(
+                f"volley.cache: the result of {self.func_dir} was not stored "
+                f"({type(e).__name__}: {e}); it is returned, not cached",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        if self.store.size_limit is not None:
+            self.store.reduce_size()
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         """Whether the result of this call is stored (without loading it)."""
