@@ -129,7 +129,16 @@ def _array(typecode: str, sequence: Any, lock: Any = True) -> array.array:
 def _public_methods(obj: Any) -> tuple[str, ...]:
     """The names a proxy of ``obj`` exposes when its type did not say: callable attributes
     whose names do not start with ``_``."""
-    return tuple(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+    names = []
+    for n in dir(obj):
+        if n.startswith("_"):
+            continue
+        try:
+            if callable(getattr(obj, n)):
+                names.append(n)
+        except Exception:  # noqa: BLE001 (a property that raises is not a method)
+            pass
+    return tuple(names)
 
 
 _VIEWS = (type({}.keys()), type({}.values()), type({}.items()))

@@ -14,6 +14,17 @@ volley's, with the same registrations (``Foo``, ``Bar`` with ``exposed``, ``baz`
 iterator proxy whose base is volley's ``BaseProxy``). Tests of CPython's internals are skipped
 with the reason next to each.
 
+Classes not run, and why:
+
+- ``_TestRemoteManager``: a manager served on a TCP address with the ``xmlrpclib`` serializer;
+  volley's manager is reached through volley (``address`` is its name), with pickle.
+  tests/test_mp_manager.py::test_connect_attaches_to_a_started_manager_by_its_name attaches a
+  second manager object to a running one.
+- ``_TestManagerRestart``: restarts a manager on the same TCP port after a shutdown (the
+  socket's ``SO_REUSEADDR``): there is no socket.
+- The ``_TestValue`` and ``_TestArray`` classes are ``processes`` only in CPython
+  (``ALLOWED_TYPES``); ``SyncManagerTypes.test_value`` and ``test_array`` run here.
+
     .venv/bin/python -m pytest tests/peers/test_cpython_manager.py
 """
 
