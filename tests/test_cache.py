@@ -447,3 +447,18 @@ def test_generator_functions_are_refused(tmp_path):
 
     with pytest.raises(TypeError, match="generator or coroutine"):
         volley.cache(tmp_path)(gen)
+
+
+def test_functions_made_by_one_factory_with_different_values_are_different(tmp_path):
+    memory = volley.cache(tmp_path / "c")
+
+    def scaled(k):
+        @memory
+        def scale(x):
+            return x * k
+
+        return scale
+
+    assert scaled(2)(10) == 20
+    assert scaled(3)(10) == 30  # not the first one's result
+    assert scaled(2)(10) == 20

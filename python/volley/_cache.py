@@ -184,13 +184,20 @@ def _hashable(value: Any) -> bool:
 
 def _code_hash(fn: Callable) -> str:
     """A hash of the function's code: its source text where there is one, else its compiled
-    code (a function typed at a prompt)."""
+    code (a function typed at a prompt), and the values it closes over as they are now (two
+    functions made by one factory with different values are different functions)."""
     try:
         text = inspect.getsource(fn).encode()
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
         text = marshal.dumps(code) if code is not None else repr(fn).encode()
-    return hashlib.sha256(text).hexdigest()[:16]
+    h = hashlib.sha256(text)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            h.update(_stable_bytes(cell.cell_contents))
+        except Exception:  # noqa: BLE001 (an empty cell, or a value that cannot be pickled)
+            h.update(b"?")
+    return h.hexdigest()[:16]
 
 
 def _func_dir_name(fn: Callable) -> str:
