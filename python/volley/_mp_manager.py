@@ -153,9 +153,10 @@ _LOCAL_SERVERS: dict[Any, _Server] = {}
 
 
 class _Server:
-    """The manager's process: holds the objects by id and runs the methods proxies call.
-    Threaded (``max_concurrency``), so a user's object whose method blocks does not stop
-    the others; a dict's or list's single operation is atomic as in one process."""
+    """A manager's process (an actor): holds objects by id and runs the methods proxies call.
+    The containers' actor serves one call at a time (each operation atomic, the quickest round
+    trip); the registered types' actor is threaded (``max_concurrency``), so that a method
+    that waits does not stop the others."""
 
     def __init__(self, registry: dict, name: str, initializer: Any, initargs: tuple) -> None:
         self._registry = registry
@@ -609,7 +610,9 @@ class BaseManager:
 
     def connect(self) -> None:
         """Attaches to the started manager named by ``address`` (made by another driver or
-        process of the cluster)."""
+        process of the cluster; the cluster's head lists a new manager within its node's next
+        heartbeat). ``ValueError`` if none runs by that name. ``shutdown()`` of an attached
+        manager forgets it and leaves it running."""
         with self._lock:
             if self._state != "initial":
                 raise ProcessError(f"the manager {self._name!r} is already {self._state}")
