@@ -462,3 +462,28 @@ def test_functions_made_by_one_factory_with_different_values_are_different(tmp_p
     assert scaled(2)(10) == 20
     assert scaled(3)(10) == 30  # not the first one's result
     assert scaled(2)(10) == 20
+
+
+def test_a_result_this_process_cannot_import_is_computed_here(tmp_path, monkeypatch, caplog):
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "cache_thing_mod.py").write_text(
+        "class Thing:\n    def __init__(self, x):\n        self.x = x\n"
+    )
+    monkeypatch.syspath_prepend(str(mod_dir))
+
+    @volley.cache(tmp_path / "c")
+    def make(x):
+        try:
+            import cache_thing_mod
+        except ImportError:
+            return "made without the module"
+        return cache_thing_mod.Thing(x)
+
+    assert make(1).x == 1
+    # Now this process cannot import the module the stored result needs.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(mod_dir)])
+    monkeypatch.delitem(sys.modules, "cache_thing_mod")
+    with caplog.at_level("WARNING", logger="volley.cache"):
+        assert make(1) == "made without the module"
+    assert any("cannot load" in r.getMessage() for r in caplog.records)

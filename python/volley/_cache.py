@@ -607,7 +607,12 @@ def _load(path: str) -> tuple[bool, Any]:
         off, length = header["pickle"]
         buffers = [view[o : o + k] for o, k in header["buffers"]]
         value = pickle.loads(view[off : off + length], buffers=buffers)
-    # Any failure to read it back (a damaged file) means: compute it again.
+    except (ImportError, AttributeError) as e:
+        # Whole, but this process cannot import what the result is made of (a class another
+        # node's code defines): compute it here, and leave the entry to those that can.
+        _log.warning("volley.cache: cannot load %s here (%s); computing it", path, e)
+        return False, None
+    # Any other failure to read it back (a damaged file) means: compute it again.
     except Exception as e:  # noqa: BLE001
         _log.warning("volley.cache: removing the damaged entry %s (%s)", path, e)
         _remove(path)
