@@ -23,11 +23,13 @@ TYPE_CHECKING = False  # without importing typing, a slow import
 if TYPE_CHECKING:
     from . import actor, exceptions, job, state, util
     from ._actor import ActorClass, ActorHandle, actor_state, get_actor, kill, method
+    from ._cache import cache
     from ._dashboard import dashboard_url
     from ._generator import ObjectRefGenerator
     from ._map import map, starmap
     from ._objects import cancel, get, object_store_stats, put, wait
     from ._options import NodeAffinitySchedulingStrategy
+    from ._parallel import parallel, parallel_range
     from ._placement import (
         PlacementGroup,
         PlacementGroupSchedulingStrategy,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
         get_runtime_context,
     )
     from ._session import Context, init, is_initialized, nodes, shutdown
+    from ._shared_array import shared_array
     from ._shared_dict import SharedDict
     from ._shell import ShellError, ShellResult, shell, shell_many
     from ._timeline import timeline
@@ -81,6 +84,7 @@ _LAZY: dict[str, str] = {
     "get_actor": "._actor",
     "kill": "._actor",
     "method": "._actor",
+    "cache": "._cache",
     "dashboard_url": "._dashboard",
     "ObjectRefGenerator": "._generator",
     "map": "._map",
@@ -192,6 +196,10 @@ __all__ = [
     "WorkersError",
     "WorkerView",
     "workers",
+    "cache",
+    "shared_array",
+    "parallel",
+    "parallel_range",
     "ShellError",
     "ShellResult",
     "shell",

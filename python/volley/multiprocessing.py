@@ -971,3 +971,11 @@ IMapIterator = _IterResult
 from ._mp_values import Array, RawArray, RawValue, Value  # noqa: E402
 
 __all__ += ["Array", "RawArray", "RawValue", "Value"]
+
+# ----------------------------------------------------------------- Manager (volley._mp_manager)
+from . import _mp_manager as managers  # noqa: E402  (``volley.multiprocessing.managers``)
+from ._mp_manager import Manager  # noqa: E402
+
+sys.modules[__name__ + ".managers"] = managers
+managers.SyncManager.register("Pool", Pool, managers.PoolProxy)
+__all__ += ["Manager", "managers"]  # noqa: PLE0605
