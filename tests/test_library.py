@@ -24,7 +24,13 @@ ADAPTERS = [
     "multiprocessing.py",
     "futures.py",
     *sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "util").glob("*.py")),
+    # volley.multiprocessing's parts (processes, values, the manager): checked as it is, and
+    # it may import them.
+    *sorted(p.name for p in PACKAGE.glob("_mp_*.py")),
 ]
+
+#: Modules that are parts of an adapter (see ADAPTERS), not volley's inside.
+ADAPTER_PARTS = "volley._mp_"
 
 
 def _private_uses(path: Path) -> list[str]:
@@ -39,6 +45,8 @@ def _private_uses(path: Path) -> list[str]:
     volley_names: set[str] = set()  # names bound to volley modules here
 
     def private(dotted: str) -> bool:
+        if dotted.startswith(ADAPTER_PARTS):
+            dotted = dotted[len(ADAPTER_PARTS) :]
         return any(part.startswith("_") for part in dotted.split("."))
 
     for node in ast.walk(tree):
@@ -61,7 +69,8 @@ def _private_uses(path: Path) -> list[str]:
             if private(module):
                 found.append(f"{where}: from {module} import ...")
             for alias in node.names:
-                if alias.name.startswith("_") and module != own:
+                part = f"{module}.{alias.name}".startswith(ADAPTER_PARTS)
+                if alias.name.startswith("_") and module != own and not part:
                     found.append(f"{where}: from {module} import {alias.name}")
                 if alias.name[:1].islower():  # maybe a module (volley.library, volley.util...)
                     volley_names.add(alias.asname or alias.name)

@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterator
 
 import cloudpickle
 
+from .exceptions import CacheDirError
+
 __all__ = ["Cache", "CacheDirError", "cache"]
 
 _log = logging.getLogger("volley.cache")
@@ -61,11 +63,6 @@ _MAP_MIN = 64 * 1024
 #: A waiter for a key another process computes says so after this many seconds, and again
 #: each time as long again has passed.
 _SAY_AFTER = 10.0
-
-
-class CacheDirError(OSError):
-    """The cache directory exists but is not safe to load pickles from (someone else owns it,
-    others may write it, or it is a symlink)."""
 
 
 def _parse_size(size: int | str | None) -> int | None:

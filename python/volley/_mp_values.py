@@ -21,7 +21,10 @@ import os
 import threading
 from typing import Any
 
-from ._shared_memory import _attach, _create, _handle, _Segment
+from .library import SharedMemorySegment as _Segment
+from .library import attach_shared_memory as _attach
+from .library import create_shared_memory as _create
+from .library import shared_memory_handle as _handle
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 

@@ -22,15 +22,9 @@ import threading
 import weakref
 from typing import Any
 
-from volley import library
+from volley import _core
 
-from .exceptions import VolleyError
-
-
-class SharedArrayError(VolleyError):
-    """A shared array's handle cannot be mapped here: it lives in another node's memory, or its
-    creator freed it (or ended its session), or it was used after :meth:`SharedArray.free`."""
-
+from .exceptions import SharedArrayError
 
 # ------------------------------------------------------------------------ where this process runs
 
@@ -44,7 +38,7 @@ def _this_node() -> tuple[int, str] | None:
     import volley
 
     global _worker_node
-    mode = library.mode()
+    mode = _core.mode()
     if mode is None:
         return None
     if mode == "worker":
@@ -119,7 +113,14 @@ class _Mapping:
 
 class _Segment:
     """One shared memory file mapped in this process. The creator (``owner``) keeps the file's
-    descriptor open so that other processes can open it; an opener closes its own at once."""
+    descriptor open so that other processes can open it; an opener closes its own at once.
+    ``mm`` is the memory (a ctypes byte array), ``nbytes`` its size
+    (``volley.library.SharedMemorySegment``).
+
+    >>> seg = library.create_shared_memory(16)
+    >>> isinstance(seg, library.SharedMemorySegment), seg.nbytes, seg.owner
+    (True, 16, True)
+    """
 
     def __init__(
         self, ident: str, nbytes: int, mm: ctypes.Array, fd: int | None, place: _Place
@@ -200,6 +201,15 @@ def _available_bytes() -> int | None:
 
 
 def _create(nbytes: int) -> _Segment:
+    """A new shared memory file of ``nbytes``, zeroed, mapped in this process
+    (``volley.library.create_shared_memory``): anonymous (a memfd, mode 0600), so nothing is
+    left behind when its processes end.
+
+    >>> seg = library.create_shared_memory(8)
+    >>> seg.mm[0] = 42
+    >>> bytes(seg.mm[:2])
+    b'*\\x00'
+    """
     size = max(nbytes, 1)
     # The file's pages come when first written: one larger than the memory left would be
     # made, then kill its writer with SIGBUS. Refuse it here instead.
@@ -275,7 +285,14 @@ def _attach(
     copies: dict[int, _Place],
     lock: Any,
 ) -> _Segment:
-    """Unpickles a handle: its segment mapped in this process (see the module's doc)."""
+    """Unpickles a handle: its segment mapped in this process (see the module's doc;
+    ``volley.library.attach_shared_memory``). In the creating process it is the same mapping.
+
+    >>> seg = library.create_shared_memory(8)
+    >>> seg.mm[1] = 9
+    >>> library.attach_shared_memory(*library.shared_memory_handle(seg)).mm[1]
+    9
+    """
     with _state_lock:  # mapped here already: this process is on its node (or made it)
         seg = _mapped.get((place.dev, place.ino))
     if seg is None:
@@ -310,7 +327,13 @@ def _attach(
 
 def _handle(seg: _Segment) -> tuple:
     """The arguments of :func:`_attach` that pickle ``seg`` (see the module's doc); the creator
-    keeps its file open from now on, until ``free()`` or the end of its session."""
+    keeps its file open from now on, until ``free()`` or the end of its session
+    (``volley.library.shared_memory_handle``).
+
+    >>> handle = library.shared_memory_handle(library.create_shared_memory(8))
+    >>> isinstance(handle, tuple)
+    True
+    """
     import volley
 
     if seg.freed:

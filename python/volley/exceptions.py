@@ -22,6 +22,8 @@ __all__ = [
     "ActorError",
     "EndOfStreamError",
     "ChannelClosed",
+    "SharedArrayError",
+    "CacheDirError",
     # Ray's names (see docs/from-ray.md)
     "RayError",
     "RayTaskError",
@@ -192,6 +194,16 @@ class ChannelClosed(VolleyError):
     """A queue (or channel) was shut down, or its home node is gone: the operation on it, and
     every later one, fails with this error naming it.
     """
+
+
+class SharedArrayError(VolleyError):
+    """A shared array's handle cannot be mapped here: it lives in another node's memory, or its
+    creator freed it (or ended its session), or it was used after ``SharedArray.free``."""
+
+
+class CacheDirError(VolleyError, OSError):
+    """A ``volley.cache`` directory exists but is not safe to load pickles from (someone else
+    owns it, others may write it, or it is a symlink)."""
 
 
 # ----------------------------------------------------------------------------------- error kinds

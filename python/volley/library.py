@@ -8,9 +8,12 @@ size a pool to the cluster, and run a batch of calls in a task the way ``volley.
 For state a library shares across its tasks, drivers and nodes (a tuner's trial table, a
 server's replica list) there is the head's key-value table (``kv_put``, ``kv_get``,
 ``kv_delete``, ``kv_keys``), and ``directory`` lists the cluster's named actors, placement
-groups and jobs. A library of your own (and the coming ``volley.tune``, ``volley.serve``)
-uses the same. Everything else whose name starts with ``_`` is volley's inside and may change
-at any release.
+groups and jobs. Memory shared by the processes of one node (what ``volley.shared_array`` and
+``volley.multiprocessing.Value`` stand on) is ``create_shared_memory(nbytes)`` (a
+``SharedMemorySegment`` mapped here), ``shared_memory_handle(segment)`` (what pickles it) and
+``attach_shared_memory(*handle)`` (maps it in another process of the node). A library of your
+own (and the coming ``volley.tune``, ``volley.serve``) uses the same. Everything else whose name
+starts with ``_`` is volley's inside and may change at any release.
 
 >>> import volley
 >>> from volley import library
@@ -29,6 +32,10 @@ from ._progress import Bar as ProgressBar
 from ._queue import JoinableQueue, Queue
 from ._remote_function import unwrap
 from ._session import ensure_init
+from ._shared_memory import _attach as attach_shared_memory
+from ._shared_memory import _create as create_shared_memory
+from ._shared_memory import _handle as shared_memory_handle
+from ._shared_memory import _Segment as SharedMemorySegment
 
 TYPE_CHECKING = False  # without importing typing, a slow import
 if TYPE_CHECKING:
@@ -38,6 +45,10 @@ __all__ = [
     "JoinableQueue",
     "ProgressBar",
     "Queue",
+    "SharedMemorySegment",
+    "attach_shared_memory",
+    "create_shared_memory",
+    "shared_memory_handle",
     "cancel_soon",
     "capture_error",
     "check_options",
