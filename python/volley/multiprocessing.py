@@ -966,3 +966,21 @@ class _IterResult(Iterator):
 
 
 IMapIterator = _IterResult
+
+
+# ------------------------------------------------- beyond Pool (processes, pipes, queues, locks)
+from ._mp_process import (  # noqa: E402
+    Process,
+    ProcessError,
+    active_children,
+    current_process,
+    parent_process,
+)
+
+__all__ += [
+    "Process",
+    "ProcessError",
+    "active_children",
+    "current_process",
+    "parent_process",
+]

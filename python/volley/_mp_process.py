@@ -1,0 +1,399 @@
+"""``multiprocessing.Process`` on volley: each process is a volley actor of its own.
+
+``volley.multiprocessing.Process`` is a subclass of the standard library's
+``multiprocessing.process.BaseProcess``, so names, ``daemon``, ``authkey``, the errors of
+``start``/``join``/``close`` and ``current_process()`` inside the child are the standard
+library's own code. What differs is how the child is started (the "Popen" the standard library
+asks its context for): here it is a volley actor with no CPU reserved (a ``multiprocessing``
+process holds none either), started by the node's template in a few milliseconds, on this
+node or, with ``options={"scheduling_strategy": ...}``, any node of the cluster. The actor
+runs the standard library's ``_bootstrap`` (``run()``, the exit code of ``sys.exit``, the
+traceback printed as ``Process NAME:``, non-daemon threads waited for) and then ends its
+process with that exit code, so ``pid`` is the real process and ``exitcode`` is what the node
+saw when it reaped it: 0, 1, the ``sys.exit`` code, or ``-N`` for signal N.
+
+Why an actor: a volley task shares its worker with other work and a forked child of a worker
+cannot use volley (docs/processes.md); an actor's process is its own and has volley working in
+it, so the child uses queues, locks, pipes and starts processes of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing.process as _mpp
+import os
+import re
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterable, Mapping
+
+from . import exceptions, get, kill, remote, wait
+from .library import init_if_needed
+
+__all__ = [
+    "Process",
+    "ProcessError",
+    "active_children",
+    "current_process",
+    "parent_process",
+]
+
+from multiprocessing import ProcessError  # noqa: E402  (the standard library's class)
+
+#: The actor class's name; the "volley" logger's filter knows a Process's end by it.
+_ACTOR_NAME = "VolleyMultiprocessingProcess"
+
+_PIDSPACE: tuple[str, int] | None = None
+
+
+def _pid_space() -> tuple[str, int]:
+    """(boot id, pid namespace inode): two processes with the same see each other's pids."""
+    global _PIDSPACE
+    if _PIDSPACE is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+        except OSError:
+            boot = ""
+        try:
+            ns = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            ns = 0
+        _PIDSPACE = (boot, ns)
+    return _PIDSPACE
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once the process ended), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------- the child's side
+
+
+def _parent_sentinel(parent: tuple[int, tuple[str, int]]) -> int:
+    """An fd that becomes readable when the parent process ends (``parent_process()``'s
+    sentinel): a pidfd where the parent's pids are ours to see; else a pipe whose other end
+    the thread holding the parent's life lease closes when that lease is released."""
+    pid, space = parent
+    if space == _pid_space():
+        fd = _pidfd(pid)
+        if fd is not None:
+            return fd
+        r, w = os.pipe()  # the parent is gone already: readable at once
+        os.close(w)
+        return r
+    r, w = os.pipe()
+    lease = _remote_parent_leases.get(pid)
+    if lease is not None:
+
+        def watch() -> None:
+            try:
+                lease.acquire()  # released when the parent's process dies
+            except Exception:
+                pass
+            os.close(w)
+
+        threading.Thread(target=watch, name="volley-mp-parent", daemon=True).start()
+    return r
+
+
+# pid -> the life lease of a parent on another machine (set by the runner before bootstrap).
+_remote_parent_leases: dict[int, Any] = {}
+
+
+class VolleyMultiprocessingProcess:
+    """The actor that is one ``Process``: ``where`` tells the parent its pid, ``bootstrap``
+    runs the process and ends it."""
+
+    def where(self) -> tuple[int, int, tuple[str, int]]:
+        from ._runtime_context import get_runtime_context
+
+        return os.getpid(), get_runtime_context().get_node_id(), _pid_space()
+
+    def bootstrap(self, process: Process, parent: tuple[int, tuple[str, int]], lease: Any) -> None:
+        if lease is not None:
+            _remote_parent_leases[parent[0]] = lease
+        # The standard library's start-up of a child (current_process, parent_process,
+        # counters, stdin, run(), exit code, traceback, non-daemon threads, flushed stdio).
+        code = process._bootstrap(parent_sentinel=_parent_sentinel(parent))
+        os._exit(code)
+
+
+_runner_class: Any = None
+
+
+def _runner() -> Any:
+    global _runner_class
+    if _runner_class is None:
+        _runner_class = remote(VolleyMultiprocessingProcess)
+    return _runner_class
+
+
+@remote(num_cpus=0)
+def _send_signal(pid: int, sig: int, space: tuple[str, int]) -> bool:
+    """On the child's node (another machine): sends ``sig`` to ``pid``."""
+    if space != _pid_space():
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- the parent's side
+
+_DIED = re.compile(r"killed by signal (\d+)|exit code (-?\d+)")
+
+
+def _exitcode_of(error: BaseException) -> int:
+    """The exit code the node reported for the actor's process: ``-N`` for signal N, else its
+    exit status; a process that the node could not report on (its node died, ``volley.kill``)
+    counts as killed with SIGKILL."""
+    m = _DIED.search(str(error))
+    if m is None:
+        return -signal.SIGKILL
+    if m.group(1) is not None:
+        return -int(m.group(1))
+    return int(m.group(2))
+
+
+class _QuietEnds(logging.Filter):
+    """Keeps the "actor died" lines of finished Processes off the "volley" logger (a
+    ``multiprocessing`` child's end prints nothing)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"'{_ACTOR_NAME}'" not in record.getMessage()
+
+
+_lease_lock = threading.Lock()
+_my_lease: Any = None
+_atexit_registered = False
+
+
+def _life_lease() -> Any:
+    """A volley Lock this process holds while it lives: a child on another machine waits on
+    it to learn that its parent died (``parent_process().is_alive()``)."""
+    global _my_lease
+    with _lease_lock:
+        if _my_lease is None:
+            from .sync import Lock
+
+            lease = Lock()
+            lease.acquire()
+            _my_lease = lease
+        return _my_lease
+
+
+def _exit_children() -> None:
+    """At exit, before volley stops: terminates daemonic children, joins the others (as
+    ``multiprocessing`` does at its exit)."""
+    for p in list(_mpp._children):
+        if isinstance(p._popen, _Popen) and p.daemon and p._popen.poll() is None:
+            p._popen.terminate()
+    for p in list(_mpp._children):
+        if isinstance(p._popen, _Popen):
+            p.join()
+
+
+class _Popen:
+    """The standard library's Popen interface over a volley actor: ``pid``, ``sentinel``,
+    ``poll``, ``wait``, ``terminate``, ``kill``, ``close``."""
+
+    method = "volley"
+
+    def __init__(self, process: Process) -> None:
+        global _atexit_registered
+        init_if_needed()
+        if not _atexit_registered:
+            logging.getLogger("volley").addFilter(_QuietEnds())
+            atexit.register(_exit_children)  # after volley's own: runs before it stops
+            _atexit_registered = True
+        self.returncode: int | None = None
+        self._closed = False
+        options = dict(getattr(process, "_volley_options", None) or {})
+        options.setdefault("num_cpus", 0)
+        self._actor = _runner().options(**options).remote()
+        where = self._actor.where.remote()
+        parent = (os.getpid(), _pid_space())
+        try:
+            self.pid, self._node, self._space = get(where)
+            lease = None if self._space == _pid_space() else _life_lease()
+            self._done = self._actor.bootstrap.remote(process, parent, lease)
+        except BaseException:
+            kill(self._actor)
+            raise
+        self._pidfd = _pidfd(self.pid) if self._space == _pid_space() else None
+        self._pipe_w: int | None = None
+        if self._pidfd is not None:
+            self.sentinel = self._pidfd
+        else:
+            # Another machine: a pipe whose write end closes when the actor's call ends.
+            r, self._pipe_w = os.pipe()
+            self.sentinel = r
+            self._done.future().add_done_callback(lambda _f: self._close_pipe_w())
+
+    def _close_pipe_w(self) -> None:
+        w, self._pipe_w = self._pipe_w, None
+        if w is not None:
+            os.close(w)
+
+    def _collect(self) -> None:
+        try:
+            get(self._done)
+            code = 0  # bootstrap ends its process; a return would be a bug: say "ended"
+        except exceptions.ActorDiedError as e:
+            code = _exitcode_of(e)
+        except exceptions.TaskError as e:  # the Process could not be unpickled there
+            sys.stderr.write(f"Process could not start: {e}\n")
+            code = 1
+        self.returncode = code
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is None:
+            if flag == 0:
+                return self.wait()
+            if wait([self._done], timeout=0)[0]:
+                self._collect()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None:
+            if timeout is not None and timeout < 0:
+                timeout = 0
+            ready, _ = wait([self._done], timeout=timeout)
+            if not ready:
+                return None
+            self._collect()
+        return self.returncode
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is not None or self._closed:
+            return
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+            return
+        from ._options import NodeAffinitySchedulingStrategy
+
+        pinned = _send_signal.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self._node, soft=False)
+        )
+        get(pinned.remote(self.pid, sig, self._space))
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_pipe_w()
+        if self._pidfd is None:
+            os.close(self.sentinel)
+        else:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class Process(_mpp.BaseProcess):
+    """``multiprocessing.Process`` whose child is a volley actor (on any node of a cluster).
+
+    ``Process(group=None, target=None, name=None, args=(), kwargs={}, *, daemon=None,
+    options=None)``: the standard library's arguments, and ``options``, the volley actor
+    options of the child (``scheduling_strategy`` to pick its node, ``num_cpus`` or
+    ``resources`` to reserve some; none by default). Subclasses override ``run()`` as with
+    ``multiprocessing``.
+
+    >>> from volley.multiprocessing import Process, Queue
+    >>> def greet(q, who):
+    ...     q.put(f"hello {who}")
+    >>> q = Queue()
+    >>> p = Process(target=greet, args=(q, "world"))
+    >>> p.start()
+    >>> q.get(timeout=30)
+    'hello world'
+    >>> p.join(30); p.exitcode
+    0
+    """
+
+    _start_method = None
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(group, target, name, args, kwargs or {}, daemon=daemon)
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"options must be a dict of actor options, not {options!r}")
+        self._volley_options = dict(options) if options else None
+
+    @staticmethod
+    def _Popen(process_obj: Process) -> _Popen:  # noqa: N802  (the standard library's name)
+        return _Popen(process_obj)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_popen"] = None
+        state.pop("_sentinel", None)
+        config = dict(state["_config"])
+        if "authkey" in config:
+            config["authkey"] = bytes(config["authkey"])  # AuthenticationString refuses
+        state["_config"] = config
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config = state["_config"]
+        if "authkey" in config:
+            config["authkey"] = _mpp.AuthenticationString(config["authkey"])
+        self.__dict__.update(state)
+
+
+def current_process() -> _mpp.BaseProcess:
+    """The ``Process`` object of the process calling it (``multiprocessing.current_process``):
+    the child's own ``Process`` inside one, ``MainProcess`` elsewhere.
+
+    >>> from volley.multiprocessing import current_process
+    >>> current_process().name
+    'MainProcess'
+    """
+    return _mpp.current_process()
+
+
+def parent_process() -> _mpp.BaseProcess | None:
+    """The parent of this process when it is a ``Process`` (its ``pid``, ``name``,
+    ``is_alive()``, ``join()``, ``sentinel``), else None.
+
+    >>> from volley.multiprocessing import parent_process
+    >>> parent_process() is None
+    True
+    """
+    return _mpp.parent_process()
+
+
+def active_children() -> list[_mpp.BaseProcess]:
+    """The children of this process that are still running (finished ones are reaped).
+
+    >>> from volley.multiprocessing import active_children
+    >>> active_children()
+    []
+    """
+    return _mpp.active_children()
