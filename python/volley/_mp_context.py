@@ -1,0 +1,151 @@
+"""``multiprocessing``'s contexts and start methods on volley.
+
+Every volley ``Process`` starts the same way (an actor of its own, forked by the node's
+template and given the ``Process`` pickled, which is what ``spawn`` does), so the start
+methods are names a script may ask for and check: ``get_context("fork")``, ``"spawn"`` and
+``"forkserver"`` all give a context whose ``Process``, ``Queue``, ``Lock``, ``Pool``, ... are
+volley's, and ``get_start_method()`` returns the name set (``"spawn"`` until one is). The
+child is never a fork of the parent: what the parent changed in its globals after import is
+not seen by the child, as with ``spawn``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as _mp
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+]
+
+AuthenticationError = _mp.AuthenticationError
+BufferTooShort = _mp.BufferTooShort
+
+_METHODS = ("fork", "spawn", "forkserver")
+_DEFAULT = "spawn"
+_chosen: list[str | None] = [None]
+
+
+class Context:
+    """What ``get_context(method)`` returns: ``volley.multiprocessing``'s names (``Process``,
+    ``Pipe``, ``Queue``, ``Lock``, ``Pool``, ``cpu_count``, ...) as attributes, and the
+    start method it was asked for.
+
+    >>> from volley import multiprocessing
+    >>> ctx = multiprocessing.get_context("fork")
+    >>> ctx.get_start_method(), ctx.Queue is multiprocessing.Queue
+    ('fork', True)
+    """
+
+    def __init__(self, method: str) -> None:
+        self._name = method
+
+    def __repr__(self) -> str:
+        return f"<volley.multiprocessing context {self._name!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        from . import multiprocessing as module
+
+        if name.startswith("_") or name not in module.__all__:
+            raise AttributeError(f"volley.multiprocessing's context has no attribute {name!r}")
+        return getattr(module, name)
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        """The start method this context stands for."""
+        return self._name
+
+    def get_context(self, method: str | None = None) -> Context:
+        """Another context (``multiprocessing``'s ``ctx.get_context``)."""
+        return get_context(method)
+
+
+def get_context(method: str | None = None) -> Context:
+    """A context for ``method`` (``"fork"``, ``"spawn"``, ``"forkserver"``; None: the one
+    set, see ``get_start_method``); ``ValueError`` for another name.
+
+    >>> from volley.multiprocessing import get_context
+    >>> get_context("spawn").Process.__module__
+    'volley._mp_process'
+    """
+    if method is None:
+        method = _chosen[0] or _DEFAULT
+    if method not in _METHODS:
+        raise ValueError(f"cannot find context for {method!r} (volley accepts {_METHODS})")
+    return Context(method)
+
+
+def get_start_method(allow_none: bool = False) -> str | None:
+    """The start method set with ``set_start_method`` (``"spawn"`` if none was, or None with
+    ``allow_none``).
+
+    >>> from volley.multiprocessing import get_start_method
+    >>> get_start_method() in ("fork", "spawn", "forkserver")
+    True
+    """
+    if _chosen[0] is None and allow_none:
+        return None
+    return _chosen[0] or _DEFAULT
+
+
+def set_start_method(method: str | None, force: bool = False) -> None:
+    """Sets the start method name (``RuntimeError`` if one is set already, unless
+    ``force``); every method starts a volley ``Process`` the same way.
+
+    >>> from volley.multiprocessing import set_start_method, get_start_method
+    >>> set_start_method("forkserver", force=True); get_start_method()
+    'forkserver'
+    >>> set_start_method(None, force=True)
+    """
+    if _chosen[0] is not None and not force:
+        raise RuntimeError("context has already been set")
+    if method is not None and method not in _METHODS:
+        raise ValueError(f"cannot find context for {method!r} (volley accepts {_METHODS})")
+    _chosen[0] = method
+
+
+def get_all_start_methods() -> list[str]:
+    """The start methods volley accepts (the default first).
+
+    >>> from volley.multiprocessing import get_all_start_methods
+    >>> get_all_start_methods()
+    ['spawn', 'fork', 'forkserver']
+    """
+    return [_DEFAULT] + [m for m in _METHODS if m != _DEFAULT]
+
+
+def freeze_support() -> None:
+    """Nothing to do (``multiprocessing.freeze_support`` is for frozen Windows programs).
+
+    >>> from volley.multiprocessing import freeze_support
+    >>> freeze_support()
+    """
+
+
+def set_executable(executable: Any) -> None:
+    """Accepted for compatibility; volley's nodes choose their workers' Python (``TypeError``
+    for what is not a path).
+
+    >>> from volley.multiprocessing import set_executable
+    >>> import sys; set_executable(sys.executable)
+    """
+    import os
+
+    os.fspath(executable)
+
+
+def set_forkserver_preload(module_names: list[str]) -> None:
+    """Accepted for compatibility: volley's node template preloads its own modules.
+
+    >>> from volley.multiprocessing import set_forkserver_preload
+    >>> set_forkserver_preload(["json"])
+    """
+    if not all(isinstance(name, str) for name in module_names):
+        raise TypeError("module_names must be a list of strings")
