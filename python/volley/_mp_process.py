@@ -22,15 +22,18 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing.process as _mpp
+import io
 import os
+import pickle
 import re
 import signal
 import sys
 import threading
+import types
 from typing import Any, Callable, Iterable, Mapping
 
 from . import exceptions, get, kill, remote, wait
-from .library import init_if_needed
+from .library import init_if_needed, kv_get
 
 __all__ = [
     "Process",
@@ -116,13 +119,26 @@ class VolleyMultiprocessingProcess:
 
         return os.getpid(), get_runtime_context().get_node_id(), _pid_space()
 
-    def bootstrap(self, process: Process, parent: tuple[int, tuple[str, int]], lease: Any) -> None:
+    def bootstrap(self, pickled: bytes, parent: tuple[int, tuple[str, int]], lease: Any) -> None:
+        process = pickle.loads(pickled)
         if lease is not None:
             _remote_parent_leases[parent[0]] = lease
         # The standard library's start-up of a child (current_process, parent_process,
         # counters, stdin, run(), exit code, traceback, non-daemon threads, flushed stdio).
         code = process._bootstrap(parent_sentinel=_parent_sentinel(parent))
+        _flush()
         os._exit(code)
+
+
+def _flush() -> None:
+    """Before the process ends: a round trip to the node, which first writes what this
+    process sent without waiting for an answer (an unbounded queue's ``put`` is batched), so
+    that nothing the process put is lost (``multiprocessing`` joins its queues' feeder
+    threads at exit for the same reason)."""
+    try:
+        kv_get("volley.multiprocessing/flush", namespace="volley.multiprocessing")
+    except Exception:
+        pass  # the node is gone: there is nothing to flush to
 
 
 _runner_class: Any = None
@@ -148,6 +164,42 @@ def _send_signal(pid: int, sig: int, space: tuple[str, int]) -> bool:
 
 
 # ---------------------------------------------------------------------- the parent's side
+
+
+class _ByValue(Exception):
+    pass
+
+
+class _ByReference(pickle.Pickler):
+    """The standard library's pickler, as ``multiprocessing`` pickles a ``Process`` for
+    ``spawn`` (functions and classes by reference: the child imports them, and tracebacks
+    name their files); it gives up on what only this process has (``__main__``'s functions,
+    lambdas, local classes), which cloudpickle then sends by value."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) in (
+            "__main__",
+            "__mp_main__",
+        ):
+            raise _ByValue
+        return NotImplemented
+
+
+def _pickle_process(process: Process) -> bytes:
+    buf = io.BytesIO()
+    try:
+        _ByReference(buf, protocol=5).dump(process)
+        return buf.getvalue()
+    except Exception:
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps(process, protocol=5)
+        except Exception as e:
+            raise exceptions.SerializationError(
+                f"could not pickle {process!r} to start it: {type(e).__name__}: {e}"
+            ) from e
+
 
 _DIED = re.compile(r"killed by signal (\d+)|exit code (-?\d+)")
 
@@ -219,13 +271,14 @@ class _Popen:
         self._closed = False
         options = dict(getattr(process, "_volley_options", None) or {})
         options.setdefault("num_cpus", 0)
+        pickled = _pickle_process(process)
         self._actor = _runner().options(**options).remote()
         where = self._actor.where.remote()
         parent = (os.getpid(), _pid_space())
         try:
             self.pid, self._node, self._space = get(where)
             lease = None if self._space == _pid_space() else _life_lease()
-            self._done = self._actor.bootstrap.remote(process, parent, lease)
+            self._done = self._actor.bootstrap.remote(pickled, parent, lease)
         except BaseException:
             kill(self._actor)
             raise
