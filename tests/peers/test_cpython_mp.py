@@ -194,3 +194,11 @@ class WithVolleyTestConnection(cpython._TestConnection, VolleyMixin, unittest.Te
 class TestSimpleQueue(cpython.TestSimpleQueue):
     # Internals: reads SimpleQueue's _reader/_writer Connection objects.
     test_closed = _skip("CPython internals: SimpleQueue._reader/_writer")
+
+
+class WithVolleyTestPoll(cpython._TestPoll, VolleyMixin, unittest.TestCase):
+    pass
+
+
+class TestWait(cpython.TestWait):
+    pass
