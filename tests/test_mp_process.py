@@ -1,0 +1,277 @@
+"""volley.multiprocessing's Process, Pipe, queues and locks where CPython's own tests
+(tests/peers/test_cpython_mp.py) do not look: real SIGKILLs from outside, a pipe whose other
+end dies, a Process started inside a task, bad input, and Processes on the other nodes of a
+real 3-node cluster."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import select
+import signal
+import threading
+import time
+
+import pytest
+
+import volley
+from volley import multiprocessing as vmp
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 60  # generous: the machine is shared
+
+
+def sleep_forever(q=None) -> None:
+    if q is not None:
+        q.put(os.getpid())
+    time.sleep(600)
+
+
+def hold_pipe_end(conn, ready) -> None:
+    ready.put(os.getpid())
+    time.sleep(600)
+
+
+def report(q) -> None:
+    parent = vmp.parent_process()
+    q.put(
+        (
+            os.getpid(),
+            vmp.current_process().name,
+            parent.pid,
+            parent.is_alive(),
+            volley.get_runtime_context().get_node_id(),
+        )
+    )
+
+
+def start_child_from_daemon(q) -> None:
+    p = vmp.Process(target=report, args=(q,))
+    p.start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_process_sigkilled_from_outside_ends_with_minus_9_and_join_returns(volley_shared):
+    q = vmp.Queue()
+    p = vmp.Process(target=sleep_forever, args=(q,))
+    p.start()
+    assert q.get(timeout=WAIT) == p.pid  # the pid is the process running the target
+    assert p.is_alive() and p.exitcode is None and p in vmp.active_children()
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(WAIT)
+    assert p.exitcode == -signal.SIGKILL, "join returned before the process was reaped"
+    assert not p.is_alive() and p not in vmp.active_children()
+    assert not _alive(p.pid)
+
+
+def test_terminate_ends_the_process_with_minus_sigterm_and_its_sentinel_becomes_readable(
+    volley_shared,
+):
+    p = vmp.Process(target=sleep_forever)
+    p.start()
+    assert select.select([p.sentinel], [], [], 0)[0] == []
+    assert p.join(0.05) is None and p.exitcode is None
+    p.terminate()
+    assert select.select([p.sentinel], [], [], WAIT)[0] == [p.sentinel]
+    p.join(WAIT)
+    assert p.exitcode == -signal.SIGTERM
+    p.close()
+    with pytest.raises(ValueError, match="closed"):
+        p.is_alive()
+
+
+def test_a_pipe_whose_other_end_is_killed_raises_eof_and_broken_pipe(volley_shared):
+    mine, theirs = vmp.Pipe()
+    ready = vmp.Queue()
+    p = vmp.Process(target=hold_pipe_end, args=(theirs, ready))
+    p.start()
+    theirs.close()  # the child's copy is the only one left
+    ready.get(timeout=WAIT)
+    assert not mine.poll(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(WAIT)
+    assert mine.poll(WAIT), "EOF did not arrive after the holder of the other end died"
+    with pytest.raises(EOFError):
+        mine.recv()
+    with pytest.raises(EOFError):  # EOF stays EOF
+        mine.recv_bytes()
+    with pytest.raises(BrokenPipeError):
+        mine.send("nobody reads this")
+
+
+def test_a_closed_connection_refuses_every_op_and_a_message_that_does_not_fit_is_kept(
+    volley_shared,
+):
+    a, b = vmp.Pipe()
+    b.send_bytes(b"0123456789")
+    buf = bytearray(4)
+    with pytest.raises(vmp.BufferTooShort) as e:
+        a.recv_bytes_into(buf)
+    assert e.value.args == (b"0123456789",)
+    b.send_bytes(b"abcdef", 2, 3)
+    assert a.recv_bytes() == b"cde"
+    b.send({"k": 1})
+    assert pickle.loads(a.recv_bytes()) == {"k": 1}  # send's message read as bytes
+    b.send_bytes(b"x" * 10)
+    with pytest.raises(OSError, match="bad message length"):
+        a.recv_bytes(maxlength=5)
+    assert a.closed
+    for op in (a.recv, a.poll, lambda: a.send(1)):
+        with pytest.raises(OSError, match="handle is closed"):
+            op()
+    with pytest.raises(ValueError, match="offset"):
+        b.send_bytes(b"abc", 5)
+
+
+def test_fileno_is_readable_exactly_while_a_message_waits(volley_shared):
+    a, b = vmp.Pipe()
+    fd = a.fileno()
+    assert select.select([fd], [], [], 0)[0] == []
+    b.send("x")
+    assert select.select([fd], [], [], WAIT)[0] == [fd]
+    assert a.recv() == "x"
+    assert select.select([fd], [], [], 0)[0] == []
+    b.close()
+    assert select.select([fd], [], [], WAIT)[0] == [fd]  # EOF is readable
+    with pytest.raises(EOFError):
+        a.recv()
+
+
+def test_start_join_and_close_raise_as_multiprocessing_does(volley_shared):
+    p = vmp.Process(target=time.sleep, args=(0,))
+    with pytest.raises(AssertionError, match="can only join a started process"):
+        p.join()
+    with pytest.raises(ValueError, match="not started"):
+        p.sentinel  # noqa: B018
+    p.start()
+    with pytest.raises(AssertionError, match="cannot start a process twice"):
+        p.start()
+    p.join(WAIT)
+    assert p.exitcode == 0
+    with pytest.raises(TypeError, match="options"):
+        vmp.Process(target=print, options=["num_cpus"])
+
+
+def test_a_target_that_cannot_be_pickled_fails_start_and_starts_nothing(volley_shared):
+    lock = threading.Lock()
+    p = vmp.Process(target=print, args=(lock,))
+    with pytest.raises(pickle.PicklingError, match="could not pickle"):
+        p.start()
+    assert p.exitcode is None and not p.is_alive() and p not in vmp.active_children()
+
+
+def test_a_daemonic_process_may_not_have_children(volley_shared, capfd):
+    q = vmp.Queue()
+    p = vmp.Process(target=start_child_from_daemon, args=(q,), daemon=True)
+    p.start()
+    p.join(WAIT)
+    assert p.exitcode == 1
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.1)
+
+
+def test_the_child_knows_its_name_and_its_live_parent(volley_shared):
+    q = vmp.Queue()
+    p = vmp.Process(target=report, args=(q,), name="reporter")
+    p.start()
+    pid, name, parent_pid, parent_alive, _ = q.get(timeout=WAIT)
+    p.join(WAIT)
+    assert (pid, name, parent_pid, parent_alive) == (p.pid, "reporter", os.getpid(), True)
+    assert vmp.current_process().name == "MainProcess" and vmp.parent_process() is None
+
+
+@volley.remote
+def run_a_process_in_a_task() -> tuple[int, int, str]:
+    q = vmp.Queue()
+    p = vmp.Process(target=report, args=(q,))
+    p.start()
+    pid, _, parent, _, _ = q.get(timeout=WAIT)
+    p.join(WAIT)
+    return p.exitcode, parent - os.getpid(), str(pid == p.pid)
+
+
+def test_a_process_started_inside_a_task(volley_shared):
+    assert volley.get(run_a_process_in_a_task.remote(), timeout=WAIT) == (0, 0, "True")
+
+
+def test_join_of_a_joinable_queue_with_a_timeout_says_what_it_waited_for(volley_shared):
+    q = vmp.JoinableQueue()
+    q.put("job")
+    with pytest.raises(TimeoutError, match=r"not marked done with task_done\(\).*1 not even"):
+        q.join(timeout=0.05)
+    q.get(timeout=WAIT)
+    q.task_done()
+    assert q.join(timeout=WAIT) is None
+    with pytest.raises(ValueError, match="task_done"):
+        q.task_done()
+
+
+def test_locks_take_multiprocessing_arguments(volley_shared):
+    lock = vmp.Lock()
+    assert lock.acquire(block=True, timeout=-5)  # a negative timeout does not wait
+    assert lock.acquire(False, 10) is False  # a timeout without blocking is ignored
+    assert lock.acquire(True, 0.01) is False
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    sem = vmp.BoundedSemaphore(1)
+    with pytest.raises(ValueError):
+        sem.release()
+    assert vmp.get_context("forkserver").Lock is vmp.Lock
+    with pytest.raises(ValueError, match="cannot find context"):
+        vmp.get_context("thread")
+
+
+# ------------------------------------------------------------------ a real 3-node cluster
+
+
+def test_processes_on_the_other_nodes_of_a_cluster(three_node_cluster):
+    # This module is not importable on the cluster's nodes: the targets travel by value.
+    def report(q) -> None:
+        parent = vmp.parent_process()
+        node = volley.get_runtime_context().get_node_id()
+        q.put((os.getpid(), vmp.current_process().name, parent.pid, parent.is_alive(), node))
+
+    def hold_pipe_end(conn, ready) -> None:
+        ready.put(os.getpid())
+        time.sleep(600)
+
+    ids = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    here = volley.get_runtime_context().get_node_id()
+    q, (mine, theirs) = vmp.Queue(), vmp.Pipe()
+    ps = []
+    for node in ids.values():
+        on = volley.NodeAffinitySchedulingStrategy(node)
+        ps.append(vmp.Process(target=report, args=(q,), options={"scheduling_strategy": on}))
+    for p in ps:
+        p.start()
+    got = [q.get(timeout=WAIT) for _ in ps]
+    for p in ps:
+        p.join(WAIT)
+    assert sorted(g[4] for g in got) == sorted(ids.values())
+    assert {g[0] for g in got} == {p.pid for p in ps}
+    assert all(g[2] == os.getpid() and g[3] for g in got)
+    assert [p.exitcode for p in ps] == [0, 0, 0]
+
+    # A pipe to a process on another node, which is then killed: EOF here.
+    other = next(n for n in ids.values() if n != here)
+    on = volley.NodeAffinitySchedulingStrategy(other)
+    p = vmp.Process(target=hold_pipe_end, args=(theirs, q), options={"scheduling_strategy": on})
+    p.start()
+    theirs.close()
+    assert q.get(timeout=WAIT) == p.pid
+    p.kill()
+    p.join(WAIT)
+    assert p.exitcode == -signal.SIGKILL
+    assert mine.poll(WAIT), "EOF did not arrive from the other node"
+    with pytest.raises(EOFError):
+        mine.recv()
