@@ -20,9 +20,9 @@ it, so the child uses queues, locks, pipes and starts processes of its own.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import multiprocessing.process as _mpp
-import io
 import os
 import pickle
 import re
