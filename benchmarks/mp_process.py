@@ -90,8 +90,9 @@ def main() -> None:
          lambda: queue_throughput(vmp.Process, vmp.Queue, n_q), True),
     ]  # fmt: skip
     load = os.getloadavg()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; medians of {args.runs}")  # fmt: skip
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    loads = " ".join(f"{x:.1f}" for x in load)
+    print(f"# {when}, {os.cpu_count()} cores, load average {loads}; medians of {args.runs}")
     print(f"{'what':28} {'peer':6} {'multiprocessing':>16} {'volley':>12} {'ratio':>7}")
     for what, method, theirs, ours, higher_is_better in cases:
         a, b = [], []
