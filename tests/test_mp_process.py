@@ -14,8 +14,10 @@ import threading
 import time
 
 import pytest
+from conftest import finish_driver, start_driver, write_script
 
 import volley
+from volley import _mp_process
 from volley import multiprocessing as vmp
 
 pytestmark = pytest.mark.timeout(120)
@@ -229,6 +231,71 @@ def test_locks_take_multiprocessing_arguments(volley_shared):
     assert vmp.get_context("forkserver").Lock is vmp.Lock
     with pytest.raises(ValueError, match="cannot find context"):
         vmp.get_context("thread")
+
+
+def test_at_exit_daemonic_children_are_terminated_and_the_others_joined(tmp_path):
+    done = tmp_path / "done"
+    script = write_script(
+        tmp_path,
+        f"""
+        import os, time
+        from volley import multiprocessing as mp
+
+        def finish(path):
+            time.sleep(0.5)
+            open(path, "w").write("joined")
+
+        def forever(q):
+            q.put(os.getpid())
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            mp.Process(target=finish, args=({str(done)!r},)).start()
+            mp.Process(target=forever, args=(q,), daemon=True).start()
+            print("daemon", q.get(timeout=60), flush=True)
+        """,
+    )
+    proc = start_driver(script)
+    out, err = finish_driver(proc, timeout=WAIT)
+    assert proc.returncode == 0, err
+    assert done.read_text() == "joined", "the script ended before its non-daemon child"
+    daemon = int(out.split()[1])
+    assert not _alive(daemon), "the daemonic child outlived its parent"
+    assert "died" not in err, "a Process's end was reported as an actor's death"
+
+
+def test_the_paths_for_a_child_on_another_machine(volley_shared, monkeypatch):
+    # This machine's pid space named differently: the parent takes the child for one on another
+    # machine (a pipe as sentinel, signals sent by a task on the child's node, the life lease
+    # for parent_process()), as it does for a child whose pids it cannot see.
+    monkeypatch.setattr(_mp_process, "_PIDSPACE", ("another machine", 0))
+    q = vmp.Queue()
+    p = vmp.Process(target=report, args=(q,))
+    p.start()
+    assert q.get(timeout=WAIT)[2:4] == (os.getpid(), True)  # parent alive, by the lease
+    p.join(WAIT)
+    assert p.exitcode == 0
+    assert select.select([p.sentinel], [], [], WAIT)[0] == [p.sentinel]
+
+    p = vmp.Process(target=sleep_forever, args=(q,))
+    p.start()
+    assert q.get(timeout=WAIT) == p.pid
+    assert select.select([p.sentinel], [], [], 0)[0] == []
+    p.terminate()  # by a task on the child's node
+    p.join(WAIT)
+    assert p.exitcode == -signal.SIGTERM
+    assert select.select([p.sentinel], [], [], WAIT)[0] == [p.sentinel]
+    p.close()
+
+
+def test_a_process_whose_volley_stopped_counts_as_killed(volley_2cpu):
+    p = vmp.Process(target=sleep_forever)
+    p.start()
+    pid = p.pid
+    volley.shutdown()  # kills every actor of this session
+    assert p.join(WAIT) is None and p.exitcode == -signal.SIGKILL
+    assert not p.is_alive() and not _alive(pid)
 
 
 # ------------------------------------------------------------------ a real 3-node cluster

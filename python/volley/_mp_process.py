@@ -33,7 +33,7 @@ import types
 from typing import Any, Callable, Iterable, Mapping
 
 from . import exceptions, get, kill, remote, wait
-from .library import init_if_needed, kv_get
+from .library import init_if_needed, kv_get, mode
 
 __all__ = [
     "Process",
@@ -305,14 +305,26 @@ class _Popen:
             code = _exitcode_of(e)
         except exceptions.TaskError as e:  # the Process could not be unpickled there
             sys.stderr.write(f"Process could not start: {e}\n")
+            kill(self._actor)
             code = 1
         self.returncode = code
+
+    def _ended(self, timeout: float | None) -> bool:
+        """Whether the child's process ended (waiting up to ``timeout`` s). Once volley has
+        stopped in this process, its actors are gone with it (killed): -SIGKILL."""
+        if mode() is not None:
+            try:
+                return wait([self._done], timeout=timeout)[0] != []
+            except exceptions.ObjectLostError:
+                pass  # a later session's: this one's actors were killed at its end
+        self.returncode = -signal.SIGKILL
+        return False
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         if self.returncode is None:
             if flag == 0:
                 return self.wait()
-            if wait([self._done], timeout=0)[0]:
+            if self._ended(0):
                 self._collect()
         return self.returncode
 
@@ -320,10 +332,8 @@ class _Popen:
         if self.returncode is None:
             if timeout is not None and timeout < 0:
                 timeout = 0
-            ready, _ = wait([self._done], timeout=timeout)
-            if not ready:
-                return None
-            self._collect()
+            if self._ended(timeout):
+                self._collect()
         return self.returncode
 
     def _signal(self, sig: int) -> None:
@@ -335,12 +345,14 @@ class _Popen:
             except ProcessLookupError:
                 pass
             return
+        from . import nodes
         from ._options import NodeAffinitySchedulingStrategy
 
-        pinned = _send_signal.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(self._node, soft=False)
-        )
-        get(pinned.remote(self.pid, sig, self._space))
+        sender = _send_signal
+        if len(nodes()) > 1:  # (one node is the only place a task can run)
+            on = NodeAffinitySchedulingStrategy(self._node, soft=False)
+            sender = sender.options(scheduling_strategy=on)
+        get(sender.remote(self.pid, sig, self._space))
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
