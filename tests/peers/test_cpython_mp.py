@@ -201,4 +201,11 @@ class WithVolleyTestPoll(cpython._TestPoll, VolleyMixin, unittest.TestCase):
 
 
 class TestWait(cpython.TestWait):
-    pass
+    # Design difference (docs/multiprocessing.md, "Pipes"; tests/test_mp_process.py::
+    # test_fileno_is_readable_exactly_while_a_message_waits): a volley connection's fileno()
+    # becomes readable when its receiving thread has the message, a moment after the other
+    # process's send() returned, not at that instant as an OS pipe's. This test sends, then
+    # expects that fd among those a wait() reports the instant another fd is ready already.
+    test_wait_integer = _skip(
+        "design difference: fileno() is readable a moment after the peer's send() returned"
+    )
