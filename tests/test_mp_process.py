@@ -171,6 +171,63 @@ def test_a_target_that_cannot_be_pickled_fails_start_and_starts_nothing(volley_s
     assert p.exitcode is None and not p.is_alive() and p not in vmp.active_children()
 
 
+def explode() -> None:
+    raise RuntimeError("this cannot be rebuilt in the child")
+
+
+class LoadsBadly:
+    """Pickles fine; unpickling it (in the child) raises."""
+
+    def __reduce__(self) -> tuple:
+        return (explode, ())
+
+
+def test_a_process_that_cannot_be_rebuilt_in_the_child_ends_with_1_and_says_why(
+    volley_shared, capfd
+):
+    p = vmp.Process(target=print, args=(LoadsBadly(),))
+    p.start()
+    p.join(WAIT)
+    assert p.exitcode == 1
+    err = capfd.readouterr().err
+    assert "Process could not start" in err and "this cannot be rebuilt" in err
+
+
+def test_bad_options_fail_start_and_start_nothing(volley_shared):
+    for options, error in (({"num_cpus": -1}, ValueError), ({"no_such_option": 1}, TypeError)):
+        p = vmp.Process(target=print, options=options)
+        with pytest.raises(error):
+            p.start()
+        assert p.exitcode is None and p not in vmp.active_children()
+
+
+def test_small_misuses_are_refused_where_they_are_made(volley_shared):
+    a, b = vmp.Pipe()
+    with pytest.raises(ValueError, match="size is negative"):
+        a.send_bytes(b"abc", 0, -1)
+    with pytest.raises(ValueError, match="buffer length < offset \\+ size"):
+        a.send_bytes(b"abc", 1, 5)
+    with pytest.raises(ValueError, match="negative maxlength"):
+        b.recv_bytes(-1)
+    a.send("held")
+    assert b.poll(WAIT)
+    with pytest.raises(ValueError, match="recv\\(\\) it first"):
+        pickle.dumps(b)  # the message poll() took would be lost or read twice
+    assert b.recv() == "held"
+    with pytest.raises(RuntimeError, match="already been set"):
+        vmp.set_start_method("spawn")
+        vmp.set_start_method("fork")
+    vmp.set_start_method(None, force=True)
+    with pytest.raises(ValueError, match="cannot find context"):
+        vmp.set_start_method("threads", force=True)
+    with pytest.raises(TypeError):
+        vmp.set_executable(3)
+    with pytest.raises(TypeError, match="module_names"):
+        vmp.set_forkserver_preload([1])
+    with pytest.raises(AttributeError, match="no attribute 'Thread'"):
+        vmp.get_context().Thread  # noqa: B018
+
+
 def test_a_daemonic_process_may_not_have_children(volley_shared, capfd):
     q = vmp.Queue()
     p = vmp.Process(target=start_child_from_daemon, args=(q,), daemon=True)
