@@ -346,6 +346,31 @@ def test_the_paths_for_a_child_on_another_machine(volley_shared, monkeypatch):
     p.close()
 
 
+def report_parent_death(q) -> None:
+    parent = vmp.parent_process()
+    q.put(("grandchild up", parent.is_alive()))
+    parent.join(WAIT)
+    q.put(("parent gone", parent.is_alive()))
+
+
+def parent_elsewhere(q) -> None:
+    # As if this process's children ran on another machine: they follow its life by its lease.
+    _mp_process._PIDSPACE = ("another machine", 0)
+    vmp.Process(target=report_parent_death, args=(q,)).start()
+    time.sleep(600)
+
+
+def test_a_child_on_another_machine_sees_its_parent_die(volley_shared):
+    q = vmp.Queue()
+    p = vmp.Process(target=parent_elsewhere, args=(q,))
+    p.start()
+    assert q.get(timeout=WAIT) == ("grandchild up", True)
+    os.kill(p.pid, signal.SIGKILL)
+    assert q.get(timeout=WAIT) == ("parent gone", False)
+    p.join(WAIT)
+    assert p.exitcode == -signal.SIGKILL
+
+
 def test_a_process_whose_volley_stopped_counts_as_killed(volley_2cpu):
     p = vmp.Process(target=sleep_forever)
     p.start()

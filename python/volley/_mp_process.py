@@ -32,7 +32,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable, Mapping
 
-from . import exceptions, get, kill, remote, wait
+from . import exceptions, get, get_runtime_context, kill, remote, wait
 from .library import init_if_needed, kv_get, mode
 
 __all__ = [
@@ -97,9 +97,10 @@ def _parent_sentinel(parent: tuple[int, tuple[str, int]]) -> int:
 
         def watch() -> None:
             try:
-                lease.acquire()  # released when the parent's process dies
+                lease.acquire()  # granted when the parent's process died (its lease ended)
+                lease.release()  # for the parent's other children
             except Exception:
-                pass
+                pass  # the session ended: so did the parent's part in it
             os.close(w)
 
         threading.Thread(target=watch, name="volley-mp-parent", daemon=True).start()
@@ -115,8 +116,6 @@ class VolleyMultiprocessingProcess:
     runs the process and ends it."""
 
     def where(self) -> tuple[int, int, tuple[str, int]]:
-        from ._runtime_context import get_runtime_context
-
         return os.getpid(), get_runtime_context().get_node_id(), _pid_space()
 
     def bootstrap(self, pickled: bytes, parent: tuple[int, tuple[str, int]], lease: Any) -> None:
@@ -277,12 +276,17 @@ class _Popen:
         parent = (os.getpid(), _pid_space())
         try:
             self.pid, self._node, self._space = get(where)
-            lease = None if self._space == _pid_space() else _life_lease()
+            here = self._space == _pid_space()
+            # Opened while the child waits for its bootstrap: it is that process, not a
+            # later one with its pid.
+            self._pidfd = _pidfd(self.pid) if here else None
+            lease = None if here else _life_lease()
             self._done = self._actor.bootstrap.remote(pickled, parent, lease)
         except BaseException:
             kill(self._actor)
+            if getattr(self, "_pidfd", None) is not None:
+                os.close(self._pidfd)
             raise
-        self._pidfd = _pidfd(self.pid) if self._space == _pid_space() else None
         self._pipe_w: int | None = None
         if self._pidfd is not None:
             self.sentinel = self._pidfd
