@@ -306,17 +306,26 @@ def test_at_exit_daemonic_children_are_terminated_and_the_others_joined(tmp_path
             q.put(os.getpid())
             time.sleep(600)
 
+        class Shouter(mp.Process):
+            def run(self):
+                print("shouted by", self.name, flush=True)
+
         if __name__ == "__main__":
             q = mp.Queue()
             mp.Process(target=finish, args=({str(done)!r},)).start()
             mp.Process(target=forever, args=(q,), daemon=True).start()
             print("daemon", q.get(timeout=60), flush=True)
+            s = Shouter(name="shouter")
+            s.start()
+            s.join()
+            print("exitcode", s.exitcode, flush=True)
         """,
     )
     proc = start_driver(script)
     out, err = finish_driver(proc, timeout=WAIT)
     assert proc.returncode == 0, err
     assert done.read_text() == "joined", "the script ended before its non-daemon child"
+    assert "shouted by shouter" in out and "exitcode 0" in out, out  # a __main__ subclass
     daemon = int(out.split()[1])
     assert not _alive(daemon), "the daemonic child outlived its parent"
     assert "died" not in err, "a Process's end was reported as an actor's death"
@@ -383,7 +392,7 @@ def test_a_process_whose_volley_stopped_counts_as_killed(volley_2cpu):
 # ------------------------------------------------------------------ a real 3-node cluster
 
 
-def test_processes_on_the_other_nodes_of_a_cluster(three_node_cluster):
+def test_processes_on_the_other_nodes_of_a_cluster(three_node_cluster, monkeypatch):
     # This module is not importable on the cluster's nodes: the targets travel by value.
     def report(q) -> None:
         parent = vmp.parent_process()
@@ -411,7 +420,9 @@ def test_processes_on_the_other_nodes_of_a_cluster(three_node_cluster):
     assert all(g[2] == os.getpid() and g[3] for g in got)
     assert [p.exitcode for p in ps] == [0, 0, 0]
 
-    # A pipe to a process on another node, which is then killed: EOF here.
+    # A pipe to a process on another node, which is then killed: EOF here. The nodes share
+    # this machine; named as another machine's, the child is killed by a task on its node.
+    monkeypatch.setattr(_mp_process, "_PIDSPACE", ("another machine", 0))
     other = next(n for n in ids.values() if n != here)
     on = volley.NodeAffinitySchedulingStrategy(other)
     p = vmp.Process(target=hold_pipe_end, args=(theirs, q), options={"scheduling_strategy": on})
