@@ -12,6 +12,7 @@ not seen by the child, as with ``spawn``.
 from __future__ import annotations
 
 import multiprocessing as _mp
+import sys
 from typing import Any
 
 __all__ = [
@@ -52,8 +53,9 @@ class Context:
         return f"<volley.multiprocessing context {self._name!r}>"
 
     def __getattr__(self, name: str) -> Any:
-        from . import multiprocessing as module
-
+        # volley.multiprocessing, which imports this module: loaded before any context exists
+        # (contexts are made through it), so it is looked up, not imported (no import cycle).
+        module = sys.modules[__package__ + ".multiprocessing"]
         if name.startswith("_") or name not in module.__all__:
             raise AttributeError(f"volley.multiprocessing's context has no attribute {name!r}")
         return getattr(module, name)
