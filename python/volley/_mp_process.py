@@ -349,8 +349,7 @@ class _Popen:
             except ProcessLookupError:
                 pass
             return
-        from . import nodes
-        from ._options import NodeAffinitySchedulingStrategy
+        from . import NodeAffinitySchedulingStrategy, nodes
 
         sender = _send_signal
         if len(nodes()) > 1:  # (one node is the only place a task can run)

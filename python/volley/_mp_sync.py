@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import sync as _sync
-from ._queue import Empty, Full
-from ._queue import JoinableQueue as _JoinableQueue
-from ._queue import Queue as _Queue
+from .util.queue import Empty, Full
+from .util.queue import JoinableQueue as _JoinableQueue
+from .util.queue import Queue as _Queue
 
 __all__ = [
     "Barrier",
@@ -58,18 +58,11 @@ class Queue(_Queue):
     ValueError: Queue Queue(...) is closed
     """
 
+    #: Whether this handle was closed (a handle unpickled elsewhere starts open).
+    _closed = False
+
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         super().__init__(maxsize)
-        self._closed = False
-
-    @classmethod
-    def _attach(cls, queue_id: int, maxsize: int) -> Queue:
-        q = super()._attach(queue_id, maxsize)
-        q._closed = False
-        return q  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(id={self._id}, maxsize={self._maxsize})"
 
     def _check_closed(self) -> None:
         if self._closed:
@@ -141,7 +134,7 @@ class SimpleQueue:
         return (_simple_queue, (self._queue,))
 
     def __repr__(self) -> str:
-        return f"SimpleQueue(id={self._queue._id})"
+        return f"Simple{self._queue!r}"
 
     @property
     def closed(self) -> bool:
@@ -310,7 +303,7 @@ class Condition(_sync.Condition):
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
         """Takes the condition's lock, as ``Lock.acquire``."""
-        return self._lock.acquire(*_wait_for(block, timeout))
+        return super().acquire(*_wait_for(block, timeout))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Releases the lock, waits for a notify up to ``timeout`` seconds, takes the lock
