@@ -274,6 +274,16 @@ def test_join_of_a_joinable_queue_with_a_timeout_says_what_it_waited_for(volley_
         q.task_done()
 
 
+def test_a_queue_of_any_context_works_with_a_process_of_any_other(volley_shared):
+    for queue_method in vmp.get_all_start_methods():
+        q = vmp.get_context(queue_method).Queue()
+        for method in vmp.get_all_start_methods():
+            p = vmp.get_context(method).Process(target=q.put, args=(method,))
+            p.start()
+            p.join(WAIT)
+            assert (p.exitcode, q.get(timeout=WAIT)) == (0, method)
+
+
 def test_locks_take_multiprocessing_arguments(volley_shared):
     lock = vmp.Lock()
     assert lock.acquire(block=True, timeout=-5)  # a negative timeout does not wait

@@ -15,6 +15,8 @@ import multiprocessing as _mp
 import sys
 from typing import Any
 
+from . import _mp_process
+
 __all__ = [
     "AuthenticationError",
     "BufferTooShort",
@@ -32,25 +34,25 @@ BufferTooShort = _mp.BufferTooShort
 
 _METHODS = ("fork", "spawn", "forkserver")
 _DEFAULT = "spawn"
-_chosen: list[str | None] = [None]
+_chosen = _mp_process.start_method
 
 
 class Context:
     """What ``get_context(method)`` returns: ``volley.multiprocessing``'s names (``Process``,
     ``Pipe``, ``Queue``, ``Lock``, ``Pool``, ``cpu_count``, ...) as attributes, and the
-    start method it was asked for.
+    start method it stands for (its ``Process`` is named for it: ``ForkProcess``, ...).
 
     >>> from volley import multiprocessing
     >>> ctx = multiprocessing.get_context("fork")
-    >>> ctx.get_start_method(), ctx.Queue is multiprocessing.Queue
-    ('fork', True)
+    >>> ctx.get_start_method(), ctx.Queue is multiprocessing.Queue, ctx.Process.__name__
+    ('fork', True, 'ForkProcess')
     """
 
-    def __init__(self, method: str) -> None:
-        self._name = method
+    _name = ""
+    Process: type = _mp_process.Process
 
     def __repr__(self) -> str:
-        return f"<volley.multiprocessing context {self._name!r}>"
+        return f"<volley.multiprocessing {type(self).__name__}>"
 
     def __getattr__(self, name: str) -> Any:
         # volley.multiprocessing, which imports this module: loaded before any context exists
@@ -65,12 +67,34 @@ class Context:
         return self._name
 
     def get_context(self, method: str | None = None) -> Context:
-        """Another context (``multiprocessing``'s ``ctx.get_context``)."""
-        return get_context(method)
+        """This context (no ``method``), or the one for ``method``."""
+        return self if method is None else get_context(method)
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """A context of one method cannot change it: ``ValueError``, as ``multiprocessing``'s."""
+        raise ValueError("cannot set start method of concrete context")
+
+
+class ForkContext(Context):
+    _name = "fork"
+    Process = _mp_process.ForkProcess
+
+
+class SpawnContext(Context):
+    _name = "spawn"
+    Process = _mp_process.SpawnProcess
+
+
+class ForkServerContext(Context):
+    _name = "forkserver"
+    Process = _mp_process.ForkServerProcess
+
+
+_CONTEXTS = {c._name: c() for c in (ForkContext, SpawnContext, ForkServerContext)}
 
 
 def get_context(method: str | None = None) -> Context:
-    """A context for ``method`` (``"fork"``, ``"spawn"``, ``"forkserver"``; None: the one
+    """The context for ``method`` (``"fork"``, ``"spawn"``, ``"forkserver"``; None: the one
     set, see ``get_start_method``); ``ValueError`` for another name.
 
     >>> from volley.multiprocessing import get_context
@@ -79,9 +103,10 @@ def get_context(method: str | None = None) -> Context:
     """
     if method is None:
         method = _chosen[0] or _DEFAULT
-    if method not in _METHODS:
+    context = _CONTEXTS.get(method)
+    if context is None:
         raise ValueError(f"cannot find context for {method!r} (volley accepts {_METHODS})")
-    return Context(method)
+    return context
 
 
 def get_start_method(allow_none: bool = False) -> str | None:

@@ -50,6 +50,10 @@ _ACTOR_NAME = "VolleyMultiprocessingProcess"
 
 _PIDSPACE: tuple[str, int] | None = None
 
+#: The start method set in this process (``set_start_method``), or in a child the one its
+#: parent started it with; None: none set (volley._mp_context reads and sets it).
+start_method: list[str | None] = [None]
+
 
 def _pid_space() -> tuple[str, int]:
     """(boot id, pid namespace inode): two processes with the same see each other's pids."""
@@ -118,7 +122,12 @@ class VolleyMultiprocessingProcess:
     def where(self) -> tuple[int, int, tuple[str, int]]:
         return os.getpid(), get_runtime_context().get_node_id(), _pid_space()
 
-    def bootstrap(self, pickled: bytes, parent: tuple[int, tuple[str, int]], lease: Any) -> None:
+    def bootstrap(
+        self, pickled: bytes, parent: tuple[int, tuple[str, int]], lease: Any, method: str | None
+    ) -> None:
+        start_method[0] = method  # as a spawn child learns its parent's
+        if method is not None:  # and the standard library's multiprocessing says the same
+            _mpp_context().set_start_method(method, force=True)
         process = pickle.loads(pickled)
         if lease is not None:
             _remote_parent_leases[parent[0]] = lease
@@ -127,6 +136,12 @@ class VolleyMultiprocessingProcess:
         code = process._bootstrap(parent_sentinel=_parent_sentinel(parent))
         _flush()
         os._exit(code)
+
+
+def _mpp_context() -> Any:
+    import multiprocessing
+
+    return multiprocessing
 
 
 def _flush() -> None:
@@ -271,6 +286,7 @@ class _Popen:
         options = dict(getattr(process, "_volley_options", None) or {})
         options.setdefault("num_cpus", 0)
         pickled = _pickle_process(process)
+        method = process._start_method or start_method[0]
         self._actor = _runner().options(**options).remote()
         where = self._actor.where.remote()
         parent = (os.getpid(), _pid_space())
@@ -281,7 +297,7 @@ class _Popen:
             # later one with its pid.
             self._pidfd = _pidfd(self.pid) if here else None
             lease = None if here else _life_lease()
-            self._done = self._actor.bootstrap.remote(pickled, parent, lease)
+            self._done = self._actor.bootstrap.remote(pickled, parent, lease, method)
         except BaseException:
             kill(self._actor)
             if getattr(self, "_pidfd", None) is not None:
@@ -433,6 +449,24 @@ class Process(_mpp.BaseProcess):
         if "authkey" in config:
             config["authkey"] = _mpp.AuthenticationString(config["authkey"])
         self.__dict__.update(state)
+
+
+class ForkProcess(Process):
+    """``get_context("fork").Process``: a volley ``Process`` (the child is not a fork)."""
+
+    _start_method = "fork"
+
+
+class SpawnProcess(Process):
+    """``get_context("spawn").Process``: a volley ``Process``."""
+
+    _start_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    """``get_context("forkserver").Process``: a volley ``Process``."""
+
+    _start_method = "forkserver"
 
 
 def current_process() -> _mpp.BaseProcess:
