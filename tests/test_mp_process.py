@@ -5,6 +5,7 @@ real 3-node cluster."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import queue
@@ -282,6 +283,39 @@ def test_a_queue_of_any_context_works_with_a_process_of_any_other(volley_shared)
             p.start()
             p.join(WAIT)
             assert (p.exitcode, q.get(timeout=WAIT)) == (0, method)
+
+
+@volley.remote(num_cpus=2)
+def hold_every_cpu(running, release) -> None:
+    running.set()
+    deadline = time.monotonic() + WAIT
+    while not release.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)  # not release.wait(): a task blocked in volley lends its CPUs
+
+
+def test_a_start_that_waits_for_room_says_what_it_waits_for(volley_shared, monkeypatch, capsys):
+    running, release = vmp.Event(), vmp.Event()
+    held = hold_every_cpu.remote(running, release)
+    assert running.wait(WAIT)
+
+    class ReleaseOnNotice(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "has not started after" in record.getMessage():
+                release.set()  # the notice came: now let the child have the CPUs
+
+    handler = ReleaseOnNotice()
+    monkeypatch.setattr(_mp_process, "START_NOTICE_S", 0.05)
+    logging.getLogger("volley.multiprocessing").addHandler(handler)
+    try:
+        p = vmp.Process(target=print, args=("ran",), name="needs-2", options={"num_cpus": 2})
+        p.start()
+    finally:
+        logging.getLogger("volley.multiprocessing").removeHandler(handler)
+    p.join(WAIT)
+    assert p.exitcode == 0
+    volley.get(held, timeout=WAIT)
+    err = capsys.readouterr().err
+    assert "needs-2" in err and "has not started after" in err and "'num_cpus': 2" in err
 
 
 def test_locks_take_multiprocessing_arguments(volley_shared):

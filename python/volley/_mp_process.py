@@ -32,7 +32,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable, Mapping
 
-from . import exceptions, get, get_runtime_context, kill, remote, wait
+from . import actor_state, exceptions, get, get_runtime_context, kill, remote, wait
 from .library import init_if_needed, kv_get, mode
 
 __all__ = [
@@ -238,6 +238,10 @@ class _QuietEnds(logging.Filter):
         return f"'{_ACTOR_NAME}'" not in record.getMessage()
 
 
+#: How often a ``start()`` that waits for its child to run says so.
+START_NOTICE_S = 10.0
+_log = logging.getLogger("volley.multiprocessing")
+
 _lease_lock = threading.Lock()
 _my_lease: Any = None
 _atexit_registered = False
@@ -291,6 +295,7 @@ class _Popen:
         where = self._actor.where.remote()
         parent = (os.getpid(), _pid_space())
         try:
+            self._wait_started(process, where, options)
             self.pid, self._node, self._space = get(where)
             here = self._space == _pid_space()
             # Opened while the child waits for its bootstrap: it is that process, not a
@@ -311,6 +316,22 @@ class _Popen:
             r, self._pipe_w = os.pipe()
             self.sentinel = r
             self._done.future().add_done_callback(lambda _f: self._close_pipe_w())
+
+    def _wait_started(self, process: Process, where: Any, options: dict) -> None:
+        """Waits for the child to run, saying every ``START_NOTICE_S`` seconds what it waits
+        for (a child that needs resources no node has free now waits for them)."""
+        waited = 0.0
+        while not wait([where], timeout=START_NOTICE_S)[0]:
+            waited += START_NOTICE_S
+            state = actor_state(self._actor) or {}
+            _log.warning(
+                "volley.multiprocessing: %r has not started after %.0f s: its actor is %s, "
+                "waiting for a node with room for its options %s",
+                process,
+                waited,
+                state.get("state", "unknown"),
+                options,
+            )
 
     def _close_pipe_w(self) -> None:
         w, self._pipe_w = self._pipe_w, None
