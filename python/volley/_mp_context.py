@@ -23,7 +23,9 @@ __all__ = [
     "freeze_support",
     "get_all_start_methods",
     "get_context",
+    "get_logger",
     "get_start_method",
+    "log_to_stderr",
     "set_executable",
     "set_forkserver_preload",
     "set_start_method",
@@ -176,3 +178,25 @@ def set_forkserver_preload(module_names: list[str]) -> None:
     """
     if not all(isinstance(name, str) for name in module_names):
         raise TypeError("module_names must be a list of strings")
+
+
+def get_logger() -> Any:
+    """``multiprocessing``'s logger (the standard library's, also in a volley ``Process``).
+
+    >>> from volley.multiprocessing import get_logger
+    >>> get_logger().name
+    'multiprocessing'
+    """
+    return _mp.get_logger()
+
+
+def log_to_stderr(level: int | None = None) -> Any:
+    """``multiprocessing.log_to_stderr``: ``get_logger()`` with a handler writing to stderr
+    (in a child, its stderr reaches the driver's as every worker's output does).
+
+    >>> import logging
+    >>> from volley.multiprocessing import log_to_stderr
+    >>> log_to_stderr(logging.WARNING).level == logging.WARNING
+    True
+    """
+    return _mp.log_to_stderr(level)
