@@ -293,6 +293,7 @@ def hold_every_cpu(running, release) -> None:
         time.sleep(0.01)  # not release.wait(): a task blocked in volley lends its CPUs
 
 
+@pytest.mark.one_node("a task holds every CPU of the one node the child could go to")
 def test_a_start_that_waits_for_room_says_what_it_waits_for(volley_shared, monkeypatch, capsys):
     running, release = vmp.Event(), vmp.Event()
     held = hold_every_cpu.remote(running, release)
