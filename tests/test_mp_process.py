@@ -5,6 +5,7 @@ real 3-node cluster."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -147,6 +148,22 @@ def test_fileno_is_readable_exactly_while_a_message_waits(volley_shared):
     assert select.select([fd], [], [], WAIT)[0] == [fd]  # EOF is readable
     with pytest.raises(EOFError):
         a.recv()
+
+
+def total_of(q, refs) -> None:
+    q.put(sum(volley.get(refs[0])))
+
+
+def test_a_ref_passed_to_a_process_outlives_the_parents_copy(volley_shared):
+    q = vmp.Queue()
+    ref = volley.put(list(range(100_000)))
+    p = vmp.Process(target=total_of, args=(q, [ref]))
+    p.start()
+    del ref
+    gc.collect()
+    assert q.get(timeout=WAIT) == sum(range(100_000))
+    p.join(WAIT)
+    assert p.exitcode == 0
 
 
 def test_start_join_and_close_raise_as_multiprocessing_does(volley_shared):

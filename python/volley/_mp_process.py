@@ -32,7 +32,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable, Mapping
 
-from . import actor_state, exceptions, get, get_runtime_context, kill, remote, wait
+from . import ObjectRef, actor_state, exceptions, get, get_runtime_context, kill, remote, wait
 from .library import init_if_needed, kv_get, mode
 
 __all__ = [
@@ -123,7 +123,12 @@ class VolleyMultiprocessingProcess:
         return os.getpid(), get_runtime_context().get_node_id(), _pid_space()
 
     def bootstrap(
-        self, pickled: bytes, parent: tuple[int, tuple[str, int]], lease: Any, method: str | None
+        self,
+        pickled: bytes,
+        refs: list,
+        parent: tuple[int, tuple[str, int]],
+        lease: Any,
+        method: str | None,
     ) -> None:
         start_method[0] = method  # as a spawn child learns its parent's
         if method is not None:  # and the standard library's multiprocessing says the same
@@ -188,10 +193,18 @@ class _ByReference(pickle.Pickler):
     """The standard library's pickler, as ``multiprocessing`` pickles a ``Process`` for
     ``spawn`` (functions and classes by reference: the child imports them, and tracebacks
     name their files); it gives up on what only this process has (``__main__``'s functions,
-    lambdas, local classes), which cloudpickle then sends by value."""
+    lambdas, local classes), which cloudpickle then sends by value. Both note the
+    ``ObjectRef``s inside, which travel beside the pickle so that volley keeps their objects
+    for the child."""
+
+    def __init__(self, file: io.BytesIO, refs: list) -> None:
+        super().__init__(file, protocol=5)
+        self.refs = refs
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) in (
+        if type(obj) is ObjectRef:
+            self.refs.append(obj)
+        elif isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) in (
             "__main__",
             "__mp_main__",
         ):
@@ -199,16 +212,29 @@ class _ByReference(pickle.Pickler):
         return NotImplemented
 
 
-def _pickle_process(process: Process) -> bytes:
-    buf = io.BytesIO()
-    try:
-        _ByReference(buf, protocol=5).dump(process)
-        return buf.getvalue()
-    except Exception:
-        import cloudpickle
+def _by_value_pickler(file: io.BytesIO, refs: list) -> pickle.Pickler:
+    import cloudpickle
 
+    class ByValue(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is ObjectRef:
+                refs.append(obj)
+            return super().reducer_override(obj)
+
+    return ByValue(file, protocol=5)
+
+
+def _pickle_process(process: Process) -> tuple[bytes, list]:
+    """The pickled ``process`` and the refs inside it."""
+    buf, refs = io.BytesIO(), []
+    try:
+        _ByReference(buf, refs).dump(process)
+        return buf.getvalue(), refs
+    except Exception:
+        buf, refs = io.BytesIO(), []
         try:
-            return cloudpickle.dumps(process, protocol=5)
+            _by_value_pickler(buf, refs).dump(process)
+            return buf.getvalue(), refs
         except Exception as e:
             raise exceptions.SerializationError(
                 f"could not pickle {process!r} to start it: {type(e).__name__}: {e}"
@@ -289,7 +315,7 @@ class _Popen:
         self._closed = False
         options = dict(getattr(process, "_volley_options", None) or {})
         options.setdefault("num_cpus", 0)
-        pickled = _pickle_process(process)
+        pickled, refs = _pickle_process(process)
         method = process._start_method or start_method[0]
         self._actor = _runner().options(**options).remote()
         where = self._actor.where.remote()
@@ -302,7 +328,7 @@ class _Popen:
             # later one with its pid.
             self._pidfd = _pidfd(self.pid) if here else None
             lease = None if here else _life_lease()
-            self._done = self._actor.bootstrap.remote(pickled, parent, lease, method)
+            self._done = self._actor.bootstrap.remote(pickled, refs, parent, lease, method)
         except BaseException:
             kill(self._actor)
             if getattr(self, "_pidfd", None) is not None:
