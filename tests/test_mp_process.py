@@ -166,6 +166,31 @@ def test_a_ref_passed_to_a_process_outlives_the_parents_copy(volley_shared):
     assert p.exitcode == 0
 
 
+def send_many(conn, n) -> None:
+    for i in range(n):
+        conn.send(i)
+    conn.close()
+
+
+def test_fileno_holds_a_bounded_number_ahead_and_loses_nothing(volley_shared):
+    mine, theirs = vmp.Pipe()
+    fd = mine.fileno()
+    n = 3000  # more than the receiving thread holds ahead (1024) and a pipe's buffer (1024)
+    p = vmp.Process(target=send_many, args=(theirs, n))
+    p.start()
+    theirs.close()
+    got = []
+    while True:
+        assert select.select([fd], [], [], WAIT)[0] == [fd], f"fd not readable after {len(got)}"
+        try:
+            got.append(mine.recv())
+        except EOFError:
+            break
+    p.join(WAIT)
+    assert got == list(range(n)) and p.exitcode == 0
+    mine.close()
+
+
 def test_start_join_and_close_raise_as_multiprocessing_does(volley_shared):
     p = vmp.Process(target=time.sleep, args=(0,))
     with pytest.raises(AssertionError, match="can only join a started process"):

@@ -35,6 +35,10 @@ from multiprocessing import AuthenticationError, BufferTooShort  # noqa: E402, F
 #: Messages a pipe buffers one way before ``send`` waits (an OS pipe holds 64 KiB).
 PIPE_CAPACITY = 1024
 
+#: Messages ``fileno()``'s thread receives ahead of the reader (its pipe then holds as many
+#: bytes, far below a pipe's 64 KiB, so its writes never block).
+_PUMP_AHEAD = 1024
+
 _OBJ, _BYTES = 0, 1
 _EOF = object()
 
@@ -278,6 +282,8 @@ class _Pump:
 
     def _run(self) -> None:
         while not self._stopped:
+            with self._cond:  # as a pipe's buffer is bounded: one byte per held message
+                self._cond.wait_for(lambda: len(self._items) < _PUMP_AHEAD or self._stopped)
             try:
                 message: Any = self._reader.recv(timeout=1.0)
             except TimeoutError:
@@ -288,13 +294,12 @@ class _Pump:
                 if self._stopped:
                     return
                 message = _EOF
-            with self._cond:
+            with self._cond:  # the fds stay ours while we hold it (close() takes it)
+                if self._stopped:
+                    return
                 self._items.append(message)
                 self._cond.notify_all()
-            try:
                 os.write(self._w, b"e" if message is _EOF else b"m")
-            except OSError:
-                return
             if message is _EOF:
                 return
 
@@ -315,19 +320,21 @@ class _Pump:
             if message is _EOF:
                 return _EOF  # stays: the fd stays readable
             self._items.popleft()
-        try:
-            os.read(self.fd, 1)
-        except BlockingIOError:
-            pass
+            self._cond.notify_all()  # room for the thread to receive more
+            if not self._stopped:
+                try:
+                    os.read(self.fd, 1)
+                except BlockingIOError:
+                    pass
         return message
 
     def close(self) -> None:
-        self._stopped = True
-        for fd in (self.fd, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._cond:  # not while the thread writes: a closed fd's number may be reused
+            if self._stopped:
+                return
+            self._stopped = True
+            os.close(self.fd)
+            os.close(self._w)
 
 
 def _rebuild(reader: Any, writer: Any) -> Connection:
