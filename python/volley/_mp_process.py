@@ -264,6 +264,10 @@ class _QuietEnds(logging.Filter):
         return f"'{_ACTOR_NAME}'" not in record.getMessage()
 
 
+# Installed where volley.multiprocessing is imported: the driver's "volley" logger shows the
+# node's lines, those of the Processes its tasks start included.
+logging.getLogger("volley").addFilter(_QuietEnds())
+
 #: How often a ``start()`` that waits for its child to run says so.
 START_NOTICE_S = 10.0
 _log = logging.getLogger("volley.multiprocessing")
@@ -308,7 +312,6 @@ class _Popen:
         global _atexit_registered
         init_if_needed()
         if not _atexit_registered:
-            logging.getLogger("volley").addFilter(_QuietEnds())
             atexit.register(_exit_children)  # after volley's own: runs before it stops
             _atexit_registered = True
         self.returncode: int | None = None
