@@ -363,7 +363,9 @@ class _Popen:
             )
 
     def _close_pipe_w(self) -> None:
-        w, self._pipe_w = self._pipe_w, None
+        # From the ref's callback thread or close(): once, as a closed fd's number is reused.
+        with _lease_lock:
+            w, self._pipe_w = self._pipe_w, None
         if w is not None:
             os.close(w)
 
