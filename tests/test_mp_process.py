@@ -154,6 +154,15 @@ def total_of(q, refs) -> None:
     q.put(sum(volley.get(refs[0])))
 
 
+def test_lambdas_and_closures_travel_by_value(volley_shared):
+    q, factor = vmp.Queue(), 7
+    p = vmp.Process(target=lambda: q.put(6 * factor))
+    p.start()
+    assert q.get(timeout=WAIT) == 42
+    p.join(WAIT)
+    assert p.exitcode == 0
+
+
 def test_a_ref_passed_to_a_process_outlives_the_parents_copy(volley_shared):
     q = vmp.Queue()
     ref = volley.put(list(range(100_000)))
