@@ -979,3 +979,70 @@ from ._mp_manager import Manager  # noqa: E402
 sys.modules[__name__ + ".managers"] = managers
 managers.SyncManager.register("Pool", Pool, managers.PoolProxy)
 __all__ += ["Manager", "managers"]  # noqa: PLE0605
+
+
+# ------------------------------------------------- beyond Pool (processes, pipes, queues, locks)
+from ._mp_connection import Connection, Pipe  # noqa: E402
+from ._mp_context import (  # noqa: E402
+    AuthenticationError,
+    BufferTooShort,
+    freeze_support,
+    get_all_start_methods,
+    get_context,
+    get_logger,
+    get_start_method,
+    log_to_stderr,
+    set_executable,
+    set_forkserver_preload,
+    set_start_method,
+)
+from ._mp_process import (  # noqa: E402
+    Process,
+    ProcessError,
+    active_children,
+    current_process,
+    parent_process,
+)
+from ._mp_sync import (  # noqa: E402
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    JoinableQueue,
+    Lock,
+    Queue,
+    RLock,
+    Semaphore,
+    SimpleQueue,
+)
+
+__all__ += [
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Connection",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Pipe",
+    "Process",
+    "ProcessError",
+    "Queue",
+    "RLock",
+    "Semaphore",
+    "SimpleQueue",
+    "active_children",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+]
