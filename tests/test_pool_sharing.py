@@ -6,6 +6,9 @@
 10. ``imap`` reads its input lazily and reports the input's errors at ``next()``;
 13. errors keep their class (remote traceback as ``__cause__``), ``SystemExit`` in a task comes
     back, an argument that cannot be pickled is a ``pickle.PicklingError``.
+
+Issue 21: a result the standard pickler refuses is a ``MaybeEncodingError`` (as in
+``multiprocessing``); the initializer runs when the pool opens.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 
 import pytest
+from conftest import poll
 
 import volley
 from volley.futures import Executor
@@ -335,3 +339,128 @@ def test_a_result_that_cannot_be_sent_back_is_a_maybe_encoding_error():
             r.get(timeout=30)
         assert isinstance(got[0], mp_pool.MaybeEncodingError)
         assert p.apply(square, (3,)) == 9
+
+
+# --------------------------------------------------------------------------- issue 21: results and
+# the initializer as multiprocessing has them
+
+
+def returns_a_lambda(x):
+    return lambda: x
+
+
+def returns_a_local_class_instance(x):
+    class Local:
+        pass
+
+    return [x, Local()]
+
+
+def a_lambda_at_3(x):
+    return (lambda: x) if x == 3 else x
+
+
+def test_a_result_the_standard_pickler_refuses_is_a_maybe_encoding_error_as_in_multiprocessing():
+    # volley's cloudpickle would send these; multiprocessing cannot, and its pool says so.
+    with Pool(2) as p:
+        for fn in (returns_a_lambda, returns_a_local_class_instance):
+            got = []
+            r = p.apply_async(fn, (1,), error_callback=got.append)
+            with pytest.raises(mp_pool.MaybeEncodingError) as info:
+                r.get(timeout=30)
+            assert got == [info.value]
+            assert "Can't pickle local object" in info.value.exc, info.value.exc
+            assert info.value.value.startswith("["), info.value.value  # the chunk's results
+        # A map fails as a whole (the chunk with the lambda could not be sent); imap fails at
+        # that chunk and goes on.
+        with pytest.raises(mp_pool.MaybeEncodingError):
+            p.map(a_lambda_at_3, range(6), chunksize=2)
+        it = p.imap(a_lambda_at_3, range(6))
+        assert [next(it) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(mp_pool.MaybeEncodingError):
+            next(it)
+        assert list(it) == [4, 5]
+        assert p.map(square, range(4)) == [0, 1, 4, 9]  # the pool lost nothing
+
+
+def puts_a_value(x):
+    return [volley.put(x * 10)]
+
+
+def an_array(n):
+    import numpy as np
+
+    return np.arange(n, dtype=np.int64)
+
+
+def test_results_holding_refs_and_large_arrays_come_back_whole():
+    # Results travel in the standard pickler's stream inside volley's: a ref in them is still
+    # kept alive by the value, and an array's buffer still travels out of band.
+    with Pool(2) as p:
+        refs = p.map(puts_a_value, range(4), chunksize=1)
+        import gc
+
+        gc.collect()
+        assert volley.get([r[0] for r in refs], timeout=30) == [0, 10, 20, 30]
+        arrays = p.map(an_array, [10, 1_000_000])
+        assert [int(a.sum()) for a in arrays] == [45, 999_999 * 1_000_000 // 2]
+        big = p.map(str, range(20_000))  # a stream larger than the out-of-band threshold
+        assert big == [str(i) for i in range(20_000)]
+
+
+def append_pid(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def test_the_initializer_runs_when_the_pool_opens_even_with_no_work(tmp_path):
+    # As multiprocessing starts its processes (each runs the initializer): a pool closed with
+    # no work has run it (CPython's TestInitializers.test_pool_initializer).
+    one = tmp_path / "one"
+    p = Pool(1, initializer=append_pid, initargs=(str(one),))
+    p.close()
+    p.join()
+    assert len(read_lines(one)) == 1
+    # In `processes` processes at most once each; the chunks after it find it done.
+    two = tmp_path / "two"
+    with Pool(2, initializer=append_pid, initargs=(str(two),)) as q:
+        assert poll(lambda: read_lines(two), timeout=30), "the initializer did not run at start"
+        pids = set(q.map(pid_after, [0.05] * 8, chunksize=1))
+        lines = read_lines(two)
+        assert len(lines) == len(set(lines)), f"it ran twice in a process: {lines}"
+        assert pids <= {int(x) for x in lines}, (pids, lines)
+
+
+def init_fails():
+    raise ValueError("the initializer failed")
+
+
+def test_an_initializer_that_raises_is_reported_and_fails_the_calls(capfd):
+    p = Pool(1, initializer=init_fails)
+    with pytest.raises(ValueError, match="the initializer failed"):
+        p.apply(square, (2,))
+    p.close()
+    p.join()
+    err = capfd.readouterr().err
+    assert "initializer of <volley.multiprocessing.Pool" in err and "ValueError" in err, err
+
+
+def init_sleeps():
+    time.sleep(600)
+
+
+def test_terminate_while_the_initializer_runs_ends_join_silently(capfd):
+    p = Pool(2, initializer=init_sleeps)
+    p.terminate()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(45), "join() after terminate() hung on the initializer's chunks"
+    assert "initializer" not in capfd.readouterr().err

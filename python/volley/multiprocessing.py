@@ -23,10 +23,12 @@ chunks (a thread waits in volley on them), as ``volley.get`` does.
 
 What a pool process means for the script stays as in ``multiprocessing``:
 
-- ``initializer(*initargs)`` runs once per (worker process, pool), the first time a chunk of
-  that pool lands in that process (a per-process registry keyed by the pool's id), before the
-  chunk. The script's own (``__main__``) functions of one pool share their globals in that
-  process as they do after a fork, so what the initializer sets is seen by the functions that
+- ``initializer(*initargs)`` runs when the pool opens, in ``processes`` worker processes (as
+  ``multiprocessing`` starts its processes; a pool closed with no work has run it), and once per
+  (worker process, pool) in general: a chunk that lands in a process where it has not run
+  (a per-process registry keyed by the pool's id) runs it first. The script's own
+  (``__main__``) functions of one pool share their globals in that process as they do after a
+  fork, so what the initializer sets is seen by the functions that
   run later; each pool has its own namespace.
 - ``maxtasksperchild=N``: after the N-th chunk of the pool in a worker process, that process
   retires: it sends the chunk's result, then exits cleanly; the node gives it no more work, takes
@@ -38,8 +40,9 @@ What a pool process means for the script stays as in ``multiprocessing``:
   same way (``multiprocessing``'s pool loses the task and its ``get()`` hangs; volley reports it
   as ``concurrent.futures.ProcessPoolExecutor`` does). An argument that cannot be pickled fails
   the call with a ``volley.SerializationError`` (a ``pickle.PicklingError``) that is also of the
-  class of the pickling error itself; a result that cannot be sent back is a
-  ``multiprocessing.pool.MaybeEncodingError``.
+  class of the pickling error itself; a result that ``multiprocessing`` could not send back (the
+  standard pickler refuses it: a lambda, a lock) is a ``multiprocessing.pool.MaybeEncodingError``
+  (see ``_Results``).
 - ``imap``/``imap_unordered`` read their input lazily, a bounded number of chunks ahead of the
   consumer (all of it once the pool is closed, so ``join`` finishes), and an error raised by the
   input comes out of ``next()`` at its place.
@@ -54,9 +57,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import itertools
 import multiprocessing as _mp
 import multiprocessing.pool as _mp_pool
+import pickle
+import reprlib
 import sys
 import threading
 import types
@@ -138,6 +144,98 @@ def _shared_globals(fn: Any, namespace: dict) -> Any:
     return new
 
 
+class _Results:
+    """A chunk's results on their way back, pickled by the standard library's pickler (as
+    ``multiprocessing`` sends them) inside volley's own pickling of the chunk's return value,
+    so that refs in them are still recorded.
+
+    What the standard pickler cannot send is a ``MaybeEncodingError`` (a lambda, a local
+    function, a lock), as in ``multiprocessing``, although volley's cloudpickle would send
+    some of it. One exception keeps scripts working as under ``fork``: a class or function
+    of the script (``__main__``), which ``multiprocessing``'s workers find by name, travels by
+    value (volley's pickling), since a volley worker's ``__main__`` is not the script.
+
+    The common path costs one pass of the C pickler (no per-object Python hook, unlike
+    cloudpickle's); a large stream and the out-of-band buffers (numpy arrays) travel out of
+    band, not copied into volley's stream."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list):
+        self.values = values
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        values = self.values
+        buffers: list = []
+        try:
+            data = _std_dumps(values, 5, buffer_callback=buffers.append)
+        except Exception:
+            try:
+                _check_with_script_names(values)
+            except Exception as e:
+                return _Unsendable, (repr(e), _short_repr(values))
+            return _same, (values,)  # the script's own classes or functions: by value
+        stream: Any = pickle.PickleBuffer(data) if len(data) >= _OUT_OF_BAND_MIN else data
+        return _std_loads, (stream, buffers)
+
+
+_std_dumps = pickle.dumps
+# A stream at least this large travels out of band (as volley sends a large bytes value).
+_OUT_OF_BAND_MIN = 4096
+
+
+def _std_loads(stream: Any, buffers: list) -> list:
+    return pickle.loads(stream, buffers=buffers)
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _short_repr(x: Any) -> str:
+    try:
+        return reprlib.repr(x)
+    except Exception as e:
+        return f"<{type(x).__name__} whose repr() raised {type(e).__name__}>"
+
+
+class _ScriptNamesPickler(pickle.Pickler):
+    """The standard pickler, except that a class or function of the script (``__main__``,
+    not local: the names a forked ``multiprocessing`` worker finds) passes; used only to check
+    what the C pickler refused."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, (type, types.FunctionType))
+            and getattr(obj, "__module__", None) == "__main__"
+            and "<" not in getattr(obj, "__qualname__", "<")
+        ):
+            return str, ("",)
+        return NotImplemented
+
+
+def _check_with_script_names(values: list) -> None:
+    """Raises what keeps ``values`` from travelling as ``multiprocessing`` sends results."""
+    _ScriptNamesPickler(io.BytesIO(), 5, buffer_callback=_discard).dump(values)
+
+
+def _discard(buffer: Any) -> None:
+    """An out-of-band buffer the check leaves alone (returns None: not copied in band)."""
+
+
+class _Unsendable:
+    """Stands for results the worker could not send: becomes the chunk's error in the driver."""
+
+    def __init__(self, exc: str, value: str):
+        self.exc, self.value = exc, value
+
+    def error(self) -> BaseException:
+        err = _mp_pool.MaybeEncodingError.__new__(_mp_pool.MaybeEncodingError)
+        Exception.__init__(err, self.exc, self.value)
+        err.exc, err.value = self.exc, self.value
+        return err
+
+
 def _remote_error(e: BaseException, name: str) -> BaseException:
     """``e`` as a value that travels back: a ``TaskError`` of ``e``'s class with the remote
     traceback (``SystemExit`` and ``KeyboardInterrupt`` too), from the user's function on."""
@@ -180,6 +278,8 @@ def _pool_chunk(
                 _pools.popitem(last=False)
         else:
             _pools.move_to_end(pool_id)
+        if fn is None:  # the pool's start: only the initializer
+            return out, None
         f = _shared_globals(fn, state.globals)
         if call:
             args, kwds = work
@@ -201,7 +301,7 @@ def _pool_chunk(
                 retire_worker()  # exits after sending this result
             except RuntimeError:
                 pass  # not in a worker process (cannot happen for a task)
-    return out, error
+    return (_Results(out) if out else out), error
 
 
 _chunk_task = remote(max_retries=0)(_pool_chunk)
@@ -258,9 +358,10 @@ class Pool:
     """A drop-in for ``multiprocessing.Pool`` whose work runs as volley tasks.
 
     ``processes`` (default: the cluster's CPUs) is how many chunks run at once;
-    ``initializer(*initargs)`` runs once in each worker process before the pool's first chunk
-    there; ``maxtasksperchild`` retires a worker process after that many of the pool's chunks;
-    ``context`` is accepted and ignored. An idle pool holds no CPU.
+    ``initializer(*initargs)`` runs when the pool opens, in ``processes`` worker processes, and
+    in any other worker process before the pool's first chunk there; ``maxtasksperchild``
+    retires a worker process after that many of the pool's chunks; ``context`` is accepted and
+    ignored. An idle pool holds no CPU.
 
     >>> from volley.multiprocessing import Pool
     >>> with Pool(2) as p:
@@ -303,6 +404,32 @@ class Pool:
         self._starting = 0  # slots taken by the feeder for a chunk not yet submitted
         self._feeder: threading.Thread | None = None
         self._state = "RUN"
+        if initializer is not None:
+            self._start_processes()
+
+    def _start_processes(self) -> None:
+        """Runs the initializer now in ``processes`` worker processes, as ``multiprocessing``
+        starts its processes (each runs it before its first task): a pool closed with no work
+        has run it too. Once per (process, pool): these chunks run it where it has not run,
+        as any chunk of the pool does, and hold a slot each until they end, so the pool's
+        first calls start after them (as in ``multiprocessing``). If it raises, the error is
+        printed here, and the calls whose chunks meet it again fail with it."""
+        result = ApplyResult(self._processes, None, self._initializer_failed)
+        work = iter([(i, None, None) for i in range(self._processes)])
+        task = _chunk_task.options(num_cpus=self._cpus)
+        src = _Source(result, task, None, "pool initializer", False, True, work, lazy=False)
+        src.total = self._processes
+        self._add(src)
+
+    def _initializer_failed(self, error: BaseException) -> None:
+        if self._state == "TERMINATE":  # the start was cut short: nothing failed
+            return
+        print(
+            f"volley: the initializer of {self!r} raised {type(error).__name__}: {error}\n"
+            "(it runs again before the pool's first chunk in each process; calls whose chunks "
+            "meet the error fail with it)",
+            file=sys.stderr,
+        )
 
     def __repr__(self) -> str:
         return f"<volley.multiprocessing.Pool state={self._state} pool_size={self._processes}>"
@@ -449,7 +576,7 @@ class Pool:
             ref = src.task.remote(
                 self._id,
                 self._init_ref,
-                self._maxtasks,
+                self._maxtasks if src.fn is not None else None,  # the start's chunks: not counted
                 src.fn,
                 work,
                 src.star,
@@ -475,6 +602,10 @@ class Pool:
             results, error = f.result()
         except BaseException as e:  # the chunk itself failed: a crash, a cancel, pickling...
             results, error = [], e
+        if type(results) is _Unsendable:
+            results, error = [], results.error()
+        elif type(results) is _Results:  # not pickled (the chunk ran in this process)
+            results = results.values
         if error is not None:
             error = _pool_error(error)
         try:
