@@ -28,8 +28,8 @@ What a pool process means for the script stays as in ``multiprocessing``:
   (worker process, pool) in general: a chunk that lands in a process where it has not run
   (a per-process registry keyed by the pool's id) runs it first. The script's own
   (``__main__``) functions of one pool share their globals in that process as they do after a
-  fork, so what the initializer sets is seen by the functions that
-  run later; each pool has its own namespace.
+  fork, so what the initializer sets is seen by the functions that run later; each pool has its
+  own namespace.
 - ``maxtasksperchild=N``: after the N-th chunk of the pool in a worker process, that process
   retires: it sends the chunk's result, then exits cleanly; the node gives it no more work, takes
   back what was queued behind it (no retry used) and starts a replacement (``_core.
@@ -301,7 +301,16 @@ def _pool_chunk(
                 retire_worker()  # exits after sending this result
             except RuntimeError:
                 pass  # not in a worker process (cannot happen for a task)
-    return (_Results(out) if out else out), error
+    return (out if _plain(out) else _Results(out)), error
+
+
+# Results of these types need no check (the standard pickler takes them) nor the wrapper's cost.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain(out: list) -> bool:
+    """Whether ``out`` is a few values of plain types (an ``apply``'s number, say)."""
+    return len(out) <= 8 and all(type(v) in _PLAIN for v in out)
 
 
 _chunk_task = remote(max_retries=0)(_pool_chunk)
