@@ -10,6 +10,8 @@ except for ``po``):
 - ``pa``: 300 sequential ``apply`` of a no-op;
 - ``pd``: ``map`` over 20,000 items, each returning a small dict (the results' pickling counts);
 - ``pn``: ``map`` over 8 items, each returning an 8 MB float64 array;
+- ``pi``: ``imap`` over 2,000 items one at a time, each returning a small dict (a chunk's fixed
+  costs count);
 - ``po``: open ``Pool(2, initializer)``, ``map`` over 2 items, ``close``, ``join``.
 
 ``--base DIR`` adds a column for the volley package under DIR (a ``python/`` folder holding
@@ -70,6 +72,9 @@ def pd():
 def pn():
     return timed(lambda p: p.map(array, range(8), chunksize=1))
 
+def pi():
+    return timed(lambda p: list(p.imap(record, range(2000))))
+
 def po():
     t = time.perf_counter()
     p = Pool(2, initializer=noop)
@@ -78,7 +83,7 @@ def po():
     p.join()
     return time.perf_counter() - t
 
-rows = {"pm": pm, "pa": pa, "pd": pd, "pn": pn, "po": po}
+rows = {"pm": pm, "pa": pa, "pd": pd, "pn": pn, "pi": pi, "po": po}
 for f in rows.values():
     f()
 print(json.dumps({k: statistics.median(f() for _ in range(3)) for k, f in rows.items()}))
@@ -86,7 +91,7 @@ if SYSTEM != "mp":
     volley.shutdown()
 """
 
-ROWS = ["pm", "pa", "pd", "pn", "po"]
+ROWS = ["pm", "pa", "pd", "pn", "pi", "po"]
 
 
 def run_one(system: str, pythonpath: str | None) -> dict:
