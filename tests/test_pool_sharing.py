@@ -24,7 +24,7 @@ import threading
 import time
 
 import pytest
-from conftest import poll
+from conftest import poll, proc_state
 
 import volley
 from volley.futures import Executor
@@ -141,18 +141,37 @@ def test_maxtasksperchild_retires_the_process_after_n_chunks_of_the_pool():
     assert len(set(pids)) == 4  # each process ran one chunk of this pool, then left
 
 
-def deaf_sleep(s):
+def deaf_sleep(path, s):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminate()'s interrupt is not heard
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(s)
     return s
 
 
-def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
+def marked_sleep(path, s):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(s)
+    return s
+
+
+def pid_in(path):
+    try:
+        with open(path) as f:
+            return int(f.read() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt(tmp_path):
     p = Pool(2)
-    deaf = p.apply_async(deaf_sleep, (600,))
-    running = p.apply_async(time.sleep, (600,))
+    deaf_at, heard_at = str(tmp_path / "deaf"), str(tmp_path / "heard")
+    deaf = p.apply_async(deaf_sleep, (deaf_at, 600))
+    running = p.apply_async(marked_sleep, (heard_at, 600))
     r = p.map_async(sleepy_square, range(100), chunksize=1)
-    time.sleep(1.0)  # deaf and running are running, the map waits
+    assert poll(lambda: pid_in(deaf_at) and pid_in(heard_at), timeout=60), "chunks did not start"
+    deaf_pid, heard_pid = pid_in(deaf_at), pid_in(heard_at)
     p.terminate()
     done = threading.Event()
     threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
@@ -161,6 +180,12 @@ def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
     for res in (r, deaf, running):
         with pytest.raises(volley.VolleyError, match="terminated"):
             res.get(timeout=10)
+    # The process of the chunk that ignored the interrupt was killed, as multiprocessing's
+    # terminate() kills its processes; the one that heard it stopped its chunk and lives on
+    # (a shared volley worker, ready for other work).
+    gone = poll(lambda: proc_state(deaf_pid) in (None, "Z"), timeout=30)
+    assert gone, f"the process {deaf_pid} of the deaf chunk still runs after join()"
+    assert proc_state(heard_pid) not in (None, "Z")
 
 
 # --------------------------------------------------------------------------- bug 9
@@ -464,3 +489,87 @@ def test_terminate_while_the_initializer_runs_ends_join_silently(capfd):
     threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
     assert done.wait(45), "join() after terminate() hung on the initializer's chunks"
     assert "initializer" not in capfd.readouterr().err
+
+
+def bad_pow(a, b):
+    if a == 3:
+        raise ValueError("three")
+    return a**b
+
+
+def test_starmap_async_callbacks_and_a_callback_that_raises(capfd):
+    with Pool(2) as p:
+        values, errors = [], []
+        r = p.starmap_async(
+            bad_pow, [(1, 2), (3, 2), (2, 2)], callback=values.append, error_callback=errors.append
+        )
+        with pytest.raises(ValueError, match="three") as info:
+            r.get(timeout=30)
+        # The error callback got the call's error, of its own class, before get() returned.
+        assert values == [] and errors == [info.value]
+        assert isinstance(info.value.__cause__, mp_pool.RemoteTraceback)
+        assert not r.successful()
+        r = p.starmap_async(pow, [(2, 3)], callback=values.append, error_callback=errors.append)
+        assert r.get(timeout=30) == [8] and values == [[8]] and len(errors) == 1
+
+        # A callback that raises is reported; the call still has its value and the pool goes
+        # on (multiprocessing's result thread dies of it, and every later call hangs).
+        def bad_callback(v):
+            raise ZeroDivisionError("in the callback")
+
+        r = p.starmap_async(pow, [(1, 2), (3, 2)], callback=bad_callback)
+        assert r.get(timeout=30) == [1, 9]
+        assert p.starmap(pow, [(2, 2)]) == [4]
+    err = capfd.readouterr().err
+    assert "callback raised ZeroDivisionError: in the callback" in err, err
+
+
+def runs_script(tmp_path, body):
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+@pytest.mark.parametrize("left", ["with", "open"])
+def test_a_script_ending_while_its_pool_runs_work_exits_and_its_chunks_stop(tmp_path, left):
+    # `with Pool() as p` terminates at the block's end, as multiprocessing's does; a pool left
+    # open goes with volley at exit. Neither waits for the 600-s chunk.
+    marker = tmp_path / "pid"
+    out = runs_script(
+        tmp_path,
+        "import os, time\n"
+        "from volley.multiprocessing import Pool\n"
+        "def work(path):\n"
+        "    with open(path, 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "def wait_for(path):\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while not os.path.exists(path) or not open(path).read():\n"
+        "        assert time.monotonic() < deadline, 'the chunk did not start'\n"
+        "        time.sleep(0.02)\n"
+        "if __name__ == '__main__':\n"
+        + (
+            "    with Pool(2) as p:\n"
+            f"        r = p.apply_async(work, ({str(marker)!r},))\n"
+            f"        wait_for({str(marker)!r})\n"
+            "    try:\n"
+            "        r.get(timeout=30)\n"
+            "    except Exception as e:\n"
+            "        print('terminated' in str(e))\n"
+            if left == "with"
+            else "    p = Pool(2)\n"
+            f"    r = p.apply_async(work, ({str(marker)!r},))\n"
+            f"    wait_for({str(marker)!r})\n"
+            "    print(True)\n"
+        ),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True", out.stdout
+    assert "Traceback" not in out.stderr, out.stderr
+    pid = pid_in(marker)
+    gone = poll(lambda: proc_state(pid) in (None, "Z"), timeout=30)
+    assert gone, f"the chunk's process {pid} outlived the script"
