@@ -11,6 +11,7 @@ and one that runs the standard library's own Pool are skipped, with the reason n
 ``tests/test_multiprocessing.py`` where there is behaviour to check.
 
     .venv/bin/python -m pytest tests/peers/test_cpython_pool.py
+    VOLLEY_TEST_CLUSTER=1 .venv/bin/python -m pytest tests/peers/test_cpython_pool.py
 """
 
 from __future__ import annotations
@@ -28,13 +29,7 @@ cpython = pytest.importorskip(
     "test._test_multiprocessing", reason="CPython's test package is not installed"
 )
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # The test classes travel to the workers (``p.apply(self._test_traceback)``) by reference,
-    # as ``test_cpython_pool``: importable by this machine's workers, not by a cluster's nodes
-    # (there tests/ is the working_dir, where this file is ``peers.test_cpython_pool``).
-    pytest.mark.one_node("the test classes are importable by this machine's workers only"),
-]
+pytestmark = [pytest.mark.timeout(60)]
 
 VolleyPool = volley.multiprocessing.Pool
 
@@ -117,3 +112,19 @@ class TestStdinBadfiledescriptor(cpython.TestStdinBadfiledescriptor):
     test_flushing = None
     # test_pool_in_process: volley's Pool in a fork-started child of this volley process (the
     # child starts a volley of its own: docs/processes.md).
+
+
+# The test classes travel to the workers (``p.apply(self._test_traceback)``) by reference, so
+# that tracebacks show CPython's source lines (and the classes' state, such as a running pool,
+# stays here). On one machine the workers import this file as ``test_cpython_pool``; a test
+# cluster's nodes import it as ``peers.test_cpython_pool`` (tests/ is their working_dir), so
+# there the classes go by that name.
+def _named_for_the_nodes(name: str = "peers.test_cpython_pool") -> None:
+    sys.modules.setdefault(name, sys.modules[__name__])
+    for cls in [v for v in globals().values() if isinstance(v, type)]:
+        if cls.__module__ == __name__:
+            cls.__module__ = name
+
+
+if getattr(sys.modules.get("conftest"), "CLUSTER_MODE", False):
+    _named_for_the_nodes()
