@@ -9,6 +9,8 @@ except for ``po``):
 - ``pm``: ``map`` of a no-op over 100,000 items (default chunksize);
 - ``pa``: 300 sequential ``apply`` of a no-op;
 - ``pd``: ``map`` over 20,000 items, each returning a small dict (the results' pickling counts);
+- ``pc``: ``map`` over 20,000 items, each returning an instance of the script's own dataclass
+  (a class of ``__main__``: volley sends it by value);
 - ``pn``: ``map`` over 8 items, each returning an 8 MB float64 array;
 - ``pi``: ``imap`` over 2,000 items one at a time, each returning a small dict (a chunk's fixed
   costs count);
@@ -39,7 +41,16 @@ else:
     import volley
     volley.init(num_cpus=2)
     from volley.multiprocessing import Pool
+import dataclasses
 import numpy as np
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+def point(i):
+    return Point(i, i / 2)
 
 def noop(x=None):
     return None
@@ -69,6 +80,9 @@ def pa():
 def pd():
     return timed(lambda p: p.map(record, range(20_000)))
 
+def pc():
+    return timed(lambda p: p.map(point, range(20_000)))
+
 def pn():
     return timed(lambda p: p.map(array, range(8), chunksize=1))
 
@@ -83,7 +97,7 @@ def po():
     p.join()
     return time.perf_counter() - t
 
-rows = {"pm": pm, "pa": pa, "pd": pd, "pn": pn, "pi": pi, "po": po}
+rows = {"pm": pm, "pa": pa, "pd": pd, "pc": pc, "pn": pn, "pi": pi, "po": po}
 for f in rows.values():
     f()
 print(json.dumps({k: statistics.median(f() for _ in range(3)) for k, f in rows.items()}))
@@ -91,7 +105,7 @@ if SYSTEM != "mp":
     volley.shutdown()
 """
 
-ROWS = ["pm", "pa", "pd", "pn", "pi", "po"]
+ROWS = ["pm", "pa", "pd", "pc", "pn", "pi", "po"]
 
 
 def run_one(system: str, pythonpath: str | None) -> dict:

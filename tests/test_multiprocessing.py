@@ -213,7 +213,7 @@ def test_a_script_written_for_multiprocessing_runs_after_the_import_swap(tmp_pat
                 with Pool(2, initializer=init, initargs=(1000,)) as pool:
                     print(sum(pool.map(work, range(100))))
                     print(sorted(pool.imap_unordered(work, range(3))))
-                    print(pool.map(point, range(2)), pool.apply(point, (5,)).x)
+                    print(pool.map(point, range(2)), type(pool.apply(point, (5,))) is Point)
                     try:
                         pool.apply(a_lambda, (1,))
                     except MaybeEncodingError:
@@ -229,5 +229,5 @@ def test_a_script_written_for_multiprocessing_runs_after_the_import_swap(tmp_pat
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == [str(sum(x * 2 + 1000 for x in range(100))),
                                           "[1000, 1002, 1004]",
-                                          "[Point(x=0), Point(x=1)] 5",
+                                          "[Point(x=0), Point(x=1)] True",
                                           "MaybeEncodingError"]  # fmt: skip

@@ -153,11 +153,12 @@ class _Results:
     function, a lock), as in ``multiprocessing``, although volley's cloudpickle would send
     some of it. One exception keeps scripts working as under ``fork``: a class or function
     of the script (``__main__``), which ``multiprocessing``'s workers find by name, travels by
-    value (volley's pickling), since a volley worker's ``__main__`` is not the script.
+    value (cloudpickle's), since a volley worker's ``__main__`` is not the script.
 
     The common path costs one pass of the C pickler (no per-object Python hook, unlike
-    cloudpickle's); a large stream and the out-of-band buffers (numpy arrays) travel out of
-    band, not copied into volley's stream."""
+    cloudpickle's); results holding the script's own classes take a second pass with such a
+    hook (as cloudpickle's). A large stream and the out-of-band buffers (numpy arrays) travel
+    out of band, not copied into volley's stream."""
 
     __slots__ = ("values",)
 
@@ -170,11 +171,13 @@ class _Results:
         try:
             data = _std_dumps(values, 5, buffer_callback=buffers.append)
         except Exception:
+            buffers = []
+            f = io.BytesIO()
             try:
-                _check_with_script_names(values)
+                _ScriptNamesPickler(f, 5, buffer_callback=buffers.append).dump(values)
             except Exception as e:
                 return _Unsendable, (repr(e), _short_repr(values))
-            return _same, (values,)  # the script's own classes or functions: by value
+            data = f.getvalue()
         stream: Any = pickle.PickleBuffer(data) if len(data) >= _OUT_OF_BAND_MIN else data
         if not buffers:  # (a builtin travels by name more cheaply than a function of this file)
             return pickle.loads, (stream,)
@@ -190,10 +193,6 @@ def _std_loads(stream: Any, buffers: list) -> list:
     return pickle.loads(stream, buffers=buffers)
 
 
-def _same(x: Any) -> Any:
-    return x
-
-
 def _short_repr(x: Any) -> str:
     try:
         return reprlib.repr(x)
@@ -202,9 +201,9 @@ def _short_repr(x: Any) -> str:
 
 
 class _ScriptNamesPickler(pickle.Pickler):
-    """The standard pickler, except that a class or function of the script (``__main__``,
-    not local: the names a forked ``multiprocessing`` worker finds) passes; used only to check
-    what the C pickler refused."""
+    """The standard pickler, except that a class or function of the script (``__main__``, not
+    local: the names a forked ``multiprocessing`` worker finds) travels by value, pickled by
+    cloudpickle (once per stream: the pickler memoizes it)."""
 
     def reducer_override(self, obj: Any) -> Any:
         if (
@@ -212,17 +211,10 @@ class _ScriptNamesPickler(pickle.Pickler):
             and getattr(obj, "__module__", None) == "__main__"
             and "<" not in getattr(obj, "__qualname__", "<")
         ):
-            return str, ("",)
+            import cloudpickle  # loaded already: volley pickles with it in every worker
+
+            return pickle.loads, (cloudpickle.dumps(obj, protocol=5),)
         return NotImplemented
-
-
-def _check_with_script_names(values: list) -> None:
-    """Raises what keeps ``values`` from travelling as ``multiprocessing`` sends results."""
-    _ScriptNamesPickler(io.BytesIO(), 5, buffer_callback=_discard).dump(values)
-
-
-def _discard(buffer: Any) -> None:
-    """An out-of-band buffer the check leaves alone (returns None: not copied in band)."""
 
 
 class _Unsendable:
