@@ -573,3 +573,44 @@ def test_a_script_ending_while_its_pool_runs_work_exits_and_its_chunks_stop(tmp_
     pid = pid_in(marker)
     gone = poll(lambda: proc_state(pid) in (None, "Z"), timeout=30)
     assert gone, f"the chunk's process {pid} outlived the script"
+
+
+def test_ctrl_c_while_a_script_waits_on_its_pool_ends_the_script_and_its_chunks(tmp_path):
+    # Ctrl-C in `pool.map` inside `with Pool() as p`: the KeyboardInterrupt comes out of map(),
+    # the block's exit terminates the pool, and the script ends (multiprocessing's does too).
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from volley.multiprocessing import Pool\n"
+        "def work(folder):\n"
+        "    with open(os.path.join(folder, str(os.getpid())), 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored\n"
+        "    with Pool(2) as p:\n"
+        "        p.map(work, [sys.argv[1]] * 4, chunksize=1)\n"
+    )
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = poll(lambda: len(list(folder.iterdir())) >= 2, timeout=60)
+        assert started, "the pool's chunks did not start"
+        pids = [int(p.name) for p in folder.iterdir()]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, (proc.returncode, err)
+    for pid in pids:
+        gone = poll(lambda pid=pid: proc_state(pid) in (None, "Z"), timeout=30)
+        assert gone, f"the chunk's process {pid} outlived the interrupted script"
