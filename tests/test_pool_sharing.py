@@ -614,3 +614,40 @@ def test_ctrl_c_while_a_script_waits_on_its_pool_ends_the_script_and_its_chunks(
     for pid in pids:
         gone = poll(lambda pid=pid: proc_state(pid) in (None, "Z"), timeout=30)
         assert gone, f"the chunk's process {pid} outlived the interrupted script"
+
+
+def test_a_blocked_callback_holds_up_neither_another_pool_nor_plain_futures():
+    # Callbacks run in their pool's own thread (multiprocessing's result thread), not in the
+    # thread that completes every volley future of the process.
+    release = threading.Event()
+    with Pool(2) as a, Pool(2) as b:
+        blocked = a.apply_async(square, (2,), callback=lambda v: release.wait(60))
+        try:
+            assert b.map_async(square, range(4)).get(timeout=30) == [0, 1, 4, 9]
+            assert remote_square.remote(5).future().result(timeout=30) == 25
+            # The same pool's calls without callbacks are delivered too.
+            assert a.apply_async(square, (3,)).get(timeout=30) == 9
+            assert not blocked.ready()  # its callback has not returned yet
+        finally:
+            release.set()
+        assert blocked.get(timeout=30) == 4
+
+
+def test_a_callback_waiting_on_its_own_pool(capfd):
+    with Pool(2) as p:
+        got, later = [], []
+        # On a call without callbacks: delivered at once, so this works (multiprocessing hangs).
+        r = p.apply_async(square, (2,), callback=lambda v: got.append(p.apply(square, (v,))))
+        assert r.get(timeout=30) == 4 and got == [16]
+
+        # On a call that has a callback: it could never run (callbacks run one at a time), so
+        # the wait raises instead of hanging, and the error is reported.
+        def waits_on_a_call_with_a_callback(v):
+            got.append(p.apply_async(square, (v,), callback=later.append).get(timeout=60))
+
+        r = p.apply_async(square, (3,), callback=waits_on_a_call_with_a_callback)
+        assert r.get(timeout=30) == 9
+        assert got == [16]
+        assert poll(lambda: later == [81], timeout=30), "the inner call's callback did not run"
+    err = capfd.readouterr().err
+    assert "callback raised RuntimeError: a callback of the pool waits" in err, err

@@ -47,10 +47,14 @@ What a pool process means for the script stays as in ``multiprocessing``:
   consumer (all of it once the pool is closed, so ``join`` finishes), and an error raised by the
   input comes out of ``next()`` at its place.
 
-Differences a script may notice: callbacks run in a volley thread rather than the pool's result
-thread; a worker process that dies makes the call it was running fail with
-``volley.WorkerCrashedError`` (``multiprocessing`` hangs); pool processes are volley's shared
-workers, so ``os.getpid()`` in a task does not tell the pool's processes apart from other work's.
+Callbacks run in the pool's own callback thread, one at a time, as in ``multiprocessing``'s
+result thread (a callback may wait on a call of its pool that has no callback; waiting on one
+that has raises ``RuntimeError`` where ``multiprocessing`` hangs).
+
+Differences a script may notice: a worker process that dies makes the call it was running fail
+with ``volley.WorkerCrashedError`` (``multiprocessing`` hangs); pool processes are volley's
+shared workers, so ``os.getpid()`` in a task does not tell the pool's processes apart from other
+work's.
 """
 
 from __future__ import annotations
@@ -414,6 +418,7 @@ class Pool:
         self._inflight: dict[Any, tuple[_Source, int]] = {}  # ref -> (its call, chunk index)
         self._starting = 0  # slots taken by the feeder for a chunk not yet submitted
         self._feeder: threading.Thread | None = None
+        self._callbacks = _Callbacks()
         self._state = "RUN"
         if initializer is not None:
             self._start_processes()
@@ -682,6 +687,8 @@ class Pool:
         task, fn, name = self._task_for(func)
         result = ApplyResult(1, callback, error_callback, single=True)
         result._lending = self._lending
+        if callback is not None or error_callback is not None:
+            result._callbacks = self._callbacks
         work = (tuple(args), dict(kwds or {}))
         src = _Source(result, task, fn, name, False, True, iter([(0, work, None)]), lazy=False)
         src.total = 1
@@ -712,6 +719,8 @@ class Pool:
         del items
         result = MapResult(len(chunks), callback, error_callback)
         result._lending = self._lending
+        if callback is not None or error_callback is not None:
+            result._callbacks = self._callbacks
         fn_ref = put(fn) if len(chunks) > 1 else fn
         src = _Source(result, task, fn_ref, name, star, False, _chunks_of(chunks), lazy=False)
         src.total = len(chunks)
@@ -930,11 +939,53 @@ def _pool_error(e: BaseException) -> BaseException:
     return original_error(e, _mp_pool.RemoteTraceback)
 
 
+class _Callbacks:
+    """A pool's callback thread, as ``multiprocessing``'s result thread: the calls' callbacks
+    run there one at a time, in the order the calls finish, not in volley's thread that
+    completes every future of the process (where a slow callback held up every other pool's
+    results, and a callback waiting on its own pool hung). The thread ends after a second
+    without work and starts again with the next callback."""
+
+    _IDLE_S = 1.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            self._queue.append(fn)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="volley-pool-callbacks", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(self._IDLE_S)
+                if not self._queue:
+                    self._thread = None
+                    return
+                fn = self._queue.popleft()
+            fn()
+
+
 class ApplyResult:
     """The result of ``apply_async`` (and the base of :class:`MapResult`)."""
 
     # Its pool's: waiting inside a task lends the task's CPU to the pool's chunks.
     _lending: Callable[[], Any] = contextlib.nullcontext
+    # Its pool's callback thread, where it has a callback.
+    _callbacks: _Callbacks | None = None
 
     def __init__(
         self,
@@ -966,7 +1017,7 @@ class ApplyResult:
             if done:
                 self._left = 0
         if done:
-            self._finish()
+            self._deliver()
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
@@ -974,7 +1025,13 @@ class ApplyResult:
                 return
             self._error = error
             self._left = 0
-        self._finish()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._callbacks is None:
+            self._finish()
+        else:
+            self._callbacks.run(self._finish)
 
     def _finish(self) -> None:
         # Callbacks first, then waiters wake (as in multiprocessing).
@@ -984,7 +1041,7 @@ class ApplyResult:
                     self._error_callback(self._error)
             elif self._callback is not None:
                 self._callback(self._value())
-        except Exception as e:  # a callback's error must not kill the volley thread
+        except Exception as e:  # a callback's error must not kill the thread
             print(f"volley: a pool callback raised {type(e).__name__}: {e}", file=sys.stderr)
         finally:
             self._event.set()
@@ -1007,6 +1064,13 @@ class ApplyResult:
     def wait(self, timeout: float | None = None) -> None:
         """Waits until it has finished, or ``timeout`` seconds."""
         if not self._event.is_set():
+            if self._callbacks is not None and self._callbacks.in_thread():
+                raise RuntimeError(
+                    "a callback of the pool waits for a call of the same pool that has a "
+                    "callback: the pool's callbacks run one at a time, so that call's could "
+                    "never run (multiprocessing hangs here); wait for a call without callbacks, "
+                    "or outside the callback"
+                )
             with self._lending():
                 self._event.wait(timeout)
 
