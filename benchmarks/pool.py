@@ -14,6 +14,8 @@ except for ``po``):
 - ``pn``: ``map`` over 8 items, each returning an 8 MB float64 array;
 - ``pi``: ``imap`` over 2,000 items one at a time, each returning a small dict (a chunk's fixed
   costs count);
+- ``pb``: 3,000 ``apply_async`` with a callback, then wait for all;
+- ``ps``: 200 sequential ``apply_async(callback=...).get()`` (a callback's hand-off counts);
 - ``po``: open ``Pool(2, initializer)``, ``map`` over 2 items, ``close``, ``join``.
 
 ``--base DIR`` adds a column for the volley package under DIR (a ``python/`` folder holding
@@ -89,6 +91,17 @@ def pn():
 def pi():
     return timed(lambda p: list(p.imap(record, range(2000))))
 
+def pb():
+    def body(p):
+        got = []
+        for r in [p.apply_async(noop, (i,), callback=got.append) for i in range(3000)]:
+            r.wait()
+        assert len(got) == 3000
+    return timed(body)
+
+def ps():
+    return timed(lambda p: [p.apply_async(noop, (i,), callback=noop).get() for i in range(200)])
+
 def po():
     t = time.perf_counter()
     p = Pool(2, initializer=noop)
@@ -97,7 +110,7 @@ def po():
     p.join()
     return time.perf_counter() - t
 
-rows = {"pm": pm, "pa": pa, "pd": pd, "pc": pc, "pn": pn, "pi": pi, "po": po}
+rows = {"pm": pm, "pa": pa, "pd": pd, "pc": pc, "pn": pn, "pi": pi, "pb": pb, "ps": ps, "po": po}
 for f in rows.values():
     f()
 print(json.dumps({k: statistics.median(f() for _ in range(3)) for k, f in rows.items()}))
@@ -105,7 +118,7 @@ if SYSTEM != "mp":
     volley.shutdown()
 """
 
-ROWS = ["pm", "pa", "pd", "pc", "pn", "pi", "po"]
+ROWS = ["pm", "pa", "pd", "pc", "pn", "pi", "pb", "ps", "po"]
 
 
 def run_one(system: str, pythonpath: str | None) -> dict:
