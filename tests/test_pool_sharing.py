@@ -250,9 +250,27 @@ def test_an_input_error_surfaces_at_next_not_at_the_imap_call():
         assert [next(it) for _ in range(3)] == [0, 1, 4]
         with pytest.raises(InputBroke):
             next(it)
+        assert list(it) == []  # the input's error ends the results, as in multiprocessing
         it = p.imap_unordered(square, _breaks_at(0))
         with pytest.raises(InputBroke):
             next(it)
+        # In chunks of 2: the items read into the chunk the error broke are lost with it (as
+        # in multiprocessing, whose task generator raises at the same place).
+        it = p.imap(square, _breaks_at(5), chunksize=2)
+        assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+        with pytest.raises(InputBroke):
+            next(it)
+        assert list(it) == []
+        it = p.imap_unordered(square, _breaks_at(5), chunksize=2)
+        got, errors = [], 0
+        while True:
+            try:
+                got.append(next(it))
+            except InputBroke:
+                errors += 1
+            except StopIteration:
+                break
+        assert sorted(got) == [0, 1, 4, 9] and errors == 1
 
 
 def test_an_imap_dropped_unread_does_not_hold_up_join():
