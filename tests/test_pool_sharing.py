@@ -14,6 +14,7 @@ Issue 21: a result the standard pickler refuses is a ``MaybeEncodingError`` (as 
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 import multiprocessing.pool as mp_pool
 import os
 import pickle
@@ -661,7 +662,10 @@ def test_a_callback_waiting_on_its_own_pool(capfd):
         # On a call that has a callback: it could never run (callbacks run one at a time), so
         # the wait raises instead of hanging, and the error is reported.
         def waits_on_a_call_with_a_callback(v):
-            got.append(p.apply_async(square, (v,), callback=later.append).get(timeout=60))
+            inner = p.apply_async(square, (v,), callback=later.append)
+            with pytest.raises(mp.TimeoutError):
+                inner.get(timeout=0)  # a poll with a timeout times out
+            got.append(inner.get())
 
         r = p.apply_async(square, (3,), callback=waits_on_a_call_with_a_callback)
         assert r.get(timeout=30) == 9

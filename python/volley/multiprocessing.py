@@ -1064,7 +1064,8 @@ class ApplyResult:
     def wait(self, timeout: float | None = None) -> None:
         """Waits until it has finished, or ``timeout`` seconds."""
         if not self._event.is_set():
-            if self._callbacks is not None and self._callbacks.in_thread():
+            if timeout is None and self._callbacks is not None and self._callbacks.in_thread():
+                # (With a timeout, it times out: a poll such as get(timeout=0) is fine.)
                 raise RuntimeError(
                     "a callback of the pool waits for a call of the same pool that has a "
                     "callback: the pool's callbacks run one at a time, so that call's could "
