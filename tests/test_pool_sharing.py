@@ -539,8 +539,18 @@ def test_starmap_async_callbacks_and_a_callback_that_raises(capfd):
         r = p.starmap_async(pow, [(1, 2), (3, 2)], callback=bad_callback)
         assert r.get(timeout=30) == [1, 9]
         assert p.starmap(pow, [(2, 2)]) == [4]
+
+        # Even SystemExit: the pool's callback thread goes on with the next callbacks.
+        def exits(v):
+            raise SystemExit(3)
+
+        r = p.starmap_async(pow, [(1, 2)], callback=exits)
+        assert r.get(timeout=30) == [1]
+        r = p.starmap_async(pow, [(2, 5)], callback=values.append)
+        assert r.get(timeout=30) == [32] and values[-1] == [32]
     err = capfd.readouterr().err
     assert "callback raised ZeroDivisionError: in the callback" in err, err
+    assert "callback raised SystemExit: 3" in err, err
 
 
 def runs_script(tmp_path, body):

@@ -976,7 +976,10 @@ class _Callbacks:
                     self._thread = None
                     return
                 fn = self._queue.popleft()
-            fn()
+            try:
+                fn()
+            except BaseException as e:  # SystemExit from a callback: the thread must go on
+                print(f"volley: a pool callback raised {type(e).__name__}: {e}", file=sys.stderr)
 
 
 class ApplyResult:
