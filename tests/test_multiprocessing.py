@@ -186,9 +186,21 @@ def test_a_script_written_for_multiprocessing_runs_after_the_import_swap(tmp_pat
         textwrap.dedent(
             """
             from volley.multiprocessing import Pool
+            from multiprocessing.pool import MaybeEncodingError
+            import dataclasses
             import os
 
             COUNTER = None
+
+            @dataclasses.dataclass
+            class Point:  # the script's own class: a forked worker finds it by name
+                x: int
+
+            def point(x):
+                return Point(x)
+
+            def a_lambda(x):
+                return lambda: x
 
             def init(start):
                 global COUNTER
@@ -201,6 +213,11 @@ def test_a_script_written_for_multiprocessing_runs_after_the_import_swap(tmp_pat
                 with Pool(2, initializer=init, initargs=(1000,)) as pool:
                     print(sum(pool.map(work, range(100))))
                     print(sorted(pool.imap_unordered(work, range(3))))
+                    print(pool.map(point, range(2)), type(pool.apply(point, (5,))) is Point)
+                    try:
+                        pool.apply(a_lambda, (1,))
+                    except MaybeEncodingError:
+                        print("MaybeEncodingError")
             """
         )
     )
@@ -210,5 +227,7 @@ def test_a_script_written_for_multiprocessing_runs_after_the_import_swap(tmp_pat
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == [str(sum(x * 2 + 1000 for x in range(100))),
-                                          "[1000, 1002, 1004]"]  # fmt: skip
+    assert out.stdout.split("\n")[:4] == [str(sum(x * 2 + 1000 for x in range(100))),
+                                          "[1000, 1002, 1004]",
+                                          "[Point(x=0), Point(x=1)] True",
+                                          "MaybeEncodingError"]  # fmt: skip

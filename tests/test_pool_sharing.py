@@ -6,11 +6,15 @@
 10. ``imap`` reads its input lazily and reports the input's errors at ``next()``;
 13. errors keep their class (remote traceback as ``__cause__``), ``SystemExit`` in a task comes
     back, an argument that cannot be pickled is a ``pickle.PicklingError``.
+
+Issue 21: a result the standard pickler refuses is a ``MaybeEncodingError`` (as in
+``multiprocessing``); the initializer runs when the pool opens.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 import multiprocessing.pool as mp_pool
 import os
 import pickle
@@ -21,6 +25,7 @@ import threading
 import time
 
 import pytest
+from conftest import poll, proc_state
 
 import volley
 from volley.futures import Executor
@@ -137,18 +142,37 @@ def test_maxtasksperchild_retires_the_process_after_n_chunks_of_the_pool():
     assert len(set(pids)) == 4  # each process ran one chunk of this pool, then left
 
 
-def deaf_sleep(s):
+def deaf_sleep(path, s):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminate()'s interrupt is not heard
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(s)
     return s
 
 
-def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
+def marked_sleep(path, s):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(s)
+    return s
+
+
+def pid_in(path):
+    try:
+        with open(path) as f:
+            return int(f.read() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt(tmp_path):
     p = Pool(2)
-    deaf = p.apply_async(deaf_sleep, (600,))
-    running = p.apply_async(time.sleep, (600,))
+    deaf_at, heard_at = str(tmp_path / "deaf"), str(tmp_path / "heard")
+    deaf = p.apply_async(deaf_sleep, (deaf_at, 600))
+    running = p.apply_async(marked_sleep, (heard_at, 600))
     r = p.map_async(sleepy_square, range(100), chunksize=1)
-    time.sleep(1.0)  # deaf and running are running, the map waits
+    assert poll(lambda: pid_in(deaf_at) and pid_in(heard_at), timeout=60), "chunks did not start"
+    deaf_pid, heard_pid = pid_in(deaf_at), pid_in(heard_at)
     p.terminate()
     done = threading.Event()
     threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
@@ -157,6 +181,12 @@ def test_terminate_then_join_ends_even_a_chunk_that_ignores_the_interrupt():
     for res in (r, deaf, running):
         with pytest.raises(volley.VolleyError, match="terminated"):
             res.get(timeout=10)
+    # The process of the chunk that ignored the interrupt was killed, as multiprocessing's
+    # terminate() kills its processes; the one that heard it stopped its chunk and lives on
+    # (a shared volley worker, ready for other work).
+    gone = poll(lambda: proc_state(deaf_pid) in (None, "Z"), timeout=30)
+    assert gone, f"the process {deaf_pid} of the deaf chunk still runs after join()"
+    assert proc_state(heard_pid) not in (None, "Z")
 
 
 # --------------------------------------------------------------------------- bug 9
@@ -221,9 +251,27 @@ def test_an_input_error_surfaces_at_next_not_at_the_imap_call():
         assert [next(it) for _ in range(3)] == [0, 1, 4]
         with pytest.raises(InputBroke):
             next(it)
+        assert list(it) == []  # the input's error ends the results, as in multiprocessing
         it = p.imap_unordered(square, _breaks_at(0))
         with pytest.raises(InputBroke):
             next(it)
+        # In chunks of 2: the items read into the chunk the error broke are lost with it (as
+        # in multiprocessing, whose task generator raises at the same place).
+        it = p.imap(square, _breaks_at(5), chunksize=2)
+        assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+        with pytest.raises(InputBroke):
+            next(it)
+        assert list(it) == []
+        it = p.imap_unordered(square, _breaks_at(5), chunksize=2)
+        got, errors = [], 0
+        while True:
+            try:
+                got.append(next(it))
+            except InputBroke:
+                errors += 1
+            except StopIteration:
+                break
+        assert sorted(got) == [0, 1, 4, 9] and errors == 1
 
 
 def test_an_imap_dropped_unread_does_not_hold_up_join():
@@ -335,3 +383,303 @@ def test_a_result_that_cannot_be_sent_back_is_a_maybe_encoding_error():
             r.get(timeout=30)
         assert isinstance(got[0], mp_pool.MaybeEncodingError)
         assert p.apply(square, (3,)) == 9
+
+
+# --------------------------------------------------------------------------- issue 21: results and
+# the initializer as multiprocessing has them
+
+
+def returns_a_lambda(x):
+    return lambda: x
+
+
+def returns_a_local_class_instance(x):
+    class Local:
+        pass
+
+    return [x, Local()]
+
+
+def a_lambda_at_3(x):
+    return (lambda: x) if x == 3 else x
+
+
+def test_a_result_the_standard_pickler_refuses_is_a_maybe_encoding_error_as_in_multiprocessing():
+    # volley's cloudpickle would send these; multiprocessing cannot, and its pool says so.
+    with Pool(2) as p:
+        for fn in (returns_a_lambda, returns_a_local_class_instance):
+            got = []
+            r = p.apply_async(fn, (1,), error_callback=got.append)
+            with pytest.raises(mp_pool.MaybeEncodingError) as info:
+                r.get(timeout=30)
+            assert got == [info.value]
+            assert "Can't pickle local object" in info.value.exc, info.value.exc
+            assert info.value.value.startswith("["), info.value.value  # the chunk's results
+        # A map fails as a whole (the chunk with the lambda could not be sent); imap fails at
+        # that chunk and goes on.
+        with pytest.raises(mp_pool.MaybeEncodingError):
+            p.map(a_lambda_at_3, range(6), chunksize=2)
+        it = p.imap(a_lambda_at_3, range(6))
+        assert [next(it) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(mp_pool.MaybeEncodingError):
+            next(it)
+        assert list(it) == [4, 5]
+        assert p.map(square, range(4)) == [0, 1, 4, 9]  # the pool lost nothing
+
+
+def puts_a_value(x):
+    return [volley.put(x * 10)]
+
+
+def an_array(n):
+    import numpy as np
+
+    return np.arange(n, dtype=np.int64)
+
+
+def test_results_holding_refs_and_large_arrays_come_back_whole():
+    # Results travel in the standard pickler's stream inside volley's: a ref in them is still
+    # kept alive by the value, and an array's buffer still travels out of band.
+    with Pool(2) as p:
+        refs = p.map(puts_a_value, range(4), chunksize=1)
+        import gc
+
+        gc.collect()
+        assert volley.get([r[0] for r in refs], timeout=30) == [0, 10, 20, 30]
+        arrays = p.map(an_array, [10, 1_000_000])
+        assert [int(a.sum()) for a in arrays] == [45, 999_999 * 1_000_000 // 2]
+        big = p.map(str, range(20_000))  # a stream larger than the out-of-band threshold
+        assert big == [str(i) for i in range(20_000)]
+
+
+def append_pid(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def test_the_initializer_runs_when_the_pool_opens_even_with_no_work(tmp_path):
+    # As multiprocessing starts its processes (each runs the initializer): a pool closed with
+    # no work has run it (CPython's TestInitializers.test_pool_initializer).
+    one = tmp_path / "one"
+    p = Pool(1, initializer=append_pid, initargs=(str(one),))
+    p.close()
+    p.join()
+    assert len(read_lines(one)) == 1
+    # In `processes` processes at most once each; the chunks after it find it done.
+    two = tmp_path / "two"
+    with Pool(2, initializer=append_pid, initargs=(str(two),)) as q:
+        assert poll(lambda: read_lines(two), timeout=30), "the initializer did not run at start"
+        pids = set(q.map(pid_after, [0.05] * 8, chunksize=1))
+        lines = read_lines(two)
+        assert len(lines) == len(set(lines)), f"it ran twice in a process: {lines}"
+        assert pids <= {int(x) for x in lines}, (pids, lines)
+
+
+def init_fails():
+    raise ValueError("the initializer failed")
+
+
+def test_an_initializer_that_raises_is_reported_and_fails_the_calls(capfd):
+    p = Pool(1, initializer=init_fails)
+    with pytest.raises(ValueError, match="the initializer failed"):
+        p.apply(square, (2,))
+    p.close()
+    p.join()
+    err = capfd.readouterr().err
+    assert "initializer of <volley.multiprocessing.Pool" in err and "ValueError" in err, err
+
+
+def init_sleeps():
+    time.sleep(600)
+
+
+def test_terminate_while_the_initializer_runs_ends_join_silently(capfd):
+    p = Pool(2, initializer=init_sleeps)
+    p.terminate()
+    done = threading.Event()
+    threading.Thread(target=lambda: (p.join(), done.set()), daemon=True).start()
+    assert done.wait(45), "join() after terminate() hung on the initializer's chunks"
+    assert "initializer" not in capfd.readouterr().err
+
+
+def bad_pow(a, b):
+    if a == 3:
+        raise ValueError("three")
+    return a**b
+
+
+def test_starmap_async_callbacks_and_a_callback_that_raises(capfd):
+    with Pool(2) as p:
+        values, errors = [], []
+        r = p.starmap_async(
+            bad_pow, [(1, 2), (3, 2), (2, 2)], callback=values.append, error_callback=errors.append
+        )
+        with pytest.raises(ValueError, match="three") as info:
+            r.get(timeout=30)
+        # The error callback got the call's error, of its own class, before get() returned.
+        assert values == [] and errors == [info.value]
+        assert isinstance(info.value.__cause__, mp_pool.RemoteTraceback)
+        assert not r.successful()
+        r = p.starmap_async(pow, [(2, 3)], callback=values.append, error_callback=errors.append)
+        assert r.get(timeout=30) == [8] and values == [[8]] and len(errors) == 1
+
+        # A callback that raises is reported; the call still has its value and the pool goes
+        # on (multiprocessing's result thread dies of it, and every later call hangs).
+        def bad_callback(v):
+            raise ZeroDivisionError("in the callback")
+
+        r = p.starmap_async(pow, [(1, 2), (3, 2)], callback=bad_callback)
+        assert r.get(timeout=30) == [1, 9]
+        assert p.starmap(pow, [(2, 2)]) == [4]
+
+        # Even SystemExit: the pool's callback thread goes on with the next callbacks.
+        def exits(v):
+            raise SystemExit(3)
+
+        r = p.starmap_async(pow, [(1, 2)], callback=exits)
+        assert r.get(timeout=30) == [1]
+        r = p.starmap_async(pow, [(2, 5)], callback=values.append)
+        assert r.get(timeout=30) == [32] and values[-1] == [32]
+    err = capfd.readouterr().err
+    assert "callback raised ZeroDivisionError: in the callback" in err, err
+    assert "callback raised SystemExit: 3" in err, err
+
+
+def runs_script(tmp_path, body):
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+@pytest.mark.parametrize("left", ["with", "open"])
+def test_a_script_ending_while_its_pool_runs_work_exits_and_its_chunks_stop(tmp_path, left):
+    # `with Pool() as p` terminates at the block's end, as multiprocessing's does; a pool left
+    # open goes with volley at exit. Neither waits for the 600-s chunk.
+    marker = tmp_path / "pid"
+    out = runs_script(
+        tmp_path,
+        "import os, time\n"
+        "from volley.multiprocessing import Pool\n"
+        "def work(path):\n"
+        "    with open(path, 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "def wait_for(path):\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while not os.path.exists(path) or not open(path).read():\n"
+        "        assert time.monotonic() < deadline, 'the chunk did not start'\n"
+        "        time.sleep(0.02)\n"
+        "if __name__ == '__main__':\n"
+        + (
+            "    with Pool(2) as p:\n"
+            f"        r = p.apply_async(work, ({str(marker)!r},))\n"
+            f"        wait_for({str(marker)!r})\n"
+            "    try:\n"
+            "        r.get(timeout=30)\n"
+            "    except Exception as e:\n"
+            "        print('terminated' in str(e))\n"
+            if left == "with"
+            else "    p = Pool(2)\n"
+            f"    r = p.apply_async(work, ({str(marker)!r},))\n"
+            f"    wait_for({str(marker)!r})\n"
+            "    print(True)\n"
+        ),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True", out.stdout
+    assert "Traceback" not in out.stderr, out.stderr
+    pid = pid_in(marker)
+    gone = poll(lambda: proc_state(pid) in (None, "Z"), timeout=30)
+    assert gone, f"the chunk's process {pid} outlived the script"
+
+
+def test_ctrl_c_while_a_script_waits_on_its_pool_ends_the_script_and_its_chunks(tmp_path):
+    # Ctrl-C in `pool.map` inside `with Pool() as p`: the KeyboardInterrupt comes out of map(),
+    # the block's exit terminates the pool, and the script ends (multiprocessing's does too).
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from volley.multiprocessing import Pool\n"
+        "def work(folder):\n"
+        "    with open(os.path.join(folder, str(os.getpid())), 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored\n"
+        "    with Pool(2) as p:\n"
+        "        p.map(work, [sys.argv[1]] * 4, chunksize=1)\n"
+    )
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "VOLLEY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = poll(lambda: len(list(folder.iterdir())) >= 2, timeout=60)
+        assert started, "the pool's chunks did not start"
+        pids = [int(p.name) for p in folder.iterdir()]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, (proc.returncode, err)
+    for pid in pids:
+        gone = poll(lambda pid=pid: proc_state(pid) in (None, "Z"), timeout=30)
+        assert gone, f"the chunk's process {pid} outlived the interrupted script"
+
+
+def test_a_blocked_callback_holds_up_neither_another_pool_nor_plain_futures():
+    # Callbacks run in their pool's own thread (multiprocessing's result thread), not in the
+    # thread that completes every volley future of the process.
+    release = threading.Event()
+    with Pool(2) as a, Pool(2) as b:
+        blocked = a.apply_async(square, (2,), callback=lambda v: release.wait(60))
+        try:
+            assert b.map_async(square, range(4)).get(timeout=30) == [0, 1, 4, 9]
+            assert remote_square.remote(5).future().result(timeout=30) == 25
+            # The same pool's calls without callbacks are delivered too.
+            assert a.apply_async(square, (3,)).get(timeout=30) == 9
+            assert not blocked.ready()  # its callback has not returned yet
+        finally:
+            release.set()
+        assert blocked.get(timeout=30) == 4
+
+
+def test_a_callback_waiting_on_its_own_pool(capfd):
+    with Pool(2) as p:
+        got, later = [], []
+        # On a call without callbacks: delivered at once, so this works (multiprocessing hangs).
+        r = p.apply_async(square, (2,), callback=lambda v: got.append(p.apply(square, (v,))))
+        assert r.get(timeout=30) == 4 and got == [16]
+
+        # On a call that has a callback: it could never run (callbacks run one at a time), so
+        # the wait raises instead of hanging, and the error is reported.
+        def waits_on_a_call_with_a_callback(v):
+            inner = p.apply_async(square, (v,), callback=later.append)
+            with pytest.raises(mp.TimeoutError):
+                inner.get(timeout=0)  # a poll with a timeout times out
+            got.append(inner.get())
+
+        r = p.apply_async(square, (3,), callback=waits_on_a_call_with_a_callback)
+        assert r.get(timeout=30) == 9
+        assert got == [16]
+        assert poll(lambda: later == [81], timeout=30), "the inner call's callback did not run"
+    err = capfd.readouterr().err
+    assert "callback raised RuntimeError: a callback of the pool waits" in err, err

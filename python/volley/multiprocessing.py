@@ -23,11 +23,13 @@ chunks (a thread waits in volley on them), as ``volley.get`` does.
 
 What a pool process means for the script stays as in ``multiprocessing``:
 
-- ``initializer(*initargs)`` runs once per (worker process, pool), the first time a chunk of
-  that pool lands in that process (a per-process registry keyed by the pool's id), before the
-  chunk. The script's own (``__main__``) functions of one pool share their globals in that
-  process as they do after a fork, so what the initializer sets is seen by the functions that
-  run later; each pool has its own namespace.
+- ``initializer(*initargs)`` runs when the pool opens, in ``processes`` worker processes (as
+  ``multiprocessing`` starts its processes; a pool closed with no work has run it), and once per
+  (worker process, pool) in general: a chunk that lands in a process where it has not run
+  (a per-process registry keyed by the pool's id) runs it first. The script's own
+  (``__main__``) functions of one pool share their globals in that process as they do after a
+  fork, so what the initializer sets is seen by the functions that run later; each pool has its
+  own namespace.
 - ``maxtasksperchild=N``: after the N-th chunk of the pool in a worker process, that process
   retires: it sends the chunk's result, then exits cleanly; the node gives it no more work, takes
   back what was queued behind it (no retry used) and starts a replacement (``_core.
@@ -38,25 +40,33 @@ What a pool process means for the script stays as in ``multiprocessing``:
   same way (``multiprocessing``'s pool loses the task and its ``get()`` hangs; volley reports it
   as ``concurrent.futures.ProcessPoolExecutor`` does). An argument that cannot be pickled fails
   the call with a ``volley.SerializationError`` (a ``pickle.PicklingError``) that is also of the
-  class of the pickling error itself; a result that cannot be sent back is a
-  ``multiprocessing.pool.MaybeEncodingError``.
+  class of the pickling error itself; a result that ``multiprocessing`` could not send back (the
+  standard pickler refuses it: a lambda, a lock) is a ``multiprocessing.pool.MaybeEncodingError``
+  (see ``_Results``).
 - ``imap``/``imap_unordered`` read their input lazily, a bounded number of chunks ahead of the
   consumer (all of it once the pool is closed, so ``join`` finishes), and an error raised by the
   input comes out of ``next()`` at its place.
 
-Differences a script may notice: callbacks run in a volley thread rather than the pool's result
-thread; a worker process that dies makes the call it was running fail with
-``volley.WorkerCrashedError`` (``multiprocessing`` hangs); pool processes are volley's shared
-workers, so ``os.getpid()`` in a task does not tell the pool's processes apart from other work's.
+Callbacks run in the pool's own callback thread, one at a time, as in ``multiprocessing``'s
+result thread (a callback may wait on a call of its pool that has no callback; waiting on one
+that has raises ``RuntimeError`` where ``multiprocessing`` hangs).
+
+Differences a script may notice: a worker process that dies makes the call it was running fail
+with ``volley.WorkerCrashedError`` (``multiprocessing`` hangs); pool processes are volley's
+shared workers, so ``os.getpid()`` in a task does not tell the pool's processes apart from other
+work's.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import itertools
 import multiprocessing as _mp
 import multiprocessing.pool as _mp_pool
+import pickle
+import reprlib
 import sys
 import threading
 import types
@@ -138,6 +148,92 @@ def _shared_globals(fn: Any, namespace: dict) -> Any:
     return new
 
 
+class _Results:
+    """A chunk's results on their way back, pickled by the standard library's pickler (as
+    ``multiprocessing`` sends them) inside volley's own pickling of the chunk's return value,
+    so that refs in them are still recorded.
+
+    What the standard pickler cannot send is a ``MaybeEncodingError`` (a lambda, a local
+    function, a lock), as in ``multiprocessing``, although volley's cloudpickle would send
+    some of it. One exception keeps scripts working as under ``fork``: a class or function
+    of the script (``__main__``), which ``multiprocessing``'s workers find by name, travels by
+    value (cloudpickle's), since a volley worker's ``__main__`` is not the script.
+
+    The common path costs one pass of the C pickler (no per-object Python hook, unlike
+    cloudpickle's); results holding the script's own classes take a second pass with such a
+    hook (as cloudpickle's). A large stream and the out-of-band buffers (numpy arrays) travel
+    out of band, not copied into volley's stream."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list):
+        self.values = values
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        values = self.values
+        buffers: list = []
+        try:
+            data = _std_dumps(values, 5, buffer_callback=buffers.append)
+        except Exception:
+            buffers = []
+            f = io.BytesIO()
+            try:
+                _ScriptNamesPickler(f, 5, buffer_callback=buffers.append).dump(values)
+            except Exception as e:
+                return _Unsendable, (repr(e), _short_repr(values))
+            data = f.getvalue()
+        stream: Any = pickle.PickleBuffer(data) if len(data) >= _OUT_OF_BAND_MIN else data
+        if not buffers:  # (a builtin travels by name more cheaply than a function of this file)
+            return pickle.loads, (stream,)
+        return _std_loads, (stream, buffers)
+
+
+_std_dumps = pickle.dumps
+# A stream at least this large travels out of band (as volley sends a large bytes value).
+_OUT_OF_BAND_MIN = 4096
+
+
+def _std_loads(stream: Any, buffers: list) -> list:
+    return pickle.loads(stream, buffers=buffers)
+
+
+def _short_repr(x: Any) -> str:
+    try:
+        return reprlib.repr(x)
+    except Exception as e:
+        return f"<{type(x).__name__} whose repr() raised {type(e).__name__}>"
+
+
+class _ScriptNamesPickler(pickle.Pickler):
+    """The standard pickler, except that a class or function of the script (``__main__``, not
+    local: the names a forked ``multiprocessing`` worker finds) travels by value, pickled by
+    cloudpickle (once per stream: the pickler memoizes it)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, (type, types.FunctionType))
+            and getattr(obj, "__module__", None) == "__main__"
+            and "<" not in getattr(obj, "__qualname__", "<")
+        ):
+            import cloudpickle  # loaded already: volley pickles with it in every worker
+
+            return pickle.loads, (cloudpickle.dumps(obj, protocol=5),)
+        return NotImplemented
+
+
+class _Unsendable:
+    """Stands for results the worker could not send: becomes the chunk's error in the driver."""
+
+    def __init__(self, exc: str, value: str):
+        self.exc, self.value = exc, value
+
+    def error(self) -> BaseException:
+        err = _mp_pool.MaybeEncodingError.__new__(_mp_pool.MaybeEncodingError)
+        Exception.__init__(err, self.exc, self.value)
+        err.exc, err.value = self.exc, self.value
+        return err
+
+
 def _remote_error(e: BaseException, name: str) -> BaseException:
     """``e`` as a value that travels back: a ``TaskError`` of ``e``'s class with the remote
     traceback (``SystemExit`` and ``KeyboardInterrupt`` too), from the user's function on."""
@@ -180,6 +276,8 @@ def _pool_chunk(
                 _pools.popitem(last=False)
         else:
             _pools.move_to_end(pool_id)
+        if fn is None:  # the pool's start: only the initializer
+            return out, None
         f = _shared_globals(fn, state.globals)
         if call:
             args, kwds = work
@@ -201,7 +299,24 @@ def _pool_chunk(
                 retire_worker()  # exits after sending this result
             except RuntimeError:
                 pass  # not in a worker process (cannot happen for a task)
-    return out, error
+    return (out if _plain(out) else _Results(out)), error
+
+
+# Results of these types need no check (the standard pickler takes them) nor the wrapper's cost.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain(out: list) -> bool:
+    """Whether ``out`` is a few values of plain types, or short tuples of them (an ``apply``'s
+    number, an ``imap``'s pair): cheaper to check than to wrap (about 5 us a chunk)."""
+    if len(out) > 32:
+        return False
+    plain = _PLAIN
+    for v in out:
+        t = type(v)
+        if t not in plain and not (t is tuple and len(v) <= 8 and all(type(x) in plain for x in v)):
+            return False
+    return True
 
 
 _chunk_task = remote(max_retries=0)(_pool_chunk)
@@ -258,9 +373,10 @@ class Pool:
     """A drop-in for ``multiprocessing.Pool`` whose work runs as volley tasks.
 
     ``processes`` (default: the cluster's CPUs) is how many chunks run at once;
-    ``initializer(*initargs)`` runs once in each worker process before the pool's first chunk
-    there; ``maxtasksperchild`` retires a worker process after that many of the pool's chunks;
-    ``context`` is accepted and ignored. An idle pool holds no CPU.
+    ``initializer(*initargs)`` runs when the pool opens, in ``processes`` worker processes, and
+    in any other worker process before the pool's first chunk there; ``maxtasksperchild``
+    retires a worker process after that many of the pool's chunks; ``context`` is accepted and
+    ignored. An idle pool holds no CPU.
 
     >>> from volley.multiprocessing import Pool
     >>> with Pool(2) as p:
@@ -302,7 +418,34 @@ class Pool:
         self._inflight: dict[Any, tuple[_Source, int]] = {}  # ref -> (its call, chunk index)
         self._starting = 0  # slots taken by the feeder for a chunk not yet submitted
         self._feeder: threading.Thread | None = None
+        self._callbacks = _Callbacks()
         self._state = "RUN"
+        if initializer is not None:
+            self._start_processes()
+
+    def _start_processes(self) -> None:
+        """Runs the initializer now in ``processes`` worker processes, as ``multiprocessing``
+        starts its processes (each runs it before its first task): a pool closed with no work
+        has run it too. Once per (process, pool): these chunks run it where it has not run,
+        as any chunk of the pool does, and hold a slot each until they end, so the pool's
+        first calls start after them (as in ``multiprocessing``). If it raises, the error is
+        printed here, and the calls whose chunks meet it again fail with it."""
+        result = ApplyResult(self._processes, None, self._initializer_failed)
+        work = iter([(i, None, None) for i in range(self._processes)])
+        task = _chunk_task.options(num_cpus=self._cpus)
+        src = _Source(result, task, None, "pool initializer", False, True, work, lazy=False)
+        src.total = self._processes
+        self._add(src)
+
+    def _initializer_failed(self, error: BaseException) -> None:
+        if self._state == "TERMINATE":  # the start was cut short: nothing failed
+            return
+        print(
+            f"volley: the initializer of {self!r} raised {type(error).__name__}: {error}\n"
+            "(it runs again before the pool's first chunk in each process; calls whose chunks "
+            "meet the error fail with it)",
+            file=sys.stderr,
+        )
 
     def __repr__(self) -> str:
         return f"<volley.multiprocessing.Pool state={self._state} pool_size={self._processes}>"
@@ -449,7 +592,7 @@ class Pool:
             ref = src.task.remote(
                 self._id,
                 self._init_ref,
-                self._maxtasks,
+                self._maxtasks if src.fn is not None else None,  # the start's chunks: not counted
                 src.fn,
                 work,
                 src.star,
@@ -475,6 +618,10 @@ class Pool:
             results, error = f.result()
         except BaseException as e:  # the chunk itself failed: a crash, a cancel, pickling...
             results, error = [], e
+        if type(results) is _Unsendable:
+            results, error = [], results.error()
+        elif type(results) is _Results:  # not pickled (the chunk ran in this process)
+            results = results.values
         if error is not None:
             error = _pool_error(error)
         try:
@@ -540,6 +687,8 @@ class Pool:
         task, fn, name = self._task_for(func)
         result = ApplyResult(1, callback, error_callback, single=True)
         result._lending = self._lending
+        if callback is not None or error_callback is not None:
+            result._callbacks = self._callbacks
         work = (tuple(args), dict(kwds or {}))
         src = _Source(result, task, fn, name, False, True, iter([(0, work, None)]), lazy=False)
         src.total = 1
@@ -570,6 +719,8 @@ class Pool:
         del items
         result = MapResult(len(chunks), callback, error_callback)
         result._lending = self._lending
+        if callback is not None or error_callback is not None:
+            result._callbacks = self._callbacks
         fn_ref = put(fn) if len(chunks) > 1 else fn
         src = _Source(result, task, fn_ref, name, star, False, _chunks_of(chunks), lazy=False)
         src.total = len(chunks)
@@ -788,11 +939,56 @@ def _pool_error(e: BaseException) -> BaseException:
     return original_error(e, _mp_pool.RemoteTraceback)
 
 
+class _Callbacks:
+    """A pool's callback thread, as ``multiprocessing``'s result thread: the calls' callbacks
+    run there one at a time, in the order the calls finish, not in volley's thread that
+    completes every future of the process (where a slow callback held up every other pool's
+    results, and a callback waiting on its own pool hung). The thread ends after a second
+    without work and starts again with the next callback."""
+
+    _IDLE_S = 1.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            self._queue.append(fn)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="volley-pool-callbacks", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(self._IDLE_S)
+                if not self._queue:
+                    self._thread = None
+                    return
+                fn = self._queue.popleft()
+            try:
+                fn()
+            except BaseException as e:  # SystemExit from a callback: the thread must go on
+                print(f"volley: a pool callback raised {type(e).__name__}: {e}", file=sys.stderr)
+
+
 class ApplyResult:
     """The result of ``apply_async`` (and the base of :class:`MapResult`)."""
 
     # Its pool's: waiting inside a task lends the task's CPU to the pool's chunks.
     _lending: Callable[[], Any] = contextlib.nullcontext
+    # Its pool's callback thread, where it has a callback.
+    _callbacks: _Callbacks | None = None
 
     def __init__(
         self,
@@ -824,7 +1020,7 @@ class ApplyResult:
             if done:
                 self._left = 0
         if done:
-            self._finish()
+            self._deliver()
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
@@ -832,7 +1028,13 @@ class ApplyResult:
                 return
             self._error = error
             self._left = 0
-        self._finish()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._callbacks is None:
+            self._finish()
+        else:
+            self._callbacks.run(self._finish)
 
     def _finish(self) -> None:
         # Callbacks first, then waiters wake (as in multiprocessing).
@@ -842,7 +1044,7 @@ class ApplyResult:
                     self._error_callback(self._error)
             elif self._callback is not None:
                 self._callback(self._value())
-        except Exception as e:  # a callback's error must not kill the volley thread
+        except Exception as e:  # a callback's error must not kill the thread
             print(f"volley: a pool callback raised {type(e).__name__}: {e}", file=sys.stderr)
         finally:
             self._event.set()
@@ -865,6 +1067,14 @@ class ApplyResult:
     def wait(self, timeout: float | None = None) -> None:
         """Waits until it has finished, or ``timeout`` seconds."""
         if not self._event.is_set():
+            if timeout is None and self._callbacks is not None and self._callbacks.in_thread():
+                # (With a timeout, it times out: a poll such as get(timeout=0) is fine.)
+                raise RuntimeError(
+                    "a callback of the pool waits for a call of the same pool that has a "
+                    "callback: the pool's callbacks run one at a time, so that call's could "
+                    "never run (multiprocessing hangs here); wait for a call without callbacks, "
+                    "or outside the callback"
+                )
             with self._lending():
                 self._event.wait(timeout)
 

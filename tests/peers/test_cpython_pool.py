@@ -5,12 +5,13 @@ The classes are built as CPython's ``install_tests_in_module_dict`` builds its
 ``WithProcesses*`` ones (a test mixin, a type mixin, ``unittest.TestCase``), with a "volley" type
 mixin whose ``Pool`` is volley's. The tests that call ``multiprocessing.Pool`` directly (the
 worker errors and lifetime classes, the initializer test) get volley's there too while they run.
-Tests of CPython's internals (``p._pool``, ``_repopulate_pool``, a mocked process class) are
-skipped with the reason next to each, and so are the documented design differences
+Only tests of CPython's internals (``p._pool``, ``_repopulate_pool``, a mocked process class)
+and one that runs the standard library's own Pool are skipped, with the reason next to each
 (docs/compatibility.md); each has a test of its own in ``tests/test_pool_sharing.py`` or
 ``tests/test_multiprocessing.py`` where there is behaviour to check.
 
     .venv/bin/python -m pytest tests/peers/test_cpython_pool.py
+    VOLLEY_TEST_CLUSTER=1 .venv/bin/python -m pytest tests/peers/test_cpython_pool.py
 """
 
 from __future__ import annotations
@@ -28,13 +29,7 @@ cpython = pytest.importorskip(
     "test._test_multiprocessing", reason="CPython's test package is not installed"
 )
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # The test classes travel to the workers (``p.apply(self._test_traceback)``) by reference,
-    # as ``test_cpython_pool``: importable by this machine's workers, not by a cluster's nodes
-    # (there tests/ is the working_dir, where this file is ``peers.test_cpython_pool``).
-    pytest.mark.one_node("the test classes are importable by this machine's workers only"),
-]
+pytestmark = [pytest.mark.timeout(60)]
 
 VolleyPool = volley.multiprocessing.Pool
 
@@ -80,13 +75,7 @@ class WithVolleyTestPool(cpython._TestPool, VolleyMixin, unittest.TestCase):
 
 
 class WithVolleyTestPoolWorkerErrors(cpython._TestPoolWorkerErrors, VolleyMixin, unittest.TestCase):
-    # Design difference: volley pickles results with cloudpickle, so the lambda this test
-    # returns travels back (42); a result that cannot be pickled at all (a lock) raises
-    # MaybeEncodingError: tests/test_pool_sharing.py::
-    # test_a_result_that_cannot_be_sent_back_is_a_maybe_encoding_error.
-    test_unpickleable_result = _skip(
-        "design difference: results travel with cloudpickle, so a lambda is a valid result"
-    )
+    pass
 
 
 class WithVolleyTestPoolWorkerLifetime(
@@ -107,13 +96,6 @@ class WithVolleyTestPoolWorkerLifetime(
 class TestInitializers(cpython.TestInitializers):
     # Only the pool's test: the manager's is not about pools.
     test_manager_initializer = None
-    # Design difference: volley runs the initializer in a worker process the first time a chunk
-    # of the pool lands there (the pool holds no process of its own while idle); a pool that
-    # never gets work never runs it. This test opens Pool(1, initializer), closes it with no
-    # work and expects the initializer to have run once.
-    test_pool_initializer = _skip(
-        "design difference: the initializer runs when the pool's first chunk reaches a process"
-    )
 
 
 class TestPoolNotLeakOnFailure(cpython.TestPoolNotLeakOnFailure):
@@ -130,3 +112,19 @@ class TestStdinBadfiledescriptor(cpython.TestStdinBadfiledescriptor):
     test_flushing = None
     # test_pool_in_process: volley's Pool in a fork-started child of this volley process (the
     # child starts a volley of its own: docs/processes.md).
+
+
+# The test classes travel to the workers (``p.apply(self._test_traceback)``) by reference, so
+# that tracebacks show CPython's source lines (and the classes' state, such as a running pool,
+# stays here). On one machine the workers import this file as ``test_cpython_pool``; a test
+# cluster's nodes import it as ``peers.test_cpython_pool`` (tests/ is their working_dir), so
+# there the classes go by that name.
+def _named_for_the_nodes(name: str = "peers.test_cpython_pool") -> None:
+    sys.modules.setdefault(name, sys.modules[__name__])
+    for cls in [v for v in globals().values() if isinstance(v, type)]:
+        if cls.__module__ == __name__:
+            cls.__module__ = name
+
+
+if getattr(sys.modules.get("conftest"), "CLUSTER_MODE", False):
+    _named_for_the_nodes()
