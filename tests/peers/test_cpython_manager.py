@@ -252,6 +252,15 @@ class TestSyncManagerTypes(cpython.TestSyncManagerTypes):
 
     manager_class = vmanagers.SyncManager
 
+    # Design difference (docs/compatibility.md, "Locks are leases"): the child acquires the
+    # lock (one unit of the semaphore) and ends; volley releases what a process held when it
+    # ends, so the parent's release then finds it free. tests/test_sync.py checks the lease
+    # (test_a_holder_sigkilled_hands_the_lock_on_with_the_flag and the next ones).
+    test_lock = _skip("design difference: a lock's holder that ends releases it (a lease)")
+    test_bounded_semaphore = _skip(
+        "design difference: a semaphore unit's holder that ends gives it back (a lease)"
+    )
+
     def setUp(self):
         patch = pytest.MonkeyPatch()
         patch.setattr(multiprocessing, "Process", VolleyProcess)
