@@ -166,7 +166,20 @@ def _simple_queue(queue: Queue) -> SimpleQueue:
 # ------------------------------------------------------------------------ locks & co.
 
 
-class Lock(_sync.Lock):
+class _Acquire:
+    """``multiprocessing``'s ``acquire(block=True, timeout=None)`` (``threading``'s names are
+    ``blocking`` and ``timeout=-1``) on a ``volley.sync`` lock or semaphore, and ``with``."""
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Takes the lock (or a unit): at once if ``block`` is false, else waiting up to
+        ``timeout`` seconds (None: for ever); whether it got it."""
+        return super().acquire(*_wait_for(block, timeout))  # type: ignore[misc]
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+
+class Lock(_Acquire, _sync.Lock):
     """``multiprocessing.Lock``: ``acquire(block=True, timeout=None)``, ``release``, ``with``.
     Releasing a lock nobody holds raises ``RuntimeError``.
 
@@ -180,16 +193,8 @@ class Lock(_sync.Lock):
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__()
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Takes the lock, waiting up to ``timeout`` seconds (None: for ever; not at all
-        unless ``block``); whether it got it."""
-        return super().acquire(*_wait_for(block, timeout))
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-
-class RLock(_sync.RLock):
+class RLock(_Acquire, _sync.RLock):
     """``multiprocessing.RLock``: a lock its owner may take again (and must release as often).
 
     >>> from volley.multiprocessing import RLock
@@ -201,15 +206,8 @@ class RLock(_sync.RLock):
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__()
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Takes the lock (again, for its owner), as ``Lock.acquire``."""
-        return super().acquire(*_wait_for(block, timeout))
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-
-class Semaphore(_sync.Semaphore):
+class Semaphore(_Acquire, _sync.Semaphore):
     """``multiprocessing.Semaphore(value=1)``: ``acquire(block, timeout)``, ``release()``,
     ``get_value()``.
 
@@ -224,19 +222,8 @@ class Semaphore(_sync.Semaphore):
     def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         super().__init__(value)
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Takes a unit, as ``Lock.acquire``."""
-        return super().acquire(*_wait_for(block, timeout))
 
-    def release(self) -> None:  # type: ignore[override]
-        """Gives a unit back."""
-        super().release()
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-
-class BoundedSemaphore(_sync.BoundedSemaphore):
+class BoundedSemaphore(_Acquire, _sync.BoundedSemaphore):
     """``multiprocessing.BoundedSemaphore(value=1)``: releasing past ``value`` raises
     ``ValueError``.
 
@@ -249,17 +236,6 @@ class BoundedSemaphore(_sync.BoundedSemaphore):
 
     def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         super().__init__(value)
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Takes a unit, as ``Lock.acquire``."""
-        return super().acquire(*_wait_for(block, timeout))
-
-    def release(self) -> None:  # type: ignore[override]
-        """Gives a unit back; ``ValueError`` past the initial value."""
-        super().release()
-
-    def __enter__(self) -> bool:
-        return self.acquire()
 
 
 class Event(_sync.Event):
