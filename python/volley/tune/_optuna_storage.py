@@ -1,0 +1,409 @@
+"""An Optuna storage that lives in the volley cluster: no database, no file, no lock to fight.
+
+``optuna_storage(name)`` starts (or finds) a named volley actor holding Optuna's own
+``InMemoryStorage`` and returns a ``BaseStorage`` whose methods call it. Every driver and task
+of the cluster that asks for the same name works on the same studies, so existing
+``optuna.create_study(storage=...)`` / ``study.optimize(...)`` code runs unchanged, and
+``optuna_optimize`` runs ``study.optimize`` as volley tasks on every node.
+
+Why an actor and not the head's key-value table: Optuna's storage calls are read-modify-write
+(a new trial takes the next number, a finished trial must not be written again), which an actor
+running one call at a time makes atomic for free; the key-value table would need a
+compare-and-swap per call and a pickle of every trial on each read. Finished trials never
+change, so each proxy keeps those it has seen and asks the actor only for the rest (a sampler
+reading all trials costs a few new ones per call, not the whole history).
+
+>>> import optuna
+>>> from volley.tune._optuna_storage import optuna_optimize, optuna_storage
+>>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+>>> storage = optuna_storage("doc-example")
+>>> study = optuna.create_study(storage=storage, study_name="quadratic",
+...                             sampler=optuna.samplers.RandomSampler(seed=0))
+>>> study = optuna_optimize(study, lambda t: (t.suggest_float("x", -1, 1) - 0.5) ** 2,
+...                         n_trials=20, n_workers=2)
+>>> len(study.trials), study.best_value < 0.1
+(20, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable, Container, Sequence
+from typing import Any
+
+import volley
+from volley import library
+from volley.exceptions import ActorDiedError
+
+__all__ = ["optuna_optimize", "optuna_storage"]  # and VolleyStorage, made on first use
+
+_INSTALL = "volley.tune.optuna_storage needs Optuna: pip install optuna (or 'volley[tune]')"
+
+#: The storage of ``optuna_storage()`` without a name.
+DEFAULT_NAME = "default"
+_PREFIX = "volley.tune.optuna_storage/"
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as e:
+        raise ImportError(_INSTALL) from e
+    return optuna
+
+
+class _StorageActor:
+    """The actor: Optuna's InMemoryStorage, one call at a time, plus the tickets of
+    ``optuna_optimize`` runs. Errors come back as values, so that Optuna's own exceptions
+    (``KeyError`` for an unknown study, ``DuplicatedStudyError``) reach the caller as they are."""
+
+    def __init__(self) -> None:
+        optuna = _optuna()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study in the log
+        self._storage = optuna.storages.InMemoryStorage()
+        self._tickets: dict[str, int] = {}
+
+    def call(self, method: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        try:
+            return True, getattr(self._storage, method)(*args, **kwargs)
+        except Exception as e:  # handed to the caller, raised there
+            return False, e
+
+    def trials_from(self, study_id: int, first: int) -> tuple[bool, Any]:
+        """The study's trials numbered ``first`` and after (they come in number order)."""
+        try:
+            trials = self._storage.get_all_trials(study_id, deepcopy=False)
+        except Exception as e:
+            return False, e
+        return True, trials[first:]
+
+    def set_tickets(self, key: str, n: int) -> None:
+        self._tickets[key] = n
+
+    def claim(self, key: str) -> bool:
+        """Takes one of ``key``'s tickets: whether there was one left."""
+        left = self._tickets.get(key, 0)
+        if left <= 0:
+            self._tickets.pop(key, None)
+            return False
+        self._tickets[key] = left - 1
+        return True
+
+    def drain(self, key: str) -> int:
+        """No more tickets for ``key``; how many were left."""
+        return self._tickets.pop(key, 0)
+
+    def ping(self) -> bool:
+        return True
+
+
+_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def _storage_base() -> type:
+    return _optuna().storages.BaseStorage
+
+
+def _dead(name: str, cause: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"the Optuna storage {name!r} is gone: the volley actor that held it "
+        f"({_PREFIX}{name}) died, so its studies and trials are lost; make a new one with "
+        f"volley.tune.optuna_storage({name!r}) and start the study again ({cause})"
+    )
+
+
+def _make_storage_class() -> type:
+    """``VolleyStorage``, made once Optuna is imported (it subclasses Optuna's BaseStorage)."""
+    base = _storage_base()
+
+    class VolleyStorage(base):  # type: ignore[misc, valid-type]
+        """An ``optuna.storages.BaseStorage`` whose studies live in a named volley actor (see
+        ``optuna_storage``). Picklable: a copy sent to a task reaches the same actor."""
+
+        def __init__(self, name: str, handle: Any) -> None:
+            self.name = name
+            self._handle = handle
+            # study id -> (finished trials by number, how many leading numbers are finished)
+            self._done: dict[int, tuple[dict[int, Any], int]] = {}
+
+        def __getstate__(self) -> dict:
+            return {"name": self.name, "handle": self._handle}
+
+        def __setstate__(self, state: dict) -> None:
+            self.__init__(state["name"], state["handle"])  # type: ignore[misc]
+
+        def __repr__(self) -> str:
+            return f"volley.tune.optuna_storage({self.name!r})"
+
+        def _get(self, ref: Any) -> Any:
+            try:
+                return volley.get(ref)
+            except ActorDiedError as e:
+                raise _dead(self.name, e) from None
+
+        def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                ref = self._handle.call.remote(method, args, kwargs)
+            except ActorDiedError as e:
+                raise _dead(self.name, e) from None
+            ok, value = self._get(ref)
+            if not ok:
+                raise value
+            return value
+
+        # ------------------------------------------------ studies
+        def create_new_study(self, directions: Sequence[Any], study_name: str | None = None):
+            return self._call("create_new_study", list(directions), study_name)
+
+        def delete_study(self, study_id: int) -> None:
+            self._done.pop(study_id, None)
+            self._call("delete_study", study_id)
+
+        def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+            self._call("set_study_user_attr", study_id, key, value)
+
+        def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+            self._call("set_study_system_attr", study_id, key, value)
+
+        def get_study_id_from_name(self, study_name: str) -> int:
+            return self._call("get_study_id_from_name", study_name)
+
+        def get_study_name_from_id(self, study_id: int) -> str:
+            return self._call("get_study_name_from_id", study_id)
+
+        def get_study_directions(self, study_id: int) -> list:
+            return self._call("get_study_directions", study_id)
+
+        def get_study_user_attrs(self, study_id: int) -> dict:
+            return self._call("get_study_user_attrs", study_id)
+
+        def get_study_system_attrs(self, study_id: int) -> dict:
+            return self._call("get_study_system_attrs", study_id)
+
+        def get_all_studies(self) -> list:
+            return self._call("get_all_studies")
+
+        # ------------------------------------------------ trials
+        def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+            return self._call("create_new_trial", study_id, template_trial)
+
+        def set_trial_param(
+            self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
+        ) -> None:
+            self._call("set_trial_param", trial_id, param_name, param_value_internal, distribution)
+
+        def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+            return self._call("get_trial_id_from_study_id_trial_number", study_id, trial_number)
+
+        def get_trial_number_from_id(self, trial_id: int) -> int:
+            return self._call("get_trial_number_from_id", trial_id)
+
+        def get_trial_param(self, trial_id: int, param_name: str) -> float:
+            return self._call("get_trial_param", trial_id, param_name)
+
+        def set_trial_state_values(
+            self, trial_id: int, state: Any, values: Sequence[float] | None = None
+        ) -> bool:
+            return self._call("set_trial_state_values", trial_id, state, values)
+
+        def set_trial_intermediate_value(
+            self, trial_id: int, step: int, intermediate_value: float
+        ) -> None:
+            self._call("set_trial_intermediate_value", trial_id, step, intermediate_value)
+
+        def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+            self._call("set_trial_user_attr", trial_id, key, value)
+
+        def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+            self._call("set_trial_system_attr", trial_id, key, value)
+
+        def get_trial(self, trial_id: int) -> Any:
+            return self._call("get_trial", trial_id)
+
+        def get_all_trials(
+            self,
+            study_id: int,
+            deepcopy: bool = True,
+            states: Container[Any] | None = None,
+        ) -> list:
+            done, prefix = self._done.get(study_id, ({}, 0))
+            ok, fresh = self._get(self._handle.trials_from.remote(study_id, prefix))
+            if not ok:
+                raise fresh
+            for t in fresh:
+                if t.state.name in _FINISHED:
+                    done[t.number] = t
+            while prefix in done:
+                prefix += 1
+            self._done[study_id] = (done, prefix)
+            trials = [done[n] for n in range(prefix)]
+            trials.extend(done.get(t.number, t) for t in fresh if t.number >= prefix)
+            if states is not None:
+                trials = [t for t in trials if t.state in states]
+            return copy.deepcopy(trials) if deepcopy else trials
+
+        def remove_session(self) -> None:
+            """Nothing to do: no database session."""
+
+        # ------------------------------------------------ optuna_optimize's tickets
+        def _set_tickets(self, key: str, n: int) -> None:
+            self._get(self._handle.set_tickets.remote(key, n))
+
+        def _claim(self, key: str) -> bool:
+            return self._get(self._handle.claim.remote(key))
+
+        def _drain(self, key: str) -> int:
+            return self._get(self._handle.drain.remote(key))
+
+    # Pickled by reference: this module's __getattr__ makes the class where it is unpickled.
+    VolleyStorage.__qualname__ = "VolleyStorage"
+    VolleyStorage.__module__ = __name__
+    return VolleyStorage
+
+
+_CLASS: list[type] = []
+
+
+def _storage_class() -> type:
+    if not _CLASS:
+        _CLASS.append(_make_storage_class())
+    return _CLASS[0]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VolleyStorage":
+        return _storage_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def optuna_storage(name: str | None = None) -> Any:
+    """An Optuna storage held by volley: pass it to ``optuna.create_study(storage=...)`` or
+    ``optuna.load_study``. The studies live in a named volley actor (``name``; one shared
+    ``"default"`` without it) that every driver and task of the cluster reaches, made at the
+    first call and found by the later ones; it takes no CPU and outlives the driver that made
+    it (``volley.kill(volley.get_actor("volley.tune.optuna_storage/NAME"))`` ends it).
+
+    If that actor dies, its studies are lost (as with Optuna's in-memory storage): each call
+    then raises a ``RuntimeError`` that says so, never hangs.
+
+    >>> s = optuna_storage("doc-example")
+    >>> s
+    volley.tune.optuna_storage('doc-example')
+    >>> study = optuna.load_study(study_name="quadratic", storage=s)  # made above
+    >>> len(study.trials)
+    20
+    """
+    if name is None:
+        name = DEFAULT_NAME
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    cls = _storage_class()
+    library.init_if_needed()
+    actor = volley.remote(_StorageActor).options(
+        name=_PREFIX + name, get_if_exists=True, lifetime="detached", num_cpus=0
+    )
+    handle = actor.remote()
+    storage = cls(name, handle)
+    try:
+        storage._get(handle.ping.remote())
+    except RuntimeError:
+        # A dead actor of that name, not yet forgotten: say so (a later call makes a new one).
+        raise
+    return storage
+
+
+def _optimize_worker(
+    storage: Any,
+    study_name: str,
+    sampler: Any,
+    pruner: Any,
+    objective: Callable,
+    key: str,
+    catch: tuple,
+    callbacks: list | None,
+) -> int:
+    """One of ``optuna_optimize``'s tasks: trials while tickets last. Returns how many."""
+    optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sampler is not None:
+        sampler.reseed_rng()  # each worker draws its own numbers
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+    )
+    done = 0
+    try:
+        while storage._claim(key):
+            study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks)
+            done += 1
+    except BaseException:
+        storage._drain(key)  # the others stop too: the run failed
+        raise
+    return done
+
+
+def optuna_optimize(
+    study: Any,
+    objective: Callable[[Any], Any],
+    n_trials: int,
+    n_workers: int | None = None,
+    *,
+    catch: Sequence[type[Exception]] | type[Exception] = (),
+    callbacks: list | None = None,
+    num_cpus: float = 1,
+) -> Any:
+    """``study.optimize(objective, n_trials)`` with the trials run by ``n_workers`` volley tasks
+    (default: one per CPU of the cluster) on whichever nodes have room, all working on the
+    one ``study`` (which must use ``optuna_storage()``). Exactly ``n_trials`` trials are made:
+    the workers take them one at a time from a counter in the storage, so a fast worker runs
+    more. Each worker uses a copy of the study's sampler and pruner, reseeded. An exception of
+    the objective not in ``catch`` stops the other workers after their current trial and is
+    raised here (as Optuna's own ``optimize`` raises it). Returns ``study``.
+
+    >>> optuna_optimize(optuna.create_study(), lambda t: 0.0, n_trials=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: optuna_optimize needs a study on volley.tune.optuna_storage(): ...
+    """
+    optuna = _optuna()
+    cls = _storage_class()
+    if not isinstance(study, optuna.Study):
+        raise TypeError(f"study must be an optuna.Study, got {type(study).__name__}")
+    storage = study._storage
+    if not isinstance(storage, cls):
+        raise ValueError(
+            "optuna_optimize needs a study on volley.tune.optuna_storage(): tasks on other "
+            "processes and nodes cannot reach a study kept in this process "
+            f"(its storage is {type(storage).__name__}); "
+            "create it with optuna.create_study(storage=volley.tune.optuna_storage(), ...)"
+        )
+    if not callable(objective):
+        raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
+    if n_workers is None:
+        n_workers = max(1, int(library.total_cpus() // max(num_cpus, 1e-9)))
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+    catch_t = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
+    key = uuid.uuid4().hex
+    storage._set_tickets(key, n_trials)
+    task = volley.remote(_optimize_worker).options(num_cpus=num_cpus)
+    refs = [
+        task.remote(
+            storage,
+            study.study_name,
+            study.sampler,
+            study.pruner,
+            objective,
+            key,
+            catch_t,
+            callbacks,
+        )
+        for _ in range(min(n_workers, n_trials))
+    ]
+    try:
+        volley.get(refs)
+    finally:
+        storage._drain(key)
+    return study
