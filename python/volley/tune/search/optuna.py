@@ -306,11 +306,10 @@ class OptunaSearch(Searcher):
         if self._define_by_run():
             return dict(point)
         flat = {}
-        by_name = {_name(p.path): p for p in self._params}
-        for path, value in _leaves(point):
-            p = by_name.get(_name(path))
-            if p is not None:
-                flat[_name(path)] = p.optuna_value(value)
+        for p in self._params:
+            found, value = _lookup(point, p.path)
+            if found:
+                flat[_name(p.path)] = p.optuna_value(value)
         return flat
 
     def set_search_properties(
@@ -438,6 +437,16 @@ class OptunaSearch(Searcher):
 
 def _count(mode: Any) -> int:
     return 1 if isinstance(mode, str) else len(list(mode))
+
+
+def _lookup(config: Any, path: tuple) -> tuple[bool, Any]:
+    """(whether ``config`` has a value at ``path``, that value)."""
+    for k in path:
+        try:
+            config = config[k]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, config
 
 
 def _put(config: Any, path: tuple, value: Any) -> None:
