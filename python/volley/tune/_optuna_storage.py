@@ -303,13 +303,20 @@ def optuna_storage(name: str | None = None) -> Any:
     actor = volley.remote(_StorageActor).options(
         name=_PREFIX + name, get_if_exists=True, lifetime="detached", num_cpus=0
     )
-    handle = actor.remote()
-    storage = cls(name, handle)
     try:
-        storage._get(handle.ping.remote())
-    except RuntimeError:
-        # A dead actor of that name, not yet forgotten: say so (a later call makes a new one).
-        raise
+        handle = actor.remote()
+    except ValueError:
+        # Another node made it a moment ago, or the name still belongs to a dead actor the
+        # cluster has not forgotten yet: find it by name (a dead one fails the ping below).
+        try:
+            handle = volley.get_actor(_PREFIX + name)
+        except ValueError as e:
+            raise RuntimeError(
+                f"the Optuna storage {name!r} cannot be made now: its name is still held by "
+                "an actor that just died; try again in a moment"
+            ) from e
+    storage = cls(name, handle)
+    storage._get(handle.ping.remote())  # a dead actor of that name: the RuntimeError saying so
     return storage
 
 
