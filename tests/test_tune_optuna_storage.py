@@ -192,3 +192,17 @@ def _new_storage(name):
         return optuna_storage(name)
     except RuntimeError:
         return None
+
+
+def test_a_callback_that_stops_the_study_stops_every_worker(volley_shared):
+    study = optuna.create_study(storage=optuna_storage(fresh()))
+    seen = []
+
+    def stop_at_five(study, trial):
+        seen.append(trial.number)
+        if trial.number >= 5:
+            study.stop()
+
+    optuna_optimize(study, objective, n_trials=500, n_workers=2, callbacks=[stop_at_five])
+    assert 6 <= len(study.trials) < 500, len(study.trials)
+    assert all(t.state.name == "COMPLETE" for t in study.trials)

@@ -28,6 +28,7 @@ reading all trials costs a few new ones per call, not the whole history).
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from collections.abc import Callable, Container, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ _INSTALL = "volley.tune.optuna_storage needs Optuna: pip install optuna (or 'vol
 #: The storage of ``optuna_storage()`` without a name.
 DEFAULT_NAME = "default"
 _PREFIX = "volley.tune.optuna_storage/"
+#: About how much work (seconds) an ``optuna_optimize`` worker takes at a time.
+HELPING_S = 0.1
 
 
 def _optuna() -> Any:
@@ -70,6 +73,24 @@ class _StorageActor:
         except Exception as e:  # handed to the caller, raised there
             return False, e
 
+    def create_trial(self, study_id: int, template: Any) -> tuple[bool, Any]:
+        """A new trial: its id and the trial itself (saves the caller's next get_trial)."""
+        try:
+            trial_id = self._storage.create_new_trial(study_id, template)
+            return True, (trial_id, self._storage.get_trial(trial_id))
+        except Exception as e:
+            return False, e
+
+    def set_state(self, trial_id: int, state: Any, values: Any) -> tuple[bool, Any]:
+        """``set_trial_state_values``, and the trial once it is finished (it no longer changes,
+        so the caller keeps it)."""
+        try:
+            ok = self._storage.set_trial_state_values(trial_id, state, values)
+            final = self._storage.get_trial(trial_id) if state.is_finished() else None
+            return True, (ok, final)
+        except Exception as e:
+            return False, e
+
     def trials_from(self, study_id: int, first: int) -> tuple[bool, Any]:
         """The study's trials numbered ``first`` and after (they come in number order)."""
         try:
@@ -81,14 +102,16 @@ class _StorageActor:
     def set_tickets(self, key: str, n: int) -> None:
         self._tickets[key] = n
 
-    def claim(self, key: str) -> bool:
-        """Takes one of ``key``'s tickets: whether there was one left."""
+    def claim(self, key: str, share: int, want: int) -> int:
+        """Takes up to ``want`` of ``key``'s tickets, at most ``1/share`` of those left (at
+        least one; none when none is left): helpings shrink as the count runs down."""
         left = self._tickets.get(key, 0)
         if left <= 0:
             self._tickets.pop(key, None)
-            return False
-        self._tickets[key] = left - 1
-        return True
+            return 0
+        take = max(1, min(want, left // share))
+        self._tickets[key] = left - take
+        return take
 
     def drain(self, key: str) -> int:
         """No more tickets for ``key``; how many were left."""
@@ -96,9 +119,6 @@ class _StorageActor:
 
     def ping(self) -> bool:
         return True
-
-
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def _storage_base() -> type:
@@ -126,6 +146,10 @@ def _make_storage_class() -> type:
             self._handle = handle
             # study id -> (finished trials by number, how many leading numbers are finished)
             self._done: dict[int, tuple[dict[int, Any], int]] = {}
+            # trial id -> the trial: finished ones (they never change again), and the one this
+            # proxy just made (Optuna reads it at once; dropped at the first write)
+            self._finished: dict[int, Any] = {}
+            self._fresh: dict[int, Any] = {}
 
         def __getstate__(self) -> dict:
             return {"name": self.name, "handle": self._handle}
@@ -158,6 +182,7 @@ def _make_storage_class() -> type:
 
         def delete_study(self, study_id: int) -> None:
             self._done.pop(study_id, None)
+            self._finished.clear()
             self._call("delete_study", study_id)
 
         def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
@@ -186,12 +211,29 @@ def _make_storage_class() -> type:
 
         # ------------------------------------------------ trials
         def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
-            return self._call("create_new_trial", study_id, template_trial)
+            trial_id, trial = self._unwrap(
+                self._get(self._handle.create_trial.remote(study_id, template_trial))
+            )
+            if trial.state.is_finished():
+                self._finished[trial_id] = trial
+            else:
+                self._fresh[trial_id] = trial
+            return trial_id
+
+        def _unwrap(self, answer: tuple[bool, Any]) -> Any:
+            ok, value = answer
+            if not ok:
+                raise value
+            return value
+
+        def _write(self, method: str, trial_id: int, *args: Any) -> Any:
+            self._fresh.pop(trial_id, None)
+            return self._call(method, trial_id, *args)
 
         def set_trial_param(
             self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
         ) -> None:
-            self._call("set_trial_param", trial_id, param_name, param_value_internal, distribution)
+            self._write("set_trial_param", trial_id, param_name, param_value_internal, distribution)
 
         def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
             return self._call("get_trial_id_from_study_id_trial_number", study_id, trial_number)
@@ -205,21 +247,36 @@ def _make_storage_class() -> type:
         def set_trial_state_values(
             self, trial_id: int, state: Any, values: Sequence[float] | None = None
         ) -> bool:
-            return self._call("set_trial_state_values", trial_id, state, values)
+            self._fresh.pop(trial_id, None)
+            ref = self._handle.set_state.remote(trial_id, state, values)
+            ok, final = self._unwrap(self._get(ref))
+            if final is not None:
+                self._finished[trial_id] = final
+            return ok
 
         def set_trial_intermediate_value(
             self, trial_id: int, step: int, intermediate_value: float
         ) -> None:
-            self._call("set_trial_intermediate_value", trial_id, step, intermediate_value)
+            self._write("set_trial_intermediate_value", trial_id, step, intermediate_value)
 
         def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-            self._call("set_trial_user_attr", trial_id, key, value)
+            self._write("set_trial_user_attr", trial_id, key, value)
 
         def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-            self._call("set_trial_system_attr", trial_id, key, value)
+            self._write("set_trial_system_attr", trial_id, key, value)
 
         def get_trial(self, trial_id: int) -> Any:
-            return self._call("get_trial", trial_id)
+            fresh = self._fresh.pop(trial_id, None)
+            if fresh is not None:
+                return fresh
+            done = self._finished.get(trial_id)
+            if done is not None:
+                return copy.deepcopy(done)
+            trial = self._call("get_trial", trial_id)
+            if trial.state.is_finished():
+                self._finished[trial_id] = trial
+                return copy.deepcopy(trial)
+            return trial
 
         def get_all_trials(
             self,
@@ -232,7 +289,7 @@ def _make_storage_class() -> type:
             if not ok:
                 raise fresh
             for t in fresh:
-                if t.state.name in _FINISHED:
+                if t.state.is_finished():
                     done[t.number] = t
             while prefix in done:
                 prefix += 1
@@ -250,8 +307,8 @@ def _make_storage_class() -> type:
         def _set_tickets(self, key: str, n: int) -> None:
             self._get(self._handle.set_tickets.remote(key, n))
 
-        def _claim(self, key: str) -> bool:
-            return self._get(self._handle.claim.remote(key))
+        def _claim(self, key: str, share: int, want: int) -> int:
+            return self._get(self._handle.claim.remote(key, share, want))
 
         def _drain(self, key: str) -> int:
             return self._get(self._handle.drain.remote(key))
@@ -327,8 +384,9 @@ def _optimize_worker(
     pruner: Any,
     objective: Callable,
     key: str,
+    share: int,
     catch: tuple,
-    callbacks: list | None,
+    callbacks: list,
 ) -> int:
     """One of ``optuna_optimize``'s tasks: trials while tickets last. Returns how many."""
     optuna = _optuna()
@@ -338,11 +396,25 @@ def _optimize_worker(
     study = optuna.load_study(
         study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
     )
-    done = 0
+    ran = [0]
+
+    def count(study: Any, trial: Any) -> None:
+        ran[0] += 1
+
+    done, want, busy = 0, 1, 0.0
     try:
-        while storage._claim(key):
-            study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks)
-            done += 1
+        while take := storage._claim(key, share, want):
+            ran[0] = 0
+            t0 = time.perf_counter()
+            study.optimize(objective, n_trials=take, catch=catch, callbacks=[*callbacks, count])
+            busy += time.perf_counter() - t0
+            done += ran[0]
+            if ran[0] < take:  # a callback called study.stop(): the whole run stops
+                storage._drain(key)
+                break
+            # Helpings of about HELPING_S of work: few claims for tiny trials, and a worker
+            # learns soon that the run stopped (claims one trial at a time for long ones).
+            want = max(1, int(HELPING_S * done / max(busy, 1e-9)))
     except BaseException:
         storage._drain(key)  # the others stop too: the run failed
         raise
@@ -362,10 +434,12 @@ def optuna_optimize(
     """``study.optimize(objective, n_trials)`` with the trials run by ``n_workers`` volley tasks
     (default: one per CPU of the cluster) on whichever nodes have room, all working on the
     one ``study`` (which must use ``optuna_storage()``). Exactly ``n_trials`` trials are made:
-    the workers take them one at a time from a counter in the storage, so a fast worker runs
-    more. Each worker uses a copy of the study's sampler and pruner, reseeded. An exception of
-    the objective not in ``catch`` stops the other workers after their current trial and is
-    raised here (as Optuna's own ``optimize`` raises it). Returns ``study``.
+    the workers take them from a counter in the storage, about 0.1 s of work at a time (one
+    trial at a time when trials are longer; a fast worker runs more). Each worker uses a copy
+    of the study's sampler and pruner, reseeded. An exception of the objective not in
+    ``catch`` stops the other workers once their current helping is done (their current trial,
+    for trials over 0.1 s) and is raised here (as Optuna's own ``optimize`` raises it); so
+    does a callback's ``study.stop()``. Returns ``study``.
 
     >>> optuna_optimize(optuna.create_study(), lambda t: 0.0, n_trials=1)
     Traceback (most recent call last):
@@ -404,8 +478,9 @@ def optuna_optimize(
             study.pruner,
             objective,
             key,
+            2 * n_workers,
             catch_t,
-            callbacks,
+            list(callbacks or []),
         )
         for _ in range(min(n_workers, n_trials))
     ]
