@@ -409,7 +409,20 @@ class OptunaSearch(Searcher):
 
     def pruning_scheduler(self) -> OptunaPruningScheduler:
         """A ``TrialScheduler`` that stops a trial when this study's ``pruner`` says so (pass
-        it as ``TuneConfig(scheduler=...)``)."""
+        it as ``TuneConfig(scheduler=...)``).
+
+        >>> import optuna
+        >>> s = OptunaSearch({"x": tune.uniform(0, 1)}, metric="loss", mode="min", seed=0,
+        ...                  pruner=optuna.pruners.ThresholdPruner(upper=0.5))
+        >>> sched = s.pruning_scheduler()
+        >>> _ = s.suggest("t1")
+        >>> s.on_trial_result("t1", {"loss": 0.9, "training_iteration": 1})
+        >>> sched.on_trial_result(None, "t1", {"loss": 0.9})  # the pruner's threshold: 0.5
+        'STOP'
+        >>> s.on_trial_complete("t1", {"loss": 0.9})
+        >>> s.study.trials[-1].state.name
+        'PRUNED'
+        """
         return OptunaPruningScheduler(self)
 
     # -------------------------------------------------------------- restore
