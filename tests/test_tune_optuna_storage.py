@@ -206,3 +206,26 @@ def test_a_callback_that_stops_the_study_stops_every_worker(volley_shared):
     optuna_optimize(study, objective, n_trials=500, n_workers=2, callbacks=[stop_at_five])
     assert 6 <= len(study.trials) < 500, len(study.trials)
     assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_a_running_trial_reads_the_same_from_its_maker_as_from_the_actor(volley_shared):
+    storage = optuna_storage(fresh())
+    study = optuna.create_study(storage=storage)
+    seen = []
+
+    def obj(trial):
+        trial.suggest_float("x", 0, 1)
+        trial.suggest_categorical("c", ["a", "b"])
+        trial.set_user_attr("u", [1, 2])
+        trial.report(0.5, 1)
+        trial.report(0.25, 2)
+        other = pickle.loads(pickle.dumps(storage))  # a copy with nothing cached
+        mine, theirs = storage.get_trial(trial._trial_id), other.get_trial(trial._trial_id)
+        seen.append((mine, theirs))
+        return 1.0
+
+    study.optimize(obj, n_trials=3)
+    for mine, theirs in seen:
+        assert mine == theirs
+        assert mine.intermediate_values == {1: 0.5, 2: 0.25} and mine.user_attrs == {"u": [1, 2]}
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

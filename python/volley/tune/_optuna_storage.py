@@ -146,10 +146,10 @@ def _make_storage_class() -> type:
             self._handle = handle
             # study id -> (finished trials by number, how many leading numbers are finished)
             self._done: dict[int, tuple[dict[int, Any], int]] = {}
-            # trial id -> the trial: finished ones (they never change again), and the one this
-            # proxy just made (Optuna reads it at once; dropped at the first write)
+            # trial id -> the trial: finished ones (they never change again), and the running
+            # ones this proxy made (only their maker writes them: kept up to date here)
             self._finished: dict[int, Any] = {}
-            self._fresh: dict[int, Any] = {}
+            self._mine: dict[int, Any] = {}
 
         def __getstate__(self) -> dict:
             return {"name": self.name, "handle": self._handle}
@@ -217,7 +217,7 @@ def _make_storage_class() -> type:
             if trial.state.is_finished():
                 self._finished[trial_id] = trial
             else:
-                self._fresh[trial_id] = trial
+                self._mine[trial_id] = trial
             return trial_id
 
         def _unwrap(self, answer: tuple[bool, Any]) -> Any:
@@ -227,8 +227,24 @@ def _make_storage_class() -> type:
             return value
 
         def _write(self, method: str, trial_id: int, *args: Any) -> Any:
-            self._fresh.pop(trial_id, None)
-            return self._call(method, trial_id, *args)
+            """A write to a trial; the copy of a trial of this proxy's is updated as the
+            actor's was (after it succeeded there)."""
+            self._call(method, trial_id, *args)
+            mine = self._mine.get(trial_id)
+            if mine is None:
+                return
+            if method == "set_trial_param":
+                name, internal, dist = args
+                mine.params[name] = dist.to_external_repr(internal)
+                mine.distributions[name] = dist
+            elif method == "set_trial_intermediate_value":
+                mine.intermediate_values[args[0]] = args[1]
+            elif method == "set_trial_user_attr":
+                mine.user_attrs[args[0]] = args[1]
+            elif method == "set_trial_system_attr":
+                mine.system_attrs[args[0]] = args[1]
+            else:
+                del self._mine[trial_id]  # not a write it knows: read it from the actor
 
         def set_trial_param(
             self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
@@ -247,7 +263,7 @@ def _make_storage_class() -> type:
         def set_trial_state_values(
             self, trial_id: int, state: Any, values: Sequence[float] | None = None
         ) -> bool:
-            self._fresh.pop(trial_id, None)
+            self._mine.pop(trial_id, None)
             ref = self._handle.set_state.remote(trial_id, state, values)
             ok, final = self._unwrap(self._get(ref))
             if final is not None:
@@ -266,10 +282,9 @@ def _make_storage_class() -> type:
             self._write("set_trial_system_attr", trial_id, key, value)
 
         def get_trial(self, trial_id: int) -> Any:
-            fresh = self._fresh.pop(trial_id, None)
-            if fresh is not None:
-                return fresh
-            done = self._finished.get(trial_id)
+            done = self._mine.get(trial_id)
+            if done is None:
+                done = self._finished.get(trial_id)
             if done is not None:
                 return copy.deepcopy(done)
             trial = self._call("get_trial", trial_id)
