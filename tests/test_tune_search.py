@@ -399,6 +399,12 @@ def test_intermediate_results_reach_optuna_and_its_pruner_stops_bad_trials():
         assert (t.state.name == "PRUNED") == (decisions[tid] == sched.STOP)
     with pytest.raises(TypeError, match="needs an OptunaSearch"):
         OptunaPruningScheduler(BasicVariantGenerator())
+    # Results without training_iteration are numbered 1, 2, ... per trial.
+    s.suggest("plain")
+    for loss in (0.3, 0.2):
+        s.on_trial_result("plain", {"loss": loss})
+    s.on_trial_complete("plain", {"loss": 0.2})
+    assert s.study.trials[-1].intermediate_values == {1: 0.3, 2: 0.2}
 
 
 class _T:

@@ -251,6 +251,7 @@ class OptunaSearch(Searcher):
         self.study: Any = None
         self._live: dict[str, Any] = {}  # volley trial id -> optuna.Trial
         self._pruned: set[str] = set()
+        self._steps: dict[str, int] = {}  # the last step reported of each live trial
         if space is not None:
             self._set_space(space)
             if metric is not None and mode is not None:
@@ -376,8 +377,12 @@ class OptunaSearch(Searcher):
         ot = self._live.get(trial_id)
         if ot is None or not isinstance(self.metric, str) or self.metric not in result:
             return  # Optuna takes intermediate values of single-objective studies only
-        step = int(result.get("training_iteration", len(ot.study.trials)))
-        ot.report(float(result[self.metric]), step)
+        # The tuner numbers results (training_iteration); without it, count them here.
+        step = result.get("training_iteration")
+        if step is None:
+            step = self._steps.get(trial_id, 0) + 1
+        self._steps[trial_id] = int(step)
+        ot.report(float(result[self.metric]), int(step))
 
     def should_prune(self, trial_id: str) -> bool:
         """Whether the study's pruner would stop this trial now (after its latest result);
@@ -394,6 +399,7 @@ class OptunaSearch(Searcher):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         ot = self._live.pop(trial_id, None)
+        self._steps.pop(trial_id, None)
         if ot is None:
             return
         state = _optuna().trial.TrialState
@@ -432,6 +438,7 @@ class OptunaSearch(Searcher):
             "study": pickle.dumps(self.study) if self.study is not None else None,
             "live": {tid: ot._trial_id for tid, ot in self._live.items()},
             "pruned": sorted(self._pruned),
+            "steps": dict(self._steps),
             "metric": self.metric,
             "mode": self.mode,
         }
@@ -446,6 +453,7 @@ class OptunaSearch(Searcher):
             tid: optuna.trial.Trial(self.study, otid) for tid, otid in state["live"].items()
         }
         self._pruned = set(state["pruned"])
+        self._steps = dict(state.get("steps", {}))
 
 
 def _count(mode: Any) -> int:
