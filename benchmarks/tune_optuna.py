@@ -43,45 +43,59 @@ def objective(trial: optuna.Trial) -> float:
     return x * x + y * y
 
 
+def busy_objective(trial: optuna.Trial) -> float:
+    """About 5 ms of pure-Python work: what threads (n_jobs) cannot run in parallel."""
+    x = trial.suggest_float("x", -1, 1)
+    acc = 0.0
+    for i in range(60_000):
+        acc += (x * i) % 7
+    return x * x + acc * 0.0
+
+
+OBJECTIVES = {"trivial": objective, "5 ms of Python": busy_objective}
+
+
 def sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def run_volley(kind: str, n: int, seed: int) -> float:
+def run_volley(kind: str, n: int, seed: int, fn=objective) -> float:
     study = optuna.create_study(
         storage=optuna_storage(f"bench-{uuid.uuid4().hex[:8]}"), sampler=sampler(kind, seed)
     )
     t0 = time.perf_counter()
-    optuna_optimize(study, objective, n_trials=n, n_workers=2)
+    optuna_optimize(study, fn, n_trials=n, n_workers=2)
     dt = time.perf_counter() - t0
     assert len(study.trials) == n
     return n / dt
 
 
-def run_threads(kind: str, n: int, seed: int, storage: str | None) -> float:
+def run_threads(kind: str, n: int, seed: int, storage: str | None, fn=objective) -> float:
     study = optuna.create_study(storage=storage, sampler=sampler(kind, seed))
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=n, n_jobs=2)
+    study.optimize(fn, n_trials=n, n_jobs=2)
     dt = time.perf_counter() - t0
     assert len(study.trials) == n
     return n / dt
 
 
-def _proc(url: str, name: str, kind: str, n: int, seed: int) -> None:
+def _proc(url: str, name: str, kind: str, n: int, seed: int, fn) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=url, sampler=sampler(kind, seed))
-    study.optimize(objective, n_trials=n)
+    study.optimize(fn, n_trials=n)
 
 
-def run_sqlite_procs(kind: str, n: int, seed: int, tmp: str) -> float:
+def run_sqlite_procs(kind: str, n: int, seed: int, tmp: str, fn=objective) -> float:
     url = f"sqlite:///{tmp}/p-{uuid.uuid4().hex[:8]}.db"
     name = "bench"
     optuna.create_study(storage=url, study_name=name)
     ctx = mp.get_context("fork")
     half = [n // 2, n - n // 2]
-    procs = [ctx.Process(target=_proc, args=(url, name, kind, half[i], seed + i)) for i in (0, 1)]
+    procs = [
+        ctx.Process(target=_proc, args=(url, name, kind, half[i], seed + i, fn)) for i in (0, 1)
+    ]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -104,25 +118,35 @@ def main() -> None:
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         contenders = {
-            "volley storage, 2 volley tasks": lambda k, s: run_volley(k, n, s),
-            "Optuna in-memory, n_jobs=2": lambda k, s: run_threads(k, n, s, None),
-            "Optuna SQLite, n_jobs=2": lambda k, s: run_threads(
-                k, n, s, f"sqlite:///{tmp}/t-{uuid.uuid4().hex[:8]}.db"
+            "volley storage, 2 volley tasks": lambda k, s, n, f: run_volley(k, n, s, f),
+            "Optuna in-memory, n_jobs=2": lambda k, s, n, f: run_threads(k, n, s, None, f),
+            "Optuna SQLite, n_jobs=2": lambda k, s, n, f: run_threads(
+                k, n, s, f"sqlite:///{tmp}/t-{uuid.uuid4().hex[:8]}.db", f
             ),
-            "Optuna SQLite, 2 processes": lambda k, s: run_sqlite_procs(k, n, s, tmp),
+            "Optuna SQLite, 2 processes": lambda k, s, n, f: run_sqlite_procs(k, n, s, tmp, f),
         }
         run_volley("random", 20, 0)  # warm: worker processes started, optuna imported
-        for kind in ("random", "tpe"):
+        cases = [
+            ("random", "trivial", n),
+            ("tpe", "trivial", n),
+            ("random", "5 ms of Python", n // 3),
+        ]
+        for kind, what, trials in cases:
             rates: dict[str, list[float]] = {c: [] for c in contenders}
             for r in range(args.runs):
                 order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
                 for c in order:
-                    rates[c].append(contenders[c](kind, r))
-            rows.append((kind, {c: statistics.median(v) for c, v in rates.items()}))
+                    rates[c].append(contenders[c](kind, r, trials, OBJECTIVES[what]))
+            rows.append(
+                (
+                    f"{kind}, {what}, {trials} trials",
+                    {c: statistics.median(v) for c, v in rates.items()},
+                )
+            )
     volley.shutdown()
 
     lines = [
-        "| sampler | contender | trials/s (median) | volley's ratio |",
+        "| sampler, objective | contender | trials/s (median) | volley's ratio |",
         "|---|---|---:|---:|",
     ]
     for kind, med in rows:
@@ -142,9 +166,10 @@ def main() -> None:
         f"{datetime.date.today()}, {os.cpu_count()} cores, load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end (a shared, noisy machine: "
         "other work ran beside it; compare ratios, not absolute rates).\n\n"
-        f"{n} trials of a two-parameter quadratic per run, median of {args.runs} runs, "
-        "contenders alternated within each run; ratio = volley's trials/s over the "
-        "contender's.\n\n" + table + "\n"
+        "Objectives: a two-parameter quadratic (trivial: what the storage costs), and one "
+        "of about 5 ms of pure Python (what threads cannot run at once). Median of "
+        f"{args.runs} runs, contenders alternated within each run; ratio = volley's "
+        "trials/s over the contender's.\n\n" + table + "\n"
     )
     print(f"wrote {out}")
 
