@@ -12,6 +12,7 @@ import pytest
 from conftest import CLUSTER_MODE, poll
 
 import volley
+from volley.sync import Barrier
 
 optuna = pytest.importorskip("optuna")
 from volley.tune._optuna_storage import optuna_optimize, optuna_storage  # noqa: E402
@@ -31,9 +32,12 @@ def objective(trial):
 
 
 @volley.remote(num_cpus=0.25)
-def optimize_in_task(storage_name: str, study_name: str, n: int) -> int:
-    """What users' code does today with a database URL: load the study, optimize."""
+def optimize_in_task(storage_name: str, study_name: str, n: int, barrier=None) -> int:
+    """What users' code does today with a database URL: load the study, optimize. With a
+    barrier, it starts optimizing once all its parties run (so they run at once)."""
     study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage_name))
+    if barrier is not None:
+        barrier.wait(timeout=60)  # BrokenBarrierError if the 8 do not all run within 60 s
     study.optimize(objective, n_trials=n)
     return n
 
@@ -63,14 +67,16 @@ def test_existing_study_code_runs_on_the_storage_and_a_task_sees_the_same_study(
 def test_eight_concurrent_tasks_optimizing_one_study_make_every_trial_once(volley_shared):
     name = fresh()
     study = optuna.create_study(storage=optuna_storage(name), study_name="eight")
-    refs = [optimize_in_task.remote(name, "eight", 10) for _ in range(8)]
+    barrier = Barrier(8)
+    refs = [optimize_in_task.remote(name, "eight", 10, barrier) for _ in range(8)]
     assert sum(volley.get(refs, timeout=120)) == 80
+    barrier.shutdown()
     trials = study.trials
     assert len(trials) == 80
     assert sorted(t.number for t in trials) == list(range(80))
     assert all(t.state.name == "COMPLETE" for t in trials)
     pids = {t.user_attrs["pid"] for t in trials}
-    assert len(pids) > 1, "all trials ran in one process"
+    assert len(pids) == 8, f"the 8 tasks ran at once, in {len(pids)} processes"
     if CLUSTER_MODE:
         nodes = {t.user_attrs["node"] for t in trials}
         assert len(nodes) == 2, f"trials ran on {nodes}: the two worker nodes expected"
@@ -81,7 +87,16 @@ def test_optuna_optimize_runs_exactly_n_trials_spread_over_the_workers(volley_sh
     study = optuna.create_study(
         storage=optuna_storage(fresh()), sampler=optuna.samplers.TPESampler(seed=0)
     )
-    optuna_optimize(study, objective, n_trials=41, n_workers=8, num_cpus=0.25)
+    barrier = Barrier(2)
+
+    def first_two_meet(trial):
+        # The first trial of each of two workers waits for the other: both run trials.
+        if trial.number < 2:
+            barrier.wait(timeout=60)
+        return objective(trial)
+
+    optuna_optimize(study, first_two_meet, n_trials=41, n_workers=8, num_cpus=0.25)
+    barrier.shutdown()
     trials = study.trials
     assert len(trials) == 41 and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) > 1
