@@ -244,3 +244,12 @@ def test_a_running_trial_reads_the_same_from_its_maker_as_from_the_actor(volley_
         assert mine == theirs
         assert mine.intermediate_values == {1: 0.5, 2: 0.25} and mine.user_attrs == {"u": [1, 2]}
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def test_a_value_that_does_not_pickle_is_refused_at_the_call(volley_shared):
+    study = optuna.create_study(storage=optuna_storage(fresh()))
+    trial = study.ask()
+    with pytest.raises(Exception, match="pickle"):
+        trial.set_user_attr("f", lambda: 1)
+    study.tell(trial, 1.0)
+    assert study.trials[0].user_attrs == {} and study.trials[0].state.name == "COMPLETE"

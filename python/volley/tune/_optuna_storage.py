@@ -107,10 +107,8 @@ class _StorageActor:
                 answer = (True, getattr(self._storage, method)(*args))
         except Exception as e:  # handed to the caller, raised there
             answer = (False, e)
-        try:
-            return pickle.dumps(answer, _PROTOCOL)
-        except Exception as e:
-            return pickle.dumps((False, TypeError(f"Optuna storage answer not picklable: {e}")))
+        # Everything stored came in pickled, so every answer pickles.
+        return pickle.dumps(answer, _PROTOCOL)
 
     def set_tickets(self, key: str, n: int) -> None:
         self._tickets[key] = n
