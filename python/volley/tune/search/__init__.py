@@ -23,7 +23,7 @@ from typing import Any
 
 from .._space import generate_variants
 
-__all__ = ["BasicVariantGenerator", "Searcher"]
+__all__ = ["BasicVariantGenerator", "ConcurrencyLimiter", "Repeater", "Searcher"]
 
 
 class Searcher:
@@ -136,3 +136,7 @@ class BasicVariantGenerator(Searcher):
         for _ in range(state["given"]):
             next(self._variants, None)
         self._given = state["given"]
+
+
+# At the end: the wrappers subclass Searcher, defined above.
+from ._limiter import ConcurrencyLimiter, Repeater  # noqa: E402
