@@ -61,6 +61,8 @@ _JOURNAL = "trials.journal"
 _STATE = "experiment_state.pkl"
 #: How often buffered result lines reach each trial's result.json / progress.csv (seconds).
 FLUSH_S = 2.0
+#: How long the end of a run waits for its cancelled trials' tasks to end (seconds).
+CANCEL_WAIT_S = 30.0
 #: How often the searcher's and scheduler's state is rewritten (seconds, at most).
 STATE_S = 1.0
 
@@ -256,6 +258,7 @@ class _Runner:
         self.by_id: dict[str, Trial] = {}
         self.running: dict[str, Any] = {}  # trial_id -> ObjectRef of its task
         self.pgs: dict[str, Any] = {}
+        self.cancelled: list[Any] = []  # tasks cancelled: the queue outlives them (see close)
         self.ends: dict[tuple[str, int], tuple[int | None, BaseException | None]] = {}
         self.next_id = 0
         self.searcher_done = False
@@ -430,7 +433,15 @@ class _Runner:
         t._received = 0  # type: ignore[attr-defined]
         t._end_at = None  # type: ignore[attr-defined]
         restore = t._restore or t.checkpoint  # type: ignore[attr-defined]
+        own = t._restore is None  # type: ignore[attr-defined]
         t._restore = None  # type: ignore[attr-defined]
+        iteration = t.training_iteration
+        time_total = float(t.last_result.get("time_total_s", 0.0))
+        ckpts = t._ckpts  # type: ignore[attr-defined]
+        if own and restore is not None and ckpts and ckpts[-1][0] == restore.path:
+            # Goes on from its own checkpoint: its iterations count on from that one's.
+            iteration = int(ckpts[-1][1].get("training_iteration", iteration))
+            time_total = float(ckpts[-1][1].get("time_total_s", time_total))
         spec = {
             "trial_id": t.trial_id,
             "trial_name": t._name,  # type: ignore[attr-defined]
@@ -438,8 +449,8 @@ class _Runner:
             "experiment": os.path.basename(self.path),
             "config": t.config,
             "gen": t._gen,  # type: ignore[attr-defined]
-            "iteration": t.training_iteration,
-            "time_total": float(t.last_result.get("time_total_s", 0.0)),
+            "iteration": iteration,
+            "time_total": time_total,
             "ckpt_index": t._ckpt_index,  # type: ignore[attr-defined]
             "driver_node": self.driver_node,
             "stop": self.stop if isinstance(self.stop, dict) else None,
@@ -494,6 +505,7 @@ class _Runner:
         ref = self.running.pop(t.trial_id, None)
         if ref is not None:
             library.cancel_soon(ref)
+            self.cancelled.append(ref)
         self._release_pg(t)
 
     def _release_pg(self, t: Trial) -> None:
@@ -776,6 +788,9 @@ class _Runner:
             t.last_result = r["last_result"] or (t.history[-1] if t.history else {})
             if t.history and t.history[-1].get("training_iteration", 0) > t.training_iteration:
                 t.last_result = t.history[-1]
+            last_ckpt = (ckpts.get(tid) or r["ckpts"] or [(None, {})])[-1][1]
+            if last_ckpt.get("training_iteration", 0) > t.training_iteration:
+                t.last_result = dict(last_ckpt, config=t.config)
             t.error, t.num_failures = r["error"], r["num_failures"]
             t._ckpt_index = r["ckpt_index"]  # type: ignore[attr-defined]
             t._ckpts = [  # type: ignore[attr-defined]
@@ -816,6 +831,15 @@ class _Runner:
         os.close(self.journal_fd)
         for cb in self.callbacks:
             cb.on_experiment_end(trials=self.trials)
+        if self.cancelled:
+            # A cancelled trial may still put a report; a put on a queue already shut down
+            # would fail the next task of its worker, so the queue goes once they have ended.
+            volley.wait(
+                self.cancelled,
+                num_returns=len(self.cancelled),
+                timeout=CANCEL_WAIT_S,
+                fetch_local=False,
+            )
         try:
             self.queue.shutdown()
         except Exception:  # noqa: BLE001 volley was shut down under us
