@@ -299,12 +299,15 @@ def test_trials_hold_their_resources_two_at_once_on_two_cpus(volley_shared, tmp_
     assert most == 2, spans
 
     def g(config):
-        tune.report({"start": time.time(), "end": time.time() + 0.0})
+        tune.report({"start": time.time(), "end": time.time()})
 
+    two = tune.with_resources(g, {"cpu": 2})
+    if CLUSTER_MODE:  # two 1-CPU nodes: no node holds a 2-CPU trial
+        with pytest.raises(ValueError, match="no trial could ever start"):
+            tune.Tuner(two, run_config=run_config(tmp_path, name="two")).fit()
+        return
     grid = tune.Tuner(
-        tune.with_resources(g, {"cpu": 2}),
-        tune_config=tune.TuneConfig(num_samples=3),
-        run_config=run_config(tmp_path, name="two"),
+        two, tune_config=tune.TuneConfig(num_samples=3), run_config=run_config(tmp_path, name="two")
     ).fit()
     spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "2-CPU trials overlapped"

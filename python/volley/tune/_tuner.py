@@ -296,26 +296,26 @@ class _Runner:
     # -- set-up
 
     def _concurrency(self, asked: int | None) -> int:
-        need = (
-            self.resources.required_resources
-            if isinstance(self.resources, PlacementGroupFactory)
-            else self.resources
-        )
-        have = volley.cluster_resources()
-        limit = 10**6
-        for k, v in need.items():
-            if v <= 0:
-                continue
-            fit = math.floor(have.get(k, 0.0) / v + 1e-9)
-            if fit < 1:
-                raise ValueError(
-                    f"Tuner: a trial needs {need} but the cluster has only "
-                    f"{ {k: have.get(k, 0.0) for k in need} }: no trial could ever start"
-                )
-            limit = min(limit, fit)
-        if asked is not None:
-            limit = min(limit, asked)
-        return limit
+        """How many trials run at once: what the nodes hold of the trial's resources (each
+        trial on one node; a placement group's bundles may spread), at most ``asked``."""
+        if isinstance(self.resources, PlacementGroupFactory):
+            need, boxes = self.resources.required_resources, [volley.cluster_resources()]
+        else:
+            need = self.resources
+            boxes = [
+                {"CPU": n.get("num_cpus", 0.0), "GPU": n.get("num_gpus", 0.0), **n["resources"]}
+                for n in volley.nodes()
+            ]
+        limit = 0
+        for have in boxes:
+            fits = [math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+            limit += min(fits) if fits else 10**6
+        if limit < 1:
+            raise ValueError(
+                f"Tuner: a trial needs {need} but no node has that much (the nodes have "
+                f"{boxes}): no trial could ever start"
+            )
+        return min(limit, asked) if asked is not None else limit
 
     def _save_settings(self, tuner: Tuner) -> None:
         settings = {
