@@ -147,6 +147,7 @@ def unpack(data: bytes, dest: str) -> None:
 def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:
     """Makes ``dest`` (a checkpoint_NNNNNN directory) hold ``ckpt`` (a Checkpoint, or the
     packed bytes of one), atomically: written beside it, then renamed into place."""
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     tmp = f"{dest}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(ckpt, bytes):

@@ -179,12 +179,13 @@ def run_trial(trainable: Any, spec: dict, queue: Any) -> int:
     """The body of a trial's task: runs ``trainable`` (a function or a ``Trainable`` class)
     with the trial's config and returns how many results it reported."""
     global _current
-    from volley import get_runtime_context
+    from volley import get_runtime_context, library
 
     from ._trainable import run_class, unwrap_parameters
 
     s = _TrialSession(spec, queue, get_runtime_context().get_node_id())
     _current = s
+    error: BaseException | None = None
     try:
         fn, kwargs = unwrap_parameters(trainable)
         if isinstance(fn, type):
@@ -195,7 +196,14 @@ def run_trial(trainable: Any, spec: dict, queue: Any) -> int:
                 s.report(out, None, final=True)
     except _StopTrial:
         pass
+    except KeyboardInterrupt:
+        raise  # cancelled by the tuner (stopped or paused): it expects no end of its own
+    except Exception as e:  # noqa: BLE001 the trial's failure, reported to the tuner
+        error = library.capture_error(e, spec["trial_name"])
     finally:
         _current = None
         s.close()
+    # The end travels behind the trial's reports, on the same queue (a process that dies
+    # sends none: the tuner sees its task fail).
+    queue.put(("e", spec["trial_id"], spec["gen"], s.sent, error))
     return s.sent

@@ -63,6 +63,9 @@ _STATE = "experiment_state.pkl"
 FLUSH_S = 2.0
 #: How long the end of a run waits for its cancelled trials' tasks to end (seconds).
 CANCEL_WAIT_S = 30.0
+#: How often the loop looks for trials whose process died (seconds; a trial that fails in
+#: Python says so at once).
+CHECK_S = 0.5
 #: How often the searcher's and scheduler's state is rewritten (seconds, at most).
 STATE_S = 1.0
 
@@ -126,6 +129,11 @@ class Tuner:
         )
         storage = os.path.expanduser(self._run_config.storage_path or _default_storage())
         self._path = os.path.join(os.path.abspath(storage), name)
+        if self._run_config.name is None and _restore is None:
+            n = 1
+            while os.path.exists(self._path):  # two runs in one second
+                n += 1
+                self._path = os.path.join(os.path.abspath(storage), f"{name}_{n}")
 
     @classmethod
     def can_restore(cls, path: str | os.PathLike) -> bool:
@@ -211,8 +219,62 @@ def _stop_reached(stop: Any, trial_id: str, result: dict) -> bool:
     return bool(stop(trial_id, result))
 
 
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=repr))
+class _Writer:
+    """Writes the run's files on a thread of their own, in the order asked, so that the loop
+    does not wait on the disk; ``close`` waits for all and raises the first failure."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self.q: Any = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="volley-tune-writer", daemon=True)
+        self.thread.start()
+
+    def do(self, fn: Any, *args: Any) -> None:
+        self.q.put((fn, args))
+
+    def _run(self) -> None:
+        while (job := self.q.get()) is not None:
+            try:
+                job[0](*job[1])
+            except BaseException as e:  # noqa: BLE001 kept for close()
+                self.error = self.error or e
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _write_params(path: str, text: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    _write_text(os.path.join(path, "params.json"), text)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _append_results(t: Trial, lines: list[dict]) -> None:
+    assert t.path is not None
+    with open(os.path.join(t.path, "result.json"), "a") as fh:
+        fh.write("".join(json.dumps(r, default=repr) + "\n" for r in lines))
+    csv_path = os.path.join(t.path, "progress.csv")
+    rows = [{k: v for k, v in r.items() if k != "config"} for r in lines]
+    fields = getattr(t, "_csv_fields", None)
+    new = fields is None and not os.path.exists(csv_path)
+    if fields is None:
+        fields = list(rows[0]) if new else _csv_header(csv_path)
+        t._csv_fields = fields  # type: ignore[attr-defined]
+    with open(csv_path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
 
 
 class _Runner:
@@ -258,8 +320,10 @@ class _Runner:
         self.by_id: dict[str, Trial] = {}
         self.running: dict[str, Any] = {}  # trial_id -> ObjectRef of its task
         self.pgs: dict[str, Any] = {}
+        self.pending: set[str] = set()  # ids of the PENDING trials
+        self.writer = _Writer()
         self.cancelled: list[Any] = []  # tasks cancelled: the queue outlives them (see close)
-        self.ends: dict[tuple[str, int], tuple[int | None, BaseException | None]] = {}
+        self.last_check = time.monotonic()
         self.next_id = 0
         self.searcher_done = False
         self.stopping = False
@@ -348,10 +412,10 @@ class _Runner:
         self._write_params(trial)
         self._journal(("add", self._record(trial)))
         if was_running:
-            trial.status = PENDING
+            self._status(trial, PENDING)
             self._start(trial)
         else:
-            trial.status = PENDING if trial.status != TERMINATED else trial.status
+            self._status(trial, PENDING if trial.status != TERMINATED else trial.status)
         return True
 
     # -- trials
@@ -368,7 +432,6 @@ class _Runner:
             raise ValueError(f"trial_dirname_creator gave {dirname!r}, not a folder name")
         t._dirname = str(dirname)  # type: ignore[attr-defined]
         t.path = os.path.join(self.path, t._dirname)  # type: ignore[attr-defined]
-        os.makedirs(t.path, mode=0o700, exist_ok=True)
         self._write_params(t)
         self._add(t)
         self._journal(("add", self._record(t)))
@@ -384,15 +447,23 @@ class _Runner:
         t._lines = []  # type: ignore[attr-defined]
         t._error_obj = None  # type: ignore[attr-defined]
 
+    def _status(self, t: Trial, status: str) -> None:
+        t.status = status
+        if status == PENDING:
+            self.pending.add(t.trial_id)
+        else:
+            self.pending.discard(t.trial_id)
+
     def _add(self, t: Trial) -> None:
+        if t.status == PENDING:
+            self.pending.add(t.trial_id)
         self.trials.append(t)
         self.by_id[t.trial_id] = t
         self.scheduler.on_trial_add(self, t)
 
     def _write_params(self, t: Trial) -> None:
         assert t.path is not None
-        with open(os.path.join(t.path, "params.json"), "w") as fh:
-            json.dump(_jsonable(t.config), fh, indent=2)
+        self.writer.do(_write_params, t.path, json.dumps(t.config, indent=2, default=repr))
 
     def _suggest(self) -> bool:
         """Asks the searcher for one new trial; whether one was made."""
@@ -418,7 +489,7 @@ class _Runner:
         return False
 
     def _next_trial(self) -> Trial | None:
-        if not any(t.status == PENDING for t in self.trials):
+        if not self.pending:
             self._suggest()
         t = self.scheduler.choose_trial_to_run(self)
         if t is not None and t.status not in (PENDING, PAUSED):
@@ -483,23 +554,26 @@ class _Runner:
         if custom:
             opts["resources"] = custom
         ref = self.remote.options(**opts).remote(self.trainable_ref, spec, self.queue)
-        t.status = RUNNING
+        self._status(t, RUNNING)
         self.running[t.trial_id] = ref
-        key = (t.trial_id, t._gen)  # type: ignore[attr-defined]
-        ref.future().add_done_callback(lambda f, key=key: self._ended(key, f))
         for cb in self.callbacks:
             cb.on_trial_start(iteration=self.iteration, trials=self.trials, trial=t)
 
-    def _ended(self, key: tuple[str, int], fut: Any) -> None:
-        # On the futures thread: keep the outcome here and wake the loop through the queue.
-        try:
-            self.ends[key] = (fut.result(), None)
-        except BaseException as e:  # noqa: BLE001 (every way a task ends is an outcome)
-            self.ends[key] = (None, e)
-        try:
-            self.queue.put(("e", key[0], key[1]))
-        except Exception:  # noqa: BLE001 the run is over and its queue shut down
-            pass
+    def _check_tasks(self) -> None:
+        """Finds the trials whose task failed without a word (its process or node died)."""
+        self.last_check = time.monotonic()
+        refs = list(self.running.values())
+        if not refs:
+            return
+        ready, _ = volley.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in ready:
+            try:
+                volley.get(ref)
+            except BaseException as e:  # noqa: BLE001 how the task ended is the news
+                for tid, r in list(self.running.items()):
+                    if r == ref:
+                        t = self.by_id[tid]
+                        self._on_end(tid, t._gen, None, e)  # type: ignore[attr-defined]
 
     def _cancel(self, t: Trial) -> None:
         ref = self.running.pop(t.trial_id, None)
@@ -536,7 +610,7 @@ class _Runner:
                     f"{type(self.searcher).__name__} gave no config and the scheduler "
                     f"{type(self.scheduler).__name__} chose no pending or paused trial"
                 )
-            timeout = FLUSH_S
+            timeout = CHECK_S
             if deadline is not None:
                 timeout = max(0.0, min(timeout, deadline - time.monotonic()))
             try:
@@ -550,7 +624,9 @@ class _Runner:
                 if item[0] == "r":
                     self._on_result(*item[1:])
                 else:
-                    self._on_end(item[1], item[2])
+                    self._on_end(*item[1:])
+            if time.monotonic() - self.last_check >= CHECK_S:
+                self._check_tasks()
             if self.raise_error is not None:
                 break
             if deadline is not None and time.monotonic() >= deadline and not self.stopping:
@@ -595,7 +671,7 @@ class _Runner:
             self._complete(t, removed=True)
         elif decision == TrialScheduler.PAUSE:
             self._cancel(t)
-            t.status = PAUSED
+            self._status(t, PAUSED)
         if t._end_at is not None and t._received >= t._end_at:  # type: ignore[attr-defined]
             self._complete(t)
 
@@ -627,7 +703,7 @@ class _Runner:
         self._journal(("ckpt", t.trial_id, path, t._ckpt_index, _brief(result)))  # type: ignore[attr-defined]
 
     def _complete(self, t: Trial, removed: bool = False) -> None:
-        t.status = TERMINATED
+        self._status(t, TERMINATED)
         self.running.pop(t.trial_id, None)
         self._release_pg(t)
         if t.last_result:
@@ -645,8 +721,7 @@ class _Runner:
         if self.reporter:
             self.reporter.trial_done(t)
 
-    def _on_end(self, tid: str, gen: int) -> None:
-        n, err = self.ends.pop((tid, gen), (None, None))
+    def _on_end(self, tid: str, gen: int, n: int | None, err: BaseException | None) -> None:
         t = self.by_id.get(tid)
         if t is None or t._gen != gen or t.status != RUNNING:  # type: ignore[attr-defined]
             return
@@ -663,14 +738,13 @@ class _Runner:
         t._error_obj = err  # type: ignore[attr-defined]
         limit = self.failure.max_failures
         if limit == -1 or t.num_failures <= limit:
-            t.status = PENDING  # restarted from its latest checkpoint
+            self._status(t, PENDING)  # restarted from its latest checkpoint
             return
-        t.status = ERROR
+        self._status(t, ERROR)
         self.searcher.on_trial_complete(tid, t.last_result or None, error=True)
         self.scheduler.on_trial_error(self, t)
         self._flush_trial(t)
-        with open(os.path.join(t.path or self.path, "error.txt"), "w") as fh:
-            fh.write(t.error)
+        self.writer.do(_write_text, os.path.join(t.path or self.path, "error.txt"), t.error)
         self._journal(("end", self._record(t)))
         for cb in self.callbacks:
             cb.on_trial_error(iteration=self.iteration, trials=self.trials, trial=t)
@@ -712,30 +786,13 @@ class _Runner:
 
     def _flush_trial(self, t: Trial) -> None:
         lines = t._lines  # type: ignore[attr-defined]
-        if not lines:
-            return
-        t._lines = []  # type: ignore[attr-defined]
-        assert t.path is not None
-        with open(os.path.join(t.path, "result.json"), "a") as fh:
-            fh.write("".join(json.dumps(_jsonable(r)) + "\n" for r in lines))
-        csv_path = os.path.join(t.path, "progress.csv")
-        new = not os.path.exists(csv_path)
-        rows = [{k: v for k, v in r.items() if k != "config"} for r in lines]
-        with open(csv_path, "a", newline="") as fh:
-            if new:
-                fields = list(rows[0])
-                t._csv_fields = fields  # type: ignore[attr-defined]
-            else:
-                fields = getattr(t, "_csv_fields", None) or _csv_header(csv_path)
-                t._csv_fields = fields  # type: ignore[attr-defined]
-            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        if lines:
+            t._lines = []  # type: ignore[attr-defined]
+            self.writer.do(_append_results, t, lines)
 
     def _housekeeping(self, final: bool = False) -> None:
         if self.journal_buf:
-            os.write(self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
         now = time.monotonic()
         if final or now - self.last_flush >= FLUSH_S:
@@ -757,7 +814,7 @@ class _Runner:
             "searcher_done": self.searcher_done,
             "timestamp": time.time(),
         }
-        _atomic_write(os.path.join(self.path, _STATE), cloudpickle.dumps(state))
+        self.writer.do(_atomic_write, os.path.join(self.path, _STATE), cloudpickle.dumps(state))
 
     def _load(self, how: dict) -> None:
         """Rebuilds the trials from the journal, and the searcher and scheduler from the
@@ -806,8 +863,8 @@ class _Runner:
                 status, t.num_failures, t.error = PENDING, 0, None
             elif status in (RUNNING, PAUSED):
                 status = PENDING
-            t.status = status
             self._add(t)
+            self._status(t, status)
         state_file = os.path.join(self.path, _STATE)
         if os.path.exists(state_file):
             with open(state_file, "rb") as fh:
@@ -826,8 +883,9 @@ class _Runner:
         for tid in list(self.running):
             self._cancel(self.by_id[tid])
         if self.journal_buf:
-            os.write(self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
+        self.writer.close()
         os.close(self.journal_fd)
         for cb in self.callbacks:
             cb.on_experiment_end(trials=self.trials)
