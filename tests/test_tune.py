@@ -654,3 +654,25 @@ def test_checkpoints_made_on_any_node_reach_the_driver_s_storage(volley_shared, 
         assert Path(r.checkpoint.path, "state.txt").read_text() == f"trial {r.config['x']}"
     if CLUSTER_MODE:
         assert all(r.metrics["node"] != driver_node for r in grid), "the head has no CPUs"
+
+
+def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
+    import volley.state
+
+    def f(config):
+        tune.report({"x": config["x"]})
+
+    tune.Tuner(
+        f,
+        param_space={"x": tune.grid_search([0, 1])},
+        tune_config=tune.TuneConfig(trial_name_creator=lambda t: f"quad_{t.config['x']}"),
+        run_config=run_config(tmp_path),
+    ).fit()
+    wait_for(
+        lambda: (
+            {"tune:quad_0", "tune:quad_1"}
+            <= {t.get("name") for t in volley.state.list_tasks(limit=10_000)}
+        ),
+        "the trials' tasks in volley.state.list_tasks()",
+    )
+    assert (tmp_path / "exp" / "quad_0" / "params.json").exists()
