@@ -132,12 +132,12 @@ RAY_SCRIPT = textwrap.dedent(
             tune.report({"score": config["x"] * i})
 
     out = {}
-    for name, fn, n in (("trivial", trivial, args["trivial"]), ("reports", reports, args["reports"]),
-                        ("sleep", sleep, args["sleep"])):
+    for name, fn in (("trivial", trivial), ("reports", reports), ("sleep", sleep)):
+        n = args[name]
         c0, t0 = cpu(), time.perf_counter()
+        rc = tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)
         grid = tune.Tuner(fn, param_space={"x": tune.uniform(0, 1)},
-                          tune_config=tune.TuneConfig(num_samples=n),
-                          run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
+                          tune_config=tune.TuneConfig(num_samples=n), run_config=rc).fit()
         dt, dc = time.perf_counter() - t0, cpu() - c0
         its = sum(r.metrics.get("training_iteration", 0) for r in grid)
         out[name] = [dt, dc, its]
@@ -250,7 +250,8 @@ def main() -> None:
 `{" ".join(["python", "benchmarks/tune.py", *sys.argv[1:]])}`, {datetime.date.today()},
 {args.runs} runs (medians), systems alternated within each run. Load average at the end:
 {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores shared with other sessions: the
-machine is noisy, read ratios, not absolute figures. Ray: {"ray " + rpy if rpy else "not installed"}.
+machine is noisy, read ratios, not absolute figures.
+Ray: {"ray " + rpy if rpy else "not installed"}.
 
 {table}
 
