@@ -17,6 +17,7 @@ resources (``with_resources``) and its large inputs (``with_parameters``).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -66,6 +67,7 @@ def _save(inst: Trainable) -> Checkpoint:
     d = tempfile.mkdtemp(prefix="volley_tune_save_")
     out = inst.save_checkpoint(d)
     if isinstance(out, dict):
+        shutil.rmtree(d, ignore_errors=True)
         return Checkpoint.from_dict(out)
     return Checkpoint(d)
 

@@ -300,6 +300,7 @@ class _Runner:
         self.is_class = isinstance(fn, type)
         self.resources = resources_of(self.trainable)
 
+        # Copies: the Tuner's own stay as given (what tuner.pkl keeps, a second fit() starts from).
         self.searcher: Searcher = copy.deepcopy(tc.search_alg) or BasicVariantGenerator()
         self.scheduler: TrialScheduler = copy.deepcopy(tc.scheduler) or FIFOScheduler()
         if not self.searcher.set_search_properties(
@@ -388,7 +389,14 @@ class _Runner:
             "run_config": tuner._run_config,
             "trainable_name": self.trainable_name,
         }
-        _atomic_write(os.path.join(self.path, _SETTINGS), cloudpickle.dumps(settings))
+        try:
+            data = cloudpickle.dumps(settings)
+        except Exception as e:
+            raise TypeError(
+                "Tuner: the run's settings (param_space, TuneConfig with its searcher and "
+                f"scheduler, RunConfig) must pickle, for Tuner.restore: {e}"
+            ) from e
+        _atomic_write(os.path.join(self.path, _SETTINGS), data)
 
     # -- the controller's view (schedulers)
 
