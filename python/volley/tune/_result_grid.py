@@ -1,11 +1,13 @@
 """What ``Tuner.fit()`` returns: a ``ResultGrid`` of one ``Result`` per trial.
 
+>>> import tempfile
 >>> from volley import tune
+>>> store = tempfile.mkdtemp()  # where the examples' runs go (default: ~/volley_results)
 >>> def f(config):
 ...     return {"loss": (config["x"] - 2) ** 2}
 >>> grid = tune.Tuner(f, param_space={"x": tune.grid_search([1, 2, 3])},
 ...                   tune_config=tune.TuneConfig(metric="loss", mode="min"),
-...                   run_config=tune.RunConfig(verbose=0)).fit()
+...                   run_config=tune.RunConfig(storage_path=store, verbose=0)).fit()
 >>> len(grid), grid.num_errors, grid.get_best_result().config
 (3, 0, {'x': 2})
 """

@@ -5,7 +5,9 @@ A report is one unbounded ``put`` on the run's result queue (it does not wait fo
 the driver takes what has come in batches. A checkpoint is copied into the trial's folder by the
 trial itself when it runs on the driver's node, and travels packed in the report otherwise.
 
+>>> import tempfile
 >>> from volley import tune
+>>> store = tempfile.mkdtemp()  # where the examples' runs go (default: ~/volley_results)
 >>> tune.report({"loss": 1.0})
 Traceback (most recent call last):
 RuntimeError: volley.tune.report() was called outside a trial: ...
@@ -149,8 +151,8 @@ def report(metrics: dict, *, checkpoint: Checkpoint | None = None) -> None:
     >>> def trainable(config):
     ...     for step in range(3):
     ...         tune.report({"loss": config["x"] / (step + 1)})
-    >>> tune.Tuner(trainable, param_space={"x": 1.0},
-    ...            run_config=tune.RunConfig(verbose=0)).fit()[0].metrics["loss"]
+    >>> rc = tune.RunConfig(storage_path=store, verbose=0)
+    >>> tune.Tuner(trainable, param_space={"x": 1.0}, run_config=rc).fit()[0].metrics["loss"]
     0.3333333333333333
     """
     _session("report").report(metrics, checkpoint)

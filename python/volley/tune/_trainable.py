@@ -1,7 +1,9 @@
 """Trainables: the class API (``Trainable``), and the wrappers that give a trainable its
 resources (``with_resources``) and its large inputs (``with_parameters``).
 
+>>> import tempfile
 >>> from volley import tune
+>>> store = tempfile.mkdtemp()  # where the examples' runs go (default: ~/volley_results)
 >>> class Quadratic(tune.Trainable):
 ...     def setup(self, config):
 ...         self.x = config["x"]
@@ -9,7 +11,8 @@ resources (``with_resources``) and its large inputs (``with_parameters``).
 ...         self.x *= 0.5
 ...         return {"loss": self.x ** 2}
 >>> grid = tune.Tuner(Quadratic, param_space={"x": 2.0},
-...                   run_config=tune.RunConfig(stop={"training_iteration": 3}, verbose=0)).fit()
+...                   run_config=tune.RunConfig(stop={"training_iteration": 3},
+...                                             storage_path=store, verbose=0)).fit()
 >>> grid[0].metrics["loss"], grid[0].metrics["training_iteration"]
 (0.0625, 3)
 """
@@ -222,7 +225,8 @@ def with_parameters(trainable: Any, **kwargs: Any) -> Any:
     >>> def train(config, data):
     ...     tune.report({"mean": float(data.mean()) * config["k"]})
     >>> t = with_parameters(train, data=np.ones(1000))
-    >>> grid = tune.Tuner(t, param_space={"k": 2}, run_config=tune.RunConfig(verbose=0)).fit()
+    >>> rc = tune.RunConfig(storage_path=store, verbose=0)
+    >>> grid = tune.Tuner(t, param_space={"k": 2}, run_config=rc).fit()
     >>> grid[0].metrics["mean"]
     2.0
     """

@@ -14,12 +14,14 @@ ended, appended as they happen), ``experiment_state.pkl`` (the searcher's and sc
 state, rewritten by atomic rename at most once a second) and a folder per trial
 (``params.json``, ``result.json``, ``progress.csv``, ``checkpoint_NNNNNN``).
 
+>>> import tempfile
 >>> from volley import tune
+>>> store = tempfile.mkdtemp()  # where the examples' runs go (default: ~/volley_results)
 >>> def objective(config):
 ...     return {"score": -(config["x"] - 3) ** 2}
 >>> tuner = tune.Tuner(objective, param_space={"x": tune.grid_search([1, 3, 5])},
 ...                    tune_config=tune.TuneConfig(metric="score", mode="max"),
-...                    run_config=tune.RunConfig(verbose=0))
+...                    run_config=tune.RunConfig(storage_path=store, verbose=0))
 >>> tuner.fit().get_best_result().config
 {'x': 3}
 """
@@ -63,6 +65,9 @@ _STATE = "experiment_state.pkl"
 FLUSH_S = 2.0
 #: How long the end of a run waits for its cancelled trials' tasks to end (seconds).
 CANCEL_WAIT_S = 30.0
+#: Trials started beyond what the nodes hold at once: queued in volley, each starts the moment
+#: a worker is free instead of a driver round trip later.
+PIPELINE = 0
 #: How often the loop looks for trials whose process died (seconds; a trial that fails in
 #: Python says so at once).
 CHECK_S = 0.5
@@ -605,7 +610,7 @@ class _Runner:
         deadline = start + self.budget if self.budget else None
         while True:
             if not self.stopping:
-                while len(self.running) < self.limit:
+                while len(self.running) < self.limit + PIPELINE:
                     t = self._next_trial()
                     if t is None:
                         break
