@@ -186,6 +186,20 @@ def test_a_report_of_the_wrong_type_fails_the_trial_with_its_message(volley_shar
     assert "report() takes a dict" in (Path(grid[0].path) / "error.txt").read_text()
 
 
+def test_a_result_without_the_run_s_metric_fails_its_trial_saying_so(volley_shared, tmp_path):
+    def f(config):
+        tune.report({"accuracy": 0.5})
+
+    grid = tune.Tuner(
+        f,
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=run_config(tmp_path),
+    ).fit()
+    assert grid.num_errors == 1
+    assert "without the metric 'loss'" in str(grid.errors[0])
+    assert "'accuracy'" in str(grid.errors[0])
+
+
 # ------------------------------------------------------------------- schedulers' decisions
 
 
@@ -370,7 +384,12 @@ def test_checkpoints_are_kept_under_the_trial_and_pruned(volley_shared, tmp_path
     r = grid[0]
     kept = sorted(p.name for p in Path(r.path).glob("checkpoint_*"))
     # the best by score (9, at the 2nd) and the latest are kept
-    assert kept == ["checkpoint_000002", "checkpoint_000005"], kept
+    assert kept == ["checkpoint_000002", "checkpoint_000005"], (
+        kept,
+        r.status,
+        r.error,
+        os.listdir(r.path),
+    )
     assert Path(r.checkpoint.path).name == "checkpoint_000005"
     with r.checkpoint.as_directory() as d:
         assert (Path(d) / "w.txt").read_text() == "4"

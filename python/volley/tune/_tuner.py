@@ -326,6 +326,7 @@ class _Runner:
         self.by_id: dict[str, Trial] = {}
         self.running: dict[str, Any] = {}  # trial_id -> ObjectRef of its task
         self.pgs: dict[str, Any] = {}
+        self.pg_release: list[tuple[Any, Any]] = []  # (group, task) to remove once it ended
         self.pending: set[str] = set()  # ids of the PENDING trials
         self.writer = _Writer()
         self.cancelled: list[Any] = []  # tasks cancelled: the queue outlives them (see close)
@@ -569,6 +570,7 @@ class _Runner:
         ref = self.remote.options(**opts).remote(self.trainable_ref, spec, self.queue)
         self._status(t, RUNNING)
         self.running[t.trial_id] = ref
+        t._ref = ref  # type: ignore[attr-defined]
         for cb in self.callbacks:
             cb.on_trial_start(iteration=self.iteration, trials=self.trials, trial=t)
 
@@ -596,12 +598,30 @@ class _Runner:
         self._release_pg(t)
 
     def _release_pg(self, t: Trial) -> None:
+        # Removed once the trial's task has ended: a group removed under a running task takes
+        # its worker down with it, and that worker may be running the next trial by then.
         pg = self.pgs.pop(t.trial_id, None)
         if pg is not None:
-            try:
-                volley.remove_placement_group(pg)
-            except Exception:  # noqa: BLE001 already gone with its node
-                pass
+            self.pg_release.append((pg, t._ref))  # type: ignore[attr-defined]
+        self._remove_pgs(wait=False)
+
+    def _remove_pgs(self, wait: bool) -> None:
+        if not self.pg_release:
+            return
+        refs = [r for _, r in self.pg_release]
+        ready, _ = volley.wait(
+            refs, num_returns=len(refs), timeout=CANCEL_WAIT_S if wait else 0, fetch_local=False
+        )
+        keep = []
+        for pg, ref in self.pg_release:
+            if ref in ready or wait:
+                try:
+                    volley.remove_placement_group(pg)
+                except Exception:  # noqa: BLE001 already gone with its node
+                    pass
+            else:
+                keep.append((pg, ref))
+        self.pg_release = keep
 
     # -- the loop
 
@@ -658,6 +678,15 @@ class _Runner:
             return  # a stopped or restarted trial's late result
         t._received += 1  # type: ignore[attr-defined]
         self.iteration += 1
+        if self.metric is not None and self.metric not in result:
+            # As Ray: a result without the run's metric is a mistake, said where it happens.
+            self._cancel(t)
+            err = ValueError(
+                f"trial {tid} reported {sorted(result)} without the metric {self.metric!r} "
+                "that TuneConfig(metric=...) names"
+            )
+            self._on_end(tid, gen, None, err)
+            return
         result["trial_id"] = tid
         result["config"] = t.config
         stop = final or _stop_reached(self.stop, tid, result)
@@ -813,6 +842,8 @@ class _Runner:
                 self._flush_trial(self.by_id[tid])
             self.dirty.clear()
             self.last_flush = now
+        if self.pg_release:
+            self._remove_pgs(wait=False)
         if final or now - self.last_state >= STATE_S:
             self._write_state()
             self.last_state = now
@@ -900,6 +931,7 @@ class _Runner:
             self.journal_buf.clear()
         self.writer.close()
         os.close(self.journal_fd)
+        self._remove_pgs(wait=True)
         for cb in self.callbacks:
             cb.on_experiment_end(trials=self.trials)
         if self.cancelled:
