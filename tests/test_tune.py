@@ -695,3 +695,37 @@ def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
         "the trials' tasks in volley.state.list_tasks()",
     )
     assert (tmp_path / "exp" / "quad_0" / "params.json").exists()
+
+
+def test_restore_reruns_errored_trials_only_when_asked(volley_shared, tmp_path):
+    def flaky(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        for i in range(start, 3):
+            tune.report({"i": i, "from": start}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+            if config["x"] == 1 and i == 1 and not (tmp_path / "fixed").exists():
+                raise ValueError("x == 1 fails at i == 1")
+
+    space = {"x": tune.grid_search([0, 1])}
+    grid = tune.Tuner(flaky, param_space=space, run_config=run_config(tmp_path)).fit()
+    assert [r.status for r in grid] == ["TERMINATED", "ERROR"]
+    exp = grid.experiment_path
+
+    kept = tune.Tuner.restore(exp, flaky).fit()
+    assert [r.status for r in kept] == ["TERMINATED", "ERROR"], "errored trials stay errored"
+    assert "fails at i == 1" in kept[1].error.args[0]
+
+    (tmp_path / "fixed").touch()
+    resumed = tune.Tuner.restore(exp, flaky, resume_errored=True).fit()
+    assert [r.status for r in resumed] == ["TERMINATED", "TERMINATED"]
+    assert resumed[1].metrics["from"] == 2, "resumed from its checkpoint of i == 1"
+    assert resumed[0].metrics["training_iteration"] == 3, "the finished trial did not run again"
+
+    (tmp_path / "fixed").unlink()
+    grid = tune.Tuner(flaky, param_space=space, run_config=run_config(tmp_path, name="b")).fit()
+    assert grid[1].status == "ERROR"
+    (tmp_path / "fixed").touch()
+    restarted = tune.Tuner.restore(grid.experiment_path, flaky, restart_errored=True).fit()
+    assert [r.status for r in restarted] == ["TERMINATED", "TERMINATED"]
+    assert restarted[1].metrics["from"] == 0, "restarted from the start"
+    assert restarted[1].metrics["training_iteration"] == 3
