@@ -22,12 +22,9 @@ import time
 from typing import Any
 
 from ._checkpoint import Checkpoint, portable, unpack, write_into
+from ._trainable import _reached, _StopTrial, run_class, unwrap_parameters
 
 __all__ = ["TuneContext", "get_checkpoint", "get_context", "report"]
-
-
-class _StopTrial(BaseException):
-    """Ends a trial's trainable from inside ``report`` once a ``stop`` condition is met."""
 
 
 class TuneContext:
@@ -121,13 +118,6 @@ class _TrialSession:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _reached(value: Any, limit: float) -> bool:
-    try:
-        return value >= limit
-    except TypeError:
-        return False
-
-
 _current: _TrialSession | None = None
 
 
@@ -182,8 +172,6 @@ def run_trial(trainable: Any, spec: dict, queue: Any) -> int:
     with the trial's config and returns how many results it reported."""
     global _current
     from volley import get_runtime_context, library
-
-    from ._trainable import run_class, unwrap_parameters
 
     s = _TrialSession(spec, queue, get_runtime_context().get_node_id())
     _current = s

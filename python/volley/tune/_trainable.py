@@ -31,6 +31,17 @@ from ._checkpoint import Checkpoint
 __all__ = ["PlacementGroupFactory", "Trainable", "with_parameters", "with_resources"]
 
 
+class _StopTrial(BaseException):
+    """Ends a trial's trainable from inside ``report`` once a ``stop`` condition is met."""
+
+
+def _reached(value: Any, limit: float) -> bool:
+    try:
+        return value >= limit
+    except TypeError:
+        return False
+
+
 class Trainable:
     """A trainable as a class: ``setup(config)`` once, then ``step()`` returns each
     iteration's metrics (a dict; ``"done": True`` ends the trial); ``save_checkpoint(dir)``
@@ -78,8 +89,6 @@ def _save(inst: Trainable) -> Checkpoint:
 def run_class(cls: type, spec: dict, session: Any, kwargs: dict) -> None:
     """Runs a ``Trainable`` subclass in this process until it is done or stopped."""
     import shutil
-
-    from ._session import _reached, _StopTrial
 
     inst = cls(spec["config"], **kwargs)
     inst.trial_id, inst.logdir, inst.iteration = (
