@@ -729,3 +729,38 @@ def test_restore_reruns_errored_trials_only_when_asked(volley_shared, tmp_path):
     assert [r.status for r in restarted] == ["TERMINATED", "TERMINATED"]
     assert restarted[1].metrics["from"] == 0, "restarted from the start"
     assert restarted[1].metrics["training_iteration"] == 3
+
+
+class Setups(tune.Trainable):
+    def setup(self, config):
+        self.pid = os.getpid()
+        self.setups = getattr(self, "setups", 0) + 1
+        self.reset = 0
+
+    def reset_config(self, new_config):
+        self.reset += 1
+        return True
+
+    def step(self):
+        return {"pid": self.pid, "reset": self.reset, "x": self.config["x"]}
+
+
+def test_reuse_actors_keeps_a_trainable_per_worker_and_resets_its_config(volley_shared, tmp_path):
+    def run(reuse: bool, name: str):
+        return tune.Tuner(
+            Setups,
+            param_space={"x": tune.grid_search(list(range(6)))},
+            tune_config=tune.TuneConfig(reuse_actors=reuse),
+            run_config=run_config(tmp_path, name=name, stop={"training_iteration": 1}),
+        ).fit()
+
+    grid = run(True, "reuse")
+    assert sorted(r.metrics["x"] for r in grid) == list(range(6)), "each trial saw its config"
+    pids = {r.metrics["pid"] for r in grid}
+    # one setup per worker process; every later trial there was a reset_config
+    assert sum(1 for r in grid if r.metrics["reset"] == 0) == len(pids) < 6
+    for pid in pids:
+        resets = sorted(r.metrics["reset"] for r in grid if r.metrics["pid"] == pid)
+        assert resets == list(range(len(resets))), resets
+    fresh = run(False, "fresh")
+    assert all(r.metrics["reset"] == 0 for r in fresh)

@@ -90,7 +90,19 @@ def run_class(cls: type, spec: dict, session: Any, kwargs: dict) -> None:
     """Runs a ``Trainable`` subclass in this process until it is done or stopped."""
     import shutil
 
-    inst = cls(spec["config"], **kwargs)
+    global _kept
+    inst = None
+    if _kept is not None:
+        run, old = _kept
+        _kept = None
+        if spec.get("reuse") and run == spec["run_id"] and type(old) is cls:
+            if old.reset_config(spec["config"]):
+                inst = old
+                inst.config = spec["config"]
+        if inst is None:
+            old.cleanup()
+    if inst is None:
+        inst = cls(spec["config"], **kwargs)
     inst.trial_id, inst.logdir, inst.iteration = (
         spec["trial_id"],
         spec["trial_dir"],
@@ -107,6 +119,7 @@ def run_class(cls: type, spec: dict, session: Any, kwargs: dict) -> None:
         else:
             with ckpt.as_directory() as d:
                 inst.load_checkpoint(d)
+    ended = False
     try:
         while True:
             result = inst.step()
@@ -128,9 +141,19 @@ def run_class(cls: type, spec: dict, session: Any, kwargs: dict) -> None:
                 if c is not None and c.path is not None:
                     shutil.rmtree(c.path, ignore_errors=True)
             if stop:
+                ended = True
                 return
     finally:
-        inst.cleanup()
+        if ended and spec.get("reuse"):
+            # reuse_actors: kept in this worker for the run's next trial here, which calls
+            # reset_config (setup is skipped if it returns True; else cleanup, then a new one).
+            _kept = (spec["run_id"], inst)
+        else:
+            inst.cleanup()
+
+
+#: reuse_actors: (run id, the Trainable) this worker process keeps for its next trial.
+_kept: tuple[str, Any] | None = None
 
 
 class PlacementGroupFactory:

@@ -297,6 +297,8 @@ class _Runner:
         self.callbacks = list(rc.callbacks or [])
         self.verbose = rc.verbose
         self.budget = tc.time_budget_s
+        self.reuse = bool(tc.reuse_actors)
+        self.run_id = f"{os.getpid()}-{time.time_ns()}"
         self.name_creator = tc.trial_name_creator
         self.dirname_creator = tc.trial_dirname_creator
         self.trainable = tuner._trainable
@@ -540,6 +542,8 @@ class _Runner:
             "driver_node": self.driver_node,
             "stop": self.stop if isinstance(self.stop, dict) else None,
             "checkpoint_frequency": self.ckpt_config.checkpoint_frequency,
+            "reuse": self.reuse,
+            "run_id": self.run_id,
             "checkpoint_at_end": self.ckpt_config.checkpoint_at_end,
             "resources": dict(t.resources),
         }
