@@ -338,6 +338,7 @@ def test_with_parameters_puts_large_data_once(volley_shared, tmp_path):
         param_space={"k": tune.grid_search([1, 2])},
         run_config=run_config(tmp_path),
     ).fit()
+    assert grid.num_errors == 0, grid.errors
     assert sorted(r.metrics["total"] for r in grid) == [data.sum(), 2 * data.sum()]
 
 

@@ -167,7 +167,7 @@ def get_context() -> TuneContext:
     return TuneContext(_session("get_context").spec)
 
 
-def run_trial(trainable: Any, spec: dict, queue: Any) -> int:
+def run_trial(trainable: Any, spec: dict, queue: Any, params: dict | None = None) -> int:
     """The body of a trial's task: runs ``trainable`` (a function or a ``Trainable`` class)
     with the trial's config and returns how many results it reported."""
     global _current
@@ -177,7 +177,7 @@ def run_trial(trainable: Any, spec: dict, queue: Any) -> int:
     _current = s
     error: BaseException | None = None
     try:
-        fn, kwargs = unwrap_parameters(trainable)
+        fn, kwargs = unwrap_parameters(trainable, params)
         if isinstance(fn, type):
             run_class(fn, spec, s, kwargs)
         else:

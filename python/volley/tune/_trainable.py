@@ -269,17 +269,29 @@ def with_parameters(trainable: Any, **kwargs: Any) -> Any:
     return _WithParameters(trainable, {k: volley.put(v) for k, v in kwargs.items()})
 
 
-def unwrap_parameters(trainable: Any) -> tuple[Any, dict]:
-    """The function or class behind ``trainable``, and its ``with_parameters`` values."""
+def unwrap_parameters(trainable: Any, values: dict | None = None) -> tuple[Any, dict]:
+    """The function or class behind ``trainable``, and its ``with_parameters`` values (taken
+    from ``values`` where given, else fetched)."""
     kwargs: dict = {}
     while True:
         if isinstance(trainable, _WithResources):
             trainable = trainable.trainable
         elif isinstance(trainable, _WithParameters):
-            kwargs.update({k: volley.get(r) for k, r in trainable.refs.items()})
+            for k, r in trainable.refs.items():
+                kwargs[k] = values[k] if values and k in values else volley.get(r)
             trainable = trainable.trainable
         else:
             return trainable, kwargs
+
+
+def parameter_refs(trainable: Any) -> dict[str, Any]:
+    """The ``with_parameters`` refs of ``trainable``, by name."""
+    out: dict[str, Any] = {}
+    while isinstance(trainable, (_WithResources, _WithParameters)):
+        if isinstance(trainable, _WithParameters):
+            out.update(trainable.refs)
+        trainable = trainable.trainable
+    return out
 
 
 def resources_of(trainable: Any) -> dict[str, float] | PlacementGroupFactory:

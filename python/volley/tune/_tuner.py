@@ -51,7 +51,7 @@ from ._checkpoint import Checkpoint, pack, write_into
 from ._config import CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
 from ._result_grid import Result, ResultGrid
 from ._session import run_trial
-from ._trainable import PlacementGroupFactory, resources_of, unwrap_parameters
+from ._trainable import PlacementGroupFactory, parameter_refs, resources_of, unwrap_parameters
 from ._trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 from .schedulers import FIFOScheduler, TrialScheduler
 from .search import BasicVariantGenerator, Searcher
@@ -342,6 +342,8 @@ class _Runner:
         self.queue = Queue()
         self.remote = volley.remote(max_retries=0)(_trial_task)
         self.trainable_ref = volley.put(self.trainable)
+        params = parameter_refs(self.trainable)
+        self.param_names, self.param_refs = list(params), list(params.values())
         self.journal_buf: list[bytes] = []
         self.last_state = 0.0
         self.last_flush = time.monotonic()
@@ -571,7 +573,10 @@ class _Runner:
         custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
         if custom:
             opts["resources"] = custom
-        ref = self.remote.options(**opts).remote(self.trainable_ref, spec, self.queue)
+        spec["params"] = self.param_names
+        ref = self.remote.options(**opts).remote(
+            self.trainable_ref, spec, self.queue, *self.param_refs
+        )
         self._status(t, RUNNING)
         self.running[t.trial_id] = ref
         t._ref = ref  # type: ignore[attr-defined]
@@ -704,7 +709,12 @@ class _Runner:
         for cb in self.callbacks:
             cb.on_trial_result(iteration=self.iteration, trials=self.trials, trial=t, result=result)
         if stop:
-            self._cancel(t)
+            if final or isinstance(self.stop, dict):
+                # The trial ends by itself (its trainable returned, or its report saw the
+                # same stop dict): no cancel to race with the worker's next task.
+                self.running.pop(tid, None)
+            else:
+                self._cancel(t)
             self._complete(t)
             return
         self.searcher.on_trial_result(tid, result)
@@ -972,8 +982,10 @@ class _Runner:
         return ResultGrid(results, self.path, self.metric, self.mode)
 
 
-def _trial_task(trainable: Any, spec: dict, queue: Any) -> int:
-    return run_trial(trainable, spec, queue)
+def _trial_task(trainable: Any, spec: dict, queue: Any, *values: Any) -> int:
+    # ``values``: the with_parameters objects, passed as the task's own arguments (volley
+    # fetches them to the trial's node before it starts) in the order of spec["params"].
+    return run_trial(trainable, spec, queue, dict(zip(spec["params"], values)))
 
 
 def _brief(result: dict) -> dict:
