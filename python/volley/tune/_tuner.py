@@ -330,7 +330,6 @@ class _Runner:
         self.pgs: dict[str, Any] = {}
         self.pg_release: list[tuple[Any, Any]] = []  # (group, task) to remove once it ended
         self.pending: set[str] = set()  # ids of the PENDING trials
-        self.writer = _Writer()
         self.cancelled: list[Any] = []  # tasks cancelled: the queue outlives them (see close)
         self.last_check = time.monotonic()
         self.next_id = 0
@@ -339,7 +338,6 @@ class _Runner:
         self.iteration = 0
         self.raise_error: BaseException | None = None
         self.driver_node = volley.get_runtime_context().get_node_id()
-        self.queue = Queue()
         self.remote = volley.remote(max_retries=0)(_trial_task)
         self.trainable_ref = volley.put(self.trainable)
         params = parameter_refs(self.trainable)
@@ -365,6 +363,9 @@ class _Runner:
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
             0o600,
         )
+        # Made last: a run refused above leaves no thread or queue behind.
+        self.writer = _Writer()
+        self.queue = Queue()
         for cb in self.callbacks:
             cb.setup(stop=self.stop, num_samples=tc.num_samples)
 
