@@ -333,12 +333,13 @@ def test_with_parameters_puts_large_data_once(volley_shared, tmp_path):
     def f(config, data):
         tune.report({"total": float(data.sum()) * config["k"]})
 
+    wrapped = tune.with_parameters(f, data=data)
     grid = tune.Tuner(
-        tune.with_parameters(f, data=data),
+        wrapped,
         param_space={"k": tune.grid_search([1, 2])},
         run_config=run_config(tmp_path),
     ).fit()
-    assert grid.num_errors == 0, grid.errors
+    assert grid.num_errors == 0, (grid.errors, wrapped.refs)
     assert sorted(r.metrics["total"] for r in grid) == [data.sum(), 2 * data.sum()]
 
 

@@ -330,7 +330,8 @@ class _Runner:
         self.pgs: dict[str, Any] = {}
         self.pg_release: list[tuple[Any, Any]] = []  # (group, task) to remove once it ended
         self.pending: set[str] = set()  # ids of the PENDING trials
-        self.cancelled: list[Any] = []  # tasks cancelled: the queue outlives them (see close)
+        # Tasks cancelled, or done but for their end's put: the queue outlives them (close).
+        self.cancelled: list[Any] = []
         self.last_check = time.monotonic()
         self.next_id = 0
         self.searcher_done = False
@@ -712,8 +713,11 @@ class _Runner:
         if stop:
             if final or isinstance(self.stop, dict):
                 # The trial ends by itself (its trainable returned, or its report saw the
-                # same stop dict): no cancel to race with the worker's next task.
-                self.running.pop(tid, None)
+                # same stop dict): no cancel to race with the worker's next task. Its end
+                # is still to be put on the queue: close() waits for it (see there).
+                ref = self.running.pop(tid, None)
+                if ref is not None:
+                    self.cancelled.append(ref)
             else:
                 self._cancel(t)
             self._complete(t)
