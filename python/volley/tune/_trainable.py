@@ -284,6 +284,16 @@ def unwrap_parameters(trainable: Any, values: dict | None = None) -> tuple[Any, 
             return trainable, kwargs
 
 
+def without_refs(trainable: Any) -> Any:
+    """``trainable`` with its ``with_parameters`` refs left out (the tuner passes the values
+    as the trial task's own arguments; no ref travels inside another object)."""
+    if isinstance(trainable, _WithResources):
+        return _WithResources(without_refs(trainable.trainable), trainable.resources)
+    if isinstance(trainable, _WithParameters):
+        return _WithParameters(without_refs(trainable.trainable), dict.fromkeys(trainable.refs))
+    return trainable
+
+
 def parameter_refs(trainable: Any) -> dict[str, Any]:
     """The ``with_parameters`` refs of ``trainable``, by name."""
     out: dict[str, Any] = {}

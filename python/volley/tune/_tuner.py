@@ -51,7 +51,13 @@ from ._checkpoint import Checkpoint, pack, write_into
 from ._config import CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
 from ._result_grid import Result, ResultGrid
 from ._session import run_trial
-from ._trainable import PlacementGroupFactory, parameter_refs, resources_of, unwrap_parameters
+from ._trainable import (
+    PlacementGroupFactory,
+    parameter_refs,
+    resources_of,
+    unwrap_parameters,
+    without_refs,
+)
 from ._trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 from .schedulers import FIFOScheduler, TrialScheduler
 from .search import BasicVariantGenerator, Searcher
@@ -340,7 +346,7 @@ class _Runner:
         self.raise_error: BaseException | None = None
         self.driver_node = volley.get_runtime_context().get_node_id()
         self.remote = volley.remote(max_retries=0)(_trial_task)
-        self.trainable_ref = volley.put(self.trainable)
+        self.trainable_ref = volley.put(without_refs(self.trainable))
         params = parameter_refs(self.trainable)
         self.param_names, self.param_refs = list(params), list(params.values())
         self.journal_buf: list[bytes] = []
