@@ -1,8 +1,11 @@
-"""volley.tune: hyperparameter search on volley (issue 22; being built).
+"""volley.tune: hyperparameter search on volley, with Ray Tune's names.
 
-Today: search spaces (``uniform``, ``loguniform``, ``choice``, ``grid_search``,
-``sample_from``, ...), the searcher and scheduler interfaces (``volley.tune.search``,
-``volley.tune.schedulers``). The tuner itself (``Tuner``, ``report``) comes next.
+``Tuner(trainable, param_space=..., tune_config=TuneConfig(...), run_config=RunConfig(...))``
+runs a trial per config (a volley task each), ``fit()`` returns a ``ResultGrid``; inside a trial
+``report`` sends metrics (and a ``Checkpoint``), ``get_checkpoint`` gives the one to go on
+from. Search spaces (``uniform``, ``loguniform``, ``choice``, ``grid_search``,
+``sample_from``, ...), searchers (``volley.tune.search``) and schedulers
+(``volley.tune.schedulers``) plug in. See docs/tune.md.
 
 >>> from volley import tune
 >>> isinstance(tune.uniform(0, 1), tune.Domain)
@@ -11,6 +14,10 @@ True
 
 from __future__ import annotations
 
+from ._checkpoint import Checkpoint
+from ._config import Callback, CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
+from ._result_grid import Result, ResultGrid
+from ._session import TuneContext, get_checkpoint, get_context, report
 from ._space import (
     Categorical,
     Domain,
@@ -33,9 +40,24 @@ from ._space import (
     sample_from,
     uniform,
 )
+from ._trainable import PlacementGroupFactory, Trainable, with_parameters, with_resources
+from ._tuner import Tuner
 
 __all__ = [
+    "Callback",
     "Categorical",
+    "Checkpoint",
+    "CheckpointConfig",
+    "FailureConfig",
+    "PlacementGroupFactory",
+    "Result",
+    "ResultGrid",
+    "RunConfig",
+    "Stopper",
+    "Trainable",
+    "TuneConfig",
+    "TuneContext",
+    "Tuner",
     "Domain",
     "Float",
     "Function",
@@ -43,6 +65,8 @@ __all__ = [
     "Integer",
     "choice",
     "generate_variants",
+    "get_checkpoint",
+    "get_context",
     "grid_search",
     "lograndint",
     "loguniform",
@@ -53,6 +77,9 @@ __all__ = [
     "quniform",
     "randint",
     "randn",
+    "report",
     "sample_from",
     "uniform",
+    "with_parameters",
+    "with_resources",
 ]

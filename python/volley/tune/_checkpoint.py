@@ -1,0 +1,174 @@
+"""Checkpoints: a directory of a trial's state, kept by the tuner under the trial's folder.
+
+A trainable makes one in a directory of its own (or from a small dict) and hands it to
+``volley.tune.report(..., checkpoint=...)``; the tuner keeps a copy under
+``storage_path/name/<trial>/checkpoint_NNNNNN``. On the driver's node the copy is a file copy
+made by the trial itself; from another node the directory travels packed in the report
+(through volley, no shared file system needed).
+
+>>> import tempfile
+>>> from volley.tune import Checkpoint
+>>> ckpt = Checkpoint.from_dict({"step": 3})
+>>> ckpt.to_dict()
+{'step': 3}
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = ckpt.to_directory(d)
+...     Checkpoint.from_directory(path).to_dict()
+{'step': 3}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["Checkpoint"]
+
+#: The file a dict checkpoint is kept in inside its directory.
+DICT_FILE = "_dict_checkpoint.pkl"
+
+
+class Checkpoint:
+    """A trial's saved state: a directory (``from_directory``) or a small dict (``from_dict``).
+
+    ``path`` is the directory (None for a dict checkpoint not yet written anywhere).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, _data: dict | None = None):
+        if path is None and _data is None:
+            raise ValueError("a Checkpoint needs a directory (Checkpoint.from_directory(path))")
+        self.path = os.fspath(path) if path is not None else None
+        self._data = _data
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
+        """The checkpoint kept in directory ``path`` (which must exist).
+
+        >>> Checkpoint.from_directory("/no/such/dir")
+        Traceback (most recent call last):
+        ValueError: Checkpoint.from_directory: '/no/such/dir' is not a directory
+        """
+        if not os.path.isdir(path):
+            raise ValueError(f"Checkpoint.from_directory: {os.fspath(path)!r} is not a directory")
+        return cls(os.path.abspath(path))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Checkpoint:
+        """A checkpoint of a small picklable dict (kept as one file in its directory).
+
+        >>> Checkpoint.from_dict({"w": [1.0, 2.0]}).to_dict()["w"]
+        [1.0, 2.0]
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"Checkpoint.from_dict takes a dict, not {type(data).__name__}")
+        return cls(_data=dict(data))
+
+    def to_dict(self) -> dict:
+        """The dict of a ``from_dict`` checkpoint (``ValueError`` for a plain directory)."""
+        if self._data is not None:
+            return dict(self._data)
+        assert self.path is not None
+        f = os.path.join(self.path, DICT_FILE)
+        if not os.path.exists(f):
+            raise ValueError(
+                f"checkpoint {self.path} was not made from a dict; use as_directory() to read it"
+            )
+        with open(f, "rb") as fh:
+            return pickle.load(fh)
+
+    def to_directory(self, path: str | os.PathLike | None = None) -> str:
+        """Writes the checkpoint's files into ``path`` (a new temporary directory if None) and
+        returns that directory."""
+        dest = os.fspath(path) if path is not None else tempfile.mkdtemp(prefix="checkpoint_")
+        os.makedirs(dest, exist_ok=True)
+        if self._data is not None:
+            with open(os.path.join(dest, DICT_FILE), "wb") as fh:
+                pickle.dump(self._data, fh, protocol=5)
+        else:
+            assert self.path is not None
+            shutil.copytree(self.path, dest, dirs_exist_ok=True)
+        return dest
+
+    @contextlib.contextmanager
+    def as_directory(self) -> Iterator[str]:
+        """A directory holding the checkpoint, for reading: its own directory when it has one,
+        else a temporary one removed on exit.
+
+        >>> with Checkpoint.from_dict({"a": 1}).as_directory() as d:
+        ...     sorted(os.listdir(d))
+        ['_dict_checkpoint.pkl']
+        """
+        if self.path is not None:
+            yield self.path
+            return
+        d = self.to_directory()
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r})" if self.path else "Checkpoint(<dict>)"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Checkpoint) and self.path == other.path and self._data == other._data
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+# ------------------------------------------------------------- moving a checkpoint to storage
+
+
+def pack(path: str) -> bytes:
+    """The directory ``path`` as the bytes of an uncompressed tar (to travel in a report)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=".")
+    return buf.getvalue()
+
+
+def unpack(data: bytes, dest: str) -> None:
+    """Writes what ``pack`` made into the new directory ``dest`` (members that would land
+    outside it, or links, are refused)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(dest, filter="data")
+
+
+def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:
+    """Makes ``dest`` (a checkpoint_NNNNNN directory) hold ``ckpt`` (a Checkpoint, or the
+    packed bytes of one), atomically: written beside it, then renamed into place."""
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(ckpt, bytes):
+        os.makedirs(tmp, mode=0o700)
+        unpack(ckpt, tmp)
+    else:
+        assert isinstance(ckpt, Checkpoint)
+        if ckpt._data is not None:
+            os.makedirs(tmp, mode=0o700)
+            with open(os.path.join(tmp, DICT_FILE), "wb") as fh:
+                pickle.dump(ckpt._data, fh, protocol=5)
+        else:
+            assert ckpt.path is not None
+            shutil.copytree(ckpt.path, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+
+
+def portable(ckpt: Checkpoint) -> Any:
+    """What of ``ckpt`` travels to another node: the dict itself, or the packed directory."""
+    if ckpt._data is not None:
+        return ckpt
+    assert ckpt.path is not None
+    return pack(ckpt.path)

@@ -1,0 +1,768 @@
+"""volley.tune's tuner end to end: real trials as volley tasks, real checkpoints on disk, a trial's
+process SIGKILLed and restarted from its checkpoint, a driver SIGKILLed and its run restored.
+With VOLLEY_TEST_CLUSTER=1 the trials run on the other nodes and their checkpoints come back to
+the driver's storage through volley."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLUSTER_MODE, finish_driver, kill_driver, start_driver
+
+import volley
+from volley import tune
+from volley.tune._tuner import _read_journal
+from volley.tune.schedulers import FIFOScheduler, TrialScheduler
+
+WAIT_S = 30.0
+
+
+def wait_for(cond, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.02)
+
+
+def run_config(tmp_path: Path, **kw) -> tune.RunConfig:
+    kw.setdefault("verbose", 0)
+    return tune.RunConfig(storage_path=str(tmp_path), name=kw.pop("name", "exp"), **kw)
+
+
+def quadratic(config):
+    for step in range(3):
+        tune.report({"loss": (config["x"] - 2) ** 2 + 1 / (step + 1)})
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_a_grid_runs_every_trial_and_the_best_is_found(volley_shared, tmp_path):
+    grid = tune.Tuner(
+        quadratic,
+        param_space={"x": tune.grid_search([0, 1, 2, 3])},
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=run_config(tmp_path),
+    ).fit()
+    assert len(grid) == 4 and grid.num_terminated == 4 and grid.num_errors == 0
+    assert sorted(r.config["x"] for r in grid) == [0, 1, 2, 3]
+    best = grid.get_best_result()
+    assert best.config == {"x": 2}
+    assert best.metrics["training_iteration"] == 3 and best.metrics["done"] is True
+    assert [h["training_iteration"] for h in best._history] == [1, 2, 3]
+    # scope="all" judges each trial on its best result ever, "avg" on the mean
+    assert grid.get_best_result(scope="all").config == {"x": 2}
+    assert grid.get_best_result("loss", "max", scope="avg").config["x"] == 0
+    df = grid.get_dataframe()
+    assert len(df) == 4 and set(df["config/x"]) == {0, 1, 2, 3}
+    assert best.metrics_dataframe["training_iteration"].tolist() == [1, 2, 3]
+    first = grid.get_dataframe(filter_metric="loss", filter_mode="max")
+    assert (first["training_iteration"] == 1).all(), "the worst loss is each trial's first"
+    assert grid.experiment_path == str(tmp_path / "exp")
+
+
+def test_each_trial_leaves_its_params_results_and_progress(volley_shared, tmp_path):
+    grid = tune.Tuner(quadratic, param_space={"x": 1.5}, run_config=run_config(tmp_path)).fit()
+    path = Path(grid[0].path)
+    assert json.loads((path / "params.json").read_text()) == {"x": 1.5}
+    lines = [json.loads(x) for x in (path / "result.json").read_text().splitlines()]
+    assert [r["training_iteration"] for r in lines] == [1, 2, 3]
+    assert all(r["trial_id"] == grid[0].trial_id and r["config"] == {"x": 1.5} for r in lines)
+    assert all(r["time_total_s"] >= r["time_this_iter_s"] >= 0 for r in lines)
+    csv = (path / "progress.csv").read_text().splitlines()
+    assert csv[0].startswith("loss,training_iteration") and len(csv) == 4
+    assert tune.Tuner.can_restore(grid.experiment_path)
+
+
+def test_a_returned_dict_is_the_last_report(volley_shared, tmp_path):
+    def f(config):
+        tune.report({"score": 1})
+        return {"score": 2}
+
+    r = tune.Tuner(f, run_config=run_config(tmp_path)).fit()[0]
+    assert r.metrics["score"] == 2 and r.metrics["training_iteration"] == 2 and r.metrics["done"]
+
+
+def test_stop_conditions_dict_callable_and_stopper(volley_shared, tmp_path):
+    def forever(config):
+        i = 0
+        while True:
+            i += 1
+            tune.report({"i": i, "loss": 1 / i})
+
+    by_dict = tune.Tuner(
+        forever, run_config=run_config(tmp_path, name="d", stop={"training_iteration": 5})
+    ).fit()
+    assert by_dict[0].metrics["training_iteration"] == 5 and by_dict[0].metrics["done"]
+
+    by_fn = tune.Tuner(
+        forever,
+        run_config=run_config(tmp_path, name="f", stop=lambda tid, r: r["loss"] < 0.3),
+    ).fit()
+    assert by_fn[0].metrics["i"] == 4
+
+    class AtSeven(tune.Stopper):
+        def __call__(self, trial_id, result):
+            return result["i"] >= 7
+
+    by_stopper = tune.Tuner(
+        forever, run_config=run_config(tmp_path, name="s", stop=AtSeven())
+    ).fit()
+    assert by_stopper[0].metrics["i"] == 7 and by_stopper[0].status == "TERMINATED"
+
+
+def test_a_time_budget_stops_running_trials_and_starts_no_more(volley_shared, tmp_path):
+    def forever(config):
+        while True:
+            tune.report({"x": 1})
+            time.sleep(0.01)
+
+    t0 = time.monotonic()
+    grid = tune.Tuner(
+        forever,
+        tune_config=tune.TuneConfig(num_samples=6, time_budget_s=1.0),
+        run_config=run_config(tmp_path),
+    ).fit()
+    took = time.monotonic() - t0
+    assert took < 15, f"a 1 s budget took {took:.1f} s"
+    # trials are made as they can start: the two that ran, stopped by the budget
+    assert [r.status for r in grid] == ["TERMINATED", "TERMINATED"], [r.error for r in grid]
+    assert all(r.metrics["time_total_s"] >= 0.9 for r in grid)
+
+
+def test_bad_settings_are_refused_where_they_are_given(volley_shared, tmp_path):
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        tune.TuneConfig(metric="loss", mode="minimum")
+    with pytest.raises(ValueError, match="metric and mode together"):
+        tune.TuneConfig(metric="loss")
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+        tune.TuneConfig(num_samples=0)
+    with pytest.raises(TypeError, match="must be a function or a tune.Trainable"):
+        tune.Tuner(42)
+    with pytest.raises(TypeError, match="stop must be a dict"):
+        tune.RunConfig(stop=5)
+    with pytest.raises(ValueError, match="max_failures"):
+        tune.FailureConfig(max_failures=-2)
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        tune.with_resources(quadratic, {"cpu": -1})
+    with pytest.raises(ValueError, match="no trial could ever start"):
+        tune.Tuner(
+            tune.with_resources(quadratic, {"cpu": 1, "no_such_resource": 1}),
+            run_config=run_config(tmp_path, name="r"),
+        ).fit()
+    with pytest.raises(RuntimeError, match="outside a trial"):
+        tune.report({"loss": 1})
+    with pytest.raises(RuntimeError, match="outside a trial"):
+        tune.get_checkpoint()
+    with pytest.raises(ValueError, match="needs a metric and a mode"):
+        tune.Tuner(quadratic, run_config=run_config(tmp_path, name="m")).fit().get_best_result()
+    with pytest.raises(ValueError, match="already holds an experiment"):
+        tune.Tuner(quadratic, run_config=run_config(tmp_path, name="m")).fit()
+    with pytest.raises(ValueError, match="holds no experiment"):
+        tune.Tuner.restore(str(tmp_path / "nothing"), quadratic)
+    with pytest.raises(RuntimeError, match="fit\\(\\) has not run"):
+        tune.Tuner(quadratic).get_results()
+
+
+def test_a_report_of_the_wrong_type_fails_the_trial_with_its_message(volley_shared, tmp_path):
+    def f(config):
+        tune.report([1, 2])
+
+    grid = tune.Tuner(f, run_config=run_config(tmp_path)).fit()
+    assert grid.num_errors == 1
+    assert "report() takes a dict" in str(grid.errors[0])
+    assert "report() takes a dict" in (Path(grid[0].path) / "error.txt").read_text()
+
+
+def test_a_result_without_the_run_s_metric_fails_its_trial_saying_so(volley_shared, tmp_path):
+    def f(config):
+        tune.report({"accuracy": 0.5})
+
+    grid = tune.Tuner(
+        f,
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=run_config(tmp_path),
+    ).fit()
+    assert grid.num_errors == 1
+    assert "without the metric 'loss'" in str(grid.errors[0])
+    assert "'accuracy'" in str(grid.errors[0])
+
+
+# ------------------------------------------------------------------- schedulers' decisions
+
+
+class StopBigPauseOne(FIFOScheduler):
+    """Stops trials with x >= 10 at their first result; pauses trial x == 1 once, at its 2nd."""
+
+    def __init__(self):
+        super().__init__()
+        self.paused = False
+
+    def on_trial_result(self, controller, trial, result):
+        if trial.config["x"] >= 10:
+            return TrialScheduler.STOP
+        if trial.config["x"] == 1 and result["training_iteration"] == 2 and not self.paused:
+            self.paused = True
+            return TrialScheduler.PAUSE
+        return TrialScheduler.CONTINUE
+
+
+def counting(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["n"] if ckpt else 0
+    for n in range(start + 1, 5):
+        tune.report({"n": n, "resumed_from": start}, checkpoint=tune.Checkpoint.from_dict({"n": n}))
+
+
+def test_a_scheduler_stops_and_pauses_trials_at_once(volley_shared, tmp_path):
+    grid = tune.Tuner(
+        counting,
+        param_space={"x": tune.grid_search([1, 10, 20])},
+        tune_config=tune.TuneConfig(scheduler=StopBigPauseOne(), max_concurrent_trials=1),
+        run_config=run_config(tmp_path),
+    ).fit()
+    by_x = {r.config["x"]: r for r in grid}
+    for x in (10, 20):
+        assert by_x[x].metrics["training_iteration"] == 1, "a STOP ends the trial at that result"
+        assert by_x[x].status == "TERMINATED"
+    one = by_x[1]
+    assert one.status == "TERMINATED" and one.metrics["n"] == 4
+    # paused after its 2nd result, resumed from its latest checkpoint (n == 2)
+    assert one.metrics["resumed_from"] == 2
+    assert [h["training_iteration"] for h in one._history] == [1, 2, 3, 4]
+
+
+class CopyBestAtTwo(FIFOScheduler):
+    """At trial 1's 2nd result, resets it to trial 0's config and latest checkpoint."""
+
+    def __init__(self):
+        super().__init__()
+        self.done = False
+
+    def on_trial_result(self, controller, trial, result):
+        trials = controller.get_trials()
+        if (
+            len(trials) > 1
+            and trial is trials[1]
+            and result["training_iteration"] == 2
+            and not self.done
+        ):
+            self.done = True
+            donor = trials[0]
+            assert donor.checkpoint is not None
+            controller.reset_trial(trial, dict(donor.config), donor.checkpoint)
+            return TrialScheduler.NOOP
+        return TrialScheduler.CONTINUE
+
+
+def test_reset_trial_restarts_a_trial_from_another_trials_checkpoint(volley_shared, tmp_path):
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        state = ckpt.to_dict() if ckpt else {"owner": config["name"], "n": 0}
+        for n in range(state["n"] + 1, state["n"] + 4):  # 3 steps a run
+            tune.report(
+                {"owner": state["owner"], "name": config["name"], "n": n},
+                checkpoint=tune.Checkpoint.from_dict({"owner": state["owner"], "n": n}),
+            )
+
+    grid = tune.Tuner(
+        f,
+        param_space={"name": tune.grid_search(["a", "b"])},
+        tune_config=tune.TuneConfig(scheduler=CopyBestAtTwo(), max_concurrent_trials=1),
+        run_config=run_config(tmp_path),
+    ).fit()
+    b = grid[1]
+    assert b.config == {"name": "a"}
+    assert b.metrics["owner"] == "a", "the donor's checkpoint was the one loaded"
+    assert b.metrics["n"] == 6, "a's last checkpoint (n == 3), then 3 steps"
+    # its iterations go on: 2 of its own, then 3 from the donor's checkpoint
+    assert [h["training_iteration"] for h in b._history] == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------------------ resources
+
+
+def test_trials_hold_their_resources_two_at_once_on_two_cpus(volley_shared, tmp_path):
+    barrier = volley.sync.Barrier(2)
+
+    def f(config):
+        start = time.time()
+        barrier.wait(timeout=WAIT_S)  # two must run together, or this times out
+        tune.report({"start": start, "end": time.time()})
+
+    grid = tune.Tuner(
+        tune.with_resources(f, {"cpu": 1}),
+        tune_config=tune.TuneConfig(num_samples=4),
+        run_config=run_config(tmp_path, name="one"),
+    ).fit()
+    assert grid.num_errors == 0, grid.errors
+    spans = [(r.metrics["start"], r.metrics["end"]) for r in grid]
+    most = max(sum(1 for s, e in spans if s <= t <= e) for t, _ in spans)
+    assert most == 2, spans
+
+    def g(config):
+        tune.report({"start": time.time(), "end": time.time()})
+
+    two = tune.with_resources(g, {"cpu": 2})
+    if CLUSTER_MODE:  # two 1-CPU nodes: no node holds a 2-CPU trial
+        with pytest.raises(ValueError, match="no trial could ever start"):
+            tune.Tuner(two, run_config=run_config(tmp_path, name="two")).fit()
+        return
+    grid = tune.Tuner(
+        two, tune_config=tune.TuneConfig(num_samples=3), run_config=run_config(tmp_path, name="two")
+    ).fit()
+    spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "2-CPU trials overlapped"
+
+
+def test_with_parameters_puts_large_data_once(volley_shared, tmp_path):
+    data = np.arange(1_000_000, dtype=np.float64)
+
+    def f(config, data):
+        tune.report({"total": float(data.sum()) * config["k"]})
+
+    wrapped = tune.with_parameters(f, data=data)
+    grid = tune.Tuner(
+        wrapped,
+        param_space={"k": tune.grid_search([1, 2])},
+        run_config=run_config(tmp_path),
+    ).fit()
+    assert grid.num_errors == 0, (grid.errors, wrapped.refs)
+    assert sorted(r.metrics["total"] for r in grid) == [data.sum(), 2 * data.sum()]
+
+
+def test_a_trial_of_bundles_runs_in_its_placement_group(volley_shared, tmp_path):
+    def f(config):
+        pg = tune.get_context().get_trial_resources()["placement_group"]
+
+        @volley.remote(num_cpus=1)
+        def part():
+            return 1
+
+        s = volley.PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1)
+        tune.report({"parts": volley.get(part.options(scheduling_strategy=s).remote())})
+
+    grid = tune.Tuner(
+        tune.with_resources(f, tune.PlacementGroupFactory([{"CPU": 1}, {"CPU": 1}])),
+        run_config=run_config(tmp_path),
+    ).fit()
+    assert grid.num_errors == 0, grid.errors
+    assert grid[0].metrics["parts"] == 1
+
+
+# ----------------------------------------------------------------- checkpoints, failures
+
+
+def test_checkpoints_are_kept_under_the_trial_and_pruned(volley_shared, tmp_path):
+    def f(config):
+        for i in range(5):
+            d = tmp_path / f"scratch-{config['x']}-{i}"
+            d.mkdir()
+            (d / "w.txt").write_text(str(i))
+            tune.report({"score": [3, 9, 1, 4, 2][i]}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(
+        f,
+        param_space={"x": 0},
+        run_config=run_config(
+            tmp_path,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="score"
+            ),
+        ),
+    ).fit()
+    r = grid[0]
+    kept = sorted(p.name for p in Path(r.path).glob("checkpoint_*"))
+    # the best by score (9, at the 2nd) and the latest are kept
+    assert kept == ["checkpoint_000002", "checkpoint_000005"], (
+        kept,
+        r.status,
+        r.error,
+        os.listdir(r.path),
+    )
+    assert Path(r.checkpoint.path).name == "checkpoint_000005"
+    with r.checkpoint.as_directory() as d:
+        assert (Path(d) / "w.txt").read_text() == "4"
+    assert [c[1]["score"] for c in r.best_checkpoints] == [9, 2]
+
+
+def test_a_failing_trial_restarts_from_its_checkpoint_up_to_max_failures(volley_shared, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        for i in range(start, 4):
+            tune.report({"i": i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+            mark = marks / f"{config['x']}-{i}"
+            if i == 1 and not mark.exists():
+                mark.touch()
+                raise ValueError("flaky")
+
+    grid = tune.Tuner(
+        f,
+        param_space={"x": tune.grid_search([0, 1])},
+        run_config=run_config(tmp_path, failure_config=tune.FailureConfig(max_failures=1)),
+    ).fit()
+    for r in grid:
+        assert r.status == "TERMINATED" and r.metrics["i"] == 3
+        assert [h["training_iteration"] for h in r._history] == [1, 2, 3, 4]
+
+    def always(config):
+        tune.report({"i": 0})
+        raise ValueError("broken for good")
+
+    grid = tune.Tuner(
+        always,
+        run_config=run_config(
+            tmp_path, name="e", failure_config=tune.FailureConfig(max_failures=2)
+        ),
+    ).fit()
+    assert grid.num_errors == 1 and "broken for good" in str(grid.errors[0])
+    assert grid[0].metrics["training_iteration"] == 3, "three runs, their iterations go on"
+
+    with pytest.raises(Exception, match="broken for good"):
+        tune.Tuner(
+            always,
+            tune_config=tune.TuneConfig(num_samples=3),
+            run_config=run_config(
+                tmp_path, name="ff", failure_config=tune.FailureConfig(fail_fast="raise")
+            ),
+        ).fit()
+
+
+def test_a_trial_whose_process_is_sigkilled_goes_on_from_its_checkpoint(volley_2cpu, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        for i in range(start, 6):
+            tune.report(
+                {"i": i, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_dict({"i": i})
+            )
+            if i == 2 and ckpt is None:
+                (pids / str(os.getpid())).touch()
+                while True:  # until the test kills this process
+                    time.sleep(0.05)
+
+    def killer():
+        pid = int(wait_for(lambda: list(pids.iterdir()), "the trial to reach i == 2")[0].name)
+        os.kill(pid, signal.SIGKILL)
+
+    th = threading.Thread(target=killer)
+    th.start()
+    grid = tune.Tuner(
+        f,
+        run_config=run_config(tmp_path, failure_config=tune.FailureConfig(max_failures=1)),
+    ).fit()
+    th.join()
+    r = grid[0]
+    assert r.status == "TERMINATED", r.error
+    assert r.metrics["i"] == 5
+    hist = r._history
+    assert [h["training_iteration"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    assert hist[0]["pid"] == hist[2]["pid"] != hist[3]["pid"], "restarted in a new process"
+
+
+class Counter(tune.Trainable):
+    def setup(self, config):
+        self.n = 0
+        self.loaded = None
+
+    def step(self):
+        self.n += 1
+        if self.n == 3 and self.config.get("fail_at_3") and self.loaded is None:
+            raise RuntimeError("fails once at 3")
+        return {"n": self.n, "loaded": self.loaded}
+
+    def save_checkpoint(self, checkpoint_dir):
+        Path(checkpoint_dir, "n").write_text(str(self.n))
+
+    def load_checkpoint(self, checkpoint_dir):
+        self.n = self.loaded = int(Path(checkpoint_dir, "n").read_text())
+
+
+def test_the_class_api_checkpoints_every_n_steps_and_recovers(volley_shared, tmp_path):
+    grid = tune.Tuner(
+        Counter,
+        param_space={"fail_at_3": True},
+        run_config=run_config(
+            tmp_path,
+            stop={"training_iteration": 5},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=2, checkpoint_at_end=True),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    ).fit()
+    r = grid[0]
+    assert r.status == "TERMINATED" and r.metrics["n"] == 5
+    assert r.metrics["loaded"] == 2, "recovered from the checkpoint of step 2"
+    assert r.metrics["training_iteration"] == 5
+    names = sorted(p.name for p in Path(r.path).glob("checkpoint_*"))
+    assert len(names) == 3, names  # steps 2, 4 and the end (5)
+    assert Path(r.checkpoint.path, "n").read_text() == "5"
+
+
+def test_callbacks_see_every_result_and_the_end(volley_shared, tmp_path):
+    seen = {"result": 0, "complete": 0, "error": 0, "end": 0, "start": 0}
+
+    class Count(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            seen["start"] += 1
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen["result"] += 1
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            seen["complete"] += 1
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            seen["error"] += 1
+
+        def on_experiment_end(self, trials, **info):
+            seen["end"] += 1
+
+    def f(config):
+        tune.report({"x": config["x"]})
+        if config["x"] == 2:
+            raise ValueError("two")
+        tune.report({"x": config["x"]})
+
+    tune.Tuner(
+        f,
+        param_space={"x": tune.grid_search([0, 1, 2])},
+        run_config=run_config(tmp_path, callbacks=[Count()]),
+    ).fit()
+    assert seen == {"result": 5, "complete": 2, "error": 1, "end": 1, "start": 3}
+
+
+def test_the_status_table_is_printed_once_at_the_end_off_a_terminal(
+    volley_shared, tmp_path, capsys
+):
+    tune.Tuner(
+        quadratic,
+        param_space={"x": tune.grid_search([1, 2])},
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=run_config(tmp_path, verbose=2),
+    ).fit()
+    out = capsys.readouterr().out
+    assert "volley.tune done: 2 trials (2 TERMINATED) | best loss=0.333333 (00001)" in out
+    assert out.count("Trial ") == 2, out  # verbose=2: a line per trial's end
+
+
+# -------------------------------------------------------------------------- restore
+
+
+DRIVER = """
+import os, sys, time
+from pathlib import Path
+import volley
+from volley import tune
+
+root = Path({root!r})
+
+def f(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+    with open(root / "runs.log", "a") as fh:
+        fh.write(f"{{config['x']}} {{start}}\\n")
+    for i in range(start, 4):
+        if config["x"] >= 2 and i == 2:
+            while not (root / "go").exists():  # held until the driver is killed and restored
+                time.sleep(0.02)
+        tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_dict({{"i": i}}))
+
+volley.init(num_cpus=2)
+tune.Tuner(
+    f,
+    param_space={{"x": tune.grid_search([0, 1, 2, 3, 4, 5])}},
+    tune_config=tune.TuneConfig(metric="i", mode="max"),
+    run_config=tune.RunConfig(storage_path=str(root), name="exp", verbose=0),
+).fit()
+print("FINISHED")
+"""
+
+
+def held_trainable(root: Path):
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        with open(root / "runs.log", "a") as fh:
+            fh.write(f"{config['x']} {start}\n")
+        for i in range(start, 4):
+            tune.report({"i": i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+    return f
+
+
+def test_a_killed_driver_s_run_is_restored_without_rerunning_finished_trials(
+    volley_shared, tmp_path
+):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER.format(root=str(tmp_path))))
+    proc = start_driver(script)
+    exp = tmp_path / "exp"
+
+    def journal():
+        if not (exp / "trials.journal").exists():
+            return None
+        recs = _read_journal(str(exp / "trials.journal"))
+        ended = {r[1]["trial_id"] for r in recs if r[0] == "end"}
+        ckpts = {r[1] for r in recs if r[0] == "ckpt"}
+        # trials 0 and 1 finished, two held ones running with a checkpoint of i == 1
+        return len(ended) >= 2 and {"00002", "00003"} <= ckpts and (ended, ckpts)
+
+    try:
+        wait_for(journal, "the driver to finish two trials and checkpoint two held ones", 60)
+        os.kill(proc.pid, signal.SIGKILL)
+        finish_driver(proc)
+    finally:
+        kill_driver(proc)
+    assert tune.Tuner.can_restore(exp)
+    (tmp_path / "go").touch()
+    grid = tune.Tuner.restore(str(exp), held_trainable(tmp_path)).fit()
+    assert len(grid) == 6 and grid.num_terminated == 6, [(r.trial_id, r.status) for r in grid]
+    assert sorted(r.config["x"] for r in grid) == [0, 1, 2, 3, 4, 5], "none lost, none doubled"
+    runs = [
+        tuple(map(int, line.split()))
+        for line in (tmp_path / "runs.log").read_text().split("\n")
+        if line
+    ]
+    starts: dict[int, list[int]] = {}
+    for x, start in runs:
+        starts.setdefault(x, []).append(start)
+    assert starts[0] == [0] and starts[1] == [0], f"a finished trial ran again: {starts}"
+    assert starts[2] == [0, 2] and starts[3] == [0, 2], f"not resumed from i == 1: {starts}"
+    for r in grid:
+        assert r.metrics["i"] == 3
+        assert r.metrics["training_iteration"] == 4
+    assert grid.get_best_result().metrics["i"] == 3
+
+
+# ---------------------------------------------------------------------------- the cluster
+
+
+def test_checkpoints_made_on_any_node_reach_the_driver_s_storage(volley_shared, tmp_path):
+    driver_node = volley.get_runtime_context().get_node_id()
+
+    def f(config):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        Path(d, "state.txt").write_text(f"trial {config['x']}")
+        node = volley.get_runtime_context().get_node_id()
+        tune.report({"node": node}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(
+        f, param_space={"x": tune.grid_search([0, 1, 2, 3])}, run_config=run_config(tmp_path)
+    ).fit()
+    for r in grid:
+        assert Path(r.checkpoint.path).parent == Path(r.path)
+        assert Path(r.checkpoint.path, "state.txt").read_text() == f"trial {r.config['x']}"
+    if CLUSTER_MODE:
+        assert all(r.metrics["node"] != driver_node for r in grid), "the head has no CPUs"
+
+
+def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
+    import volley.state
+
+    def f(config):
+        tune.report({"x": config["x"]})
+
+    tune.Tuner(
+        f,
+        param_space={"x": tune.grid_search([0, 1])},
+        tune_config=tune.TuneConfig(trial_name_creator=lambda t: f"quad_{t.config['x']}"),
+        run_config=run_config(tmp_path),
+    ).fit()
+    wait_for(
+        lambda: (
+            {"tune:quad_0", "tune:quad_1"}
+            <= {t.get("name") for t in volley.state.list_tasks(limit=10_000)}
+        ),
+        "the trials' tasks in volley.state.list_tasks()",
+    )
+    assert (tmp_path / "exp" / "quad_0" / "params.json").exists()
+
+
+def test_restore_reruns_errored_trials_only_when_asked(volley_shared, tmp_path):
+    def flaky(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        for i in range(start, 3):
+            tune.report({"i": i, "from": start}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+            if config["x"] == 1 and i == 1 and not (tmp_path / "fixed").exists():
+                raise ValueError("x == 1 fails at i == 1")
+
+    space = {"x": tune.grid_search([0, 1])}
+    grid = tune.Tuner(flaky, param_space=space, run_config=run_config(tmp_path)).fit()
+    assert [r.status for r in grid] == ["TERMINATED", "ERROR"]
+    exp = grid.experiment_path
+
+    kept = tune.Tuner.restore(exp, flaky).fit()
+    assert [r.status for r in kept] == ["TERMINATED", "ERROR"], "errored trials stay errored"
+    assert "fails at i == 1" in kept[1].error.args[0]
+
+    (tmp_path / "fixed").touch()
+    resumed = tune.Tuner.restore(exp, flaky, resume_errored=True).fit()
+    assert [r.status for r in resumed] == ["TERMINATED", "TERMINATED"]
+    assert resumed[1].metrics["from"] == 2, "resumed from its checkpoint of i == 1"
+    assert resumed[0].metrics["training_iteration"] == 3, "the finished trial did not run again"
+
+    (tmp_path / "fixed").unlink()
+    grid = tune.Tuner(flaky, param_space=space, run_config=run_config(tmp_path, name="b")).fit()
+    assert grid[1].status == "ERROR"
+    (tmp_path / "fixed").touch()
+    restarted = tune.Tuner.restore(grid.experiment_path, flaky, restart_errored=True).fit()
+    assert [r.status for r in restarted] == ["TERMINATED", "TERMINATED"]
+    assert restarted[1].metrics["from"] == 0, "restarted from the start"
+    assert restarted[1].metrics["training_iteration"] == 3
+
+
+class Setups(tune.Trainable):
+    def setup(self, config):
+        self.pid = os.getpid()
+        self.setups = getattr(self, "setups", 0) + 1
+        self.reset = 0
+
+    def reset_config(self, new_config):
+        self.reset += 1
+        return True
+
+    def step(self):
+        return {"pid": self.pid, "reset": self.reset, "x": self.config["x"]}
+
+
+def test_reuse_actors_keeps_a_trainable_per_worker_and_resets_its_config(volley_shared, tmp_path):
+    def run(reuse: bool, name: str):
+        return tune.Tuner(
+            Setups,
+            param_space={"x": tune.grid_search(list(range(6)))},
+            tune_config=tune.TuneConfig(reuse_actors=reuse),
+            run_config=run_config(tmp_path, name=name, stop={"training_iteration": 1}),
+        ).fit()
+
+    grid = run(True, "reuse")
+    assert sorted(r.metrics["x"] for r in grid) == list(range(6)), "each trial saw its config"
+    pids = {r.metrics["pid"] for r in grid}
+    # one setup per worker process; every later trial there was a reset_config
+    assert sum(1 for r in grid if r.metrics["reset"] == 0) == len(pids) < 6
+    for pid in pids:
+        resets = sorted(r.metrics["reset"] for r in grid if r.metrics["pid"] == pid)
+        assert resets == list(range(len(resets))), resets
+    fresh = run(False, "fresh")
+    assert all(r.metrics["reset"] == 0 for r in fresh)
