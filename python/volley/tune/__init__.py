@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ._checkpoint import Checkpoint
 from ._config import Callback, CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
+from ._optuna_storage import optuna_optimize, optuna_storage
 from ._result_grid import Result, ResultGrid
 from ._session import TuneContext, get_checkpoint, get_context, report
 from ._space import (
@@ -67,6 +68,8 @@ __all__ = [
     "generate_variants",
     "get_checkpoint",
     "get_context",
+    "optuna_optimize",
+    "optuna_storage",
     "grid_search",
     "lograndint",
     "loguniform",

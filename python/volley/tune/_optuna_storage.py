@@ -14,7 +14,7 @@ change, so each proxy keeps those it has seen and asks the actor only for the re
 reading all trials costs a few new ones per call, not the whole history).
 
 >>> import optuna
->>> from volley.tune._optuna_storage import optuna_optimize, optuna_storage
+>>> from volley.tune import optuna_optimize, optuna_storage
 >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
 >>> storage = optuna_storage("doc-example")
 >>> study = optuna.create_study(storage=storage, study_name="quadratic",
