@@ -27,6 +27,8 @@ ADAPTERS = [
     # volley.multiprocessing's parts (processes, values, the manager): checked as it is, and
     # it may import them.
     *sorted(p.name for p in PACKAGE.glob("_mp_*.py")),
+    # volley.tune: a library on volley like any other (its own private modules are its own).
+    *sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "tune").rglob("*.py")),
 ]
 
 #: Modules that are parts of an adapter (see ADAPTERS), not volley's inside.
@@ -44,7 +46,12 @@ def _private_uses(path: Path) -> list[str]:
     found: list[str] = []
     volley_names: set[str] = set()  # names bound to volley modules here
 
+    # A library package (volley.tune) may use its own private modules.
+    library = "volley.tune." if own.startswith("volley.tune") else None
+
     def private(dotted: str) -> bool:
+        if library and dotted.startswith(library):
+            return False
         if dotted.startswith(ADAPTER_PARTS):
             dotted = dotted[len(ADAPTER_PARTS) :]
         return any(part.startswith("_") for part in dotted.split("."))
@@ -69,7 +76,8 @@ def _private_uses(path: Path) -> list[str]:
             if private(module):
                 found.append(f"{where}: from {module} import ...")
             for alias in node.names:
-                part = f"{module}.{alias.name}".startswith(ADAPTER_PARTS)
+                name = f"{module}.{alias.name}"
+                part = name.startswith(ADAPTER_PARTS) or bool(library and name.startswith(library))
                 if alias.name.startswith("_") and module != own and not part:
                     found.append(f"{where}: from {module} import {alias.name}")
                 if alias.name[:1].islower():  # maybe a module (volley.library, volley.util...)
