@@ -351,3 +351,30 @@ def test_cancelling_a_task_blocked_in_get_leaves_the_queue_whole(volley_2cpu):
     q.put("kept")  # the cancelled get is no longer waiting: the item stays for the next
     assert q.get(timeout=10) == "kept"
     assert q.empty()
+
+
+@volley.remote(num_cpus=1, max_retries=0)
+def put_into(q: Queue) -> str:
+    q.put("late")  # not waited for: the queue was shut down, so this fails at the node
+    return "sent"
+
+
+@volley.remote(num_cpus=1, max_retries=0)
+def size_of(q: Queue) -> int:
+    q.qsize()  # the put's failure comes meanwhile
+    return q.qsize()
+
+
+@pytest.mark.one_node("pipelines two tasks on the one worker of a 1-CPU node")
+def test_a_failed_put_is_not_raised_in_the_next_task_of_the_worker(no_volley):
+    """A put that fails after its task ended (it was not waited for) is that task's failure:
+    the next task of the same worker, queued behind it, must not raise it from its own ops."""
+    volley.init(num_cpus=1)
+    try:
+        dead, live = Queue(), Queue()
+        dead.shutdown()
+        for _ in range(30):
+            first, second = put_into.remote(dead), size_of.remote(live)
+            assert volley.get([first, second], timeout=60) == ["sent", 0]
+    finally:
+        volley.shutdown()

@@ -146,6 +146,10 @@ pub enum PrimOp {
     /// The worker gives back `n` reserved slots it will not use (its task ended, a recall, a
     /// select). Not answered.
     ChanReturn { chan: u64, n: u64 },
+    /// Answered `Done` at once, in order with the answers to the asker's earlier ops: a worker
+    /// sends one as a task that sent ops without waiting (`PRIM_NO_REPLY`) ends, so that the
+    /// failure of such an op is told to that task's log, not raised in the next task.
+    Fence,
 }
 
 /// One guard of a [`PrimOp::ChanSelect`]: a recv on `chan` (`send` None), or a send of `send`.
@@ -277,7 +281,7 @@ impl PrimOp {
     /// none (`Cancel` and `Ack` follow the op they refer to; a create is made where it is asked).
     pub fn target(&self) -> Option<u64> {
         match self {
-            PrimOp::QueueCreate { .. } | PrimOp::Cancel | PrimOp::Ack => None,
+            PrimOp::QueueCreate { .. } | PrimOp::Cancel | PrimOp::Ack | PrimOp::Fence => None,
             // Served where the worker is: its node keeps the batches' items.
             PrimOp::GiveBack { .. } => None,
             PrimOp::SyncCreate { .. } => None,

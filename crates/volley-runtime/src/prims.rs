@@ -628,6 +628,7 @@ impl Inner {
             PrimOp::ChanRecvMany { chan, max } => channel::recv_many(self, me, chan, max, out),
             PrimOp::ChanPost { chan, item } => channel::post(self, me, chan, item, out),
             PrimOp::ChanReturn { chan, n } => channel::uncredit(self, who, chan, n, out),
+            PrimOp::Fence => self.answer(me, 0, PrimResult::Done, out),
             // sync
             PrimOp::SyncCreate { kind } => self.sync_create(me, kind, out),
             PrimOp::Sync { prim, op } => self.sync_op(me, prim, op, out),

@@ -156,6 +156,11 @@ struct Inner {
     credits: HashMap<u64, u64>,
     /// This process's `ChanSend` requests awaiting their answer, with their channel.
     send_reqs: HashMap<u64, u64>,
+    /// The running task sent an op without waiting for its answer (`PRIM_NO_REPLY`).
+    no_reply_sent: bool,
+    /// The `Fence` sent as the last such task ended, until answered: a failure that comes
+    /// before it was that task's (see `PrimOp::Fence`).
+    fence: Option<u64>,
 }
 
 impl Inner {
@@ -222,6 +227,7 @@ impl Inner {
         }
         let Some(n) = self.credits.get_mut(&chan).filter(|n| **n > 0) else { return false };
         *n -= 1;
+        self.no_reply_sent = true;
         let op = volley_proto::PrimOp::ChanPost { chan, item: std::mem::take(item) };
         if let Ok(b) = encode(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op }) {
             out.push(&b);
@@ -468,13 +474,18 @@ impl WorkerConn {
                     }
                 }
                 NodeToWorker::PrimReply { req: volley_proto::PRIM_NO_REPLY, result } => {
-                    if inner.current.is_some() {
+                    if inner.current.is_some() && inner.fence.is_none() {
                         // Raised by the task's next primitive op.
                         inner.prim_failed.get_or_insert(result);
                     } else {
                         // The task that sent it is over: said, not raised in the next one.
                         unreported_failure(&result);
                     }
+                }
+                NodeToWorker::PrimReply { req, .. } if inner.fence == Some(req) => {
+                    // The ended task's ops are all answered: later failures are the next's.
+                    inner.fence = None;
+                    continue;
                 }
                 NodeToWorker::PrimReply { req, mut result } => {
                     if !inner.send_reqs.is_empty() {
@@ -613,6 +624,18 @@ impl WorkerConn {
         let back = !inner.batches.is_empty() && inner.give_back(None, false, &self.out);
         // And the channel slots reserved for its sends.
         let back = inner.return_credits(None, &self.out) || back;
+        // A failure of an op it sent without waiting may still come: a fence tells it from
+        // the next task's (the reader reports what comes before the fence's answer).
+        let fenced = std::mem::take(&mut inner.no_reply_sent);
+        if fenced {
+            let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+            inner.fence = Some(req);
+            let op = volley_proto::PrimOp::Fence;
+            if let Ok(b) = encode(&WorkerToNode::Prim { req, op }) {
+                self.out.push(&b);
+            }
+        }
+        let back = back || fenced;
         drop(inner);
         if back {
             let _ = self.out.flush_soon();
@@ -817,8 +840,12 @@ impl WorkerConn {
         &self,
         op: volley_proto::PrimOp,
     ) -> Result<volley_proto::PrimResult, RuntimeError> {
-        if let Some(failed) = self.inner.lock().prim_failed.take() {
-            return Ok(failed);
+        {
+            let mut inner = self.inner.lock();
+            if let Some(failed) = inner.prim_failed.take() {
+                return Ok(failed);
+            }
+            inner.no_reply_sent = true;
         }
         self.send_soon(&WorkerToNode::Prim { req: volley_proto::PRIM_NO_REPLY, op })?;
         Ok(volley_proto::PrimResult::Done)
