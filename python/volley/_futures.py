@@ -45,15 +45,23 @@ def _complete_loop() -> None:
             fail_pending()
             return
         for key in _core.next_ready(0.2):
-            with _lock:
-                entries = _pending.pop(key, [])
-            for fut, ref in entries:
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                try:
-                    fut.set_result(get(ref))
-                except BaseException as e:  # the task's own error, delivered to the future
-                    fut.set_exception(e)
+            _complete(key)
+
+
+def _complete(key: bytes) -> None:
+    """Completes the futures of the ref ``key``. A function of its own, so that no local of
+    the loop above keeps the last future (and its result) alive while the thread waits: the
+    iterator of ``Executor.map`` promises to keep no result it returned (CPython's
+    ``test_free_reference``)."""
+    with _lock:
+        entries = _pending.pop(key, [])
+    for fut, ref in entries:
+        if not fut.set_running_or_notify_cancel():
+            continue
+        try:
+            fut.set_result(get(ref))
+        except BaseException as e:  # the task's own error, delivered to the future
+            fut.set_exception(e)
 
 
 def fail_pending() -> None:
