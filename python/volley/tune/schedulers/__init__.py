@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIFOScheduler", "TrialScheduler"]
+__all__ = [
+    "ASHAScheduler",
+    "AsyncHyperBandScheduler",
+    "FIFOScheduler",
+    "HyperBandScheduler",
+    "MedianStoppingRule",
+    "PopulationBasedTraining",
+    "TrialScheduler",
+]
 
 
 class TrialScheduler:
@@ -85,3 +93,10 @@ class TrialScheduler:
 
 class FIFOScheduler(TrialScheduler):
     """Runs trials in the order they were made, each to its end."""
+
+
+# The algorithms build on the classes above, so they are imported after them.
+from .async_hyperband import ASHAScheduler, AsyncHyperBandScheduler  # noqa: E402
+from .hyperband import HyperBandScheduler  # noqa: E402
+from .median_stopping_rule import MedianStoppingRule  # noqa: E402
+from .pbt import PopulationBasedTraining  # noqa: E402
