@@ -302,9 +302,9 @@ class PopulationBasedTraining(MetricScheduler):
                 new_config,
             )
         controller.reset_trial(trial, new_config, donor_state.last_checkpoint)
-        state = self._state[trial.trial_id]
-        state.last_checkpoint = donor_state.last_checkpoint
-        state.last_score = donor_state.last_score
+        # The trial keeps its own (bad) score until its next perturbation point, so the
+        # bottom of the population stays put within a round.
+        self._state[trial.trial_id].last_checkpoint = donor_state.last_checkpoint
         return True
 
     def on_trial_complete(self, controller: Any, trial: Any, result: dict) -> None:
