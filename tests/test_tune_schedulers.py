@@ -251,6 +251,16 @@ def test_a_result_without_the_metric_or_the_time_attr_names_what_is_missing():
             "is an empty list",
         ),
         (
+            lambda: PopulationBasedTraining(hyperparam_mutations=[("lr", [1, 2])]),
+            TypeError,
+            "hyperparam_mutations must be a dict",
+        ),
+        (
+            lambda: PopulationBasedTraining(hyperparam_mutations={"a": [1]}, burn_in_period=-1),
+            ValueError,
+            "burn_in_period must be >= 0",
+        ),
+        (
             lambda: PopulationBasedTraining(custom_explore_fn="x"),
             TypeError,
             "custom_explore_fn must be callable",
@@ -493,6 +503,9 @@ def test_pbt_perturbs_within_bounds_and_steps_lists_to_a_neighbour():
     bad = PopulationBasedTraining(hyperparam_mutations={"a": [1]}, custom_explore_fn=lambda c: 3)
     with pytest.raises(TypeError, match="custom_explore_fn must return a dict"):
         bad.explore({"a": 1})
+    nested = PopulationBasedTraining(hyperparam_mutations={"opt": {"lr": [0.1, 0.2]}})
+    with pytest.raises(TypeError, match=r"config\['opt'\] is 'sgd', its mutations are a dict"):
+        nested.explore({"opt": "sgd"})
 
 
 def test_pbt_fills_missing_keys_on_add_and_goes_on_after_a_restore():
