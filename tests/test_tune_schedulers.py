@@ -355,7 +355,8 @@ def test_hyperband_fills_brackets_in_order_and_an_error_releases_the_waiting_one
     bracket1[4].status = Trial.ERROR
     hb.on_trial_error(ctl, bracket1[4])
     assert sorted(ctl.stopped) == ["t10", "t9"]
-    assert hb.choose_trial_to_run(ctl) is bracket1[2]
+    trials[14].status = Trial.PENDING  # a new trial of bracket 2 waits to start
+    assert hb.choose_trial_to_run(ctl) is bracket1[2]  # bracket 1's survivors go first
     state = pickle.loads(pickle.dumps(hb.get_state()))
     again = HyperBandScheduler(metric="acc", mode="max", max_t=9, reduction_factor=3)
     again.set_state(state)

@@ -185,22 +185,24 @@ class HyperBandScheduler(MetricScheduler):
         self._forget(controller, trial)
 
     def choose_trial_to_run(self, controller: Any) -> Any:
-        """A PENDING trial (in bracket order), else a PAUSED one whose bracket has moved on
-        (or that must be resumed to be stopped); never one that waits for its bracket."""
-        trials = controller.get_trials()
-        for t in trials:
-            if t.status == "PENDING":
-                return t
-        for t in trials:
-            if t.status != "PAUSED":
-                continue
-            i = self._bracket_of.get(t.trial_id)
-            if i is None:
-                return t  # not one of ours (added before a restore): let it run
-            bracket = self._brackets[i]
-            if t.trial_id in bracket.stopped:
-                return t
-            if t.trial_id in bracket.live and not bracket.waiting(t.trial_id):
+        """The first trial, bracket by bracket (oldest first), that is PENDING or PAUSED and
+        free to go on (its bracket has moved past its rung, or it is to be stopped); never
+        one that waits at its rung. Earlier brackets first, so that a bracket's survivors run
+        before new trials of later brackets take the slots (as Ray orders them)."""
+        by_id = {t.trial_id: t for t in controller.get_trials()}
+        for bracket in self._brackets:
+            for tid in bracket.members:
+                t = by_id.get(tid)
+                if t is None:
+                    continue
+                if t.status == "PENDING":
+                    return t
+                if t.status == "PAUSED" and (
+                    tid in bracket.stopped or (tid in bracket.live and not bracket.waiting(tid))
+                ):
+                    return t
+        for t in by_id.values():  # not one of ours (made before a restore): let it run
+            if t.trial_id not in self._bracket_of and t.status in ("PENDING", "PAUSED"):
                 return t
         return None
 
