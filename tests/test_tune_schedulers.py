@@ -398,6 +398,9 @@ def test_the_median_rule_soft_stops_and_time_slices_when_told():
     assert report(sliced, ctl, trials[0], {"acc": 1.0}, time=4) == CONTINUE
     assert report(sliced, ctl, trials[0], {"acc": 1.0}, time=6) == PAUSE  # t1 waits
     assert sliced.choose_trial_to_run(ctl) is trials[1]
+    assert report(sliced, ctl, trials[1], {"acc": 1.0}, time=4) == CONTINUE
+    assert report(sliced, ctl, trials[1], {"acc": 1.0}, time=6) == PAUSE  # t0's turn again
+    assert sliced.choose_trial_to_run(ctl) is trials[0]
     restored = MedianStoppingRule(grace_period=0, min_time_slice=5)
     restored.set_state(pickle.loads(pickle.dumps(sliced.get_state())))
     assert report(restored, ctl, trials[0], {"acc": 1.0}, time=8) == CONTINUE

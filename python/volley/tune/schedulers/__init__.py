@@ -13,6 +13,10 @@ tuner's view for schedulers:
   from another trial's checkpoint (population based training's exploit); the trial keeps its
   id and its history, and its next result has the next ``training_iteration``.
 
+The algorithms, under Ray Tune's names and arguments: ``FIFOScheduler`` (the default),
+``ASHAScheduler`` (``AsyncHyperBandScheduler``), ``HyperBandScheduler``, ``MedianStoppingRule``
+and ``PopulationBasedTraining``; each has a module of its own here.
+
 >>> from volley.tune.schedulers import FIFOScheduler, TrialScheduler
 >>> FIFOScheduler().on_trial_result(None, None, {"loss": 1.0}) == TrialScheduler.CONTINUE
 True

@@ -108,8 +108,14 @@ class MedianStoppingRule(MetricScheduler):
             return TrialScheduler.CONTINUE
         if time - self._last_pause.get(tid, 0) < self.min_time_slice:
             return TrialScheduler.CONTINUE
-        if not any(t.status == "PENDING" for t in controller.get_trials()):
-            return TrialScheduler.CONTINUE
+        if not any(
+            t.trial_id != tid
+            and (
+                t.status == "PENDING" or (t.status == "PAUSED" and t.trial_id not in self._stopped)
+            )
+            for t in controller.get_trials()
+        ):
+            return TrialScheduler.CONTINUE  # nobody waits for a turn
         self._last_pause[tid] = time
         return TrialScheduler.PAUSE
 
