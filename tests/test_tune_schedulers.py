@@ -275,13 +275,21 @@ def test_bad_arguments_are_refused_at_construction(make_it, error, message):
 # --- HyperBand --------------------------------------------------------------------------
 
 
-def run_tuner(sched, ctl, score, slots: int, max_steps: int = 10_000) -> list[tuple]:
-    """A tuner's loop in miniature: keep ``slots`` trials running, chosen by the scheduler,
-    one result per step each, until no trial is left to run. Returns the events."""
+def run_tuner(sched, ctl, score, slots: int, more: int = 0, max_steps: int = 10_000) -> list[tuple]:
+    """A tuner's loop in miniature: keep ``slots`` trials running, chosen by the scheduler;
+    each step, every running trial reports one result (a batch, as volley's tuner takes them),
+    then the free slots are filled, until no trial is left to run. Like volley's tuner, it
+    makes a new trial (up to ``more`` of them) only when none is PENDING, just before it asks
+    the scheduler. Returns the events."""
     events: list[tuple] = []
     running: list[Trial] = []
     for _ in range(max_steps):
         while len(running) < slots:
+            if more and not any(t.status == Trial.PENDING for t in ctl.trials):
+                more -= 1
+                t = Trial(f"t{len(ctl.trials)}", {"i": len(ctl.trials)})
+                ctl.trials.append(t)
+                sched.on_trial_add(ctl, t)
             t = sched.choose_trial_to_run(ctl)
             if t is None:
                 break
@@ -290,11 +298,14 @@ def run_tuner(sched, ctl, score, slots: int, max_steps: int = 10_000) -> list[tu
             running.append(t)
         if not running:
             return events
-        t = running.pop(0)
-        decision = report(sched, ctl, t, {"acc": score(t)})
-        events.append((decision, t.trial_id, t.training_iteration))
-        if decision in (CONTINUE, NOOP):
-            running.append(t)
+        batch, running = running, []
+        for t in batch:
+            if t.status != Trial.RUNNING:  # stopped by the scheduler meanwhile
+                continue
+            decision = report(sched, ctl, t, {"acc": score(t)})
+            events.append((decision, t.trial_id, t.training_iteration))
+            if decision in (CONTINUE, NOOP):
+                running.append(t)
     raise AssertionError(f"the trials did not finish in {max_steps} steps: {ctl.trials}")
 
 
@@ -332,6 +343,26 @@ def test_hyperband_pauses_trials_at_a_rung_until_the_bracket_is_there_then_keeps
     for kind, tid, it in events:
         if kind == "start" and it > 0 and tid in ("t6", "t7", "t8"):
             assert it in (1, 3), (tid, it)
+
+
+def test_hyperband_fills_a_bracket_from_a_tuner_that_makes_trials_one_at_a_time():
+    hb = HyperBandScheduler(metric="acc", mode="max", max_t=9, reduction_factor=3)
+    ctl = StoppingController([])
+    run_tuner(hb, ctl, score=lambda t: float(t.config["i"]), slots=2, more=9)
+    # The bracket waited for its 9 trials before halving: the same survivors as above.
+    ran = {t.trial_id: t.training_iteration for t in ctl.trials}
+    assert ran == {**{f"t{i}": 1 for i in range(6)}, "t6": 3, "t7": 3, "t8": 9}
+
+
+def test_hyperband_halves_a_bracket_that_cannot_fill_rather_than_wait_for_good():
+    hb = HyperBandScheduler(metric="acc", mode="max", max_t=9, reduction_factor=3)
+    ctl = Controller([])
+    # Only 4 trials for a bracket of 9: when all 4 wait at milestone 1 and the tuner has
+    # no trial to add, the bracket halves as it is (ceil(4/3) = 2 go on, then 1).
+    run_tuner(hb, ctl, score=lambda t: float(t.config["i"]), slots=2, more=4)
+    ran = {t.trial_id: t.training_iteration for t in ctl.trials}
+    assert ran["t3"] == 9 and ran["t2"] in (3, 4) and {ran["t0"], ran["t1"]} <= {1, 2}
+    assert all(t.status == Trial.TERMINATED for t in ctl.trials)
 
 
 def test_hyperband_fills_brackets_in_order_and_an_error_releases_the_waiting_ones():
@@ -380,6 +411,17 @@ def test_the_median_rule_waits_for_enough_samples_then_stops_the_worse_than_medi
     assert report(rule, ctl, trials[3], {"loss": 9.0}, time=1) == CONTINUE
     assert report(rule, ctl, trials[3], {"loss": 9.0}, time=2) == STOP
     assert report(rule, ctl, trials[4], {"loss": 1.5}, time=2) == CONTINUE  # best 1.5 < 2.0
+
+
+def test_the_median_rule_counts_the_last_result_of_a_trial_that_ended():
+    rule = MedianStoppingRule(metric="acc", mode="max", grace_period=0, min_samples_required=1)
+    trials, ctl = make(2, rule)
+    report(rule, ctl, trials[0], {"acc": 5.0}, time=1)
+    final = {"acc": 5.0, "time_total_s": 3, "training_iteration": 2}
+    trials[0].status = Trial.TERMINATED
+    rule.on_trial_complete(ctl, trials[0], final)  # ended on a result the rule never saw
+    # t0 has now run to time 3, so t1 at time 3 has a sample to be compared with: stopped.
+    assert report(rule, ctl, trials[1], {"acc": 1.0}, time=3) == STOP
 
 
 def test_the_median_rule_soft_stops_and_time_slices_when_told():

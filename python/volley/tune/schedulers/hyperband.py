@@ -9,7 +9,9 @@ PAUSED until every live trial of the bracket has reached it; then the bracket ke
 ``ceil(n / reduction_factor)`` of its ``n`` live trials, multiplies the milestone by
 ``reduction_factor`` and resumes them (``choose_trial_to_run`` picks them, never a trial that
 waits for its bracket), and stops the others. A bracket takes new trials only until its first
-halving, so none is compared against trials that ran longer.
+halving, so none is compared against trials that ran longer, and halves only once it is full,
+or when the tuner has no new trial to give it (``choose_trial_to_run`` finds none PENDING), so a
+tuner that makes trials one at a time still fills its brackets.
 
 Stopping a trial that is PAUSED needs the tuner: the scheduler calls ``controller.stop_trial``
 when the controller has it; otherwise the trial is resumed and stopped at its next result.
@@ -146,9 +148,15 @@ class HyperBandScheduler(MetricScheduler):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE if time < bracket.milestone else TrialScheduler.PAUSE
 
-    def _advance(self, controller: Any, bracket: _Bracket) -> None:
-        """Halves the bracket while all its live trials have reached its milestone."""
-        while bracket.live and bracket.all_reached() and bracket.rung + 1 < len(bracket.milestones):
+    def _advance(self, controller: Any, bracket: _Bracket, force: bool = False) -> None:
+        """Halves the bracket while all its live trials have reached its milestone, once it
+        is full (or ``force``: no more trials are coming now)."""
+        while (
+            bracket.live
+            and bracket.all_reached()
+            and bracket.rung + 1 < len(bracket.milestones)
+            and (force or not bracket.open())
+        ):
             ranked = sorted(bracket.live, key=lambda t: bracket.live[t][1], reverse=True)
             keep = math.ceil(len(ranked) / self.reduction_factor)
             for trial_id in ranked[keep:]:
@@ -189,7 +197,19 @@ class HyperBandScheduler(MetricScheduler):
         free to go on (its bracket has moved past its rung, or it is to be stopped); never
         one that waits at its rung. Earlier brackets first, so that a bracket's survivors run
         before new trials of later brackets take the slots (as Ray orders them)."""
-        by_id = {t.trial_id: t for t in controller.get_trials()}
+        trials = controller.get_trials()
+        chosen = self._choose(trials)
+        if chosen is None and not any(t.status == "PENDING" for t in trials):
+            # The tuner has no new trial to give now (it asks its searcher first): a bracket
+            # that is not full but whose trials all wait at its first rung halves as it is.
+            for bracket in self._brackets:
+                if bracket.open() and bracket.live and bracket.all_reached():
+                    self._advance(controller, bracket, force=True)
+            chosen = self._choose(trials)
+        return chosen
+
+    def _choose(self, trials: list[Any]) -> Any:
+        by_id = {t.trial_id: t for t in trials}
         for bracket in self._brackets:
             for tid in bracket.members:
                 t = by_id.get(tid)

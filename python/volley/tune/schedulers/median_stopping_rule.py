@@ -120,8 +120,15 @@ class MedianStoppingRule(MetricScheduler):
         return TrialScheduler.PAUSE
 
     def on_trial_complete(self, controller: Any, trial: Any, result: dict) -> None:
-        # The last result was seen by on_trial_result; a trial that ends stays a sample.
+        """A trial that ends stays a sample, its last result included (the tuner may end a
+        trial on a result it does not pass to ``on_trial_result``)."""
         self._stopped.discard(trial.trial_id)
+        if not result or self.time_attr not in result or self.metric not in result:
+            return
+        history = self._results.setdefault(trial.trial_id, [])
+        time = self._time(trial, result)
+        if not history or history[-1][0] < time:
+            history.append((time, self._score(trial, result)))
 
     def choose_trial_to_run(self, controller: Any) -> Any:
         """PENDING trials first, then PAUSED ones (time-sliced before soft-stopped)."""
