@@ -179,6 +179,9 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         "best_config": {"x": best.config["x"], "lr": best.config["lr"]},
         "best_iteration": best.training_iteration,
         "true_loss": sim.loss[best.trial_id],
+        "changed_configs": sum(
+            1 for t in sim.trials if t.config["x"] != draw(seed, t.config["k"])["x"]
+        ),
     }
 
 
@@ -254,9 +257,10 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
         tuner = rt.Tuner(
             Curve,
             param_space=space,
-            tune_config=rt.TuneConfig(
-                metric="loss", mode="min", scheduler=sched, max_concurrent_trials=slots
-            ),
+            # No max_concurrent_trials: ray.init(num_cpus=slots) runs `slots` trials at once,
+            # and Ray makes trials ahead, as its HyperBand and PBT expect (with the limit,
+            # Ray's HyperBand never fills a bracket and its PBT never exploits here).
+            tune_config=rt.TuneConfig(metric="loss", mode="min", scheduler=sched),
             run_config=rt.RunConfig(
                 storage_path=tmp, stop=stopper, verbose=0, name=f"{name}-{seed}"
             ),
@@ -264,6 +268,10 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
         grid = tuner.fit()
         best = grid.get_best_result(metric="loss", mode="min", scope="last")
         trials = sum(1 for r in grid if r.metrics)
+        # Trials whose config is no longer their own draw: PBT exploited them.
+        changed = sum(
+            1 for r in grid if r.config and r.config["x"] != draw(seed, r.config["k"])["x"]
+        )
     return {
         "system": "ray",
         "scheduler": name,
@@ -273,6 +281,7 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
         "best_config": {"x": best.config["x"], "lr": best.config["lr"]},
         "best_iteration": best.metrics["training_iteration"],
         "true_loss": best.metrics["true_loss"],
+        "changed_configs": changed,
     }
 
 
@@ -352,7 +361,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"volley {name:>14} seed {seed}: true loss {row['true_loss']:.4f} "
-                f"({row['trials']} trials, {row['iterations']} iterations)",
+                f"({row['trials']} trials, {row['iterations']} iterations, "
+                f"{row['changed_configs']} configs changed)",
                 flush=True,
             )
     print(f"volley side: {time.perf_counter() - t0:.2f} s")
@@ -397,7 +407,7 @@ def main() -> None:
                 print(
                     f"ray    {row['scheduler']:>14} seed {row['seed']}: true loss "
                     f"{row['true_loss']:.4f} ({row['trials']} trials, {row['iterations']} "
-                    f"iterations, {row['wall_s']:.1f} s)",
+                    f"iterations, {row['changed_configs']} configs changed, {row['wall_s']:.1f} s)",
                     flush=True,
                 )
         if proc.wait() != 0:
