@@ -13,6 +13,10 @@ tuner's view for schedulers:
   from another trial's checkpoint (population based training's exploit); the trial keeps its
   id and its history, and its next result has the next ``training_iteration``.
 
+The algorithms, under Ray Tune's names and arguments: ``FIFOScheduler`` (the default),
+``ASHAScheduler`` (``AsyncHyperBandScheduler``), ``HyperBandScheduler``, ``MedianStoppingRule``
+and ``PopulationBasedTraining``; each has a module of its own here.
+
 >>> from volley.tune.schedulers import FIFOScheduler, TrialScheduler
 >>> FIFOScheduler().on_trial_result(None, None, {"loss": 1.0}) == TrialScheduler.CONTINUE
 True
@@ -22,7 +26,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIFOScheduler", "TrialScheduler"]
+__all__ = [
+    "ASHAScheduler",
+    "AsyncHyperBandScheduler",
+    "FIFOScheduler",
+    "HyperBandScheduler",
+    "MedianStoppingRule",
+    "PopulationBasedTraining",
+    "TrialScheduler",
+]
 
 
 class TrialScheduler:
@@ -85,3 +97,10 @@ class TrialScheduler:
 
 class FIFOScheduler(TrialScheduler):
     """Runs trials in the order they were made, each to its end."""
+
+
+# The algorithms build on the classes above, so they are imported after them.
+from .async_hyperband import ASHAScheduler, AsyncHyperBandScheduler  # noqa: E402
+from .hyperband import HyperBandScheduler  # noqa: E402
+from .median_stopping_rule import MedianStoppingRule  # noqa: E402
+from .pbt import PopulationBasedTraining  # noqa: E402
