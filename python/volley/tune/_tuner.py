@@ -444,6 +444,15 @@ class _Runner:
             self._status(trial, PENDING if trial.status != TERMINATED else trial.status)
         return True
 
+    def stop_trial(self, trial: Trial) -> None:
+        """Ends ``trial`` for good (TERMINATED), whether it runs or waits (PAUSED): a
+        scheduler's decision made outside a result (HyperBand drops a paused trial)."""
+        if trial.is_finished():
+            return
+        if trial.trial_id in self.running:
+            self._cancel(trial)
+        self._complete(trial, removed=True)
+
     # -- trials
 
     def _new_trial(self, trial_id: str, config: dict) -> Trial:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -301,10 +302,16 @@ class PopulationBasedTraining(MetricScheduler):
                 entry["old_config"],
                 new_config,
             )
-        controller.reset_trial(trial, new_config, donor_state.last_checkpoint)
+        checkpoint = donor_state.last_checkpoint
+        path = getattr(checkpoint, "path", None)
+        if path is not None and not os.path.isdir(path):
+            # Pruned since (CheckpointConfig.num_to_keep): the donor's latest instead.
+            donor = next((t for t in controller.get_trials() if t.trial_id == donor_id), None)
+            checkpoint = getattr(donor, "checkpoint", None) or checkpoint
+        controller.reset_trial(trial, new_config, checkpoint)
         # The trial keeps its own (bad) score until its next perturbation point, so the
         # bottom of the population stays put within a round.
-        self._state[trial.trial_id].last_checkpoint = donor_state.last_checkpoint
+        self._state[trial.trial_id].last_checkpoint = checkpoint
         return True
 
     def on_trial_complete(self, controller: Any, trial: Any, result: dict) -> None:
