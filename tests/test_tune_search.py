@@ -490,3 +490,45 @@ def test_the_module_imports_without_optuna_and_says_how_to_install_it(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and all("pip install optuna" in line for line in lines), out.stdout
+
+
+def test_the_tuner_runs_a_scikit_learn_search_with_optuna_and_a_limit(volley_shared, tmp_path):
+    """The whole path a user takes: Tuner + OptunaSearch in a ConcurrencyLimiter, trials as
+    volley tasks reporting to the driver, Optuna told each result."""
+    pytest.importorskip("sklearn")
+
+    def trainable(config):
+        from sklearn.datasets import load_iris
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import cross_val_score
+
+        X, y = load_iris(return_X_y=True)
+        model = LogisticRegression(C=config["C"], max_iter=200)
+        tune.report({"acc": float(cross_val_score(model, X, y, cv=3).mean())})
+
+    search = ConcurrencyLimiter(OptunaSearch(seed=0), max_concurrent=2)
+    grid = tune.Tuner(
+        trainable,
+        param_space={"C": tune.loguniform(1e-4, 1e2)},
+        tune_config=tune.TuneConfig(metric="acc", mode="max", search_alg=search, num_samples=8),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="sk", verbose=0),
+    ).fit()
+    assert len(grid) == 8 and grid.num_errors == 0
+    best = grid.get_best_result()
+    assert best.metrics["acc"] > 0.9 and best.config["C"] > 1e-2
+
+
+def test_num_samples_bounds_a_searcher_that_never_finishes(volley_shared, tmp_path):
+    """A searcher of one's own that always has a config: num_samples is its number of trials
+    (as in Ray Tune), not an endless run."""
+
+    class Endless(Searcher):
+        def suggest(self, trial_id):
+            return {"x": int(trial_id)}
+
+    grid = tune.Tuner(
+        lambda config: {"y": config["x"]},
+        tune_config=tune.TuneConfig(metric="y", mode="max", search_alg=Endless(), num_samples=5),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="endless", verbose=0),
+    ).fit()
+    assert sorted(r.config["x"] for r in grid) == [0, 1, 2, 3, 4]

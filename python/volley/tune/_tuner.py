@@ -218,6 +218,16 @@ class Tuner:
 # ------------------------------------------------------------------------------------ runner
 
 
+def _resolves_space(searcher: Any) -> bool:
+    """Whether ``searcher`` (or the one it wraps: a limiter, a repeater) is a
+    ``BasicVariantGenerator``, which counts ``num_samples`` itself (times the grid)."""
+    while searcher is not None:
+        if isinstance(searcher, BasicVariantGenerator):
+            return True
+        searcher = getattr(searcher, "searcher", None)
+    return False
+
+
 def _stop_reached(stop: Any, trial_id: str, result: dict) -> bool:
     if stop is None:
         return False
@@ -341,6 +351,9 @@ class _Runner:
         self.last_check = time.monotonic()
         self.next_id = 0
         self.searcher_done = False
+        # A searcher that does not resolve the param_space itself (Optuna, one of your own)
+        # never says FINISHED: num_samples is its number of trials, as in Ray Tune.
+        self.max_trials = None if _resolves_space(self.searcher) else tc.num_samples
         self.stopping = False
         self.iteration = 0
         self.raise_error: BaseException | None = None
@@ -503,6 +516,9 @@ class _Runner:
     def _suggest(self) -> bool:
         """Asks the searcher for one new trial; whether one was made."""
         while not self.searcher_done:
+            if self.max_trials is not None and self.next_id >= self.max_trials:
+                self.searcher_done = True
+                return False
             tid = f"{self.next_id:05d}"
             cfg = self.searcher.suggest(tid)
             if cfg is None:
