@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from volley import sync, tune
@@ -74,6 +75,9 @@ def saving(config, barrier=None):
             state = {"step": step, "lineage": lineage + [me]}
             Path(d, "state.json").write_text(json.dumps(state))
             score = config["lr"] * step
+            # A step takes a moment, as training does: the tuner decides on each result
+            # (PBT's exploit) while the trial is still running.
+            time.sleep(0.05)
             tune.report(
                 {"score": score, "lineage": ",".join(lineage + [me])},
                 checkpoint=tune.Checkpoint.from_directory(d),
