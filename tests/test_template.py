@@ -249,9 +249,12 @@ def test_a_worker_costs_its_node_one_socket_and_its_two_output_pipes(tmp_path):
     # The node's open files grow with its workers: 10,000 actors at 5 descriptors each (the
     # connection was dup'd for its reader, its writer and its shutdown) pass the usual hard
     # limit of 20,000 long before memory runs out. One shared socket and the output pipes.
+    # Slack of three workers: the two task workers started at init may connect after the
+    # first count, and an actor placed on a worker that fell free while another was being
+    # started for it leaves that one idle (seen on CI: 23 sockets, 45 pipes).
     grew = _result(_driver(tmp_path, FDS_DRIVER))
-    assert grew["socket"] <= 20 + 2, grew
-    assert grew["pipe"] <= 2 * 20 + 2, grew
+    assert grew["socket"] <= 20 + 3, grew
+    assert grew["pipe"] <= 2 * (20 + 3), grew
 
 
 ATEXIT_DRIVER = """
