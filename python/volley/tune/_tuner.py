@@ -170,10 +170,11 @@ class Tuner:
     ) -> Tuner:
         """The tuner of the run kept in ``path`` (after its driver was stopped or killed),
         ready to ``fit()`` again: finished trials are kept as they were (never run again),
-        running and paused ones start again from their latest checkpoint, pending ones run,
-        and the searcher goes on from where it was. Errored trials stay as they were, unless
-        ``resume_errored`` (from their latest checkpoint) or ``restart_errored`` (from the
-        start). ``trainable`` is the same trainable again (code is not kept on disk).
+        running ones start again from their latest checkpoint, paused ones stay PAUSED (with
+        their checkpoint) until the restored scheduler chooses them, pending ones run, and
+        the searcher and scheduler go on from where they were. Errored trials stay as they
+        were, unless ``resume_errored`` (from their latest checkpoint) or ``restart_errored``
+        (from the start). ``trainable`` is the same trainable again (code is not kept on disk).
         """
         p = os.path.abspath(os.fspath(path))
         if not cls.can_restore(p):
@@ -495,7 +496,12 @@ class _Runner:
         t._lines = []  # type: ignore[attr-defined]
         t._error_obj = None  # type: ignore[attr-defined]
 
-    def _status(self, t: Trial, status: str) -> None:
+    def _status(self, t: Trial, status: str, journal: bool = True) -> None:
+        if journal and t.status != status and PAUSED in (t.status, status):
+            # Into PAUSED and out of it (to PENDING or RUNNING): Tuner.restore brings a paused
+            # trial back PAUSED, for the restored scheduler to choose (its end is an "end").
+            if status != TERMINATED and status != ERROR:
+                self._journal(("status", t.trial_id, status))
         t.status = status
         if status == PENDING:
             self.pending.add(t.trial_id)
@@ -870,6 +876,8 @@ class _Runner:
             "ckpt_index": t._ckpt_index,  # type: ignore[attr-defined]
             "ckpts": [(p, _brief(r)) for p, r in t._ckpts],  # type: ignore[attr-defined]
             "resources": t.resources,
+            # A reset's checkpoint (another trial's, PBT), until the trial starts from it.
+            "restore": getattr(t._restore, "path", None),  # type: ignore[attr-defined]
         }
 
     def _journal(self, rec: Any) -> None:
@@ -920,8 +928,8 @@ class _Runner:
                 old = records.get(rec[1]["trial_id"])
                 r = dict(rec[1])
                 if rec[0] == "add" and old is not None:
-                    # a reset: new config, the rest as it was
-                    r = dict(old, config=r["config"])
+                    # a reset: new config (and the checkpoint to start from), the rest as it was
+                    r = dict(old, config=r["config"], restore=r.get("restore"))
                 records[r["trial_id"]] = r
                 if rec[0] == "end":
                     ckpts[r["trial_id"]] = list(r["ckpts"])
@@ -930,6 +938,9 @@ class _Runner:
                 ckpts.setdefault(tid, []).append((path, brief))
                 records[tid]["checkpoint"] = path
                 records[tid]["ckpt_index"] = max(records[tid]["ckpt_index"], index)
+                records[tid]["restore"] = None  # it went on from its reset: its own is newer
+            elif rec[0] == "status":
+                records[rec[1]]["status"] = rec[2]
         for tid, r in records.items():
             t = Trial(tid, r["config"], r["resources"])
             self._init_extra(t)
@@ -949,16 +960,21 @@ class _Runner:
             ]
             latest = r["checkpoint"]
             t.checkpoint = Checkpoint(latest) if latest and os.path.isdir(latest) else None
+            reset = r.get("restore")
+            if reset and os.path.isdir(reset):
+                t._restore = Checkpoint(reset)  # type: ignore[attr-defined]
             status = r["status"]
             if status == ERROR and how["restart_errored"]:
                 status, t.checkpoint, t.last_result, t.history = PENDING, None, {}, []
                 t.num_failures, t.error = 0, None
             elif status == ERROR and how["resume_errored"]:
                 status, t.num_failures, t.error = PENDING, 0, None
-            elif status in (RUNNING, PAUSED):
-                status = PENDING
+            elif status == RUNNING:
+                status = PENDING  # started again from its latest checkpoint
+            # PAUSED stays PAUSED, with its checkpoint: the restored scheduler chooses when
+            # it goes on (choose_trial_to_run), as it would have without the restore.
             self._add(t)
-            self._status(t, status)
+            self._status(t, status, journal=False)
         state_file = os.path.join(self.path, _STATE)
         if os.path.exists(state_file):
             with open(state_file, "rb") as fh:

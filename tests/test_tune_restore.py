@@ -1,0 +1,173 @@
+"""volley.tune's restore and the run's own files under real faults: a driver SIGKILLed while
+its scheduler holds a trial PAUSED, a trial's process SIGKILLed in the middle of saving a
+checkpoint."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+from conftest import finish_driver, kill_driver, start_driver
+
+from volley import tune
+from volley.tune._tuner import _read_journal
+
+WAIT_S = 60.0
+
+
+def wait_for(cond, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ a paused trial, restored
+
+PAUSING_DRIVER = """
+import time
+from pathlib import Path
+import volley
+from volley import tune
+from volley.tune.schedulers import TrialScheduler
+
+root = Path({root!r})
+
+
+class PauseFirst(TrialScheduler):
+    \"\"\"Pauses trial 00000 at its second result and resumes it only once trial 00001 has
+    ended; logs each trial it chooses, with the status it had then.\"\"\"
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+        self.paused = []
+
+    def on_trial_result(self, controller, trial, result):
+        if trial.trial_id == "00000" and result["training_iteration"] == 2 and not self.paused:
+            self.paused.append(trial.trial_id)
+            return self.PAUSE
+        return self.CONTINUE
+
+    def choose_trial_to_run(self, controller):
+        trials = controller.get_trials()
+        pick = next((t for t in trials if t.status == "PENDING"), None)
+        held = [t for t in trials if t.trial_id == "00001"]
+        if pick is None and held and held[0].is_finished():
+            pick = next((t for t in trials if t.status == "PAUSED" and t.trial_id in self.paused),
+                        None)
+        if pick is not None:
+            with open(self.log, "a") as fh:
+                fh.write(f"{{pick.trial_id}} {{pick.status}}\\n")
+        return pick
+
+    def get_state(self):
+        return {{"paused": list(self.paused)}}
+
+    def set_state(self, state):
+        self.paused = list(state["paused"])
+
+
+def f(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+    with open(root / "runs.log", "a") as fh:
+        fh.write(f"{{config['x']}} {{start}}\\n")
+    for i in range(start, 4):
+        if config["x"] == 1 and i == 1:
+            while not (root / "go").exists():  # held until the driver is killed and restored
+                time.sleep(0.02)
+        tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_dict({{"i": i}}))
+
+
+volley.init(num_cpus=2)
+tune.Tuner(
+    f,
+    param_space={{"x": tune.grid_search([0, 1, 2])}},
+    tune_config=tune.TuneConfig(metric="i", mode="max",
+                                scheduler=PauseFirst(str(root / "chosen.log"))),
+    run_config=tune.RunConfig(storage_path=str(root), name="exp", verbose=0),
+).fit()
+print("FINISHED")
+"""
+
+
+def logged_trainable(root: Path):
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+        with open(root / "runs.log", "a") as fh:
+            fh.write(f"{config['x']} {start}\n")
+        for i in range(start, 4):
+            tune.report({"i": i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+    return f
+
+
+def starts_of(root: Path) -> dict[int, list[int]]:
+    starts: dict[int, list[int]] = {}
+    for line in (root / "runs.log").read_text().splitlines():
+        x, start = map(int, line.split())
+        starts.setdefault(x, []).append(start)
+    return starts
+
+
+def test_a_paused_trial_comes_back_paused_and_resumes_from_its_checkpoint(volley_shared, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(PAUSING_DRIVER.format(root=str(tmp_path))))
+    proc = start_driver(script)
+    exp = tmp_path / "exp"
+
+    def paused_and_saved():
+        if not (exp / "trials.journal").exists() or not (exp / "experiment_state.pkl").exists():
+            return False
+        recs = _read_journal(str(exp / "trials.journal"))
+        paused = ("status", "00000", "PAUSED") in recs
+        ended = {r[1]["trial_id"] for r in recs if r[0] == "end"}
+        held_ckpt = any(r[0] == "ckpt" and r[1] == "00001" for r in recs)
+        with open(exp / "experiment_state.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        return (
+            paused
+            and ended == {"00002"}
+            and held_ckpt
+            and state["scheduler"] == {"paused": ["00000"]}
+        )
+
+    try:
+        wait_for(
+            paused_and_saved,
+            "trial 00000 paused (journal and scheduler state), 00002 ended, 00001 checkpointed",
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        finish_driver(proc)
+    finally:
+        kill_driver(proc)
+    chosen = tmp_path / "chosen.log"
+    before = chosen.read_text().splitlines()
+    assert before == ["00000 PENDING", "00001 PENDING", "00002 PENDING"], before
+    (tmp_path / "go").touch()
+
+    grid = tune.Tuner.restore(str(exp), logged_trainable(tmp_path)).fit()
+
+    after = chosen.read_text().splitlines()[len(before) :]
+    # The running trial is started again at once; the paused one stays PAUSED until the
+    # restored scheduler (its state from experiment_state.pkl) picks it, after 00001 ended.
+    assert after == ["00001 PENDING", "00000 PAUSED"], after
+    assert grid.num_terminated == 3, [(r.trial_id, r.status, r.error) for r in grid]
+    starts = starts_of(tmp_path)
+    assert starts[2] == [0], f"a finished trial ran again: {starts}"
+    assert starts[0] == [0, 2], f"the paused trial did not resume from its i == 1: {starts}"
+    assert starts[1] == [0, 1], f"the running trial did not resume from its i == 0: {starts}"
+    by_x = {r.config["x"]: r for r in grid}
+    for x in (0, 1, 2):
+        assert by_x[x].metrics["i"] == 3
+        assert by_x[x].metrics["training_iteration"] == 4, "iterations count on"
