@@ -171,3 +171,80 @@ def test_a_paused_trial_comes_back_paused_and_resumes_from_its_checkpoint(volley
     for x in (0, 1, 2):
         assert by_x[x].metrics["i"] == 3
         assert by_x[x].metrics["training_iteration"] == 4, "iterations count on"
+
+
+# -------------------------------------------------------- a trial killed mid-checkpoint
+
+KILLED_SAVE_DRIVER = """
+import os, signal
+from pathlib import Path
+import volley
+from volley import tune
+
+root = Path({root!r})
+
+
+class Model(tune.Trainable):
+    def setup(self, config):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+        return {{"n": self.n, "done": self.n >= 5}}
+
+    def save_checkpoint(self, checkpoint_dir):
+        Path(checkpoint_dir, "n").write_text(str(self.n))
+        if self.n == 3:
+            try:  # the first time only: this process dies in the middle of a save
+                os.close(os.open(root / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return None
+            Path(checkpoint_dir, "partial").write_text("cut short")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def load_checkpoint(self, checkpoint_dir):
+        self.n = int(Path(checkpoint_dir, "n").read_text())
+
+
+volley.init(num_cpus=2)
+grid = tune.Tuner(
+    Model,
+    run_config=tune.RunConfig(
+        storage_path=str(root), name="exp", verbose=0,
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
+        failure_config=tune.FailureConfig(max_failures=1),
+    ),
+).fit()
+r = grid[0]
+print("RESULT", r.status, r.metrics["n"], r.metrics["training_iteration"], flush=True)
+"""
+
+
+def test_a_trial_killed_while_it_saves_leaves_no_temp_dirs(volley_shared, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(KILLED_SAVE_DRIVER.format(root=str(tmp_path))))
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmpdir)  # the driver's, and so its workers'
+    try:
+        proc = start_driver(script)
+    finally:
+        if old is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = old
+    try:
+        out, err = finish_driver(proc, timeout=WAIT_S)
+    finally:
+        kill_driver(proc)
+    assert (tmp_path / "killed").exists(), "the trial's process was not killed in its save"
+    assert "RESULT TERMINATED 5 5" in out, (out, err)
+    assert os.listdir(tmpdir) == [], f"left in TMPDIR: {os.listdir(tmpdir)}"
+    trial = next(p for p in (tmp_path / "exp").iterdir() if p.is_dir())
+    names = sorted(os.listdir(trial))
+    stray = [n for n in names if n.startswith(".") or ".tmp" in n]
+    assert stray == [], f"left in the trial's folder: {names}"
+    ckpts = [n for n in names if n.startswith("checkpoint_")]
+    assert ckpts == [f"checkpoint_{i:06d}" for i in range(1, 6)], names
+    assert not (trial / "checkpoint_000003" / "partial").exists(), "the cut save was kept"

@@ -144,26 +144,63 @@ def unpack(data: bytes, dest: str) -> None:
         tar.extractall(dest, filter="data")
 
 
+# ------------------------------------------------------------------ a trial's scratch space
+
+#: Names of the scratch directories inside a trial's folder (a checkpoint being written,
+#: saved or unpacked). Hidden, made 0700 and exclusively (``mkdtemp``), removed when done; a
+#: process killed in the middle leaves one, removed at the trial's next start and at the
+#: run's end (and when it is restored).
+SCRATCH = ".volley_tmp_"
+#: A reset's dict checkpoint written out by the driver for the trial to start from.
+RESTORE_COPY = ".volley_restore_"
+
+
+def scratch_dir(trial_dir: str, what: str) -> str:
+    """A new private directory for ``what`` (save, restore, ckpt) in ``trial_dir``."""
+    os.makedirs(trial_dir, mode=0o700, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}{what}_", dir=trial_dir)
+
+
+def clear_scratch(trial_dir: str, *prefixes: str) -> None:
+    """Removes what killed processes left in ``trial_dir``: entries named with one of
+    ``prefixes`` (default: ``SCRATCH``). A link is removed, never followed."""
+    prefixes = prefixes or (SCRATCH,)
+    try:
+        names = os.listdir(trial_dir)
+    except OSError:
+        return  # not made yet (or on another node's disk)
+    for name in names:
+        if not name.startswith(prefixes):
+            continue
+        path = os.path.join(trial_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:
     """Makes ``dest`` (a checkpoint_NNNNNN directory) hold ``ckpt`` (a Checkpoint, or the
-    packed bytes of one), atomically: written beside it, then renamed into place."""
-    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(ckpt, bytes):
-        os.makedirs(tmp, mode=0o700)
-        unpack(ckpt, tmp)
-    else:
-        assert isinstance(ckpt, Checkpoint)
-        if ckpt._data is not None:
-            os.makedirs(tmp, mode=0o700)
-            with open(os.path.join(tmp, DICT_FILE), "wb") as fh:
-                pickle.dump(ckpt._data, fh, protocol=5)
+    packed bytes of one), atomically: written into a scratch directory beside it, then
+    renamed into place."""
+    tmp = scratch_dir(os.path.dirname(dest), "ckpt")
+    try:
+        if isinstance(ckpt, bytes):
+            unpack(ckpt, tmp)
         else:
-            assert ckpt.path is not None
-            shutil.copytree(ckpt.path, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(tmp, dest)
+            assert isinstance(ckpt, Checkpoint)
+            if ckpt._data is not None:
+                with open(os.path.join(tmp, DICT_FILE), "wb") as fh:
+                    pickle.dump(ckpt._data, fh, protocol=5)
+            else:
+                assert ckpt.path is not None
+                shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def portable(ckpt: Checkpoint) -> Any:

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import struct
 import sys
@@ -47,7 +48,14 @@ import volley
 from volley import library
 from volley.util.queue import Empty, Queue
 
-from ._checkpoint import Checkpoint, pack, write_into
+from ._checkpoint import (
+    RESTORE_COPY,
+    SCRATCH,
+    Checkpoint,
+    clear_scratch,
+    pack,
+    write_into,
+)
 from ._config import CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
 from ._result_grid import Result, ResultGrid
 from ._session import run_trial
@@ -79,6 +87,8 @@ PIPELINE = 0
 CHECK_S = 0.5
 #: How often the searcher's and scheduler's state is rewritten (seconds, at most).
 STATE_S = 1.0
+#: A checkpoint's folder (and, in experiments of earlier versions, one being written).
+_CKPT_NAME = re.compile(r"checkpoint_(\d{6,})(\.tmp-\d+)?")
 
 
 def _default_storage() -> str:
@@ -591,9 +601,11 @@ class _Runner:
         if restore is not None:
             assert restore.path is not None or restore._data is not None
             if restore.path is None:
-                tmp = os.path.join(t.path, f".restore-{t._gen}")  # type: ignore[attr-defined]
-                write_into(restore, tmp)
-                restore = Checkpoint(tmp)
+                assert t.path is not None
+                clear_scratch(t.path, RESTORE_COPY)  # an earlier start's
+                copy_path = os.path.join(t.path, f"{RESTORE_COPY}{t._gen}")  # type: ignore[attr-defined]
+                write_into(restore, copy_path)
+                restore = Checkpoint(copy_path)
             data = pack(restore.path) if library.in_cluster() else None
             spec["restore"] = (restore.path, data)
         opts: dict[str, Any] = {"name": f"tune:{t._name}"}  # type: ignore[attr-defined]
@@ -975,6 +987,7 @@ class _Runner:
             # it goes on (choose_trial_to_run), as it would have without the restore.
             self._add(t)
             self._status(t, status, journal=False)
+            self._sweep(t)
         state_file = os.path.join(self.path, _STATE)
         if os.path.exists(state_file):
             with open(state_file, "rb") as fh:
@@ -988,6 +1001,25 @@ class _Runner:
                 self.searcher.on_trial_complete(
                     t.trial_id, t.last_result or None, error=t.status == ERROR
                 )
+
+    def _sweep(self, t: Trial) -> None:
+        """Removes from ``t``'s folder what no record points to: the scratch directories of
+        processes killed while they wrote, saved or unpacked a checkpoint, and checkpoints
+        numbered past the last one kept (written by a trial whose report never counted: it
+        was killed before the report came, or had been paused or stopped)."""
+        if t.path is None:
+            return
+        clear_scratch(t.path, SCRATCH, RESTORE_COPY)
+        try:
+            names = os.listdir(t.path)
+        except OSError:
+            return
+        last = t._ckpt_index  # type: ignore[attr-defined]
+        for name in names:
+            m = _CKPT_NAME.fullmatch(name)
+            path = os.path.join(t.path, name)
+            if m and (int(m[1]) > last or m[2]) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         for tid in list(self.running):
@@ -1013,6 +1045,8 @@ class _Runner:
             self.queue.shutdown()
         except Exception:  # noqa: BLE001 volley was shut down under us
             pass
+        for t in self.trials:
+            self._sweep(t)
         if self.raise_error is not None:
             raise self.raise_error
 
