@@ -564,6 +564,89 @@ def test_the_status_table_is_printed_once_at_the_end_off_a_terminal(
     assert out.count("Trial ") == 2, out  # verbose=2: a line per trial's end
 
 
+QUIET_DRIVER = """
+import logging, sys
+import volley
+from volley import tune
+from volley.tune.schedulers import PopulationBasedTraining
+from volley.tune.search.optuna import OptunaSearch
+
+verbose = int(sys.argv[1])
+levels = set()  # the levels PBT's lines were logged at (DEBUG too: not printed)
+
+
+class Levels(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("PBT: trial"):
+            levels.add(record.levelname)
+
+
+volley.init(num_cpus=2)
+# The "volley" logger prints INFO on stderr (its own handler). A quiet run must not print
+# there; to see what it logs at DEBUG, this handler takes all, the printing ones INFO up.
+for h in logging.getLogger("volley").handlers:
+    h.setLevel(logging.INFO)
+logging.getLogger("volley.tune").addHandler(Levels(logging.DEBUG))
+logging.getLogger("volley.tune").setLevel(logging.DEBUG)
+
+
+def grow(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["step"] + 1 if ckpt else 1
+    for step in range(start, 5):
+        tune.report({{"score": config["lr"] * step}},
+                    checkpoint=tune.Checkpoint.from_dict({{"step": step}}))
+
+
+pbt = PopulationBasedTraining(perturbation_interval=2, synch=True, quantile_fraction=0.5,
+                              hyperparam_mutations={{"lr": [0.1, 0.2, 0.3]}}, seed=0)
+tune.Tuner(
+    grow,
+    param_space={{"lr": tune.grid_search([0.1, 0.3])}},
+    tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+    run_config=tune.RunConfig(storage_path={root!r}, name=f"pbt{{verbose}}", verbose=verbose),
+).fit()
+searcher = OptunaSearch(seed=0)
+import optuna
+optuna_level = optuna.logging.get_verbosity()
+tune.Tuner(
+    lambda config: {{"score": config["x"]}},
+    param_space={{"x": tune.uniform(0, 1)}},
+    tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=3, search_alg=searcher),
+    run_config=tune.RunConfig(storage_path={root!r}, name=f"optuna{{verbose}}", verbose=verbose),
+).fit()
+print("PBT LOGGED AT", sorted(levels))
+print("OPTUNA LEVEL KEPT", optuna.logging.get_verbosity() == optuna_level == logging.INFO)
+"""
+
+
+def test_a_quiet_run_prints_and_logs_nothing_of_its_own(tmp_path):
+    pytest.importorskip("optuna")
+
+    def run(verbose: int) -> tuple[str, str]:
+        script = tmp_path / f"driver{verbose}.py"
+        text = QUIET_DRIVER.format(root=str(tmp_path)).replace("int(sys.argv[1])", str(verbose))
+        script.write_text(textwrap.dedent(text))
+        proc = start_driver(script)
+        try:
+            out, err = finish_driver(proc, timeout=WAIT_S * 2)
+        finally:
+            kill_driver(proc)
+        assert proc.returncode == 0, (out, err)
+        return out, err
+
+    out, err = run(0)
+    # PBT exploited (logged at DEBUG, which the user's INFO logging does not show), Optuna's
+    # verbosity is back to its INFO after the run, and nothing was printed or logged.
+    assert out.splitlines() == ["PBT LOGGED AT ['DEBUG']", "OPTUNA LEVEL KEPT True"], out
+    assert "PBT" not in err and "study created" not in err and "Trial 0" not in err, err
+    # The same runs at verbose=2 say it all: the quiet above is the tuner's doing.
+    out, err = run(2)
+    assert "PBT LOGGED AT ['INFO']" in out and "volley.tune done" in out, out
+    assert "PBT: trial 00000 takes the checkpoint of 00001" in err, err
+    assert "A new study created" in err, err  # Optuna's INFO (tell() logs no trial line)
+
+
 # -------------------------------------------------------------------------- restore
 
 

@@ -28,10 +28,12 @@ state, rewritten by atomic rename at most once a second) and a folder per trial
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -40,6 +42,7 @@ import shutil
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -211,11 +214,12 @@ class Tuner:
         trials do not raise (they are in ``ResultGrid.errors``) unless
         ``FailureConfig(fail_fast="raise")``."""
         library.init_if_needed()
-        runner = _Runner(self)
-        try:
-            runner.run()
-        finally:
-            runner.close()
+        with _quiet(self._run_config.verbose):
+            runner = _Runner(self)
+            try:
+                runner.run()
+            finally:
+                runner.close()
         self._results = runner.result_grid()
         return self._results
 
@@ -227,6 +231,26 @@ class Tuner:
 
 
 # ------------------------------------------------------------------------------------ runner
+
+
+@contextlib.contextmanager
+def _quiet(verbose: int) -> Iterator[None]:
+    """Below ``verbose=2``, Optuna (when imported: an ``OptunaSearch`` runs) says only
+    warnings while the run lasts, not a line per study made and per trial told; its
+    verbosity is put back after. (Tune's own lines, PBT's exploits, are INFO at
+    ``verbose=2`` and DEBUG below: the scheduler asks the controller's ``verbose``.)"""
+    optuna = sys.modules.get("optuna") if verbose < 2 else None
+    if optuna is None:
+        yield
+        return
+    # Optuna's own API: it sets up its logger (level and handler) on first use, which would
+    # undo a level set on the logger before that.
+    saved = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(saved, logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(saved)
 
 
 def _resolves_space(searcher: Any) -> bool:
