@@ -174,6 +174,13 @@ def test_bad_settings_are_refused_where_they_are_given(volley_shared, tmp_path):
         tune.Tuner.restore(str(tmp_path / "nothing"), quadratic)
     with pytest.raises(RuntimeError, match="fit\\(\\) has not run"):
         tune.Tuner(quadratic).get_results()
+    with pytest.raises(TypeError, match="must pickle, for Tuner.restore"):
+        tune.Tuner(
+            quadratic,
+            param_space={"lock": threading.Lock()},
+            run_config=run_config(tmp_path, name="unpicklable"),
+        )
+    assert not (tmp_path / "unpicklable").exists(), "a refused run made its folder"
 
 
 def test_a_report_of_the_wrong_type_fails_the_trial_with_its_message(volley_shared, tmp_path):

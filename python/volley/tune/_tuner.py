@@ -29,7 +29,6 @@ state, rewritten by atomic rename at most once a second) and a folder per trial
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -153,11 +152,30 @@ class Tuner:
         )
         storage = os.path.expanduser(self._run_config.storage_path or _default_storage())
         self._path = os.path.join(os.path.abspath(storage), name)
+        # tuner.pkl's content is taken now, as given: fit() works on the searcher and
+        # scheduler objects themselves (their state shows the run after it, as in Ray Tune),
+        # and a restore starts from the settings the run started from.
+        self._settings = None if _restore is not None else self._pickle_settings()
         if self._run_config.name is None and _restore is None:
             n = 1
             while os.path.exists(self._path):  # two runs in one second
                 n += 1
                 self._path = os.path.join(os.path.abspath(storage), f"{name}_{n}")
+
+    def _pickle_settings(self) -> bytes:
+        settings = {
+            "param_space": self._param_space,
+            "tune_config": self._tune_config,
+            "run_config": self._run_config,
+            "trainable_name": _name_of(self._trainable),
+        }
+        try:
+            return cloudpickle.dumps(settings)
+        except Exception as e:
+            raise TypeError(
+                "Tuner: the run's settings (param_space, TuneConfig with its searcher and "
+                f"scheduler, RunConfig) must pickle, for Tuner.restore: {e}"
+            ) from e
 
     @classmethod
     def can_restore(cls, path: str | os.PathLike) -> bool:
@@ -358,9 +376,14 @@ class _Runner:
         self.is_class = isinstance(fn, type)
         self.resources = resources_of(self.trainable)
 
-        # Copies: the Tuner's own stay as given (what tuner.pkl keeps, a second fit() starts from).
-        self.searcher: Searcher = copy.deepcopy(tc.search_alg) or BasicVariantGenerator()
-        self.scheduler: TrialScheduler = copy.deepcopy(tc.scheduler) or FIFOScheduler()
+        # The objects given, not copies: after fit() they hold the run's state (a PBT's
+        # policy_log, a searcher's results), as in Ray Tune. tuner.pkl was taken before.
+        self.searcher: Searcher = (
+            tc.search_alg if tc.search_alg is not None else BasicVariantGenerator()
+        )
+        self.scheduler: TrialScheduler = (
+            tc.scheduler if tc.scheduler is not None else FIFOScheduler()
+        )
         if not self.searcher.set_search_properties(
             self.metric, self.mode, tuner._param_space, num_samples=tc.num_samples
         ):
@@ -412,7 +435,8 @@ class _Runner:
                     f"Tuner: {self.path} already holds an experiment; use Tuner.restore() to go "
                     "on with it, or another RunConfig(name=...)"
                 )
-            self._save_settings(tuner)
+            assert tuner._settings is not None
+            _atomic_write(os.path.join(self.path, _SETTINGS), tuner._settings)
         self.journal_fd = os.open(
             os.path.join(self.path, _JOURNAL),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
@@ -447,22 +471,6 @@ class _Runner:
                 f"{boxes}): no trial could ever start"
             )
         return min(limit, asked) if asked is not None else limit
-
-    def _save_settings(self, tuner: Tuner) -> None:
-        settings = {
-            "param_space": tuner._param_space,
-            "tune_config": tuner._tune_config,
-            "run_config": tuner._run_config,
-            "trainable_name": self.trainable_name,
-        }
-        try:
-            data = cloudpickle.dumps(settings)
-        except Exception as e:
-            raise TypeError(
-                "Tuner: the run's settings (param_space, TuneConfig with its searcher and "
-                f"scheduler, RunConfig) must pickle, for Tuner.restore: {e}"
-            ) from e
-        _atomic_write(os.path.join(self.path, _SETTINGS), data)
 
     # -- the controller's view (schedulers)
 
