@@ -789,6 +789,68 @@ def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
     assert (tmp_path / "exp" / "quad_0" / "params.json").exists()
 
 
+def test_running_trials_are_seen_by_name_in_the_dashboard_and_the_state_api(no_volley, tmp_path):
+    import urllib.request
+
+    import volley.state
+
+    volley.init(num_cpus=2, dashboard=True, dashboard_port=0)
+    base, token = volley.dashboard_url().split("?token=")
+    go = tmp_path / "go"
+
+    def held(config):
+        while not go.exists():  # running until the test has seen both trials
+            time.sleep(0.02)
+        tune.report({"x": config["x"]})
+
+    out: dict = {}
+
+    def fit():
+        out["grid"] = tune.Tuner(
+            held,
+            param_space={"x": tune.grid_search([0, 1])},
+            tune_config=tune.TuneConfig(trial_name_creator=lambda t: f"quad_{t.config['x']}"),
+            run_config=run_config(tmp_path),
+        ).fit()
+
+    def dashboard_rows() -> list[dict]:
+        req = urllib.request.Request(
+            base.rstrip("/") + "/api/v0/tasks?limit=1000&filter=state=RUNNING",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            return json.loads(r.read())["rows"]
+
+    th = threading.Thread(target=fit)
+    th.start()
+    try:
+        rows = wait_for(
+            lambda: (
+                {"tune:quad_0", "tune:quad_1"} <= {r["name"] for r in dashboard_rows()}
+                and dashboard_rows()
+            ),
+            "the two running trials by name in the dashboard's /api/v0/tasks",
+        )
+        assert all(r["state"] == "RUNNING" and r["worker_pid"] for r in rows), rows
+        listed = {t.get("name"): t.get("state") for t in volley.state.list_tasks(limit=10_000)}
+        assert listed.get("tune:quad_0") == listed.get("tune:quad_1") == "RUNNING", listed
+    finally:
+        go.touch()
+        th.join(timeout=WAIT_S)
+    assert not th.is_alive(), "fit() did not end once the trials were let go"
+    assert out["grid"].num_terminated == 2
+    wait_for(
+        lambda: (
+            {t.get("name"): t.get("state") for t in volley.state.list_tasks(limit=10_000)}.get(
+                "tune:quad_0"
+            )
+            == "FINISHED"
+        ),
+        "trial quad_0's task FINISHED in volley.state.list_tasks()",
+    )
+
+
 def test_restore_reruns_errored_trials_only_when_asked(volley_shared, tmp_path):
     def flaky(config):
         ckpt = tune.get_checkpoint()
