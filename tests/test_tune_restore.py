@@ -248,3 +248,125 @@ def test_a_trial_killed_while_it_saves_leaves_no_temp_dirs(volley_shared, tmp_pa
     ckpts = [n for n in names if n.startswith("checkpoint_")]
     assert ckpts == [f"checkpoint_{i:06d}" for i in range(1, 6)], names
     assert not (trial / "checkpoint_000003" / "partial").exists(), "the cut save was kept"
+
+
+# ------------------------------------------- a restore whose scheduler state is a moment old
+
+WAITING_DRIVER = """
+import time
+from pathlib import Path
+import volley
+from volley import tune
+from volley.tune.schedulers import TrialScheduler
+
+root = Path({root!r})
+
+
+class WaitForB(TrialScheduler):
+    \"\"\"Pauses trial 00000 at its second result; resumes it once it has seen trial 00001
+    end (its own state, as HyperBand's rungs and PBT's synch rounds are) and the test says
+    so (the file resume_ok).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.paused, self.ended = [], []
+
+    def on_trial_result(self, controller, trial, result):
+        if trial.trial_id == "00000" and result["training_iteration"] == 2 and not self.paused:
+            self.paused.append(trial.trial_id)
+            return self.PAUSE
+        return self.CONTINUE
+
+    def on_trial_complete(self, controller, trial, result):
+        self.ended.append(trial.trial_id)
+
+    def choose_trial_to_run(self, controller):
+        trials = controller.get_trials()
+        pick = next((t for t in trials if t.status == "PENDING"), None)
+        if pick is None and "00001" in self.ended and (root / "resume_ok").exists():
+            pick = next((t for t in trials if t.status == "PAUSED"), None)
+        return pick
+
+    def get_state(self):
+        return {{"paused": list(self.paused), "ended": list(self.ended)}}
+
+    def set_state(self, state):
+        self.paused, self.ended = list(state["paused"]), list(state["ended"])
+
+
+def f(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["i"] + 1 if ckpt else 0
+    with open(root / "runs.log", "a") as fh:
+        fh.write(f"{{config['x']}} {{start}}\\n")
+    for i in range(start, 4):
+        if config["x"] == 1 and i == 1:
+            while not (root / "release_b").exists():
+                time.sleep(0.02)
+        if config["x"] == 2 and i == 1:  # keeps the run going until the kill
+            while not (root / "resume_ok").exists():
+                time.sleep(0.02)
+        tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_dict({{"i": i}}))
+
+
+volley.init(num_cpus=2)
+tune.Tuner(
+    f,
+    param_space={{"x": tune.grid_search([0, 1, 2])}},
+    tune_config=tune.TuneConfig(metric="i", mode="max", scheduler=WaitForB()),
+    run_config=tune.RunConfig(storage_path=str(root), name="exp", verbose=0),
+).fit()
+print("FINISHED")
+"""
+
+
+def test_a_restore_tells_the_scheduler_the_ends_its_saved_state_missed(volley_shared, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(WAITING_DRIVER.format(root=str(tmp_path))))
+    proc = start_driver(script)
+    exp = tmp_path / "exp"
+    state_file = exp / "experiment_state.pkl"
+
+    def state():
+        if not state_file.exists():
+            return None
+        with open(state_file, "rb") as fh:
+            return pickle.load(fh)
+
+    try:
+        wait_for(
+            lambda: (
+                (s := state())
+                and s["scheduler"] == {"paused": ["00000"], "ended": []}
+                and "00002" in s["known"]
+            ),
+            "the scheduler's saved state: trial 00000 paused, none ended, 00002 made",
+        )
+        # The driver is killed in the moment between trial 00001's end (in the journal at
+        # once) and the next write of the scheduler's state: kept here, put back below.
+        stale = state_file.read_bytes()
+        (tmp_path / "release_b").touch()
+
+        def b_ended():
+            recs = _read_journal(str(exp / "trials.journal"))
+            return any(r[0] == "end" and r[1]["trial_id"] == "00001" for r in recs)
+
+        wait_for(b_ended, "trial 00001's end in the journal")
+        os.kill(proc.pid, signal.SIGKILL)
+        finish_driver(proc)
+    finally:
+        kill_driver(proc)
+    state_file.write_bytes(stale)
+    (tmp_path / "resume_ok").touch()
+
+    tuner = tune.Tuner.restore(str(exp), logged_trainable(tmp_path))
+    grid = tuner.fit()  # without the catch-up: "no trial running and none it can start"
+
+    ended = tuner._tune_config.scheduler.ended
+    assert ended[0] == "00001" and sorted(ended) == ["00000", "00001", "00002"], ended
+    assert grid.num_terminated == 3, [(r.trial_id, r.status, r.error) for r in grid]
+    starts = starts_of(tmp_path)
+    assert starts[1] == [0], f"the finished trial ran again: {starts}"
+    assert starts[0] == [0, 2], f"the paused trial did not resume from its i == 1: {starts}"
+    assert starts[2] == [0, 1], f"the running trial did not resume from its i == 0: {starts}"
+    assert {r.config["x"]: r.metrics["training_iteration"] for r in grid} == {0: 4, 1: 4, 2: 4}

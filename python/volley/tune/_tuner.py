@@ -425,6 +425,7 @@ class _Runner:
         self.last_flush = time.monotonic()
         self.dirty: set[str] = set()
         self.reporter = _Reporter(self) if self.verbose else None
+        self.catch_up: tuple[set[str], set[str]] | None = None  # a restore's (_catch_up)
 
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         if tuner._restore is not None:
@@ -550,12 +551,13 @@ class _Runner:
         else:
             self.pending.discard(t.trial_id)
 
-    def _add(self, t: Trial) -> None:
+    def _add(self, t: Trial, notify: bool = True) -> None:
         if t.status == PENDING:
             self.pending.add(t.trial_id)
         self.trials.append(t)
         self.by_id[t.trial_id] = t
-        self.scheduler.on_trial_add(self, t)
+        if notify:
+            self.scheduler.on_trial_add(self, t)
 
     def _write_params(self, t: Trial) -> None:
         assert t.path is not None
@@ -717,7 +719,28 @@ class _Runner:
 
     # -- the loop
 
+    def _catch_up(self) -> None:
+        """After a restore: tells the scheduler, its saved state back, what happened after
+        that state was written (it is written at most once a second, the journal at once):
+        the trials made since, and the ends it has not seen. Without that a scheduler that
+        waits for a trial's end to resume a PAUSED one (HyperBand's rung, PBT's synch) would
+        wait for good."""
+        known, finished = self.catch_up
+        self.catch_up = None
+        for t in self.trials:
+            if t.trial_id not in known:
+                self.scheduler.on_trial_add(self, t)
+        for t in list(self.trials):
+            if t.trial_id in finished:
+                continue
+            if t.status == TERMINATED:
+                self.scheduler.on_trial_complete(self, t, t.last_result)
+            elif t.status == ERROR:
+                self.scheduler.on_trial_error(self, t)
+
     def run(self) -> None:
+        if self.catch_up is not None:
+            self._catch_up()
         start = time.monotonic()
         deadline = start + self.budget if self.budget else None
         while True:
@@ -956,6 +979,9 @@ class _Runner:
         state = {
             "searcher": self.searcher.get_state(),
             "scheduler": self.scheduler.get_state(),
+            # What the scheduler's state has seen: a restore tells it the rest (_catch_up).
+            "known": [t.trial_id for t in self.trials],
+            "finished": [t.trial_id for t in self.trials if t.is_finished()],
             "next_id": self.next_id,
             "searcher_done": self.searcher_done,
             "timestamp": time.time(),
@@ -1017,10 +1043,12 @@ class _Runner:
                 status = PENDING  # started again from its latest checkpoint
             # PAUSED stays PAUSED, with its checkpoint: the restored scheduler chooses when
             # it goes on (choose_trial_to_run), as it would have without the restore.
-            self._add(t)
+            self._add(t, notify=False)  # told once its saved state is back (_catch_up)
             self._status(t, status, journal=False)
             self._sweep(t)
         state_file = os.path.join(self.path, _STATE)
+        known: set[str] = set()
+        finished: set[str] = set()
         if os.path.exists(state_file):
             with open(state_file, "rb") as fh:
                 state = pickle.load(fh)
@@ -1028,6 +1056,9 @@ class _Runner:
             self.scheduler.set_state(state["scheduler"])
             self.next_id = state["next_id"]
             self.searcher_done = state["searcher_done"]
+            known = set(state.get("known", records))
+            finished = set(state.get("finished", (t.trial_id for t in self.trials)))
+        self.catch_up = (known, finished)
         for t in self.trials:
             if t.is_finished() and int(t.trial_id) < self.next_id:
                 self.searcher.on_trial_complete(
