@@ -301,6 +301,61 @@ def test_reset_trial_restarts_a_trial_from_another_trials_checkpoint(volley_shar
 # ------------------------------------------------------------------------------ resources
 
 
+class ResetWhilePaused(FIFOScheduler):
+    """Pauses trial 00000 at its first result; at trial 00001's first result, resets the
+    paused 00000 to 00001's config and checkpoint. 00000 starts again only once 00001 ends
+    (one trial at a time), long after 00001's checkpoint was pruned (num_to_keep=1); it then
+    fails once before a checkpoint of its own (the file ``fail_once``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reset = False
+
+    def on_trial_result(self, controller, trial, result):
+        trials = controller.get_trials()
+        if trial.trial_id == "00000" and result["training_iteration"] == 1 and not self.reset:
+            return TrialScheduler.PAUSE
+        if trial.trial_id == "00001" and not self.reset:
+            self.reset = True
+            controller.reset_trial(trials[0], dict(trial.config, reset=True), trial.checkpoint)
+        return TrialScheduler.CONTINUE
+
+
+def test_a_reset_s_checkpoint_outlives_the_donor_s_pruning_and_a_failure(volley_shared, tmp_path):
+    fail_once = tmp_path / "fail_once"
+    fail_once.touch()
+
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        state = ckpt.to_dict() if ckpt else {"owner": config["name"], "n": 0}
+        if config.get("reset") and fail_once.exists():
+            fail_once.unlink()
+            raise RuntimeError("fails once after its reset, before a checkpoint of its own")
+        for n in range(state["n"] + 1, state["n"] + 4):  # 3 steps a run
+            tune.report(
+                {"owner": state["owner"], "from": state["n"], "n": n},
+                checkpoint=tune.Checkpoint.from_dict({"owner": state["owner"], "n": n}),
+            )
+
+    grid = tune.Tuner(
+        f,
+        param_space={"name": tune.grid_search(["a", "b"])},
+        tune_config=tune.TuneConfig(scheduler=ResetWhilePaused(), max_concurrent_trials=1),
+        run_config=run_config(
+            tmp_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    ).fit()
+    a = grid[0]
+    assert a.status == "TERMINATED", a.error
+    assert a.metrics["owner"] == "b", "the donor's checkpoint was the one loaded"
+    assert a.metrics["from"] == 1, "from b's checkpoint at its first result (n == 1)"
+    assert not fail_once.exists(), "the failure after the reset did not happen"
+    left = [n for n in os.listdir(a.path) if n.startswith(".")]
+    assert left == [], f"the reset's copy was left in the trial's folder: {left}"
+
+
 def test_trials_hold_their_resources_two_at_once_on_two_cpus(volley_shared, tmp_path):
     barrier = volley.sync.Barrier(2)
 

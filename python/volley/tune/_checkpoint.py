@@ -161,23 +161,50 @@ def scratch_dir(trial_dir: str, what: str) -> str:
     return tempfile.mkdtemp(prefix=f"{SCRATCH}{what}_", dir=trial_dir)
 
 
-def clear_scratch(trial_dir: str, *prefixes: str) -> None:
+def clear_scratch(trial_dir: str, *prefixes: str, keep: str | None = None) -> None:
     """Removes what killed processes left in ``trial_dir``: entries named with one of
-    ``prefixes`` (default: ``SCRATCH``). A link is removed, never followed."""
+    ``prefixes`` (default: ``SCRATCH``), but ``keep``. A link is removed, never followed."""
     prefixes = prefixes or (SCRATCH,)
     try:
         names = os.listdir(trial_dir)
     except OSError:
         return  # not made yet (or on another node's disk)
     for name in names:
-        if not name.startswith(prefixes):
-            continue
         path = os.path.join(trial_dir, name)
+        if not name.startswith(prefixes) or path == keep:
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def hold_copy(ckpt: Checkpoint, trial_dir: str) -> Checkpoint:
+    """A copy of ``ckpt`` in ``trial_dir`` (a new ``RESTORE_COPY`` folder) for the trial to
+    start from: the checkpoint of another trial (a reset) may be pruned by that trial before
+    this one starts, or while it reads it. Files are hard links where they can be (a
+    checkpoint's files are never changed in place), else copies; a dict checkpoint is
+    written out."""
+    os.makedirs(trial_dir, mode=0o700, exist_ok=True)
+    dest = tempfile.mkdtemp(prefix=RESTORE_COPY, dir=trial_dir)
+    try:
+        if ckpt.path is None:
+            with open(os.path.join(dest, DICT_FILE), "wb") as fh:
+                pickle.dump(ckpt._data, fh, protocol=5)
+        else:
+            shutil.copytree(ckpt.path, dest, copy_function=_link_or_copy, dirs_exist_ok=True)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return Checkpoint(dest)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
 
 
 def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:

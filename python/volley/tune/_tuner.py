@@ -55,6 +55,7 @@ from ._checkpoint import (
     SCRATCH,
     Checkpoint,
     clear_scratch,
+    hold_copy,
     pack,
     write_into,
 )
@@ -491,7 +492,11 @@ class _Runner:
         if was_running:
             self._cancel(trial)
         trial.config = new_config
-        trial._restore = checkpoint  # type: ignore[attr-defined]
+        self._drop_restore(trial)
+        # The trial's own copy: it starts from it (again after a failure) until it has a
+        # checkpoint of its own, whatever the donor prunes meanwhile.
+        assert trial.path is not None
+        trial._restore = hold_copy(checkpoint, trial.path) if checkpoint is not None else None  # type: ignore[attr-defined]
         self._write_params(trial)
         self._journal(("add", self._record(trial)))
         if was_running:
@@ -500,6 +505,13 @@ class _Runner:
         else:
             self._status(trial, PENDING if trial.status != TERMINATED else trial.status)
         return True
+
+    def _drop_restore(self, t: Trial) -> None:
+        """Forgets (and removes) the copy of a reset's checkpoint that ``t`` started from."""
+        held = t._restore  # type: ignore[attr-defined]
+        t._restore = None  # type: ignore[attr-defined]
+        if held is not None and held.path is not None:
+            shutil.rmtree(held.path, ignore_errors=True)
 
     def stop_trial(self, trial: Trial) -> None:
         """Ends ``trial`` for good (TERMINATED), whether it runs or waits (PAUSED): a
@@ -604,9 +616,9 @@ class _Runner:
         t._gen += 1  # type: ignore[attr-defined]
         t._received = 0  # type: ignore[attr-defined]
         t._end_at = None  # type: ignore[attr-defined]
+        # A reset's checkpoint (kept until the trial makes its own), else its own latest.
         restore = t._restore or t.checkpoint  # type: ignore[attr-defined]
         own = t._restore is None  # type: ignore[attr-defined]
-        t._restore = None  # type: ignore[attr-defined]
         iteration = t.training_iteration
         time_total = float(t.last_result.get("time_total_s", 0.0))
         ckpts = t._ckpts  # type: ignore[attr-defined]
@@ -633,13 +645,7 @@ class _Runner:
             "resources": dict(t.resources),
         }
         if restore is not None:
-            assert restore.path is not None or restore._data is not None
-            if restore.path is None:
-                assert t.path is not None
-                clear_scratch(t.path, RESTORE_COPY)  # an earlier start's
-                copy_path = os.path.join(t.path, f"{RESTORE_COPY}{t._gen}")  # type: ignore[attr-defined]
-                write_into(restore, copy_path)
-                restore = Checkpoint(copy_path)
+            assert restore.path is not None
             data = pack(restore.path) if library.in_cluster() else None
             spec["restore"] = (restore.path, data)
         opts: dict[str, Any] = {"name": f"tune:{t._name}"}  # type: ignore[attr-defined]
@@ -848,6 +854,7 @@ class _Runner:
             write_into(data, path)
         t._ckpt_index = max(t._ckpt_index, int(name.rsplit("_", 1)[1]))  # type: ignore[attr-defined]
         t.checkpoint = Checkpoint(path)
+        self._drop_restore(t)  # its own is newer than a reset's
         t._ckpts.append((path, result))  # type: ignore[attr-defined]
         keep = self.ckpt_config.num_to_keep
         if keep is not None and len(t._ckpts) > keep:  # type: ignore[attr-defined]
@@ -1072,7 +1079,9 @@ class _Runner:
         was killed before the report came, or had been paused or stopped)."""
         if t.path is None:
             return
-        clear_scratch(t.path, SCRATCH, RESTORE_COPY)
+        # A reset's copy is kept while the trial may still start from it.
+        held = None if t.is_finished() else getattr(t._restore, "path", None)  # type: ignore[attr-defined]
+        clear_scratch(t.path, SCRATCH, RESTORE_COPY, keep=held)
         try:
             names = os.listdir(t.path)
         except OSError:
