@@ -541,6 +541,22 @@ def test_a_trial_whose_process_is_sigkilled_goes_on_from_its_checkpoint(volley_2
     assert hist[0]["pid"] == hist[2]["pid"] != hist[3]["pid"], "restarted in a new process"
 
 
+def test_what_a_trial_reported_before_its_process_died_counts(volley_shared, tmp_path):
+    n = 2_000  # a burst of reports just before the process dies
+
+    def f(config):
+        for i in range(n):
+            tune.report({"i": i})
+        tune.report({"i": n}, checkpoint=tune.Checkpoint.from_dict({"i": n}))
+        os.kill(os.getpid(), signal.SIGKILL)  # dies before its end reaches the tuner
+
+    grid = tune.Tuner(f, run_config=run_config(tmp_path)).fit()
+    r = grid[0]
+    assert r.status == "ERROR", r.status
+    assert r.metrics["training_iteration"] == n + 1, "results sent before the death were lost"
+    assert r.checkpoint.to_dict() == {"i": n}, "its last checkpoint was lost"
+
+
 class Counter(tune.Trainable):
     def setup(self, config):
         self.n = 0

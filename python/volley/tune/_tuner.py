@@ -681,14 +681,24 @@ class _Runner:
         if not refs:
             return
         ready, _ = volley.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        failed = []
         for ref in ready:
             try:
                 volley.get(ref)
             except BaseException as e:  # noqa: BLE001 how the task ended is the news
-                for tid, r in list(self.running.items()):
-                    if r == ref:
-                        t = self.by_id[tid]
-                        self._on_end(tid, t._gen, None, e)  # type: ignore[attr-defined]
+                failed.append((ref, e))
+        if not failed:
+            return
+        # What the dead trials put before they died is in the queue by now (their puts went
+        # out before the process died): it counts, before the failure does.
+        n = self.queue.qsize()
+        if n:
+            self._dispatch(self.queue.get_nowait_batch(n))
+        for ref, e in failed:
+            for tid, r in list(self.running.items()):
+                if r == ref:
+                    t = self.by_id[tid]
+                    self._on_end(tid, t._gen, None, e)  # type: ignore[attr-defined]
 
     def _cancel(self, t: Trial) -> None:
         ref = self.running.pop(t.trial_id, None)
@@ -774,11 +784,7 @@ class _Runner:
             n = self.queue.qsize()
             if n:
                 items.extend(self.queue.get_nowait_batch(n))
-            for item in items:
-                if item[0] == "r":
-                    self._on_result(*item[1:])
-                else:
-                    self._on_end(*item[1:])
+            self._dispatch(items)
             if time.monotonic() - self.last_check >= CHECK_S:
                 self._check_tasks()
             if self.raise_error is not None:
@@ -789,6 +795,13 @@ class _Runner:
                 self._stop_all("Stopper.stop_all")
             self._housekeeping()
         self._housekeeping(final=True)
+
+    def _dispatch(self, items: list) -> None:
+        for item in items:
+            if item[0] == "r":
+                self._on_result(*item[1:])
+            else:
+                self._on_end(*item[1:])
 
     def _more_to_start(self) -> bool:
         return not self.searcher_done or any(t.status in (PENDING, PAUSED) for t in self.trials)
@@ -966,7 +979,7 @@ class _Runner:
 
     def _housekeeping(self, final: bool = False) -> None:
         if self.journal_buf:
-            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(_write_all, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
         now = time.monotonic()
         if final or now - self.last_flush >= FLUSH_S:
@@ -1097,7 +1110,7 @@ class _Runner:
         for tid in list(self.running):
             self._cancel(self.by_id[tid])
         if self.journal_buf:
-            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(_write_all, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
         self.writer.close()
         os.close(self.journal_fd)
@@ -1159,11 +1172,19 @@ def _csv_header(path: str) -> list[str]:
         return next(csv.reader(fh), [])
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a short write would leave a record cut
+    in the middle of the journal, and every record after it unreadable)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
