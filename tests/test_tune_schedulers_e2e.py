@@ -20,10 +20,15 @@ def run_config(tmp_path: Path, name: str) -> tune.RunConfig:
 
 
 def curve(config):
-    """A learning curve: the loss falls towards (x - 3)^2 as iterations go."""
+    """A learning curve: the loss falls towards (x - 3)^2 as iterations go. A paused trial
+    goes on from its checkpoint (were it to start over, its curve would too, and the best
+    trial's last loss would depend on when it was paused)."""
     x = config["x"]
-    for i in range(1, 17):
-        tune.report({"loss": (x - 3) ** 2 + 10.0 / i})
+    ckpt = tune.get_checkpoint()
+    for i in range(ckpt.to_dict()["i"] + 1 if ckpt else 1, 17):
+        tune.report(
+            {"loss": (x - 3) ** 2 + 10.0 / i}, checkpoint=tune.Checkpoint.from_dict({"i": i})
+        )
 
 
 def test_asha_stops_the_worse_trials_early_and_keeps_the_best_to_the_end(volley_shared, tmp_path):

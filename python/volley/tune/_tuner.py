@@ -963,7 +963,7 @@ class _Runner:
             "ckpt_index": t._ckpt_index,  # type: ignore[attr-defined]
             "ckpts": [(p, _brief(r)) for p, r in t._ckpts],  # type: ignore[attr-defined]
             "resources": t.resources,
-            # A reset's checkpoint (another trial's, PBT), until the trial starts from it.
+            # A reset's checkpoint (its copy of another trial's), until it has its own.
             "restore": getattr(t._restore, "path", None),  # type: ignore[attr-defined]
         }
 
