@@ -370,3 +370,23 @@ def test_a_restore_tells_the_scheduler_the_ends_its_saved_state_missed(volley_sh
     assert starts[0] == [0, 2], f"the paused trial did not resume from its i == 1: {starts}"
     assert starts[2] == [0, 1], f"the running trial did not resume from its i == 0: {starts}"
     assert {r.config["x"]: r.metrics["training_iteration"] for r in grid} == {0: 4, 1: 4, 2: 4}
+
+
+def test_scratch_goes_to_the_temp_dir_only_where_the_trial_s_folder_cannot_be_made(
+    tmp_path, monkeypatch
+):
+    from volley.tune._checkpoint import scratch_dir
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    trial = tmp_path / "exp" / "trial"
+    d = Path(scratch_dir(str(trial), "save"))
+    assert d.parent == trial and d.name.startswith(".volley_tmp_save_")
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    # A node whose disk has no such folder for this user (here: a file where a folder goes).
+    (tmp_path / "file").write_text("")
+    d = Path(scratch_dir(str(tmp_path / "file" / "trial"), "restore"))
+    assert d.parent == tmpdir and d.name.startswith("volley_tune_restore_"), d
+    assert os.stat(d).st_mode & 0o777 == 0o700

@@ -156,9 +156,14 @@ RESTORE_COPY = ".volley_restore_"
 
 
 def scratch_dir(trial_dir: str, what: str) -> str:
-    """A new private directory for ``what`` (save, restore, ckpt) in ``trial_dir``."""
-    os.makedirs(trial_dir, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{SCRATCH}{what}_", dir=trial_dir)
+    """A new private directory for ``what`` (save, restore, ckpt) in ``trial_dir``; in the
+    system's temp dir only where that folder cannot be made (a node other than the driver's,
+    whose disk has no such path for this user)."""
+    try:
+        os.makedirs(trial_dir, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"{SCRATCH}{what}_", dir=trial_dir)
+    except OSError:
+        return tempfile.mkdtemp(prefix=f"volley_tune_{what}_")
 
 
 def clear_scratch(trial_dir: str, *prefixes: str, keep: str | None = None) -> None:
