@@ -838,6 +838,43 @@ def test_checkpoints_made_on_any_node_reach_the_driver_s_storage(volley_shared, 
         assert all(r.metrics["node"] != driver_node for r in grid), "the head has no CPUs"
 
 
+def test_a_checkpoint_with_a_link_to_outside_is_kept_with_the_file_itself(volley_shared, tmp_path):
+    outside = tmp_path / "dataset.txt"
+    outside.write_text("data")
+
+    def f(config):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        Path(d, "weights").write_text("w")
+        os.symlink(outside, Path(d, "dataset.txt"))  # absolute, out of the checkpoint
+        tune.report({"x": 1}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(f, run_config=run_config(tmp_path)).fit()
+    r = grid[0]
+    assert r.status == "TERMINATED", r.error
+    kept = Path(r.checkpoint.path, "dataset.txt")
+    assert not kept.is_symlink() and kept.read_text() == "data"
+
+
+def test_a_checkpoint_that_cannot_be_kept_fails_its_trial_only(volley_shared, tmp_path):
+    def f(config):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        if config["x"] == 1:
+            os.mkfifo(Path(d, "pipe"))  # a special file: no checkpoint copy takes it
+        tune.report({"x": config["x"]}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(
+        f, param_space={"x": tune.grid_search([0, 1])}, run_config=run_config(tmp_path)
+    ).fit()
+    ok, bad = grid[0], grid[1]
+    assert ok.status == "TERMINATED" and ok.checkpoint is not None
+    assert bad.status == "ERROR"
+    assert "pipe" in str(bad.error), bad.error
+
+
 def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
     import volley.state
 

@@ -130,9 +130,11 @@ class Checkpoint:
 
 
 def pack(path: str) -> bytes:
-    """The directory ``path`` as the bytes of an uncompressed tar (to travel in a report)."""
+    """The directory ``path`` as the bytes of an uncompressed tar (to travel in a report).
+    Links are followed (their files travel), as a copy on the driver's node follows them:
+    a link would not point to the same file on another machine."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
         tar.add(path, arcname=".")
     return buf.getvalue()
 

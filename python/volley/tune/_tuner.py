@@ -826,7 +826,18 @@ class _Runner:
         stop = final or _stop_reached(self.stop, tid, result)
         result["done"] = stop
         if ck is not None:
-            self._keep_checkpoint(t, ck, result)
+            try:
+                self._keep_checkpoint(t, ck, result)
+            except Exception as e:  # noqa: BLE001 this trial's fault, not the run's
+                # What a trial on another node sent cannot be written here (a special file,
+                # the disk full): that trial fails, saying so; the others go on.
+                self._cancel(t)
+                err = RuntimeError(
+                    f"trial {tid}'s checkpoint {ck[0]} could not be kept in {t.path}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                self._on_end(tid, gen, None, err)
+                return
         t.last_result = result
         t.history.append(result)
         t._lines.append(result)  # type: ignore[attr-defined]
