@@ -356,6 +356,21 @@ def test_a_reset_s_checkpoint_outlives_the_donor_s_pruning_and_a_failure(volley_
     assert left == [], f"the reset's copy was left in the trial's folder: {left}"
 
 
+class ResetToNothing(FIFOScheduler):
+    def on_trial_result(self, controller, trial, result):
+        controller.reset_trial(trial, dict(trial.config), "/no/such/checkpoint_000001")
+        return TrialScheduler.NOOP
+
+
+def test_a_reset_to_a_checkpoint_that_is_not_there_is_refused_saying_so(volley_shared, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint /no/such/checkpoint_000001 of trial 00000"):
+        tune.Tuner(
+            counting,
+            tune_config=tune.TuneConfig(scheduler=ResetToNothing()),
+            run_config=run_config(tmp_path),
+        ).fit()
+
+
 def test_trials_hold_their_resources_two_at_once_on_two_cpus(volley_shared, tmp_path):
     barrier = volley.sync.Barrier(2)
 

@@ -488,6 +488,12 @@ class _Runner:
             raise TypeError(
                 f"reset_trial: checkpoint must be a tune.Checkpoint, got {checkpoint!r}"
             )
+        if checkpoint is not None and checkpoint.path is not None:
+            if not os.path.isdir(checkpoint.path):
+                raise ValueError(
+                    f"reset_trial: the checkpoint {checkpoint.path} of trial "
+                    f"{trial.trial_id}'s reset is not there (pruned? CheckpointConfig.num_to_keep)"
+                )
         was_running = trial.trial_id in self.running
         if was_running:
             self._cancel(trial)
