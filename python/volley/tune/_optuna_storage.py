@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Callable, Container, Sequence
@@ -612,6 +613,37 @@ def optuna_storage(
     return storage
 
 
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _Shipped:
+    """A sampler or pruner on its way to an ``optuna_optimize`` worker, pickled without the
+    thread locks some hold (NSGA-II's and NSGA-III's ``_thread_lock``), which a lock does not
+    survive; it arrives as itself, with fresh locks."""
+
+    def __init__(self, obj: Any, locks: list[str]) -> None:
+        self.obj, self.locks = obj, locks
+
+    def __reduce__(self) -> tuple:
+        state = {k: v for k, v in vars(self.obj).items() if k not in self.locks}
+        rlocks = [k for k in self.locks if not isinstance(getattr(self.obj, k), _LOCKS[0])]
+        return _arrive, (type(self.obj), state, self.locks, rlocks)
+
+
+def _arrive(cls: type, state: dict, locks: list[str], rlocks: list[str]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    for k in locks:
+        setattr(obj, k, threading.RLock() if k in rlocks else threading.Lock())
+    return obj
+
+
+def _shippable(obj: Any) -> Any:
+    """``obj``, or a ``_Shipped`` of it if its own attributes hold thread locks."""
+    locks = [k for k, v in getattr(obj, "__dict__", {}).items() if isinstance(v, _LOCKS)]
+    return _Shipped(obj, locks) if locks else obj
+
+
 def _optimize_worker(
     storage: Any,
     study_name: str,
@@ -728,8 +760,8 @@ def optuna_optimize(
             ref = task.remote(
                 storage,
                 study.study_name,
-                study.sampler,
-                study.pruner,
+                _shippable(study.sampler),
+                _shippable(study.pruner),
                 objective,
                 key,
                 made[0],
