@@ -442,71 +442,6 @@ def test_the_storage_actor_lives_on_the_heads_node(volley_shared):
     assert "head's node" in optuna_storage.__doc__
 
 
-@pytest.mark.skipif(not CLUSTER_MODE, reason="needs the test cluster (VOLLEY_TEST_CLUSTER=1)")
-def test_killing_a_worker_node_mid_study_loses_no_complete_trial(volley_shared, tmp_path):
-    from conftest import _cluster_info
-    from test_cluster import Cluster
-
-    # A third worker node, joined to the suite's cluster, to kill (the suite's stay up).
-    extra = Cluster(tmp_path, token=_cluster_info["token"])
-    extra.head = _cluster_info["head"]
-    addr = extra.start(False, "127.0.0.4")
-    try:
-        node = poll(lambda: [n for n in volley.nodes() if n["address"] == addr], timeout=30)
-        assert node, f"waited 30 s for the node at {addr} to join"
-        doomed = node[0]["node_id"]
-        name, flag = fresh(), fresh("flag")
-        study = optuna.create_study(storage=optuna_storage(name))
-        barrier, gate = Barrier(3), Event()
-
-        def obj(trial):
-            x = trial.suggest_float("x", -4, 4)
-            here = volley.get_runtime_context().get_node_id()
-            trial.set_user_attr("node", here)
-            if trial.number < 3:  # one worker on each of the three 1-CPU nodes
-                barrier.wait(timeout=60)
-            if here == doomed and library.kv_put(flag, "1", overwrite=False):
-                gate.wait(timeout=60)  # until its node is killed
-            return (x - 1) ** 2
-
-        failure: list[BaseException] = []
-
-        def run():
-            try:
-                optuna_optimize(study, obj, n_trials=15, n_workers=3, num_cpus=1)
-            except BaseException as e:
-                failure.append(e)
-
-        runner = threading.Thread(target=run)
-        runner.start()
-        stuck = poll(
-            lambda: [
-                t
-                for t in study.trials
-                if t.state.name == "RUNNING"
-                and library.kv_get(flag)
-                and t.user_attrs.get("node") == doomed
-            ],
-            timeout=60,
-        )
-        assert stuck, "waited 60 s for a trial to run on the node to kill"
-        before = {t.number: t.params for t in study.trials if t.state.name == "COMPLETE"}
-        extra.kill(0)
-        runner.join(timeout=60)
-        assert not runner.is_alive(), "optuna_optimize did not end within 60 s of the node's death"
-        assert not failure, failure
-        trials = study.trials
-        assert {t.number: t.params for t in trials if t.number in before} == before
-        assert all(trials[n].state.name == "COMPLETE" for n in before), "a COMPLETE trial lost"
-        assert trials[stuck[0].number].state.name == "FAIL"
-        assert sum(t.state.name == "COMPLETE" for t in trials) == 15
-        assert actor_node(name) == head_node_id()
-        barrier.shutdown()
-        gate.shutdown()
-    finally:
-        extra.stop()
-
-
 # ------------------------------------------------------------------ samplers
 
 SAMPLERS = ["tpe", "cmaes", "nsga2", "gp"]
@@ -611,3 +546,72 @@ def test_each_sampler_runs_through_optuna_search_in_a_tuner(volley_shared, tmp_p
     assert len(set(configs)) == 8 and all(-3 <= v <= 3 for c in configs for v in c)
     assert all(r.metrics["training_iteration"] == 1 for r in grid)
     assert type(search.study.sampler).__name__ == type(sampler_for(kind)).__name__
+
+
+# ------------------------------------------------------------------ a worker node killed
+# (last in the module: the node it adds to the suite's cluster is dead after it)
+
+
+@pytest.mark.skipif(not CLUSTER_MODE, reason="needs the test cluster (VOLLEY_TEST_CLUSTER=1)")
+def test_killing_a_worker_node_mid_study_loses_no_complete_trial(volley_shared, tmp_path):
+    from conftest import _cluster_info
+    from test_cluster import Cluster
+
+    # A third worker node, joined to the suite's cluster, to kill (the suite's stay up).
+    extra = Cluster(tmp_path, token=_cluster_info["token"])
+    extra.head = _cluster_info["head"]
+    addr = extra.start(False, "127.0.0.4")
+    try:
+        node = poll(lambda: [n for n in volley.nodes() if n["address"] == addr], timeout=30)
+        assert node, f"waited 30 s for the node at {addr} to join"
+        doomed = node[0]["node_id"]
+        name, flag = fresh(), fresh("flag")
+        study = optuna.create_study(storage=optuna_storage(name))
+        barrier, gate = Barrier(3), Event()
+
+        def obj(trial):
+            x = trial.suggest_float("x", -4, 4)
+            here = volley.get_runtime_context().get_node_id()
+            trial.set_user_attr("node", here)
+            if trial.number < 3:  # one worker on each of the three 1-CPU nodes
+                barrier.wait(timeout=60)
+            if here == doomed and library.kv_put(flag, "1", overwrite=False):
+                gate.wait(timeout=60)  # until its node is killed
+            return (x - 1) ** 2
+
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                optuna_optimize(study, obj, n_trials=15, n_workers=3, num_cpus=1)
+            except BaseException as e:
+                failure.append(e)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        stuck = poll(
+            lambda: [
+                t
+                for t in study.trials
+                if t.state.name == "RUNNING"
+                and library.kv_get(flag)
+                and t.user_attrs.get("node") == doomed
+            ],
+            timeout=60,
+        )
+        assert stuck, "waited 60 s for a trial to run on the node to kill"
+        before = {t.number: t.params for t in study.trials if t.state.name == "COMPLETE"}
+        extra.kill(0)
+        runner.join(timeout=60)
+        assert not runner.is_alive(), "optuna_optimize did not end within 60 s of the node's death"
+        assert not failure, failure
+        trials = study.trials
+        assert {t.number: t.params for t in trials if t.number in before} == before
+        assert all(trials[n].state.name == "COMPLETE" for n in before), "a COMPLETE trial lost"
+        assert trials[stuck[0].number].state.name == "FAIL"
+        assert sum(t.state.name == "COMPLETE" for t in trials) == 15
+        assert actor_node(name) == head_node_id()
+        barrier.shutdown()
+        gate.shutdown()
+    finally:
+        extra.stop()
