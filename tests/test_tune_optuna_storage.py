@@ -411,6 +411,24 @@ def test_an_objective_that_always_kills_its_worker_stops_the_run_with_an_error(v
     assert [t.state.name for t in study.trials] == ["FAIL"] * 4
 
 
+@volley.remote(max_retries=0)
+def dies():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def objective_whose_own_task_dies(trial):
+    trial.suggest_float("x", 0, 1)
+    return volley.get(dies.remote())  # WorkerCrashedError, raised by the objective
+
+
+def test_a_worker_crash_raised_by_the_objective_is_its_error_not_a_dead_worker(volley_shared):
+    study = optuna.create_study(storage=optuna_storage(fresh()))
+    with pytest.raises(volley.WorkerCrashedError) as info:
+        optuna_optimize(study, objective_whose_own_task_dies, n_trials=5, n_workers=1, num_cpus=0.5)
+    assert isinstance(info.value, volley.exceptions.TaskError), "raised as the objective's"
+    assert [t.state.name for t in study.trials] == ["FAIL"], "the run went on after it"
+
+
 # ------------------------------------------------------------------ where the actor lives
 
 

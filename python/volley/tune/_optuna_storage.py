@@ -13,6 +13,11 @@ compare-and-swap per call and a pickle of every trial on each read. Finished tri
 change, so each proxy keeps those it has seen and asks the actor only for the rest (a sampler
 reading all trials costs a few new ones per call, not the whole history).
 
+The actor is pinned to the head's node, so that losing a worker node loses no study. It also
+keeps the trials' heartbeats (Optuna's ``BaseHeartbeat``: a trial of a worker that died is
+failed once its heartbeats stop) and, for ``optuna_optimize``, which worker task runs which
+trial: a task that dies has its trial failed and its share of the trials run by a new one.
+
 >>> import optuna
 >>> from volley.tune import optuna_optimize, optuna_storage
 >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -37,7 +42,7 @@ from typing import Any
 
 import volley
 from volley import library
-from volley.exceptions import ActorDiedError, WorkerCrashedError
+from volley.exceptions import ActorDiedError, TaskError, WorkerCrashedError
 
 __all__ = ["optuna_optimize", "optuna_storage"]  # and VolleyStorage, made on first use
 
@@ -168,16 +173,25 @@ class _StorageActor:
 
     def stale(self, study_id: int, grace: float) -> list[int]:
         """The study's running trials whose last heartbeat is more than ``grace`` seconds old
-        (those that never sent one are not judged, as in Optuna's RDB storage)."""
+        (those that never sent one are not judged, as in Optuna's RDB storage). Only trials
+        with a heartbeat are looked at: a check costs the running ones, not the study."""
         now = time.monotonic()
-        running = self._storage.get_all_trials(
-            study_id, deepcopy=False, states=(self._running_state,)
-        )
-        return [
-            t._trial_id
-            for t in running
-            if t._trial_id in self._beats and now - self._beats[t._trial_id] > grace
-        ]
+        found = []
+        for trial_id, beat in list(self._beats.items()):
+            if now - beat <= grace:
+                continue
+            try:
+                trial = self._storage.get_trial(trial_id)
+                mine = (
+                    self._storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                    == trial_id
+                )
+            except KeyError:  # its study was deleted
+                self._beats.pop(trial_id, None)
+                continue
+            if mine and trial.state == self._running_state:
+                found.append(trial_id)
+        return found
 
     # ------------------------------------------------ optuna_optimize's runs
     def start_run(self, key: str, n: int) -> None:
@@ -782,6 +796,8 @@ def optuna_optimize(
                 try:
                     volley.get(ref)
                 except WorkerCrashedError as e:
+                    if isinstance(e, TaskError):
+                        raise  # the objective's own error (a task of its that died): not ours
                     deaths += 1
                     left = _replace_dead(storage, study, key, worker)
                     if deaths > DEATHS_PER_WORKER * n_workers:
