@@ -474,7 +474,7 @@ def _make_storage_class() -> type:
         def record_heartbeat(self, trial_id: int) -> None:
             """Called every ``heartbeat_interval`` seconds by a thread Optuna's ``optimize``
             runs beside each trial."""
-            self._get(self._handle.beat.remote(trial_id))
+            self._run_call("beat", trial_id)
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             if self.heartbeat_interval is None:
@@ -482,7 +482,7 @@ def _make_storage_class() -> type:
             grace = self.grace_period
             if grace is None:
                 grace = 2 * self.heartbeat_interval
-            return self._get(self._handle.stale.remote(study_id, grace))
+            return self._run_call("stale", study_id, grace)
 
         def get_heartbeat_interval(self) -> float | None:
             return self.heartbeat_interval
@@ -493,9 +493,14 @@ def _make_storage_class() -> type:
         def get_failed_trial_callback(self) -> Callable[[Any, Any], None] | None:
             return self.failed_trial_callback  # the name before Optuna 4.9
 
-        # ------------------------------------------------ optuna_optimize's runs
+        # ------------------------------------------------ the actor's own calls
         def _run_call(self, method: str, *args: Any) -> Any:
-            return self._get(getattr(self._handle, method).remote(*args))
+            """A call of one of the actor's own methods (not a storage call)."""
+            try:
+                ref = getattr(self._handle, method).remote(*args)
+            except ActorDiedError as e:
+                raise _dead(self.name, e) from None
+            return self._get(ref)
 
     # Pickled by reference: this module's __getattr__ makes the class where it is unpickled.
     VolleyStorage.__qualname__ = "VolleyStorage"
