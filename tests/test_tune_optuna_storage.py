@@ -517,18 +517,7 @@ def test_each_sampler_runs_through_the_storage(volley_shared, kind):
         assert study.best_value < 8.0  # better than the worst corner (20)
 
 
-NSGA2_IN_A_TUNER = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="the Tuner deep-copies its searcher (tune/_tuner.py), and Optuna's NSGAIISampler "
-    "holds a threading.Lock: 'cannot pickle _thread.lock' (OptunaSearch needs a __deepcopy__ "
-    "that remakes the lock; not this test file's code)",
-)
-
-
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=NSGA2_IN_A_TUNER) if k == "nsga2" else k for k in SAMPLERS]
-)
+@pytest.mark.parametrize("kind", SAMPLERS)
 def test_each_sampler_runs_through_optuna_search_in_a_tuner(volley_shared, tmp_path, kind):
     from volley import tune
     from volley.tune.search.optuna import OptunaSearch
