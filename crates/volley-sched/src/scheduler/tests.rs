@@ -1113,6 +1113,60 @@ fn large_value() -> ObjectData {
 }
 
 #[test]
+fn a_large_value_nested_in_a_small_one_stays_as_the_peers_copy_after_the_task() {
+    // The peer sends a task whose argument (small, inline) holds a ref to a large value that
+    // this node pulls and keeps as the peer's copy. The small one is freed at the task's end;
+    // the large one must stay, for the peer's next task names it as kept here (`cached`).
+    let mut h = H::started(1.0);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let small = ObjectId::for_return(h.ids.next_task(), 1);
+    let outer = || ObjectData { contained: vec![big], ..Default::default() };
+    let first = h.spec(vec![small], TaskOptions::default());
+    let t1 = first.task_id;
+    h.s.accept_peer_task(
+        NodeId(9),
+        first,
+        None,
+        vec![(small, outer())],
+        vec![],
+        vec![],
+        vec![],
+        vec![(big, large_value(), None)],
+        &mut h.out,
+    );
+    h.s.peer_object(big, Ok(large_value()), Vec::new(), &mut h.out);
+    let ran = h.executed();
+    assert_eq!(ran.len(), 1, "the first task runs once its value is here");
+    h.s.task_done(ran[0].0, t1, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.objects.contains_key(&big), "the peer's copy went with the value naming it");
+    let second = h.spec(vec![small], TaskOptions::default());
+    let t2 = second.task_id;
+    h.s.accept_peer_task(
+        NodeId(9),
+        second,
+        None,
+        vec![(small, outer())],
+        vec![],
+        vec![],
+        vec![big],
+        vec![],
+        &mut h.out,
+    );
+    let failed = h
+        .out
+        .iter()
+        .any(|a| matches!(a, Action::PeerDone { task, result: Err(_), .. } if *task == t2));
+    assert!(!failed, "the second task found its cached value gone");
+    let ran = h.executed();
+    assert_eq!(ran.len(), 1, "the second task runs");
+    h.s.task_done(ran[0].0, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.objects.contains_key(&big), "kept until the peer lets it go");
+    // Once the peer lets its copy go, the value goes.
+    h.s.peer_release(NodeId(9), &[big], &mut h.out);
+    assert!(!h.s.objects.contains_key(&big), "the copy outlived the peer's release");
+}
+
+#[test]
 fn a_large_result_of_a_peers_task_stays_here_until_the_peer_lets_it_go() {
     let mut h = H::started(1.0);
     let (big_task, small_task) =
