@@ -322,12 +322,15 @@ def run_ray(
         )
         grid = tuner.fit()
         best = grid.get_best_result(metric="loss", mode="min", scope="last")
-        trials = sum(1 for r in grid if r.metrics)
+        trials = sum(1 for r in grid if r.metrics and "loss" in r.metrics)  # that reported
         # Trials whose config is no longer their own draw: PBT exploited them.
         changed = sum(
             1
             for r in grid
-            if r.config and r.metrics and r.config["x"] != draw(seed, r.metrics["own_k"])["x"]
+            # (a trial Ray's HyperBand ended while paused may have metrics without own_k:
+            # it was never exploited, its k is its own)
+            if r.config
+            and r.config["x"] != draw(seed, (r.metrics or {}).get("own_k", r.config["k"]))["x"]
         )
     return {
         "system": "ray",
