@@ -21,10 +21,12 @@ the exploits that happened (volley: the scheduler's ``reset_trial`` calls; Ray: 
 that sees a trial's config change between two of its results) and the trials whose config is
 no longer their own draw. ``--ray-max-pending N`` sets Ray's ``TUNE_MAX_PENDING_TRIALS_PG``
 (how many trials Ray makes ahead; 200 by default, where volley's side keeps ``--slots``): with
-``N = 4`` Ray's HyperBand fills its brackets from the trials volley's would.
+``N = 4`` Ray's HyperBand has as few trials made ahead as volley's side.
+``--ray-reuse-actors`` (Ray's ``reuse_actors=True``) changes no rule of the scheduler, only Ray's
+time (and so the order in which results come in).
 
-    PYTHONPATH=python python benchmarks/tune_schedulers.py --seeds 5 \\
-        --ray-python /tmp/ray-bench/bin/python
+    PYTHONPATH=python python benchmarks/tune_schedulers.py --seeds 10 \\
+        --ray-python /tmp/ray-bench/bin/python --ray-schedulers PBT --ray-reuse-actors
 """
 
 from __future__ import annotations
@@ -428,7 +430,7 @@ def main() -> None:
         "--ray-reuse-actors",
         action="store_true",
         help="Ray's TuneConfig(reuse_actors=True), which Ray advises for PBT: an exploit "
-        "resets the trial's actor instead of starting a new one (same decisions, less time)",
+        "resets the trial's actor instead of starting a new one (same rules, less time)",
     )
     p.add_argument("--ray-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
