@@ -25,7 +25,8 @@ Rows (each the median of ``--runs`` runs, the systems alternated within each run
 
 Ray Tune runs in a subprocess with ``--ray-python`` (an interpreter with ``ray[tune]``; by
 default ``VOLLEY_BENCH_RAY_PYTHON``, else the bench venv's), skipped where there is none.
-Writes ``benchmarks/RESULTS-tune.md`` unless ``--no-write``.
+Writes ``benchmarks/RESULTS-tune.md`` unless ``--no-write`` (or ``--asha``), keeping the sections of
+the file from its first ``## `` heading on (the ASHA row, notes written by hand).
 """
 
 from __future__ import annotations
@@ -326,7 +327,12 @@ Ray: {"ray " + rpy if rpy else "not installed"}.
 How to read it: see the docstring of `benchmarks/tune.py` (what each row times, what "driver
 CPU" holds for each system).
 """
-    (ROOT / "benchmarks" / "RESULTS-tune.md").write_text(text)
+    out = ROOT / "benchmarks" / "RESULTS-tune.md"
+    # Sections written by hand after the generated part (from the first "## " heading: the
+    # ASHA row of --asha, notes) are kept.
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""
+    out.write_text(text + kept)
 
 
 def asha_main(args: argparse.Namespace) -> None:
