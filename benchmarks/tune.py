@@ -24,8 +24,9 @@ Rows (each the median of ``--runs`` runs, the systems alternated within each run
   successive halving; ``min_resource=1, reduction_factor=3``) and ``n_jobs=2``.
 
 Ray Tune runs in a subprocess with ``--ray-python`` (an interpreter with ``ray[tune]``; by
-default ``VOLLEY_BENCH_RAY_PYTHON``, else the bench venv's), skipped where there is none.
-Writes ``benchmarks/RESULTS-tune.md`` unless ``--no-write`` (or ``--asha``), keeping the sections of
+default ``VOLLEY_BENCH_RAY_PYTHON``, else this interpreter if it has Ray, as ``make bench``'s
+venv does, else the bench venv's), skipped where there is none. Writes
+``benchmarks/RESULTS-tune.md`` unless ``--no-write`` (or ``--asha``), keeping the sections of
 the file from its first ``## `` heading on (the ASHA row, notes written by hand).
 """
 
