@@ -1,6 +1,7 @@
 """volley.tune against Optuna (``n_jobs=2``) and Ray Tune on the same work, in one run.
 
 Usage: python benchmarks/tune.py [--runs 3] [--sleep-trials 20] [--ray-python PATH] [--no-write]
+       python benchmarks/tune.py --asha [--asha-trials 200] [--runs 3] [--ray-python PATH]
 
 Rows (each the median of ``--runs`` runs, the systems alternated within each run):
 
@@ -13,10 +14,20 @@ Rows (each the median of ``--runs`` runs, the systems alternated within each run
 - ``N trials x 10 x 0.1 s sleep``: ``--sleep-trials`` trials that sleep 0.1 s per iteration
   for 10 iterations, 2 at once (2 CPUs); the time against the ideal (iterations run x 0.1 s
   / 2). FIFO (every trial runs its 10 iterations) so the three do the same work.
+- ``--asha``: only the issue's ASHA row, printed (not written: paste it into the results with
+  its notes). ``--asha-trials`` (200) trials that sleep 0.1 s per iteration for 10 iterations
+  and report ``score = x * (i + 1)`` (``x`` uniform in [0, 1], maximised), under ASHA with the
+  same settings on each side (``max_t=10, grace_period=1, reduction_factor=3``: rungs at 1, 3
+  and 9 iterations), 2 trials at once. The ideal is the work ASHA let run (the iterations the
+  trials reported, summed) x 0.1 s / 2 CPUs; the overhead is the wall time over it. Optuna
+  runs the same trials with its ``SuccessiveHalvingPruner`` (Optuna's asynchronous
+  successive halving; ``min_resource=1, reduction_factor=3``) and ``n_jobs=2``.
 
 Ray Tune runs in a subprocess with ``--ray-python`` (an interpreter with ``ray[tune]``; by
-default ``VOLLEY_BENCH_RAY_PYTHON``, else the bench venv's), skipped where there is none.
-Writes ``benchmarks/RESULTS-tune.md`` unless ``--no-write``.
+default ``VOLLEY_BENCH_RAY_PYTHON``, else this interpreter if it has Ray, as ``make bench``'s
+venv does, else the bench venv's), skipped where there is none. Writes
+``benchmarks/RESULTS-tune.md`` unless ``--no-write`` (or ``--asha``), keeping the sections of
+the file from its first ``## `` heading on (the ASHA row, notes written by hand).
 """
 
 from __future__ import annotations
@@ -65,12 +76,30 @@ def v_sleep(config):
         tune.report({"score": config["x"] * i})
 
 
-def volley_run(fn, n: int, store: str) -> tuple[float, float, int]:
+ASHA_MAX_T, ASHA_GRACE, ASHA_RF = 10, 1, 3
+
+
+def v_asha(config):
+    for i in range(ASHA_MAX_T):
+        time.sleep(0.1)
+        tune.report({"score": config["x"] * (i + 1)})
+
+
+def volley_run(fn, n: int, store: str, asha: bool = False) -> tuple[float, float, int]:
+    extra: dict = {}
+    if asha:
+        extra = dict(
+            metric="score",
+            mode="max",
+            scheduler=tune.schedulers.ASHAScheduler(
+                max_t=ASHA_MAX_T, grace_period=ASHA_GRACE, reduction_factor=ASHA_RF
+            ),
+        )
     c0, t0 = cpu_s(), time.perf_counter()
     grid = tune.Tuner(
         fn,
         param_space={"x": tune.uniform(0, 1)},
-        tune_config=tune.TuneConfig(num_samples=n),
+        tune_config=tune.TuneConfig(num_samples=n, **extra),
         run_config=tune.RunConfig(storage_path=store, verbose=0),
     ).fit()
     dt, dc = time.perf_counter() - t0, cpu_s() - c0
@@ -99,7 +128,26 @@ def optuna_run(kind: str, n: int) -> tuple[float, float, int]:
             iters["n"] += 1
         return x
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    def asha_objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for i in range(ASHA_MAX_T):
+            time.sleep(0.1)
+            trial.report(x * (i + 1), i + 1)
+            iters["n"] += 1
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x * ASHA_MAX_T
+
+    if kind == "asha":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=ASHA_GRACE, reduction_factor=ASHA_RF
+        )
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner
+        )
+        objective = asha_objective
+    else:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     c0, t0 = cpu_s(), time.perf_counter()
     study.optimize(objective, n_trials=n, n_jobs=2)
     return time.perf_counter() - t0, cpu_s() - c0, iters["n"]
@@ -131,13 +179,27 @@ RAY_SCRIPT = textwrap.dedent(
             time.sleep(0.1)
             tune.report({"score": config["x"] * i})
 
+    def asha(config):
+        for i in range(10):
+            time.sleep(0.1)
+            tune.report({"score": config["x"] * (i + 1)})
+
     out = {}
-    for name, fn in (("trivial", trivial), ("reports", reports), ("sleep", sleep)):
-        n = args[name]
+    for name, fn in (("trivial", trivial), ("reports", reports), ("sleep", sleep),
+                     ("asha", asha)):
+        n = args.get(name, 0)
+        if not n:
+            continue
+        extra = {}
+        if name == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+            extra = dict(metric="score", mode="max", scheduler=ASHAScheduler(
+                max_t=10, grace_period=1, reduction_factor=3))
         c0, t0 = cpu(), time.perf_counter()
         rc = tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)
         grid = tune.Tuner(fn, param_space={"x": tune.uniform(0, 1)},
-                          tune_config=tune.TuneConfig(num_samples=n), run_config=rc).fit()
+                          tune_config=tune.TuneConfig(num_samples=n, **extra),
+                          run_config=rc).fit()
         dt, dc = time.perf_counter() - t0, cpu() - c0
         its = sum(r.metrics.get("training_iteration", 0) for r in grid)
         out[name] = [dt, dc, its]
@@ -147,7 +209,9 @@ RAY_SCRIPT = textwrap.dedent(
 
 
 def ray_python(asked: str | None) -> str | None:
-    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON"),
+    """An interpreter with Ray Tune: ``--ray-python``, ``VOLLEY_BENCH_RAY_PYTHON``, this one
+    (``make bench``'s venv installs ``ray[tune]``), or the bench venv's."""
+    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON"), sys.executable,
                  str(ROOT / ".venv-bench" / "bin" / "python")):  # fmt: skip
         if cand and os.path.exists(cand):
             ok = subprocess.run([cand, "-c", "import ray.tune"], capture_output=True).returncode
@@ -177,7 +241,13 @@ def main() -> None:
     ap.add_argument("--ray-trials", type=int, default=100)
     ap.add_argument("--ray-python")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--asha", action="store_true", help="only the ASHA row (printed)")
+    ap.add_argument("--asha-trials", type=int, default=200)
+    ap.add_argument("--systems", default="volley,optuna,ray", help="for --asha")
     args = ap.parse_args()
+    if args.asha:
+        asha_main(args)
+        return
 
     rpy = ray_python(args.ray_python)
     volley.init(num_cpus=2)
@@ -258,7 +328,61 @@ Ray: {"ray " + rpy if rpy else "not installed"}.
 How to read it: see the docstring of `benchmarks/tune.py` (what each row times, what "driver
 CPU" holds for each system).
 """
-    (ROOT / "benchmarks" / "RESULTS-tune.md").write_text(text)
+    out = ROOT / "benchmarks" / "RESULTS-tune.md"
+    # Sections written by hand after the generated part (from the first "## " heading: the
+    # ASHA row of --asha, notes) are kept.
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""
+    out.write_text(text + kept)
+
+
+def asha_main(args: argparse.Namespace) -> None:
+    """The ASHA row: the systems alternated within each run, medians of ``--runs``."""
+    systems = [x for x in args.systems.split(",") if x]
+    rpy = ray_python(args.ray_python) if "ray" in systems else None
+    if "ray" in systems and not rpy:
+        print("no Python with ray.tune: Ray skipped", file=sys.stderr)
+        systems.remove("ray")
+    n = args.asha_trials
+    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    volley.init(num_cpus=2)
+    store = tempfile.mkdtemp(prefix="tune_bench_")
+    volley_run(v_trivial, 10, store)  # warm the workers
+    runs: dict[str, list] = {s: [] for s in systems}
+    for run in range(args.runs):
+        order = systems[run % len(systems) :] + systems[: run % len(systems)]
+        for system in order:
+            if system == "volley":
+                got = list(volley_run(v_asha, n, store, asha=True))
+            elif system == "optuna":
+                got = list(optuna_run("asha", n))
+            else:
+                r = ray_run(rpy, {"asha": n})
+                if r is None:
+                    continue
+                got = r["asha"]
+            runs[system].append(got)
+            dt, _, its = got
+            print(
+                f"run {run + 1}/{args.runs} {system}: {dt:.2f} s, {its} iterations "
+                f"(ideal {its * 0.1 / 2:.2f} s, {100 * (dt / (its * 0.1 / 2) - 1):+.1f}%)",
+                file=sys.stderr,
+                flush=True,
+            )
+    shutil.rmtree(store, ignore_errors=True)
+    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    print("| system | wall s | iterations run | ideal s | overhead | per run |")
+    print("|---|---|---|---|---|---|")
+    for system, xs in runs.items():
+        if not xs:
+            continue
+        overs = [x[0] / (x[2] * 0.1 / 2) - 1 for x in xs]
+        per = ", ".join(f"{100 * o:+.1f}%" for o in overs)
+        dt, its = statistics.median(x[0] for x in xs), statistics.median(x[2] for x in xs)
+        print(
+            f"| {system} | {dt:.2f} | {its:.0f} | {its * 0.1 / 2:.2f} | "
+            f"{100 * statistics.median(overs):+.1f}% | {per} |"
+        )
 
 
 if __name__ == "__main__":

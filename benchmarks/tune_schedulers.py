@@ -15,19 +15,31 @@ processes: the algorithms are what is measured). Ray's side runs ``ray.tune.Tune
 same curves as a ``Trainable`` and a stopper that ends the run at the same budget, in the
 Python given by ``--ray-python`` (skipped when that Python has no Ray).
 
-    PYTHONPATH=python python benchmarks/tune_schedulers.py --seeds 5 \\
-        --ray-python /tmp/ray-sc/bin/python
+PBT counts its ``perturbation_interval`` (3) in ``training_iteration`` on both sides (Ray's
+default unit is ``time_total_s``: seconds, which these trials never reach). Each row counts
+the exploits that happened (volley: the scheduler's ``reset_trial`` calls; Ray: a callback
+that sees a trial's config change between two of its results) and the trials whose config is
+no longer their own draw. ``--ray-max-pending N`` sets Ray's ``TUNE_MAX_PENDING_TRIALS_PG``
+(how many trials Ray makes ahead; 200 by default, where volley's side keeps ``--slots``): with
+``N = 4`` Ray's HyperBand has as few trials made ahead as volley's side.
+``--ray-reuse-actors`` (Ray's ``reuse_actors=True``) changes no rule of the scheduler, only Ray's
+time (and so the order in which results come in).
+
+    PYTHONPATH=python python benchmarks/tune_schedulers.py --seeds 10 \\
+        --ray-python /tmp/ray-bench/bin/python --ray-schedulers PBT --ray-reuse-actors
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -89,6 +101,7 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         sched = MedianStoppingRule(time_attr="training_iteration", grace_period=3)
     elif name == "PBT":
         sched = PopulationBasedTraining(
+            time_attr="training_iteration",
             perturbation_interval=3,
             hyperparam_mutations={"x": tune.uniform(-5.0, 5.0), "lr": tune.loguniform(1e-3, 1)},
             seed=seed,
@@ -104,6 +117,7 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
             self.trials: list[Trial] = []
             self.loss: dict[str, float] = {}  # true loss of the running model
             self.saved: dict[str, float] = {}  # the checkpoints: true loss at the save
+            self.exploits = 0
 
         def get_trials(self) -> list[Trial]:
             return self.trials
@@ -111,6 +125,7 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         def reset_trial(self, trial: Trial, new_config: dict, checkpoint: Any) -> None:
             trial.config = {**new_config, "k": trial.config["k"]}
             self.loss[trial.trial_id] = self.saved[checkpoint]
+            self.exploits += 1
 
         def stop_trial(self, trial: Trial) -> None:
             trial.status = Trial.TERMINATED
@@ -182,13 +197,16 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         "changed_configs": sum(
             1 for t in sim.trials if t.config["x"] != draw(seed, t.config["k"])["x"]
         ),
+        "exploits": sim.exploits,
     }
 
 
 # --- Ray Tune: the same curves as a Trainable ---------------------------------------------
 
 
-def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int) -> dict:
+def run_ray(
+    name: str, seed: int, budget: int, max_t: int, slots: int, pop: int, reuse: bool = False
+) -> dict:
     from ray import tune as rt
     from ray.tune.schedulers import (
         ASHAScheduler,
@@ -200,13 +218,23 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
     from ray.tune.stopper import Stopper
 
     class Curve(rt.Trainable):
+        """The curve of trial ``k``. After an exploit Ray gives the trial a copy of the cloned
+        trial's config (``k`` included) and checkpoint; the trial keeps drawing its noise from
+        its own ``k`` (Ray's trial ids end in the trial's number, which is ``k``: the grid's
+        order), as volley's side does."""
+
         def setup(self, config: dict) -> None:
+            self.own_k = int(self.trial_id.rsplit("_", 1)[-1])
             self.loss = start_loss(config)
 
         def step(self) -> dict:
             self.loss = step(self.loss, self.config)
             it = self.iteration + 1
-            return {"loss": noisy(self.loss, seed, self.config["k"], it), "true_loss": self.loss}
+            return {
+                "loss": noisy(self.loss, seed, self.own_k, it),
+                "true_loss": self.loss,
+                "own_k": self.own_k,
+            }
 
         def save_checkpoint(self, checkpoint_dir: str) -> dict:
             return {"loss": self.loss}
@@ -215,8 +243,26 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
             self.loss = checkpoint["loss"]
 
         def reset_config(self, new_config: dict) -> bool:
+            # A reused actor: a fresh trial starts its curve, an exploited one then loads
+            # the cloned checkpoint.
+            self.own_k = int(self.trial_id.rsplit("_", 1)[-1])
             self.config = new_config
+            self.loss = start_loss(new_config)
             return True
+
+    class Exploits(rt.Callback):
+        """Counts the exploits that happened: a trial whose config changed between two of its
+        results (Ray's PBT copies the cloned trial's config, perturbed, into the trial)."""
+
+        def __init__(self) -> None:
+            self.seen: dict[str, tuple] = {}
+            self.count = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+            now = (trial.config["x"], trial.config["lr"])
+            if trial.trial_id in self.seen and self.seen[trial.trial_id] != now:
+                self.count += 1
+            self.seen[trial.trial_id] = now
 
     class Budget(Stopper):
         def __init__(self) -> None:
@@ -245,7 +291,11 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
     elif name == "MedianStopping":
         sched = MedianStoppingRule(time_attr="training_iteration", grace_period=3)
     elif name == "PBT":
+        # Ray's PBT counts its interval in `time_total_s` unless told otherwise: with the
+        # default, an interval of 3 is 3 seconds of a trial's time, which these trials (a few
+        # ms per step) never reach, and Ray's PBT never exploits.
         sched = PopulationBasedTraining(
+            time_attr="training_iteration",
             perturbation_interval=3,
             hyperparam_mutations={"x": rt.uniform(-5.0, 5.0), "lr": rt.loguniform(1e-3, 1)},
             synch=False,
@@ -253,6 +303,7 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
     else:
         raise ValueError(name)
     stopper = Budget()
+    exploits = Exploits()
     with tempfile.TemporaryDirectory() as tmp:
         tuner = rt.Tuner(
             Curve,
@@ -260,17 +311,28 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
             # No max_concurrent_trials: ray.init(num_cpus=slots) runs `slots` trials at once,
             # and Ray makes trials ahead, as its HyperBand and PBT expect (with the limit,
             # Ray's HyperBand never fills a bracket and its PBT never exploits here).
-            tune_config=rt.TuneConfig(metric="loss", mode="min", scheduler=sched),
+            tune_config=rt.TuneConfig(
+                metric="loss", mode="min", scheduler=sched, reuse_actors=reuse
+            ),
             run_config=rt.RunConfig(
-                storage_path=tmp, stop=stopper, verbose=0, name=f"{name}-{seed}"
+                storage_path=tmp,
+                stop=stopper,
+                verbose=0,
+                name=f"{name}-{seed}",
+                callbacks=[exploits],
             ),
         )
         grid = tuner.fit()
         best = grid.get_best_result(metric="loss", mode="min", scope="last")
-        trials = sum(1 for r in grid if r.metrics)
+        trials = sum(1 for r in grid if r.metrics and "loss" in r.metrics)  # that reported
         # Trials whose config is no longer their own draw: PBT exploited them.
         changed = sum(
-            1 for r in grid if r.config and r.config["x"] != draw(seed, r.config["k"])["x"]
+            1
+            for r in grid
+            # (a trial Ray's HyperBand ended while paused may have metrics without own_k:
+            # it was never exploited, its k is its own)
+            if r.config
+            and r.config["x"] != draw(seed, (r.metrics or {}).get("own_k", r.config["k"]))["x"]
         )
     return {
         "system": "ray",
@@ -282,6 +344,7 @@ def run_ray(name: str, seed: int, budget: int, max_t: int, slots: int, pop: int)
         "best_iteration": best.metrics["training_iteration"],
         "true_loss": best.metrics["true_loss"],
         "changed_configs": changed,
+        "exploits": exploits.count,
     }
 
 
@@ -297,7 +360,9 @@ def ray_side(args: argparse.Namespace) -> None:
     for seed in range(args.seeds):
         for name in args.ray_schedulers.split(","):
             t0 = time.perf_counter()
-            row = run_ray(name, seed, args.budget, args.max_t, args.slots, args.pop)
+            row = run_ray(
+                name, seed, args.budget, args.max_t, args.slots, args.pop, args.ray_reuse_actors
+            )
             row["wall_s"] = time.perf_counter() - t0
             print("ROW " + json.dumps(row), flush=True)
     ray.shutdown()
@@ -307,9 +372,9 @@ def summarize(rows: list[dict]) -> None:
     print()
     print(
         "| system | scheduler | median true loss of the best trial | worst of seeds |"
-        " mean iterations | mean trials | median best x | median best lr |"
+        " mean iterations | mean trials | mean exploits | median best x | median best lr |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for system in ("volley", "ray"):
         for name in SCHEDULERS:
             mine = [r for r in rows if r["system"] == system and r["scheduler"] == name]
@@ -320,6 +385,7 @@ def summarize(rows: list[dict]) -> None:
                 f"| {system} | {name} | {statistics.median(losses):.4f} | {max(losses):.4f} | "
                 f"{statistics.mean(r['iterations'] for r in mine):.0f} | "
                 f"{statistics.mean(r['trials'] for r in mine):.0f} | "
+                f"{statistics.mean(r.get('exploits', 0) for r in mine):.1f} | "
                 f"{statistics.median(r['best_config']['x'] for r in mine):.3f} | "
                 f"{statistics.median(r['best_config']['lr'] for r in mine):.4f} |"
             )
@@ -340,8 +406,32 @@ def main() -> None:
     p.add_argument("--max-t", type=int, default=27)
     p.add_argument("--slots", type=int, default=4, help="trials running at once")
     p.add_argument("--pop", type=int, default=20, help="FIFO's and PBT's number of trials")
-    p.add_argument("--ray-python", default="/work/main/.venv-bench/bin/python")
+    p.add_argument(
+        "--ray-python",
+        default=os.environ.get("VOLLEY_BENCH_RAY_PYTHON")
+        or (sys.executable if importlib.util.find_spec("ray") else None)
+        or os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            ".venv-bench",
+            "bin",
+            "python",
+        ),  # fmt: skip
+        help="a Python with ray[tune] (default: $VOLLEY_BENCH_RAY_PYTHON, this one if it has "
+        "Ray, as under `make bench`, else the repository's .venv-bench)",
+    )
     p.add_argument("--ray-schedulers", default="FIFO,ASHA,HyperBand,MedianStopping,PBT")
+    p.add_argument(
+        "--ray-max-pending",
+        type=int,
+        help="Ray's TUNE_MAX_PENDING_TRIALS_PG: how many trials Ray makes ahead (Ray's default "
+        "is 200 for this searcher; volley's side keeps --slots made ahead)",
+    )
+    p.add_argument(
+        "--ray-reuse-actors",
+        action="store_true",
+        help="Ray's TuneConfig(reuse_actors=True), which Ray advises for PBT: an exploit "
+        "resets the trial's actor instead of starting a new one (same rules, less time)",
+    )
     p.add_argument("--ray-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.ray_only:
@@ -362,7 +452,7 @@ def main() -> None:
             print(
                 f"volley {name:>14} seed {seed}: true loss {row['true_loss']:.4f} "
                 f"({row['trials']} trials, {row['iterations']} iterations, "
-                f"{row['changed_configs']} configs changed)",
+                f"{row['changed_configs']} configs changed, {row['exploits']} exploits)",
                 flush=True,
             )
     print(f"volley side: {time.perf_counter() - t0:.2f} s")
@@ -391,14 +481,16 @@ def main() -> None:
             str(args.pop),
             "--ray-schedulers",
             args.ray_schedulers,
+            *(["--ray-reuse-actors"] if args.ray_reuse_actors else []),
         ]
         # Ray's own logging goes to a private file (mode 0600, made exclusively).
         log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             "w", prefix="tune_schedulers-ray-", suffix=".log", delete=False
         )
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONPATH": ""}
-        )
+        env = {**os.environ, "PYTHONPATH": ""}
+        if args.ray_max_pending:
+            env["TUNE_MAX_PENDING_TRIALS_PG"] = str(args.ray_max_pending)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("ROW "):
@@ -407,7 +499,8 @@ def main() -> None:
                 print(
                     f"ray    {row['scheduler']:>14} seed {row['seed']}: true loss "
                     f"{row['true_loss']:.4f} ({row['trials']} trials, {row['iterations']} "
-                    f"iterations, {row['changed_configs']} configs changed, {row['wall_s']:.1f} s)",
+                    f"iterations, {row['changed_configs']} configs changed, "
+                    f"{row['exploits']} exploits, {row['wall_s']:.1f} s)",
                     flush=True,
                 )
         if proc.wait() != 0:
