@@ -1,0 +1,30 @@
+"""Names serve's parts share: the controller's actor name, the key-value documents' keys."""
+
+from __future__ import annotations
+
+from ._wire import HTTP_KEY, HTTP_STATUS_KEY, KV_NAMESPACE, ROUTES_KEY
+
+#: The namespace of serve's named actors (the controller, the replicas) and of its KV documents.
+NAMESPACE = KV_NAMESPACE
+#: The controller's actor name.
+CONTROLLER_NAME = "SERVE_CONTROLLER"
+
+__all__ = [
+    "CONTROLLER_NAME",
+    "HTTP_KEY",
+    "HTTP_STATUS_KEY",
+    "NAMESPACE",
+    "ROUTES_KEY",
+    "deployment_key",
+    "replica_name",
+]
+
+
+def deployment_key(app: str, deployment: str) -> str:
+    """The KV key of a deployment's replica document (what handles read)."""
+    return f"deployment/{app}/{deployment}"
+
+
+def replica_name(app: str, deployment: str, n: int) -> str:
+    """The actor name of a deployment's ``n``-th replica."""
+    return f"SERVE_REPLICA::{app}#{deployment}#{n}"
