@@ -57,7 +57,8 @@ def check_autoscaling(cfg: Any) -> dict | None:
     unknown = set(cfg) - _AUTOSCALING_KEYS
     if unknown:
         raise ValueError(
-            f"unknown autoscaling_config key(s) {sorted(unknown)}; known: {sorted(_AUTOSCALING_KEYS)}"
+            f"unknown autoscaling_config key(s) {sorted(unknown)}; "
+            f"known: {sorted(_AUTOSCALING_KEYS)}"
         )
     out = {
         "min_replicas": 1,
@@ -284,7 +285,9 @@ def flatten(app: Application, app_name: str) -> tuple[str, list[dict]]:
 
     if not isinstance(app, Application):
         if isinstance(app, Deployment):
-            raise TypeError(f"serve.run takes an application: {app.name}.bind(...), not the deployment")
+            raise TypeError(
+                f"serve.run takes an application: {app.name}.bind(...), not the deployment"
+            )
         raise TypeError(f"serve.run takes an application (Deployment.bind(...)), not {app!r}")
     ingress = visit(app)
     return ingress.deployment, specs
