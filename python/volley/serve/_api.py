@@ -125,9 +125,7 @@ def run(
     prefix = _check_route_prefix(route_prefix)
     ingress, specs = flatten(target, name)
     c = _controller(create=True)
-    err = _ask(
-        c.deploy.remote(name, prefix, ingress, specs), f"application {name!r} to deploy"
-    )
+    err = _ask(c.deploy.remote(name, prefix, ingress, specs), f"application {name!r} to deploy")
     if err is not None:
         raise RuntimeError(err)
     handle = DeploymentHandle(ingress, name)

@@ -31,8 +31,14 @@ NO_REPLICA_WAIT_S = 60.0
 #: How many replicas a call tries when the one it went to was already gone.
 MAX_ATTEMPTS = 4
 
-# Messages of ActorDiedError that say the call never reached the replica's process.
-_NOT_STARTED = ("no longer exists", "was stopped")
+# Messages of ActorDiedError that say the call never ran on the replica: it was gone before the
+# call came, or the controller stopped it after its drain (which waits for the calls it runs).
+_NOT_STARTED = ("no longer exists", "was stopped", "was killed with volley.kill()")
+
+
+def _is_dead(r: _Replica) -> bool:
+    st = volley.actor_state(r.handle)
+    return st is not None and st["state"] == "DEAD"
 
 
 class NoReplicaError(volley.VolleyError):
@@ -168,6 +174,11 @@ class _Router:
             )
             return
         r = self.pick()
+        while r is not None and _is_dead(r):  # known dead here: skip it before sending
+            with self.lock:
+                self.dead.add(r.name)
+            self.checked = 0.0
+            r = self.pick()
         if r is None:
             self._wait_for_replica(resp, args, kwargs, attempt)
             return

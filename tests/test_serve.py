@@ -1,0 +1,400 @@
+"""volley.serve's deployments, controller and handles end to end: real replica actors (their
+own processes), real SIGKILLs, live reconfiguration, rolling updates under a steady stream of
+calls, health checks, and autoscaling from zero and back. With VOLLEY_TEST_CLUSTER=1 the
+replicas land on the cluster's nodes and the handles find them through the head."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import volley
+from volley import library, serve
+from volley.serve import _wire
+
+WAIT_S = 30.0
+
+
+def wait_for(cond, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def served(volley_shared):
+    """A running volley; every application is deleted and the controller stopped after."""
+    yield
+    serve.shutdown()
+
+
+def replicas(app: str, dep: str) -> dict[str, int]:
+    return serve.status().applications[app].deployments[dep].replica_states
+
+
+def routes() -> dict:
+    raw = library.kv_get(_wire.ROUTES_KEY, namespace=_wire.KV_NAMESPACE)
+    return json.loads(raw) if raw else {}
+
+
+async def _wait_file(path: str) -> None:
+    while not os.path.exists(path):
+        await asyncio.sleep(0.01)
+
+
+@serve.deployment(num_replicas=2)
+class Echo:
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag
+
+    def __call__(self, x):
+        return f"{self.tag}{x}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def slow_pid(self, path: str) -> int:
+        await _wait_file(path)
+        return os.getpid()
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_bad_options_fail_at_the_decorator_naming_the_option():
+    with pytest.raises(TypeError, match=r"unknown deployment option\(s\) \['num_replica'\]"):
+        Echo.options(num_replica=2)
+    with pytest.raises(ValueError, match="max_ongoing_requests must be an int >= 1, not 0"):
+        serve.deployment(max_ongoing_requests=0)
+    with pytest.raises(ValueError, match="num_replicas must be an int >= 0"):
+        serve.deployment(num_replicas=1.5)
+    with pytest.raises(ValueError, match="max_replicas .* is below min_replicas"):
+        serve.deployment(autoscaling_config={"min_replicas": 3, "max_replicas": 2})
+    with pytest.raises(ValueError, match="unknown autoscaling_config key"):
+        serve.deployment(autoscaling_config={"min_replica": 1})
+    with pytest.raises(ValueError, match="not both"):
+        serve.deployment(num_replicas=2, autoscaling_config={"max_replicas": 2})
+    with pytest.raises(ValueError, match="unknown ray_actor_options key"):
+        serve.deployment(ray_actor_options={"num_cpu": 1})
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        Echo()
+    with pytest.raises(TypeError, match="takes an application"):
+        serve.run(Echo)
+    with pytest.raises(ValueError, match="route_prefix must not end with '/'"):
+        serve.run(Echo.bind(), route_prefix="/x/")
+
+
+# ----------------------------------------------------------------------------- handles
+
+
+def test_a_handle_calls_methods_and_spreads_calls_over_the_replicas(served, tmp_path):
+    h = serve.run(Echo.bind("e:"), name="echo", route_prefix="/echo")
+    assert h.remote(1).result(timeout_s=WAIT_S) == "e:1"
+    # Two calls held at once go to two replicas (power of two choices on ongoing calls).
+    gate = str(tmp_path / "go")
+    held = [h.slow_pid.remote(gate) for _ in range(2)]
+    Path(gate).touch()
+    assert len({r.result(timeout_s=WAIT_S) for r in held}) == 2
+    assert replicas("echo", "Echo") == {"RUNNING": 2}
+    # The ingress's routing table names both replica actors under the prefix.
+    (route,) = routes()["routes"]
+    assert route["prefix"] == "/echo" and route["deployment"] == "Echo"
+    assert len(route["replicas"]) == 2 and all(len(r) == 32 for r in route["replicas"])
+    assert route["max_ongoing_requests"] == 5 and route["max_queued_requests"] == -1
+    assert serve.get_app_handle("echo").pid.remote().result(timeout_s=WAIT_S) > 0
+
+
+def test_a_response_passed_to_another_call_arrives_as_its_value(served):
+    h = serve.run(Echo.bind(), name="echo", route_prefix=None)
+    first = h.remote("a")
+    assert h.remote(first).result(timeout_s=WAIT_S) == "a"
+
+    async def in_async_code():
+        return await h.remote("b")
+
+    assert asyncio.run(in_async_code()) == "b"
+
+
+@serve.deployment
+def add_one(x):
+    return x + 1
+
+
+@serve.deployment
+class Chain:
+    def __init__(self, step, echo) -> None:
+        self.step = step
+        self.echo = echo
+
+    async def __call__(self, x):
+        y = await self.step.remote(x)
+        return await self.echo.remote(y)
+
+
+def test_bound_deployments_reach_the_constructor_as_handles(served):
+    app = Chain.bind(add_one.bind(), Echo.options(num_replicas=1).bind("chain:"))
+    h = serve.run(app, name="chain", route_prefix="/chain")
+    assert h.remote(1).result(timeout_s=WAIT_S) == "chain:2"
+    st = serve.status().applications["chain"]
+    assert st.status == "RUNNING" and set(st.deployments) == {"add_one", "Echo", "Chain"}
+    assert serve.get_deployment_handle("add_one", "chain").remote(4).result(timeout_s=WAIT_S) == 5
+    # Only the ingress has a route; the others are reached through handles.
+    assert [r["deployment"] for r in routes()["routes"]] == ["Chain"]
+
+
+def test_a_handle_pickles_into_a_task(served):
+    h = serve.run(Echo.bind("t:"), name="echo", route_prefix=None)
+
+    @volley.remote
+    def call(handle, x):
+        return handle.remote(x).result(timeout_s=WAIT_S)
+
+    assert volley.get(call.remote(h, 7), timeout=WAIT_S) == "t:7"
+
+
+@serve.deployment(max_ongoing_requests=2, num_replicas=1)
+class Gauge:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    async def hold(self, path: str) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await _wait_file(path)
+        self.now -= 1
+
+    def peak_seen(self) -> int:
+        return self.peak
+
+
+def test_a_replica_runs_at_most_max_ongoing_requests_at_once(served, tmp_path):
+    h = serve.run(Gauge.bind(), name="gauge", route_prefix=None)
+    gate = str(tmp_path / "go")
+    held = [h.hold.remote(gate) for _ in range(5)]
+    wait_for(
+        lambda: serve.status().applications["gauge"].deployments["Gauge"].ongoing_requests == 5,
+        "the controller to count 5 calls at the replica (2 running, 3 waiting there)",
+    )
+    Path(gate).touch()
+    for r in held:
+        r.result(timeout_s=WAIT_S)
+    assert h.peak_seen.remote().result(timeout_s=WAIT_S) == 2
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@serve.deployment
+class Broken:
+    def __init__(self) -> None:
+        raise ValueError("no model file")
+
+    def __call__(self):
+        return 1
+
+
+def test_a_constructor_that_raises_fails_serve_run_with_its_error(served):
+    with pytest.raises(RuntimeError, match="ValueError: no model file"):
+        serve.run(Broken.bind(), name="broken", route_prefix="/broken")
+    st = serve.status().applications["broken"]
+    assert st.status == "DEPLOY_FAILED" and "no model file" in st.message
+    serve.delete("broken")
+    assert "broken" not in serve.status().applications
+
+
+def test_unknown_and_deleted_applications_are_clear_errors(served):
+    with pytest.raises(ValueError, match="no application named 'nope' runs"):
+        serve.get_app_handle("nope")
+    with pytest.raises(ValueError, match="no deployment 'X' in application 'nope'"):
+        serve.get_deployment_handle("X", "nope")
+    h = serve.run(Echo.bind(), name="gone", route_prefix=None)
+    assert h.remote(1).result(timeout_s=WAIT_S) == "1"
+    serve.delete("gone")
+    with pytest.raises(serve.NoReplicaError, match="deployment 'Echo' of application 'gone'"):
+        h.remote(2).result(timeout_s=WAIT_S)
+    with pytest.raises(ValueError, match="no application named 'gone'"):
+        serve.delete("gone")
+    with pytest.raises(AttributeError, match="has no method 'nothing'"):
+        h2 = serve.run(Echo.bind(), name="again", route_prefix=None)
+        h2.nothing.remote().result(timeout_s=WAIT_S)
+
+
+def test_two_applications_cannot_share_a_route_prefix(served):
+    serve.run(Echo.bind(), name="one", route_prefix="/same")
+    with pytest.raises(RuntimeError, match="route prefix '/same' is taken by application 'one'"):
+        serve.run(add_one.bind(), name="two", route_prefix="/same")
+
+
+# ----------------------------------------------------------------------------- updates
+
+
+@serve.deployment(user_config={"greeting": "hello"})
+class Greeter:
+    def __init__(self) -> None:
+        self.greeting = "?"
+
+    def reconfigure(self, config: dict) -> None:
+        self.greeting = config["greeting"]
+
+    def __call__(self, name: str):
+        return f"{self.greeting} {name}", os.getpid()
+
+
+def test_a_new_user_config_reconfigures_the_running_replicas(served):
+    h = serve.run(Greeter.bind(), name="greet", route_prefix=None)
+    text, pid = h.remote("ann").result(timeout_s=WAIT_S)
+    assert text == "hello ann"
+    serve.run(Greeter.options(user_config={"greeting": "hi"}).bind(), name="greet")
+    text2, pid2 = h.remote("bob").result(timeout_s=WAIT_S)
+    assert text2 == "hi bob" and pid2 == pid  # the same process: no restart
+
+
+def test_a_code_change_rolls_the_replicas_without_a_failed_call(served):
+    h = serve.run(Echo.bind("v1:"), name="roll", route_prefix="/roll")
+    old = {h.pid.remote().result(timeout_s=WAIT_S) for _ in range(8)}
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            try:
+                seen.append(h.remote("x").result(timeout_s=WAIT_S))
+            except BaseException as e:  # noqa: BLE001: every failure is the test's business
+                errors.append(e)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(seen) > 20, "calls to flow before the update")
+    serve.run(Echo.bind("v2:"), name="roll", route_prefix="/roll")  # new constructor args
+    n = len(seen)
+    wait_for(lambda: len(seen) > n + 20, "calls to flow after the update")
+    stop.set()
+    for t in threads:
+        t.join(WAIT_S)
+    assert errors == []
+    assert seen[0] == "v1:x" and seen[-1] == "v2:x"
+    new = {h.pid.remote().result(timeout_s=WAIT_S) for _ in range(8)}
+    assert not new & old
+    assert replicas("roll", "Echo") == {"RUNNING": 2}
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def replica_handles(app: str, dep: str) -> dict[int, volley.ActorHandle]:
+    """The deployment's replica actors by pid (found by name, as handles find them)."""
+    raw = library.kv_get(f"deployment/{app}/{dep}", namespace=_wire.KV_NAMESPACE)
+    assert raw is not None, f"no document for deployment {dep!r} of {app!r}"
+    out = {}
+    for name in json.loads(raw)["replicas"]:
+        a = volley.get_actor(name, namespace=_wire.KV_NAMESPACE)
+        out[volley.get(a.stats.remote(), timeout=WAIT_S) and volley.actor_state(a)["pid"]] = a
+    return out
+
+
+def test_a_sigkilled_replica_is_replaced_while_calls_go_to_the_other(served):
+    h = serve.run(Echo.bind(), name="kill", route_prefix="/kill")
+    by_pid = replica_handles("kill", "Echo")
+    assert len(by_pid) == 2
+    victim = sorted(by_pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: volley.actor_state(by_pid[victim])["state"] == "DEAD",
+        "the engine to see the SIGKILLed replica dead",
+    )
+    # Every call made once the death is known is answered: the handle skips the dead replica.
+    for i in range(20):
+        assert h.remote(i).result(timeout_s=WAIT_S) == str(i)
+    wait_for(
+        lambda: len({h.pid.remote().result(timeout_s=WAIT_S) for _ in range(10)} - {victim}) == 2,
+        "a new replica to replace the killed one",
+    )
+    assert replicas("kill", "Echo") == {"RUNNING": 2}
+    assert "replaced" in serve.status().applications["kill"].deployments["Echo"].message
+
+
+@serve.deployment(num_replicas=2, health_check_period_s=0.1, health_check_timeout_s=5)
+class Flaky:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def check_health(self) -> None:
+        if os.path.exists(f"{self.marker}.{os.getpid()}"):
+            raise RuntimeError("the model went bad")
+
+    def __call__(self):
+        return os.getpid()
+
+
+def test_a_replica_failing_its_health_check_is_replaced(served, tmp_path):
+    marker = str(tmp_path / "bad")
+    h = serve.run(Flaky.bind(marker), name="flaky", route_prefix=None)
+    pids: set[int] = set()
+    wait_for(
+        lambda: (
+            pids.update(h.remote().result(timeout_s=WAIT_S) for _ in range(4)) or len(pids) == 2
+        ),
+        "both replicas to answer",
+    )
+    bad = sorted(pids)[0]
+    Path(f"{marker}.{bad}").touch()
+    wait_for(
+        lambda: (
+            "the model went bad"
+            in (serve.status().applications["flaky"].deployments["Flaky"].message)
+        ),
+        "the controller to see the failed health check",
+    )
+    wait_for(lambda: replicas("flaky", "Flaky") == {"RUNNING": 2}, "a replacement replica")
+    after = {h.remote().result(timeout_s=WAIT_S) for _ in range(10)}
+    assert bad not in after
+
+
+# ----------------------------------------------------------------------------- autoscaling
+
+
+@serve.deployment(
+    autoscaling_config={
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0.5,
+        "metrics_interval_s": 0.05,
+        "look_back_period_s": 0.2,
+    },
+    max_ongoing_requests=1,
+)
+class Scaled:
+    async def __call__(self, path: str) -> int:
+        await _wait_file(path)
+        return os.getpid()
+
+
+def test_autoscaling_from_zero_up_to_max_and_back_to_zero(served, tmp_path):
+    h = serve.run(Scaled.bind(), name="auto", route_prefix="/auto")
+    assert replicas("auto", "Scaled") == {}
+    assert routes()["routes"][0]["replicas"] == []
+    gate = str(tmp_path / "go")
+    # Calls made with no replica wait in the handle while the controller starts one.
+    held = [h.remote(gate) for _ in range(3)]
+    wait_for(lambda: replicas("auto", "Scaled").get("RUNNING") == 3, "3 replicas for 3 calls")
+    Path(gate).touch()
+    assert len({r.result(timeout_s=WAIT_S) for r in held}) >= 1
+    wait_for(lambda: replicas("auto", "Scaled") == {}, "the replicas to scale back to zero")
+    assert h.remote(gate).result(timeout_s=WAIT_S) > 0  # and up again for the next call
