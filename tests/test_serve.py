@@ -273,7 +273,7 @@ def test_a_code_change_rolls_the_replicas_without_a_failed_call(served):
         while not stop.is_set():
             try:
                 seen.append(h.remote("x").result(timeout_s=WAIT_S))
-            except BaseException as e:  # noqa: BLE001: every failure is the test's business
+            except BaseException as e:  # every failure is the test's business
                 errors.append(e)
 
     threads = [threading.Thread(target=caller) for _ in range(3)]
