@@ -398,3 +398,69 @@ def test_autoscaling_from_zero_up_to_max_and_back_to_zero(served, tmp_path):
     assert len({r.result(timeout_s=WAIT_S) for r in held}) >= 1
     wait_for(lambda: replicas("auto", "Scaled") == {}, "the replicas to scale back to zero")
     assert h.remote(gate).result(timeout_s=WAIT_S) > 0  # and up again for the next call
+
+
+def test_a_replica_that_can_never_be_placed_fails_serve_run_at_once(served):
+    impossible = Echo.options(ray_actor_options={"num_gpus": 64})
+    with pytest.raises(RuntimeError, match="needs 64 GPU"):
+        serve.run(impossible.bind(), name="nogpu", route_prefix=None)
+
+
+def test_calls_beyond_max_queued_requests_are_refused_at_the_handle(served, tmp_path):
+    h = serve.run(Gauge.options(max_queued_requests=1).bind(), name="bp", route_prefix=None)
+    gate = str(tmp_path / "go")
+    held = [h.hold.remote(gate) for _ in range(3)]  # 2 run, 1 waits
+    with pytest.raises(serve.BackPressureError, match="max_queued_requests=1"):
+        h.hold.remote(gate).result(timeout_s=WAIT_S)
+    wait_for(
+        lambda: serve.status().applications["bp"].deployments["Gauge"].ongoing_requests == 3,
+        "the 3 accepted calls to reach the replica",
+    )
+    Path(gate).touch()
+    for r in held:
+        r.result(timeout_s=WAIT_S)
+    assert h.peak_seen.remote().result(timeout_s=WAIT_S) == 2
+
+
+def test_serve_start_writes_the_ingress_address_and_checks_it(served):
+    with pytest.raises(ValueError, match="port'\\] must be an int in 0-65535"):
+        serve.start(http_options={"port": 70000})
+    with pytest.raises(ValueError, match="unknown http_options \\['hots'\\]"):
+        serve.start(http_options={"hots": "x"})
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    raw = library.kv_get(_wire.HTTP_KEY, namespace=_wire.KV_NAMESPACE)
+    assert json.loads(raw) == {"host": "127.0.0.1", "port": 0}
+    assert serve.status().http == {"host": "127.0.0.1", "port": 0}
+    serve.shutdown()
+    assert library.kv_get(_wire.HTTP_KEY, namespace=_wire.KV_NAMESPACE) is None
+    assert library.kv_get(_wire.ROUTES_KEY, namespace=_wire.KV_NAMESPACE) is None
+
+
+def test_a_handle_from_before_a_serve_restart_finds_the_new_replicas(served):
+    h = serve.run(Echo.bind("old:"), name="re", route_prefix=None)
+    assert h.remote(1).result(timeout_s=WAIT_S) == "old:1"
+    serve.shutdown()
+    serve.run(Echo.bind("new:"), name="re", route_prefix=None)
+    assert h.remote(1).result(timeout_s=WAIT_S) == "new:1"
+
+
+@serve.deployment
+class Web:
+    async def __call__(self, request):
+        return {"path": request.url.path if hasattr(request, "url") else None}
+
+
+def test_the_replica_answers_a_request_frame_as_the_ingress_sends_it(served):
+    pytest.importorskip("volley.serve._http", reason="the HTTP helper's module lands separately")
+    serve.run(Web.bind(), name="web", route_prefix="/web")
+    (route,) = routes()["routes"]
+    raw = library.kv_get("deployment/web/Web", namespace=_wire.KV_NAMESPACE)
+    (name,) = json.loads(raw)["replicas"]
+    replica = volley.get_actor(name, namespace=_wire.KV_NAMESPACE)
+    assert volley.get_runtime_context().get_actor_id() is None
+    frame = _wire.encode_request("rid-1", "GET", "/web/x", "/web", "", "127.0.0.1:1", [], b"")
+    status, headers, body = _wire.decode_response(
+        volley.get(replica.handle_http.remote(frame), timeout=WAIT_S)
+    )
+    assert status == 200 and json.loads(body) == {"path": "/web/x"}
+    assert route["replicas"] == [volley.get(replica.ready.remote(None, False), timeout=WAIT_S)]

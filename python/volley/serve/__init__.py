@@ -38,10 +38,11 @@ from ._api import (
     status,
 )
 from ._deployment import Application, Deployment, deployment
-from ._handle import DeploymentHandle, DeploymentResponse, NoReplicaError
+from ._handle import BackPressureError, DeploymentHandle, DeploymentResponse, NoReplicaError
 
 __all__ = [
     "Application",
+    "BackPressureError",
     "ApplicationStatusOverview",
     "Deployment",
     "DeploymentHandle",

@@ -25,6 +25,6 @@ def deployment_key(app: str, deployment: str) -> str:
     return f"deployment/{app}/{deployment}"
 
 
-def replica_name(app: str, deployment: str, n: int) -> str:
-    """The actor name of a deployment's ``n``-th replica."""
-    return f"SERVE_REPLICA::{app}#{deployment}#{n}"
+def replica_name(app: str, deployment: str, tag: str) -> str:
+    """The actor name of a deployment's replica ``tag`` (the controller's epoch and a count)."""
+    return f"SERVE_REPLICA::{app}#{deployment}#{tag}"

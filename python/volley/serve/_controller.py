@@ -19,6 +19,7 @@ import json
 import math
 import time
 import traceback
+import uuid
 from typing import Any
 
 import volley
@@ -145,6 +146,8 @@ class Controller:
         self._loop_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._http: dict | None = None
+        # Names this controller's replicas and documents apart from an earlier controller's.
+        self._epoch = uuid.uuid4().hex[:8]
 
     # ------------------------------------------------------------------ the calls serve makes
 
@@ -258,7 +261,7 @@ class Controller:
 
     def _new_replica(self, d: _Deployment) -> _ReplicaState:
         self._counter += 1
-        name = replica_name(d.app, d.name, self._counter)
+        name = replica_name(d.app, d.name, f"{self._epoch}-{self._counter}")
         o = d.options
         rao = dict(o.get("ray_actor_options") or {})
         actor_opts: dict[str, Any] = {
@@ -404,7 +407,14 @@ class Controller:
         for a in self._apps.values():
             for d in a.deployments.values():
                 running = d.running()
-                doc = {"version": v, "replicas": [r.name for r in running], "target": d.target}
+                doc = {
+                    "version": v,
+                    "epoch": self._epoch,
+                    "replicas": [r.name for r in running],
+                    "target": d.target,
+                    "max_ongoing_requests": int(d.options["max_ongoing_requests"]),
+                    "max_queued_requests": int(d.options["max_queued_requests"]),
+                }
                 library.kv_put(deployment_key(a.name, d.name), json.dumps(doc), namespace=NAMESPACE)
             ingress = a.deployments.get(a.ingress)
             if a.route_prefix is None or ingress is None or a.status == "DELETING":

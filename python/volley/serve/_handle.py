@@ -45,6 +45,11 @@ class NoReplicaError(volley.VolleyError):
     """A deployment has no replica to take a call (deleted, or none alive in time)."""
 
 
+class BackPressureError(volley.VolleyError):
+    """A call refused at the handle: every replica runs ``max_ongoing_requests`` calls of this
+    process and ``max_queued_requests`` more already wait."""
+
+
 class DeploymentResponse:
     """The future result of a handle call: ``.result(timeout_s=None)`` waits for it, ``await
     response`` in async code; pass it to another handle call and the replica there gets its
@@ -110,6 +115,9 @@ class _Router:
         self.lock = threading.Lock()
         self.replicas: list[_Replica] = []
         self.version = -1
+        self.epoch = ""
+        self.max_ongoing = 1
+        self.max_queued = -1
         self.checked = 0.0
         self.dead: set[str] = set()
         self.missing = False
@@ -133,6 +141,11 @@ class _Router:
         doc = json.loads(raw)
         with self.lock:
             self.missing = False
+            self.max_ongoing = int(doc["max_ongoing_requests"])
+            self.max_queued = int(doc["max_queued_requests"])
+            if doc["epoch"] != self.epoch:  # another controller (serve or volley restarted)
+                self.epoch = doc["epoch"]
+                self.replicas, self.dead, self.version = [], set(), -1
             if doc["version"] == self.version:
                 return
             known = {r.name: r for r in self.replicas}
@@ -182,6 +195,19 @@ class _Router:
         if r is None:
             self._wait_for_replica(resp, args, kwargs, attempt)
             return
+        if self.max_queued >= 0 and attempt == 0:
+            with self.lock:
+                queued = sum(max(0, x.ongoing - self.max_ongoing) for x in self.replicas)
+            if queued >= self.max_queued:
+                resp._submitted.set()
+                resp._out.set_exception(
+                    BackPressureError(
+                        f"{self.what()} is overloaded: {queued} calls of this process wait "
+                        f"beyond max_ongoing_requests={self.max_ongoing} per replica "
+                        f"(max_queued_requests={self.max_queued}); retry later"
+                    )
+                )
+                return
         try:
             ref = r.handle.handle_request.remote(resp._method, *args, **kwargs)
         except Exception as e:
