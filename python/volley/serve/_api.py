@@ -18,6 +18,8 @@ from ._handle import DeploymentHandle, _forget_routers
 
 #: How long a call to the controller may take before it fails naming what it waited for.
 CONTROLLER_TIMEOUT_S = 300.0
+#: How long a new controller waits for the name of a stopped one to be forgotten.
+CONTROLLER_NAME_WAIT_S = 30.0
 #: How long ``serve.start`` waits for the ingress to say whether it listens.
 HTTP_STATUS_WAIT_S = 3.0
 
@@ -25,22 +27,47 @@ DEFAULT_HTTP = {"host": "127.0.0.1", "port": 8000}
 
 
 def _controller(create: bool) -> Any:
+    """The controller actor (started if ``create`` and none runs), or None. A name the head
+    still lists for a controller that was stopped is waited out (the head forgets it at its
+    next heartbeat)."""
     library.init_if_needed()
-    try:
-        return volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        if not create:
-            return None
-    actor = volley.remote(Controller).options(
-        name=CONTROLLER_NAME,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_concurrency=1000,
-    )
-    c = actor.remote()
-    _ask(c.ping.remote(), "the serve controller to start")
-    return c
+    deadline = time.monotonic() + CONTROLLER_NAME_WAIT_S
+    while True:
+        try:
+            c = volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            c = None
+            if not create:
+                return None
+            try:
+                c = (
+                    volley.remote(Controller)
+                    .options(
+                        name=CONTROLLER_NAME,
+                        namespace=NAMESPACE,
+                        lifetime="detached",
+                        get_if_exists=True,
+                        max_concurrency=1000,
+                    )
+                    .remote()
+                )
+            except ValueError:  # the head still holds the name of a stopped controller
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+        try:
+            _ask(c.ping.remote(), "the serve controller to answer")
+            return c
+        except volley.ActorDiedError:
+            if not create:
+                return None
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the name {CONTROLLER_NAME!r} still names a stopped serve controller after "
+                    f"{CONTROLLER_NAME_WAIT_S:.0f} s: cannot start a new one"
+                ) from None
+            time.sleep(0.05)
 
 
 def _ask(ref: Any, what: str, timeout: float = CONTROLLER_TIMEOUT_S) -> Any:

@@ -229,18 +229,14 @@ class _Router:
         if e is None:
             resp._out.set_result(f.result())
             return
-        if (
-            isinstance(e, volley.ActorDiedError)
-            and not isinstance(e, volley.ActorCreationError)
-            and any(m in str(e) for m in _NOT_STARTED)
-            and attempt + 1 < MAX_ATTEMPTS
-        ):
-            # The replica was gone before the call reached it: another one takes it.
-            with self.lock:
+        if isinstance(e, volley.ActorDiedError):
+            with self.lock:  # no later call goes there (the engine may not say so elsewhere)
                 self.dead.add(r.name)
             self.checked = 0.0
-            self.submit(resp, args, kwargs, attempt + 1)
-            return
+            if any(m in str(e) for m in _NOT_STARTED) and attempt + 1 < MAX_ATTEMPTS:
+                # The replica was gone before the call reached it: another one takes it.
+                self.submit(resp, args, kwargs, attempt + 1)
+                return
         resp._out.set_exception(e)
 
     def _wait_for_replica(self, resp, args, kwargs, attempt) -> None:

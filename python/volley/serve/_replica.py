@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import volley
@@ -136,8 +137,14 @@ class Replica:
             await _call(fn, (), {})
 
     async def stats(self) -> dict:
-        """What the controller's autoscaler reads: calls running or waiting here."""
-        return {"ongoing": self._ongoing, "served": self._served}
+        """What the controller's autoscaler reads: calls running or waiting here (and this
+        actor's id, as the routing table names it)."""
+        return {
+            "ongoing": self._ongoing,
+            "served": self._served,
+            "actor_id": volley.get_runtime_context().get_actor_id(),
+            "pid": os.getpid(),
+        }
 
     async def drain(self, timeout_s: float) -> int:
         """Waits until no call runs here (at most ``timeout_s``); the calls still running."""
