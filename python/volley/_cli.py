@@ -31,6 +31,7 @@ from . import (
     _cli_exec,
     _cli_job,
     _cli_logs,
+    _cli_serve,
     _cli_state,
     _cluster,
     _core,
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     _cli_exec.register(sub)
     _cli_logs.add_parser(sub)
     _cli_state.register(sub)
+    _cli_serve.register(sub)
     return p
 
 
