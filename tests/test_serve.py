@@ -89,6 +89,8 @@ def test_bad_options_fail_at_the_decorator_naming_the_option():
         serve.deployment(num_replicas=2, autoscaling_config={"max_replicas": 2})
     with pytest.raises(ValueError, match="unknown ray_actor_options key"):
         serve.deployment(ray_actor_options={"num_cpu": 1})
+    with pytest.raises(ValueError, match="runtime_env'\\] is not supported yet"):
+        serve.deployment(ray_actor_options={"runtime_env": {"pip": ["x"]}})
     with pytest.raises(TypeError, match="cannot be called directly"):
         Echo()
     with pytest.raises(TypeError, match="takes an application"):
@@ -483,3 +485,15 @@ def test_the_replica_answers_a_request_frame_as_the_ingress_sends_it(served):
     )
     assert status == 200 and json.loads(body) == {"path": "/web/x"}
     assert route["replicas"] == [volley.get(replica.stats.remote(), timeout=WAIT_S)["actor_id"]]
+
+
+def test_an_update_whose_constructor_raises_leaves_the_old_replicas_serving(served):
+    h = serve.run(Echo.bind("ok:"), name="keep", route_prefix=None)
+    with pytest.raises(RuntimeError, match="ValueError: no model file"):
+        serve.run(Broken.options(name="Echo").bind(), name="keep", route_prefix=None)
+    assert h.remote(1).result(timeout_s=WAIT_S) == "ok:1"
+    st = serve.status().applications["keep"]
+    assert st.status == "DEPLOY_FAILED" and st.deployments["Echo"].replica_states == {"RUNNING": 2}
+    # The old code serves on (the failed one is not retried by the control loop).
+    pids = {h.pid.remote().result(timeout_s=WAIT_S) for _ in range(10)}
+    assert replicas("keep", "Echo") == {"RUNNING": 2} and len(pids) <= 2

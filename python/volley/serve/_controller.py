@@ -194,8 +194,13 @@ class Controller:
         for spec in specs:  # in order: those a deployment takes come first
             d = app.deployments.get(spec["name"])
             if d is None:
-                d = app.deployments[spec["name"]] = _Deployment(app.name, spec)
-                await self._start_replicas(d, d.target)
+                d = _Deployment(app.name, spec)
+                try:
+                    await self._start_replicas(d, d.target)
+                except BaseException:
+                    library.kv_delete(deployment_key(app.name, d.name), namespace=NAMESPACE)
+                    raise
+                app.deployments[spec["name"]] = d
             elif self._light(d.spec, spec):
                 await self._update_light(d, spec)
             else:
@@ -230,13 +235,14 @@ class Controller:
 
     async def _roll(self, d: _Deployment, spec: dict) -> None:
         """New code or options: new replicas first, then the old ones drain and stop."""
-        old = d.live()
+        old, old_spec, old_target = d.live(), d.spec, d.target
         d.spec = spec
         d.target = d._initial_target()
         d.status = "UPDATING"
         try:
             await self._start_replicas(d, d.target)
-        except Exception:
+        except BaseException:  # the old replicas go on serving, with their code
+            d.spec, d.target, d.status = old_spec, old_target, "HEALTHY"
             raise
         for r in old:
             r.state = "STOPPING"
@@ -486,8 +492,12 @@ class Controller:
             ref = r.handle.stats.remote()
             s = await asyncio.wait_for(asyncio.wrap_future(ref.future()), STATS_TIMEOUT_S)
             r.ongoing = int(s["ongoing"])
+        except asyncio.TimeoutError:
+            pass  # a busy event loop: the health check's timeout decides about that
+        except volley.ActorDiedError as e:
+            self._replica_failed(d, r, f"its process is gone: {_error_text(e)}")
         except Exception as e:
-            self._replica_failed(d, r, f"did not answer: {_error_text(e)}")
+            self._replica_failed(d, r, f"it did not answer: {_error_text(e)}")
 
     async def _health(self, d: _Deployment, r: _ReplicaState) -> None:
         timeout = float(d.options["health_check_timeout_s"])

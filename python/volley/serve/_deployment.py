@@ -8,7 +8,7 @@ import inspect
 import math
 from typing import Any, Callable
 
-_RESOURCE_KEYS = {"num_cpus", "num_gpus", "resources", "runtime_env", "memory"}
+_RESOURCE_KEYS = {"num_cpus", "num_gpus", "resources", "runtime_env"}
 _AUTOSCALING_KEYS = {
     "min_replicas",
     "max_replicas",
@@ -121,6 +121,12 @@ def check_options(options: dict) -> dict:
         if bad:
             raise ValueError(
                 f"unknown ray_actor_options key(s) {sorted(bad)}; known: {sorted(_RESOURCE_KEYS)}"
+            )
+        if rao.get("runtime_env"):
+            raise ValueError(
+                "ray_actor_options['runtime_env'] is not supported yet: volley actors (a "
+                "deployment's replicas) take no runtime_env; install the packages on the nodes, "
+                "or set env vars before volley starts"
             )
         for k in ("num_cpus", "num_gpus"):
             if k in rao:
