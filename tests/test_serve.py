@@ -497,3 +497,18 @@ def test_an_update_whose_constructor_raises_leaves_the_old_replicas_serving(serv
     # The old code serves on (the failed one is not retried by the control loop).
     pids = {h.pid.remote().result(timeout_s=WAIT_S) for _ in range(10)}
     assert replicas("keep", "Echo") == {"RUNNING": 2} and len(pids) <= 2
+
+
+def test_requests_the_ingress_holds_start_a_replica_of_a_deployment_at_zero(served, tmp_path):
+    serve.run(Scaled.bind(), name="cold", route_prefix="/cold")
+    assert replicas("cold", "Scaled") == {}
+    assert library.kv_get(_wire.HTTP_KEY, namespace=_wire.KV_NAMESPACE) is not None
+    # What the HTTP ingress writes while requests wait for a route with no replica.
+    library.kv_put("waiting/cold/Scaled", json.dumps({"waiting": 2}), namespace=_wire.KV_NAMESPACE)
+    wait_for(
+        lambda: len(routes()["routes"][0]["replicas"]) == 2, "2 routed replicas for 2 requests"
+    )
+    library.kv_put("waiting/cold/Scaled", json.dumps({"waiting": 0}), namespace=_wire.KV_NAMESPACE)
+    wait_for(lambda: replicas("cold", "Scaled") == {}, "the replicas to scale back to zero")
+    serve.delete("cold")
+    assert library.kv_get("waiting/cold/Scaled", namespace=_wire.KV_NAMESPACE) is None

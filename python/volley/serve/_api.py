@@ -155,6 +155,11 @@ def run(
     err = _ask(c.deploy.remote(name, prefix, ingress, specs), f"application {name!r} to deploy")
     if err is not None:
         raise RuntimeError(err)
+    if prefix is not None:  # the ingress listens on the default address unless told otherwise
+        _ask(
+            c.ensure_http.remote(DEFAULT_HTTP["host"], DEFAULT_HTTP["port"]),
+            "the serve controller to set the HTTP address",
+        )
     handle = DeploymentHandle(ingress, name)
     if blocking:
         try:

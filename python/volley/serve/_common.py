@@ -17,6 +17,7 @@ __all__ = [
     "ROUTES_KEY",
     "deployment_key",
     "replica_name",
+    "waiting_key",
 ]
 
 
@@ -28,3 +29,9 @@ def deployment_key(app: str, deployment: str) -> str:
 def replica_name(app: str, deployment: str, tag: str) -> str:
     """The actor name of a deployment's replica ``tag`` (the controller's epoch and a count)."""
     return f"SERVE_REPLICA::{app}#{deployment}#{tag}"
+
+
+def waiting_key(app: str, deployment: str) -> str:
+    """The KV key where the HTTP ingress says how many requests wait for a deployment that has
+    no replica (``{"waiting": n}``): the autoscaler starts one (scale from zero)."""
+    return f"waiting/{app}/{deployment}"

@@ -25,7 +25,15 @@ from typing import Any
 import volley
 from volley import library
 
-from ._common import HTTP_KEY, HTTP_STATUS_KEY, NAMESPACE, ROUTES_KEY, deployment_key, replica_name
+from ._common import (
+    HTTP_KEY,
+    HTTP_STATUS_KEY,
+    NAMESPACE,
+    ROUTES_KEY,
+    deployment_key,
+    replica_name,
+    waiting_key,
+)
 from ._deployment import LIGHT_OPTIONS
 from ._replica import CONTROL_SLOTS, Replica
 
@@ -335,6 +343,7 @@ class Controller:
         await asyncio.gather(*(self._stop_replica(d, r) for r in list(d.replicas)))
         app.deployments.pop(d.name, None)
         library.kv_delete(deployment_key(app.name, d.name), namespace=NAMESPACE)
+        library.kv_delete(waiting_key(app.name, d.name), namespace=NAMESPACE)
 
     async def delete(self, name: str) -> str | None:
         """Deletes application ``name``; None, or the error's text."""
@@ -361,6 +370,11 @@ class Controller:
     async def set_http(self, host: str, port: int) -> None:
         self._http = {"host": host, "port": port}
         library.kv_put(HTTP_KEY, json.dumps(self._http), namespace=NAMESPACE)
+
+    async def ensure_http(self, host: str, port: int) -> None:
+        """Writes the ingress's address unless one is set (``serve.run`` of a routed app)."""
+        if self._http is None and library.kv_get(HTTP_KEY, namespace=NAMESPACE) is None:
+            await self.set_http(host, port)
 
     async def note_waiting(self, app: str, deployment: str, n: int) -> None:
         """A handle has ``n`` calls waiting for a replica of the deployment."""
@@ -474,6 +488,8 @@ class Controller:
             for r in d.running():
                 if r.stats_task is None or r.stats_task.done():
                     r.stats_task = asyncio.get_running_loop().create_task(self._stats(d, r))
+            if a is not None and not d.running():
+                self._read_ingress_waiting(d)
             total = sum(r.ongoing for r in d.running())
             n_wait, t_wait = d.waiting
             if now - t_wait < 1.0:
@@ -486,6 +502,18 @@ class Controller:
             if now >= r.next_health and (r.health_task is None or r.health_task.done()):
                 r.next_health = now + period
                 r.health_task = asyncio.get_running_loop().create_task(self._health(d, r))
+
+    def _read_ingress_waiting(self, d: _Deployment) -> None:
+        """Requests the HTTP ingress holds for a deployment with no replica: it writes
+        ``{"waiting": n}`` under ``waiting/APP/DEPLOYMENT`` (see docs/serve.md)."""
+        raw = library.kv_get(waiting_key(d.app, d.name), namespace=NAMESPACE)
+        if raw:
+            try:
+                n = int(json.loads(raw).get("waiting", 0))
+            except (ValueError, TypeError, AttributeError):
+                return
+            if n > 0:
+                d.waiting = (max(n, d.waiting[0]), time.monotonic())
 
     async def _stats(self, d: _Deployment, r: _ReplicaState) -> None:
         try:
