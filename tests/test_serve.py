@@ -512,3 +512,36 @@ def test_requests_the_ingress_holds_start_a_replica_of_a_deployment_at_zero(serv
     wait_for(lambda: replicas("cold", "Scaled") == {}, "the replicas to scale back to zero")
     serve.delete("cold")
     assert library.kv_get("waiting/cold/Scaled", namespace=_wire.KV_NAMESPACE) is None
+
+
+def test_delete_lets_a_call_in_flight_finish_before_the_replica_stops(served, tmp_path):
+    h = serve.run(Echo.options(num_replicas=1).bind(), name="drain", route_prefix="/drain")
+    gate = str(tmp_path / "go")
+    held = h.slow_pid.remote(gate)
+    wait_for(
+        lambda: serve.status().applications["drain"].deployments["Echo"].ongoing_requests == 1,
+        "the held call to reach the replica",
+    )
+    deleting = threading.Thread(target=serve.delete, args=("drain",))
+    deleting.start()
+    wait_for(lambda: routes().get("routes") == [], "the route to be withdrawn first")
+    assert deleting.is_alive()  # it waits for the call in flight
+    Path(gate).touch()
+    assert held.result(timeout_s=WAIT_S) > 0
+    deleting.join(WAIT_S)
+    assert not deleting.is_alive() and "drain" not in serve.status().applications
+
+
+def test_a_call_in_flight_on_a_sigkilled_replica_fails_with_a_clear_error(served, tmp_path):
+    h = serve.run(Echo.options(num_replicas=1).bind(), name="inflight", route_prefix=None)
+    (pid,) = replica_handles("inflight", "Echo")
+    held = h.slow_pid.remote(str(tmp_path / "never"))
+    wait_for(
+        lambda: serve.status().applications["inflight"].deployments["Echo"].ongoing_requests,
+        "the held call to reach the replica",
+    )
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(volley.ActorDiedError, match="SIGKILL"):
+        held.result(timeout_s=WAIT_S)
+    # A replacement takes the next calls.
+    assert wait_for(lambda: h.pid.remote().result(timeout_s=WAIT_S) != pid, "a new replica")
