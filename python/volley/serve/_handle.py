@@ -75,6 +75,19 @@ class DeploymentResponse:
     def result(self, timeout_s: float | None = None) -> Any:
         """The call's value (raises what the deployment's method raised); ``TimeoutError``
         after ``timeout_s`` seconds."""
+        ref = self._ref
+        if ref is not None and not self._out.done():
+            # Fast path: wait for the ref in this thread (no hop through the completing thread).
+            try:
+                return volley.get(ref, timeout=timeout_s)
+            except volley.GetTimeoutError:
+                raise TimeoutError(
+                    f"{self._router.what()}.{self._method} did not answer within {timeout_s} s"
+                ) from None
+            except volley.ActorDiedError as e:
+                if not any(m in str(e) for m in _NOT_STARTED):
+                    raise
+                # The call goes to another replica: its result comes through _out.
         try:
             return self._out.result(timeout_s)
         except concurrent.futures.TimeoutError:

@@ -11,8 +11,11 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import volley
@@ -31,10 +34,11 @@ def _resolve(x: Any) -> Any:
     return x
 
 
-async def _call(fn: Any, args: tuple, kwargs: dict) -> Any:
+async def _call(fn: Any, args: tuple, kwargs: dict, pool: Any = None) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    out = await asyncio.to_thread(fn, *args, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    out = await asyncio.get_running_loop().run_in_executor(pool, call)
     if inspect.isawaitable(out):
         out = await out
     return out
@@ -64,6 +68,8 @@ class Replica:
         self._is_class = is_class
         self._limit = max_ongoing_requests
         self._sem: asyncio.Semaphore | None = None
+        # The threads a sync method runs in: as many as calls may run at once.
+        self._pool = ThreadPoolExecutor(max_ongoing_requests, thread_name_prefix="serve-replica")
         self._ongoing = 0
         self._served = 0
 
@@ -99,7 +105,7 @@ class Replica:
         try:
             assert self._sem is not None, "a call came before the replica was ready"
             async with self._sem:
-                return await _call(fn, args, kwargs)
+                return await _call(fn, args, kwargs, self._pool)
         finally:
             self._ongoing -= 1
             self._served += 1
