@@ -161,6 +161,7 @@ class _Router:
                 self.replicas, self.dead, self.version = [], set(), -1
             if doc["version"] == self.version:
                 return
+            self.dead &= set(doc["replicas"])  # the controller dropped the others already
             known = {r.name: r for r in self.replicas}
         fresh = []
         for name in doc["replicas"]:
