@@ -70,6 +70,7 @@ class DeploymentResponse:
         self._method = method
         self._out: concurrent.futures.Future = concurrent.futures.Future()
         self._ref: Any = None
+        self._replica: _Replica | None = None  # counted as ongoing there until released
         self._submitted = threading.Event()
 
     def result(self, timeout_s: float | None = None) -> Any:
@@ -79,14 +80,20 @@ class DeploymentResponse:
         if ref is not None and not self._out.done():
             # Fast path: wait for the ref in this thread (no hop through the completing thread).
             try:
-                return volley.get(ref, timeout=timeout_s)
+                value = volley.get(ref, timeout=timeout_s)
+                self._router.release(self, ref)
+                return value
             except volley.GetTimeoutError:
                 raise TimeoutError(
                     f"{self._router.what()}.{self._method} did not answer within {timeout_s} s"
                 ) from None
             except volley.ActorDiedError as e:
                 if not any(m in str(e) for m in _NOT_STARTED):
+                    self._router.release(self, ref)
                     raise
+            except BaseException:
+                self._router.release(self, ref)
+                raise
                 # The call goes to another replica: its result comes through _out.
         try:
             return self._out.result(timeout_s)
@@ -230,15 +237,23 @@ class _Router:
             return
         with self.lock:
             r.ongoing += 1
-        resp._ref = ref
+            resp._replica = r
+            resp._ref = ref
         resp._submitted.set()
         ref.future().add_done_callback(
             lambda f: self._done(f, r, resp, args, kwargs, attempt),
         )
 
-    def _done(self, f: concurrent.futures.Future, r: _Replica, resp, args, kwargs, attempt):
+    def release(self, resp: DeploymentResponse, ref: Any) -> None:
+        """The call through ``ref`` is over: it counts no more at its replica (once, whether
+        the caller or the completing thread sees it first)."""
         with self.lock:
-            r.ongoing -= 1
+            if resp._ref is ref and resp._replica is not None:
+                resp._replica.ongoing -= 1
+                resp._replica = None
+
+    def _done(self, f: concurrent.futures.Future, r: _Replica, resp, args, kwargs, attempt):
+        self.release(resp, resp._ref)
         e = f.exception()
         if e is None:
             resp._out.set_result(f.result())
