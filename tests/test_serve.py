@@ -545,3 +545,23 @@ def test_a_call_in_flight_on_a_sigkilled_replica_fails_with_a_clear_error(served
         held.result(timeout_s=WAIT_S)
     # A replacement takes the next calls.
     assert wait_for(lambda: h.pid.remote().result(timeout_s=WAIT_S) != pid, "a new replica")
+
+
+def test_serve_start_raises_what_the_ingress_reports(served):
+    # The ingress's answer for an address it cannot listen on (as it writes it: a real KV
+    # write, made here the moment the controller has written the address).
+    def answer():
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            raw = library.kv_get(_wire.HTTP_KEY, namespace=_wire.KV_NAMESPACE)
+            if raw and json.loads(raw)["port"] == 9:
+                doc = {"host": "127.0.0.1", "port": 9, "error": "permission denied"}
+                library.kv_put(_wire.HTTP_STATUS_KEY, json.dumps(doc), namespace=_wire.KV_NAMESPACE)
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=answer)
+    t.start()
+    with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1:9: permission denied"):
+        serve.start(http_options={"host": "127.0.0.1", "port": 9})
+    t.join(WAIT_S)

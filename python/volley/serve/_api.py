@@ -21,7 +21,7 @@ CONTROLLER_TIMEOUT_S = 300.0
 #: How long a new controller waits for the name of a stopped one to be forgotten.
 CONTROLLER_NAME_WAIT_S = 30.0
 #: How long ``serve.start`` waits for the ingress to say whether it listens.
-HTTP_STATUS_WAIT_S = 3.0
+HTTP_STATUS_WAIT_S = 1.5
 
 DEFAULT_HTTP = {"host": "127.0.0.1", "port": 8000}
 

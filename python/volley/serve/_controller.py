@@ -369,6 +369,8 @@ class Controller:
 
     async def set_http(self, host: str, port: int) -> None:
         self._http = {"host": host, "port": port}
+        # The ingress answers each change anew: no answer to an earlier address may linger.
+        library.kv_delete(HTTP_STATUS_KEY, namespace=NAMESPACE)
         library.kv_put(HTTP_KEY, json.dumps(self._http), namespace=NAMESPACE)
 
     async def ensure_http(self, host: str, port: int) -> None:
