@@ -5,6 +5,7 @@
     volley status [--address HOST:PORT] [--json]
     volley stop
     volley logs [NAME] [--node N] [--worker PID] [--tail N] [--follow]   (see _cli_logs)
+    volley serve run|deploy|status|shutdown ...                         (see _cli_serve)
 
 Without ``--block``, ``start`` runs the node in the background (its log goes to the session
 directory's ``logs/``), waits until it has joined, prints its address and returns.

@@ -170,8 +170,8 @@ class Controller:
         the error's text (the application is then marked DEPLOY_FAILED)."""
         self._ensure_loop()
         for other in self._apps.values():
-            if other.name != name and route_prefix is not None:
-                if other.route_prefix == route_prefix:
+            if other.name != name and route_prefix is not None and other.deployments:
+                if other.route_prefix == route_prefix:  # (a failed new app holds none)
                     return (
                         f"route prefix {route_prefix!r} is taken by application {other.name!r}: "
                         "give this one another route_prefix (or delete that one)"
