@@ -214,6 +214,9 @@ def test_a_constructor_that_raises_fails_serve_run_with_its_error(served):
         serve.run(Broken.bind(), name="broken", route_prefix="/broken")
     st = serve.status().applications["broken"]
     assert st.status == "DEPLOY_FAILED" and "no model file" in st.message
+    # The failed application holds no route: another takes its prefix.
+    h = serve.run(Echo.options(num_replicas=1).bind(), name="fixed", route_prefix="/broken")
+    assert h.remote(1).result(timeout_s=WAIT_S) == "1"
     serve.delete("broken")
     assert "broken" not in serve.status().applications
 
