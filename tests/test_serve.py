@@ -568,3 +568,21 @@ def test_serve_start_raises_what_the_ingress_reports(served):
     with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1:9: permission denied"):
         serve.start(http_options={"host": "127.0.0.1", "port": 9})
     t.join(WAIT_S)
+
+
+def test_a_replica_far_over_its_limit_still_answers_the_controller(served, tmp_path):
+    busy = Gauge.options(health_check_period_s=0.1, health_check_timeout_s=2)
+    h = serve.run(busy.bind(), name="busy", route_prefix=None)
+    (pid,) = replica_handles("busy", "Gauge")
+    gate = str(tmp_path / "go")
+    held = [h.hold.remote(gate) for _ in range(40)]  # 2 run, 38 wait in the replica
+    # The metric read gets through (the count is the controller's) and no health check fails.
+    wait_for(
+        lambda: serve.status().applications["busy"].deployments["Gauge"].ongoing_requests == 40,
+        "the controller to read 40 calls at the busy replica",
+    )
+    Path(gate).touch()
+    for r in held:
+        r.result(timeout_s=WAIT_S)
+    assert replica_handles("busy", "Gauge").keys() == {pid}
+    assert serve.status().applications["busy"].deployments["Gauge"].message == ""

@@ -2,10 +2,10 @@
 function) and runs the calls that handles and the HTTP ingress send it.
 
 At most ``max_ongoing_requests`` calls run at once (an ``asyncio.Semaphore`` here; the rest
-wait in this process and count as ongoing for the autoscaler). The actor itself takes more
-calls at once than that, so that the controller's health checks and metric reads are never
-queued behind requests. A sync user method runs in a thread of the replica, an async one on its
-event loop.
+wait in this process and count as ongoing for the autoscaler). The actor itself takes many more
+calls at once than that (``CONTROL_SLOTS`` more), so that the controller's health checks and
+metric reads are never queued behind requests. A sync user method runs in a thread of the
+replica, an async one on its event loop.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import volley
 
 from ._deployment import HandleMarker
 
-#: Calls the actor takes beyond ``max_ongoing_requests``: the controller's own.
-CONTROL_SLOTS = 8
+#: Calls the actor takes at once beyond ``max_ongoing_requests``: requests that wait here for
+#: a slot (they count as ongoing for the autoscaler) and the controller's own calls, which must
+#: never queue behind requests in the engine (a health check would time out).
+CONTROL_SLOTS = 1000
 
 
 def _resolve(x: Any) -> Any:
