@@ -586,3 +586,18 @@ def test_a_replica_far_over_its_limit_still_answers_the_controller(served, tmp_p
         r.result(timeout_s=WAIT_S)
     assert replica_handles("busy", "Gauge").keys() == {pid}
     assert serve.status().applications["busy"].deployments["Gauge"].message == ""
+
+
+def test_a_call_longer_than_the_graceful_shutdown_timeout_is_stopped_with_its_replica(
+    served, tmp_path
+):
+    quick = Echo.options(num_replicas=1, graceful_shutdown_timeout_s=0.2)
+    h = serve.run(quick.bind(), name="short", route_prefix=None)
+    held = h.slow_pid.remote(str(tmp_path / "never"))
+    wait_for(
+        lambda: serve.status().applications["short"].deployments["Echo"].ongoing_requests,
+        "the held call to reach the replica",
+    )
+    serve.delete("short")  # returns once the drain's 0.2 s are over and the replica is stopped
+    with pytest.raises(volley.ActorDiedError, match="killed"):
+        held.result(timeout_s=WAIT_S)  # it ran: it is not sent to another replica

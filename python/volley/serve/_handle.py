@@ -23,6 +23,7 @@ import volley
 from volley import library
 
 from ._common import CONTROLLER_NAME, NAMESPACE, deployment_key
+from ._replica import ReplicaStoppingError
 
 #: How old the cached replica set may be before a call reads the controller's document again.
 REFRESH_S = 0.1
@@ -32,8 +33,18 @@ NO_REPLICA_WAIT_S = 60.0
 MAX_ATTEMPTS = 4
 
 # Messages of ActorDiedError that say the call never ran on the replica: it was gone before the
-# call came, or the controller stopped it after its drain (which waits for the calls it runs).
-_NOT_STARTED = ("no longer exists", "was stopped", "was killed with volley.kill()")
+# call came. (A replica the controller stops refuses calls once its drain began, with
+# ReplicaStoppingError; one killed after the drain's timeout had the calls it killed running.)
+_NOT_STARTED = ("no longer exists", "was stopped")
+
+
+def _not_started(e: BaseException) -> bool:
+    """Whether the failed call never ran, so that another replica may take it."""
+    if isinstance(e, ReplicaStoppingError):
+        return True
+    if isinstance(e, volley.ActorCreationError):
+        return False
+    return isinstance(e, volley.ActorDiedError) and any(m in str(e) for m in _NOT_STARTED)
 
 
 def _is_dead(r: _Replica) -> bool:
@@ -87,14 +98,11 @@ class DeploymentResponse:
                 raise TimeoutError(
                     f"{self._router.what()}.{self._method} did not answer within {timeout_s} s"
                 ) from None
-            except volley.ActorDiedError as e:
-                if not any(m in str(e) for m in _NOT_STARTED):
+            except BaseException as e:
+                if not _not_started(e):
                     self._router.release(self, ref)
                     raise
-            except BaseException:
-                self._router.release(self, ref)
-                raise
-                # The call goes to another replica: its result comes through _out.
+                # Another replica takes the call: its result comes through _out.
         try:
             return self._out.result(timeout_s)
         except concurrent.futures.TimeoutError:
@@ -258,14 +266,13 @@ class _Router:
         if e is None:
             resp._out.set_result(f.result())
             return
-        if isinstance(e, volley.ActorDiedError):
+        if isinstance(e, (volley.ActorDiedError, ReplicaStoppingError)):
             with self.lock:  # no later call goes there (the engine may not say so elsewhere)
                 self.dead.add(r.name)
             self.checked = 0.0
-            if any(m in str(e) for m in _NOT_STARTED) and attempt + 1 < MAX_ATTEMPTS:
-                # The replica was gone before the call reached it: another one takes it.
-                self.submit(resp, args, kwargs, attempt + 1)
-                return
+        if _not_started(e) and attempt + 1 < MAX_ATTEMPTS:
+            self.submit(resp, args, kwargs, attempt + 1)  # another replica takes it
+            return
         resp._out.set_exception(e)
 
     def _wait_for_replica(self, resp, args, kwargs, attempt) -> None:

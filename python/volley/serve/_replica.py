@@ -28,6 +28,11 @@ from ._deployment import HandleMarker
 CONTROL_SLOTS = 1000
 
 
+class ReplicaStoppingError(RuntimeError):
+    """A handle call that came to a replica after its drain began: it did not run, and the
+    handle sends it to another replica."""
+
+
 def _resolve(x: Any) -> Any:
     if isinstance(x, HandleMarker):
         from ._handle import DeploymentHandle
@@ -74,6 +79,7 @@ class Replica:
         self._pool = ThreadPoolExecutor(max_ongoing_requests, thread_name_prefix="serve-replica")
         self._ongoing = 0
         self._served = 0
+        self._draining = False
 
     def _what(self) -> str:
         return f"deployment {self._deployment!r} of application {self._app!r}"
@@ -102,6 +108,8 @@ class Replica:
 
     async def handle_request(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Runs ``method`` of the user's object (a handle call)."""
+        if self._draining:
+            raise ReplicaStoppingError(f"this replica of {self._what()} is stopping")
         fn = self._method(method)
         self._ongoing += 1
         try:
@@ -155,7 +163,10 @@ class Replica:
         }
 
     async def drain(self, timeout_s: float) -> int:
-        """Waits until no call runs here (at most ``timeout_s``); the calls still running."""
+        """Takes no more handle calls (they go to other replicas), then waits until no call
+        runs here (at most ``timeout_s``); the calls still running. HTTP requests are still
+        served meanwhile: the ingress stopped sending them with the routing table."""
+        self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._ongoing and loop.time() < deadline:
