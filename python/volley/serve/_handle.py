@@ -100,7 +100,7 @@ class DeploymentResponse:
                 ) from None
             except BaseException as e:
                 if not _not_started(e):
-                    self._router.release(self, ref)
+                    self._router.release(self, ref, e)
                     raise
                 # Another replica takes the call: its result comes through _out.
         try:
@@ -252,22 +252,28 @@ class _Router:
             lambda f: self._done(f, r, resp, args, kwargs, attempt),
         )
 
-    def release(self, resp: DeploymentResponse, ref: Any) -> None:
+    def release(self, resp: DeploymentResponse, ref: Any, error: BaseException | None = None):
         """The call through ``ref`` is over: it counts no more at its replica (once, whether
-        the caller or the completing thread sees it first)."""
+        the caller or the completing thread sees it first). An ``error`` that says the replica
+        is gone or stopping keeps later calls away from it."""
         with self.lock:
-            if resp._ref is ref and resp._replica is not None:
-                resp._replica.ongoing -= 1
-                resp._replica = None
+            r = resp._replica
+            if resp._ref is not ref or r is None:
+                return
+            r.ongoing -= 1
+            resp._replica = None
+            if isinstance(error, (volley.ActorDiedError, ReplicaStoppingError)):
+                self.dead.add(r.name)  # (the engine may not say so for another node's actor)
+                self.checked = 0.0
 
     def _done(self, f: concurrent.futures.Future, r: _Replica, resp, args, kwargs, attempt):
-        self.release(resp, resp._ref)
         e = f.exception()
+        self.release(resp, resp._ref, e)
         if e is None:
             resp._out.set_result(f.result())
             return
         if isinstance(e, (volley.ActorDiedError, ReplicaStoppingError)):
-            with self.lock:  # no later call goes there (the engine may not say so elsewhere)
+            with self.lock:  # (released by the caller first: its error said so there too)
                 self.dead.add(r.name)
             self.checked = 0.0
         if _not_started(e) and attempt + 1 < MAX_ATTEMPTS:
