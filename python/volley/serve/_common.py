@@ -15,6 +15,7 @@ __all__ = [
     "HTTP_STATUS_KEY",
     "NAMESPACE",
     "ROUTES_KEY",
+    "ReplicaStoppingError",
     "deployment_key",
     "replica_name",
     "waiting_key",
@@ -35,3 +36,8 @@ def waiting_key(app: str, deployment: str) -> str:
     """The KV key where the HTTP ingress says how many requests wait for a deployment that has
     no replica (``{"waiting": n}``): the autoscaler starts one (scale from zero)."""
     return f"waiting/{app}/{deployment}"
+
+
+class ReplicaStoppingError(RuntimeError):
+    """A handle call that came to a replica after its drain began: it did not run, and the
+    handle sends it to another replica."""

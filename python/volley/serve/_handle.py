@@ -22,8 +22,7 @@ from typing import Any
 import volley
 from volley import library
 
-from ._common import CONTROLLER_NAME, NAMESPACE, deployment_key
-from ._replica import ReplicaStoppingError
+from ._common import CONTROLLER_NAME, NAMESPACE, ReplicaStoppingError, deployment_key
 
 #: How old the cached replica set may be before a call reads the controller's document again.
 REFRESH_S = 0.1

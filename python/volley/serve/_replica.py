@@ -20,17 +20,13 @@ from typing import Any
 
 import volley
 
+from ._common import ReplicaStoppingError
 from ._deployment import HandleMarker
 
 #: Calls the actor takes at once beyond ``max_ongoing_requests``: requests that wait here for
 #: a slot (they count as ongoing for the autoscaler) and the controller's own calls, which must
 #: never queue behind requests in the engine (a health check would time out).
 CONTROL_SLOTS = 1000
-
-
-class ReplicaStoppingError(RuntimeError):
-    """A handle call that came to a replica after its drain began: it did not run, and the
-    handle sends it to another replica."""
 
 
 def _resolve(x: Any) -> Any:
