@@ -93,7 +93,9 @@ def start(http_options: dict | None = None) -> None:
     ``RuntimeError`` if the ingress reports that it cannot listen there.
 
     >>> from volley import serve
-    >>> serve.start(http_options={"host": "127.0.0.1", "port": 0})  # doctest: +SKIP
+    >>> serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    >>> serve.status().http
+    {'host': '127.0.0.1', 'port': 0}
     """
     opts = dict(DEFAULT_HTTP)
     if http_options is not None:
@@ -225,7 +227,16 @@ def get_app_handle(name: str) -> DeploymentHandle:
 
 def get_deployment_handle(deployment_name: str, app_name: str = "default") -> DeploymentHandle:
     """A handle on deployment ``deployment_name`` of application ``app_name``; ``ValueError``
-    if there is none."""
+    if there is none.
+
+    >>> @serve.deployment
+    ... def shout(s):
+    ...     return s.upper()
+    >>> _ = serve.run(shout.bind(), name="shouter", route_prefix=None)
+    >>> serve.get_deployment_handle("shout", "shouter").remote("hi").result()
+    'HI'
+    >>> serve.delete("shouter")
+    """
     c = _controller(create=False)
     ok = c is not None and _ask(
         c.has_deployment.remote(app_name, deployment_name), "the serve controller"

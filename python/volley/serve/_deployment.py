@@ -167,6 +167,7 @@ class Deployment:
 
     @property
     def name(self) -> str:
+        """The deployment's name: ``name=`` if given, else the class's or function's."""
         return self._options.get("name") or self._target.__name__
 
     def __getattr__(self, key: str) -> Any:
@@ -176,6 +177,12 @@ class Deployment:
 
     @property
     def func_or_class(self) -> Callable:
+        """The class or function that was decorated.
+
+        >>> from volley import serve
+        >>> serve.deployment(len).func_or_class is len
+        True
+        """
         return self._target
 
     def options(self, **options: Any) -> Deployment:

@@ -382,7 +382,13 @@ class DeploymentHandle:
         self._method = method_name
 
     def options(self, *, method_name: str | None = None) -> DeploymentHandle:
-        """This handle calling ``method_name`` by default."""
+        """This handle calling ``method_name`` by default.
+
+        >>> h = serve.run(Counter.bind(), name="counter2", route_prefix=None)
+        >>> h.options(method_name="incr").remote(2).result()
+        2
+        >>> serve.delete("counter2")
+        """
         return DeploymentHandle(self.deployment_name, self.app_name, method_name or self._method)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
