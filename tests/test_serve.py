@@ -128,6 +128,8 @@ def test_a_response_passed_to_another_call_arrives_as_its_value(served):
         return await h.remote("b")
 
     assert asyncio.run(in_async_code()) == "b"
+    with pytest.raises(volley.SerializationError, match="travels only as an argument of a handle"):
+        h.remote([first]).result(timeout_s=WAIT_S)
 
 
 @serve.deployment

@@ -112,6 +112,13 @@ class DeploymentResponse:
     def __await__(self):
         return asyncio.wrap_future(self._out).__await__()
 
+    def __reduce__(self):
+        raise TypeError(
+            f"a DeploymentResponse ({self._router.what()}.{self._method}) travels only as an "
+            "argument of a handle call itself, not inside another value: pass its "
+            ".result() (or await it) instead"
+        )
+
     def _object_ref(self) -> Any:
         """The ref of the call (to pass it on as an argument); waits until it is submitted."""
         if not self._submitted.wait(NO_REPLICA_WAIT_S + 5):
