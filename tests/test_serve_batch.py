@@ -374,3 +374,23 @@ def test_inside_a_real_async_actor_32_calls_make_batches_of_at_most_8():
     sizes = volley.get(model.batch_sizes.remote(), timeout=WAIT_S)
     assert sum(sizes) == 32 and max(sizes) <= 8
     assert max(sizes) > 1, f"the 32 concurrent calls were not batched: {sizes}"
+
+
+def test_a_cancellation_inside_the_batch_function_fails_its_callers_not_the_queue():
+    calls = []
+
+    @batch(max_batch_size=2, batch_wait_timeout_s=1.0)
+    async def fragile(xs):
+        calls.append(list(xs))
+        if len(calls) == 1:
+            raise asyncio.CancelledError  # as an awaited thing cancelled under it would
+        return xs
+
+    async def main():
+        first = await asyncio.gather(fragile(1), fragile(2), return_exceptions=True)
+        second = await asyncio.gather(fragile(3), fragile(4))
+        return first, second
+
+    first, second = run(main())
+    assert all(isinstance(e, RuntimeError) and "cancelled inside" in str(e) for e in first)
+    assert second == [3, 4]

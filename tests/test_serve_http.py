@@ -422,3 +422,27 @@ def test_inside_a_real_async_actor_called_with_frame_bytes():
     assert [dict(h)[b"x-request-id"] for _, h, _ in outs] == [f"a{i}".encode() for i in range(8)]
     bad = volley.get(call.remote(b"junk"), timeout=WAIT_S)
     assert _wire.decode_response(bad)[0] == 500
+
+
+def test_a_batched_call_method_answers_each_request_frame_with_its_own_result():
+    from volley.serve._batching import batch
+
+    class Model:
+        def __init__(self):
+            self.sizes: list[int] = []
+
+        @batch(max_batch_size=4, batch_wait_timeout_s=1.0)
+        async def __call__(self, requests: list[Request]) -> list[dict]:
+            self.sizes.append(len(requests))
+            return [{"x": int(r.query_params["x"]) * 2} for r in requests]
+
+    model = Model()
+
+    async def main():
+        frames = [frame(query=f"x={i}", rid=f"b{i}") for i in range(12)]
+        return await asyncio.gather(*(handle_frame(model, f) for f in frames))
+
+    outs = [_wire.decode_response(o) for o in asyncio.run(main())]
+    assert [json.loads(b)["x"] for _, _, b in outs] == [2 * i for i in range(12)]
+    assert [dict(h)[b"x-request-id"] for _, h, _ in outs] == [f"b{i}".encode() for i in range(12)]
+    assert model.sizes == [4, 4, 4]

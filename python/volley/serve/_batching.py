@@ -201,6 +201,16 @@ class _Queue:
                     raise RuntimeError(f"@serve.batch {self.batcher.name}: the instance is gone")
                 results = await self.batcher.func(owner, items)
             error = self._check(results, len(items))
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            stopped = RuntimeError(f"@serve.batch {self.batcher.name}: its queue stopped")
+            if task is not None and task.cancelling():  # the queue itself is being stopped
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(stopped)
+                raise
+            error = RuntimeError(f"@serve.batch {self.batcher.name} was cancelled inside")
+            error.__cause__ = e
         except Exception as e:
             error = e
         self.policy.ran(len(items), time.perf_counter() - start)
