@@ -10,7 +10,8 @@ is the most any of them could reach through the engine):
 - ``fixed``: ``@batch(max_batch_size=32, batch_wait_timeout_s=0.01)`` on a list of inputs;
 - ``adaptive``: ``@batch(max_batch_size=32, batch_wait_timeout_s=0.05, adaptive=True)``.
 
-Rows (median of ``--runs``; within a run the four are measured one after another, in turn):
+Rows (median of ``--runs``; within a run the four are measured one after another, the order
+rotated from run to run):
 - a burst: ``--calls`` concurrent actor calls sent from the driver at once: calls/s (first
   send to last answer), and p50/p99 latency (send to the method's return, one monotonic clock);
 - a trickle: ``--trickle`` calls one at a time (each sent when the last is answered): p50/p99
@@ -152,8 +153,10 @@ def main() -> None:
         burst(a, inputs[:200])
         trickle(a, inputs[:10])
     results: dict[str, dict[str, list[float]]] = {k: {} for k in actors}
+    names = list(actors)
     for run in range(args.runs):
-        for name, a in actors.items():
+        for name in names[run % len(names) :] + names[: run % len(names)]:  # each goes first once
+            a = actors[name]
             rate, p50, p99, mean_size = burst(a, inputs)
             t50, t99 = trickle(a, inputs[: args.trickle])
             for key, v in (
@@ -217,7 +220,7 @@ The model: `argmax(relu(x @ W1) @ W2)`, W1 {dim}x{dim} and W2 {dim}x{OUT} float3
 thread. A burst is {args.calls} concurrent actor calls sent from the driver at once (one input
 of {dim} floats each); a trickle is {args.trickle} calls made one at a time. Latency is from the
 driver's send to the method's return (one monotonic clock). Medians of {args.runs} runs, the
-four actors measured in turn within each run.
+four actors measured one after another within each run, in an order rotated from run to run.
 
 {table}
 
