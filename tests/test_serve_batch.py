@@ -274,7 +274,7 @@ def test_adaptive_policy_waits_under_a_burst_and_not_under_a_trickle():
         burst.ran(n, 0.050)  # a 50 ms fixed cost, nothing per item
     for i in range(20):
         burst.arrived(i * 0.001)  # one call a millisecond
-    assert burst.fixed_cost() == pytest.approx(0.050)
+    assert burst.fit() == pytest.approx((0.050, 0.0))
     assert burst.wait_s(1, 0.0, max_wait=1.0) == pytest.approx(0.050)  # waits, at most fixed/n
     assert burst.wait_s(10, 0.0, max_wait=1.0) == pytest.approx(0.005)
     assert burst.wait_s(1, 0.99, max_wait=1.0) == pytest.approx(0.01)  # bounded by the max wait
@@ -293,8 +293,8 @@ def test_adaptive_policy_does_not_wait_without_a_fixed_cost_or_before_it_knows()
     for n in (1, 2, 4, 8):
         linear.ran(n, 0.010 * n)  # cost grows with the batch: batching saves nothing
     for i in range(10):
-        linear.arrived(i * 0.0001)
-    assert linear.fixed_cost() == pytest.approx(0.0, abs=1e-12)
+        linear.arrived(i * 0.020)  # and calls come slower than the model serves them
+    assert linear.fit() == pytest.approx((0.0, 0.010), abs=1e-12)
     assert linear.wait_s(1, 0.0, max_wait=1.0) == 0.0
 
     fresh = _AdaptiveWait()
@@ -302,6 +302,22 @@ def test_adaptive_policy_does_not_wait_without_a_fixed_cost_or_before_it_knows()
     fresh.arrived(0.0)
     fresh.ran(1, 0.5)
     assert fresh.wait_s(1, 0.0, max_wait=1.0) == 0.0  # one arrival: no gap known
+
+
+def test_adaptive_policy_fills_the_batch_when_calls_outpace_the_model():
+    busy = _AdaptiveWait()
+    for n in (1, 8, 32, 16):
+        busy.ran(n, 0.0003 + 0.0002 * n)  # 0.3 ms a batch, 0.2 ms an item
+    for i in range(50):
+        busy.arrived(i * 0.0001)  # a call every 0.1 ms: faster than 0.2 ms an item
+    fixed, per_item = busy.fit()
+    assert (fixed, per_item) == (pytest.approx(0.0003), pytest.approx(0.0002))
+    # 20 waiting x 0.1 ms > 0.3 ms: a newcomer saves less than they lose, but they queue anyway
+    assert busy.wait_s(20, 0.0, max_wait=0.05) == pytest.approx(0.0004)  # 4 gaps
+    assert busy.wait_s(20, 0.0499, max_wait=0.05) == pytest.approx(0.0001)  # the bound
+    for i in range(50):
+        busy.arrived(0.005 + i * 0.001)  # the calls slow to one a millisecond
+    assert busy.wait_s(20, 0.0, max_wait=0.05) == 0.0
 
 
 def test_adaptive_mode_fills_batches_under_a_burst():

@@ -11,7 +11,8 @@ the wrong length is an error in each caller. Ray Serve's ``@serve.batch``, under
 ``adaptive=True`` (BentoML's idea) picks the wait itself: it keeps the recent gap between
 arrivals and fits each batch's latency as ``fixed + per_item * n``; with ``n`` calls waiting it
 waits for one more only while the expected time until the next one, times the ``n`` callers
-that would wait for it, is less than the fixed cost a separate batch would spend on it.
+that would wait for it, is less than the fixed cost a separate batch would spend on it; and
+while calls come faster than the model serves them (they queue anyway) it fills the batch.
 ``batch_wait_timeout_s`` is then the most it ever waits. A trickle of calls is answered at once
 (no wait: a batch of one costs nothing extra); a burst fills batches.
 
@@ -70,6 +71,11 @@ class _AdaptiveWait:
     joins this batch instead of paying a batch's ``fixed`` cost on its own. It then waits at most
     ``fixed / n`` for that arrival, so a wrong guess costs the waiting callers together no more
     than one batch's fixed cost.
+
+    Calls that come faster than the model serves them (``gap < per_item``, the fitted cost of
+    one more item in a batch) queue up whatever the batcher does: then a full batch is the
+    most work per fixed cost, and it waits for the batch to fill, at most ``max(4 * gap,
+    per_item)`` for each next call (a burst that stops costs about that).
     """
 
     SMOOTHING = 0.2  # weight of the newest gap in the moving average
@@ -79,6 +85,7 @@ class _AdaptiveWait:
         self.gap: float | None = None
         self.last_arrival: float | None = None
         self.runs: deque[tuple[int, float]] = deque(maxlen=self.SAMPLES)
+        self._fit: tuple[float, float] | None = None  # (fixed, per_item), refitted after a run
 
     def arrived(self, now: float) -> None:
         if self.last_arrival is not None:
@@ -88,28 +95,38 @@ class _AdaptiveWait:
 
     def ran(self, n: int, seconds: float) -> None:
         self.runs.append((n, max(0.0, seconds)))
+        self._fit = None
 
-    def fixed_cost(self) -> float | None:
-        """A batch's cost that does not grow with its size, fitted by least squares on the
-        recent batches (all of one size: all of their cost is taken as fixed)."""
-        if not self.runs:
-            return None
-        k = len(self.runs)
-        mean_n = sum(n for n, _ in self.runs) / k
-        mean_t = sum(t for _, t in self.runs) / k
-        var = sum((n - mean_n) ** 2 for n, _ in self.runs)
-        if var == 0:
-            return mean_t
-        slope = sum((n - mean_n) * (t - mean_t) for n, t in self.runs) / var
-        return min(max(0.0, mean_t - slope * mean_n), max(t for _, t in self.runs))
+    def fit(self) -> tuple[float, float] | None:
+        """``(fixed, per_item)``: a batch's latency as ``fixed + per_item * n``, fitted by least
+        squares on the recent batches (all of one size: all of their cost is taken as fixed);
+        None before the first batch."""
+        if self._fit is None and self.runs:
+            k = len(self.runs)
+            mean_n = sum(n for n, _ in self.runs) / k
+            mean_t = sum(t for _, t in self.runs) / k
+            var = sum((n - mean_n) ** 2 for n, _ in self.runs)
+            slope = 0.0
+            if var > 0:
+                slope = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in self.runs) / var)
+            fixed = min(max(0.0, mean_t - slope * mean_n), max(t for _, t in self.runs))
+            self._fit = (fixed, slope)
+        return self._fit
 
     def wait_s(self, n: int, waited: float, max_wait: float) -> float:
         """How much longer to wait for another call with ``n`` waiting, the oldest for
         ``waited`` seconds: 0 means run the batch now."""
-        fixed = self.fixed_cost()
-        if self.gap is None or fixed is None or n * self.gap >= fixed:
+        fit = self.fit()
+        if self.gap is None or fit is None:
             return 0.0
-        return max(0.0, min(max_wait - waited, fixed / n))
+        fixed, per_item = fit
+        if n * self.gap < fixed:
+            step = fixed / n
+        elif self.gap < per_item:
+            step = max(4 * self.gap, per_item)
+        else:
+            return 0.0
+        return max(0.0, min(max_wait - waited, step))
 
 
 class _Call:
