@@ -264,7 +264,8 @@ class Response:
 
     ``body`` is bytes or str (Starlette calls it ``content``: ``content=`` works too);
     ``media_type`` becomes ``content-type`` (with ``; charset=utf-8`` for text). The ingress
-    sets ``content-length``.
+    sets ``content-length`` (and the framing headers: a ``content-length``,
+    ``transfer-encoding`` or ``connection`` given here is dropped).
 
     >>> r = Response("created", status_code=201, headers={"Location": "/items/7"},
     ...              media_type="text/plain")
@@ -380,6 +381,10 @@ def encode_error(status: int, request_id: str, message: str) -> bytes:
     return _wire.encode_response(status, _error_headers(request_id), body)
 
 
+# Headers the answer's framing sets (the ingress, from the body it sends) or the frame's id.
+_INGRESS_OWNS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"x-request-id"})
+
+
 def _error_headers(request_id: str) -> list[tuple[bytes, bytes]]:
     return [
         (b"content-type", b"application/json"),
@@ -447,7 +452,7 @@ async def handle_frame(target: Callable[[Request], Any], frame: bytes) -> bytes:
             if inspect.isawaitable(value):
                 value = await value
         response = _to_response(value)
-        headers = [(k, v) for k, v in response.raw_headers() if k != b"x-request-id"]
+        headers = [(k, v) for k, v in response.raw_headers() if k not in _INGRESS_OWNS]
         headers.append((b"x-request-id", rid.encode("latin-1", "replace")))
         return _wire.encode_response(response.status_code, headers, response.body)
     except HTTPException as e:
