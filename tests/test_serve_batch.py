@@ -410,3 +410,12 @@ def test_a_cancellation_inside_the_batch_function_fails_its_callers_not_the_queu
     first, second = run(main())
     assert all(isinstance(e, RuntimeError) and "cancelled inside" in str(e) for e in first)
     assert second == [3, 4]
+
+
+def test_adaptive_policy_keeps_what_big_batches_cost_through_a_trickle():
+    p = _AdaptiveWait()
+    for n in (4, 16, 32):
+        p.ran(n, 0.001 + 0.0002 * n)
+    for _ in range(500):  # a long trickle: batches of one
+        p.ran(1, 0.0012)
+    assert p.fit() == (pytest.approx(0.001), pytest.approx(0.0002))

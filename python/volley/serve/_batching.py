@@ -78,13 +78,14 @@ class _AdaptiveWait:
     per_item)`` for each next call (a burst that stops costs about that).
     """
 
-    SMOOTHING = 0.2  # weight of the newest gap in the moving average
-    SAMPLES = 50  # recent batches the latency fit uses
+    SMOOTHING = 0.2  # weight of the newest sample in the moving averages
 
     def __init__(self) -> None:
         self.gap: float | None = None
         self.last_arrival: float | None = None
-        self.runs: deque[tuple[int, float]] = deque(maxlen=self.SAMPLES)
+        # Recent latency of each batch size seen (a moving average per size), so that a long
+        # trickle of batches of one does not erase what bigger batches cost.
+        self.latency: dict[int, float] = {}
         self._fit: tuple[float, float] | None = None  # (fixed, per_item), refitted after a run
 
     def arrived(self, now: float) -> None:
@@ -94,22 +95,25 @@ class _AdaptiveWait:
         self.last_arrival = now
 
     def ran(self, n: int, seconds: float) -> None:
-        self.runs.append((n, max(0.0, seconds)))
+        t = max(0.0, seconds)
+        old = self.latency.get(n)
+        self.latency[n] = t if old is None else old + self.SMOOTHING * (t - old)
         self._fit = None
 
     def fit(self) -> tuple[float, float] | None:
         """``(fixed, per_item)``: a batch's latency as ``fixed + per_item * n``, fitted by least
-        squares on the recent batches (all of one size: all of their cost is taken as fixed);
-        None before the first batch."""
-        if self._fit is None and self.runs:
-            k = len(self.runs)
-            mean_n = sum(n for n, _ in self.runs) / k
-            mean_t = sum(t for _, t in self.runs) / k
-            var = sum((n - mean_n) ** 2 for n, _ in self.runs)
+        squares on the recent latency of each batch size seen (one size only: all of its cost
+        is taken as fixed); None before the first batch."""
+        if self._fit is None and self.latency:
+            points = list(self.latency.items())
+            k = len(points)
+            mean_n = sum(n for n, _ in points) / k
+            mean_t = sum(t for _, t in points) / k
+            var = sum((n - mean_n) ** 2 for n, _ in points)
             slope = 0.0
             if var > 0:
-                slope = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in self.runs) / var)
-            fixed = min(max(0.0, mean_t - slope * mean_n), max(t for _, t in self.runs))
+                slope = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in points) / var)
+            fixed = min(max(0.0, mean_t - slope * mean_n), max(t for _, t in points))
             self._fit = (fixed, slope)
         return self._fit
 
