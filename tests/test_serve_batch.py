@@ -198,6 +198,14 @@ def test_a_wrong_length_return_is_a_clear_error_in_each_caller():
     errors = run(main(scalar))
     assert all(isinstance(e, TypeError) and "returned a int" in str(e) for e in errors)
 
+    @batch(max_batch_size=3, batch_wait_timeout_s=1.0)
+    async def mapping(xs):
+        return {str(x): x for x in xs}  # the right length, but not indexed by position
+
+    errors = run(main(mapping))
+    assert all(isinstance(e, KeyError) for e in errors)
+    assert run(main(short)) and run(main(mapping)), "a bad return stopped the queue"
+
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8", None])
 def test_a_bad_max_batch_size_is_refused_at_decoration(bad):

@@ -222,6 +222,8 @@ class _Queue:
                     raise RuntimeError(f"@serve.batch {self.batcher.name}: the instance is gone")
                 results = await self.batcher.func(owner, items)
             error = self._check(results, len(items))
+            if error is None:
+                results = [results[i] for i in range(len(items))]
         except asyncio.CancelledError as e:
             task = asyncio.current_task()
             stopped = RuntimeError(f"@serve.batch {self.batcher.name}: its queue stopped")
