@@ -37,10 +37,25 @@ from ._api import (
     start,
     status,
 )
+from ._batching import batch
 from ._deployment import Application, Deployment, deployment
 from ._handle import BackPressureError, DeploymentHandle, DeploymentResponse, NoReplicaError
+from ._http import (
+    HTMLResponse,
+    HTTPException,
+    JSONResponse,
+    PlainTextResponse,
+    Request,
+    Response,
+)
 
 __all__ = [
+    "HTMLResponse",
+    "HTTPException",
+    "JSONResponse",
+    "PlainTextResponse",
+    "Request",
+    "Response",
     "Application",
     "BackPressureError",
     "ApplicationStatusOverview",
@@ -50,6 +65,7 @@ __all__ = [
     "DeploymentStatusOverview",
     "NoReplicaError",
     "ServeStatus",
+    "batch",
     "delete",
     "deployment",
     "get_app_handle",
