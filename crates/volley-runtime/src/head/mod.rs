@@ -59,7 +59,13 @@ pub struct Head {
     pub tables: crate::state::Tables,
     /// Lets go of the big `SharedDict` values no key holds any more (see [`big_values`]).
     releaser: std::sync::OnceLock<Arc<dyn big_values::Releaser>>,
+    /// Told of each key-value change (under the table's lock: it must not block or call back
+    /// into the head): serve's ingress follows its documents this way.
+    kv_hook: std::sync::OnceLock<KvHook>,
 }
+
+/// See [`Head::set_kv_hook`].
+pub type KvHook = Box<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 struct Members {
     next: u32,
@@ -79,12 +85,19 @@ impl Head {
             jobs: Arc::new(jobs::Jobs::default()),
             tables: crate::state::Tables::default(),
             releaser: std::sync::OnceLock::new(),
+            kv_hook: std::sync::OnceLock::new(),
         }
     }
 
     /// Who lets go of a big `SharedDict` value's object once no key holds it: the node.
     pub fn set_releaser(&self, releaser: Arc<dyn big_values::Releaser>) {
         let _ = self.releaser.set(releaser);
+    }
+
+    /// Who is told of each change of a key-value entry, with its namespace and key (the first
+    /// one set stays). It runs under the table's lock: it must only take note.
+    pub fn set_kv_hook(&self, hook: KvHook) {
+        let _ = self.kv_hook.set(hook);
     }
 
     /// The object the value under `key` holds (a big value's marker), before a change.
@@ -617,6 +630,9 @@ impl Head {
     fn kv_changed(&self, namespace: &str, key: &[u8], present: bool) {
         self.kv_versions.lock().bump(namespace, key, present);
         self.kv_changed.notify_all();
+        if let Some(hook) = self.kv_hook.get() {
+            hook(namespace, key);
+        }
     }
 
     /// Waits at most `wait` until `key` changed since version `seen` (`None`: the version as
