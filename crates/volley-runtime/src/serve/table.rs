@@ -282,8 +282,7 @@ impl Balancer {
         for key in keys {
             let Some((route, _)) = self.lines.get(&key) else { continue };
             let route = route.clone();
-            loop {
-                let Some((_, q)) = self.lines.get(&key) else { break };
+            while let Some((_, q)) = self.lines.get(&key) {
                 if q.is_empty() {
                     break;
                 }
@@ -367,8 +366,8 @@ mod tests {
 
     #[test]
     fn actor_ids_read_as_the_engine_writes_them() {
-        let id = aid(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
-        assert_eq!(parse_actor_id(&format!("{:032x}", id.0 .0)), Ok(id));
+        let n: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+        assert_eq!(parse_actor_id(&format!("{n:032x}")), Ok(aid(n)));
         assert!(parse_actor_id("").is_err());
         assert!(parse_actor_id(&"f".repeat(33)).is_err());
     }
