@@ -28,6 +28,12 @@ import volley
 from volley import library
 from volley.serve import _wire
 
+# On a cluster the ingress runs in the head's process, whose scheduler knows only the actors it
+# hosts or has been told of: replicas created on other nodes are not reachable from it yet.
+pytestmark = pytest.mark.one_node(
+    "the head's ingress reaches only replicas its own node's scheduler knows"
+)
+
 NS = _wire.KV_NAMESPACE
 WAIT_S = 30.0
 
@@ -51,6 +57,12 @@ class Replica:
         self.now += 1
         self.peak = max(self.peak, self.now)
         try:
+            if q.get("raise"):
+                raise RuntimeError("the replica raised")
+            if q.get("junk"):
+                return b"junk"
+            if q.get("none"):
+                return None
             if q.get("gate"):
                 await self.gate.wait()
             elif q.get("yield"):
@@ -394,7 +406,6 @@ def test_rebind_and_port_in_use(port, pair):
     assert get(port, "/echo")[0] == 200
 
 
-@pytest.mark.one_node("SIGKILLs a replica's process, which must be this machine's")
 def test_a_killed_replica(port):
     a, b = Replica.remote("KA"), Replica.remote("KB")
     pids = volley.get([a.pid.remote(), b.pid.remote()])
@@ -447,3 +458,18 @@ def test_bad_documents(port, pair):
     assert "port" in json.loads(raw)["error"]
     assert listen(port)["error"] is None
     assert get(port, "/echo")[0] == 200
+
+
+def test_a_replica_that_fails_or_answers_garbage_gets_a_500_naming_the_request(port, pair):
+    a, _ = pair
+    put_routes(route("/f", [a]))
+    for query, said in [
+        ("raise=1", "the replica raised"),
+        ("junk=1", "not a response frame"),
+        ("none=1", "other than bytes"),
+    ]:
+        st, h, body = get(port, f"/f?{query}")
+        doc = json.loads(body)
+        assert st == 500 and said in doc["error"], (query, doc)
+        assert doc["request_id"] == h["x-request-id"] and h["x-request-id"] in doc["error"]
+    assert get(port, "/f")[0] == 200, "the replica still serves"
