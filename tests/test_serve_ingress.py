@@ -258,6 +258,9 @@ def test_body_and_headers_both_ways_over_one_kept_alive_connection(port, pair):
         assert st == 200 and body == big
         assert (h["x-method"], h["x-got-x-t-one"], h["x-got-x-t-two"]) == ("POST", "1", "zwei")
         assert h["x-client"].startswith("127.0.0.1:")
+        # Out of band but inline (a few KB), as well as through the store (1 MB, above).
+        mid = os.urandom(8000)
+        assert c.request("POST", "/echo/mid", mid)[2] == mid
         for i in range(5):
             st, h, body = c.request("PUT", f"/echo/{i}", b"small %d" % i)
             assert (st, body, h["x-method"]) == (200, b"small %d" % i, "PUT")
@@ -380,6 +383,15 @@ def test_route_table_swapped_while_requests_run(port, pair):
     assert codes and set(codes) == {200}, f"failures while the table changed: {set(codes)}"
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT_S).close()
+        return True
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection was queued on the listener as it closed.
+        return False
+
+
 def test_rebind_and_port_in_use(port, pair):
     a, _ = pair
     put_routes(route("/echo", [a]))
@@ -400,6 +412,10 @@ def test_rebind_and_port_in_use(port, pair):
         busy = taken.getsockname()[1]
         status = listen(busy)
         assert status["port"] == busy and "in use" in status["error"], status
+    # No "http" document: nothing listens.
+    assert listen(new)["error"] is None
+    assert library.kv_delete(_wire.HTTP_KEY, namespace=NS)
+    wait_for(lambda: not _accepts(new), "the listener to close once its document is deleted")
     # Back on the first port (the module's other tests use it).
     status = listen(port)
     assert status["error"] is None and status["port"] == port

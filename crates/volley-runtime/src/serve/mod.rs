@@ -6,8 +6,9 @@
 //! through a hook in the head's change path, so only the node that is the head (a lone driver,
 //! or `volley start --head`) ever sees the documents of namespace "volley.serve" and starts
 //! serving. A change of "http" (re)binds the listener and answers under "http_status"; a
-//! change of "routes" swaps the routing table at once (requests under way keep the route they
-//! had). Nothing polls.
+//! change of "routes" swaps the routing table before the write returns (requests under way
+//! keep the route they had), so a request sent after `kv_put` finds the new table. Nothing
+//! polls.
 //!
 //! A request is matched to a route (longest prefix, on segment boundaries), given a replica by
 //! the balancer (`table.rs`: power of two choices on the ingress's own count of ongoing
@@ -58,9 +59,9 @@ const RETRY_AFTER: &str = "1";
 pub struct Ingress {
     serving: Arc<Serving>,
     head: Weak<Head>,
-    /// Each change: whether it was of "http" (else of "routes").
-    wake: mpsc::UnboundedSender<bool>,
-    follow: Mutex<Option<mpsc::UnboundedReceiver<bool>>>,
+    /// Each change of "http".
+    wake: mpsc::UnboundedSender<()>,
+    follow: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
@@ -133,20 +134,13 @@ impl Ingress {
             follow: Mutex::new(Some(follow)),
             runtime: Mutex::new(None),
         });
-        let weak = Arc::downgrade(&ingress);
-        shared.head.set_kv_hook(Box::new(move |namespace, key| {
-            if namespace == KV_NAMESPACE && (key == HTTP_KEY || key == ROUTES_KEY) {
-                if let Some(i) = weak.upgrade() {
-                    i.changed(key == HTTP_KEY);
-                }
-            }
-        }));
+        shared.head.set_kv_hook(Box::new(Hook(Arc::downgrade(&ingress))));
         ingress
     }
 
-    /// A document changed (called under the head's lock: only a send, and the runtime's start
-    /// the first time).
-    fn changed(&self, http: bool) {
+    /// "http" changed (called under the head's lock: only a send, and the runtime's start the
+    /// first time).
+    fn http_changed(&self) {
         if let Some(rx) = self.follow.lock().take() {
             let built = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -162,7 +156,7 @@ impl Ingress {
                 Err(e) => crate::diag::event!(Error, "volley: serve's ingress cannot start: {e}"),
             }
         }
-        let _ = self.wake.send(http);
+        let _ = self.wake.send(());
     }
 
     /// Stops serving (the node shuts down).
@@ -173,27 +167,39 @@ impl Ingress {
     }
 }
 
-/// Follows the two documents: each wake-up reads both and acts on what changed. Every write
-/// of "http" is answered under "http_status": one that changes nothing (the same document
-/// again) keeps the listener and writes its status again; one after a failed bind tries again.
-async fn follow(serving: Arc<Serving>, head: Weak<Head>, mut wake: mpsc::UnboundedReceiver<bool>) {
+/// The head's hook: a new routing table takes effect as its document is written (before the
+/// write returns); a change of "http" wakes [`follow`].
+struct Hook(Weak<Ingress>);
+
+impl crate::head::KvHook for Hook {
+    fn wants(&self, namespace: &str, key: &[u8]) -> bool {
+        namespace == KV_NAMESPACE && (key == HTTP_KEY || key == ROUTES_KEY)
+    }
+
+    fn changed(&self, _namespace: &str, key: &[u8], value: Option<Vec<u8>>) {
+        let Some(ingress) = self.0.upgrade() else { return };
+        if key == HTTP_KEY {
+            ingress.http_changed();
+            return;
+        }
+        match value.as_deref().map(Table::parse) {
+            None => ingress.serving.set_table(Table::default()),
+            Some(Ok(t)) => ingress.serving.set_table(t),
+            Some(Err(e)) => {
+                crate::diag::event!(Warn, "volley: serve's ingress keeps its routes: {e}")
+            }
+        }
+    }
+}
+
+/// Follows the "http" document. Every write of it is answered under "http_status": one that
+/// changes nothing (the same document again) keeps the listener and writes its status again;
+/// one after a failed bind tries again.
+async fn follow(serving: Arc<Serving>, head: Weak<Head>, mut wake: mpsc::UnboundedReceiver<()>) {
     let mut bound: Option<(Vec<u8>, oneshot::Sender<()>)> = None;
     let mut last_status: Option<Vec<u8>> = None;
-    let mut http_written = true;
     loop {
         let Some(h) = head.upgrade() else { return };
-        let routes = h.kv_get(KV_NAMESPACE, ROUTES_KEY);
-        let table = match routes.as_deref().map(Table::parse) {
-            None => Some(Table::default()),
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                crate::diag::event!(Warn, "volley: serve's ingress keeps its routes: {e}");
-                None
-            }
-        };
-        if let Some(t) = table {
-            serving.set_table(t);
-        }
         let http = h.kv_get(KV_NAMESPACE, HTTP_KEY);
         let same = match (&http, &bound) {
             (Some(doc), Some((now, _))) => doc == now,
@@ -212,17 +218,14 @@ async fn follow(serving: Arc<Serving>, head: Weak<Head>, mut wake: mpsc::Unbound
                 bound = server.map(|stop| (doc, stop));
             }
         }
-        if http_written {
-            if let Some(status) = &last_status {
-                h.kv_put(KV_NAMESPACE, HTTP_STATUS_KEY, status.clone(), true);
-            }
+        if let Some(status) = &last_status {
+            h.kv_put(KV_NAMESPACE, HTTP_STATUS_KEY, status.clone(), true);
         }
         drop(h);
-        let Some(first) = wake.recv().await else { return };
-        http_written = first;
-        while let Ok(more) = wake.try_recv() {
-            http_written |= more;
+        if wake.recv().await.is_none() {
+            return;
         }
+        while wake.try_recv().is_ok() {}
     }
 }
 
