@@ -4,13 +4,18 @@ against Optuna's own `n_jobs=2` threads with its in-memory storage and with SQLi
 against two processes sharing one SQLite file (Optuna's documented way to use several
 processes), in the same run.
 
-Usage: python benchmarks/tune_optuna.py [--trials 300] [--runs 3] [--no-write]
+Usage: python benchmarks/tune_optuna.py [--trials 300] [--runs 3] [--no-write] [--heartbeats]
 
 Each row is the median of `--runs` runs (the contenders alternate within each run) of
 trials/s, timed around the optimize call only: the study is created before the clock starts
 (volley's storage actor and `volley.init` too). Rows for the random sampler (what the storage
 costs) and TPE (Optuna's default; the sampler's own work grows with the trials). Replaces
 `benchmarks/RESULTS-tune-optuna.md`.
+
+With ``--heartbeats``: what Optuna's heartbeats cost (a heartbeat thread beside each trial, a
+stale-trial check before each), volley's storage with and without them against two processes
+on one SQLite file (``RDBStorage``) with and without them, random sampler, trivial objective;
+writes `benchmarks/RESULTS-tune-optuna-heartbeats.md`.
 """
 
 from __future__ import annotations
@@ -61,10 +66,9 @@ def sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def run_volley(kind: str, n: int, seed: int, fn=objective) -> float:
-    study = optuna.create_study(
-        storage=optuna_storage(f"bench-{uuid.uuid4().hex[:8]}"), sampler=sampler(kind, seed)
-    )
+def run_volley(kind: str, n: int, seed: int, fn=objective, heartbeat: int | None = None) -> float:
+    storage = optuna_storage(f"bench-{uuid.uuid4().hex[:8]}", heartbeat_interval=heartbeat)
+    study = optuna.create_study(storage=storage, sampler=sampler(kind, seed))
     t0 = time.perf_counter()
     optuna_optimize(study, fn, n_trials=n, n_workers=2)
     dt = time.perf_counter() - t0
@@ -81,20 +85,32 @@ def run_threads(kind: str, n: int, seed: int, storage: str | None, fn=objective)
     return n / dt
 
 
-def _proc(url: str, name: str, kind: str, n: int, seed: int, fn) -> None:
+def _proc(url: str, name: str, kind: str, n: int, seed: int, fn, heartbeat) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=url, sampler=sampler(kind, seed))
+    storage = url if heartbeat is None else rdb_with_heartbeats(url, heartbeat)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler(kind, seed))
     study.optimize(fn, n_trials=n)
 
 
-def run_sqlite_procs(kind: str, n: int, seed: int, tmp: str, fn=objective) -> float:
+def rdb_with_heartbeats(url: str, interval: int):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        return optuna.storages.RDBStorage(url, heartbeat_interval=interval)
+
+
+def run_sqlite_procs(
+    kind: str, n: int, seed: int, tmp: str, fn=objective, heartbeat: int | None = None
+) -> float:
     url = f"sqlite:///{tmp}/p-{uuid.uuid4().hex[:8]}.db"
     name = "bench"
     optuna.create_study(storage=url, study_name=name)
     ctx = mp.get_context("fork")
     half = [n // 2, n - n // 2]
     procs = [
-        ctx.Process(target=_proc, args=(url, name, kind, half[i], seed + i, fn)) for i in (0, 1)
+        ctx.Process(target=_proc, args=(url, name, kind, half[i], seed + i, fn, heartbeat))
+        for i in (0, 1)
     ]
     t0 = time.perf_counter()
     for p in procs:
@@ -112,9 +128,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=300)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--heartbeats", action="store_true")
     args = ap.parse_args()
     n = args.trials
     volley.init(num_cpus=2)
+    if args.heartbeats:
+        heartbeats(args)
+        return
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         contenders = {
@@ -170,6 +190,55 @@ def main() -> None:
         "of about 5 ms of pure Python (what threads cannot run at once). Median of "
         f"{args.runs} runs, contenders alternated within each run; ratio = volley's "
         "trials/s over the contender's.\n\n" + table + "\n"
+    )
+    print(f"wrote {out}")
+
+
+def heartbeats(args: argparse.Namespace) -> None:
+    """The ``--heartbeats`` table: each storage with heartbeats (every second) against itself
+    without, random sampler, trivial objective."""
+    n = args.trials
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = {
+            "volley storage, 2 volley tasks": lambda s: run_volley("random", n, s),
+            "volley storage + heartbeats": lambda s: run_volley("random", n, s, heartbeat=1),
+            "Optuna SQLite, 2 processes": lambda s: run_sqlite_procs("random", n, s, tmp),
+            "Optuna SQLite + heartbeats, 2 processes": lambda s: run_sqlite_procs(
+                "random", n, s, tmp, heartbeat=1
+            ),
+        }
+        run_volley("random", 20, 0)  # warm
+        rates: dict[str, list[float]] = {c: [] for c in contenders}
+        for r in range(args.runs):
+            order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+            for c in order:
+                rates[c].append(contenders[c](r))
+    volley.shutdown()
+    med = {c: statistics.median(v) for c, v in rates.items()}
+    ours = med["volley storage + heartbeats"]
+    lines = [
+        f"| contender ({n} trials, random sampler, trivial objective) | trials/s (median) "
+        "| volley + heartbeats' ratio |",
+        "|---|---:|---:|",
+    ]
+    for c, v in med.items():
+        ratio = "" if c == "volley storage + heartbeats" else f"{ours / v:.2f}x"
+        lines.append(f"| {c} | {v:,.0f} | {ratio} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.no_write:
+        return
+    load = os.getloadavg()
+    out = ROOT / "benchmarks" / "RESULTS-tune-optuna-heartbeats.md"
+    out.write_text(
+        "# Optuna heartbeats: volley.tune.optuna_storage against RDBStorage on SQLite\n\n"
+        f"`python benchmarks/tune_optuna.py --heartbeats --trials {n} --runs {args.runs}` on "
+        f"{datetime.date.today()}, {os.cpu_count()} cores, load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end (a shared, noisy machine: "
+        "other work ran beside it; compare ratios, not absolute rates).\n\n"
+        "`heartbeat_interval=1` where heartbeats are on: a thread beside each trial sends one "
+        "at its start and each second, and a stale-trial check runs before each trial. Median "
+        f"of {args.runs} runs, contenders alternated within each run.\n\n" + table + "\n"
     )
     print(f"wrote {out}")
 

@@ -203,6 +203,22 @@ def test_refs_inside_arguments_and_nested_tasks(cluster):
     assert volley.get(fib.remote(7)) == 13
 
 
+def test_a_large_value_nested_in_a_put_reaches_each_node_again_and_again(cluster):
+    # The outer value is small (it travels inline with each task), the array it names is large
+    # (each node pulls it once and keeps a copy for the driver's node). The copy used to go
+    # with the outer value at the first task's end, and the node's next task naming it failed
+    # with ObjectLostError ("was no longer kept here"): 10 rounds in 40 did.
+    @volley.remote(scheduling_strategy="SPREAD")
+    def use(box, k):
+        return int(volley.get(box["r"]).sum()) + k
+
+    for rnd in range(6):
+        inner = volley.put(np.full(300_000, rnd, dtype=np.int64))
+        outer = volley.put({"r": inner})
+        out = volley.get([use.remote(outer, k) for k in range(6)], timeout=60)
+        assert out == [300_000 * rnd + k for k in range(6)], rnd
+
+
 def test_task_errors_keep_their_type(cluster):
     @volley.remote
     def boom():

@@ -129,7 +129,7 @@ def test_a_time_budget_stops_running_trials_and_starts_no_more(volley_shared, tm
             tune.report({"x": 1})
             time.sleep(0.01)
 
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     grid = tune.Tuner(
         forever,
         tune_config=tune.TuneConfig(num_samples=6, time_budget_s=1.0),
@@ -139,7 +139,11 @@ def test_a_time_budget_stops_running_trials_and_starts_no_more(volley_shared, tm
     assert took < 15, f"a 1 s budget took {took:.1f} s"
     # trials are made as they can start: the two that ran, stopped by the budget
     assert [r.status for r in grid] == ["TERMINATED", "TERMINATED"], [r.error for r in grid]
-    assert all(r.metrics["time_total_s"] >= 0.9 for r in grid)
+    # Each reported until the budget was spent (a trial whose worker started late under load
+    # ran for less than the budget itself, so its own time_total_s says less).
+    assert all(r.metrics["timestamp"] >= wall0 + 0.9 for r in grid), [
+        r.metrics["timestamp"] - wall0 for r in grid
+    ]
 
 
 def test_bad_settings_are_refused_where_they_are_given(volley_shared, tmp_path):
@@ -174,6 +178,13 @@ def test_bad_settings_are_refused_where_they_are_given(volley_shared, tmp_path):
         tune.Tuner.restore(str(tmp_path / "nothing"), quadratic)
     with pytest.raises(RuntimeError, match="fit\\(\\) has not run"):
         tune.Tuner(quadratic).get_results()
+    with pytest.raises(TypeError, match="must pickle, for Tuner.restore"):
+        tune.Tuner(
+            quadratic,
+            param_space={"lock": threading.Lock()},
+            run_config=run_config(tmp_path, name="unpicklable"),
+        )
+    assert not (tmp_path / "unpicklable").exists(), "a refused run made its folder"
 
 
 def test_a_report_of_the_wrong_type_fails_the_trial_with_its_message(volley_shared, tmp_path):
@@ -292,6 +303,76 @@ def test_reset_trial_restarts_a_trial_from_another_trials_checkpoint(volley_shar
 
 
 # ------------------------------------------------------------------------------ resources
+
+
+class ResetWhilePaused(FIFOScheduler):
+    """Pauses trial 00000 at its first result; at trial 00001's first result, resets the
+    paused 00000 to 00001's config and checkpoint. 00000 starts again only once 00001 ends
+    (one trial at a time), long after 00001's checkpoint was pruned (num_to_keep=1); it then
+    fails once before a checkpoint of its own (the file ``fail_once``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reset = False
+
+    def on_trial_result(self, controller, trial, result):
+        trials = controller.get_trials()
+        if trial.trial_id == "00000" and result["training_iteration"] == 1 and not self.reset:
+            return TrialScheduler.PAUSE
+        if trial.trial_id == "00001" and not self.reset:
+            self.reset = True
+            controller.reset_trial(trials[0], dict(trial.config, reset=True), trial.checkpoint)
+        return TrialScheduler.CONTINUE
+
+
+def test_a_reset_s_checkpoint_outlives_the_donor_s_pruning_and_a_failure(volley_shared, tmp_path):
+    fail_once = tmp_path / "fail_once"
+    fail_once.touch()
+
+    def f(config):
+        ckpt = tune.get_checkpoint()
+        state = ckpt.to_dict() if ckpt else {"owner": config["name"], "n": 0}
+        if config.get("reset") and fail_once.exists():
+            fail_once.unlink()
+            raise RuntimeError("fails once after its reset, before a checkpoint of its own")
+        for n in range(state["n"] + 1, state["n"] + 4):  # 3 steps a run
+            tune.report(
+                {"owner": state["owner"], "from": state["n"], "n": n},
+                checkpoint=tune.Checkpoint.from_dict({"owner": state["owner"], "n": n}),
+            )
+
+    grid = tune.Tuner(
+        f,
+        param_space={"name": tune.grid_search(["a", "b"])},
+        tune_config=tune.TuneConfig(scheduler=ResetWhilePaused(), max_concurrent_trials=1),
+        run_config=run_config(
+            tmp_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    ).fit()
+    a = grid[0]
+    assert a.status == "TERMINATED", a.error
+    assert a.metrics["owner"] == "b", "the donor's checkpoint was the one loaded"
+    assert a.metrics["from"] == 1, "from b's checkpoint at its first result (n == 1)"
+    assert not fail_once.exists(), "the failure after the reset did not happen"
+    left = [n for n in os.listdir(a.path) if n.startswith(".")]
+    assert left == [], f"the reset's copy was left in the trial's folder: {left}"
+
+
+class ResetToNothing(FIFOScheduler):
+    def on_trial_result(self, controller, trial, result):
+        controller.reset_trial(trial, dict(trial.config), "/no/such/checkpoint_000001")
+        return TrialScheduler.NOOP
+
+
+def test_a_reset_to_a_checkpoint_that_is_not_there_is_refused_saying_so(volley_shared, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint /no/such/checkpoint_000001 of trial 00000"):
+        tune.Tuner(
+            counting,
+            tune_config=tune.TuneConfig(scheduler=ResetToNothing()),
+            run_config=run_config(tmp_path),
+        ).fit()
 
 
 def test_trials_hold_their_resources_two_at_once_on_two_cpus(volley_shared, tmp_path):
@@ -479,6 +560,22 @@ def test_a_trial_whose_process_is_sigkilled_goes_on_from_its_checkpoint(volley_2
     assert hist[0]["pid"] == hist[2]["pid"] != hist[3]["pid"], "restarted in a new process"
 
 
+def test_what_a_trial_reported_before_its_process_died_counts(volley_shared, tmp_path):
+    n = 2_000  # a burst of reports just before the process dies
+
+    def f(config):
+        for i in range(n):
+            tune.report({"i": i})
+        tune.report({"i": n}, checkpoint=tune.Checkpoint.from_dict({"i": n}))
+        os.kill(os.getpid(), signal.SIGKILL)  # dies before its end reaches the tuner
+
+    grid = tune.Tuner(f, run_config=run_config(tmp_path)).fit()
+    r = grid[0]
+    assert r.status == "ERROR", r.status
+    assert r.metrics["training_iteration"] == n + 1, "results sent before the death were lost"
+    assert r.checkpoint.to_dict() == {"i": n}, "its last checkpoint was lost"
+
+
 class Counter(tune.Trainable):
     def setup(self, config):
         self.n = 0
@@ -562,6 +659,89 @@ def test_the_status_table_is_printed_once_at_the_end_off_a_terminal(
     out = capsys.readouterr().out
     assert "volley.tune done: 2 trials (2 TERMINATED) | best loss=0.333333 (00001)" in out
     assert out.count("Trial ") == 2, out  # verbose=2: a line per trial's end
+
+
+QUIET_DRIVER = """
+import logging, sys
+import volley
+from volley import tune
+from volley.tune.schedulers import PopulationBasedTraining
+from volley.tune.search.optuna import OptunaSearch
+
+verbose = int(sys.argv[1])
+levels = set()  # the levels PBT's lines were logged at (DEBUG too: not printed)
+
+
+class Levels(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("PBT: trial"):
+            levels.add(record.levelname)
+
+
+volley.init(num_cpus=2)
+# The "volley" logger prints INFO on stderr (its own handler). A quiet run must not print
+# there; to see what it logs at DEBUG, this handler takes all, the printing ones INFO up.
+for h in logging.getLogger("volley").handlers:
+    h.setLevel(logging.INFO)
+logging.getLogger("volley.tune").addHandler(Levels(logging.DEBUG))
+logging.getLogger("volley.tune").setLevel(logging.DEBUG)
+
+
+def grow(config):
+    ckpt = tune.get_checkpoint()
+    start = ckpt.to_dict()["step"] + 1 if ckpt else 1
+    for step in range(start, 5):
+        tune.report({{"score": config["lr"] * step}},
+                    checkpoint=tune.Checkpoint.from_dict({{"step": step}}))
+
+
+pbt = PopulationBasedTraining(perturbation_interval=2, synch=True, quantile_fraction=0.5,
+                              hyperparam_mutations={{"lr": [0.1, 0.2, 0.3]}}, seed=0)
+tune.Tuner(
+    grow,
+    param_space={{"lr": tune.grid_search([0.1, 0.3])}},
+    tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+    run_config=tune.RunConfig(storage_path={root!r}, name=f"pbt{{verbose}}", verbose=verbose),
+).fit()
+searcher = OptunaSearch(seed=0)
+import optuna
+optuna_level = optuna.logging.get_verbosity()
+tune.Tuner(
+    lambda config: {{"score": config["x"]}},
+    param_space={{"x": tune.uniform(0, 1)}},
+    tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=3, search_alg=searcher),
+    run_config=tune.RunConfig(storage_path={root!r}, name=f"optuna{{verbose}}", verbose=verbose),
+).fit()
+print("PBT LOGGED AT", sorted(levels))
+print("OPTUNA LEVEL KEPT", optuna.logging.get_verbosity() == optuna_level == logging.INFO)
+"""
+
+
+def test_a_quiet_run_prints_and_logs_nothing_of_its_own(tmp_path):
+    pytest.importorskip("optuna")
+
+    def run(verbose: int) -> tuple[str, str]:
+        script = tmp_path / f"driver{verbose}.py"
+        text = QUIET_DRIVER.format(root=str(tmp_path)).replace("int(sys.argv[1])", str(verbose))
+        script.write_text(textwrap.dedent(text))
+        proc = start_driver(script)
+        try:
+            out, err = finish_driver(proc, timeout=WAIT_S * 2)
+        finally:
+            kill_driver(proc)
+        assert proc.returncode == 0, (out, err)
+        return out, err
+
+    out, err = run(0)
+    # PBT exploited (logged at DEBUG, which the user's INFO logging does not show), Optuna's
+    # verbosity is back to its INFO after the run, and nothing was printed or logged.
+    assert out.splitlines() == ["PBT LOGGED AT ['DEBUG']", "OPTUNA LEVEL KEPT True"], out
+    assert "PBT" not in err and "study created" not in err and "Trial 0" not in err, err
+    # The same runs at verbose=2 say it all: the quiet above is the tuner's doing.
+    out, err = run(2)
+    assert "PBT LOGGED AT ['INFO']" in out and "volley.tune done" in out, out
+    assert "PBT: trial 00000 takes the checkpoint of 00001" in err, err
+    assert "A new study created" in err, err  # Optuna's INFO (tell() logs no trial line)
 
 
 # -------------------------------------------------------------------------- restore
@@ -677,6 +857,43 @@ def test_checkpoints_made_on_any_node_reach_the_driver_s_storage(volley_shared, 
         assert all(r.metrics["node"] != driver_node for r in grid), "the head has no CPUs"
 
 
+def test_a_checkpoint_with_a_link_to_outside_is_kept_with_the_file_itself(volley_shared, tmp_path):
+    outside = tmp_path / "dataset.txt"
+    outside.write_text("data")
+
+    def f(config):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        Path(d, "weights").write_text("w")
+        os.symlink(outside, Path(d, "dataset.txt"))  # absolute, out of the checkpoint
+        tune.report({"x": 1}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(f, run_config=run_config(tmp_path)).fit()
+    r = grid[0]
+    assert r.status == "TERMINATED", r.error
+    kept = Path(r.checkpoint.path, "dataset.txt")
+    assert not kept.is_symlink() and kept.read_text() == "data"
+
+
+def test_a_checkpoint_that_cannot_be_kept_fails_its_trial_only(volley_shared, tmp_path):
+    def f(config):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        if config["x"] == 1:
+            os.mkfifo(Path(d, "pipe"))  # a special file: no checkpoint copy takes it
+        tune.report({"x": config["x"]}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    grid = tune.Tuner(
+        f, param_space={"x": tune.grid_search([0, 1])}, run_config=run_config(tmp_path)
+    ).fit()
+    ok, bad = grid[0], grid[1]
+    assert ok.status == "TERMINATED" and ok.checkpoint is not None
+    assert bad.status == "ERROR"
+    assert "pipe" in str(bad.error), bad.error
+
+
 def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
     import volley.state
 
@@ -697,6 +914,68 @@ def test_trials_are_listed_by_name_in_the_state_api(volley_shared, tmp_path):
         "the trials' tasks in volley.state.list_tasks()",
     )
     assert (tmp_path / "exp" / "quad_0" / "params.json").exists()
+
+
+def test_running_trials_are_seen_by_name_in_the_dashboard_and_the_state_api(no_volley, tmp_path):
+    import urllib.request
+
+    import volley.state
+
+    volley.init(num_cpus=2, dashboard=True, dashboard_port=0)
+    base, token = volley.dashboard_url().split("?token=")
+    go = tmp_path / "go"
+
+    def held(config):
+        while not go.exists():  # running until the test has seen both trials
+            time.sleep(0.02)
+        tune.report({"x": config["x"]})
+
+    out: dict = {}
+
+    def fit():
+        out["grid"] = tune.Tuner(
+            held,
+            param_space={"x": tune.grid_search([0, 1])},
+            tune_config=tune.TuneConfig(trial_name_creator=lambda t: f"quad_{t.config['x']}"),
+            run_config=run_config(tmp_path),
+        ).fit()
+
+    def dashboard_rows() -> list[dict]:
+        req = urllib.request.Request(
+            base.rstrip("/") + "/api/v0/tasks?limit=1000&filter=state=RUNNING",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            return json.loads(r.read())["rows"]
+
+    th = threading.Thread(target=fit)
+    th.start()
+    try:
+        rows = wait_for(
+            lambda: (
+                {"tune:quad_0", "tune:quad_1"} <= {r["name"] for r in dashboard_rows()}
+                and dashboard_rows()
+            ),
+            "the two running trials by name in the dashboard's /api/v0/tasks",
+        )
+        assert all(r["state"] == "RUNNING" and r["worker_pid"] for r in rows), rows
+        listed = {t.get("name"): t.get("state") for t in volley.state.list_tasks(limit=10_000)}
+        assert listed.get("tune:quad_0") == listed.get("tune:quad_1") == "RUNNING", listed
+    finally:
+        go.touch()
+        th.join(timeout=WAIT_S)
+    assert not th.is_alive(), "fit() did not end once the trials were let go"
+    assert out["grid"].num_terminated == 2
+    wait_for(
+        lambda: (
+            {t.get("name"): t.get("state") for t in volley.state.list_tasks(limit=10_000)}.get(
+                "tune:quad_0"
+            )
+            == "FINISHED"
+        ),
+        "trial quad_0's task FINISHED in volley.state.list_tasks()",
+    )
 
 
 def test_restore_reruns_errored_trials_only_when_asked(volley_shared, tmp_path):

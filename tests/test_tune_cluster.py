@@ -1,11 +1,13 @@
 """volley.tune on a real 3-node cluster (node daemons on 127.0.0.x, this process the driver): a
 trial whose node is SIGKILLed goes on on another node from the checkpoint it made on the dead
 one, which reached the driver's storage through volley (no shared storage is used: the trial
-reads its checkpoint from what the driver sends it)."""
+reads its checkpoint from what the driver sends it, unpacked in a scratch folder of the trial's
+that is removed after)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,8 +33,6 @@ def test_a_trial_whose_node_dies_goes_on_elsewhere_from_its_checkpoint(tmp_path)
         marks.mkdir()
 
         def f(config):
-            import os
-
             ckpt = tune.get_checkpoint()
             start = ckpt.to_dict()["i"] + 1 if ckpt else 0
             node = volley.get_runtime_context().get_node_id()
@@ -77,8 +77,13 @@ def test_a_trial_whose_node_dies_goes_on_elsewhere_from_its_checkpoint(tmp_path)
         assert r.status == "TERMINATED", r.error
         assert r.metrics["i"] == 4 and r.metrics["from"] == 3, r.metrics
         assert r.metrics["node"] != node, "restarted on a live node"
-        # The checkpoint it went on from was unpacked from what the driver sent.
-        assert not str(r.metrics["ckpt_dir"]).startswith(str(tmp_path / "store"))
+        # The checkpoint it went on from was unpacked from what the driver sent, into a
+        # scratch folder of the trial's (not the driver's kept copy), removed after.
+        unpacked = Path(r.metrics["ckpt_dir"])
+        assert unpacked.parent.name.startswith(".volley_tmp_restore_"), unpacked
+        assert unpacked.parent.parent == Path(r.path)
+        assert not unpacked.exists()
+        assert not [n for n in os.listdir(r.path) if n.startswith(".")], os.listdir(r.path)
         assert [h["training_iteration"] for h in r._history] == [1, 2, 3, 4, 5]
         assert Path(r.checkpoint.path).parent == Path(r.path)
         assert r.checkpoint.to_dict() == {"i": 4}

@@ -5,12 +5,14 @@ based training clones a better trial's checkpoint and config."""
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 import time
 from pathlib import Path
 
 from volley import sync, tune
 from volley.tune.schedulers import ASHAScheduler, HyperBandScheduler, PopulationBasedTraining
+from volley.tune.search import BasicVariantGenerator
 
 
 def run_config(tmp_path: Path, name: str) -> tune.RunConfig:
@@ -18,10 +20,15 @@ def run_config(tmp_path: Path, name: str) -> tune.RunConfig:
 
 
 def curve(config):
-    """A learning curve: the loss falls towards (x - 3)^2 as iterations go."""
+    """A learning curve: the loss falls towards (x - 3)^2 as iterations go. A paused trial
+    goes on from its checkpoint (were it to start over, its curve would too, and the best
+    trial's last loss would depend on when it was paused)."""
     x = config["x"]
-    for i in range(1, 17):
-        tune.report({"loss": (x - 3) ** 2 + 10.0 / i})
+    ckpt = tune.get_checkpoint()
+    for i in range(ckpt.to_dict()["i"] + 1 if ckpt else 1, 17):
+        tune.report(
+            {"loss": (x - 3) ** 2 + 10.0 / i}, checkpoint=tune.Checkpoint.from_dict({"i": i})
+        )
 
 
 def test_asha_stops_the_worse_trials_early_and_keeps_the_best_to_the_end(volley_shared, tmp_path):
@@ -102,10 +109,55 @@ def test_pbt_clones_a_better_trials_checkpoint_and_config(volley_shared, tmp_pat
     ).fit()
     assert grid.num_errors == 0
     # A cloned trial's results carry the trials whose checkpoints it grew from: the donor's
-    # checkpoint was the one loaded. (The tuner works on its own copy of the scheduler.)
+    # checkpoint was the one loaded.
     cloned = [r for r in grid if len(set(r.metrics["lineage"].split(","))) > 1]
     assert cloned, [r.metrics["lineage"] for r in grid]
+    # The tuner used the PBT object given: its log shows the exploits made.
+    assert {e["trial_id"] for e in pbt.policy_log} >= {r.trial_id for r in cloned}
     for r in cloned:
         assert r.config["lr"] > 0.1, ("an exploited trial kept its bad lr", r.config, r.metrics)
     best = grid.get_best_result()
     assert best.metrics["score"] >= 0.9 * 12 * 0.8 - 1e-9
+
+
+def grow(config):
+    ck = tune.get_checkpoint()
+    start = ck.to_dict()["step"] + 1 if ck else 1
+    for step in range(start, 5):
+        tune.report(
+            {"score": config["lr"] * step}, checkpoint=tune.Checkpoint.from_dict({"step": step})
+        )
+
+
+def test_the_user_s_scheduler_and_searcher_are_the_ones_used(volley_shared, tmp_path):
+    # synch: both trials meet at step 2, and the worse one (lr 0.1) takes the better's.
+    pbt = PopulationBasedTraining(
+        perturbation_interval=2,
+        synch=True,
+        quantile_fraction=0.5,
+        hyperparam_mutations={"lr": [0.1, 0.2, 0.3]},
+        seed=0,
+        log_config=False,
+    )
+    searcher = BasicVariantGenerator()
+    grid = tune.Tuner(
+        grow,
+        param_space={"lr": tune.grid_search([0.1, 0.3])},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt, search_alg=searcher),
+        run_config=run_config(tmp_path, "given"),
+    ).fit()
+    assert grid.num_terminated == 2
+    exploits = [(e["trial_id"], e["from_trial_id"]) for e in pbt.policy_log]
+    assert exploits and set(exploits) == {("00000", "00001")}, pbt.policy_log
+    assert pbt.get_state()["num_perturbations"] == len(exploits)
+    assert searcher.get_state() != BasicVariantGenerator().get_state(), "searcher not used"
+
+    # tuner.pkl keeps them as they were given, and a restore goes on from the saved state.
+    with open(Path(grid.experiment_path) / "tuner.pkl", "rb") as fh:
+        kept = pickle.load(fh)["tune_config"].scheduler
+    assert kept.policy_log == [] and kept is not pbt
+    restored = tune.Tuner.restore(grid.experiment_path, grow)
+    again = restored.fit()
+    assert [r.metrics["training_iteration"] for r in again] == [4, 4], "none ran again"
+    used = restored._tune_config.scheduler
+    assert len(used.policy_log) == len(exploits), "the restored scheduler took the saved state"

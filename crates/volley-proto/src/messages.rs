@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ActorId, FunctionId, ObjectId, ProtoError, TaskId, WorkerId};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 19;
+pub const PROTOCOL_VERSION: u32 = 20;
 
 /// The first frame on every connection, both ways.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -398,6 +398,11 @@ pub enum NodeToWorker {
     /// Another process waits on `queue`: give back the items of its batches not handed out
     /// yet (`PrimOp::GiveBack`).
     PrimRecall { queue: u64 },
+    /// End this process at once (as `SIGKILL` would) if it is still running `task`; ignored once
+    /// that task is done. A forced cancel or a removed placement group means to end that task,
+    /// and the node cannot know whether its `Done` is already on the way: a plain kill then
+    /// took down the next task the worker had started.
+    KillIfRunning { task: TaskId },
 }
 
 /// Requests about actors that need an answer (from a worker; a driver calls its node directly).

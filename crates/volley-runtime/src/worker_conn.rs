@@ -421,6 +421,19 @@ impl WorkerConn {
                     let _ = self.send(&WorkerToNode::Returned { tasks: returned });
                     continue;
                 }
+                NodeToWorker::KillIfRunning { task } => {
+                    // Running it, or about to (it came, the one before it is done): either way no
+                    // other task of this process has started since.
+                    let next = inner.tasks.front().is_some_and(|t| t.spec.task_id == task);
+                    let here = inner.current == Some(task) || (inner.current.is_none() && next);
+                    if here {
+                        // SAFETY: plain syscalls; this process ends here, as the node asked.
+                        unsafe {
+                            libc::kill(libc::getpid(), libc::SIGKILL);
+                        }
+                    }
+                    continue;
+                }
                 NodeToWorker::Cancel { task } => {
                     if inner.current == Some(task) && !inner.interrupted {
                         inner.interrupted = true;

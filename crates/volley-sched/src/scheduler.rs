@@ -916,7 +916,8 @@ impl Scheduler {
                 } else if w.queue.front() == Some(&tid) {
                     if force {
                         w.told_to_exit = true;
-                        out.push(Action::Kill { worker: wid });
+                        let msg = NodeToWorker::KillIfRunning { task: tid };
+                        out.push(Action::Send { worker: wid, msg });
                     } else {
                         out.push(Action::Send {
                             worker: wid,

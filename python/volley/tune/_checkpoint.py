@@ -130,9 +130,11 @@ class Checkpoint:
 
 
 def pack(path: str) -> bytes:
-    """The directory ``path`` as the bytes of an uncompressed tar (to travel in a report)."""
+    """The directory ``path`` as the bytes of an uncompressed tar (to travel in a report).
+    Links are followed (their files travel), as a copy on the driver's node follows them:
+    a link would not point to the same file on another machine."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
         tar.add(path, arcname=".")
     return buf.getvalue()
 
@@ -144,26 +146,95 @@ def unpack(data: bytes, dest: str) -> None:
         tar.extractall(dest, filter="data")
 
 
-def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:
-    """Makes ``dest`` (a checkpoint_NNNNNN directory) hold ``ckpt`` (a Checkpoint, or the
-    packed bytes of one), atomically: written beside it, then renamed into place."""
-    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(ckpt, bytes):
-        os.makedirs(tmp, mode=0o700)
-        unpack(ckpt, tmp)
-    else:
-        assert isinstance(ckpt, Checkpoint)
-        if ckpt._data is not None:
-            os.makedirs(tmp, mode=0o700)
-            with open(os.path.join(tmp, DICT_FILE), "wb") as fh:
+# ------------------------------------------------------------------ a trial's scratch space
+
+#: Names of the scratch directories inside a trial's folder (a checkpoint being written,
+#: saved or unpacked). Hidden, made 0700 and exclusively (``mkdtemp``), removed when done; a
+#: process killed in the middle leaves one, removed at the trial's next start and at the
+#: run's end (and when it is restored).
+SCRATCH = ".volley_tmp_"
+#: A reset's dict checkpoint written out by the driver for the trial to start from.
+RESTORE_COPY = ".volley_restore_"
+
+
+def scratch_dir(trial_dir: str, what: str) -> str:
+    """A new private directory for ``what`` (save, restore, ckpt) in ``trial_dir``; in the
+    system's temp dir only where that folder cannot be made (a node other than the driver's,
+    whose disk has no such path for this user)."""
+    try:
+        os.makedirs(trial_dir, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"{SCRATCH}{what}_", dir=trial_dir)
+    except OSError:
+        return tempfile.mkdtemp(prefix=f"volley_tune_{what}_")
+
+
+def clear_scratch(trial_dir: str, *prefixes: str, keep: str | None = None) -> None:
+    """Removes what killed processes left in ``trial_dir``: entries named with one of
+    ``prefixes`` (default: ``SCRATCH``), but ``keep``. A link is removed, never followed."""
+    prefixes = prefixes or (SCRATCH,)
+    try:
+        names = os.listdir(trial_dir)
+    except OSError:
+        return  # not made yet (or on another node's disk)
+    for name in names:
+        path = os.path.join(trial_dir, name)
+        if not name.startswith(prefixes) or path == keep:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def hold_copy(ckpt: Checkpoint, trial_dir: str) -> Checkpoint:
+    """A copy of ``ckpt`` in ``trial_dir`` (a new ``RESTORE_COPY`` folder) for the trial to
+    start from: the checkpoint of another trial (a reset) may be pruned by that trial before
+    this one starts, or while it reads it. Files are hard links where they can be (a
+    checkpoint's files are never changed in place), else copies; a dict checkpoint is
+    written out."""
+    os.makedirs(trial_dir, mode=0o700, exist_ok=True)
+    dest = tempfile.mkdtemp(prefix=RESTORE_COPY, dir=trial_dir)
+    try:
+        if ckpt.path is None:
+            with open(os.path.join(dest, DICT_FILE), "wb") as fh:
                 pickle.dump(ckpt._data, fh, protocol=5)
         else:
-            assert ckpt.path is not None
-            shutil.copytree(ckpt.path, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(tmp, dest)
+            shutil.copytree(ckpt.path, dest, copy_function=_link_or_copy, dirs_exist_ok=True)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return Checkpoint(dest)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def write_into(ckpt: Checkpoint | dict | bytes, dest: str) -> None:
+    """Makes ``dest`` (a checkpoint_NNNNNN directory) hold ``ckpt`` (a Checkpoint, or the
+    packed bytes of one), atomically: written into a scratch directory beside it, then
+    renamed into place."""
+    tmp = scratch_dir(os.path.dirname(dest), "ckpt")
+    try:
+        if isinstance(ckpt, bytes):
+            unpack(ckpt, tmp)
+        else:
+            assert isinstance(ckpt, Checkpoint)
+            if ckpt._data is not None:
+                with open(os.path.join(tmp, DICT_FILE), "wb") as fh:
+                    pickle.dump(ckpt._data, fh, protocol=5)
+            else:
+                assert ckpt.path is not None
+                shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def portable(ckpt: Checkpoint) -> Any:

@@ -13,6 +13,11 @@ compare-and-swap per call and a pickle of every trial on each read. Finished tri
 change, so each proxy keeps those it has seen and asks the actor only for the rest (a sampler
 reading all trials costs a few new ones per call, not the whole history).
 
+The actor is pinned to the head's node, so that losing a worker node loses no study. It also
+keeps the trials' heartbeats (Optuna's ``BaseHeartbeat``: a trial of a worker that died is
+failed once its heartbeats stop) and, for ``optuna_optimize``, which worker task runs which
+trial: a task that dies has its trial failed and its share of the trials run by a new one.
+
 >>> import optuna
 >>> from volley.tune import optuna_optimize, optuna_storage
 >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Callable, Container, Sequence
@@ -36,7 +42,7 @@ from typing import Any
 
 import volley
 from volley import library
-from volley.exceptions import ActorDiedError
+from volley.exceptions import ActorDiedError, TaskError, WorkerCrashedError
 
 __all__ = ["optuna_optimize", "optuna_storage"]  # and VolleyStorage, made on first use
 
@@ -57,42 +63,42 @@ def _optuna() -> Any:
     return optuna
 
 
-def _create_trial(storage: Any, study_id: int, template: Any) -> tuple[int, Any]:
-    """A new trial: its id and the trial itself (saves the caller's next get_trial)."""
-    trial_id = storage.create_new_trial(study_id, template)
-    return trial_id, storage.get_trial(trial_id)
-
-
-def _set_state(storage: Any, trial_id: int, state: Any, values: Any) -> tuple[bool, Any]:
-    """``set_trial_state_values``, and the trial once it is finished (it no longer changes, so
-    the caller keeps it)."""
-    ok = storage.set_trial_state_values(trial_id, state, values)
-    return ok, storage.get_trial(trial_id) if state.is_finished() else None
-
-
-def _trials_from(storage: Any, study_id: int, first: int) -> list:
-    """The study's trials numbered ``first`` and after (they come in number order)."""
-    return storage.get_all_trials(study_id, deepcopy=False)[first:]
-
-
-_SPECIAL: dict[str, Callable[..., Any]] = {
-    "create_trial": _create_trial,
-    "set_state": _set_state,
-    "trials_from": _trials_from,
-}
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class _Run:
+    """One ``optuna_optimize`` run, as its storage actor counts it: the trials not yet handed
+    out (tickets), and for each of its worker tasks (by index) the tickets it took, the trials
+    it finished itself, and the ones it runs now (failed by ``reap`` if the task dies)."""
+
+    __slots__ = ("claimed", "done", "gone", "running", "stopped", "tickets")
+
+    def __init__(self, tickets: int) -> None:
+        self.tickets = tickets
+        self.stopped = False
+        self.claimed: dict[int, int] = {}
+        self.done: dict[int, int] = {}
+        self.running: dict[int, set[int]] = {}
+        self.gone: set[int] = set()
+
+
 class _StorageActor:
-    """The actor: Optuna's InMemoryStorage, one call at a time, plus the tickets of
-    ``optuna_optimize`` runs. Errors come back as values, so that Optuna's own exceptions
+    """The actor: Optuna's InMemoryStorage, one call at a time, the trials' heartbeats, and the
+    runs of ``optuna_optimize``. Errors come back as values, so that Optuna's own exceptions
     (``KeyError`` for an unknown study, ``DuplicatedStudyError``) reach the caller as they are."""
 
     def __init__(self) -> None:
         optuna = _optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study in the log
         self._storage = optuna.storages.InMemoryStorage()
-        self._tickets: dict[str, int] = {}
+        self._running_state = optuna.trial.TrialState.RUNNING
+        self._fail_state = optuna.trial.TrialState.FAIL
+        self._finished_error = optuna.exceptions.UpdateFinishedTrialError
+        # trial id -> the actor's clock (time.monotonic) at its last heartbeat: one clock for
+        # every node, so no two machines' clocks are compared.
+        self._beats: dict[int, float] = {}
+        self._runs: dict[str, _Run] = {}
+        self._owner: dict[int, tuple[str, int]] = {}  # running trial id -> (run, worker)
 
     def rpc(self, blob: bytes) -> bytes:
         """One storage call: ``blob`` pickles ``(method, args)``; the answer pickles ``(True,
@@ -100,9 +106,12 @@ class _StorageActor:
         the cheapest call an actor takes (a quarter faster than passing the parts)."""
         method, args = pickle.loads(blob)
         try:
-            special = _SPECIAL.get(method)
-            if special is not None:
-                answer: tuple[bool, Any] = (True, special(self._storage, *args))
+            if method == "create_trial":
+                answer: tuple[bool, Any] = (True, self._create_trial(*args))
+            elif method == "set_state":
+                answer = (True, self._set_state(*args))
+            elif method == "trials_from":
+                answer = (True, self._trials_from(*args))
             else:
                 answer = (True, getattr(self._storage, method)(*args))
         except Exception as e:  # handed to the caller, raised there
@@ -110,30 +119,150 @@ class _StorageActor:
         # Everything stored came in pickled, so every answer pickles.
         return pickle.dumps(answer, _PROTOCOL)
 
-    def set_tickets(self, key: str, n: int) -> None:
-        self._tickets[key] = n
+    # ------------------------------------------------ storage calls with more to do
+    def _create_trial(self, study_id: int, template: Any, owner: Any = None) -> tuple[int, Any]:
+        """A new trial: its id and the trial itself (saves the caller's next get_trial)."""
+        trial_id = self._storage.create_new_trial(study_id, template)
+        trial = self._storage.get_trial(trial_id)
+        if owner is not None and trial.state == self._running_state:
+            self._started(owner, trial_id)
+        return trial_id, trial
 
-    def claim(self, key: str, share: int, want: int) -> int:
-        """Takes up to ``want`` of ``key``'s tickets, at most ``1/share`` of those left (at
-        least one; none when none is left): helpings shrink as the count runs down."""
-        left = self._tickets.get(key, 0)
-        if left <= 0:
-            self._tickets.pop(key, None)
+    def _set_state(
+        self, trial_id: int, state: Any, values: Any, owner: Any = None
+    ) -> tuple[bool, Any]:
+        """``set_trial_state_values``, and the trial once it is finished (it no longer changes,
+        so the caller keeps it)."""
+        ok = self._storage.set_trial_state_values(trial_id, state, values)
+        if ok and state == self._running_state and owner is not None:
+            self._started(owner, trial_id)  # a waiting (enqueued, retried) trial taken
+        elif ok and state.is_finished():
+            self._ended(trial_id, by=owner)
+        return ok, self._storage.get_trial(trial_id) if state.is_finished() else None
+
+    def _trials_from(self, study_id: int, first: int) -> list:
+        """The study's trials numbered ``first`` and after (they come in number order)."""
+        return self._storage.get_all_trials(study_id, deepcopy=False)[first:]
+
+    def _started(self, owner: Any, trial_id: int) -> None:
+        key, worker = owner
+        run = self._runs.get(key)
+        if run is not None:
+            run.running.setdefault(worker, set()).add(trial_id)
+            self._owner[trial_id] = (key, worker)
+
+    def _ended(self, trial_id: int, by: Any) -> None:
+        self._beats.pop(trial_id, None)
+        owner = self._owner.pop(trial_id, None)
+        run = None if owner is None else self._runs.get(owner[0])
+        if run is None or owner is None:
+            return
+        run.running.get(owner[1], set()).discard(trial_id)
+        if tuple(by or ()) == owner:  # its own worker finished it: one of the run's trials
+            run.done[owner[1]] = run.done.get(owner[1], 0) + 1
+
+    # ------------------------------------------------ heartbeats
+    def beat(self, trial_id: int) -> None:
+        """A running trial's heartbeat (a late one, after the trial ended, is dropped)."""
+        try:
+            running = self._storage.get_trial(trial_id).state == self._running_state
+        except KeyError:
+            return
+        if running:
+            self._beats[trial_id] = time.monotonic()
+
+    def stale(self, study_id: int, grace: float) -> list[int]:
+        """The study's running trials whose last heartbeat is more than ``grace`` seconds old
+        (those that never sent one are not judged, as in Optuna's RDB storage). Only trials
+        with a heartbeat are looked at: a check costs the running ones, not the study."""
+        now = time.monotonic()
+        found = []
+        for trial_id, beat in list(self._beats.items()):
+            if now - beat <= grace:
+                continue
+            try:
+                trial = self._storage.get_trial(trial_id)
+                mine = (
+                    self._storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                    == trial_id
+                )
+            except KeyError:  # its study was deleted
+                self._beats.pop(trial_id, None)
+                continue
+            if mine and trial.state == self._running_state:
+                found.append(trial_id)
+        return found
+
+    # ------------------------------------------------ optuna_optimize's runs
+    def start_run(self, key: str, n: int) -> None:
+        self._runs[key] = _Run(n)
+
+    def claim(self, key: str, worker: int, share: int, want: int) -> int:
+        """Takes up to ``want`` of the run's tickets for ``worker``, at most ``1/share`` of
+        those left (at least one; none when none is left, the run stopped, or the worker was
+        declared dead): helpings shrink as the count runs down."""
+        run = self._runs.get(key)
+        if run is None or run.stopped or worker in run.gone or run.tickets <= 0:
             return 0
-        take = max(1, min(want, left // share))
-        self._tickets[key] = left - take
+        take = max(1, min(want, run.tickets // share))
+        run.tickets -= take
+        run.claimed[worker] = run.claimed.get(worker, 0) + take
         return take
 
     def drain(self, key: str) -> int:
-        """No more tickets for ``key``; how many were left."""
-        return self._tickets.pop(key, 0)
+        """The run stops: no more tickets; how many were left."""
+        run = self._runs.get(key)
+        if run is None:
+            return 0
+        left, run.tickets, run.stopped = run.tickets, 0, True
+        return left
+
+    def reap(self, key: str, worker: int) -> tuple[list[int], int]:
+        """``worker``'s task died: its running trials become FAIL (their ids come back), it
+        may claim nothing more, and the tickets it took and did not finish (the trials lost
+        with it included) are counted out, to be given back with ``refund``."""
+        run = self._runs.get(key)
+        if run is None:
+            return [], 0
+        run.gone.add(worker)
+        failed = []
+        for trial_id in sorted(run.running.pop(worker, ())):
+            self._owner.pop(trial_id, None)
+            self._beats.pop(trial_id, None)
+            try:
+                if self._storage.set_trial_state_values(trial_id, self._fail_state):
+                    failed.append(trial_id)
+            except self._finished_error:
+                pass  # finished meanwhile (a heartbeat check failed it first)
+        lost = run.claimed.pop(worker, 0) - run.done.pop(worker, 0)
+        return failed, max(0, lost)
+
+    def refund(self, key: str, n: int) -> int:
+        """Gives ``n`` tickets back to the run (unless it stopped); how many it has now."""
+        run = self._runs.get(key)
+        if run is None or run.stopped:
+            return 0
+        run.tickets += n
+        return run.tickets
+
+    def end_run(self, key: str) -> None:
+        run = self._runs.pop(key, None)
+        if run is not None:
+            for ids in run.running.values():
+                for trial_id in ids:
+                    self._owner.pop(trial_id, None)
 
     def ping(self) -> bool:
         return True
 
 
-def _storage_base() -> type:
-    return _optuna().storages.BaseStorage
+def _storage_bases() -> tuple[type, ...]:
+    """Optuna's ``BaseStorage``, and ``BaseHeartbeat`` (the interface its RDB storage has for
+    heartbeats; only in a private module of Optuna's, where its own storages take it)."""
+    optuna = _optuna()
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    return optuna.storages.BaseStorage, BaseHeartbeat
 
 
 def _dead(name: str, cause: BaseException) -> RuntimeError:
@@ -146,15 +275,29 @@ def _dead(name: str, cause: BaseException) -> RuntimeError:
 
 def _make_storage_class() -> type:
     """``VolleyStorage``, made once Optuna is imported (it subclasses Optuna's BaseStorage)."""
-    base = _storage_base()
+    base, heartbeat = _storage_bases()
 
-    class VolleyStorage(base):  # type: ignore[misc, valid-type]
+    class VolleyStorage(base, heartbeat):  # type: ignore[misc, valid-type]
         """An ``optuna.storages.BaseStorage`` whose studies live in a named volley actor (see
-        ``optuna_storage``). Picklable: a copy sent to a task reaches the same actor."""
+        ``optuna_storage``). Picklable: a copy sent to a task reaches the same actor, with
+        the same heartbeat settings."""
 
-        def __init__(self, name: str, handle: Any) -> None:
+        def __init__(
+            self,
+            name: str,
+            handle: Any,
+            heartbeat_interval: float | None = None,
+            grace_period: float | None = None,
+            callback: Callable[[Any, Any], None] | None = None,
+        ) -> None:
             self.name = name
             self._handle = handle
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period
+            self.failed_trial_callback = callback
+            # (run, worker) inside an optuna_optimize worker task: the trials it starts and
+            # finishes are counted as that worker's (see _StorageActor.reap).
+            self._owner: tuple[str, int] | None = None
             # study id -> (finished trials by number, how many leading numbers are finished)
             self._done: dict[int, tuple[dict[int, Any], int]] = {}
             # trial id -> the trial: finished ones (they never change again), and the running
@@ -163,10 +306,18 @@ def _make_storage_class() -> type:
             self._mine: dict[int, Any] = {}
 
         def __getstate__(self) -> dict:
-            return {"name": self.name, "handle": self._handle}
+            return {
+                "name": self.name,
+                "handle": self._handle,
+                "heartbeat": (
+                    self.heartbeat_interval,
+                    self.grace_period,
+                    self.failed_trial_callback,
+                ),
+            }
 
         def __setstate__(self, state: dict) -> None:
-            self.__init__(state["name"], state["handle"])  # type: ignore[misc]
+            self.__init__(state["name"], state["handle"], *state["heartbeat"])  # type: ignore[misc]
 
         def __repr__(self) -> str:
             return f"volley.tune.optuna_storage({self.name!r})"
@@ -223,7 +374,7 @@ def _make_storage_class() -> type:
 
         # ------------------------------------------------ trials
         def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
-            trial_id, trial = self._call("create_trial", study_id, template_trial)
+            trial_id, trial = self._call("create_trial", study_id, template_trial, self._owner)
             if trial.state.is_finished():
                 self._finished[trial_id] = trial
             else:
@@ -268,7 +419,7 @@ def _make_storage_class() -> type:
             self, trial_id: int, state: Any, values: Sequence[float] | None = None
         ) -> bool:
             self._mine.pop(trial_id, None)
-            ok, final = self._call("set_state", trial_id, state, values)
+            ok, final = self._call("set_state", trial_id, state, values, self._owner)
             if final is not None:
                 self._finished[trial_id] = final
             return ok
@@ -319,15 +470,37 @@ def _make_storage_class() -> type:
         def remove_session(self) -> None:
             """Nothing to do: no database session."""
 
-        # ------------------------------------------------ optuna_optimize's tickets
-        def _set_tickets(self, key: str, n: int) -> None:
-            self._get(self._handle.set_tickets.remote(key, n))
+        # ------------------------------------------------ heartbeats (Optuna's BaseHeartbeat)
+        def record_heartbeat(self, trial_id: int) -> None:
+            """Called every ``heartbeat_interval`` seconds by a thread Optuna's ``optimize``
+            runs beside each trial."""
+            self._run_call("beat", trial_id)
 
-        def _claim(self, key: str, share: int, want: int) -> int:
-            return self._get(self._handle.claim.remote(key, share, want))
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            if self.heartbeat_interval is None:
+                return []
+            grace = self.grace_period
+            if grace is None:
+                grace = 2 * self.heartbeat_interval
+            return self._run_call("stale", study_id, grace)
 
-        def _drain(self, key: str) -> int:
-            return self._get(self._handle.drain.remote(key))
+        def get_heartbeat_interval(self) -> float | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Callable[[Any, Any], None] | None:
+            return self.failed_trial_callback
+
+        def get_failed_trial_callback(self) -> Callable[[Any, Any], None] | None:
+            return self.failed_trial_callback  # the name before Optuna 4.9
+
+        # ------------------------------------------------ the actor's own calls
+        def _run_call(self, method: str, *args: Any) -> Any:
+            """A call of one of the actor's own methods (not a storage call)."""
+            try:
+                ref = getattr(self._handle, method).remote(*args)
+            except ActorDiedError as e:
+                raise _dead(self.name, e) from None
+            return self._get(ref)
 
     # Pickled by reference: this module's __getattr__ makes the class where it is unpickled.
     VolleyStorage.__qualname__ = "VolleyStorage"
@@ -350,14 +523,53 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def optuna_storage(name: str | None = None) -> Any:
+def _head_node_id() -> int:
+    """The id of the cluster head's node (``volley.nodes()`` ``node_id``): alone, this
+    process's own node (the one node there is, its own head); in a cluster, the first node
+    that joined it, which is the head (the one that started it: ids are given in order)."""
+    nodes = volley.nodes()
+    daemons = [n["node_id"] for n in nodes if not n["driver"]]
+    return min(daemons) if daemons else nodes[0]["node_id"]
+
+
+def _seconds(what: str, x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
+        raise ValueError(f"{what} must be a positive number of seconds or None, got {x!r}")
+    return float(x)
+
+
+def optuna_storage(
+    name: str | None = None,
+    *,
+    heartbeat_interval: float | None = None,
+    grace_period: float | None = None,
+    failed_trial_callback: Callable[[Any, Any], None] | None = None,
+    heartbeat_stale_trial_callback: Callable[[Any, Any], None] | None = None,
+) -> Any:
     """An Optuna storage held by volley: pass it to ``optuna.create_study(storage=...)`` or
     ``optuna.load_study``. The studies live in a named volley actor (``name``; one shared
     ``"default"`` without it) that every driver and task of the cluster reaches, made at the
-    first call and found by the later ones; it takes no CPU and outlives the driver that made
-    it (``volley.kill(volley.get_actor("volley.tune.optuna_storage/NAME"))`` ends it).
+    first call and found by the later ones. The actor is pinned to the cluster head's node
+    (alone, this machine's node), so losing a worker node loses no study; it takes no CPU and
+    outlives the driver that made it (``volley.kill(volley.get_actor(
+    "volley.tune.optuna_storage/NAME"))`` ends it).
 
-    If that actor dies, its studies are lost (as with Optuna's in-memory storage): each call
+    Heartbeats, as Optuna's RDB storage has them: with ``heartbeat_interval`` (seconds,
+    fractions too), ``study.optimize`` sends the actor a heartbeat of each running trial that
+    often, and before each new trial fails the study's running trials whose last heartbeat is
+    more than ``grace_period`` seconds old (default: twice the interval; timed by the actor's
+    clock alone, so no two machines' clocks are compared), then calls
+    ``failed_trial_callback(study, trial)`` for each (``optuna.storages.
+    RetryFailedTrialCallback`` enqueues its parameters again). A worker killed mid-trial
+    leaves no trial RUNNING forever. ``heartbeat_stale_trial_callback`` is the same callback
+    under Optuna 4.9's name. The settings belong to this storage object and travel with it
+    when it is pickled into a task; another process's ``optuna_storage(name)`` has its own,
+    as with ``RDBStorage(url, ...)``. ``optuna_optimize`` needs none of them to fail the trial
+    of a task that died, and runs the callback for it too.
+
+    If the actor dies, its studies are lost (as with Optuna's in-memory storage): each call
     then raises a ``RuntimeError`` that says so, never hangs.
 
     >>> s = optuna_storage("doc-example")
@@ -366,15 +578,42 @@ def optuna_storage(name: str | None = None) -> Any:
     >>> study = optuna.load_study(study_name="quadratic", storage=s)  # made above
     >>> len(study.trials)
     20
+    >>> def lost(study, trial):
+    ...     print(f"trial {trial.number} of {study.study_name!r} lost its worker")
+    >>> beating = optuna_storage("doc-example", heartbeat_interval=5, failed_trial_callback=lost)
+    >>> beating.get_heartbeat_interval(), beating.grace_period
+    (5.0, None)
     """
     if name is None:
         name = DEFAULT_NAME
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
+    interval = _seconds("heartbeat_interval", heartbeat_interval)
+    grace = _seconds("grace_period", grace_period)
+    if grace is not None and interval is None:
+        raise ValueError("grace_period needs heartbeat_interval: without heartbeats it is unused")
+    if grace is not None and interval is not None and grace <= interval:
+        raise ValueError(
+            f"grace_period ({grace:g} s) must be longer than heartbeat_interval ({interval:g} s):"
+            " a trial would be failed between two heartbeats"
+        )
+    if failed_trial_callback is not None and heartbeat_stale_trial_callback is not None:
+        raise ValueError(
+            "give failed_trial_callback or heartbeat_stale_trial_callback (its newer name), "
+            "not both"
+        )
+    callback = failed_trial_callback or heartbeat_stale_trial_callback
+    if callback is not None and not callable(callback):
+        raise TypeError(f"failed_trial_callback must be callable, got {type(callback).__name__}")
     cls = _storage_class()
     library.init_if_needed()
+    on_head = volley.NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)
     actor = volley.remote(_StorageActor).options(
-        name=_PREFIX + name, get_if_exists=True, lifetime="detached", num_cpus=0
+        name=_PREFIX + name,
+        get_if_exists=True,
+        lifetime="detached",
+        num_cpus=0,
+        scheduling_strategy=on_head,
     )
     try:
         handle = actor.remote()
@@ -388,9 +627,40 @@ def optuna_storage(name: str | None = None) -> Any:
                 f"the Optuna storage {name!r} cannot be made now: its name is still held by "
                 "an actor that just died; try again in a moment"
             ) from e
-    storage = cls(name, handle)
+    storage = cls(name, handle, interval, grace, callback)
     storage._get(handle.ping.remote())  # a dead actor of that name: the RuntimeError saying so
     return storage
+
+
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _Shipped:
+    """A sampler or pruner on its way to an ``optuna_optimize`` worker, pickled without the
+    thread locks some hold (NSGA-II's and NSGA-III's ``_thread_lock``), which a lock does not
+    survive; it arrives as itself, with fresh locks."""
+
+    def __init__(self, obj: Any, locks: list[str]) -> None:
+        self.obj, self.locks = obj, locks
+
+    def __reduce__(self) -> tuple:
+        state = {k: v for k, v in vars(self.obj).items() if k not in self.locks}
+        rlocks = [k for k in self.locks if not isinstance(getattr(self.obj, k), _LOCKS[0])]
+        return _arrive, (type(self.obj), state, self.locks, rlocks)
+
+
+def _arrive(cls: type, state: dict, locks: list[str], rlocks: list[str]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    for k in locks:
+        setattr(obj, k, threading.RLock() if k in rlocks else threading.Lock())
+    return obj
+
+
+def _shippable(obj: Any) -> Any:
+    """``obj``, or a ``_Shipped`` of it if its own attributes hold thread locks."""
+    locks = [k for k, v in getattr(obj, "__dict__", {}).items() if isinstance(v, _LOCKS)]
+    return _Shipped(obj, locks) if locks else obj
 
 
 def _optimize_worker(
@@ -400,6 +670,7 @@ def _optimize_worker(
     pruner: Any,
     objective: Callable,
     key: str,
+    worker: int,
     share: int,
     catch: tuple,
     callbacks: list,
@@ -409,6 +680,7 @@ def _optimize_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if sampler is not None:
         sampler.reseed_rng()  # each worker draws its own numbers
+    storage._owner = (key, worker)
     study = optuna.load_study(
         study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
     )
@@ -419,22 +691,26 @@ def _optimize_worker(
 
     done, want, busy = 0, 1, 0.0
     try:
-        while take := storage._claim(key, share, want):
+        while take := storage._run_call("claim", key, worker, share, want):
             ran[0] = 0
             t0 = time.perf_counter()
             study.optimize(objective, n_trials=take, catch=catch, callbacks=[*callbacks, count])
             busy += time.perf_counter() - t0
             done += ran[0]
             if ran[0] < take:  # a callback called study.stop(): the whole run stops
-                storage._drain(key)
+                storage._run_call("drain", key)
                 break
             # Helpings of about HELPING_S of work: few claims for tiny trials, and a worker
             # learns soon that the run stopped (claims one trial at a time for long ones).
             want = max(1, int(HELPING_S * done / max(busy, 1e-9)))
     except BaseException:
-        storage._drain(key)  # the others stop too: the run failed
+        storage._run_call("drain", key)  # the others stop too: the run failed
         raise
     return done
+
+
+#: ``optuna_optimize`` gives up once more than this many worker tasks per worker died.
+DEATHS_PER_WORKER = 3
 
 
 def optuna_optimize(
@@ -449,13 +725,21 @@ def optuna_optimize(
 ) -> Any:
     """``study.optimize(objective, n_trials)`` with the trials run by ``n_workers`` volley tasks
     (default: one per CPU of the cluster) on whichever nodes have room, all working on the
-    one ``study`` (which must use ``optuna_storage()``). Exactly ``n_trials`` trials are made:
-    the workers take them from a counter in the storage, about 0.1 s of work at a time (one
-    trial at a time when trials are longer; a fast worker runs more). Each worker uses a copy
-    of the study's sampler and pruner, reseeded. An exception of the objective not in
-    ``catch`` stops the other workers once their current helping is done (their current trial,
-    for trials over 0.1 s) and is raised here (as Optuna's own ``optimize`` raises it); so
-    does a callback's ``study.stop()``. Returns ``study``.
+    one ``study`` (which must use ``optuna_storage()``). Exactly ``n_trials`` trials are run
+    to their end: the workers take them from a counter in the storage, about 0.1 s of work at
+    a time (one trial at a time when trials are longer; a fast worker runs more). Each worker
+    uses a copy of the study's sampler and pruner, reseeded. An exception of the objective not
+    in ``catch`` stops the other workers once their current helping is done (their current
+    trial, for trials over 0.1 s) and is raised here (as Optuna's own ``optimize`` raises it);
+    so does a callback's ``study.stop()``. Returns ``study``.
+
+    A worker task that dies (its process killed, its node lost) is noticed here: the trial it
+    ran becomes FAIL (never left RUNNING), the storage's ``failed_trial_callback`` is called
+    for it (``RetryFailedTrialCallback`` runs its parameters again), and the trials it had not
+    run, that one included, are run by a new task: the study ends with ``n_trials`` trials
+    that ran to their end, plus the FAIL ones of dead tasks. After more than 3 deaths per
+    worker (``DEATHS_PER_WORKER``) the run stops with a ``RuntimeError`` (an objective that
+    kills its process would never end).
 
     >>> optuna_optimize(optuna.create_study(), lambda t: 0.0, n_trials=1)
     Traceback (most recent call last):
@@ -484,24 +768,62 @@ def optuna_optimize(
         raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
     catch_t = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
     key = uuid.uuid4().hex
-    storage._set_tickets(key, n_trials)
-    task = volley.remote(_optimize_worker).options(num_cpus=num_cpus)
-    refs = [
-        task.remote(
-            storage,
-            study.study_name,
-            study.sampler,
-            study.pruner,
-            objective,
-            key,
-            2 * n_workers,
-            catch_t,
-            list(callbacks or []),
-        )
-        for _ in range(min(n_workers, n_trials))
-    ]
+    storage._run_call("start_run", key, n_trials)
+    # No retries by volley: a task that died is replaced here, once its trials are counted.
+    task = volley.remote(_optimize_worker).options(num_cpus=num_cpus, max_retries=0)
+    live: dict[Any, int] = {}
+    made = [0]
+
+    def launch(count: int) -> None:
+        for _ in range(count):
+            ref = task.remote(
+                storage,
+                study.study_name,
+                _shippable(study.sampler),
+                _shippable(study.pruner),
+                objective,
+                key,
+                made[0],
+                2 * n_workers,
+                catch_t,
+                list(callbacks or []),
+            )
+            live[ref] = made[0]
+            made[0] += 1
+
+    deaths = 0
     try:
-        volley.get(refs)
+        launch(min(n_workers, n_trials))
+        while live:
+            ready, _ = volley.wait(list(live), num_returns=1)
+            for ref in ready:
+                worker = live.pop(ref)
+                try:
+                    volley.get(ref)
+                except WorkerCrashedError as e:
+                    if isinstance(e, TaskError):
+                        raise  # the objective's own error (a task of its that died): not ours
+                    deaths += 1
+                    left = _replace_dead(storage, study, key, worker)
+                    if deaths > DEATHS_PER_WORKER * n_workers:
+                        raise RuntimeError(
+                            f"optuna_optimize stopped: {deaths} of its worker tasks died "
+                            f"(more than {DEATHS_PER_WORKER} per worker); the trials they "
+                            f"ran are FAIL in the study; the last one: {e}"
+                        ) from e
+                    launch(min(n_workers - len(live), left))
     finally:
-        storage._drain(key)
+        storage._run_call("end_run", key)  # workers still running claim nothing more
     return study
+
+
+def _replace_dead(storage: Any, study: Any, key: str, worker: int) -> int:
+    """A worker task of the run died: its running trials become FAIL, the storage's
+    ``failed_trial_callback`` runs for each (so a retry is enqueued before the tickets come
+    back), then the trials it did not run go back to the run. How many tickets are left."""
+    failed, lost = storage._run_call("reap", key, worker)
+    callback = storage.failed_trial_callback
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return storage._run_call("refund", key, lost)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
-from ._checkpoint import Checkpoint, portable, unpack, write_into
+from ._checkpoint import Checkpoint, clear_scratch, portable, scratch_dir, unpack, write_into
 from ._trainable import _reached, _StopTrial, run_class, unwrap_parameters
 
 __all__ = ["TuneContext", "get_checkpoint", "get_context", "report"]
@@ -71,7 +70,7 @@ class _TrialSession:
             if self.same_node and os.path.isdir(path):
                 self._checkpoint = Checkpoint(path)
             elif data is not None:
-                self._tmp = tempfile.mkdtemp(prefix="volley_tune_restore_")
+                self._tmp = scratch_dir(self.spec["trial_dir"], "restore")
                 dest = os.path.join(self._tmp, os.path.basename(path))
                 os.mkdir(dest)
                 unpack(data, dest)
@@ -173,6 +172,8 @@ def run_trial(trainable: Any, spec: dict, queue: Any, params: dict | None = None
     global _current
     from volley import get_runtime_context, library
 
+    # What an earlier run of this trial left when its process was killed mid-checkpoint.
+    clear_scratch(spec["trial_dir"])
     s = _TrialSession(spec, queue, get_runtime_context().get_node_id())
     _current = s
     error: BaseException | None = None

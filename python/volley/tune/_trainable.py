@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import volley
 
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, scratch_dir
 
 __all__ = ["PlacementGroupFactory", "Trainable", "with_parameters", "with_resources"]
 
@@ -77,8 +76,10 @@ class Trainable:
         return False
 
 
-def _save(inst: Trainable) -> Checkpoint:
-    d = tempfile.mkdtemp(prefix="volley_tune_save_")
+def _save(inst: Trainable, trial_dir: str) -> Checkpoint:
+    # In the trial's folder (removed by the caller once reported; a kill leaves it to the
+    # trial's next start), not in the system's temp dir where it would stay forever.
+    d = scratch_dir(trial_dir, "save")
     out = inst.save_checkpoint(d)
     if isinstance(out, dict):
         shutil.rmtree(d, ignore_errors=True)
@@ -132,7 +133,7 @@ def run_class(cls: type, spec: dict, session: Any, kwargs: dict) -> None:
             probe = dict(result, training_iteration=session.iteration + 1)
             stop = done or any(_reached(probe.get(k), v) for k, v in session.stop.items())
             save = (freq and inst.iteration % freq == 0) or (stop and at_end)
-            c = _save(inst) if save else None
+            c = _save(inst, spec["trial_dir"]) if save else None
             try:
                 session.report(result, c, final=done)
             except _StopTrial:

@@ -28,17 +28,20 @@ state, rewritten by atomic rename at most once a second) and a folder per trial
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -47,7 +50,15 @@ import volley
 from volley import library
 from volley.util.queue import Empty, Queue
 
-from ._checkpoint import Checkpoint, pack, write_into
+from ._checkpoint import (
+    RESTORE_COPY,
+    SCRATCH,
+    Checkpoint,
+    clear_scratch,
+    hold_copy,
+    pack,
+    write_into,
+)
 from ._config import CheckpointConfig, FailureConfig, RunConfig, Stopper, TuneConfig
 from ._result_grid import Result, ResultGrid
 from ._session import run_trial
@@ -79,6 +90,8 @@ PIPELINE = 0
 CHECK_S = 0.5
 #: How often the searcher's and scheduler's state is rewritten (seconds, at most).
 STATE_S = 1.0
+#: A checkpoint's folder (and, in experiments of earlier versions, one being written).
+_CKPT_NAME = re.compile(r"checkpoint_(\d{6,})(\.tmp-\d+)?")
 
 
 def _default_storage() -> str:
@@ -140,11 +153,30 @@ class Tuner:
         )
         storage = os.path.expanduser(self._run_config.storage_path or _default_storage())
         self._path = os.path.join(os.path.abspath(storage), name)
+        # tuner.pkl's content is taken now, as given: fit() works on the searcher and
+        # scheduler objects themselves (their state shows the run after it, as in Ray Tune),
+        # and a restore starts from the settings the run started from.
+        self._settings = None if _restore is not None else self._pickle_settings()
         if self._run_config.name is None and _restore is None:
             n = 1
             while os.path.exists(self._path):  # two runs in one second
                 n += 1
                 self._path = os.path.join(os.path.abspath(storage), f"{name}_{n}")
+
+    def _pickle_settings(self) -> bytes:
+        settings = {
+            "param_space": self._param_space,
+            "tune_config": self._tune_config,
+            "run_config": self._run_config,
+            "trainable_name": _name_of(self._trainable),
+        }
+        try:
+            return cloudpickle.dumps(settings)
+        except Exception as e:
+            raise TypeError(
+                "Tuner: the run's settings (param_space, TuneConfig with its searcher and "
+                f"scheduler, RunConfig) must pickle, for Tuner.restore: {e}"
+            ) from e
 
     @classmethod
     def can_restore(cls, path: str | os.PathLike) -> bool:
@@ -170,10 +202,11 @@ class Tuner:
     ) -> Tuner:
         """The tuner of the run kept in ``path`` (after its driver was stopped or killed),
         ready to ``fit()`` again: finished trials are kept as they were (never run again),
-        running and paused ones start again from their latest checkpoint, pending ones run,
-        and the searcher goes on from where it was. Errored trials stay as they were, unless
-        ``resume_errored`` (from their latest checkpoint) or ``restart_errored`` (from the
-        start). ``trainable`` is the same trainable again (code is not kept on disk).
+        running ones start again from their latest checkpoint, paused ones stay PAUSED (with
+        their checkpoint) until the restored scheduler chooses them, pending ones run, and
+        the searcher and scheduler go on from where they were. Errored trials stay as they
+        were, unless ``resume_errored`` (from their latest checkpoint) or ``restart_errored``
+        (from the start). ``trainable`` is the same trainable again (code is not kept on disk).
         """
         p = os.path.abspath(os.fspath(path))
         if not cls.can_restore(p):
@@ -200,11 +233,12 @@ class Tuner:
         trials do not raise (they are in ``ResultGrid.errors``) unless
         ``FailureConfig(fail_fast="raise")``."""
         library.init_if_needed()
-        runner = _Runner(self)
-        try:
-            runner.run()
-        finally:
-            runner.close()
+        with _quiet(self._run_config.verbose):
+            runner = _Runner(self)
+            try:
+                runner.run()
+            finally:
+                runner.close()
         self._results = runner.result_grid()
         return self._results
 
@@ -216,6 +250,26 @@ class Tuner:
 
 
 # ------------------------------------------------------------------------------------ runner
+
+
+@contextlib.contextmanager
+def _quiet(verbose: int) -> Iterator[None]:
+    """Below ``verbose=2``, Optuna (when imported: an ``OptunaSearch`` runs) says only
+    warnings while the run lasts, not a line per study made and per trial told; its
+    verbosity is put back after. (Tune's own lines, PBT's exploits, are INFO at
+    ``verbose=2`` and DEBUG below: the scheduler asks the controller's ``verbose``.)"""
+    optuna = sys.modules.get("optuna") if verbose < 2 else None
+    if optuna is None:
+        yield
+        return
+    # Optuna's own API: it sets up its logger (level and handler) on first use, which would
+    # undo a level set on the logger before that.
+    saved = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(saved, logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(saved)
 
 
 def _resolves_space(searcher: Any) -> bool:
@@ -323,9 +377,14 @@ class _Runner:
         self.is_class = isinstance(fn, type)
         self.resources = resources_of(self.trainable)
 
-        # Copies: the Tuner's own stay as given (what tuner.pkl keeps, a second fit() starts from).
-        self.searcher: Searcher = copy.deepcopy(tc.search_alg) or BasicVariantGenerator()
-        self.scheduler: TrialScheduler = copy.deepcopy(tc.scheduler) or FIFOScheduler()
+        # The objects given, not copies: after fit() they hold the run's state (a PBT's
+        # policy_log, a searcher's results), as in Ray Tune. tuner.pkl was taken before.
+        self.searcher: Searcher = (
+            tc.search_alg if tc.search_alg is not None else BasicVariantGenerator()
+        )
+        self.scheduler: TrialScheduler = (
+            tc.scheduler if tc.scheduler is not None else FIFOScheduler()
+        )
         if not self.searcher.set_search_properties(
             self.metric, self.mode, tuner._param_space, num_samples=tc.num_samples
         ):
@@ -367,6 +426,7 @@ class _Runner:
         self.last_flush = time.monotonic()
         self.dirty: set[str] = set()
         self.reporter = _Reporter(self) if self.verbose else None
+        self.catch_up: tuple[set[str], set[str]] | None = None  # a restore's (_catch_up)
 
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         if tuner._restore is not None:
@@ -377,7 +437,8 @@ class _Runner:
                     f"Tuner: {self.path} already holds an experiment; use Tuner.restore() to go "
                     "on with it, or another RunConfig(name=...)"
                 )
-            self._save_settings(tuner)
+            assert tuner._settings is not None
+            _atomic_write(os.path.join(self.path, _SETTINGS), tuner._settings)
         self.journal_fd = os.open(
             os.path.join(self.path, _JOURNAL),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
@@ -413,22 +474,6 @@ class _Runner:
             )
         return min(limit, asked) if asked is not None else limit
 
-    def _save_settings(self, tuner: Tuner) -> None:
-        settings = {
-            "param_space": tuner._param_space,
-            "tune_config": tuner._tune_config,
-            "run_config": tuner._run_config,
-            "trainable_name": self.trainable_name,
-        }
-        try:
-            data = cloudpickle.dumps(settings)
-        except Exception as e:
-            raise TypeError(
-                "Tuner: the run's settings (param_space, TuneConfig with its searcher and "
-                f"scheduler, RunConfig) must pickle, for Tuner.restore: {e}"
-            ) from e
-        _atomic_write(os.path.join(self.path, _SETTINGS), data)
-
     # -- the controller's view (schedulers)
 
     def get_trials(self) -> list[Trial]:
@@ -443,11 +488,21 @@ class _Runner:
             raise TypeError(
                 f"reset_trial: checkpoint must be a tune.Checkpoint, got {checkpoint!r}"
             )
+        if checkpoint is not None and checkpoint.path is not None:
+            if not os.path.isdir(checkpoint.path):
+                raise ValueError(
+                    f"reset_trial: the checkpoint {checkpoint.path} of trial "
+                    f"{trial.trial_id}'s reset is not there (pruned? CheckpointConfig.num_to_keep)"
+                )
         was_running = trial.trial_id in self.running
         if was_running:
             self._cancel(trial)
         trial.config = new_config
-        trial._restore = checkpoint  # type: ignore[attr-defined]
+        self._drop_restore(trial)
+        # The trial's own copy: it starts from it (again after a failure) until it has a
+        # checkpoint of its own, whatever the donor prunes meanwhile.
+        assert trial.path is not None
+        trial._restore = hold_copy(checkpoint, trial.path) if checkpoint is not None else None  # type: ignore[attr-defined]
         self._write_params(trial)
         self._journal(("add", self._record(trial)))
         if was_running:
@@ -456,6 +511,13 @@ class _Runner:
         else:
             self._status(trial, PENDING if trial.status != TERMINATED else trial.status)
         return True
+
+    def _drop_restore(self, t: Trial) -> None:
+        """Forgets (and removes) the copy of a reset's checkpoint that ``t`` started from."""
+        held = t._restore  # type: ignore[attr-defined]
+        t._restore = None  # type: ignore[attr-defined]
+        if held is not None and held.path is not None:
+            shutil.rmtree(held.path, ignore_errors=True)
 
     def stop_trial(self, trial: Trial) -> None:
         """Ends ``trial`` for good (TERMINATED), whether it runs or waits (PAUSED): a
@@ -495,19 +557,25 @@ class _Runner:
         t._lines = []  # type: ignore[attr-defined]
         t._error_obj = None  # type: ignore[attr-defined]
 
-    def _status(self, t: Trial, status: str) -> None:
+    def _status(self, t: Trial, status: str, journal: bool = True) -> None:
+        if journal and t.status != status and PAUSED in (t.status, status):
+            # Into PAUSED and out of it (to PENDING or RUNNING): Tuner.restore brings a paused
+            # trial back PAUSED, for the restored scheduler to choose (its end is an "end").
+            if status != TERMINATED and status != ERROR:
+                self._journal(("status", t.trial_id, status))
         t.status = status
         if status == PENDING:
             self.pending.add(t.trial_id)
         else:
             self.pending.discard(t.trial_id)
 
-    def _add(self, t: Trial) -> None:
+    def _add(self, t: Trial, notify: bool = True) -> None:
         if t.status == PENDING:
             self.pending.add(t.trial_id)
         self.trials.append(t)
         self.by_id[t.trial_id] = t
-        self.scheduler.on_trial_add(self, t)
+        if notify:
+            self.scheduler.on_trial_add(self, t)
 
     def _write_params(self, t: Trial) -> None:
         assert t.path is not None
@@ -554,9 +622,9 @@ class _Runner:
         t._gen += 1  # type: ignore[attr-defined]
         t._received = 0  # type: ignore[attr-defined]
         t._end_at = None  # type: ignore[attr-defined]
+        # A reset's checkpoint (kept until the trial makes its own), else its own latest.
         restore = t._restore or t.checkpoint  # type: ignore[attr-defined]
         own = t._restore is None  # type: ignore[attr-defined]
-        t._restore = None  # type: ignore[attr-defined]
         iteration = t.training_iteration
         time_total = float(t.last_result.get("time_total_s", 0.0))
         ckpts = t._ckpts  # type: ignore[attr-defined]
@@ -583,11 +651,7 @@ class _Runner:
             "resources": dict(t.resources),
         }
         if restore is not None:
-            assert restore.path is not None or restore._data is not None
-            if restore.path is None:
-                tmp = os.path.join(t.path, f".restore-{t._gen}")  # type: ignore[attr-defined]
-                write_into(restore, tmp)
-                restore = Checkpoint(tmp)
+            assert restore.path is not None
             data = pack(restore.path) if library.in_cluster() else None
             spec["restore"] = (restore.path, data)
         opts: dict[str, Any] = {"name": f"tune:{t._name}"}  # type: ignore[attr-defined]
@@ -623,14 +687,24 @@ class _Runner:
         if not refs:
             return
         ready, _ = volley.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        failed = []
         for ref in ready:
             try:
                 volley.get(ref)
             except BaseException as e:  # noqa: BLE001 how the task ended is the news
-                for tid, r in list(self.running.items()):
-                    if r == ref:
-                        t = self.by_id[tid]
-                        self._on_end(tid, t._gen, None, e)  # type: ignore[attr-defined]
+                failed.append((ref, e))
+        if not failed:
+            return
+        # What the dead trials put before they died is in the queue by now (their puts went
+        # out before the process died): it counts, before the failure does.
+        n = self.queue.qsize()
+        if n:
+            self._dispatch(self.queue.get_nowait_batch(n))
+        for ref, e in failed:
+            for tid, r in list(self.running.items()):
+                if r == ref:
+                    t = self.by_id[tid]
+                    self._on_end(tid, t._gen, None, e)  # type: ignore[attr-defined]
 
     def _cancel(self, t: Trial) -> None:
         ref = self.running.pop(t.trial_id, None)
@@ -667,7 +741,28 @@ class _Runner:
 
     # -- the loop
 
+    def _catch_up(self) -> None:
+        """After a restore: tells the scheduler, its saved state back, what happened after
+        that state was written (it is written at most once a second, the journal at once):
+        the trials made since, and the ends it has not seen. Without that a scheduler that
+        waits for a trial's end to resume a PAUSED one (HyperBand's rung, PBT's synch) would
+        wait for good."""
+        known, finished = self.catch_up
+        self.catch_up = None
+        for t in self.trials:
+            if t.trial_id not in known:
+                self.scheduler.on_trial_add(self, t)
+        for t in list(self.trials):
+            if t.trial_id in finished:
+                continue
+            if t.status == TERMINATED:
+                self.scheduler.on_trial_complete(self, t, t.last_result)
+            elif t.status == ERROR:
+                self.scheduler.on_trial_error(self, t)
+
     def run(self) -> None:
+        if self.catch_up is not None:
+            self._catch_up()
         start = time.monotonic()
         deadline = start + self.budget if self.budget else None
         while True:
@@ -695,11 +790,7 @@ class _Runner:
             n = self.queue.qsize()
             if n:
                 items.extend(self.queue.get_nowait_batch(n))
-            for item in items:
-                if item[0] == "r":
-                    self._on_result(*item[1:])
-                else:
-                    self._on_end(*item[1:])
+            self._dispatch(items)
             if time.monotonic() - self.last_check >= CHECK_S:
                 self._check_tasks()
             if self.raise_error is not None:
@@ -710,6 +801,13 @@ class _Runner:
                 self._stop_all("Stopper.stop_all")
             self._housekeeping()
         self._housekeeping(final=True)
+
+    def _dispatch(self, items: list) -> None:
+        for item in items:
+            if item[0] == "r":
+                self._on_result(*item[1:])
+            else:
+                self._on_end(*item[1:])
 
     def _more_to_start(self) -> bool:
         return not self.searcher_done or any(t.status in (PENDING, PAUSED) for t in self.trials)
@@ -734,7 +832,18 @@ class _Runner:
         stop = final or _stop_reached(self.stop, tid, result)
         result["done"] = stop
         if ck is not None:
-            self._keep_checkpoint(t, ck, result)
+            try:
+                self._keep_checkpoint(t, ck, result)
+            except Exception as e:  # noqa: BLE001 this trial's fault, not the run's
+                # What a trial on another node sent cannot be written here (a special file,
+                # the disk full): that trial fails, saying so; the others go on.
+                self._cancel(t)
+                err = RuntimeError(
+                    f"trial {tid}'s checkpoint {ck[0]} could not be kept in {t.path}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                self._on_end(tid, gen, None, err)
+                return
         t.last_result = result
         t.history.append(result)
         t._lines.append(result)  # type: ignore[attr-defined]
@@ -775,6 +884,7 @@ class _Runner:
             write_into(data, path)
         t._ckpt_index = max(t._ckpt_index, int(name.rsplit("_", 1)[1]))  # type: ignore[attr-defined]
         t.checkpoint = Checkpoint(path)
+        self._drop_restore(t)  # its own is newer than a reset's
         t._ckpts.append((path, result))  # type: ignore[attr-defined]
         keep = self.ckpt_config.num_to_keep
         if keep is not None and len(t._ckpts) > keep:  # type: ignore[attr-defined]
@@ -870,6 +980,8 @@ class _Runner:
             "ckpt_index": t._ckpt_index,  # type: ignore[attr-defined]
             "ckpts": [(p, _brief(r)) for p, r in t._ckpts],  # type: ignore[attr-defined]
             "resources": t.resources,
+            # A reset's checkpoint (its copy of another trial's), until it has its own.
+            "restore": getattr(t._restore, "path", None),  # type: ignore[attr-defined]
         }
 
     def _journal(self, rec: Any) -> None:
@@ -884,7 +996,7 @@ class _Runner:
 
     def _housekeeping(self, final: bool = False) -> None:
         if self.journal_buf:
-            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(_write_all, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
         now = time.monotonic()
         if final or now - self.last_flush >= FLUSH_S:
@@ -904,6 +1016,9 @@ class _Runner:
         state = {
             "searcher": self.searcher.get_state(),
             "scheduler": self.scheduler.get_state(),
+            # What the scheduler's state has seen: a restore tells it the rest (_catch_up).
+            "known": [t.trial_id for t in self.trials],
+            "finished": [t.trial_id for t in self.trials if t.is_finished()],
             "next_id": self.next_id,
             "searcher_done": self.searcher_done,
             "timestamp": time.time(),
@@ -920,8 +1035,8 @@ class _Runner:
                 old = records.get(rec[1]["trial_id"])
                 r = dict(rec[1])
                 if rec[0] == "add" and old is not None:
-                    # a reset: new config, the rest as it was
-                    r = dict(old, config=r["config"])
+                    # a reset: new config (and the checkpoint to start from), the rest as it was
+                    r = dict(old, config=r["config"], restore=r.get("restore"))
                 records[r["trial_id"]] = r
                 if rec[0] == "end":
                     ckpts[r["trial_id"]] = list(r["ckpts"])
@@ -930,6 +1045,9 @@ class _Runner:
                 ckpts.setdefault(tid, []).append((path, brief))
                 records[tid]["checkpoint"] = path
                 records[tid]["ckpt_index"] = max(records[tid]["ckpt_index"], index)
+                records[tid]["restore"] = None  # it went on from its reset: its own is newer
+            elif rec[0] == "status":
+                records[rec[1]]["status"] = rec[2]
         for tid, r in records.items():
             t = Trial(tid, r["config"], r["resources"])
             self._init_extra(t)
@@ -949,17 +1067,25 @@ class _Runner:
             ]
             latest = r["checkpoint"]
             t.checkpoint = Checkpoint(latest) if latest and os.path.isdir(latest) else None
+            reset = r.get("restore")
+            if reset and os.path.isdir(reset):
+                t._restore = Checkpoint(reset)  # type: ignore[attr-defined]
             status = r["status"]
             if status == ERROR and how["restart_errored"]:
                 status, t.checkpoint, t.last_result, t.history = PENDING, None, {}, []
                 t.num_failures, t.error = 0, None
             elif status == ERROR and how["resume_errored"]:
                 status, t.num_failures, t.error = PENDING, 0, None
-            elif status in (RUNNING, PAUSED):
-                status = PENDING
-            self._add(t)
-            self._status(t, status)
+            elif status == RUNNING:
+                status = PENDING  # started again from its latest checkpoint
+            # PAUSED stays PAUSED, with its checkpoint: the restored scheduler chooses when
+            # it goes on (choose_trial_to_run), as it would have without the restore.
+            self._add(t, notify=False)  # told once its saved state is back (_catch_up)
+            self._status(t, status, journal=False)
+            self._sweep(t)
         state_file = os.path.join(self.path, _STATE)
+        known: set[str] = set()
+        finished: set[str] = set()
         if os.path.exists(state_file):
             with open(state_file, "rb") as fh:
                 state = pickle.load(fh)
@@ -967,17 +1093,41 @@ class _Runner:
             self.scheduler.set_state(state["scheduler"])
             self.next_id = state["next_id"]
             self.searcher_done = state["searcher_done"]
+            known = set(state.get("known", records))
+            finished = set(state.get("finished", (t.trial_id for t in self.trials)))
+        self.catch_up = (known, finished)
         for t in self.trials:
             if t.is_finished() and int(t.trial_id) < self.next_id:
                 self.searcher.on_trial_complete(
                     t.trial_id, t.last_result or None, error=t.status == ERROR
                 )
 
+    def _sweep(self, t: Trial) -> None:
+        """Removes from ``t``'s folder what no record points to: the scratch directories of
+        processes killed while they wrote, saved or unpacked a checkpoint, and checkpoints
+        numbered past the last one kept (written by a trial whose report never counted: it
+        was killed before the report came, or had been paused or stopped)."""
+        if t.path is None:
+            return
+        # A reset's copy is kept while the trial may still start from it.
+        held = None if t.is_finished() else getattr(t._restore, "path", None)  # type: ignore[attr-defined]
+        clear_scratch(t.path, SCRATCH, RESTORE_COPY, keep=held)
+        try:
+            names = os.listdir(t.path)
+        except OSError:
+            return
+        last = t._ckpt_index  # type: ignore[attr-defined]
+        for name in names:
+            m = _CKPT_NAME.fullmatch(name)
+            path = os.path.join(t.path, name)
+            if m and (int(m[1]) > last or m[2]) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+
     def close(self) -> None:
         for tid in list(self.running):
             self._cancel(self.by_id[tid])
         if self.journal_buf:
-            self.writer.do(os.write, self.journal_fd, b"".join(self.journal_buf))
+            self.writer.do(_write_all, self.journal_fd, b"".join(self.journal_buf))
             self.journal_buf.clear()
         self.writer.close()
         os.close(self.journal_fd)
@@ -997,6 +1147,8 @@ class _Runner:
             self.queue.shutdown()
         except Exception:  # noqa: BLE001 volley was shut down under us
             pass
+        for t in self.trials:
+            self._sweep(t)
         if self.raise_error is not None:
             raise self.raise_error
 
@@ -1037,11 +1189,19 @@ def _csv_header(path: str) -> list[str]:
         return next(csv.reader(fh), [])
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a short write would leave a record cut
+    in the middle of the journal, and every record after it unreadable)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)

@@ -51,7 +51,7 @@ impl Scheduler {
         };
         if force {
             self.workers.doom(wid);
-            out.push(Action::Kill { worker: wid });
+            out.push(Action::Send { worker: wid, msg: NodeToWorker::KillIfRunning { task: head } });
         } else {
             out.push(Action::Send { worker: wid, msg: NodeToWorker::Cancel { task: head } });
         }

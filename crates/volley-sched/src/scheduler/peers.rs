@@ -937,34 +937,42 @@ impl Scheduler {
         self.incref(holder, &cached);
         ids.extend(cached.iter().copied());
         ids.extend(errors.iter().map(|(id, _)| *id));
-        let values = objects.into_iter().map(|(id, v)| (id, Ok(v)));
-        for (id, value) in values.chain(errors.into_iter().map(|(id, e)| (id, Err(e)))) {
-            // Held for the task; the value (or error) if this node has none yet.
-            if !self.objects.contains_key(&id) {
-                self.new_object(id);
-                self.incref(holder, &[id]);
-                match value {
-                    Ok(v) => self.object_ready(id, Arc::new(v), out),
-                    Err(e) => self.object_failed(id, Arc::new(e), out),
-                }
-            } else {
-                self.incref(holder, &[id]);
-            }
-        }
-        self.keep_copies(peer, &fresh);
+        // Every object the task brings exists before any value is settled: a value that names
+        // another (a ref nested in it) holds that one from the moment it is ready, and a hold on
+        // an object not made yet would be lost. (A large value nested in a small one was freed
+        // with the small one at the task's end, though kept as the peer's copy: its next task
+        // naming it as cached failed with ObjectLost.)
+        let mut pulls = Vec::new();
         for (id, layout, relay) in fetch {
             // Held for the task, and kept as a copy; pulled unless here or on its way already.
             ids.push(id);
             if !self.objects.contains_key(&id) {
                 self.new_object(id);
-                let value = Arc::new(layout);
-                out.push(Action::Pull { origin: peer, id, value, relay });
+                pulls.push(Action::Pull { origin: peer, id, value: Arc::new(layout), relay });
             }
             self.incref(holder, &[id]);
             if self.peers.copies.entry(peer).or_default().insert(id) {
                 self.incref(holder, &[id]);
             }
         }
+        let values = objects.into_iter().map(|(id, v)| (id, Ok(v)));
+        let mut settle = Vec::new();
+        for (id, value) in values.chain(errors.into_iter().map(|(id, e)| (id, Err(e)))) {
+            // Held for the task; the value (or error) if this node has none yet.
+            if !self.objects.contains_key(&id) {
+                self.new_object(id);
+                settle.push((id, value));
+            }
+            self.incref(holder, &[id]);
+        }
+        for (id, value) in settle {
+            match value {
+                Ok(v) => self.object_ready(id, Arc::new(v), out),
+                Err(e) => self.object_failed(id, Arc::new(e), out),
+            }
+        }
+        self.keep_copies(peer, &fresh);
+        out.extend(pulls);
         self.peers.from_peer.insert(tid, FromPeer { peer, objects: ids });
         if matches!(spec.actor, ActorPart::Create(_)) {
             self.accept_peer_actor(peer, spec, out);

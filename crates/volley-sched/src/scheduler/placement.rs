@@ -21,7 +21,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use volley_proto::{ErrorKind, NodeId, ObjectData, PgInfo, PgSpec, PgStrategy, TaskSpec};
+use volley_proto::{
+    ErrorKind, NodeId, NodeToWorker, ObjectData, PgInfo, PgSpec, PgStrategy, TaskSpec,
+};
 
 use super::{error, Action, Holder, ObjectState, Scheduler};
 
@@ -597,15 +599,17 @@ impl Scheduler {
         if remove {
             self.placement.removed.insert(pg.to_string());
             let uses = |res: &[(String, u64)]| res.iter().any(|(r, _)| r.starts_with(&prefix));
+            // The task each such worker runs, as far as this node knows: the worker ends only
+            // if it still runs that one (it may have sent its `Done` and started the next).
             let doomed: Vec<_> = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.actor.is_none() && uses(&w.res_held))
-                .map(|(id, _)| *id)
+                .filter_map(|(id, w)| w.queue.front().map(|t| (*id, *t)))
                 .collect();
-            for w in doomed {
+            for (w, task) in doomed {
                 self.workers.doom(w);
-                out.push(Action::Kill { worker: w });
+                out.push(Action::Send { worker: w, msg: NodeToWorker::KillIfRunning { task } });
             }
             let mut actors: Vec<_> = self
                 .actors

@@ -224,7 +224,11 @@ fn cancel_queued_and_running_tasks() {
     h.s.cancel(dep, false, &mut h.out);
     assert_eq!(h.error_kind(dep), Some(ErrorKind::Cancelled));
     h.s.cancel(a, true, &mut h.out);
-    assert!(h.out.iter().any(|x| matches!(x, Action::Kill { worker } if *worker == ex[0].0)));
+    // The worker ends only if it still runs `a` (its Done may be on the way).
+    assert!(h.out.iter().any(|x| matches!(x,
+        Action::Send { worker, msg: NodeToWorker::KillIfRunning { task } }
+            if *worker == ex[0].0 && *task == { a.task })));
+    assert!(h.killed().is_empty(), "no unconditional kill");
     h.s.worker_died(ex[0].0, WorkerExit::killed("killed"), &mut h.out);
     assert_eq!(h.error_kind(a), Some(ErrorKind::Cancelled));
 }
@@ -910,7 +914,12 @@ fn placement_group_bundles_are_reserved_and_used() {
     assert_eq!(ex[0].1, { inside.task });
     // Removal frees the CPUs (the plain task runs) and fails what still asks for the group.
     h.s.remove_pg("g1", &mut h.out);
-    assert!(h.out.iter().any(|a| matches!(a, Action::Kill { worker } if *worker == ex[0].0)));
+    // The worker ends if it still runs the group's task, not if it moved on (it was
+    // killed by its id, and the task it had started since died with it).
+    assert!(h.out.iter().any(|a| matches!(a,
+        Action::Send { worker, msg: NodeToWorker::KillIfRunning { task } }
+            if *worker == ex[0].0 && *task == { inside.task })));
+    assert!(h.killed().is_empty(), "no unconditional kill");
     let later = h.submit_opts(
         Vec::new(),
         TaskOptions { cpu_milli: 0, resources: res, ..TaskOptions::default() },
@@ -1110,6 +1119,60 @@ fn large_value() -> ObjectData {
     use volley_proto::ShmLoc;
     let shm = ShmLoc { seg: 1, offset: 0, size: 4096, data_len: 8, buffer_lens: Vec::new() };
     ObjectData { shm: Some(Box::new(shm)), ..Default::default() }
+}
+
+#[test]
+fn a_large_value_nested_in_a_small_one_stays_as_the_peers_copy_after_the_task() {
+    // The peer sends a task whose argument (small, inline) holds a ref to a large value that
+    // this node pulls and keeps as the peer's copy. The small one is freed at the task's end;
+    // the large one must stay, for the peer's next task names it as kept here (`cached`).
+    let mut h = H::started(1.0);
+    let big = ObjectId::for_return(h.ids.next_task(), 1);
+    let small = ObjectId::for_return(h.ids.next_task(), 1);
+    let outer = || ObjectData { contained: vec![big], ..Default::default() };
+    let first = h.spec(vec![small], TaskOptions::default());
+    let t1 = first.task_id;
+    h.s.accept_peer_task(
+        NodeId(9),
+        first,
+        None,
+        vec![(small, outer())],
+        vec![],
+        vec![],
+        vec![],
+        vec![(big, large_value(), None)],
+        &mut h.out,
+    );
+    h.s.peer_object(big, Ok(large_value()), Vec::new(), &mut h.out);
+    let ran = h.executed();
+    assert_eq!(ran.len(), 1, "the first task runs once its value is here");
+    h.s.task_done(ran[0].0, t1, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.objects.contains_key(&big), "the peer's copy went with the value naming it");
+    let second = h.spec(vec![small], TaskOptions::default());
+    let t2 = second.task_id;
+    h.s.accept_peer_task(
+        NodeId(9),
+        second,
+        None,
+        vec![(small, outer())],
+        vec![],
+        vec![],
+        vec![big],
+        vec![],
+        &mut h.out,
+    );
+    let failed = h
+        .out
+        .iter()
+        .any(|a| matches!(a, Action::PeerDone { task, result: Err(_), .. } if *task == t2));
+    assert!(!failed, "the second task found its cached value gone");
+    let ran = h.executed();
+    assert_eq!(ran.len(), 1, "the second task runs");
+    h.s.task_done(ran[0].0, t2, TaskResult::Ok(vec![ObjectData::default()]), &mut h.out);
+    assert!(h.s.objects.contains_key(&big), "kept until the peer lets it go");
+    // Once the peer lets its copy go, the value goes.
+    h.s.peer_release(NodeId(9), &[big], &mut h.out);
+    assert!(!h.s.objects.contains_key(&big), "the copy outlived the peer's release");
 }
 
 #[test]

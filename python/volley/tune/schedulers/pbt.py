@@ -87,7 +87,8 @@ class PopulationBasedTraining(MetricScheduler):
     ``hyperparam_mutations`` (key -> list / distribution / callable / dict; a key missing from
     a trial's config is drawn from it when the trial is added), ``quantile_fraction`` (the top
     and bottom fraction, at most 0.5), ``resample_probability``, ``custom_explore_fn``,
-    ``log_config`` (log each exploit to the ``volley.tune`` logger; ``policy_log`` keeps them
+    ``log_config`` (log each exploit to the ``volley.tune`` logger, at INFO in a run with
+    ``RunConfig(verbose=2)`` and at DEBUG below; ``policy_log`` keeps them
     all), ``synch`` (pause each trial at its perturbation point until every live trial has
     reached it, then exploit all at once), ``seed`` (makes the choices repeatable).
 
@@ -295,7 +296,9 @@ class PopulationBasedTraining(MetricScheduler):
         self.policy_log.append(entry)
         self._num_perturbations += 1
         if self.log_config:
-            logger.info(
+            # INFO in a verbose=2 run, else DEBUG: a quiet run prints nothing of tune's own.
+            logger.log(
+                logging.INFO if getattr(controller, "verbose", 2) >= 2 else logging.DEBUG,
                 "PBT: trial %s takes the checkpoint of %s, config %s -> %s",
                 trial.trial_id,
                 donor_id,

@@ -19,8 +19,11 @@ True
 from __future__ import annotations
 
 import copy
+import copyreg
+import io
 import math
 import pickle
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -433,9 +436,17 @@ class OptunaSearch(Searcher):
 
     # -------------------------------------------------------------- restore
 
+    def __getstate__(self) -> dict:
+        # Optuna's NSGA-II/III samplers hold a thread lock, which pickle refuses: the searcher
+        # travels (tuner.pkl, a copy) with fresh locks in their place.
+        return {"pickled": _dumps(self.__dict__)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(pickle.loads(state["pickled"]))
+
     def get_state(self) -> dict:
         return {
-            "study": pickle.dumps(self.study) if self.study is not None else None,
+            "study": _dumps(self.study) if self.study is not None else None,
             "live": {tid: ot._trial_id for tid, ot in self._live.items()},
             "pruned": sorted(self._pruned),
             "steps": dict(self._steps),
@@ -454,6 +465,30 @@ class OptunaSearch(Searcher):
         }
         self._pruned = set(state["pruned"])
         self._steps = dict(state.get("steps", {}))
+
+
+def _fresh_lock(_: Any) -> tuple:
+    return threading.Lock, ()
+
+
+def _fresh_rlock(_: Any) -> tuple:
+    return threading.RLock, ()
+
+
+class _LockSafePickler(pickle.Pickler):
+    """Pickles thread locks as new ones (what a sampler's lock guards does not travel)."""
+
+    dispatch_table = {
+        **copyreg.dispatch_table,
+        type(threading.Lock()): _fresh_lock,
+        type(threading.RLock()): _fresh_rlock,
+    }
+
+
+def _dumps(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _LockSafePickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
 
 
 def _count(mode: Any) -> int:
