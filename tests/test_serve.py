@@ -553,23 +553,18 @@ def test_a_call_in_flight_on_a_sigkilled_replica_fails_with_a_clear_error(served
 
 
 def test_serve_start_raises_what_the_ingress_reports(served):
-    # The ingress's answer for an address it cannot listen on (as it writes it: a real KV
-    # write, made here the moment the controller has written the address).
-    def answer():
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            raw = library.kv_get(_wire.HTTP_KEY, namespace=_wire.KV_NAMESPACE)
-            if raw and json.loads(raw)["port"] == 9:
-                doc = {"host": "127.0.0.1", "port": 9, "error": "permission denied"}
-                library.kv_put(_wire.HTTP_STATUS_KEY, json.dumps(doc), namespace=_wire.KV_NAMESPACE)
-                return
-            time.sleep(0.005)
+    # A port another socket holds: the ingress (Rust, in the head) cannot bind it and says so.
+    import socket
 
-    t = threading.Thread(target=answer)
-    t.start()
-    with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1:9: permission denied"):
-        serve.start(http_options={"host": "127.0.0.1", "port": 9})
-    t.join(WAIT_S)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The same address once it is free: it listens.
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    assert serve.status().http_status == {"host": "127.0.0.1", "port": port, "error": None}
 
 
 def test_a_replica_far_over_its_limit_still_answers_the_controller(served, tmp_path):

@@ -21,7 +21,7 @@ CONTROLLER_TIMEOUT_S = 300.0
 #: How long a new controller waits for the name of a stopped one to be forgotten.
 CONTROLLER_NAME_WAIT_S = 30.0
 #: How long ``serve.start`` waits for the ingress to say whether it listens.
-HTTP_STATUS_WAIT_S = 1.5
+HTTP_STATUS_WAIT_S = 15.0
 
 DEFAULT_HTTP = {"host": "127.0.0.1", "port": 8000}
 
@@ -89,13 +89,16 @@ def _check_route_prefix(p: Any) -> str | None:
 
 def start(http_options: dict | None = None) -> None:
     """Starts serve's controller (if it does not run) and sets where the HTTP ingress listens
-    (``http_options``: ``host``, default 127.0.0.1, and ``port``, default 8000). Raises
-    ``RuntimeError`` if the ingress reports that it cannot listen there.
+    (``http_options``: ``host``, default 127.0.0.1, and ``port``, default 8000; port 0: any
+    free port, which ``serve.status().http_status["port"]`` names). Raises ``RuntimeError`` if
+    the ingress reports that it cannot listen there, or does not answer.
 
     >>> from volley import serve
     >>> serve.start(http_options={"host": "127.0.0.1", "port": 0})
     >>> serve.status().http
     {'host': '127.0.0.1', 'port': 0}
+    >>> serve.status().http_status["port"] > 0
+    True
     """
     opts = dict(DEFAULT_HTTP)
     if http_options is not None:
@@ -124,7 +127,10 @@ def start(http_options: dict | None = None) -> None:
                     )
                 return
         time.sleep(0.02)
-    # No answer: no ingress runs in this build or cluster; handles work without one.
+    raise RuntimeError(
+        f"the HTTP ingress did not answer within {HTTP_STATUS_WAIT_S:.0f} s whether it listens "
+        f"on {host}:{port} (it runs in the head's process: is the head up?)"
+    )
 
 
 def run(
