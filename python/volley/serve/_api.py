@@ -178,7 +178,7 @@ def run(
     return handle
 
 
-def delete(name: str, _blocking: bool = True) -> None:
+def delete(name: str) -> None:
     """Deletes application ``name``: its replicas drain and stop, its route goes.
     ``ValueError`` if no application has that name.
 

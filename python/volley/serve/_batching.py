@@ -330,7 +330,7 @@ def _is_method(func: Callable[..., Any]) -> bool:
 
 
 def batch(
-    _func: Callable[..., Any] | None = None,
+    func: Callable[..., Any] | None = None,
     /,
     *,
     max_batch_size: int = 10,
@@ -389,6 +389,6 @@ def batch(
         wrapper.set_batch_wait_timeout_s = batcher.set_batch_wait_timeout_s  # type: ignore[attr-defined]
         return wrapper
 
-    if _func is not None:
-        return decorate(_func)
+    if func is not None:
+        return decorate(func)
     return decorate

@@ -307,7 +307,8 @@ def flatten(app: Application, app_name: str) -> tuple[str, list[dict]]:
 
 
 def deployment(
-    _target: Callable | None = None,
+    target: Callable | None = None,
+    /,
     *,
     num_replicas: int | str | None = None,
     max_ongoing_requests: int | None = None,
@@ -358,6 +359,6 @@ def deployment(
     def wrap(target: Callable) -> Deployment:
         return Deployment(target, options)
 
-    if _target is not None:
-        return wrap(_target)
+    if target is not None:
+        return wrap(target)
     return wrap
