@@ -29,6 +29,8 @@ ADAPTERS = [
     *sorted(p.name for p in PACKAGE.glob("_mp_*.py")),
     # volley.tune: a library on volley like any other (its own private modules are its own).
     *sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "tune").rglob("*.py")),
+    # volley.serve, the same.
+    *sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "serve").rglob("*.py")),
 ]
 
 #: Modules that are parts of an adapter (see ADAPTERS), not volley's inside.
@@ -46,8 +48,8 @@ def _private_uses(path: Path) -> list[str]:
     found: list[str] = []
     volley_names: set[str] = set()  # names bound to volley modules here
 
-    # A library package (volley.tune) may use its own private modules.
-    library = "volley.tune." if own.startswith("volley.tune") else None
+    # A library package (volley.tune, volley.serve) may use its own private modules.
+    library = next((f"{p}." for p in ("volley.tune", "volley.serve") if own.startswith(p)), None)
 
     def private(dotted: str) -> bool:
         if library and dotted.startswith(library):

@@ -77,6 +77,7 @@ _LAZY: dict[str, str] = {
     "job": "",
     "state": "",
     "sync": "",
+    "serve": "",
     "tune": "",
     "ActorClass": "._actor",
     "ActorHandle": "._actor",
@@ -208,6 +209,7 @@ __all__ = [
     "exceptions",
     "job",
     "state",
+    "serve",
     "tune",
     "util",
 ]

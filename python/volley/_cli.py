@@ -5,6 +5,7 @@
     volley status [--address HOST:PORT] [--json]
     volley stop
     volley logs [NAME] [--node N] [--worker PID] [--tail N] [--follow]   (see _cli_logs)
+    volley serve run|deploy|status|shutdown ...                         (see _cli_serve)
 
 Without ``--block``, ``start`` runs the node in the background (its log goes to the session
 directory's ``logs/``), waits until it has joined, prints its address and returns.
@@ -31,6 +32,7 @@ from . import (
     _cli_exec,
     _cli_job,
     _cli_logs,
+    _cli_serve,
     _cli_state,
     _cluster,
     _core,
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _cli_exec.register(sub)
     _cli_logs.add_parser(sub)
     _cli_state.register(sub)
+    _cli_serve.register(sub)
     return p
 
 

@@ -30,6 +30,7 @@ mod node;
 mod outbox;
 pub mod prims;
 mod rundir;
+pub mod serve;
 mod shared;
 mod spin;
 pub mod state;

@@ -74,6 +74,8 @@ pub struct Node {
     /// head of a cluster); unused once it joined another head.
     head: Arc<Head>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// serve's HTTP ingress, idle unless this node is the head and serve is started.
+    ingress: Arc<crate::serve::Ingress>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -167,7 +169,14 @@ impl Node {
         );
         shared.with(|st, out| st.sched.start(out));
         let head = shared.head.clone();
-        Ok(Node { shared, cluster: std::sync::OnceLock::new(), head, threads: Mutex::new(threads) })
+        let ingress = crate::serve::Ingress::install(&shared);
+        Ok(Node {
+            shared,
+            cluster: std::sync::OnceLock::new(),
+            head,
+            threads: Mutex::new(threads),
+            ingress,
+        })
     }
 
     /// Makes this node part of a cluster (see [`crate::ClusterConfig`]); returns once it knows
@@ -526,6 +535,7 @@ impl Node {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.ingress.stop();
         // A head's submitted jobs end with it (their drivers would have no cluster).
         self.head.job_table().shutdown(grace);
         if let Some(c) = self.cluster.get() {

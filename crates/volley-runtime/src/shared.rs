@@ -66,6 +66,9 @@ pub(crate) struct Slot {
     pub(crate) cv: Condvar,
     /// Mirrors `done` for the lock-free spin before parking.
     pub(crate) flag: std::sync::atomic::AtomicBool,
+    /// Fired too when it is woken, for a waiter that awaits instead of blocking (serve's
+    /// ingress).
+    pub(crate) waker: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 pub(crate) struct State {
@@ -222,6 +225,9 @@ impl Shared {
             s.flag.store(true, Ordering::Release);
             *s.done.lock() = true;
             s.cv.notify_all();
+            if let Some(w) = s.waker.lock().take() {
+                let _ = w.send(());
+            }
         }
         if !d.ready.is_empty() {
             self.ready.lock().extend(d.ready);

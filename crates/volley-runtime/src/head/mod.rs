@@ -59,6 +59,18 @@ pub struct Head {
     pub tables: crate::state::Tables,
     /// Lets go of the big `SharedDict` values no key holds any more (see [`big_values`]).
     releaser: std::sync::OnceLock<Arc<dyn big_values::Releaser>>,
+    /// Told of the key-value changes it wants (under the table's lock: it must not block or
+    /// call back into the head): serve's ingress follows its documents this way.
+    kv_hook: std::sync::OnceLock<Box<dyn KvHook>>,
+}
+
+/// Who is told of key-value changes (see [`Head::set_kv_hook`]).
+pub trait KvHook: Send + Sync {
+    /// Whether a change of `key` in `namespace` is of interest (asked for every change: cheap).
+    fn wants(&self, namespace: &str, key: &[u8]) -> bool;
+    /// `key` changed to `value` (`None`: deleted). Runs under the table's lock: take note, do
+    /// not wait.
+    fn changed(&self, namespace: &str, key: &[u8], value: Option<Vec<u8>>);
 }
 
 struct Members {
@@ -79,12 +91,19 @@ impl Head {
             jobs: Arc::new(jobs::Jobs::default()),
             tables: crate::state::Tables::default(),
             releaser: std::sync::OnceLock::new(),
+            kv_hook: std::sync::OnceLock::new(),
         }
     }
 
     /// Who lets go of a big `SharedDict` value's object once no key holds it: the node.
     pub fn set_releaser(&self, releaser: Arc<dyn big_values::Releaser>) {
         let _ = self.releaser.set(releaser);
+    }
+
+    /// Who is told of each change of a key-value entry, with its namespace and key (the first
+    /// one set stays). It runs under the table's lock: it must only take note.
+    pub fn set_kv_hook(&self, hook: Box<dyn KvHook>) {
+        let _ = self.kv_hook.set(hook);
     }
 
     /// The object the value under `key` holds (a big value's marker), before a change.
@@ -508,7 +527,7 @@ impl Head {
         let kept = old.map(|_| big_values::held_object(namespace, &value));
         let stored = dir.kv_put(namespace, key, value, overwrite);
         if stored {
-            self.kv_changed(namespace, key, true);
+            self.kv_changed(dir.as_ref(), namespace, key, true);
         }
         drop(dir);
         if stored && kept.flatten() != old {
@@ -526,7 +545,7 @@ impl Head {
         let old = Self::held_before(dir.as_ref(), namespace, key);
         let deleted = dir.kv_del(namespace, key);
         if deleted {
-            self.kv_changed(namespace, key, false);
+            self.kv_changed(dir.as_ref(), namespace, key, false);
         }
         drop(dir);
         if deleted {
@@ -547,7 +566,7 @@ impl Head {
             let old = Self::held_before(dir.as_ref(), namespace, &key);
             let kept = old.map(|_| big_values::held_object(namespace, &value));
             dir.kv_put(namespace, &key, value, true);
-            self.kv_changed(namespace, &key, true);
+            self.kv_changed(dir.as_ref(), namespace, &key, true);
             if kept.flatten() != old {
                 released.push(old);
             }
@@ -571,7 +590,7 @@ impl Head {
     pub fn kv_incr(&self, namespace: &str, key: &[u8], delta: i64) -> Result<i64, String> {
         let mut dir = self.dir.lock();
         let n = dir.kv_incr(namespace, key, delta)?;
-        self.kv_changed(namespace, key, true);
+        self.kv_changed(dir.as_ref(), namespace, key, true);
         Ok(n)
     }
 
@@ -592,7 +611,7 @@ impl Head {
         let present = new.is_some();
         let swapped = dir.kv_compare_and_set(namespace, key, expected, new);
         if swapped {
-            self.kv_changed(namespace, key, present);
+            self.kv_changed(dir.as_ref(), namespace, key, present);
         }
         drop(dir);
         if swapped && kept != old {
@@ -607,16 +626,19 @@ impl Head {
         let was = dir.kv_get(namespace, key).is_some();
         let now = dir.kv_setdefault(namespace, key, value);
         if !was {
-            self.kv_changed(namespace, key, true);
+            self.kv_changed(dir.as_ref(), namespace, key, true);
         }
         now
     }
 
     /// `key` changed (to a value, or deleted when not `present`), under `dir`'s lock: it gets
     /// a new version and watchers wake.
-    fn kv_changed(&self, namespace: &str, key: &[u8], present: bool) {
+    fn kv_changed(&self, dir: &dyn HeadStore, namespace: &str, key: &[u8], present: bool) {
         self.kv_versions.lock().bump(namespace, key, present);
         self.kv_changed.notify_all();
+        if let Some(hook) = self.kv_hook.get().filter(|h| h.wants(namespace, key)) {
+            hook.changed(namespace, key, dir.kv_get(namespace, key));
+        }
     }
 
     /// Waits at most `wait` until `key` changed since version `seen` (`None`: the version as

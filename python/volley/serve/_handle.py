@@ -1,0 +1,419 @@
+"""Handles: calling a deployment from Python (a driver, a task, another deployment's replica).
+
+``handle.remote(*args)`` (or ``handle.method.remote(...)``) picks a replica by the power of two
+choices on this process's own count of ongoing calls per replica, submits the call to that
+replica actor and returns a ``DeploymentResponse`` at once. The replica set comes from the
+controller's document for the deployment in the head's key-value table, read again at most every
+``REFRESH_S`` and at once after a replica is found dead. With no replica alive (scaled to zero,
+or all being replaced) the call waits in this process while the controller starts one, and fails
+with ``NoReplicaError`` naming the deployment if none comes within ``NO_REPLICA_WAIT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import random
+import threading
+import time
+from typing import Any
+
+import volley
+from volley import library
+
+from ._common import CONTROLLER_NAME, NAMESPACE, ReplicaStoppingError, deployment_key
+
+#: How old the cached replica set may be before a call reads the controller's document again.
+REFRESH_S = 0.1
+#: How long a call waits for a replica when none is alive before it fails.
+NO_REPLICA_WAIT_S = 60.0
+#: How many replicas a call tries when the one it went to was already gone.
+MAX_ATTEMPTS = 4
+
+# Messages of ActorDiedError that say the call never ran on the replica: it was gone before the
+# call came. (A replica the controller stops refuses calls once its drain began, with
+# ReplicaStoppingError; one killed after the drain's timeout had the calls it killed running.)
+_NOT_STARTED = ("no longer exists", "was stopped")
+
+
+def _not_started(e: BaseException) -> bool:
+    """Whether the failed call never ran, so that another replica may take it."""
+    if isinstance(e, ReplicaStoppingError):
+        return True
+    if isinstance(e, volley.ActorCreationError):
+        return False
+    return isinstance(e, volley.ActorDiedError) and any(m in str(e) for m in _NOT_STARTED)
+
+
+def _is_dead(r: _Replica) -> bool:
+    st = volley.actor_state(r.handle)
+    return st is not None and st["state"] == "DEAD"
+
+
+class NoReplicaError(volley.VolleyError):
+    """A deployment has no replica to take a call (deleted, or none alive in time)."""
+
+
+class BackPressureError(volley.VolleyError):
+    """A call refused at the handle: every replica runs ``max_ongoing_requests`` calls of this
+    process and ``max_queued_requests`` more already wait."""
+
+
+class DeploymentResponse:
+    """The future result of a handle call: ``.result(timeout_s=None)`` waits for it, ``await
+    response`` in async code; pass it to another handle call and the replica there gets its
+    value.
+
+    >>> from volley import serve
+    >>> @serve.deployment
+    ... def double(x):
+    ...     return 2 * x
+    >>> h = serve.run(double.bind(), name="doubler", route_prefix=None)
+    >>> h.remote(21).result()
+    42
+    >>> serve.delete("doubler")
+    """
+
+    def __init__(self, router: _Router, method: str) -> None:
+        self._router = router
+        self._method = method
+        self._out: concurrent.futures.Future = concurrent.futures.Future()
+        self._ref: Any = None
+        self._replica: _Replica | None = None  # counted as ongoing there until released
+        self._submitted = threading.Event()
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        """The call's value (raises what the deployment's method raised); ``TimeoutError``
+        after ``timeout_s`` seconds."""
+        ref = self._ref
+        if ref is not None and not self._out.done():
+            # Fast path: wait for the ref in this thread (no hop through the completing thread).
+            try:
+                value = volley.get(ref, timeout=timeout_s)
+                self._router.release(self, ref)
+                return value
+            except volley.GetTimeoutError:
+                raise TimeoutError(
+                    f"{self._router.what()}.{self._method} did not answer within {timeout_s} s"
+                ) from None
+            except BaseException as e:
+                if not _not_started(e):
+                    self._router.release(self, ref, e)
+                    raise
+                # Another replica takes the call: its result comes through _out.
+        try:
+            return self._out.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"{self._router.what()}.{self._method} did not answer within {timeout_s} s"
+            ) from None
+
+    def __await__(self):
+        return asyncio.wrap_future(self._out).__await__()
+
+    def __reduce__(self):
+        raise TypeError(
+            f"a DeploymentResponse ({self._router.what()}.{self._method}) travels only as an "
+            "argument of a handle call itself, not inside another value: pass its "
+            ".result() (or await it) instead"
+        )
+
+    def _object_ref(self) -> Any:
+        """The ref of the call (to pass it on as an argument); waits until it is submitted."""
+        if not self._submitted.wait(NO_REPLICA_WAIT_S + 5):
+            raise NoReplicaError(f"{self._router.what()} took no call in time")
+        if self._ref is None:  # the call failed before it reached a replica
+            self._out.result()
+        return self._ref
+
+    def __repr__(self) -> str:
+        return f"DeploymentResponse({self._router.what()}.{self._method})"
+
+
+class _Replica:
+    __slots__ = ("name", "handle", "ongoing")
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self.handle = handle
+        self.ongoing = 0
+
+
+class _Router:
+    """This process's view of one deployment's replicas, and its count of calls on each."""
+
+    def __init__(self, app: str, deployment: str) -> None:
+        self.app = app
+        self.deployment = deployment
+        self.lock = threading.Lock()
+        self.replicas: list[_Replica] = []
+        self.version = -1
+        self.epoch = ""
+        self.max_ongoing = 1
+        self.max_queued = -1
+        self.checked = 0.0
+        self.dead: set[str] = set()
+        self.missing = False
+        self.pending: list[tuple[DeploymentResponse, tuple, dict, int]] = []
+        self.waiter: threading.Thread | None = None
+
+    def what(self) -> str:
+        return f"deployment {self.deployment!r} of application {self.app!r}"
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.checked < REFRESH_S:
+            return
+        self.checked = now
+        raw = library.kv_get(deployment_key(self.app, self.deployment), namespace=NAMESPACE)
+        if raw is None:
+            with self.lock:
+                self.missing = True
+                self.replicas = []
+            return
+        doc = json.loads(raw)
+        with self.lock:
+            self.missing = False
+            self.max_ongoing = int(doc["max_ongoing_requests"])
+            self.max_queued = int(doc["max_queued_requests"])
+            if doc["epoch"] != self.epoch:  # another controller (serve or volley restarted)
+                self.epoch = doc["epoch"]
+                self.replicas, self.dead, self.version = [], set(), -1
+            if doc["version"] == self.version:
+                return
+            self.dead &= set(doc["replicas"])  # the controller dropped the others already
+            known = {r.name: r for r in self.replicas}
+        fresh = []
+        for name in doc["replicas"]:
+            r = known.get(name)
+            if r is None and name not in self.dead:
+                try:
+                    r = _Replica(name, volley.get_actor(name, namespace=NAMESPACE))
+                except ValueError:  # stopped since the document was written
+                    continue
+            if r is not None:
+                fresh.append(r)
+        with self.lock:
+            self.replicas = fresh
+            self.version = doc["version"]
+
+    def pick(self) -> _Replica | None:
+        with self.lock:
+            live = [r for r in self.replicas if r.name not in self.dead]
+        if not live:
+            return None
+        if len(live) == 1:
+            return live[0]
+        a, b = random.sample(live, 2)
+        return a if a.ongoing <= b.ongoing else b
+
+    def submit(self, resp: DeploymentResponse, args: tuple, kwargs: dict, attempt: int) -> None:
+        try:
+            self.refresh()
+        except Exception as e:  # volley is shut down, the head is unreachable, ...
+            resp._submitted.set()
+            resp._out.set_exception(e)
+            return
+        if self.missing:
+            resp._submitted.set()
+            resp._out.set_exception(
+                NoReplicaError(f"{self.what()} does not exist (deleted, or never deployed)")
+            )
+            return
+        r = self.pick()
+        while r is not None and _is_dead(r):  # known dead here: skip it before sending
+            with self.lock:
+                self.dead.add(r.name)
+            self.checked = 0.0
+            r = self.pick()
+        if r is None:
+            self._wait_for_replica(resp, args, kwargs, attempt)
+            return
+        if self.max_queued >= 0 and attempt == 0:
+            with self.lock:
+                queued = sum(max(0, x.ongoing - self.max_ongoing) for x in self.replicas)
+            if queued >= self.max_queued:
+                resp._submitted.set()
+                resp._out.set_exception(
+                    BackPressureError(
+                        f"{self.what()} is overloaded: {queued} calls of this process wait "
+                        f"beyond max_ongoing_requests={self.max_ongoing} per replica "
+                        f"(max_queued_requests={self.max_queued}); retry later"
+                    )
+                )
+                return
+        try:
+            ref = r.handle.handle_request.remote(resp._method, *args, **kwargs)
+        except Exception as e:
+            resp._submitted.set()
+            resp._out.set_exception(e)
+            return
+        with self.lock:
+            r.ongoing += 1
+            resp._replica = r
+            resp._ref = ref
+        resp._submitted.set()
+        ref.future().add_done_callback(
+            lambda f: self._done(f, r, resp, args, kwargs, attempt),
+        )
+
+    def release(self, resp: DeploymentResponse, ref: Any, error: BaseException | None = None):
+        """The call through ``ref`` is over: it counts no more at its replica (once, whether
+        the caller or the completing thread sees it first). An ``error`` that says the replica
+        is gone or stopping keeps later calls away from it."""
+        with self.lock:
+            r = resp._replica
+            if resp._ref is not ref or r is None:
+                return
+            r.ongoing -= 1
+            resp._replica = None
+            if isinstance(error, (volley.ActorDiedError, ReplicaStoppingError)):
+                self.dead.add(r.name)  # (the engine may not say so for another node's actor)
+                self.checked = 0.0
+
+    def _done(self, f: concurrent.futures.Future, r: _Replica, resp, args, kwargs, attempt):
+        e = f.exception()
+        self.release(resp, resp._ref, e)
+        if e is None:
+            resp._out.set_result(f.result())
+            return
+        if isinstance(e, (volley.ActorDiedError, ReplicaStoppingError)):
+            with self.lock:  # (released by the caller first: its error said so there too)
+                self.dead.add(r.name)
+            self.checked = 0.0
+        if _not_started(e) and attempt + 1 < MAX_ATTEMPTS:
+            self.submit(resp, args, kwargs, attempt + 1)  # another replica takes it
+            return
+        resp._out.set_exception(e)
+
+    def _wait_for_replica(self, resp, args, kwargs, attempt) -> None:
+        with self.lock:
+            self.pending.append((resp, args, kwargs, attempt))
+            if self.waiter is None:
+                self.waiter = threading.Thread(
+                    target=self._wait_loop, name="volley-serve-wait", daemon=True
+                )
+                self.waiter.start()
+
+    def _wait_loop(self) -> None:
+        deadline = time.monotonic() + NO_REPLICA_WAIT_S
+        told = 0.0
+        error: BaseException | None = None
+        while True:
+            try:
+                self.refresh(force=True)
+            except Exception as e:
+                error = e
+                break
+            if self.missing:
+                error = NoReplicaError(f"{self.what()} was deleted while calls waited for it")
+                break
+            if self.pick() is not None:
+                break
+            now = time.monotonic()
+            if now > deadline:
+                error = NoReplicaError(
+                    f"{self.what()} has no live replica: waited {NO_REPLICA_WAIT_S:.0f} s "
+                    "for one to start (see serve.status())"
+                )
+                break
+            if now - told > 0.5:  # the autoscaler counts the calls waiting here
+                told = now
+                with self.lock:
+                    n = len(self.pending)
+                try:
+                    controller = volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+                    controller.note_waiting.remote(self.app, self.deployment, n)
+                except ValueError:
+                    error = NoReplicaError(f"serve is shut down: {self.what()} is gone")
+                    break
+            time.sleep(0.02)
+        with self.lock:
+            pending, self.pending = self.pending, []
+            self.waiter = None
+        for resp, args, kwargs, attempt in pending:
+            if error is None:
+                self.submit(resp, args, kwargs, attempt)
+            else:
+                resp._submitted.set()
+                resp._out.set_exception(error)
+
+
+_routers: dict[tuple[str, str], _Router] = {}
+_routers_lock = threading.Lock()
+
+
+def _router(app: str, deployment: str) -> _Router:
+    key = (app, deployment)
+    r = _routers.get(key)
+    if r is None:
+        with _routers_lock:
+            r = _routers.setdefault(key, _Router(app, deployment))
+    return r
+
+
+def _forget_routers() -> None:
+    """After serve.shutdown or volley.shutdown: no cached replica survives."""
+    with _routers_lock:
+        _routers.clear()
+
+
+def _as_arg(x: Any) -> Any:
+    return x._object_ref() if isinstance(x, DeploymentResponse) else x
+
+
+class DeploymentHandle:
+    """Calls a deployment's replicas: ``handle.remote(*args)`` calls ``__call__`` (a
+    function deployment: the function), ``handle.method.remote(...)`` another method; each returns
+    a ``DeploymentResponse``. Handles pickle, so pass them to tasks and actors; a bound deployment
+    passed to another's ``.bind(...)`` reaches its constructor as a handle.
+
+    >>> from volley import serve
+    >>> @serve.deployment
+    ... class Counter:
+    ...     def __init__(self):
+    ...         self.n = 0
+    ...     def incr(self, by=1):
+    ...         self.n += by
+    ...         return self.n
+    >>> h = serve.run(Counter.bind(), name="counter", route_prefix=None)
+    >>> h.incr.remote(5).result()
+    5
+    >>> serve.delete("counter")
+    """
+
+    def __init__(self, deployment_name: str, app_name: str, method_name: str = "__call__"):
+        self.deployment_name = deployment_name
+        self.app_name = app_name
+        self._method = method_name
+
+    def options(self, *, method_name: str | None = None) -> DeploymentHandle:
+        """This handle calling ``method_name`` by default.
+
+        >>> h = serve.run(Counter.bind(), name="counter2", route_prefix=None)
+        >>> h.options(method_name="incr").remote(2).result()
+        2
+        >>> serve.delete("counter2")
+        """
+        return DeploymentHandle(self.deployment_name, self.app_name, method_name or self._method)
+
+    def __getattr__(self, name: str) -> DeploymentHandle:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return DeploymentHandle(self.deployment_name, self.app_name, name)
+
+    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
+        """Calls the method on a replica; returns its ``DeploymentResponse`` at once."""
+        args = tuple(_as_arg(a) for a in args)
+        kwargs = {k: _as_arg(v) for k, v in kwargs.items()}
+        router = _router(self.app_name, self.deployment_name)
+        resp = DeploymentResponse(router, self._method)
+        router.submit(resp, args, kwargs, 0)
+        return resp
+
+    def __reduce__(self):
+        return (DeploymentHandle, (self.deployment_name, self.app_name, self._method))
+
+    def __repr__(self) -> str:
+        return f"DeploymentHandle(deployment={self.deployment_name!r}, app={self.app_name!r})"

@@ -1,0 +1,170 @@
+"""A replica: the async volley actor that holds one instance of a deployment's class (or its
+function) and runs the calls that handles and the HTTP ingress send it.
+
+At most ``max_ongoing_requests`` calls run at once (an ``asyncio.Semaphore`` here; the rest
+wait in this process and count as ongoing for the autoscaler). The actor itself takes many more
+calls at once than that (``CONTROL_SLOTS`` more), so that the controller's health checks and
+metric reads are never queued behind requests. A sync user method runs in a thread of the
+replica, an async one on its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import volley
+
+from ._common import ReplicaStoppingError
+from ._deployment import HandleMarker
+
+#: Calls the actor takes at once beyond ``max_ongoing_requests``: requests that wait here for
+#: a slot (they count as ongoing for the autoscaler) and the controller's own calls, which must
+#: never queue behind requests in the engine (a health check would time out).
+CONTROL_SLOTS = 1000
+
+
+def _resolve(x: Any) -> Any:
+    if isinstance(x, HandleMarker):
+        from ._handle import DeploymentHandle
+
+        return DeploymentHandle(x.deployment, x.app)
+    return x
+
+
+async def _call(fn: Any, args: tuple, kwargs: dict, pool: Any = None) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    out = await asyncio.get_running_loop().run_in_executor(pool, call)
+    if inspect.isawaitable(out):
+        out = await out
+    return out
+
+
+class Replica:
+    """One replica of a deployment (made by the controller; users never make one)."""
+
+    def __init__(
+        self,
+        app: str,
+        deployment: str,
+        target: bytes,
+        init: bytes,
+        is_class: bool,
+        max_ongoing_requests: int,
+    ) -> None:
+        import cloudpickle
+
+        self._app = app
+        self._deployment = deployment
+        fn = cloudpickle.loads(target)
+        args, kwargs = cloudpickle.loads(init)
+        args = tuple(_resolve(a) for a in args)
+        kwargs = {k: _resolve(v) for k, v in kwargs.items()}
+        self._user = fn(*args, **kwargs) if is_class else fn
+        self._is_class = is_class
+        self._limit = max_ongoing_requests
+        self._sem: asyncio.Semaphore | None = None
+        # The threads a sync method runs in: as many as calls may run at once.
+        self._pool = ThreadPoolExecutor(max_ongoing_requests, thread_name_prefix="serve-replica")
+        self._ongoing = 0
+        self._served = 0
+        self._draining = False
+
+    def _what(self) -> str:
+        return f"deployment {self._deployment!r} of application {self._app!r}"
+
+    async def ready(self, user_config: Any, has_user_config: bool) -> str:
+        """Called once by the controller after ``__init__``: applies the first user_config and
+        returns this actor's id (hex), as the ingress's routing table names it."""
+        self._sem = asyncio.Semaphore(self._limit)
+        if has_user_config:
+            await self.reconfigure(user_config)
+        actor_id = volley.get_runtime_context().get_actor_id()
+        assert actor_id is not None
+        return actor_id
+
+    def _method(self, name: str) -> Any:
+        if not self._is_class:
+            if name != "__call__":
+                raise AttributeError(f"{self._what()} is a function: it has no method {name!r}")
+            return self._user
+        if name.startswith("_") and name != "__call__":
+            raise AttributeError(f"{self._what()}: method {name!r} is private")
+        fn = getattr(self._user, name, None)
+        if fn is None or not callable(fn):
+            raise AttributeError(f"{self._what()} has no method {name!r}")
+        return fn
+
+    async def handle_request(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Runs ``method`` of the user's object (a handle call)."""
+        if self._draining:
+            raise ReplicaStoppingError(f"this replica of {self._what()} is stopping")
+        fn = self._method(method)
+        self._ongoing += 1
+        try:
+            assert self._sem is not None, "a call came before the replica was ready"
+            async with self._sem:
+                return await _call(fn, args, kwargs, self._pool)
+        finally:
+            self._ongoing -= 1
+            self._served += 1
+
+    async def __volley_serve_http__(self, frame: bytes) -> bytes:
+        """An HTTP request from the ingress (a request frame) -> its response frame."""
+        from ._http import handle_frame
+
+        self._ongoing += 1
+        try:
+            assert self._sem is not None, "a request came before the replica was ready"
+            async with self._sem:
+                return await handle_frame(self._user, frame)
+        finally:
+            self._ongoing -= 1
+            self._served += 1
+
+    async def handle_http(self, frame: bytes) -> bytes:
+        """The same as ``__volley_serve_http__`` (a Python handle reaches no dunder method)."""
+        return await self.__volley_serve_http__(frame)
+
+    async def reconfigure(self, user_config: Any) -> None:
+        """Passes a new ``user_config`` to the user's ``reconfigure`` (no restart)."""
+        fn = getattr(self._user, "reconfigure", None) if self._is_class else None
+        if fn is None:
+            raise TypeError(
+                f"{self._what()} has a user_config but its class has no reconfigure(config) method"
+            )
+        await _call(fn, (user_config,), {})
+
+    async def check_health(self) -> None:
+        """Raises if the user's ``check_health`` does (a replica without one is healthy)."""
+        fn = getattr(self._user, "check_health", None) if self._is_class else None
+        if fn is not None:
+            await _call(fn, (), {})
+
+    async def stats(self) -> dict:
+        """What the controller's autoscaler reads: calls running or waiting here (and this
+        actor's id, as the routing table names it)."""
+        return {
+            "ongoing": self._ongoing,
+            "served": self._served,
+            "actor_id": volley.get_runtime_context().get_actor_id(),
+            "pid": os.getpid(),
+        }
+
+    async def drain(self, timeout_s: float) -> int:
+        """Takes no more handle calls (they go to other replicas), then waits until no call
+        runs here (at most ``timeout_s``); the calls still running. HTTP requests are still
+        served meanwhile: the ingress stopped sending them with the routing table."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._ongoing and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return self._ongoing
