@@ -48,6 +48,11 @@ $(DEPS): pyproject.toml | $(VPY)
 		|| apt-get install -y -q chromium chromium-driver >/dev/null \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null) \
 		|| echo "note: could not install chromium and chromium-driver (the dashboard's browser test)"
+	@# curl speaks h2c to serve's HTTP ingress (tests/test_serve_ingress.py skips without it).
+	@command -v curl >/dev/null || ! command -v apt-get >/dev/null \
+		|| apt-get install -y -q curl >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q curl >/dev/null) \
+		|| echo "note: could not install curl (serve's HTTP/2 test)"
 	@# CPython's test_concurrent_futures for tests/peers/test_cpython_futures.py: Debian ships it
 	@# apart from the interpreter (the harness skips, saying so, where it cannot be installed).
 	@test -f /usr/lib/python3.11/test/test_concurrent_futures.py || ! command -v apt-get >/dev/null \
