@@ -171,6 +171,7 @@ LABELS = {
     "chain2": "chain ingress -> echo, 10 KB, 2 replicas each",
     "model_batch": "numpy MLP, @serve.batch(32), 1 replica",
     "model": "numpy MLP, no batching, 1 replica",
+    "echo_quickack": "echo, 1 replica, 16 B, Python client with TCP_QUICKACK (not wrk)",
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -250,6 +251,48 @@ def added_latency(port: int, n: int = 1000, warm: int = 100) -> float:
     return statistics.median(ds) * 1e6
 
 
+def quickack_echo(port: int, seconds: float) -> dict:
+    """``POST /echo`` one at a time on one connection, the client acknowledging at once.
+
+    A client with delayed ACKs (wrk, curl, most clients) waits up to 40 ms for the second
+    segment of an answer its server wrote in two without ``TCP_NODELAY``; ``TCP_QUICKACK``,
+    set again before each read, removes that wait, so this row shows the servers' own latency.
+    """
+    req = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 16\r\n\r\n" + b"x" * 16
+    lat = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            s.sendall(req)
+            while True:
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head) if sep else None
+                if m and len(rest) >= int(m.group(1)):
+                    buf = rest[int(m.group(1)) :]
+                    break
+                if sep and m is None:
+                    raise RuntimeError(f"/echo answered with no content-length: {head!r}")
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the server closed the connection during /echo")
+                buf += chunk
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"/echo answered {head[:40]!r}")
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {
+        "rate": len(lat) / elapsed,
+        "p50_ms": lat[len(lat) // 2] * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
+        "errors": 0,
+    }
+
+
 def run_system(
     python: str,
     system: str,
@@ -292,6 +335,9 @@ def run_system(
             for c in conns:
                 out[f"{case}@{c}"] = run_wrk(wrk, port, case, c, seconds, scripts[case])
                 print(f"  {system} {case} c={c}: {json.dumps(out[f'{case}@{c}'])}", flush=True)
+        if "echo" in cases:
+            out["echo_quickack@1"] = quickack_echo(port, seconds)
+            print(f"  {system} echo quick-ACK c=1: {json.dumps(out['echo_quickack@1'])}")
         try:
             out["added_us"] = added_latency(port)
             print(f"  {system} added latency p50: {out['added_us']:.0f} µs", flush=True)
@@ -362,36 +408,34 @@ def main() -> None:
     has_ray = bool(results.get("ray"))
     lines = [
         "| case | conns | volley req/s | p50 | p99 | Ray req/s | p50 | p99 "
-        "| req/s ratio | p99 ratio |",
+        "| req/s volley/Ray | p99 Ray/volley |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     errs = {
         s: sum(v["errors"] for r in results[s] for k, v in r.items() if "@" in k)
         for s, _ in systems
     }
-    for case in cases:
-        for c in conns:
-            key = f"{case}@{c}"
-            v = [med("volley", key, f) for f in ("rate", "p50_ms", "p99_ms")]
-            r = (
-                [med("ray", key, f) for f in ("rate", "p50_ms", "p99_ms")]
-                if has_ray
-                else [None] * 3
-            )
-            if v[0] is None:
-                continue
+    rows = [(case, c) for case in cases for c in conns]
+    if "echo" in cases:
+        rows.insert((cases.index("echo") + 1) * len(conns), ("echo_quickack", 1))
+    for case, c in rows:
+        key = f"{case}@{c}"
+        v = [med("volley", key, f) for f in ("rate", "p50_ms", "p99_ms")]
+        r = [med("ray", key, f) for f in ("rate", "p50_ms", "p99_ms")] if has_ray else [None] * 3
+        if v[0] is None:
+            continue
 
-            def f(x: float | None, unit: str = "") -> str:
-                if x is None:
-                    return "-"
-                return f"{x:,.0f}" if unit == "" else f"{x:.2f} ms"
+        def f(x: float | None, unit: str = "") -> str:
+            if x is None:
+                return "-"
+            return f"{x:,.0f}" if unit == "" else f"{x:.2f} ms"
 
-            ratio = f"{v[0] / r[0]:.1f}x" if r[0] else "-"
-            p99r = f"{r[2] / v[2]:.1f}x lower" if r[2] else "-"
-            lines.append(
-                f"| {LABELS[case]} | {c} | {f(v[0])} | {f(v[1], 'ms')} | {f(v[2], 'ms')} "
-                f"| {f(r[0])} | {f(r[1], 'ms')} | {f(r[2], 'ms')} | {ratio} | {p99r} |"
-            )
+        ratio = f"{v[0] / r[0]:.1f}x" if r[0] else "-"
+        p99r = f"{r[2] / v[2]:.1f}x" if r[2] else "-"
+        lines.append(
+            f"| {LABELS[case]} | {c} | {f(v[0])} | {f(v[1], 'ms')} | {f(v[2], 'ms')} "
+            f"| {f(r[0])} | {f(r[1], 'ms')} | {f(r[2], 'ms')} | {ratio} | {p99r} |"
+        )
     table = "\n".join(lines)
     extra = []
     for s, _ in systems:
