@@ -450,7 +450,7 @@ def main() -> None:
         for s, _ in systems:
             p1, p256 = med(s, "echo@1", "p99_ms"), med(s, "echo@256", "p99_ms")
             if p1 and p256:
-                extra.append(f"- {s}: echo p99 at 256 conns / p99 at 1 conn: {p256 / p1:.0f}x")
+                extra.append(f"- {s}: echo p99 at 256 conns / p99 at 1 conn: {p256 / p1:.1f}x")
     if "model_batch" in cases and "model" in cases:
         for s, _ in systems:
             for c in conns:
