@@ -392,13 +392,16 @@ def main() -> None:
             f"{len(BODIES[case])})\n"
         )
     results: dict[str, list[dict]] = {s: [] for s, _ in systems}
-    for i in range(args.runs):
-        order = systems if i % 2 == 0 else systems[::-1]
-        for s, py in order:
-            print(f"run {i + 1} {s}", flush=True)
-            r = run_system(py, s, cases, conns, args.seconds, wrk, scripts, tmp)
-            if r is not None:
-                results[s].append(r)
+    try:
+        for i in range(args.runs):
+            order = systems if i % 2 == 0 else systems[::-1]
+            for s, py in order:
+                print(f"run {i + 1} {s}", flush=True)
+                r = run_system(py, s, cases, conns, args.seconds, wrk, scripts, tmp)
+                if r is not None:
+                    results[s].append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     def med(s: str, key: str, field: str | None = None) -> float | None:
@@ -462,7 +465,6 @@ def main() -> None:
     print(summary)
     print("before:", uptime_before)
     print("after: ", uptime_after)
-    shutil.rmtree(tmp, ignore_errors=True)
     if args.no_write:
         return
     head = subprocess.run(
