@@ -171,14 +171,17 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         t.checkpoint = ckpt
         t.last_result = result
         t.history.append(result)
-        done = it >= max_t
-        decision = sched.on_trial_result(sim, t, result)
-        if done or decision == "STOP":
+        if it >= max_t:
+            # The run's stop criterion: as in both tuners (volley's and Ray's), the trial
+            # ends on this result and the scheduler is told so (on_trial_complete) without
+            # deciding on it (no on_trial_result: PBT must not exploit a trial that ends).
             t.status = Trial.TERMINATED
-            if done and decision != "STOP":
-                sched.on_trial_complete(sim, t, result)
-            else:
-                sched.on_trial_remove(sim, t)
+            sched.on_trial_complete(sim, t, result)
+            continue
+        decision = sched.on_trial_result(sim, t, result)
+        if decision == "STOP":
+            t.status = Trial.TERMINATED
+            sched.on_trial_remove(sim, t)
         elif decision == "PAUSE":
             t.status = Trial.PAUSED
         else:
