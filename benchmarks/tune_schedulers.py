@@ -11,7 +11,10 @@ last reported loss (Ray's ``get_best_result(scope="last")``); the figure of meri
 trial's true, noise-free loss at its end (lower is better; 0 is perfect).
 
 volley's side drives ``volley.tune.schedulers`` with a small simulated tuner (no volley
-processes: the algorithms are what is measured). Ray's side runs ``ray.tune.Tuner`` with the
+processes: the algorithms are what is measured). As both real tuners do, a trial's result at
+``max_t`` (the run's stop criterion) ends it with ``on_trial_complete`` and is not shown to
+the scheduler's ``on_trial_result`` (until 2026-12-06 it was, and PBT exploited trials on their
+last result, which neither tuner lets it do). Ray's side runs ``ray.tune.Tuner`` with the
 same curves as a ``Trainable`` and a stopper that ends the run at the same budget, in the
 Python given by ``--ray-python`` (skipped when that Python has no Ray).
 
@@ -171,14 +174,17 @@ def run_volley(name: str, seed: int, budget: int, max_t: int, slots: int, pop: i
         t.checkpoint = ckpt
         t.last_result = result
         t.history.append(result)
-        done = it >= max_t
-        decision = sched.on_trial_result(sim, t, result)
-        if done or decision == "STOP":
+        if it >= max_t:
+            # The run's stop criterion: as in both tuners (volley's and Ray's), the trial
+            # ends on this result and the scheduler is told so (on_trial_complete) without
+            # deciding on it (no on_trial_result: PBT must not exploit a trial that ends).
             t.status = Trial.TERMINATED
-            if done and decision != "STOP":
-                sched.on_trial_complete(sim, t, result)
-            else:
-                sched.on_trial_remove(sim, t)
+            sched.on_trial_complete(sim, t, result)
+            continue
+        decision = sched.on_trial_result(sim, t, result)
+        if decision == "STOP":
+            t.status = Trial.TERMINATED
+            sched.on_trial_remove(sim, t)
         elif decision == "PAUSE":
             t.status = Trial.PAUSED
         else:

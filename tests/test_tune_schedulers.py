@@ -512,6 +512,46 @@ def test_pbt_never_clones_a_trial_that_has_no_checkpoint():
     assert [(r[0], r[2]) for r in ctl.resets] == [("t0", "ckpt-t3")]
 
 
+def test_pbt_clones_only_a_checkpoint_taken_in_the_top_quantile_and_else_skips():
+    """As Ray's PBT: a trial gives the checkpoint it had when it was last ranked, and only
+    if it was in the top quantile then; a bottom trial that draws a top trial with none does
+    not exploit this time; a trial just reset gives none until it is ranked in the top."""
+    pbt = PopulationBasedTraining(
+        metric="acc",
+        mode="max",
+        perturbation_interval=1,
+        quantile_fraction=0.25,
+        hyperparam_mutations={"lr": [0.01, 0.02, 0.03]},
+        seed=0,
+    )
+    trials, ctl = pbt_population(4, pbt)  # every trial has a checkpoint of its own
+    acc = {t.trial_id: float(t.config["i"]) for t in trials}  # t3 best
+    # Round 1, the best first: t3 is ranked alone (no quantiles), so it is not in the top
+    # then and its checkpoint is not one to give. Each later trial is in the bottom and
+    # draws t3, the top: no exploit, although t3 holds a checkpoint.
+    for t in reversed(trials):
+        assert report(pbt, ctl, t, {"acc": acc[t.trial_id]}) == CONTINUE
+    assert ctl.resets == []
+    assert pbt.get_state()["trials"]["t3"]["last_checkpoint"] is None
+    # Round 2: t3 is ranked in the top now and gives the checkpoint it has at that moment.
+    trials[3].checkpoint = "ckpt-t3@2"
+    assert report(pbt, ctl, trials[3], {"acc": 3.0}) == CONTINUE
+    assert report(pbt, ctl, trials[0], {"acc": 0.0}) == NOOP
+    assert [(r[0], r[2]) for r in ctl.resets] == [("t0", "ckpt-t3@2")]
+    # t0, just reset, gives nothing until ranked in the top (it is still ranked at 0.0).
+    assert pbt.get_state()["trials"]["t0"]["last_checkpoint"] is None
+    assert pbt.get_state()["trials"]["t3"]["last_checkpoint"] == "ckpt-t3@2"
+    # t3 falls to the bottom at round 3: its checkpoint is no longer one to give, and t0
+    # (ranked top now) gives the one it has then.
+    trials[0].checkpoint = "ckpt-t0@3"
+    # (the top is t2 now, whose checkpoint of round 1 was ranked below the top: no exploit)
+    assert report(pbt, ctl, trials[3], {"acc": -1.0}) == CONTINUE
+    assert pbt.get_state()["trials"]["t3"]["last_checkpoint"] is None
+    assert len(ctl.resets) == 1
+    assert report(pbt, ctl, trials[0], {"acc": 5.0}) == CONTINUE
+    assert pbt.get_state()["trials"]["t0"]["last_checkpoint"] == "ckpt-t0@3"
+
+
 def test_pbt_perturbs_within_bounds_and_steps_lists_to_a_neighbour():
     pbt = PopulationBasedTraining(
         hyperparam_mutations={

@@ -4,9 +4,19 @@ quantile of the population takes the checkpoint and config of a trial in the top
 
 Exploit goes through the tuner: ``controller.reset_trial(trial, new_config, checkpoint)``
 restarts the trial from the better trial's checkpoint (the tuner moves it through volley's
-object store), keeping its id and history. A top trial is only cloned from a checkpoint it
-had when it was ranked, so the score and the weights match; a top trial with no checkpoint
-yet is never cloned. Explore, for each key of ``hyperparam_mutations``:
+object store), keeping its id and history. Which checkpoint, as Ray Tune's PBT:
+
+- a trial gives its checkpoint only if it was in the top quantile when it was last ranked
+  (at its own last perturbation point): the checkpoint of that moment, so the score and the
+  weights match; a trial ranked below the top, or just reset to another's checkpoint, has
+  none to give until it is ranked in the top again;
+- the trial to clone is drawn from the whole top quantile; if the one drawn has no
+  checkpoint to give, the bottom trial does not exploit this time (no other is drawn).
+
+(On ``benchmarks/tune_schedulers.py``'s noisy quadratic these rules exploit less often than
+cloning any top trial that has a checkpoint, with no measurable change in the best config
+found: ``benchmarks/RESULTS-tune-schedulers.md``.) Explore, for each key of
+``hyperparam_mutations``:
 
 - a list (or ``tune.choice``): with ``resample_probability``, a new draw; else the value next
   to the current one in the list (one step up or down);
@@ -47,8 +57,9 @@ logger = logging.getLogger("volley.tune")
 
 
 class _State:
-    """What PBT remembers of a trial: its score and checkpoint at its last perturbation
-    point, and when that was."""
+    """What PBT remembers of a trial: its score at its last perturbation point, when that
+    was, and the checkpoint (and config) of then if the trial was in the top quantile (None
+    if not: it has nothing to give)."""
 
     def __init__(self) -> None:
         self.last_score: float | None = None
@@ -241,6 +252,7 @@ class PopulationBasedTraining(MetricScheduler):
         if self.synch:
             return self._synch_point(controller, trial)
         lower, upper = self._quantiles(controller)
+        self._keep_top_checkpoints([trial], upper)
         if trial.trial_id in lower and self._exploit(controller, trial, upper):
             return TrialScheduler.NOOP
         # Give waiting trials a turn (as Ray): pause at the perturbation point if any waits.
@@ -255,6 +267,7 @@ class PopulationBasedTraining(MetricScheduler):
         if not all(self._state.get(t.trial_id, _State()).waiting for t in live):
             return TrialScheduler.PAUSE
         lower, upper = self._quantiles(controller)
+        self._keep_top_checkpoints(live, upper)
         decision = TrialScheduler.CONTINUE
         for t in live:
             self._state[t.trial_id].waiting = False
@@ -275,15 +288,27 @@ class PopulationBasedTraining(MetricScheduler):
             return [], []
         return scored[:n], scored[-n:]
 
+    def _keep_top_checkpoints(self, ranked: list[Any], upper: list[str]) -> None:
+        """Of the trials just ranked, those outside the top quantile give no checkpoint."""
+        for t in ranked:
+            if t.trial_id not in upper:
+                self._state[t.trial_id].last_checkpoint = None
+
     def _exploit(self, controller: Any, trial: Any, upper: list[str]) -> bool:
-        """Resets ``trial`` to a top trial's checkpoint and a perturbed copy of its config;
-        False if no top trial has a checkpoint to give."""
-        donors = [tid for tid in upper if self._state[tid].last_checkpoint is not None]
-        if not donors:
-            logger.debug("PBT: no top trial of %s has a checkpoint yet", upper)
+        """Resets ``trial`` to the checkpoint of a top trial drawn at random and a perturbed
+        copy of its config; False (no exploit this time) if the one drawn has no checkpoint
+        to give (see the module)."""
+        if not upper:
             return False
-        donor_id = self._rng.choice(donors)
+        donor_id = self._rng.choice(upper)
         donor_state = self._state[donor_id]
+        if donor_state.last_checkpoint is None:
+            logger.debug(
+                "PBT: top trial %s has no checkpoint to give; %s does not exploit this time",
+                donor_id,
+                trial.trial_id,
+            )
+            return False
         assert donor_state.last_config is not None
         new_config = self.explore(donor_state.last_config)
         entry = {
@@ -313,8 +338,9 @@ class PopulationBasedTraining(MetricScheduler):
             checkpoint = getattr(donor, "checkpoint", None) or checkpoint
         controller.reset_trial(trial, new_config, checkpoint)
         # The trial keeps its own (bad) score until its next perturbation point, so the
-        # bottom of the population stays put within a round.
-        self._state[trial.trial_id].last_checkpoint = checkpoint
+        # bottom of the population stays put within a round, and it gives no checkpoint
+        # until it is ranked in the top.
+        self._state[trial.trial_id].last_checkpoint = None
         return True
 
     def on_trial_complete(self, controller: Any, trial: Any, result: dict) -> None:
@@ -338,6 +364,7 @@ class PopulationBasedTraining(MetricScheduler):
         ]
         if live and all(self._state.get(t.trial_id, _State()).waiting for t in live):
             lower, upper = self._quantiles(controller)
+            self._keep_top_checkpoints(live, upper)
             for t in live:
                 self._state[t.trial_id].waiting = False
                 if t.trial_id in lower:
