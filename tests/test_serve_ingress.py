@@ -28,10 +28,12 @@ import volley
 from volley import library
 from volley.serve import _wire
 
-# On a cluster the ingress runs in the head's process, whose scheduler knows only the actors it
-# hosts or has been told of: replicas created on other nodes are not reachable from it yet.
+# On a cluster the ingress runs in the head's process: it reaches a replica on another node when
+# the routes document names that node ("replica_nodes", as serve's controller writes it; see
+# tests/test_serve_over_http.py on the cluster). These hand-written documents name none.
 pytestmark = pytest.mark.one_node(
-    "the head's ingress reaches only replicas its own node's scheduler knows"
+    "hand-written routes documents without replica_nodes: the head's ingress knows only its "
+    "own node's replicas then"
 )
 
 NS = _wire.KV_NAMESPACE
@@ -422,12 +424,40 @@ def test_rebind_and_port_in_use(port, pair):
     assert get(port, "/echo")[0] == 200
 
 
+def post(port: int, path: str, body: bytes = b"x"):
+    c = Client(port)
+    try:
+        return c.request("POST", path, body=body)
+    finally:
+        c.close()
+
+
+def test_a_get_whose_replica_dies_under_it_goes_to_another_once(port):
+    a, b = Replica.remote("GA"), Replica.remote("GB")
+    pids = volley.get([a.pid.remote(), b.pid.remote()])
+    put_routes(route("/g", [a, b], max_ongoing=1))
+    results, ts = in_threads(2, lambda i: get(port, "/g?gate=1"))
+    wait_for(
+        lambda: [s["now"] for s in volley.get([a.stats.remote(), b.stats.remote()])] == [1, 1],
+        "a request under way at each replica",
+    )
+    os.kill(pids[0], signal.SIGKILL)
+    # The GET that was on the killed replica waits for the other's slot (not a 500).
+    wait_for(lambda: volley.get(b.stats.remote())["now"] == 1, "the other replica still busy")
+    assert results == [], results
+    b.open.remote()
+    join(ts, "both GETs")
+    assert sorted((st, h["x-replica"]) for st, h, _ in results) == [(200, "GB"), (200, "GB")]
+    volley.kill(b)
+
+
 def test_a_killed_replica(port):
     a, b = Replica.remote("KA"), Replica.remote("KB")
     pids = volley.get([a.pid.remote(), b.pid.remote()])
     put_routes(route("/k", [a, b], max_ongoing=1))
-    # One request in flight on each; the one on the killed replica gets a 500 naming it.
-    results, ts = in_threads(2, lambda i: get(port, "/k?gate=1"))
+    # One request in flight on each; the POST on the killed replica gets a 500 naming it (a
+    # GET would go to the other replica: the test above).
+    results, ts = in_threads(2, lambda i: post(port, "/k?gate=1"))
     wait_for(
         lambda: [s["now"] for s in volley.get([a.stats.remote(), b.stats.remote()])] == [1, 1],
         "a request under way at each replica",

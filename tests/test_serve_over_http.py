@@ -19,11 +19,6 @@ import volley
 import volley.state
 from volley import serve
 
-pytestmark = pytest.mark.one_node(
-    "the head's ingress reaches replicas its own node knows; replicas on other nodes are not "
-    "reachable over HTTP yet (docs/serve.md, 'What is missing')"
-)
-
 WAIT_S = 30.0
 
 

@@ -69,6 +69,7 @@ class _ReplicaState:
         self.name = name
         self.handle = handle
         self.actor_id = ""
+        self.node = -1  # the node it runs on (the ingress routes there)
         self.state = "STARTING"
         self.ongoing = 0
         self.next_health = 0.0
@@ -306,7 +307,9 @@ class Controller:
         has_config = d.options.get("user_config") is not None
         ref = r.handle.ready.remote(d.options.get("user_config"), has_config)
         try:
-            r.actor_id = await asyncio.wait_for(asyncio.wrap_future(ref.future()), READY_TIMEOUT_S)
+            r.actor_id, r.node = await asyncio.wait_for(
+                asyncio.wrap_future(ref.future()), READY_TIMEOUT_S
+            )
         except asyncio.TimeoutError:
             raise _DeployError(
                 f"a replica of deployment {d.name!r} was not ready within {READY_TIMEOUT_S:.0f} s "
@@ -448,6 +451,7 @@ class Controller:
                     "app": a.name,
                     "deployment": ingress.name,
                     "replicas": [r.actor_id for r in ingress.running()],
+                    "replica_nodes": [r.node for r in ingress.running()],
                     "max_ongoing_requests": int(o["max_ongoing_requests"]),
                     "max_queued_requests": int(o["max_queued_requests"]),
                     "request_timeout_s": o.get("request_timeout_s"),

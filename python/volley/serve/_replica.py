@@ -80,15 +80,16 @@ class Replica:
     def _what(self) -> str:
         return f"deployment {self._deployment!r} of application {self._app!r}"
 
-    async def ready(self, user_config: Any, has_user_config: bool) -> str:
+    async def ready(self, user_config: Any, has_user_config: bool) -> tuple[str, int]:
         """Called once by the controller after ``__init__``: applies the first user_config and
-        returns this actor's id (hex), as the ingress's routing table names it."""
+        returns this actor's id (hex), as the ingress's routing table names it, and its node."""
         self._sem = asyncio.Semaphore(self._limit)
         if has_user_config:
             await self.reconfigure(user_config)
-        actor_id = volley.get_runtime_context().get_actor_id()
+        ctx = volley.get_runtime_context()
+        actor_id = ctx.get_actor_id()
         assert actor_id is not None
-        return actor_id
+        return actor_id, int(ctx.get_node_id())
 
     def _method(self, name: str) -> Any:
         if not self._is_class:

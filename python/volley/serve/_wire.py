@@ -28,7 +28,10 @@ Response frame::
 ``str`` and ``bytes`` are a u32 length then that many bytes (UTF-8 for ``str``).
 
 The routing table the ingress serves is a JSON document in the head's key-value table
-(namespace :data:`KV_NAMESPACE`, key :data:`ROUTES_KEY`), rewritten whole by serve's controller;
+(namespace :data:`KV_NAMESPACE`, key :data:`ROUTES_KEY`), rewritten whole by serve's controller
+(each route: prefix, app, deployment, replicas (actor ids), replica_nodes (the node of each,
+optional: a replica on another node is reached there), max_ongoing_requests,
+max_queued_requests, request_timeout_s);
 the ingress follows its changes. The address to listen on is key :data:`HTTP_KEY`; the ingress
 answers under :data:`HTTP_STATUS_KEY` (see ``docs/serve.md``, "How it runs").
 

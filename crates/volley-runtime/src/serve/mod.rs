@@ -28,13 +28,13 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use tokio::sync::{mpsc, oneshot};
 use volley_proto::{
-    ActorCall, ActorId, ActorPart, ErrorKind, FunctionId, IdGenerator, ObjectData, ObjectId,
-    TaskOptions, TaskSpec,
+    ActorCall, ActorId, ActorPart, ErrorKind, FunctionId, IdGenerator, NodeId, ObjectData,
+    ObjectId, TaskOptions, TaskSpec,
 };
 use volley_sched::{Action, Holder, WaitOwner};
 use volley_store::sync::Mutex;
@@ -365,13 +365,23 @@ struct Pending {
 
 /// Submits the call of `actor`'s method with `args`, unless the engine knows the actor is dead
 /// (then the call has not started and `args` come back).
-fn submit(s: &Serving, shared: &Shared, actor: ActorId, args: Vec<u8>) -> Result<Pending, Vec<u8>> {
+fn submit(
+    s: &Serving,
+    shared: &Shared,
+    actor: ActorId,
+    node: Option<u32>,
+    args: Vec<u8>,
+) -> Result<Pending, Vec<u8>> {
     let task_id = s.ids.next_task();
     let ret = ObjectId::for_return(task_id, 1);
     let slot = Arc::new(Slot::default());
     let (tx, rx) = oneshot::channel();
     *slot.waker.lock() = Some(tx);
     let now = shared.with(|st, out| {
+        if let Some(n) = node {
+            // A replica on another node: calls go there (a route, as a handle would bring).
+            st.sched.route_to_actor(actor, NodeId(n), "serve replica");
+        }
         let alive = st.sched.actor_info(actor).is_some_and(|i| i.state != "DEAD");
         if !alive {
             return Err(args);
@@ -545,6 +555,11 @@ async fn handle(
     .encode();
     let mut args = wire::call_args(&frame);
     drop(frame);
+    // A GET, HEAD or OPTIONS whose replica died under it goes to another replica once: the
+    // ingress cannot tell whether a replica on another node died before the call reached it,
+    // and these are safe to run again.
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let mut retried = false;
     let answer = loop {
         let actor = match s.acquire(route, deadline).await {
             Ok(a) => a,
@@ -554,7 +569,8 @@ async fn handle(
             s.release(actor);
             return fail_response(Fail::Internal("the node shut down".into()), &rid, route);
         };
-        match submit(&s, &shared, actor, args) {
+        let spare = (idempotent && !retried).then(|| args.clone());
+        match submit(&s, &shared, actor, route.node_of(actor), args) {
             Ok(p) => {
                 // The call runs to its end in a task of its own, which gives its replica back
                 // then: a request that times out (or whose client leaves) still counts until
@@ -572,7 +588,15 @@ async fn handle(
                     },
                     None => call.await,
                 };
-                break joined.unwrap_or_else(|e| Err(Fail::Internal(e.to_string())));
+                let result = joined.unwrap_or_else(|e| Err(Fail::Internal(e.to_string())));
+                match (result, spare) {
+                    (Err(Fail::Died(_)), Some(again)) => {
+                        s.mark_dead(actor);
+                        args = again;
+                        retried = true;
+                    }
+                    (result, _) => break result,
+                }
             }
             Err(back) => {
                 // The actor is dead and the call never started: another replica takes it.

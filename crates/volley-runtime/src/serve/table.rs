@@ -15,6 +15,9 @@ pub struct Route {
     pub app: String,
     pub deployment: String,
     pub replicas: Vec<ActorId>,
+    /// The node each replica runs on (the document's optional "replica_nodes", in the order
+    /// of "replicas"): a replica this node does not host is reached there.
+    pub nodes: Vec<Option<u32>>,
     pub max_ongoing: u32,
     /// `None`: no bound.
     pub max_queued: Option<usize>,
@@ -25,6 +28,12 @@ impl Route {
     /// The key the balancer's waiting lines go by (a deployment of an app).
     pub fn key(&self) -> String {
         format!("{}/{}", self.app, self.deployment)
+    }
+
+    /// The node `replica` runs on, if the document said.
+    pub fn node_of(&self, replica: ActorId) -> Option<u32> {
+        let i = self.replicas.iter().position(|a| *a == replica)?;
+        self.nodes.get(i).copied().flatten()
     }
 
     /// Whether `path` falls under this route: on path-segment boundaries ("/echo" matches
@@ -86,6 +95,24 @@ fn parse_route(r: &serde_json::Value) -> Result<Route, String> {
         let hex = x.as_str().ok_or("a replica is not a string")?;
         replicas.push(parse_actor_id(hex)?);
     }
+    let mut nodes = vec![None; replicas.len()];
+    if let Some(list) = r.get("replica_nodes").filter(|x| !x.is_null()) {
+        let list = list.as_array().ok_or("\"replica_nodes\" is not a list")?;
+        if list.len() != replicas.len() {
+            return Err(format!(
+                "\"replica_nodes\" names {} nodes for {} replicas",
+                list.len(),
+                replicas.len()
+            ));
+        }
+        for (slot, x) in nodes.iter_mut().zip(list) {
+            *slot = match x.as_i64() {
+                Some(n) if (0..=u32::MAX as i64).contains(&n) => Some(n as u32),
+                Some(_) => None, // not known (-1)
+                None => return Err("a replica's node is not an integer".into()),
+            };
+        }
+    }
     let max_ongoing = match r.get("max_ongoing_requests").and_then(|x| x.as_u64()) {
         Some(n) if n >= 1 && n <= u32::MAX as u64 => n as u32,
         _ => return Err("max_ongoing_requests must be an integer >= 1".into()),
@@ -110,6 +137,7 @@ fn parse_route(r: &serde_json::Value) -> Result<Route, String> {
         app: text("app")?,
         deployment: text("deployment")?,
         replicas,
+        nodes,
         max_ongoing,
         max_queued,
         timeout,
@@ -313,6 +341,28 @@ mod tests {
 
     fn doc(routes: &str) -> Vec<u8> {
         format!("{{\"version\": 3, \"routes\": [{routes}]}}").into_bytes()
+    }
+
+    #[test]
+    fn each_replica_may_name_its_node() {
+        let r = |nodes: &str| {
+            format!(
+                "{{\"prefix\": \"/a\", \"app\": \"x\", \"deployment\": \"D\", \
+                 \"replicas\": [\"{:032x}\", \"{:032x}\"], \"replica_nodes\": {nodes}, \
+                 \"max_ongoing_requests\": 2}}",
+                1u128, 2u128
+            )
+        };
+        let t = Table::parse(&doc(&r("[3, -1]"))).expect("parses");
+        assert_eq!(t.routes[0].node_of(aid(1)), Some(3));
+        assert_eq!(t.routes[0].node_of(aid(2)), None, "-1: not known");
+        assert_eq!(t.routes[0].node_of(aid(9)), None, "not a replica of the route");
+        let t = Table::parse(&doc(&r("null"))).expect("parses");
+        assert_eq!(t.routes[0].nodes, vec![None, None]);
+        let e = Table::parse(&doc(&r("[3]"))).expect_err("one node for two replicas");
+        assert!(e.contains("names 1 nodes for 2 replicas"), "{e}");
+        let e = Table::parse(&doc(&r("[3, \"x\"]"))).expect_err("not a number");
+        assert!(e.contains("not an integer"), "{e}");
     }
 
     fn route(prefix: &str, replicas: &[u128], max: u32, queued: i64) -> String {

@@ -323,7 +323,7 @@ impl Scheduler {
 
     /// This node saw the actor die for good (killed, or out of restarts): a directory that
     /// still lists it (until its node's next heartbeat) must not hand out a new handle to it.
-    fn known_dead(&self, actor: ActorId) -> bool {
+    pub(super) fn known_dead(&self, actor: ActorId) -> bool {
         self.actors.get(&actor).is_some_and(|a| a.life == Life::Dead)
     }
 

@@ -322,6 +322,15 @@ impl Scheduler {
         routes
     }
 
+    /// Learns that `actor` runs on `node` (from elsewhere than a handle: serve's routing table
+    /// names its replicas by id and node): calls made here go there. Nothing if this node hosts
+    /// it, already knows it, or saw it die.
+    pub fn route_to_actor(&mut self, actor: ActorId, node: NodeId, class: &str) {
+        if !self.known_dead(actor) {
+            self.add_routes(vec![(actor, node, class.to_string())]);
+        }
+    }
+
     /// Learns where actors live whose handles a peer's task carries: calls made here go there.
     pub(super) fn add_routes(&mut self, routes: Vec<(ActorId, NodeId, String)>) {
         for (aid, node, class) in routes {
