@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from conftest import finish_driver, kill_driver, start_driver
+from test_tune import held_trainable
 
 from volley import tune
 from volley.tune._tuner import _read_journal
@@ -100,18 +101,6 @@ print("FINISHED")
 """
 
 
-def logged_trainable(root: Path):
-    def f(config):
-        ckpt = tune.get_checkpoint()
-        start = ckpt.to_dict()["i"] + 1 if ckpt else 0
-        with open(root / "runs.log", "a") as fh:
-            fh.write(f"{config['x']} {start}\n")
-        for i in range(start, 4):
-            tune.report({"i": i}, checkpoint=tune.Checkpoint.from_dict({"i": i}))
-
-    return f
-
-
 def starts_of(root: Path) -> dict[int, list[int]]:
     starts: dict[int, list[int]] = {}
     for line in (root / "runs.log").read_text().splitlines():
@@ -156,7 +145,7 @@ def test_a_paused_trial_comes_back_paused_and_resumes_from_its_checkpoint(volley
     assert before == ["00000 PENDING", "00001 PENDING", "00002 PENDING"], before
     (tmp_path / "go").touch()
 
-    grid = tune.Tuner.restore(str(exp), logged_trainable(tmp_path)).fit()
+    grid = tune.Tuner.restore(str(exp), held_trainable(tmp_path)).fit()
 
     after = chosen.read_text().splitlines()[len(before) :]
     # The running trial is started again at once; the paused one stays PAUSED until the
@@ -359,7 +348,7 @@ def test_a_restore_tells_the_scheduler_the_ends_its_saved_state_missed(volley_sh
     state_file.write_bytes(stale)
     (tmp_path / "resume_ok").touch()
 
-    tuner = tune.Tuner.restore(str(exp), logged_trainable(tmp_path))
+    tuner = tune.Tuner.restore(str(exp), held_trainable(tmp_path))
     grid = tuner.fit()  # without the catch-up: "no trial running and none it can start"
 
     ended = tuner._tune_config.scheduler.ended
