@@ -192,3 +192,40 @@ def test_an_async_replica_serves_requests_concurrently(http):
     for t in threads:
         t.join(WAIT_S)
     assert len(peaks) == 6 and max(peaks) > 1, peaks
+
+
+def test_requests_to_a_deployment_at_zero_wait_while_a_replica_starts(http):
+    @serve.deployment(
+        autoscaling_config={
+            "min_replicas": 0,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0.5,
+            "metrics_interval_s": 0.05,
+            "look_back_period_s": 0.2,
+        },
+    )
+    class Cold:
+        def __call__(self, request):
+            return os.getpid()
+
+    serve.run(Cold.bind(), name="cold", route_prefix="/cold")
+    app = serve.status().applications["cold"].deployments["Cold"]
+    assert app.replica_states == {}, "it starts at zero"
+    # Each request waits in the ingress (which tells the autoscaler), a replica starts, and
+    # every one is answered: none is refused for want of a replica.
+    answers: list = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(call(f"{http}/cold"))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert [s for s, _, _ in answers] == [200] * 3, [(s, b[:200]) for s, _, b in answers]
+    # And back to zero once idle: the ingress said 0 wait.
+    deadline = time.monotonic() + WAIT_S
+    while serve.status().applications["cold"].deployments["Cold"].replica_states:
+        assert time.monotonic() < deadline, "it never scaled back to zero"
+        time.sleep(0.05)

@@ -31,7 +31,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use volley_proto::{
     ActorCall, ActorId, ActorPart, ErrorKind, FunctionId, IdGenerator, NodeId, ObjectData,
     ObjectId, TaskOptions, TaskSpec,
@@ -75,6 +75,11 @@ struct Serving {
     options: Arc<TaskOptions>,
     request_prefix: u64,
     requests: AtomicU64,
+    /// Lines of deployments scaled to zero that have had requests waiting (their key, app and
+    /// deployment): [`report_waiting`] writes how many wait under "waiting/APP/DEPLOYMENT",
+    /// which serve's autoscaler reads, then 0 once none do.
+    zero_lines: Mutex<HashMap<String, (String, String)>>,
+    report: Notify,
 }
 
 /// The balancer and the senders that hand a waiting request its replica (or `None`: no
@@ -126,6 +131,8 @@ impl Ingress {
             }),
             request_prefix: random_u64(),
             requests: AtomicU64::new(0),
+            zero_lines: Mutex::new(HashMap::new()),
+            report: Notify::new(),
         });
         let ingress = Arc::new(Ingress {
             serving,
@@ -151,6 +158,7 @@ impl Ingress {
             match built {
                 Ok(rt) => {
                     rt.spawn(follow(self.serving.clone(), self.head.clone(), rx));
+                    rt.spawn(report_waiting(self.serving.clone(), self.head.clone()));
                     *self.runtime.lock() = Some(rt);
                 }
                 Err(e) => crate::diag::event!(Error, "volley: serve's ingress cannot start: {e}"),
@@ -229,6 +237,27 @@ async fn follow(serving: Arc<Serving>, head: Weak<Head>, mut wake: mpsc::Unbound
     }
 }
 
+/// Writes, for each deployment at zero replicas that had requests waiting, how many wait now
+/// (`{"waiting": n}` under "waiting/APP/DEPLOYMENT"; serve's autoscaler starts replicas for
+/// them), and 0 once none do. Outside the head's lock: a table change only wakes it.
+async fn report_waiting(serving: Arc<Serving>, head: Weak<Head>) {
+    loop {
+        serving.report.notified().await;
+        let Some(h) = head.upgrade() else { return };
+        let lines: Vec<(String, (String, String))> =
+            serving.zero_lines.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, (app, deployment)) in lines {
+            let n = serving.lines.lock().bal.queued_for(&key);
+            let doc = serde_json::json!({ "waiting": n }).to_string().into_bytes();
+            let kv_key = format!("waiting/{app}/{deployment}");
+            h.kv_put(KV_NAMESPACE, kv_key.as_bytes(), doc, true);
+            if n == 0 {
+                serving.zero_lines.lock().remove(&key);
+            }
+        }
+    }
+}
+
 /// Binds and starts serving as the "http" document `doc` says; the "http_status" document,
 /// and the sender that stops the server when it started.
 fn listen(serving: &Arc<Serving>, doc: &[u8]) -> (serde_json::Value, Option<oneshot::Sender<()>>) {
@@ -286,6 +315,20 @@ impl Serving {
         let handed = lines.bal.set_table(&t);
         *self.table.lock() = Arc::new(t);
         lines.deliver(handed);
+        drop(lines);
+        if !self.zero_lines.lock().is_empty() {
+            self.report.notify_one(); // Waiters may have been handed the new replicas.
+        }
+    }
+
+    /// A request of `route` waits or stopped waiting: if the deployment is at zero replicas,
+    /// the count goes to serve's autoscaler.
+    fn waiting_changed(&self, route: &Route) {
+        if route.replicas.is_empty() {
+            let who = (route.app.clone(), route.deployment.clone());
+            self.zero_lines.lock().insert(route.key(), who);
+            self.report.notify_one();
+        }
     }
 
     fn new_request_id(&self) -> String {
@@ -308,6 +351,7 @@ impl Serving {
                 }
             }
         };
+        self.waiting_changed(route);
         let mut rx = rx;
         let got = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), &mut rx).await.ok(),
@@ -326,6 +370,8 @@ impl Serving {
                     let handed = lines.bal.release(a);
                     lines.deliver(handed);
                 }
+                drop(lines);
+                self.waiting_changed(route);
                 Err(Fail::Timeout)
             }
         }

@@ -207,7 +207,12 @@ impl Balancer {
 
     /// Requests waiting for a replica of `route`'s deployment.
     pub fn queued(&self, route: &Route) -> usize {
-        self.lines.get(&route.key()).map_or(0, |(_, q)| q.len())
+        self.queued_for(&route.key())
+    }
+
+    /// Requests waiting in the line of deployment `key` (see [`Route::key`]).
+    pub fn queued_for(&self, key: &str) -> usize {
+        self.lines.get(key).map_or(0, |(_, q)| q.len())
     }
 
     /// Power of two choices among the live replicas under the bound; `None` if there is none.
@@ -243,9 +248,11 @@ impl Balancer {
         route.replicas.iter().any(|a| !self.dead.contains(a))
     }
 
-    /// A replica for a new request of `route`, or its place in the waiting line.
+    /// A replica for a new request of `route`, or its place in the waiting line. A route with
+    /// no replica at all (its deployment scaled to zero) keeps its requests waiting until the
+    /// table brings one; one whose replicas all died answers at once.
     pub fn acquire(&mut self, route: &Route) -> Acquire {
-        if !self.alive(route) {
+        if !route.replicas.is_empty() && !self.alive(route) {
             return Acquire::NoReplica;
         }
         let key = route.key();
@@ -313,6 +320,9 @@ impl Balancer {
             while let Some((_, q)) = self.lines.get(&key) {
                 if q.is_empty() {
                     break;
+                }
+                if route.replicas.is_empty() {
+                    break; // Scaled to zero: they wait for the replica the autoscaler starts.
                 }
                 if !self.alive(&route) {
                     if let Some((_, q)) = self.lines.get_mut(&key) {
@@ -494,5 +504,20 @@ mod tests {
         let Acquire::Wait(w) = b.acquire(&t.routes[0]) else { panic!("waits") };
         let t2 = Table::parse(&doc(&route("/a", &[1, 2], 1, -1))).expect("parses");
         assert_eq!(b.set_table(&t2), vec![(w, Some(aid(2)))]);
+    }
+
+    #[test]
+    fn a_deployment_at_zero_replicas_keeps_its_requests_until_one_comes() {
+        let zero = Table::parse(&doc(&route("/z", &[], 1, 2))).expect("parses");
+        let mut b = Balancer::new(7);
+        let Acquire::Wait(w1) = b.acquire(&zero.routes[0]) else { panic!("waits at zero") };
+        let Acquire::Wait(w2) = b.acquire(&zero.routes[0]) else { panic!("waits at zero") };
+        assert_eq!(b.acquire(&zero.routes[0]), Acquire::Overloaded, "max_queued_requests 2");
+        assert_eq!(b.queued_for(&zero.routes[0].key()), 2);
+        assert!(b.set_table(&zero).is_empty(), "still none: they keep waiting");
+        let one = Table::parse(&doc(&route("/z", &[1], 1, 2))).expect("parses");
+        assert_eq!(b.set_table(&one), vec![(w1, Some(aid(1)))], "the oldest first");
+        assert_eq!(b.release(aid(1)), vec![(w2, Some(aid(1)))]);
+        assert_eq!(b.queued_for(&one.routes[0].key()), 0);
     }
 }
