@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -13,6 +14,18 @@ WORKERS = 2  # every system gets two worker processes (num_cpus=2)
 
 class NotApplicable(Exception):
     """Raised by a benchmark that a system cannot express (shown as "n/a")."""
+
+
+def ray_python(asked: str | None, module: str, *more: str) -> str | None:
+    """The first interpreter that can ``import module`` (``ray.tune``, ``ray.serve``): the one
+    asked for (``--ray-python``), ``$VOLLEY_BENCH_RAY_PYTHON``, then ``more``; None if none
+    can (the Ray side is skipped)."""
+    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON"), *more):
+        if cand and os.path.exists(cand):
+            run = subprocess.run([cand, "-c", f"import {module}"], capture_output=True)
+            if run.returncode == 0:
+                return cand
+    return None
 
 
 def sizes(quick: bool) -> dict:

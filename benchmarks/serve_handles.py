@@ -34,6 +34,9 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
+
+from benchmarks import common  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
@@ -135,15 +138,6 @@ def run_child(python: str, system: str, seconds: float) -> dict | None:
     return None
 
 
-def ray_python(asked: str | None) -> str | None:
-    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON")):
-        if cand and Path(cand).exists():
-            ok = subprocess.run([cand, "-c", "import ray.serve"], capture_output=True).returncode
-            if ok == 0:
-                return cand
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -151,7 +145,7 @@ def main() -> None:
     ap.add_argument("--ray-python", default=None)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    rpy = ray_python(args.ray_python)
+    rpy = common.ray_python(args.ray_python, "ray.serve")
     systems = [("volley", sys.executable)] + ([("ray", rpy)] if rpy else [])
     results: dict[str, list[dict]] = {s: [] for s, _ in systems}
     for i in range(args.runs):

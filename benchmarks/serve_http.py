@@ -53,6 +53,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
+
+from benchmarks import common  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
@@ -354,15 +357,6 @@ def run_system(
     return out
 
 
-def ray_python(asked: str | None) -> str | None:
-    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON")):
-        if cand and Path(cand).exists():
-            ok = subprocess.run([cand, "-c", "import ray.serve"], capture_output=True).returncode
-            if ok == 0:
-                return cand
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -380,7 +374,7 @@ def main() -> None:
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
-    rpy = ray_python(args.ray_python)
+    rpy = common.ray_python(args.ray_python, "ray.serve")
     systems = [("volley", sys.executable)] + ([("ray", rpy)] if rpy else [])
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="serve_http."))  # 0700, ours

@@ -48,6 +48,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
+
+from benchmarks import common  # noqa: E402
+
+#: Where Ray Tune is looked for after --ray-python and $VOLLEY_BENCH_RAY_PYTHON: this
+#: interpreter (`make bench`'s venv installs ray[tune]), then the bench venv's.
+RAY_FALLBACK = (sys.executable, str(ROOT / ".venv-bench" / "bin" / "python"))
 
 import volley  # noqa: E402
 from volley import tune  # noqa: E402
@@ -208,18 +215,6 @@ RAY_SCRIPT = textwrap.dedent(
 )
 
 
-def ray_python(asked: str | None) -> str | None:
-    """An interpreter with Ray Tune: ``--ray-python``, ``VOLLEY_BENCH_RAY_PYTHON``, this one
-    (``make bench``'s venv installs ``ray[tune]``), or the bench venv's."""
-    for cand in (asked, os.environ.get("VOLLEY_BENCH_RAY_PYTHON"), sys.executable,
-                 str(ROOT / ".venv-bench" / "bin" / "python")):  # fmt: skip
-        if cand and os.path.exists(cand):
-            ok = subprocess.run([cand, "-c", "import ray.tune"], capture_output=True).returncode
-            if ok == 0:
-                return cand
-    return None
-
-
 def ray_run(py: str, sizes: dict) -> dict | None:
     p = subprocess.run(
         [py, "-c", RAY_SCRIPT, json.dumps(sizes)], capture_output=True, text=True, timeout=1800
@@ -249,7 +244,7 @@ def main() -> None:
         asha_main(args)
         return
 
-    rpy = ray_python(args.ray_python)
+    rpy = common.ray_python(args.ray_python, "ray.tune", *RAY_FALLBACK)
     volley.init(num_cpus=2)
     store = tempfile.mkdtemp(prefix="tune_bench_")
     rows: dict[str, dict[str, list]] = {}
@@ -339,7 +334,9 @@ CPU" holds for each system).
 def asha_main(args: argparse.Namespace) -> None:
     """The ASHA row: the systems alternated within each run, medians of ``--runs``."""
     systems = [x for x in args.systems.split(",") if x]
-    rpy = ray_python(args.ray_python) if "ray" in systems else None
+    rpy = None
+    if "ray" in systems:
+        rpy = common.ray_python(args.ray_python, "ray.tune", *RAY_FALLBACK)
     if "ray" in systems and not rpy:
         print("no Python with ray.tune: Ray skipped", file=sys.stderr)
         systems.remove("ray")

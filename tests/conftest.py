@@ -65,6 +65,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 60.0) -> object:
+    """``cond``'s first truthy value; ``AssertionError`` naming ``what`` if none comes within
+    ``timeout`` seconds (a test waits for a condition, never on a timer)."""
+    value = poll(cond, timeout)
+    if not value:
+        raise AssertionError(f"waited {timeout} s for {what}")
+    return value
+
+
 def poll(cond: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
     """Call ``cond`` until it returns something truthy or ``timeout`` passes.
 

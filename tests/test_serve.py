@@ -10,28 +10,16 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import CLUSTER_MODE
+from conftest import CLUSTER_MODE, wait_for
 
 import volley
 from volley import library, serve
 from volley.serve import _wire
 
 WAIT_S = 30.0
-
-
-def wait_for(cond, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

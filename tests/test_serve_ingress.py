@@ -22,7 +22,7 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import _init_2cpu
+from conftest import _init_2cpu, wait_for
 
 import volley
 from volley import library
@@ -102,17 +102,6 @@ class Replica:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def wait_for(cond, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def route(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLUSTER_MODE, finish_driver, kill_driver, start_driver
+from conftest import CLUSTER_MODE, finish_driver, kill_driver, start_driver, wait_for
 
 import volley
 from volley import tune
@@ -23,17 +23,6 @@ from volley.tune._tuner import _read_journal
 from volley.tune.schedulers import FIFOScheduler, TrialScheduler
 
 WAIT_S = 30.0
-
-
-def wait_for(cond, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.02)
 
 
 def run_config(tmp_path: Path, **kw) -> tune.RunConfig:

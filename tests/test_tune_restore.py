@@ -8,27 +8,15 @@ import os
 import pickle
 import signal
 import textwrap
-import time
 from pathlib import Path
 
-from conftest import finish_driver, kill_driver, start_driver
+from conftest import finish_driver, kill_driver, start_driver, wait_for
 from test_tune import held_trainable
 
 from volley import tune
 from volley.tune._tuner import _read_journal
 
 WAIT_S = 60.0
-
-
-def wait_for(cond, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ a paused trial, restored
