@@ -354,11 +354,13 @@ pub(crate) fn actor_answer<'a>(
         .collect();
     let total = hits.len();
     let limit = page_size(q);
+    // The living first (a page of a long session's actors is not all dead ones), then by id.
+    let order = |a: &&ActorRow| (a.state == "DEAD", a.actor);
     if limit < hits.len() {
-        hits.select_nth_unstable_by_key(limit, |a| a.actor);
+        hits.select_nth_unstable_by_key(limit, order);
         hits.truncate(limit);
     }
-    hits.sort_by_key(|a| a.actor);
+    hits.sort_by_key(order);
     let shown: Vec<serde_json::Value> = hits
         .into_iter()
         .map(|a| {

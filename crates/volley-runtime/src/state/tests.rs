@@ -482,6 +482,22 @@ fn actor_queries_filter_the_typed_rows_and_render_the_page() {
     assert_eq!(count(&[("actor_id", FilterOp::Eq, &id)]), 1);
 }
 
+#[test]
+fn a_page_of_actors_shows_the_living_before_the_dead() {
+    let t = Tables::with_max(10);
+    // One in four is DEAD, and the lowest id (0) among them: sorted by id alone, a page of 10
+    // would start with a dead one.
+    t.fill_actors_for_benchmark(100, 4, NodeId(3));
+    let a = t.query(&q("actors", &[], Some(10))).expect("q");
+    assert_eq!((a.total, a.truncated), (100, true));
+    let r = rows(&a);
+    assert!(r.iter().all(|r| r["state"] == "ALIVE"), "{r:?}");
+    let all = t.query(&q("actors", &[], None)).expect("q");
+    let states: Vec<String> =
+        rows(&all).iter().map(|r| r["state"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(states.iter().position(|s| s == "DEAD"), Some(75), "the dead last: {states:?}");
+}
+
 /// The actor query at 10,000 rows, and the same answer the way it was made before (every row
 /// rendered, then filtered). Run with `cargo test -p volley-runtime --release --lib --
 /// --ignored actor_query_over_ten_thousand --nocapture`.
