@@ -431,7 +431,9 @@ def speaks():
 
 ref = speaks.remote()
 pid = volley.get(ref)
-print("ready", ref.hex()[:32], pid, flush=True)
+# One write: the driver's stdout is unbuffered (PYTHONUNBUFFERED), so print's pieces would be
+# separate writes, and the worker's forwarded line could land between them.
+os.write(1, f"ready {ref.hex()[:32]} {pid}\n".encode())
 faulthandler.cancel_dump_traceback_later()
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
@@ -458,9 +460,12 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
     ]
     try:
 
-        def ready_line(d: subprocess.Popen) -> list[str]:
+        seen: list[list[str]] = [[], []]  # every line each driver printed, for the failure
+
+        def ready_line(i: int) -> list[str]:
             # The worker's own line comes to the driver's stdout too.
-            for line in d.stdout:
+            for line in drivers[i].stdout:
+                seen[i].append(line)
                 if line.startswith("ready "):
                     return line.split()
             return []
@@ -470,14 +475,14 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
         import concurrent.futures as cf
 
         with cf.ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(ready_line, d) for d in drivers]
+            futures = [pool.submit(ready_line, i) for i in range(2)]
             cf.wait(futures, timeout=60)
             errs = [(tmp_path / f"driver-{i}.err").read_text(errors="replace") for i in range(2)]
             if not all(f.done() for f in futures):
                 for d in drivers:
                     d.kill()  # ends the readers
             ready = [f.result() if f.done() else [] for f in futures]
-        assert all(ready), (ready, errs)
+        assert all(ready), (ready, errs, seen)
         (_, task, worker), _ = ready
         env = {**driver_env(), "VOLLEY_SESSION_DIR": str(tmp_path / "cli")}
         env.pop("VOLLEY_ADDRESS", None)
