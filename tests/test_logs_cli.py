@@ -433,7 +433,7 @@ ref = speaks.remote()
 pid = volley.get(ref)
 # One write: the driver's stdout is unbuffered (PYTHONUNBUFFERED), so print's pieces would be
 # separate writes, and the worker's forwarded line could land between them.
-os.write(1, f"ready {ref.hex()[:32]} {pid}\n".encode())
+os.write(1, f"ready {ref.hex()[:32]} {pid}\\n".encode())
 faulthandler.cancel_dump_traceback_later()
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.05)
