@@ -1,0 +1,139 @@
+"""FastAPI ingress: ``@serve.ingress(app)`` on a deployment's class serves a FastAPI app (Ray
+Serve's name and shape).
+
+The class's methods carry the app's route decorators (``@app.get("/items/{item_id}")``); in
+each replica the routes whose endpoint is a method of the class are rebuilt with the replica's
+own instance bound as ``self``, so FastAPI sees the method's parameters without ``self`` (path,
+query, body, pydantic models, dependencies) and validates them as usual. The replica runs the
+app in its own process for each request frame (``_http.handle_frame_asgi``): no web server
+process, and the route prefix is the ASGI ``root_path``, as Ray Serve sets it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+__all__ = ["asgi_app_of", "ingress"]
+
+#: The class attribute where ``@serve.ingress`` keeps the app.
+APP_ATTR = "__volley_serve_asgi__"
+
+
+def _need_fastapi() -> None:
+    try:
+        import fastapi  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "serve.ingress(app) serves a FastAPI app, and the 'fastapi' package is not "
+            f"installed here ({e}); install it with: pip install fastapi"
+        ) from None
+
+
+def _rebuild_state(items: dict[str, Any]) -> Any:
+    from starlette.datastructures import State
+
+    return State(items)
+
+
+def _reduce_state(state: Any) -> tuple[Any, tuple[dict[str, Any]]]:
+    return _rebuild_state, (dict(object.__getattribute__(state, "_state")),)
+
+
+def _make_picklable() -> None:
+    """Starlette's ``State`` (``app.state``) does not survive a pickle round trip (its
+    ``__getattr__`` recurses while it is rebuilt); the app goes to each replica pickled, so
+    ``State`` is pickled by its items (``copyreg``: cloudpickle follows it)."""
+    import copyreg
+
+    from starlette.datastructures import State
+
+    copyreg.pickle(State, _reduce_state)
+
+
+def ingress(app: Any) -> Callable[[type], type]:
+    """Serves the FastAPI ``app`` from a deployment's class: put it under
+    ``@serve.deployment``, and decorate the class's methods with the app's routes. ``self`` is
+    the replica's instance; requests reach the app with the deployment's route prefix stripped
+    (the ASGI ``root_path``), as in Ray Serve.
+
+    >>> from fastapi import FastAPI
+    >>> from volley import serve
+    >>> app = FastAPI()
+    >>> @serve.deployment
+    ... @serve.ingress(app)
+    ... class Greeter:
+    ...     def __init__(self, greeting: str):
+    ...         self.greeting = greeting
+    ...     @app.get("/hello/{name}")
+    ...     def hello(self, name: str, excited: bool = False) -> dict:
+    ...         return {"text": f"{self.greeting}, {name}" + ("!" if excited else "")}
+    >>> _ = serve.run(Greeter.bind("Hi"), name="greeter", route_prefix="/greet")
+    >>> # curl 'localhost:PORT/greet/hello/ada?excited=true'  ->  {"text":"Hi, ada!"}
+    >>> serve.delete("greeter")
+    """
+    _need_fastapi()
+    _make_picklable()
+    if not callable(app):
+        raise TypeError(
+            f"serve.ingress takes a FastAPI app (or another ASGI app), not {type(app).__name__}"
+        )
+
+    def decorator(cls: type) -> type:
+        from ._deployment import Deployment
+
+        if isinstance(cls, Deployment):
+            raise TypeError(
+                "@serve.ingress(app) goes below @serve.deployment (it decorates the class "
+                "itself): @serve.deployment / @serve.ingress(app) / class ..."
+            )
+        if not inspect.isclass(cls):
+            raise TypeError(
+                f"@serve.ingress(app) decorates a class, not {type(cls).__name__} "
+                "(a function deployment has no FastAPI routes)"
+            )
+        setattr(cls, APP_ATTR, app)
+        return cls
+
+    return decorator
+
+
+def _class_functions(cls: type) -> dict[Any, str]:
+    out: dict[Any, str] = {}
+    for klass in reversed(cls.__mro__):
+        for name, v in vars(klass).items():
+            if inspect.isfunction(v):
+                out[v] = name
+    return out
+
+
+def _rebuilt(route: Any, endpoint: Callable[..., Any]) -> Any:
+    """``route`` (a FastAPI ``APIRoute``) again, with ``endpoint`` instead of its own."""
+    cls = type(route)
+    kwargs: dict[str, Any] = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "endpoint") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if hasattr(route, name):
+            kwargs[name] = getattr(route, name)
+    return cls(endpoint=endpoint, **kwargs)
+
+
+def asgi_app_of(instance: Any) -> Any:
+    """The ASGI app a replica's ``instance`` serves (None: not an ingress class), its class's
+    route endpoints bound to ``instance``. Run once per replica, on the replica's own copy of
+    the app."""
+    app = getattr(type(instance), APP_ATTR, None)
+    if app is None:
+        return None
+    router = getattr(app, "router", None)
+    routes = getattr(router, "routes", None)
+    if not isinstance(routes, list):
+        return app  # an ASGI app without FastAPI's routes: served as it is
+    from fastapi.routing import APIRoute
+
+    functions = _class_functions(type(instance))
+    for i, route in enumerate(routes):
+        if isinstance(route, APIRoute) and route.endpoint in functions:
+            routes[i] = _rebuilt(route, getattr(instance, functions[route.endpoint]))
+    return app
