@@ -92,6 +92,7 @@ def ingress(app: Any) -> Callable[[type], type]:
                 f"@serve.ingress(app) decorates a class, not {type(cls).__name__} "
                 "(a function deployment has no FastAPI routes)"
             )
+        _resolve_annotations(app, cls)
         setattr(cls, APP_ATTR, app)
         return cls
 
@@ -117,6 +118,31 @@ def _rebuilt(route: Any, endpoint: Callable[..., Any]) -> Any:
         if hasattr(route, name):
             kwargs[name] = getattr(route, name)
     return cls(endpoint=endpoint, **kwargs)
+
+
+def _resolve_annotations(app: Any, cls: type) -> None:
+    """Gives each endpoint method of ``cls`` a ``__signature__`` with its annotations evaluated
+    here, where the module's names are all there (``from __future__ import annotations`` makes
+    them strings, and a replica's copy of a function pickled by value keeps only the globals it
+    uses: FastAPI there would take ``item: "Item"`` for a query parameter)."""
+    import typing
+
+    functions = _class_functions(cls)
+    for route in getattr(getattr(app, "router", None), "routes", None) or []:
+        fn = getattr(route, "endpoint", None)
+        if fn not in functions or "__signature__" in vars(fn):
+            continue
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except Exception:  # a name defined later or elsewhere: FastAPI resolves it, or says
+            continue
+        sig = inspect.signature(fn)
+        params = [
+            p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+        ]
+        fn.__signature__ = sig.replace(
+            parameters=params, return_annotation=hints.get("return", sig.return_annotation)
+        )
 
 
 def asgi_app_of(instance: Any) -> Any:
