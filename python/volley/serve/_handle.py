@@ -38,6 +38,9 @@ MODELS_REFRESH_S = 0.5
 #: How long a model this process sent to a replica counts as there before the replica's own
 #: document says so (it is loading it).
 MODEL_SENT_S = 2.0
+#: How long the first call naming a model waits for a replica to say its actor id (the key of
+#: its model document).
+ACTOR_ID_WAIT_S = 2.0
 
 # Messages of ActorDiedError that say the call never ran on the replica: it was gone before the
 # call came. (A replica the controller stops refuses calls once its drain began, with
@@ -153,6 +156,11 @@ class _Replica:
     def holds(self, model: str, now: float) -> bool:
         return model in self.models or now - self.sent.get(model, -1e9) < MODEL_SENT_S
 
+    def held(self, now: float) -> int:
+        """How many models it holds (or was sent lately)."""
+        fresh = {m for m, t in self.sent.items() if now - t < MODEL_SENT_S}
+        return len(self.models | fresh)
+
 
 class _Router:
     """This process's view of one deployment's replicas, and its count of calls on each."""
@@ -222,11 +230,13 @@ class _Router:
         self.models_checked = now
         with self.lock:
             replicas = list(self.replicas)
-        for r in replicas:
-            if r.actor_id is None:
-                r.actor_id = ""  # asking
-                ref = r.handle.stats.remote()
-                ref.future().add_done_callback(lambda f, r=r: self._learn_id(r, f))
+        asked = [(r, r.handle.stats.remote()) for r in replicas if r.actor_id is None]
+        for r, ref in asked:  # once per replica and process (a round trip each, at once)
+            try:
+                doc = volley.get(ref, timeout=ACTOR_ID_WAIT_S)
+            except Exception:  # busy, or gone: routed without its models until next time
+                continue
+            r.actor_id = doc["actor_id"]
         prefix = models_prefix(self.app, self.deployment)
         held: dict[str, frozenset[str]] = {}
         for key in library.kv_keys(prefix, namespace=NAMESPACE):
@@ -236,14 +246,6 @@ class _Router:
         for r in replicas:
             if r.actor_id:
                 r.models = held.get(r.actor_id, frozenset())
-
-    def _learn_id(self, r: _Replica, f: concurrent.futures.Future) -> None:
-        if f.exception() is None:
-            doc = f.result()
-            r.actor_id = doc["actor_id"]
-            r.models = frozenset(doc.get("models", ()))
-        else:
-            r.actor_id = None  # ask again next time
 
     def pick(self, model: str = "") -> _Replica | None:
         with self.lock:
@@ -272,8 +274,9 @@ class _Router:
             return free
         if holders:
             return live
-        fewest = min(len(r.models) for r in live)
-        return [r for r in live if len(r.models) == fewest]
+        counts = [r.held(now) for r in live]
+        fewest = min(counts)
+        return [r for r, n in zip(live, counts) if n == fewest]
 
     def submit(self, resp: DeploymentResponse, args: tuple, kwargs: dict, attempt: int) -> None:
         try:
@@ -323,7 +326,10 @@ class _Router:
             resp._replica = r
             resp._ref = ref
             if model:
-                r.sent[model] = time.monotonic()
+                now = time.monotonic()
+                r.sent[model] = now
+                if len(r.sent) > 64:  # many models: forget those long sent
+                    r.sent = {m: t for m, t in r.sent.items() if now - t < MODEL_SENT_S}
         resp._submitted.set()
         ref.future().add_done_callback(
             lambda f: self._done(f, r, resp, args, kwargs, attempt),
