@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 
+import conftest
 import pytest
 from conftest import wait_for
 
@@ -20,8 +21,6 @@ import volley.state
 from volley import library, serve
 
 WAIT_S = 30.0
-
-pytestmark = pytest.mark.one_node  # `volley logs --address local:PID` reads this driver's node
 
 
 @pytest.fixture
@@ -72,9 +71,17 @@ def _actor_id(app: str, deployment: str) -> str:
 
 
 def _logs_of(actor_id: str) -> str:
+    """``volley logs --actor``'s output: this driver's own node, or the test cluster's head."""
+    args = [sys.executable, "-m", "volley._cli", "logs", "--actor", actor_id]
+    env = dict(os.environ)
+    if conftest.CLUSTER_MODE:
+        info = conftest._cluster_info
+        env.update(VOLLEY_ADDRESS=info["head"], VOLLEY_TOKEN=info["token"])
+    else:
+        args += ["--address", f"local:{os.getpid()}"]
     out = subprocess.run(
-        [sys.executable, "-m", "volley._cli", "logs", "--actor", actor_id]
-        + ["--address", f"local:{os.getpid()}"],
+        args,
+        env=env,
         capture_output=True,
         text=True,
         timeout=WAIT_S,
