@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi import FastAPI, HTTPException  # noqa: E402
-from fastapi.responses import PlainTextResponse, StreamingResponse  # noqa: E402
+from fastapi import Depends, FastAPI, Header, HTTPException  # noqa: E402
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from volley import serve  # noqa: E402
@@ -46,6 +46,19 @@ def call(url: str, body: object = None, method: str | None = None, headers: dict
 
 
 app = FastAPI()
+
+
+class Refused(Exception):
+    pass
+
+
+@app.exception_handler(Refused)
+async def refused(request, exc: Refused):
+    return JSONResponse({"refused": str(exc)}, status_code=418)
+
+
+def api_key(x_api_key: str = Header(...)) -> str:
+    return x_api_key
 
 
 class Item(BaseModel):
@@ -87,6 +100,12 @@ class Store:
     @app.get("/stream")
     def stream(self):
         return StreamingResponse((f"{i}," for i in range(5)), media_type="text/csv")
+
+    @app.get("/secret")
+    def secret(self, key: str = Depends(api_key)) -> dict:
+        if key != "k1":
+            raise Refused(f"key {key}")
+        return {"currency": self.currency}
 
     @app.get("/boom")
     def boom(self):
@@ -134,6 +153,13 @@ def test_fastapis_own_errors(http):
     assert json.loads(body)["detail"][0]["loc"] == ["body", "price"]
     status, _, body = call(f"{http}/store/", method="DELETE")
     assert status == 405
+    # A dependency (a header) and the app's own exception handler.
+    status, _, body = call(f"{http}/store/secret")
+    assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["header", "x-api-key"]
+    status, _, body = call(f"{http}/store/secret", headers={"x-api-key": "k1"})
+    assert (status, json.loads(body)) == (200, {"currency": "EUR"})
+    status, _, body = call(f"{http}/store/secret", headers={"x-api-key": "k2"})
+    assert (status, json.loads(body)) == (418, {"refused": "key k2"})
 
 
 def test_a_user_error_is_a_500_naming_the_request_id(http):
@@ -182,3 +208,20 @@ def test_without_fastapi_ingress_names_the_package():
     )
     assert "ERR" in out.stdout, out.stderr
     assert "pip install fastapi" in out.stdout
+
+
+def test_the_asgi_adapter_answers_an_app_that_sends_nothing_or_a_bad_frame():
+    import asyncio
+
+    from volley.serve import _wire
+    from volley.serve._http import handle_frame_asgi
+
+    async def silent(scope, receive, send):
+        return None
+
+    fr = _wire.encode_request("r-s", "GET", "/p/x", "/p", "", "", [], b"")
+    status, headers, body = _wire.decode_response(asyncio.run(handle_frame_asgi(silent, fr)))
+    assert status == 500 and json.loads(body)["request_id"] == "r-s"
+    assert "without sending a response" in json.loads(body)["error"]
+    status, _, body = _wire.decode_response(asyncio.run(handle_frame_asgi(silent, b"nope")))
+    assert status == 500 and "malformed request frame" in json.loads(body)["error"]
