@@ -472,6 +472,26 @@ def _context_of(request: Request, app: str = "", deployment: str = "") -> Any:
     )
 
 
+def _peek_context(frame: bytes, app: str, deployment: str) -> Any:
+    """The request context of a request frame, read without copying its body (None if the
+    frame is not one: :func:`handle_frame` answers that)."""
+    from ._context import MODEL_ID_HEADER, RequestContext
+
+    try:
+        r = _wire._Reader(frame, b"VSQ1")
+        rid = r.blob().decode()
+        for _ in range(5):  # method, path, route_prefix, query, client
+            r.take(r.num(_wire._U32))
+        model = b""
+        want = MODEL_ID_HEADER.encode()
+        for name, value in r.headers():
+            if name.lower() == want:
+                model = value
+        return RequestContext(rid, model.decode("latin-1"), app, deployment)
+    except (_wire.WireError, UnicodeDecodeError):
+        return None
+
+
 async def handle_frame_in_context(
     target: Callable[[Request], Any], frame: bytes, app: str = "", deployment: str = ""
 ) -> bytes:
@@ -480,11 +500,10 @@ async def handle_frame_in_context(
     prefix and ``serve.get_multiplexed_model_id()``)."""
     from ._context import serving
 
-    try:
-        request = Request.from_frame(bytes(frame))
-    except (_wire.WireError, UnicodeDecodeError, TypeError):
+    ctx = _peek_context(frame, app, deployment)
+    if ctx is None:
         return await handle_frame(target, frame)  # (which answers the bad frame)
-    with serving(_context_of(request, app, deployment)):
+    with serving(ctx):
         return await handle_frame(target, frame)
 
 
