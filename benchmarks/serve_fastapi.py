@@ -269,6 +269,8 @@ on the same 2 cores): the machine is noisy, read the ratios, not the absolute fi
 The app runs inside the replica (an ASGI scope from the request frame, the answer collected
 into one frame); the `plain` row is the same GET answered by a plain volley deployment, so the
 difference between it and the FastAPI GET row is what FastAPI and the ASGI adapter cost.
+Ray's ~50 ms at 1 connection is mostly the Nagle/delayed-ACK stall of its proxy under `wrk`
+(see RESULTS-serve-http.md, which measures it with a client that acks at once).
 """
     (ROOT / "benchmarks" / "RESULTS-serve-fastapi.md").write_text(text)
     print("wrote benchmarks/RESULTS-serve-fastapi.md")

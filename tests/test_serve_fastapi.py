@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi import Depends, FastAPI, Header, HTTPException  # noqa: E402
+from fastapi import Depends, FastAPI, Header, HTTPException, Request  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
@@ -225,3 +225,51 @@ def test_the_asgi_adapter_answers_an_app_that_sends_nothing_or_a_bad_frame():
     assert "without sending a response" in json.loads(body)["error"]
     status, _, body = _wire.decode_response(asyncio.run(handle_frame_asgi(silent, b"nope")))
     assert status == 500 and "malformed request frame" in json.loads(body)["error"]
+
+
+def _lifespan_app(marker: str, fail: bool):
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if fail:
+            raise RuntimeError("weights missing")
+        yield {"model": "loaded-at-startup"}
+        with open(marker, "w") as f:
+            f.write("shut down")
+
+    return FastAPI(lifespan=lifespan)
+
+
+def test_the_apps_lifespan_runs_in_each_replica(http, tmp_path):
+    marker = str(tmp_path / "shutdown")
+    life = _lifespan_app(marker, fail=False)
+
+    @serve.deployment
+    @serve.ingress(life)
+    class WithLife:
+        @life.get("/")
+        def root(self, request: Request) -> dict:
+            return {"model": request.state.model}
+
+    serve.run(WithLife.bind(), name="life", route_prefix="/life")
+    status, _, body = call(f"{http}/life")
+    assert (status, json.loads(body)) == (200, {"model": "loaded-at-startup"})
+    assert not os.path.exists(marker)
+    serve.delete("life")  # the replica drains: the app's shutdown runs
+    with open(marker) as f:
+        assert f.read() == "shut down"
+
+
+def test_a_failed_lifespan_startup_fails_the_deploy(http, tmp_path):
+    broken = _lifespan_app(str(tmp_path / "never"), fail=True)
+
+    @serve.deployment
+    @serve.ingress(broken)
+    class Broken:
+        @broken.get("/")
+        def root(self) -> dict:
+            return {}
+
+    with pytest.raises(RuntimeError, match="weights missing"):
+        serve.run(Broken.bind(), name="broken", route_prefix="/broken")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-__all__ = ["asgi_app_of", "ingress"]
+__all__ = ["Lifespan", "asgi_app_of", "ingress"]
 
 #: The class attribute where ``@serve.ingress`` keeps the app.
 APP_ATTR = "__volley_serve_asgi__"
@@ -163,3 +163,84 @@ def asgi_app_of(instance: Any) -> Any:
         if isinstance(route, APIRoute) and route.endpoint in functions:
             routes[i] = _rebuilt(route, getattr(instance, functions[route.endpoint]))
     return app
+
+
+#: How long a replica waits for the app's lifespan startup (or shutdown) to say it is done.
+LIFESPAN_TIMEOUT_S = 120.0
+
+
+class Lifespan:
+    """The ASGI lifespan of an app in a replica: ``startup`` runs the app's startup (FastAPI's
+    ``lifespan=`` or ``on_event("startup")`` handlers) before the replica takes requests,
+    ``shutdown`` its shutdown when the replica drains. ``state`` is the lifespan's state,
+    copied into each request's scope (Starlette's ``request.state``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.supported = True
+        self._inbox: Any = None
+        self._started: Any = None
+        self._stopped: Any = None
+        self._task: Any = None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message.get("type", "")
+        fut = self._started if kind.startswith("lifespan.startup") else self._stopped
+        if fut is None or fut.done():
+            return
+        if kind.endswith(".complete"):
+            fut.set_result(None)
+        elif kind.endswith(".failed"):
+            fut.set_exception(RuntimeError(message.get("message") or kind))
+
+    async def _run(self) -> None:
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self._inbox.get, self._send)
+        except Exception as e:
+            if not self._started.done():
+                # An app that does not do lifespan raises at its scope: served without one.
+                self.supported = False
+            elif self._stopped is not None and not self._stopped.done():
+                self._stopped.set_exception(e)
+        finally:
+            if not self._started.done():
+                self._started.set_result(None)
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
+
+    async def startup(self) -> None:
+        """Runs the app's startup; raises ``RuntimeError`` with the app's message if it fails,
+        ``TimeoutError`` if it does not finish within ``LIFESPAN_TIMEOUT_S``."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        self._inbox = asyncio.Queue()
+        self._started = loop.create_future()
+        self._task = asyncio.ensure_future(self._run())
+        await self._inbox.put({"type": "lifespan.startup"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self._started), LIFESPAN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"the ASGI app's lifespan startup did not finish in {LIFESPAN_TIMEOUT_S:.0f} s"
+            ) from None
+
+    async def shutdown(self, timeout_s: float = LIFESPAN_TIMEOUT_S) -> None:
+        """Runs the app's shutdown (at most ``timeout_s``); a failure is written to stderr."""
+        import asyncio
+        import sys
+
+        if self._task is None or self._task.done():
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout_s)
+        except Exception as e:
+            sys.stderr.write(f"volley.serve: the ASGI app's lifespan shutdown failed: {e!r}\n")

@@ -537,7 +537,11 @@ def _asgi_scope(request: Request) -> dict[str, Any]:
 
 
 async def handle_frame_asgi(
-    asgi_app: Any, frame: bytes, app: str = "", deployment: str = ""
+    asgi_app: Any,
+    frame: bytes,
+    app: str = "",
+    deployment: str = "",
+    state: dict[str, Any] | None = None,
 ) -> bytes:
     """Answers one request frame with an ASGI app (FastAPI's ``@serve.ingress``), run in this
     process: the scope comes from the frame (``path`` is the full path, ``root_path`` the route
@@ -545,7 +549,8 @@ async def handle_frame_asgi(
     app's answer is collected whole into one response frame (a streaming response too: its
     chunks are joined, and sent when it ends). An exception out of the app is a 500 whose JSON
     body names the request id, as :func:`handle_frame`'s; the request's context is set as in
-    :func:`handle_frame_in_context`.
+    :func:`handle_frame_in_context`. ``state`` is the app's lifespan state (each request's
+    scope gets a shallow copy, as ASGI servers do).
 
     >>> async def hello(scope, receive, send):
     ...     body = (await receive())["body"]
@@ -565,6 +570,8 @@ async def handle_frame_asgi(
         return encode_error(500, "", f"the replica got a malformed request frame: {e}")
     rid = request.request_id
     scope = _asgi_scope(request)
+    if state:
+        scope["state"] = dict(state)
     body = request._body
     sent_body = False
     done = asyncio.Event()

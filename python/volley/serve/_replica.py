@@ -79,6 +79,7 @@ class Replica:
         self._served = 0
         self._draining = False
         self._asgi = None
+        self._lifespan: Any = None
         if is_class:
             from ._fastapi import asgi_app_of
 
@@ -91,6 +92,11 @@ class Replica:
         """Called once by the controller after ``__init__``: applies the first user_config and
         returns this actor's id (hex), as the ingress's routing table names it, and its node."""
         self._sem = asyncio.Semaphore(self._limit)
+        if self._asgi is not None and self._lifespan is None:
+            from ._fastapi import Lifespan
+
+            self._lifespan = Lifespan(self._asgi)
+            await self._lifespan.startup()  # (FastAPI's lifespan / startup handlers)
         if has_user_config:
             await self.reconfigure(user_config)
         ctx = volley.get_runtime_context()
@@ -139,7 +145,8 @@ class Replica:
         from ._http import handle_frame_asgi, handle_frame_in_context
 
         if self._asgi is not None:
-            return await handle_frame_asgi(self._asgi, frame, self._app, self._deployment)
+            state = self._lifespan.state if self._lifespan is not None else None
+            return await handle_frame_asgi(self._asgi, frame, self._app, self._deployment, state)
         return await handle_frame_in_context(self._user, frame, self._app, self._deployment)
 
     async def __volley_serve_http__(self, frame: bytes) -> bytes:
@@ -193,4 +200,6 @@ class Replica:
         while self._ongoing and loop.time() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.to_thread(_multiplex._reporter.forget)
+        if self._lifespan is not None:
+            await self._lifespan.shutdown(max(0.0, deadline - loop.time()) + 5.0)
         return self._ongoing
