@@ -65,8 +65,12 @@ def _actor_id(app: str, deployment: str) -> str:
     (name,) = doc["replicas"]
     actor = volley.get_actor(name, namespace="volley.serve")
     pid = volley.get(actor.stats.remote(), timeout=WAIT_S)["pid"]
-    rows = volley.state.list_actors(filters={"pid": pid}, limit=None)
-    (row,) = [r for r in rows if r["state"] == "ALIVE"]
+
+    def alive() -> list[dict]:  # (on a cluster the rows reach the head with heartbeats)
+        rows = volley.state.list_actors(filters={"pid": pid}, limit=None)
+        return [r for r in rows if r["state"] == "ALIVE"]
+
+    (row,) = wait_for(alive, f"the state API's row of the replica with pid {pid}", 30)
     return row["actor_id"]
 
 
