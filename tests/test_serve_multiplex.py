@@ -228,3 +228,34 @@ def test_a_failed_load_is_not_cached():
         return await flaky_loader("good")
 
     assert asyncio.run(main()) == "good"
+
+
+def test_an_evicted_models_del_runs_sync_or_async():
+    gone: list[str] = []
+
+    class SyncModel:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __del__(self):
+            gone.append(f"sync {self.name}")
+
+    class AsyncModel:
+        def __init__(self, name: str):
+            self.name = name
+
+        async def __del__(self):
+            gone.append(f"async {self.name}")
+
+    @serve.multiplexed(max_num_models_per_replica=1)
+    async def load(model_id: str):
+        return (AsyncModel if model_id.startswith("a") else SyncModel)(model_id)
+
+    async def main():
+        for m in ("s1", "a1", "s2"):
+            await load(m)
+
+    asyncio.run(main())
+    # s1 evicted by a1 (its __del__ ran as the cache let go), a1 by s2 (its async __del__
+    # awaited); s2 is still held.
+    assert gone == ["sync s1", "async a1"]

@@ -35,6 +35,7 @@ import inspect
 import json
 import sys
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable
@@ -139,6 +140,12 @@ async def _unload(model: Any) -> None:
     if close is None:
         d = getattr(type(model), "__del__", None)
         close = model.__del__ if inspect.iscoroutinefunction(d) else None
+        if close is not None:
+            # Python calls an async __del__ again when the object goes, making a coroutine
+            # nobody awaits: the one that counts was awaited here, so that warning is noise.
+            warnings.filterwarnings(
+                "ignore", r"coroutine '.*__del__' was never awaited", RuntimeWarning
+            )
     if close is None:
         return
     try:
