@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import itertools
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -60,9 +62,26 @@ _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar
 )
 
 
+_id_prefix = ""
+_id_count = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A fresh request id (32 hex digits), for a handle call made outside any request."""
-    return uuid.uuid4().hex
+    """A fresh request id (32 hex digits: 64 random bits of this process, then a count), for a
+    handle call made outside any request. Cheaper than a uuid4 for each call (no system call).
+
+    >>> a, b = new_request_id(), new_request_id()
+    >>> len(a), a != b, a[:16] == b[:16]
+    (32, True, True)
+    """
+    global _id_prefix
+    if not _id_prefix or _id_pid[0] != os.getpid():  # (a forked child draws its own)
+        _id_prefix = uuid.uuid4().hex[:16]
+        _id_pid[0] = os.getpid()
+    return f"{_id_prefix}{next(_id_count):016x}"
+
+
+_id_pid = [0]
 
 
 def current() -> RequestContext | None:

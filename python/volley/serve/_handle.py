@@ -500,11 +500,11 @@ class DeploymentHandle:
         """Calls the method on a replica; returns its ``DeploymentResponse`` at once."""
         args = tuple(_as_arg(a) for a in args)
         kwargs = {k: _as_arg(v) for k, v in kwargs.items()}
-        # The request id goes on (a call made while serving a request carries that request's).
-        kwargs[_context.META_KWARG] = (
-            _context.get_request_id() or _context.new_request_id(),
-            self._model_id,
-        )
+        # A call made while serving a request carries that request's id on (and a model id, if
+        # any); the replica gives the others a fresh id (no extra argument on the common path).
+        rid = _context.get_request_id()
+        if rid or self._model_id:
+            kwargs[_context.META_KWARG] = (rid or _context.new_request_id(), self._model_id)
         router = _router(self.app_name, self.deployment_name)
         resp = DeploymentResponse(router, self._method)
         router.submit(resp, args, kwargs, 0)

@@ -127,8 +127,11 @@ class Replica:
         try:
             assert self._sem is not None, "a call came before the replica was ready"
             async with self._sem:
-                with _context.serving(ctx):
+                token = _context._current.set(ctx)
+                try:
                     return await _call(fn, args, kwargs, self._pool)
+                finally:
+                    _context._current.reset(token)
         finally:
             self._ongoing -= 1
             self._served += 1
