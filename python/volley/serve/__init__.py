@@ -38,7 +38,9 @@ from ._api import (
     status,
 )
 from ._batching import batch
+from ._context import get_multiplexed_model_id, get_request_id
 from ._deployment import Application, Deployment, deployment
+from ._fastapi import ingress
 from ._handle import BackPressureError, DeploymentHandle, DeploymentResponse, NoReplicaError
 from ._http import (
     HTMLResponse,
@@ -48,6 +50,7 @@ from ._http import (
     Request,
     Response,
 )
+from ._multiplex import multiplexed
 
 __all__ = [
     "HTMLResponse",
@@ -70,6 +73,10 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
+    "get_request_id",
+    "ingress",
+    "multiplexed",
     "run",
     "shutdown",
     "start",

@@ -22,7 +22,9 @@ from typing import Any
 import volley
 from volley import library
 
+from . import _context
 from ._common import CONTROLLER_NAME, NAMESPACE, ReplicaStoppingError, deployment_key
+from ._multiplex import models_prefix
 
 #: How old the cached replica set may be before a call reads the controller's document again.
 REFRESH_S = 0.1
@@ -30,6 +32,15 @@ REFRESH_S = 0.1
 NO_REPLICA_WAIT_S = 60.0
 #: How many replicas a call tries when the one it went to was already gone.
 MAX_ATTEMPTS = 4
+#: How old the replicas' published model sets may be before a call naming a model reads them
+#: again (only calls with a ``multiplexed_model_id`` read them).
+MODELS_REFRESH_S = 0.5
+#: How long a model this process sent to a replica counts as there before the replica's own
+#: document says so (it is loading it).
+MODEL_SENT_S = 2.0
+#: How long the first call naming a model waits for a replica to say its actor id (the key of
+#: its model document).
+ACTOR_ID_WAIT_S = 2.0
 
 # Messages of ActorDiedError that say the call never ran on the replica: it was gone before the
 # call came. (A replica the controller stops refuses calls once its drain began, with
@@ -132,12 +143,23 @@ class DeploymentResponse:
 
 
 class _Replica:
-    __slots__ = ("name", "handle", "ongoing")
+    __slots__ = ("name", "handle", "ongoing", "actor_id", "models", "sent")
 
     def __init__(self, name: str, handle: Any) -> None:
         self.name = name
         self.handle = handle
         self.ongoing = 0
+        self.actor_id: str | None = None  # asked once, when a call first names a model
+        self.models: frozenset[str] = frozenset()  # as the replica last published them
+        self.sent: dict[str, float] = {}  # model -> when this process last sent it here
+
+    def holds(self, model: str, now: float) -> bool:
+        return model in self.models or now - self.sent.get(model, -1e9) < MODEL_SENT_S
+
+    def held(self, now: float) -> int:
+        """How many models it holds (or was sent lately)."""
+        fresh = {m for m, t in self.sent.items() if now - t < MODEL_SENT_S}
+        return len(self.models | fresh)
 
 
 class _Router:
@@ -157,6 +179,7 @@ class _Router:
         self.missing = False
         self.pending: list[tuple[DeploymentResponse, tuple, dict, int]] = []
         self.waiter: threading.Thread | None = None
+        self.models_checked = 0.0
 
     def what(self) -> str:
         return f"deployment {self.deployment!r} of application {self.app!r}"
@@ -198,15 +221,62 @@ class _Router:
             self.replicas = fresh
             self.version = doc["version"]
 
-    def pick(self) -> _Replica | None:
+    def refresh_models(self) -> None:
+        """Reads the model sets the replicas publish (``_multiplex``), at most every
+        ``MODELS_REFRESH_S``; a replica's actor id (the documents' key) is asked once."""
+        now = time.monotonic()
+        if now - self.models_checked < MODELS_REFRESH_S:
+            return
+        self.models_checked = now
+        with self.lock:
+            replicas = list(self.replicas)
+        asked = [(r, r.handle.stats.remote()) for r in replicas if r.actor_id is None]
+        for r, ref in asked:  # once per replica and process (a round trip each, at once)
+            try:
+                doc = volley.get(ref, timeout=ACTOR_ID_WAIT_S)
+            except Exception:  # busy, or gone: routed without its models until next time
+                continue
+            r.actor_id = doc["actor_id"]
+        prefix = models_prefix(self.app, self.deployment)
+        held: dict[str, frozenset[str]] = {}
+        for key in library.kv_keys(prefix, namespace=NAMESPACE):
+            raw = library.kv_get(key, namespace=NAMESPACE)
+            if raw is not None:
+                held[str(key)[len(prefix) :]] = frozenset(json.loads(raw)["models"])
+        for r in replicas:
+            if r.actor_id:
+                r.models = held.get(r.actor_id, frozenset())
+
+    def pick(self, model: str = "") -> _Replica | None:
         with self.lock:
             live = [r for r in self.replicas if r.name not in self.dead]
         if not live:
             return None
+        if model:
+            live = self._for_model(live, model)
         if len(live) == 1:
             return live[0]
         a, b = random.sample(live, 2)
         return a if a.ongoing <= b.ongoing else b
+
+    def _for_model(self, live: list[_Replica], model: str) -> list[_Replica]:
+        """The replicas a call for ``model`` chooses among: those that hold it and have room;
+        when none holds it, those that hold the fewest models; when all that hold it are full,
+        any."""
+        try:
+            self.refresh_models()
+        except Exception:  # the head is unreachable: route without affinity
+            return live
+        now = time.monotonic()
+        holders = [r for r in live if r.holds(model, now)]
+        free = [r for r in holders if r.ongoing < self.max_ongoing]
+        if free:
+            return free
+        if holders:
+            return live
+        counts = [r.held(now) for r in live]
+        fewest = min(counts)
+        return [r for r, n in zip(live, counts) if n == fewest]
 
     def submit(self, resp: DeploymentResponse, args: tuple, kwargs: dict, attempt: int) -> None:
         try:
@@ -221,12 +291,14 @@ class _Router:
                 NoReplicaError(f"{self.what()} does not exist (deleted, or never deployed)")
             )
             return
-        r = self.pick()
+        meta = kwargs.get(_context.META_KWARG)
+        model = meta[1] if meta else ""
+        r = self.pick(model)
         while r is not None and _is_dead(r):  # known dead here: skip it before sending
             with self.lock:
                 self.dead.add(r.name)
             self.checked = 0.0
-            r = self.pick()
+            r = self.pick(model)
         if r is None:
             self._wait_for_replica(resp, args, kwargs, attempt)
             return
@@ -253,6 +325,11 @@ class _Router:
             r.ongoing += 1
             resp._replica = r
             resp._ref = ref
+            if model:
+                now = time.monotonic()
+                r.sent[model] = now
+                if len(r.sent) > 64:  # many models: forget those long sent
+                    r.sent = {m: t for m, t in r.sent.items() if now - t < MODEL_SENT_S}
         resp._submitted.set()
         ref.future().add_done_callback(
             lambda f: self._done(f, r, resp, args, kwargs, attempt),
@@ -383,37 +460,61 @@ class DeploymentHandle:
     >>> serve.delete("counter")
     """
 
-    def __init__(self, deployment_name: str, app_name: str, method_name: str = "__call__"):
+    def __init__(
+        self,
+        deployment_name: str,
+        app_name: str,
+        method_name: str = "__call__",
+        multiplexed_model_id: str = "",
+    ):
         self.deployment_name = deployment_name
         self.app_name = app_name
         self._method = method_name
+        self._model_id = multiplexed_model_id
 
-    def options(self, *, method_name: str | None = None) -> DeploymentHandle:
-        """This handle calling ``method_name`` by default.
+    def options(
+        self, *, method_name: str | None = None, multiplexed_model_id: str | None = None
+    ) -> DeploymentHandle:
+        """This handle calling ``method_name`` by default, or for the model
+        ``multiplexed_model_id`` (what ``serve.get_multiplexed_model_id()`` returns in the
+        replica; calls for a model go to a replica that holds it when one has room).
 
         >>> h = serve.run(Counter.bind(), name="counter2", route_prefix=None)
         >>> h.options(method_name="incr").remote(2).result()
         2
         >>> serve.delete("counter2")
         """
-        return DeploymentHandle(self.deployment_name, self.app_name, method_name or self._method)
+        model = self._model_id if multiplexed_model_id is None else multiplexed_model_id
+        if not isinstance(model, str):
+            raise TypeError(f"multiplexed_model_id is a str, not {type(model).__name__}")
+        return DeploymentHandle(
+            self.deployment_name, self.app_name, method_name or self._method, model
+        )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return DeploymentHandle(self.deployment_name, self.app_name, name)
+        return DeploymentHandle(self.deployment_name, self.app_name, name, self._model_id)
 
     def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
         """Calls the method on a replica; returns its ``DeploymentResponse`` at once."""
         args = tuple(_as_arg(a) for a in args)
         kwargs = {k: _as_arg(v) for k, v in kwargs.items()}
+        # A call made while serving a request carries that request's id on (and a model id, if
+        # any); the replica gives the others a fresh id (no extra argument on the common path).
+        rid = _context.get_request_id()
+        if rid or self._model_id:
+            kwargs[_context.META_KWARG] = (rid or _context.new_request_id(), self._model_id)
         router = _router(self.app_name, self.deployment_name)
         resp = DeploymentResponse(router, self._method)
         router.submit(resp, args, kwargs, 0)
         return resp
 
     def __reduce__(self):
-        return (DeploymentHandle, (self.deployment_name, self.app_name, self._method))
+        return (
+            DeploymentHandle,
+            (self.deployment_name, self.app_name, self._method, self._model_id),
+        )
 
     def __repr__(self) -> str:
         return f"DeploymentHandle(deployment={self.deployment_name!r}, app={self.app_name!r})"

@@ -11,8 +11,8 @@ What a method may return: a :class:`Response` (sent as given), ``bytes``
 :class:`HTTPException` is answered with its own status, and a body that is not valid JSON makes
 ``await request.json()`` answer 400. Every answer carries ``x-request-id``.
 
-ASGI apps (FastAPI's ``@serve.ingress``) are not served here: the frame carries one whole
-request and one whole response, with no streaming.
+ASGI apps (FastAPI's ``@serve.ingress``) are served by :func:`handle_frame_asgi`: the frame
+carries one whole request and one whole response (a streaming ASGI response is collected whole).
 
 >>> import asyncio
 >>> from volley.serve import _wire
@@ -51,6 +51,8 @@ __all__ = [
     "URL",
     "encode_error",
     "handle_frame",
+    "handle_frame_asgi",
+    "handle_frame_in_context",
 ]
 
 
@@ -460,3 +462,157 @@ async def handle_frame(target: Callable[[Request], Any], frame: bytes) -> bytes:
     except Exception as e:
         _log_failure(rid, f"{_type_name(e)}: {e}")
         return encode_error(500, rid, f"{_type_name(e)}: {e}")
+
+
+def _context_of(request: Request, app: str = "", deployment: str = "") -> Any:
+    from ._context import MODEL_ID_HEADER, RequestContext
+
+    return RequestContext(
+        request.request_id, request.headers.get(MODEL_ID_HEADER, ""), app, deployment
+    )
+
+
+def _peek_context(frame: bytes, app: str, deployment: str) -> Any:
+    """The request context of a request frame, read without copying its body (None if the
+    frame is not one: :func:`handle_frame` answers that)."""
+    from ._context import MODEL_ID_HEADER, RequestContext
+
+    try:
+        r = _wire._Reader(frame, b"VSQ1")
+        rid = r.blob().decode()
+        for _ in range(5):  # method, path, route_prefix, query, client
+            r.take(r.num(_wire._U32))
+        model = b""
+        want = MODEL_ID_HEADER.encode()
+        for name, value in r.headers():
+            if name.lower() == want:
+                model = value
+        return RequestContext(rid, model.decode("latin-1"), app, deployment)
+    except (_wire.WireError, UnicodeDecodeError):
+        return None
+
+
+async def handle_frame_in_context(
+    target: Callable[[Request], Any], frame: bytes, app: str = "", deployment: str = ""
+) -> bytes:
+    """:func:`handle_frame` with the request's context set around the call (its id and the
+    ``serve_multiplexed_model_id`` header, for ``serve.get_request_id()``, the log lines'
+    prefix and ``serve.get_multiplexed_model_id()``)."""
+    from ._context import serving
+
+    ctx = _peek_context(frame, app, deployment)
+    if ctx is None:
+        return await handle_frame(target, frame)  # (which answers the bad frame)
+    with serving(ctx):
+        return await handle_frame(target, frame)
+
+
+def _asgi_scope(request: Request) -> dict[str, Any]:
+    prefix = request.route_prefix.rstrip("/")
+    path = request.path
+    if prefix and path == prefix:
+        path = prefix + "/"  # "/items" served at "/items" is the app's "/"
+    client = request.client
+    host = request.headers.get("host", "")
+    name, _, port = host.rpartition(":")
+    server = (name, int(port)) if name and port.isdigit() else None
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8"),
+        "root_path": prefix,
+        "query_string": request.url.query.encode("latin-1"),
+        "headers": [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in request.headers.multi_items()
+        ],
+        "client": (client.host, client.port) if client is not None else None,
+        "server": server,
+        "state": {},
+    }
+
+
+async def handle_frame_asgi(
+    asgi_app: Any,
+    frame: bytes,
+    app: str = "",
+    deployment: str = "",
+    state: dict[str, Any] | None = None,
+) -> bytes:
+    """Answers one request frame with an ASGI app (FastAPI's ``@serve.ingress``), run in this
+    process: the scope comes from the frame (``path`` is the full path, ``root_path`` the route
+    prefix, so that the app's routes are matched without it), the body is the frame's, and the
+    app's answer is collected whole into one response frame (a streaming response too: its
+    chunks are joined, and sent when it ends). An exception out of the app is a 500 whose JSON
+    body names the request id, as :func:`handle_frame`'s; the request's context is set as in
+    :func:`handle_frame_in_context`. ``state`` is the app's lifespan state (each request's
+    scope gets a shallow copy, as ASGI servers do).
+
+    >>> async def hello(scope, receive, send):
+    ...     body = (await receive())["body"]
+    ...     await send({"type": "http.response.start", "status": 201,
+    ...                 "headers": [(b"content-type", b"text/plain")]})
+    ...     await send({"type": "http.response.body", "body": scope["root_path"].encode() + b" "})
+    ...     await send({"type": "http.response.body", "body": body, "more_body": False})
+    >>> fr = _wire.encode_request("r3", "POST", "/p/x", "/p", "", "", [], b"hi")
+    >>> _wire.decode_response(asyncio.run(handle_frame_asgi(hello, fr)))
+    (201, [(b'content-type', b'text/plain'), (b'x-request-id', b'r3')], b'/p hi')
+    """
+    from ._context import serving
+
+    try:
+        request = Request.from_frame(bytes(frame))
+    except (_wire.WireError, UnicodeDecodeError, TypeError) as e:
+        return encode_error(500, "", f"the replica got a malformed request frame: {e}")
+    rid = request.request_id
+    scope = _asgi_scope(request)
+    if state:
+        scope["state"] = dict(state)
+    body = request._body
+    sent_body = False
+    done = asyncio.Event()
+    status: int | None = None
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()  # the client is "gone" once the answer is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if status is not None:
+                raise RuntimeError("the ASGI app started its response twice")
+            status = int(message["status"])
+            headers.extend((bytes(k).lower(), bytes(v)) for k, v in message.get("headers", []))
+        elif kind == "http.response.body":
+            if status is None:
+                raise RuntimeError("the ASGI app sent a body before http.response.start")
+            chunks.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                done.set()
+
+    with serving(_context_of(request, app, deployment)):
+        try:
+            await asgi_app(scope, receive, send)
+        except Exception as e:
+            _log_failure(rid, f"{_type_name(e)}: {e}")
+            return encode_error(500, rid, f"{_type_name(e)}: {e}")
+        finally:
+            done.set()
+    if status is None:
+        sys.stderr.write(f"volley.serve: request {rid} failed: the ASGI app sent no response\n")
+        return encode_error(500, rid, "the ASGI app returned without sending a response")
+    out = [(k, v) for k, v in headers if k not in _INGRESS_OWNS]
+    out.append((b"x-request-id", rid.encode("latin-1", "replace")))
+    return _wire.encode_response(status, out, b"".join(chunks))

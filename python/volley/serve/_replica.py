@@ -20,6 +20,7 @@ from typing import Any
 
 import volley
 
+from . import _context, _multiplex
 from ._common import ReplicaStoppingError
 from ._deployment import HandleMarker
 
@@ -63,6 +64,7 @@ class Replica:
 
         self._app = app
         self._deployment = deployment
+        _context.install_log_prefix()  # before the user's code makes its logging handlers
         fn = cloudpickle.loads(target)
         args, kwargs = cloudpickle.loads(init)
         args = tuple(_resolve(a) for a in args)
@@ -76,6 +78,12 @@ class Replica:
         self._ongoing = 0
         self._served = 0
         self._draining = False
+        self._asgi = None
+        self._lifespan: Any = None
+        if is_class:
+            from ._fastapi import asgi_app_of
+
+            self._asgi = asgi_app_of(self._user)
 
     def _what(self) -> str:
         return f"deployment {self._deployment!r} of application {self._app!r}"
@@ -84,11 +92,17 @@ class Replica:
         """Called once by the controller after ``__init__``: applies the first user_config and
         returns this actor's id (hex), as the ingress's routing table names it, and its node."""
         self._sem = asyncio.Semaphore(self._limit)
+        if self._asgi is not None and self._lifespan is None:
+            from ._fastapi import Lifespan
+
+            self._lifespan = Lifespan(self._asgi)
+            await self._lifespan.startup()  # (FastAPI's lifespan / startup handlers)
         if has_user_config:
             await self.reconfigure(user_config)
         ctx = volley.get_runtime_context()
         actor_id = ctx.get_actor_id()
         assert actor_id is not None
+        _multiplex._replica_started(self._app, self._deployment, actor_id)
         return actor_id, int(ctx.get_node_id())
 
     def _method(self, name: str) -> Any:
@@ -108,24 +122,43 @@ class Replica:
         if self._draining:
             raise ReplicaStoppingError(f"this replica of {self._what()} is stopping")
         fn = self._method(method)
+        ctx = self._context_of_call(kwargs)
         self._ongoing += 1
         try:
             assert self._sem is not None, "a call came before the replica was ready"
             async with self._sem:
-                return await _call(fn, args, kwargs, self._pool)
+                token = _context._current.set(ctx)
+                try:
+                    return await _call(fn, args, kwargs, self._pool)
+                finally:
+                    _context._current.reset(token)
         finally:
             self._ongoing -= 1
             self._served += 1
 
+    def _context_of_call(self, kwargs: dict) -> _context.RequestContext:
+        """A handle call's request context: the (request id, model id) the handle sent, taken
+        out of ``kwargs`` (a caller that sent none, e.g. an older handle, gets a fresh id)."""
+        meta = kwargs.pop(_context.META_KWARG, None)
+        rid, model = meta if isinstance(meta, tuple) else (_context.new_request_id(), "")
+        return _context.RequestContext(rid, model, self._app, self._deployment)
+
+    async def _serve_frame(self, frame: bytes) -> bytes:
+        """One request frame through the user's ASGI app (``@serve.ingress``) or callable."""
+        from ._http import handle_frame_asgi, handle_frame_in_context
+
+        if self._asgi is not None:
+            state = self._lifespan.state if self._lifespan is not None else None
+            return await handle_frame_asgi(self._asgi, frame, self._app, self._deployment, state)
+        return await handle_frame_in_context(self._user, frame, self._app, self._deployment)
+
     async def __volley_serve_http__(self, frame: bytes) -> bytes:
         """An HTTP request from the ingress (a request frame) -> its response frame."""
-        from ._http import handle_frame
-
         self._ongoing += 1
         try:
             assert self._sem is not None, "a request came before the replica was ready"
             async with self._sem:
-                return await handle_frame(self._user, frame)
+                return await self._serve_frame(frame)
         finally:
             self._ongoing -= 1
             self._served += 1
@@ -157,6 +190,7 @@ class Replica:
             "served": self._served,
             "actor_id": volley.get_runtime_context().get_actor_id(),
             "pid": os.getpid(),
+            "models": _multiplex._reporter.models(),
         }
 
     async def drain(self, timeout_s: float) -> int:
@@ -168,4 +202,7 @@ class Replica:
         deadline = loop.time() + timeout_s
         while self._ongoing and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        await asyncio.to_thread(_multiplex._reporter.forget)
+        if self._lifespan is not None:
+            await self._lifespan.shutdown(max(0.0, deadline - loop.time()) + 5.0)
         return self._ongoing
