@@ -731,8 +731,8 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.cumulative[0], 2);
         assert_eq!(s.cumulative[1], 3);
-        assert_eq!(s.cumulative[BOUNDS.iter().position(|&b| b == 1.0).unwrap()], 3);
-        assert_eq!(s.cumulative[BOUNDS.iter().position(|&b| b == 2.5).unwrap()], 4);
+        assert_eq!(s.cumulative[BOUNDS.iter().position(|&b| b == 1.0).expect("a bound")], 3);
+        assert_eq!(s.cumulative[BOUNDS.iter().position(|&b| b == 2.5).expect("a bound")], 4);
         assert_eq!(s.count(), 5);
         assert!(s.cumulative.windows(2).all(|w| w[0] <= w[1]));
         assert!((s.sum_s - 102.001101).abs() < 1e-9, "{}", s.sum_s);
@@ -746,7 +746,7 @@ mod tests {
             h.observe(Duration::from_millis(3)); // (0.0025, 0.005]
         }
         let s = h.snapshot();
-        let p50 = s.quantile(0.5).unwrap();
+        let p50 = s.quantile(0.5).expect("observed");
         assert!(p50 > 0.0025 && p50 <= 0.005, "{p50}");
         assert!((p50 - 0.00375).abs() < 1e-12, "{p50}");
         h.observe(Duration::from_secs(1000));
@@ -804,7 +804,7 @@ mod tests {
                              {"id": "r2", "actor_id": "8", "node": -1, "state": "STARTING"}],
                 "autoscaling": {"up": 2, "down": 1}}]}"#,
         )
-        .unwrap();
+        .expect("parses");
         let t = render(&reg.all(), &gauges, &doc);
         for name in [
             "volley_serve_http_requests_total",
@@ -854,11 +854,12 @@ mod tests {
 
     #[test]
     fn a_bad_controller_document_is_refused_with_its_reason() {
-        let e = ControllerDoc::parse(b"{").unwrap_err();
+        let e = ControllerDoc::parse(b"{").expect_err("not JSON");
         assert!(e.contains("not JSON"), "{e}");
-        let e = ControllerDoc::parse(b"{}").unwrap_err();
+        let e = ControllerDoc::parse(b"{}").expect_err("no list");
         assert!(e.contains("\"deployments\""), "{e}");
-        let e = ControllerDoc::parse(br#"{"deployments": [{"app": "a"}]}"#).unwrap_err();
+        let e =
+            ControllerDoc::parse(br#"{"deployments": [{"app": "a"}]}"#).expect_err("no deployment");
         assert!(e.contains("deployment 0") && e.contains("\"deployment\""), "{e}");
     }
 }
