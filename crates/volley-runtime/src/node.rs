@@ -259,6 +259,16 @@ impl Node {
         self.head.tables.metrics_text()
     }
 
+    /// The Prometheus text of serve's ingress and controller (empty unless this node served).
+    pub fn serve_metrics(&self) -> String {
+        self.ingress.metrics_text()
+    }
+
+    /// serve's figures for the dashboard's Serve view (`/api/v0/serve`).
+    pub fn serve_view(&self) -> serde_json::Value {
+        self.ingress.view()
+    }
+
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
     /// (alone, or the head of a cluster); `None` on a member of another head's cluster.
     pub fn head(&self) -> Option<Arc<Head>> {

@@ -45,6 +45,10 @@ READY_TIMEOUT_S = 120.0
 STATS_TIMEOUT_S = 10.0
 #: After a replica leaves the routing table, how long handles may still hold it (their refresh).
 ROUTE_GRACE_S = 0.3
+#: The key (namespace ``volley.serve``) of the figures the dashboard's ``/metrics`` and Serve
+#: view show: replicas by state, target replicas, autoscaling decisions (read by the head's
+#: engine, crates/volley-runtime/src/serve/metrics.rs; rewritten only when it changed).
+METRICS_KEY = "metrics"
 
 _ReplicaActor: Any = None
 
@@ -93,6 +97,7 @@ class _Deployment:
         self.down_since: float | None = None
         self.next_stats = 0.0
         self.retry_at = 0.0
+        self.scaled = {"up": 0, "down": 0}  # the autoscaler's changes of target, for /metrics
 
     @property
     def options(self) -> dict:
@@ -157,6 +162,7 @@ class Controller:
         self._http: dict | None = None
         # Names this controller's replicas and documents apart from an earlier controller's.
         self._epoch = uuid.uuid4().hex[:8]
+        self._metrics_doc = ""  # the figures last written under METRICS_KEY
 
     # ------------------------------------------------------------------ the calls serve makes
 
@@ -367,6 +373,8 @@ class Controller:
             await self.delete(name)
         library.kv_delete(HTTP_KEY, namespace=NAMESPACE)
         library.kv_delete(ROUTES_KEY, namespace=NAMESPACE)
+        library.kv_delete(METRICS_KEY, namespace=NAMESPACE)
+        self._metrics_doc = ""
         if self._loop_task is not None:
             self._loop_task.cancel()
 
@@ -459,6 +467,31 @@ class Controller:
             )
         doc = {"version": v, "routes": routes}
         library.kv_put(ROUTES_KEY, json.dumps(doc), namespace=NAMESPACE)
+        self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        """Writes the figures under ``METRICS_KEY`` if they changed since the last write."""
+        deployments = [
+            {
+                "app": a.name,
+                "deployment": d.name,
+                "status": d.status,
+                "route_prefix": a.route_prefix,
+                "ingress": d.name == a.ingress,
+                "target": d.target,
+                "replicas": [
+                    {"id": r.name, "actor_id": r.actor_id, "node": r.node, "state": r.state}
+                    for r in d.replicas
+                ],
+                "autoscaling": d.scaled,
+            }
+            for a in self._apps.values()
+            for d in a.deployments.values()
+        ]
+        doc = json.dumps({"deployments": deployments})
+        if doc != self._metrics_doc:
+            library.kv_put(METRICS_KEY, doc, namespace=NAMESPACE)
+            self._metrics_doc = doc
 
     # ------------------------------------------------------------------ the loop
 
@@ -484,6 +517,7 @@ class Controller:
                         await self._reconcile(d, wait=False)
                     except Exception as e:  # keep the loop alive; the status says it
                         d.message = f"controller: {_error_text(e)}"
+            self._publish_metrics()
             await asyncio.sleep(TICK_S)
 
     def _watch(self, d: _Deployment, now: float) -> None:
@@ -567,6 +601,7 @@ class Controller:
             if now - d.up_since >= float(a["upscale_delay_s"]) or not d.running():
                 d.target = desired
                 d.up_since = None
+                d.scaled["up"] += 1
         elif desired < d.target:
             d.up_since = None
             if d.down_since is None:
@@ -574,6 +609,7 @@ class Controller:
             if now - d.down_since >= float(a["downscale_delay_s"]):
                 d.target = desired
                 d.down_since = None
+                d.scaled["down"] += 1
                 d.window.clear()
         else:
             d.up_since = d.down_since = None

@@ -88,6 +88,12 @@ pub trait Source: Send + Sync + 'static {
     fn extra_metrics(&self) -> String {
         String::new()
     }
+
+    /// serve's applications, deployments, replicas and request figures for
+    /// `GET /api/v0/serve` (see `crate::serve::metrics::view`).
+    fn serve(&self) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::not_connected("serve's figures"))
+    }
 }
 
 /// A node's row: its snapshot's fields, and `alive` (the head lists live nodes only).

@@ -116,6 +116,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/api/v0/cluster", get(cluster))
         .route("/api/v0/logs", get(logs))
+        .route("/api/v0/serve", get(serve_view))
         .route("/api/v0/{kind}", get(query))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), check))
@@ -316,6 +317,24 @@ async fn cluster(State(app): State<Arc<App>>) -> Response {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             json(StatusCode::OK, &serde_json::json!({"nodes": rows, "totals": t, "now_ms": now_ms}))
+        }
+        Err(e) => error(&e),
+    }
+}
+
+/// `/api/v0/serve`: serve's deployments, replicas and request figures, with the node's clock
+/// (the page turns two answers' counts into requests per second).
+async fn serve_view(State(app): State<Arc<App>>) -> Response {
+    let src = app.source.clone();
+    match blocking(move || src.serve()).await {
+        Ok(mut v) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("now_ms".into(), now_ms.into());
+            }
+            json(StatusCode::OK, &v)
         }
         Err(e) => error(&e),
     }

@@ -84,7 +84,11 @@ impl Source for NodeSource {
     }
 
     fn extra_metrics(&self) -> String {
-        Self::with_node(|n| Ok(n.task_metrics())).unwrap_or_default()
+        Self::with_node(|n| Ok(n.task_metrics() + &n.serve_metrics())).unwrap_or_default()
+    }
+
+    fn serve(&self) -> Result<serde_json::Value, ApiError> {
+        Self::with_node(|n| Ok(n.serve_view()))
     }
 }
 

@@ -17,6 +17,7 @@
 //! node itself; its result wakes the request's task through the waiter's slot, so no tokio
 //! thread ever blocks on the engine.
 
+pub mod metrics;
 pub mod table;
 pub mod wire;
 
@@ -80,6 +81,8 @@ struct Serving {
     /// which serve's autoscaler reads, then 0 once none do.
     zero_lines: Mutex<HashMap<String, (String, String)>>,
     report: Notify,
+    /// Requests by route and status code, latency (`metrics.rs`).
+    metrics: metrics::Registry,
 }
 
 /// The balancer and the senders that hand a waiting request its replica (or `None`: no
@@ -133,6 +136,7 @@ impl Ingress {
             requests: AtomicU64::new(0),
             zero_lines: Mutex::new(HashMap::new()),
             report: Notify::new(),
+            metrics: metrics::Registry::default(),
         });
         let ingress = Arc::new(Ingress {
             serving,
@@ -291,7 +295,7 @@ fn listen(serving: &Arc<Serving>, doc: &[u8]) -> (serde_json::Value, Option<ones
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = Router::new().fallback(handle).with_state(serving.clone());
+    let app = Router::new().fallback(metrics::measured).with_state(serving.clone());
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -19,7 +19,7 @@ const COLUMNS = {
 const TITLES = {
   overview: "Cluster overview", stream: "Task stream", tasks: "Tasks", actors: "Actors",
   objects: "Objects", placement_groups: "Placement groups", jobs: "Jobs", workers: "Workers",
-  nodes: "Nodes", logs: "Logs", task: "Task", actor: "Actor",
+  nodes: "Nodes", logs: "Logs", task: "Task", actor: "Actor", serve: "Serve",
 };
 
 let timer = null;      // the current page's refresh
@@ -114,6 +114,7 @@ function route() {
   if (page === "overview") run(overview, 2000);
   else if (page === "stream") run(stream, 1500);
   else if (page === "logs") logsPage(root, g);
+  else if (page === "serve") run(serve, 2000);
   else if (page === "task") run(taskDetail, 0);
   else if (page === "actor") run(actorDetail, 0);
   else if (COLUMNS[page]) tablePage(root, page);
@@ -166,6 +167,75 @@ async function overview(root, g) {
     ));
   }
   root.replaceChildren(cards, el("h2", { text: "Nodes" }), table);
+}
+
+// ------------------------------------------------------------------ serve
+
+// The last answer of /api/v0/serve, to turn two answers' counts into requests per second.
+let servePrev = null;
+
+function fmtSecs(s) {
+  if (s == null) return "-";
+  return s < 1 ? `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms` : `${s.toFixed(2)} s`;
+}
+
+async function serve(root, g) {
+  const v = await api("/api/v0/serve");
+  if (g !== generation) return;
+  const key = (d) => `${d.app}/${d.deployment}`;
+  const before = {};
+  if (servePrev) for (const d of servePrev.deployments) before[key(d)] = d.http.requests;
+  const secs = servePrev ? (v.now_ms - servePrev.now_ms) / 1000 : 0;
+  const rate = (d) => (secs > 0 && before[key(d)] != null) ? ((d.http.requests - before[key(d)]) / secs).toFixed(1) : "-";
+  servePrev = v;
+  const codes = (c) => Object.entries(c).map(([k, n]) => `${k}: ${n}`).join(", ") || "-";
+  const total = v.deployments.reduce((n, d) => n + d.http.requests, 0) + v.no_route.requests;
+  const queued = v.deployments.reduce((n, d) => n + d.queued, 0);
+  const running = v.deployments.reduce((n, d) => n + d.replicas.filter((r) => r.state === "RUNNING").length, 0);
+  const card = (k, val) => el("div", { class: "card" }, el("div", { class: "v", text: val }), el("div", { class: "k", text: k }));
+  const cards = el("div", { class: "cards", id: "serve-totals" },
+    card("applications", String(new Set(v.deployments.map((d) => d.app)).size)),
+    card("deployments", String(v.deployments.length)),
+    card("replicas running", String(running)),
+    card("HTTP requests", String(total)),
+    card("queued in the ingress", String(queued)),
+    card("no route (404)", String(v.no_route.requests)),
+  );
+  const deps = el("table", { id: "serve-deployments" });
+  deps.append(el("tr", {}, ...["app", "deployment", "route prefix", "status", "replicas (running / target)",
+    "requests", "requests/s", "by code", "p50", "p99", "ongoing", "queued", "autoscaling up / down"].map((h) => el("th", { text: h }))));
+  const reps = el("table", { id: "serve-replicas" });
+  reps.append(el("tr", {}, ...["app", "deployment", "replica", "actor", "node", "state", "ongoing"].map((h) => el("th", { text: h }))));
+  for (const d of v.deployments) {
+    const run = d.replicas.filter((r) => r.state === "RUNNING").length;
+    deps.append(el("tr", { class: "serve-deployment", "data-key": key(d) },
+      el("td", { text: d.app }), el("td", { text: d.deployment }),
+      el("td", { text: d.ingress && d.route_prefix ? d.route_prefix : "-" }),
+      el("td", { class: `state-${d.status}`, text: d.status }),
+      el("td", { text: `${run} / ${d.target}` }),
+      el("td", { class: "requests", text: String(d.http.requests) }),
+      el("td", { text: rate(d) }),
+      el("td", { class: "codes", text: codes(d.http.codes) }),
+      el("td", { text: fmtSecs(d.http.p50_s) }), el("td", { text: fmtSecs(d.http.p99_s) }),
+      el("td", { text: String(d.http.ongoing) }),
+      el("td", { class: "queued", text: String(d.queued) }),
+      el("td", { text: `${d.autoscaling.up} / ${d.autoscaling.down}` }),
+    ));
+    for (const r of d.replicas) {
+      const actor = el("td", {}, el("a", { href: `#actor/${r.actor_id}`, text: r.actor_id.slice(0, 12) }));
+      reps.append(el("tr", { class: "serve-replica" },
+        el("td", { text: d.app }), el("td", { text: d.deployment }), el("td", { text: r.id }), actor,
+        el("td", { text: r.node == null ? "-" : String(r.node) }),
+        el("td", { class: `state-${r.state}`, text: r.state }),
+        el("td", { text: r.ongoing == null ? "-" : String(r.ongoing) }),
+      ));
+    }
+  }
+  const parts = [cards, el("h2", { text: "Deployments" })];
+  parts.push(v.deployments.length ? deps : el("p", { class: "muted", id: "serve-none", text: "No serve application runs (serve.run, or volley serve deploy)." }));
+  parts.push(el("h2", { text: "Replicas" }), reps);
+  parts.push(el("p", { class: "muted", text: `Requests with no route: ${codes(v.no_route.codes)}. Figures of this ingress since it started; /metrics has them for Prometheus.` }));
+  root.replaceChildren(...parts);
 }
 
 // ------------------------------------------------------------------ tables
