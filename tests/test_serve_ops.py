@@ -1,0 +1,271 @@
+"""volley.serve in operation, over real HTTP under load: autoscaling up and down, a rolling
+update, a SIGKILLed replica, and a SIGKILLed controller (the engine restarts it; it recovers
+from its checkpoint while the ingress keeps serving). Client threads send requests the whole
+time; each test says which answers it allows. Runs on one node and on the 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+
+import pytest
+from conftest import wait_for
+
+import volley
+import volley.state
+from volley import serve
+
+WAIT_S = 30.0
+CONTROLLER = "SERVE_CONTROLLER"
+
+
+@pytest.fixture
+def http(volley_shared):
+    """The ingress's base URL on a free port; serve shut down after."""
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    port = serve.status().http_status["port"]
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def call(url: str) -> tuple[int, str, bytes]:
+    """(status, x-request-id, body) of one GET; an HTTP error status is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=WAIT_S) as r:
+            return r.status, r.headers.get("x-request-id", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("x-request-id", ""), e.read()
+
+
+class Load:
+    """``clients`` threads sending GETs to ``url`` until stopped; every answer is kept, in
+    order, with the time it came."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url = url
+        self.answers: list[tuple[float, int, str, bytes]] = []
+        self.errors: list[BaseException] = []  # a request with no HTTP answer at all
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, rid, body = call(self.url)
+            except Exception as e:  # a reset connection, a client timeout
+                with self._lock:
+                    self.errors.append(e)
+                continue
+            with self._lock:
+                self.answers.append((time.monotonic(), status, rid, body))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(WAIT_S)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.answers)
+
+    def since(self, t0: float) -> list[tuple[int, str, bytes]]:
+        with self._lock:
+            return [(s, rid, b) for t, s, rid, b in self.answers if t >= t0]
+
+    def failed(self) -> list[tuple[int, str, bytes]]:
+        with self._lock:
+            return [(s, rid, b[:300]) for _, s, rid, b in self.answers if s != 200]
+
+    def more(self, n: int, what: str) -> None:
+        """Waits for ``n`` more answers."""
+        goal = self.count() + n
+        wait_for(lambda: self.count() >= goal, f"{n} more answers {what}", WAIT_S)
+
+
+def running(app: str, dep: str) -> int:
+    return serve.status().applications[app].deployments[dep].replica_states.get("RUNNING", 0)
+
+
+@serve.deployment(num_replicas=2)
+class Who:
+    def __call__(self, request) -> str:
+        return f"v1:{os.getpid()}"
+
+
+@serve.deployment(name="Who", num_replicas=2)
+class WhoV2:
+    def __call__(self, request) -> str:
+        return f"v2:{os.getpid()}"
+
+
+def pids_answering(url: str, n: int) -> set[str]:
+    """The distinct answers of ``url`` until there are ``n`` of them."""
+    seen: set[str] = set()
+
+    def more() -> bool:
+        status, _, body = call(url)
+        assert status == 200, body
+        seen.add(body.decode())
+        return len(seen) >= n
+
+    wait_for(more, f"{n} distinct replicas to answer {url}", WAIT_S)
+    return seen
+
+
+def controller_row() -> dict | None:
+    rows = volley.state.list_actors(filters={"name": CONTROLLER}, limit=None)
+    alive = [r for r in rows if r["state"] == "ALIVE" and r["namespace"] == "volley.serve"]
+    return alive[0] if alive else None
+
+
+def test_a_sigkilled_controller_comes_back_and_requests_never_fail(http):
+    url = f"{http}/who"
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    before = asdict(serve.status())
+    replicas = pids_answering(url, 2)
+    victim = controller_row()
+    assert victim is not None, "the controller is listed"
+    with Load(url, clients=3) as load:
+        load.more(20, "before the kill")
+        os.kill(victim["pid"], signal.SIGKILL)
+        # Called while the controller restarts: it waits for the restarted one.
+        after = asdict(serve.status())
+        row = controller_row()
+        assert row is not None and row["pid"] != victim["pid"] and row["restarts"] >= 1, row
+        load.more(30, "after the controller came back")
+        t_recovered = time.monotonic()
+        load.more(20, "after the recovery")
+    assert not load.errors, load.errors[:3]
+    assert load.failed() == [], load.failed()[:5]
+    # The same applications, deployments and replicas, as before.
+    for doc in (before, after):
+        for a in doc["applications"].values():
+            for d in a["deployments"].values():
+                d.pop("ongoing_requests")
+    assert after["applications"] == before["applications"]
+    assert after["http"] == before["http"]
+    # The same replica processes serve (adopted, not restarted).
+    assert {b.decode() for _, _, b in load.since(t_recovered)} == replicas
+    # A new version rolls out as usual with the restarted controller.
+    serve.run(WhoV2.bind(), name="who", route_prefix="/who")
+    new = pids_answering(url, 2)
+    assert all(p.startswith("v2:") for p in new), new
+    assert not {p.split(":")[1] for p in new} & {p.split(":")[1] for p in replicas}
+    assert running("who", "Who") == 2
+
+
+def test_autoscaling_up_and_down_over_http(http):
+    @serve.deployment(
+        max_ongoing_requests=2,
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0.5,
+            "metrics_interval_s": 0.05,
+            "look_back_period_s": 0.3,
+        },
+    )
+    class Slow:
+        async def __call__(self, request) -> int:
+            await asyncio.sleep(0.2)
+            return os.getpid()
+
+    url = f"{http}/slow"
+    serve.run(Slow.bind(), name="slow", route_prefix="/slow")
+    assert running("slow", "Slow") == 1
+    with Load(url, clients=6) as load:
+        wait_for(lambda: running("slow", "Slow") == 3, "3 replicas under load", WAIT_S)
+        t_up = time.monotonic()
+        wait_for(
+            lambda: len({b for _, _, b in load.since(t_up)}) == 3,
+            "3 distinct replica pids to answer",
+            WAIT_S,
+        )
+    assert load.failed() == [] and not load.errors, (load.failed()[:5], load.errors[:3])
+    wait_for(
+        lambda: (
+            serve.status().applications["slow"].deployments["Slow"].replica_states == {"RUNNING": 1}
+        ),
+        "a scale down to 1 replica once idle (the others stopped)",
+        WAIT_S,
+    )
+    assert serve.status().applications["slow"].deployments["Slow"].target_replicas == 1
+    assert call(url)[0] == 200
+
+
+def test_a_rolling_update_fails_no_request(http):
+    url = f"{http}/who"
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    old = pids_answering(url, 2)
+    with Load(url, clients=3) as load:
+        load.more(10, "before the update")
+        serve.run(WhoV2.bind(), name="who", route_prefix="/who")
+        n_done = load.count()  # serve.run returned: the old replicas are stopped
+        load.more(30, "after the update")
+    assert not load.errors, load.errors[:3]
+    assert load.failed() == [], load.failed()[:5]
+    after = [b.decode() for _, _, _, b in load.answers[n_done:]]
+    # Only the request each client had in flight as serve.run returned may have reached an
+    # old replica (it finished before the replica stopped); every later one is the new code's.
+    stale = [b for b in after if not b.startswith("v2:")]
+    assert len(stale) <= 3 and set(stale) <= old, (stale, old)
+    assert len({b for b in after if b.startswith("v2:")}) == 2, after
+
+
+def test_a_replica_sigkilled_under_load_costs_only_its_requests(http):
+    @serve.deployment(num_replicas=2, max_ongoing_requests=4)
+    class Work:
+        async def __call__(self, request) -> int:
+            await asyncio.sleep(0.02)
+            return os.getpid()
+
+    url = f"{http}/work"
+    serve.run(Work.bind(), name="work", route_prefix="/work")
+    pids = {int(p) for p in pids_answering(url, 2)}
+    clients = 4
+    with Load(url, clients=clients) as load:
+        load.more(20, "before the kill")
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        # Replaced: two replicas run again, one a new process.
+        wait_for(
+            lambda: (
+                running("work", "Work") == 2
+                and serve.status().applications["work"].deployments["Work"].message
+            ),
+            "the killed replica to be replaced",
+            WAIT_S,
+        )
+        t_replaced = time.monotonic()
+        wait_for(
+            lambda: {int(b) for s, _, b in load.since(t_replaced) if s == 200} - pids,
+            "an answer from the new replica",
+            WAIT_S,
+        )
+        load.more(20, "after the replacement")
+    assert not load.errors, load.errors[:3]
+    failed = load.failed()
+    # At most the requests in flight on the dead replica when it died: one per client.
+    assert len(failed) <= clients, failed
+    for status, rid, body in failed:
+        assert 500 <= status < 600, (status, body)
+        assert rid and rid.encode() in body, (rid, body)  # the body names the request
+    answered = {int(b) for s, _, b in load.since(t_kill) if s == 200}
+    assert victim in pids and len(answered - pids) >= 1
+    msg = serve.status().applications["work"].deployments["Work"].message
+    assert "replaced" in msg, msg
