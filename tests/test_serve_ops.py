@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import asdict
 
 import pytest
-from conftest import wait_for
+from conftest import proc_state, wait_for
 
 import volley
 import volley.state
@@ -278,3 +278,100 @@ def test_a_replica_sigkilled_under_load_costs_only_its_requests(http):
     assert victim in pids and len(answered - pids) >= 1
     msg = serve.status().applications["work"].deployments["Work"].message
     assert "replaced" in msg, msg
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts: it runs no more)."""
+    return proc_state(pid) in (None, "Z")
+
+
+def test_a_replica_that_dies_while_the_controller_is_dead_is_replaced(http):
+    url = f"{http}/who"
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    replicas = pids_answering(url, 2)
+    victim = int(min(replicas).split(":")[1])
+    ctl = controller_row()
+    assert ctl is not None
+    os.kill(ctl["pid"], signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
+    # The restarted controller finds it dead among those it adopts, and starts another.
+    wait_for(
+        lambda: (
+            (d := serve.status().applications["who"].deployments["Who"]).replica_states
+            == {"RUNNING": 2}
+            and "replaced" in d.message
+        ),
+        "the restarted controller to replace the replica that died meanwhile",
+        WAIT_S,
+    )
+    now = pids_answering(url, 2)
+    assert (replicas - now) == {f"v1:{victim}"} and len(now - replicas) == 1, (replicas, now)
+
+
+def test_a_controller_killed_for_good_leaves_no_replica_behind(http):
+    url = f"{http}/who"
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    pids = [int(p.split(":")[1]) for p in pids_answering(url, 2)]
+    # Killed without restart and without serve.shutdown: the replicas (detached) live on
+    # until a new controller starts; it finds the old checkpoint, not its own, and stops them.
+    volley.kill(volley.get_actor(CONTROLLER, namespace="volley.serve"))
+    assert call(url)[0] == 200, "the ingress still serves with the old table"
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    assert serve.status().applications == {}
+    for pid in pids:
+        wait_for(lambda pid=pid: gone(pid), f"the old replica {pid} to be stopped", WAIT_S)
+
+
+def test_a_rolling_update_cut_short_by_the_controller_s_death_completes(http, tmp_path):
+    gate = tmp_path / "gate"
+
+    @serve.deployment(name="Who", num_replicas=2)
+    class Gated:
+        def __init__(self, gate: str) -> None:
+            while not os.path.exists(gate):  # held until the test opens the gate
+                time.sleep(0.01)
+
+        def __call__(self, request) -> str:
+            return f"v3:{os.getpid()}"
+
+    url = f"{http}/who"
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    old = pids_answering(url, 2)
+    errors: list[BaseException] = []
+
+    def deploy() -> None:
+        try:
+            serve.run(Gated.bind(str(gate)), name="who", route_prefix="/who")
+        except BaseException as e:
+            errors.append(e)
+
+    with Load(url, clients=2) as load:
+        t = threading.Thread(target=deploy)
+        t.start()
+        wait_for(
+            lambda: (
+                serve.status().applications["who"].deployments["Who"].replica_states
+                == {"RUNNING": 2, "STARTING": 2}
+            ),
+            "the new version's replicas to be starting",
+            WAIT_S,
+        )
+        ctl = controller_row()
+        assert ctl is not None
+        os.kill(ctl["pid"], signal.SIGKILL)
+        load.more(10, "while the controller restarts, mid-update")
+        gate.touch()
+        t.join(WAIT_S)
+        assert not t.is_alive(), "serve.run returned"
+        n_done = load.count()
+        load.more(20, "after the update")
+    assert errors == [], errors
+    assert not load.errors and load.failed() == [], (load.errors[:3], load.failed()[:5])
+    after = [b.decode() for _, _, _, b in load.answers[n_done:]]
+    stale = [b for b in after if not b.startswith("v3:")]
+    assert len(stale) <= 2 and set(stale) <= old, (stale, old)
+    d = serve.status().applications["who"].deployments["Who"]
+    assert d.replica_states == {"RUNNING": 2} and d.status == "HEALTHY", d
+    for p in old:
+        pid = int(p.split(":")[1])
+        wait_for(lambda pid=pid: gone(pid), f"the old replica {pid} to stop", WAIT_S)

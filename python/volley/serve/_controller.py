@@ -269,7 +269,7 @@ class Controller:
                     library.kv_delete(deployment_key(app.name, d.name), namespace=NAMESPACE)
                     raise
                 app.deployments[spec["name"]] = d
-            elif self._light(d.spec, spec):
+            elif self._light(d.spec, spec) and all(r.version == d.version for r in d.live()):
                 await self._update_light(d, spec)
             else:
                 await self._roll(d, spec)
@@ -604,8 +604,13 @@ class Controller:
                         continue  # a replica not ready yet is stopped below, and replaced
                     try:
                         handle = volley.get_actor(rr["name"], namespace=NAMESPACE)
-                    except ValueError:
-                        continue  # gone: the loop starts another
+                    except ValueError:  # gone: the loop starts another
+                        if rr["state"] == "RUNNING":
+                            d.message = (
+                                f"replica {rr['name']} replaced: it was gone when the "
+                                "controller restarted"
+                            )
+                        continue
                     r = _ReplicaState(rr["name"], handle)
                     r.actor_id, r.node, r.version = rr["actor_id"], int(rr["node"]), rr["version"]
                     # Its health and load are read at once; a dead one is replaced then.
