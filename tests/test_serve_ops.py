@@ -400,3 +400,42 @@ def test_the_same_source_closing_over_other_values_is_new_code(http):
     # The same again: nothing rolls, the same replica answers.
     h = serve.run(make(2).bind(), name="const", route_prefix=None)
     assert h.remote().result(timeout_s=WAIT_S) == (2, pid2)
+
+
+def test_a_call_that_waits_too_long_for_the_restarted_controller_says_so(http, monkeypatch):
+    from volley.serve import _api
+
+    monkeypatch.setattr(_api, "CONTROLLER_RESTART_WAIT_S", 0.0)  # no wait allowed
+    ctl = controller_row()
+    assert ctl is not None
+    handle = volley.get_actor(CONTROLLER, namespace="volley.serve")
+    # A status call held in the stopped process, then its death: the call was in flight.
+    os.kill(ctl["pid"], signal.SIGSTOP)
+    out: list[BaseException] = []
+    t = threading.Thread(target=lambda: out.append(pytest.raises(TimeoutError, serve.status)))
+    t.start()
+    wait_for(
+        lambda: (volley.actor_state(handle) or {}).get("pending_calls", 0) >= 1,
+        "the status call to be sent to the stopped controller",
+        WAIT_S,
+    )
+    os.kill(ctl["pid"], signal.SIGKILL)
+    t.join(WAIT_S)
+    assert out, "serve.status() returned"
+    msg = str(out[0].value)
+    assert "for the serve controller to come back after its process died" in msg, msg
+    assert "RESTARTING" in msg and msg.endswith("for the serve controller to answer"), msg
+    # With the usual wait, it answers once restarted.
+    monkeypatch.undo()
+    assert serve.status().http_status is not None
+
+
+def test_an_unreadable_checkpoint_leaves_a_controller_that_starts_empty(http):
+    from volley import library
+
+    serve.run(Who.bind(), name="who", route_prefix="/who")
+    serve.shutdown()  # (deletes the checkpoint; a broken one is put in its place)
+    library.kv_put("controller/checkpoint", b"not a pickle", namespace="volley.serve")
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    assert serve.status().applications == {}
+    assert library.kv_get("controller/checkpoint", namespace="volley.serve") != b"not a pickle"

@@ -570,7 +570,17 @@ class Controller:
         if raw is None:
             return
         # Written by this actor (through the head, which takes writes only from the session).
-        doc = pickle.loads(raw)
+        try:
+            doc = pickle.loads(raw)
+            doc["token"], doc["apps"]  # noqa: B018 (the keys a checkpoint has)
+        except Exception as e:  # not a checkpoint this code wrote: start empty, and say so
+            print(
+                f"volley.serve: the controller's checkpoint cannot be read ({e!r}); "
+                "starting with no application",
+                flush=True,
+            )
+            library.kv_delete(CHECKPOINT_KEY, namespace=NAMESPACE)
+            return
         if doc.get("token") != self._token or not self._token:
             # An earlier controller's, stopped without serve.shutdown: its replicas go.
             for a in doc.get("apps", []):
