@@ -214,7 +214,6 @@ class Controller:
         self._starting: set[str] = set()  # replicas started, not yet ready (killed on recovery)
         self._resume: list[Any] = []  # what a restart found cut short (run once the loop runs)
         self._checkpoint_error = ""
-        self.recovered = False
         self._recover()
 
     # ------------------------------------------------------------------ the calls serve makes
@@ -591,7 +590,6 @@ class Controller:
                 self._kill_by_name(name)
             library.kv_delete(CHECKPOINT_KEY, namespace=NAMESPACE)
             return
-        self.recovered = True
         self._epoch = doc["epoch"]
         self._http = doc["http"]
         self._routes_version = int(doc["routes_version"])
