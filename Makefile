@@ -38,7 +38,7 @@ $(VPY):
 # their real users in the tests (scikit-learn, DEAP), and tqdm for progress bars.
 $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff
+	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff pyyaml
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm "optuna>=3" cmaes fastapi
 	$(VPY) -m pip install --quiet "mypy>=1.11"
 	@# The dashboard's tests: /metrics parsed as Prometheus parses it, the pages in a real
@@ -126,7 +126,7 @@ CLUSTER_SUITE = tests/test_tasks.py tests/test_errors.py tests/test_async.py tes
 	tests/test_dask.py tests/test_deap.py tests/test_executor_compat.py tests/test_pool_sharing.py \
 	tests/test_manager_proxies.py tests/test_ray_compat.py tests/test_state.py tests/test_queue.py \
 	tests/test_mp_process.py tests/test_mp_manager.py tests/test_shell.py tests/test_workers_view.py \
-	tests/test_tune.py tests/test_tune_restore.py tests/test_serve_over_http.py tests/test_tune_optuna_storage.py \
+	tests/test_tune.py tests/test_tune_restore.py tests/test_serve_over_http.py tests/test_serve_ops.py tests/test_tune_optuna_storage.py \
 	tests/test_serve_metrics.py
 test-cluster: build
 	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest $(CLUSTER_SUITE)

@@ -459,7 +459,6 @@ def test_volley_list_and_logs_reach_a_drivers_own_node(tmp_path):
         for i in range(2)
     ]
     try:
-
         seen: list[list[str]] = [[], []]  # every line each driver printed, for the failure
 
         def ready_line(i: int) -> list[str]:

@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from test_cluster import Cluster
 
 import volley
@@ -50,6 +52,40 @@ applications:
         max_ongoing_requests: 3
 """
 
+GREET_APP = """
+import os
+from volley import serve
+
+@serve.deployment
+class Greeter:
+    def __init__(self):
+        self.greeting = "none yet"
+
+    def reconfigure(self, config):
+        self.greeting = config["greeting"]
+
+    def __call__(self, request):
+        return {"greeting": self.greeting, "pid": os.getpid()}
+
+app = Greeter.bind()
+"""
+
+# Ray Serve's config shape: applications with their deployments' options.
+GREET_CONFIG = """
+http_options:
+  host: 127.0.0.1
+  port: 0
+applications:
+  - name: greet
+    route_prefix: /greet
+    import_path: greet_app:app
+    deployments:
+      - name: Greeter
+        num_replicas: 2
+        user_config:
+          greeting: {greeting}
+"""
+
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
@@ -61,6 +97,7 @@ def head(tmp_path_factory):
     work.mkdir()
     (work / "echo_app.py").write_text(textwrap.dedent(APP))
     (work / "serve.yaml").write_text(CONFIG)
+    (work / "greet_app.py").write_text(textwrap.dedent(GREET_APP))
     (work / "bad.yaml").write_text("applications:\n  - import_path: echo_app:app\n    color: red\n")
     c.work = work
     yield c
@@ -68,8 +105,8 @@ def head(tmp_path_factory):
     c.stop()
 
 
-def cli(c: Cluster, *args: str, **kw) -> subprocess.CompletedProcess:
-    env = dict(c.env, VOLLEY_TOKEN=c.token)
+def cli(c: Cluster, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = dict(c.env, VOLLEY_TOKEN=c.token, **(env or {}))
     argv = [sys.executable, "-m", "volley._cli", "serve", *args, "--address", c.head]
     return subprocess.run(
         argv, cwd=c.work, env=env, capture_output=True, text=True, timeout=WAIT_S, **kw
@@ -145,3 +182,47 @@ def test_status_without_a_cluster_says_so(tmp_path):
     )
     assert r.returncode == 1 and "no volley cluster to ask" in r.stderr, r.stderr
     assert not Path(tmp_path / "nothing" / "address").exists()
+
+
+def greetings(url: str, n: int) -> dict[int, str]:
+    """Each replica's greeting, by pid, once ``n`` replicas answered over HTTP."""
+    seen: dict[int, str] = {}
+
+    def more() -> bool:
+        with urllib.request.urlopen(url, timeout=WAIT_S) as r:
+            doc = json.loads(r.read())
+        seen[doc["pid"]] = doc["greeting"]
+        return len(seen) >= n
+
+    wait_for(more, f"{n} replicas to answer {url}", WAIT_S)
+    return seen
+
+
+def test_deploy_from_yaml_then_a_changed_user_config_reconfigures_live(head):
+    (head.work / "greet.yaml").write_text(GREET_CONFIG.format(greeting="hello"))
+    r = cli(head, "deploy", "greet.yaml")
+    assert r.returncode == 0, r.stderr
+    st = status(head)
+    url = f"http://127.0.0.1:{st['http_status']['port']}/greet"
+    first = greetings(url, 2)
+    assert set(first.values()) == {"hello"}, first
+    # The file changed (only its user_config): deployed again, the same replicas take it.
+    (head.work / "greet.yaml").write_text(GREET_CONFIG.format(greeting="bonjour"))
+    r = cli(head, "deploy", "greet.yaml")
+    assert r.returncode == 0, r.stderr
+    second = greetings(url, 2)
+    assert second == {pid: "bonjour" for pid in first}, (first, second)
+    assert status(head)["applications"]["greet"]["deployments"]["Greeter"]["replica_states"] == {
+        "RUNNING": 2
+    }
+    assert cli(head, "shutdown").returncode == 0
+
+
+def test_a_yaml_config_without_pyyaml_says_what_is_missing(head, tmp_path):
+    # A yaml module that cannot be imported, first on the path: as if PyYAML were absent.
+    (tmp_path / "yaml.py").write_text("raise ImportError('PyYAML is not installed here')\n")
+    path = os.pathsep.join([str(tmp_path), head.env.get("PYTHONPATH", "")])
+    r = cli(head, "deploy", "serve.yaml", env={"PYTHONPATH": path})
+    assert r.returncode == 1, r.stderr
+    assert "a YAML config needs PyYAML, which is not installed" in r.stderr, r.stderr
+    assert "pip install pyyaml" in r.stderr

@@ -1,10 +1,13 @@
 """``serve.run``, ``start``, ``delete``, ``status``, ``shutdown`` and the handle getters: what a
-driver calls; each is a call to the controller actor (started at the first use)."""
+driver calls; each is a call to the controller actor (started at the first use). The engine
+restarts a controller whose process dies; a call meanwhile waits for the restarted one (at most
+``CONTROLLER_RESTART_WAIT_S``) and is sent again: every call is idempotent."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,8 @@ from ._handle import DeploymentHandle, _forget_routers
 CONTROLLER_TIMEOUT_S = 300.0
 #: How long a new controller waits for the name of a stopped one to be forgotten.
 CONTROLLER_NAME_WAIT_S = 30.0
+#: How long a call waits for the engine to restart a controller whose process died.
+CONTROLLER_RESTART_WAIT_S = 60.0
 #: How long ``serve.start`` waits for the ingress to say whether it listens.
 HTTP_STATUS_WAIT_S = 15.0
 
@@ -48,8 +53,9 @@ def _controller(create: bool) -> Any:
                         lifetime="detached",
                         get_if_exists=True,
                         max_concurrency=1000,
+                        max_restarts=-1,  # it recovers from its checkpoint
                     )
-                    .remote()
+                    .remote(uuid.uuid4().hex)
                 )
             except ValueError:  # the head still holds the name of a stopped controller
                 if time.monotonic() > deadline:
@@ -57,7 +63,7 @@ def _controller(create: bool) -> Any:
                 time.sleep(0.05)
                 continue
         try:
-            _ask(c.ping.remote(), "the serve controller to answer")
+            _call(c, "ping", what="the serve controller to answer")
             return c
         except volley.ActorDiedError:
             if not create:
@@ -75,6 +81,31 @@ def _ask(ref: Any, what: str, timeout: float = CONTROLLER_TIMEOUT_S) -> Any:
         return volley.get(ref, timeout=timeout)
     except volley.GetTimeoutError:
         raise TimeoutError(f"waited {timeout:.0f} s for {what}") from None
+
+
+def _call(c: Any, method: str, *args: Any, what: str) -> Any:
+    """``c.method(*args)``; if the controller's process dies under the call, the call waits
+    for the engine to restart it (it recovers from its checkpoint) and is sent again.
+    ``ActorDiedError`` if the controller is stopped for good; ``TimeoutError``, saying what
+    it waited for, if no restarted controller answers in time."""
+    deadline = time.monotonic() + CONTROLLER_RESTART_WAIT_S
+    while True:
+        try:
+            return _ask(getattr(c, method).remote(*args), what)
+        except volley.ActorDiedError as e:
+            st = volley.actor_state(c)
+            state = "DEAD" if st is None else st["state"]
+            # Stopped for good (serve.shutdown kills it without restart): no wait. (On a
+            # cluster this node may not know yet that another node's actor is dead; the
+            # error's text says it was killed.)
+            if state == "DEAD" or "volley.kill()" in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {CONTROLLER_RESTART_WAIT_S:.0f} s for the serve controller to come "
+                    f"back after its process died (it is {state}: {e}), for {what}"
+                ) from None
+            time.sleep(0.05)
 
 
 def _check_route_prefix(p: Any) -> str | None:
@@ -114,7 +145,7 @@ def start(http_options: dict | None = None) -> None:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ValueError(f"http_options['port'] must be an int in 0-65535, not {port!r}")
     c = _controller(create=True)
-    _ask(c.set_http.remote(host, port), "the serve controller to set the HTTP address")
+    _call(c, "set_http", host, port, what="the serve controller to set the HTTP address")
     deadline = time.monotonic() + HTTP_STATUS_WAIT_S
     while time.monotonic() < deadline:
         raw = library.kv_get(HTTP_STATUS_KEY, namespace=NAMESPACE)
@@ -160,13 +191,16 @@ def run(
     prefix = _check_route_prefix(route_prefix)
     ingress, specs = flatten(target, name)
     c = _controller(create=True)
-    err = _ask(c.deploy.remote(name, prefix, ingress, specs), f"application {name!r} to deploy")
+    err = _call(c, "deploy", name, prefix, ingress, specs, what=f"application {name!r} to deploy")
     if err is not None:
         raise RuntimeError(err)
     if prefix is not None:  # the ingress listens on the default address unless told otherwise
-        _ask(
-            c.ensure_http.remote(DEFAULT_HTTP["host"], DEFAULT_HTTP["port"]),
-            "the serve controller to set the HTTP address",
+        _call(
+            c,
+            "ensure_http",
+            DEFAULT_HTTP["host"],
+            DEFAULT_HTTP["port"],
+            what="the serve controller to set the HTTP address",
         )
     handle = DeploymentHandle(ingress, name)
     if blocking:
@@ -189,7 +223,7 @@ def delete(name: str) -> None:
     c = _controller(create=False)
     if c is None:
         raise ValueError(f"no application named {name!r}: serve is not running")
-    err = _ask(c.delete.remote(name), f"application {name!r} to be deleted")
+    err = _call(c, "delete", name, what=f"application {name!r} to be deleted")
     if err is not None:
         raise ValueError(err)
 
@@ -204,7 +238,7 @@ def shutdown() -> None:
         return
     c = _controller(create=False)
     if c is not None:
-        _ask(c.shutdown.remote(), "serve to shut down")
+        _call(c, "shutdown", what="serve to shut down")
         volley.kill(c)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # its name is free once the head forgets it
@@ -225,7 +259,7 @@ def get_app_handle(name: str) -> DeploymentHandle:
     ValueError: no application named 'nothing' runs
     """
     c = _controller(create=False)
-    ingress = None if c is None else _ask(c.app_ingress.remote(name), "the serve controller")
+    ingress = None if c is None else _call(c, "app_ingress", name, what="the serve controller")
     if ingress is None:
         raise ValueError(f"no application named {name!r} runs")
     return DeploymentHandle(ingress, name)
@@ -244,8 +278,8 @@ def get_deployment_handle(deployment_name: str, app_name: str = "default") -> De
     >>> serve.delete("shouter")
     """
     c = _controller(create=False)
-    ok = c is not None and _ask(
-        c.has_deployment.remote(app_name, deployment_name), "the serve controller"
+    ok = c is not None and _call(
+        c, "has_deployment", app_name, deployment_name, what="the serve controller"
     )
     if not ok:
         raise ValueError(f"no deployment {deployment_name!r} in application {app_name!r}")
@@ -294,7 +328,7 @@ def status() -> ServeStatus:
     c = _controller(create=False)
     if c is None:
         return ServeStatus()
-    raw = _ask(c.status.remote(), "the serve controller's status")
+    raw = _call(c, "status", what="the serve controller's status")
     apps = {
         name: ApplicationStatusOverview(
             status=a["status"],

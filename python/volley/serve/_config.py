@@ -40,6 +40,11 @@ def parse_config(text: str, source: str = "config") -> dict:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    elif source.endswith((".yaml", ".yml")):
+        raise ConfigError(
+            f"{source}: a YAML config needs PyYAML, which is not installed (pip install pyyaml), "
+            "or write the config as JSON"
+        )
     else:
         try:
             doc = json.loads(text)

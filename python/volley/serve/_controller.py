@@ -10,6 +10,17 @@ replica's ongoing count (a replica that does not answer is dead and is replaced)
 health checks, and scales autoscaled deployments. A redeploy with only a new ``user_config``
 (or replica count) reconfigures the running replicas; one with new code or options starts new
 replicas, routes to them once they are ready, and only then drains and stops the old ones.
+
+Fault tolerance: the controller is started with ``max_restarts=-1``, so the engine restarts it
+when its process dies (SIGKILL, OOM); its name resolves to the new process. At each change of
+what it wants (an application deployed, updated or deleted, a target replica count, a replica
+started, ready or stopped) it writes a *checkpoint* (key ``controller/checkpoint``): the
+applications, their specs and targets, and each replica's actor name, id and node. A restarted
+controller reads it in ``__init__`` and adopts the replicas still alive (found by name: their
+processes never stopped, so the same pids serve), replaces the dead ones (its usual checks),
+finishes a rolling update or a delete that the death cut short, and resumes autoscaling. The
+routing table and the deployments' documents stay as they were meanwhile: the ingress and the
+handles keep serving with them while no controller runs.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import pickle
+import threading
 import time
 import traceback
 import uuid
@@ -26,6 +39,7 @@ import volley
 from volley import library
 
 from ._common import (
+    CONTROLLER_NAME,
     HTTP_KEY,
     HTTP_STATUS_KEY,
     NAMESPACE,
@@ -49,6 +63,10 @@ ROUTE_GRACE_S = 0.3
 #: view show: replicas by state, target replicas, autoscaling decisions (read by the head's
 #: engine, crates/volley-runtime/src/serve/metrics.rs; rewritten only when it changed).
 METRICS_KEY = "metrics"
+#: The KV key (namespace ``volley.serve``) of the controller's checkpoint.
+CHECKPOINT_KEY = "controller/checkpoint"
+#: How long a restarted controller tries to wake its own control loop (a call to itself).
+WAKE_TIMEOUT_S = 120.0
 
 _ReplicaActor: Any = None
 
@@ -79,6 +97,16 @@ class _ReplicaState:
         self.next_health = 0.0
         self.health_task: asyncio.Task | None = None
         self.stats_task: asyncio.Task | None = None
+        self.version = 0  # the deployment's version (spec) it runs
+
+    def record(self) -> dict:
+        return {
+            "name": self.name,
+            "actor_id": self.actor_id,
+            "node": self.node,
+            "state": self.state,
+            "version": self.version,
+        }
 
 
 class _Deployment:
@@ -138,6 +166,16 @@ class _Deployment:
             out[r.state] = out.get(r.state, 0) + 1
         return out
 
+    def record(self) -> dict:
+        return {
+            "spec": self.spec,
+            "target": self.target,
+            "version": self.version,
+            "status": self.status,
+            "message": self.message,
+            "replicas": [r.record() for r in self.replicas],
+        }
+
 
 class _App:
     def __init__(self, name: str, route_prefix: str | None, ingress: str) -> None:
@@ -149,20 +187,40 @@ class _App:
         self.message = ""
         self.lock = asyncio.Lock()
 
+    def record(self) -> dict:
+        return {
+            "name": self.name,
+            "route_prefix": self.route_prefix,
+            "ingress": self.ingress,
+            "status": self.status,
+            "message": self.message,
+            "deployments": [d.record() for d in self.deployments.values()],
+        }
+
 
 class Controller:
-    """The controller actor (one per cluster, named ``SERVE_CONTROLLER``)."""
+    """The controller actor (one per cluster, named ``SERVE_CONTROLLER``). ``token`` names
+    this controller apart from an earlier one (serve shut down and started again): a restart
+    of the same actor gets the same token, and recovers from the checkpoint it wrote."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str = "") -> None:
+        self._token = token
         self._apps: dict[str, _App] = {}
         self._counter = 0
         self._routes_version = 0
         self._loop_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._http: dict | None = None
-        # Names this controller's replicas and documents apart from an earlier controller's.
+        # Names this controller's documents apart from an earlier controller's (kept across a
+        # restart: the handles keep their view of the replicas).
         self._epoch = uuid.uuid4().hex[:8]
         self._metrics_doc = ""  # the figures last written under METRICS_KEY
+        # Names this process's new replicas apart from those of the process before a restart.
+        self._incarnation = uuid.uuid4().hex[:6]
+        self._starting: set[str] = set()  # replicas started, not yet ready (killed on recovery)
+        self._resume: list[Any] = []  # what a restart found cut short (run once the loop runs)
+        self._checkpoint_error = ""
+        self._recover()
 
     # ------------------------------------------------------------------ the calls serve makes
 
@@ -216,7 +274,7 @@ class Controller:
                     library.kv_delete(deployment_key(app.name, d.name), namespace=NAMESPACE)
                     raise
                 app.deployments[spec["name"]] = d
-            elif self._light(d.spec, spec):
+            elif self._light(d.spec, spec) and all(r.version == d.version for r in d.live()):
                 await self._update_light(d, spec)
             else:
                 await self._roll(d, spec)
@@ -235,6 +293,7 @@ class Controller:
         old_config = d.options.get("user_config")
         old_target = d._initial_target()
         d.spec = spec
+        self._checkpoint()
         if spec["options"].get("user_config") != old_config:
             calls = [r.handle.reconfigure.remote(d.options["user_config"]) for r in d.live()]
             for ref in calls:
@@ -254,10 +313,14 @@ class Controller:
         d.spec = spec
         d.target = d._initial_target()
         d.status = "UPDATING"
+        d.version += 1
+        self._checkpoint()
         try:
             await self._start_replicas(d, d.target)
         except BaseException:  # the old replicas go on serving, with their code
             d.spec, d.target, d.status = old_spec, old_target, "HEALTHY"
+            d.version -= 1
+            self._checkpoint()
             raise
         for r in old:
             r.state = "STOPPING"
@@ -282,13 +345,16 @@ class Controller:
 
     def _new_replica(self, d: _Deployment) -> _ReplicaState:
         self._counter += 1
-        name = replica_name(d.app, d.name, f"{self._epoch}-{self._counter}")
+        name = replica_name(d.app, d.name, f"{self._incarnation}-{self._counter}")
         o = d.options
         rao = dict(o.get("ray_actor_options") or {})
         actor_opts: dict[str, Any] = {
             "name": name,
             "namespace": NAMESPACE,
             "max_concurrency": int(o["max_ongoing_requests"]) + CONTROL_SLOTS,
+            # Not owned by the controller's process: replicas outlive a controller that dies
+            # (the restarted one adopts them); serve stops them itself.
+            "lifetime": "detached",
         }
         for k in ("num_cpus", "num_gpus", "resources"):
             if rao.get(k) is not None:
@@ -306,7 +372,10 @@ class Controller:
             )
         )
         r = _ReplicaState(name, handle)
+        r.version = d.version
         d.replicas.append(r)
+        self._starting.add(name)
+        self._checkpoint()  # a restart must know of it (to stop it), even if it never gets ready
         return r
 
     async def _await_ready(self, d: _Deployment, r: _ReplicaState) -> None:
@@ -322,10 +391,12 @@ class Controller:
                 f"(does the cluster have what it asks for: {d.options.get('ray_actor_options')}?)"
             ) from None
         r.state = "RUNNING"
+        self._starting.discard(r.name)
         r.next_health = time.monotonic() + float(d.options["health_check_period_s"])
 
     def _kill(self, d: _Deployment, r: _ReplicaState) -> None:
         r.state = "STOPPED"
+        self._starting.discard(r.name)
         try:
             volley.kill(r.handle)
         except Exception:  # already gone
@@ -368,6 +439,11 @@ class Controller:
             self._publish()
         return None
 
+    async def _delete_quietly(self, name: str) -> None:
+        err = await self.delete(name)
+        if err is not None:
+            print(f"volley.serve: finishing the delete of {name!r}: {err}", flush=True)
+
     async def shutdown(self) -> None:
         for name in list(self._apps):
             await self.delete(name)
@@ -375,11 +451,14 @@ class Controller:
         library.kv_delete(ROUTES_KEY, namespace=NAMESPACE)
         library.kv_delete(METRICS_KEY, namespace=NAMESPACE)
         self._metrics_doc = ""
+        library.kv_delete(CHECKPOINT_KEY, namespace=NAMESPACE)
+        self._token = ""  # nothing more is checkpointed
         if self._loop_task is not None:
             self._loop_task.cancel()
 
     async def set_http(self, host: str, port: int) -> None:
         self._http = {"host": host, "port": port}
+        self._checkpoint()
         # The ingress answers each change anew: no answer to an earlier address may linger.
         library.kv_delete(HTTP_STATUS_KEY, namespace=NAMESPACE)
         library.kv_put(HTTP_KEY, json.dumps(self._http), namespace=NAMESPACE)
@@ -410,7 +489,7 @@ class Controller:
             "applications": {
                 a.name: {
                     "status": a.status,
-                    "message": a.message,
+                    "message": a.message or self._checkpoint_error,
                     "route_prefix": a.route_prefix,
                     "ingress": a.ingress,
                     "deployments": {
@@ -468,6 +547,7 @@ class Controller:
         doc = {"version": v, "routes": routes}
         library.kv_put(ROUTES_KEY, json.dumps(doc), namespace=NAMESPACE)
         self._publish_metrics()
+        self._checkpoint()
 
     def _publish_metrics(self) -> None:
         """Writes the figures under ``METRICS_KEY`` if they changed since the last write."""
@@ -493,11 +573,159 @@ class Controller:
             library.kv_put(METRICS_KEY, doc, namespace=NAMESPACE)
             self._metrics_doc = doc
 
+    # ------------------------------------------------------------------ surviving a restart
+
+    def _checkpoint(self) -> None:
+        """Writes what a restarted controller needs (see the module's docstring)."""
+        if not self._token:
+            return
+        doc = {
+            "token": self._token,
+            "epoch": self._epoch,
+            "routes_version": self._routes_version,
+            "http": self._http,
+            "starting": sorted(self._starting),
+            "apps": [a.record() for a in self._apps.values()],
+        }
+        try:
+            library.kv_put(CHECKPOINT_KEY, pickle.dumps(doc, 5), namespace=NAMESPACE)
+            self._checkpoint_error = ""
+        except ValueError as e:  # over the KV's value limit: say so, keep serving
+            self._checkpoint_error = (
+                f"the controller's checkpoint could not be written ({e}): the applications "
+                "will not survive a restart of the controller"
+            )
+
+    def _recover(self) -> None:
+        """In ``__init__``: the state of the controller this process restarts, if any."""
+        raw = library.kv_get(CHECKPOINT_KEY, namespace=NAMESPACE)
+        if raw is None:
+            return
+        # Written by this actor (through the head, which takes writes only from the session).
+        try:
+            doc = pickle.loads(raw)
+            doc["token"], doc["apps"]  # noqa: B018 (the keys a checkpoint has)
+        except Exception as e:  # not a checkpoint this code wrote: start empty, and say so
+            print(
+                f"volley.serve: the controller's checkpoint cannot be read ({e!r}); "
+                "starting with no application",
+                flush=True,
+            )
+            library.kv_delete(CHECKPOINT_KEY, namespace=NAMESPACE)
+            return
+        if doc.get("token") != self._token or not self._token:
+            # An earlier controller's, stopped without serve.shutdown: its replicas go.
+            for a in doc.get("apps", []):
+                for d in a["deployments"]:
+                    for rec in d["replicas"]:
+                        self._kill_by_name(rec["name"])
+            for name in doc.get("starting", []):
+                self._kill_by_name(name)
+            library.kv_delete(CHECKPOINT_KEY, namespace=NAMESPACE)
+            return
+        self._epoch = doc["epoch"]
+        self._http = doc["http"]
+        self._routes_version = int(doc["routes_version"])
+        raw_routes = library.kv_get(ROUTES_KEY, namespace=NAMESPACE)
+        if raw_routes:  # (a later version may have been written after the checkpoint)
+            self._routes_version = max(self._routes_version, int(json.loads(raw_routes)["version"]))
+        adopted: set[str] = set()
+        now = time.monotonic()
+        for rec_app in doc["apps"]:
+            app = _App(rec_app["name"], rec_app["route_prefix"], rec_app["ingress"])
+            app.status, app.message = rec_app["status"], rec_app["message"]
+            self._apps[app.name] = app
+            for rec in rec_app["deployments"]:
+                d = _Deployment(app.name, rec["spec"])
+                d.target, d.version = int(rec["target"]), int(rec["version"])
+                d.status, d.message = rec["status"], rec["message"]
+                app.deployments[d.name] = d
+                for rr in rec["replicas"]:
+                    if rr["state"] not in ("RUNNING", "STOPPING"):
+                        continue  # a replica not ready yet is stopped below, and replaced
+                    try:
+                        handle = volley.get_actor(rr["name"], namespace=NAMESPACE)
+                    except ValueError:  # gone: the loop starts another
+                        if rr["state"] == "RUNNING":
+                            d.message = (
+                                f"replica {rr['name']} replaced: it was gone when the "
+                                "controller restarted"
+                            )
+                        continue
+                    r = _ReplicaState(rr["name"], handle)
+                    r.actor_id, r.node, r.version = rr["actor_id"], int(rr["node"]), rr["version"]
+                    # Its health and load are read at once; a dead one is replaced then.
+                    r.state, r.next_health = rr["state"], now
+                    d.replicas.append(r)
+                    adopted.add(r.name)
+                    if r.state == "STOPPING":
+                        self._resume.append(self._stop_replica(d, r))
+            if app.status == "DELETING":
+                self._resume.append(self._delete_quietly(app.name))
+            else:
+                self._resume.append(self._finish(app))
+        for a in doc["apps"]:
+            for d in a["deployments"]:
+                for rr in d["replicas"]:
+                    if rr["name"] not in adopted:
+                        self._kill_by_name(rr["name"])
+        for name in doc.get("starting", []):
+            if name not in adopted:
+                self._kill_by_name(name)
+        # Nothing calls a restarted controller by itself: it calls itself to start its loop.
+        threading.Thread(target=self._wake, name="serve-controller-wake", daemon=True).start()
+
+    @staticmethod
+    def _kill_by_name(name: str) -> None:
+        try:
+            volley.kill(volley.get_actor(name, namespace=NAMESPACE))
+        except Exception:  # gone already
+            pass
+
+    @staticmethod
+    def _wake() -> None:
+        deadline = time.monotonic() + WAKE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                me = volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+                volley.get(me.ping.remote(), timeout=30)
+                return
+            except Exception:  # not ready to take calls yet, or stopped meanwhile
+                time.sleep(0.05)
+
+    async def _finish(self, app: _App) -> None:
+        """After a restart: a rolling update the death cut short is finished (new replicas
+        first, then the old ones stop), the documents written anew."""
+        async with app.lock:
+            for d in list(app.deployments.values()):
+                old = [r for r in d.live() if r.version != d.version]
+                if not old:
+                    continue
+                try:
+                    await self._start_replicas(d, d.target)
+                except Exception as e:  # the old replicas go on serving
+                    d.status, d.message = "UNHEALTHY", f"after a controller restart: {e}"
+                    continue
+                for r in old:
+                    r.state = "STOPPING"
+                self._publish()
+                await asyncio.gather(*(self._stop_replica(d, r) for r in old))
+                d.status, d.message = "HEALTHY", ""
+            if app.status == "DEPLOYING" and app.deployments:
+                app.status = "RUNNING"
+            elif app.status == "DEPLOYING":
+                app.status = "DEPLOY_FAILED"
+                app.message = "the serve controller restarted during its first deploy: run it again"
+            self._publish()
+
     # ------------------------------------------------------------------ the loop
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+            resume, self._resume = self._resume, []
+            for coro in resume:
+                self._spawn(coro)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -537,6 +765,11 @@ class Controller:
             d.window.append((now, total))
             look = a["look_back_period_s"] if a else 2.0
             d.window = [(t, x) for t, x in d.window if now - t <= look]
+        for r in d.running():  # a death the engine knows of (about 10 µs a replica)
+            st = volley.actor_state(r.handle)
+            if st is None or st["state"] == "DEAD":
+                cause = (st or {}).get("death_cause") or "it is gone"
+                self._replica_failed(d, r, f"its process died: {cause}")
         period = float(d.options["health_check_period_s"])
         for r in d.running():
             if now >= r.next_health and (r.health_task is None or r.health_task.done()):
@@ -602,6 +835,7 @@ class Controller:
                 d.target = desired
                 d.up_since = None
                 d.scaled["up"] += 1
+                self._checkpoint()
         elif desired < d.target:
             d.up_since = None
             if d.down_since is None:
@@ -611,6 +845,7 @@ class Controller:
                 d.down_since = None
                 d.scaled["down"] += 1
                 d.window.clear()
+                self._checkpoint()
         else:
             d.up_since = d.down_since = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import pickle
 from typing import Any, Callable
 
 _RESOURCE_KEYS = {"num_cpus", "num_gpus", "resources", "runtime_env"}
@@ -239,12 +240,28 @@ class HandleMarker:
         self.deployment = deployment
 
 
-def _code_hash(target: Callable, pickled: bytes) -> str:
-    h = hashlib.sha256(pickled)
+def _code_hash(target: Callable, pickled: bytes, init: bytes = b"") -> str:
+    """What tells a code change from a config change: the source of the target's module (and
+    the bound arguments) where it can be read, else the pickle. (A class pickled by value
+    pickles differently in each process: a redeploy from another process, such as ``volley
+    serve deploy`` run again, would otherwise count as new code and replace every replica.)"""
     try:
-        h.update(inspect.getsource(target).encode())
+        module = inspect.getmodule(target)
+        source = inspect.getsource(module if module is not None else target)
     except (OSError, TypeError):
-        pass
+        return hashlib.sha256(pickled).hexdigest()[:16]
+    h = hashlib.sha256(source.encode())
+    h.update(getattr(target, "__qualname__", "").encode())
+    h.update(init)
+    # Values a class or function defined in a function closes over (the same source can
+    # make different deployments): by plain pickle, else the whole pickle decides.
+    fns = [target] + (list(vars(target).values()) if inspect.isclass(target) else [])
+    for fn in fns:
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                h.update(pickle.dumps(cell.cell_contents, 5))
+            except Exception:  # not plain data (or an empty cell)
+                h.update(pickled)
     return h.hexdigest()[:16]
 
 
@@ -291,7 +308,7 @@ def flatten(app: Application, app_name: str) -> tuple[str, list[dict]]:
                 "init": init,
                 "is_class": inspect.isclass(d._target),
                 "options": opts,
-                "code": _code_hash(d._target, target + init),
+                "code": _code_hash(d._target, target + init, init),
             }
         )
         return HandleMarker(app_name, name)
