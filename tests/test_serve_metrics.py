@@ -291,13 +291,6 @@ class FromZero:
         return "up"
 
 
-@pytest.mark.skipif(
-    CLUSTER_MODE,
-    reason="on the test cluster the head's ingress takes the replica that spent seconds in its "
-    "constructor for dead at its first call (later requests: 503 'no replica alive' while the "
-    "controller shows it RUNNING), and the request retried with the route it started with "
-    "(no replica) waits for good: an ingress/engine bug outside serve's metrics",
-)
 def test_queued_at_zero_replicas_and_the_replicas_gauge_follows_the_scale(dash, tmp_path):
     gate = str(tmp_path / "gate")
     serve.run(FromZero.bind(gate), name="mzero", route_prefix="/mzero")

@@ -610,17 +610,29 @@ async fn handle(
     // and these are safe to run again.
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let mut retried = false;
+    // The table a try goes by: the one the request came in under, then (after a replica it
+    // was handed turned out dead) the latest. A request that waited in a line may be handed a
+    // replica of a newer table than its own: its node is read there.
+    let mut current = table.clone();
     let answer = loop {
-        let actor = match s.acquire(route, deadline).await {
+        let Some(now) = current.lookup(&path) else {
+            let why = format!("the route for {path} was removed while the request waited");
+            break Err(Fail::Internal(why));
+        };
+        let actor = match s.acquire(now, deadline).await {
             Ok(a) => a,
-            Err(f) => return fail_response(f, &rid, route),
+            Err(f) => return fail_response(f, &rid, now),
+        };
+        let node = match now.replicas.contains(&actor) {
+            true => now.node_of(actor),
+            false => s.table.lock().lookup(&path).and_then(|r| r.node_of(actor)),
         };
         let Some(shared) = s.shared.upgrade() else {
             s.release(actor);
             return fail_response(Fail::Internal("the node shut down".into()), &rid, route);
         };
         let spare = (idempotent && !retried).then(|| args.clone());
-        match submit(&s, &shared, actor, route.node_of(actor), args) {
+        match submit(&s, &shared, actor, node, args) {
             Ok(p) => {
                 // The call runs to its end in a task of its own, which gives its replica back
                 // then: a request that times out (or whose client leaves) still counts until
@@ -639,9 +651,13 @@ async fn handle(
                     None => call.await,
                 };
                 let result = joined.unwrap_or_else(|e| Err(Fail::Internal(e.to_string())));
+                if matches!(result, Err(Fail::Died(_))) {
+                    // No later request goes there (a POST's too: it is not run again, but the
+                    // next ones must not meet the same dead replica until the table changes).
+                    s.mark_dead(actor);
+                }
                 match (result, spare) {
                     (Err(Fail::Died(_)), Some(again)) => {
-                        s.mark_dead(actor);
                         args = again;
                         retried = true;
                     }
@@ -654,6 +670,7 @@ async fn handle(
                 s.mark_dead(actor);
             }
         }
+        current = s.table.lock().clone();
     };
     let frame = match answer {
         Ok(f) => f,
