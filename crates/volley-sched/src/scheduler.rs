@@ -713,6 +713,13 @@ impl Scheduler {
 
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
+        let placeable = !matches!(spec.actor, ActorPart::Call(_));
+        self.unschedulable_where(spec, placeable)
+    }
+
+    /// `unschedulable`, where `placeable` says whether the work may go to another node (work a
+    /// peer sent here never moves on).
+    fn unschedulable_where(&self, spec: &TaskSpec, placeable: bool) -> Option<String> {
         if let Strategy::Node { id, soft: false } = spec.options.strategy {
             let known = NodeId(id) == self.peers.here() || self.peers.contains_key(&NodeId(id));
             if !known {
@@ -722,11 +729,6 @@ impl Scheduler {
                 ));
             }
         }
-        let placeable = match spec.actor {
-            ActorPart::None => true,
-            ActorPart::Create(_) => self.peers.prefer_peers(),
-            ActorPart::Call(_) => false,
-        };
         if placeable && self.peer_could_run(spec) {
             return None;
         }

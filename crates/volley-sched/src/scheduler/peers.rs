@@ -1135,6 +1135,16 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
             .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
 }
 
+/// Whether the peer had, at its last heartbeat, what the task asks for free.
+pub(super) fn fits_free(v: &PeerView, spec: &TaskSpec) -> bool {
+    spec.options.cpu_milli <= v.cpu_free_milli
+        && spec
+            .options
+            .resources
+            .iter()
+            .all(|(r, a)| v.resources.iter().any(|(name, _, free)| name == r && free >= a))
+}
+
 /// The values a task needs (see `Scheduler::gather`), or the first one still being made.
 /// `skip` says which pending ones may stay behind.
 pub(super) fn gather_objects(
