@@ -1297,6 +1297,9 @@ class Maker:
         self.made.extend(made)
         return [addr for addr, _ in volley.get([a.where.remote() for a in made], timeout=60)]
 
+    def handles(self):
+        return list(self.made)
+
     def drop(self):
         for a in self.made:
             volley.kill(a)
@@ -1350,6 +1353,37 @@ def test_actors_made_inside_actors_and_tasks_are_placed_across_the_cluster(clust
     hard = volley.NodeAffinitySchedulingStrategy(999)
     with pytest.raises(volley.TaskError, match="not in the cluster"):
         volley.get(make_in_task.remote(scheduling_strategy=hard), timeout=30)
+
+
+def test_handles_returned_from_other_nodes_reach_their_actors(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    head, plain, gpu_node = cluster.addrs
+    # An actor on another node makes two actors (one on its node, one on the GPU node) and
+    # returns their handles: the driver's calls reach each (were "names an actor that no
+    # longer exists": the result did not say where they live).
+    m = Maker.options(scheduling_strategy=volley.NodeAffinitySchedulingStrategy(nodes[plain]))
+    m = m.remote()
+    try:
+        assert volley.get(m.make.remote()) == plain
+        assert volley.get(m.make.remote(num_gpus=1)) == gpu_node
+        here, far = volley.get(m.handles.remote())
+        assert volley.get(here.where.remote(), timeout=30)[0] == plain
+        assert volley.get(far.where.remote(), timeout=30)[0] == gpu_node
+        assert volley.get([here.incr.remote(), far.incr.remote(2)], timeout=30) == [1, 2]
+        # Passed on again, into a task on a third node.
+        assert volley.get(call_incr.options(scheduling_strategy=_pin(nodes[head])).remote(far)) == 3
+    finally:
+        volley.get(m.drop.remote())
+        volley.kill(m)
+
+
+def _pin(node_id: int) -> volley.NodeAffinitySchedulingStrategy:
+    return volley.NodeAffinitySchedulingStrategy(node_id)
+
+
+@volley.remote(num_cpus=0)
+def call_incr(handle):
+    return volley.get(handle.incr.remote())
 
 
 def test_a_sigkilled_actor_on_another_node_is_dead_everywhere(cluster):

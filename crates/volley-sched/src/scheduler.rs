@@ -247,6 +247,8 @@ pub enum Action {
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
         /// Large results this node keeps a copy of for the peer (`PeerMsg::Done::kept`).
         kept: Vec<ObjectId>,
+        /// Where the actors live whose handles the results carry (`PeerMsg::Done::routes`).
+        routes: Vec<(ActorId, NodeId, String)>,
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },

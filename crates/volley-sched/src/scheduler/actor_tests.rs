@@ -341,3 +341,31 @@ fn an_actors_death_is_told_to_every_node_and_routes_there_see_it() {
     assert_eq!(r.task_error(call), Some(ErrorKind::ActorDied));
     assert!(r.spilled().is_empty(), "nothing was sent to node 7");
 }
+
+#[test]
+fn a_result_sent_back_to_a_peer_says_where_the_actors_it_names_live() {
+    // Node 2 runs a task node 5 sent; the task returns the handle of an actor it made here.
+    let mut h = H::started(2.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(5, 1)], &mut h.out);
+    h.out.clear();
+    let aid = h.create(0, 0, 0);
+    h.bring_up(aid);
+    h.out.clear();
+    let spec = h.spec(vec![], TaskOptions { cpu_milli: 1000, ..TaskOptions::default() });
+    let tid = spec.task_id;
+    h.sent_by(NodeId(5), spec, vec![]);
+    let (w, t) = h.executed()[0];
+    assert_eq!(t, tid);
+    let v = ObjectData { data: vec![1], contained: vec![aid.object()], ..Default::default() };
+    h.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut h.out);
+    let routes: Vec<_> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerDone { peer, task, routes, .. } if *task == tid => Some((*peer, routes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routes, [(NodeId(5), &vec![(aid, NodeId(2), "A".to_string())])]);
+}

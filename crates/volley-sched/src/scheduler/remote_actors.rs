@@ -335,10 +335,18 @@ impl Scheduler {
         spec: &TaskSpec,
         objects: &[(ObjectId, Arc<ObjectData>)],
     ) -> Vec<(ActorId, NodeId, String)> {
-        let mut routes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         // Handles of actors not ready yet travel without their value (see `located_actor`).
         let ids = objects.iter().map(|(id, _)| id).chain(&spec.args.contained).chain(&spec.deps);
+        self.routes_of(ids)
+    }
+
+    /// Where the actors named among `ids` (by their handles' refs) live, as `routes_for` says.
+    pub(super) fn routes_of<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ObjectId>,
+    ) -> Vec<(ActorId, NodeId, String)> {
+        let mut routes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for id in ids {
             if id.index != 1 || !seen.insert(*id) {
                 continue;
@@ -422,6 +430,7 @@ impl Scheduler {
                         result: Err(err),
                         objects: Vec::new(),
                         kept: Vec::new(),
+                        routes: Vec::new(),
                     });
                     self.release_from_peer(f, out);
                 }
@@ -450,6 +459,7 @@ impl Scheduler {
                 result,
                 objects: Vec::new(),
                 kept: Vec::new(),
+                routes: Vec::new(),
             });
             self.release_from_peer(f, out);
         }
