@@ -325,12 +325,20 @@ class ActorHandle(Generic[T]):
     """A handle on an actor: ``handle.method.remote(...)`` calls a method and returns an
     ``ObjectRef``. Handles pickle: pass them to tasks and other actors, which can call them.
 
-    Calling a method the class does not have raises ``AttributeError`` at once, here.
+    Calling a method the class does not have raises ``AttributeError`` at once, here. The
+    dunder methods the class defines itself (not ``object``'s, nor ``__init__``) are methods
+    too, as in Ray: ``handle.__call__.remote(x)``, ``handle.__len__.remote()``.
 
     >>> c = Counter.remote()
     >>> ref = c.incr.remote(5)
     >>> volley.get(ref)
     5
+    >>> @volley.remote
+    ... class Doubler:
+    ...     def __call__(self, x):
+    ...         return 2 * x
+    >>> volley.get(Doubler.remote().__call__.remote(21))
+    42
     """
 
     def __init__(self, ref: ObjectRef, meta_bytes: bytes):
