@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import volley
+import volley.library
+import volley.state
 
 HEARTBEAT_MS = 100
 DEAD_AFTER_MS = 1500
@@ -1268,6 +1271,212 @@ def test_tls_on_every_connection(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+# ------------------------------------------------------------ actors made on any node
+
+
+@volley.remote(num_cpus=0)
+class Maker:
+    """Creates actors from inside an actor (as serve's controller does) and reports where they
+    run; keeps their handles so that they live."""
+
+    def __init__(self):
+        self.made = []
+
+    def where(self):
+        return os.environ["VOLLEY_NODE_ADDRESS"]
+
+    def make(self, **options):
+        a = Counter.options(**options).remote(0)
+        self.made.append(a)
+        return volley.get(a.where.remote(), timeout=60)[0]
+
+    def make_many(self, n, **options):
+        made = [Counter.options(**options).remote(0) for _ in range(n)]
+        self.made.extend(made)
+        return [addr for addr, _ in volley.get([a.where.remote() for a in made], timeout=60)]
+
+    def handles(self):
+        return list(self.made)
+
+    def drop(self):
+        for a in self.made:
+            volley.kill(a)
+        self.made.clear()
+
+
+@volley.remote(num_cpus=0)
+def make_in_task(**options):
+    a = Counter.options(**options).remote(0)
+    try:
+        # (A 0-CPU task may run on the driver's node, which has no address.)
+        here = os.environ.get("VOLLEY_NODE_ADDRESS")
+        return here, volley.get(a.where.remote(), timeout=60)[0]
+    finally:
+        volley.kill(a)
+
+
+def test_actors_made_inside_actors_and_tasks_are_placed_across_the_cluster(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    head, plain, gpu_node = cluster.addrs  # the last one has the two GPUs
+    on_head = volley.NodeAffinitySchedulingStrategy(nodes[head])
+    maker = Maker.options(scheduling_strategy=on_head).remote()
+    try:
+        assert volley.get(maker.where.remote()) == head
+        # What fits on the maker's node runs there (the local node first)...
+        assert volley.get(maker.make.remote()) == head
+        # ...a resource only another node has: that node (was "this node has 0; it can never
+        # run").
+        assert volley.get(maker.make.remote(num_gpus=1), timeout=60) == gpu_node
+        # Nothing anywhere has it: the cluster-wide error, at once.
+        with pytest.raises(volley.TaskError, match="no node in the cluster has more than 2"):
+            volley.get(maker.make.remote(num_gpus=3), timeout=30)
+        # SPREAD from inside an actor: over the nodes, not all on the maker's.
+        spread = volley.get(maker.make_many.remote(3, scheduling_strategy="SPREAD"), timeout=60)
+        assert len(set(spread)) >= 2, spread
+        # No room on the maker's node now (1 CPU each): the others with room.
+        volley.get(maker.drop.remote())
+        held = volley.get(maker.make_many.remote(2, num_cpus=1), timeout=60)
+        assert len(set(held)) == 2, held
+        volley.get(maker.drop.remote())
+    finally:
+        volley.kill(maker)
+    # Node affinity from inside a task on another node: hard, and soft to a node that is not.
+    pin = volley.NodeAffinitySchedulingStrategy(nodes[gpu_node])
+    ran, placed = volley.get(
+        make_in_task.options(scheduling_strategy=on_head).remote(scheduling_strategy=pin)
+    )
+    assert (ran, placed) == (head, gpu_node)
+    soft = volley.NodeAffinitySchedulingStrategy(999, soft=True)
+    assert volley.get(make_in_task.remote(scheduling_strategy=soft))[1] in cluster.addrs
+    hard = volley.NodeAffinitySchedulingStrategy(999)
+    with pytest.raises(volley.TaskError, match="not in the cluster"):
+        volley.get(make_in_task.remote(scheduling_strategy=hard), timeout=30)
+
+
+def test_handles_returned_from_other_nodes_reach_their_actors(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    head, plain, gpu_node = cluster.addrs
+    # An actor on another node makes two actors (one on its node, one on the GPU node) and
+    # returns their handles: the driver's calls reach each (were "names an actor that no
+    # longer exists": the result did not say where they live).
+    m = Maker.options(scheduling_strategy=volley.NodeAffinitySchedulingStrategy(nodes[plain]))
+    m = m.remote()
+    try:
+        assert volley.get(m.make.remote()) == plain
+        assert volley.get(m.make.remote(num_gpus=1)) == gpu_node
+        here, far = volley.get(m.handles.remote())
+        assert volley.get(here.where.remote(), timeout=30)[0] == plain
+        assert volley.get(far.where.remote(), timeout=30)[0] == gpu_node
+        assert volley.get([here.incr.remote(), far.incr.remote(2)], timeout=30) == [1, 2]
+        # Passed on again, into a task on a third node.
+        assert volley.get(call_incr.options(scheduling_strategy=_pin(nodes[head])).remote(far)) == 3
+    finally:
+        volley.get(m.drop.remote())
+        volley.kill(m)
+
+
+def _pin(node_id: int) -> volley.NodeAffinitySchedulingStrategy:
+    return volley.NodeAffinitySchedulingStrategy(node_id)
+
+
+@volley.remote(num_cpus=0)
+def call_incr(handle):
+    return volley.get(handle.incr.remote())
+
+
+def test_a_sigkilled_actor_on_another_node_is_dead_everywhere(cluster):
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    plain = cluster.addrs[1]
+    pin = volley.NodeAffinitySchedulingStrategy(nodes[plain])
+    # Made inside an actor on that node (the driver's handle is a route, as serve's are), and
+    # one the driver made there itself.
+    maker = Maker.options(scheduling_strategy=pin).remote()
+    volley.get(maker.make.remote(name="victim", lifetime="detached", scheduling_strategy=pin))
+    routed = _poll_actor("victim", present=True)
+    direct = Counter.options(scheduling_strategy=pin).remote(0)
+    try:
+        for handle in (routed, direct):
+            addr, pid = volley.get(handle.where.remote(), timeout=30)
+            assert addr == plain
+            wait_for(
+                lambda h=handle: (volley.state.get_actor(h) or {}).get("state") == "ALIVE",
+                "the head's row of the actor, ALIVE",
+            )
+            os.kill(pid, signal.SIGKILL)
+
+            def dead(h=handle) -> bool:
+                row = volley.state.get_actor(h) or {}
+                here = volley.actor_state(h) or {}
+                return all(
+                    d.get("state") == "DEAD" and "SIGKILL" in (d.get("death_cause") or "")
+                    for d in (row, here)
+                )
+
+            wait_for(dead, "the actor DEAD with its cause in the head's row and here", 15)
+            with pytest.raises(volley.ActorDiedError, match="Counter"):
+                volley.get(handle.incr.remote(), timeout=30)
+        # Its name is free again.
+        _poll_actor("victim", present=False)
+    finally:
+        volley.kill(maker)
+
+
+def test_the_heads_node_id_is_the_same_everywhere(cluster):
+    hid = volley.library.head_node_id()
+    assert {n["address"]: n["node_id"] for n in volley.nodes()}[cluster.head] == hid
+
+    @volley.remote(num_cpus=0)
+    def seen_from_a_task():
+        return volley.library.head_node_id()
+
+    nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
+    pin = volley.NodeAffinitySchedulingStrategy(nodes[cluster.addrs[1]])
+    assert volley.get(seen_from_a_task.options(scheduling_strategy=pin).remote()) == hid
+    on_head = volley.NodeAffinitySchedulingStrategy(hid)
+    a = Counter.options(name="on_the_head", scheduling_strategy=on_head).remote(0)
+    try:
+        assert volley.get(a.where.remote())[0] == cluster.head
+        listed = wait_for(
+            lambda: [x for x in volley.library.directory()["actors"] if x["name"] == "on_the_head"],
+            "the head's directory to list the named actor",
+        )
+        assert listed[0]["node_id"] == hid
+    finally:
+        volley.kill(a)
+
+
+@volley.remote
+class Box:
+    """Dunder methods a handle calls (as Ray's do): ``__call__``, ``__len__``, ``__getitem__``."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __call__(self, x):
+        return x * 2
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_handles_call_the_dunder_methods_the_class_defines(cluster):
+    b = Box.remote("abc")
+    assert volley.get([b.__call__.remote(4), b.__len__.remote(), b.__getitem__.remote(1)]) == [
+        8,
+        3,
+        "b",
+    ]
+    # One the class does not define, and __init__ (never called through a handle): none.
+    with pytest.raises(AttributeError, match="__contains__"):
+        b.__contains__  # noqa: B018
+    with pytest.raises(AttributeError):
+        b.__init__.remote  # noqa: B018 (the handle's own __init__, not the actor's)
+    volley.kill(b)
 
 
 @pytest.mark.slow

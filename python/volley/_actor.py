@@ -108,12 +108,31 @@ def _check_actor_options(options: dict) -> dict:
     return options
 
 
+# Dunder methods a handle never calls even where the class defines them: the instance's
+# construction and teardown, and the attribute machinery the actor's process relies on.
+_NOT_CALLABLE_DUNDERS = frozenset(
+    {
+        "__init__", "__new__", "__del__", "__init_subclass__", "__class_getitem__",
+        "__subclasshook__", "__getattribute__", "__getattr__", "__setattr__", "__delattr__",
+    }
+)  # fmt: skip
+
+
+def _own_dunder(cls: type, name: str) -> bool:
+    """Whether dunder ``name`` is one ``cls`` (or a base other than ``object``) defines, and a
+    handle may call it (``__call__``, ``__len__``, ``__getitem__``...: as in Ray)."""
+    if name in _NOT_CALLABLE_DUNDERS:
+        return False
+    return any(name in vars(k) for k in cls.__mro__ if k is not object)
+
+
 def _method_table(cls: type) -> tuple[dict, bool]:
-    """``{name: num_returns}`` of the public methods of ``cls``, and whether any is async."""
+    """``{name: num_returns}`` of the methods of ``cls`` a handle calls (the public ones and
+    the dunder methods the class defines itself), and whether any is async."""
     methods: dict[str, int | str] = {}
     is_async = False
     for name in dir(cls):
-        if name.startswith("__") and name.endswith("__") and name != "__call__":
+        if name.startswith("__") and name.endswith("__") and not _own_dunder(cls, name):
             continue
         attr = inspect.getattr_static(cls, name, None)
         fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
@@ -306,12 +325,20 @@ class ActorHandle(Generic[T]):
     """A handle on an actor: ``handle.method.remote(...)`` calls a method and returns an
     ``ObjectRef``. Handles pickle: pass them to tasks and other actors, which can call them.
 
-    Calling a method the class does not have raises ``AttributeError`` at once, here.
+    Calling a method the class does not have raises ``AttributeError`` at once, here. The
+    dunder methods the class defines itself (not ``object``'s, nor ``__init__``) are methods
+    too, as in Ray: ``handle.__call__.remote(x)``, ``handle.__len__.remote()``.
 
     >>> c = Counter.remote()
     >>> ref = c.incr.remote(5)
     >>> volley.get(ref)
     5
+    >>> @volley.remote
+    ... class Doubler:
+    ...     def __call__(self, x):
+    ...         return 2 * x
+    >>> volley.get(Doubler.remote().__call__.remote(21))
+    42
     """
 
     def __init__(self, ref: ObjectRef, meta_bytes: bytes):
@@ -320,7 +347,7 @@ class ActorHandle(Generic[T]):
         self._meta = pickle.loads(meta_bytes)
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("_") and name != "__call__":
+        if name.startswith("_"):
             if name not in self.__dict__.get("_meta", {}).get("methods", ()):
                 raise AttributeError(name)
         meta = self.__dict__.get("_meta")

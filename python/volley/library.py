@@ -54,6 +54,7 @@ __all__ = [
     "check_options",
     "cpu_share",
     "directory",
+    "head_node_id",
     "in_cluster",
     "in_worker",
     "init_if_needed",
@@ -265,4 +266,55 @@ def directory() -> dict[str, list[dict[str, Any]]]:
     ['registry']
     """
     ensure_init()
-    return _core.directory()
+    found = _core.directory()
+    if _alone():
+        # The node is its own head: the head's tables name it by the number a cluster's head
+        # has (1); alone it is node 0, as ``volley.nodes()`` and ``get_node_id()`` say.
+        for rows in found.values():
+            for row in rows:
+                for key in ("node_id", "owner_node_id"):
+                    if row.get(key) == _CLUSTER_HEAD_ID:
+                        row[key] = 0
+                if "bundles_to_node_id" in row:
+                    row["bundles_to_node_id"] = [
+                        0 if n == _CLUSTER_HEAD_ID else n for n in row["bundles_to_node_id"]
+                    ]
+    return found
+
+
+# A cluster's head numbers the nodes as they join, itself first: it is node 1. A node alone (no
+# cluster) is node 0.
+_CLUSTER_HEAD_ID = 1
+
+
+def _alone() -> bool:
+    """Whether this process's node is alone (not part of a cluster)."""
+    from ._session import nodes
+
+    return all(n["node_id"] == 0 for n in nodes())
+
+
+def head_node_id() -> int:
+    """The node id of the cluster's head (the node that keeps the key-value table and the
+    directory, and runs ``volley.serve``'s HTTP ingress), as ``volley.nodes()``,
+    ``directory()`` and ``volley.state`` name it: 1 in a cluster, 0 on one machine (the
+    node alone is its own head). Use it to place an actor on the head with
+    ``NodeAffinitySchedulingStrategy(library.head_node_id())``, or to tell the head's rows
+    from the others.
+
+    >>> hid = library.head_node_id()
+    >>> hid == (0 if len(volley.nodes()) == 1 else 1)
+    True
+    >>> @volley.remote
+    ... class OnHead:
+    ...     def node(self):
+    ...         return volley.get_runtime_context().get_node_id()
+    >>> pin = volley.NodeAffinitySchedulingStrategy(hid)
+    >>> h = OnHead.options(name="on_head", scheduling_strategy=pin).remote()
+    >>> volley.get(h.node.remote()) == hid
+    True
+    >>> [a["node_id"] == hid for a in library.directory()["actors"] if a["name"] == "on_head"]
+    [True]
+    """
+    ensure_init()
+    return 0 if _alone() else _CLUSTER_HEAD_ID

@@ -113,6 +113,9 @@ pub enum PeerMsg {
         /// `Task` brings (until the receiver's `Release`): later tasks that need them can run
         /// there without a transfer, or pull them from there.
         kept: Vec<crate::ObjectId>,
+        /// Where the actors live whose handles the results carry (as `Task::routes`): calls
+        /// the receiver makes through them go there.
+        routes: Vec<(crate::ActorId, NodeId, String)>,
     },
     /// An object a `Done` (or an earlier `Object`) named that was still being made then.
     Object {

@@ -247,6 +247,8 @@ pub enum Action {
         objects: Vec<(ObjectId, Arc<ObjectData>)>,
         /// Large results this node keeps a copy of for the peer (`PeerMsg::Done::kept`).
         kept: Vec<ObjectId>,
+        /// Where the actors live whose handles the results carry (`PeerMsg::Done::routes`).
+        routes: Vec<(ActorId, NodeId, String)>,
     },
     /// Ask `peer` to cancel a task this node sent it.
     PeerCancel { peer: NodeId, task: TaskId, force: bool },
@@ -713,6 +715,13 @@ impl Scheduler {
 
     /// Why a task or actor can never run here (it asks for more than the node has), if so.
     fn unschedulable(&self, spec: &TaskSpec) -> Option<String> {
+        let placeable = !matches!(spec.actor, ActorPart::Call(_));
+        self.unschedulable_where(spec, placeable)
+    }
+
+    /// `unschedulable`, where `placeable` says whether the work may go to another node (work a
+    /// peer sent here never moves on).
+    fn unschedulable_where(&self, spec: &TaskSpec, placeable: bool) -> Option<String> {
         if let Strategy::Node { id, soft: false } = spec.options.strategy {
             let known = NodeId(id) == self.peers.here() || self.peers.contains_key(&NodeId(id));
             if !known {
@@ -722,11 +731,6 @@ impl Scheduler {
                 ));
             }
         }
-        let placeable = match spec.actor {
-            ActorPart::None => true,
-            ActorPart::Create(_) => self.peers.prefer_peers(),
-            ActorPart::Call(_) => false,
-        };
         if placeable && self.peer_could_run(spec) {
             return None;
         }

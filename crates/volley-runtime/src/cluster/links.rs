@@ -46,7 +46,10 @@ fn apply_peer_msg(
         }
         PeerMsg::PgRelease { pg, remove } => s.release_pg(&pg, remove, out),
         PeerMsg::Steal { max } => s.peer_steal(peer, max, out),
-        PeerMsg::Done { task, result, objects, kept } => {
+        PeerMsg::Done { task, result, objects, kept, routes } => {
+            for (actor, node, class) in routes {
+                s.route_to_actor(actor, node, &class);
+            }
             s.peer_done(peer, task, result, objects, out);
             s.peer_kept(peer, kept, out);
         }

@@ -186,7 +186,7 @@ impl Cluster {
                 };
                 Some((msg, leases))
             }
-            Action::PeerDone { peer, task, result, objects, mut kept } => {
+            Action::PeerDone { peer, task, result, objects, mut kept, routes } => {
                 // Copies of large results are kept while the store has room to spare: past half
                 // of it they would only be spilled to disk for tasks that may never come.
                 let store = &self.shared.store;
@@ -209,7 +209,7 @@ impl Cluster {
                     }
                 };
                 let objects = self.prepare_referred(&objects, &mut leases);
-                Some((PeerMsg::Done { task, result, objects, kept }, leases))
+                Some((PeerMsg::Done { task, result, objects, kept, routes }, leases))
             }
             Action::PeerCancel { task, force, .. } => {
                 Some((PeerMsg::Cancel { task, force }, leases))

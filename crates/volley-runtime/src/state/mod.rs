@@ -495,6 +495,23 @@ impl Tables {
                             Holder::Peer(p) => Some(p),
                             Holder::Worker(_) => None,
                         };
+                        let old = inner.actors.get_mut(&actor);
+                        if let Some(old) = old.filter(|o| o.hosted && !rec.hosted) {
+                            // A route's word (or its creator's) on an actor another node hosts
+                            // and reported: only its death, as `merge` takes it. (A route knows
+                            // little of it: its row would hide the host's.)
+                            if rec.state == "DEAD" && old.state != "DEAD" {
+                                old.state = rec.state.to_string();
+                                old.death_cause = rec.death;
+                                if member {
+                                    inner.dirty_actors.insert(actor);
+                                }
+                                if marks.history {
+                                    inner.hist_actors.insert(actor);
+                                }
+                            }
+                            continue;
+                        }
                         let old = inner.actors.get(&actor);
                         let row = ActorRow {
                             actor,

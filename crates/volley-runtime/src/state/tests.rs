@@ -600,3 +600,63 @@ fn a_ring_slot_stays_small() {
     println!("ring slot: {slot} bytes, row: {} bytes", std::mem::size_of::<Row>());
     assert!(slot <= 88, "Slot: {slot} bytes");
 }
+
+#[test]
+fn the_heads_route_to_a_remote_actor_adds_its_death_and_hides_nothing() {
+    let mut sched = volley_sched::Scheduler::new(volley_sched::Config::with_cpus(1.0));
+    sched.set_recording(true);
+    let t = Tables::with_max(100);
+    let actor = ActorId(TaskId(77));
+    // The host's row (node 3), merged in with its heartbeat.
+    let host_row = |state: &str, death: Option<&str>| ActorRow {
+        actor,
+        class_name: "Replica".into(),
+        name: "r1".into(),
+        namespace: "ns".into(),
+        state: state.into(),
+        restarts: 0,
+        pid: 42,
+        node: Some(NodeId(3)),
+        job: Some(NodeId(4)),
+        detached: true,
+        death_cause: death.map(str::to_string),
+        hosted: true,
+    };
+    t.merge(StateRows { tasks: vec![], actors: vec![host_row("ALIVE", None)] }, NodeId(3));
+    // This node (the head) routes calls to it, and hears of its death from the host.
+    let mut out = Vec::new();
+    let view = volley_sched::PeerView {
+        id: NodeId(3),
+        cpu_total_milli: 1000,
+        cpu_free_milli: 1000,
+        resources: vec![],
+        driver: false,
+        named: vec![],
+    };
+    sched.set_peers(vec![view], &mut out);
+    sched.route_to_actor(actor, NodeId(3), "serve replica");
+    let cause = "actor 'Replica' died: its process (pid 42) killed by signal 9 (SIGKILL)";
+    let death = volley_proto::ErrorPayload {
+        kind: ErrorKind::ActorDied,
+        task_name: "Replica".into(),
+        message: cause.into(),
+        traceback: String::new(),
+        exception: None,
+        pid: 42,
+    };
+    let report = volley_sched::ActorReport { pid: 0, restarts: 0, death: Some(death), log: None };
+    sched.peer_actor_state(NodeId(3), actor, report, &mut out);
+    let mut evs = Vec::new();
+    sched.swap_events(&mut evs);
+    assert!(!evs.is_empty(), "the route's death is an event");
+    t.apply(&mut evs, &sched, NodeId(1), now_ms());
+    let one = q("actors", &[], None);
+    let r = rows(&t.query(&one).expect("q"));
+    assert_eq!(r.len(), 1, "{r:?}");
+    let row = &r[0];
+    assert_eq!(row["state"], "DEAD");
+    assert_eq!(row["death_cause"], cause);
+    // The host's word stays: its class, name and node, not the route's.
+    assert_eq!((row["class_name"].as_str(), row["name"].as_str()), (Some("Replica"), Some("r1")));
+    assert_eq!(row["node_id"], 3);
+}

@@ -201,3 +201,171 @@ fn calls_queued_on_an_actor_count_as_waiting() {
     let s = h.s.stats();
     assert_eq!((s.tasks_assigned, s.tasks_pipelined), (5, 4));
 }
+
+/// An actor of class "P" asking for `options`, created by a worker of this node (as inside a
+/// task or an actor): its id, or why it was refused.
+fn create_from_worker(h: &mut H, options: TaskOptions) -> Result<ActorId, ActorError> {
+    let actor = ActorPart::Create(Box::new(volley_proto::ActorOptions {
+        class_name: "P".into(),
+        max_concurrency: 1,
+        ..Default::default()
+    }));
+    let spec = task_spec(h.ids.next_task(), CLASS, "P", options, actor);
+    h.s.create_actor(Holder::Worker(WorkerId(1)), spec, &mut h.out).map(|(aid, _)| aid)
+}
+
+/// Where each actor created since the last call went: `Some(peer)`, or `None` (started here).
+fn placed(h: &mut H) -> Vec<Option<NodeId>> {
+    let v = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spill { peer, .. } => Some(Some(*peer)),
+            Action::Spawn { .. } => Some(None),
+            _ => None,
+        })
+        .collect();
+    h.connect_spawned();
+    v
+}
+
+#[test]
+fn a_worker_node_places_actors_across_the_cluster() {
+    // A 1-CPU node that runs work (not a driver's), next to a 1-CPU node and one with a GPU.
+    let mut h = H::started(1.0);
+    let mut gpu_node = peer(3, 1);
+    gpu_node.resources = vec![("GPU".to_string(), 1000, 1000)];
+    h.s.set_peers(vec![peer(2, 1), gpu_node], &mut h.out);
+    h.out.clear();
+    let cpus = |c: u32| TaskOptions { cpu_milli: c, ..TaskOptions::default() };
+    // What fits here now starts here (the local node first).
+    create_from_worker(&mut h, cpus(0)).expect("ok");
+    assert_eq!(placed(&mut h), [None]);
+    // (It holds this node's CPU from now on.)
+    create_from_worker(&mut h, cpus(1000)).expect("ok");
+    assert_eq!(placed(&mut h), [None]);
+    // Fits here, but not now: a peer with a free CPU.
+    create_from_worker(&mut h, cpus(1000)).expect("ok");
+    let first = placed(&mut h);
+    assert!(matches!(first[..], [Some(_)]), "{first:?}");
+    // A resource only a peer has: that peer.
+    let gpu = TaskOptions { resources: vec![("GPU".into(), 1000)], ..TaskOptions::default() };
+    create_from_worker(&mut h, gpu).expect("ok");
+    assert_eq!(placed(&mut h), [Some(NodeId(3))]);
+    // SPREAD from a node already hosting actors: a peer.
+    let spread = TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    create_from_worker(&mut h, spread).expect("ok");
+    let spread_to = placed(&mut h);
+    assert!(matches!(spread_to[..], [Some(_)]), "{spread_to:?}");
+    // Hard node affinity to the GPU node, asking for its GPU.
+    let pinned = TaskOptions {
+        strategy: Strategy::Node { id: 3, soft: false },
+        resources: vec![("GPU".into(), 500)],
+        ..TaskOptions::default()
+    };
+    create_from_worker(&mut h, pinned).expect("ok");
+    assert_eq!(placed(&mut h), [Some(NodeId(3))]);
+    // Nothing fits anywhere: the cluster-wide error, at once.
+    let two_gpus = TaskOptions { resources: vec![("GPU".into(), 2000)], ..TaskOptions::default() };
+    match create_from_worker(&mut h, two_gpus) {
+        Err(ActorError::Unschedulable(m)) => {
+            assert!(m.contains("needs 2 GPU but no node in the cluster has more than 1"), "{m}")
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn an_actor_a_peer_sent_is_never_passed_on() {
+    // This node has no GPU; a creation a peer sent asking for one is refused here, not sent on.
+    let mut h = H::started(1.0);
+    let mut gpu_node = peer(3, 1);
+    gpu_node.resources = vec![("GPU".to_string(), 1000, 1000)];
+    h.s.set_peers(vec![gpu_node], &mut h.out);
+    h.out.clear();
+    let actor = ActorPart::Create(Box::new(volley_proto::ActorOptions {
+        class_name: "P".into(),
+        max_concurrency: 1,
+        ..Default::default()
+    }));
+    let options = TaskOptions { resources: vec![("GPU".into(), 1000)], ..TaskOptions::default() };
+    let spec = task_spec(h.ids.next_task(), CLASS, "P", options, actor);
+    match h.s.create_actor(Holder::Peer(NodeId(3)), spec, &mut h.out) {
+        Err(ActorError::Unschedulable(m)) => assert!(m.contains("this node has 0"), "{m}"),
+        other => panic!("not refused: {other:?}"),
+    }
+    assert!(h.spilled().is_empty());
+}
+
+#[test]
+fn an_actors_death_is_told_to_every_node_and_routes_there_see_it() {
+    // The host: its actor is SIGKILLed with no restarts left; each peer hears of the death.
+    let mut h = H::started(1.0);
+    h.s.set_peers(vec![peer(5, 1), peer_view(6, 0, 0, true)], &mut h.out);
+    h.out.clear();
+    let aid = h.create(0, 0, 0);
+    let w = h.bring_up(aid);
+    h.out.clear();
+    h.s.worker_died(w, WorkerExit::killed("SIGKILL"), &mut h.out);
+    let mut told: Vec<NodeId> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerActorState { peer, actor, death: Some(_), .. } if *actor == aid => {
+                Some(*peer)
+            }
+            _ => None,
+        })
+        .collect();
+    told.sort();
+    assert_eq!(told, [NodeId(5), NodeId(6)]);
+
+    // A node with a route to an actor node 7 hosts: the word makes it DEAD there, with the
+    // cause, and a call fails at once instead of going to node 7.
+    let mut r = H::started(1.0);
+    r.s.set_peers(vec![peer(7, 1)], &mut r.out);
+    let remote = ActorId(r.ids.next_task());
+    r.s.route_to_actor(remote, NodeId(7), "A");
+    assert_eq!(r.s.actor_info(remote).map(|i| i.state), Some("ALIVE".into()));
+    let cause = "actor 'A' died: its process was killed by signal 9 (SIGKILL)";
+    let death = error(ErrorKind::ActorDied, "A", cause.into());
+    let report = ActorReport { pid: 0, restarts: 0, death: Some((*death).clone()), log: None };
+    // From a node that does not host it: ignored.
+    r.s.peer_actor_state(NodeId(8), remote, report.clone(), &mut r.out);
+    assert_eq!(r.s.actor_info(remote).map(|i| i.state), Some("ALIVE".into()));
+    r.s.peer_actor_state(NodeId(7), remote, report, &mut r.out);
+    let info = r.s.actor_info(remote).expect("known");
+    assert_eq!((info.state.as_str(), info.death.as_deref()), ("DEAD", Some(cause)));
+    r.out.clear();
+    let call = r.call(Holder::Local, remote, vec![]);
+    assert_eq!(r.task_error(call), Some(ErrorKind::ActorDied));
+    assert!(r.spilled().is_empty(), "nothing was sent to node 7");
+}
+
+#[test]
+fn a_result_sent_back_to_a_peer_says_where_the_actors_it_names_live() {
+    // Node 2 runs a task node 5 sent; the task returns the handle of an actor it made here.
+    let mut h = H::started(2.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(5, 1)], &mut h.out);
+    h.out.clear();
+    let aid = h.create(0, 0, 0);
+    h.bring_up(aid);
+    h.out.clear();
+    let spec = h.spec(vec![], TaskOptions { cpu_milli: 1000, ..TaskOptions::default() });
+    let tid = spec.task_id;
+    h.sent_by(NodeId(5), spec, vec![]);
+    let (w, t) = h.executed()[0];
+    assert_eq!(t, tid);
+    let v = ObjectData { data: vec![1], contained: vec![aid.object()], ..Default::default() };
+    h.s.task_done(w, t, TaskResult::Ok(vec![v]), &mut h.out);
+    let routes: Vec<_> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::PeerDone { peer, task, routes, .. } if *task == tid => Some((*peer, routes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routes, [(NodeId(5), &vec![(aid, NodeId(2), "A".to_string())])]);
+}

@@ -277,7 +277,9 @@ impl Scheduler {
                 });
             }
         }
-        if let Some(msg) = self.unschedulable(&spec) {
+        // Placed across the cluster from any node; one a peer sent stays here.
+        let placeable = !matches!(holder, Holder::Peer(_));
+        if let Some(msg) = self.unschedulable_where(&spec, placeable) {
             return Err(ActorError::Unschedulable(msg));
         }
         if !self.functions.contains(&spec.function) {
@@ -928,6 +930,7 @@ impl Scheduler {
         }
         self.report_creation(aid, out);
         self.tell_creator(aid, None, out);
+        self.tell_routes(aid, out);
     }
 }
 

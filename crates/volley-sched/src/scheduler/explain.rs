@@ -273,7 +273,7 @@ impl Scheduler {
         };
         let placeable = match spec.actor {
             ActorPart::None => true,
-            ActorPart::Create(_) => self.peers.prefer_peers(),
+            ActorPart::Create(_) => true,
             ActorPart::Call(_) => false,
         };
         placeable

@@ -931,6 +931,7 @@ impl Scheduler {
                 result: Err(err),
                 objects: Vec::new(),
                 kept: Vec::new(),
+                routes: Vec::new(),
             });
             return;
         }
@@ -1013,7 +1014,16 @@ impl Scheduler {
             .filter(|id| self.peers.copies.entry(f.peer).or_default().insert(*id))
             .collect();
         let released: Vec<ObjectId> = returns.into_iter().filter(|id| !kept.contains(id)).collect();
-        out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects, kept });
+        // Actor handles among the results (and the values they name): where those actors
+        // live, so that the peer's calls through them go there.
+        let routes = match &result {
+            Ok(values) if values.iter().any(|v| !v.contained.is_empty()) => {
+                let named = values.iter().flat_map(|v| v.contained.iter());
+                self.routes_of(named.chain(objects.iter().flat_map(|(_, v)| v.contained.iter())))
+            }
+            _ => Vec::new(),
+        };
+        out.push(Action::PeerDone { peer: f.peer, task: tid, result, objects, kept, routes });
         out.extend(failed);
         self.decref(Holder::Peer(f.peer), &released, out);
         self.release_from_peer(f, out);
@@ -1133,6 +1143,16 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
             .resources
             .iter()
             .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
+}
+
+/// Whether the peer had, at its last heartbeat, what the task asks for free.
+pub(super) fn fits_free(v: &PeerView, spec: &TaskSpec) -> bool {
+    spec.options.cpu_milli <= v.cpu_free_milli
+        && spec
+            .options
+            .resources
+            .iter()
+            .all(|(r, a)| v.resources.iter().any(|(name, _, free)| name == r && free >= a))
 }
 
 /// The values a task needs (see `Scheduler::gather`), or the first one still being made.

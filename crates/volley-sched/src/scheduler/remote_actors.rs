@@ -2,7 +2,9 @@
 //!
 //! A driver's node (one that prefers its peers, see `Scheduler::set_prefer_peers`) places each
 //! actor on a peer: the one hosting the fewest of its actors among those that could ever hold
-//! it. The creation travels like a task (`Action::Spill`); the peer creates the actor there, held
+//! it. Any other node (an actor created inside a task or an actor) keeps an actor that fits
+//! here now and sends the others to a peer (see `overflow_peer`); SPREAD, node affinity and
+//! placement groups are honoured from every node. The creation travels like a task (`Action::Spill`); the peer creates the actor there, held
 //! by `Holder::Peer`, and reports once `__init__` ended. Calls then go to the peer in each
 //! caller's order, on one connection, so they arrive in that order; the peer queues and runs them
 //! like local ones and sends each result back. When the last handle here is gone the peer is told
@@ -71,8 +73,11 @@ impl Scheduler {
         // In a placement group's bundle on another node: it goes there.
         let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
         let spread = matches!(spec.options.strategy, Strategy::Spread);
-        if !self.peers.prefer_peers() && !elsewhere && !spread {
+        if self.peers.is_empty() {
             return None;
+        }
+        if !self.peers.prefer_peers() && !elsewhere && !spread {
+            return self.overflow_peer(spec);
         }
         let best = self
             .peers
@@ -87,9 +92,37 @@ impl Scheduler {
             // SPREAD from a node that runs actors itself: a peer only if it hosts fewer of ours
             // than this node hosts.
             let here = self.actors.values().filter(|a| a.worker.is_some() && !a.proxy).count();
-            return best.filter(|(hosted, _, _)| *hosted < here).map(|(_, _, id)| id);
+            let peer = best.filter(|(hosted, _, _)| *hosted < here).map(|(_, _, id)| id);
+            return peer.or_else(|| self.overflow_peer(spec));
         }
         best.map(|(_, _, id)| id)
+    }
+
+    /// Where an actor created on a node that runs actors itself (not a driver's) goes without a
+    /// strategy that says otherwise: it stays here if it fits here now (the local node first, as
+    /// Ray's default does). One this node can never hold goes to the peer that can and hosts
+    /// the fewest of this node's actors; one that fits here but not now goes to such a peer with
+    /// room for it now (as its last heartbeat said), else waits here. `None`: here.
+    fn overflow_peer(&self, spec: &TaskSpec) -> Option<NodeId> {
+        if super::placement::pg_of(spec).is_some() {
+            return None; // Its group's bundle says where.
+        }
+        let o = &spec.options;
+        let ever_here = o.cpu_milli <= self.res.cpu_total()
+            && o.resources.iter().all(|(r, a)| *a <= self.res.total(r));
+        if ever_here && self.res.fits(o.cpu_milli, &o.resources) {
+            return None;
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .filter(|(_, p)| !ever_here || peers::fits_free(&p.view, spec))
+            .map(|(id, p)| {
+                let hosted = self.actors.values().filter(|a| a.remote == Some(*id)).count();
+                (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
+            })
+            .min()
+            .map(|(_, _, id)| id)
     }
 
     pub(super) fn start_remote_actor(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
@@ -302,10 +335,18 @@ impl Scheduler {
         spec: &TaskSpec,
         objects: &[(ObjectId, Arc<ObjectData>)],
     ) -> Vec<(ActorId, NodeId, String)> {
-        let mut routes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         // Handles of actors not ready yet travel without their value (see `located_actor`).
         let ids = objects.iter().map(|(id, _)| id).chain(&spec.args.contained).chain(&spec.deps);
+        self.routes_of(ids)
+    }
+
+    /// Where the actors named among `ids` (by their handles' refs) live, as `routes_for` says.
+    pub(super) fn routes_of<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ObjectId>,
+    ) -> Vec<(ActorId, NodeId, String)> {
+        let mut routes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for id in ids {
             if id.index != 1 || !seen.insert(*id) {
                 continue;
@@ -389,6 +430,7 @@ impl Scheduler {
                         result: Err(err),
                         objects: Vec::new(),
                         kept: Vec::new(),
+                        routes: Vec::new(),
                     });
                     self.release_from_peer(f, out);
                 }
@@ -417,6 +459,7 @@ impl Scheduler {
                 result,
                 objects: Vec::new(),
                 kept: Vec::new(),
+                routes: Vec::new(),
             });
             self.release_from_peer(f, out);
         }
@@ -440,6 +483,28 @@ impl Scheduler {
         out.push(Action::PeerActorState { peer, actor: aid, pid, restarts, death, log });
     }
 
+    /// An actor hosted here died for good: every other node is told too (its creator heard it
+    /// from `tell_creator`), so that one holding a route to it (a handle it was passed, a named
+    /// actor it looked up) sees it dead at once: `volley.actor_state` there says DEAD with the
+    /// cause, and calls fail with it without a round trip. Deaths are rare; a node without a
+    /// route ignores the word.
+    pub(super) fn tell_routes(&mut self, aid: ActorId, out: &mut Vec<Action>) {
+        let Some(a) = self.actors.get(&aid) else { return };
+        if a.proxy || a.remote.is_some() || a.life != Life::Dead {
+            return;
+        }
+        let Some(death) = a.death.clone() else { return };
+        let creator = match a.caller {
+            Holder::Peer(p) => Some(p),
+            _ => None,
+        };
+        let (pid, restarts) = (a.pid, a.restarts);
+        for peer in self.peers.keys().copied().filter(|p| Some(*p) != creator) {
+            let death = Some(death.clone());
+            out.push(Action::PeerActorState { peer, actor: aid, pid, restarts, death, log: None });
+        }
+    }
+
     /// The node hosting an actor we created says how it is.
     pub fn peer_actor_state(
         &mut self,
@@ -450,7 +515,14 @@ impl Scheduler {
     ) {
         let ActorReport { pid, restarts, death, log } = report;
         let Some(a) = self.actors.get_mut(&aid) else { return };
-        if a.remote != Some(peer) || a.proxy {
+        if a.remote != Some(peer) {
+            return;
+        }
+        if a.proxy {
+            // A route to an actor another node created: only its death is ours to know.
+            if let Some(e) = death {
+                self.actor_dead(aid, Arc::new(e), out);
+            }
             return;
         }
         a.pid = pid;
