@@ -231,3 +231,25 @@ def test_requests_to_a_deployment_at_zero_wait_while_a_replica_starts(http):
     while serve.status().applications["cold"].deployments["Cold"].replica_states:
         assert time.monotonic() < deadline, "it never scaled back to zero"
         time.sleep(0.05)
+
+
+def test_replicas_are_spread_over_the_nodes(http):
+    @serve.deployment(num_replicas=2)
+    class Where:
+        def node(self) -> int:
+            return volley.get_runtime_context().get_node_id()
+
+        async def __call__(self, request) -> int:
+            return volley.get_runtime_context().get_node_id()
+
+    handle = serve.run(Where.bind(), name="where", route_prefix="/where")
+    # On the test cluster (three nodes) the two replicas run on two of them, as Ray Serve
+    # spreads replicas; on one machine both run on its one node.
+    want = 2 if len(volley.nodes()) > 1 else 1
+    nodes: set[int] = set()
+    deadline = time.monotonic() + WAIT_S
+    while len(nodes) < want and time.monotonic() < deadline:
+        nodes.add(handle.node.remote().result(timeout_s=WAIT_S))
+    assert len(nodes) == want, nodes
+    answers = {int(call(f"{http}/where")[2]) for _ in range(20)}
+    assert answers <= nodes and len(answers) == want, (answers, nodes)

@@ -355,6 +355,9 @@ class Controller:
             # Not owned by the controller's process: replicas outlive a controller that dies
             # (the restarted one adopts them); serve stops them itself.
             "lifetime": "detached",
+            # Over the nodes that fit, as Ray Serve places replicas (one node's failure takes
+            # one replica, not all); on one machine the same as the default.
+            "scheduling_strategy": "SPREAD",
         }
         for k in ("num_cpus", "num_gpus", "resources"):
             if rao.get(k) is not None:
