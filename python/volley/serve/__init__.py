@@ -39,7 +39,13 @@ from ._api import (
 )
 from ._batching import batch
 from ._deployment import Application, Deployment, deployment
-from ._handle import BackPressureError, DeploymentHandle, DeploymentResponse, NoReplicaError
+from ._handle import (
+    BackPressureError,
+    DeploymentHandle,
+    DeploymentResponse,
+    DeploymentResponseGenerator,
+    NoReplicaError,
+)
 from ._http import (
     HTMLResponse,
     HTTPException,
@@ -47,6 +53,7 @@ from ._http import (
     PlainTextResponse,
     Request,
     Response,
+    StreamingResponse,
 )
 
 __all__ = [
@@ -56,12 +63,14 @@ __all__ = [
     "PlainTextResponse",
     "Request",
     "Response",
+    "StreamingResponse",
     "Application",
     "BackPressureError",
     "ApplicationStatusOverview",
     "Deployment",
     "DeploymentHandle",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "DeploymentStatusOverview",
     "NoReplicaError",
     "ServeStatus",
