@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import http.client
+import http.client as httpc
 import json
 import shutil
 import socket
@@ -168,7 +168,7 @@ def test_dropping_the_generator_stops_it_in_the_replica(volley_shared, tmp_path,
 
 
 def _open(addr, path: str, headers: dict | None = None) -> tuple:
-    conn = http.client.HTTPConnection(*addr, timeout=WAIT_S)
+    conn = httpc.HTTPConnection(*addr, timeout=WAIT_S)
     conn.request("GET", path, headers=headers or {})
     return conn, conn.getresponse()
 
@@ -253,7 +253,7 @@ def test_an_error_mid_stream_ends_the_body_incomplete(http):
     conn, r = _open(http, "/b")
     try:
         assert r.status == 200
-        with pytest.raises(http.client.IncompleteRead) as e:
+        with pytest.raises(httpc.IncompleteRead) as e:
             r.read()
         assert e.value.partial == b"ab"  # the chunks sent, and no clean end
     finally:

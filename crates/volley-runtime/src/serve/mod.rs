@@ -17,6 +17,7 @@
 //! node itself; its result wakes the request's task through the waiter's slot, so no tokio
 //! thread ever blocks on the engine.
 
+mod stream;
 pub mod table;
 pub mod wire;
 
@@ -573,6 +574,9 @@ async fn handle(
             serde_json::json!({"error": error, "path": path, "request_id": rid}),
         );
     };
+    if let Some(r) = stream::refuse_websocket(req.headers(), &route.prefix, &rid) {
+        return r;
+    }
     let deadline = route.timeout.map(|t| arrived + t);
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -616,16 +620,22 @@ async fn handle(
             return fail_response(Fail::Internal("the node shut down".into()), &rid, route);
         };
         let spare = (idempotent && !retried).then(|| args.clone());
-        match submit(&s, &shared, actor, route.node_of(actor), args) {
+        let node = route.node_of(actor);
+        match submit(&s, &shared, actor, node, args) {
             Ok(p) => {
                 // The call runs to its end in a task of its own, which gives its replica back
                 // then: a request that times out (or whose client leaves) still counts until
                 // its replica is done with it.
                 let (weak, s2) = (s.shared.clone(), s.clone());
                 let call = tokio::spawn(async move {
-                    let r = finish(weak, p).await;
-                    s2.release(actor);
-                    r
+                    match finish(weak, p).await {
+                        // A stream follows: its follower gives the replica back at its end.
+                        Ok(f) if stream::is_head(&f) => stream::start(s2, actor, node, f),
+                        r => {
+                            s2.release(actor);
+                            r.map(stream::Answer::Frame)
+                        }
+                    }
                 });
                 let joined = match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), call).await {
@@ -652,7 +662,8 @@ async fn handle(
         }
     };
     let frame = match answer {
-        Ok(f) => f,
+        Ok(stream::Answer::Frame(f)) => f,
+        Ok(stream::Answer::Stream(st)) => return stream::response(st, &rid),
         Err(f) => return fail_response(f, &rid, route),
     };
     let resp = match wire::decode_response(&frame) {
