@@ -512,7 +512,10 @@ async def handle_frame(
         streaming = as_streaming(value)
         if streaming is not None:
             if on_stream is None:
-                raise TypeError("a streaming answer is served by a replica only")
+                raise TypeError(
+                    f"a {type(value).__name__} streams its body: only a replica (which follows "
+                    "the stream) sends it"
+                )
             return await on_stream(rid, streaming)
         response = _to_response(value)
         headers = [(k, v) for k, v in response.raw_headers() if k not in _INGRESS_OWNS]
