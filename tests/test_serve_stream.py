@@ -382,3 +382,52 @@ def test_a_websocket_upgrade_is_refused_with_a_501_naming_the_route(http):
         assert doc["route"] == "/g" and "WebSocket" in doc["error"] and doc["request_id"]
     finally:
         conn.close()
+
+
+@serve.deployment(request_timeout_s=1.0, max_ongoing_requests=1, max_queued_requests=0)
+class Late:
+    """Waits for the test's file before its first chunk (``/late``) or after it."""
+
+    def __init__(self, go: str) -> None:
+        self.go = go
+
+    def __call__(self, request):
+        if request.path.endswith("/late"):
+            _wait_file(self.go)
+        yield "first\n"
+        if not request.path.endswith("/late"):
+            _wait_file(self.go)
+        yield "second\n"
+
+
+def test_request_timeout_bounds_the_time_to_the_first_chunk_only(http, tmp_path):
+    go = tmp_path / "go"
+    serve.run(Late.bind(str(go)), name="late", route_prefix="/l")
+    conn, r = _open(http, "/l/late", {"x-request-id": "late-1"})
+    try:
+        doc = json.loads(r.read())
+        assert (r.status, doc["request_id"]) == (504, "late-1"), doc
+    finally:
+        conn.close()
+    go.touch()  # the late generator now yields: its stream, nobody's any more, is cancelled
+
+    def served() -> bytes | None:
+        c, r = _open(http, "/l/again")
+        try:
+            return r.read() if r.status == 200 else None
+        finally:
+            c.close()
+
+    # Its slot comes back once the late generator, its stream cancelled, is closed.
+    assert wait_for(served, "a request to be served after the late one") == b"first\nsecond\n"
+    # A stream outlives the timeout once its first chunk is out.
+    go.unlink()
+    started = time.monotonic()
+    conn, r = _open(http, "/l/slow")
+    try:
+        assert r.status == 200 and r.read1() == b"first\n"
+        wait_for(lambda: time.monotonic() - started > 1.5, "the request's timeout to pass")
+        go.touch()
+        assert r.read() == b"second\n"
+    finally:
+        conn.close()
