@@ -326,6 +326,12 @@ def test_a_stream_counts_as_ongoing_until_it_ends(http, tmp_path):
     conn, r = _open(http, "/g")
     try:
         assert r.read1() == b"first\n"
+
+        def ongoing() -> int:
+            return serve.status().applications["gated"].deployments["Gated"].ongoing_requests
+
+        # The replica counts it (serve.status(), the autoscaler) while it streams.
+        wait_for(lambda: ongoing() == 1, "the open stream to count as ongoing at its replica")
         # The stream holds the replica's only slot: another request is refused, not queued.
         c2, r2 = _open(http, "/g")
         assert r2.status == 503, r2.read()
@@ -341,6 +347,7 @@ def test_a_stream_counts_as_ongoing_until_it_ends(http, tmp_path):
         assert (r3.status, r3.read()) == (200, b"first\nsecond\n")
     finally:
         c3.close()
+    wait_for(lambda: ongoing() == 0, "the streams' ends to be counted at their replica")
 
 
 def test_h2c_streams_as_data_frames(http, tmp_path):

@@ -41,6 +41,7 @@ from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qsl
 
 from . import _wire
+from ._streaming import is_stream
 
 __all__ = [
     "Address",
@@ -471,8 +472,6 @@ OnStream = Callable[[str, "StreamingResponse"], Any]
 def as_streaming(value: Any) -> StreamingResponse | None:
     """A method's answer as a :class:`StreamingResponse` if it streams (a generator, an async
     generator, or one given), else ``None``."""
-    from ._streaming import is_stream
-
     if isinstance(value, StreamingResponse):
         return value
     if is_stream(value):

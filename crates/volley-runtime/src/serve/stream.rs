@@ -140,6 +140,7 @@ async fn follow(
 ) {
     let weak = s.shared.clone();
     let mut index = 2u32;
+    let mut sent = 1u32; // the head carried the first chunk
     let outcome = loop {
         let item = ObjectId::for_return(task, index);
         let Some(shared) = weak.upgrade() else { break Outcome::Gone };
@@ -194,6 +195,7 @@ async fn follow(
                         if tx.send(Chunk::Data(Bytes::from(b))).await.is_err() {
                             break Outcome::Left;
                         }
+                        sent += 1;
                     }
                     Err(m) => break Outcome::Failed(m),
                 }
@@ -211,9 +213,8 @@ async fn follow(
         Outcome::Failed(why) => {
             crate::diag::event!(
                 Warn,
-                "volley: serve: request {rid}: the stream failed after {} chunks (the client gets \
-                 an incomplete body): {why}",
-                index - 1
+                "volley: serve: request {rid}: the stream failed after {sent} chunks (the client \
+                 gets an incomplete body): {why}"
             );
             let _ = tx.send(Chunk::Failed).await;
         }
