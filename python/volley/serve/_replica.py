@@ -6,6 +6,11 @@ wait in this process and count as ongoing for the autoscaler). The actor itself 
 calls at once than that (``CONTROL_SLOTS`` more), so that the controller's health checks and
 metric reads are never queued behind requests. A sync user method runs in a thread of the
 replica, an async one on its event loop.
+
+Streams (a generator method called with ``stream=True`` through a handle, or an HTTP answer
+that streams) hold their slot until they end; they are registered by key, so that the caller
+(or the ingress, for a client that left) can stop them with ``cancel_stream`` /
+``__volley_serve_cancel__``. See ``_streaming`` and ``docs/serve-http.md``, "Streaming".
 """
 
 from __future__ import annotations
@@ -298,7 +303,9 @@ class Replica:
             await self._end_stream(key)
 
     async def handle_http(self, frame: bytes) -> bytes:
-        """The same as ``__volley_serve_http__`` (a Python handle reaches no dunder method)."""
+        """The same as ``__volley_serve_http__`` (a Python handle reaches no dunder method). A
+        streaming answer comes back as a stream head whose stream only the ingress follows
+        (unfollowed, it is closed after ``STREAM_PICKUP_S``)."""
         return await self.__volley_serve_http__(frame)
 
     async def reconfigure(self, user_config: Any) -> None:
