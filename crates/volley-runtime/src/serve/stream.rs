@@ -292,7 +292,7 @@ fn submit_to(
 pub(super) fn response(st: Streamed, rid: &str) -> Response {
     let Streamed { head, rx } = st;
     let first = (!head.body.is_empty()).then(|| Bytes::from(head.body));
-    let mut r = Response::new(Body::new(StreamBody { first, rx }));
+    let mut r = Response::new(Body::new(StreamBody { first, rx, failing: false }));
     *r.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
     let h = r.headers_mut();
     for (n, v) in &head.headers {
@@ -335,6 +335,10 @@ pub(super) fn refuse_websocket(
 struct StreamBody {
     first: Option<Bytes>,
     rx: mpsc::Receiver<Chunk>,
+    /// The generator failed: the error is given at the next poll. hyper drops what it has
+    /// buffered when a body fails, and flushes only when the body is pending: so the body is
+    /// pending once (and wakes itself) between its last chunk and its error.
+    failing: bool,
 }
 
 /// The error that ends a stream whose generator raised (hyper then closes the connection or
@@ -354,9 +358,16 @@ impl http_body::Body for StreamBody {
         if let Some(b) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
+        if self.failing {
+            return Poll::Ready(Some(Err(StreamFailed)));
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Chunk::Failed)) => Poll::Ready(Some(Err(StreamFailed))),
+            Poll::Ready(Some(Chunk::Failed)) => {
+                self.failing = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -369,7 +380,7 @@ mod tests {
 
     fn body(first: Option<&'static [u8]>) -> (StreamBody, mpsc::Sender<Chunk>) {
         let (tx, rx) = mpsc::channel(4);
-        (StreamBody { first: first.map(Bytes::from_static), rx }, tx)
+        (StreamBody { first: first.map(Bytes::from_static), rx, failing: false }, tx)
     }
 
     fn poll(b: &mut StreamBody) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
@@ -390,7 +401,7 @@ mod tests {
         let (mut b, tx) = body(Some(b"one"));
         assert_eq!(data(poll(&mut b)).as_deref(), Some(&b"one"[..]));
         assert!(poll(&mut b).is_pending(), "nothing more yet: the body waits");
-        tx.try_send(Chunk::Data(Bytes::from_static(b"two"))).ok().expect("room");
+        assert!(tx.try_send(Chunk::Data(Bytes::from_static(b"two"))).is_ok(), "room");
         assert_eq!(data(poll(&mut b)).as_deref(), Some(&b"two"[..]));
         drop(tx);
         assert!(matches!(poll(&mut b), Poll::Ready(None)), "a clean end");
@@ -399,9 +410,10 @@ mod tests {
     #[test]
     fn a_failed_generator_ends_the_body_with_an_error_not_a_clean_end() {
         let (mut b, tx) = body(None);
-        tx.try_send(Chunk::Data(Bytes::from_static(b"a"))).ok().expect("room");
-        tx.try_send(Chunk::Failed).ok().expect("room");
+        assert!(tx.try_send(Chunk::Data(Bytes::from_static(b"a"))).is_ok(), "room");
+        assert!(tx.try_send(Chunk::Failed).is_ok(), "room");
         assert_eq!(data(poll(&mut b)).as_deref(), Some(&b"a"[..]));
+        assert!(poll(&mut b).is_pending(), "pending once: hyper flushes the chunks sent first");
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Err(StreamFailed)))));
     }
 
