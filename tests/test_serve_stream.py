@@ -146,6 +146,47 @@ def test_stream_flags_that_do_not_fit_the_method_fail_with_a_clear_message(volle
         serve.delete("gens")
 
 
+def test_a_stream_to_a_deployment_that_does_not_exist_fails_at_the_call(volley_shared):
+    h = serve.DeploymentHandle("Nope", "nothing-here")
+    with pytest.raises(serve.NoReplicaError, match="does not exist"):
+        h.options(stream=True).remote()
+
+
+def test_what_cannot_be_streamed_is_refused_with_its_type():
+    from volley.serve._streaming import chunk_bytes
+
+    with pytest.raises(TypeError, match="generator.*not str"):
+        serve.StreamingResponse("a whole body")
+    with pytest.raises(TypeError, match="not builtins.set"):
+        chunk_bytes({1})
+
+
+@serve.deployment
+class BadItem:
+    def __call__(self, request):
+        if request.path.endswith("/first"):
+            yield {1, 2}
+        yield "ok"
+        yield {3}
+
+
+def test_an_item_that_cannot_be_sent_fails_the_stream_where_it_is(http):
+    serve.run(BadItem.bind(), name="bad", route_prefix="/bad")
+    conn, r = _open(http, "/bad/first")
+    try:
+        doc = json.loads(r.read())
+        assert r.status == 500 and "builtins.set" in doc["error"], doc
+    finally:
+        conn.close()
+    conn, r = _open(http, "/bad")
+    try:
+        with pytest.raises(httpc.IncompleteRead) as e:
+            r.read()
+        assert e.value.partial == b"ok"
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize(
     ("method", "seen"), [("forever", "CancelledError"), ("forever_sync", "GeneratorExit")]
 )
