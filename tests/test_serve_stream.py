@@ -413,6 +413,15 @@ def test_h2c_streams_as_data_frames(http, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(b"HTTP/2 200"), out.stdout
     assert out.stdout.endswith(b"first\nsecond\n"), out.stdout
+    # A generator that raises mid-stream: the chunks sent, then the h2 stream is reset.
+    serve.run(Breaks.bind(), name="breaks", route_prefix="/b")
+    out = subprocess.run(
+        ["curl", "-sS", "-N", "--http2-prior-knowledge", f"http://{http[0]}:{http[1]}/b"],
+        capture_output=True,
+        timeout=WAIT_S,
+    )
+    assert (out.returncode, out.stdout) == (92, b"ab"), out
+    assert b"not closed cleanly" in out.stderr, out.stderr
 
 
 def test_a_websocket_upgrade_is_refused_with_a_501_naming_the_route(http):
