@@ -41,7 +41,13 @@ from ._batching import batch
 from ._context import get_multiplexed_model_id, get_request_id
 from ._deployment import Application, Deployment, deployment
 from ._fastapi import ingress
-from ._handle import BackPressureError, DeploymentHandle, DeploymentResponse, NoReplicaError
+from ._handle import (
+    BackPressureError,
+    DeploymentHandle,
+    DeploymentResponse,
+    DeploymentResponseGenerator,
+    NoReplicaError,
+)
 from ._http import (
     HTMLResponse,
     HTTPException,
@@ -49,6 +55,7 @@ from ._http import (
     PlainTextResponse,
     Request,
     Response,
+    StreamingResponse,
 )
 from ._multiplex import multiplexed
 
@@ -59,12 +66,14 @@ __all__ = [
     "PlainTextResponse",
     "Request",
     "Response",
+    "StreamingResponse",
     "Application",
     "BackPressureError",
     "ApplicationStatusOverview",
     "Deployment",
     "DeploymentHandle",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "DeploymentStatusOverview",
     "NoReplicaError",
     "ServeStatus",

@@ -17,6 +17,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from typing import Any
 
 import volley
@@ -142,6 +143,150 @@ class DeploymentResponse:
         return f"DeploymentResponse({self._router.what()}.{self._method})"
 
 
+class DeploymentResponseGenerator:
+    """The items of a streaming handle call (``handle.options(stream=True).method.remote()`` on
+    a generator method), in order, as the replica yields them: iterate it (``for``), or
+    ``async for`` in async code. An error the generator raised is raised at the item where it
+    happened. Dropping it (or ``cancel()``) before its end stops the generator in the replica
+    (``GeneratorExit`` or ``CancelledError`` there). The call counts as ongoing at its replica
+    until its stream ends.
+
+    >>> from volley import serve
+    >>> @serve.deployment
+    ... class Counter:
+    ...     def count(self, n):
+    ...         for i in range(n):
+    ...             yield i
+    >>> h = serve.run(Counter.bind(), name="streamer", route_prefix=None)
+    >>> list(h.options(stream=True).count.remote(3))
+    [0, 1, 2]
+    >>> serve.delete("streamer")
+    """
+
+    def __init__(self, router: _Router, method: str, args: tuple, kwargs: dict) -> None:
+        self._router = router
+        self._method = method
+        self._key = b"c" + uuid.uuid4().hex.encode()
+        self._call: tuple[tuple, dict] | None = (args, kwargs)
+        self._gen: Any = None
+        self._replica: _Replica | None = None
+        self._done = False
+        self._lock = threading.Lock()
+        # Sent at once when a replica is alive; else at the first item (which waits for one).
+        r = router.pick_live(0.0)
+        if r is not None:
+            self._send(r)
+
+    def _send(self, r: _Replica) -> None:
+        with self._lock:
+            if self._gen is not None or self._call is None:
+                return
+            args, kwargs = self._call
+            self._gen = r.handle.handle_request_stream.remote(
+                self._key, self._method, *args, **kwargs
+            )
+            self._call = None
+            self._replica = r
+            with self._router.lock:
+                r.ongoing += 1
+
+    def _started(self) -> Any:
+        if self._gen is None:
+            r = self._router.pick_live(NO_REPLICA_WAIT_S)
+            if r is None:
+                raise NoReplicaError(
+                    f"{self._router.what()} has no live replica: waited {NO_REPLICA_WAIT_S:.0f} "
+                    "s for one to start (see serve.status())"
+                )
+            self._send(r)
+        return self._gen
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        """The stream is over (or abandoned): it counts no more at its replica (once)."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            r, self._replica = self._replica, None
+        if r is not None:
+            with self._router.lock:
+                r.ongoing -= 1
+                if isinstance(error, (volley.ActorDiedError, ReplicaStoppingError)):
+                    self._router.dead.add(r.name)
+                    self._router.checked = 0.0
+
+    def __iter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        gen = self._started()
+        try:
+            ref = next(gen)
+        except StopIteration:
+            self._finish()
+            raise
+        try:
+            return volley.get(ref)
+        except BaseException as e:
+            self._finish(e)
+            raise
+
+    def __aiter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        gen = self._gen
+        if gen is None:
+            gen = await asyncio.to_thread(self._started)
+        try:
+            ref = await gen.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._finish(e)
+            raise
+
+    def cancel(self) -> None:
+        """Stops the stream: the replica's generator is closed (``GeneratorExit`` for a sync
+        one, ``CancelledError`` for an async one); iterating it then ends."""
+        with self._lock:
+            r = self._replica
+            self._call = None  # not sent yet: it never will be
+            done = self._done
+        if done:
+            return
+        if r is not None:
+            try:
+                r.handle.cancel_stream.remote(self._key)
+            except Exception:  # volley is shut down: the replica is gone too
+                pass
+        self._finish()
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:
+            pass
+
+    def __reduce__(self):
+        raise TypeError(
+            f"a DeploymentResponseGenerator ({self._router.what()}.{self._method}) cannot be "
+            "passed on: iterate it where it was made"
+        )
+
+    def __repr__(self) -> str:
+        return f"DeploymentResponseGenerator({self._router.what()}.{self._method})"
+
+
 class _Replica:
     __slots__ = ("name", "handle", "ongoing", "actor_id", "models", "sent")
 
@@ -246,6 +391,36 @@ class _Router:
         for r in replicas:
             if r.actor_id:
                 r.models = held.get(r.actor_id, frozenset())
+
+    def pick_live(self, wait_s: float) -> _Replica | None:
+        """A live replica (skipping those known dead), waiting up to ``wait_s`` for one while
+        telling the controller a call waits (scale from zero); ``None`` if none came.
+        Raises ``NoReplicaError`` if the deployment does not exist."""
+        deadline = time.monotonic() + wait_s
+        told = 0.0
+        force = False
+        while True:
+            self.refresh(force)
+            if self.missing:
+                raise NoReplicaError(f"{self.what()} does not exist (deleted, or never deployed)")
+            r = self.pick()
+            while r is not None and _is_dead(r):
+                with self.lock:
+                    self.dead.add(r.name)
+                self.checked = 0.0
+                r = self.pick()
+            now = time.monotonic()
+            if r is not None or now >= deadline:
+                return r
+            if now - told > 0.5:  # the autoscaler counts the calls waiting here
+                told = now
+                try:
+                    controller = volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+                    controller.note_waiting.remote(self.app, self.deployment, 1)
+                except ValueError:
+                    raise NoReplicaError(f"serve is shut down: {self.what()} is gone") from None
+            time.sleep(0.02)
+            force = True
 
     def pick(self, model: str = "") -> _Replica | None:
         with self.lock:
@@ -466,18 +641,26 @@ class DeploymentHandle:
         app_name: str,
         method_name: str = "__call__",
         multiplexed_model_id: str = "",
+        stream: bool = False,
     ):
         self.deployment_name = deployment_name
         self.app_name = app_name
         self._method = method_name
         self._model_id = multiplexed_model_id
+        self._stream = stream
 
     def options(
-        self, *, method_name: str | None = None, multiplexed_model_id: str | None = None
+        self,
+        *,
+        method_name: str | None = None,
+        multiplexed_model_id: str | None = None,
+        stream: bool | None = None,
     ) -> DeploymentHandle:
         """This handle calling ``method_name`` by default, or for the model
         ``multiplexed_model_id`` (what ``serve.get_multiplexed_model_id()`` returns in the
-        replica; calls for a model go to a replica that holds it when one has room).
+        replica; calls for a model go to a replica that holds it when one has room); with
+        ``stream=True`` its calls return a ``DeploymentResponseGenerator`` (the method must be
+        a generator).
 
         >>> h = serve.run(Counter.bind(), name="counter2", route_prefix=None)
         >>> h.options(method_name="incr").remote(2).result()
@@ -487,17 +670,26 @@ class DeploymentHandle:
         model = self._model_id if multiplexed_model_id is None else multiplexed_model_id
         if not isinstance(model, str):
             raise TypeError(f"multiplexed_model_id is a str, not {type(model).__name__}")
+        if stream is not None and not isinstance(stream, bool):
+            raise TypeError(f"stream is True or False, not {stream!r}")
         return DeploymentHandle(
-            self.deployment_name, self.app_name, method_name or self._method, model
+            self.deployment_name,
+            self.app_name,
+            method_name or self._method,
+            model,
+            self._stream if stream is None else stream,
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return DeploymentHandle(self.deployment_name, self.app_name, name, self._model_id)
+        return DeploymentHandle(
+            self.deployment_name, self.app_name, name, self._model_id, self._stream
+        )
 
-    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
-        """Calls the method on a replica; returns its ``DeploymentResponse`` at once."""
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the method on a replica; returns its ``DeploymentResponse`` at once (a
+        ``DeploymentResponseGenerator`` with ``options(stream=True)``)."""
         args = tuple(_as_arg(a) for a in args)
         kwargs = {k: _as_arg(v) for k, v in kwargs.items()}
         # A call made while serving a request carries that request's id on (and a model id, if
@@ -506,6 +698,8 @@ class DeploymentHandle:
         if rid or self._model_id:
             kwargs[_context.META_KWARG] = (rid or _context.new_request_id(), self._model_id)
         router = _router(self.app_name, self.deployment_name)
+        if self._stream:
+            return DeploymentResponseGenerator(router, self._method, args, kwargs)
         resp = DeploymentResponse(router, self._method)
         router.submit(resp, args, kwargs, 0)
         return resp
@@ -513,7 +707,7 @@ class DeploymentHandle:
     def __reduce__(self):
         return (
             DeploymentHandle,
-            (self.deployment_name, self.app_name, self._method, self._model_id),
+            (self.deployment_name, self.app_name, self._method, self._model_id, self._stream),
         )
 
     def __repr__(self) -> str:

@@ -11,6 +11,11 @@ What a method may return: a :class:`Response` (sent as given), ``bytes``
 :class:`HTTPException` is answered with its own status, and a body that is not valid JSON makes
 ``await request.json()`` answer 400. Every answer carries ``x-request-id``.
 
+A method may also stream its body: a generator (sync or async) is sent chunk by chunk as it
+yields (``bytes`` as is, ``str`` as UTF-8, a dict or list as a JSON line), and a
+:class:`StreamingResponse` streams with its own status, headers and media type (SSE:
+``text/event-stream``). See ``docs/serve-http.md``, "Streaming".
+
 ASGI apps (FastAPI's ``@serve.ingress``) are served by :func:`handle_frame_asgi`: the frame
 carries one whole request and one whole response (a streaming ASGI response is collected whole).
 
@@ -36,6 +41,7 @@ from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qsl
 
 from . import _wire
+from ._streaming import is_stream
 
 __all__ = [
     "Address",
@@ -48,6 +54,7 @@ __all__ = [
     "QueryParams",
     "Request",
     "Response",
+    "StreamingResponse",
     "URL",
     "encode_error",
     "handle_frame",
@@ -365,6 +372,39 @@ class HTMLResponse(Response):
     media_type = "text/html"
 
 
+class StreamingResponse(Response):
+    """A body sent in chunks as ``content`` yields them (Starlette's ``StreamingResponse``):
+    ``content`` is a generator, an async generator or any (async) iterable of ``bytes``,
+    ``str`` (UTF-8) or dicts/lists (a JSON line each). The status and headers go out with the
+    first chunk; each later chunk as it comes. For server-sent events use
+    ``media_type="text/event-stream"`` and yield ``"data: ...\\n\\n"``.
+
+    >>> def events():
+    ...     for i in range(2):
+    ...         yield f"data: {i}\\n\\n"
+    >>> r = StreamingResponse(events(), media_type="text/event-stream")
+    >>> r.status_code, r.raw_headers()
+    (200, [(b'content-type', b'text/event-stream; charset=utf-8')])
+    """
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: HeaderArg = None,
+        media_type: str | None = None,
+    ) -> None:
+        if isinstance(content, (str, bytes, bytearray, memoryview)) or not (
+            hasattr(content, "__iter__") or hasattr(content, "__aiter__")
+        ):
+            raise TypeError(
+                "StreamingResponse takes a generator, an async generator or an iterable of "
+                f"chunks, not {type(content).__name__} (use Response for a whole body)"
+            )
+        super().__init__(b"", status_code, headers, media_type)
+        self.body_iterator = content
+
+
 def _json_bytes(content: Any) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
@@ -426,7 +466,24 @@ def _is_async(target: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-async def handle_frame(target: Callable[[Request], Any], frame: bytes) -> bytes:
+#: What the replica does with a streaming answer: ``(request_id, StreamingResponse)`` -> the
+#: frame to send (a stream head, or a whole response if the stream yielded nothing).
+OnStream = Callable[[str, "StreamingResponse"], Any]
+
+
+def as_streaming(value: Any) -> StreamingResponse | None:
+    """A method's answer as a :class:`StreamingResponse` if it streams (a generator, an async
+    generator, or one given), else ``None``."""
+    if isinstance(value, StreamingResponse):
+        return value
+    if is_stream(value):
+        return StreamingResponse(value)
+    return None
+
+
+async def handle_frame(
+    target: Callable[[Request], Any], frame: bytes, on_stream: OnStream | None = None
+) -> bytes:
     """Answers one request frame: builds the :class:`Request`, calls ``target(request)``
     (awaited if it is ``async``, else run in a thread by ``asyncio.to_thread`` so the replica's
     loop goes on serving), and encodes what it returns as a response frame.
@@ -453,6 +510,14 @@ async def handle_frame(target: Callable[[Request], Any], frame: bytes) -> bytes:
             value = await asyncio.to_thread(target, request)
             if inspect.isawaitable(value):
                 value = await value
+        streaming = as_streaming(value)
+        if streaming is not None:
+            if on_stream is None:
+                raise TypeError(
+                    f"a {type(value).__name__} streams its body: only a replica (which follows "
+                    "the stream) sends it"
+                )
+            return await on_stream(rid, streaming)
         response = _to_response(value)
         headers = [(k, v) for k, v in response.raw_headers() if k not in _INGRESS_OWNS]
         headers.append((b"x-request-id", rid.encode("latin-1", "replace")))
@@ -493,18 +558,22 @@ def _peek_context(frame: bytes, app: str, deployment: str) -> Any:
 
 
 async def handle_frame_in_context(
-    target: Callable[[Request], Any], frame: bytes, app: str = "", deployment: str = ""
+    target: Callable[[Request], Any],
+    frame: bytes,
+    app: str = "",
+    deployment: str = "",
+    on_stream: OnStream | None = None,
 ) -> bytes:
     """:func:`handle_frame` with the request's context set around the call (its id and the
     ``serve_multiplexed_model_id`` header, for ``serve.get_request_id()``, the log lines'
-    prefix and ``serve.get_multiplexed_model_id()``)."""
+    prefix and ``serve.get_multiplexed_model_id()``); up to a streamed answer's first chunk."""
     from ._context import serving
 
     ctx = _peek_context(frame, app, deployment)
     if ctx is None:
-        return await handle_frame(target, frame)  # (which answers the bad frame)
+        return await handle_frame(target, frame, on_stream)  # (which answers the bad frame)
     with serving(ctx):
-        return await handle_frame(target, frame)
+        return await handle_frame(target, frame, on_stream)
 
 
 def _asgi_scope(request: Request) -> dict[str, Any]:
@@ -616,3 +685,24 @@ async def handle_frame_asgi(
     out = [(k, v) for k, v in headers if k not in _INGRESS_OWNS]
     out.append((b"x-request-id", rid.encode("latin-1", "replace")))
     return _wire.encode_response(status, out, b"".join(chunks))
+
+
+async def open_stream(request_id: str, response: StreamingResponse, items: Any) -> tuple:
+    """Runs a streaming answer to its first chunk: ``(status, headers, first chunk)``, the
+    first chunk ``None`` if the stream yielded nothing (``items``: its ``_streaming.Items``).
+    A bare generator's ``content-type`` follows its first item (text, JSON lines or bytes).
+    Raises what the generator raised before its first chunk (the caller answers 500)."""
+    from ._streaming import END, chunk_bytes, media_type_of
+
+    first: bytes | None = None
+    item: Any = END
+    while first is None:  # empty chunks are skipped: a zero-size chunk would end the body
+        item = await items.next()
+        if item is END:
+            break
+        first = chunk_bytes(item) or None
+    headers = [(k, v) for k, v in response.raw_headers() if k not in _INGRESS_OWNS]
+    if item is not END and not any(k == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", media_type_of(item).encode()))
+    headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+    return response.status_code, headers, first

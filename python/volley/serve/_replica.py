@@ -6,6 +6,11 @@ wait in this process and count as ongoing for the autoscaler). The actor itself 
 calls at once than that (``CONTROL_SLOTS`` more), so that the controller's health checks and
 metric reads are never queued behind requests. A sync user method runs in a thread of the
 replica, an async one on its event loop.
+
+Streams (a generator method called with ``stream=True`` through a handle, or an HTTP answer
+that streams) hold their slot until they end; they are registered by key, so that the caller
+(or the ingress, for a client that left) can stop them with ``cancel_stream`` /
+``__volley_serve_cancel__``. See ``_streaming`` and ``docs/serve-http.md``, "Streaming".
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import itertools
 import os
+import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import volley
 
-from . import _context, _multiplex
+from . import _context, _multiplex, _streaming
 from ._common import ReplicaStoppingError
 from ._deployment import HandleMarker
 
@@ -28,6 +36,11 @@ from ._deployment import HandleMarker
 #: a slot (they count as ongoing for the autoscaler) and the controller's own calls, which must
 #: never queue behind requests in the engine (a health check would time out).
 CONTROL_SLOTS = 1000
+#: How long an HTTP stream's generator waits for the ingress to ask for its chunks (after its
+#: head went out) before the replica closes it: the ingress is gone.
+STREAM_PICKUP_S = 60.0
+#: How long a cancel waits for the stream's generator to be closed.
+CANCEL_WAIT_S = 10.0
 
 
 def _resolve(x: Any) -> Any:
@@ -84,6 +97,9 @@ class Replica:
             from ._fastapi import asgi_app_of
 
             self._asgi = asgi_app_of(self._user)
+        # Streams under way (HTTP, and handle calls with stream=True), by key.
+        self._streams: dict[bytes, _streaming.Stream] = {}
+        self._stream_ids = itertools.count()
 
     def _what(self) -> str:
         return f"deployment {self._deployment!r} of application {self._app!r}"
@@ -129,7 +145,14 @@ class Replica:
             async with self._sem:
                 token = _context._current.set(ctx)
                 try:
-                    return await _call(fn, args, kwargs, self._pool)
+                    out = await _call(fn, args, kwargs, self._pool)
+                    if _streaming.is_stream(out):
+                        await _streaming.Items(out, self._pool).close()
+                        raise TypeError(
+                            f"{self._what()}: method {method!r} is a generator: call it with "
+                            "handle.options(stream=True)"
+                        )
+                    return out
                 finally:
                     _context._current.reset(token)
         finally:
@@ -143,28 +166,186 @@ class Replica:
         rid, model = meta if isinstance(meta, tuple) else (_context.new_request_id(), "")
         return _context.RequestContext(rid, model, self._app, self._deployment)
 
-    async def _serve_frame(self, frame: bytes) -> bytes:
-        """One request frame through the user's ASGI app (``@serve.ingress``) or callable."""
+    async def _serve_frame(self, frame: bytes, on_stream: Any = None) -> bytes:
+        """One request frame through the user's ASGI app (``@serve.ingress``: a streaming
+        response is collected whole) or callable (which may stream through ``on_stream``)."""
         from ._http import handle_frame_asgi, handle_frame_in_context
 
         if self._asgi is not None:
             state = self._lifespan.state if self._lifespan is not None else None
             return await handle_frame_asgi(self._asgi, frame, self._app, self._deployment, state)
-        return await handle_frame_in_context(self._user, frame, self._app, self._deployment)
+        return await handle_frame_in_context(
+            self._user, frame, self._app, self._deployment, on_stream
+        )
 
     async def __volley_serve_http__(self, frame: bytes) -> bytes:
-        """An HTTP request from the ingress (a request frame) -> its response frame."""
+        """An HTTP request from the ingress (a request frame) -> its response frame, or a stream
+        head: then the request keeps its slot (and counts as ongoing) until its stream ends."""
         self._ongoing += 1
+        opened: list[bytes] = []  # the stream's key, once it holds the slot
         try:
             assert self._sem is not None, "a request came before the replica was ready"
-            async with self._sem:
-                return await self._serve_frame(frame)
+            await self._sem.acquire()
+            try:
+                return await self._serve_frame(
+                    frame, lambda rid, r: self._open_http_stream(rid, r, opened)
+                )
+            finally:
+                if not opened:
+                    self._sem.release()
         finally:
+            if not opened:
+                self._ongoing -= 1
+                self._served += 1
+
+    async def _open_http_stream(self, rid: str, response: Any, opened: list[bytes]) -> bytes:
+        """Runs a streaming answer to its first chunk and registers the rest under a key: the
+        stream head for the ingress (a whole, empty response if it yielded nothing)."""
+        from . import _wire
+        from ._http import open_stream
+
+        items = _streaming.Items(response.body_iterator, self._pool)
+        try:
+            status, headers, first = await open_stream(rid, response, items)
+        except BaseException:
+            await items.close()
+            raise
+        if first is None:
+            await items.close()
+            return _wire.encode_response(status, headers, b"")
+        key = f"h{next(self._stream_ids)}".encode()
+        st = _streaming.Stream(items, rid)
+        self._streams[key] = st
+        opened.append(key)
+        loop = asyncio.get_running_loop()
+        st.timer = loop.call_later(STREAM_PICKUP_S, self._abandon, key)
+        return _wire.encode_stream_head(status, headers, first, key)
+
+    def _abandon(self, key: bytes) -> None:
+        st = self._streams.get(key)
+        if st is not None and st.task is None:
+            print(
+                f"volley.serve: request {st.request_id}: the ingress did not take its stream "
+                f"within {STREAM_PICKUP_S} s; it is closed",
+                file=sys.stderr,
+            )
+            asyncio.get_running_loop().create_task(self._end_stream(key))
+
+    async def _end_stream(self, key: bytes) -> None:
+        """A stream is over: its generator is closed and its slot given back (once)."""
+        st = self._streams.pop(key, None)
+        if st is None:
+            return
+        if st.timer is not None:
+            st.timer.cancel()
+        try:
+            await st.items.close()
+        finally:
+            assert self._sem is not None
+            self._sem.release()
             self._ongoing -= 1
             self._served += 1
+            st.over.set()
+
+    async def __volley_serve_stream__(self, key: bytes) -> Any:
+        """The chunks (bytes) of the HTTP stream ``key`` after its first: what the ingress
+        follows after a stream head."""
+        st = self._streams.get(key)
+        if st is None:
+            raise RuntimeError(f"no stream {key!r} in this replica (cancelled, or abandoned)")
+        st.task = asyncio.current_task()
+        if st.timer is not None:
+            st.timer.cancel()
+        try:
+            while True:
+                item = await st.items.next()
+                if item is _streaming.END:
+                    return
+                chunk = _streaming.chunk_bytes(item)
+                if chunk:
+                    yield chunk
+        except Exception as e:
+            sys.stderr.write(
+                f"volley.serve: request {st.request_id} failed mid-stream (the client gets an "
+                f"incomplete body): {type(e).__name__}: {e}\n{traceback.format_exc()}"
+            )
+            sys.stderr.flush()
+            raise
+        finally:
+            await self._end_stream(key)
+
+    async def __volley_serve_cancel__(self, key: bytes) -> bytes:
+        """Stops the stream ``key`` (its client left): its generator gets ``CancelledError``
+        (async) or ``GeneratorExit`` (sync); returns once it is closed (at most
+        ``CANCEL_WAIT_S``)."""
+        return await self.cancel_stream(key)
+
+    async def cancel_stream(self, key: bytes) -> bytes:
+        """The same as ``__volley_serve_cancel__``, for Python handles (streams of
+        ``handle.options(stream=True)`` calls)."""
+        st = self._streams.get(key)
+        if st is None:
+            return b""
+        if st.task is not None and not st.task.done():
+            st.task.cancel()
+            try:
+                await asyncio.wait_for(st.over.wait(), CANCEL_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await self._end_stream(key)
+        return b""
+
+    async def handle_request_stream(
+        self, key: bytes, method: str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Runs generator ``method`` of the user's object and yields its items as they come
+        (a handle call with ``stream=True``); ``cancel_stream(key)`` stops it."""
+        if self._draining:
+            raise ReplicaStoppingError(f"this replica of {self._what()} is stopping")
+        fn = self._method(method)
+        ctx = self._context_of_call(kwargs)
+        assert self._sem is not None, "a call came before the replica was ready"
+        self._ongoing += 1
+        held = False
+        try:
+            await self._sem.acquire()
+            held = True
+            token = _context._current.set(ctx)
+            try:
+                out = await _call(fn, args, kwargs, self._pool)
+            finally:
+                _context._current.reset(token)
+            if not _streaming.is_stream(out):
+                raise TypeError(
+                    f"{self._what()}: method {method!r} is not a generator (it returned a "
+                    f"{type(out).__name__}): call it without stream=True"
+                )
+            st = _streaming.Stream(_streaming.Items(out, self._pool), "")
+            st.task = asyncio.current_task()
+            self._streams[key] = st
+            held = False  # _end_stream gives the slot back
+        finally:
+            if held:
+                self._sem.release()
+                self._ongoing -= 1
+                self._served += 1
+            elif key not in self._streams:
+                self._ongoing -= 1
+                self._served += 1
+        try:
+            while True:
+                item = await st.items.next()
+                if item is _streaming.END:
+                    return
+                yield item
+        finally:
+            await self._end_stream(key)
 
     async def handle_http(self, frame: bytes) -> bytes:
-        """The same as ``__volley_serve_http__`` (a Python handle reaches no dunder method)."""
+        """The same as ``__volley_serve_http__`` (a Python handle reaches no dunder method). A
+        streaming answer comes back as a stream head whose stream only the ingress follows
+        (unfollowed, it is closed after ``STREAM_PICKUP_S``)."""
         return await self.__volley_serve_http__(frame)
 
     async def reconfigure(self, user_config: Any) -> None:

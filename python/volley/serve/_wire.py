@@ -27,6 +27,19 @@ Response frame::
 
 ``str`` and ``bytes`` are a u32 length then that many bytes (UTF-8 for ``str``).
 
+Stream head (the answer of a method that streams its body, instead of a response frame)::
+
+    b"VSS1"
+    u16  status
+    u32  number of headers, then per header: bytes name, bytes value
+    u64  length of the first chunk, then the first chunk
+    bytes stream key
+
+The ingress sends the first chunk at once, then calls the replica's streaming method
+:data:`STREAM_METHOD` ``(key)`` and sends each ``bytes`` item it yields as a chunk; a client
+that leaves makes it call :data:`CANCEL_METHOD` ``(key)`` (see ``docs/serve-http.md``,
+"Streaming").
+
 The routing table the ingress serves is a JSON document in the head's key-value table
 (namespace :data:`KV_NAMESPACE`, key :data:`ROUTES_KEY`), rewritten whole by serve's controller
 (each route: prefix, app, deployment, replicas (actor ids), replica_nodes (the node of each,
@@ -57,12 +70,18 @@ __all__ = [
     "WireError",
     "decode_request",
     "decode_response",
+    "decode_stream_head",
     "encode_request",
     "encode_response",
+    "encode_stream_head",
 ]
 
 #: The replica actor's method the ingress calls with a request frame.
 METHOD = "__volley_serve_http__"
+#: The replica's streaming method that yields the chunks after a stream head's first one.
+STREAM_METHOD = "__volley_serve_stream__"
+#: The replica's method that stops a stream whose client left.
+CANCEL_METHOD = "__volley_serve_cancel__"
 KV_NAMESPACE = "volley.serve"
 ROUTES_KEY = "routes"
 HTTP_KEY = "http"
@@ -70,6 +89,7 @@ HTTP_STATUS_KEY = "http_status"
 
 _REQ = b"VSQ1"
 _RESP = b"VSR1"
+_STREAM = b"VSS1"
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -122,6 +142,26 @@ def encode_response(status: int, headers: Headers, body: bytes) -> bytes:
     return b"".join(out)
 
 
+def encode_stream_head(status: int, headers: Headers, first: bytes, key: bytes) -> bytes:
+    """A stream head: status, headers, the first chunk and the stream's key.
+
+    >>> encode_stream_head(201, [], b"a", b"k")
+    b'VSS1\\xc9\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00a\\x01\\x00\\x00\\x00k'
+    >>> decode_stream_head(encode_stream_head(200, [(b"a", b"1")], b"x", b"k1"))
+    (200, [(b'a', b'1')], b'x', b'k1')
+    """
+    if not 100 <= status <= 999:
+        raise WireError(f"an HTTP status is 100-999, not {status!r}")
+    if not key:
+        raise WireError("a stream head needs a key")
+    out = [_STREAM, _U16.pack(status)]
+    _headers(out, headers)
+    out.append(_U64.pack(len(first)))
+    out.append(bytes(first))
+    _put(out, key)
+    return b"".join(out)
+
+
 class _Reader:
     def __init__(self, data: bytes, magic: bytes) -> None:
         self.m = memoryview(data)
@@ -166,3 +206,15 @@ def decode_response(frame: bytes) -> tuple[int, Headers, bytes]:
     status = r.num(_U16)
     headers = r.headers()
     return status, headers, r.body()
+
+
+def decode_stream_head(frame: bytes) -> tuple[int, Headers, bytes, bytes]:
+    """``(status, headers, first chunk, key)`` of a stream head."""
+    r = _Reader(frame, _STREAM)
+    status = r.num(_U16)
+    headers = r.headers()
+    first = bytes(r.take(r.num(_U64)))
+    key = r.blob()
+    if r.at != len(r.m):
+        raise WireError(f"{len(r.m) - r.at} bytes after the frame's end")
+    return status, headers, first, key

@@ -18,6 +18,7 @@
 //! thread ever blocks on the engine.
 
 pub mod metrics;
+mod stream;
 pub mod table;
 pub mod wire;
 
@@ -577,6 +578,9 @@ async fn handle(
             serde_json::json!({"error": error, "path": path, "request_id": rid}),
         );
     };
+    if let Some(r) = stream::refuse_websocket(req.headers(), &route.prefix, &rid) {
+        return r;
+    }
     let deadline = route.timeout.map(|t| arrived + t);
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -639,9 +643,14 @@ async fn handle(
                 // its replica is done with it.
                 let (weak, s2) = (s.shared.clone(), s.clone());
                 let call = tokio::spawn(async move {
-                    let r = finish(weak, p).await;
-                    s2.release(actor);
-                    r
+                    match finish(weak, p).await {
+                        // A stream follows: its follower gives the replica back at its end.
+                        Ok(f) if stream::is_head(&f) => stream::start(s2, actor, node, f),
+                        r => {
+                            s2.release(actor);
+                            r.map(stream::Answer::Frame)
+                        }
+                    }
                 });
                 let joined = match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), call).await {
@@ -673,7 +682,8 @@ async fn handle(
         current = s.table.lock().clone();
     };
     let frame = match answer {
-        Ok(f) => f,
+        Ok(stream::Answer::Frame(f)) => f,
+        Ok(stream::Answer::Stream(st)) => return stream::response(st, &rid),
         Err(f) => return fail_response(f, &rid, route),
     };
     let resp = match wire::decode_response(&frame) {

@@ -111,6 +111,42 @@ pub fn decode_response(b: &[u8]) -> Result<Response, String> {
     Ok(Response { status, headers, body })
 }
 
+/// A replica's answer that opens a stream (`b"VSS1"`): the same fields as a response frame
+/// (status, headers, and the stream's first chunk as the body), then the stream's key (a
+/// `u32`-prefixed blob), which the ingress passes to the replica's `__volley_serve_stream__`
+/// (the rest of the chunks) or `__volley_serve_cancel__` (the client left).
+pub const STREAM_HEAD: &[u8; 4] = b"VSS1";
+
+/// Reads a stream head frame: the response (its body the first chunk) and the stream's key.
+pub fn decode_stream_head(b: &[u8]) -> Result<(Response, Vec<u8>), String> {
+    if b.get(..4) != Some(&STREAM_HEAD[..]) {
+        let start = &b[..b.len().min(4)];
+        return Err(format!("not a serve stream head: it starts {start:?}"));
+    }
+    let mut r = Reader { b, at: 4 };
+    let status = r.u16()?;
+    if !(100..=999).contains(&status) {
+        return Err(format!("status {status} is not an HTTP status"));
+    }
+    let n = r.u32()? as usize;
+    let mut headers = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let name = r.blob()?.to_vec();
+        let value = r.blob()?.to_vec();
+        headers.push((name, value));
+    }
+    let len = usize::try_from(r.u64()?).map_err(|_| "body length too large".to_string())?;
+    let body = r.take(len)?.to_vec();
+    let key = r.blob()?.to_vec();
+    if key.is_empty() {
+        return Err("the stream head names no stream".into());
+    }
+    if r.at != b.len() {
+        return Err(format!("{} bytes after the frame's end", b.len() - r.at));
+    }
+    Ok((Response { status, headers, body }, key))
+}
+
 /// The pickle (protocol 5) of `((frame,), {})`: what a worker unpickles as a call's arguments.
 pub fn call_args(frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len() + 24);
@@ -259,6 +295,34 @@ mod tests {
         long.push(0);
         assert!(decode_response(&long).expect_err("long").contains("after the frame"));
         assert!(decode_response(&response(42, &[], b"")).expect_err("status").contains("42"));
+    }
+
+    #[test]
+    fn stream_heads_decode_and_bad_ones_say_why() {
+        let mut f = response(200, &[(b"content-type", b"text/event-stream")], b"data: 1\n\n");
+        f[..4].copy_from_slice(STREAM_HEAD);
+        put(&mut f, b"k7");
+        let (r, key) = decode_stream_head(&f).expect("decodes");
+        assert_eq!((r.status, &r.body[..], &key[..]), (200, &b"data: 1\n\n"[..], &b"k7"[..]));
+        assert_eq!(r.headers, vec![(b"content-type".to_vec(), b"text/event-stream".to_vec())]);
+        // The layout _wire.encode_stream_head writes (its doctest's bytes).
+        let mut want = b"VSS1".to_vec();
+        want.extend_from_slice(&201u16.to_le_bytes());
+        want.extend_from_slice(&0u32.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.push(b'a');
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.push(b'k');
+        assert_eq!(decode_stream_head(&want).expect("py layout").1, b"k".to_vec());
+        assert!(decode_stream_head(&response(200, &[], b"")).expect_err("vsr").contains("stream"));
+        assert!(decode_stream_head(&f[..f.len() - 1]).expect_err("short").contains("cut short"));
+        let mut long = f.clone();
+        long.push(0);
+        assert!(decode_stream_head(&long).expect_err("long").contains("after the frame"));
+        let mut nokey = response(200, &[], b"x");
+        nokey[..4].copy_from_slice(STREAM_HEAD);
+        put(&mut nokey, b"");
+        assert!(decode_stream_head(&nokey).expect_err("key").contains("no stream"));
     }
 
     #[test]
