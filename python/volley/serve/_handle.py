@@ -353,18 +353,23 @@ class _Router:
             self.dead &= set(doc["replicas"])  # the controller dropped the others already
             known = {r.name: r for r in self.replicas}
         fresh = []
+        unresolved = 0
         for name in doc["replicas"]:
             r = known.get(name)
             if r is None and name not in self.dead:
                 try:
                     r = _Replica(name, volley.get_actor(name, namespace=NAMESPACE))
-                except ValueError:  # stopped since the document was written
+                except ValueError:
+                    # Stopped since the document was written, or its name is not known here
+                    # yet (a replica another node placed on a third is listed at the head by
+                    # that node's next heartbeat): asked again at the next refresh.
+                    unresolved += 1
                     continue
             if r is not None:
                 fresh.append(r)
         with self.lock:
             self.replicas = fresh
-            self.version = doc["version"]
+            self.version = doc["version"] if not unresolved else -1
 
     def refresh_models(self) -> None:
         """Reads the model sets the replicas publish (``_multiplex``), at most every
