@@ -100,6 +100,10 @@ def _call(c: Any, method: str, *args: Any, what: str) -> Any:
             # error's text says it was killed.)
             if state == "DEAD" or "volley.kill()" in str(e):
                 raise
+            try:  # a controller being restarted keeps its name; one stopped for good loses it
+                volley.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            except ValueError:
+                raise e from None
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"waited {CONTROLLER_RESTART_WAIT_S:.0f} s for the serve controller to come "
