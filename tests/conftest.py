@@ -10,6 +10,8 @@ volley_2cpu      function-scoped: a fresh ``volley.init(num_cpus=2)``, shut down
 volley_shared    a ``volley.init(num_cpus=2)`` shared by the tests of one module (re-created
                  if a test in between shut it down), shut down when the module ends.
 no_volley        makes sure volley is not initialised before the test and shuts it down after.
+serve_url        volley.serve's HTTP ingress on a free port (on ``volley_shared``): its base
+                 URL; serve is shut down after the test.
 
 Slow stress tests are marked ``@pytest.mark.slow``; pyproject.toml deselects them by default
 (``-m 'not slow'``), ``pytest -m slow`` runs them.
@@ -358,6 +360,17 @@ def no_volley():
     assert not volley.is_initialized()
     yield
     _ensure_down()
+
+
+@pytest.fixture
+def serve_url(volley_shared):
+    """volley.serve's HTTP ingress on a free port of 127.0.0.1: its base URL; serve (every
+    application) is shut down after."""
+    from volley import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    yield f"http://127.0.0.1:{serve.status().http_status['port']}"
+    serve.shutdown()
 
 
 # VOLLEY_TEST_CLUSTER=1 runs the tests that use `volley_2cpu`/`volley_shared` against a real

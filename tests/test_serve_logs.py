@@ -24,11 +24,8 @@ WAIT_S = 30.0
 
 
 @pytest.fixture
-def http(volley_shared):
-    serve.start(http_options={"host": "127.0.0.1", "port": 0})
-    port = serve.status().http_status["port"]
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+def http(serve_url):
+    return serve_url
 
 
 @serve.deployment

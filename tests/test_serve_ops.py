@@ -26,12 +26,8 @@ CONTROLLER = "SERVE_CONTROLLER"
 
 
 @pytest.fixture
-def http(volley_shared):
-    """The ingress's base URL on a free port; serve shut down after."""
-    serve.start(http_options={"host": "127.0.0.1", "port": 0})
-    port = serve.status().http_status["port"]
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+def http(serve_url):
+    return serve_url
 
 
 def call(url: str, body: bytes | None = None) -> tuple[int, str, bytes]:

@@ -23,12 +23,8 @@ WAIT_S = 30.0
 
 
 @pytest.fixture
-def http(volley_shared):
-    """The ingress's base URL on a free port; every application is deleted after."""
-    serve.start(http_options={"host": "127.0.0.1", "port": 0})
-    port = serve.status().http_status["port"]
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+def http(serve_url):
+    return serve_url
 
 
 def call(url: str, body: bytes | None = None, headers: dict | None = None):

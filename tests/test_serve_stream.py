@@ -40,11 +40,10 @@ async def _await_file(path: str) -> None:
 
 
 @pytest.fixture
-def http(volley_shared):
-    """The ingress's (host, port) on a free port; every application is deleted after."""
-    serve.start(http_options={"host": "127.0.0.1", "port": 0})
-    yield "127.0.0.1", serve.status().http_status["port"]
-    serve.shutdown()
+def http(serve_url):
+    """The ingress's (host, port)."""
+    host, port = serve_url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
 
 
 @serve.deployment
