@@ -423,11 +423,34 @@ fn submit(
     node: Option<u32>,
     args: Vec<u8>,
 ) -> Result<Pending, Vec<u8>> {
+    let call = CallOf { name: s.name.clone(), method: METHOD, options: s.options.clone() };
+    submit_call(s, shared, actor, node, call, args)
+}
+
+/// What a submitted call runs: the task's name, the replica's method, its options (whether it
+/// streams among them).
+struct CallOf<'a> {
+    name: Arc<str>,
+    method: &'a str,
+    options: Arc<TaskOptions>,
+}
+
+/// Submits `call` on `actor` with `args`, as [`submit`] does; a streaming call's return is not
+/// awaited (its items are followed).
+fn submit_call(
+    s: &Serving,
+    shared: &Shared,
+    actor: ActorId,
+    node: Option<u32>,
+    call: CallOf<'_>,
+    args: Vec<u8>,
+) -> Result<Pending, Vec<u8>> {
     let task_id = s.ids.next_task();
     let ret = ObjectId::for_return(task_id, 1);
     let slot = Arc::new(Slot::default());
     let (tx, rx) = oneshot::channel();
     *slot.waker.lock() = Some(tx);
+    let streaming = call.options.streaming;
     let now = shared.with(|st, out| {
         if let Some(n) = node {
             // A replica on another node: calls go there (a route, as a handle would bring).
@@ -440,14 +463,17 @@ fn submit(
         let spec = TaskSpec {
             task_id,
             function: FunctionId([0; 16]),
-            name: s.name.clone(),
+            name: call.name,
             args: ObjectData::inline(args, Vec::new(), Vec::new()),
             deps: Box::default(),
             num_returns: 1,
-            options: s.options.clone(),
-            actor: ActorPart::Call(Box::new(ActorCall { actor, method: METHOD.into() })),
+            options: call.options,
+            actor: ActorPart::Call(Box::new(ActorCall { actor, method: call.method.into() })),
         };
         st.sched.submit(Holder::Local, spec, out);
+        if streaming {
+            return Ok(true); // followed item by item; its return is not awaited
+        }
         let wid = st.sched.add_waiter(WaitOwner::Local, &[ret], 1, true, out);
         let before = out.len();
         out.retain(|a| !matches!(a, Action::WakeLocal { waiter } if *waiter == wid));

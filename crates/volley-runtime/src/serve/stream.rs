@@ -33,13 +33,10 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body::Frame;
 use tokio::sync::{mpsc, oneshot};
-use volley_proto::{
-    ActorCall, ActorId, ActorPart, FunctionId, NodeId, ObjectData, ObjectId, TaskId, TaskOptions,
-    TaskSpec,
-};
+use volley_proto::{ActorId, ObjectId, TaskId, TaskOptions};
 use volley_sched::{Action, Holder, StreamStep, WaitOwner};
 
-use super::{finish, framing, read_value, wire, Fail, Pending, Serving};
+use super::{finish, framing, read_value, submit_call, wire, CallOf, Fail, Pending, Serving};
 use crate::shared::{Shared, Slot};
 
 /// The replica's streaming method: the chunks after the first, of the stream its key names.
@@ -246,45 +243,9 @@ fn submit_to(
     streaming: bool,
     args: Vec<u8>,
 ) -> Result<Pending, Vec<u8>> {
-    let task_id = s.ids.next_task();
-    let ret = ObjectId::for_return(task_id, 1);
-    let slot = Arc::new(Slot::default());
-    let (tx, rx) = oneshot::channel();
-    *slot.waker.lock() = Some(tx);
     let options = Arc::new(TaskOptions { streaming, ..(*s.options).clone() });
-    let now = shared.with(|st, out| {
-        if let Some(n) = node {
-            st.sched.route_to_actor(actor, NodeId(n), "serve replica");
-        }
-        let alive = st.sched.actor_info(actor).is_some_and(|i| i.state != "DEAD");
-        if !alive {
-            return Err(args);
-        }
-        let spec = TaskSpec {
-            task_id,
-            function: FunctionId([0; 16]),
-            name: Arc::from(method),
-            args: ObjectData::inline(args, Vec::new(), Vec::new()),
-            deps: Box::default(),
-            num_returns: 1,
-            options,
-            actor: ActorPart::Call(Box::new(ActorCall { actor, method: method.into() })),
-        };
-        st.sched.submit(Holder::Local, spec, out);
-        if streaming {
-            return Ok(true); // followed item by item; its return is not awaited
-        }
-        let wid = st.sched.add_waiter(WaitOwner::Local, &[ret], 1, true, out);
-        let before = out.len();
-        out.retain(|a| !matches!(a, Action::WakeLocal { waiter } if *waiter == wid));
-        let now = out.len() < before;
-        if !now {
-            st.local.insert(wid, slot.clone());
-        }
-        Ok(now)
-    })?;
-    crate::outbox::flush_queued();
-    Ok(Pending { ret, ready: if now { None } else { Some(rx) } })
+    let call = CallOf { name: Arc::from(method), method, options };
+    submit_call(s, shared, actor, node, call, args)
 }
 
 /// The response of a stream: its head's status and headers, and a body that sends the first
