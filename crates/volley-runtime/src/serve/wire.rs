@@ -85,13 +85,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a response frame (`b"VSR1"`, status, headers, body).
-pub fn decode_response(b: &[u8]) -> Result<Response, String> {
-    if b.get(..4) != Some(b"VSR1") {
-        let start = &b[..b.len().min(4)];
-        return Err(format!("not a serve response frame: it starts {start:?}"));
-    }
-    let mut r = Reader { b, at: 4 };
+/// The fields a response frame and a stream head share, after their 4-byte tag: status,
+/// headers, body.
+fn response_fields(r: &mut Reader<'_>) -> Result<Response, String> {
     let status = r.u16()?;
     if !(100..=999).contains(&status) {
         return Err(format!("status {status} is not an HTTP status"));
@@ -105,10 +101,21 @@ pub fn decode_response(b: &[u8]) -> Result<Response, String> {
     }
     let len = usize::try_from(r.u64()?).map_err(|_| "body length too large".to_string())?;
     let body = r.take(len)?.to_vec();
+    Ok(Response { status, headers, body })
+}
+
+/// Reads a response frame (`b"VSR1"`, status, headers, body).
+pub fn decode_response(b: &[u8]) -> Result<Response, String> {
+    if b.get(..4) != Some(b"VSR1") {
+        let start = &b[..b.len().min(4)];
+        return Err(format!("not a serve response frame: it starts {start:?}"));
+    }
+    let mut r = Reader { b, at: 4 };
+    let resp = response_fields(&mut r)?;
     if r.at != b.len() {
         return Err(format!("{} bytes after the frame's end", b.len() - r.at));
     }
-    Ok(Response { status, headers, body })
+    Ok(resp)
 }
 
 /// A replica's answer that opens a stream (`b"VSS1"`): the same fields as a response frame
@@ -124,19 +131,7 @@ pub fn decode_stream_head(b: &[u8]) -> Result<(Response, Vec<u8>), String> {
         return Err(format!("not a serve stream head: it starts {start:?}"));
     }
     let mut r = Reader { b, at: 4 };
-    let status = r.u16()?;
-    if !(100..=999).contains(&status) {
-        return Err(format!("status {status} is not an HTTP status"));
-    }
-    let n = r.u32()? as usize;
-    let mut headers = Vec::with_capacity(n.min(1024));
-    for _ in 0..n {
-        let name = r.blob()?.to_vec();
-        let value = r.blob()?.to_vec();
-        headers.push((name, value));
-    }
-    let len = usize::try_from(r.u64()?).map_err(|_| "body length too large".to_string())?;
-    let body = r.take(len)?.to_vec();
+    let resp = response_fields(&mut r)?;
     let key = r.blob()?.to_vec();
     if key.is_empty() {
         return Err("the stream head names no stream".into());
@@ -144,7 +139,7 @@ pub fn decode_stream_head(b: &[u8]) -> Result<(Response, Vec<u8>), String> {
     if r.at != b.len() {
         return Err(format!("{} bytes after the frame's end", b.len() - r.at));
     }
-    Ok((Response { status, headers, body }, key))
+    Ok((resp, key))
 }
 
 /// The pickle (protocol 5) of `((frame,), {})`: what a worker unpickles as a call's arguments.
