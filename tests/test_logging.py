@@ -274,3 +274,39 @@ def test_a_large_function_warns_once_on_the_terminal(tmp_path):
         "driver.py:10: UserWarning: function 'lookup' is 13 MB when pickled (it captures "
         "'table', 13 MB): put large data with volley.put and pass the ref"
     ) in warnings[0]
+
+
+INTERLEAVED_DRIVER = """
+import sys
+import volley
+volley.init(num_cpus=1)
+
+@volley.remote
+def chatter(n):
+    for i in range(n):
+        print("worker says", i)
+    return n
+
+ref = chatter.remote(3000)
+for i in range(3000):
+    print("driver", "line", i, "ends")  # four writes each, were stdout left unbuffered
+assert volley.get(ref) == 3000
+print("stdout", sys.stdout.line_buffering, sys.stdout.write_through)
+volley.shutdown()
+"""
+
+
+@pytest.mark.usefixtures("no_volley")
+def test_a_workers_lines_never_split_an_unbuffered_drivers_line(tmp_path):
+    # driver_env sets PYTHONUNBUFFERED: each piece of a print would be its own write, and the
+    # worker's lines, written to the same pipe, could land between them.
+    proc, _ = run_driver(tmp_path, INTERLEAVED_DRIVER)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    mine = [ln for ln in lines if not ln.startswith("(chatter pid=")]
+    assert mine[:-1] == [f"driver line {i} ends" for i in range(3000)], [
+        ln for ln in mine if not re.fullmatch(r"driver line \d+ ends", ln)
+    ][:5]
+    assert mine[-1] == "stdout True False"
+    theirs = [ln.split(") ", 1)[1] for ln in lines if ln.startswith("(chatter pid=")]
+    assert theirs == [f"worker says {i}" for i in range(3000)]

@@ -202,6 +202,29 @@ def start_daemon(daemon: dict, **init_args: Any) -> tuple[int, str]:
     return daemon["joined"]
 
 
+def _whole_lines_out() -> None:
+    """Make an unbuffered ``sys.stdout``/``sys.stderr`` write each line in one piece.
+
+    Workers write their lines to the same descriptors as this driver. Under ``python -u`` (or
+    ``PYTHONUNBUFFERED``) ``print("a", 1)`` is four writes (``a``, `` ``, ``1``, newline), and a
+    worker's line could land between them. Line buffering keeps what the user sees (each line
+    appears when it ends, ``flush=True`` still flushes) and sends the line in one write.
+    """
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if (
+            type(stream) is io.TextIOWrapper
+            and stream.write_through
+            and not stream.closed
+            and isinstance(stream.buffer, io.RawIOBase)
+        ):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except (ValueError, OSError):  # a stream another library already wrapped or closed
+                pass
+
+
 def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool) -> Context:
     """``init``, under the lock; ``auto``: the first volley call of some thread started it;
     ``daemon``: this process is a cluster node (see ``start_daemon``)."""
@@ -360,6 +383,8 @@ def _init(args: dict, ignore_reinit_error: bool, daemon: dict | None, auto: bool
                 _reap_template(template[0])
             raise
         if daemon is None:
+            if log_to_driver:
+                _whole_lines_out()
             # The node's messages to this driver's user go through logging.getLogger("volley").
             from . import _log
 
