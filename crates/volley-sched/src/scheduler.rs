@@ -608,6 +608,7 @@ impl Scheduler {
         self.now_ms = now_ms;
         self.spawn_when_due(out);
         self.wait_notices(out);
+        self.expire_early_calls(out);
         let target = self.cfg.target_workers();
         let mut active = self.workers.active_pool();
         if active <= target {
@@ -672,14 +673,16 @@ impl Scheduler {
             self.streams.start(tid, holder);
         }
         if let ActorPart::Call(call) = &spec.actor {
-            let actor = &call.actor;
-            if let Err(e) = self.actor_accepts(*actor, &spec.name) {
+            let actor = call.actor;
+            if self.held_for_creation(actor, holder, tid) {
+                return;
+            }
+            if let Err(e) = self.actor_accepts(actor, &spec.name) {
                 self.fail_task(tid, e, out);
                 return;
             }
-            if let Some(a) = self.actors.get_mut(actor) {
-                a.queue_call(holder, tid);
-            }
+            self.queue_actor_call(actor, holder, tid, out);
+            return;
         } else {
             if let Some(msg) = self.unschedulable(&spec) {
                 self.fail_task(tid, error(ErrorKind::Unschedulable, &spec.name, msg), out);
@@ -690,6 +693,20 @@ impl Scheduler {
                 self.fail_task(tid, error(ErrorKind::Serialization, &spec.name, msg), out);
                 return;
             }
+        }
+        self.resolve_deps(tid, out);
+    }
+
+    /// Queues call `tid` of `holder` for actor `aid` (known here) and resolves its arguments.
+    fn queue_actor_call(
+        &mut self,
+        aid: ActorId,
+        holder: Holder,
+        tid: TaskId,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(a) = self.actors.get_mut(&aid) {
+            a.queue_call(holder, tid);
         }
         self.resolve_deps(tid, out);
     }

@@ -1,5 +1,6 @@
 //! Event-by-event tests of actors and streams in the scheduler.
 
+use super::actors::EARLY_CALL_WAIT_MS;
 use super::harness::*;
 use super::*;
 use volley_proto::TaskOptions;
@@ -368,4 +369,60 @@ fn a_result_sent_back_to_a_peer_says_where_the_actors_it_names_live() {
         })
         .collect();
     assert_eq!(routes, [(NodeId(5), &vec![(aid, NodeId(2), "A".to_string())])]);
+}
+
+#[test]
+fn a_peers_call_that_outruns_the_actors_creation_waits_for_it() {
+    // Node 5 places actor A here and hands its handle to a task on node 6; node 6's call comes
+    // in before node 5's creation does.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(5, 1), peer(6, 1)], &mut h.out);
+    h.out.clear();
+    let create = h.actor_spec("A", 0, 0, 0);
+    let aid = ActorId(create.task_id);
+    let first = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
+    let second = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
+    h.s.tick(EARLY_CALL_WAIT_MS - 1, &mut h.out);
+    assert_eq!((h.task_error(first), h.task_error(second)), (None, None));
+    assert!(h.executed().is_empty());
+    h.sent_by(NodeId(5), create, vec![]);
+    let w = h.bring_up(aid);
+    assert_eq!(h.executed(), [(w, first), (w, second)], "in the order they came");
+    h.done(w, first, 1);
+    // The wait is over for them: the deadline passing later fails nothing.
+    h.s.tick(2 * EARLY_CALL_WAIT_MS, &mut h.out);
+    assert_eq!(h.task_error(second), None);
+}
+
+#[test]
+fn a_peers_call_for_an_actor_never_created_here_fails_after_the_wait() {
+    let mut h = H::started(1.0);
+    h.s.set_peers(vec![peer(6, 1)], &mut h.out);
+    let aid = ActorId(h.ids.next_task());
+    let call = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
+    h.s.tick(EARLY_CALL_WAIT_MS - 1, &mut h.out);
+    assert_eq!(h.task_error(call), None);
+    h.s.tick(EARLY_CALL_WAIT_MS, &mut h.out);
+    assert_eq!(h.task_error(call), Some(ErrorKind::ActorDied));
+    let Some(ObjectState::Failed(e)) = h.s.object_state(&ObjectId::for_return(call, 1)) else {
+        panic!("the call failed")
+    };
+    assert!(e.message.contains("did not arrive within 10 s"), "{}", e.message);
+    // A call from this node's own driver for an unknown actor still fails at once.
+    let mine = h.call(Holder::Local, aid, vec![]);
+    assert_eq!(h.task_error(mine), Some(ErrorKind::ActorDied));
+}
+
+#[test]
+fn a_peers_call_for_an_actor_this_node_forgot_fails_at_once() {
+    let mut h = H::started(2.0);
+    h.s.set_peers(vec![peer(6, 1)], &mut h.out);
+    let aid = h.create(0, 0, 0);
+    let w = h.bring_up(aid);
+    h.s.decref(Holder::Local, &[aid.object()], &mut h.out);
+    h.s.worker_died(w, WorkerExit::failed("exit 0"), &mut h.out);
+    assert_eq!(h.s.stats().actors, 0);
+    let call = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
+    assert_eq!(h.task_error(call), Some(ErrorKind::ActorDied));
 }

@@ -15,6 +15,7 @@
 use super::remote_actors::Affinity;
 use super::workers::Workers;
 use super::*;
+use std::collections::HashSet;
 use volley_proto::{ActorInfo, ActorOptions};
 
 /// Why an actor could not be created.
@@ -164,7 +165,21 @@ pub(super) struct Actors {
     /// Actors with a call held back for a ref in its arguments still being made (to go to a
     /// peer, a call carries the values of those refs): dispatched again once it is ready.
     gather_waits: HashMap<ObjectId, Vec<ActorId>>,
+    /// Calls a peer sent for an actor this node has not heard of yet, with the time (ms) they
+    /// give up: the node that placed the actor here sent its creation on another connection, and
+    /// a call from a third node that got the handle meanwhile can arrive first. Queued when the
+    /// creation comes (`create_actor`), failed at the deadline (`expire_early_calls`).
+    early_calls: HashMap<ActorId, Vec<(Holder, TaskId, u64)>>,
+    /// Actors this node forgot lately, oldest first (at most `FORGOTTEN`): a peer's call for
+    /// one of them fails at once instead of waiting for a creation that came long ago.
+    forgotten: VecDeque<ActorId>,
+    forgotten_set: HashSet<ActorId>,
 }
+
+/// How long a peer's call for an actor not created here yet waits for the creation (ms).
+pub(super) const EARLY_CALL_WAIT_MS: u64 = 10_000;
+/// How many forgotten actors `Actors` remembers as gone.
+const FORGOTTEN: usize = 4096;
 
 // `remove` forgets an actor; its name and place in the start queue are dropped when it dies
 // (`unname`, `unpend`).
@@ -226,6 +241,58 @@ impl Actors {
 
     pub(super) fn unpend(&mut self, aid: ActorId) {
         self.pending.retain(|x| *x != aid);
+    }
+
+    /// A peer's call `tid` for `aid`, which this node does not know yet: held until `deadline`.
+    pub(super) fn hold_early_call(
+        &mut self,
+        aid: ActorId,
+        caller: Holder,
+        tid: TaskId,
+        deadline: u64,
+    ) {
+        self.early_calls.entry(aid).or_default().push((caller, tid, deadline));
+    }
+
+    /// The calls held for `aid`, now that it is created here, in their order of arrival.
+    pub(super) fn take_early_calls(&mut self, aid: ActorId) -> Vec<(Holder, TaskId, u64)> {
+        if self.early_calls.is_empty() {
+            return Vec::new();
+        }
+        self.early_calls.remove(&aid).unwrap_or_default()
+    }
+
+    /// The held calls whose wait ended by `now` (taken out), with their actors.
+    pub(super) fn expired_early_calls(&mut self, now: u64) -> Vec<(ActorId, TaskId)> {
+        let mut due = Vec::new();
+        self.early_calls.retain(|aid, calls| {
+            calls.retain(|&(_, tid, deadline)| {
+                let over = deadline <= now;
+                if over {
+                    due.push((*aid, tid));
+                }
+                !over
+            });
+            !calls.is_empty()
+        });
+        due
+    }
+
+    /// Remembers that `aid` was forgotten (see `forgotten`).
+    fn remember_forgotten(&mut self, aid: ActorId) {
+        if self.forgotten_set.insert(aid) {
+            self.forgotten.push_back(aid);
+            if self.forgotten.len() > FORGOTTEN {
+                if let Some(old) = self.forgotten.pop_front() {
+                    self.forgotten_set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether this node knew `aid` once and forgot it lately.
+    pub(super) fn was_forgotten(&self, aid: &ActorId) -> bool {
+        self.forgotten_set.contains(aid)
     }
 
     /// `aid` holds a call back until `id` is made.
@@ -298,7 +365,42 @@ impl Scheduler {
         self.actors.insert(aid, ActorEntry::new(spec, holder));
         note!(self, TaskEvent::Actor { actor: aid });
         self.resolve_deps(aid.0, out);
+        for (caller, tid, _) in self.actors.take_early_calls(aid) {
+            // Not if it ended meanwhile (cancelled, or its peer gone).
+            if self.tasks.contains_key(&tid) {
+                self.queue_actor_call(aid, caller, tid, out);
+            }
+        }
         Ok((aid, true))
+    }
+
+    /// A call a peer sent for an actor this node does not know: held for the actor's creation,
+    /// unless this node knew that actor once (it is gone) or it is not a peer's.
+    pub(super) fn held_for_creation(&mut self, aid: ActorId, caller: Holder, tid: TaskId) -> bool {
+        if !matches!(caller, Holder::Peer(_))
+            || self.actors.contains_key(&aid)
+            || self.actors.was_forgotten(&aid)
+        {
+            return false;
+        }
+        let deadline = self.now_ms + EARLY_CALL_WAIT_MS;
+        self.actors.hold_early_call(aid, caller, tid, deadline);
+        true
+    }
+
+    /// Fails the peers' calls that waited `EARLY_CALL_WAIT_MS` for an actor never created here.
+    pub(super) fn expire_early_calls(&mut self, out: &mut Vec<Action>) {
+        for (aid, tid) in self.actors.expired_early_calls(self.now_ms) {
+            let Some(name) = self.tasks.get(&tid).map(|t| t.spec.name.to_string()) else {
+                continue;
+            };
+            let msg = format!(
+                "call '{name}' names actor {aid:?}, which this node never created: its creation \
+                 did not arrive within {} s (it failed, or its handle was forged)",
+                EARLY_CALL_WAIT_MS / 1000
+            );
+            self.fail_task(tid, error(ErrorKind::ActorDied, &name, msg), out);
+        }
     }
 
     /// The handle metadata the actor was created with.
@@ -717,6 +819,7 @@ impl Scheduler {
         let Some(a) = self.actors.remove(&aid) else {
             return;
         };
+        self.actors.remember_forgotten(aid);
         self.actors.unpend(aid);
         if a.holds_resources {
             self.res.give_cpu(a.create.options.cpu_milli);

@@ -164,7 +164,7 @@ impl H {
         aid
     }
 
-    fn actor_spec(
+    pub(super) fn actor_spec(
         &self,
         class: &str,
         cpu_milli: u32,
