@@ -39,7 +39,7 @@ $(VPY):
 $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff pyyaml
-	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm "optuna>=3" cmaes fastapi
+	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm "optuna>=3" cmaes fastapi websocket-client
 	$(VPY) -m pip install --quiet "mypy>=1.11"
 	@# The dashboard's tests: /metrics parsed as Prometheus parses it, the pages in a real
 	@# browser (Debian's chromium driven by selenium; the test skips, saying so, without them).

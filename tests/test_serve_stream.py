@@ -423,7 +423,7 @@ def test_h2c_streams_as_data_frames(http, tmp_path):
     assert b"not closed cleanly" in out.stderr, out.stderr
 
 
-def test_a_websocket_upgrade_is_refused_with_a_501_naming_the_route(http):
+def test_a_websocket_upgrade_to_a_plain_deployment_is_a_501_saying_how_to_serve_one(http):
     serve.run(Gated.bind("unused"), name="gated", route_prefix="/g")
     headers = {
         "connection": "upgrade",
@@ -435,7 +435,8 @@ def test_a_websocket_upgrade_is_refused_with_a_501_naming_the_route(http):
     try:
         doc = json.loads(r.read())
         assert r.status == 501
-        assert doc["route"] == "/g" and "WebSocket" in doc["error"] and doc["request_id"]
+        assert "serves no WebSockets" in doc["error"] and "@serve.ingress" in doc["error"]
+        assert doc["request_id"] == r.headers["x-request-id"]
     finally:
         conn.close()
 

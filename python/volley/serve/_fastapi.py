@@ -109,7 +109,8 @@ def _class_functions(cls: type) -> dict[Any, str]:
 
 
 def _rebuilt(route: Any, endpoint: Callable[..., Any]) -> Any:
-    """``route`` (a FastAPI ``APIRoute``) again, with ``endpoint`` instead of its own."""
+    """``route`` (a FastAPI ``APIRoute`` or ``APIWebSocketRoute``) again, with ``endpoint``
+    instead of its own."""
     cls = type(route)
     kwargs: dict[str, Any] = {}
     for name, p in inspect.signature(cls.__init__).parameters.items():
@@ -156,11 +157,12 @@ def asgi_app_of(instance: Any) -> Any:
     routes = getattr(router, "routes", None)
     if not isinstance(routes, list):
         return app  # an ASGI app without FastAPI's routes: served as it is
-    from fastapi.routing import APIRoute
+    from fastapi.routing import APIRoute, APIWebSocketRoute
 
     functions = _class_functions(type(instance))
     for i, route in enumerate(routes):
-        if isinstance(route, APIRoute) and route.endpoint in functions:
+        bound = isinstance(route, (APIRoute, APIWebSocketRoute))
+        if bound and route.endpoint in functions:
             routes[i] = _rebuilt(route, getattr(instance, functions[route.endpoint]))
     return app
 

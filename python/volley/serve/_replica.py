@@ -99,6 +99,8 @@ class Replica:
             self._asgi = asgi_app_of(self._user)
         # Streams under way (HTTP, and handle calls with stream=True), by key.
         self._streams: dict[bytes, _streaming.Stream] = {}
+        # WebSockets accepted (until the ingress stops following them), by key.
+        self._sockets: dict[bytes, Any] = {}
         self._stream_ids = itertools.count()
 
     def _what(self) -> str:
@@ -283,6 +285,10 @@ class Replica:
     async def cancel_stream(self, key: bytes) -> bytes:
         """The same as ``__volley_serve_cancel__``, for Python handles (streams of
         ``handle.options(stream=True)`` calls)."""
+        sock = self._sockets.pop(key, None)
+        if sock is not None:  # a WebSocket whose client left
+            await sock.end(1006)
+            return b""
         st = self._streams.get(key)
         if st is None:
             return b""
@@ -294,6 +300,75 @@ class Replica:
                 pass
         else:
             await self._end_stream(key)
+        return b""
+
+    async def __volley_serve_websocket__(self, frame: bytes) -> bytes:
+        """A WebSocket upgrade request from the ingress: runs the ASGI app (``@serve.ingress``)
+        until it answers the handshake (see ``_websocket``). An accepted socket holds its slot
+        (and counts as ongoing) until the app returns."""
+        from . import _websocket
+        from ._http import _peek_context, encode_error
+
+        if self._asgi is None:
+            ctx = _peek_context(frame, self._app, self._deployment)
+            rid = ctx.request_id if ctx is not None else ""
+            why = (
+                f"{self._what()} serves no WebSockets: make it a FastAPI app with "
+                "@serve.ingress(app) and an @app.websocket route"
+            )
+            return encode_error(501, rid, why)
+        assert self._sem is not None, "a request came before the replica was ready"
+        self._ongoing += 1
+        await self._sem.acquire()
+
+        def ended() -> None:
+            assert self._sem is not None
+            self._sem.release()
+            self._ongoing -= 1
+            self._served += 1
+
+        key = f"w{next(self._stream_ids)}".encode()
+        state = self._lifespan.state if self._lifespan is not None else None
+        head, sock = await _websocket.open_socket(
+            self._asgi, frame, self._app, self._deployment, state, key, ended
+        )
+        if sock is not None:
+            self._sockets[key] = sock
+            sock.timer = asyncio.get_running_loop().call_later(
+                STREAM_PICKUP_S, self._abandon_socket, key
+            )
+        return head
+
+    def _abandon_socket(self, key: bytes) -> None:
+        sock = self._sockets.pop(key, None)
+        if sock is not None:
+            print(
+                f"volley.serve: request {sock.request_id}: the ingress did not take its "
+                f"WebSocket within {STREAM_PICKUP_S} s; it is closed",
+                file=sys.stderr,
+            )
+            asyncio.get_running_loop().create_task(sock.end(1006))
+
+    async def __volley_serve_ws_out__(self, key: bytes) -> Any:
+        """The messages the app sends on WebSocket ``key``, up to its close."""
+        sock = self._sockets.get(key)
+        if sock is None:
+            raise RuntimeError(f"no WebSocket {key!r} in this replica (closed, or abandoned)")
+        try:
+            async for item in sock.outbound():
+                yield item
+        finally:
+            self._sockets.pop(key, None)
+
+    async def __volley_serve_ws_in__(self, data: bytes) -> bytes:
+        """One message of a WebSocket's client (``_websocket.split_inbound``'s form); waits
+        while the app has many unread. A message for a socket that ended is dropped."""
+        from ._websocket import split_inbound
+
+        key, msg = split_inbound(data)
+        sock = self._sockets.get(key)
+        if sock is not None:
+            await sock.push(msg)
         return b""
 
     async def handle_request_stream(

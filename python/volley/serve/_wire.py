@@ -40,6 +40,14 @@ The ingress sends the first chunk at once, then calls the replica's streaming me
 that leaves makes it call :data:`CANCEL_METHOD` ``(key)`` (see ``docs/serve-http.md``,
 "Streaming").
 
+WebSocket head (the answer of :data:`SOCKET_METHOD` that accepts a WebSocket: the same fields
+as a stream head, magic ``b"VSW1"``, status 101, no first chunk; ``sec-websocket-protocol`` among
+the headers names the subprotocol the app chose). The ingress then completes the upgrade, follows
+:data:`SOCKET_OUT_METHOD` ``(key)`` for the app's messages and calls :data:`SOCKET_IN_METHOD`
+with each of the client's, in order. A message is its kind, then its payload: ``b"t"`` and UTF-8
+text, ``b"b"`` and bytes, ``b"c"``, a big-endian u16 close code and the UTF-8 reason. The inbound
+call's one argument is a u8 key length, the key, then one message.
+
 The routing table the ingress serves is a JSON document in the head's key-value table
 (namespace :data:`KV_NAMESPACE`, key :data:`ROUTES_KEY`), rewritten whole by serve's controller
 (each route: prefix, app, deployment, replicas (actor ids), replica_nodes (the node of each,
@@ -70,9 +78,11 @@ __all__ = [
     "WireError",
     "decode_request",
     "decode_response",
+    "decode_socket_head",
     "decode_stream_head",
     "encode_request",
     "encode_response",
+    "encode_socket_head",
     "encode_stream_head",
 ]
 
@@ -82,6 +92,12 @@ METHOD = "__volley_serve_http__"
 STREAM_METHOD = "__volley_serve_stream__"
 #: The replica's method that stops a stream whose client left.
 CANCEL_METHOD = "__volley_serve_cancel__"
+#: The replica's method the ingress calls with a WebSocket upgrade request's frame.
+SOCKET_METHOD = "__volley_serve_websocket__"
+#: The replica's streaming method that yields an accepted WebSocket's outbound messages.
+SOCKET_OUT_METHOD = "__volley_serve_ws_out__"
+#: The replica's method that takes one of the client's WebSocket messages.
+SOCKET_IN_METHOD = "__volley_serve_ws_in__"
 KV_NAMESPACE = "volley.serve"
 ROUTES_KEY = "routes"
 HTTP_KEY = "http"
@@ -90,6 +106,7 @@ HTTP_STATUS_KEY = "http_status"
 _REQ = b"VSQ1"
 _RESP = b"VSR1"
 _STREAM = b"VSS1"
+_SOCKET = b"VSW1"
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -142,7 +159,24 @@ def encode_response(status: int, headers: Headers, body: bytes) -> bytes:
     return b"".join(out)
 
 
-def encode_stream_head(status: int, headers: Headers, first: bytes, key: bytes) -> bytes:
+def encode_socket_head(headers: Headers, key: bytes) -> bytes:
+    """A WebSocket head: the app accepted the upgrade; ``key`` names the socket.
+
+    >>> decode_socket_head(encode_socket_head([(b"sec-websocket-protocol", b"chat")], b"w1"))
+    ([(b'sec-websocket-protocol', b'chat')], b'w1')
+    """
+    return encode_stream_head(101, headers, b"", key, _SOCKET)
+
+
+def decode_socket_head(frame: bytes) -> tuple[Headers, bytes]:
+    """``(headers, key)`` of a WebSocket head."""
+    _, headers, _, key = decode_stream_head(frame, _SOCKET)
+    return headers, key
+
+
+def encode_stream_head(
+    status: int, headers: Headers, first: bytes, key: bytes, magic: bytes = _STREAM
+) -> bytes:
     """A stream head: status, headers, the first chunk and the stream's key.
 
     >>> encode_stream_head(201, [], b"a", b"k")
@@ -154,7 +188,7 @@ def encode_stream_head(status: int, headers: Headers, first: bytes, key: bytes) 
         raise WireError(f"an HTTP status is 100-999, not {status!r}")
     if not key:
         raise WireError("a stream head needs a key")
-    out = [_STREAM, _U16.pack(status)]
+    out = [magic, _U16.pack(status)]
     _headers(out, headers)
     out.append(_U64.pack(len(first)))
     out.append(bytes(first))
@@ -208,9 +242,9 @@ def decode_response(frame: bytes) -> tuple[int, Headers, bytes]:
     return status, headers, r.body()
 
 
-def decode_stream_head(frame: bytes) -> tuple[int, Headers, bytes, bytes]:
+def decode_stream_head(frame: bytes, magic: bytes = _STREAM) -> tuple[int, Headers, bytes, bytes]:
     """``(status, headers, first chunk, key)`` of a stream head."""
-    r = _Reader(frame, _STREAM)
+    r = _Reader(frame, magic)
     status = r.num(_U16)
     headers = r.headers()
     first = bytes(r.take(r.num(_U64)))

@@ -21,6 +21,7 @@ pub mod metrics;
 mod stream;
 pub mod table;
 pub mod wire;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -604,10 +605,13 @@ async fn handle(
             serde_json::json!({"error": error, "path": path, "request_id": rid}),
         );
     };
-    if let Some(r) = stream::refuse_websocket(req.headers(), &route.prefix, &rid) {
-        return r;
-    }
     let deadline = route.timeout.map(|t| arrived + t);
+    let client = peer.to_string();
+    if ws::wants_websocket(req.headers()) {
+        let (parts, _) = req.into_parts();
+        let frame = request_frame(&rid, &parts, &path, route, &client, b"");
+        return ws::serve(s.clone(), route, parts, frame, rid, deadline).await;
+    }
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -621,18 +625,7 @@ async fn handle(
             );
         }
     };
-    let client = peer.to_string();
-    let frame = wire::RequestFrame {
-        request_id: &rid,
-        method: parts.method.as_str(),
-        path: &path,
-        route_prefix: &route.prefix,
-        query: parts.uri.query().unwrap_or(""),
-        client: &client,
-        headers: parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect(),
-        body: &body,
-    }
-    .encode();
+    let frame = request_frame(&rid, &parts, &path, route, &client, &body);
     let mut args = wire::call_args(&frame);
     drop(frame);
     // A GET, HEAD or OPTIONS whose replica died under it goes to another replica once: the
@@ -707,16 +700,42 @@ async fn handle(
         }
         current = s.table.lock().clone();
     };
-    let frame = match answer {
-        Ok(stream::Answer::Frame(f)) => f,
-        Ok(stream::Answer::Stream(st)) => return stream::response(st, &rid),
-        Err(f) => return fail_response(f, &rid, route),
-    };
-    let resp = match wire::decode_response(&frame) {
+    match answer {
+        Ok(stream::Answer::Frame(f)) => frame_response(&f, &rid, route),
+        Ok(stream::Answer::Stream(st)) => stream::response(st, &rid),
+        Err(f) => fail_response(f, &rid, route),
+    }
+}
+
+/// The request frame of a request (its body read whole).
+fn request_frame(
+    rid: &str,
+    parts: &axum::http::request::Parts,
+    path: &str,
+    route: &Route,
+    client: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    wire::RequestFrame {
+        request_id: rid,
+        method: parts.method.as_str(),
+        path,
+        route_prefix: &route.prefix,
+        query: parts.uri.query().unwrap_or(""),
+        client,
+        headers: parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect(),
+        body,
+    }
+    .encode()
+}
+
+/// The client's response for a replica's response frame (an undecodable one is a 500).
+fn frame_response(frame: &[u8], rid: &str, route: &Route) -> Response {
+    let resp = match wire::decode_response(frame) {
         Ok(r) => r,
         Err(e) => {
             let why = format!("the replica's answer is not a response frame: {e}");
-            return fail_response(Fail::Internal(why), &rid, route);
+            return fail_response(Fail::Internal(why), rid, route);
         }
     };
     let mut r = Response::new(Body::from(resp.body));
@@ -731,7 +750,7 @@ async fn handle(
             h.append(n, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    if let Ok(v) = HeaderValue::from_str(rid) {
         h.insert("x-request-id", v);
     }
     r

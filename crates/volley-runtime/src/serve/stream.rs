@@ -44,7 +44,7 @@ pub const STREAM_METHOD: &str = "__volley_serve_stream__";
 /// The replica's method that stops a stream whose client left.
 pub const CANCEL_METHOD: &str = "__volley_serve_cancel__";
 /// Chunks held between the follower and a slow client before the follower waits.
-const BUFFERED: usize = 16;
+pub(super) const BUFFERED: usize = 16;
 /// How long the follower waits for the replica to confirm a cancelled stream is closed.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -60,7 +60,7 @@ pub(super) struct Streamed {
     rx: mpsc::Receiver<Chunk>,
 }
 
-enum Chunk {
+pub(super) enum Chunk {
     Data(Bytes),
     /// The generator raised after the chunks sent: the body ends with an error.
     Failed,
@@ -126,7 +126,7 @@ enum Outcome {
 /// Takes the stream's items in order and sends them to the body, until the stream ends or the
 /// client leaves; then lets go of the stream's objects, cancels the generator if the client
 /// left, and gives the replica back.
-async fn follow(
+pub(super) async fn follow(
     s: Arc<Serving>,
     actor: ActorId,
     node: Option<u32>,
@@ -234,7 +234,7 @@ async fn cancel(s: &Serving, actor: ActorId, node: Option<u32>, key: &[u8]) {
 
 /// Submits a call of `actor`'s `method` (streaming or not) with `args`; as `super::submit`,
 /// unless the engine knows the actor is dead. The caller holds the call's return (index 1).
-fn submit_to(
+pub(super) fn submit_to(
     s: &Serving,
     shared: &Shared,
     actor: ActorId,
@@ -268,28 +268,6 @@ pub(super) fn response(st: Streamed, rid: &str) -> Response {
         h.insert("x-request-id", v);
     }
     r
-}
-
-/// A WebSocket upgrade request: not served yet. Answered 501 naming the route (other upgrades,
-/// such as curl's `Upgrade: h2c`, are ignored as HTTP allows and the request is served).
-pub(super) fn refuse_websocket(
-    headers: &axum::http::HeaderMap,
-    prefix: &str,
-    rid: &str,
-) -> Option<Response> {
-    let v = headers.get(axum::http::header::UPGRADE)?;
-    if !v.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"websocket")) {
-        return None;
-    }
-    let error = format!(
-        "WebSocket upgrades are not supported by volley.serve yet (route {prefix}); request {rid} \
-         was not sent to a replica"
-    );
-    Some(super::json_response(
-        StatusCode::NOT_IMPLEMENTED,
-        rid,
-        serde_json::json!({"error": error, "route": prefix, "request_id": rid}),
-    ))
 }
 
 /// The body of a streamed response.

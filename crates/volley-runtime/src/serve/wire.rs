@@ -124,17 +124,31 @@ pub fn decode_response(b: &[u8]) -> Result<Response, String> {
 /// (the rest of the chunks) or `__volley_serve_cancel__` (the client left).
 pub const STREAM_HEAD: &[u8; 4] = b"VSS1";
 
+/// A replica's answer that accepts a WebSocket (`b"VSW1"`): a stream head's fields (status
+/// 101, the headers to add to the upgrade's answer, no first message) and the socket's key,
+/// which the ingress passes to `__volley_serve_ws_out__` and `__volley_serve_ws_in__`.
+pub const SOCKET_HEAD: &[u8; 4] = b"VSW1";
+
 /// Reads a stream head frame: the response (its body the first chunk) and the stream's key.
 pub fn decode_stream_head(b: &[u8]) -> Result<(Response, Vec<u8>), String> {
-    if b.get(..4) != Some(&STREAM_HEAD[..]) {
+    decode_head(b, STREAM_HEAD, "stream head")
+}
+
+/// Reads a WebSocket head: the response (its headers) and the socket's key.
+pub fn decode_socket_head(b: &[u8]) -> Result<(Response, Vec<u8>), String> {
+    decode_head(b, SOCKET_HEAD, "WebSocket head")
+}
+
+fn decode_head(b: &[u8], magic: &[u8; 4], what: &str) -> Result<(Response, Vec<u8>), String> {
+    if b.get(..4) != Some(&magic[..]) {
         let start = &b[..b.len().min(4)];
-        return Err(format!("not a serve stream head: it starts {start:?}"));
+        return Err(format!("not a serve {what}: it starts {start:?}"));
     }
     let mut r = Reader { b, at: 4 };
     let resp = response_fields(&mut r)?;
     let key = r.blob()?.to_vec();
     if key.is_empty() {
-        return Err("the stream head names no stream".into());
+        return Err(format!("the {what} names no key"));
     }
     if r.at != b.len() {
         return Err(format!("{} bytes after the frame's end", b.len() - r.at));
@@ -317,7 +331,20 @@ mod tests {
         let mut nokey = response(200, &[], b"x");
         nokey[..4].copy_from_slice(STREAM_HEAD);
         put(&mut nokey, b"");
-        assert!(decode_stream_head(&nokey).expect_err("key").contains("no stream"));
+        assert!(decode_stream_head(&nokey).expect_err("key").contains("names no key"));
+    }
+
+    #[test]
+    fn socket_heads_decode_and_are_not_stream_heads() {
+        // _wire.encode_socket_head([(b"sec-websocket-protocol", b"chat")], b"w1")
+        let mut f = response(101, &[(b"sec-websocket-protocol", b"chat")], b"");
+        f[..4].copy_from_slice(SOCKET_HEAD);
+        put(&mut f, b"w1");
+        let (r, key) = decode_socket_head(&f).expect("decodes");
+        assert_eq!((r.status, &key[..]), (101, &b"w1"[..]));
+        assert_eq!(r.headers, vec![(b"sec-websocket-protocol".to_vec(), b"chat".to_vec())]);
+        assert!(decode_stream_head(&f).expect_err("vsw").contains("stream head"));
+        assert!(decode_socket_head(b"VSS1").expect_err("vss").contains("WebSocket head"));
     }
 
     #[test]
