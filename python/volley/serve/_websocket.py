@@ -32,9 +32,10 @@ or its loss (code 1006), is the app's ``websocket.disconnect``; a ``send`` after
 ...     frame = _wire.encode_request("r1", "GET", "/ws", "/ws", "", "", [], b"")
 ...     head, sock = await open_socket(echo, frame, key=b"w1")
 ...     await sock.push(b"thello")
-...     return _wire.decode_socket_head(head), [m async for m in sock.outbound()]
+...     headers, key = _wire.decode_socket_head(head)
+...     return headers[0], key, [m async for m in sock.outbound()]
 >>> asyncio.run(main())
-(([(b'sec-websocket-protocol', b'chat'), (b'x-request-id', b'r1')], b'w1'), [b'tHELLO', b'c\\x03\\xe8'])
+((b'sec-websocket-protocol', b'chat'), b'w1', [b'tHELLO', b'c\\x03\\xe8'])
 """
 
 from __future__ import annotations
