@@ -127,7 +127,7 @@ CLUSTER_SUITE = tests/test_tasks.py tests/test_errors.py tests/test_async.py tes
 	tests/test_manager_proxies.py tests/test_ray_compat.py tests/test_state.py tests/test_queue.py \
 	tests/test_mp_process.py tests/test_mp_manager.py tests/test_shell.py tests/test_workers_view.py \
 	tests/test_tune.py tests/test_tune_restore.py tests/test_serve_over_http.py tests/test_serve_ops.py tests/test_tune_optuna_storage.py \
-	tests/test_serve_metrics.py tests/test_serve_stream.py
+	tests/test_serve_metrics.py tests/test_serve_stream.py tests/test_serve_websocket.py
 test-cluster: build
 	VOLLEY_TEST_CLUSTER=1 $(VPY) -m pytest $(CLUSTER_SUITE)
 
