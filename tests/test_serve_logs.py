@@ -124,3 +124,37 @@ def test_a_handle_call_gets_an_id_of_its_own(volley_shared):
     assert line.endswith("a plain handle call"), line
     assert serve.get_request_id() == ""  # the driver serves no request
     serve.delete("chat")
+
+
+@serve.deployment
+class Talker:
+    """Prints as it makes each chunk: the lines after the first chunk come from the stream's
+    follower call, outside the request's own call."""
+
+    def __call__(self, request):
+        for i in range(3):
+            print(f"sync chunk {i} of {request.path}")
+            yield f"{i}\n"
+
+    async def agen(self, n: int):
+        for i in range(n):
+            print(f"async item {i}")
+            yield i
+
+
+def test_a_streams_lines_after_its_first_chunk_carry_the_request_id(http):
+    serve.run(Talker.bind(), name="talk", route_prefix="/talk")
+    with urllib.request.urlopen(f"{http}/talk/s", timeout=WAIT_S) as r:
+        rid = r.headers["x-request-id"]
+        assert r.read() == b"0\n1\n2\n"
+    talker = _actor_id("talk", "Talker")
+    for i in range(3):
+        line = _line_with(talker, f"sync chunk {i} of /talk/s")
+        assert f"request_id={rid}]" in line, line
+    # A handle's stream: its id is the one the call carried.
+    h = serve.get_app_handle("talk")
+    assert list(h.options(stream=True).agen.remote(3)) == [0, 1, 2]
+    lines = [_line_with(talker, f"async item {i}") for i in range(3)]
+    ids = {ln.split("request_id=")[1].split("]")[0] for ln in lines}
+    assert len(ids) == 1 and ids != {rid} and "" not in ids, lines
+    serve.delete("talk")

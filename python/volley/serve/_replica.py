@@ -61,6 +61,16 @@ async def _call(fn: Any, args: tuple, kwargs: dict, pool: Any = None) -> Any:
     return out
 
 
+async def _next_in(st: _streaming.Stream) -> Any:
+    """The stream's next item, made with its request's context set (each step apart: the
+    generator that awaits this may be resumed from another task between items)."""
+    token = _context._current.set(st.context)
+    try:
+        return await st.items.next()
+    finally:
+        _context._current.reset(token)
+
+
 class Replica:
     """One replica of a deployment (made by the controller; users never make one)."""
 
@@ -216,7 +226,7 @@ class Replica:
             await items.close()
             return _wire.encode_response(status, headers, b"")
         key = f"h{next(self._stream_ids)}".encode()
-        st = _streaming.Stream(items, rid)
+        st = _streaming.Stream(items, rid, _context.current())
         self._streams[key] = st
         opened.append(key)
         loop = asyncio.get_running_loop()
@@ -260,7 +270,7 @@ class Replica:
             st.timer.cancel()
         try:
             while True:
-                item = await st.items.next()
+                item = await _next_in(st)
                 if item is _streaming.END:
                     return
                 chunk = _streaming.chunk_bytes(item)
@@ -396,7 +406,7 @@ class Replica:
                     f"{self._what()}: method {method!r} is not a generator (it returned a "
                     f"{type(out).__name__}): call it without stream=True"
                 )
-            st = _streaming.Stream(_streaming.Items(out, self._pool), "")
+            st = _streaming.Stream(_streaming.Items(out, self._pool), ctx.request_id, ctx)
             st.task = asyncio.current_task()
             self._streams[key] = st
             held = False  # _end_stream gives the slot back
@@ -410,7 +420,7 @@ class Replica:
                 self._served += 1
         try:
             while True:
-                item = await st.items.next()
+                item = await _next_in(st)
                 if item is _streaming.END:
                     return
                 yield item

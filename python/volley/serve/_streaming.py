@@ -161,11 +161,14 @@ class Stream:
     """A stream under way in a replica: its items, the task that sends them (once it runs),
     and an event set once it is over."""
 
-    __slots__ = ("items", "task", "over", "request_id", "timer")
+    __slots__ = ("items", "task", "over", "request_id", "timer", "context")
 
-    def __init__(self, items: Items, request_id: str) -> None:
+    def __init__(self, items: Items, request_id: str, context: Any = None) -> None:
         self.items = items
         self.request_id = request_id
+        #: The request's context (``_context.RequestContext``), set again around each item
+        #: after the first: the follower's call runs outside the request that opened it.
+        self.context = context
         self.task: asyncio.Task | None = None
         self.over = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None
