@@ -106,6 +106,32 @@ def test_a_handle_streams_a_generators_items_in_order(volley_shared):
         serve.delete("gens")
 
 
+def test_a_stream_whose_replica_was_stopping_goes_to_another(volley_shared):
+    import volley
+    from volley.serve import _handle, _wire
+
+    h = serve.run(Gens.options(num_replicas=2).bind(), name="gens2", route_prefix=None)
+    try:
+        doc = json.loads(volley.library.kv_get("deployment/gens2/Gens", namespace="volley.serve"))
+        stopping = doc["replicas"][0]
+        # The replica begins to drain (as in a rolling update) before this handle hears of it:
+        # it refuses new calls with ReplicaStoppingError before running them.
+        actor = volley.get_actor(stopping, namespace=_wire.KV_NAMESPACE)
+        drained = actor.drain.remote(60.0)
+        assert volley.get(drained, timeout=WAIT_S) == 0
+        got = [list(h.options(stream=True).count.remote(3)) for _ in range(10)]
+
+        async def consume():
+            return [x async for x in h.options(stream=True).count.remote(2)]
+
+        got += [asyncio.run(consume()) for _ in range(4)]
+        assert got == [[0, 1, 2]] * 10 + [[0, 1]] * 4
+        # (The router chose the stopping replica at least once: 14 calls, two replicas.)
+        assert stopping in _handle._router("gens2", "Gens").dead
+    finally:
+        serve.delete("gens2")
+
+
 def test_items_come_as_they_are_yielded_not_at_the_end(volley_shared, tmp_path):
     h = serve.run(Gens.bind(), name="gens", route_prefix=None)
     try:

@@ -168,6 +168,10 @@ class DeploymentResponseGenerator:
         self._method = method
         self._key = b"c" + uuid.uuid4().hex.encode()
         self._call: tuple[tuple, dict] | None = (args, kwargs)
+        # Kept until the first item: a call whose replica was gone before it ran goes to
+        # another (as a plain call does), at most MAX_ATTEMPTS times in all.
+        self._spare: tuple[tuple, dict] | None = (args, kwargs)
+        self._attempt = 0
         self._gen: Any = None
         self._replica: _Replica | None = None
         self._done = False
@@ -218,42 +222,79 @@ class DeploymentResponseGenerator:
     def __iter__(self) -> DeploymentResponseGenerator:
         return self
 
+    def _again(self, error: BaseException) -> bool:
+        """Whether the call goes to another replica after ``error``: its replica was gone (or
+        stopping) before it ran, and no item came yet. Then it is set to be sent again."""
+        with self._lock:
+            spare = self._spare
+            if spare is None or self._attempt + 1 >= MAX_ATTEMPTS or not _not_started(error):
+                return False
+        self._finish(error)  # its replica counts it no more, and is known dead
+        with self._lock:
+            if self._spare is None:  # cancelled meanwhile
+                return False
+            self._attempt += 1
+            self._done, self._gen, self._call = False, None, spare
+        return True
+
+    def _got(self, item: Any) -> Any:
+        self._spare = None  # it ran: it is never sent again
+        return item
+
     def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration
-        gen = self._started()
-        try:
-            ref = next(gen)
-        except StopIteration:
-            self._finish()
-            raise
-        try:
-            return volley.get(ref)
-        except BaseException as e:
-            self._finish(e)
-            raise
+        while True:
+            if self._done:
+                raise StopIteration
+            gen = self._started()
+            try:
+                ref = next(gen)
+            except StopIteration:
+                self._finish()
+                raise
+            except BaseException as e:
+                if self._again(e):
+                    continue
+                self._finish(e)
+                raise
+            try:
+                return self._got(volley.get(ref))
+            except BaseException as e:
+                if self._again(e):
+                    continue
+                self._finish(e)
+                raise
 
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
 
     async def __anext__(self) -> Any:
-        if self._done:
-            raise StopAsyncIteration
-        gen = self._gen
-        if gen is None:
-            gen = await asyncio.to_thread(self._started)
-        try:
-            ref = await gen.__anext__()
-        except StopAsyncIteration:
-            self._finish()
-            raise
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            self._finish(e)
-            raise
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            gen = self._gen
+            if gen is None:
+                gen = await asyncio.to_thread(self._started)
+            try:
+                ref = await gen.__anext__()
+            except StopAsyncIteration:
+                self._finish()
+                raise
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                if self._again(e):
+                    continue
+                self._finish(e)
+                raise
+            try:
+                return self._got(await ref)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                if self._again(e):
+                    continue
+                self._finish(e)
+                raise
 
     def cancel(self) -> None:
         """Stops the stream: the replica's generator is closed (``GeneratorExit`` for a sync
@@ -261,6 +302,7 @@ class DeploymentResponseGenerator:
         with self._lock:
             r = self._replica
             self._call = None  # not sent yet: it never will be
+            self._spare = None  # nor sent again
             done = self._done
         if done:
             return
