@@ -12,6 +12,7 @@ import os
 import urllib.request
 
 import pytest
+from conftest import wait_for
 
 import volley
 from volley import library, serve
@@ -168,22 +169,40 @@ def test_calls_for_a_model_keep_going_to_the_replica_that_holds_it(volley_shared
     serve.delete("shard")
 
 
-def test_the_model_id_comes_from_the_http_header(http):
+def test_the_model_id_comes_from_the_http_header_and_the_ingress_keeps_it_on_one_replica(http):
     serve.run(Sharded.bind(), name="shard", route_prefix="/shard")
-    pids = set()
-    for _ in range(4):
-        req = urllib.request.Request(
-            f"{http}/shard", headers={"serve_multiplexed_model_id": "from-header"}
-        )
+
+    def get(model: str) -> dict:
+        req = urllib.request.Request(f"{http}/shard", headers={"serve_multiplexed_model_id": model})
         with urllib.request.urlopen(req, timeout=WAIT_S) as r:
             doc = json.loads(r.read())
-        assert doc["model"] == "from-header"
-        pids.add(doc["pid"])
-    # Without affinity in the ingress the model loads where each request lands: at most once
-    # per replica.
+        assert doc["model"] == model
+        return doc
+
+    where: dict[str, set[int]] = {}
+    for _ in range(6):
+        for m in ("h1", "h2", "h3"):
+            where.setdefault(m, set()).add(get(m)["pid"])
+    # The Rust ingress routes each model's requests to the replica that holds it (the one it
+    # sent the model to first, then the one whose document lists it): each loaded once.
+    assert all(len(pids) == 1 for pids in where.values()), where
     loads = _loads_per_replica("shard")
-    for pid in pids:
-        assert loads[pid] == ["from-header"]
+    assert sorted(m for ls in loads.values() for m in ls) == ["h1", "h2", "h3"], loads
+    # Three models on three replicas: the ingress spreads new models to the emptiest.
+    assert len({pid for pids in where.values() for pid in pids}) == 3, where
+    # A model a handle call made a replica load is found there by the ingress too, through
+    # the replica's published document.
+    h = serve.get_app_handle("shard")
+    pid = h.options(multiplexed_model_id="from-handle").remote().result(timeout_s=WAIT_S)["pid"]
+    wait_for(
+        lambda: any(
+            "from-handle" in json.loads(library.kv_get(k, namespace="volley.serve"))["models"]
+            for k in library.kv_keys("models/shard/Sharded/", namespace="volley.serve")
+        ),
+        "the replica to publish the model a handle call loaded",
+    )
+    # (The ingress never sent it: only the document can lead it there.)
+    assert {get("from-handle")["pid"] for _ in range(5)} == {pid}
 
 
 def test_bad_uses_say_what_is_wrong(volley_shared):

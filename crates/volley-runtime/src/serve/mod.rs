@@ -50,6 +50,11 @@ use table::{Acquire, Balancer, Route, Table, WaiterId};
 pub const KV_NAMESPACE: &str = "volley.serve";
 pub const HTTP_KEY: &[u8] = b"http";
 pub const ROUTES_KEY: &[u8] = b"routes";
+/// The prefix of the documents where replicas list the models they hold
+/// (`models/APP/DEPLOYMENT/ACTOR_ID`: `{"actor_id": ..., "models": [...]}`).
+pub const MODELS_PREFIX: &[u8] = b"models/";
+/// The request header that names a request's model (Ray Serve's name).
+pub const MODEL_HEADER: &str = "serve_multiplexed_model_id";
 pub const HTTP_STATUS_KEY: &[u8] = b"http_status";
 /// The replica's method the ingress calls.
 pub const METHOD: &str = "__volley_serve_http__";
@@ -148,6 +153,10 @@ impl Ingress {
             runtime: Mutex::new(None),
         });
         shared.head.set_kv_hook(Box::new(Hook(Arc::downgrade(&ingress))));
+        // Documents already there (a head that kept its table): read once, then followed.
+        for (key, doc) in shared.head.kv_items(KV_NAMESPACE, MODELS_PREFIX) {
+            ingress.serving.models_changed(&key, Some(&doc));
+        }
         ingress
     }
 
@@ -187,13 +196,18 @@ struct Hook(Weak<Ingress>);
 
 impl crate::head::KvHook for Hook {
     fn wants(&self, namespace: &str, key: &[u8]) -> bool {
-        namespace == KV_NAMESPACE && (key == HTTP_KEY || key == ROUTES_KEY)
+        namespace == KV_NAMESPACE
+            && (key == HTTP_KEY || key == ROUTES_KEY || key.starts_with(MODELS_PREFIX))
     }
 
     fn changed(&self, _namespace: &str, key: &[u8], value: Option<Vec<u8>>) {
         let Some(ingress) = self.0.upgrade() else { return };
         if key == HTTP_KEY {
             ingress.http_changed();
+            return;
+        }
+        if key.starts_with(MODELS_PREFIX) {
+            ingress.serving.models_changed(key, value.as_deref());
             return;
         }
         match value.as_deref().map(Table::parse) {
@@ -315,7 +329,30 @@ fn listen(serving: &Arc<Serving>, doc: &[u8]) -> (serde_json::Value, Option<ones
     (status(port, None), Some(stop))
 }
 
+/// The (replica, models) of a replica's models document at `key`; `None` if it is not one.
+/// A document deleted (`doc` None) means the replica holds none.
+fn parse_models(key: &[u8], doc: Option<&[u8]>) -> Option<(ActorId, Vec<String>)> {
+    let id = std::str::from_utf8(key).ok()?.rsplit('/').next()?;
+    let actor = table::parse_actor_id(id).ok()?;
+    let Some(doc) = doc else { return Some((actor, Vec::new())) };
+    let v: serde_json::Value = serde_json::from_slice(doc).ok()?;
+    let models = v.get("models")?.as_array()?;
+    Some((actor, models.iter().filter_map(|m| m.as_str().map(str::to_string)).collect()))
+}
+
 impl Serving {
+    /// A replica's models document changed (under the head's lock: a parse and a map write).
+    fn models_changed(&self, key: &[u8], doc: Option<&[u8]>) {
+        match parse_models(key, doc) {
+            Some((actor, models)) => self.lines.lock().bal.set_models(actor, models),
+            None => crate::diag::event!(
+                Warn,
+                "volley: serve's ingress cannot read the models document {}",
+                String::from_utf8_lossy(key)
+            ),
+        }
+    }
+
     fn set_table(&self, t: Table) {
         let mut lines = self.lines.lock();
         let handed = lines.bal.set_table(&t);
@@ -343,10 +380,15 @@ impl Serving {
     }
 
     /// A replica for a request of `route`: at once, or once one is free (until `deadline`).
-    async fn acquire(&self, route: &Route, deadline: Option<Instant>) -> Result<ActorId, Fail> {
+    async fn acquire(
+        &self,
+        route: &Route,
+        model: &str,
+        deadline: Option<Instant>,
+    ) -> Result<ActorId, Fail> {
         let (w, rx) = {
             let mut lines = self.lines.lock();
-            match lines.bal.acquire(route) {
+            match lines.bal.acquire_for(route, model, Instant::now()) {
                 Acquire::Got(a) => return Ok(a),
                 Acquire::Overloaded => return Err(Fail::Overloaded),
                 Acquire::NoReplica => return Err(Fail::NoReplica),
@@ -626,6 +668,7 @@ async fn handle(
         }
     };
     let frame = request_frame(&rid, &parts, &path, route, &client, &body);
+    let model = model_of(&parts.headers);
     let mut args = wire::call_args(&frame);
     drop(frame);
     // A GET, HEAD or OPTIONS whose replica died under it goes to another replica once: the
@@ -642,7 +685,7 @@ async fn handle(
             let why = format!("the route for {path} was removed while the request waited");
             break Err(Fail::Internal(why));
         };
-        let actor = match s.acquire(now, deadline).await {
+        let actor = match s.acquire(now, model, deadline).await {
             Ok(a) => a,
             Err(f) => return fail_response(f, &rid, now),
         };
@@ -707,6 +750,11 @@ async fn handle(
     }
 }
 
+/// The model a request names (its `serve_multiplexed_model_id` header), `""` for none.
+fn model_of(headers: &HeaderMap) -> &str {
+    headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
 /// The request frame of a request (its body read whole).
 fn request_frame(
     rid: &str,
@@ -754,4 +802,20 @@ fn frame_response(frame: &[u8], rid: &str, route: &Route) -> Response {
         h.insert("x-request-id", v);
     }
     r
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+
+    #[test]
+    fn models_documents_are_read_by_their_key_and_a_deleted_one_holds_none() {
+        let key = format!("models/app/Dep/{:032x}", 5u128);
+        let doc = br#"{"actor_id": "x", "models": ["a", "b", 3], "version": 2}"#;
+        let (a, m) = parse_models(key.as_bytes(), Some(doc)).expect("parses");
+        assert_eq!((a, m), (ActorId(volley_proto::TaskId(5)), vec!["a".into(), "b".into()]));
+        assert_eq!(parse_models(key.as_bytes(), None).map(|x| x.1), Some(vec![]));
+        assert!(parse_models(b"models/app/Dep/nothex", Some(doc)).is_none());
+        assert!(parse_models(key.as_bytes(), Some(b"{")).is_none());
+    }
 }

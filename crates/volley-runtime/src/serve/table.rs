@@ -4,7 +4,7 @@
 //! free replica, first come first served, up to `max_queued_requests`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use volley_proto::{ActorId, TaskId};
 
@@ -180,7 +180,16 @@ pub struct Balancer {
     lines: HashMap<String, (Route, VecDeque<WaiterId>)>,
     next_waiter: WaiterId,
     rng: u64,
+    /// The models each replica says it holds (`serve.multiplexed`'s "models/..." documents).
+    models: HashMap<ActorId, Vec<String>>,
+    /// Models this ingress sent to a replica lately: it holds them, or is loading them, before
+    /// its document says so.
+    sent: HashMap<(ActorId, String), Instant>,
 }
+
+/// How long a replica a model's request went to counts as holding that model, before its
+/// document says so (serve's handles wait as long: `MODEL_SENT_S`).
+pub const MODEL_SENT: Duration = Duration::from_secs(2);
 
 impl Balancer {
     pub fn new(seed: u64) -> Balancer {
@@ -215,14 +224,85 @@ impl Balancer {
         self.lines.get(key).map_or(0, |(_, q)| q.len())
     }
 
-    /// Power of two choices among the live replicas under the bound; `None` if there is none.
-    fn choose(&mut self, route: &Route) -> Option<ActorId> {
-        let free: Vec<ActorId> = route
+    /// Replica `actor` holds `models` now (its document; empty: it holds none, or is gone).
+    pub fn set_models(&mut self, actor: ActorId, models: Vec<String>) {
+        if models.is_empty() {
+            self.models.remove(&actor);
+        } else {
+            self.models.insert(actor, models);
+        }
+    }
+
+    fn holds(&self, a: ActorId, model: &str, now: Instant) -> bool {
+        self.models.get(&a).is_some_and(|m| m.iter().any(|x| x == model))
+            || self
+                .sent
+                .get(&(a, model.to_string()))
+                .is_some_and(|t| now.saturating_duration_since(*t) < MODEL_SENT)
+    }
+
+    /// How many models `a` holds (or was sent lately).
+    fn held(&self, a: ActorId, now: Instant) -> usize {
+        let published = self.models.get(&a).map_or(0, Vec::len);
+        let fresh = self
+            .sent
+            .iter()
+            .filter(|((x, m), t)| {
+                *x == a
+                    && now.saturating_duration_since(**t) < MODEL_SENT
+                    && !self.models.get(&a).is_some_and(|l| l.contains(m))
+            })
+            .count();
+        published + fresh
+    }
+
+    /// The live replicas under the bound.
+    fn free(&self, route: &Route) -> Vec<ActorId> {
+        route
             .replicas
             .iter()
             .copied()
             .filter(|a| !self.dead.contains(a) && self.ongoing(*a) < route.max_ongoing)
-            .collect();
+            .collect()
+    }
+
+    /// Power of two choices among the live replicas under the bound; `None` if there is none.
+    fn choose(&mut self, route: &Route) -> Option<ActorId> {
+        let free = self.free(route);
+        self.take_one(free)
+    }
+
+    /// As `choose`, for a request that names `model` (Ray Serve's multiplexing): among the
+    /// free replicas that hold it; when none that holds it is free, among all; when none holds
+    /// it, among those that hold the fewest models. The one chosen counts as holding it for
+    /// `MODEL_SENT`.
+    fn choose_for_model(&mut self, route: &Route, model: &str, now: Instant) -> Option<ActorId> {
+        let free = self.free(route);
+        if free.is_empty() {
+            return None;
+        }
+        let live = route.replicas.iter().filter(|a| !self.dead.contains(a));
+        let holds_any = live.clone().any(|a| self.holds(*a, model, now));
+        let mut pool: Vec<ActorId> =
+            free.iter().copied().filter(|a| self.holds(*a, model, now)).collect();
+        if pool.is_empty() {
+            pool = if holds_any {
+                free
+            } else {
+                let fewest = free.iter().map(|a| self.held(*a, now)).min().unwrap_or(0);
+                free.into_iter().filter(|a| self.held(*a, now) == fewest).collect()
+            };
+        }
+        let pick = self.take_one(pool)?;
+        if self.sent.len() > 4096 {
+            self.sent.retain(|_, t| now.saturating_duration_since(*t) < MODEL_SENT);
+        }
+        self.sent.insert((pick, model.to_string()), now);
+        Some(pick)
+    }
+
+    /// Power of two choices among `free`; the one chosen is counted.
+    fn take_one(&mut self, free: Vec<ActorId>) -> Option<ActorId> {
         let pick = match free.len() {
             0 => return None,
             1 => free[0],
@@ -252,6 +332,12 @@ impl Balancer {
     /// no replica at all (its deployment scaled to zero) keeps its requests waiting until the
     /// table brings one; one whose replicas all died answers at once.
     pub fn acquire(&mut self, route: &Route) -> Acquire {
+        self.acquire_for(route, "", Instant::now())
+    }
+
+    /// `acquire`, for a request that names `model` (`""`: none; see `choose_for_model`). A
+    /// request that waits is handed the first replica free, as every waiter is.
+    pub fn acquire_for(&mut self, route: &Route, model: &str, now: Instant) -> Acquire {
         if !route.replicas.is_empty() && !self.alive(route) {
             return Acquire::NoReplica;
         }
@@ -259,7 +345,11 @@ impl Balancer {
         let waiting = self.lines.get(&key).is_some_and(|(_, q)| !q.is_empty());
         // Nobody jumps the line: a free replica goes to the oldest waiter first.
         if !waiting {
-            if let Some(a) = self.choose(route) {
+            let got = match model {
+                "" => self.choose(route),
+                m => self.choose_for_model(route, m, now),
+            };
+            if let Some(a) = got {
                 return Acquire::Got(a);
             }
         }
@@ -383,6 +473,48 @@ mod tests {
              \"max_queued_requests\": {queued}, \"request_timeout_s\": null}}",
             ids.join(", ")
         )
+    }
+
+    #[test]
+    fn a_models_requests_go_to_the_replicas_that_hold_it() {
+        let t = Table::parse(&doc(&route("/m", &[1, 2, 3], 2, -1))).expect("parses");
+        let r = &t.routes[0];
+        let mut b = Balancer::new(7);
+        let now = Instant::now();
+        b.set_models(aid(2), vec!["a".into(), "b".into()]);
+        b.set_models(aid(3), vec!["c".into()]);
+        // "a" is held by 2 alone: its requests go there while it has room.
+        assert_eq!(b.acquire_for(r, "a", now), Acquire::Got(aid(2)));
+        assert_eq!(b.acquire_for(r, "a", now), Acquire::Got(aid(2)));
+        // 2 is full: any replica with room.
+        let third = b.acquire_for(r, "a", now);
+        assert!(matches!(third, Acquire::Got(a) if a != aid(2)), "{third:?}");
+        for a in [aid(2), aid(2)] {
+            b.release(a);
+        }
+        if let Acquire::Got(a) = third {
+            b.release(a);
+        }
+        // A model no replica holds goes to the one holding the fewest (1: none), which then
+        // counts as holding it until its document says so.
+        assert_eq!(b.acquire_for(r, "new", now), Acquire::Got(aid(1)));
+        b.release(aid(1));
+        assert_eq!(b.acquire_for(r, "new", now), Acquire::Got(aid(1)));
+        b.release(aid(1));
+        let later = now + MODEL_SENT + Duration::from_millis(1);
+        assert_eq!(b.held(aid(1), later), 0, "sent long ago, never published");
+        // A replica's document gone (it stopped): it holds nothing.
+        b.set_models(aid(2), vec![]);
+        assert!(!b.holds(aid(2), "a", later));
+        // No model: plain power of two choices, all three reachable.
+        let mut seen = HashSet::new();
+        for _ in 0..60 {
+            if let Acquire::Got(a) = b.acquire_for(r, "", later) {
+                seen.insert(a);
+                b.release(a);
+            }
+        }
+        assert_eq!(seen.len(), 3);
     }
 
     #[test]

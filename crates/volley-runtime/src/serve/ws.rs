@@ -84,7 +84,7 @@ pub(super) async fn serve(
             );
         }
     };
-    let actor = match s.acquire(route, deadline).await {
+    let actor = match s.acquire(route, super::model_of(&parts.headers), deadline).await {
         Ok(a) => a,
         Err(f) => return fail_response(f, &rid, route),
     };
