@@ -1,7 +1,7 @@
 """volley.serve's HTTP front end against Ray Serve's, same apps, same load generator, one run.
 
 Usage: python benchmarks/serve_http.py [--runs 3] [--seconds 5] [--conns 1,32,256]
-       [--cases echo,chain1,chain2,model_batch,model] [--ray-python PATH] [--no-write]
+       [--cases echo,chain1,chain2,model_batch,model,io] [--ray-python PATH] [--no-write]
 
 The load is ``wrk --latency`` (``/usr/bin/wrk``) over loopback, ``--seconds`` per point, with 1
 thread for 1 connection and 2 threads otherwise. For each system a fresh subprocess starts the
@@ -22,6 +22,10 @@ at once, ``max_ongoing_requests=64``, on both):
   ``@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)``; the body is 512 float32s.
 - ``model``: the same model called once per request in the ``async`` method (no batching),
   for batching's gain.
+- ``io``: 1 replica whose ``async`` method awaits 50 ms (a model that waits on a GPU queue or
+  another service: the replica is not short of CPU), ``max_ongoing_requests=256`` so that it
+  holds every connection's request at once. The case where the tail at 256 connections against
+  1 measures the front end rather than a saturated replica's queue (Little's law).
 
 Then the front end's added latency: one connection, a request that carries ``time.time()`` taken
 just before its bytes are written to the socket (header ``x-sent``); the replica's ``async``
@@ -59,7 +63,7 @@ from benchmarks import common  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
-    import json, sys, time, urllib.request
+    import asyncio, json, sys, time, urllib.request
     import numpy as np
     system, port = sys.argv[1], int(sys.argv[2])
     if system == "volley":
@@ -122,6 +126,12 @@ CHILD = textwrap.dedent(
             x = np.frombuffer(await request.body(), dtype=np.float32)
             return {"y": float(self.forward(x).sum())}
 
+    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+    class Waits:
+        async def __call__(self, request):
+            await asyncio.sleep(0.05)
+            return Response(await request.body(), media_type="application/octet-stream")
+
     @serve.deployment(**opts)
     class Stamp:
         async def __call__(self, request):
@@ -135,6 +145,7 @@ CHILD = textwrap.dedent(
         "chain2": Ingress.options(num_replicas=2).bind(Echo.options(num_replicas=2).bind()),
         "model_batch": ModelBatch.bind(),
         "model": Model.bind(),
+        "io": Waits.bind(),
         "stamp": Stamp.bind(),
     }
     for name in cases + ["stamp"]:
@@ -167,6 +178,7 @@ BODIES = {
     "chain2": "y" * 10240,
     "model_batch": "<" * 2048,  # 512 float32s of 0.0115 each
     "model": "<" * 2048,
+    "io": "x" * 16,
 }
 LABELS = {
     "echo": "echo, 1 replica, 16 B",
@@ -174,6 +186,7 @@ LABELS = {
     "chain2": "chain ingress -> echo, 10 KB, 2 replicas each",
     "model_batch": "numpy MLP, @serve.batch(32), 1 replica",
     "model": "numpy MLP, no batching, 1 replica",
+    "io": "async 50 ms wait (I/O-bound), 1 replica, max_ongoing_requests=256",
     "echo_quickack": "echo, 1 replica, 16 B, Python client with TCP_QUICKACK (not wrk)",
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -362,7 +375,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--conns", default="1,32,256")
-    ap.add_argument("--cases", default="echo,chain1,chain2,model_batch,model")
+    ap.add_argument("--cases", default="echo,chain1,chain2,model_batch,model,io")
     ap.add_argument("--ray-python", default=None)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -448,6 +461,11 @@ def main() -> None:
             p1, p256 = med(s, "echo@1", "p99_ms"), med(s, "echo@256", "p99_ms")
             if p1 and p256:
                 extra.append(f"- {s}: echo p99 at 256 conns / p99 at 1 conn: {p256 / p1:.1f}x")
+    if "io" in cases and 1 in conns and 256 in conns:
+        for s, _ in systems:
+            p1, p256 = med(s, "io@1", "p99_ms"), med(s, "io@256", "p99_ms")
+            if p1 and p256:
+                extra.append(f"- {s}: I/O-bound p99 at 256 conns / p99 at 1 conn: {p256 / p1:.2f}x")
     if "model_batch" in cases and "model" in cases:
         for s, _ in systems:
             for c in conns:

@@ -44,7 +44,7 @@ pub const STREAM_METHOD: &str = "__volley_serve_stream__";
 /// The replica's method that stops a stream whose client left.
 pub const CANCEL_METHOD: &str = "__volley_serve_cancel__";
 /// Chunks held between the follower and a slow client before the follower waits.
-pub(super) const BUFFERED: usize = 16;
+const BUFFERED: usize = 16;
 /// How long the follower waits for the replica to confirm a cancelled stream is closed.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -87,16 +87,32 @@ pub(super) fn start(
             return Err(Fail::Internal(format!("the replica's stream head: {e}")));
         }
     };
+    let rx = open_follow(s, actor, node, STREAM_METHOD, key, &head, "its stream began")?;
+    Ok(Answer::Stream(Streamed { head, rx }))
+}
+
+/// Calls the replica's streaming `method` with `key` and starts following its items (the
+/// request id for the logs read from `head`); the receiver of the items. Owns the replica's
+/// count in the balancer from here on: given back when the stream ends, or at once on error
+/// (`before`: what the replica died before, for the message).
+pub(super) fn open_follow(
+    s: Arc<Serving>,
+    actor: ActorId,
+    node: Option<u32>,
+    method: &str,
+    key: Vec<u8>,
+    head: &wire::Response,
+    before: &str,
+) -> Result<mpsc::Receiver<Chunk>, Fail> {
     let Some(shared) = s.shared.upgrade() else {
         s.release(actor);
         return Err(Fail::Internal("the node shut down".into()));
     };
-    let task = match submit_to(&s, &shared, actor, node, STREAM_METHOD, true, wire::call_args(&key))
-    {
+    let task = match submit_to(&s, &shared, actor, node, method, true, wire::call_args(&key)) {
         Ok(p) => p.ret.task,
         Err(_) => {
             s.mark_dead(actor);
-            return Err(Fail::Died("it died before its stream began".into()));
+            return Err(Fail::Died(format!("it died before {before}")));
         }
     };
     drop(shared);
@@ -108,7 +124,7 @@ pub(super) fn start(
         .unwrap_or_default();
     let (tx, rx) = mpsc::channel(BUFFERED);
     tokio::spawn(follow(s, actor, node, key, task, tx, rid));
-    Ok(Answer::Stream(Streamed { head, rx }))
+    Ok(rx)
 }
 
 /// How a stream's following ended.
@@ -126,7 +142,7 @@ enum Outcome {
 /// Takes the stream's items in order and sends them to the body, until the stream ends or the
 /// client leaves; then lets go of the stream's objects, cancels the generator if the client
 /// left, and gives the replica back.
-pub(super) async fn follow(
+async fn follow(
     s: Arc<Serving>,
     actor: ActorId,
     node: Option<u32>,

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 use volley_proto::ActorId;
 
-use super::stream::{follow, submit_to, Chunk, BUFFERED};
+use super::stream::{open_follow, submit_to, Chunk};
 use super::{fail_response, finish, framing, json_response, wire, Fail, Serving};
 use crate::serve::table::Route;
 
@@ -179,27 +179,8 @@ fn accept(
         s.release(actor);
         return Err(Fail::Internal("the replica's WebSocket key is too long".into()));
     }
-    let Some(shared) = s.shared.upgrade() else {
-        s.release(actor);
-        return Err(Fail::Internal("the node shut down".into()));
-    };
-    let args = wire::call_args(&key);
-    let task = match submit_to(&s, &shared, actor, node, SOCKET_OUT_METHOD, true, args) {
-        Ok(p) => p.ret.task,
-        Err(_) => {
-            s.mark_dead(actor);
-            return Err(Fail::Died("it died before its WebSocket opened".into()));
-        }
-    };
-    drop(shared);
-    let rid = head
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
-    let (tx, rx) = mpsc::channel(BUFFERED);
-    tokio::spawn(follow(s, actor, node, key.clone(), task, tx, rid));
+    let rx =
+        open_follow(s, actor, node, SOCKET_OUT_METHOD, key.clone(), &head, "its socket opened")?;
     // The follower starts at the stream's first item: a stream head's first chunk rides in the
     // head, a socket head carries none.
     Ok(Ok(Accepted { headers: head.headers, key, rx }))
