@@ -514,3 +514,53 @@ def test_request_timeout_bounds_the_time_to_the_first_chunk_only(http, tmp_path)
         assert r.read() == b"second\n"
     finally:
         conn.close()
+
+
+@serve.deployment
+class Firehose:
+    """Yields 256 KiB chunks as fast as it can, counting them in a file."""
+
+    def __init__(self, count: str) -> None:
+        self.count = count
+
+    def __call__(self, request):
+        chunk = b"z" * (256 * 1024)
+        for i in range(1, 301):
+            yield chunk
+            Path(self.count).write_text(str(i))
+
+
+def test_a_client_that_does_not_read_holds_the_generator_back(http, tmp_path):
+    count = tmp_path / "count"
+    serve.run(Firehose.bind(str(count)), name="hose", route_prefix="/hose")
+    sock = socket.create_connection(http, timeout=WAIT_S)
+    try:
+        sock.sendall(b"GET /hose HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        # The client reads nothing more: the generator stops once the socket's buffers, the
+        # ingress's 16 chunks and the replica's window (32 past the ingress's last count) are
+        # full, instead of making all 300 chunks (75 MiB) into the engine's memory.
+        wait_for(count.exists, "the generator to start")
+        settled = None
+        for _ in range(40):
+            time.sleep(0.1)
+            now = count.read_text()
+            if now == settled:
+                break
+            settled = now
+        held = int(count.read_text())
+        assert held < 150, f"the generator made {held} chunks for a client that read none"
+        # Reading on, the client gets every byte.
+        sock.settimeout(WAIT_S)
+        got = 0
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+            if data.endswith(b"0\r\n\r\n"):
+                break
+        assert got >= 300 * 256 * 1024
+        assert count.read_text() == "300"
+    finally:
+        sock.close()

@@ -270,11 +270,13 @@ class Replica:
             st.timer.cancel()
         try:
             while True:
+                await st.credit.room()  # at most WINDOW ahead of what the ingress took
                 item = await _next_in(st)
                 if item is _streaming.END:
                     return
                 chunk = _streaming.chunk_bytes(item)
                 if chunk:
+                    st.credit.made += 1
                     yield chunk
         except Exception as e:
             sys.stderr.write(
@@ -285,6 +287,15 @@ class Replica:
             raise
         finally:
             await self._end_stream(key)
+
+    async def __volley_serve_credit__(self, data: bytes) -> bytes:
+        """The ingress took this many items of stream (or WebSocket) ``key``: its producer may
+        run ``_streaming.WINDOW`` past them."""
+        key, taken = _streaming.split_credit(data)
+        owner = self._streams.get(key) or self._sockets.get(key)
+        if owner is not None:
+            owner.credit.ack(taken)
+        return b""
 
     async def __volley_serve_cancel__(self, key: bytes) -> bytes:
         """Stops the stream ``key`` (its client left): its generator gets ``CancelledError``

@@ -157,11 +157,72 @@ def media_type_of(first: Any) -> str:
     return "application/octet-stream"
 
 
+#: How many items a stream's producer (an HTTP stream's generator, a WebSocket's app) may be
+#: ahead of what the ingress took: it waits there until the ingress says it took more
+#: (``Credit.ack``, every :data:`CREDIT_EVERY` items). Items the client does not read stop the
+#: generator, instead of piling up in the engine's memory.
+WINDOW = 32
+#: How often (in items) the ingress says how many it took; its Rust side counts the same.
+CREDIT_EVERY = 8
+
+
+class Credit:
+    """A stream's flow control: ``made`` items produced, ``acked`` taken by the ingress.
+
+    >>> async def main():
+    ...     c = Credit()
+    ...     c.made = WINDOW
+    ...     waiter = asyncio.ensure_future(c.room())
+    ...     await asyncio.sleep(0)
+    ...     blocked = not waiter.done()
+    ...     c.ack(CREDIT_EVERY)
+    ...     await waiter
+    ...     return blocked, c.made - c.acked
+    >>> asyncio.run(main())
+    (True, 24)
+    """
+
+    __slots__ = ("made", "acked", "_more")
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.acked = 0
+        self._more: asyncio.Event | None = None
+
+    async def room(self) -> None:
+        """Returns once the producer may make one more item."""
+        while self.made - self.acked >= WINDOW:
+            if self._more is None:
+                self._more = asyncio.Event()
+            self._more.clear()
+            await self._more.wait()
+
+    def ack(self, taken: int) -> None:
+        """The ingress took ``taken`` items in all."""
+        if taken > self.acked:
+            self.acked = taken
+            if self._more is not None:
+                self._more.set()
+
+
+def split_credit(data: bytes) -> tuple[bytes, int]:
+    """The ``(key, items taken)`` of ``__volley_serve_credit__``'s argument: a u8 key length,
+    the key, a little-endian u32.
+
+    >>> split_credit(b"\x02h1\x08\x00\x00\x00")
+    (b'h1', 8)
+    """
+    n = data[0] if data else 0
+    if len(data) != 1 + n + 4:
+        raise ValueError(f"a stream credit of {len(data)} bytes is not one")
+    return bytes(data[1 : 1 + n]), int.from_bytes(data[1 + n :], "little")
+
+
 class Stream:
     """A stream under way in a replica: its items, the task that sends them (once it runs),
     and an event set once it is over."""
 
-    __slots__ = ("items", "task", "over", "request_id", "timer", "context")
+    __slots__ = ("items", "task", "over", "request_id", "timer", "context", "credit")
 
     def __init__(self, items: Items, request_id: str, context: Any = None) -> None:
         self.items = items
@@ -169,6 +230,7 @@ class Stream:
         #: The request's context (``_context.RequestContext``), set again around each item
         #: after the first: the follower's call runs outside the request that opened it.
         self.context = context
+        self.credit = Credit()  # (followed by the ingress: HTTP streams)
         self.task: asyncio.Task | None = None
         self.over = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None

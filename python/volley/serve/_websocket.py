@@ -116,6 +116,9 @@ class Socket:
         self.app_task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._ending = False
+        from ._streaming import Credit
+
+        self.credit = Credit()  # the outbound messages the ingress took
 
     # ------------------------------------------------------------------ the app's side
 
@@ -227,10 +230,12 @@ class Socket:
         code = 1006
         try:
             while True:
+                await self.credit.room()  # at most WINDOW ahead of what the ingress took
                 item = await self._out.get()
                 if item is None:
                     return
                 self._room.release()
+                self.credit.made += 1
                 yield item
                 if item[:1] == b"c":
                     code = int.from_bytes(item[1:3], "big")

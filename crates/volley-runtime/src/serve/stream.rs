@@ -43,6 +43,11 @@ use crate::shared::{Shared, Slot};
 pub const STREAM_METHOD: &str = "__volley_serve_stream__";
 /// The replica's method that stops a stream whose client left.
 pub const CANCEL_METHOD: &str = "__volley_serve_cancel__";
+/// The replica's method that hears how many items of a stream the ingress took.
+pub const CREDIT_METHOD: &str = "__volley_serve_credit__";
+/// The ingress tells the replica every this many items (`_streaming.CREDIT_EVERY`); the
+/// replica's producer runs at most `_streaming.WINDOW` items past the last count it heard.
+const CREDIT_EVERY: u32 = 8;
 /// Chunks held between the follower and a slow client before the follower waits.
 const BUFFERED: usize = 16;
 /// How long the follower waits for the replica to confirm a cancelled stream is closed.
@@ -212,6 +217,11 @@ async fn follow(
                     }
                     Err(m) => break Outcome::Failed(m),
                 }
+                // Items taken (into the body's channel): the producer may run WINDOW past.
+                let taken = index - 2;
+                if taken.is_multiple_of(CREDIT_EVERY) {
+                    credit(&s, actor, node, &key, taken);
+                }
             }
         }
     };
@@ -235,6 +245,22 @@ async fn follow(
         Outcome::End | Outcome::Gone => {}
     }
     s.release(actor);
+}
+
+/// Tells the replica that `taken` items of stream `key` were taken (`_streaming.Credit`); the
+/// call's answer is waited for in a task of its own, only to let go of it.
+fn credit(s: &Arc<Serving>, actor: ActorId, node: Option<u32>, key: &[u8], taken: u32) {
+    let Some(shared) = s.shared.upgrade() else { return };
+    let Ok(n) = u8::try_from(key.len()) else { return };
+    let mut arg = Vec::with_capacity(5 + key.len());
+    arg.push(n);
+    arg.extend_from_slice(key);
+    arg.extend_from_slice(&taken.to_le_bytes());
+    let submitted = submit_to(s, &shared, actor, node, CREDIT_METHOD, false, wire::call_args(&arg));
+    drop(shared);
+    if let Ok(p) = submitted {
+        tokio::spawn(finish(s.shared.clone(), p));
+    }
 }
 
 /// Asks the replica to stop the stream `key` (its client left) and waits until it did (at
