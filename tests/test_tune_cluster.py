@@ -68,6 +68,12 @@ def test_a_trial_whose_node_dies_goes_on_elsewhere_from_its_checkpoint(tmp_path)
             assert time.monotonic() < deadline, "the trial did not reach i == 2"
             assert th.is_alive(), "fit() ended before the trial reached i == 2"
             time.sleep(0.02)
+        # report() returns before its result reaches the driver: the node is killed once the
+        # driver kept i == 2's checkpoint (its third), else the trial would rightly go on from
+        # the one before.
+        while not list((tmp_path / "store" / "exp").glob("*/checkpoint_000003")):
+            assert time.monotonic() < deadline, "the driver never kept i == 2's checkpoint"
+            time.sleep(0.02)
         node = json.loads((marks / "at2.json").read_text())["node"]
         addr = next(n["address"] for n in volley.nodes() if n["node_id"] == node)
         c.kill(c.addrs_index(addr))
