@@ -209,7 +209,7 @@ def split_credit(data: bytes) -> tuple[bytes, int]:
     """The ``(key, items taken)`` of ``__volley_serve_credit__``'s argument: a u8 key length,
     the key, a little-endian u32.
 
-    >>> split_credit(b"\x02h1\x08\x00\x00\x00")
+    >>> split_credit(b"\\x02h1\\x08\\x00\\x00\\x00")
     (b'h1', 8)
     """
     n = data[0] if data else 0
