@@ -451,8 +451,10 @@ def actor_node(name: str):
 def test_the_storage_actor_lives_on_the_heads_node(volley_shared):
     name = fresh()
     optuna_storage(name)
-    node = poll(lambda: actor_node(name), timeout=30)
-    assert node is not None, "waited 30 s for the head's directory to list the storage actor"
+    # (A tuple: node 0, the one node's id, is falsy and poll would wait out its timeout.)
+    found = poll(lambda: (n := actor_node(name)) is not None and (n,), timeout=30)
+    assert found, "waited 30 s for the head's directory to list the storage actor"
+    (node,) = found
     if CLUSTER_MODE:  # the head has no CPU there: the actor is there because it is pinned
         assert node == head_node_id()
     else:  # the one node: nodes() numbers it 0, the head's directory 1 (its id as a head)
