@@ -270,3 +270,54 @@ def test_a_failed_lifespan_startup_fails_the_deploy(http, tmp_path):
 
     with pytest.raises(RuntimeError, match="weights missing"):
         serve.run(Broken.bind(), name="broken", route_prefix="/broken")
+
+
+def build_app():
+    """Builds the app in the replica (Ray Serve's builder form): it may hold what cannot be
+    pickled, such as a lock."""
+    import threading
+
+    from fastapi import FastAPI
+
+    built = FastAPI()
+    built_in = os.getpid()
+    lock = threading.Lock()
+
+    @built.get("/who")
+    def who() -> dict:
+        with lock:
+            return {"pid": os.getpid(), "built_in": built_in}
+
+    return built
+
+
+def test_a_builder_function_makes_the_app_in_each_replica(http):
+    dep = serve.deployment(num_replicas=1)(serve.ingress(build_app)())
+    serve.run(dep.bind(), name="built", route_prefix="/built")
+    status, _, body = call(f"{http}/built/who")
+    doc = json.loads(body)
+    assert status == 200 and doc["pid"] == doc["built_in"] != os.getpid(), doc
+
+
+alone = FastAPI()
+
+
+@alone.get("/hi/{name}")
+def hi(name: str) -> dict:
+    return {"hi": name}
+
+
+def test_a_standalone_app_is_served_without_a_class_of_routes(http):
+    serve.run(serve.deployment(serve.ingress(alone)()).bind(), name="alone", route_prefix="/a")
+    assert call(f"{http}/a/hi/ada")[::2] == (200, b'{"hi":"ada"}')
+    assert call(f"{http}/a/nowhere")[0] == 404
+
+
+def test_a_builder_that_returns_no_app_fails_the_deploy_saying_so(volley_shared):
+    def build_nothing():
+        return 42
+
+    dep = serve.deployment(serve.ingress(build_nothing)())
+    with pytest.raises(RuntimeError, match="returned int, not an ASGI app"):
+        serve.run(dep.bind(), name="nothing", route_prefix="/nothing")
+    serve.delete("nothing")

@@ -51,11 +51,42 @@ def _make_picklable() -> None:
     copyreg.pickle(State, _reduce_state)
 
 
-def ingress(app: Any) -> Callable[[type], type]:
+class _Builder:
+    """A function that builds the ASGI app, called in each replica (``serve.ingress(fn)``)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def build(self) -> Any:
+        app = self.fn()
+        if not callable(app):
+            raise TypeError(
+                f"the builder function {getattr(self.fn, '__qualname__', self.fn)!r} given to "
+                f"serve.ingress returned {type(app).__name__}, not an ASGI app (a FastAPI app)"
+            )
+        return app
+
+
+def _is_builder(app: Any) -> bool:
+    """A plain function that takes no argument builds the app; an ASGI app takes three."""
+    if not inspect.isfunction(app):
+        return False
+    try:
+        return not inspect.signature(app).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def ingress(app: Any) -> Callable[..., type]:
     """Serves the FastAPI ``app`` from a deployment's class: put it under
     ``@serve.deployment``, and decorate the class's methods with the app's routes. ``self`` is
     the replica's instance; requests reach the app with the deployment's route prefix stripped
     (the ASGI ``root_path``), as in Ray Serve.
+
+    As in Ray Serve, ``app`` may also be a function of no argument that builds the app: it is
+    called in each replica (an app that cannot be pickled, or one that makes handles when it
+    starts). ``serve.ingress(app)()``, with no class, makes one that serves the app alone:
+    ``serve.deployment(serve.ingress(app)())``.
 
     >>> from fastapi import FastAPI
     >>> from volley import serve
@@ -76,12 +107,17 @@ def ingress(app: Any) -> Callable[[type], type]:
     _make_picklable()
     if not callable(app):
         raise TypeError(
-            f"serve.ingress takes a FastAPI app (or another ASGI app), not {type(app).__name__}"
+            "serve.ingress takes a FastAPI app (or another ASGI app, or a function of no "
+            f"argument that builds one), not {type(app).__name__}"
         )
+    builder = _Builder(app) if _is_builder(app) else None
 
-    def decorator(cls: type) -> type:
+    def decorator(cls: type | None = None) -> type:
         from ._deployment import Deployment
 
+        if cls is None:  # the app alone, its routes its own
+            name = getattr(app, "__name__", None) or type(app).__name__
+            cls = type(f"ASGIIngress_{name}", (), {"__module__": __name__})
         if isinstance(cls, Deployment):
             raise TypeError(
                 "@serve.ingress(app) goes below @serve.deployment (it decorates the class "
@@ -92,6 +128,9 @@ def ingress(app: Any) -> Callable[[type], type]:
                 f"@serve.ingress(app) decorates a class, not {type(cls).__name__} "
                 "(a function deployment has no FastAPI routes)"
             )
+        if builder is not None:
+            setattr(cls, APP_ATTR, builder)
+            return cls
         _resolve_annotations(app, cls)
         setattr(cls, APP_ATTR, app)
         return cls
@@ -153,6 +192,8 @@ def asgi_app_of(instance: Any) -> Any:
     app = getattr(type(instance), APP_ATTR, None)
     if app is None:
         return None
+    if isinstance(app, _Builder):
+        return app.build()  # its routes are its own: nothing to bind
     router = getattr(app, "router", None)
     routes = getattr(router, "routes", None)
     if not isinstance(routes, list):
