@@ -38,7 +38,7 @@ $(VPY):
 # their real users in the tests (scikit-learn, DEAP), and tqdm for progress bars.
 $(DEPS): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" numpy pandas ruff pyyaml
+	$(VPY) -m pip install --quiet "maturin>=1.14,<2" "cloudpickle>=2.2" "pytest>=7" "pytest-timeout>=2" "pytest-xdist>=3" numpy pandas ruff pyyaml
 	$(VPY) -m pip install --quiet joblib scikit-learn "dask[array,dataframe,bag]" deap tqdm "optuna>=3" cmaes fastapi websocket-client
 	$(VPY) -m pip install --quiet "mypy>=1.11"
 	@# The dashboard's tests: /metrics parsed as Prometheus parses it, the pages in a real
@@ -107,8 +107,10 @@ demo: build
 test-rust:
 	cargo test --workspace --exclude volley-py
 
+# Two test processes (pytest-xdist), each file's tests in one of them in order (--dist
+# loadfile): most tests wait on processes and sockets, so two halve the run on two cores.
 test-python: build
-	$(VPY) -m pytest tests --durations=15
+	$(VPY) -m pytest -n 2 --dist loadfile tests --durations=15
 
 test: build stubtest test-rust test-python test-cluster test-exec test-wheel
 
