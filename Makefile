@@ -110,6 +110,7 @@ test-rust:
 # Two test processes (pytest-xdist), each file's tests in one of them in order (--dist
 # loadfile): most tests wait on processes and sockets, so two halve the run on two cores.
 test-python: build
+	@$(VPY) -c "import xdist" 2>/dev/null || $(VPY) -m pip install --quiet "pytest-xdist>=3"
 	$(VPY) -m pytest -n 2 --dist loadfile tests --durations=15
 
 test: build stubtest test-rust test-python test-cluster test-exec test-wheel
