@@ -269,9 +269,13 @@ class Flood:
     async def flood(self, ws: WebSocket) -> None:
         await ws.accept()
         chunk = b"z" * (256 * 1024)
-        for i in range(1, 301):
-            await ws.send_bytes(chunk)
-            Path(self.count).write_text(str(i))
+        try:
+            for i in range(1, 301):
+                await ws.send_bytes(chunk)
+                Path(self.count).write_text(str(i))
+        except WebSocketDisconnect as e:  # the client left (Starlette's form of our OSError)
+            Path(self.count + ".gone").write_text(f"{type(e).__name__}: {e.code}")
+            return
         await ws.close()
 
 
@@ -301,3 +305,36 @@ def test_an_app_that_sends_faster_than_its_client_reads_is_held_back(ws_url, tmp
         assert got == 300 and count.read_text() == "300"
     finally:
         ws.close()
+
+
+def test_a_client_that_vanishes_while_the_app_floods_ends_every_call_of_its_socket(
+    ws_url, tmp_path
+):
+    import volley.state
+
+    count = tmp_path / "count"
+    serve.run(Flood.bind(str(count)), name="flood", route_prefix="/flood")
+    ws = connect(ws_url + "/flood/flood")
+    wait_for(count.exists, "the app to start sending")
+    ws.sock.shutdown(socket.SHUT_RDWR)  # gone without a close, the app's messages unread
+    ws.sock.close()
+
+    def calls_left() -> list:
+        rows = volley.state.list_tasks(limit=None)
+        return [
+            r
+            for r in rows
+            if r["name"].startswith(("__volley_serve_ws", "__volley_serve_cancel"))
+            and r["state"] not in ("FINISHED", "FAILED")
+        ]
+
+    # The app is told (its send raises) and the replica's outbound call for the ingress,
+    # blocked on the credit that never comes, is ended too.
+    gone = tmp_path / "count.gone"
+    wait_for(gone.exists, "the app's send to raise once the client is gone", 30)
+    assert gone.read_text() == "WebSocketDisconnect: 1006"
+    wait_for(lambda: not calls_left(), "the socket's calls in the replica to end", 30)
+    wait_for(
+        lambda: serve.status().applications["flood"].deployments["Flood"].ongoing_requests == 0,
+        "the socket to count no more at its replica",
+    )

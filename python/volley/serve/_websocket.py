@@ -106,7 +106,7 @@ class Socket:
         self._cond = asyncio.Condition()
         self._hangup: dict[str, Any] | None = None
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._room = asyncio.Semaphore(OUTBOUND)
+        self._waiting_out = 0  # the app's messages in _out (at most OUTBOUND)
         self.handshake: asyncio.Future[tuple] = loop.create_future()
         self._connected = False
         self._accepted = False
@@ -114,6 +114,8 @@ class Socket:
         self._denial: tuple[int, list] | None = None
         self._denial_body: list[bytes] = []
         self.app_task: asyncio.Task | None = None
+        #: The task that runs ``outbound`` (the ingress's follower call), once it runs.
+        self.out_task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._ending = False
         from ._streaming import Credit
@@ -160,7 +162,13 @@ class Socket:
                 item = b"b" + bytes(data)
             else:
                 raise ValueError("a websocket.send message carries neither text nor bytes")
-            await self._room.acquire()
+            async with self._cond:  # room, or the client's hang-up: then send raises
+                await self._cond.wait_for(
+                    lambda: self._waiting_out < OUTBOUND or self._hangup is not None
+                )
+                if self._hangup is not None:
+                    raise OSError(f"the client of request {self.request_id} closed the WebSocket")
+                self._waiting_out += 1
             self._out.put_nowait(item)
         elif kind == "websocket.close":
             code = int(message.get("code") or 1000)
@@ -227,6 +235,7 @@ class Socket:
         """The app's messages (wire form) as it sends them, up to and including its close."""
         if self.timer is not None:
             self.timer.cancel()
+        self.out_task = asyncio.current_task()
         code = 1006
         try:
             while True:
@@ -234,7 +243,10 @@ class Socket:
                 item = await self._out.get()
                 if item is None:
                     return
-                self._room.release()
+                if item[:1] != b"c":  # (a close took no room)
+                    async with self._cond:
+                        self._waiting_out -= 1
+                        self._cond.notify_all()
                 self.credit.made += 1
                 yield item
                 if item[:1] == b"c":
@@ -257,6 +269,9 @@ class Socket:
             await asyncio.wait({task}, timeout=END_WAIT_S)
             if not task.done():
                 task.cancel()
+        out = self.out_task
+        if out is not None and out is not asyncio.current_task() and not out.done():
+            out.cancel()  # the follower is gone: its call must not wait on for credit
 
 
 async def open_socket(
