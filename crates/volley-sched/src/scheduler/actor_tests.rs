@@ -426,3 +426,40 @@ fn a_peers_call_for_an_actor_this_node_forgot_fails_at_once() {
     let call = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
     assert_eq!(h.task_error(call), Some(ErrorKind::ActorDied));
 }
+
+#[test]
+fn spread_counts_no_dead_actor_whose_handle_is_still_held() {
+    // A driver's node (no CPU) and three 1-CPU peers.
+    let mut h = H::new(0.0);
+    h.s.set_peers(vec![peer(1, 1), peer(2, 1), peer(3, 1)], &mut h.out);
+    h.out.clear();
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let make = |h: &mut H| {
+        let actor = ActorPart::Create(Box::new(volley_proto::ActorOptions {
+            class_name: "P".into(),
+            max_concurrency: 1,
+            ..Default::default()
+        }));
+        let spec = task_spec(h.ids.next_task(), CLASS, "P", spread(), actor);
+        h.s.create_actor(Holder::Local, spec, &mut h.out).expect("ok").0
+    };
+    let first = make(&mut h);
+    let [Some(host)] = placed(&mut h)[..] else { panic!("not placed on a peer") };
+    // It dies (killed) while the driver still holds its handle: it stays in the table, DEAD.
+    let death = error(ErrorKind::ActorDied, "P", "actor 'P' was killed".into());
+    let report = ActorReport { pid: 0, restarts: 0, death: Some((*death).clone()), log: None };
+    h.s.peer_actor_state(host, first, report, &mut h.out);
+    assert_eq!(h.s.actor_info(first).map(|i| i.state), Some("DEAD".into()));
+    // Its host has the least CPU free now: were the dead actor counted there, SPREAD would
+    // put the third of the next three on a peer that got one already.
+    let views = (1..=3).map(|n| peer_view(n, 4, if NodeId(n) == host { 0 } else { 4 }, false));
+    h.s.set_peers(views.collect(), &mut h.out);
+    h.out.clear();
+    // Three more with SPREAD: one on each peer, the dead one's host too.
+    for _ in 0..3 {
+        make(&mut h);
+    }
+    let mut to: Vec<Option<NodeId>> = placed(&mut h);
+    to.sort();
+    assert_eq!(to, [Some(NodeId(1)), Some(NodeId(2)), Some(NodeId(3))]);
+}

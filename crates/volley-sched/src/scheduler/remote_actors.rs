@@ -83,10 +83,7 @@ impl Scheduler {
             .peers
             .iter()
             .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
-            .map(|(id, p)| {
-                let hosted = self.actors.values().filter(|a| a.remote == Some(*id)).count();
-                (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
-            })
+            .map(|(id, p)| (self.hosted_by(*id), std::cmp::Reverse(p.view.cpu_free_milli), *id))
             .min();
         if spread && !self.peers.prefer_peers() && !elsewhere {
             // SPREAD from a node that runs actors itself: a peer only if it hosts fewer of ours
@@ -117,12 +114,16 @@ impl Scheduler {
             .iter()
             .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
             .filter(|(_, p)| !ever_here || peers::fits_free(&p.view, spec))
-            .map(|(id, p)| {
-                let hosted = self.actors.values().filter(|a| a.remote == Some(*id)).count();
-                (hosted, std::cmp::Reverse(p.view.cpu_free_milli), *id)
-            })
+            .map(|(id, p)| (self.hosted_by(*id), std::cmp::Reverse(p.view.cpu_free_milli), *id))
             .min()
             .map(|(_, _, id)| id)
+    }
+
+    /// How many of this node's actors (placed from here, not dead) `peer` hosts. A dead one
+    /// whose handle is still held stays in the table: it must not count (SPREAD went past the
+    /// node of an actor just killed).
+    fn hosted_by(&self, peer: NodeId) -> usize {
+        self.actors.values().filter(|a| a.remote == Some(peer) && a.life != Life::Dead).count()
     }
 
     pub(super) fn start_remote_actor(&mut self, aid: ActorId, peer: NodeId, out: &mut Vec<Action>) {
