@@ -76,6 +76,20 @@ def wait_for(cond: Callable[[], object], what: str, timeout: float = 60.0) -> ob
     return value
 
 
+def settled_count(path: Path, what: str) -> int:
+    """The number a producer keeps writing into ``path`` once it stops changing (unchanged
+    over 0.1 s; at most 4 s of watching): how far a producer went before it was held back."""
+    wait_for(path.exists, what)
+    last = None
+    for _ in range(40):
+        time.sleep(0.1)
+        now = path.read_text()
+        if now == last:
+            break
+        last = now
+    return int(path.read_text())
+
+
 def poll(cond: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
     """Call ``cond`` until it returns something truthy or ``timeout`` passes.
 

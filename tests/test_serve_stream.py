@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import settled_count, wait_for
 
 from volley import serve
 
@@ -541,15 +541,7 @@ def test_a_client_that_does_not_read_holds_the_generator_back(http, tmp_path):
         # The client reads nothing more: the generator stops once the socket's buffers, the
         # ingress's 16 chunks and the replica's window (32 past the ingress's last count) are
         # full, instead of making all 300 chunks (75 MiB) into the engine's memory.
-        wait_for(count.exists, "the generator to start")
-        settled = None
-        for _ in range(40):
-            time.sleep(0.1)
-            now = count.read_text()
-            if now == settled:
-                break
-            settled = now
-        held = int(count.read_text())
+        held = settled_count(count, "the generator to start")
         assert held < 150, f"the generator made {held} chunks for a client that read none"
         # Reading on, the client gets every byte.
         sock.settimeout(WAIT_S)

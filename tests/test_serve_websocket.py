@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import settled_count, wait_for
 
 pytest.importorskip("fastapi")
 websocket = pytest.importorskip("websocket")  # websocket-client
@@ -32,16 +33,6 @@ def ws_url(serve_url):
 
 def connect(url: str, **kw) -> websocket.WebSocket:
     return websocket.create_connection(url, timeout=WAIT_S, **kw)
-
-
-def wait_for(pred, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 app = FastAPI()
@@ -284,15 +275,7 @@ def test_an_app_that_sends_faster_than_its_client_reads_is_held_back(ws_url, tmp
     serve.run(Flood.bind(str(count)), name="flood", route_prefix="/flood")
     ws = connect(ws_url + "/flood/flood")
     try:
-        wait_for(count.exists, "the app to start sending")
-        settled = None
-        for _ in range(40):
-            time.sleep(0.1)
-            now = count.read_text()
-            if now == settled:
-                break
-            settled = now
-        held = int(count.read_text())
+        held = settled_count(count, "the app to start sending")
         # 64 wait in the replica for the ingress, 32 more may be made past its last count,
         # 16 wait in the ingress; the sockets' buffers hold a few more.
         assert held < 200, f"the app sent {held} messages to a client that read none"
