@@ -409,6 +409,21 @@ def _json_bytes(content: Any) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+def request_or_error(frame: bytes) -> Request | bytes:
+    """The request a request frame carries, or (a frame that is not one) the response frame of
+    a 500 that says so.
+
+    >>> request_or_error(_wire.encode_request("r", "GET", "/", "/", "", "", [], b"")).path
+    '/'
+    >>> _wire.decode_response(request_or_error(b"nope"))[0]
+    500
+    """
+    try:
+        return Request.from_frame(bytes(frame))
+    except (_wire.WireError, UnicodeDecodeError, TypeError) as e:
+        return encode_error(500, "", f"the replica got a malformed request frame: {e}")
+
+
 def encode_error(status: int, request_id: str, message: str) -> bytes:
     """A response frame for an error: ``status`` and a JSON body
     ``{"error": message, "request_id": ..., "status": ...}`` with ``x-request-id``. The ingress
@@ -498,10 +513,9 @@ async def handle_frame(
     >>> _wire.decode_response(asyncio.run(handle_frame(shout, frame)))[2]
     b'HEY'
     """
-    try:
-        request = Request.from_frame(bytes(frame))
-    except (_wire.WireError, UnicodeDecodeError, TypeError) as e:
-        return encode_error(500, "", f"the replica got a malformed request frame: {e}")
+    request = request_or_error(frame)
+    if isinstance(request, bytes):
+        return request
     rid = request.request_id
     try:
         if _is_async(target):
@@ -633,10 +647,9 @@ async def handle_frame_asgi(
     """
     from ._context import serving
 
-    try:
-        request = Request.from_frame(bytes(frame))
-    except (_wire.WireError, UnicodeDecodeError, TypeError) as e:
-        return encode_error(500, "", f"the replica got a malformed request frame: {e}")
+    request = request_or_error(frame)
+    if isinstance(request, bytes):
+        return request
     rid = request.request_id
     scope = _asgi_scope(request)
     if state:

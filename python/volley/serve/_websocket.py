@@ -287,14 +287,13 @@ async def open_socket(
     answer for the ingress (a WebSocket head, or a response frame) and the socket if accepted.
     ``on_app_end`` is called once when the app's task ends (or at once if it never started)."""
     from ._context import serving
-    from ._http import Request, _asgi_scope, _context_of, encode_error
+    from ._http import _asgi_scope, _context_of, encode_error, request_or_error
 
-    try:
-        request = Request.from_frame(bytes(frame))
-    except (_wire.WireError, UnicodeDecodeError, TypeError) as e:
+    request = request_or_error(frame)
+    if isinstance(request, bytes):
         if on_app_end is not None:
             on_app_end()
-        return encode_error(500, "", f"the replica got a malformed request frame: {e}"), None
+        return request, None
     rid = request.request_id
     scope = _asgi_scope(request)
     del scope["method"]

@@ -425,6 +425,15 @@ impl Serving {
         }
     }
 
+    /// The node of `actor`, handed for a request of `route`: read in `route`, or (a replica of
+    /// a newer table than the request's) in the latest table.
+    fn node_of(&self, route: &Route, actor: ActorId) -> Option<u32> {
+        match route.replicas.contains(&actor) {
+            true => route.node_of(actor),
+            false => self.table.lock().lookup(&route.prefix).and_then(|r| r.node_of(actor)),
+        }
+    }
+
     fn release(&self, a: ActorId) {
         let mut lines = self.lines.lock();
         let handed = lines.bal.release(a);
@@ -689,10 +698,7 @@ async fn handle(
             Ok(a) => a,
             Err(f) => return fail_response(f, &rid, now),
         };
-        let node = match now.replicas.contains(&actor) {
-            true => now.node_of(actor),
-            false => s.table.lock().lookup(&path).and_then(|r| r.node_of(actor)),
-        };
+        let node = s.node_of(now, actor);
         let Some(shared) = s.shared.upgrade() else {
             s.release(actor);
             return fail_response(Fail::Internal("the node shut down".into()), &rid, route);
@@ -789,8 +795,14 @@ fn frame_response(frame: &[u8], rid: &str, route: &Route) -> Response {
     let mut r = Response::new(Body::from(resp.body));
     *r.status_mut() =
         StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let h = r.headers_mut();
-    for (n, v) in &resp.headers {
+    answer_headers(r.headers_mut(), &resp.headers, rid);
+    r
+}
+
+/// Puts a replica's answer headers into `h` (not those that frame the body: the server frames
+/// it), and the request id.
+fn answer_headers(h: &mut HeaderMap, headers: &[(Vec<u8>, Vec<u8>)], rid: &str) {
+    for (n, v) in headers {
         if framing(n) {
             continue;
         }
@@ -801,7 +813,6 @@ fn frame_response(frame: &[u8], rid: &str, route: &Route) -> Response {
     if let Ok(v) = HeaderValue::from_str(rid) {
         h.insert("x-request-id", v);
     }
-    r
 }
 
 #[cfg(test)]

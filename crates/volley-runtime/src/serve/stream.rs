@@ -29,14 +29,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use http_body::Frame;
 use tokio::sync::{mpsc, oneshot};
 use volley_proto::{ActorId, ObjectId, TaskId, TaskOptions};
 use volley_sched::{Action, Holder, StreamStep, WaitOwner};
 
-use super::{finish, framing, read_value, submit_call, wire, CallOf, Fail, Pending, Serving};
+use super::{
+    answer_headers, finish, read_value, submit_call, wire, CallOf, Fail, Pending, Serving,
+};
 use crate::shared::{Shared, Slot};
 
 /// The replica's streaming method: the chunks after the first, of the stream its key names.
@@ -297,18 +299,7 @@ pub(super) fn response(st: Streamed, rid: &str) -> Response {
     let first = (!head.body.is_empty()).then(|| Bytes::from(head.body));
     let mut r = Response::new(Body::new(StreamBody { first, rx, failing: false }));
     *r.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
-    let h = r.headers_mut();
-    for (n, v) in &head.headers {
-        if framing(n) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
-            h.append(n, v);
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(rid) {
-        h.insert("x-request-id", v);
-    }
+    answer_headers(r.headers_mut(), &head.headers, rid);
     r
 }
 

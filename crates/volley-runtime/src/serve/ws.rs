@@ -88,11 +88,7 @@ pub(super) async fn serve(
         Ok(a) => a,
         Err(f) => return fail_response(f, &rid, route),
     };
-    // A replica handed from a newer table than the request's: its node is read there.
-    let node = match route.replicas.contains(&actor) {
-        true => route.node_of(actor),
-        false => s.table.lock().lookup(&route.prefix).and_then(|r| r.node_of(actor)),
-    };
+    let node = s.node_of(route, actor);
     let Some(shared) = s.shared.upgrade() else {
         s.release(actor);
         return fail_response(Fail::Internal("the node shut down".into()), &rid, route);
