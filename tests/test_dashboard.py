@@ -389,6 +389,34 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+def _wait(browser, seconds: float):
+    """A WebDriverWait whose condition is tried again, not failed, when the page replaced an
+    element between finding it and reading it (a reload, the login form's answer, a refresh
+    that redraws a table). chromedriver says so as a StaleElementReferenceException or, when
+    the node left between its two inspector calls, as a plain WebDriverException naming a node
+    that "does not belong to the document"."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    replaced = ("does not belong to the document", "No node with given id")
+
+    class Wait(WebDriverWait):
+        def until(self, method, message: str = ""):
+            def tried(driver):
+                try:
+                    return method(driver)
+                except StaleElementReferenceException:
+                    return False
+                except WebDriverException as e:
+                    if any(r in str(e) for r in replaced):
+                        return False
+                    raise
+
+            return super().until(tried, message)
+
+    return Wait(browser, seconds)
+
+
 @volley.remote
 def work(i: int) -> int:
     time.sleep(0.05)
@@ -414,9 +442,7 @@ README_SHOTS = {"overview": "dashboard.png", "task-detail": "dashboard-task.png"
 
 
 def test_pages_in_a_browser(dash, tmp_path):
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     base, token = dash
     browser = _browser()
@@ -433,10 +459,11 @@ def test_pages_in_a_browser(dash, tmp_path):
         held = [hold.remote(str(go)) for _ in range(3)]
         # A page that reloads (the login form's answer) can replace an element between
         # finding it and reading it: the condition is tried again, not failed.
-        wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
+        wait = _wait(browser, 15)
 
         def text(css: str) -> str:
-            return browser.find_element(By.CSS_SELECTOR, css).text
+            # The overview redraws its cards and table on each refresh: read again, not fail.
+            return wait.until(lambda b: (b.find_element(By.CSS_SELECTOR, css).text,))[0]
 
         def shot(name: str) -> None:
             browser.save_screenshot(str(shots / f"{name}.png"))
@@ -536,9 +563,11 @@ def test_pages_in_a_browser(dash, tmp_path):
         # Sorting a table: clicking a column's head sorts by it.
         browser.get(f"{base}/#nodes")
         wait.until(lambda b: "matching" in b.find_element(By.ID, "summary").text)
-        browser.find_element(By.CSS_SELECTOR, "#rows th").click()
-        first_head = browser.find_element(By.CSS_SELECTOR, "#rows th")
-        assert first_head.get_attribute("class") == "sorted-asc"
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#rows th").click() or True)
+        sorted_by = wait.until(
+            lambda b: (b.find_element(By.CSS_SELECTOR, "#rows th").get_attribute("class"),)
+        )[0]
+        assert sorted_by == "sorted-asc"
         shot("nodes")
     finally:
         browser.quit()
@@ -588,7 +617,6 @@ def test_status_shows_a_drivers_dashboard(tmp_path):
 
 def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _browser()
     c = Cluster(tmp_path)
@@ -602,7 +630,7 @@ def test_the_heads_dashboard_in_a_browser(tmp_path, no_volley):
             found = b.find_elements(By.CSS_SELECTOR, "#nodes-table .node-row")
             return found if len(found) == 2 else None
 
-        found = WebDriverWait(browser, 20).until(rows)
+        found = _wait(browser, 20).until(rows)
         text = "\n".join(r.text for r in found)
         assert "head" in text and "127.0.0.2" in text, text
         _assert_fits(browser)
@@ -624,7 +652,6 @@ def _assert_fits(browser) -> None:
 
 def test_the_workers_page_names_a_node_that_does_not_answer(tmp_path, no_volley):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _browser()
     c = Cluster(tmp_path)
@@ -648,7 +675,7 @@ def test_the_workers_page_names_a_node_that_does_not_answer(tmp_path, no_volley)
         assert poll(whole, timeout=30), http(base + "api/v0/workers", bearer(token))
         browser.get(url.strip())
         browser.get(base + "#workers")
-        wait = WebDriverWait(browser, 30)
+        wait = _wait(browser, 30)
         summary = wait.until(lambda b: b.find_element(By.ID, "summary"))
         wait.until(lambda b: "matching" in summary.text)
         banner = browser.find_element(By.ID, "missing")

@@ -381,11 +381,10 @@ def test_the_serve_view_needs_the_token(dash):
 
 
 def test_the_serve_page_in_a_browser(dash):
-    from test_dashboard import _browser
+    from test_dashboard import _browser, _wait
 
     driver = _browser()  # or a skip saying what is missing
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     base, token, http = dash
     try:
@@ -394,7 +393,7 @@ def test_the_serve_page_in_a_browser(dash):
             assert call(f"{http}/mpage")[0] == 200
         driver.get(f"{base}/?token={token}")
         driver.get(f"{base}/#serve")
-        wait = WebDriverWait(driver, WAIT_S)
+        wait = _wait(driver, WAIT_S)
 
         def row(_):
             rows = driver.find_elements(
