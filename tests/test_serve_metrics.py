@@ -401,13 +401,26 @@ def test_the_serve_page_in_a_browser(dash):
             )
             return rows[0] if rows else None
 
-        r = wait.until(row)
-        wait.until(lambda _: row(_).find_element(By.CSS_SELECTOR, "td.requests").text == "5")
-        r = row(None)
-        assert "200: 5" in r.find_element(By.CSS_SELECTOR, "td.codes").text
-        assert "/mpage" in r.text and "HEALTHY" in r.text
-        reps = driver.find_elements(By.CSS_SELECTOR, "tr.serve-replica")
-        assert any("mpage" in x.text and "RUNNING" in x.text for x in reps)
+        def cells(_):
+            # The page redraws its tables on each refresh: one read of the row, as text.
+            r = row(_)
+            if r is None:
+                return None
+            return (
+                r.find_element(By.CSS_SELECTOR, "td.requests").text,
+                r.find_element(By.CSS_SELECTOR, "td.codes").text,
+                r.text,
+            )
+
+        _, codes, whole = wait.until(lambda _: (c := cells(_)) and c[0] == "5" and c)
+        assert "200: 5" in codes
+        assert "/mpage" in whole and "HEALTHY" in whole
+        wait.until(
+            lambda _: any(
+                "mpage" in x.text and "RUNNING" in x.text
+                for x in driver.find_elements(By.CSS_SELECTOR, "tr.serve-replica")
+            )
+        )
         assert driver.find_element(By.CSS_SELECTOR, "#nav a.active").text == "Serve"
         assert not driver.find_element(By.ID, "error").is_displayed()
     finally:
