@@ -253,6 +253,12 @@ impl Node {
         }
     }
 
+    /// The time of day (ms since the Unix epoch) on the clock this node's task rows are
+    /// stamped with: a row that changes after this reading has a later `changed_ms`.
+    pub fn rows_clock_ms(&self) -> u64 {
+        self.head.tables.now_ms()
+    }
+
     /// The Prometheus text of the tasks that ended in this node's tables (the cluster's, on
     /// its head): counts by final state, histograms of run time and scheduling latency.
     pub fn task_metrics(&self) -> String {

@@ -76,6 +76,15 @@ pub trait Source: Send + Sync + 'static {
         Err(ApiError::not_connected(&q.kind))
     }
 
+    /// The time of day (ms since the Unix epoch) an answer of `query` is stamped with
+    /// (`X-Volley-Now-Ms`): a row that changes after this reading has a later `changed_ms`.
+    /// By default the system's clock.
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     /// Log lines for `GET /api/v0/logs` with its query parameters as given (`node`, `worker`,
     /// `task`, `actor`, `job`, `offset`, `limit`), answered as `{"lines": [...], "offset": N}`:
     /// the page asks again from `offset` for a live tail.

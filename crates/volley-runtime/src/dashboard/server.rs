@@ -358,13 +358,13 @@ async fn query(
         Ok(q) => q,
         Err(e) => return error(&e),
     };
-    // The node's clock when the question came (taken before the rows are read): a client
-    // that asks again for what changed since (`changed_ms>`) starts from here, not from its
-    // own clock, which may be another machine's.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    // The clock that stamps the node's rows, read before the rows are: a client that asks
+    // again for what changed since (`changed_ms>`) starts from here, not from its own clock,
+    // which may be another machine's. Less a millisecond: a row that changes in the same
+    // millisecond after this reading is stamped with it, and `>` would miss it (one that
+    // changed in it before comes twice instead).
     let src = app.source.clone();
+    let now_ms = src.now_ms().saturating_sub(1);
     match blocking(move || src.query(&q)).await {
         Ok(v) => {
             let mut r = json(StatusCode::OK, &v);

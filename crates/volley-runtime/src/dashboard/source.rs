@@ -46,6 +46,16 @@ impl Source for NodeSource {
         Self::with_node(|n| Ok(nodes_of(n)))
     }
 
+    /// The clock this node's task rows are stamped with (it never moves back).
+    fn now_ms(&self) -> u64 {
+        let system = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        Self::with_node(|n| Ok(n.rows_clock_ms())).unwrap_or_else(|_| system())
+    }
+
     /// Every kind through the state API (`Node::state_query`), as `volley list` asks it.
     fn query(&self, q: &Query) -> Result<serde_json::Value, ApiError> {
         Self::with_node(|n| state_json(n, q))

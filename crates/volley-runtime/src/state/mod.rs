@@ -251,8 +251,10 @@ pub struct Tables {
     /// driver node: how rows show `job_id`, and what a `job_id` filter may name.
     job_names: Mutex<HashMap<NodeId, String>>,
     /// Events are stamped from the monotonic reading their scheduler call began with, plus
-    /// the time of day (ms) at `epoch`, read again at each fold so that a step of the
-    /// system's clock shows within one fold.
+    /// the time of day (ms) at `epoch`, read again at each fold so that a step forward of the
+    /// system's clock shows within one fold. It never moves back (a step back, or the
+    /// millisecond either side of a reading, would stamp a later change before an earlier
+    /// one): what changed after [`Tables::now_ms`] was read is stamped after it.
     epoch: Instant,
     wall_at_epoch: AtomicU64,
 }
@@ -280,6 +282,13 @@ impl Tables {
             epoch: Instant::now(),
             wall_at_epoch: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// The time of day (ms since the Unix epoch) on the clock that stamps this node's rows:
+    /// a row that changes after this reading has a later `changed_ms` (the dashboard's
+    /// `X-Volley-Now-Ms`, for a client that asks next for what changed since).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.wall_at_epoch.load(Ordering::Relaxed) + self.epoch.elapsed().as_millis() as u64
     }
 
     /// From now on, changed rows are kept for [`Tables::take_batch`] (a member of a cluster).
@@ -370,7 +379,7 @@ impl Tables {
 
     fn flush_locked(&self, inner: &mut Inner) {
         let since = self.epoch.elapsed().as_millis() as u64;
-        self.wall_at_epoch.store(now_ms().saturating_sub(since), Ordering::Relaxed);
+        self.wall_at_epoch.fetch_max(now_ms().saturating_sub(since), Ordering::Relaxed);
         {
             let mut log = self.log.lock();
             if log.runs.is_empty() {

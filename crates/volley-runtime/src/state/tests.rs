@@ -660,3 +660,19 @@ fn the_heads_route_to_a_remote_actor_adds_its_death_and_hides_nothing() {
     assert_eq!((row["class_name"].as_str(), row["name"].as_str()), (Some("Replica"), Some("r1")));
     assert_eq!(row["node_id"], 3);
 }
+
+/// The clock that stamps rows never moves back: after the system's clock stepped back (here:
+/// the tables' reading of it is 5 s ahead) a fold keeps the later reading, so that a row that
+/// changes after `now_ms` was read (the dashboard's `X-Volley-Now-Ms`) is stamped after it.
+#[test]
+fn the_rows_clock_never_moves_back_when_the_systems_clock_does() {
+    let t = Tables::with_max(10);
+    t.wall_at_epoch.fetch_add(5_000, Ordering::Relaxed);
+    let before = t.now_ms();
+    t.flush();
+    let after = t.now_ms();
+    assert!(after >= before, "the clock went back {} ms at a fold", before - after);
+    // And it goes forward with the time that passes.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(t.now_ms() >= after + 20);
+}
