@@ -264,7 +264,9 @@ def test_ctrl_c_interrupts_get_promptly(tmp_path):
         os.kill(proc.pid, signal.SIGINT)
         caught = float(read_line_with_prefix(proc, "CAUGHT ", timeout=30))
         elapsed = caught - sent
-        assert elapsed < 0.5, f"KeyboardInterrupt took {elapsed:.3f} s"
+        # The task sleeps 60 s: a get that is not interrupted takes that long. (Promptly is
+        # milliseconds; the bound leaves room for a loaded two-core machine.)
+        assert elapsed < 5, f"KeyboardInterrupt took {elapsed:.3f} s"
         out, err = finish_driver(proc, timeout=60)
         assert proc.returncode == 0, err
         assert "EXITING" in out

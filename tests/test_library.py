@@ -172,7 +172,8 @@ def test_cancel_soon_cancels_without_waiting(volley_2cpu):
     ref = _sleep.remote(60)
     t = time.monotonic()
     library.cancel_soon(ref, force=True)
-    assert time.monotonic() - t < 1.0
+    # Waiting for the task would take 60 s; the bound leaves room for a loaded machine.
+    assert time.monotonic() - t < 10
     with pytest.raises(volley.TaskCancelledError):
         volley.get(ref, timeout=30)
 
