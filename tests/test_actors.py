@@ -359,6 +359,20 @@ def test_named_actors_namespaces_and_get_if_exists():
         volley.get_actor("nobody")
 
 
+@volley.remote
+def incr_by_name(name: str) -> int:
+    return volley.get(volley.get_actor(name).incr.remote())
+
+
+def test_a_named_actor_is_found_from_a_task_as_soon_as_it_is_made():
+    # On a cluster the driver's node hosts nothing: each actor runs on another node, and the
+    # task that looks it up may run on a third. The creator tells the head where it went, so
+    # the name is found at once, not at the host's next heartbeat.
+    made = [Counter.options(name=f"fresh-{i}").remote() for i in range(4)]
+    assert volley.get([incr_by_name.remote(f"fresh-{i}") for i in range(4)]) == [1] * 4
+    assert volley.get([c.get.remote() for c in made]) == [1] * 4
+
+
 def test_unnamed_actor_stops_when_its_last_handle_is_gone():
     c = Counter.remote()
     pid = volley.get(c.pid.remote())

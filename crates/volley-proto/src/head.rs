@@ -173,6 +173,10 @@ pub enum HeadRequest {
         #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
+    /// Node `by` created this named actor and placed it on node `actor.node`: the head lists
+    /// it there at once (`by`'s claim on the name passes to it), as `NameCreated` does for an
+    /// actor its creator hosts; answered `Stored` (false: another node holds the name).
+    NamePlaced { actor: NamedActor, by: NodeId },
     // New variants go last: postcard names a variant by its index.
 }
 
@@ -292,6 +296,7 @@ impl HeadRequest {
             | HeadRequest::ReserveName { .. }
             | HeadRequest::ReleaseName { .. }
             | HeadRequest::NameCreated(_)
+            | HeadRequest::NamePlaced { .. }
             | HeadRequest::JobStatus { .. }
             | HeadRequest::JobStop { .. }
             | HeadRequest::JobList

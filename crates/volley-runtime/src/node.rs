@@ -948,18 +948,22 @@ fn claim_name(
     }
 }
 
-/// In a cluster, tells the head of a named actor this node just created (`answer`), as its
-/// next heartbeat would list it, so that `get_actor` on any node finds it as soon as the
-/// creation returned rather than a heartbeat later. Without an answer from the head, that
-/// heartbeat lists it.
+/// In a cluster, tells the head of a named actor this node just created (`answer`), where it
+/// runs (here, or the peer it was placed on), as the next heartbeat of that node would list
+/// it, so that `get_actor` on any node finds it as soon as the creation returned rather than a
+/// heartbeat later. Without an answer from the head, that heartbeat lists it.
 fn report_created(shared: &Shared, answer: &ActorAnswer) {
     let ActorAnswer::Found { actor, created: true, .. } = answer else { return };
-    if shared.links.get().is_none() {
+    let Some(links) = shared.links.get() else {
         return; // Alone: this node's scheduler answers every lookup.
-    }
-    if let Some(entry) = shared.with(|st, _| st.sched.named_entry(*actor)) {
-        shared.ask_head(HeadRequest::NameCreated(entry));
-    }
+    };
+    let Some(entry) = shared.with(|st, _| st.sched.named_entry(*actor)) else { return };
+    let me = links.node_id();
+    shared.ask_head(if entry.node == me {
+        HeadRequest::NameCreated(entry)
+    } else {
+        HeadRequest::NamePlaced { actor: entry, by: me }
+    });
 }
 
 /// The actor another node holds the name of, for `get_if_exists`: a route to it and a

@@ -7,8 +7,9 @@
 //! joins, beats or leaves, and a node that runs alone is its own head. The directory is fed from
 //! what members already report with each heartbeat (the named actors they host, the placement
 //! groups their drivers made), so a name or group made anywhere shows up at the head within a
-//! heartbeat, and goes when its node does; a named actor's node also reports it as its creation
-//! returns (`HeadRequest::NameCreated`), so it is listed at once. A node resolves a name it does
+//! heartbeat, and goes when its node does; a named actor's creator also reports it as its
+//! creation returns (`HeadRequest::NameCreated`, or `NamePlaced` with the node it was placed
+//! on), so it is listed at once. A node resolves a name it does
 //! not host itself through the head (`HeadRequest::LookupName`), so a driver finds an actor that
 //! another driver named on another node as soon as the head has it, not a view later.
 //!
@@ -412,6 +413,9 @@ impl Head {
                 HeadAnswer::Deleted(self.release_name(&namespace, &name, node))
             }
             HeadRequest::NameCreated(actor) => HeadAnswer::Stored(self.name_created(actor)),
+            HeadRequest::NamePlaced { actor, by } => {
+                HeadAnswer::Stored(self.name_placed(actor, by))
+            }
             HeadRequest::State(q) => match self.serve_state(&q) {
                 Ok(a) => HeadAnswer::State(a),
                 Err(why) => HeadAnswer::Error(why),
@@ -490,18 +494,34 @@ impl Head {
     /// The name stays claimed for the node a while, so that a heartbeat built before the
     /// creation does not unlist it (see `record`).
     pub fn name_created(&self, actor: NamedActor) -> bool {
+        self.list_made(actor, None)
+    }
+
+    /// Lists a named actor node `by` created and placed on another node (`actor.node`), as
+    /// [`Head::name_created`] does: `by`'s claim on the name passes to the node that runs it
+    /// (whose heartbeats list it from then on).
+    pub fn name_placed(&self, actor: NamedActor, by: NodeId) -> bool {
+        self.list_made(actor, Some(by))
+    }
+
+    /// Lists `actor` at `actor.node` unless a node other than it (and other than `creator`)
+    /// holds the name, its actor or its claim; checked and listed under one lock.
+    fn list_made(&self, actor: NamedActor, creator: Option<NodeId>) -> bool {
         if actor.name.is_empty() {
             return false; // Only named actors are looked up by name.
         }
         let mut dir = self.dir.lock();
         let key = (actor.namespace.clone(), actor.name.clone());
         let listed = dir.actors().into_iter().find(|a| a.namespace == key.0 && a.name == key.1);
-        if listed.is_some_and(|a| a.node != actor.node) {
+        // (Its creator may have listed it at itself while it waited for its arguments.)
+        let moved = |a: &NamedActor| a.actor == actor.actor && Some(a.node) == creator;
+        if listed.is_some_and(|a| a.node != actor.node && !moved(&a)) {
             return false;
         }
         let mut reserved = self.reserved.lock();
         reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
-        if reserved.get(&key).is_some_and(|(owner, _)| *owner != actor.node) {
+        let ours = |owner: NodeId| owner == actor.node || Some(owner) == creator;
+        if reserved.get(&key).is_some_and(|(owner, _)| !ours(*owner)) {
             return false;
         }
         reserved.insert(key, (actor.node, Instant::now()));

@@ -396,6 +396,31 @@ fn names_are_claimed_at_the_head_once() {
     assert_eq!(h.reserve_name("ns", "x", b), Reservation::Reserved);
 }
 
+/// A node that placed the named actor it created on another node lists it there: its claim
+/// passes to the host (whose heartbeats hold the name from then on); a node with no claim on
+/// the name cannot list an actor under it.
+#[test]
+fn a_creators_claim_passes_to_the_node_it_placed_the_actor_on() {
+    let h = head();
+    let (creator, host, other) =
+        (h.join(info("c", true)), h.join(info("h", false)), h.join(info("o", false)));
+    assert_eq!(h.reserve_name("ns", "x", creator), Reservation::Reserved);
+    let placed = NamedActor { node: host, ..actor("x") };
+    assert!(!h.name_placed(placed.clone(), other), "another node's claim holds the name");
+    assert!(!h.name_created(placed.clone()), "nor does the host claim it by itself");
+    assert!(h.name_placed(placed.clone(), creator));
+    let ask = || h.serve(HeadRequest::LookupName { namespace: "ns".into(), name: "x".into() });
+    assert!(matches!(ask(), HeadAnswer::Named(Some(n)) if n.node == host), "{:?}", ask());
+    assert_eq!(h.reserve_name("ns", "x", host), Reservation::Mine);
+    assert_eq!(h.reserve_name("ns", "x", creator), Reservation::Taken);
+    // The creator listed it at itself first (it waited for its arguments), then placed it.
+    assert_eq!(h.reserve_name("ns", "y", creator), Reservation::Reserved);
+    assert!(h.name_created(NamedActor { node: creator, ..actor("y") }));
+    assert!(h.name_placed(NamedActor { node: host, ..actor("y") }, creator));
+    let y = h.serve(HeadRequest::LookupName { namespace: "ns".into(), name: "y".into() });
+    assert!(matches!(&y, HeadAnswer::Named(Some(n)) if n.node == host), "{y:?}");
+}
+
 /// The creation of an actor of class `class` named `name` in namespace "ns", as task `task`.
 fn creation(
     class: volley_proto::FunctionId,
@@ -451,6 +476,57 @@ fn a_named_actor_is_found_from_another_node_as_soon_as_its_creation_returns() {
         "found from another node at once: {found:?}"
     );
     for n in [asker, host, first] {
+        n.shutdown(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Over real sockets, with heartbeats a minute apart: a named actor that a driver's node
+/// places on another node (node affinity) is found from a third node as soon as the creation
+/// returned, at the node that hosts it. (The creating node's heartbeat never lists it, and the
+/// host's next one is a minute away: the creator tells the head where it went.)
+#[test]
+fn a_named_actor_placed_on_another_node_is_found_at_once_where_it_runs() {
+    let dir = std::env::temp_dir().join(format!("volley-head-placed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-placed-token".to_vec();
+    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
+        heartbeat: Duration::from_secs(60),
+        dead_after: Duration::from_secs(300),
+        ..test_cluster_config(&token, listen, head, driver)
+    };
+    let first = node(&dir, 8 << 20);
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
+    let host = node(&dir, 8 << 20);
+    let (host_id, _) =
+        host.join_cluster(cfg(Some("127.0.0.1:0"), Some(addr.clone()), false)).expect("host");
+    let creator = node(&dir, 8 << 20);
+    creator.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a driver joins");
+    let asker = node(&dir, 8 << 20);
+    asker.join_cluster(cfg(None, Some(addr), true)).expect("another driver joins");
+    let class = volley_proto::FunctionId([8; 16]);
+    for n in [&host, &creator] {
+        n.register_function(class, b"class bytes");
+    }
+    let mut spec = creation(class, "placed", 78, false);
+    spec.options = std::sync::Arc::new(volley_proto::TaskOptions {
+        strategy: volley_proto::Strategy::Node { id: host_id, soft: false },
+        ..Default::default()
+    });
+    let made = creator.actor(ActorRequest::Create(Box::new(spec)));
+    let ActorAnswer::Found { actor, created: true, .. } = made else { panic!("created: {made:?}") };
+    let ask = HeadRequest::LookupName { namespace: "ns".into(), name: "placed".into() };
+    let listed = first.head().expect("the head").serve(ask);
+    assert!(
+        matches!(&listed, HeadAnswer::Named(Some(n)) if n.actor == actor && n.node == NodeId(host_id)),
+        "listed at once, at the node that runs it ({host_id}): {listed:?}"
+    );
+    let found = asker.actor(ActorRequest::Lookup { name: "placed".into(), namespace: "ns".into() });
+    assert!(
+        matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
+        "found from another node at once: {found:?}"
+    );
+    for n in [asker, creator, host, first] {
         n.shutdown(Duration::from_millis(200));
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -474,11 +474,16 @@ impl Scheduler {
         v
     }
 
-    /// Actor `aid`'s entry in [`Scheduler::named_actors`] if it has a name: what this node
-    /// reports to the head as the actor's creation returns, before a heartbeat lists it.
+    /// Actor `aid`'s entry for the head if it has a name and this node created it: what this
+    /// node reports as the creation returns, before a heartbeat lists it. Its `node` is where
+    /// it runs: this node, or the peer it was placed on (whose heartbeats list it later).
     pub fn named_entry(&self, aid: ActorId) -> Option<volley_proto::NamedActor> {
         let a = self.actors.get(&aid)?;
-        self.listing(aid, a).filter(|n| !n.name.is_empty())
+        let entry = match a.remote {
+            Some(peer) if !a.proxy && a.life != Life::Dead => Self::entry_at(aid, a, peer),
+            _ => self.listing(aid, a),
+        };
+        entry.filter(|n| !n.name.is_empty())
     }
 
     /// The directory's entry for actor `aid` if this node hosts it and it has a name or is
@@ -487,6 +492,11 @@ impl Scheduler {
         if a.proxy || a.remote.is_some() || a.life == Life::Dead {
             return None;
         }
+        Self::entry_at(aid, a, self.peers.node_id().unwrap_or(NodeId(0)))
+    }
+
+    /// Actor `aid`'s directory entry as running on `node`, if it has a name or is detached.
+    fn entry_at(aid: ActorId, a: &ActorEntry, node: NodeId) -> Option<volley_proto::NamedActor> {
         let o = a.opts();
         // A detached actor without a name is listed too, with an empty name (the head keeps
         // named ones only): `volley status` showed it nowhere.
@@ -495,7 +505,7 @@ impl Scheduler {
             namespace: o.namespace.clone(),
             name,
             actor: aid,
-            node: self.peers.node_id().unwrap_or(NodeId(0)),
+            node,
             class: o.class_name.clone(),
             meta: o.meta.clone(),
         })
