@@ -224,6 +224,8 @@ def test_nested_tasks_belong_to_their_parents_job(volley_2cpu):
 def test_other_kinds(volley_2cpu):
     nodes = state.list_nodes()
     assert nodes and all(n["alive"] for n in nodes)
+    # Each node goes by the number volley.nodes() and the task rows give it (a lone node: 0).
+    assert {n["node_id"] for n in nodes} == {n["node_id"] for n in volley.nodes()}, nodes
     named = Counter.options(name="state-named").remote()
     volley.get(named.incr.remote())
     listed = poll(

@@ -278,10 +278,11 @@ impl Node {
     /// The cluster's head, with this node's own entry fresh, if this node is its own head
     /// (alone, or the head of a cluster); `None` on a member of another head's cluster.
     pub fn head(&self) -> Option<Arc<Head>> {
-        if self.cluster.get().is_some_and(|c| !c.is_head()) {
-            return None;
+        match self.cluster.get() {
+            Some(c) if !c.is_head() => return None,
+            Some(_) => self.head.update_self(self.shared.local_snapshot()),
+            None => self.head.update_alone(self.shared.local_snapshot()),
         }
-        self.head.update_self(self.shared.local_snapshot());
         Some(self.head.clone())
     }
 

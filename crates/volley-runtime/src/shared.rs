@@ -139,7 +139,7 @@ impl Shared {
                 // Alone: events noted outside `with` (none today) and this node's entry.
                 self.with(|_, _| ());
                 if q.kind == "nodes" {
-                    self.head.update_self(self.local_snapshot());
+                    self.head.update_alone(self.local_snapshot());
                 }
                 if q.kind == "jobs" {
                     // Alone, this node is a driver's: its session is the one job.
@@ -154,7 +154,7 @@ impl Shared {
             None => {
                 if req == volley_proto::HeadRequest::Directory {
                     // Alone, the head's entry for this node is refreshed only when asked.
-                    self.head.update_self(self.local_snapshot());
+                    self.head.update_alone(self.local_snapshot());
                 }
                 self.head.serve(req)
             }

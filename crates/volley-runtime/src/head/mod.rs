@@ -172,6 +172,13 @@ impl Head {
         self.record(HEAD_ID, info);
     }
 
+    /// The entry of a node that is in no cluster (its own head), refreshed: it shows as node 0,
+    /// the number its task rows, its job and `volley.nodes()` give it.
+    pub fn update_alone(&self, mut info: NodeSnapshot) {
+        info.id = NodeId(0);
+        self.record(HEAD_ID, info);
+    }
+
     /// A member's heartbeat: records its load and directory entries. Gives how long it had been
     /// silent (`None` for a node not in the view, e.g. one declared dead meanwhile) and the view.
     pub fn beat(

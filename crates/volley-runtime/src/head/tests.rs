@@ -191,12 +191,14 @@ fn a_head_keeps_the_membership_of_nodes_that_join_over_tcp() {
 
     let first = node(&dir, 8 << 20);
     let alone = first.head().expect("a lone node is its own head");
-    assert_eq!(alone.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![HEAD_ID]);
+    // Alone it is node 0, as its task rows and `volley.nodes()` say (docs/cluster.md).
+    assert_eq!(alone.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![NodeId(0)]);
 
     let (id, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
     assert_eq!(id, HEAD_ID.0);
     let head = first.head().expect("the cluster's head");
     assert_eq!(head.epoch(), alone.epoch(), "the lone node's head became the cluster's");
+    assert_eq!(head.view().iter().map(|n| n.id).collect::<Vec<_>>(), vec![HEAD_ID], "node 1");
 
     let driver = node(&dir, 8 << 20);
     let (did, _) = driver.join_cluster(cfg(None, Some(addr.clone()), true)).expect("joins");
