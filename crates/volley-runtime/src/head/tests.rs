@@ -449,49 +449,16 @@ fn creation(
     }
 }
 
-/// Over real sockets, with heartbeats a minute apart: a named actor one node creates is found
-/// from another node as soon as the creation returned (its node told the head then; no
-/// heartbeat could have listed it yet).
+/// Over real sockets, with heartbeats a minute apart: a named actor is found from another
+/// node as soon as its creation returned, whether its creator hosts it (the creator told the
+/// head then; no heartbeat could have listed it yet) or placed it on another node (node
+/// affinity: the creator's heartbeat never lists it and the host's next one is a minute away,
+/// so the creator tells the head where it went).
 #[test]
 fn a_named_actor_is_found_from_another_node_as_soon_as_its_creation_returns() {
     let dir = std::env::temp_dir().join(format!("volley-head-created-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a spill dir");
     let token = b"head-created-token".to_vec();
-    let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
-        heartbeat: Duration::from_secs(60),
-        dead_after: Duration::from_secs(300),
-        ..test_cluster_config(&token, listen, head, driver)
-    };
-    let first = node(&dir, 8 << 20);
-    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None, false)).expect("head");
-    let host = node(&dir, 8 << 20);
-    host.join_cluster(cfg(None, Some(addr.clone()), false)).expect("a member joins");
-    let asker = node(&dir, 8 << 20);
-    asker.join_cluster(cfg(None, Some(addr), true)).expect("a driver joins");
-    let class = volley_proto::FunctionId([9; 16]);
-    host.register_function(class, b"class bytes");
-    let made = host.actor(ActorRequest::Create(Box::new(creation(class, "fresh", 77, false))));
-    let ActorAnswer::Found { actor, created: true, .. } = made else { panic!("created: {made:?}") };
-    let found = asker.actor(ActorRequest::Lookup { name: "fresh".into(), namespace: "ns".into() });
-    assert!(
-        matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
-        "found from another node at once: {found:?}"
-    );
-    for n in [asker, host, first] {
-        n.shutdown(Duration::from_millis(200));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Over real sockets, with heartbeats a minute apart: a named actor that a driver's node
-/// places on another node (node affinity) is found from a third node as soon as the creation
-/// returned, at the node that hosts it. (The creating node's heartbeat never lists it, and the
-/// host's next one is a minute away: the creator tells the head where it went.)
-#[test]
-fn a_named_actor_placed_on_another_node_is_found_at_once_where_it_runs() {
-    let dir = std::env::temp_dir().join(format!("volley-head-placed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a spill dir");
-    let token = b"head-placed-token".to_vec();
     let cfg = |listen: Option<&str>, head: Option<String>, driver: bool| crate::ClusterConfig {
         heartbeat: Duration::from_secs(60),
         dead_after: Duration::from_secs(300),
@@ -506,28 +473,37 @@ fn a_named_actor_placed_on_another_node_is_found_at_once_where_it_runs() {
     creator.join_cluster(cfg(None, Some(addr.clone()), true)).expect("a driver joins");
     let asker = node(&dir, 8 << 20);
     asker.join_cluster(cfg(None, Some(addr), true)).expect("another driver joins");
-    let class = volley_proto::FunctionId([8; 16]);
+    let class = volley_proto::FunctionId([9; 16]);
     for n in [&host, &creator] {
         n.register_function(class, b"class bytes");
     }
-    let mut spec = creation(class, "placed", 78, false);
-    spec.options = std::sync::Arc::new(volley_proto::TaskOptions {
+    let mut placed = creation(class, "placed", 78, false);
+    placed.options = std::sync::Arc::new(volley_proto::TaskOptions {
         strategy: volley_proto::Strategy::Node { id: host_id, soft: false },
         ..Default::default()
     });
-    let made = creator.actor(ActorRequest::Create(Box::new(spec)));
-    let ActorAnswer::Found { actor, created: true, .. } = made else { panic!("created: {made:?}") };
-    let ask = HeadRequest::LookupName { namespace: "ns".into(), name: "placed".into() };
-    let listed = first.head().expect("the head").serve(ask);
-    assert!(
-        matches!(&listed, HeadAnswer::Named(Some(n)) if n.actor == actor && n.node == NodeId(host_id)),
-        "listed at once, at the node that runs it ({host_id}): {listed:?}"
-    );
-    let found = asker.actor(ActorRequest::Lookup { name: "placed".into(), namespace: "ns".into() });
-    assert!(
-        matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
-        "found from another node at once: {found:?}"
-    );
+    for (maker, spec) in [(&host, creation(class, "fresh", 77, false)), (&creator, placed)] {
+        let name = match &spec.actor {
+            volley_proto::ActorPart::Create(o) => o.name.clone().unwrap_or_default(),
+            _ => unreachable!("a creation"),
+        };
+        let made = maker.actor(ActorRequest::Create(Box::new(spec)));
+        let ActorAnswer::Found { actor, created: true, .. } = made else {
+            panic!("{name} created: {made:?}")
+        };
+        let ask = HeadRequest::LookupName { namespace: "ns".into(), name: name.clone() };
+        let listed = first.head().expect("the head").serve(ask);
+        assert!(
+            matches!(&listed, HeadAnswer::Named(Some(n)) if n.actor == actor && n.node == NodeId(host_id)),
+            "{name} listed at once, at the node that runs it ({host_id}): {listed:?}"
+        );
+        let found =
+            asker.actor(ActorRequest::Lookup { name: name.clone(), namespace: "ns".into() });
+        assert!(
+            matches!(&found, ActorAnswer::Found { actor: a, created: false, .. } if *a == actor),
+            "{name} found from another node at once: {found:?}"
+        );
+    }
     for n in [asker, creator, host, first] {
         n.shutdown(Duration::from_millis(200));
     }
