@@ -59,9 +59,36 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED] = time.time()
     mark = item.get_closest_marker("one_node")
     if mark is not None and CLUSTER_MODE:
         pytest.skip(f"one machine only: {mark.args[0] if mark.args else ''}")
+
+
+#: The logs of the node daemons tests start (test_cluster.Cluster's, the cluster suite's): a
+#: failed test's report ends with the last lines of each one written during the test, since
+#: what a node saw is often the cause (in CI, the only trace of it).
+NODE_LOGS: list[Path] = []
+_STARTED = pytest.StashKey[float]()
+_LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    since = item.stash.get(_STARTED, 0.0)
+    for log in dict.fromkeys(NODE_LOGS):
+        try:
+            if log.stat().st_mtime < since:
+                continue
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        tail = "\n".join(line[:400] for line in lines[-_LOG_TAIL_LINES:])
+        report.sections.append((f"node log {log} (last {_LOG_TAIL_LINES} lines)", tail))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -411,6 +438,7 @@ def _start_test_cluster(tmp: Path) -> dict:
         port = head.split(":")[1] if i == 0 else str(free_port(host))
         role = ["--head"] if i == 0 else ["--address", head]
         log = open(tmp / f"node-{i}.log", "wb")
+        NODE_LOGS.append(tmp / f"node-{i}.log")
         argv = [sys.executable, "-m", "volley._cli", "start", *role, "--host", host,
                 "--port", port, "--num-cpus", str(cpus), "--token", token, "--block",
                 "--heartbeat-ms", "100", "--dead-after-ms", "2000"]  # fmt: skip

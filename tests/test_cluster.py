@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import NODE_LOGS, wait_for
 
 import volley
 import volley.library
@@ -78,6 +78,7 @@ class Cluster:
         out.close()
         self.procs.append(p)
         self.logs.append(log)
+        NODE_LOGS.append(log)
         self.started.append(f"{host}:{port}")
         deadline = time.monotonic() + 30
         while "listening on" not in log.read_text(errors="replace"):

@@ -295,7 +295,9 @@ def test_a_worker_leaving_at_shutdown_runs_atexit_and_flushes_its_output(tmp_pat
 
 
 FD_LIMIT_DRIVER = """
-import json, os, resource
+import faulthandler, json, os, resource, sys, time
+# Stuck past 90 s (the test waits 120): every thread's stack on stderr, for the report.
+faulthandler.dump_traceback_later(90, exit=True)
 resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
 import volley
 volley.init(num_cpus=1)
@@ -307,14 +309,20 @@ class A:
 
 actors = [A.remote() for _ in range(40)]
 answered, died = 0, []
-for a in actors:
+for i, a in enumerate(actors):
+    t = time.monotonic()
     try:
         volley.get(a.pid.remote(), timeout=60)
         answered += 1
     except volley.ActorDiedError as e:
         died.append(str(e))
-print("RESULT " + json.dumps([answered, died[:1], len(died)]))
+    if time.monotonic() - t > 5:
+        print(f"actor {i} took {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+print("RESULT " + json.dumps([answered, died[:1], len(died)]), flush=True)
+t = time.monotonic()
 volley.shutdown()
+if time.monotonic() - t > 5:
+    print(f"shutdown took {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
 """
 
 
