@@ -124,6 +124,9 @@ pub(crate) struct Cluster {
     dropped: Mutex<(u64, Option<Instant>)>,
     /// (On the head) questions for drivers' nodes, sent with their heartbeats' answers.
     over_beat: Arc<node_ask::OverBeat>,
+    /// (A member) since when its heartbeats have not reached the head (it keeps trying to join
+    /// again); `None` while they do.
+    head_lost: Mutex<Option<Instant>>,
 }
 
 fn proto(e: ProtoError) -> RuntimeError {
@@ -184,6 +187,7 @@ impl Cluster {
             refused: Mutex::new(VecDeque::new()),
             dropped: Mutex::new((0, None)),
             over_beat: Arc::default(),
+            head_lost: Mutex::new(None),
             cfg,
         });
         if !c.cfg.driver {
@@ -234,6 +238,14 @@ impl Cluster {
     }
 
     /// Whether this node is the cluster's head.
+    /// (A member) the head's address and how long this node has not reached it, while its
+    /// heartbeats fail: a wait explains itself with it (what this node knows of the cluster
+    /// is what it had heard before).
+    pub(crate) fn head_unreached(&self) -> Option<(&str, Duration)> {
+        let since = (*self.head_lost.lock())?;
+        Some((self.cfg.head.as_deref().unwrap_or("?"), since.elapsed()))
+    }
+
     pub(crate) fn is_head(&self) -> bool {
         self.head.is_some()
     }

@@ -540,6 +540,14 @@ impl Node {
                 }
             }
         }
+        drop(st);
+        if let Some((head, lost)) = self.cluster.get().and_then(|c| c.head_unreached()) {
+            lines.push(format!(
+                "this node has not reached the cluster's head at {head} for {:.0} s (it keeps \
+                 trying): it knows only the nodes it heard of before, less those it lost since",
+                lost.as_secs_f64()
+            ));
+        }
         lines
     }
 

@@ -142,6 +142,7 @@ impl Cluster {
                 continue;
             }
             // The head is gone: keep the last view, and join again when it is back.
+            self.head_lost.lock().get_or_insert_with(Instant::now);
             let mut refused: Option<String> = None;
             loop {
                 std::thread::sleep(Duration::from_millis(500));
@@ -150,6 +151,7 @@ impl Cluster {
                 }
                 match self.join() {
                     Ok((s2, _)) => {
+                        *self.head_lost.lock() = None;
                         if refused.is_some() {
                             crate::diag::event!(Info, "volley: rejoined the cluster's head");
                         }
@@ -256,6 +258,15 @@ impl Cluster {
         mut s: Conn,
         mut r: FrameReader<&Conn>,
     ) {
+        // Shut down with the rest when this node closes: a member whose head stopped must see
+        // its connection end, not a head that answers on.
+        let key = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        if let Ok(k) = s.try_clone() {
+            self.sockets.lock().insert(key, k);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         let id = head.join(info.clone());
         crate::diag::event!(
             Info,
@@ -265,6 +276,7 @@ impl Cluster {
             if info.driver { " (driver)" } else { "" }
         );
         if send(&mut s, &PeerMsg::Welcome { id, epoch: head.epoch() }).is_err() {
+            self.sockets.lock().remove(&key);
             return self.member_left(head, id);
         }
         self.over_beat.open(id);
@@ -324,6 +336,7 @@ impl Cluster {
                 }
             }
         }
+        self.sockets.lock().remove(&key);
         self.member_left(head, id);
     }
 

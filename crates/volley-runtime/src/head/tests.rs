@@ -510,6 +510,32 @@ fn a_named_actor_is_found_from_another_node_as_soon_as_its_creation_returns() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Over real sockets: a driver whose head stopped answering (it shut down: its member
+/// connections close with it) says so when it explains a wait (a `get` that timed out).
+#[test]
+fn a_wait_says_the_cluster_head_does_not_answer() {
+    let dir = std::env::temp_dir().join(format!("volley-head-lost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a spill dir");
+    let token = b"head-lost-token".to_vec();
+    let first = node(&dir, 8 << 20);
+    let cfg = |listen: Option<&str>, head: Option<String>| {
+        test_cluster_config(&token, listen, head, true)
+    };
+    let (_, addr) = first.join_cluster(cfg(Some("127.0.0.1:0"), None)).expect("head");
+    let driver = node(&dir, 8 << 20);
+    driver.join_cluster(cfg(None, Some(addr.clone()))).expect("a driver joins");
+    // What a get waits for: a task's value (whatever it waits on, the head's silence is said).
+    let oid = volley_proto::ObjectId { task: volley_proto::TaskId(0x10057), index: 1 };
+    let said = |n: &crate::Node| n.explain_wait(&[oid], 8).join(" | ");
+    assert!(!said(&driver).contains("has not reached the cluster's head"), "{}", said(&driver));
+    first.shutdown(Duration::from_millis(200));
+    poll("the driver to say its head does not answer", || {
+        said(&driver).contains(&format!("has not reached the cluster's head at {addr} for"))
+    });
+    driver.shutdown(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Over real sockets: two drivers' nodes create an actor of one name at once, many times;
 /// exactly one creation succeeds each time, the other gets the duplicate-name error.
 #[test]
