@@ -280,7 +280,7 @@ impl Node {
     pub fn head(&self) -> Option<Arc<Head>> {
         match self.cluster.get() {
             Some(c) if !c.is_head() => return None,
-            Some(_) => self.head.update_self(self.shared.local_snapshot()),
+            Some(_) => self.head.refresh_self(self.shared.local_snapshot()),
             None => self.head.update_alone(self.shared.local_snapshot()),
         }
         Some(self.head.clone())

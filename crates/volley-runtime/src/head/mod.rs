@@ -38,6 +38,22 @@ pub use store::{HeadStore, JobInfo, MemoryStore};
 /// in between by this much at most).
 const RESERVATION: Duration = Duration::from_secs(10);
 
+/// A named actor the head listed at its creation (`name_created`, `name_placed`) leaves the
+/// directory at the this-many-th heartbeat of the node that runs it that does not list it
+/// (the ones before may have been built before the creation reached that node). One that died
+/// before any heartbeat listed it leaves then, not a whole [`RESERVATION`] later.
+const UNLISTED_BEATS: u8 = 3;
+
+/// A name held for an actor the directory does not list from its node's heartbeats yet.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    owner: NodeId,
+    at: Instant,
+    /// (A listed actor's claim) how many more heartbeats of `owner` it outlives unlisted;
+    /// `None` for a claim ahead of a creation (`reserve_name`), which only time ends.
+    beats: Option<u8>,
+}
+
 /// The head's own number in the cluster (members get 2, 3, ... in joining order).
 pub const HEAD_ID: NodeId = NodeId(1);
 
@@ -52,7 +68,7 @@ pub struct Head {
     kv_versions: Mutex<KvVersions>,
     /// Names claimed for creations not yet in the directory, with the claiming node and when
     /// (locked after `dir`, never before it).
-    reserved: Mutex<HashMap<(String, String), (NodeId, Instant)>>,
+    reserved: Mutex<HashMap<(String, String), Claim>>,
     /// Submitted jobs (`volley job submit`), run by a cluster's head only.
     jobs: Arc<jobs::Jobs>,
     /// The task and actor tables of the state API (see `state`): the cluster's on the head; on
@@ -153,7 +169,7 @@ impl Head {
             }
             self.dir.lock().put_job(job);
         }
-        self.record(id, info);
+        self.record(id, info, true);
         id
     }
 
@@ -166,17 +182,24 @@ impl Head {
         }
     }
 
-    /// The head's own entry, refreshed (its load, what it hosts).
+    /// The head's own entry, refreshed (its load, what it hosts): its heartbeat.
     pub fn update_self(&self, mut info: NodeSnapshot) {
         info.id = HEAD_ID;
-        self.record(HEAD_ID, info);
+        self.record(HEAD_ID, info, true);
+    }
+
+    /// The head's own entry, refreshed for a question (not a heartbeat: a claim's count of
+    /// heartbeats does not move).
+    pub fn refresh_self(&self, mut info: NodeSnapshot) {
+        info.id = HEAD_ID;
+        self.record(HEAD_ID, info, false);
     }
 
     /// The entry of a node that is in no cluster (its own head), refreshed: it shows as node 0,
     /// the number its task rows, its job and `volley.nodes()` give it.
     pub fn update_alone(&self, mut info: NodeSnapshot) {
         info.id = NodeId(0);
-        self.record(HEAD_ID, info);
+        self.record(HEAD_ID, info, false);
     }
 
     /// A member's heartbeat: records its load and directory entries. Gives how long it had been
@@ -188,7 +211,7 @@ impl Head {
     ) -> (Option<Duration>, Vec<NodeSnapshot>) {
         info.id = id;
         let gap = self.members.lock().nodes.get(&id).map(|(_, seen)| seen.elapsed());
-        self.record(id, info);
+        self.record(id, info, true);
         (gap, self.view())
     }
 
@@ -212,7 +235,7 @@ impl Head {
         let info = self.members.lock().nodes.remove(&id).map(|(i, _)| i)?;
         let mut dir = self.dir.lock();
         forget_node(dir.as_mut(), id);
-        self.reserved.lock().retain(|_, (owner, _)| *owner != id);
+        self.reserved.lock().retain(|_, c| c.owner != id);
         if let Some(mut job) = dir.job(id).filter(|j| j.ended_ms.is_none()) {
             job.ended_ms = Some(now_ms());
             dir.put_job(job);
@@ -229,14 +252,15 @@ impl Head {
     }
 
     /// Records a node's entry and what it reports for the directory: the named actors it hosts
-    /// and the placement groups its driver made replace what it reported before.
-    fn record(&self, id: NodeId, info: NodeSnapshot) {
+    /// and the placement groups its driver made replace what it reported before. `beat`: it
+    /// is the node's heartbeat (see [`Claim::beats`]).
+    fn record(&self, id: NodeId, info: NodeSnapshot, beat: bool) {
         {
             let mut dir = self.dir.lock();
             let dir = dir.as_mut();
             // A name its node reported at creation (`name_created`) stays listed until a
             // heartbeat lists it too: this one may have been built before the creation.
-            let claimed = self.claims_of(id, &info);
+            let claimed = self.claims_of(id, &info, beat);
             for a in dir.actors() {
                 // A detached actor without a name is told from others by its id.
                 let kept = info.named.iter().any(|n| {
@@ -265,17 +289,32 @@ impl Head {
     }
 
     /// The names node `id` holds a fresh claim on; the claims of those its heartbeat `info`
-    /// lists end (the listing holds the name from now on).
-    fn claims_of(&self, id: NodeId, info: &NodeSnapshot) -> Vec<(String, String)> {
+    /// lists end (the listing holds the name from now on), and so do those of listed actors
+    /// past their [`UNLISTED_BEATS`].
+    fn claims_of(&self, id: NodeId, info: &NodeSnapshot, beat: bool) -> Vec<(String, String)> {
         let mut reserved = self.reserved.lock();
         if reserved.is_empty() {
             return Vec::new();
         }
-        reserved.retain(|key, (owner, at)| {
-            let listed = info.named.iter().any(|n| n.namespace == key.0 && n.name == key.1);
-            at.elapsed() < RESERVATION && !(*owner == id && listed)
+        reserved.retain(|key, c| {
+            if c.at.elapsed() >= RESERVATION {
+                return false;
+            }
+            if c.owner != id {
+                return true;
+            }
+            if info.named.iter().any(|n| n.namespace == key.0 && n.name == key.1) {
+                return false;
+            }
+            match &mut c.beats {
+                Some(n) if beat => {
+                    *n = n.saturating_sub(1);
+                    *n > 0
+                }
+                _ => true,
+            }
         });
-        reserved.iter().filter(|(_, (owner, _))| *owner == id).map(|(k, _)| k.clone()).collect()
+        reserved.iter().filter(|(_, c)| c.owner == id).map(|(k, _)| k.clone()).collect()
     }
 
     // ------------------------------------------------------------------ directory
@@ -482,15 +521,15 @@ impl Head {
         let key = (namespace.to_string(), name.to_string());
         let listed = dir.actors().into_iter().find(|a| a.namespace == key.0 && a.name == key.1);
         let mut reserved = self.reserved.lock();
-        reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
+        reserved.retain(|_, c| c.at.elapsed() < RESERVATION);
         if let Some(a) = listed {
             return if a.node == node { Reservation::Mine } else { Reservation::Taken };
         }
         match reserved.get(&key) {
-            Some((owner, _)) if *owner == node => Reservation::Mine,
+            Some(c) if c.owner == node => Reservation::Mine,
             Some(_) => Reservation::Taken,
             None => {
-                reserved.insert(key, (node, Instant::now()));
+                reserved.insert(key, Claim { owner: node, at: Instant::now(), beats: None });
                 Reservation::Reserved
             }
         }
@@ -498,8 +537,8 @@ impl Head {
 
     /// Lists a named actor its node (`actor.node`) just created, without waiting for that
     /// node's next heartbeat; false if another node holds the name (its actor, or its claim).
-    /// The name stays claimed for the node a while, so that a heartbeat built before the
-    /// creation does not unlist it (see `record`).
+    /// The name stays claimed for the node for a few of its heartbeats ([`UNLISTED_BEATS`]),
+    /// so that one built before the creation does not unlist it (see `record`).
     pub fn name_created(&self, actor: NamedActor) -> bool {
         self.list_made(actor, None)
     }
@@ -526,12 +565,13 @@ impl Head {
             return false;
         }
         let mut reserved = self.reserved.lock();
-        reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION);
+        reserved.retain(|_, c| c.at.elapsed() < RESERVATION);
         let ours = |owner: NodeId| owner == actor.node || Some(owner) == creator;
-        if reserved.get(&key).is_some_and(|(owner, _)| !ours(*owner)) {
+        if reserved.get(&key).is_some_and(|c| !ours(c.owner)) {
             return false;
         }
-        reserved.insert(key, (actor.node, Instant::now()));
+        let claim = Claim { owner: actor.node, at: Instant::now(), beats: Some(UNLISTED_BEATS) };
+        reserved.insert(key, claim);
         dir.put_actor(actor);
         true
     }
@@ -540,7 +580,7 @@ impl Head {
     pub fn release_name(&self, namespace: &str, name: &str, node: NodeId) -> bool {
         let key = (namespace.to_string(), name.to_string());
         let mut reserved = self.reserved.lock();
-        if reserved.get(&key).is_some_and(|(owner, _)| *owner == node) {
+        if reserved.get(&key).is_some_and(|c| c.owner == node) {
             reserved.remove(&key);
             return true;
         }

@@ -415,6 +415,21 @@ fn a_creators_claim_passes_to_the_node_it_placed_the_actor_on() {
     assert!(matches!(ask(), HeadAnswer::Named(Some(n)) if n.node == host), "{:?}", ask());
     assert_eq!(h.reserve_name("ns", "x", host), Reservation::Mine);
     assert_eq!(h.reserve_name("ns", "x", creator), Reservation::Taken);
+    // The host's heartbeat lists it (the claim ends), then one does not (it died): unlisted.
+    h.beat(host, NodeSnapshot { named: vec![placed.clone()], ..info("h", false) });
+    h.beat(host, info("h", false));
+    assert!(matches!(ask(), HeadAnswer::Named(None)), "{:?}", ask());
+    // One that dies before any heartbeat of its host lists it: unlisted at the host's third
+    // heartbeat without it (the ones before may have been built before it was made there),
+    // not once its claim lapses 10 s later.
+    assert_eq!(h.reserve_name("ns", "z", creator), Reservation::Reserved);
+    assert!(h.name_placed(NamedActor { node: host, ..actor("z") }, creator));
+    let z = || h.serve(HeadRequest::LookupName { namespace: "ns".into(), name: "z".into() });
+    for beat in 1..=3 {
+        assert!(matches!(z(), HeadAnswer::Named(Some(_))), "listed before beat {beat}");
+        h.beat(host, info("h", false));
+    }
+    assert!(matches!(z(), HeadAnswer::Named(None)), "{:?}", z());
     // The creator listed it at itself first (it waited for its arguments), then placed it.
     assert_eq!(h.reserve_name("ns", "y", creator), Reservation::Reserved);
     assert!(h.name_created(NamedActor { node: creator, ..actor("y") }));
