@@ -402,9 +402,8 @@ class _Router:
                 try:
                     r = _Replica(name, volley.get_actor(name, namespace=NAMESPACE))
                 except ValueError:
-                    # Stopped since the document was written, or its name is not known here
-                    # yet (a replica another node placed on a third is listed at the head by
-                    # that node's next heartbeat): asked again at the next refresh.
+                    # Stopped since the document was written (or, with a head that did not
+                    # answer its creator, not listed yet): asked again at the next refresh.
                     unresolved += 1
                     continue
             if r is not None:
