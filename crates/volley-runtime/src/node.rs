@@ -76,6 +76,9 @@ pub struct Node {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// serve's HTTP ingress, idle unless this node is the head and serve is started.
     ingress: Arc<crate::serve::Ingress>,
+    /// The socket workers connect to (the accept thread holds it too): shut down to end that
+    /// thread's `accept`.
+    listener: Arc<UnixListener>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -100,7 +103,7 @@ impl Node {
         let socket_name = format!("volley-{}-{}", std::process::id(), random_hex(8));
         // An abstract socket: nothing on the filesystem to clean up, even after a SIGKILL.
         let addr = SocketAddr::from_abstract_name(socket_name.as_bytes())?;
-        let listener = UnixListener::bind_addr(&addr)?;
+        let listener = Arc::new(UnixListener::bind_addr(&addr)?);
         let mut sc = Config::with_cpus(cfg.num_cpus);
         sc.resources = cfg.resources.iter().cloned().collect();
         sc.pipeline_depth = cfg.pipeline_depth;
@@ -162,10 +165,11 @@ impl Node {
                 .spawn(move || supervisor::run(s, spec, rx, log_tx))?,
         );
         let s = shared.clone();
+        let l = listener.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("volley-accept".into())
-                .spawn(move || accept_loop(s, listener))?,
+                .spawn(move || accept_loop(s, l))?,
         );
         shared.with(|st, out| st.sched.start(out));
         let head = shared.head.clone();
@@ -176,6 +180,7 @@ impl Node {
             head,
             threads: Mutex::new(threads),
             ingress,
+            listener,
         })
     }
 
@@ -572,10 +577,12 @@ impl Node {
             let _ = c.send(&bye);
         }
         let _ = self.shared.sup.lock().send(SupCmd::Stop(grace));
-        // Wake the accept loop so it sees `closed`.
-        if let Ok(addr) = SocketAddr::from_abstract_name(self.shared.socket_name.as_bytes()) {
-            let _ = UnixStream::connect_addr(&addr);
-        }
+        // End the accept loop's `accept` (it sees `closed` then). Not by connecting to the
+        // socket: that needs a descriptor, and a process out of them hung here for good.
+        // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
+        unsafe {
+            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*self.listener), libc::SHUT_RDWR)
+        };
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
@@ -600,7 +607,7 @@ impl Drop for Node {
 /// Connections to the node's socket refused because another user made them.
 static FOREIGN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+fn accept_loop(shared: Arc<Shared>, listener: Arc<UnixListener>) {
     let mut backoff = Duration::ZERO;
     for stream in listener.incoming() {
         if shared.closed.load(Ordering::Acquire) {

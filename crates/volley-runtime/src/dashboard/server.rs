@@ -360,11 +360,10 @@ async fn query(
     };
     // The clock that stamps the node's rows, read before the rows are: a client that asks
     // again for what changed since (`changed_ms>`) starts from here, not from its own clock,
-    // which may be another machine's. Less a millisecond: a row that changes in the same
-    // millisecond after this reading is stamped with it, and `>` would miss it (one that
-    // changed in it before comes twice instead).
+    // which may be another machine's. What changes after this reading, even in the same
+    // millisecond, is stamped after it.
     let src = app.source.clone();
-    let now_ms = src.now_ms().saturating_sub(1);
+    let now_ms = src.now_ms();
     match blocking(move || src.query(&q)).await {
         Ok(v) => {
             let mut r = json(StatusCode::OK, &v);

@@ -257,6 +257,9 @@ pub struct Tables {
     /// one): what changed after [`Tables::now_ms`] was read is stamped after it.
     epoch: Instant,
     wall_at_epoch: AtomicU64,
+    /// The least stamp from now on: one past the last [`Tables::now_ms`] reading, so that a row
+    /// that changes after a reading is stamped after it even in the same millisecond.
+    floor: AtomicU64,
 }
 
 impl Default for Tables {
@@ -281,14 +284,24 @@ impl Tables {
             job_names: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             wall_at_epoch: AtomicU64::new(now_ms()),
+            floor: AtomicU64::new(0),
         }
     }
 
     /// The time of day (ms since the Unix epoch) on the clock that stamps this node's rows:
-    /// a row that changes after this reading has a later `changed_ms` (the dashboard's
-    /// `X-Volley-Now-Ms`, for a client that asks next for what changed since).
+    /// a row that changes after this reading has a later `changed_ms`, and one that changed
+    /// before it has no later one (the dashboard's `X-Volley-Now-Ms`, for a client that asks
+    /// next for what changed since).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.wall_at_epoch.load(Ordering::Relaxed) + self.epoch.elapsed().as_millis() as u64
+        let now = self.stamp(self.epoch.elapsed());
+        self.floor.fetch_max(now + 1, Ordering::Relaxed);
+        now
+    }
+
+    /// The stamp of what happens `since_epoch` after `epoch`: never before the floor.
+    fn stamp(&self, since_epoch: std::time::Duration) -> u64 {
+        let wall = self.wall_at_epoch.load(Ordering::Relaxed) + since_epoch.as_millis() as u64;
+        wall.max(self.floor.load(Ordering::Relaxed))
     }
 
     /// From now on, changed rows are kept for [`Tables::take_batch`] (a member of a cluster).
@@ -323,8 +336,7 @@ impl Tables {
         let me = sched.node_id().unwrap_or(NodeId(0));
         let mut events = Vec::new();
         sched.swap_events(&mut events);
-        let wall = self.wall_at_epoch.load(Ordering::Relaxed);
-        let now = wall + at.saturating_duration_since(self.epoch).as_millis() as u64;
+        let now = self.stamp(at.saturating_duration_since(self.epoch));
         let n = self.log_events(&mut events, sched, me, now);
         // Hand the (empty) buffer back so that the scheduler does not allocate a new one.
         sched.swap_events(&mut events);
