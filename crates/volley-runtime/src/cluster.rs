@@ -26,7 +26,7 @@
 //! `output` (worker output to the drivers) and `status` (`volley status` asking the head).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -127,6 +127,9 @@ pub(crate) struct Cluster {
     /// (A member) since when its heartbeats have not reached the head (it keeps trying to join
     /// again); `None` while they do.
     head_lost: Mutex<Option<Instant>>,
+    /// Where peers connect (the accept thread holds it too): shut down to end its `accept`,
+    /// and let go of then (the port is free once that thread has ended).
+    listener: Mutex<Option<Arc<TcpListener>>>,
 }
 
 fn proto(e: ProtoError) -> RuntimeError {
@@ -150,7 +153,7 @@ impl Cluster {
         head: Arc<Head>,
     ) -> Result<Arc<Cluster>, RuntimeError> {
         let listener = match &cfg.listen {
-            Some(a) => Some(TcpListener::bind(a)?),
+            Some(a) => Some(Arc::new(TcpListener::bind(a)?)),
             None => None,
         };
         let addr = match &listener {
@@ -188,6 +191,7 @@ impl Cluster {
             dropped: Mutex::new((0, None)),
             over_beat: Arc::default(),
             head_lost: Mutex::new(None),
+            listener: Mutex::new(listener.clone()),
             cfg,
         });
         if !c.cfg.driver {
@@ -267,11 +271,11 @@ impl Cluster {
         }
         self.links.lock().clear();
         self.incoming.lock().clear();
-        if self.cfg.listen.is_some() {
-            // Wake the accept loop so it sees `closed`.
-            if let Some(a) = self.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                let _ = TcpStream::connect_timeout(&a, Duration::from_millis(200));
-            }
+        if let Some(l) = self.listener.lock().take() {
+            // End the accept loop's `accept` (it sees `closed` then), without a connection
+            // (which a process out of descriptors cannot make): the port is free again at once.
+            // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
+            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*l), libc::SHUT_RDWR) };
         }
     }
 

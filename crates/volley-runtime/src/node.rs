@@ -77,8 +77,8 @@ pub struct Node {
     /// serve's HTTP ingress, idle unless this node is the head and serve is started.
     ingress: Arc<crate::serve::Ingress>,
     /// The socket workers connect to (the accept thread holds it too): shut down to end that
-    /// thread's `accept`.
-    listener: Arc<UnixListener>,
+    /// thread's `accept`, and let go of then.
+    listener: Mutex<Option<Arc<UnixListener>>>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -180,7 +180,7 @@ impl Node {
             head,
             threads: Mutex::new(threads),
             ingress,
-            listener,
+            listener: Mutex::new(Some(listener)),
         })
     }
 
@@ -579,10 +579,10 @@ impl Node {
         let _ = self.shared.sup.lock().send(SupCmd::Stop(grace));
         // End the accept loop's `accept` (it sees `closed` then). Not by connecting to the
         // socket: that needs a descriptor, and a process out of them hung here for good.
-        // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
-        unsafe {
-            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*self.listener), libc::SHUT_RDWR)
-        };
+        if let Some(l) = self.listener.lock().take() {
+            // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
+            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*l), libc::SHUT_RDWR) };
+        }
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }

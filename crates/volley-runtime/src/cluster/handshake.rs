@@ -167,7 +167,7 @@ fn is_exhausted(e: &std::io::Error) -> bool {
 impl Cluster {
     /// Accepts peers, each served on a thread of its own (see [`MAX_PENDING`] for the bound on
     /// those still in their handshake).
-    pub(super) fn accept_loop(self: Arc<Self>, l: TcpListener) {
+    pub(super) fn accept_loop(self: Arc<Self>, l: Arc<TcpListener>) {
         let mut backoff = Duration::ZERO;
         let mut said: (u64, Option<Instant>) = (0, None); // failures not reported, when last
         loop {

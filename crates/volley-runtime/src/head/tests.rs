@@ -544,6 +544,8 @@ fn a_wait_says_the_cluster_head_does_not_answer() {
     let said = |n: &crate::Node| n.explain_wait(&[oid], 8).join(" | ");
     assert!(!said(&driver).contains("has not reached the cluster's head"), "{}", said(&driver));
     first.shutdown(Duration::from_millis(200));
+    // Its port is free again (its accept thread ended and let go of the socket).
+    poll("the head's port to be free", || std::net::TcpListener::bind(&addr).is_ok());
     poll("the driver to say its head does not answer", || {
         said(&driver).contains(&format!("has not reached the cluster's head at {addr} for"))
     });
