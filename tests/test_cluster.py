@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NODE_LOGS, wait_for
+from conftest import NODE_LOGS, proc_state, wait_for
 
 import volley
 import volley.library
@@ -375,15 +375,9 @@ class Counter:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:  # reaped between the kill(0) and the read
-        return False
-    return stat[0] != "Z"
+    # (A process that exits between opening its stat and reading it fails the read with
+    # ESRCH: proc_state says None for that too.)
+    return proc_state(pid) not in (None, "Z")
 
 
 def test_actors_are_placed_on_the_nodes_and_keep_order(cluster):

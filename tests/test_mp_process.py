@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import finish_driver, start_driver, write_script
+from conftest import finish_driver, proc_state, start_driver, write_script
 
 import volley
 from volley import _mp_process
@@ -57,11 +57,7 @@ def start_child_from_daemon(q) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return proc_state(pid) not in (None, "Z")
 
 
 def test_a_process_sigkilled_from_outside_ends_with_minus_9_and_join_returns(volley_shared):
