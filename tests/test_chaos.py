@@ -68,7 +68,9 @@ def _volley_tmp_files() -> set[str]:
 
 
 def _leftovers_snapshot() -> tuple[set[str], set[str]]:
-    return set(os.listdir("/dev/shm")), _volley_tmp_files()
+    # Only volley's names: another test process (joblib's semaphores) uses /dev/shm meanwhile.
+    shm = {n for n in os.listdir("/dev/shm") if "volley" in n.lower()}
+    return shm, _volley_tmp_files()
 
 
 def _my_sockets() -> list[str]:
