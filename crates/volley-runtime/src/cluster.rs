@@ -127,8 +127,7 @@ pub(crate) struct Cluster {
     /// (A member) since when its heartbeats have not reached the head (it keeps trying to join
     /// again); `None` while they do.
     head_lost: Mutex<Option<Instant>>,
-    /// Where peers connect (the accept thread holds it too): shut down to end its `accept`,
-    /// and let go of then (the port is free once that thread has ended).
+    /// Where peers connect (the accept thread holds it too; see `node::stop_accepting`).
     listener: Mutex<Option<Arc<TcpListener>>>,
 }
 
@@ -271,12 +270,7 @@ impl Cluster {
         }
         self.links.lock().clear();
         self.incoming.lock().clear();
-        if let Some(l) = self.listener.lock().take() {
-            // End the accept loop's `accept` (it sees `closed` then), without a connection
-            // (which a process out of descriptors cannot make): the port is free again at once.
-            // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
-            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*l), libc::SHUT_RDWR) };
-        }
+        crate::node::stop_accepting(&self.listener);
     }
 
     /// This node's description, for the head.

@@ -76,8 +76,7 @@ pub struct Node {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// serve's HTTP ingress, idle unless this node is the head and serve is started.
     ingress: Arc<crate::serve::Ingress>,
-    /// The socket workers connect to (the accept thread holds it too): shut down to end that
-    /// thread's `accept`, and let go of then.
+    /// The socket workers connect to (the accept thread holds it too; see `stop_accepting`).
     listener: Mutex<Option<Arc<UnixListener>>>,
 }
 
@@ -577,12 +576,7 @@ impl Node {
             let _ = c.send(&bye);
         }
         let _ = self.shared.sup.lock().send(SupCmd::Stop(grace));
-        // End the accept loop's `accept` (it sees `closed` then). Not by connecting to the
-        // socket: that needs a descriptor, and a process out of them hung here for good.
-        if let Some(l) = self.listener.lock().take() {
-            // SAFETY: `shutdown(2)` on a socket this node owns (the `Arc` keeps it open).
-            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*l), libc::SHUT_RDWR) };
-        }
+        stop_accepting(&self.listener);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
@@ -601,6 +595,18 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown(Duration::from_millis(500));
+    }
+}
+
+/// Ends the `accept` an accept loop waits in on the listener in `slot` (the loop sees its
+/// node closed then, ends, and drops its own `Arc`), and lets go of it: once that loop has ended
+/// the socket is closed (a TCP port is free again). Not by connecting to the socket to wake the
+/// loop: that needs a descriptor, and `volley.shutdown()` in a process out of them waited for
+/// the loop for good.
+pub(crate) fn stop_accepting<L: std::os::fd::AsRawFd>(slot: &Mutex<Option<Arc<L>>>) {
+    if let Some(l) = slot.lock().take() {
+        // SAFETY: `shutdown(2)` on a socket we hold open (the `Arc`); no memory is involved.
+        unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 

@@ -80,9 +80,7 @@ pub trait Source: Send + Sync + 'static {
     /// (`X-Volley-Now-Ms`): a row that changes after this reading has a later `changed_ms`.
     /// By default the system's clock.
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::state::now_ms()
     }
 
     /// Log lines for `GET /api/v0/logs` with its query parameters as given (`node`, `worker`,

@@ -48,12 +48,7 @@ impl Source for NodeSource {
 
     /// The clock this node's task rows are stamped with (it never moves back).
     fn now_ms(&self) -> u64 {
-        let system = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
-        };
-        Self::with_node(|n| Ok(n.rows_clock_ms())).unwrap_or_else(|_| system())
+        Self::with_node(|n| Ok(n.rows_clock_ms())).unwrap_or_else(|_| crate::state::now_ms())
     }
 
     /// Every kind through the state API (`Node::state_query`), as `volley list` asks it.
