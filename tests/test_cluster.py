@@ -551,11 +551,15 @@ def test_actor_handles_passed_to_tasks_on_other_nodes(cluster):
 
     @volley.remote(num_cpus=0.5)
     def bump(handle, n):
-        # Runs on any node; its calls go to the actor's node, in this task's order.
+        # Its calls go to the actor's node, in this task's order.
         refs = [handle.incr.remote() for _ in range(n)]
         return os.environ["VOLLEY_NODE_ADDRESS"], volley.get(refs)
 
-    out = volley.get([bump.remote(counter, 10) for _ in range(6)])
+    # Two on each node, the actor's own included: six short tasks left to the scheduler may
+    # all run on one node (SPREAD too), and then no handle would have left the actor's node.
+    ids = sorted(n["node_id"] for n in volley.nodes() if not n["driver"])
+    on = [volley.NodeAffinitySchedulingStrategy(ids[i % len(ids)]) for i in range(6)]
+    out = volley.get([bump.options(scheduling_strategy=s).remote(counter, 10) for s in on])
     assert len({node for node, _ in out} - {home}) >= 1  # some ran away from the actor
     for _, values in out:
         assert values == sorted(values)  # each caller's calls in its order
