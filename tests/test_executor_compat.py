@@ -102,6 +102,25 @@ def test_the_map_iterator_keeps_no_result_it_returned(chunksize):
         assert last == [1, 2, 3]
 
 
+def test_a_result_the_caller_waited_for_is_not_kept_before_the_completing_thread_sees_it():
+    """``result()`` waits in volley itself; volley's thread that completes futures may see the
+    call end much later (on a loaded machine). The executor must not keep the result until
+    then (CPython's test_free_reference failed in CI on it). That thread is held off here
+    (it takes ``_futures._lock`` for every completion), so only the caller's path runs."""
+    from volley import _futures
+
+    with Executor(max_workers=8) as ex:
+        it = ex.map(Payload, range(6))  # all six running: nothing left to start meanwhile
+        with _futures._lock:
+            for i in range(6):
+                first = next(it)
+                assert first.i == i
+                ref = weakref.ref(first)
+                del first
+                assert collected([ref]), "the executor kept a result the iterator returned"
+            assert not ex._running
+
+
 # ------------------------------------------------------------------ bug 12: the arguments
 
 

@@ -183,11 +183,17 @@ class _Future(cf.Future):
         except BaseException as e:  # the call's own error
             err = _stdlib_error(e)
             self._settle(None, err)
-            executor = self._executor()
-            if executor is not None:
-                executor._check_broken(err)
         else:
+            err = None
             self._settle(value, None)
+            del value
+        executor = self._executor()
+        if executor is not None:
+            # Done here before the thread that completes volley's futures sees it: the executor
+            # forgets the call now, so that it keeps no result this future returns.
+            executor._forget(ref)
+            executor._check_broken(err)
+            executor._dispatch()
 
     def result(self, timeout: float | None = None) -> Any:
         self._wait_volley(timeout)
@@ -434,17 +440,26 @@ class Executor(cf.Executor):
         return rf
 
     def _finished(self, ref: Any, vf: cf.Future) -> None:
+        """A call finished (in the thread that completes volley's futures). The next queued
+        call starts first and the caller's future is settled last: this thread holds the
+        result only for the instant it hands it over, not while it submits more work (the
+        map iterator promises to keep no result it returned, and so does this thread)."""
         e = vf.exception()
         err = None if e is None else _stdlib_error(e)
+        fut = self._forget(ref)
+        self._check_broken(err)
+        self._dispatch()
+        if fut is not None:
+            fut._settle(vf.result() if e is None else None, err)
+
+    def _forget(self, ref: Any) -> _Future | None:
+        """The call of ``ref`` is over: its future, no longer among the running ones (None if
+        it was forgotten already)."""
         with self._lock:
             fut = self._running.pop(ref, None)
             if not self._running and not self._queue:
                 self._idle.notify_all()
-        if fut is not None:
-            fut._settle(vf.result() if e is None else None, err)
-        self._check_broken(err)
-        del fut, vf, e, err
-        self._dispatch()
+        return fut
 
     def _check_broken(self, err: BaseException | None) -> None:
         """Breaks the executor if ``err`` (a call's) says its initializer raised."""
