@@ -503,11 +503,22 @@ def test_runtime_env_ships_the_drivers_code_and_files_to_every_node(cluster, tmp
     assert "NESTED 15" in out.stdout and "ACTOR 21" in out.stdout
 
 
+@volley.remote(num_cpus=0.25)
+def spread_from_a_task():
+    spread = where.options(scheduling_strategy="SPREAD", num_cpus=0.25)
+    return [volley.get(spread.remote(0), timeout=30) for _ in range(6)]
+
+
 def test_scheduling_strategies(cluster):
     nodes = {n["address"]: n["node_id"] for n in volley.nodes() if not n["driver"]}
-    # SPREAD: short tasks that would all fit on one node still go to every node.
+    # SPREAD: short tasks that would all fit on one node still go to every node, even when
+    # each ends before the next is sent (the nodes take turns, as in Ray).
     spread = where.options(scheduling_strategy="SPREAD", num_cpus=0.25)
     assert set(volley.get([spread.remote(0.2) for _ in range(6)])) == set(cluster.addrs)
+    one_by_one = [volley.get(spread.remote(0), timeout=30) for _ in range(6)]
+    assert set(one_by_one) == set(cluster.addrs), one_by_one
+    # The same from a task on one node: that node is one of those taking turns.
+    assert set(volley.get(spread_from_a_task.remote(), timeout=60)) == set(cluster.addrs)
     # Node affinity: every task on the chosen node, even with others idle.
     target = cluster.addrs[1]
     pinned = where.options(scheduling_strategy=volley.NodeAffinitySchedulingStrategy(nodes[target]))

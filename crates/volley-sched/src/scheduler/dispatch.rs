@@ -83,12 +83,15 @@ impl Scheduler {
                         continue;
                     }
                 }
-                Strategy::Spread if self.spread_to_peer(cpu) => {
-                    if self.try_spill(tid, out) {
+                Strategy::Spread if !self.peers.is_empty() => match self.spread_target(tid) {
+                    // Its turn is here: it waits here for a CPU (an idle peer may take it).
+                    Some(node) if node == self.peers.here() => may_spill = false,
+                    Some(peer) if self.try_spill_to(tid, peer, out) => {
                         self.queue(side).pop_front();
                         continue;
                     }
-                }
+                    _ => {}
+                },
                 Strategy::Spread | Strategy::Default => {}
             }
             let Some(task) = self.tasks.get(&tid) else {

@@ -155,6 +155,9 @@ pub(super) struct Peers {
     fanout: HashMap<ObjectId, HashMap<Option<NodeId>, u32>>,
     /// Peers that asked for a value this node is still pulling itself: served once it is here.
     serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
+    /// The node the last `SPREAD` task went to (this one included): the next goes to the one
+    /// after it (see `spread_target`).
+    spread_last: Option<NodeId>,
 }
 
 table_access!(Peers.nodes: NodeId => PeerEntry);
@@ -527,20 +530,37 @@ impl Scheduler {
         self.peers.node_id = Some(id);
     }
 
-    /// For `SPREAD`: whether some peer is less loaded (by what runs there for us) than this node.
-    pub(super) fn spread_to_peer(&self, cpu: u32) -> bool {
-        let total = self.res.cpu_total();
-        let here = if total == 0 || self.res.cpu_short(cpu) {
-            u64::MAX
-        } else {
-            u64::from(self.res.cpu_used()) * 1000 / u64::from(total)
+    /// Where a `SPREAD` task goes, as Ray spreads: the nodes take turns. In node-id order,
+    /// from the one after the node the last went to (this node among them if it could ever
+    /// run the task), the first that can start it now (this node: its resources are free; a
+    /// peer: what this node has sent there leaves a CPU for it), else the first with room to
+    /// queue it; `None` if no node has room. So short tasks that would all fit on one node
+    /// still go to every node in turn, and a busy node is passed over while another is free.
+    pub(super) fn spread_target(&mut self, tid: TaskId) -> Option<NodeId> {
+        let spec = &self.tasks.get(&tid)?.spec;
+        let cpu = spec.options.cpu_milli;
+        let here = self.peers.here();
+        let mut nodes: Vec<(NodeId, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.has_room(spec))
+            .map(|(id, p)| (*id, p.inflight_cpu() + cpu <= p.view.cpu_total_milli))
+            .collect();
+        let fits_here = self.res.cpu_total() > 0
+            && cpu <= self.res.cpu_total()
+            && spec.options.resources.iter().all(|(r, a)| self.res.total(r) >= *a);
+        if fits_here {
+            nodes.push((here, self.res.fits(cpu, &spec.options.resources)));
+            nodes.sort_unstable_by_key(|(id, _)| *id);
+        }
+        let start = match self.peers.spread_last {
+            Some(last) => nodes.iter().position(|(id, _)| *id > last).unwrap_or(0),
+            None => 0,
         };
-        self.peers.values().any(|p| {
-            !p.view.driver
-                && p.inflight_cpu() + cpu <= p.view.cpu_total_milli * PEER_DEPTH
-                && u64::from(p.inflight_cpu()) * 1000 / u64::from(p.view.cpu_total_milli.max(1))
-                    < here
-        })
+        let turn = || nodes[start..].iter().chain(&nodes[..start]);
+        let (pick, _) = *turn().find(|(_, now)| *now).or_else(|| turn().next())?;
+        self.peers.spread_last = Some(pick);
+        Some(pick)
     }
 
     /// Sends the task to `peer` if it may go (a plain task, not one a peer sent us) and the peer

@@ -1259,3 +1259,63 @@ fn a_lone_node_is_node_zero_for_node_affinity() {
     let elsewhere = h.submit_opts(Vec::new(), on(1));
     assert_eq!(h.error_kind(elsewhere), Some(ErrorKind::Unschedulable));
 }
+
+#[test]
+fn spread_tasks_take_turns_over_every_node_even_when_each_ends_before_the_next() {
+    // Node 2 (this one, 1 CPU) between peers 1 and 3. Each task ends before the next is
+    // submitted, so every node is idle at each choice: they still go round, as with Ray.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
+    h.out.clear();
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let value = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
+    let mut went = Vec::new();
+    for _ in 0..6 {
+        let r = h.submit_opts(vec![], spread());
+        let (local, spilled) = (h.executed(), h.spilled());
+        match (local.as_slice(), spilled.as_slice()) {
+            ([(w, t)], []) => {
+                went.push(2);
+                h.done(*w, *t, 1);
+            }
+            ([], [(p, t, _)]) => {
+                went.push(p.0);
+                h.s.peer_done(*p, *t, value(), Vec::new(), &mut h.out);
+            }
+            other => panic!("one task, one place: {other:?}"),
+        }
+        assert!(matches!(h.s.object_state(&r), Some(ObjectState::Ready(_))));
+        h.out.clear();
+    }
+    assert_eq!(went, vec![1, 2, 3, 1, 2, 3]);
+}
+
+#[test]
+fn spread_passes_over_a_busy_node_while_another_is_free() {
+    // This node (id 2, 1 CPU) runs a long task: SPREAD tasks go to the peers while they have
+    // a free CPU by what this node sent them, then take turns queueing on every node.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
+    let _busy = h.submit(vec![]);
+    assert_eq!(h.executed().len(), 1);
+    h.out.clear();
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let mut to = Vec::new();
+    for _ in 0..2 {
+        let _ = h.submit_opts(vec![], spread());
+        to.extend(h.spilled().into_iter().map(|s| s.0 .0));
+    }
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 3], "each free peer took one");
+    // Every node is busy now: the next ones queue in turn, this node's share waiting here.
+    for _ in 0..3 {
+        let _ = h.submit_opts(vec![], spread());
+    }
+    let mut queued: Vec<u32> = h.spilled().into_iter().map(|s| s.0 .0).collect();
+    queued.sort_unstable();
+    assert_eq!(queued, vec![1, 3], "one for each peer");
+    // This node's share waits here, behind the long task on its one worker.
+    assert_eq!(h.executed().len() + h.s.stats().tasks_queued, 1);
+}
