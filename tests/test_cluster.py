@@ -1515,3 +1515,45 @@ def test_nested_tasks_across_nodes_again_and_again(tmp_path):
     finally:
         volley.shutdown()
         c.stop()
+
+
+def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(
+    cluster, tmp_path
+):
+    # Its creator's driver names it while its constructor's argument is still being computed:
+    # another driver finds it by name at once, and its calls run once the actor is up.
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import os, sys, time, volley\n"
+        f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
+        "@volley.remote\n"
+        "def slow():\n"
+        "    time.sleep(3)\n"
+        "    return ['made late']\n"
+        "@volley.remote\n"
+        "class Box:\n"
+        "    def __init__(self, items): self.items = list(items)\n"
+        "    def add(self, x): self.items.append(x); return len(self.items)\n"
+        "    def all(self): return self.items\n"
+        "box = Box.options(name='late', lifetime='detached').remote(slow.remote())\n"
+        "print('named', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(volley.get(box.all.remote(), timeout=30), flush=True)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, str(script)], env=cluster.env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "named", p.stderr.read()
+        late = _poll_actor("late", present=True)
+        assert volley.get(late.add.remote("from here"), timeout=30) == 2
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "['made late', 'from here']"
+        assert volley.get(late.all.remote(), timeout=30) == ["made late", "from here"]
+        volley.kill(late)
+        _poll_actor("late", present=False)
+    finally:
+        p.kill()
+        p.wait()

@@ -463,3 +463,102 @@ fn spread_counts_no_dead_actor_whose_handle_is_still_held() {
     to.sort();
     assert_eq!(to, [Some(NodeId(1)), Some(NodeId(2)), Some(NodeId(3))]);
 }
+
+#[test]
+fn a_peers_call_for_an_actor_still_waiting_for_its_arguments_follows_it_to_its_node() {
+    // A driver's node (5) creates actor A, whose argument a task on node 2 still computes,
+    // and lists it by name; node 4 calls it meanwhile. Once A starts on node 2 the call goes
+    // there, and its result comes back to node 4.
+    let mut h = H::new(0.0);
+    h.s.set_prefer_peers(true);
+    h.s.set_node_id(NodeId(5));
+    h.s.set_peers(vec![peer(2, 1), peer_view(4, 0, 0, true)], &mut h.out);
+    let arg = h.submit(vec![]);
+    let [(to, arg_task, _)] = h.spilled()[..] else { panic!("{:?}", h.out) };
+    assert_eq!(to, NodeId(2));
+    let mut create = h.actor_spec("A", 0, 0, 0);
+    create.deps = vec![arg].into();
+    let (aid, _) = h.s.create_actor(Holder::Local, create, &mut h.out).expect("ok");
+    let options = TaskOptions { cpu_milli: 0, max_retries: 0, ..Default::default() };
+    let part =
+        ActorPart::Call(Box::new(volley_proto::ActorCall { actor: aid, method: "m".into() }));
+    let spec = task_spec(h.ids.next_task(), FunctionId([0; 16]), "A.m", options, part);
+    let call = spec.task_id;
+    h.sent_by(NodeId(4), spec, vec![]);
+    assert!(h.spilled().is_empty(), "nothing can go yet");
+    let value = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
+    h.s.peer_done(NodeId(2), arg_task, value(), Vec::new(), &mut h.out);
+    let sent = h.spilled();
+    assert_eq!(sent.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(2), aid.0)]);
+    h.s.peer_done(NodeId(2), aid.0, value(), Vec::new(), &mut h.out);
+    let sent = h.spilled();
+    assert_eq!(sent.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(2), call)]);
+    h.s.peer_done(NodeId(2), call, value(), Vec::new(), &mut h.out);
+    assert!(h.peer_results().iter().any(|(p, t, _)| (*p, *t) == (NodeId(4), call)));
+}
+
+#[test]
+fn a_call_routed_to_a_drivers_node_waits_until_the_cluster_lists_the_actors_node() {
+    // This node (3) found named actor A through the directory while its creator, driver's
+    // node 5, held it waiting for its arguments: a driver's node takes no calls.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(3));
+    let aid = ActorId(TaskId(7 << 64));
+    let late = |node: u32| volley_proto::NamedActor {
+        namespace: String::new(),
+        name: "late".into(),
+        actor: aid,
+        node: NodeId(node),
+        class: "A".into(),
+        meta: Vec::new(),
+    };
+    let views = |placed: bool| {
+        let mut host = peer(2, 1);
+        let mut creator = peer_view(5, 0, 0, true);
+        if placed {
+            host.named = vec![late(2)];
+        } else {
+            creator.named = vec![late(5)];
+        }
+        vec![host, creator]
+    };
+    h.s.set_peers(views(false), &mut h.out);
+    h.out.clear();
+    assert_eq!(h.s.lookup_actor("late", "").map(|(a, _)| a), Some(aid));
+    let call = h.call(Holder::Local, aid, vec![]);
+    assert!(h.spilled().is_empty(), "not sent to the driver's node");
+    let why = h.s.explain_wait(ObjectId::for_return(call, 1)).unwrap_or_default();
+    assert!(why.contains("a driver's node (node 5) created it"), "{why}");
+    // Node 2's heartbeat lists it: the call goes there.
+    h.s.set_peers(views(true), &mut h.out);
+    assert_eq!(h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(2), call)]);
+}
+
+#[test]
+fn a_call_routed_to_a_node_not_in_the_view_goes_once_it_is_and_fails_if_it_never_is() {
+    // The directory answers before the next view: its routes may name nodes this node has
+    // not seen yet.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(3));
+    h.s.set_peers(vec![peer(2, 1)], &mut h.out);
+    h.out.clear();
+    let soon = ActorId(TaskId(8 << 64));
+    let never = ActorId(TaskId(9 << 64));
+    h.s.route_to_actor(soon, NodeId(6), "A");
+    h.s.route_to_actor(never, NodeId(7), "B");
+    let first = h.call(Holder::Local, soon, vec![]);
+    let lost = h.call(Holder::Local, never, vec![]);
+    assert!(h.spilled().is_empty());
+    let why = h.s.explain_wait(ObjectId::for_return(first, 1)).unwrap_or_default();
+    assert!(why.contains("waits for node 6, where its actor 'A' lives, to appear"), "{why}");
+    // Node 6 is in the next view: the call goes. Node 7 is in none: its actor is dead after
+    // three views, and the call fails saying so.
+    h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
+    assert_eq!(h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(6), first)]);
+    assert_eq!(h.task_error(lost), None);
+    h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
+    assert_eq!(h.task_error(lost), None);
+    h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
+    assert_eq!(h.task_error(lost), Some(ErrorKind::ActorDied));
+    assert!(h.spilled().is_empty());
+}

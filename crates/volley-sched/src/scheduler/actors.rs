@@ -72,6 +72,10 @@ pub(super) struct ActorEntry {
     pub(super) proxy: bool,
     /// Restarts on the node that hosts it (reported by that node).
     pub(super) peer_restarts: u32,
+    /// (A proxy) views of the cluster in a row that did not list `remote`, and whether calls
+    /// wait here because `remote` cannot take them (see `reroute_proxies`).
+    pub(super) unseen_views: u8,
+    pub(super) calls_held: bool,
 }
 
 fn opts(spec: &TaskSpec) -> &ActorOptions {
@@ -112,6 +116,8 @@ impl ActorEntry {
             gpus: Vec::new(),
             proxy: false,
             peer_restarts: 0,
+            unseen_views: 0,
+            calls_held: false,
         }
     }
 
@@ -693,6 +699,14 @@ impl Scheduler {
             return;
         };
         if let Some(peer) = a.remote.filter(|_| a.life == Life::Alive) {
+            if a.proxy && !self.peers.get(&peer).is_some_and(|p| !p.view.driver) {
+                // Its route names a node this one cannot send to: a driver's node (its
+                // creator, where it waits for its arguments), or one not in this node's view
+                // yet. The calls wait here for a node that can take them
+                // (`reroute_proxies`).
+                a.calls_held = true;
+                return;
+            }
             return self.dispatch_remote(aid, peer, out);
         }
         let Some(w) = a.worker.filter(|_| a.life == Life::Alive) else {

@@ -202,6 +202,28 @@ impl Scheduler {
                 ActorPart::Call(call) => {
                     let actor = &call.actor;
                     let a = self.actors.get(actor)?;
+                    if let Some(node) = a.remote.filter(|_| a.proxy) {
+                        match self.peers.get(&node).map(|p| p.view.driver) {
+                            Some(true) => {
+                                return Some(format!(
+                                    "call '{name}' waits for its actor '{}' to start: a \
+                                     driver's node (node {}) created it and holds it until its \
+                                     arguments are made; the call goes to the node it starts on",
+                                    a.class(),
+                                    node.0
+                                ))
+                            }
+                            None => {
+                                return Some(format!(
+                                    "call '{name}' waits for node {}, where its actor '{}' \
+                                     lives, to appear in this node's view of the cluster",
+                                    node.0,
+                                    a.class()
+                                ))
+                            }
+                            Some(false) => {}
+                        }
+                    }
                     if !self.actors.is_pending(actor) {
                         return None;
                     }

@@ -275,6 +275,7 @@ impl Scheduler {
         if !self.placement.is_empty() {
             self.pgs_after_view(out);
         }
+        self.reroute_proxies(out);
         self.schedule(out);
     }
 

@@ -18,6 +18,10 @@
 use super::actors::Life;
 use volley_proto::Strategy;
 
+/// Views of the cluster in a row that must not list the node a route names before its actor
+/// is dead here (see `reroute_proxies`).
+const UNSEEN_VIEWS: u8 = 3;
+
 /// How an actor is, as the node hosting it reports it to the node that created it.
 #[derive(Debug, Clone)]
 pub struct ActorReport {
@@ -370,6 +374,72 @@ impl Scheduler {
     pub fn route_to_actor(&mut self, actor: ActorId, node: NodeId, class: &str) {
         if !self.known_dead(actor) {
             self.add_routes(vec![(actor, node, class.to_string())]);
+        }
+    }
+
+    /// Routes this node cannot send calls on, set right with each new view of the cluster
+    /// (`dispatch_actor` holds their calls meanwhile). A route the directory gave names the
+    /// node that holds the actor, and that can be a driver's node (which takes no
+    /// connections): one that created a named actor still waiting for its arguments. Once a
+    /// node lists the actor as its own (its next heartbeat after the actor is placed there),
+    /// the route names that node and the calls go there. A route may also name a node not in
+    /// this node's view yet (the directory answers before the next view): the calls go once it
+    /// is. One that `UNSEEN_VIEWS` views in a row do not list has left the cluster: its actor
+    /// is dead here, and so are the calls. (A creator that leaves is seen by `peer_gone`.)
+    pub(super) fn reroute_proxies(&mut self, out: &mut Vec<Action>) {
+        let waiting = |a: &actors::ActorEntry| {
+            a.proxy
+                && a.life != Life::Dead
+                && a.remote.is_some_and(|n| !self.peers.get(&n).is_some_and(|p| !p.view.driver))
+        };
+        if !self.actors.values().any(|a| a.calls_held || waiting(a)) {
+            return;
+        }
+        let mut moved = Vec::new();
+        let mut lost = Vec::new();
+        let ids: Vec<ActorId> =
+            self.actors.iter().filter(|(_, a)| a.proxy).map(|(id, _)| *id).collect();
+        for aid in ids {
+            let Some(a) = self.actors.get(&aid) else { continue };
+            let Some(node) = a.remote.filter(|_| a.life != Life::Dead) else { continue };
+            let listed = |id: &NodeId| self.peers.get(id).map(|p| p.view.driver);
+            let host = || {
+                self.peers
+                    .iter()
+                    .find(|(_, p)| !p.view.driver && p.view.named.iter().any(|n| n.actor == aid))
+                    .map(|(id, _)| *id)
+            };
+            match listed(&node) {
+                Some(false) if a.calls_held || a.unseen_views > 0 => moved.push((aid, node)),
+                Some(false) => {}
+                Some(true) => moved.extend(host().map(|h| (aid, h))),
+                None => match host() {
+                    Some(h) => moved.push((aid, h)),
+                    None if a.unseen_views + 1 >= UNSEEN_VIEWS => lost.push((aid, node)),
+                    None => {
+                        if let Some(a) = self.actors.get_mut(&aid) {
+                            a.unseen_views += 1;
+                        }
+                    }
+                },
+            }
+        }
+        for (aid, host) in moved {
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.remote = Some(host);
+                a.unseen_views = 0;
+                a.calls_held = false;
+            }
+            self.dispatch_actor(aid, out);
+        }
+        for (aid, node) in lost {
+            let class = self.actors.get(&aid).map(|a| a.class().to_string()).unwrap_or_default();
+            let msg = format!(
+                "actor '{class}' died: node {} where it lived is not in the cluster ({UNSEEN_VIEWS} \
+                 views of the cluster in a row did not list it)",
+                node.0
+            );
+            self.actor_dead(aid, error(ErrorKind::ActorDied, &class, msg), out);
         }
     }
 
