@@ -1517,9 +1517,7 @@ def test_nested_tasks_across_nodes_again_and_again(tmp_path):
         c.stop()
 
 
-def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(
-    cluster, tmp_path
-):
+def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(cluster, tmp_path):
     # Its creator's driver names it while its constructor's argument is still being computed:
     # another driver finds it by name at once, and its calls run once the actor is up.
     script = tmp_path / "late.py"

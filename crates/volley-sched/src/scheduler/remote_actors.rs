@@ -390,7 +390,7 @@ impl Scheduler {
         let waiting = |a: &actors::ActorEntry| {
             a.proxy
                 && a.life != Life::Dead
-                && a.remote.is_some_and(|n| !self.peers.get(&n).is_some_and(|p| !p.view.driver))
+                && a.remote.is_some_and(|n| self.peers.get(&n).is_none_or(|p| p.view.driver))
         };
         if !self.actors.values().any(|a| a.calls_held || waiting(a)) {
             return;
