@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -39,12 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
 
 from benchmarks import common  # noqa: E402
-from benchmarks.serve_http import free_port, run_wrk  # noqa: E402
+from benchmarks.serve_http import run_system, table_row  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
-    import sys, time, urllib.request
+    import sys
     from fastapi import FastAPI
+    from benchmarks.serve_child import serve_until_told
     from pydantic import BaseModel
     system, port, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
     if system == "volley":
@@ -105,24 +105,8 @@ CHILD = textwrap.dedent(
         "fa_post": ("/fa_post/items", b'{"name": "pen", "price": 1.5, "tags": ["a", "b"]}'),
         "plain": ("/plain/items/7?q=abc", None),
     }
-    deadline = time.monotonic() + 120
-    for name in cases:
-        path, body = checks[name]
-        while True:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                             headers={"content-type": "application/json"})
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    if r.status == 200:
-                        break
-            except Exception as e:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{path} never answered 200 within 120 s: {e!r}")
-                time.sleep(0.2)
-    print("READY", flush=True)
-    sys.stdin.readline()
-    serve.shutdown()
-    print("BYE", flush=True)
+    json_type = {"content-type": "application/json"}
+    serve_until_told(serve, port, [(*checks[name], json_type) for name in cases])
     """
 )
 
@@ -140,43 +124,6 @@ LABELS = {
     "fa_post": "FastAPI POST /items (pydantic body)",
     "plain": "plain deployment, same GET (no FastAPI)",
 }
-
-
-def run_system(python, system, cases, conns, seconds, wrk, scripts, logdir) -> dict | None:
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
-    log = open(logdir / f"{system}.stderr", "w")
-    p = subprocess.Popen(
-        [python, "-c", CHILD, system, str(port), ",".join(cases)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-    )
-    out: dict = {}
-    try:
-        line = p.stdout.readline()
-        if line.strip() != "READY":
-            p.kill()
-            log.flush()
-            tail = (logdir / f"{system}.stderr").read_text()[-3000:]
-            print(f"{system} did not get ready ({line!r}):\n{tail}", file=sys.stderr)
-            return None
-        for case in cases:
-            for c in conns:
-                # run_wrk's URL is /CASE; the script sets the real path.
-                out[f"{case}@{c}"] = run_wrk(wrk, port, case, c, seconds, scripts[case])
-                print(f"  {system} {case} c={c}: {json.dumps(out[f'{case}@{c}'])}", flush=True)
-        p.stdin.write("quit\n")
-        p.stdin.flush()
-        p.wait(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        log.close()
-    return out
 
 
 def _uptime() -> str:
@@ -214,7 +161,9 @@ def main() -> None:
             for s in order:
                 print(f"run {i + 1}: {s}", flush=True)
                 python, cases = systems[s]
-                got = run_system(python, s, cases, conns, args.seconds, wrk, scripts, logdir)
+                got = run_system(
+                    python, s, cases, conns, args.seconds, wrk, scripts, logdir, child=CHILD
+                )
                 if got is not None:
                     results[s].append(got)
     after = _uptime()
@@ -232,17 +181,8 @@ def main() -> None:
             key = f"{case}@{c}"
             v = [med("volley", key, f) for f in ("rate", "p50_ms", "p99_ms")]
             r = [med("ray", key, f) for f in ("rate", "p50_ms", "p99_ms")]
-            if v[0] is None:
-                continue
-
-            def fmt(x, unit=""):
-                return "-" if x is None else (f"{x:,.0f}" if not unit else f"{x:.2f} {unit}")
-
-            ratio = f"{v[0] / r[0]:.1f}x" if r[0] else "-"
-            rows.append(
-                f"| {LABELS[case]} | {c} | {fmt(v[0])} | {fmt(v[1], 'ms')} | {fmt(v[2], 'ms')} "
-                f"| {fmt(r[0])} | {fmt(r[1], 'ms')} | {fmt(r[2], 'ms')} | {ratio} |"
-            )
+            if v[0] is not None:
+                rows.append(table_row(LABELS[case], c, v, r, p99_ratio=False))
     table = "\n".join(rows)
     print(table)
     if args.no_write:

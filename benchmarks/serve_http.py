@@ -55,6 +55,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the `benchmarks` package importable
@@ -63,8 +64,9 @@ from benchmarks import common  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, json, sys, time, urllib.request
+    import asyncio, json, sys, time
     import numpy as np
+    from benchmarks.serve_child import serve_until_told
     system, port = sys.argv[1], int(sys.argv[2])
     if system == "volley":
         import volley as rt
@@ -151,24 +153,8 @@ CHILD = textwrap.dedent(
     for name in cases + ["stamp"]:
         serve.run(apps[name], name=name, route_prefix="/" + name)
     body = {"model_batch": b"<" * 2048, "model": b"<" * 2048}
-    deadline = time.monotonic() + 120
-    for name in cases:
-        while True:
-            try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/{name}", data=body.get(name, b"x" * 16)
-                )
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    if r.status == 200:
-                        break
-            except Exception as e:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"/{name} never answered 200 within 120 s: {e!r}")
-                time.sleep(0.2)
-    print("READY", flush=True)
-    sys.stdin.readline()
-    serve.shutdown()
-    print("BYE", flush=True)
+    checks = [(f"/{name}", body.get(name, b"x" * 16), {}) for name in cases]
+    serve_until_told(serve, port, checks)
     """
 )
 
@@ -318,18 +304,27 @@ def run_system(
     wrk: str,
     scripts: dict[str, Path],
     logdir: Path,
+    child: str = CHILD,
+    extra: Callable[[int, str, list[str], float, dict], None] | None = None,
 ) -> dict | None:
+    """One system's figures: ``child`` (a script taking the system, a port and the cases; it
+    prints READY once every case answers, and stops at a line on its stdin) started with
+    ``python``, then ``wrk`` against each case at each connection count (the script sets the
+    request; the URL is ``/CASE``), then ``extra(port, system, cases, seconds, out)`` for other
+    figures. ``out`` maps ``CASE@CONNS`` to ``run_wrk``'s figures, and ``ready_s`` to the
+    child's start-up; None (with the child's stderr printed) if it never got ready."""
     port = free_port()
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT / "python"),
+        # volley's package, and the repository for benchmarks.serve_child.
+        PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)]),
         OPENBLAS_NUM_THREADS="1",
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
     )
     log = open(logdir / f"{system}.stderr", "w")
     p = subprocess.Popen(
-        [python, "-c", CHILD, system, str(port), ",".join(cases)],
+        [python, "-c", child, system, str(port), ",".join(cases)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
@@ -351,14 +346,8 @@ def run_system(
             for c in conns:
                 out[f"{case}@{c}"] = run_wrk(wrk, port, case, c, seconds, scripts[case])
                 print(f"  {system} {case} c={c}: {json.dumps(out[f'{case}@{c}'])}", flush=True)
-        if "echo" in cases:
-            out["echo_quickack@1"] = quickack_echo(port, seconds)
-            print(f"  {system} echo quick-ACK c=1: {json.dumps(out['echo_quickack@1'])}")
-        try:
-            out["added_us"] = added_latency(port)
-            print(f"  {system} added latency p50: {out['added_us']:.0f} µs", flush=True)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            print(f"  {system} added latency not measured: {e!r}", file=sys.stderr, flush=True)
+        if extra is not None:
+            extra(port, system, cases, seconds, out)
         p.stdin.write("quit\n")
         p.stdin.flush()
         p.wait(timeout=120)
@@ -368,6 +357,38 @@ def run_system(
             p.wait()
         log.close()
     return out
+
+
+def front_end_figures(port: int, system: str, cases: list[str], seconds: float, out: dict) -> None:
+    """This benchmark's figures besides wrk's: echo with a quick-ACK client, and the front
+    end's added latency (``run_system``'s ``extra``)."""
+    if "echo" in cases:
+        out["echo_quickack@1"] = quickack_echo(port, seconds)
+        print(f"  {system} echo quick-ACK c=1: {json.dumps(out['echo_quickack@1'])}")
+    try:
+        out["added_us"] = added_latency(port)
+        print(f"  {system} added latency p50: {out['added_us']:.0f} µs", flush=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        print(f"  {system} added latency not measured: {e!r}", file=sys.stderr, flush=True)
+
+
+def table_row(label: str, conns: int, v: list, r: list, p99_ratio: bool = True) -> str:
+    """A row of the results table: volley's and Ray's (req/s, p50 ms, p99 ms), None where not
+    measured, and their ratios."""
+
+    def f(x: float | None, unit: str = "") -> str:
+        if x is None:
+            return "-"
+        return f"{x:,.0f}" if unit == "" else f"{x:.2f} ms"
+
+    ratio = f"{v[0] / r[0]:.1f}x" if r[0] else "-"
+    row = (
+        f"| {label} | {conns} | {f(v[0])} | {f(v[1], 'ms')} | {f(v[2], 'ms')} "
+        f"| {f(r[0])} | {f(r[1], 'ms')} | {f(r[2], 'ms')} | {ratio} |"
+    )
+    if p99_ratio:
+        row += f" {f'{r[2] / v[2]:.1f}x' if r[2] else '-'} |"
+    return row
 
 
 def main() -> None:
@@ -404,7 +425,9 @@ def main() -> None:
             order = systems if i % 2 == 0 else systems[::-1]
             for s, py in order:
                 print(f"run {i + 1} {s}", flush=True)
-                r = run_system(py, s, cases, conns, args.seconds, wrk, scripts, tmp)
+                r = run_system(
+                    py, s, cases, conns, args.seconds, wrk, scripts, tmp, extra=front_end_figures
+                )
                 if r is not None:
                     results[s].append(r)
     finally:
@@ -432,20 +455,8 @@ def main() -> None:
         key = f"{case}@{c}"
         v = [med("volley", key, f) for f in ("rate", "p50_ms", "p99_ms")]
         r = [med("ray", key, f) for f in ("rate", "p50_ms", "p99_ms")] if has_ray else [None] * 3
-        if v[0] is None:
-            continue
-
-        def f(x: float | None, unit: str = "") -> str:
-            if x is None:
-                return "-"
-            return f"{x:,.0f}" if unit == "" else f"{x:.2f} ms"
-
-        ratio = f"{v[0] / r[0]:.1f}x" if r[0] else "-"
-        p99r = f"{r[2] / v[2]:.1f}x" if r[2] else "-"
-        lines.append(
-            f"| {LABELS[case]} | {c} | {f(v[0])} | {f(v[1], 'ms')} | {f(v[2], 'ms')} "
-            f"| {f(r[0])} | {f(r[1], 'ms')} | {f(r[2], 'ms')} | {ratio} | {p99r} |"
-        )
+        if v[0] is not None:
+            lines.append(table_row(LABELS[case], c, v, r))
     table = "\n".join(lines)
     extra = []
     for s, _ in systems:
