@@ -1555,3 +1555,45 @@ def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(
     finally:
         p.kill()
         p.wait()
+
+
+def test_calls_to_a_named_actor_whose_creator_left_before_placing_it_fail(cluster, tmp_path):
+    # The other driver names an actor whose argument takes 30 s, then exits: the actor never
+    # started anywhere. A call made here meanwhile waits, then fails saying its node left,
+    # rather than hanging.
+    script = tmp_path / "gone.py"
+    script.write_text(
+        "import os, sys, time, volley\n"
+        f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
+        "@volley.remote\n"
+        "def slow():\n"
+        "    time.sleep(30)\n"
+        "@volley.remote\n"
+        "class Box:\n"
+        "    def __init__(self, x): pass\n"
+        "    def ping(self): return 1\n"
+        "box = Box.options(name='never-placed').remote(slow.remote())\n"
+        "print('named', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os._exit(0)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, str(script)], env=cluster.env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "named", p.stderr.read()
+        box = _poll_actor("never-placed", present=True)
+        ref = box.ping.remote()
+        # (Its creator's node may not be in this node's view yet: the directory answers first.)
+        waits = "a driver's node .* created it|to appear in this node's view"
+        with pytest.raises(volley.GetTimeoutError, match=waits):
+            volley.get(ref, timeout=0.5)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        p.wait(timeout=30)
+        with pytest.raises(volley.ActorDiedError, match="died"):
+            volley.get(ref, timeout=30)
+    finally:
+        p.kill()
+        p.wait()
