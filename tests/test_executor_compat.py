@@ -121,6 +121,16 @@ def test_a_result_the_caller_waited_for_is_not_kept_before_the_completing_thread
             assert not ex._running
 
 
+def test_shutdown_with_wait_returns_once_every_future_is_done():
+    # The completing thread frees a call's slot, starts the next call, then settles the
+    # future: shutdown(wait=True) must not return in between.
+    for _ in range(20):
+        with Executor(max_workers=2) as ex:
+            futures = [ex.submit(abs, -i) for i in range(6)]
+        assert all(f.done() for f in futures)
+        assert [f.result() for f in futures] == list(range(6))
+
+
 # ------------------------------------------------------------------ bug 12: the arguments
 
 

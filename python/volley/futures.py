@@ -191,7 +191,8 @@ class _Future(cf.Future):
         if executor is not None:
             # Done here before the thread that completes volley's futures sees it: the executor
             # forgets the call now, so that it keeps no result this future returns.
-            executor._forget(ref)
+            if executor._forget(ref) is not None:
+                executor._settled()  # (settled above)
             executor._check_broken(err)
             executor._dispatch()
 
@@ -360,6 +361,7 @@ class Executor(cf.Executor):
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
         self._running: dict[Any, _Future] = {}
+        self._settling = 0  # calls over whose futures are not settled yet (see _forget)
         self._functions: dict[Callable, Any] = {}  # see _remote_function
         self._shutdown = False
         self._broken: str | bool = False
@@ -406,8 +408,8 @@ class Executor(cf.Executor):
                     continue
                 finally:
                     del fn, args, kwargs  # nothing here keeps a call's objects alive
+                fut._executor = weakref.ref(self)  # first: a waiter that sees _ref finds it
                 fut._ref = ref
-                fut._executor = weakref.ref(self)
                 self._running[ref] = fut
                 started.append(ref)
         for ref in started:
@@ -447,19 +449,35 @@ class Executor(cf.Executor):
         e = vf.exception()
         err = None if e is None else _stdlib_error(e)
         fut = self._forget(ref)
-        self._check_broken(err)
-        self._dispatch()
-        if fut is not None:
-            fut._settle(vf.result() if e is None else None, err)
+        try:
+            self._check_broken(err)
+            self._dispatch()
+        finally:
+            if fut is not None:
+                try:
+                    fut._settle(vf.result() if e is None else None, err)
+                finally:
+                    self._settled()
 
     def _forget(self, ref: Any) -> _Future | None:
         """The call of ``ref`` is over: its future, no longer among the running ones (None if
-        it was forgotten already)."""
+        it was forgotten already). It counts as settling until ``_settled``, so that
+        ``shutdown(wait=True)`` returns only once every future is done."""
         with self._lock:
             fut = self._running.pop(ref, None)
-            if not self._running and not self._queue:
+            if fut is not None:
+                self._settling += 1
+            return fut
+
+    def _settled(self) -> None:
+        with self._lock:
+            self._settling -= 1
+            if self._is_idle():
                 self._idle.notify_all()
-        return fut
+
+    def _is_idle(self) -> bool:
+        """(Under ``_lock``) no call runs, waits here or is being settled."""
+        return not self._running and not self._queue and not self._settling
 
     def _check_broken(self, err: BaseException | None) -> None:
         """Breaks the executor if ``err`` (a call's) says its initializer raised."""
@@ -515,7 +533,7 @@ class Executor(cf.Executor):
 
     def _wait_idle(self) -> None:
         with self._lock:
-            while self._running or self._queue:
+            while not self._is_idle():
                 self._idle.wait(0.1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -529,7 +547,7 @@ class Executor(cf.Executor):
             dropped = list(self._queue) if cancel_futures else []
             if cancel_futures:
                 self._queue.clear()
-            idle = not self._running and not self._queue
+            idle = self._is_idle()
             if idle:
                 self._idle.notify_all()
         for fut, *_ in dropped:
