@@ -1586,7 +1586,7 @@ def test_calls_to_a_named_actor_whose_creator_left_before_placing_it_fail(cluste
         box = _poll_actor("never-placed", present=True)
         ref = box.ping.remote()
         # (Its creator's node may not be in this node's view yet: the directory answers first.)
-        waits = "a driver's node .* created it|to appear in this node's view"
+        waits = r"which a driver's node \(node \d+\) holds|to appear in this node's view"
         with pytest.raises(volley.GetTimeoutError, match=waits):
             volley.get(ref, timeout=0.5)
         p.stdin.write("\n")

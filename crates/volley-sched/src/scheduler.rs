@@ -65,6 +65,10 @@ macro_rules! table_access {
             pub(super) fn values(&self) -> impl Iterator<Item = &$v> {
                 self.$field.values()
             }
+
+            pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&$k, &mut $v)> {
+                self.$field.iter_mut()
+            }
         }
     };
 }

@@ -528,7 +528,7 @@ fn a_call_routed_to_a_drivers_node_waits_until_the_cluster_lists_the_actors_node
     let call = h.call(Holder::Local, aid, vec![]);
     assert!(h.spilled().is_empty(), "not sent to the driver's node");
     let why = h.s.explain_wait(ObjectId::for_return(call, 1)).unwrap_or_default();
-    assert!(why.contains("a driver's node (node 5) created it"), "{why}");
+    assert!(why.contains("which a driver's node (node 5) holds"), "{why}");
     // Node 2's heartbeat lists it: the call goes there.
     h.s.set_peers(views(true), &mut h.out);
     assert_eq!(h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(2), call)]);
@@ -551,14 +551,82 @@ fn a_call_routed_to_a_node_not_in_the_view_goes_once_it_is_and_fails_if_it_never
     assert!(h.spilled().is_empty());
     let why = h.s.explain_wait(ObjectId::for_return(first, 1)).unwrap_or_default();
     assert!(why.contains("waits for node 6, where its actor 'A' lives, to appear"), "{why}");
-    // Node 6 is in the next view: the call goes. Node 7 is in none: its actor is dead after
-    // three views, and the call fails saying so.
+    // Node 6 is in the next view: the call goes. Node 7 is in none: once no node has listed
+    // its actor for UNLISTED_MS, the actor is dead here and the call fails saying so.
+    let mut now = 1_000;
+    h.s.tick(now, &mut h.out);
     h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
     assert_eq!(h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(6), first)]);
-    assert_eq!(h.task_error(lost), None);
-    h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
-    assert_eq!(h.task_error(lost), None);
+    for _ in 0..9 {
+        now += 500;
+        h.s.tick(now, &mut h.out);
+        h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
+        assert_eq!(h.task_error(lost), None, "at {now} ms");
+    }
+    now += 500;
+    h.s.tick(now, &mut h.out);
     h.s.set_peers(vec![peer(2, 1), peer(6, 1)], &mut h.out);
     assert_eq!(h.task_error(lost), Some(ErrorKind::ActorDied));
     assert!(h.spilled().is_empty());
+}
+
+#[test]
+fn a_route_to_a_driver_that_stops_listing_the_actor_with_no_node_listing_it_dies() {
+    // Driver's node 5 held named actor A waiting for its arguments, and its creation failed
+    // there: no node lists A any more. Calls held here fail once UNLISTED_MS has passed.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(3));
+    let aid = ActorId(TaskId(7 << 64));
+    let late = volley_proto::NamedActor {
+        namespace: String::new(),
+        name: "late".into(),
+        actor: aid,
+        node: NodeId(5),
+        class: "A".into(),
+        meta: Vec::new(),
+    };
+    let mut creator = peer_view(5, 0, 0, true);
+    creator.named = vec![late];
+    h.s.set_peers(vec![peer(2, 1), creator.clone()], &mut h.out);
+    assert!(h.s.lookup_actor("late", "").is_some());
+    let call = h.call(Holder::Local, aid, vec![]);
+    // Listed by its creator: it waits, however long.
+    h.s.tick(60_000, &mut h.out);
+    h.s.set_peers(vec![peer(2, 1), creator.clone()], &mut h.out);
+    assert_eq!(h.task_error(call), None);
+    creator.named.clear();
+    h.s.set_peers(vec![peer(2, 1), creator.clone()], &mut h.out);
+    h.s.tick(64_000, &mut h.out);
+    h.s.set_peers(vec![peer(2, 1), creator.clone()], &mut h.out);
+    assert_eq!(h.task_error(call), None);
+    h.s.tick(65_000, &mut h.out);
+    h.s.set_peers(vec![peer(2, 1), creator], &mut h.out);
+    assert_eq!(h.task_error(call), Some(ErrorKind::ActorDied));
+}
+
+#[test]
+fn a_placed_actor_lives_on_when_its_creator_leaves_in_the_view_that_first_lists_its_host() {
+    // Driver's node 5 placed detached actor A on node 2 and left; one view both drops node 5
+    // and shows node 2 listing A: the call goes to node 2, and A is not dead here.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(3));
+    let aid = ActorId(TaskId(7 << 64));
+    let at = |node: u32| volley_proto::NamedActor {
+        namespace: String::new(),
+        name: "kept".into(),
+        actor: aid,
+        node: NodeId(node),
+        class: "A".into(),
+        meta: Vec::new(),
+    };
+    let mut creator = peer_view(5, 0, 0, true);
+    creator.named = vec![at(5)];
+    h.s.set_peers(vec![peer(2, 1), creator], &mut h.out);
+    assert!(h.s.lookup_actor("kept", "").is_some());
+    let call = h.call(Holder::Local, aid, vec![]);
+    let mut host = peer(2, 1);
+    host.named = vec![at(2)];
+    h.s.set_peers(vec![host], &mut h.out);
+    assert_eq!(h.spilled().iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), [(NodeId(2), call)]);
+    assert_eq!(h.task_error(call), None);
 }

@@ -72,9 +72,9 @@ pub(super) struct ActorEntry {
     pub(super) proxy: bool,
     /// Restarts on the node that hosts it (reported by that node).
     pub(super) peer_restarts: u32,
-    /// (A proxy) views of the cluster in a row that did not list `remote`, and whether calls
-    /// wait here because `remote` cannot take them (see `reroute_proxies`).
-    pub(super) unseen_views: u8,
+    /// (A proxy) since when no node of the cluster lists it, and whether calls wait here
+    /// because `remote` cannot take them (see `reroute_proxies`).
+    pub(super) unlisted_since: Option<u64>,
     pub(super) calls_held: bool,
 }
 
@@ -116,7 +116,7 @@ impl ActorEntry {
             gpus: Vec::new(),
             proxy: false,
             peer_restarts: 0,
-            unseen_views: 0,
+            unlisted_since: None,
             calls_held: false,
         }
     }

@@ -69,6 +69,7 @@ impl Scheduler {
                 continue;
             }
             let mut may_spill = true;
+            let from_peer = matches!(task.caller, Holder::Peer(_));
             match task.spec.options.strategy {
                 Strategy::Node { id, .. } if NodeId(id) == self.peers.here() => may_spill = false,
                 Strategy::Node { id, soft } => {
@@ -83,15 +84,18 @@ impl Scheduler {
                         continue;
                     }
                 }
-                Strategy::Spread if !self.peers.is_empty() => match self.spread_target(tid) {
-                    // Its turn is here: it waits here for a CPU (an idle peer may take it).
-                    Some(node) if node == self.peers.here() => may_spill = false,
-                    Some(peer) if self.try_spill_to(tid, peer, out) => {
-                        self.queue(side).pop_front();
-                        continue;
+                // (A task a peer sent here stays here: it takes no turn.)
+                Strategy::Spread if !self.peers.is_empty() && !from_peer => {
+                    match self.spread_target(tid) {
+                        // Its turn is here: it waits here for a CPU (an idle peer may take it).
+                        Some(node) if node == self.peers.here() => may_spill = false,
+                        Some(peer) if self.try_spill_to(tid, peer, out) => {
+                            self.queue(side).pop_front();
+                            continue;
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
                 Strategy::Spread | Strategy::Default => {}
             }
             let Some(task) = self.tasks.get(&tid) else {
@@ -242,6 +246,7 @@ impl Scheduler {
     }
 
     pub(super) fn assign(&mut self, wid: WorkerId, tid: TaskId, out: &mut Vec<Action>) {
+        self.spread_done(tid);
         let Some(task) = self.tasks.get_mut(&tid) else {
             return;
         };

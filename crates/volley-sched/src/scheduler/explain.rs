@@ -206,9 +206,11 @@ impl Scheduler {
                         match self.peers.get(&node).map(|p| p.view.driver) {
                             Some(true) => {
                                 return Some(format!(
-                                    "call '{name}' waits for its actor '{}' to start: a \
-                                     driver's node (node {}) created it and holds it until its \
-                                     arguments are made; the call goes to the node it starts on",
+                                    "call '{name}' waits for its actor '{}', which a driver's node \
+                                     (node {}) holds: a driver's node takes no calls from other \
+                                     nodes, so the call goes to the node the actor starts on \
+                                     (one waiting there for its arguments is placed once they \
+                                     are made)",
                                     a.class(),
                                     node.0
                                 ))

@@ -156,8 +156,9 @@ pub(super) struct Peers {
     /// Peers that asked for a value this node is still pulling itself: served once it is here.
     serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
     /// The node the last `SPREAD` task went to (this one included): the next goes to the one
-    /// after it (see `spread_target`).
+    /// after it; and the node each queued `SPREAD` task's turn went to (see `spread_target`).
     spread_last: Option<NodeId>,
+    spread_turns: HashMap<TaskId, NodeId>,
 }
 
 table_access!(Peers.nodes: NodeId => PeerEntry);
@@ -252,9 +253,6 @@ impl Scheduler {
         let listed: HashSet<NodeId> = view.iter().map(|p| p.id).collect();
         let gone: Vec<NodeId> =
             self.peers.keys().filter(|id| !listed.contains(id)).copied().collect();
-        for id in gone {
-            self.peer_gone(id, "it left the cluster view (no heartbeat)", out);
-        }
         for v in view {
             match self.peers.get_mut(&v.id) {
                 Some(p) => p.view = v,
@@ -272,10 +270,15 @@ impl Scheduler {
                 }
             }
         }
+        // Routes move to the nodes the new view lists before the peers that left are dropped:
+        // an actor its creator (a driver's node that is leaving) had placed lives on.
+        self.reroute_proxies(&gone, out);
+        for id in gone {
+            self.peer_gone(id, "it left the cluster view (no heartbeat)", out);
+        }
         if !self.placement.is_empty() {
             self.pgs_after_view(out);
         }
-        self.reroute_proxies(out);
         self.schedule(out);
     }
 
@@ -537,8 +540,12 @@ impl Scheduler {
     /// peer: what this node has sent there leaves a CPU for it), else the first with room to
     /// queue it; `None` if no node has room. So short tasks that would all fit on one node
     /// still go to every node in turn, and a busy node is passed over while another is free.
+    ///
+    /// A task keeps the node its turn went to while that node could still take it: one
+    /// looked at again (it waits here for a worker, or for a CPU) takes no second turn.
     pub(super) fn spread_target(&mut self, tid: TaskId) -> Option<NodeId> {
         let spec = &self.tasks.get(&tid)?.spec;
+        let kept = self.peers.spread_turns.get(&tid).copied();
         let cpu = spec.options.cpu_milli;
         let here = self.peers.here();
         let mut nodes: Vec<(NodeId, bool)> = self
@@ -554,6 +561,9 @@ impl Scheduler {
             nodes.push((here, self.res.fits(cpu, &spec.options.resources)));
             nodes.sort_unstable_by_key(|(id, _)| *id);
         }
+        if let Some(node) = kept.filter(|k| nodes.iter().any(|(id, _)| id == k)) {
+            return Some(node);
+        }
         let start = match self.peers.spread_last {
             Some(last) => nodes.iter().position(|(id, _)| *id > last).unwrap_or(0),
             None => 0,
@@ -561,7 +571,24 @@ impl Scheduler {
         let turn = || nodes[start..].iter().chain(&nodes[..start]);
         let (pick, _) = *turn().find(|(_, now)| *now).or_else(|| turn().next())?;
         self.peers.spread_last = Some(pick);
+        if self.peers.spread_turns.len() >= 4096 {
+            // Turns of tasks that left the queue without being sent or assigned (cancelled,
+            // failed): dropped now and then.
+            let tasks = &self.tasks;
+            self.peers
+                .spread_turns
+                .retain(|t, _| tasks.get(t).is_some_and(|t| matches!(t.state, TaskState::Queued)));
+        }
+        self.peers.spread_turns.insert(tid, pick);
         Some(pick)
+    }
+
+    /// Task `tid` left the ready queue (sent to a peer, or given to a worker here): its SPREAD
+    /// turn, if it had one, is over.
+    pub(super) fn spread_done(&mut self, tid: TaskId) {
+        if !self.peers.spread_turns.is_empty() {
+            self.peers.spread_turns.remove(&tid);
+        }
     }
 
     /// Sends the task to `peer` if it may go (a plain task, not one a peer sent us) and the peer
@@ -590,6 +617,7 @@ impl Scheduler {
             note!(self, super::TaskEvent::Forwarded { seq, peer });
         }
         self.spill_to(peer, spec, objects, out);
+        self.spread_done(tid);
         true
     }
 

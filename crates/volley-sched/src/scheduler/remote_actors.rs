@@ -16,11 +16,12 @@
 //! keeps living).
 
 use super::actors::Life;
+use std::collections::HashSet;
 use volley_proto::Strategy;
 
-/// Views of the cluster in a row that must not list the node a route names before its actor
-/// is dead here (see `reroute_proxies`).
-const UNSEEN_VIEWS: u8 = 3;
+/// How long no node may list an actor a route names before it is dead here (see
+/// `reroute_proxies`).
+const UNLISTED_MS: u64 = 5_000;
 
 /// How an actor is, as the node hosting it reports it to the node that created it.
 #[derive(Debug, Clone)]
@@ -378,56 +379,62 @@ impl Scheduler {
     }
 
     /// Routes this node cannot send calls on, set right with each new view of the cluster
-    /// (`dispatch_actor` holds their calls meanwhile). A route the directory gave names the
-    /// node that holds the actor, and that can be a driver's node (which takes no
-    /// connections): one that created a named actor still waiting for its arguments. Once a
-    /// node lists the actor as its own (its next heartbeat after the actor is placed there),
-    /// the route names that node and the calls go there. A route may also name a node not in
-    /// this node's view yet (the directory answers before the next view): the calls go once it
-    /// is. One that `UNSEEN_VIEWS` views in a row do not list has left the cluster: its actor
-    /// is dead here, and so are the calls. (A creator that leaves is seen by `peer_gone`.)
-    pub(super) fn reroute_proxies(&mut self, out: &mut Vec<Action>) {
-        let waiting = |a: &actors::ActorEntry| {
+    /// (`dispatch_actor` holds their calls meanwhile; `leaving`: peers the view dropped, not
+    /// yet forgotten). A route the directory gave names the node that holds the actor, and that
+    /// can be a driver's node, which takes no connections: one that created a named actor
+    /// still waiting for its arguments. Once a node lists the actor as its own (its next
+    /// heartbeat after the actor is placed there), the route names that node and the calls go
+    /// there. A route may also name a node not in this node's view yet (the directory answers
+    /// before the next view): the calls go once it is. An actor that no node lists for
+    /// `UNLISTED_MS` (its creation failed on the driver's node, or its node left) is dead
+    /// here, and so are its calls. (A creator that leaves is seen by `peer_gone`.)
+    pub(super) fn reroute_proxies(&mut self, leaving: &[NodeId], out: &mut Vec<Action>) {
+        let cannot_send = |a: &actors::ActorEntry| {
             a.proxy
                 && a.life != Life::Dead
                 && a.remote.is_some_and(|n| self.peers.get(&n).is_none_or(|p| p.view.driver))
         };
-        if !self.actors.values().any(|a| a.calls_held || waiting(a)) {
+        if !self.actors.values().any(|a| a.calls_held || cannot_send(a)) {
             return;
         }
+        // Where the view lists each actor: the node hosting it, or a driver's node holding it.
+        let mut hosts: HashMap<ActorId, NodeId> = HashMap::new();
+        let mut held_by_drivers: HashSet<ActorId> = HashSet::new();
+        for (id, p) in self.peers.iter().filter(|(id, _)| !leaving.contains(id)) {
+            for n in &p.view.named {
+                if p.view.driver {
+                    held_by_drivers.insert(n.actor);
+                } else {
+                    hosts.entry(n.actor).or_insert(*id);
+                }
+            }
+        }
+        let now = self.now_ms;
         let mut moved = Vec::new();
         let mut lost = Vec::new();
-        let ids: Vec<ActorId> =
-            self.actors.iter().filter(|(_, a)| a.proxy).map(|(id, _)| *id).collect();
-        for aid in ids {
-            let Some(a) = self.actors.get(&aid) else { continue };
-            let Some(node) = a.remote.filter(|_| a.life != Life::Dead) else { continue };
-            let listed = |id: &NodeId| self.peers.get(id).map(|p| p.view.driver);
-            let host = || {
-                self.peers
-                    .iter()
-                    .find(|(_, p)| !p.view.driver && p.view.named.iter().any(|n| n.actor == aid))
-                    .map(|(id, _)| *id)
+        for (aid, a) in self.actors.iter_mut() {
+            let Some(node) = a.remote.filter(|_| a.proxy && a.life != Life::Dead) else {
+                continue;
             };
-            match listed(&node) {
-                Some(false) if a.calls_held || a.unseen_views > 0 => moved.push((aid, node)),
-                Some(false) => {}
-                Some(true) => moved.extend(host().map(|h| (aid, h))),
-                None => match host() {
-                    Some(h) => moved.push((aid, h)),
-                    None if a.unseen_views + 1 >= UNSEEN_VIEWS => lost.push((aid, node)),
-                    None => {
-                        if let Some(a) = self.actors.get_mut(&aid) {
-                            a.unseen_views += 1;
-                        }
-                    }
-                },
+            let driver = self.peers.get(&node).map(|p| p.view.driver);
+            if let (Some(&host), true) = (hosts.get(aid), driver != Some(false)) {
+                moved.push((*aid, host));
+            } else if leaving.contains(&node) {
+                // Left: `peer_gone` sees to it.
+            } else if driver == Some(false) {
+                if a.calls_held || a.unlisted_since.is_some() {
+                    moved.push((*aid, node));
+                }
+            } else if driver == Some(true) && held_by_drivers.contains(aid) {
+                a.unlisted_since = None; // its creator still holds it
+            } else if now.saturating_sub(*a.unlisted_since.get_or_insert(now)) >= UNLISTED_MS {
+                lost.push((*aid, node));
             }
         }
         for (aid, host) in moved {
             if let Some(a) = self.actors.get_mut(&aid) {
                 a.remote = Some(host);
-                a.unseen_views = 0;
+                a.unlisted_since = None;
                 a.calls_held = false;
             }
             self.dispatch_actor(aid, out);
@@ -435,8 +442,9 @@ impl Scheduler {
         for (aid, node) in lost {
             let class = self.actors.get(&aid).map(|a| a.class().to_string()).unwrap_or_default();
             let msg = format!(
-                "actor '{class}' died: node {} where it lived is not in the cluster ({UNSEEN_VIEWS} \
-                 views of the cluster in a row did not list it)",
+                "actor '{class}' died: no node of the cluster has listed it for {} s (its route \
+                 named node {}: its creation failed there, or that node left)",
+                UNLISTED_MS / 1000,
                 node.0
             );
             self.actor_dead(aid, error(ErrorKind::ActorDied, &class, msg), out);

@@ -1319,3 +1319,27 @@ fn spread_passes_over_a_busy_node_while_another_is_free() {
     // This node's share waits here, behind the long task on its one worker.
     assert_eq!(h.executed().len() + h.s.stats().tasks_queued, 1);
 }
+
+#[test]
+fn a_spread_task_waiting_here_for_a_worker_keeps_its_turn() {
+    // This node (2) has a free CPU but its worker is still starting: the task whose turn is
+    // here waits for it, and later passes over the queue do not give it another turn.
+    let mut h = H::new(1.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
+    h.s.start(&mut h.out); // (its Spawn stays in `out` until the worker connects below)
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let _ = h.submit_opts(vec![], spread());
+    let here = h.submit_opts(vec![], spread());
+    for _ in 0..3 {
+        h.s.tick(0, &mut h.out); // passes over the queue while the worker starts
+    }
+    let _ = h.submit_opts(vec![], spread());
+    let mut to: Vec<u32> = h.spilled().into_iter().map(|s| s.0 .0).collect();
+    assert_eq!(to, vec![1]);
+    let w = h.connect_spawned_keep();
+    assert_eq!(h.executed(), vec![(w[0], here.task)]);
+    // The one behind it (held back meanwhile) takes the next turn: node 3.
+    to.extend(h.spilled().into_iter().map(|s| s.0 .0));
+    assert_eq!(to, vec![1, 3]);
+}
