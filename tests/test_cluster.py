@@ -1517,33 +1517,45 @@ def test_nested_tasks_across_nodes_again_and_again(tmp_path):
         c.stop()
 
 
-def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(cluster, tmp_path):
-    # Its creator's driver names it while its constructor's argument is still being computed:
-    # another driver finds it by name at once, and its calls run once the actor is up.
-    script = tmp_path / "late.py"
+def _driver_naming_a_late_actor(cluster, tmp_path, name: str, seconds: int, then: str):
+    """Another driver (a process of its own, on its own driver's node) that creates actor
+    ``name`` whose constructor's argument takes ``seconds``, prints "named", then waits for a
+    line on its stdin and runs ``then`` (with ``box``, the actor's handle)."""
+    script = tmp_path / f"{name}.py"
     script.write_text(
         "import os, sys, time, volley\n"
         f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
         "@volley.remote\n"
         "def slow():\n"
-        "    time.sleep(3)\n"
+        f"    time.sleep({seconds})\n"
         "    return ['made late']\n"
         "@volley.remote\n"
         "class Box:\n"
         "    def __init__(self, items): self.items = list(items)\n"
         "    def add(self, x): self.items.append(x); return len(self.items)\n"
         "    def all(self): return self.items\n"
-        "box = Box.options(name='late', lifetime='detached').remote(slow.remote())\n"
+        f"box = Box.options(name={name!r}, lifetime='detached').remote(slow.remote())\n"
         "print('named', flush=True)\n"
         "sys.stdin.readline()\n"
-        "print(volley.get(box.all.remote(), timeout=30), flush=True)\n"
+        f"{then}\n"
     )
     p = subprocess.Popen(
         [sys.executable, str(script)], env=cluster.env, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    line = p.stdout.readline().strip()
+    if line != "named":
+        p.kill()
+        raise AssertionError(f"the other driver printed {line!r}: {p.stderr.read()}")
+    return p
+
+
+def test_a_named_actor_waiting_for_its_arguments_is_reached_from_another_driver(cluster, tmp_path):
+    # Its creator's driver names it while its constructor's argument is still being computed:
+    # another driver finds it by name at once, and its calls run once the actor is up.
+    then = "print(volley.get(box.all.remote(), timeout=30), flush=True)"
+    p = _driver_naming_a_late_actor(cluster, tmp_path, "late", 3, then)
     try:
-        assert p.stdout.readline().strip() == "named", p.stderr.read()
         late = _poll_actor("late", present=True)
         assert volley.get(late.add.remote("from here"), timeout=30) == 2
         p.stdin.write("\n")
@@ -1561,30 +1573,10 @@ def test_calls_to_a_named_actor_whose_creator_left_before_placing_it_fail(cluste
     # The other driver names an actor whose argument takes 30 s, then exits: the actor never
     # started anywhere. A call made here meanwhile waits, then fails saying its node left,
     # rather than hanging.
-    script = tmp_path / "gone.py"
-    script.write_text(
-        "import os, sys, time, volley\n"
-        f"volley.init(address={cluster.head!r}, token={cluster.token!r})\n"
-        "@volley.remote\n"
-        "def slow():\n"
-        "    time.sleep(30)\n"
-        "@volley.remote\n"
-        "class Box:\n"
-        "    def __init__(self, x): pass\n"
-        "    def ping(self): return 1\n"
-        "box = Box.options(name='never-placed').remote(slow.remote())\n"
-        "print('named', flush=True)\n"
-        "sys.stdin.readline()\n"
-        "os._exit(0)\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, str(script)], env=cluster.env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    p = _driver_naming_a_late_actor(cluster, tmp_path, "never-placed", 30, "os._exit(0)")
     try:
-        assert p.stdout.readline().strip() == "named", p.stderr.read()
         box = _poll_actor("never-placed", present=True)
-        ref = box.ping.remote()
+        ref = box.all.remote()
         # (Its creator's node may not be in this node's view yet: the directory answers first.)
         waits = r"which a driver's node \(node \d+\) holds|to appear in this node's view"
         with pytest.raises(volley.GetTimeoutError, match=waits):

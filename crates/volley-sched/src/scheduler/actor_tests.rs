@@ -497,6 +497,18 @@ fn a_peers_call_for_an_actor_still_waiting_for_its_arguments_follows_it_to_its_n
     assert!(h.peer_results().iter().any(|(p, t, _)| (*p, *t) == (NodeId(4), call)));
 }
 
+/// The cluster directory's entry for actor `aid` of class "A", named `name`, on `node`.
+fn listing(aid: ActorId, name: &str, node: u32) -> volley_proto::NamedActor {
+    volley_proto::NamedActor {
+        namespace: String::new(),
+        name: name.into(),
+        actor: aid,
+        node: NodeId(node),
+        class: "A".into(),
+        meta: Vec::new(),
+    }
+}
+
 #[test]
 fn a_call_routed_to_a_drivers_node_waits_until_the_cluster_lists_the_actors_node() {
     // This node (3) found named actor A through the directory while its creator, driver's
@@ -504,14 +516,7 @@ fn a_call_routed_to_a_drivers_node_waits_until_the_cluster_lists_the_actors_node
     let mut h = H::started(1.0);
     h.s.set_node_id(NodeId(3));
     let aid = ActorId(TaskId(7 << 64));
-    let late = |node: u32| volley_proto::NamedActor {
-        namespace: String::new(),
-        name: "late".into(),
-        actor: aid,
-        node: NodeId(node),
-        class: "A".into(),
-        meta: Vec::new(),
-    };
+    let late = |node: u32| listing(aid, "late", node);
     let views = |placed: bool| {
         let mut host = peer(2, 1);
         let mut creator = peer_view(5, 0, 0, true);
@@ -577,14 +582,7 @@ fn a_route_to_a_driver_that_stops_listing_the_actor_with_no_node_listing_it_dies
     let mut h = H::started(1.0);
     h.s.set_node_id(NodeId(3));
     let aid = ActorId(TaskId(7 << 64));
-    let late = volley_proto::NamedActor {
-        namespace: String::new(),
-        name: "late".into(),
-        actor: aid,
-        node: NodeId(5),
-        class: "A".into(),
-        meta: Vec::new(),
-    };
+    let late = listing(aid, "late", 5);
     let mut creator = peer_view(5, 0, 0, true);
     creator.named = vec![late];
     h.s.set_peers(vec![peer(2, 1), creator.clone()], &mut h.out);
@@ -611,14 +609,7 @@ fn a_placed_actor_lives_on_when_its_creator_leaves_in_the_view_that_first_lists_
     let mut h = H::started(1.0);
     h.s.set_node_id(NodeId(3));
     let aid = ActorId(TaskId(7 << 64));
-    let at = |node: u32| volley_proto::NamedActor {
-        namespace: String::new(),
-        name: "kept".into(),
-        actor: aid,
-        node: NodeId(node),
-        class: "A".into(),
-        meta: Vec::new(),
-    };
+    let at = |node: u32| listing(aid, "kept", node);
     let mut creator = peer_view(5, 0, 0, true);
     creator.named = vec![at(5)];
     h.s.set_peers(vec![peer(2, 1), creator], &mut h.out);
