@@ -191,8 +191,7 @@ class _Future(cf.Future):
         if executor is not None:
             # Done here before the thread that completes volley's futures sees it: the executor
             # forgets the call now, so that it keeps no result this future returns.
-            if executor._forget(ref) is not None:
-                executor._settled()  # (settled above)
+            executor._forget(ref, settled=True)
             executor._check_broken(err)
             executor._dispatch()
 
@@ -459,14 +458,17 @@ class Executor(cf.Executor):
                 finally:
                     self._settled()
 
-    def _forget(self, ref: Any) -> _Future | None:
+    def _forget(self, ref: Any, settled: bool = False) -> _Future | None:
         """The call of ``ref`` is over: its future, no longer among the running ones (None if
-        it was forgotten already). It counts as settling until ``_settled``, so that
-        ``shutdown(wait=True)`` returns only once every future is done."""
+        it was forgotten already). Unless it is ``settled`` already, it counts as settling
+        until ``_settled``, so that ``shutdown(wait=True)`` returns only once every future is
+        done."""
         with self._lock:
             fut = self._running.pop(ref, None)
-            if fut is not None:
+            if fut is not None and not settled:
                 self._settling += 1
+            elif self._is_idle():
+                self._idle.notify_all()
             return fut
 
     def _settled(self) -> None:

@@ -699,7 +699,7 @@ impl Scheduler {
             return;
         };
         if let Some(peer) = a.remote.filter(|_| a.life == Life::Alive) {
-            if a.proxy && self.peers.get(&peer).is_none_or(|p| p.view.driver) {
+            if a.proxy && !self.peers.takes_calls(peer) {
                 // Its route names a node this one cannot send to: a driver's node (its
                 // creator, where it waits for its arguments), or one not in this node's view
                 // yet. The calls wait here for a node that can take them

@@ -175,6 +175,12 @@ impl Peers {
         self.node_id.unwrap_or(NodeId(0))
     }
 
+    /// Whether calls can be sent to `node`: it is in the view and not a driver's node (which
+    /// takes no connections).
+    pub(super) fn takes_calls(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|p| !p.view.driver)
+    }
+
     /// A driver's node: its actors go to peers.
     pub(super) fn prefer_peers(&self) -> bool {
         self.prefer_peers
@@ -554,9 +560,8 @@ impl Scheduler {
             .filter(|(_, p)| p.has_room(spec))
             .map(|(id, p)| (*id, p.inflight_cpu() + cpu <= p.view.cpu_total_milli))
             .collect();
-        let fits_here = self.res.cpu_total() > 0
-            && cpu <= self.res.cpu_total()
-            && spec.options.resources.iter().all(|(r, a)| self.res.total(r) >= *a);
+        let fits_here =
+            self.res.cpu_total() > 0 && self.res.fits_total(cpu, &spec.options.resources);
         if fits_here {
             nodes.push((here, self.res.fits(cpu, &spec.options.resources)));
             nodes.sort_unstable_by_key(|(id, _)| *id);

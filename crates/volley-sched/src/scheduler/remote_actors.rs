@@ -110,8 +110,7 @@ impl Scheduler {
             return None; // Its group's bundle says where.
         }
         let o = &spec.options;
-        let ever_here = o.cpu_milli <= self.res.cpu_total()
-            && o.resources.iter().all(|(r, a)| *a <= self.res.total(r));
+        let ever_here = self.res.fits_total(o.cpu_milli, &o.resources);
         if ever_here && self.res.fits(o.cpu_milli, &o.resources) {
             return None;
         }
@@ -390,9 +389,7 @@ impl Scheduler {
     /// here, and so are its calls. (A creator that leaves is seen by `peer_gone`.)
     pub(super) fn reroute_proxies(&mut self, leaving: &[NodeId], out: &mut Vec<Action>) {
         let cannot_send = |a: &actors::ActorEntry| {
-            a.proxy
-                && a.life != Life::Dead
-                && a.remote.is_some_and(|n| self.peers.get(&n).is_none_or(|p| p.view.driver))
+            a.proxy && a.life != Life::Dead && a.remote.is_some_and(|n| !self.peers.takes_calls(n))
         };
         if !self.actors.values().any(|a| a.calls_held || cannot_send(a)) {
             return;

@@ -73,6 +73,12 @@ impl Resources {
         &self.totals
     }
 
+    /// Whether this node has `cpu` and `res` at all (free or not): whether it could ever run
+    /// what asks for them.
+    pub(super) fn fits_total(&self, cpu: u32, res: &[(String, u64)]) -> bool {
+        cpu <= self.cpu_total && res.iter().all(|(r, a)| *a <= self.total(r))
+    }
+
     /// Whether `cpu` and `res` are free now.
     pub(super) fn fits(&self, cpu: u32, res: &[(String, u64)]) -> bool {
         self.cpu_used + cpu <= self.cpu_total
