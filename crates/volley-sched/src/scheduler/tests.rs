@@ -1343,3 +1343,20 @@ fn a_spread_task_waiting_here_for_a_worker_keeps_its_turn() {
     to.extend(h.spilled().into_iter().map(|s| s.0 .0));
     assert_eq!(to, vec![1, 3]);
 }
+
+#[test]
+fn a_spread_task_a_peer_sent_runs_here_and_takes_no_turn() {
+    // Peer 1 sent a SPREAD task here (node 2): it runs here, as every task a peer sends does,
+    // and the turns of this node's own SPREAD tasks start where they would have.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(2));
+    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
+    h.out.clear();
+    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let theirs = h.spec(vec![], spread());
+    let tid = theirs.task_id;
+    h.sent_by(NodeId(1), theirs, vec![]);
+    assert_eq!(h.executed().iter().map(|e| e.1).collect::<Vec<_>>(), [tid]);
+    let _ = h.submit_opts(vec![], spread());
+    assert_eq!(h.spilled().iter().map(|s| s.0).collect::<Vec<_>>(), [NodeId(1)]);
+}
