@@ -428,40 +428,61 @@ fn a_peers_call_for_an_actor_this_node_forgot_fails_at_once() {
 }
 
 #[test]
-fn spread_counts_no_dead_actor_whose_handle_is_still_held() {
-    // A driver's node (no CPU) and three 1-CPU peers.
-    let mut h = H::new(0.0);
-    h.s.set_peers(vec![peer(1, 1), peer(2, 1), peer(3, 1)], &mut h.out);
+fn spread_actors_take_turns_over_the_nodes_whatever_they_host_already() {
+    // A node that runs actors itself (node 1: a serve controller's, say) next to peers 2 and
+    // 3, and node 3 already hosts three of this node's actors. Counting what each node hosts,
+    // SPREAD sent the next two both to node 2; taking turns, as Ray does, it does not.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(1));
+    h.s.set_peers(vec![peer_view(2, 4, 4, false), peer_view(3, 4, 4, false)], &mut h.out);
     h.out.clear();
-    let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
-    let make = |h: &mut H| {
-        let actor = ActorPart::Create(Box::new(volley_proto::ActorOptions {
-            class_name: "P".into(),
-            max_concurrency: 1,
-            ..Default::default()
-        }));
-        let spec = task_spec(h.ids.next_task(), CLASS, "P", spread(), actor);
-        h.s.create_actor(Holder::Local, spec, &mut h.out).expect("ok").0
-    };
-    let first = make(&mut h);
-    let [Some(host)] = placed(&mut h)[..] else { panic!("not placed on a peer") };
-    // It dies (killed) while the driver still holds its handle: it stays in the table, DEAD.
-    let death = error(ErrorKind::ActorDied, "P", "actor 'P' was killed".into());
-    let report = ActorReport { pid: 0, restarts: 0, death: Some((*death).clone()), log: None };
-    h.s.peer_actor_state(host, first, report, &mut h.out);
-    assert_eq!(h.s.actor_info(first).map(|i| i.state), Some("DEAD".into()));
-    // Its host has the least CPU free now: were the dead actor counted there, SPREAD would
-    // put the third of the next three on a peer that got one already.
-    let views = (1..=3).map(|n| peer_view(n, 4, if NodeId(n) == host { 0 } else { 4 }, false));
-    h.s.set_peers(views.collect(), &mut h.out);
-    h.out.clear();
-    // Three more with SPREAD: one on each peer, the dead one's host too.
+    let no_cpu = TaskOptions { cpu_milli: 0, ..TaskOptions::default() };
+    let on_3 = TaskOptions { strategy: Strategy::Node { id: 3, soft: false }, ..no_cpu.clone() };
     for _ in 0..3 {
-        make(&mut h);
+        create_from_worker(&mut h, on_3.clone()).expect("ok");
     }
-    let mut to: Vec<Option<NodeId>> = placed(&mut h);
+    assert_eq!(placed(&mut h), [Some(NodeId(3)); 3]);
+    let spread = TaskOptions { strategy: Strategy::Spread, ..no_cpu };
+    for _ in 0..3 {
+        create_from_worker(&mut h, spread.clone()).expect("ok");
+    }
+    let mut to = placed(&mut h);
     to.sort();
-    assert_eq!(to, [Some(NodeId(1)), Some(NodeId(2)), Some(NodeId(3))]);
+    assert_eq!(to, [None, Some(NodeId(2)), Some(NodeId(3))], "one on each node, this one too");
+    // Two that need a CPU, while node 2 has none free: node 2 is passed over.
+    h.s.set_peers(vec![peer_view(2, 4, 0, false), peer_view(3, 4, 4, false)], &mut h.out);
+    h.out.clear();
+    let spread_cpu = TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    for _ in 0..2 {
+        create_from_worker(&mut h, spread_cpu.clone()).expect("ok");
+    }
+    let mut to = placed(&mut h);
+    to.sort();
+    assert_eq!(to, [None, Some(NodeId(3))]);
+}
+
+#[test]
+fn a_spread_actor_waiting_here_for_a_cpu_keeps_its_turn() {
+    // This node's one CPU is held; its turn comes while no node has a CPU free: it waits here
+    // and does not take turn after turn each time the scheduler looks at it again.
+    let mut h = H::started(1.0);
+    h.s.set_node_id(NodeId(1));
+    h.s.set_peers(vec![peer_view(2, 1, 0, false)], &mut h.out);
+    h.out.clear();
+    let spread = TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
+    let holder = TaskOptions { strategy: Strategy::Node { id: 1, soft: false }, ..spread.clone() };
+    create_from_worker(&mut h, holder).expect("ok");
+    assert_eq!(placed(&mut h), [None]);
+    // Node 2 had the last turn: the next is this node's, with no room now anywhere.
+    h.s.peers.spread_last = Some(NodeId(2));
+    let waiting = create_from_worker(&mut h, spread.clone()).expect("ok");
+    assert_eq!(placed(&mut h), []);
+    for _ in 0..3 {
+        h.s.set_peers(vec![peer_view(2, 1, 0, false)], &mut h.out);
+    }
+    assert_eq!(h.s.peers.spread_turns.get(&waiting.0), Some(&NodeId(1)));
+    assert_eq!(h.s.peers.spread_last, Some(NodeId(1)), "no second turn");
+    assert_eq!(placed(&mut h), []);
 }
 
 #[test]

@@ -633,18 +633,21 @@ impl Scheduler {
                 }
                 Affinity::Here => {}
                 Affinity::Any => {
-                    if let Some(peer) = self.actor_peer(&a.create) {
+                    let create = a.create.clone();
+                    if let Some(peer) = self.actor_peer(aid, &create) {
                         self.start_remote_actor(aid, peer, out);
                         continue;
                     }
                 }
             }
+            let Some(a) = self.actors.get(&aid) else { continue };
             let cpu = a.create.options.cpu_milli;
             let res = a.create.options.resources.clone();
             if !self.res.fits(cpu, &res) {
                 waiting.push_back(aid);
                 continue;
             }
+            self.spread_done(aid.0);
             self.res.take_cpu(cpu);
             let gpus = self.acquire_res(&res);
             let w = self.spawn_for(Some(aid), out);

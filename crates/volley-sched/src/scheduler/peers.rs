@@ -17,6 +17,7 @@ use volley_proto::{
     TaskResult, TaskSpec,
 };
 
+use super::actors::Life;
 use super::{
     error, retries_left, Action, ActorId, Holder, ObjectState, Scheduler, TaskState, WorkerId,
 };
@@ -157,8 +158,8 @@ pub(super) struct Peers {
     serve_waits: HashMap<ObjectId, Vec<(NodeId, bool)>>,
     /// The node the last `SPREAD` task went to (this one included): the next goes to the one
     /// after it; and the node each queued `SPREAD` task's turn went to (see `spread_target`).
-    spread_last: Option<NodeId>,
-    spread_turns: HashMap<TaskId, NodeId>,
+    pub(super) spread_last: Option<NodeId>,
+    pub(super) spread_turns: HashMap<TaskId, NodeId>,
 }
 
 table_access!(Peers.nodes: NodeId => PeerEntry);
@@ -551,21 +552,31 @@ impl Scheduler {
     /// looked at again (it waits here for a worker, or for a CPU) takes no second turn.
     pub(super) fn spread_target(&mut self, tid: TaskId) -> Option<NodeId> {
         let spec = &self.tasks.get(&tid)?.spec;
-        let kept = self.peers.spread_turns.get(&tid).copied();
         let cpu = spec.options.cpu_milli;
-        let here = self.peers.here();
         let mut nodes: Vec<(NodeId, bool)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.has_room(spec))
             .map(|(id, p)| (*id, p.inflight_cpu() + cpu <= p.view.cpu_total_milli))
             .collect();
-        let fits_here =
-            self.res.cpu_total() > 0 && self.res.fits_total(cpu, &spec.options.resources);
-        if fits_here {
-            nodes.push((here, self.res.fits(cpu, &spec.options.resources)));
-            nodes.sort_unstable_by_key(|(id, _)| *id);
+        if self.res.cpu_total() > 0 && self.res.fits_total(cpu, &spec.options.resources) {
+            nodes.push((self.peers.here(), self.res.fits(cpu, &spec.options.resources)));
         }
+        self.take_spread_turn(tid, nodes)
+    }
+
+    /// The turn-taking behind `SPREAD`, for tasks and actors alike (one turn order per node, as
+    /// Ray keeps one): of `nodes` (each with whether it can start the work now), in node-id
+    /// order from the one after the node the last turn went to, the first that can start it
+    /// now, else the first. `key` (the task, or the actor's creation) keeps its turn while its
+    /// node is still among `nodes`.
+    pub(super) fn take_spread_turn(
+        &mut self,
+        key: TaskId,
+        mut nodes: Vec<(NodeId, bool)>,
+    ) -> Option<NodeId> {
+        nodes.sort_unstable_by_key(|(id, _)| *id);
+        let kept = self.peers.spread_turns.get(&key).copied();
         if let Some(node) = kept.filter(|k| nodes.iter().any(|(id, _)| id == k)) {
             return Some(node);
         }
@@ -577,14 +588,15 @@ impl Scheduler {
         let (pick, _) = *turn().find(|(_, now)| *now).or_else(|| turn().next())?;
         self.peers.spread_last = Some(pick);
         if self.peers.spread_turns.len() >= 4096 {
-            // Turns of tasks that left the queue without being sent or assigned (cancelled,
-            // failed): dropped now and then.
-            let tasks = &self.tasks;
-            self.peers
-                .spread_turns
-                .retain(|t, _| tasks.get(t).is_some_and(|t| matches!(t.state, TaskState::Queued)));
+            // Turns of work that left without being sent or started (cancelled, failed, an
+            // actor killed while it waited): dropped now and then.
+            let (tasks, actors) = (&self.tasks, &self.actors);
+            self.peers.spread_turns.retain(|t, _| {
+                tasks.get(t).is_some_and(|t| matches!(t.state, TaskState::Queued))
+                    || actors.get(&ActorId(*t)).is_some_and(|a| a.life == Life::Pending)
+            });
         }
-        self.peers.spread_turns.insert(tid, pick);
+        self.peers.spread_turns.insert(key, pick);
         Some(pick)
     }
 

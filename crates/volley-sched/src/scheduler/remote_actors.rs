@@ -74,30 +74,51 @@ impl Scheduler {
     }
 
     /// The peer an actor should start on, if it should start on one.
-    pub(super) fn actor_peer(&self, spec: &TaskSpec) -> Option<NodeId> {
+    pub(super) fn actor_peer(&mut self, aid: ActorId, spec: &TaskSpec) -> Option<NodeId> {
         // In a placement group's bundle on another node: it goes there.
         let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
-        let spread = matches!(spec.options.strategy, Strategy::Spread);
         if self.peers.is_empty() {
             return None;
         }
-        if !self.peers.prefer_peers() && !elsewhere && !spread {
+        if matches!(spec.options.strategy, Strategy::Spread) && !elsewhere {
+            return self.spread_actor(aid, spec);
+        }
+        if !self.peers.prefer_peers() && !elsewhere {
             return self.overflow_peer(spec);
         }
-        let best = self
-            .peers
+        self.peers
             .iter()
             .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
             .map(|(id, p)| (self.hosted_by(*id), std::cmp::Reverse(p.view.cpu_free_milli), *id))
-            .min();
-        if spread && !self.peers.prefer_peers() && !elsewhere {
-            // SPREAD from a node that runs actors itself: a peer only if it hosts fewer of ours
-            // than this node hosts.
-            let here = self.actors.values().filter(|a| a.worker.is_some() && !a.proxy).count();
-            let peer = best.filter(|(hosted, _, _)| *hosted < here).map(|(_, _, id)| id);
-            return peer.or_else(|| self.overflow_peer(spec));
+            .min()
+            .map(|(_, _, id)| id)
+    }
+
+    /// Where a `SPREAD` actor goes: the nodes that could ever host it take turns with the
+    /// node's `SPREAD` tasks (`take_spread_turn`), as Ray spreads actors; a turn goes to the
+    /// first that has room for it now (a peer: as its last heartbeat said). This node is one of
+    /// them unless it is a driver's. So replicas created one after the other land on different
+    /// nodes whatever else those nodes host. `None`: here (it starts here, or waits here for
+    /// room, keeping its turn).
+    fn spread_actor(&mut self, aid: ActorId, spec: &TaskSpec) -> Option<NodeId> {
+        let o = &spec.options;
+        let mut nodes: Vec<(NodeId, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .map(|(id, p)| (*id, peers::fits_free(&p.view, spec)))
+            .collect();
+        let here = self.peers.here();
+        if !self.peers.prefer_peers() && self.res.fits_total(o.cpu_milli, &o.resources) {
+            nodes.push((here, self.res.fits(o.cpu_milli, &o.resources)));
         }
-        best.map(|(_, _, id)| id)
+        match self.take_spread_turn(aid.0, nodes) {
+            Some(node) if node != here => {
+                self.spread_done(aid.0);
+                Some(node)
+            }
+            _ => None,
+        }
     }
 
     /// Where an actor created on a node that runs actors itself (not a driver's) goes without a
