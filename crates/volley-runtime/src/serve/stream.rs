@@ -23,6 +23,7 @@
 //! terminating zero-size chunk (HTTP/1.1) or resets the stream (h2), so the client sees an
 //! incomplete body, never a clean end; the error is logged with the request id.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -297,7 +298,7 @@ pub(super) fn submit_to(
 pub(super) fn response(st: Streamed, rid: &str) -> Response {
     let Streamed { head, rx } = st;
     let first = (!head.body.is_empty()).then(|| Bytes::from(head.body));
-    let mut r = Response::new(Body::new(StreamBody { first, rx, failing: false }));
+    let mut r = Response::new(Body::new(StreamBody { first, rx, failing: None }));
     *r.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
     answer_headers(r.headers_mut(), &head.headers, rid);
     r
@@ -307,11 +308,16 @@ pub(super) fn response(st: Streamed, rid: &str) -> Response {
 struct StreamBody {
     first: Option<Bytes>,
     rx: mpsc::Receiver<Chunk>,
-    /// The generator failed: the error is given at the next poll. hyper drops what it has
-    /// buffered when a body fails, and flushes only when the body is pending: so the body is
-    /// pending once (and wakes itself) between its last chunk and its error.
-    failing: bool,
+    /// The generator failed: the error is given once this timer ends (`FLUSH_GRACE`).
+    failing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a failed stream's body waits between its last chunk and its error. hyper drops
+/// what it has not written yet when a body fails: on HTTP/1.1 what it buffered, on h2 the DATA
+/// frames the connection's task has not yet written (the reset clears the stream's queue,
+/// and that task runs apart from the body's). A moment for both to write what was sent, so
+/// the client gets every chunk the generator yielded before the body breaks.
+const FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 /// The error that ends a stream whose generator raised (hyper then closes the connection or
 /// resets the h2 stream: the client sees an incomplete body).
@@ -330,15 +336,14 @@ impl http_body::Body for StreamBody {
         if let Some(b) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
-        if self.failing {
-            return Poll::Ready(Some(Err(StreamFailed)));
+        if let Some(grace) = self.failing.as_mut() {
+            return grace.as_mut().poll(cx).map(|()| Some(Err(StreamFailed)));
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
             Poll::Ready(Some(Chunk::Failed)) => {
-                self.failing = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
+                let grace = self.failing.insert(Box::pin(tokio::time::sleep(FLUSH_GRACE)));
+                grace.as_mut().poll(cx).map(|()| Some(Err(StreamFailed)))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -352,7 +357,7 @@ mod tests {
 
     fn body(first: Option<&'static [u8]>) -> (StreamBody, mpsc::Sender<Chunk>) {
         let (tx, rx) = mpsc::channel(4);
-        (StreamBody { first: first.map(Bytes::from_static), rx, failing: false }, tx)
+        (StreamBody { first: first.map(Bytes::from_static), rx, failing: None }, tx)
     }
 
     fn poll(b: &mut StreamBody) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
@@ -381,12 +386,19 @@ mod tests {
 
     #[test]
     fn a_failed_generator_ends_the_body_with_an_error_not_a_clean_end() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+        let rt = rt.expect("a runtime");
         let (mut b, tx) = body(None);
         assert!(tx.try_send(Chunk::Data(Bytes::from_static(b"a"))).is_ok(), "room");
         assert!(tx.try_send(Chunk::Failed).is_ok(), "room");
+        let _in_rt = rt.enter();
         assert_eq!(data(poll(&mut b)).as_deref(), Some(&b"a"[..]));
-        assert!(poll(&mut b).is_pending(), "pending once: hyper flushes the chunks sent first");
+        let t0 = std::time::Instant::now();
+        assert!(poll(&mut b).is_pending(), "pending: hyper writes the chunks sent first");
+        assert!(poll(&mut b).is_pending(), "still pending within the grace");
+        rt.block_on(tokio::time::sleep(FLUSH_GRACE));
         assert!(matches!(poll(&mut b), Poll::Ready(Some(Err(StreamFailed)))));
+        assert!(t0.elapsed() >= FLUSH_GRACE);
     }
 
     #[test]
