@@ -375,10 +375,7 @@ fn a_result_sent_back_to_a_peer_says_where_the_actors_it_names_live() {
 fn a_peers_call_that_outruns_the_actors_creation_waits_for_it() {
     // Node 5 places actor A here and hands its handle to a task on node 6; node 6's call comes
     // in before node 5's creation does.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(2));
-    h.s.set_peers(vec![peer(5, 1), peer(6, 1)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(2, vec![peer(5, 1), peer(6, 1)]);
     let create = h.actor_spec("A", 0, 0, 0);
     let aid = ActorId(create.task_id);
     let first = h.call(Holder::Peer(NodeId(6)), aid, vec![]);
@@ -432,10 +429,7 @@ fn spread_actors_take_turns_over_the_nodes_whatever_they_host_already() {
     // A node that runs actors itself (node 1: a serve controller's, say) next to peers 2 and
     // 3, and node 3 already hosts three of this node's actors. Counting what each node hosts,
     // SPREAD sent the next two both to node 2; taking turns, as Ray does, it does not.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(1));
-    h.s.set_peers(vec![peer_view(2, 4, 4, false), peer_view(3, 4, 4, false)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(1, vec![peer_view(2, 4, 4, false), peer_view(3, 4, 4, false)]);
     let no_cpu = TaskOptions { cpu_milli: 0, ..TaskOptions::default() };
     let on_3 = TaskOptions { strategy: Strategy::Node { id: 3, soft: false }, ..no_cpu.clone() };
     for _ in 0..3 {
@@ -465,10 +459,7 @@ fn spread_actors_take_turns_over_the_nodes_whatever_they_host_already() {
 fn a_spread_actor_waiting_here_for_a_cpu_keeps_its_turn() {
     // This node's one CPU is held; its turn comes while no node has a CPU free: it waits here
     // and does not take turn after turn each time the scheduler looks at it again.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(1));
-    h.s.set_peers(vec![peer_view(2, 1, 0, false)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(1, vec![peer_view(2, 1, 0, false)]);
     let spread = TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
     let holder = TaskOptions { strategy: Strategy::Node { id: 1, soft: false }, ..spread.clone() };
     create_from_worker(&mut h, holder).expect("ok");
@@ -564,10 +555,7 @@ fn a_call_routed_to_a_drivers_node_waits_until_the_cluster_lists_the_actors_node
 fn a_call_routed_to_a_node_not_in_the_view_goes_once_it_is_and_fails_if_it_never_is() {
     // The directory answers before the next view: its routes may name nodes this node has
     // not seen yet.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(3));
-    h.s.set_peers(vec![peer(2, 1)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(3, vec![peer(2, 1)]);
     let soon = ActorId(TaskId(8 << 64));
     let never = ActorId(TaskId(9 << 64));
     h.s.route_to_actor(soon, NodeId(6), "A");

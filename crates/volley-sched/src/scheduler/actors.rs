@@ -633,8 +633,7 @@ impl Scheduler {
                 }
                 Affinity::Here => {}
                 Affinity::Any => {
-                    let create = a.create.clone();
-                    if let Some(peer) = self.actor_peer(aid, &create) {
+                    if let Some(peer) = self.actor_peer(aid) {
                         self.start_remote_actor(aid, peer, out);
                         continue;
                     }

@@ -39,6 +39,15 @@ impl H {
         h
     }
 
+    /// A started 1-CPU node with id `id` in a cluster of `peers`; `out` is left empty.
+    pub(super) fn node_among(id: u32, peers: Vec<PeerView>) -> Self {
+        let mut h = H::started(1.0);
+        h.s.set_node_id(NodeId(id));
+        h.s.set_peers(peers, &mut h.out);
+        h.out.clear();
+        h
+    }
+
     /// A node with `cpus` CPUs and `res` (thousandths), its pool started and connected.
     pub(super) fn with_resources(cpus: f64, res: &[(&str, u64)]) -> Self {
         let mut cfg = Config::with_cpus(cpus);

@@ -1211,6 +1211,12 @@ pub(super) fn fits_total(v: &PeerView, spec: &TaskSpec) -> bool {
             .all(|(r, a)| v.resources.iter().any(|(name, total, _)| name == r && total >= a))
 }
 
+/// Whether the peer could ever host `spec` (an actor): it runs work (not a driver's node) and
+/// has what it asks for.
+pub(super) fn could_host(v: &PeerView, spec: &TaskSpec) -> bool {
+    !v.driver && fits_total(v, spec)
+}
+
 /// Whether the peer had, at its last heartbeat, what the task asks for free.
 pub(super) fn fits_free(v: &PeerView, spec: &TaskSpec) -> bool {
     spec.options.cpu_milli <= v.cpu_free_milli

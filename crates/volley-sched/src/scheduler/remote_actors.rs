@@ -59,7 +59,7 @@ impl Scheduler {
             return Affinity::Here;
         }
         match self.peers.get(&target) {
-            Some(p) if !p.view.driver && peers::fits_total(&p.view, spec) => Affinity::Peer(target),
+            Some(p) if peers::could_host(&p.view, spec) => Affinity::Peer(target),
             _ if soft => Affinity::Any,
             Some(_) => Affinity::Impossible(format!(
                 "actor '{}' must run on node {id}, which cannot host it (a driver, or without the \
@@ -74,21 +74,22 @@ impl Scheduler {
     }
 
     /// The peer an actor should start on, if it should start on one.
-    pub(super) fn actor_peer(&mut self, aid: ActorId, spec: &TaskSpec) -> Option<NodeId> {
+    pub(super) fn actor_peer(&mut self, aid: ActorId) -> Option<NodeId> {
+        let spec = &self.actors.get(&aid)?.create;
         // In a placement group's bundle on another node: it goes there.
         let elsewhere = super::placement::pg_of(spec).is_some() && !self.holds_pg_resources(spec);
         if self.peers.is_empty() {
             return None;
         }
         if matches!(spec.options.strategy, Strategy::Spread) && !elsewhere {
-            return self.spread_actor(aid, spec);
+            return self.spread_actor(aid);
         }
         if !self.peers.prefer_peers() && !elsewhere {
             return self.overflow_peer(spec);
         }
         self.peers
             .iter()
-            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .filter(|(_, p)| peers::could_host(&p.view, spec))
             .map(|(id, p)| (self.hosted_by(*id), std::cmp::Reverse(p.view.cpu_free_milli), *id))
             .min()
             .map(|(_, _, id)| id)
@@ -100,12 +101,13 @@ impl Scheduler {
     /// them unless it is a driver's. So replicas created one after the other land on different
     /// nodes whatever else those nodes host. `None`: here (it starts here, or waits here for
     /// room, keeping its turn).
-    fn spread_actor(&mut self, aid: ActorId, spec: &TaskSpec) -> Option<NodeId> {
+    fn spread_actor(&mut self, aid: ActorId) -> Option<NodeId> {
+        let spec = &self.actors.get(&aid)?.create;
         let o = &spec.options;
         let mut nodes: Vec<(NodeId, bool)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .filter(|(_, p)| peers::could_host(&p.view, spec))
             .map(|(id, p)| (*id, peers::fits_free(&p.view, spec)))
             .collect();
         let here = self.peers.here();
@@ -137,7 +139,7 @@ impl Scheduler {
         }
         self.peers
             .iter()
-            .filter(|(_, p)| !p.view.driver && peers::fits_total(&p.view, spec))
+            .filter(|(_, p)| peers::could_host(&p.view, spec))
             .filter(|(_, p)| !ever_here || peers::fits_free(&p.view, spec))
             .map(|(id, p)| (self.hosted_by(*id), std::cmp::Reverse(p.view.cpu_free_milli), *id))
             .min()

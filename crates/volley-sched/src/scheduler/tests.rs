@@ -1264,10 +1264,7 @@ fn a_lone_node_is_node_zero_for_node_affinity() {
 fn spread_tasks_take_turns_over_every_node_even_when_each_ends_before_the_next() {
     // Node 2 (this one, 1 CPU) between peers 1 and 3. Each task ends before the next is
     // submitted, so every node is idle at each choice: they still go round, as with Ray.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(2));
-    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(2, vec![peer(1, 1), peer(3, 1)]);
     let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
     let value = || TaskResult::Ok(vec![ObjectData::inline(vec![1], Vec::new(), Vec::new())]);
     let mut went = Vec::new();
@@ -1348,10 +1345,7 @@ fn a_spread_task_waiting_here_for_a_worker_keeps_its_turn() {
 fn a_spread_task_a_peer_sent_runs_here_and_takes_no_turn() {
     // Peer 1 sent a SPREAD task here (node 2): it runs here, as every task a peer sends does,
     // and the turns of this node's own SPREAD tasks start where they would have.
-    let mut h = H::started(1.0);
-    h.s.set_node_id(NodeId(2));
-    h.s.set_peers(vec![peer(1, 1), peer(3, 1)], &mut h.out);
-    h.out.clear();
+    let mut h = H::node_among(2, vec![peer(1, 1), peer(3, 1)]);
     let spread = || TaskOptions { strategy: Strategy::Spread, ..TaskOptions::default() };
     let theirs = h.spec(vec![], spread());
     let tid = theirs.task_id;
